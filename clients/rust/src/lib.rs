@@ -1,0 +1,1 @@
+//! Rust client for the Sluice gateway (being written).

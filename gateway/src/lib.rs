@@ -1,0 +1,1 @@
+//! The Sluice gateway library (being written).

@@ -1,0 +1,275 @@
+//! Frames a client sends to the gateway, and their decoding.
+
+use crate::{ErrorCode, Limits, MAX_ID_BYTES};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One frame from a client. Serialized as a JSON object whose `type` names the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Run a program.
+    Execute(ExecuteRequest),
+    /// Write to a running program's stdin, or close it.
+    Stdin(StdinFrame),
+    /// Stop a running program.
+    Cancel(CancelFrame),
+}
+
+/// How program output is carried in `stdout`/`stderr` events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// Text; bytes that are not valid UTF-8 are replaced by U+FFFD, and a character is
+    /// never split across two events.
+    #[default]
+    Utf8,
+    /// Standard base64 (with padding) of the exact bytes; each event decodes on its own.
+    Base64,
+}
+
+impl Encoding {
+    fn is_utf8(&self) -> bool {
+        *self == Self::Utf8
+    }
+}
+
+/// The `execute` frame: run `code` in `language`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    /// Client-chosen id, unique among this socket's running executions; every event of
+    /// the execution carries it.
+    pub id: String,
+    /// A name from the gateway's runtime table, e.g. `python`, `bash`, `sh`, `node`.
+    pub language: String,
+    /// The program text.
+    pub code: String,
+    /// Session to run in; executions naming the same session share its sequence numbers.
+    /// Absent: the execution gets a fresh session of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Initial standard input. When present it is the whole input: stdin is closed after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Environment variables added to the runtime's base environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Arguments passed to the program after the source file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Requested limits; absent ones take the gateway's defaults.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+    /// How output is carried; `utf8` by default.
+    #[serde(default, skip_serializing_if = "Encoding::is_utf8")]
+    pub encoding: Encoding,
+}
+
+/// The `stdin` frame: `data` is written to the program, then stdin is closed if `eof`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdinFrame {
+    /// The execution to write to.
+    pub id: String,
+    /// Text to write (UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Close the program's stdin after writing `data`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eof: bool,
+}
+
+/// The `cancel` frame: stop an execution (SIGTERM, then SIGKILL after a grace period).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelFrame {
+    /// The execution to stop.
+    pub id: String,
+}
+
+/// A frame the gateway could not accept, classified for the `error` event it becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The machine-readable code.
+    pub code: ErrorCode,
+    /// A human explanation, safe to send back to the client.
+    pub message: String,
+    /// The frame's `type`, when it had a string one.
+    pub frame_type: Option<String>,
+    /// The frame's `id`, when it had a string one.
+    pub id: Option<String>,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Just enough of a frame to classify a decoding failure.
+#[derive(Deserialize)]
+struct FrameProbe {
+    #[serde(rename = "type")]
+    frame_type: Option<serde_json::Value>,
+    id: Option<serde_json::Value>,
+}
+
+const FRAME_TYPES: &str = "execute, stdin, cancel";
+
+impl ClientFrame {
+    /// Decodes one text frame and checks the constraints serde cannot express (id length,
+    /// non-empty `stdin`). Unknown fields are ignored.
+    pub fn decode(text: &str) -> Result<Self, FrameError> {
+        match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => frame.validate().map(|()| frame),
+            Err(err) => Err(classify(text, &err)),
+        }
+    }
+
+    /// Encodes the frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The execution id this frame names.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Execute(e) => &e.id,
+            Self::Stdin(s) => &s.id,
+            Self::Cancel(c) => &c.id,
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Execute(_) => "execute",
+            Self::Stdin(_) => "stdin",
+            Self::Cancel(_) => "cancel",
+        }
+    }
+
+    fn validate(&self) -> Result<(), FrameError> {
+        let bad = |message: String| FrameError {
+            code: ErrorCode::BadRequest,
+            message,
+            frame_type: Some(self.type_name().to_owned()),
+            id: Some(self.id().to_owned()),
+        };
+        check_name("id", self.id()).map_err(bad)?;
+        match self {
+            Self::Execute(e) => {
+                check_name("language", &e.language).map_err(bad)?;
+                if let Some(session) = &e.session {
+                    check_name("session", session).map_err(bad)?;
+                }
+                if let Some(key) = e.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+                    return Err(bad(format!("env name {key:?} is empty or contains '=' or NUL")));
+                }
+                if e.args.iter().chain(e.env.values()).any(|v| v.contains('\0')) {
+                    return Err(bad("args and env values may not contain NUL".to_owned()));
+                }
+            }
+            Self::Stdin(s) if s.data.is_none() && !s.eof => {
+                return Err(bad("stdin frame needs \"data\", \"eof\": true, or both".to_owned()));
+            }
+            Self::Stdin(_) | Self::Cancel(_) => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("\"{field}\" must not be empty"));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(format!("\"{field}\" is longer than {MAX_ID_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+fn classify(text: &str, err: &serde_json::Error) -> FrameError {
+    let bad = |message: String, frame_type: Option<String>, id: Option<String>| FrameError {
+        code: ErrorCode::BadRequest,
+        message,
+        frame_type,
+        id,
+    };
+    if err.is_syntax() || err.is_eof() {
+        return bad(format!("frame is not valid JSON: {err}"), None, None);
+    }
+    let probe = match serde_json::from_str::<FrameProbe>(text) {
+        Ok(probe) => probe,
+        Err(_) => return bad("frame must be a JSON object".to_owned(), None, None),
+    };
+    let id = probe.id.and_then(|v| v.as_str().map(str::to_owned));
+    match probe.frame_type {
+        None => bad("frame has no \"type\" field".to_owned(), None, id),
+        Some(serde_json::Value::String(t)) if !FRAME_TYPES.split(", ").any(|k| k == t) => bad(
+            format!("unknown frame type {t:?}; expected one of {FRAME_TYPES}"),
+            Some(t),
+            id,
+        ),
+        Some(serde_json::Value::String(t)) => {
+            bad(format!("invalid {t} frame: {}", strip_position(err)), Some(t), id)
+        }
+        Some(_) => bad("\"type\" must be a string".to_owned(), None, id),
+    }
+}
+
+/// serde_json appends "at line 1 column 57", which means nothing to a client that did
+/// not lay out the frame by hand.
+fn strip_position(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_minimal_execute() {
+        let frame =
+            ClientFrame::decode(r#"{"type":"execute","id":"a","language":"sh","code":"echo"}"#)
+                .unwrap();
+        let ClientFrame::Execute(e) = frame else { panic!("not execute") };
+        assert_eq!(e.encoding, Encoding::Utf8);
+        assert!(e.limits.is_empty());
+    }
+
+    #[test]
+    fn classifies_unknown_type_with_id() {
+        let err = ClientFrame::decode(r#"{"type":"launch","id":"x"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert_eq!(err.frame_type.as_deref(), Some("launch"));
+        assert_eq!(err.id.as_deref(), Some("x"));
+        assert!(err.message.contains("unknown frame type"), "{}", err.message);
+    }
+
+    #[test]
+    fn missing_field_names_it() {
+        let err = ClientFrame::decode(r#"{"type":"execute","id":"x","code":"1"}"#).unwrap_err();
+        assert!(err.message.contains("language"), "{}", err.message);
+        assert!(!err.message.contains("line 1"), "{}", err.message);
+        assert_eq!(err.id.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn round_trips_execute() {
+        let frame = ClientFrame::Execute(ExecuteRequest {
+            id: "e1".into(),
+            language: "python".into(),
+            code: "print(1)".into(),
+            encoding: Encoding::Base64,
+            limits: Limits { timeout_ms: Some(5), output_bytes: None },
+            ..ExecuteRequest::default()
+        });
+        assert_eq!(ClientFrame::decode(&frame.to_json()).unwrap(), frame);
+    }
+}

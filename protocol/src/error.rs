@@ -1,0 +1,76 @@
+//! Machine-readable error codes carried by `error` events.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Why the gateway refused a frame or could not run an execution.
+///
+/// The serialized names (`snake_case`) are stable: clients match on them. A client that
+/// receives a code it does not know decodes it as [`ErrorCode::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON, not an object, has an unknown `type`, or a field is
+    /// missing or of the wrong type.
+    BadRequest,
+    /// The frame exceeds the gateway's maximum frame size and was not processed.
+    TooLarge,
+    /// An `execute` reused the id of an execution still running on this socket.
+    DuplicateId,
+    /// A `stdin` or `cancel` named an id that is not running on this socket.
+    UnknownExecution,
+    /// The `language` of an `execute` is not in the gateway's runtime table.
+    UnknownLanguage,
+    /// A requested limit is not valid (zero, or above the server maximum).
+    InvalidLimit,
+    /// The gateway could not start the program (the message names the command).
+    SpawnFailed,
+    /// Too many executions are running on this socket or on the gateway.
+    TooManyExecutions,
+    /// Too many sessions are open on this socket.
+    TooManySessions,
+    /// The named session belongs to another socket.
+    SessionInUse,
+    /// `stdin` arrived for an execution whose stdin is already closed.
+    StdinClosed,
+    /// `stdin` arrived faster than the program reads it and the execution's input queue
+    /// is full; the data was not delivered.
+    StdinFull,
+    /// The gateway is shutting down and accepts no new executions.
+    ShuttingDown,
+    /// An unexpected failure inside the gateway; details are in the gateway's log.
+    Internal,
+    /// A code this version of the protocol crate does not know (sent by a newer gateway).
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::TooLarge => "too_large",
+            Self::DuplicateId => "duplicate_id",
+            Self::UnknownExecution => "unknown_execution",
+            Self::UnknownLanguage => "unknown_language",
+            Self::InvalidLimit => "invalid_limit",
+            Self::SpawnFailed => "spawn_failed",
+            Self::TooManyExecutions => "too_many_executions",
+            Self::TooManySessions => "too_many_sessions",
+            Self::SessionInUse => "session_in_use",
+            Self::StdinClosed => "stdin_closed",
+            Self::StdinFull => "stdin_full",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

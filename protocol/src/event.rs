@@ -1,0 +1,239 @@
+//! Events the gateway sends: one flat envelope for every type.
+
+use crate::{Encoding, ErrorCode};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The `type` of an [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The program started; the first event of an execution that started.
+    Started,
+    /// A chunk of standard output.
+    Stdout,
+    /// A chunk of standard error.
+    Stderr,
+    /// Terminal: the program ended by itself (or by a signal it did not get from Sluice).
+    Completed,
+    /// Terminal: the program was stopped by a `cancel` frame or its socket closing.
+    Cancelled,
+    /// Terminal: the program hit a limit and was killed.
+    ResourceLimit,
+    /// Terminal when it carries an execution `id`; otherwise a refusal of a frame that
+    /// belongs to no execution.
+    Error,
+    /// A type this version of the protocol crate does not know (sent by a newer gateway).
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventKind {
+    /// True for the types that end an execution: exactly one per execution.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled | Self::ResourceLimit | Self::Error)
+    }
+
+    /// The type as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+            Self::ResourceLimit => "resource_limit",
+            Self::Error => "error",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The limit named by a `resource_limit` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LimitKind {
+    /// Wall-clock time (`limits.timeout_ms`).
+    Timeout,
+    /// Bytes of stdout plus stderr (`limits.output_bytes`).
+    Output,
+    /// A limit this version of the protocol crate does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl LimitKind {
+    /// The limit as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Output => "output",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// What an execution used, reported on its terminal event once it had started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Wall time from spawn to exit, in milliseconds.
+    pub duration_ms: f64,
+    /// Time from spawn to the first byte of stdout or stderr, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_output_ms: Option<f64>,
+    /// User plus system CPU time of the program's main process and the children it
+    /// waited for, in milliseconds.
+    pub cpu_ms: f64,
+    /// Peak resident memory of the largest of those processes, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Bytes of stdout delivered (before encoding).
+    pub stdout_bytes: u64,
+    /// Bytes of stderr delivered (before encoding).
+    pub stderr_bytes: u64,
+}
+
+/// One event from the gateway.
+///
+/// Every event carries the envelope `type`, `data`, `timestamp`, `sequence`, `id` and
+/// `session`; the optional fields appear on the types documented for each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// Output text (base64 when `encoding` is `base64`), or a human message.
+    #[serde(default)]
+    pub data: String,
+    /// Unix time in seconds, with microsecond precision; never decreases within a session.
+    pub timestamp: f64,
+    /// Position in the session's event stream: starts at 1, increases by exactly 1.
+    /// Events with no session count on their socket's own stream, also from 1.
+    pub sequence: u64,
+    /// The execution this event belongs to; `null` for errors that belong to none.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The session the execution runs in; `null` for errors that belong to no execution.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// `started`: the program's process id (as seen by the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `stdout`/`stderr`: present (as `base64`) only when `data` is base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+    /// `completed`: the exit status, when the program exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// `completed`: the signal number, when a signal killed the program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `resource_limit`: which limit was hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitKind>,
+    /// `resource_limit`: the limit's configured value (milliseconds or bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_value: Option<u64>,
+    /// `error`: the machine-readable code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    /// Terminal events of an execution that started: what it used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// An event that decodes as JSON but breaks a rule of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidEvent(pub String);
+
+impl fmt::Display for InvalidEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidEvent {}
+
+impl Event {
+    /// An event of `kind` with an empty payload; the gateway fills `timestamp` and
+    /// `sequence` when it publishes the event.
+    pub fn new(kind: EventKind, id: Option<String>, data: impl Into<String>) -> Self {
+        Self {
+            kind,
+            data: data.into(),
+            timestamp: 0.0,
+            sequence: 0,
+            id,
+            session: None,
+            pid: None,
+            encoding: None,
+            exit_code: None,
+            signal: None,
+            limit: None,
+            limit_value: None,
+            code: None,
+            usage: None,
+        }
+    }
+
+    /// An `error` event with `code` and a human message.
+    pub fn error(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code: Some(code), ..Self::new(EventKind::Error, id, message) }
+    }
+
+    /// True for the event that ends an execution.
+    pub fn is_terminal(&self) -> bool {
+        self.kind.is_terminal() && self.id.is_some()
+    }
+
+    /// Decodes one text frame from the gateway and checks it with [`Event::validate`].
+    pub fn decode(text: &str) -> Result<Self, InvalidEvent> {
+        let event: Self =
+            serde_json::from_str(text).map_err(|e| InvalidEvent(format!("not an event: {e}")))?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Encodes the event as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks the per-type rules that the flat struct cannot express.
+    pub fn validate(&self) -> Result<(), InvalidEvent> {
+        let fail = |why: &str| Err(InvalidEvent(format!("{} event {why}", self.kind)));
+        if self.sequence == 0 {
+            return fail("has sequence 0; sequences start at 1");
+        }
+        if !self.timestamp.is_finite() || self.timestamp <= 0.0 {
+            return fail("has no valid timestamp");
+        }
+        if self.id.is_some() && self.session.is_none() {
+            return fail("names an execution but no session");
+        }
+        match self.kind {
+            EventKind::Started | EventKind::Stdout | EventKind::Stderr | EventKind::Cancelled
+                if self.id.is_none() =>
+            {
+                fail("has no execution id")
+            }
+            EventKind::Completed if self.exit_code.is_some() == self.signal.is_some() => {
+                fail("needs exactly one of exit_code and signal")
+            }
+            EventKind::Completed if self.id.is_none() => fail("has no execution id"),
+            EventKind::ResourceLimit if self.limit.is_none() || self.id.is_none() => {
+                fail("needs an execution id and a limit")
+            }
+            EventKind::Error if self.code.is_none() => fail("has no code"),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Sluice protocol v1: every type that crosses the WebSocket, and nothing else.
+//!
+//! This crate is the single source of truth for the wire format. The gateway and the Rust
+//! client depend on it; the Python and TypeScript clients are tested against the JSON
+//! fixtures in `protocol/fixtures/`, which this crate's tests check as well.
+//!
+//! It is a pure leaf: serde types and their encoding, no I/O, no async runtime.
+//!
+//! - [`ClientFrame`]: what a client sends (`execute`, `stdin`, `cancel`), decoded with
+//!   [`ClientFrame::decode`], which classifies every failure as a [`FrameError`].
+//! - [`Event`]: what the gateway sends, one flat `{type, data, timestamp, sequence, id,
+//!   session}` envelope with optional per-type fields.
+//! - [`ErrorCode`]: the stable, machine-readable codes carried by `error` events.
+
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+mod event;
+mod limits;
+
+pub use client::{CancelFrame, ClientFrame, Encoding, ExecuteRequest, FrameError, StdinFrame};
+pub use error::ErrorCode;
+pub use event::{Event, EventKind, InvalidEvent, LimitKind, Usage};
+pub use limits::Limits;
+
+/// The protocol version this crate describes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The WebSocket subprotocol a client may offer; the gateway selects it when offered.
+pub const SUBPROTOCOL: &str = "sluice.v1";
+
+/// The HTTP path of the WebSocket endpoint.
+pub const WS_PATH: &str = "/v1/ws";
+
+/// Default upper bound on the output bytes carried by one `stdout`/`stderr` event.
+pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Longest accepted execution id, session id or language name, in bytes.
+pub const MAX_ID_BYTES: usize = 128;

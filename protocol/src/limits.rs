@@ -1,0 +1,25 @@
+//! Per-execution resource limits a client may request.
+
+use serde::{Deserialize, Serialize};
+
+/// Limits requested for one execution. Every field is optional: an absent field takes the
+/// gateway's default; a present one may lower the limit down to 1, never raise it above
+/// the gateway's maximum (such a request is refused with `invalid_limit`).
+///
+/// Unknown fields are ignored, so a client may send limits a newer gateway understands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Wall-clock time from start to the end of the program, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Bytes of stdout plus stderr delivered; output past it is cut at exactly this count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// True when no limit is requested.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
