@@ -1,1 +1,200 @@
-fn main() {}
+//! The `sluice` command: `sluice serve` runs the gateway.
+//!
+//! Kept thin: parse flags into a [`Config`], set up logging, bind, and hand over to
+//! [`sluice_gateway::run`] with a shutdown future for SIGINT/SIGTERM.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use sluice_gateway::{Config, LimitBound, LimitsConfig, RuntimeSpec};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// Sluice: a WebSocket gateway that runs code and streams what it does, live.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway: accept WebSocket clients on /v1/ws and run their code.
+    ///
+    /// Every flag has a safe default; `sluice serve` alone listens on 127.0.0.1:7878 and
+    /// runs python, bash, sh and node (those found on PATH).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    #[arg(long, default_value = "127.0.0.1:7878", env = "SLUICE_LISTEN")]
+    listen: SocketAddr,
+
+    /// Largest text frame a client may send, in bytes. Larger frames get a `too_large`
+    /// error; frames over four times this close the socket (code 1009).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    max_frame_bytes: usize,
+
+    /// Most output bytes carried by one stdout/stderr event.
+    #[arg(long, default_value_t = sluice_protocol::DEFAULT_CHUNK_BYTES, value_name = "BYTES")]
+    chunk_bytes: usize,
+
+    /// Time between SIGTERM and SIGKILL when an execution is cancelled.
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    kill_grace_ms: u64,
+
+    /// Wall-clock limit applied when a request names none.
+    #[arg(long, default_value_t = LimitsConfig::default().timeout_ms.default, value_name = "MS")]
+    default_timeout_ms: u64,
+
+    /// Largest wall-clock limit a request may ask for.
+    #[arg(long, default_value_t = LimitsConfig::default().timeout_ms.max, value_name = "MS")]
+    max_timeout_ms: u64,
+
+    /// Output limit (stdout plus stderr) applied when a request names none.
+    #[arg(long, default_value_t = LimitsConfig::default().output_bytes.default, value_name = "BYTES")]
+    default_output_bytes: u64,
+
+    /// Largest output limit a request may ask for.
+    #[arg(long, default_value_t = LimitsConfig::default().output_bytes.max, value_name = "BYTES")]
+    max_output_bytes: u64,
+
+    /// WebSocket connections served at once; more get HTTP 503.
+    #[arg(long, default_value_t = Config::default().max_connections, value_name = "N")]
+    max_connections: usize,
+
+    /// Executions running at once on the whole gateway.
+    #[arg(long, default_value_t = Config::default().max_executions, value_name = "N")]
+    max_executions: usize,
+
+    /// Executions running at once on one socket.
+    #[arg(long, default_value_t = Config::default().max_executions_per_connection, value_name = "N")]
+    max_executions_per_connection: usize,
+
+    /// Sessions one socket may name and create.
+    #[arg(long, default_value_t = Config::default().max_sessions_per_connection, value_name = "N")]
+    max_sessions_per_connection: usize,
+
+    /// Events queued per socket before executions wait for the client to read.
+    #[arg(long, default_value_t = Config::default().outbound_queue, value_name = "EVENTS")]
+    outbound_queue: usize,
+
+    /// Add or replace a runtime: NAME=COMMAND or NAME.EXT=COMMAND, where COMMAND may use
+    /// {file} for the source file (appended when absent). Repeatable.
+    /// Example: --runtime 'ruby.rb=ruby {file}'
+    #[arg(long = "runtime", value_name = "NAME=COMMAND", value_parser = RuntimeSpec::parse)]
+    runtimes: Vec<RuntimeSpec>,
+
+    /// Add a variable to every execution's environment (the gateway's own environment is
+    /// never passed on). Repeatable. Example: --env TZ=UTC
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// Directory for the executions' temporary working directories
+    /// [default: the system temporary directory, $TMPDIR or /tmp].
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log: String,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Config {
+        let mut config = Config {
+            max_frame_bytes: self.max_frame_bytes,
+            chunk_bytes: self.chunk_bytes,
+            kill_grace: Duration::from_millis(self.kill_grace_ms),
+            limits: LimitsConfig {
+                timeout_ms: LimitBound {
+                    default: self.default_timeout_ms,
+                    max: self.max_timeout_ms,
+                },
+                output_bytes: LimitBound {
+                    default: self.default_output_bytes,
+                    max: self.max_output_bytes,
+                },
+            },
+            max_connections: self.max_connections,
+            max_executions: self.max_executions,
+            max_executions_per_connection: self.max_executions_per_connection,
+            max_sessions_per_connection: self.max_sessions_per_connection,
+            outbound_queue: self.outbound_queue,
+            work_root: self.work_dir,
+            ..Config::default()
+        };
+        config.runtimes.extend(self.runtimes);
+        for (key, value) in self.env {
+            config.base_env.retain(|(k, _)| *k != key);
+            config.base_env.push((key, value));
+        }
+        config
+    }
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(&args.log, args.log_json);
+            let listen = args.listen;
+            let config = args.into_config();
+            config.validate().context("invalid configuration")?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let bound = listener
+                .local_addr()
+                .context("cannot read the bound address")?;
+            tracing::info!(address = %bound, url = %format!("ws://{bound}{}", sluice_protocol::WS_PATH), "listening");
+            sluice_gateway::run(listener, config, shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}

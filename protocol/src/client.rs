@@ -164,15 +164,27 @@ impl ClientFrame {
                 if let Some(session) = &e.session {
                     check_name("session", session).map_err(bad)?;
                 }
-                if let Some(key) = e.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
-                    return Err(bad(format!("env name {key:?} is empty or contains '=' or NUL")));
+                if let Some(key) = e
+                    .env
+                    .keys()
+                    .find(|k| k.is_empty() || k.contains(['=', '\0']))
+                {
+                    return Err(bad(format!(
+                        "env name {key:?} is empty or contains '=' or NUL"
+                    )));
                 }
-                if e.args.iter().chain(e.env.values()).any(|v| v.contains('\0')) {
+                if e.args
+                    .iter()
+                    .chain(e.env.values())
+                    .any(|v| v.contains('\0'))
+                {
                     return Err(bad("args and env values may not contain NUL".to_owned()));
                 }
             }
             Self::Stdin(s) if s.data.is_none() && !s.eof => {
-                return Err(bad("stdin frame needs \"data\", \"eof\": true, or both".to_owned()));
+                return Err(bad(
+                    "stdin frame needs \"data\", \"eof\": true, or both".to_owned()
+                ));
             }
             Self::Stdin(_) | Self::Cancel(_) => {}
         }
@@ -212,9 +224,11 @@ fn classify(text: &str, err: &serde_json::Error) -> FrameError {
             Some(t),
             id,
         ),
-        Some(serde_json::Value::String(t)) => {
-            bad(format!("invalid {t} frame: {}", strip_position(err)), Some(t), id)
-        }
+        Some(serde_json::Value::String(t)) => bad(
+            format!("invalid {t} frame: {}", strip_position(err)),
+            Some(t),
+            id,
+        ),
         Some(_) => bad("\"type\" must be a string".to_owned(), None, id),
     }
 }
@@ -238,7 +252,9 @@ mod tests {
         let frame =
             ClientFrame::decode(r#"{"type":"execute","id":"a","language":"sh","code":"echo"}"#)
                 .unwrap();
-        let ClientFrame::Execute(e) = frame else { panic!("not execute") };
+        let ClientFrame::Execute(e) = frame else {
+            panic!("not execute")
+        };
         assert_eq!(e.encoding, Encoding::Utf8);
         assert!(e.limits.is_empty());
     }
@@ -249,7 +265,11 @@ mod tests {
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert_eq!(err.frame_type.as_deref(), Some("launch"));
         assert_eq!(err.id.as_deref(), Some("x"));
-        assert!(err.message.contains("unknown frame type"), "{}", err.message);
+        assert!(
+            err.message.contains("unknown frame type"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -267,7 +287,10 @@ mod tests {
             language: "python".into(),
             code: "print(1)".into(),
             encoding: Encoding::Base64,
-            limits: Limits { timeout_ms: Some(5), output_bytes: None },
+            limits: Limits {
+                timeout_ms: Some(5),
+                output_bytes: None,
+            },
             ..ExecuteRequest::default()
         });
         assert_eq!(ClientFrame::decode(&frame.to_json()).unwrap(), frame);

@@ -32,7 +32,10 @@ pub enum EventKind {
 impl EventKind {
     /// True for the types that end an execution: exactly one per execution.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Cancelled | Self::ResourceLimit | Self::Error)
+        matches!(
+            self,
+            Self::Completed | Self::Cancelled | Self::ResourceLimit | Self::Error
+        )
     }
 
     /// The type as it appears on the wire.
@@ -112,7 +115,8 @@ pub struct Event {
     /// Output text (base64 when `encoding` is `base64`), or a human message.
     #[serde(default)]
     pub data: String,
-    /// Unix time in seconds, with microsecond precision; never decreases within a session.
+    /// Unix time in seconds, with microsecond precision; never decreases within a stream (a session's,
+    /// or the socket's own).
     pub timestamp: f64,
     /// Position in the session's event stream: starts at 1, increases by exactly 1.
     /// Events with no session count on their socket's own stream, also from 1.
@@ -185,7 +189,10 @@ impl Event {
 
     /// An `error` event with `code` and a human message.
     pub fn error(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code: Some(code), ..Self::new(EventKind::Error, id, message) }
+        Self {
+            code: Some(code),
+            ..Self::new(EventKind::Error, id, message)
+        }
     }
 
     /// True for the event that ends an execution.
@@ -216,10 +223,14 @@ impl Event {
         if !self.timestamp.is_finite() || self.timestamp <= 0.0 {
             return fail("has no valid timestamp");
         }
-        if self.id.is_some() && self.session.is_none() {
+        // An `execute` refused before it joined a session is the one event that names
+        // an execution on the socket's own stream.
+        if self.id.is_some() && self.session.is_none() && self.kind != EventKind::Error {
             return fail("names an execution but no session");
         }
         match self.kind {
+            EventKind::Started if self.pid.is_none() => fail("has no pid"),
+            EventKind::ResourceLimit if self.limit_value.is_none() => fail("has no limit_value"),
             EventKind::Started | EventKind::Stdout | EventKind::Stderr | EventKind::Cancelled
                 if self.id.is_none() =>
             {

@@ -1,0 +1,213 @@
+//! The gateway's configuration: one plain value with safe defaults, built by `main` from
+//! the command line and checked once by [`Config::validate`].
+
+use crate::runtime::RuntimeSpec;
+use sluice_protocol::Limits;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A limit's server default (used when a request names none) and maximum (a request
+/// above it is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitBound {
+    /// Applied when the request does not name this limit.
+    pub default: u64,
+    /// The largest value a request may ask for.
+    pub max: u64,
+}
+
+/// The per-execution limits the gateway enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Wall-clock time, in milliseconds.
+    pub timeout_ms: LimitBound,
+    /// Bytes of stdout plus stderr.
+    pub output_bytes: LimitBound,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: LimitBound {
+                default: 30_000,
+                max: 600_000,
+            },
+            output_bytes: LimitBound {
+                default: 16 << 20,
+                max: 1 << 30,
+            },
+        }
+    }
+}
+
+/// Limits in force for one execution, after applying defaults and maxima.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EffectiveLimits {
+    pub(crate) timeout: Duration,
+    pub(crate) timeout_ms: u64,
+    pub(crate) output_bytes: u64,
+}
+
+impl LimitsConfig {
+    /// Applies `requested` to the defaults; a value of 0 or above the maximum is refused
+    /// with a message naming the limit and the allowed range.
+    pub(crate) fn resolve(&self, requested: &Limits) -> Result<EffectiveLimits, String> {
+        let pick = |name: &str, asked: Option<u64>, bound: LimitBound| match asked {
+            None => Ok(bound.default),
+            Some(v) if v == 0 || v > bound.max => Err(format!(
+                "limits.{name} must be between 1 and {} (got {v})",
+                bound.max
+            )),
+            Some(v) => Ok(v),
+        };
+        let timeout_ms = pick("timeout_ms", requested.timeout_ms, self.timeout_ms)?;
+        let output_bytes = pick("output_bytes", requested.output_bytes, self.output_bytes)?;
+        Ok(EffectiveLimits {
+            timeout: Duration::from_millis(timeout_ms),
+            timeout_ms,
+            output_bytes,
+        })
+    }
+}
+
+/// Everything the gateway needs to run. `Config::default()` is a safe, working setup.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest text frame a client may send, in bytes. Larger frames get `too_large`; frames
+    /// above four times this close the socket (WebSocket close code 1009).
+    pub max_frame_bytes: usize,
+    /// Most raw output bytes carried by one `stdout`/`stderr` event.
+    pub chunk_bytes: usize,
+    /// Time between SIGTERM and SIGKILL when an execution is cancelled.
+    pub kill_grace: Duration,
+    /// Per-execution limits.
+    pub limits: LimitsConfig,
+    /// WebSocket connections served at once; more are answered with HTTP 503.
+    pub max_connections: usize,
+    /// Executions running at once on the whole gateway.
+    pub max_executions: usize,
+    /// Executions running at once on one socket.
+    pub max_executions_per_connection: usize,
+    /// Client-named sessions one socket may create.
+    pub max_sessions_per_connection: usize,
+    /// Events queued for one socket before executions wait for the socket to drain.
+    pub outbound_queue: usize,
+    /// `stdin` frames queued for one execution before further ones get `stdin_full`.
+    pub stdin_queue: usize,
+    /// The languages the gateway runs, resolved to executables at start-up.
+    pub runtimes: Vec<RuntimeSpec>,
+    /// Variables every execution gets (before the runtime's and the request's own).
+    pub base_env: Vec<(String, String)>,
+    /// Directory under which each execution gets its own working directory; `None`
+    /// uses the system temporary directory.
+    pub work_root: Option<PathBuf>,
+    /// How long shutdown waits for connections to finish after cancelling executions.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 1 << 20,
+            chunk_bytes: sluice_protocol::DEFAULT_CHUNK_BYTES,
+            kill_grace: Duration::from_millis(2_000),
+            limits: LimitsConfig::default(),
+            max_connections: 4_096,
+            max_executions: 1_024,
+            max_executions_per_connection: 128,
+            max_sessions_per_connection: 256,
+            outbound_queue: 64,
+            stdin_queue: 64,
+            runtimes: RuntimeSpec::defaults(),
+            base_env: vec![
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
+            work_root: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration the gateway refuses to start with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A size or count that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// A limit's default is above its maximum.
+    #[error("the default {0} ({1}) is above its maximum ({2})")]
+    DefaultAboveMax(&'static str, u64, u64),
+    /// The output chunk cannot fit in a frame a client will accept.
+    #[error("chunk size {0} must be at least 1024 bytes")]
+    ChunkTooSmall(usize),
+}
+
+impl Config {
+    /// Checks the values that would make the gateway misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_connections", self.max_connections),
+            ("max_executions", self.max_executions),
+            (
+                "max_executions_per_connection",
+                self.max_executions_per_connection,
+            ),
+            ("outbound_queue", self.outbound_queue),
+            ("stdin_queue", self.stdin_queue),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.chunk_bytes < 1024 {
+            return Err(ConfigError::ChunkTooSmall(self.chunk_bytes));
+        }
+        for (name, bound) in [
+            ("timeout_ms", self.limits.timeout_ms),
+            ("output_bytes", self.limits.output_bytes),
+        ] {
+            if bound.default == 0 || bound.max == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+            if bound.default > bound.max {
+                return Err(ConfigError::DefaultAboveMax(name, bound.default, bound.max));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn resolve_applies_default_and_refuses_above_max() {
+        let limits = LimitsConfig::default();
+        let got = limits.resolve(&Limits::default()).unwrap();
+        assert_eq!(got.timeout_ms, 30_000);
+        let lowered = limits.resolve(&Limits {
+            timeout_ms: Some(5),
+            output_bytes: Some(7),
+        });
+        assert_eq!(lowered.unwrap().output_bytes, 7);
+        let err = limits.resolve(&Limits {
+            timeout_ms: Some(u64::MAX),
+            output_bytes: None,
+        });
+        assert!(err.unwrap_err().contains("timeout_ms"));
+        assert!(limits
+            .resolve(&Limits {
+                timeout_ms: Some(0),
+                output_bytes: None
+            })
+            .is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! One WebSocket connection: a reader loop that decodes client frames and drives
+//! executions, and a writer task that alone writes to the socket.
+//!
+//! Everything bound for the socket goes through one bounded queue that only the writer
+//! drains. The connection owns its executions: when the socket closes, or the gateway
+//! shuts down, it cancels them and waits until every one has reaped its process group.
+
+use crate::execution::{self, ExecutionContext, ExecutionHandle, ExecutionSpec, StdinChunk};
+use crate::session::{Claim, EventStream, Session};
+use crate::state::GatewayState;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::{SinkExt as _, StreamExt as _};
+use sluice_protocol::{
+    CancelFrame, ClientFrame, ErrorCode, Event, ExecuteRequest, FrameError, StdinFrame,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Close code sent when the gateway shuts down (RFC 6455 "going away").
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// Serves one upgraded socket until the client leaves or `shutdown` is cancelled.
+pub(crate) async fn serve(
+    socket: WebSocket,
+    state: Arc<GatewayState>,
+    shutdown: CancellationToken,
+) {
+    let (sink, mut frames) = socket.split();
+    let (outbound, outbound_rx) = mpsc::channel(state.config.outbound_queue);
+    // Cancelled when the writer can no longer write, so the reader stops too.
+    let writer_failed = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbound_rx,
+        writer_failed.clone(),
+        shutdown.clone(),
+    ));
+    let mut conn = Connection {
+        state: state.clone(),
+        outbound,
+        socket_stream: EventStream::new(None),
+        executions: HashMap::new(),
+        sessions: HashMap::new(),
+        tasks: JoinSet::new(),
+        executions_cancel: CancellationToken::new(),
+    };
+    tracing::debug!("connected");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = writer_failed.cancelled() => break,
+            Some(done) = conn.tasks.join_next(), if !conn.tasks.is_empty() => conn.reap_task(done),
+            frame = frames.next() => match frame {
+                Some(Ok(Message::Text(text))) => conn.handle_text(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => {
+                    conn.refuse(None, ErrorCode::BadRequest, "binary frames are not part of the protocol; send JSON text frames").await;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(err)) => {
+                    tracing::debug!(%err, "socket read failed");
+                    break;
+                }
+            },
+        }
+    }
+    conn.shut_down().await;
+    drop(conn);
+    // The writer ends once every sender is gone and the queue is drained.
+    if let Err(err) = writer.await {
+        tracing::error!(%err, "socket writer task failed");
+    }
+    tracing::debug!("disconnected");
+}
+
+/// Drains the outbound queue into the socket, batching whatever is queued into one flush.
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Message>,
+    failed: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    while let Some(message) = queue.recv().await {
+        let mut result = sink.feed(message).await;
+        while result.is_ok() {
+            match queue.try_recv() {
+                Ok(message) => result = sink.feed(message).await,
+                Err(_) => break,
+            }
+        }
+        if result.is_ok() {
+            result = sink.flush().await;
+        }
+        if let Err(err) = result {
+            tracing::debug!(%err, "socket write failed");
+            failed.cancel();
+            return;
+        }
+    }
+    let reason = if shutdown.is_cancelled() {
+        "gateway shutting down"
+    } else {
+        ""
+    };
+    let close = CloseFrame {
+        code: CLOSE_GOING_AWAY,
+        reason: reason.into(),
+    };
+    if shutdown.is_cancelled() {
+        let _ = sink.send(Message::Close(Some(close))).await;
+    }
+    let _ = sink.close().await;
+}
+
+fn is_usable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= sluice_protocol::MAX_ID_BYTES
+}
+
+/// The reader side's state.
+struct Connection {
+    state: Arc<GatewayState>,
+    /// The writer's queue. Executions hold clones; the writer ends when all are dropped.
+    outbound: mpsc::Sender<Message>,
+    /// Refusals that belong to no session are numbered on this stream.
+    socket_stream: EventStream,
+    /// Running (and just-finished) executions by client id.
+    executions: HashMap<String, ExecutionHandle>,
+    /// Sessions this socket named and created; they end with the socket.
+    sessions: HashMap<String, Arc<Session>>,
+    /// The execution tasks; each yields its id when it has sent its terminal event.
+    tasks: JoinSet<String>,
+    /// Parent of every execution's cancel token: cancelled when the socket goes away.
+    executions_cancel: CancellationToken,
+}
+
+impl Connection {
+    async fn handle_text(&mut self, text: &str) {
+        if text.len() > self.state.config.max_frame_bytes {
+            let message = format!(
+                "frame of {} bytes exceeds the maximum of {} bytes; it was not processed",
+                text.len(),
+                self.state.config.max_frame_bytes
+            );
+            return self.refuse(None, ErrorCode::TooLarge, message).await;
+        }
+        match ClientFrame::decode(text) {
+            Ok(ClientFrame::Execute(request)) => self.execute(request).await,
+            Ok(ClientFrame::Stdin(frame)) => self.stdin(frame).await,
+            Ok(ClientFrame::Cancel(frame)) => self.cancel(frame).await,
+            Err(err) => self.refuse_frame(err).await,
+        }
+    }
+
+    /// A refused frame: terminal for its execution only if it was an `execute` whose id
+    /// is free; otherwise it belongs to no execution.
+    async fn refuse_frame(&mut self, err: FrameError) {
+        let id = match (&err.frame_type, err.id) {
+            (Some(kind), Some(id))
+                if kind == "execute" && is_usable_id(&id) && !self.is_running(&id) =>
+            {
+                Some(id)
+            }
+            _ => None,
+        };
+        self.refuse(id, err.code, err.message).await;
+    }
+
+    /// Sends an `error` on the socket's own stream.
+    async fn refuse(&self, id: Option<String>, code: ErrorCode, message: impl Into<String>) {
+        let event = Event::error(id, code, message);
+        let _ = self.socket_stream.send(&self.outbound, event).await;
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        self.executions.get(id).is_some_and(|h| !h.is_finished())
+    }
+
+    /// A running execution by id; a finished one is forgotten here.
+    fn running(&mut self, id: &str) -> Option<&mut ExecutionHandle> {
+        if self
+            .executions
+            .get(id)
+            .is_some_and(ExecutionHandle::is_finished)
+        {
+            self.executions.remove(id);
+        }
+        self.executions.get_mut(id)
+    }
+
+    async fn execute(&mut self, request: ExecuteRequest) {
+        if self.is_running(&request.id) {
+            let message = format!(
+                "execution id {:?} is already running on this socket",
+                request.id
+            );
+            return self.refuse(None, ErrorCode::DuplicateId, message).await;
+        }
+        self.executions.remove(&request.id);
+        let session = match self.session_for(&request) {
+            Ok(session) => session,
+            Err((code, message)) => return self.refuse(Some(request.id), code, message).await,
+        };
+        match self.start(request, session.clone()) {
+            Ok(()) => {}
+            Err((id, code, message)) => {
+                let event = Event::error(Some(id), code, message);
+                let _ = session.stream.send(&self.outbound, event).await;
+                if session.ephemeral {
+                    self.state.sessions.release(&session);
+                }
+            }
+        }
+    }
+
+    /// The session an `execute` runs in: a fresh one, or one this socket named before.
+    fn session_for(
+        &mut self,
+        request: &ExecuteRequest,
+    ) -> Result<Arc<Session>, (ErrorCode, String)> {
+        let Some(name) = &request.session else {
+            return Ok(self.state.sessions.create_ephemeral());
+        };
+        if let Some(session) = self.sessions.get(name) {
+            return Ok(session.clone());
+        }
+        if self.sessions.len() >= self.state.config.max_sessions_per_connection {
+            let max = self.state.config.max_sessions_per_connection;
+            return Err((
+                ErrorCode::TooManySessions,
+                format!("this socket already has {max} sessions, the maximum"),
+            ));
+        }
+        match self.state.sessions.claim(name, false) {
+            Claim::Created(session) => {
+                self.sessions.insert(name.clone(), session.clone());
+                Ok(session)
+            }
+            Claim::InUse => Err((
+                ErrorCode::SessionInUse,
+                format!("session {name:?} belongs to another socket"),
+            )),
+        }
+    }
+
+    /// Checks what only the gateway can check, then starts the execution task.
+    fn start(
+        &mut self,
+        request: ExecuteRequest,
+        session: Arc<Session>,
+    ) -> Result<(), (String, ErrorCode, String)> {
+        let state = &self.state;
+        let ExecuteRequest {
+            id,
+            language,
+            code,
+            stdin,
+            env,
+            args,
+            limits,
+            encoding,
+            ..
+        } = request;
+        let fail = |code, message: String| Err((id.clone(), code, message));
+        if state.shutdown.is_cancelled() {
+            return fail(
+                ErrorCode::ShuttingDown,
+                "the gateway is shutting down".into(),
+            );
+        }
+        let Some(runtime) = state.runtimes.get(&language) else {
+            let known = state.runtimes.names().join(", ");
+            return fail(
+                ErrorCode::UnknownLanguage,
+                format!("unknown language {language:?}; this gateway runs: {known}"),
+            );
+        };
+        let limits = match state.config.limits.resolve(&limits) {
+            Ok(limits) => limits,
+            Err(message) => return fail(ErrorCode::InvalidLimit, message),
+        };
+        let running = self
+            .executions
+            .values()
+            .filter(|h| !h.is_finished())
+            .count();
+        if running >= state.config.max_executions_per_connection {
+            let max = state.config.max_executions_per_connection;
+            return fail(
+                ErrorCode::TooManyExecutions,
+                format!("{max} executions are already running on this socket, the maximum"),
+            );
+        }
+        let Ok(slot) = state.execution_slots.clone().try_acquire_owned() else {
+            let max = state.config.max_executions;
+            return fail(
+                ErrorCode::TooManyExecutions,
+                format!("the gateway is running {max} executions, its maximum"),
+            );
+        };
+        let spec = ExecutionSpec {
+            id: id.clone(),
+            runtime: runtime.clone(),
+            code,
+            args,
+            env: env.into_iter().collect(),
+            stdin,
+            encoding,
+            limits,
+        };
+        let ctx = ExecutionContext {
+            session,
+            sessions: state.sessions.clone(),
+            outbound: self.outbound.clone(),
+            work_root: state.work_root.clone(),
+            base_env: state.base_env.clone(),
+            chunk_bytes: state.config.chunk_bytes,
+            kill_grace: state.config.kill_grace,
+            _slot: slot,
+        };
+        let (handle, task) = execution::prepare(
+            spec,
+            ctx,
+            state.config.stdin_queue,
+            self.executions_cancel.child_token(),
+        );
+        self.tasks.spawn(task);
+        self.executions.insert(id, handle);
+        Ok(())
+    }
+
+    async fn stdin(&mut self, frame: StdinFrame) {
+        let StdinFrame { id, data, eof } = frame;
+        let Some(handle) = self.running(&id) else {
+            let message = format!("no execution {id:?} is running on this socket");
+            return self
+                .refuse(None, ErrorCode::UnknownExecution, message)
+                .await;
+        };
+        if handle.stdin_closed {
+            let message = format!("stdin of execution {id:?} is already closed");
+            return self.refuse(None, ErrorCode::StdinClosed, message).await;
+        }
+        match handle.stdin.try_send(StdinChunk { data, eof }) {
+            Ok(()) => handle.stdin_closed = eof,
+            Err(TrySendError::Full(_)) => {
+                let message = format!(
+                    "execution {id:?} is not reading its stdin fast enough; this input was dropped"
+                );
+                self.refuse(None, ErrorCode::StdinFull, message).await;
+            }
+            Err(TrySendError::Closed(_)) => {
+                handle.stdin_closed = true;
+                let message = format!("execution {id:?} closed its stdin");
+                self.refuse(None, ErrorCode::StdinClosed, message).await;
+            }
+        }
+    }
+
+    async fn cancel(&mut self, frame: CancelFrame) {
+        match self.running(&frame.id) {
+            Some(handle) => handle.cancel.cancel(),
+            None => {
+                let message = format!("no execution {:?} is running on this socket", frame.id);
+                self.refuse(None, ErrorCode::UnknownExecution, message)
+                    .await;
+            }
+        }
+    }
+
+    fn reap_task(&mut self, done: Result<String, tokio::task::JoinError>) {
+        match done {
+            Ok(id) => {
+                if self
+                    .executions
+                    .get(&id)
+                    .is_some_and(ExecutionHandle::is_finished)
+                {
+                    self.executions.remove(&id);
+                }
+            }
+            Err(err) => tracing::error!(%err, "execution task failed"),
+        }
+    }
+
+    /// Cancels every execution and waits until each has reaped its process group.
+    async fn shut_down(&mut self) {
+        self.executions_cancel.cancel();
+        while let Some(done) = self.tasks.join_next().await {
+            self.reap_task(done);
+        }
+        for session in self.sessions.values() {
+            self.state.sessions.release(session);
+        }
+    }
+}

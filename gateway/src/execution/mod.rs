@@ -1,0 +1,525 @@
+//! One execution from `execute` to its terminal event: working directory, child process,
+//! stdin writer, output pump, limits, cancellation, and the usage report.
+//!
+//! The connection keeps an [`ExecutionHandle`] per running id and drives the execution
+//! only through it (stdin queue, cancel token). The execution task owns everything else
+//! and always ends with exactly one terminal event, after the process group is gone.
+
+mod output;
+mod process;
+mod workdir;
+
+use crate::config::EffectiveLimits;
+use crate::runtime::Runtime;
+use crate::session::{Session, SessionRegistry};
+use crate::sys::Signal;
+use axum::extract::ws::Message;
+use output::OutputDecoder;
+use process::{ChildGroup, Launch};
+use sluice_protocol::{Encoding, ErrorCode, Event, EventKind, LimitKind, Usage};
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use workdir::Workdir;
+
+/// After the program exits, how long to wait for its pipes to reach end-of-file (a
+/// process that left the group may hold them) before reading what is there and closing.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Input for a running program, queued by the connection.
+#[derive(Debug)]
+pub(crate) struct StdinChunk {
+    pub(crate) data: Option<String>,
+    pub(crate) eof: bool,
+}
+
+/// The connection's side of a running execution.
+#[derive(Debug)]
+pub(crate) struct ExecutionHandle {
+    /// Feeds the execution's stdin writer task; the task closes the program's stdin when
+    /// it sees `eof` or when this sender is dropped with the handle.
+    pub(crate) stdin: mpsc::Sender<StdinChunk>,
+    /// Set once the connection has forwarded `eof` (or the request carried all of stdin).
+    pub(crate) stdin_closed: bool,
+    /// Cancelling it stops the program (SIGTERM, then SIGKILL after the grace period).
+    pub(crate) cancel: CancellationToken,
+    /// Set by the execution just before it sends its terminal event, so an id is free for
+    /// reuse as soon as a client can have seen that event.
+    finished: Arc<AtomicBool>,
+}
+
+impl ExecutionHandle {
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+}
+
+/// What to run.
+#[derive(Debug)]
+pub(crate) struct ExecutionSpec {
+    pub(crate) id: String,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) code: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) stdin: Option<String>,
+    pub(crate) encoding: Encoding,
+    pub(crate) limits: EffectiveLimits,
+}
+
+/// Where it runs and where its events go.
+#[derive(Debug)]
+pub(crate) struct ExecutionContext {
+    pub(crate) session: Arc<Session>,
+    pub(crate) sessions: Arc<SessionRegistry>,
+    /// The owning socket's outbound queue; waiting for room here is what pushes back on
+    /// the program when the client reads slowly.
+    pub(crate) outbound: mpsc::Sender<Message>,
+    pub(crate) work_root: Arc<Path>,
+    pub(crate) base_env: Arc<[(String, String)]>,
+    pub(crate) chunk_bytes: usize,
+    pub(crate) kill_grace: std::time::Duration,
+    /// The gateway-wide execution slot, freed when the task ends.
+    pub(crate) _slot: OwnedSemaphorePermit,
+}
+
+/// Prepares an execution; the connection spawns the returned future and keeps the handle.
+pub(crate) fn prepare(
+    spec: ExecutionSpec,
+    ctx: ExecutionContext,
+    stdin_queue: usize,
+    cancel: CancellationToken,
+) -> (
+    ExecutionHandle,
+    impl std::future::Future<Output = String> + Send + 'static,
+) {
+    let (stdin_tx, stdin_rx) = mpsc::channel(stdin_queue);
+    let finished = Arc::new(AtomicBool::new(false));
+    let handle = ExecutionHandle {
+        stdin: stdin_tx,
+        stdin_closed: spec.stdin.is_some(),
+        cancel: cancel.clone(),
+        finished: finished.clone(),
+    };
+    let span = tracing::info_span!(
+        "execution",
+        id = %spec.id,
+        session = %ctx.session.stream.session_id().map(|s| &**s).unwrap_or(""),
+        language = %spec.runtime.name,
+    );
+    let task = async move {
+        let id = spec.id.clone();
+        let run = Run {
+            spec,
+            ctx,
+            cancel,
+            finished,
+        };
+        run.execute(stdin_rx).await;
+        id
+    };
+    (handle, task.instrument(span))
+}
+
+/// Why the gateway ended the program early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancelled,
+    Timeout,
+    Output,
+}
+
+/// One output pipe and its decoder.
+#[derive(Debug)]
+struct OutputPipe {
+    kind: EventKind,
+    rx: Option<pipe::Receiver>,
+    decoder: OutputDecoder,
+    delivered: u64,
+}
+
+/// What one non-blocking read produced.
+enum Read {
+    Data(usize),
+    Eof,
+    Empty,
+}
+
+impl OutputPipe {
+    fn new(kind: EventKind, rx: pipe::Receiver, encoding: Encoding) -> Self {
+        Self {
+            kind,
+            rx: Some(rx),
+            decoder: OutputDecoder::new(encoding),
+            delivered: 0,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match &self.rx {
+            Some(rx) => rx.readable().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Reads whatever the pipe holds, up to `buf.len()`, without waiting.
+    fn read_available(&mut self, buf: &mut [u8]) -> Read {
+        let Some(rx) = &self.rx else { return Read::Eof };
+        let mut filled = 0;
+        while filled < buf.len() {
+            match rx.try_read(&mut buf[filled..]) {
+                Ok(0) => {
+                    return if filled == 0 {
+                        Read::Eof
+                    } else {
+                        Read::Data(filled)
+                    }
+                }
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    tracing::warn!(%err, "reading program output failed; closing the pipe");
+                    return if filled == 0 {
+                        Read::Eof
+                    } else {
+                        Read::Data(filled)
+                    };
+                }
+            }
+        }
+        if filled == 0 {
+            Read::Empty
+        } else {
+            Read::Data(filled)
+        }
+    }
+
+    /// Closes the pipe; returns the held-back tail of a character, if any.
+    fn close(&mut self) -> Option<String> {
+        self.rx = None;
+        self.decoder.finish()
+    }
+
+    fn event(&self, id: &str, text: String, encoding: Encoding) -> Event {
+        let mut event = Event::new(self.kind, Some(id.to_owned()), text);
+        if encoding == Encoding::Base64 {
+            event.encoding = Some(Encoding::Base64);
+        }
+        event
+    }
+}
+
+struct Run {
+    spec: ExecutionSpec,
+    ctx: ExecutionContext,
+    cancel: CancellationToken,
+    finished: Arc<AtomicBool>,
+}
+
+impl Run {
+    async fn execute(self, stdin_rx: mpsc::Receiver<StdinChunk>) {
+        let workdir = match Workdir::create(
+            &self.ctx.work_root,
+            &self.spec.runtime.file_name,
+            &self.spec.code,
+        ) {
+            Ok(dir) => dir,
+            Err(err) => {
+                tracing::error!(%err, "could not prepare the working directory");
+                let event = Event::error(
+                    Some(self.spec.id.clone()),
+                    ErrorCode::Internal,
+                    "could not prepare the working directory",
+                );
+                return self.finish(event).await;
+            }
+        };
+        let env = self.environment(workdir.path());
+        let launch = Launch {
+            runtime: &self.spec.runtime,
+            workdir: workdir.path(),
+            source: &workdir.source(),
+            args: &self.spec.args,
+            env,
+        };
+        let started_at = Instant::now();
+        let spawned = match launch.spawn() {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                tracing::warn!(%err, "spawn failed");
+                let event = Event::error(
+                    Some(self.spec.id.clone()),
+                    ErrorCode::SpawnFailed,
+                    err.to_string(),
+                );
+                self.finish(event).await;
+                return workdir.remove().await;
+            }
+        };
+        let mut child = spawned.child;
+        tracing::debug!(pid = child.pid(), "started");
+        let mut started = Event::new(EventKind::Started, Some(self.spec.id.clone()), "");
+        started.pid = Some(child.pid());
+        let _ = self
+            .ctx
+            .session
+            .stream
+            .send(&self.ctx.outbound, started)
+            .await;
+
+        let stdin_task = tokio::spawn(write_stdin(
+            spawned.stdin,
+            self.spec.stdin.clone(),
+            stdin_rx,
+        ));
+        let encoding = self.spec.encoding;
+        let mut pipes = [
+            OutputPipe::new(EventKind::Stdout, spawned.stdout, encoding),
+            OutputPipe::new(EventKind::Stderr, spawned.stderr, encoding),
+        ];
+        let pump = self.pump(&mut child, &mut pipes, started_at).await;
+        stdin_task.abort();
+
+        let reaped = child.reap().await;
+        let usage = Usage {
+            duration_ms: millis(pump.exited_at.duration_since(started_at)),
+            first_output_ms: pump
+                .first_output_at
+                .map(|t| millis(t.duration_since(started_at))),
+            cpu_ms: reaped.as_ref().map(|r| millis(r.cpu)).unwrap_or(0.0),
+            peak_memory_bytes: reaped.as_ref().map(|r| r.peak_memory_bytes).unwrap_or(0),
+            stdout_bytes: pipes[0].delivered,
+            stderr_bytes: pipes[1].delivered,
+        };
+        let id = Some(self.spec.id.clone());
+        let limits = self.spec.limits;
+        let mut terminal = match (pump.stop, &reaped) {
+            (Some(Stop::Cancelled), _) => {
+                Event::new(EventKind::Cancelled, id, "execution cancelled")
+            }
+            (Some(Stop::Timeout), _) => Event {
+                limit: Some(LimitKind::Timeout),
+                limit_value: Some(limits.timeout_ms),
+                ..Event::new(
+                    EventKind::ResourceLimit,
+                    id,
+                    format!("wall-clock limit of {} ms reached", limits.timeout_ms),
+                )
+            },
+            (Some(Stop::Output), _) => Event {
+                limit: Some(LimitKind::Output),
+                limit_value: Some(limits.output_bytes),
+                ..Event::new(
+                    EventKind::ResourceLimit,
+                    id,
+                    format!("output limit of {} bytes reached", limits.output_bytes),
+                )
+            },
+            (None, Ok(reaped)) => Event {
+                exit_code: reaped.exit_code,
+                signal: reaped.signal,
+                ..Event::new(EventKind::Completed, id, "")
+            },
+            (None, Err(err)) => {
+                tracing::error!(%err, "could not reap the program");
+                Event::error(
+                    id,
+                    ErrorCode::Internal,
+                    "the gateway lost track of the program",
+                )
+            }
+        };
+        terminal.usage = Some(usage);
+        tracing::debug!(kind = %terminal.kind, "finished");
+        self.finish(terminal).await;
+        workdir.remove().await;
+    }
+
+    fn environment<'a>(&'a self, workdir: &'a Path) -> Vec<(&'a str, &'a str)> {
+        let dir = workdir.to_str().unwrap_or("/tmp");
+        let pairs =
+            |list: &'a [(String, String)]| list.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let mut env: Vec<(&str, &str)> = pairs(&self.ctx.base_env).collect();
+        env.extend([("HOME", dir), ("TMPDIR", dir)]);
+        env.extend(pairs(&self.spec.runtime.env));
+        env.extend(pairs(&self.spec.env));
+        env
+    }
+
+    /// Moves output from the pipes to the socket until the program has exited and its
+    /// pipes are drained, enforcing the limits and reacting to cancel on the way.
+    async fn pump(
+        &self,
+        child: &mut ChildGroup,
+        pipes: &mut [OutputPipe; 2],
+        started_at: Instant,
+    ) -> PumpResult {
+        let id = self.spec.id.as_str();
+        let limits = self.spec.limits;
+        let encoding = self.spec.encoding;
+        let stream = &self.ctx.session.stream;
+        let deadline = started_at + limits.timeout;
+        let mut buf = vec![0u8; self.ctx.chunk_bytes];
+        let mut budget = limits.output_bytes;
+        // Output events waiting for room on the socket (at most three: a chunk and the
+        // flushed tails of both streams). Reading pauses while any wait, so a slow client
+        // fills the pipe and the program blocks in write.
+        let mut pending: VecDeque<Event> = VecDeque::new();
+        let mut stop: Option<Stop> = None;
+        let mut kill_at: Option<Instant> = None;
+        let mut exited_at: Option<Instant> = None;
+        let mut drain_at: Option<Instant> = None;
+        let mut first_output_at = None;
+        loop {
+            if exited_at.is_some() && pending.is_empty() && pipes.iter().all(|p| !p.is_open()) {
+                break;
+            }
+            let which = tokio::select! {
+                biased;
+                permit = self.ctx.outbound.reserve(), if !pending.is_empty() => {
+                    match (permit, pending.pop_front()) {
+                        (Ok(permit), Some(event)) => stream.send_with(permit, event),
+                        // The socket is gone: nobody reads output any more, but the program
+                        // must still be stopped and reaped; the connection cancels it.
+                        _ => pending.clear(),
+                    }
+                    continue;
+                }
+                () = self.cancel.cancelled(), if stop.is_none() && exited_at.is_none() => {
+                    stop = Some(Stop::Cancelled);
+                    child.signal(Signal::Terminate);
+                    kill_at = Some(Instant::now() + self.ctx.kill_grace);
+                    continue;
+                }
+                () = sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && exited_at.is_none() => {
+                    child.signal(Signal::Kill);
+                    kill_at = None;
+                    continue;
+                }
+                () = sleep_until(deadline), if stop.is_none() && exited_at.is_none() => {
+                    stop = Some(Stop::Timeout);
+                    child.signal(Signal::Kill);
+                    continue;
+                }
+                () = child.exited(), if exited_at.is_none() => {
+                    exited_at = Some(Instant::now());
+                    // Whatever the program left running in its group goes with it.
+                    child.signal(Signal::Kill);
+                    drain_at = Some(Instant::now() + DRAIN_GRACE);
+                    continue;
+                }
+                () = sleep_until(drain_at.unwrap_or(deadline)), if drain_at.is_some() && pending.is_empty() => None,
+                r = pipes[0].readable(), if pending.is_empty() && pipes[0].is_open() => Some((0, r)),
+                r = pipes[1].readable(), if pending.is_empty() && pipes[1].is_open() => Some((1, r)),
+            };
+            // Either a pipe is readable, or the drain grace is over and each pipe gets one
+            // last non-blocking read before it is closed.
+            let (candidates, draining): (&[usize], bool) = match which {
+                Some((0, _)) => (&[0], false),
+                Some(_) => (&[1], false),
+                None => (&[0, 1], true),
+            };
+            for &index in candidates {
+                if !pipes[index].is_open() || !pending.is_empty() {
+                    continue;
+                }
+                let pipe = &mut pipes[index];
+                let room = buf.len().saturating_sub(pipe.decoder.carried()).max(1);
+                match pipe.read_available(&mut buf[..room]) {
+                    Read::Data(n) => {
+                        first_output_at.get_or_insert_with(Instant::now);
+                        let take = n.min(usize::try_from(budget).unwrap_or(usize::MAX));
+                        budget -= take as u64;
+                        pipe.delivered += take as u64;
+                        let text = pipe.decoder.decode(&buf[..take]);
+                        pending.extend(text.map(|t| pipe.event(id, t, encoding)));
+                        if take < n {
+                            // Past the limit: exactly the budget is delivered, nothing after.
+                            stop.get_or_insert(Stop::Output);
+                            child.signal(Signal::Kill);
+                            for pipe in pipes.iter_mut() {
+                                let tail = pipe.close();
+                                pending.extend(tail.map(|t| pipe.event(id, t, encoding)));
+                            }
+                        }
+                    }
+                    Read::Eof => pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding))),
+                    Read::Empty if draining => {
+                        pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding)))
+                    }
+                    Read::Empty => {}
+                }
+            }
+            if draining && pipes.iter().all(|p| !p.is_open()) {
+                drain_at = None;
+            }
+        }
+        PumpResult {
+            stop,
+            exited_at: exited_at.unwrap_or_else(Instant::now),
+            first_output_at,
+        }
+    }
+
+    /// Marks the execution finished, then sends its terminal event and frees its session
+    /// if the gateway made it.
+    async fn finish(&self, event: Event) {
+        self.finished.store(true, Ordering::Release);
+        let _ = self
+            .ctx
+            .session
+            .stream
+            .send(&self.ctx.outbound, event)
+            .await;
+        if self.ctx.session.ephemeral {
+            self.ctx.sessions.release(&self.ctx.session);
+        }
+    }
+}
+
+struct PumpResult {
+    stop: Option<Stop>,
+    exited_at: Instant,
+    first_output_at: Option<Instant>,
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Writes client input to the program. Ends, closing the program's stdin, after `eof`,
+/// after the request's whole `stdin`, when the handle is dropped, or when the program
+/// stops reading.
+async fn write_stdin(
+    mut pipe: pipe::Sender,
+    initial: Option<String>,
+    mut rx: mpsc::Receiver<StdinChunk>,
+) {
+    if let Some(data) = initial {
+        let _ = pipe.write_all(data.as_bytes()).await;
+        return;
+    }
+    while let Some(chunk) = rx.recv().await {
+        if let Some(data) = chunk.data {
+            if pipe.write_all(data.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        if chunk.eof {
+            return;
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! A program started for an execution: its own process group, its pipes, and the
+//! guarantee that the whole group is killed and the program reaped, even on drop.
+
+use crate::runtime::{Runtime, FILE_PLACEHOLDER};
+use crate::sys::{self, Reaped, Signal};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+
+/// Pipe buffer requested for stdout and stderr: larger reads mean fewer, fuller events.
+const PIPE_BYTES: usize = 1 << 20;
+
+/// What a program needs to start.
+#[derive(Debug)]
+pub(crate) struct Launch<'a> {
+    pub(crate) runtime: &'a Runtime,
+    pub(crate) workdir: &'a Path,
+    pub(crate) source: &'a Path,
+    pub(crate) args: &'a [String],
+    /// The whole environment, in order of precedence (later wins).
+    pub(crate) env: Vec<(&'a str, &'a str)>,
+}
+
+/// A started program and the gateway's ends of its pipes.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) child: ChildGroup,
+    pub(crate) stdin: pipe::Sender,
+    pub(crate) stdout: pipe::Receiver,
+    pub(crate) stderr: pipe::Receiver,
+}
+
+/// Why a program did not start; the message names the command.
+#[derive(Debug, thiserror::Error)]
+#[error("could not start {program} for {language}: {source}")]
+pub(crate) struct SpawnError {
+    program: String,
+    language: String,
+    #[source]
+    source: io::Error,
+}
+
+/// The leader of an execution's process group. Dropping it kills the group and reaps the
+/// leader, so no exit path leaves a process behind.
+#[derive(Debug)]
+pub(crate) struct ChildGroup {
+    pid: u32,
+    /// Readable once the leader has exited (it stays a zombie until [`ChildGroup::reap`]).
+    exit: AsyncFd<OwnedFd>,
+    reaped: bool,
+}
+
+impl Launch<'_> {
+    /// Starts the program in a new process group with piped stdio. `process_group(0)`
+    /// keeps std on its posix_spawn path; a `pre_exec` hook would force fork+exec.
+    pub(crate) fn spawn(&self) -> Result<Spawned, SpawnError> {
+        let fail = |source: io::Error| SpawnError {
+            program: self.runtime.program.display().to_string(),
+            language: self.runtime.name.clone(),
+            source,
+        };
+        let source = self.source.as_os_str();
+        let mut command = Command::new(&self.runtime.program);
+        for arg in &self.runtime.args {
+            if arg == FILE_PLACEHOLDER {
+                command.arg(source);
+            } else {
+                command.arg(arg.replace(FILE_PLACEHOLDER, &self.source.to_string_lossy()));
+            }
+        }
+        command
+            .args(self.args)
+            .env_clear()
+            .envs(self.env.iter().copied())
+            .current_dir(self.workdir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = command.spawn().map_err(fail)?;
+        let pid = child.id();
+        // From here on the group must be killed if anything fails.
+        let exit = match sys::exit_watcher(pid) {
+            Ok(exit) => exit,
+            Err(err) => {
+                let _ = sys::signal_group(pid, Signal::Kill);
+                let _ = child.wait();
+                return Err(fail(err));
+            }
+        };
+        let group = ChildGroup {
+            pid,
+            exit,
+            reaped: false,
+        };
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(fail(io::Error::other("stdio pipes missing")));
+        };
+        let _ = sys::set_pipe_size(&stdout, PIPE_BYTES);
+        let _ = sys::set_pipe_size(&stderr, PIPE_BYTES);
+        Ok(Spawned {
+            stdin: pipe::Sender::from_owned_fd(OwnedFd::from(stdin)).map_err(fail)?,
+            stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(fail)?,
+            stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)).map_err(fail)?,
+            child: group,
+        })
+    }
+}
+
+impl ChildGroup {
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Signals every process in the group. Safe to call until the leader is reaped: the
+    /// unreaped leader keeps the group id from being reused.
+    pub(crate) fn signal(&self, signal: Signal) {
+        if self.reaped {
+            return;
+        }
+        if let Err(err) = sys::signal_group(self.pid, signal) {
+            tracing::warn!(pid = self.pid, ?signal, %err, "could not signal process group");
+        }
+    }
+
+    /// Resolves once the leader has exited.
+    pub(crate) async fn exited(&self) {
+        match self.exit.readable().await {
+            // A pidfd stays readable after exit; there is no readiness to clear.
+            Ok(mut guard) => guard.retain_ready(),
+            Err(err) => {
+                tracing::error!(pid = self.pid, %err, "pidfd poll failed; treating as exited")
+            }
+        }
+    }
+
+    /// Kills what is left of the group, then reaps the leader. Call after [`exited`].
+    ///
+    /// [`exited`]: ChildGroup::exited
+    pub(crate) async fn reap(&mut self) -> io::Result<Reaped> {
+        self.signal(Signal::Kill);
+        if let Some(reaped) = sys::try_reap(self.pid)? {
+            self.reaped = true;
+            return Ok(reaped);
+        }
+        // The leader had not quite exited; wait for it off the runtime's threads.
+        let pid = self.pid;
+        let reaped = tokio::task::spawn_blocking(move || sys::reap_blocking(pid))
+            .await
+            .map_err(io::Error::other)??;
+        self.reaped = true;
+        Ok(reaped)
+    }
+}
+
+impl Drop for ChildGroup {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        self.signal(Signal::Kill);
+        let pid = self.pid;
+        if matches!(sys::try_reap(pid), Ok(Some(_))) {
+            return;
+        }
+        // SIGKILL is not instant; reap on a plain thread so drop never blocks a worker.
+        let reaper = std::thread::Builder::new()
+            .name("sluice-reaper".into())
+            .spawn(move || sys::reap_blocking(pid));
+        if let Err(err) = reaper {
+            tracing::error!(pid, %err, "could not start a reaper thread; the zombie stays");
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! An execution's private working directory: created with the source file in it before
+//! the program starts, removed after its terminal event.
+
+use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// A directory under the gateway's work root, unique to one execution.
+#[derive(Debug)]
+pub(super) struct Workdir {
+    path: PathBuf,
+    file_name: String,
+}
+
+impl Workdir {
+    /// Creates the directory (mode 0700) and writes `code` to `file_name` in it.
+    pub(super) fn create(root: &Path, file_name: &str, code: &str) -> io::Result<Self> {
+        let path = root.join(format!("x{}", NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        let dir = Self {
+            path,
+            file_name: file_name.to_owned(),
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.source())?;
+        file.write_all(code.as_bytes())?;
+        Ok(dir)
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn source(&self) -> PathBuf {
+        self.path.join(&self.file_name)
+    }
+
+    /// Removes the directory and everything the program left in it.
+    pub(super) async fn remove(self) {
+        if let Err(err) = tokio::fs::remove_dir_all(&self.path).await {
+            tracing::warn!(path = %self.path.display(), %err, "could not remove working directory");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The listener: HTTP routes (`/v1/ws`, `/healthz`), connection admission, and the
+//! shutdown sequence.
+
+use crate::config::{Config, ConfigError};
+use crate::connection;
+use crate::runtime::{RuntimeError, RuntimeTable};
+use crate::session::SessionRegistry;
+use crate::state::GatewayState;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A configured runtime cannot be used.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The working-directory root cannot be created.
+    #[error("cannot create the work directory {path}: {source}")]
+    WorkRoot {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server failed while accepting connections.
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves Sluice on `listener` until `shutdown` resolves, then cancels every execution,
+/// closes every socket (close code 1001) and returns once all process groups are reaped
+/// or the shutdown grace period has passed.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    config.validate()?;
+    let specs = config.runtimes.clone();
+    // Locating interpreters runs them once; keep that off the async workers.
+    let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs))
+        .await
+        .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
+    let work_root = WorkRoot::create(config.work_root.as_deref())?;
+    let state = Arc::new(GatewayState {
+        runtimes,
+        sessions: Arc::new(SessionRegistry::default()),
+        execution_slots: Arc::new(Semaphore::new(config.max_executions)),
+        connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        shutdown: CancellationToken::new(),
+        connections: TaskTracker::new(),
+        next_connection_id: AtomicU64::new(1),
+        work_root: Arc::from(work_root.path.as_path()),
+        base_env: config.base_env.clone().into(),
+        config,
+    });
+    let app = Router::new()
+        .route(sluice_protocol::WS_PATH, get(upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found; the Sluice WebSocket endpoint is /v1/ws\n",
+            )
+        })
+        .with_state(state.clone());
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "could not set TCP_NODELAY");
+        }
+    });
+    let root = state.shutdown.clone();
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: cancelling executions and closing sockets");
+        root.cancel();
+    })
+    .await;
+    state.shutdown.cancel();
+    state.connections.close();
+    let deadline = state.config.shutdown_grace + state.config.kill_grace;
+    if tokio::time::timeout(deadline, state.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "connections still open after the shutdown grace period"
+        );
+    }
+    drop(work_root);
+    served.map_err(GatewayError::Serve)
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<GatewayState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection refused: at the connection limit");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections; retry later\n",
+        )
+            .into_response();
+    };
+    if state.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down\n",
+        )
+            .into_response();
+    }
+    let transport_cap = state.config.max_frame_bytes.saturating_mul(4);
+    let id = state.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    ws.protocols([sluice_protocol::SUBPROTOCOL])
+        .max_message_size(transport_cap)
+        .max_frame_size(transport_cap)
+        .read_buffer_size(16 * 1024)
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!("connection", id, %peer);
+            let shutdown = state.shutdown.child_token();
+            let tracker = state.connections.clone();
+            tracker.track_future(
+                async move {
+                    connection::serve(socket, state, shutdown).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            )
+        })
+}
+
+/// The directory holding every execution's working directory; removed when dropped.
+#[derive(Debug)]
+struct WorkRoot {
+    path: PathBuf,
+}
+
+impl WorkRoot {
+    fn create(base: Option<&Path>) -> Result<Self, GatewayError> {
+        let base = base
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        let path = base.join(format!("sluice-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&path).map_err(|source| GatewayError::WorkRoot {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for WorkRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}

@@ -1,0 +1,31 @@
+//! What every connection shares: configuration, runtimes, sessions, capacity and the
+//! shutdown signal.
+
+use crate::config::Config;
+use crate::runtime::RuntimeTable;
+use crate::session::SessionRegistry;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shared, read-mostly gateway state; one `Arc` of it per connection.
+#[derive(Debug)]
+pub(crate) struct GatewayState {
+    pub(crate) config: Config,
+    pub(crate) runtimes: RuntimeTable,
+    pub(crate) sessions: Arc<SessionRegistry>,
+    /// One permit per running execution, gateway-wide; each execution task owns its permit.
+    pub(crate) execution_slots: Arc<Semaphore>,
+    /// One permit per open connection; each connection task owns its permit.
+    pub(crate) connection_slots: Arc<Semaphore>,
+    /// The root of the cancellation tree: cancelled once on shutdown.
+    pub(crate) shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub(crate) connections: TaskTracker,
+    pub(crate) next_connection_id: AtomicU64,
+    pub(crate) work_root: Arc<Path>,
+    pub(crate) base_env: Arc<[(String, String)]>,
+}

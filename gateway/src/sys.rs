@@ -1,0 +1,141 @@
+//! The few Linux calls std and tokio do not offer: process-group signals, pidfds, reaping
+//! with resource usage, and pipe sizing.
+//!
+//! This is the only module allowed `unsafe`: each block is a single FFI call whose
+//! arguments are plain integers or pointers to locals that outlive the call.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+/// A signal the gateway sends to an execution's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Terminate,
+    Kill,
+}
+
+/// Sends `signal` to every process in the group `pgid`. A group that no longer exists
+/// (`ESRCH`) is not an error: there is nothing left to signal.
+pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
+    let signo = match signal {
+        Signal::Terminate => libc::SIGTERM,
+        Signal::Kill => libc::SIGKILL,
+    };
+    let pgid =
+        libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: killpg takes two integers and touches no memory of ours.
+    let rc = unsafe { libc::killpg(pgid, signo) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// A pidfd registered with the tokio reactor: readable once the process has exited.
+pub(crate) fn exit_watcher(pid: u32) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid)?;
+    // SAFETY: an OwnedFd is a valid open descriptor, and the AsyncFd owns it from here on,
+    // so it stays open and names the same pidfd for the AsyncFd's whole life.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
+}
+
+/// Opens a pidfd for `pid`: it becomes readable when the process exits, without reaping it.
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// How a reaped process ended, and what it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reaped {
+    /// `Some(code)` when it exited.
+    pub(crate) exit_code: Option<i32>,
+    /// `Some(signal)` when a signal killed it.
+    pub(crate) signal: Option<i32>,
+    /// User plus system CPU time of the process and the children it waited for.
+    pub(crate) cpu: Duration,
+    /// Peak resident set size of the largest of those processes, in bytes.
+    pub(crate) peak_memory_bytes: u64,
+}
+
+/// Reaps `pid` if it has exited (`WNOHANG`); `Ok(None)` while it still runs.
+pub(crate) fn try_reap(pid: u32) -> io::Result<Option<Reaped>> {
+    wait4(pid, libc::WNOHANG)
+}
+
+fn wait4(pid: u32, flags: libc::c_int) -> io::Result<Option<Reaped>> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: all-zero is a valid `rusage` (plain integers and timevals).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` are live locals the kernel writes into.
+    let rc = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if rc == 0 {
+        return Ok(None);
+    }
+    let timeval = |tv: libc::timeval| {
+        Duration::from_secs(u64::try_from(tv.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(tv.tv_usec).unwrap_or(0))
+    };
+    let (exit_code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    };
+    Ok(Some(Reaped {
+        exit_code,
+        signal,
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        peak_memory_bytes: u64::try_from(usage.ru_maxrss)
+            .unwrap_or(0)
+            .saturating_mul(1024),
+    }))
+}
+
+/// Asks the kernel for a pipe buffer of `bytes`; the kernel may round it or refuse
+/// (above `/proc/sys/fs/pipe-max-size` for an unprivileged gateway), which is harmless.
+pub(crate) fn set_pipe_size(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let bytes =
+        libc::c_int::try_from(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: fcntl(F_SETPIPE_SZ) takes a descriptor we own and an integer.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Waits for `pid` to exit and reaps it.
+pub(crate) fn reap_blocking(pid: u32) -> io::Result<Reaped> {
+    loop {
+        match wait4(pid, 0) {
+            Ok(Some(reaped)) => return Ok(reaped),
+            Ok(None) => continue,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
