@@ -1,0 +1,411 @@
+//! [`Client`]: the cheap, cloneable handle to one WebSocket connection, and the state its
+//! handles share with the connection task.
+
+use crate::connection::{Command, Connection, Reply};
+use crate::{ClientError, ClientOptions, Execution};
+use futures::Stream;
+use sluice_protocol::{ClientFrame, ErrorCode, Event, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+
+/// A connection to a Sluice gateway.
+///
+/// One background task owns the WebSocket. A `Client` (and every [`Execution`] it
+/// starts) talks to that task through one bounded command queue; the task routes each
+/// incoming event by its execution id to that execution's own bounded queue.
+///
+/// `Client` is cheap to clone; all clones share the connection. The connection stays open
+/// while any clone or any [`Execution`] is alive, and closes (cleanly) when the last one is
+/// dropped, or earlier through [`Client::close`].
+#[derive(Clone)]
+pub struct Client {
+    /// Sending half of the command queue; the connection task holds the receiver and
+    /// drops it when the connection ends, which makes every later command fail with
+    /// [`ClientError::ConnectionClosed`].
+    commands: mpsc::Sender<Command>,
+    /// State shared with the executions and the connection task.
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("closed", &self.is_closed())
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the gateway's WebSocket endpoint at `url` (for example
+    /// `ws://127.0.0.1:8080/v1/ws`) with default [`ClientOptions`].
+    ///
+    /// Offers the `sluice.v1` subprotocol and disables Nagle's algorithm (TCP_NODELAY).
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, ClientOptions::default()).await
+    }
+
+    /// Connects to `url` with the given options; see [`Client::connect`].
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        let failed = |source| ClientError::Connect {
+            url: url.to_owned(),
+            source: Box::new(source),
+        };
+        let mut request = url.into_client_request().map_err(failed)?;
+        request.headers_mut().insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(options.max_incoming_frame_bytes))
+            .max_frame_size(Some(options.max_incoming_frame_bytes));
+        let (socket, _response) =
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+                .await
+                .map_err(failed)?;
+        tracing::debug!(url, "connected to the gateway");
+        Ok(Self::start(socket, options))
+    }
+
+    /// Spawns the connection task over an established WebSocket.
+    pub(crate) fn start<S>(socket: WebSocketStream<S>, options: ClientOptions) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (commands, command_rx) = mpsc::channel(options.command_buffer.max(1));
+        let (socket_tx, socket_rx) = mpsc::channel(options.socket_event_buffer.max(1));
+        let shared = Arc::new(Shared {
+            options,
+            ids: IdGenerator::default(),
+            serials: AtomicU64::new(0),
+            ended: OnceLock::new(),
+            socket_events: Mutex::new(Some(socket_rx)),
+        });
+        let connection = Connection::new(socket, command_rx, socket_tx, Arc::clone(&shared));
+        tokio::spawn(connection.run());
+        Self { commands, shared }
+    }
+
+    /// Starts an execution.
+    ///
+    /// If `request.id` is empty the client picks a unique one (`e1`, `e2`, ... per client,
+    /// skipping ids in use). An id whose execution is still running on this client (its
+    /// terminal event has not arrived yet, even if its [`Execution`] was dropped) is refused
+    /// with [`ClientError::DuplicateId`].
+    ///
+    /// Returns once the frame is queued on the socket; everything the gateway answers,
+    /// including a refusal, arrives as events on the returned [`Execution`].
+    pub async fn execute(&self, request: ExecuteRequest) -> Result<Execution, ClientError> {
+        let generated = request.id.is_empty();
+        let mut frame = ClientFrame::Execute(request);
+        loop {
+            if generated {
+                if let ClientFrame::Execute(request) = &mut frame {
+                    request.id = self.shared.ids.next_id();
+                }
+            }
+            let id = frame.id().to_owned();
+            check_id(&id)?;
+            let text = frame.to_json();
+            self.shared.check_frame_size(text.len())?;
+            let serial = self.shared.serials.fetch_add(1, Ordering::Relaxed);
+            let (events, events_rx) = mpsc::channel(self.shared.options.event_buffer.max(1));
+            let registered = call(&self.commands, &self.shared, |reply| Command::Execute {
+                id: id.clone(),
+                serial,
+                frame: text,
+                events,
+                reply,
+            })
+            .await;
+            match registered {
+                Ok(()) => {
+                    return Ok(Execution::new(
+                        id,
+                        serial,
+                        events_rx,
+                        self.commands.clone(),
+                        Arc::clone(&self.shared),
+                    ))
+                }
+                // The caller named this id itself for another execution; take the next one.
+                Err(ClientError::DuplicateId(_)) if generated => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Runs `code` in `language` with default settings and a generated id; see
+    /// [`Client::execute`].
+    pub async fn execute_code_stream(
+        &self,
+        language: &str,
+        code: &str,
+    ) -> Result<Execution, ClientError> {
+        self.execute(ExecuteRequest {
+            language: language.to_owned(),
+            code: code.to_owned(),
+            ..ExecuteRequest::default()
+        })
+        .await
+    }
+
+    /// Takes the receiver of socket-stream events: events that belong to no running
+    /// execution. Returns `None` after the first call (there is one receiver per
+    /// connection, shared by all clones).
+    ///
+    /// These are the gateway's `error` events with `id: null` (refusals of `stdin` and
+    /// `cancel` frames such as `stdin_full` or `unknown_execution`, frame-level
+    /// `bad_request`/`too_large`), `error` events naming an id that is not running on this
+    /// client, anything else the client cannot deliver to an execution, and synthetic
+    /// `error` events (code `internal`, sequence 0, see [`is_synthetic`](crate::is_synthetic))
+    /// for frames from the gateway that could not be decoded.
+    ///
+    /// The queue holds [`ClientOptions::socket_event_buffer`] events. When it is full
+    /// (nobody takes or drains the receiver), further events are logged with
+    /// `tracing::warn!` and dropped, so a neglected receiver never stalls the connection.
+    /// The stream ends when the connection ends.
+    pub fn socket_events(&self) -> Option<SocketEvents> {
+        let mut slot = self
+            .shared
+            .socket_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        slot.take().map(|events| SocketEvents { events })
+    }
+
+    /// Closes the connection: sends a WebSocket close frame, keeps delivering the events
+    /// that arrive until the gateway answers (the gateway cancels every execution of the
+    /// socket), then ends. Waits at most [`ClientOptions::close_timeout`] for the answer.
+    ///
+    /// Executions still running then end with a synthetic terminal `error` (code
+    /// `internal`). Returns `Ok` when the close handshake completed (also when another
+    /// clone closed the connection first), or [`ClientError::ConnectionClosed`] when the
+    /// connection had ended some other way.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        // A failed send means the connection task is already gone; `closed` then
+        // returns at once and `ended` says how.
+        let _ = self.commands.send(Command::Close).await;
+        self.commands.closed().await;
+        match self.shared.ended.get() {
+            Some(ended) if ended.clean => Ok(()),
+            _ => Err(self.shared.closed_error()),
+        }
+    }
+
+    /// True once the connection has ended; every later command fails.
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+}
+
+/// The receiver of socket-stream events; see [`Client::socket_events`].
+///
+/// A [`Stream`] of [`Event`]s that ends when the connection ends. Dropping it discards
+/// later socket-stream events (logged at debug level).
+#[derive(Debug)]
+pub struct SocketEvents {
+    /// Receiving half of the socket-event queue; the connection task holds the sender
+    /// and drops it when the connection ends, which ends this stream.
+    events: mpsc::Receiver<Event>,
+}
+
+impl SocketEvents {
+    /// Waits for the next socket-stream event; `None` once the connection has ended and
+    /// every buffered event was received.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Returns a buffered event without waiting, if there is one.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+}
+
+impl Stream for SocketEvents {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+/// State shared by the [`Client`] clones, their [`Execution`]s and the connection task.
+pub(crate) struct Shared {
+    /// The options the client was created with.
+    pub(crate) options: ClientOptions,
+    /// Source of generated execution ids.
+    ids: IdGenerator,
+    /// Source of per-execution serial numbers, which tell apart two executions that used
+    /// the same id one after the other.
+    serials: AtomicU64,
+    /// How the connection ended; set once by the connection task before it drops the
+    /// command receiver and the execution queues, so whoever sees those closed finds it set.
+    pub(crate) ended: OnceLock<Ended>,
+    /// Receiving half of the socket-event queue, until [`Client::socket_events`] takes
+    /// it; the connection task holds the sender. While it sits here unread, the queue
+    /// fills up and further socket events are dropped with a warning.
+    socket_events: Mutex<Option<mpsc::Receiver<Event>>>,
+}
+
+impl Shared {
+    /// The error for an operation that found the connection gone.
+    pub(crate) fn closed_error(&self) -> ClientError {
+        ClientError::ConnectionClosed {
+            reason: self.end_reason(),
+        }
+    }
+
+    /// Why the connection ended, as far as known.
+    pub(crate) fn end_reason(&self) -> String {
+        match self.ended.get() {
+            Some(ended) => ended.reason.clone(),
+            None => "the connection task stopped".to_owned(),
+        }
+    }
+
+    /// Refuses a frame the gateway would refuse as `too_large`.
+    pub(crate) fn check_frame_size(&self, size: usize) -> Result<(), ClientError> {
+        let max = self.options.max_frame_bytes;
+        if size > max {
+            return Err(ClientError::FrameTooLarge { size, max });
+        }
+        Ok(())
+    }
+}
+
+/// How the connection ended.
+#[derive(Debug, Clone)]
+pub(crate) struct Ended {
+    /// True when this client closed the connection and the gateway answered the close
+    /// handshake in time.
+    pub(crate) clean: bool,
+    /// A human explanation.
+    pub(crate) reason: String,
+}
+
+/// Generates execution ids `e1`, `e2`, ... unique per client.
+#[derive(Debug, Default)]
+pub(crate) struct IdGenerator {
+    /// The number of ids handed out so far.
+    next: AtomicU64,
+}
+
+impl IdGenerator {
+    /// The next id; never the same twice for one generator.
+    pub(crate) fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("e{n}")
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ClientError> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(ClientError::InvalidId {
+            id: id.to_owned(),
+            reason: format!("longer than {MAX_ID_BYTES} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// Sends a command that carries a reply channel and waits for the reply.
+pub(crate) async fn call<T>(
+    commands: &mpsc::Sender<Command>,
+    shared: &Shared,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, ClientError> {
+    let (reply, response) = oneshot::channel();
+    if commands.send(command(reply)).await.is_err() {
+        return Err(shared.closed_error());
+    }
+    // The task drops the reply sender unanswered only when the connection ends.
+    response
+        .await
+        .unwrap_or_else(|_| Err(shared.closed_error()))
+}
+
+/// True for events the client made up rather than received: their `sequence` is 0, which
+/// no gateway event has (sequences start at 1).
+///
+/// The client synthesizes an `error` event (code `internal`) for an execution whose
+/// connection ended before its terminal event, and on the socket stream for a frame from
+/// the gateway that could not be decoded.
+pub fn is_synthetic(event: &Event) -> bool {
+    event.sequence == 0
+}
+
+/// A synthetic `error` event with code `internal`; see [`is_synthetic`].
+pub(crate) fn synthetic_error(
+    id: Option<String>,
+    session: Option<String>,
+    message: impl Into<String>,
+) -> Event {
+    let mut event = Event::error(id, ErrorCode::Internal, message);
+    event.session = session;
+    event.timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn generated_ids_count_up_from_e1() {
+        let ids = IdGenerator::default();
+        assert_eq!(ids.next_id(), "e1");
+        assert_eq!(ids.next_id(), "e2");
+        assert_eq!(ids.next_id(), "e3");
+    }
+
+    #[test]
+    fn generated_ids_are_unique_across_threads() {
+        let ids = Arc::new(IdGenerator::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let ids = Arc::clone(&ids);
+                std::thread::spawn(move || (0..1000).map(|_| ids.next_id()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for thread in threads {
+            for id in thread.join().unwrap() {
+                assert!(check_id(&id).is_ok());
+                assert!(seen.insert(id), "duplicate id");
+            }
+        }
+        assert_eq!(seen.len(), 4000);
+    }
+
+    #[test]
+    fn overlong_id_is_refused() {
+        let id = "x".repeat(MAX_ID_BYTES + 1);
+        assert!(matches!(check_id(&id), Err(ClientError::InvalidId { .. })));
+        assert!(check_id(&"x".repeat(MAX_ID_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn synthetic_events_are_recognised() {
+        let event = synthetic_error(Some("e1".into()), None, "lost");
+        assert!(is_synthetic(&event));
+        assert!(event.is_terminal());
+        assert_eq!(event.code, Some(ErrorCode::Internal));
+        assert!(event.timestamp > 0.0);
+    }
+}

@@ -1,0 +1,68 @@
+//! The one error type of the client crate.
+
+use tokio_tungstenite::tungstenite;
+
+/// Why a client operation failed.
+///
+/// Refusals by the gateway are not errors of this type: they arrive as `error` events,
+/// either as the terminal event of an [`Execution`](crate::Execution) or on
+/// [`Client::socket_events`](crate::Client::socket_events).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TCP connection or the WebSocket handshake to `url` failed, or `url` is not a
+    /// `ws://`/`wss://` URL.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL given to [`Client::connect`](crate::Client::connect).
+        url: String,
+        /// What went wrong (boxed: the WebSocket error type is large).
+        #[source]
+        source: Box<tungstenite::Error>,
+    },
+    /// The connection to the gateway is closed (by [`Client::close`](crate::Client::close),
+    /// by the gateway, or by a network failure), so the operation could not be carried out.
+    #[error("the connection to the gateway is closed: {reason}")]
+    ConnectionClosed {
+        /// How the connection ended.
+        reason: String,
+    },
+    /// The connection ended before the gateway sent the terminal event of execution `id`;
+    /// returned by [`Execution::wait`](crate::Execution::wait).
+    #[error("execution {id:?} has no terminal event: {reason}")]
+    Interrupted {
+        /// The execution id.
+        id: String,
+        /// Why no terminal event arrived.
+        reason: String,
+    },
+    /// An execution with this id is still running on this client (its terminal event has
+    /// not arrived yet).
+    #[error("execution id {0:?} is already running on this client")]
+    DuplicateId(String),
+    /// The execution id cannot be sent (for example it is longer than
+    /// [`sluice_protocol::MAX_ID_BYTES`]).
+    #[error("invalid execution id {id:?}: {reason}")]
+    InvalidId {
+        /// The rejected id.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The encoded frame is larger than [`ClientOptions::max_frame_bytes`](crate::ClientOptions::max_frame_bytes),
+    /// so the gateway would refuse it; it was not sent.
+    #[error("frame of {size} bytes exceeds the maximum of {max} bytes")]
+    FrameTooLarge {
+        /// Size of the encoded frame in bytes.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The execution has already received its terminal event, so stdin can no longer be sent.
+    #[error("execution {0:?} has already ended")]
+    ExecutionFinished(String),
+    /// The gateway sent something that breaks the protocol (for example output that is
+    /// not valid base64 in base64 mode).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}

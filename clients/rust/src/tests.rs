@@ -1,0 +1,403 @@
+//! Tests of the connection task against a scripted in-memory peer: routing, backpressure,
+//! drop-cancels, connection loss and closing, with no gateway and no network.
+
+use crate::{is_synthetic, Client, ClientError, ClientOptions};
+use futures::{SinkExt, StreamExt};
+use sluice_protocol::{ClientFrame, ErrorCode, Event, EventKind, ExecuteRequest};
+use std::future::Future;
+use std::time::Duration;
+use tokio::io::DuplexStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// The gateway's side of an in-memory socket, driven by the test.
+struct Peer {
+    ws: WebSocketStream<DuplexStream>,
+    /// The peer's socket-stream counter.
+    socket_sequence: u64,
+}
+
+impl Peer {
+    async fn frame(&mut self) -> ClientFrame {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return ClientFrame::decode(text.as_str()).unwrap()
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+    }
+
+    async fn execute_id(&mut self) -> String {
+        match self.frame().await {
+            ClientFrame::Execute(request) => request.id,
+            other => panic!("expected execute, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, event: &Event) {
+        self.ws.send(Message::text(event.to_json())).await.unwrap();
+    }
+
+    async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    /// A socket-stream `error` (id null), as the gateway sends for refused stdin/cancel.
+    async fn refuse(&mut self, code: ErrorCode, message: &str) {
+        self.socket_sequence += 1;
+        let mut event = Event::error(None, code, message);
+        event.sequence = self.socket_sequence;
+        event.timestamp = 1.0;
+        self.send(&event).await;
+    }
+}
+
+async fn pair(options: ClientOptions) -> (Client, Peer) {
+    let (client_io, peer_io) = tokio::io::duplex(64 * 1024);
+    let client_ws = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let peer_ws = WebSocketStream::from_raw_socket(peer_io, Role::Server, None).await;
+    (
+        Client::start(client_ws, options),
+        Peer {
+            ws: peer_ws,
+            socket_sequence: 0,
+        },
+    )
+}
+
+fn event(kind: EventKind, id: &str, sequence: u64, data: &str) -> Event {
+    let mut event = Event::new(kind, Some(id.to_owned()), data);
+    event.sequence = sequence;
+    event.timestamp = 1.0 + sequence as f64;
+    event.session = Some(format!("session-{id}"));
+    if kind == EventKind::Started {
+        event.pid = Some(4242);
+    }
+    event
+}
+
+fn completed(id: &str, sequence: u64, exit_code: i32) -> Event {
+    Event {
+        exit_code: Some(exit_code),
+        ..event(EventKind::Completed, id, sequence, "")
+    }
+}
+
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("test timed out")
+}
+
+#[tokio::test]
+async fn routes_events_by_id_and_collects_outcomes() {
+    within(async {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let first = client.execute_code_stream("sh", "echo a").await.unwrap();
+        let second = client.execute_code_stream("sh", "echo b").await.unwrap();
+        assert_eq!((first.id(), second.id()), ("e1", "e2"));
+        assert_eq!(peer.execute_id().await, "e1");
+        assert_eq!(peer.execute_id().await, "e2");
+
+        peer.send(&event(EventKind::Started, "e2", 1, "")).await;
+        peer.send(&event(EventKind::Started, "e1", 1, "")).await;
+        peer.send(&event(EventKind::Stdout, "e1", 2, "a\n")).await;
+        peer.send(&event(EventKind::Stdout, "e2", 2, "b\n")).await;
+        peer.send(&event(EventKind::Stderr, "e2", 3, "warn\n"))
+            .await;
+        peer.send(&completed("e2", 4, 1)).await;
+        peer.send(&completed("e1", 3, 0)).await;
+
+        let (first, second) = (first.wait().await.unwrap(), second.wait().await.unwrap());
+        assert_eq!((first.stdout.as_str(), first.exit_code()), ("a\n", Some(0)));
+        assert_eq!(first.session(), Some("session-e1"));
+        assert_eq!(
+            (second.stdout.as_str(), second.stderr.as_str()),
+            ("b\n", "warn\n")
+        );
+        assert_eq!(second.exit_code(), Some(1));
+        assert_eq!(second.events.len(), 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn socket_stream_events_reach_socket_events() {
+    within(async {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let mut socket = client.socket_events().unwrap();
+        assert!(client.socket_events().is_none(), "only one receiver");
+
+        peer.refuse(ErrorCode::UnknownExecution, "no execution \"zz\"")
+            .await;
+        let refusal = socket.recv().await.unwrap();
+        assert_eq!(refusal.code, Some(ErrorCode::UnknownExecution));
+        assert!(!is_synthetic(&refusal));
+
+        // An error naming an id that is not running is not anybody's terminal event.
+        peer.send(&Event {
+            sequence: 2,
+            timestamp: 1.0,
+            session: Some("s".into()),
+            ..Event::error(Some("ghost".into()), ErrorCode::Internal, "boo")
+        })
+        .await;
+        assert_eq!(socket.recv().await.unwrap().id.as_deref(), Some("ghost"));
+
+        peer.send_raw("{not json").await;
+        let garbage = socket.recv().await.unwrap();
+        assert!(is_synthetic(&garbage));
+        assert_eq!(garbage.code, Some(ErrorCode::Internal));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn undecodable_terminal_ends_its_execution() {
+    within(async {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let execution = client.execute_code_stream("sh", "true").await.unwrap();
+        peer.execute_id().await;
+        // Missing timestamp and sequence: a broken terminal event for e1.
+        peer.send_raw(r#"{"type":"completed","id":"e1","session":"s","exit_code":0}"#)
+            .await;
+        match execution.wait().await {
+            Err(ClientError::Interrupted { id, reason }) => {
+                assert_eq!(id, "e1");
+                assert!(reason.contains("could not be decoded"), "{reason}");
+            }
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn full_queue_applies_backpressure_without_loss() {
+    within(async {
+        let options = ClientOptions {
+            event_buffer: 1,
+            ..ClientOptions::default()
+        };
+        let (client, mut peer) = pair(options).await;
+        let execution = client.execute_code_stream("sh", "yes").await.unwrap();
+        peer.execute_id().await;
+        let count = 500;
+        let sender = tokio::spawn(async move {
+            peer.send(&event(EventKind::Started, "e1", 1, "")).await;
+            for sequence in 2..count {
+                peer.send(&event(EventKind::Stdout, "e1", sequence, "y\n"))
+                    .await;
+            }
+            peer.send(&completed("e1", count, 0)).await;
+            peer
+        });
+        // Let the peer get ahead of the consumer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let outcome = execution.wait().await.unwrap();
+        let sequences: Vec<u64> = outcome.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, (1..=count).collect::<Vec<_>>());
+        assert_eq!(outcome.stdout.len(), 2 * (count as usize - 2));
+        sender.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_can_still_cancel() {
+    within(async {
+        let options = ClientOptions {
+            event_buffer: 1,
+            ..ClientOptions::default()
+        };
+        let (client, mut peer) = pair(options).await;
+        let execution = client.execute_code_stream("sh", "yes").await.unwrap();
+        peer.execute_id().await;
+        // Fill the queue (1) and the held slot (1): the connection stops reading.
+        peer.send(&event(EventKind::Started, "e1", 1, "")).await;
+        peer.send(&event(EventKind::Stdout, "e1", 2, "y\n")).await;
+        peer.send(&event(EventKind::Stdout, "e1", 3, "y\n")).await;
+        execution.cancel().await.unwrap();
+        assert!(matches!(peer.frame().await, ClientFrame::Cancel(c) if c.id == "e1"));
+        execution.cancel().await.unwrap();
+        peer.send(&event(EventKind::Cancelled, "e1", 4, "")).await;
+        let outcome = execution.wait().await.unwrap();
+        assert!(outcome.cancelled());
+        assert_eq!(outcome.events.len(), 4);
+        // The second cancel was not sent: the next frame is the next execute.
+        client.execute_code_stream("sh", "true").await.unwrap();
+        assert!(matches!(peer.frame().await, ClientFrame::Execute(_)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_an_execution_cancels_it_and_keeps_its_id_until_terminal() {
+    within(async {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let mut socket = client.socket_events().unwrap();
+        let request = |id: &str| ExecuteRequest {
+            id: id.to_owned(),
+            language: "sh".into(),
+            code: "sleep 100".into(),
+            ..ExecuteRequest::default()
+        };
+        let execution = client.execute(request("job")).await.unwrap();
+        assert_eq!(peer.execute_id().await, "job");
+        peer.send(&event(EventKind::Started, "job", 1, "")).await;
+        drop(execution);
+        assert!(matches!(peer.frame().await, ClientFrame::Cancel(c) if c.id == "job"));
+
+        // Still running as far as the gateway knows.
+        assert!(matches!(
+            client.execute(request("job")).await,
+            Err(ClientError::DuplicateId(id)) if id == "job"
+        ));
+        peer.send(&event(EventKind::Stdout, "job", 2, "late")).await;
+        peer.send(&event(EventKind::Cancelled, "job", 3, "")).await;
+        // Events are read in order: once this arrives, the terminal was processed.
+        peer.refuse(ErrorCode::BadRequest, "marker").await;
+        assert_eq!(socket.recv().await.unwrap().data, "marker");
+        assert!(
+            socket.try_recv().is_none(),
+            "the abandoned events were discarded"
+        );
+
+        let again = client.execute(request("job")).await.unwrap();
+        assert_eq!(peer.execute_id().await, "job");
+        assert_eq!(again.id(), "job");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn generated_ids_skip_ids_in_use() {
+    within(async {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let taken = ExecuteRequest {
+            id: "e1".into(),
+            language: "sh".into(),
+            code: "true".into(),
+            ..ExecuteRequest::default()
+        };
+        let _first = client.execute(taken).await.unwrap();
+        let second = client.execute_code_stream("sh", "true").await.unwrap();
+        assert_eq!(second.id(), "e2");
+        assert_eq!(peer.execute_id().await, "e1");
+        assert_eq!(peer.execute_id().await, "e2");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stdin_frames_and_finished_executions() {
+    within(async {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let mut execution = client
+            .execute_code_stream("python", "input()")
+            .await
+            .unwrap();
+        peer.execute_id().await;
+        execution.send_stdin("hi\n").await.unwrap();
+        execution.close_stdin().await.unwrap();
+        match (peer.frame().await, peer.frame().await) {
+            (ClientFrame::Stdin(data), ClientFrame::Stdin(eof)) => {
+                assert_eq!((data.data.as_deref(), data.eof), (Some("hi\n"), false));
+                assert_eq!((eof.data, eof.eof), (None, true));
+            }
+            other => panic!("expected two stdin frames, got {other:?}"),
+        }
+        peer.send(&completed("e1", 1, 0)).await;
+        assert!(execution.next().await.unwrap().is_terminal());
+        assert!(execution.next().await.is_none());
+        assert!(matches!(
+            execution.send_stdin("more").await,
+            Err(ClientError::ExecutionFinished(_))
+        ));
+        execution.cancel().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_locally() {
+    within(async {
+        let options = ClientOptions {
+            max_frame_bytes: 200,
+            ..ClientOptions::default()
+        };
+        let (client, _peer) = pair(options).await;
+        let code = "x".repeat(300);
+        assert!(matches!(
+            client.execute_code_stream("sh", &code).await,
+            Err(ClientError::FrameTooLarge { max: 200, .. })
+        ));
+        let execution = client.execute_code_stream("sh", "cat").await.unwrap();
+        assert!(matches!(
+            execution.send_stdin(code).await,
+            Err(ClientError::FrameTooLarge { .. })
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lost_connection_yields_one_synthetic_terminal() {
+    within(async {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let mut execution = client.execute_code_stream("sh", "sleep 100").await.unwrap();
+        let waiting = client.execute_code_stream("sh", "sleep 100").await.unwrap();
+        peer.execute_id().await;
+        peer.execute_id().await;
+        peer.send(&event(EventKind::Started, "e1", 1, "")).await;
+        drop(peer);
+
+        assert_eq!(execution.next().await.unwrap().kind, EventKind::Started);
+        let last = execution.next().await.unwrap();
+        assert!(last.is_terminal() && is_synthetic(&last));
+        assert_eq!(last.code, Some(ErrorCode::Internal));
+        assert_eq!(last.session.as_deref(), Some("session-e1"));
+        assert!(execution.next().await.is_none());
+        assert!(matches!(
+            waiting.wait().await,
+            Err(ClientError::Interrupted { .. })
+        ));
+
+        assert!(client.is_closed());
+        assert!(matches!(
+            client.execute_code_stream("sh", "true").await,
+            Err(ClientError::ConnectionClosed { .. })
+        ));
+        assert!(matches!(
+            client.close().await,
+            Err(ClientError::ConnectionClosed { .. })
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn close_completes_the_handshake() {
+    within(async {
+        let (client, mut peer) = pair(ClientOptions::default()).await;
+        let execution = client.execute_code_stream("sh", "sleep 100").await.unwrap();
+        peer.execute_id().await;
+        let gateway = tokio::spawn(async move {
+            // Reading the close frame makes tungstenite answer it; then the stream ends.
+            while peer.ws.next().await.is_some() {}
+        });
+        let closing = client.clone();
+        let (closed, outcome) = tokio::join!(closing.close(), execution.wait());
+        closed.unwrap();
+        // The gateway cannot send after answering the close: the execution is interrupted.
+        assert!(matches!(outcome, Err(ClientError::Interrupted { .. })));
+        assert!(client.is_closed());
+        client.close().await.unwrap();
+        gateway.await.unwrap();
+    })
+    .await;
+}
