@@ -95,7 +95,7 @@ struct ServeArgs {
     env: Vec<(String, String)>,
 
     /// Directory for the executions' temporary working directories
-    /// [default: the system temporary directory, $TMPDIR or /tmp].
+    /// [default: /dev/shm when it is a tmpfs, else $TMPDIR or /tmp].
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 

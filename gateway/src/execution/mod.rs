@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use workdir::Workdir;
@@ -383,9 +383,27 @@ impl Run {
         let mut exited_at: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut first_output_at = None;
+        // One timer serves the timeout, the kill grace and the drain grace: it is re-armed
+        // for whichever comes first instead of a new timer per loop.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        let mut armed = deadline;
         loop {
             if exited_at.is_some() && pending.is_empty() && pipes.iter().all(|p| !p.is_open()) {
                 break;
+            }
+            let running = exited_at.is_none();
+            let next_wake = [
+                (stop.is_none() && running).then_some(deadline),
+                kill_at.filter(|_| running),
+                drain_at.filter(|_| pending.is_empty()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(at) = next_wake.filter(|at| *at != armed) {
+                timer.as_mut().reset(at);
+                armed = at;
             }
             let which = tokio::select! {
                 biased;
@@ -398,30 +416,34 @@ impl Run {
                     }
                     continue;
                 }
-                () = self.cancel.cancelled(), if stop.is_none() && exited_at.is_none() => {
+                () = self.cancel.cancelled(), if stop.is_none() && running => {
                     stop = Some(Stop::Cancelled);
                     child.signal(Signal::Terminate);
                     kill_at = Some(Instant::now() + self.ctx.kill_grace);
                     continue;
                 }
-                () = sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() && exited_at.is_none() => {
-                    child.signal(Signal::Kill);
-                    kill_at = None;
-                    continue;
-                }
-                () = sleep_until(deadline), if stop.is_none() && exited_at.is_none() => {
-                    stop = Some(Stop::Timeout);
-                    child.signal(Signal::Kill);
-                    continue;
-                }
-                () = child.exited(), if exited_at.is_none() => {
+                () = child.exited(), if running => {
                     exited_at = Some(Instant::now());
                     // Whatever the program left running in its group goes with it.
                     child.signal(Signal::Kill);
                     drain_at = Some(Instant::now() + DRAIN_GRACE);
                     continue;
                 }
-                () = sleep_until(drain_at.unwrap_or(deadline)), if drain_at.is_some() && pending.is_empty() => None,
+                () = &mut timer, if next_wake.is_some() => {
+                    let now = Instant::now();
+                    if running && kill_at.is_some_and(|at| at <= now) {
+                        child.signal(Signal::Kill);
+                        kill_at = None;
+                    }
+                    if running && stop.is_none() && deadline <= now {
+                        stop = Some(Stop::Timeout);
+                        child.signal(Signal::Kill);
+                    }
+                    if !(pending.is_empty() && drain_at.is_some_and(|at| at <= now)) {
+                        continue;
+                    }
+                    None
+                }
                 r = pipes[0].readable(), if pending.is_empty() && pipes[0].is_open() => Some((0, r)),
                 r = pipes[1].readable(), if pending.is_empty() && pipes[1].is_open() => Some((1, r)),
             };
