@@ -10,6 +10,9 @@
 //! The gateway runs in this process on its own runtime (two workers), bound to port 0;
 //! the client side runs on another runtime, as a separate program would.
 
+// A report printer: stdout is its output.
+#![allow(clippy::print_stdout)]
+
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use futures::{SinkExt as _, StreamExt as _};
