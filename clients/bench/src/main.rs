@@ -7,8 +7,9 @@
 //!    against reading the same child through a pipe.
 //! 3. Executions per second with a fixed number in flight, against direct spawning.
 //!
-//! The gateway runs in this process on its own runtime (two workers), bound to port 0;
-//! the client side runs on another runtime, as a separate program would.
+//! The gateway runs as a separate process (this binary re-executed with a hidden flag),
+//! bound to port 0 on loopback, with its default configuration except for output limits
+//! large enough for the throughput run.
 
 // A report printer: stdout is its output.
 #![allow(clippy::print_stdout)]
@@ -46,45 +47,79 @@ struct Args {
     /// A short run for smoke testing (50 latency runs, 64 MiB, 320 executions).
     #[arg(long)]
     quick: bool,
+    /// Internal: run as the gateway process the benchmark talks to, on 127.0.0.1:0,
+    /// printing the bound port on stdout.
+    #[arg(long, hide = true)]
+    serve_gateway: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if args.serve_gateway {
+        return serve_gateway();
+    }
     if args.quick {
         args.latency_runs = 50;
         args.throughput_mib = 64;
         args.executions = 320;
     }
-    let gateway_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("gateway")
-        .enable_all()
-        .build()?;
-    let listener = gateway_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let config = Config {
-        limits: sluice_gateway::LimitsConfig {
-            output_bytes: LimitBound {
-                default: 4 << 30,
-                max: 4 << 30,
-            },
-            ..Default::default()
-        },
-        max_executions_per_connection: args.concurrency.max(1) * 2,
-        ..Config::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = gateway_rt.spawn(sluice_gateway::run(listener, config, async move {
-        let _ = stopped.await;
-    }));
+    // The gateway runs as its own process (this binary, re-executed), as in production:
+    // the measurements then include no sharing of threads or allocator with the client.
+    let mut gateway = std::process::Command::new(std::env::current_exe()?)
+        .arg("--serve-gateway")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start the gateway process")?;
+    let mut port_line = String::new();
+    let stdout = gateway.stdout.take().context("gateway stdout")?;
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut port_line)?;
+    let port: u16 = port_line
+        .trim()
+        .parse()
+        .context("gateway did not report its port")?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = client_rt.block_on(run_all(addr, &args));
-    let _ = stop.send(());
-    gateway_rt.block_on(server)??;
+    let result = client_rt.block_on(run_all(SocketAddr::from(([127, 0, 0, 1], port)), &args));
+    // Closing its stdin tells the gateway to shut down.
+    drop(gateway.stdin.take());
+    let status = gateway.wait()?;
+    if !status.success() {
+        bail!("the gateway process exited with {status}");
+    }
     result
+}
+
+/// The gateway side: default configuration except limits large enough for the
+/// throughput run; stops when stdin closes.
+fn serve_gateway() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("gateway")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?.port());
+        let config = Config {
+            limits: sluice_gateway::LimitsConfig {
+                output_bytes: LimitBound {
+                    default: 4 << 30,
+                    max: 4 << 30,
+                },
+                ..Default::default()
+            },
+            max_executions_per_connection: 1024,
+            ..Config::default()
+        };
+        let stdin_closed = async {
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+        };
+        sluice_gateway::run(listener, config, stdin_closed).await?;
+        anyhow::Ok(())
+    })
 }
 
 async fn run_all(addr: SocketAddr, args: &Args) -> anyhow::Result<()> {
@@ -93,7 +128,7 @@ async fn run_all(addr: SocketAddr, args: &Args) -> anyhow::Result<()> {
         .await
         .context("connect to the gateway")?;
     println!(
-        "sluice-bench: gateway in-process at {url}; {} cores",
+        "sluice-bench: gateway process at {url}; {} cores",
         num_cpus()
     );
     println!(
@@ -106,13 +141,16 @@ async fn run_all(addr: SocketAddr, args: &Args) -> anyhow::Result<()> {
         gateway_first_stdout(&mut socket).await?;
         direct_first_stdout().await?;
     }
-    let (mut via, mut direct) = (Vec::new(), Vec::new());
+    let (mut via, mut direct, mut started) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.latency_runs {
-        via.push(gateway_first_stdout(&mut socket).await?);
+        let (to_started, to_stdout) = gateway_first_stdout(&mut socket).await?;
+        started.push(to_started);
+        via.push(to_stdout);
         direct.push(direct_first_stdout().await?);
     }
     via.sort();
     direct.sort();
+    started.sort();
     let (gp50, dp50) = (percentile(&via, 50), percentile(&direct, 50));
     let (gp99, dp99) = (percentile(&via, 99), percentile(&direct, 99));
     row(
@@ -122,6 +160,15 @@ async fn run_all(addr: SocketAddr, args: &Args) -> anyhow::Result<()> {
         ms(gp50) / ms(dp50),
         "<= 1.3",
         ms(gp50) / ms(dp50) <= 1.3,
+    );
+    let sp50 = ms(percentile(&started, 50));
+    row(
+        "execute -> started, p50 (ms)",
+        sp50,
+        f64::NAN,
+        f64::NAN,
+        "-",
+        true,
     );
     row(
         "execute -> first stdout, p99 (ms)",
@@ -232,18 +279,25 @@ fn check_terminal(event: &Event) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn gateway_first_stdout(socket: &mut Socket) -> anyhow::Result<Duration> {
+/// Time from sending `execute` to the `started` event and to the first `stdout` event.
+async fn gateway_first_stdout(socket: &mut Socket) -> anyhow::Result<(Duration, Duration)> {
     let start = Instant::now();
     socket.send(execute_frame("lat", "sh", "echo x")).await?;
-    let mut first = None;
+    let (mut started, mut first) = (None, None);
     loop {
         let event = next_event(socket).await?;
+        if event.kind == EventKind::Started {
+            started = Some(start.elapsed());
+        }
         if event.kind == EventKind::Stdout && first.is_none() {
             first = Some(start.elapsed());
         }
         if event.is_terminal() {
             check_terminal(&event)?;
-            return first.context("no stdout event");
+            return Ok((
+                started.context("no started event")?,
+                first.context("no stdout event")?,
+            ));
         }
     }
 }

@@ -41,10 +41,19 @@ impl Workdir {
         self.path.join(&self.file_name)
     }
 
-    /// Removes the directory and everything the program left in it.
-    pub(super) async fn remove(self) {
-        if let Err(err) = tokio::fs::remove_dir_all(&self.path).await {
-            tracing::warn!(path = %self.path.display(), %err, "could not remove working directory");
+    /// Removes the directory and everything the program left in it. The common case (only
+    /// the source file) is two system calls done right here; anything more goes to the
+    /// blocking pool so a program that left many files does not stall a worker.
+    pub(super) fn remove(self) {
+        let quick =
+            std::fs::remove_file(self.source()).and_then(|()| std::fs::remove_dir(&self.path));
+        if quick.is_ok() {
+            return;
         }
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = std::fs::remove_dir_all(&self.path) {
+                tracing::warn!(path = %self.path.display(), %err, "could not remove working directory");
+            }
+        });
     }
 }
