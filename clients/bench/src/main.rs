@@ -82,7 +82,8 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = client_rt.block_on(run_all(SocketAddr::from(([127, 0, 0, 1], port)), &args));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let result = client_rt.block_on(run_all(addr, gateway.id(), &args));
     // Closing its stdin tells the gateway to shut down.
     drop(gateway.stdin.take());
     let status = gateway.wait()?;
@@ -122,7 +123,7 @@ fn serve_gateway() -> anyhow::Result<()> {
     })
 }
 
-async fn run_all(addr: SocketAddr, args: &Args) -> anyhow::Result<()> {
+async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Result<()> {
     let url = format!("ws://{addr}{}", sluice_protocol::WS_PATH);
     let (mut socket, _) = tokio_tungstenite::connect_async(&url)
         .await
@@ -198,7 +199,9 @@ async fn run_all(addr: SocketAddr, args: &Args) -> anyhow::Result<()> {
     );
 
     // 3. Executions per second.
+    let cpu_before = process_cpu(gateway_pid)?;
     let via = gateway_exec_rate(&mut socket, args.executions, args.concurrency).await?;
+    let gateway_cpu = process_cpu(gateway_pid)?.saturating_sub(cpu_before);
     let direct = direct_exec_rate(args.executions, args.concurrency).await?;
     let label = format!("executions/s at concurrency {}", args.concurrency);
     row(
@@ -209,8 +212,31 @@ async fn run_all(addr: SocketAddr, args: &Args) -> anyhow::Result<()> {
         ">= 0.8",
         via / direct >= 0.8,
     );
+    let per_execution = gateway_cpu.as_secs_f64() * 1e6 / args.executions as f64;
+    println!(
+        "gateway CPU per execution (user+system, its own threads only): {per_execution:.0} us"
+    );
     let _ = socket.close(None).await;
     Ok(())
+}
+
+/// User plus system CPU time a process has used so far (its own threads, not children).
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The kernel reports clock ticks; USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis((ticks(11) + ticks(12)) * 10))
 }
 
 fn row(label: &str, gateway: f64, direct: f64, ratio: f64, target: &str, ok: bool) {

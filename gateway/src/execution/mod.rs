@@ -316,18 +316,22 @@ impl Run {
         let mut started = Event::new(EventKind::Started, Some(self.spec.id.clone()), "");
         started.pid = Some(child.pid());
 
-        let stdin_task = tokio::spawn(write_stdin(
-            spawned.stdin,
-            self.spec.stdin.clone(),
-            stdin_rx,
-        ));
+        let mut stdin = StdinFeed::new(spawned.stdin, stdin_rx);
+        if let Some(data) = self.spec.stdin.clone() {
+            stdin.start(StdinChunk {
+                data: Some(data),
+                eof: true,
+            });
+        }
         let encoding = self.spec.encoding;
         let mut pipes = [
             OutputPipe::new(EventKind::Stdout, spawned.stdout, encoding),
             OutputPipe::new(EventKind::Stderr, spawned.stderr, encoding),
         ];
-        let pump = self.pump(&mut child, &mut pipes, started, started_at).await;
-        stdin_task.abort();
+        let pump = self
+            .pump(&mut child, &mut pipes, &mut stdin, started, started_at)
+            .await;
+        stdin.stop();
 
         let reaped = child.reap().await;
         let usage = Usage {
@@ -390,6 +394,7 @@ impl Run {
         &self,
         child: &mut ChildGroup,
         pipes: &mut [OutputPipe; 2],
+        stdin: &mut StdinFeed,
         started: Event,
         started_at: Instant,
     ) -> PumpResult {
@@ -456,6 +461,13 @@ impl Run {
                     stop = Some(Stop::Cancelled);
                     child.signal(Signal::Terminate);
                     kill_at = Some(Instant::now() + self.ctx.kill_grace);
+                    continue;
+                }
+                chunk = stdin.next_chunk(), if stdin.is_idle() => {
+                    match chunk {
+                        Some(chunk) => stdin.start(chunk),
+                        None => stdin.close(),
+                    }
                     continue;
                 }
                 () = child.exited(), if running => {
@@ -561,26 +573,81 @@ fn millis(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// The program's stdin. Until the client sends input the pipe stays a plain descriptor
+/// (most programs never get any, and registering it with the reactor costs system calls);
+/// the first chunk starts a writer task that owns the pipe and the queue from then on.
+#[derive(Debug)]
+struct StdinFeed {
+    pipe: Option<std::process::ChildStdin>,
+    queue: Option<mpsc::Receiver<StdinChunk>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StdinFeed {
+    fn new(pipe: std::process::ChildStdin, queue: mpsc::Receiver<StdinChunk>) -> Self {
+        Self {
+            pipe: Some(pipe),
+            queue: Some(queue),
+            writer: None,
+        }
+    }
+
+    /// True while nobody has sent input yet and the queue is still open.
+    fn is_idle(&self) -> bool {
+        self.writer.is_none() && self.queue.is_some()
+    }
+
+    async fn next_chunk(&mut self) -> Option<StdinChunk> {
+        match &mut self.queue {
+            Some(queue) => queue.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Hands the pipe, `first` and the rest of the queue to a writer task.
+    fn start(&mut self, first: StdinChunk) {
+        let Some(pipe) = self.pipe.take() else { return };
+        let queue = self.queue.take();
+        match pipe::Sender::from_owned_fd(std::os::fd::OwnedFd::from(pipe)) {
+            Ok(pipe) => self.writer = Some(tokio::spawn(write_stdin(pipe, first, queue))),
+            Err(err) => tracing::warn!(%err, "could not set up the program's stdin; closing it"),
+        }
+    }
+
+    /// Closes the program's stdin without writing anything.
+    fn close(&mut self) {
+        self.pipe = None;
+        self.queue = None;
+    }
+
+    fn stop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.abort();
+        }
+        self.close();
+    }
+}
+
 /// Writes client input to the program. Ends, closing the program's stdin, after `eof`,
-/// after the request's whole `stdin`, when the handle is dropped, or when the program
-/// stops reading.
+/// when the handle is dropped, or when the program stops reading.
 async fn write_stdin(
     mut pipe: pipe::Sender,
-    initial: Option<String>,
-    mut rx: mpsc::Receiver<StdinChunk>,
+    first: StdinChunk,
+    mut queue: Option<mpsc::Receiver<StdinChunk>>,
 ) {
-    if let Some(data) = initial {
-        let _ = pipe.write_all(data.as_bytes()).await;
-        return;
-    }
-    while let Some(chunk) = rx.recv().await {
-        if let Some(data) = chunk.data {
+    let mut chunk = Some(first);
+    while let Some(StdinChunk { data, eof }) = chunk {
+        if let Some(data) = data {
             if pipe.write_all(data.as_bytes()).await.is_err() {
                 return;
             }
         }
-        if chunk.eof {
+        if eof {
             return;
         }
+        chunk = match &mut queue {
+            Some(queue) => queue.recv().await,
+            None => None,
+        };
     }
 }

@@ -29,7 +29,8 @@ pub(crate) struct Launch<'a> {
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) child: ChildGroup,
-    pub(crate) stdin: pipe::Sender,
+    /// Registered with the reactor only when the client first sends input.
+    pub(crate) stdin: std::process::ChildStdin,
     pub(crate) stdout: pipe::Receiver,
     pub(crate) stderr: pipe::Receiver,
 }
@@ -105,7 +106,7 @@ impl Launch<'_> {
         let _ = sys::set_pipe_size(&stdout, PIPE_BYTES);
         let _ = sys::set_pipe_size(&stderr, PIPE_BYTES);
         Ok(Spawned {
-            stdin: pipe::Sender::from_owned_fd(OwnedFd::from(stdin)).map_err(fail)?,
+            stdin,
             stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(fail)?,
             stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)).map_err(fail)?,
             child: group,
