@@ -1,0 +1,405 @@
+//! Per-execution limits (timeout, output) and capacity limits (executions, sessions,
+//! connections).
+
+use anyhow::{bail, Context as _, Result};
+use sluice_gateway::{Config, LimitBound, LimitsConfig};
+use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest, LimitKind, Limits};
+use sluice_tests::{
+    assert_lifecycle, assert_stream_ok, is_gateway_session, request, run, text_of, unique_marker,
+    wait_until_gone, wait_until_running, TestGateway,
+};
+use tokio_tungstenite::tungstenite;
+
+fn with_limits(
+    request: ExecuteRequest,
+    timeout_ms: Option<u64>,
+    output_bytes: Option<u64>,
+) -> ExecuteRequest {
+    ExecuteRequest {
+        limits: Limits {
+            timeout_ms,
+            output_bytes,
+        },
+        ..request
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_ends_the_execution_with_resource_limit() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let marker = unique_marker("timeout");
+    let code = format!("echo started\nexec -a {marker} sleep 1000");
+    let outcome = run(
+        &client,
+        with_limits(request("slow", "bash", &code), Some(500), None),
+    )
+    .await?;
+    assert_stream_ok(&outcome.events);
+    assert_lifecycle(&outcome.events);
+    assert_eq!(
+        outcome.kind(),
+        EventKind::ResourceLimit,
+        "{:?}",
+        outcome.events
+    );
+    assert_eq!(outcome.limit(), Some(LimitKind::Timeout));
+    assert_eq!(outcome.terminal.limit_value, Some(500));
+    assert_eq!(outcome.stdout, "started\n");
+    let usage = outcome.usage().context("no usage")?;
+    assert!(usage.duration_ms >= 500.0, "{usage:?}");
+    wait_until_gone(&marker).await?;
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_timeout_applies_when_none_is_requested() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        limits: LimitsConfig {
+            timeout_ms: LimitBound {
+                default: 400,
+                max: 10_000,
+            },
+            ..LimitsConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let outcome = run(&client, request("slow", "sh", "exec sleep 1000")).await?;
+    assert_stream_ok(&outcome.events);
+    assert_lifecycle(&outcome.events);
+    assert_eq!(
+        outcome.limit(),
+        Some(LimitKind::Timeout),
+        "{:?}",
+        outcome.events
+    );
+    assert_eq!(outcome.terminal.limit_value, Some(400));
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_limit_delivers_exactly_the_limit() -> Result<()> {
+    const LIMIT: u64 = 100_000;
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    // `yes` writes without end, in large blocks that do not line up with the limit.
+    let outcome = run(
+        &client,
+        with_limits(
+            request("flood", "sh", "exec yes abcdefg"),
+            None,
+            Some(LIMIT),
+        ),
+    )
+    .await?;
+    assert_stream_ok(&outcome.events);
+    assert_lifecycle(&outcome.events);
+    assert_eq!(
+        outcome.kind(),
+        EventKind::ResourceLimit,
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!(outcome.limit(), Some(LimitKind::Output));
+    assert_eq!(outcome.terminal.limit_value, Some(LIMIT));
+    assert_eq!(outcome.stdout.len() as u64, LIMIT);
+    let expected: String = "abcdefg\n".repeat(LIMIT as usize / 8 + 1);
+    assert_eq!(outcome.stdout, expected[..LIMIT as usize]);
+    let usage = outcome.usage().context("no usage")?;
+    assert_eq!(usage.stdout_bytes + usage.stderr_bytes, LIMIT);
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_limit_counts_stdout_and_stderr_together() -> Result<()> {
+    const LIMIT: u64 = 1000;
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let code = "import sys\n\
+                for i in range(10000):\n\
+                \x20   stream = sys.stdout if i % 2 == 0 else sys.stderr\n\
+                \x20   stream.write('0123456789' * 3)\n\
+                \x20   stream.flush()\n";
+    let outcome = run(
+        &client,
+        with_limits(request("both", "python", code), None, Some(LIMIT)),
+    )
+    .await?;
+    assert_stream_ok(&outcome.events);
+    assert_lifecycle(&outcome.events);
+    assert_eq!(
+        outcome.limit(),
+        Some(LimitKind::Output),
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!((outcome.stdout.len() + outcome.stderr.len()) as u64, LIMIT);
+    // Whatever the split, each stream is a prefix of what the program wrote to it.
+    for text in [&outcome.stdout, &outcome.stderr] {
+        assert!(
+            text.bytes()
+                .zip(b"0123456789".iter().cycle())
+                .all(|(a, b)| a == *b),
+            "{text:?}"
+        );
+    }
+    let usage = outcome.usage().context("no usage")?;
+    assert_eq!(usage.stdout_bytes, outcome.stdout.len() as u64);
+    assert_eq!(usage.stderr_bytes, outcome.stderr.len() as u64);
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_exactly_at_the_limit_completes() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let outcome = run(
+        &client,
+        with_limits(request("exact", "sh", "printf 12345"), None, Some(5)),
+    )
+    .await?;
+    assert_stream_ok(&outcome.events);
+    // Five bytes under a five-byte limit: nothing was cut, so the program may complete;
+    // a gateway that counts the limit as reached may also end it with resource_limit.
+    assert_eq!(outcome.stdout, "12345");
+    match outcome.kind() {
+        EventKind::Completed => assert_eq!(outcome.exit_code(), Some(0)),
+        EventKind::ResourceLimit => assert_eq!(outcome.limit(), Some(LimitKind::Output)),
+        other => bail!("unexpected terminal {other}: {:?}", outcome.terminal),
+    }
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_above_the_maximum_or_zero_are_invalid() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        limits: LimitsConfig {
+            timeout_ms: LimitBound {
+                default: 5_000,
+                max: 10_000,
+            },
+            output_bytes: LimitBound {
+                default: 1 << 20,
+                max: 2 << 20,
+            },
+        },
+        ..Config::default()
+    })
+    .await;
+    let mut socket = gateway.raw().await?;
+    let cases = [
+        ("timeout-above", Some(10_001), None),
+        ("timeout-zero", Some(0), None),
+        ("output-above", None, Some((2 << 20) + 1)),
+        ("output-zero", None, Some(0)),
+    ];
+    for (id, timeout_ms, output_bytes) in cases {
+        socket
+            .execute(with_limits(
+                request(id, "sh", "echo never"),
+                timeout_ms,
+                output_bytes,
+            ))
+            .await?;
+        let events = socket.events_until_terminal(id).await?;
+        assert_eq!(events.len(), 1, "{events:?}");
+        let error = &events[0];
+        assert_eq!(error.kind, EventKind::Error, "{error:?}");
+        assert_eq!(error.code, Some(ErrorCode::InvalidLimit), "{error:?}");
+        assert_eq!(error.id.as_deref(), Some(id));
+        // Refused after joining its own session: the only event there, sequence 1.
+        assert!(
+            error.session.as_deref().is_some_and(is_gateway_session),
+            "{error:?}"
+        );
+        assert_eq!(error.sequence, 1);
+        assert_eq!(error.usage, None);
+    }
+    // Exactly the maximum is allowed.
+    socket
+        .execute(with_limits(
+            request("at-max", "sh", "echo fine"),
+            Some(10_000),
+            Some(2 << 20),
+        ))
+        .await?;
+    let events = socket.events_until_terminal("at-max").await?;
+    assert_lifecycle(&events);
+    assert_eq!(text_of(&events, EventKind::Stdout), "fine\n");
+
+    // A negative limit is not a well-formed limit at all: bad_request, before any session.
+    socket
+        .send_text(r#"{"type":"execute","id":"negative","language":"sh","code":"echo","limits":{"timeout_ms":-1}}"#)
+        .await?;
+    let refusal = socket.next_event().await?;
+    assert_eq!(refusal.kind, EventKind::Error);
+    assert_eq!(refusal.code, Some(ErrorCode::BadRequest));
+    assert_eq!(refusal.id.as_deref(), Some("negative"));
+    assert_eq!(refusal.session, None);
+
+    socket.assert_still_works().await?;
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_executions_on_one_socket() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        max_executions_per_connection: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut socket = gateway.raw().await?;
+    for id in ["w1", "w2"] {
+        socket
+            .execute(request(id, "sh", "read line; echo got $line"))
+            .await?;
+        socket
+            .next_event_where(|e| e.id.as_deref() == Some(id) && e.kind == EventKind::Started)
+            .await?;
+    }
+    socket.execute(request("w3", "sh", "echo never")).await?;
+    let events = socket.events_until_terminal("w3").await?;
+    let error = &events[0];
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(error.code, Some(ErrorCode::TooManyExecutions), "{error:?}");
+    assert_eq!(error.sequence, 1);
+    assert!(
+        error.session.as_deref().is_some_and(is_gateway_session),
+        "{error:?}"
+    );
+
+    // Once one ends, there is room again.
+    socket.stdin("w1", Some("x\n"), true).await?;
+    socket.events_until_terminal("w1").await?;
+    socket.assert_still_works().await?;
+    socket.stdin("w2", Some("y\n"), true).await?;
+    socket.wait_for_terminals(&["w2"]).await?;
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_executions_on_the_gateway() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        max_executions: 1,
+        ..Config::default()
+    })
+    .await;
+    let mut first = gateway.raw().await?;
+    let mut second = gateway.raw().await?;
+    let marker = unique_marker("gateway-wide");
+    first
+        .execute(request(
+            "busy",
+            "bash",
+            &format!("exec -a {marker} sleep 1000"),
+        ))
+        .await?;
+    first
+        .next_event_where(|e| e.kind == EventKind::Started)
+        .await?;
+    second
+        .execute(request("refused", "sh", "echo never"))
+        .await?;
+    let events = second.events_until_terminal("refused").await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].code, Some(ErrorCode::TooManyExecutions));
+    assert_eq!(events[0].sequence, 1);
+
+    first.cancel("busy").await?;
+    first.events_until_terminal("busy").await?;
+    // An execution that sent its terminal event no longer counts: there is room at once.
+    second.assert_still_works().await?;
+    wait_until_gone(&marker).await?;
+    assert_stream_ok(first.received());
+    assert_stream_ok(second.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_sessions_on_one_socket() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        max_sessions_per_connection: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut socket = gateway.raw().await?;
+    for (id, session) in [("s1", "one"), ("s2", "two"), ("s1b", "one")] {
+        socket
+            .execute(ExecuteRequest {
+                session: Some(session.into()),
+                ..request(id, "sh", "echo ok")
+            })
+            .await?;
+        let events = socket.events_until_terminal(id).await?;
+        assert_lifecycle(&events);
+    }
+    socket
+        .execute(ExecuteRequest {
+            session: Some("three".into()),
+            ..request("s3", "sh", "echo never")
+        })
+        .await?;
+    let refusal = socket.next_event().await?;
+    assert_eq!(refusal.kind, EventKind::Error);
+    assert_eq!(refusal.code, Some(ErrorCode::TooManySessions));
+    assert_eq!(refusal.id.as_deref(), Some("s3"));
+    assert_eq!(refusal.session, None);
+    // Executions without a named session are not client sessions and still run.
+    socket.assert_still_works().await?;
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_beyond_the_maximum_gets_503() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        max_connections: 1,
+        ..Config::default()
+    })
+    .await;
+    let mut first = gateway.raw().await?;
+    first.assert_still_works().await?;
+    match tokio_tungstenite::connect_async(gateway.url()).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(other) => bail!("expected HTTP 503, got {other}"),
+        Ok(_) => bail!("a second connection was accepted beyond max_connections = 1"),
+    }
+    first.assert_still_works().await?;
+    assert_stream_ok(first.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_group_leaves_no_process() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let marker = unique_marker("timeout-group");
+    // A background child and the main process; the timeout must take both.
+    let code = format!("(exec -a {marker}-child sleep 1000) &\nexec -a {marker}-main sleep 1000");
+    socket
+        .execute(with_limits(
+            request("group", "bash", &code),
+            Some(3_000),
+            None,
+        ))
+        .await?;
+    socket
+        .next_event_where(|e| e.kind == EventKind::Started)
+        .await?;
+    wait_until_running(&marker).await?;
+    let events = socket.events_until_terminal("group").await?;
+    let terminal = events.last().context("no events")?;
+    assert_eq!(terminal.limit, Some(LimitKind::Timeout), "{terminal:?}");
+    wait_until_gone(&marker).await?;
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
