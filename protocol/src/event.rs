@@ -208,10 +208,17 @@ impl Event {
         Ok(event)
     }
 
-    /// Encodes the event as JSON text.
+    /// Encodes the event as JSON text (the same text serde would write, faster).
     pub fn to_json(&self) -> String {
-        // Serializing these types cannot fail: every map key is a string.
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        // The encoder writes only valid UTF-8: the event's strings and ASCII.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the event's JSON encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        crate::json::write_event(out, self);
     }
 
     /// Checks the per-type rules that the flat struct cannot express.

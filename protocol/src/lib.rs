@@ -17,6 +17,7 @@
 mod client;
 mod error;
 mod event;
+mod json;
 mod limits;
 
 pub use client::{CancelFrame, ClientFrame, Encoding, ExecuteRequest, FrameError, StdinFrame};

@@ -59,7 +59,15 @@ impl OutputDecoder {
 }
 
 fn lossy(bytes: &[u8]) -> Option<String> {
-    (!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned())
+    if bytes.is_empty() {
+        return None;
+    }
+    // Valid text is the common case, and std's validator is much faster than the lossy
+    // path's chunk iterator.
+    Some(match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    })
 }
 
 /// Length of `bytes` without a trailing, possibly incomplete UTF-8 character: the tail

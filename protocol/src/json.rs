@@ -1,0 +1,189 @@
+//! A fast JSON encoder for [`Event`], the one type on the hot path: every byte of program
+//! output passes through it. serde_json escapes strings a byte at a time; this scans
+//! eight bytes at a time for the few bytes that need escaping and copies the runs between
+//! them. Output is identical to serde_json's (a test holds it to that).
+
+use crate::Event;
+use serde::Serialize;
+
+/// Appends `value` as a JSON string literal, escaped exactly as serde_json does.
+pub(crate) fn write_str(out: &mut Vec<u8>, value: &str) {
+    out.reserve(value.len() + 2);
+    out.push(b'"');
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if i + 8 <= bytes.len() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[i..i + 8]);
+            if !needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let byte = bytes[i];
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// True when any byte of `word` is a control character, `"` or `\`. May report a false
+/// positive next to a real hit (the caller then checks byte by byte), never a false
+/// negative.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    below_space
+        | has_zero(word ^ (ONES * u64::from(b'"')))
+        | has_zero(word ^ (ONES * u64::from(b'\\')))
+        != 0
+}
+
+fn write_value(out: &mut Vec<u8>, value: &impl Serialize) {
+    // Serializing these field types into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+fn write_key(out: &mut Vec<u8>, key: &str) {
+    out.push(b',');
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn write_optional(out: &mut Vec<u8>, key: &str, value: Option<&impl Serialize>) {
+    if let Some(value) = value {
+        write_key(out, key);
+        write_value(out, value);
+    }
+}
+
+/// Appends `event` as a JSON object, field for field what serde's derive writes.
+pub(crate) fn write_event(out: &mut Vec<u8>, event: &Event) {
+    out.reserve(event.data.len() + 160);
+    out.extend_from_slice(b"{\"type\":");
+    write_value(out, &event.kind);
+    write_key(out, "data");
+    write_str(out, &event.data);
+    write_key(out, "timestamp");
+    write_value(out, &event.timestamp);
+    write_key(out, "sequence");
+    write_value(out, &event.sequence);
+    write_key(out, "id");
+    match &event.id {
+        Some(id) => write_str(out, id),
+        None => out.extend_from_slice(b"null"),
+    }
+    write_key(out, "session");
+    match &event.session {
+        Some(session) => write_str(out, session),
+        None => out.extend_from_slice(b"null"),
+    }
+    write_optional(out, "pid", event.pid.as_ref());
+    write_optional(out, "encoding", event.encoding.as_ref());
+    write_optional(out, "exit_code", event.exit_code.as_ref());
+    write_optional(out, "signal", event.signal.as_ref());
+    write_optional(out, "limit", event.limit.as_ref());
+    write_optional(out, "limit_value", event.limit_value.as_ref());
+    write_optional(out, "code", event.code.as_ref());
+    write_optional(out, "usage", event.usage.as_ref());
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Encoding, ErrorCode, EventKind, LimitKind, Usage};
+
+    fn serde_str(value: &str) -> String {
+        serde_json::to_string(value).unwrap()
+    }
+
+    #[test]
+    fn strings_escape_exactly_like_serde_json() {
+        let mut every_byte = String::new();
+        for c in (0u8..0x80).map(char::from) {
+            every_byte.push(c);
+        }
+        let samples = [
+            String::new(),
+            "plain ascii text that is longer than eight bytes".into(),
+            "quote\" back\\slash \n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f}".into(),
+            "é€😀 mixed with \"quotes\" and \\ at odd offsets 1234567".into(),
+            every_byte,
+            "x".repeat(17) + "\n" + &"y".repeat(9),
+        ];
+        for sample in &samples {
+            let mut out = Vec::new();
+            write_str(&mut out, sample);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_str(sample),
+                "{sample:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_encode_exactly_like_serde_derive() {
+        let full = Event {
+            pid: Some(7),
+            encoding: Some(Encoding::Base64),
+            exit_code: Some(-1),
+            signal: Some(9),
+            limit: Some(LimitKind::Output),
+            limit_value: Some(1 << 40),
+            code: Some(ErrorCode::TooLarge),
+            usage: Some(Usage {
+                duration_ms: 1.5,
+                first_output_ms: Some(0.25),
+                ..Usage::default()
+            }),
+            session: Some("s\"1".into()),
+            timestamp: 1_763_900_000.123_456,
+            sequence: u64::MAX,
+            ..Event::new(EventKind::Completed, Some("id\n".into()), "da\u{1}ta")
+        };
+        let bare = Event {
+            timestamp: 0.5,
+            sequence: 1,
+            ..Event::error(None, ErrorCode::BadRequest, "")
+        };
+        for event in [full, bare] {
+            let mut out = Vec::new();
+            write_event(&mut out, &event);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&event).unwrap()
+            );
+        }
+    }
+}
