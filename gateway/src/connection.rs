@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 /// Close code sent when the gateway shuts down (RFC 6455 "going away").
 const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// Close code sent when a frame exceeds the transport cap (RFC 6455 "message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
+
 /// Serves one upgraded socket until the client leaves or `shutdown` is cancelled.
 pub(crate) async fn serve(
     socket: WebSocket,
@@ -62,7 +65,7 @@ pub(crate) async fn serve(
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(err)) => {
-                    tracing::debug!(%err, "socket read failed");
+                    conn.read_failed(err);
                     break;
                 }
             },
@@ -319,11 +322,11 @@ impl Connection {
             base_env: state.base_env.clone(),
             chunk_bytes: state.config.chunk_bytes,
             kill_grace: state.config.kill_grace,
-            _slot: slot,
         };
         let (handle, task) = execution::prepare(
             spec,
             ctx,
+            slot,
             state.config.stdin_queue,
             self.executions_cancel.child_token(),
         );
@@ -368,6 +371,28 @@ impl Connection {
                 self.refuse(None, ErrorCode::UnknownExecution, message)
                     .await;
             }
+        }
+    }
+
+    /// A read error ends the connection; a frame over the transport cap is said so with
+    /// close code 1009 before the socket closes.
+    fn read_failed(&self, err: axum::Error) {
+        let err = err.into_inner();
+        let too_big = matches!(
+            err.downcast_ref::<tungstenite::Error>(),
+            Some(tungstenite::Error::Capacity(_))
+        );
+        if too_big {
+            let cap = self.state.config.max_frame_bytes.saturating_mul(4);
+            tracing::info!(%err, "closing: frame over the transport cap");
+            let close = CloseFrame {
+                code: CLOSE_TOO_BIG,
+                reason: format!("frame larger than {cap} bytes").into(),
+            };
+            // The queue may be full; the socket closes either way.
+            let _ = self.outbound.try_send(Message::Close(Some(close)));
+        } else {
+            tracing::debug!(%err, "socket read failed");
         }
     }
 

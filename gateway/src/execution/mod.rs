@@ -90,14 +90,13 @@ pub(crate) struct ExecutionContext {
     pub(crate) base_env: Arc<[(String, String)]>,
     pub(crate) chunk_bytes: usize,
     pub(crate) kill_grace: std::time::Duration,
-    /// The gateway-wide execution slot, freed when the task ends.
-    pub(crate) _slot: OwnedSemaphorePermit,
 }
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
 pub(crate) fn prepare(
     spec: ExecutionSpec,
     ctx: ExecutionContext,
+    slot: OwnedSemaphorePermit,
     stdin_queue: usize,
     cancel: CancellationToken,
 ) -> (
@@ -131,10 +130,14 @@ pub(crate) fn prepare(
             ctx,
             cancel,
             finished,
+            slot: Some(slot),
         };
         match launched {
             Ok(launched) => run.supervise(launched, stdin_rx).await,
-            Err(refusal) => run.finish(*refusal).await,
+            Err(refusal) => {
+                let mut run = run;
+                run.finish(*refusal).await;
+            }
         }
         id
     };
@@ -301,11 +304,13 @@ struct Run {
     ctx: ExecutionContext,
     cancel: CancellationToken,
     finished: Arc<AtomicBool>,
+    /// The gateway-wide execution slot; released just before the terminal event.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Run {
     /// Runs a started program to its terminal event.
-    async fn supervise(self, launched: Launched, stdin_rx: mpsc::Receiver<StdinChunk>) {
+    async fn supervise(mut self, launched: Launched, stdin_rx: mpsc::Receiver<StdinChunk>) {
         let Launched {
             workdir,
             spawned,
@@ -549,7 +554,10 @@ impl Run {
 
     /// Marks the execution finished, then sends its terminal event and frees its session
     /// if the gateway made it.
-    async fn finish(&self, event: Event) {
+    async fn finish(&mut self, event: Event) {
+        // Free the id and the gateway-wide slot before the client can see the terminal
+        // event, so an `execute` sent in reply to it finds room.
+        self.slot = None;
         self.finished.store(true, Ordering::Release);
         let _ = self
             .ctx
