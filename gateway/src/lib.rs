@@ -17,3 +17,11 @@ mod sys;
 pub use config::{Config, ConfigError, LimitBound, LimitsConfig};
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use server::{run, GatewayError};
+
+/// Worker threads the gateway's runtime should use by default: half the CPUs, at least
+/// one. The programs it runs need the CPU more than the gateway does: on a 2-core
+/// machine a second worker thread made executions slower (more wakeups between threads
+/// competing with the children), measured with `sluice-bench`.
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}

@@ -106,6 +106,11 @@ struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+
+    /// Worker threads for the gateway itself [default: half the CPUs, at least 1]. The
+    /// programs it runs are separate processes and do not use these threads.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -177,24 +182,39 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_logging(&args.log, args.log_json);
-            let listen = args.listen;
-            let config = args.into_config();
-            config.validate().context("invalid configuration")?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            let bound = listener
-                .local_addr()
-                .context("cannot read the bound address")?;
-            tracing::info!(address = %bound, url = %format!("ws://{bound}{}", sluice_protocol::WS_PATH), "listening");
-            sluice_gateway::run(listener, config, shutdown_signal()).await?;
-            Ok(())
+            let threads = args
+                .threads
+                .unwrap_or_else(sluice_gateway::default_worker_threads);
+            if threads == 0 {
+                anyhow::bail!("--threads must be at least 1");
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(serve(args))
         }
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log, args.log_json);
+    let listen = args.listen;
+    let config = args.into_config();
+    config.validate().context("invalid configuration")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let url = format!("ws://{bound}{}", sluice_protocol::WS_PATH);
+    tracing::info!(address = %bound, %url, "listening");
+    sluice_gateway::run(listener, config, shutdown_signal()).await?;
+    Ok(())
 }

@@ -1,12 +1,12 @@
-//! The few Linux calls std and tokio do not offer: process-group signals, pidfds, reaping
-//! with resource usage, and pipe sizing.
+//! The few Linux calls std and tokio do not offer: process-group signals, pidfds, and
+//! reaping with resource usage.
 //!
 //! This is the only module allowed `unsafe`: each block is a single FFI call whose
 //! arguments are plain integers or pointers to locals that outlive the call.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// A signal the gateway sends to an execution's process group.
@@ -112,20 +112,6 @@ fn wait4(pid: u32, flags: libc::c_int) -> io::Result<Option<Reaped>> {
             .unwrap_or(0)
             .saturating_mul(1024),
     }))
-}
-
-/// Asks the kernel for a pipe buffer of `bytes`; the kernel may round it or refuse
-/// (above `/proc/sys/fs/pipe-max-size` for an unprivileged gateway), which is harmless.
-pub(crate) fn set_pipe_size(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
-    let bytes =
-        libc::c_int::try_from(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: fcntl(F_SETPIPE_SZ) takes a descriptor we own and an integer.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// Waits for `pid` to exit and reaps it.

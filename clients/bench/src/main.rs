@@ -93,10 +93,12 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-/// The gateway side: default configuration except limits large enough for the
-/// throughput run; stops when stdin closes.
+/// The gateway side, set up as `sluice serve` sets itself up (same worker threads, default
+/// configuration) except for limits large enough for the throughput run; stops when
+/// stdin closes.
 fn serve_gateway() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(sluice_gateway::default_worker_threads())
         .thread_name("gateway")
         .enable_all()
         .build()?;

@@ -11,9 +11,6 @@ use std::process::{Command, Stdio};
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-/// Pipe buffer requested for stdout and stderr: larger reads mean fewer, fuller events.
-const PIPE_BYTES: usize = 1 << 20;
-
 /// What a program needs to start.
 #[derive(Debug)]
 pub(crate) struct Launch<'a> {
@@ -103,8 +100,6 @@ impl Launch<'_> {
         else {
             return Err(fail(io::Error::other("stdio pipes missing")));
         };
-        let _ = sys::set_pipe_size(&stdout, PIPE_BYTES);
-        let _ = sys::set_pipe_size(&stderr, PIPE_BYTES);
         Ok(Spawned {
             stdin,
             stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(fail)?,
