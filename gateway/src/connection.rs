@@ -323,12 +323,16 @@ impl Connection {
             chunk_bytes: state.config.chunk_bytes,
             kill_grace: state.config.kill_grace,
         };
+        // Alone on the gateway (every other slot free), start the program inline.
+        let spawn_inline =
+            state.execution_slots.available_permits() + 1 >= state.config.max_executions;
         let (handle, task) = execution::prepare(
             spec,
             ctx,
             slot,
             state.config.stdin_queue,
             self.executions_cancel.child_token(),
+            spawn_inline,
         );
         self.tasks.spawn(task);
         self.executions.insert(id, handle);

@@ -368,9 +368,20 @@ async fn gateway_throughput(socket: &mut Socket, code: &str, bytes: u64) -> anyh
     Ok(bytes as f64 / secs / 1e6)
 }
 
+/// The real python executable: `python3` on PATH may be a wrapper script (pyenv) that
+/// costs tens of milliseconds a start; the gateway resolves it once, so does the baseline.
+fn real_python() -> anyhow::Result<String> {
+    let output = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("run python3")?;
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
 async fn direct_throughput(code: &str, bytes: u64) -> anyhow::Result<f64> {
+    let python = real_python()?;
     let start = Instant::now();
-    let mut child = tokio::process::Command::new("python3")
+    let mut child = tokio::process::Command::new(python)
         .args(["-c", code])
         .stdout(Stdio::piped())
         .spawn()?;

@@ -99,6 +99,7 @@ pub(crate) fn prepare(
     slot: OwnedSemaphorePermit,
     stdin_queue: usize,
     cancel: CancellationToken,
+    spawn_inline: bool,
 ) -> (
     ExecutionHandle,
     impl std::future::Future<Output = String> + Send + 'static,
@@ -119,11 +120,35 @@ pub(crate) fn prepare(
     );
     // Starting the program here, on the connection's task, saves a task hop on the
     // latency path from `execute` to first output.
-    let launched = {
+    let spec = Arc::new(spec);
+    // An idle gateway starts the program right here, on the connection's task: the
+    // shortest path to first output. A busy one hands the start to the blocking pool,
+    // because spawning blocks the calling thread until the kernel has loaded the new
+    // program, and meanwhile this worker would pump no one else's output.
+    let launched = spawn_inline.then(|| {
         let _entered = span.enter();
-        launch(&spec, &ctx)
-    };
+        launch(&spec, &ctx.work_root, &ctx.base_env)
+    });
     let task = async move {
+        let launched = match launched {
+            Some(launched) => launched,
+            None => {
+                let (spec, work_root, base_env) =
+                    (spec.clone(), ctx.work_root.clone(), ctx.base_env.clone());
+                let id = spec.id.clone();
+                tokio::task::spawn_blocking(move || launch(&spec, &work_root, &base_env))
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::error!(%err, "starting the program panicked");
+                        let message = "the gateway failed to start the program";
+                        Err(Box::new(Event::error(
+                            Some(id),
+                            ErrorCode::Internal,
+                            message,
+                        )))
+                    })
+            }
+        };
         let id = spec.id.clone();
         let run = Run {
             spec,
@@ -154,9 +179,13 @@ struct Launched {
 
 /// Writes the source file and starts the program; a failure becomes the execution's
 /// terminal `error`.
-fn launch(spec: &ExecutionSpec, ctx: &ExecutionContext) -> Result<Launched, Box<Event>> {
+fn launch(
+    spec: &ExecutionSpec,
+    work_root: &Path,
+    base_env: &[(String, String)],
+) -> Result<Launched, Box<Event>> {
     let id = Some(spec.id.clone());
-    let workdir = match Workdir::create(&ctx.work_root, &spec.runtime.file_name, &spec.code) {
+    let workdir = match Workdir::create(work_root, &spec.runtime.file_name, &spec.code) {
         Ok(dir) => dir,
         Err(err) => {
             tracing::error!(%err, "could not prepare the working directory");
@@ -169,7 +198,7 @@ fn launch(spec: &ExecutionSpec, ctx: &ExecutionContext) -> Result<Launched, Box<
         workdir: workdir.path(),
         source: &workdir.source(),
         args: &spec.args,
-        env: environment(spec, ctx, workdir.path()),
+        env: environment(spec, base_env, workdir.path()),
     };
     let started_at = Instant::now();
     match launch.spawn() {
@@ -194,12 +223,12 @@ fn launch(spec: &ExecutionSpec, ctx: &ExecutionContext) -> Result<Launched, Box<
 /// working directory as HOME and TMPDIR, the runtime's own, then the request's.
 fn environment<'a>(
     spec: &'a ExecutionSpec,
-    ctx: &'a ExecutionContext,
+    base_env: &'a [(String, String)],
     workdir: &'a Path,
 ) -> Vec<(&'a str, &'a str)> {
     let dir = workdir.to_str().unwrap_or("/tmp");
     let pairs = |list: &'a [(String, String)]| list.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let mut env: Vec<(&str, &str)> = pairs(&ctx.base_env).collect();
+    let mut env: Vec<(&str, &str)> = pairs(base_env).collect();
     env.extend([("HOME", dir), ("TMPDIR", dir)]);
     env.extend(pairs(&spec.runtime.env));
     env.extend(pairs(&spec.env));
@@ -300,7 +329,7 @@ impl OutputPipe {
 }
 
 struct Run {
-    spec: ExecutionSpec,
+    spec: Arc<ExecutionSpec>,
     ctx: ExecutionContext,
     cancel: CancellationToken,
     finished: Arc<AtomicBool>,
