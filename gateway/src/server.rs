@@ -55,6 +55,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     config.validate()?;
+    crate::sys::keep_freed_memory();
     let specs = config.runtimes.clone();
     // Locating interpreters runs them once; keep that off the async workers.
     let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs))

@@ -210,14 +210,13 @@ impl Event {
 
     /// Encodes the event as JSON text (the same text serde would write, faster).
     pub fn to_json(&self) -> String {
-        let mut out = Vec::new();
+        let mut out = String::new();
         self.encode_into(&mut out);
-        // The encoder writes only valid UTF-8: the event's strings and ASCII.
-        String::from_utf8(out).unwrap_or_default()
+        out
     }
 
     /// Appends the event's JSON encoding to `out`.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
+    pub fn encode_into(&self, out: &mut String) {
         crate::json::write_event(out, self);
     }
 

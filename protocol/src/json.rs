@@ -7,56 +7,77 @@ use crate::Event;
 use serde::Serialize;
 
 /// Appends `value` as a JSON string literal, escaped exactly as serde_json does.
-pub(crate) fn write_str(out: &mut Vec<u8>, value: &str) {
+pub(crate) fn write_str(out: &mut String, value: &str) {
     out.reserve(value.len() + 2);
-    out.push(b'"');
+    out.push('"');
     let bytes = value.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if i + 8 <= bytes.len() {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[i..i + 8]);
-            if !needs_escape(u64::from_le_bytes(word)) {
-                i += 8;
-                continue;
-            }
+        // Skip 32 clean bytes at a time, then 8, then look at single bytes.
+        if i + 32 <= bytes.len() && !block_needs_escape(&bytes[i..i + 32]) {
+            i += 32;
+            continue;
+        }
+        if i + 8 <= bytes.len() && !needs_escape(word_at(bytes, i)) {
+            i += 8;
+            continue;
         }
         let byte = bytes[i];
-        let escape: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
             _ => {
                 i += 1;
                 continue;
             }
         };
-        out.extend_from_slice(&bytes[start..i]);
+        // Every byte escaped here is ASCII, so `start..i` lies on character boundaries.
+        out.push_str(&value[start..i]);
         if escape.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0xf)]);
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
         } else {
-            out.extend_from_slice(escape);
+            out.push_str(escape);
         }
         i += 1;
         start = i;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.push_str(&value[start..]);
+    out.push('"');
+}
+
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// True when any of the 32 bytes may need escaping (see [`needs_escape`]).
+fn block_needs_escape(block: &[u8]) -> bool {
+    let mut any = 0u64;
+    for at in (0..32).step_by(8) {
+        any |= escape_mask(word_at(block, at));
+    }
+    any != 0
 }
 
 /// True when any byte of `word` is a control character, `"` or `\`. May report a false
 /// positive next to a real hit (the caller then checks byte by byte), never a false
 /// negative.
 fn needs_escape(word: u64) -> bool {
+    escape_mask(word) != 0
+}
+
+fn escape_mask(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
@@ -64,22 +85,22 @@ fn needs_escape(word: u64) -> bool {
     below_space
         | has_zero(word ^ (ONES * u64::from(b'"')))
         | has_zero(word ^ (ONES * u64::from(b'\\')))
-        != 0
 }
 
-fn write_value(out: &mut Vec<u8>, value: &impl Serialize) {
-    // Serializing these field types into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, value);
+fn write_value(out: &mut String, value: &impl Serialize) {
+    // Serializing these field types (numbers, enums, a struct of numbers) cannot fail.
+    if let Ok(text) = serde_json::to_string(value) {
+        out.push_str(&text);
+    }
 }
 
-fn write_key(out: &mut Vec<u8>, key: &str) {
-    out.push(b',');
-    out.push(b'"');
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
+fn write_key(out: &mut String, key: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
 }
 
-fn write_optional(out: &mut Vec<u8>, key: &str, value: Option<&impl Serialize>) {
+fn write_optional(out: &mut String, key: &str, value: Option<&impl Serialize>) {
     if let Some(value) = value {
         write_key(out, key);
         write_value(out, value);
@@ -87,9 +108,9 @@ fn write_optional(out: &mut Vec<u8>, key: &str, value: Option<&impl Serialize>) 
 }
 
 /// Appends `event` as a JSON object, field for field what serde's derive writes.
-pub(crate) fn write_event(out: &mut Vec<u8>, event: &Event) {
+pub(crate) fn write_event(out: &mut String, event: &Event) {
     out.reserve(event.data.len() + 160);
-    out.extend_from_slice(b"{\"type\":");
+    out.push_str("{\"type\":");
     write_value(out, &event.kind);
     write_key(out, "data");
     write_str(out, &event.data);
@@ -100,12 +121,12 @@ pub(crate) fn write_event(out: &mut Vec<u8>, event: &Event) {
     write_key(out, "id");
     match &event.id {
         Some(id) => write_str(out, id),
-        None => out.extend_from_slice(b"null"),
+        None => out.push_str("null"),
     }
     write_key(out, "session");
     match &event.session {
         Some(session) => write_str(out, session),
-        None => out.extend_from_slice(b"null"),
+        None => out.push_str("null"),
     }
     write_optional(out, "pid", event.pid.as_ref());
     write_optional(out, "encoding", event.encoding.as_ref());
@@ -115,7 +136,7 @@ pub(crate) fn write_event(out: &mut Vec<u8>, event: &Event) {
     write_optional(out, "limit_value", event.limit_value.as_ref());
     write_optional(out, "code", event.code.as_ref());
     write_optional(out, "usage", event.usage.as_ref());
-    out.push(b'}');
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -140,15 +161,12 @@ mod tests {
             "é€😀 mixed with \"quotes\" and \\ at odd offsets 1234567".into(),
             every_byte,
             "x".repeat(17) + "\n" + &"y".repeat(9),
+            "a".repeat(31) + "\"" + &"é".repeat(40) + "\u{1}" + &"b".repeat(70),
         ];
         for sample in &samples {
-            let mut out = Vec::new();
+            let mut out = String::new();
             write_str(&mut out, sample);
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                serde_str(sample),
-                "{sample:?}"
-            );
+            assert_eq!(out, serde_str(sample), "{sample:?}");
         }
     }
 
@@ -178,12 +196,9 @@ mod tests {
             ..Event::error(None, ErrorCode::BadRequest, "")
         };
         for event in [full, bare] {
-            let mut out = Vec::new();
+            let mut out = String::new();
             write_event(&mut out, &event);
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                serde_json::to_string(&event).unwrap()
-            );
+            assert_eq!(out, serde_json::to_string(&event).unwrap());
         }
     }
 }

@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         args.throughput_mib = 64;
         args.executions = 320;
     }
+    keep_freed_memory();
     // The gateway runs as its own process (this binary, re-executed), as in production:
     // the measurements then include no sharing of threads or allocator with the client.
     let mut gateway = std::process::Command::new(std::env::current_exe()?)
@@ -78,8 +79,9 @@ fn main() -> anyhow::Result<()> {
         .trim()
         .parse()
         .context("gateway did not report its port")?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread drives the client (and the direct baseline): no wakeups between threads
+    // on the receive path, as in a typical single-threaded client program.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -114,6 +116,10 @@ fn serve_gateway() -> anyhow::Result<()> {
                 ..Default::default()
             },
             max_executions_per_connection: 1024,
+            chunk_bytes: std::env::var("CHUNK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(65536),
             ..Config::default()
         };
         let stdin_closed = async {
@@ -188,7 +194,23 @@ async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Res
         "import sys\nblock = (b'x' * 1023 + b'\\n') * 1024\nw = sys.stdout.buffer.write\nfor _ in range({}):\n    w(block)\n",
         args.throughput_mib
     );
+    let (gateway_before, client_before) =
+        (process_cpu(gateway_pid)?, process_cpu(std::process::id())?);
     let via = gateway_throughput(&mut socket, &code, bytes).await?;
+    let gateway_ms = process_cpu(gateway_pid)?
+        .saturating_sub(gateway_before)
+        .as_secs_f64()
+        * 1e3;
+    let client_ms = process_cpu(std::process::id())?
+        .saturating_sub(client_before)
+        .as_secs_f64()
+        * 1e3;
+    let mib = args.throughput_mib as f64;
+    println!(
+        "CPU per MiB streamed: gateway {:.3} ms, client {:.3} ms",
+        gateway_ms / mib,
+        client_ms / mib
+    );
     let direct = direct_throughput(&code, bytes).await?;
     let label = format!("stdout throughput, {} MiB (MB/s)", args.throughput_mib);
     row(
@@ -366,6 +388,19 @@ async fn gateway_throughput(socket: &mut Socket, code: &str, bytes: u64) -> anyh
         bail!("received {received} bytes through the gateway, expected {bytes}");
     }
     Ok(bytes as f64 / secs / 1e6)
+}
+
+/// Tells glibc to keep freed memory rather than trim it after every large free, as the
+/// gateway does for itself: otherwise the client side of this harness spends much of the
+/// throughput run in page faults for the buffers of each 64 KiB event, which measures
+/// glibc, not the gateway. It applies to the direct baseline too (same process).
+#[allow(unsafe_code)] // One FFI call with integer arguments.
+fn keep_freed_memory() {
+    // SAFETY: mallopt takes two integers and only adjusts allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
 }
 
 /// The real python executable: `python3` on PATH may be a wrapper script (pyenv) that

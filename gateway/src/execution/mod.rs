@@ -14,6 +14,7 @@ use crate::runtime::Runtime;
 use crate::session::{Session, SessionRegistry};
 use crate::sys::Signal;
 use axum::extract::ws::Message;
+use bytes::BufMut as _;
 use output::OutputDecoder;
 use process::{ChildGroup, Launch};
 use sluice_protocol::{Encoding, ErrorCode, Event, EventKind, LimitKind, Usage};
@@ -249,6 +250,8 @@ struct OutputPipe {
     kind: EventKind,
     rx: Option<pipe::Receiver>,
     decoder: OutputDecoder,
+    /// Held-back bytes of an incomplete character, then what the last read appended.
+    buf: Vec<u8>,
     delivered: u64,
 }
 
@@ -260,11 +263,13 @@ enum Read {
 }
 
 impl OutputPipe {
-    fn new(kind: EventKind, rx: pipe::Receiver, encoding: Encoding) -> Self {
+    fn new(kind: EventKind, rx: pipe::Receiver, encoding: Encoding, chunk: usize) -> Self {
+        let decoder = OutputDecoder::new(encoding, chunk);
         Self {
             kind,
             rx: Some(rx),
-            decoder: OutputDecoder::new(encoding),
+            buf: decoder.buffer(),
+            decoder,
             delivered: 0,
         }
     }
@@ -280,43 +285,47 @@ impl OutputPipe {
         }
     }
 
-    /// Reads whatever the pipe holds, up to `buf.len()`, without waiting.
-    fn read_available(&mut self, buf: &mut [u8]) -> Read {
+    /// Appends whatever the pipe holds to the buffer, up to the chunk size, without
+    /// waiting; `Data(n)` counts the new bytes.
+    fn read_available(&mut self) -> Read {
         let Some(rx) = &self.rx else { return Read::Eof };
-        let mut filled = 0;
-        while filled < buf.len() {
-            match rx.try_read(&mut buf[filled..]) {
-                Ok(0) => {
-                    return if filled == 0 {
-                        Read::Eof
-                    } else {
-                        Read::Data(filled)
-                    }
+        let room = self.buf.capacity();
+        let before = self.buf.len();
+        while self.buf.len() < room {
+            // Never let the read grow the buffer past the chunk size.
+            let want = room - self.buf.len();
+            match rx.try_read_buf(&mut (&mut self.buf).limit(want)) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return match self.buf.len() - before {
+                        0 => Read::Empty,
+                        n => Read::Data(n),
+                    };
                 }
-                Ok(n) => filled += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
                     tracing::warn!(%err, "reading program output failed; closing the pipe");
-                    return if filled == 0 {
-                        Read::Eof
-                    } else {
-                        Read::Data(filled)
-                    };
+                    break;
                 }
             }
         }
-        if filled == 0 {
-            Read::Empty
-        } else {
-            Read::Data(filled)
+        match self.buf.len() - before {
+            0 if self.buf.len() < room => Read::Eof,
+            0 => Read::Empty,
+            n => Read::Data(n),
         }
+    }
+
+    /// The payload of what is buffered, keeping back an incomplete character.
+    fn take_text(&mut self) -> Option<String> {
+        self.decoder.decode(&mut self.buf)
     }
 
     /// Closes the pipe; returns the held-back tail of a character, if any.
     fn close(&mut self) -> Option<String> {
         self.rx = None;
-        self.decoder.finish()
+        self.decoder.finish(&mut self.buf)
     }
 
     fn event(&self, id: &str, text: String, encoding: Encoding) -> Event {
@@ -359,8 +368,18 @@ impl Run {
         }
         let encoding = self.spec.encoding;
         let mut pipes = [
-            OutputPipe::new(EventKind::Stdout, spawned.stdout, encoding),
-            OutputPipe::new(EventKind::Stderr, spawned.stderr, encoding),
+            OutputPipe::new(
+                EventKind::Stdout,
+                spawned.stdout,
+                encoding,
+                self.ctx.chunk_bytes,
+            ),
+            OutputPipe::new(
+                EventKind::Stderr,
+                spawned.stderr,
+                encoding,
+                self.ctx.chunk_bytes,
+            ),
         ];
         let pump = self
             .pump(&mut child, &mut pipes, &mut stdin, started, started_at)
@@ -437,7 +456,6 @@ impl Run {
         let encoding = self.spec.encoding;
         let stream = &self.ctx.session.stream;
         let deadline = started_at + limits.timeout;
-        let mut buf = vec![0u8; self.ctx.chunk_bytes];
         let mut budget = limits.output_bytes;
         // Output events waiting for room on the socket (at most three: a chunk and the
         // flushed tails of both streams). Reading pauses while any wait, so a slow client
@@ -544,14 +562,16 @@ impl Run {
                     continue;
                 }
                 let pipe = &mut pipes[index];
-                let room = buf.len().saturating_sub(pipe.decoder.carried()).max(1);
-                match pipe.read_available(&mut buf[..room]) {
+                match pipe.read_available() {
                     Read::Data(n) => {
                         first_output_at.get_or_insert_with(Instant::now);
                         let take = n.min(usize::try_from(budget).unwrap_or(usize::MAX));
                         budget -= take as u64;
                         pipe.delivered += take as u64;
-                        let text = pipe.decoder.decode(&buf[..take]);
+                        // Bytes past the budget are dropped unread by anyone.
+                        let keep = pipe.buf.len() - (n - take);
+                        pipe.buf.truncate(keep);
+                        let text = pipe.take_text();
                         pending.extend(text.map(|t| pipe.event(id, t, encoding)));
                         if take < n {
                             // Past the limit: exactly the budget is delivered, nothing after.

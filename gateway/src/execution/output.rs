@@ -5,56 +5,69 @@ use base64::Engine as _;
 use sluice_protocol::Encoding;
 
 /// Decodes one output stream (stdout or stderr) chunk by chunk.
+///
+/// The caller reads the pipe into a buffer and hands the buffer over; for UTF-8 the
+/// buffer keeps the start of a character whose remaining bytes have not arrived yet (at
+/// most three bytes), and the next read appends after it.
 #[derive(Debug)]
 pub(crate) struct OutputDecoder {
     encoding: Encoding,
-    /// The start of a UTF-8 character whose remaining bytes have not arrived yet (at most
-    /// three bytes).
-    carry: Vec<u8>,
+    /// Capacity of a fresh read buffer: the chunk size.
+    chunk: usize,
 }
 
 impl OutputDecoder {
-    pub(crate) fn new(encoding: Encoding) -> Self {
-        Self {
-            encoding,
-            carry: Vec::new(),
+    pub(crate) fn new(encoding: Encoding, chunk: usize) -> Self {
+        Self { encoding, chunk }
+    }
+
+    /// An empty read buffer of the chunk size.
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        Vec::with_capacity(self.chunk)
+    }
+
+    /// The payload for the complete part of `buf`; `None` when everything was held back.
+    /// Afterwards `buf` holds only the held-back bytes. Large payloads take over the
+    /// buffer's allocation instead of copying it.
+    pub(crate) fn decode(&mut self, buf: &mut Vec<u8>) -> Option<String> {
+        if buf.is_empty() {
+            return None;
         }
-    }
-
-    /// Bytes held back from the previous chunk; the caller reads that many fewer so an
-    /// event never carries more than the chunk size.
-    pub(crate) fn carried(&self) -> usize {
-        self.carry.len()
-    }
-
-    /// The payload for `bytes`; `None` when everything was held back.
-    pub(crate) fn decode(&mut self, bytes: &[u8]) -> Option<String> {
         match self.encoding {
             Encoding::Base64 => {
-                (!bytes.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(bytes))
+                let text = base64::engine::general_purpose::STANDARD.encode(&buf[..]);
+                buf.clear();
+                Some(text)
             }
             Encoding::Utf8 => {
-                if self.carry.is_empty() {
-                    let cut = complete_prefix_len(bytes);
-                    let text = lossy(&bytes[..cut]);
-                    self.carry.extend_from_slice(&bytes[cut..]);
-                    text
-                } else {
-                    let mut joined = std::mem::take(&mut self.carry);
-                    joined.extend_from_slice(bytes);
-                    let cut = complete_prefix_len(&joined);
-                    let text = lossy(&joined[..cut]);
-                    self.carry.extend_from_slice(&joined[cut..]);
-                    text
+                let cut = complete_prefix_len(buf);
+                if cut == 0 {
+                    return None;
                 }
+                let mut tail = [0u8; 4];
+                let held = buf.len() - cut;
+                tail[..held].copy_from_slice(&buf[cut..]);
+                buf.truncate(cut);
+                let text = if buf.len() >= self.chunk / 4 {
+                    let bytes = std::mem::replace(buf, self.buffer());
+                    String::from_utf8(bytes)
+                        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+                } else {
+                    let text = lossy(buf).unwrap_or_default();
+                    buf.clear();
+                    text
+                };
+                buf.extend_from_slice(&tail[..held]);
+                Some(text)
             }
         }
     }
 
     /// Flushes a character left incomplete at the end of the stream as U+FFFD.
-    pub(crate) fn finish(&mut self) -> Option<String> {
-        let rest = std::mem::take(&mut self.carry);
-        lossy(&rest)
+    pub(crate) fn finish(&mut self, buf: &mut Vec<u8>) -> Option<String> {
+        let text = lossy(buf);
+        buf.clear();
+        text
     }
 }
 
@@ -124,9 +137,14 @@ mod tests {
     use super::*;
 
     fn feed_all(chunks: &[&[u8]]) -> String {
-        let mut d = OutputDecoder::new(Encoding::Utf8);
-        let mut out: String = chunks.iter().filter_map(|c| d.decode(c)).collect();
-        out.extend(d.finish());
+        let mut d = OutputDecoder::new(Encoding::Utf8, 16);
+        let mut buf = d.buffer();
+        let mut out = String::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            out.extend(d.decode(&mut buf));
+        }
+        out.extend(d.finish(&mut buf));
         out
     }
 
@@ -144,11 +162,25 @@ mod tests {
 
     #[test]
     fn no_event_ends_inside_a_character() {
-        let mut d = OutputDecoder::new(Encoding::Utf8);
+        let mut d = OutputDecoder::new(Encoding::Utf8, 16);
         let euro = "€".as_bytes();
-        assert_eq!(d.decode(&euro[..2]), None);
-        assert_eq!(d.carried(), 2);
-        assert_eq!(d.decode(&euro[2..]).as_deref(), Some("€"));
+        let mut buf = euro[..2].to_vec();
+        assert_eq!(d.decode(&mut buf), None);
+        assert_eq!(buf.len(), 2);
+        buf.extend_from_slice(&euro[2..]);
+        assert_eq!(d.decode(&mut buf).as_deref(), Some("€"));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn large_chunks_keep_the_held_back_tail() {
+        let mut d = OutputDecoder::new(Encoding::Utf8, 8);
+        let mut buf = d.buffer();
+        buf.extend_from_slice("abcdefg".as_bytes());
+        buf.extend_from_slice(&"€".as_bytes()[..1]);
+        assert_eq!(d.decode(&mut buf).as_deref(), Some("abcdefg"));
+        assert_eq!(buf, &"€".as_bytes()[..1]);
+        assert!(buf.capacity() >= 8);
     }
 
     #[test]
@@ -159,14 +191,17 @@ mod tests {
         // A truncated character at the end of the stream is flushed as U+FFFD.
         assert_eq!(feed_all(&[b"ok\xe2\x82"]), "ok\u{fffd}");
         // Bytes that can never start a character are not held back.
-        let mut d = OutputDecoder::new(Encoding::Utf8);
-        assert_eq!(d.decode(b"\xc0").as_deref(), Some("\u{fffd}"));
+        let mut d = OutputDecoder::new(Encoding::Utf8, 16);
+        let mut buf = b"\xc0".to_vec();
+        assert_eq!(d.decode(&mut buf).as_deref(), Some("\u{fffd}"));
     }
 
     #[test]
     fn base64_is_exact_per_chunk() {
-        let mut d = OutputDecoder::new(Encoding::Base64);
-        assert_eq!(d.decode(&[0, 255, 1]).as_deref(), Some("AP8B"));
-        assert_eq!(d.finish(), None);
+        let mut d = OutputDecoder::new(Encoding::Base64, 16);
+        let mut buf = vec![0, 255, 1];
+        assert_eq!(d.decode(&mut buf).as_deref(), Some("AP8B"));
+        assert!(buf.is_empty());
+        assert_eq!(d.finish(&mut buf), None);
     }
 }
