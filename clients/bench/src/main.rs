@@ -116,10 +116,6 @@ fn serve_gateway() -> anyhow::Result<()> {
                 ..Default::default()
             },
             max_executions_per_connection: 1024,
-            chunk_bytes: std::env::var("CHUNK")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(65536),
             ..Config::default()
         };
         let stdin_closed = async {

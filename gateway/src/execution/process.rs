@@ -100,16 +100,6 @@ impl Launch<'_> {
         else {
             return Err(fail(io::Error::other("stdio pipes missing")));
         };
-        if let Some(n) = std::env::var("PIPE_SZ")
-            .ok()
-            .and_then(|v| v.parse::<i32>().ok())
-        {
-            use std::os::fd::AsRawFd;
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, n);
-            }
-        }
         Ok(Spawned {
             stdin,
             stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(fail)?,
