@@ -103,6 +103,15 @@ pub struct Config {
     pub work_root: Option<PathBuf>,
     /// How long shutdown waits for connections to finish after cancelling executions.
     pub shutdown_grace: Duration,
+    /// How long a socket may refuse to take queued events (the client is not reading)
+    /// before the gateway closes it and cancels its executions.
+    pub send_timeout: Duration,
+    /// Bytes of `stdin` data queued for one execution before further frames get
+    /// `stdin_full`.
+    pub stdin_queue_bytes: usize,
+    /// Browser origins allowed to open a socket (`Origin` header). Requests without an
+    /// `Origin` header (non-browser clients) are always allowed; `*` allows every origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -125,6 +134,9 @@ impl Default for Config {
             ],
             work_root: None,
             shutdown_grace: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            stdin_queue_bytes: 1 << 20,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -156,6 +168,7 @@ impl Config {
             ),
             ("outbound_queue", self.outbound_queue),
             ("stdin_queue", self.stdin_queue),
+            ("stdin_queue_bytes", self.stdin_queue_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

@@ -14,6 +14,7 @@ use sluice_protocol::{
     CancelFrame, ClientFrame, ErrorCode, Event, ExecuteRequest, FrameError, StdinFrame,
 };
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -34,13 +35,15 @@ pub(crate) async fn serve(
 ) {
     let (sink, mut frames) = socket.split();
     let (outbound, outbound_rx) = mpsc::channel(state.config.outbound_queue);
-    // Cancelled when the writer can no longer write, so the reader stops too.
-    let writer_failed = CancellationToken::new();
+    // Cancelled on gateway shutdown, or by the writer when it can no longer write (the
+    // client stopped reading past the send timeout, or the socket broke).
+    let closing = shutdown.child_token();
     let writer = tokio::spawn(write_loop(
         sink,
         outbound_rx,
-        writer_failed.clone(),
+        closing.clone(),
         shutdown.clone(),
+        state.config.send_timeout,
     ));
     let mut conn = Connection {
         state: state.clone(),
@@ -49,13 +52,13 @@ pub(crate) async fn serve(
         executions: HashMap::new(),
         sessions: HashMap::new(),
         tasks: JoinSet::new(),
-        executions_cancel: CancellationToken::new(),
+        executions_cancel: closing.child_token(),
+        closing: closing.clone(),
     };
     tracing::debug!("connected");
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = writer_failed.cancelled() => break,
+            () = closing.cancelled() => break,
             Some(done) = conn.tasks.join_next(), if !conn.tasks.is_empty() => conn.reap_task(done),
             frame = frames.next() => match frame {
                 Some(Ok(Message::Text(text))) => conn.handle_text(text.as_str()).await,
@@ -81,23 +84,34 @@ pub(crate) async fn serve(
 }
 
 /// Drains the outbound queue into the socket, batching whatever is queued into one flush.
+/// A batch that cannot be written within `send_timeout` (the client stopped reading)
+/// ends the connection: a slow consumer must not hold executions and memory forever.
 async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Message>,
     failed: CancellationToken,
     shutdown: CancellationToken,
+    send_timeout: std::time::Duration,
 ) {
     while let Some(message) = queue.recv().await {
-        let mut result = sink.feed(message).await;
-        while result.is_ok() {
-            match queue.try_recv() {
-                Ok(message) => result = sink.feed(message).await,
-                Err(_) => break,
+        let batch = async {
+            sink.feed(message).await?;
+            while let Ok(message) = queue.try_recv() {
+                sink.feed(message).await?;
             }
-        }
-        if result.is_ok() {
-            result = sink.flush().await;
-        }
+            sink.flush().await
+        };
+        let result = match tokio::time::timeout(send_timeout, batch).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    ?send_timeout,
+                    "closing: the client has not read its socket within the send timeout"
+                );
+                failed.cancel();
+                return;
+            }
+        };
         if let Err(err) = result {
             tracing::debug!(%err, "socket write failed");
             failed.cancel();
@@ -113,10 +127,13 @@ async fn write_loop(
         code: CLOSE_GOING_AWAY,
         reason: reason.into(),
     };
-    if shutdown.is_cancelled() {
-        let _ = sink.send(Message::Close(Some(close))).await;
-    }
-    let _ = sink.close().await;
+    let goodbye = async {
+        if shutdown.is_cancelled() {
+            let _ = sink.send(Message::Close(Some(close))).await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(send_timeout, goodbye).await;
 }
 
 fn is_usable_id(id: &str) -> bool {
@@ -136,8 +153,12 @@ struct Connection {
     sessions: HashMap<String, Arc<Session>>,
     /// The execution tasks; each yields its id when it has sent its terminal event.
     tasks: JoinSet<String>,
-    /// Parent of every execution's cancel token: cancelled when the socket goes away.
+    /// Parent of every execution's cancel token: cancelled when the socket goes away or
+    /// the gateway shuts down (it is a child of `closing`).
     executions_cancel: CancellationToken,
+    /// Cancelled on gateway shutdown or when the writer gives up; every wait for room in
+    /// the outbound queue also watches it, so a stuck client cannot stall shutdown.
+    closing: CancellationToken,
 }
 
 impl Connection {
@@ -175,7 +196,16 @@ impl Connection {
     /// Sends an `error` on the socket's own stream.
     async fn refuse(&self, id: Option<String>, code: ErrorCode, message: impl Into<String>) {
         let event = Event::error(id, code, message);
-        let _ = self.socket_stream.send(&self.outbound, event).await;
+        self.send_or_close(&self.socket_stream, event).await;
+    }
+
+    /// Sends on `stream` unless the connection is closing first.
+    async fn send_or_close(&self, stream: &EventStream, event: Event) {
+        tokio::select! {
+            biased;
+            _ = stream.send(&self.outbound, event) => {}
+            () = self.closing.cancelled() => {}
+        }
     }
 
     fn is_running(&self, id: &str) -> bool {
@@ -211,7 +241,7 @@ impl Connection {
             Ok(()) => {}
             Err((id, code, message)) => {
                 let event = Event::error(Some(id), code, message);
-                let _ = session.stream.send(&self.outbound, event).await;
+                self.send_or_close(&session.stream, event).await;
                 if session.ephemeral {
                     self.state.sessions.release(&session);
                 }
@@ -322,6 +352,7 @@ impl Connection {
             base_env: state.base_env.clone(),
             chunk_bytes: state.config.chunk_bytes,
             kill_grace: state.config.kill_grace,
+            closing: self.closing.clone(),
         };
         // Alone on the gateway (every other slot free), start the program inline.
         let spawn_inline =
@@ -341,6 +372,7 @@ impl Connection {
 
     async fn stdin(&mut self, frame: StdinFrame) {
         let StdinFrame { id, data, eof } = frame;
+        let budget = self.state.config.stdin_queue_bytes;
         let Some(handle) = self.running(&id) else {
             let message = format!("no execution {id:?} is running on this socket");
             return self
@@ -351,7 +383,21 @@ impl Connection {
             let message = format!("stdin of execution {id:?} is already closed");
             return self.refuse(None, ErrorCode::StdinClosed, message).await;
         }
-        match handle.stdin.try_send(StdinChunk { data, eof }) {
+        let bytes = data.as_ref().map_or(0, String::len);
+        let queued = handle.stdin_queued_bytes.load(Ordering::Acquire);
+        if bytes > 0 && queued + bytes > budget {
+            let message = format!(
+                "execution {id:?} has {queued} bytes of stdin not yet read (at most {budget} may wait); this input was dropped"
+            );
+            return self.refuse(None, ErrorCode::StdinFull, message).await;
+        }
+        // Counted before it is queued, so the writer's subtraction never comes first.
+        handle.stdin_queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let sent = handle.stdin.try_send(StdinChunk { data, eof });
+        if sent.is_err() {
+            handle.stdin_queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => handle.stdin_closed = eof,
             Err(TrySendError::Full(_)) => {
                 let message = format!(

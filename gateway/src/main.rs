@@ -107,6 +107,23 @@ struct ServeArgs {
     #[arg(long)]
     log_json: bool,
 
+    /// Close a socket whose client has not taken queued events for this long (it stopped
+    /// reading); its executions are cancelled.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    send_timeout_ms: u64,
+
+    /// Bytes of stdin data that may wait for one program to read them; more get
+    /// `stdin_full`.
+    #[arg(long, default_value_t = Config::default().stdin_queue_bytes, value_name = "BYTES")]
+    stdin_queue_bytes: usize,
+
+    /// Allow browser pages from this origin (e.g. https://ide.example.com) to open sockets.
+    /// Repeatable; `*` allows any origin. Requests without an Origin header (non-browser
+    /// clients) are always allowed; browser requests from other origins get HTTP 403, so a
+    /// web page cannot run code through a gateway on your machine.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+
     /// Worker threads for the gateway itself [default: half the CPUs, at least 1]. The
     /// programs it runs are separate processes and do not use these threads.
     #[arg(long, value_name = "N")]
@@ -141,6 +158,9 @@ impl ServeArgs {
             max_executions_per_connection: self.max_executions_per_connection,
             max_sessions_per_connection: self.max_sessions_per_connection,
             outbound_queue: self.outbound_queue,
+            send_timeout: Duration::from_millis(self.send_timeout_ms),
+            stdin_queue_bytes: self.stdin_queue_bytes,
+            allowed_origins: self.allowed_origins,
             work_root: self.work_dir,
             ..Config::default()
         };

@@ -56,6 +56,7 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     config.validate()?;
     crate::sys::keep_freed_memory();
+    crate::sys::close_inherited_descriptors_on_exec();
     let specs = config.runtimes.clone();
     // Locating interpreters runs them once; keep that off the async workers.
     let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs))
@@ -116,10 +117,14 @@ pub async fn run(
     served.map_err(GatewayError::Serve)
 }
 
+/// Admits a WebSocket upgrade. Browsers let any page open a socket to localhost, so a
+/// request that carries an `Origin` header (every browser request does) is refused unless
+/// that origin is allowed: otherwise any web page could run code through a local gateway.
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<Arc<GatewayState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "connection refused: at the connection limit");
@@ -129,6 +134,22 @@ async fn upgrade(
         )
             .into_response();
     };
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let allowed = &state.config.allowed_origins;
+        let ok = origin.to_str().is_ok_and(|o| {
+            allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+        });
+        if !ok {
+            tracing::warn!(%peer, ?origin, "upgrade refused: origin not allowed (see --allow-origin)");
+            return (
+                StatusCode::FORBIDDEN,
+                "this origin may not open a Sluice socket; start the gateway with --allow-origin ORIGIN\n",
+            )
+                .into_response();
+        }
+    }
     if state.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -167,13 +188,48 @@ impl WorkRoot {
         let base = base
             .map(Path::to_path_buf)
             .unwrap_or_else(default_work_base);
+        remove_stale_roots(&base);
         let path = base.join(format!("sluice-{}-{}", std::process::id(), nanos()));
-        std::fs::create_dir_all(&path).map_err(|source| GatewayError::WorkRoot {
+        // A fresh, private directory: never reuse one someone else prepared.
+        let created = std::fs::create_dir_all(&base).and_then(|()| {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new().mode(0o700).create(&path)
+        });
+        created.map_err(|source| GatewayError::WorkRoot {
             path: path.clone(),
             source,
         })?;
         tracing::info!(path = %path.display(), "execution working directories go here");
         Ok(Self { path })
+    }
+}
+
+/// Removes work roots left by gateways that died without cleaning up (`sluice-PID-N`
+/// whose PID no longer runs).
+fn remove_stale_roots(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sluice-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a stale work root")
+                }
+                Err(err) => {
+                    tracing::debug!(path = %entry.path().display(), %err, "could not remove a stale work root")
+                }
+            }
+        }
     }
 }
 

@@ -137,3 +137,22 @@ pub(crate) fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
+
+/// Marks every descriptor above stderr close-on-exec, so nothing the gateway inherited
+/// (a supervisor's pipe, a log file) leaks into the programs it starts. Descriptors the
+/// gateway opens itself are already close-on-exec.
+pub(crate) fn close_inherited_descriptors_on_exec() {
+    // SAFETY: close_range takes integers; with CLOSE_RANGE_CLOEXEC it only sets a flag.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        tracing::warn!(%err, "could not mark inherited descriptors close-on-exec");
+    }
+}

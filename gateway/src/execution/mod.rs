@@ -11,7 +11,7 @@ mod workdir;
 
 use crate::config::EffectiveLimits;
 use crate::runtime::Runtime;
-use crate::session::{Session, SessionRegistry};
+use crate::session::{Session, SessionRegistry, SocketGone};
 use crate::sys::Signal;
 use axum::extract::ws::Message;
 use bytes::BufMut as _;
@@ -21,7 +21,7 @@ use sluice_protocol::{Encoding, ErrorCode, Event, EventKind, LimitKind, Usage};
 use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
@@ -34,6 +34,11 @@ use workdir::Workdir;
 /// After the program exits, how long to wait for its pipes to reach end-of-file (a
 /// process that left the group may hold them) before reading what is there and closing.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Most bytes read from one pipe after the program exited: what a pipe can hold (64 KiB
+/// by default, at most 1 MiB unprivileged) plus margin. Past it, a process that escaped
+/// the group is still writing, and the gateway stops reading.
+const DRAIN_LIMIT: u64 = 2 << 20;
 
 /// Longest time `started` waits to go out together with the program's first output.
 const STARTED_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
@@ -53,6 +58,9 @@ pub(crate) struct ExecutionHandle {
     pub(crate) stdin: mpsc::Sender<StdinChunk>,
     /// Set once the connection has forwarded `eof` (or the request carried all of stdin).
     pub(crate) stdin_closed: bool,
+    /// Bytes of stdin queued but not yet written to the program: the connection adds,
+    /// the stdin writer subtracts once a chunk is written.
+    pub(crate) stdin_queued_bytes: Arc<AtomicUsize>,
     /// Cancelling it stops the program (SIGTERM, then SIGKILL after the grace period).
     pub(crate) cancel: CancellationToken,
     /// Set by the execution just before it sends its terminal event, so an id is free for
@@ -91,6 +99,9 @@ pub(crate) struct ExecutionContext {
     pub(crate) base_env: Arc<[(String, String)]>,
     pub(crate) chunk_bytes: usize,
     pub(crate) kill_grace: std::time::Duration,
+    /// The connection's closing token: once cancelled, undelivered events are dropped
+    /// instead of waited on.
+    pub(crate) closing: CancellationToken,
 }
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
@@ -107,8 +118,10 @@ pub(crate) fn prepare(
 ) {
     let (stdin_tx, stdin_rx) = mpsc::channel(stdin_queue);
     let finished = Arc::new(AtomicBool::new(false));
+    let stdin_queued_bytes = Arc::new(AtomicUsize::new(0));
     let handle = ExecutionHandle {
         stdin: stdin_tx,
+        stdin_queued_bytes: stdin_queued_bytes.clone(),
         stdin_closed: spec.stdin.is_some(),
         cancel: cancel.clone(),
         finished: finished.clone(),
@@ -159,7 +172,7 @@ pub(crate) fn prepare(
             slot: Some(slot),
         };
         match launched {
-            Ok(launched) => run.supervise(launched, stdin_rx).await,
+            Ok(launched) => run.supervise(launched, stdin_rx, stdin_queued_bytes).await,
             Err(refusal) => {
                 let mut run = run;
                 run.finish(*refusal).await;
@@ -253,6 +266,8 @@ struct OutputPipe {
     /// Held-back bytes of an incomplete character, then what the last read appended.
     buf: Vec<u8>,
     delivered: u64,
+    /// Bytes read after the program exited (bounded by DRAIN_LIMIT).
+    after_exit: u64,
 }
 
 /// What one non-blocking read produced.
@@ -271,6 +286,7 @@ impl OutputPipe {
             buf: decoder.buffer(),
             decoder,
             delivered: 0,
+            after_exit: 0,
         }
     }
 
@@ -348,7 +364,12 @@ struct Run {
 
 impl Run {
     /// Runs a started program to its terminal event.
-    async fn supervise(mut self, launched: Launched, stdin_rx: mpsc::Receiver<StdinChunk>) {
+    async fn supervise(
+        mut self,
+        launched: Launched,
+        stdin_rx: mpsc::Receiver<StdinChunk>,
+        stdin_queued_bytes: Arc<AtomicUsize>,
+    ) {
         let Launched {
             workdir,
             spawned,
@@ -359,7 +380,7 @@ impl Run {
         let mut started = Event::new(EventKind::Started, Some(self.spec.id.clone()), "");
         started.pid = Some(child.pid());
 
-        let mut stdin = StdinFeed::new(spawned.stdin, stdin_rx);
+        let mut stdin = StdinFeed::new(spawned.stdin, stdin_rx, stdin_queued_bytes);
         if let Some(data) = self.spec.stdin.clone() {
             stdin.start(StdinChunk {
                 data: Some(data),
@@ -386,7 +407,11 @@ impl Run {
             .await;
         stdin.stop();
 
+        // The program is gone: reap it, free its slot and its directory now, whether or
+        // not the client has taken the last events yet.
         let reaped = child.reap().await;
+        self.slot = None;
+        workdir.remove();
         let usage = Usage {
             duration_ms: millis(pump.exited_at.duration_since(started_at)),
             first_output_ms: pump
@@ -437,8 +462,22 @@ impl Run {
         };
         terminal.usage = Some(usage);
         tracing::debug!(kind = %terminal.kind, "finished");
+        for event in pump.undelivered {
+            if self.deliver(event).await.is_err() {
+                break;
+            }
+        }
         self.finish(terminal).await;
-        workdir.remove();
+    }
+
+    /// Sends one event, unless the connection closes first (nobody would read it).
+    async fn deliver(&self, event: Event) -> Result<(), SocketGone> {
+        let stream = &self.ctx.session.stream;
+        tokio::select! {
+            biased;
+            sent = stream.send(&self.ctx.outbound, event) => sent,
+            () = self.ctx.closing.cancelled() => Err(SocketGone),
+        }
     }
 
     /// Moves output from the pipes to the socket until the program has exited and its
@@ -476,14 +515,19 @@ impl Run {
         tokio::pin!(timer);
         let mut armed = deadline;
         loop {
-            if exited_at.is_some() && pending.is_empty() && pipes.iter().all(|p| !p.is_open()) {
+            // Once the program has exited and its pipes are drained, the pump is done even
+            // if events still wait for the socket: the caller reaps and cleans up first,
+            // then delivers them, so a client that reads slowly holds no process, slot or
+            // working directory.
+            if exited_at.is_some() && pipes.iter().all(|p| !p.is_open()) {
                 break;
             }
             if pending.len() > 1 || exited_at.is_some() {
                 hold_until = None;
             }
-            // Reading pauses while events wait for the socket, except the held `started`.
-            let can_read = pending.is_empty() || hold_until.is_some();
+            // Reading pauses while events wait for the socket, except the held `started`,
+            // and after the exit, when what is left in the pipes is bounded (DRAIN_LIMIT).
+            let can_read = pending.is_empty() || hold_until.is_some() || exited_at.is_some();
             let running = exited_at.is_none();
             let next_wake = [
                 (stop.is_none() && running).then_some(deadline),
@@ -558,7 +602,9 @@ impl Run {
                 None => (&[0, 1], true),
             };
             for &index in candidates {
-                if !pipes[index].is_open() || pending.len() > usize::from(hold_until.is_some()) {
+                let may_read = can_read
+                    && (exited_at.is_some() || pending.len() <= usize::from(hold_until.is_some()));
+                if !pipes[index].is_open() || !may_read {
                     continue;
                 }
                 let pipe = &mut pipes[index];
@@ -573,6 +619,13 @@ impl Run {
                         pipe.buf.truncate(keep);
                         let text = pipe.take_text();
                         pending.extend(text.map(|t| pipe.event(id, t, encoding)));
+                        if exited_at.is_some() {
+                            pipe.after_exit += take as u64;
+                            if pipe.after_exit > DRAIN_LIMIT {
+                                // Something outside the group still writes: stop listening.
+                                pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding)));
+                            }
+                        }
                         if take < n {
                             // Past the limit: exactly the budget is delivered, nothing after.
                             stop.get_or_insert(Stop::Output);
@@ -598,6 +651,7 @@ impl Run {
             stop,
             exited_at: exited_at.unwrap_or_else(Instant::now),
             first_output_at,
+            undelivered: pending,
         }
     }
 
@@ -608,12 +662,7 @@ impl Run {
         // event, so an `execute` sent in reply to it finds room.
         self.slot = None;
         self.finished.store(true, Ordering::Release);
-        let _ = self
-            .ctx
-            .session
-            .stream
-            .send(&self.ctx.outbound, event)
-            .await;
+        let _ = self.deliver(event).await;
         if self.ctx.session.ephemeral {
             self.ctx.sessions.release(&self.ctx.session);
         }
@@ -624,6 +673,8 @@ struct PumpResult {
     stop: Option<Stop>,
     exited_at: Instant,
     first_output_at: Option<Instant>,
+    /// Events read but not yet taken by the socket, in order.
+    undelivered: VecDeque<Event>,
 }
 
 fn millis(d: std::time::Duration) -> f64 {
@@ -635,16 +686,26 @@ fn millis(d: std::time::Duration) -> f64 {
 /// the first chunk starts a writer task that owns the pipe and the queue from then on.
 #[derive(Debug)]
 struct StdinFeed {
+    /// The program's stdin until the writer task takes it; dropping it closes stdin.
     pipe: Option<std::process::ChildStdin>,
+    /// The connection's queue of input; the writer task takes it with the pipe.
     queue: Option<mpsc::Receiver<StdinChunk>>,
+    /// Bytes queued and not yet written, shared with the connection's handle.
+    queued_bytes: Arc<AtomicUsize>,
+    /// The writer task, aborted when the execution ends.
     writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl StdinFeed {
-    fn new(pipe: std::process::ChildStdin, queue: mpsc::Receiver<StdinChunk>) -> Self {
+    fn new(
+        pipe: std::process::ChildStdin,
+        queue: mpsc::Receiver<StdinChunk>,
+        queued_bytes: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             pipe: Some(pipe),
             queue: Some(queue),
+            queued_bytes,
             writer: None,
         }
     }
@@ -666,7 +727,10 @@ impl StdinFeed {
         let Some(pipe) = self.pipe.take() else { return };
         let queue = self.queue.take();
         match pipe::Sender::from_owned_fd(std::os::fd::OwnedFd::from(pipe)) {
-            Ok(pipe) => self.writer = Some(tokio::spawn(write_stdin(pipe, first, queue))),
+            Ok(pipe) => {
+                let queued = self.queued_bytes.clone();
+                self.writer = Some(tokio::spawn(write_stdin(pipe, first, queue, queued)));
+            }
             Err(err) => tracing::warn!(%err, "could not set up the program's stdin; closing it"),
         }
     }
@@ -691,11 +755,14 @@ async fn write_stdin(
     mut pipe: pipe::Sender,
     first: StdinChunk,
     mut queue: Option<mpsc::Receiver<StdinChunk>>,
+    queued_bytes: Arc<AtomicUsize>,
 ) {
     let mut chunk = Some(first);
     while let Some(StdinChunk { data, eof }) = chunk {
         if let Some(data) = data {
-            if pipe.write_all(data.as_bytes()).await.is_err() {
+            let written = pipe.write_all(data.as_bytes()).await;
+            queued_bytes.fetch_sub(data.len(), Ordering::AcqRel);
+            if written.is_err() {
                 return;
             }
         }
