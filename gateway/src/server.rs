@@ -90,6 +90,10 @@ pub async fn run(
             tracing::debug!(%err, "could not set TCP_NODELAY");
         }
     });
+    tracing::info!(
+        languages = %state.runtimes.names().join(", "),
+        "ready"
+    );
     let root = state.shutdown.clone();
     let served = axum::serve(
         listener,
