@@ -52,6 +52,8 @@ pub(crate) async fn serve(
         executions: HashMap::new(),
         sessions: HashMap::new(),
         tasks: JoinSet::new(),
+        task_owners: HashMap::new(),
+        next_serial: 0,
         executions_cancel: closing.child_token(),
         closing: closing.clone(),
     };
@@ -59,7 +61,7 @@ pub(crate) async fn serve(
     loop {
         tokio::select! {
             () = closing.cancelled() => break,
-            Some(done) = conn.tasks.join_next(), if !conn.tasks.is_empty() => conn.reap_task(done),
+            Some(done) = conn.tasks.join_next_with_id(), if !conn.tasks.is_empty() => conn.reap_task(done).await,
             frame = frames.next() => match frame {
                 Some(Ok(Message::Text(text))) => conn.handle_text(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => {
@@ -140,6 +142,15 @@ fn is_usable_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= sluice_protocol::MAX_ID_BYTES
 }
 
+/// What the connection remembers about an execution task.
+#[derive(Debug)]
+struct TaskOwner {
+    id: String,
+    session: Arc<Session>,
+    /// The serial of the handle this task belongs to (ids can be reused after a task ends).
+    handle: u64,
+}
+
 /// The reader side's state.
 struct Connection {
     state: Arc<GatewayState>,
@@ -153,6 +164,10 @@ struct Connection {
     sessions: HashMap<String, Arc<Session>>,
     /// The execution tasks; each yields its id when it has sent its terminal event.
     tasks: JoinSet<String>,
+    /// Which execution (and session) each task runs, to answer for a task that panicked.
+    task_owners: HashMap<tokio::task::Id, TaskOwner>,
+    /// The last serial given to an execution handle.
+    next_serial: u64,
     /// Parent of every execution's cancel token: cancelled when the socket goes away or
     /// the gateway shuts down (it is a child of `closing`).
     executions_cancel: CancellationToken,
@@ -345,7 +360,7 @@ impl Connection {
             limits,
         };
         let ctx = ExecutionContext {
-            session,
+            session: session.clone(),
             sessions: state.sessions.clone(),
             outbound: self.outbound.clone(),
             work_root: state.work_root.clone(),
@@ -357,7 +372,7 @@ impl Connection {
         // Alone on the gateway (every other slot free), start the program inline.
         let spawn_inline =
             state.execution_slots.available_permits() + 1 >= state.config.max_executions;
-        let (handle, task) = execution::prepare(
+        let (mut handle, task) = execution::prepare(
             spec,
             ctx,
             slot,
@@ -365,7 +380,17 @@ impl Connection {
             self.executions_cancel.child_token(),
             spawn_inline,
         );
-        self.tasks.spawn(task);
+        self.next_serial += 1;
+        handle.serial = self.next_serial;
+        let task_id = self.tasks.spawn(task).id();
+        self.task_owners.insert(
+            task_id,
+            TaskOwner {
+                id: id.clone(),
+                session,
+                handle: handle.serial,
+            },
+        );
         self.executions.insert(id, handle);
         Ok(())
     }
@@ -446,26 +471,45 @@ impl Connection {
         }
     }
 
-    fn reap_task(&mut self, done: Result<String, tokio::task::JoinError>) {
-        match done {
-            Ok(id) => {
-                if self
-                    .executions
-                    .get(&id)
-                    .is_some_and(ExecutionHandle::is_finished)
-                {
-                    self.executions.remove(&id);
-                }
+    /// Forgets a finished execution task. A task that panicked never sent its terminal
+    /// event, so it is sent here: every execution ends with exactly one.
+    async fn reap_task(&mut self, done: Result<(tokio::task::Id, String), tokio::task::JoinError>) {
+        let task_id = match &done {
+            Ok((task_id, _)) => *task_id,
+            Err(err) => err.id(),
+        };
+        let Some(TaskOwner {
+            id,
+            session,
+            handle,
+        }) = self.task_owners.remove(&task_id)
+        else {
+            return;
+        };
+        // The id may already name a newer execution; only this task's handle goes.
+        let mut finished = true;
+        if let Some(current) = self.executions.get(&id).filter(|h| h.serial == handle) {
+            finished = current.is_finished();
+            self.executions.remove(&id);
+        }
+        if let Err(err) = done {
+            tracing::error!(execution = %id, %err, "execution task failed");
+            if !finished {
+                let message = "the gateway failed while running this execution";
+                let event = Event::error(Some(id), ErrorCode::Internal, message);
+                self.send_or_close(&session.stream, event).await;
             }
-            Err(err) => tracing::error!(%err, "execution task failed"),
+            if session.ephemeral {
+                self.state.sessions.release(&session);
+            }
         }
     }
 
     /// Cancels every execution and waits until each has reaped its process group.
     async fn shut_down(&mut self) {
         self.executions_cancel.cancel();
-        while let Some(done) = self.tasks.join_next().await {
-            self.reap_task(done);
+        while let Some(done) = self.tasks.join_next_with_id().await {
+            self.reap_task(done).await;
         }
         for session in self.sessions.values() {
             self.state.sessions.release(session);

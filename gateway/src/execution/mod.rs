@@ -63,6 +63,8 @@ pub(crate) struct ExecutionHandle {
     pub(crate) stdin_queued_bytes: Arc<AtomicUsize>,
     /// Cancelling it stops the program (SIGTERM, then SIGKILL after the grace period).
     pub(crate) cancel: CancellationToken,
+    /// Tells this execution apart from later ones that reuse its id (set by the connection).
+    pub(crate) serial: u64,
     /// Set by the execution just before it sends its terminal event, so an id is free for
     /// reuse as soon as a client can have seen that event.
     finished: Arc<AtomicBool>,
@@ -120,6 +122,7 @@ pub(crate) fn prepare(
     let finished = Arc::new(AtomicBool::new(false));
     let stdin_queued_bytes = Arc::new(AtomicUsize::new(0));
     let handle = ExecutionHandle {
+        serial: 0,
         stdin: stdin_tx,
         stdin_queued_bytes: stdin_queued_bytes.clone(),
         stdin_closed: spec.stdin.is_some(),

@@ -44,16 +44,28 @@ impl Workdir {
     /// Removes the directory and everything the program left in it. The common case (only
     /// the source file) is two system calls done right here; anything more goes to the
     /// blocking pool so a program that left many files does not stall a worker.
-    pub(super) fn remove(self) {
-        let quick =
-            std::fs::remove_file(self.source()).and_then(|()| std::fs::remove_dir(&self.path));
+    pub(super) fn remove(mut self) {
+        let source = self.source();
+        let path = std::mem::take(&mut self.path);
+        let quick = std::fs::remove_file(source).and_then(|()| std::fs::remove_dir(&path));
         if quick.is_ok() {
             return;
         }
-        tokio::task::spawn_blocking(move || {
-            if let Err(err) = std::fs::remove_dir_all(&self.path) {
-                tracing::warn!(path = %self.path.display(), %err, "could not remove working directory");
-            }
-        });
+        tokio::task::spawn_blocking(move || remove_all(&path));
+    }
+}
+
+impl Drop for Workdir {
+    /// A directory not removed by [`Workdir::remove`] (an error or panic path) goes here.
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            remove_all(&self.path);
+        }
+    }
+}
+
+fn remove_all(path: &Path) {
+    if let Err(err) = std::fs::remove_dir_all(path) {
+        tracing::warn!(path = %path.display(), %err, "could not remove working directory");
     }
 }
