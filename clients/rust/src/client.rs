@@ -2,6 +2,7 @@
 //! handles share with the connection task.
 
 use crate::connection::{Command, Connection, Reply};
+use crate::queue::event_queue;
 use crate::{ClientError, ClientOptions, Execution};
 use futures::Stream;
 use sluice_protocol::{ClientFrame, ErrorCode, Event, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL};
@@ -23,7 +24,9 @@ use tokio_tungstenite::WebSocketStream;
 ///
 /// One background task owns the WebSocket. A `Client` (and every [`Execution`] it
 /// starts) talks to that task through one bounded command queue; the task routes each
-/// incoming event by its execution id to that execution's own bounded queue.
+/// incoming event by its execution id to that execution's own buffer, bounded in bytes by
+/// [`ClientOptions::execution_buffer_bytes`] (see [`Execution`] for what happens when a
+/// consumer falls that far behind).
 ///
 /// `Client` is cheap to clone; all clones share the connection. The connection stays open
 /// while any clone or any [`Execution`] is alive, and closes (cleanly) when the last one is
@@ -120,7 +123,7 @@ impl Client {
             let text = frame.to_json();
             self.shared.check_frame_size(text.len())?;
             let serial = self.shared.serials.fetch_add(1, Ordering::Relaxed);
-            let (events, events_rx) = mpsc::channel(self.shared.options.event_buffer.max(1));
+            let (events, events_rx) = event_queue(self.shared.options.execution_buffer_bytes);
             let registered = call(&self.commands, &self.shared, |reply| Command::Execute {
                 id: id.clone(),
                 serial,
@@ -340,9 +343,11 @@ pub(crate) async fn call<T>(
 /// True for events the client made up rather than received: their `sequence` is 0, which
 /// no gateway event has (sequences start at 1).
 ///
-/// The client synthesizes an `error` event (code `internal`) for an execution whose
+/// The client synthesizes an `error` event with code `internal` for an execution whose
 /// connection ended before its terminal event, and on the socket stream for a frame from
-/// the gateway that could not be decoded.
+/// the gateway that could not be decoded; and one with code `other` for an execution whose
+/// consumer fell behind by more than [`ClientOptions::execution_buffer_bytes`] (see
+/// [`Execution`]).
 pub fn is_synthetic(event: &Event) -> bool {
     event.sequence == 0
 }
@@ -353,7 +358,17 @@ pub(crate) fn synthetic_error(
     session: Option<String>,
     message: impl Into<String>,
 ) -> Event {
-    let mut event = Event::error(id, ErrorCode::Internal, message);
+    synthetic_error_with(ErrorCode::Internal, id, session, message)
+}
+
+/// A synthetic `error` event with the given code; see [`is_synthetic`].
+pub(crate) fn synthetic_error_with(
+    code: ErrorCode,
+    id: Option<String>,
+    session: Option<String>,
+    message: impl Into<String>,
+) -> Event {
+    let mut event = Event::error(id, code, message);
     event.session = session;
     event.timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -2,12 +2,17 @@
 //! ask for and routes every incoming event by execution id, the way async-nats'
 //! `ConnectionHandler` routes messages by subscription id.
 //!
-//! One `select!` loop serves four sources: the outgoing frames (`outbox`), the socket,
-//! the command queue, and an event waiting for room in a full execution queue (`held`).
-//! Writing never stops reading, and a stalled delivery never stops commands (so a slow
-//! consumer can still cancel).
+//! One `select!` loop serves three sources: the outgoing frames (`outbox`), the socket and
+//! the command queue. Writing never stops reading, and delivering never waits: every
+//! execution has its own byte-bounded buffer ([`crate::queue`]), so one execution whose
+//! events are not read never holds up another's. An execution whose consumer lets its
+//! buffer outgrow the budget is cancelled and its consumer told (see [`Connection::deliver`]).
+//! Reading the socket never stops for a consumer. The only backpressure is on callers:
+//! the command queue is bounded, and while a command's frames wait to be written no new
+//! command is taken, so callers wait when the gateway does not take frames fast enough.
 
 use crate::client::{synthetic_error, Ended, Shared};
+use crate::queue::{EventSender, Push};
 use crate::ClientError;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -18,8 +23,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::ready;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc::error::{SendError, TrySendError};
-use tokio::sync::mpsc::{self, OwnedPermit};
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -39,7 +43,7 @@ pub(crate) enum Command {
         id: String,
         serial: u64,
         frame: String,
-        events: mpsc::Sender<Event>,
+        events: EventSender,
         reply: Reply<()>,
     },
     /// Send a `stdin` frame, if the execution is still running.
@@ -67,21 +71,15 @@ struct Route {
     /// Tells this execution apart from an earlier one with the same id whose `Execution`
     /// handle may still be alive.
     serial: u64,
-    /// Sending half of the execution's event queue; the `Execution` holds the receiver.
-    /// `None` once the `Execution` is gone: its events are discarded, and the route
-    /// stays until the terminal event so the id counts as running exactly as long as the
-    /// gateway says it is.
-    events: Option<mpsc::Sender<Event>>,
+    /// Sending half of the execution's event buffer; the `Execution` holds the receiver.
+    /// `None` once the `Execution` is gone or its consumer fell behind: its events are
+    /// discarded, and the route stays until the terminal event so the id counts as
+    /// running exactly as long as the gateway says it is.
+    events: Option<EventSender>,
     /// A `cancel` frame was sent for it; it is never sent twice.
     cancel_sent: bool,
-}
-
-/// An event read from the socket whose execution queue was full.
-struct Held {
-    serial: u64,
-    /// A clone of the route's sender, waiting for a free slot.
-    sender: mpsc::Sender<Event>,
-    event: Event,
+    /// The consumer fell behind: the bytes its buffer would have held, over the budget.
+    fell_behind: Option<usize>,
 }
 
 /// The state of one connection, owned by its task.
@@ -107,9 +105,6 @@ pub(crate) struct Connection<S> {
     outbox: VecDeque<Message>,
     /// Something was queued since the socket was last flushed.
     unflushed: bool,
-    /// The event whose execution queue was full. While it is held the socket is not
-    /// read: delivery is lossless and in order, and the gateway feels the backpressure.
-    held: Option<Held>,
     /// The close frame is queued or sent; no more frames follow it.
     closing: bool,
     /// When closing, the moment to give up waiting for the gateway's answer.
@@ -141,7 +136,6 @@ where
             routes: HashMap::new(),
             outbox: VecDeque::new(),
             unflushed: false,
-            held: None,
             closing: false,
             close_deadline: None,
             peer_close: None,
@@ -162,7 +156,6 @@ where
         // `Execution` its synthetic terminal event.
         while self.commands.try_recv().is_ok() {}
         self.routes.clear();
-        self.held = None;
         if !self.closing {
             // Best effort: tell the gateway, if it can still hear us.
             let timeout = self.shared.options.close_timeout;
@@ -181,8 +174,7 @@ where
                         Err(err) => return self.failed(format!("writing to the gateway failed: {err}")),
                     }
                 }
-                permit = reserve(self.held.as_ref()), if self.held.is_some() => self.on_reserved(permit),
-                message = self.stream.next(), if self.held.is_none() => match message {
+                message = self.stream.next() => match message {
                     Some(Ok(message)) => self.on_message(message),
                     Some(Err(err)) => return self.failed(format!("reading from the gateway failed: {err}")),
                     None => return self.stream_ended(),
@@ -251,6 +243,7 @@ where
                             serial,
                             events: Some(events),
                             cancel_sent: false,
+                            fell_behind: None,
                         });
                         self.enqueue(Message::text(frame));
                         let _ = reply.send(Ok(()));
@@ -263,13 +256,25 @@ where
                 frame,
                 reply,
             } => {
+                let limit = self.shared.options.execution_buffer_bytes;
                 let result = if self.closing {
                     Err(self.closing_error())
-                } else if self.route(&id, serial).is_some() {
-                    self.enqueue(Message::text(frame));
-                    Ok(())
                 } else {
-                    Err(ClientError::ExecutionFinished(id))
+                    match self.route(&id, serial) {
+                        Some(Route {
+                            fell_behind: Some(buffered_bytes),
+                            ..
+                        }) => Err(ClientError::SlowConsumer {
+                            buffered_bytes: *buffered_bytes,
+                            limit,
+                            id,
+                        }),
+                        Some(_) => {
+                            self.enqueue(Message::text(frame));
+                            Ok(())
+                        }
+                        None => Err(ClientError::ExecutionFinished(id)),
+                    }
                 };
                 let _ = reply.send(result);
             }
@@ -321,18 +326,6 @@ where
             return;
         };
         route.events = None;
-        let held_here = self
-            .held
-            .as_ref()
-            .is_some_and(|held| held.serial == serial && held.event.id.as_deref() == Some(id));
-        if held_here {
-            if let Some(held) = self.held.take() {
-                if held.event.is_terminal() {
-                    self.routes.remove(id);
-                    return;
-                }
-            }
-        }
         debug!(
             id,
             "execution dropped before its terminal event; cancelling it"
@@ -384,7 +377,13 @@ where
         }
     }
 
-    /// Routes one decoded event to its execution, or to the socket events.
+    /// Routes one decoded event to its execution, or to the socket events. Never waits.
+    ///
+    /// If the execution's buffer overflows (its consumer let more than
+    /// [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes)
+    /// pile up), the execution is cancelled and its later events discarded, like those of
+    /// a dropped `Execution`; its consumer receives what was buffered, then a synthetic
+    /// terminal event. The route stays until the gateway's terminal event.
     fn deliver(&mut self, event: Event) {
         let route = match event.id.as_deref() {
             Some(id) => self.routes.get_mut(id),
@@ -397,42 +396,35 @@ where
         let terminal = event.is_terminal();
         let serial = route.serial;
         let Some(sender) = &route.events else {
-            // Abandoned: nobody listens. The terminal event frees the id.
+            // Abandoned, or its consumer fell behind: nobody listens. The terminal event
+            // frees the id.
             if terminal {
                 self.forget(&event);
             }
             return;
         };
         let terminal_id = if terminal { event.id.clone() } else { None };
-        match sender.try_send(event) {
-            Ok(()) => {
+        let id = event.id.clone().unwrap_or_default();
+        match sender.push(event) {
+            Push::Queued => {
                 if let Some(id) = terminal_id {
                     self.routes.remove(&id);
                 }
             }
-            Err(TrySendError::Full(event)) => {
-                self.held = Some(Held {
-                    serial,
-                    sender: sender.clone(),
-                    event,
-                });
-            }
-            Err(TrySendError::Closed(event)) => self.receiver_gone(&event, serial),
-        }
-    }
-
-    fn on_reserved(&mut self, permit: Result<OwnedPermit<Event>, SendError<()>>) {
-        let Some(held) = self.held.take() else { return };
-        match permit {
-            Ok(permit) => {
-                let terminal = held.event.is_terminal();
-                let id = held.event.id.clone();
-                permit.send(held.event);
-                if let (true, Some(id)) = (terminal, id) {
-                    self.routes.remove(&id);
+            Push::Overflowed(overflow) => {
+                warn!(
+                    id,
+                    buffered_bytes = overflow.buffered_bytes,
+                    limit = overflow.limit,
+                    "the consumer of an execution fell behind; cancelling it"
+                );
+                route.events = None;
+                route.fell_behind = Some(overflow.buffered_bytes);
+                if !self.closing {
+                    self.send_cancel(&id, serial);
                 }
             }
-            Err(_) => self.receiver_gone(&held.event, held.serial),
+            Push::ReceiverGone(event) => self.receiver_gone(&event, serial),
         }
     }
 
@@ -524,14 +516,6 @@ where
         sink.poll_flush_unpin(cx)
     })
     .await
-}
-
-/// Waits for room in the held event's execution queue.
-async fn reserve(held: Option<&Held>) -> Result<OwnedPermit<Event>, SendError<()>> {
-    match held {
-        Some(held) => held.sender.clone().reserve_owned().await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

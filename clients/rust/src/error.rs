@@ -36,6 +36,26 @@ pub enum ClientError {
         /// Why no terminal event arrived.
         reason: String,
     },
+    /// The consumer of execution `id` fell behind: more than
+    /// [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes)
+    /// of its events were waiting unread, so the client cancelled the execution and
+    /// discarded its later events. Returned by [`Execution::wait`](crate::Execution::wait),
+    /// and by [`Execution::send_stdin`](crate::Execution::send_stdin) between that moment
+    /// and the end of the stream; a consumer reading the stream sees, after the events
+    /// buffered before it, a synthetic terminal `error` event (code `other`) instead.
+    #[error(
+        "execution {id:?} was cancelled because its events were not read fast enough: \
+         {buffered_bytes} bytes would have been buffered, over the limit of {limit} bytes"
+    )]
+    SlowConsumer {
+        /// The execution id.
+        id: String,
+        /// The bytes the execution's buffer would have held with the event that did not
+        /// fit (more than `limit`).
+        buffered_bytes: usize,
+        /// The budget, [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes).
+        limit: usize,
+    },
     /// An execution with this id is still running on this client (its terminal event has
     /// not arrived yet).
     #[error("execution id {0:?} is already running on this client")]

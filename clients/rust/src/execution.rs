@@ -1,10 +1,11 @@
 //! [`Execution`]: the handle to one running program, a stream of its events.
 
-use crate::client::{call, is_synthetic, synthetic_error, Shared};
+use crate::client::{call, is_synthetic, synthetic_error, synthetic_error_with, Shared};
 use crate::connection::Command;
+use crate::queue::{EventReceiver, Overflow, Received};
 use crate::{ClientError, Outcome};
 use futures::{Stream, StreamExt};
-use sluice_protocol::{ClientFrame, Event, StdinFrame};
+use sluice_protocol::{ClientFrame, ErrorCode, Event, StdinFrame};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,12 +22,26 @@ use tokio::sync::mpsc;
 /// [`is_synthetic`](crate::is_synthetic)) instead, so a consumer always sees exactly one
 /// terminal event.
 ///
-/// # Backpressure
+/// # Buffering, and consumers that fall behind
 ///
-/// Events wait in a queue of [`ClientOptions::event_buffer`](crate::ClientOptions::event_buffer)
-/// slots. When it is full the connection stops reading the socket until this stream is
-/// polled again: nothing is lost, but events of every other execution on the same client
-/// wait too, and the gateway eventually feels it. Poll executions promptly, or drop them.
+/// Events wait in this execution's own buffer until the stream is polled. The connection
+/// never waits for a consumer, so executions on one client are independent: an execution
+/// whose events are not being read does not hold up any other, and it is fine to run two
+/// executions and [`wait`](Self::wait) for the second one first.
+///
+/// The buffer is bounded by [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes)
+/// (64 MiB by default; an event counts for its `data` plus 256 bytes). If more than that
+/// piles up unread, the consumer has fallen behind, and the client:
+///
+/// 1. sends `cancel` for the execution (the gateway stops the program);
+/// 2. discards the execution's later events, including the gateway's terminal event;
+/// 3. still delivers every event buffered so far, in order, followed by exactly one
+///    synthetic terminal `error` event: code `other`, `sequence` 0 (see
+///    [`is_synthetic`](crate::is_synthetic)), and a message saying the consumer fell behind.
+///
+/// [`wait`](Self::wait) then returns [`ClientError::SlowConsumer`]. Nothing is dropped
+/// without the consumer being told. The execution id stays in use until the gateway's
+/// terminal event arrives.
 ///
 /// # Dropping
 ///
@@ -39,9 +54,10 @@ pub struct Execution {
     id: String,
     /// Tells this execution apart from others that used the same id before or after it.
     serial: u64,
-    /// Receiving half of this execution's event queue; the connection task holds the
-    /// sender and drops it after the terminal event, or when the connection ends.
-    events: mpsc::Receiver<Event>,
+    /// Receiving half of this execution's event buffer; the connection task holds the
+    /// sender and drops it after the terminal event, when the buffer overflows, or when
+    /// the connection ends.
+    events: EventReceiver,
     /// Sending half of the connection's command queue (stdin, cancel, and the
     /// abandon-on-drop notice).
     commands: mpsc::Sender<Command>,
@@ -50,6 +66,8 @@ pub struct Execution {
     finished: bool,
     /// The session, once an event named it.
     session: Option<String>,
+    /// The buffer overflowed and the synthetic terminal event saying so was yielded.
+    fell_behind: Option<Overflow>,
 }
 
 impl fmt::Debug for Execution {
@@ -66,7 +84,7 @@ impl Execution {
     pub(crate) fn new(
         id: String,
         serial: u64,
-        events: mpsc::Receiver<Event>,
+        events: EventReceiver,
         commands: mpsc::Sender<Command>,
         shared: Arc<Shared>,
     ) -> Self {
@@ -78,6 +96,7 @@ impl Execution {
             shared,
             finished: false,
             session: None,
+            fell_behind: None,
         }
     }
 
@@ -148,11 +167,20 @@ impl Execution {
     /// Reads every remaining event and collects them into an [`Outcome`].
     ///
     /// Fails with [`ClientError::Interrupted`] if the connection ended before the
-    /// terminal event, and with [`ClientError::Protocol`] if base64 output does not decode.
+    /// terminal event, with [`ClientError::SlowConsumer`] if the execution was cancelled
+    /// because its events piled up unread (see [the type's documentation](Self)), and with
+    /// [`ClientError::Protocol`] if base64 output does not decode.
     pub async fn wait(mut self) -> Result<Outcome, ClientError> {
         let mut events = Vec::new();
         while let Some(event) = self.next().await {
             events.push(event);
+        }
+        if let Some(overflow) = self.fell_behind {
+            return Err(ClientError::SlowConsumer {
+                id: self.id.clone(),
+                buffered_bytes: overflow.buffered_bytes,
+                limit: overflow.limit,
+            });
         }
         match events.last() {
             Some(last) if is_synthetic(last) => Err(ClientError::Interrupted {
@@ -169,6 +197,23 @@ impl Execution {
         let message = format!("connection lost before the terminal event: {reason}");
         synthetic_error(Some(self.id.clone()), self.session.clone(), message)
     }
+
+    /// The synthetic terminal event for a consumer that fell behind.
+    fn slow(&mut self, overflow: Overflow) -> Event {
+        self.fell_behind = Some(overflow);
+        let message = format!(
+            "the consumer fell behind: {} bytes of events would have been buffered unread, \
+             over the execution_buffer_bytes limit of {} bytes; the client cancelled the \
+             execution and discarded its later events",
+            overflow.buffered_bytes, overflow.limit
+        );
+        synthetic_error_with(
+            ErrorCode::Other,
+            Some(self.id.clone()),
+            self.session.clone(),
+            message,
+        )
+    }
 }
 
 impl Stream for Execution {
@@ -180,9 +225,10 @@ impl Stream for Execution {
             return Poll::Ready(None);
         }
         let event = match ready!(this.events.poll_recv(cx)) {
-            Some(event) => event,
+            Received::Event(event) => event,
+            Received::Overflowed(overflow) => this.slow(overflow),
             // The connection task dropped the sender without a terminal event: it ended.
-            None => this.lost(),
+            Received::Closed => this.lost(),
         };
         if event.is_terminal() {
             this.finished = true;

@@ -28,13 +28,24 @@
 //!
 //! Like async-nats: one background task owns the WebSocket. [`Client`] and [`Execution`]
 //! handles send it commands through one bounded queue; it routes every incoming event by
-//! execution id to that [`Execution`]'s own bounded queue.
+//! execution id to that [`Execution`]'s own buffer, bounded in bytes.
 //!
 //! - **Exactly one terminal event.** An [`Execution`] stream ends after its terminal
 //!   event, or yields a synthetic terminal `error` (code `internal`) if the connection
 //!   ends first.
-//! - **Lossless backpressure.** When an execution's queue is full the task stops reading
-//!   the socket until the consumer catches up; commands (such as `cancel`) still flow.
+//! - **Executions are independent.** The task never waits for a consumer: it appends
+//!   each event to its execution's buffer and keeps reading the socket, so an execution
+//!   whose events nobody reads never holds up another. Running two executions and waiting
+//!   for the second one first is fine.
+//! - **Bounded, and never lossy in silence.** Each execution's buffer holds at most
+//!   [`ClientOptions::execution_buffer_bytes`] (64 MiB by default) of unread events. A
+//!   consumer that falls further behind than that gets its execution cancelled: the
+//!   client sends `cancel`, discards later events, and the consumer receives what was
+//!   buffered followed by one synthetic terminal `error` (code `other`);
+//!   [`Execution::wait`] returns [`ClientError::SlowConsumer`].
+//! - **Backpressure only when the whole client is overwhelmed.** The command queue is
+//!   bounded ([`ClientOptions::command_buffer`]): callers wait when the socket cannot take
+//!   frames as fast as they send them. Reading the socket never stops for a consumer.
 //! - **Drop cancels.** Dropping an [`Execution`] before its terminal event sends `cancel`.
 //! - **Socket-stream events** (refusals that belong to no execution) go to
 //!   [`Client::socket_events`]; they are never lost silently (a full queue logs a warning).
@@ -48,6 +59,7 @@ mod error;
 mod execution;
 mod options;
 mod outcome;
+mod queue;
 
 pub use client::{is_synthetic, Client, SocketEvents};
 pub use error::ClientError;

@@ -1,4 +1,5 @@
-//! Tuning knobs of a [`Client`](crate::Client): queue sizes, frame limits, close timeout.
+//! Tuning knobs of a [`Client`](crate::Client): buffer and queue sizes, frame limits, close
+//! timeout.
 
 use std::time::Duration;
 
@@ -7,12 +8,30 @@ use std::time::Duration;
 /// Every queue is bounded; a size of 0 is treated as 1 (a channel needs at least one slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
-    /// Events buffered per [`Execution`](crate::Execution) before the connection stops
-    /// reading the socket until the consumer catches up (lossless backpressure).
-    /// Default 1024.
-    pub event_buffer: usize,
+    /// The most bytes of unread events buffered for one [`Execution`](crate::Execution).
+    /// Default 64 MiB.
+    ///
+    /// The connection task never waits for a consumer: it appends each event to its
+    /// execution's buffer, so an execution whose events are not being read never holds up
+    /// the others. An event counts for the length of its `data` plus 256 bytes. When an
+    /// event would take an execution's buffer over this budget while older events are
+    /// still unread, the consumer has fallen behind: the client sends `cancel` for that
+    /// execution and discards its later events; its consumer receives every event buffered
+    /// so far, then one synthetic terminal `error` event (code `other`, `sequence` 0, see
+    /// [`is_synthetic`](crate::is_synthetic)), and
+    /// [`Execution::wait`](crate::Execution::wait) returns
+    /// [`ClientError::SlowConsumer`](crate::ClientError::SlowConsumer). A terminal event,
+    /// and an event arriving while the buffer is empty, are always taken, so a consumer
+    /// that keeps up is never cut off; memory per execution is bounded by this budget plus
+    /// one event.
+    ///
+    /// Set it above the output an execution may produce (its `output_bytes` limit, 16 MiB
+    /// by default on the gateway, plus the per-event overhead) to be sure an execution
+    /// that is read only after another one finishes is never cut off.
+    pub execution_buffer_bytes: usize,
     /// Commands (execute, stdin, cancel, close) queued for the connection task before
-    /// callers wait. Default 256.
+    /// callers wait. Default 256. This is the client's only backpressure: when the
+    /// socket cannot take frames as fast as callers send them, callers wait here.
     pub command_buffer: usize,
     /// Socket-stream events buffered for [`Client::socket_events`](crate::Client::socket_events);
     /// when full, further ones are logged and dropped. Default 256.
@@ -34,7 +53,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
-            event_buffer: 1024,
+            execution_buffer_bytes: 64 << 20,
             command_buffer: 256,
             socket_event_buffer: 256,
             max_frame_bytes: 1 << 20,
