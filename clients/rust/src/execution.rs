@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 /// 2. discards the execution's later events, including the gateway's terminal event;
 /// 3. still delivers every event buffered so far, in order, followed by exactly one
 ///    synthetic terminal `error` event: code `other`, `sequence` 0 (see
-///    [`is_synthetic`](crate::is_synthetic)), and a message saying the consumer fell behind.
+///    [`is_synthetic`]), and a message saying the consumer fell behind.
 ///
 /// [`wait`](Self::wait) then returns [`ClientError::SlowConsumer`]. Nothing is dropped
 /// without the consumer being told. The execution id stays in use until the gateway's
