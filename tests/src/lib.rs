@@ -24,7 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::header::{ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,6 +192,19 @@ impl RawSocket {
                 .headers_mut()
                 .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(offer)?);
         }
+        Self::handshake(url, request).await
+    }
+
+    /// Connects to `url` with an `Origin` header, as a browser page at `origin` would.
+    pub async fn connect_with_origin(url: &str, origin: &str) -> Result<Self> {
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert(ORIGIN, HeaderValue::from_str(origin)?);
+        Self::handshake(url, request).await
+    }
+
+    async fn handshake(url: &str, request: Request) -> Result<Self> {
         let (ws, response) = within(
             "the WebSocket handshake",
             tokio_tungstenite::connect_async(request),
@@ -208,6 +222,14 @@ impl RawSocket {
             subprotocol,
             ending: None,
         })
+    }
+
+    /// The client end's local address (to find the connection in `/proc/net/tcp`).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(tcp) => Ok(tcp.local_addr()?),
+            _ => bail!("not a plain TCP socket"),
+        }
     }
 
     /// The subprotocol the gateway selected, if any.
