@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 /// Close code sent when the gateway shuts down (RFC 6455 "going away").
 const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// How long a socket may keep shutdown waiting while it takes its last events.
+const SHUTDOWN_SEND_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Close code sent when a frame exceeds the transport cap (RFC 6455 "message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
 
@@ -103,13 +106,23 @@ async fn write_loop(
             }
             sink.flush().await
         };
-        let result = match tokio::time::timeout(send_timeout, batch).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(
-                    ?send_timeout,
-                    "closing: the client has not read its socket within the send timeout"
-                );
+        // On shutdown a client gets a short last chance to take what is queued (its
+        // `cancelled` events and the close frame), not the whole send timeout.
+        let shutdown_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_SEND_GRACE).await;
+        };
+        let result = tokio::select! {
+            result = tokio::time::timeout(send_timeout, batch) => match result {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(?send_timeout, "closing: the client has not read its socket within the send timeout");
+                    failed.cancel();
+                    return;
+                }
+            },
+            () = shutdown_deadline => {
+                tracing::debug!("closing: the client did not take its last events during shutdown");
                 failed.cancel();
                 return;
             }
@@ -135,7 +148,7 @@ async fn write_loop(
         }
         let _ = sink.close().await;
     };
-    let _ = tokio::time::timeout(send_timeout, goodbye).await;
+    let _ = tokio::time::timeout(send_timeout.min(SHUTDOWN_SEND_GRACE), goodbye).await;
 }
 
 fn is_usable_id(id: &str) -> bool {

@@ -38,13 +38,16 @@ struct Args {
     /// MiB streamed in the throughput test.
     #[arg(long, default_value_t = 1024)]
     throughput_mib: usize,
+    /// Throughput rounds per side (alternating); medians are compared.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Executions per side in the executions-per-second test.
     #[arg(long, default_value_t = 2000)]
     executions: usize,
     /// Executions kept in flight at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// A short run for smoke testing (50 latency runs, 64 MiB, 320 executions).
+    /// A short run for smoke testing (50 latency runs, 64 MiB once, 320 executions).
     #[arg(long)]
     quick: bool,
     /// Internal: run as the gateway process the benchmark talks to, on 127.0.0.1:0,
@@ -61,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     if args.quick {
         args.latency_runs = 50;
         args.throughput_mib = 64;
+        args.rounds = 1;
         args.executions = 320;
     }
     keep_freed_memory();
@@ -190,25 +194,43 @@ async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Res
         "import sys\nblock = (b'x' * 1023 + b'\\n') * 1024\nw = sys.stdout.buffer.write\nfor _ in range({}):\n    w(block)\n",
         args.throughput_mib
     );
-    let (gateway_before, client_before) =
-        (process_cpu(gateway_pid)?, process_cpu(std::process::id())?);
-    let via = gateway_throughput(&mut socket, &code, bytes).await?;
-    let gateway_ms = process_cpu(gateway_pid)?
-        .saturating_sub(gateway_before)
-        .as_secs_f64()
-        * 1e3;
-    let client_ms = process_cpu(std::process::id())?
-        .saturating_sub(client_before)
-        .as_secs_f64()
-        * 1e3;
-    let mib = args.throughput_mib as f64;
+    // Rounds alternate between the two sides; the medians are compared. A direct pipe
+    // reader is very sensitive to scheduling here (a reader that wakes on every page
+    // ping-pongs with the writer; one that wakes late reads full pipes): the spread is
+    // printed so a reader of the figures can see it.
+    let (mut via_runs, mut direct_runs) = (Vec::new(), Vec::new());
+    let (mut gateway_ms, mut client_ms) = (0.0, 0.0);
+    for _ in 0..args.rounds.max(1) {
+        let (gateway_before, client_before) =
+            (process_cpu(gateway_pid)?, process_cpu(std::process::id())?);
+        via_runs.push(gateway_throughput(&mut socket, &code, bytes).await?);
+        gateway_ms += process_cpu(gateway_pid)?
+            .saturating_sub(gateway_before)
+            .as_secs_f64()
+            * 1e3;
+        client_ms += process_cpu(std::process::id())?
+            .saturating_sub(client_before)
+            .as_secs_f64()
+            * 1e3;
+        direct_runs.push(direct_throughput(&code, bytes).await?);
+    }
+    let mib = (args.throughput_mib * args.rounds.max(1)) as f64;
     println!(
         "CPU per MiB streamed: gateway {:.3} ms, client {:.3} ms",
         gateway_ms / mib,
         client_ms / mib
     );
-    let direct = direct_throughput(&code, bytes).await?;
-    let label = format!("stdout throughput, {} MiB (MB/s)", args.throughput_mib);
+    println!(
+        "throughput runs (MB/s): gateway {}; direct {}",
+        spread(&via_runs),
+        spread(&direct_runs)
+    );
+    let via = median(&mut via_runs);
+    let direct = median(&mut direct_runs);
+    let label = format!(
+        "stdout throughput, {} MiB, median (MB/s)",
+        args.throughput_mib
+    );
     row(
         &label,
         via,
@@ -268,6 +290,19 @@ fn row(label: &str, gateway: f64, direct: f64, ratio: f64, target: &str, ok: boo
         "  MISSED"
     };
     println!("{label:<38} {gateway:>12.3} {direct:>12.3} {ratio:>8.3} {target:>9}{verdict}");
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn spread(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn num_cpus() -> usize {
