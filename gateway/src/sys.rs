@@ -1,12 +1,12 @@
-//! The few Linux calls std and tokio do not offer: process-group signals, pidfds, and
-//! reaping with resource usage.
+//! The few Linux calls std and tokio do not offer: process-group signals, pidfds,
+//! reaping with resource usage, pipe sizing, descriptor and allocator settings.
 //!
 //! This is the only module allowed `unsafe`: each block is a single FFI call whose
 //! arguments are plain integers or pointers to locals that outlive the call.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// A signal the gateway sends to an execution's process group.
@@ -154,5 +154,19 @@ pub(crate) fn close_inherited_descriptors_on_exec() {
     if rc != 0 {
         let err = io::Error::last_os_error();
         tracing::warn!(%err, "could not mark inherited descriptors close-on-exec");
+    }
+}
+
+/// Asks the kernel for a pipe buffer of `bytes`. The kernel may refuse (above
+/// `/proc/sys/fs/pipe-max-size` for an unprivileged gateway); the pipe then keeps its size,
+/// which is harmless.
+pub(crate) fn set_pipe_size(fd: &impl AsRawFd, bytes: usize) {
+    let Ok(bytes) = libc::c_int::try_from(bytes) else {
+        return;
+    };
+    // SAFETY: fcntl(F_SETPIPE_SZ) takes a descriptor we own and an integer.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
+    if rc < 0 {
+        tracing::debug!(err = %io::Error::last_os_error(), "pipe buffer not enlarged");
     }
 }
