@@ -112,6 +112,9 @@ pub struct Config {
     /// Browser origins allowed to open a socket (`Origin` header). Requests without an
     /// `Origin` header (non-browser clients) are always allowed; `*` allows every origin.
     pub allowed_origins: Vec<String>,
+    /// How long an accepted TCP connection may stay without becoming a WebSocket
+    /// (health checks and refusals included) before the gateway closes it.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -137,6 +140,7 @@ impl Default for Config {
             send_timeout: Duration::from_secs(30),
             stdin_queue_bytes: 1 << 20,
             allowed_origins: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! binds the configured address and tests bind port 0. See `ARCHITECTURE.md` for the map.
 #![warn(missing_docs)]
 
+mod admission;
 mod config;
 mod connection;
 mod execution;

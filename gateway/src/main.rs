@@ -124,6 +124,12 @@ struct ServeArgs {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
 
+    /// Close a TCP connection that has not become a WebSocket within this long (slow or
+    /// idle HTTP clients, health checks kept alive); keeps idle connections from holding
+    /// the gateway's connection slots.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    handshake_timeout_ms: u64,
+
     /// Worker threads for the gateway itself [default: half the CPUs, at least 1]. The
     /// programs it runs are separate processes and do not use these threads.
     #[arg(long, value_name = "N")]
@@ -159,6 +165,7 @@ impl ServeArgs {
             max_sessions_per_connection: self.max_sessions_per_connection,
             outbound_queue: self.outbound_queue,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             stdin_queue_bytes: self.stdin_queue_bytes,
             allowed_origins: self.allowed_origins,
             work_root: self.work_dir,

@@ -1,6 +1,7 @@
 //! The listener: HTTP routes (`/v1/ws`, `/healthz`), connection admission, and the
 //! shutdown sequence.
 
+use crate::admission::{Admitting, Peer};
 use crate::config::{Config, ConfigError};
 use crate::connection;
 use crate::runtime::{RuntimeError, RuntimeTable};
@@ -14,7 +15,6 @@ use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use axum::Router;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +23,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
+
+/// TCP connections admitted beyond `max_connections`, for health checks and for the
+/// HTTP 503 answers to sockets over the limit.
+const TCP_HEADROOM: usize = 64;
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -90,21 +94,20 @@ pub async fn run(
             tracing::debug!(%err, "could not set TCP_NODELAY");
         }
     });
+    let tcp_limit = state.config.max_connections.saturating_add(TCP_HEADROOM);
+    let listener = Admitting::new(listener, tcp_limit, state.config.handshake_timeout);
     tracing::info!(
         languages = %state.runtimes.names().join(", "),
         "ready"
     );
     let root = state.shutdown.clone();
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: cancelling executions and closing sockets");
-        root.cancel();
-    })
-    .await;
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: cancelling executions and closing sockets");
+            root.cancel();
+        })
+        .await;
     state.shutdown.cancel();
     state.connections.close();
     let deadline = state.config.shutdown_grace + state.config.kill_grace;
@@ -127,7 +130,10 @@ pub async fn run(
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<Arc<GatewayState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer {
+        addr: peer,
+        upgrading,
+    }): ConnectInfo<Peer>,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
@@ -162,6 +168,7 @@ async fn upgrade(
             .into_response();
     }
     let transport_cap = state.config.max_frame_bytes.saturating_mul(4);
+    upgrading.accept();
     let id = state.next_connection_id.fetch_add(1, Ordering::Relaxed);
     ws.protocols([sluice_protocol::SUBPROTOCOL])
         .max_message_size(transport_cap)

@@ -8,12 +8,13 @@ use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest, LimitKind, Limits};
 use sluice_tests::{
     assert_lifecycle, assert_socket_refusal, assert_stream_ok, events_of, eventually,
-    processes_with, request, text_of, unique_marker, wait_until_gone, wait_until_running,
+    processes_with, request, text_of, unique_marker, wait_until_gone, wait_until_running, within,
     RawSocket, TestGateway, PATIENCE,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::io::AsyncReadExt as _;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::header::ORIGIN;
@@ -420,6 +421,52 @@ async fn works_without_origin(gateway: &TestGateway) -> Result<()> {
     let mut socket = gateway.raw().await?;
     socket.assert_still_works().await?;
     assert_stream_ok(socket.received());
+    Ok(())
+}
+
+/// Reads from `stream` until the gateway closes it (end of stream or reset).
+async fn wait_until_closed_by_gateway(stream: &mut tokio::net::TcpStream) -> Result<()> {
+    let mut buf = [0_u8; 512];
+    within("the gateway to close an idle connection", async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_that_never_upgrade_are_closed_and_free_their_slots() -> Result<()> {
+    // Two WebSockets allowed, so the TCP bound is that plus the fixed headroom (64).
+    let gateway = TestGateway::spawn_with(Config {
+        max_connections: 2,
+        handshake_timeout: Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    // A WebSocket opened first lives past the handshake timeout of the idle connections
+    // opened after it.
+    let mut early = gateway.raw().await?;
+    // Enough idle connections to fill every TCP slot; each is closed at its deadline.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(tokio::net::TcpStream::connect(gateway.addr()).await?);
+    }
+    for stream in &mut idle {
+        wait_until_closed_by_gateway(stream).await?;
+    }
+    early
+        .assert_still_works()
+        .await
+        .context("a WebSocket outlives the handshake timeout")?;
+    // The slots the idle connections held are free again: a new socket is admitted.
+    let mut late = gateway.raw().await?;
+    late.assert_still_works().await?;
+    assert_stream_ok(late.received());
+    assert_stream_ok(early.received());
     Ok(())
 }
 
