@@ -212,15 +212,23 @@ fn classify(text: &str, err: &serde_json::Error) -> FrameError {
     if err.is_syntax() || err.is_eof() {
         return bad(format!("frame is not valid JSON: {err}"), None, None);
     }
+    let not_object = || bad("frame must be a JSON object".to_owned(), None, None);
+    if !text.trim_start().starts_with('{') {
+        // serde would read an array into the probe's fields by position.
+        return not_object();
+    }
     let probe = match serde_json::from_str::<FrameProbe>(text) {
         Ok(probe) => probe,
-        Err(_) => return bad("frame must be a JSON object".to_owned(), None, None),
+        Err(_) => return not_object(),
     };
     let id = probe.id.and_then(|v| v.as_str().map(str::to_owned));
     match probe.frame_type {
         None => bad("frame has no \"type\" field".to_owned(), None, id),
         Some(serde_json::Value::String(t)) if !FRAME_TYPES.split(", ").any(|k| k == t) => bad(
-            format!("unknown frame type {t:?}; expected one of {FRAME_TYPES}"),
+            format!(
+                "unknown frame type {:?}; expected one of {FRAME_TYPES}",
+                clip(&t)
+            ),
             Some(t),
             id,
         ),
@@ -230,6 +238,15 @@ fn classify(text: &str, err: &serde_json::Error) -> FrameError {
             id,
         ),
         Some(_) => bad("\"type\" must be a string".to_owned(), None, id),
+    }
+}
+
+/// Client text quoted back in a message, cut to a readable length.
+fn clip(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -270,6 +287,19 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn an_array_is_not_a_frame() {
+        let err = ClientFrame::decode(r#"["execute", "x"]"#).unwrap_err();
+        assert_eq!(err.message, "frame must be a JSON object");
+    }
+
+    #[test]
+    fn a_long_unknown_type_is_clipped_in_the_message() {
+        let long = "x".repeat(10_000);
+        let err = ClientFrame::decode(&format!(r#"{{"type":"{long}"}}"#)).unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message);
     }
 
     #[test]

@@ -120,7 +120,9 @@ pub(crate) fn prepare(
 ) {
     let (stdin_tx, stdin_rx) = mpsc::channel(stdin_queue);
     let finished = Arc::new(AtomicBool::new(false));
-    let stdin_queued_bytes = Arc::new(AtomicUsize::new(0));
+    // Initial input from the request counts like queued input: the writer subtracts it.
+    let initial_stdin = spec.stdin.as_ref().map_or(0, String::len);
+    let stdin_queued_bytes = Arc::new(AtomicUsize::new(initial_stdin));
     let handle = ExecutionHandle {
         serial: 0,
         stdin: stdin_tx,
