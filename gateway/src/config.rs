@@ -90,8 +90,6 @@ pub struct Config {
     pub max_executions_per_connection: usize,
     /// Client-named sessions one socket may create.
     pub max_sessions_per_connection: usize,
-    /// Events queued for one socket before executions wait for the socket to drain.
-    pub outbound_queue: usize,
     /// `stdin` frames queued for one execution before further ones get `stdin_full`.
     pub stdin_queue: usize,
     /// The languages the gateway runs, resolved to executables at start-up.
@@ -115,6 +113,24 @@ pub struct Config {
     /// How long an accepted TCP connection may stay without becoming a WebSocket
     /// (health checks and refusals included) before the gateway closes it.
     pub handshake_timeout: Duration,
+    /// Events kept per session for replay to sockets that attach or resume.
+    pub replay_events: usize,
+    /// Bytes of encoded events kept per session for replay.
+    pub replay_bytes: usize,
+    /// How long a session with no socket attached lives on (its executions running)
+    /// before it is ended and its executions cancelled. Zero ends it at once.
+    pub session_grace: Duration,
+    /// Sessions open on the whole gateway (gateway-made ones included).
+    pub max_sessions: usize,
+}
+
+impl Config {
+    pub(crate) fn replay_caps(&self) -> crate::session::ReplayCaps {
+        crate::session::ReplayCaps {
+            events: self.replay_events,
+            bytes: self.replay_bytes,
+        }
+    }
 }
 
 impl Default for Config {
@@ -128,7 +144,6 @@ impl Default for Config {
             max_executions: 1_024,
             max_executions_per_connection: 128,
             max_sessions_per_connection: 256,
-            outbound_queue: 64,
             stdin_queue: 64,
             runtimes: RuntimeSpec::defaults(),
             base_env: vec![
@@ -141,6 +156,10 @@ impl Default for Config {
             stdin_queue_bytes: 1 << 20,
             allowed_origins: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
+            replay_events: 10_000,
+            replay_bytes: 8 << 20,
+            session_grace: Duration::from_secs(60),
+            max_sessions: 8_192,
         }
     }
 }
@@ -170,7 +189,9 @@ impl Config {
                 "max_executions_per_connection",
                 self.max_executions_per_connection,
             ),
-            ("outbound_queue", self.outbound_queue),
+            ("replay_events", self.replay_events),
+            ("replay_bytes", self.replay_bytes),
+            ("max_sessions", self.max_sessions),
             ("stdin_queue", self.stdin_queue),
             ("stdin_queue_bytes", self.stdin_queue_bytes),
         ] {

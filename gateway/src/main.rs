@@ -79,9 +79,22 @@ struct ServeArgs {
     #[arg(long, default_value_t = Config::default().max_sessions_per_connection, value_name = "N")]
     max_sessions_per_connection: usize,
 
-    /// Events queued per socket before executions wait for the client to read.
-    #[arg(long, default_value_t = Config::default().outbound_queue, value_name = "EVENTS")]
-    outbound_queue: usize,
+    /// Events each session keeps for replay to sockets that attach or resume.
+    #[arg(long, default_value_t = Config::default().replay_events, value_name = "EVENTS")]
+    replay_events: usize,
+
+    /// Bytes of events each session keeps for replay.
+    #[arg(long, default_value_t = Config::default().replay_bytes, value_name = "BYTES")]
+    replay_bytes: usize,
+
+    /// How long a session with no socket attached lives on, its executions running, so a
+    /// client can reconnect and resume; then its executions are cancelled. 0: at once.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    session_grace_ms: u64,
+
+    /// Sessions open on the whole gateway, including the one each lone execution gets.
+    #[arg(long, default_value_t = Config::default().max_sessions, value_name = "N")]
+    max_sessions: usize,
 
     /// Add or replace a runtime: NAME=COMMAND or NAME.EXT=COMMAND, where COMMAND may use
     /// {file} for the source file (appended when absent). Repeatable.
@@ -163,7 +176,10 @@ impl ServeArgs {
             max_executions: self.max_executions,
             max_executions_per_connection: self.max_executions_per_connection,
             max_sessions_per_connection: self.max_sessions_per_connection,
-            outbound_queue: self.outbound_queue,
+            replay_events: self.replay_events,
+            replay_bytes: self.replay_bytes,
+            session_grace: Duration::from_millis(self.session_grace_ms),
+            max_sessions: self.max_sessions,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             stdin_queue_bytes: self.stdin_queue_bytes,

@@ -67,12 +67,20 @@ pub async fn run(
         .await
         .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
     let work_root = WorkRoot::create(config.work_root.as_deref())?;
+    let shutdown_token = CancellationToken::new();
+    let sessions = SessionRegistry::new(
+        config.replay_caps(),
+        config.session_grace,
+        config.max_sessions,
+        shutdown_token.clone(),
+    );
     let state = Arc::new(GatewayState {
         runtimes,
-        sessions: Arc::new(SessionRegistry::default()),
+        sessions: Arc::new(sessions),
+        executions: TaskTracker::new(),
         execution_slots: Arc::new(Semaphore::new(config.max_executions)),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
-        shutdown: CancellationToken::new(),
+        shutdown: shutdown_token,
         connections: TaskTracker::new(),
         next_connection_id: AtomicU64::new(1),
         work_root: Arc::from(work_root.path.as_path()),
@@ -100,15 +108,17 @@ pub async fn run(
         languages = %state.runtimes.names().join(", "),
         "ready"
     );
-    let root = state.shutdown.clone();
+    let stopping = state.clone();
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: cancelling executions and closing sockets");
-            root.cancel();
+            stopping.shutdown.cancel();
+            stopping.executions.close();
         })
         .await;
     state.shutdown.cancel();
+    state.executions.close();
     state.connections.close();
     let deadline = state.config.shutdown_grace + state.config.kill_grace;
     if tokio::time::timeout(deadline, state.connections.wait())
@@ -118,6 +128,15 @@ pub async fn run(
         tracing::warn!(
             ?deadline,
             "connections still open after the shutdown grace period"
+        );
+    }
+    if tokio::time::timeout(deadline, state.executions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "executions still running after the shutdown grace period"
         );
     }
     drop(work_root);
@@ -180,7 +199,7 @@ async fn upgrade(
             let tracker = state.connections.clone();
             tracker.track_future(
                 async move {
-                    connection::serve(socket, state, shutdown).await;
+                    connection::serve(socket, state, shutdown, id).await;
                     drop(permit);
                 }
                 .instrument(span),

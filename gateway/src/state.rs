@@ -17,6 +17,8 @@ pub(crate) struct GatewayState {
     pub(crate) config: Config,
     pub(crate) runtimes: RuntimeTable,
     pub(crate) sessions: Arc<SessionRegistry>,
+    /// Every execution task; shutdown waits for them (they outlive their sockets).
+    pub(crate) executions: TaskTracker,
     /// One permit per running execution, gateway-wide; each execution task owns its permit.
     pub(crate) execution_slots: Arc<Semaphore>,
     /// One permit per open connection; each connection task owns its permit.

@@ -15,6 +15,10 @@ pub enum ClientFrame {
     Stdin(StdinFrame),
     /// Stop a running program.
     Cancel(CancelFrame),
+    /// Receive a session's events on this socket, replaying those after `since`.
+    Attach(AttachFrame),
+    /// Stop receiving a session's events on this socket.
+    Detach(DetachFrame),
 }
 
 /// How program output is carried in `stdout`/`stderr` events.
@@ -71,6 +75,9 @@ pub struct ExecuteRequest {
 pub struct StdinFrame {
     /// The execution to write to.
     pub id: String,
+    /// The session the execution runs in. Absent: an execution this socket started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// Text to write (UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
@@ -84,6 +91,27 @@ pub struct StdinFrame {
 pub struct CancelFrame {
     /// The execution to stop.
     pub id: String,
+    /// The session the execution runs in. Absent: an execution this socket started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// The `attach` frame: deliver `session`'s events to this socket, starting after `since`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachFrame {
+    /// The session to receive.
+    pub session: String,
+    /// The last sequence the client already has; every buffered event after it is
+    /// replayed, then events continue live. Absent: 0, everything still buffered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+/// The `detach` frame: stop delivering `session`'s events to this socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachFrame {
+    /// The session to stop receiving.
+    pub session: String,
 }
 
 /// A frame the gateway could not accept, classified for the `error` event it becomes.
@@ -115,7 +143,7 @@ struct FrameProbe {
     id: Option<serde_json::Value>,
 }
 
-const FRAME_TYPES: &str = "execute, stdin, cancel";
+const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach";
 
 impl ClientFrame {
     /// Decodes one text frame and checks the constraints serde cannot express (id length,
@@ -133,12 +161,24 @@ impl ClientFrame {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The execution id this frame names.
-    pub fn id(&self) -> &str {
+    /// The execution id this frame names; `attach` and `detach` name none.
+    pub fn id(&self) -> Option<&str> {
         match self {
-            Self::Execute(e) => &e.id,
-            Self::Stdin(s) => &s.id,
-            Self::Cancel(c) => &c.id,
+            Self::Execute(e) => Some(&e.id),
+            Self::Stdin(s) => Some(&s.id),
+            Self::Cancel(c) => Some(&c.id),
+            Self::Attach(_) | Self::Detach(_) => None,
+        }
+    }
+
+    /// The session this frame names, if any.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Self::Execute(e) => e.session.as_deref(),
+            Self::Stdin(s) => s.session.as_deref(),
+            Self::Cancel(c) => c.session.as_deref(),
+            Self::Attach(a) => Some(&a.session),
+            Self::Detach(d) => Some(&d.session),
         }
     }
 
@@ -147,6 +187,8 @@ impl ClientFrame {
             Self::Execute(_) => "execute",
             Self::Stdin(_) => "stdin",
             Self::Cancel(_) => "cancel",
+            Self::Attach(_) => "attach",
+            Self::Detach(_) => "detach",
         }
     }
 
@@ -155,15 +197,17 @@ impl ClientFrame {
             code: ErrorCode::BadRequest,
             message,
             frame_type: Some(self.type_name().to_owned()),
-            id: Some(self.id().to_owned()),
+            id: self.id().map(str::to_owned),
         };
-        check_name("id", self.id()).map_err(bad)?;
+        if let Some(id) = self.id() {
+            check_name("id", id).map_err(bad)?;
+        }
+        if let Some(session) = self.session() {
+            check_name("session", session).map_err(bad)?;
+        }
         match self {
             Self::Execute(e) => {
                 check_name("language", &e.language).map_err(bad)?;
-                if let Some(session) = &e.session {
-                    check_name("session", session).map_err(bad)?;
-                }
                 if let Some(key) = e
                     .env
                     .keys()
@@ -186,7 +230,7 @@ impl ClientFrame {
                     "stdin frame needs \"data\", \"eof\": true, or both".to_owned()
                 ));
             }
-            Self::Stdin(_) | Self::Cancel(_) => {}
+            Self::Stdin(_) | Self::Cancel(_) | Self::Attach(_) | Self::Detach(_) => {}
         }
         Ok(())
     }

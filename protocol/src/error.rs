@@ -28,10 +28,11 @@ pub enum ErrorCode {
     SpawnFailed,
     /// Too many executions are running on this socket or on the gateway.
     TooManyExecutions,
-    /// Too many sessions are open on this socket.
+    /// Too many sessions are attached to this socket, or open on the gateway.
     TooManySessions,
-    /// The named session belongs to another socket.
-    SessionInUse,
+    /// An `attach`, `detach`, `stdin` or `cancel` named a session that does not exist
+    /// (never did, or ended) or that this socket is not attached to.
+    UnknownSession,
     /// `stdin` arrived for an execution whose stdin is already closed.
     StdinClosed,
     /// `stdin` arrived faster than the program reads it and the execution's input queue
@@ -59,7 +60,7 @@ impl ErrorCode {
             Self::SpawnFailed => "spawn_failed",
             Self::TooManyExecutions => "too_many_executions",
             Self::TooManySessions => "too_many_sessions",
-            Self::SessionInUse => "session_in_use",
+            Self::UnknownSession => "unknown_session",
             Self::StdinClosed => "stdin_closed",
             Self::StdinFull => "stdin_full",
             Self::ShuttingDown => "shutting_down",

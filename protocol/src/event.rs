@@ -24,6 +24,10 @@ pub enum EventKind {
     /// Terminal when it carries an execution `id`; otherwise a refusal of a frame that
     /// belongs to no execution.
     Error,
+    /// Not an execution's event: this socket will not receive events `missed_from` to
+    /// `resume_from - 1` of `session` (they left the replay buffer before it took them);
+    /// the session's stream continues at `resume_from`. `sequence` is `resume_from - 1`.
+    Gap,
     /// A type this version of the protocol crate does not know (sent by a newer gateway).
     #[serde(other)]
     Unknown,
@@ -48,6 +52,7 @@ impl EventKind {
             Self::Cancelled => "cancelled",
             Self::ResourceLimit => "resource_limit",
             Self::Error => "error",
+            Self::Gap => "gap",
             Self::Unknown => "unknown",
         }
     }
@@ -151,6 +156,12 @@ pub struct Event {
     /// Terminal events of an execution that started: what it used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// `gap`: the first sequence this socket will not receive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_from: Option<u64>,
+    /// `gap`: the sequence the session's stream continues at on this socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<u64>,
 }
 
 /// An event that decodes as JSON but breaks a rule of the protocol.
@@ -184,6 +195,8 @@ impl Event {
             limit_value: None,
             code: None,
             usage: None,
+            missed_from: None,
+            resume_from: None,
         }
     }
 
@@ -250,6 +263,12 @@ impl Event {
                 fail("needs an execution id and a limit")
             }
             EventKind::Error if self.code.is_none() => fail("has no code"),
+            EventKind::Gap => match (self.session.is_some(), self.missed_from, self.resume_from) {
+                (true, Some(from), Some(to)) if from < to && self.sequence + 1 == to => Ok(()),
+                _ => {
+                    fail("needs a session, missed_from < resume_from and sequence resume_from - 1")
+                }
+            },
             _ => Ok(()),
         }
     }

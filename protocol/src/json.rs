@@ -136,6 +136,8 @@ pub(crate) fn write_event(out: &mut String, event: &Event) {
     write_optional(out, "limit_value", event.limit_value.as_ref());
     write_optional(out, "code", event.code.as_ref());
     write_optional(out, "usage", event.usage.as_ref());
+    write_optional(out, "missed_from", event.missed_from.as_ref());
+    write_optional(out, "resume_from", event.resume_from.as_ref());
     out.push('}');
 }
 

@@ -20,7 +20,10 @@ mod event;
 mod json;
 mod limits;
 
-pub use client::{CancelFrame, ClientFrame, Encoding, ExecuteRequest, FrameError, StdinFrame};
+pub use client::{
+    AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ExecuteRequest, FrameError,
+    StdinFrame,
+};
 pub use error::ErrorCode;
 pub use event::{Event, EventKind, InvalidEvent, LimitKind, Usage};
 pub use limits::Limits;

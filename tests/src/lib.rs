@@ -11,7 +11,8 @@ use futures::{SinkExt as _, StreamExt as _};
 use sluice_client::{Client, Execution, Outcome};
 use sluice_gateway::{Config, GatewayError};
 use sluice_protocol::{
-    CancelFrame, ClientFrame, Encoding, ErrorCode, Event, EventKind, ExecuteRequest, StdinFrame,
+    AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ErrorCode, Event, EventKind,
+    ExecuteRequest, StdinFrame,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -279,6 +280,7 @@ impl RawSocket {
     pub async fn stdin(&mut self, id: &str, data: Option<&str>, eof: bool) -> Result<()> {
         self.send_frame(&ClientFrame::Stdin(StdinFrame {
             id: id.to_owned(),
+            session: None,
             data: data.map(str::to_owned),
             eof,
         }))
@@ -287,8 +289,28 @@ impl RawSocket {
 
     /// Sends a `cancel` frame.
     pub async fn cancel(&mut self, id: &str) -> Result<()> {
-        self.send_frame(&ClientFrame::Cancel(CancelFrame { id: id.to_owned() }))
-            .await
+        self.send_frame(&ClientFrame::Cancel(CancelFrame {
+            id: id.to_owned(),
+            session: None,
+        }))
+        .await
+    }
+
+    /// Sends an `attach` frame.
+    pub async fn attach(&mut self, session: &str, since: Option<u64>) -> Result<()> {
+        self.send_frame(&ClientFrame::Attach(AttachFrame {
+            session: session.to_owned(),
+            since,
+        }))
+        .await
+    }
+
+    /// Sends a `detach` frame.
+    pub async fn detach(&mut self, session: &str) -> Result<()> {
+        self.send_frame(&ClientFrame::Detach(DetachFrame {
+            session: session.to_owned(),
+        }))
+        .await
     }
 
     /// The next event, decoded and checked with `Event::decode`. Fails if none arrives

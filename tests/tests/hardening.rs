@@ -141,9 +141,10 @@ async fn a_client_that_stops_reading_holds_no_process_slot_or_directory() -> Res
     let gateway = TestGateway::spawn_with(Config {
         max_executions: 1,
         send_timeout: Duration::from_secs(60),
-        // A short queue, so that the socket is full long before the flood's timeout even
-        // on a slow machine (what waits is then almost all in the kernel's buffers).
-        outbound_queue: 4,
+        // A short replay buffer, so that the program waits long before the flood's
+        // timeout even on a slow machine (what waits is then almost all in the kernel's
+        // buffers).
+        replay_events: 4,
         work_root: Some(base.0.clone()),
         ..Config::default()
     })
@@ -256,6 +257,8 @@ async fn a_client_that_stops_reading_holds_no_process_slot_or_directory() -> Res
 async fn a_socket_not_read_past_the_send_timeout_is_closed() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         send_timeout: Duration::from_millis(500),
+        // The flood's session ends as soon as its only socket is gone.
+        session_grace: Duration::ZERO,
         ..Config::default()
     })
     .await;
@@ -271,7 +274,8 @@ async fn a_socket_not_read_past_the_send_timeout_is_closed() -> Result<()> {
     .await?;
     let pid = started(&mut deaf, "flood").await?.pid.context("no pid")?;
 
-    // Not reading: the gateway closes the socket, which cancels the execution.
+    // Not reading: the gateway closes the socket, which ends the session (no grace
+    // period here) and so cancels the execution.
     wait_until_reaped(pid).await?;
     wait_until_gone(&marker).await?;
     // What is already in the socket buffers can still be read; then the socket ends.

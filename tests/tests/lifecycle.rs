@@ -1,49 +1,64 @@
-//! Ownership and endings: sessions belong to their socket, a closed socket or a gateway
-//! shutdown cancels what runs, and no process outlives its execution.
+//! Ownership and endings: sockets share named sessions, a session whose last socket is
+//! gone (past the grace period) or a gateway shutdown cancels what runs, and no process
+//! outlives its execution.
 
 use anyhow::{Context as _, Result};
-use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
+use sluice_gateway::Config;
+use sluice_protocol::{EventKind, ExecuteRequest};
 use sluice_tests::{
     assert_lifecycle, assert_stream_ok, events_of, processes_with, request, text_of, unique_marker,
     wait_until_gone, wait_until_running, TestGateway,
 };
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+/// A gateway that ends a session as soon as its last socket goes.
+fn no_grace() -> Config {
+    Config {
+        session_grace: std::time::Duration::ZERO,
+        ..Config::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_named_by_another_socket_is_in_use() -> Result<()> {
+async fn a_named_session_is_shared_by_the_sockets_that_run_in_it() -> Result<()> {
     let gateway = TestGateway::spawn().await;
-    let mut owner = gateway.raw().await?;
-    let mut intruder = gateway.raw().await?;
-    let in_shared = |id: &str| ExecuteRequest {
+    let mut first = gateway.raw().await?;
+    let mut second = gateway.raw().await?;
+    let in_shared = |id: &str, text: &str| ExecuteRequest {
         session: Some("shared".into()),
-        ..request(id, "sh", "echo owner")
+        ..request(id, "sh", &format!("echo {text}"))
     };
-    owner.execute(in_shared("mine")).await?;
-    let events = owner.events_until_terminal("mine").await?;
+    first.execute(in_shared("one", "from-first")).await?;
+    let events = first.events_until_terminal("one").await?;
     assert_lifecycle(&events);
 
-    // The session outlives its execution: it belongs to the owner's socket.
-    intruder.execute(in_shared("theirs")).await?;
-    let refusal = intruder.next_event().await?;
-    assert_eq!(refusal.kind, EventKind::Error);
-    assert_eq!(refusal.code, Some(ErrorCode::SessionInUse));
-    assert_eq!(refusal.id.as_deref(), Some("theirs"));
-    assert_eq!(refusal.session, None);
-    assert_eq!(refusal.sequence, 1);
-
-    // Both sockets carry on; the owner keeps numbering its session from where it was.
-    intruder.assert_still_works().await?;
-    owner.execute(in_shared("mine-again")).await?;
-    let again = owner.events_until_terminal("mine-again").await?;
-    assert_eq!(again[0].sequence, events.len() as u64 + 1);
-    assert_stream_ok(owner.received());
-    assert_stream_ok(intruder.received());
+    // A second socket attaches (getting the session's events so far, replayed) and runs
+    // in the same session: it continues the session's numbering, and the first socket,
+    // still reading the session, sees that execution too.
+    second.attach("shared", None).await?;
+    second.execute(in_shared("two", "from-second")).await?;
+    let theirs = second.events_until_terminal("two").await?;
+    assert_lifecycle(&theirs);
+    assert_eq!(theirs[0].sequence, events.len() as u64 + 1);
+    assert_eq!(
+        events_of(second.received(), "one").len(),
+        events.len(),
+        "the first execution, replayed on attach"
+    );
+    assert_eq!(text_of(&theirs, EventKind::Stdout), "from-second\n");
+    let seen_by_first = first.events_until_terminal("two").await?;
+    assert_eq!(
+        seen_by_first.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        theirs.iter().map(|e| e.sequence).collect::<Vec<_>>()
+    );
+    assert_stream_ok(first.received());
+    assert_stream_ok(second.received());
     gateway.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_socket_mid_run_leaves_no_process() -> Result<()> {
-    let gateway = TestGateway::spawn().await;
+    let gateway = TestGateway::spawn_with(no_grace()).await;
     let mut socket = gateway.raw().await?;
     let marker = unique_marker("socket-closed");
     socket
@@ -74,7 +89,7 @@ async fn closing_a_socket_mid_run_leaves_no_process() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_close_mid_run_leaves_no_process() -> Result<()> {
-    let gateway = TestGateway::spawn().await;
+    let gateway = TestGateway::spawn_with(no_grace()).await;
     let mut socket = gateway.raw().await?;
     let marker = unique_marker("socket-closed-cleanly");
     socket

@@ -118,7 +118,7 @@ impl Client {
                     request.id = self.shared.ids.next_id();
                 }
             }
-            let id = frame.id().to_owned();
+            let id = frame.id().unwrap_or_default().to_owned();
             check_id(&id)?;
             let text = frame.to_json();
             self.shared.check_frame_size(text.len())?;

@@ -316,7 +316,11 @@ where
             return;
         }
         route.cancel_sent = true;
-        let frame = ClientFrame::Cancel(CancelFrame { id: id.to_owned() }).to_json();
+        let frame = ClientFrame::Cancel(CancelFrame {
+            id: id.to_owned(),
+            session: None,
+        })
+        .to_json();
         self.enqueue(Message::text(frame));
     }
 

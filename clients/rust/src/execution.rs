@@ -133,6 +133,7 @@ impl Execution {
         }
         let frame = ClientFrame::Stdin(StdinFrame {
             id: self.id.clone(),
+            session: None,
             data,
             eof,
         })
@@ -225,7 +226,7 @@ impl Stream for Execution {
             return Poll::Ready(None);
         }
         let event = match ready!(this.events.poll_recv(cx)) {
-            Received::Event(event) => event,
+            Received::Event(event) => *event,
             Received::Overflowed(overflow) => this.slow(overflow),
             // The connection task dropped the sender without a terminal event: it ended.
             Received::Closed => this.lost(),

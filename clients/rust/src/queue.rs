@@ -81,7 +81,7 @@ pub(crate) enum Push {
     /// will receive what was queued, then [`Received::Overflowed`].
     Overflowed(Overflow),
     /// The receiver is gone; here is the event back.
-    ReceiverGone(Event),
+    ReceiverGone(Box<Event>),
 }
 
 /// The connection task's half of the queue. Dropping it closes the queue: once the
@@ -105,7 +105,7 @@ impl EventSender {
         let waker = {
             let mut state = lock(&self.shared);
             if state.receiver_gone {
-                return Push::ReceiverGone(event);
+                return Push::ReceiverGone(Box::new(event));
             }
             if let Some(overflow) = state.overflow {
                 return Push::Overflowed(overflow);
@@ -148,7 +148,7 @@ impl Drop for EventSender {
 /// the queue overflowed), then `Closed` once the sender is gone.
 #[derive(Debug)]
 pub(crate) enum Received {
-    Event(Event),
+    Event(Box<Event>),
     Overflowed(Overflow),
     Closed,
 }
@@ -168,7 +168,7 @@ impl EventReceiver {
         let mut state = lock(&self.shared);
         if let Some(event) = state.events.pop_front() {
             state.bytes = state.bytes.saturating_sub(event_cost(&event));
-            return Poll::Ready(Received::Event(event));
+            return Poll::Ready(Received::Event(Box::new(event)));
         }
         if let Some(overflow) = state.overflow.take() {
             return Poll::Ready(Received::Overflowed(overflow));

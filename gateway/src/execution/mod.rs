@@ -11,9 +11,8 @@ mod workdir;
 
 use crate::config::EffectiveLimits;
 use crate::runtime::Runtime;
-use crate::session::{Session, SessionRegistry, SocketGone};
+use crate::session::Session;
 use crate::sys::Signal;
-use axum::extract::ws::Message;
 use bytes::BufMut as _;
 use output::OutputDecoder;
 use process::{ChildGroup, Launch};
@@ -63,8 +62,6 @@ pub(crate) struct ExecutionHandle {
     pub(crate) stdin_queued_bytes: Arc<AtomicUsize>,
     /// Cancelling it stops the program (SIGTERM, then SIGKILL after the grace period).
     pub(crate) cancel: CancellationToken,
-    /// Tells this execution apart from later ones that reuse its id (set by the connection).
-    pub(crate) serial: u64,
     /// Set by the execution just before it sends its terminal event, so an id is free for
     /// reuse as soon as a client can have seen that event.
     finished: Arc<AtomicBool>,
@@ -73,6 +70,11 @@ pub(crate) struct ExecutionHandle {
 impl ExecutionHandle {
     pub(crate) fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
+    }
+
+    /// The flag behind [`ExecutionHandle::is_finished`], shared.
+    pub(crate) fn finished_flag(&self) -> Arc<AtomicBool> {
+        self.finished.clone()
     }
 }
 
@@ -92,18 +94,13 @@ pub(crate) struct ExecutionSpec {
 /// Where it runs and where its events go.
 #[derive(Debug)]
 pub(crate) struct ExecutionContext {
+    /// The session it runs in; waiting for room in its stream is what pushes back on
+    /// the program when the session's lead reads slowly.
     pub(crate) session: Arc<Session>,
-    pub(crate) sessions: Arc<SessionRegistry>,
-    /// The owning socket's outbound queue; waiting for room here is what pushes back on
-    /// the program when the client reads slowly.
-    pub(crate) outbound: mpsc::Sender<Message>,
     pub(crate) work_root: Arc<Path>,
     pub(crate) base_env: Arc<[(String, String)]>,
     pub(crate) chunk_bytes: usize,
     pub(crate) kill_grace: std::time::Duration,
-    /// The connection's closing token: once cancelled, undelivered events are dropped
-    /// instead of waited on.
-    pub(crate) closing: CancellationToken,
 }
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
@@ -124,7 +121,6 @@ pub(crate) fn prepare(
     let initial_stdin = spec.stdin.as_ref().map_or(0, String::len);
     let stdin_queued_bytes = Arc::new(AtomicUsize::new(initial_stdin));
     let handle = ExecutionHandle {
-        serial: 0,
         stdin: stdin_tx,
         stdin_queued_bytes: stdin_queued_bytes.clone(),
         stdin_closed: spec.stdin.is_some(),
@@ -134,7 +130,7 @@ pub(crate) fn prepare(
     let span = tracing::info_span!(
         "execution",
         id = %spec.id,
-        session = %ctx.session.stream.session_id().map(|s| &**s).unwrap_or(""),
+        session = %ctx.session.id(),
         language = %spec.runtime.name,
     );
     // Starting the program here, on the connection's task, saves a task hop on the
@@ -468,21 +464,17 @@ impl Run {
         terminal.usage = Some(usage);
         tracing::debug!(kind = %terminal.kind, "finished");
         for event in pump.undelivered {
-            if self.deliver(event).await.is_err() {
-                break;
-            }
+            self.deliver(event).await;
         }
         self.finish(terminal).await;
     }
 
-    /// Sends one event, unless the connection closes first (nobody would read it).
-    async fn deliver(&self, event: Event) -> Result<(), SocketGone> {
+    /// Publishes one event once the session's stream has room (at once when the session
+    /// has ended and nobody will read it).
+    async fn deliver(&self, event: Event) {
         let stream = &self.ctx.session.stream;
-        tokio::select! {
-            biased;
-            sent = stream.send(&self.ctx.outbound, event) => sent,
-            () = self.ctx.closing.cancelled() => Err(SocketGone),
-        }
+        stream.room().await;
+        stream.publish(event);
     }
 
     /// Moves output from the pipes to the socket until the program has exited and its
@@ -549,12 +541,9 @@ impl Run {
             }
             let which = tokio::select! {
                 biased;
-                permit = self.ctx.outbound.reserve(), if !pending.is_empty() && hold_until.is_none() => {
-                    match (permit, pending.pop_front()) {
-                        (Ok(permit), Some(event)) => stream.send_with(permit, event),
-                        // The socket is gone: nobody reads output any more, but the program
-                        // must still be stopped and reaped; the connection cancels it.
-                        _ => pending.clear(),
+                () = stream.room(), if !pending.is_empty() && hold_until.is_none() => {
+                    if let Some(event) = pending.pop_front() {
+                        stream.publish(event);
                     }
                     continue;
                 }
@@ -660,17 +649,13 @@ impl Run {
         }
     }
 
-    /// Marks the execution finished, then sends its terminal event and frees its session
-    /// if the gateway made it.
+    /// Marks the execution finished, then publishes its terminal event.
     async fn finish(&mut self, event: Event) {
         // Free the id and the gateway-wide slot before the client can see the terminal
         // event, so an `execute` sent in reply to it finds room.
         self.slot = None;
         self.finished.store(true, Ordering::Release);
-        let _ = self.deliver(event).await;
-        if self.ctx.session.ephemeral {
-            self.ctx.sessions.release(&self.ctx.session);
-        }
+        self.deliver(event).await;
     }
 }
 

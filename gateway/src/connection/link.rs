@@ -1,0 +1,234 @@
+//! [`SocketLink`]: the streams one socket reads and where it is in each, shared by the
+//! connection's reader (which attaches and detaches) and its writer (which takes events).
+
+use crate::session::{gap_event, EventStream, Session, SessionRegistry, SocketId};
+use axum::extract::ws::Utf8Bytes;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+
+/// One stream this socket reads.
+#[derive(Debug)]
+struct Subscription {
+    source: Source,
+    /// The last sequence taken.
+    cursor: u64,
+}
+
+/// Where a subscription's events come from.
+#[derive(Debug)]
+enum Source {
+    /// The socket's own stream (refusals that belong to no session).
+    Own(Arc<EventStream>),
+    Session(Arc<Session>),
+}
+
+impl Subscription {
+    fn stream(&self) -> &EventStream {
+        match &self.source {
+            Source::Own(stream) => stream,
+            Source::Session(session) => &session.stream,
+        }
+    }
+
+    fn session(&self) -> Option<&Arc<Session>> {
+        match &self.source {
+            Source::Own(_) => None,
+            Source::Session(session) => Some(session),
+        }
+    }
+
+    fn is(&self, session: &Session) -> bool {
+        self.session().is_some_and(|s| std::ptr::eq(&**s, session))
+    }
+}
+
+/// The socket's side of its subscriptions.
+#[derive(Debug)]
+pub(crate) struct SocketLink {
+    pub(crate) socket: SocketId,
+    /// Notified by every stream this socket reads when it has a new event.
+    pub(crate) wake: Arc<Notify>,
+    subscriptions: Mutex<Vec<Subscription>>,
+    /// Where the writer starts its next pass, so no stream starves the others.
+    next_start: Mutex<usize>,
+}
+
+/// What the writer took in one pass.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) frames: Vec<Utf8Bytes>,
+    pub(crate) bytes: usize,
+}
+
+impl SocketLink {
+    pub(crate) fn new(socket: SocketId, own: Arc<EventStream>) -> Self {
+        let wake = Arc::new(Notify::new());
+        own.add_reader(socket, wake.clone(), true, 0);
+        Self {
+            socket,
+            wake,
+            subscriptions: Mutex::new(vec![Subscription {
+                source: Source::Own(own),
+                cursor: 0,
+            }]),
+            next_start: Mutex::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Subscription>> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True if this socket reads `session`.
+    pub(crate) fn reads(&self, session: &Session) -> bool {
+        self.lock().iter().any(|s| s.is(session))
+    }
+
+    /// The session named `name` that this socket reads.
+    pub(crate) fn session(&self, name: &str) -> Option<Arc<Session>> {
+        self.lock()
+            .iter()
+            .filter_map(Subscription::session)
+            .find(|s| s.id() == name)
+            .cloned()
+    }
+
+    /// Named sessions this socket reads.
+    pub(crate) fn named_sessions(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|s| s.session().is_some_and(|x| !x.ephemeral))
+            .count()
+    }
+
+    /// Starts reading `session` after `cursor` (or moves the cursor if it already does).
+    /// Returns true if it was not read before (the caller has attached it once).
+    pub(crate) fn subscribe(&self, session: &Arc<Session>, cursor: u64, lead: bool) -> bool {
+        let mut subscriptions = self.lock();
+        session
+            .stream
+            .add_reader(self.socket, self.wake.clone(), lead, cursor);
+        let existing = subscriptions.iter_mut().find(|s| s.is(session));
+        let fresh = match existing {
+            Some(subscription) => {
+                subscription.cursor = cursor;
+                false
+            }
+            None => {
+                subscriptions.push(Subscription {
+                    source: Source::Session(session.clone()),
+                    cursor,
+                });
+                true
+            }
+        };
+        drop(subscriptions);
+        self.wake.notify_one();
+        fresh
+    }
+
+    /// Stops reading `session`; false if this socket did not read it.
+    pub(crate) fn unsubscribe(
+        &self,
+        session: &Arc<Session>,
+        registry: &Arc<SessionRegistry>,
+    ) -> bool {
+        let removed = {
+            let mut subscriptions = self.lock();
+            let at = subscriptions.iter().position(|s| s.is(session));
+            at.map(|at| subscriptions.swap_remove(at))
+        };
+        match removed {
+            Some(subscription) => {
+                self.release(subscription, registry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops reading every session (the socket is going away).
+    pub(crate) fn unsubscribe_all(&self, registry: &Arc<SessionRegistry>) {
+        let removed: Vec<Subscription> = {
+            let mut subscriptions = self.lock();
+            let (sessions, own): (Vec<_>, Vec<_>) =
+                subscriptions.drain(..).partition(|s| s.session().is_some());
+            *subscriptions = own;
+            sessions
+        };
+        for subscription in removed {
+            self.release(subscription, registry);
+        }
+    }
+
+    fn release(&self, subscription: Subscription, registry: &Arc<SessionRegistry>) {
+        if let Some(session) = subscription.session() {
+            session.stream.remove_reader(self.socket);
+            let took_everything = subscription.cursor >= session.stream.head();
+            registry.detach(session, took_everything);
+        }
+    }
+
+    /// Takes up to about `max_bytes` of frames from the streams this socket reads,
+    /// announcing gaps in place. A gateway-made session whose execution has ended and
+    /// whose events are all taken is let go.
+    pub(crate) fn take(&self, max_bytes: usize, registry: &Arc<SessionRegistry>) -> Batch {
+        let mut batch = Batch::default();
+        let mut finished = Vec::new();
+        {
+            let mut subscriptions = self.lock();
+            let count = subscriptions.len();
+            let mut start = self
+                .next_start
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut done = Vec::new();
+            for step in 0..count {
+                if batch.bytes >= max_bytes {
+                    // Start the next pass where this one ran out of room.
+                    *start = (*start + step) % count;
+                    break;
+                }
+                let index = (*start + step) % count;
+                let subscription = &mut subscriptions[index];
+                let before = batch.frames.len();
+                let stream = subscription.stream();
+                let taken = stream.take(
+                    self.socket,
+                    subscription.cursor,
+                    max_bytes - batch.bytes,
+                    &mut batch.frames,
+                );
+                if let Some((missed_from, resume_from)) = taken.gap {
+                    let session = stream.session_id().map(|s| &**s);
+                    let gap = gap_event(session, missed_from, resume_from);
+                    batch.frames.insert(before, gap);
+                }
+                batch.bytes += batch.frames[before..]
+                    .iter()
+                    .map(|frame| frame.as_str().len())
+                    .sum::<usize>();
+                subscription.cursor = taken.cursor;
+                let complete = subscription
+                    .session()
+                    .is_some_and(|session| taken.cursor >= taken.head && session.is_complete());
+                if complete {
+                    done.push(index);
+                }
+            }
+            done.sort_unstable();
+            for index in done.into_iter().rev() {
+                finished.push(subscriptions.swap_remove(index));
+            }
+            if !finished.is_empty() {
+                *start = 0;
+            }
+        }
+        for subscription in finished {
+            self.release(subscription, registry);
+        }
+        batch
+    }
+}

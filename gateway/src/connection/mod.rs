@@ -1,0 +1,660 @@
+//! One WebSocket connection: a reader loop that decodes client frames and drives
+//! executions and attachments, and a writer task that alone writes to the socket.
+//!
+//! The socket reads streams, not queues: its own stream (refusals that belong to no
+//! session) and every session it is attached to, each through a cursor into that
+//! stream's replay buffer ([`link::SocketLink`]). Executions belong to their session,
+//! not to the socket: when the socket goes away they run on, and the session ends them
+//! if no socket comes back within the grace period.
+
+mod link;
+
+use crate::execution::{self, ExecutionContext, ExecutionSpec, StdinChunk};
+use crate::session::{EventStream, Known, OpenError, Session};
+use crate::state::GatewayState;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
+use link::SocketLink;
+use sluice_protocol::{
+    AttachFrame, CancelFrame, ClientFrame, DetachFrame, ErrorCode, Event, ExecuteRequest,
+    FrameError, StdinFrame,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+/// Close code sent when the gateway shuts down (RFC 6455 "going away").
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// How long a socket may keep shutdown waiting while it takes its last events.
+const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(1);
+
+/// Close code sent when a frame exceeds the transport cap (RFC 6455 "message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Most bytes of frames the writer takes from its streams before writing them out.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Serves one upgraded socket until the client leaves or `shutdown` is cancelled.
+pub(crate) async fn serve(
+    socket: WebSocket,
+    state: Arc<GatewayState>,
+    shutdown: CancellationToken,
+    socket_id: u64,
+) {
+    let (sink, mut frames) = socket.split();
+    let own = Arc::new(EventStream::new(None, state.config.replay_caps()));
+    let link = Arc::new(SocketLink::new(socket_id, own.clone()));
+    // Cancelled on gateway shutdown, or by the writer when it can no longer write (the
+    // client stopped reading past the send timeout, or the socket broke).
+    let closing = shutdown.child_token();
+    // Tells the writer to write what is left, then close.
+    let finish = CancellationToken::new();
+    let close_reason: Arc<std::sync::Mutex<Option<CloseFrame>>> = Arc::default();
+    let writer = tokio::spawn(write_loop(Writer {
+        sink,
+        link: link.clone(),
+        state: state.clone(),
+        failed: closing.clone(),
+        shutdown: shutdown.clone(),
+        finish: finish.clone(),
+        close_reason: close_reason.clone(),
+    }));
+    let mut conn = Connection {
+        state: state.clone(),
+        link: link.clone(),
+        own,
+        started: HashMap::new(),
+        running_here: Arc::new(AtomicUsize::new(0)),
+        closing: closing.clone(),
+        close_reason,
+    };
+    tracing::debug!("connected");
+    loop {
+        tokio::select! {
+            () = closing.cancelled() => break,
+            frame = frames.next() => match frame {
+                Some(Ok(Message::Text(text))) => conn.handle_text(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => {
+                    conn.refuse(None, ErrorCode::BadRequest, "binary frames are not part of the protocol; send JSON text frames").await;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(err)) => {
+                    conn.read_failed(err);
+                    break;
+                }
+            },
+        }
+    }
+    if shutdown.is_cancelled() {
+        // Every execution is being cancelled; let their last events reach this socket.
+        let deadline = state.config.kill_grace + SHUTDOWN_SEND_GRACE;
+        let _ = tokio::time::timeout(deadline, state.executions.wait()).await;
+    }
+    finish.cancel();
+    if let Err(err) = writer.await {
+        tracing::error!(%err, "socket writer task failed");
+    }
+    link.unsubscribe_all(&state.sessions);
+    tracing::debug!("disconnected");
+}
+
+/// What the writer task needs.
+struct Writer {
+    sink: futures::stream::SplitSink<WebSocket, Message>,
+    link: Arc<SocketLink>,
+    state: Arc<GatewayState>,
+    /// Cancelled by the writer when it gives up on the socket (the reader stops then).
+    failed: CancellationToken,
+    shutdown: CancellationToken,
+    /// Cancelled by the reader: write what is left, then close.
+    finish: CancellationToken,
+    /// The close frame the reader asked for (a frame over the transport cap).
+    close_reason: Arc<std::sync::Mutex<Option<CloseFrame>>>,
+}
+
+/// Takes events from every stream the socket reads and writes them, one flush per
+/// batch. A batch that cannot be written within the send timeout (the client stopped
+/// reading) ends the connection: a slow consumer must not hold the gateway forever.
+async fn write_loop(writer: Writer) {
+    let Writer {
+        mut sink,
+        link,
+        state,
+        failed,
+        shutdown,
+        finish,
+        close_reason,
+    } = writer;
+    let send_timeout = state.config.send_timeout;
+    loop {
+        let wake = link.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let batch = link.take(WRITE_BATCH_BYTES, &state.sessions);
+        if batch.frames.is_empty() {
+            if finish.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = wake => {}
+                () = finish.cancelled() => {}
+            }
+            continue;
+        }
+        let write = async {
+            for frame in batch.frames {
+                sink.feed(Message::Text(frame)).await?;
+            }
+            sink.flush().await
+        };
+        // On shutdown a client gets a short last chance to take what is left (its
+        // `cancelled` events and the close frame), not the whole send timeout.
+        let shutdown_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_SEND_GRACE).await;
+        };
+        let result = tokio::select! {
+            result = tokio::time::timeout(send_timeout, write) => match result {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(?send_timeout, "closing: the client has not read its socket within the send timeout");
+                    failed.cancel();
+                    return;
+                }
+            },
+            () = shutdown_deadline => {
+                tracing::debug!("closing: the client did not take its last events during shutdown");
+                failed.cancel();
+                return;
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(%err, "socket write failed");
+            failed.cancel();
+            return;
+        }
+    }
+    let requested = close_reason
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let close = requested.or_else(|| {
+        shutdown.is_cancelled().then(|| CloseFrame {
+            code: CLOSE_GOING_AWAY,
+            reason: "gateway shutting down".into(),
+        })
+    });
+    let goodbye = async {
+        if let Some(close) = close {
+            let _ = sink.send(Message::Close(Some(close))).await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(send_timeout.min(SHUTDOWN_SEND_GRACE), goodbye).await;
+}
+
+/// Whether the reader may use `id` as an execution id.
+fn is_usable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= sluice_protocol::MAX_ID_BYTES
+}
+
+/// The reader side's state.
+struct Connection {
+    state: Arc<GatewayState>,
+    link: Arc<SocketLink>,
+    /// Refusals that belong to no session are numbered on this stream.
+    own: Arc<EventStream>,
+    /// Executions this socket started, by id, with the session each runs in; stdin and
+    /// cancel without a `session` look here.
+    started: HashMap<String, (Arc<Session>, Arc<AtomicBool>)>,
+    /// Executions this socket started that have not ended.
+    running_here: Arc<AtomicUsize>,
+    /// Cancelled on gateway shutdown or when the writer gives up; every wait for room in
+    /// the socket's own stream also watches it, so a stuck client cannot stall shutdown.
+    closing: CancellationToken,
+    close_reason: Arc<std::sync::Mutex<Option<CloseFrame>>>,
+}
+
+/// A refusal: the code and the human message of an `error` event.
+type Refusal = (ErrorCode, String);
+
+impl Connection {
+    async fn handle_text(&mut self, text: &str) {
+        if text.len() > self.state.config.max_frame_bytes {
+            let message = format!(
+                "frame of {} bytes exceeds the maximum of {} bytes; it was not processed",
+                text.len(),
+                self.state.config.max_frame_bytes
+            );
+            return self.refuse(None, ErrorCode::TooLarge, message).await;
+        }
+        match ClientFrame::decode(text) {
+            Ok(ClientFrame::Execute(request)) => self.execute(request).await,
+            Ok(ClientFrame::Stdin(frame)) => self.stdin(frame).await,
+            Ok(ClientFrame::Cancel(frame)) => self.cancel(frame).await,
+            Ok(ClientFrame::Attach(frame)) => self.attach(frame).await,
+            Ok(ClientFrame::Detach(frame)) => self.detach(frame).await,
+            Err(err) => self.refuse_frame(err).await,
+        }
+    }
+
+    /// A refused frame: terminal for its execution only if it was an `execute` whose id
+    /// is free; otherwise it belongs to no execution.
+    async fn refuse_frame(&mut self, err: FrameError) {
+        let id = match (&err.frame_type, err.id) {
+            (Some(kind), Some(id))
+                if kind == "execute" && is_usable_id(&id) && !self.is_running_here(&id) =>
+            {
+                Some(id)
+            }
+            _ => None,
+        };
+        self.refuse(id, err.code, err.message).await;
+    }
+
+    /// Sends an `error` on the socket's own stream.
+    async fn refuse(&self, id: Option<String>, code: ErrorCode, message: impl Into<String>) {
+        let event = Event::error(id, code, message);
+        self.publish_or_close(&self.own, event).await;
+    }
+
+    /// Publishes on `stream` once it has room, unless the connection closes first.
+    async fn publish_or_close(&self, stream: &EventStream, event: Event) {
+        tokio::select! {
+            biased;
+            () = stream.room() => {
+                stream.publish(event);
+            }
+            () = self.closing.cancelled() => {}
+        }
+    }
+
+    fn is_running_here(&self, id: &str) -> bool {
+        self.started
+            .get(id)
+            .is_some_and(|(_, finished)| !finished.load(Ordering::Acquire))
+    }
+
+    async fn execute(&mut self, request: ExecuteRequest) {
+        let session = match &request.session {
+            None => {
+                if self.is_running_here(&request.id) {
+                    let message = format!(
+                        "execution id {:?} is already running on this socket",
+                        request.id
+                    );
+                    return self.refuse(None, ErrorCode::DuplicateId, message).await;
+                }
+                match self.state.sessions.open_ephemeral() {
+                    Ok(session) => {
+                        self.link.subscribe(&session, 0, true);
+                        session
+                    }
+                    Err(err) => {
+                        let code = open_error_code(&err);
+                        return self.refuse(Some(request.id), code, err.to_string()).await;
+                    }
+                }
+            }
+            Some(name) => {
+                // An id the session already knows is answered from the session: this
+                // socket gets its events (replayed from the buffer), nothing runs twice.
+                let known = self
+                    .state
+                    .sessions
+                    .get(name)
+                    .filter(|session| session.knows(&request.id));
+                if let Some(session) = known {
+                    if let Err((code, message)) = self.join(&session, 0) {
+                        self.refuse(Some(request.id), code, message).await;
+                    }
+                    return;
+                }
+                match self.named_session(name) {
+                    Ok(session) => session,
+                    Err((code, message)) => {
+                        return self.refuse(Some(request.id), code, message).await;
+                    }
+                }
+            }
+        };
+        if let Err((code, message)) = self.start(request.clone(), session.clone()) {
+            let event = Event::error(Some(request.id), code, message);
+            session.refused();
+            self.publish_or_close(&session.stream, event).await;
+        }
+    }
+
+    /// The named session an `execute` runs in, opened and read by this socket if it was
+    /// not (from its next event on: what came before is for `attach` to replay).
+    fn named_session(&mut self, name: &str) -> Result<Arc<Session>, Refusal> {
+        if let Some(session) = self.link.session(name) {
+            return Ok(session);
+        }
+        self.check_session_room()?;
+        let (session, _) = self
+            .state
+            .sessions
+            .open_named(name)
+            .map_err(|err| (open_error_code(&err), err.to_string()))?;
+        let cursor = session.stream.head();
+        self.link.subscribe(&session, cursor, false);
+        Ok(session)
+    }
+
+    /// Starts reading `session` after `since` (moves the cursor if this socket reads it
+    /// already).
+    fn join(&mut self, session: &Arc<Session>, since: u64) -> Result<(), Refusal> {
+        if self.link.reads(session) {
+            self.link.subscribe(session, since, false);
+            return Ok(());
+        }
+        if !session.ephemeral {
+            self.check_session_room()?;
+        }
+        if !self.state.sessions.attach(session) {
+            return Err(unknown_session(session.id()));
+        }
+        self.link.subscribe(session, since, false);
+        Ok(())
+    }
+
+    fn check_session_room(&self) -> Result<(), Refusal> {
+        let max = self.state.config.max_sessions_per_connection;
+        if self.link.named_sessions() >= max {
+            return Err((
+                ErrorCode::TooManySessions,
+                format!("this socket is already attached to {max} sessions, the maximum"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what only the gateway can check, then starts the execution task.
+    fn start(&mut self, request: ExecuteRequest, session: Arc<Session>) -> Result<(), Refusal> {
+        let state = self.state.clone();
+        let ExecuteRequest {
+            id,
+            language,
+            code,
+            stdin,
+            env,
+            args,
+            limits,
+            encoding,
+            ..
+        } = request;
+        if state.shutdown.is_cancelled() {
+            return Err((
+                ErrorCode::ShuttingDown,
+                "the gateway is shutting down".into(),
+            ));
+        }
+        let Some(runtime) = state.runtimes.get(&language) else {
+            let known = state.runtimes.names().join(", ");
+            return Err((
+                ErrorCode::UnknownLanguage,
+                format!("unknown language {language:?}; this gateway runs: {known}"),
+            ));
+        };
+        let limits = state
+            .config
+            .limits
+            .resolve(&limits)
+            .map_err(|message| (ErrorCode::InvalidLimit, message))?;
+        let max_here = state.config.max_executions_per_connection;
+        if self.running_here.load(Ordering::Acquire) >= max_here {
+            return Err((
+                ErrorCode::TooManyExecutions,
+                format!("{max_here} executions are already running on this socket, the maximum"),
+            ));
+        }
+        let Ok(slot) = state.execution_slots.clone().try_acquire_owned() else {
+            let max = state.config.max_executions;
+            return Err((
+                ErrorCode::TooManyExecutions,
+                format!("the gateway is running {max} executions, its maximum"),
+            ));
+        };
+        let spec = ExecutionSpec {
+            id: id.clone(),
+            runtime: runtime.clone(),
+            code,
+            args,
+            env: env.into_iter().collect(),
+            stdin,
+            encoding,
+            limits,
+        };
+        let ctx = ExecutionContext {
+            session: session.clone(),
+            work_root: state.work_root.clone(),
+            base_env: state.base_env.clone(),
+            chunk_bytes: state.config.chunk_bytes,
+            kill_grace: state.config.kill_grace,
+        };
+        // Alone on the gateway (every other slot free), start the program inline.
+        let spawn_inline =
+            state.execution_slots.available_permits() + 1 >= state.config.max_executions;
+        let (handle, task) = execution::prepare(
+            spec,
+            ctx,
+            slot,
+            state.config.stdin_queue,
+            session.cancel.child_token(),
+            spawn_inline,
+        );
+        let finished = handle.finished_flag();
+        if self.started.len() >= 2 * max_here {
+            self.started
+                .retain(|_, (_, finished)| !finished.load(Ordering::Acquire));
+        }
+        self.started
+            .insert(id.clone(), (session.clone(), finished.clone()));
+        session.add_execution(id.clone(), handle);
+        self.running_here.fetch_add(1, Ordering::AcqRel);
+        let running_here = self.running_here.clone();
+        state.executions.spawn(async move {
+            // Every execution ends with exactly one terminal event, even if its task fails.
+            if std::panic::AssertUnwindSafe(task)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(execution = %id, "execution task failed");
+                if !finished.swap(true, Ordering::AcqRel) {
+                    let message = "the gateway failed while running this execution";
+                    let event = Event::error(Some(id.clone()), ErrorCode::Internal, message);
+                    session.stream.publish(event);
+                }
+            }
+            running_here.fetch_sub(1, Ordering::AcqRel);
+            session.execution_finished(&id);
+        });
+        Ok(())
+    }
+
+    /// The session a `stdin` or `cancel` frame's execution runs in.
+    fn session_of(&self, session: Option<&str>, id: &str) -> Result<Arc<Session>, Refusal> {
+        match session {
+            Some(name) => self.link.session(name).ok_or_else(|| unknown_session(name)),
+            None => self
+                .started
+                .get(id)
+                .map(|(session, _)| session.clone())
+                .ok_or_else(|| not_running(id)),
+        }
+    }
+
+    async fn stdin(&mut self, frame: StdinFrame) {
+        let StdinFrame {
+            id,
+            session,
+            data,
+            eof,
+        } = frame;
+        let budget = self.state.config.stdin_queue_bytes;
+        let offered = self
+            .session_of(session.as_deref(), &id)
+            .and_then(|session| {
+                session
+                    .with_execution(&id, |known| match known {
+                        Known::Running(handle) if !handle.is_finished() => {
+                            offer_stdin(handle, &id, data, eof, budget)
+                        }
+                        _ => Err(not_running(&id)),
+                    })
+                    .unwrap_or_else(|| Err(not_running(&id)))
+            });
+        if let Err((code, message)) = offered {
+            self.refuse(None, code, message).await;
+        }
+    }
+
+    async fn cancel(&mut self, frame: CancelFrame) {
+        let CancelFrame { id, session } = frame;
+        let cancelled = self
+            .session_of(session.as_deref(), &id)
+            .and_then(|session| {
+                session
+                    .with_execution(&id, |known| match known {
+                        Known::Running(handle) if !handle.is_finished() => {
+                            handle.cancel.cancel();
+                            Ok(())
+                        }
+                        _ => Err(not_running(&id)),
+                    })
+                    .unwrap_or_else(|| Err(not_running(&id)))
+            });
+        if let Err((code, message)) = cancelled {
+            self.refuse(None, code, message).await;
+        }
+    }
+
+    async fn attach(&mut self, frame: AttachFrame) {
+        let AttachFrame { session, since } = frame;
+        let Some(found) = self.state.sessions.get(&session) else {
+            let (code, message) = unknown_session(&session);
+            return self.refuse(None, code, message).await;
+        };
+        let since = since.unwrap_or(0);
+        let head = found.stream.head();
+        if since > head {
+            let message = format!(
+                "since {since} is past the last event of session {session:?}, which is {head}"
+            );
+            return self.refuse(None, ErrorCode::BadRequest, message).await;
+        }
+        if let Err((code, message)) = self.join(&found, since) {
+            self.refuse(None, code, message).await;
+        }
+    }
+
+    async fn detach(&mut self, frame: DetachFrame) {
+        let detached = self
+            .link
+            .session(&frame.session)
+            .is_some_and(|session| self.link.unsubscribe(&session, &self.state.sessions));
+        if !detached {
+            let (code, message) = unknown_session(&frame.session);
+            self.refuse(None, code, message).await;
+        }
+    }
+
+    /// A read error ends the connection; a frame over the transport cap is said so with
+    /// close code 1009 before the socket closes.
+    fn read_failed(&self, err: axum::Error) {
+        let err = err.into_inner();
+        let too_big = matches!(
+            err.downcast_ref::<tungstenite::Error>(),
+            Some(tungstenite::Error::Capacity(_))
+        );
+        if too_big {
+            let cap = self.state.config.max_frame_bytes.saturating_mul(4);
+            tracing::info!(%err, "closing: frame over the transport cap");
+            let close = CloseFrame {
+                code: CLOSE_TOO_BIG,
+                reason: format!("frame larger than {cap} bytes").into(),
+            };
+            *self
+                .close_reason
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(close);
+        } else {
+            tracing::debug!(%err, "socket read failed");
+        }
+    }
+}
+
+/// Queues client input for a running program, within its byte and frame budgets.
+fn offer_stdin(
+    handle: &mut execution::ExecutionHandle,
+    id: &str,
+    data: Option<String>,
+    eof: bool,
+    budget: usize,
+) -> Result<(), Refusal> {
+    if handle.stdin_closed {
+        let message = format!("stdin of execution {id:?} is already closed");
+        return Err((ErrorCode::StdinClosed, message));
+    }
+    let bytes = data.as_ref().map_or(0, String::len);
+    let queued = handle.stdin_queued_bytes.load(Ordering::Acquire);
+    if bytes > 0 && queued + bytes > budget {
+        let message = format!(
+            "execution {id:?} has {queued} bytes of stdin not yet read (at most {budget} may wait); this input was dropped"
+        );
+        return Err((ErrorCode::StdinFull, message));
+    }
+    // Counted before it is queued, so the writer's subtraction never comes first.
+    handle.stdin_queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+    let sent = handle.stdin.try_send(StdinChunk { data, eof });
+    if sent.is_err() {
+        handle.stdin_queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+    match sent {
+        Ok(()) => {
+            handle.stdin_closed = eof;
+            Ok(())
+        }
+        Err(TrySendError::Full(_)) => Err((
+            ErrorCode::StdinFull,
+            format!(
+                "execution {id:?} is not reading its stdin fast enough; this input was dropped"
+            ),
+        )),
+        Err(TrySendError::Closed(_)) => {
+            handle.stdin_closed = true;
+            Err((
+                ErrorCode::StdinClosed,
+                format!("execution {id:?} closed its stdin"),
+            ))
+        }
+    }
+}
+
+fn not_running(id: &str) -> Refusal {
+    (
+        ErrorCode::UnknownExecution,
+        format!("no execution {id:?} is running on this socket"),
+    )
+}
+
+fn unknown_session(name: &str) -> Refusal {
+    (
+        ErrorCode::UnknownSession,
+        format!("no session {name:?} is open (it never was, or it ended), or this socket is not attached to it"),
+    )
+}
+
+fn open_error_code(err: &OpenError) -> ErrorCode {
+    match err {
+        OpenError::TooMany(_) => ErrorCode::TooManySessions,
+        OpenError::GatewayMade(_) => ErrorCode::BadRequest,
+    }
+}

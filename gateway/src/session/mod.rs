@@ -1,0 +1,308 @@
+//! Sessions: the unit that outlives a socket.
+//!
+//! A [`Session`] is a named [`EventStream`] plus the executions that run in it. Any
+//! number of sockets may be attached to it; each receives every event, and a socket that
+//! comes back resumes from the last sequence it saw. When the last socket goes away the
+//! session lives on for the grace period, then its executions are cancelled and it is
+//! freed. A session the gateway made for one execution ends as soon as that execution
+//! has ended and its events were taken.
+
+mod stream;
+
+pub(crate) use stream::{gap_event, EventStream, ReplayCaps, SocketId};
+
+use crate::execution::ExecutionHandle;
+use dashmap::DashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// How many finished execution ids a session remembers, so that a repeated `execute`
+/// is answered from the session instead of running twice.
+const REMEMBERED_FINISHED: usize = 4_096;
+
+/// An execution as its session knows it.
+#[derive(Debug)]
+pub(crate) enum Known {
+    Running(ExecutionHandle),
+    Finished,
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    executions: HashMap<String, Known>,
+    finished_order: VecDeque<String>,
+    running: usize,
+    /// Sockets attached now.
+    attached: usize,
+    /// Bumped on every attach, so a grace timer can tell it was overtaken.
+    generation: u64,
+    /// At least one execution ran here (a gateway-made session is complete after it).
+    ran: bool,
+    ended: bool,
+}
+
+/// A session: the stream its executions share, its executions and its attachments.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) stream: EventStream,
+    /// Gateway-made for one execution (no `session` in the `execute`).
+    pub(crate) ephemeral: bool,
+    /// Cancelled when the session ends; every execution's cancel token is its child.
+    pub(crate) cancel: CancellationToken,
+    state: Mutex<SessionState>,
+}
+
+impl Session {
+    fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        self.stream.session_id().map_or("", |id| id)
+    }
+
+    /// Runs `f` on the execution named `id`, if the session knows it.
+    pub(crate) fn with_execution<T>(&self, id: &str, f: impl FnOnce(&mut Known) -> T) -> Option<T> {
+        self.lock().executions.get_mut(id).map(f)
+    }
+
+    /// True if an execution with this id runs or ran here (and is still remembered).
+    pub(crate) fn knows(&self, id: &str) -> bool {
+        self.lock().executions.contains_key(id)
+    }
+
+    /// Records a new execution; false if the session has ended.
+    pub(crate) fn add_execution(&self, id: String, handle: ExecutionHandle) -> bool {
+        let mut state = self.lock();
+        if state.ended {
+            return false;
+        }
+        state.executions.insert(id, Known::Running(handle));
+        state.running += 1;
+        state.ran = true;
+        true
+    }
+
+    /// Records that `id` has sent its terminal event. Wakes the readers: a gateway-made
+    /// session is complete now and its socket may let it go.
+    pub(crate) fn execution_finished(&self, id: &str) {
+        let mut state = self.lock();
+        if let Some(known) = state.executions.get_mut(id) {
+            if matches!(known, Known::Running(_)) {
+                *known = Known::Finished;
+                state.running -= 1;
+                state.finished_order.push_back(id.to_owned());
+                if state.finished_order.len() > REMEMBERED_FINISHED {
+                    if let Some(old) = state.finished_order.pop_front() {
+                        state.executions.remove(&old);
+                    }
+                }
+            }
+        }
+        drop(state);
+        self.stream.wake_readers();
+    }
+
+    /// An `execute` in this session was refused before it started (its `error` is its
+    /// terminal event): a gateway-made session is complete with it.
+    pub(crate) fn refused(&self) {
+        self.lock().ran = true;
+        self.stream.wake_readers();
+    }
+
+    /// A gateway-made session whose execution has ended: nothing more will happen in it.
+    pub(crate) fn is_complete(&self) -> bool {
+        let state = self.lock();
+        self.ephemeral && state.ran && state.running == 0
+    }
+
+    fn attach(&self) -> bool {
+        let mut state = self.lock();
+        if state.ended {
+            return false;
+        }
+        state.attached += 1;
+        state.generation += 1;
+        true
+    }
+}
+
+/// Every live session by id, shared by all connections.
+#[derive(Debug)]
+pub(crate) struct SessionRegistry {
+    sessions: DashMap<Arc<str>, Arc<Session>>,
+    caps: ReplayCaps,
+    grace: Duration,
+    max_sessions: usize,
+    /// Parent of every session's cancel token (the gateway's shutdown).
+    shutdown: CancellationToken,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("the gateway has {0} sessions open, its maximum")]
+    TooMany(usize),
+    #[error("session {0:?} was made by the gateway for one execution; name a session of your own to run several executions in one")]
+    GatewayMade(String),
+}
+
+impl SessionRegistry {
+    pub(crate) fn new(
+        caps: ReplayCaps,
+        grace: Duration,
+        max_sessions: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            sessions: DashMap::new(),
+            caps,
+            grace,
+            max_sessions,
+            shutdown,
+        }
+    }
+
+    fn new_session(&self, id: Arc<str>, ephemeral: bool) -> Arc<Session> {
+        Arc::new(Session {
+            stream: EventStream::new(Some(id), self.caps),
+            ephemeral,
+            cancel: self.shutdown.child_token(),
+            state: Mutex::new(SessionState::default()),
+        })
+    }
+
+    /// The session named `name`, created if it does not exist, attached once more.
+    /// `true` in the result when it was created.
+    pub(crate) fn open_named(&self, name: &str) -> Result<(Arc<Session>, bool), OpenError> {
+        use dashmap::mapref::entry::Entry;
+        loop {
+            if let Some(session) = self.get(name) {
+                if session.ephemeral {
+                    return Err(OpenError::GatewayMade(name.to_owned()));
+                }
+                if session.attach() {
+                    return Ok((session, false));
+                }
+                // It ended just now; make a fresh one.
+                self.remove(&session);
+                continue;
+            }
+            if self.sessions.len() >= self.max_sessions {
+                return Err(OpenError::TooMany(self.max_sessions));
+            }
+            let key: Arc<str> = Arc::from(name);
+            if let Entry::Vacant(slot) = self.sessions.entry(key.clone()) {
+                let session = self.new_session(key, false);
+                session.attach();
+                slot.insert(session.clone());
+                return Ok((session, true));
+            }
+        }
+    }
+
+    /// A fresh gateway-made session (128 random bits, hex), attached once.
+    pub(crate) fn open_ephemeral(&self) -> Result<Arc<Session>, OpenError> {
+        use dashmap::mapref::entry::Entry;
+        if self.sessions.len() >= self.max_sessions {
+            return Err(OpenError::TooMany(self.max_sessions));
+        }
+        loop {
+            let key: Arc<str> = Arc::from(random_session_id());
+            if let Entry::Vacant(slot) = self.sessions.entry(key.clone()) {
+                let session = self.new_session(key, true);
+                session.attach();
+                slot.insert(session.clone());
+                return Ok(session);
+            }
+        }
+    }
+
+    /// The live session named `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Session>> {
+        self.sessions.get(name).map(|entry| entry.value().clone())
+    }
+
+    /// Attaches one more socket to an existing session; false if it has ended.
+    pub(crate) fn attach(&self, session: &Session) -> bool {
+        session.attach()
+    }
+
+    /// A socket let go of `session`. `took_everything`: it had taken every event. The
+    /// last socket to leave starts the grace period, except that a complete
+    /// gateway-made session whose events were all taken ends at once.
+    pub(crate) fn detach(self: &Arc<Self>, session: &Arc<Session>, took_everything: bool) {
+        let generation = {
+            let mut state = session.lock();
+            state.attached = state.attached.saturating_sub(1);
+            if state.attached > 0 || state.ended {
+                return;
+            }
+            let complete = session.ephemeral && state.ran && state.running == 0;
+            if (complete && took_everything) || self.grace.is_zero() {
+                drop(state);
+                return self.end(session);
+            }
+            state.generation
+        };
+        let registry = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(registry.grace) => {}
+                () = session.cancel.cancelled() => {}
+            }
+            let abandoned = {
+                let state = session.lock();
+                state.attached == 0 && state.generation == generation
+            };
+            if abandoned {
+                tracing::debug!(
+                    session = session.id(),
+                    "grace period over: ending the session"
+                );
+                registry.end(&session);
+            }
+        });
+    }
+
+    /// Ends a session with no socket attached: its executions are cancelled, nobody
+    /// waits for its events any more, and its id is free again.
+    pub(crate) fn end(&self, session: &Session) {
+        session.lock().ended = true;
+        session.cancel.cancel();
+        session.stream.close();
+        self.remove(session);
+    }
+
+    fn remove(&self, session: &Session) {
+        if let Some(id) = session.stream.session_id() {
+            self.sessions
+                .remove_if(id, |_, live| std::ptr::eq(Arc::as_ptr(live), session));
+        }
+    }
+}
+
+fn random_session_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS random source failing is not something a client can cause; fall back to
+        // a clock-and-counter id, which is unique though guessable, and say so.
+        tracing::error!("the OS random source failed; session id is unique but guessable");
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = (t ^ u128::from(n) << 64).to_le_bytes();
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+        .map(char::from)
+        .collect()
+}
