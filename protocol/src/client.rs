@@ -19,6 +19,8 @@ pub enum ClientFrame {
     Attach(AttachFrame),
     /// Stop receiving a session's events on this socket.
     Detach(DetachFrame),
+    /// Tell the gateway which of a session's events the client has received.
+    Ack(AckFrame),
 }
 
 /// How program output is carried in `stdout`/`stderr` events.
@@ -107,6 +109,18 @@ pub struct AttachFrame {
     pub since: Option<u64>,
 }
 
+/// The `ack` frame: the client has received `session`'s events up to `sequence`. A
+/// session's lead that acknowledges keeps every event it has not acknowledged buffered
+/// (the programs wait once the buffer is full), so a connection that drops loses
+/// nothing in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckFrame {
+    /// The session whose events are acknowledged.
+    pub session: String,
+    /// The last sequence received.
+    pub sequence: u64,
+}
+
 /// The `detach` frame: stop delivering `session`'s events to this socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DetachFrame {
@@ -143,7 +157,7 @@ struct FrameProbe {
     id: Option<serde_json::Value>,
 }
 
-const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach";
+const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach, ack";
 
 impl ClientFrame {
     /// Decodes one text frame and checks the constraints serde cannot express (id length,
@@ -167,7 +181,7 @@ impl ClientFrame {
             Self::Execute(e) => Some(&e.id),
             Self::Stdin(s) => Some(&s.id),
             Self::Cancel(c) => Some(&c.id),
-            Self::Attach(_) | Self::Detach(_) => None,
+            Self::Attach(_) | Self::Detach(_) | Self::Ack(_) => None,
         }
     }
 
@@ -179,6 +193,7 @@ impl ClientFrame {
             Self::Cancel(c) => c.session.as_deref(),
             Self::Attach(a) => Some(&a.session),
             Self::Detach(d) => Some(&d.session),
+            Self::Ack(a) => Some(&a.session),
         }
     }
 
@@ -189,6 +204,7 @@ impl ClientFrame {
             Self::Cancel(_) => "cancel",
             Self::Attach(_) => "attach",
             Self::Detach(_) => "detach",
+            Self::Ack(_) => "ack",
         }
     }
 
@@ -230,7 +246,8 @@ impl ClientFrame {
                     "stdin frame needs \"data\", \"eof\": true, or both".to_owned()
                 ));
             }
-            Self::Stdin(_) | Self::Cancel(_) | Self::Attach(_) | Self::Detach(_) => {}
+            Self::Stdin(_) | Self::Cancel(_) | Self::Attach(_) | Self::Detach(_) | Self::Ack(_) => {
+            }
         }
         Ok(())
     }

@@ -21,8 +21,8 @@ mod json;
 mod limits;
 
 pub use client::{
-    AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ExecuteRequest, FrameError,
-    StdinFrame,
+    AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ExecuteRequest,
+    FrameError, StdinFrame,
 };
 pub use error::ErrorCode;
 pub use event::{Event, EventKind, InvalidEvent, LimitKind, Usage};

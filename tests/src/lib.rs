@@ -11,8 +11,8 @@ use futures::{SinkExt as _, StreamExt as _};
 use sluice_client::{Client, Execution, Outcome};
 use sluice_gateway::{Config, GatewayError};
 use sluice_protocol::{
-    AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ErrorCode, Event, EventKind,
-    ExecuteRequest, StdinFrame,
+    AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ErrorCode, Event,
+    EventKind, ExecuteRequest, StdinFrame,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -173,6 +173,8 @@ pub struct RawSocket {
     subprotocol: Option<String>,
     /// How the socket ended without a close frame, once [`RawSocket::closed`] saw it.
     ending: Option<String>,
+    /// Off for tests that stream more than is worth keeping: events are not recorded.
+    recording: bool,
 }
 
 impl fmt::Debug for RawSocket {
@@ -222,6 +224,7 @@ impl RawSocket {
             received: Vec::new(),
             subprotocol,
             ending: None,
+            recording: true,
         })
     }
 
@@ -236,6 +239,11 @@ impl RawSocket {
     /// The subprotocol the gateway selected, if any.
     pub fn subprotocol(&self) -> Option<&str> {
         self.subprotocol.as_deref()
+    }
+
+    /// Stops recording received events (for streams too large to keep).
+    pub fn stop_recording(&mut self) {
+        self.recording = false;
     }
 
     /// Every event received so far, in arrival order.
@@ -305,6 +313,15 @@ impl RawSocket {
         .await
     }
 
+    /// Sends an `ack` frame.
+    pub async fn ack(&mut self, session: &str, sequence: u64) -> Result<()> {
+        self.send_frame(&ClientFrame::Ack(AckFrame {
+            session: session.to_owned(),
+            sequence,
+        }))
+        .await
+    }
+
     /// Sends a `detach` frame.
     pub async fn detach(&mut self, session: &str) -> Result<()> {
         self.send_frame(&ClientFrame::Detach(DetachFrame {
@@ -322,7 +339,9 @@ impl RawSocket {
                 Some(Ok(Message::Text(text))) => {
                     let event = Event::decode(text.as_str())
                         .map_err(|e| anyhow!("the gateway sent an invalid event: {e}: {text}"))?;
-                    self.received.push(event.clone());
+                    if self.recording {
+                        self.received.push(event.clone());
+                    }
                     return Ok(event);
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}

@@ -6,12 +6,21 @@ use axum::extract::ws::Utf8Bytes;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
+/// How many finished gateway-made sessions a socket keeps after taking all their
+/// events. Events taken are not yet events received: if the connection drops, what was
+/// still in flight can be replayed from these (they enter the grace period with the
+/// socket's other sessions). Older ones end as newer ones finish.
+const KEEP_FINISHED: usize = 16;
+
 /// One stream this socket reads.
 #[derive(Debug)]
 struct Subscription {
     source: Source,
     /// The last sequence taken.
     cursor: u64,
+    /// A gateway-made session whose events are all taken: kept for a reconnect only.
+    /// The number orders them, oldest first.
+    finished: Option<u64>,
 }
 
 /// Where a subscription's events come from.
@@ -51,6 +60,8 @@ pub(crate) struct SocketLink {
     subscriptions: Mutex<Vec<Subscription>>,
     /// Where the writer starts its next pass, so no stream starves the others.
     next_start: Mutex<usize>,
+    /// Counts finished gateway-made sessions, to order them.
+    finished_count: std::sync::atomic::AtomicU64,
 }
 
 /// What the writer took in one pass.
@@ -70,8 +81,10 @@ impl SocketLink {
             subscriptions: Mutex::new(vec![Subscription {
                 source: Source::Own(own),
                 cursor: 0,
+                finished: None,
             }]),
             next_start: Mutex::new(0),
+            finished_count: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -114,12 +127,14 @@ impl SocketLink {
         let fresh = match existing {
             Some(subscription) => {
                 subscription.cursor = cursor;
+                subscription.finished = None;
                 false
             }
             None => {
                 subscriptions.push(Subscription {
                     source: Source::Session(session.clone()),
                     cursor,
+                    finished: None,
                 });
                 true
             }
@@ -149,7 +164,9 @@ impl SocketLink {
         }
     }
 
-    /// Stops reading every session (the socket is going away).
+    /// Stops reading every session (the socket is going away). Events taken may not
+    /// have reached the client, so every session, finished or not, gets the grace
+    /// period for a reconnect.
     pub(crate) fn unsubscribe_all(&self, registry: &Arc<SessionRegistry>) {
         let removed: Vec<Subscription> = {
             let mut subscriptions = self.lock();
@@ -159,10 +176,14 @@ impl SocketLink {
             sessions
         };
         for subscription in removed {
-            self.release(subscription, registry);
+            if let Some(session) = subscription.session() {
+                session.stream.remove_reader(self.socket);
+                registry.detach(session, false);
+            }
         }
     }
 
+    /// Lets go of a session whose events the client has (or never needs).
     fn release(&self, subscription: Subscription, registry: &Arc<SessionRegistry>) {
         if let Some(session) = subscription.session() {
             session.stream.remove_reader(self.socket);
@@ -184,7 +205,7 @@ impl SocketLink {
                 .next_start
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let mut done = Vec::new();
+            let mut done = false;
             for step in 0..count {
                 if batch.bytes >= max_bytes {
                     // Start the next pass where this one ran out of room.
@@ -193,6 +214,9 @@ impl SocketLink {
                 }
                 let index = (*start + step) % count;
                 let subscription = &mut subscriptions[index];
+                if subscription.finished.is_some() {
+                    continue;
+                }
                 let before = batch.frames.len();
                 let stream = subscription.stream();
                 let taken = stream.take(
@@ -215,15 +239,32 @@ impl SocketLink {
                     .session()
                     .is_some_and(|session| taken.cursor >= taken.head && session.is_complete());
                 if complete {
-                    done.push(index);
+                    subscription.finished = Some(
+                        self.finished_count
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    );
+                    done = true;
                 }
             }
-            done.sort_unstable();
-            for index in done.into_iter().rev() {
-                finished.push(subscriptions.swap_remove(index));
-            }
-            if !finished.is_empty() {
-                *start = 0;
+            if done {
+                // Keep the newest finished sessions; the older ones end now.
+                let mut kept: Vec<u64> = subscriptions.iter().filter_map(|s| s.finished).collect();
+                if kept.len() > KEEP_FINISHED {
+                    kept.sort_unstable();
+                    let oldest_kept = kept[kept.len() - KEEP_FINISHED];
+                    let mut index = 0;
+                    while index < subscriptions.len() {
+                        if subscriptions[index]
+                            .finished
+                            .is_some_and(|n| n < oldest_kept)
+                        {
+                            finished.push(subscriptions.swap_remove(index));
+                        } else {
+                            index += 1;
+                        }
+                    }
+                    *start = 0;
+                }
             }
         }
         for subscription in finished {

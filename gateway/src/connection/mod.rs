@@ -16,7 +16,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
 use link::SocketLink;
 use sluice_protocol::{
-    AttachFrame, CancelFrame, ClientFrame, DetachFrame, ErrorCode, Event, ExecuteRequest,
+    AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, ErrorCode, Event, ExecuteRequest,
     FrameError, StdinFrame,
 };
 use std::collections::HashMap;
@@ -239,6 +239,7 @@ impl Connection {
             Ok(ClientFrame::Cancel(frame)) => self.cancel(frame).await,
             Ok(ClientFrame::Attach(frame)) => self.attach(frame).await,
             Ok(ClientFrame::Detach(frame)) => self.detach(frame).await,
+            Ok(ClientFrame::Ack(frame)) => self.ack(frame).await,
             Err(err) => self.refuse_frame(err).await,
         }
     }
@@ -563,6 +564,16 @@ impl Connection {
         if !detached {
             let (code, message) = unknown_session(&frame.session);
             self.refuse(None, code, message).await;
+        }
+    }
+
+    async fn ack(&mut self, frame: AckFrame) {
+        match self.link.session(&frame.session) {
+            Some(session) => session.stream.ack(self.link.socket, frame.sequence),
+            None => {
+                let (code, message) = unknown_session(&frame.session);
+                self.refuse(None, code, message).await;
+            }
         }
     }
 

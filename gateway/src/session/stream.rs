@@ -48,9 +48,11 @@ struct Inner {
     readers: Vec<Reader>,
     /// The reader whose pace limits the producers, if one is attached.
     lead: Option<SocketId>,
-    /// The highest sequence the lead (current or last) has taken. Frames after it are
-    /// kept even when the ring is over its caps.
+    /// The highest sequence the lead (current or last) has taken.
     lead_taken: u64,
+    /// The highest sequence the lead has acknowledged, once it acknowledges at all. A
+    /// new lead inherits acknowledging (from the sequence it attached after).
+    lead_acked: Option<u64>,
     /// Nobody will read any more: evict freely, never make a producer wait.
     closed: bool,
 }
@@ -66,12 +68,19 @@ impl Inner {
         self.ring.len() > caps.events || self.ring_bytes > caps.bytes
     }
 
+    /// Frames after this are kept even when the ring is over its caps: the lead has
+    /// not taken them, or (if it acknowledges) not acknowledged them.
+    fn pinned(&self) -> u64 {
+        self.lead_acked
+            .map_or(self.lead_taken, |acked| acked.min(self.lead_taken))
+    }
+
     fn front_evictable(&self) -> bool {
         self.closed
             || self
                 .ring
                 .front()
-                .is_some_and(|frame| frame.sequence <= self.lead_taken)
+                .is_some_and(|frame| frame.sequence <= self.pinned())
     }
 
     fn has_room(&self, caps: ReplayCaps) -> bool {
@@ -120,6 +129,7 @@ impl EventStream {
                 readers: Vec::new(),
                 lead: None,
                 lead_taken: 0,
+                lead_acked: None,
                 closed: false,
             }),
             room: Notify::new(),
@@ -233,9 +243,26 @@ impl EventStream {
         if lead || inner.lead.is_none() {
             inner.lead = Some(socket);
             inner.lead_taken = cursor;
+            if inner.lead_acked.is_some() {
+                inner.lead_acked = Some(cursor);
+            }
             drop(inner);
             self.room.notify_waiters();
         }
+    }
+
+    /// The client behind `socket` has received everything up to `sequence`. Only the
+    /// lead's acknowledgements pace the stream.
+    pub(crate) fn ack(&self, socket: SocketId, sequence: u64) {
+        let mut inner = self.lock();
+        if inner.lead != Some(socket) {
+            return;
+        }
+        let head = inner.next_sequence - 1;
+        let acked = inner.lead_acked.unwrap_or(0).max(sequence.min(head));
+        inner.lead_acked = Some(acked);
+        drop(inner);
+        self.room.notify_waiters();
     }
 
     /// Removes a reader. When it was the lead, the stream keeps what it had not taken:
@@ -335,6 +362,26 @@ mod tests {
         let taken = s.take(1, 0, usize::MAX, &mut out);
         assert_eq!((taken.gap, out.len()), (None, 3));
         assert!(s.has_room());
+    }
+
+    #[test]
+    fn an_acknowledging_lead_keeps_what_it_has_taken_but_not_acknowledged() {
+        let s = stream(2);
+        s.add_reader(1, Arc::new(Notify::new()), true, 0);
+        s.ack(1, 0);
+        publish(&s, 3);
+        let mut out = Vec::new();
+        assert_eq!(s.take(1, 0, usize::MAX, &mut out).cursor, 3);
+        assert!(!s.has_room(), "taken is not received");
+        s.ack(1, 2);
+        assert!(s.has_room());
+        // A new lead inherits acknowledging, from where it attached.
+        s.remove_reader(1);
+        s.add_reader(2, Arc::new(Notify::new()), false, 2);
+        publish(&s, 1);
+        out.clear();
+        assert_eq!(s.take(2, 2, usize::MAX, &mut out).gap, None);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]
