@@ -311,6 +311,9 @@ impl Connection {
                     .get(name)
                     .filter(|session| session.knows(&request.id));
                 if let Some(session) = known {
+                    if self.link.reads(&session) {
+                        return;
+                    }
                     if let Err((code, message)) = self.join(&session, 0) {
                         self.refuse(Some(request.id), code, message).await;
                     }
