@@ -122,6 +122,8 @@ pub struct Config {
     pub session_grace: Duration,
     /// Sessions open on the whole gateway (gateway-made ones included).
     pub max_sessions: usize,
+    /// Persistent interpreters (one per persistent session) alive at once.
+    pub max_kernels: usize,
 }
 
 impl Config {
@@ -160,6 +162,7 @@ impl Default for Config {
             replay_bytes: 8 << 20,
             session_grace: Duration::from_secs(60),
             max_sessions: 8_192,
+            max_kernels: 64,
         }
     }
 }
@@ -192,6 +195,7 @@ impl Config {
             ("replay_events", self.replay_events),
             ("replay_bytes", self.replay_bytes),
             ("max_sessions", self.max_sessions),
+            ("max_kernels", self.max_kernels),
             ("stdin_queue", self.stdin_queue),
             ("stdin_queue_bytes", self.stdin_queue_bytes),
         ] {

@@ -92,6 +92,11 @@ struct ServeArgs {
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     session_grace_ms: u64,
 
+    /// Persistent interpreters alive at once (one per persistent session); a persistent
+    /// execution that would start one more fails with `too_many_executions`.
+    #[arg(long, default_value_t = Config::default().max_kernels, value_name = "N")]
+    max_kernels: usize,
+
     /// Sessions open on the whole gateway, including the one each lone execution gets.
     #[arg(long, default_value_t = Config::default().max_sessions, value_name = "N")]
     max_sessions: usize,
@@ -180,6 +185,7 @@ impl ServeArgs {
             replay_bytes: self.replay_bytes,
             session_grace: Duration::from_millis(self.session_grace_ms),
             max_sessions: self.max_sessions,
+            max_kernels: self.max_kernels,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             stdin_queue_bytes: self.stdin_queue_bytes,

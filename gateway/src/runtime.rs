@@ -158,6 +158,11 @@ impl RuntimeTable {
     }
 
     /// Language names, sorted, for messages.
+    /// Every runtime, in no particular order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Runtime>> {
+        self.by_name.values()
+    }
+
     pub(crate) fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         names.sort_unstable();

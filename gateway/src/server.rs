@@ -79,6 +79,7 @@ pub async fn run(
         sessions: Arc::new(sessions),
         executions: TaskTracker::new(),
         execution_slots: Arc::new(Semaphore::new(config.max_executions)),
+        kernel_slots: Arc::new(Semaphore::new(config.max_kernels)),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
         shutdown: shutdown_token,
         connections: TaskTracker::new(),
@@ -139,6 +140,8 @@ pub async fn run(
             "executions still running after the shutdown grace period"
         );
     }
+    // Persistent interpreters go with their sessions.
+    state.sessions.end_all().await;
     drop(work_root);
     served.map_err(GatewayError::Serve)
 }

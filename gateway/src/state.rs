@@ -21,6 +21,8 @@ pub(crate) struct GatewayState {
     pub(crate) executions: TaskTracker,
     /// One permit per running execution, gateway-wide; each execution task owns its permit.
     pub(crate) execution_slots: Arc<Semaphore>,
+    /// One permit per persistent interpreter; each kernel owns its permit.
+    pub(crate) kernel_slots: Arc<Semaphore>,
     /// One permit per open connection; each connection task owns its permit.
     pub(crate) connection_slots: Arc<Semaphore>,
     /// The root of the cancellation tree: cancelled once on shutdown.

@@ -12,6 +12,8 @@ use std::time::Duration;
 /// A signal the gateway sends to an execution's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
+    /// SIGINT: interrupts a persistent interpreter's running cell.
+    Interrupt,
     Terminate,
     Kill,
 }
@@ -20,6 +22,7 @@ pub(crate) enum Signal {
 /// (`ESRCH`) is not an error: there is nothing left to signal.
 pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
     let signo = match signal {
+        Signal::Interrupt => libc::SIGINT,
         Signal::Terminate => libc::SIGTERM,
         Signal::Kill => libc::SIGKILL,
     };
@@ -169,4 +172,81 @@ pub(crate) fn set_pipe_size(fd: &impl AsRawFd, bytes: usize) {
     if rc < 0 {
         tracing::debug!(err = %io::Error::last_os_error(), "pipe buffer not enlarged");
     }
+}
+
+/// Starts `command` with `fd` as its descriptor 3 (a persistent interpreter's control
+/// socket). This needs a `pre_exec` hook, so it takes std's fork path: fine for the
+/// rare interpreter start, unlike the per-execution spawn.
+pub(crate) fn spawn_with_fd3(
+    command: &mut std::process::Command,
+    fd: &OwnedFd,
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    let raw = fd.as_raw_fd();
+    // SAFETY: the hook runs in the child between fork and exec and calls only dup2 and
+    // fcntl, which are async-signal-safe; it captures a plain integer.
+    #[allow(clippy::disallowed_methods)] // the one place a pre_exec hook is needed
+    unsafe {
+        command.pre_exec(move || {
+            let rc = if raw == 3 {
+                // Already in place: only the close-on-exec flag must go.
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Sends `data` on a Unix stream socket with `fds` attached (`SCM_RIGHTS`); returns the
+/// bytes sent. Never blocks on a non-blocking socket (`WouldBlock` instead).
+pub(crate) fn send_with_fds(
+    socket: &impl AsRawFd,
+    data: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> io::Result<usize> {
+    let fd_bytes = std::mem::size_of_val(fds);
+    let fd_bytes32 =
+        u32::try_from(fd_bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+    let space = usize::try_from(unsafe { libc::CMSG_SPACE(fd_bytes32) })
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // u64 elements keep the control buffer aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: all-zero is a valid `msghdr` (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `msg` points at `control`, which has room for one header and the
+        // descriptors (CMSG_SPACE above); the header pointer is inside that buffer.
+        unsafe {
+            let header = libc::CMSG_FIRSTHDR(&msg);
+            if header.is_null() {
+                return Err(io::Error::other("no room for the control message"));
+            }
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(fd_bytes32) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(header),
+                fd_bytes,
+            );
+        }
+    }
+    // SAFETY: `msg` and everything it points to (iov, data, control) outlive the call.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }

@@ -70,6 +70,11 @@ pub struct ExecuteRequest {
     /// How output is carried; `utf8` by default.
     #[serde(default, skip_serializing_if = "Encoding::is_utf8")]
     pub encoding: Encoding,
+    /// Run as a cell in the session's persistent interpreter (a notebook kernel):
+    /// variables, imports and files persist between the session's persistent
+    /// executions, which run one at a time in the order they were sent. Needs `session`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persistent: bool,
 }
 
 /// The `stdin` frame: `data` is written to the program, then stdin is closed if `eof`.
@@ -224,6 +229,12 @@ impl ClientFrame {
         match self {
             Self::Execute(e) => {
                 check_name("language", &e.language).map_err(bad)?;
+                if e.persistent && e.session.is_none() {
+                    return Err(bad(
+                        "\"persistent\": true needs a \"session\" for the interpreter to live in"
+                            .to_owned(),
+                    ));
+                }
                 if let Some(key) = e
                     .env
                     .keys()

@@ -40,6 +40,10 @@ pub enum ErrorCode {
     StdinFull,
     /// The gateway is shutting down and accepts no new executions.
     ShuttingDown,
+    /// Terminal for a cell of a persistent session whose interpreter exited or died
+    /// during it: the session's state is lost, and its next execution starts a fresh
+    /// interpreter.
+    KernelLost,
     /// An unexpected failure inside the gateway; details are in the gateway's log.
     Internal,
     /// A code this version of the protocol crate does not know (sent by a newer gateway).
@@ -64,6 +68,7 @@ impl ErrorCode {
             Self::StdinClosed => "stdin_closed",
             Self::StdinFull => "stdin_full",
             Self::ShuttingDown => "shutting_down",
+            Self::KernelLost => "kernel_lost",
             Self::Internal => "internal",
             Self::Other => "other",
         }

@@ -149,7 +149,7 @@ fn into_text(bytes: Vec<u8>) -> String {
 /// Decodes standard base64 with padding (what the gateway sends); `None` if invalid.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let input = text.as_bytes();
-    if input.len() % 4 != 0 {
+    if !input.len().is_multiple_of(4) {
         return None;
     }
     let quads = input.len() / 4;

@@ -9,7 +9,8 @@
 
 mod link;
 
-use crate::execution::{self, ExecutionContext, ExecutionSpec, StdinChunk};
+use crate::execution::kernel::KernelKind;
+use crate::execution::{self, ExecutionContext, ExecutionSpec, Start, StdinChunk};
 use crate::session::{EventStream, Known, OpenError, Session};
 use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -391,6 +392,7 @@ impl Connection {
             args,
             limits,
             encoding,
+            persistent,
             ..
         } = request;
         if state.shutdown.is_cancelled() {
@@ -405,6 +407,24 @@ impl Connection {
                 ErrorCode::UnknownLanguage,
                 format!("unknown language {language:?}; this gateway runs: {known}"),
             ));
+        };
+        let kernel = match persistent {
+            false => None,
+            true => Some(KernelKind::for_runtime(runtime).ok_or_else(|| {
+                let able: Vec<&str> = state
+                    .runtimes
+                    .all()
+                    .filter(|r| KernelKind::for_runtime(r).is_some())
+                    .map(|r| r.name.as_str())
+                    .collect();
+                (
+                    ErrorCode::BadRequest,
+                    format!(
+                        "language {language:?} has no persistent interpreter; persistent sessions run: {}",
+                        able.join(", ")
+                    ),
+                )
+            })?),
         };
         let limits = state
             .config
@@ -441,17 +461,27 @@ impl Connection {
             base_env: state.base_env.clone(),
             chunk_bytes: state.config.chunk_bytes,
             kill_grace: state.config.kill_grace,
+            kernel_slots: state.kernel_slots.clone(),
         };
         // Alone on the gateway (every other slot free), start the program inline.
         let spawn_inline =
             state.execution_slots.available_permits() + 1 >= state.config.max_executions;
+        let start = match kernel {
+            Some(kind) => {
+                let (after, turn) = session.next_cell_turn();
+                Start::Cell { kind, after, turn }
+            }
+            None => Start::Program {
+                inline: spawn_inline,
+            },
+        };
         let (handle, task) = execution::prepare(
             spec,
             ctx,
             slot,
             state.config.stdin_queue,
             session.cancel.child_token(),
-            spawn_inline,
+            start,
         );
         let finished = handle.finished_flag();
         if self.started.len() >= 2 * max_here {

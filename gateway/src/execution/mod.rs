@@ -5,17 +5,20 @@
 //! only through it (stdin queue, cancel token). The execution task owns everything else
 //! and always ends with exactly one terminal event, after the process group is gone.
 
+pub(crate) mod kernel;
 mod output;
 mod process;
+mod program;
 mod workdir;
 
 use crate::config::EffectiveLimits;
 use crate::runtime::Runtime;
 use crate::session::Session;
-use crate::sys::Signal;
 use bytes::BufMut as _;
+use kernel::{Kernel, KernelKind};
 use output::OutputDecoder;
-use process::{ChildGroup, Launch};
+use process::Launch;
+use program::{Cell, Program};
 use sluice_protocol::{Encoding, ErrorCode, Event, EventKind, LimitKind, Usage};
 use std::collections::VecDeque;
 use std::io;
@@ -24,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -101,7 +104,27 @@ pub(crate) struct ExecutionContext {
     pub(crate) base_env: Arc<[(String, String)]>,
     pub(crate) chunk_bytes: usize,
     pub(crate) kill_grace: std::time::Duration,
+    /// Permits for persistent interpreters, gateway-wide.
+    pub(crate) kernel_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// How an execution starts.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// A program of its own. `inline`: spawn it on the calling task (the gateway is
+    /// idle), else on the blocking pool.
+    Program { inline: bool },
+    /// A cell in its session's persistent interpreter, once the session's previous cell
+    /// (`after`) is over; dropping `turn` lets the next one go.
+    Cell {
+        kind: KernelKind,
+        after: oneshot::Receiver<()>,
+        turn: oneshot::Sender<()>,
+    },
+}
+
+/// The task that runs one execution to its terminal event; it yields the execution id.
+pub(crate) type ExecutionTask = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
 pub(crate) fn prepare(
@@ -110,11 +133,8 @@ pub(crate) fn prepare(
     slot: OwnedSemaphorePermit,
     stdin_queue: usize,
     cancel: CancellationToken,
-    spawn_inline: bool,
-) -> (
-    ExecutionHandle,
-    impl std::future::Future<Output = String> + Send + 'static,
-) {
+    start: Start,
+) -> (ExecutionHandle, ExecutionTask) {
     let (stdin_tx, stdin_rx) = mpsc::channel(stdin_queue);
     let finished = Arc::new(AtomicBool::new(false));
     // Initial input from the request counts like queued input: the writer subtracts it.
@@ -133,62 +153,196 @@ pub(crate) fn prepare(
         session = %ctx.session.id(),
         language = %spec.runtime.name,
     );
-    // Starting the program here, on the connection's task, saves a task hop on the
-    // latency path from `execute` to first output.
     let spec = Arc::new(spec);
-    // An idle gateway starts the program right here, on the connection's task: the
-    // shortest path to first output. A busy one hands the start to the blocking pool,
-    // because spawning blocks the calling thread until the kernel has loaded the new
-    // program, and meanwhile this worker would pump no one else's output.
-    let launched = spawn_inline.then(|| {
-        let _entered = span.enter();
-        launch(&spec, &ctx.work_root, &ctx.base_env)
-    });
-    let task = async move {
-        let launched = match launched {
-            Some(launched) => launched,
-            None => {
-                let (spec, work_root, base_env) =
-                    (spec.clone(), ctx.work_root.clone(), ctx.base_env.clone());
-                let id = spec.id.clone();
-                tokio::task::spawn_blocking(move || launch(&spec, &work_root, &base_env))
-                    .await
-                    .unwrap_or_else(|err| {
-                        tracing::error!(%err, "starting the program panicked");
-                        let message = "the gateway failed to start the program";
-                        Err(Box::new(Event::error(
-                            Some(id),
-                            ErrorCode::Internal,
-                            message,
-                        )))
-                    })
-            }
-        };
-        let id = spec.id.clone();
-        let run = Run {
-            spec,
-            ctx,
-            cancel,
-            finished,
-            slot: Some(slot),
-        };
-        match launched {
-            Ok(launched) => run.supervise(launched, stdin_rx, stdin_queued_bytes).await,
-            Err(refusal) => {
-                let mut run = run;
-                run.finish(*refusal).await;
-            }
-        }
-        id
+    let run = Run {
+        spec: spec.clone(),
+        ctx,
+        cancel,
+        finished,
+        slot: Some(slot),
     };
-    (handle, task.instrument(span))
+    let stdin = (stdin_rx, stdin_queued_bytes);
+    let task: ExecutionTask = match start {
+        Start::Program { inline } => {
+            // An idle gateway starts the program right here, on the connection's task:
+            // the shortest path to first output. A busy one hands the start to the
+            // blocking pool, because spawning blocks the calling thread until the kernel
+            // has loaded the new program, and meanwhile this worker would pump no one
+            // else's output.
+            let launched = inline.then(|| {
+                let _entered = span.enter();
+                launch(&spec, &run.ctx.work_root, &run.ctx.base_env)
+            });
+            Box::pin(run_program(run, launched, stdin).instrument(span))
+        }
+        Start::Cell { kind, after, turn } => {
+            Box::pin(run_cell(run, kind, after, turn, stdin).instrument(span))
+        }
+    };
+    (handle, task)
 }
 
-/// A program that started, with what it needs from its start.
+type StdinQueue = (mpsc::Receiver<StdinChunk>, Arc<AtomicUsize>);
+
+/// Starts (unless started inline) and supervises a program of its own.
+async fn run_program(
+    mut run: Run,
+    launched: Option<Result<Launched, Box<Event>>>,
+    (stdin_rx, stdin_queued_bytes): StdinQueue,
+) -> String {
+    let spec = run.spec.clone();
+    let id = spec.id.clone();
+    let launched = match launched {
+        Some(launched) => launched,
+        None => {
+            let (spec, work_root, base_env) = (
+                spec.clone(),
+                run.ctx.work_root.clone(),
+                run.ctx.base_env.clone(),
+            );
+            tokio::task::spawn_blocking(move || launch(&spec, &work_root, &base_env))
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::error!(%err, "starting the program panicked");
+                    let message = "the gateway failed to start the program";
+                    Err(Box::new(Event::error(
+                        Some(id.clone()),
+                        ErrorCode::Internal,
+                        message,
+                    )))
+                })
+        }
+    };
+    match launched {
+        Ok(launched) => run.supervise(launched, stdin_rx, stdin_queued_bytes).await,
+        Err(refusal) => run.finish(*refusal).await,
+    }
+    id
+}
+
+/// Waits for the cell's turn, starts the session's interpreter if it has none, sends
+/// the cell and supervises it.
+async fn run_cell(
+    mut run: Run,
+    kind: KernelKind,
+    mut after: oneshot::Receiver<()>,
+    turn: oneshot::Sender<()>,
+    (stdin_rx, stdin_queued_bytes): StdinQueue,
+) -> String {
+    let spec = run.spec.clone();
+    let id = spec.id.clone();
+    let session = run.ctx.session.clone();
+    let waited = tokio::select! {
+        biased;
+        _ = &mut after => true,
+        () = run.cancel.cancelled() => false,
+    };
+    if !waited {
+        let event = Event::new(
+            EventKind::Cancelled,
+            Some(id.clone()),
+            "execution cancelled before it started",
+        );
+        run.finish(event).await;
+        // The next cell still waits for the one before this.
+        let _ = after.await;
+        drop(turn);
+        return id;
+    }
+    let kernel_slot = session.kernel.clone();
+    let mut guard = kernel_slot.clone().lock_owned().await;
+    if guard.as_ref().is_some_and(|kernel| kernel.kind() != kind) {
+        session.retire(guard.take());
+    }
+    if guard.is_none() {
+        let Ok(permit) = run.ctx.kernel_slots.clone().try_acquire_owned() else {
+            let message = "the gateway runs as many persistent interpreters as it may (see --max-kernels); end a persistent session first";
+            run.finish(Event::error(
+                Some(id.clone()),
+                ErrorCode::TooManyExecutions,
+                message,
+            ))
+            .await;
+            return id;
+        };
+        let env = environment(&spec, &run.ctx.base_env, &run.ctx.work_root);
+        match Kernel::start(kind, &spec.runtime, &run.ctx.work_root, &env, permit) {
+            Ok(kernel) => *guard = Some(kernel),
+            Err(err) => {
+                tracing::warn!(%err, "could not start the interpreter");
+                let message = format!(
+                    "could not start the {} interpreter: {err}",
+                    spec.runtime.name
+                );
+                run.finish(Event::error(
+                    Some(id.clone()),
+                    ErrorCode::SpawnFailed,
+                    message,
+                ))
+                .await;
+                return id;
+            }
+        }
+    }
+    let sent = match guard.as_mut() {
+        Some(kernel) => {
+            let cpu_before = kernel.usage().0;
+            let started_at = Instant::now();
+            kernel
+                .send(&spec.code)
+                .await
+                .map(|pipes| (pipes, cpu_before, started_at))
+        }
+        None => Err(io::Error::other("no interpreter")),
+    };
+    match sent {
+        Ok((pipes, cpu_before, started_at)) => {
+            let launched = Launched {
+                workdir: None,
+                program: Program::Cell(Cell {
+                    kernel: guard,
+                    cpu_before,
+                    _turn: turn,
+                }),
+                stdin: pipes.stdin,
+                stdout: pipes.stdout,
+                stderr: pipes.stderr,
+                started_at,
+            };
+            run.supervise(launched, stdin_rx, stdin_queued_bytes).await;
+        }
+        Err(err) => {
+            // The interpreter cannot take cells any more: the next one starts afresh.
+            session.retire(guard.take());
+            let message = format!(
+                "the interpreter could not take the cell ({err}); the session's state is lost and its next execution starts a fresh interpreter"
+            );
+            run.finish(Event::error(
+                Some(id.clone()),
+                ErrorCode::KernelLost,
+                message,
+            ))
+            .await;
+        }
+    }
+    // A session that ended meanwhile takes its interpreter with it.
+    if session.is_ended() {
+        let kernel = kernel_slot.lock().await.take();
+        session.retire(kernel);
+    }
+    id
+}
+
+/// A program (or cell) that started, with the gateway's ends of its pipes.
 #[derive(Debug)]
 struct Launched {
-    workdir: Workdir,
-    spawned: process::Spawned,
+    /// A program's own directory, removed after it; a cell uses its kernel's.
+    workdir: Option<Workdir>,
+    program: Program,
+    /// Registered with the reactor only when the client first sends input.
+    stdin: std::os::fd::OwnedFd,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
     started_at: Instant,
 }
 
@@ -218,8 +372,11 @@ fn launch(
     let started_at = Instant::now();
     match launch.spawn() {
         Ok(spawned) => Ok(Launched {
-            workdir,
-            spawned,
+            workdir: Some(workdir),
+            program: Program::Process(spawned.child),
+            stdin: std::os::fd::OwnedFd::from(spawned.stdin),
+            stdout: spawned.stdout,
+            stderr: spawned.stderr,
             started_at,
         }),
         Err(err) => {
@@ -373,15 +530,18 @@ impl Run {
     ) {
         let Launched {
             workdir,
-            spawned,
+            program,
+            stdin,
+            stdout,
+            stderr,
             started_at,
         } = launched;
-        let mut child = spawned.child;
+        let mut child = program;
         tracing::debug!(pid = child.pid(), "started");
         let mut started = Event::new(EventKind::Started, Some(self.spec.id.clone()), "");
         started.pid = Some(child.pid());
 
-        let mut stdin = StdinFeed::new(spawned.stdin, stdin_rx, stdin_queued_bytes);
+        let mut stdin = StdinFeed::new(stdin, stdin_rx, stdin_queued_bytes);
         if let Some(data) = self.spec.stdin.clone() {
             stdin.start(StdinChunk {
                 data: Some(data),
@@ -390,18 +550,8 @@ impl Run {
         }
         let encoding = self.spec.encoding;
         let mut pipes = [
-            OutputPipe::new(
-                EventKind::Stdout,
-                spawned.stdout,
-                encoding,
-                self.ctx.chunk_bytes,
-            ),
-            OutputPipe::new(
-                EventKind::Stderr,
-                spawned.stderr,
-                encoding,
-                self.ctx.chunk_bytes,
-            ),
+            OutputPipe::new(EventKind::Stdout, stdout, encoding, self.ctx.chunk_bytes),
+            OutputPipe::new(EventKind::Stderr, stderr, encoding, self.ctx.chunk_bytes),
         ];
         let pump = self
             .pump(&mut child, &mut pipes, &mut stdin, started, started_at)
@@ -410,9 +560,13 @@ impl Run {
 
         // The program is gone: reap it, free its slot and its directory now, whether or
         // not the client has taken the last events yet.
-        let reaped = child.reap().await;
+        let ended = child.reap().await;
         self.slot = None;
-        workdir.remove();
+        if let Some(workdir) = workdir {
+            workdir.remove();
+        }
+        let kernel_lost = ended.as_ref().is_ok_and(|e| e.kernel_lost);
+        let reaped = ended.map(|e| e.reaped);
         let usage = Usage {
             duration_ms: millis(pump.exited_at.duration_since(started_at)),
             first_output_ms: pump
@@ -447,6 +601,14 @@ impl Run {
                     format!("output limit of {} bytes reached", limits.output_bytes),
                 )
             },
+            (None, Ok(reaped)) if kernel_lost => Event::error(
+                id,
+                ErrorCode::KernelLost,
+                format!(
+                    "the interpreter {} during this cell; the session's state is lost and its next execution starts a fresh interpreter",
+                    describe_end(reaped)
+                ),
+            ),
             (None, Ok(reaped)) => Event {
                 exit_code: reaped.exit_code,
                 signal: reaped.signal,
@@ -461,12 +623,20 @@ impl Run {
                 )
             }
         };
+        if kernel_lost && pump.stop.is_some() {
+            terminal.data.push_str(
+                "; the interpreter had to be killed, so the session's state is lost and its next execution starts a fresh interpreter",
+            );
+        }
         terminal.usage = Some(usage);
         tracing::debug!(kind = %terminal.kind, "finished");
         for event in pump.undelivered {
             self.deliver(event).await;
         }
         self.finish(terminal).await;
+        // A cell's turn (and its kernel) pass to the session's next cell only now, so
+        // the session's events keep the cells apart.
+        drop(child);
     }
 
     /// Publishes one event once the session's stream has room (at once when the session
@@ -481,7 +651,7 @@ impl Run {
     /// pipes are drained, enforcing the limits and reacting to cancel on the way.
     async fn pump(
         &self,
-        child: &mut ChildGroup,
+        child: &mut Program,
         pipes: &mut [OutputPipe; 2],
         stdin: &mut StdinFeed,
         started: Event,
@@ -549,7 +719,7 @@ impl Run {
                 }
                 () = self.cancel.cancelled(), if stop.is_none() && running => {
                     stop = Some(Stop::Cancelled);
-                    child.signal(Signal::Terminate);
+                    child.interrupt();
                     kill_at = Some(Instant::now() + self.ctx.kill_grace);
                     continue;
                 }
@@ -563,19 +733,19 @@ impl Run {
                 () = child.exited(), if running => {
                     exited_at = Some(Instant::now());
                     // Whatever the program left running in its group goes with it.
-                    child.signal(Signal::Kill);
+                    child.after_exit();
                     drain_at = Some(Instant::now() + DRAIN_GRACE);
                     continue;
                 }
                 () = &mut timer, if next_wake.is_some() => {
                     let now = Instant::now();
                     if running && kill_at.is_some_and(|at| at <= now) {
-                        child.signal(Signal::Kill);
+                        child.kill();
                         kill_at = None;
                     }
                     if running && stop.is_none() && deadline <= now {
                         stop = Some(Stop::Timeout);
-                        child.signal(Signal::Kill);
+                        stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
                     }
                     if hold_until.is_some_and(|at| at <= now) {
                         hold_until = None;
@@ -623,7 +793,7 @@ impl Run {
                         if take < n {
                             // Past the limit: exactly the budget is delivered, nothing after.
                             stop.get_or_insert(Stop::Output);
-                            child.signal(Signal::Kill);
+                            stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
                             for pipe in pipes.iter_mut() {
                                 let tail = pipe.close();
                                 pending.extend(tail.map(|t| pipe.event(id, t, encoding)));
@@ -659,12 +829,32 @@ impl Run {
     }
 }
 
+/// Stops a program that hit a limit: a process is killed at once; a cell is
+/// interrupted, and its interpreter killed if it has not stopped after `grace`.
+fn stop_for_limit(child: &Program, kill_at: &mut Option<Instant>, grace: std::time::Duration) {
+    if child.stops_gently() {
+        child.interrupt();
+        kill_at.get_or_insert(Instant::now() + grace);
+    } else {
+        child.kill();
+    }
+}
+
 struct PumpResult {
     stop: Option<Stop>,
     exited_at: Instant,
     first_output_at: Option<Instant>,
     /// Events read but not yet taken by the socket, in order.
     undelivered: VecDeque<Event>,
+}
+
+/// "exited with status 1" or "was killed by signal 9".
+fn describe_end(reaped: &crate::sys::Reaped) -> String {
+    match (reaped.exit_code, reaped.signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended".to_owned(),
+    }
 }
 
 fn millis(d: std::time::Duration) -> f64 {
@@ -677,7 +867,7 @@ fn millis(d: std::time::Duration) -> f64 {
 #[derive(Debug)]
 struct StdinFeed {
     /// The program's stdin until the writer task takes it; dropping it closes stdin.
-    pipe: Option<std::process::ChildStdin>,
+    pipe: Option<std::os::fd::OwnedFd>,
     /// The connection's queue of input; the writer task takes it with the pipe.
     queue: Option<mpsc::Receiver<StdinChunk>>,
     /// Bytes queued and not yet written, shared with the connection's handle.
@@ -688,7 +878,7 @@ struct StdinFeed {
 
 impl StdinFeed {
     fn new(
-        pipe: std::process::ChildStdin,
+        pipe: std::os::fd::OwnedFd,
         queue: mpsc::Receiver<StdinChunk>,
         queued_bytes: Arc<AtomicUsize>,
     ) -> Self {
@@ -716,7 +906,7 @@ impl StdinFeed {
     fn start(&mut self, first: StdinChunk) {
         let Some(pipe) = self.pipe.take() else { return };
         let queue = self.queue.take();
-        match pipe::Sender::from_owned_fd(std::os::fd::OwnedFd::from(pipe)) {
+        match pipe::Sender::from_owned_fd(pipe) {
             Ok(pipe) => {
                 let queued = self.queued_bytes.clone();
                 self.writer = Some(tokio::spawn(write_stdin(pipe, first, queue, queued)));

@@ -117,6 +117,23 @@ impl Launch<'_> {
 }
 
 impl ChildGroup {
+    /// Takes charge of a child started in its own process group.
+    pub(crate) fn watch(mut child: std::process::Child) -> io::Result<Self> {
+        let pid = child.id();
+        match sys::exit_watcher(pid) {
+            Ok(exit) => Ok(Self {
+                pid,
+                exit,
+                reaped: false,
+            }),
+            Err(err) => {
+                let _ = sys::signal_group(pid, Signal::Kill);
+                let _ = child.wait();
+                Err(err)
+            }
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }

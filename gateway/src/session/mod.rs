@@ -11,12 +11,14 @@ mod stream;
 
 pub(crate) use stream::{gap_event, EventStream, ReplayCaps, SocketId};
 
+use crate::execution::kernel::Kernel;
 use crate::execution::ExecutionHandle;
 use dashmap::DashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How many finished execution ids a session remembers, so that a repeated `execute`
 /// is answered from the session instead of running twice.
@@ -51,6 +53,13 @@ pub(crate) struct Session {
     pub(crate) ephemeral: bool,
     /// Cancelled when the session ends; every execution's cancel token is its child.
     pub(crate) cancel: CancellationToken,
+    /// The persistent interpreter, once a persistent execution has started one. A cell
+    /// holds the lock while it runs.
+    pub(crate) kernel: Arc<tokio::sync::Mutex<Option<Kernel>>>,
+    /// The end of the queue of persistent cells: resolves when the last one sent is over.
+    last_cell: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// Where retired interpreters are killed and reaped (the registry's tracker).
+    reaping: TaskTracker,
     state: Mutex<SessionState>,
 }
 
@@ -61,6 +70,44 @@ impl Session {
 
     pub(crate) fn id(&self) -> &str {
         self.stream.session_id().map_or("", |id| id)
+    }
+
+    /// A place in the queue of persistent cells: wait for the first value, drop the
+    /// second when the cell is over. Cells run in the order this is called.
+    pub(crate) fn next_cell_turn(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (mine, next) = tokio::sync::oneshot::channel();
+        let mut last = self
+            .last_cell
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = last.replace(next).unwrap_or_else(|| {
+            // Nobody before: a turn that is already over.
+            let (done, over) = tokio::sync::oneshot::channel();
+            drop(done);
+            over
+        });
+        (previous, mine)
+    }
+
+    /// True once the session has ended (no socket came back in time, or shutdown).
+    pub(crate) fn is_ended(&self) -> bool {
+        self.lock().ended
+    }
+
+    /// Kills and reaps an interpreter the session no longer uses; shutdown waits for it.
+    pub(crate) fn retire(&self, kernel: Option<Kernel>) {
+        if let Some(kernel) = kernel {
+            self.reaping.spawn(async move {
+                if let Err(err) = kernel.shut_down().await {
+                    tracing::warn!(%err, "could not reap an interpreter");
+                }
+            });
+        }
     }
 
     /// Runs `f` on the execution named `id`, if the session knows it.
@@ -138,6 +185,8 @@ pub(crate) struct SessionRegistry {
     max_sessions: usize,
     /// Parent of every session's cancel token (the gateway's shutdown).
     shutdown: CancellationToken,
+    /// Interpreters being killed and reaped.
+    reaping: TaskTracker,
 }
 
 /// Why a session could not be opened.
@@ -162,6 +211,7 @@ impl SessionRegistry {
             grace,
             max_sessions,
             shutdown,
+            reaping: TaskTracker::new(),
         }
     }
 
@@ -170,6 +220,9 @@ impl SessionRegistry {
             stream: EventStream::new(Some(id), self.caps),
             ephemeral,
             cancel: self.shutdown.child_token(),
+            kernel: Arc::default(),
+            last_cell: Mutex::new(None),
+            reaping: self.reaping.clone(),
             state: Mutex::new(SessionState::default()),
         })
     }
@@ -275,6 +328,23 @@ impl SessionRegistry {
         session.cancel.cancel();
         session.stream.close();
         self.remove(session);
+        // An idle interpreter goes now; a running cell's takes it when it is over.
+        if let Ok(mut kernel) = session.kernel.try_lock() {
+            session.retire(kernel.take());
+        }
+    }
+
+    /// Ends every session (gateway shutdown) and waits until their interpreters are
+    /// reaped.
+    pub(crate) async fn end_all(&self) {
+        let sessions: Vec<Arc<Session>> = self.sessions.iter().map(|e| e.value().clone()).collect();
+        for session in sessions {
+            self.end(&session);
+            let kernel = session.kernel.lock().await.take();
+            session.retire(kernel);
+        }
+        self.reaping.close();
+        self.reaping.wait().await;
     }
 
     fn remove(&self, session: &Session) {

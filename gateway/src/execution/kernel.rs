@@ -1,0 +1,342 @@
+//! Persistent interpreters ("kernels") for notebook-style sessions.
+//!
+//! A [`Kernel`] is one interpreter process that runs a session's cells one at a time, so
+//! variables, imports and files persist between executions. Each cell gets fresh pipes
+//! for stdin, stdout and stderr, handed to the interpreter over a Unix socket
+//! (`SCM_RIGHTS`), so a cell's output reaches end-of-file like a program's and the
+//! execution pump treats it the same way. The interpreter answers each cell with one JSON
+//! line saying how it ended. Only Python has a kernel today; [`KernelKind`] is where
+//! another language's driver would go.
+
+use super::process::ChildGroup;
+use super::workdir::Workdir;
+use crate::runtime::Runtime;
+use crate::sys::{self, Reaped, Signal};
+use std::io;
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::unix::pipe;
+use tokio::net::UnixStream;
+use tokio::sync::Notify;
+
+/// The Python driver, written into the kernel's working directory and run by the
+/// session's interpreter.
+const PYTHON_DRIVER: &str = include_str!("kernel_python.py");
+
+/// Pipe buffer requested for a cell's stdout and stderr (as for programs).
+const PIPE_BYTES: usize = 1 << 20;
+
+/// Languages that can run persistent sessions, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KernelKind {
+    Python,
+}
+
+impl KernelKind {
+    /// The kernel for `runtime`, if its interpreter has one.
+    pub(crate) fn for_runtime(runtime: &Runtime) -> Option<Self> {
+        let program = runtime.program.file_name()?.to_str()?;
+        program.starts_with("python").then_some(Self::Python)
+    }
+
+    fn driver(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Python => ("sluice_kernel.py", PYTHON_DRIVER),
+        }
+    }
+}
+
+/// How a cell ended, as the interpreter reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CellReply {
+    pub(crate) exit_code: i32,
+}
+
+/// One line from the interpreter.
+#[derive(Debug, serde::Deserialize)]
+struct Line {
+    #[serde(default)]
+    started: bool,
+    exit_code: Option<i32>,
+}
+
+/// The current cell as the control socket's reader and the cell's pump see it.
+#[derive(Debug, Default)]
+struct CellState {
+    /// The interpreter has discarded stale interrupts and runs the cell: an interrupt
+    /// sent from now on is meant for it.
+    started: bool,
+    /// An interrupt asked for before `started`, sent as soon as the cell starts.
+    interrupt_wanted: bool,
+    /// How the cell ended; `Err` once the interpreter is gone.
+    reply: Option<Result<CellReply, ()>>,
+}
+
+/// What the control socket's reader shares with the cell waiting for its reply.
+#[derive(Debug)]
+struct Replies {
+    pid: u32,
+    current: Mutex<CellState>,
+    arrived: Notify,
+}
+
+/// A running interpreter for one session.
+#[derive(Debug)]
+pub(crate) struct Kernel {
+    kind: KernelKind,
+    child: ChildGroup,
+    control: tokio::net::unix::OwnedWriteHalf,
+    replies: Arc<Replies>,
+    reader: tokio::task::JoinHandle<()>,
+    workdir: Option<Workdir>,
+    /// This interpreter's place under `--max-kernels`.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A cell sent to the kernel: the gateway's ends of its pipes.
+#[derive(Debug)]
+pub(crate) struct CellPipes {
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: pipe::Receiver,
+    pub(crate) stderr: pipe::Receiver,
+}
+
+impl Kernel {
+    /// Starts an interpreter in its own process group and working directory.
+    pub(crate) fn start(
+        kind: KernelKind,
+        runtime: &Runtime,
+        work_root: &Path,
+        env: &[(&str, &str)],
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> io::Result<Self> {
+        let (file_name, driver) = kind.driver();
+        let workdir = Workdir::create(work_root, file_name, driver)?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let theirs = OwnedFd::from(theirs);
+        let mut command = Command::new(&runtime.program);
+        command
+            .arg(workdir.source())
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("HOME", workdir.path())
+            .env("TMPDIR", workdir.path())
+            .current_dir(workdir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let child = sys::spawn_with_fd3(&mut command, &theirs);
+        drop(theirs);
+        let child = match child {
+            Ok(child) => child,
+            Err(err) => {
+                workdir.remove();
+                return Err(err);
+            }
+        };
+        let child = ChildGroup::watch(child)?;
+        ours.set_nonblocking(true)?;
+        let (read, control) = UnixStream::from_std(ours)?.into_split();
+        let replies = Arc::new(Replies {
+            pid: child.pid(),
+            current: Mutex::default(),
+            arrived: Notify::new(),
+        });
+        let reader = tokio::spawn(read_replies(BufReader::new(read), replies.clone()));
+        Ok(Self {
+            kind,
+            child,
+            control,
+            replies,
+            reader,
+            workdir: Some(workdir),
+            _slot: slot,
+        })
+    }
+
+    pub(crate) fn kind(&self) -> KernelKind {
+        self.kind
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Sends a cell; returns the gateway's ends of its pipes.
+    pub(crate) async fn send(&mut self, code: &str) -> io::Result<CellPipes> {
+        *lock(&self.replies.current) = CellState::default();
+        let (stdin_read, stdin_write) = std::io::pipe()?;
+        let (stdout_read, stdout_write) = std::io::pipe()?;
+        let (stderr_read, stderr_write) = std::io::pipe()?;
+        sys::set_pipe_size(&stdout_read, PIPE_BYTES);
+        sys::set_pipe_size(&stderr_read, PIPE_BYTES);
+        let header = u64::try_from(code.len()).unwrap_or(u64::MAX).to_le_bytes();
+        let fds = [
+            stdin_read.as_raw_fd(),
+            stdout_write.as_raw_fd(),
+            stderr_write.as_raw_fd(),
+        ];
+        // The header and the descriptors travel in one message; the socket is empty
+        // between cells, so it only waits if the interpreter stopped reading.
+        let mut sent = 0;
+        while sent < header.len() {
+            self.control.as_ref().writable().await?;
+            match self
+                .control
+                .as_ref()
+                .try_io(tokio::io::Interest::WRITABLE, || {
+                    if sent == 0 {
+                        sys::send_with_fds(self.control.as_ref(), &header, &fds)
+                    } else {
+                        sys::send_with_fds(self.control.as_ref(), &header[sent..], &[])
+                    }
+                }) {
+                Ok(n) => sent += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        self.control.write_all(code.as_bytes()).await?;
+        // The interpreter holds its own copies now.
+        drop((stdin_read, stdout_write, stderr_write));
+        Ok(CellPipes {
+            stdin: OwnedFd::from(stdin_write),
+            stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout_read))?,
+            stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr_read))?,
+        })
+    }
+
+    /// Resolves once the current cell has ended or the interpreter is gone.
+    pub(crate) async fn cell_done(&self) {
+        loop {
+            let arrived = self.replies.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if lock(&self.replies.current).reply.is_some() {
+                return;
+            }
+            tokio::select! {
+                () = arrived => {}
+                () = self.child.exited() => return,
+            }
+        }
+    }
+
+    /// How the current cell ended: `None` when the interpreter died instead.
+    pub(crate) fn reply(&self) -> Option<CellReply> {
+        lock(&self.replies.current).reply.and_then(Result::ok)
+    }
+
+    /// Interrupts the running cell: SIGINT to the interpreter's group once the cell has
+    /// started (earlier, the interpreter would discard it as stale).
+    pub(crate) fn interrupt(&self) {
+        let mut cell = lock(&self.replies.current);
+        if cell.started {
+            drop(cell);
+            self.child.signal(Signal::Interrupt);
+        } else {
+            cell.interrupt_wanted = true;
+        }
+    }
+
+    /// Kills the interpreter with everything it started.
+    pub(crate) fn kill(&self) {
+        self.child.signal(Signal::Kill);
+    }
+
+    /// CPU time the interpreter has used so far and its peak resident memory.
+    pub(crate) fn usage(&self) -> (Duration, u64) {
+        let pid = self.pid();
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(Duration::ZERO, Duration::from_nanos);
+        let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map_or(0, |kib| kib * 1024);
+        (cpu, peak)
+    }
+
+    /// Kills the interpreter and reaps it; returns how it ended.
+    pub(crate) async fn shut_down(mut self) -> io::Result<Reaped> {
+        self.reader.abort();
+        let reaped = self.child.reap().await;
+        if let Some(workdir) = self.workdir.take() {
+            workdir.remove();
+        }
+        reaped
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        self.reader.abort();
+        // The group is killed and reaped by ChildGroup's own drop.
+        if let Some(workdir) = self.workdir.take() {
+            workdir.remove();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads the interpreter's replies, one JSON line per cell.
+async fn read_replies(
+    mut control: BufReader<tokio::net::unix::OwnedReadHalf>,
+    replies: Arc<Replies>,
+) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        // One reply is a short JSON line; anything longer is not the driver talking.
+        let read = (&mut control).take(4096).read_line(&mut line).await;
+        let parsed = match read {
+            Ok(0) | Err(_) => Err(()),
+            Ok(_) if !line.ends_with('\n') => {
+                tracing::warn!("the interpreter sent an overlong line; treating it as gone");
+                Err(())
+            }
+            Ok(_) => serde_json::from_str::<Line>(&line).map_err(|err| {
+                tracing::warn!(%err, "the interpreter sent an unreadable reply");
+            }),
+        };
+        let mut cell = lock(&replies.current);
+        match parsed {
+            Ok(Line { started: true, .. }) => {
+                cell.started = true;
+                if std::mem::take(&mut cell.interrupt_wanted) {
+                    drop(cell);
+                    if let Err(err) = sys::signal_group(replies.pid, Signal::Interrupt) {
+                        tracing::warn!(%err, "could not interrupt the interpreter");
+                    }
+                }
+                continue;
+            }
+            Ok(Line { exit_code, .. }) => {
+                cell.reply = Some(Ok(CellReply {
+                    exit_code: exit_code.unwrap_or(1),
+                }));
+            }
+            Err(()) => {
+                cell.reply = Some(Err(()));
+                drop(cell);
+                replies.arrived.notify_waiters();
+                return;
+            }
+        }
+        drop(cell);
+        replies.arrived.notify_waiters();
+    }
+}

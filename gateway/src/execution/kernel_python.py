@@ -1,0 +1,128 @@
+# The Sluice kernel for Python: one interpreter that runs a persistent session's cells.
+#
+# The gateway starts this file with a Unix stream socket on descriptor 3. For each cell
+# it sends an 8-byte little-endian length with three descriptors attached (the cell's
+# stdin, stdout and stderr pipes), then the cell's source as UTF-8. The kernel runs the
+# cell with those pipes as descriptors 0, 1 and 2, puts /dev/null back (so the pipes
+# reach end-of-file once the cell's own child processes are gone), and answers with one
+# JSON line: {"status": "ok" | "error" | "exit" | "interrupted", "exit_code": N}.
+#
+# SIGINT interrupts the running cell (KeyboardInterrupt). Between cells it is blocked;
+# on receiving a cell the kernel discards one left over from the previous cell, then
+# says {"started": true}: the gateway sends interrupts for a cell only after that.
+
+import ast
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+
+HEADER = 8
+DRIVER = os.path.abspath(__file__)
+
+
+def receive(control):
+    header, fds, _flags, _addr = socket.recv_fds(control, HEADER, 3)
+    if not header:
+        return None
+    while len(header) < HEADER:
+        more = control.recv(HEADER - len(header))
+        if not more:
+            return None
+        header += more
+    remaining = int.from_bytes(header, "little")
+    chunks = []
+    while remaining:
+        chunk = control.recv(min(remaining, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return fds, b"".join(chunks).decode("utf-8", "replace")
+
+
+def execute(source, namespace):
+    tree = ast.parse(source, "<cell>", "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, "<cell>", "exec"), namespace)
+    if last is not None:
+        value = eval(compile(last, "<cell>", "eval"), namespace)
+        if value is not None:
+            print(repr(value))
+
+
+def report(error):
+    # The cell's frames only: the kernel's own are noise to the user.
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == DRIVER:
+        tb = tb.tb_next
+    traceback.print_exception(type(error), error, tb)
+
+
+def exit_status(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run(control, fds, source, namespace, devnull):
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
+    reply = {"status": "ok", "exit_code": 0}
+    # A SIGINT meant for the previous cell must not interrupt this one.
+    while signal.sigtimedwait([signal.SIGINT], 0) is not None:
+        pass
+    control.sendall(b'{"started": true}\n')
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        try:
+            execute(source, namespace)
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    except KeyboardInterrupt as error:
+        report(error)
+        reply = {"status": "interrupted", "exit_code": 130}
+    except SystemExit as error:
+        reply = {"status": "exit", "exit_code": exit_status(error.code)}
+    except BaseException as error:
+        report(error)
+        reply = {"status": "error", "exit_code": 1}
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    for target in (0, 1, 2):
+        os.dup2(devnull, target)
+    return reply
+
+
+def main():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    os.set_inheritable(3, False)
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=3)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    sys.argv = [""]
+    while True:
+        cell = receive(control)
+        if cell is None:
+            return
+        fds, source = cell
+        reply = run(control, fds, source, namespace, devnull)
+        control.sendall((json.dumps(reply) + "\n").encode())
+
+
+main()

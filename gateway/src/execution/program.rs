@@ -1,0 +1,139 @@
+//! [`Program`]: what an execution runs, as the pump sees it. Either a process of its own
+//! (its own group, killed outright) or a cell in its session's persistent interpreter
+//! (interrupted first, so the session's state survives when it can).
+
+use super::kernel::Kernel;
+use super::process::ChildGroup;
+use crate::sys::{Reaped, Signal};
+use std::io;
+use std::time::Duration;
+use tokio::sync::{oneshot, OwnedMutexGuard};
+
+/// The kernel slot of a persistent session, held for the whole of one cell.
+pub(crate) type KernelGuard = OwnedMutexGuard<Option<Kernel>>;
+
+/// A cell running in a kernel.
+#[derive(Debug)]
+pub(crate) struct Cell {
+    pub(crate) kernel: KernelGuard,
+    /// The interpreter's CPU time and peak memory before the cell.
+    pub(crate) cpu_before: Duration,
+    /// Dropped when the cell is over: the session's next cell may start.
+    pub(crate) _turn: oneshot::Sender<()>,
+}
+
+impl Cell {
+    fn kernel(&self) -> Option<&Kernel> {
+        self.kernel.as_ref()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Program {
+    Process(ChildGroup),
+    Cell(Cell),
+}
+
+/// How a program ended.
+#[derive(Debug)]
+pub(crate) struct Ended {
+    pub(crate) reaped: Reaped,
+    /// A cell whose interpreter died (or had to be killed): the session's state is gone
+    /// and its next cell starts a fresh interpreter.
+    pub(crate) kernel_lost: bool,
+}
+
+impl Program {
+    pub(crate) fn pid(&self) -> u32 {
+        match self {
+            Self::Process(child) => child.pid(),
+            Self::Cell(cell) => cell.kernel().map_or(0, Kernel::pid),
+        }
+    }
+
+    /// Resolves once the program has exited (a cell: the interpreter answered, or died).
+    pub(crate) async fn exited(&self) {
+        match self {
+            Self::Process(child) => child.exited().await,
+            Self::Cell(cell) => {
+                if let Some(kernel) = cell.kernel() {
+                    kernel.cell_done().await;
+                }
+            }
+        }
+    }
+
+    /// Asks the program to stop: SIGTERM to a process group, SIGINT to an interpreter
+    /// (KeyboardInterrupt in the cell).
+    pub(crate) fn interrupt(&self) {
+        match self {
+            Self::Process(child) => child.signal(Signal::Terminate),
+            Self::Cell(cell) => {
+                if let Some(kernel) = cell.kernel() {
+                    kernel.interrupt();
+                }
+            }
+        }
+    }
+
+    /// Kills the program's whole group (for a cell: the interpreter, and its state).
+    pub(crate) fn kill(&self) {
+        match self {
+            Self::Process(child) => child.signal(Signal::Kill),
+            Self::Cell(cell) => {
+                if let Some(kernel) = cell.kernel() {
+                    kernel.kill();
+                }
+            }
+        }
+    }
+
+    /// True when a limit should interrupt first and kill only after the grace period.
+    pub(crate) fn stops_gently(&self) -> bool {
+        matches!(self, Self::Cell(_))
+    }
+
+    /// After the program exited: a process's group goes with it; a cell's interpreter
+    /// stays for the next cell.
+    pub(crate) fn after_exit(&self) {
+        if let Self::Process(child) = self {
+            child.signal(Signal::Kill);
+        }
+    }
+
+    /// Reaps a process (killing what is left of its group), or collects a cell's end.
+    pub(crate) async fn reap(&mut self) -> io::Result<Ended> {
+        match self {
+            Self::Process(child) => Ok(Ended {
+                reaped: child.reap().await?,
+                kernel_lost: false,
+            }),
+            Self::Cell(cell) => {
+                let Some(kernel) = cell.kernel.as_ref() else {
+                    return Err(io::Error::other("the interpreter is gone"));
+                };
+                let (cpu, peak) = kernel.usage();
+                if let Some(reply) = kernel.reply() {
+                    return Ok(Ended {
+                        reaped: Reaped {
+                            exit_code: Some(reply.exit_code),
+                            signal: None,
+                            cpu: cpu.saturating_sub(cell.cpu_before),
+                            peak_memory_bytes: peak,
+                        },
+                        kernel_lost: false,
+                    });
+                }
+                // The interpreter died during the cell: the session starts afresh.
+                let Some(kernel) = cell.kernel.take() else {
+                    return Err(io::Error::other("the interpreter is gone"));
+                };
+                let reaped = kernel.shut_down().await?;
+                Ok(Ended {
+                    reaped,
+                    kernel_lost: true,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Persistent sessions (notebook kernels) over a real socket: state that persists between
+//! cells, exceptions, interrupts that keep the state, an interpreter that dies or must be
+//! killed, input inside cells, ordering, and no interpreter left behind.
+
+use anyhow::{ensure, Context as _, Result};
+use sluice_gateway::Config;
+use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
+use sluice_tests::{
+    assert_stream_ok, eventually, request, text_of, RawSocket, TestGateway, PATIENCE,
+};
+use std::time::Duration;
+
+/// A python cell in the persistent session `session`.
+fn cell(session: &str, id: &str, code: &str) -> ExecuteRequest {
+    ExecuteRequest {
+        session: Some(session.into()),
+        persistent: true,
+        ..request(id, "python", code)
+    }
+}
+
+/// Runs one cell and returns its events.
+async fn run(socket: &mut RawSocket, session: &str, id: &str, code: &str) -> Result<Vec<Event>> {
+    socket.execute(cell(session, id, code)).await?;
+    socket.events_until_terminal(id).await
+}
+
+fn stdout(events: &[Event]) -> String {
+    text_of(events, EventKind::Stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_persist_and_an_exception_leaves_the_session_working() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let first = run(&mut socket, "nb", "a", "x = 41").await?;
+    assert_eq!(first.last().and_then(|e| e.exit_code), Some(0), "{first:?}");
+    let second = run(&mut socket, "nb", "b", "print(x + 1)").await?;
+    assert_eq!(stdout(&second), "42\n");
+    // The last expression of a cell is shown, as in a notebook.
+    let shown = run(&mut socket, "nb", "c", "x * 2").await?;
+    assert_eq!(stdout(&shown), "82\n");
+
+    let failed = run(&mut socket, "nb", "d", "y = 1\n1 / 0").await?;
+    let last = failed.last().context("no terminal")?;
+    assert_eq!(last.kind, EventKind::Completed);
+    assert_eq!(last.exit_code, Some(1), "an exception is exit status 1");
+    let traceback = text_of(&failed, EventKind::Stderr);
+    ensure!(
+        traceback.contains("ZeroDivisionError") && traceback.contains("<cell>"),
+        "{traceback}"
+    );
+    ensure!(
+        !traceback.contains("sluice_kernel"),
+        "the kernel's own frames leak into the traceback: {traceback}"
+    );
+    let after = run(&mut socket, "nb", "e", "print(x, y)").await?;
+    assert_eq!(stdout(&after), "41 1\n");
+    let usage = after
+        .last()
+        .and_then(|e| e.usage.clone())
+        .context("no usage")?;
+    ensure!(usage.stdout_bytes == 5, "{usage:?}");
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_run_one_at_a_time_in_the_order_sent() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    // Sent back to back: each must see the one before it complete.
+    socket
+        .execute(cell(
+            "order",
+            "one",
+            "import time\ntime.sleep(0.2)\nlog = ['one']",
+        ))
+        .await?;
+    socket
+        .execute(cell("order", "two", "log.append('two')"))
+        .await?;
+    socket.execute(cell("order", "three", "print(log)")).await?;
+    let events = socket.events_until_terminal("three").await?;
+    assert_eq!(stdout(&events), "['one', 'two']\n");
+    // In the session's stream each cell's events are whole: started .. terminal.
+    let order: Vec<(String, EventKind)> = socket
+        .received()
+        .iter()
+        .filter(|e| e.kind == EventKind::Started || e.is_terminal())
+        .map(|e| (e.id.clone().unwrap_or_default(), e.kind))
+        .collect();
+    let ids: Vec<&str> = order.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["one", "one", "two", "two", "three", "three"],
+        "{order:?}"
+    );
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_interrupts_a_cell_and_the_state_survives() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    run(&mut socket, "spin", "set", "x = 'kept'").await?;
+    socket
+        .execute(cell(
+            "spin",
+            "loop",
+            "print('spinning', flush=True)\nwhile True:\n    pass",
+        ))
+        .await?;
+    socket.wait_for_stdout("loop", "spinning\n").await?;
+    socket.cancel("loop").await?;
+    let events = socket.events_until_terminal("loop").await?;
+    let last = events.last().context("no terminal")?;
+    assert_eq!(last.kind, EventKind::Cancelled, "{last:?}");
+    ensure!(
+        !last.data.contains("killed"),
+        "the interpreter should have survived an interrupt: {}",
+        last.data
+    );
+    ensure!(text_of(&events, EventKind::Stderr).contains("KeyboardInterrupt"));
+    let after = run(&mut socket, "spin", "check", "print(x)").await?;
+    assert_eq!(stdout(&after), "kept\n");
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_that_ignores_interrupts_is_killed_and_the_next_gets_a_fresh_interpreter(
+) -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        kill_grace: Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    let mut socket = gateway.raw().await?;
+    run(&mut socket, "stubborn", "set", "x = 1").await?;
+    let code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('deaf', flush=True)\nwhile True:\n    pass";
+    socket.execute(cell("stubborn", "deaf", code)).await?;
+    socket.wait_for_stdout("deaf", "deaf\n").await?;
+    socket.cancel("deaf").await?;
+    let events = socket.events_until_terminal("deaf").await?;
+    let last = events.last().context("no terminal")?;
+    assert_eq!(last.kind, EventKind::Cancelled);
+    ensure!(last.data.contains("fresh interpreter"), "{}", last.data);
+    let after = run(&mut socket, "stubborn", "check", "print('x' in globals())").await?;
+    assert_eq!(stdout(&after), "False\n");
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interpreter_that_exits_is_reported_and_replaced() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    run(&mut socket, "fragile", "set", "x = 1").await?;
+    let events = run(&mut socket, "fragile", "exit", "import os\nos._exit(1)").await?;
+    let last = events.last().context("no terminal")?;
+    assert_eq!(last.kind, EventKind::Error);
+    assert_eq!(last.code, Some(ErrorCode::KernelLost), "{last:?}");
+    ensure!(last.data.contains("status 1"), "{}", last.data);
+    let after = run(&mut socket, "fragile", "check", "print('x' in globals())").await?;
+    assert_eq!(stdout(&after), "False\n");
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_inside_a_cell_reads_stdin_frames() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    socket
+        .execute(cell(
+            "ask",
+            "q",
+            "name = input('name? ')\nprint('hello', name)",
+        ))
+        .await?;
+    socket.wait_for_stdout("q", "name? ").await?;
+    socket.stdin("q", Some("ada\n"), false).await?;
+    let events = socket.events_until_terminal("q").await?;
+    assert_eq!(stdout(socket.received()), "name? hello ada\n");
+    assert_eq!(events.last().and_then(|e| e.exit_code), Some(0));
+    // The next cell's stdin is its own: what the request carries, then end of input.
+    socket
+        .execute(ExecuteRequest {
+            stdin: Some("fresh".into()),
+            ..cell("ask", "r", "import sys\nprint(repr(sys.stdin.read()))")
+        })
+        .await?;
+    let next = socket.events_until_terminal("r").await?;
+    assert_eq!(stdout(&next), "'fresh'\n");
+    gateway.shutdown().await
+}
+
+/// The interpreter's pid, from the cell's `started` event.
+fn interpreter_pid(events: &[Event]) -> Result<u32> {
+    events
+        .iter()
+        .find(|e| e.kind == EventKind::Started)
+        .and_then(|e| e.pid)
+        .context("no started event with a pid")
+}
+
+/// True while `pid` exists and is not a zombie.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z')
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_the_session_and_shutting_down_leave_no_interpreter() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        session_grace: Duration::ZERO,
+        ..Config::default()
+    })
+    .await;
+    let mut socket = gateway.raw().await?;
+    let events = run(&mut socket, "gone", "a", "print('up')").await?;
+    let first = interpreter_pid(&events)?;
+    ensure!(is_alive(first), "the interpreter is not running");
+    // The only socket leaves: with no grace period the session ends, and so does its
+    // interpreter.
+    socket.close().await?;
+    eventually(PATIENCE, "the ended session's interpreter is gone", || {
+        !is_alive(first)
+    })
+    .await?;
+
+    let mut other = gateway.raw().await?;
+    let events = run(&mut other, "second", "a", "print('up')").await?;
+    let second = interpreter_pid(&events)?;
+    ensure!(is_alive(second));
+    gateway.shutdown().await?;
+    ensure!(!is_alive(second), "an interpreter outlived the gateway");
+    Ok(())
+}
