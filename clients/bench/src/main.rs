@@ -6,6 +6,11 @@
 //! 2. Throughput of stdout streamed from a child through the gateway to this client,
 //!    against reading the same child through a pipe.
 //! 3. Executions per second with a fixed number in flight, against direct spawning.
+//! 4. Fan-out: one session streaming small events to 1, 10 and 100 attached sockets:
+//!    events delivered per second in total, the gateway's CPU time per delivered event
+//!    (against the 1-subscriber run) and p99 delivery latency.
+//! 5. A persistent Python cell `print(1)`, execute to terminal event, against a fresh
+//!    Python process per execution through the same gateway.
 //!
 //! The gateway runs as a separate process (this binary re-executed with a hidden flag),
 //! bound to port 0 on loopback, with its default configuration except for output limits
@@ -47,7 +52,14 @@ struct Args {
     /// Executions kept in flight at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// A short run for smoke testing (50 latency runs, 64 MiB once, 320 executions).
+    /// Small events streamed in each fan-out run (one about every 100 us).
+    #[arg(long, default_value_t = 10000)]
+    fanout_events: usize,
+    /// Round trips per side in the persistent-cell test.
+    #[arg(long, default_value_t = 200)]
+    cell_runs: usize,
+    /// A short run for smoke testing (50 latency runs, 64 MiB once, 320 executions,
+    /// 1000 fan-out events, 50 cells).
     #[arg(long)]
     quick: bool,
     /// Internal: run as the gateway process the benchmark talks to, on 127.0.0.1:0,
@@ -66,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         args.throughput_mib = 64;
         args.rounds = 1;
         args.executions = 320;
+        args.fanout_events = 1000;
+        args.cell_runs = 50;
     }
     keep_freed_memory();
     // The gateway runs as its own process (this binary, re-executed), as in production:
@@ -120,6 +134,8 @@ fn serve_gateway() -> anyhow::Result<()> {
                 ..Default::default()
             },
             max_executions_per_connection: 1024,
+            // Room for a whole fan-out run, so no subscriber can fall behind the buffer.
+            replay_events: 100_000,
             ..Config::default()
         };
         let stdin_closed = async {
@@ -258,8 +274,193 @@ async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Res
     println!(
         "gateway CPU per execution (user+system, its own threads only): {per_execution:.0} us"
     );
+
+    // 4. Fan-out.
+    let mut baseline_cpu = f64::NAN;
+    for subscribers in [1, 10, 100] {
+        let run = fan_out(&url, gateway_pid, subscribers, args.fanout_events).await?;
+        if subscribers == 1 {
+            baseline_cpu = run.cpu_per_event_us;
+        }
+        let ratio = run.cpu_per_event_us / baseline_cpu;
+        let target = if subscribers == 1 { "-" } else { "<= 1.0" };
+        row(
+            &format!("fan-out {subscribers:>3}: gateway CPU/event (us)"),
+            run.cpu_per_event_us,
+            baseline_cpu,
+            ratio,
+            target,
+            subscribers == 1 || ratio <= 1.0,
+        );
+        println!(
+            "fan-out {subscribers:>3}: {:.0} events/s delivered in total, p99 delivery latency {:.2} ms",
+            run.events_per_second, run.p99_latency_ms
+        );
+    }
+
+    // 5. Persistent cell against a fresh interpreter.
+    let (cell, fresh) = cell_round_trips(&mut socket, args.cell_runs).await?;
+    row(
+        "python print(1) round trip, p50 (ms)",
+        cell,
+        fresh,
+        cell / fresh,
+        "<= 2 ms",
+        cell <= 2.0,
+    );
+    println!("  (gateway column: a persistent session's cell; direct column: a fresh python3 per execution through the gateway)");
     let _ = socket.close(None).await;
     Ok(())
+}
+
+/// What one fan-out run measured.
+struct FanOut {
+    events_per_second: f64,
+    cpu_per_event_us: f64,
+    p99_latency_ms: f64,
+}
+
+/// Streams `events` small events through one session read by `subscribers` sockets
+/// (the one that runs the program and the others attached), each read by its own task.
+async fn fan_out(
+    url: &str,
+    gateway_pid: u32,
+    subscribers: usize,
+    events: usize,
+) -> anyhow::Result<FanOut> {
+    let session = format!("fan-out-{subscribers}");
+    let (mut runner, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut ready = ExecuteRequest {
+        session: Some(session.clone()),
+        ..execute_request("ready", "sh", "true")
+    };
+    runner
+        .send(Message::text(ClientFrame::Execute(ready.clone()).to_json()))
+        .await?;
+    wait_terminal(&mut runner, "ready").await?;
+    let mut readers = Vec::new();
+    for _ in 1..subscribers {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        let attach = ClientFrame::Attach(sluice_protocol::AttachFrame {
+            session: session.clone(),
+            since: None,
+        });
+        socket.send(Message::text(attach.to_json())).await?;
+        // The replay of `ready` shows the attachment is in place.
+        wait_terminal(&mut socket, "ready").await?;
+        readers.push(socket);
+    }
+    // One short line every ~100 us: each line is its own event (the pump keeps up), at a
+    // rate that every subscriber can follow, so the runs compare the cost of one event.
+    let code = format!(
+        "import sys, time\nw = sys.stdout.write\nf = sys.stdout.flush\nfor i in range({events}):\n    w(f'{{i}}\\n')\n    f()\n    time.sleep(0.0001)\n"
+    );
+    ready.id = "stream".into();
+    ready.code = code;
+    ready.language = "python".into();
+    let cpu_before = process_cpu(gateway_pid)?;
+    let start = Instant::now();
+    runner
+        .send(Message::text(ClientFrame::Execute(ready).to_json()))
+        .await?;
+    let mut tasks = Vec::new();
+    for socket in readers.into_iter().chain(std::iter::once(runner)) {
+        tasks.push(tokio::spawn(read_stream(socket)));
+    }
+    let mut delivered = 0_usize;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let (count, mut lat) = task.await??;
+        delivered += count;
+        latencies.append(&mut lat);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = process_cpu(gateway_pid)?.saturating_sub(cpu_before);
+    latencies.sort_by(f64::total_cmp);
+    let p99 = latencies
+        .get(latencies.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or(f64::NAN);
+    Ok(FanOut {
+        events_per_second: delivered as f64 / elapsed,
+        cpu_per_event_us: cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+        p99_latency_ms: p99,
+    })
+}
+
+/// Reads one subscriber's events until the streaming execution's terminal event: how
+/// many arrived and, for each, milliseconds from the gateway's timestamp to arrival.
+async fn read_stream(mut socket: Socket) -> anyhow::Result<(usize, Vec<f64>)> {
+    let mut count = 0;
+    let mut latencies = Vec::new();
+    loop {
+        let event = next_event(&mut socket).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        if event.kind == EventKind::Gap {
+            bail!(
+                "a fan-out subscriber fell behind the replay buffer: {}",
+                event.data
+            );
+        }
+        if event.id.as_deref() != Some("stream") {
+            continue;
+        }
+        count += 1;
+        latencies.push((now - event.timestamp) * 1e3);
+        if event.is_terminal() {
+            check_terminal(&event)?;
+            let _ = socket.close(None).await;
+            return Ok((count, latencies));
+        }
+    }
+}
+
+async fn wait_terminal(socket: &mut Socket, id: &str) -> anyhow::Result<()> {
+    loop {
+        let event = next_event(socket).await?;
+        if event.is_terminal() && event.id.as_deref() == Some(id) {
+            return check_terminal(&event);
+        }
+    }
+}
+
+/// p50 milliseconds from `execute` to the terminal event for `print(1)`: as a cell of a
+/// persistent session, and as a fresh python process.
+async fn cell_round_trips(socket: &mut Socket, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let cell = |id: String| ExecuteRequest {
+        session: Some("bench-kernel".into()),
+        persistent: true,
+        ..execute_request(&id, "python", "print(1)")
+    };
+    // The first cell starts the interpreter.
+    socket
+        .send(Message::text(
+            ClientFrame::Execute(cell("warm".into())).to_json(),
+        ))
+        .await?;
+    wait_terminal(socket, "warm").await?;
+    let (mut cells, mut fresh) = (Vec::new(), Vec::new());
+    for n in 0..runs {
+        let id = format!("cell{n}");
+        let start = Instant::now();
+        socket
+            .send(Message::text(
+                ClientFrame::Execute(cell(id.clone())).to_json(),
+            ))
+            .await?;
+        wait_terminal(socket, &id).await?;
+        cells.push(ms(start.elapsed()));
+        let id = format!("fresh{n}");
+        let start = Instant::now();
+        socket
+            .send(execute_frame(&id, "python", "print(1)"))
+            .await?;
+        wait_terminal(socket, &id).await?;
+        fresh.push(ms(start.elapsed()));
+    }
+    Ok((median(&mut cells), median(&mut fresh)))
 }
 
 /// User plus system CPU time a process has used so far (its own threads, not children).
@@ -322,8 +523,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn execute_frame(id: &str, language: &str, code: &str) -> Message {
-    let frame = ClientFrame::Execute(ExecuteRequest {
+fn execute_request(id: &str, language: &str, code: &str) -> ExecuteRequest {
+    ExecuteRequest {
         id: id.into(),
         language: language.into(),
         code: code.into(),
@@ -332,8 +533,11 @@ fn execute_frame(id: &str, language: &str, code: &str) -> Message {
             output_bytes: None,
         },
         ..ExecuteRequest::default()
-    });
-    Message::text(frame.to_json())
+    }
+}
+
+fn execute_frame(id: &str, language: &str, code: &str) -> Message {
+    Message::text(ClientFrame::Execute(execute_request(id, language, code)).to_json())
 }
 
 async fn next_event(socket: &mut Socket) -> anyhow::Result<Event> {
