@@ -60,7 +60,8 @@ pub(crate) struct SocketLink {
     subscriptions: Mutex<Vec<Subscription>>,
     /// Where the writer starts its next pass, so no stream starves the others.
     next_start: Mutex<usize>,
-    /// Counts finished gateway-made sessions, to order them.
+    /// Counts finished gateway-made sessions, to order them (from 1; 0 marks one the
+    /// client has acknowledged, which ends at once).
     finished_count: std::sync::atomic::AtomicU64,
 }
 
@@ -84,7 +85,7 @@ impl SocketLink {
                 finished: None,
             }]),
             next_start: Mutex::new(0),
-            finished_count: std::sync::atomic::AtomicU64::new(0),
+            finished_count: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -215,6 +216,11 @@ impl SocketLink {
                 let index = (*start + step) % count;
                 let subscription = &mut subscriptions[index];
                 if subscription.finished.is_some() {
+                    // Kept for a reconnect, unless the client has acknowledged it all.
+                    if subscription.stream().acknowledged_by(self.socket) {
+                        subscription.finished = Some(0);
+                        done = true;
+                    }
                     continue;
                 }
                 let before = batch.frames.len();
@@ -247,24 +253,30 @@ impl SocketLink {
                 }
             }
             if done {
-                // Keep the newest finished sessions; the older ones end now.
-                let mut kept: Vec<u64> = subscriptions.iter().filter_map(|s| s.finished).collect();
-                if kept.len() > KEEP_FINISHED {
-                    kept.sort_unstable();
-                    let oldest_kept = kept[kept.len() - KEEP_FINISHED];
-                    let mut index = 0;
-                    while index < subscriptions.len() {
-                        if subscriptions[index]
-                            .finished
-                            .is_some_and(|n| n < oldest_kept)
-                        {
-                            finished.push(subscriptions.swap_remove(index));
-                        } else {
-                            index += 1;
-                        }
+                // Keep the newest finished sessions; the older ones (and those the client
+                // acknowledged, marked 0) end now.
+                let mut kept: Vec<u64> = subscriptions
+                    .iter()
+                    .filter_map(|s| s.finished)
+                    .filter(|n| *n > 0)
+                    .collect();
+                kept.sort_unstable();
+                let oldest_kept = kept
+                    .len()
+                    .checked_sub(KEEP_FINISHED)
+                    .map_or(1, |excess| kept[excess]);
+                let mut index = 0;
+                while index < subscriptions.len() {
+                    if subscriptions[index]
+                        .finished
+                        .is_some_and(|n| n < oldest_kept)
+                    {
+                        finished.push(subscriptions.swap_remove(index));
+                    } else {
+                        index += 1;
                     }
-                    *start = 0;
                 }
+                *start = 0;
             }
         }
         for subscription in finished {

@@ -602,7 +602,11 @@ impl Connection {
 
     async fn ack(&mut self, frame: AckFrame) {
         match self.link.session(&frame.session) {
-            Some(session) => session.stream.ack(self.link.socket, frame.sequence),
+            Some(session) => {
+                session.stream.ack(self.link.socket, frame.sequence);
+                // A finished session the client now has all of can be let go.
+                self.link.wake.notify_one();
+            }
             None => {
                 let (code, message) = unknown_session(&frame.session);
                 self.refuse(None, code, message).await;

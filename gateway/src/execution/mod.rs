@@ -639,11 +639,16 @@ impl Run {
         drop(child);
     }
 
-    /// Publishes one event once the session's stream has room (at once when the session
-    /// has ended and nobody will read it).
+    /// Publishes one event once the session's stream has room. Once the session is
+    /// being ended (or the gateway shuts down) it is published at once: a lead that is
+    /// gone must not hold an execution's last events, and they are a few per execution.
     async fn deliver(&self, event: Event) {
         let stream = &self.ctx.session.stream;
-        stream.room().await;
+        tokio::select! {
+            biased;
+            () = stream.room() => {}
+            () = self.ctx.session.cancel.cancelled() => {}
+        }
         stream.publish(event);
     }
 

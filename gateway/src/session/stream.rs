@@ -276,6 +276,15 @@ impl EventStream {
         }
     }
 
+    /// True when `socket` leads the stream and has acknowledged every event in it.
+    pub(crate) fn acknowledged_by(&self, socket: SocketId) -> bool {
+        let inner = self.lock();
+        inner.lead == Some(socket)
+            && inner
+                .lead_acked
+                .is_some_and(|acked| acked + 1 >= inner.next_sequence)
+    }
+
     /// Wakes every reader (something about the stream changed that they re-check).
     pub(crate) fn wake_readers(&self) {
         for reader in &self.lock().readers {
