@@ -525,6 +525,22 @@ impl Connection {
         }
     }
 
+    /// Runs `act` on the running execution a `stdin` or `cancel` frame names.
+    fn with_running(
+        &self,
+        session: Option<&str>,
+        id: &str,
+        act: impl FnOnce(&mut execution::ExecutionHandle) -> Result<(), Refusal>,
+    ) -> Result<(), Refusal> {
+        let session = self.session_of(session, id)?;
+        session
+            .with_execution(id, |known| match known {
+                Known::Running(handle) if !handle.is_finished() => act(handle),
+                _ => Err(not_running(id)),
+            })
+            .unwrap_or_else(|| Err(not_running(id)))
+    }
+
     async fn stdin(&mut self, frame: StdinFrame) {
         let StdinFrame {
             id,
@@ -533,18 +549,9 @@ impl Connection {
             eof,
         } = frame;
         let budget = self.state.config.stdin_queue_bytes;
-        let offered = self
-            .session_of(session.as_deref(), &id)
-            .and_then(|session| {
-                session
-                    .with_execution(&id, |known| match known {
-                        Known::Running(handle) if !handle.is_finished() => {
-                            offer_stdin(handle, &id, data, eof, budget)
-                        }
-                        _ => Err(not_running(&id)),
-                    })
-                    .unwrap_or_else(|| Err(not_running(&id)))
-            });
+        let offered = self.with_running(session.as_deref(), &id, |handle| {
+            offer_stdin(handle, &id, data, eof, budget)
+        });
         if let Err((code, message)) = offered {
             self.refuse(None, code, message).await;
         }
@@ -552,19 +559,10 @@ impl Connection {
 
     async fn cancel(&mut self, frame: CancelFrame) {
         let CancelFrame { id, session } = frame;
-        let cancelled = self
-            .session_of(session.as_deref(), &id)
-            .and_then(|session| {
-                session
-                    .with_execution(&id, |known| match known {
-                        Known::Running(handle) if !handle.is_finished() => {
-                            handle.cancel.cancel();
-                            Ok(())
-                        }
-                        _ => Err(not_running(&id)),
-                    })
-                    .unwrap_or_else(|| Err(not_running(&id)))
-            });
+        let cancelled = self.with_running(session.as_deref(), &id, |handle| {
+            handle.cancel.cancel();
+            Ok(())
+        });
         if let Err((code, message)) = cancelled {
             self.refuse(None, code, message).await;
         }
