@@ -88,7 +88,7 @@ pub struct Config {
     pub max_executions: usize,
     /// Executions running at once on one socket.
     pub max_executions_per_connection: usize,
-    /// Client-named sessions one socket may create.
+    /// Named sessions one socket may read at once (by executing in them or attaching).
     pub max_sessions_per_connection: usize,
     /// `stdin` frames queued for one execution before further ones get `stdin_full`.
     pub stdin_queue: usize,
@@ -101,8 +101,8 @@ pub struct Config {
     pub work_root: Option<PathBuf>,
     /// How long shutdown waits for connections to finish after cancelling executions.
     pub shutdown_grace: Duration,
-    /// How long a socket may refuse to take queued events (the client is not reading)
-    /// before the gateway closes it and cancels its executions.
+    /// How long a socket may refuse to take written events (the client is not reading)
+    /// before the gateway closes it; its sessions then get the grace period.
     pub send_timeout: Duration,
     /// Bytes of `stdin` data queued for one execution before further frames get
     /// `stdin_full`.

@@ -75,7 +75,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = Config::default().max_executions_per_connection, value_name = "N")]
     max_executions_per_connection: usize,
 
-    /// Sessions one socket may name and create.
+    /// Named sessions one socket may read at once (by executing in them or attaching).
     #[arg(long, default_value_t = Config::default().max_sessions_per_connection, value_name = "N")]
     max_sessions_per_connection: usize,
 
@@ -125,8 +125,8 @@ struct ServeArgs {
     #[arg(long)]
     log_json: bool,
 
-    /// Close a socket whose client has not taken queued events for this long (it stopped
-    /// reading); its executions are cancelled.
+    /// Close a socket whose client has not taken written events for this long (it
+    /// stopped reading); its sessions then get the grace period like any other.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     send_timeout_ms: u64,
 

@@ -17,7 +17,8 @@ pub enum EventKind {
     Stderr,
     /// Terminal: the program ended by itself (or by a signal it did not get from Sluice).
     Completed,
-    /// Terminal: the program was stopped by a `cancel` frame or its socket closing.
+    /// Terminal: the program was stopped by a `cancel` frame, the end of its session
+    /// (no socket came back within the grace period) or the gateway shutting down.
     Cancelled,
     /// Terminal: the program hit a limit and was killed.
     ResourceLimit,

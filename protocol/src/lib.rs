@@ -6,8 +6,9 @@
 //!
 //! It is a pure leaf: serde types and their encoding, no I/O, no async runtime.
 //!
-//! - [`ClientFrame`]: what a client sends (`execute`, `stdin`, `cancel`), decoded with
-//!   [`ClientFrame::decode`], which classifies every failure as a [`FrameError`].
+//! - [`ClientFrame`]: what a client sends (`execute`, `stdin`, `cancel`, `attach`,
+//!   `detach`, `ack`), decoded with [`ClientFrame::decode`], which classifies every
+//!   failure as a [`FrameError`].
 //! - [`Event`]: what the gateway sends, one flat `{type, data, timestamp, sequence, id,
 //!   session}` envelope with optional per-type fields.
 //! - [`ErrorCode`]: the stable, machine-readable codes carried by `error` events.

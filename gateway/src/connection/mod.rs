@@ -315,8 +315,9 @@ impl Connection {
                     if self.link.reads(&session) {
                         return;
                     }
+                    // The execution exists, so this refusal is not its terminal event.
                     if let Err((code, message)) = self.join(&session, 0) {
-                        self.refuse(Some(request.id), code, message).await;
+                        self.refuse(None, code, message).await;
                     }
                     return;
                 }
