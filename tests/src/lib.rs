@@ -32,6 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod proxy;
+
 /// How long any single wait may take before the test fails. Generous on purpose: the
 /// suite must pass on a loaded two-core machine, and a healthy wait ends long before.
 pub const PATIENCE: Duration = Duration::from_secs(30);

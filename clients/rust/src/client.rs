@@ -1,9 +1,9 @@
 //! [`Client`]: the cheap, cloneable handle to one WebSocket connection, and the state its
 //! handles share with the connection task.
 
-use crate::connection::{Command, Connection, Reply};
-use crate::queue::event_queue;
-use crate::{ClientError, ClientOptions, Execution};
+use crate::connection::{Command, Connection, Connector, Reply, PROBE_PREFIX};
+use crate::queue::{event_queue, session_queue};
+use crate::{ClientError, ClientOptions, Execution, SessionEvents};
 use futures::Stream;
 use sluice_protocol::{ClientFrame, ErrorCode, Event, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL};
 use std::fmt;
@@ -18,19 +18,23 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// A connection to a Sluice gateway.
 ///
-/// One background task owns the WebSocket. A `Client` (and every [`Execution`] it
-/// starts) talks to that task through one bounded command queue; the task routes each
-/// incoming event by its execution id to that execution's own buffer, bounded in bytes by
-/// [`ClientOptions::execution_buffer_bytes`] (see [`Execution`] for what happens when a
-/// consumer falls that far behind).
+/// One background task owns the WebSocket. A `Client` (and every [`Execution`] and
+/// [`SessionEvents`] it starts) talks to that task through one bounded command queue; the
+/// task routes each incoming event to that execution's or session's own buffer, bounded
+/// in bytes by [`ClientOptions::execution_buffer_bytes`] (see [`Execution`] for what
+/// happens when a consumer falls that far behind).
+///
+/// When the connection drops, the task reconnects and resumes where it left off (see
+/// [`ClientOptions::reconnect`] and the [crate documentation](crate)): the streams go on
+/// as if nothing had happened.
 ///
 /// `Client` is cheap to clone; all clones share the connection. The connection stays open
-/// while any clone or any [`Execution`] is alive, and closes (cleanly) when the last one is
-/// dropped, or earlier through [`Client::close`].
+/// while any clone, [`Execution`] or [`SessionEvents`] is alive, and closes (cleanly) when
+/// the last one is dropped, or earlier through [`Client::close`].
 #[derive(Clone)]
 pub struct Client {
     /// Sending half of the command queue; the connection task holds the receiver and
@@ -60,29 +64,35 @@ impl Client {
     }
 
     /// Connects to `url` with the given options; see [`Client::connect`].
+    ///
+    /// Only this first connection is attempted once: an error here is returned at once.
+    /// Reconnecting (see [`ClientOptions::reconnect`]) starts after a connection that was
+    /// established drops.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
-        let failed = |source| ClientError::Connect {
-            url: url.to_owned(),
-            source: Box::new(source),
-        };
-        let mut request = url.into_client_request().map_err(failed)?;
-        request.headers_mut().insert(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(options.max_incoming_frame_bytes))
-            .max_frame_size(Some(options.max_incoming_frame_bytes));
-        let (socket, _response) =
-            tokio_tungstenite::connect_async_with_config(request, Some(config), true)
-                .await
-                .map_err(failed)?;
+        let socket = open(url, &options).await?;
         tracing::debug!(url, "connected to the gateway");
-        Ok(Self::start(socket, options))
+        let url = url.to_owned();
+        let reconnect_options = options.clone();
+        let connector: Connector<MaybeTlsStream<tokio::net::TcpStream>> = Box::new(move || {
+            let url = url.clone();
+            let options = reconnect_options.clone();
+            Box::pin(async move {
+                open(&url, &options).await.map_err(|err| match err {
+                    ClientError::Connect { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                })
+            })
+        });
+        Ok(Self::start(socket, options, Some(connector)))
     }
 
-    /// Spawns the connection task over an established WebSocket.
-    pub(crate) fn start<S>(socket: WebSocketStream<S>, options: ClientOptions) -> Self
+    /// Spawns the connection task over an established WebSocket; `connector` opens new
+    /// ones after it drops (none: the first drop ends the client).
+    pub(crate) fn start<S>(
+        socket: WebSocketStream<S>,
+        options: ClientOptions,
+        connector: Option<Connector<S>>,
+    ) -> Self
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -95,7 +105,13 @@ impl Client {
             ended: OnceLock::new(),
             socket_events: Mutex::new(Some(socket_rx)),
         });
-        let connection = Connection::new(socket, command_rx, socket_tx, Arc::clone(&shared));
+        let connection = Connection::new(
+            socket,
+            connector,
+            command_rx,
+            socket_tx,
+            Arc::clone(&shared),
+        );
         tokio::spawn(connection.run());
         Self { commands, shared }
     }
@@ -109,7 +125,20 @@ impl Client {
     ///
     /// Returns once the frame is queued on the socket; everything the gateway answers,
     /// including a refusal, arrives as events on the returned [`Execution`].
+    ///
+    /// # Sessions and reconnecting
+    ///
+    /// Without `request.session` the gateway makes a session for the execution alone. If
+    /// the connection drops before the gateway's first event for it arrived, the client
+    /// cannot tell whether the gateway got the `execute`, and cannot ask (it does not know
+    /// the session yet): the execution ends with a synthetic terminal `error` saying so
+    /// (it ran at most once). With `request.session` named, the client sends the
+    /// `execute` again after reconnecting; the gateway answers an id its session already
+    /// knows from the session, so the program runs exactly once.
     pub async fn execute(&self, request: ExecuteRequest) -> Result<Execution, ClientError> {
+        if let Some(session) = &request.session {
+            check_session(session)?;
+        }
         let generated = request.id.is_empty();
         let mut frame = ClientFrame::Execute(request);
         loop {
@@ -119,6 +148,7 @@ impl Client {
                 }
             }
             let id = frame.id().unwrap_or_default().to_owned();
+            let session = frame.session().map(str::to_owned);
             check_id(&id)?;
             let text = frame.to_json();
             self.shared.check_frame_size(text.len())?;
@@ -127,6 +157,7 @@ impl Client {
             let registered = call(&self.commands, &self.shared, |reply| Command::Execute {
                 id: id.clone(),
                 serial,
+                session,
                 frame: text,
                 events,
                 reply,
@@ -164,6 +195,47 @@ impl Client {
         .await
     }
 
+    /// Receives the events of `session` on this client: those after `since` that the
+    /// gateway still buffers (`None`: all of them), then every new one, in order.
+    ///
+    /// Returns once the gateway has accepted the `attach`, or fails with
+    /// [`ClientError::AttachRefused`] (code `unknown_session` when no such session is open:
+    /// it never was, or it ended; `bad_request` when `since` is past its last event). The
+    /// session may be one this client's executions run in (see
+    /// [`Execution::session`](crate::Execution::session)), a named one, or one another
+    /// client runs in; the events of this client's own executions still reach their
+    /// [`Execution`]s as well.
+    ///
+    /// See [`SessionEvents`] for the stream: it survives reconnects like executions do,
+    /// carries a `gap` event when events were lost, and is bounded like an execution's
+    /// buffer.
+    pub async fn attach(
+        &self,
+        session: &str,
+        since: Option<u64>,
+    ) -> Result<SessionEvents, ClientError> {
+        check_session(session)?;
+        let key = self.shared.serials.fetch_add(1, Ordering::Relaxed);
+        let (events, events_rx) = session_queue(self.shared.options.execution_buffer_bytes);
+        let since = since.unwrap_or(0);
+        call(&self.commands, &self.shared, |reply| Command::Attach {
+            key,
+            session: session.to_owned(),
+            since,
+            events,
+            reply,
+        })
+        .await?;
+        Ok(SessionEvents::new(
+            session.to_owned(),
+            key,
+            since,
+            events_rx,
+            self.commands.clone(),
+            Arc::clone(&self.shared),
+        ))
+    }
+
     /// Takes the receiver of socket-stream events: events that belong to no running
     /// execution. Returns `None` after the first call (there is one receiver per
     /// connection, shared by all clones).
@@ -188,12 +260,15 @@ impl Client {
         slot.take().map(|events| SocketEvents { events })
     }
 
-    /// Closes the connection: sends a WebSocket close frame, keeps delivering the events
-    /// that arrive until the gateway answers (the gateway cancels every execution of the
-    /// socket), then ends. Waits at most [`ClientOptions::close_timeout`] for the answer.
+    /// Closes the connection: cancels every execution still running (the gateway would
+    /// otherwise keep them for its session grace period, waiting for a reconnect), sends a
+    /// WebSocket close frame, keeps delivering the events that arrive until the gateway
+    /// answers, then ends. Waits at most [`ClientOptions::close_timeout`] for the answer.
+    /// Does not reconnect.
     ///
     /// Executions still running then end with a synthetic terminal `error` (code
-    /// `internal`). Returns `Ok` when the close handshake completed (also when another
+    /// `internal`), [`SessionEvents`] with a synthetic `error`. Returns `Ok` when the close
+    /// handshake completed or the client closed while reconnecting (also when another
     /// clone closed the connection first), or [`ClientError::ConnectionClosed`] when the
     /// connection had ended some other way.
     pub async fn close(&self) -> Result<(), ClientError> {
@@ -207,7 +282,8 @@ impl Client {
         }
     }
 
-    /// True once the connection has ended; every later command fails.
+    /// True once the connection has ended for good (closed, or reconnecting gave up);
+    /// every later command fails. While the client reconnects it is not closed.
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()
     }
@@ -252,8 +328,8 @@ pub(crate) struct Shared {
     /// Source of generated execution ids.
     ids: IdGenerator,
     /// Source of per-execution serial numbers, which tell apart two executions that used
-    /// the same id one after the other.
-    serials: AtomicU64,
+    /// the same id one after the other, and of subscriber keys.
+    pub(crate) serials: AtomicU64,
     /// How the connection ended; set once by the connection task before it drops the
     /// command receiver and the execution queues, so whoever sees those closed finds it set.
     pub(crate) ended: OnceLock<Ended>,
@@ -312,6 +388,53 @@ impl IdGenerator {
         let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         format!("e{n}")
     }
+}
+
+/// Opens one WebSocket to `url`: the `sluice.v1` subprotocol, the incoming frame cap,
+/// TCP_NODELAY.
+async fn open(
+    url: &str,
+    options: &ClientOptions,
+) -> Result<WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>, ClientError> {
+    let failed = |source| ClientError::Connect {
+        url: url.to_owned(),
+        source: Box::new(source),
+    };
+    let mut request = url.into_client_request().map_err(failed)?;
+    request.headers_mut().insert(
+        SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(options.max_incoming_frame_bytes))
+        .max_frame_size(Some(options.max_incoming_frame_bytes));
+    let (socket, _response) =
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+            .await
+            .map_err(failed)?;
+    Ok(socket)
+}
+
+/// Refuses session names the gateway would refuse, and the client's probe names.
+fn check_session(session: &str) -> Result<(), ClientError> {
+    let invalid = |reason: String| {
+        Err(ClientError::InvalidSession {
+            session: session.to_owned(),
+            reason,
+        })
+    };
+    if session.is_empty() {
+        return invalid("empty".to_owned());
+    }
+    if session.len() > MAX_ID_BYTES {
+        return invalid(format!("longer than {MAX_ID_BYTES} bytes"));
+    }
+    if session.starts_with(PROBE_PREFIX) {
+        return invalid(format!(
+            "names starting with {PROBE_PREFIX:?} are reserved for the client"
+        ));
+    }
+    Ok(())
 }
 
 fn check_id(id: &str) -> Result<(), ClientError> {

@@ -1,27 +1,58 @@
 //! The connection task: the only owner of the WebSocket. It writes the frames handles
-//! ask for and routes every incoming event by execution id, the way async-nats'
-//! `ConnectionHandler` routes messages by subscription id.
+//! ask for and routes every incoming event to the [`Execution`](crate::Execution) or
+//! [`SessionEvents`](crate::SessionEvents) it is for, the way async-nats'
+//! `ConnectionHandler` routes messages by subscription id. When the connection drops, it
+//! reconnects and resumes every session it was reading.
 //!
 //! One `select!` loop serves three sources: the outgoing frames (`outbox`), the socket and
 //! the command queue. Writing never stops reading, and delivering never waits: every
-//! execution has its own byte-bounded buffer ([`crate::queue`]), so one execution whose
-//! events are not read never holds up another's. An execution whose consumer lets its
-//! buffer outgrow the budget is cancelled and its consumer told (see [`Connection::deliver`]).
+//! consumer has its own byte-bounded buffer ([`crate::queue`]), so one whose events are
+//! not read never holds up another. An execution whose consumer lets its buffer outgrow
+//! the budget is cancelled and its consumer told (see [`Connection::push_to_route`]).
 //! Reading the socket never stops for a consumer. The only backpressure is on callers:
 //! the command queue is bounded, and while a command's frames wait to be written no new
 //! command is taken, so callers wait when the gateway does not take frames fast enough.
+//!
+//! # Sessions, resume and acknowledgements
+//!
+//! Every event of a session carries its sequence (from 1, no gaps). The task keeps, per
+//! session it reads, the highest sequence it has processed (`position`): an event at or
+//! below it is a duplicate (a replay after a resume or a rewind) and reaches only the
+//! [`SessionEvents`](crate::SessionEvents) that have not seen it. After a reconnect it
+//! attaches every session that still has a consumer with `since` = what every consumer
+//! has, so nothing is lost and nothing is delivered twice. When reconnecting is on, it
+//! acknowledges what it has handed to consumers (every [`ACK_EVERY_EVENTS`] events or
+//! [`ACK_EVERY_BYTES`] bytes, and whenever the socket has nothing more to read), so the
+//! gateway keeps every event in flight until it has arrived.
+//!
+//! # Probes
+//!
+//! The gateway answers a successful `attach` with nothing, and refuses a failed one on
+//! the socket's own stream, which carries no session. To tell which refusal (if any)
+//! belongs to which `attach`, the task brackets every `attach` (and every `detach`) with
+//! probes: `detach` frames for sessions that cannot exist (named with [`PROBE_PREFIX`]),
+//! which the gateway always refuses, in order, on that same stream. A refusal between the
+//! answers to the probe before and the probe after an `attach` that names its session is
+//! that `attach`'s; the answer to the probe after it without such a refusal means it
+//! succeeded. Probe answers never reach [`Client::socket_events`](crate::Client::socket_events).
 
-use crate::client::{synthetic_error, Ended, Shared};
+use crate::client::{synthetic_error, synthetic_error_with, Ended, Shared};
 use crate::queue::{EventSender, Push};
 use crate::ClientError;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use sluice_protocol::{CancelFrame, ClientFrame, Event};
+use sluice_protocol::{
+    AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, ErrorCode, Event, EventKind,
+    StdinFrame,
+};
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::{poll_fn, Future};
+use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::ready;
+use std::task::{ready, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
@@ -30,10 +61,34 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// The reply channel of a command; dropped unanswered only when the connection ends.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+/// A connection attempt: a new WebSocket to the gateway, or why there is none.
+pub(crate) type ConnectFuture<S> =
+    Pin<Box<dyn Future<Output = Result<WebSocketStream<S>, String>> + Send>>;
+
+/// Opens new connections to the same gateway, for reconnecting.
+pub(crate) type Connector<S> = Box<dyn FnMut() -> ConnectFuture<S> + Send>;
+
+/// Session names starting with this are the client's probes (see the module
+/// documentation); the client refuses them as names of real sessions.
+pub(crate) const PROBE_PREFIX: &str = "sluice-client-probe-";
+
+/// Acknowledge a session after at most this many events...
+pub(crate) const ACK_EVERY_EVENTS: usize = 256;
+
+/// ...or this many bytes of frames, whichever comes first (and whenever the socket has
+/// nothing more to read).
+pub(crate) const ACK_EVERY_BYTES: usize = 1 << 20;
+
+/// How many acknowledged, forgotten gateway-made sessions the client remembers.
+const FAREWELLS: usize = 256;
+
+/// Most messages read in one go before the loop looks at its other sources again.
+const READ_BURST: usize = 64;
 
 /// What handles ask of the connection task.
 pub(crate) enum Command {
@@ -42,6 +97,8 @@ pub(crate) enum Command {
     Execute {
         id: String,
         serial: u64,
+        /// The session named in the request, if any.
+        session: Option<String>,
         frame: String,
         events: EventSender,
         reply: Reply<()>,
@@ -50,7 +107,8 @@ pub(crate) enum Command {
     Stdin {
         id: String,
         serial: u64,
-        frame: String,
+        data: Option<String>,
+        eof: bool,
         reply: Reply<()>,
     },
     /// Send a `cancel` frame once, if the execution is still running.
@@ -62,6 +120,18 @@ pub(crate) enum Command {
     /// The `Execution` was dropped before its terminal event: discard its events until the
     /// terminal one, and cancel it.
     Abandon { id: String, serial: u64 },
+    /// Deliver `session`'s events after `since` to a new subscriber `key`; answered once
+    /// the gateway has accepted or refused the `attach`.
+    Attach {
+        key: u64,
+        session: String,
+        since: u64,
+        events: EventSender,
+        reply: Reply<()>,
+    },
+    /// Stop delivering to subscriber `key` (and stop reading its session if nothing else
+    /// here needs it).
+    Detach { key: u64, reply: Option<Reply<()>> },
     /// Close the connection.
     Close,
 }
@@ -76,21 +146,125 @@ struct Route {
     /// discarded, and the route stays until the terminal event so the id counts as
     /// running exactly as long as the gateway says it is.
     events: Option<EventSender>,
-    /// A `cancel` frame was sent for it; it is never sent twice.
+    /// A `cancel` frame was sent for it; it is sent again only after a reconnect.
     cancel_sent: bool,
     /// The consumer fell behind: the bytes its buffer would have held, over the budget.
     fell_behind: Option<usize>,
+    /// The session: named in the request, or the gateway-made one its first event names.
+    session: Option<String>,
+    /// The request named its session.
+    named: bool,
+    /// An event of the execution has arrived: the gateway has it.
+    confirmed: bool,
+    /// Counted in its session's `routes`.
+    counted: bool,
+    /// The `execute` frame of an execution in a named session that no event has answered
+    /// yet: sent again after a reconnect. The gateway answers an id its session already
+    /// knows from the session, so the program never runs twice.
+    execute: Option<String>,
 }
 
-/// The state of one connection, owned by its task.
+/// What the task knows of one session the socket reads.
+#[derive(Debug, Default)]
+struct SessionState {
+    /// The highest sequence processed, once one was (or the `since` it was attached
+    /// after): an event at or below it is a duplicate.
+    position: Option<u64>,
+    /// Routes in this session that have received an event.
+    routes: usize,
+    /// The subscribers reading it (keys of `Connection::subscribers`).
+    subscribers: Vec<u64>,
+    /// Made by the gateway for one of this client's executions: forgotten once that
+    /// has ended.
+    ephemeral: bool,
+    /// A `detach` was sent: its events are dropped, it is not acknowledged, and it is
+    /// forgotten when the gateway has processed the `detach`.
+    detached: bool,
+    /// The last sequence acknowledged on the current socket.
+    acked: u64,
+    /// Events and bytes processed since the last acknowledgement.
+    unacked_events: usize,
+    unacked_bytes: usize,
+    /// The last `gap`, for an execution whose first events it may have swallowed.
+    last_gap: Option<Event>,
+}
+
+/// One [`SessionEvents`](crate::SessionEvents).
+struct Subscriber {
+    session: String,
+    events: EventSender,
+    /// The last sequence delivered (or the `since` it attached after).
+    last: u64,
+    /// The gateway accepted its `attach`.
+    confirmed: bool,
+}
+
+/// An `attach` whose answer has not arrived.
+struct PendingAttach {
+    session: String,
+    /// User attaches waiting for the answer: the subscriber and the caller.
+    waiters: Vec<(u64, Reply<()>)>,
+    /// Re-attaching after a reconnect: if refused, every consumer of the session ends.
+    resume: bool,
+    /// The gateway's refusal, once seen.
+    refusal: Option<Event>,
+}
+
+/// A frame of the client's whose refusals a probe delimits.
+#[derive(Debug, Clone)]
+enum Window {
+    Attach(u64),
+    Detach(String),
+}
+
+/// A probe frame sent and not yet answered.
+struct Probe {
+    name: String,
+    /// The bracketed frame its answer closes.
+    closes: Option<Window>,
+    /// The bracketed frame whose refusals come after its answer.
+    opens: Option<Window>,
+}
+
+/// One session to attach, with what to do with the answer.
+struct AttachPlan {
+    session: String,
+    since: u64,
+    waiters: Vec<(u64, Reply<()>)>,
+    resume: bool,
+}
+
+/// What a queued frame is for: after a reconnect, frames that never reached the old
+/// socket are kept if they cannot be rebuilt from the task's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Purpose {
+    Execute {
+        id: String,
+        serial: u64,
+    },
+    Stdin {
+        id: String,
+        serial: u64,
+    },
+    /// Attach, detach, ack, cancel, probe, close: rebuilt from the state.
+    Other,
+}
+
+struct Outgoing {
+    message: Message,
+    purpose: Purpose,
+}
+
+/// The state of one client's connection (across reconnects), owned by its task.
 pub(crate) struct Connection<S> {
-    /// Write half of the WebSocket; only this task writes.
-    sink: SplitSink<WebSocketStream<S>, Message>,
-    /// Read half of the WebSocket.
-    stream: SplitStream<WebSocketStream<S>>,
-    /// Receiving half of the command queue; every `Client` and `Execution` holds a sender.
-    /// Closed and dropped when the task ends, which fails later commands and wakes
-    /// `Client::close`.
+    /// Write half of the WebSocket; only this task writes. `None` while disconnected.
+    sink: Option<SplitSink<WebSocketStream<S>, Message>>,
+    /// Read half of the WebSocket. `None` while disconnected.
+    stream: Option<SplitStream<WebSocketStream<S>>>,
+    /// Opens a new socket after the connection drops; `None`: the first drop is final.
+    connector: Option<Connector<S>>,
+    /// Receiving half of the command queue; every handle holds a sender. Closed and
+    /// dropped when the task ends, which fails later commands and wakes `Client::close`.
     commands: mpsc::Receiver<Command>,
     /// False once every sender is gone (no handle left), which starts closing.
     commands_open: bool,
@@ -100,9 +274,29 @@ pub(crate) struct Connection<S> {
     /// Running executions by id. Dropping a route's sender ends its `Execution`'s stream;
     /// when the task ends, dropping them all gives each its synthetic terminal event.
     routes: HashMap<String, Route>,
+    /// The sessions the socket reads, by name.
+    sessions: HashMap<String, SessionState>,
+    /// The `SessionEvents`, by key.
+    subscribers: HashMap<u64, Subscriber>,
+    /// `attach` frames sent and not yet answered, by key.
+    attaches: HashMap<u64, PendingAttach>,
+    next_attach: u64,
+    /// Probes sent and not yet answered, oldest first (the gateway answers in order).
+    probes: VecDeque<Probe>,
+    next_probe: u64,
+    /// The bracketed frame whose refusal, if any, is the next socket-stream event.
+    window: Option<Window>,
+    /// Sessions with events processed and not yet acknowledged.
+    unacked: HashSet<String>,
+    /// Acknowledge events (reconnecting is on).
+    acks: bool,
+    /// Gateway-made sessions recently acknowledged to the end and forgotten: the gateway
+    /// may have let go of one before the last `ack` arrived, and its refusal of that
+    /// `ack` is not news for anybody.
+    farewells: VecDeque<String>,
     /// Frames waiting for the socket. Commands are taken only while it is empty, so it
-    /// holds at most one command's frame plus one `cancel` per abandoned route.
-    outbox: VecDeque<Message>,
+    /// holds at most one command's frames plus acks and one `cancel` per abandoned route.
+    outbox: VecDeque<Outgoing>,
     /// Something was queued since the socket was last flushed.
     unflushed: bool,
     /// The close frame is queued or sent; no more frames follow it.
@@ -111,6 +305,8 @@ pub(crate) struct Connection<S> {
     close_deadline: Option<Instant>,
     /// The gateway's close frame, described, once it arrived.
     peer_close: Option<String>,
+    /// Randomness for the reconnect jitter.
+    jitter: RandomState,
     shared: Arc<Shared>,
 }
 
@@ -122,33 +318,57 @@ where
 {
     pub(crate) fn new(
         socket: WebSocketStream<S>,
+        connector: Option<Connector<S>>,
         commands: mpsc::Receiver<Command>,
         socket_events: mpsc::Sender<Event>,
         shared: Arc<Shared>,
     ) -> Self {
         let (sink, stream) = socket.split();
+        let acks = connector.is_some() && shared.options.reconnect.is_some();
         Self {
-            sink,
-            stream,
+            sink: Some(sink),
+            stream: Some(stream),
+            connector,
             commands,
             commands_open: true,
             socket_events,
             routes: HashMap::new(),
+            sessions: HashMap::new(),
+            subscribers: HashMap::new(),
+            attaches: HashMap::new(),
+            next_attach: 0,
+            probes: VecDeque::new(),
+            next_probe: 0,
+            window: None,
+            unacked: HashSet::new(),
+            acks,
+            farewells: VecDeque::new(),
             outbox: VecDeque::new(),
             unflushed: false,
             closing: false,
             close_deadline: None,
             peer_close: None,
+            jitter: RandomState::new(),
             shared,
         }
     }
 
-    /// Runs the connection until it ends, then fails whatever is still waiting on it.
+    /// Runs the connection (reconnecting as the options say) until it ends, then fails
+    /// whatever is still waiting on it.
     pub(crate) async fn run(mut self) {
-        let ended = self.drive().await;
+        let ended = loop {
+            let lost = self.drive().await;
+            if self.closing || self.connector.is_none() || self.shared.options.reconnect.is_none() {
+                break lost;
+            }
+            match self.reconnect(lost).await {
+                Ok(()) => {}
+                Err(ended) => break ended,
+            }
+        };
         debug!(clean = ended.clean, reason = %ended.reason, "connection to the gateway ended");
         // Order matters: `ended` must be set before anyone can observe the closed
-        // command queue or a closed execution queue.
+        // command queue or a closed event queue.
         let _ = self.shared.ended.set(ended);
         self.commands.close();
         // Fail everything waiting on the connection before the (possibly slow) goodbye:
@@ -156,14 +376,24 @@ where
         // `Execution` its synthetic terminal event.
         while self.commands.try_recv().is_ok() {}
         self.routes.clear();
+        self.attaches.clear();
+        let reason = self.shared.end_reason();
+        for (_, subscriber) in self.subscribers.drain() {
+            let message = format!("the connection to the gateway ended: {reason}");
+            let event = synthetic_error(None, Some(subscriber.session), message);
+            subscriber.events.finish(event);
+        }
         if !self.closing {
-            // Best effort: tell the gateway, if it can still hear us.
-            let timeout = self.shared.options.close_timeout;
-            let _ = tokio::time::timeout(timeout, self.sink.close()).await;
+            if let Some(sink) = self.sink.as_mut() {
+                // Best effort: tell the gateway, if it can still hear us.
+                let timeout = self.shared.options.close_timeout;
+                let _ = tokio::time::timeout(timeout, sink.close()).await;
+            }
         }
         // Dropping `self` drops the socket-event sender, which ends `SocketEvents`.
     }
 
+    /// Serves the current socket until it ends.
     async fn drive(&mut self) -> Ended {
         loop {
             let deadline = self.close_deadline.unwrap_or_else(Instant::now);
@@ -174,25 +404,64 @@ where
                         Err(err) => return self.failed(format!("writing to the gateway failed: {err}")),
                     }
                 }
-                message = self.stream.next() => match message {
-                    Some(Ok(message)) => self.on_message(message),
-                    Some(Err(err)) => return self.failed(format!("reading from the gateway failed: {err}")),
-                    None => return self.stream_ended(),
-                },
-                command = self.commands.recv(), if self.commands_open && self.outbox.is_empty() => {
-                    match command {
-                        Some(command) => self.on_command(command),
-                        None => {
-                            self.commands_open = false;
-                            self.start_close();
-                        }
+                message = next_message(&mut self.stream) => {
+                    if let Some(ended) = self.on_read(message) {
+                        return ended;
                     }
+                    if let Some(ended) = self.read_burst().await {
+                        return ended;
+                    }
+                }
+                command = self.commands.recv(), if self.commands_open && self.outbox.is_empty() => {
+                    self.on_command_or_end(command);
                 }
                 () = tokio::time::sleep_until(deadline), if self.close_deadline.is_some() => {
                     return self.failed("the gateway did not answer the close handshake in time".to_owned());
                 }
             }
         }
+    }
+
+    /// Handles what the socket yielded; `Some` when the socket is done.
+    fn on_read(&mut self, message: Option<Result<Message, WsError>>) -> Option<Ended> {
+        match message {
+            Some(Ok(message)) => {
+                self.on_message(message);
+                None
+            }
+            Some(Err(err)) if self.closing => {
+                // The gateway dropped the connection instead of answering the close frame
+                // (it does when it still had events to write): closed all the same.
+                debug!(%err, "the gateway dropped the connection after the close frame");
+                Some(Ended {
+                    clean: true,
+                    reason: "the client closed the connection".to_owned(),
+                })
+            }
+            Some(Err(err)) => Some(self.failed(format!("reading from the gateway failed: {err}"))),
+            None => Some(self.stream_ended()),
+        }
+    }
+
+    /// Reads the messages that are already there, without waiting; when the socket has
+    /// nothing more, acknowledges what was processed.
+    async fn read_burst(&mut self) -> Option<Ended> {
+        for _ in 0..READ_BURST {
+            let stream = self.stream.as_mut()?;
+            let polled = poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await;
+            match polled {
+                Poll::Ready(message) => {
+                    if let Some(ended) = self.on_read(message) {
+                        return Some(ended);
+                    }
+                }
+                Poll::Pending => {
+                    self.ack_all();
+                    return None;
+                }
+            }
+        }
+        None
     }
 
     fn failed(&self, reason: String) -> Ended {
@@ -219,76 +488,423 @@ where
         }
     }
 
+    // -----------------------------------------------------------------------------------
+    // Reconnecting
+    // -----------------------------------------------------------------------------------
+
+    /// Opens a new socket with backoff and resumes on it; `Err` with how the connection
+    /// ended for good when the policy's bound is reached or the client closes meanwhile.
+    async fn reconnect(&mut self, lost: Ended) -> Result<(), Ended> {
+        self.sink = None;
+        self.stream = None;
+        self.unflushed = false;
+        self.peer_close = None;
+        let (Some(policy), Some(mut connector)) =
+            (self.shared.options.reconnect.clone(), self.connector.take())
+        else {
+            return Err(lost);
+        };
+        info!(reason = %lost.reason, "lost the connection to the gateway; reconnecting");
+        let started = Instant::now();
+        let deadline = started + policy.give_up_after;
+        let mut attempts: u32 = 0;
+        let mut last_error = String::from("no attempt was made");
+        let result = loop {
+            let out_of_attempts = policy.max_attempts.is_some_and(|max| attempts >= max);
+            if out_of_attempts || Instant::now() >= deadline {
+                let reason = format!(
+                    "{}; gave up reconnecting after {attempts} failed attempt(s) in {:.1?} \
+                     (last: {last_error})",
+                    lost.reason,
+                    started.elapsed()
+                );
+                warn!(%reason, "could not reconnect to the gateway");
+                break Err(Ended {
+                    clean: false,
+                    reason,
+                });
+            }
+            let delay = self.jittered(policy.delay(attempts.saturating_add(1)), attempts);
+            let wake = (Instant::now() + delay).min(deadline);
+            if let Err(ended) = self
+                .while_disconnected(tokio::time::sleep_until(wake))
+                .await
+            {
+                break Err(ended);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                continue;
+            }
+            attempts = attempts.saturating_add(1);
+            let limit = policy.connect_timeout.min(left);
+            let attempt = tokio::time::timeout(limit, connector());
+            match self.while_disconnected(attempt).await {
+                Err(ended) => break Err(ended),
+                Ok(Ok(Ok(socket))) => {
+                    info!(attempts, "reconnected to the gateway");
+                    let (sink, stream) = socket.split();
+                    self.sink = Some(sink);
+                    self.stream = Some(stream);
+                    self.resume();
+                    break Ok(());
+                }
+                Ok(Ok(Err(err))) => {
+                    debug!(attempt = attempts, error = %err, "reconnect attempt failed");
+                    last_error = err;
+                }
+                Ok(Err(_)) => {
+                    debug!(attempt = attempts, "reconnect attempt timed out");
+                    last_error = format!("no connection within {limit:?}");
+                }
+            }
+        };
+        self.connector = Some(connector);
+        result
+    }
+
+    /// A random duration between half and all of `delay`.
+    fn jittered(&self, delay: Duration, attempt: u32) -> Duration {
+        let random = self.jitter.hash_one(attempt);
+        let half = delay / 2;
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(random.checked_rem(nanos.saturating_add(1)).unwrap_or(0))
+    }
+
+    /// Runs `future` while taking commands (their frames wait for the next socket);
+    /// `Err` if the client closes or every handle goes away meanwhile.
+    async fn while_disconnected<F: Future>(&mut self, future: F) -> Result<F::Output, Ended> {
+        tokio::pin!(future);
+        loop {
+            if self.closing {
+                return Err(Ended {
+                    clean: true,
+                    reason: "the client closed the connection while reconnecting".to_owned(),
+                });
+            }
+            let room = self.outbox.len() < self.shared.options.command_buffer.max(1);
+            tokio::select! {
+                output = &mut future => return Ok(output),
+                command = self.commands.recv(), if self.commands_open && room => {
+                    self.on_command_or_end(command);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the outbox for a new socket: attaches for every session with a consumer,
+    /// `execute` frames the gateway may not have had, queued input, cancels.
+    fn resume(&mut self) {
+        let old = std::mem::take(&mut self.outbox);
+        self.probes.clear();
+        self.window = None;
+        self.unacked.clear();
+        // Attaches the old socket did not answer are asked again.
+        let mut waiting: HashMap<String, Vec<(u64, Reply<()>)>> = HashMap::new();
+        for (_, attach) in self.attaches.drain() {
+            waiting
+                .entry(attach.session)
+                .or_default()
+                .extend(attach.waiters);
+        }
+        let mut plan = Vec::new();
+        let names: Vec<String> = self.sessions.keys().cloned().collect();
+        for name in names {
+            let has_route = self
+                .routes
+                .values()
+                .any(|route| route.session.as_deref() == Some(name.as_str()));
+            let Some(state) = self.sessions.get_mut(&name) else {
+                continue;
+            };
+            let confirmed_subscriber = state
+                .subscribers
+                .iter()
+                .any(|key| self.subscribers.get(key).is_some_and(|s| s.confirmed));
+            let needed = state.routes > 0 || confirmed_subscriber;
+            let waiters = waiting.remove(&name).unwrap_or_default();
+            state.acked = 0;
+            state.unacked_events = 0;
+            state.unacked_bytes = 0;
+            if !needed && waiters.is_empty() {
+                if !has_route && state.subscribers.is_empty() {
+                    // The new socket does not read it.
+                    self.sessions.remove(&name);
+                }
+                continue;
+            }
+            state.detached = false;
+            let since = self.resume_point(&name).unwrap_or(0);
+            plan.push(AttachPlan {
+                session: name,
+                since,
+                waiters,
+                resume: needed,
+            });
+        }
+        for (session, waiters) in waiting {
+            // Their subscribers are gone (detached while waiting).
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(ClientError::ConnectionClosed {
+                    reason: format!("the subscription to {session:?} was dropped"),
+                }));
+            }
+        }
+        debug!(sessions = plan.len(), "resuming sessions");
+        self.enqueue_attaches(plan);
+
+        // Executions no event has answered: did the gateway get them?
+        let unsent: HashSet<(String, u64)> = old
+            .iter()
+            .filter_map(|outgoing| match &outgoing.purpose {
+                Purpose::Execute { id, serial } => Some((id.clone(), *serial)),
+                _ => None,
+            })
+            .collect();
+        let mut resend = Vec::new();
+        let mut lost = Vec::new();
+        for (id, route) in &self.routes {
+            if route.confirmed || unsent.contains(&(id.clone(), route.serial)) {
+                continue;
+            }
+            match &route.execute {
+                Some(frame) => resend.push((id.clone(), route.serial, frame.clone())),
+                None => lost.push(id.clone()),
+            }
+        }
+        for (id, serial, frame) in resend {
+            self.enqueue(Message::text(frame), Purpose::Execute { id, serial });
+        }
+        for id in lost {
+            let message = "the connection to the gateway was lost before the gateway answered \
+                           this execution, which named no session: it cannot be resumed, and \
+                           it may or may not have run (name a session to make a resubmit safe)";
+            self.end_route(&id, synthetic_error(Some(id.clone()), None, message));
+        }
+        // Frames the old socket never took.
+        for outgoing in old {
+            let keep = match &outgoing.purpose {
+                Purpose::Execute { id, serial } | Purpose::Stdin { id, serial } => {
+                    self.route(id, *serial).is_some()
+                }
+                Purpose::Other => false,
+            };
+            if keep {
+                self.outbox.push_back(outgoing);
+            }
+        }
+        // Cancels the gateway may not have had (a repeated one is refused harmlessly).
+        let cancels: Vec<(String, Option<String>)> = self
+            .routes
+            .iter()
+            .filter(|(_, route)| route.cancel_sent && (route.confirmed || route.named))
+            .map(|(id, route)| (id.clone(), route.session.clone()))
+            .collect();
+        for (id, session) in cancels {
+            self.enqueue_frame(
+                &ClientFrame::Cancel(CancelFrame { id, session }),
+                Purpose::Other,
+            );
+        }
+        self.unflushed = !self.outbox.is_empty();
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Commands
+    // -----------------------------------------------------------------------------------
+
+    fn on_command_or_end(&mut self, command: Option<Command>) {
+        match command {
+            Some(command) => self.on_command(command),
+            None => {
+                self.commands_open = false;
+                self.start_close();
+            }
+        }
+    }
+
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Execute {
                 id,
                 serial,
+                session,
                 frame,
                 events,
                 reply,
-            } => {
-                if self.closing {
-                    let _ = reply.send(Err(self.closing_error()));
-                    return;
-                }
-                match self.routes.entry(id) {
-                    Entry::Occupied(taken) => {
-                        let _ = reply.send(Err(ClientError::DuplicateId(taken.key().clone())));
-                    }
-                    // The caller stopped waiting; nobody would receive the events.
-                    Entry::Vacant(_) if reply.is_closed() => {}
-                    Entry::Vacant(slot) => {
-                        slot.insert(Route {
-                            serial,
-                            events: Some(events),
-                            cancel_sent: false,
-                            fell_behind: None,
-                        });
-                        self.enqueue(Message::text(frame));
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-            }
+            } => self.on_execute(id, serial, session, frame, events, reply),
             Command::Stdin {
                 id,
                 serial,
-                frame,
+                data,
+                eof,
                 reply,
             } => {
-                let limit = self.shared.options.execution_buffer_bytes;
-                let result = if self.closing {
-                    Err(self.closing_error())
-                } else {
-                    match self.route(&id, serial) {
-                        Some(Route {
-                            fell_behind: Some(buffered_bytes),
-                            ..
-                        }) => Err(ClientError::SlowConsumer {
-                            buffered_bytes: *buffered_bytes,
-                            limit,
-                            id,
-                        }),
-                        Some(_) => {
-                            self.enqueue(Message::text(frame));
-                            Ok(())
-                        }
-                        None => Err(ClientError::ExecutionFinished(id)),
-                    }
-                };
+                let result = self.on_stdin(id, serial, data, eof);
                 let _ = reply.send(result);
             }
             Command::Cancel { id, serial, reply } => {
-                // While closing there is nothing to do: the gateway cancels every
-                // execution of a closing socket.
+                // While closing there is nothing to do: closing cancels every execution.
                 if !self.closing {
                     self.send_cancel(&id, serial);
                 }
                 let _ = reply.send(Ok(()));
             }
             Command::Abandon { id, serial } => self.abandon(&id, serial),
+            Command::Attach {
+                key,
+                session,
+                since,
+                events,
+                reply,
+            } => self.on_attach(key, session, since, events, reply),
+            Command::Detach { key, reply } => {
+                self.remove_subscriber(key);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
             Command::Close => self.start_close(),
         }
+    }
+
+    fn on_execute(
+        &mut self,
+        id: String,
+        serial: u64,
+        session: Option<String>,
+        frame: String,
+        events: EventSender,
+        reply: Reply<()>,
+    ) {
+        if self.closing {
+            let _ = reply.send(Err(self.closing_error()));
+            return;
+        }
+        match self.routes.entry(id.clone()) {
+            Entry::Occupied(taken) => {
+                let _ = reply.send(Err(ClientError::DuplicateId(taken.key().clone())));
+            }
+            // The caller stopped waiting; nobody would receive the events.
+            Entry::Vacant(_) if reply.is_closed() => {}
+            Entry::Vacant(slot) => {
+                let named = session.is_some();
+                slot.insert(Route {
+                    serial,
+                    events: Some(events),
+                    cancel_sent: false,
+                    fell_behind: None,
+                    session: session.clone(),
+                    named,
+                    confirmed: false,
+                    counted: false,
+                    execute: named.then(|| frame.clone()),
+                });
+                if let Some(name) = session {
+                    let state = self.sessions.entry(name).or_default();
+                    if state.detached {
+                        // Read again from where the gateway starts this socket on it.
+                        *state = SessionState::default();
+                    }
+                }
+                self.enqueue(Message::text(frame), Purpose::Execute { id, serial });
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn on_stdin(
+        &mut self,
+        id: String,
+        serial: u64,
+        data: Option<String>,
+        eof: bool,
+    ) -> Result<(), ClientError> {
+        if self.closing {
+            return Err(self.closing_error());
+        }
+        let limit = self.shared.options.execution_buffer_bytes;
+        let session = match self.route(&id, serial) {
+            Some(Route {
+                fell_behind: Some(buffered_bytes),
+                ..
+            }) => {
+                return Err(ClientError::SlowConsumer {
+                    buffered_bytes: *buffered_bytes,
+                    limit,
+                    id,
+                })
+            }
+            Some(route) => route.session.clone(),
+            None => return Err(ClientError::ExecutionFinished(id)),
+        };
+        // Naming the session lets a socket that did not start the execution (after a
+        // reconnect) reach it.
+        let frame = ClientFrame::Stdin(StdinFrame {
+            id: id.clone(),
+            session,
+            data,
+            eof,
+        })
+        .to_json();
+        self.shared.check_frame_size(frame.len())?;
+        self.enqueue(Message::text(frame), Purpose::Stdin { id, serial });
+        Ok(())
+    }
+
+    fn on_attach(
+        &mut self,
+        key: u64,
+        session: String,
+        since: u64,
+        events: EventSender,
+        reply: Reply<()>,
+    ) {
+        if self.closing {
+            let _ = reply.send(Err(self.closing_error()));
+            return;
+        }
+        if reply.is_closed() {
+            return;
+        }
+        let has_route = self
+            .routes
+            .values()
+            .any(|route| route.session.as_deref() == Some(session.as_str()));
+        let in_use = self.sessions.get(&session).is_some_and(|state| {
+            !state.detached && (state.routes > 0 || !state.subscribers.is_empty() || has_route)
+        });
+        let wire_since = if in_use {
+            // The socket reads it already: moving its cursor past what the other
+            // consumers have would lose events for them; the replay is deduplicated.
+            self.resume_point(&session)
+                .map_or(0, |point| point.min(since))
+        } else {
+            let state = self.sessions.entry(session.clone()).or_default();
+            *state = SessionState {
+                position: Some(since),
+                ephemeral: state.ephemeral,
+                ..SessionState::default()
+            };
+            since
+        };
+        let state = self.sessions.entry(session.clone()).or_default();
+        state.subscribers.push(key);
+        self.subscribers.insert(
+            key,
+            Subscriber {
+                session: session.clone(),
+                events,
+                last: since,
+                confirmed: false,
+            },
+        );
+        self.enqueue_attaches(vec![AttachPlan {
+            session,
+            since: wire_since,
+            waiters: vec![(key, reply)],
+            resume: false,
+        }]);
     }
 
     fn closing_error(&self) -> ClientError {
@@ -303,9 +919,17 @@ where
             .filter(|route| route.serial == serial)
     }
 
-    fn enqueue(&mut self, message: Message) {
-        self.outbox.push_back(message);
+    fn enqueue(&mut self, message: Message, purpose: Purpose) {
+        if self.closing {
+            // Nothing may follow the close frame.
+            return;
+        }
+        self.outbox.push_back(Outgoing { message, purpose });
         self.unflushed = true;
+    }
+
+    fn enqueue_frame(&mut self, frame: &ClientFrame, purpose: Purpose) {
+        self.enqueue(Message::text(frame.to_json()), purpose);
     }
 
     fn send_cancel(&mut self, id: &str, serial: u64) {
@@ -318,10 +942,9 @@ where
         route.cancel_sent = true;
         let frame = ClientFrame::Cancel(CancelFrame {
             id: id.to_owned(),
-            session: None,
-        })
-        .to_json();
-        self.enqueue(Message::text(frame));
+            session: route.session.clone(),
+        });
+        self.enqueue_frame(&frame, Purpose::Other);
     }
 
     /// The `Execution` is gone: stop delivering to it and cancel it.
@@ -339,23 +962,282 @@ where
         }
     }
 
+    /// Cancels every execution still running (sessions outlive sockets: the gateway
+    /// would otherwise keep them running for its grace period), then sends the close
+    /// frame.
     fn start_close(&mut self) {
         if self.closing {
             return;
         }
-        self.closing = true;
-        self.close_deadline = Some(Instant::now() + self.shared.options.close_timeout);
+        let running: Vec<(String, u64)> = self
+            .routes
+            .iter()
+            .map(|(id, route)| (id.clone(), route.serial))
+            .collect();
+        for (id, serial) in running {
+            self.send_cancel(&id, serial);
+        }
         let frame = CloseFrame {
             code: CloseCode::Normal,
             reason: "client closing".into(),
         };
-        self.enqueue(Message::Close(Some(frame)));
+        self.enqueue(Message::Close(Some(frame)), Purpose::Other);
+        self.closing = true;
+        self.close_deadline = Some(Instant::now() + self.shared.options.close_timeout);
     }
+
+    // -----------------------------------------------------------------------------------
+    // Attach, detach, probes
+    // -----------------------------------------------------------------------------------
+
+    /// Where to resume `name`: what every consumer of it has. `None` before anything is
+    /// known of it.
+    fn resume_point(&self, name: &str) -> Option<u64> {
+        let state = self.sessions.get(name)?;
+        let position = state.position?;
+        let subscribers = state
+            .subscribers
+            .iter()
+            .filter_map(|key| self.subscribers.get(key))
+            .map(|subscriber| subscriber.last);
+        Some(subscribers.fold(position, u64::min))
+    }
+
+    /// Queues `attach` frames, each bracketed by probes, and an `ack` after each when
+    /// acknowledging.
+    fn enqueue_attaches(&mut self, plan: Vec<AttachPlan>) {
+        let keys: Vec<u64> = plan
+            .iter()
+            .map(|_| {
+                self.next_attach += 1;
+                self.next_attach
+            })
+            .collect();
+        let Some(first) = keys.first() else {
+            return;
+        };
+        self.push_probe(None, Some(Window::Attach(*first)));
+        for (index, item) in plan.into_iter().enumerate() {
+            let key = keys[index];
+            self.enqueue_frame(
+                &ClientFrame::Attach(AttachFrame {
+                    session: item.session.clone(),
+                    since: Some(item.since),
+                }),
+                Purpose::Other,
+            );
+            if self.acks {
+                // A new lead inherits acknowledging from where it attached.
+                self.enqueue_frame(
+                    &ClientFrame::Ack(AckFrame {
+                        session: item.session.clone(),
+                        sequence: item.since,
+                    }),
+                    Purpose::Other,
+                );
+                if let Some(state) = self.sessions.get_mut(&item.session) {
+                    state.acked = state.acked.max(item.since);
+                }
+            }
+            self.attaches.insert(
+                key,
+                PendingAttach {
+                    session: item.session,
+                    waiters: item.waiters,
+                    resume: item.resume,
+                    refusal: None,
+                },
+            );
+            let next = keys.get(index + 1).map(|key| Window::Attach(*key));
+            self.push_probe(Some(Window::Attach(key)), next);
+        }
+    }
+
+    fn push_probe(&mut self, closes: Option<Window>, opens: Option<Window>) {
+        self.next_probe += 1;
+        let name = format!("{PROBE_PREFIX}{}", self.next_probe);
+        self.enqueue_frame(
+            &ClientFrame::Detach(DetachFrame {
+                session: name.clone(),
+            }),
+            Purpose::Other,
+        );
+        self.probes.push_back(Probe {
+            name,
+            closes,
+            opens,
+        });
+    }
+
+    /// The answer to the front probe: the frame it closes is answered.
+    fn on_probe_answer(&mut self) {
+        let Some(probe) = self.probes.pop_front() else {
+            return;
+        };
+        match probe.closes {
+            Some(Window::Attach(key)) => self.attach_answered(key),
+            // The gateway has processed the `detach`: nothing more of it arrives.
+            Some(Window::Detach(name))
+                if self.sessions.get(&name).is_some_and(|state| state.detached) =>
+            {
+                self.sessions.remove(&name);
+                self.unacked.remove(&name);
+            }
+            Some(Window::Detach(_)) | None => {}
+        }
+        self.window = probe.opens;
+    }
+
+    fn attach_answered(&mut self, key: u64) {
+        let Some(attach) = self.attaches.remove(&key) else {
+            return;
+        };
+        let PendingAttach {
+            session,
+            waiters,
+            resume,
+            refusal,
+        } = attach;
+        match refusal {
+            None => {
+                debug!(session, "attached");
+                for (subscriber, reply) in waiters {
+                    if let Some(entry) = self.subscribers.get_mut(&subscriber) {
+                        entry.confirmed = true;
+                    }
+                    if reply.send(Ok(())).is_err() {
+                        // The caller stopped waiting.
+                        self.remove_subscriber(subscriber);
+                    }
+                }
+                self.release_if_unused(&session);
+            }
+            Some(refusal) => {
+                let code = refusal.code.unwrap_or(ErrorCode::Other);
+                debug!(session, %code, message = %refusal.data, "attach refused");
+                for (subscriber, reply) in waiters {
+                    self.forget_subscriber(subscriber);
+                    let _ = reply.send(Err(ClientError::AttachRefused {
+                        session: session.clone(),
+                        code,
+                        message: refusal.data.clone(),
+                    }));
+                }
+                if resume {
+                    self.session_lost(&session, code, &refusal.data);
+                } else if self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|state| state.routes == 0 && state.subscribers.is_empty())
+                    && !self
+                        .routes
+                        .values()
+                        .any(|route| route.session.as_deref() == Some(session.as_str()))
+                {
+                    // The socket does not read it.
+                    self.sessions.remove(&session);
+                }
+            }
+        }
+    }
+
+    /// The session could not be resumed after a reconnect: every consumer of it ends,
+    /// except executions no event has answered (their `execute` follows the `attach`).
+    fn session_lost(&mut self, name: &str, code: ErrorCode, message: &str) {
+        warn!(session = name, %code, message, "could not resume a session after reconnecting");
+        let text = format!(
+            "could not resume session {name:?} after reconnecting to the gateway: {code}: {message}"
+        );
+        let ended: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(_, route)| route.confirmed && route.session.as_deref() == Some(name))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ended {
+            let event = synthetic_error_with(code, Some(id.clone()), Some(name.to_owned()), &text);
+            self.end_route(&id, event);
+        }
+        let keys = self
+            .sessions
+            .get(name)
+            .map(|state| state.subscribers.clone())
+            .unwrap_or_default();
+        for key in keys {
+            if let Some(subscriber) = self.subscribers.remove(&key) {
+                let event = synthetic_error_with(code, None, Some(name.to_owned()), &text);
+                subscriber.events.finish(event);
+            }
+        }
+        self.sessions.remove(name);
+        self.unacked.remove(name);
+    }
+
+    /// Removes a subscriber without telling the gateway.
+    fn forget_subscriber(&mut self, key: u64) -> Option<Subscriber> {
+        let subscriber = self.subscribers.remove(&key)?;
+        if let Some(state) = self.sessions.get_mut(&subscriber.session) {
+            state.subscribers.retain(|other| *other != key);
+        }
+        Some(subscriber)
+    }
+
+    /// Removes a subscriber (its stream ends), and stops reading its session if nothing
+    /// else here needs it.
+    fn remove_subscriber(&mut self, key: u64) {
+        if let Some(subscriber) = self.forget_subscriber(key) {
+            self.release_if_unused(&subscriber.session);
+        }
+    }
+
+    /// Sends `detach` for a session no route or subscriber needs (and no `attach` is
+    /// waiting for).
+    fn release_if_unused(&mut self, name: &str) {
+        let Some(state) = self.sessions.get(name) else {
+            return;
+        };
+        let used = state.detached
+            || state.routes > 0
+            || !state.subscribers.is_empty()
+            || self
+                .routes
+                .values()
+                .any(|route| route.session.as_deref() == Some(name))
+            || self.attaches.values().any(|attach| attach.session == name);
+        if used || self.closing {
+            return;
+        }
+        if state.ephemeral {
+            // Made by the gateway for an execution that has ended: it lets go by itself.
+            self.forget_finished(name);
+            return;
+        }
+        if let Some(state) = self.sessions.get_mut(name) {
+            state.detached = true;
+        }
+        self.unacked.remove(name);
+        debug!(session = name, "detaching");
+        self.push_probe(None, Some(Window::Detach(name.to_owned())));
+        self.enqueue_frame(
+            &ClientFrame::Detach(DetachFrame {
+                session: name.to_owned(),
+            }),
+            Purpose::Other,
+        );
+        self.push_probe(Some(Window::Detach(name.to_owned())), None);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Incoming events
+    // -----------------------------------------------------------------------------------
 
     fn on_message(&mut self, message: Message) {
         match message {
             Message::Text(text) => match Event::decode(text.as_str()) {
-                Ok(event) => self.deliver(event),
+                Ok(event) if event.session.is_some() => {
+                    self.on_session_event(event, text.len());
+                }
+                Ok(event) => self.on_socket_stream(event),
                 Err(err) => self.on_undecodable(text.as_str(), &err.to_string()),
             },
             Message::Binary(bytes) => {
@@ -381,20 +1263,256 @@ where
         }
     }
 
-    /// Routes one decoded event to its execution, or to the socket events. Never waits.
+    /// An event on the socket's own stream (no session): a probe's answer, the refusal
+    /// of a bracketed frame, the refusal of an `execute` before it joined a session, or
+    /// something for [`Client::socket_events`](crate::Client::socket_events).
+    fn on_socket_stream(&mut self, event: Event) {
+        let is_probe_answer = self
+            .probes
+            .front()
+            .is_some_and(|probe| refusal_naming(&event, &probe.name));
+        if is_probe_answer {
+            return self.on_probe_answer();
+        }
+        match &self.window {
+            Some(Window::Attach(key)) => {
+                if let Some(attach) = self.attaches.get_mut(key) {
+                    let mine = event.code == Some(ErrorCode::TooManySessions)
+                        || refusal_naming(&event, &attach.session);
+                    if mine && event.id.is_none() {
+                        if attach.refusal.is_none() {
+                            attach.refusal = Some(event);
+                        }
+                        return;
+                    }
+                }
+            }
+            // The session was already gone: nothing to detach.
+            Some(Window::Detach(name)) if refusal_naming(&event, name) => return,
+            Some(Window::Detach(_)) | None => {}
+        }
+        let late_ack = event.code == Some(ErrorCode::UnknownSession)
+            && self
+                .farewells
+                .iter()
+                .any(|session| refusal_naming(&event, session));
+        if late_ack {
+            debug!(message = %event.data, "the gateway had let go of a finished session first");
+            return;
+        }
+        // An `execute` refused before it joined a session.
+        if let Some(id) = event.id.clone() {
+            if self.routes.get(&id).is_some_and(|route| !route.confirmed) {
+                return self.deliver_to_route(&id, event);
+            }
+        }
+        self.publish_socket_event(event);
+    }
+
+    /// An event of a session: to every subscriber that has not seen it, and, the first
+    /// time it arrives, to its execution.
+    fn on_session_event(&mut self, event: Event, bytes: usize) {
+        let Some(name) = event.session.clone() else {
+            return;
+        };
+        if event.kind == EventKind::Gap {
+            return self.on_gap(&name, event, bytes);
+        }
+        let sequence = event.sequence;
+        let known = self.sessions.contains_key(&name);
+        if self.sessions.get(&name).is_some_and(|state| state.detached) {
+            return;
+        }
+        // The execution it is for, if it runs here.
+        let route = event
+            .id
+            .as_deref()
+            .filter(|id| {
+                self.routes
+                    .get(*id)
+                    .is_some_and(|route| match &route.session {
+                        Some(session) => *session == name,
+                        // The first event of a session the gateway made for it.
+                        None => !known && sequence == 1,
+                    })
+            })
+            .map(str::to_owned);
+        let state = self.sessions.entry(name.clone()).or_default();
+        let position = *state.position.get_or_insert(sequence.saturating_sub(1));
+        if sequence > position.saturating_add(1) {
+            // The gateway announces every loss with a `gap`; a silent one is a bug, but
+            // the consumers are told all the same.
+            warn!(
+                session = name,
+                expected = position + 1,
+                got = sequence,
+                "events missing from a session's stream without a gap event"
+            );
+            let gap = gap_event(&name, position + 1, sequence);
+            self.on_gap(&name, gap, 0);
+        }
+        let delivered = self.deliver_to_subscribers(&name, &event);
+        let Some(state) = self.sessions.get_mut(&name) else {
+            return;
+        };
+        let position = state.position.unwrap_or(0);
+        if sequence <= position {
+            // A duplicate: a replay after a resume, or a rewind for a new subscriber.
+            return;
+        }
+        state.position = Some(sequence);
+        self.note_unacked(&name, bytes);
+        match route {
+            Some(id) => self.deliver_to_route(&id, event),
+            None if delivered => {}
+            None if event.kind == EventKind::Error => self.publish_socket_event(event),
+            None => debug!(
+                session = name,
+                sequence,
+                kind = %event.kind,
+                "event of a session nobody here reads; dropped"
+            ),
+        }
+    }
+
+    /// Delivers `event` to the subscribers of `name` that have not seen it; true if any
+    /// took it.
+    fn deliver_to_subscribers(&mut self, name: &str, event: &Event) -> bool {
+        let keys = match self.sessions.get(name) {
+            Some(state) if !state.subscribers.is_empty() => state.subscribers.clone(),
+            _ => return false,
+        };
+        let mut delivered = false;
+        let mut gone = Vec::new();
+        for key in keys {
+            let Some(subscriber) = self.subscribers.get_mut(&key) else {
+                continue;
+            };
+            if event.sequence <= subscriber.last {
+                continue;
+            }
+            subscriber.last = event.sequence;
+            match subscriber.events.push(event.clone()) {
+                Push::Queued => delivered = true,
+                Push::Overflowed(overflow) => {
+                    warn!(
+                        session = name,
+                        buffered_bytes = overflow.buffered_bytes,
+                        limit = overflow.limit,
+                        "the consumer of a session fell behind; detaching it"
+                    );
+                    gone.push(key);
+                }
+                Push::ReceiverGone(_) => gone.push(key),
+            }
+        }
+        for key in gone {
+            self.remove_subscriber(key);
+        }
+        delivered
+    }
+
+    /// A `gap`: events `missed_from..resume_from` of `name` are lost to this socket.
+    fn on_gap(&mut self, name: &str, gap: Event, bytes: usize) {
+        let (Some(missed_from), Some(resume_from)) = (gap.missed_from, gap.resume_from) else {
+            return;
+        };
+        let last = resume_from.saturating_sub(1);
+        if self.sessions.get(name).is_some_and(|state| state.detached) {
+            return;
+        }
+        // Subscribers that would have had some of the missing events.
+        let keys = self
+            .sessions
+            .get(name)
+            .map(|state| state.subscribers.clone())
+            .unwrap_or_default();
+        let mut gone = Vec::new();
+        for key in keys {
+            let Some(subscriber) = self.subscribers.get_mut(&key) else {
+                continue;
+            };
+            if subscriber.last >= last {
+                continue;
+            }
+            let mut event = gap.clone();
+            event.missed_from = Some(missed_from.max(subscriber.last + 1));
+            subscriber.last = last;
+            if !matches!(subscriber.events.push(event), Push::Queued) {
+                gone.push(key);
+            }
+        }
+        for key in gone {
+            self.remove_subscriber(key);
+        }
+        let state = self.sessions.entry(name.to_owned()).or_default();
+        let position = state.position.unwrap_or(0);
+        if last <= position {
+            return;
+        }
+        warn!(
+            session = name,
+            missed_from, resume_from, "events of a session were lost"
+        );
+        state.position = Some(last);
+        state.last_gap = Some(gap.clone());
+        self.note_unacked(name, bytes);
+        // Running executions here may have lost output: they are told.
+        let running: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(_, route)| route.confirmed && route.session.as_deref() == Some(name))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in running {
+            let mut event = gap.clone();
+            event.id = None;
+            self.push_to_route(&id, event);
+        }
+    }
+
+    /// Delivers an event of execution `id` (the first one confirms it).
+    fn deliver_to_route(&mut self, id: &str, event: Event) {
+        let Some(route) = self.routes.get_mut(id) else {
+            return;
+        };
+        if !route.confirmed {
+            route.confirmed = true;
+            route.execute = None;
+            let named = route.named;
+            if let Some(session) = event.session.clone() {
+                route.session.get_or_insert_with(|| session.clone());
+                route.counted = true;
+                let state = self.sessions.entry(session.clone()).or_default();
+                state.routes += 1;
+                if !named {
+                    state.ephemeral = true;
+                }
+                // An execution's first event is `started` or the refusal that ends it;
+                // anything else means its first events were lost.
+                let whole = event.kind == EventKind::Started || event.kind == EventKind::Error;
+                if !whole && event.sequence > 1 {
+                    let gap = state
+                        .last_gap
+                        .clone()
+                        .unwrap_or_else(|| gap_event(&session, event.sequence - 1, event.sequence));
+                    self.push_to_route(id, gap);
+                }
+            }
+        }
+        self.push_to_route(id, event);
+    }
+
+    /// Pushes one event into an execution's buffer. Never waits.
     ///
     /// If the execution's buffer overflows (its consumer let more than
     /// [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes)
     /// pile up), the execution is cancelled and its later events discarded, like those of
     /// a dropped `Execution`; its consumer receives what was buffered, then a synthetic
     /// terminal event. The route stays until the gateway's terminal event.
-    fn deliver(&mut self, event: Event) {
-        let route = match event.id.as_deref() {
-            Some(id) => self.routes.get_mut(id),
-            None => None,
-        };
-        let Some(route) = route else {
-            self.publish_socket_event(event);
+    fn push_to_route(&mut self, id: &str, event: Event) {
+        let closing = self.closing;
+        let Some(route) = self.routes.get_mut(id) else {
             return;
         };
         let terminal = event.is_terminal();
@@ -403,16 +1521,14 @@ where
             // Abandoned, or its consumer fell behind: nobody listens. The terminal event
             // frees the id.
             if terminal {
-                self.forget(&event);
+                self.remove_route(id);
             }
             return;
         };
-        let terminal_id = if terminal { event.id.clone() } else { None };
-        let id = event.id.clone().unwrap_or_default();
         match sender.push(event) {
             Push::Queued => {
-                if let Some(id) = terminal_id {
-                    self.routes.remove(&id);
+                if terminal {
+                    self.remove_route(id);
                 }
             }
             Push::Overflowed(overflow) => {
@@ -424,29 +1540,118 @@ where
                 );
                 route.events = None;
                 route.fell_behind = Some(overflow.buffered_bytes);
-                if !self.closing {
-                    self.send_cancel(&id, serial);
+                if terminal {
+                    self.remove_route(id);
+                } else if !closing {
+                    self.send_cancel(id, serial);
                 }
             }
-            Push::ReceiverGone(event) => self.receiver_gone(&event, serial),
+            Push::ReceiverGone(event) => {
+                if event.is_terminal() {
+                    self.remove_route(id);
+                } else {
+                    self.abandon(id, serial);
+                }
+            }
         }
     }
 
-    /// The `Execution` that `event` was for has been dropped.
-    fn receiver_gone(&mut self, event: &Event, serial: u64) {
-        let Some(id) = event.id.as_deref() else {
+    /// Ends an execution with `event` (a synthetic terminal event) and forgets it.
+    fn end_route(&mut self, id: &str, event: Event) {
+        if let Some(Route {
+            events: Some(sender),
+            ..
+        }) = self.routes.get(id)
+        {
+            let _ = sender.push(event);
+        }
+        self.remove_route(id);
+    }
+
+    fn remove_route(&mut self, id: &str) {
+        let Some(route) = self.routes.remove(id) else {
             return;
         };
-        if event.is_terminal() {
-            self.forget(event);
-        } else {
-            self.abandon(id, serial);
+        let Some(name) = route.session else {
+            return;
+        };
+        if route.counted {
+            if let Some(state) = self.sessions.get_mut(&name) {
+                state.routes = state.routes.saturating_sub(1);
+            }
+        }
+        let forget = self.sessions.get(&name).is_some_and(|state| {
+            state.ephemeral && state.routes == 0 && state.subscribers.is_empty()
+        });
+        if forget {
+            self.forget_finished(&name);
         }
     }
 
-    fn forget(&mut self, event: &Event) {
-        if let Some(id) = event.id.as_deref() {
-            self.routes.remove(id);
+    /// Forgets a gateway-made session whose execution has ended, after acknowledging it
+    /// to the end: the gateway then lets go of it at once (instead of keeping it for a
+    /// reconnect).
+    fn forget_finished(&mut self, name: &str) {
+        if self.acks && !self.closing && self.sink.is_some() {
+            self.send_ack(name);
+            self.farewells.push_back(name.to_owned());
+            if self.farewells.len() > FAREWELLS {
+                self.farewells.pop_front();
+            }
+        }
+        self.sessions.remove(name);
+        self.unacked.remove(name);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Acknowledgements
+    // -----------------------------------------------------------------------------------
+
+    fn note_unacked(&mut self, name: &str, bytes: usize) {
+        if !self.acks {
+            return;
+        }
+        let Some(state) = self.sessions.get_mut(name) else {
+            return;
+        };
+        state.unacked_events += 1;
+        state.unacked_bytes = state.unacked_bytes.saturating_add(bytes);
+        if state.unacked_events >= ACK_EVERY_EVENTS || state.unacked_bytes >= ACK_EVERY_BYTES {
+            self.send_ack(name);
+        } else if !self.unacked.contains(name) {
+            self.unacked.insert(name.to_owned());
+        }
+    }
+
+    /// Acknowledges what every consumer of `name` has received, if that moved.
+    fn send_ack(&mut self, name: &str) {
+        let point = self.resume_point(name);
+        let Some(state) = self.sessions.get_mut(name) else {
+            return;
+        };
+        state.unacked_events = 0;
+        state.unacked_bytes = 0;
+        let Some(point) = point else {
+            return;
+        };
+        if state.detached || point <= state.acked {
+            return;
+        }
+        state.acked = point;
+        let frame = ClientFrame::Ack(AckFrame {
+            session: name.to_owned(),
+            sequence: point,
+        });
+        self.enqueue_frame(&frame, Purpose::Other);
+    }
+
+    /// Acknowledges every session with events processed since its last `ack`.
+    fn ack_all(&mut self) {
+        if self.unacked.is_empty() || self.sink.is_none() {
+            return;
+        }
+        for name in std::mem::take(&mut self.unacked) {
+            self.send_ack(&name);
         }
     }
 
@@ -472,10 +1677,13 @@ where
         ));
         // A lost terminal event would leave its execution waiting forever: end it here.
         if let (Some(id), Some(kind)) = (id, kind) {
-            if TERMINAL_TYPES.contains(&kind.as_str()) && self.routes.contains_key(&id) {
+            let ours = self.routes.get(&id).is_some_and(|route| {
+                route.session.is_none() || session.is_none() || route.session == session
+            });
+            if TERMINAL_TYPES.contains(&kind.as_str()) && ours {
                 let message =
                     format!("the gateway's terminal {kind} event could not be decoded: {err}");
-                self.deliver(synthetic_error(Some(id), session, message));
+                self.end_route(&id, synthetic_error(Some(id.clone()), session, message));
             }
         }
     }
@@ -501,20 +1709,67 @@ where
     }
 }
 
+/// True for a refusal on the socket stream whose message names `session` (the gateway
+/// quotes names as Rust does).
+fn refusal_naming(event: &Event, session: &str) -> bool {
+    event.kind == EventKind::Error
+        && event.session.is_none()
+        && matches!(
+            event.code,
+            Some(ErrorCode::UnknownSession | ErrorCode::BadRequest)
+        )
+        && event.data.contains(&format!("{session:?}"))
+}
+
+/// A `gap` event the client makes up: `missed_from..resume_from` of `session` are lost.
+fn gap_event(session: &str, missed_from: u64, resume_from: u64) -> Event {
+    let mut event = synthetic_error(
+        None,
+        Some(session.to_owned()),
+        format!(
+            "events {missed_from} to {} of the session did not arrive; the stream continues at {resume_from}",
+            resume_from.saturating_sub(1)
+        ),
+    );
+    event.kind = EventKind::Gap;
+    event.code = None;
+    event.sequence = resume_from.saturating_sub(1);
+    event.missed_from = Some(missed_from);
+    event.resume_from = Some(resume_from);
+    event
+}
+
+/// The next message of the socket; never resolves while disconnected.
+async fn next_message<S>(
+    stream: &mut Option<SplitStream<WebSocketStream<S>>>,
+) -> Option<Result<Message, WsError>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Writes every queued frame, then flushes. Cancel-safe: a frame leaves the outbox only
-/// when the sink has accepted it, and the sink keeps what it accepted.
+/// when the sink has accepted it, and the sink keeps what it accepted. Never resolves
+/// while disconnected.
 async fn write_outbox<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    outbox: &mut VecDeque<Message>,
+    sink: &mut Option<SplitSink<WebSocketStream<S>, Message>>,
+    outbox: &mut VecDeque<Outgoing>,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Some(sink) = sink else {
+        return std::future::pending().await;
+    };
     poll_fn(|cx| {
         while !outbox.is_empty() {
             ready!(sink.poll_ready_unpin(cx))?;
-            if let Some(message) = outbox.pop_front() {
-                sink.start_send_unpin(message)?;
+            if let Some(outgoing) = outbox.pop_front() {
+                sink.start_send_unpin(outgoing.message)?;
             }
         }
         sink.poll_flush_unpin(cx)
@@ -546,5 +1801,27 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn made_up_gaps_are_valid_events() {
+        let gap = gap_event("s", 3, 7);
+        assert_eq!(gap.validate(), Ok(()));
+        assert_eq!(gap.sequence, 6);
+    }
+
+    #[test]
+    fn refusals_are_matched_by_the_quoted_name() {
+        let refusal = Event {
+            sequence: 1,
+            timestamp: 1.0,
+            ..Event::error(
+                None,
+                ErrorCode::UnknownSession,
+                "no session \"a\\\"b\" is open",
+            )
+        };
+        assert!(refusal_naming(&refusal, "a\"b"));
+        assert!(!refusal_naming(&refusal, "a"));
     }
 }

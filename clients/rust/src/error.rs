@@ -1,5 +1,6 @@
 //! The one error type of the client crate.
 
+use sluice_protocol::ErrorCode;
 use tokio_tungstenite::tungstenite;
 
 /// Why a client operation failed.
@@ -21,14 +22,16 @@ pub enum ClientError {
         source: Box<tungstenite::Error>,
     },
     /// The connection to the gateway is closed (by [`Client::close`](crate::Client::close),
-    /// by the gateway, or by a network failure), so the operation could not be carried out.
+    /// or by the gateway or a network failure when reconnecting is off or gave up; see
+    /// [`Reconnect`](crate::Reconnect)), so the operation could not be carried out.
     #[error("the connection to the gateway is closed: {reason}")]
     ConnectionClosed {
         /// How the connection ended.
         reason: String,
     },
-    /// The connection ended before the gateway sent the terminal event of execution `id`;
-    /// returned by [`Execution::wait`](crate::Execution::wait).
+    /// The connection ended (for good: reconnecting was off or gave up) before the gateway
+    /// sent the terminal event of execution `id`; returned by
+    /// [`Execution::wait`](crate::Execution::wait).
     #[error("execution {id:?} has no terminal event: {reason}")]
     Interrupted {
         /// The execution id.
@@ -81,6 +84,45 @@ pub enum ClientError {
     /// The execution has already received its terminal event, so stdin can no longer be sent.
     #[error("execution {0:?} has already ended")]
     ExecutionFinished(String),
+    /// The gateway refused to attach this client to `session`: code `unknown_session` when
+    /// no such session is open (it never was, or it ended), `bad_request` when `since` is
+    /// past the session's last event, `too_many_sessions` when the socket reads as many
+    /// sessions as the gateway allows. Returned by [`Client::attach`](crate::Client::attach).
+    #[error("the gateway refused to attach to session {session:?}: {code}: {message}")]
+    AttachRefused {
+        /// The session named in the `attach`.
+        session: String,
+        /// The gateway's error code.
+        code: ErrorCode,
+        /// The gateway's message.
+        message: String,
+    },
+    /// Events of execution `id`'s session were lost (the gateway no longer had them when
+    /// the client resumed), so its output may be incomplete: the stream carried a `gap`
+    /// event saying which sequences. Returned by [`Execution::wait`](crate::Execution::wait)
+    /// after the terminal event.
+    #[error(
+        "execution {id:?} may have lost events: sequences {missed_from} to {} of its \
+         session were no longer available", .resume_from.saturating_sub(1)
+    )]
+    EventsLost {
+        /// The execution id.
+        id: String,
+        /// The first sequence lost.
+        missed_from: u64,
+        /// The sequence the session's stream continued at.
+        resume_from: u64,
+    },
+    /// The session name cannot be used (empty, longer than
+    /// [`sluice_protocol::MAX_ID_BYTES`], or starting with the prefix the client
+    /// reserves for itself).
+    #[error("invalid session name {session:?}: {reason}")]
+    InvalidSession {
+        /// The rejected name.
+        session: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The gateway sent something that breaks the protocol (for example output that is
     /// not valid base64 in base64 mode).
     #[error("protocol error: {0}")]

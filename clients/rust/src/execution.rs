@@ -5,7 +5,7 @@ use crate::connection::Command;
 use crate::queue::{EventReceiver, Overflow, Received};
 use crate::{ClientError, Outcome};
 use futures::{Stream, StreamExt};
-use sluice_protocol::{ClientFrame, ErrorCode, Event, StdinFrame};
+use sluice_protocol::{ErrorCode, Event, EventKind};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +21,22 @@ use tokio::sync::mpsc;
 /// terminal `error` event (code `internal`, `sequence` 0, see
 /// [`is_synthetic`](crate::is_synthetic)) instead, so a consumer always sees exactly one
 /// terminal event.
+///
+/// # Reconnecting
+///
+/// When the connection drops and the client reconnects (see
+/// [`ClientOptions::reconnect`](crate::ClientOptions::reconnect)), the stream simply goes
+/// on: the client resumes the execution's session after the last event it received, so
+/// every event arrives exactly once, in order. Only if the gateway no longer had some of
+/// them (it keeps every event the client has not acknowledged, so this takes another
+/// socket leading the session meanwhile) does the stream carry a `gap` event where they
+/// were; [`wait`](Self::wait) then fails with [`ClientError::EventsLost`]. If the
+/// connection cannot be re-established within the policy's bound, the stream ends with a
+/// synthetic terminal `error` as above.
+///
+/// Input sent with [`send_stdin`](Self::send_stdin) while the client is reconnecting is
+/// queued and sent once it is connected again. Input already written to a socket that
+/// then dropped may or may not have reached the program (it is never sent twice).
 ///
 /// # Buffering, and consumers that fall behind
 ///
@@ -68,6 +84,9 @@ pub struct Execution {
     session: Option<String>,
     /// The buffer overflowed and the synthetic terminal event saying so was yielded.
     fell_behind: Option<Overflow>,
+    /// The first `gap` yielded: events of the session that may have been this
+    /// execution's were lost.
+    lost: Option<(u64, u64)>,
 }
 
 impl fmt::Debug for Execution {
@@ -97,6 +116,7 @@ impl Execution {
             finished: false,
             session: None,
             fell_behind: None,
+            lost: None,
         }
     }
 
@@ -131,18 +151,11 @@ impl Execution {
         if self.finished {
             return Err(ClientError::ExecutionFinished(self.id.clone()));
         }
-        let frame = ClientFrame::Stdin(StdinFrame {
-            id: self.id.clone(),
-            session: None,
-            data,
-            eof,
-        })
-        .to_json();
-        self.shared.check_frame_size(frame.len())?;
         call(&self.commands, &self.shared, |reply| Command::Stdin {
             id: self.id.clone(),
             serial: self.serial,
-            frame,
+            data,
+            eof,
             reply,
         })
         .await
@@ -167,10 +180,11 @@ impl Execution {
 
     /// Reads every remaining event and collects them into an [`Outcome`].
     ///
-    /// Fails with [`ClientError::Interrupted`] if the connection ended before the
-    /// terminal event, with [`ClientError::SlowConsumer`] if the execution was cancelled
-    /// because its events piled up unread (see [the type's documentation](Self)), and with
-    /// [`ClientError::Protocol`] if base64 output does not decode.
+    /// Fails with [`ClientError::Interrupted`] if the connection ended (for good) before
+    /// the terminal event, with [`ClientError::SlowConsumer`] if the execution was
+    /// cancelled because its events piled up unread (see [the type's documentation](Self)),
+    /// with [`ClientError::EventsLost`] if a `gap` says some of its events were lost, and
+    /// with [`ClientError::Protocol`] if base64 output does not decode.
     pub async fn wait(mut self) -> Result<Outcome, ClientError> {
         let mut events = Vec::new();
         while let Some(event) = self.next().await {
@@ -188,7 +202,14 @@ impl Execution {
                 id: self.id.clone(),
                 reason: last.data.clone(),
             }),
-            _ => Outcome::from_events(self.id.clone(), events),
+            _ => match self.lost {
+                Some((missed_from, resume_from)) => Err(ClientError::EventsLost {
+                    id: self.id.clone(),
+                    missed_from,
+                    resume_from,
+                }),
+                None => Outcome::from_events(self.id.clone(), events),
+            },
         }
     }
 
@@ -233,6 +254,11 @@ impl Stream for Execution {
         };
         if event.is_terminal() {
             this.finished = true;
+        }
+        if event.kind == EventKind::Gap && this.lost.is_none() {
+            if let (Some(from), Some(to)) = (event.missed_from, event.resume_from) {
+                this.lost = Some((from, to));
+            }
         }
         if this.session.is_none() {
             this.session.clone_from(&event.session);

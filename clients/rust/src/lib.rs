@@ -60,12 +60,14 @@ mod execution;
 mod options;
 mod outcome;
 mod queue;
+mod session;
 
 pub use client::{is_synthetic, Client, SocketEvents};
 pub use error::ClientError;
 pub use execution::Execution;
-pub use options::ClientOptions;
+pub use options::{ClientOptions, Reconnect};
 pub use outcome::Outcome;
+pub use session::SessionEvents;
 
 /// The wire types, re-exported so users need not depend on `sluice-protocol` themselves.
 pub use sluice_protocol as protocol;

@@ -1,5 +1,5 @@
 //! Tuning knobs of a [`Client`](crate::Client): buffer and queue sizes, frame limits, close
-//! timeout.
+//! timeout, and the reconnect policy.
 
 use std::time::Duration;
 
@@ -48,6 +48,73 @@ pub struct ClientOptions {
     /// How long [`Client::close`](crate::Client::close) waits for the gateway to answer the
     /// close handshake before dropping the connection. Default 5 seconds.
     pub close_timeout: Duration,
+    /// What the client does when its connection drops: `Some` (the default,
+    /// [`Reconnect::default`]) reconnects and resumes every execution and attached session
+    /// where it left off; `None` ends every open stream at once, as a client without
+    /// sessions would.
+    ///
+    /// With reconnecting on, the client also sends `ack` frames (see the crate
+    /// documentation), so that the gateway keeps every event the client has not received.
+    pub reconnect: Option<Reconnect>,
+}
+
+/// The reconnect policy: exponential backoff with jitter, bounded in attempts and in time.
+///
+/// After the connection drops, attempt *n* (from 1) starts after a random delay between
+/// half and all of `initial_delay * 2^(n-1)`, capped at `max_delay`; each attempt (TCP
+/// connect and WebSocket handshake) may take at most `connect_timeout`. The client gives
+/// up when `max_attempts` attempts have failed or `give_up_after` has passed since the
+/// connection was lost, whichever comes first: every open
+/// [`Execution`](crate::Execution) then ends with a synthetic terminal `error` (its
+/// [`wait`](crate::Execution::wait) returns
+/// [`ClientError::Interrupted`](crate::ClientError::Interrupted)), every
+/// [`SessionEvents`](crate::SessionEvents) with a synthetic `error`, and every later
+/// operation fails with [`ClientError::ConnectionClosed`](crate::ClientError::ConnectionClosed),
+/// whose reason says that reconnecting failed and why.
+///
+/// The gateway keeps a session whose sockets are gone for its grace period (60 s by
+/// default), so `give_up_after` should stay below it: past it, resuming fails anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconnect {
+    /// The delay before the first attempt (randomised to between half and all of it).
+    /// Default 100 ms. The pause also lets the gateway notice that the old socket is gone
+    /// before the new one attaches.
+    pub initial_delay: Duration,
+    /// The longest delay between two attempts. Default 5 seconds.
+    pub max_delay: Duration,
+    /// Give up once this much time has passed since the connection was lost. Default 30
+    /// seconds.
+    pub give_up_after: Duration,
+    /// Give up after this many failed attempts; `None` (the default) for no limit other
+    /// than `give_up_after`.
+    pub max_attempts: Option<u32>,
+    /// The longest one attempt may take. Default 10 seconds.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            give_up_after: Duration::from_secs(30),
+            max_attempts: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Reconnect {
+    /// The delay before attempt `attempt` (from 1), before jitter.
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1_u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
 }
 
 impl Default for ClientOptions {
@@ -59,6 +126,26 @@ impl Default for ClientOptions {
             max_frame_bytes: 1 << 20,
             max_incoming_frame_bytes: 16 << 20,
             close_timeout: Duration::from_secs(5),
+            reconnect: Some(Reconnect::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_cap() {
+        let policy = Reconnect {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..Reconnect::default()
+        };
+        let delays: Vec<u64> = (1..=6)
+            .map(|n| policy.delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(policy.delay(200), Duration::from_secs(1));
     }
 }

@@ -1,5 +1,6 @@
-//! The event buffer of one [`Execution`](crate::Execution): a queue bounded in bytes that
-//! the connection task fills without ever waiting.
+//! The event buffer of one [`Execution`](crate::Execution) or
+//! [`SessionEvents`](crate::SessionEvents): a queue bounded in bytes that the connection
+//! task fills without ever waiting.
 //!
 //! The connection task holds the [`EventSender`], the `Execution` the [`EventReceiver`].
 //! A push either queues the event and wakes the consumer, or, when the consumer has let
@@ -22,12 +23,24 @@ pub(crate) fn event_cost(event: &Event) -> usize {
     event.data.len().saturating_add(EVENT_OVERHEAD_BYTES)
 }
 
-/// Creates a queue whose unread events may count for at most `limit` bytes.
+/// Creates a queue whose unread events may count for at most `limit` bytes, for one
+/// execution: its terminal event always fits.
 pub(crate) fn event_queue(limit: usize) -> (EventSender, EventReceiver) {
+    queue(limit, true)
+}
+
+/// Creates a queue whose unread events may count for at most `limit` bytes, for a whole
+/// session: the terminal events of its executions count like any other.
+pub(crate) fn session_queue(limit: usize) -> (EventSender, EventReceiver) {
+    queue(limit, false)
+}
+
+fn queue(limit: usize, terminal_fits: bool) -> (EventSender, EventReceiver) {
     let shared = Arc::new(Mutex::new(State {
         events: VecDeque::new(),
         bytes: 0,
         limit,
+        terminal_fits,
         waker: None,
         sender_gone: false,
         receiver_gone: false,
@@ -57,6 +70,8 @@ struct State {
     bytes: usize,
     /// The budget for `bytes`.
     limit: usize,
+    /// A terminal event is queued even over the budget (the queue of one execution).
+    terminal_fits: bool,
     /// The consumer waiting for an event, if any.
     waker: Option<Waker>,
     /// The sender was dropped: no event follows the ones queued.
@@ -112,7 +127,8 @@ impl EventSender {
             }
             let cost = event_cost(&event);
             let bytes = state.bytes.saturating_add(cost);
-            if bytes > state.limit && !state.events.is_empty() && !event.is_terminal() {
+            let fits_anyway = state.terminal_fits && event.is_terminal();
+            if bytes > state.limit && !state.events.is_empty() && !fits_anyway {
                 let overflow = Overflow {
                     buffered_bytes: bytes,
                     limit: state.limit,
@@ -128,6 +144,25 @@ impl EventSender {
             waker.wake();
         }
         Push::Queued
+    }
+
+    /// Queues the last event the consumer will receive (a synthetic one saying why the
+    /// stream ends), over the budget if need be, then closes the queue. Does nothing if
+    /// the queue overflowed (the consumer is told that instead) or the receiver is gone.
+    pub(crate) fn finish(self, event: Event) {
+        let waker = {
+            let mut state = lock(&self.shared);
+            if state.receiver_gone || state.overflow.is_some() {
+                return;
+            }
+            state.bytes = state.bytes.saturating_add(event_cost(&event));
+            state.events.push_back(event);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        // Dropping `self` closes the queue.
     }
 }
 
@@ -283,6 +318,27 @@ mod tests {
             assert!(matches!(sender.push(output(n, &big)), Push::Queued));
             assert_eq!(sequence(recv(&mut receiver)), n);
         }
+    }
+
+    #[test]
+    fn a_session_queue_counts_terminal_events_and_finish_always_fits() {
+        let (sender, mut receiver) = session_queue(1);
+        assert!(matches!(sender.push(output(1, "a")), Push::Queued));
+        let mut terminal = Event::new(EventKind::Completed, Some("e1".into()), "");
+        terminal.sequence = 2;
+        assert!(matches!(sender.push(terminal), Push::Overflowed(_)));
+        assert_eq!(sequence(recv(&mut receiver)), 1);
+        assert!(matches!(
+            recv(&mut receiver),
+            Poll::Ready(Received::Overflowed(_))
+        ));
+
+        let (sender, mut receiver) = session_queue(1);
+        assert!(matches!(sender.push(output(1, "a")), Push::Queued));
+        sender.finish(output(2, "last words"));
+        assert_eq!(sequence(recv(&mut receiver)), 1);
+        assert_eq!(sequence(recv(&mut receiver)), 2);
+        assert!(matches!(recv(&mut receiver), Poll::Ready(Received::Closed)));
     }
 
     #[test]

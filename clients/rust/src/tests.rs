@@ -62,7 +62,7 @@ async fn pair(options: ClientOptions) -> (Client, Peer) {
     let client_ws = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
     let peer_ws = WebSocketStream::from_raw_socket(peer_io, Role::Server, None).await;
     (
-        Client::start(client_ws, options),
+        Client::start(client_ws, options, None),
         Peer {
             ws: peer_ws,
             socket_sequence: 0,
