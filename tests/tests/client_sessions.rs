@@ -441,3 +441,43 @@ async fn reconnecting_gives_up_when_the_gateway_has_shut_down() -> Result<()> {
     ensure!(client.is_closed());
     Ok(())
 }
+
+/// A gateway behaviour that the client's reconnect can run into (see the report in the
+/// commit that added it): a socket that attaches to a session while the session's lead
+/// (the socket that ran the execution) is still registered, because the gateway has not
+/// yet noticed that the old socket is gone, does not become the lead; when the old one is
+/// then removed, the session has no lead at all, nothing the new socket takes or
+/// acknowledges frees the replay buffer, and the program blocks for good once it is
+/// full. The client makes this unlikely by waiting before its first attempt
+/// (`Reconnect::initial_delay`), but cannot rule it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gateway: a session whose lead leaves after another socket attached has no lead"]
+async fn a_session_whose_lead_leaves_after_a_resume_still_flows() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        replay_events: 4,
+        replay_bytes: 64 * 1024,
+        ..Config::default()
+    })
+    .await;
+    let mut old = gateway.raw().await?;
+    old.execute(request("flood", "python", &numbered_lines(200_000)))
+        .await?;
+    let first = old.next_event().await?;
+    let session = first.session.clone().context("no session")?;
+    old.ack(&session, first.sequence).await?;
+    // The new socket attaches while the old one is still there: it is not the lead.
+    let mut new = gateway.raw().await?;
+    new.attach(&session, Some(first.sequence)).await?;
+    let replayed = new.next_event().await?;
+    new.ack(&session, replayed.sequence).await?;
+    drop(old);
+    loop {
+        let event = new.next_event().await?;
+        new.ack(&session, event.sequence).await?;
+        if event.is_terminal() {
+            ensure!(event.kind == EventKind::Completed, "{event:?}");
+            break;
+        }
+    }
+    gateway.shutdown().await
+}

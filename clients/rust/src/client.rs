@@ -467,10 +467,17 @@ pub(crate) async fn call<T>(
 /// no gateway event has (sequences start at 1).
 ///
 /// The client synthesizes an `error` event with code `internal` for an execution whose
-/// connection ended before its terminal event, and on the socket stream for a frame from
-/// the gateway that could not be decoded; and one with code `other` for an execution whose
-/// consumer fell behind by more than [`ClientOptions::execution_buffer_bytes`] (see
-/// [`Execution`]).
+/// connection ended (for good: reconnecting was off or gave up) before its terminal
+/// event, and on the socket stream for a frame from the gateway that could not be
+/// decoded; one with code `other` for an execution whose consumer fell behind by more
+/// than [`ClientOptions::execution_buffer_bytes`] (see [`Execution`]); one with the
+/// gateway's code (such as `unknown_session`) for an execution or [`SessionEvents`]
+/// whose session could not be resumed after a reconnect; and one as the last event of a
+/// [`SessionEvents`] that ends for any reason but a `detach`.
+///
+/// The `gap` events the client makes up (when an execution's first events, or events in
+/// the middle of a session, are missing without the gateway having said so) carry the
+/// sequence a gateway `gap` would, `resume_from - 1`.
 pub fn is_synthetic(event: &Event) -> bool {
     event.sequence == 0
 }

@@ -594,3 +594,274 @@ async fn a_consumer_that_keeps_up_is_never_cut_off() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Reconnecting
+// ---------------------------------------------------------------------------------------
+
+use crate::connection::{Connector, PROBE_PREFIX};
+use crate::Reconnect;
+use sluice_protocol::AttachFrame;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Options that reconnect at once, `attempts` times at most.
+fn reconnecting(attempts: u32) -> ClientOptions {
+    ClientOptions {
+        reconnect: Some(Reconnect {
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            max_attempts: Some(attempts),
+            ..Reconnect::default()
+        }),
+        ..ClientOptions::default()
+    }
+}
+
+/// A client whose reconnects reach new in-memory peers, handed to the test through the
+/// receiver; while the flag is set, connecting fails.
+async fn reconnecting_pair(
+    options: ClientOptions,
+) -> (Client, Peer, mpsc::Receiver<Peer>, Arc<AtomicBool>) {
+    let (client_io, peer_io) = tokio::io::duplex(64 * 1024);
+    let client_ws = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let peer_ws = WebSocketStream::from_raw_socket(peer_io, Role::Server, None).await;
+    let (peers, next_peers) = mpsc::channel(4);
+    let refusing = Arc::new(AtomicBool::new(false));
+    let refuse = Arc::clone(&refusing);
+    let connector: Connector<DuplexStream> = Box::new(move || {
+        let peers = peers.clone();
+        let refuse = Arc::clone(&refuse);
+        Box::pin(async move {
+            if refuse.load(Ordering::SeqCst) {
+                return Err("connection refused".to_owned());
+            }
+            let (client_io, peer_io) = tokio::io::duplex(64 * 1024);
+            let client_ws = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+            let ws = WebSocketStream::from_raw_socket(peer_io, Role::Server, None).await;
+            let peer = Peer {
+                ws,
+                socket_sequence: 0,
+            };
+            peers.send(peer).await.map_err(|_| "test over".to_owned())?;
+            Ok(client_ws)
+        })
+    });
+    let client = Client::start(client_ws, options, Some(connector));
+    let peer = Peer {
+        ws: peer_ws,
+        socket_sequence: 0,
+    };
+    (client, peer, next_peers, refusing)
+}
+
+impl Peer {
+    /// The next frame that is not an `ack`, answering probes as the gateway does.
+    async fn frame_answering_probes(&mut self) -> ClientFrame {
+        loop {
+            match self.frame().await {
+                ClientFrame::Ack(_) => continue,
+                ClientFrame::Detach(probe) if probe.session.starts_with(PROBE_PREFIX) => {
+                    let message = format!("no session {:?} is open", probe.session);
+                    self.refuse(ErrorCode::UnknownSession, &message).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Expects an `attach` (answering the probe before it), and returns it. The probe
+    /// after it is answered by the next `frame_answering_probes`.
+    async fn attach(&mut self) -> AttachFrame {
+        match self.frame_answering_probes().await {
+            ClientFrame::Attach(attach) => attach,
+            other => panic!("expected attach, got {other:?}"),
+        }
+    }
+
+    /// Answers the probe that follows an `attach` (no refusal in between: accepted).
+    async fn accept_attach(&mut self) {
+        loop {
+            match self.frame().await {
+                ClientFrame::Ack(_) => continue,
+                ClientFrame::Detach(probe) if probe.session.starts_with(PROBE_PREFIX) => {
+                    let message = format!("no session {:?} is open", probe.session);
+                    self.refuse(ErrorCode::UnknownSession, &message).await;
+                    return;
+                }
+                other => panic!("expected the probe after an attach, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_the_execution_with_each_event_once() {
+    within(async {
+        let (client, mut peer, mut peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let mut socket = client.socket_events().unwrap();
+        let mut execution = client.execute_code_stream("sh", "cat").await.unwrap();
+        peer.execute_id().await;
+        peer.send(&event(EventKind::Started, "e1", 1, "")).await;
+        peer.send(&event(EventKind::Stdout, "e1", 2, "a")).await;
+        assert_eq!(execution.next().await.unwrap().sequence, 1);
+        assert_eq!(execution.next().await.unwrap().sequence, 2);
+        drop(peer);
+
+        let mut peer = peers.recv().await.unwrap();
+        let attach = peer.attach().await;
+        assert_eq!(attach.session, "session-e1");
+        assert_eq!(attach.since, Some(2));
+        peer.accept_attach().await;
+        // Input reaches the execution from a socket that did not start it: it names the
+        // session.
+        execution.send_stdin("x").await.unwrap();
+        match peer.frame_answering_probes().await {
+            ClientFrame::Stdin(stdin) => {
+                assert_eq!(stdin.session.as_deref(), Some("session-e1"));
+                assert_eq!(stdin.data.as_deref(), Some("x"));
+            }
+            other => panic!("expected stdin, got {other:?}"),
+        }
+        // A replay overlapping what was delivered: duplicates are dropped.
+        peer.send(&event(EventKind::Stdout, "e1", 2, "a")).await;
+        peer.send(&event(EventKind::Stdout, "e1", 3, "b")).await;
+        peer.send(&completed("e1", 4, 0)).await;
+        let outcome = execution.wait().await.unwrap();
+        let sequences: Vec<u64> = outcome.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, [3, 4]);
+        assert_eq!(outcome.stdout, "b");
+        // The probes were the client's business.
+        peer.refuse(ErrorCode::BadRequest, "marker").await;
+        assert_eq!(socket.recv().await.unwrap().data, "marker");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unanswered_executes_after_a_drop_named_sent_again_unnamed_ended() {
+    within(async {
+        let (client, mut peer, mut peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let unnamed = client.execute_code_stream("sh", "true").await.unwrap();
+        let named = client
+            .execute(ExecuteRequest {
+                id: "job".into(),
+                language: "sh".into(),
+                code: "true".into(),
+                session: Some("mine".into()),
+                ..ExecuteRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(peer.execute_id().await, "e1");
+        assert_eq!(peer.execute_id().await, "job");
+        drop(peer);
+
+        let mut peer = peers.recv().await.unwrap();
+        match peer.frame_answering_probes().await {
+            ClientFrame::Execute(request) => {
+                assert_eq!(request.id, "job");
+                assert_eq!(request.session.as_deref(), Some("mine"));
+            }
+            other => panic!("expected the execute again, got {other:?}"),
+        }
+        match unnamed.wait().await {
+            Err(ClientError::Interrupted { reason, .. }) => {
+                assert!(reason.contains("may or may not have run"), "{reason}");
+            }
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
+        let started = Event {
+            session: Some("mine".into()),
+            ..event(EventKind::Started, "job", 7, "")
+        };
+        peer.send(&started).await;
+        let done = Event {
+            session: Some("mine".into()),
+            ..completed("job", 8, 0)
+        };
+        peer.send(&done).await;
+        assert!(named.wait().await.unwrap().success());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn attach_is_answered_by_the_probes_around_it() {
+    within(async {
+        let (client, mut peer, _peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let mut socket = client.socket_events().unwrap();
+        let refused = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("gone", Some(3)).await }
+        });
+        let attach = peer.attach().await;
+        assert_eq!((attach.session.as_str(), attach.since), ("gone", Some(3)));
+        // Another refusal first (of an earlier frame), then the attach's.
+        peer.refuse(ErrorCode::UnknownExecution, "no execution \"x\"")
+            .await;
+        peer.refuse(ErrorCode::UnknownSession, "no session \"gone\" is open")
+            .await;
+        peer.accept_attach().await;
+        match refused.await.unwrap() {
+            Err(ClientError::AttachRefused { session, code, .. }) => {
+                assert_eq!(
+                    (session.as_str(), code),
+                    ("gone", ErrorCode::UnknownSession)
+                );
+            }
+            other => panic!("expected AttachRefused, got {other:?}"),
+        }
+        assert_eq!(
+            socket.recv().await.unwrap().code,
+            Some(ErrorCode::UnknownExecution)
+        );
+
+        let accepted = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("here", None).await }
+        });
+        assert_eq!(peer.attach().await.since, Some(0));
+        // Events may come before the answer; they wait in the stream.
+        let mut event = Event::new(EventKind::Stdout, Some("other".into()), "hi");
+        event.session = Some("here".into());
+        event.sequence = 1;
+        event.timestamp = 1.0;
+        peer.send(&event).await;
+        peer.accept_attach().await;
+        let mut events = accepted.await.unwrap().unwrap();
+        assert_eq!(events.next().await.unwrap().data, "hi");
+        assert_eq!(events.last_sequence(), 1);
+        assert!(socket.try_recv().is_none(), "probe answers stay hidden");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reconnecting_gives_up_after_the_attempts_allowed() {
+    within(async {
+        let (client, mut peer, _peers, refusing) = reconnecting_pair(reconnecting(3)).await;
+        let execution = client.execute_code_stream("sh", "sleep 9").await.unwrap();
+        peer.execute_id().await;
+        peer.send(&event(EventKind::Started, "e1", 1, "")).await;
+        refusing.store(true, Ordering::SeqCst);
+        drop(peer);
+        match execution.wait().await {
+            Err(ClientError::Interrupted { reason, .. }) => {
+                assert!(
+                    reason.contains("gave up reconnecting after 3 failed attempt(s)"),
+                    "{reason}"
+                );
+                assert!(reason.contains("connection refused"), "{reason}");
+            }
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
+        assert!(client.is_closed());
+        assert!(matches!(
+            client.attach("s", None).await,
+            Err(ClientError::ConnectionClosed { .. })
+        ));
+    })
+    .await;
+}
