@@ -226,6 +226,13 @@ struct Probe {
     opens: Option<Window>,
 }
 
+/// A time without a working connection: since when, and how the attempts went.
+struct Outage {
+    started: Instant,
+    attempts: u32,
+    last_error: String,
+}
+
 /// One session to attach, with what to do with the answer.
 struct AttachPlan {
     session: String,
@@ -307,6 +314,12 @@ pub(crate) struct Connection<S> {
     peer_close: Option<String>,
     /// Randomness for the reconnect jitter.
     jitter: RandomState,
+    /// When the current socket was opened.
+    connected_at: Instant,
+    /// The current socket has delivered an event.
+    received: bool,
+    /// The outage the current socket ended, until it proves healthy.
+    outage: Option<Outage>,
     shared: Arc<Shared>,
 }
 
@@ -349,6 +362,9 @@ where
             close_deadline: None,
             peer_close: None,
             jitter: RandomState::new(),
+            connected_at: Instant::now(),
+            received: false,
+            outage: None,
             shared,
         }
     }
@@ -505,10 +521,25 @@ where
             return Err(lost);
         };
         info!(reason = %lost.reason, "lost the connection to the gateway; reconnecting");
-        let started = Instant::now();
+        // A connection that dropped before it proved healthy (it lived less than the
+        // longest delay and received nothing) continues the outage before it: its backoff
+        // and its bound, so a gateway that accepts and drops at once is not hammered
+        // forever.
+        let healthy = self.connected_at.elapsed() >= policy.max_delay || self.received;
+        let outage = match self.outage.take() {
+            Some(outage) if !healthy => outage,
+            _ => Outage {
+                started: Instant::now(),
+                attempts: 0,
+                last_error: String::from("no attempt was made"),
+            },
+        };
+        let Outage {
+            started,
+            mut attempts,
+            mut last_error,
+        } = outage;
         let deadline = started + policy.give_up_after;
-        let mut attempts: u32 = 0;
-        let mut last_error = String::from("no attempt was made");
         let result = loop {
             let out_of_attempts = policy.max_attempts.is_some_and(|max| attempts >= max);
             if out_of_attempts || Instant::now() >= deadline {
@@ -546,6 +577,13 @@ where
                     let (sink, stream) = socket.split();
                     self.sink = Some(sink);
                     self.stream = Some(stream);
+                    self.connected_at = Instant::now();
+                    self.received = false;
+                    self.outage = Some(Outage {
+                        started,
+                        attempts,
+                        last_error: format!("{} (then dropped again)", lost.reason),
+                    });
                     self.resume();
                     break Ok(());
                 }
@@ -1232,6 +1270,9 @@ where
     // -----------------------------------------------------------------------------------
 
     fn on_message(&mut self, message: Message) {
+        if matches!(message, Message::Text(_)) {
+            self.received = true;
+        }
         match message {
             Message::Text(text) => match Event::decode(text.as_str()) {
                 Ok(event) if event.session.is_some() => {

@@ -95,7 +95,9 @@
 //! - An `execute` in a **named session** that no event has answered yet is sent again:
 //!   the gateway answers an id its session knows from the session, so it runs once.
 //!   One **without a session** cannot be asked after (its session is not known yet): it
-//!   ends with a synthetic terminal `error` (it ran at most once).
+//!   ends with a synthetic terminal `error` saying it may or may not have run (at most
+//!   once; if it did start, the gateway cancels it when its session's grace period
+//!   ends). Name a session when a resubmit must be safe.
 //! - `stdin` and `cancel` name the execution's session, so the new socket reaches them.
 //!   A `cancel` is sent again after a reconnect; `stdin` that was already written to the
 //!   dropped socket is not (it may or may not have arrived: at most once), while `stdin`

@@ -72,6 +72,10 @@ pub struct ClientOptions {
 /// operation fails with [`ClientError::ConnectionClosed`](crate::ClientError::ConnectionClosed),
 /// whose reason says that reconnecting failed and why.
 ///
+/// A connection that drops again before it has delivered an event or lived `max_delay`
+/// does not end the outage: the next attempts go on with its backoff and its bounds, so
+/// a gateway that accepts connections and drops them at once is not retried forever.
+///
 /// The gateway keeps a session whose sockets are gone for its grace period (60 s by
 /// default), so `give_up_after` should stay below it: past it, resuming fails anyway.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -865,3 +865,32 @@ async fn reconnecting_gives_up_after_the_attempts_allowed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn connections_dropped_at_once_count_as_one_outage() {
+    within(async {
+        let (client, mut peer, mut peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let execution = client.execute_code_stream("sh", "sleep 9").await.unwrap();
+        peer.execute_id().await;
+        peer.send(&event(EventKind::Started, "e1", 1, "")).await;
+        drop(peer);
+        // Every new connection is accepted, then dropped before it delivers anything.
+        let dropper = tokio::spawn(async move {
+            let mut accepted = 0;
+            while let Some(peer) = peers.recv().await {
+                accepted += 1;
+                drop(peer);
+            }
+            accepted
+        });
+        match execution.wait().await {
+            Err(ClientError::Interrupted { reason, .. }) => {
+                assert!(reason.contains("after 3 failed attempt(s)"), "{reason}");
+            }
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
+        drop(client);
+        assert_eq!(dropper.await.unwrap(), 3);
+    })
+    .await;
+}
