@@ -25,6 +25,11 @@ pub enum EventKind {
     /// Terminal when it carries an execution `id`; otherwise a refusal of a frame that
     /// belongs to no execution.
     Error,
+    /// Not an execution's event: the answer to an `attach`. From here this socket
+    /// receives `session`'s events after `sequence` (the attach's `since`), first the
+    /// buffered ones, then live; `resume_from` is `sequence + 1`. It comes before any of
+    /// them (a `gap` may follow it if the buffer no longer reaches back that far).
+    Attached,
     /// Not an execution's event: this socket will not receive events `missed_from` to
     /// `resume_from - 1` of `session` (they left the replay buffer before it took them);
     /// the session's stream continues at `resume_from`. `sequence` is `resume_from - 1`.
@@ -53,6 +58,7 @@ impl EventKind {
             Self::Cancelled => "cancelled",
             Self::ResourceLimit => "resource_limit",
             Self::Error => "error",
+            Self::Attached => "attached",
             Self::Gap => "gap",
             Self::Unknown => "unknown",
         }
@@ -160,9 +166,15 @@ pub struct Event {
     /// `gap`: the first sequence this socket will not receive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed_from: Option<u64>,
-    /// `gap`: the sequence the session's stream continues at on this socket.
+    /// `gap`: the sequence the session's stream continues at on this socket;
+    /// `attached`: the first sequence the attach will deliver (`sequence + 1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<u64>,
+    /// A refusal of a frame that named a session (`attach`, `detach`, `stdin` or
+    /// `cancel` with `session`, `execute`): that session. Such refusals travel on the
+    /// socket's own stream, so `session` is null; this says which request they answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_session: Option<String>,
 }
 
 /// An event that decodes as JSON but breaks a rule of the protocol.
@@ -198,6 +210,7 @@ impl Event {
             usage: None,
             missed_from: None,
             resume_from: None,
+            for_session: None,
         }
     }
 
@@ -237,7 +250,7 @@ impl Event {
     /// Checks the per-type rules that the flat struct cannot express.
     pub fn validate(&self) -> Result<(), InvalidEvent> {
         let fail = |why: &str| Err(InvalidEvent(format!("{} event {why}", self.kind)));
-        if self.sequence == 0 {
+        if self.sequence == 0 && self.kind != EventKind::Attached {
             return fail("has sequence 0; sequences start at 1");
         }
         if !self.timestamp.is_finite() || self.timestamp <= 0.0 {
@@ -264,6 +277,11 @@ impl Event {
                 fail("needs an execution id and a limit")
             }
             EventKind::Error if self.code.is_none() => fail("has no code"),
+            EventKind::Attached
+                if self.session.is_none() || self.resume_from != Some(self.sequence + 1) =>
+            {
+                fail("needs a session and resume_from = sequence + 1")
+            }
             EventKind::Gap => match (self.session.is_some(), self.missed_from, self.resume_from) {
                 (true, Some(from), Some(to)) if from < to && self.sequence + 1 == to => Ok(()),
                 _ => {

@@ -138,6 +138,10 @@ pub(crate) fn write_event(out: &mut String, event: &Event) {
     write_optional(out, "usage", event.usage.as_ref());
     write_optional(out, "missed_from", event.missed_from.as_ref());
     write_optional(out, "resume_from", event.resume_from.as_ref());
+    if let Some(session) = &event.for_session {
+        write_key(out, "for_session");
+        write_str(out, session);
+    }
     out.push('}');
 }
 
@@ -188,6 +192,9 @@ mod tests {
                 ..Usage::default()
             }),
             session: Some("s\"1".into()),
+            missed_from: Some(3),
+            resume_from: Some(9),
+            for_session: Some("n\\b".into()),
             timestamp: 1_763_900_000.123_456,
             sequence: u64::MAX,
             ..Event::new(EventKind::Completed, Some("id\n".into()), "da\u{1}ta")

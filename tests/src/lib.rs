@@ -485,6 +485,23 @@ impl RawSocket {
             .await?
             .context("closing the socket")
     }
+
+    /// Sends a close frame and reads until the gateway's close reply; fails if the
+    /// connection ends without one (no clean closing handshake).
+    pub async fn close_with_handshake(mut self) -> Result<()> {
+        within("the close frame to be sent", self.ws.close(None))
+            .await?
+            .context("sending the close frame")?;
+        loop {
+            match within("the gateway's close reply", self.ws.next()).await? {
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                Some(Ok(_)) => {}
+                // tungstenite reports the end of a completed handshake this way.
+                Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)) => return Ok(()),
+                Some(Err(err)) => bail!("the socket ended without a clean close: {err}"),
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -593,7 +610,9 @@ enum Phase {
 /// for `session: null`):
 ///
 /// - sequences start at 1 and increase by exactly 1 (gap-free, no duplicates);
-/// - timestamps never decrease;
+/// - timestamps never decrease (`attached` and `gap` markers are stamped when sent);
+/// - `attached` and `gap` markers are not numbered: each says where the stream
+///   continues;
 ///
 /// and for each execution id within a stream: `started` (with a pid) comes first, output
 /// only while running, exactly one terminal event ends it, the terminal of a started
@@ -615,36 +634,59 @@ pub fn assert_stream_ok(events: &[Event]) {
     }
     for (session, stream) in &streams {
         let name = session.as_deref().unwrap_or("<socket stream>");
-        let sequences: Vec<u64> = stream.iter().map(|e| e.sequence).collect();
-        let expected: Vec<u64> = (1..=stream.len() as u64).collect();
-        assert_eq!(
-            sequences, expected,
-            "stream {name}: sequences are not 1, 2, 3, ... in arrival order"
-        );
+        // `attached` and `gap` are markers, not numbered events: each says where the
+        // stream continues.
+        let mut expected = 1;
+        let mut joined_late = false;
+        for event in stream {
+            match event.kind {
+                EventKind::Attached | EventKind::Gap => {
+                    let resume = event.resume_from.unwrap_or(expected);
+                    joined_late |= resume > 1;
+                    expected = resume;
+                }
+                _ => {
+                    assert_eq!(
+                        event.sequence, expected,
+                        "stream {name}: sequences are not consecutive in arrival order: {event:?}"
+                    );
+                    expected += 1;
+                }
+            }
+        }
         for pair in stream.windows(2) {
             assert!(
-                pair[1].timestamp >= pair[0].timestamp,
+                pair[1].timestamp >= pair[0].timestamp
+                    || matches!(pair[0].kind, EventKind::Attached | EventKind::Gap)
+                    || matches!(pair[1].kind, EventKind::Attached | EventKind::Gap),
                 "stream {name}: timestamp decreases from {:?} to {:?}",
                 pair[0],
                 pair[1]
             );
         }
-        check_lifecycles(name, stream);
+        check_lifecycles(name, stream, joined_late);
     }
 }
 
-fn check_lifecycles(name: &str, stream: &[&Event]) {
+/// `joined_late`: the socket joined the stream after its start, so an execution whose
+/// `started` it never saw is only checked from what it did see.
+fn check_lifecycles(name: &str, stream: &[&Event], joined_late: bool) {
     let mut phases: HashMap<&str, Phase> = HashMap::new();
     for event in stream {
         let Some(id) = event.id.as_deref() else {
-            assert_eq!(
-                event.kind,
-                EventKind::Error,
-                "stream {name}: only refusals may have no id: {event:?}"
+            assert!(
+                matches!(
+                    event.kind,
+                    EventKind::Error | EventKind::Attached | EventKind::Gap
+                ),
+                "stream {name}: only refusals and markers may have no id: {event:?}"
             );
             continue;
         };
-        let phase = phases.get(id).copied();
+        let mut phase = phases.get(id).copied();
+        if phase.is_none() && joined_late && event.kind != EventKind::Started {
+            phase = Some(Phase::Running);
+        }
         let next = match event.kind {
             EventKind::Started => {
                 assert_ne!(

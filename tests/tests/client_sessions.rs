@@ -442,16 +442,11 @@ async fn reconnecting_gives_up_when_the_gateway_has_shut_down() -> Result<()> {
     Ok(())
 }
 
-/// A gateway behaviour that the client's reconnect can run into (see the report in the
-/// commit that added it): a socket that attaches to a session while the session's lead
-/// (the socket that ran the execution) is still registered, because the gateway has not
-/// yet noticed that the old socket is gone, does not become the lead; when the old one is
-/// then removed, the session has no lead at all, nothing the new socket takes or
-/// acknowledges frees the replay buffer, and the program blocks for good once it is
-/// full. The client makes this unlikely by waiting before its first attempt
-/// (`Reconnect::initial_delay`), but cannot rule it out.
+/// A reconnect can attach before the gateway has noticed that the old socket is gone:
+/// the new socket is then not the session's lead. When the old one is removed, the new
+/// one must take the lead (and its acknowledged mode), or the program would block for
+/// good once the replay buffer is full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway: a session whose lead leaves after another socket attached has no lead"]
 async fn a_session_whose_lead_leaves_after_a_resume_still_flows() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         replay_events: 4,

@@ -57,6 +57,21 @@ async fn a_named_session_is_shared_by_the_sockets_that_run_in_it() -> Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_mid_stream_gets_a_clean_close_reply() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    socket.execute(request("flood", "sh", "yes")).await?;
+    socket
+        .next_event_where(|e| e.kind == EventKind::Stdout)
+        .await?;
+    // Events are still being written when the client says goodbye.
+    socket.close_with_handshake().await?;
+    let mut next = gateway.raw().await?;
+    next.assert_still_works().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_socket_mid_run_leaves_no_process() -> Result<()> {
     let gateway = TestGateway::spawn_with(no_grace()).await;
     let mut socket = gateway.raw().await?;

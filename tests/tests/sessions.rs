@@ -29,6 +29,16 @@ struct Follower {
 
 impl Follower {
     fn accept(&mut self, event: &Event) -> Result<()> {
+        if event.kind == EventKind::Attached {
+            // The answer to our attach: it continues from where we said we were.
+            ensure!(
+                event.sequence == self.last,
+                "attached after {} but we had {}",
+                event.sequence,
+                self.last
+            );
+            return Ok(());
+        }
         if event.kind == EventKind::Gap {
             let (from, to) = (
                 event.missed_from.context("gap without missed_from")?,
@@ -101,12 +111,16 @@ async fn twenty_attached_sockets_receive_identical_gap_free_streams() -> Result<
         assert_eq!(out.lines().count(), 400, "{expected}: {out}");
     }
     for (n, watcher) in watchers.iter_mut().enumerate() {
-        while watcher.received().len() < reference.len() {
+        // The answer to its attach first, then exactly the runner's stream: same types,
+        // data, sequences and timestamps.
+        while watcher.received().len() < reference.len() + 1 {
             watcher.next_event().await?;
         }
-        // Identical bytes apart from nothing: same types, data, sequences, timestamps.
+        let attached = &watcher.received()[0];
+        assert_eq!(attached.kind, EventKind::Attached, "{attached:?}");
+        assert_eq!((attached.sequence, attached.resume_from), (0, Some(1)));
         assert_eq!(
-            watcher.received(),
+            &watcher.received()[1..],
             &reference[..],
             "watcher {n} saw a different stream"
         );
@@ -167,6 +181,7 @@ async fn a_client_cut_off_mid_stream_resumes_with_every_byte_once() -> Result<()
         let event = next_of(&mut socket, &session).await?;
         follower.accept(&event)?;
         match event.kind {
+            EventKind::Attached => {}
             EventKind::Stdout => {
                 lines.feed(&event.data)?;
                 since_cut += event.data.len();
@@ -226,6 +241,9 @@ async fn resuming_from_before_the_buffer_announces_the_gap_then_the_rest() -> Re
 
     let mut late = gateway.raw().await?;
     late.attach("short-memory", Some(0)).await?;
+    let attached = late.next_event().await?;
+    assert_eq!(attached.kind, EventKind::Attached, "{attached:?}");
+    assert_eq!(attached.session.as_deref(), Some("short-memory"));
     let gap = late.next_event().await?;
     assert_eq!(gap.kind, EventKind::Gap, "{gap:?}");
     assert_eq!(gap.session.as_deref(), Some("short-memory"));
@@ -303,6 +321,12 @@ async fn past_the_grace_period_the_session_ends_and_its_execution_is_cancelled()
     let refusal = late.next_event().await?;
     assert_eq!(refusal.code, Some(ErrorCode::UnknownSession), "{refusal:?}");
     assert_eq!(refusal.id, None);
+    assert_eq!(refusal.session, None);
+    assert_eq!(
+        refusal.for_session.as_deref(),
+        Some("brief"),
+        "names the session asked for"
+    );
     ensure!(processes_with(&marker).is_empty());
     late.assert_still_works().await?;
     gateway.shutdown().await

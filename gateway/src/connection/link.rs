@@ -1,7 +1,7 @@
 //! [`SocketLink`]: the streams one socket reads and where it is in each, shared by the
 //! connection's reader (which attaches and detaches) and its writer (which takes events).
 
-use crate::session::{gap_event, EventStream, Session, SessionRegistry, SocketId};
+use crate::session::{attached_event, gap_event, EventStream, Session, SessionRegistry, SocketId};
 use axum::extract::ws::Utf8Bytes;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
@@ -21,6 +21,8 @@ struct Subscription {
     /// A gateway-made session whose events are all taken: kept for a reconnect only.
     /// The number orders them, oldest first.
     finished: Option<u64>,
+    /// An `attach` put it here: its first frame is the `attached` answer.
+    announce: bool,
 }
 
 /// Where a subscription's events come from.
@@ -83,6 +85,7 @@ impl SocketLink {
                 source: Source::Own(own),
                 cursor: 0,
                 finished: None,
+                announce: false,
             }]),
             next_start: Mutex::new(0),
             finished_count: std::sync::atomic::AtomicU64::new(1),
@@ -118,8 +121,15 @@ impl SocketLink {
     }
 
     /// Starts reading `session` after `cursor` (or moves the cursor if it already does).
-    /// Returns true if it was not read before (the caller has attached it once).
-    pub(crate) fn subscribe(&self, session: &Arc<Session>, cursor: u64, lead: bool) -> bool {
+    /// `announce`: answer with an `attached` event before its first frame. Returns true
+    /// if it was not read before (the caller has attached it once).
+    pub(crate) fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        cursor: u64,
+        lead: bool,
+        announce: bool,
+    ) -> bool {
         let mut subscriptions = self.lock();
         session
             .stream
@@ -129,6 +139,7 @@ impl SocketLink {
             Some(subscription) => {
                 subscription.cursor = cursor;
                 subscription.finished = None;
+                subscription.announce = announce;
                 false
             }
             None => {
@@ -136,6 +147,7 @@ impl SocketLink {
                     source: Source::Session(session.clone()),
                     cursor,
                     finished: None,
+                    announce,
                 });
                 true
             }
@@ -224,6 +236,13 @@ impl SocketLink {
                     continue;
                 }
                 let before = batch.frames.len();
+                if std::mem::take(&mut subscription.announce) {
+                    let session = subscription.stream().session_id().map(|s| &**s);
+                    batch
+                        .frames
+                        .push(attached_event(session, subscription.cursor));
+                }
+                let after_announce = batch.frames.len();
                 let stream = subscription.stream();
                 let taken = stream.take(
                     self.socket,
@@ -234,7 +253,7 @@ impl SocketLink {
                 if let Some((missed_from, resume_from)) = taken.gap {
                     let session = stream.session_id().map(|s| &**s);
                     let gap = gap_event(session, missed_from, resume_from);
-                    batch.frames.insert(before, gap);
+                    batch.frames.insert(after_announce, gap);
                 }
                 batch.bytes += batch.frames[before..]
                     .iter()

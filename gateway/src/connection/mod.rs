@@ -55,6 +55,7 @@ pub(crate) async fn serve(
     // Tells the writer to write what is left, then close.
     let finish = CancellationToken::new();
     let close_reason: Arc<std::sync::Mutex<Option<CloseFrame>>> = Arc::default();
+    let peer_closed: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let writer = tokio::spawn(write_loop(Writer {
         sink,
         link: link.clone(),
@@ -63,6 +64,7 @@ pub(crate) async fn serve(
         shutdown: shutdown.clone(),
         finish: finish.clone(),
         close_reason: close_reason.clone(),
+        peer_closed: peer_closed.clone(),
     }));
     let mut conn = Connection {
         state: state.clone(),
@@ -72,6 +74,8 @@ pub(crate) async fn serve(
         running_here: Arc::new(AtomicUsize::new(0)),
         closing: closing.clone(),
         close_reason,
+        frame_session: None,
+        peer_closed: peer_closed.clone(),
     };
     tracing::debug!("connected");
     loop {
@@ -83,7 +87,11 @@ pub(crate) async fn serve(
                     conn.refuse(None, ErrorCode::BadRequest, "binary frames are not part of the protocol; send JSON text frames").await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(_))) => {
+                    conn.peer_closed.store(true, Ordering::Release);
+                    break;
+                }
+                None => break,
                 Some(Err(err)) => {
                     conn.read_failed(err);
                     break;
@@ -116,6 +124,8 @@ struct Writer {
     finish: CancellationToken,
     /// The close frame the reader asked for (a frame over the transport cap).
     close_reason: Arc<std::sync::Mutex<Option<CloseFrame>>>,
+    /// The client sent a close frame: no more events, only the close reply.
+    peer_closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Takes events from every stream the socket reads and writes them, one flush per
@@ -130,12 +140,17 @@ async fn write_loop(writer: Writer) {
         shutdown,
         finish,
         close_reason,
+        peer_closed,
     } = writer;
     let send_timeout = state.config.send_timeout;
     loop {
         let wake = link.wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
+        if peer_closed.load(Ordering::Acquire) {
+            // The client said goodbye: the close reply is all it may still get.
+            break;
+        }
         let batch = link.take(WRITE_BATCH_BYTES, &state.sessions);
         if batch.frames.is_empty() {
             if finish.is_cancelled() {
@@ -191,7 +206,8 @@ async fn write_loop(writer: Writer) {
         })
     });
     let goodbye = async {
-        if let Some(close) = close {
+        // After the client's close frame the WebSocket layer sends the reply itself.
+        if let Some(close) = close.filter(|_| !peer_closed.load(Ordering::Acquire)) {
             let _ = sink.send(Message::Close(Some(close))).await;
         }
         let _ = sink.close().await;
@@ -219,6 +235,10 @@ struct Connection {
     /// the socket's own stream also watches it, so a stuck client cannot stall shutdown.
     closing: CancellationToken,
     close_reason: Arc<std::sync::Mutex<Option<CloseFrame>>>,
+    /// The session the frame being handled names, for its refusals' `for_session`.
+    frame_session: Option<String>,
+    /// Set when the client sent a close frame: the writer stops sending events.
+    peer_closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A refusal: the code and the human message of an `error` event.
@@ -234,13 +254,19 @@ impl Connection {
             );
             return self.refuse(None, ErrorCode::TooLarge, message).await;
         }
-        match ClientFrame::decode(text) {
+        let frame = ClientFrame::decode(text);
+        self.frame_session = frame
+            .as_ref()
+            .ok()
+            .and_then(ClientFrame::session)
+            .map(str::to_owned);
+        match frame {
             Ok(ClientFrame::Execute(request)) => self.execute(request).await,
             Ok(ClientFrame::Stdin(frame)) => self.stdin(frame).await,
             Ok(ClientFrame::Cancel(frame)) => self.cancel(frame).await,
             Ok(ClientFrame::Attach(frame)) => self.attach(frame).await,
             Ok(ClientFrame::Detach(frame)) => self.detach(frame).await,
-            Ok(ClientFrame::Ack(frame)) => self.ack(frame).await,
+            Ok(ClientFrame::Ack(frame)) => self.ack(frame),
             Err(err) => self.refuse_frame(err).await,
         }
     }
@@ -259,9 +285,11 @@ impl Connection {
         self.refuse(id, err.code, err.message).await;
     }
 
-    /// Sends an `error` on the socket's own stream.
+    /// Sends an `error` on the socket's own stream, naming the session the refused
+    /// frame named, if any.
     async fn refuse(&self, id: Option<String>, code: ErrorCode, message: impl Into<String>) {
-        let event = Event::error(id, code, message);
+        let mut event = Event::error(id, code, message);
+        event.for_session.clone_from(&self.frame_session);
         self.publish_or_close(&self.own, event).await;
     }
 
@@ -294,7 +322,7 @@ impl Connection {
                 }
                 match self.state.sessions.open_ephemeral() {
                     Ok(session) => {
-                        self.link.subscribe(&session, 0, true);
+                        self.link.subscribe(&session, 0, true, false);
                         session
                     }
                     Err(err) => {
@@ -316,7 +344,7 @@ impl Connection {
                         return;
                     }
                     // The execution exists, so this refusal is not its terminal event.
-                    if let Err((code, message)) = self.join(&session, 0) {
+                    if let Err((code, message)) = self.join(&session, 0, false) {
                         self.refuse(None, code, message).await;
                     }
                     return;
@@ -349,15 +377,15 @@ impl Connection {
             .open_named(name)
             .map_err(|err| (open_error_code(&err), err.to_string()))?;
         let cursor = session.stream.head();
-        self.link.subscribe(&session, cursor, false);
+        self.link.subscribe(&session, cursor, false, false);
         Ok(session)
     }
 
     /// Starts reading `session` after `since` (moves the cursor if this socket reads it
     /// already).
-    fn join(&mut self, session: &Arc<Session>, since: u64) -> Result<(), Refusal> {
+    fn join(&mut self, session: &Arc<Session>, since: u64, announce: bool) -> Result<(), Refusal> {
         if self.link.reads(session) {
-            self.link.subscribe(session, since, false);
+            self.link.subscribe(session, since, false, announce);
             return Ok(());
         }
         if !session.ephemeral {
@@ -366,7 +394,7 @@ impl Connection {
         if !self.state.sessions.attach(session) {
             return Err(unknown_session(session.id()));
         }
-        self.link.subscribe(session, since, false);
+        self.link.subscribe(session, since, false, announce);
         Ok(())
     }
 
@@ -583,7 +611,7 @@ impl Connection {
             );
             return self.refuse(None, ErrorCode::BadRequest, message).await;
         }
-        if let Err((code, message)) = self.join(&found, since) {
+        if let Err((code, message)) = self.join(&found, since, true) {
             self.refuse(None, code, message).await;
         }
     }
@@ -599,17 +627,13 @@ impl Connection {
         }
     }
 
-    async fn ack(&mut self, frame: AckFrame) {
-        match self.link.session(&frame.session) {
-            Some(session) => {
-                session.stream.ack(self.link.socket, frame.sequence);
-                // A finished session the client now has all of can be let go.
-                self.link.wake.notify_one();
-            }
-            None => {
-                let (code, message) = unknown_session(&frame.session);
-                self.refuse(None, code, message).await;
-            }
+    /// Acknowledgements are advisory: one for a session this socket does not read (it
+    /// may have been let go a moment ago) is ignored, never refused.
+    fn ack(&mut self, frame: AckFrame) {
+        if let Some(session) = self.link.session(&frame.session) {
+            session.stream.ack(self.link.socket, frame.sequence);
+            // A finished session the client now has all of can be let go.
+            self.link.wake.notify_one();
         }
     }
 

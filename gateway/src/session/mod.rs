@@ -9,7 +9,7 @@
 
 mod stream;
 
-pub(crate) use stream::{gap_event, EventStream, ReplayCaps, SocketId};
+pub(crate) use stream::{attached_event, gap_event, EventStream, ReplayCaps, SocketId};
 
 use crate::execution::kernel::Kernel;
 use crate::execution::ExecutionHandle;

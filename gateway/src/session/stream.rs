@@ -265,14 +265,20 @@ impl EventStream {
         self.room.notify_waiters();
     }
 
-    /// Removes a reader. When it was the lead, the stream keeps what it had not taken:
-    /// the producers wait once the ring is full, until a reader attaches or the stream
-    /// closes.
+    /// Removes a reader. When it was the lead, the most recently added other reader
+    /// (typically the same client, reconnected) leads from now on, inheriting what the
+    /// old lead had taken or acknowledged; with no reader left, the stream keeps what the
+    /// lead had not taken: the producers wait once the ring is full, until a reader
+    /// attaches or the stream closes.
     pub(crate) fn remove_reader(&self, socket: SocketId) {
         let mut inner = self.lock();
         inner.readers.retain(|r| r.socket != socket);
         if inner.lead == Some(socket) {
-            inner.lead = None;
+            inner.lead = inner.readers.last().map(|r| r.socket);
+            if let Some(reader) = inner.readers.last() {
+                // The new lead may already be past what pins the ring.
+                reader.wake.notify_one();
+            }
         }
     }
 
@@ -297,6 +303,20 @@ impl EventStream {
         self.lock().closed = true;
         self.room.notify_waiters();
     }
+}
+
+/// The `attached` event that answers an `attach`: events after `since` follow.
+pub(crate) fn attached_event(session: Option<&str>, since: u64) -> Utf8Bytes {
+    let mut event = Event::new(
+        EventKind::Attached,
+        None,
+        format!("attached; events after {since} follow"),
+    );
+    event.session = session.map(str::to_owned);
+    event.sequence = since;
+    event.timestamp = (unix_now() * 1e6).round() / 1e6;
+    event.resume_from = Some(since + 1);
+    Utf8Bytes::from(event.to_json())
 }
 
 /// A `gap` event for a reader that will not get `missed_from..resume_from`.
@@ -391,6 +411,19 @@ mod tests {
         out.clear();
         assert_eq!(s.take(2, 2, usize::MAX, &mut out).gap, None);
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn when_the_lead_leaves_another_reader_leads() {
+        let s = stream(2);
+        s.add_reader(1, Arc::new(Notify::new()), true, 0);
+        s.add_reader(2, Arc::new(Notify::new()), false, 0);
+        publish(&s, 2);
+        assert!(!s.has_room());
+        s.remove_reader(1);
+        let mut out = Vec::new();
+        s.take(2, 0, usize::MAX, &mut out);
+        assert!(s.has_room(), "the remaining reader paces the stream now");
     }
 
     #[test]
