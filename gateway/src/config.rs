@@ -23,6 +23,12 @@ pub struct LimitsConfig {
     pub timeout_ms: LimitBound,
     /// Bytes of stdout plus stderr.
     pub output_bytes: LimitBound,
+    /// CPU time of the program's process, in milliseconds (RLIMIT_CPU, whole seconds).
+    pub cpu_ms: LimitBound,
+    /// Largest file a program may write, in bytes (RLIMIT_FSIZE).
+    pub file_size_bytes: LimitBound,
+    /// Descriptors a program may have open (RLIMIT_NOFILE).
+    pub open_files: LimitBound,
 }
 
 impl Default for LimitsConfig {
@@ -36,6 +42,18 @@ impl Default for LimitsConfig {
                 default: 16 << 20,
                 max: 1 << 30,
             },
+            cpu_ms: LimitBound {
+                default: 30_000,
+                max: 600_000,
+            },
+            file_size_bytes: LimitBound {
+                default: 64 << 20,
+                max: 1 << 30,
+            },
+            open_files: LimitBound {
+                default: 1_024,
+                max: 4_096,
+            },
         }
     }
 }
@@ -46,6 +64,21 @@ pub(crate) struct EffectiveLimits {
     pub(crate) timeout: Duration,
     pub(crate) timeout_ms: u64,
     pub(crate) output_bytes: u64,
+    pub(crate) cpu_ms: u64,
+    pub(crate) file_size_bytes: u64,
+    pub(crate) open_files: u64,
+}
+
+impl EffectiveLimits {
+    /// The kernel-enforced floor for a program's process: CPU seconds (rounded up),
+    /// file size and open descriptors.
+    pub(crate) fn rlimits(&self) -> crate::sys::Rlimits {
+        crate::sys::Rlimits {
+            cpu_seconds: Some(self.cpu_ms.div_ceil(1000)),
+            file_size_bytes: Some(self.file_size_bytes),
+            open_files: Some(self.open_files),
+        }
+    }
 }
 
 impl LimitsConfig {
@@ -66,6 +99,13 @@ impl LimitsConfig {
             timeout: Duration::from_millis(timeout_ms),
             timeout_ms,
             output_bytes,
+            cpu_ms: pick("cpu_ms", requested.cpu_ms, self.cpu_ms)?,
+            file_size_bytes: pick(
+                "file_size_bytes",
+                requested.file_size_bytes,
+                self.file_size_bytes,
+            )?,
+            open_files: pick("open_files", requested.open_files, self.open_files)?,
         })
     }
 }
@@ -209,6 +249,9 @@ impl Config {
         for (name, bound) in [
             ("timeout_ms", self.limits.timeout_ms),
             ("output_bytes", self.limits.output_bytes),
+            ("cpu_ms", self.limits.cpu_ms),
+            ("file_size_bytes", self.limits.file_size_bytes),
+            ("open_files", self.limits.open_files),
         ] {
             if bound.default == 0 || bound.max == 0 {
                 return Err(ConfigError::Zero(name));
@@ -235,21 +278,36 @@ mod tests {
         let limits = LimitsConfig::default();
         let got = limits.resolve(&Limits::default()).unwrap();
         assert_eq!(got.timeout_ms, 30_000);
-        let lowered = limits.resolve(&Limits {
-            timeout_ms: Some(5),
-            output_bytes: Some(7),
-        });
-        assert_eq!(lowered.unwrap().output_bytes, 7);
+        let lowered = limits
+            .resolve(&Limits {
+                timeout_ms: Some(5),
+                output_bytes: Some(7),
+                cpu_ms: Some(1500),
+                ..Limits::default()
+            })
+            .unwrap();
+        assert_eq!((lowered.output_bytes, lowered.cpu_ms), (7, 1500));
+        assert_eq!(
+            lowered.rlimits().cpu_seconds,
+            Some(2),
+            "rounded up to whole seconds"
+        );
         let err = limits.resolve(&Limits {
             timeout_ms: Some(u64::MAX),
-            output_bytes: None,
+            ..Limits::default()
         });
         assert!(err.unwrap_err().contains("timeout_ms"));
-        assert!(limits
-            .resolve(&Limits {
+        for zero in [
+            Limits {
                 timeout_ms: Some(0),
-                output_bytes: None
-            })
-            .is_err());
+                ..Limits::default()
+            },
+            Limits {
+                open_files: Some(0),
+                ..Limits::default()
+            },
+        ] {
+            assert!(limits.resolve(&zero).is_err(), "{zero:?}");
+        }
     }
 }

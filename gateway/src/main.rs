@@ -63,6 +63,32 @@ struct ServeArgs {
     #[arg(long, default_value_t = LimitsConfig::default().output_bytes.max, value_name = "BYTES")]
     max_output_bytes: u64,
 
+    /// CPU-time limit of a program's process when a request names none (enforced by the
+    /// kernel in whole seconds, rounded up; not applied to persistent interpreters).
+    #[arg(long, default_value_t = LimitsConfig::default().cpu_ms.default, value_name = "MS")]
+    default_cpu_ms: u64,
+
+    /// Largest CPU-time limit a request may ask for.
+    #[arg(long, default_value_t = LimitsConfig::default().cpu_ms.max, value_name = "MS")]
+    max_cpu_ms: u64,
+
+    /// Largest file a program may write when a request names no limit.
+    #[arg(long, default_value_t = LimitsConfig::default().file_size_bytes.default, value_name = "BYTES")]
+    default_file_size_bytes: u64,
+
+    /// Largest file-size limit a request may ask for.
+    #[arg(long, default_value_t = LimitsConfig::default().file_size_bytes.max, value_name = "BYTES")]
+    max_file_size_bytes: u64,
+
+    /// Descriptors a program may have open when a request names no limit.
+    #[arg(long, default_value_t = LimitsConfig::default().open_files.default, value_name = "N")]
+    default_open_files: u64,
+
+    /// Largest open-files limit a request may ask for (at most the gateway's own hard
+    /// limit on descriptors).
+    #[arg(long, default_value_t = LimitsConfig::default().open_files.max, value_name = "N")]
+    max_open_files: u64,
+
     /// WebSocket connections served at once; more get HTTP 503.
     #[arg(long, default_value_t = Config::default().max_connections, value_name = "N")]
     max_connections: usize,
@@ -175,6 +201,18 @@ impl ServeArgs {
                 output_bytes: LimitBound {
                     default: self.default_output_bytes,
                     max: self.max_output_bytes,
+                },
+                cpu_ms: LimitBound {
+                    default: self.default_cpu_ms,
+                    max: self.max_cpu_ms,
+                },
+                file_size_bytes: LimitBound {
+                    default: self.default_file_size_bytes,
+                    max: self.max_file_size_bytes,
+                },
+                open_files: LimitBound {
+                    default: self.default_open_files,
+                    max: self.max_open_files,
                 },
             },
             max_connections: self.max_connections,

@@ -59,6 +59,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     config.validate()?;
+    let mut config = config;
+    // A program cannot be given more descriptors than the gateway may have itself.
+    if let Some(hard) = crate::sys::open_files_hard_limit() {
+        let bound = &mut config.limits.open_files;
+        if bound.max > hard {
+            tracing::warn!(
+                configured = bound.max,
+                hard,
+                "the open-files maximum is above the gateway's own hard limit; using the hard limit"
+            );
+            bound.max = hard;
+            bound.default = bound.default.min(hard);
+        }
+    }
     crate::sys::keep_freed_memory();
     crate::sys::close_inherited_descriptors_on_exec();
     let specs = config.runtimes.clone();

@@ -391,7 +391,8 @@ mod tests {
             encoding: Encoding::Base64,
             limits: Limits {
                 timeout_ms: Some(5),
-                output_bytes: None,
+                cpu_ms: Some(1000),
+                ..Limits::default()
             },
             ..ExecuteRequest::default()
         });

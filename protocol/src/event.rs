@@ -80,6 +80,10 @@ pub enum LimitKind {
     Timeout,
     /// Bytes of stdout plus stderr (`limits.output_bytes`).
     Output,
+    /// CPU time (`limits.cpu_ms`).
+    Cpu,
+    /// The size of a file the program wrote (`limits.file_size_bytes`).
+    FileSize,
     /// A limit this version of the protocol crate does not know.
     #[serde(other)]
     Other,
@@ -91,6 +95,8 @@ impl LimitKind {
         match self {
             Self::Timeout => "timeout",
             Self::Output => "output",
+            Self::Cpu => "cpu",
+            Self::FileSize => "file_size",
             Self::Other => "other",
         }
     }

@@ -15,6 +15,16 @@ pub struct Limits {
     /// Bytes of stdout plus stderr delivered; output past it is cut at exactly this count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
+    /// CPU time of the program's process, in milliseconds (enforced in whole seconds,
+    /// rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// Largest file the program may write, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size_bytes: Option<u64>,
+    /// Files (descriptors) the program may have open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
 }
 
 impl Limits {

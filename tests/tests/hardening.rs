@@ -32,6 +32,7 @@ fn flooding(request: ExecuteRequest, timeout_ms: u64) -> ExecuteRequest {
         limits: Limits {
             timeout_ms: Some(timeout_ms),
             output_bytes: Some(1 << 30),
+            ..Limits::default()
         },
         ..request
     }

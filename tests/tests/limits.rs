@@ -1,5 +1,5 @@
-//! Per-execution limits (timeout, output) and capacity limits (executions, sessions,
-//! connections).
+//! Per-execution limits (timeout, output, CPU time, file size, open files) and capacity
+//! limits (executions, sessions, connections).
 
 use anyhow::{bail, Context as _, Result};
 use sluice_gateway::{Config, LimitBound, LimitsConfig};
@@ -19,6 +19,7 @@ fn with_limits(
         limits: Limits {
             timeout_ms,
             output_bytes,
+            ..Limits::default()
         },
         ..request
     }
@@ -189,6 +190,7 @@ async fn limits_above_the_maximum_or_zero_are_invalid() -> Result<()> {
                 default: 1 << 20,
                 max: 2 << 20,
             },
+            ..LimitsConfig::default()
         },
         ..Config::default()
     })
@@ -401,5 +403,154 @@ async fn a_timed_out_group_leaves_no_process() -> Result<()> {
     assert_eq!(terminal.limit, Some(LimitKind::Timeout), "{terminal:?}");
     wait_until_gone(&marker).await?;
     assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+/// `request` with only the given kernel-enforced limits set.
+fn with_kernel_limits(request: ExecuteRequest, limits: Limits) -> ExecuteRequest {
+    ExecuteRequest { limits, ..request }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_spin_ends_with_resource_limit_cpu_after_about_its_cpu_time() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let outcome = run(
+        &client,
+        with_kernel_limits(
+            request("spin", "python", "while True:\n    pass"),
+            Limits {
+                cpu_ms: Some(1_000),
+                timeout_ms: Some(60_000),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_stream_ok(&outcome.events);
+    assert_eq!(
+        outcome.kind(),
+        EventKind::ResourceLimit,
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!(outcome.limit(), Some(LimitKind::Cpu));
+    assert_eq!(outcome.terminal.limit_value, Some(1_000));
+    let usage = outcome.usage().context("no usage")?;
+    assert!(
+        (900.0..3_500.0).contains(&usage.cpu_ms),
+        "stopped after {} ms of CPU",
+        usage.cpu_ms
+    );
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_past_its_size_limit_ends_with_resource_limit_file_size() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let limit = 10_000_000;
+    // Python ignores SIGXFSZ, so its write fails (EFBIG) and it raises; a shell's child
+    // is killed by the signal. Both are reported as the file-size limit.
+    let python = "with open('big', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * 1_000_000)\n";
+    let shell = "head -c 100000000 /dev/zero > big";
+    for (language, code) in [("python", python), ("sh", shell)] {
+        let outcome = run(
+            &client,
+            with_kernel_limits(
+                request("writer", language, code),
+                Limits {
+                    file_size_bytes: Some(limit),
+                    ..Limits::default()
+                },
+            ),
+        )
+        .await?;
+        assert_eq!(
+            (outcome.kind(), outcome.limit()),
+            (EventKind::ResourceLimit, Some(LimitKind::FileSize)),
+            "{language}: {:?}",
+            outcome.terminal
+        );
+        assert_eq!(outcome.terminal.limit_value, Some(limit));
+    }
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_files_past_the_limit_fail_in_the_program() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let code = "import os\nfds = []\ntry:\n    while True:\n        fds.append(os.open('/dev/null', os.O_RDONLY))\nexcept OSError as e:\n    print(len(fds), e.errno)\n";
+    let outcome = run(
+        &client,
+        with_kernel_limits(
+            request("fds", "python", code),
+            Limits {
+                open_files: Some(64),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_eq!(outcome.exit_code(), Some(0), "{:?}", outcome.terminal);
+    let (opened, errno) = outcome.stdout.trim().split_once(' ').context("no output")?;
+    let opened: u64 = opened.parse()?;
+    assert!(
+        opened < 64,
+        "opened {opened} descriptors with a limit of 64"
+    );
+    assert_eq!(errno, "24", "EMFILE");
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_limits_hold_at_their_defaults_and_refuse_zero() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        limits: LimitsConfig {
+            cpu_ms: LimitBound {
+                default: 1_000,
+                max: 2_000,
+            },
+            ..LimitsConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let outcome = run(&client, request("spin", "sh", "while :; do :; done")).await?;
+    assert_eq!(
+        outcome.limit(),
+        Some(LimitKind::Cpu),
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!(outcome.terminal.limit_value, Some(1_000));
+    for limits in [
+        Limits {
+            cpu_ms: Some(3_000),
+            ..Limits::default()
+        },
+        Limits {
+            file_size_bytes: Some(0),
+            ..Limits::default()
+        },
+    ] {
+        let refused = run(
+            &client,
+            with_kernel_limits(request("bad", "sh", "true"), limits),
+        )
+        .await?;
+        assert_eq!(
+            refused.terminal.code,
+            Some(ErrorCode::InvalidLimit),
+            "{:?}",
+            refused.terminal
+        );
+    }
+    client.close().await?;
     gateway.shutdown().await
 }

@@ -39,6 +39,7 @@ async fn a_subscriber_that_never_reads_costs_bounded_memory_and_is_told_it_lagge
         limits: Limits {
             timeout_ms: Some(300_000),
             output_bytes: Some(FLOOD_BYTES * 2),
+            ..Limits::default()
         },
         ..request(id, "sh", code)
     };

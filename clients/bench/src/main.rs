@@ -531,6 +531,7 @@ fn execute_request(id: &str, language: &str, code: &str) -> ExecuteRequest {
         limits: Limits {
             timeout_ms: Some(600_000),
             output_bytes: None,
+            ..Limits::default()
         },
         ..ExecuteRequest::default()
     }

@@ -113,6 +113,7 @@ impl Kernel {
         runtime: &Runtime,
         work_root: &Path,
         env: &[(&str, &str)],
+        rlimits: sys::Rlimits,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> io::Result<Self> {
         let (file_name, driver) = kind.driver();
@@ -131,6 +132,7 @@ impl Kernel {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
+        rlimits.apply_on_exec(&mut command);
         let child = sys::spawn_with_fd3(&mut command, &theirs);
         drop(theirs);
         let child = match child {

@@ -266,7 +266,20 @@ async fn run_cell(
             return id;
         };
         let env = environment(&spec, &run.ctx.base_env, &run.ctx.work_root);
-        match Kernel::start(kind, &spec.runtime, &run.ctx.work_root, &env, permit) {
+        // A CPU limit would add up over every cell of the session: only the per-process
+        // limits that make sense for a long-lived interpreter apply.
+        let rlimits = crate::sys::Rlimits {
+            cpu_seconds: None,
+            ..spec.limits.rlimits()
+        };
+        match Kernel::start(
+            kind,
+            &spec.runtime,
+            &run.ctx.work_root,
+            &env,
+            rlimits,
+            permit,
+        ) {
             Ok(kernel) => *guard = Some(kernel),
             Err(err) => {
                 tracing::warn!(%err, "could not start the interpreter");
@@ -368,6 +381,7 @@ fn launch(
         source: &workdir.source(),
         args: &spec.args,
         env: environment(spec, base_env, workdir.path()),
+        rlimits: spec.limits.rlimits(),
     };
     let started_at = Instant::now();
     match launch.spawn() {
@@ -562,6 +576,7 @@ impl Run {
         // not the client has taken the last events yet.
         let ended = child.reap().await;
         self.slot = None;
+        let largest_file = workdir.as_ref().map_or(0, Workdir::largest_file);
         if let Some(workdir) = workdir {
             workdir.remove();
         }
@@ -579,6 +594,10 @@ impl Run {
         };
         let id = Some(self.spec.id.clone());
         let limits = self.spec.limits;
+        let kernel_limit = match &reaped {
+            Ok(reaped) if !kernel_lost => rlimit_hit(reaped, &limits, largest_file),
+            _ => None,
+        };
         let mut terminal = match (pump.stop, &reaped) {
             (Some(Stop::Cancelled), _) => {
                 Event::new(EventKind::Cancelled, id, "execution cancelled")
@@ -601,6 +620,18 @@ impl Run {
                     format!("output limit of {} bytes reached", limits.output_bytes),
                 )
             },
+            (None, Ok(_)) if kernel_limit.is_some() => {
+                let (kind, value, what) = kernel_limit.unwrap_or((LimitKind::Cpu, 0, ""));
+                Event {
+                    limit: Some(kind),
+                    limit_value: Some(value),
+                    ..Event::new(
+                        EventKind::ResourceLimit,
+                        id,
+                        format!("{what} limit of {value} reached"),
+                    )
+                }
+            }
             (None, Ok(reaped)) if kernel_lost => Event::error(
                 id,
                 ErrorCode::KernelLost,
@@ -851,6 +882,30 @@ struct PumpResult {
     first_output_at: Option<Instant>,
     /// Events read but not yet taken by the socket, in order.
     undelivered: VecDeque<Event>,
+}
+
+/// The kernel limit the program ran into, if it did: its kind, value and name.
+/// RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL a second later. RLIMIT_FSIZE
+/// sends SIGXFSZ, or, to a program that ignores it (Python does), fails the write with
+/// EFBIG, which leaves a file of exactly the limit's size in the working directory.
+fn rlimit_hit(
+    reaped: &crate::sys::Reaped,
+    limits: &crate::config::EffectiveLimits,
+    largest_file: u64,
+) -> Option<(LimitKind, u64, &'static str)> {
+    let cpu = (LimitKind::Cpu, limits.cpu_ms, "CPU-time (ms)");
+    let file_size = (
+        LimitKind::FileSize,
+        limits.file_size_bytes,
+        "file-size (bytes)",
+    );
+    match reaped.signal {
+        Some(libc::SIGXCPU) => Some(cpu),
+        Some(libc::SIGKILL) if reaped.cpu.as_secs() >= limits.cpu_ms.div_ceil(1000) => Some(cpu),
+        Some(libc::SIGXFSZ) => Some(file_size),
+        _ if largest_file >= limits.file_size_bytes => Some(file_size),
+        _ => None,
+    }
 }
 
 /// "exited with status 1" or "was killed by signal 9".

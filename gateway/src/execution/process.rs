@@ -23,6 +23,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) args: &'a [String],
     /// The whole environment, in order of precedence (later wins).
     pub(crate) env: Vec<(&'a str, &'a str)>,
+    /// Kernel limits set in the child before it starts.
+    pub(crate) rlimits: sys::Rlimits,
 }
 
 /// A started program and the gateway's ends of its pipes.
@@ -84,6 +86,12 @@ impl Launch<'_> {
             .process_group(0);
         let mut child = command.spawn().map_err(fail)?;
         let pid = child.id();
+        if let Err(err) = self.rlimits.apply_to(pid) {
+            // A program must not run without its limits.
+            let _ = sys::signal_group(pid, Signal::Kill);
+            let _ = child.wait();
+            return Err(fail(err));
+        }
         // From here on the group must be killed if anything fails.
         let exit = match sys::exit_watcher(pid) {
             Ok(exit) => exit,

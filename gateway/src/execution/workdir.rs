@@ -55,6 +55,37 @@ impl Workdir {
     }
 }
 
+impl Workdir {
+    /// The size of the largest regular file the program left here (at most a few
+    /// hundred entries and three levels are looked at): how a file-size limit that the
+    /// program survived (it ignored SIGXFSZ and got EFBIG) is still noticed.
+    pub(super) fn largest_file(&self) -> u64 {
+        fn walk(dir: &Path, depth: u32, budget: &mut u32, largest: &mut u64) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                if *budget == 0 {
+                    return;
+                }
+                *budget -= 1;
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_file() {
+                    let size = entry.metadata().map_or(0, |m| m.len());
+                    *largest = (*largest).max(size);
+                } else if kind.is_dir() && depth > 0 {
+                    walk(&entry.path(), depth - 1, budget, largest);
+                }
+            }
+        }
+        let mut largest = 0;
+        walk(&self.path, 2, &mut 256, &mut largest);
+        largest
+    }
+}
+
 impl Drop for Workdir {
     /// A directory not removed by [`Workdir::remove`] (an error or panic path) goes here.
     fn drop(&mut self) {
