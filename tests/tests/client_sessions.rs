@@ -9,7 +9,7 @@ use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
 use sluice_tests::proxy::Proxy;
 use sluice_tests::{
-    next_within, request, text_of, unique_marker, wait_for_output, wait_until_gone,
+    next_within, request, run, text_of, unique_marker, wait_for_output, wait_until_gone,
     wait_until_running, within, TestGateway,
 };
 use std::time::Duration;
@@ -183,8 +183,16 @@ async fn stdin_and_cancel_reach_an_execution_across_reconnects() -> Result<()> {
         "echo: one\necho: two\n"
     );
     ensure!(proxy.accepted() >= 3, "{} connections", proxy.accepted());
-    // Nothing was refused, and the client's own bookkeeping (probes) stays out of sight.
-    assert_eq!(socket_events.try_recv(), None);
+    // A cut takes effect a moment after `cut` returns, so the first cancel may have
+    // reached the gateway after all: then the one the client sent again is refused, and
+    // that is the only thing that may have been.
+    let session = terminal.session.clone();
+    while let Some(event) = socket_events.try_recv() {
+        ensure!(
+            event.code == Some(ErrorCode::UnknownExecution) && event.for_session == session,
+            "unexpected socket event: {event:?}"
+        );
+    }
     client.close().await?;
     gateway.shutdown().await
 }
@@ -251,7 +259,7 @@ async fn attaching_an_unknown_session_fails_clearly() -> Result<()> {
         Err(ClientError::AttachRefused { code, .. }) => assert_eq!(code, ErrorCode::BadRequest),
         other => bail!("expected AttachRefused, got {other:?}"),
     }
-    // The client's own names are refused before anything is sent.
+    // A name the gateway would refuse is refused before anything is sent.
     assert!(matches!(
         client.attach("", None).await,
         Err(ClientError::InvalidSession { .. })
@@ -261,6 +269,123 @@ async fn attaching_an_unknown_session_fails_clearly() -> Result<()> {
     assert_eq!(outcome.stdout, "ok\n");
     assert_eq!(socket_events.try_recv(), None);
     client.close().await?;
+    gateway.shutdown().await
+}
+
+/// Reads `events` up to and including sequence `last`, and checks that they are exactly
+/// the session's events after `since`.
+async fn expect_session_events(
+    events: &mut SessionEvents,
+    session: &[Event],
+    since: u64,
+    last: u64,
+) -> Result<()> {
+    let mut got = Vec::new();
+    while got.last().is_none_or(|event: &Event| event.sequence < last) {
+        got.push(next_of(events).await?);
+    }
+    let expected: Vec<&Event> = session
+        .iter()
+        .filter(|event| event.sequence > since)
+        .collect();
+    ensure!(
+        got.iter().eq(expected.iter().copied()),
+        "after {since}: got {:?}, expected {:?}",
+        got.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        expected.iter().map(|e| e.sequence).collect::<Vec<_>>()
+    );
+    ensure!(events.last_sequence() == last);
+    Ok(())
+}
+
+/// Several subscribers to one session on one client, asking at once for different
+/// starting points, and one more later while the client reads the session already (the
+/// gateway then rewinds the socket, and replays what the others have): each receives
+/// exactly the session's events after its own `since`, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_one_session_each_get_the_events_after_their_since() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let mut socket_events = client.socket_events().context("socket events taken")?;
+    let code = "for i in 1 2 3 4 5 6; do echo $i; done";
+    let first = run(&client, in_session("shared", "first", "sh", code)).await?;
+    let head = first.terminal.sequence;
+    ensure!(head >= 3, "{head} events");
+    let (all, middle, end) = within("the attaches", async {
+        tokio::join!(
+            client.attach("shared", None),
+            client.attach("shared", Some(head / 2)),
+            client.attach("shared", Some(head)),
+        )
+    })
+    .await?;
+    let (mut all, mut middle, mut end) = (all?, middle?, end?);
+    let second = run(&client, in_session("shared", "second", "sh", "echo more")).await?;
+    let last = second.terminal.sequence;
+    let mut rewound = within("the attach", client.attach("shared", Some(1))).await??;
+    let session: Vec<Event> = first.events.iter().chain(&second.events).cloned().collect();
+    expect_session_events(&mut all, &session, 0, last).await?;
+    expect_session_events(&mut middle, &session, head / 2, last).await?;
+    expect_session_events(&mut end, &session, head, last).await?;
+    expect_session_events(&mut rewound, &session, 1, last).await?;
+    // One more event reaches all four once.
+    let third = run(&client, in_session("shared", "third", "sh", "true")).await?;
+    for stream in [&mut all, &mut middle, &mut end, &mut rewound] {
+        let event = next_of(stream).await?;
+        ensure!(event.sequence == last + 1, "{event:?}");
+        ensure!(event == third.events[0], "{event:?}");
+    }
+    assert_eq!(socket_events.try_recv(), None);
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+/// A client follows another client's gateway-made session to its end and detaches; the
+/// gateway may have let go of the finished session first, and then refuses the `detach`:
+/// that refusal is the client's business, not a socket event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_gateway_made_session_to_its_end_leaves_no_refusal_behind() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let runner = gateway.client().await?;
+    let watcher = gateway.client().await?;
+    let mut socket_events = watcher.socket_events().context("socket events taken")?;
+    for round in 0..5 {
+        let id = format!("job{round}");
+        let mut execution = runner
+            .execute(request(&id, "sh", "read line; echo \"$line\""))
+            .await?;
+        let started = next_within(&mut execution).await?;
+        let session = started.session.clone().context("no session")?;
+        let mut events = within("the attach", watcher.attach(&session, None)).await??;
+        execution.send_stdin("hi\n").await?;
+        let outcome = within("the run", execution.wait()).await??;
+        ensure!(outcome.stdout == "hi\n", "{outcome:?}");
+        let mut watched = Vec::new();
+        while watched.len() < outcome.events.len() + 1 {
+            watched.push(next_of(&mut events).await?);
+        }
+        ensure!(watched[0] == started && watched[1..] == outcome.events[..]);
+        events.detach().await?;
+        // Attaching again: refused once the session has ended, accepted before.
+        match within("the attach", watcher.attach(&session, None)).await? {
+            Ok(again) => again.detach().await?,
+            Err(ClientError::AttachRefused { code, .. }) => {
+                ensure!(code == ErrorCode::UnknownSession, "{code}");
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    // Refusals arrive in the order of the frames: once this one is in, any refusal of
+    // the detaches above has arrived too.
+    match within("the attach", watcher.attach("no-such-session", None)).await? {
+        Err(ClientError::AttachRefused { code, .. }) => {
+            ensure!(code == ErrorCode::UnknownSession, "{code}");
+        }
+        other => bail!("expected AttachRefused, got {other:?}"),
+    }
+    assert_eq!(socket_events.try_recv(), None);
+    runner.close().await?;
+    watcher.close().await?;
     gateway.shutdown().await
 }
 

@@ -1,11 +1,13 @@
 //! [`Client`]: the cheap, cloneable handle to one WebSocket connection, and the state its
 //! handles share with the connection task.
 
-use crate::connection::{Command, Connection, Connector, Reply, PROBE_PREFIX};
+use crate::connection::{Command, Connection, Connector, Reply};
 use crate::queue::{event_queue, session_queue};
 use crate::{ClientError, ClientOptions, Execution, SessionEvents};
 use futures::Stream;
-use sluice_protocol::{ClientFrame, ErrorCode, Event, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL};
+use sluice_protocol::{
+    ClientFrame, ErrorCode, Event, EventKind, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL,
+};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -198,9 +200,11 @@ impl Client {
     /// Receives the events of `session` on this client: those after `since` that the
     /// gateway still buffers (`None`: all of them), then every new one, in order.
     ///
-    /// Returns once the gateway has accepted the `attach`, or fails with
-    /// [`ClientError::AttachRefused`] (code `unknown_session` when no such session is open:
-    /// it never was, or it ended; `bad_request` when `since` is past its last event). The
+    /// Returns once the gateway has accepted the `attach` (its `attached` answer, which
+    /// the stream does not yield), or fails with [`ClientError::AttachRefused`] (code
+    /// `unknown_session` when no such session is open: it never was, or it ended;
+    /// `bad_request` when `since` is past its last event; `too_many_sessions` when the
+    /// socket reads as many sessions as the gateway allows). The
     /// session may be one this client's executions run in (see
     /// [`Execution::session`](crate::Execution::session)), a named one, or one another
     /// client runs in; the events of this client's own executions still reach their
@@ -245,7 +249,9 @@ impl Client {
     /// `bad_request`/`too_large`), `error` events naming an id that is not running on this
     /// client, anything else the client cannot deliver to an execution, and synthetic
     /// `error` events (code `internal`, sequence 0, see [`is_synthetic`](crate::is_synthetic))
-    /// for frames from the gateway that could not be decoded.
+    /// for frames from the gateway that could not be decoded. Refusals that answer the
+    /// client's own frames (an `attach`, a `detach`, an `execute` sent again after a
+    /// reconnect; see the [crate documentation](crate)) are not among them.
     ///
     /// The queue holds [`ClientOptions::socket_event_buffer`] events. When it is full
     /// (nobody takes or drains the receiver), further events are logged with
@@ -415,7 +421,7 @@ async fn open(
     Ok(socket)
 }
 
-/// Refuses session names the gateway would refuse, and the client's probe names.
+/// Refuses session names the gateway would refuse.
 fn check_session(session: &str) -> Result<(), ClientError> {
     let invalid = |reason: String| {
         Err(ClientError::InvalidSession {
@@ -428,11 +434,6 @@ fn check_session(session: &str) -> Result<(), ClientError> {
     }
     if session.len() > MAX_ID_BYTES {
         return invalid(format!("longer than {MAX_ID_BYTES} bytes"));
-    }
-    if session.starts_with(PROBE_PREFIX) {
-        return invalid(format!(
-            "names starting with {PROBE_PREFIX:?} are reserved for the client"
-        ));
     }
     Ok(())
 }
@@ -464,7 +465,8 @@ pub(crate) async fn call<T>(
 }
 
 /// True for events the client made up rather than received: their `sequence` is 0, which
-/// no gateway event has (sequences start at 1).
+/// no event of the gateway's that the client hands out has (sequences start at 1; the
+/// gateway's `attached` answers, whose `sequence` may be 0, are never handed out).
 ///
 /// The client synthesizes an `error` event with code `internal` for an execution whose
 /// connection ended (for good: reconnecting was off or gave up) before its terminal
@@ -479,7 +481,7 @@ pub(crate) async fn call<T>(
 /// the middle of a session, are missing without the gateway having said so) carry the
 /// sequence a gateway `gap` would, `resume_from - 1`.
 pub fn is_synthetic(event: &Event) -> bool {
-    event.sequence == 0
+    event.sequence == 0 && event.kind != EventKind::Attached
 }
 
 /// A synthetic `error` event with code `internal`; see [`is_synthetic`].

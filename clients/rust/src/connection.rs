@@ -25,16 +25,23 @@
 //! [`ACK_EVERY_BYTES`] bytes, and whenever the socket has nothing more to read), so the
 //! gateway keeps every event in flight until it has arrived.
 //!
-//! # Probes
+//! # Answers to `attach`
 //!
-//! The gateway answers a successful `attach` with nothing, and refuses a failed one on
-//! the socket's own stream, which carries no session. To tell which refusal (if any)
-//! belongs to which `attach`, the task brackets every `attach` (and every `detach`) with
-//! probes: `detach` frames for sessions that cannot exist (named with [`PROBE_PREFIX`]),
-//! which the gateway always refuses, in order, on that same stream. A refusal between the
-//! answers to the probe before and the probe after an `attach` that names its session is
-//! that `attach`'s; the answer to the probe after it without such a refusal means it
-//! succeeded. Probe answers never reach [`Client::socket_events`](crate::Client::socket_events).
+//! The gateway answers every accepted `attach` with an `attached` event on the session's
+//! stream (before the events it replays), and every refused one with an `error` on the
+//! socket's own stream whose `for_session` names the session. The gateway answers two
+//! attaches of one session that it handles before writing anything with a single
+//! `attached`, so the task keeps at most one `attach` per session on its way
+//! ([`PendingAttach`]); whoever asks meanwhile shares its answer or waits for it. A new
+//! [`SessionEvents`](crate::SessionEvents) receives nothing before the `attached` that
+//! answers its `attach`: events already on their way from an earlier position are not
+//! its. `attached` events themselves are never handed to consumers.
+//!
+//! A `detach` is answered only when refused (the gateway had already let go of the
+//! session). Such refusals, and those of an `execute` sent again after a reconnect that
+//! could not rejoin its session (they carry no id: the execution exists), are recognised
+//! by `for_session` too; none of the client's own refusals reaches
+//! [`Client::socket_events`](crate::Client::socket_events).
 
 use crate::client::{synthetic_error, synthetic_error_with, Ended, Shared};
 use crate::queue::{EventSender, Push};
@@ -73,10 +80,6 @@ pub(crate) type ConnectFuture<S> =
 /// Opens new connections to the same gateway, for reconnecting.
 pub(crate) type Connector<S> = Box<dyn FnMut() -> ConnectFuture<S> + Send>;
 
-/// Session names starting with this are the client's probes (see the module
-/// documentation); the client refuses them as names of real sessions.
-pub(crate) const PROBE_PREFIX: &str = "sluice-client-probe-";
-
 /// Acknowledge a session after at most this many events...
 pub(crate) const ACK_EVERY_EVENTS: usize = 256;
 
@@ -84,8 +87,9 @@ pub(crate) const ACK_EVERY_EVENTS: usize = 256;
 /// nothing more to read).
 pub(crate) const ACK_EVERY_BYTES: usize = 1 << 20;
 
-/// How many acknowledged, forgotten gateway-made sessions the client remembers.
-const FAREWELLS: usize = 256;
+/// How many sessions the client remembers having detached from (on the current socket),
+/// to drop their late events and hide refusals of its `detach`.
+const DETACHES_REMEMBERED: usize = 256;
 
 /// Most messages read in one go before the loop looks at its other sources again.
 const READ_BURST: usize = 64;
@@ -162,6 +166,8 @@ struct Route {
     /// yet: sent again after a reconnect. The gateway answers an id its session already
     /// knows from the session, so the program never runs twice.
     execute: Option<String>,
+    /// Its `execute` was sent again after a reconnect and not answered yet.
+    resent: bool,
 }
 
 /// What the task knows of one session the socket reads.
@@ -177,9 +183,6 @@ struct SessionState {
     /// Made by the gateway for one of this client's executions: forgotten once that
     /// has ended.
     ephemeral: bool,
-    /// A `detach` was sent: its events are dropped, it is not acknowledged, and it is
-    /// forgotten when the gateway has processed the `detach`.
-    detached: bool,
     /// The last sequence acknowledged on the current socket.
     acked: u64,
     /// Events and bytes processed since the last acknowledgement.
@@ -189,41 +192,40 @@ struct SessionState {
     last_gap: Option<Event>,
 }
 
+impl SessionState {
+    /// Reads the session afresh from `since` on: nothing of it is processed or
+    /// acknowledged on this socket yet.
+    fn restart(&mut self, since: u64) {
+        self.position = Some(since);
+        self.acked = 0;
+        self.unacked_events = 0;
+        self.unacked_bytes = 0;
+        self.last_gap = None;
+    }
+}
+
 /// One [`SessionEvents`](crate::SessionEvents).
 struct Subscriber {
     session: String,
     events: EventSender,
     /// The last sequence delivered (or the `since` it attached after).
     last: u64,
-    /// The gateway accepted its `attach`.
+    /// The gateway answered its `attach` with `attached`: the session's events after it
+    /// are for this subscriber (those before it are not).
     confirmed: bool,
 }
 
-/// An `attach` whose answer has not arrived.
+/// The `attach` of one session that is on its way (there is at most one per session).
 struct PendingAttach {
-    session: String,
-    /// User attaches waiting for the answer: the subscriber and the caller.
+    /// The `since` it was sent with.
+    since: u64,
+    /// User attaches its answer decides: the subscriber and the caller.
     waiters: Vec<(u64, Reply<()>)>,
+    /// User attaches asked for meanwhile that need events before `since`: a new
+    /// `attach` is sent for them once this one is answered.
+    later: Vec<(u64, Reply<()>)>,
     /// Re-attaching after a reconnect: if refused, every consumer of the session ends.
     resume: bool,
-    /// The gateway's refusal, once seen.
-    refusal: Option<Event>,
-}
-
-/// A frame of the client's whose refusals a probe delimits.
-#[derive(Debug, Clone)]
-enum Window {
-    Attach(u64),
-    Detach(String),
-}
-
-/// A probe frame sent and not yet answered.
-struct Probe {
-    name: String,
-    /// The bracketed frame its answer closes.
-    closes: Option<Window>,
-    /// The bracketed frame whose refusals come after its answer.
-    opens: Option<Window>,
 }
 
 /// A time without a working connection: since when, and how the attempts went.
@@ -253,7 +255,7 @@ enum Purpose {
         id: String,
         serial: u64,
     },
-    /// Attach, detach, ack, cancel, probe, close: rebuilt from the state.
+    /// Attach, detach, ack, cancel, close: rebuilt from the state.
     Other,
 }
 
@@ -285,22 +287,16 @@ pub(crate) struct Connection<S> {
     sessions: HashMap<String, SessionState>,
     /// The `SessionEvents`, by key.
     subscribers: HashMap<u64, Subscriber>,
-    /// `attach` frames sent and not yet answered, by key.
-    attaches: HashMap<u64, PendingAttach>,
-    next_attach: u64,
-    /// Probes sent and not yet answered, oldest first (the gateway answers in order).
-    probes: VecDeque<Probe>,
-    next_probe: u64,
-    /// The bracketed frame whose refusal, if any, is the next socket-stream event.
-    window: Option<Window>,
+    /// `attach` frames sent on this socket and not yet answered, by session.
+    attaches: HashMap<String, PendingAttach>,
+    /// Sessions detached on this socket, most recent last (at most
+    /// [`DETACHES_REMEMBERED`]): their late events are dropped, and a refusal of the
+    /// `detach` (the gateway had let go of the session first) is nobody's business.
+    detaching: VecDeque<String>,
     /// Sessions with events processed and not yet acknowledged.
     unacked: HashSet<String>,
     /// Acknowledge events (reconnecting is on).
     acks: bool,
-    /// Gateway-made sessions recently acknowledged to the end and forgotten: the gateway
-    /// may have let go of one before the last `ack` arrived, and its refusal of that
-    /// `ack` is not news for anybody.
-    farewells: VecDeque<String>,
     /// Frames waiting for the socket. Commands are taken only while it is empty, so it
     /// holds at most one command's frames plus acks and one `cancel` per abandoned route.
     outbox: VecDeque<Outgoing>,
@@ -349,13 +345,9 @@ where
             sessions: HashMap::new(),
             subscribers: HashMap::new(),
             attaches: HashMap::new(),
-            next_attach: 0,
-            probes: VecDeque::new(),
-            next_probe: 0,
-            window: None,
+            detaching: VecDeque::new(),
             unacked: HashSet::new(),
             acks,
-            farewells: VecDeque::new(),
             outbox: VecDeque::new(),
             unflushed: false,
             closing: false,
@@ -634,16 +626,15 @@ where
     /// `execute` frames the gateway may not have had, queued input, cancels.
     fn resume(&mut self) {
         let old = std::mem::take(&mut self.outbox);
-        self.probes.clear();
-        self.window = None;
         self.unacked.clear();
+        // The new socket reads nothing yet: nothing is being detached from it.
+        self.detaching.clear();
         // Attaches the old socket did not answer are asked again.
         let mut waiting: HashMap<String, Vec<(u64, Reply<()>)>> = HashMap::new();
-        for (_, attach) in self.attaches.drain() {
-            waiting
-                .entry(attach.session)
-                .or_default()
-                .extend(attach.waiters);
+        for (session, attach) in self.attaches.drain() {
+            let waiters = waiting.entry(session).or_default();
+            waiters.extend(attach.waiters);
+            waiters.extend(attach.later);
         }
         let mut plan = Vec::new();
         let names: Vec<String> = self.sessions.keys().cloned().collect();
@@ -671,7 +662,6 @@ where
                 }
                 continue;
             }
-            state.detached = false;
             let since = self.resume_point(&name).unwrap_or(0);
             plan.push(AttachPlan {
                 session: name,
@@ -689,7 +679,9 @@ where
             }
         }
         debug!(sessions = plan.len(), "resuming sessions");
-        self.enqueue_attaches(plan);
+        for attach in plan {
+            self.send_attach(attach);
+        }
 
         // Executions no event has answered: did the gateway get them?
         let unsent: HashSet<(String, u64)> = old
@@ -710,7 +702,12 @@ where
                 None => lost.push(id.clone()),
             }
         }
+        // In the order they were first sent (refusals come in the order of the frames).
+        resend.sort_by_key(|(_, serial, _)| *serial);
         for (id, serial, frame) in resend {
+            if let Some(route) = self.routes.get_mut(&id) {
+                route.resent = true;
+            }
             self.enqueue(Message::text(frame), Purpose::Execute { id, serial });
         }
         for id in lost {
@@ -837,13 +834,10 @@ where
                     confirmed: false,
                     counted: false,
                     execute: named.then(|| frame.clone()),
+                    resent: false,
                 });
                 if let Some(name) = session {
-                    let state = self.sessions.entry(name).or_default();
-                    if state.detached {
-                        // Read again from where the gateway starts this socket on it.
-                        *state = SessionState::default();
-                    }
+                    self.sessions.entry(name).or_default();
                 }
                 self.enqueue(Message::text(frame), Purpose::Execute { id, serial });
                 let _ = reply.send(Ok(()));
@@ -905,28 +899,14 @@ where
         if reply.is_closed() {
             return;
         }
-        let has_route = self
-            .routes
-            .values()
-            .any(|route| route.session.as_deref() == Some(session.as_str()));
-        let in_use = self.sessions.get(&session).is_some_and(|state| {
-            !state.detached && (state.routes > 0 || !state.subscribers.is_empty() || has_route)
-        });
-        let wire_since = if in_use {
-            // The socket reads it already: moving its cursor past what the other
-            // consumers have would lose events for them; the replay is deduplicated.
-            self.resume_point(&session)
-                .map_or(0, |point| point.min(since))
-        } else {
-            let state = self.sessions.entry(session.clone()).or_default();
-            *state = SessionState {
-                position: Some(since),
-                ephemeral: state.ephemeral,
-                ..SessionState::default()
-            };
-            since
-        };
+        // Unless something here follows the session already (its position then stays:
+        // moving it past what they have would lose events for them, and the replay is
+        // deduplicated), it is read afresh from `since`.
+        let fresh = !self.attaches.contains_key(&session) && !self.follows(&session);
         let state = self.sessions.entry(session.clone()).or_default();
+        if fresh {
+            state.restart(since);
+        }
         state.subscribers.push(key);
         self.subscribers.insert(
             key,
@@ -937,12 +917,23 @@ where
                 confirmed: false,
             },
         );
-        self.enqueue_attaches(vec![AttachPlan {
+        if let Some(attach) = self.attaches.get_mut(&session) {
+            // One `attach` of a session at a time (see the module documentation): the
+            // one on its way serves this subscriber too if it asks for no earlier event.
+            if attach.since <= since {
+                attach.waiters.push((key, reply));
+            } else {
+                attach.later.push((key, reply));
+            }
+            return;
+        }
+        let since = self.resume_point(&session).unwrap_or(0);
+        self.send_attach(AttachPlan {
             session,
-            since: wire_since,
+            since,
             waiters: vec![(key, reply)],
             resume: false,
-        }]);
+        });
     }
 
     fn closing_error(&self) -> ClientError {
@@ -1025,7 +1016,7 @@ where
     }
 
     // -----------------------------------------------------------------------------------
-    // Attach, detach, probes
+    // Attach and detach
     // -----------------------------------------------------------------------------------
 
     /// Where to resume `name`: what every consumer of it has. `None` before anything is
@@ -1041,142 +1032,231 @@ where
         Some(subscribers.fold(position, u64::min))
     }
 
-    /// Queues `attach` frames, each bracketed by probes, and an `ack` after each when
-    /// acknowledging.
-    fn enqueue_attaches(&mut self, plan: Vec<AttachPlan>) {
-        let keys: Vec<u64> = plan
-            .iter()
-            .map(|_| {
-                self.next_attach += 1;
-                self.next_attach
-            })
-            .collect();
-        let Some(first) = keys.first() else {
-            return;
+    /// True if something here follows `name` from its current position: an execution
+    /// in it, or a subscriber whose `attach` was answered.
+    fn follows(&self, name: &str) -> bool {
+        let Some(state) = self.sessions.get(name) else {
+            return false;
         };
-        self.push_probe(None, Some(Window::Attach(*first)));
-        for (index, item) in plan.into_iter().enumerate() {
-            let key = keys[index];
-            self.enqueue_frame(
-                &ClientFrame::Attach(AttachFrame {
-                    session: item.session.clone(),
-                    since: Some(item.since),
-                }),
-                Purpose::Other,
-            );
-            if self.acks {
-                // A new lead inherits acknowledging from where it attached.
-                self.enqueue_frame(
-                    &ClientFrame::Ack(AckFrame {
-                        session: item.session.clone(),
-                        sequence: item.since,
-                    }),
-                    Purpose::Other,
-                );
-                if let Some(state) = self.sessions.get_mut(&item.session) {
-                    state.acked = state.acked.max(item.since);
-                }
-            }
-            self.attaches.insert(
-                key,
-                PendingAttach {
-                    session: item.session,
-                    waiters: item.waiters,
-                    resume: item.resume,
-                    refusal: None,
-                },
-            );
-            let next = keys.get(index + 1).map(|key| Window::Attach(*key));
-            self.push_probe(Some(Window::Attach(key)), next);
-        }
+        state.routes > 0
+            || self.has_route_in(name)
+            || state
+                .subscribers
+                .iter()
+                .any(|key| self.subscribers.get(key).is_some_and(|s| s.confirmed))
     }
 
-    fn push_probe(&mut self, closes: Option<Window>, opens: Option<Window>) {
-        self.next_probe += 1;
-        let name = format!("{PROBE_PREFIX}{}", self.next_probe);
+    /// True if an execution here runs (or is about to run) in `name`.
+    fn has_route_in(&self, name: &str) -> bool {
+        self.routes
+            .values()
+            .any(|route| route.session.as_deref() == Some(name))
+    }
+
+    /// True if anything here needs the socket to go on reading `name`.
+    fn in_use(&self, name: &str) -> bool {
+        self.attaches.contains_key(name)
+            || self.has_route_in(name)
+            || self
+                .sessions
+                .get(name)
+                .is_some_and(|state| state.routes > 0 || !state.subscribers.is_empty())
+    }
+
+    /// Sends an `attach` (and, when acknowledging, an `ack` of its `since`: a socket
+    /// that becomes the session's lead inherits acknowledging from there) and waits for
+    /// its answer. There must be none on its way for that session.
+    fn send_attach(&mut self, plan: AttachPlan) {
+        let AttachPlan {
+            session,
+            since,
+            waiters,
+            resume,
+        } = plan;
         self.enqueue_frame(
-            &ClientFrame::Detach(DetachFrame {
-                session: name.clone(),
+            &ClientFrame::Attach(AttachFrame {
+                session: session.clone(),
+                since: Some(since),
             }),
             Purpose::Other,
         );
-        self.probes.push_back(Probe {
-            name,
-            closes,
-            opens,
+        if self.acks {
+            self.enqueue_frame(
+                &ClientFrame::Ack(AckFrame {
+                    session: session.clone(),
+                    sequence: since,
+                }),
+                Purpose::Other,
+            );
+            if let Some(state) = self.sessions.get_mut(&session) {
+                state.acked = state.acked.max(since);
+            }
+        }
+        let previous = self.attaches.insert(
+            session,
+            PendingAttach {
+                since,
+                waiters,
+                later: Vec::new(),
+                resume,
+            },
+        );
+        debug_assert!(
+            previous.is_none(),
+            "two attaches of one session on their way"
+        );
+    }
+
+    /// Sends the `attach` the subscribers in `later` wait for, once the one before it was
+    /// answered.
+    fn attach_later(&mut self, name: &str, later: Vec<(u64, Reply<()>)>) {
+        let mut waiters = Vec::new();
+        for (key, reply) in later {
+            if reply.is_closed() {
+                // The caller stopped waiting.
+                self.forget_subscriber(key);
+            } else if self.subscribers.contains_key(&key) {
+                waiters.push((key, reply));
+            }
+        }
+        if waiters.is_empty() || self.closing {
+            return self.release_if_unused(name);
+        }
+        let earliest = waiters
+            .iter()
+            .filter_map(|(key, _)| self.subscribers.get(key))
+            .map(|subscriber| subscriber.last)
+            .min()
+            .unwrap_or(0);
+        if !self.follows(name) {
+            if let Some(state) = self.sessions.get_mut(name) {
+                state.restart(earliest);
+            }
+        }
+        let since = self.resume_point(name).unwrap_or(0);
+        self.send_attach(AttachPlan {
+            session: name.to_owned(),
+            since,
+            waiters,
+            resume: false,
         });
     }
 
-    /// The answer to the front probe: the frame it closes is answered.
-    fn on_probe_answer(&mut self) {
-        let Some(probe) = self.probes.pop_front() else {
+    /// An `attached` event: the `attach` of `name` on its way succeeded, and the
+    /// session's events after it are its replay, then live events.
+    fn on_attached(&mut self, name: &str, event: &Event) {
+        let Some(attach) = self.attaches.remove(name) else {
+            // Not the answer to anything this client is waiting for (see
+            // `on_session_refusal`): let go of the session if nothing here needs it.
+            debug!(session = name, "an attached event no attach is waiting for");
+            if !self.in_use(name) && !self.closing {
+                self.send_detach(name);
+            }
             return;
         };
-        match probe.closes {
-            Some(Window::Attach(key)) => self.attach_answered(key),
-            // The gateway has processed the `detach`: nothing more of it arrives.
-            Some(Window::Detach(name))
-                if self.sessions.get(&name).is_some_and(|state| state.detached) =>
-            {
-                self.sessions.remove(&name);
-                self.unacked.remove(&name);
-            }
-            Some(Window::Detach(_)) | None => {}
+        if event.sequence != attach.since {
+            warn!(
+                session = name,
+                asked = attach.since,
+                answered = event.sequence,
+                "the gateway attached after another sequence than asked"
+            );
         }
-        self.window = probe.opens;
+        debug!(session = name, since = event.sequence, "attached");
+        for (key, reply) in attach.waiters {
+            if let Some(subscriber) = self.subscribers.get_mut(&key) {
+                subscriber.confirmed = true;
+            }
+            if reply.send(Ok(())).is_err() {
+                // The caller stopped waiting.
+                self.remove_subscriber(key);
+            }
+        }
+        self.attach_later(name, attach.later);
     }
 
-    fn attach_answered(&mut self, key: u64) {
-        let Some(attach) = self.attaches.remove(&key) else {
+    /// A refusal of the `attach` of `name` on its way.
+    fn attach_refused(&mut self, name: &str, refusal: &Event) {
+        let Some(attach) = self.attaches.remove(name) else {
             return;
         };
-        let PendingAttach {
-            session,
-            waiters,
-            resume,
-            refusal,
-        } = attach;
-        match refusal {
-            None => {
-                debug!(session, "attached");
-                for (subscriber, reply) in waiters {
-                    if let Some(entry) = self.subscribers.get_mut(&subscriber) {
-                        entry.confirmed = true;
-                    }
-                    if reply.send(Ok(())).is_err() {
-                        // The caller stopped waiting.
-                        self.remove_subscriber(subscriber);
-                    }
-                }
-                self.release_if_unused(&session);
+        let code = refusal.code.unwrap_or(ErrorCode::Other);
+        debug!(session = name, %code, message = %refusal.data, "attach refused");
+        let refused = |session: &str| ClientError::AttachRefused {
+            session: session.to_owned(),
+            code,
+            message: refusal.data.clone(),
+        };
+        for (key, reply) in attach.waiters {
+            self.forget_subscriber(key);
+            let _ = reply.send(Err(refused(name)));
+        }
+        if attach.resume {
+            for (key, reply) in attach.later {
+                self.forget_subscriber(key);
+                let _ = reply.send(Err(refused(name)));
             }
-            Some(refusal) => {
-                let code = refusal.code.unwrap_or(ErrorCode::Other);
-                debug!(session, %code, message = %refusal.data, "attach refused");
-                for (subscriber, reply) in waiters {
-                    self.forget_subscriber(subscriber);
-                    let _ = reply.send(Err(ClientError::AttachRefused {
-                        session: session.clone(),
-                        code,
-                        message: refusal.data.clone(),
-                    }));
-                }
-                if resume {
-                    self.session_lost(&session, code, &refusal.data);
-                } else if self
-                    .sessions
-                    .get(&session)
-                    .is_some_and(|state| state.routes == 0 && state.subscribers.is_empty())
-                    && !self
-                        .routes
-                        .values()
-                        .any(|route| route.session.as_deref() == Some(session.as_str()))
-                {
-                    // The socket does not read it.
-                    self.sessions.remove(&session);
-                }
+            return self.session_lost(name, code, &refusal.data);
+        }
+        if !self.in_use(name) {
+            // The socket does not read it.
+            self.sessions.remove(name);
+            self.unacked.remove(name);
+        }
+        self.attach_later(name, attach.later);
+    }
+
+    /// A refusal on the socket stream of a frame that named session `name`; true if it
+    /// answers something of the client's own, which handles it.
+    fn on_session_refusal(&mut self, name: &str, refusal: &Event) -> bool {
+        let code = refusal.code;
+        // Refusals come in the order of the frames: with one `attach` of a session on
+        // its way at a time, the first such refusal naming it is that attach's. (A
+        // refused `detach` sent just before it would be taken for it: the attach fails
+        // with `unknown_session`, and an `attached` that then arrives is let go.)
+        let refuses_attach = matches!(
+            code,
+            Some(ErrorCode::UnknownSession | ErrorCode::BadRequest | ErrorCode::TooManySessions)
+        );
+        if refuses_attach && self.attaches.contains_key(name) {
+            self.attach_refused(name, refusal);
+            return true;
+        }
+        if code == Some(ErrorCode::UnknownSession) {
+            if let Some(at) = self.detaching.iter().position(|session| session == name) {
+                // The gateway had let go of it already (a finished gateway-made session).
+                debug!(session = name, "nothing to detach");
+                self.detaching.remove(at);
+                return true;
             }
         }
+        // An `execute` sent again after a reconnect, of an id the session knows, that
+        // could not make this socket read the session: the refusal carries no id (the
+        // execution exists), but it ends this client's wait for the execution. The
+        // executions were sent again in order, so the first such refusal is the oldest's.
+        let joining = matches!(
+            code,
+            Some(ErrorCode::UnknownSession | ErrorCode::TooManySessions)
+        );
+        let unanswered = self
+            .routes
+            .iter()
+            .filter(|(_, route)| {
+                route.resent && !route.confirmed && route.session.as_deref() == Some(name)
+            })
+            .min_by_key(|(_, route)| route.serial)
+            .map(|(id, _)| id.clone());
+        if let (true, Some(id)) = (joining, unanswered) {
+            let mut event = refusal.clone();
+            event.id = Some(id.clone());
+            self.deliver_to_route(&id, event);
+            if !self.in_use(name) {
+                self.sessions.remove(name);
+                self.unacked.remove(name);
+            }
+            return true;
+        }
+        false
     }
 
     /// The session could not be resumed after a reconnect: every consumer of it ends,
@@ -1228,21 +1308,13 @@ where
         }
     }
 
-    /// Sends `detach` for a session no route or subscriber needs (and no `attach` is
+    /// Stops reading a session no route or subscriber needs (and no `attach` is
     /// waiting for).
     fn release_if_unused(&mut self, name: &str) {
         let Some(state) = self.sessions.get(name) else {
             return;
         };
-        let used = state.detached
-            || state.routes > 0
-            || !state.subscribers.is_empty()
-            || self
-                .routes
-                .values()
-                .any(|route| route.session.as_deref() == Some(name))
-            || self.attaches.values().any(|attach| attach.session == name);
-        if used || self.closing {
+        if self.closing || self.in_use(name) {
             return;
         }
         if state.ephemeral {
@@ -1250,19 +1322,24 @@ where
             self.forget_finished(name);
             return;
         }
-        if let Some(state) = self.sessions.get_mut(name) {
-            state.detached = true;
-        }
+        self.send_detach(name);
+    }
+
+    /// Sends `detach` and forgets the session; its late events are dropped.
+    fn send_detach(&mut self, name: &str) {
+        self.sessions.remove(name);
         self.unacked.remove(name);
         debug!(session = name, "detaching");
-        self.push_probe(None, Some(Window::Detach(name.to_owned())));
+        self.detaching.push_back(name.to_owned());
+        if self.detaching.len() > DETACHES_REMEMBERED {
+            self.detaching.pop_front();
+        }
         self.enqueue_frame(
             &ClientFrame::Detach(DetachFrame {
                 session: name.to_owned(),
             }),
             Purpose::Other,
         );
-        self.push_probe(Some(Window::Detach(name.to_owned())), None);
     }
 
     // -----------------------------------------------------------------------------------
@@ -1304,42 +1381,17 @@ where
         }
     }
 
-    /// An event on the socket's own stream (no session): a probe's answer, the refusal
-    /// of a bracketed frame, the refusal of an `execute` before it joined a session, or
-    /// something for [`Client::socket_events`](crate::Client::socket_events).
+    /// An event on the socket's own stream (no session): the refusal of a frame of the
+    /// client's own (an `attach`, a `detach`, a repeated `execute`), the refusal of an
+    /// `execute` before it joined a session, or something for
+    /// [`Client::socket_events`](crate::Client::socket_events).
     fn on_socket_stream(&mut self, event: Event) {
-        let is_probe_answer = self
-            .probes
-            .front()
-            .is_some_and(|probe| refusal_naming(&event, &probe.name));
-        if is_probe_answer {
-            return self.on_probe_answer();
-        }
-        match &self.window {
-            Some(Window::Attach(key)) => {
-                if let Some(attach) = self.attaches.get_mut(key) {
-                    let mine = event.code == Some(ErrorCode::TooManySessions)
-                        || refusal_naming(&event, &attach.session);
-                    if mine && event.id.is_none() {
-                        if attach.refusal.is_none() {
-                            attach.refusal = Some(event);
-                        }
-                        return;
-                    }
+        if event.kind == EventKind::Error && event.id.is_none() {
+            if let Some(name) = event.for_session.clone() {
+                if self.on_session_refusal(&name, &event) {
+                    return;
                 }
             }
-            // The session was already gone: nothing to detach.
-            Some(Window::Detach(name)) if refusal_naming(&event, name) => return,
-            Some(Window::Detach(_)) | None => {}
-        }
-        let late_ack = event.code == Some(ErrorCode::UnknownSession)
-            && self
-                .farewells
-                .iter()
-                .any(|session| refusal_naming(&event, session));
-        if late_ack {
-            debug!(message = %event.data, "the gateway had let go of a finished session first");
-            return;
         }
         // An `execute` refused before it joined a session.
         if let Some(id) = event.id.clone() {
@@ -1356,14 +1408,25 @@ where
         let Some(name) = event.session.clone() else {
             return;
         };
+        if event.kind == EventKind::Attached {
+            // An answer, not an event of the session: never handed to a consumer.
+            return self.on_attached(&name, &event);
+        }
+        if self.attaches.contains_key(&name) && !self.follows(&name) {
+            // Nothing here reads the session yet: these are on their way from an earlier
+            // position of the socket's (before a `detach`), not what the `attach` asks for.
+            debug!(
+                session = name,
+                sequence = event.sequence,
+                "event before attached; dropped"
+            );
+            return;
+        }
         if event.kind == EventKind::Gap {
             return self.on_gap(&name, event, bytes);
         }
         let sequence = event.sequence;
         let known = self.sessions.contains_key(&name);
-        if self.sessions.get(&name).is_some_and(|state| state.detached) {
-            return;
-        }
         // The execution it is for, if it runs here.
         let route = event
             .id
@@ -1378,6 +1441,21 @@ where
                     })
             })
             .map(str::to_owned);
+        if !known && route.is_none() {
+            // A session this socket no longer reads (its `detach` is on its way), or one
+            // nothing here asked for.
+            if event.kind == EventKind::Error && !self.detaching.contains(&name) {
+                self.publish_socket_event(event);
+            } else {
+                debug!(
+                    session = name,
+                    sequence,
+                    kind = %event.kind,
+                    "event of a session this client does not read; dropped"
+                );
+            }
+            return;
+        }
         let state = self.sessions.entry(name.clone()).or_default();
         let position = *state.position.get_or_insert(sequence.saturating_sub(1));
         if sequence > position.saturating_add(1) {
@@ -1429,7 +1507,8 @@ where
             let Some(subscriber) = self.subscribers.get_mut(&key) else {
                 continue;
             };
-            if event.sequence <= subscriber.last {
+            // Until its `attached`, events are from before the position it asked for.
+            if !subscriber.confirmed || event.sequence <= subscriber.last {
                 continue;
             }
             subscriber.last = event.sequence;
@@ -1459,7 +1538,8 @@ where
             return;
         };
         let last = resume_from.saturating_sub(1);
-        if self.sessions.get(name).is_some_and(|state| state.detached) {
+        if !self.sessions.contains_key(name) {
+            // A session this socket no longer reads.
             return;
         }
         // Subscribers that would have had some of the missing events.
@@ -1473,7 +1553,7 @@ where
             let Some(subscriber) = self.subscribers.get_mut(&key) else {
                 continue;
             };
-            if subscriber.last >= last {
+            if !subscriber.confirmed || subscriber.last >= last {
                 continue;
             }
             let mut event = gap.clone();
@@ -1486,7 +1566,9 @@ where
         for key in gone {
             self.remove_subscriber(key);
         }
-        let state = self.sessions.entry(name.to_owned()).or_default();
+        let Some(state) = self.sessions.get_mut(name) else {
+            return;
+        };
         let position = state.position.unwrap_or(0);
         if last <= position {
             return;
@@ -1635,10 +1717,6 @@ where
     fn forget_finished(&mut self, name: &str) {
         if self.acks && !self.closing && self.sink.is_some() {
             self.send_ack(name);
-            self.farewells.push_back(name.to_owned());
-            if self.farewells.len() > FAREWELLS {
-                self.farewells.pop_front();
-            }
         }
         self.sessions.remove(name);
         self.unacked.remove(name);
@@ -1675,7 +1753,7 @@ where
         let Some(point) = point else {
             return;
         };
-        if state.detached || point <= state.acked {
+        if point <= state.acked {
             return;
         }
         state.acked = point;
@@ -1698,9 +1776,9 @@ where
 
     fn on_undecodable(&mut self, text: &str, err: &str) {
         warn!(error = err, "undecodable frame from the gateway");
-        let probe = serde_json::from_str::<serde_json::Value>(text).ok();
+        let fields = serde_json::from_str::<serde_json::Value>(text).ok();
         let field = |name: &str| {
-            probe
+            fields
                 .as_ref()
                 .and_then(|v| v.get(name))
                 .and_then(|v| v.as_str())
@@ -1748,18 +1826,6 @@ where
             ),
         }
     }
-}
-
-/// True for a refusal on the socket stream whose message names `session` (the gateway
-/// quotes names as Rust does).
-fn refusal_naming(event: &Event, session: &str) -> bool {
-    event.kind == EventKind::Error
-        && event.session.is_none()
-        && matches!(
-            event.code,
-            Some(ErrorCode::UnknownSession | ErrorCode::BadRequest)
-        )
-        && event.data.contains(&format!("{session:?}"))
 }
 
 /// A `gap` event the client makes up: `missed_from..resume_from` of `session` are lost.
@@ -1834,6 +1900,8 @@ mod tests {
             EventKind::Cancelled,
             EventKind::ResourceLimit,
             EventKind::Error,
+            EventKind::Attached,
+            EventKind::Gap,
         ];
         for kind in kinds {
             assert_eq!(
@@ -1849,20 +1917,5 @@ mod tests {
         let gap = gap_event("s", 3, 7);
         assert_eq!(gap.validate(), Ok(()));
         assert_eq!(gap.sequence, 6);
-    }
-
-    #[test]
-    fn refusals_are_matched_by_the_quoted_name() {
-        let refusal = Event {
-            sequence: 1,
-            timestamp: 1.0,
-            ..Event::error(
-                None,
-                ErrorCode::UnknownSession,
-                "no session \"a\\\"b\" is open",
-            )
-        };
-        assert!(refusal_naming(&refusal, "a\"b"));
-        assert!(!refusal_naming(&refusal, "a"));
     }
 }

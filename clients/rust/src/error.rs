@@ -113,9 +113,8 @@ pub enum ClientError {
         /// The sequence the session's stream continued at.
         resume_from: u64,
     },
-    /// The session name cannot be used (empty, longer than
-    /// [`sluice_protocol::MAX_ID_BYTES`], or starting with the prefix the client
-    /// reserves for itself).
+    /// The session name cannot be used (empty, or longer than
+    /// [`sluice_protocol::MAX_ID_BYTES`]).
     #[error("invalid session name {session:?}: {reason}")]
     InvalidSession {
         /// The rejected name.

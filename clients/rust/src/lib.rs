@@ -76,10 +76,14 @@
 //! of a session carries its `sequence`, from 1, one more each time, and sessions outlive
 //! sockets. [`Client::attach`] receives a session's events after a given sequence (those
 //! the gateway still buffers are replayed first) as a [`SessionEvents`] stream; it
-//! returns once the gateway has accepted the `attach`, and fails with
-//! [`ClientError::AttachRefused`] (for example `unknown_session`) otherwise. When events
-//! were no longer buffered, the stream carries one `gap` event saying which, in their
-//! place. [`SessionEvents::detach`] (or dropping it) stops it.
+//! returns once the gateway has answered the `attach` with its `attached` event, and
+//! fails with [`ClientError::AttachRefused`] when the gateway refuses it instead (code
+//! `unknown_session`, `bad_request` for a `since` past the session's end, or
+//! `too_many_sessions`). The `attached` answer is not an item of the stream (nor of any
+//! [`Execution`]): a [`SessionEvents`] carries the session's own events only, so the
+//! attaches a reconnect makes leave no trace in it. When events were no longer buffered,
+//! the stream carries one `gap` event saying which, in their place.
+//! [`SessionEvents::detach`] (or dropping it) stops it.
 //!
 //! # Reconnecting
 //!
@@ -93,15 +97,19 @@
 //! may keep using the client: their frames wait for the new socket.
 //!
 //! - An `execute` in a **named session** that no event has answered yet is sent again:
-//!   the gateway answers an id its session knows from the session, so it runs once.
+//!   the gateway answers an id its session knows from the session, so it runs once (if
+//!   it cannot make the new socket read the session, the execution ends with its refusal,
+//!   for example `too_many_sessions`).
 //!   One **without a session** cannot be asked after (its session is not known yet): it
 //!   ends with a synthetic terminal `error` saying it may or may not have run (at most
 //!   once; if it did start, the gateway cancels it when its session's grace period
 //!   ends). Name a session when a resubmit must be safe.
 //! - `stdin` and `cancel` name the execution's session, so the new socket reaches them.
-//!   A `cancel` is sent again after a reconnect; `stdin` that was already written to the
-//!   dropped socket is not (it may or may not have arrived: at most once), while `stdin`
-//!   sent during the reconnect waits for the new socket.
+//!   A `cancel` is sent again after a reconnect (if the first one had arrived after all,
+//!   the gateway refuses the second with `unknown_execution`, on
+//!   [`Client::socket_events`]); `stdin` that was already written to the dropped socket
+//!   is not (it may or may not have arrived: at most once), while `stdin` sent during the
+//!   reconnect waits for the new socket.
 //! - If the gateway no longer has the session (it ended during the outage, or the
 //!   gateway restarted), its consumers end with a synthetic `error` carrying the
 //!   gateway's code (`unknown_session`).
@@ -125,8 +133,11 @@
 //! acknowledged to its end once its execution has ended, which lets the gateway free it
 //! at once.
 //!
-//! The client's own bookkeeping frames (`detach` probes that tell the answer to an
-//! `attach` apart from other refusals) never show on [`Client::socket_events`].
+//! Refusals that answer the client's own frames are recognised by the session they name
+//! (`for_session`) and never show on [`Client::socket_events`]: a refused `attach`
+//! ([`ClientError::AttachRefused`], or the end of the streams of a session that could
+//! not be resumed), a `detach` of a session the gateway had already let go of, and an
+//! `execute` sent again after a reconnect that could not rejoin its session.
 
 #![warn(missing_docs)]
 

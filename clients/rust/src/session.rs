@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 /// sequence order, each exactly once, whichever executions (this client's or anybody's)
 /// they belong to. It survives reconnects: after the connection drops, the client attaches
 /// again after the last sequence it delivered, so the stream goes on with no gap and no
-/// duplicate.
+/// duplicate. The gateway's `attached` answers (to the first `attach`, and to each one a
+/// reconnect makes) are not yielded: every item is an event of the session, a `gap`, or
+/// the synthetic `error` that ends the stream.
 ///
 /// Events the gateway no longer had when they were asked for (the session's replay buffer
 /// is bounded) are announced by one `gap` event (`missed_from`, `resume_from`, `sequence` =

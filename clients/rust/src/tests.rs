@@ -599,7 +599,7 @@ async fn a_consumer_that_keeps_up_is_never_cut_off() {
 // Reconnecting
 // ---------------------------------------------------------------------------------------
 
-use crate::connection::{Connector, PROBE_PREFIX};
+use crate::connection::Connector;
 use crate::Reconnect;
 use sluice_protocol::AttachFrame;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -657,42 +657,55 @@ async fn reconnecting_pair(
 }
 
 impl Peer {
-    /// The next frame that is not an `ack`, answering probes as the gateway does.
-    async fn frame_answering_probes(&mut self) -> ClientFrame {
+    /// The next frame that is not an `ack`.
+    async fn frame_skipping_acks(&mut self) -> ClientFrame {
         loop {
             match self.frame().await {
                 ClientFrame::Ack(_) => continue,
-                ClientFrame::Detach(probe) if probe.session.starts_with(PROBE_PREFIX) => {
-                    let message = format!("no session {:?} is open", probe.session);
-                    self.refuse(ErrorCode::UnknownSession, &message).await;
-                }
                 other => return other,
             }
         }
     }
 
-    /// Expects an `attach` (answering the probe before it), and returns it. The probe
-    /// after it is answered by the next `frame_answering_probes`.
+    /// Expects an `attach` (after any acks), and returns it.
     async fn attach(&mut self) -> AttachFrame {
-        match self.frame_answering_probes().await {
+        match self.frame_skipping_acks().await {
             ClientFrame::Attach(attach) => attach,
             other => panic!("expected attach, got {other:?}"),
         }
     }
 
-    /// Answers the probe that follows an `attach` (no refusal in between: accepted).
-    async fn accept_attach(&mut self) {
-        loop {
-            match self.frame().await {
-                ClientFrame::Ack(_) => continue,
-                ClientFrame::Detach(probe) if probe.session.starts_with(PROBE_PREFIX) => {
-                    let message = format!("no session {:?} is open", probe.session);
-                    self.refuse(ErrorCode::UnknownSession, &message).await;
-                    return;
-                }
-                other => panic!("expected the probe after an attach, got {other:?}"),
-            }
-        }
+    /// Accepts an `attach` as the gateway does: `attached` on the session's stream.
+    async fn attached(&mut self, session: &str, since: u64) {
+        let mut event = Event::new(
+            EventKind::Attached,
+            None,
+            format!("attached; events after {since} follow"),
+        );
+        event.session = Some(session.to_owned());
+        event.sequence = since;
+        event.timestamp = 1.0;
+        event.resume_from = Some(since + 1);
+        self.send(&event).await;
+    }
+
+    /// Refuses a frame that named `session`, as the gateway does: on the socket stream,
+    /// with `for_session`.
+    async fn refuse_for(&mut self, session: &str, code: ErrorCode, message: &str) {
+        self.socket_sequence += 1;
+        let mut event = Event::error(None, code, message);
+        event.sequence = self.socket_sequence;
+        event.timestamp = 1.0;
+        event.for_session = Some(session.to_owned());
+        self.send(&event).await;
+    }
+}
+
+/// An event of execution `id` in session `session`.
+fn in_session(session: &str, kind: EventKind, id: &str, sequence: u64, data: &str) -> Event {
+    Event {
+        session: Some(session.to_owned()),
+        ..event(kind, id, sequence, data)
     }
 }
 
@@ -713,11 +726,18 @@ async fn a_dropped_connection_resumes_the_execution_with_each_event_once() {
         let attach = peer.attach().await;
         assert_eq!(attach.session, "session-e1");
         assert_eq!(attach.since, Some(2));
-        peer.accept_attach().await;
+        // A new lead inherits acknowledging from where it attached.
+        match peer.frame().await {
+            ClientFrame::Ack(ack) => {
+                assert_eq!((ack.session.as_str(), ack.sequence), ("session-e1", 2))
+            }
+            other => panic!("expected the ack after the attach, got {other:?}"),
+        }
+        peer.attached("session-e1", 2).await;
         // Input reaches the execution from a socket that did not start it: it names the
         // session.
         execution.send_stdin("x").await.unwrap();
-        match peer.frame_answering_probes().await {
+        match peer.frame_skipping_acks().await {
             ClientFrame::Stdin(stdin) => {
                 assert_eq!(stdin.session.as_deref(), Some("session-e1"));
                 assert_eq!(stdin.data.as_deref(), Some("x"));
@@ -729,10 +749,10 @@ async fn a_dropped_connection_resumes_the_execution_with_each_event_once() {
         peer.send(&event(EventKind::Stdout, "e1", 3, "b")).await;
         peer.send(&completed("e1", 4, 0)).await;
         let outcome = execution.wait().await.unwrap();
+        // Neither the `attached` answer nor a duplicate reached the execution.
         let sequences: Vec<u64> = outcome.events.iter().map(|e| e.sequence).collect();
         assert_eq!(sequences, [3, 4]);
         assert_eq!(outcome.stdout, "b");
-        // The probes were the client's business.
         peer.refuse(ErrorCode::BadRequest, "marker").await;
         assert_eq!(socket.recv().await.unwrap().data, "marker");
     })
@@ -759,7 +779,7 @@ async fn unanswered_executes_after_a_drop_named_sent_again_unnamed_ended() {
         drop(peer);
 
         let mut peer = peers.recv().await.unwrap();
-        match peer.frame_answering_probes().await {
+        match peer.frame_skipping_acks().await {
             ClientFrame::Execute(request) => {
                 assert_eq!(request.id, "job");
                 assert_eq!(request.session.as_deref(), Some("mine"));
@@ -772,11 +792,8 @@ async fn unanswered_executes_after_a_drop_named_sent_again_unnamed_ended() {
             }
             other => panic!("expected Interrupted, got {other:?}"),
         }
-        let started = Event {
-            session: Some("mine".into()),
-            ..event(EventKind::Started, "job", 7, "")
-        };
-        peer.send(&started).await;
+        peer.send(&in_session("mine", EventKind::Started, "job", 7, ""))
+            .await;
         let done = Event {
             session: Some("mine".into()),
             ..completed("job", 8, 0)
@@ -788,7 +805,46 @@ async fn unanswered_executes_after_a_drop_named_sent_again_unnamed_ended() {
 }
 
 #[tokio::test]
-async fn attach_is_answered_by_the_probes_around_it() {
+async fn an_execute_sent_again_that_cannot_rejoin_its_session_ends_with_the_refusal() {
+    within(async {
+        let (client, mut peer, mut peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let mut socket = client.socket_events().unwrap();
+        let request = |id: &str| ExecuteRequest {
+            id: id.to_owned(),
+            language: "sh".into(),
+            code: "true".into(),
+            session: Some("full".into()),
+            ..ExecuteRequest::default()
+        };
+        let first = client.execute(request("one")).await.unwrap();
+        let second = client.execute(request("two")).await.unwrap();
+        assert_eq!(peer.execute_id().await, "one");
+        assert_eq!(peer.execute_id().await, "two");
+        drop(peer);
+
+        let mut peer = peers.recv().await.unwrap();
+        // Sent again in their order; the session knows both ids, and the new socket may
+        // not read one more session: each is refused without an id.
+        assert_eq!(peer.execute_id().await, "one");
+        assert_eq!(peer.execute_id().await, "two");
+        let message = "this socket is already attached to 1 sessions, the maximum";
+        peer.refuse_for("full", ErrorCode::TooManySessions, message)
+            .await;
+        peer.refuse_for("full", ErrorCode::TooManySessions, message)
+            .await;
+        for execution in [first, second] {
+            let outcome = execution.wait().await.unwrap();
+            assert_eq!(outcome.error_code(), Some(ErrorCode::TooManySessions));
+            assert_eq!(outcome.events.len(), 1);
+        }
+        peer.refuse(ErrorCode::BadRequest, "marker").await;
+        assert_eq!(socket.recv().await.unwrap().data, "marker");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn attach_succeeds_on_attached_and_fails_on_the_refusal_naming_its_session() {
     within(async {
         let (client, mut peer, _peers, _) = reconnecting_pair(reconnecting(3)).await;
         let mut socket = client.socket_events().unwrap();
@@ -798,42 +854,233 @@ async fn attach_is_answered_by_the_probes_around_it() {
         });
         let attach = peer.attach().await;
         assert_eq!((attach.session.as_str(), attach.since), ("gone", Some(3)));
-        // Another refusal first (of an earlier frame), then the attach's.
+        // Refusals of other frames first: one naming no session, one naming another.
         peer.refuse(ErrorCode::UnknownExecution, "no execution \"x\"")
             .await;
-        peer.refuse(ErrorCode::UnknownSession, "no session \"gone\" is open")
+        peer.refuse_for("other", ErrorCode::UnknownSession, "no session \"other\"")
             .await;
-        peer.accept_attach().await;
+        // And one naming the session, for another frame than an attach.
+        peer.refuse_for("gone", ErrorCode::StdinFull, "stdin of \"x\" is full")
+            .await;
+        peer.refuse_for(
+            "gone",
+            ErrorCode::UnknownSession,
+            "no session \"gone\" is open",
+        )
+        .await;
         match refused.await.unwrap() {
-            Err(ClientError::AttachRefused { session, code, .. }) => {
+            Err(ClientError::AttachRefused {
+                session,
+                code,
+                message,
+            }) => {
                 assert_eq!(
                     (session.as_str(), code),
                     ("gone", ErrorCode::UnknownSession)
                 );
+                assert_eq!(message, "no session \"gone\" is open");
             }
             other => panic!("expected AttachRefused, got {other:?}"),
         }
-        assert_eq!(
-            socket.recv().await.unwrap().code,
-            Some(ErrorCode::UnknownExecution)
-        );
+        for code in [
+            ErrorCode::UnknownExecution,
+            ErrorCode::UnknownSession,
+            ErrorCode::StdinFull,
+        ] {
+            assert_eq!(socket.recv().await.unwrap().code, Some(code));
+        }
 
         let accepted = tokio::spawn({
             let client = client.clone();
             async move { client.attach("here", None).await }
         });
         assert_eq!(peer.attach().await.since, Some(0));
-        // Events may come before the answer; they wait in the stream.
-        let mut event = Event::new(EventKind::Stdout, Some("other".into()), "hi");
-        event.session = Some("here".into());
-        event.sequence = 1;
-        event.timestamp = 1.0;
-        peer.send(&event).await;
-        peer.accept_attach().await;
+        peer.attached("here", 0).await;
         let mut events = accepted.await.unwrap().unwrap();
-        assert_eq!(events.next().await.unwrap().data, "hi");
+        peer.send(&in_session("here", EventKind::Stdout, "other", 1, "hi"))
+            .await;
+        // The `attached` answer is not an item of the stream.
+        let first = events.next().await.unwrap();
+        assert_eq!((first.kind, first.data.as_str()), (EventKind::Stdout, "hi"));
         assert_eq!(events.last_sequence(), 1);
-        assert!(socket.try_recv().is_none(), "probe answers stay hidden");
+        peer.refuse(ErrorCode::BadRequest, "marker").await;
+        assert_eq!(socket.recv().await.unwrap().data, "marker");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_attach_of_a_session_at_a_time_and_each_subscriber_from_its_own_since() {
+    within(async {
+        let (client, mut peer, _peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let first = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("s", Some(5)).await }
+        });
+        assert_eq!(peer.attach().await.since, Some(5));
+        // Two more while the first is on its way: one that it covers, one that needs
+        // earlier events. Polled once, their commands are queued.
+        let mut covered = Box::pin(client.attach("s", Some(7)));
+        let mut earlier = Box::pin(client.attach("s", Some(2)));
+        assert!(futures::poll!(&mut covered).is_pending());
+        assert!(futures::poll!(&mut earlier).is_pending());
+        // A marker: once its frame arrives, both were handled, and sent nothing.
+        let _marker = client.execute_code_stream("sh", "true").await.unwrap();
+        assert!(matches!(
+            peer.frame_skipping_acks().await,
+            ClientFrame::Execute(_)
+        ));
+
+        peer.attached("s", 5).await;
+        let mut first = first.await.unwrap().unwrap();
+        let mut covered = covered.await.unwrap();
+        for sequence in 6..=8 {
+            peer.send(&in_session("s", EventKind::Stdout, "x", sequence, "o"))
+                .await;
+        }
+        // Now the one that needs earlier events is asked for.
+        assert_eq!(peer.attach().await.since, Some(2));
+        // Events of the old position still on their way are not the new subscriber's.
+        peer.send(&in_session("s", EventKind::Stdout, "x", 9, "o"))
+            .await;
+        peer.attached("s", 2).await;
+        let mut earlier = earlier.await.unwrap();
+        for sequence in 3..=10 {
+            peer.send(&in_session("s", EventKind::Stdout, "x", sequence, "o"))
+                .await;
+        }
+        let sequences = |range: std::ops::RangeInclusive<u64>| range.collect::<Vec<_>>();
+        for (stream, expected) in [
+            (&mut first, sequences(6..=10)),
+            (&mut covered, sequences(8..=10)),
+            (&mut earlier, sequences(3..=10)),
+        ] {
+            let mut got = Vec::new();
+            while got.len() < expected.len() {
+                got.push(stream.next().await.unwrap().sequence);
+            }
+            assert_eq!(got, expected);
+            assert_eq!(stream.last_sequence(), 10);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_attach_on_its_way_when_the_connection_drops_is_asked_again() {
+    within(async {
+        let (client, mut peer, mut peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let attaching = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("s", Some(4)).await }
+        });
+        assert_eq!(peer.attach().await.since, Some(4));
+        drop(peer);
+        let mut peer = peers.recv().await.unwrap();
+        assert_eq!(peer.attach().await.since, Some(4));
+        peer.attached("s", 4).await;
+        let mut events = attaching.await.unwrap().unwrap();
+        peer.send(&in_session("s", EventKind::Stdout, "x", 5, "o"))
+            .await;
+        assert_eq!(events.next().await.unwrap().sequence, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_refused_detach_of_a_session_let_go_and_its_late_events_stay_hidden() {
+    within(async {
+        let (client, mut peer, _peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let mut socket = client.socket_events().unwrap();
+        let attaching = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("done", None).await }
+        });
+        peer.attach().await;
+        peer.attached("done", 0).await;
+        let events = attaching.await.unwrap().unwrap();
+        events.detach().await.unwrap();
+        match peer.frame_skipping_acks().await {
+            ClientFrame::Detach(detach) => assert_eq!(detach.session, "done"),
+            other => panic!("expected detach, got {other:?}"),
+        }
+        // An event that was on its way, then the refusal: the gateway had let go.
+        let late = Event {
+            session: Some("done".into()),
+            ..Event::error(Some("x".into()), ErrorCode::Internal, "late")
+        };
+        peer.send(&Event {
+            sequence: 1,
+            timestamp: 1.0,
+            ..late
+        })
+        .await;
+        peer.refuse_for("done", ErrorCode::UnknownSession, "no session \"done\"")
+            .await;
+        peer.refuse(ErrorCode::BadRequest, "marker").await;
+        assert_eq!(socket.recv().await.unwrap().data, "marker");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_on_their_way_from_before_a_detach_do_not_precede_the_next_attach() {
+    within(async {
+        let (client, mut peer, _peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let mut socket = client.socket_events().unwrap();
+        let attaching = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("s", None).await }
+        });
+        peer.attach().await;
+        peer.attached("s", 0).await;
+        let mut events = attaching.await.unwrap().unwrap();
+        peer.send(&in_session("s", EventKind::Started, "x", 1, ""))
+            .await;
+        assert_eq!(events.next().await.unwrap().sequence, 1);
+        events.detach().await.unwrap();
+        assert!(matches!(
+            peer.frame_skipping_acks().await,
+            ClientFrame::Detach(_)
+        ));
+        let attaching = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("s", None).await }
+        });
+        assert_eq!(peer.attach().await.since, Some(0));
+        // Sent before the gateway handled the `detach`: nobody's, not even a socket event.
+        let terminal = Event {
+            session: Some("s".into()),
+            ..Event::error(Some("x".into()), ErrorCode::Internal, "boom")
+        };
+        let terminal = Event {
+            sequence: 2,
+            timestamp: 3.0,
+            ..terminal
+        };
+        peer.send(&terminal).await;
+        peer.attached("s", 0).await;
+        let mut events = attaching.await.unwrap().unwrap();
+        peer.send(&in_session("s", EventKind::Started, "x", 1, ""))
+            .await;
+        peer.send(&terminal).await;
+        let replayed = [events.next().await.unwrap(), events.next().await.unwrap()];
+        assert_eq!(replayed.map(|e| e.sequence), [1, 2]);
+        peer.refuse(ErrorCode::BadRequest, "marker").await;
+        assert_eq!(socket.recv().await.unwrap().data, "marker");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_attached_nothing_waits_for_is_let_go() {
+    within(async {
+        let (_client, mut peer, _peers, _) = reconnecting_pair(reconnecting(3)).await;
+        peer.attached("stray", 0).await;
+        match peer.frame_skipping_acks().await {
+            ClientFrame::Detach(detach) => assert_eq!(detach.session, "stray"),
+            other => panic!("expected detach, got {other:?}"),
+        }
     })
     .await;
 }
