@@ -29,6 +29,10 @@ pub struct LimitsConfig {
     pub file_size_bytes: LimitBound,
     /// Descriptors a program may have open (RLIMIT_NOFILE).
     pub open_files: LimitBound,
+    /// Memory of a program's process tree, in bytes (its cgroup).
+    pub memory_bytes: LimitBound,
+    /// Processes and threads of a program's tree alive at once (its cgroup).
+    pub processes: LimitBound,
 }
 
 impl Default for LimitsConfig {
@@ -54,6 +58,14 @@ impl Default for LimitsConfig {
                 default: 1_024,
                 max: 4_096,
             },
+            memory_bytes: LimitBound {
+                default: 512 << 20,
+                max: 4 << 30,
+            },
+            processes: LimitBound {
+                default: 64,
+                max: 1_024,
+            },
         }
     }
 }
@@ -67,6 +79,8 @@ pub(crate) struct EffectiveLimits {
     pub(crate) cpu_ms: u64,
     pub(crate) file_size_bytes: u64,
     pub(crate) open_files: u64,
+    pub(crate) memory_bytes: u64,
+    pub(crate) processes: u64,
 }
 
 impl EffectiveLimits {
@@ -106,7 +120,39 @@ impl LimitsConfig {
                 self.file_size_bytes,
             )?,
             open_files: pick("open_files", requested.open_files, self.open_files)?,
+            memory_bytes: pick("memory_bytes", requested.memory_bytes, self.memory_bytes)?,
+            processes: pick("processes", requested.processes, self.processes)?,
         })
+    }
+}
+
+/// How strongly executions are confined, beyond their process group, clean environment
+/// and kernel resource limits (which always apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// The strongest level this host offers (logged at start-up).
+    #[default]
+    Auto,
+    /// Process group, environment and rlimits only: the fastest start, no memory or
+    /// process limit, and a process that leaves its group is not tracked.
+    None,
+    /// Also a cgroup per execution: memory and process limits for the whole tree, and
+    /// every process of the execution killed at its end. Refuses to start without a
+    /// writable cgroup v1 memory or pids hierarchy.
+    Cgroups,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "none" => Ok(Self::None),
+            "cgroups" => Ok(Self::Cgroups),
+            other => Err(format!(
+                "unknown isolation level {other:?}; use auto, none or cgroups"
+            )),
+        }
     }
 }
 
@@ -164,6 +210,8 @@ pub struct Config {
     pub max_sessions: usize,
     /// Persistent interpreters (one per persistent session) alive at once.
     pub max_kernels: usize,
+    /// How strongly executions are confined (see [`Isolation`]).
+    pub isolation: Isolation,
 }
 
 impl Config {
@@ -203,6 +251,7 @@ impl Default for Config {
             session_grace: Duration::from_secs(60),
             max_sessions: 8_192,
             max_kernels: 64,
+            isolation: Isolation::Auto,
         }
     }
 }
@@ -252,6 +301,8 @@ impl Config {
             ("cpu_ms", self.limits.cpu_ms),
             ("file_size_bytes", self.limits.file_size_bytes),
             ("open_files", self.limits.open_files),
+            ("memory_bytes", self.limits.memory_bytes),
+            ("processes", self.limits.processes),
         ] {
             if bound.default == 0 || bound.max == 0 {
                 return Err(ConfigError::Zero(name));

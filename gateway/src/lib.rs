@@ -10,13 +10,15 @@ mod config;
 mod connection;
 mod execution;
 mod runtime;
+mod sandbox;
 mod server;
 mod session;
 mod state;
 mod sys;
 
-pub use config::{Config, ConfigError, LimitBound, LimitsConfig};
+pub use config::{Config, ConfigError, Isolation, LimitBound, LimitsConfig};
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
+pub use sandbox::HostReport;
 pub use server::{run, GatewayError};
 
 /// Worker threads the gateway's runtime should use by default: half the CPUs, at least

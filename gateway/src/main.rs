@@ -25,7 +25,10 @@ enum Command {
     ///
     /// Every flag has a safe default; `sluice serve` alone listens on 127.0.0.1:7878 and
     /// runs python, bash, sh and node (those found on PATH).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print what this host lets the gateway enforce: for each limit and isolation
+    /// layer, the mechanism it will use, or that it is not enforced here and why.
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +92,24 @@ struct ServeArgs {
     #[arg(long, default_value_t = LimitsConfig::default().open_files.max, value_name = "N")]
     max_open_files: u64,
 
+    /// Memory of a program's whole process tree when a request names no limit (enforced
+    /// with a cgroup where the host lets the gateway create them; see `sluice doctor`).
+    #[arg(long, default_value_t = LimitsConfig::default().memory_bytes.default, value_name = "BYTES")]
+    default_memory_bytes: u64,
+
+    /// Largest memory limit a request may ask for.
+    #[arg(long, default_value_t = LimitsConfig::default().memory_bytes.max, value_name = "BYTES")]
+    max_memory_bytes: u64,
+
+    /// Processes and threads of a program's tree alive at once when a request names no
+    /// limit (a cgroup, where available).
+    #[arg(long, default_value_t = LimitsConfig::default().processes.default, value_name = "N")]
+    default_processes: u64,
+
+    /// Largest process limit a request may ask for.
+    #[arg(long, default_value_t = LimitsConfig::default().processes.max, value_name = "N")]
+    max_processes: u64,
+
     /// WebSocket connections served at once; more get HTTP 503.
     #[arg(long, default_value_t = Config::default().max_connections, value_name = "N")]
     max_connections: usize,
@@ -117,6 +138,14 @@ struct ServeArgs {
     /// client can reconnect and resume; then its executions are cancelled. 0: at once.
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     session_grace_ms: u64,
+
+    /// How strongly executions are confined: `auto` (the strongest this host offers),
+    /// `none` (process group, clean environment and rlimits only: the fastest start), or
+    /// `cgroups` (also a cgroup per execution: memory and process limits for the whole
+    /// tree, every process killed at the end; refuses to start without one). `sluice
+    /// doctor` shows what this host offers.
+    #[arg(long, default_value = "auto", value_name = "LEVEL")]
+    isolation: sluice_gateway::Isolation,
 
     /// Persistent interpreters alive at once (one per persistent session); a persistent
     /// execution that would start one more fails with `too_many_executions`.
@@ -214,6 +243,14 @@ impl ServeArgs {
                     default: self.default_open_files,
                     max: self.max_open_files,
                 },
+                memory_bytes: LimitBound {
+                    default: self.default_memory_bytes,
+                    max: self.max_memory_bytes,
+                },
+                processes: LimitBound {
+                    default: self.default_processes,
+                    max: self.max_processes,
+                },
             },
             max_connections: self.max_connections,
             max_executions: self.max_executions,
@@ -224,6 +261,7 @@ impl ServeArgs {
             session_grace: Duration::from_millis(self.session_grace_ms),
             max_sessions: self.max_sessions,
             max_kernels: self.max_kernels,
+            isolation: self.isolation,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             stdin_queue_bytes: self.stdin_queue_bytes,
@@ -284,7 +322,14 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
-                .block_on(serve(args))
+                .block_on(serve(*args))
+        }
+        Command::Doctor => {
+            use std::io::Write as _;
+            let report = sluice_gateway::HostReport::probe().render();
+            std::io::stdout()
+                .write_all(report.as_bytes())
+                .context("cannot write the report")
         }
     }
 }

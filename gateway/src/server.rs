@@ -2,9 +2,10 @@
 //! shutdown sequence.
 
 use crate::admission::{Admitting, Peer};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Isolation};
 use crate::connection;
 use crate::runtime::{RuntimeError, RuntimeTable};
+use crate::sandbox::Cgroups;
 use crate::session::SessionRegistry;
 use crate::state::GatewayState;
 use axum::extract::ws::WebSocketUpgrade;
@@ -45,6 +46,9 @@ pub enum GatewayError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The isolation level asked for is not available on this host.
+    #[error("{0}")]
+    Isolation(String),
     /// The server failed while accepting connections.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
@@ -81,6 +85,30 @@ pub async fn run(
         .await
         .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
     let work_root = WorkRoot::create(config.work_root.as_deref())?;
+    let cgroups = match config.isolation {
+        Isolation::None => Cgroups::default(),
+        Isolation::Auto | Isolation::Cgroups => tokio::task::spawn_blocking(Cgroups::probe)
+            .await
+            .unwrap_or_default(),
+    };
+    let caps = cgroups.capabilities();
+    if config.isolation == Isolation::Cgroups && caps.kill_tree.is_none() {
+        return Err(GatewayError::Isolation(
+            "--isolation cgroups needs a writable cgroup v1 memory or pids hierarchy under the gateway's own cgroup (see `sluice doctor`); this host has none".into(),
+        ));
+    }
+    let cgroups = Arc::new(cgroups);
+    let or_not = |layer: Option<&str>| {
+        layer
+            .unwrap_or("not enforced: no writable cgroup")
+            .to_owned()
+    };
+    tracing::info!(
+        memory = %or_not(caps.memory),
+        processes = %or_not(caps.processes),
+        kill_tree = %or_not(caps.kill_tree),
+        "resource limits beyond rlimits"
+    );
     let shutdown_token = CancellationToken::new();
     let sessions = SessionRegistry::new(
         config.replay_caps(),
@@ -98,8 +126,11 @@ pub async fn run(
         shutdown: shutdown_token,
         connections: TaskTracker::new(),
         next_connection_id: AtomicU64::new(1),
-        work_root: Arc::from(work_root.path.as_path()),
-        base_env: config.base_env.clone().into(),
+        host: crate::execution::Host {
+            work_root: Arc::from(work_root.path.as_path()),
+            base_env: config.base_env.clone().into(),
+            cgroups: cgroups.clone(),
+        },
         config,
     });
     let app = Router::new()
@@ -156,6 +187,7 @@ pub async fn run(
     }
     // Persistent interpreters go with their sessions.
     state.sessions.end_all().await;
+    cgroups.remove();
     drop(work_root);
     served.map_err(GatewayError::Serve)
 }

@@ -4,7 +4,6 @@
 use crate::config::Config;
 use crate::runtime::RuntimeTable;
 use crate::session::SessionRegistry;
-use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -30,6 +29,6 @@ pub(crate) struct GatewayState {
     /// Tracks connection tasks so shutdown can wait for them.
     pub(crate) connections: TaskTracker,
     pub(crate) next_connection_id: AtomicU64,
-    pub(crate) work_root: Arc<Path>,
-    pub(crate) base_env: Arc<[(String, String)]>,
+    /// Where and how programs start: work root, base environment, cgroups.
+    pub(crate) host: crate::execution::Host,
 }

@@ -84,6 +84,10 @@ pub enum LimitKind {
     Cpu,
     /// The size of a file the program wrote (`limits.file_size_bytes`).
     FileSize,
+    /// Memory of the process tree (`limits.memory_bytes`).
+    Memory,
+    /// Processes alive at once (`limits.processes`).
+    Processes,
     /// A limit this version of the protocol crate does not know.
     #[serde(other)]
     Other,
@@ -97,6 +101,8 @@ impl LimitKind {
             Self::Output => "output",
             Self::Cpu => "cpu",
             Self::FileSize => "file_size",
+            Self::Memory => "memory",
+            Self::Processes => "processes",
             Self::Other => "other",
         }
     }

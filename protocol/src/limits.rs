@@ -25,6 +25,13 @@ pub struct Limits {
     /// Files (descriptors) the program may have open at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
+    /// Memory of the program's whole process tree (resident plus page cache it
+    /// charges; no swap), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Processes (and threads) of the program's tree alive at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
 }
 
 impl Limits {

@@ -377,10 +377,17 @@ async fn another_attached_socket_may_cancel_and_a_detached_one_hears_nothing() -
     helper.attach("shared-control", None).await?;
     leaver.attach("shared-control", None).await?;
     leaver.detach("shared-control").await?;
-    // Not attached any more: its detach and cancel are refused.
+    // Detaching again changes nothing and is not refused: the next thing the socket
+    // hears about is its own refused cancel (it is not attached any more).
     leaver.detach("shared-control").await?;
+    leaver
+        .send_json(
+            &serde_json::json!({"type": "cancel", "id": "long", "session": "shared-control"}),
+        )
+        .await?;
     let refusal = leaver.next_socket_error().await?;
     assert_eq!(refusal.code, Some(ErrorCode::UnknownSession));
+    assert_eq!(refusal.for_session.as_deref(), Some("shared-control"));
     helper
         .send_json(
             &serde_json::json!({"type": "cancel", "id": "long", "session": "shared-control"}),

@@ -66,12 +66,15 @@ struct Args {
     /// printing the bound port on stdout.
     #[arg(long, hide = true)]
     serve_gateway: bool,
+    /// Internal: the isolation level of that gateway process.
+    #[arg(long, hide = true, default_value = "none")]
+    gateway_isolation: String,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.serve_gateway {
-        return serve_gateway();
+        return serve_gateway(&args.gateway_isolation);
     }
     if args.quick {
         args.latency_runs = 50;
@@ -82,10 +85,38 @@ fn main() -> anyhow::Result<()> {
         args.cell_runs = 50;
     }
     keep_freed_memory();
-    // The gateway runs as its own process (this binary, re-executed), as in production:
-    // the measurements then include no sharing of threads or allocator with the client.
+    // The gateways run as their own processes (this binary, re-executed), as in
+    // production: the measurements then include no sharing of threads or allocator with
+    // the client. One runs with isolation off (the figures of sections 1-5), one with the
+    // strongest isolation this host offers (section 6).
+    let (mut plain, plain_port) = start_gateway("none")?;
+    let (mut isolated, isolated_port) = start_gateway("auto")?;
+    // One thread drives the client (and the direct baseline): no wakeups between threads
+    // on the receive path, as in a typical single-threaded client program.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    let isolated_addr = SocketAddr::from(([127, 0, 0, 1], isolated_port));
+    let result = client_rt.block_on(async {
+        run_all(addr, plain.id(), &args).await?;
+        isolation_rows(addr, isolated_addr, &args).await
+    });
+    // Closing its stdin tells a gateway to shut down.
+    for gateway in [&mut plain, &mut isolated] {
+        drop(gateway.stdin.take());
+        let status = gateway.wait()?;
+        if !status.success() {
+            bail!("a gateway process exited with {status}");
+        }
+    }
+    result
+}
+
+/// Starts this binary as a gateway process with `isolation`; returns it and its port.
+fn start_gateway(isolation: &str) -> anyhow::Result<(std::process::Child, u16)> {
     let mut gateway = std::process::Command::new(std::env::current_exe()?)
-        .arg("--serve-gateway")
+        .args(["--serve-gateway", "--gateway-isolation", isolation])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -97,26 +128,75 @@ fn main() -> anyhow::Result<()> {
         .trim()
         .parse()
         .context("gateway did not report its port")?;
-    // One thread drives the client (and the direct baseline): no wakeups between threads
-    // on the receive path, as in a typical single-threaded client program.
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let result = client_rt.block_on(run_all(addr, gateway.id(), &args));
-    // Closing its stdin tells the gateway to shut down.
-    drop(gateway.stdin.take());
-    let status = gateway.wait()?;
-    if !status.success() {
-        bail!("the gateway process exited with {status}");
+    Ok((gateway, port))
+}
+
+/// Section 6: what isolation costs at the start of an execution, against the same
+/// gateway with isolation off and against direct spawning.
+async fn isolation_rows(
+    plain: SocketAddr,
+    isolated: SocketAddr,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let connect = |addr: SocketAddr| async move {
+        let url = format!("ws://{addr}{}", sluice_protocol::WS_PATH);
+        let (socket, _) = tokio_tungstenite::connect_async(&url).await?;
+        anyhow::Ok(socket)
+    };
+    let (mut plain, mut isolated) = (connect(plain).await?, connect(isolated).await?);
+    println!("isolation (`--isolation auto` on this host) against `--isolation none` and direct:");
+    for _ in 0..10 {
+        gateway_first_stdout(&mut isolated).await?;
+        gateway_first_stdout(&mut plain).await?;
     }
-    result
+    let (mut full, mut none, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.latency_runs {
+        full.push(gateway_first_stdout(&mut isolated).await?.1);
+        none.push(gateway_first_stdout(&mut plain).await?.1);
+        direct.push(direct_first_stdout().await?);
+    }
+    for list in [&mut full, &mut none, &mut direct] {
+        list.sort();
+    }
+    let (f, n, d) = (
+        ms(percentile(&full, 50)),
+        ms(percentile(&none, 50)),
+        ms(percentile(&direct, 50)),
+    );
+    row(
+        "isolated: execute -> first stdout p50",
+        f,
+        d,
+        f / d,
+        "-",
+        true,
+    );
+    row(
+        "isolation's added start time p50 (ms)",
+        f - n,
+        f64::NAN,
+        f64::NAN,
+        "<= 5 ms",
+        f - n <= 5.0,
+    );
+    let rate = gateway_exec_rate(&mut isolated, args.executions, args.concurrency).await?;
+    let direct_rate = direct_exec_rate(args.executions, args.concurrency).await?;
+    row(
+        &format!("isolated: executions/s at {}", args.concurrency),
+        rate,
+        direct_rate,
+        rate / direct_rate,
+        "-",
+        true,
+    );
+    Ok(())
 }
 
 /// The gateway side, set up as `sluice serve` sets itself up (same worker threads, default
 /// configuration) except for limits large enough for the throughput run; stops when
 /// stdin closes.
-fn serve_gateway() -> anyhow::Result<()> {
+fn serve_gateway(isolation: &str) -> anyhow::Result<()> {
+    let isolation: sluice_gateway::Isolation = isolation.parse().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(sluice_gateway::default_worker_threads())
         .thread_name("gateway")
@@ -136,6 +216,7 @@ fn serve_gateway() -> anyhow::Result<()> {
             max_executions_per_connection: 1024,
             // Room for a whole fan-out run, so no subscriber can fall behind the buffer.
             replay_events: 100_000,
+            isolation,
             ..Config::default()
         };
         let stdin_closed = async {

@@ -21,8 +21,8 @@ struct Subscription {
     /// A gateway-made session whose events are all taken: kept for a reconnect only.
     /// The number orders them, oldest first.
     finished: Option<u64>,
-    /// An `attach` put it here: its first frame is the `attached` answer.
-    announce: bool,
+    /// `attach` frames not yet answered: each gets an `attached` before the next frame.
+    announce: u32,
 }
 
 /// Where a subscription's events come from.
@@ -85,7 +85,7 @@ impl SocketLink {
                 source: Source::Own(own),
                 cursor: 0,
                 finished: None,
-                announce: false,
+                announce: 0,
             }]),
             next_start: Mutex::new(0),
             finished_count: std::sync::atomic::AtomicU64::new(1),
@@ -139,7 +139,7 @@ impl SocketLink {
             Some(subscription) => {
                 subscription.cursor = cursor;
                 subscription.finished = None;
-                subscription.announce = announce;
+                subscription.announce += u32::from(announce);
                 false
             }
             None => {
@@ -147,7 +147,7 @@ impl SocketLink {
                     source: Source::Session(session.clone()),
                     cursor,
                     finished: None,
-                    announce,
+                    announce: u32::from(announce),
                 });
                 true
             }
@@ -236,7 +236,7 @@ impl SocketLink {
                     continue;
                 }
                 let before = batch.frames.len();
-                if std::mem::take(&mut subscription.announce) {
+                for _ in 0..std::mem::take(&mut subscription.announce) {
                     let session = subscription.stream().session_id().map(|s| &**s);
                     batch
                         .frames

@@ -84,6 +84,7 @@ pub(crate) async fn serve(
             frame = frames.next() => match frame {
                 Some(Ok(Message::Text(text))) => conn.handle_text(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => {
+                    conn.frame_session = None;
                     conn.refuse(None, ErrorCode::BadRequest, "binary frames are not part of the protocol; send JSON text frames").await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -246,6 +247,7 @@ type Refusal = (ErrorCode, String);
 
 impl Connection {
     async fn handle_text(&mut self, text: &str) {
+        self.frame_session = None;
         if text.len() > self.state.config.max_frame_bytes {
             let message = format!(
                 "frame of {} bytes exceeds the maximum of {} bytes; it was not processed",
@@ -265,7 +267,7 @@ impl Connection {
             Ok(ClientFrame::Stdin(frame)) => self.stdin(frame).await,
             Ok(ClientFrame::Cancel(frame)) => self.cancel(frame).await,
             Ok(ClientFrame::Attach(frame)) => self.attach(frame).await,
-            Ok(ClientFrame::Detach(frame)) => self.detach(frame).await,
+            Ok(ClientFrame::Detach(frame)) => self.detach(frame),
             Ok(ClientFrame::Ack(frame)) => self.ack(frame),
             Err(err) => self.refuse_frame(err).await,
         }
@@ -359,8 +361,10 @@ impl Connection {
         };
         if let Err((code, message)) = self.start(request.clone(), session.clone()) {
             let event = Event::error(Some(request.id), code, message);
-            session.refused();
             self.publish_or_close(&session.stream, event).await;
+            // Only now: a gateway-made session is complete once its one event is in it,
+            // and the writer may let it go as soon as it has taken everything.
+            session.refused();
         }
     }
 
@@ -486,8 +490,7 @@ impl Connection {
         };
         let ctx = ExecutionContext {
             session: session.clone(),
-            work_root: state.work_root.clone(),
-            base_env: state.base_env.clone(),
+            host: state.host.clone(),
             chunk_bytes: state.config.chunk_bytes,
             kill_grace: state.config.kill_grace,
             kernel_slots: state.kernel_slots.clone(),
@@ -616,14 +619,11 @@ impl Connection {
         }
     }
 
-    async fn detach(&mut self, frame: DetachFrame) {
-        let detached = self
-            .link
-            .session(&frame.session)
-            .is_some_and(|session| self.link.unsubscribe(&session, &self.state.sessions));
-        if !detached {
-            let (code, message) = unknown_session(&frame.session);
-            self.refuse(None, code, message).await;
+    /// Detaching is idempotent: a session this socket does not read (it may have been
+    /// let go a moment ago) is already detached, so the frame is never refused.
+    fn detach(&mut self, frame: DetachFrame) {
+        if let Some(session) = self.link.session(&frame.session) {
+            self.link.unsubscribe(&session, &self.state.sessions);
         }
     }
 

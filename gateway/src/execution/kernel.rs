@@ -114,6 +114,7 @@ impl Kernel {
         work_root: &Path,
         env: &[(&str, &str)],
         rlimits: sys::Rlimits,
+        cgroup: Option<crate::sandbox::ExecutionCgroup>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> io::Result<Self> {
         let (file_name, driver) = kind.driver();
@@ -133,7 +134,12 @@ impl Kernel {
             .stderr(Stdio::null())
             .process_group(0);
         rlimits.apply_on_exec(&mut command);
-        let child = sys::spawn_with_fd3(&mut command, &theirs);
+        let child = match &cgroup {
+            Some(cgroup) => cgroup
+                .spawn_inside(|| sys::spawn_with_fd3(&mut command, &theirs))
+                .and_then(|spawned| spawned),
+            None => sys::spawn_with_fd3(&mut command, &theirs),
+        };
         drop(theirs);
         let child = match child {
             Ok(child) => child,
@@ -142,7 +148,7 @@ impl Kernel {
                 return Err(err);
             }
         };
-        let child = ChildGroup::watch(child)?;
+        let child = ChildGroup::watch(child, cgroup)?;
         ours.set_nonblocking(true)?;
         let (read, control) = UnixStream::from_std(ours)?.into_split();
         let replies = Arc::new(Replies {

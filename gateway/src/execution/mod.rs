@@ -100,8 +100,7 @@ pub(crate) struct ExecutionContext {
     /// The session it runs in; waiting for room in its stream is what pushes back on
     /// the program when the session's lead reads slowly.
     pub(crate) session: Arc<Session>,
-    pub(crate) work_root: Arc<Path>,
-    pub(crate) base_env: Arc<[(String, String)]>,
+    pub(crate) host: Host,
     pub(crate) chunk_bytes: usize,
     pub(crate) kill_grace: std::time::Duration,
     /// Permits for persistent interpreters, gateway-wide.
@@ -125,6 +124,14 @@ pub(crate) enum Start {
 
 /// The task that runs one execution to its terminal event; it yields the execution id.
 pub(crate) type ExecutionTask = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
+/// What every program is started with, shared by all executions.
+#[derive(Debug, Clone)]
+pub(crate) struct Host {
+    pub(crate) work_root: Arc<Path>,
+    pub(crate) base_env: Arc<[(String, String)]>,
+    pub(crate) cgroups: Arc<crate::sandbox::Cgroups>,
+}
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
 pub(crate) fn prepare(
@@ -171,7 +178,7 @@ pub(crate) fn prepare(
             // else's output.
             let launched = inline.then(|| {
                 let _entered = span.enter();
-                launch(&spec, &run.ctx.work_root, &run.ctx.base_env)
+                launch(&spec, &run.ctx.host)
             });
             Box::pin(run_program(run, launched, stdin).instrument(span))
         }
@@ -195,12 +202,8 @@ async fn run_program(
     let launched = match launched {
         Some(launched) => launched,
         None => {
-            let (spec, work_root, base_env) = (
-                spec.clone(),
-                run.ctx.work_root.clone(),
-                run.ctx.base_env.clone(),
-            );
-            tokio::task::spawn_blocking(move || launch(&spec, &work_root, &base_env))
+            let (spec, host) = (spec.clone(), run.ctx.host.clone());
+            tokio::task::spawn_blocking(move || launch(&spec, &host))
                 .await
                 .unwrap_or_else(|err| {
                     tracing::error!(%err, "starting the program panicked");
@@ -265,21 +268,29 @@ async fn run_cell(
             .await;
             return id;
         };
-        let env = environment(&spec, &run.ctx.base_env, &run.ctx.work_root);
+        let env = environment(&spec, &run.ctx.host.base_env, &run.ctx.host.work_root);
         // A CPU limit would add up over every cell of the session: only the per-process
         // limits that make sense for a long-lived interpreter apply.
         let rlimits = crate::sys::Rlimits {
             cpu_seconds: None,
             ..spec.limits.rlimits()
         };
-        match Kernel::start(
-            kind,
-            &spec.runtime,
-            &run.ctx.work_root,
-            &env,
-            rlimits,
-            permit,
-        ) {
+        let host = &run.ctx.host;
+        let started = host
+            .cgroups
+            .create(spec.limits.memory_bytes, spec.limits.processes)
+            .and_then(|cgroup| {
+                Kernel::start(
+                    kind,
+                    &spec.runtime,
+                    &host.work_root,
+                    &env,
+                    rlimits,
+                    cgroup,
+                    permit,
+                )
+            });
+        match started {
             Ok(kernel) => *guard = Some(kernel),
             Err(err) => {
                 tracing::warn!(%err, "could not start the interpreter");
@@ -361,13 +372,20 @@ struct Launched {
 
 /// Writes the source file and starts the program; a failure becomes the execution's
 /// terminal `error`.
-fn launch(
-    spec: &ExecutionSpec,
-    work_root: &Path,
-    base_env: &[(String, String)],
-) -> Result<Launched, Box<Event>> {
+fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
     let id = Some(spec.id.clone());
-    let workdir = match Workdir::create(work_root, &spec.runtime.file_name, &spec.code) {
+    let cgroup = match host
+        .cgroups
+        .create(spec.limits.memory_bytes, spec.limits.processes)
+    {
+        Ok(cgroup) => cgroup,
+        Err(err) => {
+            tracing::error!(%err, "could not create the execution's cgroup");
+            let message = "could not set up the execution's resource limits";
+            return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
+        }
+    };
+    let workdir = match Workdir::create(&host.work_root, &spec.runtime.file_name, &spec.code) {
         Ok(dir) => dir,
         Err(err) => {
             tracing::error!(%err, "could not prepare the working directory");
@@ -380,8 +398,9 @@ fn launch(
         workdir: workdir.path(),
         source: &workdir.source(),
         args: &spec.args,
-        env: environment(spec, base_env, workdir.path()),
+        env: environment(spec, &host.base_env, workdir.path()),
         rlimits: spec.limits.rlimits(),
+        cgroup,
     };
     let started_at = Instant::now();
     match launch.spawn() {
@@ -427,7 +446,14 @@ enum Stop {
     Cancelled,
     Timeout,
     Output,
+    /// The cgroup's OOM killer struck.
+    Memory,
+    /// A fork failed at the cgroup's process limit.
+    Processes,
 }
+
+/// How often a running program's cgroup is checked for a memory or process-limit hit.
+const CGROUP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One output pipe and its decoder.
 #[derive(Debug)]
@@ -588,17 +614,25 @@ impl Run {
                 .first_output_at
                 .map(|t| millis(t.duration_since(started_at))),
             cpu_ms: reaped.as_ref().map(|r| millis(r.cpu)).unwrap_or(0.0),
-            peak_memory_bytes: reaped.as_ref().map(|r| r.peak_memory_bytes).unwrap_or(0),
+            // The whole tree's peak when the cgroup knows it, else the largest process's.
+            peak_memory_bytes: child
+                .cgroup_report()
+                .and_then(|r| r.peak_memory_bytes)
+                .or_else(|| reaped.as_ref().ok().map(|r| r.peak_memory_bytes))
+                .unwrap_or(0),
             stdout_bytes: pipes[0].delivered,
             stderr_bytes: pipes[1].delivered,
         };
         let id = Some(self.spec.id.clone());
         let limits = self.spec.limits;
+        let cgroup = child.cgroup_report();
+        // A limit the cgroup caught after the last check (or that ended the program).
+        let stop = pump.stop.or_else(|| cgroup.as_ref().and_then(cgroup_stop));
         let kernel_limit = match &reaped {
             Ok(reaped) if !kernel_lost => rlimit_hit(reaped, &limits, largest_file),
             _ => None,
         };
-        let mut terminal = match (pump.stop, &reaped) {
+        let mut terminal = match (stop, &reaped) {
             (Some(Stop::Cancelled), _) => {
                 Event::new(EventKind::Cancelled, id, "execution cancelled")
             }
@@ -618,6 +652,30 @@ impl Run {
                     EventKind::ResourceLimit,
                     id,
                     format!("output limit of {} bytes reached", limits.output_bytes),
+                )
+            },
+            (Some(Stop::Memory), _) => Event {
+                limit: Some(LimitKind::Memory),
+                limit_value: Some(limits.memory_bytes),
+                ..Event::new(
+                    EventKind::ResourceLimit,
+                    id,
+                    format!(
+                        "memory limit of {} bytes reached (the kernel's OOM killer ended a process)",
+                        limits.memory_bytes
+                    ),
+                )
+            },
+            (Some(Stop::Processes), _) => Event {
+                limit: Some(LimitKind::Processes),
+                limit_value: Some(limits.processes),
+                ..Event::new(
+                    EventKind::ResourceLimit,
+                    id,
+                    format!(
+                        "process limit of {} reached (a fork failed)",
+                        limits.processes
+                    ),
                 )
             },
             (None, Ok(_)) if kernel_limit.is_some() => {
@@ -654,7 +712,7 @@ impl Run {
                 )
             }
         };
-        if kernel_lost && pump.stop.is_some() {
+        if kernel_lost && stop.is_some() {
             terminal.data.push_str(
                 "; the interpreter had to be killed, so the session's state is lost and its next execution starts a fresh interpreter",
             );
@@ -712,6 +770,10 @@ impl Run {
         let mut exited_at: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut first_output_at = None;
+        let mut cgroup_check_at = child
+            .cgroup_report()
+            .is_some()
+            .then(|| started_at + CGROUP_CHECK);
         // One timer serves the timeout, the kill grace and the drain grace: it is re-armed
         // for whichever comes first instead of a new timer per loop.
         let timer = tokio::time::sleep_until(deadline);
@@ -734,6 +796,7 @@ impl Run {
             let running = exited_at.is_none();
             let next_wake = [
                 (stop.is_none() && running).then_some(deadline),
+                cgroup_check_at.filter(|_| stop.is_none() && running),
                 kill_at.filter(|_| running),
                 drain_at.filter(|_| can_read),
                 hold_until,
@@ -782,6 +845,13 @@ impl Run {
                     if running && stop.is_none() && deadline <= now {
                         stop = Some(Stop::Timeout);
                         stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
+                    }
+                    if running && stop.is_none() && cgroup_check_at.is_some_and(|at| at <= now) {
+                        cgroup_check_at = Some(now + CGROUP_CHECK);
+                        if let Some(hit) = child.cgroup_report().and_then(|r| cgroup_stop(&r)) {
+                            stop = Some(hit);
+                            child.kill();
+                        }
                     }
                     if hold_until.is_some_and(|at| at <= now) {
                         hold_until = None;
@@ -862,6 +932,17 @@ impl Run {
         self.slot = None;
         self.finished.store(true, Ordering::Release);
         self.deliver(event).await;
+    }
+}
+
+/// The limit a cgroup report shows was hit, if any.
+fn cgroup_stop(report: &crate::sandbox::CgroupReport) -> Option<Stop> {
+    if report.oom_killed {
+        Some(Stop::Memory)
+    } else if report.process_limit_hit {
+        Some(Stop::Processes)
+    } else {
+        None
     }
 }
 

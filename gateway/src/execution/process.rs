@@ -2,6 +2,7 @@
 //! guarantee that the whole group is killed and the program reaped, even on drop.
 
 use crate::runtime::{Runtime, FILE_PLACEHOLDER};
+use crate::sandbox::{CgroupReport, ExecutionCgroup};
 use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -25,6 +26,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) env: Vec<(&'a str, &'a str)>,
     /// Kernel limits set in the child before it starts.
     pub(crate) rlimits: sys::Rlimits,
+    /// The execution's cgroup, if the host gives one: the child joins it at once.
+    pub(crate) cgroup: Option<ExecutionCgroup>,
 }
 
 /// A started program and the gateway's ends of its pipes.
@@ -47,20 +50,24 @@ pub(crate) struct SpawnError {
     source: io::Error,
 }
 
-/// The leader of an execution's process group. Dropping it kills the group and reaps the
-/// leader, so no exit path leaves a process behind.
+/// The leader of an execution's process group, and its cgroup when the host gives one.
+/// Dropping it kills the group (and everything in the cgroup) and reaps the leader, so
+/// no exit path leaves a process behind.
 #[derive(Debug)]
 pub(crate) struct ChildGroup {
     pid: u32,
     /// Readable once the leader has exited (it stays a zombie until [`ChildGroup::reap`]).
     exit: AsyncFd<OwnedFd>,
     reaped: bool,
+    cgroup: Option<ExecutionCgroup>,
+    /// What the cgroup saw, collected when the leader is reaped.
+    report: Option<CgroupReport>,
 }
 
 impl Launch<'_> {
     /// Starts the program in a new process group with piped stdio. `process_group(0)`
     /// keeps std on its posix_spawn path; a `pre_exec` hook would force fork+exec.
-    pub(crate) fn spawn(&self) -> Result<Spawned, SpawnError> {
+    pub(crate) fn spawn(self) -> Result<Spawned, SpawnError> {
         let fail = |source: io::Error| SpawnError {
             program: self.runtime.program.display().to_string(),
             language: self.runtime.name.clone(),
@@ -84,12 +91,25 @@ impl Launch<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let mut child = command.spawn().map_err(fail)?;
+        // Born inside the execution's cgroup, if there is one.
+        let mut child = match &self.cgroup {
+            Some(cgroup) => cgroup
+                .spawn_inside(|| command.spawn())
+                .and_then(|spawned| spawned)
+                .map_err(fail)?,
+            None => command.spawn().map_err(fail)?,
+        };
         let pid = child.id();
+        // The program is still loading its interpreter: its limits are in place before
+        // it runs any client code.
         if let Err(err) = self.rlimits.apply_to(pid) {
             // A program must not run without its limits.
             let _ = sys::signal_group(pid, Signal::Kill);
             let _ = child.wait();
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill_all();
+                cgroup.remove();
+            }
             return Err(fail(err));
         }
         // From here on the group must be killed if anything fails.
@@ -105,6 +125,8 @@ impl Launch<'_> {
             pid,
             exit,
             reaped: false,
+            cgroup: self.cgroup,
+            report: None,
         };
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -125,14 +147,20 @@ impl Launch<'_> {
 }
 
 impl ChildGroup {
-    /// Takes charge of a child started in its own process group.
-    pub(crate) fn watch(mut child: std::process::Child) -> io::Result<Self> {
+    /// Takes charge of a child started in its own process group (inside `cgroup`, if
+    /// given).
+    pub(crate) fn watch(
+        mut child: std::process::Child,
+        cgroup: Option<ExecutionCgroup>,
+    ) -> io::Result<Self> {
         let pid = child.id();
         match sys::exit_watcher(pid) {
             Ok(exit) => Ok(Self {
                 pid,
                 exit,
                 reaped: false,
+                cgroup,
+                report: None,
             }),
             Err(err) => {
                 let _ = sys::signal_group(pid, Signal::Kill);
@@ -155,6 +183,18 @@ impl ChildGroup {
         if let Err(err) = sys::signal_group(self.pid, signal) {
             tracing::warn!(pid = self.pid, ?signal, %err, "could not signal process group");
         }
+        if signal == Signal::Kill {
+            // Processes that left the group (setsid) are still in the cgroup.
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill_all();
+            }
+        }
+    }
+
+    /// What the cgroup's limits have caught so far (`None` without a cgroup).
+    pub(crate) fn cgroup_report(&self) -> Option<CgroupReport> {
+        self.report
+            .or_else(|| self.cgroup.as_ref().map(ExecutionCgroup::report))
     }
 
     /// Resolves once the leader has exited.
@@ -175,6 +215,7 @@ impl ChildGroup {
         self.signal(Signal::Kill);
         if let Some(reaped) = sys::try_reap(self.pid)? {
             self.reaped = true;
+            self.release_cgroup().await;
             return Ok(reaped);
         }
         // The leader had not quite exited; wait for it off the runtime's threads.
@@ -183,12 +224,54 @@ impl ChildGroup {
             .await
             .map_err(io::Error::other)??;
         self.reaped = true;
+        self.release_cgroup().await;
         Ok(reaped)
     }
+
+    /// Kills whatever is left in the cgroup (processes that escaped the group), waits
+    /// until it is empty, keeps its report and removes it.
+    async fn release_cgroup(&mut self) {
+        let Some(cgroup) = self.cgroup.take() else {
+            return;
+        };
+        self.report = Some(cgroup.report());
+        cgroup.kill_all();
+        if cgroup.is_empty() {
+            cgroup.remove();
+            return;
+        }
+        // SIGKILLed processes take a moment to leave; wait off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || empty_and_remove(&cgroup)).await;
+    }
+}
+
+/// Waits (a bounded time) for a killed cgroup to empty, then removes it.
+fn empty_and_remove(cgroup: &ExecutionCgroup) {
+    for _ in 0..2_000 {
+        if cgroup.is_empty() {
+            cgroup.remove();
+            return;
+        }
+        cgroup.kill_all();
+        // Runs on a blocking-pool or dedicated thread, never a runtime worker; a v1
+        // cgroup offers no event for "empty", so this polls.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tracing::warn!("an execution cgroup did not empty within 2 s; leaving it");
 }
 
 impl Drop for ChildGroup {
     fn drop(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.kill_all();
+            let emptier = std::thread::Builder::new()
+                .name("sluice-cgroup".into())
+                .spawn(move || empty_and_remove(&cgroup));
+            if let Err(err) = emptier {
+                tracing::error!(%err, "could not start a thread to remove a cgroup");
+            }
+        }
         if self.reaped {
             return;
         }

@@ -88,6 +88,15 @@ impl Program {
         }
     }
 
+    /// What the program's cgroup has caught (a process of its own only: a cell shares
+    /// its interpreter's, whose death is reported as a lost interpreter).
+    pub(crate) fn cgroup_report(&self) -> Option<crate::sandbox::CgroupReport> {
+        match self {
+            Self::Process(child) => child.cgroup_report(),
+            Self::Cell(_) => None,
+        }
+    }
+
     /// True when a limit should interrupt first and kill only after the grace period.
     pub(crate) fn stops_gently(&self) -> bool {
         matches!(self, Self::Cell(_))

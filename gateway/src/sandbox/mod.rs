@@ -1,0 +1,82 @@
+//! What confines an execution beyond its process group: control groups for the limits
+//! that cover a whole process tree (memory, processes) and for killing every process an
+//! execution started. Kernel resource limits of the process itself (CPU time, file size,
+//! open files) are in `sys::Rlimits`. Namespaces come next (see SECURITY.md).
+
+pub(crate) mod cgroup;
+
+pub(crate) use cgroup::{CgroupReport, Cgroups, ExecutionCgroup};
+
+/// What this host lets the gateway enforce, layer by layer: printed by `sluice doctor`,
+/// and used by tests to skip (with the reason) what the host cannot do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostReport {
+    /// How the memory limit is enforced, or `None` when it is not.
+    pub memory: Option<String>,
+    /// How the process limit is enforced, or `None` when it is not.
+    pub processes: Option<String>,
+    /// How every process of an execution is killed at its end, beyond its process
+    /// group, or `None` when only the group is.
+    pub kill_tree: Option<String>,
+    /// Whether the gateway runs as root.
+    pub root: bool,
+}
+
+impl HostReport {
+    /// Probes the host (creates and removes a test cgroup directory).
+    pub fn probe() -> Self {
+        let cgroups = Cgroups::probe();
+        let caps = cgroups.capabilities();
+        cgroups.remove();
+        Self {
+            memory: caps.memory.map(str::to_owned),
+            processes: caps.processes.map(str::to_owned),
+            kill_tree: caps.kill_tree.map(str::to_owned),
+            root: crate::sys::is_root(),
+        }
+    }
+
+    /// The report as `sluice doctor` prints it: one line per limit and layer.
+    pub fn render(&self) -> String {
+        let or_not = |layer: &Option<String>, why: &str| {
+            layer
+                .clone()
+                .unwrap_or_else(|| format!("NOT ENFORCED ({why})"))
+        };
+        let no_cgroup = "no writable cgroup for the gateway";
+        let lines = [
+            ("timeout", "gateway timer; the process group is killed".to_owned()),
+            ("output", "gateway counts bytes; the process group is killed".to_owned()),
+            ("cpu", "RLIMIT_CPU of the program's process (per process)".to_owned()),
+            ("file_size", "RLIMIT_FSIZE of the program's process".to_owned()),
+            ("open_files", "RLIMIT_NOFILE of the program's process".to_owned()),
+            ("memory", or_not(&self.memory, no_cgroup)),
+            ("processes", or_not(&self.processes, no_cgroup)),
+            (
+                "end of execution",
+                format!(
+                    "process group SIGKILLed; {}",
+                    self.kill_tree
+                        .clone()
+                        .unwrap_or_else(|| "processes that left it (setsid) are NOT tracked".into())
+                ),
+            ),
+            (
+                "environment",
+                "cleared; only --env, the runtime's and the request's variables".to_owned(),
+            ),
+            (
+                "user, network, filesystem, /proc",
+                format!(
+                    "NOT ISOLATED yet: programs run as the gateway's user ({}) with its network and view of the system",
+                    if self.root { "root" } else { "not root" }
+                ),
+            ),
+        ];
+        let mut out = String::from("Sluice on this host: what each limit and layer uses\n");
+        for (name, how) in lines {
+            out.push_str(&format!("  {name:<34} {how}\n"));
+        }
+        out
+    }
+}

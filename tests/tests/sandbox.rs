@@ -1,0 +1,133 @@
+//! Hostile programs against the limits that cover a whole process tree (memory,
+//! processes) and against escaping the end of an execution. Each needs a writable
+//! cgroup; on a host without one the test says so and is skipped (see `sluice doctor`).
+
+use anyhow::{Context as _, Result};
+use sluice_gateway::{Config, HostReport, LimitBound, LimitsConfig};
+use sluice_protocol::{EventKind, ExecuteRequest, LimitKind, Limits};
+use sluice_tests::{
+    assert_stream_ok, processes_with, request, run, unique_marker, wait_until_gone, TestGateway,
+};
+
+/// `None` (and a line on stderr saying why) when the host cannot enforce `layer`.
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn layer(name: &str, how: Option<String>) -> Option<String> {
+    if how.is_none() {
+        eprintln!(
+            "skipped: this host enforces no {name} limit (no writable cgroup; see `sluice doctor`)"
+        );
+    }
+    how
+}
+
+fn with_limits(request: ExecuteRequest, limits: Limits) -> ExecuteRequest {
+    ExecuteRequest { limits, ..request }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_ends_with_resource_limit_memory() -> Result<()> {
+    if layer("memory", HostReport::probe().memory).is_none() {
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    // Allocate and touch 4 GiB with a 256 MiB limit.
+    let hog =
+        "chunks = []\nfor _ in range(64):\n    chunks.append(b'x' * (64 << 20))\nprint('survived')";
+    let outcome = run(
+        &client,
+        with_limits(
+            request("hog", "python", hog),
+            Limits {
+                memory_bytes: Some(256 << 20),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_stream_ok(&outcome.events);
+    assert_eq!(
+        (outcome.kind(), outcome.limit()),
+        (EventKind::ResourceLimit, Some(LimitKind::Memory)),
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!(outcome.terminal.limit_value, Some(256 << 20));
+    assert!(!outcome.stdout.contains("survived"));
+    let usage = outcome.usage().context("no usage")?;
+    assert!(
+        usage.peak_memory_bytes <= 300 << 20,
+        "peak {} bytes with a 256 MiB limit",
+        usage.peak_memory_bytes
+    );
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_ends_with_resource_limit_processes_and_leaves_nothing() -> Result<()> {
+    if layer("processes", HostReport::probe().processes).is_none() {
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn_with(Config {
+        limits: LimitsConfig {
+            processes: LimitBound {
+                default: 32,
+                max: 64,
+            },
+            ..LimitsConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let bomber = gateway.client().await?;
+    let bystander = gateway.client().await?;
+    let marker = unique_marker("bomb");
+    // Every copy carries the marker in its command line, so the test can count them.
+    // The classic bomb, in a shell that stays alive while its copies multiply.
+    let bomb = format!(
+        "bomb() {{ bomb | bomb & }}\nexec -a {marker} bash -c \"$(declare -f bomb); bomb; while :; do sleep 1; done\""
+    );
+    let bombing = tokio::spawn({
+        let bomber = bomber.clone();
+        async move { run(&bomber, request("bomb", "bash", &bomb)).await }
+    });
+    // Another socket's execution, started during the bomb, completes normally.
+    let calm = run(&bystander, request("calm", "sh", "echo calm")).await?;
+    assert_eq!(calm.stdout, "calm\n");
+    assert_eq!(calm.exit_code(), Some(0));
+    let outcome = bombing.await??;
+    assert_eq!(
+        (outcome.kind(), outcome.limit()),
+        (EventKind::ResourceLimit, Some(LimitKind::Processes)),
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!(outcome.terminal.limit_value, Some(32));
+    wait_until_gone(&marker).await?;
+    bomber.close().await?;
+    bystander.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_left_the_group_is_gone_when_the_execution_ends() -> Result<()> {
+    if layer("process-tree", HostReport::probe().kill_tree).is_none() {
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let marker = unique_marker("escapee");
+    // A double fork into a new session: no longer in the execution's process group.
+    // It waits until the escapee runs, so the test cannot pass for want of one.
+    let code = format!(
+        "setsid bash -c 'exec -a {marker} sleep 1000' < /dev/null > /dev/null 2>&1 &\nuntil pgrep -f {marker} > /dev/null; do sleep 0.01; done\necho forked"
+    );
+    let outcome = run(&client, request("escape", "bash", &code)).await?;
+    assert_eq!(outcome.stdout, "forked\n");
+    assert_eq!(outcome.exit_code(), Some(0));
+    wait_until_gone(&marker).await?;
+    assert!(processes_with(&marker).is_empty());
+    client.close().await?;
+    gateway.shutdown().await
+}
