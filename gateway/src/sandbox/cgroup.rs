@@ -63,9 +63,13 @@ impl Cgroups {
             let relative = path.trim_start_matches('/');
             let controllers: Vec<&str> = controllers.split(',').collect();
             if controllers.contains(&"memory") {
-                found.memory = hierarchy(Path::new("/sys/fs/cgroup/memory"), relative);
+                found.memory = hierarchy(
+                    Path::new("/sys/fs/cgroup/memory"),
+                    relative,
+                    "memory.limit_in_bytes",
+                );
             } else if controllers.contains(&"pids") {
-                found.pids = hierarchy(Path::new("/sys/fs/cgroup/pids"), relative);
+                found.pids = hierarchy(Path::new("/sys/fs/cgroup/pids"), relative, "pids.max");
             }
         }
         found
@@ -137,9 +141,10 @@ impl Cgroups {
     }
 }
 
-/// `<mount>/<relative>` and our `sluice-<pid>` directory under it, if writable. Removes
-/// the empty directories of gateways that are no longer running.
-fn hierarchy(mount: &Path, relative: &str) -> Option<Hierarchy> {
+/// `<mount>/<relative>` and our `sluice-<pid>-<n>` directory under it, if everything an
+/// execution needs works there (a child directory, its `limit` file, moving a thread in
+/// and back). Removes the empty directories of gateways that are no longer running.
+fn hierarchy(mount: &Path, relative: &str, limit: &str) -> Option<Hierarchy> {
     let home = mount.join(relative);
     if let Ok(entries) = fs::read_dir(&home) {
         for entry in entries.flatten() {
@@ -167,14 +172,36 @@ fn hierarchy(mount: &Path, relative: &str) -> Option<Hierarchy> {
         std::process::id(),
         NEXT_GATEWAY.fetch_add(1, Ordering::Relaxed)
     ));
-    match fs::create_dir(&ours) {
-        Ok(()) => Some(Hierarchy { home, ours }),
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Some(Hierarchy { home, ours }),
+    let found = Hierarchy { home, ours };
+    match fs::create_dir(&found.ours).and_then(|()| rehearse(&found, limit)) {
+        Ok(()) => Some(found),
         Err(err) => {
-            tracing::debug!(dir = %ours.display(), %err, "cgroup hierarchy not writable");
+            tracing::debug!(dir = %found.ours.display(), %err, "cgroup hierarchy not usable");
+            let _ = fs::remove_dir(&found.ours);
             None
         }
     }
+}
+
+/// Does once what every execution will do, so a host that allows only part of it is
+/// found out at start-up rather than by every execution failing.
+fn rehearse(hierarchy: &Hierarchy, limit: &str) -> io::Result<()> {
+    let dir = hierarchy.ours.join("rehearsal");
+    fs::create_dir(&dir)?;
+    let member = Member {
+        dir: dir.clone(),
+        home: hierarchy.home.clone(),
+    };
+    let tried = fs::write(dir.join(limit), "max")
+        .or_else(|_| fs::write(dir.join(limit), (1_u64 << 30).to_string()))
+        .and_then(|()| {
+            let tid = crate::sys::thread_id().to_string();
+            fs::write(dir.join("tasks"), &tid)?;
+            leave(&[&member], &tid);
+            Ok(())
+        });
+    let removed = fs::remove_dir(&dir);
+    tried.and(removed)
 }
 
 /// How an execution's cgroup saw it end.
