@@ -29,7 +29,11 @@ pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
     let pgid =
         libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: killpg takes two integers and touches no memory of ours.
-    let rc = unsafe { libc::killpg(pgid, signo) };
+    ok_unless_gone(unsafe { libc::killpg(pgid, signo) })
+}
+
+/// The result of a kill-like call: success, or nothing left to signal (`ESRCH`).
+fn ok_unless_gone(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         return Ok(());
     }
@@ -338,16 +342,7 @@ pub(crate) fn kill(pid: u32) -> io::Result<()> {
     let pid =
         libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: kill takes two integers and touches no memory of ours.
-    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(err)
-    }
+    ok_unless_gone(unsafe { libc::kill(pid, libc::SIGKILL) })
 }
 
 /// True when the gateway runs as root (effective uid 0).

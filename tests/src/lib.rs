@@ -957,3 +957,40 @@ mod tests {
         assert!(rejects(&unstarted_completion));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Large outputs
+// ---------------------------------------------------------------------------------------
+
+/// A program that writes `lines` numbered lines of 10 bytes each (`000000000\n`, ...).
+pub fn numbered_lines(lines: u32) -> String {
+    format!("import sys\nsys.stdout.write(''.join(f'{{i:09d}}\\n' for i in range({lines})))\n")
+}
+
+/// Checks a numbered-lines stream chunk by chunk without keeping it.
+#[derive(Debug, Default)]
+pub struct LineChecker {
+    /// Bytes of a line not yet complete.
+    pub partial: String,
+    /// The number of the next line expected.
+    pub next: u32,
+}
+
+impl LineChecker {
+    /// Checks `chunk`, the next piece of the stream.
+    pub fn feed(&mut self, chunk: &str) -> Result<()> {
+        self.partial.push_str(chunk);
+        let complete = self.partial.rfind('\n').map_or(0, |at| at + 1);
+        for line in self.partial[..complete].lines() {
+            let expected = format!("{:09}", self.next);
+            ensure!(
+                line == expected,
+                "line {} is {line:?}: a byte was lost or repeated",
+                self.next
+            );
+            self.next += 1;
+        }
+        self.partial.drain(..complete);
+        Ok(())
+    }
+}

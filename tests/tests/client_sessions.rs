@@ -9,40 +9,10 @@ use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
 use sluice_tests::proxy::Proxy;
 use sluice_tests::{
-    next_within, request, run, text_of, unique_marker, wait_for_output, wait_until_gone,
-    wait_until_running, within, TestGateway,
+    next_within, numbered_lines, request, run, text_of, unique_marker, wait_for_output,
+    wait_until_gone, wait_until_running, within, LineChecker, TestGateway,
 };
 use std::time::Duration;
-
-/// A program that writes `lines` numbered lines of 10 bytes each (`000000000\n`, ...).
-fn numbered_lines(lines: u32) -> String {
-    format!("import sys\nsys.stdout.write(''.join(f'{{i:09d}}\\n' for i in range({lines})))\n")
-}
-
-/// Checks a numbered-lines stream chunk by chunk without keeping it.
-#[derive(Debug, Default)]
-struct LineChecker {
-    partial: String,
-    next: u32,
-}
-
-impl LineChecker {
-    fn feed(&mut self, chunk: &str) -> Result<()> {
-        self.partial.push_str(chunk);
-        let complete = self.partial.rfind('\n').map_or(0, |at| at + 1);
-        for line in self.partial[..complete].lines() {
-            let expected = format!("{:09}", self.next);
-            ensure!(
-                line == expected,
-                "line {} is {line:?}: a byte was lost or repeated",
-                self.next
-            );
-            self.next += 1;
-        }
-        self.partial.drain(..complete);
-        Ok(())
-    }
-}
 
 /// Checks that a stream's events come one sequence after the other.
 #[derive(Debug, Default)]

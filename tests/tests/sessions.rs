@@ -6,8 +6,8 @@ use anyhow::{bail, ensure, Context as _, Result};
 use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
 use sluice_tests::{
-    assert_stream_ok, events_of, processes_with, request, text_of, unique_marker, wait_until_gone,
-    wait_until_running, RawSocket, TestGateway,
+    assert_stream_ok, events_of, numbered_lines, processes_with, request, text_of, unique_marker,
+    wait_until_gone, wait_until_running, LineChecker, RawSocket, TestGateway,
 };
 use std::time::Duration;
 
@@ -126,36 +126,6 @@ async fn twenty_attached_sockets_receive_identical_gap_free_streams() -> Result<
         );
     }
     gateway.shutdown().await
-}
-
-/// A program that writes `lines` numbered lines of 10 bytes each (`000000000\n`, ...).
-fn numbered_lines(lines: u32) -> String {
-    format!("import sys\nsys.stdout.write(''.join(f'{{i:09d}}\\n' for i in range({lines})))\n")
-}
-
-/// Checks a numbered-lines stream chunk by chunk without keeping it.
-#[derive(Debug, Default)]
-struct LineChecker {
-    partial: String,
-    next: u32,
-}
-
-impl LineChecker {
-    fn feed(&mut self, chunk: &str) -> Result<()> {
-        self.partial.push_str(chunk);
-        let complete = self.partial.rfind('\n').map_or(0, |at| at + 1);
-        for line in self.partial[..complete].lines() {
-            let expected = format!("{:09}", self.next);
-            ensure!(
-                line == expected,
-                "line {} is {line:?}: a byte was lost or repeated",
-                self.next
-            );
-            self.next += 1;
-        }
-        self.partial.drain(..complete);
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
