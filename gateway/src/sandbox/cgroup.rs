@@ -308,8 +308,16 @@ fn leave(entered: &[&Member], tid: &str) {
     }
 }
 
+/// The processes in a cgroup, never the gateway itself: a gateway thread that could not
+/// move back out after a spawn (logged) would otherwise make the gateway a member.
 fn members(dir: &Path) -> Vec<u32> {
+    let gateway = std::process::id();
     fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .filter(|pid| *pid != gateway)
+                .collect()
+        })
         .unwrap_or_default()
 }
