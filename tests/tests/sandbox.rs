@@ -131,3 +131,70 @@ async fn a_process_that_left_the_group_is_gone_when_the_execution_ends() -> Resu
     client.close().await?;
     gateway.shutdown().await
 }
+
+/// Execution cgroups of the gateways in this test process, in the pids hierarchy.
+fn execution_cgroups() -> usize {
+    let prefix = format!("sluice-{}-", std::process::id());
+    std::fs::read_dir("/sys/fs/cgroup/pids")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| {
+                    std::fs::read_dir(e.path())
+                        .map(|children| children.flatten().filter(|c| c.path().is_dir()).count())
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_limit_of_one_runs_the_program_alone_and_failed_starts_leak_nothing() -> Result<()>
+{
+    if layer("processes", HostReport::probe().processes).is_none() {
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let alone = run(
+        &client,
+        with_limits(
+            request("alone", "sh", "echo alone"),
+            Limits {
+                processes: Some(1),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_eq!(
+        (alone.stdout.as_str(), alone.exit_code()),
+        ("alone\n", Some(0)),
+        "{:?}",
+        alone.terminal
+    );
+    // Programs that cannot start (an argument the kernel refuses: E2BIG) leave no
+    // cgroup behind.
+    let huge = "x".repeat(200_000);
+    for n in 0..5 {
+        let refused = run(
+            &client,
+            ExecuteRequest {
+                args: vec![huge.clone()],
+                ..request(&format!("big-arg-{n}"), "sh", "true")
+            },
+        )
+        .await?;
+        assert_eq!(refused.kind(), EventKind::Error, "{:?}", refused.terminal);
+    }
+    sluice_tests::eventually(
+        sluice_tests::PATIENCE,
+        "no execution cgroup is left",
+        || execution_cgroups() == 0,
+    )
+    .await?;
+    client.close().await?;
+    gateway.shutdown().await
+}

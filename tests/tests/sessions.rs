@@ -384,3 +384,21 @@ async fn another_attached_socket_may_cancel_and_a_detached_one_hears_nothing() -
     assert_eq!(refusal.code, Some(ErrorCode::UnknownExecution));
     gateway.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_naming_a_gateway_made_session_is_refused() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    socket.execute(request("lone", "sh", "echo lone")).await?;
+    let events = socket.events_until_terminal("lone").await?;
+    let session = events[0].session.clone().context("no session")?;
+    socket
+        .execute(in_session(&session, "second", "sh", "echo second"))
+        .await?;
+    let refusal = socket.next_socket_error().await?;
+    assert_eq!(refusal.code, Some(ErrorCode::BadRequest), "{refusal:?}");
+    assert_eq!(refusal.id.as_deref(), Some("second"));
+    assert_eq!(refusal.for_session.as_deref(), Some(session.as_str()));
+    socket.assert_still_works().await?;
+    gateway.shutdown().await
+}

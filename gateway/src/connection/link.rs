@@ -236,6 +236,11 @@ impl SocketLink {
                     continue;
                 }
                 let before = batch.frames.len();
+                // Read before taking: a session that completes between the two would
+                // otherwise look finished while its last event is still untaken.
+                let complete_before = subscription
+                    .session()
+                    .is_some_and(|session| session.is_complete());
                 for _ in 0..std::mem::take(&mut subscription.announce) {
                     let session = subscription.stream().session_id().map(|s| &**s);
                     batch
@@ -260,9 +265,7 @@ impl SocketLink {
                     .map(|frame| frame.as_str().len())
                     .sum::<usize>();
                 subscription.cursor = taken.cursor;
-                let complete = subscription
-                    .session()
-                    .is_some_and(|session| taken.cursor >= taken.head && session.is_complete());
+                let complete = complete_before && taken.cursor >= taken.head;
                 if complete {
                     subscription.finished = Some(
                         self.finished_count

@@ -372,6 +372,10 @@ impl Connection {
     /// not (from its next event on: what came before is for `attach` to replay).
     fn named_session(&mut self, name: &str) -> Result<Arc<Session>, Refusal> {
         if let Some(session) = self.link.session(name) {
+            if session.ephemeral {
+                let err = crate::session::OpenError::GatewayMade(name.to_owned());
+                return Err((ErrorCode::BadRequest, err.to_string()));
+            }
             return Ok(session);
         }
         self.check_session_room()?;

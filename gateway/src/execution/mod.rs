@@ -247,9 +247,23 @@ async fn run_cell(
             "execution cancelled before it started",
         );
         run.finish(event).await;
-        // The next cell still waits for the one before this.
-        let _ = after.await;
-        drop(turn);
+        // The next cell still waits for the one before this one, but this execution is
+        // over: its place in the queue is passed on in the background.
+        tokio::spawn(async move {
+            let _ = after.await;
+            drop(turn);
+        });
+        return id;
+    }
+    if run.cancel.is_cancelled() || session.is_ended() {
+        // Its turn came just as its session ended (or it was cancelled): it must not
+        // start an interpreter in a session that is gone.
+        let event = Event::new(
+            EventKind::Cancelled,
+            Some(id.clone()),
+            "execution cancelled before it started",
+        );
+        run.finish(event).await;
         return id;
     }
     let kernel_slot = session.kernel.clone();
@@ -308,14 +322,18 @@ async fn run_cell(
             }
         }
     }
+    // An interpreter that stops reading its socket must not hold the cell (and the
+    // session's queue) forever: handing over the cell obeys cancel and the timeout.
+    let limits = spec.limits;
     let sent = match guard.as_mut() {
         Some(kernel) => {
             let cpu_before = kernel.usage().0;
             let started_at = Instant::now();
-            kernel
-                .send(&spec.code)
-                .await
-                .map(|pipes| (pipes, cpu_before, started_at))
+            tokio::select! {
+                sent = kernel.send(&spec.code) => sent.map(|pipes| (pipes, cpu_before, started_at)),
+                () = run.cancel.cancelled() => Err(io::Error::other("cancelled")),
+                () = tokio::time::sleep(limits.timeout) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+            }
         }
         None => Err(io::Error::other("no interpreter")),
     };
@@ -338,15 +356,36 @@ async fn run_cell(
         Err(err) => {
             // The interpreter cannot take cells any more: the next one starts afresh.
             session.retire(guard.take());
-            let message = format!(
-                "the interpreter could not take the cell ({err}); the session's state is lost and its next execution starts a fresh interpreter"
-            );
-            run.finish(Event::error(
-                Some(id.clone()),
-                ErrorCode::KernelLost,
-                message,
-            ))
-            .await;
+            let lost = "the interpreter did not take the cell and was killed; the session's state is lost and its next execution starts a fresh interpreter";
+            let event = if run.cancel.is_cancelled() {
+                Event::new(
+                    EventKind::Cancelled,
+                    Some(id.clone()),
+                    format!("execution cancelled; {lost}"),
+                )
+            } else if err.kind() == io::ErrorKind::TimedOut {
+                Event {
+                    limit: Some(LimitKind::Timeout),
+                    limit_value: Some(limits.timeout_ms),
+                    ..Event::new(
+                        EventKind::ResourceLimit,
+                        Some(id.clone()),
+                        format!(
+                            "wall-clock limit of {} ms reached; {lost}",
+                            limits.timeout_ms
+                        ),
+                    )
+                }
+            } else {
+                Event::error(
+                    Some(id.clone()),
+                    ErrorCode::KernelLost,
+                    format!(
+                        "the interpreter could not take the cell ({err}); the session's state is lost and its next execution starts a fresh interpreter"
+                    ),
+                )
+            };
+            run.finish(event).await;
         }
     }
     // A session that ended meanwhile takes its interpreter with it.

@@ -106,10 +106,7 @@ impl Launch<'_> {
             // A program must not run without its limits.
             let _ = sys::signal_group(pid, Signal::Kill);
             let _ = child.wait();
-            if let Some(cgroup) = &self.cgroup {
-                cgroup.kill_all();
-                cgroup.remove();
-            }
+            // The cgroup goes with `self` (its drop kills and removes it).
             return Err(fail(err));
         }
         // From here on the group must be killed if anything fails.
@@ -231,7 +228,7 @@ impl ChildGroup {
     /// Kills whatever is left in the cgroup (processes that escaped the group), waits
     /// until it is empty, keeps its report and removes it.
     async fn release_cgroup(&mut self) {
-        let Some(cgroup) = self.cgroup.take() else {
+        let Some(mut cgroup) = self.cgroup.take() else {
             return;
         };
         self.report = Some(cgroup.report());
@@ -241,12 +238,12 @@ impl ChildGroup {
             return;
         }
         // SIGKILLed processes take a moment to leave; wait off the runtime's threads.
-        let _ = tokio::task::spawn_blocking(move || empty_and_remove(&cgroup)).await;
+        let _ = tokio::task::spawn_blocking(move || empty_and_remove(cgroup)).await;
     }
 }
 
 /// Waits (a bounded time) for a killed cgroup to empty, then removes it.
-fn empty_and_remove(cgroup: &ExecutionCgroup) {
+fn empty_and_remove(mut cgroup: ExecutionCgroup) {
     for _ in 0..2_000 {
         if cgroup.is_empty() {
             cgroup.remove();
@@ -267,7 +264,7 @@ impl Drop for ChildGroup {
             cgroup.kill_all();
             let emptier = std::thread::Builder::new()
                 .name("sluice-cgroup".into())
-                .spawn(move || empty_and_remove(&cgroup));
+                .spawn(move || empty_and_remove(cgroup));
             if let Err(err) = emptier {
                 tracing::error!(%err, "could not start a thread to remove a cgroup");
             }

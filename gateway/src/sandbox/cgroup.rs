@@ -112,10 +112,15 @@ impl Cgroups {
                 home: hierarchy.home.clone(),
             }))
         };
-        let group = ExecutionCgroup {
-            memory: make(&self.memory)?,
-            pids: make(&self.pids)?,
+        let mut group = ExecutionCgroup {
+            memory: None,
+            pids: None,
+            processes,
+            removed: false,
         };
+        // Assigned one by one, so a failure halfway still removes what was made.
+        group.memory = make(&self.memory)?;
+        group.pids = make(&self.pids)?;
         if let Some(memory) = &group.memory {
             fs::write(
                 memory.dir.join("memory.limit_in_bytes"),
@@ -223,11 +228,24 @@ struct Member {
     home: PathBuf,
 }
 
-/// One execution's cgroup (a directory in each hierarchy in use).
+/// One execution's cgroup (a directory in each hierarchy in use). Dropping it kills
+/// what is inside and removes it (best effort), so no failure path leaks a directory.
 #[derive(Debug)]
 pub(crate) struct ExecutionCgroup {
     memory: Option<Member>,
     pids: Option<Member>,
+    /// The process limit; `pids.max` is one higher while a gateway thread is inside.
+    processes: u64,
+    removed: bool,
+}
+
+impl Drop for ExecutionCgroup {
+    fn drop(&mut self) {
+        if !self.removed {
+            self.kill_all();
+            self.remove();
+        }
+    }
 }
 
 impl ExecutionCgroup {
@@ -239,6 +257,12 @@ impl ExecutionCgroup {
     /// creates is born inside; the thread moves back before this returns.
     pub(crate) fn spawn_inside<T>(&self, spawn: impl FnOnce() -> T) -> io::Result<T> {
         let tid = crate::sys::thread_id().to_string();
+        // The spawning thread counts while it is inside: room for it, then the limit.
+        let pids_max = |n: u64| match &self.pids {
+            Some(pids) => fs::write(pids.dir.join("pids.max"), n.to_string()),
+            None => Ok(()),
+        };
+        pids_max(self.processes.saturating_add(1))?;
         let mut entered = Vec::new();
         for member in self.members() {
             if let Err(err) = fs::write(member.dir.join("tasks"), &tid) {
@@ -249,6 +273,7 @@ impl ExecutionCgroup {
         }
         let spawned = spawn();
         leave(&entered, &tid);
+        pids_max(self.processes)?;
         Ok(spawned)
     }
 
@@ -290,7 +315,8 @@ impl ExecutionCgroup {
     }
 
     /// Removes the directories (the cgroup must be empty).
-    pub(crate) fn remove(&self) {
+    pub(crate) fn remove(&mut self) {
+        self.removed = true;
         for member in self.members() {
             if let Err(err) = fs::remove_dir(&member.dir) {
                 tracing::warn!(dir = %member.dir.display(), %err, "could not remove an execution cgroup");

@@ -38,8 +38,13 @@ struct SessionState {
     running: usize,
     /// Sockets attached now.
     attached: usize,
-    /// Bumped on every attach, so a grace timer can tell it was overtaken.
+    /// Bumped on every attach (kept for diagnostics of attach churn).
     generation: u64,
+    /// When the last socket went away (while none is attached).
+    last_detached: Option<tokio::time::Instant>,
+    /// A grace timer is pending: at most one per session, however often sockets come
+    /// and go.
+    grace_timer: bool,
     /// At least one execution ran here (a gateway-made session is complete after it).
     ran: bool,
     ended: bool,
@@ -287,7 +292,8 @@ impl SessionRegistry {
     /// last socket to leave starts the grace period, except that a complete
     /// gateway-made session whose events were all taken ends at once.
     pub(crate) fn detach(self: &Arc<Self>, session: &Arc<Session>, took_everything: bool) {
-        let generation = {
+        let now = tokio::time::Instant::now();
+        {
             let mut state = session.lock();
             state.attached = state.attached.saturating_sub(1);
             if state.attached > 0 || state.ended {
@@ -298,25 +304,43 @@ impl SessionRegistry {
                 drop(state);
                 return self.end(session);
             }
-            state.generation
-        };
+            state.last_detached = Some(now);
+            if std::mem::replace(&mut state.grace_timer, true) {
+                // The pending timer sees the new time when it fires.
+                return;
+            }
+        }
         let registry = self.clone();
         let session = session.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(registry.grace) => {}
-                () = session.cancel.cancelled() => {}
-            }
-            let abandoned = {
-                let state = session.lock();
-                state.attached == 0 && state.generation == generation
-            };
-            if abandoned {
+            let mut until = now + registry.grace;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    () = session.cancel.cancelled() => {
+                        session.lock().grace_timer = false;
+                        return;
+                    }
+                }
+                let mut state = session.lock();
+                if state.attached > 0 || state.ended {
+                    state.grace_timer = false;
+                    return;
+                }
+                // Sockets came and went meanwhile: the grace counts from the last.
+                let due = state.last_detached.map_or(until, |at| at + registry.grace);
+                if due > tokio::time::Instant::now() {
+                    until = due;
+                    continue;
+                }
+                state.grace_timer = false;
+                drop(state);
                 tracing::debug!(
                     session = session.id(),
                     "grace period over: ending the session"
                 );
                 registry.end(&session);
+                return;
             }
         });
     }

@@ -37,6 +37,8 @@ struct Frame {
 struct Reader {
     socket: SocketId,
     wake: Arc<Notify>,
+    /// It has sent an `ack` for this stream.
+    acknowledges: bool,
 }
 
 #[derive(Debug)]
@@ -239,7 +241,11 @@ impl EventStream {
     pub(crate) fn add_reader(&self, socket: SocketId, wake: Arc<Notify>, lead: bool, cursor: u64) {
         let mut inner = self.lock();
         inner.readers.retain(|r| r.socket != socket);
-        inner.readers.push(Reader { socket, wake });
+        inner.readers.push(Reader {
+            socket,
+            wake,
+            acknowledges: false,
+        });
         if lead || inner.lead.is_none() {
             inner.lead = Some(socket);
             inner.lead_taken = cursor;
@@ -252,15 +258,31 @@ impl EventStream {
     }
 
     /// The client behind `socket` has received everything up to `sequence`. Only the
-    /// lead's acknowledgements pace the stream.
+    /// lead's acknowledgements pace the stream. A reader that acknowledges takes the
+    /// lead from one that does not (say an observer that inherited it when the
+    /// acknowledging client's old connection went away): it is that client, resuming.
     pub(crate) fn ack(&self, socket: SocketId, sequence: u64) {
         let mut inner = self.lock();
-        if inner.lead != Some(socket) {
-            return;
-        }
         let head = inner.next_sequence - 1;
-        let acked = inner.lead_acked.unwrap_or(0).max(sequence.min(head));
-        inner.lead_acked = Some(acked);
+        let sequence = sequence.min(head);
+        let Some(reader) = inner.readers.iter_mut().find(|r| r.socket == socket) else {
+            return;
+        };
+        reader.acknowledges = true;
+        if inner.lead != Some(socket) {
+            let lead_acknowledges = inner
+                .readers
+                .iter()
+                .any(|r| Some(r.socket) == inner.lead && r.acknowledges);
+            if lead_acknowledges {
+                return;
+            }
+            inner.lead = Some(socket);
+            inner.lead_acked = Some(sequence);
+        } else {
+            let acked = inner.lead_acked.unwrap_or(0).max(sequence);
+            inner.lead_acked = Some(acked);
+        }
         drop(inner);
         self.room.notify_waiters();
     }
@@ -298,9 +320,13 @@ impl EventStream {
         }
     }
 
-    /// Nobody will read again: producers never wait from now on.
+    /// Nobody will read again: the buffer is freed and producers never wait from now on.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.ring.clear();
+        inner.ring_bytes = 0;
+        drop(inner);
         self.room.notify_waiters();
     }
 }
@@ -411,6 +437,24 @@ mod tests {
         out.clear();
         assert_eq!(s.take(2, 2, usize::MAX, &mut out).gap, None);
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn an_acknowledging_reader_takes_the_lead_from_one_that_does_not() {
+        let s = stream(2);
+        s.add_reader(1, Arc::new(Notify::new()), true, 0);
+        s.ack(1, 0);
+        s.add_reader(2, Arc::new(Notify::new()), false, 0);
+        publish(&s, 2);
+        // The acknowledging lead leaves; the observer inherits the lead, never acks.
+        s.remove_reader(1);
+        s.add_reader(3, Arc::new(Notify::new()), false, 0);
+        assert!(!s.has_room());
+        // The client, reconnected as reader 3, acknowledges: it leads again.
+        s.ack(3, 2);
+        let mut out = Vec::new();
+        s.take(3, 0, usize::MAX, &mut out);
+        assert!(s.has_room(), "reader 3's acknowledgements pace the stream");
     }
 
     #[test]
