@@ -236,8 +236,12 @@ impl Kernel {
         }
     }
 
-    /// How the current cell ended: `None` when the interpreter died instead.
+    /// How the current cell ended: `None` when the interpreter died instead (also when
+    /// it answered but was killed right after, say by the kill that escalates a cancel).
     pub(crate) fn reply(&self) -> Option<CellReply> {
+        if self.child.has_exited() {
+            return None;
+        }
         lock(&self.replies.current).reply.and_then(Result::ok)
     }
 

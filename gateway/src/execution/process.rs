@@ -188,6 +188,16 @@ impl ChildGroup {
         }
     }
 
+    /// True once the leader has exited (it is a zombie until reaped).
+    pub(crate) fn has_exited(&self) -> bool {
+        self.reaped
+            || std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).map_or(true, |stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next())
+                    .is_some_and(|state| matches!(state, 'Z' | 'X'))
+            })
+    }
+
     /// What the cgroup's limits have caught so far (`None` without a cgroup).
     pub(crate) fn cgroup_report(&self) -> Option<CgroupReport> {
         self.report
