@@ -240,3 +240,32 @@ async fn ending_the_session_and_shutting_down_leave_no_interpreter() -> Result<(
     ensure!(!is_alive(second), "an interpreter outlived the gateway");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interpreter_that_stops_taking_cells_cannot_hold_the_session() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    // The cell makes the kernel stop reading its control socket after it.
+    let wedge =
+        "import sys, time\nsys.modules['__main__'].receive = lambda control: time.sleep(10**6)";
+    run(&mut socket, "wedged", "wedge", wedge).await?;
+    // A cell bigger than the socket's buffer cannot be handed over: its timeout ends
+    // it all the same, and the interpreter is replaced.
+    let big = format!("x = 1\n#{}\n", "y".repeat(600_000));
+    socket
+        .execute(ExecuteRequest {
+            limits: sluice_protocol::Limits {
+                timeout_ms: Some(1_000),
+                ..sluice_protocol::Limits::default()
+            },
+            ..cell("wedged", "big", &big)
+        })
+        .await?;
+    let events = socket.events_until_terminal("big").await?;
+    let last = events.last().context("no terminal")?;
+    assert_eq!(last.kind, EventKind::ResourceLimit, "{last:?}");
+    ensure!(last.data.contains("fresh interpreter"), "{}", last.data);
+    let after = run(&mut socket, "wedged", "after", "print('fresh')").await?;
+    assert_eq!(stdout(&after), "fresh\n");
+    gateway.shutdown().await
+}
