@@ -198,3 +198,44 @@ async fn a_process_limit_of_one_runs_the_program_alone_and_failed_starts_leak_no
     client.close().await?;
     gateway.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_past_its_interpreters_memory_limit_is_reported_as_memory() -> Result<()> {
+    if layer("memory", HostReport::probe().memory).is_none() {
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let cell = |id: &str, code: &str| ExecuteRequest {
+        session: Some("hungry".into()),
+        persistent: true,
+        limits: Limits {
+            memory_bytes: Some(256 << 20),
+            ..Limits::default()
+        },
+        ..request(id, "python", code)
+    };
+    // The execute that starts the interpreter sets its limits.
+    socket.execute(cell("start", "kept = 1")).await?;
+    socket.events_until_terminal("start").await?;
+    socket
+        .execute(cell(
+            "hog",
+            "chunks = [b'x' * (64 << 20) for _ in range(64)]",
+        ))
+        .await?;
+    let events = socket.events_until_terminal("hog").await?;
+    let last = events.last().context("no terminal")?;
+    assert_eq!(
+        (last.kind, last.limit),
+        (EventKind::ResourceLimit, Some(LimitKind::Memory)),
+        "{last:?}"
+    );
+    assert!(last.data.contains("fresh interpreter"), "{}", last.data);
+    socket
+        .execute(cell("after", "print('kept' in globals())"))
+        .await?;
+    let after = socket.events_until_terminal("after").await?;
+    assert_eq!(sluice_tests::text_of(&after, EventKind::Stdout), "False\n");
+    gateway.shutdown().await
+}

@@ -279,14 +279,17 @@ impl Kernel {
         (cpu, peak)
     }
 
-    /// Kills the interpreter and reaps it; returns how it ended.
-    pub(crate) async fn shut_down(mut self) -> io::Result<Reaped> {
+    /// Kills the interpreter and reaps it; returns how it ended and what its cgroup
+    /// saw (an OOM kill, say).
+    pub(crate) async fn shut_down(
+        mut self,
+    ) -> (io::Result<Reaped>, Option<crate::sandbox::CgroupReport>) {
         self.reader.abort();
         let reaped = self.child.reap().await;
         if let Some(workdir) = self.workdir.take() {
             workdir.remove();
         }
-        reaped
+        (reaped, self.child.cgroup_report())
     }
 }
 

@@ -646,6 +646,7 @@ impl Run {
             workdir.remove();
         }
         let kernel_lost = ended.as_ref().is_ok_and(|e| e.kernel_lost);
+        let cgroup = ended.as_ref().ok().and_then(|e| e.cgroup);
         let reaped = ended.map(|e| e.reaped);
         let usage = Usage {
             duration_ms: millis(pump.exited_at.duration_since(started_at)),
@@ -654,8 +655,7 @@ impl Run {
                 .map(|t| millis(t.duration_since(started_at))),
             cpu_ms: reaped.as_ref().map(|r| millis(r.cpu)).unwrap_or(0.0),
             // The whole tree's peak when the cgroup knows it, else the largest process's.
-            peak_memory_bytes: child
-                .cgroup_report()
+            peak_memory_bytes: cgroup
                 .and_then(|r| r.peak_memory_bytes)
                 .or_else(|| reaped.as_ref().ok().map(|r| r.peak_memory_bytes))
                 .unwrap_or(0),
@@ -664,7 +664,6 @@ impl Run {
         };
         let id = Some(self.spec.id.clone());
         let limits = self.spec.limits;
-        let cgroup = child.cgroup_report();
         // A limit the cgroup caught after the last check (or that ended the program).
         let stop = pump.stop.or_else(|| cgroup.as_ref().and_then(cgroup_stop));
         let kernel_limit = match &reaped {

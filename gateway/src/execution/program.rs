@@ -41,6 +41,8 @@ pub(crate) struct Ended {
     /// A cell whose interpreter died (or had to be killed): the session's state is gone
     /// and its next cell starts a fresh interpreter.
     pub(crate) kernel_lost: bool,
+    /// What the program's cgroup saw (for a cell: its interpreter's, once it died).
+    pub(crate) cgroup: Option<crate::sandbox::CgroupReport>,
 }
 
 impl Program {
@@ -113,10 +115,14 @@ impl Program {
     /// Reaps a process (killing what is left of its group), or collects a cell's end.
     pub(crate) async fn reap(&mut self) -> io::Result<Ended> {
         match self {
-            Self::Process(child) => Ok(Ended {
-                reaped: child.reap().await?,
-                kernel_lost: false,
-            }),
+            Self::Process(child) => {
+                let reaped = child.reap().await?;
+                Ok(Ended {
+                    reaped,
+                    kernel_lost: false,
+                    cgroup: child.cgroup_report(),
+                })
+            }
             Self::Cell(cell) => {
                 let Some(kernel) = cell.kernel.as_ref() else {
                     return Err(io::Error::other("the interpreter is gone"));
@@ -131,16 +137,18 @@ impl Program {
                             peak_memory_bytes: peak,
                         },
                         kernel_lost: false,
+                        cgroup: None,
                     });
                 }
                 // The interpreter died during the cell: the session starts afresh.
                 let Some(kernel) = cell.kernel.take() else {
                     return Err(io::Error::other("the interpreter is gone"));
                 };
-                let reaped = kernel.shut_down().await?;
+                let (reaped, cgroup) = kernel.shut_down().await;
                 Ok(Ended {
-                    reaped,
+                    reaped: reaped?,
                     kernel_lost: true,
+                    cgroup,
                 })
             }
         }

@@ -108,7 +108,7 @@ impl Session {
     pub(crate) fn retire(&self, kernel: Option<Kernel>) {
         if let Some(kernel) = kernel {
             self.reaping.spawn(async move {
-                if let Err(err) = kernel.shut_down().await {
+                if let (Err(err), _) = kernel.shut_down().await {
                     tracing::warn!(%err, "could not reap an interpreter");
                 }
             });
