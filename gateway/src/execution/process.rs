@@ -244,7 +244,7 @@ impl ChildGroup {
         self.report = Some(cgroup.report());
         cgroup.kill_all();
         if cgroup.is_empty() {
-            cgroup.remove();
+            cgroup.recycle();
             return;
         }
         // SIGKILLed processes take a moment to leave; wait off the runtime's threads.
@@ -256,7 +256,7 @@ impl ChildGroup {
 fn empty_and_remove(mut cgroup: ExecutionCgroup) {
     for _ in 0..2_000 {
         if cgroup.is_empty() {
-            cgroup.remove();
+            cgroup.recycle();
             return;
         }
         cgroup.kill_all();

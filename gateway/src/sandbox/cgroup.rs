@@ -13,6 +13,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 static NEXT_GROUP: AtomicU64 = AtomicU64::new(0);
 
@@ -34,7 +35,15 @@ struct Hierarchy {
 pub(crate) struct Cgroups {
     memory: Option<Hierarchy>,
     pids: Option<Hierarchy>,
+    /// Empty execution cgroups kept for reuse: creating and removing the directories
+    /// is most of what a cgroup costs per execution.
+    pool: Pool,
 }
+
+/// Most empty execution cgroups kept for reuse.
+const POOL_SIZE: usize = 64;
+
+type Pool = Arc<Mutex<Vec<(Option<Member>, Option<Member>)>>>;
 
 /// What this host's cgroups give, for `sluice doctor` and the start-up log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +109,27 @@ impl Cgroups {
         if self.memory.is_none() && self.pids.is_none() {
             return Ok(None);
         }
+        let reused = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        if let Some((memory, pids)) = reused {
+            let mut group = ExecutionCgroup {
+                memory,
+                pids,
+                processes,
+                removed: false,
+                pool: Some(self.pool.clone()),
+                baseline: (0, 0),
+            };
+            // A reused cgroup may refuse a limit below what it still has charged (page
+            // cache): then it goes (dropped, so removed) and a fresh one is made.
+            if group.set_limits(memory_bytes, processes).is_ok() {
+                group.baseline = group.counters();
+                return Ok(Some(group));
+            }
+        }
         let name = format!("x{}", NEXT_GROUP.fetch_add(1, Ordering::Relaxed));
         let make = |hierarchy: &Option<Hierarchy>| -> io::Result<Option<Member>> {
             let Some(hierarchy) = hierarchy else {
@@ -117,29 +147,29 @@ impl Cgroups {
             pids: None,
             processes,
             removed: false,
+            pool: Some(self.pool.clone()),
+            baseline: (0, 0),
         };
         // Assigned one by one, so a failure halfway still removes what was made.
         group.memory = make(&self.memory)?;
         group.pids = make(&self.pids)?;
-        if let Some(memory) = &group.memory {
-            fs::write(
-                memory.dir.join("memory.limit_in_bytes"),
-                memory_bytes.to_string(),
-            )?;
-            // No escape into swap, where the kernel accounts it.
-            let _ = fs::write(
-                memory.dir.join("memory.memsw.limit_in_bytes"),
-                memory_bytes.to_string(),
-            );
-        }
-        if let Some(pids) = &group.pids {
-            fs::write(pids.dir.join("pids.max"), processes.to_string())?;
-        }
+        group.set_limits(memory_bytes, processes)?;
         Ok(Some(group))
     }
 
     /// Removes this gateway's directories (at shutdown, once every execution is gone).
     pub(crate) fn remove(&self) {
+        let pooled: Vec<_> = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for (memory, pids) in pooled {
+            for member in [memory, pids].into_iter().flatten() {
+                let _ = fs::remove_dir(&member.dir);
+            }
+        }
         for hierarchy in [&self.memory, &self.pids].into_iter().flatten() {
             let _ = fs::remove_dir(&hierarchy.ours);
         }
@@ -237,13 +267,18 @@ pub(crate) struct ExecutionCgroup {
     /// The process limit; `pids.max` is one higher while a gateway thread is inside.
     processes: u64,
     removed: bool,
+    /// Where it goes back when its execution is over.
+    pool: Option<Pool>,
+    /// The OOM-kill and failed-fork counters when this execution got it (a reused
+    /// cgroup's counters keep counting).
+    baseline: (u64, u64),
 }
 
 impl Drop for ExecutionCgroup {
     fn drop(&mut self) {
         if !self.removed {
             self.kill_all();
-            self.remove();
+            self.recycle();
         }
     }
 }
@@ -277,8 +312,29 @@ impl ExecutionCgroup {
         Ok(spawned)
     }
 
-    /// What the limits caught so far.
-    pub(crate) fn report(&self) -> CgroupReport {
+    /// Writes the limits, and starts the peak-memory count afresh.
+    fn set_limits(&self, memory_bytes: u64, processes: u64) -> io::Result<()> {
+        if let Some(memory) = &self.memory {
+            // memsw (memory plus swap) must stay at or above the memory limit, so the
+            // order depends on the direction; both are tried, swap accounting is optional.
+            let memsw = memory.dir.join("memory.memsw.limit_in_bytes");
+            let _ = fs::write(&memsw, memory_bytes.to_string());
+            fs::write(
+                memory.dir.join("memory.limit_in_bytes"),
+                memory_bytes.to_string(),
+            )?;
+            // No escape into swap, where the kernel accounts it.
+            let _ = fs::write(&memsw, memory_bytes.to_string());
+            let _ = fs::write(memory.dir.join("memory.max_usage_in_bytes"), "0");
+        }
+        if let Some(pids) = &self.pids {
+            fs::write(pids.dir.join("pids.max"), processes.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The OOM-kill and failed-fork counters as the kernel has them now.
+    fn counters(&self) -> (u64, u64) {
         let counter = |dir: Option<&PathBuf>, file: &str, key: &str| -> u64 {
             dir.and_then(|dir| fs::read_to_string(dir.join(file)).ok())
                 .and_then(|text| {
@@ -289,11 +345,23 @@ impl ExecutionCgroup {
                 })
                 .unwrap_or(0)
         };
+        (
+            counter(
+                self.memory.as_ref().map(|m| &m.dir),
+                "memory.oom_control",
+                "oom_kill",
+            ),
+            counter(self.pids.as_ref().map(|m| &m.dir), "pids.events", "max"),
+        )
+    }
+
+    /// What the limits caught so far.
+    pub(crate) fn report(&self) -> CgroupReport {
         let memory = self.memory.as_ref().map(|m| &m.dir);
-        let pids = self.pids.as_ref().map(|m| &m.dir);
+        let (oom, forks) = self.counters();
         CgroupReport {
-            oom_killed: counter(memory, "memory.oom_control", "oom_kill") > 0,
-            process_limit_hit: counter(pids, "pids.events", "max") > 0,
+            oom_killed: oom > self.baseline.0,
+            process_limit_hit: forks > self.baseline.1,
             peak_memory_bytes: memory
                 .and_then(|dir| fs::read_to_string(dir.join("memory.max_usage_in_bytes")).ok())
                 .and_then(|text| text.trim().parse().ok()),
@@ -312,6 +380,20 @@ impl ExecutionCgroup {
     /// True once no process is left in it.
     pub(crate) fn is_empty(&self) -> bool {
         self.members().all(|member| members(&member.dir).is_empty())
+    }
+
+    /// Gives the (empty) cgroup back for another execution, or removes it when the
+    /// pool is full.
+    pub(crate) fn recycle(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
+            if pool.len() < POOL_SIZE && self.is_empty() {
+                pool.push((self.memory.take(), self.pids.take()));
+                self.removed = true;
+                return;
+            }
+        }
+        self.remove();
     }
 
     /// Removes the directories (the cgroup must be empty).
