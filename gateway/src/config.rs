@@ -156,6 +156,33 @@ impl std::str::FromStr for Isolation {
     }
 }
 
+/// Whether programs may use the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    /// Off where the host can do it (a new, empty network namespace per program); on
+    /// otherwise, or with [`Isolation::None`]; logged at start-up.
+    #[default]
+    Auto,
+    /// Programs use the host's network.
+    On,
+    /// No network; refuses to start where the host cannot take it away.
+    Off,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "unknown network setting {other:?}; use auto, on or off"
+            )),
+        }
+    }
+}
+
 /// Everything the gateway needs to run. `Config::default()` is a safe, working setup.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -212,6 +239,8 @@ pub struct Config {
     pub max_kernels: usize,
     /// How strongly executions are confined (see [`Isolation`]).
     pub isolation: Isolation,
+    /// Whether programs may use the network (see [`Network`]).
+    pub network: Network,
 }
 
 impl Config {
@@ -252,6 +281,7 @@ impl Default for Config {
             max_sessions: 8_192,
             max_kernels: 64,
             isolation: Isolation::Auto,
+            network: Network::Auto,
         }
     }
 }

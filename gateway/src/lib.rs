@@ -16,7 +16,7 @@ mod session;
 mod state;
 mod sys;
 
-pub use config::{Config, ConfigError, Isolation, LimitBound, LimitsConfig};
+pub use config::{Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network};
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use sandbox::HostReport;
 pub use server::{run, GatewayError};

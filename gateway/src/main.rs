@@ -147,6 +147,13 @@ struct ServeArgs {
     #[arg(long, default_value = "auto", value_name = "LEVEL")]
     isolation: sluice_gateway::Isolation,
 
+    /// Whether programs may use the network: `auto` (off where the host can give each
+    /// program an empty network namespace, which needs root or user namespaces, and
+    /// `unshare` from util-linux; on with `--isolation none`), `off` (refuses to start
+    /// otherwise) or `on`.
+    #[arg(long, default_value = "auto", value_name = "SETTING")]
+    network: sluice_gateway::Network,
+
     /// Persistent interpreters alive at once (one per persistent session); a persistent
     /// execution that would start one more fails with `too_many_executions`.
     #[arg(long, default_value_t = Config::default().max_kernels, value_name = "N")]
@@ -262,6 +269,7 @@ impl ServeArgs {
             max_sessions: self.max_sessions,
             max_kernels: self.max_kernels,
             isolation: self.isolation,
+            network: self.network,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             stdin_queue_bytes: self.stdin_queue_bytes,

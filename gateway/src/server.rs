@@ -2,7 +2,7 @@
 //! shutdown sequence.
 
 use crate::admission::{Admitting, Peer};
-use crate::config::{Config, ConfigError, Isolation};
+use crate::config::{Config, ConfigError, Isolation, Network};
 use crate::connection;
 use crate::runtime::{RuntimeError, RuntimeTable};
 use crate::sandbox::Cgroups;
@@ -98,6 +98,27 @@ pub async fn run(
         ));
     }
     let cgroups = Arc::new(cgroups);
+    let no_network = match (config.network, config.isolation) {
+        // `--isolation none` means no layer at all, the network included.
+        (Network::On, _) | (Network::Auto, Isolation::None) => None,
+        (Network::Auto | Network::Off, _) => tokio::task::spawn_blocking(crate::sandbox::network::probe)
+            .await
+            .ok()
+            .flatten(),
+    };
+    if config.network == Network::Off && no_network.is_none() {
+        return Err(GatewayError::Isolation(
+            "--network off needs `unshare` (util-linux) and permission to create network namespaces (root, or user namespaces); see `sluice doctor`".into(),
+        ));
+    }
+    tracing::info!(
+        network = if no_network.is_some() {
+            "off (a network namespace per program)"
+        } else {
+            "on (the host's network)"
+        },
+        "program network access"
+    );
     let or_not = |layer: Option<&str>| {
         layer
             .unwrap_or("not enforced: no writable cgroup")
@@ -130,6 +151,7 @@ pub async fn run(
             work_root: Arc::from(work_root.path.as_path()),
             base_env: config.base_env.clone().into(),
             cgroups: cgroups.clone(),
+            no_network: no_network.map(|path| Arc::from(path.as_path())),
         },
         config,
     });

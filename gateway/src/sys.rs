@@ -357,3 +357,20 @@ pub(crate) fn thread_id() -> u32 {
     let tid = unsafe { libc::gettid() };
     u32::try_from(tid).unwrap_or(0)
 }
+
+/// Puts `command`'s child in a new, empty network namespace between fork and exec (for
+/// the rare interpreter start, which takes the fork path anyway).
+pub(crate) fn no_network_on_exec(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook runs in the child between fork and exec and only calls unshare,
+    // a plain system call taking an integer.
+    #[allow(clippy::disallowed_methods)] // unshare must run in the child
+    unsafe {
+        command.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

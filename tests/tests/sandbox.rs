@@ -240,3 +240,56 @@ async fn a_cell_past_its_interpreters_memory_limit_is_reported_as_memory() -> Re
     assert_eq!(sluice_tests::text_of(&after, EventKind::Stdout), "False\n");
     gateway.shutdown().await
 }
+
+/// Python that tries to reach `port` on loopback and prints what happened.
+fn connect_to(port: u16) -> String {
+    format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5).close()\n    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_network_a_program_cannot_reach_the_gateway_or_anything_else() -> Result<()> {
+    if layer("network", HostReport::probe().network).is_none() {
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let port = gateway.addr().port();
+    let cut_off = run(&client, request("net", "python", &connect_to(port))).await?;
+    assert!(
+        cut_off.stdout.starts_with("refused"),
+        "a program reached the gateway's port: {:?}",
+        cut_off.stdout
+    );
+    let outside = run(
+        &client,
+        request(
+            "dns",
+            "python",
+            "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=5).close()\n    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)\n",
+        ),
+    )
+    .await?;
+    assert!(
+        outside.stdout.starts_with("refused"),
+        "{:?}",
+        outside.stdout
+    );
+    client.close().await?;
+    gateway.shutdown().await?;
+
+    // With the network on, the same program connects: the test above cannot pass for
+    // a reason other than the namespace.
+    let open = TestGateway::spawn_with(Config {
+        network: sluice_gateway::Network::On,
+        ..Config::default()
+    })
+    .await;
+    let client = open.client().await?;
+    let port = open.addr().port();
+    let reached = run(&client, request("net", "python", &connect_to(port))).await?;
+    assert_eq!(reached.stdout, "connected\n");
+    client.close().await?;
+    open.shutdown().await
+}

@@ -111,12 +111,13 @@ impl Kernel {
     pub(crate) fn start(
         kind: KernelKind,
         runtime: &Runtime,
-        work_root: &Path,
+        host: &super::Host,
         env: &[(&str, &str)],
         rlimits: sys::Rlimits,
         cgroup: Option<crate::sandbox::ExecutionCgroup>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> io::Result<Self> {
+        let work_root: &Path = &host.work_root;
         let (file_name, driver) = kind.driver();
         let workdir = Workdir::create(work_root, file_name, driver)?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
@@ -134,6 +135,9 @@ impl Kernel {
             .stderr(Stdio::null())
             .process_group(0);
         rlimits.apply_on_exec(&mut command);
+        if host.no_network.is_some() {
+            sys::no_network_on_exec(&mut command);
+        }
         let child = match &cgroup {
             Some(cgroup) => cgroup
                 .spawn_inside(|| sys::spawn_with_fd3(&mut command, &theirs))

@@ -131,6 +131,8 @@ pub(crate) struct Host {
     pub(crate) work_root: Arc<Path>,
     pub(crate) base_env: Arc<[(String, String)]>,
     pub(crate) cgroups: Arc<crate::sandbox::Cgroups>,
+    /// `unshare`, when programs get no network (see `--network`).
+    pub(crate) no_network: Option<Arc<Path>>,
 }
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
@@ -294,15 +296,7 @@ async fn run_cell(
             .cgroups
             .create(spec.limits.memory_bytes, spec.limits.processes)
             .and_then(|cgroup| {
-                Kernel::start(
-                    kind,
-                    &spec.runtime,
-                    &host.work_root,
-                    &env,
-                    rlimits,
-                    cgroup,
-                    permit,
-                )
+                Kernel::start(kind, &spec.runtime, host, &env, rlimits, cgroup, permit)
             });
         match started {
             Ok(kernel) => *guard = Some(kernel),
@@ -440,6 +434,7 @@ fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
         env: environment(spec, &host.base_env, workdir.path()),
         rlimits: spec.limits.rlimits(),
         cgroup,
+        no_network: host.no_network.as_deref(),
     };
     let started_at = Instant::now();
     match launch.spawn() {

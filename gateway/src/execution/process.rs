@@ -28,6 +28,9 @@ pub(crate) struct Launch<'a> {
     pub(crate) rlimits: sys::Rlimits,
     /// The execution's cgroup, if the host gives one: the child joins it at once.
     pub(crate) cgroup: Option<ExecutionCgroup>,
+    /// `unshare` when the program gets no network: it starts the interpreter in a new,
+    /// empty network namespace (one exec, no extra process).
+    pub(crate) no_network: Option<&'a Path>,
 }
 
 /// A started program and the gateway's ends of its pipes.
@@ -74,7 +77,14 @@ impl Launch<'_> {
             source,
         };
         let source = self.source.as_os_str();
-        let mut command = Command::new(&self.runtime.program);
+        let mut command = match self.no_network {
+            Some(unshare) => {
+                let mut command = Command::new(unshare);
+                command.arg("--net").arg("--").arg(&self.runtime.program);
+                command
+            }
+            None => Command::new(&self.runtime.program),
+        };
         for arg in &self.runtime.args {
             if arg == FILE_PLACEHOLDER {
                 command.arg(source);

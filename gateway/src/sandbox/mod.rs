@@ -4,6 +4,7 @@
 //! open files) are in `sys::Rlimits`. Namespaces come next (see SECURITY.md).
 
 pub(crate) mod cgroup;
+pub(crate) mod network;
 
 pub(crate) use cgroup::{CgroupReport, Cgroups, ExecutionCgroup};
 
@@ -18,6 +19,8 @@ pub struct HostReport {
     /// How every process of an execution is killed at its end, beyond its process
     /// group, or `None` when only the group is.
     pub kill_tree: Option<String>,
+    /// How programs are kept off the network, or `None` when they cannot be.
+    pub network: Option<String>,
     /// Whether the gateway runs as root.
     pub root: bool,
 }
@@ -32,6 +35,12 @@ impl HostReport {
             memory: caps.memory.map(str::to_owned),
             processes: caps.processes.map(str::to_owned),
             kill_tree: caps.kill_tree.map(str::to_owned),
+            network: network::probe().map(|unshare| {
+                format!(
+                    "off: an empty network namespace per program ({} --net)",
+                    unshare.display()
+                )
+            }),
             root: crate::sys::is_root(),
         }
     }
@@ -66,9 +75,13 @@ impl HostReport {
                 "cleared; only --env, the runtime's and the request's variables".to_owned(),
             ),
             (
-                "user, network, filesystem, /proc",
+                "network (--network auto)",
+                or_not(&self.network, "no `unshare`, or no permission to create network namespaces"),
+            ),
+            (
+                "user, filesystem, /proc",
                 format!(
-                    "NOT ISOLATED yet: programs run as the gateway's user ({}) with its network and view of the system",
+                    "NOT ISOLATED yet: programs run as the gateway's user ({}) with its view of the system",
                     if self.root { "root" } else { "not root" }
                 ),
             ),
