@@ -101,10 +101,12 @@ pub async fn run(
     let no_network = match (config.network, config.isolation) {
         // `--isolation none` means no layer at all, the network included.
         (Network::On, _) | (Network::Auto, Isolation::None) => None,
-        (Network::Auto | Network::Off, _) => tokio::task::spawn_blocking(crate::sandbox::network::probe)
-            .await
-            .ok()
-            .flatten(),
+        (Network::Auto | Network::Off, _) => {
+            tokio::task::spawn_blocking(crate::sandbox::network::probe)
+                .await
+                .ok()
+                .flatten()
+        }
     };
     if config.network == Network::Off && no_network.is_none() {
         return Err(GatewayError::Isolation(
