@@ -69,12 +69,15 @@ struct Args {
     /// Internal: the isolation level of that gateway process.
     #[arg(long, hide = true, default_value = "none")]
     gateway_isolation: String,
+    /// Internal: the network setting of that gateway process.
+    #[arg(long, hide = true, default_value = "auto")]
+    gateway_network: String,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.serve_gateway {
-        return serve_gateway(&args.gateway_isolation);
+        return serve_gateway(&args.gateway_isolation, &args.gateway_network);
     }
     if args.quick {
         args.latency_runs = 50;
@@ -87,23 +90,29 @@ fn main() -> anyhow::Result<()> {
     keep_freed_memory();
     // The gateways run as their own processes (this binary, re-executed), as in
     // production: the measurements then include no sharing of threads or allocator with
-    // the client. One runs with isolation off (the figures of sections 1-5), one with the
-    // strongest isolation this host offers (section 6).
-    let (mut plain, plain_port) = start_gateway("none")?;
-    let (mut isolated, isolated_port) = start_gateway("auto")?;
+    // the client. One runs with isolation off (the figures of sections 1-5), two with the
+    // strongest isolation this host offers, without and with the network taken away
+    // (section 6).
+    let (mut plain, plain_port) = start_gateway("none", "on")?;
+    let (mut cgroups, cgroups_port) = start_gateway("auto", "on")?;
+    let (mut isolated, isolated_port) = start_gateway("auto", "auto")?;
     // One thread drives the client (and the direct baseline): no wakeups between threads
     // on the receive path, as in a typical single-threaded client program.
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], plain_port));
-    let isolated_addr = SocketAddr::from(([127, 0, 0, 1], isolated_port));
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let result = client_rt.block_on(async {
         run_all(addr, plain.id(), &args).await?;
-        isolation_rows(addr, isolated_addr, &args).await
+        println!(
+            "isolation (`--isolation auto` on this host) against `--isolation none` and direct:"
+        );
+        isolation_rows("network on", addr, local(cgroups_port), &args).await?;
+        isolation_rows("network off", addr, local(isolated_port), &args).await
     });
     // Closing its stdin tells a gateway to shut down.
-    for gateway in [&mut plain, &mut isolated] {
+    for gateway in [&mut plain, &mut cgroups, &mut isolated] {
         drop(gateway.stdin.take());
         let status = gateway.wait()?;
         if !status.success() {
@@ -113,10 +122,17 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-/// Starts this binary as a gateway process with `isolation`; returns it and its port.
-fn start_gateway(isolation: &str) -> anyhow::Result<(std::process::Child, u16)> {
+/// Starts this binary as a gateway process with `isolation` and `network`; returns it
+/// and its port.
+fn start_gateway(isolation: &str, network: &str) -> anyhow::Result<(std::process::Child, u16)> {
     let mut gateway = std::process::Command::new(std::env::current_exe()?)
-        .args(["--serve-gateway", "--gateway-isolation", isolation])
+        .args([
+            "--serve-gateway",
+            "--gateway-isolation",
+            isolation,
+            "--gateway-network",
+            network,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -134,6 +150,7 @@ fn start_gateway(isolation: &str) -> anyhow::Result<(std::process::Child, u16)> 
 /// Section 6: what isolation costs at the start of an execution, against the same
 /// gateway with isolation off and against direct spawning.
 async fn isolation_rows(
+    label: &str,
     plain: SocketAddr,
     isolated: SocketAddr,
     args: &Args,
@@ -144,7 +161,6 @@ async fn isolation_rows(
         anyhow::Ok(socket)
     };
     let (mut plain, mut isolated) = (connect(plain).await?, connect(isolated).await?);
-    println!("isolation (`--isolation auto` on this host) against `--isolation none` and direct:");
     for _ in 0..10 {
         gateway_first_stdout(&mut isolated).await?;
         gateway_first_stdout(&mut plain).await?;
@@ -164,7 +180,7 @@ async fn isolation_rows(
         ms(percentile(&direct, 50)),
     );
     row(
-        "isolated: execute -> first stdout p50",
+        &format!("{label}: execute -> stdout p50"),
         f,
         d,
         f / d,
@@ -172,7 +188,7 @@ async fn isolation_rows(
         true,
     );
     row(
-        "isolation's added start time p50 (ms)",
+        &format!("{label}: added start p50 (ms)"),
         f - n,
         f64::NAN,
         f64::NAN,
@@ -182,7 +198,7 @@ async fn isolation_rows(
     let rate = gateway_exec_rate(&mut isolated, args.executions, args.concurrency).await?;
     let direct_rate = direct_exec_rate(args.executions, args.concurrency).await?;
     row(
-        &format!("isolated: executions/s at {}", args.concurrency),
+        &format!("{label}: executions/s at {}", args.concurrency),
         rate,
         direct_rate,
         rate / direct_rate,
@@ -195,8 +211,9 @@ async fn isolation_rows(
 /// The gateway side, set up as `sluice serve` sets itself up (same worker threads, default
 /// configuration) except for limits large enough for the throughput run; stops when
 /// stdin closes.
-fn serve_gateway(isolation: &str) -> anyhow::Result<()> {
+fn serve_gateway(isolation: &str, network: &str) -> anyhow::Result<()> {
     let isolation: sluice_gateway::Isolation = isolation.parse().map_err(anyhow::Error::msg)?;
+    let network: sluice_gateway::Network = network.parse().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(sluice_gateway::default_worker_threads())
         .thread_name("gateway")
@@ -217,6 +234,7 @@ fn serve_gateway(isolation: &str) -> anyhow::Result<()> {
             // Room for a whole fan-out run, so no subscriber can fall behind the buffer.
             replay_events: 100_000,
             isolation,
+            network,
             ..Config::default()
         };
         let stdin_closed = async {
