@@ -315,6 +315,16 @@ impl RawSocket {
         .await
     }
 
+    /// Waits for a `started` event, then until a process marked `marker` runs: the
+    /// program is really up (not only spawned), so what the test does next hits it.
+    pub async fn started_and_running(&mut self, marker: &str) -> Result<Event> {
+        let started = self
+            .next_event_where(|e| e.kind == EventKind::Started)
+            .await?;
+        wait_until_running(marker).await?;
+        Ok(started)
+    }
+
     /// Sends an `ack` frame.
     pub async fn ack(&mut self, session: &str, sequence: u64) -> Result<()> {
         self.send_frame(&ClientFrame::Ack(AckFrame {

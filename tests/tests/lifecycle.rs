@@ -114,10 +114,7 @@ async fn a_clean_close_mid_run_leaves_no_process() -> Result<()> {
             &format!("exec -a {marker} sleep 1000"),
         ))
         .await?;
-    socket
-        .next_event_where(|e| e.kind == EventKind::Started)
-        .await?;
-    wait_until_running(&marker).await?;
+    socket.started_and_running(&marker).await?;
     assert_stream_ok(socket.received());
     socket.close().await?;
     wait_until_gone(&marker).await?;
@@ -133,10 +130,7 @@ async fn processes_left_behind_by_a_finished_program_are_killed() -> Result<()> 
     // line of input, then exits.
     let code = format!("(exec -a {marker} sleep 1000) &\nread line\necho bye $line");
     socket.execute(request("parent", "bash", &code)).await?;
-    socket
-        .next_event_where(|e| e.kind == EventKind::Started)
-        .await?;
-    wait_until_running(&marker).await?;
+    socket.started_and_running(&marker).await?;
     socket.stdin("parent", Some("now\n"), true).await?;
     socket.events_until_terminal("parent").await?;
     let events: Vec<_> = events_of(socket.received(), "parent")
@@ -204,10 +198,7 @@ async fn dropping_the_gateway_leaves_no_process() -> Result<()> {
             &format!("exec -a {marker} sleep 1000"),
         ))
         .await?;
-    socket
-        .next_event_where(|e| e.kind == EventKind::Started)
-        .await?;
-    wait_until_running(&marker).await?;
+    socket.started_and_running(&marker).await?;
     drop(gateway);
     wait_until_gone(&marker).await?;
     socket.closed().await?;

@@ -6,7 +6,7 @@ use sluice_gateway::{Config, LimitBound, LimitsConfig};
 use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest, LimitKind, Limits};
 use sluice_tests::{
     assert_lifecycle, assert_stream_ok, is_gateway_session, request, run, text_of, unique_marker,
-    wait_until_gone, wait_until_running, TestGateway,
+    wait_until_gone, TestGateway,
 };
 use tokio_tungstenite::tungstenite;
 
@@ -394,10 +394,7 @@ async fn a_timed_out_group_leaves_no_process() -> Result<()> {
             None,
         ))
         .await?;
-    socket
-        .next_event_where(|e| e.kind == EventKind::Started)
-        .await?;
-    wait_until_running(&marker).await?;
+    socket.started_and_running(&marker).await?;
     let events = socket.events_until_terminal("group").await?;
     let terminal = events.last().context("no events")?;
     assert_eq!(terminal.limit, Some(LimitKind::Timeout), "{terminal:?}");

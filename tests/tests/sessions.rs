@@ -7,7 +7,7 @@ use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
 use sluice_tests::{
     assert_stream_ok, events_of, numbered_lines, processes_with, request, text_of, unique_marker,
-    wait_until_gone, wait_until_running, LineChecker, RawSocket, TestGateway,
+    wait_until_gone, LineChecker, RawSocket, TestGateway,
 };
 use std::time::Duration;
 
@@ -279,10 +279,7 @@ async fn past_the_grace_period_the_session_ends_and_its_execution_is_cancelled()
             &format!("exec -a {marker} sleep 1000"),
         ))
         .await?;
-    socket
-        .next_event_where(|e| e.kind == EventKind::Started)
-        .await?;
-    wait_until_running(&marker).await?;
+    socket.started_and_running(&marker).await?;
     drop(socket);
     wait_until_gone(&marker).await?;
 
