@@ -292,22 +292,34 @@ impl WorkRoot {
             .map(Path::to_path_buf)
             .unwrap_or_else(default_work_base);
         remove_stale_roots(&base);
-        let path = base.join(format!("sluice-{}-{}", std::process::id(), nanos()));
-        // A fresh, private directory: never reuse one someone else prepared.
-        let created = std::fs::create_dir_all(&base).and_then(|()| {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new().mode(0o700).create(&path)
-        });
-        created.map_err(|source| GatewayError::WorkRoot {
-            path: path.clone(),
+        std::fs::create_dir_all(&base).map_err(|source| GatewayError::WorkRoot {
+            path: base.clone(),
             source,
         })?;
+        // A fresh, private directory: never reuse one someone else prepared. Several
+        // gateways may share a process (tests, embedders) and the clock may be coarse, so a
+        // name already taken means "try the next one", never "fail".
+        static NEXT_ROOT: AtomicU64 = AtomicU64::new(0);
+        let path = loop {
+            let serial = NEXT_ROOT.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!(
+                "sluice-{}-{}-{serial}",
+                std::process::id(),
+                nanos()
+            ));
+            use std::os::unix::fs::DirBuilderExt as _;
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => break path,
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(GatewayError::WorkRoot { path, source }),
+            }
+        };
         tracing::info!(path = %path.display(), "execution working directories go here");
         Ok(Self { path })
     }
 }
 
-/// Removes work roots left by gateways that died without cleaning up (`sluice-PID-N`
+/// Removes work roots left by gateways that died without cleaning up (`sluice-PID-...`
 /// whose PID no longer runs).
 fn remove_stale_roots(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {

@@ -76,6 +76,7 @@ impl TestGateway {
     /// A gateway with `config`. The listener is bound before this returns, so clients may
     /// connect at once (the handshake waits until the gateway serves).
     pub async fn spawn_with(config: Config) -> Self {
+        log_when_asked();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port for the test gateway");
@@ -87,7 +88,14 @@ impl TestGateway {
             // Sent or dropped: either way, shut down.
             let _ = stopped.await;
         };
-        let task = tokio::spawn(sluice_gateway::run(listener, config, shutdown));
+        let task = tokio::spawn(async move {
+            let result = sluice_gateway::run(listener, config, shutdown).await;
+            if let Err(err) = &result {
+                // Said at once: a test that fails to connect shows why the gateway is gone.
+                eprintln!("the test gateway stopped with an error: {err}");
+            }
+            result
+        });
         Self {
             addr,
             stop: Some(stop),
@@ -144,6 +152,17 @@ impl Drop for TestGateway {
 // ---------------------------------------------------------------------------------------
 // Frames
 // ---------------------------------------------------------------------------------------
+
+/// Sends the gateway's log to the test output when `SLUICE_TEST_LOG` holds a filter
+/// (`SLUICE_TEST_LOG=sluice_gateway=debug cargo test ...`), for chasing a failure.
+fn log_when_asked() {
+    if let Ok(filter) = std::env::var("SLUICE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
 
 /// An `execute` request with everything optional left out.
 pub fn request(id: &str, language: &str, code: &str) -> ExecuteRequest {
