@@ -90,6 +90,7 @@ impl TestGateway {
         };
         let task = tokio::spawn(async move {
             let result = sluice_gateway::run(listener, config, shutdown).await;
+            #[allow(clippy::print_stderr)] // for the person reading a failed test's output
             if let Err(err) = &result {
                 // Said at once: a test that fails to connect shows why the gateway is gone.
                 eprintln!("the test gateway stopped with an error: {err}");
