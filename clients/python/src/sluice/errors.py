@@ -1,0 +1,120 @@
+"""Exceptions raised by the Sluice client.
+
+Every exception the library raises on purpose derives from :class:`SluiceError`::
+
+    SluiceError
+    ├── SluiceConnectionError   (also a builtin ConnectionError)
+    │   └── ClientClosed
+    ├── ProtocolError           the gateway sent something this client cannot read
+    ├── FrameError              (also a ValueError) a frame the gateway would refuse
+    ├── AttachRefused           the gateway refused an ``attach``
+    └── ExecutionFailed         an execution did not end with exit status 0
+        ├── ExecutionError      its terminal event was an ``error`` (has ``code``)
+        ├── LimitExceeded       it hit a resource limit (has ``limit``)
+        ├── ExecutionCancelled  it was cancelled
+        └── NonZeroExit         it exited with a non-zero status or a signal
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .execution import ExecutionResult
+
+
+class SluiceError(Exception):
+    """Base class of every error raised by this library."""
+
+
+class SluiceConnectionError(SluiceError, ConnectionError):
+    """The gateway could not be reached, or the connection ended for good
+    (reconnecting was off, or gave up)."""
+
+
+class ClientClosed(SluiceConnectionError):
+    """The operation needs a connection, but the client was closed."""
+
+
+class ProtocolError(SluiceError):
+    """The gateway sent a frame that is not a valid protocol v1 event."""
+
+
+class FrameError(SluiceError, ValueError):
+    """A client frame that the gateway would refuse, caught before sending.
+
+    ``code`` is the protocol error code the gateway would answer with (always
+    ``bad_request`` for the shape of a frame), or ``duplicate_id`` for an
+    execution id that is still running on this client.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class AttachRefused(SluiceError):
+    """The gateway refused to attach this client to a session.
+
+    ``code`` is the protocol code: ``unknown_session`` (the session never
+    existed or has ended), ``bad_request`` (``since`` is past the session's last
+    event) or ``too_many_sessions``.
+    """
+
+    def __init__(self, session: str, code: str, message: str) -> None:
+        super().__init__(f"attach to session {session!r} refused ({code}): {message}")
+        self.session = session
+        self.code = code
+        self.message = message
+
+
+class ExecutionFailed(SluiceError):
+    """An execution did not end with exit status 0. ``result`` holds what it
+    produced and how it ended."""
+
+    def __init__(self, message: str, result: ExecutionResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class ExecutionError(ExecutionFailed):
+    """The execution ended with an ``error`` event: it was refused
+    (``unknown_language``, ``invalid_limit``, ...), its interpreter was lost
+    (``kernel_lost``), or the gateway failed (``internal``).
+
+    ``code`` is the protocol error code. Codes made by this client rather than
+    the gateway are ``connection_lost`` (the connection ended for good before
+    the execution did), ``client_closed`` and ``slow_consumer``.
+    """
+
+    def __init__(self, code: str, message: str, result: ExecutionResult) -> None:
+        super().__init__(f"{code}: {message}", result)
+        self.code = code
+
+
+class LimitExceeded(ExecutionFailed):
+    """The execution hit a resource limit; ``limit`` names it (``timeout``,
+    ``output``, ``cpu``, ``file_size``, ``memory``, ``processes`` or a newer
+    name) and ``limit_value`` is its value in milliseconds or bytes."""
+
+    def __init__(self, limit: str, limit_value: int | None, result: ExecutionResult) -> None:
+        super().__init__(f"resource limit reached: {limit} ({limit_value})", result)
+        self.limit = limit
+        self.limit_value = limit_value
+
+
+class ExecutionCancelled(ExecutionFailed):
+    """The execution was cancelled (by a ``cancel``, the end of its session or
+    the gateway shutting down)."""
+
+
+class NonZeroExit(ExecutionFailed):
+    """The program exited with a non-zero status, or was killed by a signal
+    that Sluice did not send."""
+
+    def __init__(self, exit_code: int | None, signal: int | None, result: ExecutionResult) -> None:
+        how = f"exit status {exit_code}" if signal is None else f"signal {signal}"
+        super().__init__(f"the program ended with {how}", result)
+        self.exit_code = exit_code
+        self.signal = signal

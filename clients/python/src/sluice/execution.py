@@ -1,0 +1,196 @@
+"""A running execution: its events, its input, and how it ended.
+
+:class:`Execution` is returned by :meth:`SandboxClient.execute
+<sluice.SandboxClient.execute>`. Iterate it for the execution's events, or
+call :meth:`Execution.wait` for an :class:`ExecutionResult`; both can be
+mixed, and the result always holds all of the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._buffer import EventBuffer
+from ._connection import Connection, Route
+from .errors import ExecutionCancelled, ExecutionError, LimitExceeded, NonZeroExit
+from .events import (
+    CANCELLED,
+    COMPLETED,
+    ERROR,
+    RESOURCE_LIMIT,
+    STARTED,
+    STDERR,
+    STDOUT,
+    StreamEvent,
+    Usage,
+    synthetic_event,
+)
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """How an execution ended, with everything it wrote.
+
+    ``status`` is the type of its terminal event: ``completed``,
+    ``cancelled``, ``resource_limit`` or ``error``.
+    """
+
+    id: str
+    session: str | None
+    status: str
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+    exit_code: int | None
+    signal: int | None
+    usage: Usage | None
+    limit: str | None
+    limit_value: int | None
+    error_code: str | None
+    message: str
+    terminal: StreamEvent
+
+    @property
+    def stdout(self) -> str:
+        """Standard output as text (invalid UTF-8 replaced)."""
+        return self.stdout_bytes.decode("utf-8", errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        """Standard error as text (invalid UTF-8 replaced)."""
+        return self.stderr_bytes.decode("utf-8", errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        """The program ran to its end and exited with status 0."""
+        return self.status == COMPLETED and self.exit_code == 0
+
+    def check(self) -> ExecutionResult:
+        """Returns the result if :attr:`ok`, else raises the matching
+        :class:`~sluice.errors.ExecutionFailed` subclass."""
+        if self.status == ERROR:
+            raise ExecutionError(self.error_code or "unknown", self.message, self)
+        if self.status == RESOURCE_LIMIT:
+            raise LimitExceeded(self.limit or "unknown", self.limit_value, self)
+        if self.status == CANCELLED:
+            raise ExecutionCancelled(self.message or "execution cancelled", self)
+        if not self.ok:
+            raise NonZeroExit(self.exit_code, self.signal, self)
+        return self
+
+
+class Execution:
+    """A handle on one execution; iterate it (``async for``) for its events.
+
+    The iteration ends after the terminal event (``completed``,
+    ``cancelled``, ``resource_limit`` or ``error``). A ``gap`` event (with
+    ``id`` None) may come before it when events were lost.
+    """
+
+    def __init__(self, connection: Connection, route: Route) -> None:
+        self._connection = connection
+        self._route = route
+        assert route.buffer is not None
+        self._buffer: EventBuffer = route.buffer
+        self._stdout = bytearray()
+        self._stderr = bytearray()
+        self._terminal: StreamEvent | None = None
+        self._pid: int | None = None
+
+    @property
+    def id(self) -> str:
+        """The execution id."""
+        return self._route.id
+
+    @property
+    def session(self) -> str | None:
+        """Its session: the one it was started in, or the gateway-made one once
+        its first event has arrived."""
+        return self._route.session
+
+    @property
+    def pid(self) -> int | None:
+        """The program's process id, once ``started`` has been read."""
+        return self._pid
+
+    @property
+    def done(self) -> bool:
+        """The terminal event has been read."""
+        return self._terminal is not None
+
+    def __aiter__(self) -> Execution:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._terminal is not None:
+            raise StopAsyncIteration
+        event = await self._buffer.get()
+        if event is None:
+            raise StopAsyncIteration
+        self._record(event)
+        return event
+
+    def _record(self, event: StreamEvent) -> None:
+        if event.type == STARTED:
+            self._pid = event.pid
+        elif event.type == STDOUT:
+            self._stdout += event.raw_bytes()
+        elif event.type == STDERR:
+            self._stderr += event.raw_bytes()
+        elif event.is_terminal:
+            self._terminal = event
+
+    async def send_stdin(self, data: str, *, eof: bool = False) -> None:
+        """Writes ``data`` to the program's standard input (then closes it if
+        ``eof``). Raises :class:`~sluice.SluiceError` once the execution has ended."""
+        await self._connection.send_stdin(self._route, data, eof)
+
+    async def close_stdin(self) -> None:
+        """Closes the program's standard input."""
+        await self._connection.send_stdin(self._route, None, True)
+
+    async def cancel(self) -> bool:
+        """Asks the gateway to stop the execution; its terminal event (usually
+        ``cancelled``) follows. False if it had already ended."""
+        return self._connection.cancel(self._route)
+
+    def abandon(self) -> None:
+        """Stops reading this execution and cancels it if still running."""
+        if self._terminal is None:
+            self._connection.abandon(self._route)
+
+    async def wait(self, *, check: bool = False) -> ExecutionResult:
+        """Reads the remaining events and returns the result.
+
+        Raises :class:`~sluice.ExecutionError` if the execution ended with an
+        ``error`` event; with ``check=True`` also
+        :class:`~sluice.LimitExceeded`, :class:`~sluice.ExecutionCancelled` and
+        :class:`~sluice.NonZeroExit` for the other ways of not succeeding.
+        """
+        async for _ in self:
+            pass
+        terminal = self._terminal
+        if terminal is None:
+            # The stream ended without a terminal event: it was abandoned.
+            raise ExecutionError("abandoned", "the execution was abandoned before it ended", self._result(None))
+        result = self._result(terminal)
+        if check or result.status == ERROR:
+            result.check()
+        return result
+
+    def _result(self, terminal: StreamEvent | None) -> ExecutionResult:
+        event = terminal or synthetic_event(ERROR, "abandoned", id=self.id, session=self.session, code="abandoned")
+        return ExecutionResult(
+            id=self.id,
+            session=self.session,
+            status=event.type,
+            stdout_bytes=bytes(self._stdout),
+            stderr_bytes=bytes(self._stderr),
+            exit_code=event.exit_code,
+            signal=event.signal,
+            usage=event.usage,
+            limit=event.limit,
+            limit_value=event.limit_value,
+            error_code=event.code,
+            message=event.data,
+            terminal=event,
+        )

@@ -1,0 +1,238 @@
+"""Frames the client sends (PROTOCOL.md §4): builders and a validator.
+
+Every frame is checked with :func:`validate_frame` before it is sent, so a
+request the gateway would refuse as ``bad_request`` fails at once with a
+:class:`~sluice.errors.FrameError` that names the problem, instead of as an
+``error`` event the client could not always attribute to a request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+from .errors import FrameError
+
+#: Most bytes (of UTF-8) in an execution id, a session name or a language.
+MAX_NAME_BYTES = 128
+
+FRAME_TYPES = ("execute", "stdin", "cancel", "attach", "detach", "ack")
+
+LIMIT_NAMES = (
+    "timeout_ms",
+    "output_bytes",
+    "cpu_ms",
+    "file_size_bytes",
+    "open_files",
+    "memory_bytes",
+    "processes",
+)
+
+
+class Limits(TypedDict, total=False):
+    """Per-execution limits (PROTOCOL.md §9.1); an absent one takes the
+    gateway's default."""
+
+    timeout_ms: int
+    output_bytes: int
+    cpu_ms: int
+    file_size_bytes: int
+    open_files: int
+    memory_bytes: int
+    processes: int
+
+
+def _bad(message: str) -> FrameError:
+    return FrameError("bad_request", message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _name(frame: Mapping[str, Any], field: str, *, required: bool) -> None:
+    value = frame.get(field)
+    if value is None:
+        if required:
+            raise _bad(f"{frame['type']} frame needs a string {field!r}")
+        return
+    if not isinstance(value, str):
+        raise _bad(f"{field!r} must be a string, not {type(value).__name__}")
+    if not value:
+        raise _bad(f"{field!r} must not be empty")
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise _bad(f"{field!r} is longer than {MAX_NAME_BYTES} bytes")
+
+
+def _typed(frame: Mapping[str, Any], field: str, kind: type, what: str) -> None:
+    value = frame.get(field)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
+        raise _bad(f"{field!r} must be {what}")
+
+
+def _sequence_number(frame: Mapping[str, Any], field: str, *, required: bool) -> None:
+    value = frame.get(field)
+    if value is None:
+        if required:
+            raise _bad(f"{frame['type']} frame needs an integer {field!r}")
+        return
+    if not _is_int(value) or value < 0:
+        raise _bad(f"{field!r} must be a non-negative integer")
+
+
+def _check_execute(frame: Mapping[str, Any]) -> None:
+    _name(frame, "id", required=True)
+    _name(frame, "language", required=True)
+    _name(frame, "session", required=False)
+    if not isinstance(frame.get("code"), str):
+        raise _bad("execute frame needs a string 'code'")
+    _typed(frame, "stdin", str, "a string")
+    _typed(frame, "persistent", bool, "a boolean")
+    if frame.get("persistent") and frame.get("session") is None:
+        raise _bad('"persistent": true needs a "session" for the interpreter to live in')
+    encoding = frame.get("encoding")
+    if encoding is not None and encoding not in ("utf8", "base64"):
+        raise _bad(f"unknown encoding {encoding!r}; expected utf8 or base64")
+    env = frame.get("env")
+    if env is not None:
+        if not isinstance(env, dict):
+            raise _bad("'env' must be an object of strings")
+        for key, value in env.items():
+            if not isinstance(value, str):
+                raise _bad(f"env value of {key!r} must be a string")
+            if not key or "=" in key or "\0" in key:
+                raise _bad(f"env name {key!r} is empty or contains '=' or NUL")
+            if "\0" in value:
+                raise _bad("env values may not contain NUL")
+    args = frame.get("args")
+    if args is not None:
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise _bad("'args' must be an array of strings")
+        if any("\0" in a for a in args):
+            raise _bad("args may not contain NUL")
+    limits = frame.get("limits")
+    if limits is not None:
+        if not isinstance(limits, dict):
+            raise _bad("'limits' must be an object")
+        for name in LIMIT_NAMES:
+            value = limits.get(name)
+            if value is not None and (not _is_int(value) or value < 0):
+                raise _bad(f"limit {name!r} must be a non-negative integer, not {value!r}")
+
+
+def validate_frame(frame: object) -> None:
+    """Raises :class:`FrameError` (code ``bad_request``) if the gateway would
+    refuse ``frame`` for its shape alone. Unknown fields are allowed."""
+    if not isinstance(frame, dict):
+        raise _bad("frame must be a JSON object")
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise _bad("frame needs a string 'type'")
+    if kind not in FRAME_TYPES:
+        raise _bad(f"unknown frame type {kind!r}; expected one of {', '.join(FRAME_TYPES)}")
+    if kind == "execute":
+        _check_execute(frame)
+    elif kind in ("stdin", "cancel"):
+        _name(frame, "id", required=True)
+        _name(frame, "session", required=False)
+        if kind == "stdin":
+            _typed(frame, "data", str, "a string")
+            _typed(frame, "eof", bool, "a boolean")
+            if frame.get("data") is None and frame.get("eof") is not True:
+                raise _bad('stdin frame needs "data", "eof": true, or both')
+    else:
+        _name(frame, "session", required=True)
+        if kind == "attach":
+            _sequence_number(frame, "since", required=False)
+        elif kind == "ack":
+            _sequence_number(frame, "sequence", required=True)
+
+
+def decode_frame(text: str | bytes) -> dict[str, Any]:
+    """Parses and validates a client frame, as the gateway would; raises
+    :class:`FrameError` with the code the gateway would answer with."""
+    try:
+        frame = json.loads(text)
+    except ValueError as err:
+        raise _bad(f"frame is not valid JSON: {err}") from None
+    validate_frame(frame)
+    assert isinstance(frame, dict)
+    return frame
+
+
+def encode(frame: Mapping[str, Any]) -> str:
+    """Validates ``frame`` and encodes it as compact JSON text."""
+    validate_frame(dict(frame))
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def execute_frame(
+    *,
+    id: str,
+    language: str,
+    code: str,
+    session: str | None = None,
+    persistent: bool = False,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
+    encoding: str = "utf8",
+) -> dict[str, Any]:
+    """An ``execute`` frame (optional fields only when set)."""
+    frame: dict[str, Any] = {"type": "execute", "id": id, "language": language, "code": code}
+    if session is not None:
+        frame["session"] = session
+    if persistent:
+        frame["persistent"] = True
+    if stdin is not None:
+        frame["stdin"] = stdin
+    if env:
+        frame["env"] = dict(env)
+    if args:
+        frame["args"] = list(args)
+    if limits:
+        unknown = set(limits) - set(LIMIT_NAMES)
+        if unknown:
+            raise _bad(f"unknown limit(s) {sorted(unknown)}; known: {', '.join(LIMIT_NAMES)}")
+        frame["limits"] = dict(limits)
+    if encoding != "utf8":
+        frame["encoding"] = encoding
+    validate_frame(frame)
+    return frame
+
+
+def stdin_frame(id: str, session: str | None, data: str | None, eof: bool) -> dict[str, Any]:
+    """A ``stdin`` frame."""
+    frame: dict[str, Any] = {"type": "stdin", "id": id}
+    if session is not None:
+        frame["session"] = session
+    if data is not None:
+        frame["data"] = data
+    if eof:
+        frame["eof"] = True
+    return frame
+
+
+def cancel_frame(id: str, session: str | None) -> dict[str, Any]:
+    """A ``cancel`` frame."""
+    frame: dict[str, Any] = {"type": "cancel", "id": id}
+    if session is not None:
+        frame["session"] = session
+    return frame
+
+
+def attach_frame(session: str, since: int) -> dict[str, Any]:
+    """An ``attach`` frame."""
+    return {"type": "attach", "session": session, "since": since}
+
+
+def detach_frame(session: str) -> dict[str, Any]:
+    """A ``detach`` frame."""
+    return {"type": "detach", "session": session}
+
+
+def ack_frame(session: str, sequence: int) -> dict[str, Any]:
+    """An ``ack`` frame."""
+    return {"type": "ack", "session": session, "sequence": sequence}
