@@ -1,0 +1,245 @@
+/**
+ * One execution: the handle `execute()` returns. It is an async iterable of the
+ * execution's events (started, output, exactly one terminal event), a way to feed its
+ * standard input and cancel it, and `done`, a promise of its {@link Outcome}.
+ */
+
+import { AbortedError, GatewayError, SluiceError } from './errors.js';
+import {
+  decodeBase64,
+  type ErrorEvent,
+  type LimitKind,
+  type SluiceEvent,
+  type TerminalEvent,
+  type Usage,
+  isTerminal,
+} from './events.js';
+import type { Encoding, Limits } from './frames.js';
+import { BoundedQueue } from './queue.js';
+
+/** What to run, and how. Only `language` is required. */
+export interface ExecuteOptions {
+  /** Runtime name, such as `python`, `bash`, `sh` or `node`. */
+  language: string;
+  /** Execution id (1 to 128 bytes); by default the client makes a unique one. */
+  id?: string;
+  /** Run in this named session (created if it is not open); default: a fresh session of its own. */
+  session?: string;
+  /** Run `code` as a cell of the session's persistent interpreter (needs `session`). */
+  persistent?: boolean;
+  /** The program's whole standard input; stdin is closed after it. */
+  stdin?: string;
+  /** Environment variables added to the runtime's. */
+  env?: Record<string, string>;
+  /** Arguments passed to the program. */
+  args?: string[];
+  /** Limits for this execution (PROTOCOL.md §9.1). */
+  limits?: Limits;
+  /** How output travels: `utf8` (default) or `base64` (exact bytes). */
+  encoding?: Encoding;
+  /** Aborting it cancels the execution (or, before it was sent, never sends it). */
+  signal?: AbortSignal;
+}
+
+/** How an execution that ran ended: everything but an `error`, which rejects `done` instead. */
+export interface Outcome {
+  id: string;
+  session: string;
+  /** `completed`: it ended by itself; `cancelled`; `resource_limit`: it hit `limit`. */
+  status: 'completed' | 'cancelled' | 'resource_limit';
+  /** Exit status, when it exited by itself. */
+  exitCode?: number;
+  /** Signal number, when a signal it did not get from Sluice killed it. */
+  signal?: number;
+  /** For `resource_limit`: which limit, and its value (ms or bytes). */
+  limit?: LimitKind;
+  limitValue?: number;
+  /** Standard output and error as text (base64 output is decoded, then read as UTF-8). */
+  stdout: string;
+  stderr: string;
+  /** What it used, as the gateway measured it. */
+  usage?: Usage;
+  /** The terminal event itself. */
+  terminal: TerminalEvent;
+}
+
+/** What an {@link Execution} asks of the client that runs it. */
+export interface ExecutionHost {
+  sendStdin(execution: Execution, data: string | undefined, eof: boolean): void;
+  cancel(execution: Execution): void;
+}
+
+/** Collects one output stream as text, decoding base64 chunks across chunk boundaries. */
+class TextSink {
+  private readonly parts: string[] = [];
+  private readonly decoder = new TextDecoder();
+
+  add(data: string, base64: boolean): void {
+    this.parts.push(base64 ? this.decoder.decode(decodeBase64(data), { stream: true }) : data);
+  }
+
+  text(): string {
+    this.parts.push(this.decoder.decode());
+    return this.parts.join('');
+  }
+}
+
+/** A running (or finished) execution; see the module comment. */
+export class Execution implements AsyncIterable<SluiceEvent> {
+  /** The execution id. */
+  readonly id: string;
+  /** Resolves with how it ended; rejects with a {@link GatewayError} (code from the gateway) or a {@link SluiceError}. */
+  readonly done: Promise<Outcome>;
+
+  private sessionName: string | undefined;
+  private readonly queue: BoundedQueue<SluiceEvent>;
+  private readonly stdout = new TextSink();
+  private readonly stderr = new TextSink();
+  private resolveDone!: (outcome: Outcome) => void;
+  private rejectDone!: (error: Error) => void;
+  private finished = false;
+  private stdinClosed: boolean;
+  private readonly abortListener: (() => void) | undefined;
+  private readonly signal: AbortSignal | undefined;
+
+  /** @internal */
+  readonly named: boolean;
+  /** @internal True once an event of this execution arrived. */
+  answered = false;
+  /** @internal The `execute` frame, kept for sending it again after a reconnect. */
+  readonly frame: string;
+  /** @internal True when a `cancel` was asked for. */
+  cancelRequested = false;
+  /** @internal True once its `execute` frame was written to a socket. */
+  sent = false;
+  /** @internal True once its `cancel` frame was written to a socket. */
+  cancelSent = false;
+
+  /** @internal Made by the client. */
+  constructor(
+    private readonly host: ExecutionHost,
+    options: { id: string; session: string | undefined; frame: string; stdinGiven: boolean; maxBufferedBytes: number; signal?: AbortSignal | undefined },
+  ) {
+    this.id = options.id;
+    this.sessionName = options.session;
+    this.named = options.session !== undefined;
+    this.frame = options.frame;
+    this.stdinClosed = options.stdinGiven;
+    this.queue = new BoundedQueue<SluiceEvent>(
+      options.maxBufferedBytes,
+      (event) => event.data.length + 256,
+      `execution ${JSON.stringify(this.id)}`,
+    );
+    this.done = new Promise<Outcome>((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.rejectDone = reject;
+    });
+    // `done` may be ignored by a caller that only iterates; its rejection is not "unhandled".
+    this.done.catch(() => undefined);
+    const signal = options.signal;
+    if (signal) {
+      this.abortListener = () => this.cancel();
+      signal.addEventListener('abort', this.abortListener, { once: true });
+      this.signal = signal;
+    }
+  }
+
+  /** The session it runs in: the named one, or the gateway's (known from its first event). */
+  get session(): string | undefined {
+    return this.sessionName;
+  }
+
+  /** True once its terminal event (or a failure) has arrived. */
+  get ended(): boolean {
+    return this.finished;
+  }
+
+  /** Writes `data` to the program's standard input. */
+  sendStdin(data: string): void {
+    this.checkStdin();
+    this.host.sendStdin(this, data, false);
+  }
+
+  /** Closes the program's standard input (after any data sent before). */
+  closeStdin(): void {
+    this.checkStdin();
+    this.stdinClosed = true;
+    this.host.sendStdin(this, undefined, true);
+  }
+
+  private checkStdin(): void {
+    if (this.finished) throw new SluiceError('unknown_execution', `execution ${JSON.stringify(this.id)} has ended`);
+    if (this.stdinClosed) throw new SluiceError('stdin_closed', `the standard input of execution ${JSON.stringify(this.id)} is closed`);
+  }
+
+  /** Stops the program (SIGTERM, then SIGKILL); it ends with `cancelled`. Does nothing once it ended. */
+  cancel(): void {
+    if (this.finished || this.cancelRequested) return;
+    this.cancelRequested = true;
+    this.host.cancel(this);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<SluiceEvent> {
+    return this.queue[Symbol.asyncIterator]();
+  }
+
+  /** @internal Learns the gateway-made session from the first event. */
+  bind(session: string): void {
+    this.sessionName = session;
+  }
+
+  /** @internal One of its events arrived (in order, once). */
+  receive(event: SluiceEvent): void {
+    if (this.finished) return;
+    this.answered = true;
+    if (this.sessionName === undefined && event.session !== null) this.sessionName = event.session;
+    if (event.type === 'stdout') this.stdout.add(event.data, event.encoding === 'base64');
+    else if (event.type === 'stderr') this.stderr.add(event.data, event.encoding === 'base64');
+    this.queue.push(event);
+    if (isTerminal(event)) this.terminate(event);
+  }
+
+  private terminate(event: TerminalEvent): void {
+    this.settle();
+    this.queue.end();
+    if (event.type === 'error') {
+      this.rejectDone(new GatewayError(event as ErrorEvent, `execution ${JSON.stringify(this.id)}`));
+      return;
+    }
+    const outcome: Outcome = {
+      id: this.id,
+      session: event.session ?? this.sessionName ?? '',
+      status: event.type,
+      stdout: this.stdout.text(),
+      stderr: this.stderr.text(),
+      terminal: event,
+    };
+    if (event.usage) outcome.usage = event.usage;
+    if (event.type === 'completed') {
+      if (event.exit_code !== undefined) outcome.exitCode = event.exit_code;
+      if (event.signal !== undefined) outcome.signal = event.signal;
+    } else if (event.type === 'resource_limit') {
+      outcome.limit = event.limit;
+      outcome.limitValue = event.limit_value;
+    }
+    this.resolveDone(outcome);
+  }
+
+  /** @internal Ends it without a terminal event from the gateway (connection lost, client closed, aborted). */
+  fail(error: SluiceError): void {
+    if (this.finished) return;
+    this.settle();
+    this.queue.fail(error);
+    this.rejectDone(error);
+  }
+
+  /** @internal Ends it before it was sent because its signal was already aborted. */
+  abortBeforeStart(): void {
+    this.fail(new AbortedError(`execution ${JSON.stringify(this.id)} was aborted before it was sent`));
+  }
+
+  private settle(): void {
+    this.finished = true;
+    if (this.signal && this.abortListener) this.signal.removeEventListener('abort', this.abortListener);
+  }
+}

@@ -1,0 +1,245 @@
+/**
+ * Frames a client sends (PROTOCOL.md §4), and their validation. The client checks every
+ * frame before it goes out, so a bad request fails at once with an {@link InvalidFrameError}
+ * (code `bad_request`, as the gateway would answer) instead of as a socket-stream refusal
+ * that is hard to tie back to its caller. {@link parseClientFrame} applies the same rules
+ * to received text; the tests run it over the protocol fixtures.
+ */
+
+import { InvalidFrameError } from './errors.js';
+
+/** Per-execution limits an `execute` may request (§9.1); absent ones take the gateway's defaults. */
+export interface Limits {
+  timeout_ms?: number;
+  output_bytes?: number;
+  cpu_ms?: number;
+  file_size_bytes?: number;
+  open_files?: number;
+  memory_bytes?: number;
+  processes?: number;
+}
+
+/** How output is carried in `stdout`/`stderr` events. */
+export type Encoding = 'utf8' | 'base64';
+
+/** `execute` (§4.1). */
+export interface ExecuteFrame {
+  type: 'execute';
+  id: string;
+  language: string;
+  code: string;
+  session?: string;
+  persistent?: boolean;
+  stdin?: string;
+  env?: Record<string, string>;
+  args?: string[];
+  limits?: Limits;
+  encoding?: Encoding;
+}
+
+/** `stdin` (§4.2): at least one of `data` and `eof: true`. */
+export interface StdinFrame {
+  type: 'stdin';
+  id: string;
+  session?: string;
+  data?: string;
+  eof?: boolean;
+}
+
+/** `cancel` (§4.3). */
+export interface CancelFrame {
+  type: 'cancel';
+  id: string;
+  session?: string;
+}
+
+/** `attach` (§4.4). */
+export interface AttachFrame {
+  type: 'attach';
+  session: string;
+  since?: number;
+}
+
+/** `detach` (§4.5). */
+export interface DetachFrame {
+  type: 'detach';
+  session: string;
+}
+
+/** `ack` (§4.6). */
+export interface AckFrame {
+  type: 'ack';
+  session: string;
+  sequence: number;
+}
+
+/** Any frame a client sends. */
+export type ClientFrame = ExecuteFrame | StdinFrame | CancelFrame | AttachFrame | DetachFrame | AckFrame;
+
+const MAX_NAME_BYTES = 128;
+const LIMIT_NAMES: readonly (keyof Limits)[] = [
+  'timeout_ms',
+  'output_bytes',
+  'cpu_ms',
+  'file_size_bytes',
+  'open_files',
+  'memory_bytes',
+  'processes',
+];
+
+const utf8 = new TextEncoder();
+
+/** Throws {@link InvalidFrameError} unless `frame` follows the rules of its type. */
+export function checkClientFrame(frame: ClientFrame): void {
+  parseObject(frame as unknown as Record<string, unknown>);
+}
+
+/** Encodes a frame as the JSON text of one WebSocket text frame, checking it first. */
+export function encodeFrame(frame: ClientFrame): string {
+  checkClientFrame(frame);
+  return JSON.stringify(frame);
+}
+
+/**
+ * Decodes and checks a client frame from text, as the gateway would (unknown fields are
+ * ignored and dropped). Throws {@link InvalidFrameError} (code `bad_request`) otherwise.
+ */
+export function parseClientFrame(text: string): ClientFrame {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new InvalidFrameError('the frame is not valid JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new InvalidFrameError('the frame is not a JSON object');
+  }
+  return parseObject(value as Record<string, unknown>);
+}
+
+function parseObject(obj: Record<string, unknown>): ClientFrame {
+  const type = obj['type'];
+  if (typeof type !== 'string') throw new InvalidFrameError('the frame has no string "type"');
+  switch (type) {
+    case 'execute': {
+      const frame: ExecuteFrame = {
+        type,
+        id: name(obj, 'id', type),
+        language: name(obj, 'language', type),
+        code: text(obj, 'code', type),
+      };
+      const session = optionalName(obj, 'session', type);
+      if (session !== undefined) frame.session = session;
+      const persistent = obj['persistent'];
+      if (persistent !== undefined) {
+        if (typeof persistent !== 'boolean') bad(type, '"persistent" must be a boolean');
+        if (persistent && session === undefined) bad(type, '"persistent": true needs a "session"');
+        frame.persistent = persistent as boolean;
+      }
+      if (obj['stdin'] !== undefined) frame.stdin = text(obj, 'stdin', type);
+      if (obj['env'] !== undefined) frame.env = env(obj['env'], type);
+      if (obj['args'] !== undefined) frame.args = args(obj['args'], type);
+      if (obj['limits'] !== undefined) frame.limits = limits(obj['limits'], type);
+      const encoding = obj['encoding'];
+      if (encoding !== undefined) {
+        if (encoding !== 'utf8' && encoding !== 'base64') bad(type, '"encoding" must be "utf8" or "base64"');
+        frame.encoding = encoding as Encoding;
+      }
+      return frame;
+    }
+    case 'stdin': {
+      const frame: StdinFrame = { type, id: name(obj, 'id', type) };
+      const session = optionalName(obj, 'session', type);
+      if (session !== undefined) frame.session = session;
+      if (obj['data'] !== undefined) frame.data = text(obj, 'data', type);
+      const eof = obj['eof'];
+      if (eof !== undefined) {
+        if (typeof eof !== 'boolean') bad(type, '"eof" must be a boolean');
+        frame.eof = eof as boolean;
+      }
+      if (frame.data === undefined && frame.eof !== true) bad(type, 'needs "data" or "eof": true');
+      return frame;
+    }
+    case 'cancel': {
+      const frame: CancelFrame = { type, id: name(obj, 'id', type) };
+      const session = optionalName(obj, 'session', type);
+      if (session !== undefined) frame.session = session;
+      return frame;
+    }
+    case 'attach': {
+      const frame: AttachFrame = { type, session: name(obj, 'session', type) };
+      if (obj['since'] !== undefined) frame.since = count(obj['since'], 'since', type);
+      return frame;
+    }
+    case 'detach':
+      return { type, session: name(obj, 'session', type) };
+    case 'ack':
+      return { type, session: name(obj, 'session', type), sequence: count(obj['sequence'], 'sequence', type) };
+    default:
+      throw new InvalidFrameError(
+        `unknown frame type ${JSON.stringify(type)}; expected one of execute, stdin, cancel, attach, detach, ack`,
+      );
+  }
+}
+
+function bad(type: string, why: string): never {
+  throw new InvalidFrameError(`invalid ${type} frame: ${why}`);
+}
+
+function text(obj: Record<string, unknown>, field: string, type: string): string {
+  const value = obj[field];
+  if (typeof value !== 'string') bad(type, `"${field}" must be a string`);
+  return value as string;
+}
+
+/** An id, session or language: 1 to 128 bytes of UTF-8. */
+function name(obj: Record<string, unknown>, field: string, type: string): string {
+  const value = text(obj, field, type);
+  const bytes = utf8.encode(value).length;
+  if (bytes === 0 || bytes > MAX_NAME_BYTES) {
+    bad(type, `"${field}" must be 1 to ${MAX_NAME_BYTES} bytes of UTF-8 (it has ${bytes})`);
+  }
+  return value;
+}
+
+function optionalName(obj: Record<string, unknown>, field: string, type: string): string | undefined {
+  return obj[field] === undefined ? undefined : name(obj, field, type);
+}
+
+function count(value: unknown, field: string, type: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    bad(type, `"${field}" must be a non-negative integer`);
+  }
+  return value as number;
+}
+
+function env(value: unknown, type: string): Record<string, string> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) bad(type, '"env" must be an object');
+  const out: Record<string, string> = {};
+  for (const [key, v] of Object.entries(value as Record<string, unknown>)) {
+    if (key === '' || key.includes('=') || key.includes('\0')) {
+      bad(type, `env name ${JSON.stringify(key)} must be non-empty without "=" or NUL`);
+    }
+    if (typeof v !== 'string' || v.includes('\0')) bad(type, `env value of ${JSON.stringify(key)} must be a string without NUL`);
+    out[key] = v as string;
+  }
+  return out;
+}
+
+function args(value: unknown, type: string): string[] {
+  if (!Array.isArray(value)) bad(type, '"args" must be an array of strings');
+  return (value as unknown[]).map((arg) => {
+    if (typeof arg !== 'string' || arg.includes('\0')) bad(type, 'every arg must be a string without NUL');
+    return arg as string;
+  });
+}
+
+function limits(value: unknown, type: string): Limits {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) bad(type, '"limits" must be an object');
+  const obj = value as Record<string, unknown>;
+  const out: Limits = {};
+  for (const key of LIMIT_NAMES) {
+    if (obj[key] !== undefined) out[key] = count(obj[key], `limits.${key}`, type);
+  }
+  return out;
+}
