@@ -32,6 +32,8 @@ export interface ClientOptions {
   maxQueuedFrames?: number;
   /** Refusals on the socket stream that belong to no execution (e.g. `stdin_full`, `unknown_execution`). */
   onSocketError?: (error: GatewayError) => void;
+  /** Called when the link goes down (`reconnecting`), comes back (`connected`) or ends (`closed`). */
+  onConnectionChange?: (state: 'connected' | 'reconnecting' | 'closed', reason?: string) => void;
   /** Events that break the protocol (they are skipped). Default: `console.warn`. */
   onProtocolError?: (error: SluiceError) => void;
 }
@@ -144,7 +146,7 @@ export class SluiceClient {
       },
       {
         message: (text) => client.onMessage(text),
-        down: () => client.onDown(),
+        down: (reason) => client.onDown(reason),
         up: () => client.onUp(),
         closed: (error) => client.onClosed(error),
       },
@@ -549,7 +551,7 @@ export class SluiceClient {
   // Connection lifecycle
   // ---------------------------------------------------------------------------------
 
-  private onDown(): void {
+  private onDown(reason: string): void {
     clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
     for (const execution of [...this.unnamed.values()]) {
@@ -571,6 +573,7 @@ export class SluiceClient {
       state.unackedBytes = 0;
       state.position = undefined;
     }
+    this.options.onConnectionChange?.('reconnecting', reason);
   }
 
   private onUp(): void {
@@ -603,6 +606,7 @@ export class SluiceClient {
     for (const execution of this.allExecutions()) {
       if (execution.cancelSent && !execution.ended) this.write(this.cancelFrame(execution), execution, 'cancel');
     }
+    this.options.onConnectionChange?.('connected');
   }
 
   private onClosed(error: ConnectionError | undefined): void {
@@ -615,5 +619,6 @@ export class SluiceClient {
     this.sessions.clear();
     this.unnamed.clear();
     this.outbox = [];
+    this.options.onConnectionChange?.('closed', error?.message);
   }
 }

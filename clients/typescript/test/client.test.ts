@@ -1,0 +1,311 @@
+/**
+ * The client against a real gateway over real sockets (Node, with `ws`).
+ */
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import {
+  AbortedError,
+  ConnectionError,
+  GatewayError,
+  InvalidFrameError,
+  SluiceClient,
+  type SluiceEvent,
+} from '../src/node.js';
+import { type Gateway, type Proxy, collect, startGateway, startProxy, stdoutOf, within } from './helpers.js';
+
+let gateway: Gateway;
+let client: SluiceClient;
+
+before(async () => {
+  gateway = await startGateway();
+  client = await SluiceClient.connect(gateway.url, { reconnect: false });
+});
+
+after(async () => {
+  client?.close();
+  await gateway?.stop();
+});
+
+/** Event types and sequences of an execution's events must be started, output..., one terminal. */
+function assertWellFormed(events: SluiceEvent[]): void {
+  assert.equal(events[0]?.type, 'started', 'the first event is started');
+  const terminal = events.filter((e) => ['completed', 'cancelled', 'resource_limit', 'error'].includes(e.type));
+  assert.equal(terminal.length, 1, 'exactly one terminal event');
+  assert.equal(terminal[0], events[events.length - 1], 'the terminal event is the last');
+  for (let i = 1; i < events.length; i++) {
+    assert.equal(events[i]!.sequence, events[i - 1]!.sequence + 1, 'sequences increase by one');
+  }
+}
+
+describe('executions', () => {
+  test('hello world: outcome and events', async () => {
+    const execution = client.execute("print('hello world')", { language: 'python' });
+    const events = await collect(execution, () => false);
+    assertWellFormed(events);
+    const outcome = await within(execution.done, 10_000, 'done');
+    assert.equal(outcome.status, 'completed');
+    assert.equal(outcome.exitCode, 0);
+    assert.equal(outcome.stdout, 'hello world\n');
+    assert.equal(outcome.stderr, '');
+    assert.equal(outcome.usage?.stdout_bytes, 12);
+    assert.match(outcome.session, /^[0-9a-f]{32}$/, 'a gateway-made session id');
+    assert.equal(execution.session, outcome.session);
+  });
+
+  test('executeCodeStream yields events in order; exit status and stderr', async () => {
+    const events: SluiceEvent[] = [];
+    for await (const event of client.executeCodeStream('echo out; echo err >&2; exit 3', { language: 'sh' })) {
+      events.push(event);
+    }
+    assertWellFormed(events);
+    const last = events[events.length - 1]!;
+    assert.ok(last.type === 'completed' && last.exit_code === 3);
+    assert.equal(stdoutOf(events), 'out\n');
+    assert.equal(events.filter((e) => e.type === 'stderr').map((e) => e.data).join(''), 'err\n');
+  });
+
+  test('stdin: interactive lines, then eof', async () => {
+    const code = "import sys\nfor line in sys.stdin:\n    print('got', line.strip(), flush=True)\nprint('eof')";
+    const execution = client.execute(code, { language: 'python' });
+    let out = '';
+    for await (const event of execution) {
+      // Each line is sent only once the answer to the previous one arrived.
+      if (event.type === 'started') execution.sendStdin('a\n');
+      if (event.type !== 'stdout') continue;
+      out += event.data;
+      if (out === 'got a\n') execution.sendStdin('b\n');
+      else if (out === 'got a\ngot b\n') execution.closeStdin();
+    }
+    const outcome = await within(execution.done, 10_000, 'done');
+    assert.equal(outcome.stdout, 'got a\ngot b\neof\n');
+    assert.equal(outcome.exitCode, 0);
+    assert.throws(() => execution.sendStdin('late'), (err: unknown) => err instanceof Error && 'code' in err);
+  });
+
+  test('stdin given with execute, and a closed stdin is refused locally', async () => {
+    const execution = client.execute('import sys; print(sys.stdin.read().upper(), end="")', {
+      language: 'python',
+      stdin: 'shout\n',
+    });
+    assert.throws(() => execution.sendStdin('more'), { code: 'stdin_closed' });
+    const outcome = await within(execution.done, 10_000, 'done');
+    assert.equal(outcome.stdout, 'SHOUT\n');
+  });
+
+  test('cancel stops a running program', async () => {
+    const execution = client.execute('echo ready; sleep 60', { language: 'sh' });
+    for await (const event of execution) {
+      if (event.type === 'stdout' && event.data.includes('ready')) {
+        execution.cancel();
+      }
+    }
+    const outcome = await within(execution.done, 10_000, 'done');
+    assert.equal(outcome.status, 'cancelled');
+    assert.equal(outcome.stdout, 'ready\n');
+    assert.ok(outcome.usage && outcome.usage.duration_ms < 30_000);
+  });
+
+  test('an AbortSignal cancels a running program', async () => {
+    const controller = new AbortController();
+    const execution = client.execute("import time\nprint('ready', flush=True)\ntime.sleep(60)", {
+      language: 'python',
+      signal: controller.signal,
+    });
+    const events = await collect(execution, (event) => {
+      if (event.type === 'stdout' && event.data.includes('ready')) controller.abort();
+      return false;
+    });
+    assert.equal(events[events.length - 1]?.type, 'cancelled');
+    assert.equal((await execution.done).status, 'cancelled');
+  });
+
+  test('an already aborted signal sends nothing', async () => {
+    const controller = new AbortController();
+    controller.abort();
+    const execution = client.execute('echo never', { language: 'sh', signal: controller.signal });
+    await assert.rejects(execution.done, (err: unknown) => err instanceof AbortedError && err.code === 'aborted');
+  });
+
+  test('50 concurrent executions each get their own output', async () => {
+    const executions = Array.from({ length: 50 }, (_, i) =>
+      client.execute(`i=${i}; echo "start $i"; echo "square $((i * i))"`, { language: 'sh' }),
+    );
+    const outcomes = await within(Promise.all(executions.map((e) => e.done)), 60_000, '50 executions');
+    outcomes.forEach((outcome, i) => {
+      assert.equal(outcome.exitCode, 0);
+      assert.equal(outcome.stdout, `start ${i}\nsquare ${i * i}\n`);
+    });
+    assert.equal(new Set(outcomes.map((o) => o.session)).size, 50, 'one session each');
+  });
+
+  test('an output limit ends with resource_limit "output"', async () => {
+    const execution = client.execute("while True:\n    print('x' * 99)", {
+      language: 'python',
+      limits: { output_bytes: 5000 },
+    });
+    const outcome = await within(execution.done, 20_000, 'done');
+    assert.equal(outcome.status, 'resource_limit');
+    assert.equal(outcome.limit, 'output');
+    assert.equal(outcome.limitValue, 5000);
+    assert.equal(outcome.stdout.length, 5000, 'exactly output_bytes bytes are delivered');
+  });
+
+  test('an unknown language ends with an error event and a GatewayError', async () => {
+    const execution = client.execute('DISPLAY "HI".', { language: 'cobol' });
+    const events = await collect(execution, () => false);
+    assert.equal(events.length, 1);
+    const [event] = events;
+    assert.ok(event?.type === 'error' && event.code === 'unknown_language' && event.sequence === 1);
+    await assert.rejects(
+      execution.done,
+      (err: unknown) => err instanceof GatewayError && err.code === 'unknown_language' && /cobol/.test(err.message),
+    );
+  });
+
+  test('an invalid request is refused locally with bad_request', () => {
+    assert.throws(
+      () => client.execute('echo', { language: 'sh', env: { 'A=B': 'c' } }),
+      (err: unknown) => err instanceof InvalidFrameError && err.code === 'bad_request',
+    );
+    assert.throws(() => client.execute('x', { language: 'python', persistent: true }), { code: 'bad_request' });
+  });
+
+  test('a persistent session keeps state between cells', async () => {
+    const session = `ts-persist-${process.pid}`;
+    const first = client.execute('x = 41', { language: 'python', session, persistent: true });
+    assert.equal((await within(first.done, 20_000, 'cell 1')).exitCode, 0);
+    const second = client.execute('x + 1', { language: 'python', session, persistent: true });
+    assert.equal((await within(second.done, 20_000, 'cell 2')).stdout, '42\n');
+  });
+});
+
+describe('sessions', () => {
+  test('a second client attaching sees the same events', async () => {
+    const other = await SluiceClient.connect(gateway.url, { reconnect: false });
+    try {
+      const execution = client.execute("import sys\nprint('one', flush=True)\nsys.stdin.readline()\nprint('two')", {
+        language: 'python',
+      });
+      const mine: SluiceEvent[] = [];
+      let watcher: Promise<SluiceEvent[]> | undefined;
+      for await (const event of execution) {
+        mine.push(event);
+        if (event.type === 'stdout' && event.data === 'one\n') {
+          // The session id came with the first event; another client follows it from the start.
+          const reader = other.attach(execution.session!);
+          await within(reader.ready, 10_000, 'attached');
+          watcher = collect(reader, (e) => e.type === 'completed');
+          execution.sendStdin('go\n');
+        }
+      }
+      assert.ok(watcher, 'the program printed "one"');
+      const theirs = await watcher;
+      assertWellFormed(mine);
+      assert.deepEqual(theirs, mine, 'the same events, byte for byte');
+    } finally {
+      other.close();
+    }
+  });
+
+  test('attach to a session that does not exist is refused with unknown_session', async () => {
+    const reader = client.attach('no-such-session-here');
+    await assert.rejects(reader.ready, (err: unknown) => err instanceof GatewayError && err.code === 'unknown_session');
+    await assert.rejects(collect(reader, () => false), { code: 'unknown_session' });
+  });
+
+  test('attach with since replays only later events', async () => {
+    const session = `ts-since-${process.pid}`;
+    const execution = client.execute('for i in 1 2 3 4 5; do echo line $i; done', { language: 'sh', session });
+    const own = await collect(execution, () => false);
+    const last = own[own.length - 1]!.sequence;
+    const since = own[1]!.sequence;
+    const other = await SluiceClient.connect(gateway.url, { reconnect: false });
+    try {
+      const reader = other.attach(session, { since });
+      const replayed = await collect(reader, (e) => e.sequence === last);
+      assert.deepEqual(replayed, own.slice(2));
+    } finally {
+      other.close();
+    }
+  });
+});
+
+describe('reconnect and resume', () => {
+  let proxy: Proxy;
+  before(async () => {
+    proxy = await startProxy(gateway.port);
+  });
+  after(async () => {
+    await proxy?.close();
+  });
+
+  test('a cut connection resumes: every event exactly once, in order', async () => {
+    const states: string[] = [];
+    let reconnected!: () => void;
+    const back = new Promise<void>((resolve) => (reconnected = resolve));
+    const resumer = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, {
+      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+      onConnectionChange: (state) => {
+        states.push(state);
+        if (state === 'connected') reconnected();
+      },
+    });
+    try {
+      // Numbered lines: 1..1500, then it waits for stdin, then 1501..3000. The cut comes
+      // while the first half streams, and the program cannot end before the stdin comes.
+      const session = `ts-resume-${process.pid}-${Date.now()}`;
+      const code = [
+        'import sys',
+        'for i in range(1, 1501): print(i, flush=True)',
+        'sys.stdin.readline()',
+        'for i in range(1501, 3001): print(i, flush=True)',
+      ].join('\n');
+      const execution = resumer.execute(code, { language: 'python', session });
+      const reader = resumer.attach(session);
+      const watched = collect(reader, (e) => e.type === 'completed', 60_000);
+      let cut = false;
+      let out = '';
+      const events = await collect(
+        execution,
+        (event) => {
+          if (event.type !== 'stdout') return false;
+          out += event.data;
+          if (!cut && out.split('\n').length > 300) {
+            cut = true;
+            proxy.cut();
+            // The input goes out once the client is attached again.
+            void back.then(() => execution.sendStdin('go\n'));
+          }
+          return false;
+        },
+        60_000,
+      );
+      assert.ok(cut, 'the connection was cut mid-stream');
+      assert.deepEqual(states.slice(0, 2), ['reconnecting', 'connected']);
+      assert.ok(proxy.accepted >= 2, 'a second connection was made');
+      assertWellFormed(events);
+      const lines = stdoutOf(events).trimEnd().split('\n').map(Number);
+      assert.deepEqual(lines, Array.from({ length: 3000 }, (_, i) => i + 1), 'lines 1..3000 exactly once, in order');
+      const outcome = await execution.done;
+      assert.equal(outcome.exitCode, 0);
+      // The session reader on the same client saw the same events, once each.
+      const seen = await watched;
+      assert.deepEqual(seen, events);
+    } finally {
+      resumer.close();
+    }
+  });
+
+  test('without reconnect, a cut ends open executions with connection_lost', async () => {
+    const fragile = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, { reconnect: false });
+    const execution = fragile.execute('echo ready; sleep 60', { language: 'sh' });
+    const done = collect(execution, (event) => {
+      if (event.type === 'stdout') proxy.cut();
+      return false;
+    });
+    await assert.rejects(done, (err: unknown) => err instanceof ConnectionError && err.code === 'connection_lost');
+    await assert.rejects(execution.done, { code: 'connection_lost' });
+    assert.throws(() => fragile.execute('true', { language: 'sh' }), { code: 'connection_lost' });
+  });
+});
