@@ -1,0 +1,90 @@
+"""The shared protocol fixtures (protocol/fixtures/): every valid event and
+client frame decodes, every invalid one is refused as its name says."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from sluice import FrameError, ProtocolError, StreamEvent, decode_event, decode_frame
+
+FIXTURES = Path(__file__).resolve().parents[3] / "protocol" / "fixtures"
+
+
+def fixture_files(kind: str, verdict: str) -> list[Path]:
+    directory = FIXTURES / kind / verdict
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != "README.md")
+    assert files, f"no fixtures in {directory}"
+    return files
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+VALID_EVENTS = fixture_files("events", "valid")
+INVALID_EVENTS = fixture_files("events", "invalid")
+VALID_FRAMES = fixture_files("client", "valid")
+INVALID_FRAMES = fixture_files("client", "invalid")
+
+
+@pytest.mark.parametrize("path", VALID_EVENTS, ids=ids(VALID_EVENTS))
+def test_valid_event_decodes(path: Path) -> None:
+    event = decode_event(path.read_text(encoding="utf-8"))
+    assert isinstance(event, StreamEvent)
+    assert event.sequence >= 1 and event.timestamp > 0
+
+
+@pytest.mark.parametrize("path", INVALID_EVENTS, ids=ids(INVALID_EVENTS))
+def test_invalid_event_is_refused(path: Path) -> None:
+    with pytest.raises(ProtocolError):
+        decode_event(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("path", VALID_FRAMES, ids=ids(VALID_FRAMES))
+def test_valid_client_frame_decodes(path: Path) -> None:
+    frame = decode_frame(path.read_text(encoding="utf-8"))
+    assert frame["type"] in ("execute", "stdin", "cancel", "attach", "detach", "ack")
+
+
+@pytest.mark.parametrize("path", INVALID_FRAMES, ids=ids(INVALID_FRAMES))
+def test_invalid_client_frame_is_refused_with_its_code(path: Path) -> None:
+    expected = path.name.split("--", 1)[0]
+    with pytest.raises(FrameError) as caught:
+        decode_frame(path.read_text(encoding="utf-8"))
+    assert caught.value.code == expected
+
+
+def read_event(name: str) -> StreamEvent:
+    return decode_event((FIXTURES / "events" / "valid" / name).read_text(encoding="utf-8"))
+
+
+def test_fields_of_the_fixtures_are_read() -> None:
+    completed = read_event("completed-exit-code.json")
+    assert completed.is_terminal and completed.exit_code == 0 and completed.signal is None
+    assert completed.usage is not None and completed.usage.stdout_bytes == 6
+    assert completed.usage.first_output_ms == 12.5
+    assert read_event("completed-signal.json").signal == 11
+    assert read_event("completed-no-output.json").usage.first_output_ms is None  # type: ignore[union-attr]
+    limit = read_event("resource-limit-output.json")
+    assert (limit.limit, limit.limit_value, limit.is_terminal) == ("output", 1048576, True)
+    error = read_event("error-unknown-language.json")
+    assert (error.code, error.is_terminal) == ("unknown_language", True)
+    socket_error = read_event("error-socket.json")
+    assert socket_error.code == "bad_request" and not socket_error.is_terminal
+    gap = read_event("gap.json")
+    assert (gap.missed_from, gap.resume_from, gap.is_terminal) == (1, 41, False)
+    assert read_event("started.json").pid == 48213
+    binary = read_event("stdout-base64.json")
+    assert binary.encoding == "base64"
+    assert binary.raw_bytes() == base64.b64decode("AP/+3q2+7w==")
+
+
+def test_forward_compatible_fixtures() -> None:
+    unknown_type = read_event("unknown-type.json")
+    assert unknown_type.type == "progress" and not unknown_type.is_terminal
+    assert unknown_type.extra == {"percent": 50}
+    assert read_event("unknown-field.json").extra["host"] == "worker-3"
+    assert read_event("error-unknown-code.json").code == "quota_exceeded"
