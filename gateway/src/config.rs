@@ -33,6 +33,9 @@ pub struct LimitsConfig {
     pub memory_bytes: LimitBound,
     /// Processes and threads of a program's tree alive at once (its cgroup).
     pub processes: LimitBound,
+    /// Bytes a program may store in its workspace, /tmp and /dev/shm (one tmpfs inside
+    /// its jail; enforced with [`Isolation::Namespaces`]).
+    pub workspace_bytes: LimitBound,
 }
 
 impl Default for LimitsConfig {
@@ -66,6 +69,10 @@ impl Default for LimitsConfig {
                 default: 64,
                 max: 1_024,
             },
+            workspace_bytes: LimitBound {
+                default: 64 << 20,
+                max: 1 << 30,
+            },
         }
     }
 }
@@ -81,6 +88,7 @@ pub(crate) struct EffectiveLimits {
     pub(crate) open_files: u64,
     pub(crate) memory_bytes: u64,
     pub(crate) processes: u64,
+    pub(crate) workspace_bytes: u64,
 }
 
 impl EffectiveLimits {
@@ -122,6 +130,11 @@ impl LimitsConfig {
             open_files: pick("open_files", requested.open_files, self.open_files)?,
             memory_bytes: pick("memory_bytes", requested.memory_bytes, self.memory_bytes)?,
             processes: pick("processes", requested.processes, self.processes)?,
+            workspace_bytes: pick(
+                "workspace_bytes",
+                requested.workspace_bytes,
+                self.workspace_bytes,
+            )?,
         })
     }
 }
@@ -140,6 +153,11 @@ pub enum Isolation {
     /// every process of the execution killed at its end. Refuses to start without a
     /// writable cgroup v1 memory or pids hierarchy.
     Cgroups,
+    /// Also a jail per program (`sluice-jail`): its own PID, mount, IPC, UTS and network
+    /// namespaces, an unprivileged user, a read-only system, a private size-limited
+    /// workspace and /tmp; plus the cgroup where the host has one. Refuses to start
+    /// where the jail cannot run (it needs root).
+    Namespaces,
 }
 
 impl std::str::FromStr for Isolation {
@@ -149,8 +167,9 @@ impl std::str::FromStr for Isolation {
             "auto" => Ok(Self::Auto),
             "none" => Ok(Self::None),
             "cgroups" => Ok(Self::Cgroups),
+            "namespaces" => Ok(Self::Namespaces),
             other => Err(format!(
-                "unknown isolation level {other:?}; use auto, none or cgroups"
+                "unknown isolation level {other:?}; use auto, none, cgroups or namespaces"
             )),
         }
     }
@@ -241,6 +260,12 @@ pub struct Config {
     pub isolation: Isolation,
     /// Whether programs may use the network (see [`Network`]).
     pub network: Network,
+    /// The unprivileged user and group jailed programs run as (never 0).
+    pub sandbox_uid: u32,
+    /// See `sandbox_uid`.
+    pub sandbox_gid: u32,
+    /// The `sluice-jail` launcher; `None` looks next to the running executable.
+    pub jail_program: Option<PathBuf>,
 }
 
 impl Config {
@@ -282,9 +307,16 @@ impl Default for Config {
             max_kernels: 64,
             isolation: Isolation::Auto,
             network: Network::Auto,
+            sandbox_uid: DEFAULT_SANDBOX_ID,
+            sandbox_gid: DEFAULT_SANDBOX_ID,
+            jail_program: None,
         }
     }
 }
+
+/// The user and group id jailed programs run as by default: one no account on a usual
+/// system has, so their files and processes belong to nobody else.
+pub const DEFAULT_SANDBOX_ID: u32 = 60_000;
 
 /// A configuration the gateway refuses to start with.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -298,6 +330,9 @@ pub enum ConfigError {
     /// The output chunk cannot fit in a frame a client will accept.
     #[error("chunk size {0} must be at least 1024 bytes")]
     ChunkTooSmall(usize),
+    /// The sandbox user or group is root.
+    #[error("programs never run as root: the sandbox uid and gid must not be 0")]
+    RootSandbox,
 }
 
 impl Config {
@@ -322,6 +357,9 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
         }
+        if self.sandbox_uid == 0 || self.sandbox_gid == 0 {
+            return Err(ConfigError::RootSandbox);
+        }
         if self.chunk_bytes < 1024 {
             return Err(ConfigError::ChunkTooSmall(self.chunk_bytes));
         }
@@ -333,6 +371,7 @@ impl Config {
             ("open_files", self.limits.open_files),
             ("memory_bytes", self.limits.memory_bytes),
             ("processes", self.limits.processes),
+            ("workspace_bytes", self.limits.workspace_bytes),
         ] {
             if bound.default == 0 || bound.max == 0 {
                 return Err(ConfigError::Zero(name));

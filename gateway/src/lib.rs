@@ -16,9 +16,11 @@ mod session;
 mod state;
 mod sys;
 
-pub use config::{Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network};
+pub use config::{
+    Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network, DEFAULT_SANDBOX_ID,
+};
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
-pub use sandbox::HostReport;
+pub use sandbox::{jail, HostReport};
 pub use server::{run, GatewayError};
 
 /// Worker threads the gateway's runtime should use by default: half the CPUs, at least

@@ -110,6 +110,15 @@ struct ServeArgs {
     #[arg(long, default_value_t = LimitsConfig::default().processes.max, value_name = "N")]
     max_processes: u64,
 
+    /// Bytes a program may store in its workspace, /tmp and /dev/shm together when a
+    /// request names no limit (one private tmpfs; with namespace isolation).
+    #[arg(long, default_value_t = LimitsConfig::default().workspace_bytes.default, value_name = "BYTES")]
+    default_workspace_bytes: u64,
+
+    /// Largest workspace limit a request may ask for.
+    #[arg(long, default_value_t = LimitsConfig::default().workspace_bytes.max, value_name = "BYTES")]
+    max_workspace_bytes: u64,
+
     /// WebSocket connections served at once; more get HTTP 503.
     #[arg(long, default_value_t = Config::default().max_connections, value_name = "N")]
     max_connections: usize,
@@ -140,12 +149,28 @@ struct ServeArgs {
     session_grace_ms: u64,
 
     /// How strongly executions are confined: `auto` (the strongest this host offers),
-    /// `none` (process group, clean environment and rlimits only: the fastest start), or
+    /// `none` (process group, clean environment and rlimits only: the fastest start),
     /// `cgroups` (also a cgroup per execution: memory and process limits for the whole
-    /// tree, every process killed at the end; refuses to start without one). `sluice
+    /// tree, every process killed at the end; refuses to start without one), or
+    /// `namespaces` (also a jail per program: own PID, mount, IPC, UTS and network
+    /// namespaces, an unprivileged user, a read-only system and a private size-limited
+    /// workspace and /tmp; needs root and `sluice-jail` next to `sluice`). `sluice
     /// doctor` shows what this host offers.
     #[arg(long, default_value = "auto", value_name = "LEVEL")]
     isolation: sluice_gateway::Isolation,
+
+    /// The unprivileged user id jailed programs run as (never 0); pick one no account
+    /// on the host uses.
+    #[arg(long, default_value_t = sluice_gateway::DEFAULT_SANDBOX_ID, value_name = "UID")]
+    sandbox_uid: u32,
+
+    /// The group id jailed programs run as (never 0).
+    #[arg(long, default_value_t = sluice_gateway::DEFAULT_SANDBOX_ID, value_name = "GID")]
+    sandbox_gid: u32,
+
+    /// The `sluice-jail` launcher [default: the one next to this executable].
+    #[arg(long, value_name = "PATH")]
+    jail: Option<PathBuf>,
 
     /// Whether programs may use the network: `auto` (off where the host can give each
     /// program an empty network namespace, which needs root or user namespaces, and
@@ -258,6 +283,10 @@ impl ServeArgs {
                     default: self.default_processes,
                     max: self.max_processes,
                 },
+                workspace_bytes: LimitBound {
+                    default: self.default_workspace_bytes,
+                    max: self.max_workspace_bytes,
+                },
             },
             max_connections: self.max_connections,
             max_executions: self.max_executions,
@@ -270,6 +299,9 @@ impl ServeArgs {
             max_kernels: self.max_kernels,
             isolation: self.isolation,
             network: self.network,
+            sandbox_uid: self.sandbox_uid,
+            sandbox_gid: self.sandbox_gid,
+            jail_program: self.jail,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             stdin_queue_bytes: self.stdin_queue_bytes,

@@ -3,6 +3,7 @@
 
 use crate::admission::{Admitting, Peer};
 use crate::config::{Config, ConfigError, Isolation, Network};
+use crate::sandbox::Namespaces;
 use crate::connection;
 use crate::runtime::{RuntimeError, RuntimeTable};
 use crate::sandbox::Cgroups;
@@ -87,9 +88,11 @@ pub async fn run(
     let work_root = WorkRoot::create(config.work_root.as_deref())?;
     let cgroups = match config.isolation {
         Isolation::None => Cgroups::default(),
-        Isolation::Auto | Isolation::Cgroups => tokio::task::spawn_blocking(Cgroups::probe)
-            .await
-            .unwrap_or_default(),
+        Isolation::Auto | Isolation::Cgroups | Isolation::Namespaces => {
+            tokio::task::spawn_blocking(Cgroups::probe)
+                .await
+                .unwrap_or_default()
+        }
     };
     let caps = cgroups.capabilities();
     if config.isolation == Isolation::Cgroups && caps.kill_tree.is_none() {
@@ -98,23 +101,59 @@ pub async fn run(
         ));
     }
     let cgroups = Arc::new(cgroups);
-    let no_network = match (config.network, config.isolation) {
-        // `--isolation none` means no layer at all, the network included.
-        (Network::On, _) | (Network::Auto, Isolation::None) => None,
-        (Network::Auto | Network::Off, _) => {
+    let jail = match config.isolation {
+        Isolation::None | Isolation::Cgroups => None,
+        Isolation::Auto | Isolation::Namespaces => {
+            let program = config.jail_program.clone();
+            let root = work_root.path.clone();
+            let (uid, gid) = (config.sandbox_uid, config.sandbox_gid);
+            let no_network = config.network != Network::On;
+            let probed = tokio::task::spawn_blocking(move || {
+                Namespaces::probe(program.as_deref(), &root, uid, gid, no_network)
+            })
+            .await
+            .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?;
+            match probed {
+                Ok(jail) => Some(Arc::new(jail)),
+                Err(why) if config.isolation == Isolation::Namespaces => {
+                    return Err(GatewayError::Isolation(format!(
+                        "--isolation namespaces: {why} (see `sluice doctor`)"
+                    )));
+                }
+                Err(why) => {
+                    tracing::warn!(%why, "no namespace jail: programs run as the gateway's user with its view of the system");
+                    None
+                }
+            }
+        }
+    };
+    // A jail takes the network away itself; without one, `unshare --net` does.
+    let no_network = match (config.network, config.isolation, &jail) {
+        (_, _, Some(_)) | (Network::On, _, _) | (Network::Auto, Isolation::None, _) => None,
+        (Network::Auto | Network::Off, _, None) => {
             tokio::task::spawn_blocking(crate::sandbox::network::probe)
                 .await
                 .ok()
                 .flatten()
         }
     };
-    if config.network == Network::Off && no_network.is_none() {
+    let network_off = jail.as_ref().is_some_and(|j| j.no_network()) || no_network.is_some();
+    if config.network == Network::Off && !network_off {
         return Err(GatewayError::Isolation(
             "--network off needs `unshare` (util-linux) and permission to create network namespaces (root, or user namespaces); see `sluice doctor`".into(),
         ));
     }
+    match &jail {
+        Some(jail) => tracing::info!(
+            jail = %jail.program().display(),
+            uid = config.sandbox_uid,
+            "programs run jailed: own PID, mount, IPC, UTS{} namespaces, unprivileged user, read-only system, private workspace and /tmp",
+            if jail.no_network() { " and network" } else { "" }
+        ),
+        None => tracing::info!("programs run without a namespace jail"),
+    }
     tracing::info!(
-        network = if no_network.is_some() {
+        network = if network_off {
             "off (a network namespace per program)"
         } else {
             "on (the host's network)"
@@ -154,6 +193,7 @@ pub async fn run(
             base_env: config.base_env.clone().into(),
             cgroups: cgroups.clone(),
             no_network: no_network.map(|path| Arc::from(path.as_path())),
+            jail,
         },
         config,
     });

@@ -178,6 +178,9 @@ pub(crate) fn set_pipe_size(fd: &impl AsRawFd, bytes: usize) {
     }
 }
 
+/// The descriptor number a persistent interpreter finds its control socket at.
+pub(crate) const CONTROL_FD: i32 = 3;
+
 /// Starts `command` with `fd` as its descriptor 3 (a persistent interpreter's control
 /// socket). This needs a `pre_exec` hook, so it takes std's fork path: fine for the
 /// rare interpreter start, unlike the per-execution spawn.

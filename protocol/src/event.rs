@@ -88,6 +88,8 @@ pub enum LimitKind {
     Memory,
     /// Processes alive at once (`limits.processes`).
     Processes,
+    /// Bytes stored in the workspace, /tmp and /dev/shm (`limits.workspace_bytes`).
+    Workspace,
     /// A limit this version of the protocol crate does not know.
     #[serde(other)]
     Other,
@@ -103,6 +105,7 @@ impl LimitKind {
             Self::FileSize => "file_size",
             Self::Memory => "memory",
             Self::Processes => "processes",
+            Self::Workspace => "workspace",
             Self::Other => "other",
         }
     }
@@ -169,6 +172,10 @@ pub struct Event {
     /// `resource_limit`: the limit's configured value (milliseconds or bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_value: Option<u64>,
+    /// `resource_limit`: what the program was seen to use of that limit, in the same
+    /// unit, where the gateway can know it (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_observed: Option<u64>,
     /// `error`: the machine-readable code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<ErrorCode>,
@@ -218,6 +225,7 @@ impl Event {
             signal: None,
             limit: None,
             limit_value: None,
+            limit_observed: None,
             code: None,
             usage: None,
             missed_from: None,

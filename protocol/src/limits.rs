@@ -32,6 +32,10 @@ pub struct Limits {
     /// Processes (and threads) of the program's tree alive at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<u64>,
+    /// Bytes the program may store in its workspace, /tmp and /dev/shm together (one
+    /// private file system; enforced when the gateway isolates with namespaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_bytes: Option<u64>,
 }
 
 impl Limits {

@@ -114,6 +114,7 @@ impl Kernel {
         host: &super::Host,
         env: &[(&str, &str)],
         rlimits: sys::Rlimits,
+        scratch_bytes: u64,
         cgroup: Option<crate::sandbox::ExecutionCgroup>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> io::Result<Self> {
@@ -122,9 +123,30 @@ impl Kernel {
         let workdir = Workdir::create(work_root, file_name, driver)?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs = OwnedFd::from(theirs);
-        let mut command = Command::new(&runtime.program);
+        let mut command = match &host.jail {
+            Some(jail) => jail.command(
+                workdir.path(),
+                Some(file_name),
+                &rlimits,
+                scratch_bytes,
+                vec![
+                    runtime.program.clone().into(),
+                    workdir.source().into_os_string(),
+                ],
+                &crate::sandbox::Namespaces::exposure_for(&runtime.program),
+                Some(sys::CONTROL_FD),
+            ),
+            None => {
+                let mut command = Command::new(&runtime.program);
+                command.arg(workdir.source());
+                rlimits.apply_on_exec(&mut command);
+                if host.no_network.is_some() {
+                    sys::no_network_on_exec(&mut command);
+                }
+                command
+            }
+        };
         command
-            .arg(workdir.source())
             .env_clear()
             .envs(env.iter().copied())
             .env("HOME", workdir.path())
@@ -134,10 +156,6 @@ impl Kernel {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
-        rlimits.apply_on_exec(&mut command);
-        if host.no_network.is_some() {
-            sys::no_network_on_exec(&mut command);
-        }
         let child = match &cgroup {
             Some(cgroup) => cgroup
                 .spawn_inside(|| sys::spawn_with_fd3(&mut command, &theirs))
@@ -238,6 +256,11 @@ impl Kernel {
                 () = self.child.exited() => return,
             }
         }
+    }
+
+    /// Resolves once the interpreter (its jail, if any) has exited.
+    pub(crate) async fn exited(&self) {
+        self.child.exited().await;
     }
 
     /// How the current cell ended: `None` when the interpreter died instead (also when

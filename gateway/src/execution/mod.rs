@@ -131,8 +131,10 @@ pub(crate) struct Host {
     pub(crate) work_root: Arc<Path>,
     pub(crate) base_env: Arc<[(String, String)]>,
     pub(crate) cgroups: Arc<crate::sandbox::Cgroups>,
-    /// `unshare`, when programs get no network (see `--network`).
+    /// `unshare`, when programs get no network (see `--network`) and no jail.
     pub(crate) no_network: Option<Arc<Path>>,
+    /// The jail every program starts in, when the gateway isolates with namespaces.
+    pub(crate) jail: Option<Arc<crate::sandbox::Namespaces>>,
 }
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
@@ -294,9 +296,13 @@ async fn run_cell(
         let host = &run.ctx.host;
         let started = host
             .cgroups
-            .create(spec.limits.memory_bytes, spec.limits.processes)
+            .create(
+                spec.limits.memory_bytes,
+                spec.limits.processes + jail_processes(host),
+            )
             .and_then(|cgroup| {
-                Kernel::start(kind, &spec.runtime, host, &env, rlimits, cgroup, permit)
+                let scratch = spec.limits.workspace_bytes;
+                Kernel::start(kind, &spec.runtime, host, &env, rlimits, scratch, cgroup, permit)
             });
         match started {
             Ok(kernel) => *guard = Some(kernel),
@@ -403,14 +409,23 @@ struct Launched {
     started_at: Instant,
 }
 
+/// Processes the jail adds to a program's cgroup (the jail and its init), if any.
+fn jail_processes(host: &Host) -> u64 {
+    if host.jail.is_some() {
+        crate::sandbox::JAIL_PROCESSES
+    } else {
+        0
+    }
+}
+
 /// Writes the source file and starts the program; a failure becomes the execution's
 /// terminal `error`.
 fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
     let id = Some(spec.id.clone());
-    let cgroup = match host
-        .cgroups
-        .create(spec.limits.memory_bytes, spec.limits.processes)
-    {
+    let cgroup = match host.cgroups.create(
+        spec.limits.memory_bytes,
+        spec.limits.processes + jail_processes(host),
+    ) {
         Ok(cgroup) => cgroup,
         Err(err) => {
             tracing::error!(%err, "could not create the execution's cgroup");
@@ -435,6 +450,8 @@ fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
         rlimits: spec.limits.rlimits(),
         cgroup,
         no_network: host.no_network.as_deref(),
+        jail: host.jail.as_deref(),
+        scratch_bytes: spec.limits.workspace_bytes,
     };
     let started_at = Instant::now();
     match launch.spawn() {
@@ -636,7 +653,14 @@ impl Run {
         // not the client has taken the last events yet.
         let ended = child.reap().await;
         self.slot = None;
-        let largest_file = workdir.as_ref().map_or(0, Workdir::largest_file);
+        // A jailed program's files are on the jail's own file system: its init looked.
+        let jail_report = workdir
+            .as_ref()
+            .and_then(|dir| crate::sandbox::jail::JailReport::read(dir.path()));
+        let largest_file = match &jail_report {
+            Some(report) => report.largest_file_bytes,
+            None => workdir.as_ref().map_or(0, Workdir::largest_file),
+        };
         if let Some(workdir) = workdir {
             workdir.remove();
         }
@@ -690,6 +714,7 @@ impl Run {
             (Some(Stop::Memory), _) => Event {
                 limit: Some(LimitKind::Memory),
                 limit_value: Some(limits.memory_bytes),
+                limit_observed: Some(usage.peak_memory_bytes),
                 ..Event::new(
                     EventKind::ResourceLimit,
                     id,
@@ -711,11 +736,24 @@ impl Run {
                     ),
                 )
             },
+            (None, _) if jail_report.as_ref().is_some_and(|r| r.setup_failed.is_some()) => {
+                let why = jail_report
+                    .as_ref()
+                    .and_then(|r| r.setup_failed.clone())
+                    .unwrap_or_default();
+                tracing::warn!(%why, "the jail could not start the program");
+                Event::error(id, ErrorCode::SpawnFailed, why)
+            }
             (None, Ok(_)) if kernel_limit.is_some() => {
                 let (kind, value, what) = kernel_limit.unwrap_or((LimitKind::Cpu, 0, ""));
                 Event {
                     limit: Some(kind),
                     limit_value: Some(value),
+                    limit_observed: match kind {
+                        LimitKind::FileSize => Some(largest_file),
+                        LimitKind::Cpu => Some(usage.cpu_ms as u64),
+                        _ => None,
+                    },
                     ..Event::new(
                         EventKind::ResourceLimit,
                         id,
@@ -723,6 +761,19 @@ impl Run {
                     )
                 }
             }
+            (None, Ok(_)) if jail_report.as_ref().is_some_and(|r| r.scratch_full) => Event {
+                limit: Some(LimitKind::Workspace),
+                limit_value: Some(limits.workspace_bytes),
+                limit_observed: jail_report.as_ref().map(|r| r.scratch_used_bytes),
+                ..Event::new(
+                    EventKind::ResourceLimit,
+                    id,
+                    format!(
+                        "workspace limit of {} bytes reached (workspace, /tmp and /dev/shm together)",
+                        limits.workspace_bytes
+                    ),
+                )
+            },
             (None, Ok(reaped)) if kernel_lost => Event::error(
                 id,
                 ErrorCode::KernelLost,

@@ -2,7 +2,7 @@
 //! guarantee that the whole group is killed and the program reaped, even on drop.
 
 use crate::runtime::{Runtime, FILE_PLACEHOLDER};
-use crate::sandbox::{CgroupReport, ExecutionCgroup};
+use crate::sandbox::{CgroupReport, ExecutionCgroup, Namespaces};
 use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -29,8 +29,14 @@ pub(crate) struct Launch<'a> {
     /// The execution's cgroup, if the host gives one: the child joins it at once.
     pub(crate) cgroup: Option<ExecutionCgroup>,
     /// `unshare` when the program gets no network: it starts the interpreter in a new,
-    /// empty network namespace (one exec, no extra process).
+    /// empty network namespace (one exec, no extra process). Unused with a jail, which
+    /// makes its own.
     pub(crate) no_network: Option<&'a Path>,
+    /// The jail the program starts in, if the gateway isolates with namespaces; it sets
+    /// the rlimits itself, before the program runs.
+    pub(crate) jail: Option<&'a Namespaces>,
+    /// Size of the jail's scratch file system (workspace, /tmp, /dev/shm).
+    pub(crate) scratch_bytes: u64,
 }
 
 /// A started program and the gateway's ends of its pipes.
@@ -77,23 +83,40 @@ impl Launch<'_> {
             source,
         };
         let source = self.source.as_os_str();
-        let mut command = match self.no_network {
-            Some(unshare) => {
-                let mut command = Command::new(unshare);
-                command.arg("--net").arg("--").arg(&self.runtime.program);
-                command
-            }
-            None => Command::new(&self.runtime.program),
-        };
+        let mut argv: Vec<std::ffi::OsString> = vec![self.runtime.program.clone().into()];
         for arg in &self.runtime.args {
             if arg == FILE_PLACEHOLDER {
-                command.arg(source);
+                argv.push(source.to_owned());
             } else {
-                command.arg(arg.replace(FILE_PLACEHOLDER, &self.source.to_string_lossy()));
+                argv.push(
+                    arg.replace(FILE_PLACEHOLDER, &self.source.to_string_lossy())
+                        .into(),
+                );
             }
         }
+        argv.extend(self.args.iter().map(Into::into));
+        let mut command = match (self.jail, self.no_network) {
+            (Some(jail), _) => jail.command(
+                self.workdir,
+                self.source.file_name().and_then(|name| name.to_str()),
+                &self.rlimits,
+                self.scratch_bytes,
+                argv,
+                &Namespaces::exposure_for(&self.runtime.program),
+                None,
+            ),
+            (None, Some(unshare)) => {
+                let mut command = Command::new(unshare);
+                command.arg("--net").arg("--").args(argv);
+                command
+            }
+            (None, None) => {
+                let mut command = Command::new(&argv[0]);
+                command.args(&argv[1..]);
+                command
+            }
+        };
         command
-            .args(self.args)
             .env_clear()
             .envs(self.env.iter().copied())
             .current_dir(self.workdir)
@@ -111,8 +134,13 @@ impl Launch<'_> {
         };
         let pid = child.id();
         // The program is still loading its interpreter: its limits are in place before
-        // it runs any client code.
-        if let Err(err) = self.rlimits.apply_to(pid) {
+        // it runs any client code. A jail sets them itself, before the program starts.
+        let rlimits = if self.jail.is_some() {
+            Ok(())
+        } else {
+            self.rlimits.apply_to(pid)
+        };
+        if let Err(err) = rlimits {
             // A program must not run without its limits.
             let _ = sys::signal_group(pid, Signal::Kill);
             let _ = child.wait();

@@ -9,6 +9,10 @@ use std::io;
 use std::time::Duration;
 use tokio::sync::{oneshot, OwnedMutexGuard};
 
+/// How long a cell's interpreter that closed its control socket gets to finish exiting
+/// on its own before it is killed.
+const LOST_INTERPRETER_GRACE: Duration = Duration::from_millis(500);
+
 /// The kernel slot of a persistent session, held for the whole of one cell.
 pub(crate) type KernelGuard = OwnedMutexGuard<Option<Kernel>>;
 
@@ -144,6 +148,10 @@ impl Program {
                 let Some(kernel) = cell.kernel.take() else {
                     return Err(io::Error::other("the interpreter is gone"));
                 };
+                // Its control socket closed as it died; a jailed interpreter's exit
+                // status reaches the gateway a moment later (through the jail). Killing
+                // at once would report the kill instead of how it ended.
+                let _ = tokio::time::timeout(LOST_INTERPRETER_GRACE, kernel.exited()).await;
                 let (reaped, cgroup) = kernel.shut_down().await;
                 Ok(Ended {
                     reaped: reaped?,

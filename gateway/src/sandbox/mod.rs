@@ -4,9 +4,12 @@
 //! open files) are in `sys::Rlimits`. Namespaces come next (see SECURITY.md).
 
 pub(crate) mod cgroup;
+pub mod jail;
+pub(crate) mod namespaces;
 pub(crate) mod network;
 
 pub(crate) use cgroup::{CgroupReport, Cgroups, ExecutionCgroup};
+pub(crate) use namespaces::{Namespaces, JAIL_PROCESSES};
 
 /// What this host lets the gateway enforce, layer by layer: printed by `sluice doctor`,
 /// and used by tests to skip (with the reason) what the host cannot do.
@@ -21,6 +24,9 @@ pub struct HostReport {
     pub kill_tree: Option<String>,
     /// How programs are kept off the network, or `None` when they cannot be.
     pub network: Option<String>,
+    /// The namespace jail (`--isolation namespaces`): what it gives, or why it cannot
+    /// run here.
+    pub namespaces: Result<String, String>,
     /// Whether the gateway runs as root.
     pub root: bool,
 }
@@ -41,6 +47,7 @@ impl HostReport {
                     unshare.display()
                 )
             }),
+            namespaces: probe_jail(None),
             root: crate::sys::is_root(),
         }
     }
@@ -64,7 +71,12 @@ impl HostReport {
             (
                 "end of execution",
                 format!(
-                    "process group SIGKILLed; {}",
+                    "process group SIGKILLed; {}{}",
+                    if self.namespaces.is_ok() {
+                        "the jail's PID namespace ends with the program; "
+                    } else {
+                        ""
+                    },
                     self.kill_tree
                         .clone()
                         .unwrap_or_else(|| "processes that left it (setsid) are NOT tracked".into())
@@ -76,14 +88,30 @@ impl HostReport {
             ),
             (
                 "network (--network auto)",
-                or_not(&self.network, "no `unshare`, or no permission to create network namespaces"),
+                match &self.namespaces {
+                    Ok(_) => "off: the jail's own, empty network namespace".to_owned(),
+                    Err(_) => or_not(
+                        &self.network,
+                        "no `unshare`, or no permission to create network namespaces",
+                    ),
+                },
             ),
             (
-                "user, filesystem, /proc",
-                format!(
-                    "NOT ISOLATED yet: programs run as the gateway's user ({}) with its view of the system",
-                    if self.root { "root" } else { "not root" }
-                ),
+                "user, files, /proc, IPC, host name",
+                match &self.namespaces {
+                    Ok(how) => how.clone(),
+                    Err(why) => format!(
+                        "NOT ISOLATED ({why}): programs run as the gateway's user ({}) with its view of the system",
+                        if self.root { "root" } else { "not root" }
+                    ),
+                },
+            ),
+            (
+                "workspace",
+                match &self.namespaces {
+                    Ok(_) => "a private tmpfs of limits.workspace_bytes (workspace, /tmp, /dev/shm)".to_owned(),
+                    Err(_) => "NOT LIMITED (needs the jail)".to_owned(),
+                },
             ),
         ];
         let mut out = String::from("Sluice on this host: what each limit and layer uses\n");
@@ -92,4 +120,27 @@ impl HostReport {
         }
         out
     }
+}
+
+/// Rehearses the jail in a scratch directory: what it gives, or why it cannot run.
+fn probe_jail(jail: Option<&std::path::Path>) -> Result<String, String> {
+    let scratch = std::env::temp_dir().join(format!("sluice-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let probed = Namespaces::probe(
+        jail,
+        &scratch,
+        crate::config::DEFAULT_SANDBOX_ID,
+        crate::config::DEFAULT_SANDBOX_ID,
+        true,
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    probed
+        .map(|jail| {
+            format!(
+                "jailed by {}: own PID, mount, IPC, UTS and network namespaces; uid {} (not root); read-only system",
+                jail.program().display(),
+                crate::config::DEFAULT_SANDBOX_ID
+            )
+        })
+        .map_err(|why| why.to_string())
 }

@@ -1,0 +1,316 @@
+//! The jail's system calls: the only `unsafe` in `sluice-jail`. Each wrapper turns a
+//! failed call into an `io::Error` naming nothing; callers add what they were doing.
+//!
+//! The jail is single-threaded, so `fork` here is an ordinary fork: the child may
+//! allocate and use the standard library freely.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+}
+
+/// Leaves the gateway's namespaces for new ones (`flags` is a set of `CLONE_NEW*`).
+pub(crate) fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes an integer; the jail has one thread.
+    check(unsafe { libc::unshare(flags) }.into()).map(drop)
+}
+
+/// Which side of a fork this is.
+pub(crate) enum Forked {
+    Parent(libc::pid_t),
+    Child,
+}
+
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: the jail is single-threaded, so the child is a complete copy.
+    let pid = check(unsafe { libc::fork() }.into())?;
+    Ok(if pid == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(pid as libc::pid_t)
+    })
+}
+
+/// Waits for `pid` (or any child for -1); the child's pid and raw wait status.
+pub(crate) fn wait(pid: libc::pid_t) -> io::Result<(libc::pid_t, libc::c_int)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer for the call.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc >= 0 {
+            return Ok((rc, status));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }.into())?;
+    // SAFETY: both descriptors were just created and belong to nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Points `target` (0, 1 or 2) at `fd`.
+pub(crate) fn dup_onto(fd: &OwnedFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes two integers; target is one of the standard descriptors.
+    check(unsafe { libc::dup2(fd.as_raw_fd(), target) }.into()).map(drop)
+}
+
+/// Closes a descriptor the jail inherited but must not keep.
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: the descriptor is inherited and owned by no Rust value in this process.
+    unsafe { libc::close(fd) };
+}
+
+pub(crate) fn mount(
+    source: &str,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let source = CString::new(source)?;
+    let target = c_path(target)?;
+    let fstype = fstype.map(CString::new).transpose()?;
+    let data = data.map(CString::new).transpose()?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags,
+            data.as_ref()
+                .map_or(std::ptr::null(), |s| s.as_ptr().cast::<libc::c_void>()),
+        )
+    };
+    check(rc.into()).map(drop)
+}
+
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets mount attributes on the mount at `path` and every mount below it.
+pub(crate) fn set_tree_attributes(path: &Path, attributes: u64) -> io::Result<()> {
+    let path = c_path(path)?;
+    set_attributes(libc::AT_FDCWD, &path, 0, attributes)
+}
+
+/// Sets mount attributes on a detached tree made by [`clone_tree`], recursively.
+pub(crate) fn set_clone_attributes(tree: &OwnedFd, attributes: u64) -> io::Result<()> {
+    set_attributes(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint, attributes)
+}
+
+fn set_attributes(dirfd: RawFd, path: &CStr, flags: libc::c_uint, set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: path is NUL-terminated and attr is a valid mount_attr of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(rc).map(drop)
+}
+
+/// A detached copy of the mount tree at `path`, to attach elsewhere with [`attach_tree`].
+pub(crate) fn clone_tree(path: &Path) -> io::Result<OwnedFd> {
+    let path = c_path(path)?;
+    // SAFETY: path is NUL-terminated; the call returns a new descriptor or fails.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    })?;
+    // SAFETY: the descriptor was just returned to us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches a tree made by [`clone_tree`] at `target`.
+pub(crate) fn attach_tree(tree: &OwnedFd, target: &Path) -> io::Result<()> {
+    let target = c_path(target)?;
+    // SAFETY: both paths are NUL-terminated; the tree descriptor is valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(rc).map(drop)
+}
+
+pub(crate) fn set_hostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }.into()).map(drop)
+}
+
+/// Becomes `uid`/`gid` for good, with no supplementary groups and no way back up.
+pub(crate) fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain integer system calls.
+    unsafe {
+        check(libc::setgroups(0, std::ptr::null()).into())?;
+        check(libc::setresgid(gid, gid, gid).into())?;
+        check(libc::setresuid(uid, uid, uid).into())?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
+    }
+    Ok(())
+}
+
+/// Dies with SIGKILL when the parent dies.
+pub(crate) fn die_with_parent() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }.into()).map(drop)
+}
+
+pub(crate) fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: limit is a valid rlimit.
+    check(unsafe { libc::setrlimit(resource, &limit) }.into()).map(drop)
+}
+
+/// Signals the jail holds back while it waits: a cancel's SIGTERM is meant for the
+/// program, which re-raises its own death on the jail once it has one.
+const HELD: [libc::c_int; 7] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPIPE,
+];
+
+fn mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
+    // SAFETY: set is initialised by sigemptyset before use; oldset may be null.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
+        let rc = libc::sigprocmask(how, &set, std::ptr::null_mut());
+        check(rc.into()).map(drop)
+    }
+}
+
+pub(crate) fn hold_signals() -> io::Result<()> {
+    mask(libc::SIG_BLOCK, &HELD)
+}
+
+/// Every signal back to its default action and unblocked, as a program expects.
+pub(crate) fn reset_signals() -> io::Result<()> {
+    for signal in 1..libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    mask(libc::SIG_SETMASK, &[])
+}
+
+/// Ends this process the way the program ended: by the same signal.
+pub(crate) fn die_by(signal: libc::c_int) -> ! {
+    // SAFETY: plain integer system calls; raise with the default action ends the process.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let _ = mask(libc::SIG_UNBLOCK, &[signal]);
+        libc::raise(signal);
+    }
+    // Signals whose default is to be ignored (none a program dies of) end up here.
+    std::process::exit(128 + signal)
+}
+
+/// SIGKILL to every process in this PID namespace but its init.
+pub(crate) fn kill_namespace() {
+    // SAFETY: kill takes integers; pid -1 from a namespace's init means "all the others".
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+}
+
+/// Replaces this process with `command` (found on PATH when it has no slash), keeping
+/// the environment.
+pub(crate) fn exec(command: &[impl AsRef<OsStr>]) -> io::Error {
+    let Ok(args) = command
+        .iter()
+        .map(|arg| CString::new(arg.as_ref().as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return io::Error::new(io::ErrorKind::InvalidInput, "an argument holds a NUL byte");
+    };
+    let Some(program) = args.first() else {
+        return io::Error::new(io::ErrorKind::InvalidInput, "no program");
+    };
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: argv is a null-terminated array of NUL-terminated strings that outlive
+    // the call; execvp returns only on failure.
+    unsafe { libc::execvp(program.as_ptr(), argv.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Bytes in use on the file system holding `path`, and whether it is full.
+pub(crate) fn usage(path: &Path) -> io::Result<(u64, bool)> {
+    let path = c_path(path)?;
+    // SAFETY: stat is a valid out-pointer; path is NUL-terminated.
+    let stat = unsafe {
+        let mut stat = std::mem::zeroed::<libc::statfs>();
+        check(libc::statfs(path.as_ptr(), &mut stat).into())?;
+        stat
+    };
+    let block = stat.f_bsize as u64;
+    let used = (stat.f_blocks - stat.f_bfree) * block;
+    Ok((used, stat.f_bavail == 0))
+}
+

@@ -1,0 +1,282 @@
+//! The contract between the gateway and `sluice-jail`, the small launcher that starts a
+//! program inside its own namespaces: what the gateway asks for (a [`JailSpec`], passed
+//! as command-line arguments) and what the jail leaves behind for the gateway (a
+//! [`JailReport`], a file in the execution's host-side directory).
+//!
+//! The jail binary lives next to the gateway's (`sluice-jail`); this module is public only
+//! so that binary can share it. It is not a stable interface.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// The file, in the execution's host-side directory, where the jail writes its report.
+pub const REPORT_FILE: &str = "jail-report";
+
+/// Everything the jail needs to start one program.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JailSpec {
+    /// The execution's host-side directory: holds the source file, receives the report.
+    pub host_dir: PathBuf,
+    /// The file in `host_dir` to copy into the workspace (the program's source).
+    pub source: Option<OsString>,
+    /// Where the program runs, inside the jail (created there, on the scratch tmpfs).
+    pub workspace: PathBuf,
+    /// Size of the scratch tmpfs that holds the workspace, /tmp and /dev/shm, in bytes.
+    pub scratch_bytes: u64,
+    /// The unprivileged user and group the program runs as.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// Give the program an empty network namespace.
+    pub no_network: bool,
+    /// Directories to make reachable for the unprivileged user although an ancestor is
+    /// not (an interpreter installed under /root, say): bound read-only at the same path.
+    pub expose: Vec<PathBuf>,
+    /// Kernel limits the program starts with: (resource name, value).
+    pub rlimits: Vec<(RlimitName, u64)>,
+    /// A descriptor the program inherits at the same number (a persistent interpreter's
+    /// control socket); the jail's own processes close their copies.
+    pub keep_fd: Option<i32>,
+    /// The program and its arguments.
+    pub command: Vec<OsString>,
+}
+
+/// The rlimits the jail knows how to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RlimitName {
+    /// RLIMIT_CPU, seconds.
+    Cpu,
+    /// RLIMIT_FSIZE, bytes.
+    FileSize,
+    /// RLIMIT_NOFILE, descriptors.
+    OpenFiles,
+}
+
+impl RlimitName {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::FileSize => "fsize",
+            Self::OpenFiles => "nofile",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Self::Cpu, Self::FileSize, Self::OpenFiles]
+            .into_iter()
+            .find(|r| r.as_str() == name)
+    }
+}
+
+/// Why the jail's arguments could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("sluice-jail: {0} (this program is started by the Sluice gateway, not by hand)")]
+pub struct SpecError(String);
+
+impl JailSpec {
+    /// The arguments that make `sluice-jail` run this spec.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut pair = |flag: &str, value: OsString| {
+            args.push(flag.into());
+            args.push(value);
+        };
+        pair("--host-dir", self.host_dir.clone().into_os_string());
+        if let Some(source) = &self.source {
+            pair("--source", source.clone());
+        }
+        pair("--workspace", self.workspace.clone().into_os_string());
+        pair("--scratch-bytes", self.scratch_bytes.to_string().into());
+        pair("--uid", self.uid.to_string().into());
+        pair("--gid", self.gid.to_string().into());
+        for dir in &self.expose {
+            pair("--expose", dir.clone().into_os_string());
+        }
+        for (name, value) in &self.rlimits {
+            pair("--rlimit", format!("{}={value}", name.as_str()).into());
+        }
+        if let Some(fd) = self.keep_fd {
+            pair("--keep-fd", fd.to_string().into());
+        }
+        if self.no_network {
+            args.push("--no-network".into());
+        }
+        args.push("--".into());
+        args.extend(self.command.iter().cloned());
+        args
+    }
+
+    /// Reads the arguments written by [`JailSpec::to_args`].
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Self, SpecError> {
+        let mut spec = Self::default();
+        let mut args = args.into_iter();
+        let mut workspace = None;
+        while let Some(flag) = args.next() {
+            let flag = flag.to_string_lossy().into_owned();
+            if flag == "--" {
+                spec.command = args.collect();
+                break;
+            }
+            if flag == "--no-network" {
+                spec.no_network = true;
+                continue;
+            }
+            let value = args
+                .next()
+                .ok_or_else(|| SpecError(format!("{flag} needs a value")))?;
+            let text = || value.to_string_lossy().into_owned();
+            let number = |what: &str| -> Result<u64, SpecError> {
+                text()
+                    .parse()
+                    .map_err(|_| SpecError(format!("{what} must be a number, not {:?}", text())))
+            };
+            match flag.as_str() {
+                "--host-dir" => spec.host_dir = PathBuf::from(&value),
+                "--source" => spec.source = Some(value.clone()),
+                "--workspace" => workspace = Some(PathBuf::from(&value)),
+                "--scratch-bytes" => spec.scratch_bytes = number("--scratch-bytes")?,
+                "--uid" => spec.uid = id(number("--uid")?)?,
+                "--gid" => spec.gid = id(number("--gid")?)?,
+                "--expose" => spec.expose.push(PathBuf::from(&value)),
+                "--keep-fd" => {
+                    let fd = number("--keep-fd")?;
+                    spec.keep_fd = Some(
+                        i32::try_from(fd).map_err(|_| SpecError("--keep-fd out of range".into()))?,
+                    );
+                }
+                "--rlimit" => {
+                    let text = text();
+                    let (name, amount) = text
+                        .split_once('=')
+                        .ok_or_else(|| SpecError(format!("--rlimit takes NAME=VALUE, not {text:?}")))?;
+                    let name = RlimitName::parse(name)
+                        .ok_or_else(|| SpecError(format!("unknown rlimit {name:?}")))?;
+                    let amount = amount
+                        .parse()
+                        .map_err(|_| SpecError(format!("--rlimit {text:?}: not a number")))?;
+                    spec.rlimits.push((name, amount));
+                }
+                other => return Err(SpecError(format!("unknown argument {other:?}"))),
+            }
+        }
+        if spec.command.is_empty() {
+            return Err(SpecError("no program given after --".into()));
+        }
+        spec.workspace = workspace.ok_or_else(|| SpecError("--workspace is required".into()))?;
+        if !spec.workspace.is_absolute() || !spec.host_dir.is_absolute() {
+            return Err(SpecError("--workspace and --host-dir must be absolute".into()));
+        }
+        if spec.uid == 0 || spec.gid == 0 {
+            return Err(SpecError("programs never run as root: --uid and --gid must not be 0".into()));
+        }
+        Ok(spec)
+    }
+}
+
+fn id(value: u64) -> Result<u32, SpecError> {
+    u32::try_from(value).map_err(|_| SpecError(format!("id {value} out of range")))
+}
+
+/// What the jail found when its program ended, for limits the gateway cannot see from
+/// outside the jail's mount namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JailReport {
+    /// The jail could not set up the program's sandbox; the program never ran.
+    pub setup_failed: Option<String>,
+    /// Bytes in use on the scratch tmpfs when the program ended.
+    pub scratch_used_bytes: u64,
+    /// True when the scratch tmpfs was full (writes failed with ENOSPC).
+    pub scratch_full: bool,
+    /// The largest regular file in the workspace and /tmp, in bytes.
+    pub largest_file_bytes: u64,
+}
+
+impl JailReport {
+    /// The report as the jail writes it: `key value` lines.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "scratch_used_bytes {}\nscratch_full {}\nlargest_file_bytes {}\n",
+            self.scratch_used_bytes, self.scratch_full as u8, self.largest_file_bytes
+        );
+        if let Some(why) = &self.setup_failed {
+            // One line: newlines in the message would start a new key.
+            out.push_str(&format!("setup_failed {}\n", why.replace('\n', " ")));
+        }
+        out
+    }
+
+    /// Reads a report written by [`JailReport::render`]; unknown lines are skipped.
+    pub fn parse(text: &str) -> Self {
+        let mut report = Self::default();
+        for line in text.lines() {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "scratch_used_bytes" => report.scratch_used_bytes = value.parse().unwrap_or(0),
+                "scratch_full" => report.scratch_full = value == "1",
+                "largest_file_bytes" => report.largest_file_bytes = value.parse().unwrap_or(0),
+                "setup_failed" => report.setup_failed = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        report
+    }
+
+    /// The report the jail left in `host_dir`, if it left one.
+    pub fn read(host_dir: &Path) -> Option<Self> {
+        std::fs::read_to_string(host_dir.join(REPORT_FILE))
+            .ok()
+            .map(|text| Self::parse(&text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_survives_its_arguments() {
+        let spec = JailSpec {
+            host_dir: "/dev/shm/sluice-1-2/x3".into(),
+            source: Some("main.py".into()),
+            workspace: "/dev/shm/sluice-1-2/x3".into(),
+            scratch_bytes: 64 << 20,
+            uid: 60_000,
+            gid: 60_000,
+            no_network: true,
+            expose: vec!["/root/.pyenv/versions/3.11.7".into()],
+            rlimits: vec![(RlimitName::Cpu, 2), (RlimitName::OpenFiles, 64)],
+            keep_fd: Some(3),
+            command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
+        };
+        assert_eq!(JailSpec::parse(spec.to_args()).unwrap(), spec);
+    }
+
+    #[test]
+    fn root_and_missing_programs_are_refused() {
+        let mut spec = JailSpec {
+            host_dir: "/w".into(),
+            workspace: "/w".into(),
+            uid: 0,
+            gid: 1,
+            command: vec!["/bin/true".into()],
+            ..JailSpec::default()
+        };
+        assert!(JailSpec::parse(spec.to_args()).is_err());
+        spec.uid = 1;
+        spec.command.clear();
+        assert!(JailSpec::parse(spec.to_args()).is_err());
+    }
+
+    #[test]
+    fn a_report_survives_its_text() {
+        let report = JailReport {
+            setup_failed: Some("mount /proc: EPERM\nsecond line".into()),
+            scratch_used_bytes: 10,
+            scratch_full: true,
+            largest_file_bytes: 7,
+        };
+        let read = JailReport::parse(&report.render());
+        assert_eq!(read.setup_failed.as_deref(), Some("mount /proc: EPERM second line"));
+        assert_eq!((read.scratch_used_bytes, read.scratch_full, read.largest_file_bytes), (10, true, 7));
+    }
+}

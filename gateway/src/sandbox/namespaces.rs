@@ -1,0 +1,185 @@
+//! The gateway's side of namespace isolation: finding `sluice-jail`, rehearsing it once
+//! at start-up, and turning an execution into the jail's command line. What happens
+//! inside the jail is in `src/bin/sluice-jail`; the contract between the two is
+//! [`super::jail`].
+
+use super::jail::{JailReport, JailSpec, RlimitName};
+use crate::sys::Rlimits;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Processes the jail adds to every execution's tree (the jail and its init), counted
+/// by the process limit's cgroup on top of the program's own.
+pub(crate) const JAIL_PROCESSES: u64 = 2;
+
+/// A working jail and what every jailed program gets.
+#[derive(Debug, Clone)]
+pub(crate) struct Namespaces {
+    program: PathBuf,
+    uid: u32,
+    gid: u32,
+    no_network: bool,
+}
+
+/// Why the jail cannot be used on this host.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JailUnavailable {
+    #[error("sluice-jail was not found at {0} (it is built and installed next to sluice)")]
+    Missing(PathBuf),
+    #[error("namespaces need the gateway to run as root")]
+    NotRoot,
+    #[error("the jail's rehearsal failed: {0}")]
+    Rehearsal(String),
+}
+
+impl Namespaces {
+    /// The jail at `program` (or next to the running executable), if it runs here: tried
+    /// once with `/bin/true` in a scratch directory under `work_root`.
+    pub(crate) fn probe(
+        program: Option<&Path>,
+        work_root: &Path,
+        uid: u32,
+        gid: u32,
+        no_network: bool,
+    ) -> Result<Self, JailUnavailable> {
+        let program = match program {
+            Some(path) => path.to_path_buf(),
+            None => default_location(),
+        };
+        if !program.is_file() {
+            return Err(JailUnavailable::Missing(program));
+        }
+        if !crate::sys::is_root() {
+            return Err(JailUnavailable::NotRoot);
+        }
+        let jail = Self {
+            program,
+            uid,
+            gid,
+            no_network,
+        };
+        jail.rehearse(work_root)?;
+        Ok(jail)
+    }
+
+    fn rehearse(&self, work_root: &Path) -> Result<(), JailUnavailable> {
+        let failed = |why: String| JailUnavailable::Rehearsal(why);
+        let dir = work_root.join("jail-rehearsal");
+        std::fs::create_dir(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+        let mut command = self.command(
+            &dir,
+            None,
+            &Rlimits::default(),
+            1 << 20,
+            vec!["/bin/true".into()],
+            &[],
+            None,
+        );
+        let status = command
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        let report = JailReport::read(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = status.map_err(|e| failed(format!("{}: {e}", self.program.display())))?;
+        if let Some(why) = report.and_then(|r| r.setup_failed) {
+            return Err(failed(why));
+        }
+        if !output.status.success() {
+            return Err(failed(format!(
+                "{} ended with {}: {}",
+                self.program.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The path of the jail program, for logs and `sluice doctor`.
+    pub(crate) fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// Whether jailed programs get an empty network namespace.
+    pub(crate) fn no_network(&self) -> bool {
+        self.no_network
+    }
+
+    /// The command that runs `command` jailed, with `dir` as its workspace (the same
+    /// path inside and out) and `source` copied into it.
+    pub(crate) fn command(
+        &self,
+        dir: &Path,
+        source: Option<&str>,
+        rlimits: &Rlimits,
+        scratch_bytes: u64,
+        command: Vec<OsString>,
+        expose: &[PathBuf],
+        keep_fd: Option<i32>,
+    ) -> Command {
+        let mut limits = Vec::new();
+        if let Some(seconds) = rlimits.cpu_seconds {
+            limits.push((RlimitName::Cpu, seconds));
+        }
+        if let Some(bytes) = rlimits.file_size_bytes {
+            limits.push((RlimitName::FileSize, bytes));
+        }
+        if let Some(count) = rlimits.open_files {
+            limits.push((RlimitName::OpenFiles, count));
+        }
+        let spec = JailSpec {
+            host_dir: dir.to_path_buf(),
+            source: source.map(OsString::from),
+            workspace: dir.to_path_buf(),
+            scratch_bytes,
+            uid: self.uid,
+            gid: self.gid,
+            no_network: self.no_network,
+            expose: expose.to_vec(),
+            rlimits: limits,
+            keep_fd,
+            command,
+        };
+        let mut jailed = Command::new(&self.program);
+        jailed.args(spec.to_args());
+        jailed
+    }
+
+    /// What a runtime installed where the sandbox user cannot reach it needs exposed:
+    /// the installation prefix (`.../bin/python3` -> `...`), when an ancestor of the
+    /// executable is closed to others (a pyenv under /root, say).
+    pub(crate) fn exposure_for(executable: &Path) -> Vec<PathBuf> {
+        let closed = executable.ancestors().skip(1).any(|dir| {
+            std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 == 0)
+        });
+        if !closed {
+            return Vec::new();
+        }
+        let prefix = executable
+            .parent()
+            .filter(|bin| bin.file_name().is_some_and(|name| name == "bin"))
+            .and_then(Path::parent)
+            .or_else(|| executable.parent());
+        prefix.map(Path::to_path_buf).into_iter().collect()
+    }
+}
+
+/// `sluice-jail` in the directory of the running executable; for tests (whose executable
+/// is in `target/<profile>/deps`), the directory above it.
+fn default_location() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let beside = dir.join("sluice-jail");
+    if beside.is_file() {
+        return beside;
+    }
+    match dir.parent() {
+        Some(up) if dir.file_name().is_some_and(|name| name == "deps") => up.join("sluice-jail"),
+        _ => beside,
+    }
+}
