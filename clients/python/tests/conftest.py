@@ -91,7 +91,7 @@ def gateway() -> Iterator[Gateway]:
 def small_gateway() -> Iterator[Gateway]:
     """A gateway with a small replay buffer and output chunks, to make the
     reconnect tests exercise acknowledgements and many events."""
-    started = _start_gateway("--replay-events", "64", "--chunk-bytes", "512")
+    started = _start_gateway("--replay-events", "64", "--chunk-bytes", "4096")
     yield started
     _stop_gateway(started)
 
@@ -112,13 +112,21 @@ class CuttableProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
         self.port = 0
+        self._connected = asyncio.Condition()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    async def wait_for_connections(self, count: int) -> None:
+        """Returns once ``count`` connections have been accepted in all."""
+        async with self._connected:
+            await self._connected.wait_for(lambda: self.connections >= count)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        async with self._connected:
+            self._connected.notify_all()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
