@@ -66,8 +66,9 @@ def _name(frame: Mapping[str, Any], field: str, *, required: bool) -> None:
 
 
 def _typed(frame: Mapping[str, Any], field: str, kind: type, what: str) -> None:
+    """Checks that optional ``field``, when present and not null, is a ``kind``."""
     value = frame.get(field)
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
+    if value is not None and not isinstance(value, kind):
         raise _bad(f"{field!r} must be {what}")
 
 
