@@ -3,10 +3,10 @@
 
 use crate::admission::{Admitting, Peer};
 use crate::config::{Config, ConfigError, Isolation, Network};
-use crate::sandbox::Namespaces;
 use crate::connection;
 use crate::runtime::{RuntimeError, RuntimeTable};
 use crate::sandbox::Cgroups;
+use crate::sandbox::Namespaces;
 use crate::session::SessionRegistry;
 use crate::state::GatewayState;
 use axum::extract::ws::WebSocketUpgrade;

@@ -134,6 +134,7 @@ pub(crate) fn write_event(out: &mut String, event: &Event) {
     write_optional(out, "signal", event.signal.as_ref());
     write_optional(out, "limit", event.limit.as_ref());
     write_optional(out, "limit_value", event.limit_value.as_ref());
+    write_optional(out, "limit_observed", event.limit_observed.as_ref());
     write_optional(out, "code", event.code.as_ref());
     write_optional(out, "usage", event.usage.as_ref());
     write_optional(out, "missed_from", event.missed_from.as_ref());
@@ -185,6 +186,7 @@ mod tests {
             signal: Some(9),
             limit: Some(LimitKind::Output),
             limit_value: Some(1 << 40),
+            limit_observed: Some(1 << 41),
             code: Some(ErrorCode::TooLarge),
             usage: Some(Usage {
                 duration_ms: 1.5,

@@ -9,7 +9,7 @@
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use futures::{SinkExt as _, StreamExt as _};
 use sluice_client::{Client, Execution, Outcome};
-use sluice_gateway::{Config, GatewayError};
+use sluice_gateway::{Config, GatewayError, HostReport, Isolation};
 use sluice_protocol::{
     AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ErrorCode, Event,
     EventKind, ExecuteRequest, StdinFrame,
@@ -75,8 +75,11 @@ impl TestGateway {
 
     /// A gateway with `config`. The listener is bound before this returns, so clients may
     /// connect at once (the handshake waits until the gateway serves).
-    pub async fn spawn_with(config: Config) -> Self {
+    pub async fn spawn_with(mut config: Config) -> Self {
         log_when_asked();
+        if let Some(level) = forced_isolation() {
+            config.isolation = level;
+        }
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port for the test gateway");
@@ -153,6 +156,36 @@ impl Drop for TestGateway {
 // ---------------------------------------------------------------------------------------
 // Frames
 // ---------------------------------------------------------------------------------------
+
+/// The isolation level every test gateway is forced to by `SLUICE_TEST_ISOLATION`
+/// (`none`, `cgroups`, ...): how the suite checks that tests needing a stronger layer
+/// skip with their reason and that the rlimit-enforced limits hold without it.
+pub fn forced_isolation() -> Option<sluice_gateway::Isolation> {
+    let level = std::env::var("SLUICE_TEST_ISOLATION").ok()?;
+    match level.parse() {
+        Ok(level) => Some(level),
+        Err(why) => panic!("SLUICE_TEST_ISOLATION: {why}"),
+    }
+}
+
+/// What this host lets a test gateway enforce: [`HostReport::probe`], minus the layers
+/// `SLUICE_TEST_ISOLATION` turns off.
+pub fn host_report() -> HostReport {
+    let mut report = HostReport::probe();
+    let forced = "turned off by SLUICE_TEST_ISOLATION";
+    match forced_isolation() {
+        Some(Isolation::None) => {
+            report.memory = None;
+            report.processes = None;
+            report.kill_tree = None;
+            report.network = None;
+            report.namespaces = Err(forced.into());
+        }
+        Some(Isolation::Cgroups) => report.namespaces = Err(forced.into()),
+        _ => {}
+    }
+    report
+}
 
 /// Sends the gateway's log to the test output when `SLUICE_TEST_LOG` holds a filter
 /// (`SLUICE_TEST_LOG=sluice_gateway=debug cargo test ...`), for chasing a failure.

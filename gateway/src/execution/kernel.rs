@@ -11,6 +11,9 @@
 use super::process::ChildGroup;
 use super::workdir::Workdir;
 use crate::runtime::Runtime;
+use crate::sandbox::jail::JailSpec;
+use crate::sandbox::namespaces::rlimit_list;
+use crate::sandbox::Namespaces;
 use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd};
@@ -98,6 +101,15 @@ pub(crate) struct Kernel {
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// What an interpreter is started with, from the execute that starts it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KernelLimits {
+    /// Per-process kernel limits (no CPU limit: it would add up over every cell).
+    pub(crate) rlimits: sys::Rlimits,
+    /// The jail's scratch file system, when jailed.
+    pub(crate) scratch_bytes: u64,
+}
+
 /// A cell sent to the kernel: the gateway's ends of its pipes.
 #[derive(Debug)]
 pub(crate) struct CellPipes {
@@ -113,8 +125,7 @@ impl Kernel {
         runtime: &Runtime,
         host: &super::Host,
         env: &[(&str, &str)],
-        rlimits: sys::Rlimits,
-        scratch_bytes: u64,
+        limits: KernelLimits,
         cgroup: Option<crate::sandbox::ExecutionCgroup>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> io::Result<Self> {
@@ -124,22 +135,24 @@ impl Kernel {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs = OwnedFd::from(theirs);
         let mut command = match &host.jail {
-            Some(jail) => jail.command(
-                workdir.path(),
-                Some(file_name),
-                &rlimits,
-                scratch_bytes,
-                vec![
+            Some(jail) => jail.command(JailSpec {
+                host_dir: workdir.path().to_path_buf(),
+                source: Some(file_name.into()),
+                workspace: workdir.path().to_path_buf(),
+                scratch_bytes: limits.scratch_bytes,
+                expose: Namespaces::exposure_for(&runtime.program),
+                rlimits: rlimit_list(&limits.rlimits),
+                keep_fd: Some(sys::CONTROL_FD),
+                command: vec![
                     runtime.program.clone().into(),
                     workdir.source().into_os_string(),
                 ],
-                &crate::sandbox::Namespaces::exposure_for(&runtime.program),
-                Some(sys::CONTROL_FD),
-            ),
+                ..JailSpec::default()
+            }),
             None => {
                 let mut command = Command::new(&runtime.program);
                 command.arg(workdir.source());
-                rlimits.apply_on_exec(&mut command);
+                limits.rlimits.apply_on_exec(&mut command);
                 if host.no_network.is_some() {
                     sys::no_network_on_exec(&mut command);
                 }

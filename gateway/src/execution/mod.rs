@@ -301,8 +301,11 @@ async fn run_cell(
                 spec.limits.processes + jail_processes(host),
             )
             .and_then(|cgroup| {
-                let scratch = spec.limits.workspace_bytes;
-                Kernel::start(kind, &spec.runtime, host, &env, rlimits, scratch, cgroup, permit)
+                let limits = kernel::KernelLimits {
+                    rlimits,
+                    scratch_bytes: spec.limits.workspace_bytes,
+                };
+                Kernel::start(kind, &spec.runtime, host, &env, limits, cgroup, permit)
             });
         match started {
             Ok(kernel) => *guard = Some(kernel),

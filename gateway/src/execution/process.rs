@@ -2,6 +2,8 @@
 //! guarantee that the whole group is killed and the program reaped, even on drop.
 
 use crate::runtime::{Runtime, FILE_PLACEHOLDER};
+use crate::sandbox::jail::JailSpec;
+use crate::sandbox::namespaces::rlimit_list;
 use crate::sandbox::{CgroupReport, ExecutionCgroup, Namespaces};
 use crate::sys::{self, Reaped, Signal};
 use std::io;
@@ -96,15 +98,16 @@ impl Launch<'_> {
         }
         argv.extend(self.args.iter().map(Into::into));
         let mut command = match (self.jail, self.no_network) {
-            (Some(jail), _) => jail.command(
-                self.workdir,
-                self.source.file_name().and_then(|name| name.to_str()),
-                &self.rlimits,
-                self.scratch_bytes,
-                argv,
-                &Namespaces::exposure_for(&self.runtime.program),
-                None,
-            ),
+            (Some(jail), _) => jail.command(JailSpec {
+                host_dir: self.workdir.to_path_buf(),
+                source: self.source.file_name().map(Into::into),
+                workspace: self.workdir.to_path_buf(),
+                scratch_bytes: self.scratch_bytes,
+                expose: Namespaces::exposure_for(&self.runtime.program),
+                rlimits: rlimit_list(&self.rlimits),
+                command: argv,
+                ..JailSpec::default()
+            }),
             (None, Some(unshare)) => {
                 let mut command = Command::new(unshare);
                 command.arg("--net").arg("--").args(argv);

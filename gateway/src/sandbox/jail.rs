@@ -141,14 +141,15 @@ impl JailSpec {
                 "--keep-fd" => {
                     let fd = number("--keep-fd")?;
                     spec.keep_fd = Some(
-                        i32::try_from(fd).map_err(|_| SpecError("--keep-fd out of range".into()))?,
+                        i32::try_from(fd)
+                            .map_err(|_| SpecError("--keep-fd out of range".into()))?,
                     );
                 }
                 "--rlimit" => {
                     let text = text();
-                    let (name, amount) = text
-                        .split_once('=')
-                        .ok_or_else(|| SpecError(format!("--rlimit takes NAME=VALUE, not {text:?}")))?;
+                    let (name, amount) = text.split_once('=').ok_or_else(|| {
+                        SpecError(format!("--rlimit takes NAME=VALUE, not {text:?}"))
+                    })?;
                     let name = RlimitName::parse(name)
                         .ok_or_else(|| SpecError(format!("unknown rlimit {name:?}")))?;
                     let amount = amount
@@ -164,10 +165,14 @@ impl JailSpec {
         }
         spec.workspace = workspace.ok_or_else(|| SpecError("--workspace is required".into()))?;
         if !spec.workspace.is_absolute() || !spec.host_dir.is_absolute() {
-            return Err(SpecError("--workspace and --host-dir must be absolute".into()));
+            return Err(SpecError(
+                "--workspace and --host-dir must be absolute".into(),
+            ));
         }
         if spec.uid == 0 || spec.gid == 0 {
-            return Err(SpecError("programs never run as root: --uid and --gid must not be 0".into()));
+            return Err(SpecError(
+                "programs never run as root: --uid and --gid must not be 0".into(),
+            ));
         }
         Ok(spec)
     }
@@ -276,7 +281,17 @@ mod tests {
             largest_file_bytes: 7,
         };
         let read = JailReport::parse(&report.render());
-        assert_eq!(read.setup_failed.as_deref(), Some("mount /proc: EPERM second line"));
-        assert_eq!((read.scratch_used_bytes, read.scratch_full, read.largest_file_bytes), (10, true, 7));
+        assert_eq!(
+            read.setup_failed.as_deref(),
+            Some("mount /proc: EPERM second line")
+        );
+        assert_eq!(
+            (
+                read.scratch_used_bytes,
+                read.scratch_full,
+                read.largest_file_bytes
+            ),
+            (10, true, 7)
+        );
     }
 }

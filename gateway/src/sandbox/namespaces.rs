@@ -5,7 +5,6 @@
 
 use super::jail::{JailReport, JailSpec, RlimitName};
 use crate::sys::Rlimits;
-use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -68,15 +67,13 @@ impl Namespaces {
         let failed = |why: String| JailUnavailable::Rehearsal(why);
         let dir = work_root.join("jail-rehearsal");
         std::fs::create_dir(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
-        let mut command = self.command(
-            &dir,
-            None,
-            &Rlimits::default(),
-            1 << 20,
-            vec!["/bin/true".into()],
-            &[],
-            None,
-        );
+        let mut command = self.command(JailSpec {
+            host_dir: dir.clone(),
+            workspace: dir.clone(),
+            scratch_bytes: 1 << 20,
+            command: vec!["/bin/true".into()],
+            ..JailSpec::default()
+        });
         let status = command
             .env_clear()
             .stdin(Stdio::null())
@@ -110,40 +107,14 @@ impl Namespaces {
         self.no_network
     }
 
-    /// The command that runs `command` jailed, with `dir` as its workspace (the same
-    /// path inside and out) and `source` copied into it.
-    pub(crate) fn command(
-        &self,
-        dir: &Path,
-        source: Option<&str>,
-        rlimits: &Rlimits,
-        scratch_bytes: u64,
-        command: Vec<OsString>,
-        expose: &[PathBuf],
-        keep_fd: Option<i32>,
-    ) -> Command {
-        let mut limits = Vec::new();
-        if let Some(seconds) = rlimits.cpu_seconds {
-            limits.push((RlimitName::Cpu, seconds));
-        }
-        if let Some(bytes) = rlimits.file_size_bytes {
-            limits.push((RlimitName::FileSize, bytes));
-        }
-        if let Some(count) = rlimits.open_files {
-            limits.push((RlimitName::OpenFiles, count));
-        }
+    /// The command that runs `spec` jailed; the jail's own settings (user, network)
+    /// fill in the rest.
+    pub(crate) fn command(&self, spec: JailSpec) -> Command {
         let spec = JailSpec {
-            host_dir: dir.to_path_buf(),
-            source: source.map(OsString::from),
-            workspace: dir.to_path_buf(),
-            scratch_bytes,
             uid: self.uid,
             gid: self.gid,
             no_network: self.no_network,
-            expose: expose.to_vec(),
-            rlimits: limits,
-            keep_fd,
-            command,
+            ..spec
         };
         let mut jailed = Command::new(&self.program);
         jailed.args(spec.to_args());
@@ -167,6 +138,18 @@ impl Namespaces {
             .or_else(|| executable.parent());
         prefix.map(Path::to_path_buf).into_iter().collect()
     }
+}
+
+/// The rlimits in the jail's terms.
+pub(crate) fn rlimit_list(rlimits: &Rlimits) -> Vec<(RlimitName, u64)> {
+    [
+        (RlimitName::Cpu, rlimits.cpu_seconds),
+        (RlimitName::FileSize, rlimits.file_size_bytes),
+        (RlimitName::OpenFiles, rlimits.open_files),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|v| (name, v)))
+    .collect()
 }
 
 /// `sluice-jail` in the directory of the running executable; for tests (whose executable

@@ -68,24 +68,32 @@ fn jail(spec: &JailSpec) -> ! {
     {
         Ok(file) => file,
         Err(err) => {
-            let _ = writeln!(io::stderr(), "sluice-jail: cannot write its report in {}: {err}", spec.host_dir.display());
+            let _ = writeln!(
+                io::stderr(),
+                "sluice-jail: cannot write its report in {}: {err}",
+                spec.host_dir.display()
+            );
             std::process::exit(SETUP_FAILED)
         }
     };
     let fail = |what: &str, err: io::Error| -> ! {
-        write_report(&report, &JailReport {
-            setup_failed: Some(format!("{what}: {err}")),
-            ..JailReport::default()
-        });
+        write_report(
+            &report,
+            &JailReport {
+                setup_failed: Some(format!("{what}: {err}")),
+                ..JailReport::default()
+            },
+        );
         std::process::exit(SETUP_FAILED)
     };
     // A mirrored SIGSEGV must not write a core file.
-    let _ = os::set_rlimit(libc::RLIMIT_CORE, 0);
+    let _ = os::set_rlimit(libc::RLIMIT_CORE, 0, 0);
     if let Err(err) = os::hold_signals() {
         fail("blocking signals", err);
     }
     let (status_read, status_write) = os::pipe().unwrap_or_else(|err| fail("pipe", err));
-    let mut namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    let mut namespaces =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if spec.no_network {
         namespaces |= libc::CLONE_NEWNET;
     }
@@ -146,10 +154,13 @@ fn init(spec: &JailSpec, report_file: &File, status_write: OwnedFd) -> ! {
     // every process inside).
     let _ = os::die_with_parent();
     if let Err(why) = set_up(spec) {
-        write_report(report_file, &JailReport {
-            setup_failed: Some(why),
-            ..JailReport::default()
-        });
+        write_report(
+            report_file,
+            &JailReport {
+                setup_failed: Some(why),
+                ..JailReport::default()
+            },
+        );
         std::process::exit(SETUP_FAILED)
     }
     // Told by the program's side of a close-on-exec pipe whether exec worked.
@@ -192,10 +203,13 @@ fn init(spec: &JailSpec, report_file: &File, status_write: OwnedFd) -> ! {
 }
 
 fn fail_init(report_file: &File, why: &str) -> ! {
-    write_report(report_file, &JailReport {
-        setup_failed: Some(why.to_owned()),
-        ..JailReport::default()
-    });
+    write_report(
+        report_file,
+        &JailReport {
+            setup_failed: Some(why.to_owned()),
+            ..JailReport::default()
+        },
+    );
     std::process::exit(SETUP_FAILED)
 }
 
@@ -206,14 +220,18 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd) -> ! {
     let result = (|| -> Result<io::Error, String> {
         std::env::set_current_dir(&spec.workspace)
             .map_err(|err| format!("entering {}: {err}", spec.workspace.display()))?;
-        os::drop_privileges(spec.uid, spec.gid).map_err(|err| format!("dropping privileges: {err}"))?;
+        os::drop_privileges(spec.uid, spec.gid)
+            .map_err(|err| format!("dropping privileges: {err}"))?;
         for &(name, value) in &spec.rlimits {
-            let resource = match name {
-                RlimitName::Cpu => libc::RLIMIT_CPU,
-                RlimitName::FileSize => libc::RLIMIT_FSIZE,
-                RlimitName::OpenFiles => libc::RLIMIT_NOFILE,
+            // CPU: SIGXCPU at the limit, SIGKILL a second later (the gateway tells the
+            // two apart from other kills by the CPU time used), as without a jail.
+            let (resource, soft, hard) = match name {
+                RlimitName::Cpu => (libc::RLIMIT_CPU, value, value.saturating_add(1)),
+                RlimitName::FileSize => (libc::RLIMIT_FSIZE, value, value),
+                RlimitName::OpenFiles => (libc::RLIMIT_NOFILE, value, value),
             };
-            os::set_rlimit(resource, value).map_err(|err| format!("setting {name:?} limit: {err}"))?;
+            os::set_rlimit(resource, soft, hard)
+                .map_err(|err| format!("setting the {name:?} limit: {err}"))?;
         }
         os::reset_signals().map_err(|err| format!("resetting signals: {err}"))?;
         Ok(os::exec(&spec.command))
@@ -221,7 +239,9 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd) -> ! {
     let why = match result {
         Ok(exec_error) => format!(
             "could not start {}: {exec_error}",
-            spec.command.first().map_or_else(String::new, |c| c.to_string_lossy().into_owned())
+            spec.command
+                .first()
+                .map_or_else(String::new, |c| c.to_string_lossy().into_owned())
         ),
         Err(why) => why,
     };
@@ -233,31 +253,58 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd) -> ! {
 fn set_up(spec: &JailSpec) -> Result<(), String> {
     let err = |what: String| move |e: io::Error| format!("{what}: {e}");
     let source = match &spec.source {
-        Some(name) => Some(read_source(&spec.host_dir.join(name)).map_err(err(format!("reading {}", name.to_string_lossy())))?),
+        Some(name) => Some(
+            read_source(&spec.host_dir.join(name))
+                .map_err(err(format!("reading {}", name.to_string_lossy())))?,
+        ),
         None => None,
     };
     // Nothing done here reaches the host's mount table.
-    os::mount("none", Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
-        .map_err(err("making mounts private".into()))?;
+    os::mount(
+        "none",
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .map_err(err("making mounts private".into()))?;
     // Copies of the exposed trees, taken before anything covers their ancestors.
     let exposed = spec
         .expose
         .iter()
         .map(|dir| {
             let tree = os::clone_tree(dir).map_err(err(format!("cloning {}", dir.display())))?;
-            os::set_clone_attributes(&tree, os::MOUNT_ATTR_RDONLY | os::MOUNT_ATTR_NOSUID | os::MOUNT_ATTR_NODEV)
-                .map_err(err(format!("making {} read-only", dir.display())))?;
+            os::set_clone_attributes(
+                &tree,
+                os::MOUNT_ATTR_RDONLY | os::MOUNT_ATTR_NOSUID | os::MOUNT_ATTR_NODEV,
+            )
+            .map_err(err(format!("making {} read-only", dir.display())))?;
             Ok((dir, tree))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    os::set_tree_attributes(Path::new("/"), os::MOUNT_ATTR_RDONLY | os::MOUNT_ATTR_NOSUID)
-        .map_err(err("making the system read-only".into()))?;
+    os::set_tree_attributes(
+        Path::new("/"),
+        os::MOUNT_ATTR_RDONLY | os::MOUNT_ATTR_NOSUID,
+    )
+    .map_err(err("making the system read-only".into()))?;
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    os::mount("proc", Path::new("/proc"), Some("proc"), nosuid_nodev | libc::MS_NOEXEC, None)
-        .map_err(err("mounting /proc".into()))?;
+    os::mount(
+        "proc",
+        Path::new("/proc"),
+        Some("proc"),
+        nosuid_nodev | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(err("mounting /proc".into()))?;
     let scratch = format!("size={},mode=1777", spec.scratch_bytes.max(4096));
-    os::mount("tmpfs", Path::new("/tmp"), Some("tmpfs"), nosuid_nodev, Some(&scratch))
-        .map_err(err("mounting /tmp".into()))?;
+    os::mount(
+        "tmpfs",
+        Path::new("/tmp"),
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some(&scratch),
+    )
+    .map_err(err("mounting /tmp".into()))?;
     if Path::new("/dev/shm").is_dir() {
         os::mount("/tmp", Path::new("/dev/shm"), None, libc::MS_BIND, None)
             .map_err(err("mounting /dev/shm".into()))?;
@@ -268,8 +315,9 @@ fn set_up(spec: &JailSpec) -> Result<(), String> {
     let on_scratch = spec.workspace.starts_with("/tmp") || spec.workspace.starts_with("/dev/shm");
     if !on_scratch {
         let parent = spec.workspace.parent().unwrap_or(Path::new("/"));
-        os::mount("tmpfs", parent, Some("tmpfs"), nosuid_nodev, Some(&scratch))
-            .map_err(err(format!("mounting a workspace file system on {}", parent.display())))?;
+        os::mount("tmpfs", parent, Some("tmpfs"), nosuid_nodev, Some(&scratch)).map_err(err(
+            format!("mounting a workspace file system on {}", parent.display()),
+        ))?;
     }
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -288,7 +336,8 @@ fn set_up(spec: &JailSpec) -> Result<(), String> {
             .mode(0o600)
             .open(&path)
             .map_err(err(format!("writing {}", path.display())))?;
-        file.write_all(&code).map_err(err(format!("writing {}", path.display())))?;
+        file.write_all(&code)
+            .map_err(err(format!("writing {}", path.display())))?;
         std::os::unix::fs::chown(&path, Some(spec.uid), Some(spec.gid))
             .map_err(err("handing the source to the sandbox user".into()))?;
     }
@@ -304,8 +353,14 @@ fn expose(exposed: Vec<(&PathBuf, OwnedFd)>) -> Result<(), String> {
     for (dir, tree) in exposed {
         if let Some(closed) = highest_closed_ancestor(dir) {
             if covered.insert(closed.clone()) {
-                os::mount("tmpfs", &closed, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("size=65536,mode=0755"))
-                    .map_err(|e| format!("covering {}: {e}", closed.display()))?;
+                os::mount(
+                    "tmpfs",
+                    &closed,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    Some("size=65536,mode=0755"),
+                )
+                .map_err(|e| format!("covering {}: {e}", closed.display()))?;
             }
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -330,7 +385,9 @@ fn highest_closed_ancestor(dir: &Path) -> Option<PathBuf> {
 
 fn read_source(path: &Path) -> io::Result<Vec<u8>> {
     let mut code = Vec::new();
-    File::open(path)?.take(MAX_SOURCE_BYTES).read_to_end(&mut code)?;
+    File::open(path)?
+        .take(MAX_SOURCE_BYTES)
+        .read_to_end(&mut code)?;
     Ok(code)
 }
 
@@ -366,6 +423,9 @@ fn scratch_report(spec: &JailSpec) -> JailReport {
 
 fn write_report(mut file: &File, report: &JailReport) {
     if let Err(err) = file.write_all(report.render().as_bytes()) {
-        let _ = writeln!(io::stderr(), "sluice-jail: could not write its report: {err}");
+        let _ = writeln!(
+            io::stderr(),
+            "sluice-jail: could not write its report: {err}"
+        );
     }
 }

@@ -131,7 +131,12 @@ pub(crate) fn set_tree_attributes(path: &Path, attributes: u64) -> io::Result<()
 
 /// Sets mount attributes on a detached tree made by [`clone_tree`], recursively.
 pub(crate) fn set_clone_attributes(tree: &OwnedFd, attributes: u64) -> io::Result<()> {
-    set_attributes(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint, attributes)
+    set_attributes(
+        tree.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH as libc::c_uint,
+        attributes,
+    )
 }
 
 fn set_attributes(dirfd: RawFd, path: &CStr, flags: libc::c_uint, set: u64) -> io::Result<()> {
@@ -211,10 +216,14 @@ pub(crate) fn die_with_parent() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }.into()).map(drop)
 }
 
-pub(crate) fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+pub(crate) fn set_rlimit(
+    resource: libc::__rlimit_resource_t,
+    soft: u64,
+    hard: u64,
+) -> io::Result<()> {
     let limit = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
+        rlim_cur: soft,
+        rlim_max: hard,
     };
     // SAFETY: limit is a valid rlimit.
     check(unsafe { libc::setrlimit(resource, &limit) }.into()).map(drop)
@@ -313,4 +322,3 @@ pub(crate) fn usage(path: &Path) -> io::Result<(u64, bool)> {
     let used = (stat.f_blocks - stat.f_bfree) * block;
     Ok((used, stat.f_bavail == 0))
 }
-

@@ -1,0 +1,107 @@
+//! `sluice-jail` as a program: what it says when started by hand with bad arguments,
+//! and (where it can run: as root) that it hands back its program's end unchanged.
+//! Being an integration test of this package also makes `cargo test` build the jail,
+//! which the end-to-end suite's gateways find next to their test executables.
+
+use sluice_gateway::jail::{JailReport, JailSpec};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn jail() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice-jail"))
+}
+
+#[test]
+fn bad_arguments_are_explained_not_crashed_on() {
+    let output = jail()
+        .args([
+            "--uid",
+            "0",
+            "--gid",
+            "1",
+            "--workspace",
+            "/w",
+            "--host-dir",
+            "/w",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .expect("the jail runs");
+    assert_eq!(output.status.code(), Some(125));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("never run as root"), "{said}");
+    let output = jail().arg("--frobnicate").output().expect("the jail runs");
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--frobnicate"));
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run_jailed(
+    dir: &Path,
+    script: &str,
+    program: &str,
+) -> (std::process::Output, Option<JailReport>) {
+    std::fs::write(dir.join("main.sh"), script).expect("write the script");
+    let spec = JailSpec {
+        host_dir: dir.to_path_buf(),
+        source: Some("main.sh".into()),
+        workspace: dir.to_path_buf(),
+        scratch_bytes: 1 << 20,
+        uid: 60_000,
+        gid: 60_000,
+        no_network: true,
+        command: vec![program.into(), "main.sh".into()],
+        ..JailSpec::default()
+    };
+    let output = jail()
+        .args(spec.to_args())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the jail runs");
+    (output, JailReport::read(dir))
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn the_jail_ends_the_way_its_program_ended() {
+    // The jail needs root to create namespaces.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-jail-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    let (output, report) = run_jailed(&dir, "echo out; echo err >&2; exit 3", "/bin/sh");
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
+    let report = report.expect("a report");
+    assert_eq!(report.setup_failed, None);
+    let (output, _) = run_jailed(&dir, "kill -USR1 $$", "/bin/sh");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(output.status.signal(), Some(10), "{:?}", output.status);
+    let (output, report) = run_jailed(&dir, "", "/no/such/program");
+    assert_eq!(output.status.code(), Some(125));
+    let why = report
+        .and_then(|r| r.setup_failed)
+        .expect("a setup failure");
+    assert!(why.contains("/no/such/program"), "{why}");
+}

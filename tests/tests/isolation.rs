@@ -1,0 +1,290 @@
+//! Escape attempts against the namespace jail (`--isolation namespaces`): who a program
+//! runs as, what it can see and write, whom it can signal, what of the gateway's
+//! environment reaches it, and the workspace's size limit. Each test needs the jail; on a
+//! host where it cannot run (no root, no `sluice-jail` built) the test says why and is
+//! skipped (see `sluice doctor`).
+
+use anyhow::{ensure, Context as _, Result};
+use sluice_gateway::{Config, Isolation};
+use sluice_protocol::{EventKind, ExecuteRequest, LimitKind, Limits};
+use sluice_tests::{assert_stream_ok, request, run, TestGateway};
+
+/// False (and a line on stderr saying why) when this host cannot run the jail.
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn jail_available() -> bool {
+    match sluice_tests::host_report().namespaces {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("skipped: no namespace jail on this host ({why}; see `sluice doctor`)");
+            false
+        }
+    }
+}
+
+/// A gateway that refuses to start without the jail, so these tests never pass by
+/// running unjailed.
+async fn jailed_gateway() -> TestGateway {
+    TestGateway::spawn_with(Config {
+        isolation: Isolation::Namespaces,
+        ..Config::default()
+    })
+    .await
+}
+
+fn with_limits(request: ExecuteRequest, limits: Limits) -> ExecuteRequest {
+    ExecuteRequest { limits, ..request }
+}
+
+/// Runs a Python program that prints `name=value` lines and returns them.
+async fn facts(gateway: &TestGateway, code: &str) -> Result<Vec<(String, String)>> {
+    let client = gateway.client().await?;
+    let outcome = run(&client, request("facts", "python", code)).await?;
+    assert_stream_ok(&outcome.events);
+    ensure!(
+        outcome.terminal.exit_code == Some(0),
+        "the probe program failed: {:?}\nstdout: {}\nstderr: {}",
+        outcome.terminal,
+        outcome.stdout,
+        outcome.stderr
+    );
+    client.close().await?;
+    Ok(outcome
+        .stdout
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+fn fact<'a>(facts: &'a [(String, String)], name: &str) -> Result<&'a str> {
+    facts
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .with_context(|| format!("the program did not report {name}: {facts:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_runs_unprivileged_and_sees_only_its_own_processes() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let gateway_pid = std::process::id();
+    let code = format!(
+        r#"import os, signal
+print("uid=%d" % os.getuid())
+print("gid=%d" % os.getgid())
+print("pids=%s" % ",".join(sorted(p for p in os.listdir("/proc") if p.isdigit())))
+print("gateway_visible=%s" % os.path.exists("/proc/{gateway_pid}"))
+print("hostname=%s" % os.uname().nodename)
+for target in (1, {gateway_pid}):
+    try:
+        os.kill(target, signal.SIGKILL)
+        print("kill_%d=sent" % target)
+    except OSError as err:
+        print("kill_%d=%s" % (target, type(err).__name__))
+"#
+    );
+    let facts = facts(&gateway, &code).await?;
+    assert_ne!(fact(&facts, "uid")?, "0", "runs as root");
+    assert_ne!(fact(&facts, "gid")?, "0", "runs in group root");
+    assert_eq!(fact(&facts, "gateway_visible")?, "False");
+    let pids: Vec<&str> = fact(&facts, "pids")?.split(',').collect();
+    assert!(
+        pids.len() <= 3,
+        "a fresh PID namespace holds the jail's init and the program: {pids:?}"
+    );
+    assert_eq!(fact(&facts, "hostname")?, "sluice");
+    assert_eq!(fact(&facts, "kill_1")?, "PermissionError");
+    // The gateway's pid means nothing (or another jailed process) inside.
+    assert_ne!(fact(&facts, &format!("kill_{gateway_pid}"))?, "sent");
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_writes_only_its_workspace_and_tmp() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let code = r#"import os
+def attempt(name, path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        print("%s=written" % name)
+    except OSError as err:
+        print("%s=%s" % (name, type(err).__name__))
+attempt("workspace", "here.txt")
+attempt("tmp", "/tmp/t.txt")
+attempt("shm", "/dev/shm/s.txt")
+attempt("etc", "/etc/sluice-escape")
+attempt("usr", "/usr/sluice-escape")
+attempt("root", "/root/sluice-escape")
+attempt("var_tmp", "/var/tmp/sluice-escape")
+print("cwd=%s" % os.getcwd())
+print("others=%s" % ",".join(sorted(os.listdir(os.path.dirname(os.getcwd())))))
+"#;
+    let facts = facts(&gateway, code).await?;
+    for writable in ["workspace", "tmp", "shm"] {
+        assert_eq!(fact(&facts, writable)?, "written", "{writable}");
+    }
+    for closed in ["etc", "usr", "root", "var_tmp"] {
+        assert_ne!(fact(&facts, closed)?, "written", "{closed} is writable");
+    }
+    for escaped in [
+        "/etc/sluice-escape",
+        "/usr/sluice-escape",
+        "/var/tmp/sluice-escape",
+    ] {
+        assert!(!std::path::Path::new(escaped).exists(), "{escaped} exists");
+    }
+    // No other execution's directory is visible next to this one's.
+    let cwd = fact(&facts, "cwd")?;
+    let own = cwd.rsplit('/').next().unwrap_or_default();
+    assert_eq!(fact(&facts, "others")?, own);
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_the_gateways_environment_reaches_a_program() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let code = "import os\nfor k, v in os.environ.items():\n    print('%s=%s' % (k, v))\n";
+    let facts = facts(&gateway, code).await?;
+    // What the gateway gives every program, and what the python runtime sets itself.
+    let given = ["PATH", "LANG", "HOME", "TMPDIR", "PWD", "LC_CTYPE"];
+    let runtime_own: Vec<String> = sluice_gateway::RuntimeSpec::defaults()
+        .into_iter()
+        .filter(|spec| spec.name == "python")
+        .flat_map(|spec| spec.env.into_iter().map(|(k, _)| k))
+        .collect();
+    for (name, value) in std::env::vars() {
+        if given.contains(&name.as_str()) || runtime_own.contains(&name) {
+            continue;
+        }
+        assert!(
+            !facts.iter().any(|(k, _)| *k == name),
+            "the gateway's {name} reached the program"
+        );
+        if value.len() >= 8 {
+            assert!(
+                !facts.iter().any(|(_, v)| *v == value),
+                "the value of the gateway's {name} reached the program"
+            );
+        }
+    }
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filling_the_workspace_ends_with_resource_limit_workspace() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let client = gateway.client().await?;
+    // 32 MiB in 1 MiB files (none near the file-size limit) into an 8 MiB workspace.
+    let fill = "import os\nfor i in range(32):\n    with open('f%d' % i, 'wb') as f:\n        f.write(b'x' * (1 << 20))\nprint('all written')";
+    let outcome = run(
+        &client,
+        with_limits(
+            request("fill", "python", fill),
+            Limits {
+                workspace_bytes: Some(8 << 20),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_stream_ok(&outcome.events);
+    assert_eq!(
+        (outcome.kind(), outcome.limit()),
+        (EventKind::ResourceLimit, Some(LimitKind::Workspace)),
+        "{:?} stderr: {}",
+        outcome.terminal,
+        outcome.stderr
+    );
+    assert_eq!(outcome.terminal.limit_value, Some(8 << 20));
+    let observed = outcome
+        .terminal
+        .limit_observed
+        .context("no observed usage")?;
+    assert!(
+        observed > 7 << 20 && observed <= 9 << 20,
+        "observed {observed}"
+    );
+    assert!(!outcome.stdout.contains("all written"));
+    // A program well inside its workspace completes normally.
+    let small = "with open('/tmp/small', 'wb') as f:\n    f.write(b'x' * 1000)\nprint('ok')";
+    let outcome = run(&client, request("small", "python", small)).await?;
+    assert_eq!(
+        outcome.kind(),
+        EventKind::Completed,
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!(outcome.stdout, "ok\n");
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_file_in_tmp_ends_with_resource_limit_file_size() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let client = gateway.client().await?;
+    // Python ignores SIGXFSZ; the write fails with EFBIG and the jail's init sees the file.
+    let big = "with open('/tmp/big', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * (1 << 20))";
+    let outcome = run(
+        &client,
+        with_limits(
+            request("big", "python", big),
+            Limits {
+                file_size_bytes: Some(10 << 20),
+                workspace_bytes: Some(64 << 20),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_eq!(
+        (outcome.kind(), outcome.limit()),
+        (EventKind::ResourceLimit, Some(LimitKind::FileSize)),
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!(outcome.terminal.limit_observed, Some(10 << 20));
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jailed_programs_exit_code_and_signal_reach_the_client() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let client = gateway.client().await?;
+    // The jail ends the way its program did: same signal, same exit code.
+    let outcome = run(&client, request("sig", "sh", "kill -TERM $$")).await?;
+    assert_eq!(
+        outcome.kind(),
+        EventKind::Completed,
+        "{:?}",
+        outcome.terminal
+    );
+    assert_eq!(outcome.terminal.signal, Some(libc::SIGTERM));
+    let outcome = run(&client, request("code", "sh", "exit 7")).await?;
+    assert_eq!(outcome.terminal.exit_code, Some(7));
+    // Something left running in the background does not outlive the program.
+    let outcome = run(&client, request("bg", "sh", "sleep 1000 & echo started")).await?;
+    assert_eq!(outcome.terminal.exit_code, Some(0));
+    client.close().await?;
+    gateway.shutdown().await
+}
