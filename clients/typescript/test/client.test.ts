@@ -184,9 +184,7 @@ describe('sessions', () => {
   test('a second client attaching sees the same events', async () => {
     const other = await SluiceClient.connect(gateway.url, { reconnect: false });
     try {
-      const execution = client.execute("import sys\nprint('one', flush=True)\nsys.stdin.readline()\nprint('two')", {
-        language: 'python',
-      });
+      const execution = client.execute('echo one; read x; echo two $x', { language: 'sh' });
       const mine: SluiceEvent[] = [];
       let watcher: Promise<SluiceEvent[]> | undefined;
       for await (const event of execution) {
@@ -256,12 +254,11 @@ describe('reconnect and resume', () => {
       // while the first half streams, and the program cannot end before the stdin comes.
       const session = `ts-resume-${process.pid}-${Date.now()}`;
       const code = [
-        'import sys',
-        'for i in range(1, 1501): print(i, flush=True)',
-        'sys.stdin.readline()',
-        'for i in range(1501, 3001): print(i, flush=True)',
+        'i=1; while [ $i -le 1500 ]; do echo $i; i=$((i + 1)); done',
+        'read go',
+        'while [ $i -le 3000 ]; do echo $i; i=$((i + 1)); done',
       ].join('\n');
-      const execution = resumer.execute(code, { language: 'python', session });
+      const execution = resumer.execute(code, { language: 'sh', session });
       const reader = resumer.attach(session);
       const watched = collect(reader, (e) => e.type === 'completed', 60_000);
       let cut = false;
