@@ -206,6 +206,48 @@ describe('sessions', () => {
     }
   });
 
+  test('a rewinding attach on the same client duplicates nothing for the other consumers', async () => {
+    const session = `ts-rewind-${process.pid}-${Date.now()}`;
+    const code = [
+      'echo one; read a',
+      'i=1; while [ $i -le 100 ]; do echo $i; i=$((i + 1)); done',
+      'read b',
+      'while [ $i -le 200 ]; do echo $i; i=$((i + 1)); done',
+    ].join('\n');
+    const execution = client.execute(code, { language: 'sh', session });
+    const own: SluiceEvent[] = [];
+    let first: ReturnType<typeof client.attach> | undefined;
+    let firstEvents: Promise<SluiceEvent[]> | undefined;
+    let second: Promise<SluiceEvent[]> | undefined;
+    let out = '';
+    for await (const event of execution) {
+      own.push(event);
+      if (event.type !== 'stdout') continue;
+      out += event.data;
+      if (out === 'one\n') {
+        first = client.attach(session);
+        await within(first.ready, 10_000, 'first attach');
+        firstEvents = collect(first, () => false, 30_000);
+        execution.sendStdin('\n');
+      }
+      if (out.endsWith('\n100\n') && second === undefined) {
+        // The socket goes back to the start of the session while the program still runs.
+        const rewind = client.attach(session, { since: 0 });
+        await within(rewind.ready, 10_000, 'second attach');
+        second = collect(rewind, (e) => e.type === 'completed', 30_000);
+        execution.sendStdin('\n');
+      }
+    }
+    assert.ok(first && firstEvents && second, 'both readers attached');
+    const replayed = await second;
+    first.detach();
+    const seenByFirst = await firstEvents;
+    assertWellFormed(own);
+    assert.deepEqual(replayed, own, 'the rewinding reader sees the whole session');
+    assert.deepEqual(seenByFirst, own, 'the first reader sees each event once');
+    assert.equal(stdoutOf(own), `one\n${Array.from({ length: 200 }, (_, i) => `${i + 1}\n`).join('')}`);
+  });
+
   test('attach to a session that does not exist is refused with unknown_session', async () => {
     const reader = client.attach('no-such-session-here');
     await assert.rejects(reader.ready, (err: unknown) => err instanceof GatewayError && err.code === 'unknown_session');
