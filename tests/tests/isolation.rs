@@ -288,3 +288,34 @@ async fn a_jailed_programs_exit_code_and_signal_reach_the_client() -> Result<()>
     client.close().await?;
     gateway.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_widen_the_kernels_reach_are_refused_and_ordinary_ones_work() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let code = r#"import ctypes, errno, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(name, call):
+    ctypes.set_errno(0)
+    result = call()
+    print("%s=%s" % (name, "allowed" if result != -1 else errno.errorcode.get(ctypes.get_errno(), "?")))
+attempt("unshare_user", lambda: libc.unshare(0x10000000))
+attempt("ptrace", lambda: libc.ptrace(0, 0, 0, 0))
+attempt("io_uring", lambda: libc.syscall(425, 1, None))
+attempt("mount", lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+thread = threading.Thread(target=lambda: None)
+thread.start()
+thread.join()
+print("thread=ok")
+print("subprocess=%s" % subprocess.run(["/bin/echo", "child"], capture_output=True).stdout.decode().strip())
+"#;
+    let facts = facts(&gateway, code).await?;
+    for refused in ["unshare_user", "ptrace", "io_uring", "mount"] {
+        assert_eq!(fact(&facts, refused)?, "EPERM", "{refused}");
+    }
+    assert_eq!(fact(&facts, "thread")?, "ok");
+    assert_eq!(fact(&facts, "subprocess")?, "child");
+    gateway.shutdown().await
+}

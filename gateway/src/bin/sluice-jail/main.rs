@@ -15,7 +15,8 @@
 //!   when the program ends kills everything else in the namespace, writes the
 //!   [`JailReport`] into the execution's host-side directory and hands the program's wait
 //!   status to the jail.
-//! * The **program** drops to the unprivileged user, takes its rlimits and execs.
+//! * The **program** drops to the unprivileged user, takes its rlimits and its
+//!   system-call filter (`seccomp.rs`), and execs.
 //!
 //! What the mounts look like inside: `/` read-only and nosuid (recursively), a fresh
 //! `/proc` for the new PID namespace, one tmpfs of `--scratch-bytes` serving `/tmp`,
@@ -23,6 +24,7 @@
 //! bound read-only where an unreadable ancestor (like `/root`) would hide them.
 
 mod os;
+mod seccomp;
 
 use os::Forked;
 use sluice_gateway::jail::{JailReport, JailSpec, RlimitName, REPORT_FILE};
@@ -217,6 +219,7 @@ fn fail_init(report_file: &File, why: &str) -> ! {
 /// exec returns, and says why on the pipe.
 fn start_program(spec: &JailSpec, exec_write: OwnedFd) -> ! {
     let mut pipe = File::from(exec_write);
+    let mut filter = seccomp::filter();
     let result = (|| -> Result<io::Error, String> {
         std::env::set_current_dir(&spec.workspace)
             .map_err(|err| format!("entering {}: {err}", spec.workspace.display()))?;
@@ -234,6 +237,9 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd) -> ! {
                 .map_err(|err| format!("setting the {name:?} limit: {err}"))?;
         }
         os::reset_signals().map_err(|err| format!("resetting signals: {err}"))?;
+        // Last: from here on the denied calls fail, in the jail's code too.
+        os::install_filter(&mut filter)
+            .map_err(|err| format!("installing the system-call filter: {err}"))?;
         Ok(os::exec(&spec.command))
     })();
     let why = match result {

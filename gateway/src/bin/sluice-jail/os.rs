@@ -322,3 +322,24 @@ pub(crate) fn usage(path: &Path) -> io::Result<(u64, bool)> {
     let used = (stat.f_blocks - stat.f_bfree) * block;
     Ok((used, stat.f_bavail == 0))
 }
+
+/// Installs a seccomp filter for this process and whatever it execs (needs
+/// `no_new_privs`, which [`drop_privileges`] sets).
+pub(crate) fn install_filter(program: &mut [libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: fprog points at `program`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    check(rc).map(drop)
+}
