@@ -38,6 +38,7 @@ export type LimitKind =
   | 'file_size'
   | 'memory'
   | 'processes'
+  | 'workspace'
   | (string & {});
 
 /** What an execution used (§5.2). */
@@ -101,6 +102,8 @@ export interface ResourceLimitEvent extends ExecutionEnvelope {
   type: 'resource_limit';
   limit: LimitKind;
   limit_value: number;
+  /** What the program was seen to use of that limit, where the gateway knows it. */
+  limit_observed?: number;
   usage?: Usage;
 }
 
@@ -261,12 +264,18 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
       const value = obj['limit_value'];
       if (typeof limit !== 'string') fail(`${what} has no limit`);
       if (!isCount(value)) fail(`${what} has no limit_value`);
-      return withUsage({
-        type: 'resource_limit' as const,
+      const event: ResourceLimitEvent = {
+        type: 'resource_limit',
         ...base,
         limit: limit as string,
         limit_value: value as number,
-      });
+      };
+      const observed = obj['limit_observed'];
+      if (observed !== undefined && observed !== null) {
+        if (!isCount(observed)) fail(`${what}: limit_observed is not a non-negative integer`);
+        event.limit_observed = observed as number;
+      }
+      return withUsage(event);
     }
     case 'error': {
       const code = obj['code'];

@@ -54,6 +54,8 @@ export interface Outcome {
   /** For `resource_limit`: which limit, and its value (ms or bytes). */
   limit?: LimitKind;
   limitValue?: number;
+  /** What it was seen to use of that limit, where the gateway knows it. */
+  limitObserved?: number;
   /** Standard output and error as text (base64 output is decoded, then read as UTF-8). */
   stdout: string;
   stderr: string;
@@ -221,6 +223,7 @@ export class Execution implements AsyncIterable<SluiceEvent> {
     } else if (event.type === 'resource_limit') {
       outcome.limit = event.limit;
       outcome.limitValue = event.limit_value;
+      if (event.limit_observed !== undefined) outcome.limitObserved = event.limit_observed;
     }
     this.resolveDone(outcome);
   }

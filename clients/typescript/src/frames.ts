@@ -17,6 +17,7 @@ export interface Limits {
   open_files?: number;
   memory_bytes?: number;
   processes?: number;
+  workspace_bytes?: number;
 }
 
 /** How output is carried in `stdout`/`stderr` events. */
@@ -85,6 +86,7 @@ const LIMIT_NAMES: readonly (keyof Limits)[] = [
   'open_files',
   'memory_bytes',
   'processes',
+  'workspace_bytes',
 ];
 
 const utf8 = new TextEncoder();

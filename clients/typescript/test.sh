@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds and tests the TypeScript client (sluice-client) against a real gateway.
+#
+#   SLUICE_BIN=/path/to/sluice clients/typescript/test.sh
+#
+# Installs what the tests need (Debian's chromium if /usr/bin/chromium is missing; the
+# npm dependencies with `npm ci`), builds with tsc, type-checks the tests, and runs every
+# test with Node's test runner. Exits non-zero on any failure.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+if [[ -z "${SLUICE_BIN:-}" ]]; then
+  echo "test.sh: SLUICE_BIN is not set; point it at a built gateway (e.g. SLUICE_BIN=target/release/sluice)" >&2
+  exit 2
+fi
+# A relative path means relative to where the script was called from.
+SLUICE_BIN="$(cd "$(dirname "$SLUICE_BIN")" && pwd)/$(basename "$SLUICE_BIN")"
+if [[ ! -x "$SLUICE_BIN" ]]; then
+  echo "test.sh: SLUICE_BIN=$SLUICE_BIN is not an executable file" >&2
+  exit 2
+fi
+export SLUICE_BIN
+
+if [[ ! -x /usr/bin/chromium ]]; then
+  echo "test.sh: installing Debian's chromium for the browser test"
+  sudo=""
+  if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y chromium
+fi
+
+cd "$here"
+echo "test.sh: npm ci"
+npm ci --no-audit --no-fund
+echo "test.sh: build (tsc)"
+npx tsc -p tsconfig.json
+echo "test.sh: type-check and compile the tests"
+npx tsc -p tsconfig.test.json
+echo "test.sh: run the tests (gateway: $SLUICE_BIN)"
+node --test --test-reporter=spec --test-concurrency=1 build/test/*.test.js
