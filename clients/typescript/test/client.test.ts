@@ -280,61 +280,62 @@ describe('reconnect and resume', () => {
     await proxy?.close();
   });
 
-  test('a cut connection resumes: every event exactly once, in order', async () => {
-    const states: string[] = [];
-    let reconnected!: () => void;
-    const back = new Promise<void>((resolve) => (reconnected = resolve));
-    const resumer = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, {
-      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
-      onConnectionChange: (state) => {
-        states.push(state);
-        if (state === 'connected') reconnected();
-      },
-    });
-    try {
-      // Numbered lines: 1..1500, then it waits for stdin, then 1501..3000. The cut comes
-      // while the first half streams, and the program cannot end before the stdin comes.
-      const session = `ts-resume-${process.pid}-${Date.now()}`;
-      const code = [
-        'i=1; while [ $i -le 1500 ]; do echo $i; i=$((i + 1)); done',
-        'read go',
-        'while [ $i -le 3000 ]; do echo $i; i=$((i + 1)); done',
-      ].join('\n');
-      const execution = resumer.execute(code, { language: 'sh', session });
-      const reader = resumer.attach(session);
-      const watched = collect(reader, (e) => e.type === 'completed', 60_000);
-      let cut = false;
-      let out = '';
-      const events = await collect(
-        execution,
-        (event) => {
-          if (event.type !== 'stdout') return false;
-          out += event.data;
-          if (!cut && out.split('\n').length > 300) {
-            cut = true;
-            proxy.cut();
-            // The input goes out once the client is attached again.
-            void back.then(() => execution.sendStdin('go\n'));
-          }
-          return false;
+  for (const named of [true, false]) {
+    const what = named ? 'a named session' : 'a gateway-made session';
+    test(`a cut connection resumes ${what}: every event exactly once, in order`, async () => {
+      const states: string[] = [];
+      let reconnected!: () => void;
+      const back = new Promise<void>((resolve) => (reconnected = resolve));
+      const resumer = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, {
+        reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+        onConnectionChange: (state) => {
+          states.push(state);
+          if (state === 'connected') reconnected();
         },
-        60_000,
-      );
-      assert.ok(cut, 'the connection was cut mid-stream');
-      assert.deepEqual(states.slice(0, 2), ['reconnecting', 'connected']);
-      assert.ok(proxy.accepted >= 2, 'a second connection was made');
-      assertWellFormed(events);
-      const lines = stdoutOf(events).trimEnd().split('\n').map(Number);
-      assert.deepEqual(lines, Array.from({ length: 3000 }, (_, i) => i + 1), 'lines 1..3000 exactly once, in order');
-      const outcome = await execution.done;
-      assert.equal(outcome.exitCode, 0);
-      // The session reader on the same client saw the same events, once each.
-      const seen = await watched;
-      assert.deepEqual(seen, events);
-    } finally {
-      resumer.close();
-    }
-  });
+      });
+      try {
+        // Numbered lines: 1..1500, then it waits for stdin, then 1501..3000. The cut comes
+        // while the first half streams, and the program cannot end before the stdin comes.
+        const session = named ? `ts-resume-${process.pid}-${Date.now()}` : undefined;
+        const code = [
+          'i=1; while [ $i -le 1500 ]; do echo $i; i=$((i + 1)); done',
+          'read go',
+          'while [ $i -le 3000 ]; do echo $i; i=$((i + 1)); done',
+        ].join('\n');
+        const execution = resumer.execute(code, session ? { language: 'sh', session } : { language: 'sh' });
+        // A reader of the same (named) session on the same client.
+        const watched = session ? collect(resumer.attach(session), (e) => e.type === 'completed', 60_000) : undefined;
+        let cut = false;
+        let out = '';
+        const events = await collect(
+          execution,
+          (event) => {
+            if (event.type !== 'stdout') return false;
+            out += event.data;
+            if (!cut && out.split('\n').length > 300) {
+              cut = true;
+              proxy.cut();
+              // The input goes out once the client is attached again.
+              void back.then(() => execution.sendStdin('go\n'));
+            }
+            return false;
+          },
+          60_000,
+        );
+        assert.ok(cut, 'the connection was cut mid-stream');
+        assert.deepEqual(states.slice(0, 2), ['reconnecting', 'connected']);
+        assert.ok(proxy.accepted >= 2, 'a new connection was made');
+        assertWellFormed(events);
+        const lines = stdoutOf(events).trimEnd().split('\n').map(Number);
+        assert.deepEqual(lines, Array.from({ length: 3000 }, (_, i) => i + 1), 'lines 1..3000 exactly once, in order');
+        const outcome = await execution.done;
+        assert.equal(outcome.exitCode, 0);
+        if (watched) assert.deepEqual(await watched, events, 'the session reader saw the same events, once each');
+      } finally {
+        resumer.close();
+      }
+    });
+  }
 
   test('without reconnect, a cut ends open executions with connection_lost', async () => {
     const fragile = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, { reconnect: false });
