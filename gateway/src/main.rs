@@ -1,7 +1,10 @@
-//! The `sluice` command: `sluice serve` runs the gateway.
+//! The `sluice` command: `sluice serve` runs the gateway; `sluice run` and `sluice attach`
+//! are its terminal client (in [`cli`]).
 //!
 //! Kept thin: parse flags into a [`Config`], set up logging, bind, and hand over to
 //! [`sluice_gateway::run`] with a shutdown future for SIGINT/SIGTERM.
+
+mod cli;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +32,20 @@ enum Command {
     /// Print what this host lets the gateway enforce: for each limit and isolation
     /// layer, the mechanism it will use, or that it is not enforced here and why.
     Doctor,
+    /// Run a program on a gateway as if it ran here: its output streams to this
+    /// terminal, this terminal's input to it, and `sluice run` exits with its status.
+    ///
+    /// The program's stdout and stderr come out here byte for byte as they arrive; stdin
+    /// is forwarded (line by line from a terminal) and closed at its end; Ctrl-C cancels
+    /// the program, a second Ctrl-C exits at once. The gateway is --url, or $SLUICE_URL.
+    #[command(after_help = cli::run::AFTER_HELP)]
+    Run(Box<cli::run::RunArgs>),
+    /// Print a session's events live, one per line, whoever runs programs in it.
+    ///
+    /// Replays the events the gateway still buffers (after --since), then follows the
+    /// session until Ctrl-C; a dropped connection is resumed where it stopped.
+    #[command(after_help = cli::attach::AFTER_HELP)]
+    Attach(cli::attach::AttachArgs),
 }
 
 #[derive(Debug, Args)]
@@ -373,6 +390,8 @@ fn main() -> anyhow::Result<()> {
                 .write_all(report.as_bytes())
                 .context("cannot write the report")
         }
+        Command::Run(args) => std::process::exit(cli::run::main(*args)),
+        Command::Attach(args) => std::process::exit(cli::attach::main(args)),
     }
 }
 
