@@ -1,0 +1,515 @@
+//! The terminal client, `sluice run` and `sluice attach`, as a user runs it: the built
+//! `sluice` binary as a subprocess, against a real gateway on a real socket.
+//!
+//! The binary is the one `cargo test --workspace` builds next to the test executables
+//! (target/debug/sluice). Waits are on output and exit, each bounded by the harness's
+//! patience; nothing sleeps to synchronise.
+
+use anyhow::{bail, ensure, Context as _, Result};
+use sluice_protocol::{Event, EventKind, ExecuteRequest};
+use sluice_tests::{request, unique_marker, wait_for_output, wait_until_gone, within, TestGateway};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use tokio::sync::mpsc;
+
+/// The `sluice` binary: `target/<profile>/sluice`, the sibling of this test executable's
+/// `deps` directory.
+fn sluice_binary() -> Result<PathBuf> {
+    let test = std::env::current_exe().context("cannot find the test executable")?;
+    let profile_dir = test
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test executable is not in target/<profile>/deps")?;
+    let binary = profile_dir.join("sluice");
+    ensure!(
+        binary.is_file(),
+        "the sluice binary is not at {}: build it first with `cargo build -p sluice-gateway \
+         --bin sluice` (`cargo test --workspace` builds it)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// A `sluice` command aimed at `gateway`, with nothing inherited that could change it.
+fn sluice(gateway: &TestGateway, args: &[&str]) -> Result<Command> {
+    let mut command = Command::new(sluice_binary()?);
+    command
+        .args(args)
+        .env("SLUICE_URL", gateway.url())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Ok(command)
+}
+
+/// How a finished `sluice` went.
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Finished {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Checks that `sluice` said exactly one line on stderr, `sluice: ...` containing
+    /// `needle`.
+    fn assert_one_error_line(&self, needle: &str) -> Result<()> {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        ensure!(
+            lines.len() == 1,
+            "expected one line on stderr, got {:?}",
+            self.stderr
+        );
+        ensure!(
+            lines[0].starts_with("sluice: ") && lines[0].contains(needle),
+            "expected `sluice: ...{needle}...` on stderr, got {:?}",
+            self.stderr
+        );
+        Ok(())
+    }
+}
+
+/// Runs `sluice ARGS` to its end with `stdin` as its input (none: /dev/null).
+async fn finish(gateway: &TestGateway, args: &[&str], stdin: Option<Vec<u8>>) -> Result<Finished> {
+    let mut command = sluice(gateway, args)?;
+    if stdin.is_some() {
+        command.stdin(Stdio::piped());
+    }
+    let mut child = command.spawn().context("cannot start sluice")?;
+    let pid = child.id();
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A thread of its own: the program reads while we would otherwise block writing.
+        std::thread::spawn(move || {
+            // The program may stop reading early; its status tells the test.
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = within(&format!("sluice {args:?} to exit"), waited)
+        .await
+        .inspect_err(|_| kill(pid, libc::SIGKILL))?
+        .context("the waiting thread panicked")?
+        .context("cannot wait for sluice")?;
+    Ok(Finished {
+        status: output.status,
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// Sends `signal` to a process this test started.
+fn kill(pid: u32, signal: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: plain kill(2) on a child of this test; a gone process is harmless.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// A `sluice` still running, whose stdout is read line by line as it comes.
+struct Running {
+    /// The process; taken by [`Running::exit`], killed on drop otherwise.
+    child: Option<Child>,
+    pid: u32,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    /// Every stdout line received so far.
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(mut command: Command) -> Result<Self> {
+        let mut child = command.spawn().context("cannot start sluice")?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let mut stderr = child.stderr.take().context("no stderr pipe")?;
+        let (sender, lines) = mpsc::channel(1024);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.blocking_send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Ok(Self {
+            pid: child.id(),
+            child: Some(child),
+            lines,
+            stderr: Some(stderr),
+            seen: Vec::new(),
+        })
+    }
+
+    /// Waits for the next stdout line that satisfies `wanted`.
+    async fn line_where(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> Result<String> {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if wanted(&line) {
+                    return Ok(line);
+                }
+            }
+            bail!("stdout ended before {what}; it had {:?}", self.seen)
+        };
+        within(what, wait).await?
+    }
+
+    /// Waits for it to exit; returns its status, its stderr and the stdout lines seen.
+    async fn exit(mut self) -> Result<(ExitStatus, String, Vec<String>)> {
+        let mut child = self.child.take().context("already waited for")?;
+        let stderr = self.stderr.take();
+        let waited = tokio::task::spawn_blocking(move || {
+            let status = child.wait();
+            let stderr = stderr
+                .and_then(|thread| thread.join().ok())
+                .unwrap_or_default();
+            status.map(|status| (status, stderr))
+        });
+        let (status, stderr) = within("sluice to exit", waited)
+            .await
+            .inspect_err(|_| kill(self.pid, libc::SIGKILL))?
+            .context("the waiting thread panicked")?
+            .context("cannot wait for sluice")?;
+        Ok((status, stderr, std::mem::take(&mut self.seen)))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A test that failed half-way leaves no sluice behind.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_world_comes_out_exactly() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let done = finish(
+        &gateway,
+        &["run", "-l", "python", "-c", "print('hello, world')"],
+        None,
+    )
+    .await?;
+    assert_eq!(done.stdout_text(), "hello, world\n");
+    assert_eq!(done.stderr, "");
+    assert_eq!(done.code(), Some(0));
+
+    // A script file: its extension names the language, and arguments follow `--`.
+    let dir = std::env::temp_dir().join(format!("sluice-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("hello.py");
+    std::fs::write(&script, "import sys\nprint('hello', sys.argv[1:])\n")?;
+    let path = script.to_string_lossy().into_owned();
+    let done = finish(&gateway, &["run", &path, "--", "a", "b c"], None).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        done.stdout_text(),
+        "hello ['a', 'b c']\n",
+        "{}",
+        done.stderr
+    );
+    assert_eq!(done.code(), Some(0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_and_stderr_stay_apart() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let code = "echo out; echo err >&2; echo more out; printf 'no newline' >&2";
+    let done = finish(&gateway, &["run", "-l", "sh", "-c", code], None).await?;
+    assert_eq!(done.stdout_text(), "out\nmore out\n");
+    assert_eq!(done.stderr, "err\nno newline");
+    assert_eq!(done.code(), Some(0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_output_and_split_characters_are_byte_exact() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    // "é" written in two halves, flushed apart, then bytes that are not UTF-8 at all.
+    let code = "import sys\nout = sys.stdout.buffer\nout.write(b'\\xc3'); out.flush()\n\
+                out.write(b'\\xa9\\xff\\x00\\x80end'); out.flush()\n\
+                sys.stderr.buffer.write(b'\\xfe\\n')\n";
+    let done = finish(&gateway, &["run", "-l", "python", "-c", code], None).await?;
+    assert_eq!(done.stdout, b"\xc3\xa9\xff\x00\x80end");
+    assert_eq!(
+        done.stderr, "\u{fffd}\n",
+        "stderr (lossy) holds the one odd byte"
+    );
+    assert_eq!(done.code(), Some(0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_status_and_signals_pass_through() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let done = finish(&gateway, &["run", "-l", "sh", "-c", "exit 3"], None).await?;
+    assert_eq!(done.code(), Some(3));
+    assert_eq!(
+        done.stderr, "",
+        "an exit status of the program is not sluice's error"
+    );
+
+    let done = finish(&gateway, &["run", "-l", "sh", "-c", "kill -TERM $$"], None).await?;
+    assert_eq!(done.code(), Some(128 + libc::SIGTERM), "{}", done.stderr);
+    assert_eq!(done.stderr, "");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_stdin_reaches_the_program_then_eof() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let input = b"first line\nsecond line, then no newline: \xc3\xa9".to_vec();
+    let done = finish(
+        &gateway,
+        &["run", "-l", "sh", "-c", "cat"],
+        Some(input.clone()),
+    )
+    .await?;
+    assert_eq!(done.stdout, input, "cat ends only when it gets eof");
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+
+    // Far more than the gateway queues for a program that does not read yet (1 MiB):
+    // the input must still arrive whole and in order.
+    let big: Vec<u8> = (0..300_000_u32)
+        .flat_map(|i| format!("{i:09}\n").into_bytes())
+        .collect();
+    let done = finish(
+        &gateway,
+        // The program is slow to start reading, so the gateway refuses input for a while.
+        &["run", "-l", "sh", "-c", "sleep 0.5; exec cat"],
+        Some(big.clone()),
+    )
+    .await?;
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    ensure!(
+        done.stdout == big,
+        "{} bytes in, {} bytes out: input was lost or reordered",
+        big.len(),
+        done.stdout.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_have_their_own_exit_status_and_one_line() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let done = finish(
+        &gateway,
+        &[
+            "run",
+            "--timeout-ms",
+            "300",
+            "-l",
+            "sh",
+            "-c",
+            "exec sleep 1000",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(done.code(), Some(124));
+    done.assert_one_error_line("timeout")?;
+
+    let done = finish(
+        &gateway,
+        &["run", "--output-bytes", "10", "-l", "sh", "-c", "yes"],
+        None,
+    )
+    .await?;
+    assert_eq!(done.code(), Some(125));
+    assert_eq!(done.stdout, b"y\ny\ny\ny\ny\n", "exactly the output limit");
+    done.assert_one_error_line("output")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistakes_get_one_clear_line_and_their_status() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let done = finish(
+        &gateway,
+        &["run", "-l", "cobol", "-c", "DISPLAY 'HI'."],
+        None,
+    )
+    .await?;
+    assert_eq!(done.code(), Some(126));
+    done.assert_one_error_line("unknown language \"cobol\"")?;
+
+    let done = finish(
+        &gateway,
+        &["run", "/nonexistent/sluice-cli/script.py"],
+        None,
+    )
+    .await?;
+    assert_eq!(done.code(), Some(66));
+    done.assert_one_error_line("/nonexistent/sluice-cli/script.py")?;
+
+    let dir = std::env::temp_dir().join(format!("sluice-cli-ext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("main.rb");
+    std::fs::write(&script, "puts 1\n")?;
+    let done = finish(&gateway, &["run", &script.to_string_lossy()], None).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(done.code(), Some(2));
+    done.assert_one_error_line("--language")?;
+
+    let done = finish(
+        &gateway,
+        &["run", "-l", "sh", "-c", "true", "--timeout-ms", "0"],
+        None,
+    )
+    .await?;
+    assert_eq!(done.code(), Some(126));
+    done.assert_one_error_line("invalid_limit")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_gateway_is_one_line() -> Result<()> {
+    // A port that was just free: nothing listens there.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    let gateway = TestGateway::spawn().await;
+    let url = format!("ws://{addr}/v1/ws");
+    let done = finish(
+        &gateway,
+        &["run", "--url", &url, "-l", "sh", "-c", "echo never"],
+        None,
+    )
+    .await?;
+    assert_eq!(done.code(), Some(69));
+    done.assert_one_error_line("cannot reach the gateway")?;
+    assert_eq!(done.stdout_text(), "");
+
+    let done = finish(&gateway, &["attach", "--url", &url, "any"], None).await?;
+    assert_eq!(done.code(), Some(69));
+    done.assert_one_error_line("cannot reach the gateway")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_the_program() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let marker = unique_marker("cli-ctrl-c");
+    let code = format!("echo ready; exec -a {marker} sleep 1000");
+    let mut running = Running::start(sluice(&gateway, &["run", "-l", "bash", "-c", &code])?)?;
+    running
+        .line_where("the program's marker", |line| line == "ready")
+        .await?;
+    kill(running.pid, libc::SIGINT);
+    let (status, stderr, _) = running.exit().await?;
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        stderr, "",
+        "stderr is no terminal: no hint, and a cancel is no error"
+    );
+    wait_until_gone(&marker).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_sees_another_clients_execution() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let session = unique_marker("cli-attach");
+    let mut execution = client
+        .execute(ExecuteRequest {
+            session: Some(session.clone()),
+            ..request("other", "sh", "echo first; read line; echo \"got $line\"")
+        })
+        .await?;
+    let mut events = Vec::new();
+    wait_for_output(&mut execution, &mut events, "first").await?;
+
+    let mut attached =
+        Running::start(sluice(&gateway, &["attach", &session, "--until-terminal"])?)?;
+    // The attach replays what happened before it...
+    let parse = |line: &str| serde_json::from_str::<Event>(line).ok();
+    attached
+        .line_where("the replayed output", |line| {
+            parse(line).is_some_and(|e| e.kind == EventKind::Stdout && e.data == "first\n")
+        })
+        .await?;
+    // ...then follows the session live.
+    execution.send_stdin("hello\n").await?;
+    execution.close_stdin().await?;
+    attached
+        .line_where("the live output", |line| {
+            parse(line).is_some_and(|e| e.kind == EventKind::Stdout && e.data == "got hello\n")
+        })
+        .await?;
+    let terminal = attached
+        .line_where("the terminal event", |line| {
+            parse(line).is_some_and(|e| e.is_terminal())
+        })
+        .await?;
+    let (status, stderr, lines) = attached.exit().await?;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+    let terminal = parse(&terminal).context("the terminal line is an event")?;
+    assert_eq!(terminal.kind, EventKind::Completed);
+    assert_eq!(terminal.exit_code, Some(0));
+
+    // Every event of the session once, in order: all of the other client's execution.
+    let seen = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("not an event: {line}")))
+        .collect::<Result<Vec<Event>>>()?;
+    let kinds: Vec<EventKind> = seen.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.first(), Some(&EventKind::Started), "{lines:?}");
+    assert_eq!(kinds.last(), Some(&EventKind::Completed), "{lines:?}");
+    for (index, event) in seen.iter().enumerate() {
+        assert_eq!(event.sequence, index as u64 + 1, "{lines:?}");
+        assert_eq!(event.id.as_deref(), Some("other"));
+        assert_eq!(event.session.as_deref(), Some(session.as_str()));
+    }
+
+    // Later, from a given sequence on, in text.
+    let since = (terminal.sequence - 1).to_string();
+    let done = finish(
+        &gateway,
+        &[
+            "attach",
+            &session,
+            "--since",
+            &since,
+            "--format",
+            "text",
+            "--until-terminal",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    assert_eq!(
+        done.stdout_text(),
+        format!("{} other completed exit_code=0\n", terminal.sequence)
+    );
+
+    // A session nobody opened.
+    let done = finish(&gateway, &["attach", &unique_marker("cli-nobody")], None).await?;
+    assert_eq!(done.code(), Some(126));
+    done.assert_one_error_line("unknown_session")?;
+    Ok(())
+}
