@@ -272,12 +272,18 @@ describe('sessions', () => {
 });
 
 describe('reconnect and resume', () => {
+  // A gateway whose replay buffer is small: in acknowledged mode its programs wait as
+  // soon as 64 events are unacknowledged, so a client that stops acknowledging (or
+  // resumes from the wrong place) cannot pass.
+  let small: Gateway;
   let proxy: Proxy;
   before(async () => {
-    proxy = await startProxy(gateway.port);
+    small = await startGateway(['--replay-events', '64']);
+    proxy = await startProxy(small.port);
   });
   after(async () => {
     await proxy?.close();
+    await small?.stop();
   });
 
   for (const named of [true, false]) {
