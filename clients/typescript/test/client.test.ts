@@ -343,6 +343,56 @@ describe('reconnect and resume', () => {
     });
   }
 
+  test('a cancel sent across a cut still stops the program', async () => {
+    const resumer = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, {
+      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+    });
+    try {
+      const execution = resumer.execute('echo ready; sleep 60', { language: 'sh', session: `ts-cancel-cut-${Date.now()}` });
+      const events = await collect(execution, (event) => {
+        if (event.type === 'stdout') {
+          // Whether or not the client has noticed the cut yet, the cancel must get through.
+          proxy.cut();
+          execution.cancel();
+        }
+        return false;
+      });
+      assertWellFormed(events);
+      assert.equal(events[events.length - 1]?.type, 'cancelled');
+    } finally {
+      resumer.close();
+    }
+  });
+
+  test('when reconnecting gives up, open streams end with connection_lost', async () => {
+    const doomed = await startProxy(small.port);
+    const states: string[] = [];
+    const resumer = await SluiceClient.connect(`ws://127.0.0.1:${doomed.port}/v1/ws`, {
+      reconnect: { initialDelayMs: 20, maxDelayMs: 100, giveUpAfterMs: 500 },
+      onConnectionChange: (state) => states.push(state),
+    });
+    const execution = resumer.execute('echo ready; sleep 60', { language: 'sh', session: `ts-give-up-${Date.now()}` });
+    const reading = collect(execution, (event) => {
+      if (event.type === 'stdout') void doomed.close(); // cut, and refuse new connections
+      return false;
+    });
+    await assert.rejects(reading, (err: unknown) => err instanceof ConnectionError && err.code === 'connection_lost' && /gave up/.test(err.message));
+    await assert.rejects(execution.done, { code: 'connection_lost' });
+    assert.deepEqual(states, ['reconnecting', 'closed']);
+    assert.equal(resumer.connected, false);
+  });
+
+  test('close() ends open streams with closed', async () => {
+    const closing = await SluiceClient.connect(gateway.url);
+    const execution = closing.execute('echo ready; sleep 60', { language: 'sh' });
+    const reader = collect(execution, (event) => {
+      if (event.type === 'stdout') closing.close();
+      return false;
+    });
+    await assert.rejects(reader, (err: unknown) => err instanceof ConnectionError && err.code === 'closed');
+    assert.throws(() => closing.execute('true', { language: 'sh' }), { code: 'closed' });
+  });
+
   test('without reconnect, a cut ends open executions with connection_lost', async () => {
     const fragile = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, { reconnect: false });
     const execution = fragile.execute('echo ready; sleep 60', { language: 'sh' });
