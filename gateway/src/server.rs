@@ -86,21 +86,6 @@ pub async fn run(
         .await
         .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
     let work_root = WorkRoot::create(config.work_root.as_deref())?;
-    let cgroups = match config.isolation {
-        Isolation::None => Cgroups::default(),
-        Isolation::Auto | Isolation::Cgroups | Isolation::Namespaces => {
-            tokio::task::spawn_blocking(Cgroups::probe)
-                .await
-                .unwrap_or_default()
-        }
-    };
-    let caps = cgroups.capabilities();
-    if config.isolation == Isolation::Cgroups && caps.kill_tree.is_none() {
-        return Err(GatewayError::Isolation(
-            "--isolation cgroups needs a writable cgroup v1 memory or pids hierarchy under the gateway's own cgroup (see `sluice doctor`); this host has none".into(),
-        ));
-    }
-    let cgroups = Arc::new(cgroups);
     let jail = match config.isolation {
         Isolation::None | Isolation::Cgroups => None,
         Isolation::Auto | Isolation::Namespaces => {
@@ -127,6 +112,23 @@ pub async fn run(
             }
         }
     };
+    let cgroups = match config.isolation {
+        Isolation::None => Cgroups::default(),
+        Isolation::Auto | Isolation::Cgroups | Isolation::Namespaces => {
+            // The v2 hierarchy is joined by the jail; without one it is of no use.
+            let unified = jail.is_some();
+            tokio::task::spawn_blocking(move || Cgroups::probe(unified))
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let caps = cgroups.capabilities();
+    if config.isolation == Isolation::Cgroups && caps.kill_tree.is_none() {
+        return Err(GatewayError::Isolation(
+            "--isolation cgroups needs a writable cgroup v1 memory or pids hierarchy under the gateway's own cgroup (see `sluice doctor`); this host has none".into(),
+        ));
+    }
+    let cgroups = Arc::new(cgroups);
     // A jail takes the network away itself; without one, `unshare --net` does.
     let no_network = match (config.network, config.isolation, &jail) {
         (_, _, Some(_)) | (Network::On, _, _) | (Network::Auto, Isolation::None, _) => None,

@@ -319,3 +319,62 @@ print("subprocess=%s" % subprocess.run(["/bin/echo", "child"], capture_output=Tr
     assert_eq!(fact(&facts, "subprocess")?, "child");
     gateway.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_time_is_limited_for_the_whole_tree() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    if sluice_tests::host_report().cpu_tree.is_none() {
+        skip("no CPU accounting for a whole tree (cgroup v2 cpu.stat) on this host");
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let client = gateway.client().await?;
+    // Four processes, each well inside the per-process limit (2 s with a 1 s limit,
+    // rounded up, plus the second before SIGKILL), together far past it.
+    let spinners = r#"import os, time
+def spin(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        spin(0.9)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+print("all done")
+"#;
+    let outcome = run(
+        &client,
+        with_limits(
+            request("spinners", "python", spinners),
+            Limits {
+                cpu_ms: Some(1_000),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_stream_ok(&outcome.events);
+    assert_eq!(
+        (outcome.kind(), outcome.limit()),
+        (EventKind::ResourceLimit, Some(LimitKind::Cpu)),
+        "{:?}",
+        outcome.terminal
+    );
+    let observed = outcome.terminal.limit_observed.context("no observed CPU")?;
+    assert!((1_000..3_000).contains(&observed), "observed {observed} ms");
+    assert!(!outcome.stdout.contains("all done"));
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn skip(why: &str) {
+    eprintln!("skipped: {why}");
+}

@@ -141,6 +141,12 @@ impl Kernel {
                 workspace: workdir.path().to_path_buf(),
                 scratch_bytes: limits.scratch_bytes,
                 expose: Namespaces::exposure_for(&runtime.program),
+                cgroups: cgroup
+                    .as_ref()
+                    .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
+                    .map(Path::to_path_buf)
+                    .into_iter()
+                    .collect(),
                 rlimits: rlimit_list(&limits.rlimits),
                 keep_fd: Some(sys::CONTROL_FD),
                 command: vec![

@@ -460,7 +460,7 @@ fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
     match launch.spawn() {
         Ok(spawned) => Ok(Launched {
             workdir: Some(workdir),
-            program: Program::Process(spawned.child),
+            program: Program::Process(Box::new(spawned.child)),
             stdin: std::os::fd::OwnedFd::from(spawned.stdin),
             stdout: spawned.stdout,
             stderr: spawned.stderr,
@@ -504,6 +504,8 @@ enum Stop {
     Memory,
     /// A fork failed at the cgroup's process limit.
     Processes,
+    /// The whole tree used its CPU time (cgroup v2 `cpu.stat`).
+    Cpu,
 }
 
 /// How often a running program's cgroup is checked for a memory or process-limit hit.
@@ -687,7 +689,9 @@ impl Run {
         let id = Some(self.spec.id.clone());
         let limits = self.spec.limits;
         // A limit the cgroup caught after the last check (or that ended the program).
-        let stop = pump.stop.or_else(|| cgroup.as_ref().and_then(cgroup_stop));
+        let stop = pump
+            .stop
+            .or_else(|| cgroup.as_ref().and_then(|r| cgroup_stop(r, limits.cpu_ms)));
         let kernel_limit = match &reaped {
             Ok(reaped) if !kernel_lost => rlimit_hit(reaped, &limits, largest_file),
             _ => None,
@@ -736,6 +740,19 @@ impl Run {
                     format!(
                         "process limit of {} reached (a fork failed)",
                         limits.processes
+                    ),
+                )
+            },
+            (Some(Stop::Cpu), _) => Event {
+                limit: Some(LimitKind::Cpu),
+                limit_value: Some(limits.cpu_ms),
+                limit_observed: cgroup.and_then(|r| r.cpu_usec).map(|usec| usec / 1000),
+                ..Event::new(
+                    EventKind::ResourceLimit,
+                    id,
+                    format!(
+                        "CPU-time limit of {} ms reached by the program's processes together",
+                        limits.cpu_ms
                     ),
                 )
             },
@@ -935,7 +952,8 @@ impl Run {
                     }
                     if running && stop.is_none() && cgroup_check_at.is_some_and(|at| at <= now) {
                         cgroup_check_at = Some(now + CGROUP_CHECK);
-                        if let Some(hit) = child.cgroup_report().and_then(|r| cgroup_stop(&r)) {
+                        let report = child.cgroup_report();
+                        if let Some(hit) = report.and_then(|r| cgroup_stop(&r, limits.cpu_ms)) {
                             stop = Some(hit);
                             child.kill();
                         }
@@ -1023,11 +1041,16 @@ impl Run {
 }
 
 /// The limit a cgroup report shows was hit, if any.
-fn cgroup_stop(report: &crate::sandbox::CgroupReport) -> Option<Stop> {
+fn cgroup_stop(report: &crate::sandbox::CgroupReport, cpu_ms: u64) -> Option<Stop> {
     if report.oom_killed {
         Some(Stop::Memory)
     } else if report.process_limit_hit {
         Some(Stop::Processes)
+    } else if report
+        .cpu_usec
+        .is_some_and(|used| used >= cpu_ms.saturating_mul(1000))
+    {
+        Some(Stop::Cpu)
     } else {
         None
     }

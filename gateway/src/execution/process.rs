@@ -104,6 +104,13 @@ impl Launch<'_> {
                 workspace: self.workdir.to_path_buf(),
                 scratch_bytes: self.scratch_bytes,
                 expose: Namespaces::exposure_for(&self.runtime.program),
+                cgroups: self
+                    .cgroup
+                    .as_ref()
+                    .and_then(ExecutionCgroup::unified_dir)
+                    .map(Path::to_path_buf)
+                    .into_iter()
+                    .collect(),
                 rlimits: rlimit_list(&self.rlimits),
                 command: argv,
                 ..JailSpec::default()

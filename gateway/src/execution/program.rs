@@ -34,7 +34,7 @@ impl Cell {
 
 #[derive(Debug)]
 pub(crate) enum Program {
-    Process(ChildGroup),
+    Process(Box<ChildGroup>),
     Cell(Cell),
 }
 

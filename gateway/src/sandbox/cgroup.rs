@@ -1,13 +1,18 @@
 //! Control groups: one per execution, under the gateway's own, for the limits and the
-//! accounting that must cover a whole process tree (memory, processes) and for killing
-//! every process of an execution, including ones that left its process group.
+//! accounting that must cover a whole process tree (memory, processes, CPU time) and for
+//! killing every process of an execution, including ones that left its process group.
 //!
 //! A program must be inside its cgroup before it runs: moving it after the spawn lets
-//! what it forks meanwhile escape (a cgroup move can take milliseconds). So the thread
-//! that spawns moves itself into the execution's cgroup, spawns (the child is born
-//! inside), and moves back. Only cgroup v1 moves single threads; on a host with the v2
-//! layout alone, memory and process limits are not enforced yet (`sluice doctor` says
-//! so).
+//! what it forks meanwhile escape (a cgroup move can take milliseconds).
+//!
+//! * **cgroup v1** (`memory`, `pids`): the thread that spawns moves itself into the
+//!   execution's cgroups, spawns (the child is born inside), and moves back. Only v1
+//!   moves single threads.
+//! * **cgroup v2** (the unified hierarchy) moves whole processes only, so a jailed
+//!   program's jail joins it itself, before it starts anything (`sluice-jail
+//!   --cgroup`). It gives every execution `cgroup.kill` and CPU time for the whole
+//!   tree (`cpu.stat`), and memory and process limits where the gateway's cgroup has
+//!   those controllers to delegate. Without the jail it is not used.
 
 use std::fs;
 use std::io;
@@ -30,11 +35,24 @@ struct Hierarchy {
     ours: PathBuf,
 }
 
+/// The gateway's place in the unified (v2) hierarchy, and the controllers it could
+/// delegate to its executions' cgroups.
+#[derive(Debug, Clone)]
+struct Unified {
+    /// `<gateway's v2 cgroup>/sluice-<pid>-<n>`: the parent of every execution cgroup.
+    ours: PathBuf,
+    /// `memory.max` and friends work in execution cgroups.
+    memory: bool,
+    /// `pids.max` works in execution cgroups.
+    pids: bool,
+}
+
 /// Where the gateway may create execution cgroups, found at start-up.
 #[derive(Debug, Default)]
 pub(crate) struct Cgroups {
     memory: Option<Hierarchy>,
     pids: Option<Hierarchy>,
+    unified: Option<Unified>,
     /// Empty execution cgroups kept for reuse: creating and removing the directories
     /// is most of what a cgroup costs per execution.
     pool: Pool,
@@ -43,7 +61,15 @@ pub(crate) struct Cgroups {
 /// Most empty execution cgroups kept for reuse.
 const POOL_SIZE: usize = 64;
 
-type Pool = Arc<Mutex<Vec<(Option<Member>, Option<Member>)>>>;
+/// An execution cgroup's directories, one per hierarchy in use.
+#[derive(Debug, Default)]
+struct Members {
+    memory: Option<Member>,
+    pids: Option<Member>,
+    unified: Option<Member>,
+}
+
+type Pool = Arc<Mutex<Vec<Members>>>;
 
 /// What this host's cgroups give, for `sluice doctor` and the start-up log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,27 +77,34 @@ pub(crate) struct Capabilities {
     pub(crate) memory: Option<&'static str>,
     pub(crate) processes: Option<&'static str>,
     pub(crate) kill_tree: Option<&'static str>,
+    pub(crate) cpu_tree: Option<&'static str>,
 }
 
 impl Cgroups {
     /// Finds the gateway's v1 memory and pids cgroups in `/proc/self/cgroup` and
-    /// creates a directory for this gateway in each it can write to. Directories left
-    /// by gateways that are gone are removed.
-    pub(crate) fn probe() -> Self {
+    /// creates a directory for this gateway in each it can write to; with `unified`
+    /// (programs are jailed, so something can join a v2 cgroup), the same in the v2
+    /// hierarchy. Directories left by gateways that are gone are removed.
+    pub(crate) fn probe(unified: bool) -> Self {
         let Ok(table) = fs::read_to_string("/proc/self/cgroup") else {
             return Self::default();
         };
         let mut found = Self::default();
         for line in table.lines() {
             let mut fields = line.splitn(3, ':');
-            let (Some(_), Some(controllers), Some(path)) =
+            let (Some(id), Some(controllers), Some(path)) =
                 (fields.next(), fields.next(), fields.next())
             else {
                 continue;
             };
             let relative = path.trim_start_matches('/');
             let controllers: Vec<&str> = controllers.split(',').collect();
-            if controllers.contains(&"memory") {
+            if id == "0" && controllers == [""] {
+                if unified {
+                    found.unified =
+                        v2_mount().and_then(|mount| unified_hierarchy(&mount, relative));
+                }
+            } else if controllers.contains(&"memory") {
                 found.memory = hierarchy(
                     Path::new("/sys/fs/cgroup/memory"),
                     relative,
@@ -85,17 +118,26 @@ impl Cgroups {
     }
 
     pub(crate) fn capabilities(&self) -> Capabilities {
+        let unified = self.unified.as_ref();
         Capabilities {
-            memory: self
-                .memory
-                .as_ref()
-                .map(|_| "cgroup v1 memory (memory.limit_in_bytes, OOM kills counted)"),
-            processes: self.pids.as_ref().map(|_| "cgroup v1 pids (pids.max)"),
-            kill_tree: self
-                .pids
-                .as_ref()
-                .or(self.memory.as_ref())
-                .map(|_| "cgroup v1 membership (every process SIGKILLed)"),
+            memory: match (&self.memory, unified) {
+                (Some(_), _) => Some("cgroup v1 memory (memory.limit_in_bytes, OOM kills counted)"),
+                (None, Some(u)) if u.memory => {
+                    Some("cgroup v2 memory (memory.max, no swap; OOM kills counted)")
+                }
+                _ => None,
+            },
+            processes: match (&self.pids, unified) {
+                (Some(_), _) => Some("cgroup v1 pids (pids.max)"),
+                (None, Some(u)) if u.pids => Some("cgroup v2 pids (pids.max)"),
+                _ => None,
+            },
+            kill_tree: match (unified, self.pids.as_ref().or(self.memory.as_ref())) {
+                (Some(_), _) => Some("cgroup v2 cgroup.kill (every process, at once)"),
+                (None, Some(_)) => Some("cgroup v1 membership (every process SIGKILLed)"),
+                (None, None) => None,
+            },
+            cpu_tree: unified.map(|_| "cgroup v2 cpu.stat (the whole tree's CPU time)"),
         }
     }
 
@@ -106,22 +148,28 @@ impl Cgroups {
         memory_bytes: u64,
         processes: u64,
     ) -> io::Result<Option<ExecutionCgroup>> {
-        if self.memory.is_none() && self.pids.is_none() {
+        if self.memory.is_none() && self.pids.is_none() && self.unified.is_none() {
             return Ok(None);
         }
+        let limits_v2 = self.unified.as_ref().map_or((false, false), |u| {
+            (
+                u.memory && self.memory.is_none(),
+                u.pids && self.pids.is_none(),
+            )
+        });
         let reused = self
             .pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        if let Some((memory, pids)) = reused {
+        if let Some(members) = reused {
             let mut group = ExecutionCgroup {
-                memory,
-                pids,
+                members,
+                limits_v2,
                 processes,
                 removed: false,
                 pool: Some(self.pool.clone()),
-                baseline: (0, 0),
+                baseline: Counters::default(),
             };
             // A reused cgroup may refuse a limit below what it still has charged (page
             // cache): then it goes (dropped, so removed) and a fresh one is made.
@@ -131,28 +179,36 @@ impl Cgroups {
             }
         }
         let name = format!("x{}", NEXT_GROUP.fetch_add(1, Ordering::Relaxed));
-        let make = |hierarchy: &Option<Hierarchy>| -> io::Result<Option<Member>> {
-            let Some(hierarchy) = hierarchy else {
+        let make = |parent: Option<(&Path, &Path)>| -> io::Result<Option<Member>> {
+            let Some((ours, home)) = parent else {
                 return Ok(None);
             };
-            let dir = hierarchy.ours.join(&name);
+            let dir = ours.join(&name);
             fs::create_dir(&dir)?;
             Ok(Some(Member {
                 dir,
-                home: hierarchy.home.clone(),
+                home: home.to_path_buf(),
             }))
         };
+        let v1 = |h: &Option<Hierarchy>| h.as_ref().map(|h| (h.ours.clone(), h.home.clone()));
         let mut group = ExecutionCgroup {
-            memory: None,
-            pids: None,
+            members: Members::default(),
+            limits_v2,
             processes,
             removed: false,
             pool: Some(self.pool.clone()),
-            baseline: (0, 0),
+            baseline: Counters::default(),
         };
         // Assigned one by one, so a failure halfway still removes what was made.
-        group.memory = make(&self.memory)?;
-        group.pids = make(&self.pids)?;
+        let memory = v1(&self.memory);
+        group.members.memory = make(memory.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
+        let pids = v1(&self.pids);
+        group.members.pids = make(pids.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
+        group.members.unified = make(
+            self.unified
+                .as_ref()
+                .map(|u| (u.ours.as_path(), u.ours.as_path())),
+        )?;
         group.set_limits(memory_bytes, processes)?;
         Ok(Some(group))
     }
@@ -165,13 +221,19 @@ impl Cgroups {
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
             .collect();
-        for (memory, pids) in pooled {
-            for member in [memory, pids].into_iter().flatten() {
+        for members in pooled {
+            for member in [members.memory, members.pids, members.unified]
+                .into_iter()
+                .flatten()
+            {
                 let _ = fs::remove_dir(&member.dir);
             }
         }
         for hierarchy in [&self.memory, &self.pids].into_iter().flatten() {
             let _ = fs::remove_dir(&hierarchy.ours);
+        }
+        if let Some(unified) = &self.unified {
+            let _ = fs::remove_dir(&unified.ours);
         }
     }
 }
@@ -181,32 +243,8 @@ impl Cgroups {
 /// and back). Removes the empty directories of gateways that are no longer running.
 fn hierarchy(mount: &Path, relative: &str, limit: &str) -> Option<Hierarchy> {
     let home = mount.join(relative);
-    if let Ok(entries) = fs::read_dir(&home) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("sluice-"))
-                .and_then(|rest| rest.split('-').next())
-            else {
-                continue;
-            };
-            if !Path::new("/proc").join(pid).exists() {
-                // Execution cgroups first, then the gateway's own (all empty by now).
-                if let Ok(children) = fs::read_dir(entry.path()) {
-                    for child in children.flatten().filter(|c| c.path().is_dir()) {
-                        let _ = fs::remove_dir(child.path());
-                    }
-                }
-                let _ = fs::remove_dir(entry.path());
-            }
-        }
-    }
-    let ours = home.join(format!(
-        "sluice-{}-{}",
-        std::process::id(),
-        NEXT_GATEWAY.fetch_add(1, Ordering::Relaxed)
-    ));
+    remove_stale(&home);
+    let ours = home.join(gateway_dir_name());
     let found = Hierarchy { home, ours };
     match fs::create_dir(&found.ours).and_then(|()| rehearse(&found, limit)) {
         Ok(()) => Some(found),
@@ -214,6 +252,107 @@ fn hierarchy(mount: &Path, relative: &str, limit: &str) -> Option<Hierarchy> {
             tracing::debug!(dir = %found.ours.display(), %err, "cgroup hierarchy not usable");
             let _ = fs::remove_dir(&found.ours);
             None
+        }
+    }
+}
+
+/// `sluice-<pid>-<n>`: this gateway's directory in a hierarchy.
+fn gateway_dir_name() -> String {
+    format!(
+        "sluice-{}-{}",
+        std::process::id(),
+        NEXT_GATEWAY.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes the (empty) directories of gateways that are no longer running.
+fn remove_stale(home: &Path) {
+    let Ok(entries) = fs::read_dir(home) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sluice-"))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            // Execution cgroups first, then the gateway's own (all empty by now).
+            if let Ok(children) = fs::read_dir(entry.path()) {
+                for child in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = fs::remove_dir(child.path());
+                }
+            }
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
+}
+
+/// Where the v2 hierarchy is mounted, from `/proc/self/mountinfo`.
+fn v2_mount() -> Option<PathBuf> {
+    let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        after
+            .starts_with("cgroup2 ")
+            .then(|| before.split(' ').nth(4).map(PathBuf::from))?
+    })
+}
+
+/// Our directory in the v2 hierarchy, if execution cgroups can be made, killed and
+/// read there; with memory and pids limits when the gateway's cgroup can delegate
+/// those controllers.
+fn unified_hierarchy(mount: &Path, relative: &str) -> Option<Unified> {
+    let home = mount.join(relative);
+    remove_stale(&home);
+    let ours = home.join(gateway_dir_name());
+    let usable = fs::create_dir(&ours).and_then(|()| {
+        let rehearsal = ours.join("rehearsal");
+        fs::create_dir(&rehearsal)?;
+        let works = fs::metadata(rehearsal.join("cgroup.kill"))
+            .and_then(|_| fs::read_to_string(rehearsal.join("cpu.stat")));
+        let _ = fs::remove_dir(&rehearsal);
+        works.map(drop)
+    });
+    if let Err(err) = usable {
+        tracing::debug!(dir = %ours.display(), %err, "cgroup v2 hierarchy not usable");
+        let _ = fs::remove_dir(&ours);
+        return None;
+    }
+    let (memory, pids) = delegate(&home, &ours);
+    Some(Unified { ours, memory, pids })
+}
+
+/// Enables the memory and pids controllers for the children of `ours`, where `home`
+/// has them. v2 allows controllers only in a cgroup without processes of its own, so
+/// when the gateway lives in `home` it first moves itself into a leaf beside `ours`.
+fn delegate(home: &Path, ours: &Path) -> (bool, bool) {
+    let available = fs::read_to_string(home.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<&str> = ["memory", "pids"]
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
+        .collect();
+    if wanted.is_empty() {
+        return (false, false);
+    }
+    let enable = |dir: &Path| -> io::Result<()> {
+        let line: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
+        fs::write(dir.join("cgroup.subtree_control"), line.join(" "))
+    };
+    let enabled = enable(home).or_else(|_| {
+        let leaf = home.join(format!("sluice-{}-gateway", std::process::id()));
+        let _ = fs::create_dir(&leaf);
+        fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())?;
+        enable(home)
+    });
+    match enabled.and_then(|()| enable(ours)) {
+        Ok(()) => (wanted.contains(&"memory"), wanted.contains(&"pids")),
+        Err(err) => {
+            tracing::debug!(%err, "cgroup v2 controllers not delegated; no v2 memory/pids limits");
+            (false, false)
         }
     }
 }
@@ -248,6 +387,17 @@ pub(crate) struct CgroupReport {
     pub(crate) process_limit_hit: bool,
     /// Peak memory of the whole tree, when the kernel reports it.
     pub(crate) peak_memory_bytes: Option<u64>,
+    /// CPU time of the whole tree so far, in microseconds, when the kernel reports it.
+    pub(crate) cpu_usec: Option<u64>,
+}
+
+/// The monotonic counters of a cgroup; a reused one's keep counting, so each execution
+/// starts from a baseline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counters {
+    oom_kills: u64,
+    failed_forks: u64,
+    cpu_usec: u64,
 }
 
 /// An execution cgroup's directory in one hierarchy.
@@ -262,16 +412,17 @@ struct Member {
 /// what is inside and removes it (best effort), so no failure path leaks a directory.
 #[derive(Debug)]
 pub(crate) struct ExecutionCgroup {
-    memory: Option<Member>,
-    pids: Option<Member>,
+    members: Members,
+    /// Whether the v2 directory carries the memory and the process limit (when v1
+    /// does not).
+    limits_v2: (bool, bool),
     /// The process limit; `pids.max` is one higher while a gateway thread is inside.
     processes: u64,
     removed: bool,
     /// Where it goes back when its execution is over.
     pool: Option<Pool>,
-    /// The OOM-kill and failed-fork counters when this execution got it (a reused
-    /// cgroup's counters keep counting).
-    baseline: (u64, u64),
+    /// The counters when this execution got it.
+    baseline: Counters,
 }
 
 impl Drop for ExecutionCgroup {
@@ -285,7 +436,29 @@ impl Drop for ExecutionCgroup {
 
 impl ExecutionCgroup {
     fn members(&self) -> impl Iterator<Item = &Member> {
-        [&self.memory, &self.pids].into_iter().flatten()
+        let m = &self.members;
+        [&m.memory, &m.pids, &m.unified].into_iter().flatten()
+    }
+
+    /// The v1 directories, which the spawning thread moves through.
+    fn v1_members(&self) -> impl Iterator<Item = &Member> {
+        [&self.members.memory, &self.members.pids]
+            .into_iter()
+            .flatten()
+    }
+
+    /// The v2 directory a jailed program's jail joins, if there is one.
+    pub(crate) fn unified_dir(&self) -> Option<&Path> {
+        self.members.unified.as_ref().map(|m| m.dir.as_path())
+    }
+
+    /// The directory holding `pids.max`, and whether it is v2.
+    fn pids_dir(&self) -> Option<&Path> {
+        match (&self.members.pids, &self.members.unified) {
+            (Some(v1), _) => Some(&v1.dir),
+            (None, Some(v2)) if self.limits_v2.1 => Some(&v2.dir),
+            _ => None,
+        }
     }
 
     /// Runs `spawn` with the calling thread inside this cgroup, so the process it
@@ -293,13 +466,13 @@ impl ExecutionCgroup {
     pub(crate) fn spawn_inside<T>(&self, spawn: impl FnOnce() -> T) -> io::Result<T> {
         let tid = crate::sys::thread_id().to_string();
         // The spawning thread counts while it is inside: room for it, then the limit.
-        let pids_max = |n: u64| match &self.pids {
+        let pids_max = |n: u64| match &self.members.pids {
             Some(pids) => fs::write(pids.dir.join("pids.max"), n.to_string()),
             None => Ok(()),
         };
         pids_max(self.processes.saturating_add(1))?;
         let mut entered = Vec::new();
-        for member in self.members() {
+        for member in self.v1_members() {
             if let Err(err) = fs::write(member.dir.join("tasks"), &tid) {
                 leave(&entered, &tid);
                 return Err(err);
@@ -314,7 +487,7 @@ impl ExecutionCgroup {
 
     /// Writes the limits, and starts the peak-memory count afresh.
     fn set_limits(&self, memory_bytes: u64, processes: u64) -> io::Result<()> {
-        if let Some(memory) = &self.memory {
+        if let Some(memory) = &self.members.memory {
             // memsw (memory plus swap) must stay at or above the memory limit, so the
             // order depends on the direction; both are tried, swap accounting is optional.
             let memsw = memory.dir.join("memory.memsw.limit_in_bytes");
@@ -326,16 +499,21 @@ impl ExecutionCgroup {
             // No escape into swap, where the kernel accounts it.
             let _ = fs::write(&memsw, memory_bytes.to_string());
             let _ = fs::write(memory.dir.join("memory.max_usage_in_bytes"), "0");
+        } else if let (Some(v2), true) = (&self.members.unified, self.limits_v2.0) {
+            fs::write(v2.dir.join("memory.max"), memory_bytes.to_string())?;
+            let _ = fs::write(v2.dir.join("memory.swap.max"), "0");
+            // Kernels from 6.12 reset the peak on write; older ones keep the old peak.
+            let _ = fs::write(v2.dir.join("memory.peak"), "0");
         }
-        if let Some(pids) = &self.pids {
-            fs::write(pids.dir.join("pids.max"), processes.to_string())?;
+        if let Some(dir) = self.pids_dir() {
+            fs::write(dir.join("pids.max"), processes.to_string())?;
         }
         Ok(())
     }
 
-    /// The OOM-kill and failed-fork counters as the kernel has them now.
-    fn counters(&self) -> (u64, u64) {
-        let counter = |dir: Option<&PathBuf>, file: &str, key: &str| -> u64 {
+    /// The monotonic counters as the kernel has them now.
+    fn counters(&self) -> Counters {
+        let counter = |dir: Option<&Path>, file: &str, key: &str| -> u64 {
             dir.and_then(|dir| fs::read_to_string(dir.join(file)).ok())
                 .and_then(|text| {
                     text.lines().find_map(|line| {
@@ -345,32 +523,49 @@ impl ExecutionCgroup {
                 })
                 .unwrap_or(0)
         };
-        (
-            counter(
-                self.memory.as_ref().map(|m| &m.dir),
-                "memory.oom_control",
-                "oom_kill",
-            ),
-            counter(self.pids.as_ref().map(|m| &m.dir), "pids.events", "max"),
-        )
+        let v2 = self.members.unified.as_ref().map(|m| m.dir.as_path());
+        let oom_kills = match (&self.members.memory, self.limits_v2.0) {
+            (Some(v1), _) => counter(Some(&v1.dir), "memory.oom_control", "oom_kill"),
+            (None, true) => counter(v2, "memory.events", "oom_kill"),
+            (None, false) => 0,
+        };
+        Counters {
+            oom_kills,
+            failed_forks: counter(self.pids_dir(), "pids.events", "max"),
+            cpu_usec: counter(v2, "cpu.stat", "usage_usec"),
+        }
     }
 
     /// What the limits caught so far.
     pub(crate) fn report(&self) -> CgroupReport {
-        let memory = self.memory.as_ref().map(|m| &m.dir);
-        let (oom, forks) = self.counters();
+        let now = self.counters();
+        let read = |dir: &Path, file: &str| -> Option<u64> {
+            fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+        };
+        let peak_memory_bytes = match (&self.members.memory, &self.members.unified) {
+            (Some(v1), _) => read(&v1.dir, "memory.max_usage_in_bytes"),
+            (None, Some(v2)) if self.limits_v2.0 => read(&v2.dir, "memory.peak"),
+            _ => None,
+        };
         CgroupReport {
-            oom_killed: oom > self.baseline.0,
-            process_limit_hit: forks > self.baseline.1,
-            peak_memory_bytes: memory
-                .and_then(|dir| fs::read_to_string(dir.join("memory.max_usage_in_bytes")).ok())
-                .and_then(|text| text.trim().parse().ok()),
+            oom_killed: now.oom_kills > self.baseline.oom_kills,
+            process_limit_hit: now.failed_forks > self.baseline.failed_forks,
+            peak_memory_bytes,
+            cpu_usec: self
+                .members
+                .unified
+                .as_ref()
+                .map(|_| now.cpu_usec.saturating_sub(self.baseline.cpu_usec)),
         }
     }
 
     /// SIGKILLs every process in the cgroup, wherever it moved in its process tree.
     pub(crate) fn kill_all(&self) {
-        for member in self.members() {
+        if let Some(v2) = &self.members.unified {
+            // Every process inside, at once, forks in flight included.
+            let _ = fs::write(v2.dir.join("cgroup.kill"), "1");
+        }
+        for member in self.v1_members() {
             for pid in members(&member.dir) {
                 let _ = crate::sys::kill(pid);
             }
@@ -388,7 +583,7 @@ impl ExecutionCgroup {
         if let Some(pool) = self.pool.take() {
             let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
             if pool.len() < POOL_SIZE && self.is_empty() {
-                pool.push((self.memory.take(), self.pids.take()));
+                pool.push(std::mem::take(&mut self.members));
                 self.removed = true;
                 return;
             }

@@ -24,6 +24,9 @@ pub struct HostReport {
     pub kill_tree: Option<String>,
     /// How programs are kept off the network, or `None` when they cannot be.
     pub network: Option<String>,
+    /// How the CPU time of a whole process tree is measured (and limited), or `None`
+    /// when only each process's own is.
+    pub cpu_tree: Option<String>,
     /// The namespace jail (`--isolation namespaces`): what it gives, or why it cannot
     /// run here.
     pub namespaces: Result<String, String>,
@@ -34,7 +37,8 @@ pub struct HostReport {
 impl HostReport {
     /// Probes the host (creates and removes a test cgroup directory).
     pub fn probe() -> Self {
-        let cgroups = Cgroups::probe();
+        let namespaces = probe_jail(None);
+        let cgroups = Cgroups::probe(namespaces.is_ok());
         let caps = cgroups.capabilities();
         cgroups.remove();
         Self {
@@ -47,7 +51,8 @@ impl HostReport {
                     unshare.display()
                 )
             }),
-            namespaces: probe_jail(None),
+            cpu_tree: caps.cpu_tree.map(str::to_owned),
+            namespaces,
             root: crate::sys::is_root(),
         }
     }
@@ -63,7 +68,13 @@ impl HostReport {
         let lines = [
             ("timeout", "gateway timer; the process group is killed".to_owned()),
             ("output", "gateway counts bytes; the process group is killed".to_owned()),
-            ("cpu", "RLIMIT_CPU of the program's process (per process)".to_owned()),
+            (
+                "cpu",
+                match &self.cpu_tree {
+                    Some(how) => format!("{how}; RLIMIT_CPU per process as the floor"),
+                    None => "RLIMIT_CPU of the program's process (per process)".to_owned(),
+                },
+            ),
             ("file_size", "RLIMIT_FSIZE of the program's process".to_owned()),
             ("open_files", "RLIMIT_NOFILE of the program's process".to_owned()),
             ("memory", or_not(&self.memory, no_cgroup)),

@@ -88,6 +88,13 @@ fn jail(spec: &JailSpec) -> ! {
         );
         std::process::exit(SETUP_FAILED)
     };
+    // Into the execution's v2 cgroup before anything else happens, so everything the
+    // jail starts is counted, limited and killed with it.
+    for dir in &spec.cgroups {
+        if let Err(err) = std::fs::write(dir.join("cgroup.procs"), "0") {
+            fail(&format!("joining the cgroup {}", dir.display()), err);
+        }
+    }
     // A mirrored SIGSEGV must not write a core file.
     let _ = os::set_rlimit(libc::RLIMIT_CORE, 0, 0);
     if let Err(err) = os::hold_signals() {
