@@ -156,7 +156,7 @@ pub enum Isolation {
     /// Also a jail per program (`sluice-jail`): its own PID, mount, IPC, UTS and network
     /// namespaces, an unprivileged user, a read-only system, a private size-limited
     /// workspace and /tmp; plus the cgroup where the host has one. Refuses to start
-    /// where the jail cannot run (it needs root).
+    /// where the jail cannot run (it needs root, or user namespaces).
     Namespaces,
 }
 

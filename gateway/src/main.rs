@@ -171,7 +171,8 @@ struct ServeArgs {
     /// tree, every process killed at the end; refuses to start without one), or
     /// `namespaces` (also a jail per program: own PID, mount, IPC, UTS and network
     /// namespaces, an unprivileged user, a read-only system and a private size-limited
-    /// workspace and /tmp; needs root and `sluice-jail` next to `sluice`). `sluice
+    /// workspace and /tmp; needs root or user namespaces, and `sluice-jail` next to
+    /// `sluice`). `sluice
     /// doctor` shows what this host offers.
     #[arg(long, default_value = "auto", value_name = "LEVEL")]
     isolation: sluice_gateway::Isolation,

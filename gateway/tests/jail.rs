@@ -105,3 +105,61 @@ fn the_jail_ends_the_way_its_program_ended() {
         .expect("a setup failure");
     assert!(why.contains("/no/such/program"), "{why}");
 }
+
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn without_root_the_jail_uses_a_user_namespace() {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root || !setpriv.exists() {
+        eprintln!("skipped: needs root and setpriv to become an ordinary user");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-jail-rootless-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    std::os::unix::fs::chown(&dir, Some(1000), Some(1000)).expect("chown");
+    std::fs::write(dir.join("main.sh"), "id -u; ls /proc | grep '^[0-9]' | sort -n | tail -1; grep CapEff /proc/self/status; touch /etc/x 2>&1; echo end").expect("script");
+    let spec = JailSpec {
+        host_dir: dir.clone(),
+        source: Some("main.sh".into()),
+        workspace: dir.clone(),
+        scratch_bytes: 1 << 20,
+        uid: 60_000,
+        gid: 60_000,
+        no_network: true,
+        command: vec!["/bin/sh".into(), "main.sh".into()],
+        ..JailSpec::default()
+    };
+    let output = Command::new(setpriv)
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_sluice-jail"))
+        .args(spec.to_args())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the jail runs");
+    let said = String::from_utf8_lossy(&output.stdout);
+    let report = JailReport::read(&dir);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{said} {:?} {report:?}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[0], "60000", "the sandbox id inside: {said}");
+    let highest: u32 = lines[1].parse().expect("a pid");
+    assert!(highest < 10, "a fresh PID namespace numbers from 1: {said}");
+    assert!(
+        lines[2].ends_with("0000000000000000"),
+        "no capabilities: {said}"
+    );
+    assert!(lines[3].contains("Read-only"), "{said}");
+}

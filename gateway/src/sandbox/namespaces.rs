@@ -27,8 +27,6 @@ pub(crate) struct Namespaces {
 pub(crate) enum JailUnavailable {
     #[error("sluice-jail was not found at {0} (it is built and installed next to sluice)")]
     Missing(PathBuf),
-    #[error("namespaces need the gateway to run as root")]
-    NotRoot,
     #[error("the jail's rehearsal failed: {0}")]
     Rehearsal(String),
 }
@@ -49,9 +47,6 @@ impl Namespaces {
         };
         if !program.is_file() {
             return Err(JailUnavailable::Missing(program));
-        }
-        if !crate::sys::is_root() {
-            return Err(JailUnavailable::NotRoot);
         }
         let jail = Self {
             program,

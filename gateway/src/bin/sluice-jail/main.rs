@@ -106,14 +106,33 @@ fn jail(spec: &JailSpec) -> ! {
     if spec.no_network {
         namespaces |= libc::CLONE_NEWNET;
     }
+    // Without root, a user namespace makes the rest possible: the sandbox ids inside
+    // map to the gateway's own outside, and no other id exists there.
+    let (outer_uid, outer_gid) = os::effective_ids();
+    let rootless = outer_uid != 0;
+    if rootless {
+        namespaces |= libc::CLONE_NEWUSER;
+    }
     if let Err(err) = os::unshare(namespaces) {
         fail("creating namespaces", err);
+    }
+    if rootless {
+        let mapped = std::fs::write("/proc/self/setgroups", "deny")
+            .and_then(|()| {
+                std::fs::write("/proc/self/uid_map", format!("{} {outer_uid} 1", spec.uid))
+            })
+            .and_then(|()| {
+                std::fs::write("/proc/self/gid_map", format!("{} {outer_gid} 1", spec.gid))
+            });
+        if let Err(err) = mapped {
+            fail("mapping the sandbox user in the user namespace", err);
+        }
     }
     match os::fork() {
         Err(err) => fail("starting init", err),
         Ok(Forked::Child) => {
             drop(status_read);
-            init(spec, &report, status_write)
+            init(spec, &report, status_write, rootless)
         }
         Ok(Forked::Parent(init_pid)) => {
             drop(status_write);
@@ -158,7 +177,7 @@ fn quiet_standard_streams() {
 }
 
 /// Pid 1 inside: set up the mounts, run the program, report, hand over its status.
-fn init(spec: &JailSpec, report_file: &File, status_write: OwnedFd) -> ! {
+fn init(spec: &JailSpec, report_file: &File, status_write: OwnedFd, rootless: bool) -> ! {
     // A jail killed from outside takes its namespace with it (its init dies, and with it
     // every process inside).
     let _ = os::die_with_parent();
@@ -181,7 +200,7 @@ fn init(spec: &JailSpec, report_file: &File, status_write: OwnedFd) -> ! {
         Err(err) => fail_init(report_file, &format!("starting the program: {err}")),
         Ok(Forked::Child) => {
             drop(exec_read);
-            start_program(spec, exec_write)
+            start_program(spec, exec_write, rootless)
         }
         Ok(Forked::Parent(pid)) => pid,
     };
@@ -224,13 +243,13 @@ fn fail_init(report_file: &File, why: &str) -> ! {
 
 /// Pid 2 inside: become the unprivileged user, take the limits, exec. Only a failed
 /// exec returns, and says why on the pipe.
-fn start_program(spec: &JailSpec, exec_write: OwnedFd) -> ! {
+fn start_program(spec: &JailSpec, exec_write: OwnedFd, rootless: bool) -> ! {
     let mut pipe = File::from(exec_write);
     let mut filter = seccomp::filter();
     let result = (|| -> Result<io::Error, String> {
         std::env::set_current_dir(&spec.workspace)
             .map_err(|err| format!("entering {}: {err}", spec.workspace.display()))?;
-        os::drop_privileges(spec.uid, spec.gid)
+        os::drop_privileges(spec.uid, spec.gid, rootless)
             .map_err(|err| format!("dropping privileges: {err}"))?;
         for &(name, value) in &spec.rlimits {
             // CPU: SIGXCPU at the limit, SIGKILL a second later (the gateway tells the

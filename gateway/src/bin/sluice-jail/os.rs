@@ -198,11 +198,21 @@ pub(crate) fn set_hostname(name: &str) -> io::Result<()> {
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }.into()).map(drop)
 }
 
-/// Becomes `uid`/`gid` for good, with no supplementary groups and no way back up.
-pub(crate) fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
+/// The effective user and group ids of this process.
+pub(crate) fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Becomes `uid`/`gid` for good, with no supplementary groups and no way back up. In a
+/// user namespace that denies setgroups there are none to drop.
+pub(crate) fn drop_privileges(uid: u32, gid: u32, in_user_namespace: bool) -> io::Result<()> {
     // SAFETY: plain integer system calls.
     unsafe {
-        check(libc::setgroups(0, std::ptr::null()).into())?;
+        let groups = check(libc::setgroups(0, std::ptr::null()).into());
+        if !in_user_namespace {
+            groups?;
+        }
         check(libc::setresgid(gid, gid, gid).into())?;
         check(libc::setresuid(uid, uid, uid).into())?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
