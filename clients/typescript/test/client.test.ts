@@ -343,6 +343,24 @@ describe('reconnect and resume', () => {
     });
   }
 
+  test('an execute cut off before any answer: sent again in a named session, reported without one', async () => {
+    const resumer = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, {
+      reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+    });
+    try {
+      const named = resumer.execute('echo ran', { language: 'sh', session: `ts-resend-${Date.now()}` });
+      const unnamed = resumer.execute('echo ran', { language: 'sh' });
+      // Both frames are written to a socket that is cut before any answer can come.
+      proxy.cut();
+      const events = await collect(named, () => false);
+      assertWellFormed(events);
+      assert.equal(stdoutOf(events), 'ran\n', 'it ran exactly once');
+      await assert.rejects(unnamed.done, (err: unknown) => err instanceof ConnectionError && /may or may not have run/.test(err.message));
+    } finally {
+      resumer.close();
+    }
+  });
+
   test('a cancel sent across a cut still stops the program', async () => {
     const resumer = await SluiceClient.connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, {
       reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
