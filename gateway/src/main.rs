@@ -177,6 +177,11 @@ struct ServeArgs {
     #[arg(long, default_value = "auto", value_name = "LEVEL")]
     isolation: sluice_gateway::Isolation,
 
+    /// Let programs of this language keep the host's network where the others get none
+    /// (`--network auto|off`). Repeatable. Example: --allow-network node
+    #[arg(long = "allow-network", value_name = "LANGUAGE")]
+    network_languages: Vec<String>,
+
     /// The unprivileged user id jailed programs run as (never 0); pick one no account
     /// on the host uses.
     #[arg(long, default_value_t = sluice_gateway::DEFAULT_SANDBOX_ID, value_name = "UID")]
@@ -267,7 +272,7 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 }
 
 impl ServeArgs {
-    fn into_config(self) -> Config {
+    fn into_config(self) -> anyhow::Result<Config> {
         let mut config = Config {
             max_frame_bytes: self.max_frame_bytes,
             chunk_bytes: self.chunk_bytes,
@@ -328,11 +333,22 @@ impl ServeArgs {
             ..Config::default()
         };
         config.runtimes.extend(self.runtimes);
+        for language in &self.network_languages {
+            let mut found = false;
+            // A later entry of the same name replaces an earlier one: mark them all.
+            for spec in config.runtimes.iter_mut().filter(|s| &s.name == language) {
+                spec.network = true;
+                found = true;
+            }
+            if !found {
+                anyhow::bail!("--allow-network {language}: no runtime is called {language:?}");
+            }
+        }
         for (key, value) in self.env {
             config.base_env.retain(|(k, _)| *k != key);
             config.base_env.push((key, value));
         }
-        config
+        Ok(config)
     }
 }
 
@@ -367,8 +383,20 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the command; a failure is one line on stderr (the cause chain, no backtrace)
+/// and exit status 1.
+fn main() -> std::process::ExitCode {
+    match run_command(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "sluice: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let threads = args
@@ -399,7 +427,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log, args.log_json);
     let listen = args.listen;
-    let config = args.into_config();
+    let config = args.into_config()?;
     config.validate().context("invalid configuration")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

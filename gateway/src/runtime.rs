@@ -29,6 +29,9 @@ pub struct RuntimeSpec {
     /// Built-in runtimes are skipped when their interpreter is missing; configured ones
     /// make start-up fail.
     pub optional: bool,
+    /// Programs of this runtime keep the host's network even where the others get none
+    /// (`--allow-network`).
+    pub network: bool,
 }
 
 impl RuntimeSpec {
@@ -42,6 +45,7 @@ impl RuntimeSpec {
             env: Vec::new(),
             locate: None,
             optional: true,
+            network: false,
         };
         vec![
             Self {
@@ -91,6 +95,7 @@ impl RuntimeSpec {
             env: Vec::new(),
             locate: None,
             optional: false,
+            network: false,
         })
     }
 }
@@ -103,6 +108,8 @@ pub(crate) struct Runtime {
     pub(crate) args: Vec<String>,
     pub(crate) file_name: String,
     pub(crate) env: Vec<(String, String)>,
+    /// Keeps the host's network where other runtimes get none.
+    pub(crate) network: bool,
 }
 
 /// The resolved table, shared read-only by every connection.
@@ -135,6 +142,7 @@ impl RuntimeTable {
                             args: spec.args.clone(),
                             file_name: spec.file_name.clone(),
                             env: spec.env.clone(),
+                            network: spec.network,
                         }),
                     );
                 }

@@ -293,3 +293,29 @@ async fn without_network_a_program_cannot_reach_the_gateway_or_anything_else() -
     client.close().await?;
     open.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_allowed_the_network_keeps_it_while_the_others_lose_it() -> Result<()> {
+    if layer("network", sluice_tests::host_report().network).is_none() {
+        return Ok(());
+    }
+    let mut runtimes = sluice_gateway::RuntimeSpec::defaults();
+    for spec in runtimes.iter_mut().filter(|s| s.name == "bash") {
+        spec.network = true;
+    }
+    let gateway = TestGateway::spawn_with(Config {
+        runtimes,
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let port = gateway.addr().port();
+    let python = run(&client, request("py", "python", &connect_to(port))).await?;
+    assert!(python.stdout.starts_with("refused"), "{:?}", python.stdout);
+    let bash =
+        format!("if exec 3<>/dev/tcp/127.0.0.1/{port}; then echo connected; else echo refused; fi");
+    let bash = run(&client, request("sh", "bash", &bash)).await?;
+    assert_eq!(bash.stdout, "connected\n", "stderr: {}", bash.stderr);
+    client.close().await?;
+    gateway.shutdown().await
+}

@@ -149,6 +149,7 @@ impl Kernel {
                     .collect(),
                 rlimits: rlimit_list(&limits.rlimits),
                 keep_fd: Some(sys::CONTROL_FD),
+                no_network: !runtime.network,
                 command: vec![
                     runtime.program.clone().into(),
                     workdir.source().into_os_string(),
@@ -159,7 +160,7 @@ impl Kernel {
                 let mut command = Command::new(&runtime.program);
                 command.arg(workdir.source());
                 limits.rlimits.apply_on_exec(&mut command);
-                if host.no_network.is_some() {
+                if host.no_network.is_some() && !runtime.network {
                     sys::no_network_on_exec(&mut command);
                 }
                 command

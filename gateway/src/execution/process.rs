@@ -97,7 +97,9 @@ impl Launch<'_> {
             }
         }
         argv.extend(self.args.iter().map(Into::into));
-        let mut command = match (self.jail, self.no_network) {
+        // A runtime allowed the network keeps the host's.
+        let no_network = self.no_network.filter(|_| !self.runtime.network);
+        let mut command = match (self.jail, no_network) {
             (Some(jail), _) => jail.command(JailSpec {
                 host_dir: self.workdir.to_path_buf(),
                 source: self.source.file_name().map(Into::into),
@@ -112,6 +114,7 @@ impl Launch<'_> {
                     .into_iter()
                     .collect(),
                 rlimits: rlimit_list(&self.rlimits),
+                no_network: !self.runtime.network,
                 command: argv,
                 ..JailSpec::default()
             }),

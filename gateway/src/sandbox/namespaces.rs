@@ -66,6 +66,7 @@ impl Namespaces {
             host_dir: dir.clone(),
             workspace: dir.clone(),
             scratch_bytes: 1 << 20,
+            no_network: true,
             command: vec!["/bin/true".into()],
             ..JailSpec::default()
         });
@@ -103,12 +104,13 @@ impl Namespaces {
     }
 
     /// The command that runs `spec` jailed; the jail's own settings (user, network)
-    /// fill in the rest.
+    /// fill in the rest. `spec.no_network` says whether this program's runtime may lose
+    /// the network: it does when the jail takes it away.
     pub(crate) fn command(&self, spec: JailSpec) -> Command {
         let spec = JailSpec {
             uid: self.uid,
             gid: self.gid,
-            no_network: self.no_network,
+            no_network: self.no_network && spec.no_network,
             ..spec
         };
         let mut jailed = Command::new(&self.program);
