@@ -36,6 +36,30 @@ fn bad_arguments_are_explained_not_crashed_on() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--frobnicate"));
 }
 
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A jail that runs `main.sh` of `dir` with `program`, as uid 60000, without network.
+fn script_spec(dir: &Path, program: &str) -> JailSpec {
+    JailSpec {
+        host_dir: dir.to_path_buf(),
+        source: Some("main.sh".into()),
+        workspace: dir.to_path_buf(),
+        scratch_bytes: 1 << 20,
+        uid: 60_000,
+        gid: 60_000,
+        no_network: true,
+        command: vec![program.into(), "main.sh".into()],
+        ..JailSpec::default()
+    }
+}
+
 /// A scratch directory, removed on drop.
 struct Scratch(PathBuf);
 
@@ -51,17 +75,7 @@ fn run_jailed(
     program: &str,
 ) -> (std::process::Output, Option<JailReport>) {
     std::fs::write(dir.join("main.sh"), script).expect("write the script");
-    let spec = JailSpec {
-        host_dir: dir.to_path_buf(),
-        source: Some("main.sh".into()),
-        workspace: dir.to_path_buf(),
-        scratch_bytes: 1 << 20,
-        uid: 60_000,
-        gid: 60_000,
-        no_network: true,
-        command: vec![program.into(), "main.sh".into()],
-        ..JailSpec::default()
-    };
+    let spec = script_spec(dir, program);
     let output = jail()
         .args(spec.to_args())
         .env_clear()
@@ -76,12 +90,7 @@ fn run_jailed(
 #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
 fn the_jail_ends_the_way_its_program_ended() {
     // The jail needs root to create namespaces.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
+    let root = running_as_root();
     if !root {
         eprintln!("skipped: the jail needs root");
         return;
@@ -110,12 +119,7 @@ fn the_jail_ends_the_way_its_program_ended() {
 #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
 fn without_root_the_jail_uses_a_user_namespace() {
     let setpriv = Path::new("/usr/bin/setpriv");
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
+    let root = running_as_root();
     if !root || !setpriv.exists() {
         eprintln!("skipped: needs root and setpriv to become an ordinary user");
         return;
@@ -125,17 +129,7 @@ fn without_root_the_jail_uses_a_user_namespace() {
     let _scratch = Scratch(dir.clone());
     std::os::unix::fs::chown(&dir, Some(1000), Some(1000)).expect("chown");
     std::fs::write(dir.join("main.sh"), "id -u; ls /proc | grep '^[0-9]' | sort -n | tail -1; grep CapEff /proc/self/status; touch /etc/x 2>&1; echo end").expect("script");
-    let spec = JailSpec {
-        host_dir: dir.clone(),
-        source: Some("main.sh".into()),
-        workspace: dir.clone(),
-        scratch_bytes: 1 << 20,
-        uid: 60_000,
-        gid: 60_000,
-        no_network: true,
-        command: vec!["/bin/sh".into(), "main.sh".into()],
-        ..JailSpec::default()
-    };
+    let spec = script_spec(&dir, "/bin/sh");
     let output = Command::new(setpriv)
         .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_sluice-jail"))
