@@ -184,12 +184,14 @@ describe('sessions', () => {
   test('a second client attaching sees the same events', async () => {
     const other = await SluiceClient.connect(gateway.url, { reconnect: false });
     try {
-      const execution = client.execute('echo one; read x; echo two $x', { language: 'sh' });
+      const code = "import sys\nprint('one', flush=True)\nprint('two', sys.stdin.readline(), end='')";
+      const execution = client.execute(code, { language: 'python' });
       const mine: SluiceEvent[] = [];
       let watcher: Promise<SluiceEvent[]> | undefined;
       for await (const event of execution) {
         mine.push(event);
-        if (event.type === 'stdout' && event.data === 'one\n') {
+        // Output may come in any chunks: wait for the whole first line.
+        if (stdoutOf(mine) === 'one\n' && watcher === undefined) {
           // The session id came with the first event; another client follows it from the start.
           const reader = other.attach(execution.session!);
           await within(reader.ready, 10_000, 'attached');
@@ -200,6 +202,7 @@ describe('sessions', () => {
       assert.ok(watcher, 'the program printed "one"');
       const theirs = await watcher;
       assertWellFormed(mine);
+      assert.equal(stdoutOf(mine), 'one\ntwo go\n');
       assert.deepEqual(theirs, mine, 'the same events, byte for byte');
     } finally {
       other.close();
