@@ -22,6 +22,11 @@ if [[ ! -x "$SLUICE_BIN" ]]; then
 fi
 export SLUICE_BIN
 
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
+  echo "test.sh: Node.js 20 or later is needed (found $(node --version))" >&2
+  exit 2
+fi
+
 if [[ ! -x /usr/bin/chromium ]]; then
   echo "test.sh: installing Debian's chromium for the browser test"
   sudo=""

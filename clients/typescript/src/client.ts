@@ -28,6 +28,12 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Most bytes of unread events buffered for one execution or session reader (default 16 MiB). */
   maxBufferedBytes?: number;
+  /**
+   * Largest frame the client sends, in bytes (default 1 MiB, the gateway's default
+   * `--max-frame-bytes`). A larger one throws a {@link SluiceError} with code `too_large`
+   * instead of being refused by the gateway on the socket stream.
+   */
+  maxFrameBytes?: number;
   /** Most frames kept for sending while the connection is down (default 4096). */
   maxQueuedFrames?: number;
   /** Refusals on the socket stream that belong to no execution (e.g. `stdin_full`, `unknown_execution`). */
@@ -70,6 +76,8 @@ interface SessionState {
 const ACK_EVERY_EVENTS = 256;
 const ACK_EVERY_BYTES = 1 << 20;
 
+const utf8 = new TextEncoder();
+
 const ATTACH_REFUSALS = new Set(['unknown_session', 'bad_request', 'too_many_sessions']);
 
 let defaultWebSocket: WebSocketConstructor | undefined;
@@ -101,6 +109,7 @@ export class SluiceClient {
   private readonly acking: boolean;
   private readonly maxBufferedBytes: number;
   private readonly maxQueuedFrames: number;
+  private readonly maxFrameBytes: number;
   private closedError: ConnectionError | undefined;
   /** What executions and session readers call back into. */
   private readonly host: ExecutionHost & SessionHost = {
@@ -113,6 +122,7 @@ export class SluiceClient {
     this.acking = options.reconnect !== false;
     this.maxBufferedBytes = options.maxBufferedBytes ?? 16 << 20;
     this.maxQueuedFrames = options.maxQueuedFrames ?? 4096;
+    this.maxFrameBytes = options.maxFrameBytes ?? 1 << 20;
   }
 
   /**
@@ -304,6 +314,13 @@ export class SluiceClient {
 
   /** Writes a frame now, or keeps it for the next socket. */
   private write(text: string, execution: Execution | undefined, kind: 'execute' | 'cancel' | 'other'): void {
+    // UTF-8 takes at most 3 bytes per UTF-16 unit: count bytes only when it could matter.
+    if (text.length * 3 > this.maxFrameBytes) {
+      const bytes = utf8.encode(text).length;
+      if (bytes > this.maxFrameBytes) {
+        throw new SluiceError('too_large', `a ${bytes}-byte frame is larger than the gateway takes (${this.maxFrameBytes} bytes); split stdin over several calls`);
+      }
+    }
     if (this.connection.connected && this.outbox.length === 0 && this.connection.send(text)) {
       this.markSent(execution, kind);
       return;

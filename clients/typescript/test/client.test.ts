@@ -171,6 +171,16 @@ describe('executions', () => {
     assert.throws(() => client.execute('x', { language: 'python', persistent: true }), { code: 'bad_request' });
   });
 
+  test('a frame over the size limit is refused locally with too_large; stdin split in pieces passes', async () => {
+    const execution = client.execute('import sys; print(len(sys.stdin.read()))', { language: 'python' });
+    const big = 'x'.repeat(1 << 20);
+    assert.throws(() => execution.sendStdin(big), { code: 'too_large' });
+    // Three quarters of it, in frames that fit (the gateway queues at most 1 MiB of stdin).
+    for (let i = 0; i < 3; i++) execution.sendStdin(big.slice(i << 18, (i + 1) << 18));
+    execution.closeStdin();
+    assert.equal((await within(execution.done, 20_000, 'done')).stdout, `${3 << 18}\n`);
+  });
+
   test('a persistent session keeps state between cells', async () => {
     const session = `ts-persist-${process.pid}`;
     const first = client.execute('x = 41', { language: 'python', session, persistent: true });
