@@ -14,6 +14,10 @@ if [[ -z "${SLUICE_BIN:-}" ]]; then
   echo "test.sh: SLUICE_BIN is not set; point it at a built gateway (e.g. SLUICE_BIN=target/release/sluice)" >&2
   exit 2
 fi
+if [[ ! -f "$SLUICE_BIN" || ! -x "$SLUICE_BIN" ]]; then
+  echo "test.sh: SLUICE_BIN=$SLUICE_BIN is not an executable file" >&2
+  exit 2
+fi
 # A relative path means relative to where the script was called from.
 SLUICE_BIN="$(cd "$(dirname "$SLUICE_BIN")" && pwd)/$(basename "$SLUICE_BIN")"
 if [[ ! -x "$SLUICE_BIN" ]]; then
