@@ -35,6 +35,9 @@ export SLUICE_BIN="$PWD/target/debug/sluice"
 step "Python client (clients/python)"
 bash clients/python/test.sh
 
+step "TypeScript client (clients/typescript: Node and headless Chromium)"
+bash clients/typescript/test.sh
+
 if [ -d ../shared/conformance ]; then
   step "protocol conformance (../shared/conformance)"
   cargo build --release --locked --bin sluice
