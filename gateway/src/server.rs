@@ -152,7 +152,10 @@ pub async fn run(
             "programs run jailed: own PID, mount, IPC, UTS{} namespaces, unprivileged user, read-only system, private workspace and /tmp",
             if jail.no_network() { " and network" } else { "" }
         ),
-        None => tracing::info!("programs run without a namespace jail"),
+        None if crate::sys::is_root() => tracing::warn!(
+            "programs run without a namespace jail, AS ROOT: use --isolation namespaces (or auto with sluice-jail installed), or run the gateway as an unprivileged user"
+        ),
+        None => tracing::info!("programs run without a namespace jail, as the gateway's user"),
     }
     tracing::info!(
         network = if network_off {
