@@ -378,3 +378,81 @@ print("all done")
 fn skip(why: &str) {
     eprintln!("skipped: {why}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jails_dev_run_and_cgroups_reveal_nothing_of_the_host() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let code = r#"import os
+print("dev=%s" % ",".join(sorted(os.listdir("/dev"))))
+print("run=%s" % ",".join(sorted(os.listdir("/run"))) if os.path.isdir("/run") else "run=")
+print("cgroups=%s" % ",".join(sorted(os.listdir("/sys/fs/cgroup"))))
+print("own_cgroup=%s" % open("/proc/self/cgroup").read().strip().replace("\n", ";"))
+ptys = []
+try:
+    while len(ptys) < 1000:
+        ptys.append(os.openpty())
+except OSError as err:
+    print("ptys=%d" % len(ptys))
+"#;
+    let facts = facts(&gateway, code).await?;
+    assert_eq!(
+        fact(&facts, "dev")?,
+        "fd,full,null,ptmx,pts,random,shm,stderr,stdin,stdout,tty,urandom,zero"
+    );
+    assert_eq!(
+        fact(&facts, "run")?,
+        "",
+        "the host's /run (its sockets) is hidden"
+    );
+    assert_eq!(
+        fact(&facts, "cgroups")?,
+        "",
+        "the host's cgroups are hidden"
+    );
+    assert!(
+        fact(&facts, "own_cgroup")?
+            .split(';')
+            .all(|line| line.ends_with(":/")),
+        "{facts:?}"
+    );
+    // The jail's own devpts: a few ptys, never the host's.
+    let ptys: usize = fact(&facts, "ptys")?.parse()?;
+    assert!((1..=64).contains(&ptys), "{ptys} ptys");
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn millions_of_empty_files_end_with_resource_limit_workspace() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let client = gateway.client().await?;
+    // Empty files cost inodes (kernel memory), not bytes: the scratch file system has an
+    // inode budget that goes with its size.
+    let many = "import os\nfor i in range(1_000_000):\n    open('/tmp/f%d' % i, 'w').close()\nprint('all made')";
+    let outcome = run(
+        &client,
+        with_limits(
+            request("many", "python", many),
+            Limits {
+                workspace_bytes: Some(8 << 20),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_eq!(
+        (outcome.kind(), outcome.limit()),
+        (EventKind::ResourceLimit, Some(LimitKind::Workspace)),
+        "{:?} {}",
+        outcome.terminal,
+        outcome.stderr
+    );
+    assert!(!outcome.stdout.contains("all made"));
+    client.close().await?;
+    gateway.shutdown().await
+}

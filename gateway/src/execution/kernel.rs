@@ -13,7 +13,6 @@ use super::workdir::Workdir;
 use crate::runtime::Runtime;
 use crate::sandbox::jail::JailSpec;
 use crate::sandbox::namespaces::rlimit_list;
-use crate::sandbox::Namespaces;
 use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd};
@@ -140,7 +139,7 @@ impl Kernel {
                 source: Some(file_name.into()),
                 workspace: workdir.path().to_path_buf(),
                 scratch_bytes: limits.scratch_bytes,
-                expose: Namespaces::exposure_for(&runtime.program),
+                expose: jail.exposure_for(&runtime.program),
                 cgroups: cgroup
                     .as_ref()
                     .and_then(crate::sandbox::ExecutionCgroup::unified_dir)

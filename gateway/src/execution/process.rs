@@ -105,7 +105,7 @@ impl Launch<'_> {
                 source: self.source.file_name().map(Into::into),
                 workspace: self.workdir.to_path_buf(),
                 scratch_bytes: self.scratch_bytes,
-                expose: Namespaces::exposure_for(&self.runtime.program),
+                expose: jail.exposure_for(&self.runtime.program),
                 cgroups: self
                     .cgroup
                     .as_ref()

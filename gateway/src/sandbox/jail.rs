@@ -34,6 +34,9 @@ pub struct JailSpec {
     pub expose: Vec<PathBuf>,
     /// Kernel limits the program starts with: (resource name, value).
     pub rlimits: Vec<(RlimitName, u64)>,
+    /// Directories covered with an empty tmpfs inside (a rootless gateway's home, whose
+    /// files the sandbox user would otherwise own).
+    pub hide: Vec<PathBuf>,
     /// cgroup v2 directories the jail joins before it starts anything (v2 moves whole
     /// processes only, so the gateway cannot put a program in one as it spawns it).
     pub cgroups: Vec<PathBuf>,
@@ -98,6 +101,9 @@ impl JailSpec {
         for dir in &self.cgroups {
             pair("--cgroup", dir.clone().into_os_string());
         }
+        for dir in &self.hide {
+            pair("--hide", dir.clone().into_os_string());
+        }
         for (name, value) in &self.rlimits {
             pair("--rlimit", format!("{}={value}", name.as_str()).into());
         }
@@ -145,6 +151,7 @@ impl JailSpec {
                 "--gid" => spec.gid = id(number("--gid")?)?,
                 "--expose" => spec.expose.push(PathBuf::from(&value)),
                 "--cgroup" => spec.cgroups.push(PathBuf::from(&value)),
+                "--hide" => spec.hide.push(PathBuf::from(&value)),
                 "--keep-fd" => {
                     let fd = number("--keep-fd")?;
                     spec.keep_fd = Some(
@@ -257,6 +264,7 @@ mod tests {
             no_network: true,
             expose: vec!["/root/.pyenv/versions/3.11.7".into()],
             cgroups: vec!["/sys/fs/cgroup/sluice-1-0/x4".into()],
+            hide: vec!["/home/gateway".into()],
             rlimits: vec![(RlimitName::Cpu, 2), (RlimitName::OpenFiles, 64)],
             keep_fd: Some(3),
             command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],

@@ -20,6 +20,10 @@ pub(crate) struct Namespaces {
     uid: u32,
     gid: u32,
     no_network: bool,
+    /// Covered inside every jail: a gateway that is not root runs its programs as its
+    /// own uid outside the user namespace, so its home (whose files they would own) is
+    /// hidden.
+    hide: Vec<PathBuf>,
 }
 
 /// Why the jail cannot be used on this host.
@@ -48,11 +52,21 @@ impl Namespaces {
         if !program.is_file() {
             return Err(JailUnavailable::Missing(program));
         }
+        let hide = if crate::sys::is_root() {
+            Vec::new()
+        } else {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|home| home.is_absolute() && home.parent().is_some() && home.is_dir())
+                .into_iter()
+                .collect()
+        };
         let jail = Self {
             program,
             uid,
             gid,
             no_network,
+            hide,
         };
         jail.rehearse(work_root)?;
         Ok(jail)
@@ -111,6 +125,7 @@ impl Namespaces {
             uid: self.uid,
             gid: self.gid,
             no_network: self.no_network && spec.no_network,
+            hide: self.hide.clone(),
             ..spec
         };
         let mut jailed = Command::new(&self.program);
@@ -120,12 +135,14 @@ impl Namespaces {
 
     /// What a runtime installed where the sandbox user cannot reach it needs exposed:
     /// the installation prefix (`.../bin/python3` -> `...`), when an ancestor of the
-    /// executable is closed to others (a pyenv under /root, say).
-    pub(crate) fn exposure_for(executable: &Path) -> Vec<PathBuf> {
+    /// executable is closed to others (a pyenv under /root, say) or hidden in the jail
+    /// (a pyenv in a rootless gateway's home).
+    pub(crate) fn exposure_for(&self, executable: &Path) -> Vec<PathBuf> {
+        let hidden = self.hide.iter().any(|dir| executable.starts_with(dir));
         let closed = executable.ancestors().skip(1).any(|dir| {
             std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 == 0)
         });
-        if !closed {
+        if !hidden && !closed {
             return Vec::new();
         }
         let prefix = executable

@@ -23,28 +23,28 @@
 //! `/dev/shm` and the workspace (the same path as outside), and `--expose` directories
 //! bound read-only where an unreadable ancestor (like `/root`) would hide them.
 
+mod mounts;
 mod os;
 mod seccomp;
 
 use os::Forked;
 use sluice_gateway::jail::{JailReport, JailSpec, RlimitName, REPORT_FILE};
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// Exit code when the jail itself cannot run (bad arguments, no namespaces); the
 /// gateway reads the reason from the report when there is one.
 const SETUP_FAILED: i32 = 125;
 
-/// Largest source file copied into the workspace.
-const MAX_SOURCE_BYTES: u64 = 64 << 20;
-
 /// Files examined when looking for the largest file: a program that made millions of
 /// files is not worth a long walk.
 const MAX_FILES_EXAMINED: usize = 100_000;
+
+/// Bytes of directory paths the walk may hold waiting at once.
+const MAX_PENDING_PATH_BYTES: usize = 1 << 20;
 
 fn main() {
     let spec = match JailSpec::parse(std::env::args_os().skip(1)) {
@@ -101,8 +101,12 @@ fn jail(spec: &JailSpec) -> ! {
         fail("blocking signals", err);
     }
     let (status_read, status_write) = os::pipe().unwrap_or_else(|err| fail("pipe", err));
-    let mut namespaces =
-        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    // The cgroup namespace last joined above: /proc/self/cgroup shows "/" inside.
+    let mut namespaces = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
     if spec.no_network {
         namespaces |= libc::CLONE_NEWNET;
     }
@@ -181,7 +185,7 @@ fn init(spec: &JailSpec, report_file: &File, status_write: OwnedFd, rootless: bo
     // A jail killed from outside takes its namespace with it (its init dies, and with it
     // every process inside).
     let _ = os::die_with_parent();
-    if let Err(why) = set_up(spec) {
+    if let Err(why) = mounts::set_up(spec) {
         write_report(
             report_file,
             &JailReport {
@@ -281,155 +285,17 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd, rootless: bool) -> ! {
     std::process::exit(SETUP_FAILED)
 }
 
-/// The mounts and names of the sandbox, made by init before the program starts.
-fn set_up(spec: &JailSpec) -> Result<(), String> {
-    let err = |what: String| move |e: io::Error| format!("{what}: {e}");
-    let source = match &spec.source {
-        Some(name) => Some(
-            read_source(&spec.host_dir.join(name))
-                .map_err(err(format!("reading {}", name.to_string_lossy())))?,
-        ),
-        None => None,
-    };
-    // Nothing done here reaches the host's mount table.
-    os::mount(
-        "none",
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )
-    .map_err(err("making mounts private".into()))?;
-    // Copies of the exposed trees, taken before anything covers their ancestors.
-    let exposed = spec
-        .expose
-        .iter()
-        .map(|dir| {
-            let tree = os::clone_tree(dir).map_err(err(format!("cloning {}", dir.display())))?;
-            os::set_clone_attributes(
-                &tree,
-                os::MOUNT_ATTR_RDONLY | os::MOUNT_ATTR_NOSUID | os::MOUNT_ATTR_NODEV,
-            )
-            .map_err(err(format!("making {} read-only", dir.display())))?;
-            Ok((dir, tree))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    os::set_tree_attributes(
-        Path::new("/"),
-        os::MOUNT_ATTR_RDONLY | os::MOUNT_ATTR_NOSUID,
-    )
-    .map_err(err("making the system read-only".into()))?;
-    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    os::mount(
-        "proc",
-        Path::new("/proc"),
-        Some("proc"),
-        nosuid_nodev | libc::MS_NOEXEC,
-        None,
-    )
-    .map_err(err("mounting /proc".into()))?;
-    let scratch = format!("size={},mode=1777", spec.scratch_bytes.max(4096));
-    os::mount(
-        "tmpfs",
-        Path::new("/tmp"),
-        Some("tmpfs"),
-        nosuid_nodev,
-        Some(&scratch),
-    )
-    .map_err(err("mounting /tmp".into()))?;
-    if Path::new("/dev/shm").is_dir() {
-        os::mount("/tmp", Path::new("/dev/shm"), None, libc::MS_BIND, None)
-            .map_err(err("mounting /dev/shm".into()))?;
-    }
-    // The workspace keeps its outside path. Under /tmp or /dev/shm it is on the scratch
-    // file system already; elsewhere its parent gets a scratch tmpfs of its own, which
-    // also hides the other executions' directories.
-    let on_scratch = spec.workspace.starts_with("/tmp") || spec.workspace.starts_with("/dev/shm");
-    if !on_scratch {
-        let parent = spec.workspace.parent().unwrap_or(Path::new("/"));
-        os::mount("tmpfs", parent, Some("tmpfs"), nosuid_nodev, Some(&scratch)).map_err(err(
-            format!("mounting a workspace file system on {}", parent.display()),
-        ))?;
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&spec.workspace)
-        .map_err(err(format!("creating {}", spec.workspace.display())))?;
-    std::os::unix::fs::chown(&spec.workspace, Some(spec.uid), Some(spec.gid))
-        .map_err(err("handing the workspace to the sandbox user".into()))?;
-    std::fs::set_permissions(&spec.workspace, std::fs::Permissions::from_mode(0o700))
-        .map_err(err("protecting the workspace".into()))?;
-    if let (Some(name), Some(code)) = (&spec.source, source) {
-        let path = spec.workspace.join(name);
-        let mut file = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(err(format!("writing {}", path.display())))?;
-        file.write_all(&code)
-            .map_err(err(format!("writing {}", path.display())))?;
-        std::os::unix::fs::chown(&path, Some(spec.uid), Some(spec.gid))
-            .map_err(err("handing the source to the sandbox user".into()))?;
-    }
-    expose(exposed)?;
-    os::set_hostname("sluice").map_err(err("setting the host name".into()))?;
-    Ok(())
-}
-
-/// Binds each exposed tree back at its own path, after covering the highest ancestor the
-/// sandbox user cannot enter with an empty, read-only-to-them tmpfs.
-fn expose(exposed: Vec<(&PathBuf, OwnedFd)>) -> Result<(), String> {
-    let mut covered = HashSet::new();
-    for (dir, tree) in exposed {
-        if let Some(closed) = highest_closed_ancestor(dir) {
-            if covered.insert(closed.clone()) {
-                os::mount(
-                    "tmpfs",
-                    &closed,
-                    Some("tmpfs"),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    Some("size=65536,mode=0755"),
-                )
-                .map_err(|e| format!("covering {}: {e}", closed.display()))?;
-            }
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        }
-        os::attach_tree(&tree, dir).map_err(|e| format!("binding {}: {e}", dir.display()))?;
-    }
-    Ok(())
-}
-
-/// The highest ancestor of `dir` (itself included) that others may not enter, if any.
-fn highest_closed_ancestor(dir: &Path) -> Option<PathBuf> {
-    let mut ancestors: Vec<&Path> = dir.ancestors().filter(|a| a.parent().is_some()).collect();
-    ancestors.reverse();
-    ancestors.into_iter().find_map(|ancestor| {
-        let mode = std::fs::metadata(ancestor).ok()?.permissions().mode();
-        (mode & 0o001 == 0).then(|| ancestor.to_path_buf())
-    })
-}
-
-fn read_source(path: &Path) -> io::Result<Vec<u8>> {
-    let mut code = Vec::new();
-    File::open(path)?
-        .take(MAX_SOURCE_BYTES)
-        .read_to_end(&mut code)?;
-    Ok(code)
-}
-
-/// How full the scratch file system got and the largest file on it.
+/// How full the scratch file system got and the largest file on it. The walk is bounded
+/// in entries and in the bytes of paths it keeps, so a program that left a huge or deep
+/// tree cannot make init use much memory (which its cgroup would count as the program's).
 fn scratch_report(spec: &JailSpec) -> JailReport {
     let (scratch_used_bytes, scratch_full) = os::usage(Path::new("/tmp")).unwrap_or((0, false));
     let mut largest = 0;
     let mut examined = 0;
     let mut pending = vec![PathBuf::from("/tmp"), spec.workspace.clone()];
+    let mut pending_bytes = 0;
     while let Some(dir) = pending.pop() {
+        pending_bytes -= dir.as_os_str().len().min(pending_bytes);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -439,7 +305,13 @@ fn scratch_report(spec: &JailSpec) -> JailReport {
                 break;
             }
             match entry.metadata() {
-                Ok(meta) if meta.is_dir() => pending.push(entry.path()),
+                Ok(meta) if meta.is_dir() => {
+                    let path = entry.path();
+                    if pending_bytes + path.as_os_str().len() <= MAX_PENDING_PATH_BYTES {
+                        pending_bytes += path.as_os_str().len();
+                        pending.push(path);
+                    }
+                }
                 Ok(meta) if meta.is_file() => largest = largest.max(meta.len()),
                 _ => {}
             }

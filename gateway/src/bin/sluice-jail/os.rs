@@ -330,7 +330,8 @@ pub(crate) fn usage(path: &Path) -> io::Result<(u64, bool)> {
     };
     let block = stat.f_bsize as u64;
     let used = (stat.f_blocks - stat.f_bfree) * block;
-    Ok((used, stat.f_bavail == 0))
+    // Out of bytes, or out of inodes (many small files).
+    Ok((used, stat.f_bavail == 0 || stat.f_ffree == 0))
 }
 
 /// Installs a seccomp filter for this process and whatever it execs (needs

@@ -26,6 +26,7 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_fsmount,
     libc::SYS_fspick,
     libc::SYS_mount_setattr,
+    OPEN_TREE_ATTR,
     // The kernel itself.
     libc::SYS_init_module,
     libc::SYS_finit_module,
@@ -38,6 +39,7 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_acct,
     libc::SYS_syslog,
     libc::SYS_quotactl,
+    libc::SYS_quotactl_fd,
     libc::SYS_settimeofday,
     libc::SYS_clock_settime,
     libc::SYS_clock_adjtime,
@@ -63,7 +65,13 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_iopl,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_ioperm,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_modify_ldt,
 ];
+
+/// `open_tree_attr` (Linux 6.15), the same number on every architecture; the C library
+/// does not name it yet.
+const OPEN_TREE_ATTR: libc::c_long = 467;
 
 /// `clone` flags that would create namespaces (the first argument of `clone`).
 const NEW_NAMESPACES: u32 = (libc::CLONE_NEWUSER
