@@ -389,6 +389,7 @@ async fn the_jails_dev_run_and_cgroups_reveal_nothing_of_the_host() -> Result<()
 print("dev=%s" % ",".join(sorted(os.listdir("/dev"))))
 print("run=%s" % ",".join(sorted(os.listdir("/run"))) if os.path.isdir("/run") else "run=")
 print("cgroups=%s" % ",".join(sorted(os.listdir("/sys/fs/cgroup"))))
+print("interfaces=%s" % ",".join(sorted(os.listdir("/sys/class/net"))))
 print("own_cgroup=%s" % open("/proc/self/cgroup").read().strip().replace("\n", ";"))
 ptys = []
 try:
@@ -411,6 +412,11 @@ except OSError as err:
         fact(&facts, "cgroups")?,
         "",
         "the host's cgroups are hidden"
+    );
+    assert_eq!(
+        fact(&facts, "interfaces")?,
+        "lo",
+        "only the jail's own network interfaces"
     );
     assert!(
         fact(&facts, "own_cgroup")?

@@ -7,9 +7,11 @@
 //! * a private, read-only `/dev` with only `null`, `zero`, `full`, `random`, `urandom`
 //!   and `tty` from the host, the usual `fd`/`stdin`/`stdout`/`stderr` links and a devpts
 //!   of its own (64 ptys at most), so a program cannot use up the host's ptys;
-//! * empty, read-only tmpfs over what would leak or reach the host: `/sys/fs/cgroup`,
-//!   `/run` when the program has no network (its sockets: D-Bus, journald, nscd), and any
-//!   `--hide` directory (a rootless gateway's home);
+//! * without network, a sysfs of the jail's own network namespace (its interfaces only,
+//!   no cgroups); with it, the host's sysfs with `/sys/fs/cgroup` covered;
+//! * empty, read-only tmpfs over what would leak or reach the host: `/run` when the
+//!   program has no network (its sockets: D-Bus, journald, nscd), and any `--hide`
+//!   directory (a rootless gateway's home);
 //! * `--expose` directories bound back read-only where a closed or hidden ancestor would
 //!   keep them out of reach.
 
@@ -101,9 +103,16 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
     )
     .map_err(failed("mounting /tmp"))?;
     private_dev(devices)?;
-    let mut covers = vec![PathBuf::from("/sys/fs/cgroup")];
+    let mut covers = Vec::new();
     if spec.no_network {
+        // A sysfs of the jail's own network namespace: its interfaces only, and no
+        // cgroup hierarchy under it.
+        let read_only = libc::MS_RDONLY | nosuid_nodev | libc::MS_NOEXEC;
+        os::mount("sysfs", Path::new("/sys"), Some("sysfs"), read_only, None)
+            .map_err(failed("mounting /sys"))?;
         covers.push(PathBuf::from("/run"));
+    } else {
+        covers.push(PathBuf::from("/sys/fs/cgroup"));
     }
     covers.extend(spec.hide.iter().cloned());
     let mut covered = HashSet::new();
