@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, OwnedMutexGuard};
 
 /// How long a cell's interpreter that closed its control socket gets to finish exiting
 /// on its own before it is killed.
-const LOST_INTERPRETER_GRACE: Duration = Duration::from_millis(500);
+const LOST_INTERPRETER_GRACE: Duration = Duration::from_secs(2);
 
 /// The kernel slot of a persistent session, held for the whole of one cell.
 pub(crate) type KernelGuard = OwnedMutexGuard<Option<Kernel>>;
