@@ -70,6 +70,11 @@ def test_fields_of_the_fixtures_are_read() -> None:
     assert read_event("completed-no-output.json").usage.first_output_ms is None  # type: ignore[union-attr]
     limit = read_event("resource-limit-output.json")
     assert (limit.limit, limit.limit_value, limit.is_terminal) == ("output", 1048576, True)
+    assert limit.limit_observed is None
+    workspace = read_event("resource-limit-workspace.json")
+    assert (workspace.limit, workspace.limit_value, workspace.limit_observed) == (
+        "workspace", 8388608, 8388608,
+    )
     error = read_event("error-unknown-language.json")
     assert (error.code, error.is_terminal) == ("unknown_language", True)
     socket_error = read_event("error-socket.json")

@@ -66,6 +66,7 @@ class StreamEvent:
     signal: int | None = None
     limit: str | None = None
     limit_value: int | None = None
+    limit_observed: int | None = None
     code: str | None = None
     usage: Usage | None = None
     missed_from: int | None = None
@@ -98,7 +99,7 @@ class StreamEvent:
 _KNOWN_FIELDS = frozenset(
     {
         "type", "data", "timestamp", "sequence", "id", "session", "pid", "encoding",
-        "exit_code", "signal", "limit", "limit_value", "code", "usage",
+        "exit_code", "signal", "limit", "limit_value", "limit_observed", "code", "usage",
         "missed_from", "resume_from", "for_session",
     }
 )
@@ -179,6 +180,7 @@ def event_from_dict(obj: object) -> StreamEvent:
         signal=_optional(obj, "signal", "int"),
         limit=_optional(obj, "limit", "str"),
         limit_value=_optional(obj, "limit_value", "uint"),
+        limit_observed=_optional(obj, "limit_observed", "uint"),
         code=_optional(obj, "code", "str"),
         usage=_decode_usage(obj.get("usage")),
         missed_from=_optional(obj, "missed_from", "uint"),

@@ -45,6 +45,7 @@ class ExecutionResult:
     usage: Usage | None
     limit: str | None
     limit_value: int | None
+    limit_observed: int | None
     error_code: str | None
     message: str
     terminal: StreamEvent
@@ -190,6 +191,7 @@ class Execution:
             usage=event.usage,
             limit=event.limit,
             limit_value=event.limit_value,
+            limit_observed=event.limit_observed,
             error_code=event.code,
             message=event.data,
             terminal=event,
