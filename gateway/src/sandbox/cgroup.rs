@@ -624,3 +624,101 @@ fn members(dir: &Path) -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The cgroup v2 path against a directory laid out like cgroupfs: what is written and
+    //! how the kernel's counters are read. (These machines mount memory and pids as v1,
+    //! so the v2 limits never run against a kernel in the end-to-end suite.)
+    use super::*;
+
+    /// A scratch directory standing in for a v2 cgroup; removed on drop.
+    struct FakeCgroup(PathBuf);
+
+    impl FakeCgroup {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("sluice-fake-cgroup-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("scratch directory");
+            Self(dir)
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            fs::write(self.0.join(file), text).expect("write a fake cgroup file");
+        }
+
+        fn read(&self, file: &str) -> String {
+            fs::read_to_string(self.0.join(file)).unwrap_or_default()
+        }
+    }
+
+    impl Drop for FakeCgroup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn v2_group(fake: &FakeCgroup) -> ExecutionCgroup {
+        ExecutionCgroup {
+            members: Members {
+                unified: Some(Member {
+                    dir: fake.0.clone(),
+                    home: fake.0.clone(),
+                }),
+                ..Members::default()
+            },
+            limits_v2: (true, true),
+            processes: 16,
+            removed: true, // nothing to remove or recycle in a scratch directory
+            pool: None,
+            baseline: Counters::default(),
+        }
+    }
+
+    #[test]
+    fn v2_limits_are_written_and_its_counters_read() {
+        let fake = FakeCgroup::new("limits");
+        let mut group = v2_group(&fake);
+        group.set_limits(256 << 20, 16).expect("limits written");
+        assert_eq!(fake.read("memory.max"), (256u64 << 20).to_string());
+        assert_eq!(fake.read("memory.swap.max"), "0");
+        assert_eq!(fake.read("pids.max"), "16");
+        fake.write("memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 2\n");
+        fake.write("pids.events", "max 3\n");
+        fake.write(
+            "cpu.stat",
+            "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n",
+        );
+        fake.write("memory.peak", "123456\n");
+        // A reused cgroup: what was counted before this execution does not count.
+        group.baseline = Counters {
+            oom_kills: 2,
+            failed_forks: 1,
+            cpu_usec: 500_000,
+        };
+        let report = group.report();
+        assert!(!report.oom_killed, "no new OOM kill since the baseline");
+        assert!(report.process_limit_hit);
+        assert_eq!(report.cpu_usec, Some(1_000_000));
+        assert_eq!(report.peak_memory_bytes, Some(123_456));
+        group.kill_all();
+        assert_eq!(fake.read("cgroup.kill"), "1");
+    }
+
+    #[test]
+    fn v2_controllers_are_delegated_where_the_parent_has_them() {
+        let home = FakeCgroup::new("home");
+        let ours = home.0.join("ours");
+        fs::create_dir_all(&ours).expect("ours");
+        home.write("cgroup.controllers", "cpuset cpu io memory pids\n");
+        assert_eq!(delegate(&home.0, &ours), (true, true));
+        assert_eq!(home.read("cgroup.subtree_control"), "+memory +pids");
+        assert_eq!(
+            fs::read_to_string(ours.join("cgroup.subtree_control")).unwrap_or_default(),
+            "+memory +pids"
+        );
+        home.write("cgroup.controllers", "cpu io\n");
+        assert_eq!(delegate(&home.0, &ours), (false, false));
+    }
+}
