@@ -3,7 +3,7 @@
 //! Being an integration test of this package also makes `cargo test` build the jail,
 //! which the end-to-end suite's gateways find next to their test executables.
 
-use sluice_gateway::jail::{JailReport, JailSpec};
+use sluice_gateway::jail::{JailReport, JailSpec, RlimitName};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -115,21 +115,28 @@ fn the_jail_ends_the_way_its_program_ended() {
     assert!(why.contains("/no/such/program"), "{why}");
 }
 
-#[test]
+/// Runs `script` with `/bin/sh` in a jail started by uid 1000 (so the jail makes a user
+/// namespace), with `rlimits`; `None` (and a skip line) where that cannot be done here.
 #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
-fn without_root_the_jail_uses_a_user_namespace() {
+fn run_rootless(
+    name: &str,
+    script: &str,
+    rlimits: Vec<(RlimitName, u64)>,
+) -> Option<(std::process::Output, Option<JailReport>)> {
     let setpriv = Path::new("/usr/bin/setpriv");
-    let root = running_as_root();
-    if !root || !setpriv.exists() {
+    if !running_as_root() || !setpriv.exists() {
         eprintln!("skipped: needs root and setpriv to become an ordinary user");
-        return;
+        return None;
     }
-    let dir = std::env::temp_dir().join(format!("sluice-jail-rootless-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sluice-jail-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let _scratch = Scratch(dir.clone());
     std::os::unix::fs::chown(&dir, Some(1000), Some(1000)).expect("chown");
-    std::fs::write(dir.join("main.sh"), "id -u; ls /proc | grep '^[0-9]' | sort -n | tail -1; grep CapEff /proc/self/status; touch /etc/x 2>&1; echo end").expect("script");
-    let spec = script_spec(&dir, "/bin/sh");
+    std::fs::write(dir.join("main.sh"), script).expect("script");
+    let spec = JailSpec {
+        rlimits,
+        ..script_spec(&dir, "/bin/sh")
+    };
     let output = Command::new(setpriv)
         .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_sluice-jail"))
@@ -139,8 +146,17 @@ fn without_root_the_jail_uses_a_user_namespace() {
         .stdin(Stdio::null())
         .output()
         .expect("the jail runs");
-    let said = String::from_utf8_lossy(&output.stdout);
     let report = JailReport::read(&dir);
+    Some((output, report))
+}
+
+#[test]
+fn without_root_the_jail_uses_a_user_namespace() {
+    let script = "id -u; ls /proc | grep '^[0-9]' | sort -n | tail -1; grep CapEff /proc/self/status; touch /etc/x 2>&1; echo end";
+    let Some((output, report)) = run_rootless("rootless", script, Vec::new()) else {
+        return;
+    };
+    let said = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -156,4 +172,25 @@ fn without_root_the_jail_uses_a_user_namespace() {
         "no capabilities: {said}"
     );
     assert!(lines[3].contains("Read-only"), "{said}");
+}
+
+#[test]
+fn without_root_the_process_limit_holds_in_the_jails_own_user_namespace() {
+    // Forks until one fails; the limit counts only this jail's processes.
+    // (dash gives up on the script when a fork fails: the count is its last line).
+    let script = "n=0; while [ $n -lt 100 ]; do sleep 5 & n=$((n+1)); echo $n; done";
+    let Some((output, _)) = run_rootless("nproc", script, vec![(RlimitName::Processes, 8)]) else {
+        return;
+    };
+    let said = String::from_utf8_lossy(&output.stdout);
+    let started: u32 = said
+        .lines()
+        .last()
+        .and_then(|line| line.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..8).contains(&started),
+        "{started} background processes with a limit of 8 (the shell is one): {said} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -107,6 +107,8 @@ pub(crate) struct KernelLimits {
     pub(crate) rlimits: sys::Rlimits,
     /// The jail's scratch file system, when jailed.
     pub(crate) scratch_bytes: u64,
+    /// The process limit, for a jail that must enforce it without a cgroup.
+    pub(crate) processes: u64,
 }
 
 /// A cell sent to the kernel: the gateway's ends of its pipes.
@@ -146,7 +148,7 @@ impl Kernel {
                     .map(Path::to_path_buf)
                     .into_iter()
                     .collect(),
-                rlimits: rlimit_list(&limits.rlimits),
+                rlimits: rlimit_list(&limits.rlimits, limits.processes),
                 keep_fd: Some(sys::CONTROL_FD),
                 no_network: !runtime.network,
                 command: vec![

@@ -304,6 +304,7 @@ async fn run_cell(
                 let limits = kernel::KernelLimits {
                     rlimits,
                     scratch_bytes: spec.limits.workspace_bytes,
+                    processes: spec.limits.processes,
                 };
                 Kernel::start(kind, &spec.runtime, host, &env, limits, cgroup, permit)
             });
@@ -455,6 +456,7 @@ fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
         no_network: host.no_network.as_deref(),
         jail: host.jail.as_deref(),
         scratch_bytes: spec.limits.workspace_bytes,
+        processes: spec.limits.processes,
     };
     let started_at = Instant::now();
     match launch.spawn() {

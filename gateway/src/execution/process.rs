@@ -39,6 +39,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) jail: Option<&'a Namespaces>,
     /// Size of the jail's scratch file system (workspace, /tmp, /dev/shm).
     pub(crate) scratch_bytes: u64,
+    /// The process limit, for a jail that must enforce it without a cgroup.
+    pub(crate) processes: u64,
 }
 
 /// A started program and the gateway's ends of its pipes.
@@ -113,7 +115,7 @@ impl Launch<'_> {
                     .map(Path::to_path_buf)
                     .into_iter()
                     .collect(),
-                rlimits: rlimit_list(&self.rlimits),
+                rlimits: rlimit_list(&self.rlimits, self.processes),
                 no_network: !self.runtime.network,
                 command: argv,
                 ..JailSpec::default()

@@ -56,6 +56,9 @@ pub enum RlimitName {
     FileSize,
     /// RLIMIT_NOFILE, descriptors.
     OpenFiles,
+    /// RLIMIT_NPROC, processes: applied only in a jail with its own user namespace,
+    /// where it counts that jail's processes alone.
+    Processes,
 }
 
 impl RlimitName {
@@ -64,11 +67,12 @@ impl RlimitName {
             Self::Cpu => "cpu",
             Self::FileSize => "fsize",
             Self::OpenFiles => "nofile",
+            Self::Processes => "nproc",
         }
     }
 
     fn parse(name: &str) -> Option<Self> {
-        [Self::Cpu, Self::FileSize, Self::OpenFiles]
+        [Self::Cpu, Self::FileSize, Self::OpenFiles, Self::Processes]
             .into_iter()
             .find(|r| r.as_str() == name)
     }
@@ -265,7 +269,11 @@ mod tests {
             expose: vec!["/root/.pyenv/versions/3.11.7".into()],
             cgroups: vec!["/sys/fs/cgroup/sluice-1-0/x4".into()],
             hide: vec!["/home/gateway".into()],
-            rlimits: vec![(RlimitName::Cpu, 2), (RlimitName::OpenFiles, 64)],
+            rlimits: vec![
+                (RlimitName::Cpu, 2),
+                (RlimitName::OpenFiles, 64),
+                (RlimitName::Processes, 16),
+            ],
             keep_fd: Some(3),
             command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
         };

@@ -154,12 +154,14 @@ impl Namespaces {
     }
 }
 
-/// The rlimits in the jail's terms.
-pub(crate) fn rlimit_list(rlimits: &Rlimits) -> Vec<(RlimitName, u64)> {
+/// The rlimits in the jail's terms, with the process limit (which the jail applies only
+/// in a user namespace of its own, where it counts that jail's processes alone).
+pub(crate) fn rlimit_list(rlimits: &Rlimits, processes: u64) -> Vec<(RlimitName, u64)> {
     [
         (RlimitName::Cpu, rlimits.cpu_seconds),
         (RlimitName::FileSize, rlimits.file_size_bytes),
         (RlimitName::OpenFiles, rlimits.open_files),
+        (RlimitName::Processes, Some(processes)),
     ]
     .into_iter()
     .filter_map(|(name, value)| value.map(|v| (name, v)))

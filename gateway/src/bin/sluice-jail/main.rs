@@ -262,6 +262,14 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd, rootless: bool) -> ! {
                 RlimitName::Cpu => (libc::RLIMIT_CPU, value, value.saturating_add(1)),
                 RlimitName::FileSize => (libc::RLIMIT_FSIZE, value, value),
                 RlimitName::OpenFiles => (libc::RLIMIT_NOFILE, value, value),
+                // Processes are counted per user, and per user namespace: in the jail's
+                // own one the sandbox user has only this jail's processes (init too,
+                // hence one more). As root, the cgroup limits them instead.
+                RlimitName::Processes if !rootless => continue,
+                RlimitName::Processes => {
+                    let with_init = value.saturating_add(1);
+                    (libc::RLIMIT_NPROC, with_init, with_init)
+                }
             };
             os::set_rlimit(resource, soft, hard)
                 .map_err(|err| format!("setting the {name:?} limit: {err}"))?;
