@@ -1,7 +1,9 @@
 //! What confines an execution beyond its process group: control groups for the limits
-//! that cover a whole process tree (memory, processes) and for killing every process an
-//! execution started. Kernel resource limits of the process itself (CPU time, file size,
-//! open files) are in `sys::Rlimits`. Namespaces come next (see SECURITY.md).
+//! that cover a whole process tree (memory, processes, CPU time) and for killing every
+//! process an execution started (`cgroup`); the namespace jail (`jail`, the contract
+//! with `sluice-jail`, and `namespaces`, the gateway's side); taking the network away
+//! without a jail (`network`). Kernel resource limits of the process itself (CPU time,
+//! file size, open files) are in `sys::Rlimits`. SECURITY.md maps the layers.
 
 pub(crate) mod cgroup;
 pub mod jail;
