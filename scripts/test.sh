@@ -40,6 +40,6 @@ bash clients/typescript/test.sh
 
 if [ -d ../shared/conformance ]; then
   step "protocol conformance (../shared/conformance)"
-  cargo build --release --locked --bin sluice
+  cargo build --release --locked -p sluice-gateway  # sluice and its jail
   SLUICE_NO_BUILD=1 python3 ../shared/conformance/run_all.py
 fi
