@@ -9,6 +9,7 @@ mod admission;
 mod config;
 mod connection;
 mod execution;
+mod leftovers;
 mod runtime;
 mod sandbox;
 mod server;

@@ -367,27 +367,11 @@ impl WorkRoot {
 /// Removes work roots left by gateways that died without cleaning up (`sluice-PID-...`
 /// whose PID no longer runs).
 fn remove_stale_roots(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("sluice-"))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed a stale work root")
-                }
-                Err(err) => {
-                    tracing::debug!(path = %entry.path().display(), %err, "could not remove a stale work root")
-                }
+    for root in crate::leftovers::left_by_dead_gateways(base) {
+        match std::fs::remove_dir_all(&root) {
+            Ok(()) => tracing::info!(path = %root.display(), "removed a stale work root"),
+            Err(err) => {
+                tracing::debug!(path = %root.display(), %err, "could not remove a stale work root")
             }
         }
     }

@@ -267,27 +267,14 @@ fn gateway_dir_name() -> String {
 
 /// Removes the (empty) directories of gateways that are no longer running.
 fn remove_stale(home: &Path) {
-    let Ok(entries) = fs::read_dir(home) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("sluice-"))
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid).exists() {
-            // Execution cgroups first, then the gateway's own (all empty by now).
-            if let Ok(children) = fs::read_dir(entry.path()) {
-                for child in children.flatten().filter(|c| c.path().is_dir()) {
-                    let _ = fs::remove_dir(child.path());
-                }
+    for dir in crate::leftovers::left_by_dead_gateways(home) {
+        // Execution cgroups first, then the gateway's own (all empty by now).
+        if let Ok(children) = fs::read_dir(&dir) {
+            for child in children.flatten().filter(|c| c.path().is_dir()) {
+                let _ = fs::remove_dir(child.path());
             }
-            let _ = fs::remove_dir(entry.path());
         }
+        let _ = fs::remove_dir(&dir);
     }
 }
 
