@@ -93,8 +93,10 @@ pub async fn run(
             let root = work_root.path.clone();
             let (uid, gid) = (config.sandbox_uid, config.sandbox_gid);
             let no_network = config.network != Network::On;
+            // Every execution and every persistent interpreter may hold a jail at once.
+            let jails = config.max_executions.saturating_add(config.max_kernels);
             let probed = tokio::task::spawn_blocking(move || {
-                Namespaces::probe(program.as_deref(), &root, uid, gid, no_network)
+                Namespaces::probe(program.as_deref(), &root, uid, gid, no_network, jails)
             })
             .await
             .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?;
@@ -103,6 +105,13 @@ pub async fn run(
                 Err(why) if config.isolation == Isolation::Namespaces => {
                     return Err(GatewayError::Isolation(format!(
                         "--isolation namespaces: {why} (see `sluice doctor`)"
+                    )));
+                }
+                // The host offers namespaces but the jail fails on this configuration:
+                // going on without it would be failing open.
+                Err(why) if !why.host_lacks_namespaces() => {
+                    return Err(GatewayError::Isolation(format!(
+                        "the namespace jail does not work with this configuration: {why}; fix it, or choose --isolation cgroups or none explicitly"
                     )));
                 }
                 Err(why) => {

@@ -37,6 +37,9 @@ pub struct JailSpec {
     /// Directories covered with an empty tmpfs inside (a rootless gateway's home, whose
     /// files the sandbox user would otherwise own).
     pub hide: Vec<PathBuf>,
+    /// Ptys the jail's own devpts hands out (`None`: a small default). Every jail's
+    /// come out of the host's shared pool (`kernel.pty.max` less its reserve).
+    pub ptys: Option<u32>,
     /// cgroup v2 directories the jail joins before it starts anything (v2 moves whole
     /// processes only, so the gateway cannot put a program in one as it spawns it).
     pub cgroups: Vec<PathBuf>,
@@ -108,6 +111,9 @@ impl JailSpec {
         for dir in &self.hide {
             pair("--hide", dir.clone().into_os_string());
         }
+        if let Some(ptys) = self.ptys {
+            pair("--ptys", ptys.to_string().into());
+        }
         for (name, value) in &self.rlimits {
             pair("--rlimit", format!("{}={value}", name.as_str()).into());
         }
@@ -156,6 +162,12 @@ impl JailSpec {
                 "--expose" => spec.expose.push(PathBuf::from(&value)),
                 "--cgroup" => spec.cgroups.push(PathBuf::from(&value)),
                 "--hide" => spec.hide.push(PathBuf::from(&value)),
+                "--ptys" => {
+                    let ptys = number("--ptys")?;
+                    spec.ptys = Some(
+                        u32::try_from(ptys).map_err(|_| SpecError("--ptys out of range".into()))?,
+                    );
+                }
                 "--keep-fd" => {
                     let fd = number("--keep-fd")?;
                     spec.keep_fd = Some(
@@ -269,6 +281,7 @@ mod tests {
             expose: vec!["/root/.pyenv/versions/3.11.7".into()],
             cgroups: vec!["/sys/fs/cgroup/sluice-1-0/x4".into()],
             hide: vec!["/home/gateway".into()],
+            ptys: Some(2),
             rlimits: vec![
                 (RlimitName::Cpu, 2),
                 (RlimitName::OpenFiles, 64),

@@ -145,6 +145,7 @@ fn probe_jail(jail: Option<&std::path::Path>) -> Result<String, String> {
         crate::config::DEFAULT_SANDBOX_ID,
         crate::config::DEFAULT_SANDBOX_ID,
         true,
+        1,
     );
     let _ = std::fs::remove_dir_all(&scratch);
     probed

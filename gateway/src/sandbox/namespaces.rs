@@ -24,6 +24,9 @@ pub(crate) struct Namespaces {
     /// own uid outside the user namespace, so its home (whose files they would own) is
     /// hidden.
     hide: Vec<PathBuf>,
+    /// Ptys each jail may open: the host's pool shared out between the jails that can
+    /// run at once.
+    ptys: u32,
 }
 
 /// Why the jail cannot be used on this host.
@@ -35,6 +38,21 @@ pub(crate) enum JailUnavailable {
     Rehearsal(String),
 }
 
+impl JailUnavailable {
+    /// True when the host cannot give namespaces at all (no binary, no permission),
+    /// rather than the jail failing on this configuration: only then may `auto` go on
+    /// without it.
+    pub(crate) fn host_lacks_namespaces(&self) -> bool {
+        match self {
+            Self::Missing(_) => true,
+            Self::Rehearsal(why) => {
+                why.starts_with("creating namespaces")
+                    || why.starts_with("mapping the sandbox user")
+            }
+        }
+    }
+}
+
 impl Namespaces {
     /// The jail at `program` (or next to the running executable), if it runs here: tried
     /// once with `/bin/true` in a scratch directory under `work_root`.
@@ -44,6 +62,7 @@ impl Namespaces {
         uid: u32,
         gid: u32,
         no_network: bool,
+        jails_at_once: usize,
     ) -> Result<Self, JailUnavailable> {
         let program = match program {
             Some(path) => path.to_path_buf(),
@@ -67,6 +86,7 @@ impl Namespaces {
             gid,
             no_network,
             hide,
+            ptys: ptys_per_jail(jails_at_once),
         };
         jail.rehearse(work_root)?;
         Ok(jail)
@@ -126,6 +146,7 @@ impl Namespaces {
             gid: self.gid,
             no_network: self.no_network && spec.no_network,
             hide: self.hide.clone(),
+            ptys: Some(self.ptys),
             ..spec
         };
         let mut jailed = Command::new(&self.program);
@@ -150,8 +171,39 @@ impl Namespaces {
             .filter(|bin| bin.file_name().is_some_and(|name| name == "bin"))
             .and_then(Path::parent)
             .or_else(|| executable.parent());
-        prefix.map(Path::to_path_buf).into_iter().collect()
+        // Never bind back what is hidden, nor a directory holding it (an interpreter in
+        // `$HOME/bin` would expose the whole home): such a runtime fails to start in the
+        // jail instead, with a message naming its interpreter.
+        prefix
+            .filter(|prefix| !self.hide.iter().any(|hidden| hidden.starts_with(prefix)))
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect()
     }
+}
+
+/// Most ptys one jail gets.
+const MAX_PTYS_PER_JAIL: u32 = 8;
+
+/// The host's ptys that namespaces other than the initial one may use
+/// (`kernel.pty.max` less `kernel.pty.reserve`), shared out between `jails` jails, one
+/// to [`MAX_PTYS_PER_JAIL`] each, so jails together cannot use up the pool.
+fn ptys_per_jail(jails: usize) -> u32 {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/kernel/pty/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let pool = match (read("max"), read("reserve")) {
+        (Some(max), Some(reserve)) => max.saturating_sub(reserve),
+        _ => return 1,
+    };
+    let share = pool / u64::try_from(jails.max(1)).unwrap_or(u64::MAX);
+    u32::try_from(share)
+        .unwrap_or(u32::MAX)
+        .clamp(1, MAX_PTYS_PER_JAIL)
 }
 
 /// The rlimits in the jail's terms, with the process limit (which the jail applies only

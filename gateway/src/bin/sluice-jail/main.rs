@@ -43,6 +43,9 @@ const SETUP_FAILED: i32 = 125;
 /// files is not worth a long walk.
 const MAX_FILES_EXAMINED: usize = 100_000;
 
+/// Most bytes init hands over to the jail outside (a status and a short report).
+const MAX_HAND_OVER_BYTES: u64 = 64 << 10;
+
 /// Bytes of directory paths the walk may hold waiting at once.
 const MAX_PENDING_PATH_BYTES: usize = 1 << 20;
 
@@ -78,16 +81,7 @@ fn jail(spec: &JailSpec) -> ! {
             std::process::exit(SETUP_FAILED)
         }
     };
-    let fail = |what: &str, err: io::Error| -> ! {
-        write_report(
-            &report,
-            &JailReport {
-                setup_failed: Some(format!("{what}: {err}")),
-                ..JailReport::default()
-            },
-        );
-        std::process::exit(SETUP_FAILED)
-    };
+    let fail = |what: &str, err: io::Error| -> ! { fail_with(&report, &format!("{what}: {err}")) };
     // Into the execution's v2 cgroup before anything else happens, so everything the
     // jail starts is counted, limited and killed with it.
     for dir in &spec.cgroups {
@@ -136,7 +130,11 @@ fn jail(spec: &JailSpec) -> ! {
         Err(err) => fail("starting init", err),
         Ok(Forked::Child) => {
             drop(status_read);
-            init(spec, &report, status_write, rootless)
+            // Only the jail outside writes the report: init shares its uid with the
+            // program in a rootless jail, which could otherwise tamper with init's limits
+            // and so with the report.
+            drop(report);
+            init(spec, File::from(status_write), rootless)
         }
         Ok(Forked::Parent(init_pid)) => {
             drop(status_write);
@@ -144,18 +142,34 @@ fn jail(spec: &JailSpec) -> ! {
                 os::close(fd);
             }
             quiet_standard_streams();
-            let mut status = [0u8; 4];
-            let reported = File::from(status_read).read_exact(&mut status).is_ok();
+            let mut handed_over = Vec::new();
+            let _ = File::from(status_read)
+                .take(MAX_HAND_OVER_BYTES)
+                .read_to_end(&mut handed_over);
             let init_end = os::wait(init_pid).map(|(_, status)| status);
-            let status = if reported {
-                i32::from_ne_bytes(status)
-            } else {
+            match handed_over.split_first_chunk::<4>() {
+                Some((status, text)) => {
+                    let text = String::from_utf8_lossy(text);
+                    write_report(&report, &JailReport::parse(&text));
+                    mirror(i32::from_ne_bytes(*status))
+                }
                 // init died before the program ended (killed from outside): end as it did.
-                init_end.unwrap_or(libc::SIGKILL)
-            };
-            mirror(status)
+                None => mirror(init_end.unwrap_or(libc::SIGKILL)),
+            }
         }
     }
+}
+
+/// Ends the jail before anything ran, saying why in the report.
+fn fail_with(report: &File, why: &str) -> ! {
+    write_report(
+        report,
+        &JailReport {
+            setup_failed: Some(why.to_owned()),
+            ..JailReport::default()
+        },
+    );
+    std::process::exit(SETUP_FAILED)
 }
 
 /// Ends this process with the program's wait status.
@@ -180,30 +194,25 @@ fn quiet_standard_streams() {
     }
 }
 
-/// Pid 1 inside: set up the mounts, run the program, report, hand over its status.
-fn init(spec: &JailSpec, report_file: &File, status_write: OwnedFd, rootless: bool) -> ! {
+/// Pid 1 inside: set up the mounts, run the program, and hand the program's wait status
+/// and the report to the jail outside.
+fn init(spec: &JailSpec, hand_over: File, rootless: bool) -> ! {
     // A jail killed from outside takes its namespace with it (its init dies, and with it
     // every process inside).
     let _ = os::die_with_parent();
     if let Err(why) = mounts::set_up(spec) {
-        write_report(
-            report_file,
-            &JailReport {
-                setup_failed: Some(why),
-                ..JailReport::default()
-            },
-        );
-        std::process::exit(SETUP_FAILED)
+        setup_failed(hand_over, why)
     }
     // Told by the program's side of a close-on-exec pipe whether exec worked.
     let (exec_read, exec_write) = match os::pipe() {
         Ok(pair) => pair,
-        Err(err) => fail_init(report_file, &format!("pipe: {err}")),
+        Err(err) => setup_failed(hand_over, format!("pipe: {err}")),
     };
     let program_pid = match os::fork() {
-        Err(err) => fail_init(report_file, &format!("starting the program: {err}")),
+        Err(err) => setup_failed(hand_over, format!("starting the program: {err}")),
         Ok(Forked::Child) => {
             drop(exec_read);
+            drop(hand_over);
             start_program(spec, exec_write, rootless)
         }
         Ok(Forked::Parent(pid)) => pid,
@@ -225,24 +234,28 @@ fn init(spec: &JailSpec, report_file: &File, status_write: OwnedFd, rootless: bo
     // The program is gone: nothing it started outlives it.
     os::kill_namespace();
     while os::wait(-1).is_ok() {}
-    let mut report = scratch_report(spec);
+    let mut report = scratch_report();
     if !exec_error.is_empty() {
         report.setup_failed = Some(exec_error);
     }
-    write_report(report_file, &report);
-    let _ = File::from(status_write).write_all(&status.to_ne_bytes());
-    std::process::exit(0)
+    hand_over_and_exit(hand_over, status, &report)
 }
 
-fn fail_init(report_file: &File, why: &str) -> ! {
-    write_report(
-        report_file,
-        &JailReport {
-            setup_failed: Some(why.to_owned()),
-            ..JailReport::default()
-        },
-    );
-    std::process::exit(SETUP_FAILED)
+/// Hands a setup failure over as an exit with [`SETUP_FAILED`].
+fn setup_failed(hand_over: File, why: String) -> ! {
+    let report = JailReport {
+        setup_failed: Some(why),
+        ..JailReport::default()
+    };
+    hand_over_and_exit(hand_over, SETUP_FAILED << 8, &report)
+}
+
+/// Sends the wait status (4 bytes) and the report's text to the jail outside; exits.
+fn hand_over_and_exit(mut hand_over: File, status: libc::c_int, report: &JailReport) -> ! {
+    let mut message = status.to_ne_bytes().to_vec();
+    message.extend_from_slice(report.render().as_bytes());
+    let _ = hand_over.write_all(&message);
+    std::process::exit(0)
 }
 
 /// Pid 2 inside: become the unprivileged user, take the limits, exec. Only a failed
@@ -263,12 +276,12 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd, rootless: bool) -> ! {
                 RlimitName::FileSize => (libc::RLIMIT_FSIZE, value, value),
                 RlimitName::OpenFiles => (libc::RLIMIT_NOFILE, value, value),
                 // Processes are counted per user, and per user namespace: in the jail's
-                // own one the sandbox user has only this jail's processes (init too,
-                // hence one more). As root, the cgroup limits them instead.
+                // own one the sandbox user has only this jail's processes (the jail and
+                // its init too, hence two more). As root, the cgroup limits them instead.
                 RlimitName::Processes if !rootless => continue,
                 RlimitName::Processes => {
-                    let with_init = value.saturating_add(1);
-                    (libc::RLIMIT_NPROC, with_init, with_init)
+                    let with_jail = value.saturating_add(2);
+                    (libc::RLIMIT_NPROC, with_jail, with_jail)
                 }
             };
             os::set_rlimit(resource, soft, hard)
@@ -296,11 +309,14 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd, rootless: bool) -> ! {
 /// How full the scratch file system got and the largest file on it. The walk is bounded
 /// in entries and in the bytes of paths it keeps, so a program that left a huge or deep
 /// tree cannot make init use much memory (which its cgroup would count as the program's).
-fn scratch_report(spec: &JailSpec) -> JailReport {
+fn scratch_report() -> JailReport {
     let (scratch_used_bytes, scratch_full) = os::usage(Path::new("/tmp")).unwrap_or((0, false));
     let mut largest = 0;
     let mut examined = 0;
-    let mut pending = vec![PathBuf::from("/tmp"), spec.workspace.clone()];
+    // /tmp is the scratch file system in every layout (the workspace is on it too), and
+    // its entries are examined without following links: a link the program planted
+    // cannot point this root-owned walk elsewhere.
+    let mut pending = vec![PathBuf::from("/tmp")];
     let mut pending_bytes = 0;
     while let Some(dir) = pending.pop() {
         pending_bytes -= dir.as_os_str().len().min(pending_bytes);

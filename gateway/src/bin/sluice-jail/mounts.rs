@@ -6,7 +6,7 @@
 //!   `/dev/shm` and the workspace, which keeps its outside path;
 //! * a private, read-only `/dev` with only `null`, `zero`, `full`, `random`, `urandom`
 //!   and `tty` from the host, the usual `fd`/`stdin`/`stdout`/`stderr` links and a devpts
-//!   of its own (64 ptys at most), so a program cannot use up the host's ptys;
+//!   of its own with a few ptys (`--ptys`), so a program cannot use up the host's;
 //! * without network, a sysfs of the jail's own network namespace (its interfaces only,
 //!   no cgroups); with it, the host's sysfs with `/sys/fs/cgroup` covered;
 //! * empty, read-only tmpfs over what would leak or reach the host: `/run` when the
@@ -30,8 +30,8 @@ const MAX_SOURCE_BYTES: u64 = 64 << 20;
 /// The host devices a program gets.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-/// Ptys the jail's own devpts hands out.
-const MAX_PTYS: u32 = 64;
+/// Ptys the jail's own devpts hands out unless told otherwise.
+const DEFAULT_PTYS: u32 = 4;
 
 /// Bytes per inode of the scratch file system: a program cannot make it hold millions
 /// of empty files (each costs kernel memory but no bytes).
@@ -102,7 +102,7 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
         Some(&scratch),
     )
     .map_err(failed("mounting /tmp"))?;
-    private_dev(devices)?;
+    private_dev(devices, spec.ptys.unwrap_or(DEFAULT_PTYS))?;
     let mut covers = Vec::new();
     if spec.no_network {
         // A sysfs of the jail's own network namespace: its interfaces only, and no
@@ -162,7 +162,7 @@ fn cover(dir: &Path) -> Result<(), String> {
 
 /// `/dev` of the jail: a few host devices bound in, links, its own ptys and shared
 /// memory on the scratch file system; read-only itself.
-fn private_dev(devices: Vec<(PathBuf, OwnedFd)>) -> Result<(), String> {
+fn private_dev(devices: Vec<(PathBuf, OwnedFd)>, ptys: u32) -> Result<(), String> {
     let dev = Path::new("/dev");
     os::mount(
         "tmpfs",
@@ -175,7 +175,10 @@ fn private_dev(devices: Vec<(PathBuf, OwnedFd)>) -> Result<(), String> {
     for (path, tree) in devices {
         // A file to mount the device on.
         File::create(&path).map_err(failed(format!("creating {}", path.display())))?;
-        os::set_clone_attributes(&tree, os::MOUNT_ATTR_NOSUID)
+        // Read-only: the device still reads and writes, but its host inode (timestamps)
+        // cannot be changed.
+        let attributes = os::MOUNT_ATTR_RDONLY | os::MOUNT_ATTR_NOSUID | os::MOUNT_ATTR_NOEXEC;
+        os::set_clone_attributes(&tree, attributes)
             .map_err(failed(format!("preparing {}", path.display())))?;
         os::attach_tree(&tree, &path).map_err(failed(format!("binding {}", path.display())))?;
     }
@@ -201,7 +204,8 @@ fn private_dev(devices: Vec<(PathBuf, OwnedFd)>) -> Result<(), String> {
         Some("devpts"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some(&format!(
-            "newinstance,ptmxmode=0666,mode=0620,max={MAX_PTYS}"
+            "newinstance,ptmxmode=0666,mode=0620,max={}",
+            ptys.max(1)
         )),
     )
     .map_err(failed("mounting /dev/pts"))?;
@@ -225,6 +229,14 @@ fn workspace(spec: &JailSpec, source: Option<Vec<u8>>) -> Result<(), String> {
     let on_scratch = spec.workspace.starts_with("/tmp") || spec.workspace.starts_with("/dev/shm");
     if !on_scratch {
         let parent = spec.workspace.parent().unwrap_or(Path::new("/"));
+        // Under a covered directory (a rootless gateway's home) the path is made anew.
+        if !parent.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(failed(format!("creating {}", parent.display())))?;
+        }
         os::mount("/tmp", parent, None, libc::MS_BIND, None).map_err(failed(format!(
             "binding the scratch file system over {}",
             parent.display()
