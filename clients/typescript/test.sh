@@ -47,4 +47,8 @@ npx tsc -p tsconfig.json
 echo "test.sh: type-check and compile the tests"
 npx tsc -p tsconfig.test.json
 echo "test.sh: run the tests (gateway: $SLUICE_BIN)"
-node --test --test-reporter=spec --test-concurrency=1 build/test/*.test.js
+# --test-force-exit: each test file's process exits once its tests are done. Node 20
+# was seen, rarely, spinning forever in its exit-time handle cleanup after every test
+# of a file had passed; the bound below makes any hang a failure instead of a stuck run.
+timeout --kill-after=10 900 \
+  node --test --test-force-exit --test-reporter=spec --test-concurrency=1 build/test/*.test.js
