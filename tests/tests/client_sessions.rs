@@ -9,7 +9,7 @@ use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
 use sluice_tests::proxy::Proxy;
 use sluice_tests::{
-    next_within, numbered_lines, request, run, text_of, unique_marker, wait_for_output,
+    drain, next_within, numbered_lines, request, run, text_of, unique_marker, wait_for_output,
     wait_until_gone, wait_until_running, within, LineChecker, TestGateway,
 };
 use std::time::Duration;
@@ -133,14 +133,7 @@ async fn stdin_and_cancel_reach_an_execution_across_reconnects() -> Result<()> {
     // A cancel is sent again after a reconnect if need be: no need to wait.
     ensure!(proxy.cut() == 1, "no connection to cut");
     execution.cancel().await?;
-    loop {
-        let event = next_within(&mut execution).await?;
-        let terminal = event.is_terminal();
-        events.push(event);
-        if terminal {
-            break;
-        }
-    }
+    drain(&mut execution, &mut events).await?;
     let mut sequence = Sequence::default();
     for event in &events {
         sequence.accept(event)?;
@@ -182,14 +175,7 @@ async fn a_second_client_attaches_and_sees_the_same_events() -> Result<()> {
     assert_eq!(attached.session(), session);
     execution.send_stdin("line\n").await?;
     let mut events = seen;
-    loop {
-        let event = next_within(&mut execution).await?;
-        let terminal = event.is_terminal();
-        events.push(event);
-        if terminal {
-            break;
-        }
-    }
+    drain(&mut execution, &mut events).await?;
     // The watcher gets the same events, byte for byte, from the first one on.
     let mut watched = Vec::new();
     while watched.len() < events.len() {
