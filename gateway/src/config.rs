@@ -260,7 +260,8 @@ pub struct Config {
     pub isolation: Isolation,
     /// Whether programs may use the network (see [`Network`]).
     pub network: Network,
-    /// The unprivileged user and group jailed programs run as (never 0).
+    /// The unprivileged user and group programs run as (never 0): jailed ones, and a
+    /// root gateway's unjailed ones.
     pub sandbox_uid: u32,
     /// See `sandbox_uid`.
     pub sandbox_gid: u32,

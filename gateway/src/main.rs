@@ -182,12 +182,12 @@ struct ServeArgs {
     #[arg(long = "allow-network", value_name = "LANGUAGE")]
     network_languages: Vec<String>,
 
-    /// The unprivileged user id jailed programs run as (never 0); pick one no account
-    /// on the host uses.
+    /// The unprivileged user id programs run as (never 0): jailed ones, and a root
+    /// gateway's unjailed ones; pick one no account on the host uses.
     #[arg(long, default_value_t = sluice_gateway::DEFAULT_SANDBOX_ID, value_name = "UID")]
     sandbox_uid: u32,
 
-    /// The group id jailed programs run as (never 0).
+    /// The group id programs run as (never 0), as for --sandbox-uid.
     #[arg(long, default_value_t = sluice_gateway::DEFAULT_SANDBOX_ID, value_name = "GID")]
     sandbox_gid: u32,
 

@@ -3,6 +3,7 @@
 //! Each interpreter is resolved once at start-up to the real executable, so that an
 //! execution does not pay for wrapper scripts (a pyenv `python3` shim costs ~40 ms a start).
 
+use crate::sandbox::ProgramUser;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -118,21 +119,37 @@ pub(crate) struct RuntimeTable {
     by_name: HashMap<String, Arc<Runtime>>,
 }
 
-/// A configured runtime whose interpreter cannot be found.
+/// A configured runtime whose interpreter cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("runtime {name:?}: interpreter {program:?} not found on PATH or not executable")]
+#[error("runtime {name:?}: interpreter {program:?} {why}")]
 pub struct RuntimeError {
     name: String,
     program: String,
+    why: String,
+}
+
+/// Why no interpreter serves a runtime.
+#[derive(Debug, thiserror::Error)]
+enum Missing {
+    #[error("not found on PATH or not executable")]
+    NotInstalled,
+    /// Installed, but not where the program user can start it.
+    #[error("cannot be started by the user unjailed programs run as: {0}; install it where other users can run it, or use the jail (--isolation namespaces)")]
+    Unreachable(String),
 }
 
 impl RuntimeTable {
-    /// Resolves every spec; later specs with the same name replace earlier ones.
-    pub(crate) fn resolve(specs: &[RuntimeSpec]) -> Result<Self, RuntimeError> {
+    /// Resolves every spec; later specs with the same name replace earlier ones. With
+    /// `user`, each interpreter must be one that user can start (the first on `PATH` that
+    /// it can is taken), since unjailed programs of a root gateway run as that user.
+    pub(crate) fn resolve(
+        specs: &[RuntimeSpec],
+        user: Option<ProgramUser>,
+    ) -> Result<Self, RuntimeError> {
         let mut by_name = HashMap::new();
         for spec in specs {
-            match locate(spec) {
-                Some(program) => {
+            match locate(spec, user) {
+                Ok(program) => {
                     tracing::info!(language = %spec.name, program = %program.display(), "runtime ready");
                     by_name.insert(
                         spec.name.clone(),
@@ -146,14 +163,19 @@ impl RuntimeTable {
                         }),
                     );
                 }
-                None if spec.optional => {
+                Err(Missing::NotInstalled) if spec.optional => {
                     by_name.remove(&spec.name);
                     tracing::info!(language = %spec.name, program = %spec.program, "runtime not installed; skipped");
                 }
-                None => {
+                Err(Missing::Unreachable(why)) if spec.optional => {
+                    by_name.remove(&spec.name);
+                    tracing::warn!(language = %spec.name, program = %spec.program, %why, "runtime skipped: unjailed programs run as the sandbox user, which cannot start this interpreter; install one it can, or use the jail (--isolation namespaces)");
+                }
+                Err(missing) => {
                     return Err(RuntimeError {
                         name: spec.name.clone(),
                         program: spec.program.clone(),
+                        why: missing.to_string(),
                     })
                 }
             }
@@ -178,37 +200,64 @@ impl RuntimeTable {
     }
 }
 
-fn locate(spec: &RuntimeSpec) -> Option<PathBuf> {
-    let found = find_executable(&spec.program)?;
+/// The interpreter for `spec`: the first candidate (one path, or each match on `PATH`
+/// in order) that `user`, if any, can start.
+fn locate(spec: &RuntimeSpec, user: Option<ProgramUser>) -> Result<PathBuf, Missing> {
+    let mut refused = None;
+    for found in candidates(&spec.program) {
+        let real = unwrap_shim(spec, found);
+        match user.map_or(Ok(()), |user| user.can_run(&real)) {
+            Ok(()) => return Ok(real),
+            Err(why) => {
+                refused.get_or_insert_with(|| format!("{}: {why}", real.display()));
+            }
+        }
+    }
+    Err(refused.map_or(Missing::NotInstalled, Missing::Unreachable))
+}
+
+/// The real executable behind `found`: shims (pyenv, asdf, nvm) hide it, so the
+/// interpreter is asked, when the runtime says how.
+fn unwrap_shim(spec: &RuntimeSpec, found: PathBuf) -> PathBuf {
     let Some(locate_args) = &spec.locate else {
-        return Some(found);
+        return found;
     };
-    // Ask the interpreter itself: shims (pyenv, asdf, nvm) hide the real binary.
-    let output = Command::new(&found)
+    let Ok(output) = Command::new(&found)
         .args(locate_args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .ok()?;
-    let reported = String::from_utf8(output.stdout).ok()?;
+    else {
+        return found;
+    };
+    let reported = String::from_utf8_lossy(&output.stdout);
     let real = PathBuf::from(reported.trim());
     if output.status.success() && is_executable(&real) {
-        Some(real.canonicalize().unwrap_or(real))
+        real.canonicalize().unwrap_or(real)
     } else {
-        Some(found)
+        found
     }
 }
 
-fn find_executable(program: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        let path = PathBuf::from(program);
-        return is_executable(&path).then(|| path.canonicalize().unwrap_or(path));
+/// Executables that `program` may name, best first: the path itself, or each match on
+/// the gateway's `PATH`.
+fn candidates(program: &str) -> Vec<PathBuf> {
+    let found: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path_var)
+            .map(|dir| dir.join(program))
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for path in found.into_iter().filter(|path| is_executable(path)) {
+        let path = path.canonicalize().unwrap_or(path);
+        if !seen.contains(&path) {
+            seen.push(path);
+        }
     }
-    let path_var = std::env::var_os("PATH")?;
-    std::env::split_paths(&path_var)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
-        .map(|p| p.canonicalize().unwrap_or(p))
+    seen
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -242,10 +291,44 @@ mod tests {
             optional: true,
             ..RuntimeSpec::parse("nope=/no/such/binary").unwrap()
         });
-        let table = RuntimeTable::resolve(&specs).unwrap();
+        let table = RuntimeTable::resolve(&specs, None).unwrap();
         assert!(table.get("sh").is_some());
         assert!(table.get("nope").is_none());
         let required = [RuntimeSpec::parse("nope=/no/such/binary").unwrap()];
-        assert!(RuntimeTable::resolve(&required).is_err());
+        assert!(RuntimeTable::resolve(&required, None).is_err());
+    }
+
+    #[test]
+    fn an_interpreter_the_program_user_cannot_start_is_refused_with_the_reason() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("sluice-runtime-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("interpreter");
+        std::fs::write(&program, b"\x7fELF").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let spec = RuntimeSpec::parse(&format!("closed={}", program.display())).unwrap();
+        let user = ProgramUser {
+            uid: 60_123,
+            gid: 60_123,
+        };
+        let err = RuntimeTable::resolve(std::slice::from_ref(&spec), Some(user)).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("cannot be started by the user"),
+            "{message}"
+        );
+        assert!(message.contains(&dir.display().to_string()), "{message}");
+        let optional = RuntimeSpec {
+            optional: true,
+            ..spec.clone()
+        };
+        let table = RuntimeTable::resolve(&[optional], Some(user)).unwrap();
+        assert!(table.get("closed").is_none());
+        assert!(RuntimeTable::resolve(&[spec], None)
+            .unwrap()
+            .get("closed")
+            .is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

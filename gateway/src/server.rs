@@ -5,8 +5,7 @@ use crate::admission::{Admitting, Peer};
 use crate::config::{Config, ConfigError, Isolation, Network};
 use crate::connection;
 use crate::runtime::{RuntimeError, RuntimeTable};
-use crate::sandbox::Cgroups;
-use crate::sandbox::Namespaces;
+use crate::sandbox::{Cgroups, Namespaces, ProgramUser};
 use crate::session::SessionRegistry;
 use crate::state::GatewayState;
 use axum::extract::ws::WebSocketUpgrade;
@@ -80,11 +79,6 @@ pub async fn run(
     }
     crate::sys::keep_freed_memory();
     crate::sys::close_inherited_descriptors_on_exec();
-    let specs = config.runtimes.clone();
-    // Locating interpreters runs them once; keep that off the async workers.
-    let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs))
-        .await
-        .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
     let work_root = WorkRoot::create(config.work_root.as_deref())?;
     let jail = match config.isolation {
         Isolation::None | Isolation::Cgroups => None,
@@ -121,6 +115,18 @@ pub async fn run(
             }
         }
     };
+    // A root gateway never starts a program as root: without the jail, programs drop to
+    // the sandbox user, which must reach their interpreters and workspaces.
+    let program_user =
+        ProgramUser::for_unjailed(jail.is_some(), config.sandbox_uid, config.sandbox_gid);
+    if let Some(user) = program_user {
+        work_root.open_to(user)?;
+    }
+    let specs = config.runtimes.clone();
+    // Locating interpreters runs them once; keep that off the async workers.
+    let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs, program_user))
+        .await
+        .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
     let cgroups = match config.isolation {
         Isolation::None => Cgroups::default(),
         Isolation::Auto | Isolation::Cgroups | Isolation::Namespaces => {
@@ -161,8 +167,10 @@ pub async fn run(
             "programs run jailed: own PID, mount, IPC, UTS{} namespaces, unprivileged user, read-only system, private workspace and /tmp",
             if jail.no_network() { " and network" } else { "" }
         ),
-        None if crate::sys::is_root() => tracing::warn!(
-            "programs run without a namespace jail, AS ROOT: use --isolation namespaces (or auto with sluice-jail installed), or run the gateway as an unprivileged user"
+        None if program_user.is_some() => tracing::warn!(
+            uid = config.sandbox_uid,
+            gid = config.sandbox_gid,
+            "programs run without a namespace jail, as the sandbox user: they share it with each other and see the host's files as it may; use --isolation namespaces (or auto with sluice-jail installed) to contain them"
         ),
         None => tracing::info!("programs run without a namespace jail, as the gateway's user"),
     }
@@ -208,6 +216,7 @@ pub async fn run(
             cgroups: cgroups.clone(),
             no_network: no_network.map(|path| Arc::from(path.as_path())),
             jail,
+            program_user,
         },
         config,
     });
@@ -370,6 +379,24 @@ impl WorkRoot {
         };
         tracing::info!(path = %path.display(), "execution working directories go here");
         Ok(Self { path })
+    }
+
+    /// Lets `user` search (not list) the root, so each program can enter the working
+    /// directory it is given; refuses when a directory above shuts that user out.
+    fn open_to(&self, user: ProgramUser) -> Result<(), GatewayError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| GatewayError::WorkRoot {
+                path: self.path.clone(),
+                source,
+            },
+        )?;
+        user.can_enter(&self.path).map_err(|why| {
+            GatewayError::Isolation(format!(
+                "the work directory {} is out of reach of the sandbox user that programs run as without the jail: {why}; choose a --work-dir that other users can reach",
+                self.path.display()
+            ))
+        })
     }
 }
 

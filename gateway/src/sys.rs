@@ -284,7 +284,8 @@ impl Rlimits {
 
     /// Installs the limits in `command`'s child between fork and exec. This takes std's
     /// fork path, which costs about 1 ms of gateway CPU per start (measured with
-    /// sluice-bench): only for the rare interpreter start, never per execution.
+    /// sluice-bench): for the rare interpreter start, and for programs that take that
+    /// path anyway (they drop to another user).
     pub(crate) fn apply_on_exec(self, command: &mut std::process::Command) {
         use std::os::unix::process::CommandExt as _;
         let limits = self.entries();
@@ -350,8 +351,13 @@ pub(crate) fn kill(pid: u32) -> io::Result<()> {
 
 /// True when the gateway runs as root (effective uid 0).
 pub(crate) fn is_root() -> bool {
+    effective_uid() == 0
+}
+
+/// The gateway's effective user id.
+pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid takes nothing and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { libc::geteuid() }
 }
 
 /// The calling thread's id (for moving it between cgroups).
@@ -359,6 +365,27 @@ pub(crate) fn thread_id() -> u32 {
     // SAFETY: gettid takes nothing and cannot fail.
     let tid = unsafe { libc::gettid() };
     u32::try_from(tid).unwrap_or(0)
+}
+
+/// Makes `command`'s child drop to `uid` and `gid`, with no supplementary groups, between
+/// fork and exec, after every hook registered before this one (so a hook that needs root,
+/// such as [`no_network_on_exec`], still has it).
+pub(crate) fn drop_to_user_on_exec(command: &mut std::process::Command, uid: u32, gid: u32) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook runs in the child between fork and exec and only calls setgroups,
+    // setgid and setuid, plain system calls, on integers captured before the fork.
+    #[allow(clippy::disallowed_methods)] // the drop must follow the other hooks
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Puts `command`'s child in a new, empty network namespace between fork and exec (for

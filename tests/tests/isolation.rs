@@ -472,3 +472,72 @@ async fn millions_of_empty_files_end_with_resource_limit_workspace() -> Result<(
     client.close().await?;
     gateway.shutdown().await
 }
+
+/// Without the jail (`--isolation none`, or `cgroups`), a gateway running as root still
+/// never starts a program as root: programs drop to the sandbox user before they exec,
+/// their workspace is theirs, the interpreter chosen is one that user can start, and the
+/// limits set before exec hold. Needs a root gateway (a non-root gateway's programs run
+/// as its own, unprivileged, user).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+async fn without_the_jail_a_root_gateway_still_never_runs_a_program_as_root() -> Result<()> {
+    if !sluice_tests::host_report().root {
+        eprintln!("skipped: the gateway is not root here, so its programs cannot be");
+        return Ok(());
+    }
+    let uid = sluice_gateway::DEFAULT_SANDBOX_ID;
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::None,
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let shell = run(
+        &client,
+        with_limits(
+            request(
+                "who",
+                "sh",
+                "id -u; id -g; id -G; echo mine > own && cat own
+touch /root/sluice-was-here 2>/dev/null && echo wrote-root
+kill -0 1 2>/dev/null && echo signalled-init
+ulimit -n",
+            ),
+            Limits {
+                open_files: Some(77),
+                ..Limits::default()
+            },
+        ),
+    )
+    .await?;
+    assert_stream_ok(&shell.events);
+    assert_eq!(shell.terminal.exit_code, Some(0), "{}", shell.stderr);
+    assert_eq!(
+        shell.stdout,
+        format!("{uid}\n{uid}\n{uid}\nmine\n77\n"),
+        "uid, gid, no other group, a writable workspace, nothing of root's, the limit; stderr: {}",
+        shell.stderr
+    );
+    let python = run(
+        &client,
+        request(
+            "py",
+            "python",
+            "import os\nprint(os.getuid(), os.getgid(), os.getgroups())",
+        ),
+    )
+    .await?;
+    assert_eq!(python.terminal.exit_code, Some(0), "{}", python.stderr);
+    assert_eq!(python.stdout, format!("{uid} {uid} []\n"));
+    // A persistent interpreter drops too.
+    let cell = ExecuteRequest {
+        session: Some("nb".into()),
+        persistent: true,
+        ..request("cell", "python", "import os\nprint(os.getuid())")
+    };
+    let kernel = run(&client, cell).await?;
+    assert_eq!(kernel.terminal.exit_code, Some(0), "{}", kernel.stderr);
+    assert_eq!(kernel.stdout, format!("{uid}\n"));
+    client.close().await?;
+    gateway.shutdown().await
+}

@@ -132,7 +132,7 @@ impl Kernel {
     ) -> io::Result<Self> {
         let work_root: &Path = &host.work_root;
         let (file_name, driver) = kind.driver();
-        let workdir = Workdir::create(work_root, file_name, driver)?;
+        let workdir = Workdir::create(work_root, file_name, driver, host.program_user)?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs = OwnedFd::from(theirs);
         let mut command = match &host.jail {
@@ -163,6 +163,10 @@ impl Kernel {
                 limits.rlimits.apply_on_exec(&mut command);
                 if host.no_network.is_some() && !runtime.network {
                     sys::no_network_on_exec(&mut command);
+                }
+                // Last: the hooks before it may need root.
+                if let Some(user) = host.program_user {
+                    sys::drop_to_user_on_exec(&mut command, user.uid, user.gid);
                 }
                 command
             }

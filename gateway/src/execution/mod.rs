@@ -135,6 +135,8 @@ pub(crate) struct Host {
     pub(crate) no_network: Option<Arc<Path>>,
     /// The jail every program starts in, when the gateway isolates with namespaces.
     pub(crate) jail: Option<Arc<crate::sandbox::Namespaces>>,
+    /// The user unjailed programs of a root gateway drop to (never root).
+    pub(crate) program_user: Option<crate::sandbox::ProgramUser>,
 }
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
@@ -437,7 +439,12 @@ fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
             return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
         }
     };
-    let workdir = match Workdir::create(&host.work_root, &spec.runtime.file_name, &spec.code) {
+    let workdir = match Workdir::create(
+        &host.work_root,
+        &spec.runtime.file_name,
+        &spec.code,
+        host.program_user,
+    ) {
         Ok(dir) => dir,
         Err(err) => {
             tracing::error!(%err, "could not prepare the working directory");
@@ -455,6 +462,7 @@ fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
         cgroup,
         no_network: host.no_network.as_deref(),
         jail: host.jail.as_deref(),
+        user: host.program_user,
         scratch_bytes: spec.limits.workspace_bytes,
         processes: spec.limits.processes,
     };

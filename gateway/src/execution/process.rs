@@ -4,7 +4,7 @@
 use crate::runtime::{Runtime, FILE_PLACEHOLDER};
 use crate::sandbox::jail::JailSpec;
 use crate::sandbox::namespaces::rlimit_list;
-use crate::sandbox::{CgroupReport, ExecutionCgroup, Namespaces};
+use crate::sandbox::{CgroupReport, ExecutionCgroup, Namespaces, ProgramUser};
 use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -37,6 +37,8 @@ pub(crate) struct Launch<'a> {
     /// The jail the program starts in, if the gateway isolates with namespaces; it sets
     /// the rlimits itself, before the program runs.
     pub(crate) jail: Option<&'a Namespaces>,
+    /// The user an unjailed program drops to before it execs (a root gateway's).
+    pub(crate) user: Option<ProgramUser>,
     /// Size of the jail's scratch file system (workspace, /tmp, /dev/shm).
     pub(crate) scratch_bytes: u64,
     /// The process limit, for a jail that must enforce it without a cgroup.
@@ -122,15 +124,34 @@ impl Launch<'_> {
             }),
             (None, Some(unshare)) => {
                 let mut command = Command::new(unshare);
-                command.arg("--net").arg("--").args(argv);
+                command.arg("--net");
+                // unshare drops to the user itself, after it made the namespace.
+                if let Some(user) = self.user {
+                    command
+                        .arg(format!("--setgid={}", user.gid))
+                        .arg(format!("--setuid={}", user.uid));
+                }
+                command.arg("--").args(argv);
                 command
             }
             (None, None) => {
                 let mut command = Command::new(&argv[0]);
                 command.args(&argv[1..]);
+                // std drops the supplementary groups too when it changes the uid.
+                if let Some(user) = self.user {
+                    command.uid(user.uid).gid(user.gid);
+                }
                 command
             }
         };
+        // A program dropping to another user takes std's fork path anyway, and the
+        // gateway may lack CAP_SYS_RESOURCE to set another user's limits afterwards
+        // (containers often drop it): such a program sets its limits itself, before
+        // it execs.
+        let limits_before_exec = self.jail.is_none() && self.user.is_some();
+        if limits_before_exec {
+            self.rlimits.apply_on_exec(&mut command);
+        }
         command
             .env_clear()
             .envs(self.env.iter().copied())
@@ -149,8 +170,9 @@ impl Launch<'_> {
         };
         let pid = child.id();
         // The program is still loading its interpreter: its limits are in place before
-        // it runs any client code. A jail sets them itself, before the program starts.
-        let rlimits = if self.jail.is_some() {
+        // it runs any client code. A jail sets them itself, before the program starts, as
+        // does a program that drops to another user.
+        let rlimits = if self.jail.is_some() || limits_before_exec {
             Ok(())
         } else {
             self.rlimits.apply_to(pid)

@@ -1,6 +1,7 @@
 //! An execution's private working directory: created with the source file in it before
 //! the program starts, removed after its terminal event.
 
+use crate::sandbox::ProgramUser;
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -16,8 +17,14 @@ pub(super) struct Workdir {
 }
 
 impl Workdir {
-    /// Creates the directory (mode 0700) and writes `code` to `file_name` in it.
-    pub(super) fn create(root: &Path, file_name: &str, code: &str) -> io::Result<Self> {
+    /// Creates the directory (mode 0700) and writes `code` to `file_name` in it; both
+    /// belong to `owner` when the program will run as that user.
+    pub(super) fn create(
+        root: &Path,
+        file_name: &str,
+        code: &str,
+        owner: Option<ProgramUser>,
+    ) -> io::Result<Self> {
         let path = root.join(format!("x{}", NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         let dir = Self {
@@ -30,6 +37,10 @@ impl Workdir {
             .mode(0o600)
             .open(dir.source())?;
         file.write_all(code.as_bytes())?;
+        if let Some(owner) = owner {
+            owner.give(&dir.source())?;
+            owner.give(&dir.path)?;
+        }
         Ok(dir)
     }
 

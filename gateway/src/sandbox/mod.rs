@@ -2,16 +2,19 @@
 //! that cover a whole process tree (memory, processes, CPU time) and for killing every
 //! process an execution started (`cgroup`); the namespace jail (`jail`, the contract
 //! with `sluice-jail`, and `namespaces`, the gateway's side); taking the network away
-//! without a jail (`network`). Kernel resource limits of the process itself (CPU time,
+//! without a jail (`network`); the unprivileged user a root gateway's unjailed programs
+//! drop to (`user`). Kernel resource limits of the process itself (CPU time,
 //! file size, open files) are in `sys::Rlimits`. SECURITY.md maps the layers.
 
 pub(crate) mod cgroup;
 pub mod jail;
 pub(crate) mod namespaces;
 pub(crate) mod network;
+pub(crate) mod user;
 
 pub(crate) use cgroup::{CgroupReport, Cgroups, ExecutionCgroup};
 pub(crate) use namespaces::{Namespaces, JAIL_PROCESSES};
+pub(crate) use user::ProgramUser;
 
 /// What this host lets the gateway enforce, layer by layer: printed by `sluice doctor`,
 /// and used by tests to skip (with the reason) what the host cannot do.
@@ -113,9 +116,12 @@ impl HostReport {
                 "user, files, /proc, IPC, host name",
                 match &self.namespaces {
                     Ok(how) => how.clone(),
+                    Err(why) if self.root => format!(
+                        "NOT ISOLATED ({why}): programs run as uid {} (--sandbox-uid; never root), all as that one user, with its view of the system; interpreters it cannot start are skipped",
+                        crate::config::DEFAULT_SANDBOX_ID
+                    ),
                     Err(why) => format!(
-                        "NOT ISOLATED ({why}): programs run as the gateway's user ({}) with its view of the system",
-                        if self.root { "root" } else { "not root" }
+                        "NOT ISOLATED ({why}): programs run as the gateway's (unprivileged) user with its view of the system"
                     ),
                 },
             ),
