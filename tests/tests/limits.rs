@@ -551,3 +551,99 @@ async fn kernel_limits_hold_at_their_defaults_and_refuse_zero() -> Result<()> {
     client.close().await?;
     gateway.shutdown().await
 }
+
+/// Each limit a request leaves out holds at the server's default (set low here, so each
+/// program reaches it quickly): output, file size and open files everywhere; memory where
+/// the host has a cgroup for it, the workspace where the jail runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stderr)] // the skip reasons are for the person reading the test run
+async fn every_limit_holds_at_its_default_when_the_request_names_none() -> Result<()> {
+    let bound = |default: u64| LimitBound {
+        default,
+        max: default * 16,
+    };
+    let gateway = TestGateway::spawn_with(Config {
+        limits: LimitsConfig {
+            output_bytes: bound(64 << 10),
+            file_size_bytes: bound(1 << 20),
+            open_files: bound(40),
+            memory_bytes: bound(128 << 20),
+            workspace_bytes: bound(4 << 20),
+            ..LimitsConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let reached = |outcome: &sluice_client::Outcome| (outcome.kind(), outcome.limit());
+
+    let output = run(&client, request("yes", "sh", "yes")).await?;
+    assert_eq!(
+        reached(&output),
+        (EventKind::ResourceLimit, Some(LimitKind::Output))
+    );
+    assert_eq!(
+        output.stdout.len(),
+        64 << 10,
+        "exactly the default delivered"
+    );
+
+    let big = run(
+        &client,
+        request("big", "sh", "head -c 3000000 /dev/zero > big"),
+    )
+    .await?;
+    assert_eq!(
+        reached(&big),
+        (EventKind::ResourceLimit, Some(LimitKind::FileSize)),
+        "{:?}",
+        big.terminal
+    );
+    assert_eq!(big.terminal.limit_value, Some(1 << 20));
+
+    let fds = "import os\nfds = []\ntry:\n    while True:\n        fds.append(os.open('/dev/null', os.O_RDONLY))\nexcept OSError as e:\n    print(len(fds), e.errno)\n";
+    let files = run(&client, request("fds", "python", fds)).await?;
+    let (opened, errno) = files
+        .stdout
+        .trim()
+        .split_once(' ')
+        .with_context(|| format!("no count: {:?} {}", files.terminal, files.stderr))?;
+    assert!(
+        opened.parse::<u64>()? < 40,
+        "opened {opened} with a default of 40"
+    );
+    assert_eq!(errno, "24", "EMFILE");
+
+    let report = sluice_tests::host_report();
+    if report.memory.is_some() {
+        let hog = "chunks = []\nfor _ in range(16):\n    chunks.append(b'x' * (64 << 20))\nprint('survived')";
+        let memory = run(&client, request("hog", "python", hog)).await?;
+        assert_eq!(
+            reached(&memory),
+            (EventKind::ResourceLimit, Some(LimitKind::Memory)),
+            "{:?}",
+            memory.terminal
+        );
+        assert_eq!(memory.terminal.limit_value, Some(128 << 20));
+    } else {
+        eprintln!("skipped (memory at its default): no memory cgroup here; see `sluice doctor`");
+    }
+    if report.namespaces.is_ok() {
+        // Files under the size limit, together past the workspace.
+        let fill = "for i in 1 2 3 4 5 6 7 8; do head -c 900000 /dev/zero > part$i || exit 9; done";
+        let workspace = run(&client, request("fill", "sh", fill)).await?;
+        assert_eq!(
+            reached(&workspace),
+            (EventKind::ResourceLimit, Some(LimitKind::Workspace)),
+            "{:?}",
+            workspace.terminal
+        );
+        assert_eq!(workspace.terminal.limit_value, Some(4 << 20));
+    } else {
+        eprintln!(
+            "skipped (workspace at its default): no namespace jail here; see `sluice doctor`"
+        );
+    }
+    client.close().await?;
+    gateway.shutdown().await
+}
