@@ -14,6 +14,27 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'websockets>=12'
 fi
 
+# A rootless jail maps its sandbox user to a subordinate id where the host grants one
+# (newuidmap/newgidmap from uidmap, a range in /etc/subuid and /etc/subgid), as rootless
+# container hosts do. As root, set that up for uid 1000, the ordinary user the jail's
+# rootless tests become; without it those tests say they are skipped.
+if [[ "$(id -u)" == 0 ]]; then
+  if [[ ! -x /usr/bin/newuidmap || ! -x /usr/bin/newgidmap ]]; then
+    echo "test.sh: installing uidmap (newuidmap, newgidmap) for the rootless jail tests"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y uidmap; } \
+      || echo "test.sh: could not install uidmap; the subordinate-id jail test will be skipped"
+  fi
+  owner="$(getent passwd 1000 | cut -d: -f1 || true)"
+  if [[ -n "$owner" ]]; then
+    for table in /etc/subuid /etc/subgid; do
+      if ! grep -qE "^($owner|1000):" "$table" 2>/dev/null; then
+        echo "test.sh: granting $owner (uid 1000) subordinate ids 200000-265535 in $table"
+        echo "$owner:200000:65536" >> "$table"
+      fi
+    done
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

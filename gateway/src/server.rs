@@ -163,7 +163,7 @@ pub async fn run(
     match &jail {
         Some(jail) => tracing::info!(
             jail = %jail.program().display(),
-            uid = config.sandbox_uid,
+            user = %jail.user_description(),
             "programs run jailed: own PID, mount, IPC, UTS{} namespaces, unprivileged user, read-only system, private workspace and /tmp",
             if jail.no_network() { " and network" } else { "" }
         ),

@@ -123,6 +123,17 @@ fn run_rootless(
     script: &str,
     rlimits: Vec<(RlimitName, u64)>,
 ) -> Option<(std::process::Output, Option<JailReport>)> {
+    run_rootless_mapped(name, script, rlimits, None)
+}
+
+/// As [`run_rootless`], with the sandbox user mapped to the subordinate ids `map_to`.
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn run_rootless_mapped(
+    name: &str,
+    script: &str,
+    rlimits: Vec<(RlimitName, u64)>,
+    map_to: Option<(u32, u32)>,
+) -> Option<(std::process::Output, Option<JailReport>)> {
     let setpriv = Path::new("/usr/bin/setpriv");
     if !running_as_root() || !setpriv.exists() {
         eprintln!("skipped: needs root and setpriv to become an ordinary user");
@@ -135,6 +146,7 @@ fn run_rootless(
     std::fs::write(dir.join("main.sh"), script).expect("script");
     let spec = JailSpec {
         rlimits,
+        map_to,
         ..script_spec(&dir, "/bin/sh")
     };
     let output = Command::new(setpriv)
@@ -257,5 +269,86 @@ fn without_root_a_program_cannot_silence_the_report_through_its_init() {
         report.scratch_full,
         "{report:?} {}",
         String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// The subordinate ids the host grants uid 1000, or `None` (and a skip line).
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn subordinate_ids_of_1000() -> Option<(u32, u32)> {
+    let ids = sluice_gateway::jail::subordinate_ids(1000);
+    if ids.is_none() {
+        eprintln!("skipped: uid 1000 has no /etc/subuid and /etc/subgid range, or newuidmap/newgidmap (uidmap) is missing; scripts/test.sh sets both up when run as root");
+    }
+    ids
+}
+
+#[test]
+fn without_root_the_sandbox_user_becomes_a_subordinate_id_where_the_host_grants_one() {
+    let Some(ids) = subordinate_ids_of_1000() else {
+        return;
+    };
+    // A file only the gateway's user may read, outside the jail's scratch.
+    let secret = PathBuf::from(format!("/var/tmp/sluice-secret-{}", std::process::id()));
+    std::fs::write(&secret, "secret\n").expect("write the secret");
+    std::os::unix::fs::chown(&secret, Some(1000), Some(1000)).expect("chown");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let script = format!(
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g
+cat {} 2>/dev/null || echo secret-refused
+kill -0 1 2>/dev/null || echo init-refused",
+        secret.display()
+    );
+    let ran = run_rootless_mapped("subids", &script, Vec::new(), Some(ids));
+    let _ = std::fs::remove_file(&secret);
+    let Some((output, report)) = ran else {
+        return;
+    };
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{said} {:?} {report:?}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let words: Vec<Vec<&str>> = said
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let (uid, gid) = (ids.0.to_string(), ids.1.to_string());
+    assert_eq!(
+        words,
+        [
+            vec!["0", "1000", "1"],
+            vec!["60000", uid.as_str(), "1"],
+            vec!["0", "1000", "1"],
+            vec!["60000", gid.as_str(), "1"],
+            vec!["60000"],
+            vec!["60000"],
+            vec!["secret-refused"],
+            vec!["init-refused"],
+        ],
+        "the jail is the gateway's user, the program a subordinate id that owns nothing of it"
+    );
+    // The process limit counts the program's own processes only (the jail and init are
+    // another user).
+    let forks = "n=0; while [ $n -lt 100 ]; do sleep 5 & n=$((n+1)); echo $n; done";
+    let Some((output, _)) = run_rootless_mapped(
+        "subids-nproc",
+        forks,
+        vec![(RlimitName::Processes, 8)],
+        Some(ids),
+    ) else {
+        return;
+    };
+    let said = String::from_utf8_lossy(&output.stdout);
+    let started: u32 = said
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        started, 7,
+        "with a limit of 8, the shell and seven others: {said}"
     );
 }

@@ -27,6 +27,11 @@ pub struct JailSpec {
     pub uid: u32,
     /// See `uid`.
     pub gid: u32,
+    /// Without root: the host's subordinate uid and gid (`/etc/subuid`, `/etc/subgid`)
+    /// the sandbox user and group become outside the jail's user namespace, mapped by
+    /// `newuidmap`/`newgidmap`, so the program owns nothing of the gateway's and cannot
+    /// touch the jail's own processes. `None`: they map to the gateway's own ids.
+    pub map_to: Option<(u32, u32)>,
     /// Give the program an empty network namespace.
     pub no_network: bool,
     /// Directories to make reachable for the unprivileged user although an ancestor is
@@ -102,6 +107,9 @@ impl JailSpec {
         pair("--scratch-bytes", self.scratch_bytes.to_string().into());
         pair("--uid", self.uid.to_string().into());
         pair("--gid", self.gid.to_string().into());
+        if let Some((uid, gid)) = self.map_to {
+            pair("--map-to", format!("{uid}:{gid}").into());
+        }
         for dir in &self.expose {
             pair("--expose", dir.clone().into_os_string());
         }
@@ -159,6 +167,15 @@ impl JailSpec {
                 "--scratch-bytes" => spec.scratch_bytes = number("--scratch-bytes")?,
                 "--uid" => spec.uid = id(number("--uid")?)?,
                 "--gid" => spec.gid = id(number("--gid")?)?,
+                "--map-to" => {
+                    let text = text();
+                    let ids = text.split_once(':').and_then(|(uid, gid)| {
+                        Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?))
+                    });
+                    spec.map_to = Some(ids.ok_or_else(|| {
+                        SpecError(format!("--map-to takes UID:GID, not {text:?}"))
+                    })?);
+                }
                 "--expose" => spec.expose.push(PathBuf::from(&value)),
                 "--cgroup" => spec.cgroups.push(PathBuf::from(&value)),
                 "--hide" => spec.hide.push(PathBuf::from(&value)),
@@ -206,6 +223,51 @@ impl JailSpec {
         }
         Ok(spec)
     }
+}
+
+/// Where the setuid helpers that map subordinate ids (`newuidmap`, `newgidmap`, from
+/// shadow's uidmap package) are looked for: the jail runs with an empty environment, so
+/// both sides use this fixed list rather than `PATH`.
+pub fn id_mapper(name: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+/// The first subordinate uid and gid the host grants the user `uid` (`/etc/subuid` and
+/// `/etc/subgid`, by name or number), when `newuidmap` and `newgidmap` are there to map
+/// them.
+pub fn subordinate_ids(uid: u32) -> Option<(u32, u32)> {
+    id_mapper("newuidmap")?;
+    id_mapper("newgidmap")?;
+    let uid_text = uid.to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            Some((fields.next()?, fields.nth(1)?))
+        })
+        .find(|(_, id)| *id == uid_text)
+        .map(|(name, _)| name.to_owned())?;
+    let first_of = |file: &str| -> Option<u32> {
+        let table = std::fs::read_to_string(file).ok()?;
+        first_subordinate(&table, &name, &uid_text)
+    };
+    Some((first_of("/etc/subuid")?, first_of("/etc/subgid")?))
+}
+
+/// The start of the first range for `name` (or the uid `number`) in a
+/// `/etc/subuid`-style table of `owner:start:count` lines.
+fn first_subordinate(table: &str, name: &str, number: &str) -> Option<u32> {
+    table.lines().find_map(|line| {
+        let mut fields = line.trim().split(':');
+        let owner = fields.next()?;
+        let start: u32 = fields.next()?.parse().ok()?;
+        let count: u32 = fields.next()?.parse().ok()?;
+        (count > 0 && (owner == name || owner == number)).then_some(start)
+    })
 }
 
 fn id(value: u64) -> Result<u32, SpecError> {
@@ -277,6 +339,7 @@ mod tests {
             scratch_bytes: 64 << 20,
             uid: 60_000,
             gid: 60_000,
+            map_to: Some((165_536, 165_536)),
             no_network: true,
             expose: vec!["/root/.pyenv/versions/3.11.7".into()],
             cgroups: vec!["/sys/fs/cgroup/sluice-1-0/x4".into()],
@@ -330,5 +393,18 @@ mod tests {
             ),
             (10, true, 7)
         );
+    }
+
+    #[test]
+    fn a_subordinate_range_is_found_by_name_or_number() {
+        let table = "# comment\nalice:100000:65536\n1001:300000:65536\nempty:400000:0\n";
+        assert_eq!(first_subordinate(table, "alice", "1000"), Some(100_000));
+        assert_eq!(first_subordinate(table, "bob", "1001"), Some(300_000));
+        assert_eq!(
+            first_subordinate(table, "empty", "1002"),
+            None,
+            "no ids in it"
+        );
+        assert_eq!(first_subordinate(table, "carol", "1003"), None);
     }
 }

@@ -83,7 +83,13 @@ impl HostReport {
             ("file_size", "RLIMIT_FSIZE of the program's process".to_owned()),
             ("open_files", "RLIMIT_NOFILE of the program's process".to_owned()),
             ("memory", or_not(&self.memory, no_cgroup)),
-            ("processes", or_not(&self.processes, no_cgroup)),
+            (
+                "processes",
+                match (&self.processes, &self.namespaces) {
+                    (None, Ok(_)) if !self.root => "RLIMIT_NPROC in each jail's own user namespace (holds, but a refused fork is not reported as resource_limit)".to_owned(),
+                    _ => or_not(&self.processes, no_cgroup),
+                },
+            ),
             (
                 "end of execution",
                 format!(
@@ -157,9 +163,9 @@ fn probe_jail(jail: Option<&std::path::Path>) -> Result<String, String> {
     probed
         .map(|jail| {
             format!(
-                "jailed by {}: own PID, mount, IPC, UTS and network namespaces; uid {} (not root); read-only system",
+                "jailed by {}: own PID, mount, IPC, UTS and network namespaces; {}; read-only system",
                 jail.program().display(),
-                crate::config::DEFAULT_SANDBOX_ID
+                jail.user_description()
             )
         })
         .map_err(|why| why.to_string())

@@ -27,6 +27,9 @@ pub(crate) struct Namespaces {
     /// Ptys each jail may open: the host's pool shared out between the jails that can
     /// run at once.
     ptys: u32,
+    /// A gateway that is not root: the subordinate uid and gid its sandbox user becomes
+    /// outside the jail, when the host grants it a range and has the tools to map it.
+    map_to: Option<(u32, u32)>,
 }
 
 /// Why the jail cannot be used on this host.
@@ -80,16 +83,45 @@ impl Namespaces {
                 .into_iter()
                 .collect()
         };
-        let jail = Self {
+        let mut jail = Self {
             program,
             uid,
             gid,
             no_network,
             hide,
             ptys: ptys_per_jail(jails_at_once),
+            map_to: if crate::sys::is_root() {
+                None
+            } else {
+                super::jail::subordinate_ids(crate::sys::effective_uid())
+            },
         };
+        if let Some(ids) = jail.map_to {
+            match jail.rehearse(work_root) {
+                Ok(()) => return Ok(jail),
+                Err(why) => {
+                    tracing::warn!(subordinate = ?ids, %why, "the jail cannot map the sandbox user to the gateway's subordinate ids; it maps it to the gateway's own");
+                    jail.map_to = None;
+                }
+            }
+        }
         jail.rehearse(work_root)?;
         Ok(jail)
+    }
+
+    /// Who jailed programs are, for `sluice doctor` and the start-up log.
+    pub(crate) fn user_description(&self) -> String {
+        match self.map_to {
+            _ if crate::sys::is_root() => format!("uid {} (not root)", self.uid),
+            Some((uid, _)) => format!(
+                "uid {} inside, subordinate uid {uid} outside (/etc/subuid, newuidmap): nothing of the gateway's user is theirs",
+                self.uid
+            ),
+            None => format!(
+                "uid {} inside, the gateway's own uid outside (no /etc/subuid range or no newuidmap): files of the gateway's user are theirs",
+                self.uid
+            ),
+        }
     }
 
     fn rehearse(&self, work_root: &Path) -> Result<(), JailUnavailable> {
@@ -147,6 +179,7 @@ impl Namespaces {
             no_network: self.no_network && spec.no_network,
             hide: self.hide.clone(),
             ptys: Some(self.ptys),
+            map_to: self.map_to,
             ..spec
         };
         let mut jailed = Command::new(&self.program);

@@ -104,27 +104,50 @@ fn jail(spec: &JailSpec) -> ! {
     if spec.no_network {
         namespaces |= libc::CLONE_NEWNET;
     }
-    // Without root, a user namespace makes the rest possible: the sandbox ids inside
-    // map to the gateway's own outside, and no other id exists there.
+    // Without root, a user namespace makes the rest possible. With subordinate ids the
+    // jail is root inside (the gateway's ids outside) and the sandbox user a subordinate
+    // id of the gateway's; otherwise the sandbox ids map to the gateway's own and no
+    // other id exists there.
     let (outer_uid, outer_gid) = os::effective_ids();
-    let rootless = outer_uid != 0;
-    if rootless {
+    let users = match (outer_uid, spec.map_to) {
+        (0, _) => Users::Host,
+        (_, Some(_)) => Users::Subordinate,
+        (_, None) => Users::GatewaysOwn,
+    };
+    if users != Users::Host {
         namespaces |= libc::CLONE_NEWUSER;
     }
+    // The mapping tools must run in the gateway's user namespace: started before it
+    // is left.
+    let mapper = spec
+        .map_to
+        .filter(|_| users == Users::Subordinate)
+        .map(|subordinate| {
+            IdMapper::start(spec, (outer_uid, outer_gid), subordinate)
+                .unwrap_or_else(|err| fail("starting the id mapping", err))
+        });
     if let Err(err) = os::unshare(namespaces) {
         fail("creating namespaces", err);
     }
-    if rootless {
-        let mapped = std::fs::write("/proc/self/setgroups", "deny")
-            .and_then(|()| {
-                std::fs::write("/proc/self/uid_map", format!("{} {outer_uid} 1", spec.uid))
-            })
-            .and_then(|()| {
-                std::fs::write("/proc/self/gid_map", format!("{} {outer_gid} 1", spec.gid))
-            });
-        if let Err(err) = mapped {
-            fail("mapping the sandbox user in the user namespace", err);
+    match (users, mapper) {
+        (Users::Subordinate, Some(mapper)) => {
+            if let Err(why) = mapper.map() {
+                fail_with(&report, &format!("mapping subordinate ids: {why}"));
+            }
         }
+        (Users::GatewaysOwn, _) => {
+            let mapped = std::fs::write("/proc/self/setgroups", "deny")
+                .and_then(|()| {
+                    std::fs::write("/proc/self/uid_map", format!("{} {outer_uid} 1", spec.uid))
+                })
+                .and_then(|()| {
+                    std::fs::write("/proc/self/gid_map", format!("{} {outer_gid} 1", spec.gid))
+                });
+            if let Err(err) = mapped {
+                fail("mapping the sandbox user in the user namespace", err);
+            }
+        }
+        _ => {}
     }
     match os::fork() {
         Err(err) => fail("starting init", err),
@@ -134,7 +157,7 @@ fn jail(spec: &JailSpec) -> ! {
             // program in a rootless jail, which could otherwise tamper with init's limits
             // and so with the report.
             drop(report);
-            init(spec, File::from(status_write), rootless)
+            init(spec, File::from(status_write), users)
         }
         Ok(Forked::Parent(init_pid)) => {
             drop(status_write);
@@ -157,6 +180,120 @@ fn jail(spec: &JailSpec) -> ! {
                 None => mirror(init_end.unwrap_or(libc::SIGKILL)),
             }
         }
+    }
+}
+
+/// Whose ids the jail's processes have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Users {
+    /// The gateway is root: the host's ids, no user namespace.
+    Host,
+    /// A user namespace where the jail is root (the gateway's ids outside) and the
+    /// sandbox user is a subordinate id: the program shares nothing with the jail.
+    Subordinate,
+    /// A user namespace where the sandbox user is the gateway's own ids, shared by the
+    /// jail, its init and the program.
+    GatewaysOwn,
+}
+
+/// A child left in the gateway's user namespace to map the jail's new one with
+/// `newuidmap` and `newgidmap` (setuid helpers that check `/etc/subuid` and
+/// `/etc/subgid`; a process inside the new namespace could not run them as such).
+struct IdMapper {
+    pid: libc::pid_t,
+    go: File,
+    outcome: File,
+}
+
+impl IdMapper {
+    /// Forks the mapper; it waits until [`IdMapper::map`] says the namespace exists.
+    fn start(spec: &JailSpec, outer: (u32, u32), subordinate: (u32, u32)) -> io::Result<Self> {
+        let target = std::process::id().to_string();
+        // Root inside is the gateway; the sandbox user and group are subordinate ids.
+        let uid_map = [
+            "0".to_owned(),
+            outer.0.to_string(),
+            "1".to_owned(),
+            spec.uid.to_string(),
+            subordinate.0.to_string(),
+            "1".to_owned(),
+        ];
+        let gid_map = [
+            "0".to_owned(),
+            outer.1.to_string(),
+            "1".to_owned(),
+            spec.gid.to_string(),
+            subordinate.1.to_string(),
+            "1".to_owned(),
+        ];
+        let (go_read, go_write) = os::pipe()?;
+        let (outcome_read, outcome_write) = os::pipe()?;
+        match os::fork()? {
+            Forked::Child => {
+                drop(go_write);
+                drop(outcome_read);
+                let mut go = [0_u8; 1];
+                // The jail ended before its namespace existed: nothing to map.
+                if File::from(go_read).read(&mut go).unwrap_or(0) != 1 {
+                    std::process::exit(0)
+                }
+                let outcome = run_id_tool("newuidmap", &target, &uid_map)
+                    .and_then(|()| run_id_tool("newgidmap", &target, &gid_map));
+                let message = match outcome {
+                    Ok(()) => "mapped".to_owned(),
+                    Err(why) => why,
+                };
+                let _ = File::from(outcome_write).write_all(message.as_bytes());
+                std::process::exit(0)
+            }
+            Forked::Parent(pid) => Ok(Self {
+                pid,
+                go: File::from(go_write),
+                outcome: File::from(outcome_read),
+            }),
+        }
+    }
+
+    /// Has the mapper map this process's new user namespace; why it could not, if not.
+    fn map(mut self) -> Result<(), String> {
+        let told = self.go.write_all(&[1]);
+        drop(self.go);
+        let mut outcome = String::new();
+        let _ = self.outcome.read_to_string(&mut outcome);
+        let _ = os::wait(self.pid);
+        told.map_err(|err| format!("telling the mapper: {err}"))?;
+        match outcome.as_str() {
+            "mapped" => Ok(()),
+            "" => Err("the mapper ended without mapping".to_owned()),
+            why => Err(why.to_owned()),
+        }
+    }
+}
+
+/// Runs `newuidmap` or `newgidmap` for `target` with `mapping` (triples of inside,
+/// outside, count).
+fn run_id_tool(name: &str, target: &str, mapping: &[String]) -> Result<(), String> {
+    let tool =
+        sluice_gateway::jail::id_mapper(name).ok_or_else(|| format!("{name} is not installed"))?;
+    let output = std::process::Command::new(&tool)
+        .arg(target)
+        .args(mapping)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|err| format!("{}: {err}", tool.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {}: {} ({})",
+            tool.display(),
+            mapping.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim(),
+            output.status
+        ))
     }
 }
 
@@ -196,7 +333,7 @@ fn quiet_standard_streams() {
 
 /// Pid 1 inside: set up the mounts, run the program, and hand the program's wait status
 /// and the report to the jail outside.
-fn init(spec: &JailSpec, hand_over: File, rootless: bool) -> ! {
+fn init(spec: &JailSpec, hand_over: File, users: Users) -> ! {
     // A jail killed from outside takes its namespace with it (its init dies, and with it
     // every process inside).
     let _ = os::die_with_parent();
@@ -213,7 +350,7 @@ fn init(spec: &JailSpec, hand_over: File, rootless: bool) -> ! {
         Ok(Forked::Child) => {
             drop(exec_read);
             drop(hand_over);
-            start_program(spec, exec_write, rootless)
+            start_program(spec, exec_write, users)
         }
         Ok(Forked::Parent(pid)) => pid,
     };
@@ -260,13 +397,13 @@ fn hand_over_and_exit(mut hand_over: File, status: libc::c_int, report: &JailRep
 
 /// Pid 2 inside: become the unprivileged user, take the limits, exec. Only a failed
 /// exec returns, and says why on the pipe.
-fn start_program(spec: &JailSpec, exec_write: OwnedFd, rootless: bool) -> ! {
+fn start_program(spec: &JailSpec, exec_write: OwnedFd, users: Users) -> ! {
     let mut pipe = File::from(exec_write);
     let mut filter = seccomp::filter();
     let result = (|| -> Result<io::Error, String> {
         std::env::set_current_dir(&spec.workspace)
             .map_err(|err| format!("entering {}: {err}", spec.workspace.display()))?;
-        os::drop_privileges(spec.uid, spec.gid, rootless)
+        os::drop_privileges(spec.uid, spec.gid, users == Users::GatewaysOwn)
             .map_err(|err| format!("dropping privileges: {err}"))?;
         for &(name, value) in &spec.rlimits {
             // CPU: SIGXCPU at the limit, SIGKILL a second later (the gateway tells the
@@ -276,13 +413,17 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd, rootless: bool) -> ! {
                 RlimitName::FileSize => (libc::RLIMIT_FSIZE, value, value),
                 RlimitName::OpenFiles => (libc::RLIMIT_NOFILE, value, value),
                 // Processes are counted per user, and per user namespace: in the jail's
-                // own one the sandbox user has only this jail's processes (the jail and
-                // its init too, hence two more). As root, the cgroup limits them instead.
-                RlimitName::Processes if !rootless => continue,
-                RlimitName::Processes => {
-                    let with_jail = value.saturating_add(2);
-                    (libc::RLIMIT_NPROC, with_jail, with_jail)
-                }
+                // own one the sandbox user has only this jail's processes (and, when it
+                // is the gateway's own uid, the jail and its init too: two more). As
+                // root, the cgroup limits them instead.
+                RlimitName::Processes => match users {
+                    Users::Host => continue,
+                    Users::Subordinate => (libc::RLIMIT_NPROC, value, value),
+                    Users::GatewaysOwn => {
+                        let with_jail = value.saturating_add(2);
+                        (libc::RLIMIT_NPROC, with_jail, with_jail)
+                    }
+                },
             };
             os::set_rlimit(resource, soft, hard)
                 .map_err(|err| format!("setting the {name:?} limit: {err}"))?;
