@@ -13,8 +13,13 @@ use sluice_tests::{
 #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
 fn layer(name: &str, how: Option<String>) -> Option<String> {
     if how.is_none() {
+        let lacking = if name == "network" {
+            "no way to take the network away (`unshare`, or permission for network namespaces)"
+        } else {
+            "no writable cgroup"
+        };
         eprintln!(
-            "skipped: no {name} limit here (no writable cgroup on this host, or SLUICE_TEST_ISOLATION turned it off; see `sluice doctor`)"
+            "skipped: no {name} limit here ({lacking} on this host, or SLUICE_TEST_ISOLATION turned it off; see `sluice doctor`)"
         );
     }
     how
