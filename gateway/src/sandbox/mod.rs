@@ -149,7 +149,13 @@ impl HostReport {
 
 /// Rehearses the jail in a scratch directory: what it gives, or why it cannot run.
 fn probe_jail(jail: Option<&std::path::Path>) -> Result<String, String> {
-    let scratch = std::env::temp_dir().join(format!("sluice-doctor-{}", std::process::id()));
+    // One directory per probe: tests probe from several threads of one process at once.
+    static NEXT_PROBE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = NEXT_PROBE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch =
+        std::env::temp_dir().join(format!("sluice-doctor-{}-{serial}", std::process::id()));
+    // Left by a process that had this pid before, if any.
+    let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let probed = Namespaces::probe(
         jail,
