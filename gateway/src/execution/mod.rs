@@ -669,8 +669,11 @@ impl Run {
         let ended = child.reap().await;
         self.slot = None;
         // A jailed program's files are on the jail's own file system: its init looked.
+        // Read only with a jail: an unjailed program owns its directory and could leave
+        // a report of its own making there.
         let jail_report = workdir
             .as_ref()
+            .filter(|_| self.ctx.host.jail.is_some())
             .and_then(|dir| crate::sandbox::jail::JailReport::read(dir.path()));
         let largest_file = match &jail_report {
             Some(report) => report.largest_file_bytes,
