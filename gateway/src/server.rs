@@ -144,20 +144,20 @@ pub async fn run(
         ));
     }
     let cgroups = Arc::new(cgroups);
-    // A jail takes the network away itself; without one, `unshare --net` does.
+    // A jail takes the network away itself; without one, the program's own start does
+    // (unshare before exec), where the gateway may.
     let no_network = match (config.network, config.isolation, &jail) {
-        (_, _, Some(_)) | (Network::On, _, _) | (Network::Auto, Isolation::None, _) => None,
+        (_, _, Some(_)) | (Network::On, _, _) | (Network::Auto, Isolation::None, _) => false,
         (Network::Auto | Network::Off, _, None) => {
             tokio::task::spawn_blocking(crate::sandbox::network::probe)
                 .await
-                .ok()
-                .flatten()
+                .unwrap_or(false)
         }
     };
-    let network_off = jail.as_ref().is_some_and(|j| j.no_network()) || no_network.is_some();
+    let network_off = jail.as_ref().is_some_and(|j| j.no_network()) || no_network;
     if config.network == Network::Off && !network_off {
         return Err(GatewayError::Isolation(
-            "--network off needs `unshare` (util-linux) and permission to create network namespaces (root, or user namespaces); see `sluice doctor`".into(),
+            "--network off without the jail needs permission to create network namespaces (root); see `sluice doctor`".into(),
         ));
     }
     match &jail {
@@ -214,7 +214,7 @@ pub async fn run(
             work_root: Arc::from(work_root.path.as_path()),
             base_env: config.base_env.clone().into(),
             cgroups: cgroups.clone(),
-            no_network: no_network.map(|path| Arc::from(path.as_path())),
+            no_network,
             jail,
             program_user,
         },

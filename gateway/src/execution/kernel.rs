@@ -161,7 +161,7 @@ impl Kernel {
                 let mut command = Command::new(&runtime.program);
                 command.arg(workdir.source());
                 limits.rlimits.apply_on_exec(&mut command);
-                if host.no_network.is_some() && !runtime.network {
+                if host.no_network && !runtime.network {
                     sys::no_network_on_exec(&mut command);
                 }
                 // Last: the hooks before it may need root.

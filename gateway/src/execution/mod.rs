@@ -131,8 +131,8 @@ pub(crate) struct Host {
     pub(crate) work_root: Arc<Path>,
     pub(crate) base_env: Arc<[(String, String)]>,
     pub(crate) cgroups: Arc<crate::sandbox::Cgroups>,
-    /// `unshare`, when programs get no network (see `--network`) and no jail.
-    pub(crate) no_network: Option<Arc<Path>>,
+    /// Unjailed programs start in an empty network namespace (see `--network`).
+    pub(crate) no_network: bool,
     /// The jail every program starts in, when the gateway isolates with namespaces.
     pub(crate) jail: Option<Arc<crate::sandbox::Namespaces>>,
     /// The user unjailed programs of a root gateway drop to (never root).
@@ -460,7 +460,7 @@ fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
         env: environment(spec, &host.base_env, workdir.path()),
         rlimits: spec.limits.rlimits(),
         cgroup,
-        no_network: host.no_network.as_deref(),
+        no_network: host.no_network,
         jail: host.jail.as_deref(),
         user: host.program_user,
         scratch_bytes: spec.limits.workspace_bytes,

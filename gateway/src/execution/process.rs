@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
@@ -30,10 +30,9 @@ pub(crate) struct Launch<'a> {
     pub(crate) rlimits: sys::Rlimits,
     /// The execution's cgroup, if the host gives one: the child joins it at once.
     pub(crate) cgroup: Option<ExecutionCgroup>,
-    /// `unshare` when the program gets no network: it starts the interpreter in a new,
-    /// empty network namespace (one exec, no extra process). Unused with a jail, which
-    /// makes its own.
-    pub(crate) no_network: Option<&'a Path>,
+    /// Start an unjailed program in a new, empty network namespace (a jail makes its
+    /// own).
+    pub(crate) no_network: bool,
     /// The jail the program starts in, if the gateway isolates with namespaces; it sets
     /// the rlimits itself, before the program runs.
     pub(crate) jail: Option<&'a Namespaces>,
@@ -80,8 +79,10 @@ pub(crate) struct ChildGroup {
 }
 
 impl Launch<'_> {
-    /// Starts the program in a new process group with piped stdio. `process_group(0)`
-    /// keeps std on its posix_spawn path; a `pre_exec` hook would force fork+exec.
+    /// Starts the program in a new process group with piped stdio: unjailed, with
+    /// [`sys::spawn_program`] (limits, network and user set in the child before exec,
+    /// the gateway's memory never copied); jailed, `sluice-jail` through std's
+    /// posix_spawn path, which sets all of that up inside.
     pub(crate) fn spawn(self) -> Result<Spawned, SpawnError> {
         let fail = |source: io::Error| SpawnError {
             program: self.runtime.program.display().to_string(),
@@ -101,95 +102,58 @@ impl Launch<'_> {
             }
         }
         argv.extend(self.args.iter().map(Into::into));
-        // A runtime allowed the network keeps the host's.
-        let no_network = self.no_network.filter(|_| !self.runtime.network);
-        let mut command = match (self.jail, no_network) {
-            (Some(jail), _) => jail.command(JailSpec {
-                host_dir: self.workdir.to_path_buf(),
-                source: self.source.file_name().map(Into::into),
-                workspace: self.workdir.to_path_buf(),
-                scratch_bytes: self.scratch_bytes,
-                expose: jail.exposure_for(&self.runtime.program),
-                cgroups: self
-                    .cgroup
-                    .as_ref()
-                    .and_then(ExecutionCgroup::unified_dir)
-                    .map(Path::to_path_buf)
-                    .into_iter()
-                    .collect(),
-                rlimits: rlimit_list(&self.rlimits, self.processes),
-                no_network: !self.runtime.network,
-                command: argv,
-                ..JailSpec::default()
-            }),
-            (None, Some(unshare)) => {
-                let mut command = Command::new(unshare);
-                command.arg("--net");
-                // unshare drops to the user itself, after it made the namespace.
-                if let Some(user) = self.user {
-                    command
-                        .arg(format!("--setgid={}", user.gid))
-                        .arg(format!("--setuid={}", user.uid));
-                }
-                command.arg("--").args(argv);
+        let started = match self.jail {
+            Some(jail) => {
+                let mut command = jail.command(JailSpec {
+                    host_dir: self.workdir.to_path_buf(),
+                    source: self.source.file_name().map(Into::into),
+                    workspace: self.workdir.to_path_buf(),
+                    scratch_bytes: self.scratch_bytes,
+                    expose: jail.exposure_for(&self.runtime.program),
+                    cgroups: self
+                        .cgroup
+                        .as_ref()
+                        .and_then(ExecutionCgroup::unified_dir)
+                        .map(Path::to_path_buf)
+                        .into_iter()
+                        .collect(),
+                    rlimits: rlimit_list(&self.rlimits, self.processes),
+                    no_network: !self.runtime.network,
+                    command: argv,
+                    ..JailSpec::default()
+                });
                 command
+                    .env_clear()
+                    .envs(self.env.iter().copied())
+                    .current_dir(self.workdir)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+                self.start_inside_cgroup(|| command.spawn().and_then(into_started))
             }
-            (None, None) => {
-                let mut command = Command::new(&argv[0]);
-                command.args(&argv[1..]);
-                // std drops the supplementary groups too when it changes the uid.
-                if let Some(user) = self.user {
-                    command.uid(user.uid).gid(user.gid);
-                }
-                command
+            None => {
+                let plan = sys::ProgramPlan {
+                    program: &self.runtime.program,
+                    argv: &argv,
+                    env: &self.env,
+                    cwd: self.workdir,
+                    rlimits: self.rlimits,
+                    // A runtime allowed the network keeps the host's.
+                    no_network: self.no_network && !self.runtime.network,
+                    user: self.user.map(|user| (user.uid, user.gid)),
+                };
+                self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }
-        };
-        // A program dropping to another user takes std's fork path anyway, and the
-        // gateway may lack CAP_SYS_RESOURCE to set another user's limits afterwards
-        // (containers often drop it): such a program sets its limits itself, before
-        // it execs.
-        let limits_before_exec = self.jail.is_none() && self.user.is_some();
-        if limits_before_exec {
-            self.rlimits.apply_on_exec(&mut command);
         }
-        command
-            .env_clear()
-            .envs(self.env.iter().copied())
-            .current_dir(self.workdir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // Born inside the execution's cgroup, if there is one.
-        let mut child = match &self.cgroup {
-            Some(cgroup) => cgroup
-                .spawn_inside(|| command.spawn())
-                .and_then(|spawned| spawned)
-                .map_err(fail)?,
-            None => command.spawn().map_err(fail)?,
-        };
-        let pid = child.id();
-        // The program is still loading its interpreter: its limits are in place before
-        // it runs any client code. A jail sets them itself, before the program starts, as
-        // does a program that drops to another user.
-        let rlimits = if self.jail.is_some() || limits_before_exec {
-            Ok(())
-        } else {
-            self.rlimits.apply_to(pid)
-        };
-        if let Err(err) = rlimits {
-            // A program must not run without its limits.
-            let _ = sys::signal_group(pid, Signal::Kill);
-            let _ = child.wait();
-            // The cgroup goes with `self` (its drop kills and removes it).
-            return Err(fail(err));
-        }
+        .map_err(fail)?;
+        let pid = started.pid;
         // From here on the group must be killed if anything fails.
         let exit = match sys::exit_watcher(pid) {
             Ok(exit) => exit,
             Err(err) => {
                 let _ = sys::signal_group(pid, Signal::Kill);
-                let _ = child.wait();
+                let _ = sys::reap_blocking(pid);
                 return Err(fail(err));
             }
         };
@@ -200,21 +164,46 @@ impl Launch<'_> {
             cgroup: self.cgroup,
             report: None,
         };
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(fail(io::Error::other("stdio pipes missing")));
-        };
         // A 1 MiB pipe lets a fast writer hand over more per wakeup: measured with
         // sluice-bench, about 15% less gateway CPU per MiB and ~1.4x the throughput.
-        sys::set_pipe_size(&stdout, PIPE_BYTES);
-        sys::set_pipe_size(&stderr, PIPE_BYTES);
+        sys::set_pipe_size(&started.stdout, PIPE_BYTES);
+        sys::set_pipe_size(&started.stderr, PIPE_BYTES);
         Ok(Spawned {
-            stdin,
-            stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(fail)?,
-            stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)).map_err(fail)?,
+            stdin: std::process::ChildStdin::from(started.stdin),
+            stdout: pipe::Receiver::from_owned_fd(started.stdout).map_err(fail)?,
+            stderr: pipe::Receiver::from_owned_fd(started.stderr).map_err(fail)?,
             child: group,
         })
+    }
+
+    /// Runs `start` with the calling thread inside the execution's cgroup, if there is
+    /// one, so the program is born in it.
+    fn start_inside_cgroup(
+        &self,
+        start: impl FnOnce() -> io::Result<sys::StartedProgram>,
+    ) -> io::Result<sys::StartedProgram> {
+        match &self.cgroup {
+            Some(cgroup) => cgroup.spawn_inside(start).and_then(|started| started),
+            None => start(),
+        }
+    }
+}
+
+/// A std child started with piped stdio, as a [`sys::StartedProgram`].
+fn into_started(mut child: std::process::Child) -> io::Result<sys::StartedProgram> {
+    let pid = child.id();
+    match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(stdin), Some(stdout), Some(stderr)) => Ok(sys::StartedProgram {
+            pid,
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }),
+        _ => {
+            let _ = sys::signal_group(pid, Signal::Kill);
+            let _ = child.wait();
+            Err(io::Error::other("stdio pipes missing"))
+        }
     }
 }
 

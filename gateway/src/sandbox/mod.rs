@@ -50,12 +50,8 @@ impl HostReport {
             memory: caps.memory.map(str::to_owned),
             processes: caps.processes.map(str::to_owned),
             kill_tree: caps.kill_tree.map(str::to_owned),
-            network: network::probe().map(|unshare| {
-                format!(
-                    "off: an empty network namespace per program ({} --net)",
-                    unshare.display()
-                )
-            }),
+            network: network::probe()
+                .then(|| "off: an empty network namespace per program".to_owned()),
             cpu_tree: caps.cpu_tree.map(str::to_owned),
             namespaces,
             root: crate::sys::is_root(),
@@ -114,7 +110,7 @@ impl HostReport {
                     Ok(_) => "off: the jail's own, empty network namespace".to_owned(),
                     Err(_) => or_not(
                         &self.network,
-                        "no `unshare`, or no permission to create network namespaces",
+                        "no permission to create network namespaces",
                     ),
                 },
             ),

@@ -271,12 +271,24 @@ pub(crate) fn hold_signals() -> io::Result<()> {
 
 /// Every signal back to its default action and unblocked, as a program expects.
 pub(crate) fn reset_signals() -> io::Result<()> {
-    for signal in 1..libc::SIGRTMAX() {
+    // Through the system call itself: the C library refuses the real-time signals it
+    // keeps for itself, but an ignored one would still be inherited across exec.
+    let default = [0_u64; 4];
+    for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: SIG_DFL is always a valid disposition.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
+        // SAFETY: an all-zero kernel sigaction is SIG_DFL with no flags and an empty
+        // mask; the kernel reads 8 bytes of mask from the live local.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8,
+            )
+        };
     }
     mask(libc::SIG_SETMASK, &[])
 }

@@ -1,10 +1,14 @@
 //! The few Linux calls std and tokio do not offer: process-group signals, pidfds,
-//! reaping with resource usage, pipe sizing, descriptor and allocator settings.
+//! reaping with resource usage, pipe sizing, descriptor and allocator settings, and
+//! starting an unjailed program (`spawn`).
 //!
 //! This is the only module allowed `unsafe`: each block is a single FFI call whose
 //! arguments are plain integers or pointers to locals that outlive the call.
 #![allow(unsafe_code)]
 
+mod spawn;
+
+pub(crate) use spawn::{can_take_network, spawn_program, ProgramPlan, StartedProgram};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -283,9 +287,9 @@ impl Rlimits {
     }
 
     /// Installs the limits in `command`'s child between fork and exec. This takes std's
-    /// fork path, which costs about 1 ms of gateway CPU per start (measured with
-    /// sluice-bench): for the rare interpreter start, and for programs that take that
-    /// path anyway (they drop to another user).
+    /// fork path, which costs about 0.5-1 ms of gateway CPU per start (measured with
+    /// sluice-bench): only for the rare interpreter start; executions use
+    /// [`spawn_program`].
     pub(crate) fn apply_on_exec(self, command: &mut std::process::Command) {
         use std::os::unix::process::CommandExt as _;
         let limits = self.entries();
@@ -307,27 +311,6 @@ impl Rlimits {
                 Ok(())
             });
         }
-    }
-
-    /// Sets the limits on the running process `pid` (prlimit). Called right after the
-    /// spawn returns, which keeps the spawn on posix_spawn's fast path; the program is
-    /// then still loading its interpreter, long before it runs any client code.
-    pub(crate) fn apply_to(self, pid: u32) -> io::Result<()> {
-        let pid =
-            libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        for (resource, value) in self.entries() {
-            let Some((soft, hard)) = value else { continue };
-            let limit = libc::rlimit {
-                rlim_cur: soft as libc::rlim_t,
-                rlim_max: hard as libc::rlim_t,
-            };
-            // SAFETY: prlimit reads the live local `limit` and writes nothing (null old).
-            let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
     }
 }
 
