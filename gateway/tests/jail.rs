@@ -188,24 +188,32 @@ fn without_root_the_jail_uses_a_user_namespace() {
 
 #[test]
 fn without_root_the_process_limit_holds_in_the_jails_own_user_namespace() {
-    // Forks until one fails; the limit counts only this jail's processes.
-    // (dash gives up on the script when a fork fails: the count is its last line).
-    let script = "n=0; while [ $n -lt 100 ]; do sleep 5 & n=$((n+1)); echo $n; done";
-    let Some((output, _)) = run_rootless("nproc", script, vec![(RlimitName::Processes, 8)]) else {
+    let Some((started, said)) = forks_under_a_limit_of_8("nproc", None) else {
         return;
     };
-    let said = String::from_utf8_lossy(&output.stdout);
-    let started: u32 = said
+    // The shell and seven others: the jail and its init are counted, not charged.
+    assert_eq!(
+        started, 7,
+        "background processes with a limit of 8 (the shell is one): {said}"
+    );
+}
+
+/// Forks in a rootless jail with a process limit of 8 until one fails; how many
+/// background processes started, and what the jail printed. (dash gives up on the
+/// script when a fork fails: the count is its last line.)
+fn forks_under_a_limit_of_8(name: &str, map_to: Option<(u32, u32)>) -> Option<(u32, String)> {
+    let script = "n=0; while [ $n -lt 100 ]; do sleep 5 & n=$((n+1)); echo $n; done";
+    let (output, _) = run_rootless_mapped(name, script, vec![(RlimitName::Processes, 8)], map_to)?;
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    let started = said
         .lines()
         .last()
         .and_then(|line| line.parse().ok())
         .unwrap_or(0);
-    // The shell and seven others: the jail and its init are counted, not charged.
-    assert!(
-        started == 7,
-        "{started} background processes with a limit of 8 (the shell is one): {said} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    Some((
+        started,
+        format!("{said} {}", String::from_utf8_lossy(&output.stderr)),
+    ))
 }
 
 #[test]
@@ -332,21 +340,9 @@ kill -0 1 2>/dev/null || echo init-refused",
     );
     // The process limit counts the program's own processes only (the jail and init are
     // another user).
-    let forks = "n=0; while [ $n -lt 100 ]; do sleep 5 & n=$((n+1)); echo $n; done";
-    let Some((output, _)) = run_rootless_mapped(
-        "subids-nproc",
-        forks,
-        vec![(RlimitName::Processes, 8)],
-        Some(ids),
-    ) else {
+    let Some((started, said)) = forks_under_a_limit_of_8("subids-nproc", Some(ids)) else {
         return;
     };
-    let said = String::from_utf8_lossy(&output.stdout);
-    let started: u32 = said
-        .lines()
-        .last()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
     assert_eq!(
         started, 7,
         "with a limit of 8, the shell and seven others: {said}"

@@ -210,22 +210,11 @@ impl IdMapper {
     fn start(spec: &JailSpec, outer: (u32, u32), subordinate: (u32, u32)) -> io::Result<Self> {
         let target = std::process::id().to_string();
         // Root inside is the gateway; the sandbox user and group are subordinate ids.
-        let uid_map = [
-            "0".to_owned(),
-            outer.0.to_string(),
-            "1".to_owned(),
-            spec.uid.to_string(),
-            subordinate.0.to_string(),
-            "1".to_owned(),
-        ];
-        let gid_map = [
-            "0".to_owned(),
-            outer.1.to_string(),
-            "1".to_owned(),
-            spec.gid.to_string(),
-            subordinate.1.to_string(),
-            "1".to_owned(),
-        ];
+        let mapping = |outer: u32, sandbox: u32, subordinate: u32| {
+            [0, outer, 1, sandbox, subordinate, 1].map(|id| id.to_string())
+        };
+        let uid_map = mapping(outer.0, spec.uid, subordinate.0);
+        let gid_map = mapping(outer.1, spec.gid, subordinate.1);
         let (go_read, go_write) = os::pipe()?;
         let (outcome_read, outcome_write) = os::pipe()?;
         match os::fork()? {
