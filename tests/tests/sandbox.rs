@@ -137,22 +137,51 @@ async fn a_process_that_left_the_group_is_gone_when_the_execution_ends() -> Resu
     gateway.shutdown().await
 }
 
-/// Execution cgroups of the gateways in this test process, in the pids hierarchy.
+/// Execution cgroups of the gateways in this test process, in the hierarchies that count
+/// processes: cgroup v1 `pids` and the v2 (unified) one, each under this process's own
+/// cgroup there (or the parent of the leaf a gateway moved it into, on v2).
 fn execution_cgroups() -> usize {
     let prefix = format!("sluice-{}-", std::process::id());
-    std::fs::read_dir("/sys/fs/cgroup/pids")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .map(|e| {
-                    std::fs::read_dir(e.path())
-                        .map(|children| children.flatten().filter(|c| c.path().is_dir()).count())
-                        .unwrap_or(0)
-                })
-                .sum()
+    let own_leaf = format!("{prefix}gateway");
+    let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own_path = |controllers: &str| {
+        membership.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, listed, path) = (fields.next()?, fields.next()?, fields.next()?);
+            (listed == controllers).then(|| path.trim_start_matches('/').to_owned())
         })
-        .unwrap_or(0)
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let homes = mounts.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let dash = fields.iter().position(|f| *f == "-")?;
+        let (mount_point, kind, options) =
+            (fields.get(4)?, fields.get(dash + 1)?, fields.get(dash + 3)?);
+        let controllers = match *kind {
+            "cgroup2" => "",
+            "cgroup" if options.split(',').any(|o| o == "pids") => "pids",
+            _ => return None,
+        };
+        let home = std::path::Path::new(mount_point).join(own_path(controllers)?);
+        Some(match home.file_name() {
+            Some(name) if name.to_string_lossy() == own_leaf => home.parent()?.to_path_buf(),
+            _ => home,
+        })
+    });
+    let children = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .map(|children| children.flatten().filter(|c| c.path().is_dir()).count())
+            .unwrap_or(0)
+    };
+    homes
+        .filter_map(|home| std::fs::read_dir(home).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&prefix) && name != own_leaf
+        })
+        .map(|e| children(&e.path()))
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

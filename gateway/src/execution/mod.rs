@@ -690,7 +690,14 @@ impl Run {
             first_output_ms: pump
                 .first_output_at
                 .map(|t| millis(t.duration_since(started_at))),
-            cpu_ms: reaped.as_ref().map(|r| millis(r.cpu)).unwrap_or(0.0),
+            // The whole tree's CPU time when the cgroup counts it (the jail's own wait
+            // does not see children killed before it reaped them), else what the main
+            // process and the children it waited for used.
+            cpu_ms: cgroup
+                .and_then(|r| r.cpu_usec)
+                .map(|usec| usec as f64 / 1000.0)
+                .or_else(|| reaped.as_ref().ok().map(|r| millis(r.cpu)))
+                .unwrap_or(0.0),
             // The whole tree's peak when the cgroup knows it, else the largest process's.
             peak_memory_bytes: cgroup
                 .and_then(|r| r.peak_memory_bytes)
