@@ -49,6 +49,11 @@ SLUICE_TEST_ISOLATION=none cargo test --locked -p sluice-tests \
   --test sandbox --test isolation --test limits -- --nocapture 2>&1 \
   | grep -E '^(test |skipped|test result)'
 
+step "cgroups without the jail: the tree limits hold with unjailed programs"
+SLUICE_TEST_ISOLATION=cgroups cargo test --locked -p sluice-tests \
+  --test sandbox --test isolation --test limits --test persistent -- --nocapture 2>&1 \
+  | grep -E '^(test |skipped|test result)'
+
 # The clients' own suites run against the gateway binary `cargo test` just built (with
 # its jail next to it).
 export SLUICE_BIN="$PWD/target/debug/sluice"

@@ -130,9 +130,7 @@ pub async fn run(
     let cgroups = match config.isolation {
         Isolation::None => Cgroups::default(),
         Isolation::Auto | Isolation::Cgroups | Isolation::Namespaces => {
-            // The v2 hierarchy is joined by the jail; without one it is of no use.
-            let unified = jail.is_some();
-            tokio::task::spawn_blocking(move || Cgroups::probe(unified))
+            tokio::task::spawn_blocking(Cgroups::probe)
                 .await
                 .unwrap_or_default()
         }
@@ -140,7 +138,7 @@ pub async fn run(
     let caps = cgroups.capabilities();
     if config.isolation == Isolation::Cgroups && caps.kill_tree.is_none() {
         return Err(GatewayError::Isolation(
-            "--isolation cgroups needs a writable cgroup v1 memory or pids hierarchy under the gateway's own cgroup (see `sluice doctor`); this host has none".into(),
+            "--isolation cgroups needs a writable cgroup under the gateway's own (a v1 memory or pids hierarchy, or the v2 one; see `sluice doctor`); this host has none".into(),
         ));
     }
     let cgroups = Arc::new(cgroups);

@@ -160,6 +160,13 @@ impl Kernel {
             None => {
                 let mut command = Command::new(&runtime.program);
                 command.arg(workdir.source());
+                // First: v2 moves whole processes, so the child joins before it execs.
+                if let Some(dir) = cgroup
+                    .as_ref()
+                    .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
+                {
+                    sys::join_cgroup_on_exec(&mut command, &dir.join("cgroup.procs"))?;
+                }
                 limits.rlimits.apply_on_exec(&mut command);
                 if host.no_network && !runtime.network {
                     sys::no_network_on_exec(&mut command);

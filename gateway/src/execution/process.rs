@@ -133,6 +133,11 @@ impl Launch<'_> {
                 self.start_inside_cgroup(|| command.spawn().and_then(into_started))
             }
             None => {
+                let cgroup_procs = self
+                    .cgroup
+                    .as_ref()
+                    .and_then(ExecutionCgroup::unified_dir)
+                    .map(|dir| dir.join("cgroup.procs"));
                 let plan = sys::ProgramPlan {
                     program: &self.runtime.program,
                     argv: &argv,
@@ -142,6 +147,7 @@ impl Launch<'_> {
                     // A runtime allowed the network keeps the host's.
                     no_network: self.no_network && !self.runtime.network,
                     user: self.user.map(|user| (user.uid, user.gid)),
+                    cgroup_procs: cgroup_procs.as_deref(),
                 };
                 self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }

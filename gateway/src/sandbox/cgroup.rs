@@ -8,11 +8,12 @@
 //! * **cgroup v1** (`memory`, `pids`): the thread that spawns moves itself into the
 //!   execution's cgroups, spawns (the child is born inside), and moves back. Only v1
 //!   moves single threads.
-//! * **cgroup v2** (the unified hierarchy) moves whole processes only, so a jailed
-//!   program's jail joins it itself, before it starts anything (`sluice-jail
-//!   --cgroup`). It gives every execution `cgroup.kill` and CPU time for the whole
-//!   tree (`cpu.stat`), and memory and process limits where the gateway's cgroup has
-//!   those controllers to delegate. Without the jail it is not used.
+//! * **cgroup v2** (the unified hierarchy) moves whole processes only, so the program's
+//!   first process joins it itself, before it starts anything: the jail (`sluice-jail
+//!   --cgroup`), or an unjailed program's child before its exec (`sys::spawn_program`,
+//!   or a persistent interpreter's pre_exec hook). It gives every execution
+//!   `cgroup.kill` and CPU time for the whole tree (`cpu.stat`), and memory and process
+//!   limits where the gateway's cgroup has those controllers to delegate.
 
 use std::fs;
 use std::io::{self, Read as _, Seek as _, Write as _};
@@ -82,10 +83,9 @@ pub(crate) struct Capabilities {
 
 impl Cgroups {
     /// Finds the gateway's v1 memory and pids cgroups in `/proc/self/cgroup` and
-    /// creates a directory for this gateway in each it can write to; with `unified`
-    /// (programs are jailed, so something can join a v2 cgroup), the same in the v2
-    /// hierarchy. Directories left by gateways that are gone are removed.
-    pub(crate) fn probe(unified: bool) -> Self {
+    /// creates a directory for this gateway in each it can write to, the v2 hierarchy
+    /// included. Directories left by gateways that are gone are removed.
+    pub(crate) fn probe() -> Self {
         let Ok(table) = fs::read_to_string("/proc/self/cgroup") else {
             return Self::default();
         };
@@ -100,11 +100,8 @@ impl Cgroups {
             let relative = path.trim_start_matches('/');
             let controllers: Vec<&str> = controllers.split(',').collect();
             if id == "0" && controllers == [""] {
-                if unified {
-                    let relative = without_own_leaf(relative);
-                    found.unified =
-                        v2_mount().and_then(|mount| unified_hierarchy(&mount, relative));
-                }
+                let relative = without_own_leaf(relative);
+                found.unified = v2_mount().and_then(|mount| unified_hierarchy(&mount, relative));
             } else if controllers.contains(&"memory") {
                 found.memory = hierarchy(
                     Path::new("/sys/fs/cgroup/memory"),
@@ -798,7 +795,7 @@ mod tests {
     #[test]
     #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
     fn on_a_real_v2_hierarchy_the_limits_hold_and_a_reused_cgroup_counts_afresh() {
-        let cgroups = Cgroups::probe(true);
+        let cgroups = Cgroups::probe();
         let v2_only = cgroups.memory.is_none() && cgroups.pids.is_none();
         if !(v2_only && cgroups.unified.as_ref().is_some_and(|u| u.memory && u.pids)) {
             cgroups.remove();
@@ -807,7 +804,7 @@ mod tests {
         }
         // Another gateway of this process (the first may have moved it into a leaf)
         // delegates from the same place.
-        let again = Cgroups::probe(true);
+        let again = Cgroups::probe();
         let parent = |c: &Cgroups| {
             c.unified
                 .as_ref()

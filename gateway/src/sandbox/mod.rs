@@ -43,7 +43,7 @@ impl HostReport {
     /// Probes the host (creates and removes a test cgroup directory).
     pub fn probe() -> Self {
         let namespaces = probe_jail(None);
-        let cgroups = Cgroups::probe(namespaces.is_ok());
+        let cgroups = Cgroups::probe();
         let caps = cgroups.capabilities();
         cgroups.remove();
         Self {

@@ -350,6 +350,37 @@ pub(crate) fn thread_id() -> u32 {
     u32::try_from(tid).unwrap_or(0)
 }
 
+/// Makes `command`'s child join the cgroup v2 whose `cgroup.procs` is `procs` between
+/// fork and exec (v2 moves whole processes only: the child moves itself).
+pub(crate) fn join_cgroup_on_exec(
+    command: &mut std::process::Command,
+    procs: &std::path::Path,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let path = std::ffi::CString::new(procs.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a cgroup path"))?;
+    // SAFETY: the hook runs in the child between fork and exec and only calls open,
+    // write and close on a path prepared before the fork.
+    #[allow(clippy::disallowed_methods)] // the move must happen in the child
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// Makes `command`'s child drop to `uid` and `gid`, with no supplementary groups, between
 /// fork and exec, after every hook registered before this one (so a hook that needs root,
 /// such as [`no_network_on_exec`], still has it).

@@ -35,6 +35,9 @@ pub(crate) struct ProgramPlan<'a> {
     pub(crate) no_network: bool,
     /// Drop to this uid and gid, with no supplementary groups (needs root).
     pub(crate) user: Option<(u32, u32)>,
+    /// A cgroup v2 `cgroup.procs` to join first (v2 moves whole processes only, so the
+    /// child moves itself, before anything it starts could escape).
+    pub(crate) cgroup_procs: Option<&'a Path>,
 }
 
 /// A started program: its pid (it leads its own process group) and the gateway's ends
@@ -52,6 +55,7 @@ pub(crate) struct StartedProgram {
 #[repr(i32)]
 enum Step {
     None = 0,
+    Cgroup,
     Stdio,
     ProcessGroup,
     WorkingDirectory,
@@ -65,6 +69,7 @@ enum Step {
 impl Step {
     fn from_raw(raw: i32) -> Self {
         [
+            Self::Cgroup,
             Self::Stdio,
             Self::ProcessGroup,
             Self::WorkingDirectory,
@@ -82,6 +87,7 @@ impl Step {
     fn describe(self) -> &'static str {
         match self {
             Self::None => "starting",
+            Self::Cgroup => "joining its cgroup",
             Self::Stdio => "connecting its stdio",
             Self::ProcessGroup => "making its process group",
             Self::WorkingDirectory => "entering its working directory",
@@ -102,6 +108,8 @@ struct ChildArgs {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
+    /// The `cgroup.procs` to write "0" to, or null.
+    cgroup_procs: *const libc::c_char,
     /// The child's ends, all above 2, for its fds 0, 1 and 2.
     stdio: [RawFd; 3],
     rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 3],
@@ -134,6 +142,10 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         .map(|(key, value)| c_string(format!("{key}={value}").as_bytes()))
         .collect::<io::Result<_>>()?;
     let cwd = c_string(plan.cwd.as_os_str().as_bytes())?;
+    let cgroup_procs = plan
+        .cgroup_procs
+        .map(|path| c_string(path.as_os_str().as_bytes()))
+        .transpose()?;
     let argv_ptrs = null_terminated(&argv);
     let envp_ptrs = null_terminated(&envp);
 
@@ -166,6 +178,9 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
         cwd: cwd.as_ptr(),
+        cgroup_procs: cgroup_procs
+            .as_ref()
+            .map_or(std::ptr::null(), |path| path.as_ptr()),
         stdio: [
             stdin_child.as_raw_fd(),
             stdout_child.as_raw_fd(),
@@ -232,7 +247,8 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
     })
 }
 
-/// The child: stdio, process group, directory, limits, network, user, signals, exec.
+/// The child: cgroup, stdio, process group, directory, limits, network, user, signals,
+/// exec.
 /// Only system calls on prepared values; on failure it records the step and errno in
 /// the shared [`ChildArgs`] and exits with 127.
 extern "C" fn child_main(raw: *mut libc::c_void) -> libc::c_int {
@@ -245,6 +261,13 @@ extern "C" fn child_main(raw: *mut libc::c_void) -> libc::c_int {
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*args).failed_step), step as i32);
             libc::_exit(127)
         };
+        if !(*args).cgroup_procs.is_null() {
+            let fd = libc::open((*args).cgroup_procs, libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return fail(Step::Cgroup);
+            }
+            libc::close(fd);
+        }
         let stdio = (*args).stdio;
         for (target, fd) in (0..).zip(stdio) {
             // The child ends are above 2, so no dup2 clobbers one still to be moved.
@@ -374,6 +397,7 @@ pub(crate) fn can_take_network() -> bool {
         rlimits: Rlimits::default(),
         no_network: true,
         user: None,
+        cgroup_procs: None,
     });
     match started {
         Ok(started) => {
@@ -422,6 +446,7 @@ mod tests {
             },
             no_network: false,
             user: None,
+            cgroup_procs: None,
         });
         let canonical = dir.canonicalize().expect("temp dir");
         assert_eq!(
@@ -445,6 +470,7 @@ mod tests {
             rlimits: Rlimits::default(),
             no_network: false,
             user: None,
+            cgroup_procs: None,
         })
         .expect_err("nothing to run");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -457,6 +483,7 @@ mod tests {
             rlimits: Rlimits::default(),
             no_network: false,
             user: None,
+            cgroup_procs: None,
         })
         .expect_err("no such directory");
         assert!(
