@@ -149,9 +149,14 @@ fn jail(spec: &JailSpec) -> ! {
         }
         _ => {}
     }
+    // Opened now, before init builds the jail's /dev in the mount namespace the two
+    // share: opened later, it could be the plain file init has just made to bind the
+    // device onto, and that open file would stop init making /dev read-only (EBUSY).
+    let null = open_null();
     match os::fork() {
         Err(err) => fail("starting init", err),
         Ok(Forked::Child) => {
+            drop(null);
             drop(status_read);
             // Only the jail outside writes the report: init shares its uid with the
             // program in a rootless jail, which could otherwise tamper with init's limits
@@ -164,7 +169,7 @@ fn jail(spec: &JailSpec) -> ! {
             if let Some(fd) = spec.keep_fd {
                 os::close(fd);
             }
-            quiet_standard_streams();
+            quiet_standard_streams(null);
             let mut handed_over = Vec::new();
             let _ = File::from(status_read)
                 .take(MAX_HAND_OVER_BYTES)
@@ -309,11 +314,20 @@ fn mirror(status: libc::c_int) -> ! {
     std::process::exit(SETUP_FAILED)
 }
 
-/// Points stdin, stdout and stderr at /dev/null, so only the program holds the
-/// gateway's pipes.
-fn quiet_standard_streams() {
-    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        let null = OwnedFd::from(null);
+/// `/dev/null`, for reading and writing.
+fn open_null() -> Option<OwnedFd> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .ok()
+        .map(OwnedFd::from)
+}
+
+/// Points stdin, stdout and stderr at `null` (`/dev/null`), so only the program holds
+/// the gateway's pipes.
+fn quiet_standard_streams(null: Option<OwnedFd>) {
+    if let Some(null) = null {
         for target in 0..=2 {
             let _ = os::dup_onto(&null, target);
         }
@@ -347,7 +361,8 @@ fn init(spec: &JailSpec, hand_over: File, users: Users) -> ! {
     if let Some(fd) = spec.keep_fd {
         os::close(fd);
     }
-    quiet_standard_streams();
+    // The jail's /dev is complete (and read-only) by now.
+    quiet_standard_streams(open_null());
     let mut exec_error = String::new();
     let _ = File::from(exec_read).read_to_string(&mut exec_error);
     let status = loop {
