@@ -196,9 +196,9 @@ struct ServeArgs {
     jail: Option<PathBuf>,
 
     /// Whether programs may use the network: `auto` (off where the host can give each
-    /// program an empty network namespace, which needs root or user namespaces, and
-    /// `unshare` from util-linux; on with `--isolation none`), `off` (refuses to start
-    /// otherwise) or `on`.
+    /// program an empty network namespace: the jail's own, or without the jail one made
+    /// before exec, which needs root; on with `--isolation none`), `off` (refuses to
+    /// start otherwise) or `on`.
     #[arg(long, default_value = "auto", value_name = "SETTING")]
     network: sluice_gateway::Network,
 
