@@ -151,7 +151,7 @@ pub enum Isolation {
     None,
     /// Also a cgroup per execution: memory and process limits for the whole tree, and
     /// every process of the execution killed at its end. Refuses to start without a
-    /// writable cgroup v1 memory or pids hierarchy.
+    /// writable cgroup (v1 memory or pids, or v2).
     Cgroups,
     /// Also a jail per program (`sluice-jail`): its own PID, mount, IPC, UTS and network
     /// namespaces, an unprivileged user, a read-only system, a private size-limited
