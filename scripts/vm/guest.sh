@@ -171,7 +171,7 @@ evidence() { # layout, cgroup path prefix of the execution cgroups
     say "layout $layout: test gateways started: $started, with cgroup v2 memory and pids limits: $v2"
     others=$(grep -v 'memory=cgroup v2 memory.*processes=cgroup v2 pids' "$out/$layout-gateways.txt" |
         sed -E 's/.*(memory=.*) processes=.*/\1/' | sort | uniq -c)
-    [ -z "$others" ] || say "layout $layout: the others (gateways configured without the jail have no v2 cgroup): $others"
+    [ -z "$others" ] || say "layout $layout: the others (gateways configured with --isolation none have no cgroup): $others"
     [ "$started" -eq 0 ] || [ "$v2" -gt 0 ] || fail "layout $layout: no test gateway used cgroup v2 memory and pids limits"
     # A gateway with a v2 cgroup (cgroup.kill) but without v2 memory or pids limits did
     # not manage to delegate the controllers: its limits fell back to rlimits.
