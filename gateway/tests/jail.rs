@@ -7,8 +7,11 @@ use sluice_gateway::jail::{JailReport, JailSpec, RlimitName};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The jail, with an empty environment as the gateway starts it.
 fn jail() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice-jail"))
+    let mut jail = Command::new(env!("CARGO_BIN_EXE_sluice-jail"));
+    jail.env_clear();
+    jail
 }
 
 #[test]
@@ -36,6 +39,57 @@ fn bad_arguments_are_explained_not_crashed_on() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--frobnicate"));
 }
 
+/// The jail's environment is the gateway's to set, and it sets none: a loader variable
+/// there means someone else started it, and the jail stops before it does anything.
+#[test]
+fn the_jail_refuses_loader_variables_in_its_own_environment() {
+    for name in ["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"] {
+        let output = jail()
+            .env(name, "/nonexistent.so")
+            .args(["--workspace", "/w", "--host-dir", "/w", "--", "/bin/true"])
+            .output()
+            .expect("the jail runs");
+        assert_eq!(output.status.code(), Some(125), "{name}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains(&format!("refusing to run with {name}")),
+            "{said}"
+        );
+    }
+}
+
+/// A spec file is taken only from the jail's own user, and only once.
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn a_spec_file_of_another_user_is_refused_and_a_read_one_is_gone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !running_as_root() {
+        eprintln!("skipped: the jail needs root here");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-jail-specfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    std::fs::write(dir.join("main.sh"), "echo ran").expect("script");
+    let spec = script_spec(&dir, "/bin/sh");
+    let args = spec.write(&dir).expect("write the spec");
+    let spec_file = dir.join(sluice_gateway::jail::SPEC_FILE);
+    // Writable by others: refused, whoever owns it.
+    std::fs::set_permissions(&spec_file, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let output = jail()
+        .args(&args)
+        .current_dir(&dir)
+        .output()
+        .expect("the jail runs");
+    assert_eq!(output.status.code(), Some(125));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("not a spec file"), "{said}");
+    std::fs::set_permissions(&spec_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (output, report) = run_spec(&spec);
+    assert_eq!(succeeded(&output, report.as_ref()), "ran\n");
+    assert!(!spec_file.exists(), "the jail removes its spec once read");
+}
+
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|s| {
@@ -55,6 +109,7 @@ fn script_spec(dir: &Path, program: &str) -> JailSpec {
         uid: 60_000,
         gid: 60_000,
         no_network: true,
+        env: vec!["PATH=/usr/bin:/bin".into()],
         command: vec![program.into(), "main.sh".into()],
         ..JailSpec::default()
     }
@@ -78,12 +133,12 @@ fn run_jailed(
     run_spec(&script_spec(dir, program))
 }
 
-/// Runs the jail (as this process's user) on `spec`; what it did and its report.
+/// Runs the jail (as this process's user) on `spec`, handed over in a spec file as the
+/// gateway does; what it did and its report.
 fn run_spec(spec: &JailSpec) -> (std::process::Output, Option<JailReport>) {
     let output = jail()
-        .args(spec.to_args())
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
+        .args(spec.write(&spec.host_dir).expect("write the spec"))
+        .current_dir(&spec.host_dir)
         .stdin(Stdio::null())
         .output()
         .expect("the jail runs");

@@ -135,6 +135,11 @@ impl Kernel {
         let workdir = Workdir::create(work_root, file_name, driver, host.program_user)?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs = OwnedFd::from(theirs);
+        let home = workdir.path().to_string_lossy().into_owned();
+        let env = env
+            .iter()
+            .copied()
+            .chain([("HOME", home.as_str()), ("TMPDIR", home.as_str())]);
         let mut command = match &host.jail {
             Some(jail) => jail.command(JailSpec {
                 host_dir: workdir.path().to_path_buf(),
@@ -151,12 +156,13 @@ impl Kernel {
                 rlimits: rlimit_list(&limits.rlimits, limits.processes),
                 keep_fd: Some(sys::CONTROL_FD),
                 no_network: !runtime.network,
+                env: crate::sandbox::jail::environment(env),
                 command: vec![
                     runtime.program.clone().into(),
                     workdir.source().into_os_string(),
                 ],
                 ..JailSpec::default()
-            }),
+            })?,
             None => {
                 let mut command = Command::new(&runtime.program);
                 command.arg(workdir.source());
@@ -175,14 +181,11 @@ impl Kernel {
                 if let Some(user) = host.program_user {
                     sys::drop_to_user_on_exec(&mut command, user.uid, user.gid);
                 }
+                command.env_clear().envs(env);
                 command
             }
         };
         command
-            .env_clear()
-            .envs(env.iter().copied())
-            .env("HOME", workdir.path())
-            .env("TMPDIR", workdir.path())
             .current_dir(workdir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -104,28 +104,28 @@ impl Launch<'_> {
         argv.extend(self.args.iter().map(Into::into));
         let started = match self.jail {
             Some(jail) => {
-                let mut command = jail.command(JailSpec {
-                    host_dir: self.workdir.to_path_buf(),
-                    source: self.source.file_name().map(Into::into),
-                    workspace: self.workdir.to_path_buf(),
-                    scratch_bytes: self.scratch_bytes,
-                    expose: jail.exposure_for(&self.runtime.program),
-                    cgroups: self
-                        .cgroup
-                        .as_ref()
-                        .and_then(ExecutionCgroup::unified_dir)
-                        .map(Path::to_path_buf)
-                        .into_iter()
-                        .collect(),
-                    rlimits: rlimit_list(&self.rlimits, self.processes),
-                    no_network: !self.runtime.network,
-                    command: argv,
-                    ..JailSpec::default()
-                });
+                let mut command = jail
+                    .command(JailSpec {
+                        host_dir: self.workdir.to_path_buf(),
+                        source: self.source.file_name().map(Into::into),
+                        workspace: self.workdir.to_path_buf(),
+                        scratch_bytes: self.scratch_bytes,
+                        expose: jail.exposure_for(&self.runtime.program),
+                        cgroups: self
+                            .cgroup
+                            .as_ref()
+                            .and_then(ExecutionCgroup::unified_dir)
+                            .map(Path::to_path_buf)
+                            .into_iter()
+                            .collect(),
+                        rlimits: rlimit_list(&self.rlimits, self.processes),
+                        no_network: !self.runtime.network,
+                        env: crate::sandbox::jail::environment(self.env.iter().copied()),
+                        command: argv,
+                        ..JailSpec::default()
+                    })
+                    .map_err(fail)?;
                 command
-                    .env_clear()
-                    .envs(self.env.iter().copied())
-                    .current_dir(self.workdir)
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())

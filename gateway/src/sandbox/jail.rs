@@ -3,6 +3,15 @@
 //! as command-line arguments) and what the jail leaves behind for the gateway (a
 //! [`JailReport`], a file in the execution's host-side directory).
 //!
+//! The gateway hands a spec over in a file ([`SPEC_FILE`], written with [`JailSpec::write`]
+//! into the execution's host-side directory, readable by the gateway's user alone) and
+//! starts the jail there with an empty environment and no other argument than that
+//! file's name: nothing a request carries (its environment, its arguments) reaches the
+//! jail's own environment or command line, which its init would show as `/proc/1/cmdline`
+//! and which the dynamic loader of a process running as root would honour
+//! (`LD_PRELOAD`). The program's environment is applied only in the program's own
+//! `execve`, after the drop to the sandbox user and the system-call filter.
+//!
 //! The jail binary lives next to the gateway's (`sluice-jail`); this module is public only
 //! so that binary can share it. It is not a stable interface.
 
@@ -11,6 +20,16 @@ use std::path::{Path, PathBuf};
 
 /// The file, in the execution's host-side directory, where the jail writes its report.
 pub const REPORT_FILE: &str = "jail-report";
+
+/// The file, in the execution's host-side directory, that hands the jail its spec; the
+/// jail removes it as soon as it has read it.
+pub const SPEC_FILE: &str = "jail-spec";
+
+/// The jail's only argument besides [`SPEC_FILE`] when the gateway starts it.
+pub const SPEC_FLAG: &str = "--spec-file";
+
+/// Most bytes a spec file may hold (the program's environment and arguments are in it).
+const MAX_SPEC_BYTES: u64 = 4 << 20;
 
 /// Everything the jail needs to start one program.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,8 +70,28 @@ pub struct JailSpec {
     /// A descriptor the program inherits at the same number (a persistent interpreter's
     /// control socket); the jail's own processes close their copies.
     pub keep_fd: Option<i32>,
+    /// The program's environment, `NAME=value` entries, applied only in its `execve`.
+    pub env: Vec<OsString>,
     /// The program and its arguments.
     pub command: Vec<OsString>,
+}
+
+/// A program's environment as the jail takes it (`NAME=value` entries), from pairs in
+/// order of precedence: a later pair replaces an earlier one of the same name, as
+/// `Command::env` does (`execve` itself would keep both, and most programs read the
+/// first).
+pub fn environment<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<OsString> {
+    let mut entries: Vec<(&str, &str)> = Vec::new();
+    for (name, value) in pairs {
+        match entries.iter_mut().find(|(known, _)| *known == name) {
+            Some(entry) => entry.1 = value,
+            None => entries.push((name, value)),
+        }
+    }
+    entries
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}").into())
+        .collect()
 }
 
 /// The rlimits the jail knows how to set.
@@ -128,12 +167,55 @@ impl JailSpec {
         if let Some(fd) = self.keep_fd {
             pair("--keep-fd", fd.to_string().into());
         }
+        for entry in &self.env {
+            pair("--env", entry.clone());
+        }
         if self.no_network {
             args.push("--no-network".into());
         }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
         args
+    }
+
+    /// Writes the spec into `dir`'s [`SPEC_FILE`], readable and writable by this
+    /// process's user alone, and returns the jail's arguments that point at it (relative
+    /// to `dir`, where the jail must be started).
+    pub fn write(&self, dir: &Path) -> std::io::Result<Vec<OsString>> {
+        use std::io::Write as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut text = Vec::new();
+        for arg in self.to_args() {
+            text.extend_from_slice(arg.as_bytes());
+            text.push(0);
+        }
+        let path = dir.join(SPEC_FILE);
+        // A spec left by an earlier start in the same directory (a retried spawn).
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?
+            .write_all(&text)?;
+        Ok(vec![SPEC_FLAG.into(), SPEC_FILE.into()])
+    }
+
+    /// Reads the jail's command line: [`SPEC_FLAG`] and a spec file written by
+    /// [`JailSpec::write`] (which it removes), or the arguments of
+    /// [`JailSpec::to_args`] themselves (tests run the jail that way). `euid`: the
+    /// jail's effective uid, which must own the spec file.
+    pub fn from_command_line(args: Vec<OsString>, euid: u32) -> Result<Self, SpecError> {
+        match args.as_slice() {
+            [flag, file] if flag == SPEC_FLAG => {
+                Self::parse(read_spec_file(Path::new(file), euid)?)
+            }
+            _ => Self::parse(args),
+        }
     }
 
     /// Reads the arguments written by [`JailSpec::to_args`].
@@ -177,6 +259,7 @@ impl JailSpec {
                     })?);
                 }
                 "--expose" => spec.expose.push(PathBuf::from(&value)),
+                "--env" => spec.env.push(value.clone()),
                 "--cgroup" => spec.cgroups.push(PathBuf::from(&value)),
                 "--hide" => spec.hide.push(PathBuf::from(&value)),
                 "--ptys" => {
@@ -270,6 +353,38 @@ fn first_subordinate(table: &str, name: &str, number: &str) -> Option<u32> {
     })
 }
 
+/// The arguments in a spec file, after checking that only this process's user could
+/// have written it (`euid`); the file is removed.
+fn read_spec_file(path: &Path, euid: u32) -> Result<Vec<OsString>, SpecError> {
+    use std::io::Read as _;
+    use std::os::unix::ffi::OsStringExt as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let failed = |err: std::io::Error| SpecError(format!("{}: {err}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.is_file() || meta.mode() & 0o077 != 0 || meta.uid() != euid {
+        return Err(SpecError(format!(
+            "{} is not a spec file of this user's (mode 0600, owned by the jail's user)",
+            path.display()
+        )));
+    }
+    let mut text = Vec::new();
+    file.by_ref()
+        .take(MAX_SPEC_BYTES)
+        .read_to_end(&mut text)
+        .map_err(failed)?;
+    let _ = std::fs::remove_file(path);
+    let mut args: Vec<OsString> = text
+        .split(|&byte| byte == 0)
+        .map(|arg| OsString::from_vec(arg.to_vec()))
+        .collect();
+    // The text ends with a NUL, which leaves one empty piece behind.
+    if args.last().is_some_and(|last| last.is_empty()) {
+        args.pop();
+    }
+    Ok(args)
+}
+
 fn id(value: u64) -> Result<u32, SpecError> {
     u32::try_from(value).map_err(|_| SpecError(format!("id {value} out of range")))
 }
@@ -351,9 +466,45 @@ mod tests {
                 (RlimitName::Processes, 16),
             ],
             keep_fd: Some(3),
+            env: vec!["PATH=/usr/bin".into(), "LD_PRELOAD=/x y".into()],
             command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
         };
         assert_eq!(JailSpec::parse(spec.to_args()).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_later_variable_replaces_an_earlier_one() {
+        let env = environment([("PATH", "/a"), ("HOME", "/h"), ("PATH", "/b")]);
+        assert_eq!(env, ["PATH=/b", "HOME=/h"].map(OsString::from));
+    }
+
+    #[test]
+    fn a_spec_survives_its_file_and_the_file_is_gone() {
+        let dir = std::env::temp_dir().join(format!("sluice-spec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = JailSpec {
+            host_dir: dir.clone(),
+            workspace: dir.clone(),
+            uid: 60_000,
+            gid: 60_000,
+            env: vec!["A=1".into(), "EMPTY=".into()],
+            command: vec!["/bin/true".into(), "".into(), "x y".into()],
+            ..JailSpec::default()
+        };
+        let args = spec.write(&dir).unwrap();
+        assert_eq!(args, [SPEC_FLAG, SPEC_FILE].map(OsString::from));
+        let euid = {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(dir.join(SPEC_FILE)).unwrap().uid()
+        };
+        let cwd_args = vec![SPEC_FLAG.into(), dir.join(SPEC_FILE).into_os_string()];
+        assert!(
+            JailSpec::from_command_line(cwd_args.clone(), euid.wrapping_add(1)).is_err(),
+            "a file of another user's is refused"
+        );
+        assert_eq!(JailSpec::from_command_line(cwd_args, euid).unwrap(), spec);
+        assert!(!dir.join(SPEC_FILE).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

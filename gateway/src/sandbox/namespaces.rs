@@ -128,16 +128,17 @@ impl Namespaces {
         let failed = |why: String| JailUnavailable::Rehearsal(why);
         let dir = work_root.join("jail-rehearsal");
         std::fs::create_dir(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
-        let mut command = self.command(JailSpec {
-            host_dir: dir.clone(),
-            workspace: dir.clone(),
-            scratch_bytes: 1 << 20,
-            no_network: true,
-            command: vec!["/bin/true".into()],
-            ..JailSpec::default()
-        });
+        let mut command = self
+            .command(JailSpec {
+                host_dir: dir.clone(),
+                workspace: dir.clone(),
+                scratch_bytes: 1 << 20,
+                no_network: true,
+                command: vec!["/bin/true".into()],
+                ..JailSpec::default()
+            })
+            .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?;
         let status = command
-            .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -171,8 +172,10 @@ impl Namespaces {
 
     /// The command that runs `spec` jailed; the jail's own settings (user, network)
     /// fill in the rest. `spec.no_network` says whether this program's runtime may lose
-    /// the network: it does when the jail takes it away.
-    pub(crate) fn command(&self, spec: JailSpec) -> Command {
+    /// the network: it does when the jail takes it away. The spec (the program's
+    /// environment and arguments with it) is written into `spec.host_dir`, where the
+    /// command starts, with an empty environment: callers add nothing to either.
+    pub(crate) fn command(&self, spec: JailSpec) -> std::io::Result<Command> {
         let spec = JailSpec {
             uid: self.uid,
             gid: self.gid,
@@ -183,8 +186,11 @@ impl Namespaces {
             ..spec
         };
         let mut jailed = Command::new(&self.program);
-        jailed.args(spec.to_args());
         jailed
+            .args(spec.write(&spec.host_dir)?)
+            .env_clear()
+            .current_dir(&spec.host_dir);
+        Ok(jailed)
     }
 
     /// What a runtime installed where the sandbox user cannot reach it needs exposed:

@@ -50,7 +50,24 @@ const MAX_HAND_OVER_BYTES: u64 = 64 << 10;
 const MAX_PENDING_PATH_BYTES: usize = 1 << 20;
 
 fn main() {
-    let spec = match JailSpec::parse(std::env::args_os().skip(1)) {
+    // The jail runs with root's powers over the host until the program's exec: it takes
+    // nothing from its environment (the gateway starts it with none), and a loader
+    // variable there means something else started it.
+    if let Some(name) = std::env::vars_os()
+        .map(|(name, _)| name)
+        .find(|name| name.as_encoded_bytes().starts_with(b"LD_"))
+    {
+        let _ = writeln!(
+            io::stderr(),
+            "sluice-jail: refusing to run with {} in its environment",
+            name.to_string_lossy()
+        );
+        std::process::exit(SETUP_FAILED);
+    }
+    let spec = match JailSpec::from_command_line(
+        std::env::args_os().skip(1).collect(),
+        os::effective_ids().0,
+    ) {
         Ok(spec) => spec,
         Err(err) => {
             // Printed for a person; the gateway never gets here.
@@ -148,6 +165,13 @@ fn jail(spec: &JailSpec) -> ! {
             }
         }
         _ => {}
+    }
+    // From here on no other process may look into this one or its init (`/proc/PID/root`
+    // shows the jail's files, `mem`, `environ`); set only now because mapping ids needs
+    // this process's `/proc` entry to be its user's. The program's own exec, as the
+    // sandbox user, makes it an ordinary process again.
+    if let Err(err) = os::set_non_dumpable() {
+        fail("making the jail non-dumpable", err);
     }
     // Opened now, before init builds the jail's /dev in the mount namespace the two
     // share: opened later, it could be the plain file init has just made to bind the
@@ -436,7 +460,7 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd, users: Users) -> ! {
         // Last: from here on the denied calls fail, in the jail's code too.
         os::install_filter(&mut filter)
             .map_err(|err| format!("installing the system-call filter: {err}"))?;
-        Ok(os::exec(&spec.command))
+        Ok(os::exec(&spec.command, &spec.env))
     })();
     let why = match result {
         Ok(exec_error) => format!(

@@ -311,25 +311,70 @@ pub(crate) fn kill_namespace() {
     unsafe { libc::kill(-1, libc::SIGKILL) };
 }
 
-/// Replaces this process with `command` (found on PATH when it has no slash), keeping
-/// the environment.
-pub(crate) fn exec(command: &[impl AsRef<OsStr>]) -> io::Error {
-    let Ok(args) = command
-        .iter()
-        .map(|arg| CString::new(arg.as_ref().as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-    else {
-        return io::Error::new(io::ErrorKind::InvalidInput, "an argument holds a NUL byte");
+/// Replaces this process with `command`, whose environment is exactly `env`
+/// (`NAME=value` entries): nothing of the jail's own. A program named without a slash is
+/// looked for on the `PATH` of `env` (or the system's default path), as `execvp` does.
+pub(crate) fn exec(command: &[impl AsRef<OsStr>], env: &[impl AsRef<OsStr>]) -> io::Error {
+    let c_strings = |list: &mut dyn Iterator<Item = &OsStr>| -> Option<Vec<CString>> {
+        list.map(|item| CString::new(item.as_bytes()).ok())
+            .collect()
+    };
+    let (Some(args), Some(env)) = (
+        c_strings(&mut command.iter().map(AsRef::as_ref)),
+        c_strings(&mut env.iter().map(AsRef::as_ref)),
+    ) else {
+        return io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an argument or environment entry holds a NUL byte",
+        );
     };
     let Some(program) = args.first() else {
         return io::Error::new(io::ErrorKind::InvalidInput, "no program");
     };
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    // SAFETY: argv is a null-terminated array of NUL-terminated strings that outlive
-    // the call; execvp returns only on failure.
-    unsafe { libc::execvp(program.as_ptr(), argv.as_ptr()) };
-    io::Error::last_os_error()
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let name = program.as_bytes();
+    let candidates: Vec<CString> = if name.contains(&b'/') {
+        vec![program.clone()]
+    } else {
+        let path = env
+            .iter()
+            .find_map(|entry| entry.as_bytes().strip_prefix(b"PATH="))
+            .unwrap_or(b"/usr/local/bin:/usr/bin:/bin");
+        path.split(|&byte| byte == b':')
+            .map(|dir| {
+                let dir = if dir.is_empty() { &b"."[..] } else { dir };
+                let mut full = dir.to_vec();
+                full.push(b'/');
+                full.extend_from_slice(name);
+                full
+            })
+            .filter_map(|full| CString::new(full).ok())
+            .collect()
+    };
+    let mut error = io::Error::from_raw_os_error(libc::ENOENT);
+    for candidate in &candidates {
+        // SAFETY: argv and envp are null-terminated arrays of NUL-terminated strings
+        // that outlive the call; execve returns only on failure.
+        unsafe { libc::execve(candidate.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        let failed = io::Error::last_os_error();
+        // As execvp: go on past a directory that lacks it; stop at any other failure.
+        match failed.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR) => {}
+            Some(libc::EACCES) => error = failed,
+            _ => return failed,
+        }
+    }
+    error
+}
+
+/// Makes this process non-dumpable: its `/proc` entries belong to root and no process
+/// without `CAP_SYS_PTRACE` may look into it (memory, root directory, environment).
+pub(crate) fn set_non_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }.into()).map(drop)
 }
 
 /// Bytes in use on the file system holding `path`, and whether it is full.
