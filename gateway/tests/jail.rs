@@ -395,3 +395,20 @@ kill -0 1 2>/dev/null || echo init-refused",
         "with a limit of 8, the shell and seven others: {said}"
     );
 }
+
+/// The jail and its init are not dumpable: in a rootless jail the program shares its uid
+/// with init, and without this it could open init's `/proc/1/root` (the jail's files as
+/// init sees them), `environ` and `mem`. (Entering the user namespace already made the
+/// jail non-dumpable here; the jail now sets it in every mode, root's included, and this
+/// keeps it so.)
+#[test]
+fn without_root_a_program_cannot_look_into_its_init() {
+    let script = "for f in root/ environ mem; do \
+        if ls -d /proc/1/$f/. >/dev/null 2>&1 || head -c1 /proc/1/$f >/dev/null 2>&1; \
+        then echo $f=open; else echo $f=closed; fi; done";
+    let Some((output, report)) = run_rootless("dumpable", script, Vec::new()) else {
+        return;
+    };
+    let said = succeeded(&output, report.as_ref());
+    assert_eq!(said, "root/=closed\nenviron=closed\nmem=closed\n", "{said}");
+}
