@@ -541,3 +541,69 @@ ulimit -n",
     client.close().await?;
     gateway.shutdown().await
 }
+
+/// Regression test for finding 6 of issue 10 (failed before the fix: the program's lock
+/// on a host file it can only read made the host's own lock attempt fail). A jailed
+/// program's file locks lock nothing on the host, while SQLite in its workspace still
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_cannot_hold_a_lock_on_a_host_file() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !jail_available() {
+        return Ok(());
+    }
+    // Readable by everyone, outside /tmp (which is the jail's own).
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("host-lock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let target = dir.join("build.lock");
+    std::fs::write(&target, "")?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))?;
+    let gateway = jailed_gateway().await;
+    let mut socket = gateway.raw().await?;
+    let code = format!(
+        r#"import fcntl, sqlite3, struct, sys
+f = open({target:?})
+fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+fcntl.fcntl(f, fcntl.F_SETLK, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 0, 0, 0))
+db = sqlite3.connect("notes.db")
+db.execute("create table t (x)")
+db.execute("insert into t values (42)")
+db.commit()
+print("locked", db.execute("select x from t").fetchone()[0])
+sys.stdout.flush()
+sys.stdin.read()
+"#,
+        target = target.display().to_string()
+    );
+    socket.execute(request("locker", "python", &code)).await?;
+    socket.wait_for_stdout("locker", "locked 42").await?;
+    // The host's own program: an exclusive flock and a write lock, without waiting.
+    let host = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl, sys\n\
+             f = open(sys.argv[1], 'r+')\n\
+             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+        )
+        .arg(&target)
+        .output()?;
+    socket.stdin("locker", None, true).await?;
+    let events = socket.events_until_terminal("locker").await?;
+    socket.close().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(
+        host.status.success(),
+        "the host could not lock its own file while a program ran: {}",
+        String::from_utf8_lossy(&host.stderr)
+    );
+    ensure!(
+        events
+            .last()
+            .is_some_and(|event| event.kind == EventKind::Completed),
+        "the program should end normally: {events:?}"
+    );
+    gateway.shutdown().await
+}

@@ -6,6 +6,14 @@
 //! user with no capabilities: the filter guards against kernel bugs reachable through
 //! these calls, not against permissions.
 //!
+//! File locks (`flock`, and `fcntl`'s record locks) succeed without locking anything: a
+//! lock is kept on the inode, and the jail sees the host's files (read-only, but `flock`
+//! needs no write access), so a program could otherwise hold a lock on any host file
+//! (a build's `.cargo-lock`, a package manager's) and stall the host's own programs.
+//! Locks between a program's own processes are lost with it; a program on its own (a
+//! SQLite database in its workspace) works as before. Querying a lock (`F_GETLK`) is
+//! left as it is.
+//!
 //! A call made through another architecture's table (x32 on x86_64) is refused, and a
 //! foreign architecture kills the process: the numbers below mean nothing there.
 
@@ -94,6 +102,15 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const NR: u32 = 0;
 const ARCH: u32 = 4;
 const ARG0_LOW: u32 = 16;
+const ARG1_LOW: u32 = 24;
+
+/// The `fcntl` commands that take or release a record lock.
+const LOCKING_FCNTL: [libc::c_int; 4] = [
+    libc::F_SETLK,
+    libc::F_SETLKW,
+    libc::F_OFD_SETLK,
+    libc::F_OFD_SETLKW,
+];
 
 fn statement(code: u32, k: u32) -> sock_filter {
     sock_filter {
@@ -132,6 +149,36 @@ pub(crate) fn filter() -> Vec<sock_filter> {
         program.push(jump(BPF_JMP | BPF_JEQ | BPF_K, call as u32, 0, 1));
         program.push(ret(deny));
     }
+    // Locks: success without effect (errno 0 means the call returns 0 unexecuted).
+    let pretend = libc::SECCOMP_RET_ERRNO;
+    program.push(jump(
+        BPF_JMP | BPF_JEQ | BPF_K,
+        libc::SYS_flock as u32,
+        0,
+        1,
+    ));
+    program.push(ret(pretend));
+    let commands = LOCKING_FCNTL.len() as u8;
+    // Not fcntl: past the block (its load, the command tests and two returns).
+    program.push(jump(
+        BPF_JMP | BPF_JEQ | BPF_K,
+        libc::SYS_fcntl as u32,
+        0,
+        commands + 3,
+    ));
+    program.push(load(ARG1_LOW));
+    for (at, &command) in LOCKING_FCNTL.iter().enumerate() {
+        let to_pretend = commands - 1 - at as u8;
+        let last = at as u8 == commands - 1;
+        program.push(jump(
+            BPF_JMP | BPF_JEQ | BPF_K,
+            command as u32,
+            to_pretend,
+            u8::from(last),
+        ));
+    }
+    program.push(ret(pretend));
+    program.push(ret(libc::SECCOMP_RET_ALLOW));
     // clone3 passes its flags in memory the filter cannot read: ENOSYS makes the C
     // library fall back to clone, whose flags it can.
     program.push(jump(
