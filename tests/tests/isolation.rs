@@ -607,3 +607,62 @@ sys.stdin.read()
     );
     gateway.shutdown().await
 }
+
+/// Regression test for finding 6 of issue 10 (failed before the fix: every jail ran as
+/// uid 60000, so one program that took the user's 128 inotify instances made inotify
+/// fail in every other). Each jail alive runs as its own uid and gid, so per-user kernel
+/// counts are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_jail_has_its_own_ids_and_per_user_kernel_counts() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let mut socket = gateway.raw().await?;
+    let hog = r#"import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+held = []
+while len(held) < 100000:
+    fd = libc.inotify_init()
+    if fd < 0:
+        break
+    held.append(fd)
+print("held=%d uid=%d gid=%d" % (len(held), os.getuid(), os.getgid()))
+sys.stdout.flush()
+sys.stdin.read()
+"#;
+    socket.execute(request("hog", "python", hog)).await?;
+    let events = socket.wait_for_stdout("hog", "held=").await?;
+    let hog_said = sluice_tests::text_of(&events, EventKind::Stdout);
+    let probe = r#"import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init()
+print("inotify=%s uid=%d gid=%d" % ("ok" if fd >= 0 else os.strerror(ctypes.get_errno()), os.getuid(), os.getgid()))
+"#;
+    socket.execute(request("probe", "python", probe)).await?;
+    let events = socket.events_until_terminal("probe").await?;
+    let probe_said = sluice_tests::text_of(&events, EventKind::Stdout);
+    socket.stdin("hog", None, true).await?;
+    socket.events_until_terminal("hog").await?;
+    socket.close().await?;
+    let ids = |said: &str| -> Vec<String> {
+        said.split_whitespace()
+            .filter(|word| word.starts_with("uid=") || word.starts_with("gid="))
+            .map(str::to_owned)
+            .collect()
+    };
+    ensure!(
+        probe_said.contains("inotify=ok"),
+        "another execution's inotify failed while one held {hog_said:?}: {probe_said:?}"
+    );
+    let (hog_ids, probe_ids) = (ids(&hog_said), ids(&probe_said));
+    ensure!(
+        hog_ids.len() == 2 && probe_ids.len() == 2,
+        "{hog_said:?} {probe_said:?}"
+    );
+    ensure!(
+        hog_ids[0] != probe_ids[0] && hog_ids[1] != probe_ids[1],
+        "two jails alive at once share ids: {hog_ids:?} {probe_ids:?}"
+    );
+    gateway.shutdown().await
+}

@@ -140,7 +140,7 @@ impl Kernel {
             .iter()
             .copied()
             .chain([("HOME", home.as_str()), ("TMPDIR", home.as_str())]);
-        let mut command = match &host.jail {
+        let (mut command, sandbox_ids) = match &host.jail {
             Some(jail) => jail.command(JailSpec {
                 host_dir: workdir.path().to_path_buf(),
                 source: Some(file_name.into()),
@@ -163,27 +163,30 @@ impl Kernel {
                 ],
                 ..JailSpec::default()
             })?,
-            None => {
-                let mut command = Command::new(&runtime.program);
-                command.arg(workdir.source());
-                // First: v2 moves whole processes, so the child joins before it execs.
-                if let Some(dir) = cgroup
-                    .as_ref()
-                    .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
+            None => (
                 {
-                    sys::join_cgroup_on_exec(&mut command, &dir.join("cgroup.procs"))?;
-                }
-                limits.rlimits.apply_on_exec(&mut command);
-                if host.no_network && !runtime.network {
-                    sys::no_network_on_exec(&mut command);
-                }
-                // Last: the hooks before it may need root.
-                if let Some(user) = host.program_user {
-                    sys::drop_to_user_on_exec(&mut command, user.uid, user.gid);
-                }
-                command.env_clear().envs(env);
-                command
-            }
+                    let mut command = Command::new(&runtime.program);
+                    command.arg(workdir.source());
+                    // First: v2 moves whole processes, so the child joins before it execs.
+                    if let Some(dir) = cgroup
+                        .as_ref()
+                        .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
+                    {
+                        sys::join_cgroup_on_exec(&mut command, &dir.join("cgroup.procs"))?;
+                    }
+                    limits.rlimits.apply_on_exec(&mut command);
+                    if host.no_network && !runtime.network {
+                        sys::no_network_on_exec(&mut command);
+                    }
+                    // Last: the hooks before it may need root.
+                    if let Some(user) = host.program_user {
+                        sys::drop_to_user_on_exec(&mut command, user.uid, user.gid);
+                    }
+                    command.env_clear().envs(env);
+                    command
+                },
+                None,
+            ),
         };
         command
             .current_dir(workdir.path())
@@ -205,7 +208,7 @@ impl Kernel {
                 return Err(err);
             }
         };
-        let child = ChildGroup::watch(child, cgroup)?;
+        let child = ChildGroup::watch(child, cgroup, sandbox_ids)?;
         ours.set_nonblocking(true)?;
         let (read, control) = UnixStream::from_std(ours)?.into_split();
         let replies = Arc::new(Replies {

@@ -322,6 +322,11 @@ pub fn id_mapper(name: &str) -> Option<PathBuf> {
 /// `/etc/subgid`, by name or number), when `newuidmap` and `newgidmap` are there to map
 /// them.
 pub fn subordinate_ids(uid: u32) -> Option<(u32, u32)> {
+    subordinate_range(uid).map(|(first, _)| first)
+}
+
+/// As [`subordinate_ids`], with how many consecutive ids both ranges grant.
+pub fn subordinate_range(uid: u32) -> Option<((u32, u32), u32)> {
     id_mapper("newuidmap")?;
     id_mapper("newgidmap")?;
     let uid_text = uid.to_string();
@@ -334,22 +339,30 @@ pub fn subordinate_ids(uid: u32) -> Option<(u32, u32)> {
         })
         .find(|(_, id)| *id == uid_text)
         .map(|(name, _)| name.to_owned())?;
-    let first_of = |file: &str| -> Option<u32> {
+    let range_of = |file: &str| -> Option<(u32, u32)> {
         let table = std::fs::read_to_string(file).ok()?;
-        first_subordinate(&table, &name, &uid_text)
+        subordinate_range_in(&table, &name, &uid_text)
     };
-    Some((first_of("/etc/subuid")?, first_of("/etc/subgid")?))
+    let (uids, gids) = (range_of("/etc/subuid")?, range_of("/etc/subgid")?);
+    Some(((uids.0, gids.0), uids.1.min(gids.1)))
 }
 
 /// The start of the first range for `name` (or the uid `number`) in a
 /// `/etc/subuid`-style table of `owner:start:count` lines.
+#[cfg(test)]
 fn first_subordinate(table: &str, name: &str, number: &str) -> Option<u32> {
+    subordinate_range_in(table, name, number).map(|(start, _)| start)
+}
+
+/// The first range (start, count) for `name` (or the uid `number`) in a
+/// `/etc/subuid`-style table of `owner:start:count` lines.
+fn subordinate_range_in(table: &str, name: &str, number: &str) -> Option<(u32, u32)> {
     table.lines().find_map(|line| {
         let mut fields = line.trim().split(':');
         let owner = fields.next()?;
         let start: u32 = fields.next()?.parse().ok()?;
         let count: u32 = fields.next()?.parse().ok()?;
-        (count > 0 && (owner == name || owner == number)).then_some(start)
+        (count > 0 && (owner == name || owner == number)).then_some((start, count))
     })
 }
 

@@ -1,5 +1,6 @@
 //! The gateway's side of namespace isolation: finding `sluice-jail`, rehearsing it once
-//! at start-up, and turning an execution into the jail's command line. What happens
+//! at start-up, handing every jail alive its own sandbox ids ([`IdLease`]), and turning
+//! an execution into the jail's command. What happens
 //! inside the jail is in `src/bin/sluice-jail`; the contract between the two is
 //! [`super::jail`].
 
@@ -8,6 +9,11 @@ use crate::sys::Rlimits;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// Ids held in reserve beyond one per jail that may run at once: a lease is given back
+/// only once its jail is reaped, which may trail the freeing of its slot a little.
+const SPARE_IDS: u32 = 64;
 
 /// Processes the jail adds to every execution's tree (the jail and its init), counted
 /// by the process limit's cgroup on top of the program's own.
@@ -30,6 +36,46 @@ pub(crate) struct Namespaces {
     /// A gateway that is not root: the subordinate uid and gid its sandbox user becomes
     /// outside the jail, when the host grants it a range and has the tools to map it.
     map_to: Option<(u32, u32)>,
+    /// How many subordinate ids from `map_to` on the host grants.
+    map_range: u32,
+    /// One id per jail alive, so per-user kernel counts (inotify instances, processes,
+    /// message queues) are each jail's own: as root, the sandbox uid and gid are
+    /// `uid + offset` and `gid + offset`; with subordinate ids, the outside ids are. A
+    /// gateway that maps the sandbox user to its own ids has one id to give: `None`.
+    ids: Option<Arc<IdPool>>,
+}
+
+/// The offsets of the sandbox ids not in use by a live jail.
+#[derive(Debug)]
+struct IdPool {
+    free: Mutex<Vec<u32>>,
+    size: u32,
+}
+
+impl IdPool {
+    fn new(size: u32) -> Arc<Self> {
+        Arc::new(Self {
+            // Handed out lowest first: popped from the end.
+            free: Mutex::new((0..size).rev().collect()),
+            size,
+        })
+    }
+}
+
+/// One jail's sandbox ids, given back when the lease is dropped (after the jail, and with
+/// it every process of its PID namespace, has been reaped).
+#[derive(Debug)]
+pub(crate) struct IdLease {
+    pool: Arc<IdPool>,
+    offset: u32,
+}
+
+impl Drop for IdLease {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.pool.free.lock() {
+            free.push(self.offset);
+        }
+    }
 }
 
 /// Why the jail cannot be used on this host.
@@ -83,6 +129,14 @@ impl Namespaces {
                 .into_iter()
                 .collect()
         };
+        let wanted = u32::try_from(jails_at_once)
+            .unwrap_or(u32::MAX)
+            .saturating_add(SPARE_IDS);
+        let subordinate = if crate::sys::is_root() {
+            None
+        } else {
+            super::jail::subordinate_range(crate::sys::effective_uid())
+        };
         let mut jail = Self {
             program,
             uid,
@@ -90,18 +144,18 @@ impl Namespaces {
             no_network,
             hide,
             ptys: ptys_per_jail(jails_at_once),
-            map_to: if crate::sys::is_root() {
-                None
-            } else {
-                super::jail::subordinate_ids(crate::sys::effective_uid())
-            },
+            map_to: subordinate.map(|(first, _)| first),
+            map_range: subordinate.map_or(0, |(_, count)| count),
+            ids: None,
         };
+        jail.ids = jail.id_pool(wanted);
         if let Some(ids) = jail.map_to {
             match jail.rehearse(work_root) {
                 Ok(()) => return Ok(jail),
                 Err(why) => {
                     tracing::warn!(subordinate = ?ids, %why, "the jail cannot map the sandbox user to the gateway's subordinate ids; it maps it to the gateway's own");
                     jail.map_to = None;
+                    jail.ids = None;
                 }
             }
         }
@@ -109,13 +163,56 @@ impl Namespaces {
         Ok(jail)
     }
 
+    /// The pool of `wanted` sandbox ids, as many as the ids available allow.
+    fn id_pool(&self, wanted: u32) -> Option<Arc<IdPool>> {
+        let available = if crate::sys::is_root() {
+            // Up to the top of the id space (u32::MAX itself means "no id").
+            (u32::MAX - self.uid.max(self.gid)).min(wanted)
+        } else if self.map_to.is_some() {
+            self.map_range.min(wanted)
+        } else {
+            return None;
+        };
+        if available < wanted {
+            tracing::warn!(
+                wanted,
+                available,
+                "fewer sandbox ids than jails that may run at once: a jail beyond them fails to start"
+            );
+        }
+        (available > 0).then(|| IdPool::new(available))
+    }
+
+    /// The range of ids jails run as.
+    fn id_description(&self) -> String {
+        match &self.ids {
+            Some(pool) if crate::sys::is_root() => format!(
+                "uids {}-{} and gids {}-{}, one pair per jail alive",
+                self.uid,
+                self.uid + (pool.size - 1),
+                self.gid,
+                self.gid + (pool.size - 1)
+            ),
+            Some(pool) => match self.map_to {
+                Some((uid, gid)) => format!(
+                    "subordinate uids {uid}-{} and gids {gid}-{} outside, one pair per jail alive",
+                    uid + (pool.size - 1),
+                    gid + (pool.size - 1)
+                ),
+                None => "one pair".to_owned(),
+            },
+            None => "every jail shares the gateway's own uid outside its user namespace".to_owned(),
+        }
+    }
+
     /// Who jailed programs are, for `sluice doctor` and the start-up log.
     pub(crate) fn user_description(&self) -> String {
         match self.map_to {
-            _ if crate::sys::is_root() => format!("uid {} (not root)", self.uid),
-            Some((uid, _)) => format!(
-                "uid {} inside, subordinate uid {uid} outside (/etc/subuid, newuidmap): nothing of the gateway's user is theirs",
-                self.uid
+            _ if crate::sys::is_root() => format!("not root: {}", self.id_description()),
+            Some(_) => format!(
+                "uid {} inside, {} (/etc/subuid, newuidmap): nothing of the gateway's user is theirs",
+                self.uid,
+                self.id_description()
             ),
             None => format!(
                 "uid {} inside, the gateway's own uid outside (no /etc/subuid range or no newuidmap): files of the gateway's user are theirs",
@@ -137,7 +234,8 @@ impl Namespaces {
                 command: vec!["/bin/true".into()],
                 ..JailSpec::default()
             })
-            .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?;
+            .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?
+            .0;
         let status = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -174,15 +272,38 @@ impl Namespaces {
     /// fill in the rest. `spec.no_network` says whether this program's runtime may lose
     /// the network: it does when the jail takes it away. The spec (the program's
     /// environment and arguments with it) is written into `spec.host_dir`, where the
-    /// command starts, with an empty environment: callers add nothing to either.
-    pub(crate) fn command(&self, spec: JailSpec) -> std::io::Result<Command> {
+    /// command starts, with an empty environment: callers add nothing to either. The
+    /// lease of the jail's own ids must be kept until the jail has been reaped.
+    pub(crate) fn command(&self, spec: JailSpec) -> std::io::Result<(Command, Option<IdLease>)> {
+        let lease = match &self.ids {
+            Some(pool) => {
+                let offset = pool.free.lock().ok().and_then(|mut free| free.pop());
+                let offset = offset.ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "all {} sandbox ids are in use by running jails",
+                        pool.size
+                    ))
+                })?;
+                Some(IdLease {
+                    pool: pool.clone(),
+                    offset,
+                })
+            }
+            None => None,
+        };
+        let offset = lease.as_ref().map_or(0, |lease| lease.offset);
+        let (uid, gid, map_to) = match self.map_to {
+            _ if crate::sys::is_root() => (self.uid + offset, self.gid + offset, None),
+            Some((uid, gid)) => (self.uid, self.gid, Some((uid + offset, gid + offset))),
+            None => (self.uid, self.gid, None),
+        };
         let spec = JailSpec {
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             no_network: self.no_network && spec.no_network,
             hide: self.hide.clone(),
             ptys: Some(self.ptys),
-            map_to: self.map_to,
+            map_to,
             ..spec
         };
         let mut jailed = Command::new(&self.program);
@@ -190,7 +311,7 @@ impl Namespaces {
             .args(spec.write(&spec.host_dir)?)
             .env_clear()
             .current_dir(&spec.host_dir);
-        Ok(jailed)
+        Ok((jailed, lease))
     }
 
     /// What a runtime installed where the sandbox user cannot reach it needs exposed:
