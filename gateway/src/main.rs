@@ -182,12 +182,14 @@ struct ServeArgs {
     #[arg(long = "allow-network", value_name = "LANGUAGE")]
     network_languages: Vec<String>,
 
-    /// The unprivileged user id programs run as (never 0): jailed ones, and a root
-    /// gateway's unjailed ones; pick one no account on the host uses.
+    /// The unprivileged user id programs run as (never 0): a root gateway's unjailed
+    /// ones run as UID; each jail alive gets its own id counting up from UID (UID to
+    /// UID + --max-executions + --max-kernels + 64). Pick a range no account on the host
+    /// uses, and one per gateway on the same host.
     #[arg(long, default_value_t = sluice_gateway::DEFAULT_SANDBOX_ID, value_name = "UID")]
     sandbox_uid: u32,
 
-    /// The group id programs run as (never 0), as for --sandbox-uid.
+    /// The group id programs run as (never 0), counting up per jail as --sandbox-uid.
     #[arg(long, default_value_t = sluice_gateway::DEFAULT_SANDBOX_ID, value_name = "GID")]
     sandbox_gid: u32,
 
