@@ -218,7 +218,8 @@ async fn a_persistent_sessions_loader_variables_never_reach_a_process_running_as
 }
 
 /// A request's arguments are on the program's command line and nowhere else: not on the
-/// jail's (which runs as root and which everyone on the host can read), and the jail's
+/// jail's (which runs as root and which everyone on the host can read; its environment
+/// is empty too), and the jail's
 /// init shows nothing of the gateway's to the program (`/proc/1/cmdline`: no pid, work
 /// root or cgroup path). Regression test for finding 6 (failed before the fix: init's
 /// command line was the whole spec).
@@ -237,6 +238,7 @@ sys.stdin.read()
     socket
         .execute(ExecuteRequest {
             args: vec![secret.clone()],
+            env: [("SLUICE_TEST_SECRET".to_owned(), secret.clone())].into(),
             ..request("args", "python", code)
         })
         .await?;
@@ -260,6 +262,17 @@ sys.stdin.read()
             !cmdline.contains(&secret),
             "the request's argument is on the jail's command line: {cmdline}"
         );
+        // Readable here as root; a test run without root cannot look (the jail is
+        // not dumpable), which is the point too.
+        match std::fs::read(format!("/proc/{pid}/environ")) {
+            Ok(environ) => ensure!(
+                environ.is_empty(),
+                "the jail has an environment: {}",
+                String::from_utf8_lossy(&environ)
+            ),
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {}
+            Err(err) => return Err(err).context("reading the jail's environment"),
+        }
         let init = stdout
             .lines()
             .find_map(|line| line.strip_prefix("init="))
