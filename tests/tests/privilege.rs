@@ -97,6 +97,31 @@ unsigned int la_version(unsigned int version) {{ return version; }}
             .unwrap_or_default()
     }
 
+    /// Checks an attack's outcome: nothing running as root loaded the library (checked
+    /// first: it is what a failure is about), yet the program ran and got its
+    /// environment unchanged.
+    fn check(&self, outcome: &sluice_client::Outcome) -> Result<()> {
+        let tripped = self.tripped();
+        ensure!(
+            tripped.is_empty(),
+            "a process running as root loaded the request's library: {tripped:?}"
+        );
+        ensure!(
+            outcome.terminal.kind == EventKind::Completed,
+            "the program should run: {:?} {}",
+            outcome.terminal,
+            outcome.stderr
+        );
+        ensure!(
+            outcome
+                .stdout
+                .contains(&format!("LD_PRELOAD={}", self.library.display())),
+            "the program did not get its environment: {}",
+            outcome.stdout
+        );
+        Ok(())
+    }
+
     /// The environment of an attack: every loader variable pointing at the library.
     fn loader_env(&self) -> std::collections::BTreeMap<String, String> {
         let library = self.library.display().to_string();
@@ -145,26 +170,8 @@ async fn a_requests_loader_variables_never_reach_a_process_running_as_root() -> 
     }
     for attack in attacks {
         let outcome = run(&client, attack).await?;
-        let tripped = tripwire.tripped();
-        ensure!(
-            tripped.is_empty(),
-            "a process running as root loaded the request's library: {tripped:?}"
-        );
+        tripwire.check(&outcome)?;
         assert_stream_ok(&outcome.events);
-        ensure!(
-            outcome.terminal.kind == EventKind::Completed,
-            "the program should run: {:?} {}",
-            outcome.terminal,
-            outcome.stderr
-        );
-        // The environment did reach the program itself, unchanged.
-        ensure!(
-            outcome
-                .stdout
-                .contains(&format!("LD_PRELOAD={}", tripwire.library.display())),
-            "the program did not get its environment: {}",
-            outcome.stdout
-        );
     }
     client.close().await?;
     gateway.shutdown().await
@@ -192,24 +199,7 @@ async fn a_persistent_sessions_loader_variables_never_reach_a_process_running_as
             },
         )
         .await?;
-        let tripped = tripwire.tripped();
-        ensure!(
-            tripped.is_empty(),
-            "a process running as root loaded the request's library: {tripped:?}"
-        );
-        ensure!(
-            outcome.terminal.kind == EventKind::Completed,
-            "the cell should run: {:?} {}",
-            outcome.terminal,
-            outcome.stderr
-        );
-        ensure!(
-            outcome
-                .stdout
-                .contains(&format!("LD_PRELOAD={}", tripwire.library.display())),
-            "the cell did not get its environment: {}",
-            outcome.stdout
-        );
+        tripwire.check(&outcome)?;
         events.extend(outcome.events);
     }
     assert_stream_ok(&events);
