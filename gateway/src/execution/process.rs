@@ -148,6 +148,10 @@ impl Launch<'_> {
                     no_network: self.no_network && !self.runtime.network,
                     user: self.user.map(|user| (user.uid, user.gid)),
                     cgroup_procs: cgroup_procs.as_deref(),
+                    lower_priority: !self
+                        .cgroup
+                        .as_ref()
+                        .is_some_and(ExecutionCgroup::shares_cpu),
                 };
                 self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }
