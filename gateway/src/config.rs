@@ -267,6 +267,17 @@ pub struct Config {
     pub sandbox_gid: u32,
     /// The `sluice-jail` launcher; `None` looks next to the running executable.
     pub jail_program: Option<PathBuf>,
+    // Fairness between executions (issue 10, section 4).
+    /// Bytes of memory all running executions may hold together, adding up their
+    /// `memory_bytes` limits (persistent interpreters: the limit they started with); an
+    /// execute that does not fit gets `too_many_executions`. Also the limit of the parent
+    /// cgroup of all executions. `None`: the host's memory less a quarter (at least
+    /// 1 GiB); `Some(0)`: not added up, the operator overcommits on purpose.
+    pub memory_budget_bytes: Option<u64>,
+    /// Processes all running executions may hold together, adding up their `processes`
+    /// limits, as for `memory_budget_bytes`. `None`: half the kernel's `threads-max`;
+    /// `Some(0)`: not added up.
+    pub process_budget: Option<u64>,
 }
 
 impl Config {
@@ -311,6 +322,8 @@ impl Default for Config {
             sandbox_uid: DEFAULT_SANDBOX_ID,
             sandbox_gid: DEFAULT_SANDBOX_ID,
             jail_program: None,
+            memory_budget_bytes: None,
+            process_budget: None,
         }
     }
 }

@@ -260,6 +260,21 @@ struct ServeArgs {
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     handshake_timeout_ms: u64,
 
+    // Fairness between executions (issue 10, section 4).
+    /// Bytes of memory all running executions may hold together: each reserves its
+    /// limits.memory_bytes (a persistent interpreter, the one it started with) and an
+    /// execute that does not fit what remains gets `too_many_executions`; the parent
+    /// cgroup of all executions is limited to it. 0: no total, overcommit on purpose
+    /// [default: the host's memory less a quarter, at least 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    memory_budget_bytes: Option<u64>,
+
+    /// Processes all running executions may hold together (limits.processes added up,
+    /// as for --memory-budget-bytes). 0: no total [default: half of the kernel's
+    /// threads-max].
+    #[arg(long, value_name = "N")]
+    process_budget: Option<u64>,
+
     /// Worker threads for the gateway itself [default: half the CPUs, at least 1]. The
     /// programs it runs are separate processes and do not use these threads.
     #[arg(long, value_name = "N")]
@@ -327,6 +342,8 @@ impl ServeArgs {
             sandbox_uid: self.sandbox_uid,
             sandbox_gid: self.sandbox_gid,
             jail_program: self.jail,
+            memory_budget_bytes: self.memory_budget_bytes,
+            process_budget: self.process_budget,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             stdin_queue_bytes: self.stdin_queue_bytes,

@@ -141,6 +141,7 @@ pub async fn run(
             "--isolation cgroups needs a writable cgroup under the gateway's own (a v1 memory or pids hierarchy, or the v2 one; see `sluice doctor`); this host has none".into(),
         ));
     }
+    let budget = crate::sandbox::ExecutionBudget::start(&config, &cgroups);
     let cgroups = Arc::new(cgroups);
     // A jail takes the network away itself; without one, the program's own start does
     // (unshare before exec), where the gateway may.
@@ -212,6 +213,7 @@ pub async fn run(
             work_root: Arc::from(work_root.path.as_path()),
             base_env: config.base_env.clone().into(),
             cgroups: cgroups.clone(),
+            budget,
             no_network,
             jail,
             program_user,

@@ -412,3 +412,24 @@ fn without_root_a_program_cannot_look_into_its_init() {
     let said = succeeded(&output, report.as_ref());
     assert_eq!(said, "root/=closed\nenviron=closed\nmem=closed\n", "{said}");
 }
+
+/// `--nice`: where no cpu cgroup gives a program a share below the gateway's, the jail
+/// lowers the program's priority before it execs.
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn the_program_takes_the_niceness_it_is_given() {
+    if !running_as_root() {
+        eprintln!("skipped: the jail needs root here");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-jail-nice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    std::fs::write(dir.join("main.sh"), "nice").expect("script");
+    let spec = JailSpec {
+        nice: Some(10),
+        ..script_spec(&dir, "/bin/sh")
+    };
+    let (output, report) = run_spec(&spec);
+    assert_eq!(succeeded(&output, report.as_ref()), "10\n");
+}

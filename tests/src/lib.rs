@@ -179,6 +179,7 @@ pub fn host_report() -> HostReport {
             report.processes = None;
             report.kill_tree = None;
             report.network = None;
+            report.cpu_share = None;
             report.namespaces = Err(forced.into());
         }
         Some(Isolation::Cgroups) => report.namespaces = Err(forced.into()),

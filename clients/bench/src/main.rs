@@ -11,6 +11,10 @@
 //!    (against the 1-subscriber run) and p99 delivery latency.
 //! 5. A persistent Python cell `print(1)`, execute to terminal event, against a fresh
 //!    Python process per execution through the same gateway.
+//! 7. Fairness: a side execution's `print(1)` (execute to terminal event) while 16
+//!    executions spin, 4 processes each, against the same on an idle gateway; with
+//!    cgroups (a CPU share per execution) and without (`--isolation none`: a lower
+//!    priority only). `--only fairness` runs just this.
 //!
 //! The gateway runs as a separate process (this binary re-executed with a hidden flag),
 //! bound to port 0 on loopback, with its default configuration except for output limits
@@ -62,6 +66,12 @@ struct Args {
     /// 1000 fan-out events, 50 cells).
     #[arg(long)]
     quick: bool,
+    /// Run only this section: `fairness` (section 7).
+    #[arg(long, value_name = "SECTION", value_parser = ["fairness"])]
+    only: Option<String>,
+    /// Side executions per phase (idle, busy) in the fairness test.
+    #[arg(long, default_value_t = 30)]
+    fairness_runs: usize,
     /// Internal: run as the gateway process the benchmark talks to, on 127.0.0.1:0,
     /// printing the bound port on stdout.
     #[arg(long, hide = true)]
@@ -86,8 +96,12 @@ fn main() -> anyhow::Result<()> {
         args.executions = 320;
         args.fanout_events = 1000;
         args.cell_runs = 50;
+        args.fairness_runs = 10;
     }
     keep_freed_memory();
+    if args.only.as_deref() == Some("fairness") {
+        return fairness_only(&args);
+    }
     // The gateways run as their own processes (this binary, re-executed), as in
     // production: the measurements then include no sharing of threads or allocator with
     // the client. One runs with isolation off (the figures of sections 1-5); section 6
@@ -117,6 +131,11 @@ fn main() -> anyhow::Result<()> {
         for (label, _, port) in &isolated {
             isolation_rows(label, addr, local(*port), &args).await?;
         }
+        println!("fairness: a side execution while 16 executions spin (4 processes each):");
+        if let Some((_, _, port)) = isolated.first() {
+            fairness_rows("cgroups", local(*port), &args).await?;
+        }
+        fairness_rows("none", addr, &args).await?;
         anyhow::Ok(())
     });
     // Closing its stdin tells a gateway to shut down.
@@ -129,6 +148,117 @@ fn main() -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// `--only fairness`: section 7 alone, against a gateway with cgroups and one without.
+fn fairness_only(args: &Args) -> anyhow::Result<()> {
+    let mut gateways = Vec::new();
+    for isolation in ["cgroups", "none"] {
+        match start_gateway(isolation, "on") {
+            Ok((gateway, port)) => gateways.push((isolation, gateway, port)),
+            Err(err) => println!("  [{isolation}: not measured: {err:#}]"),
+        }
+    }
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "sluice-bench --only fairness; {} cores; a side execution while 16 executions spin (4 processes each):",
+        num_cpus()
+    );
+    println!(
+        "{:<38} {:>12} {:>12} {:>8} {:>9}",
+        "metric", "spinning", "idle", "ratio", "target"
+    );
+    let result = client_rt.block_on(async {
+        for (isolation, _, port) in &gateways {
+            fairness_rows(isolation, SocketAddr::from(([127, 0, 0, 1], *port)), args).await?;
+        }
+        anyhow::Ok(())
+    });
+    for (_, gateway, _) in &mut gateways {
+        drop(gateway.stdin.take());
+        let status = gateway.wait()?;
+        if !status.success() {
+            bail!("a gateway process exited with {status}");
+        }
+    }
+    result
+}
+
+/// Section 7: p50 milliseconds from `execute` to the terminal event of `print(1)` in
+/// python, on an idle gateway and while 16 other executions spin 4 processes each.
+/// The target (with a CPU share per execution) is within 3x of idle.
+async fn fairness_rows(label: &str, addr: SocketAddr, args: &Args) -> anyhow::Result<()> {
+    const SPINNING: usize = 16;
+    let url = format!("ws://{addr}{}", sluice_protocol::WS_PATH);
+    let (mut side, _) = tokio_tungstenite::connect_async(&url).await?;
+    let (mut spinners, _) = tokio_tungstenite::connect_async(&url).await?;
+    let runs = args.fairness_runs.max(1);
+    // Warm the interpreter's files into the page cache first.
+    side_runs(&mut side, "warm", runs).await?;
+    let idle = side_runs(&mut side, "idle", runs).await?;
+    // Three background loops and the main one: 4 spinning processes per execution.
+    let spin =
+        "for i in 1 2 3; do (while :; do :; done) & done\necho spinning\nwhile :; do :; done";
+    for n in 0..SPINNING {
+        spinners
+            .send(execute_frame(&format!("spin{n}"), "sh", spin))
+            .await?;
+    }
+    let mut spinning = 0;
+    while spinning < SPINNING {
+        let event = next_event(&mut spinners).await?;
+        if event.is_terminal() {
+            bail!("a spinner ended early: {} {}", event.kind, event.data);
+        }
+        if event.kind == EventKind::Stdout {
+            spinning += 1;
+        }
+    }
+    let busy = side_runs(&mut side, "busy", runs).await?;
+    for n in 0..SPINNING {
+        let frame = ClientFrame::Cancel(sluice_protocol::CancelFrame {
+            id: format!("spin{n}"),
+            session: None,
+        });
+        spinners.send(Message::text(frame.to_json())).await?;
+    }
+    let mut ended = 0;
+    while ended < SPINNING {
+        if next_event(&mut spinners).await?.is_terminal() {
+            ended += 1;
+        }
+    }
+    let ratio = busy / idle;
+    let target = if label == "cgroups" { "<= 3" } else { "-" };
+    row(
+        &format!("{label}: side print(1), p50 (ms)"),
+        busy,
+        idle,
+        ratio,
+        target,
+        ratio <= 3.0,
+    );
+    let _ = side.close(None).await;
+    let _ = spinners.close(None).await;
+    Ok(())
+}
+
+/// p50 milliseconds from `execute` to the terminal event of `runs` python `print(1)`
+/// executions, one after the other.
+async fn side_runs(socket: &mut Socket, phase: &str, runs: usize) -> anyhow::Result<f64> {
+    let mut times = Vec::new();
+    for n in 0..runs {
+        let id = format!("{phase}{n}");
+        let start = Instant::now();
+        socket
+            .send(execute_frame(&id, "python", "print(1)"))
+            .await?;
+        wait_terminal(socket, &id).await?;
+        times.push(ms(start.elapsed()));
+    }
+    Ok(median(&mut times))
 }
 
 /// Starts this binary as a gateway process with `isolation` and `network`; returns it

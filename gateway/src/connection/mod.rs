@@ -482,6 +482,7 @@ impl Connection {
                 format!("the gateway is running {max} executions, its maximum"),
             ));
         };
+        let reserved = execution::reserve(&state.host, &limits, kernel.is_some())?;
         let spec = ExecutionSpec {
             id: id.clone(),
             runtime: runtime.clone(),
@@ -514,7 +515,7 @@ impl Connection {
         let (handle, task) = execution::prepare(
             spec,
             ctx,
-            slot,
+            execution::Slot::new(slot, reserved),
             state.config.stdin_queue,
             session.cancel.child_token(),
             start,

@@ -7,6 +7,12 @@
 //! execution pump treats it the same way. The interpreter answers each cell with one JSON
 //! line saying how it ended. Only Python has a kernel today; [`KernelKind`] is where
 //! another language's driver would go.
+//!
+//! A cell's processes end with it: when the interpreter has answered (the cell ended,
+//! was interrupted by a limit or a cancel), [`Kernel::end_cell_processes`] kills every
+//! process in the interpreter's cgroup but the interpreter itself (and, jailed, the
+//! jail and its init), so nothing a cell started runs on, unmetered, for the session's
+//! life. Without a cgroup, the interpreter's process group stands in for it.
 
 use super::process::ChildGroup;
 use super::workdir::Workdir;
@@ -17,7 +23,7 @@ use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -96,8 +102,16 @@ pub(crate) struct Kernel {
     replies: Arc<Replies>,
     reader: tokio::task::JoinHandle<()>,
     workdir: Option<Workdir>,
-    /// This interpreter's place under `--max-kernels`.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// The interpreter's cgroup's process list: everything a cell started is there.
+    procs: Option<PathBuf>,
+    /// The interpreter runs in the jail (its leader is the jail, with init below it).
+    jailed: bool,
+    /// This interpreter's place under `--max-kernels`, and the limits it holds of the
+    /// executions' budget.
+    _slot: (
+        tokio::sync::OwnedSemaphorePermit,
+        crate::sandbox::Reservation,
+    ),
 }
 
 /// What an interpreter is started with, from the execute that starts it.
@@ -128,7 +142,10 @@ impl Kernel {
         env: &[(&str, &str)],
         limits: KernelLimits,
         cgroup: Option<crate::sandbox::ExecutionCgroup>,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: (
+            tokio::sync::OwnedSemaphorePermit,
+            crate::sandbox::Reservation,
+        ),
     ) -> io::Result<Self> {
         let work_root: &Path = &host.work_root;
         let (file_name, driver) = kind.driver();
@@ -157,6 +174,10 @@ impl Kernel {
                 keep_fd: Some(sys::CONTROL_FD),
                 no_network: !runtime.network,
                 env: crate::sandbox::jail::environment(env),
+                nice: (!cgroup
+                    .as_ref()
+                    .is_some_and(crate::sandbox::ExecutionCgroup::shares_cpu))
+                .then_some(sys::PROGRAM_NICE),
                 command: vec![
                     runtime.program.clone().into(),
                     workdir.source().into_os_string(),
@@ -177,6 +198,12 @@ impl Kernel {
                     limits.rlimits.apply_on_exec(&mut command);
                     if host.no_network && !runtime.network {
                         sys::no_network_on_exec(&mut command);
+                    }
+                    if !cgroup
+                        .as_ref()
+                        .is_some_and(crate::sandbox::ExecutionCgroup::shares_cpu)
+                    {
+                        sys::lower_priority_on_exec(&mut command);
                     }
                     // Last: the hooks before it may need root.
                     if let Some(user) = host.program_user {
@@ -208,6 +235,9 @@ impl Kernel {
                 return Err(err);
             }
         };
+        let procs = cgroup
+            .as_ref()
+            .and_then(crate::sandbox::ExecutionCgroup::procs_file);
         let child = ChildGroup::watch(child, cgroup, sandbox_ids)?;
         ours.set_nonblocking(true)?;
         let (read, control) = UnixStream::from_std(ours)?.into_split();
@@ -224,6 +254,8 @@ impl Kernel {
             replies,
             reader,
             workdir: Some(workdir),
+            procs,
+            jailed: host.jail.is_some(),
             _slot: slot,
         })
     }
@@ -322,6 +354,41 @@ impl Kernel {
         }
     }
 
+    /// Kills every process the cells started, leaving the interpreter (and its jail):
+    /// called when a cell is over, however it ended. Repeats while it finds processes
+    /// alive, so a fork that was under way in the first pass is caught in the next.
+    pub(crate) fn end_cell_processes(&self) {
+        let leader = self.pid();
+        let own_depth = namespace_depth("self");
+        let mut killed = std::collections::HashSet::new();
+        for _ in 0..CELL_KILL_PASSES {
+            let candidates = match &self.procs {
+                Some(file) => listed(file),
+                None => in_group(leader),
+            };
+            let mut found = false;
+            for pid in candidates.into_iter().filter(|pid| *pid != leader) {
+                if killed.contains(&pid) {
+                    continue;
+                }
+                let Some(process) = ProcessView::read(pid) else {
+                    continue;
+                };
+                let interpreter_side =
+                    self.jailed && process.depth == own_depth + 1 && process.inner_pid <= 2;
+                if process.alive && !interpreter_side {
+                    let _ = sys::kill(pid);
+                    killed.insert(pid);
+                    found = true;
+                }
+            }
+            if !found {
+                return;
+            }
+        }
+        tracing::warn!("a cell's processes kept forking while they were being killed");
+    }
+
     /// Kills the interpreter with everything it started.
     pub(crate) fn kill(&self) {
         self.child.signal(Signal::Kill);
@@ -366,6 +433,85 @@ impl Drop for Kernel {
             workdir.remove();
         }
     }
+}
+
+/// Passes of [`Kernel::end_cell_processes`] before it gives up on a tree that keeps
+/// forking (each pass kills what it found; a killed process forks no more).
+const CELL_KILL_PASSES: usize = 64;
+
+/// What `/proc/<pid>/status` says about a process, for telling a cell's processes from
+/// the interpreter's.
+#[derive(Debug)]
+struct ProcessView {
+    /// Not a zombie (a killed process stays listed until reaped).
+    alive: bool,
+    /// How many PID namespaces it is seen in (`NSpid` entries).
+    depth: usize,
+    /// Its pid in its innermost PID namespace.
+    inner_pid: u32,
+}
+
+impl ProcessView {
+    fn read(pid: u32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::trim)
+        };
+        let state = field("State:")?;
+        let nspid: Vec<u32> = field("NSpid:")?
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        Some(Self {
+            alive: !(state.starts_with('Z') || state.starts_with('X')),
+            depth: nspid.len(),
+            inner_pid: nspid.last().copied().unwrap_or(pid),
+        })
+    }
+}
+
+/// How many PID namespaces `/proc/<which>` is seen in.
+fn namespace_depth(which: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{which}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+            Some(line.split_whitespace().count() - 1)
+        })
+        .unwrap_or(1)
+}
+
+/// The pids in a `cgroup.procs` file.
+fn listed(file: &Path) -> Vec<u32> {
+    std::fs::read_to_string(file)
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The processes in process group `group`, from `/proc` (without a cgroup; a process
+/// that left the group with `setsid` is not found).
+fn in_group(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // The fields after the command (which may hold spaces) start with the state;
+            // the process group is the third of them.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(group)
+        })
+        .collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

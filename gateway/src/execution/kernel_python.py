@@ -7,6 +7,9 @@
 # reach end-of-file once the cell's own child processes are gone), and answers with one
 # JSON line: {"status": "ok" | "error" | "exit" | "interrupted", "exit_code": N}.
 #
+# When a cell is over, the gateway kills every process it started (the interpreter
+# stays); the kernel reaps them before the next cell.
+#
 # SIGINT interrupts the running cell (KeyboardInterrupt). Between cells it is blocked;
 # on receiving a cell the kernel discards one left over from the previous cell, then
 # says {"started": true}: the gateway sends interrupts for a cell only after that.
@@ -72,7 +75,17 @@ def exit_status(code):
     return 1
 
 
+def reap():
+    # What the previous cell started was killed when it ended: collect the remains.
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
 def run(control, fds, source, namespace, devnull):
+    reap()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)

@@ -131,6 +131,8 @@ pub(crate) struct Host {
     pub(crate) work_root: Arc<Path>,
     pub(crate) base_env: Arc<[(String, String)]>,
     pub(crate) cgroups: Arc<crate::sandbox::Cgroups>,
+    /// The memory and processes all executions may hold together.
+    pub(crate) budget: Arc<crate::sandbox::ExecutionBudget>,
     /// Unjailed programs start in an empty network namespace (see `--network`).
     pub(crate) no_network: bool,
     /// The jail every program starts in, when the gateway isolates with namespaces.
@@ -139,11 +141,43 @@ pub(crate) struct Host {
     pub(crate) program_user: Option<crate::sandbox::ProgramUser>,
 }
 
+/// What an admitted execution holds until its program is gone: its gateway-wide slot
+/// and its share of the executions' budget.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _reserved: crate::sandbox::Reservation,
+}
+
+impl Slot {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, reserved: crate::sandbox::Reservation) -> Self {
+        Self {
+            _permit: permit,
+            _reserved: reserved,
+        }
+    }
+}
+
+/// Reserves an execution's limits from the gateway's budget (`sandbox::budget`), where
+/// the connection takes its slot. A cell reserves nothing: its interpreter holds the
+/// limits it started with for its whole life.
+pub(crate) fn reserve(
+    host: &Host,
+    limits: &EffectiveLimits,
+    persistent: bool,
+) -> Result<crate::sandbox::Reservation, crate::sandbox::budget::Refusal> {
+    if persistent {
+        return Ok(crate::sandbox::Reservation::default());
+    }
+    host.budget
+        .reserve(limits.memory_bytes, limits.processes + jail_processes(host))
+}
+
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
 pub(crate) fn prepare(
     spec: ExecutionSpec,
     ctx: ExecutionContext,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     stdin_queue: usize,
     cancel: CancellationToken,
     start: Start,
@@ -296,19 +330,34 @@ async fn run_cell(
             ..spec.limits.rlimits()
         };
         let host = &run.ctx.host;
+        let processes = spec.limits.processes + jail_processes(host);
+        // The interpreter holds the limits it starts with for the session's life.
+        let reserved = match host.budget.reserve(spec.limits.memory_bytes, processes) {
+            Ok(reserved) => reserved,
+            Err((code, message)) => {
+                run.finish(Event::error(Some(id.clone()), code, message))
+                    .await;
+                return id;
+            }
+        };
         let started = host
             .cgroups
-            .create(
-                spec.limits.memory_bytes,
-                spec.limits.processes + jail_processes(host),
-            )
+            .create(spec.limits.memory_bytes, processes)
             .and_then(|cgroup| {
                 let limits = kernel::KernelLimits {
                     rlimits,
                     scratch_bytes: spec.limits.workspace_bytes,
                     processes: spec.limits.processes,
                 };
-                Kernel::start(kind, &spec.runtime, host, &env, limits, cgroup, permit)
+                Kernel::start(
+                    kind,
+                    &spec.runtime,
+                    host,
+                    &env,
+                    limits,
+                    cgroup,
+                    (permit, reserved),
+                )
             });
         match started {
             Ok(kernel) => *guard = Some(kernel),
@@ -622,8 +671,9 @@ struct Run {
     ctx: ExecutionContext,
     cancel: CancellationToken,
     finished: Arc<AtomicBool>,
-    /// The gateway-wide execution slot; released just before the terminal event.
-    slot: Option<OwnedSemaphorePermit>,
+    /// The gateway-wide execution slot and budget; released just before the terminal
+    /// event.
+    slot: Option<Slot>,
 }
 
 impl Run {

@@ -125,6 +125,11 @@ impl Launch<'_> {
                         rlimits: rlimit_list(&self.rlimits, self.processes),
                         no_network: !self.runtime.network,
                         env: crate::sandbox::jail::environment(self.env.iter().copied()),
+                        nice: (!self
+                            .cgroup
+                            .as_ref()
+                            .is_some_and(ExecutionCgroup::shares_cpu))
+                        .then_some(sys::PROGRAM_NICE),
                         command: argv,
                         ..JailSpec::default()
                     })
@@ -153,6 +158,10 @@ impl Launch<'_> {
                     no_network: self.no_network && !self.runtime.network,
                     user: self.user.map(|user| (user.uid, user.gid)),
                     cgroup_procs: cgroup_procs.as_deref(),
+                    lower_priority: !self
+                        .cgroup
+                        .as_ref()
+                        .is_some_and(ExecutionCgroup::shares_cpu),
                 };
                 self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }

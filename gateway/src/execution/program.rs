@@ -109,10 +109,15 @@ impl Program {
     }
 
     /// After the program exited: a process's group goes with it; a cell's interpreter
-    /// stays for the next cell.
+    /// stays for the next cell, but every process the cell started is killed.
     pub(crate) fn after_exit(&self) {
-        if let Self::Process(child) = self {
-            child.signal(Signal::Kill);
+        match self {
+            Self::Process(child) => child.signal(Signal::Kill),
+            Self::Cell(cell) => {
+                if let Some(kernel) = cell.kernel() {
+                    kernel.end_cell_processes();
+                }
+            }
         }
     }
 

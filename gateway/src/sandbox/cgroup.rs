@@ -5,7 +5,7 @@
 //! A program must be inside its cgroup before it runs: moving it after the spawn lets
 //! what it forks meanwhile escape (a cgroup move can take milliseconds).
 //!
-//! * **cgroup v1** (`memory`, `pids`): the thread that spawns moves itself into the
+//! * **cgroup v1** (`memory`, `pids`, `cpu`): the thread that spawns moves itself into the
 //!   execution's cgroups, spawns (the child is born inside), and moves back. Only v1
 //!   moves single threads.
 //! * **cgroup v2** (the unified hierarchy) moves whole processes only, so the program's
@@ -14,6 +14,14 @@
 //!   or a persistent interpreter's pre_exec hook). It gives every execution
 //!   `cgroup.kill` and CPU time for the whole tree (`cpu.stat`), and memory and process
 //!   limits where the gateway's cgroup has those controllers to delegate.
+//!
+//! **Fairness.** Every execution cgroup of a gateway lives under one parent,
+//! `sluice-<pid>-<n>`. In the CPU controller (v1 `cpu.shares`, v2 `cpu.weight`) that
+//! parent weighs half as much as one of the gateway's own threads and each execution
+//! has an equal share inside it, so an execution forking 63 spinners gets one share, not
+//! 63, and the gateway and light executions stay responsive. The parent also carries the
+//! memory and process totals of `ExecutionBudget` (`set_totals`), so the kernel holds
+//! the sum even if admission were wrong.
 
 use std::fs;
 use std::io::{self, Read as _, Seek as _, Write as _};
@@ -46,13 +54,27 @@ struct Unified {
     memory: bool,
     /// `pids.max` works in execution cgroups.
     pids: bool,
+    /// `cpu.weight` works in execution cgroups.
+    cpu: bool,
 }
+
+/// The CPU weight of the parent of all executions against one of the gateway's threads
+/// (v1 `cpu.shares`; a nice-0 thread weighs 1024): half, so a gateway thread that has
+/// work gets at least two thirds of a CPU however many executions spin.
+const PARENT_CPU_SHARES: u64 = 512;
+/// The same in v2 (`cpu.weight`, where a cgroup's default is 100).
+const PARENT_CPU_WEIGHT: u64 = 50;
+/// Each execution's weight among its siblings: the default, the same for all.
+const EXECUTION_CPU_SHARES: u64 = 1024;
+const EXECUTION_CPU_WEIGHT: u64 = 100;
 
 /// Where the gateway may create execution cgroups, found at start-up.
 #[derive(Debug, Default)]
 pub(crate) struct Cgroups {
     memory: Option<Hierarchy>,
     pids: Option<Hierarchy>,
+    /// The v1 `cpu` hierarchy: each execution's share of the CPU.
+    cpu: Option<Hierarchy>,
     unified: Option<Unified>,
     /// Empty execution cgroups kept for reuse: creating and removing the directories
     /// is most of what a cgroup costs per execution.
@@ -67,6 +89,7 @@ const POOL_SIZE: usize = 64;
 struct Members {
     memory: Option<Member>,
     pids: Option<Member>,
+    cpu: Option<Member>,
     unified: Option<Member>,
 }
 
@@ -79,6 +102,8 @@ pub(crate) struct Capabilities {
     pub(crate) processes: Option<&'static str>,
     pub(crate) kill_tree: Option<&'static str>,
     pub(crate) cpu_tree: Option<&'static str>,
+    /// How executions share the CPU (a weight each, under a parent below the gateway).
+    pub(crate) cpu_share: Option<&'static str>,
 }
 
 impl Cgroups {
@@ -110,6 +135,11 @@ impl Cgroups {
                 );
             } else if controllers.contains(&"pids") {
                 found.pids = hierarchy(Path::new("/sys/fs/cgroup/pids"), relative, "pids.max");
+            } else if controllers.contains(&"cpu") {
+                found.cpu = hierarchy(Path::new("/sys/fs/cgroup/cpu"), relative, "cpu.shares")
+                    .filter(|cpu| {
+                        write_or_log(&cpu.ours.join("cpu.shares"), PARENT_CPU_SHARES).is_ok()
+                    });
             }
         }
         found
@@ -130,12 +160,52 @@ impl Cgroups {
                 (None, Some(u)) if u.pids => Some("cgroup v2 pids (pids.max)"),
                 _ => None,
             },
-            kill_tree: match (unified, self.pids.as_ref().or(self.memory.as_ref())) {
+            kill_tree: match (
+                unified,
+                self.pids
+                    .as_ref()
+                    .or(self.memory.as_ref())
+                    .or(self.cpu.as_ref()),
+            ) {
                 (Some(_), _) => Some("cgroup v2 cgroup.kill (every process, at once)"),
                 (None, Some(_)) => Some("cgroup v1 membership (every process SIGKILLed)"),
                 (None, None) => None,
             },
             cpu_tree: unified.map(|_| "cgroup v2 cpu.stat (the whole tree's CPU time)"),
+            cpu_share: match (&self.cpu, unified) {
+                (Some(_), _) => Some("cgroup v1 cpu.shares (one equal share per execution, all of them half a gateway thread's weight)"),
+                (None, Some(u)) if u.cpu => Some("cgroup v2 cpu.weight (one equal share per execution, all of them half the gateway's weight)"),
+                _ => None,
+            },
+        }
+    }
+
+    /// True when executions get a CPU share each from their cgroups; without one, an
+    /// unjailed program lowers its own priority before its exec (`sys::spawn_program`).
+    pub(crate) fn shares_cpu(&self) -> bool {
+        self.cpu.is_some() || self.unified.as_ref().is_some_and(|u| u.cpu)
+    }
+
+    /// Limits the parent of all executions to `memory_bytes` and `processes` in total
+    /// (each `None`: no total), where the host has the controller. The gateway's own
+    /// spawning threads pass through execution cgroups, so the process total gets room
+    /// for them on top.
+    pub(crate) fn set_totals(&self, memory_bytes: Option<u64>, processes: Option<u64>) {
+        let unlimited_v1 = i64::MAX.to_string();
+        let memory = memory_bytes.map_or(unlimited_v1, |b| b.to_string());
+        if let Some(v1) = &self.memory {
+            let _ = write_or_log(&v1.ours.join("memory.limit_in_bytes"), &memory);
+        } else if let Some(v2) = self.unified.as_ref().filter(|u| u.memory) {
+            let max = memory_bytes.map_or("max".to_owned(), |b| b.to_string());
+            let _ = write_or_log(&v2.ours.join("memory.max"), max);
+        }
+        let pids = processes.map_or("max".to_owned(), |n| {
+            n.saturating_add(SPAWNING_THREADS).to_string()
+        });
+        if let Some(v1) = &self.pids {
+            let _ = write_or_log(&v1.ours.join("pids.max"), &pids);
+        } else if let Some(v2) = self.unified.as_ref().filter(|u| u.pids) {
+            let _ = write_or_log(&v2.ours.join("pids.max"), &pids);
         }
     }
 
@@ -146,7 +216,11 @@ impl Cgroups {
         memory_bytes: u64,
         processes: u64,
     ) -> io::Result<Option<ExecutionCgroup>> {
-        if self.memory.is_none() && self.pids.is_none() && self.unified.is_none() {
+        if self.memory.is_none()
+            && self.pids.is_none()
+            && self.cpu.is_none()
+            && self.unified.is_none()
+        {
             return Ok(None);
         }
         let limits_v2 = self.unified.as_ref().map_or((false, false), |u| {
@@ -165,6 +239,7 @@ impl Cgroups {
                 members,
                 limits_v2,
                 processes,
+                cpu_share: self.shares_cpu(),
                 removed: false,
                 pool: Some(self.pool.clone()),
                 baseline: Counters::default(),
@@ -196,6 +271,7 @@ impl Cgroups {
             members: Members::default(),
             limits_v2,
             processes,
+            cpu_share: self.shares_cpu(),
             removed: false,
             pool: Some(self.pool.clone()),
             baseline: Counters::default(),
@@ -206,11 +282,22 @@ impl Cgroups {
         group.members.memory = make(memory.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
         let pids = v1(&self.pids);
         group.members.pids = make(pids.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
+        let cpu = v1(&self.cpu);
+        group.members.cpu = make(cpu.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
         group.members.unified = make(
             self.unified
                 .as_ref()
                 .map(|u| (u.ours.as_path(), u.ours.as_path())),
         )?;
+        // An equal share for every execution (written once: a reused cgroup keeps it).
+        if let Some(cpu) = &group.members.cpu {
+            fs::write(cpu.dir.join("cpu.shares"), EXECUTION_CPU_SHARES.to_string())?;
+        } else if let (Some(v2), true) = (
+            &group.members.unified,
+            self.unified.as_ref().is_some_and(|u| u.cpu),
+        ) {
+            fs::write(v2.dir.join("cpu.weight"), EXECUTION_CPU_WEIGHT.to_string())?;
+        }
         group.set_limits(memory_bytes, processes)?;
         // A new cgroup's peak counts from zero either way; this finds out whether it can
         // be reset when the cgroup is reused.
@@ -227,14 +314,14 @@ impl Cgroups {
             .drain(..)
             .collect();
         for members in pooled {
-            for member in [members.memory, members.pids, members.unified]
+            for member in [members.memory, members.pids, members.cpu, members.unified]
                 .into_iter()
                 .flatten()
             {
                 let _ = fs::remove_dir(&member.dir);
             }
         }
-        for hierarchy in [&self.memory, &self.pids].into_iter().flatten() {
+        for hierarchy in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
             let _ = fs::remove_dir(&hierarchy.ours);
         }
         if let Some(unified) = &self.unified {
@@ -259,6 +346,18 @@ fn hierarchy(mount: &Path, relative: &str, limit: &str) -> Option<Hierarchy> {
             None
         }
     }
+}
+
+/// Room in the executions' process total for the gateway's threads, each of which
+/// counts in an execution's cgroup while it spawns a program there (at most the
+/// blocking pool's 512 at once).
+const SPAWNING_THREADS: u64 = 512;
+
+/// Writes `value` to a cgroup file; a failure is logged and returned.
+fn write_or_log(file: &Path, value: impl ToString) -> io::Result<()> {
+    fs::write(file, value.to_string()).inspect_err(|err| {
+        tracing::warn!(file = %file.display(), %err, "could not write a cgroup setting");
+    })
 }
 
 /// `sluice-<pid>-<n>`: this gateway's directory in a hierarchy.
@@ -332,21 +431,28 @@ fn unified_hierarchy(mount: &Path, relative: &str) -> Option<Unified> {
         let _ = fs::remove_dir(&ours);
         return None;
     }
-    let (memory, pids) = delegate(&home, &ours);
-    Some(Unified { ours, memory, pids })
+    let (memory, pids, cpu) = delegate(&home, &ours);
+    let cpu = cpu && write_or_log(&ours.join("cpu.weight"), PARENT_CPU_WEIGHT).is_ok();
+    Some(Unified {
+        ours,
+        memory,
+        pids,
+        cpu,
+    })
 }
 
-/// Enables the memory and pids controllers for the children of `ours`, where `home`
-/// has them. v2 allows controllers only in a cgroup without processes of its own, so
-/// when the gateway lives in `home` it first moves itself into a leaf beside `ours`.
-fn delegate(home: &Path, ours: &Path) -> (bool, bool) {
+/// Enables the memory, pids and cpu controllers for `ours` and its children, where
+/// `home` has them; says which are on. v2 allows controllers only in a cgroup without
+/// processes of its own, so when the gateway lives in `home` it first moves itself into
+/// a leaf beside `ours` (whose weight it then has, against `ours`).
+fn delegate(home: &Path, ours: &Path) -> (bool, bool, bool) {
     let available = fs::read_to_string(home.join("cgroup.controllers")).unwrap_or_default();
-    let wanted: Vec<&str> = ["memory", "pids"]
+    let wanted: Vec<&str> = ["memory", "pids", "cpu"]
         .into_iter()
         .filter(|c| available.split_whitespace().any(|a| a == *c))
         .collect();
     if wanted.is_empty() {
-        return (false, false);
+        return (false, false, false);
     }
     let enable = |dir: &Path| -> io::Result<()> {
         let line: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
@@ -359,16 +465,20 @@ fn delegate(home: &Path, ours: &Path) -> (bool, bool) {
         enable(home)
     });
     match enabled.and_then(|()| enable(ours)) {
-        Ok(()) => (wanted.contains(&"memory"), wanted.contains(&"pids")),
+        Ok(()) => (
+            wanted.contains(&"memory"),
+            wanted.contains(&"pids"),
+            wanted.contains(&"cpu"),
+        ),
         Err(err) => {
             // Said plainly: the memory and process limits now fall back to rlimits. (Other
             // processes in `home`, which v2 forbids there, are the usual cause.)
             tracing::warn!(
                 %err,
                 cgroup = %home.display(),
-                "cgroup v2 memory and pids controllers could not be delegated; no memory or process limit for whole trees"
+                "cgroup v2 memory, pids and cpu controllers could not be delegated; no memory or process limit for whole trees, no CPU share per execution"
             );
-            (false, false)
+            (false, false, false)
         }
     }
 }
@@ -434,6 +544,8 @@ pub(crate) struct ExecutionCgroup {
     limits_v2: (bool, bool),
     /// The process limit; `pids.max` is one higher while a gateway thread is inside.
     processes: u64,
+    /// It has a CPU share of its own (v1 `cpu` or v2 `cpu.weight`).
+    cpu_share: bool,
     removed: bool,
     /// Where it goes back when its execution is over.
     pool: Option<Pool>,
@@ -455,14 +567,32 @@ impl Drop for ExecutionCgroup {
 impl ExecutionCgroup {
     fn members(&self) -> impl Iterator<Item = &Member> {
         let m = &self.members;
-        [&m.memory, &m.pids, &m.unified].into_iter().flatten()
+        [&m.memory, &m.pids, &m.cpu, &m.unified]
+            .into_iter()
+            .flatten()
     }
 
     /// The v1 directories, which the spawning thread moves through.
     fn v1_members(&self) -> impl Iterator<Item = &Member> {
-        [&self.members.memory, &self.members.pids]
+        let m = &self.members;
+        [&m.memory, &m.pids, &m.cpu].into_iter().flatten()
+    }
+
+    /// One directory that lists every process of the execution, for killing them one
+    /// by one (v1 or v2: each holds the whole tree).
+    fn listing(&self) -> Option<&Path> {
+        let m = &self.members;
+        [&m.unified, &m.pids, &m.memory, &m.cpu]
             .into_iter()
             .flatten()
+            .map(|member| member.dir.as_path())
+            .next()
+    }
+
+    /// True when this execution has a CPU share of its own; without one, an unjailed
+    /// program lowers its own priority before its exec (`sys::ProgramPlan`).
+    pub(crate) fn shares_cpu(&self) -> bool {
+        self.cpu_share
     }
 
     /// The v2 directory a jailed program's jail joins, if there is one.
@@ -611,11 +741,22 @@ impl ExecutionCgroup {
             // Every process inside, at once, forks in flight included.
             let _ = fs::write(v2.dir.join("cgroup.kill"), "1");
         }
-        for member in self.v1_members() {
+        // One v1 listing is enough: each hierarchy holds the same processes.
+        let v1 = [&self.members.pids, &self.members.memory, &self.members.cpu]
+            .into_iter()
+            .flatten()
+            .next();
+        if let Some(member) = v1 {
             for pid in members(&member.dir) {
                 let _ = crate::sys::kill(pid);
             }
         }
+    }
+
+    /// The file listing every process of the execution (`cgroup.procs` of one of its
+    /// directories), for a persistent interpreter that ends what each cell started.
+    pub(crate) fn procs_file(&self) -> Option<PathBuf> {
+        self.listing().map(|dir| dir.join("cgroup.procs"))
     }
 
     /// True once no process is left in it.
@@ -719,6 +860,7 @@ mod tests {
             },
             limits_v2: (true, true),
             processes: 16,
+            cpu_share: false,
             removed: true, // nothing to remove or recycle in a scratch directory
             pool: None,
             baseline: Counters::default(),
@@ -879,13 +1021,15 @@ mod tests {
         let ours = home.0.join("ours");
         fs::create_dir_all(&ours).expect("ours");
         home.write("cgroup.controllers", "cpuset cpu io memory pids\n");
-        assert_eq!(delegate(&home.0, &ours), (true, true));
-        assert_eq!(home.read("cgroup.subtree_control"), "+memory +pids");
+        assert_eq!(delegate(&home.0, &ours), (true, true, true));
+        assert_eq!(home.read("cgroup.subtree_control"), "+memory +pids +cpu");
         assert_eq!(
             fs::read_to_string(ours.join("cgroup.subtree_control")).unwrap_or_default(),
-            "+memory +pids"
+            "+memory +pids +cpu"
         );
         home.write("cgroup.controllers", "cpu io\n");
-        assert_eq!(delegate(&home.0, &ours), (false, false));
+        assert_eq!(delegate(&home.0, &ours), (false, false, true));
+        home.write("cgroup.controllers", "io\n");
+        assert_eq!(delegate(&home.0, &ours), (false, false, false));
     }
 }

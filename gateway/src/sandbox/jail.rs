@@ -72,6 +72,9 @@ pub struct JailSpec {
     pub keep_fd: Option<i32>,
     /// The program's environment, `NAME=value` entries, applied only in its `execve`.
     pub env: Vec<OsString>,
+    /// A niceness the program takes before it execs (where no cpu cgroup gives it a
+    /// share below the gateway's).
+    pub nice: Option<i32>,
     /// The program and its arguments.
     pub command: Vec<OsString>,
 }
@@ -170,6 +173,9 @@ impl JailSpec {
         for entry in &self.env {
             pair("--env", entry.clone());
         }
+        if let Some(nice) = self.nice {
+            pair("--nice", nice.to_string().into());
+        }
         if self.no_network {
             args.push("--no-network".into());
         }
@@ -260,6 +266,15 @@ impl JailSpec {
                 }
                 "--expose" => spec.expose.push(PathBuf::from(&value)),
                 "--env" => spec.env.push(value.clone()),
+                "--nice" => {
+                    let nice = number("--nice")?;
+                    spec.nice = Some(
+                        i32::try_from(nice)
+                            .ok()
+                            .filter(|nice| *nice <= 19)
+                            .ok_or_else(|| SpecError("--nice takes 0 to 19".into()))?,
+                    );
+                }
                 "--cgroup" => spec.cgroups.push(PathBuf::from(&value)),
                 "--hide" => spec.hide.push(PathBuf::from(&value)),
                 "--ptys" => {
@@ -480,6 +495,7 @@ mod tests {
             ],
             keep_fd: Some(3),
             env: vec!["PATH=/usr/bin".into(), "LD_PRELOAD=/x y".into()],
+            nice: Some(10),
             command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
         };
         assert_eq!(JailSpec::parse(spec.to_args()).unwrap(), spec);

@@ -3,15 +3,18 @@
 //! process an execution started (`cgroup`); the namespace jail (`jail`, the contract
 //! with `sluice-jail`, and `namespaces`, the gateway's side); taking the network away
 //! without a jail (`network`); the unprivileged user a root gateway's unjailed programs
-//! drop to (`user`). Kernel resource limits of the process itself (CPU time,
+//! drop to (`user`); the memory and processes all executions may hold together
+//! (`budget`). Kernel resource limits of the process itself (CPU time,
 //! file size, open files) are in `sys::Rlimits`. SECURITY.md maps the layers.
 
+pub(crate) mod budget;
 pub(crate) mod cgroup;
 pub mod jail;
 pub(crate) mod namespaces;
 pub(crate) mod network;
 pub(crate) mod user;
 
+pub(crate) use budget::{ExecutionBudget, Reservation};
 pub(crate) use cgroup::{CgroupReport, Cgroups, ExecutionCgroup};
 pub(crate) use namespaces::{Namespaces, JAIL_PROCESSES};
 pub(crate) use user::ProgramUser;
@@ -32,6 +35,9 @@ pub struct HostReport {
     /// How the CPU time of a whole process tree is measured (and limited), or `None`
     /// when only each process's own is.
     pub cpu_tree: Option<String>,
+    /// How executions share the CPU (a weight each, below the gateway's), or `None`
+    /// when only their lower scheduling priority keeps the gateway ahead of them.
+    pub cpu_share: Option<String>,
     /// The namespace jail (`--isolation namespaces`): what it gives, or why it cannot
     /// run here.
     pub namespaces: Result<String, String>,
@@ -53,6 +59,7 @@ impl HostReport {
             network: network::probe()
                 .then(|| "off: an empty network namespace per program".to_owned()),
             cpu_tree: caps.cpu_tree.map(str::to_owned),
+            cpu_share: caps.cpu_share.map(str::to_owned),
             namespaces,
             root: crate::sys::is_root(),
         }
@@ -75,6 +82,12 @@ impl HostReport {
                     Some(how) => format!("{how}; RLIMIT_CPU per process as the floor"),
                     None => "RLIMIT_CPU of the program's process (per process)".to_owned(),
                 },
+            ),
+            (
+                "cpu share",
+                self.cpu_share.clone().unwrap_or_else(|| {
+                    "no cpu cgroup: unjailed programs run at nice 10 (below the gateway; no share per execution)".to_owned()
+                }),
             ),
             ("file_size", "RLIMIT_FSIZE of the program's process".to_owned()),
             ("open_files", "RLIMIT_NOFILE of the program's process".to_owned()),

@@ -418,3 +418,24 @@ pub(crate) fn no_network_on_exec(command: &mut std::process::Command) {
         });
     }
 }
+
+/// The niceness of a program where no cpu cgroup gives executions a share below the
+/// gateway's: a nice-10 process weighs about a tenth of the gateway's threads.
+pub(crate) const PROGRAM_NICE: i32 = 10;
+
+/// Lowers `command`'s child to [`PROGRAM_NICE`] between fork and exec (an interpreter
+/// without a cpu cgroup; raising one's own niceness needs no privilege).
+pub(crate) fn lower_priority_on_exec(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook runs in the child between fork and exec and only calls
+    // setpriority, a plain system call taking integers.
+    #[allow(clippy::disallowed_methods)] // setpriority must run in the child
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, PROGRAM_NICE) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

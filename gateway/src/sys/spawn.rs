@@ -38,6 +38,9 @@ pub(crate) struct ProgramPlan<'a> {
     /// A cgroup v2 `cgroup.procs` to join first (v2 moves whole processes only, so the
     /// child moves itself, before anything it starts could escape).
     pub(crate) cgroup_procs: Option<&'a Path>,
+    /// Lower the program's priority to `PROGRAM_NICE` (where no cpu cgroup gives it a
+    /// share below the gateway's).
+    pub(crate) lower_priority: bool,
 }
 
 /// A started program: its pid (it leads its own process group) and the gateway's ends
@@ -61,6 +64,7 @@ enum Step {
     WorkingDirectory,
     Rlimit,
     Network,
+    Priority,
     User,
     Signals,
     Exec,
@@ -75,6 +79,7 @@ impl Step {
             Self::WorkingDirectory,
             Self::Rlimit,
             Self::Network,
+            Self::Priority,
             Self::User,
             Self::Signals,
             Self::Exec,
@@ -93,6 +98,7 @@ impl Step {
             Self::WorkingDirectory => "entering its working directory",
             Self::Rlimit => "setting its limits",
             Self::Network => "taking its network away",
+            Self::Priority => "lowering its priority",
             Self::User => "dropping to the sandbox user",
             Self::Signals => "resetting its signals",
             Self::Exec => "executing it",
@@ -115,6 +121,7 @@ struct ChildArgs {
     rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 3],
     rlimit_count: usize,
     no_network: bool,
+    lower_priority: bool,
     user: Option<(libc::uid_t, libc::gid_t)>,
     failed_step: i32,
     failed_errno: i32,
@@ -189,6 +196,7 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         rlimits,
         rlimit_count,
         no_network: plan.no_network,
+        lower_priority: plan.lower_priority,
         user: plan.user,
         failed_step: Step::None as i32,
         failed_errno: 0,
@@ -289,6 +297,11 @@ extern "C" fn child_main(raw: *mut libc::c_void) -> libc::c_int {
         }
         if (*args).no_network && libc::unshare(libc::CLONE_NEWNET) != 0 {
             return fail(Step::Network);
+        }
+        if (*args).lower_priority
+            && libc::setpriority(libc::PRIO_PROCESS, 0, super::PROGRAM_NICE) != 0
+        {
+            return fail(Step::Priority);
         }
         if let Some((uid, gid)) = (*args).user {
             if libc::setgroups(0, std::ptr::null()) != 0
@@ -398,6 +411,7 @@ pub(crate) fn can_take_network() -> bool {
         no_network: true,
         user: None,
         cgroup_procs: None,
+        lower_priority: false,
     });
     match started {
         Ok(started) => {
@@ -426,7 +440,7 @@ mod tests {
     #[test]
     fn a_program_gets_its_environment_directory_limits_and_clean_signals() {
         let dir = std::env::temp_dir();
-        let argv: Vec<OsString> = ["sh", "-c", "echo $A $B; pwd; ulimit -n; grep -E 'SigBlk|SigIgn' /proc/self/status; [ $(ps -o pgid= $$) = $$ ] && echo leader; exit 7"]
+        let argv: Vec<OsString> = ["sh", "-c", "echo $A $B; pwd; ulimit -n; grep -E 'SigBlk|SigIgn' /proc/self/status; nice; [ $(ps -o pgid= $$) = $$ ] && echo leader; exit 7"]
             .iter()
             .map(OsString::from)
             .collect();
@@ -447,12 +461,13 @@ mod tests {
             no_network: false,
             user: None,
             cgroup_procs: None,
+            lower_priority: true,
         });
         let canonical = dir.canonicalize().expect("temp dir");
         assert_eq!(
             out,
             format!(
-                "later b\n{}\n77\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nleader\n",
+                "later b\n{}\n77\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n10\nleader\n",
                 canonical.display()
             )
         );
@@ -471,6 +486,7 @@ mod tests {
             no_network: false,
             user: None,
             cgroup_procs: None,
+            lower_priority: false,
         })
         .expect_err("nothing to run");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -484,6 +500,7 @@ mod tests {
             no_network: false,
             user: None,
             cgroup_procs: None,
+            lower_priority: false,
         })
         .expect_err("no such directory");
         assert!(

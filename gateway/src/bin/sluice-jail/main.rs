@@ -456,6 +456,9 @@ fn start_program(spec: &JailSpec, exec_write: OwnedFd, users: Users) -> ! {
             os::set_rlimit(resource, soft, hard)
                 .map_err(|err| format!("setting the {name:?} limit: {err}"))?;
         }
+        if let Some(nice) = spec.nice {
+            os::set_nice(nice).map_err(|err| format!("lowering the priority: {err}"))?;
+        }
         os::reset_signals().map_err(|err| format!("resetting signals: {err}"))?;
         // Last: from here on the denied calls fail, in the jail's code too.
         os::install_filter(&mut filter)

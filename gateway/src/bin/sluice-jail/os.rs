@@ -370,6 +370,12 @@ pub(crate) fn exec(command: &[impl AsRef<OsStr>], env: &[impl AsRef<OsStr>]) -> 
     error
 }
 
+/// Sets this process's niceness (raising it needs no privilege).
+pub(crate) fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority with integer arguments, for this process.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) }.into()).map(drop)
+}
+
 /// Makes this process non-dumpable: its `/proc` entries belong to root and no process
 /// without `CAP_SYS_PTRACE` may look into it (memory, root directory, environment).
 pub(crate) fn set_non_dumpable() -> io::Result<()> {

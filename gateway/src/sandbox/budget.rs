@@ -1,0 +1,261 @@
+//! The executions' budget: the memory and processes all running executions may hold
+//! together, added up from their limits.
+//!
+//! Each execution reserves its `memory_bytes` and `processes` limits (plus the jail's own
+//! processes) when it is admitted, next to its execution slot, and gives them back when
+//! its slot is freed; a persistent interpreter reserves the limits it was started with
+//! for its whole life, and its cells reserve nothing more. An execute whose limits do
+//! not fit what remains is refused with `too_many_executions` (one that could never fit
+//! with `invalid_limit`) and starts nothing. The parent cgroup of all executions gets
+//! the same totals (`Cgroups::set_totals`), so the kernel holds the sum too.
+//!
+//! Defaults come from the host: memory is `MemTotal` less a reserve for the system and
+//! the gateway (a quarter, at least 1 GiB); processes are half the kernel's
+//! `threads-max`. A total of 0 means the operator overcommits on purpose: nothing is
+//! added up and the parent cgroup has no limit.
+
+use sluice_protocol::ErrorCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Memory kept back from the executions' default total: a quarter of the host's, at
+/// least this much.
+const MIN_RESERVE_BYTES: u64 = 1 << 30;
+
+/// One resource's total and what admitted executions hold of it.
+#[derive(Debug)]
+struct Pool {
+    total: u64,
+    used: AtomicU64,
+}
+
+impl Pool {
+    /// Takes `amount` if it fits.
+    fn take(&self, amount: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(amount)
+                    .filter(|after| *after <= self.total)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, amount: u64) {
+        self.used.fetch_sub(amount, Ordering::AcqRel);
+    }
+
+    fn free(&self) -> u64 {
+        self.total.saturating_sub(self.used.load(Ordering::Acquire))
+    }
+}
+
+/// The gateway's totals for its executions; `None` for a resource not added up.
+#[derive(Debug, Default)]
+pub(crate) struct ExecutionBudget {
+    memory: Option<Pool>,
+    processes: Option<Pool>,
+}
+
+/// What one admitted execution (or persistent interpreter) holds of the budget; given
+/// back on drop.
+#[derive(Debug, Default)]
+pub(crate) struct Reservation {
+    budget: Option<Arc<ExecutionBudget>>,
+    memory: u64,
+    processes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget.take() {
+            if let Some(pool) = &budget.memory {
+                pool.give_back(self.memory);
+            }
+            if let Some(pool) = &budget.processes {
+                pool.give_back(self.processes);
+            }
+        }
+    }
+}
+
+/// A refused reservation: the code and the message for the client.
+pub(crate) type Refusal = (ErrorCode, String);
+
+impl ExecutionBudget {
+    /// The budget with these totals: `None` takes the host's default, `Some(0)` adds
+    /// nothing up (overcommit on purpose).
+    pub(crate) fn new(memory_bytes: Option<u64>, processes: Option<u64>) -> Self {
+        let pool = |total: u64| {
+            (total > 0).then(|| Pool {
+                total,
+                used: AtomicU64::new(0),
+            })
+        };
+        Self {
+            memory: pool(memory_bytes.unwrap_or_else(host_memory_default)),
+            processes: pool(processes.unwrap_or_else(host_processes_default)),
+        }
+    }
+
+    /// The budget `config` asks for, logged, with the parent cgroup of all executions
+    /// limited to it.
+    pub(crate) fn start(config: &crate::Config, cgroups: &super::Cgroups) -> Arc<Self> {
+        let budget = Self::new(config.memory_budget_bytes, config.process_budget);
+        cgroups.set_totals(budget.memory_total(), budget.processes_total());
+        let total =
+            |t: Option<u64>| t.map_or("not added up (overcommit)".to_owned(), |t| t.to_string());
+        tracing::info!(
+            memory_bytes = %total(budget.memory_total()),
+            processes = %total(budget.processes_total()),
+            "executions' budget: their limits added up must fit"
+        );
+        let default_memory = config.limits.memory_bytes.default;
+        if budget.memory_total().is_some_and(|t| t < default_memory) {
+            tracing::warn!(
+                default_memory,
+                "the default memory limit is above the executions' memory budget: executes must ask for less"
+            );
+        }
+        Arc::new(budget)
+    }
+
+    /// The memory total, if memory is added up.
+    pub(crate) fn memory_total(&self) -> Option<u64> {
+        self.memory.as_ref().map(|p| p.total)
+    }
+
+    /// The process total, if processes are added up.
+    pub(crate) fn processes_total(&self) -> Option<u64> {
+        self.processes.as_ref().map(|p| p.total)
+    }
+
+    /// Reserves `memory_bytes` and `processes` for one execution, or says why not.
+    pub(crate) fn reserve(
+        self: &Arc<Self>,
+        memory_bytes: u64,
+        processes: u64,
+    ) -> Result<Reservation, Refusal> {
+        for (pool, asked, what) in [
+            (&self.memory, memory_bytes, "memory_bytes"),
+            (&self.processes, processes, "processes"),
+        ] {
+            if let Some(pool) = pool.as_ref().filter(|p| asked > p.total) {
+                return Err((
+                    ErrorCode::InvalidLimit,
+                    format!(
+                        "limits.{what} ({asked}) is more than this gateway gives all its executions together ({})",
+                        pool.total
+                    ),
+                ));
+            }
+        }
+        if let Some(pool) = &self.memory {
+            if !pool.take(memory_bytes) {
+                return Err((
+                    ErrorCode::TooManyExecutions,
+                    format!(
+                        "the running executions hold the gateway's memory budget: {} of {} bytes are free, this execution's memory limit is {memory_bytes}; try again later or ask for less (limits.memory_bytes)",
+                        pool.free(),
+                        pool.total
+                    ),
+                ));
+            }
+        }
+        if let Some(pool) = &self.processes {
+            if !pool.take(processes) {
+                if let Some(memory) = &self.memory {
+                    memory.give_back(memory_bytes);
+                }
+                return Err((
+                    ErrorCode::TooManyExecutions,
+                    format!(
+                        "the running executions hold the gateway's process budget: {} of {} are free, this execution may have {processes}; try again later or ask for fewer (limits.processes)",
+                        pool.free(),
+                        pool.total
+                    ),
+                ));
+            }
+        }
+        Ok(Reservation {
+            budget: Some(self.clone()),
+            memory: memory_bytes,
+            processes,
+        })
+    }
+}
+
+/// The host's memory less a reserve for the system and the gateway.
+fn host_memory_default() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024));
+    memory_after_reserve(total)
+}
+
+/// `total` less a quarter of it (at least `MIN_RESERVE_BYTES`); 1 GiB when that leaves
+/// nothing or the host's memory is unknown, so executions still fit somewhere.
+fn memory_after_reserve(total: u64) -> u64 {
+    let reserve = (total / 4).max(MIN_RESERVE_BYTES);
+    match total.saturating_sub(reserve) {
+        0 => 1 << 30,
+        left => left,
+    }
+}
+
+/// Half the kernel's `threads-max` (processes and threads count alike in `pids`).
+fn host_processes_default() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/threads-max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map_or(32_768, |max| (max / 2).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_add_up_and_are_given_back() {
+        let budget = Arc::new(ExecutionBudget::new(Some(100), Some(10)));
+        let first = budget.reserve(60, 4).expect("fits");
+        let refused = budget.reserve(60, 4).expect_err("memory spent");
+        assert_eq!(refused.0, ErrorCode::TooManyExecutions);
+        assert!(refused.1.contains("40 of 100"), "{}", refused.1);
+        let small = budget.reserve(40, 4).expect("the rest fits");
+        let refused = budget.reserve(0, 4).expect_err("processes spent");
+        assert!(refused.1.contains("process budget"), "{}", refused.1);
+        // A refusal takes nothing: memory was not held back by the process refusal.
+        drop(small);
+        let again = budget.reserve(40, 6).expect("given back");
+        assert_eq!(
+            budget.reserve(101, 1).expect_err("never fits").0,
+            ErrorCode::InvalidLimit
+        );
+        drop((first, again));
+        assert_eq!(budget.memory.as_ref().map(Pool::free), Some(100));
+        assert_eq!(budget.processes.as_ref().map(Pool::free), Some(10));
+    }
+
+    #[test]
+    fn zero_overcommits_on_purpose() {
+        let budget = Arc::new(ExecutionBudget::new(Some(0), Some(0)));
+        assert_eq!(budget.memory_total(), None);
+        let held: Vec<_> = (0..1000)
+            .map(|_| budget.reserve(u64::MAX / 2, 1 << 20).expect("no budget"))
+            .collect();
+        assert_eq!(held.len(), 1000);
+    }
+
+    #[test]
+    fn the_host_default_keeps_a_reserve() {
+        assert_eq!(memory_after_reserve(24 << 30), 18 << 30);
+        assert_eq!(memory_after_reserve(2 << 30), 1 << 30);
+        assert_eq!(memory_after_reserve(0), 1 << 30);
+        assert!(host_memory_default() > 0);
+        assert!(host_processes_default() > 0);
+    }
+}
