@@ -67,6 +67,13 @@ const PARENT_CPU_WEIGHT: u64 = 50;
 /// Each execution's weight among its siblings: the default, the same for all.
 const EXECUTION_CPU_SHARES: u64 = 1024;
 const EXECUTION_CPU_WEIGHT: u64 = 100;
+/// CPU time after which an execution counts as heavy and its weight drops to a
+/// sixteenth: a short program (a `print`, a test, a cell) starts with a full share and
+/// keeps it, while a long CPU-bound one still takes whatever the light ones leave (a
+/// weight matters only while others want the CPU). Measured with `sluice-bench --only
+/// fairness`: a side `print(1)` while 16 executions spin.
+const HEAVY_CPU_USEC: u64 = 200_000;
+const HEAVY_CPU_DIVISOR: u64 = 16;
 
 /// Where the gateway may create execution cgroups, found at start-up.
 #[derive(Debug, Default)]
@@ -240,6 +247,7 @@ impl Cgroups {
                 limits_v2,
                 processes,
                 cpu_share: self.shares_cpu(),
+                heavy: Default::default(),
                 removed: false,
                 pool: Some(self.pool.clone()),
                 baseline: Counters::default(),
@@ -272,6 +280,7 @@ impl Cgroups {
             limits_v2,
             processes,
             cpu_share: self.shares_cpu(),
+            heavy: Default::default(),
             removed: false,
             pool: Some(self.pool.clone()),
             baseline: Counters::default(),
@@ -546,6 +555,8 @@ pub(crate) struct ExecutionCgroup {
     processes: u64,
     /// It has a CPU share of its own (v1 `cpu` or v2 `cpu.weight`).
     cpu_share: bool,
+    /// Its weight has dropped: it used more than [`HEAVY_CPU_USEC`] of CPU.
+    heavy: std::sync::atomic::AtomicBool,
     removed: bool,
     /// Where it goes back when its execution is over.
     pool: Option<Pool>,
@@ -723,15 +734,43 @@ impl ExecutionCgroup {
             },
             _ => None,
         };
+        let cpu_usec = self
+            .members
+            .unified
+            .as_ref()
+            .map(|_| now.cpu_usec.saturating_sub(self.baseline.cpu_usec));
+        if cpu_usec.is_some_and(|used| used >= HEAVY_CPU_USEC) {
+            self.weigh(true);
+        }
         CgroupReport {
             oom_killed: now.oom_kills > self.baseline.oom_kills,
             process_limit_hit: now.failed_forks > self.baseline.failed_forks,
             peak_memory_bytes,
-            cpu_usec: self
-                .members
-                .unified
-                .as_ref()
-                .map(|_| now.cpu_usec.saturating_sub(self.baseline.cpu_usec)),
+            cpu_usec,
+        }
+    }
+
+    /// Sets this execution's CPU weight: a sixteenth of the default once it is `heavy`,
+    /// the default again when not (a reused cgroup starts light). Written only on a
+    /// change; CPU time is known where cgroup v2 counts it, so on v1 alone every
+    /// execution keeps an equal share.
+    fn weigh(&self, heavy: bool) {
+        use std::sync::atomic::Ordering;
+        if !self.cpu_share || self.heavy.swap(heavy, Ordering::Relaxed) == heavy {
+            return;
+        }
+        let (file, default) = match (&self.members.cpu, &self.members.unified) {
+            (Some(v1), _) => (v1.dir.join("cpu.shares"), EXECUTION_CPU_SHARES),
+            (None, Some(v2)) => (v2.dir.join("cpu.weight"), EXECUTION_CPU_WEIGHT),
+            (None, None) => return,
+        };
+        let weight = if heavy {
+            (default / HEAVY_CPU_DIVISOR).max(2)
+        } else {
+            default
+        };
+        if let Err(err) = fs::write(&file, weight.to_string()) {
+            tracing::debug!(file = %file.display(), %err, "could not change an execution's CPU weight");
         }
     }
 
@@ -767,6 +806,7 @@ impl ExecutionCgroup {
     /// Gives the (empty) cgroup back for another execution, or removes it when the
     /// pool is full.
     pub(crate) fn recycle(&mut self) {
+        self.weigh(false);
         if let Some(pool) = self.pool.take() {
             let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
             // A v2 cgroup whose peak memory cannot be reset would report an earlier
@@ -861,6 +901,7 @@ mod tests {
             limits_v2: (true, true),
             processes: 16,
             cpu_share: false,
+            heavy: Default::default(),
             removed: true, // nothing to remove or recycle in a scratch directory
             pool: None,
             baseline: Counters::default(),
