@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -143,7 +143,7 @@ pub(crate) struct Host {
 pub(crate) fn prepare(
     spec: ExecutionSpec,
     ctx: ExecutionContext,
-    slot: OwnedSemaphorePermit,
+    slot: crate::admission::ExecutionSlot,
     stdin_queue: usize,
     cancel: CancellationToken,
     start: Start,
@@ -622,8 +622,9 @@ struct Run {
     ctx: ExecutionContext,
     cancel: CancellationToken,
     finished: Arc<AtomicBool>,
-    /// The gateway-wide execution slot; released just before the terminal event.
-    slot: Option<OwnedSemaphorePermit>,
+    /// The gateway-wide execution slot and the peer's share; released just before the
+    /// terminal event.
+    slot: Option<crate::admission::ExecutionSlot>,
 }
 
 impl Run {
