@@ -313,7 +313,10 @@ mod tests {
         let third = quota.try_acquire(a).unwrap();
         drop((second, third, other));
         assert_eq!(quota.held_by(a), 0);
-        assert!(quota.held.lock().unwrap().is_empty(), "no entry is left behind");
+        assert!(
+            quota.held.lock().unwrap().is_empty(),
+            "no entry is left behind"
+        );
     }
 
     #[test]

@@ -462,7 +462,10 @@ mod tests {
             max_sessions_per_peer: Some(0),
             ..Config::default()
         };
-        assert_eq!(zero.validate(), Err(ConfigError::Zero("max_sessions_per_peer")));
+        assert_eq!(
+            zero.validate(),
+            Err(ConfigError::Zero("max_sessions_per_peer"))
+        );
         let no_idle = Config {
             idle_timeout: Duration::ZERO,
             ..Config::default()

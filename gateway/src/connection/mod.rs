@@ -436,7 +436,9 @@ impl Connection {
                 }
                 Err(err) => {
                     let code = open_error_code(&err);
-                    return self.refuse_execute(&request.id, code, err.to_string()).await;
+                    return self
+                        .refuse_execute(&request.id, code, err.to_string())
+                        .await;
                 }
             },
             Some(name) => match self.named_session(&name) {
