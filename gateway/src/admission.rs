@@ -4,13 +4,20 @@
 //! gateway's file descriptors nor hold its slots. WebSocket sockets are limited
 //! separately (and get HTTP 503); the TCP bound is that limit plus headroom for health
 //! checks and refusals.
+//!
+//! Also the per-client caps: a [`Quota`] counts what each [`Principal`] (today the
+//! peer's address; with authentication, its tenant) holds of one resource, and hands
+//! out [`QuotaGuard`]s that give their unit back when dropped, so a refusal holds
+//! nothing and nothing leaks.
 
 use axum::serve::Listener;
+use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -164,5 +171,159 @@ where
             addr: *stream.remote_addr(),
             upgrading: stream.io().upgrading.clone(),
         }
+    }
+}
+
+/// Who a per-client cap counts against. Today the peer's address; once clients
+/// authenticate, their tenant takes its place (a new variant), and the caps stay as
+/// they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Principal {
+    /// An IPv4 address, or the /64 prefix of an IPv6 address: one subscriber usually
+    /// holds a whole /64, so counting its addresses one by one would cap nothing.
+    Address(IpAddr),
+}
+
+impl Principal {
+    /// The principal of a connection from `peer` (IPv4-mapped IPv6 counts as IPv4).
+    pub(crate) fn of_peer(peer: SocketAddr) -> Self {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let prefix = u128::from(v6) & !((1_u128 << 64) - 1);
+                    IpAddr::V6(Ipv6Addr::from(prefix))
+                }
+            },
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        Self::Address(ip)
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Address(IpAddr::V4(ip)) => write!(f, "address {ip}"),
+            Self::Address(IpAddr::V6(ip)) => write!(f, "network {ip}/64"),
+        }
+    }
+}
+
+/// At most `max` units of one resource per principal (connections, sessions or
+/// executions), counted with RAII guards.
+#[derive(Debug, Clone)]
+pub(crate) struct Quota {
+    max: usize,
+    held: Arc<Mutex<HashMap<Principal, usize>>>,
+}
+
+/// `principal` already holds `max` units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuotaExceeded {
+    pub(crate) max: usize,
+}
+
+impl Quota {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            held: Arc::default(),
+        }
+    }
+
+    /// One more unit for `principal`, unless it holds `max` already.
+    pub(crate) fn try_acquire(&self, principal: Principal) -> Result<QuotaGuard, QuotaExceeded> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(principal).or_insert(0);
+        if *count >= self.max {
+            return Err(QuotaExceeded { max: self.max });
+        }
+        *count += 1;
+        Ok(QuotaGuard {
+            held: self.held.clone(),
+            principal,
+        })
+    }
+
+    /// Units `principal` holds now.
+    #[cfg(test)]
+    fn held_by(&self, principal: Principal) -> usize {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(&principal).copied().unwrap_or(0)
+    }
+}
+
+/// One unit of a [`Quota`]; given back when dropped. A principal that holds nothing
+/// has no entry, so the table is as large as the set of current holders.
+#[derive(Debug)]
+pub(crate) struct QuotaGuard {
+    held: Arc<Mutex<HashMap<Principal, usize>>>,
+    principal: Principal,
+}
+
+impl Drop for QuotaGuard {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.principal) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.principal);
+            }
+        }
+    }
+}
+
+/// What a running execution holds: its gateway-wide slot and its principal's share;
+/// both are given back together, just before the terminal event.
+#[derive(Debug)]
+pub(crate) struct ExecutionSlot {
+    _gateway: OwnedSemaphorePermit,
+    _principal: QuotaGuard,
+}
+
+impl ExecutionSlot {
+    pub(crate) fn new(gateway: OwnedSemaphorePermit, principal: QuotaGuard) -> Self {
+        Self {
+            _gateway: gateway,
+            _principal: principal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(text: &str) -> Principal {
+        Principal::of_peer(SocketAddr::new(text.parse().unwrap(), 1234))
+    }
+
+    #[test]
+    fn a_quota_counts_per_principal_and_guards_give_back() {
+        let quota = Quota::new(2);
+        let (a, b) = (peer("127.0.0.1"), peer("127.0.0.2"));
+        let first = quota.try_acquire(a).unwrap();
+        let second = quota.try_acquire(a).unwrap();
+        assert_eq!(quota.try_acquire(a).unwrap_err(), QuotaExceeded { max: 2 });
+        // Another principal is not affected, and a refusal holds nothing.
+        let other = quota.try_acquire(b).unwrap();
+        assert_eq!(quota.held_by(a), 2);
+        drop(first);
+        let third = quota.try_acquire(a).unwrap();
+        drop((second, third, other));
+        assert_eq!(quota.held_by(a), 0);
+        assert!(
+            quota.held.lock().unwrap().is_empty(),
+            "no entry is left behind"
+        );
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(peer("2001:db8::1"), peer("2001:db8::ffff:1"));
+        assert_ne!(peer("2001:db8::1"), peer("2001:db8:0:1::1"));
+        assert_eq!(peer("::ffff:10.0.0.1"), peer("10.0.0.1"));
+        assert_eq!(peer("2001:db8::1").to_string(), "network 2001:db8::/64");
     }
 }

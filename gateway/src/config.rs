@@ -278,9 +278,48 @@ pub struct Config {
     /// limits, as for `memory_budget_bytes`. `None`: half the kernel's `threads-max`;
     /// `Some(0)`: not added up.
     pub process_budget: Option<u64>,
+    // One client must not lock out the others: per-peer caps and socket liveness.
+    /// WebSocket connections one peer (IPv4 address or IPv6 /64) may hold at once; more
+    /// get HTTP 429. `None`: a quarter of `max_connections` (at least 1).
+    pub max_connections_per_peer: Option<usize>,
+    /// Sessions one peer may have open at once (the ones it opened, named or
+    /// gateway-made, until they end). `None`: a quarter of `max_sessions`.
+    pub max_sessions_per_peer: Option<usize>,
+    /// Executions one peer may have running at once. `None`: a quarter of
+    /// `max_executions`.
+    pub max_executions_per_peer: Option<usize>,
+    /// How long a socket may hold no session and no execution before it is closed.
+    pub idle_timeout: Duration,
+    /// How often every socket is pinged; a socket from which nothing (no frame, no pong)
+    /// has arrived for two intervals is closed.
+    pub ping_interval: Duration,
+}
+
+/// A quarter of a gateway-wide cap, at least 1: the per-peer default, so one client
+/// leaves room for others.
+fn quarter(cap: usize) -> usize {
+    (cap / 4).max(1)
 }
 
 impl Config {
+    /// The per-peer connection cap in force.
+    pub(crate) fn connections_per_peer(&self) -> usize {
+        self.max_connections_per_peer
+            .unwrap_or_else(|| quarter(self.max_connections))
+    }
+
+    /// The per-peer session cap in force.
+    pub(crate) fn sessions_per_peer(&self) -> usize {
+        self.max_sessions_per_peer
+            .unwrap_or_else(|| quarter(self.max_sessions))
+    }
+
+    /// The per-peer execution cap in force.
+    pub(crate) fn executions_per_peer(&self) -> usize {
+        self.max_executions_per_peer
+            .unwrap_or_else(|| quarter(self.max_executions))
+    }
+
     pub(crate) fn replay_caps(&self) -> crate::session::ReplayCaps {
         crate::session::ReplayCaps {
             events: self.replay_events,
@@ -324,6 +363,11 @@ impl Default for Config {
             jail_program: None,
             memory_budget_bytes: None,
             process_budget: None,
+            max_connections_per_peer: None,
+            max_sessions_per_peer: None,
+            max_executions_per_peer: None,
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -366,6 +410,11 @@ impl Config {
             ("max_kernels", self.max_kernels),
             ("stdin_queue", self.stdin_queue),
             ("stdin_queue_bytes", self.stdin_queue_bytes),
+            ("max_connections_per_peer", self.connections_per_peer()),
+            ("max_sessions_per_peer", self.sessions_per_peer()),
+            ("max_executions_per_peer", self.executions_per_peer()),
+            ("idle_timeout", millis(self.idle_timeout)),
+            ("ping_interval", millis(self.ping_interval)),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -398,6 +447,11 @@ impl Config {
     }
 }
 
+/// Whole milliseconds of `d`, saturating (for the zero checks).
+fn millis(d: Duration) -> usize {
+    usize::try_from(d.as_millis()).unwrap_or(usize::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +459,31 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn per_peer_caps_default_to_a_quarter_and_refuse_zero() {
+        let config = Config {
+            max_connections: 2,
+            max_executions: 100,
+            ..Config::default()
+        };
+        assert_eq!(config.connections_per_peer(), 1);
+        assert_eq!(config.executions_per_peer(), 25);
+        assert_eq!(config.sessions_per_peer(), 8_192 / 4);
+        let zero = Config {
+            max_sessions_per_peer: Some(0),
+            ..Config::default()
+        };
+        assert_eq!(
+            zero.validate(),
+            Err(ConfigError::Zero("max_sessions_per_peer"))
+        );
+        let no_idle = Config {
+            idle_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(no_idle.validate(), Err(ConfigError::Zero("idle_timeout")));
     }
 
     #[test]

@@ -279,6 +279,35 @@ struct ServeArgs {
     /// programs it runs are separate processes and do not use these threads.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+
+    // One client must not lock out the others: per-peer caps and socket liveness. A peer
+    // is an IPv4 address or an IPv6 /64; behind a proxy every client is the proxy's.
+    /// WebSocket connections one peer may hold at once; more get HTTP 429
+    /// [default: a quarter of --max-connections]. For a single-user gateway, set it to
+    /// --max-connections.
+    #[arg(long, value_name = "N")]
+    max_connections_per_peer: Option<usize>,
+
+    /// Sessions one peer may have open at once, named or gateway-made, counted until they
+    /// end (grace period included); one more gets `too_many_sessions`
+    /// [default: a quarter of --max-sessions].
+    #[arg(long, value_name = "N")]
+    max_sessions_per_peer: Option<usize>,
+
+    /// Executions one peer may have running at once; one more gets
+    /// `too_many_executions` [default: a quarter of --max-executions].
+    #[arg(long, value_name = "N")]
+    max_executions_per_peer: Option<usize>,
+
+    /// Close a socket that has held no session and no execution for this long (close
+    /// code 1000).
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    idle_timeout_ms: u64,
+
+    /// Ping every socket this often; one from which nothing (no frame, no pong) has
+    /// arrived for two intervals is closed (close code 1001).
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    ping_interval_ms: u64,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -349,6 +378,11 @@ impl ServeArgs {
             stdin_queue_bytes: self.stdin_queue_bytes,
             allowed_origins: self.allowed_origins,
             work_root: self.work_dir,
+            max_connections_per_peer: self.max_connections_per_peer,
+            max_sessions_per_peer: self.max_sessions_per_peer,
+            max_executions_per_peer: self.max_executions_per_peer,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
             ..Config::default()
         };
         config.runtimes.extend(self.runtimes);

@@ -1,7 +1,7 @@
 //! The listener: HTTP routes (`/v1/ws`, `/healthz`), connection admission, and the
 //! shutdown sequence.
 
-use crate::admission::{Admitting, Peer};
+use crate::admission::{Admitting, Peer, Principal, Quota};
 use crate::config::{Config, ConfigError, Isolation, Network};
 use crate::connection;
 use crate::runtime::{RuntimeError, RuntimeTable};
@@ -197,6 +197,7 @@ pub async fn run(
         config.replay_caps(),
         config.session_grace,
         config.max_sessions,
+        config.sessions_per_peer(),
         shutdown_token.clone(),
     );
     let state = Arc::new(GatewayState {
@@ -206,6 +207,8 @@ pub async fn run(
         execution_slots: Arc::new(Semaphore::new(config.max_executions)),
         kernel_slots: Arc::new(Semaphore::new(config.max_kernels)),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        connections_per_peer: Quota::new(config.connections_per_peer()),
+        executions_per_peer: Quota::new(config.executions_per_peer()),
         shutdown: shutdown_token,
         connections: TaskTracker::new(),
         next_connection_id: AtomicU64::new(1),
@@ -282,6 +285,8 @@ pub async fn run(
 /// Admits a WebSocket upgrade. Browsers let any page open a socket to localhost, so a
 /// request that carries an `Origin` header (every browser request does) is refused unless
 /// that origin is allowed: otherwise any web page could run code through a local gateway.
+/// A request with two `Origin` headers is refused outright (which one would count?).
+/// One peer may hold only its share of the sockets (`--max-connections-per-peer`).
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<Arc<GatewayState>>,
@@ -299,6 +304,27 @@ async fn upgrade(
         )
             .into_response();
     };
+    let principal = Principal::of_peer(peer);
+    let peer_permit = match state.connections_per_peer.try_acquire(principal) {
+        Ok(permit) => permit,
+        Err(exceeded) => {
+            tracing::warn!(%peer, max = exceeded.max, "connection refused: at the per-peer connection limit");
+            let message = format!(
+                "too many connections from your {principal} ({}, the maximum per peer); close one and retry\n",
+                exceeded.max
+            );
+            return (StatusCode::TOO_MANY_REQUESTS, message).into_response();
+        }
+    };
+    let mut origins = headers.get_all(axum::http::header::ORIGIN).iter();
+    if let (Some(_), Some(_)) = (origins.next(), origins.next()) {
+        tracing::warn!(%peer, "upgrade refused: more than one Origin header");
+        return (
+            StatusCode::BAD_REQUEST,
+            "a request may carry at most one Origin header\n",
+        )
+            .into_response();
+    }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
         let allowed = &state.config.allowed_origins;
         let ok = origin.to_str().is_ok_and(|o| {
@@ -335,8 +361,8 @@ async fn upgrade(
             let tracker = state.connections.clone();
             tracker.track_future(
                 async move {
-                    connection::serve(socket, state, shutdown, id).await;
-                    drop(permit);
+                    connection::serve(socket, state, shutdown, id, principal).await;
+                    drop((permit, peer_permit));
                 }
                 .instrument(span),
             )

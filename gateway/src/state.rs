@@ -1,6 +1,7 @@
-//! What every connection shares: configuration, runtimes, sessions, capacity and the
-//! shutdown signal.
+//! What every connection shares: configuration, runtimes, sessions, capacity (gateway-
+//! wide and per peer) and the shutdown signal.
 
+use crate::admission::Quota;
 use crate::config::Config;
 use crate::runtime::RuntimeTable;
 use crate::session::SessionRegistry;
@@ -24,6 +25,11 @@ pub(crate) struct GatewayState {
     pub(crate) kernel_slots: Arc<Semaphore>,
     /// One permit per open connection; each connection task owns its permit.
     pub(crate) connection_slots: Arc<Semaphore>,
+    /// Connections each peer holds (`--max-connections-per-peer`).
+    pub(crate) connections_per_peer: Quota,
+    /// Executions each peer has running (`--max-executions-per-peer`); each execution's
+    /// `ExecutionSlot` holds its unit.
+    pub(crate) executions_per_peer: Quota,
     /// The root of the cancellation tree: cancelled once on shutdown.
     pub(crate) shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.

@@ -130,6 +130,24 @@ impl TestGateway {
         RawSocket::connect(&self.url(), None).await
     }
 
+    /// A connected raw socket from the loopback address `source` (any of 127.0.0.0/8),
+    /// so the gateway sees a peer other than 127.0.0.1.
+    pub async fn raw_from(&self, source: std::net::Ipv4Addr) -> Result<RawSocket> {
+        let url = self.url();
+        let tcp = connect_from(source, self.addr).await?;
+        let handshake = tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(tcp));
+        let (ws, _) = within("the WebSocket handshake", handshake)
+            .await?
+            .with_context(|| format!("connecting a raw socket to {url} from {source}"))?;
+        Ok(RawSocket {
+            ws,
+            received: Vec::new(),
+            subprotocol: None,
+            ending: None,
+            recording: true,
+        })
+    }
+
     /// Signals shutdown and waits until `run` returns, failing if it returned an error or
     /// took longer than [`PATIENCE`].
     pub async fn shutdown(mut self) -> Result<()> {
@@ -151,6 +169,18 @@ impl Drop for TestGateway {
         // Dropping the sender resolves the shutdown future; the task finishes on its own.
         self.stop.take();
     }
+}
+
+/// A TCP connection to `addr` from the local address `source` (port chosen by the
+/// kernel).
+pub async fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .with_context(|| format!("binding {source} as the source address"))?;
+    let tcp = within("the TCP connection", socket.connect(addr)).await??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ use serde_json::json;
 use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
 use sluice_tests::{
-    assert_socket_refusal, assert_stream_ok, events_of, is_gateway_session, request, RawSocket,
-    TestGateway,
+    assert_socket_refusal, assert_stream_ok, events_of, request, RawSocket, TestGateway,
 };
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -276,7 +275,7 @@ async fn a_frame_above_the_transport_cap_closes_only_its_socket() -> Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_language_is_a_terminal_error_in_the_execution_session() -> Result<()> {
+async fn an_unknown_language_is_a_terminal_error_before_any_session() -> Result<()> {
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
     socket
@@ -288,15 +287,14 @@ async fn an_unknown_language_is_a_terminal_error_in_the_execution_session() -> R
     assert_eq!(error.kind, EventKind::Error);
     assert_eq!(error.code, Some(ErrorCode::UnknownLanguage));
     assert_eq!(error.id.as_deref(), Some("cobol"));
+    // Checked before any session is opened: on the socket stream.
+    assert_eq!(error.session, None, "{error:?}");
     assert_eq!(error.sequence, 1);
-    assert!(
-        error.session.as_deref().is_some_and(is_gateway_session),
-        "{error:?}"
-    );
     assert_eq!(error.usage, None);
     assert!(error.data.contains("cobol"), "{error:?}");
 
-    // In a named session, the error takes the session's next sequence number.
+    // Also for an execute naming a session: its session is not touched, and the
+    // refusal names it in `for_session`.
     let named = |id: &str, language: &str| ExecuteRequest {
         session: Some("nb".into()),
         ..request(id, language, "echo in nb")
@@ -306,13 +304,9 @@ async fn an_unknown_language_is_a_terminal_error_in_the_execution_session() -> R
     socket.execute(named("second", "Python")).await?;
     let events = socket.events_until_terminal("second").await?;
     assert_eq!(events[0].code, Some(ErrorCode::UnknownLanguage));
-    assert_eq!(events[0].session.as_deref(), Some("nb"));
-    let in_nb = socket
-        .received()
-        .iter()
-        .filter(|e| e.session.as_deref() == Some("nb"))
-        .count() as u64;
-    assert_eq!(events[0].sequence, in_nb);
+    assert_eq!(events[0].session, None);
+    assert_eq!(events[0].for_session.as_deref(), Some("nb"));
+    assert_eq!(events[0].sequence, 2);
     socket.assert_still_works().await?;
     assert_stream_ok(socket.received());
     gateway.shutdown().await

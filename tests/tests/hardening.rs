@@ -448,6 +448,8 @@ async fn idle_connections_that_never_upgrade_are_closed_and_free_their_slots() -
     // Two WebSockets allowed, so the TCP bound is that plus the fixed headroom (64).
     let gateway = TestGateway::spawn_with(Config {
         max_connections: 2,
+        // Both from loopback: this test is about the TCP bound, not the per-peer one.
+        max_connections_per_peer: Some(2),
         handshake_timeout: Duration::from_millis(300),
         ..Config::default()
     })

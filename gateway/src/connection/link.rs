@@ -112,6 +112,14 @@ impl SocketLink {
             .cloned()
     }
 
+    /// True if this socket reads a session for more than a possible reconnect: any but
+    /// a finished gateway-made one it has taken everything of (for the idle timeout).
+    pub(crate) fn holds_session(&self) -> bool {
+        self.lock()
+            .iter()
+            .any(|s| s.session().is_some() && s.finished.is_none())
+    }
+
     /// Named sessions this socket reads.
     pub(crate) fn named_sessions(&self) -> usize {
         self.lock()

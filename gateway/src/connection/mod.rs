@@ -6,9 +6,14 @@
 //! stream's replay buffer ([`link::SocketLink`]). Executions belong to their session,
 //! not to the socket: when the socket goes away they run on, and the session ends them
 //! if no socket comes back within the grace period.
+//!
+//! Liveness: the writer pings the client every `--ping-interval-ms`; the reader closes
+//! a socket from which nothing (no frame, no pong) arrived for two intervals, and one
+//! that has held no session and no execution for `--idle-timeout-ms`.
 
 mod link;
 
+use crate::admission::{ExecutionSlot, Principal};
 use crate::execution::kernel::KernelKind;
 use crate::execution::{self, ExecutionContext, ExecutionSpec, Start, StdinChunk};
 use crate::session::{EventStream, Known, OpenError, Session};
@@ -36,6 +41,9 @@ const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(1);
 /// Close code sent when a frame exceeds the transport cap (RFC 6455 "message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// Close code sent to a socket closed for holding nothing past the idle timeout.
+const CLOSE_NORMAL: u16 = 1000;
+
 /// Most bytes of frames the writer takes from its streams before writing them out.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -45,6 +53,7 @@ pub(crate) async fn serve(
     state: Arc<GatewayState>,
     shutdown: CancellationToken,
     socket_id: u64,
+    principal: Principal,
 ) {
     let (sink, mut frames) = socket.split();
     let own = Arc::new(EventStream::new(None, state.config.replay_caps()));
@@ -76,12 +85,56 @@ pub(crate) async fn serve(
         close_reason,
         frame_session: None,
         peer_closed: peer_closed.clone(),
+        principal,
+        busy_at: tokio::time::Instant::now(),
     };
     tracing::debug!("connected");
+    let (ping_interval, idle_timeout) = (state.config.ping_interval, state.config.idle_timeout);
+    let silent_for = ping_interval.saturating_mul(2);
+    let mut last_heard = tokio::time::Instant::now();
+    let silence = tokio::time::sleep(silent_for);
+    tokio::pin!(silence);
+    let mut idle_since = last_heard;
+    let idle_check = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle_check);
     loop {
         tokio::select! {
             () = closing.cancelled() => break,
-            frame = frames.next() => match frame {
+            () = &mut silence => {
+                let due = last_heard + silent_for;
+                if due > tokio::time::Instant::now() {
+                    silence.as_mut().reset(due);
+                    continue;
+                }
+                tracing::info!(?silent_for, "closing: nothing from the client, not even a pong");
+                let reason = format!("no answer to ping within {} ms", silent_for.as_millis());
+                conn.close_with(CLOSE_GOING_AWAY, reason);
+                break;
+            }
+            () = &mut idle_check => {
+                let now = tokio::time::Instant::now();
+                if conn.holds_something() {
+                    // Look again soon: it may stop holding anything between two looks.
+                    idle_since = now;
+                    idle_check.as_mut().reset(now + idle_timeout / 4);
+                    continue;
+                }
+                let since = idle_since.max(conn.busy_at);
+                if now < since + idle_timeout {
+                    idle_check.as_mut().reset(since + idle_timeout);
+                    continue;
+                }
+                tracing::debug!(?idle_timeout, "closing: idle, holding no session and no execution");
+                let reason = format!(
+                    "idle for {} ms with no session and no execution",
+                    idle_timeout.as_millis()
+                );
+                conn.close_with(CLOSE_NORMAL, reason);
+                break;
+            }
+            frame = frames.next() => {
+                last_heard = tokio::time::Instant::now();
+                match frame {
                 Some(Ok(Message::Text(text))) => conn.handle_text(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => {
                     conn.frame_session = None;
@@ -97,7 +150,7 @@ pub(crate) async fn serve(
                     conn.read_failed(err);
                     break;
                 }
-            },
+            }},
         }
     }
     if shutdown.is_cancelled() {
@@ -144,6 +197,8 @@ async fn write_loop(writer: Writer) {
         peer_closed,
     } = writer;
     let send_timeout = state.config.send_timeout;
+    let ping_interval = state.config.ping_interval;
+    let mut next_ping = tokio::time::Instant::now() + ping_interval;
     loop {
         let wake = link.wake.notified();
         tokio::pin!(wake);
@@ -153,17 +208,27 @@ async fn write_loop(writer: Writer) {
             break;
         }
         let batch = link.take(WRITE_BATCH_BYTES, &state.sessions);
-        if batch.frames.is_empty() {
+        // Pinged on a clock, busy or not: a client that only reads answers pings only.
+        let now = tokio::time::Instant::now();
+        let ping = now >= next_ping && !finish.is_cancelled();
+        if batch.frames.is_empty() && !ping {
             if finish.is_cancelled() {
                 break;
             }
             tokio::select! {
                 () = wake => {}
                 () = finish.cancelled() => {}
+                () = tokio::time::sleep_until(next_ping) => {}
             }
             continue;
         }
+        if ping {
+            next_ping = now + ping_interval;
+        }
         let write = async {
+            if ping {
+                sink.feed(Message::Ping(bytes::Bytes::new())).await?;
+            }
             for frame in batch.frames {
                 sink.feed(Message::Text(frame)).await?;
             }
@@ -240,10 +305,22 @@ struct Connection {
     frame_session: Option<String>,
     /// Set when the client sent a close frame: the writer stops sending events.
     peer_closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Whom this socket's sessions and executions count against (per-peer caps).
+    principal: Principal,
+    /// When this socket last started an execution or joined a session (idle timeout).
+    busy_at: tokio::time::Instant,
 }
 
 /// A refusal: the code and the human message of an `error` event.
 type Refusal = (ErrorCode, String);
+
+/// An `execute` that passed every check, with the capacity it takes.
+struct Admitted {
+    runtime: Arc<crate::runtime::Runtime>,
+    kernel: Option<KernelKind>,
+    limits: crate::config::EffectiveLimits,
+    slot: execution::Slot,
+}
 
 impl Connection {
     async fn handle_text(&mut self, text: &str) {
@@ -313,7 +390,7 @@ impl Connection {
     }
 
     async fn execute(&mut self, request: ExecuteRequest) {
-        let session = match &request.session {
+        let named = match &request.session {
             None => {
                 if self.is_running_here(&request.id) {
                     let message = format!(
@@ -322,16 +399,7 @@ impl Connection {
                     );
                     return self.refuse(None, ErrorCode::DuplicateId, message).await;
                 }
-                match self.state.sessions.open_ephemeral() {
-                    Ok(session) => {
-                        self.link.subscribe(&session, 0, true, false);
-                        session
-                    }
-                    Err(err) => {
-                        let code = open_error_code(&err);
-                        return self.refuse(Some(request.id), code, err.to_string()).await;
-                    }
-                }
+                None
             }
             Some(name) => {
                 // An id the session already knows is answered from the session: this
@@ -351,21 +419,43 @@ impl Connection {
                     }
                     return;
                 }
-                match self.named_session(name) {
-                    Ok(session) => session,
-                    Err((code, message)) => {
-                        return self.refuse(Some(request.id), code, message).await;
-                    }
-                }
+                Some(name.clone())
             }
         };
-        if let Err((code, message)) = self.start(request.clone(), session.clone()) {
-            let event = Event::error(Some(request.id), code, message);
-            self.publish_or_close(&session.stream, event).await;
-            // Only now: a gateway-made session is complete once its one event is in it,
-            // and the writer may let it go as soon as it has taken everything.
-            session.refused();
-        }
+        // The whole request is checked, and its capacity taken, before any session is
+        // opened or joined: a refused `execute` leaves nothing behind.
+        let admitted = match self.admit(&request) {
+            Ok(admitted) => admitted,
+            Err((code, message)) => return self.refuse_execute(&request.id, code, message).await,
+        };
+        let session = match named {
+            None => match self.state.sessions.open_ephemeral(self.principal) {
+                Ok(session) => {
+                    self.link.subscribe(&session, 0, true, false);
+                    session
+                }
+                Err(err) => {
+                    let code = open_error_code(&err);
+                    return self
+                        .refuse_execute(&request.id, code, err.to_string())
+                        .await;
+                }
+            },
+            Some(name) => match self.named_session(&name) {
+                Ok(session) => session,
+                Err((code, message)) => {
+                    return self.refuse_execute(&request.id, code, message).await;
+                }
+            },
+        };
+        self.start(request, session, admitted);
+    }
+
+    /// Refuses an `execute` before it joined a session: terminal for its id, unless that
+    /// id names an execution still running on this socket.
+    async fn refuse_execute(&self, id: &str, code: ErrorCode, message: String) {
+        let id = (!self.is_running_here(id)).then(|| id.to_owned());
+        self.refuse(id, code, message).await;
     }
 
     /// The named session an `execute` runs in, opened and read by this socket if it was
@@ -382,7 +472,7 @@ impl Connection {
         let (session, _) = self
             .state
             .sessions
-            .open_named(name)
+            .open_named(name, self.principal)
             .map_err(|err| (open_error_code(&err), err.to_string()))?;
         let cursor = session.stream.head();
         self.link.subscribe(&session, cursor, false, false);
@@ -403,6 +493,7 @@ impl Connection {
             return Err(unknown_session(session.id()));
         }
         self.link.subscribe(session, since, false, announce);
+        self.busy_at = tokio::time::Instant::now();
         Ok(())
     }
 
@@ -417,35 +508,26 @@ impl Connection {
         Ok(())
     }
 
-    /// Checks what only the gateway can check, then starts the execution task.
-    fn start(&mut self, request: ExecuteRequest, session: Arc<Session>) -> Result<(), Refusal> {
-        let state = self.state.clone();
-        let ExecuteRequest {
-            id,
-            language,
-            code,
-            stdin,
-            env,
-            args,
-            limits,
-            encoding,
-            persistent,
-            ..
-        } = request;
+    /// Checks what only the gateway can check (runtime, persistence, limits) and takes
+    /// the capacity the execution needs (this socket's, this peer's and the gateway's),
+    /// touching no session.
+    fn admit(&self, request: &ExecuteRequest) -> Result<Admitted, Refusal> {
+        let state = &self.state;
+        let language = &request.language;
         if state.shutdown.is_cancelled() {
             return Err((
                 ErrorCode::ShuttingDown,
                 "the gateway is shutting down".into(),
             ));
         }
-        let Some(runtime) = state.runtimes.get(&language) else {
+        let Some(runtime) = state.runtimes.get(language) else {
             let known = state.runtimes.names().join(", ");
             return Err((
                 ErrorCode::UnknownLanguage,
                 format!("unknown language {language:?}; this gateway runs: {known}"),
             ));
         };
-        let kernel = match persistent {
+        let kernel = match request.persistent {
             false => None,
             true => Some(KernelKind::for_runtime(runtime).ok_or_else(|| {
                 let able: Vec<&str> = state
@@ -466,7 +548,7 @@ impl Connection {
         let limits = state
             .config
             .limits
-            .resolve(&limits)
+            .resolve(&request.limits)
             .map_err(|message| (ErrorCode::InvalidLimit, message))?;
         let max_here = state.config.max_executions_per_connection;
         if self.running_here.load(Ordering::Acquire) >= max_here {
@@ -475,14 +557,54 @@ impl Connection {
                 format!("{max_here} executions are already running on this socket, the maximum"),
             ));
         }
-        let Ok(slot) = state.execution_slots.clone().try_acquire_owned() else {
+        let Ok(gateway_slot) = state.execution_slots.clone().try_acquire_owned() else {
             let max = state.config.max_executions;
             return Err((
                 ErrorCode::TooManyExecutions,
                 format!("the gateway is running {max} executions, its maximum"),
             ));
         };
+        let peer_slot = state
+            .executions_per_peer
+            .try_acquire(self.principal)
+            .map_err(|e| {
+                (
+                    ErrorCode::TooManyExecutions,
+                    format!(
+                        "your {} has {} executions running, the maximum per peer",
+                        self.principal, e.max
+                    ),
+                )
+            })?;
+        // Last, so a refusal above holds nothing of the budget.
         let reserved = execution::reserve(&state.host, &limits, kernel.is_some())?;
+        Ok(Admitted {
+            runtime: runtime.clone(),
+            kernel,
+            limits,
+            slot: execution::Slot::new(ExecutionSlot::new(gateway_slot, peer_slot), reserved),
+        })
+    }
+
+    /// Starts the execution task of an admitted `execute` in `session`.
+    fn start(&mut self, request: ExecuteRequest, session: Arc<Session>, admitted: Admitted) {
+        let state = self.state.clone();
+        let ExecuteRequest {
+            id,
+            code,
+            stdin,
+            env,
+            args,
+            encoding,
+            ..
+        } = request;
+        let Admitted {
+            runtime,
+            kernel,
+            limits,
+            slot,
+        } = admitted;
+        let max_here = state.config.max_executions_per_connection;
         let spec = ExecutionSpec {
             id: id.clone(),
             runtime: runtime.clone(),
@@ -515,7 +637,7 @@ impl Connection {
         let (handle, task) = execution::prepare(
             spec,
             ctx,
-            execution::Slot::new(slot, reserved),
+            slot,
             state.config.stdin_queue,
             session.cancel.child_token(),
             start,
@@ -547,7 +669,7 @@ impl Connection {
             running_here.fetch_sub(1, Ordering::AcqRel);
             session.execution_finished(&id);
         });
-        Ok(())
+        self.busy_at = tokio::time::Instant::now();
     }
 
     /// The session a `stdin` or `cancel` frame's execution runs in.
@@ -642,6 +764,23 @@ impl Connection {
         }
     }
 
+    /// True while the socket runs an execution or reads a session (beyond a finished
+    /// gateway-made one kept for a reconnect): such a socket is never idle.
+    fn holds_something(&self) -> bool {
+        self.running_here.load(Ordering::Acquire) > 0 || self.link.holds_session()
+    }
+
+    /// Asks the writer to end with this close frame.
+    fn close_with(&self, code: u16, reason: String) {
+        *self
+            .close_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        });
+    }
+
     /// A read error ends the connection; a frame over the transport cap is said so with
     /// close code 1009 before the socket closes.
     fn read_failed(&self, err: axum::Error) {
@@ -730,7 +869,7 @@ fn unknown_session(name: &str) -> Refusal {
 
 fn open_error_code(err: &OpenError) -> ErrorCode {
     match err {
-        OpenError::TooMany(_) => ErrorCode::TooManySessions,
+        OpenError::TooMany(_) | OpenError::TooManyForPeer(..) => ErrorCode::TooManySessions,
         OpenError::GatewayMade(_) => ErrorCode::BadRequest,
     }
 }

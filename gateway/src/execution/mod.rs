@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -142,17 +142,21 @@ pub(crate) struct Host {
 }
 
 /// What an admitted execution holds until its program is gone: its gateway-wide slot
-/// and its share of the executions' budget.
+/// and its peer's share of the executions (`admission::ExecutionSlot`), and its share
+/// of the executions' memory and process budget.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _slot: crate::admission::ExecutionSlot,
     _reserved: crate::sandbox::Reservation,
 }
 
 impl Slot {
-    pub(crate) fn new(permit: OwnedSemaphorePermit, reserved: crate::sandbox::Reservation) -> Self {
+    pub(crate) fn new(
+        slot: crate::admission::ExecutionSlot,
+        reserved: crate::sandbox::Reservation,
+    ) -> Self {
         Self {
-            _permit: permit,
+            _slot: slot,
             _reserved: reserved,
         }
     }
@@ -671,8 +675,8 @@ struct Run {
     ctx: ExecutionContext,
     cancel: CancellationToken,
     finished: Arc<AtomicBool>,
-    /// The gateway-wide execution slot and budget; released just before the terminal
-    /// event.
+    /// The gateway-wide execution slot, the peer's share and the budget; released just
+    /// before the terminal event.
     slot: Option<Slot>,
 }
 

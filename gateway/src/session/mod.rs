@@ -5,12 +5,15 @@
 //! comes back resumes from the last sequence it saw. When the last socket goes away the
 //! session lives on for the grace period, then its executions are cancelled and it is
 //! freed. A session the gateway made for one execution ends as soon as that execution
-//! has ended and its events were taken.
+//! has ended and its events were taken; a session in which no program ever ran gets no
+//! grace period (it has nothing to resume). Each session counts against the sessions
+//! per peer of the peer that opened it until it ends.
 
 mod stream;
 
 pub(crate) use stream::{attached_event, gap_event, EventStream, ReplayCaps, SocketId};
 
+use crate::admission::{Principal, Quota, QuotaGuard};
 use crate::execution::kernel::Kernel;
 use crate::execution::ExecutionHandle;
 use dashmap::DashMap;
@@ -45,7 +48,9 @@ struct SessionState {
     /// A grace timer is pending: at most one per session, however often sockets come
     /// and go.
     grace_timer: bool,
-    /// At least one execution ran here (a gateway-made session is complete after it).
+    /// At least one execution ran here: a gateway-made session is complete after it,
+    /// and only then is there something to come back for in a grace period (refusals
+    /// come before any session is opened).
     ran: bool,
     ended: bool,
 }
@@ -65,6 +70,8 @@ pub(crate) struct Session {
     last_cell: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     /// Where retired interpreters are killed and reaped (the registry's tracker).
     reaping: TaskTracker,
+    /// The opener's unit of `--max-sessions-per-peer`, given back when the session ends.
+    quota: Mutex<Option<QuotaGuard>>,
     state: Mutex<SessionState>,
 }
 
@@ -157,13 +164,6 @@ impl Session {
         self.stream.wake_readers();
     }
 
-    /// An `execute` in this session was refused before it started (its `error` is its
-    /// terminal event): a gateway-made session is complete with it.
-    pub(crate) fn refused(&self) {
-        self.lock().ran = true;
-        self.stream.wake_readers();
-    }
-
     /// A gateway-made session whose execution has ended: nothing more will happen in it.
     pub(crate) fn is_complete(&self) -> bool {
         let state = self.lock();
@@ -188,6 +188,8 @@ pub(crate) struct SessionRegistry {
     caps: ReplayCaps,
     grace: Duration,
     max_sessions: usize,
+    /// Sessions each peer has open (`--max-sessions-per-peer`).
+    per_peer: Quota,
     /// Parent of every session's cancel token (the gateway's shutdown).
     shutdown: CancellationToken,
     /// Interpreters being killed and reaped.
@@ -199,6 +201,8 @@ pub(crate) struct SessionRegistry {
 pub(crate) enum OpenError {
     #[error("the gateway has {0} sessions open, its maximum")]
     TooMany(usize),
+    #[error("your {0} has {1} sessions open, the maximum per peer; end some (or let their grace period pass) and retry")]
+    TooManyForPeer(Principal, usize),
     #[error("session {0:?} was made by the gateway for one execution; name a session of your own to run several executions in one")]
     GatewayMade(String),
 }
@@ -208,6 +212,7 @@ impl SessionRegistry {
         caps: ReplayCaps,
         grace: Duration,
         max_sessions: usize,
+        max_sessions_per_peer: usize,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -215,12 +220,13 @@ impl SessionRegistry {
             caps,
             grace,
             max_sessions,
+            per_peer: Quota::new(max_sessions_per_peer),
             shutdown,
             reaping: TaskTracker::new(),
         }
     }
 
-    fn new_session(&self, id: Arc<str>, ephemeral: bool) -> Arc<Session> {
+    fn new_session(&self, id: Arc<str>, ephemeral: bool, quota: QuotaGuard) -> Arc<Session> {
         Arc::new(Session {
             stream: EventStream::new(Some(id), self.caps),
             ephemeral,
@@ -228,13 +234,28 @@ impl SessionRegistry {
             kernel: Arc::default(),
             last_cell: Mutex::new(None),
             reaping: self.reaping.clone(),
+            quota: Mutex::new(Some(quota)),
             state: Mutex::new(SessionState::default()),
         })
     }
 
-    /// The session named `name`, created if it does not exist, attached once more.
-    /// `true` in the result when it was created.
-    pub(crate) fn open_named(&self, name: &str) -> Result<(Arc<Session>, bool), OpenError> {
+    /// A unit of `opener`'s session quota, for a session about to be created.
+    fn charge(&self, opener: Principal) -> Result<QuotaGuard, OpenError> {
+        if self.sessions.len() >= self.max_sessions {
+            return Err(OpenError::TooMany(self.max_sessions));
+        }
+        self.per_peer
+            .try_acquire(opener)
+            .map_err(|e| OpenError::TooManyForPeer(opener, e.max))
+    }
+
+    /// The session named `name`, created (charged to `opener`) if it does not exist,
+    /// attached once more. `true` in the result when it was created.
+    pub(crate) fn open_named(
+        &self,
+        name: &str,
+        opener: Principal,
+    ) -> Result<(Arc<Session>, bool), OpenError> {
         use dashmap::mapref::entry::Entry;
         loop {
             if let Some(session) = self.get(name) {
@@ -248,12 +269,10 @@ impl SessionRegistry {
                 self.remove(&session);
                 continue;
             }
-            if self.sessions.len() >= self.max_sessions {
-                return Err(OpenError::TooMany(self.max_sessions));
-            }
+            let quota = self.charge(opener)?;
             let key: Arc<str> = Arc::from(name);
             if let Entry::Vacant(slot) = self.sessions.entry(key.clone()) {
-                let session = self.new_session(key, false);
+                let session = self.new_session(key, false, quota);
                 session.attach();
                 slot.insert(session.clone());
                 return Ok((session, true));
@@ -261,16 +280,15 @@ impl SessionRegistry {
         }
     }
 
-    /// A fresh gateway-made session (128 random bits, hex), attached once.
-    pub(crate) fn open_ephemeral(&self) -> Result<Arc<Session>, OpenError> {
+    /// A fresh gateway-made session (128 random bits, hex), charged to `opener`,
+    /// attached once.
+    pub(crate) fn open_ephemeral(&self, opener: Principal) -> Result<Arc<Session>, OpenError> {
         use dashmap::mapref::entry::Entry;
-        if self.sessions.len() >= self.max_sessions {
-            return Err(OpenError::TooMany(self.max_sessions));
-        }
+        let quota = self.charge(opener)?;
         loop {
             let key: Arc<str> = Arc::from(random_session_id());
             if let Entry::Vacant(slot) = self.sessions.entry(key.clone()) {
-                let session = self.new_session(key, true);
+                let session = self.new_session(key, true, quota);
                 session.attach();
                 slot.insert(session.clone());
                 return Ok(session);
@@ -290,7 +308,8 @@ impl SessionRegistry {
 
     /// A socket let go of `session`. `took_everything`: it had taken every event. The
     /// last socket to leave starts the grace period, except that a complete
-    /// gateway-made session whose events were all taken ends at once.
+    /// gateway-made session whose events were all taken, and a session in which no
+    /// program ever started, end at once.
     pub(crate) fn detach(self: &Arc<Self>, session: &Arc<Session>, took_everything: bool) {
         let now = tokio::time::Instant::now();
         {
@@ -300,7 +319,7 @@ impl SessionRegistry {
                 return;
             }
             let complete = session.ephemeral && state.ran && state.running == 0;
-            if (complete && took_everything) || self.grace.is_zero() {
+            if (complete && took_everything) || !state.ran || self.grace.is_zero() {
                 drop(state);
                 return self.end(session);
             }
@@ -352,6 +371,14 @@ impl SessionRegistry {
         session.cancel.cancel();
         session.stream.close();
         self.remove(session);
+        // The opener may open another one now.
+        drop(
+            session
+                .quota
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         // An idle interpreter goes now; a running cell's takes it when it is over.
         if let Ok(mut kernel) = session.kernel.try_lock() {
             session.retire(kernel.take());
