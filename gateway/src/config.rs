@@ -274,6 +274,10 @@ pub struct Config {
     /// cgroup of all executions. `None`: the host's memory less a quarter (at least
     /// 1 GiB); `Some(0)`: not added up, the operator overcommits on purpose.
     pub memory_budget_bytes: Option<u64>,
+    /// How many times `memory_budget_bytes` the running executions' memory limits may
+    /// add up to (1: only what fits at every limit at once). The parent cgroup holds
+    /// the real total whatever this is.
+    pub memory_overcommit: u32,
     /// Processes all running executions may hold together, adding up their `processes`
     /// limits, as for `memory_budget_bytes`. `None`: half the kernel's `threads-max`;
     /// `Some(0)`: not added up.
@@ -362,6 +366,7 @@ impl Default for Config {
             sandbox_gid: DEFAULT_SANDBOX_ID,
             jail_program: None,
             memory_budget_bytes: None,
+            memory_overcommit: 8,
             process_budget: None,
             max_connections_per_peer: None,
             max_sessions_per_peer: None,

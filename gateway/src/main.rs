@@ -269,6 +269,14 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     memory_budget_bytes: Option<u64>,
 
+    /// How many times --memory-budget-bytes the running executions' memory limits may
+    /// add up to. Limits are ceilings most programs stay far below, so the default
+    /// admits 8x; the parent cgroup still holds the real total, and should the
+    /// executions together reach it the kernel kills the largest (`resource_limit`
+    /// `memory`). 1: admit only what fits at every limit at once.
+    #[arg(long, default_value_t = 8, value_name = "RATIO")]
+    memory_overcommit: u32,
+
     /// Processes all running executions may hold together (limits.processes added up,
     /// as for --memory-budget-bytes). 0: no total [default: half of the kernel's
     /// threads-max].
@@ -372,6 +380,7 @@ impl ServeArgs {
             sandbox_gid: self.sandbox_gid,
             jail_program: self.jail,
             memory_budget_bytes: self.memory_budget_bytes,
+            memory_overcommit: self.memory_overcommit,
             process_budget: self.process_budget,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),

@@ -199,6 +199,7 @@ async fn admission_adds_up_memory_limits_against_the_budget() -> Result<()> {
     const MIB: u64 = 1 << 20;
     let gateway = TestGateway::spawn_with(Config {
         memory_budget_bytes: Some(96 * MIB),
+        memory_overcommit: 1,
         limits: LimitsConfig {
             memory_bytes: LimitBound {
                 default: 32 * MIB,

@@ -9,9 +9,17 @@
 //! with `invalid_limit`) and starts nothing. The parent cgroup of all executions gets
 //! the same totals (`Cgroups::set_totals`), so the kernel holds the sum too.
 //!
+//! Memory limits are added up against the total times `--memory-overcommit` (default
+//! 8): a limit is a ceiling most programs stay far below (the default is 512 MiB; a
+//! Python `print` uses about 10 MiB), so admitting only what fits at every limit at
+//! once would turn clients away from an idle host. The parent cgroup holds the real
+//! total: should the running executions together reach it, the kernel kills the
+//! largest of them, which ends with `resource_limit` `memory`. `--memory-overcommit 1`
+//! admits only what fits at every limit at once.
+//!
 //! Defaults come from the host: memory is `MemTotal` less a reserve for the system and
 //! the gateway (a quarter, at least 1 GiB); processes are half the kernel's
-//! `threads-max`. A total of 0 means the operator overcommits on purpose: nothing is
+//! `threads-max`. A total of 0 means the operator overcommits without bound: nothing is
 //! added up and the parent cgroup has no limit.
 
 use sluice_protocol::ErrorCode;
@@ -25,7 +33,10 @@ const MIN_RESERVE_BYTES: u64 = 1 << 30;
 /// One resource's total and what admitted executions hold of it.
 #[derive(Debug)]
 struct Pool {
+    /// What the executions may use together (the parent cgroup's limit).
     total: u64,
+    /// What their limits may add up to: `total` times the overcommit ratio.
+    admitted: u64,
     used: AtomicU64,
 }
 
@@ -35,7 +46,7 @@ impl Pool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(amount)
-                    .filter(|after| *after <= self.total)
+                    .filter(|after| *after <= self.admitted)
             })
             .is_ok()
     }
@@ -45,7 +56,8 @@ impl Pool {
     }
 
     fn free(&self) -> u64 {
-        self.total.saturating_sub(self.used.load(Ordering::Acquire))
+        self.admitted
+            .saturating_sub(self.used.load(Ordering::Acquire))
     }
 }
 
@@ -83,31 +95,45 @@ pub(crate) type Refusal = (ErrorCode, String);
 
 impl ExecutionBudget {
     /// The budget with these totals: `None` takes the host's default, `Some(0)` adds
-    /// nothing up (overcommit on purpose).
-    pub(crate) fn new(memory_bytes: Option<u64>, processes: Option<u64>) -> Self {
-        let pool = |total: u64| {
+    /// nothing up (overcommit without bound). Memory limits may add up to
+    /// `memory_overcommit` times the memory total (at least once).
+    pub(crate) fn new(
+        memory_bytes: Option<u64>,
+        memory_overcommit: u32,
+        processes: Option<u64>,
+    ) -> Self {
+        let pool = |total: u64, ratio: u32| {
             (total > 0).then(|| Pool {
                 total,
+                admitted: total.saturating_mul(u64::from(ratio.max(1))),
                 used: AtomicU64::new(0),
             })
         };
         Self {
-            memory: pool(memory_bytes.unwrap_or_else(host_memory_default)),
-            processes: pool(processes.unwrap_or_else(host_processes_default)),
+            memory: pool(
+                memory_bytes.unwrap_or_else(host_memory_default),
+                memory_overcommit,
+            ),
+            processes: pool(processes.unwrap_or_else(host_processes_default), 1),
         }
     }
 
     /// The budget `config` asks for, logged, with the parent cgroup of all executions
     /// limited to it.
     pub(crate) fn start(config: &crate::Config, cgroups: &super::Cgroups) -> Arc<Self> {
-        let budget = Self::new(config.memory_budget_bytes, config.process_budget);
+        let budget = Self::new(
+            config.memory_budget_bytes,
+            config.memory_overcommit,
+            config.process_budget,
+        );
         cgroups.set_totals(budget.memory_total(), budget.processes_total());
         let total =
             |t: Option<u64>| t.map_or("not added up (overcommit)".to_owned(), |t| t.to_string());
         tracing::info!(
             memory_bytes = %total(budget.memory_total()),
+            memory_overcommit = config.memory_overcommit.max(1),
             processes = %total(budget.processes_total()),
-            "executions' budget: their limits added up must fit"
+            "executions' budget: their limits added up must fit (memory: its total times the overcommit)"
         );
         let default_memory = config.limits.memory_bytes.default;
         if budget.memory_total().is_some_and(|t| t < default_memory) {
@@ -154,9 +180,9 @@ impl ExecutionBudget {
                 return Err((
                     ErrorCode::TooManyExecutions,
                     format!(
-                        "the running executions hold the gateway's memory budget: {} of {} bytes are free, this execution's memory limit is {memory_bytes}; try again later or ask for less (limits.memory_bytes)",
-                        pool.free(),
-                        pool.total
+                        "the running executions hold the gateway's memory budget: their limits may add up to {} bytes and {} are free, this execution's memory limit is {memory_bytes}; try again later or ask for less (limits.memory_bytes)",
+                        pool.admitted,
+                        pool.free()
                     ),
                 ));
             }
@@ -220,11 +246,15 @@ mod tests {
 
     #[test]
     fn reservations_add_up_and_are_given_back() {
-        let budget = Arc::new(ExecutionBudget::new(Some(100), Some(10)));
+        let budget = Arc::new(ExecutionBudget::new(Some(100), 1, Some(10)));
         let first = budget.reserve(60, 4).expect("fits");
         let refused = budget.reserve(60, 4).expect_err("memory spent");
         assert_eq!(refused.0, ErrorCode::TooManyExecutions);
-        assert!(refused.1.contains("40 of 100"), "{}", refused.1);
+        assert!(
+            refused.1.contains("100 bytes and 40 are free"),
+            "{}",
+            refused.1
+        );
         let small = budget.reserve(40, 4).expect("the rest fits");
         let refused = budget.reserve(0, 4).expect_err("processes spent");
         assert!(refused.1.contains("process budget"), "{}", refused.1);
@@ -241,8 +271,26 @@ mod tests {
     }
 
     #[test]
+    fn memory_limits_add_up_to_the_total_times_the_overcommit() {
+        let budget = Arc::new(ExecutionBudget::new(Some(100), 4, None));
+        let held: Vec<_> = (0..4)
+            .map(|_| budget.reserve(100, 1).expect("four times the total"))
+            .collect();
+        assert_eq!(
+            budget.reserve(1, 1).expect_err("spent").0,
+            ErrorCode::TooManyExecutions
+        );
+        assert_eq!(
+            budget.reserve(101, 1).expect_err("above the real total").0,
+            ErrorCode::InvalidLimit,
+            "one execution never gets more than the parent cgroup holds"
+        );
+        drop(held);
+    }
+
+    #[test]
     fn zero_overcommits_on_purpose() {
-        let budget = Arc::new(ExecutionBudget::new(Some(0), Some(0)));
+        let budget = Arc::new(ExecutionBudget::new(Some(0), 8, Some(0)));
         assert_eq!(budget.memory_total(), None);
         let held: Vec<_> = (0..1000)
             .map(|_| budget.reserve(u64::MAX / 2, 1 << 20).expect("no budget"))
