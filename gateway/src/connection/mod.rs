@@ -11,7 +11,7 @@ mod link;
 
 use crate::execution::kernel::KernelKind;
 use crate::execution::{self, ExecutionContext, ExecutionSpec, Start, StdinChunk};
-use crate::session::{EventStream, Known, OpenError, Session};
+use crate::session::{EventStream, Fingerprint, Known, OpenError, Session};
 use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
@@ -336,12 +336,21 @@ impl Connection {
             Some(name) => {
                 // An id the session already knows is answered from the session: this
                 // socket gets its events (replayed from the buffer), nothing runs twice.
-                let known = self
-                    .state
-                    .sessions
-                    .get(name)
-                    .filter(|session| session.knows(&request.id));
-                if let Some(session) = known {
+                // Only for the same request: another one reusing the id is refused, so
+                // nobody can answer a victim's `execute` with output of their own.
+                let known = self.state.sessions.get(name).and_then(|session| {
+                    let fingerprint = session.fingerprint_of(&request.id)?;
+                    Some((session, fingerprint))
+                });
+                if let Some((session, fingerprint)) = known {
+                    if fingerprint != Fingerprint::of(&request) {
+                        let message = format!(
+                            "execution id {:?} is already used in session {name:?} by a different request; choose another id",
+                            request.id
+                        );
+                        // The execution exists, so this refusal is not its terminal event.
+                        return self.refuse(None, ErrorCode::DuplicateId, message).await;
+                    }
                     if self.link.reads(&session) {
                         return;
                     }
@@ -420,6 +429,7 @@ impl Connection {
     /// Checks what only the gateway can check, then starts the execution task.
     fn start(&mut self, request: ExecuteRequest, session: Arc<Session>) -> Result<(), Refusal> {
         let state = self.state.clone();
+        let fingerprint = Fingerprint::of(&request);
         let ExecuteRequest {
             id,
             language,
@@ -526,7 +536,7 @@ impl Connection {
         }
         self.started
             .insert(id.clone(), (session.clone(), finished.clone()));
-        session.add_execution(id.clone(), handle);
+        session.add_execution(id.clone(), fingerprint, handle);
         self.running_here.fetch_add(1, Ordering::AcqRel);
         let running_here = self.running_here.clone();
         state.executions.spawn(async move {

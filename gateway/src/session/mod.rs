@@ -7,8 +7,10 @@
 //! freed. A session the gateway made for one execution ends as soon as that execution
 //! has ended and its events were taken.
 
+mod fingerprint;
 mod stream;
 
+pub(crate) use fingerprint::Fingerprint;
 pub(crate) use stream::{attached_event, gap_event, EventStream, ReplayCaps, SocketId};
 
 use crate::execution::kernel::Kernel;
@@ -31,9 +33,16 @@ pub(crate) enum Known {
     Finished,
 }
 
+/// An execution id the session remembers, and what its `execute` asked for.
+#[derive(Debug)]
+struct Remembered {
+    known: Known,
+    fingerprint: Fingerprint,
+}
+
 #[derive(Debug, Default)]
 struct SessionState {
-    executions: HashMap<String, Known>,
+    executions: HashMap<String, Remembered>,
     finished_order: VecDeque<String>,
     running: usize,
     /// Sockets attached now.
@@ -117,21 +126,33 @@ impl Session {
 
     /// Runs `f` on the execution named `id`, if the session knows it.
     pub(crate) fn with_execution<T>(&self, id: &str, f: impl FnOnce(&mut Known) -> T) -> Option<T> {
-        self.lock().executions.get_mut(id).map(f)
+        self.lock()
+            .executions
+            .get_mut(id)
+            .map(|remembered| f(&mut remembered.known))
     }
 
-    /// True if an execution with this id runs or ran here (and is still remembered).
-    pub(crate) fn knows(&self, id: &str) -> bool {
-        self.lock().executions.contains_key(id)
+    /// The fingerprint of the `execute` that started the execution with this id, if it
+    /// runs or ran here (and is still remembered).
+    pub(crate) fn fingerprint_of(&self, id: &str) -> Option<Fingerprint> {
+        self.lock().executions.get(id).map(|r| r.fingerprint)
     }
 
     /// Records a new execution; false if the session has ended.
-    pub(crate) fn add_execution(&self, id: String, handle: ExecutionHandle) -> bool {
+    pub(crate) fn add_execution(
+        &self,
+        id: String,
+        fingerprint: Fingerprint,
+        handle: ExecutionHandle,
+    ) -> bool {
         let mut state = self.lock();
         if state.ended {
             return false;
         }
-        state.executions.insert(id, Known::Running(handle));
+        let known = Known::Running(handle);
+        state
+            .executions
+            .insert(id, Remembered { known, fingerprint });
         state.running += 1;
         state.ran = true;
         true
@@ -141,9 +162,9 @@ impl Session {
     /// session is complete now and its socket may let it go.
     pub(crate) fn execution_finished(&self, id: &str) {
         let mut state = self.lock();
-        if let Some(known) = state.executions.get_mut(id) {
-            if matches!(known, Known::Running(_)) {
-                *known = Known::Finished;
+        if let Some(remembered) = state.executions.get_mut(id) {
+            if matches!(remembered.known, Known::Running(_)) {
+                remembered.known = Known::Finished;
                 state.running -= 1;
                 state.finished_order.push_back(id.to_owned());
                 if state.finished_order.len() > REMEMBERED_FINISHED {
