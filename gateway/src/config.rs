@@ -267,6 +267,18 @@ pub struct Config {
     pub sandbox_gid: u32,
     /// The `sluice-jail` launcher; `None` looks next to the running executable.
     pub jail_program: Option<PathBuf>,
+    // Issue 10, section 3 and 5: memory in total, message deadline, lead timeout.
+    /// Bytes that replay buffers, partial messages and queued stdin may hold in total;
+    /// past it new executions and stdin get `gateway_busy` and large messages in flight
+    /// close their socket. `None`: a quarter of the host's memory (or of the gateway's
+    /// cgroup limit, when lower).
+    pub memory_budget_bytes: Option<usize>,
+    /// How long a client may take to finish sending a message it has started; past it
+    /// the socket is closed (close code 1008).
+    pub message_deadline: Duration,
+    /// How long a session's lead may leave its programs waiting for room in the replay
+    /// buffer without freeing any before it loses the lead.
+    pub lead_timeout: Duration,
 }
 
 impl Config {
@@ -274,6 +286,7 @@ impl Config {
         crate::session::ReplayCaps {
             events: self.replay_events,
             bytes: self.replay_bytes,
+            lead_timeout: self.lead_timeout,
         }
     }
 }
@@ -311,6 +324,9 @@ impl Default for Config {
             sandbox_uid: DEFAULT_SANDBOX_ID,
             sandbox_gid: DEFAULT_SANDBOX_ID,
             jail_program: None,
+            memory_budget_bytes: None,
+            message_deadline: Duration::from_secs(10),
+            lead_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -353,6 +369,12 @@ impl Config {
             ("max_kernels", self.max_kernels),
             ("stdin_queue", self.stdin_queue),
             ("stdin_queue_bytes", self.stdin_queue_bytes),
+            ("memory_budget_bytes", self.memory_budget_bytes.unwrap_or(1)),
+            (
+                "message_deadline_ms",
+                usize::from(!self.message_deadline.is_zero()),
+            ),
+            ("lead_timeout_ms", usize::from(!self.lead_timeout.is_zero())),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

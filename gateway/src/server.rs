@@ -192,8 +192,19 @@ pub async fn run(
         "resource limits beyond rlimits"
     );
     let shutdown_token = CancellationToken::new();
+    let budget = crate::budget::MemoryBudget::new(
+        config
+            .memory_budget_bytes
+            .unwrap_or_else(crate::budget::default_budget_bytes),
+    );
+    tracing::info!(
+        bytes = budget.limit(),
+        "memory budget for replay buffers, messages in flight and queued stdin"
+    );
+    let meters = crate::meter::Meters::default();
     let sessions = SessionRegistry::new(
         config.replay_caps(),
+        budget.clone(),
         config.session_grace,
         config.max_sessions,
         shutdown_token.clone(),
@@ -216,6 +227,8 @@ pub async fn run(
             jail,
             program_user,
         },
+        budget: budget.clone(),
+        meters: meters.clone(),
         config,
     });
     let app = Router::new()
@@ -234,6 +247,8 @@ pub async fn run(
         }
     });
     let tcp_limit = state.config.max_connections.saturating_add(TCP_HEADROOM);
+    // Counts each connection's bytes of an unfinished message (memory budget, deadline).
+    let listener = crate::meter::Metering::new(listener, meters, budget);
     let listener = Admitting::new(listener, tcp_limit, state.config.handshake_timeout);
     tracing::info!(
         languages = %state.runtimes.names().join(", "),
@@ -322,6 +337,10 @@ async fn upgrade(
     }
     let transport_cap = state.config.max_frame_bytes.saturating_mul(4);
     upgrading.accept();
+    let meter = state.meters.get(&peer).unwrap_or_else(|| {
+        tracing::warn!(%peer, "no byte meter for this connection; its messages have no deadline");
+        crate::meter::Meter::detached(&state.budget)
+    });
     let id = state.next_connection_id.fetch_add(1, Ordering::Relaxed);
     ws.protocols([sluice_protocol::SUBPROTOCOL])
         .max_message_size(transport_cap)
@@ -333,7 +352,7 @@ async fn upgrade(
             let tracker = state.connections.clone();
             tracker.track_future(
                 async move {
-                    connection::serve(socket, state, shutdown, id).await;
+                    connection::serve(socket, state, shutdown, id, meter).await;
                     drop(permit);
                 }
                 .instrument(span),

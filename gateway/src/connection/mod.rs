@@ -9,9 +9,11 @@
 
 mod link;
 
+use crate::budget::MemoryBudget;
 use crate::execution::kernel::KernelKind;
 use crate::execution::{self, ExecutionContext, ExecutionSpec, Start, StdinChunk};
-use crate::session::{EventStream, Fingerprint, Known, OpenError, Session};
+use crate::meter::Meter;
+use crate::session::{EventStream, Fingerprint, Known, Lead, OpenError, Session};
 use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
@@ -36,6 +38,14 @@ const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(1);
 /// Close code sent when a frame exceeds the transport cap (RFC 6455 "message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// Close code sent when a message is not completed within the message deadline (RFC
+/// 6455 "policy violation").
+const CLOSE_POLICY: u16 = 1008;
+
+/// Close code sent when the memory budget has no room for a message in flight (IANA
+/// "try again later").
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
 /// Most bytes of frames the writer takes from its streams before writing them out.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -45,9 +55,16 @@ pub(crate) async fn serve(
     state: Arc<GatewayState>,
     shutdown: CancellationToken,
     socket_id: u64,
+    meter: Arc<Meter>,
 ) {
+    meter.arm();
+    let message_deadline = state.config.message_deadline;
     let (sink, mut frames) = socket.split();
-    let own = Arc::new(EventStream::new(None, state.config.replay_caps()));
+    let own = Arc::new(EventStream::new(
+        None,
+        state.config.replay_caps(),
+        &state.budget,
+    ));
     let link = Arc::new(SocketLink::new(socket_id, own.clone()));
     // Cancelled on gateway shutdown, or by the writer when it can no longer write (the
     // client stopped reading past the send timeout, or the socket broke).
@@ -81,20 +98,30 @@ pub(crate) async fn serve(
     loop {
         tokio::select! {
             () = closing.cancelled() => break,
+            () = meter.overdue(message_deadline) => {
+                conn.message_overdue();
+                break;
+            }
             frame = frames.next() => match frame {
-                Some(Ok(Message::Text(text))) => conn.handle_text(text.as_str()).await,
+                Some(Ok(Message::Text(text))) => {
+                    meter.message_done();
+                    conn.handle_text(text.as_str()).await;
+                }
                 Some(Ok(Message::Binary(_))) => {
+                    meter.message_done();
                     conn.frame_session = None;
                     conn.refuse(None, ErrorCode::BadRequest, "binary frames are not part of the protocol; send JSON text frames").await;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
+                    meter.control_done(payload.len());
+                }
                 Some(Ok(Message::Close(_))) => {
                     conn.peer_closed.store(true, Ordering::Release);
                     break;
                 }
                 None => break,
                 Some(Err(err)) => {
-                    conn.read_failed(err);
+                    conn.read_failed(err, &meter);
                     break;
                 }
             },
@@ -322,9 +349,12 @@ impl Connection {
                     );
                     return self.refuse(None, ErrorCode::DuplicateId, message).await;
                 }
+                if let Err((code, message)) = self.check_memory() {
+                    return self.refuse(Some(request.id), code, message).await;
+                }
                 match self.state.sessions.open_ephemeral() {
                     Ok(session) => {
-                        self.link.subscribe(&session, 0, true, false);
+                        self.link.subscribe(&session, 0, Lead::Take, false);
                         session
                     }
                     Err(err) => {
@@ -355,10 +385,15 @@ impl Connection {
                         return;
                     }
                     // The execution exists, so this refusal is not its terminal event.
-                    if let Err((code, message)) = self.join(&session, 0, false) {
+                    // A resend of the same request counts as executing in the session.
+                    if let Err((code, message)) = self.join(&session, 0, Lead::May, false) {
                         self.refuse(None, code, message).await;
                     }
                     return;
+                }
+                if let Err((code, message)) = self.check_memory() {
+                    let id = (!self.is_running_here(&request.id)).then_some(request.id);
+                    return self.refuse(id, code, message).await;
                 }
                 match self.named_session(name) {
                     Ok(session) => session,
@@ -385,6 +420,8 @@ impl Connection {
                 let err = crate::session::OpenError::GatewayMade(name.to_owned());
                 return Err((ErrorCode::BadRequest, err.to_string()));
             }
+            // It executes in the session: it may lead it now.
+            session.stream.allow_lead(self.link.socket);
             return Ok(session);
         }
         self.check_session_room()?;
@@ -394,15 +431,21 @@ impl Connection {
             .open_named(name)
             .map_err(|err| (open_error_code(&err), err.to_string()))?;
         let cursor = session.stream.head();
-        self.link.subscribe(&session, cursor, false, false);
+        self.link.subscribe(&session, cursor, Lead::May, false);
         Ok(session)
     }
 
     /// Starts reading `session` after `since` (moves the cursor if this socket reads it
-    /// already).
-    fn join(&mut self, session: &Arc<Session>, since: u64, announce: bool) -> Result<(), Refusal> {
+    /// already). `lead`: whether it may pace the session.
+    fn join(
+        &mut self,
+        session: &Arc<Session>,
+        since: u64,
+        lead: Lead,
+        announce: bool,
+    ) -> Result<(), Refusal> {
         if self.link.reads(session) {
-            self.link.subscribe(session, since, false, announce);
+            self.link.subscribe(session, since, lead, announce);
             return Ok(());
         }
         if !session.ephemeral {
@@ -411,7 +454,22 @@ impl Connection {
         if !self.state.sessions.attach(session) {
             return Err(unknown_session(session.id()));
         }
-        self.link.subscribe(session, since, false, announce);
+        self.link.subscribe(session, since, lead, announce);
+        Ok(())
+    }
+
+    /// New work is refused while the gateway's memory budget is spent.
+    fn check_memory(&self) -> Result<(), Refusal> {
+        let budget = &self.state.budget;
+        if budget.is_spent() {
+            return Err((
+                ErrorCode::GatewayBusy,
+                format!(
+                    "the gateway's memory budget of {} bytes (replay buffers, messages in flight, queued stdin) is spent; retry later",
+                    budget.limit()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -595,8 +653,9 @@ impl Connection {
             eof,
         } = frame;
         let budget = self.state.config.stdin_queue_bytes;
+        let memory = &self.state.budget;
         let offered = self.with_running(session.as_deref(), &id, |handle| {
-            offer_stdin(handle, &id, data, eof, budget)
+            offer_stdin(handle, &id, data, eof, budget, memory)
         });
         if let Err((code, message)) = offered {
             self.refuse(None, code, message).await;
@@ -628,7 +687,15 @@ impl Connection {
             );
             return self.refuse(None, ErrorCode::BadRequest, message).await;
         }
-        if let Err((code, message)) = self.join(&found, since, true) {
+        // Anyone may attach to a named session (there are no credentials yet), so an
+        // attach alone never lets a socket pace it; the 128-bit id of a gateway-made
+        // session is as good as a credential.
+        let lead = if found.ephemeral {
+            Lead::May
+        } else {
+            Lead::Never
+        };
+        if let Err((code, message)) = self.join(&found, since, lead, true) {
             self.refuse(None, code, message).await;
         }
     }
@@ -651,9 +718,38 @@ impl Connection {
         }
     }
 
+    /// Closes the socket (1008) because a message it started did not arrive whole
+    /// within the deadline.
+    fn message_overdue(&self) {
+        let deadline = self.state.config.message_deadline;
+        tracing::info!(
+            ?deadline,
+            "closing: a message was not completed within the message deadline"
+        );
+        self.close_with(CloseFrame {
+            code: CLOSE_POLICY,
+            reason: format!("message not completed within {} ms", deadline.as_millis()).into(),
+        });
+    }
+
+    fn close_with(&self, close: CloseFrame) {
+        *self
+            .close_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(close);
+    }
+
     /// A read error ends the connection; a frame over the transport cap is said so with
-    /// close code 1009 before the socket closes.
-    fn read_failed(&self, err: axum::Error) {
+    /// close code 1009 before the socket closes, a message in flight that the memory
+    /// budget has no room for with 1013.
+    fn read_failed(&self, err: axum::Error, meter: &Meter) {
+        if meter.over_budget() {
+            tracing::warn!("closing: the memory budget has no room for the message in flight");
+            return self.close_with(CloseFrame {
+                code: CLOSE_TRY_AGAIN_LATER,
+                reason: "the gateway's memory budget is spent; retry later".into(),
+            });
+        }
         let err = err.into_inner();
         let too_big = matches!(
             err.downcast_ref::<tungstenite::Error>(),
@@ -676,13 +772,15 @@ impl Connection {
     }
 }
 
-/// Queues client input for a running program, within its byte and frame budgets.
+/// Queues client input for a running program, within its byte and frame budgets and
+/// the gateway's memory budget (the queued bytes are held against it until written).
 fn offer_stdin(
     handle: &mut execution::ExecutionHandle,
     id: &str,
     data: Option<String>,
     eof: bool,
     budget: usize,
+    memory: &MemoryBudget,
 ) -> Result<(), Refusal> {
     if handle.stdin_closed {
         let message = format!("stdin of execution {id:?} is already closed");
@@ -696,9 +794,20 @@ fn offer_stdin(
         );
         return Err((ErrorCode::StdinFull, message));
     }
+    let Some(held) = memory.try_reserve(bytes) else {
+        let message = format!(
+            "the gateway's memory budget of {} bytes is spent; this input for execution {id:?} was dropped, retry later",
+            memory.limit()
+        );
+        return Err((ErrorCode::GatewayBusy, message));
+    };
     // Counted before it is queued, so the writer's subtraction never comes first.
     handle.stdin_queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-    let sent = handle.stdin.try_send(StdinChunk { data, eof });
+    let sent = handle.stdin.try_send(StdinChunk {
+        data,
+        eof,
+        memory: Some(held),
+    });
     if sent.is_err() {
         handle.stdin_queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }

@@ -11,8 +11,9 @@ mod fingerprint;
 mod stream;
 
 pub(crate) use fingerprint::Fingerprint;
-pub(crate) use stream::{attached_event, gap_event, EventStream, ReplayCaps, SocketId};
+pub(crate) use stream::{attached_event, gap_event, EventStream, Lead, ReplayCaps, SocketId};
 
+use crate::budget::MemoryBudget;
 use crate::execution::kernel::Kernel;
 use crate::execution::ExecutionHandle;
 use dashmap::DashMap;
@@ -155,6 +156,7 @@ impl Session {
             .insert(id, Remembered { known, fingerprint });
         state.running += 1;
         state.ran = true;
+        self.stream.set_idle(false);
         true
     }
 
@@ -171,6 +173,11 @@ impl Session {
                     if let Some(old) = state.finished_order.pop_front() {
                         state.executions.remove(&old);
                     }
+                }
+                if state.running == 0 {
+                    // Under the session's lock, so a new execution's `set_idle(false)`
+                    // cannot come between.
+                    self.stream.set_idle(true);
                 }
             }
         }
@@ -207,6 +214,8 @@ impl Session {
 pub(crate) struct SessionRegistry {
     sessions: DashMap<Arc<str>, Arc<Session>>,
     caps: ReplayCaps,
+    /// What every session's replay buffer draws from.
+    budget: MemoryBudget,
     grace: Duration,
     max_sessions: usize,
     /// Parent of every session's cancel token (the gateway's shutdown).
@@ -227,6 +236,7 @@ pub(crate) enum OpenError {
 impl SessionRegistry {
     pub(crate) fn new(
         caps: ReplayCaps,
+        budget: MemoryBudget,
         grace: Duration,
         max_sessions: usize,
         shutdown: CancellationToken,
@@ -234,6 +244,7 @@ impl SessionRegistry {
         Self {
             sessions: DashMap::new(),
             caps,
+            budget,
             grace,
             max_sessions,
             shutdown,
@@ -243,7 +254,7 @@ impl SessionRegistry {
 
     fn new_session(&self, id: Arc<str>, ephemeral: bool) -> Arc<Session> {
         Arc::new(Session {
-            stream: EventStream::new(Some(id), self.caps),
+            stream: EventStream::new(Some(id), self.caps, &self.budget),
             ephemeral,
             cancel: self.shutdown.child_token(),
             kernel: Arc::default(),
