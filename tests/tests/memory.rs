@@ -112,3 +112,37 @@ async fn while_the_budget_is_spent_executions_and_stdin_get_gateway_busy() -> Re
     ensure!(text_of(&sink, EventKind::Stdout) == "got x\n", "{sink:?}");
     gateway.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_keeps_only_a_tail_of_what_its_readers_have_taken() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut owner = gateway.raw().await?;
+    let mut flood = request(
+        "flood",
+        "python",
+        "import sys\nsys.stdout.write('z' * 2_000_000)\n",
+    );
+    flood.session = Some("idle".into());
+    owner.execute(flood).await?;
+    let events = owner.events_until_terminal("flood").await?;
+    let terminal = events.last().context("no events")?.clone();
+    ensure!(terminal.kind == EventKind::Completed, "{terminal:?}");
+    // Every event was taken and nothing runs: a late reader finds only the tail.
+    let mut late = gateway.raw().await?;
+    late.attach("idle", Some(0)).await?;
+    let attached = late.next_event().await?;
+    ensure!(attached.kind == EventKind::Attached, "{attached:?}");
+    let gap = late.next_event().await?;
+    ensure!(
+        gap.kind == EventKind::Gap && gap.missed_from == Some(1),
+        "{gap:?}"
+    );
+    let replayed = late.events_until_terminal("flood").await?;
+    ensure!(replayed.last() == Some(&terminal));
+    let tail = text_of(&replayed, EventKind::Stdout).len();
+    ensure!(
+        (256 << 10..512 << 10).contains(&tail),
+        "{tail} bytes of output replayed"
+    );
+    gateway.shutdown().await
+}
