@@ -8,6 +8,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The gateway-wide byte budget; cheap to clone (all clones share one count).
 #[derive(Debug, Clone)]
@@ -17,13 +19,22 @@ pub(crate) struct MemoryBudget(Arc<Counter>);
 struct Counter {
     limit: usize,
     used: AtomicUsize,
+    /// The most used since [`MemoryBudget::return_memory_after_peaks`] last looked.
+    peak: AtomicUsize,
 }
+
+/// How often the gateway checks whether usage has come down from a peak.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How far usage must have come down from its peak for the gateway to give memory back.
+const TRIM_AFTER_FREED: usize = 16 << 20;
 
 impl MemoryBudget {
     pub(crate) fn new(limit: usize) -> Self {
         Self(Arc::new(Counter {
             limit,
             used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         }))
     }
 
@@ -62,13 +73,43 @@ impl MemoryBudget {
     }
 
     fn take(&self, bytes: usize, over: bool) -> bool {
-        self.0
+        let taken = self
+            .0
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 let after = used.saturating_add(bytes);
                 (over || after <= self.0.limit).then_some(after)
-            })
-            .is_ok()
+            });
+        if let Ok(before) = taken {
+            self.0
+                .peak
+                .fetch_max(before.saturating_add(bytes), Ordering::AcqRel);
+        }
+        taken.is_ok()
+    }
+
+    /// Until `stop`: every few seconds, if what the budget counts has come down by
+    /// [`TRIM_AFTER_FREED`] or more from its peak since the last look, gives the freed
+    /// memory back to the kernel ([`crate::sys::return_freed_memory`]), so the
+    /// gateway's resident size comes down after a peak instead of staying there.
+    pub(crate) async fn return_memory_after_peaks(self, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(TRIM_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let used = self.used();
+            let peak = self.0.peak.swap(used, Ordering::AcqRel);
+            if peak.saturating_sub(used) >= TRIM_AFTER_FREED {
+                let trimmed = tokio::task::spawn_blocking(crate::sys::return_freed_memory).await;
+                if let Err(err) = trimmed {
+                    tracing::warn!(%err, "could not give freed memory back");
+                }
+                tracing::debug!(peak, used, "gave freed memory back to the kernel");
+            }
+        }
     }
 
     fn give_back(&self, bytes: usize) {

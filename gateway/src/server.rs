@@ -201,6 +201,11 @@ pub async fn run(
         bytes = budget.limit(),
         "memory budget for replay buffers, messages in flight and queued stdin"
     );
+    tokio::spawn(
+        budget
+            .clone()
+            .return_memory_after_peaks(shutdown_token.clone()),
+    );
     let meters = crate::meter::Meters::default();
     let sessions = SessionRegistry::new(
         config.replay_caps(),
