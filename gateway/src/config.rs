@@ -287,6 +287,7 @@ impl Config {
             events: self.replay_events,
             bytes: self.replay_bytes,
             lead_timeout: self.lead_timeout,
+            departed_grace: self.session_grace,
         }
     }
 }

@@ -34,7 +34,13 @@ pub(crate) struct ReplayCaps {
     pub(crate) events: usize,
     pub(crate) bytes: usize,
     pub(crate) lead_timeout: Duration,
+    /// How long an idle stream keeps what a reader that acknowledged and went away has
+    /// not acknowledged (the session's grace period: it may be back, resuming).
+    pub(crate) departed_grace: Duration,
 }
+
+/// Readers that acknowledged and went away whose positions an idle stream remembers.
+const REMEMBERED_DEPARTED: usize = 16;
 
 /// Bytes an idle stream keeps beyond what its readers still need, for a late `attach`
 /// or a resent `execute`.
@@ -109,6 +115,8 @@ struct Inner {
     idle: bool,
     /// Since when producers wait for room that the lead does not free.
     stuck_since: Option<Instant>,
+    /// What acknowledging readers that went away had acknowledged, and when they left.
+    departed: VecDeque<(u64, Instant)>,
     /// The ring's bytes, held against the gateway's budget.
     memory: Reservation,
 }
@@ -154,7 +162,7 @@ impl Inner {
 
     /// For an idle stream: drops what every reader (and the last lead) is done with,
     /// beyond the idle tail.
-    fn trim_idle(&mut self) {
+    fn trim_idle(&mut self, departed_grace: Duration) {
         if !self.idle {
             return;
         }
@@ -163,10 +171,14 @@ impl Inner {
         } else {
             self.pinned()
         };
+        let now = Instant::now();
+        self.departed
+            .retain(|(_, gone)| now < *gone + departed_grace);
         let floor = self
             .readers
             .iter()
             .map(Reader::done_with)
+            .chain(self.departed.iter().map(|(acked, _)| *acked))
             .fold(lead_pin, u64::min);
         while self.ring.front().is_some_and(|f| {
             f.sequence <= floor && self.ring_bytes - f.text.as_str().len() >= IDLE_TAIL_BYTES
@@ -232,6 +244,7 @@ impl EventStream {
                 events: caps.events.max(1),
                 bytes: caps.bytes.max(1),
                 lead_timeout: caps.lead_timeout,
+                departed_grace: caps.departed_grace,
             },
             inner: Mutex::new(Inner {
                 next_sequence: 1,
@@ -246,6 +259,7 @@ impl EventStream {
                 unpinned: false,
                 idle: false,
                 stuck_since: None,
+                departed: VecDeque::new(),
                 memory: budget.empty(),
             }),
             room: Notify::new(),
@@ -383,7 +397,7 @@ impl EventStream {
         if let Some(reader) = inner.readers.iter_mut().find(|r| r.socket == socket) {
             reader.taken = taken.cursor;
         }
-        inner.trim_idle();
+        inner.trim_idle(self.caps.departed_grace);
         if inner.lead == Some(socket) && taken.cursor > inner.lead_taken {
             inner.lead_taken = taken.cursor;
             inner.stuck_since = None;
@@ -450,7 +464,7 @@ impl EventStream {
         reader.acknowledges = true;
         reader.acked = reader.acked.max(sequence);
         let may_lead = reader.may_lead;
-        inner.trim_idle();
+        inner.trim_idle(self.caps.departed_grace);
         if inner.lead != Some(socket) {
             let lead_acknowledges = inner
                 .readers
@@ -479,7 +493,18 @@ impl EventStream {
     /// attaches or the stream closes.
     pub(crate) fn remove_reader(&self, socket: SocketId) {
         let mut inner = self.lock();
-        inner.readers.retain(|r| r.socket != socket);
+        let leaving = inner.readers.iter().position(|r| r.socket == socket);
+        if let Some(reader) = leaving.map(|at| inner.readers.remove(at)) {
+            // The lead's position is kept anyway (it pins the ring).
+            if reader.acknowledges && inner.lead != Some(socket) {
+                if inner.departed.len() == REMEMBERED_DEPARTED {
+                    inner.departed.pop_front();
+                }
+                inner
+                    .departed
+                    .push_back((reader.done_with(), Instant::now()));
+            }
+        }
         if inner.lead == Some(socket) {
             let next = inner.readers.iter().rev().find(|r| r.may_lead);
             if let Some(reader) = next {
@@ -488,7 +513,7 @@ impl EventStream {
             }
             inner.lead = next.map(|r| r.socket);
         }
-        inner.trim_idle();
+        inner.trim_idle(self.caps.departed_grace);
     }
 
     /// Whether an execution runs in the stream's session. Once none does, the ring
@@ -497,7 +522,7 @@ impl EventStream {
     pub(crate) fn set_idle(&self, idle: bool) {
         let mut inner = self.lock();
         inner.idle = idle;
-        inner.trim_idle();
+        inner.trim_idle(self.caps.departed_grace);
     }
 
     /// Bytes buffered for replay now.
@@ -584,6 +609,7 @@ mod tests {
                 events,
                 bytes: 1 << 20,
                 lead_timeout: Duration::from_secs(3600),
+                departed_grace: Duration::from_secs(60),
             },
             &MemoryBudget::unlimited(),
         )
@@ -715,6 +741,7 @@ mod tests {
                 events: 2,
                 bytes: 1 << 20,
                 lead_timeout: Duration::from_millis(50),
+                departed_grace: Duration::from_secs(60),
             },
             &MemoryBudget::unlimited(),
         );
@@ -740,6 +767,7 @@ mod tests {
                 events: 100_000,
                 bytes: 64 << 20,
                 lead_timeout: Duration::from_secs(3600),
+                departed_grace: Duration::from_secs(60),
             },
             &MemoryBudget::unlimited(),
         );
@@ -765,6 +793,28 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_stream_keeps_what_a_departed_acknowledging_reader_has_not_acknowledged() {
+        let s = stream(100_000);
+        s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);
+        s.add_reader(2, Arc::new(Notify::new()), Lead::Never, 0);
+        let big = "x".repeat(64 * 1024);
+        for _ in 0..16 {
+            s.publish(Event::new(EventKind::Stdout, Some("e".into()), big.clone()));
+        }
+        let mut out = Vec::new();
+        s.take(1, 0, usize::MAX, &mut out);
+        s.take(2, 0, usize::MAX, &mut out);
+        s.ack(2, 1);
+        // The observer's connection drops; it will be back, resuming after 1.
+        s.remove_reader(2);
+        s.set_idle(true);
+        let mut resumed = Vec::new();
+        s.add_reader(3, Arc::new(Notify::new()), Lead::Never, 1);
+        assert_eq!(s.take(3, 1, usize::MAX, &mut resumed).gap, None);
+        assert_eq!(resumed.len(), 15);
+    }
+
+    #[test]
     fn while_the_budget_is_spent_frames_the_lead_took_are_evicted() {
         let budget = MemoryBudget::new(4096);
         let s = EventStream::new(
@@ -773,6 +823,7 @@ mod tests {
                 events: 1000,
                 bytes: 1 << 20,
                 lead_timeout: Duration::from_secs(3600),
+                departed_grace: Duration::from_secs(60),
             },
             &budget,
         );
