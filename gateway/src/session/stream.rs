@@ -291,6 +291,8 @@ impl EventStream {
             let deadline = {
                 let mut inner = self.lock();
                 if inner.has_room(self.caps) {
+                    // Room came: whatever waited before is not the lead's doing now.
+                    inner.stuck_since = None;
                     return;
                 }
                 *inner.stuck_since.get_or_insert_with(Instant::now) + self.caps.lead_timeout
