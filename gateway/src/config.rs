@@ -297,6 +297,18 @@ pub struct Config {
     /// How often every socket is pinged; a socket from which nothing (no frame, no pong)
     /// has arrived for two intervals is closed.
     pub ping_interval: Duration,
+    // Issue 10, section 3 and 5: memory in total, message deadline, lead timeout.
+    /// Bytes that replay buffers, partial messages and queued stdin may hold in total;
+    /// past it new executions and stdin get `gateway_busy` and large messages in flight
+    /// close their socket. `None`: a quarter of the host's memory (or of the gateway's
+    /// cgroup limit, when lower).
+    pub buffer_budget_bytes: Option<usize>,
+    /// How long a client may take to finish sending a message it has started; past it
+    /// the socket is closed (close code 1008).
+    pub message_deadline: Duration,
+    /// How long a session's lead may leave its programs waiting for room in the replay
+    /// buffer without freeing any before it loses the lead.
+    pub lead_timeout: Duration,
 }
 
 /// A quarter of a gateway-wide cap, at least 1: the per-peer default, so one client
@@ -328,6 +340,8 @@ impl Config {
         crate::session::ReplayCaps {
             events: self.replay_events,
             bytes: self.replay_bytes,
+            lead_timeout: self.lead_timeout,
+            departed_grace: self.session_grace,
         }
     }
 }
@@ -373,6 +387,9 @@ impl Default for Config {
             max_executions_per_peer: None,
             idle_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(30),
+            buffer_budget_bytes: None,
+            message_deadline: Duration::from_secs(10),
+            lead_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -420,6 +437,12 @@ impl Config {
             ("max_executions_per_peer", self.executions_per_peer()),
             ("idle_timeout", millis(self.idle_timeout)),
             ("ping_interval", millis(self.ping_interval)),
+            ("buffer_budget_bytes", self.buffer_budget_bytes.unwrap_or(1)),
+            (
+                "message_deadline_ms",
+                usize::from(!self.message_deadline.is_zero()),
+            ),
+            ("lead_timeout_ms", usize::from(!self.lead_timeout.is_zero())),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

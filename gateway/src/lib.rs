@@ -6,10 +6,12 @@
 #![warn(missing_docs)]
 
 mod admission;
+mod buffer_budget;
 mod config;
 mod connection;
 mod execution;
 mod leftovers;
+mod meter;
 mod runtime;
 mod sandbox;
 mod server;

@@ -316,6 +316,26 @@ struct ServeArgs {
     /// arrived for two intervals is closed (close code 1001).
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     ping_interval_ms: u64,
+
+    // Issue 10, sections 3 and 5: the gateway's memory in total, message deadline, lead.
+    /// Bytes that every session's replay buffer, every message still arriving and every
+    /// queued stdin may hold together [default: a quarter of the host's memory, or of
+    /// the gateway's cgroup limit when lower]. While it is spent, new executions and
+    /// stdin get `gateway_busy`, buffers keep only what their lead needs, and a socket
+    /// whose unfinished message needs more than 64 KiB of it is closed (code 1013).
+    #[arg(long, value_name = "BYTES")]
+    buffer_budget_bytes: Option<usize>,
+
+    /// Close a socket (code 1008) that starts a message and does not finish it within
+    /// this long.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    message_deadline_ms: u64,
+
+    /// A session's lead that leaves its programs waiting for room in the replay buffer
+    /// this long without freeing any loses the lead: the programs go on, and readers
+    /// that fall behind get a `gap`.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    lead_timeout_ms: u64,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -392,6 +412,9 @@ impl ServeArgs {
             max_executions_per_peer: self.max_executions_per_peer,
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             ping_interval: Duration::from_millis(self.ping_interval_ms),
+            buffer_budget_bytes: self.buffer_budget_bytes,
+            message_deadline: Duration::from_millis(self.message_deadline_ms),
+            lead_timeout: Duration::from_millis(self.lead_timeout_ms),
             ..Config::default()
         };
         config.runtimes.extend(self.runtimes);

@@ -141,7 +141,7 @@ pub async fn run(
             "--isolation cgroups needs a writable cgroup under the gateway's own (a v1 memory or pids hierarchy, or the v2 one; see `sluice doctor`); this host has none".into(),
         ));
     }
-    let budget = crate::sandbox::ExecutionBudget::start(&config, &cgroups);
+    let execution_budget = crate::sandbox::ExecutionBudget::start(&config, &cgroups);
     let cgroups = Arc::new(cgroups);
     // A jail takes the network away itself; without one, the program's own start does
     // (unshare before exec), where the gateway may.
@@ -193,8 +193,24 @@ pub async fn run(
         "resource limits beyond rlimits"
     );
     let shutdown_token = CancellationToken::new();
+    let buffers = crate::buffer_budget::BufferBudget::new(
+        config
+            .buffer_budget_bytes
+            .unwrap_or_else(crate::buffer_budget::default_budget_bytes),
+    );
+    tracing::info!(
+        bytes = buffers.limit(),
+        "memory budget for replay buffers, messages in flight and queued stdin"
+    );
+    tokio::spawn(
+        buffers
+            .clone()
+            .return_memory_after_peaks(shutdown_token.clone()),
+    );
+    let meters = crate::meter::Meters::default();
     let sessions = SessionRegistry::new(
         config.replay_caps(),
+        buffers.clone(),
         config.session_grace,
         config.max_sessions,
         config.sessions_per_peer(),
@@ -216,11 +232,13 @@ pub async fn run(
             work_root: Arc::from(work_root.path.as_path()),
             base_env: config.base_env.clone().into(),
             cgroups: cgroups.clone(),
-            budget,
+            budget: execution_budget,
             no_network,
             jail,
             program_user,
         },
+        buffers: buffers.clone(),
+        meters: meters.clone(),
         config,
     });
     let app = Router::new()
@@ -239,6 +257,8 @@ pub async fn run(
         }
     });
     let tcp_limit = state.config.max_connections.saturating_add(TCP_HEADROOM);
+    // Counts each connection's bytes of an unfinished message (memory budget, deadline).
+    let listener = crate::meter::Metering::new(listener, meters, buffers);
     let listener = Admitting::new(listener, tcp_limit, state.config.handshake_timeout);
     tracing::info!(
         languages = %state.runtimes.names().join(", "),
@@ -350,6 +370,10 @@ async fn upgrade(
     }
     let transport_cap = state.config.max_frame_bytes.saturating_mul(4);
     upgrading.accept();
+    let meter = state.meters.get(&peer).unwrap_or_else(|| {
+        tracing::warn!(%peer, "no byte meter for this connection; its messages have no deadline");
+        crate::meter::Meter::detached(&state.buffers)
+    });
     let id = state.next_connection_id.fetch_add(1, Ordering::Relaxed);
     ws.protocols([sluice_protocol::SUBPROTOCOL])
         .max_message_size(transport_cap)
@@ -361,7 +385,7 @@ async fn upgrade(
             let tracker = state.connections.clone();
             tracker.track_future(
                 async move {
-                    connection::serve(socket, state, shutdown, id, principal).await;
+                    connection::serve(socket, state, shutdown, id, principal, meter).await;
                     drop((permit, peer_permit));
                 }
                 .instrument(span),

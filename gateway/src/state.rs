@@ -37,4 +37,8 @@ pub(crate) struct GatewayState {
     pub(crate) next_connection_id: AtomicU64,
     /// Where and how programs start: work root, base environment, cgroups.
     pub(crate) host: crate::execution::Host,
+    /// What replay buffers, partial messages and queued stdin draw from, in total.
+    pub(crate) buffers: crate::buffer_budget::BufferBudget,
+    /// Each open connection's bytes in flight, by peer address.
+    pub(crate) meters: crate::meter::Meters,
 }

@@ -44,6 +44,9 @@ pub enum ErrorCode {
     /// during it: the session's state is lost, and its next execution starts a fresh
     /// interpreter.
     KernelLost,
+    /// The gateway's memory budget (replay buffers, messages in flight, queued stdin) is
+    /// spent: the new execution or the input was not accepted; retry later.
+    GatewayBusy,
     /// An unexpected failure inside the gateway; details are in the gateway's log.
     Internal,
     /// A code this version of the protocol crate does not know (sent by a newer gateway).
@@ -69,6 +72,7 @@ impl ErrorCode {
             Self::StdinFull => "stdin_full",
             Self::ShuttingDown => "shutting_down",
             Self::KernelLost => "kernel_lost",
+            Self::GatewayBusy => "gateway_busy",
             Self::Internal => "internal",
             Self::Other => "other",
         }

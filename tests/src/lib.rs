@@ -365,6 +365,31 @@ impl RawSocket {
         self.send_text(frame.to_json()).await
     }
 
+    /// Writes `bytes` to the TCP connection as they are, under the WebSocket layer: for
+    /// frames no WebSocket library sends, such as one that never ends.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        within(
+            "raw bytes to be written",
+            self.ws.get_mut().write_all(bytes),
+        )
+        .await?
+        .context("writing raw bytes")?;
+        within("raw bytes to be flushed", self.ws.get_mut().flush())
+            .await?
+            .context("flushing raw bytes")
+    }
+
+    /// Starts a masked text frame that announces `announced` payload bytes and sends
+    /// only the first `sent` of them: a message the gateway must hold until it is
+    /// complete, which it never will be.
+    pub async fn send_unfinished_frame(&mut self, announced: u64, sent: usize) -> Result<()> {
+        let mut bytes = vec![0x81, 0x80 | 127];
+        bytes.extend_from_slice(&announced.to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3, 4]); // the mask
+        bytes.resize(bytes.len() + sent, b'x');
+        self.send_raw(&bytes).await
+    }
+
     /// Sends an `execute` frame.
     pub async fn execute(&mut self, request: ExecuteRequest) -> Result<()> {
         self.send_frame(&ClientFrame::Execute(request)).await

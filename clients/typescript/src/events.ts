@@ -25,6 +25,7 @@ export type KnownErrorCode =
   | 'spawn_failed'
   | 'shutting_down'
   | 'kernel_lost'
+  | 'gateway_busy'
   | 'internal';
 
 /** A protocol error code: one of {@link KnownErrorCode}, or one a newer gateway added. */

@@ -1,7 +1,9 @@
 //! [`SocketLink`]: the streams one socket reads and where it is in each, shared by the
 //! connection's reader (which attaches and detaches) and its writer (which takes events).
 
-use crate::session::{attached_event, gap_event, EventStream, Session, SessionRegistry, SocketId};
+use crate::session::{
+    attached_event, gap_event, EventStream, Lead, Session, SessionRegistry, SocketId,
+};
 use axum::extract::ws::Utf8Bytes;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
@@ -77,7 +79,7 @@ pub(crate) struct Batch {
 impl SocketLink {
     pub(crate) fn new(socket: SocketId, own: Arc<EventStream>) -> Self {
         let wake = Arc::new(Notify::new());
-        own.add_reader(socket, wake.clone(), true, 0);
+        own.add_reader(socket, wake.clone(), Lead::Take, 0);
         Self {
             socket,
             wake,
@@ -129,13 +131,14 @@ impl SocketLink {
     }
 
     /// Starts reading `session` after `cursor` (or moves the cursor if it already does).
-    /// `announce`: answer with an `attached` event before its first frame. Returns true
-    /// if it was not read before (the caller has attached it once).
+    /// `lead`: whether this socket may pace the session. `announce`: answer with an
+    /// `attached` event before its first frame. Returns true if it was not read before
+    /// (the caller has attached it once).
     pub(crate) fn subscribe(
         &self,
         session: &Arc<Session>,
         cursor: u64,
-        lead: bool,
+        lead: Lead,
         announce: bool,
     ) -> bool {
         let mut subscriptions = self.lock();

@@ -14,9 +14,11 @@
 mod link;
 
 use crate::admission::{ExecutionSlot, Principal};
+use crate::buffer_budget::BufferBudget;
 use crate::execution::kernel::KernelKind;
 use crate::execution::{self, ExecutionContext, ExecutionSpec, Start, StdinChunk};
-use crate::session::{EventStream, Known, OpenError, Session};
+use crate::meter::Meter;
+use crate::session::{EventStream, Fingerprint, Known, Lead, OpenError, Session};
 use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
@@ -44,6 +46,14 @@ const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code sent to a socket closed for holding nothing past the idle timeout.
 const CLOSE_NORMAL: u16 = 1000;
 
+/// Close code sent when a message is not completed within the message deadline (RFC
+/// 6455 "policy violation").
+const CLOSE_POLICY: u16 = 1008;
+
+/// Close code sent when the buffer budget has no room for a message in flight (IANA
+/// "try again later").
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
 /// Most bytes of frames the writer takes from its streams before writing them out.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -54,9 +64,16 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     socket_id: u64,
     principal: Principal,
+    meter: Arc<Meter>,
 ) {
+    meter.arm();
+    let message_deadline = state.config.message_deadline;
     let (sink, mut frames) = socket.split();
-    let own = Arc::new(EventStream::new(None, state.config.replay_caps()));
+    let own = Arc::new(EventStream::new(
+        None,
+        state.config.replay_caps(),
+        &state.buffers,
+    ));
     let link = Arc::new(SocketLink::new(socket_id, own.clone()));
     // Cancelled on gateway shutdown, or by the writer when it can no longer write (the
     // client stopped reading past the send timeout, or the socket broke).
@@ -100,6 +117,10 @@ pub(crate) async fn serve(
     loop {
         tokio::select! {
             () = closing.cancelled() => break,
+            () = meter.overdue(message_deadline) => {
+                conn.message_overdue();
+                break;
+            }
             () = &mut silence => {
                 let due = last_heard + silent_for;
                 if due > tokio::time::Instant::now() {
@@ -135,19 +156,25 @@ pub(crate) async fn serve(
             frame = frames.next() => {
                 last_heard = tokio::time::Instant::now();
                 match frame {
-                Some(Ok(Message::Text(text))) => conn.handle_text(text.as_str()).await,
+                Some(Ok(Message::Text(text))) => {
+                    meter.message_done();
+                    conn.handle_text(text.as_str()).await;
+                }
                 Some(Ok(Message::Binary(_))) => {
+                    meter.message_done();
                     conn.frame_session = None;
                     conn.refuse(None, ErrorCode::BadRequest, "binary frames are not part of the protocol; send JSON text frames").await;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
+                    meter.control_done(payload.len());
+                }
                 Some(Ok(Message::Close(_))) => {
                     conn.peer_closed.store(true, Ordering::Release);
                     break;
                 }
                 None => break,
                 Some(Err(err)) => {
-                    conn.read_failed(err);
+                    conn.read_failed(err, &meter);
                     break;
                 }
             }},
@@ -404,17 +431,27 @@ impl Connection {
             Some(name) => {
                 // An id the session already knows is answered from the session: this
                 // socket gets its events (replayed from the buffer), nothing runs twice.
-                let known = self
-                    .state
-                    .sessions
-                    .get(name)
-                    .filter(|session| session.knows(&request.id));
-                if let Some(session) = known {
+                // Only for the same request: another one reusing the id is refused, so
+                // nobody can answer a victim's `execute` with output of their own.
+                let known = self.state.sessions.get(name).and_then(|session| {
+                    let fingerprint = session.fingerprint_of(&request.id)?;
+                    Some((session, fingerprint))
+                });
+                if let Some((session, fingerprint)) = known {
+                    if fingerprint != Fingerprint::of(&request) {
+                        let message = format!(
+                            "execution id {:?} is already used in session {name:?} by a different request; choose another id",
+                            request.id
+                        );
+                        // The execution exists, so this refusal is not its terminal event.
+                        return self.refuse(None, ErrorCode::DuplicateId, message).await;
+                    }
                     if self.link.reads(&session) {
                         return;
                     }
                     // The execution exists, so this refusal is not its terminal event.
-                    if let Err((code, message)) = self.join(&session, 0, false) {
+                    // A resend of the same request counts as executing in the session.
+                    if let Err((code, message)) = self.join(&session, 0, Lead::May, false) {
                         self.refuse(None, code, message).await;
                     }
                     return;
@@ -424,6 +461,9 @@ impl Connection {
         };
         // The whole request is checked, and its capacity taken, before any session is
         // opened or joined: a refused `execute` leaves nothing behind.
+        if let Err((code, message)) = self.check_memory() {
+            return self.refuse_execute(&request.id, code, message).await;
+        }
         let admitted = match self.admit(&request) {
             Ok(admitted) => admitted,
             Err((code, message)) => return self.refuse_execute(&request.id, code, message).await,
@@ -431,7 +471,7 @@ impl Connection {
         let session = match named {
             None => match self.state.sessions.open_ephemeral(self.principal) {
                 Ok(session) => {
-                    self.link.subscribe(&session, 0, true, false);
+                    self.link.subscribe(&session, 0, Lead::Take, false);
                     session
                 }
                 Err(err) => {
@@ -466,6 +506,8 @@ impl Connection {
                 let err = crate::session::OpenError::GatewayMade(name.to_owned());
                 return Err((ErrorCode::BadRequest, err.to_string()));
             }
+            // It executes in the session: it may lead it now.
+            session.stream.allow_lead(self.link.socket);
             return Ok(session);
         }
         self.check_session_room()?;
@@ -475,15 +517,21 @@ impl Connection {
             .open_named(name, self.principal)
             .map_err(|err| (open_error_code(&err), err.to_string()))?;
         let cursor = session.stream.head();
-        self.link.subscribe(&session, cursor, false, false);
+        self.link.subscribe(&session, cursor, Lead::May, false);
         Ok(session)
     }
 
     /// Starts reading `session` after `since` (moves the cursor if this socket reads it
-    /// already).
-    fn join(&mut self, session: &Arc<Session>, since: u64, announce: bool) -> Result<(), Refusal> {
+    /// already). `lead`: whether it may pace the session.
+    fn join(
+        &mut self,
+        session: &Arc<Session>,
+        since: u64,
+        lead: Lead,
+        announce: bool,
+    ) -> Result<(), Refusal> {
         if self.link.reads(session) {
-            self.link.subscribe(session, since, false, announce);
+            self.link.subscribe(session, since, lead, announce);
             return Ok(());
         }
         if !session.ephemeral {
@@ -492,8 +540,23 @@ impl Connection {
         if !self.state.sessions.attach(session) {
             return Err(unknown_session(session.id()));
         }
-        self.link.subscribe(session, since, false, announce);
+        self.link.subscribe(session, since, lead, announce);
         self.busy_at = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// New work is refused while the gateway's buffer budget is spent.
+    fn check_memory(&self) -> Result<(), Refusal> {
+        let budget = &self.state.buffers;
+        if budget.is_spent() {
+            return Err((
+                ErrorCode::GatewayBusy,
+                format!(
+                    "the gateway's buffer budget of {} bytes (replay buffers, messages in flight, queued stdin) is spent; retry later",
+                    budget.limit()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -589,6 +652,7 @@ impl Connection {
     /// Starts the execution task of an admitted `execute` in `session`.
     fn start(&mut self, request: ExecuteRequest, session: Arc<Session>, admitted: Admitted) {
         let state = self.state.clone();
+        let fingerprint = Fingerprint::of(&request);
         let ExecuteRequest {
             id,
             code,
@@ -649,7 +713,7 @@ impl Connection {
         }
         self.started
             .insert(id.clone(), (session.clone(), finished.clone()));
-        session.add_execution(id.clone(), handle);
+        session.add_execution(id.clone(), fingerprint, handle);
         self.running_here.fetch_add(1, Ordering::AcqRel);
         let running_here = self.running_here.clone();
         state.executions.spawn(async move {
@@ -708,8 +772,9 @@ impl Connection {
             eof,
         } = frame;
         let budget = self.state.config.stdin_queue_bytes;
+        let memory = &self.state.buffers;
         let offered = self.with_running(session.as_deref(), &id, |handle| {
-            offer_stdin(handle, &id, data, eof, budget)
+            offer_stdin(handle, &id, data, eof, budget, memory)
         });
         if let Err((code, message)) = offered {
             self.refuse(None, code, message).await;
@@ -741,7 +806,15 @@ impl Connection {
             );
             return self.refuse(None, ErrorCode::BadRequest, message).await;
         }
-        if let Err((code, message)) = self.join(&found, since, true) {
+        // Anyone may attach to a named session (there are no credentials yet), so an
+        // attach alone never lets a socket pace it; the 128-bit id of a gateway-made
+        // session is as good as a credential.
+        let lead = if found.ephemeral {
+            Lead::May
+        } else {
+            Lead::Never
+        };
+        if let Err((code, message)) = self.join(&found, since, lead, true) {
             self.refuse(None, code, message).await;
         }
     }
@@ -781,9 +854,29 @@ impl Connection {
         });
     }
 
+    /// Closes the socket (1008) because a message it started did not arrive whole
+    /// within the deadline.
+    fn message_overdue(&self) {
+        let deadline = self.state.config.message_deadline;
+        tracing::info!(
+            ?deadline,
+            "closing: a message was not completed within the message deadline"
+        );
+        let reason = format!("message not completed within {} ms", deadline.as_millis());
+        self.close_with(CLOSE_POLICY, reason);
+    }
+
     /// A read error ends the connection; a frame over the transport cap is said so with
-    /// close code 1009 before the socket closes.
-    fn read_failed(&self, err: axum::Error) {
+    /// close code 1009 before the socket closes, a message in flight that the memory
+    /// budget has no room for with 1013.
+    fn read_failed(&self, err: axum::Error, meter: &Meter) {
+        if meter.over_budget() {
+            tracing::warn!("closing: the buffer budget has no room for the message in flight");
+            return self.close_with(
+                CLOSE_TRY_AGAIN_LATER,
+                "the gateway's buffer budget is spent; retry later".into(),
+            );
+        }
         let err = err.into_inner();
         let too_big = matches!(
             err.downcast_ref::<tungstenite::Error>(),
@@ -806,13 +899,15 @@ impl Connection {
     }
 }
 
-/// Queues client input for a running program, within its byte and frame budgets.
+/// Queues client input for a running program, within its byte and frame budgets and
+/// the gateway's buffer budget (the queued bytes are held against it until written).
 fn offer_stdin(
     handle: &mut execution::ExecutionHandle,
     id: &str,
     data: Option<String>,
     eof: bool,
     budget: usize,
+    memory: &BufferBudget,
 ) -> Result<(), Refusal> {
     if handle.stdin_closed {
         let message = format!("stdin of execution {id:?} is already closed");
@@ -826,9 +921,20 @@ fn offer_stdin(
         );
         return Err((ErrorCode::StdinFull, message));
     }
+    let Some(held) = memory.try_reserve(bytes) else {
+        let message = format!(
+            "the gateway's buffer budget of {} bytes is spent; this input for execution {id:?} was dropped, retry later",
+            memory.limit()
+        );
+        return Err((ErrorCode::GatewayBusy, message));
+    };
     // Counted before it is queued, so the writer's subtraction never comes first.
     handle.stdin_queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-    let sent = handle.stdin.try_send(StdinChunk { data, eof });
+    let sent = handle.stdin.try_send(StdinChunk {
+        data,
+        eof,
+        memory: Some(held),
+    });
     if sent.is_err() {
         handle.stdin_queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }

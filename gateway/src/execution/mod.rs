@@ -50,6 +50,8 @@ const STARTED_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 pub(crate) struct StdinChunk {
     pub(crate) data: Option<String>,
     pub(crate) eof: bool,
+    /// The data's bytes held against the gateway's memory budget until written.
+    pub(crate) memory: Option<crate::buffer_budget::Reservation>,
 }
 
 /// The connection's side of a running execution.
@@ -706,6 +708,7 @@ impl Run {
             stdin.start(StdinChunk {
                 data: Some(data),
                 eof: true,
+                memory: None,
             });
         }
         let encoding = self.spec.encoding;
@@ -1263,10 +1266,11 @@ async fn write_stdin(
     queued_bytes: Arc<AtomicUsize>,
 ) {
     let mut chunk = Some(first);
-    while let Some(StdinChunk { data, eof }) = chunk {
+    while let Some(StdinChunk { data, eof, memory }) = chunk {
         if let Some(data) = data {
             let written = pipe.write_all(data.as_bytes()).await;
             queued_bytes.fetch_sub(data.len(), Ordering::AcqRel);
+            drop(memory);
             if written.is_err() {
                 return;
             }

@@ -9,11 +9,14 @@
 //! grace period (it has nothing to resume). Each session counts against the sessions
 //! per peer of the peer that opened it until it ends.
 
+mod fingerprint;
 mod stream;
 
-pub(crate) use stream::{attached_event, gap_event, EventStream, ReplayCaps, SocketId};
+pub(crate) use fingerprint::Fingerprint;
+pub(crate) use stream::{attached_event, gap_event, EventStream, Lead, ReplayCaps, SocketId};
 
 use crate::admission::{Principal, Quota, QuotaGuard};
+use crate::buffer_budget::BufferBudget;
 use crate::execution::kernel::Kernel;
 use crate::execution::ExecutionHandle;
 use dashmap::DashMap;
@@ -34,9 +37,16 @@ pub(crate) enum Known {
     Finished,
 }
 
+/// An execution id the session remembers, and what its `execute` asked for.
+#[derive(Debug)]
+struct Remembered {
+    known: Known,
+    fingerprint: Fingerprint,
+}
+
 #[derive(Debug, Default)]
 struct SessionState {
-    executions: HashMap<String, Known>,
+    executions: HashMap<String, Remembered>,
     finished_order: VecDeque<String>,
     running: usize,
     /// Sockets attached now.
@@ -124,23 +134,36 @@ impl Session {
 
     /// Runs `f` on the execution named `id`, if the session knows it.
     pub(crate) fn with_execution<T>(&self, id: &str, f: impl FnOnce(&mut Known) -> T) -> Option<T> {
-        self.lock().executions.get_mut(id).map(f)
+        self.lock()
+            .executions
+            .get_mut(id)
+            .map(|remembered| f(&mut remembered.known))
     }
 
-    /// True if an execution with this id runs or ran here (and is still remembered).
-    pub(crate) fn knows(&self, id: &str) -> bool {
-        self.lock().executions.contains_key(id)
+    /// The fingerprint of the `execute` that started the execution with this id, if it
+    /// runs or ran here (and is still remembered).
+    pub(crate) fn fingerprint_of(&self, id: &str) -> Option<Fingerprint> {
+        self.lock().executions.get(id).map(|r| r.fingerprint)
     }
 
     /// Records a new execution; false if the session has ended.
-    pub(crate) fn add_execution(&self, id: String, handle: ExecutionHandle) -> bool {
+    pub(crate) fn add_execution(
+        &self,
+        id: String,
+        fingerprint: Fingerprint,
+        handle: ExecutionHandle,
+    ) -> bool {
         let mut state = self.lock();
         if state.ended {
             return false;
         }
-        state.executions.insert(id, Known::Running(handle));
+        let known = Known::Running(handle);
+        state
+            .executions
+            .insert(id, Remembered { known, fingerprint });
         state.running += 1;
         state.ran = true;
+        self.stream.set_idle(false);
         true
     }
 
@@ -148,15 +171,20 @@ impl Session {
     /// session is complete now and its socket may let it go.
     pub(crate) fn execution_finished(&self, id: &str) {
         let mut state = self.lock();
-        if let Some(known) = state.executions.get_mut(id) {
-            if matches!(known, Known::Running(_)) {
-                *known = Known::Finished;
+        if let Some(remembered) = state.executions.get_mut(id) {
+            if matches!(remembered.known, Known::Running(_)) {
+                remembered.known = Known::Finished;
                 state.running -= 1;
                 state.finished_order.push_back(id.to_owned());
                 if state.finished_order.len() > REMEMBERED_FINISHED {
                     if let Some(old) = state.finished_order.pop_front() {
                         state.executions.remove(&old);
                     }
+                }
+                if state.running == 0 {
+                    // Under the session's lock, so a new execution's `set_idle(false)`
+                    // cannot come between.
+                    self.stream.set_idle(true);
                 }
             }
         }
@@ -186,6 +214,8 @@ impl Session {
 pub(crate) struct SessionRegistry {
     sessions: DashMap<Arc<str>, Arc<Session>>,
     caps: ReplayCaps,
+    /// What every session's replay buffer draws from.
+    budget: BufferBudget,
     grace: Duration,
     max_sessions: usize,
     /// Sessions each peer has open (`--max-sessions-per-peer`).
@@ -210,6 +240,7 @@ pub(crate) enum OpenError {
 impl SessionRegistry {
     pub(crate) fn new(
         caps: ReplayCaps,
+        budget: BufferBudget,
         grace: Duration,
         max_sessions: usize,
         max_sessions_per_peer: usize,
@@ -218,6 +249,7 @@ impl SessionRegistry {
         Self {
             sessions: DashMap::new(),
             caps,
+            budget,
             grace,
             max_sessions,
             per_peer: Quota::new(max_sessions_per_peer),
@@ -228,7 +260,7 @@ impl SessionRegistry {
 
     fn new_session(&self, id: Arc<str>, ephemeral: bool, quota: QuotaGuard) -> Arc<Session> {
         Arc::new(Session {
-            stream: EventStream::new(Some(id), self.caps),
+            stream: EventStream::new(Some(id), self.caps, &self.budget),
             ephemeral,
             cancel: self.shutdown.child_token(),
             kernel: Arc::default(),

@@ -1,0 +1,148 @@
+//! The gateway's memory in total (issue 10, section 3): messages a client starts and
+//! never finishes are closed at the message deadline, a message in flight beyond the
+//! memory budget closes its socket, and while the budget is spent new executions and
+//! stdin are refused with `gateway_busy`; other clients are served throughout.
+
+use anyhow::{ensure, Context as _, Result};
+use sluice_gateway::Config;
+use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
+use sluice_tests::{assert_socket_refusal, request, text_of, RawSocket, TestGateway};
+use std::time::Duration;
+
+/// Waits for the gateway to close `socket` and returns the close code and reason.
+async fn close_of(socket: &mut RawSocket) -> Result<(u16, String)> {
+    let frame = socket
+        .closed()
+        .await?
+        .with_context(|| format!("closed without a close frame: {:?}", socket.ending()))?;
+    Ok((u16::from(frame.code), frame.reason.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_never_finished_are_closed_at_the_deadline_and_others_are_served() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        message_deadline: Duration::from_millis(1_000),
+        ..Config::default()
+    })
+    .await;
+    let mut holders = Vec::new();
+    for _ in 0..20 {
+        let mut socket = gateway.raw().await?;
+        // 3 MiB announced (under the 4 MiB transport cap), 512 KiB sent.
+        socket.send_unfinished_frame(3 << 20, 512 << 10).await?;
+        holders.push(socket);
+    }
+    let mut other = gateway.raw().await?;
+    other.assert_still_works().await?;
+    for socket in &mut holders {
+        let (code, reason) = close_of(socket).await?;
+        ensure!(code == 1008, "close code {code}: {reason}");
+        ensure!(reason.contains("not completed within 1000 ms"), "{reason}");
+    }
+    other.assert_still_works().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_flight_beyond_the_memory_budget_closes_its_socket() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        buffer_budget_bytes: Some(1 << 20),
+        ..Config::default()
+    })
+    .await;
+    let mut greedy = gateway.raw().await?;
+    greedy.send_unfinished_frame(3 << 20, 2 << 20).await?;
+    let (code, reason) = close_of(&mut greedy).await?;
+    ensure!(code == 1013, "close code {code}: {reason}");
+    ensure!(reason.contains("buffer budget"), "{reason}");
+    // What it held is given back: others are served.
+    let mut other = gateway.raw().await?;
+    other.assert_still_works().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_budget_is_spent_executions_and_stdin_get_gateway_busy() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        buffer_budget_bytes: Some(1 << 20),
+        ..Config::default()
+    })
+    .await;
+    let mut owner = gateway.raw().await?;
+    owner
+        .execute(request("sink", "sh", "read line; echo got $line"))
+        .await?;
+    owner
+        .next_event_where(|e| e.id.as_deref() == Some("sink") && e.kind == EventKind::Started)
+        .await?;
+    // 2 MB of output kept for an acknowledging client that acknowledges none of it:
+    // more than the whole budget.
+    let mut flood: ExecuteRequest = request(
+        "flood",
+        "python",
+        "import sys\nsys.stdout.write('z' * 2_000_000)\n",
+    );
+    flood.limits.timeout_ms = Some(600_000);
+    owner.execute(flood).await?;
+    let first = owner
+        .next_event_where(|e| e.id.as_deref() == Some("flood"))
+        .await?;
+    let session = first.session.clone().context("no session")?;
+    owner.ack(&session, first.sequence).await?;
+    let events = owner.events_until_terminal("flood").await?;
+    let terminal = events.last().context("no events")?;
+    ensure!(terminal.kind == EventKind::Completed, "{terminal:?}");
+    // New work is refused, cleanly.
+    let mut other = gateway.raw().await?;
+    other.execute(request("late", "sh", "echo late")).await?;
+    let refusal = other.next_event().await?;
+    ensure!(
+        refusal.code == Some(ErrorCode::GatewayBusy) && refusal.id.as_deref() == Some("late"),
+        "{refusal:?}"
+    );
+    ensure!(refusal.session.is_none(), "nothing was opened: {refusal:?}");
+    owner.stdin("sink", Some("x\n"), false).await?;
+    let refusal = owner.next_socket_error().await?;
+    assert_socket_refusal(&refusal, ErrorCode::GatewayBusy);
+    // Acknowledging frees the buffer; then everything works again.
+    owner.ack(&session, terminal.sequence).await?;
+    other.assert_still_works().await?;
+    owner.stdin("sink", Some("x\n"), false).await?;
+    let sink = owner.events_until_terminal("sink").await?;
+    ensure!(text_of(&sink, EventKind::Stdout) == "got x\n", "{sink:?}");
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_keeps_only_a_tail_of_what_its_readers_have_taken() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut owner = gateway.raw().await?;
+    let mut flood = request(
+        "flood",
+        "python",
+        "import sys\nsys.stdout.write('z' * 2_000_000)\n",
+    );
+    flood.session = Some("idle".into());
+    owner.execute(flood).await?;
+    let events = owner.events_until_terminal("flood").await?;
+    let terminal = events.last().context("no events")?.clone();
+    ensure!(terminal.kind == EventKind::Completed, "{terminal:?}");
+    // Every event was taken and nothing runs: a late reader finds only the tail.
+    let mut late = gateway.raw().await?;
+    late.attach("idle", Some(0)).await?;
+    let attached = late.next_event().await?;
+    ensure!(attached.kind == EventKind::Attached, "{attached:?}");
+    let gap = late.next_event().await?;
+    ensure!(
+        gap.kind == EventKind::Gap && gap.missed_from == Some(1),
+        "{gap:?}"
+    );
+    let replayed = late.events_until_terminal("flood").await?;
+    ensure!(replayed.last() == Some(&terminal));
+    let tail = text_of(&replayed, EventKind::Stdout).len();
+    ensure!(
+        (256 << 10..512 << 10).contains(&tail),
+        "{tail} bytes of output replayed"
+    );
+    gateway.shutdown().await
+}
