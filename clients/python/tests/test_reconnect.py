@@ -70,22 +70,40 @@ async def test_resume_with_a_small_replay_buffer_and_two_cuts(
     # the events lost in flight would have left the buffer (a gap).
     proxy = proxy_for(*target_of(small_gateway.url))
     await proxy.start()
-    lines = 50_000
-    code = f"for i in range(1, {lines + 1}): print(i)"
+    lines, gate = 50_000, 30_000
+    # The program waits for a line of input after `gate` lines, sent only once both
+    # cuts are done: the stream cannot end before the second cut, whatever the client
+    # has read ahead, so a third connection is needed to finish it.
+    code = (
+        "import sys\n"
+        f"for i in range(1, {gate + 1}): print(i)\n"
+        "sys.stdout.flush()\n"
+        "sys.stdin.readline()\n"
+        f"for i in range({gate + 1}, {lines + 1}): print(i)\n"
+    )
     async with SandboxClient(proxied_url(small_gateway.url, proxy), reconnect=FAST) as client:
         execution = await client.execute(code, session=f"cut-{id(proxy)}")
         events: list[StreamEvent] = []
-        cuts = [20_000, 150_000]  # after this many bytes of output
+        cuts = [20_000, 150_000]  # after this many bytes of output (the gate: ~170 kB)
         received = 0
 
         async def consume() -> None:
             nonlocal received
+            done = 0
             async for event in execution:
                 events.append(event)
                 received += len(event.data) if event.type == "stdout" else 0
                 if cuts and received >= cuts[0]:
                     cuts.pop(0)
+                    # Each cut hits a live connection: the events buffered before the
+                    # last cut can carry the count past the next one before the
+                    # client has reconnected.
+                    done += 1
+                    await proxy.wait_for_connections(done)
                     proxy.cut()
+                    if not cuts:
+                        await proxy.wait_for_connections(done + 1)
+                        await execution.send_stdin("go\n")
 
         await asyncio.wait_for(consume(), WAIT)
     assert not cuts, "the stream should have been long enough for both cuts"

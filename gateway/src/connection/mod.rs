@@ -807,12 +807,13 @@ impl Connection {
             return self.refuse(None, ErrorCode::BadRequest, message).await;
         }
         // Anyone may attach to a named session (there are no credentials yet), so an
-        // attach alone never lets a socket pace it; the 128-bit id of a gateway-made
-        // session is as good as a credential.
+        // attach alone lets a socket pace it only while nobody else does (typically the
+        // executing client, reconnected), never by taking the lead from a socket that
+        // leads; the 128-bit id of a gateway-made session is as good as a credential.
         let lead = if found.ephemeral {
             Lead::May
         } else {
-            Lead::Never
+            Lead::IfVacant
         };
         if let Err((code, message)) = self.join(&found, since, lead, true) {
             self.refuse(None, code, message).await;

@@ -55,8 +55,12 @@ pub(crate) enum Lead {
     /// (a socket that opened or executes in the session, or any reader of a gateway-made
     /// session, whose 128-bit id is as good as a credential).
     May,
-    /// It never leads (a socket that only attached to a named session: anyone may).
-    Never,
+    /// It leads only while the seat is vacant: when the stream has no lead (the socket
+    /// that executes in it went away), or when the lead leaves; it never takes the lead
+    /// from a lead that is there, however it acknowledges (a socket that only attached
+    /// to a named session: anyone may, so it is typically the executing client
+    /// reconnected, but may be an observer).
+    IfVacant,
 }
 
 /// One encoded event in the ring.
@@ -73,8 +77,10 @@ struct Reader {
     wake: Arc<Notify>,
     /// It has sent an `ack` for this stream.
     acknowledges: bool,
-    /// It may become the lead.
+    /// It may become the lead (false once it lost the lead for stalling).
     may_lead: bool,
+    /// It may take the lead from a lead that does not acknowledge, by acknowledging.
+    may_take_over: bool,
     /// The last sequence it has taken.
     taken: u64,
     /// The highest sequence it has acknowledged.
@@ -323,6 +329,7 @@ impl EventStream {
         if let Some(lead) = inner.lead.take() {
             if let Some(reader) = inner.readers.iter_mut().find(|r| r.socket == lead) {
                 reader.may_lead = false;
+                reader.may_take_over = false;
             }
         }
         inner.unpinned = true;
@@ -414,17 +421,18 @@ impl EventStream {
     /// the stream already keeps its permission to lead.
     pub(crate) fn add_reader(&self, socket: SocketId, wake: Arc<Notify>, lead: Lead, cursor: u64) {
         let mut inner = self.lock();
-        let was_allowed = inner
-            .readers
-            .iter()
-            .any(|r| r.socket == socket && r.may_lead);
+        let before = inner.readers.iter().find(|r| r.socket == socket);
+        let was_demoted = before.is_some_and(|r| !r.may_lead);
+        let could_take_over = before.is_some_and(|r| r.may_take_over);
         inner.readers.retain(|r| r.socket != socket);
-        let may_lead = was_allowed || lead != Lead::Never;
+        let may_lead = !was_demoted;
+        let may_take_over = may_lead && (could_take_over || lead != Lead::IfVacant);
         inner.readers.push(Reader {
             socket,
             wake,
             acknowledges: false,
             may_lead,
+            may_take_over,
             taken: cursor,
             acked: cursor,
         });
@@ -443,6 +451,7 @@ impl EventStream {
             return;
         };
         reader.may_lead = true;
+        reader.may_take_over = true;
         let cursor = reader.taken;
         if inner.lead.is_none() {
             inner.set_lead(socket, cursor);
@@ -465,14 +474,15 @@ impl EventStream {
         };
         reader.acknowledges = true;
         reader.acked = reader.acked.max(sequence);
-        let may_lead = reader.may_lead;
+        let (may_lead, may_take_over) = (reader.may_lead, reader.may_take_over);
         inner.trim_idle(self.caps.departed_grace);
         if inner.lead != Some(socket) {
             let lead_acknowledges = inner
                 .readers
                 .iter()
                 .any(|r| Some(r.socket) == inner.lead && r.acknowledges);
-            if lead_acknowledges || !may_lead {
+            let vacant = inner.lead.is_none();
+            if !may_lead || (!vacant && (lead_acknowledges || !may_take_over)) {
                 return;
             }
             inner.set_lead(socket, sequence);
@@ -717,22 +727,26 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_that_may_not_lead_never_does_however_it_acknowledges() {
+    fn a_reader_that_only_attached_leads_only_while_the_seat_is_vacant() {
         let s = stream(2);
         s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);
-        s.add_reader(2, Arc::new(Notify::new()), Lead::Never, 0);
+        s.add_reader(2, Arc::new(Notify::new()), Lead::IfVacant, 0);
         s.ack(2, 0);
         publish(&s, 3);
         let mut out = Vec::new();
         s.take(1, 0, usize::MAX, &mut out);
-        assert!(s.has_room(), "the observer's ack changed nothing");
+        assert!(
+            s.has_room(),
+            "the observer's ack took nothing from the lead"
+        );
         s.remove_reader(1);
-        s.ack(2, 0);
         publish(&s, 2);
         assert!(
             !s.has_room(),
-            "the departed lead's pin holds; the observer cannot lead"
+            "the seat is vacant: the attached reader leads, and what it has not taken is pinned"
         );
+        s.take(2, 0, usize::MAX, &mut out);
+        assert!(s.has_room(), "its pace frees the ring");
     }
 
     #[tokio::test]
@@ -774,7 +788,7 @@ mod tests {
             &BufferBudget::unlimited(),
         );
         s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);
-        s.add_reader(2, Arc::new(Notify::new()), Lead::Never, 0);
+        s.add_reader(2, Arc::new(Notify::new()), Lead::IfVacant, 0);
         let big = "x".repeat(64 * 1024);
         for _ in 0..32 {
             s.publish(Event::new(EventKind::Stdout, Some("e".into()), big.clone()));
@@ -798,7 +812,7 @@ mod tests {
     fn an_idle_stream_keeps_what_a_departed_acknowledging_reader_has_not_acknowledged() {
         let s = stream(100_000);
         s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);
-        s.add_reader(2, Arc::new(Notify::new()), Lead::Never, 0);
+        s.add_reader(2, Arc::new(Notify::new()), Lead::IfVacant, 0);
         let big = "x".repeat(64 * 1024);
         for _ in 0..16 {
             s.publish(Event::new(EventKind::Stdout, Some("e".into()), big.clone()));
@@ -811,7 +825,7 @@ mod tests {
         s.remove_reader(2);
         s.set_idle(true);
         let mut resumed = Vec::new();
-        s.add_reader(3, Arc::new(Notify::new()), Lead::Never, 1);
+        s.add_reader(3, Arc::new(Notify::new()), Lead::IfVacant, 1);
         assert_eq!(s.take(3, 1, usize::MAX, &mut resumed).gap, None);
         assert_eq!(resumed.len(), 15);
     }
