@@ -1,5 +1,6 @@
 //! Admission at the TCP level: at most a fixed number of accepted connections exist at
-//! once, upgraded or not, and a connection that has not become a WebSocket within the
+//! once, upgraded or not (and per peer, at most its WebSocket share plus a little: one
+//! more is closed at once), and a connection that has not become a WebSocket within the
 //! handshake timeout is closed, so idle or slow HTTP clients can neither use up the
 //! gateway's file descriptors nor hold its slots. WebSocket sockets are limited
 //! separately (and get HTTP 503); the TCP bound is that limit plus headroom for health
@@ -31,20 +32,29 @@ pub(crate) struct Admitting<L> {
     inner: L,
     /// One permit per open TCP connection; each `Admitted` holds its own.
     slots: Arc<Semaphore>,
+    /// Open TCP connections per peer; each `Admitted` holds its unit.
+    per_peer: Quota,
     handshake_timeout: Duration,
 }
 
 impl<L> Admitting<L> {
-    pub(crate) fn new(inner: L, limit: usize, handshake_timeout: Duration) -> Self {
+    /// At most `limit` TCP connections at once, `per_peer` of them from one peer.
+    pub(crate) fn new(
+        inner: L,
+        limit: usize,
+        per_peer: usize,
+        handshake_timeout: Duration,
+    ) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(limit)),
+            per_peer: Quota::new(per_peer),
             handshake_timeout,
         }
     }
 }
 
-impl<L: Listener> Listener for Admitting<L> {
+impl<L: Listener<Addr = SocketAddr>> Listener for Admitting<L> {
     type Io = Admitted<L::Io>;
     type Addr = L::Addr;
 
@@ -57,16 +67,29 @@ impl<L: Listener> Listener for Admitting<L> {
                 Err(_) => std::future::pending::<()>().await,
             }
         };
-        let (io, addr) = self.inner.accept().await;
-        (
-            Admitted {
-                io,
-                _permit: permit,
-                upgrading: Upgrading::default(),
-                handshake_deadline: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
-            },
-            addr,
-        )
+        loop {
+            let (io, addr) = self.inner.accept().await;
+            // A peer at its share is closed at once: its connections must not fill
+            // the bound others need (they would wait in the kernel's queue).
+            let peer_unit = match self.per_peer.try_acquire(Principal::of_peer(addr)) {
+                Ok(unit) => unit,
+                Err(full) => {
+                    tracing::debug!(%addr, max = full.max, "closing a TCP connection: its peer holds its share");
+                    drop(io);
+                    continue;
+                }
+            };
+            return (
+                Admitted {
+                    io,
+                    _permit: permit,
+                    _peer_unit: peer_unit,
+                    upgrading: Upgrading::default(),
+                    handshake_deadline: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
+                },
+                addr,
+            );
+        }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -95,6 +118,8 @@ pub(crate) struct Admitted<T> {
     io: T,
     /// Returned to the listener when the connection is dropped.
     _permit: OwnedSemaphorePermit,
+    /// The peer's unit of the per-peer TCP share, returned likewise.
+    _peer_unit: QuotaGuard,
     upgrading: Upgrading,
     /// Fires while the connection is still plain HTTP; `None` once it is a WebSocket.
     handshake_deadline: Option<Pin<Box<Sleep>>>,

@@ -29,6 +29,11 @@ use tracing::Instrument as _;
 /// HTTP 503 answers to sockets over the limit.
 const TCP_HEADROOM: usize = 64;
 
+/// TCP connections one peer may hold beyond its WebSocket share
+/// (`--max-connections-per-peer`): room for its health checks and its refused upgrades.
+/// One more is closed as soon as it is accepted.
+const TCP_HEADROOM_PER_PEER: usize = 16;
+
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -259,7 +264,17 @@ pub async fn run(
     let tcp_limit = state.config.max_connections.saturating_add(TCP_HEADROOM);
     // Counts each connection's bytes of an unfinished message (memory budget, deadline).
     let listener = crate::meter::Metering::new(listener, meters, buffers);
-    let listener = Admitting::new(listener, tcp_limit, state.config.handshake_timeout);
+    // Per peer: its WebSocket share, plus room for health checks and refusals.
+    let tcp_per_peer = state
+        .config
+        .connections_per_peer()
+        .saturating_add(TCP_HEADROOM_PER_PEER);
+    let listener = Admitting::new(
+        listener,
+        tcp_limit,
+        tcp_per_peer,
+        state.config.handshake_timeout,
+    );
     tracing::info!(
         languages = %state.runtimes.names().join(", "),
         "ready"

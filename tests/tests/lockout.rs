@@ -422,3 +422,46 @@ async fn a_request_with_two_origin_headers_is_refused() -> Result<()> {
     assert_stream_ok(socket.received());
     gateway.shutdown().await
 }
+
+/// Regression test (failed before the fix: one peer's plain TCP connections filled the
+/// gateway's TCP bound, `--max-connections` + 64, and another peer's handshake waited in
+/// the kernel's accept queue until a handshake timeout freed a slot): TCP connections
+/// that never upgrade count against their peer's share too, and one beyond it is closed
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_fill_the_tcp_bound_with_connections_that_never_upgrade() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        max_connections: 4,
+        max_connections_per_peer: Some(2),
+        // Nothing frees a slot by itself while the test runs.
+        handshake_timeout: Duration::from_secs(600),
+        ..Config::default()
+    })
+    .await;
+    // The TCP bound is 4 + 64; the peer's share 2 + 16. Fill the bound from one peer.
+    let mut held = Vec::new();
+    for _ in 0..68 {
+        held.push(connect_from(Ipv4Addr::LOCALHOST, gateway.addr()).await?);
+    }
+    // Everything past the peer's share is closed by the gateway as it accepts it.
+    let mut closed = 0;
+    for tcp in held.iter_mut().skip(18) {
+        let mut byte = [0_u8; 1];
+        match within(
+            "a connection beyond the share to close",
+            tcp.read(&mut byte),
+        )
+        .await?
+        {
+            Ok(0) | Err(_) => closed += 1,
+            Ok(_) => bail!("the gateway sent something on a plain TCP connection"),
+        }
+    }
+    assert_eq!(closed, 50);
+    // Another peer is served at once; so is the first one's share (still held).
+    let mut other = gateway.raw_from(OTHER_PEER).await?;
+    other.assert_still_works().await?;
+    assert_stream_ok(other.received());
+    drop(held);
+    gateway.shutdown().await
+}
