@@ -25,6 +25,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
+/// Bytes a connection may send before it is a WebSocket (its upgrade request, or plain
+/// HTTP requests such as health checks): an upgrade request is a few hundred bytes, a
+/// browser's with cookies a few KiB. The HTTP server would buffer a request head of
+/// up to about 400 KiB, and thousands of unfinished ones would hold gigabytes.
+const MAX_BYTES_BEFORE_UPGRADE: usize = 32 << 10;
+
 /// A listener that accepts only while it holds a free slot; the slot travels with the
 /// connection (also through a WebSocket upgrade) and frees itself when it closes.
 #[derive(Debug)]
@@ -86,6 +92,7 @@ impl<L: Listener<Addr = SocketAddr>> Listener for Admitting<L> {
                     _peer_unit: peer_unit,
                     upgrading: Upgrading::default(),
                     handshake_deadline: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
+                    bytes_before_upgrade: 0,
                 },
                 addr,
             );
@@ -123,6 +130,8 @@ pub(crate) struct Admitted<T> {
     upgrading: Upgrading,
     /// Fires while the connection is still plain HTTP; `None` once it is a WebSocket.
     handshake_deadline: Option<Pin<Box<Sleep>>>,
+    /// Bytes read while it was still plain HTTP.
+    bytes_before_upgrade: usize,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Admitted<T> {
@@ -142,9 +151,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for Admitted<T> {
                     io::ErrorKind::TimedOut,
                     "no WebSocket handshake within the handshake timeout",
                 )));
+            } else if this.bytes_before_upgrade > MAX_BYTES_BEFORE_UPGRADE {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "more than 32 KiB sent before a WebSocket handshake",
+                )));
             }
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.handshake_deadline.is_some() {
+            this.bytes_before_upgrade += buf.filled().len() - before;
+        }
+        read
     }
 }
 

@@ -465,3 +465,45 @@ async fn one_peer_cannot_fill_the_tcp_bound_with_connections_that_never_upgrade(
     drop(held);
     gateway.shutdown().await
 }
+
+/// Regression test for the second review (failed before the fix: the HTTP server kept
+/// reading an unfinished request head of up to about 400 KiB per connection until the
+/// handshake timeout; 4000 such connections took the gateway to 1.2 GB): a connection
+/// that sends more than 32 KiB before its WebSocket handshake is closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_request_head_is_cut_off_long_before_the_handshake_timeout() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        handshake_timeout: Duration::from_secs(600),
+        ..Config::default()
+    })
+    .await;
+    let mut tcp = connect_from(Ipv4Addr::LOCALHOST, gateway.addr()).await?;
+    tcp.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n").await?;
+    let line = format!("X-Filler: {}\r\n", "a".repeat(1000));
+    let mut sent = 0;
+    let mut cut_off = false;
+    // Up to 256 KiB, well under what the HTTP server alone would buffer.
+    while sent < 256 << 10 {
+        if tcp.write_all(line.as_bytes()).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        sent += line.len();
+    }
+    if !cut_off {
+        let mut byte = [0_u8; 1];
+        match within("the gateway to cut the request off", tcp.read(&mut byte)).await? {
+            Ok(0) | Err(_) => {}
+            Ok(_) => {
+                // An HTTP error answer (431) is a cut too, as long as the socket ends.
+                // (A reset after the answer ends it as well.)
+                let mut rest = Vec::new();
+                let _ = within("the answer to end", tcp.read_to_end(&mut rest)).await?;
+            }
+        }
+    }
+    // Everyone else is served as before.
+    let mut other = gateway.raw().await?;
+    other.assert_still_works().await?;
+    gateway.shutdown().await
+}
