@@ -138,3 +138,46 @@ async fn a_lead_that_keeps_the_buffer_full_past_the_timeout_loses_the_lead() -> 
     drop(lead);
     gateway.shutdown().await
 }
+
+/// Regression test for the second review (failed before the fix: an intruder that
+/// executed once in the named session could lead, and took the lead from the owner,
+/// who does not acknowledge, with one `ack`; the owner then received nothing until the
+/// lead timeout, again and again): in a named session nobody takes the lead from a
+/// lead that is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intruder_that_executes_once_cannot_take_the_lead_by_acknowledging() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        // A stolen lead would hold the program far longer than the test waits.
+        lead_timeout: Duration::from_secs(600),
+        ..small_buffers()
+    })
+    .await;
+    let mut owner = gateway.raw().await?;
+    owner
+        .execute(in_session("victim", "ready", "sh", "true"))
+        .await?;
+    owner.events_until_terminal("ready").await?;
+    let mut intruder = gateway.raw().await?;
+    intruder
+        .execute(in_session("victim", "intrude", "sh", "true"))
+        .await?;
+    let intruded = intruder.events_until_terminal("intrude").await?;
+    let last = intruded.last().context("no events")?.sequence;
+    intruder.ack("victim", last).await?;
+    // The intruder's ack is handled before its next frame; the refusal of that frame
+    // (input for nothing running) comes back once both are.
+    intruder.stdin("nothing-runs", Some("x"), false).await?;
+    intruder.next_socket_error().await?;
+    // The owner's program runs to its end while the intruder reads nothing more.
+    owner.stop_recording();
+    owner.execute(flood("victim", "flood", 20_000)).await?;
+    let terminal = owner
+        .next_event_where(|e| e.id.as_deref() == Some("flood") && e.is_terminal())
+        .await?;
+    ensure!(
+        terminal.kind == EventKind::Completed && terminal.exit_code == Some(0),
+        "{terminal:?}"
+    );
+    drop(intruder);
+    gateway.shutdown().await
+}

@@ -450,8 +450,8 @@ impl Connection {
                         return;
                     }
                     // The execution exists, so this refusal is not its terminal event.
-                    // A resend of the same request counts as executing in the session.
-                    if let Err((code, message)) = self.join(&session, 0, Lead::May, false) {
+                    // A resend leads the session while nobody else does.
+                    if let Err((code, message)) = self.join(&session, 0, Lead::IfVacant, false) {
                         self.refuse(None, code, message).await;
                     }
                     return;
@@ -517,7 +517,7 @@ impl Connection {
             .open_named(name, self.principal)
             .map_err(|err| (open_error_code(&err), err.to_string()))?;
         let cursor = session.stream.head();
-        self.link.subscribe(&session, cursor, Lead::May, false);
+        self.link.subscribe(&session, cursor, Lead::IfVacant, false);
         Ok(session)
     }
 
@@ -806,10 +806,11 @@ impl Connection {
             );
             return self.refuse(None, ErrorCode::BadRequest, message).await;
         }
-        // Anyone may attach to a named session (there are no credentials yet), so an
-        // attach alone lets a socket pace it only while nobody else does (typically the
-        // executing client, reconnected), never by taking the lead from a socket that
-        // leads; the 128-bit id of a gateway-made session is as good as a credential.
+        // Anyone may attach to (or execute in) a named session: there are no
+        // credentials yet, so a socket paces it only while nobody else does (typically
+        // the executing client, reconnected), never by taking the lead from a socket
+        // that leads; the 128-bit id of a gateway-made session is as good as a
+        // credential.
         let lead = if found.ephemeral {
             Lead::May
         } else {

@@ -51,15 +51,16 @@ pub(crate) const IDLE_TAIL_BYTES: usize = 256 * 1024;
 pub(crate) enum Lead {
     /// It leads from now on (the socket whose `execute` made the stream).
     Take,
-    /// It may lead: it does if the stream has no lead, or later when the lead leaves
-    /// (a socket that opened or executes in the session, or any reader of a gateway-made
-    /// session, whose 128-bit id is as good as a credential).
+    /// It may lead: it does if the stream has no lead, or later when the lead leaves,
+    /// and it takes the lead from a lead that does not acknowledge by acknowledging
+    /// (any reader of a gateway-made session, whose 128-bit id is as good as a
+    /// credential: typically its client, reconnected).
     May,
     /// It leads only while the seat is vacant: when the stream has no lead (the socket
     /// that executes in it went away), or when the lead leaves; it never takes the lead
-    /// from a lead that is there, however it acknowledges (a socket that only attached
-    /// to a named session: anyone may, so it is typically the executing client
-    /// reconnected, but may be an observer).
+    /// from a lead that is there, however it acknowledges (every reader of a named
+    /// session: anyone who knows the name may attach or execute there, so it is
+    /// typically the executing client reconnected, but may be anyone).
     IfVacant,
 }
 
@@ -443,15 +444,16 @@ impl EventStream {
         }
     }
 
-    /// The socket (a reader already) executes in the session: it may lead from now on,
-    /// and does if the stream has no lead.
+    /// The socket (a reader already) executes in the session: it leads if the stream
+    /// has no lead, unless it lost the lead before for keeping the programs waiting.
     pub(crate) fn allow_lead(&self, socket: SocketId) {
         let mut inner = self.lock();
         let Some(reader) = inner.readers.iter_mut().find(|r| r.socket == socket) else {
             return;
         };
-        reader.may_lead = true;
-        reader.may_take_over = true;
+        if !reader.may_lead {
+            return;
+        }
         let cursor = reader.taken;
         if inner.lead.is_none() {
             inner.set_lead(socket, cursor);
