@@ -75,8 +75,7 @@ async fn next_cell_is_fresh(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cell_that_fakes_its_completion_is_ended_and_the_next_cell_starts_afresh() -> Result<()>
-{
+async fn a_cell_that_fakes_its_completion_is_ended_and_the_next_cell_starts_afresh() -> Result<()> {
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
     // The finding as reported: the driver's reply, written by the cell, then a spin.
@@ -102,7 +101,8 @@ async fn a_cell_that_fakes_its_completion_with_its_number_is_ended_while_idle() 
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
     // A forger that knows the driver: the first cell of an interpreter is number 1.
-    let code = "x = 1\nimport os\nos.write(3, b'{\"cell\": 1, \"exit_code\": 0}\\n')\nwhile True: pass";
+    let code =
+        "x = 1\nimport os\nos.write(3, b'{\"cell\": 1, \"exit_code\": 0}\\n')\nwhile True: pass";
     let events = run(&mut socket, "forged", "fake", code).await?;
     let pid = started(&events)?.pid.context("no pid")?;
     let last = events.last().context("no terminal")?;
@@ -171,7 +171,11 @@ async fn an_ordinary_session_with_idle_gaps_keeps_its_interpreter() -> Result<()
         // An idle gap of several checks: an ordinary program in the same session.
         let gap = ExecuteRequest {
             session: Some("calm".into()),
-            ..request(&format!("gap-{id}"), "python", "import time\ntime.sleep(1.5)")
+            ..request(
+                &format!("gap-{id}"),
+                "python",
+                "import time\ntime.sleep(1.5)",
+            )
         };
         socket.execute(gap).await?;
         socket.events_until_terminal(&format!("gap-{id}")).await?;
