@@ -13,6 +13,14 @@
 //! process in the interpreter's cgroup but the interpreter itself (and, jailed, the
 //! jail and its init), so nothing a cell started runs on, unmetered, for the session's
 //! life. Without a cgroup, the interpreter's process group stands in for it.
+//!
+//! Between cells the interpreter must be idle: a watchdog measures its CPU time (its
+//! cgroup's, else its process group's threads) from the end of each cell and kills it
+//! once it used more than [`IDLE_CPU_ALLOWANCE`] while no cell ran (a thread a cell left
+//! spinning, or a cell that faked its completion). Cells are numbered and the
+//! interpreter's lines must name the running cell: a line while no cell runs, or a
+//! second reply for one cell, ends the interpreter too. Either way the session's next
+//! cell starts a fresh interpreter and is told why.
 
 use super::process::ChildGroup;
 use super::workdir::Workdir;
@@ -38,6 +46,12 @@ const PYTHON_DRIVER: &str = include_str!("kernel_python.py");
 
 /// Pipe buffer requested for a cell's stdout and stderr (as for programs).
 const PIPE_BYTES: usize = 1 << 20;
+
+/// CPU time an interpreter may use while no cell of its session runs.
+pub(crate) const IDLE_CPU_ALLOWANCE: Duration = Duration::from_millis(200);
+
+/// How often an idle interpreter's CPU time is checked.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 /// Languages that can run persistent sessions, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +82,8 @@ pub(crate) struct CellReply {
 /// One line from the interpreter.
 #[derive(Debug, serde::Deserialize)]
 struct Line {
+    /// The cell it is about.
+    cell: Option<u64>,
     #[serde(default)]
     started: bool,
     exit_code: Option<i32>,
@@ -83,14 +99,116 @@ struct CellState {
     interrupt_wanted: bool,
     /// How the cell ended; `Err` once the interpreter is gone.
     reply: Option<Result<CellReply, ()>>,
+    /// The cell's number (the interpreter's first cell is 1).
+    number: u64,
+    /// The cell was sent and has not been answered: a line from the interpreter is
+    /// expected only now.
+    awaited: bool,
+    /// No cell runs: the interpreter's CPU time when the last one was over.
+    idle_from: Option<Duration>,
+    /// Why the gateway ended the interpreter, once it did.
+    ended: Option<String>,
+    /// The interpreter is being reaped: its pid must not be signalled any more.
+    closed: bool,
 }
 
-/// What the control socket's reader shares with the cell waiting for its reply.
+/// What the control socket's reader and the idle watchdog share with the kernel.
 #[derive(Debug)]
 struct Replies {
     pid: u32,
     current: Mutex<CellState>,
     arrived: Notify,
+    /// The v2 cgroup's directory, whose `cpu.stat` counts the whole tree's CPU time and
+    /// whose `cgroup.kill` ends it.
+    cgroup_dir: Option<PathBuf>,
+    /// The cgroup's process list (also v1).
+    procs: Option<PathBuf>,
+}
+
+impl Replies {
+    /// CPU time the interpreter has used: its cgroup's where cgroup v2 counts it, else
+    /// every thread of its process group's processes.
+    fn cpu(&self) -> Duration {
+        let counted = self.cgroup_dir.as_ref().and_then(|dir| {
+            let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+            text.lines().find_map(|line| {
+                let (name, value) = line.split_once(' ')?;
+                (name == "usage_usec").then(|| value.trim().parse::<u64>().ok())?
+            })
+        });
+        if let Some(usec) = counted {
+            return Duration::from_micros(usec);
+        }
+        let mut pids = in_group(self.pid);
+        if !pids.contains(&self.pid) {
+            pids.push(self.pid);
+        }
+        pids.into_iter().map(threads_cpu).sum()
+    }
+
+    /// Ends the interpreter for `why` (once), with everything in its group and cgroup.
+    /// Called with the state locked, so a reap cannot come in between.
+    fn end(&self, cell: &mut CellState, why: String) {
+        if cell.closed || cell.ended.is_some() {
+            return;
+        }
+        tracing::warn!(pid = self.pid, %why, "ending a persistent interpreter");
+        cell.ended = Some(why);
+        let _ = sys::signal_group(self.pid, Signal::Kill);
+        if let Some(dir) = &self.cgroup_dir {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        }
+        if let Some(file) = &self.procs {
+            for pid in listed(file) {
+                let _ = sys::kill(pid);
+            }
+        }
+    }
+
+    /// Checks an idle interpreter's CPU time, ending it past the allowance; returns why
+    /// the gateway ended it, if it did.
+    fn check_idle(&self) -> Option<String> {
+        let mut cell = lock(&self.current);
+        if let (Some(from), None) = (cell.idle_from, &cell.ended) {
+            let used = self.cpu().saturating_sub(from);
+            if used > IDLE_CPU_ALLOWANCE {
+                let why = format!(
+                    "it used {} ms of CPU time while no cell ran (at most {} ms are allowed)",
+                    used.as_millis(),
+                    IDLE_CPU_ALLOWANCE.as_millis()
+                );
+                self.end(&mut cell, why);
+            }
+        }
+        cell.ended.clone()
+    }
+}
+
+/// CPU time of every thread of process `pid` (`/proc/<pid>/task/*/schedstat`).
+fn threads_cpu(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            text.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .map(Duration::from_nanos)
+        .sum()
+}
+
+/// Checks an idle interpreter's CPU time every [`IDLE_CHECK`] until it ends it.
+async fn watch_idle(replies: Arc<Replies>) {
+    let mut tick = tokio::time::interval(IDLE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if replies.check_idle().is_some() {
+            return;
+        }
+    }
 }
 
 /// A running interpreter for one session.
@@ -101,6 +219,7 @@ pub(crate) struct Kernel {
     control: tokio::net::unix::OwnedWriteHalf,
     replies: Arc<Replies>,
     reader: tokio::task::JoinHandle<()>,
+    watchdog: tokio::task::JoinHandle<()>,
     workdir: Option<Workdir>,
     /// The interpreter's cgroup's process list: everything a cell started is there.
     procs: Option<PathBuf>,
@@ -238,6 +357,10 @@ impl Kernel {
         let procs = cgroup
             .as_ref()
             .and_then(crate::sandbox::ExecutionCgroup::procs_file);
+        let cgroup_dir = cgroup
+            .as_ref()
+            .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
+            .map(Path::to_path_buf);
         let child = ChildGroup::watch(child, cgroup, sandbox_ids)?;
         ours.set_nonblocking(true)?;
         let (read, control) = UnixStream::from_std(ours)?.into_split();
@@ -245,14 +368,18 @@ impl Kernel {
             pid: child.pid(),
             current: Mutex::default(),
             arrived: Notify::new(),
+            cgroup_dir,
+            procs: procs.clone(),
         });
         let reader = tokio::spawn(read_replies(BufReader::new(read), replies.clone()));
+        let watchdog = tokio::spawn(watch_idle(replies.clone()));
         Ok(Self {
             kind,
             child,
             control,
             replies,
             reader,
+            watchdog,
             workdir: Some(workdir),
             procs,
             jailed: host.jail.is_some(),
@@ -268,15 +395,53 @@ impl Kernel {
         self.child.pid()
     }
 
+    /// Why the interpreter cannot take the next cell although no cell ran, checked
+    /// when one is about to start: the gateway ended it (see [`IDLE_CPU_ALLOWANCE`]),
+    /// or it exited.
+    pub(crate) fn ended_while_idle(&self) -> Option<String> {
+        if let Some(why) = self.replies.check_idle() {
+            return Some(why);
+        }
+        self.child
+            .has_exited()
+            .then(|| "it exited while no cell ran".to_owned())
+    }
+
+    /// Why the gateway ended the interpreter, if it did.
+    pub(crate) fn ended_because(&self) -> Option<String> {
+        lock(&self.replies.current).ended.clone()
+    }
+
+    /// Marks the current cell over: from now on the interpreter must stay idle. Call
+    /// once what the cell started was ended.
+    pub(crate) fn idle(&self) {
+        let cpu = self.replies.cpu();
+        let mut cell = lock(&self.replies.current);
+        cell.awaited = false;
+        cell.idle_from = Some(cpu);
+    }
+
     /// Sends a cell; returns the gateway's ends of its pipes.
     pub(crate) async fn send(&mut self, code: &str) -> io::Result<CellPipes> {
-        *lock(&self.replies.current) = CellState::default();
+        let number = {
+            let mut cell = lock(&self.replies.current);
+            let number = cell.number + 1;
+            *cell = CellState {
+                number,
+                awaited: true,
+                ended: cell.ended.take(),
+                ..CellState::default()
+            };
+            number
+        };
         let (stdin_read, stdin_write) = std::io::pipe()?;
         let (stdout_read, stdout_write) = std::io::pipe()?;
         let (stderr_read, stderr_write) = std::io::pipe()?;
         sys::set_pipe_size(&stdout_read, PIPE_BYTES);
         sys::set_pipe_size(&stderr_read, PIPE_BYTES);
-        let header = u64::try_from(code.len()).unwrap_or(u64::MAX).to_le_bytes();
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&u64::try_from(code.len()).unwrap_or(u64::MAX).to_le_bytes());
+        header[8..].copy_from_slice(&number.to_le_bytes());
         let fds = [
             stdin_read.as_raw_fd(),
             stdout_write.as_raw_fd(),
@@ -416,7 +581,9 @@ impl Kernel {
     pub(crate) async fn shut_down(
         mut self,
     ) -> (io::Result<Reaped>, Option<crate::sandbox::CgroupReport>) {
+        lock(&self.replies.current).closed = true;
         self.reader.abort();
+        self.watchdog.abort();
         let reaped = self.child.reap().await;
         if let Some(workdir) = self.workdir.take() {
             workdir.remove();
@@ -427,7 +594,9 @@ impl Kernel {
 
 impl Drop for Kernel {
     fn drop(&mut self) {
+        lock(&self.replies.current).closed = true;
         self.reader.abort();
+        self.watchdog.abort();
         // The group is killed and reaped by ChildGroup's own drop.
         if let Some(workdir) = self.workdir.take() {
             workdir.remove();
@@ -539,6 +708,21 @@ async fn read_replies(
             }),
         };
         let mut cell = lock(&replies.current);
+        // Only the cell being waited for may be answered, once: anything else is not
+        // the driver talking in step (a cell faking its end, or the real end after it).
+        let in_step = parsed.as_ref().map_or(true, |line| {
+            cell.awaited && line.cell == Some(cell.number) && !(line.started && cell.started)
+        });
+        if !in_step {
+            replies.end(
+                &mut cell,
+                "it wrote to the gateway out of step (a reply while no cell ran, or a second reply for one cell)".to_owned(),
+            );
+            cell.reply = Some(Err(()));
+            drop(cell);
+            replies.arrived.notify_waiters();
+            return;
+        }
         match parsed {
             Ok(Line { started: true, .. }) => {
                 cell.started = true;
@@ -551,6 +735,7 @@ async fn read_replies(
                 continue;
             }
             Ok(Line { exit_code, .. }) => {
+                cell.awaited = false;
                 cell.reply = Some(Ok(CellReply {
                     exit_code: exit_code.unwrap_or(1),
                 }));

@@ -1,18 +1,22 @@
 # The Sluice kernel for Python: one interpreter that runs a persistent session's cells.
 #
 # The gateway starts this file with a Unix stream socket on descriptor 3. For each cell
-# it sends an 8-byte little-endian length with three descriptors attached (the cell's
-# stdin, stdout and stderr pipes), then the cell's source as UTF-8. The kernel runs the
-# cell with those pipes as descriptors 0, 1 and 2, puts /dev/null back (so the pipes
-# reach end-of-file once the cell's own child processes are gone), and answers with one
-# JSON line: {"status": "ok" | "error" | "exit" | "interrupted", "exit_code": N}.
+# it sends a 16-byte header with three descriptors attached (the cell's stdin, stdout
+# and stderr pipes): the source's length and the cell's number (from 1), each 8 bytes
+# little-endian; then the cell's source as UTF-8. The kernel runs the cell with those
+# pipes as descriptors 0, 1 and 2, puts /dev/null back (so the pipes reach end-of-file
+# once the cell's own child processes are gone), and answers with one JSON line:
+# {"cell": n, "status": "ok" | "error" | "exit" | "interrupted", "exit_code": N}.
+# Each line names the cell; a line the gateway does not expect (while no cell runs, or
+# a second reply for one cell) ends the interpreter, and so does CPU time used while no
+# cell runs.
 #
 # When a cell is over, the gateway kills every process it started (the interpreter
 # stays); the kernel reaps them before the next cell.
 #
 # SIGINT interrupts the running cell (KeyboardInterrupt). Between cells it is blocked;
 # on receiving a cell the kernel discards one left over from the previous cell, then
-# says {"started": true}: the gateway sends interrupts for a cell only after that.
+# says {"cell": n, "started": true}: the gateway sends interrupts for a cell only after that.
 
 import ast
 import json
@@ -22,7 +26,7 @@ import socket
 import sys
 import traceback
 
-HEADER = 8
+HEADER = 16
 DRIVER = os.path.abspath(__file__)
 
 
@@ -35,7 +39,8 @@ def receive(control):
         if not more:
             return None
         header += more
-    remaining = int.from_bytes(header, "little")
+    remaining = int.from_bytes(header[:8], "little")
+    number = int.from_bytes(header[8:], "little")
     chunks = []
     while remaining:
         chunk = control.recv(min(remaining, 1 << 20))
@@ -43,7 +48,7 @@ def receive(control):
             return None
         chunks.append(chunk)
         remaining -= len(chunk)
-    return fds, b"".join(chunks).decode("utf-8", "replace")
+    return number, fds, b"".join(chunks).decode("utf-8", "replace")
 
 
 def execute(source, namespace):
@@ -84,7 +89,7 @@ def reap():
         pass
 
 
-def run(control, fds, source, namespace, devnull):
+def run(control, number, fds, source, namespace, devnull):
     reap()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
@@ -92,11 +97,11 @@ def run(control, fds, source, namespace, devnull):
     sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
-    reply = {"status": "ok", "exit_code": 0}
+    reply = {"cell": number, "status": "ok", "exit_code": 0}
     # A SIGINT meant for the previous cell must not interrupt this one.
     while signal.sigtimedwait([signal.SIGINT], 0) is not None:
         pass
-    control.sendall(b'{"started": true}\n')
+    control.sendall((json.dumps({"cell": number, "started": True}) + "\n").encode())
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
         try:
@@ -105,12 +110,12 @@ def run(control, fds, source, namespace, devnull):
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
     except KeyboardInterrupt as error:
         report(error)
-        reply = {"status": "interrupted", "exit_code": 130}
+        reply = {"cell": number, "status": "interrupted", "exit_code": 130}
     except SystemExit as error:
-        reply = {"status": "exit", "exit_code": exit_status(error.code)}
+        reply = {"cell": number, "status": "exit", "exit_code": exit_status(error.code)}
     except BaseException as error:
         report(error)
-        reply = {"status": "error", "exit_code": 1}
+        reply = {"cell": number, "status": "error", "exit_code": 1}
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -133,8 +138,8 @@ def main():
         cell = receive(control)
         if cell is None:
             return
-        fds, source = cell
-        reply = run(control, fds, source, namespace, devnull)
+        number, fds, source = cell
+        reply = run(control, number, fds, source, namespace, devnull)
         control.sendall((json.dumps(reply) + "\n").encode())
 
 

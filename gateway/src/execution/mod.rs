@@ -317,6 +317,15 @@ async fn run_cell(
     if guard.as_ref().is_some_and(|kernel| kernel.kind() != kind) {
         session.retire(guard.take());
     }
+    // An interpreter that ran while no cell did (or exited) is replaced, and the cell
+    // is told why its session's state is gone.
+    let mut note = None;
+    if let Some(why) = guard.as_ref().and_then(Kernel::ended_while_idle) {
+        note = Some(format!(
+            "the session's interpreter was ended: {why}; the session's state is lost and this cell runs in a fresh interpreter"
+        ));
+        session.retire(guard.take());
+    }
     if guard.is_none() {
         let Ok(permit) = run.ctx.kernel_slots.clone().try_acquire_owned() else {
             let message = "the gateway runs as many persistent interpreters as it may (see --max-kernels); end a persistent session first";
@@ -406,6 +415,7 @@ async fn run_cell(
                     kernel: guard,
                     cpu_before,
                     _turn: turn,
+                    note,
                 }),
                 stdin: pipes.stdin,
                 stdout: pipes.stdout,
@@ -700,7 +710,11 @@ impl Run {
         } = launched;
         let mut child = program;
         tracing::debug!(pid = child.pid(), "started");
-        let mut started = Event::new(EventKind::Started, Some(self.spec.id.clone()), "");
+        let mut started = Event::new(
+            EventKind::Started,
+            Some(self.spec.id.clone()),
+            child.note().unwrap_or_default(),
+        );
         started.pid = Some(child.pid());
 
         let mut stdin = StdinFeed::new(stdin, stdin_rx, stdin_queued_bytes);
@@ -740,6 +754,7 @@ impl Run {
             workdir.remove();
         }
         let kernel_lost = ended.as_ref().is_ok_and(|e| e.kernel_lost);
+        let lost_because = ended.as_ref().ok().and_then(|e| e.lost_because.clone());
         let cgroup = ended.as_ref().ok().and_then(|e| e.cgroup);
         let reaped = ended.map(|e| e.reaped);
         let usage = Usage {
@@ -874,10 +889,15 @@ impl Run {
             (None, Ok(reaped)) if kernel_lost => Event::error(
                 id,
                 ErrorCode::KernelLost,
-                format!(
-                    "the interpreter {} during this cell; the session's state is lost and its next execution starts a fresh interpreter",
-                    describe_end(reaped)
-                ),
+                match &lost_because {
+                    Some(why) => format!(
+                        "the gateway ended the interpreter during this cell: {why}; the session's state is lost and its next execution starts a fresh interpreter"
+                    ),
+                    None => format!(
+                        "the interpreter {} during this cell; the session's state is lost and its next execution starts a fresh interpreter",
+                        describe_end(reaped)
+                    ),
+                },
             ),
             (None, Ok(reaped)) => Event {
                 exit_code: reaped.exit_code,

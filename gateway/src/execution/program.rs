@@ -24,6 +24,9 @@ pub(crate) struct Cell {
     pub(crate) cpu_before: Duration,
     /// Dropped when the cell is over: the session's next cell may start.
     pub(crate) _turn: oneshot::Sender<()>,
+    /// Why the cell runs in a fresh interpreter although its session had one (said in
+    /// its `started` event).
+    pub(crate) note: Option<String>,
 }
 
 impl Cell {
@@ -45,11 +48,21 @@ pub(crate) struct Ended {
     /// A cell whose interpreter died (or had to be killed): the session's state is gone
     /// and its next cell starts a fresh interpreter.
     pub(crate) kernel_lost: bool,
+    /// Why the gateway ended that interpreter, when it did on its own account.
+    pub(crate) lost_because: Option<String>,
     /// What the program's cgroup saw (for a cell: its interpreter's, once it died).
     pub(crate) cgroup: Option<crate::sandbox::CgroupReport>,
 }
 
 impl Program {
+    /// What the `started` event says (a cell that runs in a fresh interpreter: why).
+    pub(crate) fn note(&self) -> Option<&str> {
+        match self {
+            Self::Process(_) => None,
+            Self::Cell(cell) => cell.note.as_deref(),
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         match self {
             Self::Process(child) => child.pid(),
@@ -129,6 +142,7 @@ impl Program {
                 Ok(Ended {
                     reaped,
                     kernel_lost: false,
+                    lost_because: None,
                     cgroup: child.cgroup_report(),
                 })
             }
@@ -138,6 +152,9 @@ impl Program {
                 };
                 let (cpu, peak) = kernel.usage();
                 if let Some(reply) = kernel.reply() {
+                    // The cell is over (what it started was killed in `after_exit`):
+                    // the interpreter must be idle until the next one.
+                    kernel.idle();
                     return Ok(Ended {
                         reaped: Reaped {
                             exit_code: Some(reply.exit_code),
@@ -146,6 +163,7 @@ impl Program {
                             peak_memory_bytes: peak,
                         },
                         kernel_lost: false,
+                        lost_because: None,
                         cgroup: None,
                     });
                 }
@@ -157,10 +175,12 @@ impl Program {
                 // status reaches the gateway a moment later (through the jail). Killing
                 // at once would report the kill instead of how it ended.
                 let _ = tokio::time::timeout(LOST_INTERPRETER_GRACE, kernel.exited()).await;
+                let lost_because = kernel.ended_because();
                 let (reaped, cgroup) = kernel.shut_down().await;
                 Ok(Ended {
                     reaped: reaped?,
                     kernel_lost: true,
+                    lost_because,
                     cgroup,
                 })
             }
