@@ -278,6 +278,12 @@ pub struct Config {
     /// add up to (1: only what fits at every limit at once). The parent cgroup holds
     /// the real total whatever this is.
     pub memory_overcommit: u32,
+    /// Percent of the memory and process budgets (as admitted) one peer's executions
+    /// and interpreters may hold together (1 to 100).
+    pub budget_share_per_peer: u32,
+    /// Persistent interpreters one peer's sessions may have alive at once. `None`: a
+    /// quarter of `max_kernels`.
+    pub max_kernels_per_peer: Option<usize>,
     /// Processes all running executions may hold together, adding up their `processes`
     /// limits, as for `memory_budget_bytes`. `None`: half the kernel's `threads-max`;
     /// `Some(0)`: not added up.
@@ -318,6 +324,12 @@ fn quarter(cap: usize) -> usize {
 }
 
 impl Config {
+    /// The per-peer interpreter cap in force.
+    pub(crate) fn kernels_per_peer(&self) -> usize {
+        self.max_kernels_per_peer
+            .unwrap_or_else(|| quarter(self.max_kernels))
+    }
+
     /// The per-peer connection cap in force.
     pub(crate) fn connections_per_peer(&self) -> usize {
         self.max_connections_per_peer
@@ -381,6 +393,8 @@ impl Default for Config {
             jail_program: None,
             memory_budget_bytes: None,
             memory_overcommit: 8,
+            budget_share_per_peer: 25,
+            max_kernels_per_peer: None,
             process_budget: None,
             max_connections_per_peer: None,
             max_sessions_per_peer: None,
@@ -435,6 +449,7 @@ impl Config {
             ("max_connections_per_peer", self.connections_per_peer()),
             ("max_sessions_per_peer", self.sessions_per_peer()),
             ("max_executions_per_peer", self.executions_per_peer()),
+            ("max_kernels_per_peer", self.kernels_per_peer()),
             ("idle_timeout", millis(self.idle_timeout)),
             ("ping_interval", millis(self.ping_interval)),
             ("buffer_budget_bytes", self.buffer_budget_bytes.unwrap_or(1)),

@@ -277,6 +277,17 @@ struct ServeArgs {
     #[arg(long, default_value_t = 8, value_name = "RATIO")]
     memory_overcommit: u32,
 
+    /// Percent of the memory and process budgets (as admitted, so memory times
+    /// --memory-overcommit) one peer's executions and interpreters may hold together;
+    /// more gets `too_many_executions` saying so. 100 for a single-user gateway.
+    #[arg(long, default_value_t = 25, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    budget_share_per_peer: u32,
+
+    /// Persistent interpreters one peer's sessions may have alive at once; one more gets
+    /// `too_many_executions` [default: a quarter of --max-kernels].
+    #[arg(long, value_name = "N")]
+    max_kernels_per_peer: Option<usize>,
+
     /// Processes all running executions may hold together (limits.processes added up,
     /// as for --memory-budget-bytes). 0: no total [default: half of the kernel's
     /// threads-max].
@@ -401,6 +412,8 @@ impl ServeArgs {
             jail_program: self.jail,
             memory_budget_bytes: self.memory_budget_bytes,
             memory_overcommit: self.memory_overcommit,
+            budget_share_per_peer: self.budget_share_per_peer,
+            max_kernels_per_peer: self.max_kernels_per_peer,
             process_budget: self.process_budget,
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),

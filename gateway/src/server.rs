@@ -230,6 +230,7 @@ pub async fn run(
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
         connections_per_peer: Quota::new(config.connections_per_peer()),
         executions_per_peer: Quota::new(config.executions_per_peer()),
+        kernels_per_peer: Quota::new(config.kernels_per_peer()),
         shutdown: shutdown_token,
         connections: TaskTracker::new(),
         next_connection_id: AtomicU64::new(1),

@@ -30,6 +30,7 @@ pub(crate) struct GatewayState {
     /// Executions each peer has running (`--max-executions-per-peer`); each execution's
     /// `ExecutionSlot` holds its unit.
     pub(crate) executions_per_peer: Quota,
+    pub(crate) kernels_per_peer: Quota,
     /// The root of the cancellation tree: cancelled once on shutdown.
     pub(crate) shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.

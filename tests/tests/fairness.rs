@@ -200,6 +200,7 @@ async fn admission_adds_up_memory_limits_against_the_budget() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         memory_budget_bytes: Some(96 * MIB),
         memory_overcommit: 1,
+        budget_share_per_peer: 100,
         limits: LimitsConfig {
             memory_bytes: LimitBound {
                 default: 32 * MIB,
@@ -293,6 +294,7 @@ async fn admission_adds_up_process_limits_against_the_budget() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         // One execution of 15 processes fits (17 with the jail's two), two do not.
         process_budget: Some(20),
+        budget_share_per_peer: 100,
         ..Config::default()
     })
     .await;

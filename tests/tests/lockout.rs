@@ -507,3 +507,99 @@ async fn an_endless_request_head_is_cut_off_long_before_the_handshake_timeout() 
     other.assert_still_works().await?;
     gateway.shutdown().await
 }
+
+/// Regression test for the second review (failed before the fix: 37 executions of one
+/// peer asking for large memory limits held the whole executions' budget, and another
+/// peer's default execute was refused): one peer's executions hold at most
+/// `--budget-share-per-peer` percent of the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_take_the_whole_executions_budget() -> Result<()> {
+    const MIB: u64 = 1 << 20;
+    let gateway = TestGateway::spawn_with(Config {
+        memory_budget_bytes: Some(256 * MIB),
+        memory_overcommit: 1,
+        budget_share_per_peer: 25,
+        ..Config::default()
+    })
+    .await;
+    let marker = unique_marker("budget-share");
+    let hog = |id: &str| ExecuteRequest {
+        limits: Limits {
+            memory_bytes: Some(32 * MIB),
+            ..Limits::default()
+        },
+        ..request(id, "bash", &format!("exec -a {marker} sleep 1000"))
+    };
+    let mut first = gateway.raw().await?;
+    // 64 MiB is this peer's share: two fit, the third does not.
+    for id in ["h1", "h2"] {
+        first.execute(hog(id)).await?;
+        first
+            .next_event_where(|e| e.id.as_deref() == Some(id) && e.kind == EventKind::Started)
+            .await?;
+    }
+    first.execute(hog("h3")).await?;
+    let message = refusal_of(&mut first, "h3", ErrorCode::TooManyExecutions).await?;
+    ensure!(message.contains("budget-share-per-peer"), "{message}");
+    // Another peer still runs, with the same limits.
+    let mut other = gateway.raw_from(OTHER_PEER).await?;
+    other.execute(hog("o1")).await?;
+    other
+        .next_event_where(|e| e.id.as_deref() == Some("o1") && e.kind == EventKind::Started)
+        .await?;
+    for id in ["h1", "h2"] {
+        first.cancel(id).await?;
+        first.events_until_terminal(id).await?;
+    }
+    other.cancel("o1").await?;
+    other.events_until_terminal("o1").await?;
+    wait_until_gone(&marker).await?;
+    gateway.shutdown().await
+}
+
+/// Regression test for the second review (failed before the fix: one socket opened 64
+/// persistent sessions and every other client's persistent cell was refused, for as
+/// long as it kept them): one peer's sessions have at most `--max-kernels-per-peer`
+/// interpreters alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_take_every_persistent_interpreter() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        max_kernels: 4,
+        max_kernels_per_peer: Some(1),
+        ..Config::default()
+    })
+    .await;
+    let cell = |session: &str, id: &str| ExecuteRequest {
+        session: Some(session.to_owned()),
+        persistent: true,
+        ..request(id, "python", "x = 1")
+    };
+    let mut first = gateway.raw().await?;
+    first.execute(cell("nb-1", "c1")).await?;
+    let events = first.events_until_terminal("c1").await?;
+    ensure!(
+        events
+            .last()
+            .is_some_and(|e| e.kind == EventKind::Completed),
+        "{events:?}"
+    );
+    first.execute(cell("nb-2", "c2")).await?;
+    // Refused in its session, where the interpreter would have started.
+    let events = first.events_until_terminal("c2").await?;
+    let refusal = events.last().context("no events")?;
+    ensure!(
+        refusal.code == Some(ErrorCode::TooManyExecutions)
+            && refusal.data.contains("max-kernels-per-peer"),
+        "{refusal:?}"
+    );
+    let mut other = gateway.raw_from(OTHER_PEER).await?;
+    other.execute(cell("nb-3", "o1")).await?;
+    let events = other.events_until_terminal("o1").await?;
+    ensure!(
+        events
+            .last()
+            .is_some_and(|e| e.kind == EventKind::Completed),
+        "{events:?}"
+    );
+    gateway.shutdown().await
+}

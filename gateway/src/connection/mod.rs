@@ -640,7 +640,7 @@ impl Connection {
                 )
             })?;
         // Last, so a refusal above holds nothing of the budget.
-        let reserved = execution::reserve(&state.host, &limits, kernel.is_some())?;
+        let reserved = execution::reserve(&state.host, self.principal, &limits, kernel.is_some())?;
         Ok(Admitted {
             runtime: runtime.clone(),
             kernel,
@@ -685,6 +685,8 @@ impl Connection {
             chunk_bytes: state.config.chunk_bytes,
             kill_grace: state.config.kill_grace,
             kernel_slots: state.kernel_slots.clone(),
+            kernels_per_peer: state.kernels_per_peer.clone(),
+            principal: self.principal,
         };
         // Alone on the gateway (every other slot free), start the program inline.
         let spawn_inline =

@@ -225,12 +225,9 @@ pub(crate) struct Kernel {
     procs: Option<PathBuf>,
     /// The interpreter runs in the jail (its leader is the jail, with init below it).
     jailed: bool,
-    /// This interpreter's place under `--max-kernels`, and the limits it holds of the
-    /// executions' budget.
-    _slot: (
-        tokio::sync::OwnedSemaphorePermit,
-        crate::sandbox::Reservation,
-    ),
+    /// This interpreter's place under `--max-kernels` and its peer's
+    /// `--max-kernels-per-peer`, and the limits it holds of the executions' budget.
+    _slot: (crate::admission::ExecutionSlot, crate::sandbox::Reservation),
 }
 
 /// What an interpreter is started with, from the execute that starts it.
@@ -261,10 +258,7 @@ impl Kernel {
         env: &[(&str, &str)],
         limits: KernelLimits,
         cgroup: Option<crate::sandbox::ExecutionCgroup>,
-        slot: (
-            tokio::sync::OwnedSemaphorePermit,
-            crate::sandbox::Reservation,
-        ),
+        slot: (crate::admission::ExecutionSlot, crate::sandbox::Reservation),
     ) -> io::Result<Self> {
         let work_root: &Path = &host.work_root;
         let (file_name, driver) = kind.driver();

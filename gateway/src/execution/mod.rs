@@ -107,6 +107,11 @@ pub(crate) struct ExecutionContext {
     pub(crate) kill_grace: std::time::Duration,
     /// Permits for persistent interpreters, gateway-wide.
     pub(crate) kernel_slots: Arc<tokio::sync::Semaphore>,
+    /// Persistent interpreters per peer.
+    pub(crate) kernels_per_peer: crate::admission::Quota,
+    /// Who sent the `execute`: its peer (a tenant, once clients authenticate), whose
+    /// shares an interpreter it starts counts against.
+    pub(crate) principal: crate::admission::Principal,
 }
 
 /// How an execution starts.
@@ -169,14 +174,18 @@ impl Slot {
 /// limits it started with for its whole life.
 pub(crate) fn reserve(
     host: &Host,
+    principal: crate::admission::Principal,
     limits: &EffectiveLimits,
     persistent: bool,
 ) -> Result<crate::sandbox::Reservation, crate::sandbox::budget::Refusal> {
     if persistent {
         return Ok(crate::sandbox::Reservation::default());
     }
-    host.budget
-        .reserve(limits.memory_bytes, limits.processes + jail_processes(host))
+    host.budget.reserve(
+        principal,
+        limits.memory_bytes,
+        limits.processes + jail_processes(host),
+    )
 }
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.
@@ -337,6 +346,20 @@ async fn run_cell(
             .await;
             return id;
         };
+        let principal = run.ctx.principal;
+        let Ok(peer_unit) = run.ctx.kernels_per_peer.try_acquire(principal) else {
+            let message = format!(
+                "your {principal}'s sessions have as many persistent interpreters as one peer may (see --max-kernels-per-peer); end a persistent session first"
+            );
+            run.finish(Event::error(
+                Some(id.clone()),
+                ErrorCode::TooManyExecutions,
+                message,
+            ))
+            .await;
+            return id;
+        };
+        let permit = crate::admission::ExecutionSlot::new(permit, peer_unit);
         let env = environment(&spec, &run.ctx.host.base_env, &run.ctx.host.work_root);
         // A CPU limit would add up over every cell of the session: only the per-process
         // limits that make sense for a long-lived interpreter apply.
@@ -347,7 +370,10 @@ async fn run_cell(
         let host = &run.ctx.host;
         let processes = spec.limits.processes + jail_processes(host);
         // The interpreter holds the limits it starts with for the session's life.
-        let reserved = match host.budget.reserve(spec.limits.memory_bytes, processes) {
+        let reserved = match host
+            .budget
+            .reserve(principal, spec.limits.memory_bytes, processes)
+        {
             Ok(reserved) => reserved,
             Err((code, message)) => {
                 run.finish(Event::error(Some(id.clone()), code, message))

@@ -17,14 +17,20 @@
 //! largest of them, which ends with `resource_limit` `memory`. `--memory-overcommit 1`
 //! admits only what fits at every limit at once.
 //!
+//! One principal (a peer address; a tenant once clients authenticate) may hold at most
+//! `--budget-share-per-peer` percent (default 25) of each total, so one client cannot
+//! take what the others need by asking for large limits.
+//!
 //! Defaults come from the host: memory is `MemTotal` less a reserve for the system and
 //! the gateway (a quarter, at least 1 GiB); processes are half the kernel's
 //! `threads-max`. A total of 0 means the operator overcommits without bound: nothing is
 //! added up and the parent cgroup has no limit.
 
+use crate::admission::Principal;
 use sluice_protocol::ErrorCode;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Memory kept back from the executions' default total: a quarter of the host's, at
 /// least this much.
@@ -66,25 +72,37 @@ impl Pool {
 pub(crate) struct ExecutionBudget {
     memory: Option<Pool>,
     processes: Option<Pool>,
+    /// Percent of each total one principal may hold.
+    share_percent: u64,
+    /// What each principal holds now (memory, processes); holders only.
+    held: Mutex<HashMap<Principal, (u64, u64)>>,
 }
 
 /// What one admitted execution (or persistent interpreter) holds of the budget; given
 /// back on drop.
 #[derive(Debug, Default)]
 pub(crate) struct Reservation {
-    budget: Option<Arc<ExecutionBudget>>,
+    budget: Option<(Arc<ExecutionBudget>, Principal)>,
     memory: u64,
     processes: u64,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(budget) = self.budget.take() {
+        if let Some((budget, principal)) = self.budget.take() {
             if let Some(pool) = &budget.memory {
                 pool.give_back(self.memory);
             }
             if let Some(pool) = &budget.processes {
                 pool.give_back(self.processes);
+            }
+            let mut held = budget.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(mine) = held.get_mut(&principal) {
+                mine.0 = mine.0.saturating_sub(self.memory);
+                mine.1 = mine.1.saturating_sub(self.processes);
+                if *mine == (0, 0) {
+                    held.remove(&principal);
+                }
             }
         }
     }
@@ -101,6 +119,7 @@ impl ExecutionBudget {
         memory_bytes: Option<u64>,
         memory_overcommit: u32,
         processes: Option<u64>,
+        share_percent: u32,
     ) -> Self {
         let pool = |total: u64, ratio: u32| {
             (total > 0).then(|| Pool {
@@ -115,7 +134,16 @@ impl ExecutionBudget {
                 memory_overcommit,
             ),
             processes: pool(processes.unwrap_or_else(host_processes_default), 1),
+            share_percent: u64::from(share_percent.clamp(1, 100)),
+            held: Mutex::default(),
         }
+    }
+
+    /// What one principal may hold of `pool`'s admitted total.
+    fn share_of(&self, pool: &Pool) -> u64 {
+        (u128::from(pool.admitted) * u128::from(self.share_percent) / 100)
+            .try_into()
+            .unwrap_or(u64::MAX)
     }
 
     /// The budget `config` asks for, logged, with the parent cgroup of all executions
@@ -125,6 +153,7 @@ impl ExecutionBudget {
             config.memory_budget_bytes,
             config.memory_overcommit,
             config.process_budget,
+            config.budget_share_per_peer,
         );
         cgroups.set_totals(budget.memory_total(), budget.processes_total());
         let total =
@@ -155,9 +184,11 @@ impl ExecutionBudget {
         self.processes.as_ref().map(|p| p.total)
     }
 
-    /// Reserves `memory_bytes` and `processes` for one execution, or says why not.
+    /// Reserves `memory_bytes` and `processes` for one execution of `principal`, or
+    /// says why not (and takes nothing).
     pub(crate) fn reserve(
         self: &Arc<Self>,
+        principal: Principal,
         memory_bytes: u64,
         processes: u64,
     ) -> Result<Reservation, Refusal> {
@@ -171,6 +202,29 @@ impl ExecutionBudget {
                     format!(
                         "limits.{what} ({asked}) is more than this gateway gives all its executions together ({})",
                         pool.total
+                    ),
+                ));
+            }
+        }
+        // Held while the pools are taken from, so a principal's share is checked and
+        // taken at once.
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = held.get(&principal).copied().unwrap_or((0, 0));
+        for (pool, holds, asked, what) in [
+            (&self.memory, mine.0, memory_bytes, "memory"),
+            (&self.processes, mine.1, processes, "process"),
+        ] {
+            // A share of 100 percent is the pool's own check below.
+            let Some(pool) = pool.as_ref().filter(|_| self.share_percent < 100) else {
+                continue;
+            };
+            let share = self.share_of(pool);
+            if holds.saturating_add(asked) > share {
+                return Err((
+                    ErrorCode::TooManyExecutions,
+                    format!(
+                        "your {principal}'s running executions hold {holds} of the {share} their limits may add up to ({} percent of the gateway's {what} budget, --budget-share-per-peer); this execution asks for {asked}: try again when one ends, or ask for less",
+                        self.share_percent
                     ),
                 ));
             }
@@ -202,8 +256,11 @@ impl ExecutionBudget {
                 ));
             }
         }
+        let entry = held.entry(principal).or_insert((0, 0));
+        entry.0 = entry.0.saturating_add(memory_bytes);
+        entry.1 = entry.1.saturating_add(processes);
         Ok(Reservation {
-            budget: Some(self.clone()),
+            budget: Some((self.clone(), principal)),
             memory: memory_bytes,
             processes,
         })
@@ -244,25 +301,45 @@ fn host_processes_default() -> u64 {
 mod tests {
     use super::*;
 
+    const ME: Principal = Principal::Address(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    const YOU: Principal =
+        Principal::Address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)));
+
+    #[test]
+    fn one_principal_holds_at_most_its_share() {
+        let budget = Arc::new(ExecutionBudget::new(Some(100), 1, Some(100), 50));
+        let mine = budget.reserve(ME, 50, 10).expect("half is mine to take");
+        let refused = budget.reserve(ME, 1, 1).expect_err("my share is spent");
+        assert_eq!(refused.0, ErrorCode::TooManyExecutions);
+        assert!(refused.1.contains("budget-share-per-peer"), "{}", refused.1);
+        let yours = budget
+            .reserve(YOU, 50, 10)
+            .expect("the other half is yours");
+        drop(mine);
+        let again = budget.reserve(ME, 50, 10).expect("given back");
+        drop((yours, again));
+        assert!(budget.held.lock().unwrap().is_empty(), "holders only");
+    }
+
     #[test]
     fn reservations_add_up_and_are_given_back() {
-        let budget = Arc::new(ExecutionBudget::new(Some(100), 1, Some(10)));
-        let first = budget.reserve(60, 4).expect("fits");
-        let refused = budget.reserve(60, 4).expect_err("memory spent");
+        let budget = Arc::new(ExecutionBudget::new(Some(100), 1, Some(10), 100));
+        let first = budget.reserve(ME, 60, 4).expect("fits");
+        let refused = budget.reserve(ME, 60, 4).expect_err("memory spent");
         assert_eq!(refused.0, ErrorCode::TooManyExecutions);
         assert!(
             refused.1.contains("100 bytes and 40 are free"),
             "{}",
             refused.1
         );
-        let small = budget.reserve(40, 4).expect("the rest fits");
-        let refused = budget.reserve(0, 4).expect_err("processes spent");
+        let small = budget.reserve(ME, 40, 4).expect("the rest fits");
+        let refused = budget.reserve(ME, 0, 4).expect_err("processes spent");
         assert!(refused.1.contains("process budget"), "{}", refused.1);
         // A refusal takes nothing: memory was not held back by the process refusal.
         drop(small);
-        let again = budget.reserve(40, 6).expect("given back");
+        let again = budget.reserve(ME, 40, 6).expect("given back");
         assert_eq!(
-            budget.reserve(101, 1).expect_err("never fits").0,
+            budget.reserve(ME, 101, 1).expect_err("never fits").0,
             ErrorCode::InvalidLimit
         );
         drop((first, again));
@@ -272,16 +349,19 @@ mod tests {
 
     #[test]
     fn memory_limits_add_up_to_the_total_times_the_overcommit() {
-        let budget = Arc::new(ExecutionBudget::new(Some(100), 4, None));
+        let budget = Arc::new(ExecutionBudget::new(Some(100), 4, None, 100));
         let held: Vec<_> = (0..4)
-            .map(|_| budget.reserve(100, 1).expect("four times the total"))
+            .map(|_| budget.reserve(ME, 100, 1).expect("four times the total"))
             .collect();
         assert_eq!(
-            budget.reserve(1, 1).expect_err("spent").0,
+            budget.reserve(ME, 1, 1).expect_err("spent").0,
             ErrorCode::TooManyExecutions
         );
         assert_eq!(
-            budget.reserve(101, 1).expect_err("above the real total").0,
+            budget
+                .reserve(ME, 101, 1)
+                .expect_err("above the real total")
+                .0,
             ErrorCode::InvalidLimit,
             "one execution never gets more than the parent cgroup holds"
         );
@@ -290,10 +370,14 @@ mod tests {
 
     #[test]
     fn zero_overcommits_on_purpose() {
-        let budget = Arc::new(ExecutionBudget::new(Some(0), 8, Some(0)));
+        let budget = Arc::new(ExecutionBudget::new(Some(0), 8, Some(0), 25));
         assert_eq!(budget.memory_total(), None);
         let held: Vec<_> = (0..1000)
-            .map(|_| budget.reserve(u64::MAX / 2, 1 << 20).expect("no budget"))
+            .map(|_| {
+                budget
+                    .reserve(ME, u64::MAX / 2, 1 << 20)
+                    .expect("no budget")
+            })
             .collect();
         assert_eq!(held.len(), 1000);
     }
