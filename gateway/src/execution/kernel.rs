@@ -127,7 +127,7 @@ struct Replies {
 
 impl Replies {
     /// CPU time the interpreter has used: its cgroup's where cgroup v2 counts it, else
-    /// every thread of its process group's processes.
+    /// every thread of it and its descendants.
     fn cpu(&self) -> Duration {
         let counted = self.cgroup_dir.as_ref().and_then(|dir| {
             let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
@@ -139,10 +139,8 @@ impl Replies {
         if let Some(usec) = counted {
             return Duration::from_micros(usec);
         }
-        let mut pids = in_group(self.pid);
-        if !pids.contains(&self.pid) {
-            pids.push(self.pid);
-        }
+        let mut pids = descendants(self.pid);
+        pids.push(self.pid);
         pids.into_iter().map(threads_cpu).sum()
     }
 
@@ -308,6 +306,8 @@ impl Kernel {
                     {
                         sys::join_cgroup_on_exec(&mut command, &dir.join("cgroup.procs"))?;
                     }
+                    // Orphans of its cells stay in its tree (for `end_cell_processes`).
+                    sys::child_subreaper_on_exec(&mut command);
                     limits.rlimits.apply_on_exec(&mut command);
                     if host.no_network && !runtime.network {
                         sys::no_network_on_exec(&mut command);
@@ -523,7 +523,7 @@ impl Kernel {
         for _ in 0..CELL_KILL_PASSES {
             let candidates = match &self.procs {
                 Some(file) => listed(file),
-                None => in_group(leader),
+                None => descendants(leader),
             };
             let mut found = false;
             for pid in candidates.into_iter().filter(|pid| *pid != leader) {
@@ -656,25 +656,35 @@ fn listed(file: &Path) -> Vec<u32> {
 
 /// The processes in process group `group`, from `/proc` (without a cgroup; a process
 /// that left the group with `setsid` is not found).
-fn in_group(group: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            // The fields after the command (which may hold spaces) start with the state;
-            // the process group is the third of them.
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let (_, rest) = stat.rsplit_once(')')?;
-                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
-                })
-                == Some(group)
-        })
-        .collect()
+/// Most processes [`descendants`] lists: a tree that large is being killed, not read.
+const MAX_DESCENDANTS: usize = 4096;
+
+/// Every descendant of `root` (not `root` itself), through the `children` lists of
+/// each thread in `/proc`. The interpreter is a child subreaper (an unjailed one through
+/// its start's pre-exec hook; in the jail, init reaps), so orphans stay in its tree;
+/// reading a few files per process is far cheaper than scanning all of `/proc` at every
+/// cell's end.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+                if found.len() >= MAX_DESCENDANTS {
+                    return found;
+                }
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -451,3 +451,21 @@ pub(crate) fn lower_priority_on_exec(command: &mut std::process::Command) {
         });
     }
 }
+
+/// Makes `command`'s child a child subreaper (kept across its exec): what its
+/// descendants leave orphaned (a double fork, a `setsid` daemon) is reparented to it,
+/// so its whole tree stays findable from it through `/proc/<pid>/task/*/children`.
+pub(crate) fn child_subreaper_on_exec(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook runs in the child between fork and exec and only calls prctl, a
+    // plain system call taking integers.
+    #[allow(clippy::disallowed_methods)] // prctl must run in the child
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
