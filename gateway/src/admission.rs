@@ -11,6 +11,7 @@
 //! out [`QuotaGuard`]s that give their unit back when dropped, so a refusal holds
 //! nothing and nothing leaks.
 
+use crate::io_hook::{Hooked, ReadHook};
 use axum::serve::Listener;
 use std::collections::HashMap;
 use std::future::Future as _;
@@ -19,9 +20,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
@@ -85,14 +85,17 @@ impl<L: Listener<Addr = SocketAddr>> Listener for Admitting<L> {
                     continue;
                 }
             };
+            let admission = Admission {
+                _permit: permit,
+                _peer_unit: peer_unit,
+                upgrading: Upgrading::default(),
+                handshake_deadline: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
+                bytes_before_upgrade: 0,
+            };
             return (
-                Admitted {
+                Hooked {
                     io,
-                    _permit: permit,
-                    _peer_unit: peer_unit,
-                    upgrading: Upgrading::default(),
-                    handshake_deadline: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
-                    bytes_before_upgrade: 0,
+                    hook: admission,
                 },
                 addr,
             );
@@ -120,9 +123,12 @@ impl Upgrading {
 }
 
 /// An accepted connection and its admission slot.
+pub(crate) type Admitted<T> = Hooked<T, Admission>;
+
+/// What an admitted connection holds and how its reads are watched until it is a
+/// WebSocket.
 #[derive(Debug)]
-pub(crate) struct Admitted<T> {
-    io: T,
+pub(crate) struct Admission {
     /// Returned to the listener when the connection is dropped.
     _permit: OwnedSemaphorePermit,
     /// The peer's unit of the per-peer TCP share, returned likewise.
@@ -134,66 +140,34 @@ pub(crate) struct Admitted<T> {
     bytes_before_upgrade: usize,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Admitted<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(deadline) = this.handshake_deadline.as_mut() {
-            if this.upgrading.accepted() {
-                this.handshake_deadline = None;
-            } else if deadline.as_mut().poll(cx).is_ready() {
-                // hyper reads whenever it waits for a request, so an idle connection
-                // ends up here and is closed.
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no WebSocket handshake within the handshake timeout",
-                )));
-            } else if this.bytes_before_upgrade > MAX_BYTES_BEFORE_UPGRADE {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "more than 32 KiB sent before a WebSocket handshake",
-                )));
-            }
+impl ReadHook for Admission {
+    fn before_read(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let deadline = self.handshake_deadline.as_mut()?;
+        if self.upgrading.accepted() {
+            self.handshake_deadline = None;
+            None
+        } else if deadline.as_mut().poll(cx).is_ready() {
+            // hyper reads whenever it waits for a request, so an idle connection ends
+            // up here and is closed.
+            Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no WebSocket handshake within the handshake timeout",
+            ))
+        } else if self.bytes_before_upgrade > MAX_BYTES_BEFORE_UPGRADE {
+            Some(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more than 32 KiB sent before a WebSocket handshake",
+            ))
+        } else {
+            None
         }
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.handshake_deadline.is_some() {
-            this.bytes_before_upgrade += buf.filled().len() - before;
+    }
+
+    fn after_read(&mut self, bytes: usize) -> io::Result<()> {
+        if self.handshake_deadline.is_some() {
+            self.bytes_before_upgrade += bytes;
         }
-        read
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Admitted<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        Ok(())
     }
 }
 
@@ -213,7 +187,7 @@ where
     fn connect_info(stream: axum::serve::IncomingStream<'_, Admitting<L>>) -> Self {
         Self {
             addr: *stream.remote_addr(),
-            upgrading: stream.io().upgrading.clone(),
+            upgrading: stream.io().hook.upgrading.clone(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod buffer_budget;
 mod config;
 mod connection;
 mod execution;
+mod io_hook;
 mod leftovers;
 mod meter;
 mod runtime;

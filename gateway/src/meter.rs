@@ -11,16 +11,15 @@
 //! address (unique among open connections).
 
 use crate::buffer_budget::{BufferBudget, Reservation};
+use crate::io_hook::{Hooked, ReadHook};
 use axum::serve::Listener;
 use dashmap::DashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -179,11 +178,13 @@ impl<L: Listener<Addr = SocketAddr>> Listener for Metering<L> {
         let (io, addr) = self.inner.accept().await;
         let meter = Arc::new(Meter::new(&self.budget));
         self.meters.0.insert(addr, meter.clone());
-        let io = Metered {
+        let io = Hooked {
             io,
-            meter,
-            peer: addr,
-            meters: self.meters.clone(),
+            hook: MeteredReads {
+                meter,
+                peer: addr,
+                meters: self.meters.clone(),
+            },
         };
         (io, addr)
     }
@@ -194,15 +195,17 @@ impl<L: Listener<Addr = SocketAddr>> Listener for Metering<L> {
 }
 
 /// An accepted connection whose reads are counted by its [`Meter`].
+pub(crate) type Metered<T> = Hooked<T, MeteredReads>;
+
+/// A connection's meter, as its reads see it; leaves [`Meters`] with the connection.
 #[derive(Debug)]
-pub(crate) struct Metered<T> {
-    io: T,
+pub(crate) struct MeteredReads {
     meter: Arc<Meter>,
     peer: SocketAddr,
     meters: Meters,
 }
 
-impl<T> Drop for Metered<T> {
+impl Drop for MeteredReads {
     fn drop(&mut self) {
         let meter = &self.meter;
         self.meters
@@ -213,53 +216,19 @@ impl<T> Drop for Metered<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            if !this.meter.count(buf.filled().len() - before) {
-                return Poll::Ready(Err(io::Error::other(
-                    "the gateway's buffer budget is spent: no room for this message",
-                )));
-            }
+impl ReadHook for MeteredReads {
+    fn before_read(&mut self, _: &mut Context<'_>) -> Option<io::Error> {
+        None
+    }
+
+    fn after_read(&mut self, bytes: usize) -> io::Result<()> {
+        if self.meter.count(bytes) {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "the gateway's buffer budget is spent: no room for this message",
+            ))
         }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
