@@ -6,7 +6,8 @@ use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
 use sluice_tests::{
-    assert_socket_refusal, assert_stream_ok, numbered_lines, request, text_of, TestGateway,
+    assert_socket_refusal, assert_stream_ok, numbered_lines, request, text_of, RawSocket,
+    TestGateway,
 };
 use std::time::Duration;
 
@@ -71,6 +72,18 @@ fn small_buffers() -> Config {
     }
 }
 
+/// Waits for `id`'s terminal event on `socket`: the program ran to its end, exit 0.
+async fn runs_to_its_end(socket: &mut RawSocket, id: &str) -> Result<()> {
+    let terminal = socket
+        .next_event_where(|e| e.id.as_deref() == Some(id) && e.is_terminal())
+        .await?;
+    ensure!(
+        terminal.kind == EventKind::Completed && terminal.exit_code == Some(0),
+        "{terminal:?}"
+    );
+    Ok(())
+}
+
 /// A program that prints `lines` numbered lines, with a generous timeout.
 fn flood(session: &str, id: &str, lines: u32) -> ExecuteRequest {
     let mut request = in_session(session, id, "python", &numbered_lines(lines));
@@ -96,13 +109,7 @@ async fn an_attached_reader_that_acknowledges_cannot_stall_the_session() -> Resu
     // The owner's program runs to its end while the intruder reads nothing.
     owner.stop_recording();
     owner.execute(flood("shared", "flood", 20_000)).await?;
-    let terminal = owner
-        .next_event_where(|e| e.id.as_deref() == Some("flood") && e.is_terminal())
-        .await?;
-    ensure!(
-        terminal.kind == EventKind::Completed && terminal.exit_code == Some(0),
-        "{terminal:?}"
-    );
+    runs_to_its_end(&mut owner, "flood").await?;
     drop(intruder);
     gateway.shutdown().await
 }
@@ -128,13 +135,7 @@ async fn a_lead_that_keeps_the_buffer_full_past_the_timeout_loses_the_lead() -> 
     // waiting for the lead timeout, it no longer paces it: the program finishes, and a
     // reader that keeps up sees it end.
     watcher.stop_recording();
-    let terminal = watcher
-        .next_event_where(|e| e.id.as_deref() == Some("flood") && e.is_terminal())
-        .await?;
-    ensure!(
-        terminal.kind == EventKind::Completed && terminal.exit_code == Some(0),
-        "{terminal:?}"
-    );
+    runs_to_its_end(&mut watcher, "flood").await?;
     drop(lead);
     gateway.shutdown().await
 }
@@ -171,13 +172,7 @@ async fn an_intruder_that_executes_once_cannot_take_the_lead_by_acknowledging() 
     // The owner's program runs to its end while the intruder reads nothing more.
     owner.stop_recording();
     owner.execute(flood("victim", "flood", 20_000)).await?;
-    let terminal = owner
-        .next_event_where(|e| e.id.as_deref() == Some("flood") && e.is_terminal())
-        .await?;
-    ensure!(
-        terminal.kind == EventKind::Completed && terminal.exit_code == Some(0),
-        "{terminal:?}"
-    );
+    runs_to_its_end(&mut owner, "flood").await?;
     drop(intruder);
     gateway.shutdown().await
 }

@@ -336,30 +336,27 @@ async fn run_cell(
         session.retire(guard.take());
     }
     if guard.is_none() {
-        let Ok(permit) = run.ctx.kernel_slots.clone().try_acquire_owned() else {
-            let message = "the gateway runs as many persistent interpreters as it may (see --max-kernels); end a persistent session first";
-            run.finish(Event::error(
-                Some(id.clone()),
-                ErrorCode::TooManyExecutions,
-                message,
-            ))
-            .await;
-            return id;
-        };
         let principal = run.ctx.principal;
-        let Ok(peer_unit) = run.ctx.kernels_per_peer.try_acquire(principal) else {
-            let message = format!(
-                "your {principal}'s sessions have as many persistent interpreters as one peer may (see --max-kernels-per-peer); end a persistent session first"
-            );
-            run.finish(Event::error(
-                Some(id.clone()),
-                ErrorCode::TooManyExecutions,
-                message,
-            ))
-            .await;
-            return id;
+        let slot = match run.ctx.kernel_slots.clone().try_acquire_owned() {
+            Err(_) => Err("the gateway runs as many persistent interpreters as it may (see --max-kernels)".to_owned()),
+            Ok(permit) => match run.ctx.kernels_per_peer.try_acquire(principal) {
+                Err(_) => Err(format!("your {principal}'s sessions have as many persistent interpreters as one peer may (see --max-kernels-per-peer)")),
+                Ok(peer_unit) => Ok(crate::admission::ExecutionSlot::new(permit, peer_unit)),
+            },
         };
-        let permit = crate::admission::ExecutionSlot::new(permit, peer_unit);
+        let permit = match slot {
+            Ok(slot) => slot,
+            Err(why) => {
+                let message = format!("{why}; end a persistent session first");
+                run.finish(Event::error(
+                    Some(id.clone()),
+                    ErrorCode::TooManyExecutions,
+                    message,
+                ))
+                .await;
+                return id;
+            }
+        };
         let env = environment(&spec, &run.ctx.host.base_env, &run.ctx.host.work_root);
         // A CPU limit would add up over every cell of the session: only the per-process
         // limits that make sense for a long-lived interpreter apply.
