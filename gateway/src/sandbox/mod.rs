@@ -166,13 +166,15 @@ fn probe_jail(jail: Option<&std::path::Path>) -> Result<String, String> {
     // Left by a process that had this pid before, if any.
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    // As many jails at once as `serve` with its defaults allows (the id range says so).
+    let defaults = crate::Config::default();
     let probed = Namespaces::probe(
         jail,
         &scratch,
-        crate::config::DEFAULT_SANDBOX_ID,
-        crate::config::DEFAULT_SANDBOX_ID,
+        defaults.sandbox_uid,
+        defaults.sandbox_gid,
         true,
-        1,
+        defaults.max_executions.saturating_add(defaults.max_kernels),
     );
     let _ = std::fs::remove_dir_all(&scratch);
     probed
