@@ -889,6 +889,22 @@ pub fn assert_socket_refusal(event: &Event, code: ErrorCode) {
 // Processes
 // ---------------------------------------------------------------------------------------
 
+/// A fresh directory on the host that every process can read, jailed programs
+/// included: under `/var/tmp`, because a jail replaces `/tmp` (where a checkout, and with
+/// it `CARGO_TARGET_TMPDIR`, may live) with its own. Removed by the caller.
+pub fn host_shared_dir(name: &str) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::path::Path::new("/var/tmp").join(format!(
+        "sluice-test-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
 /// A string unique to this call, to put in a program's command line (for example with
 /// `exec -a MARKER sleep 1000` in bash) and look for in `/proc` afterwards.
 pub fn unique_marker(label: &str) -> String {

@@ -553,10 +553,7 @@ async fn a_program_cannot_hold_a_lock_on_a_host_file() -> Result<()> {
         return Ok(());
     }
     // Readable by everyone, outside /tmp (which is the jail's own).
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("host-lock-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let dir = sluice_tests::host_shared_dir("host-lock")?;
     let target = dir.join("build.lock");
     std::fs::write(&target, "")?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))?;

@@ -10,7 +10,7 @@
 use anyhow::{ensure, Context as _, Result};
 use sluice_protocol::{EventKind, ExecuteRequest};
 use sluice_tests::{assert_stream_ok, request, run, unique_marker, TestGateway};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// A shared object, readable by everyone, that leaves a file in `markers` each time a
@@ -26,15 +26,12 @@ impl Tripwire {
     #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
     fn build(name: &str) -> Option<Self> {
         use std::os::unix::fs::PermissionsExt as _;
-        // Not under /tmp: a jailed program sees its own /tmp, and the point is a file
-        // every process on the host can reach.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("tripwire-{name}-{}", std::process::id()));
+        // A file every process on the host can reach (a jailed program has a /tmp of
+        // its own).
+        let dir = sluice_tests::host_shared_dir(&format!("tripwire-{name}")).ok()?;
         let markers = dir.join("markers");
         std::fs::create_dir_all(&markers).ok()?;
-        for path in [&dir, &markers] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).ok()?;
-        }
+        std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o755)).ok()?;
         let source = dir.join("tripwire.c");
         let library = dir.join("tripwire.so");
         std::fs::write(
