@@ -27,9 +27,9 @@ use tokio::time::Instant;
 /// frames must get a clean `gateway_busy` refusal, not a closed socket).
 pub(crate) const FREE_IN_FLIGHT: usize = 64 * 1024;
 
-/// Bytes at most left over from a control frame (its header) for the meter to count it
-/// as the whole of what was in flight.
-const CONTROL_FRAME_HEADER: usize = 14;
+/// Bytes of a client's control frame besides its payload: a 2-byte header (payloads are
+/// at most 125 bytes) and a 4-byte mask.
+const CONTROL_FRAME_HEADER: usize = 6;
 
 /// One connection's bytes in flight.
 #[derive(Debug)]
@@ -88,11 +88,14 @@ impl Meter {
 
     /// A control frame with `payload` bytes arrived; a data message may still be in
     /// flight around it (control frames may come between the fragments of a message),
-    /// so only the frame's own bytes are discounted.
+    /// so exactly the frame's own bytes are discounted (a client's control frame is a
+    /// 2-byte header, a 4-byte mask and at most 125 bytes), and nothing is in flight
+    /// only when nothing is left: a fragment as small as a header must not pass for
+    /// one.
     pub(crate) fn control_done(&self, payload: usize) {
         let mut state = self.lock();
-        state.held.shrink(payload + 6);
-        if state.held.bytes() <= CONTROL_FRAME_HEADER {
+        state.held.shrink(payload + CONTROL_FRAME_HEADER);
+        if state.held.bytes() == 0 {
             state.held.clear();
             state.since = None;
         }

@@ -148,3 +148,44 @@ async fn an_idle_session_keeps_only_a_tail_of_what_its_readers_have_taken() -> R
     );
     gateway.shutdown().await
 }
+
+/// Regression test for the re-check of the second review (failed before the fix: a ping
+/// after each 8-byte fragment made the meter take everything in flight for the ping's
+/// own bytes, so an unfinished message never met its deadline nor the budget): control
+/// frames between fragments discount exactly their own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_between_tiny_fragments_do_not_hide_an_unfinished_message() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        message_deadline: Duration::from_millis(500),
+        ..Config::default()
+    })
+    .await;
+    let mut trickler = gateway.raw().await?;
+    let mask = [1_u8, 2, 3, 4];
+    // A text message's first fragment (no FIN), then continuations, 8 bytes each, each
+    // followed by an empty ping: all masked, as a client's frames are.
+    let fragment = |first: bool| {
+        let mut frame = vec![if first { 0x01 } else { 0x00 }, 0x80 | 8];
+        frame.extend_from_slice(&mask);
+        frame.extend_from_slice(&[b'x'; 8]);
+        frame.extend_from_slice(&[0x89, 0x80]);
+        frame.extend_from_slice(&mask);
+        frame
+    };
+    let started = tokio::time::Instant::now();
+    let mut first = true;
+    // The attack's own pace; the gateway must close the socket long before the loop
+    // gives up (20 times the deadline).
+    while started.elapsed() < Duration::from_secs(10) {
+        if trickler.send_raw(&fragment(first)).await.is_err() {
+            break;
+        }
+        first = false;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, reason) = close_of(&mut trickler).await?;
+    ensure!(code == 1008, "close code {code}: {reason}");
+    let mut other = gateway.raw().await?;
+    other.assert_still_works().await?;
+    gateway.shutdown().await
+}
