@@ -136,12 +136,22 @@ async fn a_second_reply_for_one_cell_ends_the_interpreter() -> Result<()> {
     let code = "x = 1\nimport os\nos.write(3, b'{\"cell\": 1, \"exit_code\": 0}\\n')";
     let events = run(&mut socket, "twice", "fake", code).await?;
     let pid = started(&events)?.pid.context("no pid")?;
+    let fake_ended = events.last().context("no terminal")?;
     wait_until_ended(pid).await?;
-    // The real reply reached the gateway either before the next cell (which then runs
-    // afresh) or while it ran (which then ends with kernel_lost): never as its answer.
+    // The real reply reached the gateway while the forging cell was still being
+    // finished (that cell then ends with kernel_lost and the next runs afresh), before
+    // the next cell (which then runs afresh, saying why) or while it ran (which then
+    // ends with kernel_lost): never as an answer.
     let events = run(&mut socket, "twice", "next", "print('x' in globals())").await?;
     let last = events.last().context("no terminal")?;
-    if last.kind == EventKind::Error {
+    if fake_ended.kind == EventKind::Error {
+        ensure!(
+            fake_ended.code == Some(ErrorCode::KernelLost)
+                && fake_ended.data.contains("out of step"),
+            "{fake_ended:?}"
+        );
+        assert_eq!(text_of(&events, EventKind::Stdout), "False\n", "{events:?}");
+    } else if last.kind == EventKind::Error {
         ensure!(
             last.code == Some(ErrorCode::KernelLost) && last.data.contains("out of step"),
             "{last:?}"
@@ -184,5 +194,45 @@ async fn an_ordinary_session_with_idle_gaps_keeps_its_interpreter() -> Result<()
     ensure!(pids.windows(2).all(|w| w[0] == w[1]), "{pids:?}");
     let events = run(&mut socket, "calm", "d", "print(x)").await?;
     assert_eq!(text_of(&events, EventKind::Stdout), "2\n", "{events:?}");
+    gateway.shutdown().await
+}
+
+/// Regression test for the re-check of the second review (failed before the fix: the
+/// idle allowance was a fixed 200 ms however long the interpreter stayed idle, so a
+/// light background thread, a few percent of a CPU, ended the session after a few
+/// seconds): an idle interpreter may use 10 % of a CPU over time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_background_thread_does_not_end_the_session() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    // About 5 % of a CPU: 5 ms of work every 100 ms.
+    let heartbeat = r#"import threading, time
+def beat():
+    while True:
+        end = time.process_time() + 0.005
+        while time.process_time() < end:
+            pass
+        time.sleep(0.1)
+threading.Thread(target=beat, daemon=True).start()
+state = 41
+"#;
+    let events = run(&mut socket, "beating", "start", heartbeat).await?;
+    let pid = started(&events)?.pid.context("no pid")?;
+    // Six seconds idle (an ordinary program in the same session): about 300 ms of the
+    // thread's CPU, more than a fixed 200 ms, well under 10 % of the time.
+    let gap = ExecuteRequest {
+        session: Some("beating".into()),
+        ..request("gap", "python", "import time\ntime.sleep(6)")
+    };
+    socket.execute(gap).await?;
+    socket.events_until_terminal("gap").await?;
+    let events = run(&mut socket, "beating", "after", "print(state + 1)").await?;
+    let started = started(&events)?;
+    ensure!(
+        started.data.is_empty(),
+        "the interpreter was ended: {started:?}"
+    );
+    ensure!(started.pid == Some(pid), "{started:?}");
+    assert_eq!(text_of(&events, EventKind::Stdout), "42\n", "{events:?}");
     gateway.shutdown().await
 }

@@ -16,8 +16,9 @@
 //!
 //! Between cells the interpreter must be idle: a watchdog measures its CPU time (its
 //! cgroup's, else its process group's threads) from the end of each cell and kills it
-//! once it used more than [`IDLE_CPU_ALLOWANCE`] while no cell ran (a thread a cell left
-//! spinning, or a cell that faked its completion). Cells are numbered and the
+//! once it used more than [`IDLE_CPU_ALLOWANCE`] plus [`IDLE_CPU_PERCENT`] of the time
+//! since while no cell ran (a thread a cell left spinning, or a cell that faked its
+//! completion; a light background thread, a heartbeat, stays under the share). Cells are numbered and the
 //! interpreter's lines must name the running cell: a line while no cell runs, or a
 //! second reply for one cell, ends the interpreter too. Either way the session's next
 //! cell starts a fresh interpreter and is told why.
@@ -47,8 +48,13 @@ const PYTHON_DRIVER: &str = include_str!("kernel_python.py");
 /// Pipe buffer requested for a cell's stdout and stderr (as for programs).
 const PIPE_BYTES: usize = 1 << 20;
 
-/// CPU time an interpreter may use while no cell of its session runs.
+/// CPU time an interpreter may use while no cell of its session runs, on top of
+/// [`IDLE_CPU_PERCENT`] of the time since the last cell ended.
 pub(crate) const IDLE_CPU_ALLOWANCE: Duration = Duration::from_millis(200);
+
+/// Percent of one CPU an idle interpreter may use over time (a thread that polls or
+/// sends heartbeats uses a few percent; a spinner, a hundred).
+pub(crate) const IDLE_CPU_PERCENT: u32 = 10;
 
 /// How often an idle interpreter's CPU time is checked.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
@@ -105,7 +111,7 @@ struct CellState {
     /// expected only now.
     awaited: bool,
     /// No cell runs: the interpreter's CPU time when the last one was over.
-    idle_from: Option<Duration>,
+    idle_from: Option<(Duration, std::time::Instant)>,
     /// Why the gateway ended the interpreter, once it did.
     ended: Option<String>,
     /// The interpreter is being reaped: its pid must not be signalled any more.
@@ -167,12 +173,15 @@ impl Replies {
     /// the gateway ended it, if it did.
     fn check_idle(&self) -> Option<String> {
         let mut cell = lock(&self.current);
-        if let (Some(from), None) = (cell.idle_from, &cell.ended) {
+        if let (Some((from, since)), None) = (cell.idle_from, &cell.ended) {
             let used = self.cpu().saturating_sub(from);
-            if used > IDLE_CPU_ALLOWANCE {
+            let idle_for = since.elapsed();
+            let allowed = IDLE_CPU_ALLOWANCE + idle_for * IDLE_CPU_PERCENT / 100;
+            if used > allowed {
                 let why = format!(
-                    "it used {} ms of CPU time while no cell ran (at most {} ms are allowed)",
+                    "it used {} ms of CPU time while no cell ran, in the {} ms since its last cell ended (at most {} ms plus {IDLE_CPU_PERCENT} % of that time are allowed)",
                     used.as_millis(),
+                    idle_for.as_millis(),
                     IDLE_CPU_ALLOWANCE.as_millis()
                 );
                 self.end(&mut cell, why);
@@ -412,7 +421,7 @@ impl Kernel {
         let cpu = self.replies.cpu();
         let mut cell = lock(&self.replies.current);
         cell.awaited = false;
-        cell.idle_from = Some(cpu);
+        cell.idle_from = Some((cpu, std::time::Instant::now()));
     }
 
     /// Sends a cell; returns the gateway's ends of its pipes.
