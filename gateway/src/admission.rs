@@ -280,6 +280,13 @@ pub(crate) struct QuotaGuard {
     principal: Principal,
 }
 
+impl QuotaGuard {
+    /// Whose unit this is.
+    pub(crate) fn principal(&self) -> Principal {
+        self.principal
+    }
+}
+
 impl Drop for QuotaGuard {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);

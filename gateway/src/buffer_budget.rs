@@ -5,15 +5,27 @@
 //! flight) asks with [`BufferBudget::try_reserve`]; what must not be lost (events of a
 //! running execution) is counted with [`Reservation::grow`] and may go over, which
 //! makes the budget spent until it is freed again.
+//!
+//! One principal (a peer address; a tenant once clients authenticate) may hold at most
+//! a share of it (`--budget-share-per-peer`): [`BufferBudget::for_principal`] is the
+//! view of the budget its sessions, sockets and stdin draw from, spent when either the
+//! whole budget or its share is.
 
+use crate::admission::Principal;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The gateway-wide byte budget; cheap to clone (all clones share one count).
+/// The gateway-wide byte budget, or one principal's view of it; cheap to clone (all
+/// clones share one count).
 #[derive(Debug, Clone)]
-pub(crate) struct BufferBudget(Arc<Counter>);
+pub(crate) struct BufferBudget {
+    shared: Arc<Counter>,
+    /// The principal's own count, in a view from [`BufferBudget::for_principal`].
+    share: Option<Arc<AtomicUsize>>,
+}
 
 #[derive(Debug)]
 struct Counter {
@@ -21,7 +33,14 @@ struct Counter {
     used: AtomicUsize,
     /// The most used since [`BufferBudget::return_memory_after_peaks`] last looked.
     peak: AtomicUsize,
+    /// What one principal may hold.
+    share_limit: usize,
+    /// Each principal's count (pruned of principals that hold nothing).
+    shares: Mutex<HashMap<Principal, Arc<AtomicUsize>>>,
 }
+
+/// Principals remembered before the table is pruned of those that hold nothing.
+const SHARES_BEFORE_PRUNING: usize = 1024;
 
 /// How often the gateway checks whether usage has come down from a peak.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
@@ -30,32 +49,73 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 const TRIM_AFTER_FREED: usize = 16 << 20;
 
 impl BufferBudget {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self(Arc::new(Counter {
-            limit,
-            used: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-        }))
+    /// A budget of `limit` bytes, of which one principal may hold `share_percent`.
+    pub(crate) fn new(limit: usize, share_percent: u32) -> Self {
+        let share_limit = u128::try_from(limit).unwrap_or(u128::MAX)
+            * u128::from(share_percent.clamp(1, 100))
+            / 100;
+        Self {
+            shared: Arc::new(Counter {
+                limit,
+                used: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                share_limit: usize::try_from(share_limit).unwrap_or(usize::MAX),
+                shares: Mutex::default(),
+            }),
+            share: None,
+        }
+    }
+
+    /// The view of the budget that `principal`'s holders draw from: spent when the
+    /// whole budget or the principal's share is.
+    pub(crate) fn for_principal(&self, principal: Principal) -> Self {
+        let mut shares = self
+            .shared
+            .shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shares.len() >= SHARES_BEFORE_PRUNING {
+            shares
+                .retain(|_, used| Arc::strong_count(used) > 1 || used.load(Ordering::Acquire) > 0);
+        }
+        let share = shares.entry(principal).or_default().clone();
+        Self {
+            shared: self.shared.clone(),
+            share: Some(share),
+        }
+    }
+
+    /// True when this view's principal holds its whole share.
+    pub(crate) fn share_spent(&self) -> bool {
+        self.share
+            .as_ref()
+            .is_some_and(|share| share.load(Ordering::Acquire) >= self.shared.share_limit)
+    }
+
+    /// What one principal may hold.
+    pub(crate) fn share_limit(&self) -> usize {
+        self.shared.share_limit
     }
 
     /// A budget nothing can spend.
     #[cfg(test)]
     pub(crate) fn unlimited() -> Self {
-        Self::new(usize::MAX)
+        Self::new(usize::MAX, 100)
     }
 
     pub(crate) fn limit(&self) -> usize {
-        self.0.limit
+        self.shared.limit
     }
 
-    /// Bytes reserved now.
+    /// Bytes reserved now, in all.
     pub(crate) fn used(&self) -> usize {
-        self.0.used.load(Ordering::Acquire)
+        self.shared.used.load(Ordering::Acquire)
     }
 
-    /// True when nothing more may be reserved with [`BufferBudget::try_reserve`].
+    /// True when nothing more may be reserved with [`BufferBudget::try_reserve`]: the
+    /// whole budget, or (in a principal's view) its share, is spent.
     pub(crate) fn is_spent(&self) -> bool {
-        self.used() >= self.0.limit
+        self.used() >= self.shared.limit || self.share_spent()
     }
 
     /// An empty reservation, to grow later.
@@ -73,19 +133,37 @@ impl BufferBudget {
     }
 
     fn take(&self, bytes: usize, over: bool) -> bool {
+        let limit = self.shared.share_limit;
+        if let Some(share) = &self.share {
+            let took = share.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let after = used.saturating_add(bytes);
+                (over || after <= limit).then_some(after)
+            });
+            if took.is_err() {
+                return false;
+            }
+        }
         let taken = self
-            .0
+            .shared
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 let after = used.saturating_add(bytes);
-                (over || after <= self.0.limit).then_some(after)
+                (over || after <= self.shared.limit).then_some(after)
             });
-        if let Ok(before) = taken {
-            self.0
-                .peak
-                .fetch_max(before.saturating_add(bytes), Ordering::AcqRel);
+        match taken {
+            Ok(before) => {
+                self.shared
+                    .peak
+                    .fetch_max(before.saturating_add(bytes), Ordering::AcqRel);
+                true
+            }
+            Err(_) => {
+                if let Some(share) = &self.share {
+                    share.fetch_sub(bytes, Ordering::AcqRel);
+                }
+                false
+            }
         }
-        taken.is_ok()
     }
 
     /// Until `stop`: every few seconds, if what the budget counts has come down by
@@ -101,7 +179,7 @@ impl BufferBudget {
                 () = stop.cancelled() => return,
             }
             let used = self.used();
-            let peak = self.0.peak.swap(used, Ordering::AcqRel);
+            let peak = self.shared.peak.swap(used, Ordering::AcqRel);
             if peak.saturating_sub(used) >= TRIM_AFTER_FREED {
                 let trimmed = tokio::task::spawn_blocking(crate::sys::return_freed_memory).await;
                 if let Err(err) = trimmed {
@@ -113,7 +191,10 @@ impl BufferBudget {
     }
 
     fn give_back(&self, bytes: usize) {
-        self.0.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.shared.used.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(share) = &self.share {
+            share.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 }
 
@@ -227,8 +308,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_principal_holds_at_most_its_share_and_gives_it_back() {
+        use std::net::{IpAddr, Ipv4Addr};
+        let budget = BufferBudget::new(100, 50);
+        let me = budget.for_principal(Principal::Address(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let you = budget.for_principal(Principal::Address(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))));
+        let mine = me.try_reserve(50).expect("my half");
+        assert!(me.is_spent() && me.share_spent(), "my share is spent");
+        assert!(me.try_reserve(1).is_none());
+        assert!(!you.is_spent(), "yours is not");
+        let yours = you.try_reserve(50).expect("your half");
+        assert!(budget.is_spent(), "the whole budget is");
+        drop((mine, yours));
+        assert_eq!(budget.used(), 0);
+        assert!(!me.is_spent());
+    }
+
+    #[test]
     fn reservations_give_their_bytes_back_when_dropped() {
-        let budget = BufferBudget::new(100);
+        let budget = BufferBudget::new(100, 100);
         let a = budget.try_reserve(60).expect("fits");
         assert!(budget.try_reserve(41).is_none(), "over the budget");
         let mut b = budget.try_reserve(40).expect("fits exactly");
@@ -242,7 +340,7 @@ mod tests {
 
     #[test]
     fn forced_reservations_go_over_and_spend_the_budget() {
-        let budget = BufferBudget::new(10);
+        let budget = BufferBudget::new(10, 100);
         let mut forced = budget.empty();
         forced.grow(25);
         assert_eq!((budget.used(), forced.bytes()), (25, 25));

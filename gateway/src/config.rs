@@ -278,8 +278,9 @@ pub struct Config {
     /// add up to (1: only what fits at every limit at once). The parent cgroup holds
     /// the real total whatever this is.
     pub memory_overcommit: u32,
-    /// Percent of the memory and process budgets (as admitted) one peer's executions
-    /// and interpreters may hold together (1 to 100).
+    /// Percent of each budget one peer may hold (1 to 100): of the memory and process
+    /// budgets (as admitted) for its executions and interpreters, and of the buffer
+    /// budget for its sessions, sockets and input.
     pub budget_share_per_peer: u32,
     /// Persistent interpreters one peer's sessions may have alive at once. `None`: a
     /// quarter of `max_kernels`.

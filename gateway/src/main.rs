@@ -277,9 +277,11 @@ struct ServeArgs {
     #[arg(long, default_value_t = 8, value_name = "RATIO")]
     memory_overcommit: u32,
 
-    /// Percent of the memory and process budgets (as admitted, so memory times
-    /// --memory-overcommit) one peer's executions and interpreters may hold together;
-    /// more gets `too_many_executions` saying so. 100 for a single-user gateway.
+    /// Percent of each budget one peer may hold: of the memory and process budgets (as
+    /// admitted, so memory times --memory-overcommit) what its executions and
+    /// interpreters hold (more gets `too_many_executions`), and of --buffer-budget-bytes
+    /// what its sessions, sockets and input hold (more gets `gateway_busy`). 100 for a
+    /// single-user gateway.
     #[arg(long, default_value_t = 25, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
     budget_share_per_peer: u32,
 

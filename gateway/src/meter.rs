@@ -10,6 +10,7 @@
 //! The meter reaches the upgrade handler through [`Meters`], keyed by the peer's
 //! address (unique among open connections).
 
+use crate::admission::Principal;
 use crate::buffer_budget::{BufferBudget, Reservation};
 use crate::io_hook::{Hooked, ReadHook};
 use axum::serve::Listener;
@@ -179,7 +180,10 @@ impl<L: Listener<Addr = SocketAddr>> Listener for Metering<L> {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = self.inner.accept().await;
-        let meter = Arc::new(Meter::new(&self.budget));
+        // The peer's share of the budget holds what it has in flight.
+        let meter = Arc::new(Meter::new(
+            &self.budget.for_principal(Principal::of_peer(addr)),
+        ));
         self.meters.0.insert(addr, meter.clone());
         let io = Hooked {
             io,
@@ -241,7 +245,7 @@ mod tests {
 
     #[test]
     fn bytes_in_flight_draw_from_the_budget_beyond_the_free_allowance() {
-        let budget = BufferBudget::new(100 * 1024);
+        let budget = BufferBudget::new(100 * 1024, 100);
         let meter = Meter::new(&budget);
         assert!(
             meter.count(1 << 20),

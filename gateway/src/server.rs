@@ -202,6 +202,7 @@ pub async fn run(
         config
             .buffer_budget_bytes
             .unwrap_or_else(crate::buffer_budget::default_budget_bytes),
+        config.budget_share_per_peer,
     );
     tracing::info!(
         bytes = buffers.limit(),

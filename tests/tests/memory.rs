@@ -1,7 +1,8 @@
 //! The gateway's memory in total (issue 10, section 3): messages a client starts and
 //! never finishes are closed at the message deadline, a message in flight beyond the
-//! memory budget closes its socket, and while the budget is spent new executions and
-//! stdin are refused with `gateway_busy`; other clients are served throughout.
+//! buffer budget closes its socket, and while the budget (or a peer's share of it) is
+//! spent new executions and stdin are refused with `gateway_busy`; other clients are
+//! served throughout.
 
 use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::Config;
@@ -186,6 +187,50 @@ async fn pings_between_tiny_fragments_do_not_hide_an_unfinished_message() -> Res
     let (code, reason) = close_of(&mut trickler).await?;
     ensure!(code == 1008, "close code {code}: {reason}");
     let mut other = gateway.raw().await?;
+    other.assert_still_works().await?;
+    gateway.shutdown().await
+}
+
+/// Regression test for the re-check of the second review (failed before the fix: one
+/// address pinned replay it never acknowledged in session after session until the
+/// whole buffer budget was spent, and every other client got `gateway_busy`): one
+/// peer's sessions, sockets and input hold at most its share of the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_holds_at_most_its_share_of_the_buffer_budget() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        buffer_budget_bytes: Some(4 << 20),
+        budget_share_per_peer: 25,
+        ..Config::default()
+    })
+    .await;
+    let mut hoarder = gateway.raw().await?;
+    // 2 MB of output in acknowledged mode, acknowledged once: all of it stays pinned,
+    // twice the peer's 1 MiB share, half the budget.
+    let mut flood = request(
+        "flood",
+        "python",
+        "import sys\nsys.stdout.write('z' * 2_000_000)\n",
+    );
+    flood.limits.timeout_ms = Some(600_000);
+    hoarder.execute(flood).await?;
+    let first = hoarder
+        .next_event_where(|e| e.id.as_deref() == Some("flood"))
+        .await?;
+    let session = first.session.clone().context("no session")?;
+    hoarder.ack(&session, first.sequence).await?;
+    hoarder.events_until_terminal("flood").await?;
+    // Its next execute is refused, saying why; nothing was opened.
+    hoarder.execute(request("more", "sh", "echo more")).await?;
+    let refusal = hoarder.next_event().await?;
+    ensure!(
+        refusal.code == Some(ErrorCode::GatewayBusy)
+            && refusal.data.contains("budget-share-per-peer"),
+        "{refusal:?}"
+    );
+    // Another peer is served.
+    let mut other = gateway
+        .raw_from(std::net::Ipv4Addr::new(127, 0, 0, 2))
+        .await?;
     other.assert_still_works().await?;
     gateway.shutdown().await
 }

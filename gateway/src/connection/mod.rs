@@ -69,11 +69,9 @@ pub(crate) async fn serve(
     meter.arm();
     let message_deadline = state.config.message_deadline;
     let (sink, mut frames) = socket.split();
-    let own = Arc::new(EventStream::new(
-        None,
-        state.config.replay_caps(),
-        &state.buffers,
-    ));
+    // What this socket holds (its own stream, its stdin) counts against its peer's share.
+    let buffers = state.buffers.for_principal(principal);
+    let own = Arc::new(EventStream::new(None, state.config.replay_caps(), &buffers));
     let link = Arc::new(SocketLink::new(socket_id, own.clone()));
     // Cancelled on gateway shutdown, or by the writer when it can no longer write (the
     // client stopped reading past the send timeout, or the socket broke).
@@ -103,6 +101,7 @@ pub(crate) async fn serve(
         frame_session: None,
         peer_closed: peer_closed.clone(),
         principal,
+        buffers,
         busy_at: tokio::time::Instant::now(),
     };
     tracing::debug!("connected");
@@ -334,6 +333,8 @@ struct Connection {
     peer_closed: Arc<std::sync::atomic::AtomicBool>,
     /// Whom this socket's sessions and executions count against (per-peer caps).
     principal: Principal,
+    /// The peer's view of the gateway's buffer budget.
+    buffers: crate::buffer_budget::BufferBudget,
     /// When this socket last started an execution or joined a session (idle timeout).
     busy_at: tokio::time::Instant,
 }
@@ -545,9 +546,20 @@ impl Connection {
         Ok(())
     }
 
-    /// New work is refused while the gateway's buffer budget is spent.
+    /// New work is refused while the gateway's buffer budget, or this peer's share of
+    /// it, is spent.
     fn check_memory(&self) -> Result<(), Refusal> {
-        let budget = &self.state.buffers;
+        let budget = &self.buffers;
+        if budget.share_spent() {
+            return Err((
+                ErrorCode::GatewayBusy,
+                format!(
+                    "your {}'s sessions, sockets and input hold its share of the gateway's buffer budget ({} bytes, --budget-share-per-peer); read or acknowledge what they hold, or retry later",
+                    self.principal,
+                    budget.share_limit()
+                ),
+            ));
+        }
         if budget.is_spent() {
             return Err((
                 ErrorCode::GatewayBusy,
@@ -774,7 +786,7 @@ impl Connection {
             eof,
         } = frame;
         let budget = self.state.config.stdin_queue_bytes;
-        let memory = &self.state.buffers;
+        let memory = &self.buffers;
         let offered = self.with_running(session.as_deref(), &id, |handle| {
             offer_stdin(handle, &id, data, eof, budget, memory)
         });

@@ -260,7 +260,12 @@ impl SessionRegistry {
 
     fn new_session(&self, id: Arc<str>, ephemeral: bool, quota: QuotaGuard) -> Arc<Session> {
         Arc::new(Session {
-            stream: EventStream::new(Some(id), self.caps, &self.budget),
+            // The opener's share of the buffer budget holds the session's replay.
+            stream: EventStream::new(
+                Some(id),
+                self.caps,
+                &self.budget.for_principal(quota.principal()),
+            ),
             ephemeral,
             cancel: self.shutdown.child_token(),
             kernel: Arc::default(),

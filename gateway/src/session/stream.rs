@@ -834,7 +834,7 @@ mod tests {
 
     #[test]
     fn while_the_budget_is_spent_frames_the_lead_took_are_evicted() {
-        let budget = BufferBudget::new(4096);
+        let budget = BufferBudget::new(4096, 100);
         let s = EventStream::new(
             Some(Arc::from("s")),
             ReplayCaps {
