@@ -234,7 +234,7 @@ pub(crate) struct Kernel {
     jailed: bool,
     /// This interpreter's place under `--max-kernels` and its peer's
     /// `--max-kernels-per-peer`, and the limits it holds of the executions' budget.
-    _slot: (crate::admission::ExecutionSlot, crate::sandbox::Reservation),
+    _slot: super::Slot,
 }
 
 /// What an interpreter is started with, from the execute that starts it.
@@ -265,7 +265,7 @@ impl Kernel {
         env: &[(&str, &str)],
         limits: KernelLimits,
         cgroup: Option<crate::sandbox::ExecutionCgroup>,
-        slot: (crate::admission::ExecutionSlot, crate::sandbox::Reservation),
+        slot: super::Slot,
     ) -> io::Result<Self> {
         let work_root: &Path = &host.work_root;
         let (file_name, driver) = kind.driver();

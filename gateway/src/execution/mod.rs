@@ -170,8 +170,8 @@ impl Slot {
 }
 
 /// Reserves an execution's limits from the gateway's budget (`sandbox::budget`), where
-/// the connection takes its slot. A cell reserves nothing: its interpreter holds the
-/// limits it started with for its whole life.
+/// the connection takes its slot (and an interpreter's, as it starts). A cell reserves
+/// nothing: its interpreter holds the limits it started with for its whole life.
 pub(crate) fn reserve(
     host: &Host,
     principal: crate::admission::Principal,
@@ -367,10 +367,7 @@ async fn run_cell(
         let host = &run.ctx.host;
         let processes = spec.limits.processes + jail_processes(host);
         // The interpreter holds the limits it starts with for the session's life.
-        let reserved = match host
-            .budget
-            .reserve(principal, spec.limits.memory_bytes, processes)
-        {
+        let reserved = match reserve(host, principal, &spec.limits, false) {
             Ok(reserved) => reserved,
             Err((code, message)) => {
                 run.finish(Event::error(Some(id.clone()), code, message))
@@ -394,7 +391,7 @@ async fn run_cell(
                     &env,
                     limits,
                     cgroup,
-                    (permit, reserved),
+                    Slot::new(permit, reserved),
                 )
             });
         match started {
