@@ -10,6 +10,7 @@ mod buffer_budget;
 mod config;
 mod connection;
 mod execution;
+mod fanout;
 mod io_hook;
 mod leftovers;
 mod meter;

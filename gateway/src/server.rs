@@ -215,7 +215,7 @@ pub async fn run(
     );
     let meters = crate::meter::Meters::default();
     let sessions = SessionRegistry::new(
-        config.replay_caps(),
+        crate::fanout::ReplayCaps::from_config(&config),
         buffers.clone(),
         config.session_grace,
         config.max_sessions,

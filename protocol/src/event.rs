@@ -242,6 +242,59 @@ impl Event {
         }
     }
 
+    /// `started` for execution `id`: the program's process id and, when the gateway has
+    /// something to say about the start (a fresh interpreter), a note.
+    pub fn started(id: impl Into<String>, pid: u32, note: impl Into<String>) -> Self {
+        Self {
+            pid: Some(pid),
+            ..Self::new(EventKind::Started, Some(id.into()), note)
+        }
+    }
+
+    /// A `stdout` or `stderr` chunk; `encoding` is stated only when it is base64.
+    pub fn output(
+        kind: EventKind,
+        id: impl Into<String>,
+        data: String,
+        encoding: Encoding,
+    ) -> Self {
+        Self {
+            encoding: (encoding == Encoding::Base64).then_some(Encoding::Base64),
+            ..Self::new(kind, Some(id.into()), data)
+        }
+    }
+
+    /// `completed`: the program ended on its own, with an exit code or a signal.
+    pub fn completed(id: impl Into<String>, exit_code: Option<i32>, signal: Option<i32>) -> Self {
+        Self {
+            exit_code,
+            signal,
+            ..Self::new(EventKind::Completed, Some(id.into()), "")
+        }
+    }
+
+    /// `cancelled`, with a message saying what happened.
+    pub fn cancelled(id: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(EventKind::Cancelled, Some(id.into()), message)
+    }
+
+    /// `resource_limit`: the execution reached `limit`, whose value is `value`;
+    /// `observed` is what the gateway saw (when it knows).
+    pub fn resource_limit(
+        id: impl Into<String>,
+        limit: LimitKind,
+        value: u64,
+        observed: Option<u64>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            limit: Some(limit),
+            limit_value: Some(value),
+            limit_observed: observed,
+            ..Self::new(EventKind::ResourceLimit, Some(id.into()), message)
+        }
+    }
+
     /// True for the event that ends an execution.
     pub fn is_terminal(&self) -> bool {
         self.kind.is_terminal() && self.id.is_some()

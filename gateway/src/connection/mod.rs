@@ -71,7 +71,11 @@ pub(crate) async fn serve(
     let (sink, mut frames) = socket.split();
     // What this socket holds (its own stream, its stdin) counts against its peer's share.
     let buffers = state.buffers.for_principal(principal);
-    let own = Arc::new(EventStream::new(None, state.config.replay_caps(), &buffers));
+    let own = Arc::new(EventStream::new(
+        None,
+        crate::fanout::ReplayCaps::from_config(&state.config),
+        &buffers,
+    ));
     let link = Arc::new(SocketLink::new(socket_id, own.clone()));
     // Cancelled on gateway shutdown, or by the writer when it can no longer write (the
     // client stopped reading past the send timeout, or the socket broke).

@@ -10,15 +10,15 @@
 //! per peer of the peer that opened it until it ends.
 
 mod fingerprint;
-mod stream;
 
 pub(crate) use fingerprint::Fingerprint;
-pub(crate) use stream::{attached_event, gap_event, EventStream, Lead, ReplayCaps, SocketId};
+// The connection still names the fan-out types through `session` (until it is moved).
+pub(crate) use crate::fanout::{attached_event, gap_event, EventStream, Lead, SocketId};
 
 use crate::admission::{Principal, Quota, QuotaGuard};
 use crate::buffer_budget::BufferBudget;
-use crate::execution::kernel::Kernel;
-use crate::execution::ExecutionHandle;
+use crate::execution::{ExecutionHandle, InterpreterSeat, Owner};
+use crate::fanout::ReplayCaps;
 use dashmap::DashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -73,13 +73,10 @@ pub(crate) struct Session {
     pub(crate) ephemeral: bool,
     /// Cancelled when the session ends; every execution's cancel token is its child.
     pub(crate) cancel: CancellationToken,
-    /// The persistent interpreter, once a persistent execution has started one. A cell
-    /// holds the lock while it runs.
-    pub(crate) kernel: Arc<tokio::sync::Mutex<Option<Kernel>>>,
+    /// The persistent interpreter, once a persistent execution has started one.
+    interpreter: InterpreterSeat,
     /// The end of the queue of persistent cells: resolves when the last one sent is over.
     last_cell: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
-    /// Where retired interpreters are killed and reaped (the registry's tracker).
-    reaping: TaskTracker,
     /// The opener's unit of `--max-sessions-per-peer`, given back when the session ends.
     quota: Mutex<Option<QuotaGuard>>,
     state: Mutex<SessionState>,
@@ -119,17 +116,6 @@ impl Session {
     /// True once the session has ended (no socket came back in time, or shutdown).
     pub(crate) fn is_ended(&self) -> bool {
         self.lock().ended
-    }
-
-    /// Kills and reaps an interpreter the session no longer uses; shutdown waits for it.
-    pub(crate) fn retire(&self, kernel: Option<Kernel>) {
-        if let Some(kernel) = kernel {
-            self.reaping.spawn(async move {
-                if let (Err(err), _) = kernel.shut_down().await {
-                    tracing::warn!(%err, "could not reap an interpreter");
-                }
-            });
-        }
     }
 
     /// Runs `f` on the execution named `id`, if the session knows it.
@@ -209,6 +195,29 @@ impl Session {
     }
 }
 
+/// An execution sees its session only through this.
+impl Owner for Session {
+    fn id(&self) -> &str {
+        Session::id(self)
+    }
+
+    fn stream(&self) -> &EventStream {
+        &self.stream
+    }
+
+    fn ending(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    fn is_ended(&self) -> bool {
+        Session::is_ended(self)
+    }
+
+    fn interpreter(&self) -> &InterpreterSeat {
+        &self.interpreter
+    }
+}
+
 /// Every live session by id, shared by all connections.
 #[derive(Debug)]
 pub(crate) struct SessionRegistry {
@@ -268,9 +277,8 @@ impl SessionRegistry {
             ),
             ephemeral,
             cancel: self.shutdown.child_token(),
-            kernel: Arc::default(),
+            interpreter: InterpreterSeat::new(self.reaping.clone()),
             last_cell: Mutex::new(None),
-            reaping: self.reaping.clone(),
             quota: Mutex::new(Some(quota)),
             state: Mutex::new(SessionState::default()),
         })
@@ -417,9 +425,7 @@ impl SessionRegistry {
                 .take(),
         );
         // An idle interpreter goes now; a running cell's takes it when it is over.
-        if let Ok(mut kernel) = session.kernel.try_lock() {
-            session.retire(kernel.take());
-        }
+        session.interpreter.retire_if_idle();
     }
 
     /// Ends every session (gateway shutdown) and waits until their interpreters are
@@ -428,8 +434,7 @@ impl SessionRegistry {
         let sessions: Vec<Arc<Session>> = self.sessions.iter().map(|e| e.value().clone()).collect();
         for session in sessions {
             self.end(&session);
-            let kernel = session.kernel.lock().await.take();
-            session.retire(kernel);
+            session.interpreter.retire_when_free().await;
         }
         self.reaping.close();
         self.reaping.wait().await;

@@ -1,7 +1,10 @@
 //! The gateway's configuration: one plain value with safe defaults, built by `main` from
 //! the command line and checked once by [`Config::validate`].
 
-use crate::runtime::RuntimeSpec;
+mod runtimes;
+
+pub use runtimes::{RuntimeSpec, FILE_PLACEHOLDER};
+
 use sluice_protocol::Limits;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,18 +92,6 @@ pub(crate) struct EffectiveLimits {
     pub(crate) memory_bytes: u64,
     pub(crate) processes: u64,
     pub(crate) workspace_bytes: u64,
-}
-
-impl EffectiveLimits {
-    /// The kernel-enforced floor for a program's process: CPU seconds (rounded up),
-    /// file size and open descriptors.
-    pub(crate) fn rlimits(&self) -> crate::sys::Rlimits {
-        crate::sys::Rlimits {
-            cpu_seconds: Some(self.cpu_ms.div_ceil(1000)),
-            file_size_bytes: Some(self.file_size_bytes),
-            open_files: Some(self.open_files),
-        }
-    }
 }
 
 impl LimitsConfig {
@@ -348,15 +339,6 @@ impl Config {
         self.max_executions_per_peer
             .unwrap_or_else(|| quarter(self.max_executions))
     }
-
-    pub(crate) fn replay_caps(&self) -> crate::session::ReplayCaps {
-        crate::session::ReplayCaps {
-            events: self.replay_events,
-            bytes: self.replay_bytes,
-            lead_timeout: self.lead_timeout,
-            departed_grace: self.session_grace,
-        }
-    }
 }
 
 impl Default for Config {
@@ -544,11 +526,6 @@ mod tests {
             })
             .unwrap();
         assert_eq!((lowered.output_bytes, lowered.cpu_ms), (7, 1500));
-        assert_eq!(
-            lowered.rlimits().cpu_seconds,
-            Some(2),
-            "rounded up to whole seconds"
-        );
         let err = limits.resolve(&Limits {
             timeout_ms: Some(u64::MAX),
             ..Limits::default()

@@ -23,27 +23,34 @@
 //! second reply for one cell, ends the interpreter too. Either way the session's next
 //! cell starts a fresh interpreter and is told why.
 
+mod cell_processes;
+mod replies;
+mod seat;
+
+pub(crate) use seat::InterpreterSeat;
+
 use super::process::ChildGroup;
 use super::workdir::Workdir;
 use crate::runtime::Runtime;
 use crate::sandbox::jail::JailSpec;
 use crate::sandbox::namespaces::rlimit_list;
 use crate::sys::{self, Reaped, Signal};
+use replies::{lock, read_replies, watch_idle, CellState, Replies};
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
 /// The Python driver, written into the kernel's working directory and run by the
 /// session's interpreter.
-const PYTHON_DRIVER: &str = include_str!("kernel_python.py");
+const PYTHON_DRIVER: &str = include_str!("python_driver.py");
 
 /// Pipe buffer requested for a cell's stdout and stderr (as for programs).
 const PIPE_BYTES: usize = 1 << 20;
@@ -83,139 +90,6 @@ impl KernelKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CellReply {
     pub(crate) exit_code: i32,
-}
-
-/// One line from the interpreter.
-#[derive(Debug, serde::Deserialize)]
-struct Line {
-    /// The cell it is about.
-    cell: Option<u64>,
-    #[serde(default)]
-    started: bool,
-    exit_code: Option<i32>,
-}
-
-/// The current cell as the control socket's reader and the cell's pump see it.
-#[derive(Debug, Default)]
-struct CellState {
-    /// The interpreter has discarded stale interrupts and runs the cell: an interrupt
-    /// sent from now on is meant for it.
-    started: bool,
-    /// An interrupt asked for before `started`, sent as soon as the cell starts.
-    interrupt_wanted: bool,
-    /// How the cell ended; `Err` once the interpreter is gone.
-    reply: Option<Result<CellReply, ()>>,
-    /// The cell's number (the interpreter's first cell is 1).
-    number: u64,
-    /// The cell was sent and has not been answered: a line from the interpreter is
-    /// expected only now.
-    awaited: bool,
-    /// No cell runs: the interpreter's CPU time when the last one was over.
-    idle_from: Option<(Duration, std::time::Instant)>,
-    /// Why the gateway ended the interpreter, once it did.
-    ended: Option<String>,
-    /// The interpreter is being reaped: its pid must not be signalled any more.
-    closed: bool,
-}
-
-/// What the control socket's reader and the idle watchdog share with the kernel.
-#[derive(Debug)]
-struct Replies {
-    pid: u32,
-    current: Mutex<CellState>,
-    arrived: Notify,
-    /// The v2 cgroup's directory, whose `cpu.stat` counts the whole tree's CPU time and
-    /// whose `cgroup.kill` ends it.
-    cgroup_dir: Option<PathBuf>,
-    /// The cgroup's process list (also v1).
-    procs: Option<PathBuf>,
-}
-
-impl Replies {
-    /// CPU time the interpreter has used: its cgroup's where cgroup v2 counts it, else
-    /// every thread of it and its descendants.
-    fn cpu(&self) -> Duration {
-        let counted = self.cgroup_dir.as_ref().and_then(|dir| {
-            let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
-            text.lines().find_map(|line| {
-                let (name, value) = line.split_once(' ')?;
-                (name == "usage_usec").then(|| value.trim().parse::<u64>().ok())?
-            })
-        });
-        if let Some(usec) = counted {
-            return Duration::from_micros(usec);
-        }
-        let mut pids = descendants(self.pid);
-        pids.push(self.pid);
-        pids.into_iter().map(threads_cpu).sum()
-    }
-
-    /// Ends the interpreter for `why` (once), with everything in its group and cgroup.
-    /// Called with the state locked, so a reap cannot come in between.
-    fn end(&self, cell: &mut CellState, why: String) {
-        if cell.closed || cell.ended.is_some() {
-            return;
-        }
-        tracing::warn!(pid = self.pid, %why, "ending a persistent interpreter");
-        cell.ended = Some(why);
-        let _ = sys::signal_group(self.pid, Signal::Kill);
-        if let Some(dir) = &self.cgroup_dir {
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-        }
-        if let Some(file) = &self.procs {
-            for pid in listed(file) {
-                let _ = sys::kill(pid);
-            }
-        }
-    }
-
-    /// Checks an idle interpreter's CPU time, ending it past the allowance; returns why
-    /// the gateway ended it, if it did.
-    fn check_idle(&self) -> Option<String> {
-        let mut cell = lock(&self.current);
-        if let (Some((from, since)), None) = (cell.idle_from, &cell.ended) {
-            let used = self.cpu().saturating_sub(from);
-            let idle_for = since.elapsed();
-            let allowed = IDLE_CPU_ALLOWANCE + idle_for * IDLE_CPU_PERCENT / 100;
-            if used > allowed {
-                let why = format!(
-                    "it used {} ms of CPU time while no cell ran, in the {} ms since its last cell ended (at most {} ms plus {IDLE_CPU_PERCENT} % of that time are allowed)",
-                    used.as_millis(),
-                    idle_for.as_millis(),
-                    IDLE_CPU_ALLOWANCE.as_millis()
-                );
-                self.end(&mut cell, why);
-            }
-        }
-        cell.ended.clone()
-    }
-}
-
-/// CPU time of every thread of process `pid` (`/proc/<pid>/task/*/schedstat`).
-fn threads_cpu(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| {
-            let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            text.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .map(Duration::from_nanos)
-        .sum()
-}
-
-/// Checks an idle interpreter's CPU time every [`IDLE_CHECK`] until it ends it.
-async fn watch_idle(replies: Arc<Replies>) {
-    let mut tick = tokio::time::interval(IDLE_CHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if replies.check_idle().is_some() {
-            return;
-        }
-    }
 }
 
 /// A running interpreter for one session.
@@ -526,35 +400,7 @@ impl Kernel {
     /// called when a cell is over, however it ended. Repeats while it finds processes
     /// alive, so a fork that was under way in the first pass is caught in the next.
     pub(crate) fn end_cell_processes(&self) {
-        let leader = self.pid();
-        let own_depth = namespace_depth("self");
-        let mut killed = std::collections::HashSet::new();
-        for _ in 0..CELL_KILL_PASSES {
-            let candidates = match &self.procs {
-                Some(file) => listed(file),
-                None => descendants(leader),
-            };
-            let mut found = false;
-            for pid in candidates.into_iter().filter(|pid| *pid != leader) {
-                if killed.contains(&pid) {
-                    continue;
-                }
-                let Some(process) = ProcessView::read(pid) else {
-                    continue;
-                };
-                let interpreter_side =
-                    self.jailed && process.depth == own_depth + 1 && process.inner_pid <= 2;
-                if process.alive && !interpreter_side {
-                    let _ = sys::kill(pid);
-                    killed.insert(pid);
-                    found = true;
-                }
-            }
-            if !found {
-                return;
-            }
-        }
-        tracing::warn!("a cell's processes kept forking while they were being killed");
+        cell_processes::kill_all(self.pid(), self.jailed, self.procs.as_deref());
     }
 
     /// Kills the interpreter with everything it started.
@@ -604,163 +450,5 @@ impl Drop for Kernel {
         if let Some(workdir) = self.workdir.take() {
             workdir.remove();
         }
-    }
-}
-
-/// Passes of [`Kernel::end_cell_processes`] before it gives up on a tree that keeps
-/// forking (each pass kills what it found; a killed process forks no more).
-const CELL_KILL_PASSES: usize = 64;
-
-/// What `/proc/<pid>/status` says about a process, for telling a cell's processes from
-/// the interpreter's.
-#[derive(Debug)]
-struct ProcessView {
-    /// Not a zombie (a killed process stays listed until reaped).
-    alive: bool,
-    /// How many PID namespaces it is seen in (`NSpid` entries).
-    depth: usize,
-    /// Its pid in its innermost PID namespace.
-    inner_pid: u32,
-}
-
-impl ProcessView {
-    fn read(pid: u32) -> Option<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(str::trim)
-        };
-        let state = field("State:")?;
-        let nspid: Vec<u32> = field("NSpid:")?
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        Some(Self {
-            alive: !(state.starts_with('Z') || state.starts_with('X')),
-            depth: nspid.len(),
-            inner_pid: nspid.last().copied().unwrap_or(pid),
-        })
-    }
-}
-
-/// How many PID namespaces `/proc/<which>` is seen in.
-fn namespace_depth(which: &str) -> usize {
-    std::fs::read_to_string(format!("/proc/{which}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-            Some(line.split_whitespace().count() - 1)
-        })
-        .unwrap_or(1)
-}
-
-/// The pids in a `cgroup.procs` file.
-fn listed(file: &Path) -> Vec<u32> {
-    std::fs::read_to_string(file)
-        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-/// The processes in process group `group`, from `/proc` (without a cgroup; a process
-/// that left the group with `setsid` is not found).
-/// Most processes [`descendants`] lists: a tree that large is being killed, not read.
-const MAX_DESCENDANTS: usize = 4096;
-
-/// Every descendant of `root` (not `root` itself), through the `children` lists of
-/// each thread in `/proc`. The interpreter is a child subreaper (an unjailed one through
-/// its start's pre-exec hook; in the jail, init reaps), so orphans stay in its tree;
-/// reading a few files per process is far cheaper than scanning all of `/proc` at every
-/// cell's end.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut next = vec![root];
-    while let Some(pid) = next.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
-                continue;
-            };
-            for child in children.split_whitespace().filter_map(|p| p.parse().ok()) {
-                if found.len() >= MAX_DESCENDANTS {
-                    return found;
-                }
-                found.push(child);
-                next.push(child);
-            }
-        }
-    }
-    found
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Reads the interpreter's replies, one JSON line per cell.
-async fn read_replies(
-    mut control: BufReader<tokio::net::unix::OwnedReadHalf>,
-    replies: Arc<Replies>,
-) {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        // One reply is a short JSON line; anything longer is not the driver talking.
-        let read = (&mut control).take(4096).read_line(&mut line).await;
-        let parsed = match read {
-            Ok(0) | Err(_) => Err(()),
-            Ok(_) if !line.ends_with('\n') => {
-                tracing::warn!("the interpreter sent an overlong line; treating it as gone");
-                Err(())
-            }
-            Ok(_) => serde_json::from_str::<Line>(&line).map_err(|err| {
-                tracing::warn!(%err, "the interpreter sent an unreadable reply");
-            }),
-        };
-        let mut cell = lock(&replies.current);
-        // Only the cell being waited for may be answered, once: anything else is not
-        // the driver talking in step (a cell faking its end, or the real end after it).
-        let in_step = parsed.as_ref().map_or(true, |line| {
-            cell.awaited && line.cell == Some(cell.number) && !(line.started && cell.started)
-        });
-        if !in_step {
-            replies.end(
-                &mut cell,
-                "it wrote to the gateway out of step (a reply while no cell ran, or a second reply for one cell)".to_owned(),
-            );
-            cell.reply = Some(Err(()));
-            drop(cell);
-            replies.arrived.notify_waiters();
-            return;
-        }
-        match parsed {
-            Ok(Line { started: true, .. }) => {
-                cell.started = true;
-                if std::mem::take(&mut cell.interrupt_wanted) {
-                    drop(cell);
-                    if let Err(err) = sys::signal_group(replies.pid, Signal::Interrupt) {
-                        tracing::warn!(%err, "could not interrupt the interpreter");
-                    }
-                }
-                continue;
-            }
-            Ok(Line { exit_code, .. }) => {
-                cell.awaited = false;
-                cell.reply = Some(Ok(CellReply {
-                    exit_code: exit_code.unwrap_or(1),
-                }));
-            }
-            Err(()) => {
-                cell.reply = Some(Err(()));
-                drop(cell);
-                replies.arrived.notify_waiters();
-                return;
-            }
-        }
-        drop(cell);
-        replies.arrived.notify_waiters();
     }
 }

@@ -1,0 +1,188 @@
+//! A cell in its session's persistent interpreter: waiting for the cell's turn,
+//! starting the interpreter (with its own slot and budget) when the session has none,
+//! handing over the code, and supervising the cell like a program.
+
+use super::kernel::{self, Kernel, KernelKind};
+use super::launch::{self, Launched};
+use super::program::{Cell, Program};
+use super::verdict::cell_not_taken;
+use super::{reserve, Run, Slot, StdinQueue};
+use sluice_protocol::{ErrorCode, Event};
+use std::io;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Waits for the cell's turn, starts the session's interpreter if it has none, sends
+/// the cell and supervises it.
+pub(super) async fn run_cell(
+    mut run: Run,
+    kind: KernelKind,
+    mut after: oneshot::Receiver<()>,
+    turn: oneshot::Sender<()>,
+    stdin: StdinQueue,
+) -> String {
+    let spec = run.spec.clone();
+    let id = spec.id.clone();
+    let session = run.ctx.session.clone();
+    let waited = tokio::select! {
+        biased;
+        _ = &mut after => true,
+        () = run.cancel.cancelled() => false,
+    };
+    if !waited {
+        let event = Event::cancelled(id.clone(), "execution cancelled before it started");
+        run.finish(event).await;
+        // The next cell still waits for the one before this one, but this execution is
+        // over: its place in the queue is passed on in the background.
+        tokio::spawn(async move {
+            let _ = after.await;
+            drop(turn);
+        });
+        return id;
+    }
+    if run.cancel.is_cancelled() || session.is_ended() {
+        // Its turn came just as its session ended (or it was cancelled): it must not
+        // start an interpreter in a session that is gone.
+        let event = Event::cancelled(id.clone(), "execution cancelled before it started");
+        run.finish(event).await;
+        return id;
+    }
+    let seat = session.interpreter();
+    let mut guard = seat.take_turn().await;
+    if guard.as_ref().is_some_and(|kernel| kernel.kind() != kind) {
+        seat.retire(guard.take());
+    }
+    // An interpreter that ran while no cell did (or exited) is replaced, and the cell
+    // is told why its session's state is gone.
+    let mut note = None;
+    if let Some(why) = guard.as_ref().and_then(Kernel::ended_while_idle) {
+        note = Some(format!(
+            "the session's interpreter was ended: {why}; the session's state is lost and this cell runs in a fresh interpreter"
+        ));
+        seat.retire(guard.take());
+    }
+    if guard.is_none() {
+        let principal = run.ctx.principal;
+        let slot = match run.ctx.kernel_slots.clone().try_acquire_owned() {
+            Err(_) => Err("the gateway runs as many persistent interpreters as it may (see --max-kernels)".to_owned()),
+            Ok(permit) => match run.ctx.kernels_per_peer.try_acquire(principal) {
+                Err(_) => Err(format!("your {principal}'s sessions have as many persistent interpreters as one peer may (see --max-kernels-per-peer)")),
+                Ok(peer_unit) => Ok(crate::admission::ExecutionSlot::new(permit, peer_unit)),
+            },
+        };
+        let permit = match slot {
+            Ok(slot) => slot,
+            Err(why) => {
+                let message = format!("{why}; end a persistent session first");
+                run.finish(Event::error(
+                    Some(id.clone()),
+                    ErrorCode::TooManyExecutions,
+                    message,
+                ))
+                .await;
+                return id;
+            }
+        };
+        let env = launch::environment(&spec, &run.ctx.host.base_env, &run.ctx.host.work_root);
+        // A CPU limit would add up over every cell of the session: only the per-process
+        // limits that make sense for a long-lived interpreter apply.
+        let rlimits = crate::sys::Rlimits {
+            cpu_seconds: None,
+            ..launch::rlimits(&spec.limits)
+        };
+        let host = &run.ctx.host;
+        let processes = spec.limits.processes + launch::jail_processes(host);
+        // The interpreter holds the limits it starts with for the session's life.
+        let reserved = match reserve(host, principal, &spec.limits, false) {
+            Ok(reserved) => reserved,
+            Err((code, message)) => {
+                run.finish(Event::error(Some(id.clone()), code, message))
+                    .await;
+                return id;
+            }
+        };
+        let started = host
+            .cgroups
+            .create(spec.limits.memory_bytes, processes)
+            .and_then(|cgroup| {
+                let limits = kernel::KernelLimits {
+                    rlimits,
+                    scratch_bytes: spec.limits.workspace_bytes,
+                    processes: spec.limits.processes,
+                };
+                Kernel::start(
+                    kind,
+                    &spec.runtime,
+                    host,
+                    &env,
+                    limits,
+                    cgroup,
+                    Slot::new(permit, reserved),
+                )
+            });
+        match started {
+            Ok(kernel) => *guard = Some(kernel),
+            Err(err) => {
+                tracing::warn!(%err, "could not start the interpreter");
+                let message = format!(
+                    "could not start the {} interpreter: {err}",
+                    spec.runtime.name
+                );
+                run.finish(Event::error(
+                    Some(id.clone()),
+                    ErrorCode::SpawnFailed,
+                    message,
+                ))
+                .await;
+                return id;
+            }
+        }
+    }
+    // An interpreter that stops reading its socket must not hold the cell (and the
+    // session's queue) forever: handing over the cell obeys cancel and the timeout.
+    let limits = spec.limits;
+    let sent = match guard.as_mut() {
+        Some(kernel) => {
+            let cpu_before = kernel.usage().0;
+            let started_at = Instant::now();
+            tokio::select! {
+                sent = kernel.send(&spec.code) => sent.map(|pipes| (pipes, cpu_before, started_at)),
+                () = run.cancel.cancelled() => Err(io::Error::other("cancelled")),
+                () = tokio::time::sleep(limits.timeout) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+            }
+        }
+        None => Err(io::Error::other("no interpreter")),
+    };
+    match sent {
+        Ok((pipes, cpu_before, started_at)) => {
+            let launched = Launched {
+                workdir: None,
+                program: Program::Cell(Cell {
+                    kernel: guard,
+                    cpu_before,
+                    _turn: turn,
+                    note,
+                }),
+                stdin: pipes.stdin,
+                stdout: pipes.stdout,
+                stderr: pipes.stderr,
+                started_at,
+            };
+            run.supervise(launched, stdin).await;
+        }
+        Err(err) => {
+            // The interpreter cannot take cells any more: the next one starts afresh.
+            seat.retire(guard.take());
+            // Let go of the seat: the end of this function may wait for it.
+            drop(guard);
+            let timed_out = err.kind() == io::ErrorKind::TimedOut;
+            let event = cell_not_taken(&id, run.cancel.is_cancelled(), timed_out, &err, &limits);
+            run.finish(event).await;
+        }
+    }
+    // A session that ended meanwhile takes its interpreter with it.
+    if session.is_ended() {
+        seat.retire_when_free().await;
+    }
+    id
+}

@@ -1,0 +1,214 @@
+//! The interpreter's side of the conversation: the task that reads its replies (one
+//! JSON line per cell, numbered, checked to be in step) and the idle watchdog that ends
+//! an interpreter using the CPU while no cell runs.
+
+use super::cell_processes::{descendants, listed};
+use super::{CellReply, IDLE_CHECK, IDLE_CPU_ALLOWANCE, IDLE_CPU_PERCENT};
+use crate::sys::{self, Signal};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+use tokio::sync::Notify;
+
+/// One line from the interpreter.
+#[derive(Debug, serde::Deserialize)]
+struct Line {
+    /// The cell it is about.
+    cell: Option<u64>,
+    #[serde(default)]
+    started: bool,
+    exit_code: Option<i32>,
+}
+
+/// The current cell as the control socket's reader and the cell's pump see it.
+#[derive(Debug, Default)]
+pub(super) struct CellState {
+    /// The interpreter has discarded stale interrupts and runs the cell: an interrupt
+    /// sent from now on is meant for it.
+    pub(super) started: bool,
+    /// An interrupt asked for before `started`, sent as soon as the cell starts.
+    pub(super) interrupt_wanted: bool,
+    /// How the cell ended; `Err` once the interpreter is gone.
+    pub(super) reply: Option<Result<CellReply, ()>>,
+    /// The cell's number (the interpreter's first cell is 1).
+    pub(super) number: u64,
+    /// The cell was sent and has not been answered: a line from the interpreter is
+    /// expected only now.
+    pub(super) awaited: bool,
+    /// No cell runs: the interpreter's CPU time when the last one was over.
+    pub(super) idle_from: Option<(Duration, std::time::Instant)>,
+    /// Why the gateway ended the interpreter, once it did.
+    pub(super) ended: Option<String>,
+    /// The interpreter is being reaped: its pid must not be signalled any more.
+    pub(super) closed: bool,
+}
+
+/// What the control socket's reader and the idle watchdog share with the kernel.
+#[derive(Debug)]
+pub(super) struct Replies {
+    pub(super) pid: u32,
+    pub(super) current: Mutex<CellState>,
+    pub(super) arrived: Notify,
+    /// The v2 cgroup's directory, whose `cpu.stat` counts the whole tree's CPU time and
+    /// whose `cgroup.kill` ends it.
+    pub(super) cgroup_dir: Option<PathBuf>,
+    /// The cgroup's process list (also v1).
+    pub(super) procs: Option<PathBuf>,
+}
+
+impl Replies {
+    /// CPU time the interpreter has used: its cgroup's where cgroup v2 counts it, else
+    /// every thread of it and its descendants.
+    pub(super) fn cpu(&self) -> Duration {
+        let counted = self.cgroup_dir.as_ref().and_then(|dir| {
+            let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+            text.lines().find_map(|line| {
+                let (name, value) = line.split_once(' ')?;
+                (name == "usage_usec").then(|| value.trim().parse::<u64>().ok())?
+            })
+        });
+        if let Some(usec) = counted {
+            return Duration::from_micros(usec);
+        }
+        let mut pids = descendants(self.pid);
+        pids.push(self.pid);
+        pids.into_iter().map(threads_cpu).sum()
+    }
+
+    /// Ends the interpreter for `why` (once), with everything in its group and cgroup.
+    /// Called with the state locked, so a reap cannot come in between.
+    pub(super) fn end(&self, cell: &mut CellState, why: String) {
+        if cell.closed || cell.ended.is_some() {
+            return;
+        }
+        tracing::warn!(pid = self.pid, %why, "ending a persistent interpreter");
+        cell.ended = Some(why);
+        let _ = sys::signal_group(self.pid, Signal::Kill);
+        if let Some(dir) = &self.cgroup_dir {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        }
+        if let Some(file) = &self.procs {
+            for pid in listed(file) {
+                let _ = sys::kill(pid);
+            }
+        }
+    }
+
+    /// Checks an idle interpreter's CPU time, ending it past the allowance; returns why
+    /// the gateway ended it, if it did.
+    pub(super) fn check_idle(&self) -> Option<String> {
+        let mut cell = lock(&self.current);
+        if let (Some((from, since)), None) = (cell.idle_from, &cell.ended) {
+            let used = self.cpu().saturating_sub(from);
+            let idle_for = since.elapsed();
+            let allowed = IDLE_CPU_ALLOWANCE + idle_for * IDLE_CPU_PERCENT / 100;
+            if used > allowed {
+                let why = format!(
+                    "it used {} ms of CPU time while no cell ran, in the {} ms since its last cell ended (at most {} ms plus {IDLE_CPU_PERCENT} % of that time are allowed)",
+                    used.as_millis(),
+                    idle_for.as_millis(),
+                    IDLE_CPU_ALLOWANCE.as_millis()
+                );
+                self.end(&mut cell, why);
+            }
+        }
+        cell.ended.clone()
+    }
+}
+
+/// CPU time of every thread of process `pid` (`/proc/<pid>/task/*/schedstat`).
+fn threads_cpu(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            text.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .map(Duration::from_nanos)
+        .sum()
+}
+
+/// Checks an idle interpreter's CPU time every [`IDLE_CHECK`] until it ends it.
+pub(super) async fn watch_idle(replies: Arc<Replies>) {
+    let mut tick = tokio::time::interval(IDLE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if replies.check_idle().is_some() {
+            return;
+        }
+    }
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads the interpreter's replies, one JSON line per cell.
+pub(super) async fn read_replies(
+    mut control: BufReader<tokio::net::unix::OwnedReadHalf>,
+    replies: Arc<Replies>,
+) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        // One reply is a short JSON line; anything longer is not the driver talking.
+        let read = (&mut control).take(4096).read_line(&mut line).await;
+        let parsed = match read {
+            Ok(0) | Err(_) => Err(()),
+            Ok(_) if !line.ends_with('\n') => {
+                tracing::warn!("the interpreter sent an overlong line; treating it as gone");
+                Err(())
+            }
+            Ok(_) => serde_json::from_str::<Line>(&line).map_err(|err| {
+                tracing::warn!(%err, "the interpreter sent an unreadable reply");
+            }),
+        };
+        let mut cell = lock(&replies.current);
+        // Only the cell being waited for may be answered, once: anything else is not
+        // the driver talking in step (a cell faking its end, or the real end after it).
+        let in_step = parsed.as_ref().map_or(true, |line| {
+            cell.awaited && line.cell == Some(cell.number) && !(line.started && cell.started)
+        });
+        if !in_step {
+            replies.end(
+                &mut cell,
+                "it wrote to the gateway out of step (a reply while no cell ran, or a second reply for one cell)".to_owned(),
+            );
+            cell.reply = Some(Err(()));
+            drop(cell);
+            replies.arrived.notify_waiters();
+            return;
+        }
+        match parsed {
+            Ok(Line { started: true, .. }) => {
+                cell.started = true;
+                if std::mem::take(&mut cell.interrupt_wanted) {
+                    drop(cell);
+                    if let Err(err) = sys::signal_group(replies.pid, Signal::Interrupt) {
+                        tracing::warn!(%err, "could not interrupt the interpreter");
+                    }
+                }
+                continue;
+            }
+            Ok(Line { exit_code, .. }) => {
+                cell.awaited = false;
+                cell.reply = Some(Ok(CellReply {
+                    exit_code: exit_code.unwrap_or(1),
+                }));
+            }
+            Err(()) => {
+                cell.reply = Some(Err(()));
+                drop(cell);
+                replies.arrived.notify_waiters();
+                return;
+            }
+        }
+        drop(cell);
+        replies.arrived.notify_waiters();
+    }
+}

@@ -1,0 +1,143 @@
+//! Launching a program of its own: its cgroup, its working directory with the source
+//! file, its environment and rlimits, and the spawn (through the jail when there is one).
+
+use super::process::Launch;
+use super::program::Program;
+use super::workdir::Workdir;
+use super::{ExecutionSpec, Host};
+use crate::config::EffectiveLimits;
+use sluice_protocol::{ErrorCode, Event};
+use std::path::Path;
+use tokio::net::unix::pipe;
+use tokio::time::Instant;
+
+/// The kernel-enforced floor for a program's process: CPU seconds (rounded up), file
+/// size and open descriptors.
+pub(super) fn rlimits(limits: &EffectiveLimits) -> crate::sys::Rlimits {
+    crate::sys::Rlimits {
+        cpu_seconds: Some(limits.cpu_ms.div_ceil(1000)),
+        file_size_bytes: Some(limits.file_size_bytes),
+        open_files: Some(limits.open_files),
+    }
+}
+
+/// A program (or cell) that started, with the gateway's ends of its pipes.
+#[derive(Debug)]
+pub(super) struct Launched {
+    /// A program's own directory, removed after it; a cell uses its kernel's.
+    pub(super) workdir: Option<Workdir>,
+    pub(super) program: Program,
+    /// Registered with the reactor only when the client first sends input.
+    pub(super) stdin: std::os::fd::OwnedFd,
+    pub(super) stdout: pipe::Receiver,
+    pub(super) stderr: pipe::Receiver,
+    pub(super) started_at: Instant,
+}
+
+/// Processes the jail adds to a program's cgroup (the jail and its init), if any.
+pub(super) fn jail_processes(host: &Host) -> u64 {
+    if host.jail.is_some() {
+        crate::sandbox::JAIL_PROCESSES
+    } else {
+        0
+    }
+}
+
+/// Writes the source file and starts the program; a failure becomes the execution's
+/// terminal `error`.
+pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
+    let id = Some(spec.id.clone());
+    let cgroup = match host.cgroups.create(
+        spec.limits.memory_bytes,
+        spec.limits.processes + jail_processes(host),
+    ) {
+        Ok(cgroup) => cgroup,
+        Err(err) => {
+            tracing::error!(%err, "could not create the execution's cgroup");
+            let message = "could not set up the execution's resource limits";
+            return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
+        }
+    };
+    let workdir = match Workdir::create(
+        &host.work_root,
+        &spec.runtime.file_name,
+        &spec.code,
+        host.program_user,
+    ) {
+        Ok(dir) => dir,
+        Err(err) => {
+            tracing::error!(%err, "could not prepare the working directory");
+            let message = "could not prepare the working directory";
+            return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
+        }
+    };
+    let launch = Launch {
+        runtime: &spec.runtime,
+        workdir: workdir.path(),
+        source: &workdir.source(),
+        args: &spec.args,
+        env: environment(spec, &host.base_env, workdir.path()),
+        rlimits: rlimits(&spec.limits),
+        cgroup,
+        no_network: host.no_network,
+        jail: host.jail.as_deref(),
+        user: host.program_user,
+        scratch_bytes: spec.limits.workspace_bytes,
+        processes: spec.limits.processes,
+    };
+    let started_at = Instant::now();
+    match launch.spawn() {
+        Ok(spawned) => Ok(Launched {
+            workdir: Some(workdir),
+            program: Program::Process(Box::new(spawned.child)),
+            stdin: std::os::fd::OwnedFd::from(spawned.stdin),
+            stdout: spawned.stdout,
+            stderr: spawned.stderr,
+            started_at,
+        }),
+        Err(err) => {
+            tracing::warn!(%err, "spawn failed");
+            workdir.remove();
+            Err(Box::new(Event::error(
+                id,
+                ErrorCode::SpawnFailed,
+                err.to_string(),
+            )))
+        }
+    }
+}
+
+/// The program's whole environment, later entries winning: the gateway's base, the
+/// working directory as HOME and TMPDIR, the runtime's own, then the request's.
+pub(super) fn environment<'a>(
+    spec: &'a ExecutionSpec,
+    base_env: &'a [(String, String)],
+    workdir: &'a Path,
+) -> Vec<(&'a str, &'a str)> {
+    let dir = workdir.to_str().unwrap_or("/tmp");
+    let pairs = |list: &'a [(String, String)]| list.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let mut env: Vec<(&str, &str)> = pairs(base_env).collect();
+    env.extend([("HOME", dir), ("TMPDIR", dir)]);
+    env.extend(pairs(&spec.runtime.env));
+    env.extend(pairs(&spec.env));
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_rlimit_is_rounded_up_to_whole_seconds() {
+        let limits = crate::config::LimitsConfig::default()
+            .resolve(&sluice_protocol::Limits {
+                cpu_ms: Some(1500),
+                ..sluice_protocol::Limits::default()
+            })
+            .unwrap_or_else(|err| panic!("{err}"));
+        let rlimits = rlimits(&limits);
+        assert_eq!(rlimits.cpu_seconds, Some(2));
+        assert_eq!(rlimits.file_size_bytes, Some(limits.file_size_bytes));
+        assert_eq!(rlimits.open_files, Some(limits.open_files));
+    }
+}

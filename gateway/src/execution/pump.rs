@@ -1,0 +1,335 @@
+//! The output pump: moves a running program's output from its pipes to its session's
+//! stream, enforcing the timeout and output limit, checking its cgroup, reacting to
+//! cancel and to its exit, and draining the pipes after it. Reading pauses while events
+//! wait for room, so a slow lead fills the pipe and the program blocks in write.
+
+use super::output::OutputDecoder;
+use super::program::Program;
+use super::stdin::StdinFeed;
+use super::verdict::{cgroup_stop, Stop};
+use super::Run;
+use bytes::BufMut as _;
+use sluice_protocol::{Encoding, Event, EventKind};
+use std::collections::VecDeque;
+use std::io;
+use tokio::net::unix::pipe;
+use tokio::time::Instant;
+
+/// After the program exits, how long to wait for its pipes to reach end-of-file (a
+/// process that left the group may hold them) before reading what is there and closing.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Most bytes read from one pipe after the program exited: what a pipe can hold (64 KiB
+/// by default, at most 1 MiB unprivileged) plus margin. Past it, a process that escaped
+/// the group is still writing, and the gateway stops reading.
+const DRAIN_LIMIT: u64 = 2 << 20;
+
+/// Longest time `started` waits to go out together with the program's first output.
+const STARTED_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How often a running program's cgroup is checked for a memory or process-limit hit.
+const CGROUP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One output pipe and its decoder.
+#[derive(Debug)]
+pub(super) struct OutputPipe {
+    kind: EventKind,
+    rx: Option<pipe::Receiver>,
+    decoder: OutputDecoder,
+    /// Held-back bytes of an incomplete character, then what the last read appended.
+    buf: Vec<u8>,
+    pub(super) delivered: u64,
+    /// Bytes read after the program exited (bounded by DRAIN_LIMIT).
+    after_exit: u64,
+}
+
+/// What one non-blocking read produced.
+enum Read {
+    Data(usize),
+    Eof,
+    Empty,
+}
+
+impl OutputPipe {
+    pub(super) fn new(
+        kind: EventKind,
+        rx: pipe::Receiver,
+        encoding: Encoding,
+        chunk: usize,
+    ) -> Self {
+        let decoder = OutputDecoder::new(encoding, chunk);
+        Self {
+            kind,
+            rx: Some(rx),
+            buf: decoder.buffer(),
+            decoder,
+            delivered: 0,
+            after_exit: 0,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match &self.rx {
+            Some(rx) => rx.readable().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Appends whatever the pipe holds to the buffer, up to the chunk size, without
+    /// waiting; `Data(n)` counts the new bytes.
+    fn read_available(&mut self) -> Read {
+        let Some(rx) = &self.rx else { return Read::Eof };
+        let room = self.buf.capacity();
+        let before = self.buf.len();
+        while self.buf.len() < room {
+            // Never let the read grow the buffer past the chunk size.
+            let want = room - self.buf.len();
+            match rx.try_read_buf(&mut (&mut self.buf).limit(want)) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return match self.buf.len() - before {
+                        0 => Read::Empty,
+                        n => Read::Data(n),
+                    };
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    tracing::warn!(%err, "reading program output failed; closing the pipe");
+                    break;
+                }
+            }
+        }
+        match self.buf.len() - before {
+            0 if self.buf.len() < room => Read::Eof,
+            0 => Read::Empty,
+            n => Read::Data(n),
+        }
+    }
+
+    /// The payload of what is buffered, keeping back an incomplete character.
+    fn take_text(&mut self) -> Option<String> {
+        self.decoder.decode(&mut self.buf)
+    }
+
+    /// Closes the pipe; returns the held-back tail of a character, if any.
+    fn close(&mut self) -> Option<String> {
+        self.rx = None;
+        self.decoder.finish(&mut self.buf)
+    }
+
+    fn event(&self, id: &str, text: String, encoding: Encoding) -> Event {
+        Event::output(self.kind, id, text, encoding)
+    }
+}
+
+impl Run {
+    /// Moves output from the pipes to the socket until the program has exited and its
+    /// pipes are drained, enforcing the limits and reacting to cancel on the way.
+    pub(super) async fn pump(
+        &self,
+        child: &mut Program,
+        pipes: &mut [OutputPipe; 2],
+        stdin: &mut StdinFeed,
+        started: Event,
+        started_at: Instant,
+    ) -> PumpResult {
+        let id = self.spec.id.as_str();
+        let limits = self.spec.limits;
+        let encoding = self.spec.encoding;
+        let stream = self.ctx.session.stream();
+        let deadline = started_at + limits.timeout;
+        let mut budget = limits.output_bytes;
+        // Output events waiting for room on the socket (at most three: a chunk and the
+        // flushed tails of both streams). Reading pauses while any wait, so a slow client
+        // fills the pipe and the program blocks in write.
+        let mut pending: VecDeque<Event> = VecDeque::from([started]);
+        // `started` waits (up to STARTED_HOLD) to share a frame flush with the first output
+        // or the exit: one wakeup of the socket writer and the client instead of two, and
+        // no gateway work competing with the program's own start-up for the CPU.
+        let mut hold_until = Some(started_at + STARTED_HOLD);
+        let mut stop: Option<Stop> = None;
+        let mut kill_at: Option<Instant> = None;
+        let mut exited_at: Option<Instant> = None;
+        let mut drain_at: Option<Instant> = None;
+        let mut first_output_at = None;
+        let mut cgroup_check_at = child
+            .cgroup_report()
+            .is_some()
+            .then(|| started_at + CGROUP_CHECK);
+        // One timer serves the timeout, the kill grace and the drain grace: it is re-armed
+        // for whichever comes first instead of a new timer per loop.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        let mut armed = deadline;
+        loop {
+            // Once the program has exited and its pipes are drained, the pump is done even
+            // if events still wait for the socket: the caller reaps and cleans up first,
+            // then delivers them, so a client that reads slowly holds no process, slot or
+            // working directory.
+            if exited_at.is_some() && pipes.iter().all(|p| !p.is_open()) {
+                break;
+            }
+            if pending.len() > 1 || exited_at.is_some() {
+                hold_until = None;
+            }
+            // Reading pauses while events wait for the socket, except the held `started`,
+            // and after the exit, when what is left in the pipes is bounded (DRAIN_LIMIT).
+            let can_read = pending.is_empty() || hold_until.is_some() || exited_at.is_some();
+            let running = exited_at.is_none();
+            let next_wake = [
+                (stop.is_none() && running).then_some(deadline),
+                cgroup_check_at.filter(|_| stop.is_none() && running),
+                kill_at.filter(|_| running),
+                drain_at.filter(|_| can_read),
+                hold_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(at) = next_wake.filter(|at| *at != armed) {
+                timer.as_mut().reset(at);
+                armed = at;
+            }
+            let which = tokio::select! {
+                biased;
+                () = stream.room(), if !pending.is_empty() && hold_until.is_none() => {
+                    if let Some(event) = pending.pop_front() {
+                        stream.publish(event);
+                    }
+                    continue;
+                }
+                () = self.cancel.cancelled(), if stop.is_none() && running => {
+                    stop = Some(Stop::Cancelled);
+                    child.interrupt();
+                    kill_at = Some(Instant::now() + self.ctx.kill_grace);
+                    continue;
+                }
+                chunk = stdin.next_chunk(), if stdin.is_idle() => {
+                    match chunk {
+                        Some(chunk) => stdin.start(chunk),
+                        None => stdin.close(),
+                    }
+                    continue;
+                }
+                () = child.exited(), if running => {
+                    exited_at = Some(Instant::now());
+                    // Whatever the program left running in its group goes with it.
+                    child.after_exit();
+                    drain_at = Some(Instant::now() + DRAIN_GRACE);
+                    continue;
+                }
+                () = &mut timer, if next_wake.is_some() => {
+                    let now = Instant::now();
+                    if running && kill_at.is_some_and(|at| at <= now) {
+                        child.kill();
+                        kill_at = None;
+                    }
+                    if running && stop.is_none() && deadline <= now {
+                        stop = Some(Stop::Timeout);
+                        stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
+                    }
+                    if running && stop.is_none() && cgroup_check_at.is_some_and(|at| at <= now) {
+                        cgroup_check_at = Some(now + CGROUP_CHECK);
+                        let report = child.cgroup_report();
+                        if let Some(hit) = report.and_then(|r| cgroup_stop(&r, limits.cpu_ms)) {
+                            stop = Some(hit);
+                            child.kill();
+                        }
+                    }
+                    if hold_until.is_some_and(|at| at <= now) {
+                        hold_until = None;
+                    }
+                    if !(can_read && drain_at.is_some_and(|at| at <= now)) {
+                        continue;
+                    }
+                    None
+                }
+                r = pipes[0].readable(), if can_read && pipes[0].is_open() => Some((0, r)),
+                r = pipes[1].readable(), if can_read && pipes[1].is_open() => Some((1, r)),
+            };
+            // Either a pipe is readable, or the drain grace is over and each pipe gets one
+            // last non-blocking read before it is closed.
+            let (candidates, draining): (&[usize], bool) = match which {
+                Some((0, _)) => (&[0], false),
+                Some(_) => (&[1], false),
+                None => (&[0, 1], true),
+            };
+            for &index in candidates {
+                let may_read = can_read
+                    && (exited_at.is_some() || pending.len() <= usize::from(hold_until.is_some()));
+                if !pipes[index].is_open() || !may_read {
+                    continue;
+                }
+                let pipe = &mut pipes[index];
+                match pipe.read_available() {
+                    Read::Data(n) => {
+                        first_output_at.get_or_insert_with(Instant::now);
+                        let take = n.min(usize::try_from(budget).unwrap_or(usize::MAX));
+                        budget -= take as u64;
+                        pipe.delivered += take as u64;
+                        // Bytes past the budget are dropped unread by anyone.
+                        let keep = pipe.buf.len() - (n - take);
+                        pipe.buf.truncate(keep);
+                        let text = pipe.take_text();
+                        pending.extend(text.map(|t| pipe.event(id, t, encoding)));
+                        if exited_at.is_some() {
+                            pipe.after_exit += take as u64;
+                            if pipe.after_exit > DRAIN_LIMIT {
+                                // Something outside the group still writes: stop listening.
+                                pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding)));
+                            }
+                        }
+                        if take < n {
+                            // Past the limit: exactly the budget is delivered, nothing after.
+                            stop.get_or_insert(Stop::Output);
+                            stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
+                            for pipe in pipes.iter_mut() {
+                                let tail = pipe.close();
+                                pending.extend(tail.map(|t| pipe.event(id, t, encoding)));
+                            }
+                        }
+                    }
+                    Read::Eof => pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding))),
+                    Read::Empty if draining => {
+                        pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding)))
+                    }
+                    Read::Empty => {}
+                }
+            }
+            if draining && pipes.iter().all(|p| !p.is_open()) {
+                drain_at = None;
+            }
+        }
+        PumpResult {
+            stop,
+            exited_at: exited_at.unwrap_or_else(Instant::now),
+            first_output_at,
+            undelivered: pending,
+        }
+    }
+}
+
+/// Stops a program that hit a limit: a process is killed at once; a cell is
+/// interrupted, and its interpreter killed if it has not stopped after `grace`.
+fn stop_for_limit(child: &Program, kill_at: &mut Option<Instant>, grace: std::time::Duration) {
+    if child.stops_gently() {
+        child.interrupt();
+        kill_at.get_or_insert(Instant::now() + grace);
+    } else {
+        child.kill();
+    }
+}
+
+/// How the pump ended.
+pub(super) struct PumpResult {
+    pub(super) stop: Option<Stop>,
+    pub(super) exited_at: Instant,
+    pub(super) first_output_at: Option<Instant>,
+    /// Events read but not yet taken by the socket, in order.
+    pub(super) undelivered: VecDeque<Event>,
+}

@@ -1,0 +1,138 @@
+//! Supervising a started program (or cell) to its terminal event: the pump runs it,
+//! then the program is reaped and its slot and directory freed, what the verdict needs
+//! is gathered (cgroup and jail reports, the largest file, a lost interpreter), and the
+//! undelivered output, then the verdict with the usage report, are published.
+
+use super::launch::Launched;
+use super::pump::OutputPipe;
+use super::stdin::{StdinChunk, StdinFeed};
+use super::verdict::{self, millis, Ending, JailSeen, Observed};
+use super::workdir::Workdir;
+use super::{Run, StdinQueue};
+use sluice_protocol::{Event, EventKind, Usage};
+
+impl Run {
+    /// Runs a started program to its terminal event.
+    pub(super) async fn supervise(mut self, launched: Launched, (queue, queued): StdinQueue) {
+        let Launched {
+            workdir,
+            program,
+            stdin,
+            stdout,
+            stderr,
+            started_at,
+        } = launched;
+        let mut child = program;
+        tracing::debug!(pid = child.pid(), "started");
+        let started = Event::started(
+            self.spec.id.clone(),
+            child.pid(),
+            child.note().unwrap_or_default(),
+        );
+
+        let mut stdin = StdinFeed::new(stdin, queue, queued);
+        if let Some(data) = self.spec.stdin.clone() {
+            stdin.start(StdinChunk {
+                data: Some(data),
+                eof: true,
+                memory: None,
+            });
+        }
+        let encoding = self.spec.encoding;
+        let mut pipes = [
+            OutputPipe::new(EventKind::Stdout, stdout, encoding, self.ctx.chunk_bytes),
+            OutputPipe::new(EventKind::Stderr, stderr, encoding, self.ctx.chunk_bytes),
+        ];
+        let pump = self
+            .pump(&mut child, &mut pipes, &mut stdin, started, started_at)
+            .await;
+        stdin.stop();
+
+        // The program is gone: reap it, free its slot and its directory now, whether or
+        // not the client has taken the last events yet.
+        let ended = child.reap().await;
+        self.slot = None;
+        // A jailed program's files are on the jail's own file system: its init looked.
+        // Read only with a jail: an unjailed program owns its directory and could leave
+        // a report of its own making there.
+        let jail_report = workdir
+            .as_ref()
+            .filter(|_| self.ctx.host.jail.is_some())
+            .and_then(|dir| crate::sandbox::jail::JailReport::read(dir.path()));
+        let largest_file = match &jail_report {
+            Some(report) => report.largest_file_bytes,
+            None => workdir.as_ref().map_or(0, Workdir::largest_file),
+        };
+        if let Some(workdir) = workdir {
+            workdir.remove();
+        }
+        let (ending, cgroup) = match ended {
+            Ok(ended) if ended.kernel_lost => (
+                Ending::InterpreterLost {
+                    reaped: ended.reaped,
+                    because: ended.lost_because,
+                },
+                ended.cgroup,
+            ),
+            Ok(ended) => (Ending::Reaped(ended.reaped), ended.cgroup),
+            Err(err) => {
+                tracing::error!(%err, "could not reap the program");
+                (Ending::Unknown, None)
+            }
+        };
+        let reaped = match &ending {
+            Ending::Reaped(reaped) | Ending::InterpreterLost { reaped, .. } => Some(reaped),
+            Ending::Unknown => None,
+        };
+        let usage = Usage {
+            duration_ms: millis(pump.exited_at.duration_since(started_at)),
+            first_output_ms: pump
+                .first_output_at
+                .map(|t| millis(t.duration_since(started_at))),
+            // The whole tree's CPU time when the cgroup counts it (the jail's own wait
+            // does not see children killed before it reaped them), else what the main
+            // process and the children it waited for used.
+            cpu_ms: cgroup
+                .and_then(|r| r.cpu_usec)
+                .map(|usec| usec as f64 / 1000.0)
+                .or_else(|| reaped.map(|r| millis(r.cpu)))
+                .unwrap_or(0.0),
+            // The whole tree's peak when the cgroup knows it, else the largest process's.
+            peak_memory_bytes: cgroup
+                .and_then(|r| r.peak_memory_bytes)
+                .or_else(|| reaped.map(|r| r.peak_memory_bytes))
+                .unwrap_or(0),
+            stdout_bytes: pipes[0].delivered,
+            stderr_bytes: pipes[1].delivered,
+        };
+        let jail = jail_report
+            .map(|report| JailSeen {
+                setup_failed: report.setup_failed,
+                scratch_full: report.scratch_full,
+                scratch_used_bytes: report.scratch_used_bytes,
+            })
+            .unwrap_or_default();
+        if let Some(why) = &jail.setup_failed {
+            tracing::warn!(%why, "the jail could not start the program");
+        }
+        let observed = Observed {
+            stop: pump.stop,
+            ending,
+            cgroup,
+            jail,
+            largest_file,
+            peak_memory_bytes: usage.peak_memory_bytes,
+            cpu_ms: usage.cpu_ms,
+        };
+        let mut terminal = verdict::verdict(&self.spec.id, &observed, &self.spec.limits);
+        terminal.usage = Some(usage);
+        tracing::debug!(kind = %terminal.kind, "finished");
+        for event in pump.undelivered {
+            self.deliver(event).await;
+        }
+        self.finish(terminal).await;
+        // A cell's turn (and its kernel) pass to the session's next cell only now, so
+        // the session's events keep the cells apart.
+        drop(child);
+    }
+}
