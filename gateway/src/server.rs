@@ -2,10 +2,10 @@
 //! shutdown sequence.
 
 use crate::admission::{Admitting, Peer, Principal, Quota};
-use crate::config::{Config, ConfigError, Isolation, Network};
+use crate::config::{Config, ConfigError};
 use crate::connection;
 use crate::runtime::{RuntimeError, RuntimeTable};
-use crate::sandbox::{Cgroups, Namespaces, ProgramUser};
+use crate::sandbox::{ProgramUser, Sandbox};
 use crate::session::SessionRegistry;
 use crate::state::GatewayState;
 use axum::extract::ws::WebSocketUpgrade;
@@ -67,6 +67,23 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    let gateway = build(config).await?;
+    let served = serve(listener, &gateway, shutdown).await;
+    drain(gateway).await;
+    served.map_err(GatewayError::Serve)
+}
+
+/// A gateway ready to serve: what every connection shares, and what outlives them
+/// until the drain.
+struct Built {
+    state: Arc<GatewayState>,
+    /// Removed (with everything under it) when the gateway stops.
+    work_root: WorkRoot,
+}
+
+/// Checks the configuration, sets up the process, decides the isolation policy
+/// (`sandbox::Sandbox`), resolves the runtimes and builds the shared state.
+async fn build(config: Config) -> Result<Built, GatewayError> {
     config.validate()?;
     let mut config = config;
     // A program cannot be given more descriptors than the gateway may have itself.
@@ -85,118 +102,18 @@ pub async fn run(
     crate::sys::keep_freed_memory();
     crate::sys::close_inherited_descriptors_on_exec();
     let work_root = WorkRoot::create(config.work_root.as_deref())?;
-    let jail = match config.isolation {
-        Isolation::None | Isolation::Cgroups => None,
-        Isolation::Auto | Isolation::Namespaces => {
-            let program = config.jail_program.clone();
-            let root = work_root.path.clone();
-            let (uid, gid) = (config.sandbox_uid, config.sandbox_gid);
-            let no_network = config.network != Network::On;
-            // Every execution and every persistent interpreter may hold a jail at once.
-            let jails = config.max_executions.saturating_add(config.max_kernels);
-            let probed = tokio::task::spawn_blocking(move || {
-                Namespaces::probe(program.as_deref(), &root, uid, gid, no_network, jails)
-            })
-            .await
-            .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?;
-            match probed {
-                Ok(jail) => Some(Arc::new(jail)),
-                Err(why) if config.isolation == Isolation::Namespaces => {
-                    return Err(GatewayError::Isolation(format!(
-                        "--isolation namespaces: {why} (see `sluice doctor`)"
-                    )));
-                }
-                // The host offers namespaces but the jail fails on this configuration:
-                // going on without it would be failing open.
-                Err(why) if !why.host_lacks_namespaces() => {
-                    return Err(GatewayError::Isolation(format!(
-                        "the namespace jail does not work with this configuration: {why}; fix it, or choose --isolation cgroups or none explicitly"
-                    )));
-                }
-                Err(why) => {
-                    tracing::warn!(%why, "no namespace jail: programs run as the gateway's user with its view of the system");
-                    None
-                }
-            }
-        }
-    };
-    // A root gateway never starts a program as root: without the jail, programs drop to
-    // the sandbox user, which must reach their interpreters and workspaces.
-    let program_user =
-        ProgramUser::for_unjailed(jail.is_some(), config.sandbox_uid, config.sandbox_gid);
-    if let Some(user) = program_user {
+    let sandbox = Sandbox::prepare(&config, &work_root.path)
+        .await
+        .map_err(|err| GatewayError::Isolation(err.0))?;
+    if let Some(user) = sandbox.program_user {
         work_root.open_to(user)?;
     }
     let specs = config.runtimes.clone();
+    let program_user = sandbox.program_user;
     // Locating interpreters runs them once; keep that off the async workers.
     let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs, program_user))
         .await
         .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
-    let cgroups = match config.isolation {
-        Isolation::None => Cgroups::default(),
-        Isolation::Auto | Isolation::Cgroups | Isolation::Namespaces => {
-            tokio::task::spawn_blocking(Cgroups::probe)
-                .await
-                .unwrap_or_default()
-        }
-    };
-    let caps = cgroups.capabilities();
-    if config.isolation == Isolation::Cgroups && caps.kill_tree.is_none() {
-        return Err(GatewayError::Isolation(
-            "--isolation cgroups needs a writable cgroup under the gateway's own (a v1 memory or pids hierarchy, or the v2 one; see `sluice doctor`); this host has none".into(),
-        ));
-    }
-    let execution_budget = crate::sandbox::ExecutionBudget::start(&config, &cgroups);
-    let cgroups = Arc::new(cgroups);
-    // A jail takes the network away itself; without one, the program's own start does
-    // (unshare before exec), where the gateway may.
-    let no_network = match (config.network, config.isolation, &jail) {
-        (_, _, Some(_)) | (Network::On, _, _) | (Network::Auto, Isolation::None, _) => false,
-        (Network::Auto | Network::Off, _, None) => {
-            tokio::task::spawn_blocking(crate::sandbox::network::probe)
-                .await
-                .unwrap_or(false)
-        }
-    };
-    let network_off = jail.as_ref().is_some_and(|j| j.no_network()) || no_network;
-    if config.network == Network::Off && !network_off {
-        return Err(GatewayError::Isolation(
-            "--network off without the jail needs permission to create network namespaces (root); see `sluice doctor`".into(),
-        ));
-    }
-    match &jail {
-        Some(jail) => tracing::info!(
-            jail = %jail.program().display(),
-            user = %jail.user_description(),
-            "programs run jailed: own PID, mount, IPC, UTS{} namespaces, unprivileged user, read-only system, private workspace and /tmp",
-            if jail.no_network() { " and network" } else { "" }
-        ),
-        None if program_user.is_some() => tracing::warn!(
-            uid = config.sandbox_uid,
-            gid = config.sandbox_gid,
-            "programs run without a namespace jail, as the sandbox user: they share it with each other and see the host's files as it may; use --isolation namespaces (or auto with sluice-jail installed) to contain them"
-        ),
-        None => tracing::info!("programs run without a namespace jail, as the gateway's user"),
-    }
-    tracing::info!(
-        network = if network_off {
-            "off (a network namespace per program)"
-        } else {
-            "on (the host's network)"
-        },
-        "program network access"
-    );
-    let or_not = |layer: Option<&str>| {
-        layer
-            .unwrap_or("not enforced: no writable cgroup")
-            .to_owned()
-    };
-    tracing::info!(
-        memory = %or_not(caps.memory),
-        processes = %or_not(caps.processes),
-        kill_tree = %or_not(caps.kill_tree),
-        "resource limits beyond rlimits"
-    );
     let shutdown_token = CancellationToken::new();
     let buffers = crate::buffer_budget::BufferBudget::new(
         config
@@ -213,7 +130,6 @@ pub async fn run(
             .clone()
             .return_memory_after_peaks(shutdown_token.clone()),
     );
-    let meters = crate::meter::Meters::default();
     let sessions = SessionRegistry::new(
         crate::fanout::ReplayCaps::from_config(&config),
         buffers.clone(),
@@ -238,16 +154,27 @@ pub async fn run(
         host: crate::execution::Host {
             work_root: Arc::from(work_root.path.as_path()),
             base_env: config.base_env.clone().into(),
-            cgroups: cgroups.clone(),
-            budget: execution_budget,
-            no_network,
-            jail,
-            program_user,
+            cgroups: sandbox.cgroups,
+            budget: sandbox.budget,
+            no_network: sandbox.no_network,
+            jail: sandbox.jail,
+            program_user: sandbox.program_user,
         },
-        buffers: buffers.clone(),
-        meters: meters.clone(),
+        buffers,
+        meters: crate::meter::Meters::default(),
         config,
     });
+    Ok(Built { state, work_root })
+}
+
+/// Serves the routes on `listener` (every connection admitted, metered and counted)
+/// until `shutdown` resolves; then stops taking connections and cancels the rest.
+async fn serve(
+    listener: TcpListener,
+    gateway: &Built,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = &gateway.state;
     let app = Router::new()
         .route(sluice_protocol::WS_PATH, get(upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -265,7 +192,8 @@ pub async fn run(
     });
     let tcp_limit = state.config.max_connections.saturating_add(TCP_HEADROOM);
     // Counts each connection's bytes of an unfinished message (memory budget, deadline).
-    let listener = crate::meter::Metering::new(listener, meters, buffers);
+    let listener =
+        crate::meter::Metering::new(listener, state.meters.clone(), state.buffers.clone());
     // Per peer: its WebSocket share, plus room for health checks and refusals.
     let tcp_per_peer = state
         .config
@@ -282,14 +210,21 @@ pub async fn run(
         "ready"
     );
     let stopping = state.clone();
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: cancelling executions and closing sockets");
             stopping.shutdown.cancel();
             stopping.executions.close();
         })
-        .await;
+        .await
+}
+
+/// The shutdown sequence: cancel everything, wait (up to the grace periods) for the
+/// sockets and executions, end the sessions and their interpreters, remove the cgroups
+/// and the work root.
+async fn drain(gateway: Built) {
+    let Built { state, work_root } = gateway;
     state.shutdown.cancel();
     state.executions.close();
     state.connections.close();
@@ -314,9 +249,8 @@ pub async fn run(
     }
     // Persistent interpreters go with their sessions.
     state.sessions.end_all().await;
-    cgroups.remove();
+    state.host.cgroups.remove();
     drop(work_root);
-    served.map_err(GatewayError::Serve)
 }
 
 /// Admits a WebSocket upgrade. Browsers let any page open a socket to localhost, so a

@@ -181,15 +181,21 @@ pub(crate) fn reserve(
     principal: crate::admission::Principal,
     limits: &EffectiveLimits,
     persistent: bool,
-) -> Result<crate::sandbox::Reservation, crate::sandbox::budget::Refusal> {
+) -> Result<crate::sandbox::Reservation, (ErrorCode, String)> {
+    use crate::sandbox::budget::{Refusal, RefusalKind};
     if persistent {
         return Ok(crate::sandbox::Reservation::default());
     }
-    host.budget.reserve(
-        principal,
-        limits.memory_bytes,
-        limits.processes + launch::jail_processes(host),
-    )
+    host.budget
+        .reserve(
+            principal,
+            limits.memory_bytes,
+            limits.processes + launch::jail_processes(host),
+        )
+        .map_err(|Refusal { kind, message }| match kind {
+            RefusalKind::Exceeds => (ErrorCode::InvalidLimit, message),
+            RefusalKind::Busy => (ErrorCode::TooManyExecutions, message),
+        })
 }
 
 /// Prepares an execution; the connection spawns the returned future and keeps the handle.

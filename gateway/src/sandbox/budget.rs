@@ -27,7 +27,6 @@
 //! added up and the parent cgroup has no limit.
 
 use crate::admission::Principal;
-use sluice_protocol::ErrorCode;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -108,8 +107,21 @@ impl Drop for Reservation {
     }
 }
 
-/// A refused reservation: the code and the message for the client.
-pub(crate) type Refusal = (ErrorCode, String);
+/// Why a reservation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusalKind {
+    /// No execution may ever hold this much here: the request's limit is too large.
+    Exceeds,
+    /// Running executions hold the budget (all of them, or the principal's share) now.
+    Busy,
+}
+
+/// A refused reservation: its kind and the message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) kind: RefusalKind,
+    pub(crate) message: String,
+}
 
 impl ExecutionBudget {
     /// The budget with these totals: `None` takes the host's default, `Some(0)` adds
@@ -197,13 +209,13 @@ impl ExecutionBudget {
             (&self.processes, processes, "processes"),
         ] {
             if let Some(pool) = pool.as_ref().filter(|p| asked > p.total) {
-                return Err((
-                    ErrorCode::InvalidLimit,
-                    format!(
+                return Err(Refusal {
+                    kind: RefusalKind::Exceeds,
+                    message: format!(
                         "limits.{what} ({asked}) is more than this gateway gives all its executions together ({})",
                         pool.total
                     ),
-                ));
+                });
             }
         }
         // Held while the pools are taken from, so a principal's share is checked and
@@ -220,25 +232,25 @@ impl ExecutionBudget {
             };
             let share = self.share_of(pool);
             if holds.saturating_add(asked) > share {
-                return Err((
-                    ErrorCode::TooManyExecutions,
-                    format!(
+                return Err(Refusal {
+                    kind: RefusalKind::Busy,
+                    message: format!(
                         "your {principal}'s running executions hold {holds} of the {share} their limits may add up to ({} percent of the gateway's {what} budget, --budget-share-per-peer); this execution asks for {asked}: try again when one ends, or ask for less",
                         self.share_percent
                     ),
-                ));
+                });
             }
         }
         if let Some(pool) = &self.memory {
             if !pool.take(memory_bytes) {
-                return Err((
-                    ErrorCode::TooManyExecutions,
-                    format!(
+                return Err(Refusal {
+                    kind: RefusalKind::Busy,
+                    message: format!(
                         "the running executions hold the gateway's memory budget: their limits may add up to {} bytes and {} are free, this execution's memory limit is {memory_bytes}; try again later or ask for less (limits.memory_bytes)",
                         pool.admitted,
                         pool.free()
                     ),
-                ));
+                });
             }
         }
         if let Some(pool) = &self.processes {
@@ -246,14 +258,14 @@ impl ExecutionBudget {
                 if let Some(memory) = &self.memory {
                     memory.give_back(memory_bytes);
                 }
-                return Err((
-                    ErrorCode::TooManyExecutions,
-                    format!(
+                return Err(Refusal {
+                    kind: RefusalKind::Busy,
+                    message: format!(
                         "the running executions hold the gateway's process budget: {} of {} are free, this execution may have {processes}; try again later or ask for fewer (limits.processes)",
                         pool.free(),
                         pool.total
                     ),
-                ));
+                });
             }
         }
         let entry = held.entry(principal).or_insert((0, 0));
@@ -310,8 +322,12 @@ mod tests {
         let budget = Arc::new(ExecutionBudget::new(Some(100), 1, Some(100), 50));
         let mine = budget.reserve(ME, 50, 10).expect("half is mine to take");
         let refused = budget.reserve(ME, 1, 1).expect_err("my share is spent");
-        assert_eq!(refused.0, ErrorCode::TooManyExecutions);
-        assert!(refused.1.contains("budget-share-per-peer"), "{}", refused.1);
+        assert_eq!(refused.kind, RefusalKind::Busy);
+        assert!(
+            refused.message.contains("budget-share-per-peer"),
+            "{}",
+            refused.message
+        );
         let yours = budget
             .reserve(YOU, 50, 10)
             .expect("the other half is yours");
@@ -326,21 +342,25 @@ mod tests {
         let budget = Arc::new(ExecutionBudget::new(Some(100), 1, Some(10), 100));
         let first = budget.reserve(ME, 60, 4).expect("fits");
         let refused = budget.reserve(ME, 60, 4).expect_err("memory spent");
-        assert_eq!(refused.0, ErrorCode::TooManyExecutions);
+        assert_eq!(refused.kind, RefusalKind::Busy);
         assert!(
-            refused.1.contains("100 bytes and 40 are free"),
+            refused.message.contains("100 bytes and 40 are free"),
             "{}",
-            refused.1
+            refused.message
         );
         let small = budget.reserve(ME, 40, 4).expect("the rest fits");
         let refused = budget.reserve(ME, 0, 4).expect_err("processes spent");
-        assert!(refused.1.contains("process budget"), "{}", refused.1);
+        assert!(
+            refused.message.contains("process budget"),
+            "{}",
+            refused.message
+        );
         // A refusal takes nothing: memory was not held back by the process refusal.
         drop(small);
         let again = budget.reserve(ME, 40, 6).expect("given back");
         assert_eq!(
-            budget.reserve(ME, 101, 1).expect_err("never fits").0,
-            ErrorCode::InvalidLimit
+            budget.reserve(ME, 101, 1).expect_err("never fits").kind,
+            RefusalKind::Exceeds
         );
         drop((first, again));
         assert_eq!(budget.memory.as_ref().map(Pool::free), Some(100));
@@ -354,15 +374,15 @@ mod tests {
             .map(|_| budget.reserve(ME, 100, 1).expect("four times the total"))
             .collect();
         assert_eq!(
-            budget.reserve(ME, 1, 1).expect_err("spent").0,
-            ErrorCode::TooManyExecutions
+            budget.reserve(ME, 1, 1).expect_err("spent").kind,
+            RefusalKind::Busy
         );
         assert_eq!(
             budget
                 .reserve(ME, 101, 1)
                 .expect_err("above the real total")
-                .0,
-            ErrorCode::InvalidLimit,
+                .kind,
+            RefusalKind::Exceeds,
             "one execution never gets more than the parent cgroup holds"
         );
         drop(held);

@@ -4,7 +4,8 @@
 //! with `sluice-jail`, and `namespaces`, the gateway's side); taking the network away
 //! without a jail (`network`); the unprivileged user a root gateway's unjailed programs
 //! drop to (`user`); the memory and processes all executions may hold together
-//! (`budget`). Kernel resource limits of the process itself (CPU time,
+//! (`budget`); and the policy that decides, once at start-up, which of these every
+//! program gets (`policy`). Kernel resource limits of the process itself (CPU time,
 //! file size, open files) are in `sys::Rlimits`. SECURITY.md maps the layers.
 
 pub(crate) mod budget;
@@ -12,11 +13,13 @@ pub(crate) mod cgroup;
 pub mod jail;
 pub(crate) mod namespaces;
 pub(crate) mod network;
+mod policy;
 pub(crate) mod user;
 
 pub(crate) use budget::{ExecutionBudget, Reservation};
 pub(crate) use cgroup::{CgroupReport, Cgroups, ExecutionCgroup};
 pub(crate) use namespaces::{Namespaces, JAIL_PROCESSES};
+pub(crate) use policy::Sandbox;
 pub(crate) use user::ProgramUser;
 
 /// What this host lets the gateway enforce, layer by layer: printed by `sluice doctor`,
