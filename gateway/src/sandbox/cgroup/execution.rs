@@ -1,0 +1,348 @@
+//! One execution's cgroup ([`ExecutionCgroup`]): a directory in each hierarchy in use,
+//! entered before the program runs, read for its report (OOM kills, failed forks, peak
+//! memory, CPU time) against a baseline (a reused cgroup's counters keep counting),
+//! weighted down once it is heavy, and killed and emptied when the execution ends.
+
+use super::*;
+
+/// How an execution's cgroup saw it end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CgroupReport {
+    /// The kernel's OOM killer killed one of its processes.
+    pub(crate) oom_killed: bool,
+    /// A fork or clone failed because the process limit was reached.
+    pub(crate) process_limit_hit: bool,
+    /// Peak memory of the whole tree, when the kernel reports it.
+    pub(crate) peak_memory_bytes: Option<u64>,
+    /// CPU time of the whole tree so far, in microseconds, when the kernel reports it.
+    pub(crate) cpu_usec: Option<u64>,
+}
+
+/// The monotonic counters of a cgroup; a reused one's keep counting, so each execution
+/// starts from a baseline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counters {
+    pub(super) oom_kills: u64,
+    pub(super) failed_forks: u64,
+    pub(super) cpu_usec: u64,
+}
+
+/// An execution cgroup's directory in one hierarchy.
+#[derive(Debug)]
+pub(super) struct Member {
+    pub(super) dir: PathBuf,
+    /// The gateway's own cgroup in that hierarchy.
+    pub(super) home: PathBuf,
+}
+
+/// One execution's cgroup (a directory in each hierarchy in use). Dropping it kills
+/// what is inside and removes it (best effort), so no failure path leaks a directory.
+#[derive(Debug)]
+pub(crate) struct ExecutionCgroup {
+    pub(super) members: Members,
+    /// Whether the v2 directory carries the memory and the process limit (when v1
+    /// does not).
+    pub(super) limits_v2: (bool, bool),
+    /// The process limit; `pids.max` is one higher while a gateway thread is inside.
+    pub(super) processes: u64,
+    /// It has a CPU share of its own (v1 `cpu` or v2 `cpu.weight`).
+    pub(super) cpu_share: bool,
+    /// Its weight has dropped: it used more than [`HEAVY_CPU_USEC`] of CPU.
+    pub(super) heavy: std::sync::atomic::AtomicBool,
+    pub(super) removed: bool,
+    /// Where it goes back when its execution is over.
+    pub(super) pool: Option<Pool>,
+    /// The counters when this execution got it.
+    pub(super) baseline: Counters,
+    /// The v2 `memory.peak`, opened and reset for this execution (see `restart_peak`).
+    pub(super) peak: Option<fs::File>,
+}
+
+impl Drop for ExecutionCgroup {
+    fn drop(&mut self) {
+        if !self.removed {
+            self.kill_all();
+            self.recycle();
+        }
+    }
+}
+
+impl ExecutionCgroup {
+    pub(super) fn members(&self) -> impl Iterator<Item = &Member> {
+        let m = &self.members;
+        [&m.memory, &m.pids, &m.cpu, &m.unified]
+            .into_iter()
+            .flatten()
+    }
+
+    /// The v1 directories, which the spawning thread moves through.
+    pub(super) fn v1_members(&self) -> impl Iterator<Item = &Member> {
+        let m = &self.members;
+        [&m.memory, &m.pids, &m.cpu].into_iter().flatten()
+    }
+
+    /// One directory that lists every process of the execution, for killing them one
+    /// by one (v1 or v2: each holds the whole tree).
+    pub(super) fn listing(&self) -> Option<&Path> {
+        let m = &self.members;
+        [&m.unified, &m.pids, &m.memory, &m.cpu]
+            .into_iter()
+            .flatten()
+            .map(|member| member.dir.as_path())
+            .next()
+    }
+
+    /// True when this execution has a CPU share of its own; without one, an unjailed
+    /// program lowers its own priority before its exec (`sys::ProgramPlan`).
+    pub(crate) fn shares_cpu(&self) -> bool {
+        self.cpu_share
+    }
+
+    /// The v2 directory a jailed program's jail joins, if there is one.
+    pub(crate) fn unified_dir(&self) -> Option<&Path> {
+        self.members.unified.as_ref().map(|m| m.dir.as_path())
+    }
+
+    /// The directory holding `pids.max`, and whether it is v2.
+    pub(super) fn pids_dir(&self) -> Option<&Path> {
+        match (&self.members.pids, &self.members.unified) {
+            (Some(v1), _) => Some(&v1.dir),
+            (None, Some(v2)) if self.limits_v2.1 => Some(&v2.dir),
+            _ => None,
+        }
+    }
+
+    /// Runs `spawn` with the calling thread inside this cgroup, so the process it
+    /// creates is born inside; the thread moves back before this returns.
+    pub(crate) fn spawn_inside<T>(&self, spawn: impl FnOnce() -> T) -> io::Result<T> {
+        let tid = crate::sys::thread_id().to_string();
+        // The spawning thread counts while it is inside: room for it, then the limit.
+        let pids_max = |n: u64| match &self.members.pids {
+            Some(pids) => fs::write(pids.dir.join("pids.max"), n.to_string()),
+            None => Ok(()),
+        };
+        pids_max(self.processes.saturating_add(1))?;
+        let mut entered = Vec::new();
+        for member in self.v1_members() {
+            if let Err(err) = fs::write(member.dir.join("tasks"), &tid) {
+                leave(&entered, &tid);
+                return Err(err);
+            }
+            entered.push(member);
+        }
+        let spawned = spawn();
+        leave(&entered, &tid);
+        pids_max(self.processes)?;
+        Ok(spawned)
+    }
+
+    /// Writes the limits, and starts the peak-memory count afresh.
+    pub(super) fn set_limits(&self, memory_bytes: u64, processes: u64) -> io::Result<()> {
+        if let Some(memory) = &self.members.memory {
+            // memsw (memory plus swap) must stay at or above the memory limit, so the
+            // order depends on the direction; both are tried, swap accounting is optional.
+            let memsw = memory.dir.join("memory.memsw.limit_in_bytes");
+            let _ = fs::write(&memsw, memory_bytes.to_string());
+            fs::write(
+                memory.dir.join("memory.limit_in_bytes"),
+                memory_bytes.to_string(),
+            )?;
+            // No escape into swap, where the kernel accounts it.
+            let _ = fs::write(&memsw, memory_bytes.to_string());
+            let _ = fs::write(memory.dir.join("memory.max_usage_in_bytes"), "0");
+        } else if let (Some(v2), true) = (&self.members.unified, self.limits_v2.0) {
+            fs::write(v2.dir.join("memory.max"), memory_bytes.to_string())?;
+            let _ = fs::write(v2.dir.join("memory.swap.max"), "0");
+        }
+        if let Some(dir) = self.pids_dir() {
+            fs::write(dir.join("pids.max"), processes.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Starts the v2 peak-memory count afresh for this execution. A write to
+    /// `memory.peak` resets it (from Linux 6.12) only for reads through the same open
+    /// file, so that file is kept for `report`. False where the peak cannot be reset
+    /// (older kernels: `memory.peak` is read-only and counts from the cgroup's creation):
+    /// then the cgroup must not be reused. True without a v2 memory limit.
+    pub(super) fn restart_peak(&mut self) -> bool {
+        let Some(v2) = self.members.unified.as_ref().filter(|_| self.limits_v2.0) else {
+            return true;
+        };
+        self.peak = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(v2.dir.join("memory.peak"))
+            .and_then(|mut file| file.write_all(b"0").map(|()| file))
+            .ok();
+        self.peak.is_some()
+    }
+
+    /// The monotonic counters as the kernel has them now.
+    pub(super) fn counters(&self) -> Counters {
+        let counter = |dir: Option<&Path>, file: &str, key: &str| -> u64 {
+            dir.and_then(|dir| fs::read_to_string(dir.join(file)).ok())
+                .and_then(|text| {
+                    text.lines().find_map(|line| {
+                        let (name, value) = line.split_once(' ')?;
+                        (name == key).then(|| value.trim().parse().ok())?
+                    })
+                })
+                .unwrap_or(0)
+        };
+        let v2 = self.members.unified.as_ref().map(|m| m.dir.as_path());
+        let oom_kills = match (&self.members.memory, self.limits_v2.0) {
+            (Some(v1), _) => counter(Some(&v1.dir), "memory.oom_control", "oom_kill"),
+            (None, true) => counter(v2, "memory.events", "oom_kill"),
+            (None, false) => 0,
+        };
+        Counters {
+            oom_kills,
+            failed_forks: counter(self.pids_dir(), "pids.events", "max"),
+            cpu_usec: counter(v2, "cpu.stat", "usage_usec"),
+        }
+    }
+
+    /// What the limits caught so far.
+    pub(crate) fn report(&self) -> CgroupReport {
+        let now = self.counters();
+        let read = |dir: &Path, file: &str| -> Option<u64> {
+            fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+        };
+        let peak_memory_bytes = match (&self.members.memory, &self.members.unified) {
+            (Some(v1), _) => read(&v1.dir, "memory.max_usage_in_bytes"),
+            (None, Some(v2)) if self.limits_v2.0 => match &self.peak {
+                // Through the file that was reset: this execution's peak.
+                Some(file) => {
+                    let mut file = file;
+                    let mut text = String::new();
+                    file.rewind()
+                        .and_then(|()| file.read_to_string(&mut text))
+                        .ok()
+                        .and_then(|_| text.trim().parse().ok())
+                }
+                // A cgroup made for this execution: its peak since creation.
+                None => read(&v2.dir, "memory.peak"),
+            },
+            _ => None,
+        };
+        let cpu_usec = self
+            .members
+            .unified
+            .as_ref()
+            .map(|_| now.cpu_usec.saturating_sub(self.baseline.cpu_usec));
+        if cpu_usec.is_some_and(|used| used >= HEAVY_CPU_USEC) {
+            self.weigh(true);
+        }
+        CgroupReport {
+            oom_killed: now.oom_kills > self.baseline.oom_kills,
+            process_limit_hit: now.failed_forks > self.baseline.failed_forks,
+            peak_memory_bytes,
+            cpu_usec,
+        }
+    }
+
+    /// Sets this execution's CPU weight: a sixteenth of the default once it is `heavy`,
+    /// the default again when not (a reused cgroup starts light). Written only on a
+    /// change; CPU time is known where cgroup v2 counts it, so on v1 alone every
+    /// execution keeps an equal share.
+    pub(super) fn weigh(&self, heavy: bool) {
+        use std::sync::atomic::Ordering;
+        if !self.cpu_share || self.heavy.swap(heavy, Ordering::Relaxed) == heavy {
+            return;
+        }
+        let (file, default) = match (&self.members.cpu, &self.members.unified) {
+            (Some(v1), _) => (v1.dir.join("cpu.shares"), EXECUTION_CPU_SHARES),
+            (None, Some(v2)) => (v2.dir.join("cpu.weight"), EXECUTION_CPU_WEIGHT),
+            (None, None) => return,
+        };
+        let weight = if heavy {
+            (default / HEAVY_CPU_DIVISOR).max(2)
+        } else {
+            default
+        };
+        if let Err(err) = fs::write(&file, weight.to_string()) {
+            tracing::debug!(file = %file.display(), %err, "could not change an execution's CPU weight");
+        }
+    }
+
+    /// SIGKILLs every process in the cgroup, wherever it moved in its process tree.
+    pub(crate) fn kill_all(&self) {
+        if let Some(v2) = &self.members.unified {
+            // Every process inside, at once, forks in flight included.
+            let _ = fs::write(v2.dir.join("cgroup.kill"), "1");
+        }
+        // One v1 listing is enough: each hierarchy holds the same processes.
+        let v1 = [&self.members.pids, &self.members.memory, &self.members.cpu]
+            .into_iter()
+            .flatten()
+            .next();
+        if let Some(member) = v1 {
+            for pid in members(&member.dir) {
+                let _ = crate::sys::kill(pid);
+            }
+        }
+    }
+
+    /// The file listing every process of the execution (`cgroup.procs` of one of its
+    /// directories), for a persistent interpreter that ends what each cell started.
+    pub(crate) fn procs_file(&self) -> Option<PathBuf> {
+        self.listing().map(|dir| dir.join("cgroup.procs"))
+    }
+
+    /// True once no process is left in it.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members().all(|member| members(&member.dir).is_empty())
+    }
+
+    /// Gives the (empty) cgroup back for another execution, or removes it when the
+    /// pool is full.
+    pub(crate) fn recycle(&mut self) {
+        self.weigh(false);
+        if let Some(pool) = self.pool.take() {
+            let mut pool = pool.lock().unwrap_or_else(PoisonError::into_inner);
+            // A v2 cgroup whose peak memory cannot be reset would report an earlier
+            // execution's peak: not reused.
+            let reusable = !self.limits_v2.0 || self.peak.is_some();
+            if pool.len() < POOL_SIZE && reusable && self.is_empty() {
+                pool.push(std::mem::take(&mut self.members));
+                self.removed = true;
+                return;
+            }
+        }
+        self.remove();
+    }
+
+    /// Removes the directories (the cgroup must be empty).
+    pub(crate) fn remove(&mut self) {
+        self.removed = true;
+        for member in self.members() {
+            if let Err(err) = fs::remove_dir(&member.dir) {
+                tracing::warn!(dir = %member.dir.display(), %err, "could not remove an execution cgroup");
+            }
+        }
+    }
+}
+
+/// Moves the calling thread back home in every hierarchy it entered.
+pub(super) fn leave(entered: &[&Member], tid: &str) {
+    for member in entered {
+        if let Err(err) = fs::write(member.home.join("tasks"), tid) {
+            tracing::error!(%err, home = %member.home.display(), "a gateway thread could not leave an execution cgroup");
+        }
+    }
+}
+
+/// The processes in a cgroup, never the gateway itself: a gateway thread that could not
+/// move back out after a spawn (logged) would otherwise make the gateway a member.
+pub(super) fn members(dir: &Path) -> Vec<u32> {
+    let gateway = std::process::id();
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .filter(|pid| *pid != gateway)
+                .collect()
+        })
+        .unwrap_or_default()
+}
