@@ -1,8 +1,9 @@
 //! [`Execution`]: the handle to one running program, a stream of its events.
 
-use crate::client::{call, is_synthetic, synthetic_error, synthetic_error_with, Shared};
-use crate::connection::Command;
+use crate::command::{call, Command};
 use crate::queue::{EventReceiver, Overflow, Received};
+use crate::shared::Shared;
+use crate::synthetic::{is_synthetic, synthetic_error, synthetic_error_with};
 use crate::{ClientError, Outcome};
 use futures::{Stream, StreamExt};
 use sluice_protocol::{ErrorCode, Event, EventKind};
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 /// `cancelled`, `resource_limit` or `error`), after which the stream ends. If the
 /// connection ends before the terminal event arrives, the stream yields a synthetic
 /// terminal `error` event (code `internal`, `sequence` 0, see
-/// [`is_synthetic`](crate::is_synthetic)) instead, so a consumer always sees exactly one
+/// [`is_synthetic`]) instead, so a consumer always sees exactly one
 /// terminal event.
 ///
 /// # Reconnecting

@@ -142,6 +142,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod command;
 mod connection;
 mod error;
 mod execution;
@@ -149,13 +150,16 @@ mod options;
 mod outcome;
 mod queue;
 mod session;
+mod shared;
+mod synthetic;
 
-pub use client::{is_synthetic, Client, SocketEvents};
+pub use client::{Client, SocketEvents};
 pub use error::ClientError;
 pub use execution::Execution;
 pub use options::{ClientOptions, Reconnect};
 pub use outcome::Outcome;
 pub use session::SessionEvents;
+pub use synthetic::is_synthetic;
 
 /// The wire types, re-exported so users need not depend on `sluice-protocol` themselves.
 pub use sluice_protocol as protocol;

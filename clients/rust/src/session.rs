@@ -1,8 +1,9 @@
 //! [`SessionEvents`]: the events of one session, from [`Client::attach`](crate::Client::attach).
 
-use crate::client::{call, synthetic_error_with, Shared};
-use crate::connection::Command;
+use crate::command::{call, Command};
 use crate::queue::{EventReceiver, Overflow, Received};
+use crate::shared::Shared;
+use crate::synthetic::synthetic_error_with;
 use crate::ClientError;
 use futures::Stream;
 use sluice_protocol::{ErrorCode, Event, EventKind};
