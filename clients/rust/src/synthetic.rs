@@ -13,11 +13,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The client synthesizes an `error` event with code `internal` for an execution whose
 /// connection ended (for good: reconnecting was off or gave up) before its terminal
 /// event, and on the socket stream for a frame from the gateway that could not be
-/// decoded; one with code `other` for an execution whose consumer fell behind by more
-/// than [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes)
-/// (see [`Execution`](crate::Execution)); one with the
-/// gateway's code (such as `unknown_session`) for an execution or [`SessionEvents`](crate::SessionEvents)
-/// whose session could not be resumed after a reconnect; and one as the last event of a
+/// decoded; one with code `slow_consumer` for an execution or
+/// [`SessionEvents`](crate::SessionEvents) whose consumer fell behind by more than
+/// [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes)
+/// (see [`Execution`](crate::Execution)); one with the gateway's code (such as
+/// `unknown_session`) for an execution or [`SessionEvents`](crate::SessionEvents) whose
+/// session could not be resumed after a reconnect; and one as the last event of a
 /// [`SessionEvents`](crate::SessionEvents) that ends for any reason but a `detach`.
 ///
 /// The `gap` events the client makes up (when an execution's first events, or events in
@@ -51,6 +52,17 @@ pub(crate) fn synthetic_error_with(
     event
 }
 
+/// The synthetic terminal `error` (code `slow_consumer`, as in every Sluice client) for
+/// a consumer that fell behind by more than its buffer: an execution the client then
+/// cancelled, or a session subscription it detached (`id` `None`).
+pub(crate) fn slow_consumer_error(
+    id: Option<String>,
+    session: Option<String>,
+    message: impl Into<String>,
+) -> Event {
+    synthetic_error_with(ErrorCode::SlowConsumer, id, session, message)
+}
+
 /// A `gap` event the client makes up: `missed_from..resume_from` of `session` are lost.
 pub(crate) fn gap_event(session: &str, missed_from: u64, resume_from: u64) -> Event {
     let mut event = synthetic_error(
@@ -80,6 +92,21 @@ mod tests {
         assert!(event.is_terminal());
         assert_eq!(event.code, Some(ErrorCode::Internal));
         assert!(event.timestamp > 0.0);
+    }
+
+    #[test]
+    fn a_slow_consumer_is_told_with_code_slow_consumer_on_the_wire() {
+        let event = slow_consumer_error(Some("e1".into()), Some("s".into()), "fell behind");
+        assert!(is_synthetic(&event));
+        assert!(event.is_terminal());
+        assert_eq!(event.code, Some(ErrorCode::SlowConsumer));
+        assert_eq!(event.code.map(ErrorCode::as_str), Some("slow_consumer"));
+        // The code survives encoding, spelled as the other clients spell it. (A synthetic
+        // event's sequence 0 is not a gateway event's, so `Event::decode` would refuse it.)
+        let json: serde_json::Value = serde_json::from_str(&event.to_json()).unwrap();
+        assert_eq!(json["code"], "slow_consumer");
+        let decoded: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(decoded.code, Some(ErrorCode::SlowConsumer));
     }
 
     #[test]

@@ -1,17 +1,18 @@
-//! Per-execution buffering against the scripted peer: a consumer that lags within its
-//! budget loses nothing, one that falls behind is cancelled and told (code
-//! `slow_consumer`), one that keeps up is never cut off.
+//! Per-consumer buffering against the scripted peer: a consumer that lags within its
+//! budget loses nothing, one that falls behind is told (code `slow_consumer`) and let go
+//! (an execution cancelled, a session subscription detached), one that keeps up is never
+//! cut off.
 
 use super::peer::*;
 use crate::{is_synthetic, ClientError, ClientOptions};
 use futures::StreamExt;
 use sluice_protocol::{ClientFrame, ErrorCode, EventKind, ExecuteRequest};
-use std::time::Duration;
 
 #[tokio::test]
 async fn a_lagging_consumer_loses_nothing_within_its_budget() {
     within(async {
         let (client, mut peer) = pair(ClientOptions::default()).await;
+        let mut socket = client.socket_events().unwrap();
         let execution = client.execute_code_stream("sh", "yes").await.unwrap();
         peer.execute_id().await;
         let count = 500;
@@ -24,13 +25,15 @@ async fn a_lagging_consumer_loses_nothing_within_its_budget() {
             peer.send(&completed("e1", count, 0)).await;
             peer
         });
-        // Let the peer get ahead of the consumer.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The consumer reads nothing until the peer has written every event (more than
+        // the socket's in-memory buffer holds, so the client has taken them all in).
+        let mut peer = sender.await.unwrap();
+        peer.refuse(ErrorCode::BadRequest, "marker").await;
+        assert_eq!(socket.recv().await.unwrap().data, "marker");
         let outcome = execution.wait().await.unwrap();
         let sequences: Vec<u64> = outcome.events.iter().map(|e| e.sequence).collect();
         assert_eq!(sequences, (1..=count).collect::<Vec<_>>());
         assert_eq!(outcome.stdout.len(), 2 * (count as usize - 2));
-        sender.await.unwrap();
     })
     .await;
 }
@@ -113,7 +116,7 @@ async fn a_consumer_that_falls_behind_is_cancelled_and_told() {
         let last = streamed.next().await.unwrap();
         assert!(last.is_terminal() && is_synthetic(&last), "{last:?}");
         assert_eq!(last.kind, EventKind::Error);
-        assert_eq!(last.code, Some(ErrorCode::Other));
+        assert_eq!(last.code, Some(ErrorCode::SlowConsumer));
         assert_eq!(last.id.as_deref(), Some("s"));
         assert_eq!(last.session.as_deref(), Some("session-s"));
         assert!(last.data.contains("fell behind"), "{}", last.data);
@@ -210,6 +213,58 @@ async fn a_consumer_that_keeps_up_is_never_cut_off() {
         let outcome = execution.wait().await.unwrap();
         let sequences: Vec<u64> = outcome.events.iter().map(|e| e.sequence).collect();
         assert_eq!(sequences, vec![50, 51]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_subscriber_that_falls_behind_is_detached_and_told() {
+    within(async {
+        // A session's events count like an execution's: ten 100-byte events fit.
+        let options = ClientOptions {
+            execution_buffer_bytes: SLOW_BUDGET,
+            ..ClientOptions::default()
+        };
+        let (client, mut peer) = pair(options).await;
+        let attaching = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("s", None).await }
+        });
+        assert_eq!(peer.attach().await.since, Some(0));
+        peer.attached("s", 0).await;
+        let mut events = attaching.await.unwrap().unwrap();
+        let data = "o".repeat(OUTPUT);
+        for sequence in 1..=FITTING_EVENTS + 5 {
+            peer.send(&in_session("s", EventKind::Stdout, "x", sequence, &data))
+                .await;
+        }
+        // Nothing else here reads the session: the client lets go of it.
+        assert!(matches!(peer.frame().await, ClientFrame::Detach(d) if d.session == "s"));
+        for sequence in 1..=FITTING_EVENTS {
+            assert_eq!(events.next().await.unwrap().sequence, sequence);
+        }
+        let last = events.next().await.unwrap();
+        assert!(is_synthetic(&last), "{last:?}");
+        assert_eq!(last.kind, EventKind::Error);
+        assert_eq!(last.code, Some(ErrorCode::SlowConsumer));
+        assert_eq!(last.code.map(ErrorCode::as_str), Some("slow_consumer"));
+        assert_eq!(
+            (last.id.as_deref(), last.session.as_deref()),
+            (None, Some("s"))
+        );
+        assert!(last.data.contains("fell behind"), "{}", last.data);
+        assert!(events.next().await.is_none());
+        // The client goes on: a new subscription to the session is a new `attach`.
+        let again = tokio::spawn({
+            let client = client.clone();
+            async move { client.attach("s", Some(FITTING_EVENTS)).await }
+        });
+        assert_eq!(peer.attach().await.since, Some(FITTING_EVENTS));
+        peer.attached("s", FITTING_EVENTS).await;
+        assert_eq!(
+            again.await.unwrap().unwrap().last_sequence(),
+            FITTING_EVENTS
+        );
     })
     .await;
 }
