@@ -20,6 +20,9 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    /// Counts an event of `name` processed (`bytes` long) towards its next `ack`, and
+    /// sends that `ack` once the session has gone [`ACK_EVERY_EVENTS`] events or
+    /// [`ACK_EVERY_BYTES`] bytes without one.
     pub(super) fn note_unacked(&mut self, name: &str, bytes: usize) {
         if !self.acks {
             return;

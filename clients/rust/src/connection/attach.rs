@@ -66,6 +66,8 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    /// A new subscriber `key` of `session`, after `since`: shares the `attach` of the
+    /// session on its way if it can, waits for it if it needs earlier events, or sends one.
     pub(super) fn on_attach(
         &mut self,
         key: u64,

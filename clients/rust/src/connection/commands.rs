@@ -18,6 +18,7 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    /// Takes a command, or, when every handle is gone (`None`), starts closing.
     pub(super) fn on_command_or_end(&mut self, command: Option<Command>) {
         match command {
             Some(command) => self.on_command(command),
@@ -28,6 +29,7 @@ where
         }
     }
 
+    /// Carries out one command of a handle.
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Execute {
@@ -73,6 +75,8 @@ where
         }
     }
 
+    /// Registers the route of a new execution and queues its `execute` frame, unless its
+    /// id is still running here or the client is closing.
     fn on_execute(
         &mut self,
         id: String,
@@ -115,6 +119,8 @@ where
         }
     }
 
+    /// Queues a `stdin` frame for a running execution; an execution whose consumer fell
+    /// behind, or that has ended, takes no more input.
     fn on_stdin(
         &mut self,
         id: String,
@@ -153,11 +159,13 @@ where
         self.enqueue(Message::text(frame), Purpose::Stdin { id, serial });
         Ok(())
     }
+    /// The route of execution `id`, if it is still the one with this `serial`.
     pub(super) fn route(&mut self, id: &str, serial: u64) -> Option<&mut Route> {
         self.routes
             .get_mut(id)
             .filter(|route| route.serial == serial)
     }
+    /// Queues a `cancel` for a running execution, once.
     pub(super) fn send_cancel(&mut self, id: &str, serial: u64) {
         let Some(route) = self.route(id, serial) else {
             return;

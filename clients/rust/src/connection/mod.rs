@@ -291,6 +291,7 @@ where
         None
     }
 
+    /// The connection ended for `reason`, not by the client's choice.
     fn failed(&self, reason: String) -> Ended {
         Ended {
             clean: false,
@@ -298,6 +299,7 @@ where
         }
     }
 
+    /// How the connection ended when the socket stream ran out.
     fn stream_ended(&mut self) -> Ended {
         if self.closing {
             return Ended {
@@ -314,11 +316,13 @@ where
             reason,
         }
     }
+    /// The error of a command that arrives while the client is closing.
     fn closing_error(&self) -> ClientError {
         ClientError::ConnectionClosed {
             reason: "the client is closing the connection".to_owned(),
         }
     }
+    /// Queues a frame for the socket (nothing after the close frame).
     fn enqueue(&mut self, message: Message, purpose: Purpose) {
         if self.closing {
             // Nothing may follow the close frame.
@@ -328,6 +332,7 @@ where
         self.unflushed = true;
     }
 
+    /// Encodes and queues a client frame.
     fn enqueue_frame(&mut self, frame: &ClientFrame, purpose: Purpose) {
         self.enqueue(Message::text(frame.to_json()), purpose);
     }

@@ -89,6 +89,8 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    /// One message from the socket: an event to route, something that is not one (logged
+    /// and told on the socket stream), or the gateway's close frame.
     pub(super) fn on_message(&mut self, message: Message) {
         if matches!(message, Message::Text(_)) {
             self.received = true;
@@ -434,6 +436,8 @@ where
         self.remove_route(id);
     }
 
+    /// Forgets execution `id` (its id is free again), and its gateway-made session once
+    /// nothing here needs it.
     fn remove_route(&mut self, id: &str) {
         let Some(route) = self.routes.remove(id) else {
             return;
@@ -454,6 +458,8 @@ where
         }
     }
 
+    /// A text frame that is not a valid event: told on the socket stream, and, if it was
+    /// the terminal event of a running execution, that execution ends with a synthetic one.
     fn on_undecodable(&mut self, text: &str, err: &str) {
         warn!(error = err, "undecodable frame from the gateway");
         let fields = serde_json::from_str::<serde_json::Value>(text).ok();
@@ -487,6 +493,8 @@ where
         }
     }
 
+    /// Hands an event to [`Client::socket_events`](crate::Client::socket_events), or drops
+    /// it with a log line if its queue is full or gone (never waits).
     fn publish_socket_event(&mut self, event: Event) {
         match self.socket_events.try_send(event) {
             Ok(()) => {}
