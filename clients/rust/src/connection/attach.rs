@@ -32,7 +32,10 @@ pub(super) const DETACHES_REMEMBERED: usize = 256;
 
 /// One [`SessionEvents`](crate::SessionEvents).
 pub(super) struct Subscriber {
+    /// The session it reads.
     pub(super) session: String,
+    /// Sending half of its buffer; the `SessionEvents` holds the receiver. Dropping it
+    /// (or `finish`ing it with a last synthetic event) ends the stream.
     pub(super) events: EventSender,
     /// The last sequence delivered (or the `since` it attached after).
     pub(super) last: u64,
