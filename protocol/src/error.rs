@@ -49,6 +49,10 @@ pub enum ErrorCode {
     GatewayBusy,
     /// An unexpected failure inside the gateway; details are in the gateway's log.
     Internal,
+    /// Never sent by the gateway: the code of the synthetic terminal `error` a client
+    /// gives an execution (or a session subscription) whose consumer fell behind, after
+    /// cancelling it (see `clients/CONTRACT.md`). The same code in every client.
+    SlowConsumer,
     /// A code this version of the protocol crate does not know (sent by a newer gateway).
     #[serde(other)]
     Other,
@@ -74,6 +78,7 @@ impl ErrorCode {
             Self::KernelLost => "kernel_lost",
             Self::GatewayBusy => "gateway_busy",
             Self::Internal => "internal",
+            Self::SlowConsumer => "slow_consumer",
             Self::Other => "other",
         }
     }

@@ -1,21 +1,20 @@
-//! [`Client`]: the cheap, cloneable handle to one WebSocket connection, and the state its
-//! handles share with the connection task.
+//! [`Client`]: the cheap, cloneable handle to one WebSocket connection (opening it, and
+//! starting executions and attaches on it), and [`SocketEvents`], the receiver of the
+//! events that belong to no execution.
 
-use crate::connection::{Command, Connection, Connector, Reply};
+use crate::command::{call, Command};
+use crate::connection::{Connection, Connector};
 use crate::queue::{event_queue, session_queue};
+use crate::shared::Shared;
 use crate::{ClientError, ClientOptions, Execution, SessionEvents};
 use futures::Stream;
-use sluice_protocol::{
-    ClientFrame, ErrorCode, Event, EventKind, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL,
-};
+use sluice_protocol::{ClientFrame, Event, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL};
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -100,13 +99,7 @@ impl Client {
     {
         let (commands, command_rx) = mpsc::channel(options.command_buffer.max(1));
         let (socket_tx, socket_rx) = mpsc::channel(options.socket_event_buffer.max(1));
-        let shared = Arc::new(Shared {
-            options,
-            ids: IdGenerator::default(),
-            serials: AtomicU64::new(0),
-            ended: OnceLock::new(),
-            socket_events: Mutex::new(Some(socket_rx)),
-        });
+        let shared = Arc::new(Shared::new(options, socket_rx));
         let connection = Connection::new(
             socket,
             connector,
@@ -146,7 +139,7 @@ impl Client {
         loop {
             if generated {
                 if let ClientFrame::Execute(request) = &mut frame {
-                    request.id = self.shared.ids.next_id();
+                    request.id = self.shared.next_id();
                 }
             }
             let id = frame.id().unwrap_or_default().to_owned();
@@ -154,7 +147,7 @@ impl Client {
             check_id(&id)?;
             let text = frame.to_json();
             self.shared.check_frame_size(text.len())?;
-            let serial = self.shared.serials.fetch_add(1, Ordering::Relaxed);
+            let serial = self.shared.next_serial();
             let (events, events_rx) = event_queue(self.shared.options.execution_buffer_bytes);
             let registered = call(&self.commands, &self.shared, |reply| Command::Execute {
                 id: id.clone(),
@@ -219,7 +212,7 @@ impl Client {
         since: Option<u64>,
     ) -> Result<SessionEvents, ClientError> {
         check_session(session)?;
-        let key = self.shared.serials.fetch_add(1, Ordering::Relaxed);
+        let key = self.shared.next_serial();
         let (events, events_rx) = session_queue(self.shared.options.execution_buffer_bytes);
         let since = since.unwrap_or(0);
         call(&self.commands, &self.shared, |reply| Command::Attach {
@@ -258,12 +251,9 @@ impl Client {
     /// `tracing::warn!` and dropped, so a neglected receiver never stalls the connection.
     /// The stream ends when the connection ends.
     pub fn socket_events(&self) -> Option<SocketEvents> {
-        let mut slot = self
-            .shared
-            .socket_events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        slot.take().map(|events| SocketEvents { events })
+        self.shared
+            .take_socket_events()
+            .map(|events| SocketEvents { events })
     }
 
     /// Closes the connection: cancels every execution still running (the gateway would
@@ -327,75 +317,6 @@ impl Stream for SocketEvents {
     }
 }
 
-/// State shared by the [`Client`] clones, their [`Execution`]s and the connection task.
-pub(crate) struct Shared {
-    /// The options the client was created with.
-    pub(crate) options: ClientOptions,
-    /// Source of generated execution ids.
-    ids: IdGenerator,
-    /// Source of per-execution serial numbers, which tell apart two executions that used
-    /// the same id one after the other, and of subscriber keys.
-    pub(crate) serials: AtomicU64,
-    /// How the connection ended; set once by the connection task before it drops the
-    /// command receiver and the execution queues, so whoever sees those closed finds it set.
-    pub(crate) ended: OnceLock<Ended>,
-    /// Receiving half of the socket-event queue, until [`Client::socket_events`] takes
-    /// it; the connection task holds the sender. While it sits here unread, the queue
-    /// fills up and further socket events are dropped with a warning.
-    socket_events: Mutex<Option<mpsc::Receiver<Event>>>,
-}
-
-impl Shared {
-    /// The error for an operation that found the connection gone.
-    pub(crate) fn closed_error(&self) -> ClientError {
-        ClientError::ConnectionClosed {
-            reason: self.end_reason(),
-        }
-    }
-
-    /// Why the connection ended, as far as known.
-    pub(crate) fn end_reason(&self) -> String {
-        match self.ended.get() {
-            Some(ended) => ended.reason.clone(),
-            None => "the connection task stopped".to_owned(),
-        }
-    }
-
-    /// Refuses a frame the gateway would refuse as `too_large`.
-    pub(crate) fn check_frame_size(&self, size: usize) -> Result<(), ClientError> {
-        let max = self.options.max_frame_bytes;
-        if size > max {
-            return Err(ClientError::FrameTooLarge { size, max });
-        }
-        Ok(())
-    }
-}
-
-/// How the connection ended.
-#[derive(Debug, Clone)]
-pub(crate) struct Ended {
-    /// True when this client closed the connection and the gateway answered the close
-    /// handshake in time.
-    pub(crate) clean: bool,
-    /// A human explanation.
-    pub(crate) reason: String,
-}
-
-/// Generates execution ids `e1`, `e2`, ... unique per client.
-#[derive(Debug, Default)]
-pub(crate) struct IdGenerator {
-    /// The number of ids handed out so far.
-    next: AtomicU64,
-}
-
-impl IdGenerator {
-    /// The next id; never the same twice for one generator.
-    pub(crate) fn next_id(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("e{n}")
-    }
-}
-
 /// Opens one WebSocket to `url`: the `sluice.v1` subprotocol, the incoming frame cap,
 /// TCP_NODELAY.
 async fn open(
@@ -448,111 +369,29 @@ fn check_id(id: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Sends a command that carries a reply channel and waits for the reply.
-pub(crate) async fn call<T>(
-    commands: &mpsc::Sender<Command>,
-    shared: &Shared,
-    command: impl FnOnce(Reply<T>) -> Command,
-) -> Result<T, ClientError> {
-    let (reply, response) = oneshot::channel();
-    if commands.send(command(reply)).await.is_err() {
-        return Err(shared.closed_error());
-    }
-    // The task drops the reply sender unanswered only when the connection ends.
-    response
-        .await
-        .unwrap_or_else(|_| Err(shared.closed_error()))
-}
-
-/// True for events the client made up rather than received: their `sequence` is 0, which
-/// no event of the gateway's that the client hands out has (sequences start at 1; the
-/// gateway's `attached` answers, whose `sequence` may be 0, are never handed out).
-///
-/// The client synthesizes an `error` event with code `internal` for an execution whose
-/// connection ended (for good: reconnecting was off or gave up) before its terminal
-/// event, and on the socket stream for a frame from the gateway that could not be
-/// decoded; one with code `other` for an execution whose consumer fell behind by more
-/// than [`ClientOptions::execution_buffer_bytes`] (see [`Execution`]); one with the
-/// gateway's code (such as `unknown_session`) for an execution or [`SessionEvents`]
-/// whose session could not be resumed after a reconnect; and one as the last event of a
-/// [`SessionEvents`] that ends for any reason but a `detach`.
-///
-/// The `gap` events the client makes up (when an execution's first events, or events in
-/// the middle of a session, are missing without the gateway having said so) carry the
-/// sequence a gateway `gap` would, `resume_from - 1`.
-pub fn is_synthetic(event: &Event) -> bool {
-    event.sequence == 0 && event.kind != EventKind::Attached
-}
-
-/// A synthetic `error` event with code `internal`; see [`is_synthetic`].
-pub(crate) fn synthetic_error(
-    id: Option<String>,
-    session: Option<String>,
-    message: impl Into<String>,
-) -> Event {
-    synthetic_error_with(ErrorCode::Internal, id, session, message)
-}
-
-/// A synthetic `error` event with the given code; see [`is_synthetic`].
-pub(crate) fn synthetic_error_with(
-    code: ErrorCode,
-    id: Option<String>,
-    session: Option<String>,
-    message: impl Into<String>,
-) -> Event {
-    let mut event = Event::error(id, code, message);
-    event.session = session;
-    event.timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64());
-    event
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
-
-    #[test]
-    fn generated_ids_count_up_from_e1() {
-        let ids = IdGenerator::default();
-        assert_eq!(ids.next_id(), "e1");
-        assert_eq!(ids.next_id(), "e2");
-        assert_eq!(ids.next_id(), "e3");
-    }
-
-    #[test]
-    fn generated_ids_are_unique_across_threads() {
-        let ids = Arc::new(IdGenerator::default());
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let ids = Arc::clone(&ids);
-                std::thread::spawn(move || (0..1000).map(|_| ids.next_id()).collect::<Vec<_>>())
-            })
-            .collect();
-        let mut seen = HashSet::new();
-        for thread in threads {
-            for id in thread.join().unwrap() {
-                assert!(check_id(&id).is_ok());
-                assert!(seen.insert(id), "duplicate id");
-            }
-        }
-        assert_eq!(seen.len(), 4000);
-    }
 
     #[test]
     fn overlong_id_is_refused() {
         let id = "x".repeat(MAX_ID_BYTES + 1);
         assert!(matches!(check_id(&id), Err(ClientError::InvalidId { .. })));
         assert!(check_id(&"x".repeat(MAX_ID_BYTES)).is_ok());
+        assert!(check_id("e1").is_ok());
     }
 
     #[test]
-    fn synthetic_events_are_recognised() {
-        let event = synthetic_error(Some("e1".into()), None, "lost");
-        assert!(is_synthetic(&event));
-        assert!(event.is_terminal());
-        assert_eq!(event.code, Some(ErrorCode::Internal));
-        assert!(event.timestamp > 0.0);
+    fn empty_and_overlong_session_names_are_refused() {
+        assert!(matches!(
+            check_session(""),
+            Err(ClientError::InvalidSession { .. })
+        ));
+        let name = "s".repeat(MAX_ID_BYTES + 1);
+        assert!(matches!(
+            check_session(&name),
+            Err(ClientError::InvalidSession { .. })
+        ));
+        assert!(check_session(&"s".repeat(MAX_ID_BYTES)).is_ok());
     }
 }

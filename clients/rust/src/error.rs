@@ -45,7 +45,7 @@ pub enum ClientError {
     /// discarded its later events. Returned by [`Execution::wait`](crate::Execution::wait),
     /// and by [`Execution::send_stdin`](crate::Execution::send_stdin) between that moment
     /// and the end of the stream; a consumer reading the stream sees, after the events
-    /// buffered before it, a synthetic terminal `error` event (code `other`) instead.
+    /// buffered before it, a synthetic terminal `error` event (code `slow_consumer`) instead.
     #[error(
         "execution {id:?} was cancelled because its events were not read fast enough: \
          {buffered_bytes} bytes would have been buffered, over the limit of {limit} bytes"

@@ -1,11 +1,12 @@
 //! [`Execution`]: the handle to one running program, a stream of its events.
 
-use crate::client::{call, is_synthetic, synthetic_error, synthetic_error_with, Shared};
-use crate::connection::Command;
+use crate::command::{call, Command};
 use crate::queue::{EventReceiver, Overflow, Received};
+use crate::shared::Shared;
+use crate::synthetic::{is_synthetic, slow_consumer_error, synthetic_error};
 use crate::{ClientError, Outcome};
 use futures::{Stream, StreamExt};
-use sluice_protocol::{ErrorCode, Event, EventKind};
+use sluice_protocol::{Event, EventKind};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 /// `cancelled`, `resource_limit` or `error`), after which the stream ends. If the
 /// connection ends before the terminal event arrives, the stream yields a synthetic
 /// terminal `error` event (code `internal`, `sequence` 0, see
-/// [`is_synthetic`](crate::is_synthetic)) instead, so a consumer always sees exactly one
+/// [`is_synthetic`]) instead, so a consumer always sees exactly one
 /// terminal event.
 ///
 /// # Reconnecting
@@ -46,13 +47,13 @@ use tokio::sync::mpsc;
 /// executions and [`wait`](Self::wait) for the second one first.
 ///
 /// The buffer is bounded by [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes)
-/// (64 MiB by default; an event counts for its `data` plus 256 bytes). If more than that
+/// (16 MiB by default; an event counts for its `data` plus 256 bytes). If more than that
 /// piles up unread, the consumer has fallen behind, and the client:
 ///
 /// 1. sends `cancel` for the execution (the gateway stops the program);
 /// 2. discards the execution's later events, including the gateway's terminal event;
 /// 3. still delivers every event buffered so far, in order, followed by exactly one
-///    synthetic terminal `error` event: code `other`, `sequence` 0 (see
+///    synthetic terminal `error` event: code `slow_consumer`, `sequence` 0 (see
 ///    [`is_synthetic`]), and a message saying the consumer fell behind.
 ///
 /// [`wait`](Self::wait) then returns [`ClientError::SlowConsumer`]. Nothing is dropped
@@ -229,12 +230,7 @@ impl Execution {
              execution and discarded its later events",
             overflow.buffered_bytes, overflow.limit
         );
-        synthetic_error_with(
-            ErrorCode::Other,
-            Some(self.id.clone()),
-            self.session.clone(),
-            message,
-        )
+        slow_consumer_error(Some(self.id.clone()), self.session.clone(), message)
     }
 }
 

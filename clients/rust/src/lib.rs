@@ -51,10 +51,10 @@
 //!   whose events nobody reads never holds up another. Running two executions and waiting
 //!   for the second one first is fine.
 //! - **Bounded, and never lossy in silence.** Each execution's buffer holds at most
-//!   [`ClientOptions::execution_buffer_bytes`] (64 MiB by default) of unread events. A
+//!   [`ClientOptions::execution_buffer_bytes`] (16 MiB by default) of unread events. A
 //!   consumer that falls further behind than that gets its execution cancelled: the
 //!   client sends `cancel`, discards later events, and the consumer receives what was
-//!   buffered followed by one synthetic terminal `error` (code `other`);
+//!   buffered followed by one synthetic terminal `error` (code `slow_consumer`);
 //!   [`Execution::wait`] returns [`ClientError::SlowConsumer`]. A [`SessionEvents`] that
 //!   falls behind is detached the same way.
 //! - **Backpressure only when the whole client is overwhelmed.** The command queue is
@@ -142,6 +142,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod command;
 mod connection;
 mod error;
 mod execution;
@@ -149,13 +150,16 @@ mod options;
 mod outcome;
 mod queue;
 mod session;
+mod shared;
+mod synthetic;
 
-pub use client::{is_synthetic, Client, SocketEvents};
+pub use client::{Client, SocketEvents};
 pub use error::ClientError;
 pub use execution::Execution;
 pub use options::{ClientOptions, Reconnect};
 pub use outcome::Outcome;
 pub use session::SessionEvents;
+pub use synthetic::is_synthetic;
 
 /// The wire types, re-exported so users need not depend on `sluice-protocol` themselves.
 pub use sluice_protocol as protocol;

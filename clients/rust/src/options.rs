@@ -8,8 +8,9 @@ use std::time::Duration;
 /// Every queue is bounded; a size of 0 is treated as 1 (a channel needs at least one slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
-    /// The most bytes of unread events buffered for one [`Execution`](crate::Execution).
-    /// Default 64 MiB.
+    /// The most bytes of unread events buffered for one [`Execution`](crate::Execution),
+    /// and for one [`SessionEvents`](crate::SessionEvents). Default 16 MiB, as in every
+    /// Sluice client.
     ///
     /// The connection task never waits for a consumer: it appends each event to its
     /// execution's buffer, so an execution whose events are not being read never holds up
@@ -17,17 +18,19 @@ pub struct ClientOptions {
     /// event would take an execution's buffer over this budget while older events are
     /// still unread, the consumer has fallen behind: the client sends `cancel` for that
     /// execution and discards its later events; its consumer receives every event buffered
-    /// so far, then one synthetic terminal `error` event (code `other`, `sequence` 0, see
-    /// [`is_synthetic`](crate::is_synthetic)), and
+    /// so far, then one synthetic terminal `error` event (code `slow_consumer`, `sequence`
+    /// 0, see [`is_synthetic`](crate::is_synthetic)), and
     /// [`Execution::wait`](crate::Execution::wait) returns
     /// [`ClientError::SlowConsumer`](crate::ClientError::SlowConsumer). A terminal event,
     /// and an event arriving while the buffer is empty, are always taken, so a consumer
     /// that keeps up is never cut off; memory per execution is bounded by this budget plus
     /// one event.
     ///
-    /// Set it above the output an execution may produce (its `output_bytes` limit, 16 MiB
-    /// by default on the gateway, plus the per-event overhead) to be sure an execution
-    /// that is read only after another one finishes is never cut off.
+    /// The default matches the gateway's default `output_bytes` limit (16 MiB), but an
+    /// execution's events count for their overhead too: to be sure an execution that is
+    /// read only after another one finishes is never cut off, set it above the output
+    /// the execution may produce plus 256 bytes per event (an event carries at most the
+    /// gateway's `--chunk-bytes` of output, 64 KiB by default).
     pub execution_buffer_bytes: usize,
     /// Commands (execute, stdin, cancel, close) queued for the connection task before
     /// callers wait. Default 256. This is the client's only backpressure: when the
@@ -124,7 +127,7 @@ impl Reconnect {
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
-            execution_buffer_bytes: 64 << 20,
+            execution_buffer_bytes: 16 << 20,
             command_buffer: 256,
             socket_event_buffer: 256,
             max_frame_bytes: 1 << 20,
@@ -138,6 +141,24 @@ impl Default for ClientOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_match_the_client_contract() {
+        let options = ClientOptions::default();
+        assert_eq!(options.execution_buffer_bytes, 16 * 1024 * 1024);
+        assert_eq!(options.command_buffer, 256);
+        assert_eq!(options.socket_event_buffer, 256);
+        assert_eq!(options.max_frame_bytes, 1024 * 1024);
+        assert_eq!(options.max_incoming_frame_bytes, 16 * 1024 * 1024);
+        assert_eq!(options.close_timeout, Duration::from_secs(5));
+        assert_eq!(options.reconnect, Some(Reconnect::default()));
+        let policy = Reconnect::default();
+        assert_eq!(policy.initial_delay, Duration::from_millis(100));
+        assert_eq!(policy.max_delay, Duration::from_secs(5));
+        assert_eq!(policy.give_up_after, Duration::from_secs(30));
+        assert_eq!(policy.max_attempts, None);
+        assert_eq!(policy.connect_timeout, Duration::from_secs(10));
+    }
 
     #[test]
     fn delays_double_up_to_the_cap() {

@@ -1,11 +1,12 @@
 //! [`SessionEvents`]: the events of one session, from [`Client::attach`](crate::Client::attach).
 
-use crate::client::{call, synthetic_error_with, Shared};
-use crate::connection::Command;
+use crate::command::{call, Command};
 use crate::queue::{EventReceiver, Overflow, Received};
+use crate::shared::Shared;
+use crate::synthetic::slow_consumer_error;
 use crate::ClientError;
 use futures::Stream;
-use sluice_protocol::{ErrorCode, Event, EventKind};
+use sluice_protocol::{Event, EventKind};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use tokio::sync::mpsc;
 /// Like an [`Execution`](crate::Execution)'s, the buffer holds at most
 /// [`ClientOptions::execution_buffer_bytes`](crate::ClientOptions::execution_buffer_bytes)
 /// of unread events. A consumer that falls further behind is detached: it receives what
-/// was buffered, then a synthetic `error` (code `other`), and the stream ends. The
+/// was buffered, then a synthetic `error` (code `slow_consumer`), and the stream ends. The
 /// session's executions are not affected.
 ///
 /// # Dropping
@@ -127,7 +128,7 @@ impl SessionEvents {
              the session",
             overflow.buffered_bytes, overflow.limit
         );
-        synthetic_error_with(ErrorCode::Other, None, Some(self.session.clone()), message)
+        slow_consumer_error(None, Some(self.session.clone()), message)
     }
 }
 

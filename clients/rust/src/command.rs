@@ -1,0 +1,78 @@
+//! The commands the handles ([`Client`](crate::Client), [`Execution`](crate::Execution),
+//! [`SessionEvents`](crate::SessionEvents)) send the connection task, and [`call`], the
+//! round trip of one that is answered.
+//!
+//! This is the only vocabulary between the two sides, as async-nats' `Command` is between
+//! its `Client` and its `ConnectionHandler`: the handles build commands and never see the
+//! task's state; the task ([`crate::connection`]) receives them from one bounded queue and
+//! never sees a handle. Neither side imports the other.
+
+use crate::queue::EventSender;
+use crate::shared::Shared;
+use crate::ClientError;
+use tokio::sync::{mpsc, oneshot};
+
+/// The reply channel of a command; dropped unanswered only when the connection ends.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+/// What handles ask of the connection task.
+pub(crate) enum Command {
+    /// Register a route for `id` and send its `execute` frame (already encoded), unless
+    /// `id` is still running.
+    Execute {
+        id: String,
+        serial: u64,
+        /// The session named in the request, if any.
+        session: Option<String>,
+        frame: String,
+        events: EventSender,
+        reply: Reply<()>,
+    },
+    /// Send a `stdin` frame, if the execution is still running.
+    Stdin {
+        id: String,
+        serial: u64,
+        data: Option<String>,
+        eof: bool,
+        reply: Reply<()>,
+    },
+    /// Send a `cancel` frame once, if the execution is still running.
+    Cancel {
+        id: String,
+        serial: u64,
+        reply: Reply<()>,
+    },
+    /// The `Execution` was dropped before its terminal event: discard its events until the
+    /// terminal one, and cancel it.
+    Abandon { id: String, serial: u64 },
+    /// Deliver `session`'s events after `since` to a new subscriber `key`; answered once
+    /// the gateway has accepted or refused the `attach`.
+    Attach {
+        key: u64,
+        session: String,
+        since: u64,
+        events: EventSender,
+        reply: Reply<()>,
+    },
+    /// Stop delivering to subscriber `key` (and stop reading its session if nothing else
+    /// here needs it).
+    Detach { key: u64, reply: Option<Reply<()>> },
+    /// Close the connection.
+    Close,
+}
+
+/// Sends a command that carries a reply channel and waits for the reply.
+pub(crate) async fn call<T>(
+    commands: &mpsc::Sender<Command>,
+    shared: &Shared,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, ClientError> {
+    let (reply, response) = oneshot::channel();
+    if commands.send(command(reply)).await.is_err() {
+        return Err(shared.closed_error());
+    }
+    // The task drops the reply sender unanswered only when the connection ends.
+    response
+        .await
+        .unwrap_or_else(|_| Err(shared.closed_error()))
+}

@@ -1,0 +1,198 @@
+//! The command loop: what the connection task does with each [`Command`] the handles
+//! send (register an execution and send its `execute`, send `stdin` and `cancel`, stop
+//! delivering to an abandoned [`Execution`](crate::Execution) and cancel it). Attaching
+//! and detaching are in [`super::attach`], closing in [`super`].
+
+use super::routing::Route;
+use super::{Connection, Purpose};
+use crate::command::{Command, Reply};
+use crate::queue::EventSender;
+use crate::ClientError;
+use sluice_protocol::{CancelFrame, ClientFrame, StdinFrame};
+use std::collections::hash_map::Entry;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
+use tracing::debug;
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Takes a command, or, when every handle is gone (`None`), starts closing.
+    pub(super) fn on_command_or_end(&mut self, command: Option<Command>) {
+        match command {
+            Some(command) => self.on_command(command),
+            None => {
+                self.commands_open = false;
+                self.start_close();
+            }
+        }
+    }
+
+    /// Carries out one command of a handle.
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Execute {
+                id,
+                serial,
+                session,
+                frame,
+                events,
+                reply,
+            } => self.on_execute(id, serial, session, frame, events, reply),
+            Command::Stdin {
+                id,
+                serial,
+                data,
+                eof,
+                reply,
+            } => {
+                let result = self.on_stdin(id, serial, data, eof);
+                let _ = reply.send(result);
+            }
+            Command::Cancel { id, serial, reply } => {
+                // While closing there is nothing to do: closing cancels every execution.
+                if !self.closing {
+                    self.send_cancel(&id, serial);
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Command::Abandon { id, serial } => self.abandon(&id, serial),
+            Command::Attach {
+                key,
+                session,
+                since,
+                events,
+                reply,
+            } => self.on_attach(key, session, since, events, reply),
+            Command::Detach { key, reply } => {
+                self.remove_subscriber(key);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Command::Close => self.start_close(),
+        }
+    }
+
+    /// Registers the route of a new execution and queues its `execute` frame, unless its
+    /// id is still running here or the client is closing.
+    fn on_execute(
+        &mut self,
+        id: String,
+        serial: u64,
+        session: Option<String>,
+        frame: String,
+        events: EventSender,
+        reply: Reply<()>,
+    ) {
+        if self.closing {
+            let _ = reply.send(Err(self.closing_error()));
+            return;
+        }
+        match self.routes.entry(id.clone()) {
+            Entry::Occupied(taken) => {
+                let _ = reply.send(Err(ClientError::DuplicateId(taken.key().clone())));
+            }
+            // The caller stopped waiting; nobody would receive the events.
+            Entry::Vacant(_) if reply.is_closed() => {}
+            Entry::Vacant(slot) => {
+                let named = session.is_some();
+                slot.insert(Route {
+                    serial,
+                    events: Some(events),
+                    cancel_sent: false,
+                    fell_behind: None,
+                    session: session.clone(),
+                    named,
+                    confirmed: false,
+                    counted: false,
+                    execute: named.then(|| frame.clone()),
+                    resent: false,
+                });
+                if let Some(name) = session {
+                    self.sessions.entry(name).or_default();
+                }
+                self.enqueue(Message::text(frame), Purpose::Execute { id, serial });
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Queues a `stdin` frame for a running execution; an execution whose consumer fell
+    /// behind, or that has ended, takes no more input.
+    fn on_stdin(
+        &mut self,
+        id: String,
+        serial: u64,
+        data: Option<String>,
+        eof: bool,
+    ) -> Result<(), ClientError> {
+        if self.closing {
+            return Err(self.closing_error());
+        }
+        let limit = self.shared.options.execution_buffer_bytes;
+        let session = match self.route(&id, serial) {
+            Some(Route {
+                fell_behind: Some(buffered_bytes),
+                ..
+            }) => {
+                return Err(ClientError::SlowConsumer {
+                    buffered_bytes: *buffered_bytes,
+                    limit,
+                    id,
+                })
+            }
+            Some(route) => route.session.clone(),
+            None => return Err(ClientError::ExecutionFinished(id)),
+        };
+        // Naming the session lets a socket that did not start the execution (after a
+        // reconnect) reach it.
+        let frame = ClientFrame::Stdin(StdinFrame {
+            id: id.clone(),
+            session,
+            data,
+            eof,
+        })
+        .to_json();
+        self.shared.check_frame_size(frame.len())?;
+        self.enqueue(Message::text(frame), Purpose::Stdin { id, serial });
+        Ok(())
+    }
+    /// The route of execution `id`, if it is still the one with this `serial`.
+    pub(super) fn route(&mut self, id: &str, serial: u64) -> Option<&mut Route> {
+        self.routes
+            .get_mut(id)
+            .filter(|route| route.serial == serial)
+    }
+    /// Queues a `cancel` for a running execution, once.
+    pub(super) fn send_cancel(&mut self, id: &str, serial: u64) {
+        let Some(route) = self.route(id, serial) else {
+            return;
+        };
+        if route.cancel_sent {
+            return;
+        }
+        route.cancel_sent = true;
+        let frame = ClientFrame::Cancel(CancelFrame {
+            id: id.to_owned(),
+            session: route.session.clone(),
+        });
+        self.enqueue_frame(&frame, Purpose::Other);
+    }
+
+    /// The `Execution` is gone: stop delivering to it and cancel it.
+    pub(super) fn abandon(&mut self, id: &str, serial: u64) {
+        let Some(route) = self.route(id, serial) else {
+            return;
+        };
+        route.events = None;
+        debug!(
+            id,
+            "execution dropped before its terminal event; cancelling it"
+        );
+        if !self.closing {
+            self.send_cancel(id, serial);
+        }
+    }
+}
