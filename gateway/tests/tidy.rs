@@ -211,7 +211,11 @@ fn root_reexports(lib: &str) -> BTreeMap<String, String> {
 
 /// The gateway library's top-level modules and the modules each one names.
 fn gateway_graph() -> BTreeMap<String, BTreeSet<String>> {
-    let src = workspace().join("gateway/src");
+    module_graph(&workspace().join("gateway/src"))
+}
+
+/// A library's top-level modules (from its `lib.rs`) and the modules each one names.
+fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let lib = read(&src.join("lib.rs"));
     let reexports = root_reexports(&lib);
     let modules: BTreeSet<String> = code_only(&lib)
@@ -226,7 +230,8 @@ fn gateway_graph() -> BTreeMap<String, BTreeSet<String>> {
         .collect();
     assert!(
         modules.len() > 5,
-        "found only {modules:?} in gateway/src/lib.rs: has the reader broken?"
+        "found only {modules:?} in {}: has the reader broken?",
+        src.display()
     );
     let mut graph = BTreeMap::new();
     for module in &modules {
@@ -275,14 +280,19 @@ fn cycle_from(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option
     None
 }
 
+/// Every cycle of `graph`, each written `a -> b -> a`.
+fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<String> {
+    graph
+        .keys()
+        .filter_map(|module| cycle_from(graph, module))
+        .map(|cycle| cycle.join(" -> "))
+        .collect()
+}
+
 #[test]
 fn the_gateway_modules_form_a_dag() {
     let graph = gateway_graph();
-    let cycles: BTreeSet<String> = graph
-        .keys()
-        .filter_map(|module| cycle_from(&graph, module))
-        .map(|cycle| cycle.join(" -> "))
-        .collect();
+    let cycles = cycles(&graph);
     assert!(
         cycles.is_empty(),
         "the gateway's module graph has cycles (break them: move the shared type down, \
@@ -310,6 +320,55 @@ fn no_forbidden_edge() {
     assert!(
         broken.is_empty(),
         "forbidden edges:\n  {}",
+        broken.join("\n  ")
+    );
+}
+
+/// The Rust client's handles (what a user holds) and its connection task meet only
+/// through the modules below both; only `client` starts the task.
+const CLIENT_HANDLES: &[&str] = &["client", "execution", "session"];
+const CLIENT_BELOW: &[&str] = &[
+    "command",
+    "shared",
+    "synthetic",
+    "queue",
+    "options",
+    "error",
+    "outcome",
+];
+
+#[test]
+fn the_rust_client_modules_form_a_dag_with_the_task_below_the_handles() {
+    let graph = module_graph(&workspace().join("clients/rust/src"));
+    let cycles = cycles(&graph);
+    assert!(
+        cycles.is_empty(),
+        "the Rust client's module graph has cycles:\n  {}",
+        cycles.into_iter().collect::<Vec<_>>().join("\n  ")
+    );
+    let mut broken = Vec::new();
+    for (module, edges) in &graph {
+        let forbidden: Vec<&str> = if module == "connection" {
+            CLIENT_HANDLES.to_vec()
+        } else if CLIENT_BELOW.contains(&module.as_str()) {
+            CLIENT_HANDLES
+                .iter()
+                .chain(["connection"].iter())
+                .copied()
+                .collect()
+        } else if module != "client" && CLIENT_HANDLES.contains(&module.as_str()) {
+            vec!["connection"]
+        } else {
+            Vec::new()
+        };
+        for target in forbidden.into_iter().filter(|t| edges.contains(*t)) {
+            broken.push(format!("{module} -> {target}"));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "in clients/rust the connection task must not name a handle, the modules below \
+         must name neither, and only `client` starts the task:\n  {}",
         broken.join("\n  ")
     );
 }

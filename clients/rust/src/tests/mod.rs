@@ -8,4 +8,3 @@ mod executions;
 mod peer;
 mod reconnect;
 mod slow_consumers;
-mod tidy;
