@@ -216,6 +216,22 @@ impl Cgroups {
         }
     }
 
+    /// An execution cgroup over `members`, before its limits are set; it goes back to
+    /// the pool when dropped.
+    fn group(&self, members: Members, limits_v2: (bool, bool), processes: u64) -> ExecutionCgroup {
+        ExecutionCgroup {
+            members,
+            limits_v2,
+            processes,
+            cpu_share: self.shares_cpu(),
+            heavy: Default::default(),
+            removed: false,
+            pool: Some(self.pool.clone()),
+            baseline: Counters::default(),
+            peak: None,
+        }
+    }
+
     /// A new cgroup for one execution, with its limits set. `Ok(None)` when the host
     /// offers no cgroup at all.
     pub(crate) fn create(
@@ -242,17 +258,7 @@ impl Cgroups {
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
         if let Some(members) = reused {
-            let mut group = ExecutionCgroup {
-                members,
-                limits_v2,
-                processes,
-                cpu_share: self.shares_cpu(),
-                heavy: Default::default(),
-                removed: false,
-                pool: Some(self.pool.clone()),
-                baseline: Counters::default(),
-                peak: None,
-            };
+            let mut group = self.group(members, limits_v2, processes);
             // A reused cgroup may refuse a limit below what it still has charged (page
             // cache), or keep the peak memory of earlier executions: then it goes
             // (removed, not pooled again) and a fresh one is made.
@@ -275,17 +281,7 @@ impl Cgroups {
             }))
         };
         let v1 = |h: &Option<Hierarchy>| h.as_ref().map(|h| (h.ours.clone(), h.home.clone()));
-        let mut group = ExecutionCgroup {
-            members: Members::default(),
-            limits_v2,
-            processes,
-            cpu_share: self.shares_cpu(),
-            heavy: Default::default(),
-            removed: false,
-            pool: Some(self.pool.clone()),
-            baseline: Counters::default(),
-            peak: None,
-        };
+        let mut group = self.group(Members::default(), limits_v2, processes);
         // Assigned one by one, so a failure halfway still removes what was made.
         let memory = v1(&self.memory);
         group.members.memory = make(memory.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
