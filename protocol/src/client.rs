@@ -7,6 +7,7 @@ use std::fmt;
 
 /// One frame from a client. Serialized as a JSON object whose `type` names the variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 // A frame is decoded once and handled at once; boxing `execute` (the common, large one)
 // would add an allocation to every frame for nothing.
@@ -28,6 +29,7 @@ pub enum ClientFrame {
 
 /// How program output is carried in `stdout`/`stderr` events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// Text; bytes that are not valid UTF-8 are replaced by U+FFFD, and a character is
@@ -46,26 +48,33 @@ impl Encoding {
 
 /// The `execute` frame: run `code` in `language`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(transform = crate::schema::persistent_needs_session))]
 pub struct ExecuteRequest {
     /// Client-chosen id, unique among this socket's running executions; every event of
     /// the execution carries it.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub id: String,
     /// A name from the gateway's runtime table, e.g. `python`, `bash`, `sh`, `node`.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub language: String,
     /// The program text.
     pub code: String,
     /// Session to run in; executions naming the same session share its sequence numbers.
     /// Absent: the execution gets a fresh session of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub session: Option<String>,
     /// Initial standard input. When present it is the whole input: stdin is closed after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
     /// Environment variables added to the runtime's base environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(transform = crate::schema::env_names_and_values))]
     pub env: BTreeMap<String, String>,
     /// Arguments passed to the program after the source file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(inner(regex(pattern = crate::schema::NO_NUL))))]
     pub args: Vec<String>,
     /// Requested limits; absent ones take the gateway's defaults.
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
@@ -82,11 +91,15 @@ pub struct ExecuteRequest {
 
 /// The `stdin` frame: `data` is written to the program, then stdin is closed if `eof`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(transform = crate::schema::data_or_eof))]
 pub struct StdinFrame {
     /// The execution to write to.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub id: String,
     /// The session the execution runs in. Absent: an execution this socket started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub session: Option<String>,
     /// Text to write (UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,18 +111,23 @@ pub struct StdinFrame {
 
 /// The `cancel` frame: stop an execution (SIGTERM, then SIGKILL after a grace period).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CancelFrame {
     /// The execution to stop.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub id: String,
     /// The session the execution runs in. Absent: an execution this socket started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub session: Option<String>,
 }
 
 /// The `attach` frame: deliver `session`'s events to this socket, starting after `since`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AttachFrame {
     /// The session to receive.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub session: String,
     /// The last sequence the client already has; every buffered event after it is
     /// replayed, then events continue live. Absent: 0, everything still buffered.
@@ -122,8 +140,10 @@ pub struct AttachFrame {
 /// (the programs wait once the buffer is full), so a connection that drops loses
 /// nothing in flight.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AckFrame {
     /// The session whose events are acknowledged.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub session: String,
     /// The last sequence received.
     pub sequence: u64,
@@ -131,8 +151,10 @@ pub struct AckFrame {
 
 /// The `detach` frame: stop delivering `session`'s events to this socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DetachFrame {
     /// The session to stop receiving.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
     pub session: String,
 }
 

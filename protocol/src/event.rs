@@ -6,6 +6,8 @@ use std::fmt;
 
 /// The `type` of an [`Event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(transform = crate::schema::open_enum))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventKind {
@@ -73,6 +75,8 @@ impl fmt::Display for EventKind {
 
 /// The limit named by a `resource_limit` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(transform = crate::schema::open_enum))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LimitKind {
@@ -113,6 +117,7 @@ impl LimitKind {
 
 /// What an execution used, reported on its terminal event once it had started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Usage {
     /// Wall time from spawn to exit, in milliseconds.
     pub duration_ms: f64,
@@ -135,6 +140,8 @@ pub struct Usage {
 /// Every event carries the envelope `type`, `data`, `timestamp`, `sequence`, `id` and
 /// `session`; the optional fields appear on the types documented for each.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(transform = crate::schema::event_rules))]
 pub struct Event {
     /// The event type.
     #[serde(rename = "type")]
@@ -144,6 +151,7 @@ pub struct Event {
     pub data: String,
     /// Unix time in seconds, with microsecond precision; never decreases within a stream (a session's,
     /// or the socket's own).
+    #[cfg_attr(feature = "schema", schemars(extend("exclusiveMinimum" = 0)))]
     pub timestamp: f64,
     /// Position in the session's event stream: starts at 1, increases by exactly 1.
     /// Events with no session count on their socket's own stream, also from 1.

@@ -12,6 +12,8 @@
 //! - [`Event`]: what the gateway sends, one flat `{type, data, timestamp, sequence, id,
 //!   session}` envelope with optional per-type fields.
 //! - [`ErrorCode`]: the stable, machine-readable codes carried by `error` events.
+//! - `schema` (feature `schema`): the JSON Schema of frames and events, generated from
+//!   these types; the committed copy is `protocol/schema/`.
 
 #![warn(missing_docs)]
 
@@ -20,6 +22,8 @@ mod error;
 mod event;
 mod json;
 mod limits;
+#[cfg(feature = "schema")]
+pub mod schema;
 
 pub use client::{
     AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ExecuteRequest,

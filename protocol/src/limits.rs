@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Unknown fields are ignored, so a client may send limits a newer gateway understands.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Limits {
     /// Wall-clock time from start to the end of the program, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
