@@ -497,6 +497,10 @@ export class SluiceClient {
     }
     if (event.type === 'gap') {
       state.position = event.resume_from - 1;
+      if (state.position > state.delivered) {
+        // Running executions of the session may have lost output: they are told, in place.
+        for (const execution of state.executions.values()) if (execution.answered) execution.receive(event);
+      }
       state.delivered = Math.max(state.delivered, state.position);
       for (const reader of state.readers) if (reader.confirmed && reader.last < state.position) reader.push(event);
       this.countForAck(state, bytes);

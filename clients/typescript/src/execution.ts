@@ -4,9 +4,10 @@
  * standard input and cancel it, and `done`, a promise of its {@link Outcome}.
  */
 
-import { AbortedError, GatewayError, SluiceError } from './errors.js';
+import { AbortedError, GatewayError, SlowConsumerError, SluiceError } from './errors.js';
 import {
   decodeBase64,
+  syntheticError,
   type ErrorEvent,
   type LimitKind,
   type SluiceEvent,
@@ -131,6 +132,17 @@ export class Execution implements AsyncIterable<SluiceEvent> {
       options.maxBufferedBytes,
       (event) => event.data.length + 256,
       `execution ${JSON.stringify(this.id)}`,
+      (buffered, max) =>
+        syntheticError(
+          'slow_consumer',
+          `the consumer of execution ${JSON.stringify(this.id)} fell behind: ${buffered} bytes of events would have ` +
+            `been buffered unread, over the maxBufferedBytes limit of ${max}; the client cancelled the execution ` +
+            'and discarded its later events',
+          this.id,
+          this.sessionName ?? null,
+        ),
+      // Leaving the loop early (`break`, `return`, a throw) cancels the execution.
+      () => this.cancel(),
     );
     this.done = new Promise<Outcome>((resolve, reject) => {
       this.resolveDone = resolve;
@@ -197,8 +209,26 @@ export class Execution implements AsyncIterable<SluiceEvent> {
     if (this.sessionName === undefined && event.session !== null) this.sessionName = event.session;
     if (event.type === 'stdout') this.stdout.add(event.data, event.encoding === 'base64');
     else if (event.type === 'stderr') this.stderr.add(event.data, event.encoding === 'base64');
-    this.queue.push(event);
-    if (isTerminal(event)) this.terminate(event);
+    const terminal = isTerminal(event);
+    // A terminal event is always taken: memory stays bounded by the budget plus one event.
+    if (!this.queue.push(event, terminal) && this.queue.overflowed) {
+      this.fellBehind();
+      return;
+    }
+    if (terminal) this.terminate(event);
+  }
+
+  /**
+   * Its consumer fell behind: the queue ended with a `slow_consumer` error event after what
+   * it holds. The execution is cancelled and its later events discarded; `done` rejects
+   * with a {@link SlowConsumerError}. The client keeps the id until the gateway's terminal event.
+   */
+  private fellBehind(): void {
+    this.cancel();
+    this.settle();
+    this.rejectDone(
+      new SlowConsumerError(`execution ${JSON.stringify(this.id)}: its events were not read fast enough; it was cancelled`),
+    );
   }
 
   private terminate(event: TerminalEvent): void {

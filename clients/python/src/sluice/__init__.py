@@ -21,8 +21,8 @@ from .errors import (
     SluiceError,
 )
 from .events import TERMINAL_TYPES, StreamEvent, Usage, decode_event
-from .execution import Execution, ExecutionResult
-from .frames import Limits, decode_frame, validate_frame
+from .execution import Execution, ExecutionResult, ExecutionStream
+from .frames import ExecuteOptions, Limits, decode_frame, validate_frame
 from .session import SessionStream
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "ExecutionError",
     "ExecutionFailed",
     "ExecutionResult",
+    "ExecutionStream",
+    "ExecuteOptions",
     "FrameError",
     "LimitExceeded",
     "Limits",

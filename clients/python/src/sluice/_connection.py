@@ -752,9 +752,12 @@ class Connection:
         if subscriber.buffer.push(event):
             return
         log.warning("the reader of session %r fell behind; its stream is ended", subscriber.session)
-        subscriber.buffer.finish(
-            failure=SluiceError(f"the reader of session {subscriber.session!r} fell behind and was detached")
-        )
+        subscriber.buffer.finish(synthetic_event(
+            ERROR,
+            f"the reader of session {subscriber.session!r} fell behind and was detached "
+            f"(more than {subscriber.buffer.max_bytes} bytes of events were waiting)",
+            session=subscriber.session, code="slow_consumer",
+        ))
         state.subscribers.remove(subscriber)
         self._release_if_unused(subscriber.session)
 
@@ -781,7 +784,7 @@ class Connection:
             route.buffer.finish(synthetic_event(
                 ERROR,
                 "the consumer of this execution fell behind: the client cancelled it "
-                f"(more than {self._options.execution_buffer_bytes} bytes of events were waiting)",
+                f"(more than {route.buffer.max_bytes} bytes of events were waiting)",
                 id=route.id, session=route.session, code="slow_consumer",
             ))
             route.buffer = None
