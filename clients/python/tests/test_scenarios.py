@@ -173,10 +173,10 @@ async def replay(scenario: dict[str, Any]) -> list[StreamEvent]:
 
 
 def check_observed(observed: list[StreamEvent], patterns: list[dict[str, Any]]) -> None:
-    seen = [event_fields(event, pattern) for event, pattern in zip(observed, patterns)]
     assert len(observed) == len(patterns), f"read {len(observed)} events, expected {len(patterns)}: {observed}"
-    for index, (event, pattern) in enumerate(zip(observed, patterns)):
-        assert matches(pattern, event_fields(event, pattern)), f"event {index}: {event} does not match {pattern}; {seen}"
+    for index, (event, pattern) in enumerate(zip(observed, patterns, strict=True)):
+        fields = event_fields(event, pattern)
+        assert matches(pattern, fields), f"event {index}: {event} does not match {pattern}"
 
 
 @pytest.mark.parametrize("path", scenario_files(), ids=lambda path: path.stem)

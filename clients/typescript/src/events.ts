@@ -40,15 +40,7 @@ export function syntheticError(code: string, message: string, id: string | null,
 export type ErrorCode = KnownErrorCode | (string & {});
 
 /** Limit names of `resource_limit` events (§5.1); a newer sandbox may add more. */
-export type LimitKind =
-  | 'timeout'
-  | 'output'
-  | 'cpu'
-  | 'file_size'
-  | 'memory'
-  | 'processes'
-  | 'workspace'
-  | (string & {});
+export type LimitKind = 'timeout' | 'output' | 'cpu' | 'file_size' | 'memory' | 'processes' | 'workspace' | (string & {});
 
 /** What an execution used (§5.2). */
 export interface Usage {

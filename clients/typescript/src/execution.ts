@@ -7,13 +7,13 @@
 import { AbortedError, GatewayError, SlowConsumerError, SluiceError } from './errors.js';
 import {
   decodeBase64,
-  syntheticError,
   type ErrorEvent,
+  isTerminal,
   type LimitKind,
   type SluiceEvent,
+  syntheticError,
   type TerminalEvent,
   type Usage,
-  isTerminal,
 } from './events.js';
 import type { Encoding, Limits } from './frames.js';
 import { BoundedQueue } from './queue.js';
@@ -121,7 +121,14 @@ export class Execution implements AsyncIterable<SluiceEvent> {
   /** @internal Made by the client. */
   constructor(
     private readonly host: ExecutionHost,
-    options: { id: string; session: string | undefined; frame: string; stdinGiven: boolean; maxBufferedBytes: number; signal?: AbortSignal | undefined },
+    options: {
+      id: string;
+      session: string | undefined;
+      frame: string;
+      stdinGiven: boolean;
+      maxBufferedBytes: number;
+      signal?: AbortSignal | undefined;
+    },
   ) {
     this.id = options.id;
     this.sessionName = options.session;
@@ -211,10 +218,12 @@ export class Execution implements AsyncIterable<SluiceEvent> {
     else if (event.type === 'stderr') this.stderr.add(event.data, event.encoding === 'base64');
     const terminal = isTerminal(event);
     // A terminal event is always taken: memory stays bounded by the budget plus one event.
-    if (!this.queue.push(event, terminal) && this.queue.overflowed) {
+    if (!this.queue.push(event, terminal) && this.queue.overflowed && this.queue.consumed) {
       this.fellBehind();
       return;
     }
+    // Never iterated: `done` alone collects the output, and is never cut off. A loop that
+    // starts late reads what was buffered, then the `slow_consumer` error event.
     if (terminal) this.terminate(event);
   }
 
@@ -226,9 +235,7 @@ export class Execution implements AsyncIterable<SluiceEvent> {
   private fellBehind(): void {
     this.cancel();
     this.settle();
-    this.rejectDone(
-      new SlowConsumerError(`execution ${JSON.stringify(this.id)}: its events were not read fast enough; it was cancelled`),
-    );
+    this.rejectDone(new SlowConsumerError(`execution ${JSON.stringify(this.id)}: its events were not read fast enough; it was cancelled`));
   }
 
   private terminate(event: TerminalEvent): void {

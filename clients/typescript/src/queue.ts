@@ -37,6 +37,11 @@ export class BoundedQueue<T> implements AsyncIterable<T> {
     private readonly onStop?: () => void,
   ) {}
 
+  /** True once a consumer asked for the iterator. */
+  get consumed(): boolean {
+    return this.iterating;
+  }
+
   /** True once an item did not fit: the queue ended with the `overflow` item. */
   get overflowed(): boolean {
     return this.overflowedFlag;

@@ -54,7 +54,13 @@ test('an item larger than the bound is taken when nothing is waiting', async () 
 
 test('leaving the loop early stops the queue and tells its owner', async () => {
   let stopped = 0;
-  const queue = new BoundedQueue<string>(100, (s) => s.length, 'q', overflow, () => (stopped += 1));
+  const queue = new BoundedQueue<string>(
+    100,
+    (s) => s.length,
+    'q',
+    overflow,
+    () => (stopped += 1),
+  );
   queue.push('a');
   queue.push('b');
   for await (const item of queue) {

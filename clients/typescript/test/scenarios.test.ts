@@ -9,7 +9,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import WebSocket, { WebSocketServer } from 'ws';
+import type WebSocket from 'ws';
+import { WebSocketServer } from 'ws';
 import { type Execution, SluiceClient, type SluiceEvent } from '../src/node.js';
 import { repoRoot } from './helpers.js';
 
@@ -230,7 +231,10 @@ for (const name of names) {
       );
       assert.equal(observed.length, scenario.observe.length, `read ${JSON.stringify(observed)}`);
       scenario.observe.forEach((pattern, index) => {
-        assert.ok(matches(pattern, observed[index]), `event ${index}: ${JSON.stringify(observed[index])} does not match ${JSON.stringify(pattern)}`);
+        assert.ok(
+          matches(pattern, observed[index]),
+          `event ${index}: ${JSON.stringify(observed[index])} does not match ${JSON.stringify(pattern)}`,
+        );
       });
     } finally {
       client.close();
@@ -261,4 +265,29 @@ test('break out of for await over an execution cancels it', async () => {
     peer.received.map((frame) => frame['type']).filter((type) => type !== 'ack'),
     ['execute', 'cancel'],
   );
+});
+
+test('an execution awaited only through done is never cut off', async () => {
+  const peer = new Peer();
+  const client = await SluiceClient.connect(await peer.listening(), { maxBufferedBytes: 1024 });
+  const big = 'x'.repeat(4000);
+  const event = (type: string, sequence: number, extra: Record<string, Json> = {}): Step => ({
+    send: { type, data: '', timestamp: 1767225600 + sequence, sequence, id: 'x1', session: 's1', ...extra },
+  });
+  const steps: Step[] = [
+    { expect: { type: 'execute', id: 'x1' } },
+    event('started', 1, { pid: 4242 }),
+    event('stdout', 2, { data: big }),
+    event('stdout', 3, { data: big }),
+    event('completed', 4, { exit_code: 0 }),
+  ];
+  try {
+    const run = client.execute('print(1)', { language: 'python', id: 'x1' });
+    const [, outcome] = await withDeadline(Promise.all([peer.run(steps), run.done]), 'done only');
+    assert.equal(outcome.status, 'completed');
+    assert.equal(outcome.stdout, big + big);
+  } finally {
+    client.close();
+    await peer.close();
+  }
 });

@@ -198,9 +198,10 @@ def encode(frame: Mapping[str, Any]) -> str:
 def execute_frame(id: str, language: str, code: str, options: ExecuteOptions) -> dict[str, Any]:
     """An ``execute`` frame (optional fields only when set). Raises
     :class:`TypeError` for an option :class:`ExecuteOptions` does not name."""
-    unknown = set(options) - set(ExecuteOptions.__annotations__)
+    known = ExecuteOptions.__annotations__
+    unknown = set(options) - set(known)
     if unknown:
-        raise TypeError(f"unknown execute option(s) {sorted(unknown)}; known: {', '.join(ExecuteOptions.__annotations__)}")
+        raise TypeError(f"unknown execute option(s) {sorted(unknown)}; known: {', '.join(known)}")
     frame: dict[str, Any] = {"type": "execute", "id": id, "language": language, "code": code}
     session = options.get("session")
     stdin = options.get("stdin")

@@ -14,8 +14,8 @@ own, in a background thread, and waits for each call's result::
 from __future__ import annotations
 
 import asyncio
-import threading
 import sys
+import threading
 from collections.abc import Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
