@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Tests of the Python client: installs it with its test extra, runs mypy
-# --strict, then pytest against a real gateway ($SLUICE_BIN).
+# Tests of the Python client: installs it with its test extra (pytest, mypy,
+# ruff), runs ruff (lint and format check, config in pyproject.toml), mypy
+# --strict, then pytest against a real gateway ($SLUICE_BIN) and the client
+# scenarios of protocol/fixtures/scenarios against a scripted peer.
 # Run from anywhere; exits non-zero on any failure.
 set -euo pipefail
 
@@ -17,6 +19,9 @@ export SLUICE_BIN
 
 echo "== installing sluice-client[test]"
 "$python" -m pip install --quiet --disable-pip-version-check -e "$here[test]"
+
+echo "== ruff"
+(cd "$here" && "$python" -m ruff check src tests examples && "$python" -m ruff format --check src tests examples)
 
 echo "== mypy --strict"
 (cd "$here" && "$python" -m mypy --strict src/sluice tests)

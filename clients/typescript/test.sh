@@ -4,8 +4,10 @@
 #   SLUICE_BIN=/path/to/sluice clients/typescript/test.sh
 #
 # Installs what the tests need (Debian's chromium if /usr/bin/chromium is missing; the
-# npm dependencies with `npm ci`), builds with tsc, type-checks the tests, and runs every
-# test with Node's test runner. Exits non-zero on any failure.
+# npm dependencies, biome included, with `npm ci`, whose `prepare` builds dist/), lints
+# and format-checks with biome (biome.json), builds with tsc, type-checks the tests, and
+# runs every test with Node's test runner (the client scenarios of
+# protocol/fixtures/scenarios included). Exits non-zero on any failure.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,6 +44,8 @@ fi
 cd "$here"
 echo "test.sh: npm ci"
 npm ci --no-audit --no-fund
+echo "test.sh: lint and format check (biome)"
+npx biome check
 echo "test.sh: build (tsc)"
 npx tsc -p tsconfig.json
 echo "test.sh: type-check and compile the tests"

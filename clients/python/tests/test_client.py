@@ -115,13 +115,12 @@ async def test_cancel(gateway_url: str) -> None:
 async def test_leaving_a_stream_early_cancels_it(gateway_url: str) -> None:
     async with SandboxClient(gateway_url) as client:
         session = unique("early")
-        stream = client.execute_code_stream(
+        # No aclose(): leaving the loop is enough (ExecutionStream).
+        async for event in client.execute_code_stream(
             "import time\nprint('go', flush=True)\ntime.sleep(60)", session=session
-        )
-        async for event in stream:
+        ):
             if event.type == "stdout":
                 break
-        await stream.aclose()  # type: ignore[attr-defined]
         async with client.attach(session) as watcher:
             async for event in watcher:
                 if event.is_terminal:
@@ -148,9 +147,7 @@ async def test_fifty_concurrent_executions(gateway_url: str) -> None:
 
 async def test_output_limit(gateway_url: str) -> None:
     async with SandboxClient(gateway_url) as client:
-        events = await collect(
-            client.execute_code_stream("print('x' * 100_000)", limits={"output_bytes": 1000})
-        )
+        events = await collect(client.execute_code_stream("print('x' * 100_000)", limits={"output_bytes": 1000}))
         terminal = events[-1]
         assert (terminal.type, terminal.limit, terminal.limit_value) == ("resource_limit", "output", 1000)
         assert sum(len(e.data) for e in events if e.type == "stdout") == 1000
@@ -198,9 +195,7 @@ async def test_bad_requests_are_refused_before_sending(gateway_url: str) -> None
 
 async def test_base64_output(gateway_url: str) -> None:
     async with SandboxClient(gateway_url) as client:
-        execution = await client.execute(
-            "import sys\nsys.stdout.buffer.write(bytes(range(256)))", encoding="base64"
-        )
+        execution = await client.execute("import sys\nsys.stdout.buffer.write(bytes(range(256)))", encoding="base64")
         result = await within(execution.wait())
     assert result.stdout_bytes == bytes(range(256))
 
@@ -239,13 +234,12 @@ async def test_attach_from_a_second_client_sees_the_same_events(gateway_url: str
     assert [e.sequence for e in seen] == list(range(1, len(seen) + 1))
 
     # since: only later events
-    async with SandboxClient(gateway_url) as late:
-        async with late.attach(session, since=2) as tail:
-            rest = []
-            async for event in tail:
-                rest.append(event)
-                if event.is_terminal:
-                    break
+    async with SandboxClient(gateway_url) as late, late.attach(session, since=2) as tail:
+        rest = []
+        async for event in tail:
+            rest.append(event)
+            if event.is_terminal:
+                break
     assert rest == own[2:]
 
 

@@ -73,7 +73,9 @@ def test_fields_of_the_fixtures_are_read() -> None:
     assert limit.limit_observed is None
     workspace = read_event("resource-limit-workspace.json")
     assert (workspace.limit, workspace.limit_value, workspace.limit_observed) == (
-        "workspace", 8388608, 8388608,
+        "workspace",
+        8388608,
+        8388608,
     )
     error = read_event("error-unknown-language.json")
     assert (error.code, error.is_terminal) == ("unknown_language", True)

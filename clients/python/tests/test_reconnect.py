@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import CuttableProxy, Gateway, proxied_url, target_of
-
 from sluice import ExecutionError, ReconnectPolicy, SandboxClient, StreamEvent
+
+from conftest import CuttableProxy, Gateway, proxied_url, target_of
 
 WAIT = 60.0
 FAST = ReconnectPolicy(initial_delay=0.05, max_delay=0.5, give_up_after=20.0)
@@ -25,9 +25,7 @@ def check_stream(events: list[StreamEvent], lines: int) -> None:
     assert text.split("\n") == [str(i) for i in range(1, lines + 1)] + [""]
 
 
-async def test_resume_after_the_connection_is_cut(
-    gateway: Gateway, proxy_for: type[CuttableProxy]
-) -> None:
+async def test_resume_after_the_connection_is_cut(gateway: Gateway, proxy_for: type[CuttableProxy]) -> None:
     proxy = proxy_for(*target_of(gateway.url))
     await proxy.start()
     # Lines 1..300, then the program waits for a line of input (sent after the
@@ -118,9 +116,10 @@ async def test_a_second_client_attached_to_the_session_is_resumed_too(
     await proxy.start()
     session = f"watched-{id(proxy)}"
     code = "import sys\nprint(1, flush=True)\nsys.stdin.readline()\nfor i in range(2, 201): print(i, flush=True)"
-    async with SandboxClient(gateway.url) as owner, SandboxClient(
-        proxied_url(gateway.url, proxy), reconnect=FAST
-    ) as watcher:
+    async with (
+        SandboxClient(gateway.url) as owner,
+        SandboxClient(proxied_url(gateway.url, proxy), reconnect=FAST) as watcher,
+    ):
         execution = await owner.execute(code, session=session)
         async for event in execution:
             if event.type == "stdout":
@@ -137,9 +136,7 @@ async def test_a_second_client_attached_to_the_session_is_resumed_too(
     check_stream(seen, 200)
 
 
-async def test_without_reconnect_a_cut_ends_the_execution(
-    gateway: Gateway, proxy_for: type[CuttableProxy]
-) -> None:
+async def test_without_reconnect_a_cut_ends_the_execution(gateway: Gateway, proxy_for: type[CuttableProxy]) -> None:
     proxy = proxy_for(*target_of(gateway.url))
     await proxy.start()
     async with SandboxClient(proxied_url(gateway.url, proxy), reconnect=None) as client:

@@ -13,9 +13,9 @@
 
 import { Connection, type ReconnectOptions, type WebSocketConstructor } from './connection.js';
 import { ConnectionError, GatewayError, InvalidEventError, SluiceError } from './errors.js';
-import { decodeEvent, type ErrorEvent, type SluiceEvent, isTerminal } from './events.js';
+import { decodeEvent, type ErrorEvent, isTerminal, type SluiceEvent } from './events.js';
+import { type ExecuteOptions, Execution, type ExecutionHost } from './execution.js';
 import { type ExecuteFrame, encodeFrame } from './frames.js';
-import { Execution, type ExecuteOptions, type ExecutionHost } from './execution.js';
 import { type AttachOptions, SessionEvents, type SessionHost } from './session.js';
 
 /** Options of {@link SluiceClient.connect}. */
@@ -83,8 +83,8 @@ const ATTACH_REFUSALS = new Set(['unknown_session', 'bad_request', 'too_many_ses
 let defaultWebSocket: WebSocketConstructor | undefined;
 
 /** Sets the WebSocket constructor used when `options.WebSocket` is not given (the Node entry point sets `ws`). */
-export function useDefaultWebSocket(constructor: WebSocketConstructor): void {
-  defaultWebSocket = constructor;
+export function useDefaultWebSocket(webSocket: WebSocketConstructor): void {
+  defaultWebSocket = webSocket;
 }
 
 /** A random hexadecimal string (crypto.getRandomValues works in browsers and Node >= 20). */
@@ -206,7 +206,10 @@ export class SluiceClient {
     if (options.session !== undefined) {
       const state = this.sessionState(options.session, false);
       if (state.executions.has(id)) {
-        throw new SluiceError('duplicate_id', `execution ${JSON.stringify(id)} is already running in session ${JSON.stringify(options.session)}`);
+        throw new SluiceError(
+          'duplicate_id',
+          `execution ${JSON.stringify(id)} is already running in session ${JSON.stringify(options.session)}`,
+        );
       }
       state.keep = true;
       state.executions.set(id, execution);
@@ -291,7 +294,7 @@ export class SluiceClient {
   /** A reader stopped: forget it, and stop reading its session if nothing else needs it. */
   private detachReader(reader: SessionEvents): void {
     const state = this.sessions.get(reader.session);
-    if (!state || !state.readers.delete(reader)) return;
+    if (!state?.readers.delete(reader)) return;
     for (const attach of state.attaches) attach.readers = attach.readers.filter((r) => r !== reader);
     if (state.readers.size === 0 && state.executions.size === 0 && !state.keep && !this.closed) {
       this.sessions.delete(state.name);
@@ -318,7 +321,10 @@ export class SluiceClient {
     if (text.length * 3 > this.maxFrameBytes) {
       const bytes = utf8.encode(text).length;
       if (bytes > this.maxFrameBytes) {
-        throw new SluiceError('too_large', `a ${bytes}-byte frame is larger than the gateway takes (${this.maxFrameBytes} bytes); split stdin over several calls`);
+        throw new SluiceError(
+          'too_large',
+          `a ${bytes}-byte frame is larger than the gateway takes (${this.maxFrameBytes} bytes); split stdin over several calls`,
+        );
       }
     }
     if (this.connection.connected && this.outbox.length === 0 && this.connection.send(text)) {
@@ -497,6 +503,10 @@ export class SluiceClient {
     }
     if (event.type === 'gap') {
       state.position = event.resume_from - 1;
+      if (state.position > state.delivered) {
+        // Running executions of the session may have lost output: they are told, in place.
+        for (const execution of state.executions.values()) if (execution.answered) execution.receive(event);
+      }
       state.delivered = Math.max(state.delivered, state.position);
       for (const reader of state.readers) if (reader.confirmed && reader.last < state.position) reader.push(event);
       this.countForAck(state, bytes);
@@ -504,7 +514,10 @@ export class SluiceClient {
     }
     if (state.position !== undefined && event.sequence !== state.position + 1 && event.sequence > state.position) {
       this.protocolError(
-        new InvalidEventError(`session ${JSON.stringify(name)} jumped from sequence ${state.position} to ${event.sequence} without a gap`, ''),
+        new InvalidEventError(
+          `session ${JSON.stringify(name)} jumped from sequence ${state.position} to ${event.sequence} without a gap`,
+          '',
+        ),
       );
     }
     state.position = event.sequence;

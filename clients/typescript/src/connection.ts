@@ -54,7 +54,7 @@ export interface ConnectionSettings {
   WebSocket: WebSocketConstructor;
   connectTimeoutMs: number;
   /** `null` turns reconnecting off. */
-  reconnect: Required<Omit<ReconnectOptions, 'maxAttempts'>> & { maxAttempts: number | undefined } | null;
+  reconnect: (Required<Omit<ReconnectOptions, 'maxAttempts'>> & { maxAttempts: number | undefined }) | null;
 }
 
 const OPEN = 1;

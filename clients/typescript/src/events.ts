@@ -28,19 +28,19 @@ export type KnownErrorCode =
   | 'gateway_busy'
   | 'internal';
 
+/**
+ * An `error` event the client made itself (`sequence` 0): the one that ends the stream of a
+ * consumer that fell behind (code `slow_consumer`, clients/CONTRACT.md).
+ */
+export function syntheticError(code: string, message: string, id: string | null, session: string | null): ErrorEvent {
+  return { type: 'error', code, data: message, timestamp: Date.now() / 1000, sequence: 0, id, session };
+}
+
 /** A protocol error code: one of {@link KnownErrorCode}, or one a newer gateway added. */
 export type ErrorCode = KnownErrorCode | (string & {});
 
 /** Limit names of `resource_limit` events (§5.1); a newer sandbox may add more. */
-export type LimitKind =
-  | 'timeout'
-  | 'output'
-  | 'cpu'
-  | 'file_size'
-  | 'memory'
-  | 'processes'
-  | 'workspace'
-  | (string & {});
+export type LimitKind = 'timeout' | 'output' | 'cpu' | 'file_size' | 'memory' | 'processes' | 'workspace' | (string & {});
 
 /** What an execution used (§5.2). */
 export interface Usage {

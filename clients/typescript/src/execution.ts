@@ -4,15 +4,16 @@
  * standard input and cancel it, and `done`, a promise of its {@link Outcome}.
  */
 
-import { AbortedError, GatewayError, SluiceError } from './errors.js';
+import { AbortedError, GatewayError, SlowConsumerError, SluiceError } from './errors.js';
 import {
   decodeBase64,
   type ErrorEvent,
+  isTerminal,
   type LimitKind,
   type SluiceEvent,
+  syntheticError,
   type TerminalEvent,
   type Usage,
-  isTerminal,
 } from './events.js';
 import type { Encoding, Limits } from './frames.js';
 import { BoundedQueue } from './queue.js';
@@ -120,7 +121,14 @@ export class Execution implements AsyncIterable<SluiceEvent> {
   /** @internal Made by the client. */
   constructor(
     private readonly host: ExecutionHost,
-    options: { id: string; session: string | undefined; frame: string; stdinGiven: boolean; maxBufferedBytes: number; signal?: AbortSignal | undefined },
+    options: {
+      id: string;
+      session: string | undefined;
+      frame: string;
+      stdinGiven: boolean;
+      maxBufferedBytes: number;
+      signal?: AbortSignal | undefined;
+    },
   ) {
     this.id = options.id;
     this.sessionName = options.session;
@@ -131,6 +139,17 @@ export class Execution implements AsyncIterable<SluiceEvent> {
       options.maxBufferedBytes,
       (event) => event.data.length + 256,
       `execution ${JSON.stringify(this.id)}`,
+      (buffered, max) =>
+        syntheticError(
+          'slow_consumer',
+          `the consumer of execution ${JSON.stringify(this.id)} fell behind: ${buffered} bytes of events would have ` +
+            `been buffered unread, over the maxBufferedBytes limit of ${max}; the client cancelled the execution ` +
+            'and discarded its later events',
+          this.id,
+          this.sessionName ?? null,
+        ),
+      // Leaving the loop early (`break`, `return`, a throw) cancels the execution.
+      () => this.cancel(),
     );
     this.done = new Promise<Outcome>((resolve, reject) => {
       this.resolveDone = resolve;
@@ -197,8 +216,26 @@ export class Execution implements AsyncIterable<SluiceEvent> {
     if (this.sessionName === undefined && event.session !== null) this.sessionName = event.session;
     if (event.type === 'stdout') this.stdout.add(event.data, event.encoding === 'base64');
     else if (event.type === 'stderr') this.stderr.add(event.data, event.encoding === 'base64');
-    this.queue.push(event);
-    if (isTerminal(event)) this.terminate(event);
+    const terminal = isTerminal(event);
+    // A terminal event is always taken: memory stays bounded by the budget plus one event.
+    if (!this.queue.push(event, terminal) && this.queue.overflowed && this.queue.consumed) {
+      this.fellBehind();
+      return;
+    }
+    // Never iterated: `done` alone collects the output, and is never cut off. A loop that
+    // starts late reads what was buffered, then the `slow_consumer` error event.
+    if (terminal) this.terminate(event);
+  }
+
+  /**
+   * Its consumer fell behind: the queue ended with a `slow_consumer` error event after what
+   * it holds. The execution is cancelled and its later events discarded; `done` rejects
+   * with a {@link SlowConsumerError}. The client keeps the id until the gateway's terminal event.
+   */
+  private fellBehind(): void {
+    this.cancel();
+    this.settle();
+    this.rejectDone(new SlowConsumerError(`execution ${JSON.stringify(this.id)}: its events were not read fast enough; it was cancelled`));
   }
 
   private terminate(event: TerminalEvent): void {

@@ -5,50 +5,50 @@
  * `node.ts`, which supplies `ws` instead; this module never imports it.
  */
 
-export { SluiceClient, type ClientOptions } from './client.js';
-export { Execution, type ExecuteOptions, type Outcome } from './execution.js';
-export { SessionEvents, type AttachOptions } from './session.js';
+export { type ClientOptions, SluiceClient } from './client.js';
 export type { ReconnectOptions, WebSocketConstructor, WebSocketLike } from './connection.js';
 export {
-  SluiceError,
-  GatewayError,
-  ConnectionError,
   AbortedError,
-  SlowConsumerError,
+  type ClientErrorCode,
+  ConnectionError,
+  GatewayError,
   InvalidEventError,
   InvalidFrameError,
-  type ClientErrorCode,
+  SlowConsumerError,
+  SluiceError,
 } from './errors.js';
 export {
-  decodeEvent,
-  decodeBase64,
-  isTerminal,
-  type SluiceEvent,
-  type TerminalEvent,
-  type StartedEvent,
-  type OutputEvent,
-  type CompletedEvent,
-  type CancelledEvent,
-  type ResourceLimitEvent,
-  type ErrorEvent,
   type AttachedEvent,
-  type GapEvent,
-  type UnknownEvent,
-  type Usage,
+  type CancelledEvent,
+  type CompletedEvent,
+  decodeBase64,
+  decodeEvent,
   type ErrorCode,
+  type ErrorEvent,
+  type GapEvent,
+  isTerminal,
   type KnownErrorCode,
   type LimitKind,
+  type OutputEvent,
+  type ResourceLimitEvent,
+  type SluiceEvent,
+  type StartedEvent,
+  type TerminalEvent,
+  type UnknownEvent,
+  type Usage,
 } from './events.js';
+export { type ExecuteOptions, Execution, type Outcome } from './execution.js';
 export {
-  parseClientFrame,
-  encodeFrame,
-  type ClientFrame,
-  type ExecuteFrame,
-  type StdinFrame,
-  type CancelFrame,
-  type AttachFrame,
-  type DetachFrame,
   type AckFrame,
-  type Limits,
+  type AttachFrame,
+  type CancelFrame,
+  type ClientFrame,
+  type DetachFrame,
   type Encoding,
+  type ExecuteFrame,
+  encodeFrame,
+  type Limits,
+  parseClientFrame,
+  type StdinFrame,
 } from './frames.js';
+export { type AttachOptions, SessionEvents } from './session.js';

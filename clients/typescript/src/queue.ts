@@ -4,12 +4,11 @@
  *
  * The bound is in bytes (as the caller measures its items). An item that would take the
  * buffer over the bound while older items are still unread means the consumer has fallen
- * behind: the queue keeps what it holds, drops everything after, and the consumer's loop
- * throws a {@link SlowConsumerError} once it has read what was kept. An item arriving while
- * the buffer is empty is always taken, so a consumer that keeps up is never cut off.
+ * behind: the queue keeps what it holds, appends the item its owner's `overflow` makes (for
+ * the client: an `error` event with code `slow_consumer`), drops everything after, and the
+ * consumer's loop ends once it has read them. An item arriving while the buffer is empty is
+ * always taken, so a consumer that keeps up is never cut off.
  */
-
-import { SlowConsumerError } from './errors.js';
 
 /** Ends of a queue: still open, ended normally, or ended with an error after its items. */
 type State<T> = { open: true } | { open: false; error?: Error; items?: T[] };
@@ -20,27 +19,44 @@ export class BoundedQueue<T> implements AsyncIterable<T> {
   private state: State<T> = { open: true };
   private waiter: { resolve: (r: IteratorResult<T>) => void; reject: (e: Error) => void } | undefined;
   private iterating = false;
+  private overflowedFlag = false;
 
   /**
    * @param maxBytes the most bytes of unread items
    * @param sizeOf how many bytes an item counts for
-   * @param what names the consumer in the slow-consumer error
+   * @param what names the consumer in errors
+   * @param overflow makes the last item of a consumer that fell behind, from the bytes
+   *   that would have been buffered
    * @param onStop called once when the consumer stops early (`break` in its loop)
    */
   constructor(
     private readonly maxBytes: number,
     private readonly sizeOf: (item: T) => number,
     private readonly what: string,
+    private readonly overflow: (bufferedBytes: number, maxBytes: number) => T,
     private readonly onStop?: () => void,
   ) {}
+
+  /** True once a consumer asked for the iterator. */
+  get consumed(): boolean {
+    return this.iterating;
+  }
+
+  /** True once an item did not fit: the queue ended with the `overflow` item. */
+  get overflowed(): boolean {
+    return this.overflowedFlag;
+  }
 
   /** True until {@link end} or {@link fail} was called or the consumer stopped. */
   get open(): boolean {
     return this.state.open;
   }
 
-  /** Appends an item; false if the queue is closed or has just overflowed (the item is dropped). */
-  push(item: T): boolean {
+  /**
+   * Appends an item; false if the queue is closed or has just overflowed (the item is
+   * dropped, see {@link overflowed}). With `force` the item is taken whatever the bound.
+   */
+  push(item: T, force = false): boolean {
     if (!this.state.open) return false;
     if (this.waiter) {
       const { resolve } = this.waiter;
@@ -49,12 +65,10 @@ export class BoundedQueue<T> implements AsyncIterable<T> {
       return true;
     }
     const size = this.sizeOf(item);
-    if (this.items.length > 0 && this.bytes + size > this.maxBytes) {
-      this.fail(
-        new SlowConsumerError(
-          `${this.what}: more than ${this.maxBytes} bytes of events were waiting to be read; later events were dropped`,
-        ),
-      );
+    if (!force && this.items.length > 0 && this.bytes + size > this.maxBytes) {
+      this.overflowedFlag = true;
+      this.items.push(this.overflow(this.bytes + size, this.maxBytes));
+      this.end();
       return false;
     }
     this.items.push(item);

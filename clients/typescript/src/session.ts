@@ -5,7 +5,7 @@
  */
 
 import { AbortedError, type SluiceError } from './errors.js';
-import type { SluiceEvent } from './events.js';
+import { type SluiceEvent, syntheticError } from './events.js';
 import { BoundedQueue } from './queue.js';
 
 /** Options of `attach()`. */
@@ -56,6 +56,14 @@ export class SessionEvents implements AsyncIterable<SluiceEvent> {
       maxBufferedBytes,
       (event) => event.data.length + 256,
       `session ${JSON.stringify(session)}`,
+      (buffered, max) =>
+        syntheticError(
+          'slow_consumer',
+          `the reader of session ${JSON.stringify(session)} fell behind: ${buffered} bytes of events would have been ` +
+            `buffered unread, over the maxBufferedBytes limit of ${max}; it was detached`,
+          null,
+          session,
+        ),
       () => this.end(undefined),
     );
     this.ready = new Promise<void>((resolve, reject) => {
@@ -92,7 +100,7 @@ export class SessionEvents implements AsyncIterable<SluiceEvent> {
     if (this.detached) return false;
     this.last = Math.max(this.last, event.type === 'gap' ? event.resume_from - 1 : event.sequence);
     if (!this.queue.push(event)) {
-      // It overflowed: its loop throws a slow-consumer error after what it holds.
+      // It overflowed: its loop ends with a slow_consumer error event after what it holds.
       this.end(undefined);
       return false;
     }

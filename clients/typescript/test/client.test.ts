@@ -4,15 +4,8 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import {
-  AbortedError,
-  ConnectionError,
-  GatewayError,
-  InvalidFrameError,
-  SluiceClient,
-  type SluiceEvent,
-} from '../src/node.js';
-import { type Gateway, type Proxy, collect, startGateway, startProxy, stdoutOf, within } from './helpers.js';
+import { AbortedError, ConnectionError, GatewayError, InvalidFrameError, SluiceClient, type SluiceEvent } from '../src/node.js';
+import { type Proxy as CuttableProxy, collect, type Gateway, startGateway, startProxy, stdoutOf, within } from './helpers.js';
 
 let gateway: Gateway;
 let client: SluiceClient;
@@ -62,7 +55,13 @@ describe('executions', () => {
     const last = events[events.length - 1]!;
     assert.ok(last.type === 'completed' && last.exit_code === 3);
     assert.equal(stdoutOf(events), 'out\n');
-    assert.equal(events.filter((e) => e.type === 'stderr').map((e) => e.data).join(''), 'err\n');
+    assert.equal(
+      events
+        .filter((e) => e.type === 'stderr')
+        .map((e) => e.data)
+        .join(''),
+      'err\n',
+    );
   });
 
   test('stdin: interactive lines, then eof', async () => {
@@ -80,7 +79,10 @@ describe('executions', () => {
     const outcome = await within(execution.done, 10_000, 'done');
     assert.equal(outcome.stdout, 'got a\ngot b\neof\n');
     assert.equal(outcome.exitCode, 0);
-    assert.throws(() => execution.sendStdin('late'), (err: unknown) => err instanceof Error && 'code' in err);
+    assert.throws(
+      () => execution.sendStdin('late'),
+      (err: unknown) => err instanceof Error && 'code' in err,
+    );
   });
 
   test('stdin given with execute, and a closed stdin is refused locally', async () => {
@@ -264,7 +266,10 @@ describe('sessions', () => {
   test('attach to a session that does not exist is refused with unknown_session', async () => {
     const reader = client.attach('no-such-session-here');
     await assert.rejects(reader.ready, (err: unknown) => err instanceof GatewayError && err.code === 'unknown_session');
-    await assert.rejects(collect(reader, () => false), { code: 'unknown_session' });
+    await assert.rejects(
+      collect(reader, () => false),
+      { code: 'unknown_session' },
+    );
   });
 
   test('attach with since replays only later events', async () => {
@@ -289,7 +294,7 @@ describe('reconnect and resume', () => {
   // soon as 64 events are unacknowledged, so a client that stops acknowledging (or
   // resumes from the wrong place) cannot pass.
   let small: Gateway;
-  let proxy: Proxy;
+  let proxy: CuttableProxy;
   before(async () => {
     small = await startGateway(['--replay-events', '64']);
     proxy = await startProxy(small.port);
@@ -346,7 +351,11 @@ describe('reconnect and resume', () => {
         assert.ok(proxy.accepted >= 2, 'a new connection was made');
         assertWellFormed(events);
         const lines = stdoutOf(events).trimEnd().split('\n').map(Number);
-        assert.deepEqual(lines, Array.from({ length: 3000 }, (_, i) => i + 1), 'lines 1..3000 exactly once, in order');
+        assert.deepEqual(
+          lines,
+          Array.from({ length: 3000 }, (_, i) => i + 1),
+          'lines 1..3000 exactly once, in order',
+        );
         const outcome = await execution.done;
         assert.equal(outcome.exitCode, 0);
         if (watched) assert.deepEqual(await watched, events, 'the session reader saw the same events, once each');
@@ -407,7 +416,10 @@ describe('reconnect and resume', () => {
       if (event.type === 'stdout') void doomed.close(); // cut, and refuse new connections
       return false;
     });
-    await assert.rejects(reading, (err: unknown) => err instanceof ConnectionError && err.code === 'connection_lost' && /gave up/.test(err.message));
+    await assert.rejects(
+      reading,
+      (err: unknown) => err instanceof ConnectionError && err.code === 'connection_lost' && /gave up/.test(err.message),
+    );
     await assert.rejects(execution.done, { code: 'connection_lost' });
     assert.deepEqual(states, ['reconnecting', 'closed']);
     assert.equal(resumer.connected, false);

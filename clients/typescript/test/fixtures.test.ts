@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { InvalidEventError, SluiceError, decodeEvent, encodeFrame, isTerminal, parseClientFrame } from '../src/index.js';
+import { decodeEvent, encodeFrame, InvalidEventError, isTerminal, parseClientFrame, SluiceError } from '../src/index.js';
 import { repoRoot } from './helpers.js';
 
 const root = join(repoRoot, 'protocol', 'fixtures');

@@ -5,8 +5,10 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { SlowConsumerError } from '../src/index.js';
 import { BoundedQueue } from '../src/queue.js';
+
+/** The queue's own `overflow` item: says how many bytes would have been buffered. */
+const overflow = (buffered: number, max: number): string => `overflow ${buffered} > ${max}`;
 
 const drain = async (queue: BoundedQueue<string>): Promise<string[]> => {
   const out: string[] = [];
@@ -15,7 +17,7 @@ const drain = async (queue: BoundedQueue<string>): Promise<string[]> => {
 };
 
 test('items come out in order, then the loop ends', async () => {
-  const queue = new BoundedQueue<string>(100, (s) => s.length, 'q');
+  const queue = new BoundedQueue<string>(100, (s) => s.length, 'q', overflow);
   queue.push('a');
   queue.push('b');
   const reading = drain(queue);
@@ -24,21 +26,27 @@ test('items come out in order, then the loop ends', async () => {
   assert.deepEqual(await reading, ['a', 'b', 'c']);
 });
 
-test('a consumer that falls behind gets what was buffered, then a SlowConsumerError', async () => {
-  const queue = new BoundedQueue<string>(10, (s) => s.length, 'q');
+test('a consumer that falls behind gets what was buffered, then the overflow item', async () => {
+  const queue = new BoundedQueue<string>(10, (s) => s.length, 'q', overflow);
   assert.equal(queue.push('12345'), true);
   assert.equal(queue.push('67890'), true);
+  assert.equal(queue.overflowed, false);
   assert.equal(queue.push('x'), false, 'over the bound: dropped');
+  assert.equal(queue.overflowed, true);
   assert.equal(queue.push('y'), false, 'and everything after');
-  const seen: string[] = [];
-  await assert.rejects(async () => {
-    for await (const item of queue) seen.push(item);
-  }, SlowConsumerError);
-  assert.deepEqual(seen, ['12345', '67890']);
+  assert.deepEqual(await drain(queue), ['12345', '67890', 'overflow 11 > 10']);
+});
+
+test('a forced item is taken over the bound', async () => {
+  const queue = new BoundedQueue<string>(10, (s) => s.length, 'q', overflow);
+  assert.equal(queue.push('12345'), true);
+  assert.equal(queue.push('6789012345', true), true);
+  queue.end();
+  assert.deepEqual(await drain(queue), ['12345', '6789012345']);
 });
 
 test('an item larger than the bound is taken when nothing is waiting', async () => {
-  const queue = new BoundedQueue<string>(2, (s) => s.length, 'q');
+  const queue = new BoundedQueue<string>(2, (s) => s.length, 'q', overflow);
   assert.equal(queue.push('a long item'), true);
   queue.end();
   assert.deepEqual(await drain(queue), ['a long item']);
@@ -46,7 +54,13 @@ test('an item larger than the bound is taken when nothing is waiting', async () 
 
 test('leaving the loop early stops the queue and tells its owner', async () => {
   let stopped = 0;
-  const queue = new BoundedQueue<string>(100, (s) => s.length, 'q', () => (stopped += 1));
+  const queue = new BoundedQueue<string>(
+    100,
+    (s) => s.length,
+    'q',
+    overflow,
+    () => (stopped += 1),
+  );
   queue.push('a');
   queue.push('b');
   for await (const item of queue) {
@@ -58,7 +72,7 @@ test('leaving the loop early stops the queue and tells its owner', async () => {
 });
 
 test('an error reaches a consumer that is waiting', async () => {
-  const queue = new BoundedQueue<string>(100, (s) => s.length, 'q');
+  const queue = new BoundedQueue<string>(100, (s) => s.length, 'q', overflow);
   const reading = drain(queue);
   queue.fail(new Error('gone'));
   await assert.rejects(reading, /gone/);

@@ -21,8 +21,8 @@ from .errors import (
     SluiceError,
 )
 from .events import TERMINAL_TYPES, StreamEvent, Usage, decode_event
-from .execution import Execution, ExecutionResult
-from .frames import Limits, decode_frame, validate_frame
+from .execution import Execution, ExecutionResult, ExecutionStream
+from .frames import ExecuteOptions, Limits, decode_frame, validate_frame
 from .session import SessionStream
 
 __all__ = [
@@ -30,11 +30,13 @@ __all__ = [
     "TERMINAL_TYPES",
     "AttachRefused",
     "ClientClosed",
+    "ExecuteOptions",
     "Execution",
     "ExecutionCancelled",
     "ExecutionError",
     "ExecutionFailed",
     "ExecutionResult",
+    "ExecutionStream",
     "FrameError",
     "LimitExceeded",
     "Limits",

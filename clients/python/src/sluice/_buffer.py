@@ -29,6 +29,11 @@ class EventBuffer:
         self._failure: BaseException | None = None
 
     @property
+    def max_bytes(self) -> int:
+        """The budget: most bytes of unread events."""
+        return self._max_bytes
+
+    @property
     def finished(self) -> bool:
         """No event will be added any more."""
         return self._finished

@@ -600,12 +600,17 @@ class Connection:
             route = self._routes.get(id) if isinstance(id, str) else None
             if route is not None and obj.get("type") in TERMINAL_TYPES:
                 message = f"the gateway's terminal {obj.get('type')} event could not be decoded: {err}"
-                self._end_route(route, synthetic_event(ERROR, message, id=route.id, session=route.session, code="protocol_error"))
+                ended = synthetic_event(ERROR, message, id=route.id, session=route.session, code="protocol_error")
+                self._end_route(route, ended)
 
     def _on_socket_event(self, event: StreamEvent) -> None:
-        if event.type == ERROR and event.id is None and event.for_session is not None:
-            if self._on_session_refusal(event.for_session, event):
-                return
+        if (
+            event.type == ERROR
+            and event.id is None
+            and event.for_session is not None
+            and self._on_session_refusal(event.for_session, event)
+        ):
+            return
         if event.id is not None:
             route = self._routes.get(event.id)
             if route is not None and not route.confirmed:
@@ -662,12 +667,16 @@ class Connection:
         if event.sequence > state.position + 1:
             log.warning(
                 "events %d to %d of session %r are missing without a gap event",
-                state.position + 1, event.sequence - 1, name,
+                state.position + 1,
+                event.sequence - 1,
+                name,
             )
             gap = synthetic_event(
                 GAP,
                 f"events {state.position + 1} to {event.sequence - 1} did not arrive",
-                session=name, missed_from=state.position + 1, resume_from=event.sequence,
+                session=name,
+                missed_from=state.position + 1,
+                resume_from=event.sequence,
             )
             self._on_gap(name, gap)
         self._deliver_to_subscribers(state, event)
@@ -753,7 +762,13 @@ class Connection:
             return
         log.warning("the reader of session %r fell behind; its stream is ended", subscriber.session)
         subscriber.buffer.finish(
-            failure=SluiceError(f"the reader of session {subscriber.session!r} fell behind and was detached")
+            synthetic_event(
+                ERROR,
+                f"the reader of session {subscriber.session!r} fell behind and was detached "
+                f"(more than {subscriber.buffer.max_bytes} bytes of events were waiting)",
+                session=subscriber.session,
+                code="slow_consumer",
+            )
         )
         state.subscribers.remove(subscriber)
         self._release_if_unused(subscriber.session)
@@ -769,21 +784,31 @@ class Connection:
                 route.counted = True
             # An execution's first event is `started` or the error that ends it.
             if event.type not in (STARTED, ERROR) and event.sequence > 1 and route.session is not None:
-                self._push(route, synthetic_event(
-                    GAP, "the first events of this execution did not arrive",
-                    session=route.session, missed_from=1, resume_from=event.sequence,
-                ))
+                self._push(
+                    route,
+                    synthetic_event(
+                        GAP,
+                        "the first events of this execution did not arrive",
+                        session=route.session,
+                        missed_from=1,
+                        resume_from=event.sequence,
+                    ),
+                )
         self._push(route, event)
 
     def _push(self, route: Route, event: StreamEvent) -> None:
         if route.buffer is not None and not route.buffer.push(event):
             log.warning("the consumer of execution %r fell behind; cancelling it", route.id)
-            route.buffer.finish(synthetic_event(
-                ERROR,
-                "the consumer of this execution fell behind: the client cancelled it "
-                f"(more than {self._options.execution_buffer_bytes} bytes of events were waiting)",
-                id=route.id, session=route.session, code="slow_consumer",
-            ))
+            route.buffer.finish(
+                synthetic_event(
+                    ERROR,
+                    "the consumer of this execution fell behind: the client cancelled it "
+                    f"(more than {route.buffer.max_bytes} bytes of events were waiting)",
+                    id=route.id,
+                    session=route.session,
+                    code="slow_consumer",
+                )
+            )
             route.buffer = None
             if not event.is_terminal:
                 self.cancel(route)
@@ -886,4 +911,3 @@ class Connection:
                 state.acked = point
                 self._enqueue(_Outgoing(self._encode(frames.ack_frame(name, point))))
         self._unacked.clear()
-

@@ -10,16 +10,21 @@ import asyncio
 import itertools
 import os
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+import sys
+from collections.abc import Mapping
 from types import TracebackType
 
 from . import frames
 from ._connection import Connection, Options, ReconnectPolicy, open_socket
 from .errors import ClientClosed
-from .events import StreamEvent
-from .execution import Execution, ExecutionResult
-from .frames import Limits
+from .execution import Execution, ExecutionResult, ExecutionStream
+from .frames import ExecuteOptions
 from .session import SessionStream
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import Unpack
 
 #: The gateway's address when neither ``url`` nor ``$SLUICE_URL`` gives one.
 DEFAULT_URL = "ws://127.0.0.1:7878/v1/ws"
@@ -32,7 +37,10 @@ class SandboxClient:
     else ``ws://127.0.0.1:7878/v1/ws``); ``token``, when given, is sent as
     ``Authorization: Bearer <token>``. ``reconnect`` is a
     :class:`ReconnectPolicy`, True for the default policy, or None/False to end
-    every stream when the connection drops.
+    every stream when the connection drops. ``execution_buffer_bytes`` and
+    ``session_buffer_bytes`` (16 MiB each) bound the unread events buffered for
+    one execution or session stream; a consumer that falls further behind is
+    cut off (clients/CONTRACT.md, slow consumers).
 
     Call :meth:`setup` (or use ``async with``) before use, and :meth:`cleanup`
     at the end; methods that need the connection also open it on first use.
@@ -46,8 +54,8 @@ class SandboxClient:
         reconnect: ReconnectPolicy | bool | None = True,
         connect_timeout: float = 10.0,
         close_timeout: float = 5.0,
-        execution_buffer_bytes: int = 64 << 20,
-        session_buffer_bytes: int = 64 << 20,
+        execution_buffer_bytes: int = 16 << 20,
+        session_buffer_bytes: int = 16 << 20,
         max_frame_bytes: int = 1 << 20,
         max_incoming_frame_bytes: int = 16 << 20,
         outbox_frames: int = 256,
@@ -120,92 +128,42 @@ class SandboxClient:
         """A fresh execution id, unique to this client."""
         return f"{self._id_prefix}-{next(self._ids)}"
 
-    async def execute(
-        self,
-        code: str,
-        language: str = "python",
-        *,
-        id: str | None = None,
-        session: str | None = None,
-        persistent: bool = False,
-        stdin: str | None = None,
-        env: Mapping[str, str] | None = None,
-        args: Sequence[str] | None = None,
-        limits: Limits | Mapping[str, int] | None = None,
-        encoding: str = "utf8",
-    ) -> Execution:
+    async def execute(self, code: str, language: str = "python", **options: Unpack[ExecuteOptions]) -> Execution:
         """Starts running ``code`` and returns its :class:`Execution`.
 
-        ``session`` runs it in a named session (created if needed), which
-        makes it resumable even before its first event; ``persistent`` runs it
-        as a cell of the session's Python interpreter. ``stdin`` is the whole
-        standard input (or use :meth:`Execution.send_stdin`). ``limits`` takes
-        the names of PROTOCOL.md §9.1 (``timeout_ms``, ``output_bytes``, ...).
-        Raises :class:`~sluice.FrameError` for a request the gateway would refuse.
+        ``options`` are those of :class:`~sluice.ExecuteOptions`: ``id``,
+        ``session`` (a named session, created if needed, which makes the
+        execution resumable even before its first event), ``persistent`` (a
+        cell of the session's Python interpreter), ``stdin`` (the whole
+        standard input, or use :meth:`Execution.send_stdin`), ``env``,
+        ``args``, ``limits`` (the names of PROTOCOL.md §9.1: ``timeout_ms``,
+        ``output_bytes``, ...) and ``encoding``. Raises
+        :class:`~sluice.FrameError` for a request the gateway would refuse.
+        Leaving the handle does not cancel the execution: call
+        :meth:`Execution.cancel` or :meth:`Execution.abandon`.
         """
-        frame = frames.execute_frame(
-            id=id or self.new_id(),
-            language=language,
-            code=code,
-            session=session,
-            persistent=persistent,
-            stdin=stdin,
-            env=env,
-            args=args,
-            limits=limits,
-            encoding=encoding,
-        )
+        frame = frames.execute_frame(options.get("id") or self.new_id(), language, code, options)
         connection = await self._connect()
-        route = await connection.execute(frame["id"], frame, persistent)
+        route = await connection.execute(frame["id"], frame, options.get("persistent", False))
         return Execution(connection, route)
 
-    async def execute_code_stream(
-        self,
-        code: str,
-        language: str = "python",
-        *,
-        id: str | None = None,
-        session: str | None = None,
-        persistent: bool = False,
-        stdin: str | None = None,
-        env: Mapping[str, str] | None = None,
-        args: Sequence[str] | None = None,
-        limits: Limits | Mapping[str, int] | None = None,
-        encoding: str = "utf8",
-    ) -> AsyncIterator[StreamEvent]:
+    def execute_code_stream(
+        self, code: str, language: str = "python", **options: Unpack[ExecuteOptions]
+    ) -> ExecutionStream:
         """Runs ``code`` and yields its events, ending with the terminal one.
 
-        Takes the arguments of :meth:`execute`. Leaving the loop early cancels
-        the execution.
+        Takes the arguments of :meth:`execute`; the execution starts when the
+        iteration does. Leaving the loop early (``break``, an exception, or
+        dropping the iterator) cancels the execution: see
+        :class:`~sluice.ExecutionStream` for how.
         """
-        execution = await self.execute(
-            code, language, id=id, session=session, persistent=persistent, stdin=stdin,
-            env=env, args=args, limits=limits, encoding=encoding,
-        )
-        try:
-            async for event in execution:
-                yield event
-        finally:
-            execution.abandon()
+        return ExecutionStream(self.execute(code, language, **options))
 
     async def run(
-        self,
-        code: str,
-        language: str = "python",
-        *,
-        check: bool = False,
-        session: str | None = None,
-        persistent: bool = False,
-        stdin: str | None = None,
-        env: Mapping[str, str] | None = None,
-        args: Sequence[str] | None = None,
-        limits: Limits | Mapping[str, int] | None = None,
+        self, code: str, language: str = "python", *, check: bool = False, **options: Unpack[ExecuteOptions]
     ) -> ExecutionResult:
         """Runs ``code`` to its end and returns the result (see :meth:`Execution.wait`)."""
-        execution = await self.execute(
-            code, language, session=session, persistent=persistent, stdin=stdin,
-            env=env, args=args, limits=limits,
-        )
+        execution = await self.execute(code, language, **options)
         return await execution.wait(check=check)
 
     # ------------------------------------------------------------- sessions

@@ -98,9 +98,24 @@ class StreamEvent:
 
 _KNOWN_FIELDS = frozenset(
     {
-        "type", "data", "timestamp", "sequence", "id", "session", "pid", "encoding",
-        "exit_code", "signal", "limit", "limit_value", "limit_observed", "code", "usage",
-        "missed_from", "resume_from", "for_session",
+        "type",
+        "data",
+        "timestamp",
+        "sequence",
+        "id",
+        "session",
+        "pid",
+        "encoding",
+        "exit_code",
+        "signal",
+        "limit",
+        "limit_value",
+        "limit_observed",
+        "code",
+        "usage",
+        "missed_from",
+        "resume_from",
+        "for_session",
     }
 )
 

@@ -4,11 +4,17 @@
 <sluice.SandboxClient.execute>`. Iterate it for the execution's events, or
 call :meth:`Execution.wait` for an :class:`ExecutionResult`; both can be
 mixed, and the result always holds all of the output.
+:class:`ExecutionStream` is what ``execute_code_stream`` returns: the events
+alone, with the execution cancelled when the caller leaves the loop early.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
 from ._buffer import EventBuffer
 from ._connection import Connection, Route
@@ -196,3 +202,80 @@ class Execution:
             message=event.data,
             terminal=event,
         )
+
+
+class ExecutionStream:
+    """The events of one execution, as :meth:`SandboxClient.execute_code_stream
+    <sluice.SandboxClient.execute_code_stream>` returns them: an async iterator
+    (``async for``) that starts the execution on first use and ends after its
+    terminal event.
+
+    Leaving the loop early cancels the execution, with or without
+    :meth:`aclose`. How: the loop holds the only reference to this object, so
+    when it is left (``break``, ``return`` or an exception) CPython's reference
+    counting finalizes the object at once, and :meth:`__del__` abandons the
+    execution: its later events are dropped and a ``cancel`` frame is queued
+    (PROTOCOL.md: the program is stopped and ends ``cancelled``). Where the
+    object outlives the loop (kept in a variable, or on an interpreter without
+    reference counting), call :meth:`aclose` or use ``async with`` to cancel at
+    a known moment. A task cancelled while it waits for an event cancels the
+    execution too.
+    """
+
+    def __init__(self, starting: Coroutine[Any, Any, Execution]) -> None:
+        self._starting: Coroutine[Any, Any, Execution] | None = starting
+        self._execution: Execution | None = None
+        self._closed = False
+
+    @property
+    def execution(self) -> Execution | None:
+        """The execution, once the iteration has started it."""
+        return self._execution
+
+    def __aiter__(self) -> ExecutionStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._execution is None:
+            if self._starting is None or self._closed:
+                raise StopAsyncIteration
+            starting, self._starting = self._starting, None
+            self._execution = await starting
+        try:
+            return await self._execution.__anext__()
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            # Cancelled (or failed) while waiting: nobody will read the rest.
+            self._leave()
+            raise
+
+    async def aclose(self) -> None:
+        """Stops reading, and cancels the execution if it is still running."""
+        self._leave()
+
+    async def __aenter__(self) -> ExecutionStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._leave()
+
+    def __del__(self) -> None:
+        # The loop that iterated this object let go of it: cancel what it left.
+        # At interpreter exit the event loop may be closed already: nothing to do then.
+        with contextlib.suppress(RuntimeError):
+            self._leave()
+
+    def _leave(self) -> None:
+        self._closed = True
+        if self._starting is not None:
+            # Never iterated: the execution was never started.
+            self._starting.close()
+            self._starting = None
+        if self._execution is not None:
+            self._execution.abandon()

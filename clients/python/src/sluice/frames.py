@@ -43,6 +43,33 @@ class Limits(TypedDict, total=False):
     processes: int
 
 
+class ExecuteOptions(TypedDict, total=False):
+    """The options of an execution request, besides its code and language.
+
+    Defined once: :meth:`SandboxClient.execute <sluice.SandboxClient.execute>`,
+    ``execute_code_stream`` and ``run`` (and their blocking twins in
+    :mod:`sluice.sync`) take them as keyword arguments (``**options``).
+
+    - ``id``: the execution id (default: a fresh one from the client).
+    - ``session``: run in this named session (created if needed); it makes the
+      execution resumable even before its first event.
+    - ``persistent``: run as a cell of the session's Python interpreter.
+    - ``stdin``: the whole standard input (or use ``Execution.send_stdin``).
+    - ``env``, ``args``: environment variables added, program arguments.
+    - ``limits``: the names of PROTOCOL.md §9.1 (``timeout_ms``, ...).
+    - ``encoding``: ``"utf8"`` (the default) or ``"base64"`` (exact bytes).
+    """
+
+    id: str | None
+    session: str | None
+    persistent: bool
+    stdin: str | None
+    env: Mapping[str, str] | None
+    args: Sequence[str] | None
+    limits: Limits | Mapping[str, int] | None
+    encoding: str
+
+
 def _bad(message: str) -> FrameError:
     return FrameError("bad_request", message)
 
@@ -168,24 +195,23 @@ def encode(frame: Mapping[str, Any]) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
-def execute_frame(
-    *,
-    id: str,
-    language: str,
-    code: str,
-    session: str | None = None,
-    persistent: bool = False,
-    stdin: str | None = None,
-    env: Mapping[str, str] | None = None,
-    args: Sequence[str] | None = None,
-    limits: Limits | Mapping[str, int] | None = None,
-    encoding: str = "utf8",
-) -> dict[str, Any]:
-    """An ``execute`` frame (optional fields only when set)."""
+def execute_frame(id: str, language: str, code: str, options: ExecuteOptions) -> dict[str, Any]:
+    """An ``execute`` frame (optional fields only when set). Raises
+    :class:`TypeError` for an option :class:`ExecuteOptions` does not name."""
+    known = ExecuteOptions.__annotations__
+    unknown = set(options) - set(known)
+    if unknown:
+        raise TypeError(f"unknown execute option(s) {sorted(unknown)}; known: {', '.join(known)}")
     frame: dict[str, Any] = {"type": "execute", "id": id, "language": language, "code": code}
+    session = options.get("session")
+    stdin = options.get("stdin")
+    env = options.get("env")
+    args = options.get("args")
+    limits = options.get("limits")
+    encoding = options.get("encoding", "utf8")
     if session is not None:
         frame["session"] = session
-    if persistent:
+    if options.get("persistent", False):
         frame["persistent"] = True
     if stdin is not None:
         frame["stdin"] = stdin

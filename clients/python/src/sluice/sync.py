@@ -14,15 +14,21 @@ own, in a background thread, and waits for each call's result::
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 from . import client as _async
 from .events import StreamEvent
 from .execution import ExecutionResult
-from .frames import Limits
+from .frames import ExecuteOptions
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import Unpack
 
 T = TypeVar("T")
 
@@ -46,34 +52,17 @@ class SandboxClient:
         self._call(self._client.setup())
 
     def run(
-        self,
-        code: str,
-        language: str = "python",
-        *,
-        check: bool = False,
-        session: str | None = None,
-        persistent: bool = False,
-        stdin: str | None = None,
-        env: Mapping[str, str] | None = None,
-        args: Sequence[str] | None = None,
-        limits: Limits | Mapping[str, int] | None = None,
+        self, code: str, language: str = "python", *, check: bool = False, **options: Unpack[ExecuteOptions]
     ) -> ExecutionResult:
         """Runs ``code`` to its end; see :meth:`sluice.SandboxClient.run`."""
-        return self._call(
-            self._client.run(
-                code, language, check=check, session=session, persistent=persistent,
-                stdin=stdin, env=env, args=args, limits=limits,
-            )
-        )
+        return self._call(self._client.run(code, language, check=check, **options))
 
     def execute_code_stream(
-        self,
-        code: str,
-        language: str = "python",
-        **options: Any,
+        self, code: str, language: str = "python", **options: Unpack[ExecuteOptions]
     ) -> Iterator[StreamEvent]:
         """Runs ``code`` and yields its events as they arrive; leaving the
-        loop early cancels the execution."""
+        loop early cancels the execution (the generator's ``finally``, which
+        runs when the loop drops it or calls its ``close``)."""
         execution = self._call(self._client.execute(code, language, **options))
         try:
             while True:
