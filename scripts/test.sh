@@ -66,6 +66,6 @@ bash clients/typescript/test.sh
 
 if [ -d ../shared/conformance ]; then
   step "protocol conformance (../shared/conformance)"
-  cargo build --release --locked -p sluice-gateway  # sluice and its jail
+  cargo build --release --locked -p sluice-cli -p sluice-gateway  # sluice and its jail
   SLUICE_NO_BUILD=1 python3 ../shared/conformance/run_all.py
 fi
