@@ -44,14 +44,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (workspace)"
 cargo test --workspace --locked
 
+# The end-to-end tests are one binary, `e2e`, whose modules are named after the files
+# they were (tests/tests/e2e/): the name filters `sandbox::` etc. pick those modules.
 step "isolation forced off: tests needing a layer skip with the reason, rlimits still hold"
-SLUICE_TEST_ISOLATION=none cargo test --locked -p sluice-tests \
-  --test sandbox --test isolation --test limits -- --nocapture 2>&1 \
+SLUICE_TEST_ISOLATION=none cargo test --locked -p sluice-tests --test e2e -- \
+  --nocapture sandbox:: isolation:: limits:: 2>&1 \
   | grep -E '^(test |skipped|test result)'
 
 step "cgroups without the jail: the tree limits hold with unjailed programs"
-SLUICE_TEST_ISOLATION=cgroups cargo test --locked -p sluice-tests \
-  --test sandbox --test isolation --test limits --test persistent -- --nocapture 2>&1 \
+SLUICE_TEST_ISOLATION=cgroups cargo test --locked -p sluice-tests --test e2e -- \
+  --nocapture sandbox:: isolation:: limits:: persistent:: 2>&1 \
   | grep -E '^(test |skipped|test result)'
 
 # The clients' own suites run against the gateway binary `cargo test` just built (with
