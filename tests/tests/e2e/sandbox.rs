@@ -11,7 +11,6 @@ use sluice_tests::{
 };
 
 /// `None` (and a line on stderr saying why) when the host cannot enforce `layer`.
-#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
 fn layer(name: &str, how: Option<String>) -> Option<String> {
     if how.is_none() {
         let lacking = if name == "network" {
@@ -19,9 +18,9 @@ fn layer(name: &str, how: Option<String>) -> Option<String> {
         } else {
             "no writable cgroup"
         };
-        eprintln!(
-            "skipped: no {name} limit here ({lacking} on this host, or SLUICE_TEST_ISOLATION turned it off; see `sluice doctor`)"
-        );
+        sluice_tests::skip(format!(
+            "no {name} limit here ({lacking} on this host, or SLUICE_TEST_ISOLATION turned it off; see `sluice doctor`)"
+        ));
     }
     how
 }
@@ -256,7 +255,7 @@ async fn a_process_limit_of_one_runs_the_program_alone_and_failed_starts_leak_no
         assert_eq!(refused.kind(), EventKind::Error, "{:?}", refused.terminal);
     }
     sluice_tests::eventually(
-        sluice_tests::PATIENCE,
+        sluice_tests::patience(),
         "as many execution cgroups as before",
         || execution_cgroups(&gateway_dir) <= before,
     )
