@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs every suite: formatting and lints, the Rust
-# workspace (protocol fixtures, gateway units, Rust client, end-to-end tests), the
+# Installs what the tests need and runs every suite: formatting, lints and the API
+# docs, the Rust workspace (protocol fixtures, gateway units, Rust client, end-to-end tests), the
 # suite again with isolation forced off, the Python and TypeScript clients against a
 # real gateway, and the black-box protocol conformance checks when
 # ../shared/conformance is present.
@@ -40,6 +40,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (every crate, warnings denied: broken links, bare URLs, ...)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 
 step "cargo test (workspace)"
 cargo test --workspace --locked

@@ -250,6 +250,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = Config::default().stdin_queue_bytes, value_name = "BYTES")]
     stdin_queue_bytes: usize,
 
+    // The doc comment is also the --help text, where a URL is plain text.
+    #[allow(rustdoc::bare_urls)]
     /// Allow browser pages from this origin (e.g. https://ide.example.com) to open sockets.
     /// Repeatable; `*` allows any origin. Requests without an Origin header (non-browser
     /// clients) are always allowed; browser requests from other origins get HTTP 403, so a
