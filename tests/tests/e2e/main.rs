@@ -1,6 +1,6 @@
 //! The end-to-end suite as one test binary: each module is what used to be a test file
 //! of its own (`basics`, `cli`, ...), so a test is still named by its file, as
-//! `basics::a_program_runs` (filter with `cargo test -p sluice-tests --test e2e -- basics::`).
+//! `basics::exit_codes_propagate` (filter with `cargo test -p sluice-tests --test e2e -- basics::`).
 //! One binary links once instead of twenty times, which is most of a build on two cores.
 //!
 //! Tests in one binary share a process: a test must not assume it is alone in it (its
