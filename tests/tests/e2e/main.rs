@@ -1,7 +1,8 @@
 //! The end-to-end suite as one test binary: each module is what used to be a test file
 //! of its own (`basics`, `cli`, ...), so a test is still named by its file, as
-//! `basics::exit_codes_propagate` (filter with `cargo test -p sluice-tests --test e2e -- basics::`).
-//! One binary links once instead of twenty times, which is most of a build on two cores.
+//! `basics::exit_codes_propagate` (one area: `cargo test -p sluice-tests --test e2e --
+//! basics::`). One binary links once instead of twenty times, which is most of a build
+//! on two cores.
 //!
 //! Tests in one binary share a process: a test must not assume it is alone in it (its
 //! gateway's cgroups and processes are found by its own markers, never by counting the
