@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs every suite: formatting and lints, the Rust
-# workspace (protocol fixtures, gateway units, Rust client, end-to-end tests), the
+# Installs what the tests need and runs every suite: formatting, lints and the API
+# docs, the Rust workspace (protocol fixtures, gateway units, Rust client, end-to-end tests), the
 # suite again with isolation forced off, the Python and TypeScript clients against a
 # real gateway, and the black-box protocol conformance checks when
 # ../shared/conformance is present.
@@ -41,17 +41,22 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo doc (every crate, warnings denied: broken links, bare URLs, ...)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
+
 step "cargo test (workspace)"
 cargo test --workspace --locked
 
+# The end-to-end tests are one binary, `e2e`, whose modules are named after the files
+# they were (tests/tests/e2e/): the name filters `sandbox::` etc. pick those modules.
 step "isolation forced off: tests needing a layer skip with the reason, rlimits still hold"
-SLUICE_TEST_ISOLATION=none cargo test --locked -p sluice-tests \
-  --test sandbox --test isolation --test limits -- --nocapture 2>&1 \
+SLUICE_TEST_ISOLATION=none cargo test --locked -p sluice-tests --test e2e -- \
+  --nocapture sandbox:: isolation:: limits:: 2>&1 \
   | grep -E '^(test |skipped|test result)'
 
 step "cgroups without the jail: the tree limits hold with unjailed programs"
-SLUICE_TEST_ISOLATION=cgroups cargo test --locked -p sluice-tests \
-  --test sandbox --test isolation --test limits --test persistent -- --nocapture 2>&1 \
+SLUICE_TEST_ISOLATION=cgroups cargo test --locked -p sluice-tests --test e2e -- \
+  --nocapture sandbox:: isolation:: limits:: persistent:: 2>&1 \
   | grep -E '^(test |skipped|test result)'
 
 # The clients' own suites run against the gateway binary `cargo test` just built (with
@@ -66,6 +71,6 @@ bash clients/typescript/test.sh
 
 if [ -d ../shared/conformance ]; then
   step "protocol conformance (../shared/conformance)"
-  cargo build --release --locked -p sluice-gateway  # sluice and its jail
+  cargo build --release --locked -p sluice-cli -p sluice-gateway  # sluice and its jail
   SLUICE_NO_BUILD=1 python3 ../shared/conformance/run_all.py
 fi

@@ -18,7 +18,7 @@
 #
 # Usage (as root, from anywhere in the repository):
 #   scripts/vm/cgroup2-check.sh            # the default test binaries
-#   scripts/vm/cgroup2-check.sh sandbox    # only these (cargo test target names)
+#   scripts/vm/cgroup2-check.sh sandbox    # only these (test binaries, or modules of e2e)
 #   scripts/vm/cgroup2-check.sh all        # every test binary of the workspace
 # Installs qemu-system-x86 and busybox-static with apt when missing, downloads a Debian
 # kernel into target/vm/kernel (not into /boot; cached) and builds the tests with
@@ -125,7 +125,7 @@ say "building the tests (cargo test --workspace --no-run)"
 mkdir -p "$vm"
 (cd "$repo" && cargo test --workspace --no-run --message-format=json-render-diagnostics) \
     >"$vm/cargo.json" || die "the build failed"
-# name|package directory|executable, for each test binary asked for.
+# name|package directory|executable[|filter], for each test binary (or e2e module) asked for.
 tests=$(python3 - "$vm/cargo.json" "${wanted[@]}" <<'EOF'
 import json, os, sys
 path, wanted = sys.argv[1], sys.argv[2:]
@@ -135,11 +135,13 @@ for line in open(path):
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
         name = msg["target"]["name"]
         found[name] = f'{name}|{os.path.dirname(msg["manifest_path"])}|{msg["executable"]}'
+# The end-to-end tests are one binary, e2e, of one module per former test file: a name
+# that is no binary runs that module of e2e (its name as the filter `NAME::`).
 names = sorted(found) if wanted == ["all"] else wanted
-missing = [n for n in names if n not in found]
+missing = [n for n in names if n not in found and "e2e" not in found]
 if missing:
     sys.exit(f"no test binary named {', '.join(missing)}; there are: {', '.join(sorted(found))}")
-print(" ".join(found[n] for n in names))
+print(" ".join(found[n] if n in found else f'{n}|{found["e2e"].split("|", 1)[1]}|{n}::' for n in names))
 EOF
 ) || die "test binaries not found"
 # target/debug (or $CARGO_TARGET_DIR/debug): above deps/, where the binaries are.

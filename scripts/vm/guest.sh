@@ -102,9 +102,9 @@ doctor() { # layout, cgroup
 }
 
 run_tests() { # layout
-    local layout=$1 spec name dir exe log status
+    local layout=$1 spec name dir exe filter log status
     for spec in $SLUICE_VM_TESTS; do
-        IFS='|' read -r name dir exe <<<"$spec"
+        IFS='|' read -r name dir exe filter <<<"$spec"
         log=$out/$layout-$name.log
         local cgroup=$cgroot
         if [ "$layout" = b ]; then
@@ -122,7 +122,7 @@ run_tests() { # layout
         # without those limits (it says so in a warning). A real gateway probes once,
         # before it starts anything, so this only concerns tests run in parallel.
         (cd "$dir" && CARGO_MANIFEST_DIR=$dir SLUICE_TEST_LOG=sluice_gateway::server=info,sluice_gateway::sandbox=warn NO_COLOR=1 \
-            in_cgroup "$cgroup" "$exe" --nocapture --test-threads="$SLUICE_VM_TEST_THREADS") >"$log" 2>&1
+            in_cgroup "$cgroup" "$exe" --nocapture --test-threads="$SLUICE_VM_TEST_THREADS" ${filter:+"$filter"}) >"$log" 2>&1
         status=$?
         say "layout $layout: $name: $(grep -E '^test result:' "$log" | tail -1 || true)"
         # The failed tests, from libtest's closing list (log lines may interleave others).

@@ -3,8 +3,14 @@
 //! stream it saw.
 //!
 //! Nothing here sleeps to synchronise. Tests wait for events (each wait bounded by
-//! [`PATIENCE`], so a hang fails instead of blocking the suite), and use [`eventually`]
+//! [`patience`], so a hang fails instead of blocking the suite), and use [`eventually`]
 //! only for what no event announces: processes appearing in or leaving `/proc`.
+//!
+//! How long a wait may take scales with `SLUICE_TEST_PATIENCE`, a factor (default 1):
+//! `SLUICE_TEST_PATIENCE=3` gives every wait of the suite three times as long, for a
+//! machine much slower or busier than the two loaded cores the defaults are made for.
+//! Only the bounds on waiting scale ([`patience`], and [`patient`] for a test's own
+//! bound); the gateway's timeouts that tests exercise do not.
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use futures::{SinkExt as _, StreamExt as _};
@@ -34,19 +40,45 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod proxy;
 
-/// How long any single wait may take before the test fails. Generous on purpose: the
-/// suite must pass on a loaded two-core machine, and a healthy wait ends long before.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How long any single wait may take before the test fails, before scaling: generous on
+/// purpose, as the suite must pass on a loaded two-core machine, and a healthy wait ends
+/// long before.
+const BASE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long any single wait may take before the test fails: 30 s times
+/// `SLUICE_TEST_PATIENCE` (see the crate's documentation).
+pub fn patience() -> Duration {
+    patient(BASE_PATIENCE)
+}
+
+/// `bound` (a test's own bound on waiting for something) times `SLUICE_TEST_PATIENCE`.
+///
+/// # Panics
+///
+/// When `SLUICE_TEST_PATIENCE` is set to anything but a positive number: a suite told to
+/// be patient must not silently run with the default.
+pub fn patient(bound: Duration) -> Duration {
+    static FACTOR: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let factor = *FACTOR.get_or_init(|| match std::env::var("SLUICE_TEST_PATIENCE") {
+        Err(_) => 1.0,
+        Ok(text) => match text.trim().parse::<f64>() {
+            Ok(factor) if factor.is_finite() && factor > 0.0 => factor,
+            _ => panic!("SLUICE_TEST_PATIENCE={text:?}: expected a positive factor, such as 3"),
+        },
+    });
+    bound.mul_f64(factor)
+}
 
 /// How often [`eventually`] re-checks its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Runs `future`, failing with a message naming `what` if it takes longer than
-/// [`PATIENCE`].
+/// [`patience`].
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(PATIENCE, future)
+    let patience = patience();
+    tokio::time::timeout(patience, future)
         .await
-        .map_err(|_| anyhow!("timed out after {PATIENCE:?} waiting for {what}"))
+        .map_err(|_| anyhow!("timed out after {patience:?} waiting for {what}"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -149,7 +181,7 @@ impl TestGateway {
     }
 
     /// Signals shutdown and waits until `run` returns, failing if it returned an error or
-    /// took longer than [`PATIENCE`].
+    /// took longer than [`patience`].
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -226,6 +258,26 @@ fn log_when_asked() {
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_test_writer()
             .try_init();
+    }
+}
+
+/// Says on stderr, on one line, that the running test skips what it checks (or a part
+/// of it) on this host and why: `skipped NAME: WHY`, the test named as libtest names it
+/// (see [`current_test_name`]). `scripts/test.sh` and the VM check show these lines.
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+pub fn skip(why: impl fmt::Display) {
+    let why = why.to_string();
+    let why = why.trim_end().replace(['\n', '\r'], " ");
+    eprintln!("skipped {}: {why}", current_test_name());
+}
+
+/// The running test's name (`isolation::a_program_runs_...`): libtest runs each test on a
+/// thread named after it, and a `#[tokio::test]`'s own body runs on that thread. Called
+/// from elsewhere (a task the test spawned), the name is not known.
+pub fn current_test_name() -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" && !name.starts_with("tokio-") => name.to_owned(),
+        _ => "(a test on another thread)".to_owned(),
     }
 }
 
@@ -452,7 +504,7 @@ impl RawSocket {
     }
 
     /// The next event, decoded and checked with `Event::decode`. Fails if none arrives
-    /// within [`PATIENCE`], if the socket closes, or if the gateway sends anything else.
+    /// within [`patience`], if the socket closes, or if the gateway sends anything else.
     pub async fn next_event(&mut self) -> Result<Event> {
         loop {
             let message = within("the next event", self.ws.next()).await?;
@@ -662,7 +714,7 @@ pub fn is_gateway_session(session: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Runs `request` on `client` and waits (at most [`PATIENCE`]) for its outcome.
+/// Runs `request` on `client` and waits (at most [`patience`]) for its outcome.
 pub async fn run(client: &Client, request: ExecuteRequest) -> Result<Outcome> {
     let execution = client.execute(request).await?;
     let id = execution.id().to_owned();
@@ -671,7 +723,7 @@ pub async fn run(client: &Client, request: ExecuteRequest) -> Result<Outcome> {
         .with_context(|| format!("execution {id}"))
 }
 
-/// The next event of `execution`, within [`PATIENCE`]; fails if the stream has ended.
+/// The next event of `execution`, within [`patience`]; fails if the stream has ended.
 pub async fn next_within(execution: &mut Execution) -> Result<Event> {
     let id = execution.id().to_owned();
     within(&format!("the next event of {id}"), execution.next())
@@ -959,16 +1011,18 @@ pub async fn eventually(
 
 /// Waits until a process whose command line contains `marker` is running.
 pub async fn wait_until_running(marker: &str) -> Result<()> {
-    eventually(PATIENCE, &format!("a process marked {marker} runs"), || {
-        !processes_with(marker).is_empty()
-    })
+    eventually(
+        patience(),
+        &format!("a process marked {marker} runs"),
+        || !processes_with(marker).is_empty(),
+    )
     .await
 }
 
 /// Waits until no process whose command line contains `marker` is left.
 pub async fn wait_until_gone(marker: &str) -> Result<()> {
     let result = eventually(
-        PATIENCE,
+        patience(),
         &format!("no process marked {marker} is left"),
         || processes_with(marker).is_empty(),
     )

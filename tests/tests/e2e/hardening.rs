@@ -7,9 +7,9 @@ use anyhow::{bail, ensure, Context as _, Result};
 use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest, LimitKind, Limits};
 use sluice_tests::{
-    assert_lifecycle, assert_socket_refusal, assert_stream_ok, events_of, eventually,
+    assert_lifecycle, assert_socket_refusal, assert_stream_ok, events_of, eventually, patience,
     processes_with, request, text_of, unique_marker, wait_until_gone, wait_until_running, within,
-    RawSocket, TestGateway, PATIENCE,
+    RawSocket, TestGateway,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -50,7 +50,7 @@ fn process_state(pid: u32) -> Option<char> {
 /// Waits until `pid` has left `/proc`: neither running nor a zombie.
 async fn wait_until_reaped(pid: u32) -> Result<()> {
     eventually(
-        PATIENCE,
+        patience(),
         &format!("process {pid} is reaped (not running, not a zombie)"),
         || process_state(pid).is_none(),
     )
@@ -172,7 +172,7 @@ async fn a_client_that_stops_reading_holds_no_process_slot_or_directory() -> Res
     let left = processes_with(&marker);
     ensure!(left.is_empty(), "still running: {left:?}");
     eventually(
-        PATIENCE,
+        patience(),
         "the working directory of flood is removed",
         || base.execution_dirs().is_empty(),
     )
@@ -397,7 +397,7 @@ async fn handshake_status(gateway: &TestGateway, origin: &str) -> Result<u16> {
     request
         .headers_mut()
         .insert(ORIGIN, HeaderValue::from_str(origin)?);
-    let handshake = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+    let handshake = tokio::time::timeout(patience(), tokio_tungstenite::connect_async(request))
         .await
         .context("the handshake timed out")?;
     match handshake {
@@ -623,7 +623,7 @@ async fn shutdown_reaches_a_connection_stuck_on_its_socket() -> Result<()> {
     let (client, server) = (socket.local_addr()?, gateway.addr());
     let look = || (tcp_queues(server, client), tcp_queues(client, server));
     let mut previous = None;
-    eventually(PATIENCE, "the connection is stuck on its socket", || {
+    eventually(patience(), "the connection is stuck on its socket", || {
         let now = look();
         let stuck = match now {
             (Some(gateway_end), Some(client_end)) => {

@@ -10,8 +10,8 @@ use anyhow::{bail, ensure, Context as _, Result};
 use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest, Limits};
 use sluice_tests::{
-    assert_lifecycle, assert_stream_ok, connect_from, request, unique_marker, wait_until_gone,
-    within, RawSocket, TestGateway, PATIENCE,
+    assert_lifecycle, assert_stream_ok, connect_from, patience, request, unique_marker,
+    wait_until_gone, within, RawSocket, TestGateway,
 };
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -168,7 +168,7 @@ async fn one_peer_cannot_take_every_connection() -> Result<()> {
     first.assert_still_works().await?;
     // A socket that closes gives its place back (the refusal took none).
     second.close_with_handshake().await?;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let deadline = tokio::time::Instant::now() + patience();
     let mut again = loop {
         match RawSocket::connect(&gateway.url(), None).await {
             Ok(socket) => break socket,
@@ -184,7 +184,7 @@ async fn one_peer_cannot_take_every_connection() -> Result<()> {
     gateway.shutdown().await
 }
 
-/// A short pause between attempts of a retry loop bounded by [`PATIENCE`].
+/// A short pause between attempts of a retry loop bounded by [`patience`].
 async fn retry_pause() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }

@@ -74,7 +74,11 @@ async fn a_10_mb_output_cut_four_times_arrives_whole_and_once() -> Result<()> {
     let proxy = Proxy::start(gateway.addr()).await?;
     // Every connection is torn down after 2 MB from the gateway (mid-frame), four times.
     proxy.cut_every(2_000_000, 4);
-    let client = connect(&proxy.url(), options(Duration::from_secs(20))).await?;
+    let client = connect(
+        &proxy.url(),
+        options(sluice_tests::patient(Duration::from_secs(20))),
+    )
+    .await?;
     let mut execution = client
         .execute(request("big", "python", &numbered_lines(LINES)))
         .await?;
@@ -116,7 +120,11 @@ const ECHO: &str = "import sys\n\
 async fn stdin_and_cancel_reach_an_execution_across_reconnects() -> Result<()> {
     let gateway = TestGateway::spawn().await;
     let proxy = Proxy::start(gateway.addr()).await?;
-    let client = connect(&proxy.url(), options(Duration::from_secs(20))).await?;
+    let client = connect(
+        &proxy.url(),
+        options(sluice_tests::patient(Duration::from_secs(20))),
+    )
+    .await?;
     let mut socket_events = client.socket_events().context("socket events taken")?;
     let mut execution = client.execute(request("echo", "python", ECHO)).await?;
     let mut events = Vec::new();
@@ -357,7 +365,11 @@ async fn an_attached_session_resumes_across_cuts() -> Result<()> {
 
     let proxy = Proxy::start(gateway.addr()).await?;
     proxy.cut_every(300_000, 3);
-    let watcher = connect(&proxy.url(), options(Duration::from_secs(20))).await?;
+    let watcher = connect(
+        &proxy.url(),
+        options(sluice_tests::patient(Duration::from_secs(20))),
+    )
+    .await?;
     let mut attached = within("the attach", watcher.attach("watched", Some(0))).await??;
     let big = runner
         .execute(in_session(

@@ -6,7 +6,7 @@ use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
 use sluice_tests::{
-    assert_stream_ok, eventually, request, text_of, RawSocket, TestGateway, PATIENCE,
+    assert_stream_ok, eventually, patience, request, text_of, RawSocket, TestGateway,
 };
 use std::time::Duration;
 
@@ -227,9 +227,11 @@ async fn ending_the_session_and_shutting_down_leave_no_interpreter() -> Result<(
     // The only socket leaves: with no grace period the session ends, and so does its
     // interpreter.
     socket.close().await?;
-    eventually(PATIENCE, "the ended session's interpreter is gone", || {
-        !is_alive(first)
-    })
+    eventually(
+        patience(),
+        "the ended session's interpreter is gone",
+        || !is_alive(first),
+    )
     .await?;
 
     let mut other = gateway.raw().await?;

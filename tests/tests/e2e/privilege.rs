@@ -23,7 +23,6 @@ struct Tripwire {
 
 impl Tripwire {
     /// Builds the library with the host's C compiler; `None` (saying why) without one.
-    #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
     fn build(name: &str) -> Option<Self> {
         use std::os::unix::fs::PermissionsExt as _;
         // A file every process on the host can reach (a jailed program has a /tmp of
@@ -63,14 +62,16 @@ unsigned int la_version(unsigned int version) {{ return version; }}
         match built {
             Ok(output) if output.status.success() => {}
             Ok(output) => {
-                eprintln!(
-                    "skipped: cc could not build the tripwire library: {}",
+                sluice_tests::skip(format!(
+                    "cc could not build the tripwire library: {}",
                     String::from_utf8_lossy(&output.stderr)
-                );
+                ));
                 return None;
             }
             Err(err) => {
-                eprintln!("skipped: no C compiler (cc) to build the tripwire library: {err}");
+                sluice_tests::skip(format!(
+                    "no C compiler (cc) to build the tripwire library: {err}"
+                ));
                 return None;
             }
         }

@@ -1,10 +1,13 @@
-//! The `sluice` command: `sluice serve` runs the gateway; `sluice run` and `sluice attach`
-//! are its terminal client (in [`cli`]).
+//! The `sluice` command: `sluice serve` runs the gateway and `sluice doctor` reports what
+//! the host lets it enforce (both from `sluice-gateway`); `sluice run` and `sluice attach`
+//! are its terminal client (in [`terminal`], built on `sluice-client`).
 //!
-//! Kept thin: parse flags into a [`Config`], set up logging, bind, and hand over to
-//! [`sluice_gateway::run`] with a shutdown future for SIGINT/SIGTERM.
+//! This crate is the only one that depends on both the gateway and the client, so the
+//! gateway library stays free of the client. Kept thin: parse flags into a [`Config`], set
+//! up logging, bind, and hand over to [`sluice_gateway::run`] with a shutdown future for
+//! SIGINT/SIGTERM.
 
-mod cli;
+mod terminal;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -38,14 +41,14 @@ enum Command {
     /// The program's stdout and stderr come out here byte for byte as they arrive; stdin
     /// is forwarded (line by line from a terminal) and closed at its end; Ctrl-C cancels
     /// the program, a second Ctrl-C exits at once. The gateway is --url, or $SLUICE_URL.
-    #[command(after_help = cli::run::AFTER_HELP)]
-    Run(Box<cli::run::RunArgs>),
+    #[command(after_help = terminal::run::AFTER_HELP)]
+    Run(Box<terminal::run::RunArgs>),
     /// Print a session's events live, one per line, whoever runs programs in it.
     ///
     /// Replays the events the gateway still buffers (after --since), then follows the
     /// session until Ctrl-C; a dropped connection is resumed where it stopped.
-    #[command(after_help = cli::attach::AFTER_HELP)]
-    Attach(cli::attach::AttachArgs),
+    #[command(after_help = terminal::attach::AFTER_HELP)]
+    Attach(terminal::attach::AttachArgs),
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +250,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = Config::default().stdin_queue_bytes, value_name = "BYTES")]
     stdin_queue_bytes: usize,
 
+    // The doc comment is also the --help text, where a URL is plain text.
+    #[allow(rustdoc::bare_urls)]
     /// Allow browser pages from this origin (e.g. https://ide.example.com) to open sockets.
     /// Repeatable; `*` allows any origin. Requests without an Origin header (non-browser
     /// clients) are always allowed; browser requests from other origins get HTTP 403, so a
@@ -519,8 +524,8 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 .write_all(report.as_bytes())
                 .context("cannot write the report")
         }
-        Command::Run(args) => std::process::exit(cli::run::main(*args)),
-        Command::Attach(args) => std::process::exit(cli::attach::main(args)),
+        Command::Run(args) => std::process::exit(terminal::run::main(*args)),
+        Command::Attach(args) => std::process::exit(terminal::attach::main(args)),
     }
 }
 

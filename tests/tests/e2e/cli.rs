@@ -24,8 +24,8 @@ fn sluice_binary() -> Result<PathBuf> {
     let binary = profile_dir.join("sluice");
     ensure!(
         binary.is_file(),
-        "the sluice binary is not at {}: build it first with `cargo build -p sluice-gateway \
-         --bin sluice` (`cargo test --workspace` builds it)",
+        "the sluice binary is not at {}: build it first with `cargo build -p sluice-cli` \
+         (`cargo test --workspace` builds it)",
         binary.display()
     );
     Ok(binary)

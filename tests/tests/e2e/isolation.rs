@@ -7,7 +7,7 @@
 use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::{Config, Isolation};
 use sluice_protocol::{EventKind, ExecuteRequest, LimitKind, Limits};
-use sluice_tests::{assert_stream_ok, request, run, TestGateway};
+use sluice_tests::{assert_stream_ok, request, run, skip, TestGateway};
 
 /// False (and a line on stderr saying why) when this host cannot run the jail.
 #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
@@ -15,7 +15,9 @@ fn jail_available() -> bool {
     match sluice_tests::host_report().namespaces {
         Ok(_) => true,
         Err(why) => {
-            eprintln!("skipped: no namespace jail on this host ({why}; see `sluice doctor`)");
+            skip(format!(
+                "no namespace jail on this host ({why}; see `sluice doctor`)"
+            ));
             false
         }
     }
@@ -374,11 +376,6 @@ print("all done")
     gateway.shutdown().await
 }
 
-#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
-fn skip(why: &str) {
-    eprintln!("skipped: {why}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jails_dev_run_and_cgroups_reveal_nothing_of_the_host() -> Result<()> {
     if !jail_available() {
@@ -479,10 +476,9 @@ async fn millions_of_empty_files_end_with_resource_limit_workspace() -> Result<(
 /// limits set before exec hold. Needs a root gateway (a non-root gateway's programs run
 /// as its own, unprivileged, user).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
 async fn without_the_jail_a_root_gateway_still_never_runs_a_program_as_root() -> Result<()> {
     if !sluice_tests::host_report().root {
-        eprintln!("skipped: the gateway is not root here, so its programs cannot be");
+        skip("the gateway is not root here, so its programs cannot be");
         return Ok(());
     }
     let uid = sluice_gateway::DEFAULT_SANDBOX_ID;

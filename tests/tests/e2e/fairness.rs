@@ -8,16 +8,10 @@ use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::{Config, LimitBound, LimitsConfig};
 use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest, Limits};
 use sluice_tests::{
-    assert_stream_ok, eventually, processes_with, request, text_of, unique_marker, wait_until_gone,
-    wait_until_running, TestGateway, PATIENCE,
+    assert_stream_ok, eventually, patience, processes_with, request, skip, text_of, unique_marker,
+    wait_until_gone, wait_until_running, TestGateway,
 };
 use std::path::PathBuf;
-
-/// Prints why a test is skipped on this host.
-#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
-fn skip(why: &str) {
-    eprintln!("skipped: {why}");
-}
 
 /// The CPU cgroup of `pid` and the file holding its weight there: v1 `cpu.shares`, or
 /// v2 `cpu.weight`.
@@ -105,7 +99,7 @@ async fn an_execution_forking_spinners_gets_one_cpu_share_and_others_still_run()
         .await?;
     hog.next_event_where(|e| e.kind == EventKind::Started)
         .await?;
-    eventually(PATIENCE, "eight spinners run", || {
+    eventually(patience(), "eight spinners run", || {
         processes_with(&format!("{marker}-spin")).len() == 8
     })
     .await?;

@@ -6,7 +6,7 @@
 
 use anyhow::{ensure, Context as _, Result};
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest, Limits};
-use sluice_tests::{eventually, request, text_of, RawSocket, TestGateway, PATIENCE};
+use sluice_tests::{eventually, patience, request, text_of, RawSocket, TestGateway};
 
 /// A python cell in the persistent session `session`, with the limits of the finding.
 fn cell(session: &str, id: &str, code: &str) -> ExecuteRequest {
@@ -47,7 +47,7 @@ fn is_alive(pid: u32) -> bool {
 
 /// Waits until the interpreter `pid` (and so whatever spun in it) is gone.
 async fn wait_until_ended(pid: u32) -> Result<()> {
-    eventually(PATIENCE, "the spinning interpreter is ended", || {
+    eventually(patience(), "the spinning interpreter is ended", || {
         !is_alive(pid)
     })
     .await

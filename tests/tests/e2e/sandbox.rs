@@ -6,11 +6,11 @@ use anyhow::{Context as _, Result};
 use sluice_gateway::{Config, LimitBound, LimitsConfig};
 use sluice_protocol::{EventKind, ExecuteRequest, LimitKind, Limits};
 use sluice_tests::{
-    assert_stream_ok, processes_with, request, run, unique_marker, wait_until_gone, TestGateway,
+    assert_stream_ok, processes_with, request, run, unique_marker, wait_until_gone,
+    wait_until_running, within, TestGateway,
 };
 
 /// `None` (and a line on stderr saying why) when the host cannot enforce `layer`.
-#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
 fn layer(name: &str, how: Option<String>) -> Option<String> {
     if how.is_none() {
         let lacking = if name == "network" {
@@ -18,9 +18,9 @@ fn layer(name: &str, how: Option<String>) -> Option<String> {
         } else {
             "no writable cgroup"
         };
-        eprintln!(
-            "skipped: no {name} limit here ({lacking} on this host, or SLUICE_TEST_ISOLATION turned it off; see `sluice doctor`)"
-        );
+        sluice_tests::skip(format!(
+            "no {name} limit here ({lacking} on this host, or SLUICE_TEST_ISOLATION turned it off; see `sluice doctor`)"
+        ));
     }
     how
 }
@@ -137,10 +137,26 @@ async fn a_process_that_left_the_group_is_gone_when_the_execution_ends() -> Resu
     gateway.shutdown().await
 }
 
-/// Execution cgroups of the gateways in this test process, in the hierarchies that count
-/// processes: cgroup v1 `pids` and the v2 (unified) one, each under this process's own
-/// cgroup there (or the parent of the leaf a gateway moved it into, on v2).
-fn execution_cgroups() -> usize {
+/// The directory (`sluice-<pid>-<n>`) of the test gateway that runs process `pid`, read
+/// from the process's cgroup paths. Gateways of other tests run in this process at the
+/// same time, each with a directory of its own.
+fn gateway_dir_of(pid: u32) -> Option<String> {
+    let prefix = format!("sluice-{}-", std::process::id());
+    let own_leaf = format!("{prefix}gateway");
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    membership.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        path.split('/')
+            .find(|part| part.starts_with(&prefix) && *part != own_leaf)
+            .map(str::to_owned)
+    })
+}
+
+/// Execution cgroups of the test gateway whose directory is `gateway_dir`, in the
+/// hierarchies that count processes: cgroup v1 `pids` and the v2 (unified) one, each under
+/// this process's own cgroup there (or the parent of the leaf a gateway moved it into, on
+/// v2).
+fn execution_cgroups(gateway_dir: &str) -> usize {
     let prefix = format!("sluice-{}-", std::process::id());
     let own_leaf = format!("{prefix}gateway");
     let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
@@ -176,10 +192,7 @@ fn execution_cgroups() -> usize {
     homes
         .filter_map(|home| std::fs::read_dir(home).ok())
         .flat_map(|entries| entries.flatten())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(&prefix) && name != own_leaf
-        })
+        .filter(|e| e.file_name().to_string_lossy() == gateway_dir)
         .map(|e| children(&e.path()))
         .sum()
 }
@@ -209,9 +222,26 @@ async fn a_process_limit_of_one_runs_the_program_alone_and_failed_starts_leak_no
         "{:?}",
         alone.terminal
     );
+    // This gateway's directory, found from where one of its programs runs.
+    let marker = unique_marker("where");
+    let holder = client
+        .execute(request(
+            "where",
+            "bash",
+            &format!("exec -a {marker} sleep 1000"),
+        ))
+        .await?;
+    wait_until_running(&marker).await?;
+    let gateway_dir = processes_with(&marker)
+        .iter()
+        .find_map(|(pid, _)| gateway_dir_of(*pid))
+        .context("the program's cgroup is not in a directory of a test gateway")?;
+    holder.cancel().await?;
+    let held = within("the holder to end", holder.wait()).await??;
+    assert_eq!(held.kind(), EventKind::Cancelled, "{:?}", held.terminal);
     // Programs that cannot start (an argument the kernel refuses: E2BIG) leave no
-    // cgroup behind: the gateways keep as many (empty, for reuse) as before.
-    let before = execution_cgroups();
+    // cgroup behind: the gateway keeps as many (empty, for reuse) as before.
+    let before = execution_cgroups(&gateway_dir);
     let huge = "x".repeat(200_000);
     for n in 0..5 {
         let refused = run(
@@ -225,9 +255,9 @@ async fn a_process_limit_of_one_runs_the_program_alone_and_failed_starts_leak_no
         assert_eq!(refused.kind(), EventKind::Error, "{:?}", refused.terminal);
     }
     sluice_tests::eventually(
-        sluice_tests::PATIENCE,
+        sluice_tests::patience(),
         "as many execution cgroups as before",
-        || execution_cgroups() <= before,
+        || execution_cgroups(&gateway_dir) <= before,
     )
     .await?;
     client.close().await?;

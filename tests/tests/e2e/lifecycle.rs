@@ -86,9 +86,11 @@ async fn closing_a_socket_mid_run_leaves_no_process() -> Result<()> {
     socket
         .next_event_where(|e| e.kind == EventKind::Started)
         .await?;
-    sluice_tests::eventually(sluice_tests::PATIENCE, "both marked processes run", || {
-        processes_with(&marker).len() == 2
-    })
+    sluice_tests::eventually(
+        sluice_tests::patience(),
+        "both marked processes run",
+        || processes_with(&marker).len() == 2,
+    )
     .await?;
     assert_stream_ok(socket.received());
     // Gone without a close handshake: the TCP connection just drops.

@@ -550,7 +550,6 @@ async fn kernel_limits_hold_at_their_defaults_and_refuse_zero() -> Result<()> {
 /// program reaches it quickly): output, file size and open files everywhere; memory where
 /// the host has a cgroup for it, the workspace where the jail runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::print_stderr)] // the skip reasons are for the person reading the test run
 async fn every_limit_holds_at_its_default_when_the_request_names_none() -> Result<()> {
     let bound = |default: u64| LimitBound {
         default,
@@ -620,7 +619,7 @@ async fn every_limit_holds_at_its_default_when_the_request_names_none() -> Resul
         );
         assert_eq!(memory.terminal.limit_value, Some(128 << 20));
     } else {
-        eprintln!("skipped (memory at its default): no memory cgroup here; see `sluice doctor`");
+        sluice_tests::skip("memory at its default: no memory cgroup here; see `sluice doctor`");
     }
     if report.namespaces.is_ok() {
         // Files under the size limit, together past the workspace.
@@ -634,9 +633,7 @@ async fn every_limit_holds_at_its_default_when_the_request_names_none() -> Resul
         );
         assert_eq!(workspace.terminal.limit_value, Some(4 << 20));
     } else {
-        eprintln!(
-            "skipped (workspace at its default): no namespace jail here; see `sluice doctor`"
-        );
+        sluice_tests::skip("workspace at its default: no namespace jail here; see `sluice doctor`");
     }
     client.close().await?;
     gateway.shutdown().await

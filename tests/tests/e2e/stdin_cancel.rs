@@ -6,8 +6,8 @@ use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
 use sluice_tests::{
     assert_lifecycle, assert_socket_refusal, assert_stream_ok, drain, events_of, next_within,
-    processes_with, request, run, text_of, unique_marker, wait_for_output, wait_until_gone,
-    wait_until_running, TestGateway, PATIENCE,
+    patience, processes_with, request, run, text_of, unique_marker, wait_for_output,
+    wait_until_gone, wait_until_running, TestGateway,
 };
 use std::time::Duration;
 
@@ -234,7 +234,7 @@ async fn cancel_kills_a_program_group_that_ignores_sigterm() -> Result<()> {
     let mut execution = client.execute(request("stubborn", "bash", &code)).await?;
     let mut events = Vec::new();
     wait_for_output(&mut execution, &mut events, "ready\n").await?;
-    sluice_tests::eventually(PATIENCE, "both marked processes run", || {
+    sluice_tests::eventually(patience(), "both marked processes run", || {
         processes_with(&marker).len() == 2
     })
     .await?;

@@ -1,0 +1,32 @@
+//! The end-to-end suite as one test binary: each module is what used to be a test file
+//! of its own (`basics`, `cli`, ...), so a test is still named by its file, as
+//! `basics::exit_codes_propagate` (one area: `cargo test -p sluice-tests --test e2e --
+//! basics::`). One binary links once instead of twenty times, which is most of a build
+//! on two cores.
+//!
+//! Tests in one binary share a process: a test must not assume it is alone in it (its
+//! gateway's cgroups and processes are found by its own markers, never by counting the
+//! process's). The one test that measures the process itself (its peak memory) is a
+//! binary of its own, `tests/tests/slow_subscriber.rs`.
+
+mod basics;
+mod cli;
+mod client;
+mod client_sessions;
+mod concurrency;
+mod encoding;
+mod errors;
+mod fairness;
+mod hardening;
+mod isolation;
+mod kernel_idle;
+mod lifecycle;
+mod limits;
+mod lockout;
+mod memory;
+mod persistent;
+mod privilege;
+mod sandbox;
+mod session_abuse;
+mod sessions;
+mod stdin_cancel;
