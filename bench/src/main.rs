@@ -98,7 +98,10 @@ fn main() -> anyhow::Result<()> {
         args.cell_runs = 50;
         args.fairness_runs = 10;
     }
-    keep_freed_memory();
+    // As the gateway does for itself: otherwise the client side of this harness spends
+    // much of the throughput run in page faults for the buffers of each 64 KiB event,
+    // which measures glibc, not the gateway. It applies to the direct baseline too.
+    sluice_gateway::keep_freed_memory();
     if args.only.as_deref() == Some("fairness") {
         return fairness_only(&args);
     }
@@ -880,19 +883,6 @@ async fn gateway_throughput(socket: &mut Socket, code: &str, bytes: u64) -> anyh
         bail!("received {received} bytes through the gateway, expected {bytes}");
     }
     Ok(bytes as f64 / secs / 1e6)
-}
-
-/// Tells glibc to keep freed memory rather than trim it after every large free, as the
-/// gateway does for itself: otherwise the client side of this harness spends much of the
-/// throughput run in page faults for the buffers of each 64 KiB event, which measures
-/// glibc, not the gateway. It applies to the direct baseline too (same process).
-#[allow(unsafe_code)] // One FFI call with integer arguments.
-fn keep_freed_memory() {
-    // SAFETY: mallopt takes two integers and only adjusts allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
 }
 
 /// The real python executable: `python3` on PATH may be a wrapper script (pyenv) that

@@ -28,6 +28,13 @@ pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use sandbox::{jail, HostReport};
 pub use server::{run, GatewayError};
 
+/// Tells glibc's allocator to keep freed memory instead of returning it to the kernel
+/// after every large free, as the gateway does for itself when it starts serving; for
+/// programs that embed the gateway and measure it (`sluice-bench`).
+pub fn keep_freed_memory() {
+    sys::keep_freed_memory();
+}
+
 /// Worker threads the gateway's runtime should use by default: half the CPUs, at least
 /// one. The programs it runs need the CPU more than the gateway does: on a 2-core
 /// machine a second worker thread made executions slower (more wakeups between threads

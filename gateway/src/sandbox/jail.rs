@@ -1,6 +1,6 @@
 //! The contract between the gateway and `sluice-jail`, the small launcher that starts a
-//! program inside its own namespaces: what the gateway asks for (a [`JailSpec`], passed
-//! as command-line arguments) and what the jail leaves behind for the gateway (a
+//! program inside its own namespaces: what the gateway asks for (a [`JailSpec`], handed
+//! over in a file) and what the jail leaves behind for the gateway (a
 //! [`JailReport`], a file in the execution's host-side directory).
 //!
 //! The gateway hands a spec over in a file ([`SPEC_FILE`], written with [`JailSpec::write`]
