@@ -1,1 +1,0 @@
-//! Unit tests of the connection through a fake peer.
