@@ -9,7 +9,7 @@
 //! [`serve`] takes the socket as a pair: a [`Sink`] of messages the writer task alone
 //! writes to ([`writer`]), and a [`Stream`] of messages the reader loop decodes
 //! ([`reader`]). In production that is the two halves of axum's `WebSocket` (static
-//! dispatch, nothing boxed per message); the unit tests ([`tests`]) pass a pair of
+//! dispatch, nothing boxed per message); the unit tests (`tests`) pass a pair of
 //! channels standing in for a client.
 //!
 //! - [`reader`]: the reader loop, liveness (pings answered, idle timeout, message
