@@ -336,7 +336,8 @@ async fn upgrade(
             let tracker = state.connections.clone();
             tracker.track_future(
                 async move {
-                    connection::serve(socket, state, shutdown, id, principal, meter).await;
+                    let (sink, frames) = futures::StreamExt::split(socket);
+                    connection::serve(sink, frames, state, shutdown, id, principal, meter).await;
                     drop((permit, peer_permit));
                 }
                 .instrument(span),

@@ -1,0 +1,325 @@
+//! An `execute` frame: a repeat of a known id answered from its session (or refused as
+//! `duplicate_id` when the request differs), then every check and the capacity the
+//! execution takes (the socket's, the peer's and the gateway's, and the buffer
+//! budget), all before its session is opened or joined, so a refused `execute` leaves
+//! nothing behind; then the session and the execution task.
+
+use super::frames::{Connection, Refusal};
+use crate::admission::ExecutionSlot;
+use crate::execution::kernel::KernelKind;
+use crate::execution::{self, ExecutionContext, ExecutionSpec, Start};
+use crate::session::{Fingerprint, Lead, OpenError, Session};
+use futures::FutureExt as _;
+use sluice_protocol::{ErrorCode, Event, ExecuteRequest};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// An `execute` that passed every check, with the capacity it takes.
+struct Admitted {
+    runtime: Arc<crate::runtime::Runtime>,
+    kernel: Option<KernelKind>,
+    limits: crate::config::EffectiveLimits,
+    slot: execution::Slot,
+}
+
+impl Connection {
+    pub(super) async fn execute(&mut self, request: ExecuteRequest) {
+        let named = match &request.session {
+            None => {
+                if self.started.is_running(&request.id) {
+                    let message = format!(
+                        "execution id {:?} is already running on this socket",
+                        request.id
+                    );
+                    return self.refuse(None, ErrorCode::DuplicateId, message).await;
+                }
+                None
+            }
+            Some(name) => {
+                // An id the session already knows is answered from the session: this
+                // socket gets its events (replayed from the buffer), nothing runs twice.
+                // Only for the same request: another one reusing the id is refused, so
+                // nobody can answer a victim's `execute` with output of their own.
+                let known = self.state.sessions.get(name).and_then(|session| {
+                    let fingerprint = session.fingerprint_of(&request.id)?;
+                    Some((session, fingerprint))
+                });
+                if let Some((session, fingerprint)) = known {
+                    if fingerprint != Fingerprint::of(&request) {
+                        let message = format!(
+                            "execution id {:?} is already used in session {name:?} by a different request; choose another id",
+                            request.id
+                        );
+                        // The execution exists, so this refusal is not its terminal event.
+                        return self.refuse(None, ErrorCode::DuplicateId, message).await;
+                    }
+                    if self.link.reads(&session) {
+                        return;
+                    }
+                    // The execution exists, so this refusal is not its terminal event.
+                    // A resend leads the session while nobody else does.
+                    if let Err((code, message)) = self.join(&session, 0, Lead::IfVacant, false) {
+                        self.refuse(None, code, message).await;
+                    }
+                    return;
+                }
+                Some(name.clone())
+            }
+        };
+        // The whole request is checked, and its capacity taken, before any session is
+        // opened or joined: a refused `execute` leaves nothing behind.
+        if let Err((code, message)) = self.check_memory() {
+            return self.refuse_execute(&request.id, code, message).await;
+        }
+        let admitted = match self.admit(&request) {
+            Ok(admitted) => admitted,
+            Err((code, message)) => return self.refuse_execute(&request.id, code, message).await,
+        };
+        let session = match named {
+            None => match self.state.sessions.open_ephemeral(self.principal) {
+                Ok(session) => {
+                    self.link.subscribe(&session, 0, Lead::Take, false);
+                    session
+                }
+                Err(err) => {
+                    let code = open_error_code(&err);
+                    return self
+                        .refuse_execute(&request.id, code, err.to_string())
+                        .await;
+                }
+            },
+            Some(name) => match self.named_session(&name) {
+                Ok(session) => session,
+                Err((code, message)) => {
+                    return self.refuse_execute(&request.id, code, message).await;
+                }
+            },
+        };
+        self.start(request, session, admitted);
+    }
+
+    /// Refuses an `execute` before it joined a session: terminal for its id, unless that
+    /// id names an execution still running on this socket.
+    async fn refuse_execute(&self, id: &str, code: ErrorCode, message: String) {
+        let id = (!self.started.is_running(id)).then(|| id.to_owned());
+        self.refuse(id, code, message).await;
+    }
+
+    /// The named session an `execute` runs in, opened and read by this socket if it was
+    /// not (from its next event on: what came before is for `attach` to replay).
+    fn named_session(&mut self, name: &str) -> Result<Arc<Session>, Refusal> {
+        if let Some(session) = self.link.session(name) {
+            if session.ephemeral {
+                let err = OpenError::GatewayMade(name.to_owned());
+                return Err((ErrorCode::BadRequest, err.to_string()));
+            }
+            // It executes in the session: it may lead it now.
+            session.stream.allow_lead(self.link.socket);
+            return Ok(session);
+        }
+        self.check_session_room()?;
+        let (session, _) = self
+            .state
+            .sessions
+            .open_named(name, self.principal)
+            .map_err(|err| (open_error_code(&err), err.to_string()))?;
+        let cursor = session.stream.head();
+        self.link.subscribe(&session, cursor, Lead::IfVacant, false);
+        Ok(session)
+    }
+
+    /// New work is refused while the gateway's buffer budget, or this peer's share of
+    /// it, is spent.
+    fn check_memory(&self) -> Result<(), Refusal> {
+        let budget = &self.buffers;
+        if budget.share_spent() {
+            return Err((
+                ErrorCode::GatewayBusy,
+                format!(
+                    "your {}'s sessions, sockets and input hold its share of the gateway's buffer budget ({} bytes, --budget-share-per-peer); read or acknowledge what they hold, or retry later",
+                    self.principal,
+                    budget.share_limit()
+                ),
+            ));
+        }
+        if budget.is_spent() {
+            return Err((
+                ErrorCode::GatewayBusy,
+                format!(
+                    "the gateway's buffer budget of {} bytes (replay buffers, messages in flight, queued stdin) is spent; retry later",
+                    budget.limit()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what only the gateway can check (runtime, persistence, limits) and takes
+    /// the capacity the execution needs (this socket's, this peer's and the gateway's),
+    /// touching no session.
+    fn admit(&self, request: &ExecuteRequest) -> Result<Admitted, Refusal> {
+        let state = &self.state;
+        let language = &request.language;
+        if state.shutdown.is_cancelled() {
+            return Err((
+                ErrorCode::ShuttingDown,
+                "the gateway is shutting down".into(),
+            ));
+        }
+        let Some(runtime) = state.runtimes.get(language) else {
+            let known = state.runtimes.names().join(", ");
+            return Err((
+                ErrorCode::UnknownLanguage,
+                format!("unknown language {language:?}; this gateway runs: {known}"),
+            ));
+        };
+        let kernel = match request.persistent {
+            false => None,
+            true => Some(KernelKind::for_runtime(runtime).ok_or_else(|| {
+                let able: Vec<&str> = state
+                    .runtimes
+                    .all()
+                    .filter(|r| KernelKind::for_runtime(r).is_some())
+                    .map(|r| r.name.as_str())
+                    .collect();
+                (
+                    ErrorCode::BadRequest,
+                    format!(
+                        "language {language:?} has no persistent interpreter; persistent sessions run: {}",
+                        able.join(", ")
+                    ),
+                )
+            })?),
+        };
+        let limits = state
+            .config
+            .limits
+            .resolve(&request.limits)
+            .map_err(|message| (ErrorCode::InvalidLimit, message))?;
+        let max_here = state.config.max_executions_per_connection;
+        if self.started.running() >= max_here {
+            return Err((
+                ErrorCode::TooManyExecutions,
+                format!("{max_here} executions are already running on this socket, the maximum"),
+            ));
+        }
+        let Ok(gateway_slot) = state.execution_slots.clone().try_acquire_owned() else {
+            let max = state.config.max_executions;
+            return Err((
+                ErrorCode::TooManyExecutions,
+                format!("the gateway is running {max} executions, its maximum"),
+            ));
+        };
+        let peer_slot = state
+            .executions_per_peer
+            .try_acquire(self.principal)
+            .map_err(|e| {
+                (
+                    ErrorCode::TooManyExecutions,
+                    format!(
+                        "your {} has {} executions running, the maximum per peer",
+                        self.principal, e.max
+                    ),
+                )
+            })?;
+        // Last, so a refusal above holds nothing of the budget.
+        let reserved = execution::reserve(&state.host, self.principal, &limits, kernel.is_some())?;
+        Ok(Admitted {
+            runtime: runtime.clone(),
+            kernel,
+            limits,
+            slot: execution::Slot::new(ExecutionSlot::new(gateway_slot, peer_slot), reserved),
+        })
+    }
+
+    /// Starts the execution task of an admitted `execute` in `session`.
+    fn start(&mut self, request: ExecuteRequest, session: Arc<Session>, admitted: Admitted) {
+        let state = self.state.clone();
+        let fingerprint = Fingerprint::of(&request);
+        let ExecuteRequest {
+            id,
+            code,
+            stdin,
+            env,
+            args,
+            encoding,
+            ..
+        } = request;
+        let Admitted {
+            runtime,
+            kernel,
+            limits,
+            slot,
+        } = admitted;
+        let max_here = state.config.max_executions_per_connection;
+        let spec = ExecutionSpec {
+            id: id.clone(),
+            runtime: runtime.clone(),
+            code,
+            args,
+            env: env.into_iter().collect(),
+            stdin,
+            encoding,
+            limits,
+        };
+        let ctx = ExecutionContext {
+            session: session.clone(),
+            host: state.host.clone(),
+            chunk_bytes: state.config.chunk_bytes,
+            kill_grace: state.config.kill_grace,
+            kernel_slots: state.kernel_slots.clone(),
+            kernels_per_peer: state.kernels_per_peer.clone(),
+            principal: self.principal,
+        };
+        // Alone on the gateway (every other slot free), start the program inline.
+        let spawn_inline =
+            state.execution_slots.available_permits() + 1 >= state.config.max_executions;
+        let start = match kernel {
+            Some(kind) => {
+                let (after, turn) = session.next_cell_turn();
+                Start::Cell { kind, after, turn }
+            }
+            None => Start::Program {
+                inline: spawn_inline,
+            },
+        };
+        let (handle, task) = execution::prepare(
+            spec,
+            ctx,
+            slot,
+            state.config.stdin_queue,
+            session.cancel.child_token(),
+            start,
+        );
+        let finished = handle.finished_flag();
+        let running_here =
+            self.started
+                .record(id.clone(), session.clone(), finished.clone(), max_here);
+        session.add_execution(id.clone(), fingerprint, handle);
+        state.executions.spawn(async move {
+            // Every execution ends with exactly one terminal event, even if its task fails.
+            if std::panic::AssertUnwindSafe(task)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(execution = %id, "execution task failed");
+                if !finished.swap(true, Ordering::AcqRel) {
+                    let message = "the gateway failed while running this execution";
+                    let event = Event::error(Some(id.clone()), ErrorCode::Internal, message);
+                    session.stream.publish(event);
+                }
+            }
+            drop(running_here);
+            session.execution_finished(&id);
+        });
+        self.busy_at = tokio::time::Instant::now();
+    }
+}
+
+fn open_error_code(err: &OpenError) -> ErrorCode {
+    match err {
+        OpenError::TooMany(_) | OpenError::TooManyForPeer(..) => ErrorCode::TooManySessions,
+        OpenError::GatewayMade(_) => ErrorCode::BadRequest,
+    }
+}

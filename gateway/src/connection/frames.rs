@@ -1,0 +1,240 @@
+//! [`Connection`], the reader's side of a socket, and what it does with a text frame:
+//! the size cap, decoding (every failure answered with a typed `error` on the socket's
+//! own stream), dispatch to `execute` ([`super::execute`]), `stdin`/`cancel`
+//! ([`super::own`]), and the session frames handled here: `attach` (with `since`
+//! replay), `detach` and `ack`.
+
+use super::link::SocketLink;
+use super::own::OwnExecutions;
+use crate::admission::Principal;
+use crate::buffer_budget::BufferBudget;
+use crate::session::{EventStream, Lead, Session};
+use crate::state::GatewayState;
+use axum::extract::ws::CloseFrame;
+use sluice_protocol::{
+    AckFrame, AttachFrame, ClientFrame, DetachFrame, ErrorCode, Event, FrameError,
+};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// A refusal: the code and the human message of an `error` event.
+pub(super) type Refusal = (ErrorCode, String);
+
+/// The reader side's state.
+pub(super) struct Connection {
+    pub(super) state: Arc<GatewayState>,
+    pub(super) link: Arc<SocketLink>,
+    /// Refusals that belong to no session are numbered on this stream.
+    own: Arc<EventStream>,
+    /// Executions this socket started; stdin and cancel without a `session` look here.
+    pub(super) started: OwnExecutions,
+    /// Cancelled on gateway shutdown or when the writer gives up; every wait for room in
+    /// the socket's own stream also watches it, so a stuck client cannot stall shutdown.
+    pub(super) closing: CancellationToken,
+    pub(super) close_reason: Arc<Mutex<Option<CloseFrame>>>,
+    /// The session the frame being handled names, for its refusals' `for_session`.
+    pub(super) frame_session: Option<String>,
+    /// Set when the client sent a close frame: the writer stops sending events.
+    pub(super) peer_closed: Arc<AtomicBool>,
+    /// Whom this socket's sessions and executions count against (per-peer caps).
+    pub(super) principal: Principal,
+    /// The peer's view of the gateway's buffer budget.
+    pub(super) buffers: BufferBudget,
+    /// When this socket last started an execution or joined a session (idle timeout).
+    pub(super) busy_at: tokio::time::Instant,
+}
+
+impl Connection {
+    #[allow(clippy::too_many_arguments)] // each is one piece the serve function set up
+    pub(super) fn new(
+        state: Arc<GatewayState>,
+        link: Arc<SocketLink>,
+        own: Arc<EventStream>,
+        closing: CancellationToken,
+        close_reason: Arc<Mutex<Option<CloseFrame>>>,
+        peer_closed: Arc<AtomicBool>,
+        principal: Principal,
+        buffers: BufferBudget,
+    ) -> Self {
+        Self {
+            state,
+            link,
+            own,
+            started: OwnExecutions::default(),
+            closing,
+            close_reason,
+            frame_session: None,
+            peer_closed,
+            principal,
+            buffers,
+            busy_at: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(super) async fn handle_text(&mut self, text: &str) {
+        self.frame_session = None;
+        if text.len() > self.state.config.max_frame_bytes {
+            let message = format!(
+                "frame of {} bytes exceeds the maximum of {} bytes; it was not processed",
+                text.len(),
+                self.state.config.max_frame_bytes
+            );
+            return self.refuse(None, ErrorCode::TooLarge, message).await;
+        }
+        let frame = ClientFrame::decode(text);
+        self.frame_session = frame
+            .as_ref()
+            .ok()
+            .and_then(ClientFrame::session)
+            .map(str::to_owned);
+        match frame {
+            Ok(ClientFrame::Execute(request)) => self.execute(request).await,
+            Ok(ClientFrame::Stdin(frame)) => self.stdin(frame).await,
+            Ok(ClientFrame::Cancel(frame)) => self.cancel(frame).await,
+            Ok(ClientFrame::Attach(frame)) => self.attach(frame).await,
+            Ok(ClientFrame::Detach(frame)) => self.detach(frame),
+            Ok(ClientFrame::Ack(frame)) => self.ack(frame),
+            Err(err) => self.refuse_frame(err).await,
+        }
+    }
+
+    /// A refused frame: terminal for its execution only if it was an `execute` whose id
+    /// is free; otherwise it belongs to no execution.
+    async fn refuse_frame(&mut self, err: FrameError) {
+        let id = match (&err.frame_type, err.id) {
+            (Some(kind), Some(id))
+                if kind == "execute" && is_usable_id(&id) && !self.started.is_running(&id) =>
+            {
+                Some(id)
+            }
+            _ => None,
+        };
+        self.refuse(id, err.code, err.message).await;
+    }
+
+    /// Sends an `error` on the socket's own stream, naming the session the refused
+    /// frame named, if any.
+    pub(super) async fn refuse(
+        &self,
+        id: Option<String>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        let mut event = Event::error(id, code, message);
+        event.for_session.clone_from(&self.frame_session);
+        self.publish_or_close(&self.own, event).await;
+    }
+
+    /// Publishes on `stream` once it has room, unless the connection closes first.
+    async fn publish_or_close(&self, stream: &EventStream, event: Event) {
+        tokio::select! {
+            biased;
+            () = stream.room() => {
+                stream.publish(event);
+            }
+            () = self.closing.cancelled() => {}
+        }
+    }
+
+    async fn attach(&mut self, frame: AttachFrame) {
+        let AttachFrame { session, since } = frame;
+        let Some(found) = self.state.sessions.get(&session) else {
+            let (code, message) = unknown_session(&session);
+            return self.refuse(None, code, message).await;
+        };
+        let since = since.unwrap_or(0);
+        let head = found.stream.head();
+        if since > head {
+            let message = format!(
+                "since {since} is past the last event of session {session:?}, which is {head}"
+            );
+            return self.refuse(None, ErrorCode::BadRequest, message).await;
+        }
+        // Anyone may attach to (or execute in) a named session: there are no
+        // credentials yet, so a socket paces it only while nobody else does (typically
+        // the executing client, reconnected), never by taking the lead from a socket
+        // that leads; the 128-bit id of a gateway-made session is as good as a
+        // credential.
+        let lead = if found.ephemeral {
+            Lead::May
+        } else {
+            Lead::IfVacant
+        };
+        if let Err((code, message)) = self.join(&found, since, lead, true) {
+            self.refuse(None, code, message).await;
+        }
+    }
+
+    /// Detaching is idempotent: a session this socket does not read (it may have been
+    /// let go a moment ago) is already detached, so the frame is never refused.
+    fn detach(&mut self, frame: DetachFrame) {
+        if let Some(session) = self.link.session(&frame.session) {
+            self.link.unsubscribe(&session, &self.state.sessions);
+        }
+    }
+
+    /// Acknowledgements are advisory: one for a session this socket does not read (it
+    /// may have been let go a moment ago) is ignored, never refused.
+    fn ack(&mut self, frame: AckFrame) {
+        if let Some(session) = self.link.session(&frame.session) {
+            session.stream.ack(self.link.socket, frame.sequence);
+            // A finished session the client now has all of can be let go.
+            self.link.wake.notify_one();
+        }
+    }
+
+    /// Starts reading `session` after `since` (moves the cursor if this socket reads it
+    /// already). `lead`: whether it may pace the session.
+    pub(super) fn join(
+        &mut self,
+        session: &Arc<Session>,
+        since: u64,
+        lead: Lead,
+        announce: bool,
+    ) -> Result<(), Refusal> {
+        if self.link.reads(session) {
+            self.link.subscribe(session, since, lead, announce);
+            return Ok(());
+        }
+        if !session.ephemeral {
+            self.check_session_room()?;
+        }
+        if !self.state.sessions.attach(session) {
+            return Err(unknown_session(session.id()));
+        }
+        self.link.subscribe(session, since, lead, announce);
+        self.busy_at = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// Refuses a session beyond `--max-sessions-per-connection` for this socket.
+    pub(super) fn check_session_room(&self) -> Result<(), Refusal> {
+        let max = self.state.config.max_sessions_per_connection;
+        if self.link.named_sessions() >= max {
+            return Err((
+                ErrorCode::TooManySessions,
+                format!("this socket is already attached to {max} sessions, the maximum"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// True while the socket runs an execution or reads a session (beyond a finished
+    /// gateway-made one kept for a reconnect): such a socket is never idle.
+    pub(super) fn holds_something(&self) -> bool {
+        self.started.running() > 0 || self.link.holds_session()
+    }
+}
+
+/// Whether the reader may use `id` as an execution id.
+pub(super) fn is_usable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= sluice_protocol::MAX_ID_BYTES
+}
+
+pub(super) fn unknown_session(name: &str) -> Refusal {
+    (
+        ErrorCode::UnknownSession,
+        format!("no session {name:?} is open (it never was, or it ended), or this socket is not attached to it"),
+    )
+}

@@ -1,0 +1,155 @@
+//! How a socket ends, and the writer's order: pings on a clock and the close after two
+//! silent intervals, the idle timeout (never while the socket holds an execution),
+//! close codes for read errors, the client's close and shutdown, a client that stops
+//! reading, and every stream's order kept when the writer interleaves streams. Timers
+//! run on a paused clock.
+
+use super::*;
+use tungstenite::error::CapacityError;
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed_with_1001() {
+    let mut gateway = Gateway::new(Config {
+        ping_interval: Duration::from_secs(10),
+        ..config()
+    });
+    let mut peer = gateway.connect();
+    for _ in 0..5 {
+        assert!(
+            matches!(peer.message().await, Some(Message::Ping(_))),
+            "pinged on the clock"
+        );
+        peer.send_message(Message::Pong(Default::default()));
+    }
+    // Silent from here: pinged once or twice more, then closed.
+    let close = peer.close_frame().await.expect("a close frame");
+    assert_eq!(close.code, 1001);
+    assert!(close.reason.contains("ping"), "{close:?}");
+    peer.served().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_socket_is_closed_with_1000_once_idle_but_never_while_it_runs_something() {
+    let idle = Duration::from_secs(10);
+    let mut config = config();
+    config.idle_timeout = idle;
+    config.limits.timeout_ms.default = 600_000;
+    let mut gateway = Gateway::new(config);
+
+    // The program never ends while the clock is paused: an exit needs real time, which
+    // the paused clock would skip past.
+    let mut busy = gateway.connect();
+    busy.execute("wait", "read line");
+    assert_eq!(busy.event().await.kind, EventKind::Started);
+    tokio::time::advance(idle * 6).await;
+    // Still open: a frame is still answered.
+    busy.send_text("not json");
+    busy.refusal(ErrorCode::BadRequest).await;
+    let mut idle_peer = gateway.connect();
+    let close = idle_peer.close_frame().await.expect("a close frame");
+    assert_eq!(close.code, 1000);
+    assert!(close.reason.contains("idle"), "{close:?}");
+}
+
+#[tokio::test]
+async fn a_frame_over_the_transport_cap_closes_with_1009_and_other_read_errors_without_a_frame() {
+    let mut gateway = Gateway::start();
+    let mut too_big = gateway.connect();
+    too_big.fail_read(axum::Error::new(tungstenite::Error::Capacity(
+        CapacityError::MessageTooLong {
+            size: 1 << 30,
+            max_size: 1 << 22,
+        },
+    )));
+    let close = too_big.close_frame().await.expect("a close frame");
+    assert_eq!(close.code, 1009);
+    too_big.served().await;
+
+    let mut broken = gateway.connect();
+    broken.fail_read(axum::Error::new(std::io::Error::other("connection reset")));
+    assert!(broken.close_frame().await.is_none());
+    broken.served().await;
+}
+
+#[tokio::test]
+async fn after_the_clients_close_frame_the_gateway_sends_nothing() {
+    let mut gateway = Gateway::start();
+    let mut peer = gateway.connect();
+    peer.execute("job", "echo hi");
+    peer.execution("job").await;
+    peer.send_message(Message::Close(None));
+    // The WebSocket layer answers the close itself; the writer only lets go.
+    assert!(peer.close_frame().await.is_none());
+    peer.served().await;
+}
+
+#[tokio::test]
+async fn on_shutdown_a_running_execution_is_cancelled_then_the_socket_closes_with_1001() {
+    let mut gateway = Gateway::start();
+    let mut peer = gateway.connect();
+    peer.execute("wait", "read line");
+    assert_eq!(peer.event().await.kind, EventKind::Started);
+    // As `server::run` does: cancel everything, let the executions' tracker drain.
+    gateway.state.shutdown.cancel();
+    gateway.state.executions.close();
+    assert_eq!(kinds(&peer.execution("wait").await), [EventKind::Cancelled]);
+    let close = peer.close_frame().await.expect("a close frame");
+    assert_eq!(close.code, 1001);
+    assert_eq!(close.reason.as_str(), "gateway shutting down");
+    peer.served().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
+    let mut gateway = Gateway::new(Config {
+        send_timeout: Duration::from_secs(5),
+        ..config()
+    });
+    // A socket that holds a single message, which the client never takes.
+    let mut peer = gateway.connect_with_buffer(0);
+    for _ in 0..8 {
+        peer.send_text("not json");
+    }
+    peer.served().await;
+    let mut delivered = 0;
+    while let Some(message) = peer.message().await {
+        assert!(matches!(message, Message::Text(_)), "{message:?}");
+        delivered += 1;
+    }
+    assert!(delivered < 8, "the writer gave up: {delivered} delivered");
+}
+
+#[tokio::test]
+async fn the_writer_keeps_every_streams_order_while_it_interleaves_them() {
+    let mut gateway = Gateway::start();
+    let mut peer = gateway.connect();
+    let lines = "for i in 1 2 3 4 5 6 7 8; do echo $i; echo $i >&2; done";
+    peer.execute_in("left", "l", lines);
+    peer.send_text("refused 1");
+    peer.execute_in("right", "r", lines);
+    peer.send_text("refused 2");
+    peer.execute("solo", lines);
+    peer.send_text("refused 3");
+
+    let mut terminal = 0;
+    let mut by_stream: std::collections::BTreeMap<Option<String>, Vec<Event>> = Default::default();
+    while terminal < 3 || by_stream.get(&None).map_or(0, Vec::len) < 3 {
+        let event = peer.event().await;
+        if event.is_terminal() {
+            terminal += 1;
+        }
+        by_stream
+            .entry(event.session.clone())
+            .or_default()
+            .push(event);
+    }
+    assert_eq!(by_stream.len(), 4, "own, left, right and solo's session");
+    for (stream, events) in &by_stream {
+        assert_consecutive(events, 1);
+        if stream.is_some() {
+            assert_eq!(events[0].kind, EventKind::Started);
+            assert!(events.last().is_some_and(Event::is_terminal));
+            assert_eq!(stdout(events), "1\n2\n3\n4\n5\n6\n7\n8\n");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The writer task: the only code that writes to a socket. It takes batches of shared
+//! frames from every stream the socket reads ([`SocketLink::take`]), feeds them with
+//! one flush per batch, pings the client on a clock, gives up on a client that does
+//! not read within the send timeout, and ends with the close frame the reader asked
+//! for (or 1001 on shutdown).
+
+use super::link::SocketLink;
+use super::{CLOSE_GOING_AWAY, SHUTDOWN_SEND_GRACE};
+use crate::state::GatewayState;
+use axum::extract::ws::{CloseFrame, Message};
+use futures::{Sink, SinkExt as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Most bytes of frames the writer takes from its streams before writing them out.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// What the writer task needs.
+pub(super) struct Writer<S> {
+    pub(super) sink: S,
+    pub(super) link: Arc<SocketLink>,
+    pub(super) state: Arc<GatewayState>,
+    /// Cancelled by the writer when it gives up on the socket (the reader stops then).
+    pub(super) failed: CancellationToken,
+    pub(super) shutdown: CancellationToken,
+    /// Cancelled by the reader: write what is left, then close.
+    pub(super) finish: CancellationToken,
+    /// The close frame the reader asked for (a frame over the transport cap, idle...).
+    pub(super) close_reason: Arc<Mutex<Option<CloseFrame>>>,
+    /// The client sent a close frame: no more events, only the close reply.
+    pub(super) peer_closed: Arc<AtomicBool>,
+}
+
+/// Takes events from every stream the socket reads and writes them, one flush per
+/// batch. A batch that cannot be written within the send timeout (the client stopped
+/// reading) ends the connection: a slow consumer must not hold the gateway forever.
+pub(super) async fn write_loop<S>(writer: Writer<S>)
+where
+    S: Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    let Writer {
+        mut sink,
+        link,
+        state,
+        failed,
+        shutdown,
+        finish,
+        close_reason,
+        peer_closed,
+    } = writer;
+    let send_timeout = state.config.send_timeout;
+    let ping_interval = state.config.ping_interval;
+    let mut next_ping = tokio::time::Instant::now() + ping_interval;
+    loop {
+        let wake = link.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        if peer_closed.load(Ordering::Acquire) {
+            // The client said goodbye: the close reply is all it may still get.
+            break;
+        }
+        let batch = link.take(WRITE_BATCH_BYTES, &state.sessions);
+        // Pinged on a clock, busy or not: a client that only reads answers pings only.
+        let now = tokio::time::Instant::now();
+        let ping = now >= next_ping && !finish.is_cancelled();
+        if batch.frames.is_empty() && !ping {
+            if finish.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = wake => {}
+                () = finish.cancelled() => {}
+                () = tokio::time::sleep_until(next_ping) => {}
+            }
+            continue;
+        }
+        if ping {
+            next_ping = now + ping_interval;
+        }
+        let write = async {
+            if ping {
+                sink.feed(Message::Ping(bytes::Bytes::new())).await?;
+            }
+            for frame in batch.frames {
+                sink.feed(Message::Text(frame)).await?;
+            }
+            sink.flush().await
+        };
+        // On shutdown a client gets a short last chance to take what is left (its
+        // `cancelled` events and the close frame), not the whole send timeout.
+        let shutdown_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_SEND_GRACE).await;
+        };
+        let result = tokio::select! {
+            result = tokio::time::timeout(send_timeout, write) => match result {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(?send_timeout, "closing: the client has not read its socket within the send timeout");
+                    failed.cancel();
+                    return;
+                }
+            },
+            () = shutdown_deadline => {
+                tracing::debug!("closing: the client did not take its last events during shutdown");
+                failed.cancel();
+                return;
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(%err, "socket write failed");
+            failed.cancel();
+            return;
+        }
+    }
+    let requested = close_reason
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let close = requested.or_else(|| {
+        shutdown.is_cancelled().then(|| CloseFrame {
+            code: CLOSE_GOING_AWAY,
+            reason: "gateway shutting down".into(),
+        })
+    });
+    let goodbye = async {
+        // After the client's close frame the WebSocket layer sends the reply itself.
+        if let Some(close) = close.filter(|_| !peer_closed.load(Ordering::Acquire)) {
+            let _ = sink.send(Message::Close(Some(close))).await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(send_timeout.min(SHUTDOWN_SEND_GRACE), goodbye).await;
+}
