@@ -75,15 +75,15 @@ pub async fn run(
 
 /// A gateway ready to serve: what every connection shares, and what outlives them
 /// until the drain.
-struct Built {
-    state: Arc<GatewayState>,
+pub(crate) struct Built {
+    pub(crate) state: Arc<GatewayState>,
     /// Removed (with everything under it) when the gateway stops.
     work_root: WorkRoot,
 }
 
 /// Checks the configuration, sets up the process, decides the isolation policy
 /// (`sandbox::Sandbox`), resolves the runtimes and builds the shared state.
-async fn build(config: Config) -> Result<Built, GatewayError> {
+pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
     config.validate()?;
     let mut config = config;
     // A program cannot be given more descriptors than the gateway may have itself.

@@ -15,7 +15,7 @@
 //!
 //! A module's edges are the first segments of its `crate::` paths (brace groups
 //! included, names re-exported at the crate root resolved through `lib.rs`), outside
-//! comments. The reader is deliberately simple: it is a lint, not a parser.
+//! comments and unit-test modules (`tests.rs`, `tests/`), which may build anything. The reader is deliberately simple: it is a lint, not a parser.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -181,6 +181,12 @@ fn crate_references(code: &str) -> BTreeSet<String> {
     found
 }
 
+/// A unit-test module: `tests.rs`, or a file under a `tests/` folder of a module.
+fn is_test_module(file: &Path) -> bool {
+    file.file_name().is_some_and(|name| name == "tests.rs")
+        || file.components().any(|part| part.as_os_str() == "tests")
+}
+
 fn leading_ident(text: &str) -> String {
     text.chars()
         .take_while(|c| c.is_alphanumeric() || *c == '_')
@@ -242,6 +248,9 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             files.push(single);
         }
         let mut edges = BTreeSet::new();
+        // Unit-test modules may build the whole gateway (connection's fake-peer tests
+        // use `server::build`): they are not part of the structure.
+        files.retain(|file| !is_test_module(file));
         for file in files {
             for name in crate_references(&code_only(&read(&file))) {
                 let target = if modules.contains(&name) {

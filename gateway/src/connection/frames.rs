@@ -8,7 +8,8 @@ use super::link::SocketLink;
 use super::own::OwnExecutions;
 use crate::admission::Principal;
 use crate::buffer_budget::BufferBudget;
-use crate::session::{EventStream, Lead, Session};
+use crate::fanout::{EventStream, Lead};
+use crate::session::Session;
 use crate::state::GatewayState;
 use axum::extract::ws::CloseFrame;
 use sluice_protocol::{

@@ -1,9 +1,8 @@
 //! [`SocketLink`]: the streams one socket reads and where it is in each, shared by the
 //! connection's reader (which attaches and detaches) and its writer (which takes events).
 
-use crate::session::{
-    attached_event, gap_event, EventStream, Lead, Session, SessionRegistry, SocketId,
-};
+use crate::fanout::{attached_event, gap_event, EventStream, Lead, SocketId};
+use crate::session::{Session, SessionRegistry};
 use axum::extract::ws::Utf8Bytes;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;

@@ -32,8 +32,8 @@ mod tests;
 mod writer;
 
 use crate::admission::Principal;
+use crate::fanout::EventStream;
 use crate::meter::Meter;
-use crate::session::EventStream;
 use crate::state::GatewayState;
 use axum::extract::ws::Message;
 use frames::Connection;

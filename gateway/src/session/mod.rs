@@ -12,13 +12,11 @@
 mod fingerprint;
 
 pub(crate) use fingerprint::Fingerprint;
-// The connection still names the fan-out types through `session` (until it is moved).
-pub(crate) use crate::fanout::{attached_event, gap_event, EventStream, Lead, SocketId};
 
 use crate::admission::{Principal, Quota, QuotaGuard};
 use crate::buffer_budget::BufferBudget;
 use crate::execution::{ExecutionHandle, InterpreterSeat, Owner};
-use crate::fanout::ReplayCaps;
+use crate::fanout::{EventStream, ReplayCaps};
 use dashmap::DashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

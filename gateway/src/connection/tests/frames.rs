@@ -10,7 +10,8 @@ async fn undecodable_frames_are_refused_on_the_own_stream_and_the_socket_goes_on
     let mut gateway = Gateway::new(Config {
         max_frame_bytes: 4_096,
         ..config()
-    });
+    })
+    .await;
     let mut peer = gateway.connect();
 
     peer.send_text("this is not JSON");
@@ -54,7 +55,7 @@ async fn undecodable_frames_are_refused_on_the_own_stream_and_the_socket_goes_on
 
 #[tokio::test]
 async fn an_execute_streams_started_output_and_one_terminal_event_in_sequence() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
     peer.execute("job", "echo out; echo err >&2; exit 3");
     let events = peer.execution("job").await;
@@ -90,7 +91,7 @@ async fn an_execute_streams_started_output_and_one_terminal_event_in_sequence() 
 
 #[tokio::test]
 async fn stdin_and_cancel_find_an_execution_of_this_socket_by_id() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
 
     peer.execute("echo", r#"read line; echo "got $line""#);
@@ -116,7 +117,7 @@ async fn stdin_and_cancel_find_an_execution_of_this_socket_by_id() {
 
 #[tokio::test]
 async fn stdin_and_cancel_with_a_session_look_in_that_session() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
 
     peer.execute_in("work", "one", r#"read line; echo "one: $line""#);
@@ -144,7 +145,7 @@ async fn stdin_and_cancel_with_a_session_look_in_that_session() {
 
 #[tokio::test]
 async fn stdin_after_eof_is_refused_while_the_program_runs_on() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
     peer.execute("cat", "cat; echo done; sleep 600");
     assert_eq!(peer.event().await.kind, EventKind::Started);
@@ -165,7 +166,8 @@ async fn a_running_id_is_a_duplicate_and_the_socket_cap_refuses_terminally() {
     let mut gateway = Gateway::new(Config {
         max_executions_per_connection: 1,
         ..config()
-    });
+    })
+    .await;
     let mut peer = gateway.connect();
     peer.execute("a", "read line");
     assert_eq!(peer.event().await.kind, EventKind::Started);

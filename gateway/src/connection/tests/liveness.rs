@@ -12,7 +12,8 @@ async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed_with_
     let mut gateway = Gateway::new(Config {
         ping_interval: Duration::from_secs(10),
         ..config()
-    });
+    })
+    .await;
     let mut peer = gateway.connect();
     for _ in 0..5 {
         assert!(
@@ -34,7 +35,7 @@ async fn a_socket_is_closed_with_1000_once_idle_but_never_while_it_runs_somethin
     let mut config = config();
     config.idle_timeout = idle;
     config.limits.timeout_ms.default = 600_000;
-    let mut gateway = Gateway::new(config);
+    let mut gateway = Gateway::new(config).await;
 
     // The program never ends while the clock is paused: an exit needs real time, which
     // the paused clock would skip past.
@@ -53,7 +54,7 @@ async fn a_socket_is_closed_with_1000_once_idle_but_never_while_it_runs_somethin
 
 #[tokio::test]
 async fn a_frame_over_the_transport_cap_closes_with_1009_and_other_read_errors_without_a_frame() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut too_big = gateway.connect();
     too_big.fail_read(axum::Error::new(tungstenite::Error::Capacity(
         CapacityError::MessageTooLong {
@@ -73,7 +74,7 @@ async fn a_frame_over_the_transport_cap_closes_with_1009_and_other_read_errors_w
 
 #[tokio::test]
 async fn after_the_clients_close_frame_the_gateway_sends_nothing() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
     peer.execute("job", "echo hi");
     peer.execution("job").await;
@@ -85,7 +86,7 @@ async fn after_the_clients_close_frame_the_gateway_sends_nothing() {
 
 #[tokio::test]
 async fn on_shutdown_a_running_execution_is_cancelled_then_the_socket_closes_with_1001() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
     peer.execute("wait", "read line");
     assert_eq!(peer.event().await.kind, EventKind::Started);
@@ -104,7 +105,8 @@ async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
     let mut gateway = Gateway::new(Config {
         send_timeout: Duration::from_secs(5),
         ..config()
-    });
+    })
+    .await;
     // A socket that holds a single message, which the client never takes.
     let mut peer = gateway.connect_with_buffer(0);
     for _ in 0..8 {
@@ -121,7 +123,7 @@ async fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
 
 #[tokio::test]
 async fn the_writer_keeps_every_streams_order_while_it_interleaves_them() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
     let lines = "for i in 1 2 3 4 5 6 7 8; do echo $i; echo $i >&2; done";
     peer.execute_in("left", "l", lines);

@@ -18,12 +18,9 @@ mod sessions;
 
 use super::serve;
 use crate::admission::Principal;
-use crate::buffer_budget::BufferBudget;
 use crate::config::{Config, Isolation, Network};
 use crate::meter::Meter;
-use crate::runtime::{RuntimeSpec, RuntimeTable};
-use crate::sandbox::{Cgroups, ExecutionBudget, ProgramUser};
-use crate::session::SessionRegistry;
+use crate::runtime::RuntimeSpec;
 use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message};
 use futures::channel::mpsc;
@@ -31,14 +28,10 @@ use futures::StreamExt as _;
 use serde_json::{json, Value};
 use sluice_protocol::{ErrorCode, Event, EventKind};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How long a test waits for something the gateway owes it before it fails. Only a
 /// hang ever takes this long.
@@ -63,89 +56,34 @@ fn config() -> Config {
     }
 }
 
-/// A gateway without a listener: the state every connection shares, built the way
-/// `server::run` builds it for `--isolation none`.
+/// A gateway without a listener: the state every connection shares, built by
+/// `server::build` exactly as `server::run` builds it.
 struct Gateway {
     state: Arc<GatewayState>,
-    work_root: PathBuf,
+    /// Holds the work root (removed on drop).
+    _built: crate::server::Built,
     next_peer_port: u16,
 }
 
 impl Gateway {
-    fn new(config: Config) -> Self {
-        static NEXT_ROOT: AtomicU64 = AtomicU64::new(0);
-        let program_user = ProgramUser::for_unjailed(false, config.sandbox_uid, config.sandbox_gid);
-        let runtimes = RuntimeTable::resolve(&config.runtimes, program_user)
-            .expect("the test runtimes resolve");
+    async fn new(config: Config) -> Self {
+        let built = crate::server::build(config)
+            .await
+            .unwrap_or_else(|err| panic!("the test gateway builds: {err}"));
         assert!(
-            runtimes.get("sh").is_some(),
+            built.state.runtimes.get("sh").is_some(),
             "the connection tests need `sh` on PATH"
         );
-        let work_root = std::env::temp_dir().join(format!(
-            "connection-test-{}-{}",
-            std::process::id(),
-            NEXT_ROOT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&work_root).expect("create the test work root");
-        if program_user.is_some() {
-            // As the gateway does: the sandbox user must reach its working directories.
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&work_root, std::fs::Permissions::from_mode(0o711))
-                .expect("open the test work root to the sandbox user");
-        }
-        let cgroups = Cgroups::default();
-        let budget = ExecutionBudget::start(&config, &cgroups);
-        let buffers = BufferBudget::new(
-            config
-                .buffer_budget_bytes
-                .unwrap_or_else(crate::buffer_budget::default_budget_bytes),
-            config.budget_share_per_peer,
-        );
-        let shutdown = CancellationToken::new();
-        let sessions = SessionRegistry::new(
-            config.replay_caps(),
-            buffers.clone(),
-            config.session_grace,
-            config.max_sessions,
-            config.sessions_per_peer(),
-            shutdown.clone(),
-        );
-        let state = Arc::new(GatewayState {
-            runtimes,
-            sessions: Arc::new(sessions),
-            executions: TaskTracker::new(),
-            execution_slots: Arc::new(Semaphore::new(config.max_executions)),
-            kernel_slots: Arc::new(Semaphore::new(config.max_kernels)),
-            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
-            connections_per_peer: crate::admission::Quota::new(config.connections_per_peer()),
-            executions_per_peer: crate::admission::Quota::new(config.executions_per_peer()),
-            kernels_per_peer: crate::admission::Quota::new(config.kernels_per_peer()),
-            shutdown,
-            connections: TaskTracker::new(),
-            next_connection_id: AtomicU64::new(1),
-            host: crate::execution::Host {
-                work_root: Arc::from(work_root.as_path()),
-                base_env: config.base_env.clone().into(),
-                cgroups: Arc::new(cgroups),
-                budget,
-                no_network: false,
-                jail: None,
-                program_user,
-            },
-            buffers,
-            meters: crate::meter::Meters::default(),
-            config,
-        });
         Self {
-            state,
-            work_root,
+            state: built.state.clone(),
+            _built: built,
             next_peer_port: 40_000,
         }
     }
 
     /// A gateway with the unit-test configuration.
-    fn start() -> Self {
-        Self::new(config())
+    async fn start() -> Self {
+        Self::new(config()).await
     }
 
     /// Serves a new fake socket.
@@ -189,7 +127,6 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         // Ends every execution (their process groups are killed as their tasks go).
         self.state.shutdown.cancel();
-        let _ = std::fs::remove_dir_all(&self.work_root);
     }
 }
 

@@ -17,7 +17,7 @@ fn assert_attached(event: &Event, session: &str, since: u64) {
 
 #[tokio::test]
 async fn attach_replays_after_since_and_detach_stops_reading() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut runner = gateway.connect();
     runner.execute_in("s", "one", "echo a");
     let ran = runner.execution("one").await;
@@ -54,7 +54,8 @@ async fn a_reader_behind_the_ring_gets_a_gap_right_after_attached() {
     let mut gateway = Gateway::new(Config {
         replay_events: 4,
         ..config()
-    });
+    })
+    .await;
     let mut runner = gateway.connect();
     // Each `true` is two events: started and completed.
     for id in ["a", "b", "c"] {
@@ -75,7 +76,7 @@ async fn a_reader_behind_the_ring_gets_a_gap_right_after_attached() {
 
 #[tokio::test]
 async fn a_second_socket_on_a_session_sees_the_same_events() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut runner = gateway.connect();
     runner.execute_in("shared", "x", r#"read line; echo "$line"; echo done >&2"#);
     let started = runner.event().await;
@@ -98,7 +99,7 @@ async fn a_second_socket_on_a_session_sees_the_same_events() {
 
 #[tokio::test]
 async fn acknowledging_a_finished_gateway_made_session_lets_it_go() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
     peer.execute("job", "echo hi");
     let events = peer.execution("job").await;
@@ -120,7 +121,7 @@ async fn acknowledging_a_finished_gateway_made_session_lets_it_go() {
 
 #[tokio::test]
 async fn an_id_reused_by_a_different_request_is_a_duplicate() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut peer = gateway.connect();
     peer.execute_in("d", "x", "echo first");
     assert_eq!(stdout(&peer.execution("x").await), "first\n");
@@ -136,7 +137,7 @@ async fn an_id_reused_by_a_different_request_is_a_duplicate() {
 
 #[tokio::test]
 async fn a_repeated_execute_is_answered_from_the_session_and_runs_once() {
-    let mut gateway = Gateway::start();
+    let mut gateway = Gateway::start().await;
     let mut first = gateway.connect();
     let frame = json!({
         "type": "execute", "id": "once", "language": "sh", "code": "echo ran", "session": "i"
@@ -167,7 +168,8 @@ async fn a_session_ends_when_nobody_comes_back_within_the_grace_period() {
     let mut gateway = Gateway::new(Config {
         session_grace: grace,
         ..config()
-    });
+    })
+    .await;
     let mut runner = gateway.connect();
     runner.execute_in("g", "wait", "read line");
     assert_eq!(runner.event().await.kind, EventKind::Started);
