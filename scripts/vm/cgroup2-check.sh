@@ -2,7 +2,7 @@
 # Proves the gateway's cgroup v2 path on a real kernel.
 #
 # The development machines mount memory and pids as cgroup v1, so the v2 path of
-# gateway/src/sandbox/cgroup.rs (memory.max, pids.max, memory.events, pids.events,
+# gateway/src/sandbox/cgroup/ (memory.max, pids.max, memory.events, pids.events,
 # cpu.stat, cgroup.kill, delegating controllers) is otherwise only unit-tested against a
 # fake directory. This script boots small virtual machines (Debian's kernel, a busybox
 # initramfs, the host's root file system shared read-only over virtio-9p) whose only

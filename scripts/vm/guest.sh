@@ -113,7 +113,7 @@ run_tests() { # layout
         fi
         # As cargo runs them: from the package's directory. The test gateways log how
         # they enforce each limit (server.rs, at start-up) and a failed delegation
-        # (sandbox/cgroup.rs); --nocapture keeps those lines and the tests' "skipped:"
+        # (sandbox/cgroup/); --nocapture keeps those lines and the tests' "skipped:"
         # lines in the log. One test at a time by
         # default (SLUICE_VM_TEST_THREADS): in layout b, the first gateway of a process
         # moves it into a leaf and enables memory and pids in sluice.service, which the
