@@ -513,3 +513,54 @@ async fn attach_sees_another_clients_execution() -> Result<()> {
     done.assert_one_error_line("unknown_session")?;
     Ok(())
 }
+
+/// A gateway that refuses to start after it probed the host's cgroups (here: a
+/// configured runtime it cannot find) leaves none of its cgroup directories behind.
+/// (The review of the module split: the cgroup probe moved before the runtimes were
+/// resolved, and such a start left `sluice-<pid>-*` in every hierarchy.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_fails_to_start_leaves_no_cgroup_behind() -> Result<()> {
+    let mut child = Command::new(sluice_binary()?)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "nosuch=/nonexistent/sluice-test-interpreter",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting sluice serve")?;
+    let pid = child.id();
+    let status = within("sluice serve to refuse to start", async {
+        tokio::task::spawn_blocking(move || child.wait()).await
+    })
+    .await???;
+    ensure!(
+        !status.success(),
+        "sluice serve started with a missing runtime"
+    );
+    // Every cgroup hierarchy this gateway could have used: top level and one below
+    // (v1 controllers mounted together, or the gateway's own cgroup).
+    let prefix = format!("sluice-{pid}-");
+    let mut left = Vec::new();
+    let mut dirs = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                left.push(entry.path());
+            } else if depth < 2 && !name.starts_with("sluice-") {
+                dirs.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    ensure!(left.is_empty(), "cgroup directories left behind: {left:?}");
+    Ok(())
+}
