@@ -105,15 +105,17 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
     let sandbox = Sandbox::prepare(&config, &work_root.path)
         .await
         .map_err(|err| GatewayError::Isolation(err.0))?;
-    let runtimes = match runtimes_for(&config, &work_root, &sandbox).await {
-        Ok(runtimes) => runtimes,
-        Err(err) => {
-            // The sandbox made this gateway's cgroup directories; nothing else will
-            // remove them while this process lives.
-            sandbox.cgroups.remove();
-            return Err(err);
-        }
-    };
+    // A refusal from here on drops the sandbox, and with it the cgroup directories
+    // the probe made (`Cgroups` removes them when dropped).
+    if let Some(user) = sandbox.program_user {
+        work_root.open_to(user)?;
+    }
+    let specs = config.runtimes.clone();
+    let program_user = sandbox.program_user;
+    // Locating interpreters runs them once; keep that off the async workers.
+    let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs, program_user))
+        .await
+        .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
     let shutdown_token = CancellationToken::new();
     let buffers = crate::buffer_budget::BufferBudget::new(
         config
@@ -165,26 +167,6 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         config,
     });
     Ok(Built { state, work_root })
-}
-
-/// Opens the work root to the program user (if any) and resolves the runtimes as
-/// that user would run them.
-async fn runtimes_for(
-    config: &Config,
-    work_root: &WorkRoot,
-    sandbox: &Sandbox,
-) -> Result<RuntimeTable, GatewayError> {
-    if let Some(user) = sandbox.program_user {
-        work_root.open_to(user)?;
-    }
-    let specs = config.runtimes.clone();
-    let program_user = sandbox.program_user;
-    // Locating interpreters runs them once; keep that off the async workers.
-    Ok(
-        tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs, program_user))
-            .await
-            .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??,
-    )
 }
 
 /// Serves the routes on `listener` (every connection admitted, metered and counted)

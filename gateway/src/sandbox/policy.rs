@@ -49,7 +49,6 @@ impl Sandbox {
             }
         };
         if config.isolation == Isolation::Cgroups && cgroups.capabilities().kill_tree.is_none() {
-            cgroups.remove();
             return Err(Unavailable(
                 "--isolation cgroups needs a writable cgroup under the gateway's own (a v1 memory or pids hierarchy, or the v2 one; see `sluice doctor`); this host has none".into(),
             ));
@@ -73,8 +72,6 @@ impl Sandbox {
             no_network,
         };
         if config.network == Network::Off && !sandbox.network_off() {
-            // Refusing to start: the cgroup directories the probe made go too.
-            sandbox.cgroups.remove();
             return Err(Unavailable(
                 "--network off without the jail needs permission to create network namespaces (root); see `sluice doctor`".into(),
             ));

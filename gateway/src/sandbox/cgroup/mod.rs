@@ -335,6 +335,15 @@ impl Cgroups {
     }
 }
 
+/// The gateway's cgroup directories go with it, also when it refuses to start after
+/// probing (removing is idempotent: `drain` removes them earlier, while tasks that
+/// outlived the shutdown grace may still hold the value).
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 /// `<mount>/<relative>` and our `sluice-<pid>-<n>` directory under it, if everything an
 /// execution needs works there (a child directory, its `limit` file, moving a thread in
 /// and back). Removes the empty directories of gateways that are no longer running.
