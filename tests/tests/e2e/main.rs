@@ -10,7 +10,6 @@
 //! binary of its own, `tests/tests/slow_subscriber.rs`.
 
 mod basics;
-mod cli;
 mod client;
 mod client_sessions;
 mod concurrency;

@@ -1,8 +1,8 @@
 //! The terminal client, `sluice run` and `sluice attach`, as a user runs it: the built
 //! `sluice` binary as a subprocess, against a real gateway on a real socket.
 //!
-//! The binary is the one `cargo test --workspace` builds next to the test executables
-//! (target/debug/sluice). Waits are on output and exit, each bounded by the harness's
+//! The binary is the one cargo builds for this package's tests (`CARGO_BIN_EXE_sluice`),
+//! so `cargo test -p sluice-cli` and `cargo test --workspace` both have it. Waits are on output and exit, each bounded by the harness's
 //! patience; nothing sleeps to synchronise.
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -13,27 +13,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use tokio::sync::mpsc;
 
-/// The `sluice` binary: `target/<profile>/sluice`, the sibling of this test executable's
-/// `deps` directory.
-fn sluice_binary() -> Result<PathBuf> {
-    let test = std::env::current_exe().context("cannot find the test executable")?;
-    let profile_dir = test
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("the test executable is not in target/<profile>/deps")?;
-    let binary = profile_dir.join("sluice");
-    ensure!(
-        binary.is_file(),
-        "the sluice binary is not at {}: build it first with `cargo build -p sluice-cli` \
-         (`cargo test --workspace` builds it)",
-        binary.display()
-    );
-    Ok(binary)
+/// The `sluice` binary cargo built for these tests.
+fn sluice_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
 }
 
 /// A `sluice` command aimed at `gateway`, with nothing inherited that could change it.
 fn sluice(gateway: &TestGateway, args: &[&str]) -> Result<Command> {
-    let mut command = Command::new(sluice_binary()?);
+    let mut command = Command::new(sluice_binary());
     command
         .args(args)
         .env("SLUICE_URL", gateway.url())
@@ -520,7 +507,7 @@ async fn attach_sees_another_clients_execution() -> Result<()> {
 /// resolved, and such a start left `sluice-<pid>-*` in every hierarchy.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_fails_to_start_leaves_no_cgroup_behind() -> Result<()> {
-    let mut child = Command::new(sluice_binary()?)
+    let mut child = Command::new(sluice_binary())
         .args([
             "serve",
             "--listen",
