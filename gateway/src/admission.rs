@@ -77,7 +77,7 @@ impl<L: Listener<Addr = SocketAddr>> Listener for Admitting<L> {
             let (io, addr) = self.inner.accept().await;
             // A peer at its share is closed at once: its connections must not fill
             // the bound others need (they would wait in the kernel's queue).
-            let peer_unit = match self.per_peer.try_acquire(Principal::of_peer(addr)) {
+            let peer_unit = match self.per_peer.try_acquire(&Principal::of_peer(addr)) {
                 Ok(unit) => unit,
                 Err(full) => {
                     tracing::debug!(%addr, max = full.max, "closing a TCP connection: its peer holds its share");
@@ -192,11 +192,13 @@ where
     }
 }
 
-/// Who a per-client cap counts against. Today the peer's address; once clients
-/// authenticate, their tenant takes its place (a new variant), and the caps stay as
-/// they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Who a per-client cap counts against: the peer's address where clients do not
+/// authenticate, their tenant where they do (`auth`). Sessions are named within a
+/// tenant: two tenants' sessions never meet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Principal {
+    /// A tenant, as its credential names it (an API key's name, a token's `sub`).
+    Tenant(Arc<str>),
     /// An IPv4 address, or the /64 prefix of an IPv6 address: one subscriber usually
     /// holds a whole /64, so counting its addresses one by one would cap nothing.
     Address(IpAddr),
@@ -217,11 +219,21 @@ impl Principal {
         };
         Self::Address(ip)
     }
+
+    /// The tenant whose namespace this principal's sessions live in; `None` where clients
+    /// do not authenticate (one namespace for everybody, as on a loopback gateway).
+    pub(crate) fn tenant(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::Tenant(name) => Some(name),
+            Self::Address(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Tenant(name) => write!(f, "tenant {name}"),
             Self::Address(IpAddr::V4(ip)) => write!(f, "address {ip}"),
             Self::Address(IpAddr::V6(ip)) => write!(f, "network {ip}/64"),
         }
@@ -251,24 +263,34 @@ impl Quota {
     }
 
     /// One more unit for `principal`, unless it holds `max` already.
-    pub(crate) fn try_acquire(&self, principal: Principal) -> Result<QuotaGuard, QuotaExceeded> {
+    pub(crate) fn try_acquire(&self, principal: &Principal) -> Result<QuotaGuard, QuotaExceeded> {
+        self.try_acquire_within(principal, None)
+    }
+
+    /// One more unit for `principal`, unless it holds `max` already, or `narrower` (a
+    /// credential's own quota, which can only lower the gateway's).
+    pub(crate) fn try_acquire_within(
+        &self,
+        principal: &Principal,
+        narrower: Option<usize>,
+    ) -> Result<QuotaGuard, QuotaExceeded> {
+        let max = narrower.map_or(self.max, |n| n.min(self.max));
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.entry(principal).or_insert(0);
-        if *count >= self.max {
-            return Err(QuotaExceeded { max: self.max });
+        if held.get(principal).copied().unwrap_or(0) >= max {
+            return Err(QuotaExceeded { max });
         }
-        *count += 1;
+        *held.entry(principal.clone()).or_insert(0) += 1;
         Ok(QuotaGuard {
             held: self.held.clone(),
-            principal,
+            principal: principal.clone(),
         })
     }
 
     /// Units `principal` holds now.
     #[cfg(test)]
-    fn held_by(&self, principal: Principal) -> usize {
+    fn held_by(&self, principal: &Principal) -> usize {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.get(&principal).copied().unwrap_or(0)
+        held.get(principal).copied().unwrap_or(0)
     }
 }
 
@@ -282,8 +304,8 @@ pub(crate) struct QuotaGuard {
 
 impl QuotaGuard {
     /// Whose unit this is.
-    pub(crate) fn principal(&self) -> Principal {
-        self.principal
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
     }
 }
 
@@ -328,20 +350,44 @@ mod tests {
     fn a_quota_counts_per_principal_and_guards_give_back() {
         let quota = Quota::new(2);
         let (a, b) = (peer("127.0.0.1"), peer("127.0.0.2"));
-        let first = quota.try_acquire(a).unwrap();
-        let second = quota.try_acquire(a).unwrap();
-        assert_eq!(quota.try_acquire(a).unwrap_err(), QuotaExceeded { max: 2 });
+        let first = quota.try_acquire(&a).unwrap();
+        let second = quota.try_acquire(&a).unwrap();
+        assert_eq!(quota.try_acquire(&a).unwrap_err(), QuotaExceeded { max: 2 });
         // Another principal is not affected, and a refusal holds nothing.
-        let other = quota.try_acquire(b).unwrap();
-        assert_eq!(quota.held_by(a), 2);
+        let other = quota.try_acquire(&b).unwrap();
+        assert_eq!(quota.held_by(&a), 2);
         drop(first);
-        let third = quota.try_acquire(a).unwrap();
+        let third = quota.try_acquire(&a).unwrap();
         drop((second, third, other));
-        assert_eq!(quota.held_by(a), 0);
+        assert_eq!(quota.held_by(&a), 0);
         assert!(
             quota.held.lock().unwrap().is_empty(),
             "no entry is left behind"
         );
+    }
+
+    #[test]
+    fn a_credentials_quota_only_narrows_the_gateways() {
+        let quota = Quota::new(3);
+        let tenant = Principal::Tenant("acme".into());
+        let one = quota.try_acquire_within(&tenant, Some(1)).unwrap();
+        assert_eq!(
+            quota.try_acquire_within(&tenant, Some(1)).unwrap_err(),
+            QuotaExceeded { max: 1 }
+        );
+        // A credential asking for more than the gateway allows gets the gateway's.
+        let two = quota.try_acquire_within(&tenant, Some(100)).unwrap();
+        let three = quota.try_acquire_within(&tenant, Some(100)).unwrap();
+        assert_eq!(
+            quota.try_acquire_within(&tenant, Some(100)).unwrap_err(),
+            QuotaExceeded { max: 3 }
+        );
+        // Tenants are counted apart from addresses and from each other.
+        let other = quota
+            .try_acquire(&Principal::Tenant("zeta".into()))
+            .unwrap();
+        drop((one, two, three, other));
+        assert_eq!(quota.held_by(&tenant), 0);
     }
 
     #[test]

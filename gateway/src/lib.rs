@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+pub mod auth;
 mod buffer_budget;
 mod config;
 mod connection;
@@ -22,7 +23,8 @@ mod state;
 mod sys;
 
 pub use config::{
-    Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network, DEFAULT_SANDBOX_ID,
+    AuthConfig, Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network,
+    DEFAULT_SANDBOX_ID,
 };
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use sandbox::{jail, HostReport};

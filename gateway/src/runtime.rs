@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 /// A runtime whose interpreter was found.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Runtime {
     pub(crate) name: String,
     pub(crate) program: PathBuf,
@@ -20,6 +20,16 @@ pub(crate) struct Runtime {
     pub(crate) env: Vec<(String, String)>,
     /// Keeps the host's network where other runtimes get none.
     pub(crate) network: bool,
+}
+
+impl Runtime {
+    /// The same runtime, with no network for its programs (a credential without it).
+    pub(crate) fn without_network(&self) -> Self {
+        Self {
+            network: false,
+            ..self.clone()
+        }
+    }
 }
 
 /// The resolved table, shared read-only by every connection.

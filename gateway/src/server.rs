@@ -54,6 +54,12 @@ pub enum GatewayError {
     /// The isolation level asked for is not available on this host.
     #[error("{0}")]
     Isolation(String),
+    /// The configured credentials cannot be loaded.
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
+    /// Asked to listen beyond loopback with no authentication configured.
+    #[error("refusing to serve {0} without authentication: anyone who can reach it could run code here. Configure credentials (--api-keys FILE, made with `sluice key add`, or --jwt-secret-file FILE / --jwt-public-key-file FILE; see docs/operating.md, Authentication), listen on a loopback address, or pass --insecure-no-auth if something in front of the gateway authenticates")]
+    Unprotected(std::net::SocketAddr),
     /// The server failed while accepting connections.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
@@ -67,6 +73,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    // As Redis's protected mode: anonymous clients only on loopback, unless told.
+    let address = listener.local_addr().map_err(GatewayError::Serve)?;
+    if !address.ip().is_loopback() && !config.auth.is_configured() && !config.auth.insecure_no_auth
+    {
+        return Err(GatewayError::Unprotected(address));
+    }
     let gateway = build(config).await?;
     let served = serve(listener, &gateway, shutdown).await;
     drain(gateway).await;
@@ -85,6 +97,7 @@ pub(crate) struct Built {
 /// (`sandbox::Sandbox`), resolves the runtimes and builds the shared state.
 pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
     config.validate()?;
+    let authenticator = crate::auth::Authenticator::from_config(&config.auth)?;
     let mut config = config;
     // A program cannot be given more descriptors than the gateway may have itself.
     if let Some(hard) = crate::sys::open_files_hard_limit() {
@@ -164,6 +177,7 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         },
         buffers,
         meters: crate::meter::Meters::default(),
+        authenticator,
         config,
     });
     Ok(Built { state, work_root })
@@ -255,11 +269,14 @@ async fn drain(gateway: Built) {
     drop(work_root);
 }
 
-/// Admits a WebSocket upgrade. Browsers let any page open a socket to localhost, so a
-/// request that carries an `Origin` header (every browser request does) is refused unless
-/// that origin is allowed: otherwise any web page could run code through a local gateway.
-/// A request with two `Origin` headers is refused outright (which one would count?).
-/// One peer may hold only its share of the sockets (`--max-connections-per-peer`).
+/// Admits a WebSocket upgrade, in an order that reveals nothing to a caller without a
+/// credential:
+/// 1. Browsers let any page open a socket to localhost, so a request that carries an
+///    `Origin` header (every browser request does) is refused unless that origin is
+///    allowed; one with two `Origin` headers is refused outright (which would count?).
+/// 2. Where clients authenticate, the credential (`auth`): HTTP 401 with a short reason.
+/// 3. Shutdown, then the gateway's socket limit (503), then the caller's share: its
+///    tenant's, or where clients are anonymous its address's (429).
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<Arc<GatewayState>>,
@@ -268,27 +285,8 @@ async fn upgrade(
         upgrading,
     }): ConnectInfo<Peer>,
     headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Response {
-    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
-        tracing::warn!(%peer, "connection refused: at the connection limit");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections; retry later\n",
-        )
-            .into_response();
-    };
-    let principal = Principal::of_peer(peer);
-    let peer_permit = match state.connections_per_peer.try_acquire(principal) {
-        Ok(permit) => permit,
-        Err(exceeded) => {
-            tracing::warn!(%peer, max = exceeded.max, "connection refused: at the per-peer connection limit");
-            let message = format!(
-                "too many connections from your {principal} ({}, the maximum per peer); close one and retry\n",
-                exceeded.max
-            );
-            return (StatusCode::TOO_MANY_REQUESTS, message).into_response();
-        }
-    };
     let mut origins = headers.get_all(axum::http::header::ORIGIN).iter();
     if let (Some(_), Some(_)) = (origins.next(), origins.next()) {
         tracing::warn!(%peer, "upgrade refused: more than one Origin header");
@@ -314,6 +312,25 @@ async fn upgrade(
                 .into_response();
         }
     }
+    let grant = match &state.authenticator {
+        None => crate::auth::Grant::default(),
+        Some(authenticator) => match authenticator.authenticate(&headers, &uri) {
+            Ok(grant) => grant,
+            Err(denied) => {
+                // The reason, never the credential.
+                tracing::warn!(%peer, reason = %denied, "upgrade refused: not authenticated");
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        "Bearer realm=\"sluice\"",
+                    )],
+                    format!("{denied}\n"),
+                )
+                    .into_response();
+            }
+        },
+    };
     if state.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -321,6 +338,29 @@ async fn upgrade(
         )
             .into_response();
     }
+    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection refused: at the connection limit");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections; retry later\n",
+        )
+            .into_response();
+    };
+    let principal = match &grant.tenant {
+        Some(tenant) => Principal::Tenant(tenant.clone()),
+        None => Principal::of_peer(peer),
+    };
+    let peer_permit = match state.connections_per_peer.try_acquire(&principal) {
+        Ok(permit) => permit,
+        Err(exceeded) => {
+            tracing::warn!(%peer, %principal, max = exceeded.max, "connection refused: at the per-peer connection limit");
+            let message = format!(
+                "too many connections from your {principal} ({}, the maximum per peer); close one and retry\n",
+                exceeded.max
+            );
+            return (StatusCode::TOO_MANY_REQUESTS, message).into_response();
+        }
+    };
     let transport_cap = state.config.max_frame_bytes.saturating_mul(4);
     upgrading.accept();
     let meter = state.meters.get(&peer).unwrap_or_else(|| {
@@ -328,18 +368,22 @@ async fn upgrade(
         crate::meter::Meter::detached(&state.buffers)
     });
     let id = state.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let grant = Arc::new(grant);
+    // Only `sluice.v1` is ever chosen: a credential offered as a subprotocol is not echoed.
     ws.protocols([sluice_protocol::SUBPROTOCOL])
         .max_message_size(transport_cap)
         .max_frame_size(transport_cap)
         .read_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
-            let span = tracing::info_span!("connection", id, %peer);
+            let tenant = grant.tenant.as_deref().unwrap_or("-").to_owned();
+            let span = tracing::info_span!("connection", id, %peer, %tenant);
             let shutdown = state.shutdown.child_token();
             let tracker = state.connections.clone();
             tracker.track_future(
                 async move {
                     let (sink, frames) = futures::StreamExt::split(socket);
-                    connection::serve(sink, frames, state, shutdown, id, principal, meter).await;
+                    let caller = connection::Caller { principal, grant };
+                    connection::serve(sink, frames, state, shutdown, id, caller, meter).await;
                     drop((permit, peer_permit));
                 }
                 .instrument(span),

@@ -1,5 +1,5 @@
-//! What every connection shares: configuration, runtimes, sessions, capacity (gateway-
-//! wide and per peer) and the shutdown signal.
+//! What every connection shares: configuration, credentials, runtimes, sessions,
+//! capacity (gateway-wide and per peer or tenant) and the shutdown signal.
 
 use crate::admission::Quota;
 use crate::config::Config;
@@ -42,4 +42,6 @@ pub(crate) struct GatewayState {
     pub(crate) buffers: crate::buffer_budget::BufferBudget,
     /// Each open connection's bytes in flight, by peer address.
     pub(crate) meters: crate::meter::Meters,
+    /// Checks each upgrade's credential; `None` where clients do not authenticate.
+    pub(crate) authenticator: Option<crate::auth::Authenticator>,
 }

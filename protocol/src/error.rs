@@ -51,6 +51,10 @@ pub enum ErrorCode {
     GatewayBusy,
     /// An unexpected failure inside the gateway; details are in the gateway's log.
     Internal,
+    /// The caller's credential does not allow this: a language or a session name outside
+    /// its claims. Follows from the credential alone, so retrying does not help (a quota
+    /// reached is `too_many_executions` or `too_many_sessions` instead).
+    NotPermitted,
     /// Never sent by the gateway: the code of the synthetic terminal `error` a client
     /// gives an execution (or a session subscription) whose consumer fell behind, after
     /// cancelling it (see `clients/CONTRACT.md`). The same code in every client.
@@ -80,6 +84,7 @@ impl ErrorCode {
             Self::KernelLost => "kernel_lost",
             Self::GatewayBusy => "gateway_busy",
             Self::Internal => "internal",
+            Self::NotPermitted => "not_permitted",
             Self::SlowConsumer => "slow_consumer",
             Self::Other => "other",
         }

@@ -130,6 +130,58 @@ impl LimitsConfig {
     }
 }
 
+impl LimitsConfig {
+    /// These limits with each maximum lowered to `ceilings`' value where it names one
+    /// (a credential's claims), and each default to at most its maximum.
+    pub(crate) fn narrowed(&self, ceilings: &Limits) -> Self {
+        let narrow = |bound: LimitBound, ceiling: Option<u64>| {
+            let max = ceiling.map_or(bound.max, |c| c.clamp(1, bound.max));
+            LimitBound {
+                default: bound.default.min(max),
+                max,
+            }
+        };
+        Self {
+            timeout_ms: narrow(self.timeout_ms, ceilings.timeout_ms),
+            output_bytes: narrow(self.output_bytes, ceilings.output_bytes),
+            cpu_ms: narrow(self.cpu_ms, ceilings.cpu_ms),
+            file_size_bytes: narrow(self.file_size_bytes, ceilings.file_size_bytes),
+            open_files: narrow(self.open_files, ceilings.open_files),
+            memory_bytes: narrow(self.memory_bytes, ceilings.memory_bytes),
+            processes: narrow(self.processes, ceilings.processes),
+            workspace_bytes: narrow(self.workspace_bytes, ceilings.workspace_bytes),
+        }
+    }
+}
+
+/// Who may connect: the credentials the gateway accepts. Nothing configured: every
+/// client is anonymous, which `server::run` allows only on a loopback address unless
+/// `insecure_no_auth` says otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// A file of API keys, one `TENANT sha256:HEX` per line (`sluice key add`).
+    pub api_keys_file: Option<PathBuf>,
+    /// A file holding the shared secret of HS256 tokens (at least 32 bytes).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// A PEM file holding the RSA (RS256) or Ed25519 (EdDSA) public key of tokens.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Tokens must carry this `iss`, when set.
+    pub jwt_issuer: Option<String>,
+    /// Tokens must carry this `aud`, when set.
+    pub jwt_audience: Option<String>,
+    /// Serve without authentication on an address other than loopback.
+    pub insecure_no_auth: bool,
+}
+
+impl AuthConfig {
+    /// Whether any credential is configured.
+    pub fn is_configured(&self) -> bool {
+        self.api_keys_file.is_some()
+            || self.jwt_secret_file.is_some()
+            || self.jwt_public_key_file.is_some()
+    }
+}
+
 /// How strongly executions are confined, beyond their process group, clean environment
 /// and kernel resource limits (which always apply).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -307,6 +359,9 @@ pub struct Config {
     /// How long a session's lead may leave its programs waiting for room in the replay
     /// buffer without freeing any before it loses the lead.
     pub lead_timeout: Duration,
+    /// Who may connect (see [`AuthConfig`]). Where clients authenticate, the per-peer
+    /// caps above count per tenant.
+    pub auth: AuthConfig,
 }
 
 /// A quarter of a gateway-wide cap, at least 1: the per-peer default, so one client
@@ -387,6 +442,7 @@ impl Default for Config {
             buffer_budget_bytes: None,
             message_deadline: Duration::from_secs(10),
             lead_timeout: Duration::from_secs(30),
+            auth: AuthConfig::default(),
         }
     }
 }

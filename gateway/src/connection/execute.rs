@@ -41,10 +41,14 @@ impl Connection {
                 // socket gets its events (replayed from the buffer), nothing runs twice.
                 // Only for the same request: another one reusing the id is refused, so
                 // nobody can answer a victim's `execute` with output of their own.
-                let known = self.state.sessions.get(name).and_then(|session| {
-                    let fingerprint = session.fingerprint_of(&request.id)?;
-                    Some((session, fingerprint))
-                });
+                let known = self
+                    .state
+                    .sessions
+                    .get(&self.principal, name)
+                    .and_then(|session| {
+                        let fingerprint = session.fingerprint_of(&request.id)?;
+                        Some((session, fingerprint))
+                    });
                 if let Some((session, fingerprint)) = known {
                     if fingerprint != Fingerprint::of(&request) {
                         let message = format!(
@@ -77,7 +81,11 @@ impl Connection {
             Err((code, message)) => return self.refuse_execute(&request.id, code, message).await,
         };
         let session = match named {
-            None => match self.state.sessions.open_ephemeral(self.principal) {
+            None => match self
+                .state
+                .sessions
+                .open_ephemeral(&self.principal, self.grant.narrowing.max_sessions)
+            {
                 Ok(session) => {
                     self.link.subscribe(&session, 0, Lead::Take, false);
                     session
@@ -109,6 +117,7 @@ impl Connection {
     /// The named session an `execute` runs in, opened and read by this socket if it was
     /// not (from its next event on: what came before is for `attach` to replay).
     fn named_session(&mut self, name: &str) -> Result<Arc<Session>, Refusal> {
+        self.check_session_allowed(name)?;
         if let Some(session) = self.link.session(name) {
             if session.ephemeral {
                 let err = OpenError::GatewayMade(name.to_owned());
@@ -122,7 +131,7 @@ impl Connection {
         let (session, _) = self
             .state
             .sessions
-            .open_named(name, self.principal)
+            .open_named(name, &self.principal, self.grant.narrowing.max_sessions)
             .map_err(|err| (open_error_code(&err), err.to_string()))?;
         let cursor = session.stream.head();
         self.link.subscribe(&session, cursor, Lead::IfVacant, false);
@@ -174,9 +183,30 @@ impl Connection {
                 format!("unknown language {language:?}; this gateway runs: {known}"),
             ));
         };
+        if !self.grant.allows_language(language) {
+            let allowed = self
+                .grant
+                .narrowing
+                .languages
+                .as_deref()
+                .unwrap_or_default();
+            return Err((
+                ErrorCode::NotPermitted,
+                format!(
+                    "your credential does not allow language {language:?}; it allows: {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        // A credential without the network takes it from every runtime.
+        let runtime = if self.grant.denies_network() && runtime.network {
+            Arc::new(runtime.without_network())
+        } else {
+            runtime.clone()
+        };
         let kernel = match request.persistent {
             false => None,
-            true => Some(KernelKind::for_runtime(runtime).ok_or_else(|| {
+            true => Some(KernelKind::for_runtime(&runtime).ok_or_else(|| {
                 let able: Vec<&str> = state
                     .runtimes
                     .all()
@@ -192,11 +222,18 @@ impl Connection {
                 )
             })?),
         };
-        let limits = state
-            .config
-            .limits
-            .resolve(&request.limits)
-            .map_err(|message| (ErrorCode::InvalidLimit, message))?;
+        let ceilings = &self.grant.narrowing.limits;
+        let limits = if *ceilings == sluice_protocol::Limits::default() {
+            state.config.limits.resolve(&request.limits)
+        } else {
+            state
+                .config
+                .limits
+                .narrowed(ceilings)
+                .resolve(&request.limits)
+                .map_err(|message| format!("{message}, the most your credential allows"))
+        }
+        .map_err(|message| (ErrorCode::InvalidLimit, message))?;
         let max_here = state.config.max_executions_per_connection;
         if self.started.running() >= max_here {
             return Err((
@@ -213,20 +250,25 @@ impl Connection {
         };
         let peer_slot = state
             .executions_per_peer
-            .try_acquire(self.principal)
+            .try_acquire_within(&self.principal, self.grant.narrowing.max_executions)
             .map_err(|e| {
                 (
                     ErrorCode::TooManyExecutions,
                     format!(
-                        "your {} has {} executions running, the maximum per peer",
+                        "your {} has {} executions running, its maximum",
                         self.principal, e.max
                     ),
                 )
             })?;
         // Last, so a refusal above holds nothing of the budget.
-        let reserved = execution::reserve(&state.host, self.principal, &limits, kernel.is_some())?;
+        let reserved = execution::reserve(
+            &state.host,
+            self.principal.clone(),
+            &limits,
+            kernel.is_some(),
+        )?;
         Ok(Admitted {
-            runtime: runtime.clone(),
+            runtime,
             kernel,
             limits,
             slot: execution::Slot::new(ExecutionSlot::new(gateway_slot, peer_slot), reserved),
@@ -270,7 +312,8 @@ impl Connection {
             kill_grace: state.config.kill_grace,
             kernel_slots: state.kernel_slots.clone(),
             kernels_per_peer: state.kernels_per_peer.clone(),
-            principal: self.principal,
+            principal: self.principal.clone(),
+            max_kernels: self.grant.narrowing.max_kernels,
         };
         // Alone on the gateway (every other slot free), start the program inline.
         let spawn_inline =

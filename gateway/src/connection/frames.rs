@@ -38,8 +38,11 @@ pub(super) struct Connection {
     pub(super) frame_session: Option<String>,
     /// Set when the client sent a close frame: the writer stops sending events.
     pub(super) peer_closed: Arc<AtomicBool>,
-    /// Whom this socket's sessions and executions count against (per-peer caps).
+    /// Whom this socket's sessions and executions count against (per-peer or
+    /// per-tenant caps), and in whose namespace its session names are.
     pub(super) principal: Principal,
+    /// What the caller's credential allows.
+    pub(super) grant: Arc<crate::auth::Grant>,
     /// The peer's view of the gateway's buffer budget.
     pub(super) buffers: BufferBudget,
     /// When this socket last started an execution or joined a session (idle timeout).
@@ -55,7 +58,7 @@ impl Connection {
         closing: CancellationToken,
         close_reason: Arc<Mutex<Option<CloseFrame>>>,
         peer_closed: Arc<AtomicBool>,
-        principal: Principal,
+        caller: super::Caller,
         buffers: BufferBudget,
     ) -> Self {
         Self {
@@ -67,7 +70,8 @@ impl Connection {
             close_reason,
             frame_session: None,
             peer_closed,
-            principal,
+            principal: caller.principal,
+            grant: caller.grant,
             buffers,
             busy_at: tokio::time::Instant::now(),
         }
@@ -140,7 +144,10 @@ impl Connection {
 
     async fn attach(&mut self, frame: AttachFrame) {
         let AttachFrame { session, since } = frame;
-        let Some(found) = self.state.sessions.get(&session) else {
+        if let Err((code, message)) = self.check_session_allowed(&session) {
+            return self.refuse(None, code, message).await;
+        }
+        let Some(found) = self.state.sessions.get(&self.principal, &session) else {
             let (code, message) = unknown_session(&session);
             return self.refuse(None, code, message).await;
         };
@@ -152,11 +159,11 @@ impl Connection {
             );
             return self.refuse(None, ErrorCode::BadRequest, message).await;
         }
-        // Anyone may attach to (or execute in) a named session: there are no
-        // credentials yet, so a socket paces it only while nobody else does (typically
-        // the executing client, reconnected), never by taking the lead from a socket
-        // that leads; the 128-bit id of a gateway-made session is as good as a
-        // credential.
+        // Any socket of the session's tenant (anyone, with anonymous clients) may attach
+        // to (or execute in) a named session, so a socket paces it only while nobody
+        // else does (typically the executing client, reconnected), never by taking the
+        // lead from a socket that leads; the 128-bit id of a gateway-made session is as
+        // good as a credential.
         let lead = if found.ephemeral {
             Lead::May
         } else {
@@ -207,6 +214,17 @@ impl Connection {
         self.link.subscribe(session, since, lead, announce);
         self.busy_at = tokio::time::Instant::now();
         Ok(())
+    }
+
+    /// Refuses a session name the caller's credential does not allow (`sessions` claim).
+    pub(super) fn check_session_allowed(&self, name: &str) -> Result<(), Refusal> {
+        if self.grant.allows_session(name) {
+            return Ok(());
+        }
+        Err((
+            ErrorCode::NotPermitted,
+            format!("your credential does not allow session {name:?}"),
+        ))
     }
 
     /// Refuses a session beyond `--max-sessions-per-connection` for this socket.

@@ -64,6 +64,28 @@ const CLOSE_POLICY: u16 = 1008;
 /// "try again later").
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
+/// Who is on the other end of a socket: whom its sessions and executions count against,
+/// and what its credential allows.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The tenant (or, with anonymous clients, the address) its caps count against and
+    /// whose namespace its session names live in.
+    pub(crate) principal: Principal,
+    /// What its credential allows; everything the gateway does for an anonymous one.
+    pub(crate) grant: Arc<crate::auth::Grant>,
+}
+
+impl Caller {
+    /// An anonymous caller from `peer` (no authentication configured).
+    #[cfg(test)]
+    pub(crate) fn anonymous(peer: std::net::SocketAddr) -> Self {
+        Self {
+            principal: Principal::of_peer(peer),
+            grant: Arc::default(),
+        }
+    }
+}
+
 /// Serves one upgraded socket, given as its two halves, until the client leaves or
 /// `shutdown` is cancelled.
 pub(crate) async fn serve<S, R, E>(
@@ -72,7 +94,7 @@ pub(crate) async fn serve<S, R, E>(
     state: Arc<GatewayState>,
     shutdown: CancellationToken,
     socket_id: u64,
-    principal: Principal,
+    caller: Caller,
     meter: Arc<Meter>,
 ) where
     S: Sink<Message> + Unpin + Send + 'static,
@@ -82,7 +104,7 @@ pub(crate) async fn serve<S, R, E>(
 {
     meter.arm();
     // What this socket holds (its own stream, its stdin) counts against its peer's share.
-    let buffers = state.buffers.for_principal(principal);
+    let buffers = state.buffers.for_principal(caller.principal.clone());
     let own = Arc::new(EventStream::new(
         None,
         crate::fanout::ReplayCaps::from_config(&state.config),
@@ -113,7 +135,7 @@ pub(crate) async fn serve<S, R, E>(
         closing,
         close_reason,
         peer_closed,
-        principal,
+        caller,
         buffers,
     );
     tracing::debug!("connected");

@@ -62,11 +62,11 @@ pub(super) async fn run_cell(
         seat.retire(guard.take());
     }
     if guard.is_none() {
-        let principal = run.ctx.principal;
+        let principal = run.ctx.principal.clone();
         let slot = match run.ctx.kernel_slots.clone().try_acquire_owned() {
             Err(_) => Err("the gateway runs as many persistent interpreters as it may (see --max-kernels)".to_owned()),
-            Ok(permit) => match run.ctx.kernels_per_peer.try_acquire(principal) {
-                Err(_) => Err(format!("your {principal}'s sessions have as many persistent interpreters as one peer may (see --max-kernels-per-peer)")),
+            Ok(permit) => match run.ctx.kernels_per_peer.try_acquire_within(&principal, run.ctx.max_kernels) {
+                Err(_) => Err(format!("your {principal}'s sessions have as many persistent interpreters as it may (see --max-kernels-per-peer, and the max_kernels claim)")),
                 Ok(peer_unit) => Ok(crate::admission::ExecutionSlot::new(permit, peer_unit)),
             },
         };

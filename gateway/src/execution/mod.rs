@@ -113,9 +113,12 @@ pub(crate) struct ExecutionContext {
     pub(crate) kernel_slots: Arc<tokio::sync::Semaphore>,
     /// Persistent interpreters per peer.
     pub(crate) kernels_per_peer: crate::admission::Quota,
-    /// Who sent the `execute`: its peer (a tenant, once clients authenticate), whose
+    /// Who sent the `execute`: its tenant (its peer, with anonymous clients), whose
     /// shares an interpreter it starts counts against.
     pub(crate) principal: crate::admission::Principal,
+    /// The persistent interpreters the sender's credential allows its tenant, if it
+    /// narrows `kernels_per_peer`.
+    pub(crate) max_kernels: Option<usize>,
 }
 
 /// How an execution starts.

@@ -268,7 +268,7 @@ impl ExecutionBudget {
                 });
             }
         }
-        let entry = held.entry(principal).or_insert((0, 0));
+        let entry = held.entry(principal.clone()).or_insert((0, 0));
         entry.0 = entry.0.saturating_add(memory_bytes);
         entry.1 = entry.1.saturating_add(processes);
         Ok(Reservation {

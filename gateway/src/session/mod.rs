@@ -7,7 +7,11 @@
 //! freed. A session the gateway made for one execution ends as soon as that execution
 //! has ended and its events were taken; a session in which no program ever ran gets no
 //! grace period (it has nothing to resume). Each session counts against the sessions
-//! per peer of the peer that opened it until it ends.
+//! per peer (or tenant) of the one that opened it until it ends.
+//!
+//! Session names live in their tenant's namespace: another tenant naming the same
+//! session gets a session of its own, and cannot tell that the name is taken. Where
+//! clients are anonymous there is one namespace for everybody.
 
 mod fingerprint;
 
@@ -63,9 +67,28 @@ struct SessionState {
     ended: bool,
 }
 
+/// Where a session is found: its tenant's namespace (none for anonymous clients) and
+/// its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SessionKey {
+    tenant: Option<Arc<str>>,
+    name: Arc<str>,
+}
+
+impl SessionKey {
+    fn new(owner: &Principal, name: &str) -> Self {
+        Self {
+            tenant: owner.tenant().cloned(),
+            name: Arc::from(name),
+        }
+    }
+}
+
 /// A session: the stream its executions share, its executions and its attachments.
 #[derive(Debug)]
 pub(crate) struct Session {
+    /// Where the registry keeps it.
+    key: SessionKey,
     pub(crate) stream: EventStream,
     /// Gateway-made for one execution (no `session` in the `execute`).
     pub(crate) ephemeral: bool,
@@ -219,7 +242,7 @@ impl Owner for Session {
 /// Every live session by id, shared by all connections.
 #[derive(Debug)]
 pub(crate) struct SessionRegistry {
-    sessions: DashMap<Arc<str>, Arc<Session>>,
+    sessions: DashMap<SessionKey, Arc<Session>>,
     caps: ReplayCaps,
     /// What every session's replay buffer draws from.
     budget: BufferBudget,
@@ -238,7 +261,7 @@ pub(crate) struct SessionRegistry {
 pub(crate) enum OpenError {
     #[error("the gateway has {0} sessions open, its maximum")]
     TooMany(usize),
-    #[error("your {0} has {1} sessions open, the maximum per peer; end some (or let their grace period pass) and retry")]
+    #[error("your {0} has {1} sessions open, its maximum; end some (or let their grace period pass) and retry")]
     TooManyForPeer(Principal, usize),
     #[error("session {0:?} was made by the gateway for one execution; name a session of your own to run several executions in one")]
     GatewayMade(String),
@@ -265,14 +288,15 @@ impl SessionRegistry {
         }
     }
 
-    fn new_session(&self, id: Arc<str>, ephemeral: bool, quota: QuotaGuard) -> Arc<Session> {
+    fn new_session(&self, key: SessionKey, ephemeral: bool, quota: QuotaGuard) -> Arc<Session> {
         Arc::new(Session {
             // The opener's share of the buffer budget holds the session's replay.
             stream: EventStream::new(
-                Some(id),
+                Some(key.name.clone()),
                 self.caps,
-                &self.budget.for_principal(quota.principal()),
+                &self.budget.for_principal(quota.principal().clone()),
             ),
+            key,
             ephemeral,
             cancel: self.shutdown.child_token(),
             interpreter: InterpreterSeat::new(self.reaping.clone()),
@@ -282,26 +306,29 @@ impl SessionRegistry {
         })
     }
 
-    /// A unit of `opener`'s session quota, for a session about to be created.
-    fn charge(&self, opener: Principal) -> Result<QuotaGuard, OpenError> {
+    /// A unit of `opener`'s session quota (at most `narrower`, its credential's), for a
+    /// session about to be created.
+    fn charge(&self, opener: &Principal, narrower: Option<usize>) -> Result<QuotaGuard, OpenError> {
         if self.sessions.len() >= self.max_sessions {
             return Err(OpenError::TooMany(self.max_sessions));
         }
         self.per_peer
-            .try_acquire(opener)
-            .map_err(|e| OpenError::TooManyForPeer(opener, e.max))
+            .try_acquire_within(opener, narrower)
+            .map_err(|e| OpenError::TooManyForPeer(opener.clone(), e.max))
     }
 
-    /// The session named `name`, created (charged to `opener`) if it does not exist,
-    /// attached once more. `true` in the result when it was created.
+    /// The session named `name` in `opener`'s namespace, created (charged to `opener`,
+    /// within `narrower` sessions) if it does not exist, attached once more. `true` in
+    /// the result when it was created.
     pub(crate) fn open_named(
         &self,
         name: &str,
-        opener: Principal,
+        opener: &Principal,
+        narrower: Option<usize>,
     ) -> Result<(Arc<Session>, bool), OpenError> {
         use dashmap::mapref::entry::Entry;
         loop {
-            if let Some(session) = self.get(name) {
+            if let Some(session) = self.get(opener, name) {
                 if session.ephemeral {
                     return Err(OpenError::GatewayMade(name.to_owned()));
                 }
@@ -312,8 +339,8 @@ impl SessionRegistry {
                 self.remove(&session);
                 continue;
             }
-            let quota = self.charge(opener)?;
-            let key: Arc<str> = Arc::from(name);
+            let quota = self.charge(opener, narrower)?;
+            let key = SessionKey::new(opener, name);
             if let Entry::Vacant(slot) = self.sessions.entry(key.clone()) {
                 let session = self.new_session(key, false, quota);
                 session.attach();
@@ -323,13 +350,17 @@ impl SessionRegistry {
         }
     }
 
-    /// A fresh gateway-made session (128 random bits, hex), charged to `opener`,
-    /// attached once.
-    pub(crate) fn open_ephemeral(&self, opener: Principal) -> Result<Arc<Session>, OpenError> {
+    /// A fresh gateway-made session (128 random bits, hex) in `opener`'s namespace,
+    /// charged to it (within `narrower` sessions), attached once.
+    pub(crate) fn open_ephemeral(
+        &self,
+        opener: &Principal,
+        narrower: Option<usize>,
+    ) -> Result<Arc<Session>, OpenError> {
         use dashmap::mapref::entry::Entry;
-        let quota = self.charge(opener)?;
+        let quota = self.charge(opener, narrower)?;
         loop {
-            let key: Arc<str> = Arc::from(random_session_id());
+            let key = SessionKey::new(opener, &random_session_id());
             if let Entry::Vacant(slot) = self.sessions.entry(key.clone()) {
                 let session = self.new_session(key, true, quota);
                 session.attach();
@@ -339,9 +370,11 @@ impl SessionRegistry {
         }
     }
 
-    /// The live session named `name`.
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<Session>> {
-        self.sessions.get(name).map(|entry| entry.value().clone())
+    /// The live session named `name` in `caller`'s namespace.
+    pub(crate) fn get(&self, caller: &Principal, name: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .get(&SessionKey::new(caller, name))
+            .map(|entry| entry.value().clone())
     }
 
     /// Attaches one more socket to an existing session; false if it has ended.
@@ -439,10 +472,9 @@ impl SessionRegistry {
     }
 
     fn remove(&self, session: &Session) {
-        if let Some(id) = session.stream.session_id() {
-            self.sessions
-                .remove_if(id, |_, live| std::ptr::eq(Arc::as_ptr(live), session));
-        }
+        self.sessions.remove_if(&session.key, |_, live| {
+            std::ptr::eq(Arc::as_ptr(live), session)
+        });
     }
 }
 

@@ -1,0 +1,113 @@
+//! What one authenticated caller may do: its tenant and the narrowing its credential
+//! carries (languages, network, limit ceilings, quotas, session names). A grant only
+//! ever narrows what the gateway's own configuration allows.
+
+use serde::Deserialize;
+use sluice_protocol::Limits;
+use std::sync::Arc;
+
+/// A caller's rights, fixed when its socket is admitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// The tenant its sessions and quotas belong to; `None` where clients do not
+    /// authenticate (the peer's address counts instead).
+    pub(crate) tenant: Option<Arc<str>>,
+    /// The narrowing its credential carries.
+    pub(crate) narrowing: Narrowing,
+}
+
+/// The claims of a credential that narrow what its holder may do; every field absent
+/// means "as the gateway allows". Also the shape of those claims in a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub(crate) struct Narrowing {
+    /// The languages it may run.
+    pub(crate) languages: Option<Vec<String>>,
+    /// `false`: its programs get no network even where a runtime has it. `true` grants
+    /// nothing beyond the runtime's own setting.
+    pub(crate) network: Option<bool>,
+    /// Ceilings on each limit: a request above one is refused (`invalid_limit`), and a
+    /// default above one is lowered to it.
+    pub(crate) limits: Limits,
+    /// Executions its tenant may have running at once (at most the gateway's
+    /// per-tenant cap).
+    pub(crate) max_executions: Option<usize>,
+    /// Sessions its tenant may have open at once (likewise).
+    pub(crate) max_sessions: Option<usize>,
+    /// Persistent interpreters its tenant may have alive at once (likewise).
+    pub(crate) max_kernels: Option<usize>,
+    /// The session names it may open or attach: an exact name, or a prefix written
+    /// with a trailing `*` (`"user-42/*"`). Absent: any name.
+    pub(crate) sessions: Option<Vec<String>>,
+}
+
+impl Grant {
+    /// Whether the caller may run `language`.
+    pub(crate) fn allows_language(&self, language: &str) -> bool {
+        self.narrowing
+            .languages
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|l| l == language))
+    }
+
+    /// Whether the caller may open or attach the session `name`.
+    pub(crate) fn allows_session(&self, name: &str) -> bool {
+        self.narrowing.sessions.as_ref().is_none_or(|rules| {
+            rules.iter().any(|rule| match rule.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => rule == name,
+            })
+        })
+    }
+
+    /// Whether the caller's programs must go without the network.
+    pub(crate) fn denies_network(&self) -> bool {
+        self.narrowing.network == Some(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(narrowing: Narrowing) -> Grant {
+        Grant {
+            tenant: Some("acme".into()),
+            narrowing,
+        }
+    }
+
+    #[test]
+    fn an_empty_narrowing_allows_everything_the_gateway_does() {
+        let grant = with(Narrowing::default());
+        assert!(grant.allows_language("python"));
+        assert!(grant.allows_session("anything"));
+        assert!(!grant.denies_network());
+    }
+
+    #[test]
+    fn session_rules_are_exact_names_or_prefixes() {
+        let grant = with(Narrowing {
+            sessions: Some(vec!["notebook".into(), "user-42/*".into()]),
+            ..Narrowing::default()
+        });
+        assert!(grant.allows_session("notebook"));
+        assert!(!grant.allows_session("notebook2"));
+        assert!(grant.allows_session("user-42/a"));
+        assert!(grant.allows_session("user-42/"));
+        assert!(!grant.allows_session("user-4"));
+        assert!(!grant.allows_session("user-43/a"));
+    }
+
+    #[test]
+    fn languages_and_network_narrow() {
+        let grant = with(Narrowing {
+            languages: Some(vec!["python".into()]),
+            network: Some(false),
+            ..Narrowing::default()
+        });
+        assert!(grant.allows_language("python"));
+        assert!(!grant.allows_language("bash"));
+        assert!(grant.denies_network());
+    }
+}

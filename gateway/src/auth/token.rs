@@ -1,0 +1,157 @@
+//! Signed tokens (JWT): HS256 with a shared secret, and RS256 or EdDSA with a public key
+//! (PEM). A token names its tenant (`sub`), must carry `exp` (and may carry `nbf`, `iss`,
+//! `aud`), and its other claims narrow what its holder may do ([`Narrowing`]).
+
+use super::grant::Narrowing;
+use super::keys::check_tenant;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Seconds of clock difference tolerated on `exp` and `nbf` between the minting backend
+/// and the gateway.
+const LEEWAY_SECS: u64 = 30;
+
+/// Verifies tokens with the configured keys.
+pub(crate) struct TokenVerifier {
+    secret: Option<DecodingKey>,
+    /// The public key and the one algorithm it verifies.
+    public: Option<(DecodingKey, Algorithm)>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a key.
+        f.debug_struct("TokenVerifier")
+            .field("hs256", &self.secret.is_some())
+            .field("public", &self.public.as_ref().map(|(_, alg)| alg))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token key cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenKeyError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The secret is too short to resist guessing.
+    #[error("the token secret in {0} is shorter than 32 bytes; use a long random secret (e.g. `openssl rand -base64 48`)")]
+    ShortSecret(PathBuf),
+    /// The public key is neither an RSA nor an Ed25519 PEM key.
+    #[error("{0} holds neither an RSA nor an Ed25519 public key in PEM form")]
+    NotAPublicKey(PathBuf),
+}
+
+/// Why a token was refused: the short reason the HTTP 401 gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TokenRefused {
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the credential is not valid")]
+    Invalid,
+}
+
+/// The claims Sluice reads; others are ignored.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(flatten)]
+    narrowing: Narrowing,
+}
+
+impl TokenVerifier {
+    /// A verifier for the given key files (at least one of them).
+    pub(crate) fn load(
+        secret_file: Option<&Path>,
+        public_key_file: Option<&Path>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Self, TokenKeyError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TokenKeyError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let secret = match secret_file {
+            None => None,
+            Some(path) => {
+                let bytes = read(path)?;
+                // A trailing newline from `echo` or an editor is not part of the secret.
+                let secret = bytes.trim_ascii_end();
+                if secret.len() < 32 {
+                    return Err(TokenKeyError::ShortSecret(path.to_owned()));
+                }
+                Some(
+                    DecodingKey::from_secret(secret)
+                        .map_err(|_| TokenKeyError::ShortSecret(path.to_owned()))?,
+                )
+            }
+        };
+        let public = match public_key_file {
+            None => None,
+            Some(path) => {
+                let pem = read(path)?;
+                let key = DecodingKey::from_rsa_pem(&pem)
+                    .map(|key| (key, Algorithm::RS256))
+                    .or_else(|_| DecodingKey::from_ed_pem(&pem).map(|key| (key, Algorithm::EdDSA)))
+                    .map_err(|_| TokenKeyError::NotAPublicKey(path.to_owned()))?;
+                Some(key)
+            }
+        };
+        Ok(Self {
+            secret,
+            public,
+            issuer,
+            audience,
+        })
+    }
+
+    /// The tenant and narrowing of a valid token.
+    pub(crate) fn verify(&self, token: &str) -> Result<(String, Narrowing), TokenRefused> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRefused::Invalid)?;
+        // The key is chosen by the algorithm the token names, and each key verifies its
+        // own algorithm only: an RS256 public key is never taken as an HS256 secret.
+        let key = match header.alg {
+            Algorithm::HS256 => self.secret.as_ref(),
+            alg => self
+                .public
+                .as_ref()
+                .filter(|(_, ours)| *ours == alg)
+                .map(|(key, _)| key),
+        }
+        .ok_or(TokenRefused::Invalid)?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|err| {
+            use jsonwebtoken::errors::ErrorKind;
+            match err.kind() {
+                ErrorKind::ExpiredSignature => TokenRefused::Expired,
+                ErrorKind::ImmatureSignature => TokenRefused::NotYetValid,
+                _ => TokenRefused::Invalid,
+            }
+        })?;
+        let Claims { sub, narrowing } = data.claims;
+        check_tenant(&sub).map_err(|_| TokenRefused::Invalid)?;
+        Ok((sub, narrowing))
+    }
+}
