@@ -49,6 +49,31 @@ enum Command {
     /// session until Ctrl-C; a dropped connection is resumed where it stopped.
     #[command(after_help = terminal::attach::AFTER_HELP)]
     Attach(terminal::attach::AttachArgs),
+    /// Manage the API keys a gateway accepts (`sluice serve --api-keys FILE`).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Make a new API key for TENANT: its SHA-256 hash is appended to FILE (created
+    /// with mode 0600 if missing) and the key itself is printed once, here, and stored
+    /// nowhere. Give it to the client; a gateway reading FILE accepts it from its next
+    /// start. To revoke a key, delete its line.
+    Add {
+        /// The tenant the key belongs to: its sessions, quotas and logs are named
+        /// after it (letters, digits, '.', '_', '-', '@'; at most 64).
+        tenant: String,
+        /// The key file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the line a key file holds for a key read from stdin (`TENANT` then the
+    /// hash), for keys made elsewhere.
+    Hash {
+        /// The tenant to put on the line.
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +379,41 @@ struct ServeArgs {
     /// that fall behind get a `gap`.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     lead_timeout_ms: u64,
+
+    // Authentication (docs/operating.md, Authentication). With none configured every
+    // client is anonymous, which is allowed only on a loopback address.
+    /// Accept the API keys listed in FILE: one `TENANT sha256:HEX` per line, added with
+    /// `sluice key add TENANT --file FILE` (the file holds hashes only). A client
+    /// presents its key as `Authorization: Bearer KEY`, or in the subprotocol list as
+    /// `sluice.token.KEY`.
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
+
+    /// Accept signed tokens (JWT, HS256) made with the secret in FILE (32 bytes or
+    /// more). `sub` names the tenant and `exp` is required; claims may narrow what the
+    /// holder may do: `languages`, `network`, `limits`, `max_executions`,
+    /// `max_sessions`, `max_kernels`, `sessions` (names or `prefix*`).
+    #[arg(long, value_name = "FILE")]
+    jwt_secret_file: Option<PathBuf>,
+
+    /// Accept signed tokens verified with the RSA (RS256) or Ed25519 (EdDSA) public key
+    /// in FILE (PEM), with the same claims as --jwt-secret-file.
+    #[arg(long, value_name = "FILE")]
+    jwt_public_key_file: Option<PathBuf>,
+
+    /// Tokens must carry this issuer (`iss`).
+    #[arg(long, value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+
+    /// Tokens must carry this audience (`aud`).
+    #[arg(long, value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
+
+    /// Serve clients without credentials on an address other than loopback (by default
+    /// the gateway refuses to start there without --api-keys or a token key). Only
+    /// when something in front of the gateway authenticates every client.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -435,6 +495,14 @@ impl ServeArgs {
             buffer_budget_bytes: self.buffer_budget_bytes,
             message_deadline: Duration::from_millis(self.message_deadline_ms),
             lead_timeout: Duration::from_millis(self.lead_timeout_ms),
+            auth: sluice_gateway::AuthConfig {
+                api_keys_file: self.api_keys,
+                jwt_secret_file: self.jwt_secret_file,
+                jwt_public_key_file: self.jwt_public_key_file,
+                jwt_issuer: self.jwt_issuer,
+                jwt_audience: self.jwt_audience,
+                insecure_no_auth: self.insecure_no_auth,
+            },
             ..Config::default()
         };
         config.runtimes.extend(self.runtimes);
@@ -526,6 +594,36 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => std::process::exit(terminal::run::main(*args)),
         Command::Attach(args) => std::process::exit(terminal::attach::main(args)),
+        Command::Key(command) => key_command(command),
+    }
+}
+
+fn key_command(command: KeyCommand) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    match command {
+        KeyCommand::Add { tenant, file } => {
+            let key = sluice_gateway::auth::keys::add_key(&file, &tenant)?;
+            let mut out = std::io::stdout();
+            writeln!(out, "{key}").context("cannot print the key")?;
+            let mut err = std::io::stderr();
+            let _ = writeln!(
+                err,
+                "sluice: added a key for tenant {tenant:?} to {}; this is the only copy of the key: give it to the client (Authorization: Bearer KEY, or SLUICE_TOKEN=KEY)",
+                file.display()
+            );
+            Ok(())
+        }
+        KeyCommand::Hash { tenant } => {
+            sluice_gateway::auth::keys::check_tenant(&tenant).map_err(anyhow::Error::msg)?;
+            let mut key = String::new();
+            std::io::stdin()
+                .read_to_string(&mut key)
+                .context("cannot read the key from stdin")?;
+            let key = key.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(!key.is_empty(), "no key on stdin");
+            let line = sluice_gateway::auth::keys::hash_key(key);
+            writeln!(std::io::stdout(), "{tenant} {line}").context("cannot print the line")
+        }
     }
 }
 

@@ -301,6 +301,41 @@ fn probe_id() -> String {
 // The raw socket
 // ---------------------------------------------------------------------------------------
 
+/// An upgrade request for `url` carrying `headers`.
+fn request_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Request> {
+    let mut request = url.into_client_request()?;
+    for (name, value) in headers {
+        request.headers_mut().append(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_str(value)?,
+        );
+    }
+    Ok(request)
+}
+
+/// The HTTP status and body with which the gateway refuses an upgrade request for `url`
+/// carrying `headers`; an error if it upgrades instead.
+pub async fn refused_upgrade(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    let request = request_with_headers(url, headers)?;
+    match within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(request),
+    )
+    .await?
+    {
+        Ok(_) => bail!("the gateway upgraded a request it should have refused"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Ok((response.status().as_u16(), body))
+        }
+        Err(other) => Err(other).context("the handshake failed without an HTTP answer"),
+    }
+}
+
 /// A WebSocket to the gateway with no client logic in between: it sends exactly the
 /// frames it is given and records every event it receives, in arrival order.
 pub struct RawSocket {
@@ -334,6 +369,12 @@ impl RawSocket {
                 .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(offer)?);
         }
         Self::handshake(url, request).await
+    }
+
+    /// Connects to `url` with extra request headers (a credential, an `Origin`, a
+    /// subprotocol list).
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Self> {
+        Self::handshake(url, request_with_headers(url, headers)?).await
     }
 
     /// Connects to `url` with an `Origin` header, as a browser page at `origin` would.

@@ -103,7 +103,7 @@ impl KeyTable {
 }
 
 /// Checks a tenant name: 1 to 64 characters of letters, digits, `.`, `_`, `-`, `@`.
-pub(crate) fn check_tenant(name: &str) -> Result<(), String> {
+pub fn check_tenant(name: &str) -> Result<(), String> {
     let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
     if name.is_empty() || name.chars().count() > MAX_TENANT_CHARS || !name.chars().all(fine) {
         return Err(format!(
