@@ -46,6 +46,9 @@ impl Drop for KeyDir {
     }
 }
 
+/// Request headers of one refused-upgrade case.
+type Headers = Vec<(&'static str, String)>;
+
 /// Seconds since the epoch.
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -168,7 +171,7 @@ async fn missing_wrong_expired_and_early_credentials_get_401_before_the_upgrade(
             &key,
         )?
     };
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<(&str, Headers, &str)> = vec![
         ("no credential", vec![], "credential is required"),
         (
             "a wrong key",
