@@ -10,7 +10,9 @@
 //! closed for a protocol violation often has more bytes in flight (the rest of an
 //! oversized frame), so such a connection ends by shutting its write side (a FIN after
 //! the close frame) and reading and discarding what still comes, until the peer closes
-//! or [`LINGER_FOR`] / [`LINGER_BYTES`] run out (a lingering close).
+//! or [`LINGER_FOR`] / [`LINGER_BYTES`] run out (a lingering close). The connection's
+//! admission slot goes when it is dropped, before it lingers: a lingering socket is
+//! bounded by those two limits, not by the connection caps.
 
 use std::io;
 use std::pin::Pin;
@@ -221,5 +223,44 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingerin
             Ok(io) => Pin::new(io).poll_shutdown(cx),
             Err(err) => Poll::Ready(Err(err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Four times the duplex pipe's buffer: written whole only if the other side reads.
+    const MORE_THAN_BUFFERED: usize = 4 * 1024;
+
+    #[tokio::test]
+    async fn a_connection_asked_to_linger_shuts_after_what_it_wrote_then_drains() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let linger = Arc::new(Linger::default());
+        let mut io = Lingering::new(ours, linger.clone());
+        io.write_all(b"goodbye").await.expect("written");
+        linger.request();
+        drop(io);
+        let mut got = Vec::new();
+        theirs
+            .read_to_end(&mut got)
+            .await
+            .expect("an end, not an error");
+        assert_eq!(got, b"goodbye");
+        // What the peer still sends is read and discarded.
+        theirs
+            .write_all(&[b'x'; MORE_THAN_BUFFERED])
+            .await
+            .expect("the lingering side reads");
+    }
+
+    #[tokio::test]
+    async fn a_connection_not_asked_to_linger_just_closes() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        drop(Lingering::new(ours, Arc::default()));
+        assert!(
+            theirs.write_all(&[b'x'; MORE_THAN_BUFFERED]).await.is_err(),
+            "nobody reads a closed connection"
+        );
     }
 }

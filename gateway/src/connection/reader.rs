@@ -40,10 +40,7 @@ impl Violation {
     fn close_frame(self, transport_cap: usize) -> (u16, String) {
         match self {
             Self::Protocol(what) => (CLOSE_PROTOCOL_ERROR, format!("protocol error: {what}")),
-            Self::InvalidUtf8 => (
-                CLOSE_INVALID_PAYLOAD,
-                "invalid UTF-8 in a text message".into(),
-            ),
+            Self::InvalidUtf8 => (CLOSE_INVALID_PAYLOAD, "text that is not valid UTF-8".into()),
             Self::TooBig => (
                 CLOSE_TOO_BIG,
                 format!("frame or message larger than {transport_cap} bytes"),
@@ -54,7 +51,7 @@ impl Violation {
     /// The violation a WebSocket-layer error stands for; `None` for an error that is
     /// no fault of the client's framing (the connection broke, or ended without a
     /// close frame).
-    pub(crate) fn of(err: &tungstenite::Error) -> Option<Self> {
+    fn of(err: &tungstenite::Error) -> Option<Self> {
         use tungstenite::error::ProtocolError as P;
         match err {
             tungstenite::Error::Capacity(_) => Some(Self::TooBig),

@@ -361,6 +361,12 @@ fn violations() -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
             "UTF-8",
         ),
         (
+            "a close reason that is not UTF-8",
+            masked(CLOSE, &[0x03, 0xe8, 0xff]),
+            1007,
+            "UTF-8",
+        ),
+        (
             "a frame announcing more than the transport cap",
             header(FIN, TEXT, true, TRANSPORT_CAP as u64 + 1),
             1009,
