@@ -8,11 +8,13 @@
 //! deadline, which the connection's reader enforces ([`Meter::overdue`]).
 //!
 //! The meter reaches the upgrade handler through [`Meters`], keyed by the peer's
-//! address (unique among open connections).
+//! address (unique among open connections). Since it is how the connection reaches
+//! its own TCP socket, it also carries the request for a lingering close
+//! ([`Meter::linger_on_close`], [`Lingering`]).
 
 use crate::admission::Principal;
 use crate::buffer_budget::{BufferBudget, Reservation};
-use crate::io_hook::{Hooked, ReadHook};
+use crate::io_hook::{Hooked, Linger, Lingering, ReadHook};
 use axum::serve::Listener;
 use dashmap::DashMap;
 use std::io;
@@ -43,6 +45,8 @@ pub(crate) struct Meter {
     started: Notify,
     /// A read failed because the budget is spent.
     over_budget: AtomicBool,
+    /// Whether the connection, once dropped, closes gracefully ([`Lingering`]).
+    linger: Arc<Linger>,
 }
 
 #[derive(Debug)]
@@ -62,6 +66,7 @@ impl Meter {
             }),
             started: Notify::new(),
             over_budget: AtomicBool::new(false),
+            linger: Arc::default(),
         }
     }
 
@@ -100,6 +105,13 @@ impl Meter {
             state.held.clear();
             state.since = None;
         }
+    }
+
+    /// The gateway closes this connection over something the client sent, which may
+    /// still be arriving: once dropped, it closes gracefully, so that the client can
+    /// read the close frame instead of a reset.
+    pub(crate) fn linger_on_close(&self) {
+        self.linger.request();
     }
 
     /// True if a read failed because the gateway's buffer budget is spent.
@@ -175,7 +187,7 @@ impl<L> Metering<L> {
 }
 
 impl<L: Listener<Addr = SocketAddr>> Listener for Metering<L> {
-    type Io = Metered<L::Io>;
+    type Io = Metered<Lingering<L::Io>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -186,7 +198,7 @@ impl<L: Listener<Addr = SocketAddr>> Listener for Metering<L> {
         ));
         self.meters.0.insert(addr, meter.clone());
         let io = Hooked {
-            io,
+            io: Lingering::new(io, meter.linger.clone()),
             hook: MeteredReads {
                 meter,
                 peer: addr,
@@ -201,7 +213,8 @@ impl<L: Listener<Addr = SocketAddr>> Listener for Metering<L> {
     }
 }
 
-/// An accepted connection whose reads are counted by its [`Meter`].
+/// An accepted connection whose reads are counted by its [`Meter`] (which also says
+/// whether it lingers when closed).
 pub(crate) type Metered<T> = Hooked<T, MeteredReads>;
 
 /// A connection's meter, as its reads see it; leaves [`Meters`] with the connection.

@@ -53,6 +53,15 @@ const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(1);
 /// Close code sent when a frame exceeds the transport cap (RFC 6455 "message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// Close code sent when the client breaks the framing rules (RFC 6455 "protocol
+/// error"): an unmasked frame, reserved bits or opcodes, a control frame fragmented or
+/// over 125 bytes, fragments out of order.
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+
+/// Close code sent when a text message is not UTF-8 (RFC 6455 "invalid frame payload
+/// data").
+const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+
 /// Close code sent to a socket closed for holding nothing past the idle timeout.
 const CLOSE_NORMAL: u16 = 1000;
 

@@ -6,31 +6,93 @@
 //! a socket from which nothing (no frame, no pong) arrived for two intervals (1001),
 //! one that has held no session and no execution for `--idle-timeout-ms` (1000), one
 //! whose message is not complete within `--message-deadline-ms` (1008), and answers a
-//! read error with 1009 (a frame over the transport cap) or 1013 (no room in the
-//! buffer budget for the message in flight).
+//! read error with 1013 (no room in the buffer budget for the message in flight) or,
+//! when the error is the client's protocol violation ([`Violation`]), with the RFC 6455
+//! code that names it: 1002 (framing rules), 1007 (text that is not UTF-8) or 1009 (a
+//! frame or message over the transport cap).
 
 use super::frames::Connection;
-use super::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER};
+use super::{
+    CLOSE_GOING_AWAY, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER,
+};
 use crate::meter::Meter;
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Stream, StreamExt as _};
 use sluice_protocol::ErrorCode;
 use std::sync::atomic::Ordering;
 
+/// What a read error says the client did wrong: each is a way to *fail the WebSocket
+/// connection* (RFC 6455 7.1.7), closed with the code that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// The framing rules were broken (1002); the reason says which.
+    Protocol(&'static str),
+    /// A text message (or a close frame's reason) that is not UTF-8 (1007).
+    InvalidUtf8,
+    /// A frame or message larger than the transport allows (1009).
+    TooBig,
+}
+
+impl Violation {
+    /// The close frame this violation is answered with: its code and a short reason
+    /// (RFC 6455 allows at most 123 bytes of reason; these are far shorter).
+    fn close_frame(self, transport_cap: usize) -> (u16, String) {
+        match self {
+            Self::Protocol(what) => (CLOSE_PROTOCOL_ERROR, format!("protocol error: {what}")),
+            Self::InvalidUtf8 => (CLOSE_INVALID_PAYLOAD, "text that is not valid UTF-8".into()),
+            Self::TooBig => (
+                CLOSE_TOO_BIG,
+                format!("frame or message larger than {transport_cap} bytes"),
+            ),
+        }
+    }
+
+    /// The violation a WebSocket-layer error stands for; `None` for an error that is
+    /// no fault of the client's framing (the connection broke, or ended without a
+    /// close frame).
+    fn of(err: &tungstenite::Error) -> Option<Self> {
+        use tungstenite::error::ProtocolError as P;
+        match err {
+            tungstenite::Error::Capacity(_) => Some(Self::TooBig),
+            tungstenite::Error::Utf8(_) => Some(Self::InvalidUtf8),
+            tungstenite::Error::Protocol(protocol) => Some(Self::Protocol(match protocol {
+                // The peer went away without a close frame: nobody to tell.
+                P::ResetWithoutClosingHandshake => return None,
+                P::UnmaskedFrameFromClient => "client frames must be masked",
+                P::NonZeroReservedBits => "reserved bits set without an extension",
+                P::UnknownDataFrameType(_)
+                | P::UnknownControlFrameType(_)
+                | P::InvalidOpcode(_) => "reserved opcode",
+                P::FragmentedControlFrame => "fragmented control frame",
+                P::ControlFrameTooBig => "control frame payload over 125 bytes",
+                P::UnexpectedContinueFrame => "continuation frame with no message started",
+                P::ExpectedFragment(_) => "new data frame inside a fragmented message",
+                P::InvalidCloseSequence => "close frame with a one-byte payload",
+                P::ReceivedAfterClosing => "frame after the close frame",
+                // The rest belong to the handshake or to our own writes; if one ever
+                // comes from a read, it is still a broken rule.
+                _ => "invalid frame",
+            })),
+            _ => None,
+        }
+    }
+}
+
 /// An error reading the socket, as the reader needs to classify it.
 pub(crate) trait ReadError: std::fmt::Display {
-    /// True if the client sent a frame or message larger than the transport allows.
-    fn too_big(&self) -> bool;
+    /// The client's protocol violation that this error reports, if it reports one.
+    fn violation(&self) -> Option<Violation>;
 }
 
 impl ReadError for axum::Error {
-    fn too_big(&self) -> bool {
-        // axum wraps the WebSocket layer's error as its source.
-        let inner = std::error::Error::source(self);
-        matches!(
-            inner.and_then(|e| e.downcast_ref::<tungstenite::Error>()),
-            Some(tungstenite::Error::Capacity(_))
-        )
+    fn violation(&self) -> Option<Violation> {
+        // axum's `WebSocket` stream hands out tungstenite's error boxed in an
+        // `axum::Error`, whose `source()` is that error itself: a downcast recovers
+        // its kind without reaching around axum.
+        std::error::Error::source(self)
+            .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+            .and_then(Violation::of)
     }
 }
 
@@ -56,6 +118,8 @@ where
         tokio::select! {
             () = closing.cancelled() => break,
             () = meter.overdue(message_deadline) => {
+                // The rest of the message may still be arriving.
+                meter.linger_on_close();
                 conn.message_overdue();
                 break;
             }
@@ -144,23 +208,32 @@ impl Connection {
         self.close_with(CLOSE_POLICY, reason);
     }
 
-    /// A read error ends the connection; a frame over the transport cap is said so with
-    /// close code 1009 before the socket closes, a message in flight that the memory
-    /// budget has no room for with 1013.
+    /// A read error ends the connection. A protocol violation is said so with the
+    /// close code that names it (1002, 1007 or 1009) before the socket closes; a
+    /// message in flight that the memory budget has no room for with 1013.
+    ///
+    /// Either way the client may still be sending (the rest of an oversized frame, say),
+    /// so the connection is asked to close gracefully ([`Meter::linger_on_close`]):
+    /// shut first, then read until the client closes, and the close frame is not lost
+    /// to a reset.
     fn read_failed(&self, err: &impl ReadError, meter: &Meter) {
         if meter.over_budget() {
+            meter.linger_on_close();
             tracing::warn!("closing: the buffer budget has no room for the message in flight");
             return self.close_with(
                 CLOSE_TRY_AGAIN_LATER,
                 "the gateway's buffer budget is spent; retry later".into(),
             );
         }
-        if err.too_big() {
-            let cap = self.state.config.max_frame_bytes.saturating_mul(4);
-            tracing::info!(%err, "closing: frame over the transport cap");
-            self.close_with(CLOSE_TOO_BIG, format!("frame larger than {cap} bytes"));
-        } else {
-            tracing::debug!(%err, "socket read failed");
+        match err.violation() {
+            Some(violation) => {
+                let cap = self.state.config.max_frame_bytes.saturating_mul(4);
+                let (code, reason) = violation.close_frame(cap);
+                meter.linger_on_close();
+                tracing::info!(%err, code, "closing: the client broke the WebSocket protocol");
+                self.close_with(code, reason);
+            }
+            None => tracing::debug!(%err, "socket read failed"),
         }
     }
 }

@@ -30,3 +30,4 @@ mod sandbox;
 mod session_abuse;
 mod sessions;
 mod stdin_cancel;
+mod ws_conformance;

@@ -53,23 +53,54 @@ async fn a_socket_is_closed_with_1000_once_idle_but_never_while_it_runs_somethin
 }
 
 #[tokio::test]
-async fn a_frame_over_the_transport_cap_closes_with_1009_and_other_read_errors_without_a_frame() {
+async fn protocol_violations_close_with_their_code_and_other_read_errors_without_a_frame() {
+    use tungstenite::error::ProtocolError;
     let mut gateway = Gateway::start().await;
-    let mut too_big = gateway.connect();
-    too_big.fail_read(axum::Error::new(tungstenite::Error::Capacity(
-        CapacityError::MessageTooLong {
-            size: 1 << 30,
-            max_size: 1 << 22,
-        },
-    )));
-    let close = too_big.close_frame().await.expect("a close frame");
-    assert_eq!(close.code, 1009);
-    too_big.served().await;
+    let cases = [
+        (
+            tungstenite::Error::Capacity(CapacityError::MessageTooLong {
+                size: 1 << 30,
+                max_size: 1 << 22,
+            }),
+            1009,
+            "larger than",
+        ),
+        (
+            tungstenite::Error::Protocol(ProtocolError::UnmaskedFrameFromClient),
+            1002,
+            "masked",
+        ),
+        (
+            tungstenite::Error::Protocol(ProtocolError::UnknownDataFrameType(3)),
+            1002,
+            "reserved opcode",
+        ),
+        (
+            tungstenite::Error::Utf8("invalid utf-8 sequence".into()),
+            1007,
+            "UTF-8",
+        ),
+    ];
+    for (err, code, said) in cases {
+        let mut peer = gateway.connect();
+        peer.fail_read(axum::Error::new(err));
+        let close = peer.close_frame().await.expect("a close frame");
+        assert_eq!(close.code, code, "{close:?}");
+        assert!(close.reason.contains(said), "{close:?}");
+        peer.served().await;
+    }
 
+    // Errors that are no fault of the client's framing end the socket without a frame.
     let mut broken = gateway.connect();
     broken.fail_read(axum::Error::new(std::io::Error::other("connection reset")));
     assert!(broken.close_frame().await.is_none());
     broken.served().await;
+    let mut vanished = gateway.connect();
+    vanished.fail_read(axum::Error::new(tungstenite::Error::Protocol(
+        ProtocolError::ResetWithoutClosingHandshake,
+    )));
+    assert!(vanished.close_frame().await.is_none());
+    vanished.served().await;
 }
 
 #[tokio::test]
