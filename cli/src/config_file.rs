@@ -10,12 +10,15 @@
 //!   variable of its own gets `SLUICE_` + the flag in upper snake case as clap's own
 //!   `env`, so clap already orders the command line over the environment over defaults.
 //! - A file's keys are the flags without their dashes, in snake case (`max_executions` is
-//!   `--max-executions`). Each key is checked against its flag: its TOML type by the
-//!   flag's shape (a switch takes a boolean, a repeatable flag an array, a flag parsed as
-//!   an integer an integer, any other a string), its value by the flag's own clap value
-//!   parser. Every value of the file then becomes its flag's *default value*, and the
-//!   same command line is parsed again: the file loses to the environment and the command
-//!   line by clap's own rule, and there is no second code path that could disagree.
+//!   `--max-executions`). Each key is checked against its flag, so an error names the key,
+//!   the file and the line: its TOML type by the flag's shape (a switch takes a boolean, a
+//!   repeatable flag an array, a flag parsed as an integer an integer, any other a
+//!   string), its value by the flag's own clap value parser.
+//! - Each file value whose flag the command line and the environment left unset is then
+//!   appended to the command line as that flag (`--max-executions=64`), and clap parses
+//!   it all again. So the file only fills what is still at its default, and its values
+//!   meet every rule of clap's a flag meets (the flags one requires or excludes too);
+//!   there is no second code path that could disagree with clap.
 //! - `sluice config` walks the same flags and prints each one's effective value (what
 //!   clap parsed, by its raw text) with the flag's help as a comment; integers print as
 //!   integers, switches as booleans, the rest as strings, which is exactly what the file
@@ -154,6 +157,8 @@ struct Flag {
     integer: bool,
     /// Holds a secret: `sluice config` redacts it.
     secret: bool,
+    /// A switch that, given, sets `true` (`ArgAction::SetTrue`; `SetFalse` sets `false`).
+    switch_sets_true: bool,
     help: String,
 }
 
@@ -221,6 +226,7 @@ fn flags(sub: &Command) -> Vec<Flag> {
                 long: long.to_owned(),
                 integer: shape != Shape::Switch && parses_integer(parser),
                 secret: is_secret(&key, parser),
+                switch_sets_true: matches!(arg.get_action(), ArgAction::SetTrue),
                 key,
                 shape,
                 help,
@@ -277,19 +283,30 @@ pub(crate) fn parse(top: Command, argv: Vec<OsString>) -> Result<Parsed, ParseEr
         });
     };
     let settings = read_file(sub, &path, sub_matches).map_err(ParseError::File)?;
-    let keys = settings.iter().map(|(flag, _)| flag.key.clone()).collect();
-    let mut settings: std::collections::HashMap<String, Setting> = settings
-        .into_iter()
-        .map(|(flag, setting)| (flag.id, setting))
-        .collect();
-    // `mut_args` keeps the flags in their order (`mut_arg` would move each to the end).
-    let top = top.mut_subcommand(&name, |sub| {
-        sub.mut_args(|arg| match settings.remove(arg.get_id().as_str()) {
-            Some(Setting::One(value)) => arg.default_value(value),
-            Some(Setting::Many(values)) => arg.default_values(values),
-            None => arg,
-        })
-    });
+    // Each of the file's values that no flag or variable set joins the command line, and
+    // clap parses it all again: the file's values meet every rule a flag's value meets
+    // (the flags they require or exclude included).
+    let mut argv = argv;
+    let mut applied = Vec::new();
+    for (flag, setting) in settings {
+        if shadowed(sub_matches, &flag) {
+            continue;
+        }
+        match setting {
+            Setting::Switch(on) => {
+                if on == flag.switch_sets_true {
+                    argv.push(format!("--{}", flag.long).into());
+                }
+            }
+            Setting::One(text) => argv.push(format!("--{}={text}", flag.long).into()),
+            Setting::Many(texts) => argv.extend(
+                texts
+                    .into_iter()
+                    .map(|text| format!("--{}={text}", flag.long).into()),
+            ),
+        }
+        applied.push(flag.key);
+    }
     let matches = top
         .clone()
         .try_get_matches_from(&argv)
@@ -297,13 +314,23 @@ pub(crate) fn parse(top: Command, argv: Vec<OsString>) -> Result<Parsed, ParseEr
     Ok(Parsed {
         command: top,
         matches,
-        file: Some((path, keys)),
+        file: Some((path, applied)),
     })
+}
+
+/// Whether the command line or the environment set `flag` (so the file's value for it
+/// does not count).
+fn shadowed(given: &ArgMatches, flag: &Flag) -> bool {
+    matches!(
+        given.value_source(&flag.id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
 }
 
 /// A file's value for one flag, as text for its value parser.
 #[derive(Debug)]
 enum Setting {
+    Switch(bool),
     One(String),
     Many(Vec<String>),
 }
@@ -356,7 +383,7 @@ fn read_file(
         };
         let value = value.into_inner();
         let setting = match (flag.shape, &value) {
-            (Shape::Switch, toml::Value::Boolean(on)) => Setting::One(on.to_string()),
+            (Shape::Switch, toml::Value::Boolean(on)) => Setting::Switch(*on),
             (Shape::Switch, other) => {
                 return Err(error(line, wrong_type(flag, "a boolean", other)));
             }
@@ -376,27 +403,22 @@ fn read_file(
             }
         };
         let texts: &[String] = match &setting {
+            Setting::Switch(_) => &[],
             Setting::One(text) => std::slice::from_ref(text),
             Setting::Many(texts) => texts,
         };
-        if flag.shape != Shape::Switch {
-            for text in texts {
-                check(&mut probe, flag, text).map_err(|message| {
-                    error(
-                        line,
-                        Problem::Invalid {
-                            key: flag.key.clone(),
-                            message,
-                        },
-                    )
-                })?;
-            }
+        for text in texts {
+            check(&mut probe, flag, text).map_err(|message| {
+                error(
+                    line,
+                    Problem::Invalid {
+                        key: flag.key.clone(),
+                        message,
+                    },
+                )
+            })?;
         }
-        let shadowed = matches!(
-            given.value_source(&flag.id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
-        if flag.secret && !shadowed && texts.iter().any(|text| text == REDACTED) {
+        if flag.secret && !shadowed(given, flag) && texts.iter().any(|text| text == REDACTED) {
             return Err(error(
                 line,
                 Problem::Redacted {
@@ -490,12 +512,12 @@ impl Parsed {
                 .as_ref()
                 .is_some_and(|(_, keys)| keys.contains(&flag.key));
             match matches.value_source(&flag.id) {
+                _ if from_file => out.push_str("# (set by the config file)\n"),
                 Some(ValueSource::CommandLine) => out.push_str("# (set on the command line)\n"),
                 Some(ValueSource::EnvVariable) => out.push_str(&format!(
                     "# (set by the environment: {})\n",
                     env_name(&flag.key)
                 )),
-                _ if from_file => out.push_str("# (set by the config file)\n"),
                 _ => {}
             }
             let raw: Vec<String> = matches
@@ -569,4 +591,178 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         lines.pop();
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    //! The generic part, on a command made up here: flags this module has never heard of
+    //! (as the ones the gateway will add) become keys, and secrets are redacted. The real
+    //! `sluice` is tested as a user runs it in cli/tests/config.rs.
+
+    use super::*;
+    use clap::Arg;
+
+    /// `sluice serve` with some flags of the kind the gateway is adding.
+    fn command() -> Command {
+        let serve = Command::new("serve")
+            .arg(
+                Arg::new(CONFIG_FLAG)
+                    .long(CONFIG_FLAG)
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(
+                Arg::new("drain_timeout_ms")
+                    .long("drain-timeout-ms")
+                    .value_parser(clap::value_parser!(u64))
+                    .default_value("30000"),
+            )
+            .arg(Arg::new("jwt_secret").long("jwt-secret"))
+            .arg(
+                Arg::new("jwt_secret_file")
+                    .long("jwt-secret-file")
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(
+                Arg::new("insecure_no_auth")
+                    .long("insecure-no-auth")
+                    .action(ArgAction::SetTrue)
+                    .conflicts_with("jwt_secret"),
+            )
+            .arg(
+                Arg::new("metrics_token")
+                    .long("metrics-token")
+                    .action(ArgAction::Append),
+            );
+        Command::new("sluice")
+            .subcommand(serve.clone())
+            .subcommand(serve.name("config"))
+    }
+
+    /// A config file with `text`, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "sluice-config-unit-{}-{name}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, text).expect("write the config file");
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn parse_with(file: &TempFile, extra: &[&str]) -> Result<Parsed, ParseError> {
+        let mut argv: Vec<OsString> = ["sluice", "config", "--config"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        argv.push(file.0.clone().into_os_string());
+        argv.extend(extra.iter().map(OsString::from));
+        parse(command(), argv)
+    }
+
+    fn file_error(result: Result<Parsed, ParseError>) -> String {
+        match result {
+            Err(ParseError::File(err)) => err.to_string(),
+            Err(ParseError::Clap(err)) => panic!("a clap error, not the file's: {err}"),
+            Ok(_) => panic!("the file was accepted"),
+        }
+    }
+
+    #[test]
+    fn a_flag_this_module_never_named_is_a_key_and_a_variable() {
+        let file = TempFile::new("new-flag", "drain_timeout_ms = 5\n");
+        let parsed = parse_with(&file, &[]).expect("parse");
+        let (_, sub) = parsed.matches.subcommand().expect("a subcommand");
+        assert_eq!(sub.get_one::<u64>("drain_timeout_ms"), Some(&5));
+        let serve = parsed.command.find_subcommand("serve").expect("serve");
+        let arg = serve
+            .get_arguments()
+            .find(|arg| arg.get_id() == "drain_timeout_ms")
+            .expect("the flag");
+        assert_eq!(
+            arg.get_env(),
+            Some(std::ffi::OsStr::new("SLUICE_DRAIN_TIMEOUT_MS"))
+        );
+        let bad = TempFile::new("new-flag-bad", "\ndrain_timeout_ms = \"soon\"\n");
+        assert_eq!(
+            file_error(parse_with(&bad, &[])),
+            format!(
+                "{}: line 2: \"drain_timeout_ms\" must be an integer, not string",
+                bad.0.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_flag_that_excludes_another_is_checked_with_both_in_place() {
+        // Each value is checked alone; the relations between flags, by the final parse.
+        let file = TempFile::new("conflict", "insecure_no_auth = true\n");
+        assert!(parse_with(&file, &[]).is_ok());
+        match parse_with(&file, &["--jwt-secret", "s3"]) {
+            Err(ParseError::Clap(err)) => {
+                assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn secrets_print_redacted_and_paths_to_them_do_not() {
+        let file = TempFile::new(
+            "secrets",
+            "jwt_secret = \"hunter2\"\njwt_secret_file = \"/etc/sluice/jwt\"\n\
+             metrics_token = [\"t1\"]\n",
+        );
+        let text = parse_with(&file, &[])
+            .expect("parse")
+            .render()
+            .expect("a rendering");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("t1"), "{text}");
+        assert!(text.contains("\njwt_secret = \"<redacted>\"\n"), "{text}");
+        assert!(
+            text.contains("\nmetrics_token = \"<redacted>\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\njwt_secret_file = \"/etc/sluice/jwt\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("# Redacted: "), "{text}");
+    }
+
+    #[test]
+    fn a_redacted_secret_read_back_is_refused_unless_set_elsewhere() {
+        let file = TempFile::new("redacted", "jwt_secret = \"<redacted>\"\n");
+        assert_eq!(
+            file_error(parse_with(&file, &[])),
+            format!(
+                "{}: line 1: \"jwt_secret\" is \"<redacted>\", as `sluice config` prints a \
+                 secret: put the secret back, or set it with --jwt-secret or SLUICE_JWT_SECRET",
+                file.0.display()
+            )
+        );
+        let parsed = parse_with(&file, &["--jwt-secret", "s3"]).expect("parse");
+        let (_, sub) = parsed.matches.subcommand().expect("a subcommand");
+        assert_eq!(
+            sub.get_one::<String>("jwt_secret").map(String::as_str),
+            Some("s3")
+        );
+    }
+
+    #[test]
+    fn help_wraps_at_word_boundaries_and_keeps_paragraphs() {
+        assert_eq!(
+            wrap("one two three\n\nfour", 7),
+            ["one two", "three", "", "four"]
+        );
+    }
 }
