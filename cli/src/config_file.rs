@@ -98,6 +98,8 @@ enum Problem {
     Redacted {
         key: String,
     },
+    /// The file's values, each valid, do not go with the flags and variables given.
+    Clash(String),
 }
 
 impl fmt::Display for FileError {
@@ -122,6 +124,10 @@ impl fmt::Display for FileError {
                 found,
             } => write!(f, "{key:?} must be {expected}, not {found}"),
             Problem::Invalid { key, message } => write!(f, "{key:?}: {message}"),
+            Problem::Clash(message) => write!(
+                f,
+                "its values do not go with the flags and variables given: {message}"
+            ),
             Problem::Redacted { key } => write!(
                 f,
                 "{key:?} is {REDACTED:?}, as `sluice config` prints a secret: put the secret \
@@ -307,10 +313,17 @@ pub(crate) fn parse(top: Command, argv: Vec<OsString>) -> Result<Parsed, ParseEr
         }
         applied.push(flag.key);
     }
-    let matches = top
-        .clone()
-        .try_get_matches_from(&argv)
-        .map_err(ParseError::Clap)?;
+    // The same command line passed without them, so what fails now is the file's doing.
+    let matches = match top.clone().try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        Err(err) => {
+            return Err(ParseError::File(FileError {
+                path,
+                line: None,
+                problem: Problem::Clash(first_line(&err)),
+            }))
+        }
+    };
     Ok(Parsed {
         command: top,
         matches,
@@ -472,12 +485,15 @@ fn check(probe: &mut Command, flag: &Flag, text: &str) -> Result<(), String> {
         {
             Ok(())
         }
-        Err(err) => {
-            let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            Err(first.strip_prefix("error: ").unwrap_or(first).to_owned())
-        }
+        Err(err) => Err(first_line(&err)),
     }
+}
+
+/// What clap says of `err`, in one line (without its `error: ` and usage).
+fn first_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }
 
 impl Parsed {
@@ -706,12 +722,15 @@ mod tests {
         // Each value is checked alone; the relations between flags, by the final parse.
         let file = TempFile::new("conflict", "insecure_no_auth = true\n");
         assert!(parse_with(&file, &[]).is_ok());
-        match parse_with(&file, &["--jwt-secret", "s3"]) {
-            Err(ParseError::Clap(err)) => {
-                assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
-            }
-            other => panic!("expected a conflict, got {other:?}"),
-        }
+        let message = file_error(parse_with(&file, &["--jwt-secret", "s3"]));
+        assert!(
+            message.starts_with(&format!(
+                "{}: its values do not go with the flags and variables given: ",
+                file.0.display()
+            )) && message.contains("cannot be used with")
+                && message.contains("--insecure-no-auth"),
+            "{message}"
+        );
     }
 
     #[test]
