@@ -1,16 +1,18 @@
-//! The `sluice` command: `sluice serve` runs the gateway and `sluice doctor` reports what
-//! the host lets it enforce (both from `sluice-gateway`); `sluice run` and `sluice attach`
-//! are its terminal client (in [`terminal`], built on `sluice-client`).
+//! The `sluice` command: `sluice serve` runs the gateway, `sluice config` prints the
+//! configuration it would run with, and `sluice doctor` reports what the host lets it
+//! enforce (all from `sluice-gateway`); `sluice run` and `sluice attach` are its terminal
+//! client (in [`terminal`], built on `sluice-client`).
 //!
 //! This crate is the only one that depends on both the gateway and the client, so the
-//! gateway library stays free of the client. Kept thin: parse flags into a [`Config`], set
-//! up logging, bind, and hand over to [`sluice_gateway::run`] with a shutdown future for
-//! SIGINT/SIGTERM.
+//! gateway library stays free of the client. Kept thin: parse flags (with the environment
+//! and the config file, in [`config_file`]) into a [`Config`], set up logging, bind, and
+//! hand over to [`sluice_gateway::run`] with a shutdown future for SIGINT/SIGTERM.
 
+mod config_file;
 mod terminal;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use sluice_gateway::{Config, LimitBound, LimitsConfig, RuntimeSpec};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,8 +32,18 @@ enum Command {
     /// Run the gateway: accept WebSocket clients on /v1/ws and run their code.
     ///
     /// Every flag has a safe default; `sluice serve` alone listens on 127.0.0.1:7878 and
-    /// runs python, bash, sh and node (those found on PATH).
-    Serve(Box<ServeArgs>),
+    /// runs python, bash, sh and node (those found on PATH). Every flag can also be set by
+    /// a variable SLUICE_<FLAG> (shown below) or a key of the --config file; a flag beats
+    /// the variable, which beats the file.
+    Serve(Box<ServeCommand>),
+    /// Print the configuration `sluice serve` would run with, as a config file: every key
+    /// with its value, from these flags, the SLUICE_* variables, --config FILE and the
+    /// defaults, after the same checks `serve` makes.
+    ///
+    /// Reading the output back (`sluice serve --config FILE`) gives the same
+    /// configuration; secrets are printed as "<redacted>" and must be put back. Starts no
+    /// gateway.
+    Config(Box<ServeCommand>),
     /// Print what this host lets the gateway enforce: for each limit and isolation
     /// layer, the mechanism it will use, or that it is not enforced here and why.
     Doctor,
@@ -76,10 +88,25 @@ enum KeyCommand {
     },
 }
 
+/// The flags of `serve` and `config`: the config file, then every setting.
+#[derive(Debug, Args)]
+struct ServeCommand {
+    /// Read settings from this TOML file: each key is a flag of `sluice serve` without
+    /// its dashes, in snake case (`max_executions = 64`, `allow_origin = ["https://ide.example"]`,
+    /// `log_json = true`). Flags and SLUICE_* variables override it; see docs/operating.md.
+    #[arg(long = config_file::CONFIG_FLAG, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+/// Every setting of the gateway. Each flag is also a key of the config file and a
+/// variable SLUICE_<FLAG> (see [`config_file`]): a flag added here needs nothing else.
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log says which).
-    #[arg(long, default_value = "127.0.0.1:7878", env = "SLUICE_LISTEN")]
+    #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
 
     /// Largest text frame a client may send, in bytes. Larger frames get a `too_large`
@@ -557,33 +584,62 @@ async fn shutdown_signal() {
 }
 
 /// Runs the command; a failure is one line on stderr (the cause chain, no backtrace)
-/// and exit status 1.
+/// and exit status 1. Flags clap rejects (and `--help`) end the way clap ends them.
 fn main() -> std::process::ExitCode {
-    match run_command(Cli::parse()) {
+    let parsed = match config_file::parse(Cli::command(), std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(config_file::ParseError::Clap(err)) => err.exit(),
+        Err(config_file::ParseError::File(err)) => return fail(&anyhow::Error::new(err)),
+    };
+    let cli = Cli::from_arg_matches(&parsed.matches).unwrap_or_else(|err| err.exit());
+    match run_command(cli, &parsed) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "sluice: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(err) => fail(&err),
     }
 }
 
-fn run_command(cli: Cli) -> anyhow::Result<()> {
+fn fail(err: &anyhow::Error) -> std::process::ExitCode {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "sluice: {err:#}");
+    std::process::ExitCode::FAILURE
+}
+
+/// The gateway's worker threads as `args` set them.
+fn worker_threads(args: &ServeArgs) -> anyhow::Result<usize> {
+    let threads = args
+        .threads
+        .unwrap_or_else(sluice_gateway::default_worker_threads);
+    if threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    Ok(threads)
+}
+
+fn run_command(cli: Cli, parsed: &config_file::Parsed) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => {
-            let threads = args
-                .threads
-                .unwrap_or_else(sluice_gateway::default_worker_threads);
-            if threads == 0 {
-                anyhow::bail!("--threads must be at least 1");
-            }
+        Command::Serve(command) => {
+            let args = command.args;
+            let threads = worker_threads(&args)?;
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
-                .block_on(serve(*args))
+                .block_on(serve(args))
+        }
+        Command::Config(command) => {
+            use std::io::Write as _;
+            // The checks `serve` makes before it binds, so what prints would run.
+            worker_threads(&command.args)?;
+            command
+                .args
+                .into_config()?
+                .validate()
+                .context("invalid configuration")?;
+            let text = parsed.render().context("no configuration to print")?;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("cannot write the configuration")
         }
         Command::Doctor => {
             use std::io::Write as _;
