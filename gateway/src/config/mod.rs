@@ -307,6 +307,15 @@ pub struct Config {
     /// How long a session's lead may leave its programs waiting for room in the replay
     /// buffer without freeing any before it loses the lead.
     pub lead_timeout: Duration,
+    // Issue 12, observability.
+    /// A second listener serving only `/metrics`, `/healthz` and `/readyz`; when set,
+    /// the main listener does not serve `/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token `/metrics` requires (`Authorization: Bearer
+    /// TOKEN`). Without one, the main listener serves `/metrics` to loopback peers only.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Where to append one JSON line per finished execution (the audit log).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// A quarter of a gateway-wide cap, at least 1: the per-peer default, so one client
@@ -387,6 +396,9 @@ impl Default for Config {
             buffer_budget_bytes: None,
             message_deadline: Duration::from_secs(10),
             lead_timeout: Duration::from_secs(30),
+            metrics_listen: None,
+            metrics_token_file: None,
+            audit_log: None,
         }
     }
 }

@@ -79,6 +79,8 @@ where
         if ping {
             next_ping = now + ping_interval;
         }
+        let (events, bytes) = (batch.frames.len(), batch.bytes);
+        let (gaps, missed) = (batch.gaps, batch.missed);
         let write = async {
             if ping {
                 sink.feed(Message::Ping(bytes::Bytes::new())).await?;
@@ -98,6 +100,7 @@ where
             result = tokio::time::timeout(send_timeout, write) => match result {
                 Ok(result) => result,
                 Err(_) => {
+                    state.observe.metrics.slow_reader_disconnected();
                     tracing::warn!(?send_timeout, "closing: the client has not read its socket within the send timeout");
                     failed.cancel();
                     return;
@@ -113,6 +116,11 @@ where
             tracing::debug!(%err, "socket write failed");
             failed.cancel();
             return;
+        }
+        let metrics = &state.observe.metrics;
+        metrics.delivered(events, bytes);
+        if gaps > 0 {
+            metrics.gaps(gaps, missed);
         }
     }
     let requested = close_reason

@@ -339,6 +339,11 @@ impl SessionRegistry {
         }
     }
 
+    /// Sessions open now (for metrics).
+    pub(crate) fn open_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// The live session named `name`.
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Session>> {
         self.sessions.get(name).map(|entry| entry.value().clone())
