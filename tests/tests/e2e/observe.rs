@@ -490,3 +490,37 @@ async fn an_audit_log_that_cannot_be_written_stops_nothing() -> Result<()> {
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_when_the_jail_program_is_gone() -> Result<()> {
+    if let Err(why) = sluice_tests::host_report().namespaces {
+        sluice_tests::skip(format!("no namespace jail here: {why}"));
+        return Ok(());
+    }
+    // The jail cargo built, beside the test binary's `deps` directory.
+    let built = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("sluice-jail"))
+        .context("no directory above the test binary")?;
+    ensure!(built.exists(), "build the jail first: {}", built.display());
+    let dir = scratch_dir("readyz-jail")?;
+    let jail = dir.join("sluice-jail");
+    std::fs::copy(&built, &jail)?;
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: sluice_gateway::Isolation::Namespaces,
+        jail_program: Some(jail.clone()),
+        ..Config::default()
+    })
+    .await;
+    ensure!(get(gateway.addr(), "/readyz", &[]).await? == (200, "ready\n".to_owned()));
+    std::fs::remove_file(&jail)?;
+    let (status, body) = get(gateway.addr(), "/readyz", &[]).await?;
+    ensure!(status == 503, "{status} {body}");
+    ensure!(body.contains("jail program"), "{body}");
+    // Liveness is another question: the process still serves.
+    ensure!(get(gateway.addr(), "/healthz", &[]).await?.0 == 200);
+    gateway.shutdown().await?;
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
