@@ -292,6 +292,22 @@ struct ServeArgs {
     #[arg(long)]
     log_json: bool,
 
+    /// Serve /metrics, /healthz and /readyz on a second listener at this address (and
+    /// /metrics no longer on the main one). It serves until the drain is over.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Require `Authorization: Bearer TOKEN` on /metrics, TOKEN being this file's first
+    /// line. Without it, the main listener serves /metrics to loopback peers only.
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
+
+    /// Append one JSON line per finished execution to FILE (who, session, id,
+    /// language, SHA-256 of the code, outcome, usage). Lines the disk cannot take are
+    /// dropped and counted, never waited for.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+
     /// Close a socket whose client has not taken written events for this long (it
     /// stopped reading); its sessions then get the grace period like any other.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
@@ -530,6 +546,9 @@ impl ServeArgs {
                 jwt_audience: self.jwt_audience,
                 insecure_no_auth: self.insecure_no_auth,
             },
+            metrics_listen: self.metrics_listen,
+            metrics_token_file: self.metrics_token_file,
+            audit_log: self.audit_log,
             ..Config::default()
         };
         config.runtimes.extend(self.runtimes);

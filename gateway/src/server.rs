@@ -1,4 +1,5 @@
-//! The listener: HTTP routes (`/v1/ws`, `/healthz`), connection admission, and the
+//! The listener: HTTP routes (`/v1/ws`, `/healthz`, `/readyz`, `/metrics`), connection
+//! admission, the optional second listener for metrics (`--metrics-listen`), and the
 //! shutdown sequence.
 
 use crate::admission::{Admitting, Peer, Principal, Quota};
@@ -17,7 +18,7 @@ use axum::serve::ListenerExt as _;
 use axum::Router;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -63,13 +64,38 @@ pub enum GatewayError {
     /// The server failed while accepting connections.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+    /// The metrics listener or its token could not be set up.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// Serves Sluice on `listener` until `shutdown` resolves, then cancels every execution,
 /// closes every socket (close code 1001) and returns once all process groups are reaped
 /// or the shutdown grace period has passed.
+///
+/// With `config.metrics_listen`, `/metrics`, `/healthz` and `/readyz` are also served
+/// on a listener bound to that address (see [`run_with_metrics_listener`]).
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
+            GatewayError::Metrics(format!("cannot listen for metrics on {addr}: {err}"))
+        })?),
+    };
+    run_with_metrics_listener(listener, metrics_listener, config, shutdown).await
+}
+
+/// [`run`], with `/metrics`, `/healthz` and `/readyz` served on `metrics_listener`
+/// (which takes the place of `config.metrics_listen`) instead of `/metrics` on the
+/// main listener. The metrics listener serves until the drain is over, so readiness
+/// (503 while draining) and the metrics can be read during it.
+pub async fn run_with_metrics_listener(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
@@ -80,8 +106,25 @@ pub async fn run(
         return Err(GatewayError::Unprotected(address));
     }
     let gateway = build(config).await?;
-    let served = serve(listener, &gateway, shutdown).await;
+    let separate = metrics_listener.is_some();
+    let metrics_served = CancellationToken::new();
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(serve_metrics(
+            listener,
+            gateway.state.clone(),
+            metrics_served.clone(),
+        ))
+    });
+    let served = serve(listener, &gateway, separate, shutdown).await;
     drain(gateway).await;
+    metrics_served.cancel();
+    if let Some(server) = metrics_server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "the metrics listener failed"),
+            Err(err) => tracing::warn!(%err, "the metrics listener's task failed"),
+        }
+    }
     served.map_err(GatewayError::Serve)
 }
 
@@ -129,6 +172,16 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
     let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs, program_user))
         .await
         .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
+    let metrics_token = match &config.metrics_token_file {
+        None => None,
+        Some(path) => {
+            Some(crate::observe::MetricsToken::read(path).map_err(GatewayError::Metrics)?)
+        }
+    };
+    let observe = crate::observe::Observer::new(&runtimes.names(), config.audit_log.as_deref());
+    if let Some(path) = &config.audit_log {
+        tracing::info!(path = %path.display(), "audit log: one JSON line per finished execution");
+    }
     let shutdown_token = CancellationToken::new();
     let buffers = crate::buffer_budget::BufferBudget::new(
         config
@@ -174,10 +227,14 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
             no_network: sandbox.no_network,
             jail: sandbox.jail,
             program_user: sandbox.program_user,
+            observe: observe.clone(),
         },
         buffers,
         meters: crate::meter::Meters::default(),
         authenticator,
+        draining: AtomicBool::new(false),
+        observe,
+        metrics_token,
         config,
     });
     Ok(Built { state, work_root })
@@ -185,15 +242,22 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
 
 /// Serves the routes on `listener` (every connection admitted, metered and counted)
 /// until `shutdown` resolves; then stops taking connections and cancels the rest.
+/// `/metrics` is served here unless `separate_metrics` (it has a listener of its own).
 async fn serve(
     listener: TcpListener,
     gateway: &Built,
+    separate_metrics: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = &gateway.state;
-    let app = Router::new()
+    let mut app = Router::new()
         .route(sluice_protocol::WS_PATH, get(upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    if !separate_metrics {
+        app = app.route("/metrics", get(metrics_on_main));
+    }
+    let app = app
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -230,6 +294,7 @@ async fn serve(
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: cancelling executions and closing sockets");
+            stopping.draining.store(true, Ordering::Release);
             stopping.shutdown.cancel();
             stopping.executions.close();
         })
@@ -267,6 +332,136 @@ async fn drain(gateway: Built) {
     state.sessions.end_all().await;
     state.host.cgroups.remove();
     drop(work_root);
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (nothing else) on the metrics listener
+/// until `stop` is cancelled (after the drain).
+async fn serve_metrics(
+    listener: TcpListener,
+    state: Arc<GatewayState>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State(state): State<Arc<GatewayState>>, headers: axum::http::HeaderMap| async move {
+                    metrics_response(&state, &headers, true)
+                },
+            ),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found; this listener serves /metrics, /healthz and /readyz\n",
+            )
+        })
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// `GET /readyz`: 200 while the gateway takes new work; 503 once it drains
+/// (`GatewayState::draining`) or when the isolation its configuration demands is
+/// broken (the jail program is gone, the cgroup directories cannot be written): a
+/// few `stat`s and an `open`, no spawn.
+async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
+    if state.draining.load(Ordering::Acquire) || state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if let Some(broken) = isolation_broken(&state.host) {
+        tracing::warn!(%broken, "not ready: the isolation the configuration demands is broken");
+        let body = format!("not ready: {broken}\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    "ready\n".into_response()
+}
+
+/// What is wrong with the isolation the gateway started with, if anything.
+fn isolation_broken(host: &crate::execution::Host) -> Option<String> {
+    if let Some(jail) = &host.jail {
+        use std::os::unix::fs::PermissionsExt as _;
+        let program = jail.program();
+        let runnable = std::fs::metadata(program)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+        if !runnable {
+            return Some(format!(
+                "the jail program {} is missing or not executable",
+                program.display()
+            ));
+        }
+    }
+    host.cgroups
+        .unwritable()
+        .map(|dir| format!("the cgroup directory {} is not writable", dir.display()))
+}
+
+/// `GET /metrics` on the main listener: with a token configured, for whoever presents
+/// it; without one, for loopback peers only.
+async fn metrics_on_main(
+    State(state): State<Arc<GatewayState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    metrics_response(&state, &headers, peer.addr.ip().is_loopback())
+}
+
+/// The metrics as Prometheus text, if the request may have them: it presents the
+/// token when one is configured; else `open` (a loopback peer, or the metrics
+/// listener the operator chose) decides.
+fn metrics_response(state: &GatewayState, headers: &axum::http::HeaderMap, open: bool) -> Response {
+    match &state.metrics_token {
+        Some(token) => {
+            let presented = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .map(axum::http::HeaderValue::as_bytes);
+            if !token.admits(presented) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                    "a valid bearer token is required\n",
+                )
+                    .into_response();
+            }
+        }
+        None if !open => {
+            return (
+                StatusCode::FORBIDDEN,
+                "metrics are served to loopback peers only; configure --metrics-token-file or --metrics-listen\n",
+            )
+                .into_response();
+        }
+        None => {}
+    }
+    let in_use =
+        |total: usize, semaphore: &Semaphore| total.saturating_sub(semaphore.available_permits());
+    let config = &state.config;
+    let now = crate::observe::Snapshot {
+        connections: in_use(config.max_connections, &state.connection_slots),
+        sessions: state.sessions.open_count(),
+        executions: in_use(config.max_executions, &state.execution_slots),
+        interpreters: in_use(config.max_kernels, &state.kernel_slots),
+    };
+    match state.observe.metrics.render(now) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::observe::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(%err, "could not encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// Admits a WebSocket upgrade, in an order that reveals nothing to a caller without a

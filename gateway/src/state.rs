@@ -1,11 +1,12 @@
 //! What every connection shares: configuration, credentials, runtimes, sessions,
-//! capacity (gateway-wide and per peer or tenant) and the shutdown signal.
+//! capacity (gateway-wide and per peer or tenant), the shutdown signal and the drain
+//! flag, and the metrics.
 
 use crate::admission::Quota;
 use crate::config::Config;
 use crate::runtime::RuntimeTable;
 use crate::session::SessionRegistry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -44,4 +45,12 @@ pub(crate) struct GatewayState {
     pub(crate) meters: crate::meter::Meters,
     /// Checks each upgrade's credential; `None` where clients do not authenticate.
     pub(crate) authenticator: Option<crate::auth::Authenticator>,
+    /// Set once the gateway starts draining (today: when the shutdown signal arrives,
+    /// just before every execution is cancelled). From then on `GET /readyz` answers
+    /// 503, so a load balancer sends new clients elsewhere; it is never cleared.
+    pub(crate) draining: AtomicBool,
+    /// Metrics and the audit log (the same `Observer` every execution's `Host` has).
+    pub(crate) observe: crate::observe::Observer,
+    /// The bearer token `/metrics` requires (`--metrics-token-file`), if any.
+    pub(crate) metrics_token: Option<crate::observe::MetricsToken>,
 }

@@ -362,6 +362,15 @@ pub struct Config {
     /// Who may connect (see [`AuthConfig`]). Where clients authenticate, the per-peer
     /// caps above count per tenant.
     pub auth: AuthConfig,
+    // Issue 12, observability.
+    /// A second listener serving only `/metrics`, `/healthz` and `/readyz`; when set,
+    /// the main listener does not serve `/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token `/metrics` requires (`Authorization: Bearer
+    /// TOKEN`). Without one, the main listener serves `/metrics` to loopback peers only.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Where to append one JSON line per finished execution (the audit log).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// A quarter of a gateway-wide cap, at least 1: the per-peer default, so one client
@@ -443,6 +452,9 @@ impl Default for Config {
             message_deadline: Duration::from_secs(10),
             lead_timeout: Duration::from_secs(30),
             auth: AuthConfig::default(),
+            metrics_listen: None,
+            metrics_token_file: None,
+            audit_log: None,
         }
     }
 }

@@ -126,6 +126,15 @@ impl Connection {
         code: ErrorCode,
         message: impl Into<String>,
     ) {
+        self.state.observe.metrics.refused(&self.principal, code);
+        let message = message.into();
+        tracing::info!(
+            code = code.as_str(),
+            id = id.as_deref(),
+            session = self.frame_session.as_deref(),
+            detail = %message,
+            "refused"
+        );
         let mut event = Event::error(id, code, message);
         event.for_session.clone_from(&self.frame_session);
         self.publish_or_close(&self.own, event).await;

@@ -73,6 +73,9 @@ pub(crate) struct SocketLink {
 pub(crate) struct Batch {
     pub(crate) frames: Vec<Utf8Bytes>,
     pub(crate) bytes: usize,
+    /// `gap` frames among `frames`, and the events they say were missed (for metrics).
+    pub(crate) gaps: u64,
+    pub(crate) missed: u64,
 }
 
 impl SocketLink {
@@ -266,6 +269,8 @@ impl SocketLink {
                     &mut batch.frames,
                 );
                 if let Some((missed_from, resume_from)) = taken.gap {
+                    batch.gaps += 1;
+                    batch.missed += resume_from.saturating_sub(missed_from);
                     let session = stream.session_id().map(|s| &**s);
                     let gap = gap_event(session, missed_from, resume_from);
                     batch.frames.insert(after_announce, gap);

@@ -2,7 +2,8 @@
 //! frames from every stream the socket reads ([`SocketLink::take`]), feeds them with
 //! one flush per batch, pings the client on a clock, gives up on a client that does
 //! not read within the send timeout, and ends with the close frame the reader asked
-//! for (or 1001 on shutdown).
+//! for (or 1001 on shutdown). It counts what it writes, the gaps it announces and the
+//! sockets it gives up on (`observe::Metrics`).
 
 use super::link::SocketLink;
 use super::{CLOSE_GOING_AWAY, SHUTDOWN_SEND_GRACE};
@@ -79,6 +80,8 @@ where
         if ping {
             next_ping = now + ping_interval;
         }
+        let (events, bytes) = (batch.frames.len(), batch.bytes);
+        let (gaps, missed) = (batch.gaps, batch.missed);
         let write = async {
             if ping {
                 sink.feed(Message::Ping(bytes::Bytes::new())).await?;
@@ -98,6 +101,7 @@ where
             result = tokio::time::timeout(send_timeout, write) => match result {
                 Ok(result) => result,
                 Err(_) => {
+                    state.observe.metrics.slow_reader_disconnected();
                     tracing::warn!(?send_timeout, "closing: the client has not read its socket within the send timeout");
                     failed.cancel();
                     return;
@@ -113,6 +117,11 @@ where
             tracing::debug!(%err, "socket write failed");
             failed.cancel();
             return;
+        }
+        let metrics = &state.observe.metrics;
+        metrics.delivered(events, bytes);
+        if gaps > 0 {
+            metrics.gaps(gaps, missed);
         }
     }
     let requested = close_reason

@@ -123,6 +123,8 @@ pub(super) async fn run_cell(
         match started {
             Ok(kernel) => *guard = Some(kernel),
             Err(err) => {
+                let metrics = &run.ctx.host.observe.metrics;
+                metrics.sandbox_failed(crate::observe::SandboxStage::Interpreter);
                 tracing::warn!(%err, "could not start the interpreter");
                 let message = format!(
                     "could not start the {} interpreter: {err}",

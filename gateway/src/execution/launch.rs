@@ -6,6 +6,7 @@ use super::program::Program;
 use super::workdir::Workdir;
 use super::{ExecutionSpec, Host};
 use crate::config::EffectiveLimits;
+use crate::observe::SandboxStage;
 use sluice_protocol::{ErrorCode, Event};
 use std::path::Path;
 use tokio::net::unix::pipe;
@@ -53,6 +54,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
     ) {
         Ok(cgroup) => cgroup,
         Err(err) => {
+            host.observe.metrics.sandbox_failed(SandboxStage::Cgroup);
             tracing::error!(%err, "could not create the execution's cgroup");
             let message = "could not set up the execution's resource limits";
             return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
@@ -66,6 +68,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
     ) {
         Ok(dir) => dir,
         Err(err) => {
+            host.observe.metrics.sandbox_failed(SandboxStage::Workdir);
             tracing::error!(%err, "could not prepare the working directory");
             let message = "could not prepare the working directory";
             return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
@@ -86,7 +89,9 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         processes: spec.limits.processes,
     };
     let started_at = Instant::now();
-    match launch.spawn() {
+    let spawned = launch.spawn();
+    host.observe.metrics.spawned(started_at.elapsed());
+    match spawned {
         Ok(spawned) => Ok(Launched {
             workdir: Some(workdir),
             program: Program::Process(Box::new(spawned.child)),
@@ -96,6 +101,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             started_at,
         }),
         Err(err) => {
+            host.observe.metrics.sandbox_failed(SandboxStage::Spawn);
             tracing::warn!(%err, "spawn failed");
             workdir.remove();
             Err(Box::new(Event::error(

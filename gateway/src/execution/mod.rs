@@ -153,6 +153,8 @@ pub(crate) struct Host {
     pub(crate) jail: Option<Arc<crate::sandbox::Namespaces>>,
     /// The user unjailed programs of a root gateway drop to (never root).
     pub(crate) program_user: Option<crate::sandbox::ProgramUser>,
+    /// Where executions are counted (metrics) and recorded (the audit log).
+    pub(crate) observe: crate::observe::Observer,
 }
 
 /// What an admitted execution holds until its program is gone: its gateway-wide slot
@@ -224,10 +226,13 @@ pub(crate) fn prepare(
     };
     let span = tracing::info_span!(
         "execution",
-        id = %spec.id,
+        tenant = %crate::observe::tenant_of(&ctx.principal).unwrap_or(crate::observe::metrics::ANONYMOUS),
+        principal = %ctx.principal,
         session = %ctx.session.id(),
+        id = %spec.id,
         language = %spec.runtime.name,
     );
+    tracing::info!(parent: &span, persistent = matches!(start, Start::Cell { .. }), "execution started");
     let spec = Arc::new(spec);
     let run = Run {
         spec: spec.clone(),
@@ -235,6 +240,7 @@ pub(crate) fn prepare(
         cancel,
         finished,
         slot: Some(slot),
+        accepted_at: tokio::time::Instant::now(),
     };
     let stdin = (stdin_rx, stdin_queued_bytes);
     let task: ExecutionTask = match start {
@@ -300,6 +306,9 @@ struct Run {
     /// The gateway-wide execution slot, the peer's share and the budget; released just
     /// before the terminal event.
     slot: Option<Slot>,
+    /// When the execution was admitted: its duration and its time to first output
+    /// count from here.
+    accepted_at: tokio::time::Instant,
 }
 
 impl Run {
@@ -322,6 +331,52 @@ impl Run {
         // event, so an `execute` sent in reply to it finds room.
         self.slot = None;
         self.finished.store(true, Ordering::Release);
+        self.observe_end(&event);
         self.deliver(event).await;
+    }
+
+    /// Counts the execution's end, logs it (one line at info) and records it in the
+    /// audit log.
+    fn observe_end(&self, event: &Event) {
+        let observe = &self.ctx.host.observe;
+        let language = self.spec.runtime.name.as_str();
+        let principal = &self.ctx.principal;
+        observe
+            .metrics
+            .execution_ended(principal, language, event.kind, event.limit);
+        let duration = self.accepted_at.elapsed();
+        let duration_ms = duration.as_secs_f64() * 1000.0;
+        let usage = event.usage.as_ref();
+        let output_bytes = usage.map_or(0, |u| u.stdout_bytes + u.stderr_bytes);
+        tracing::info!(
+            outcome = %event.kind,
+            limit = event.limit.map(sluice_protocol::LimitKind::as_str),
+            code = event.code.map(ErrorCode::as_str),
+            exit_code = event.exit_code,
+            duration_ms,
+            output_bytes,
+            "execution ended"
+        );
+        let Some(audit) = &observe.audit else {
+            return;
+        };
+        audit.record(crate::observe::AuditRecord {
+            time: crate::observe::audit::rfc3339(std::time::SystemTime::now()),
+            tenant: crate::observe::tenant_of(principal).map(str::to_owned),
+            principal: principal.to_string(),
+            peer: crate::observe::peer_of(principal).map(|ip| ip.to_string()),
+            session: self.ctx.session.id().to_owned(),
+            id: self.spec.id.clone(),
+            language: language.to_owned(),
+            code_sha256: crate::observe::audit::code_hash(&self.spec.code),
+            outcome: event.kind.as_str(),
+            limit: event.limit.map(sluice_protocol::LimitKind::as_str),
+            error_code: event.code.map(ErrorCode::as_str),
+            exit_code: event.exit_code,
+            duration_ms,
+            cpu_ms: usage.map(|u| u.cpu_ms),
+            peak_memory_bytes: usage.map(|u| u.peak_memory_bytes),
+            output_bytes,
+        });
     }
 }

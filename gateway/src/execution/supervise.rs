@@ -113,6 +113,8 @@ impl Run {
             })
             .unwrap_or_default();
         if let Some(why) = &jail.setup_failed {
+            let metrics = &self.ctx.host.observe.metrics;
+            metrics.sandbox_failed(crate::observe::SandboxStage::Jail);
             tracing::warn!(%why, "the jail could not start the program");
         }
         let observed = Observed {
@@ -124,6 +126,10 @@ impl Run {
             peak_memory_bytes: usage.peak_memory_bytes,
             cpu_ms: usage.cpu_ms,
         };
+        if let Some(first) = pump.first_output_at {
+            let after = first.saturating_duration_since(self.accepted_at);
+            self.ctx.host.observe.metrics.first_output(after);
+        }
         let mut terminal = verdict::verdict(&self.spec.id, &observed, &self.spec.limits);
         terminal.usage = Some(usage);
         tracing::debug!(kind = %terminal.kind, "finished");

@@ -370,6 +370,11 @@ impl SessionRegistry {
         }
     }
 
+    /// Sessions open now (for metrics).
+    pub(crate) fn open_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// The live session named `name` in `caller`'s namespace.
     pub(crate) fn get(&self, caller: &Principal, name: &str) -> Option<Arc<Session>> {
         self.sessions

@@ -24,6 +24,7 @@ mod lifecycle;
 mod limits;
 mod lockout;
 mod memory;
+mod observe;
 mod persistent;
 mod privilege;
 mod sandbox;

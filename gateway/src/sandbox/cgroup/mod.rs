@@ -310,6 +310,24 @@ impl Cgroups {
         Ok(Some(group))
     }
 
+    /// The first of this gateway's cgroup directories that can no longer take a
+    /// process (gone, or not writable), for `/readyz`: a `stat`-cheap open of its
+    /// `cgroup.procs` for writing, which writes nothing.
+    pub(crate) fn unwritable(&self) -> Option<PathBuf> {
+        let dirs = [&self.memory, &self.pids, &self.cpu]
+            .into_iter()
+            .flatten()
+            .map(|h| &h.ours)
+            .chain(self.unified.as_ref().map(|u| &u.ours));
+        for dir in dirs {
+            let procs = dir.join("cgroup.procs");
+            if fs::OpenOptions::new().write(true).open(&procs).is_err() {
+                return Some(dir.clone());
+            }
+        }
+        None
+    }
+
     /// Removes this gateway's directories (at shutdown, once every execution is gone).
     pub(crate) fn remove(&self) {
         let pooled: Vec<_> = self
