@@ -220,6 +220,14 @@ impl Principal {
         Self::Address(ip)
     }
 
+    /// How a cap on this principal is named in messages: "per peer" or "per tenant".
+    pub(crate) fn cap_scope(&self) -> &'static str {
+        match self {
+            Self::Tenant(_) => "per tenant",
+            Self::Address(_) => "per peer",
+        }
+    }
+
     /// The tenant whose namespace this principal's sessions live in; `None` where clients
     /// do not authenticate (one namespace for everybody, as on a loopback gateway).
     pub(crate) fn tenant(&self) -> Option<&Arc<str>> {

@@ -255,8 +255,10 @@ impl Connection {
                 (
                     ErrorCode::TooManyExecutions,
                     format!(
-                        "your {} has {} executions running, its maximum",
-                        self.principal, e.max
+                        "your {} has {} executions running, the maximum {}",
+                        self.principal,
+                        e.max,
+                        self.principal.cap_scope()
                     ),
                 )
             })?;

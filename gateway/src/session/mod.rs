@@ -261,7 +261,7 @@ pub(crate) struct SessionRegistry {
 pub(crate) enum OpenError {
     #[error("the gateway has {0} sessions open, its maximum")]
     TooMany(usize),
-    #[error("your {0} has {1} sessions open, its maximum; end some (or let their grace period pass) and retry")]
+    #[error("your {0} has {1} sessions open, the maximum {scope}; end some (or let their grace period pass) and retry", scope = .0.cap_scope())]
     TooManyForPeer(Principal, usize),
     #[error("session {0:?} was made by the gateway for one execution; name a session of your own to run several executions in one")]
     GatewayMade(String),
