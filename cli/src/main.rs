@@ -6,7 +6,7 @@
 //! This crate is the only one that depends on both the gateway and the client, so the
 //! gateway library stays free of the client. Kept thin: parse flags (with the environment
 //! and the config file, in [`config_file`]) into a [`Config`], set up logging, bind, and
-//! hand over to [`sluice_gateway::run`] with a shutdown future for SIGINT/SIGTERM.
+//! hand over to [`sluice_gateway::run_with_signals`] with SIGINT/SIGTERM as its signals.
 
 mod config_file;
 mod terminal;
@@ -457,6 +457,14 @@ struct ServeArgs {
     /// when something in front of the gateway authenticates every client.
     #[arg(long)]
     insecure_no_auth: bool,
+
+    /// On SIGTERM or SIGINT, let running executions finish for up to this long while
+    /// new connections and executions are refused (`shutting_down`) and /readyz answers
+    /// 503; then cancel what still runs (its clients get its terminal event) and close
+    /// every socket (code 1001). A second signal ends the gateway at once. 0: cancel at
+    /// once.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    drain_timeout_ms: u64,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -538,6 +546,7 @@ impl ServeArgs {
             buffer_budget_bytes: self.buffer_budget_bytes,
             message_deadline: Duration::from_millis(self.message_deadline_ms),
             lead_timeout: Duration::from_millis(self.lead_timeout_ms),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             auth: sluice_gateway::AuthConfig {
                 api_keys_file: self.api_keys,
                 jwt_secret_file: self.jwt_secret_file,
@@ -585,21 +594,29 @@ fn init_logging(filter: &str, json: bool) {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// One item per SIGINT or SIGTERM: the first drains the gateway, a second ends it at
+/// once (`sluice_gateway::run_with_signals`).
+fn shutdown_signals() -> impl futures::Stream<Item = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
+    let term = match signal(SignalKind::terminate()) {
+        Ok(term) => Some(term),
         Err(err) => {
             tracing::error!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            None
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    futures::stream::unfold(term, |mut term| async move {
+        match term.as_mut() {
+            Some(sigterm) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sigterm.recv() => {}
+            },
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        Some(((), term))
+    })
 }
 
 /// Runs the command; a failure is one line on stderr (the cause chain, no backtrace)
@@ -715,6 +732,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
     let url = format!("ws://{bound}{}", sluice_protocol::WS_PATH);
     tracing::info!(address = %bound, %url, "listening");
-    sluice_gateway::run(listener, config, shutdown_signal()).await?;
+    sluice_gateway::run_with_signals(listener, config, shutdown_signals()).await?;
     Ok(())
 }

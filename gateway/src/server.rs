@@ -80,13 +80,26 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    run_with_signals(listener, config, futures::stream::once(shutdown)).await
+}
+
+/// [`run`], stopped by a stream of signals: the first drains the gateway (new
+/// connections and executions refused, running ones given `config.drain_timeout` to
+/// finish, then cancelled with their terminal events delivered); a second ends it at
+/// once, without waiting for the drain or the grace periods (what is still running is
+/// killed as the gateway's tasks are dropped). The stream ending counts as a signal.
+pub async fn run_with_signals(
+    listener: TcpListener,
+    config: Config,
+    signals: impl futures::Stream<Item = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
     let metrics_listener = match config.metrics_listen {
         None => None,
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
             GatewayError::Metrics(format!("cannot listen for metrics on {addr}: {err}"))
         })?),
     };
-    run_with_metrics_listener(listener, metrics_listener, config, shutdown).await
+    serve_until(listener, metrics_listener, config, Signals::watch(signals)).await
 }
 
 /// [`run`], with `/metrics`, `/healthz` and `/readyz` served on `metrics_listener`
@@ -98,6 +111,45 @@ pub async fn run_with_metrics_listener(
     metrics_listener: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let signals = Signals::watch(futures::stream::once(shutdown));
+    serve_until(listener, metrics_listener, config, signals).await
+}
+
+/// The two shutdown signals a gateway heeds: drain, then hurry.
+#[derive(Debug, Clone, Default)]
+struct Signals {
+    /// The first signal: drain.
+    drain: CancellationToken,
+    /// A second signal: stop waiting.
+    hurry: CancellationToken,
+}
+
+impl Signals {
+    /// Tokens cancelled by the first and the second item of `signals` (or its end).
+    fn watch(signals: impl futures::Stream<Item = ()> + Send + 'static) -> Self {
+        use futures::StreamExt as _;
+        let tokens = Self::default();
+        let (drain, hurry) = (tokens.drain.clone(), tokens.hurry.clone());
+        tokio::spawn(async move {
+            let mut signals = std::pin::pin!(signals);
+            signals.next().await;
+            drain.cancel();
+            if signals.next().await.is_some() {
+                tracing::warn!("a second shutdown signal: ending now, without waiting");
+                hurry.cancel();
+            }
+        });
+        tokens
+    }
+}
+
+/// Serves until `signals` say stop, then drains and shuts down.
+async fn serve_until(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    signals: Signals,
 ) -> Result<(), GatewayError> {
     // As Redis's protected mode: anonymous clients only on loopback, unless told.
     let address = listener.local_addr().map_err(GatewayError::Serve)?;
@@ -115,8 +167,8 @@ pub async fn run_with_metrics_listener(
             metrics_served.clone(),
         ))
     });
-    let served = serve(listener, &gateway, separate, shutdown).await;
-    drain(gateway).await;
+    let served = serve(listener, &gateway, separate, signals.clone()).await;
+    drain(gateway, &signals.hurry).await;
     metrics_served.cancel();
     if let Some(server) = metrics_server {
         match server.await {
@@ -247,7 +299,7 @@ async fn serve(
     listener: TcpListener,
     gateway: &Built,
     separate_metrics: bool,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    signals: Signals,
 ) -> std::io::Result<()> {
     let state = &gateway.state;
     let mut app = Router::new()
@@ -292,41 +344,67 @@ async fn serve(
     let stopping = state.clone();
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
-            shutdown.await;
+            signals.drain.cancelled().await;
+            let_running_executions_finish(&stopping, &signals.hurry).await;
             tracing::info!("shutting down: cancelling executions and closing sockets");
-            stopping.draining.store(true, Ordering::Release);
             stopping.shutdown.cancel();
             stopping.executions.close();
         })
         .await
 }
 
+/// The drain: from now on `/readyz` answers 503 and new connections and executions are
+/// refused (`shutting_down`), while the listener still answers; running executions get
+/// up to `--drain-timeout` (or until `hurry`) to end on their own.
+async fn let_running_executions_finish(state: &GatewayState, hurry: &CancellationToken) {
+    state.draining.store(true, Ordering::Release);
+    // Closing lets `wait` resolve once the running ones are over; nothing new starts.
+    state.executions.close();
+    let running = state.executions.len();
+    let timeout = state.config.drain_timeout;
+    if running == 0 || timeout.is_zero() {
+        return;
+    }
+    tracing::info!(
+        running,
+        ?timeout,
+        "draining: new connections and executions are refused; running executions may finish"
+    );
+    tokio::select! {
+        () = state.executions.wait() => tracing::info!("drained: every execution ended on its own"),
+        () = tokio::time::sleep(timeout) => tracing::warn!(
+            running = state.executions.len(),
+            "the drain timeout passed; cancelling the executions still running"
+        ),
+        () = hurry.cancelled() => {}
+    }
+}
+
 /// The shutdown sequence: cancel everything, wait (up to the grace periods) for the
 /// sockets and executions, end the sessions and their interpreters, remove the cgroups
 /// and the work root.
-async fn drain(gateway: Built) {
+async fn drain(gateway: Built, hurry: &CancellationToken) {
     let Built { state, work_root } = gateway;
+    state.draining.store(true, Ordering::Release);
     state.shutdown.cancel();
     state.executions.close();
     state.connections.close();
     let deadline = state.config.shutdown_grace + state.config.kill_grace;
-    if tokio::time::timeout(deadline, state.connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?deadline,
-            "connections still open after the shutdown grace period"
-        );
-    }
-    if tokio::time::timeout(deadline, state.executions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?deadline,
-            "executions still running after the shutdown grace period"
-        );
+    let waited = |what: &'static str, done| async move {
+        tokio::select! {
+            finished = tokio::time::timeout(deadline, done) => if finished.is_err() {
+                tracing::warn!(?deadline, "{what} after the shutdown grace period");
+            },
+            () = hurry.cancelled() => {}
+        }
+    };
+    waited("connections still open", state.connections.wait()).await;
+    waited("executions still running", state.executions.wait()).await;
+    if hurry.is_cancelled() {
+        // What still runs is killed as its tasks are dropped with the runtime.
+        state.host.cgroups.remove();
+        drop(work_root);
+        return;
     }
     // Persistent interpreters go with their sessions.
     state.sessions.end_all().await;
@@ -526,10 +604,10 @@ async fn upgrade(
             }
         },
     };
-    if state.shutdown.is_cancelled() {
+    if state.shutdown.is_cancelled() || state.draining.load(Ordering::Acquire) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway is shutting down\n",
+            "shutting_down: the gateway is draining for a restart; connect to another one\n",
         )
             .into_response();
     }

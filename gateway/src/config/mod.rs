@@ -276,6 +276,11 @@ pub struct Config {
     pub work_root: Option<PathBuf>,
     /// How long shutdown waits for connections to finish after cancelling executions.
     pub shutdown_grace: Duration,
+    /// How long a draining gateway (the first shutdown signal) lets running executions
+    /// finish, refusing new connections and executions with `shutting_down`, before it
+    /// cancels what still runs. Zero (the library's default) cancels at once; `sluice
+    /// serve` defaults to 30 s.
+    pub drain_timeout: Duration,
     /// How long a socket may refuse to take written events (the client is not reading)
     /// before the gateway closes it; its sessions then get the grace period.
     pub send_timeout: Duration,
@@ -424,6 +429,7 @@ impl Default for Config {
             ],
             work_root: None,
             shutdown_grace: Duration::from_secs(10),
+            drain_timeout: Duration::ZERO,
             send_timeout: Duration::from_secs(30),
             stdin_queue_bytes: 1 << 20,
             allowed_origins: Vec::new(),

@@ -170,10 +170,10 @@ impl Connection {
     fn admit(&self, request: &ExecuteRequest) -> Result<Admitted, Refusal> {
         let state = &self.state;
         let language = &request.language;
-        if state.shutdown.is_cancelled() {
+        if state.shutdown.is_cancelled() || state.draining.load(Ordering::Acquire) {
             return Err((
                 ErrorCode::ShuttingDown,
-                "the gateway is shutting down".into(),
+                "the gateway is shutting down (draining for a restart): executions already running may finish, new ones are refused; run this one on another gateway".into(),
             ));
         }
         let Some(runtime) = state.runtimes.get(language) else {

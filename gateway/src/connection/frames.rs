@@ -263,6 +263,6 @@ pub(super) fn is_usable_id(id: &str) -> bool {
 pub(super) fn unknown_session(name: &str) -> Refusal {
     (
         ErrorCode::UnknownSession,
-        format!("no session {name:?} is open (it never was, or it ended), or this socket is not attached to it"),
+        format!("no session {name:?} is open (it never was, it ended, or the gateway it ran on has restarted since), or this socket is not attached to it"),
     )
 }

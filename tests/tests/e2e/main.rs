@@ -14,6 +14,7 @@ mod basics;
 mod client;
 mod client_sessions;
 mod concurrency;
+mod drain;
 mod encoding;
 mod errors;
 mod fairness;
