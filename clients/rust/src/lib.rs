@@ -156,7 +156,7 @@ mod synthetic;
 pub use client::{Client, SocketEvents};
 pub use error::ClientError;
 pub use execution::Execution;
-pub use options::{ClientOptions, Reconnect};
+pub use options::{ClientOptions, Reconnect, Token};
 pub use outcome::Outcome;
 pub use session::SessionEvents;
 pub use synthetic::is_synthetic;

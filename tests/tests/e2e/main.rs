@@ -9,6 +9,7 @@
 //! process's). The one test that measures the process itself (its peak memory) is a
 //! binary of its own, `tests/tests/slow_subscriber.rs`.
 
+mod auth_clients;
 mod basics;
 mod client;
 mod client_sessions;
