@@ -49,6 +49,22 @@ enum Command {
     /// session until Ctrl-C; a dropped connection is resumed where it stopped.
     #[command(after_help = terminal::attach::AFTER_HELP)]
     Attach(terminal::attach::AttachArgs),
+    /// Manage the API keys of `sluice serve --api-keys FILE`.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Make a new key for TENANT: its hash is appended to FILE (created 0600 if
+    /// missing), the key itself printed on stdout and stored nowhere.
+    Add {
+        /// The tenant the key authenticates as.
+        tenant: String,
+        /// The key file (`sluice serve --api-keys FILE`).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +255,21 @@ struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+
+    /// Require a credential: API keys listed (hashed) in this file, one `TENANT sha256:HEX`
+    /// per line (`sluice key add TENANT --file FILE` makes one).
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
+
+    /// Require a credential: accept HS256 tokens signed with the secret in this file (at
+    /// least 32 bytes); `sub` names the tenant, `exp` is required.
+    #[arg(long, value_name = "FILE")]
+    jwt_secret_file: Option<PathBuf>,
+
+    /// Require a credential: accept RS256 or EdDSA tokens signed by the key whose public
+    /// half (PEM) is in this file.
+    #[arg(long, value_name = "FILE")]
+    jwt_public_key_file: Option<PathBuf>,
 
     /// Close a socket whose client has not taken written events for this long (it
     /// stopped reading); its sessions then get the grace period like any other.
@@ -453,6 +484,9 @@ impl ServeArgs {
             config.base_env.retain(|(k, _)| *k != key);
             config.base_env.push((key, value));
         }
+        config.auth.api_keys_file = self.api_keys;
+        config.auth.jwt_secret_file = self.jwt_secret_file;
+        config.auth.jwt_public_key_file = self.jwt_public_key_file;
         Ok(config)
     }
 }
@@ -526,6 +560,11 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => std::process::exit(terminal::run::main(*args)),
         Command::Attach(args) => std::process::exit(terminal::attach::main(args)),
+        Command::Key(KeyCommand::Add { tenant, file }) => {
+            use std::io::Write as _;
+            let key = sluice_gateway::auth::keys::add_key(&file, &tenant)?;
+            writeln!(std::io::stdout(), "{key}").context("cannot print the key")
+        }
     }
 }
 
