@@ -87,7 +87,12 @@ pub(crate) struct GatewayArgs {
     /// The credential for a gateway that requires one: an API key (`sluice key add`) or a
     /// signed token, sent as `Authorization: Bearer`. Prefer SLUICE_TOKEN: a flag's value
     /// is visible to other users in the process list.
-    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub(crate) token: Option<Token>,
 }
 
