@@ -153,6 +153,10 @@ async fn run(args: RunArgs) -> Result<i32, Failure> {
             exit::USAGE,
             format!("invalid session name {session:?}: {reason}"),
         ),
+        ClientError::Unauthorized { reason } => Failure::new(
+            exit::UNAUTHORIZED,
+            format!("the gateway refused the credential: {reason}"),
+        ),
         other => Failure::new(exit::UNAVAILABLE, other.to_string()),
     })?;
     let runner = Runner {

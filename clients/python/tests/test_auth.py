@@ -79,6 +79,11 @@ async def test_no_key_or_a_wrong_key_is_refused_with_the_reason(
     assert wrong not in str(error)
 
 
+def test_the_token_is_not_in_the_options_repr() -> None:
+    client = SandboxClient("ws://127.0.0.1:1/v1/ws", "sluice_secret-value")
+    assert "sluice_secret-value" not in repr(client._options)
+
+
 async def test_a_signed_token_runs_and_an_expired_one_is_refused(auth_gateway: AuthGateway) -> None:
     now = int(time.time())
     valid = mint(auth_gateway.secret, {"sub": "acme", "exp": now + 600})
