@@ -24,6 +24,7 @@ fn sluice(gateway: &TestGateway, args: &[&str]) -> Result<Command> {
     command
         .args(args)
         .env("SLUICE_URL", gateway.url())
+        .env_remove("SLUICE_TOKEN")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -392,6 +393,61 @@ async fn an_unreachable_gateway_is_one_line() -> Result<()> {
     let done = finish(&gateway, &["attach", "--url", &url, "any"], None).await?;
     assert_eq!(done.code(), Some(69));
     done.assert_one_error_line("cannot reach the gateway")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_taken_from_the_flag_or_the_environment_and_a_refusal_is_one_line() -> Result<()>
+{
+    // The key file and its key, made as an operator makes them.
+    struct Removed(PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let keys = std::env::temp_dir().join(unique_marker("cli-keys"));
+    let _removed = Removed(keys.clone());
+    let made = Command::new(sluice_binary())
+        .args(["key", "add", "acme", "--file"])
+        .arg(&keys)
+        .output()
+        .context("cannot run sluice key add")?;
+    ensure!(made.status.success(), "sluice key add failed: {made:?}");
+    let key = String::from_utf8(made.stdout)?.trim().to_owned();
+    let mut config = sluice_gateway::Config::default();
+    config.auth.api_keys_file = Some(keys.clone());
+    let gateway = TestGateway::spawn_with(config).await;
+
+    let hello = ["run", "-l", "sh", "-c", "echo hello"];
+    let flag: Vec<&str> = hello.iter().copied().chain(["--token", &key]).collect();
+    let done = finish(&gateway, &flag, None).await?;
+    assert_eq!(done.stdout_text(), "hello\n", "{}", done.stderr);
+    assert_eq!(done.code(), Some(0));
+
+    let mut command = sluice(&gateway, &hello)?;
+    command.env("SLUICE_TOKEN", &key);
+    let done = within("sluice run with SLUICE_TOKEN", async {
+        tokio::task::spawn_blocking(move || command.output()).await
+    })
+    .await???;
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "hello\n");
+    assert_eq!(done.status.code(), Some(0));
+
+    // No credential, or a wrong one: status 77 and one line with the gateway's reason.
+    let done = finish(&gateway, &hello, None).await?;
+    assert_eq!(done.code(), Some(77), "{}", done.stderr);
+    done.assert_one_error_line("the gateway refused the credential: a credential is required")?;
+    assert_eq!(done.stdout_text(), "");
+    let wrong = format!("{key}x");
+    let done = finish(&gateway, &["attach", "any", "--token", &wrong], None).await?;
+    assert_eq!(done.code(), Some(77), "{}", done.stderr);
+    done.assert_one_error_line("the gateway refused the credential: the credential is not valid")?;
+    ensure!(
+        !done.stderr.contains(&wrong),
+        "the credential was echoed: {}",
+        done.stderr
+    );
     Ok(())
 }
 

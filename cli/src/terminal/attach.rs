@@ -28,6 +28,8 @@ Exit status:
            or --since is past its last event
   130      stopped by Ctrl-C (or SIGTERM, SIGHUP)
   69       the gateway cannot be reached, or the connection was lost for good
+  77       the gateway refused the credential (--token or SLUICE_TOKEN): missing,
+           unknown or expired
   74       writing to stdout failed (141 if the reader went away)
 
 Examples:
@@ -100,6 +102,10 @@ async fn attach(args: AttachArgs) -> Result<i32, Failure> {
         ClientError::InvalidSession { session, reason } => Failure::new(
             exit::USAGE,
             format!("invalid session name {session:?}: {reason}"),
+        ),
+        ClientError::Unauthorized { reason } => Failure::new(
+            exit::UNAUTHORIZED,
+            format!("the gateway refused the credential: {reason}"),
         ),
         other => Failure::new(exit::UNAVAILABLE, other.to_string()),
     })?;

@@ -2,7 +2,7 @@
 //! (`sluice-client`), which speaks the protocol, reconnects and resumes.
 //!
 //! This module holds what both commands share: the exit codes, the one-line `sluice:`
-//! error, the gateway URL flag, signal handling, and writing to the terminal's stdout and
+//! error, the gateway URL and credential flags, signal handling, and writing to the terminal's stdout and
 //! stderr (a CLI writes there on purpose, so it goes through locked [`std::io::Write`]
 //! handles rather than `print!`).
 
@@ -10,7 +10,7 @@ pub(crate) mod attach;
 pub(crate) mod run;
 
 use clap::Args;
-use sluice_client::{Client, ClientError, ClientOptions};
+use sluice_client::{Client, ClientError, ClientOptions, Token};
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub(crate) mod exit {
     /// The gateway cannot be reached, or the connection was lost for good
     /// (sysexits `EX_UNAVAILABLE`).
     pub(crate) const UNAVAILABLE: i32 = 69;
+    /// The gateway refused the credential (`--token` / `SLUICE_TOKEN`): missing, unknown,
+    /// expired (sysexits `EX_NOPERM`).
+    pub(crate) const UNAUTHORIZED: i32 = 77;
     /// Writing to the terminal's stdout or stderr failed (sysexits `EX_IOERR`).
     pub(crate) const IO: i32 = 74;
     /// The program hit its wall-clock limit (as coreutils `timeout`).
@@ -69,7 +72,7 @@ impl Failure {
     }
 }
 
-/// The flag both commands take to find the gateway.
+/// The flags both commands take to find the gateway and prove who they are.
 #[derive(Debug, Args)]
 pub(crate) struct GatewayArgs {
     /// The gateway's WebSocket endpoint.
@@ -80,16 +83,29 @@ pub(crate) struct GatewayArgs {
         value_name = "URL"
     )]
     pub(crate) url: String,
+
+    /// The credential for a gateway that requires one: an API key (`sluice key add`) or a
+    /// signed token, sent as `Authorization: Bearer`. Prefer SLUICE_TOKEN: a flag's value
+    /// is visible to other users in the process list.
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) token: Option<Token>,
 }
 
 /// How long the first connection may take before `sluice` gives up on the gateway.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl GatewayArgs {
-    /// Connects to the gateway, or fails with one line and [`exit::UNAVAILABLE`].
+    /// Connects to the gateway, or fails with one line and [`exit::UNAVAILABLE`]
+    /// ([`exit::UNAUTHORIZED`] when it refuses the credential).
     pub(crate) async fn connect(&self) -> Result<Client, Failure> {
         let options = ClientOptions {
             close_timeout: Duration::from_secs(2),
+            token: self.token.clone(),
             ..ClientOptions::default()
         };
         let unreachable = |why: String| {
@@ -105,6 +121,10 @@ impl GatewayArgs {
         match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect_with(&self.url, options)).await
         {
             Ok(Ok(client)) => Ok(client),
+            Ok(Err(ClientError::Unauthorized { reason })) => Err(Failure::new(
+                exit::UNAUTHORIZED,
+                format!("the gateway refused the credential: {reason}"),
+            )),
             Ok(Err(ClientError::Connect { source, .. })) => Err(unreachable(source.to_string())),
             Ok(Err(other)) => Err(unreachable(other.to_string())),
             Err(_) => Err(unreachable(format!(

@@ -40,6 +40,8 @@ Exit status:
   2        bad command line, or a script whose language the extension does not tell
   66       the script file cannot be read
   69       the gateway cannot be reached, or the connection was lost for good
+  77       the gateway refused the credential (--token or SLUICE_TOKEN): missing,
+           unknown or expired
   74       writing to stdout or stderr failed (141 if the reader went away)
 Every failure of sluice's own is one line on stderr starting with `sluice:`.
 
@@ -51,7 +53,8 @@ Examples:
   sluice run hello.py
   sluice run -l python -c 'print(input().upper())' <<< hi
   sluice run --timeout-ms 5000 --env DEBUG=1 build.sh -- --fast
-  SLUICE_URL=ws://host:7878/v1/ws sluice run job.js";
+  SLUICE_URL=ws://host:7878/v1/ws sluice run job.js
+  SLUICE_TOKEN=$(cat ~/.sluice-key) sluice run job.py";
 
 /// Run a program on the gateway and stream its output here.
 #[derive(Debug, Args)]
@@ -149,6 +152,10 @@ async fn run(args: RunArgs) -> Result<i32, Failure> {
         ClientError::InvalidSession { session, reason } => Failure::new(
             exit::USAGE,
             format!("invalid session name {session:?}: {reason}"),
+        ),
+        ClientError::Unauthorized { reason } => Failure::new(
+            exit::UNAUTHORIZED,
+            format!("the gateway refused the credential: {reason}"),
         ),
         other => Failure::new(exit::UNAVAILABLE, other.to_string()),
     })?;

@@ -27,7 +27,8 @@ class Gateway:
     log: list[str]
 
 
-def _start_gateway(*extra: str) -> Gateway:
+def _binary() -> str:
+    """The gateway binary, ``$SLUICE_BIN``."""
     binary = os.environ.get("SLUICE_BIN")
     if not binary:
         pytest.fail(
@@ -37,8 +38,12 @@ def _start_gateway(*extra: str) -> Gateway:
         )
     if not os.access(binary, os.X_OK):
         pytest.fail(f"SLUICE_BIN={binary!r} is not an executable file", pytrace=False)
+    return binary
+
+
+def _start_gateway(*extra: str) -> Gateway:
     process = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--log-json", *extra],
+        [_binary(), "serve", "--listen", "127.0.0.1:0", "--log-json", *extra],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -96,6 +101,43 @@ def small_gateway() -> Iterator[Gateway]:
     _stop_gateway(started)
 
 
+@dataclass
+class AuthGateway:
+    """A gateway that requires a credential: an API key (``key``, tenant
+    ``acme``, made with ``sluice key add``) or an HS256 token signed with
+    ``secret``."""
+
+    gateway: Gateway
+    key: str
+    secret: bytes
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+
+@pytest.fixture(scope="session")
+def auth_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthGateway]:
+    """One gateway started with ``--api-keys`` and ``--jwt-secret-file``."""
+    directory = tmp_path_factory.mktemp("auth")
+    keys = directory / "keys"
+    made = subprocess.run(
+        [_binary(), "key", "add", "acme", "--file", str(keys)],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.fail(f"sluice key add failed: {made.stderr}", pytrace=False)
+    secret = os.urandom(32).hex().encode()
+    secret_file = directory / "jwt-secret"
+    secret_file.write_bytes(secret)
+    started = _start_gateway("--api-keys", str(keys), "--jwt-secret-file", str(secret_file))
+    yield AuthGateway(started, made.stdout.strip(), secret)
+    _stop_gateway(started)
+
+
 @pytest.fixture
 def gateway_url(gateway: Gateway) -> str:
     return gateway.url
@@ -106,7 +148,8 @@ class CuttableProxy:
     it carries (both sides), as a network failure would."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
+        #: Where new connections go (a test may point it elsewhere).
+        self.target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -128,7 +171,7 @@ class CuttableProxy:
         async with self._connected:
             self._connected.notify_all()
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
             return

@@ -3,7 +3,7 @@
 //! events that belong to no execution.
 
 use crate::command::{call, Command};
-use crate::connection::{Connection, Connector};
+use crate::connection::{AttemptError, Connection, Connector};
 use crate::queue::{event_queue, session_queue};
 use crate::shared::Shared;
 use crate::{ClientError, ClientOptions, Execution, SessionEvents};
@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -60,6 +61,9 @@ impl Client {
     /// `ws://127.0.0.1:8080/v1/ws`) with default [`ClientOptions`].
     ///
     /// Offers the `sluice.v1` subprotocol and disables Nagle's algorithm (TCP_NODELAY).
+    /// With [`ClientOptions::token`] set, presents it as `Authorization: Bearer`; a gateway
+    /// that refuses the credential (HTTP 401) makes this fail with
+    /// [`ClientError::Unauthorized`], carrying the gateway's reason.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
         Self::connect_with(url, ClientOptions::default()).await
     }
@@ -77,12 +81,7 @@ impl Client {
         let connector: Connector<MaybeTlsStream<tokio::net::TcpStream>> = Box::new(move || {
             let url = url.clone();
             let options = reconnect_options.clone();
-            Box::pin(async move {
-                open(&url, &options).await.map_err(|err| match err {
-                    ClientError::Connect { source, .. } => source.to_string(),
-                    other => other.to_string(),
-                })
-            })
+            Box::pin(async move { open(&url, &options).await.map_err(AttemptError::from) })
         });
         Ok(Self::start(socket, options, Some(connector)))
     }
@@ -317,8 +316,8 @@ impl Stream for SocketEvents {
     }
 }
 
-/// Opens one WebSocket to `url`: the `sluice.v1` subprotocol, the incoming frame cap,
-/// TCP_NODELAY.
+/// Opens one WebSocket to `url`: the `sluice.v1` subprotocol, the credential, the
+/// incoming frame cap, TCP_NODELAY. A 401 answer is [`ClientError::Unauthorized`].
 async fn open(
     url: &str,
     options: &ClientOptions,
@@ -332,14 +331,44 @@ async fn open(
         SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(SUBPROTOCOL),
     );
+    if let Some(token) = &options.token {
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                ClientError::Unauthorized {
+                    reason: "the token cannot be sent in an HTTP header (control characters)"
+                        .to_owned(),
+                }
+            })?;
+        value.set_sensitive(true);
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
     let config = WebSocketConfig::default()
         .max_message_size(Some(options.max_incoming_frame_bytes))
         .max_frame_size(Some(options.max_incoming_frame_bytes));
     let (socket, _response) =
         tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
-            .map_err(failed)?;
+            .map_err(|err| match err {
+                tungstenite::Error::Http(response)
+                    if response.status() == StatusCode::UNAUTHORIZED =>
+                {
+                    ClientError::Unauthorized {
+                        reason: refusal_reason(response.body().as_deref()),
+                    }
+                }
+                other => failed(other),
+            })?;
     Ok(socket)
+}
+
+/// The first line of a 401 response's body (the gateway's reason), or a stand-in where it
+/// sent none (or the handshake did not read it).
+fn refusal_reason(body: Option<&[u8]>) -> String {
+    let text = String::from_utf8_lossy(body.unwrap_or_default());
+    match text.lines().map(str::trim).find(|line| !line.is_empty()) {
+        Some(line) => line.chars().take(500).collect(),
+        None => "HTTP 401 Unauthorized (no reason given)".to_owned(),
+    }
 }
 
 /// Refuses session names the gateway would refuse.
@@ -372,6 +401,17 @@ fn check_id(id: &str) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_of_a_refusal_is_its_first_line() {
+        assert_eq!(
+            refusal_reason(Some(b"the token has expired\n")),
+            "the token has expired"
+        );
+        assert_eq!(refusal_reason(Some(b"\n  one\r\ntwo")), "one");
+        assert!(refusal_reason(None).contains("401"));
+        assert!(refusal_reason(Some(b"  \n")).contains("401"));
+    }
 
     #[test]
     fn overlong_id_is_refused() {

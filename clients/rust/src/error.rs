@@ -21,6 +21,16 @@ pub enum ClientError {
         #[source]
         source: Box<tungstenite::Error>,
     },
+    /// The gateway refused the credential ([`ClientOptions::token`](crate::ClientOptions::token)):
+    /// it was missing, unknown, expired or malformed, and the gateway answered the upgrade
+    /// request with HTTP 401. Returned by [`Client::connect`](crate::Client::connect), and
+    /// by operations after a reconnect was refused so (never retried: retrying cannot help).
+    #[error("the gateway refused the credential: {reason}")]
+    Unauthorized {
+        /// The gateway's one-line reason (the body of its 401 response), or a description
+        /// of the status where it sent none.
+        reason: String,
+    },
     /// The connection to the gateway is closed (by [`Client::close`](crate::Client::close),
     /// or by the gateway or a network failure when reconnecting is off or gave up; see
     /// [`Reconnect`](crate::Reconnect)), so the operation could not be carried out.

@@ -120,6 +120,16 @@
 //! With [`ClientOptions::reconnect`] set to `None`, the first drop ends the client as it
 //! would without sessions.
 //!
+//! # Credentials
+//!
+//! A gateway started with API keys or signed tokens requires a credential:
+//! [`ClientOptions::token`] is sent as `Authorization: Bearer` on the first connection and
+//! every reconnect. A refusal (HTTP 401) is [`ClientError::Unauthorized`] with the
+//! gateway's one-line reason, from [`Client::connect`], or, when a reconnect is refused
+//! (a key revoked, a token expired), from every later call; it is never retried. The
+//! client reads no environment variable for it (`sluice run` reads `SLUICE_TOKEN`), and
+//! [`Token`]'s `Debug` output is redacted.
+//!
 //! # Acknowledgements
 //!
 //! Events the gateway has written to its socket are not yet received: kernel buffers on
@@ -156,7 +166,7 @@ mod synthetic;
 pub use client::{Client, SocketEvents};
 pub use error::ClientError;
 pub use execution::Execution;
-pub use options::{ClientOptions, Reconnect};
+pub use options::{ClientOptions, Reconnect, Token};
 pub use outcome::Outcome;
 pub use session::SessionEvents;
 pub use synthetic::is_synthetic;

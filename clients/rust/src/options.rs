@@ -1,6 +1,7 @@
 //! Tuning knobs of a [`Client`](crate::Client): buffer and queue sizes, frame limits, close
-//! timeout, and the reconnect policy.
+//! timeout, the reconnect policy, and the credential ([`Token`], never printed).
 
+use std::fmt;
 use std::time::Duration;
 
 /// Options for [`Client::connect_with`](crate::Client::connect_with).
@@ -59,6 +60,47 @@ pub struct ClientOptions {
     /// With reconnecting on, the client also sends `ack` frames (see the crate
     /// documentation), so that the gateway keeps every event the client has not received.
     pub reconnect: Option<Reconnect>,
+    /// The credential (an API key or a signed token) presented to a gateway that requires
+    /// one, as `Authorization: Bearer <token>` on every upgrade request (the first
+    /// connection and each reconnect). Default `None`: no credential. The client reads
+    /// no environment variable for it; programs do (`sluice run` reads `SLUICE_TOKEN`).
+    ///
+    /// A gateway that refuses the credential answers HTTP 401:
+    /// [`Client::connect`](crate::Client::connect) returns
+    /// [`ClientError::Unauthorized`](crate::ClientError::Unauthorized), and a reconnect
+    /// refused so (the key was revoked, the token expired) ends the client at once
+    /// rather than being retried.
+    pub token: Option<Token>,
+}
+
+/// A credential for the gateway. Its `Debug` output is `Token(<redacted>)`, so it never
+/// appears in a debug print or a log line of the options.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The credential, for sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl From<String> for Token {
+    fn from(token: String) -> Self {
+        Self(token)
+    }
+}
+
+impl From<&str> for Token {
+    fn from(token: &str) -> Self {
+        Self(token.to_owned())
+    }
 }
 
 /// The reconnect policy: exponential backoff with jitter, bounded in attempts and in time.
@@ -134,6 +176,7 @@ impl Default for ClientOptions {
             max_incoming_frame_bytes: 16 << 20,
             close_timeout: Duration::from_secs(5),
             reconnect: Some(Reconnect::default()),
+            token: None,
         }
     }
 }
@@ -152,12 +195,28 @@ mod tests {
         assert_eq!(options.max_incoming_frame_bytes, 16 * 1024 * 1024);
         assert_eq!(options.close_timeout, Duration::from_secs(5));
         assert_eq!(options.reconnect, Some(Reconnect::default()));
+        assert_eq!(options.token, None);
         let policy = Reconnect::default();
         assert_eq!(policy.initial_delay, Duration::from_millis(100));
         assert_eq!(policy.max_delay, Duration::from_secs(5));
         assert_eq!(policy.give_up_after, Duration::from_secs(30));
         assert_eq!(policy.max_attempts, None);
         assert_eq!(policy.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let options = ClientOptions {
+            token: Some(Token::from("sk-secret-value")),
+            ..ClientOptions::default()
+        };
+        let printed = format!("{options:?} {:#?}", options.token);
+        assert!(!printed.contains("sk-secret-value"), "{printed}");
+        assert!(printed.contains("Token(<redacted>)"), "{printed}");
+        assert_eq!(
+            options.token.as_ref().map(Token::expose),
+            Some("sk-secret-value")
+        );
     }
 
     #[test]

@@ -61,8 +61,15 @@ impl Shared {
 
     /// The error for an operation that found the connection gone.
     pub(crate) fn closed_error(&self) -> ClientError {
-        ClientError::ConnectionClosed {
-            reason: self.end_reason(),
+        match self
+            .ended
+            .get()
+            .and_then(|ended| ended.unauthorized.clone())
+        {
+            Some(reason) => ClientError::Unauthorized { reason },
+            None => ClientError::ConnectionClosed {
+                reason: self.end_reason(),
+            },
         }
     }
 
@@ -92,6 +99,8 @@ pub(crate) struct Ended {
     pub(crate) clean: bool,
     /// A human explanation.
     pub(crate) reason: String,
+    /// The gateway refused the credential on a reconnect, for this reason (its 401 body).
+    pub(crate) unauthorized: Option<String>,
 }
 
 /// Generates execution ids `e1`, `e2`, ... unique per client.

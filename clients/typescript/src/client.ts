@@ -11,7 +11,7 @@
  * it has received (`ack`), so the gateway keeps every event still in flight.
  */
 
-import { Connection, type ReconnectOptions, type WebSocketConstructor } from './connection.js';
+import { Connection, type ReconnectOptions, tokenFitsSubprotocol, type WebSocketConstructor } from './connection.js';
 import { ConnectionError, GatewayError, InvalidEventError, SluiceError } from './errors.js';
 import { decodeEvent, type ErrorEvent, isTerminal, type SluiceEvent } from './events.js';
 import { type ExecuteOptions, Execution, type ExecutionHost } from './execution.js';
@@ -20,6 +20,17 @@ import { type AttachOptions, SessionEvents, type SessionHost } from './session.j
 
 /** Options of {@link SluiceClient.connect}. */
 export interface ClientOptions {
+  /**
+   * The credential for a gateway that requires one: an API key or a signed token (a web
+   * app's backend mints a short-lived one per user). It travels in the WebSocket
+   * subprotocol list as `sluice.token.<token>` next to `sluice.v1`, on every connection
+   * and reconnect (browsers cannot set headers on a WebSocket), so it may hold only the
+   * characters of an HTTP token (API keys and JWTs do). A refusal rejects with
+   * {@link AuthenticationError} in Node and is never retried; a browser only sees a failed
+   * connection (a {@link ConnectionError} whose message says the credential may have been
+   * refused).
+   */
+  token?: string;
   /** The WebSocket constructor; default `globalThis.WebSocket` (the Node entry point supplies `ws`). */
   WebSocket?: WebSocketConstructor;
   /** Reconnect policy, or `false` to end everything when the connection drops. On by default. */
@@ -127,9 +138,17 @@ export class SluiceClient {
 
   /**
    * Connects to the gateway at `url` (e.g. `ws://127.0.0.1:7878/v1/ws`). Rejects with a
-   * {@link ConnectionError} when the first connection cannot be made.
+   * {@link ConnectionError} when the first connection cannot be made
+   * ({@link AuthenticationError} when the gateway refuses `options.token`, where the
+   * WebSocket implementation shows it).
    */
   static async connect(url: string, options: ClientOptions = {}): Promise<SluiceClient> {
+    if (options.token !== undefined && !tokenFitsSubprotocol(options.token)) {
+      throw new SluiceError(
+        'bad_request',
+        "the token holds characters a WebSocket subprotocol cannot carry (only letters, digits and !#$%&'*+-.^_`|~)",
+      );
+    }
     const WebSocket = options.WebSocket ?? defaultWebSocket ?? (globalThis as { WebSocket?: unknown }).WebSocket;
     if (typeof WebSocket !== 'function') {
       throw new ConnectionError(
@@ -142,6 +161,7 @@ export class SluiceClient {
     client.connection = await Connection.open(
       {
         url,
+        token: options.token,
         WebSocket: WebSocket as WebSocketConstructor,
         connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
         reconnect:

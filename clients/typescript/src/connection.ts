@@ -6,9 +6,15 @@
  *
  * It uses any WebSocket constructor with the WHATWG interface: the browser's own, or
  * `ws` in Node (see `node.ts`).
+ *
+ * A credential travels as a second subprotocol, `sluice.token.<token>`, after `sluice.v1`
+ * (PROTOCOL.md, "Connecting"): the one way a browser can send it, so Node does the same.
+ * A gateway that refuses it answers HTTP 401; `ws` shows that answer (the client then
+ * fails with {@link AuthenticationError} and does not retry), a browser only reports a
+ * failed connection.
  */
 
-import { ConnectionError } from './errors.js';
+import { AuthenticationError, ConnectionError } from './errors.js';
 
 /** The part of the WHATWG WebSocket interface the client uses. */
 export interface WebSocketLike {
@@ -51,6 +57,8 @@ export interface ConnectionHandlers {
 /** Settings of a {@link Connection}. */
 export interface ConnectionSettings {
   url: string;
+  /** The credential, sent as the subprotocol `sluice.token.<token>`. */
+  token: string | undefined;
   WebSocket: WebSocketConstructor;
   connectTimeoutMs: number;
   /** `null` turns reconnecting off. */
@@ -59,13 +67,52 @@ export interface ConnectionSettings {
 
 const OPEN = 1;
 const SUBPROTOCOL = 'sluice.v1';
+/** The subprotocol prefix that carries a credential. */
+export const TOKEN_SUBPROTOCOL_PREFIX = 'sluice.token.';
+/** What a subprotocol may hold: an HTTP token (RFC 9110 tchar); API keys and JWTs fit. */
+const SUBPROTOCOL_CHARS = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/** Whether `token` can travel in the subprotocol list. */
+export function tokenFitsSubprotocol(token: string): boolean {
+  return SUBPROTOCOL_CHARS.test(token);
+}
+
+/** The part of Node's `ws` the client uses to read a refused upgrade (absent in browsers). */
+interface NodeWebSocket {
+  once(event: 'unexpected-response', listener: (request: unknown, response: NodeResponse) => void): void;
+  on(event: 'error', listener: (error: unknown) => void): void;
+  terminate(): void;
+}
+
+interface NodeResponse {
+  statusCode?: number;
+  setEncoding(encoding: 'utf8'): void;
+  on(event: 'data', listener: (chunk: string) => void): void;
+  on(event: 'end' | 'error', listener: () => void): void;
+}
+
+function isNodeWebSocket(socket: unknown): socket is NodeWebSocket {
+  const candidate = socket as Partial<NodeWebSocket>;
+  return typeof candidate.once === 'function' && typeof candidate.terminate === 'function';
+}
+
+/** The first non-empty line of a refusal's body, at most 500 characters. */
+function firstLine(body: string): string | undefined {
+  const line = body
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .find((l) => l !== '');
+  return line?.slice(0, 500);
+}
 
 /** Opens one socket, resolving once it is open; rejects with why it could not be opened. */
 function openSocket(settings: ConnectionSettings): Promise<WebSocketLike> {
   return new Promise((resolve, reject) => {
     let socket: WebSocketLike;
+    const protocols = [SUBPROTOCOL];
+    if (settings.token !== undefined) protocols.push(`${TOKEN_SUBPROTOCOL_PREFIX}${settings.token}`);
     try {
-      socket = new settings.WebSocket(settings.url, [SUBPROTOCOL]);
+      socket = new settings.WebSocket(settings.url, protocols);
     } catch (err) {
       reject(new Error(`could not open a WebSocket to ${settings.url}: ${(err as Error).message}`));
       return;
@@ -78,18 +125,53 @@ function openSocket(settings: ConnectionSettings): Promise<WebSocketLike> {
         // it may not even have started
       }
     }, settings.connectTimeoutMs);
-    const fail = (why: string): void => {
+    const fail = (why: string | Error): void => {
       clearTimeout(timer);
       socket.onopen = socket.onerror = socket.onclose = null;
-      reject(new Error(why));
+      reject(typeof why === 'string' ? new Error(why) : why);
     };
+    if (isNodeWebSocket(socket)) {
+      // Node's `ws` lets the client read an answer other than 101: the status and the
+      // gateway's one-line reason.
+      const node = socket;
+      node.once('unexpected-response', (_request, response) => {
+        let body = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk) => {
+          if (body.length < 4096) body += chunk;
+        });
+        const settle = (): void => {
+          const status = response.statusCode ?? 0;
+          const reason = firstLine(body);
+          fail(
+            status === 401
+              ? new AuthenticationError(reason ?? 'HTTP 401 Unauthorized (no reason given)')
+              : `could not connect to ${settings.url}: the gateway answered HTTP ${status}${reason ? `: ${reason}` : ''}`,
+          );
+          // Aborting the handshake emits an error nobody else listens to any more.
+          node.on('error', () => {});
+          node.terminate();
+        };
+        response.on('end', settle);
+        response.on('error', settle);
+      });
+    }
     socket.onopen = () => {
       clearTimeout(timer);
       socket.onopen = socket.onerror = socket.onclose = null;
       resolve(socket);
     };
-    socket.onerror = (event) => fail(`could not connect to ${settings.url}${describe(event)}`);
-    socket.onclose = (event) => fail(`could not connect to ${settings.url} (close code ${event.code})`);
+    // A browser tells nothing of why: the gateway may be down, or may have refused the
+    // credential (HTTP 401) or the page's origin (HTTP 403).
+    const unsaid =
+      settings.token === undefined
+        ? ' (unreachable, or it refused the connection: it may require a credential, or not allow this origin)'
+        : ' (unreachable, or it refused the connection: the credential may have been refused, or this origin)';
+    socket.onerror = (event) => {
+      const said = describe(event);
+      fail(`could not connect to ${settings.url}${said || unsaid}`);
+    };
+    socket.onclose = (event) => fail(`could not connect to ${settings.url} (close code ${event.code})${unsaid}`);
   });
 }
 
@@ -125,6 +207,7 @@ export class Connection {
     try {
       connection.adopt(await openSocket(settings));
     } catch (err) {
+      if (err instanceof AuthenticationError) throw err;
       throw new ConnectionError('connection_lost', (err as Error).message, { cause: err });
     }
     return connection;
@@ -244,6 +327,11 @@ export class Connection {
       this.adopt(socket);
       this.handlers.up();
     } catch (err) {
+      if (err instanceof AuthenticationError) {
+        // Retrying cannot help: the key was revoked, or the token expired.
+        this.finish(err);
+        return;
+      }
       outage.lastError = (err as Error).message;
       this.scheduleAttempt(reason);
     }

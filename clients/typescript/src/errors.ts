@@ -10,6 +10,12 @@ import type { ErrorCode, ErrorEvent } from './events.js';
 export type ClientErrorCode =
   /** The connection could not be opened, or dropped for good (reconnecting gave up or is off). */
   | 'connection_lost'
+  /**
+   * The gateway refused the credential (HTTP 401 to the upgrade request). Only where the
+   * WebSocket implementation shows the HTTP status (Node's `ws`); a browser reports a
+   * refused upgrade as `connection_lost` without saying why.
+   */
+  | 'unauthorized'
   /** `close()` was called, or the client was closed before the operation finished. */
   | 'closed'
   /** The operation was aborted through its `AbortSignal` before it took effect. */
@@ -45,9 +51,26 @@ export class GatewayError extends SluiceError {
 
 /** The connection is gone (or was never made) and will not come back. */
 export class ConnectionError extends SluiceError {
-  constructor(code: 'connection_lost' | 'closed', message: string, options?: { cause?: unknown }) {
+  constructor(code: 'connection_lost' | 'closed' | 'unauthorized', message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'ConnectionError';
+  }
+}
+
+/**
+ * The gateway refused the credential (`token`): missing, unknown, expired or malformed; it
+ * answered the upgrade request with HTTP 401 and `reason`, its one-line explanation. Never
+ * retried: a reconnect refused so ends the client at once. Browsers do not expose the
+ * status of a refused upgrade, so there the refusal is a {@link ConnectionError} with code
+ * `connection_lost` whose message says the credential may have been refused.
+ */
+export class AuthenticationError extends ConnectionError {
+  readonly reason: string;
+
+  constructor(reason: string) {
+    super('unauthorized', `the gateway refused the credential: ${reason}`);
+    this.name = 'AuthenticationError';
+    this.reason = reason;
   }
 }
 

@@ -26,6 +26,7 @@ export type KnownErrorCode =
   | 'shutting_down'
   | 'kernel_lost'
   | 'gateway_busy'
+  | 'not_permitted'
   | 'internal';
 
 /**

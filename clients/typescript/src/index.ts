@@ -9,6 +9,7 @@ export { type ClientOptions, SluiceClient } from './client.js';
 export type { ReconnectOptions, WebSocketConstructor, WebSocketLike } from './connection.js';
 export {
   AbortedError,
+  AuthenticationError,
   type ClientErrorCode,
   ConnectionError,
   GatewayError,

@@ -1,18 +1,21 @@
 /**
  * The client in a real browser: the page (test/browser/page.ts) is bundled with esbuild
  * from the browser entry point, served from a local HTTP server, and driven in headless
- * Chromium by playwright-core against a real gateway that allows the page's origin.
+ * Chromium by playwright-core against a real gateway that allows the page's origin; and
+ * against one that also requires a credential, which the page presents in the subprotocol
+ * list.
  */
 
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { build } from 'esbuild';
 import { type Browser, chromium } from 'playwright-core';
-import { type Gateway, packageRoot, startGateway } from './helpers.js';
+import { addKey, type Gateway, packageRoot, startGateway } from './helpers.js';
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
 
@@ -31,6 +34,12 @@ let server: Server;
 let origin: string;
 let gateway: Gateway;
 let strict: Gateway;
+/** Requires a key (`key`) and allows only `origin`. */
+let guarded: Gateway;
+let key: string;
+let keyDir: string;
+/** The same page server, reached by another name: a foreign origin. */
+let foreign: string;
 let browser: Browser;
 
 before(async () => {
@@ -54,9 +63,14 @@ before(async () => {
     }
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const port = (server.address() as AddressInfo).port;
+  origin = `http://127.0.0.1:${port}`;
+  foreign = `http://localhost:${port}`;
   gateway = await startGateway(['--allow-origin', origin]);
   strict = await startGateway();
+  keyDir = mkdtempSync(join(tmpdir(), 'sluice-browser-keys-'));
+  key = addKey('web', join(keyDir, 'keys'));
+  guarded = await startGateway(['--allow-origin', origin, '--api-keys', join(keyDir, 'keys')]);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: [
@@ -75,6 +89,8 @@ after(async () => {
   await browser?.close();
   await gateway?.stop();
   await strict?.stop();
+  await guarded?.stop();
+  if (keyDir) rmSync(keyDir, { recursive: true, force: true });
   await new Promise((resolve) => server?.close(resolve));
 });
 
@@ -111,4 +127,52 @@ test('in Chromium: a gateway that does not allow the origin refuses the page', a
   } finally {
     await page.close();
   }
+});
+
+/** Opens the page at `base` against `gateway` with `token`; returns its #error once it ends. */
+async function runPage(base: string, target: Gateway, token: string | undefined): Promise<{ state: string; error: string }> {
+  const page = await browser.newPage();
+  try {
+    const query = new URLSearchParams({ gateway: target.url });
+    if (token !== undefined) query.set('token', token);
+    await page.goto(`${base}/?${query}`);
+    // The long program is cancelled once its output is on the page (as above).
+    await page.waitForFunction(
+      () =>
+        document.getElementById('long')?.textContent === 'waiting\n' || document.getElementById('status')?.dataset['state'] === 'failed',
+      null,
+      { timeout: 20_000 },
+    );
+    if ((await page.getAttribute('#status', 'data-state')) !== 'failed') await page.click('#cancel');
+    await page.waitForSelector('#status[data-state="done"], #status[data-state="failed"]', { state: 'attached', timeout: 20_000 });
+    if ((await page.getAttribute('#status', 'data-state')) === 'done') {
+      assert.equal(await page.textContent('#out'), 'hello, browser\n');
+      assert.equal(await page.textContent('#outcome'), 'cancelled');
+    }
+    return { state: (await page.getAttribute('#status', 'data-state')) ?? '', error: (await page.textContent('#error')) ?? '' };
+  } finally {
+    await page.close();
+  }
+}
+
+test('in Chromium: a token in the subprotocol list opens a gateway that requires one', async () => {
+  const ran = await runPage(origin, guarded, key);
+  assert.deepEqual(ran, { state: 'done', error: '' });
+});
+
+test('in Chromium: without the token, or with a wrong one, the page is refused and told why it may be', async () => {
+  for (const token of [undefined, `${key}x`]) {
+    const ran = await runPage(origin, guarded, token);
+    assert.equal(ran.state, 'failed');
+    assert.match(ran.error, /^connection_lost: could not connect/);
+    const why = token === undefined ? /may require a credential/ : /the credential may have been refused/;
+    assert.match(ran.error, why);
+    if (token !== undefined) assert.ok(!ran.error.includes(token), 'the error does not echo the credential');
+  }
+});
+
+test('in Chromium: a page from a foreign origin is refused even with the token', async () => {
+  const ran = await runPage(foreign, guarded, key);
+  assert.equal(ran.state, 'failed');
+  assert.match(ran.error, /^connection_lost: could not connect/);
 });

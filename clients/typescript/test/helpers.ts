@@ -3,7 +3,7 @@
  * can cut, and bounded waits. No helper sleeps in place of waiting for an event.
  */
 
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -84,15 +84,18 @@ export interface Proxy {
   /** Connections accepted so far. */
   readonly accepted: number;
   cut(): void;
+  /** Sends the connections accepted from now on to `port` instead. */
+  retarget(port: number): void;
   close(): Promise<void>;
 }
 
 export async function startProxy(targetPort: number): Promise<Proxy> {
   const sockets = new Set<net.Socket>();
   let accepted = 0;
+  let target = targetPort;
   const server = net.createServer((client) => {
     accepted += 1;
-    const upstream = net.connect(targetPort, '127.0.0.1');
+    const upstream = net.connect(target, '127.0.0.1');
     sockets.add(client);
     sockets.add(upstream);
     client.pipe(upstream);
@@ -117,11 +120,21 @@ export async function startProxy(targetPort: number): Promise<Proxy> {
       for (const socket of sockets) socket.resetAndDestroy();
       sockets.clear();
     },
+    retarget(port: number) {
+      target = port;
+    },
     close() {
       for (const socket of sockets) socket.destroy();
       return new Promise((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** Makes an API key for `tenant` with `$SLUICE_BIN key add`, its hash appended to `file`. */
+export function addKey(tenant: string, file: string): string {
+  const bin = process.env['SLUICE_BIN'];
+  if (!bin) throw new Error('SLUICE_BIN is not set');
+  return execFileSync(bin, ['key', 'add', tenant, '--file', file], { encoding: 'utf8', timeout: 20_000 }).trim();
 }
 
 /** Rejects if `promise` has not settled within `ms` (a bound on a wait, never a synchronisation). */

@@ -10,6 +10,7 @@
 //! binary of its own, `tests/tests/slow_subscriber.rs`.
 
 mod auth;
+mod auth_clients;
 mod basics;
 mod client;
 mod client_sessions;

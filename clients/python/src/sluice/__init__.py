@@ -9,6 +9,7 @@ from ._connection import ReconnectPolicy
 from .client import DEFAULT_URL, SandboxClient
 from .errors import (
     AttachRefused,
+    AuthenticationError,
     ClientClosed,
     ExecutionCancelled,
     ExecutionError,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_URL",
     "TERMINAL_TYPES",
     "AttachRefused",
+    "AuthenticationError",
     "ClientClosed",
     "ExecuteOptions",
     "Execution",

@@ -37,7 +37,15 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from . import frames
 from ._buffer import EventBuffer
-from .errors import AttachRefused, ClientClosed, FrameError, ProtocolError, SluiceConnectionError, SluiceError
+from .errors import (
+    AttachRefused,
+    AuthenticationError,
+    ClientClosed,
+    FrameError,
+    ProtocolError,
+    SluiceConnectionError,
+    SluiceError,
+)
 from .events import (
     ATTACHED,
     ERROR,
@@ -110,7 +118,8 @@ class Options:
     max_frame_bytes: int
     max_incoming_frame_bytes: int
     outbox_frames: int
-    headers: dict[str, str]
+    #: Not in the repr: it holds the credential (``Authorization``).
+    headers: dict[str, str] = field(repr=False)
 
 
 @dataclass(eq=False)
@@ -205,8 +214,26 @@ def _find_connect() -> tuple[Any, str]:
 _ws_connect, _HEADERS_ARGUMENT = _find_connect()
 
 
+def _refusal_reason(err: BaseException) -> str | None:
+    """The gateway's reason when ``err`` is an HTTP 401 answer to the upgrade
+    (the first line of its body), else None."""
+    # websockets >= 14: InvalidStatus with the response; 12 and 13's legacy
+    # client: InvalidStatusCode with only the status.
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None) if response is not None else getattr(err, "status_code", None)
+    if status != 401:
+        return None
+    body = getattr(response, "body", None) or b""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:500]
+    return "HTTP 401 Unauthorized (no reason given)"
+
+
 async def open_socket(url: str, options: Options, timeout: float) -> _Socket:
-    """Opens a WebSocket to the gateway; raises :class:`SluiceConnectionError`."""
+    """Opens a WebSocket to the gateway; raises :class:`SluiceConnectionError`,
+    or :class:`AuthenticationError` when the gateway refuses the credential."""
 
     async def attempt() -> _Socket:
         socket: _Socket = await _ws_connect(url, **_connect_kwargs(options, timeout))
@@ -217,6 +244,9 @@ async def open_socket(url: str, options: Options, timeout: float) -> _Socket:
     except asyncio.TimeoutError:
         raise SluiceConnectionError(f"could not connect to {url} within {timeout:g} s") from None
     except (OSError, WebSocketException) as err:
+        reason = _refusal_reason(err)
+        if reason is not None:
+            raise AuthenticationError(reason) from None
         raise SluiceConnectionError(f"could not connect to {url}: {err}") from err
 
 
@@ -242,6 +272,8 @@ class Connection:
         self._acks = options.reconnect is not None
         self._closing = False
         self._end: SluiceConnectionError | None = None
+        #: A reconnect the gateway refused for its credential (ends the connection).
+        self._refused: AuthenticationError | None = None
         self._serials = itertools.count(1)
         self._task = asyncio.create_task(self._run(), name="sluice-connection")
 
@@ -475,6 +507,11 @@ class Connection:
             timeout = max(0.001, min(policy.connect_timeout, policy.give_up_after - (loop.time() - started)))
             try:
                 socket = await open_socket(self._url, self._options, timeout)
+            except AuthenticationError as err:
+                # Retrying cannot help: the key was revoked or the token expired.
+                log.warning("reconnecting was refused: %s", err)
+                self._refused = err
+                return f"{reason}; reconnecting was refused: {err}"
             except SluiceConnectionError as err:
                 last_error = str(err)
                 log.debug("reconnect attempt %d failed: %s", attempts, err)
@@ -559,7 +596,7 @@ class Connection:
             self._end = ClientClosed(message)
         else:
             code, message = "connection_lost", reason
-            self._end = SluiceConnectionError(reason)
+            self._end = self._refused or SluiceConnectionError(reason)
             log.warning("connection to the gateway ended: %s", reason)
         for route in list(self._routes.values()):
             self._end_route(route, synthetic_event(ERROR, message, id=route.id, session=route.session, code=code))

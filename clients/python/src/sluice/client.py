@@ -34,8 +34,10 @@ class SandboxClient:
     """A client of a Sluice gateway.
 
     ``url`` is the gateway's WebSocket endpoint (default: ``$SLUICE_URL``,
-    else ``ws://127.0.0.1:7878/v1/ws``); ``token``, when given, is sent as
-    ``Authorization: Bearer <token>``. ``reconnect`` is a
+    else ``ws://127.0.0.1:7878/v1/ws``); ``token`` (default: ``$SLUICE_TOKEN``,
+    else none), an API key or a signed token, is sent as ``Authorization:
+    Bearer <token>`` on every connection; a gateway that refuses it raises
+    :class:`~sluice.AuthenticationError`, which is never retried. ``reconnect`` is a
     :class:`ReconnectPolicy`, True for the default policy, or None/False to end
     every stream when the connection drops. ``execution_buffer_bytes`` and
     ``session_buffer_bytes`` (16 MiB each) bound the unread events buffered for
@@ -63,6 +65,8 @@ class SandboxClient:
     ) -> None:
         self.url = url or os.environ.get("SLUICE_URL") or DEFAULT_URL
         all_headers = dict(headers or {})
+        if token is None:
+            token = os.environ.get("SLUICE_TOKEN") or None
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
         policy = ReconnectPolicy() if reconnect is True else (reconnect or None)
@@ -87,7 +91,8 @@ class SandboxClient:
 
     async def setup(self) -> None:
         """Connects to the gateway; raises :class:`~sluice.SluiceConnectionError`
-        if it cannot be reached. Does nothing if already connected."""
+        if it cannot be reached (:class:`~sluice.AuthenticationError` if it
+        refuses the credential). Does nothing if already connected."""
         await self._connect()
 
     async def cleanup(self) -> None:

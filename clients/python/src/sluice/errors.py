@@ -4,6 +4,7 @@ Every exception the library raises on purpose derives from :class:`SluiceError`:
 
     SluiceError
     ├── SluiceConnectionError   (also a builtin ConnectionError)
+    │   ├── AuthenticationError the gateway refused the credential (HTTP 401)
     │   └── ClientClosed
     ├── ProtocolError           the gateway sent something this client cannot read
     ├── FrameError              (also a ValueError) a frame the gateway would refuse
@@ -30,6 +31,21 @@ class SluiceError(Exception):
 class SluiceConnectionError(SluiceError, ConnectionError):
     """The gateway could not be reached, or the connection ended for good
     (reconnecting was off, or gave up)."""
+
+
+class AuthenticationError(SluiceConnectionError):
+    """The gateway refused the credential (``token`` / ``$SLUICE_TOKEN``): it
+    was missing, unknown, expired or malformed, and the gateway answered the
+    WebSocket upgrade with HTTP 401. ``reason`` is the gateway's one-line
+    reason (for example ``the token has expired``).
+
+    Never retried: a reconnect refused so ends the connection at once, and the
+    operations after it raise this error.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the gateway refused the credential: {reason}")
+        self.reason = reason
 
 
 class ClientClosed(SluiceConnectionError):

@@ -31,7 +31,7 @@ mod commands;
 mod reconnect;
 mod routing;
 
-pub(crate) use reconnect::Connector;
+pub(crate) use reconnect::{AttemptError, Connector};
 
 use crate::command::Command;
 use crate::shared::{Ended, Shared};
@@ -263,6 +263,7 @@ where
                 Some(Ended {
                     clean: true,
                     reason: "the client closed the connection".to_owned(),
+                    unauthorized: None,
                 })
             }
             Some(Err(err)) => Some(self.failed(format!("reading from the gateway failed: {err}"))),
@@ -296,6 +297,7 @@ where
         Ended {
             clean: false,
             reason,
+            unauthorized: None,
         }
     }
 
@@ -305,6 +307,7 @@ where
             return Ended {
                 clean: true,
                 reason: "the client closed the connection".to_owned(),
+                unauthorized: None,
             };
         }
         let reason = match self.peer_close.take() {
@@ -314,6 +317,7 @@ where
         Ended {
             clean: false,
             reason,
+            unauthorized: None,
         }
     }
     /// The error of a command that arrives while the client is closing.

@@ -25,7 +25,33 @@ use tracing::{debug, info, warn};
 
 /// A connection attempt: a new WebSocket to the gateway, or why there is none.
 pub(crate) type ConnectFuture<S> =
-    Pin<Box<dyn Future<Output = Result<WebSocketStream<S>, String>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<WebSocketStream<S>, AttemptError>> + Send>>;
+
+/// Why a reconnect attempt failed.
+#[derive(Debug)]
+pub(crate) enum AttemptError {
+    /// Worth another attempt (the gateway is unreachable, restarting, overloaded).
+    Failed(String),
+    /// The gateway refused the credential (HTTP 401, with this reason): another attempt
+    /// would be refused too.
+    Unauthorized(String),
+}
+
+impl From<String> for AttemptError {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+impl From<ClientError> for AttemptError {
+    fn from(err: ClientError) -> Self {
+        match err {
+            ClientError::Unauthorized { reason } => Self::Unauthorized(reason),
+            ClientError::Connect { source, .. } => Self::Failed(source.to_string()),
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
 
 /// Opens new connections to the same gateway, for reconnecting.
 pub(crate) type Connector<S> = Box<dyn FnMut() -> ConnectFuture<S> + Send>;
@@ -86,6 +112,7 @@ where
                 break Err(Ended {
                     clean: false,
                     reason,
+                    unauthorized: None,
                 });
             }
             let delay = self.jittered(policy.delay(attempts.saturating_add(1)), attempts);
@@ -120,7 +147,20 @@ where
                     self.resume();
                     break Ok(());
                 }
-                Ok(Ok(Err(err))) => {
+                Ok(Ok(Err(AttemptError::Unauthorized(reason)))) => {
+                    // Retrying cannot help: the key was revoked, or the token expired.
+                    warn!(%reason, "the gateway refused the credential on reconnecting");
+                    break Err(Ended {
+                        clean: false,
+                        reason: format!(
+                            "{}; reconnecting was refused: the gateway refused the \
+                             credential: {reason}",
+                            lost.reason
+                        ),
+                        unauthorized: Some(reason),
+                    });
+                }
+                Ok(Ok(Err(AttemptError::Failed(err)))) => {
                     debug!(attempt = attempts, error = %err, "reconnect attempt failed");
                     last_error = err;
                 }
@@ -151,6 +191,7 @@ where
                 return Err(Ended {
                     clean: true,
                     reason: "the client closed the connection while reconnecting".to_owned(),
+                    unauthorized: None,
                 });
             }
             let room = self.outbox.len() < self.shared.options.command_buffer.max(1);

@@ -2,7 +2,7 @@
 //! WebSocket, driven frame by frame by the test, and the event builders and options the
 //! tests share. No gateway, no network.
 
-use crate::connection::Connector;
+use crate::connection::{AttemptError, Connector};
 use crate::{Client, ClientOptions, Reconnect};
 use futures::{SinkExt, StreamExt};
 use sluice_protocol::{AttachFrame, ClientFrame, ErrorCode, Event, EventKind};
@@ -25,7 +25,7 @@ pub(super) struct Peer {
 }
 
 /// A connected in-memory socket: the client's end, and the peer on the other.
-async fn socket_pair() -> (WebSocketStream<DuplexStream>, Peer) {
+pub(super) async fn socket_pair() -> (WebSocketStream<DuplexStream>, Peer) {
     let (client_io, peer_io) = tokio::io::duplex(64 * 1024);
     let client_ws = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
     let ws = WebSocketStream::from_raw_socket(peer_io, Role::Server, None).await;
@@ -130,10 +130,13 @@ pub(super) async fn reconnecting_pair(
         let refuse = Arc::clone(&refuse);
         Box::pin(async move {
             if refuse.load(Ordering::SeqCst) {
-                return Err("connection refused".to_owned());
+                return Err("connection refused".to_owned().into());
             }
             let (client_ws, peer) = socket_pair().await;
-            peers.send(peer).await.map_err(|_| "test over".to_owned())?;
+            peers
+                .send(peer)
+                .await
+                .map_err(|_| AttemptError::from("test over".to_owned()))?;
             Ok(client_ws)
         })
     });

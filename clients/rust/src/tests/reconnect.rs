@@ -218,3 +218,43 @@ async fn connections_dropped_at_once_count_as_one_outage() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reconnect_refused_for_its_credential_is_not_tried_again() {
+    use crate::connection::{AttemptError, Connector};
+    use crate::Client;
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+    use tokio::io::DuplexStream;
+    within(async {
+        let (client_ws, mut peer) = socket_pair().await;
+        let attempts = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&attempts);
+        let connector: Connector<DuplexStream> = Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(AttemptError::Unauthorized("the token has expired".into())) })
+        });
+        let client = Client::start(client_ws, reconnecting(5), Some(connector));
+        let execution = client.execute_code_stream("sh", "sleep 9").await.unwrap();
+        peer.execute_id().await;
+        peer.send(&event(EventKind::Started, "e1", 1, "")).await;
+        drop(peer);
+        match execution.wait().await {
+            Err(ClientError::Interrupted { reason, .. }) => {
+                assert!(
+                    reason.contains("the gateway refused the credential: the token has expired"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        match client.attach("s", None).await {
+            Err(ClientError::Unauthorized { reason }) => {
+                assert_eq!(reason, "the token has expired");
+            }
+            other => panic!("expected Unauthorized, got {other:?}"),
+        }
+    })
+    .await;
+}

@@ -1,7 +1,8 @@
 /**
  * The page of the browser test: bundled with the browser entry point (native WebSocket,
  * no `ws`), it runs a program fed through stdin, then one that the user cancels with a
- * button, and renders what happened.
+ * button, and renders what happened. With `?token=`, it presents that credential (in the
+ * subprotocol list, the only way a browser can).
  */
 
 import { SluiceClient, SluiceError } from '../../src/index.js';
@@ -13,9 +14,11 @@ const el = (id: string): HTMLElement => {
 };
 
 async function main(): Promise<void> {
-  const url = new URLSearchParams(location.search).get('gateway');
+  const params = new URLSearchParams(location.search);
+  const url = params.get('gateway');
   if (!url) throw new Error('no ?gateway= in the address');
-  const client = await SluiceClient.connect(url);
+  const token = params.get('token');
+  const client = await SluiceClient.connect(url, token === null ? {} : { token });
   el('status').dataset['state'] = 'connected';
 
   const greet = client.execute('read name; echo "hello, $name"', { language: 'sh' });
