@@ -27,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// The doc comments are also the --help text, where `<FLAG>` is plain text.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway: accept WebSocket clients on /v1/ws and run their code.
@@ -102,7 +104,7 @@ struct ServeCommand {
 }
 
 /// Every setting of the gateway. Each flag is also a key of the config file and a
-/// variable SLUICE_<FLAG> (see [`config_file`]): a flag added here needs nothing else.
+/// variable `SLUICE_<FLAG>` (see [`config_file`]): a flag added here needs nothing else.
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log says which).

@@ -1,6 +1,6 @@
 //! Authentication: who a client is, checked on its upgrade request before it becomes a
-//! WebSocket, and what it may do ([`Grant`]). Two kinds of credential, each optional:
-//! API keys listed (hashed) in a file ([`keys`]), and signed tokens ([`token`]) minted by
+//! WebSocket, and what it may do (`Grant`). Two kinds of credential, each optional:
+//! API keys listed (hashed) in a file ([`keys`]), and signed tokens (`token`) minted by
 //! the operator's own backend. Where neither is configured every client is anonymous and
 //! counted by its address (allowed only on a loopback address, or with
 //! `--insecure-no-auth`: see `server::run`).
