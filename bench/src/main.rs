@@ -15,6 +15,9 @@
 //!    executions spin, 4 processes each, against the same on an idle gateway; with
 //!    cgroups (a CPU share per execution) and without (`--isolation none`: a lower
 //!    priority only). `--only fairness` runs just this.
+//! 8. Tenants ([`tenants`]): executions per second and socket setup with a token against
+//!    without; a second tenant's execute -> first stdout while one tenant keeps its
+//!    whole quota spinning, against idle. `--only tenants` runs just this.
 //!
 //! The gateway runs as a separate process (this binary re-executed with a hidden flag),
 //! bound to port 0 on loopback, with its default configuration except for output limits
@@ -22,6 +25,8 @@
 
 // A report printer: stdout is its output.
 #![allow(clippy::print_stdout)]
+
+mod tenants;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -66,8 +71,8 @@ struct Args {
     /// 1000 fan-out events, 50 cells).
     #[arg(long)]
     quick: bool,
-    /// Run only this section: `fairness` (section 7).
-    #[arg(long, value_name = "SECTION", value_parser = ["fairness"])]
+    /// Run only this section: `fairness` (section 7) or `tenants` (section 8).
+    #[arg(long, value_name = "SECTION", value_parser = ["fairness", "tenants"])]
     only: Option<String>,
     /// Side executions per phase (idle, busy) in the fairness test.
     #[arg(long, default_value_t = 30)]
@@ -82,12 +87,18 @@ struct Args {
     /// Internal: the network setting of that gateway process.
     #[arg(long, hide = true, default_value = "auto")]
     gateway_network: String,
+    /// Internal: that gateway accepts HS256 tokens made with the secret in this file.
+    #[arg(long, hide = true)]
+    gateway_jwt_secret_file: Option<std::path::PathBuf>,
+    /// Internal: that gateway's executions per peer or tenant.
+    #[arg(long, hide = true)]
+    gateway_executions_per_peer: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.serve_gateway {
-        return serve_gateway(&args.gateway_isolation, &args.gateway_network);
+        return serve_gateway(&args);
     }
     if args.quick {
         args.latency_runs = 50;
@@ -104,6 +115,9 @@ fn main() -> anyhow::Result<()> {
     sluice_gateway::keep_freed_memory();
     if args.only.as_deref() == Some("fairness") {
         return fairness_only(&args);
+    }
+    if args.only.as_deref() == Some("tenants") {
+        return tenants_only(&args);
     }
     // The gateways run as their own processes (this binary, re-executed), as in
     // production: the measurements then include no sharing of threads or allocator with
@@ -139,8 +153,10 @@ fn main() -> anyhow::Result<()> {
             fairness_rows("cgroups", local(*port), &args).await?;
         }
         fairness_rows("none", addr, &args).await?;
+        println!("tenants: authentication's cost, and a noisy tenant at its quota:");
         anyhow::Ok(())
     });
+    let result = result.and_then(|()| tenants::tenant_section(&client_rt, addr, &args));
     // Closing its stdin tells a gateway to shut down.
     let gateways = std::iter::once(&mut plain).chain(isolated.iter_mut().map(|(_, g, _)| g));
     for gateway in gateways {
@@ -185,6 +201,31 @@ fn fairness_only(args: &Args) -> anyhow::Result<()> {
         if !status.success() {
             bail!("a gateway process exited with {status}");
         }
+    }
+    result
+}
+
+/// `--only tenants`: section 8 alone, against a gateway without credentials as the
+/// baseline.
+fn tenants_only(args: &Args) -> anyhow::Result<()> {
+    let (mut plain, port) = start_gateway("none", "on")?;
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "sluice-bench --only tenants; {} cores; authentication's cost, and a noisy tenant at its quota:",
+        num_cpus()
+    );
+    println!(
+        "{:<38} {:>12} {:>12} {:>8} {:>9}",
+        "metric", "measured", "baseline", "ratio", "target"
+    );
+    let result =
+        tenants::tenant_section(&client_rt, SocketAddr::from(([127, 0, 0, 1], port)), args);
+    drop(plain.stdin.take());
+    let status = plain.wait()?;
+    if !status.success() {
+        bail!("a gateway process exited with {status}");
     }
     result
 }
@@ -284,6 +325,15 @@ async fn side_runs(socket: &mut Socket, phase: &str, runs: usize) -> anyhow::Res
 /// Starts this binary as a gateway process with `isolation` and `network`; returns it
 /// and its port.
 fn start_gateway(isolation: &str, network: &str) -> anyhow::Result<(std::process::Child, u16)> {
+    start_gateway_with(isolation, network, &[])
+}
+
+/// [`start_gateway`] with more of the hidden `--gateway-*` flags.
+fn start_gateway_with(
+    isolation: &str,
+    network: &str,
+    extra: &[String],
+) -> anyhow::Result<(std::process::Child, u16)> {
     let mut gateway = std::process::Command::new(std::env::current_exe()?)
         .args([
             "--serve-gateway",
@@ -292,6 +342,7 @@ fn start_gateway(isolation: &str, network: &str) -> anyhow::Result<(std::process
             "--gateway-network",
             network,
         ])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -371,9 +422,11 @@ async fn isolation_rows(
 /// The gateway side, set up as `sluice serve` sets itself up (same worker threads, default
 /// configuration) except for limits large enough for the throughput run; stops when
 /// stdin closes.
-fn serve_gateway(isolation: &str, network: &str) -> anyhow::Result<()> {
-    let isolation: sluice_gateway::Isolation = isolation.parse().map_err(anyhow::Error::msg)?;
-    let network: sluice_gateway::Network = network.parse().map_err(anyhow::Error::msg)?;
+fn serve_gateway(args: &Args) -> anyhow::Result<()> {
+    let isolation: sluice_gateway::Isolation =
+        args.gateway_isolation.parse().map_err(anyhow::Error::msg)?;
+    let network: sluice_gateway::Network =
+        args.gateway_network.parse().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(sluice_gateway::default_worker_threads())
         .thread_name("gateway")
@@ -395,6 +448,11 @@ fn serve_gateway(isolation: &str, network: &str) -> anyhow::Result<()> {
             replay_events: 100_000,
             isolation,
             network,
+            max_executions_per_peer: args.gateway_executions_per_peer,
+            auth: sluice_gateway::AuthConfig {
+                jwt_secret_file: args.gateway_jwt_secret_file.clone(),
+                ..Default::default()
+            },
             ..Config::default()
         };
         let stdin_closed = async {
