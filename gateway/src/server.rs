@@ -5,6 +5,7 @@
 use crate::admission::{Admitting, Peer, Principal, Quota};
 use crate::config::{Config, ConfigError};
 use crate::connection;
+use crate::observe::metrics::UpgradeRefusal;
 use crate::runtime::{RuntimeError, RuntimeTable};
 use crate::sandbox::{ProgramUser, Sandbox};
 use crate::session::SessionRegistry;
@@ -560,9 +561,11 @@ async fn upgrade(
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
+    let refused = |why| state.observe.metrics.upgrade_refused(why);
     let mut origins = headers.get_all(axum::http::header::ORIGIN).iter();
     if let (Some(_), Some(_)) = (origins.next(), origins.next()) {
         tracing::warn!(%peer, "upgrade refused: more than one Origin header");
+        refused(UpgradeRefusal::TwoOrigins);
         return (
             StatusCode::BAD_REQUEST,
             "a request may carry at most one Origin header\n",
@@ -578,6 +581,7 @@ async fn upgrade(
         });
         if !ok {
             tracing::warn!(%peer, ?origin, "upgrade refused: origin not allowed (see --allow-origin)");
+            refused(UpgradeRefusal::Origin);
             return (
                 StatusCode::FORBIDDEN,
                 "this origin may not open a Sluice socket; start the gateway with --allow-origin ORIGIN\n",
@@ -592,6 +596,7 @@ async fn upgrade(
             Err(denied) => {
                 // The reason, never the credential.
                 tracing::warn!(%peer, reason = %denied, "upgrade refused: not authenticated");
+                refused(UpgradeRefusal::Unauthenticated);
                 return (
                     StatusCode::UNAUTHORIZED,
                     [(
@@ -605,6 +610,7 @@ async fn upgrade(
         },
     };
     if state.shutdown.is_cancelled() || state.draining.load(Ordering::Acquire) {
+        refused(UpgradeRefusal::ShuttingDown);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down: the gateway is draining for a restart; connect to another one\n",
@@ -613,6 +619,7 @@ async fn upgrade(
     }
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "connection refused: at the connection limit");
+        refused(UpgradeRefusal::Connections);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many connections; retry later\n",
@@ -627,6 +634,7 @@ async fn upgrade(
         Ok(permit) => permit,
         Err(exceeded) => {
             tracing::warn!(%peer, %principal, max = exceeded.max, "connection refused: at the per-peer connection limit");
+            refused(UpgradeRefusal::ConnectionsPerPeer);
             let message = format!(
                 "too many connections from your {principal} ({}, the maximum per peer); close one and retry\n",
                 exceeded.max

@@ -81,6 +81,42 @@ struct Code {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+/// Why an upgrade request was refused with an HTTP status (the label of
+/// `sluice_upgrades_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpgradeRefusal {
+    /// Two `Origin` headers (400).
+    TwoOrigins,
+    /// An origin not allowed (403).
+    Origin,
+    /// No valid credential (401).
+    Unauthenticated,
+    /// Draining or shutting down (503).
+    ShuttingDown,
+    /// At `--max-connections` (503).
+    Connections,
+    /// The caller's share of the connections is taken (429).
+    ConnectionsPerPeer,
+}
+
+impl UpgradeRefusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::TwoOrigins => "two_origins",
+            Self::Origin => "origin",
+            Self::Unauthenticated => "unauthenticated",
+            Self::ShuttingDown => "shutting_down",
+            Self::Connections => "connections",
+            Self::ConnectionsPerPeer => "connections_per_peer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Stage {
     stage: &'static str,
 }
@@ -127,6 +163,7 @@ pub(crate) struct Metrics {
     slow_readers: Counter,
     sandbox_failures: Family<Stage, Counter>,
     refusals: Family<Code, Counter>,
+    upgrades_refused: Family<Reason, Counter>,
     audit_dropped: Counter,
     tenants: TenantLabels,
 }
@@ -161,6 +198,7 @@ impl Metrics {
             slow_readers: Counter::default(),
             sandbox_failures: Family::default(),
             refusals: Family::default(),
+            upgrades_refused: Family::default(),
             audit_dropped: Counter::default(),
             tenants: TenantLabels::default(),
         };
@@ -258,6 +296,11 @@ impl Metrics {
             m.refusals.clone(),
         );
         registry.register(
+            "upgrades_refused",
+            "WebSocket upgrade requests refused with an HTTP status, by reason",
+            m.upgrades_refused.clone(),
+        );
+        registry.register(
             "audit_lines_dropped",
             "Audit log lines dropped (the writer was behind, or the write failed)",
             m.audit_dropped.clone(),
@@ -342,6 +385,15 @@ impl Metrics {
             .inc();
         let tenant = self.tenants.label(super::tenant_of(principal));
         self.tenant_refusals.get_or_create(&Tenant { tenant }).inc();
+    }
+
+    /// An upgrade request was refused before it became a WebSocket.
+    pub(crate) fn upgrade_refused(&self, why: UpgradeRefusal) {
+        self.upgrades_refused
+            .get_or_create(&Reason {
+                reason: why.as_str(),
+            })
+            .inc();
     }
 
     /// An audit line was dropped; the total so far.

@@ -253,6 +253,16 @@ async fn missing_wrong_expired_and_early_credentials_get_401_before_the_upgrade(
     // Health checks need no credential.
     let (status, _) = sluice_tests::http_get(gateway.addr(), "/healthz").await?;
     ensure!(status == 200, "/healthz answered {status}");
+    // Every refusal was counted, and no credential reached the metrics.
+    let (status, metrics) = sluice_tests::http_get(gateway.addr(), "/metrics").await?;
+    ensure!(status == 200, "/metrics answered {status}");
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l == "sluice_upgrades_refused_total{reason=\"unauthenticated\"} 8"),
+        "{metrics}"
+    );
+    ensure!(!metrics.contains("sluice_test-key") && !metrics.contains("eyJ"));
     gateway.shutdown().await
 }
 
