@@ -11,17 +11,17 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
 /// A running `sluice serve` and its log.
-pub struct Serving {
-    pub child: std::process::Child,
-    pub lines: mpsc::Receiver<Value>,
+pub(crate) struct Serving {
+    pub(crate) child: std::process::Child,
+    pub(crate) lines: mpsc::Receiver<Value>,
     /// The WebSocket URL it logged.
-    pub url: String,
+    pub(crate) url: String,
 }
 
 impl Serving {
     /// Starts `sluice serve --listen 127.0.0.1:0 --log-json` with `args`, and waits for
     /// its `listening` line.
-    pub fn start(args: &[&str]) -> Result<Self> {
+    pub(crate) fn start(args: &[&str]) -> Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "serve",
@@ -65,7 +65,7 @@ impl Serving {
     }
 
     /// Waits (up to the harness's patience) for the next log line that `wanted` accepts.
-    pub fn next_line(&self, wanted: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub(crate) fn next_line(&self, wanted: impl Fn(&Value) -> bool) -> Result<Value> {
         let deadline = std::time::Instant::now() + patience();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -80,7 +80,7 @@ impl Serving {
     }
 
     /// Sends `signal` to the gateway.
-    pub fn signal(&self, signal: &str) -> Result<()> {
+    pub(crate) fn signal(&self, signal: &str) -> Result<()> {
         let sent = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()?;
@@ -97,6 +97,6 @@ impl Drop for Serving {
 }
 
 /// A log line's message.
-pub fn message(line: &Value) -> &str {
+pub(crate) fn message(line: &Value) -> &str {
     line["fields"]["message"].as_str().unwrap_or("")
 }
