@@ -245,44 +245,15 @@ async fn fairness_rows(label: &str, addr: SocketAddr, args: &Args) -> anyhow::Re
     // Warm the interpreter's files into the page cache first.
     side_runs(&mut side, "warm", runs).await?;
     let idle = side_runs(&mut side, "idle", runs).await?;
-    // Three background loops and the main one: 4 spinning processes per execution.
-    let spin =
-        "for i in 1 2 3; do (while :; do :; done) & done\necho spinning\nwhile :; do :; done";
-    for n in 0..SPINNING {
-        spinners
-            .send(execute_frame(&format!("spin{n}"), "sh", spin))
-            .await?;
-    }
+    start_spinners(&mut spinners, SPINNING).await?;
     let spin_started = Instant::now();
-    let mut spinning = 0;
-    while spinning < SPINNING {
-        let event = next_event(&mut spinners).await?;
-        if event.is_terminal() {
-            bail!("a spinner ended early: {} {}", event.kind, event.data);
-        }
-        if event.kind == EventKind::Stdout {
-            spinning += 1;
-        }
-    }
     // Right after the spinners start, each still has a full share; an execution that
     // has used 200 ms of CPU weighs a sixteenth (16 executions of 4 spinners on 2 cores
     // get there after about 1.6 s each). The target is for the steady state.
     let starting = side_runs(&mut side, "starting", runs).await?;
     tokio::time::sleep_until((spin_started + FAIRNESS_SETTLE).into()).await;
     let busy = side_runs(&mut side, "busy", runs).await?;
-    for n in 0..SPINNING {
-        let frame = ClientFrame::Cancel(sluice_protocol::CancelFrame {
-            id: format!("spin{n}"),
-            session: None,
-        });
-        spinners.send(Message::text(frame.to_json())).await?;
-    }
-    let mut ended = 0;
-    while ended < SPINNING {
-        if next_event(&mut spinners).await?.is_terminal() {
-            ended += 1;
-        }
-    }
+    cancel_spinners(&mut spinners, SPINNING).await?;
     row(
         &format!("{label}: side print(1), first s, p50"),
         starting,
@@ -303,6 +274,47 @@ async fn fairness_rows(label: &str, addr: SocketAddr, args: &Args) -> anyhow::Re
     );
     let _ = side.close(None).await;
     let _ = spinners.close(None).await;
+    Ok(())
+}
+
+/// Starts `count` executions `spin0`.. on `socket` that spin 4 processes each (three
+/// background loops and the main one), and waits until each says it spins.
+async fn start_spinners(socket: &mut Socket, count: usize) -> anyhow::Result<()> {
+    let spin =
+        "for i in 1 2 3; do (while :; do :; done) & done\necho spinning\nwhile :; do :; done";
+    for n in 0..count {
+        socket
+            .send(execute_frame(&format!("spin{n}"), "sh", spin))
+            .await?;
+    }
+    let mut spinning = 0;
+    while spinning < count {
+        let event = next_event(socket).await?;
+        if event.is_terminal() {
+            bail!("a spinner ended early: {} {}", event.kind, event.data);
+        }
+        if event.kind == EventKind::Stdout {
+            spinning += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Cancels the spinners [`start_spinners`] started and waits for their ends.
+async fn cancel_spinners(socket: &mut Socket, count: usize) -> anyhow::Result<()> {
+    for n in 0..count {
+        let frame = ClientFrame::Cancel(sluice_protocol::CancelFrame {
+            id: format!("spin{n}"),
+            session: None,
+        });
+        socket.send(Message::text(frame.to_json())).await?;
+    }
+    let mut ended = 0;
+    while ended < count {
+        if next_event(socket).await?.is_terminal() {
+            ended += 1;
+        }
+    }
     Ok(())
 }
 

@@ -11,17 +11,15 @@
 //!   has them (a CPU share per execution), else without.
 
 use crate::{
-    execute_frame, gateway_exec_rate, gateway_first_stdout, median, ms, next_event, percentile,
-    row, start_gateway_with, Args, Socket,
+    cancel_spinners, execute_frame, gateway_exec_rate, gateway_first_stdout, median, ms,
+    next_event, percentile, row, start_gateway_with, start_spinners, Args, Socket,
 };
 use anyhow::{bail, Context as _};
 use futures::{SinkExt as _, StreamExt as _};
-use sluice_protocol::{ClientFrame, EventKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::Message;
 
 /// The noisy tenant's quota: executions it may have running at once.
 const NOISY_QUOTA: usize = 16;
@@ -210,23 +208,7 @@ async fn noisy_rows(
     let runs = args.fairness_runs.max(10);
     first_stdout_p50(&mut quiet, runs).await?;
     let idle = first_stdout_p50(&mut quiet, runs).await?;
-    let spin =
-        "for i in 1 2 3; do (while :; do :; done) & done\necho spinning\nwhile :; do :; done";
-    for n in 0..NOISY_QUOTA {
-        noisy
-            .send(execute_frame(&format!("spin{n}"), "sh", spin))
-            .await?;
-    }
-    let mut spinning = 0;
-    while spinning < NOISY_QUOTA {
-        let event = next_event(&mut noisy).await?;
-        if event.is_terminal() {
-            bail!("a spinner ended early: {} {}", event.kind, event.data);
-        }
-        if event.kind == EventKind::Stdout {
-            spinning += 1;
-        }
-    }
+    start_spinners(&mut noisy, NOISY_QUOTA).await?;
     // One more is refused: the noisy tenant is at its quota, not merely busy.
     noisy
         .send(execute_frame("one-more", "sh", "echo x"))
@@ -242,19 +224,7 @@ async fn noisy_rows(
     }
     tokio::time::sleep(crate::FAIRNESS_SETTLE).await;
     let busy = first_stdout_p50(&mut quiet, runs).await?;
-    for n in 0..NOISY_QUOTA {
-        let frame = ClientFrame::Cancel(sluice_protocol::CancelFrame {
-            id: format!("spin{n}"),
-            session: None,
-        });
-        noisy.send(Message::text(frame.to_json())).await?;
-    }
-    let mut ended = 0;
-    while ended < NOISY_QUOTA {
-        if next_event(&mut noisy).await?.is_terminal() {
-            ended += 1;
-        }
-    }
+    cancel_spinners(&mut noisy, NOISY_QUOTA).await?;
     // No target: on a saturated machine the figure is mostly the scheduler's wakeup
     // latency; what matters is that the quiet tenant is admitted and served while the
     // noisy one is refused past its quota.

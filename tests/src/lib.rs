@@ -1077,9 +1077,22 @@ pub async fn wait_until_gone(marker: &str) -> Result<()> {
 
 /// A minimal HTTP/1.1 GET: returns the status code and the body (headers dropped).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_get_with(addr, path, &[]).await
+}
+
+/// [`http_get`] with extra request headers.
+pub async fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
