@@ -91,8 +91,7 @@ fn cell(session: &str, id: &str, code: &str) -> ExecuteRequest {
 /// output, and a different request got `duplicate_id`, which told that the session
 /// and the id exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_narrowed_grant_cannot_read_a_forbidden_session_by_resending_an_execute() -> Result<()>
-{
+async fn a_narrowed_grant_cannot_read_a_forbidden_session_by_resending_an_execute() -> Result<()> {
     let dir = KeyDir::new()?;
     let gateway = gateway_with_tokens(&dir, |_| {}).await?;
     let marker = unique_marker("secret");
@@ -100,7 +99,10 @@ async fn a_narrowed_grant_cannot_read_a_forbidden_session_by_resending_an_execut
     let mut victim = connect_with(&gateway, json!({"sub": "acme", "sessions": ["u43/*"]})).await?;
     let theirs = in_session("u43/nb", request("setup", "sh", &format!("echo {marker}")));
     let events = run_on(&mut victim, theirs.clone()).await?;
-    ensure!(text_of(&events, EventKind::Stdout).contains(&marker), "{events:?}");
+    ensure!(
+        text_of(&events, EventKind::Stdout).contains(&marker),
+        "{events:?}"
+    );
     // User 42 of the same tenant may only use u42/*.
     let mut other = connect_with(&gateway, json!({"sub": "acme", "sessions": ["u42/*"]})).await?;
     let events = run_on(&mut other, theirs).await?;
@@ -141,7 +143,10 @@ async fn a_cell_cannot_inherit_limits_above_its_grants_ceilings() -> Result<()> 
         ..cell("shared", "w", show)
     };
     let events = run_on(&mut wide, wide_cell).await?;
-    ensure!(text_of(&events, EventKind::Stdout) == "2000\n", "{events:?}");
+    ensure!(
+        text_of(&events, EventKind::Stdout) == "2000\n",
+        "{events:?}"
+    );
     let mut narrow = connect_with(
         &gateway,
         json!({"sub": "acme", "limits": {"open_files": 64}}),
@@ -182,7 +187,10 @@ async fn a_cell_without_network_cannot_use_an_interpreter_that_has_it() -> Resul
     );
     let mut with = connect_with(&gateway, json!({"sub": "acme"})).await?;
     let events = run_on(&mut with, cell("shared", "w", &probe)).await?;
-    ensure!(text_of(&events, EventKind::Stdout) == "connected\n", "{events:?}");
+    ensure!(
+        text_of(&events, EventKind::Stdout) == "connected\n",
+        "{events:?}"
+    );
     let mut without = connect_with(&gateway, json!({"sub": "acme", "network": false})).await?;
     let events = run_on(&mut without, cell("shared", "n", &probe)).await?;
     ensure!(
