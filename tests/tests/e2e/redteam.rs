@@ -204,3 +204,181 @@ async fn a_cell_without_network_cannot_use_an_interpreter_that_has_it() -> Resul
     );
     gateway.shutdown().await
 }
+
+/// An Ed25519 public key (the one `auth.rs` uses), for algorithm confusion: an HS256
+/// token whose "secret" is this PEM text must not pass as signed by its owner.
+const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEA3p7UbIsyJhYSnWeRxWaS1snYCqW/2DJ0DTTgqrFJN4w=
+-----END PUBLIC KEY-----
+";
+
+/// base64url without padding, as JWTs use.
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// A token with exactly this header and payload text (duplicate keys, odd types),
+/// signed with `key` as `alg`; `None`: an empty signature.
+fn forge(
+    header: &str,
+    payload: &str,
+    signer: Option<(&jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm)>,
+) -> Result<String> {
+    let message = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+    let signature = match signer {
+        None => String::new(),
+        Some((key, alg)) => jsonwebtoken::crypto::sign(message.as_bytes(), key, alg)?,
+    };
+    Ok(format!("{message}.{signature}"))
+}
+
+/// Forged, confused or ill-typed credentials: every one gets HTTP 401 before the
+/// upgrade, and none of them is echoed in the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_confused_and_ill_typed_credentials_are_refused() -> Result<()> {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let dir = KeyDir::new()?;
+    let public = dir.0.join("ed25519.pub");
+    std::fs::write(&public, ED25519_PUBLIC)?;
+    let keys = dir.0.join("keys");
+    let key = "sluice_redteam-key";
+    std::fs::write(
+        &keys,
+        format!("acme {}\n", sluice_gateway::auth::keys::hash_key(key)),
+    )?;
+    let gateway = gateway_with_tokens(&dir, |config| {
+        config.auth.jwt_public_key_file = Some(public.clone());
+        config.auth.api_keys_file = Some(keys.clone());
+    })
+    .await?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let secret = EncodingKey::from_secret(SECRET.as_bytes())?;
+    let hs256 = Some((&secret, Algorithm::HS256));
+    let claims = |extra: &str| format!(r#"{{"sub":"acme","exp":{exp}{extra}}}"#);
+    let pem_as_secret = EncodingKey::from_secret(ED25519_PUBLIC.as_bytes())?;
+    let attackers = EncodingKey::from_secret(b"the attacker's own secret, long enough to sign")?;
+    let typ = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let mut cases: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            forge(r#"{"alg":"none","typ":"JWT"}"#, &claims(""), None)?,
+        ),
+        ("alg None", forge(r#"{"alg":"None"}"#, &claims(""), None)?),
+        ("HS256 without a signature", forge(typ, &claims(""), None)?),
+        (
+            "HS256 keyed with the Ed25519 public key",
+            forge(typ, &claims(""), Some((&pem_as_secret, Algorithm::HS256)))?,
+        ),
+        (
+            "HS512 with the right secret",
+            forge(
+                r#"{"alg":"HS512"}"#,
+                &claims(""),
+                Some((&secret, Algorithm::HS512)),
+            )?,
+        ),
+        (
+            "HS256 signed by the attacker, with kid and jku",
+            forge(
+                r#"{"alg":"HS256","kid":"../../secret","jku":"http://127.0.0.1:1/jwks"}"#,
+                &claims(""),
+                Some((&attackers, Algorithm::HS256)),
+            )?,
+        ),
+        (
+            "EdDSA header over an HS256 signature",
+            forge(r#"{"alg":"EdDSA"}"#, &claims(""), hs256)?,
+        ),
+    ];
+    // Validly signed, but with a tenant name or claims that must fail closed.
+    let signed: Vec<(&str, String)> = vec![
+        ("an empty sub", format!(r#"{{"sub":"","exp":{exp}}}"#)),
+        ("no sub", format!(r#"{{"exp":{exp}}}"#)),
+        ("a numeric sub", format!(r#"{{"sub":7,"exp":{exp}}}"#)),
+        (
+            "a sub with a newline",
+            format!(r#"{{"sub":"acme\nevil","exp":{exp}}}"#),
+        ),
+        (
+            "a Cyrillic look-alike sub",
+            format!(r#"{{"sub":"аcme","exp":{exp}}}"#),
+        ),
+        (
+            "a 65-character sub",
+            format!(r#"{{"sub":"{}","exp":{exp}}}"#, "a".repeat(65)),
+        ),
+        (
+            "a sub with a slash",
+            format!(r#"{{"sub":"acme/../beta","exp":{exp}}}"#),
+        ),
+        (
+            "exp as a string",
+            r#"{"sub":"acme","exp":"99999999999"}"#.to_owned(),
+        ),
+        ("exp in the past beyond the leeway", {
+            let past = exp - 3600 - 120;
+            format!(r#"{{"sub":"acme","exp":{past}}}"#)
+        }),
+        ("languages as a string", claims(r#","languages":"sh""#)),
+        ("network as a string", claims(r#","network":"false""#)),
+        ("a negative quota", claims(r#","max_executions":-1"#)),
+        ("a fractional quota", claims(r#","max_sessions":1.5"#)),
+        ("a quota as a string", claims(r#","max_kernels":"1""#)),
+        (
+            "a limit as a string",
+            claims(r#","limits":{"timeout_ms":"5"}"#),
+        ),
+        ("sessions as a string", claims(r#","sessions":"u42/*""#)),
+        ("limits as a list", claims(r#","limits":[1]"#)),
+        // A typo must not leave the limit without the ceiling its issuer meant.
+        ("an unknown limit", claims(r#","limits":{"timeout":5}"#)),
+    ];
+    for (what, payload) in signed {
+        cases.push((what, forge(typ, &payload, hs256)?));
+    }
+    for (what, credential) in &cases {
+        let bearer = format!("Bearer {credential}");
+        let answer = sluice_tests::refused_upgrade(&gateway.url(), &[("Authorization", &bearer)])
+            .await
+            .with_context(|| format!("{what}: upgraded"));
+        let (status, body) = answer?;
+        ensure!(status == 401, "{what}: status {status} ({body:?})");
+        ensure!(!body.contains(credential.as_str()), "{what}: echoed");
+    }
+    // Two Authorization headers with different credentials, and a key with a trailing
+    // space and newline glued on by percent-encoding, are refused too.
+    let url = gateway.url();
+    let doubled = [
+        ("Authorization", "Bearer sluice_a"),
+        ("Authorization", "Bearer sluice_b"),
+    ];
+    let (status, _) = sluice_tests::refused_upgrade(&url, &doubled).await?;
+    ensure!(status == 401, "two Authorization headers: {status}");
+    let (status, _) = sluice_tests::refused_upgrade(&format!("{url}?token={key}%0A"), &[]).await?;
+    ensure!(status == 401, "a key with an encoded newline: {status}");
+    let (status, _) =
+        sluice_tests::refused_upgrade(&format!("{url}?token={key}&token=sluice_other"), &[])
+            .await?;
+    ensure!(status == 401, "two token parameters: {status}");
+    // The real key, and a validly signed token with unknown extra claims, are served.
+    let mut by_key =
+        RawSocket::connect_with_headers(&url, &[("Authorization", &format!("Bearer {key}"))])
+            .await?;
+    let events = run_on(&mut by_key, request("k", "sh", "echo ok")).await?;
+    ensure!(text_of(&events, EventKind::Stdout) == "ok\n", "{events:?}");
+    gateway.shutdown().await
+}
