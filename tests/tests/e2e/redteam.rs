@@ -382,3 +382,47 @@ async fn forged_confused_and_ill_typed_credentials_are_refused() -> Result<()> {
     ensure!(text_of(&events, EventKind::Stdout) == "ok\n", "{events:?}");
     gateway.shutdown().await
 }
+
+/// With `jwt_issuer` and `jwt_audience` configured, a token must carry both: one that
+/// leaves `iss` or `aud` out (minted for something else by the same issuer, or by
+/// another holder of the key) was accepted, as the JWT library checks those claims
+/// only when they are present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_issuer_and_audience_must_be_in_the_token() -> Result<()> {
+    let dir = KeyDir::new()?;
+    let gateway = gateway_with_tokens(&dir, |config| {
+        config.auth.jwt_issuer = Some("https://idp.example".into());
+        config.auth.jwt_audience = Some("sluice".into());
+    })
+    .await?;
+    let iss = "https://idp.example";
+    let cases = [
+        ("no iss and no aud", json!({"sub": "acme"})),
+        ("no aud", json!({"sub": "acme", "iss": iss})),
+        ("no iss", json!({"sub": "acme", "aud": "sluice"})),
+        (
+            "another aud",
+            json!({"sub": "acme", "iss": iss, "aud": "billing"}),
+        ),
+        (
+            "another iss",
+            json!({"sub": "acme", "iss": "https://evil", "aud": "sluice"}),
+        ),
+    ];
+    for (what, claims) in cases {
+        let bearer = format!("Bearer {}", token(claims)?);
+        let (status, body) =
+            sluice_tests::refused_upgrade(&gateway.url(), &[("Authorization", &bearer)])
+                .await
+                .with_context(|| format!("{what}: upgraded"))?;
+        ensure!(status == 401, "{what}: status {status} ({body:?})");
+    }
+    let mut served = connect_with(
+        &gateway,
+        json!({"sub": "acme", "iss": iss, "aud": "sluice"}),
+    )
+    .await?;
+    let events = run_on(&mut served, request("ok", "sh", "echo ok")).await?;
+    ensure!(text_of(&events, EventKind::Stdout) == "ok\n", "{events:?}");
+    gateway.shutdown().await
+}
