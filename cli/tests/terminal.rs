@@ -393,6 +393,16 @@ async fn an_unreachable_gateway_is_one_line() -> Result<()> {
     let done = finish(&gateway, &["attach", "--url", &url, "any"], None).await?;
     assert_eq!(done.code(), Some(69));
     done.assert_one_error_line("cannot reach the gateway")?;
+    // A credential in the URL (`?token=`) is not printed with it.
+    let with_token = format!("{url}?token=sluice_not-for-the-terminal");
+    let done = finish(&gateway, &["attach", "--url", &with_token, "any"], None).await?;
+    assert_eq!(done.code(), Some(69));
+    done.assert_one_error_line("token=REDACTED")?;
+    ensure!(
+        !done.stderr.contains("not-for-the-terminal"),
+        "the credential was printed: {}",
+        done.stderr
+    );
     Ok(())
 }
 

@@ -114,7 +114,7 @@ impl GatewayArgs {
                 format!(
                     "cannot reach the gateway at {}: {why} (is `sluice serve` running there? \
                      set --url or SLUICE_URL)",
-                    self.url
+                    sluice_client::redact_url(&self.url)
                 ),
             )
         };

@@ -323,7 +323,7 @@ async fn open(
     options: &ClientOptions,
 ) -> Result<WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>, ClientError> {
     let failed = |source| ClientError::Connect {
-        url: url.to_owned(),
+        url: crate::error::redact_url(url),
         source: Box::new(source),
     };
     let mut request = url.into_client_request().map_err(failed)?;

@@ -15,7 +15,8 @@ pub enum ClientError {
     /// `ws://`/`wss://` URL.
     #[error("cannot connect to {url}: {source}")]
     Connect {
-        /// The URL given to [`Client::connect`](crate::Client::connect).
+        /// The URL given to [`Client::connect`](crate::Client::connect), with the value
+        /// of a `token` query parameter replaced ([`redact_url`]).
         url: String,
         /// What went wrong (boxed: the WebSocket error type is large).
         #[source]
@@ -136,4 +137,55 @@ pub enum ClientError {
     /// not valid base64 in base64 mode).
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+/// `url` as it may be shown in messages and logs: the value of a `token` query
+/// parameter (a credential, where a client can present it no other way) replaced by
+/// `REDACTED`. [`ClientError::Connect`] holds the URL in this form.
+pub fn redact_url(url: &str) -> String {
+    let Some((base, rest)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (rest, None),
+    };
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|pair| {
+            if pair.starts_with("token=") {
+                "token=REDACTED"
+            } else {
+                pair
+            }
+        })
+        .collect();
+    let mut shown = format!("{base}?{}", query.join("&"));
+    if let Some(fragment) = fragment {
+        shown.push('#');
+        shown.push_str(fragment);
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_token_in_the_query_is_never_shown() {
+        assert_eq!(
+            redact_url("ws://h:1/v1/ws?a=1&token=sluice_secret#f"),
+            "ws://h:1/v1/ws?a=1&token=REDACTED#f"
+        );
+        assert_eq!(
+            redact_url("ws://h/v1/ws?token=x"),
+            "ws://h/v1/ws?token=REDACTED"
+        );
+        assert_eq!(
+            redact_url("ws://h/v1/ws?notoken=x"),
+            "ws://h/v1/ws?notoken=x"
+        );
+        assert_eq!(redact_url("ws://h/v1/ws"), "ws://h/v1/ws");
+    }
 }

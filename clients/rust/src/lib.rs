@@ -164,7 +164,7 @@ mod shared;
 mod synthetic;
 
 pub use client::{Client, SocketEvents};
-pub use error::ClientError;
+pub use error::{redact_url, ClientError};
 pub use execution::Execution;
 pub use options::{ClientOptions, Reconnect, Token};
 pub use outcome::Outcome;

@@ -27,7 +27,9 @@ pub(crate) struct Narrowing {
     /// nothing beyond the runtime's own setting.
     pub(crate) network: Option<bool>,
     /// Ceilings on each limit: a request above one is refused (`invalid_limit`), and a
-    /// default above one is lowered to it.
+    /// default above one is lowered to it. A limit name Sluice does not know is
+    /// refused ([`known_limits`]).
+    #[serde(deserialize_with = "known_limits")]
     pub(crate) limits: Limits,
     /// Executions its tenant may have running at once (at most the gateway's
     /// per-tenant cap).
@@ -39,6 +41,26 @@ pub(crate) struct Narrowing {
     /// The session names it may open or attach: an exact name, or a prefix written
     /// with a trailing `*` (`"user-42/*"`). Absent: any name.
     pub(crate) sessions: Option<Vec<String>>,
+}
+
+/// The `limits` claim: an object whose every limit name Sluice knows. Ignoring one it
+/// does not (a typo such as `timeout` for `timeout_ms`) would leave that limit without
+/// the ceiling its issuer meant, so such a token is refused (fails closed); so is an
+/// array, which serde would otherwise read field by field.
+fn known_limits<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Limits, D::Error> {
+    use serde::de::Error as _;
+    let claimed = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+    let limits: Limits = serde_json::from_value(serde_json::Value::Object(claimed.clone()))
+        .map_err(D::Error::custom)?;
+    // Read back, every limit that was given a value names itself again.
+    let read = serde_json::to_value(&limits).map_err(D::Error::custom)?;
+    let unknown = claimed
+        .iter()
+        .find(|(name, value)| !value.is_null() && read.get(name.as_str()).is_none());
+    match unknown {
+        Some((name, _)) => Err(D::Error::custom(format!("unknown limit {name:?}"))),
+        None => Ok(limits),
+    }
 }
 
 impl Grant {
@@ -97,6 +119,19 @@ mod tests {
         assert!(grant.allows_session("user-42/"));
         assert!(!grant.allows_session("user-4"));
         assert!(!grant.allows_session("user-43/a"));
+    }
+
+    #[test]
+    fn a_limits_claim_with_an_unknown_name_or_of_another_shape_is_refused() {
+        let parse = |text: &str| serde_json::from_str::<Narrowing>(text);
+        let known = parse(r#"{"limits": {"timeout_ms": 5, "memory_bytes": null}}"#).unwrap();
+        assert_eq!(known.limits.timeout_ms, Some(5));
+        assert_eq!(known.limits.memory_bytes, None);
+        assert!(parse(r#"{"limits": {"timeout": 5}}"#).is_err());
+        assert!(parse(r#"{"limits": {"timeout_ms": 5, "cpu": 1}}"#).is_err());
+        assert!(parse(r#"{"limits": [5]}"#).is_err());
+        assert!(parse(r#"{"limits": {"timeout_ms": "5"}}"#).is_err());
+        assert_eq!(parse("{}").unwrap(), Narrowing::default());
     }
 
     #[test]

@@ -37,6 +37,12 @@ impl Connection {
                 None
             }
             Some(name) => {
+                // First of all, as for `attach`: a name the credential does not allow is
+                // refused before anything is looked up, so that a resend can neither
+                // replay another session's output nor tell whether an id is used there.
+                if let Err((code, message)) = self.check_session_allowed(name) {
+                    return self.refuse_execute(&request.id, code, message).await;
+                }
                 // An id the session already knows is answered from the session: this
                 // socket gets its events (replayed from the buffer), nothing runs twice.
                 // Only for the same request: another one reusing the id is refused, so
@@ -316,6 +322,7 @@ impl Connection {
             kernels_per_peer: state.kernels_per_peer.clone(),
             principal: self.principal.clone(),
             max_kernels: self.grant.narrowing.max_kernels,
+            ceilings: self.grant.narrowing.limits.clone(),
         };
         // Alone on the gateway (every other slot free), start the program inline.
         let spawn_inline =

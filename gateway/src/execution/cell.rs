@@ -61,6 +61,24 @@ pub(super) async fn run_cell(
         ));
         seat.retire(guard.take());
     }
+    // The interpreter holds its network and limits for the session's life: a cell
+    // whose credential allows less (another grant of the tenant started it) is refused.
+    let beyond = guard
+        .as_ref()
+        .and_then(|kernel| kernel.beyond(spec.runtime.network, &run.ctx.ceilings));
+    if let Some(why) = beyond {
+        let message = format!(
+            "session {:?}'s interpreter was started with {why}; run this cell in a session of your own",
+            session.id()
+        );
+        run.finish(Event::error(
+            Some(id.clone()),
+            ErrorCode::NotPermitted,
+            message,
+        ))
+        .await;
+        return id;
+    }
     if guard.is_none() {
         let principal = run.ctx.principal.clone();
         let slot = match run.ctx.kernel_slots.clone().try_acquire_owned() {
@@ -109,6 +127,7 @@ pub(super) async fn run_cell(
                     rlimits,
                     scratch_bytes: spec.limits.workspace_bytes,
                     processes: spec.limits.processes,
+                    memory_bytes: spec.limits.memory_bytes,
                 };
                 Kernel::start(
                     kind,

@@ -119,6 +119,9 @@ pub(crate) struct ExecutionContext {
     /// The persistent interpreters the sender's credential allows its tenant, if it
     /// narrows `kernels_per_peer`.
     pub(crate) max_kernels: Option<usize>,
+    /// The sender's credential's limit ceilings: a cell is refused an interpreter that
+    /// holds more.
+    pub(crate) ceilings: sluice_protocol::Limits,
 }
 
 /// How an execution starts.

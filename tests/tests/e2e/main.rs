@@ -29,6 +29,7 @@ mod memory;
 mod observe;
 mod persistent;
 mod privilege;
+mod redteam;
 mod sandbox;
 mod session_abuse;
 mod sessions;

@@ -106,6 +106,10 @@ pub(crate) struct Kernel {
     procs: Option<PathBuf>,
     /// The interpreter runs in the jail (its leader is the jail, with init below it).
     jailed: bool,
+    /// It was started with the network (its runtime's, not taken by a credential).
+    network: bool,
+    /// The limits it holds for its session's life.
+    limits: KernelLimits,
     /// This interpreter's place under `--max-kernels` and its peer's
     /// `--max-kernels-per-peer`, and the limits it holds of the executions' budget.
     _slot: super::Slot,
@@ -120,6 +124,8 @@ pub(crate) struct KernelLimits {
     pub(crate) scratch_bytes: u64,
     /// The process limit, for a jail that must enforce it without a cgroup.
     pub(crate) processes: u64,
+    /// The memory limit of its cgroup (kept to compare with a later cell's ceilings).
+    pub(crate) memory_bytes: u64,
 }
 
 /// A cell sent to the kernel: the gateway's ends of its pipes.
@@ -260,12 +266,56 @@ impl Kernel {
             workdir: Some(workdir),
             procs,
             jailed: host.jail.is_some(),
+            network: runtime.network,
+            limits,
             _slot: slot,
         })
     }
 
     pub(crate) fn kind(&self) -> KernelKind {
         self.kind
+    }
+
+    /// What this interpreter holds beyond what a cell's sender may have: the network
+    /// where the sender's runtime has none (`network`: the cell's runtime, after its
+    /// credential), or a session-long limit above one of its credential's `ceilings`.
+    /// Every cell runs with what the interpreter holds, so such a cell must not run in
+    /// it (another grant of the tenant may have started it).
+    pub(crate) fn beyond(
+        &self,
+        network: bool,
+        ceilings: &sluice_protocol::Limits,
+    ) -> Option<String> {
+        if self.network && !network {
+            return Some("the network, which your credential does not allow".to_owned());
+        }
+        let held = &self.limits;
+        [
+            ("open_files", held.rlimits.open_files, ceilings.open_files),
+            (
+                "file_size_bytes",
+                held.rlimits.file_size_bytes,
+                ceilings.file_size_bytes,
+            ),
+            (
+                "memory_bytes",
+                Some(held.memory_bytes),
+                ceilings.memory_bytes,
+            ),
+            ("processes", Some(held.processes), ceilings.processes),
+            (
+                "workspace_bytes",
+                Some(held.scratch_bytes),
+                ceilings.workspace_bytes,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(name, held, ceiling)| match (held, ceiling) {
+            (Some(held), Some(ceiling)) if held > ceiling => Some(format!(
+                "limits.{name} {held}, above the {ceiling} your credential allows"
+            )),
+            _ => None,
+        })
     }
 
     pub(crate) fn pid(&self) -> u32 {
