@@ -14,6 +14,9 @@ pub(crate) struct Grant {
     pub(crate) tenant: Option<Arc<str>>,
     /// The narrowing its credential carries.
     pub(crate) narrowing: Narrowing,
+    /// When the credential stops being valid (a token's `exp`, plus the leeway); its
+    /// socket is closed then. `None`: an API key, or no authentication.
+    pub(crate) expires_at: Option<std::time::SystemTime>,
 }
 
 /// The claims of a credential that narrow what its holder may do; every field absent
@@ -94,6 +97,7 @@ mod tests {
 
     fn with(narrowing: Narrowing) -> Grant {
         Grant {
+            expires_at: None,
             tenant: Some("acme".into()),
             narrowing,
         }

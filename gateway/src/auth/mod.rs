@@ -97,8 +97,11 @@ impl Authenticator {
                 .tokens
                 .as_ref()
                 .ok_or(Denied::Token(token::TokenRefused::Invalid))?;
-            let (tenant, narrowing) = tokens.verify(&credential)?;
+            let (tenant, narrowing, expires) = tokens.verify(&credential)?;
+            // Accepted up to `exp` plus the leeway: the socket may live as long.
+            let leeway = std::time::Duration::from_secs(token::LEEWAY_SECS);
             return Ok(Grant {
+                expires_at: Some(expires + leeway),
                 tenant: Some(Arc::from(tenant)),
                 narrowing,
             });
@@ -109,6 +112,7 @@ impl Authenticator {
             .and_then(|keys| keys.tenant_of(&credential))
             .ok_or(Denied::Token(token::TokenRefused::Invalid))?;
         Ok(Grant {
+            expires_at: None,
             tenant: Some(tenant),
             narrowing: Narrowing::default(),
         })

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Seconds of clock difference tolerated on `exp` and `nbf` between the minting backend
 /// and the gateway.
-const LEEWAY_SECS: u64 = 30;
+pub(crate) const LEEWAY_SECS: u64 = 30;
 
 /// Verifies tokens with the configured keys.
 pub(crate) struct TokenVerifier {
@@ -65,6 +65,8 @@ pub(crate) enum TokenRefused {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Seconds since the epoch (required; checked by the decoder).
+    exp: u64,
     #[serde(flatten)]
     narrowing: Narrowing,
 }
@@ -118,7 +120,11 @@ impl TokenVerifier {
     }
 
     /// The tenant and narrowing of a valid token.
-    pub(crate) fn verify(&self, token: &str) -> Result<(String, Narrowing), TokenRefused> {
+    /// The tenant, narrowing and expiry (`exp`) of a valid token.
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+    ) -> Result<(String, Narrowing, std::time::SystemTime), TokenRefused> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRefused::Invalid)?;
         // The key is chosen by the algorithm the token names, and each key verifies its
         // own algorithm only: an RS256 public key is never taken as an HS256 secret.
@@ -155,8 +161,19 @@ impl TokenVerifier {
                 _ => TokenRefused::Invalid,
             }
         })?;
-        let Claims { sub, narrowing } = data.claims;
+        let Claims {
+            sub,
+            exp,
+            narrowing,
+        } = data.claims;
         check_tenant(&sub).map_err(|_| TokenRefused::Invalid)?;
-        Ok((sub, narrowing))
+        let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+        // The decoder accepts `exp + leeway` itself, to the second; its socket is closed
+        // at that instant, so the same instant refuses it here (one rule for both).
+        let leeway = std::time::Duration::from_secs(LEEWAY_SECS);
+        if std::time::SystemTime::now() >= expires + leeway {
+            return Err(TokenRefused::Expired);
+        }
+        Ok((sub, narrowing, expires))
     }
 }

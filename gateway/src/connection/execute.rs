@@ -229,6 +229,14 @@ impl Connection {
             })?),
         };
         let ceilings = &self.grant.narrowing.limits;
+        // A cell's CPU time is not limited yet (only its wall clock is): a credential
+        // that caps CPU time gets no cell rather than one that ignores the cap.
+        if kernel.is_some() && ceilings.cpu_ms.is_some() {
+            return Err((
+                ErrorCode::NotPermitted,
+                "your credential caps limits.cpu_ms, which persistent cells do not enforce yet; run it as a program (without persistent) instead".into(),
+            ));
+        }
         let limits = if *ceilings == sluice_protocol::Limits::default() {
             state.config.limits.resolve(&request.limits)
         } else {

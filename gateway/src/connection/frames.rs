@@ -153,10 +153,16 @@ impl Connection {
 
     async fn attach(&mut self, frame: AttachFrame) {
         let AttachFrame { session, since } = frame;
-        if let Err((code, message)) = self.check_session_allowed(&session) {
-            return self.refuse(None, code, message).await;
+        let found = self.state.sessions.get(&self.principal, &session);
+        // A `sessions` claim names the sessions a client may open; a gateway-made one it
+        // opened (its own tenant's, found by its random id) it may come back to.
+        let gateway_made = found.as_ref().is_some_and(|s| s.ephemeral);
+        if !gateway_made {
+            if let Err((code, message)) = self.check_session_allowed(&session) {
+                return self.refuse(None, code, message).await;
+            }
         }
-        let Some(found) = self.state.sessions.get(&self.principal, &session) else {
+        let Some(found) = found else {
             let (code, message) = unknown_session(&session);
             return self.refuse(None, code, message).await;
         };

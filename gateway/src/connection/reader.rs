@@ -5,7 +5,8 @@
 //! Liveness: the writer pings the client every `--ping-interval-ms`; the reader closes
 //! a socket from which nothing (no frame, no pong) arrived for two intervals (1001),
 //! one that has held no session and no execution for `--idle-timeout-ms` (1000), one
-//! whose message is not complete within `--message-deadline-ms` (1008), and answers a
+//! whose message is not complete within `--message-deadline-ms` (1008), one whose
+//! token has expired (1008: its sessions go on, a fresh token reconnects), and answers a
 //! read error with 1013 (no room in the buffer budget for the message in flight) or,
 //! when the error is the client's protocol violation ([`Violation`]), with the RFC 6455
 //! code that names it: 1002 (framing rules), 1007 (text that is not UTF-8) or 1009 (a
@@ -114,9 +115,28 @@ where
     let mut idle_since = last_heard;
     let idle_check = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle_check);
+    // A token's socket lives as long as the token is valid.
+    let credential_expiry = conn.grant.expires_at.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(left)
+    });
+    let credential_expired = async {
+        match credential_expiry {
+            Some(sleep) => sleep.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(credential_expired);
     loop {
         tokio::select! {
             () = closing.cancelled() => break,
+            () = &mut credential_expired => {
+                tracing::info!("closing: the credential has expired");
+                conn.close_with(CLOSE_POLICY, "the credential has expired; reconnect with a fresh one".into());
+                break;
+            }
             () = meter.overdue(message_deadline) => {
                 // The rest of the message may still be arriving.
                 meter.linger_on_close();

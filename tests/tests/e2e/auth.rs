@@ -537,3 +537,36 @@ async fn a_public_address_without_authentication_refuses_to_start() -> Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_closes_when_its_token_expires_and_its_session_lives_on() -> Result<()> {
+    let dir = KeyDir::new()?;
+    let gateway = gateway_with_auth(&dir, &[], |_| {}).await?;
+    // Expired 29 s ago: still inside the 30 s leeway, for about a second.
+    let nearly = token(json!({"sub": "acme", "exp": now() - 29}))?;
+    let mut socket = connect_as(&gateway, &nearly).await?;
+    let waiting = ExecuteRequest {
+        session: Some("kept".into()),
+        ..request("w", "sh", "echo up; read line; echo got $line")
+    };
+    socket.execute(waiting).await?;
+    socket.wait_for_stdout("w", "up").await?;
+    let close = socket.closed().await?.context("no close frame")?;
+    ensure!(
+        u16::from(close.code) == 1008 && close.reason.contains("expired"),
+        "{close:?}"
+    );
+    // The same token no longer opens a socket; a fresh one finds the session running.
+    let url = gateway.url();
+    let (status, body) =
+        refused_upgrade(&url, &[("Authorization", &format!("Bearer {nearly}"))]).await?;
+    ensure!(status == 401 && body.contains("expired"), "{status} {body}");
+    let mut fresh = connect_as(&gateway, &token(json!({"sub": "acme"}))?).await?;
+    fresh.attach("kept", None).await?;
+    fresh.wait_for_stdout("w", "up").await?;
+    let stdin = json!({"type": "stdin", "id": "w", "session": "kept", "data": "again\n"});
+    fresh.send_json(&stdin).await?;
+    let events = fresh.events_until_terminal("w").await?;
+    assert_completed(&events, "got again\n")?;
+    gateway.shutdown().await
+}
