@@ -726,6 +726,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = args.listen;
     let config = args.into_config()?;
     config.validate().context("invalid configuration")?;
+    // Before binding: a gateway that may not serve here never says it listens.
+    sluice_gateway::check_exposure(listen, &config)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

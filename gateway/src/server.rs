@@ -60,7 +60,7 @@ pub enum GatewayError {
     #[error("authentication: {0}")]
     Auth(#[from] crate::auth::AuthSetupError),
     /// Asked to listen beyond loopback with no authentication configured.
-    #[error("refusing to serve {0} without authentication: anyone who can reach it could run code here. Configure credentials (--api-keys FILE, made with `sluice key add`, or --jwt-secret-file FILE / --jwt-public-key-file FILE; see docs/operating.md, Authentication), listen on a loopback address, or pass --insecure-no-auth if something in front of the gateway authenticates")]
+    #[error("refusing to serve {0} without authentication: anyone who can reach it could run code here. Configure credentials (--api-keys FILE, made with `sluice key add`, or --jwt-secret-file FILE / --jwt-public-key-file FILE; see docs/operating.md section 12), listen on a loopback address, or pass --insecure-no-auth if something in front of the gateway authenticates")]
     Unprotected(std::net::SocketAddr),
     /// The server failed while accepting connections.
     #[error("server error: {0}")]
@@ -117,6 +117,37 @@ pub async fn run_with_metrics_listener(
     serve_until(listener, metrics_listener, config, signals).await
 }
 
+/// As Redis's protected mode: a gateway serves anonymous clients only on a loopback
+/// address, unless told (`insecure_no_auth`). `run` checks it; `sluice serve` checks it
+/// too, before it says it listens.
+pub fn check_exposure(listen: std::net::SocketAddr, config: &Config) -> Result<(), GatewayError> {
+    let anonymous = !config.auth.is_configured() && !config.auth.insecure_no_auth;
+    if anonymous && !listen.ip().is_loopback() {
+        return Err(GatewayError::Unprotected(listen));
+    }
+    if let Some(metrics) = config.metrics_listen {
+        check_metrics_exposure(metrics, config)?;
+    }
+    Ok(())
+}
+
+/// The metrics (tenant names among them) are not served beyond loopback without their
+/// token, unless told.
+fn check_metrics_exposure(
+    metrics: std::net::SocketAddr,
+    config: &Config,
+) -> Result<(), GatewayError> {
+    if !metrics.ip().is_loopback()
+        && config.metrics_token_file.is_none()
+        && !config.auth.insecure_no_auth
+    {
+        return Err(GatewayError::Metrics(format!(
+            "refusing to serve /metrics on {metrics} without --metrics-token-file: the metrics name tenants and what they run. Give it a token, listen on a loopback address, or pass --insecure-no-auth"
+        )));
+    }
+    Ok(())
+}
+
 /// The two shutdown signals a gateway heeds: drain, then hurry.
 #[derive(Debug, Clone, Default)]
 struct Signals {
@@ -152,11 +183,11 @@ async fn serve_until(
     config: Config,
     signals: Signals,
 ) -> Result<(), GatewayError> {
-    // As Redis's protected mode: anonymous clients only on loopback, unless told.
     let address = listener.local_addr().map_err(GatewayError::Serve)?;
-    if !address.ip().is_loopback() && !config.auth.is_configured() && !config.auth.insecure_no_auth
-    {
-        return Err(GatewayError::Unprotected(address));
+    check_exposure(address, &config)?;
+    if let Some(metrics) = &metrics_listener {
+        let metrics = metrics.local_addr().map_err(GatewayError::Serve)?;
+        check_metrics_exposure(metrics, &config)?;
     }
     let gateway = build(config).await?;
     let separate = metrics_listener.is_some();

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import time
 from typing import Any
 
@@ -122,3 +123,19 @@ async def test_a_reconnect_refused_for_its_credential_is_not_retried(
         assert "not valid" in later.value.reason
     # The first connection and one refused attempt: no retry loop.
     assert proxy.connections == 2
+
+
+async def test_a_credential_in_the_url_stays_out_of_connection_errors() -> None:
+    """An unreachable gateway's error names the URL, but not a ``token`` in its query."""
+    with socket.socket() as probe:  # a port nothing listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/v1/ws?token=sluice_secret-in-url"
+    client = SandboxClient(url, None, reconnect=False)
+    try:
+        with pytest.raises(SluiceConnectionError) as caught:
+            await asyncio.wait_for(client.setup(), WAIT)
+    finally:
+        await client.cleanup()
+    assert "sluice_secret-in-url" not in str(caught.value)
+    assert "token=REDACTED" in str(caught.value)

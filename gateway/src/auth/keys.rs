@@ -102,12 +102,21 @@ impl KeyTable {
     }
 }
 
+/// Names the logs and metrics give clients without a tenant (`-`, `anonymous`) and the
+/// tenants past the metrics' label cap (`other`): no tenant may be called so.
+const RESERVED_TENANTS: [&str; 3] = ["-", "anonymous", "other"];
+
 /// Checks a tenant name: 1 to 64 characters of letters, digits, `.`, `_`, `-`, `@`.
 pub fn check_tenant(name: &str) -> Result<(), String> {
     let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
     if name.is_empty() || name.chars().count() > MAX_TENANT_CHARS || !name.chars().all(fine) {
         return Err(format!(
             "{name:?} is not a tenant name: use 1 to {MAX_TENANT_CHARS} letters, digits, '.', '_', '-' or '@'"
+        ));
+    }
+    if RESERVED_TENANTS.contains(&name) {
+        return Err(format!(
+            "{name:?} is reserved: the logs and metrics use it for clients without a tenant (or for the tenants beyond the metrics' label cap)"
         ));
     }
     Ok(())
@@ -212,6 +221,10 @@ mod tests {
         let twice = err(&format!("a {h}\nb {h}\n"));
         assert_eq!(twice, (2, "this key hash is listed twice".into()));
         assert!(err("a sluice_rawkey\n").1.contains("never keys"));
+        let h = hash_key("k");
+        for reserved in ["anonymous", "other", "-"] {
+            assert!(err(&format!("{reserved} {h}\n")).1.contains("reserved"));
+        }
     }
 
     #[test]

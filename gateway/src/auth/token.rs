@@ -88,6 +88,7 @@ impl TokenVerifier {
         let secret = match secret_file {
             None => None,
             Some(path) => {
+                warn_if_others_can_read(path);
                 let bytes = read(path)?;
                 // A trailing newline from `echo` or an editor is not part of the secret.
                 let secret = bytes.trim_ascii_end();
@@ -175,5 +176,21 @@ impl TokenVerifier {
             return Err(TokenRefused::Expired);
         }
         Ok((sub, narrowing, expires))
+    }
+}
+
+/// Whoever reads the HS256 secret can mint any tenant's token: say so when the file is
+/// open to others than its owner.
+fn warn_if_others_can_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the token secret file can be read by other users, who could mint any tenant's token; chmod 600 it"
+            );
+        }
     }
 }

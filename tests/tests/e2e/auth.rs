@@ -517,6 +517,17 @@ async fn a_public_address_without_authentication_refuses_to_start() -> Result<()
     socket.close().await?;
     let _ = stop.send(());
     served.await??;
+    // Nor metrics beyond loopback without their token.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let config = Config {
+        metrics_listen: Some("0.0.0.0:0".parse()?),
+        ..Config::default()
+    };
+    let err = sluice_gateway::run(listener, config, std::future::pending())
+        .await
+        .err()
+        .context("metrics were served on 0.0.0.0 without a token")?;
+    ensure!(err.to_string().contains("--metrics-token-file"), "{err}");
     // A key file that does not load stops the start with its path.
     let missing = Path::new("/nonexistent/sluice-keys");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -242,12 +242,21 @@ async def open_socket(url: str, options: Options, timeout: float) -> _Socket:
     try:
         return await asyncio.wait_for(attempt(), timeout)
     except asyncio.TimeoutError:
-        raise SluiceConnectionError(f"could not connect to {url} within {timeout:g} s") from None
+        raise SluiceConnectionError(f"could not connect to {_redacted(url)} within {timeout:g} s") from None
     except (OSError, WebSocketException) as err:
         reason = _refusal_reason(err)
         if reason is not None:
             raise AuthenticationError(reason) from None
-        raise SluiceConnectionError(f"could not connect to {url}: {err}") from err
+        raise SluiceConnectionError(f"could not connect to {_redacted(url)}: {err}") from err
+
+
+def _redacted(url: str) -> str:
+    """`url` with the value of a `token` query parameter replaced, for messages."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    pairs = ["token=REDACTED" if pair.startswith("token=") else pair for pair in query.split("&")]
+    return base + "?" + "&".join(pairs)
 
 
 class Connection:
