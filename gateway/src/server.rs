@@ -694,7 +694,11 @@ async fn upgrade(
             tracker.track_future(
                 async move {
                     let (sink, frames) = futures::StreamExt::split(socket);
-                    let caller = connection::Caller { principal, grant };
+                    let caller = connection::Caller {
+                        principal,
+                        grant,
+                        peer: peer.ip(),
+                    };
                     connection::serve(sink, frames, state, shutdown, id, caller, meter).await;
                     drop((permit, peer_permit));
                 }

@@ -329,6 +329,7 @@ impl Connection {
             kernel_slots: state.kernel_slots.clone(),
             kernels_per_peer: state.kernels_per_peer.clone(),
             principal: self.principal.clone(),
+            peer: self.peer,
             max_kernels: self.grant.narrowing.max_kernels,
             ceilings: self.grant.narrowing.limits.clone(),
         };

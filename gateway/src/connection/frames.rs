@@ -43,6 +43,8 @@ pub(super) struct Connection {
     pub(super) principal: Principal,
     /// What the caller's credential allows.
     pub(super) grant: Arc<crate::auth::Grant>,
+    /// The address the caller connected from.
+    pub(super) peer: std::net::IpAddr,
     /// The peer's view of the gateway's buffer budget.
     pub(super) buffers: BufferBudget,
     /// When this socket last started an execution or joined a session (idle timeout).
@@ -72,6 +74,7 @@ impl Connection {
             peer_closed,
             principal: caller.principal,
             grant: caller.grant,
+            peer: caller.peer,
             buffers,
             busy_at: tokio::time::Instant::now(),
         }

@@ -82,6 +82,8 @@ pub(crate) struct Caller {
     pub(crate) principal: Principal,
     /// What its credential allows; everything the gateway does for an anonymous one.
     pub(crate) grant: Arc<crate::auth::Grant>,
+    /// The address it connected from (for the audit log).
+    pub(crate) peer: std::net::IpAddr,
 }
 
 impl Caller {
@@ -91,6 +93,7 @@ impl Caller {
         Self {
             principal: Principal::of_peer(peer),
             grant: Arc::default(),
+            peer: peer.ip(),
         }
     }
 }

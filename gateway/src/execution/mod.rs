@@ -116,6 +116,8 @@ pub(crate) struct ExecutionContext {
     /// Who sent the `execute`: its tenant (its peer, with anonymous clients), whose
     /// shares an interpreter it starts counts against.
     pub(crate) principal: crate::admission::Principal,
+    /// The address the `execute` came from (for the audit log).
+    pub(crate) peer: std::net::IpAddr,
     /// The persistent interpreters the sender's credential allows its tenant, if it
     /// narrows `kernels_per_peer`.
     pub(crate) max_kernels: Option<usize>,
@@ -367,7 +369,7 @@ impl Run {
             time: crate::observe::audit::rfc3339(std::time::SystemTime::now()),
             tenant: crate::observe::tenant_of(principal).map(str::to_owned),
             principal: principal.to_string(),
-            peer: crate::observe::peer_of(principal).map(|ip| ip.to_string()),
+            peer: Some(self.ctx.peer.to_string()),
             session: self.ctx.session.id().to_owned(),
             id: self.spec.id.clone(),
             language: language.to_owned(),

@@ -35,15 +35,6 @@ pub(crate) fn tenant_of(principal: &Principal) -> Option<&str> {
     }
 }
 
-/// The peer address a principal stands for, if it is one (an anonymous client's; a
-/// tenant's connections may come from anywhere).
-pub(crate) fn peer_of(principal: &Principal) -> Option<std::net::IpAddr> {
-    match principal {
-        Principal::Tenant(_) => None,
-        Principal::Address(ip) => Some(*ip),
-    }
-}
-
 /// The metrics and the audit log, shared by the gateway's state and every execution.
 #[derive(Debug, Clone)]
 pub(crate) struct Observer {

@@ -426,7 +426,7 @@ async fn another_tenant_cannot_see_attach_feed_or_cancel_a_session() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_quotas_refuse_cleanly_and_leave_other_tenants_served() -> Result<()> {
     let dir = KeyDir::new()?;
-    let gateway = gateway_with_auth(&dir, &[("other", "sluice_other")], |config| {
+    let gateway = gateway_with_auth(&dir, &[("quiet", "sluice_quiet")], |config| {
         config.max_executions = 8;
         config.max_executions_per_peer = Some(4);
     })
@@ -467,7 +467,7 @@ async fn tenant_quotas_refuse_cleanly_and_leave_other_tenants_served() -> Result
     let message = assert_refused(&run_on(&mut few, second).await?, ErrorCode::TooManySessions)?;
     ensure!(message.contains("tenant few has 1 sessions"), "{message}");
     // Another tenant is served while the first holds its whole quota.
-    let mut quiet = connect_as(&gateway, "sluice_other").await?;
+    let mut quiet = connect_as(&gateway, "sluice_quiet").await?;
     assert_completed(&run_on(&mut quiet, hello("quiet")).await?, "hello\n")?;
     // A narrower claim holds its tenant below the gateway's cap.
     let one = token(json!({"sub": "single", "max_executions": 1}))?;
