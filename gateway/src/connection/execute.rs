@@ -330,8 +330,7 @@ impl Connection {
             kernels_per_peer: state.kernels_per_peer.clone(),
             principal: self.principal.clone(),
             peer: self.peer,
-            max_kernels: self.grant.narrowing.max_kernels,
-            ceilings: self.grant.narrowing.limits.clone(),
+            grant: self.grant.clone(),
         };
         // Alone on the gateway (every other slot free), start the program inline.
         let spawn_inline =

@@ -65,7 +65,7 @@ pub(super) async fn run_cell(
     // whose credential allows less (another grant of the tenant started it) is refused.
     let beyond = guard
         .as_ref()
-        .and_then(|kernel| kernel.beyond(spec.runtime.network, &run.ctx.ceilings));
+        .and_then(|kernel| kernel.beyond(spec.runtime.network, &run.ctx.grant));
     if let Some(why) = beyond {
         let message = format!(
             "session {:?}'s interpreter was started with {why}; run this cell in a session of your own",
@@ -83,7 +83,7 @@ pub(super) async fn run_cell(
         let principal = run.ctx.principal.clone();
         let slot = match run.ctx.kernel_slots.clone().try_acquire_owned() {
             Err(_) => Err("the gateway runs as many persistent interpreters as it may (see --max-kernels)".to_owned()),
-            Ok(permit) => match run.ctx.kernels_per_peer.try_acquire_within(&principal, run.ctx.max_kernels) {
+            Ok(permit) => match run.ctx.kernels_per_peer.try_acquire_within(&principal, run.ctx.grant.narrowing.max_kernels) {
                 Err(_) => Err(format!("your {principal}'s sessions have as many persistent interpreters as it may (see --max-kernels-per-peer, and the max_kernels claim)")),
                 Ok(peer_unit) => Ok(crate::admission::ExecutionSlot::new(permit, peer_unit)),
             },

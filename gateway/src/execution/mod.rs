@@ -118,12 +118,11 @@ pub(crate) struct ExecutionContext {
     pub(crate) principal: crate::admission::Principal,
     /// The address the `execute` came from (for the audit log).
     pub(crate) peer: std::net::IpAddr,
-    /// The persistent interpreters the sender's credential allows its tenant, if it
-    /// narrows `kernels_per_peer`.
-    pub(crate) max_kernels: Option<usize>,
-    /// The sender's credential's limit ceilings: a cell is refused an interpreter that
-    /// holds more.
-    pub(crate) ceilings: sluice_protocol::Limits,
+    /// What the sender's credential allows: its quota of persistent interpreters (if it
+    /// narrows `kernels_per_peer`), and the languages, network and limit ceilings a
+    /// cell's interpreter must stay within (another grant of the tenant may have
+    /// started it).
+    pub(crate) grant: Arc<crate::auth::Grant>,
 }
 
 /// How an execution starts.

@@ -206,6 +206,36 @@ async fn a_cell_without_network_cannot_use_an_interpreter_that_has_it() -> Resul
     gateway.shutdown().await
 }
 
+/// Likewise the language: a cell of a language the grant allows must not run in an
+/// interpreter another grant of its tenant started for a language it does not (both
+/// of one kind, so a cell of either would run in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_cannot_use_an_interpreter_of_a_language_its_grant_does_not_allow() -> Result<()> {
+    let dir = KeyDir::new()?;
+    let gateway = gateway_with_tokens(&dir, |config| {
+        let python = config.runtimes.iter().find(|s| s.name == "python").cloned();
+        if let Some(mut other) = python {
+            other.name = "py-other".into();
+            config.runtimes.push(other);
+        }
+    })
+    .await?;
+    let mut any = connect_with(&gateway, json!({"sub": "acme"})).await?;
+    let events = run_on(&mut any, cell("shared", "a", "x = 1\nprint(x)")).await?;
+    ensure!(text_of(&events, EventKind::Stdout) == "1\n", "{events:?}");
+    let mut narrow =
+        connect_with(&gateway, json!({"sub": "acme", "languages": ["py-other"]})).await?;
+    let mut other = cell("shared", "b", "print(x)");
+    other.language = "py-other".into();
+    let events = run_on(&mut narrow, other).await?;
+    let last = events.last().context("no events")?;
+    ensure!(
+        last.kind == EventKind::Error && last.code == Some(ErrorCode::NotPermitted),
+        "a py-other grant ran a cell in a python interpreter: {events:?}"
+    );
+    gateway.shutdown().await
+}
+
 /// An Ed25519 public key (the one `auth.rs` uses), for algorithm confusion: an HS256
 /// token whose "secret" is this PEM text must not pass as signed by its owner.
 const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----

@@ -108,6 +108,9 @@ pub(crate) struct Kernel {
     jailed: bool,
     /// It was started with the network (its runtime's, not taken by a credential).
     network: bool,
+    /// The runtime (language) it was started for: a cell of another language of the
+    /// same kind runs in it too.
+    language: String,
     /// The limits it holds for its session's life.
     limits: KernelLimits,
     /// This interpreter's place under `--max-kernels` and its peer's
@@ -267,6 +270,7 @@ impl Kernel {
             procs,
             jailed: host.jail.is_some(),
             network: runtime.network,
+            language: runtime.name.clone(),
             limits,
             _slot: slot,
         })
@@ -276,19 +280,23 @@ impl Kernel {
         self.kind
     }
 
-    /// What this interpreter holds beyond what a cell's sender may have: the network
-    /// where the sender's runtime has none (`network`: the cell's runtime, after its
-    /// credential), or a session-long limit above one of its credential's `ceilings`.
-    /// Every cell runs with what the interpreter holds, so such a cell must not run in
-    /// it (another grant of the tenant may have started it).
-    pub(crate) fn beyond(
-        &self,
-        network: bool,
-        ceilings: &sluice_protocol::Limits,
-    ) -> Option<String> {
+    /// What this interpreter holds beyond what a cell's sender may have: a language its
+    /// credential does not allow, the network where the sender's runtime has none
+    /// (`network`: the cell's runtime, after its credential), or a session-long limit
+    /// above one of its credential's ceilings. Every cell runs with what the
+    /// interpreter holds, so such a cell must not run in it (another grant of the
+    /// tenant may have started it).
+    pub(crate) fn beyond(&self, network: bool, grant: &crate::auth::Grant) -> Option<String> {
+        if !grant.allows_language(&self.language) {
+            return Some(format!(
+                "language {:?}, which your credential does not allow",
+                self.language
+            ));
+        }
         if self.network && !network {
             return Some("the network, which your credential does not allow".to_owned());
         }
+        let ceilings = &grant.narrowing.limits;
         let held = &self.limits;
         [
             ("open_files", held.rlimits.open_files, ceilings.open_files),
