@@ -11,7 +11,7 @@ use crate::execution::{self, ExecutionContext, ExecutionSpec, Start};
 use crate::fanout::Lead;
 use crate::session::{Fingerprint, OpenError, Session};
 use futures::FutureExt as _;
-use sluice_protocol::{ErrorCode, Event, ExecuteRequest};
+use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -353,6 +353,12 @@ impl Connection {
             start,
         );
         let finished = handle.finished_flag();
+        // For counting a task that fails: its own end (`Run::finish`) never comes.
+        let (metrics, principal, language) = (
+            state.observe.metrics.clone(),
+            self.principal.clone(),
+            runtime.name.clone(),
+        );
         let running_here =
             self.started
                 .record(id.clone(), session.clone(), finished.clone(), max_here);
@@ -369,6 +375,7 @@ impl Connection {
                     let message = "the gateway failed while running this execution";
                     let event = Event::error(Some(id.clone()), ErrorCode::Internal, message);
                     session.stream.publish(event);
+                    metrics.execution_ended(&principal, &language, EventKind::Error, None);
                 }
             }
             drop(running_here);
