@@ -596,28 +596,34 @@ fn init_logging(filter: &str, json: bool) {
     }
 }
 
-/// One item per SIGINT or SIGTERM: the first drains the gateway, a second ends it at
-/// once (`sluice_gateway::run_with_signals`).
-fn shutdown_signals() -> impl futures::Stream<Item = ()> + Send + 'static {
+/// `Stop` for each SIGINT or SIGTERM (the first drains the gateway, a second ends it at
+/// once) and `Reload` for each SIGHUP (the credentials are read again); see
+/// `sluice_gateway::run_with_signals`.
+fn gateway_signals() -> impl futures::Stream<Item = sluice_gateway::Signal> + Send + 'static {
+    use sluice_gateway::Signal;
     use tokio::signal::unix::{signal, SignalKind};
-    let term = match signal(SignalKind::terminate()) {
-        Ok(term) => Some(term),
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(stream) => Some(stream),
         Err(err) => {
-            tracing::error!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+            tracing::error!(%err, "cannot listen for {name}");
             None
         }
     };
-    futures::stream::unfold(term, |mut term| async move {
-        match term.as_mut() {
-            Some(sigterm) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = sigterm.recv() => {}
-            },
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-        Some(((), term))
+    let term = listen(
+        SignalKind::terminate(),
+        "SIGTERM; only Ctrl-C stops the gateway",
+    );
+    let hup = listen(
+        SignalKind::hangup(),
+        "SIGHUP; credentials are read at start only",
+    );
+    futures::stream::unfold((term, hup), |(mut term, mut hup)| async move {
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            Some(()) = async { term.as_mut()?.recv().await } => Signal::Stop,
+            Some(()) = async { hup.as_mut()?.recv().await } => Signal::Reload,
+        };
+        Some((signal, (term, hup)))
     })
 }
 
@@ -736,6 +742,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
     let url = format!("ws://{bound}{}", sluice_protocol::WS_PATH);
     tracing::info!(address = %bound, %url, "listening");
-    sluice_gateway::run_with_signals(listener, config, shutdown_signals()).await?;
+    sluice_gateway::run_with_signals(listener, config, gateway_signals()).await?;
     Ok(())
 }

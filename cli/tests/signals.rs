@@ -60,3 +60,40 @@ async fn sigterm_drains_and_a_second_one_ends_at_once() -> Result<()> {
     ensure!(status.success(), "sluice serve exited with {status}");
     wait_until_gone(&marker).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_api_keys_again() -> Result<()> {
+    let dir = std::env::temp_dir().join(unique_marker("sighup"));
+    std::fs::create_dir_all(&dir)?;
+    let keys = dir.join("keys");
+    let add = |tenant: &str| -> Result<String> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["key", "add", tenant, "--file"])
+            .arg(&keys)
+            .output()?;
+        ensure!(out.status.success(), "sluice key add failed: {out:?}");
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    };
+    let first = add("first")?;
+    let keys_arg = keys.display().to_string();
+    let serving = Serving::start(&["--api-keys", &keys_arg])?;
+    let bearer = |key: &str| format!("Bearer {key}");
+    RawSocket::connect_with_headers(&serving.url, &[("Authorization", &bearer(&first))])
+        .await?
+        .close()
+        .await?;
+    // The first key revoked (its line removed), a second added.
+    std::fs::remove_file(&keys)?;
+    let second = add("second")?;
+    serving.signal("HUP")?;
+    serving.next_line(|l| message(l).starts_with("credentials reloaded"))?;
+    let (status, _) =
+        sluice_tests::refused_upgrade(&serving.url, &[("Authorization", &bearer(&first))]).await?;
+    ensure!(status == 401, "a revoked key still connects: {status}");
+    RawSocket::connect_with_headers(&serving.url, &[("Authorization", &bearer(&second))])
+        .await?
+        .close()
+        .await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -29,7 +29,9 @@ pub use config::{
 };
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use sandbox::{jail, HostReport};
-pub use server::{check_exposure, run, run_with_metrics_listener, run_with_signals, GatewayError};
+pub use server::{
+    check_exposure, run, run_with_metrics_listener, run_with_signals, GatewayError, Signal,
+};
 
 /// Tells glibc's allocator to keep freed memory instead of returning it to the kernel
 /// after every large free, as the gateway does for itself when it starts serving; for

@@ -81,18 +81,40 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    run_with_signals(listener, config, futures::stream::once(shutdown)).await
+    run_with_signals(listener, config, stop_when(shutdown)).await
 }
 
-/// [`run`], stopped by a stream of signals: the first drains the gateway (new
-/// connections and executions refused, running ones given `config.drain_timeout` to
-/// finish, then cancelled with their terminal events delivered); a second ends it at
-/// once, without waiting for the drain or the grace periods (what is still running is
-/// killed as the gateway's tasks are dropped). The stream ending counts as a signal.
+/// What a running gateway can be told (`sluice serve`: SIGTERM or SIGINT, and SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The first drains the gateway, a second ends it at once.
+    Stop,
+    /// Read the credentials again (the API key file, the token keys): new connections
+    /// are checked against them; sockets already open keep the grant they were given.
+    /// A file that no longer loads leaves the credentials as they were (logged).
+    Reload,
+}
+
+/// A signal stream that says `Stop` once `shutdown` resolves.
+fn stop_when(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl futures::Stream<Item = Signal> + Send + 'static {
+    futures::stream::once(async move {
+        shutdown.await;
+        Signal::Stop
+    })
+}
+
+/// [`run`], told what to do by a stream of [`Signal`]s. The first `Stop` drains the
+/// gateway (new connections and executions refused, running ones given
+/// `config.drain_timeout` to finish, then cancelled with their terminal events
+/// delivered); a second ends it at once, without waiting for the drain or the grace
+/// periods (what is still running is killed as the gateway's tasks are dropped). The
+/// stream ending counts as a `Stop`. `Reload` reads the credentials again.
 pub async fn run_with_signals(
     listener: TcpListener,
     config: Config,
-    signals: impl futures::Stream<Item = ()> + Send + 'static,
+    signals: impl futures::Stream<Item = Signal> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let metrics_listener = match config.metrics_listen {
         None => None,
@@ -113,7 +135,7 @@ pub async fn run_with_metrics_listener(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let signals = Signals::watch(futures::stream::once(shutdown));
+    let signals = Signals::watch(stop_when(shutdown));
     serve_until(listener, metrics_listener, config, signals).await
 }
 
@@ -148,31 +170,71 @@ fn check_metrics_exposure(
     Ok(())
 }
 
-/// The two shutdown signals a gateway heeds: drain, then hurry.
-#[derive(Debug, Clone, Default)]
+/// The signals a gateway heeds, as the serving code waits for them: drain, then hurry
+/// (the first and the second `Stop`), and each `Reload`.
+#[derive(Debug, Clone)]
 struct Signals {
-    /// The first signal: drain.
+    /// The first `Stop`: drain.
     drain: CancellationToken,
-    /// A second signal: stop waiting.
+    /// A second `Stop`: stop waiting.
     hurry: CancellationToken,
+    /// Bumped by each `Reload`.
+    reloads: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Signals {
-    /// Tokens cancelled by the first and the second item of `signals` (or its end).
-    fn watch(signals: impl futures::Stream<Item = ()> + Send + 'static) -> Self {
+    /// Follows `signals` on a task of its own.
+    fn watch(signals: impl futures::Stream<Item = Signal> + Send + 'static) -> Self {
         use futures::StreamExt as _;
-        let tokens = Self::default();
+        let (reloaded, reloads) = tokio::sync::watch::channel(0_u64);
+        let tokens = Self {
+            drain: CancellationToken::new(),
+            hurry: CancellationToken::new(),
+            reloads,
+        };
         let (drain, hurry) = (tokens.drain.clone(), tokens.hurry.clone());
         tokio::spawn(async move {
             let mut signals = std::pin::pin!(signals);
-            signals.next().await;
-            drain.cancel();
-            if signals.next().await.is_some() {
-                tracing::warn!("a second shutdown signal: ending now, without waiting");
-                hurry.cancel();
+            loop {
+                match signals.next().await {
+                    Some(Signal::Reload) => reloaded.send_modify(|n| *n += 1),
+                    Some(Signal::Stop) | None if !drain.is_cancelled() => drain.cancel(),
+                    Some(Signal::Stop) => {
+                        tracing::warn!("a second shutdown signal: ending now, without waiting");
+                        hurry.cancel();
+                        return;
+                    }
+                    None => return,
+                }
             }
         });
         tokens
+    }
+}
+
+/// Reads the credentials again on each `Reload`, until the gateway stops.
+async fn reload_credentials(
+    state: Arc<GatewayState>,
+    mut reloads: tokio::sync::watch::Receiver<u64>,
+) {
+    while reloads.changed().await.is_ok() {
+        match crate::auth::Authenticator::from_config(&state.config.auth) {
+            Ok(fresh) => {
+                *state
+                    .authenticator
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.map(Arc::new);
+                tracing::info!("credentials reloaded; new connections are checked against them");
+                state.observe.metrics.credentials_reloaded(true);
+            }
+            Err(err) => {
+                tracing::error!(
+                    %err,
+                    "could not reload the credentials; the ones loaded before stay in force"
+                );
+                state.observe.metrics.credentials_reloaded(false);
+            }
+        }
     }
 }
 
@@ -190,6 +252,10 @@ async fn serve_until(
         check_metrics_exposure(metrics, &config)?;
     }
     let gateway = build(config).await?;
+    let reloading = tokio::spawn(reload_credentials(
+        gateway.state.clone(),
+        signals.reloads.clone(),
+    ));
     let separate = metrics_listener.is_some();
     let metrics_served = CancellationToken::new();
     let metrics_server = metrics_listener.map(|listener| {
@@ -200,6 +266,7 @@ async fn serve_until(
         ))
     });
     let served = serve(listener, &gateway, separate, signals.clone()).await;
+    reloading.abort();
     drain(gateway, &signals.hurry).await;
     metrics_served.cancel();
     if let Some(server) = metrics_server {
@@ -315,7 +382,7 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         },
         buffers,
         meters: crate::meter::Meters::default(),
-        authenticator,
+        authenticator: std::sync::RwLock::new(authenticator.map(Arc::new)),
         draining: AtomicBool::new(false),
         observe,
         metrics_token,
@@ -620,7 +687,12 @@ async fn upgrade(
                 .into_response();
         }
     }
-    let grant = match &state.authenticator {
+    let authenticator = state
+        .authenticator
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let grant = match authenticator {
         None => crate::auth::Grant::default(),
         Some(authenticator) => match authenticator.authenticate(&headers, &uri) {
             Ok(grant) => grant,

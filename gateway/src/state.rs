@@ -44,7 +44,8 @@ pub(crate) struct GatewayState {
     /// Each open connection's bytes in flight, by peer address.
     pub(crate) meters: crate::meter::Meters,
     /// Checks each upgrade's credential; `None` where clients do not authenticate.
-    pub(crate) authenticator: Option<crate::auth::Authenticator>,
+    /// Replaced whole when the credentials are reloaded (`Signal::Reload`).
+    pub(crate) authenticator: std::sync::RwLock<Option<Arc<crate::auth::Authenticator>>>,
     /// Set once the gateway starts draining (today: when the shutdown signal arrives,
     /// just before every execution is cancelled). From then on `GET /readyz` answers
     /// 503, so a load balancer sends new clients elsewhere; it is never cleared.

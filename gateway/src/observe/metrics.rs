@@ -81,6 +81,11 @@ struct Code {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
 }
@@ -164,6 +169,7 @@ pub(crate) struct Metrics {
     sandbox_failures: Family<Stage, Counter>,
     refusals: Family<Code, Counter>,
     upgrades_refused: Family<Reason, Counter>,
+    credential_reloads: Family<Outcome, Counter>,
     audit_dropped: Counter,
     tenants: TenantLabels,
 }
@@ -199,6 +205,7 @@ impl Metrics {
             sandbox_failures: Family::default(),
             refusals: Family::default(),
             upgrades_refused: Family::default(),
+            credential_reloads: Family::default(),
             audit_dropped: Counter::default(),
             tenants: TenantLabels::default(),
         };
@@ -301,6 +308,11 @@ impl Metrics {
             m.upgrades_refused.clone(),
         );
         registry.register(
+            "credential_reloads",
+            "Credential reloads (SIGHUP), by result: ok, or failed (the old ones kept)",
+            m.credential_reloads.clone(),
+        );
+        registry.register(
             "audit_lines_dropped",
             "Audit log lines dropped (the writer was behind, or the write failed)",
             m.audit_dropped.clone(),
@@ -393,6 +405,14 @@ impl Metrics {
             .get_or_create(&Reason {
                 reason: why.as_str(),
             })
+            .inc();
+    }
+
+    /// The credentials were read again (`ok`), or could not be (`failed`).
+    pub(crate) fn credentials_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.credential_reloads
+            .get_or_create(&Outcome { result })
             .inc();
     }
 

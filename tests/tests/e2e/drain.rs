@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 /// A gateway stopped by the signals sent on the returned channel.
 struct Draining {
     addr: SocketAddr,
-    signals: mpsc::UnboundedSender<()>,
+    signals: mpsc::UnboundedSender<sluice_gateway::Signal>,
     task: JoinHandle<Result<(), sluice_gateway::GatewayError>>,
 }
 
@@ -45,7 +45,7 @@ impl Draining {
 
     fn signal(&self) -> Result<()> {
         self.signals
-            .unbounded_send(())
+            .unbounded_send(sluice_gateway::Signal::Stop)
             .context("the gateway no longer takes signals")
     }
 
