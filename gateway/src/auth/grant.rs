@@ -35,11 +35,14 @@ pub(crate) struct Narrowing {
     #[serde(deserialize_with = "known_limits")]
     pub(crate) limits: Limits,
     /// Executions its tenant may have running at once (at most the gateway's
-    /// per-tenant cap).
+    /// per-tenant cap; at least 1).
+    #[serde(deserialize_with = "positive")]
     pub(crate) max_executions: Option<usize>,
     /// Sessions its tenant may have open at once (likewise).
+    #[serde(deserialize_with = "positive")]
     pub(crate) max_sessions: Option<usize>,
     /// Persistent interpreters its tenant may have alive at once (likewise).
+    #[serde(deserialize_with = "positive")]
     pub(crate) max_kernels: Option<usize>,
     /// The session names it may open or attach: an exact name, or a prefix written
     /// with a trailing `*` (`"user-42/*"`). Absent: any name.
@@ -60,9 +63,33 @@ fn known_limits<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Lim
     let unknown = claimed
         .iter()
         .find(|(name, value)| !value.is_null() && read.get(name.as_str()).is_none());
-    match unknown {
-        Some((name, _)) => Err(D::Error::custom(format!("unknown limit {name:?}"))),
+    if let Some((name, _)) = unknown {
+        return Err(D::Error::custom(format!("unknown limit {name:?}")));
+    }
+    // A ceiling below what the limit may take would refuse every request (or, lifted to
+    // the minimum, mean something its issuer did not write): such a token is refused.
+    let too_low = read.as_object().and_then(|given| {
+        given.iter().find(|(name, value)| {
+            value
+                .as_u64()
+                .is_some_and(|v| v < crate::config::minimum(name))
+        })
+    });
+    match too_low {
+        Some((name, value)) => Err(D::Error::custom(format!(
+            "limits.{name} ceiling {value} is below its minimum {}",
+            crate::config::minimum(name)
+        ))),
         None => Ok(limits),
+    }
+}
+
+/// A quota claim: absent, or at least 1 (a quota of none is no credential at all).
+fn positive<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<usize>::deserialize(deserializer)? {
+        Some(0) => Err(D::Error::custom("a quota claim must be at least 1")),
+        quota => Ok(quota),
     }
 }
 
@@ -135,6 +162,12 @@ mod tests {
         assert!(parse(r#"{"limits": {"timeout_ms": 5, "cpu": 1}}"#).is_err());
         assert!(parse(r#"{"limits": [5]}"#).is_err());
         assert!(parse(r#"{"limits": {"timeout_ms": "5"}}"#).is_err());
+        // Ceilings below a limit's minimum, and quotas of zero.
+        assert!(parse(r#"{"limits": {"timeout_ms": 0}}"#).is_err());
+        assert!(parse(r#"{"limits": {"memory_bytes": 1}}"#).is_err());
+        assert!(parse(r#"{"limits": {"memory_bytes": 1048576}}"#).is_ok());
+        assert!(parse(r#"{"max_executions": 0}"#).is_err());
+        assert!(parse(r#"{"max_executions": 1}"#).is_ok());
         assert_eq!(parse("{}").unwrap(), Narrowing::default());
     }
 

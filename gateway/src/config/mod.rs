@@ -95,13 +95,15 @@ pub(crate) struct EffectiveLimits {
 }
 
 impl LimitsConfig {
-    /// Applies `requested` to the defaults; a value of 0 or above the maximum is refused
-    /// with a message naming the limit and the allowed range.
+    /// Applies `requested` to the defaults; a value below the limit's minimum
+    /// ([`minimum`]) or above the maximum is refused with a message naming the limit and
+    /// the allowed range.
     pub(crate) fn resolve(&self, requested: &Limits) -> Result<EffectiveLimits, String> {
         let pick = |name: &str, asked: Option<u64>, bound: LimitBound| match asked {
             None => Ok(bound.default),
-            Some(v) if v == 0 || v > bound.max => Err(format!(
-                "limits.{name} must be between 1 and {} (got {v})",
+            Some(v) if v < minimum(name) || v > bound.max => Err(format!(
+                "limits.{name} must be between {} and {} (got {v})",
+                minimum(name),
                 bound.max
             )),
             Some(v) => Ok(v),
@@ -130,12 +132,26 @@ impl LimitsConfig {
     }
 }
 
+/// The smallest value a limit may take: 1, except `memory_bytes`, whose cgroup a
+/// gateway thread joins for an instant around each spawn (cgroup v1): below a MiB the
+/// kernel cannot charge that thread's own allocations, and the thread could not leave.
+pub(crate) fn minimum(limit: &str) -> u64 {
+    match limit {
+        "memory_bytes" => MIN_MEMORY_BYTES,
+        _ => 1,
+    }
+}
+
+/// See [`minimum`].
+pub(crate) const MIN_MEMORY_BYTES: u64 = 1 << 20;
+
 impl LimitsConfig {
     /// These limits with each maximum lowered to `ceilings`' value where it names one
     /// (a credential's claims), and each default to at most its maximum.
     pub(crate) fn narrowed(&self, ceilings: &Limits) -> Self {
         let narrow = |bound: LimitBound, ceiling: Option<u64>| {
-            let max = ceiling.map_or(bound.max, |c| c.clamp(1, bound.max));
+            // Ceilings below a limit's minimum never get here: such a token is invalid.
+            let max = ceiling.map_or(bound.max, |c| c.min(bound.max));
             LimitBound {
                 default: bound.default.min(max),
                 max,
@@ -481,6 +497,9 @@ pub enum ConfigError {
     /// The output chunk cannot fit in a frame a client will accept.
     #[error("chunk size {0} must be at least 1024 bytes")]
     ChunkTooSmall(usize),
+    /// A limit's default is below the smallest value it may take.
+    #[error("the default {0} ({1}) is below its minimum ({2})")]
+    BelowMinimum(&'static str, u64, u64),
     /// The sandbox user or group is root.
     #[error("programs never run as root: the sandbox uid and gid must not be 0")]
     RootSandbox,
@@ -538,6 +557,13 @@ impl Config {
         ] {
             if bound.default == 0 || bound.max == 0 {
                 return Err(ConfigError::Zero(name));
+            }
+            if bound.default < minimum(name) {
+                return Err(ConfigError::BelowMinimum(
+                    name,
+                    bound.default,
+                    minimum(name),
+                ));
             }
             if bound.default > bound.max {
                 return Err(ConfigError::DefaultAboveMax(name, bound.default, bound.max));

@@ -638,3 +638,46 @@ async fn every_limit_holds_at_its_default_when_the_request_names_none() -> Resul
     client.close().await?;
     gateway.shutdown().await
 }
+
+/// A memory limit below a MiB is refused (`invalid_limit`): with cgroup v1 a gateway
+/// thread joins the execution's cgroup for an instant around the spawn, and under a
+/// limit of a few bytes it could not leave it again, which froze the gateway (found by
+/// the issue 12 review). The smallest allowed limit runs, and the gateway serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_limit_below_a_mib_is_invalid_and_the_smallest_runs() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    for (id, bytes) in [("one-byte", 1_u64), ("below", (1 << 20) - 1)] {
+        let tiny = ExecuteRequest {
+            limits: Limits {
+                memory_bytes: Some(bytes),
+                ..Limits::default()
+            },
+            ..request(id, "sh", "echo never")
+        };
+        socket.execute(tiny).await?;
+        let events = socket.events_until_terminal(id).await?;
+        let last = events.last().context("no events")?;
+        assert_eq!(last.code, Some(ErrorCode::InvalidLimit), "{last:?}");
+        assert!(last.data.contains("1048576"), "{last:?}");
+    }
+    let smallest = ExecuteRequest {
+        limits: Limits {
+            memory_bytes: Some(1 << 20),
+            ..Limits::default()
+        },
+        ..request("smallest", "sh", "echo small")
+    };
+    socket.execute(smallest).await?;
+    let events = socket.events_until_terminal("smallest").await?;
+    let last = events.last().context("no events")?;
+    assert!(
+        matches!(last.kind, EventKind::Completed | EventKind::ResourceLimit),
+        "{last:?}"
+    );
+    // The gateway still runs programs for everyone.
+    socket.assert_still_works().await?;
+    let mut other = gateway.raw().await?;
+    other.assert_still_works().await?;
+    gateway.shutdown().await
+}
