@@ -224,7 +224,8 @@ def _refusal_reason(err: BaseException) -> str | None:
     if status != 401:
         return None
     body = getattr(response, "body", None) or b""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    # websockets gives the body as bytes or (newer versions) a bytearray.
+    text = bytes(body).decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
     for line in text.splitlines():
         if line.strip():
             return line.strip()[:500]
