@@ -40,7 +40,8 @@ enum Command {
     Serve(Box<ServeCommand>),
     /// Print the configuration `sluice serve` would run with, as a config file: every key
     /// with its value, from these flags, the SLUICE_* variables, --config FILE and the
-    /// defaults, after the same checks `serve` makes.
+    /// defaults, after the checks `serve` makes on the values (the files they name, such
+    /// as --api-keys, are read only by `serve` when it starts).
     ///
     /// Reading the output back (`sluice serve --config FILE`) gives the same
     /// configuration; secrets are printed as "<redacted>" and must be put back. Starts no
@@ -73,7 +74,8 @@ enum KeyCommand {
     /// Make a new API key for TENANT: its SHA-256 hash is appended to FILE (created
     /// with mode 0600 if missing) and the key itself is printed once, here, and stored
     /// nowhere. Give it to the client; a gateway reading FILE accepts it from its next
-    /// start. To revoke a key, delete its line.
+    /// start or SIGHUP (`kill -HUP`). To revoke a key, delete its line and send SIGHUP
+    /// (sockets already open stay open until they close).
     Add {
         /// The tenant the key belongs to: its sessions, quotas and logs are named
         /// after it (letters, digits, '.', '_', '-', '@'; at most 64).
@@ -675,11 +677,12 @@ fn run_command(cli: Cli, parsed: &config_file::Parsed) -> anyhow::Result<()> {
             use std::io::Write as _;
             // The checks `serve` makes before it binds, so what prints would run.
             worker_threads(&command.args)?;
-            command
-                .args
-                .into_config()?
-                .validate()
-                .context("invalid configuration")?;
+            let listen = command.args.listen;
+            let config = command.args.into_config()?;
+            config.validate().context("invalid configuration")?;
+            // What serve refuses for the values alone (the files they name are read
+            // when it starts, on the host it runs on).
+            sluice_gateway::check_exposure(listen, &config)?;
             let text = parsed.render().context("no configuration to print")?;
             std::io::stdout()
                 .write_all(text.as_bytes())
@@ -732,8 +735,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = args.listen;
     let config = args.into_config()?;
     config.validate().context("invalid configuration")?;
-    // Before binding: a gateway that may not serve here never says it listens.
+    // Before binding: a gateway that may not serve here, or whose credentials do not
+    // load, never says it listens.
     sluice_gateway::check_exposure(listen, &config)?;
+    sluice_gateway::check_credentials(&config)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

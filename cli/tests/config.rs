@@ -327,8 +327,21 @@ fn the_example_config_validates() -> Result<()> {
     let example = example.to_str().context("a UTF-8 path")?;
     let table = effective(&["--config", example], &[])?;
     let text = std::fs::read_to_string(example)?;
-    // It documents every key there is (set, or commented out), so it stays a guide.
-    for key in table.keys() {
+    // It documents every key there is (set, or commented out), so it stays a guide:
+    // those with a value, and those `sluice config` prints as not set.
+    let printed = run(&["config"], &[])?;
+    let printed = String::from_utf8(printed.stdout).context("the output is not UTF-8")?;
+    let unset = printed.lines().filter_map(|line| {
+        line.strip_prefix("# ")?
+            .strip_suffix(" is not set (its default applies)")
+    });
+    let keys: Vec<String> = table
+        .keys()
+        .cloned()
+        .chain(unset.map(str::to_owned))
+        .collect();
+    ensure!(keys.iter().any(|k| k == "audit_log"), "{keys:?}");
+    for key in &keys {
         ensure!(
             text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
             "docs/sluice.example.toml does not mention {key:?}"

@@ -30,7 +30,8 @@ pub use config::{
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use sandbox::{jail, HostReport};
 pub use server::{
-    check_exposure, run, run_with_metrics_listener, run_with_signals, GatewayError, Signal,
+    check_credentials, check_exposure, run, run_with_metrics_listener, run_with_signals,
+    GatewayError, Signal,
 };
 
 /// Tells glibc's allocator to keep freed memory instead of returning it to the kernel

@@ -46,18 +46,18 @@ pub enum GatewayError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// The working-directory root cannot be created.
-    #[error("cannot create the work directory {path}: {source}")]
+    #[error("cannot create the work directory {path}: {cause}")]
     WorkRoot {
         /// The directory.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so not also a `source`).
+        cause: std::io::Error,
     },
     /// The isolation level asked for is not available on this host.
     #[error("{0}")]
     Isolation(String),
-    /// The configured credentials cannot be loaded.
-    #[error("authentication: {0}")]
+    /// The configured credentials cannot be loaded (the message names the file).
+    #[error(transparent)]
     Auth(#[from] crate::auth::AuthSetupError),
     /// Asked to listen beyond loopback with no authentication configured.
     #[error("refusing to serve {0} without authentication: anyone who can reach it could run code here. Configure credentials (--api-keys FILE, made with `sluice key add`, or --jwt-secret-file FILE / --jwt-public-key-file FILE; see docs/operating.md section 12), listen on a loopback address, or pass --insecure-no-auth if something in front of the gateway authenticates")]
@@ -150,6 +150,13 @@ pub fn check_exposure(listen: std::net::SocketAddr, config: &Config) -> Result<(
     if let Some(metrics) = config.metrics_listen {
         check_metrics_exposure(metrics, config)?;
     }
+    Ok(())
+}
+
+/// Loads the credentials the configuration names (the API key file, the token keys)
+/// and drops them: what `run` would refuse to start with, said before anything binds.
+pub fn check_credentials(config: &Config) -> Result<(), GatewayError> {
+    crate::auth::Authenticator::from_config(&config.auth)?;
     Ok(())
 }
 
@@ -292,6 +299,10 @@ pub(crate) struct Built {
 pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
     config.validate()?;
     let authenticator = crate::auth::Authenticator::from_config(&config.auth)?;
+    match &authenticator {
+        Some(accepted) => tracing::info!(accepts = %accepted.summary(), "clients authenticate"),
+        None => tracing::info!("clients are anonymous (no credentials configured)"),
+    }
     let mut config = config;
     // A program cannot be given more descriptors than the gateway may have itself.
     if let Some(hard) = crate::sys::open_files_hard_limit() {
@@ -698,7 +709,7 @@ async fn upgrade(
             Ok(grant) => grant,
             Err(denied) => {
                 // The reason, never the credential.
-                tracing::warn!(%peer, reason = %denied, "upgrade refused: not authenticated");
+                tracing::warn!(%peer, reason = %denied, detail = denied.detail(), "upgrade refused: not authenticated");
                 refused(UpgradeRefusal::Unauthenticated);
                 return (
                     StatusCode::UNAUTHORIZED,
@@ -791,9 +802,9 @@ impl WorkRoot {
             .map(Path::to_path_buf)
             .unwrap_or_else(default_work_base);
         remove_stale_roots(&base);
-        std::fs::create_dir_all(&base).map_err(|source| GatewayError::WorkRoot {
+        std::fs::create_dir_all(&base).map_err(|cause| GatewayError::WorkRoot {
             path: base.clone(),
-            source,
+            cause,
         })?;
         // A fresh, private directory: never reuse one someone else prepared. Several
         // gateways may share a process (tests, embedders) and the clock may be coarse, so a
@@ -810,7 +821,7 @@ impl WorkRoot {
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => break path,
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(GatewayError::WorkRoot { path, source }),
+                Err(cause) => return Err(GatewayError::WorkRoot { path, cause }),
             }
         };
         tracing::info!(path = %path.display(), "execution working directories go here");
@@ -822,9 +833,9 @@ impl WorkRoot {
     fn open_to(&self, user: ProgramUser) -> Result<(), GatewayError> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o711)).map_err(
-            |source| GatewayError::WorkRoot {
+            |cause| GatewayError::WorkRoot {
                 path: self.path.clone(),
-                source,
+                cause,
             },
         )?;
         user.can_enter(&self.path).map_err(|why| {

@@ -28,13 +28,16 @@ pub(crate) struct KeyTable {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// The file cannot be read.
-    #[error("cannot read the API key file {path}: {source}")]
+    #[error("cannot read the API key file {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so not also a `source`).
+        cause: std::io::Error,
     },
+    /// The tenant name given to `sluice key add` is not one.
+    #[error("{0}")]
+    Tenant(String),
     /// A line is not `TENANT sha256:HEX`.
     #[error("{path}: line {line}: {why}")]
     Line {
@@ -50,9 +53,9 @@ pub enum KeyFileError {
 impl KeyTable {
     /// Reads and checks the key file at `path`.
     pub(crate) fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| KeyFileError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::parse(&text).map_err(|(line, why)| KeyFileError::Line {
             path: path.to_owned(),
@@ -163,15 +166,11 @@ pub fn generate_key() -> std::io::Result<String> {
 pub fn add_key(path: &Path, tenant: &str) -> Result<String, KeyFileError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let io_error = |source| KeyFileError::Read {
+    let io_error = |cause| KeyFileError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     };
-    check_tenant(tenant).map_err(|why| KeyFileError::Line {
-        path: path.to_owned(),
-        line: 0,
-        why,
-    })?;
+    check_tenant(tenant).map_err(KeyFileError::Tenant)?;
     // An existing file must be valid before it grows.
     if path.exists() {
         KeyTable::load(path)?;

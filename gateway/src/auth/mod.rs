@@ -45,12 +45,22 @@ pub enum AuthSetupError {
 /// Why an upgrade request is refused: the short reason of its HTTP 401, nothing more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Denied {
-    #[error("a credential is required (Authorization: Bearer, or the subprotocol sluice.token.<credential>)")]
+    #[error("a credential is required (Authorization: Bearer, the subprotocol sluice.token.<credential>, or ?token=)")]
     Missing,
     #[error("more than one credential, or a malformed Authorization header")]
     Confusing,
     #[error("{0}")]
     Token(#[from] token::TokenRefused),
+}
+
+impl Denied {
+    /// What exactly was wrong, for the gateway's log (never for the client).
+    pub(crate) fn detail(&self) -> Option<&'static str> {
+        match self {
+            Self::Token(token::TokenRefused::Invalid(detail)) => Some(detail),
+            _ => None,
+        }
+    }
 }
 
 impl Authenticator {
@@ -75,13 +85,20 @@ impl Authenticator {
         if keys.is_none() && tokens.is_none() {
             return Ok(None);
         }
-        if let Some(keys) = &keys {
-            tracing::info!(keys = keys.len(), "API keys loaded");
-        }
-        if let Some(tokens) = &tokens {
-            tracing::info!(?tokens, "signed tokens accepted");
-        }
         Ok(Some(Self { keys, tokens }))
+    }
+
+    /// What it accepts, for the start-up log: "3 API keys; tokens signed HS256, EdDSA".
+    pub(crate) fn summary(&self) -> String {
+        let keys = self.keys.as_ref().map(|k| format!("{} API keys", k.len()));
+        let tokens = self
+            .tokens
+            .as_ref()
+            .map(|t| format!("tokens signed {}", t.algorithms().join(", ")));
+        keys.into_iter()
+            .chain(tokens)
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The grant of the credential an upgrade request presents.
@@ -93,10 +110,12 @@ impl Authenticator {
         };
         // An API key has no dots; a token is three dot-separated parts.
         if credential.contains('.') {
-            let tokens = self
-                .tokens
-                .as_ref()
-                .ok_or(Denied::Token(token::TokenRefused::Invalid))?;
+            let tokens =
+                self.tokens
+                    .as_ref()
+                    .ok_or(Denied::Token(token::TokenRefused::Invalid(
+                        "a token, but no token key is configured",
+                    )))?;
             let (tenant, narrowing, expires) = tokens.verify(&credential)?;
             // Accepted up to `exp` plus the leeway: the socket may live as long.
             let leeway = std::time::Duration::from_secs(token::LEEWAY_SECS);
@@ -110,7 +129,9 @@ impl Authenticator {
             .keys
             .as_ref()
             .and_then(|keys| keys.tenant_of(&credential))
-            .ok_or(Denied::Token(token::TokenRefused::Invalid))?;
+            .ok_or(Denied::Token(token::TokenRefused::Invalid(
+                "no API key of the key file matches",
+            )))?;
         Ok(Grant {
             expires_at: None,
             tenant: Some(tenant),

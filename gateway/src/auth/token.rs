@@ -35,12 +35,12 @@ impl std::fmt::Debug for TokenVerifier {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenKeyError {
     /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so not also a `source`).
+        cause: std::io::Error,
     },
     /// The secret is too short to resist guessing.
     #[error("the token secret in {0} is shorter than 32 bytes; use a long random secret (e.g. `openssl rand -base64 48`)")]
@@ -57,8 +57,10 @@ pub(crate) enum TokenRefused {
     Expired,
     #[error("the token is not valid yet")]
     NotYetValid,
+    /// The client is told only this; the detail (what exactly is wrong) goes to the
+    /// gateway's log, for whoever mints the tokens.
     #[error("the credential is not valid")]
-    Invalid,
+    Invalid(&'static str),
 }
 
 /// The claims Sluice reads; others are ignored.
@@ -80,9 +82,9 @@ impl TokenVerifier {
         audience: Option<String>,
     ) -> Result<Self, TokenKeyError> {
         let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| TokenKeyError::Read {
+            std::fs::read(path).map_err(|cause| TokenKeyError::Read {
                 path: path.to_owned(),
-                source,
+                cause,
             })
         };
         let secret = match secret_file {
@@ -121,12 +123,28 @@ impl TokenVerifier {
     }
 
     /// The tenant and narrowing of a valid token.
+    /// The algorithms it verifies.
+    pub(crate) fn algorithms(&self) -> Vec<&'static str> {
+        let public = self.public.as_ref().map(|(_, alg)| match alg {
+            Algorithm::EdDSA => "EdDSA",
+            _ => "RS256",
+        });
+        self.secret
+            .as_ref()
+            .map(|_| "HS256")
+            .into_iter()
+            .chain(public)
+            .collect()
+    }
+
     /// The tenant, narrowing and expiry (`exp`) of a valid token.
     pub(crate) fn verify(
         &self,
         token: &str,
     ) -> Result<(String, Narrowing, std::time::SystemTime), TokenRefused> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRefused::Invalid)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            TokenRefused::Invalid("not a signed token (its header does not decode)")
+        })?;
         // The key is chosen by the algorithm the token names, and each key verifies its
         // own algorithm only: an RS256 public key is never taken as an HS256 secret.
         let key = match header.alg {
@@ -137,7 +155,9 @@ impl TokenVerifier {
                 .filter(|(_, ours)| *ours == alg)
                 .map(|(key, _)| key),
         }
-        .ok_or(TokenRefused::Invalid)?;
+        .ok_or(TokenRefused::Invalid(
+            "no configured key verifies the algorithm its header names",
+        ))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
@@ -159,7 +179,18 @@ impl TokenVerifier {
             match err.kind() {
                 ErrorKind::ExpiredSignature => TokenRefused::Expired,
                 ErrorKind::ImmatureSignature => TokenRefused::NotYetValid,
-                _ => TokenRefused::Invalid,
+                ErrorKind::InvalidSignature => TokenRefused::Invalid("the signature does not verify"),
+                ErrorKind::MissingRequiredClaim(_) => TokenRefused::Invalid(
+                    "a required claim is missing (sub, exp, or the configured iss or aud)",
+                ),
+                ErrorKind::InvalidIssuer => TokenRefused::Invalid("iss is not the configured issuer"),
+                ErrorKind::InvalidAudience => {
+                    TokenRefused::Invalid("aud is not the configured audience")
+                }
+                ErrorKind::Json(_) => TokenRefused::Invalid(
+                    "a claim has the wrong type or value (see the claims in docs/operating.md section 12)",
+                ),
+                _ => TokenRefused::Invalid("it does not decode or verify"),
             }
         })?;
         let Claims {
@@ -167,7 +198,8 @@ impl TokenVerifier {
             exp,
             narrowing,
         } = data.claims;
-        check_tenant(&sub).map_err(|_| TokenRefused::Invalid)?;
+        check_tenant(&sub)
+            .map_err(|_| TokenRefused::Invalid("sub is not a tenant name, or a reserved one"))?;
         let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
         // The decoder accepts `exp + leeway` itself, to the second; its socket is closed
         // at that instant, so the same instant refuses it here (one rule for both).

@@ -196,11 +196,15 @@ impl Connection {
                 .languages
                 .as_deref()
                 .unwrap_or_default();
+            let allowed = if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            };
             return Err((
                 ErrorCode::NotPermitted,
                 format!(
-                    "your credential does not allow language {language:?}; it allows: {}",
-                    allowed.join(", ")
+                    "your credential does not allow language {language:?}; it allows: {allowed}"
                 ),
             ));
         }
@@ -269,10 +273,15 @@ impl Connection {
                 (
                     ErrorCode::TooManyExecutions,
                     format!(
-                        "your {} has {} executions running, the maximum {}",
+                        "your {} has {} executions running, the maximum {}{}",
                         self.principal,
                         e.max,
-                        self.principal.cap_scope()
+                        self.principal.cap_scope(),
+                        if self.grant.narrowing.max_executions == Some(e.max) {
+                            " (your credential's max_executions)"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             })?;
