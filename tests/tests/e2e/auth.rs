@@ -3,15 +3,13 @@
 //! other's sessions, per-tenant quotas, and the refusal to serve a public address
 //! without authentication.
 
+use crate::credentials::{connect_as, now, run_on, sign, token, KeyDir, SECRET};
 use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
 use sluice_gateway::{AuthConfig, Config};
 use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest, Limits};
 use sluice_tests::{refused_upgrade, request, unique_marker, RawSocket, TestGateway};
-use std::path::{Path, PathBuf};
-
-/// The HS256 secret the test gateways accept.
-const SECRET: &str = "a test secret that is long enough for HS256 tokens, 48+ bytes";
+use std::path::Path;
 
 /// An Ed25519 key pair made for these tests only (`openssl genpkey -algorithm ed25519`).
 const ED25519_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
@@ -23,63 +21,8 @@ MCowBQYDK2VwAyEA3p7UbIsyJhYSnWeRxWaS1snYCqW/2DJ0DTTgqrFJN4w=
 -----END PUBLIC KEY-----
 ";
 
-/// A directory for one test's key files, removed when dropped.
-struct KeyDir(PathBuf);
-
-impl KeyDir {
-    fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("sluice-auth-{}", unique_marker("auth")));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
-    }
-}
-
-impl Drop for KeyDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Request headers of one refused-upgrade case.
 type Headers = Vec<(&'static str, String)>;
-
-/// Seconds since the epoch.
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// An HS256 token with `claims` (an hour's `exp` unless the claims set one).
-fn token(claims: serde_json::Value) -> Result<String> {
-    sign(
-        claims,
-        jsonwebtoken::Algorithm::HS256,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())?,
-    )
-}
-
-fn sign(
-    mut claims: serde_json::Value,
-    algorithm: jsonwebtoken::Algorithm,
-    key: &jsonwebtoken::EncodingKey,
-) -> Result<String> {
-    if claims.get("exp").is_none() {
-        claims["exp"] = json!(now() + 3600);
-    }
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(algorithm),
-        &claims,
-        key,
-    )?)
-}
 
 /// A gateway accepting the tokens of [`SECRET`], the Ed25519 key's and the API keys in
 /// `keys` (tenant, key) pairs.
@@ -106,22 +49,6 @@ async fn gateway_with_auth(
     };
     tune(&mut config);
     Ok(TestGateway::spawn_with(config).await)
-}
-
-/// A raw socket presenting `credential` as a bearer token.
-async fn connect_as(gateway: &TestGateway, credential: &str) -> Result<RawSocket> {
-    let bearer = format!("Bearer {credential}");
-    RawSocket::connect_with_headers(&gateway.url(), &[("Authorization", &bearer)]).await
-}
-
-/// Runs `code` as `id` on `socket` and returns its events.
-async fn run_on(
-    socket: &mut RawSocket,
-    request: ExecuteRequest,
-) -> Result<Vec<sluice_protocol::Event>> {
-    let id = request.id.clone();
-    socket.execute(request).await?;
-    socket.events_until_terminal(&id).await
 }
 
 fn hello(id: &str) -> ExecuteRequest {

@@ -15,6 +15,7 @@ mod basics;
 mod client;
 mod client_sessions;
 mod concurrency;
+mod credentials;
 mod drain;
 mod encoding;
 mod errors;

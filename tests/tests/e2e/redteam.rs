@@ -3,32 +3,12 @@
 //! through again (each test failed before its fix), and a table of forged and ill-typed
 //! credentials that must all get 401.
 
+use crate::credentials::{cell, connect_with, in_session, run_on, token, KeyDir, SECRET};
 use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
 use sluice_gateway::{AuthConfig, Config};
-use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest, Limits};
+use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest, Limits};
 use sluice_tests::{request, text_of, unique_marker, RawSocket, TestGateway};
-use std::path::PathBuf;
-
-/// The HS256 secret the test gateways accept.
-const SECRET: &str = "a red-team secret that is long enough for HS256 tokens, 48+ bytes";
-
-/// A directory for one test's key files, removed when dropped.
-struct KeyDir(PathBuf);
-
-impl KeyDir {
-    fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("sluice-rt-{}", unique_marker("rt")));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for KeyDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A gateway accepting HS256 tokens signed with [`SECRET`].
 async fn gateway_with_tokens(dir: &KeyDir, tune: impl FnOnce(&mut Config)) -> Result<TestGateway> {
@@ -43,47 +23,6 @@ async fn gateway_with_tokens(dir: &KeyDir, tune: impl FnOnce(&mut Config)) -> Re
     };
     tune(&mut config);
     Ok(TestGateway::spawn_with(config).await)
-}
-
-/// An HS256 token with `claims` and an hour's `exp`.
-fn token(mut claims: serde_json::Value) -> Result<String> {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 3600;
-    claims["exp"] = json!(exp);
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())?;
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &key,
-    )?)
-}
-
-/// A raw socket presenting a token with `claims`.
-async fn connect_with(gateway: &TestGateway, claims: serde_json::Value) -> Result<RawSocket> {
-    let bearer = format!("Bearer {}", token(claims)?);
-    RawSocket::connect_with_headers(&gateway.url(), &[("Authorization", &bearer)]).await
-}
-
-async fn run_on(socket: &mut RawSocket, request: ExecuteRequest) -> Result<Vec<Event>> {
-    let id = request.id.clone();
-    socket.execute(request).await?;
-    socket.events_until_terminal(&id).await
-}
-
-fn in_session(session: &str, request: ExecuteRequest) -> ExecuteRequest {
-    ExecuteRequest {
-        session: Some(session.into()),
-        ..request
-    }
-}
-
-fn cell(session: &str, id: &str, code: &str) -> ExecuteRequest {
-    ExecuteRequest {
-        persistent: true,
-        ..in_session(session, request(id, "python", code))
-    }
 }
 
 /// A grant narrowed to some session names must not read another session of its tenant
