@@ -3,7 +3,7 @@
 //! other's sessions, per-tenant quotas, and the refusal to serve a public address
 //! without authentication.
 
-use crate::credentials::{connect_as, now, run_on, sign, token, KeyDir, SECRET};
+use crate::credentials::{assert_refused, connect_as, now, run_on, sign, token, KeyDir, SECRET};
 use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
 use sluice_gateway::{AuthConfig, Config};
@@ -64,15 +64,6 @@ fn assert_completed(events: &[sluice_protocol::Event], stdout: &str) -> Result<(
         sluice_tests::text_of(events, EventKind::Stdout)
     );
     Ok(())
-}
-
-fn assert_refused(events: &[sluice_protocol::Event], code: ErrorCode) -> Result<String> {
-    let last = events.last().context("no events")?;
-    ensure!(
-        last.kind == EventKind::Error && last.code == Some(code),
-        "expected {code}, got {last:?}"
-    );
-    Ok(last.data.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,9 @@
 //! tokens signed with the test secret, sockets that present a credential, and running
 //! one request to its end. Not tests itself.
 
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
-use sluice_protocol::{Event, ExecuteRequest};
+use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
 use sluice_tests::{request, unique_marker, RawSocket, TestGateway};
 use std::path::PathBuf;
 
@@ -103,4 +103,14 @@ pub(crate) fn cell(session: &str, id: &str, code: &str) -> ExecuteRequest {
         persistent: true,
         ..in_session(session, request(id, "python", code))
     }
+}
+
+/// Checks that `events` end with an `error` of `code`; its message.
+pub(crate) fn assert_refused(events: &[Event], code: ErrorCode) -> Result<String> {
+    let last = events.last().context("no events")?;
+    ensure!(
+        last.kind == EventKind::Error && last.code == Some(code),
+        "expected {code}, got {last:?}"
+    );
+    Ok(last.data.clone())
 }

@@ -3,7 +3,9 @@
 //! through again (each test failed before its fix), and a table of forged and ill-typed
 //! credentials that must all get 401.
 
-use crate::credentials::{cell, connect_with, in_session, run_on, token, KeyDir, SECRET};
+use crate::credentials::{
+    assert_refused, cell, connect_with, in_session, run_on, token, KeyDir, SECRET,
+};
 use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
 use sluice_gateway::{AuthConfig, Config};
@@ -58,11 +60,7 @@ async fn a_narrowed_grant_cannot_read_a_forbidden_session_by_resending_an_execut
     // Another request with that id: the same refusal, no hint that the id exists.
     let probe = in_session("u43/nb", request("setup", "sh", "true"));
     let events = run_on(&mut other, probe).await?;
-    let last = events.last().context("no events")?;
-    ensure!(
-        last.kind == EventKind::Error && last.code == Some(ErrorCode::NotPermitted),
-        "{last:?}"
-    );
+    assert_refused(&events, ErrorCode::NotPermitted)?;
     gateway.shutdown().await
 }
 
@@ -137,11 +135,7 @@ async fn a_cell_without_network_cannot_use_an_interpreter_that_has_it() -> Resul
         text_of(&events, EventKind::Stdout) != "connected\n",
         "a grant without the network reached it from a shared interpreter: {events:?}"
     );
-    let last = events.last().context("no events")?;
-    ensure!(
-        last.kind == EventKind::Error && last.code == Some(ErrorCode::NotPermitted),
-        "{last:?}"
-    );
+    assert_refused(&events, ErrorCode::NotPermitted)?;
     gateway.shutdown().await
 }
 
