@@ -659,3 +659,47 @@ print("inotify=%s uid=%d gid=%d" % ("ok" if fd >= 0 else os.strerror(ctypes.get_
     );
     gateway.shutdown().await
 }
+
+/// A cancel that arrives at any point of a jailed start (before the jail runs, while it
+/// sets up, just after the program starts) ends the execution with `cancelled` long
+/// before the kill grace: the SIGTERM that reached the jail or init before the program
+/// existed is passed on to it (it used to wait, held, until the grace ran out and
+/// SIGKILL followed: issue 13). The grace here is far longer than the test's patience,
+/// so a cancel that waits for it fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_at_any_point_of_a_jailed_start_does_not_wait_for_the_kill_grace() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::Namespaces,
+        kill_grace: sluice_tests::patience() * 10,
+        ..Config::default()
+    })
+    .await;
+    let mut socket = gateway.raw().await?;
+    // Delays in microseconds between the execute and its cancel: from none (the cancel
+    // is read right behind the execute) across the jail's few milliseconds of setup.
+    let delays = [
+        0_u64, 0, 50, 200, 500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 10_000,
+    ];
+    for round in 0..3 {
+        for (n, delay) in delays.iter().enumerate() {
+            let id = format!("c{round}-{n}");
+            socket.execute(request(&id, "sh", "sleep 600")).await?;
+            if *delay > 0 {
+                // Not a wait for anything: the point is to land the cancel at a moment.
+                tokio::time::sleep(std::time::Duration::from_micros(*delay)).await;
+            }
+            socket.cancel(&id).await?;
+            let events = socket.events_until_terminal(&id).await?;
+            let last = events.last().context("no events")?;
+            ensure!(
+                last.kind == EventKind::Cancelled,
+                "{id} (cancel after {delay} us) ended with {last:?}"
+            );
+        }
+    }
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}

@@ -189,6 +189,13 @@ fn jail(spec: &JailSpec) -> ! {
             init(spec, File::from(status_write), users)
         }
         Ok(Forked::Parent(init_pid)) => {
+            // A cancel that came while the jail was setting up waits here, held: send it
+            // to the whole group again, where init holds it until the program exists
+            // (init passes on what waits on it once it has forked the program, and from
+            // then on the program is in the group and gets it directly).
+            for signal in os::pending_held() {
+                os::send(0, signal);
+            }
             drop(status_write);
             if let Some(fd) = spec.keep_fd {
                 os::close(fd);
@@ -381,6 +388,12 @@ fn init(spec: &JailSpec, hand_over: File, users: Users) -> ! {
         }
         Ok(Forked::Parent(pid)) => pid,
     };
+    // What reached the group before the program existed waits, held, on init (the
+    // program did not inherit it): pass it on. Anything later reaches the program in its
+    // group directly. It holds it blocked until its exec resets its signals.
+    for signal in os::pending_held() {
+        os::send(program_pid, signal);
+    }
     drop(exec_write);
     if let Some(fd) = spec.keep_fd {
         os::close(fd);

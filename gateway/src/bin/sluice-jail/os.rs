@@ -269,6 +269,28 @@ pub(crate) fn hold_signals() -> io::Result<()> {
     mask(libc::SIG_BLOCK, &HELD)
 }
 
+/// The held signals that arrived and wait, blocked, on this process. A child does not
+/// inherit them (fork clears what is pending), so whoever forks passes them on.
+pub(crate) fn pending_held() -> Vec<libc::c_int> {
+    // SAFETY: set is initialised by sigemptyset, then filled by sigpending.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        if libc::sigpending(&mut set) != 0 {
+            return Vec::new();
+        }
+        HELD.into_iter()
+            .filter(|&signal| libc::sigismember(&set, signal) == 1)
+            .collect()
+    }
+}
+
+/// Sends `signal` to `pid`, or with `pid` 0 to this process's whole group.
+pub(crate) fn send(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: a plain system call on integers; a failure (the target is gone) is moot.
+    unsafe { libc::kill(pid, signal) };
+}
+
 /// Every signal back to its default action and unblocked, as a program expects.
 pub(crate) fn reset_signals() -> io::Result<()> {
     // Through the system call itself: the C library refuses the real-time signals it
