@@ -269,8 +269,10 @@ pub(crate) fn hold_signals() -> io::Result<()> {
     mask(libc::SIG_BLOCK, &HELD)
 }
 
-/// The held signals that arrived and wait, blocked, on this process. A child does not
-/// inherit them (fork clears what is pending), so whoever forks passes them on.
+/// The held signals a gateway sends (a cancel's SIGTERM, a cell's SIGINT) that arrived
+/// and wait, blocked, on this process. A child does not inherit them (fork clears what
+/// is pending), so whoever forks passes them on. Only these: a SIGPIPE pending on the
+/// jail is its own write's, not something for the program.
 pub(crate) fn pending_held() -> Vec<libc::c_int> {
     // SAFETY: set is initialised by sigemptyset, then filled by sigpending.
     unsafe {
@@ -279,7 +281,8 @@ pub(crate) fn pending_held() -> Vec<libc::c_int> {
         if libc::sigpending(&mut set) != 0 {
             return Vec::new();
         }
-        HELD.into_iter()
+        [libc::SIGTERM, libc::SIGINT]
+            .into_iter()
             .filter(|&signal| libc::sigismember(&set, signal) == 1)
             .collect()
     }
