@@ -7,7 +7,7 @@ use anyhow::{ensure, Context as _, Result};
 use common::{message, Serving};
 use sluice_protocol::{ErrorCode, EventKind};
 use sluice_tests::{
-    patience, request, unique_marker, wait_until_gone, wait_until_running, RawSocket,
+    poll_until, request, unique_marker, wait_until_gone, wait_until_running, RawSocket,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,17 +46,11 @@ async fn sigterm_drains_and_a_second_one_ends_at_once() -> Result<()> {
     ensure!(last.kind == EventKind::Completed, "{last:?}");
 
     serving.signal("TERM")?;
-    let deadline = std::time::Instant::now() + patience();
-    let status = loop {
-        if let Some(status) = serving.child.try_wait()? {
-            break status;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "sluice serve still runs after a second SIGTERM"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let child = &mut serving.child;
+    let status = poll_until("sluice serve ends after a second SIGTERM", async || {
+        Ok(child.try_wait()?)
+    })
+    .await?;
     ensure!(status.success(), "sluice serve exited with {status}");
     wait_until_gone(&marker).await
 }

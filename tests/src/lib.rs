@@ -1050,6 +1050,25 @@ pub async fn eventually(
     }
 }
 
+/// Polls `check` until it yields a value, failing with `what` if it has not within the
+/// harness's patience. Like [`eventually`], only for what no event announces: a file a
+/// background writer appends to, a counter on `/metrics`, a process's exit status.
+pub async fn poll_until<T>(
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + patience();
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(found);
+        }
+        if Instant::now() >= deadline {
+            bail!("not true after {:?}: {what}", patience());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Waits until a process whose command line contains `marker` is running.
 pub async fn wait_until_running(marker: &str) -> Result<()> {
     eventually(

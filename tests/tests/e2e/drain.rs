@@ -8,8 +8,8 @@ use futures::channel::mpsc;
 use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, EventKind};
 use sluice_tests::{
-    forced_isolation, http_get, patience, refused_upgrade, request, unique_marker, wait_until_gone,
-    wait_until_running, within, RawSocket,
+    forced_isolation, http_get, patience, poll_until, refused_upgrade, request, unique_marker,
+    wait_until_gone, wait_until_running, within, RawSocket,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -51,20 +51,17 @@ impl Draining {
 
     /// Waits until `/readyz` says the gateway drains: from then on it refuses new work.
     async fn until_draining(&self) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + patience();
-        loop {
-            let (status, body) = http_get(self.addr, "/readyz").await?;
-            if status == 503 {
-                ensure!(body == "draining\n", "{body}");
-                return Ok(());
-            }
-            ensure!(status == 200, "/readyz: {status} {body}");
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz still says ready after the shutdown signal"
-            );
-            // Each GET waits on the gateway's answer; no sleep is needed between them.
-        }
+        let body = poll_until(
+            "/readyz answers 503 after the shutdown signal",
+            async || {
+                let (status, body) = http_get(self.addr, "/readyz").await?;
+                ensure!(status == 200 || status == 503, "/readyz: {status} {body}");
+                Ok((status == 503).then_some(body))
+            },
+        )
+        .await?;
+        ensure!(body == "draining\n", "{body}");
+        Ok(())
     }
 
     async fn stopped(self) -> Result<()> {

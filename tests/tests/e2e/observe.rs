@@ -8,8 +8,8 @@ use anyhow::{bail, ensure, Context as _, Result};
 use sluice_gateway::Config;
 use sluice_protocol::{EventKind, Limits};
 use sluice_tests::{
-    forced_isolation, patience, processes_with, request, unique_marker, wait_until_running, within,
-    TestGateway,
+    forced_isolation, patience, poll_until, processes_with, request, unique_marker,
+    wait_until_running, within, TestGateway,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -299,20 +299,16 @@ async fn readyz_turns_503_while_the_gateway_drains() -> Result<()> {
     let _ = stop.send(());
     // The drain has begun once the shutdown signal is taken; it lasts while the program
     // lives, and the metrics listener serves until it is over.
-    let deadline = tokio::time::Instant::now() + patience();
-    loop {
-        let (status, body) = get(metrics_addr, "/readyz", &[]).await?;
-        if status == 503 {
-            ensure!(body == "draining\n", "{body}");
-            break;
-        }
-        ensure!(status == 200, "{status} {body}");
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz still {status} after the shutdown signal"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let body = poll_until(
+        "/readyz answers 503 after the shutdown signal",
+        async || {
+            let (status, body) = get(metrics_addr, "/readyz", &[]).await?;
+            ensure!(status == 200 || status == 503, "{status} {body}");
+            Ok((status == 503).then_some(body))
+        },
+    )
+    .await?;
+    ensure!(body == "draining\n", "{body}");
     for (pid, _) in processes_with(&marker) {
         let killed = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -331,32 +327,24 @@ async fn readyz_turns_503_while_the_gateway_drains() -> Result<()> {
 
 /// The audit log's lines, once there are `count` of them.
 async fn audit_lines(path: &Path, count: usize) -> Result<Vec<serde_json::Value>> {
-    let deadline = tokio::time::Instant::now() + patience();
-    loop {
+    let complete = poll_until(&format!("{count} audit lines"), async || {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let complete: Vec<&str> = text
+        let complete: Vec<String> = text
             .split_inclusive('\n')
             .filter(|l| l.ends_with('\n'))
+            .map(str::to_owned)
             .collect();
-        if complete.len() >= count {
-            ensure!(
-                complete.len() == count,
-                "more lines than executions: {text}"
-            );
-            return complete
-                .iter()
-                .map(|line| {
-                    serde_json::from_str(line).with_context(|| format!("not JSON: {line:?}"))
-                })
-                .collect();
-        }
         ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{} audit lines, not {count}: {text}",
-            complete.len()
+            complete.len() <= count,
+            "more lines than executions: {text}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        Ok((complete.len() == count).then_some(complete))
+    })
+    .await?;
+    complete
+        .iter()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("not JSON: {line:?}")))
+        .collect()
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -444,23 +432,16 @@ async fn an_audit_log_that_cannot_be_written_stops_nothing() -> Result<()> {
             );
         }
         // Both lines were dropped and counted, not retried.
-        let deadline = tokio::time::Instant::now() + patience();
-        loop {
+        let what = format!("{}: 2 lines counted as dropped", path.display());
+        poll_until(&what, async || {
             let dropped = value(
                 &scrape(gateway.addr()).await?,
                 "sluice_audit_lines_dropped_total",
             );
-            if dropped == 2.0 {
-                break;
-            }
-            ensure!(dropped < 2.0, "{dropped} lines dropped for 2 executions");
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{}: {dropped} lines counted as dropped, not 2",
-                path.display()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+            ensure!(dropped <= 2.0, "{dropped} lines dropped for 2 executions");
+            Ok((dropped == 2.0).then_some(()))
+        })
+        .await?;
         ensure!(get(gateway.addr(), "/readyz", &[]).await?.0 == 200);
         gateway.shutdown().await?;
     }
