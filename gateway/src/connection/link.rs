@@ -254,6 +254,13 @@ impl SocketLink {
                 let complete_before = subscription
                     .session()
                     .is_some_and(|session| session.is_complete());
+                // Nothing new since this socket's last take: skip the stream's lock.
+                if subscription.announce == 0
+                    && !complete_before
+                    && subscription.cursor == subscription.stream().published()
+                {
+                    continue;
+                }
                 for _ in 0..std::mem::take(&mut subscription.announce) {
                     let session = subscription.stream().session_id().map(|s| &**s);
                     batch

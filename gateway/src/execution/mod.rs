@@ -16,6 +16,7 @@
 //!   what the pump drives, output decoding, the working directory.
 
 mod cell;
+mod cgroup_checks;
 pub(crate) mod kernel;
 mod launch;
 mod output;

@@ -4,7 +4,7 @@
 use crate::runtime::{Runtime, FILE_PLACEHOLDER};
 use crate::sandbox::jail::JailSpec;
 use crate::sandbox::namespaces::{rlimit_list, IdLease};
-use crate::sandbox::{CgroupReport, ExecutionCgroup, Namespaces, ProgramUser};
+use crate::sandbox::{CgroupReport, CpuSeen, ExecutionCgroup, Namespaces, ProgramUser};
 use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -289,6 +289,18 @@ impl ChildGroup {
     pub(crate) fn cgroup_report(&self) -> Option<CgroupReport> {
         self.report
             .or_else(|| self.cgroup.as_ref().map(ExecutionCgroup::report))
+    }
+
+    /// The limits the cgroup counts as they are hit (OOM kills, refused forks): a cheap
+    /// check (`None` without a cgroup).
+    pub(crate) fn cgroup_limits_hit(&self) -> Option<CgroupReport> {
+        self.report
+            .or_else(|| self.cgroup.as_ref().map(ExecutionCgroup::limits_hit))
+    }
+
+    /// The whole tree's CPU time so far, where the cgroup counts it.
+    pub(crate) fn cgroup_cpu(&self) -> Option<CpuSeen> {
+        self.cgroup.as_ref().and_then(ExecutionCgroup::cpu_seen)
     }
 
     /// Resolves once the leader has exited.

@@ -107,11 +107,20 @@ impl Program {
         }
     }
 
-    /// What the program's cgroup has caught (a process of its own only: a cell shares
-    /// its interpreter's, whose death is reported as a lost interpreter).
-    pub(crate) fn cgroup_report(&self) -> Option<crate::sandbox::CgroupReport> {
+    /// The cheap part of the cgroup report (OOM kills, refused forks), for checks while
+    /// the program runs: a process of its own only (a cell shares its interpreter's
+    /// cgroup, whose death is reported as a lost interpreter).
+    pub(crate) fn cgroup_limits_hit(&self) -> Option<crate::sandbox::CgroupReport> {
         match self {
-            Self::Process(child) => child.cgroup_report(),
+            Self::Process(child) => child.cgroup_limits_hit(),
+            Self::Cell(_) => None,
+        }
+    }
+
+    /// The program's CPU time as its cgroup counts it (a process of its own only).
+    pub(crate) fn cgroup_cpu(&self) -> Option<crate::sandbox::CpuSeen> {
+        match self {
+            Self::Process(child) => child.cgroup_cpu(),
             Self::Cell(_) => None,
         }
     }

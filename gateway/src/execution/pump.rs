@@ -3,6 +3,7 @@
 //! cancel and to its exit, and draining the pipes after it. Reading pauses while events
 //! wait for room, so a slow lead fills the pipe and the program blocks in write.
 
+use super::cgroup_checks::{next_cpu_check, LIMITS_CHECK};
 use super::output::OutputDecoder;
 use super::program::Program;
 use super::stdin::StdinFeed;
@@ -12,6 +13,7 @@ use bytes::BufMut as _;
 use sluice_protocol::{Encoding, Event, EventKind};
 use std::collections::VecDeque;
 use std::io;
+use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
 
@@ -26,9 +28,6 @@ const DRAIN_LIMIT: u64 = 2 << 20;
 
 /// Longest time `started` waits to go out together with the program's first output.
 const STARTED_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// How often a running program's cgroup is checked for a memory or process-limit hit.
-const CGROUP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One output pipe and its decoder.
 #[derive(Debug)]
@@ -157,10 +156,14 @@ impl Run {
         let mut exited_at: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut first_output_at = None;
-        let mut cgroup_check_at = child
-            .cgroup_report()
+        let mut limits_check_at = child
+            .cgroup_limits_hit()
             .is_some()
-            .then(|| started_at + CGROUP_CHECK);
+            .then(|| started_at + LIMITS_CHECK);
+        let cpu_limit_usec = limits.cpu_ms.saturating_mul(1000);
+        let mut cpu_check_at = child
+            .cgroup_cpu()
+            .map(|_| started_at + next_cpu_check(Duration::ZERO, 0, cpu_limit_usec, false));
         // One timer serves the timeout, the kill grace and the drain grace: it is re-armed
         // for whichever comes first instead of a new timer per loop.
         let timer = tokio::time::sleep_until(deadline);
@@ -183,7 +186,8 @@ impl Run {
             let running = exited_at.is_none();
             let next_wake = [
                 (stop.is_none() && running).then_some(deadline),
-                cgroup_check_at.filter(|_| stop.is_none() && running),
+                limits_check_at.filter(|_| stop.is_none() && running),
+                cpu_check_at.filter(|_| stop.is_none() && running),
                 kill_at.filter(|_| running),
                 drain_at.filter(|_| can_read),
                 hold_until,
@@ -233,12 +237,24 @@ impl Run {
                         stop = Some(Stop::Timeout);
                         stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
                     }
-                    if running && stop.is_none() && cgroup_check_at.is_some_and(|at| at <= now) {
-                        cgroup_check_at = Some(now + CGROUP_CHECK);
-                        let report = child.cgroup_report();
+                    if running && stop.is_none() && limits_check_at.is_some_and(|at| at <= now) {
+                        limits_check_at = Some(now + LIMITS_CHECK);
+                        let report = child.cgroup_limits_hit();
                         if let Some(hit) = report.and_then(|r| cgroup_stop(&r, limits.cpu_ms)) {
                             stop = Some(hit);
                             child.kill();
+                        }
+                    }
+                    if running && stop.is_none() && cpu_check_at.is_some_and(|at| at <= now) {
+                        cpu_check_at = None;
+                        if let Some(cpu) = child.cgroup_cpu() {
+                            if cpu.used_usec >= cpu_limit_usec {
+                                stop = Some(Stop::Cpu);
+                                child.kill();
+                            }
+                            let elapsed = now.saturating_duration_since(started_at);
+                            let wait = next_cpu_check(elapsed, cpu.used_usec, cpu_limit_usec, cpu.heavy);
+                            cpu_check_at = Some(now + wait);
                         }
                     }
                     if hold_until.is_some_and(|at| at <= now) {

@@ -19,6 +19,7 @@ use crate::buffer_budget::{BufferBudget, Reservation};
 use axum::extract::ws::Utf8Bytes;
 use sluice_protocol::Event;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -206,6 +207,9 @@ pub(crate) struct EventStream {
     session: Option<Arc<str>>,
     caps: ReplayCaps,
     inner: Mutex<Inner>,
+    /// The last sequence published, readable without the lock: a reader with nothing
+    /// new to take skips the stream (a socket may read thousands).
+    published: AtomicU64,
     /// Producers waiting for room in the ring.
     room: Notify,
 }
@@ -236,6 +240,7 @@ impl EventStream {
                 departed: VecDeque::new(),
                 memory: budget.empty(),
             }),
+            published: AtomicU64::new(0),
             room: Notify::new(),
         }
     }
@@ -251,6 +256,12 @@ impl EventStream {
     /// The last sequence published (0 before the first event).
     pub(crate) fn head(&self) -> u64 {
         self.lock().next_sequence - 1
+    }
+
+    /// The last sequence published, without taking the lock: a reader whose cursor is
+    /// there has nothing to take (a publish after this read wakes it).
+    pub(crate) fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
     /// Waits until the ring can take another event without dropping one the lead has
@@ -319,6 +330,7 @@ impl EventStream {
         let mut inner = self.lock();
         let sequence = inner.next_sequence;
         inner.next_sequence += 1;
+        self.published.store(sequence, Ordering::Release);
         event.sequence = sequence;
         // Round to microseconds and never step back, even if the wall clock does.
         let now = (unix_now() * 1e6).round() / 1e6;

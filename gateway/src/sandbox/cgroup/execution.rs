@@ -18,6 +18,15 @@ pub(crate) struct CgroupReport {
     pub(crate) cpu_usec: Option<u64>,
 }
 
+/// An execution's CPU time as its cgroup counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CpuSeen {
+    /// The whole tree's CPU time since the execution started, in microseconds.
+    pub(crate) used_usec: u64,
+    /// It has used at least [`HEAVY_CPU_USEC`]: its CPU weight has dropped.
+    pub(crate) heavy: bool,
+}
+
 /// The monotonic counters of a cgroup; a reused one's keep counting, so each execution
 /// starts from a baseline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -178,29 +187,57 @@ impl ExecutionCgroup {
         self.peak.is_some()
     }
 
+    /// Opens the counter files (once: a pooled cgroup keeps them open).
+    pub(super) fn open_counters(&mut self) {
+        let v2 = self.members.unified.as_ref().map(|m| m.dir.clone());
+        let oom = match (&self.members.memory, self.limits_v2.0) {
+            (Some(v1), _) => Some(v1.dir.join("memory.oom_control")),
+            (None, true) => v2.as_ref().map(|dir| dir.join("memory.events")),
+            (None, false) => None,
+        };
+        let forks = self.pids_dir().map(|dir| dir.join("pids.events"));
+        let cpu = v2.map(|dir| dir.join("cpu.stat"));
+        self.members
+            .counters
+            .open(oom.as_deref(), forks.as_deref(), cpu.as_deref());
+    }
+
     /// The monotonic counters as the kernel has them now.
     pub(super) fn counters(&self) -> Counters {
-        let counter = |dir: Option<&Path>, file: &str, key: &str| -> u64 {
-            dir.and_then(|dir| fs::read_to_string(dir.join(file)).ok())
-                .and_then(|text| {
-                    text.lines().find_map(|line| {
-                        let (name, value) = line.split_once(' ')?;
-                        (name == key).then(|| value.trim().parse().ok())?
-                    })
-                })
-                .unwrap_or(0)
-        };
-        let v2 = self.members.unified.as_ref().map(|m| m.dir.as_path());
-        let oom_kills = match (&self.members.memory, self.limits_v2.0) {
-            (Some(v1), _) => counter(Some(&v1.dir), "memory.oom_control", "oom_kill"),
-            (None, true) => counter(v2, "memory.events", "oom_kill"),
-            (None, false) => 0,
-        };
+        let files = &self.members.counters;
         Counters {
-            oom_kills,
-            failed_forks: counter(self.pids_dir(), "pids.events", "max"),
-            cpu_usec: counter(v2, "cpu.stat", "usage_usec"),
+            oom_kills: files.oom_kills(),
+            failed_forks: files.failed_forks(),
+            cpu_usec: files.cpu_usec().unwrap_or(0),
         }
+    }
+
+    /// What the limits the kernel counts as they are hit (OOM kills, refused forks)
+    /// caught so far: two `pread`s, cheap enough to check often. Peak memory and CPU
+    /// time are left out (see [`ExecutionCgroup::cpu_seen`] and [`ExecutionCgroup::report`]).
+    pub(crate) fn limits_hit(&self) -> CgroupReport {
+        let files = &self.members.counters;
+        CgroupReport {
+            oom_killed: files.oom_kills() > self.baseline.oom_kills,
+            process_limit_hit: files.failed_forks() > self.baseline.failed_forks,
+            peak_memory_bytes: None,
+            cpu_usec: None,
+        }
+    }
+
+    /// The whole tree's CPU time so far, where cgroup v2 counts it, and whether the
+    /// execution now counts as heavy (its weight drops past [`HEAVY_CPU_USEC`]).
+    pub(crate) fn cpu_seen(&self) -> Option<CpuSeen> {
+        let used_usec = self
+            .members
+            .counters
+            .cpu_usec()?
+            .saturating_sub(self.baseline.cpu_usec);
+        let heavy = used_usec >= HEAVY_CPU_USEC;
+        if heavy {
+            self.weigh(true);
+        }
+        Some(CpuSeen { used_usec, heavy })
     }
 
     /// What the limits caught so far.

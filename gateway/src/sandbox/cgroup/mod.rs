@@ -72,7 +72,7 @@ const EXECUTION_CPU_WEIGHT: u64 = 100;
 /// keeps it, while a long CPU-bound one still takes whatever the light ones leave (a
 /// weight matters only while others want the CPU). Measured with `sluice-bench --only
 /// fairness`: a side `print(1)` while 16 executions spin.
-const HEAVY_CPU_USEC: u64 = 200_000;
+pub(crate) const HEAVY_CPU_USEC: u64 = 200_000;
 const HEAVY_CPU_DIVISOR: u64 = 16;
 
 /// Where the gateway may create execution cgroups, found at start-up.
@@ -98,6 +98,8 @@ struct Members {
     pids: Option<Member>,
     cpu: Option<Member>,
     unified: Option<Member>,
+    /// Its counter files, kept open with it.
+    counters: CounterFiles,
 }
 
 type Pool = Arc<Mutex<Vec<Members>>>;
@@ -263,6 +265,7 @@ impl Cgroups {
             // cache), or keep the peak memory of earlier executions: then it goes
             // (removed, not pooled again) and a fresh one is made.
             if group.set_limits(memory_bytes, processes).is_ok() && group.restart_peak() {
+                group.open_counters();
                 group.baseline = group.counters();
                 return Ok(Some(group));
             }
@@ -307,6 +310,7 @@ impl Cgroups {
         // A new cgroup's peak counts from zero either way; this finds out whether it can
         // be reset when the cgroup is reused.
         group.restart_peak();
+        group.open_counters();
         Ok(Some(group))
     }
 
@@ -536,9 +540,12 @@ fn rehearse(hierarchy: &Hierarchy, limit: &str) -> io::Result<()> {
     tried.and(removed)
 }
 
+mod counters;
 mod execution;
 #[cfg(test)]
 mod tests;
 
+use counters::CounterFiles;
+
 use execution::{leave, Counters, Member};
-pub(crate) use execution::{CgroupReport, ExecutionCgroup};
+pub(crate) use execution::{CgroupReport, CpuSeen, ExecutionCgroup};

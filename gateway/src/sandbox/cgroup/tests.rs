@@ -65,12 +65,17 @@ fn v2_limits_are_written_and_its_counters_read() {
         "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n",
     );
     fake.write("memory.peak", "123456\n");
+    group.open_counters();
     // A reused cgroup: what was counted before this execution does not count.
     group.baseline = Counters {
         oom_kills: 2,
         failed_forks: 1,
         cpu_usec: 500_000,
     };
+    let hit = group.limits_hit();
+    assert!(!hit.oom_killed && hit.process_limit_hit, "{hit:?}");
+    let cpu = group.cpu_seen().expect("v2 counts CPU time");
+    assert_eq!((cpu.used_usec, cpu.heavy), (1_000_000, true));
     let report = group.report();
     assert!(!report.oom_killed, "no new OOM kill since the baseline");
     assert!(report.process_limit_hit);
