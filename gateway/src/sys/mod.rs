@@ -335,6 +335,26 @@ pub(crate) fn open_files_hard_limit() -> Option<u64> {
     (rc == 0).then_some(limit.rlim_max as u64)
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit (each socket
+/// is one descriptor); returns the soft limit now in force. Programs never inherit it:
+/// each gets its own `open_files` limit.
+pub(crate) fn raise_open_files_limit() -> io::Result<u64> {
+    // SAFETY: all-zero is a valid rlimit; getrlimit writes into the live local.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit takes a resource id and a pointer to the local above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit takes a resource id and a pointer to the initialised local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
 /// Sends SIGKILL to one process (a member of an execution's cgroup). A process that is
 /// already gone (`ESRCH`) is not an error.
 pub(crate) fn kill(pid: u32) -> io::Result<()> {
