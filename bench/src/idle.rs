@@ -9,6 +9,13 @@
 //! socket = (size now - size before the first socket) / sockets open, as `VmRSS`
 //! (`/proc/PID/status`) and as `Pss` and `Private_Dirty` (`/proc/PID/smaps_rollup`).
 //!
+//! With `SLUICE_BENCH_IDLE_TRAFFIC=BYTES`, each socket first carries traffic before it
+//! idles: an `execute` frame of about BYTES (its program padded with a comment) whose
+//! program prints BYTES, all read; then it detaches from the execution's session (which
+//! ends) and idles. What the WebSocket layer keeps of its buffers afterwards then shows
+//! (use fewer sockets: 1,000 of 256 KiB move half a GB). The `sessions` column (from
+//! `/metrics`) shows that no session is left holding events.
+//!
 //! All the sockets come from one address, so the run raises the gateway's per-peer and
 //! total connection caps (`--max-connections` and `--max-connections-per-peer` at the
 //! socket count plus headroom) and its idle timeout (`--idle-timeout-ms`, one hour: a
@@ -19,7 +26,7 @@
 use anyhow::{bail, Context as _};
 use futures::{SinkExt as _, StreamExt as _};
 use sluice_gateway::Config;
-use sluice_protocol::{Event, EventKind};
+use sluice_protocol::{ClientFrame, Event, EventKind, ExecuteRequest};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,6 +114,12 @@ pub(crate) fn run() -> anyhow::Result<()> {
     if sockets == 0 {
         bail!("SLUICE_BENCH_IDLE_SOCKETS must be at least 1");
     }
+    let traffic = match std::env::var("SLUICE_BENCH_IDLE_TRAFFIC") {
+        Ok(text) => text
+            .parse::<usize>()
+            .context("SLUICE_BENCH_IDLE_TRAFFIC must be a number of bytes")?,
+        Err(_) => 0,
+    };
     let limit = sluice_gateway::raise_open_files_limit().context("raise the descriptor limit")?;
     let needed = u64::try_from(sockets + HEADROOM)?;
     if limit < needed {
@@ -132,7 +145,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let result = client_rt.block_on(measure(addr, gateway.id(), sockets));
+    let result = client_rt.block_on(measure(addr, gateway.id(), sockets, traffic));
     drop(gateway.stdin.take());
     let status = gateway.wait()?;
     if !status.success() {
@@ -142,7 +155,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
 }
 
 /// The stages: open sockets up to each count, let the gateway settle, print a row.
-async fn measure(addr: SocketAddr, pid: u32, sockets: usize) -> anyhow::Result<()> {
+async fn measure(addr: SocketAddr, pid: u32, sockets: usize, traffic: usize) -> anyhow::Result<()> {
     let url = format!("ws://{addr}{}", sluice_protocol::WS_PATH);
     println!(
         "sluice-bench --only idle; {} cores; gateway pid {pid}, --isolation none, \
@@ -150,23 +163,30 @@ async fn measure(addr: SocketAddr, pid: u32, sockets: usize) -> anyhow::Result<(
         std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         caps = sockets + HEADROOM,
     );
-    println!("each socket: upgrade, `cancel` -> `unknown_execution`, then idle (pings answered)");
+    if traffic == 0 {
+        println!(
+            "each socket: upgrade, `cancel` -> `unknown_execution`, then idle (pings answered)"
+        );
+    } else {
+        println!("each socket: upgrade, `cancel` -> `unknown_execution`, an `execute` frame of {traffic} bytes printing {traffic} bytes, then idle (pings answered)");
+    }
     // Warm up, then close: what the first connections set up once is in the baseline.
-    let warm: Vec<Socket> = open_many(&url, WARM_UP).await?;
+    let warm: Vec<Socket> = open_many(&url, WARM_UP, 0, 0).await?;
     for mut socket in warm {
         socket.close(None).await?;
         while let Some(Ok(_)) = socket.next().await {}
     }
     let (baseline, settled) = settle(pid).await?;
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>12} {:>12} {:>18}",
+        "{:>8} {:>10} {:>10} {:>10} {:>12} {:>12} {:>18} {:>9}",
         "sockets",
         "VmRSS MiB",
         "Pss MiB",
         "open s",
         "KiB/socket",
         "Pss KiB/s.",
-        "Private_Dirty KiB/s."
+        "Private_Dirty KiB/s.",
+        "sessions"
     );
     println!(
         "{:>8} {:>10.1} {:>10.1} {:>10} {:>12} {:>12} {:>18}{}",
@@ -188,16 +208,18 @@ async fn measure(addr: SocketAddr, pid: u32, sockets: usize) -> anyhow::Result<(
     stages.push(sockets);
     for stage in stages {
         let started = Instant::now();
-        for socket in open_many(&url, stage - open).await? {
+        for socket in open_many(&url, stage - open, open, traffic).await? {
             tokio::spawn(hold(socket, closed.clone()));
         }
         let opening = started.elapsed();
         open = stage;
         let (now, settled) = settle(pid).await?;
+        // The memory is the sockets' own: no session (nor its replay buffer) is open.
+        let sessions = gauge(addr, "sluice_sessions_open").await?;
         let per =
             |after: u64, before: u64| after.saturating_sub(before) as f64 / 1024.0 / open as f64;
         println!(
-            "{:>8} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>18.1}{}",
+            "{:>8} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>12.1} {:>18.1} {:>9}{}",
             open,
             mib(now.rss),
             mib(now.pss),
@@ -205,6 +227,7 @@ async fn measure(addr: SocketAddr, pid: u32, sockets: usize) -> anyhow::Result<(
             per(now.rss, baseline.rss),
             per(now.pss, baseline.pss),
             per(now.private_dirty, baseline.private_dirty),
+            sessions,
             unsettled(settled)
         );
         let lost = closed.load(Ordering::Relaxed);
@@ -227,10 +250,16 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
-/// Opens `count` sockets, [`OPENING_AT_ONCE`] at a time, each through its round trip.
-async fn open_many(url: &str, count: usize) -> anyhow::Result<Vec<Socket>> {
-    futures::stream::iter(0..count)
-        .map(|n| open_one(url, n))
+/// Opens `count` sockets (numbered from `first`), [`OPENING_AT_ONCE`] at a time, each
+/// through its round trip and its `traffic`.
+async fn open_many(
+    url: &str,
+    count: usize,
+    first: usize,
+    traffic: usize,
+) -> anyhow::Result<Vec<Socket>> {
+    futures::stream::iter(first..first + count)
+        .map(|n| open_one(url, n, traffic))
         .buffer_unordered(OPENING_AT_ONCE)
         .collect::<Vec<_>>()
         .await
@@ -239,8 +268,9 @@ async fn open_many(url: &str, count: usize) -> anyhow::Result<Vec<Socket>> {
 }
 
 /// One socket: the upgrade, then a `cancel` naming no execution, answered on the
-/// socket's own stream with `unknown_execution`.
-async fn open_one(url: &str, n: usize) -> anyhow::Result<Socket> {
+/// socket's own stream with `unknown_execution`; then, with `traffic`, an execution
+/// (see the module's doc) run to its end.
+async fn open_one(url: &str, n: usize, traffic: usize) -> anyhow::Result<Socket> {
     // The client's own buffers small: 10,000 sockets of tungstenite's default 128 KiB
     // read buffer would be more than a GiB on this side.
     let config = WebSocketConfig::default()
@@ -251,19 +281,52 @@ async fn open_one(url: &str, n: usize) -> anyhow::Result<Socket> {
         .with_context(|| format!("open idle socket {n}"))?;
     let cancel = serde_json::json!({"type": "cancel", "id": format!("idle-{n}")});
     socket.send(Message::text(cancel.to_string())).await?;
+    let answer = next_event(&mut socket, n).await?;
+    if answer.kind != EventKind::Error {
+        bail!("idle socket {n}: expected an error event, got {answer:?}");
+    }
+    if traffic > 0 {
+        let id = format!("traffic-{n}");
+        let code = format!(
+            "head -c {traffic} /dev/zero | tr '\\0' x\n# {}\n",
+            "x".repeat(traffic)
+        );
+        let request = ExecuteRequest {
+            id: id.clone(),
+            language: "sh".into(),
+            code,
+            ..ExecuteRequest::default()
+        };
+        let frame = ClientFrame::Execute(request).to_json();
+        socket.send(Message::text(frame)).await?;
+        let mut printed = 0;
+        let session = loop {
+            let event = next_event(&mut socket, n).await?;
+            match event.kind {
+                EventKind::Stdout => printed += event.data.len(),
+                EventKind::Started => {}
+                EventKind::Completed if printed == traffic => break event.session,
+                _ => bail!("idle socket {n}: {event:?} after {printed} bytes of output"),
+            }
+        };
+        // Let its session go (it ends then): what is measured is the socket's own.
+        let session = session.with_context(|| format!("idle socket {n}: no session"))?;
+        let detach = serde_json::json!({"type": "detach", "session": session});
+        socket.send(Message::text(detach.to_string())).await?;
+    }
+    Ok(socket)
+}
+
+/// The next event on socket `n`.
+async fn next_event(socket: &mut Socket, n: usize) -> anyhow::Result<Event> {
     loop {
         let message = socket
             .next()
             .await
-            .with_context(|| format!("idle socket {n} closed before its answer"))??;
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let event = Event::decode(text.as_str())?;
-        if event.kind == EventKind::Error {
-            return Ok(socket);
+            .with_context(|| format!("idle socket {n} closed before an event"))??;
+        if let Message::Text(text) = message {
+            return Ok(Event::decode(text.as_str())?);
         }
-        bail!("idle socket {n}: expected an error event, got {text}");
     }
 }
 
@@ -272,6 +335,21 @@ async fn open_one(url: &str, n: usize) -> anyhow::Result<Socket> {
 async fn hold(mut socket: Socket, closed: Arc<AtomicUsize>) {
     while let Some(Ok(_)) = socket.next().await {}
     closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A gauge's value from the gateway's `/metrics` (served to loopback peers).
+async fn gauge(addr: SocketAddr, name: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let line = response
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name))
+        .with_context(|| format!("no {name} in /metrics"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("?").to_owned())
 }
 
 /// The gateway's memory, in bytes.
