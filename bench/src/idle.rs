@@ -20,8 +20,8 @@
 //! total connection caps (`--max-connections` and `--max-connections-per-peer` at the
 //! socket count plus headroom) and its idle timeout (`--idle-timeout-ms`, one hour: a
 //! socket that holds no session is otherwise closed after a minute); both processes
-//! raise their soft descriptor limit to the hard one. Isolation is off: it costs
-//! nothing per socket.
+//! raise their soft descriptor limit to the hard one. Isolation is off: it concerns
+//! executions, not sockets.
 
 use anyhow::{bail, Context as _};
 use futures::{SinkExt as _, StreamExt as _};

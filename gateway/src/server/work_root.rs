@@ -1,7 +1,7 @@
 //! The work root: the private directory holding every execution's working directory,
 //! made at start-up (where it is cheapest: `/dev/shm` when a tmpfs), opened to the
-//! program user where one is needed, and removed when the gateway stops, with the ones
-//! gateways that died left behind.
+//! program user where one is needed, and removed when the gateway stops; the ones that
+//! dead gateways left behind are removed when the next one starts.
 
 use super::GatewayError;
 use crate::sandbox::ProgramUser;
