@@ -18,6 +18,8 @@
 //! 8. Tenants ([`tenants`]): executions per second and socket setup with a token against
 //!    without; a second tenant's execute -> first stdout while one tenant keeps its
 //!    whole quota spinning, against idle. `--only tenants` runs just this.
+//! 9. Idle sockets ([`idle`]): the gateway's memory per idle WebSocket at 1,000, 5,000
+//!    and 10,000 sockets. Only with `--only idle`.
 //!
 //! The gateway runs as a separate process (this binary re-executed with a hidden flag),
 //! bound to port 0 on loopback, with its default configuration except for output limits
@@ -26,6 +28,7 @@
 // A report printer: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+mod idle;
 mod tenants;
 
 use anyhow::{bail, Context as _};
@@ -71,8 +74,9 @@ struct Args {
     /// 1000 fan-out events, 50 cells).
     #[arg(long)]
     quick: bool,
-    /// Run only this section: `fairness` (section 7) or `tenants` (section 8).
-    #[arg(long, value_name = "SECTION", value_parser = ["fairness", "tenants"])]
+    /// Run only this section: `fairness` (section 7), `tenants` (section 8) or `idle`
+    /// (section 9).
+    #[arg(long, value_name = "SECTION", value_parser = ["fairness", "tenants", "idle"])]
     only: Option<String>,
     /// Side executions per phase (idle, busy) in the fairness test.
     #[arg(long, default_value_t = 30)]
@@ -96,6 +100,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    if idle::is_gateway_process() {
+        return idle::serve_gateway();
+    }
     let mut args = Args::parse();
     if args.serve_gateway {
         return serve_gateway(&args);
@@ -118,6 +125,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.only.as_deref() == Some("tenants") {
         return tenants_only(&args);
+    }
+    if args.only.as_deref() == Some("idle") {
+        return idle::run();
     }
     // The gateways run as their own processes (this binary, re-executed), as in
     // production: the measurements then include no sharing of threads or allocator with

@@ -41,6 +41,14 @@ pub fn keep_freed_memory() {
     sys::keep_freed_memory();
 }
 
+/// Raises the process's soft limit on open descriptors to its hard limit and returns
+/// the limit now in force: every WebSocket is a descriptor, and many systems start
+/// processes with a soft limit of 1024. For programs that embed the gateway
+/// (`sluice-bench`); the programs the gateway runs get their own `open_files` limit.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    sys::raise_open_files_limit()
+}
+
 /// Worker threads the gateway's runtime should use by default: half the CPUs, at least
 /// one. The programs it runs need the CPU more than the gateway does: on a 2-core
 /// machine a second worker thread made executions slower (more wakeups between threads

@@ -180,12 +180,15 @@ where
                 match frame {
                 Some(Ok(Message::Text(text))) => {
                     meter.message_done();
-                    conn.handle_text(text.as_str()).await;
+                    // Boxed: a future is as large as its largest state, so what a
+                    // frame does (an execute's admission, say) would otherwise take
+                    // room in every idle socket's task (sluice-bench --only idle).
+                    Box::pin(conn.handle_text(text.as_str())).await;
                 }
                 Some(Ok(Message::Binary(_))) => {
                     meter.message_done();
                     conn.frame_session = None;
-                    conn.refuse(None, ErrorCode::BadRequest, "binary frames are not part of the protocol; send JSON text frames").await;
+                    Box::pin(conn.refuse(None, ErrorCode::BadRequest, "binary frames are not part of the protocol; send JSON text frames")).await;
                 }
                 Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
                     meter.control_done(payload.len());

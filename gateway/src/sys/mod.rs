@@ -335,6 +335,32 @@ pub(crate) fn open_files_hard_limit() -> Option<u64> {
     (rc == 0).then_some(limit.rlim_max as u64)
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit (each socket
+/// is one descriptor); returns the soft limit now in force. Programs never inherit it:
+/// each gets its own `open_files` limit.
+pub(crate) fn raise_open_files_limit() -> io::Result<u64> {
+    // SAFETY: all-zero is a valid rlimit; getrlimit writes into the live local.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit takes a resource id and a pointer to the local above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // An unlimited hard limit cannot be the soft one: the kernel caps descriptors at
+    // fs.nr_open.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .map_or(limit.rlim_max, |nr_open| nr_open.min(limit.rlim_max));
+    if limit.rlim_cur < ceiling {
+        limit.rlim_cur = ceiling;
+        // SAFETY: setrlimit takes a resource id and a pointer to the initialised local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
 /// Sends SIGKILL to one process (a member of an execution's cgroup). A process that is
 /// already gone (`ESRCH`) is not an error.
 pub(crate) fn kill(pid: u32) -> io::Result<()> {
@@ -467,5 +493,44 @@ pub(crate) fn child_subreaper_on_exec(command: &mut std::process::Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_files_limit() -> libc::rlimit {
+        // SAFETY: all-zero is a valid rlimit; getrlimit writes into the live local.
+        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: getrlimit takes a resource id and a pointer to the local above.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        limit
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let before = open_files_limit();
+        // One below where it was (not lower: other tests of this process hold
+        // descriptors), so that raising it has something to do.
+        let lowered = libc::rlimit {
+            rlim_cur: before.rlim_cur - 1,
+            rlim_max: before.rlim_max,
+        };
+        // SAFETY: setrlimit takes a resource id and a pointer to the local above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        let raised = raise_open_files_limit().expect("the limit is raised");
+        let now = open_files_limit();
+        assert_eq!(raised as libc::rlim_t, now.rlim_cur);
+        assert!(
+            now.rlim_cur >= before.rlim_cur,
+            "{} < {}",
+            now.rlim_cur,
+            before.rlim_cur
+        );
+        assert!(now.rlim_cur <= now.rlim_max);
     }
 }

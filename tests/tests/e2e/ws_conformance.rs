@@ -549,3 +549,28 @@ async fn well_formed_frames_from_the_same_encoder_run_a_program() -> Result<()> 
     assert_eq!(code, 1000);
     gateway.shutdown().await
 }
+
+/// The gateway reads a socket through a small buffer (a page, so that an idle socket
+/// holds little): a frame many times that size, within `--max-frame-bytes`, is still
+/// read whole, whether it arrives at once or in pieces, and the socket goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_far_larger_than_the_read_buffer_is_read_whole() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config::default()).await;
+    let mut wire = Wire::open(&gateway).await?;
+    // A comment pads the program to about 200 KiB, 50 times the read buffer.
+    let padding = "# ".to_owned() + &"x".repeat(200 << 10);
+    let code = format!("echo big\n{padding}\n");
+    wire.send(&masked(TEXT, execute_json("big", &code).as_bytes()))
+        .await?;
+    let (stdout, _) = wire.run_to_completion("big").await?;
+    assert_eq!(stdout, "big\n");
+    // The same, in pieces of odd sizes that straddle the buffer's boundaries.
+    let code = format!("echo pieces\n{padding}\n");
+    let bytes = masked(TEXT, execute_json("pieces", &code).as_bytes());
+    for piece in bytes.chunks(4_099) {
+        wire.send(piece).await?;
+    }
+    let (stdout, _) = wire.run_to_completion("pieces").await?;
+    assert_eq!(stdout, "pieces\n");
+    gateway.shutdown().await
+}

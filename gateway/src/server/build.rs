@@ -1,0 +1,133 @@
+//! Building a gateway ready to serve ([`Built`]): the configuration checked, the
+//! process set up, the isolation decided, the runtimes resolved and the state every
+//! connection shares made.
+
+use super::work_root::WorkRoot;
+use super::GatewayError;
+use crate::admission::Quota;
+use crate::config::Config;
+use crate::runtime::RuntimeTable;
+use crate::sandbox::Sandbox;
+use crate::session::SessionRegistry;
+use crate::state::GatewayState;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A gateway ready to serve: what every connection shares, and what outlives them
+/// until the drain.
+pub(crate) struct Built {
+    pub(crate) state: Arc<GatewayState>,
+    /// Removed (with everything under it) when the gateway stops.
+    pub(super) work_root: WorkRoot,
+}
+
+/// Checks the configuration, sets up the process, decides the isolation policy
+/// (`sandbox::Sandbox`), resolves the runtimes and builds the shared state.
+pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
+    config.validate()?;
+    let authenticator = crate::auth::Authenticator::from_config(&config.auth)?;
+    match &authenticator {
+        Some(accepted) => tracing::info!(accepts = %accepted.summary(), "clients authenticate"),
+        None => tracing::info!("clients are anonymous (no credentials configured)"),
+    }
+    let mut config = config;
+    // A program cannot be given more descriptors than the gateway may have itself.
+    if let Some(hard) = crate::sys::open_files_hard_limit() {
+        let bound = &mut config.limits.open_files;
+        if bound.max > hard {
+            tracing::warn!(
+                configured = bound.max,
+                hard,
+                "the open-files maximum is above the gateway's own hard limit; using the hard limit"
+            );
+            bound.max = hard;
+            bound.default = bound.default.min(hard);
+        }
+    }
+    crate::sys::keep_freed_memory();
+    crate::sys::close_inherited_descriptors_on_exec();
+    let work_root = WorkRoot::create(config.work_root.as_deref())?;
+    let sandbox = Sandbox::prepare(&config, &work_root.path)
+        .await
+        .map_err(|err| GatewayError::Isolation(err.0))?;
+    // A refusal from here on drops the sandbox, and with it the cgroup directories
+    // the probe made (`Cgroups` removes them when dropped).
+    if let Some(user) = sandbox.program_user {
+        work_root.open_to(user)?;
+    }
+    let specs = config.runtimes.clone();
+    let program_user = sandbox.program_user;
+    // Locating interpreters runs them once; keep that off the async workers.
+    let runtimes = tokio::task::spawn_blocking(move || RuntimeTable::resolve(&specs, program_user))
+        .await
+        .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
+    let metrics_token = match &config.metrics_token_file {
+        None => None,
+        Some(path) => {
+            Some(crate::observe::MetricsToken::read(path).map_err(GatewayError::Metrics)?)
+        }
+    };
+    let observe = crate::observe::Observer::new(&runtimes.names(), config.audit_log.as_deref());
+    if let Some(path) = &config.audit_log {
+        tracing::info!(path = %path.display(), "audit log: one JSON line per finished execution");
+    }
+    let shutdown_token = CancellationToken::new();
+    let buffers = crate::buffer_budget::BufferBudget::new(
+        config
+            .buffer_budget_bytes
+            .unwrap_or_else(crate::buffer_budget::default_budget_bytes),
+        config.budget_share_per_peer,
+    );
+    tracing::info!(
+        bytes = buffers.limit(),
+        "memory budget for replay buffers, messages in flight and queued stdin"
+    );
+    tokio::spawn(
+        buffers
+            .clone()
+            .return_memory_after_peaks(shutdown_token.clone()),
+    );
+    let sessions = SessionRegistry::new(
+        crate::fanout::ReplayCaps::from_config(&config),
+        buffers.clone(),
+        config.session_grace,
+        config.max_sessions,
+        config.sessions_per_peer(),
+        shutdown_token.clone(),
+    );
+    let state = Arc::new(GatewayState {
+        runtimes,
+        sessions: Arc::new(sessions),
+        executions: TaskTracker::new(),
+        execution_slots: Arc::new(Semaphore::new(config.max_executions)),
+        kernel_slots: Arc::new(Semaphore::new(config.max_kernels)),
+        connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        connections_per_peer: Quota::new(config.connections_per_peer()),
+        executions_per_peer: Quota::new(config.executions_per_peer()),
+        kernels_per_peer: Quota::new(config.kernels_per_peer()),
+        shutdown: shutdown_token,
+        connections: TaskTracker::new(),
+        next_connection_id: AtomicU64::new(1),
+        host: crate::execution::Host {
+            work_root: Arc::from(work_root.path.as_path()),
+            base_env: config.base_env.clone().into(),
+            cgroups: sandbox.cgroups,
+            budget: sandbox.budget,
+            no_network: sandbox.no_network,
+            jail: sandbox.jail,
+            program_user: sandbox.program_user,
+            observe: observe.clone(),
+        },
+        buffers,
+        meters: crate::meter::Meters::default(),
+        authenticator: std::sync::RwLock::new(authenticator.map(Arc::new)),
+        draining: AtomicBool::new(false),
+        observe,
+        metrics_token,
+        config,
+    });
+    Ok(Built { state, work_root })
+}
