@@ -732,6 +732,12 @@ fn key_command(command: KeyCommand) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log, args.log_json);
+    // One descriptor per socket: the soft limit goes up to the hard one (programs never
+    // inherit it; each gets its own `open_files`).
+    match sluice_gateway::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(err) => tracing::warn!(%err, "could not raise the open-files limit"),
+    }
     let listen = args.listen;
     let config = args.into_config()?;
     config.validate().context("invalid configuration")?;
