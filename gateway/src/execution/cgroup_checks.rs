@@ -22,11 +22,33 @@ const MIN_CPU_CHECK: Duration = Duration::from_millis(10);
 /// looked at less often the longer a program has run light, up to this.
 const MAX_LIGHT_CHECK: Duration = Duration::from_secs(2);
 
-/// The cores a program's processes can run on at once.
+/// The cores a program's processes could run on at once: every online CPU, not the
+/// gateway's own share (a program can reset its affinity, and a quota on the gateway's
+/// cgroup need not cover its executions'), so a check is never late.
 fn cores() -> u64 {
     static CORES: OnceLock<u64> = OnceLock::new();
     *CORES.get_or_init(|| {
-        std::thread::available_parallelism().map_or(1, |n| u64::try_from(n.get()).unwrap_or(1))
+        let affine =
+            std::thread::available_parallelism().map_or(1, |n| u64::try_from(n.get()).unwrap_or(1));
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|list| count_cpus(&list))
+            .unwrap_or(0);
+        affine.max(online)
+    })
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,6,8-9`.
+fn count_cpus(list: &str) -> Option<u64> {
+    list.trim().split(',').try_fold(0_u64, |total, range| {
+        let count = match range.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+                last.checked_sub(first)? + 1
+            }
+            None => range.parse::<u64>().map(|_| 1).ok()?,
+        };
+        Some(total + count)
     })
 }
 
@@ -68,6 +90,16 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpus("0-1\n"), Some(2));
+        assert_eq!(count_cpus("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpus("0"), Some(1));
+        assert_eq!(count_cpus("x"), None);
+        assert_eq!(count_cpus("3-1"), None);
+        assert!(cores() >= 1);
     }
 
     #[test]
