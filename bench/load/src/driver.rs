@@ -1,0 +1,1061 @@
+//! The run itself: the sockets (each a task owning one WebSocket, speaking the wire
+//! protocol directly with `sluice-protocol` types), the scheduler that issues
+//! executions (open loop, closed loop or live), watchers, drops and resumes, and the
+//! shared [`State`] that every received frame goes through: verification first
+//! ([`crate::verify`]), then the figures ([`crate::figures`]).
+
+use crate::figures::Figures;
+use crate::program::{ProgramKind, ProgramSpec};
+use crate::scenario::{Mode, Scenario};
+use crate::verify::{self, Accept, Fingerprints, Kind, OutputCheck, StreamCheck, Violations};
+use futures::{SinkExt as _, StreamExt as _};
+use sluice_protocol::{
+    AckFrame, AttachFrame, ClientFrame, DetachFrame, Encoding, ErrorCode, Event, EventKind,
+    ExecuteRequest, StdinFrame,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Why a run could not be carried out at all (as opposed to violations it found).
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// The gateway refused or failed the WebSocket connection.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The endpoint.
+        url: String,
+        /// What went wrong (the HTTP status and body of a refusal).
+        reason: String,
+    },
+}
+
+/// Stdin sent in frames of at most this many bytes.
+const STDIN_CHUNK: usize = 16 * 1024;
+
+/// Sessions are acknowledged every this many events when sockets are dropped on purpose.
+const ACK_EVERY: u64 = 8;
+
+/// Now as Unix seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// One execution the harness issued.
+#[derive(Debug)]
+struct Exec {
+    program: usize,
+    socket: usize,
+    /// Named, or learnt from the first event of a gateway-made one.
+    session: Option<String>,
+    intended: Duration,
+    started: Option<Duration>,
+    first_output: Option<Duration>,
+    ended: Option<Duration>,
+    terminals: u32,
+    refused: bool,
+    output: OutputCheck,
+    stream: StreamCheck,
+    prints: Fingerprints,
+    watchers: Vec<Watcher>,
+}
+
+/// One watcher's view of an execution's session.
+#[derive(Debug, Default)]
+struct Watcher {
+    attached: bool,
+    stream: StreamCheck,
+    prints: Fingerprints,
+    done: bool,
+}
+
+/// What a received frame asks the socket (or its watchers) to do next.
+#[derive(Debug)]
+enum Action {
+    Stdin(usize),
+    Ack(String, u64),
+    Detach(String),
+    WatchersAttach(String),
+}
+
+/// Everything the sockets share.
+#[derive(Debug)]
+pub struct State {
+    execs: Vec<Exec>,
+    sessions: HashMap<String, usize>,
+    /// Every violation found.
+    pub violations: Violations,
+    /// Every measurement.
+    pub figures: Figures,
+    /// Refusals by error code (executions refused, and other frames refused).
+    pub refusals: BTreeMap<String, u64>,
+    /// The first message of each refusal code.
+    pub refusal_messages: BTreeMap<String, String>,
+    /// Executions issued, started, ended (terminal or refused).
+    pub issued: u64,
+    /// Executions that sent `started`.
+    pub started: u64,
+    /// Executions that ended (terminal event or refusal).
+    pub ended: u64,
+    /// Times a socket was dropped on purpose and resumed.
+    pub resumes: u64,
+    /// Times a socket was lost without being asked to.
+    pub connections_lost: u64,
+    /// When every live program had started (seconds since the run began).
+    pub all_started: Option<f64>,
+    /// When the first live program ended (seconds since the run began).
+    pub first_end: Option<f64>,
+    /// The scheduler is done issuing executions.
+    pub issuing_done: bool,
+}
+
+impl State {
+    /// Executions refused before they started.
+    pub fn refused_count(&self) -> u64 {
+        self.execs.iter().filter(|e| e.refused).count() as u64
+    }
+
+    /// Executions started and not yet ended.
+    pub fn running(&self) -> u64 {
+        self.execs
+            .iter()
+            .filter(|e| e.started.is_some() && e.ended.is_none())
+            .count() as u64
+    }
+}
+
+/// A run in progress: the scenario, its clocks and its state.
+#[derive(Debug)]
+pub struct Run {
+    /// What to do.
+    pub scenario: Scenario,
+    /// When the run began.
+    pub t0: Instant,
+    /// The same moment as Unix seconds.
+    pub wall0: f64,
+    /// Shared state.
+    pub state: Mutex<State>,
+    /// Cancelled when the run is over.
+    pub over: CancellationToken,
+    /// Closed-loop permits, returned when an execution ends.
+    permits: Semaphore,
+    /// Woken when an execution ends.
+    changed: tokio::sync::Notify,
+}
+
+impl Run {
+    /// A run of `scenario`, starting now.
+    pub fn new(scenario: Scenario) -> Self {
+        let permits = match scenario.mode {
+            Mode::Closed { concurrency } => concurrency,
+            _ => 0,
+        };
+        Self {
+            scenario,
+            t0: Instant::now(),
+            wall0: unix_now(),
+            state: Mutex::new(State {
+                execs: Vec::new(),
+                sessions: HashMap::new(),
+                violations: Violations::default(),
+                figures: Figures::default(),
+                refusals: BTreeMap::new(),
+                refusal_messages: BTreeMap::new(),
+                issued: 0,
+                started: 0,
+                ended: 0,
+                resumes: 0,
+                connections_lost: 0,
+                all_started: None,
+                first_end: None,
+                issuing_done: false,
+            }),
+            over: CancellationToken::new(),
+            permits: Semaphore::new(permits),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The shared state, locked.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tag(n: usize) -> String {
+        format!("e{n}")
+    }
+
+    fn session_name(&self, n: usize) -> Option<String> {
+        self.scenario
+            .named_sessions()
+            .then(|| format!("load-{:x}-{}-{n}", self.scenario.seed, self.wall0 as u64))
+    }
+
+    /// The `execute` frame of execution `n` (the same each time, so a resend is one).
+    fn request(&self, n: usize, program: usize) -> ClientFrame {
+        let spec = &self.scenario.mix[program];
+        let tag = Self::tag(n);
+        let stdin = (spec.kind == ProgramKind::Pattern
+            && spec.stdin_bytes > 0
+            && self.scenario.disconnect_every.is_some())
+        .then(|| spec.stdin(&tag));
+        ClientFrame::Execute(ExecuteRequest {
+            id: tag.clone(),
+            language: spec.language.clone(),
+            code: spec.code(&tag),
+            session: self.session_name(n),
+            stdin,
+            limits: spec.limits(),
+            encoding: Encoding::Utf8,
+            ..ExecuteRequest::default()
+        })
+    }
+
+    /// The stdin frames of execution `n`, sent once it started (unless its stdin went
+    /// with the `execute`, as it does when sockets are dropped on purpose).
+    fn stdin_frames(&self, n: usize, program: usize) -> Vec<ClientFrame> {
+        let spec = &self.scenario.mix[program];
+        if spec.kind != ProgramKind::Pattern
+            || spec.stdin_bytes == 0
+            || self.scenario.disconnect_every.is_some()
+        {
+            return Vec::new();
+        }
+        let data = spec.stdin(&Self::tag(n));
+        let mut frames = Vec::new();
+        let mut rest = data.as_str();
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(STDIN_CHUNK.min(rest.len()));
+            rest = tail;
+            frames.push(ClientFrame::Stdin(StdinFrame {
+                id: Self::tag(n),
+                session: None,
+                data: Some(chunk.to_owned()),
+                eof: rest.is_empty(),
+            }));
+        }
+        frames
+    }
+
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// Issues execution number `n` of program `program` on its socket.
+    fn issue(&self, program: usize, intended: Duration) -> usize {
+        let mut state = self.lock();
+        let n = state.execs.len();
+        let socket = n % self.scenario.sockets;
+        let spec = &self.scenario.mix[program];
+        state.execs.push(Exec {
+            program,
+            socket,
+            session: self.session_name(n),
+            intended,
+            started: None,
+            first_output: None,
+            ended: None,
+            terminals: 0,
+            refused: false,
+            output: OutputCheck::new(spec, &Self::tag(n)),
+            stream: StreamCheck::default(),
+            prints: Vec::new(),
+            watchers: (0..self.scenario.watchers)
+                .map(|_| Watcher::default())
+                .collect(),
+        });
+        if let Some(session) = self.session_name(n) {
+            state.sessions.insert(session, n);
+        }
+        state.issued += 1;
+        n
+    }
+
+    /// Whether everything issued has ended and been watched.
+    fn finished(state: &State) -> bool {
+        state.issuing_done
+            && state.ended == state.issued
+            && state
+                .execs
+                .iter()
+                .all(|e| e.refused || e.watchers.iter().all(|w| w.done))
+    }
+
+    fn note_end(&self, state: &mut State) {
+        state.ended += 1;
+        self.permits.add_permits(1);
+        self.changed.notify_waiters();
+        if Self::finished(state) {
+            self.over.cancel();
+        }
+    }
+
+    fn refusal(&self, state: &mut State, code: ErrorCode, message: &str) {
+        let code = code.as_str().to_owned();
+        *state.refusals.entry(code.clone()).or_insert(0) += 1;
+        state
+            .refusal_messages
+            .entry(code)
+            .or_insert_with(|| message.to_owned());
+    }
+
+    /// A frame on a program socket.
+    fn on_program_frame(
+        &self,
+        socket: usize,
+        raw: &str,
+        socket_stream: &mut StreamCheck,
+        resuming: &mut std::collections::HashSet<String>,
+    ) -> Vec<Action> {
+        let at = self.now();
+        let wall = unix_now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.figures.event(at, raw.len());
+        let event = match Event::decode(raw) {
+            Ok(event) => event,
+            Err(err) => {
+                state.violations.add(Kind::InvalidEvent, || {
+                    format!("socket {socket}: {err}: {raw:.200}")
+                });
+                return Vec::new();
+            }
+        };
+        let Some(session) = event.session.clone() else {
+            // The socket stream: refusals of frames that admitted nothing.
+            let what = format!("socket {socket}'s own stream");
+            if socket_stream.event(event.sequence, &mut state.violations, &what) == Accept::Ignore {
+                return Vec::new();
+            }
+            let code = event.code.unwrap_or(ErrorCode::Internal);
+            if event.kind != EventKind::Error {
+                state.violations.add(Kind::InvalidEvent, || {
+                    format!("{what}: a {} event with no session", event.kind.as_str())
+                });
+                return Vec::new();
+            }
+            // An attach refused while resuming an execute that never reached the gateway:
+            // the resent execute that follows starts it.
+            if let Some(for_session) = &event.for_session {
+                if code == ErrorCode::UnknownSession && resuming.remove(for_session) {
+                    return Vec::new();
+                }
+            }
+            match event.id.as_deref().and_then(|id| self.exec_of(state, id)) {
+                Some(n) if state.execs[n].socket == socket => {
+                    let exec = &mut state.execs[n];
+                    exec.terminals += 1;
+                    if exec.terminals > 1 {
+                        state.violations.add(Kind::ExtraTerminal, || {
+                            format!(
+                                "execution e{n}: a second terminal event (refusal {})",
+                                code.as_str()
+                            )
+                        });
+                        return Vec::new();
+                    }
+                    exec.refused = true;
+                    exec.ended = Some(at);
+                    self.refusal(state, code, &event.data);
+                    self.note_end(state);
+                }
+                _ => self.refusal(state, code, &event.data),
+            }
+            return Vec::new();
+        };
+        let n = match event.id.as_deref().and_then(|id| self.exec_of(state, id)) {
+            Some(n) => n,
+            None => match state.sessions.get(&session) {
+                Some(&n) => n,
+                None => {
+                    state.violations.add(Kind::InvalidEvent, || {
+                        format!(
+                            "socket {socket}: a {} event of session {session} the harness never ran",
+                            event.kind.as_str()
+                        )
+                    });
+                    return Vec::new();
+                }
+            },
+        };
+        if state.execs[n].socket != socket {
+            state.violations.add(Kind::InvalidEvent, || {
+                format!("socket {socket}: an event of e{n}, which another socket runs")
+            });
+            return Vec::new();
+        }
+        let named = self.scenario.named_sessions();
+        let watched = self.scenario.watchers > 0;
+        let what = format!("session of e{n}");
+        let exec = &mut state.execs[n];
+        match &exec.session {
+            None => {
+                exec.session = Some(session.clone());
+                state.sessions.insert(session.clone(), n);
+            }
+            Some(known) if *known != session => {
+                state.violations.add(Kind::InvalidEvent, || {
+                    format!("e{n}: an event in session {session}, not its own {known}")
+                });
+                return Vec::new();
+            }
+            Some(_) => {}
+        }
+        let exec = &mut state.execs[n];
+        match event.kind {
+            EventKind::Attached => return Vec::new(),
+            EventKind::Gap => {
+                let (from, to) = (
+                    event.missed_from.unwrap_or(0),
+                    event.resume_from.unwrap_or(0),
+                );
+                exec.stream.gap(from, to, &mut state.violations, &what);
+                return Vec::new();
+            }
+            _ => {}
+        }
+        if exec
+            .stream
+            .event(event.sequence, &mut state.violations, &what)
+            == Accept::Ignore
+        {
+            return Vec::new();
+        }
+        if watched {
+            exec.prints.push((event.sequence, verify::fingerprint(raw)));
+        }
+        let mut actions = Vec::new();
+        if named && self.scenario.disconnect_every.is_some() && event.sequence % ACK_EVERY == 0 {
+            actions.push(Action::Ack(session.clone(), event.sequence));
+        }
+        if exec.ended.is_some() && event.kind.is_terminal() {
+            state.violations.add(Kind::ExtraTerminal, || {
+                format!(
+                    "e{n}: a second terminal event ({}, sequence {})",
+                    event.kind.as_str(),
+                    event.sequence
+                )
+            });
+            return actions;
+        }
+        if exec.ended.is_some() {
+            state.violations.add(Kind::EventAfterTerminal, || {
+                format!(
+                    "e{n}: a {} event (sequence {}) after its terminal event",
+                    event.kind.as_str(),
+                    event.sequence
+                )
+            });
+            return actions;
+        }
+        if event.kind != EventKind::Started && exec.started.is_none() && !event.kind.is_terminal() {
+            state.violations.add(Kind::NotStartedFirst, || {
+                format!(
+                    "e{n}: a {} event (sequence {}) before started",
+                    event.kind.as_str(),
+                    event.sequence
+                )
+            });
+        }
+        let spec = &self.scenario.mix[exec.program];
+        match event.kind {
+            EventKind::Started => {
+                if exec.started.is_some() {
+                    state.violations.add(Kind::NotStartedFirst, || {
+                        format!("e{n}: a second started event (sequence {})", event.sequence)
+                    });
+                    return actions;
+                }
+                exec.started = Some(at);
+                state.started += 1;
+                actions.push(Action::Stdin(n));
+                if watched {
+                    actions.push(Action::WatchersAttach(session.clone()));
+                }
+                if let Mode::Live { programs } = self.scenario.mode {
+                    if state.started == programs as u64 && state.all_started.is_none() {
+                        state.all_started = Some(at.as_secs_f64());
+                    }
+                }
+            }
+            EventKind::Stdout | EventKind::Stderr => {
+                if event.encoding == Some(Encoding::Base64) {
+                    state.violations.add(Kind::InvalidEvent, || {
+                        format!("e{n}: base64 output, which the harness did not ask for")
+                    });
+                    return actions;
+                }
+                exec.first_output.get_or_insert(at);
+                if event.kind == EventKind::Stderr {
+                    exec.output.stderr(event.data.as_bytes());
+                } else {
+                    for printed in exec.output.stdout(event.data.as_bytes()) {
+                        state.figures.lag(printed - self.wall0, wall - printed);
+                    }
+                }
+            }
+            kind if kind.is_terminal() => {
+                exec.terminals += 1;
+                if exec.terminals > 1 {
+                    state.violations.add(Kind::ExtraTerminal, || {
+                        format!(
+                            "e{n}: a second terminal event ({}, sequence {})",
+                            kind.as_str(),
+                            event.sequence
+                        )
+                    });
+                    return actions;
+                }
+                exec.ended = Some(at);
+                if kind == EventKind::Error && exec.started.is_none() {
+                    exec.refused = true;
+                    let code = event.code.unwrap_or(ErrorCode::Internal);
+                    self.refusal(state, code, &event.data);
+                } else {
+                    let (intended, started, first) =
+                        (exec.intended, exec.started, exec.first_output);
+                    let clean = kind == EventKind::Completed && event.exit_code == Some(0);
+                    if !clean {
+                        let stderr = exec.output.stderr_text();
+                        state.violations.add(Kind::UnexpectedOutcome, || {
+                            format!(
+                                "e{n}: {} (exit code {:?}, signal {:?}, {:?}); stderr: {:.300}",
+                                kind.as_str(),
+                                event.exit_code,
+                                event.signal,
+                                event.data,
+                                stderr
+                            )
+                        });
+                    } else if let Some(wrong) = exec.output.verdict(spec) {
+                        state
+                            .violations
+                            .add(Kind::WrongOutput, || format!("e{n}: {wrong}"));
+                    }
+                    state.figures.ended(intended, at, started, first);
+                    if matches!(self.scenario.mode, Mode::Live { .. }) && state.first_end.is_none()
+                    {
+                        state.first_end = Some(at.as_secs_f64());
+                    }
+                }
+                if named {
+                    actions.push(Action::Detach(session.clone()));
+                }
+                self.note_end(state);
+            }
+            _ => {
+                state.violations.add(Kind::InvalidEvent, || {
+                    format!(
+                        "e{n}: an event of unknown type (sequence {})",
+                        event.sequence
+                    )
+                });
+            }
+        }
+        actions
+    }
+
+    fn exec_of(&self, state: &State, id: &str) -> Option<usize> {
+        let n: usize = id.strip_prefix('e')?.parse().ok()?;
+        (n < state.execs.len()).then_some(n)
+    }
+
+    /// A frame on watcher `w`'s socket; returns a session it is done with.
+    fn on_watcher_frame(&self, w: usize, raw: &str) -> Option<String> {
+        let at = self.now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.figures.event(at, raw.len());
+        let event = match Event::decode(raw) {
+            Ok(event) => event,
+            Err(err) => {
+                state.violations.add(Kind::InvalidEvent, || {
+                    format!("watcher {w}: {err}: {raw:.200}")
+                });
+                return None;
+            }
+        };
+        let Some(session) = event.session.clone() else {
+            let code = event.code.unwrap_or(ErrorCode::Internal);
+            self.refusal(state, code, &event.data);
+            return None;
+        };
+        let Some(&n) = state.sessions.get(&session) else {
+            state.violations.add(Kind::InvalidEvent, || {
+                format!("watcher {w}: an event of session {session} the harness never ran")
+            });
+            return None;
+        };
+        let what = format!("watcher {w} of e{n}");
+        let exec = &mut state.execs[n];
+        let Some(watcher) = exec.watchers.get_mut(w) else {
+            return None;
+        };
+        match event.kind {
+            EventKind::Attached => {
+                watcher.attached = true;
+                None
+            }
+            EventKind::Gap => {
+                let (from, to) = (
+                    event.missed_from.unwrap_or(0),
+                    event.resume_from.unwrap_or(0),
+                );
+                watcher.stream.gap(from, to, &mut state.violations, &what);
+                None
+            }
+            kind => {
+                if watcher
+                    .stream
+                    .event(event.sequence, &mut state.violations, &what)
+                    == Accept::Ignore
+                {
+                    return None;
+                }
+                watcher
+                    .prints
+                    .push((event.sequence, verify::fingerprint(raw)));
+                if kind.is_terminal() && !watcher.done {
+                    watcher.done = true;
+                    if Self::finished(state) {
+                        self.over.cancel();
+                    }
+                    return Some(session);
+                }
+                None
+            }
+        }
+    }
+
+    /// The end of the run: holes left, terminals missing, watchers compared.
+    pub fn finish(&self) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        for (n, exec) in state.execs.iter_mut().enumerate() {
+            let what = format!("session of e{n}");
+            exec.stream.finish(&mut state.violations, &what);
+            if exec.ended.is_none() {
+                state.violations.add(Kind::MissingTerminal, || {
+                    format!(
+                        "e{n}: no terminal event (started: {}, last sequence {})",
+                        exec.started.is_some(),
+                        exec.stream.last()
+                    )
+                });
+            }
+            if exec.refused {
+                continue;
+            }
+            for (w, watcher) in exec.watchers.iter_mut().enumerate() {
+                let what = format!("watcher {w} of e{n}");
+                watcher.stream.finish(&mut state.violations, &what);
+                if !watcher.done {
+                    state.violations.add(Kind::WatcherIncomplete, || {
+                        format!("{what}: did not see the terminal event (attached: {}, last sequence {})", watcher.attached, watcher.stream.last())
+                    });
+                } else if let Some(diff) = verify::compare_streams(&exec.prints, &watcher.prints) {
+                    state
+                        .violations
+                        .add(Kind::WatcherMismatch, || format!("{what}: {diff}"));
+                }
+            }
+        }
+    }
+}
+
+/// One open WebSocket: frames out through a writer task, frames in here.
+struct Conn {
+    out: mpsc::UnboundedSender<Message>,
+    incoming: futures::stream::SplitStream<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    >,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Conn {
+    fn send(&self, frame: &ClientFrame) {
+        let _ = self.out.send(Message::text(frame.to_json()));
+    }
+
+    /// Ends the connection: politely (a close frame) or as a network would (`abrupt`).
+    fn close(self, abrupt: bool) {
+        if abrupt {
+            self.writer.abort();
+        } else {
+            let _ = self.out.send(Message::Close(None));
+        }
+    }
+}
+
+/// Opens a socket to the scenario's gateway, with its credential.
+async fn connect(scenario: &Scenario) -> Result<Conn, DriveError> {
+    let fail = |reason: String| DriveError::Connect {
+        url: scenario.url.clone(),
+        reason,
+    };
+    let mut request = scenario
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|err| fail(err.to_string()))?;
+    if let Some(token) = &scenario.token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| fail("the token is not a valid header value".into()))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (ws, _) = match tokio_tungstenite::connect_async(request).await {
+        Ok(done) => done,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            return Err(fail(format!("HTTP {}: {body}", response.status())));
+        }
+        Err(err) => return Err(fail(err.to_string())),
+    };
+    let (mut sink, incoming) = ws.split();
+    let (out, mut queue) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        while let Some(first) = queue.recv().await {
+            let closing = matches!(first, Message::Close(_));
+            if sink.feed(first).await.is_err() {
+                return;
+            }
+            while let Ok(next) = queue.try_recv() {
+                if sink.feed(next).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() || closing {
+                return;
+            }
+        }
+    });
+    Ok(Conn {
+        out,
+        incoming,
+        writer,
+    })
+}
+
+/// A tiny deterministic generator (xorshift64*) for the mix and the drop points.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded; any seed works.
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Commands to a program socket.
+#[derive(Debug)]
+enum Cmd {
+    Execute(usize, usize),
+}
+
+/// Commands to a watcher socket.
+#[derive(Debug)]
+enum WatchCmd {
+    Attach(String),
+}
+
+/// Runs the scenario to its end; the result is in `run.state`.
+pub async fn drive(run: Arc<Run>) -> Result<(), DriveError> {
+    let scenario = &run.scenario;
+    // Connect everything first: a gateway that refuses is reported before any load.
+    let mut programs = Vec::new();
+    for _ in 0..scenario.sockets {
+        programs.push(connect(scenario).await?);
+    }
+    let mut watcher_conns = Vec::new();
+    for _ in 0..scenario.sockets * scenario.watchers {
+        watcher_conns.push(connect(scenario).await?);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut watcher_tx = Vec::new();
+    for (index, conn) in watcher_conns.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        watcher_tx.push(tx);
+        tasks.spawn(watcher_socket(
+            Arc::clone(&run),
+            index % scenario.watchers.max(1),
+            conn,
+            rx,
+        ));
+    }
+    let mut program_tx = Vec::new();
+    for (socket, conn) in programs.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        program_tx.push(tx);
+        let watchers = watcher_tx
+            .iter()
+            .skip(socket * scenario.watchers)
+            .take(scenario.watchers)
+            .cloned()
+            .collect();
+        tasks.spawn(program_socket(Arc::clone(&run), socket, conn, rx, watchers));
+    }
+    schedule(&run, &program_tx).await;
+    {
+        let mut state = run.lock();
+        state.issuing_done = true;
+        if Run::finished(&state) {
+            run.over.cancel();
+        }
+    }
+    let _ = tokio::time::timeout(scenario.drain_timeout, run.over.cancelled()).await;
+    run.over.cancel();
+    while tasks.join_next().await.is_some() {}
+    run.finish();
+    Ok(())
+}
+
+/// Issues executions as the mode says, until the count or the duration is reached.
+async fn schedule(run: &Run, sockets: &[mpsc::UnboundedSender<Cmd>]) {
+    let scenario = &run.scenario;
+    let mut rng = Rng::new(scenario.seed);
+    let total_weight: u64 = scenario.mix.iter().map(|p| u64::from(p.weight)).sum();
+    let mut pick = move || {
+        let mut at = rng.below(total_weight);
+        for (i, p) in scenario.mix.iter().enumerate() {
+            if at < u64::from(p.weight) {
+                return i;
+            }
+            at -= u64::from(p.weight);
+        }
+        0
+    };
+    let limit = scenario.executions.unwrap_or(u64::MAX);
+    let mut issued = 0u64;
+    let send = |n: usize, program: usize| {
+        let _ = sockets[n % sockets.len()].send(Cmd::Execute(n, program));
+    };
+    while issued < limit && !run.over.is_cancelled() {
+        let intended = match scenario.mode {
+            Mode::Open { rate } => {
+                let intended = Duration::from_secs_f64(issued as f64 / rate);
+                if scenario.duration.is_some_and(|d| intended >= d) {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until((run.t0 + intended).into()) => {}
+                    () = run.over.cancelled() => break,
+                }
+                intended
+            }
+            Mode::Closed { .. } => {
+                let remaining = scenario.duration.map(|d| d.saturating_sub(run.now()));
+                if remaining == Some(Duration::ZERO) {
+                    break;
+                }
+                let permit = run.permits.acquire();
+                let acquired = match remaining {
+                    Some(left) => tokio::time::timeout(left, permit).await.ok(),
+                    None => Some(permit.await),
+                };
+                match acquired {
+                    Some(Ok(permit)) => permit.forget(),
+                    _ => break,
+                }
+                run.now()
+            }
+            Mode::Live { .. } => run.now(),
+        };
+        let program = pick();
+        let n = run.issue(program, intended);
+        send(n, program);
+        issued += 1;
+    }
+}
+
+/// A socket that runs programs: sends their frames, checks what comes back, drops and
+/// resumes when asked to.
+async fn program_socket(
+    run: Arc<Run>,
+    socket: usize,
+    mut conn: Conn,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    watchers: Vec<mpsc::UnboundedSender<WatchCmd>>,
+) {
+    let scenario = &run.scenario;
+    let mut rng = Rng::new(scenario.seed ^ (socket as u64 + 1).wrapping_mul(0x1234_5678_9ABC));
+    let next_drop = |rng: &mut Rng| {
+        scenario
+            .disconnect_every
+            .map(|every| every / 2 + rng.below(every.max(1)) + 1)
+    };
+    let mut drop_after = next_drop(&mut rng);
+    let mut received = 0u64;
+    let mut socket_stream = StreamCheck::default();
+    let mut resuming = std::collections::HashSet::new();
+    loop {
+        let lost = tokio::select! {
+            () = run.over.cancelled() => break,
+            cmd = cmds.recv() => {
+                match cmd {
+                    Some(Cmd::Execute(n, program)) => conn.send(&run.request(n, program)),
+                    None => break,
+                }
+                false
+            }
+            frame = conn.incoming.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    received += 1;
+                    let actions = run.on_program_frame(socket, text.as_str(), &mut socket_stream, &mut resuming);
+                    for action in actions {
+                        match action {
+                            Action::Stdin(n) => {
+                                let program = run.lock().execs[n].program;
+                                for frame in run.stdin_frames(n, program) {
+                                    conn.send(&frame);
+                                }
+                            }
+                            Action::Ack(session, sequence) => {
+                                conn.send(&ClientFrame::Ack(AckFrame { session, sequence }));
+                            }
+                            Action::Detach(session) => {
+                                conn.send(&ClientFrame::Detach(DetachFrame { session }));
+                            }
+                            Action::WatchersAttach(session) => {
+                                for w in &watchers {
+                                    let _ = w.send(WatchCmd::Attach(session.clone()));
+                                }
+                            }
+                        }
+                    }
+                    if drop_after.is_some_and(|after| received >= after) {
+                        drop_after = next_drop(&mut rng);
+                        received = 0;
+                        run.lock().resumes += 1;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    run.lock().violations.add(Kind::InvalidEvent, || format!("socket {socket}: a binary frame"));
+                    false
+                }
+                Some(Ok(_)) => false,
+                Some(Err(_)) | None => {
+                    run.lock().connections_lost += 1;
+                    true
+                }
+            }
+        };
+        if lost {
+            conn.close(true);
+            // Reconnect and resume every session this socket still runs, from the last
+            // sequence it saw; then resend each execute (a resend starts nothing, and
+            // starts the one that never reached the gateway).
+            conn = loop {
+                match connect(scenario).await {
+                    Ok(conn) => break conn,
+                    Err(_) if !run.over.is_cancelled() => {
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            () = run.over.cancelled() => return,
+                        }
+                    }
+                    Err(_) => return,
+                }
+            };
+            socket_stream = StreamCheck::default();
+            let pending: Vec<(usize, usize, Option<String>, u64)> = run
+                .lock()
+                .execs
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.socket == socket && e.ended.is_none())
+                .map(|(n, e)| (n, e.program, e.session.clone(), e.stream.last()))
+                .collect();
+            for (n, program, session, since) in pending {
+                let Some(session) = session else { continue };
+                resuming.insert(session.clone());
+                conn.send(&ClientFrame::Attach(AttachFrame {
+                    session,
+                    since: Some(since),
+                }));
+                if scenario.named_sessions() {
+                    conn.send(&run.request(n, program));
+                }
+            }
+        }
+    }
+    conn.close(false);
+}
+
+/// A watcher: attaches to the sessions its program socket runs, from their start.
+async fn watcher_socket(
+    run: Arc<Run>,
+    w: usize,
+    conn: Conn,
+    mut cmds: mpsc::UnboundedReceiver<WatchCmd>,
+) {
+    let mut conn = conn;
+    loop {
+        tokio::select! {
+            () = run.over.cancelled() => break,
+            cmd = cmds.recv() => match cmd {
+                Some(WatchCmd::Attach(session)) => conn.send(&ClientFrame::Attach(AttachFrame { session, since: Some(0) })),
+                None => break,
+            },
+            frame = conn.incoming.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(session) = run.on_watcher_frame(w, text.as_str()) {
+                        conn.send(&ClientFrame::Detach(DetachFrame { session }));
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    run.lock().connections_lost += 1;
+                    break;
+                }
+            }
+        }
+    }
+    conn.close(false);
+}
+
+impl ProgramSpec {
+    /// A short description for the summary.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            ProgramKind::Pattern => format!(
+                "pattern ({} B out over {:?}, {} B stdin echoed, {}, weight {})",
+                self.output_bytes, self.duration, self.stdin_bytes, self.language, self.weight
+            ),
+            ProgramKind::Clock => format!(
+                "clock (every {:?} for {:?}, {}, weight {})",
+                self.interval, self.duration, self.language, self.weight
+            ),
+        }
+    }
+}
