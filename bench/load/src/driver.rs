@@ -875,11 +875,12 @@ async fn schedule(run: &Run, sockets: &[mpsc::UnboundedSender<Cmd>]) {
                 if remaining == Some(Duration::ZERO) {
                     break;
                 }
-                let permit = run.permits.acquire();
-                let acquired = match remaining {
-                    Some(left) => tokio::time::timeout(left, permit).await.ok(),
-                    None => Some(permit.await),
-                };
+                // A gateway that ends nothing for the drain timeout (a lost terminal
+                // event) stops the run instead of hanging it.
+                let wait = remaining.map_or(scenario.drain_timeout, |left| {
+                    left.min(scenario.drain_timeout)
+                });
+                let acquired = tokio::time::timeout(wait, run.permits.acquire()).await.ok();
                 match acquired {
                     Some(Ok(permit)) => permit.forget(),
                     _ => break,

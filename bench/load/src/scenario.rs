@@ -129,7 +129,7 @@ pub struct LoadArgs {
 
     /// After the last execution is started, how long to wait for the outstanding ones
     /// before counting them as missing their terminal event [default: the longest
-    /// program's duration plus 30s].
+    /// program's duration plus 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
 
@@ -493,7 +493,7 @@ pub fn resolve_with(args: &LoadArgs, file: ScenarioFile) -> Result<Scenario, Sce
     let drain_timeout = match (args.drain_timeout, file.drain_timeout.as_deref()) {
         (Some(timeout), _) => timeout,
         (None, Some(text)) => parse_duration(text).map_err(invalid)?,
-        (None, None) => longest + Duration::from_secs(30),
+        (None, None) => longest + Duration::from_secs(60),
     };
     Ok(Scenario {
         url,
