@@ -35,6 +35,9 @@ pub enum DriveError {
     },
 }
 
+/// Frames queued for one socket's writer, and commands for one socket, at most.
+const QUEUE: usize = 1024;
+
 /// Stdin sent in frames of at most this many bytes.
 const STDIN_CHUNK: usize = 16 * 1024;
 
@@ -115,20 +118,31 @@ pub struct State {
     pub first_end: Option<f64>,
     /// The scheduler is done issuing executions.
     pub issuing_done: bool,
+    /// Executions refused before they started.
+    refused: u64,
+    /// Watcher views still waiting for their execution's terminal event.
+    watching: u64,
 }
 
 impl State {
     /// Executions refused before they started.
     pub fn refused_count(&self) -> u64 {
-        self.execs.iter().filter(|e| e.refused).count() as u64
+        self.refused
     }
 
     /// Executions started and not yet ended.
     pub fn running(&self) -> u64 {
-        self.execs
-            .iter()
-            .filter(|e| e.started.is_some() && e.ended.is_none())
-            .count() as u64
+        self.started
+            .saturating_sub(self.ended.saturating_sub(self.refused))
+    }
+
+    /// Execution `n` was refused: its watchers have nothing to wait for.
+    fn refuse(&mut self, n: usize) {
+        let exec = &mut self.execs[n];
+        exec.refused = true;
+        self.refused += 1;
+        let waiting = exec.watchers.iter().filter(|w| !w.done).count() as u64;
+        self.watching = self.watching.saturating_sub(waiting);
     }
 }
 
@@ -177,6 +191,8 @@ impl Run {
                 all_started: None,
                 first_end: None,
                 issuing_done: false,
+                refused: 0,
+                watching: 0,
             }),
             over: CancellationToken::new(),
             permits: Semaphore::new(permits),
@@ -276,17 +292,13 @@ impl Run {
             state.sessions.insert(session, n);
         }
         state.issued += 1;
+        state.watching += self.scenario.watchers as u64;
         n
     }
 
     /// Whether everything issued has ended and been watched.
     fn finished(state: &State) -> bool {
-        state.issuing_done
-            && state.ended == state.issued
-            && state
-                .execs
-                .iter()
-                .all(|e| e.refused || e.watchers.iter().all(|w| w.done))
+        state.issuing_done && state.ended == state.issued && state.watching == 0
     }
 
     fn note_end(&self, state: &mut State) {
@@ -362,8 +374,8 @@ impl Run {
                         });
                         return Vec::new();
                     }
-                    exec.refused = true;
                     exec.ended = Some(at);
+                    state.refuse(n);
                     self.refusal(state, code, &event.data);
                     self.note_end(state);
                 }
@@ -516,7 +528,7 @@ impl Run {
                 }
                 exec.ended = Some(at);
                 if kind == EventKind::Error && exec.started.is_none() {
-                    exec.refused = true;
+                    state.refuse(n);
                     let code = event.code.unwrap_or(ErrorCode::Internal);
                     self.refusal(state, code, &event.data);
                 } else {
@@ -596,9 +608,7 @@ impl Run {
         };
         let what = format!("watcher {w} of e{n}");
         let exec = &mut state.execs[n];
-        let Some(watcher) = exec.watchers.get_mut(w) else {
-            return None;
-        };
+        let watcher = exec.watchers.get_mut(w)?;
         match event.kind {
             EventKind::Attached => {
                 watcher.attached = true;
@@ -625,6 +635,7 @@ impl Run {
                     .push((event.sequence, verify::fingerprint(raw)));
                 if kind.is_terminal() && !watcher.done {
                     watcher.done = true;
+                    state.watching = state.watching.saturating_sub(1);
                     if Self::finished(state) {
                         self.over.cancel();
                     }
@@ -673,7 +684,7 @@ impl Run {
 
 /// One open WebSocket: frames out through a writer task, frames in here.
 struct Conn {
-    out: mpsc::UnboundedSender<Message>,
+    out: mpsc::Sender<Message>,
     incoming: futures::stream::SplitStream<
         tokio_tungstenite::WebSocketStream<
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
@@ -683,8 +694,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn send(&self, frame: &ClientFrame) {
-        let _ = self.out.send(Message::text(frame.to_json()));
+    /// Queues a frame for the writer (waiting while the queue is full: the gateway
+    /// reads slower than this socket writes).
+    async fn send(&self, frame: &ClientFrame) {
+        let _ = self.out.send(Message::text(frame.to_json())).await;
     }
 
     /// Ends the connection: politely (a close frame) or as a network would (`abrupt`).
@@ -692,7 +705,10 @@ impl Conn {
         if abrupt {
             self.writer.abort();
         } else {
-            let _ = self.out.send(Message::Close(None));
+            // A full queue means the gateway is not reading: then end as a network would.
+            if self.out.try_send(Message::Close(None)).is_err() {
+                self.writer.abort();
+            }
         }
     }
 }
@@ -726,7 +742,7 @@ async fn connect(scenario: &Scenario) -> Result<Conn, DriveError> {
         Err(err) => return Err(fail(err.to_string())),
     };
     let (mut sink, incoming) = ws.split();
-    let (out, mut queue) = mpsc::unbounded_channel::<Message>();
+    let (out, mut queue) = mpsc::channel::<Message>(QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(first) = queue.recv().await {
             let closing = matches!(first, Message::Close(_));
@@ -761,7 +777,7 @@ impl Rng {
     }
 
     /// The next number.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -770,7 +786,7 @@ impl Rng {
 
     /// A number in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -801,7 +817,7 @@ pub async fn drive(run: Arc<Run>) -> Result<(), DriveError> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut watcher_tx = Vec::new();
     for (index, conn) in watcher_conns.into_iter().enumerate() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         watcher_tx.push(tx);
         tasks.spawn(watcher_socket(
             Arc::clone(&run),
@@ -812,7 +828,7 @@ pub async fn drive(run: Arc<Run>) -> Result<(), DriveError> {
     }
     let mut program_tx = Vec::new();
     for (socket, conn) in programs.into_iter().enumerate() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         program_tx.push(tx);
         let watchers = watcher_tx
             .iter()
@@ -838,7 +854,7 @@ pub async fn drive(run: Arc<Run>) -> Result<(), DriveError> {
 }
 
 /// Issues executions as the mode says, until the count or the duration is reached.
-async fn schedule(run: &Run, sockets: &[mpsc::UnboundedSender<Cmd>]) {
+async fn schedule(run: &Run, sockets: &[mpsc::Sender<Cmd>]) {
     let scenario = &run.scenario;
     let mut rng = Rng::new(scenario.seed);
     let total_weight: u64 = scenario.mix.iter().map(|p| u64::from(p.weight)).sum();
@@ -854,9 +870,6 @@ async fn schedule(run: &Run, sockets: &[mpsc::UnboundedSender<Cmd>]) {
     };
     let limit = scenario.executions.unwrap_or(u64::MAX);
     let mut issued = 0u64;
-    let send = |n: usize, program: usize| {
-        let _ = sockets[n % sockets.len()].send(Cmd::Execute(n, program));
-    };
     while issued < limit && !run.over.is_cancelled() {
         let intended = match scenario.mode {
             Mode::Open { rate } => {
@@ -891,7 +904,10 @@ async fn schedule(run: &Run, sockets: &[mpsc::UnboundedSender<Cmd>]) {
         };
         let program = pick();
         let n = run.issue(program, intended);
-        send(n, program);
+        // Waits while the socket's queue is full; latencies still count from `intended`.
+        let _ = sockets[n % sockets.len()]
+            .send(Cmd::Execute(n, program))
+            .await;
         issued += 1;
     }
 }
@@ -902,8 +918,8 @@ async fn program_socket(
     run: Arc<Run>,
     socket: usize,
     mut conn: Conn,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    watchers: Vec<mpsc::UnboundedSender<WatchCmd>>,
+    mut cmds: mpsc::Receiver<Cmd>,
+    watchers: Vec<mpsc::Sender<WatchCmd>>,
 ) {
     let scenario = &run.scenario;
     let mut rng = Rng::new(scenario.seed ^ (socket as u64 + 1).wrapping_mul(0x1234_5678_9ABC));
@@ -921,7 +937,7 @@ async fn program_socket(
             () = run.over.cancelled() => break,
             cmd = cmds.recv() => {
                 match cmd {
-                    Some(Cmd::Execute(n, program)) => conn.send(&run.request(n, program)),
+                    Some(Cmd::Execute(n, program)) => conn.send(&run.request(n, program)).await,
                     None => break,
                 }
                 false
@@ -935,18 +951,18 @@ async fn program_socket(
                             Action::Stdin(n) => {
                                 let program = run.lock().execs[n].program;
                                 for frame in run.stdin_frames(n, program) {
-                                    conn.send(&frame);
+                                    conn.send(&frame).await;
                                 }
                             }
                             Action::Ack(session, sequence) => {
-                                conn.send(&ClientFrame::Ack(AckFrame { session, sequence }));
+                                conn.send(&ClientFrame::Ack(AckFrame { session, sequence })).await;
                             }
                             Action::Detach(session) => {
-                                conn.send(&ClientFrame::Detach(DetachFrame { session }));
+                                conn.send(&ClientFrame::Detach(DetachFrame { session })).await;
                             }
                             Action::WatchersAttach(session) => {
                                 for w in &watchers {
-                                    let _ = w.send(WatchCmd::Attach(session.clone()));
+                                    let _ = w.send(WatchCmd::Attach(session.clone())).await;
                                 }
                             }
                         }
@@ -1003,9 +1019,10 @@ async fn program_socket(
                 conn.send(&ClientFrame::Attach(AttachFrame {
                     session,
                     since: Some(since),
-                }));
+                }))
+                .await;
                 if scenario.named_sessions() {
-                    conn.send(&run.request(n, program));
+                    conn.send(&run.request(n, program)).await;
                 }
             }
         }
@@ -1014,24 +1031,19 @@ async fn program_socket(
 }
 
 /// A watcher: attaches to the sessions its program socket runs, from their start.
-async fn watcher_socket(
-    run: Arc<Run>,
-    w: usize,
-    conn: Conn,
-    mut cmds: mpsc::UnboundedReceiver<WatchCmd>,
-) {
+async fn watcher_socket(run: Arc<Run>, w: usize, conn: Conn, mut cmds: mpsc::Receiver<WatchCmd>) {
     let mut conn = conn;
     loop {
         tokio::select! {
             () = run.over.cancelled() => break,
             cmd = cmds.recv() => match cmd {
-                Some(WatchCmd::Attach(session)) => conn.send(&ClientFrame::Attach(AttachFrame { session, since: Some(0) })),
+                Some(WatchCmd::Attach(session)) => conn.send(&ClientFrame::Attach(AttachFrame { session, since: Some(0) })).await,
                 None => break,
             },
             frame = conn.incoming.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     if let Some(session) = run.on_watcher_frame(w, text.as_str()) {
-                        conn.send(&ClientFrame::Detach(DetachFrame { session }));
+                        conn.send(&ClientFrame::Detach(DetachFrame { session })).await;
                     }
                 }
                 Some(Ok(_)) => {}

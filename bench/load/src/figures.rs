@@ -28,6 +28,8 @@ pub struct Figures {
     pub first_output: Histogram<u64>,
     /// execute -> terminal event.
     pub terminal: Histogram<u64>,
+    /// Delivery lag of every clock line, microseconds.
+    pub lag_all: Histogram<u64>,
     /// Clock lines: (when printed, seconds since the run began; lag in microseconds).
     pub lag_samples: Vec<(f64, u64)>,
     /// Lag samples not kept (beyond the cap).
@@ -61,6 +63,7 @@ impl Default for Figures {
             started: histogram(),
             first_output: histogram(),
             terminal: histogram(),
+            lag_all: histogram(),
             lag_samples: Vec::new(),
             lag_dropped: 0,
             lag_negative: 0,
@@ -125,12 +128,13 @@ impl Figures {
         if lag_s < 0.0 {
             self.lag_negative += 1;
         }
+        let us = ((lag_s.max(0.0) * 1e6) as u64).max(1);
+        let _ = self.lag_all.record(us);
         if self.lag_samples.len() >= MAX_LAG_SAMPLES {
             self.lag_dropped += 1;
             return;
         }
-        let us = (lag_s.max(0.0) * 1e6) as u64;
-        self.lag_samples.push((printed, us.max(1)));
+        self.lag_samples.push((printed, us));
     }
 
     /// The lag samples printed within `[from, to]` (seconds since the run began).

@@ -121,10 +121,10 @@ pub fn render(report: &Report) -> String {
     );
     let c = &report.executions;
     let t = &report.throughput;
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<p>{} executions in {:.1} s: {} finished, {} refused, {} unfinished; {} resumes, {} connections lost.<br>\
-         Throughput: {:.1} executions/s, {:.0} events/s, {:.0} bytes/s.</p>\n",
+         Throughput: {:.1} executions/s, {:.0} events/s, {:.0} bytes/s.</p>",
         c.issued, report.elapsed_s, c.finished, c.refused, c.unfinished, c.resumes,
         c.connections_lost, t.executions_per_s, t.events_per_s, t.bytes_per_s
     );

@@ -36,6 +36,9 @@ pub struct Report {
     pub violations: Violations,
     /// Per second of the run.
     pub timeline: Vec<Point>,
+    /// A live run (with a steady window).
+    #[serde(skip)]
+    pub live: bool,
 }
 
 /// Executions by fate.
@@ -193,7 +196,7 @@ impl Report {
             },
             lag: Lag {
                 steady: Summary::of(&f.lag_histogram(from, to)),
-                all: Summary::of(&f.lag_histogram(f64::NEG_INFINITY, f64::INFINITY)),
+                all: Summary::of(&f.lag_all),
                 window_from_s: if from.is_finite() { from } else { 0.0 },
                 window_to_s: if to.is_finite() { to } else { 0.0 },
                 window,
@@ -202,6 +205,7 @@ impl Report {
             },
             violations,
             timeline: timeline(f),
+            live: matches!(run.scenario.mode, Mode::Live { .. }),
         }
     }
 
@@ -259,7 +263,9 @@ impl Report {
             &self.latency.execute_to_terminal,
         );
         if self.lag.all.count > 0 {
-            row(&mut out, "delivery lag (steady)", &self.lag.steady);
+            if self.live {
+                row(&mut out, "delivery lag (steady)", &self.lag.steady);
+            }
             row(&mut out, "delivery lag (all lines)", &self.lag.all);
             let _ = writeln!(out, "lag window: {}", self.lag.window);
             if self.lag.negative_samples > 0 {
