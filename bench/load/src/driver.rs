@@ -112,7 +112,7 @@ pub struct State {
     pub resumes: u64,
     /// Times a socket was lost without being asked to.
     pub connections_lost: u64,
-    /// When every live program had started (seconds since the run began).
+    /// When every live program was running, having printed (seconds since the run began).
     pub all_started: Option<f64>,
     /// When the first live program ended (seconds since the run began).
     pub first_end: Option<f64>,
@@ -120,6 +120,8 @@ pub struct State {
     pub issuing_done: bool,
     /// Executions refused before they started.
     refused: u64,
+    /// Executions that have printed something.
+    printing: u64,
     /// Watcher views still waiting for their execution's terminal event.
     watching: u64,
 }
@@ -192,6 +194,7 @@ impl Run {
                 first_end: None,
                 issuing_done: false,
                 refused: 0,
+                printing: 0,
                 watching: 0,
             }),
             over: CancellationToken::new(),
@@ -301,6 +304,20 @@ impl Run {
         state.issuing_done && state.ended == state.issued && state.watching == 0
     }
 
+    /// In a live run, notes when every program that was not refused is running (has
+    /// printed): the steady state begins. (`started` comes when the process is spawned,
+    /// long before an interpreter has loaded when a thousand start at once.)
+    fn check_all_started(&self, state: &mut State, at: Duration) {
+        if let Mode::Live { programs } = self.scenario.mode {
+            if state.all_started.is_none()
+                && state.printing > 0
+                && state.printing + state.refused == programs as u64
+            {
+                state.all_started = Some(at.as_secs_f64());
+            }
+        }
+    }
+
     fn note_end(&self, state: &mut State) {
         state.ended += 1;
         self.permits.add_permits(1);
@@ -377,6 +394,7 @@ impl Run {
                     exec.ended = Some(at);
                     state.refuse(n);
                     self.refusal(state, code, &event.data);
+                    self.check_all_started(state, at);
                     self.note_end(state);
                 }
                 _ => self.refusal(state, code, &event.data),
@@ -492,11 +510,6 @@ impl Run {
                 if watched {
                     actions.push(Action::WatchersAttach(session.clone()));
                 }
-                if let Mode::Live { programs } = self.scenario.mode {
-                    if state.started == programs as u64 && state.all_started.is_none() {
-                        state.all_started = Some(at.as_secs_f64());
-                    }
-                }
             }
             EventKind::Stdout | EventKind::Stderr => {
                 if event.encoding == Some(Encoding::Base64) {
@@ -505,6 +518,7 @@ impl Run {
                     });
                     return actions;
                 }
+                let first = exec.first_output.is_none();
                 exec.first_output.get_or_insert(at);
                 if event.kind == EventKind::Stderr {
                     exec.output.stderr(event.data.as_bytes());
@@ -512,6 +526,10 @@ impl Run {
                     for printed in exec.output.stdout(event.data.as_bytes()) {
                         state.figures.lag(printed - self.wall0, wall - printed);
                     }
+                }
+                if first {
+                    state.printing += 1;
+                    self.check_all_started(state, at);
                 }
             }
             kind if kind.is_terminal() => {
@@ -531,6 +549,7 @@ impl Run {
                     state.refuse(n);
                     let code = event.code.unwrap_or(ErrorCode::Internal);
                     self.refusal(state, code, &event.data);
+                    self.check_all_started(state, at);
                 } else {
                     let (intended, started, first) =
                         (exec.intended, exec.started, exec.first_output);

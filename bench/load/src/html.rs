@@ -19,16 +19,46 @@ const COLOURS: [RGBColor; 5] = [
     RGBColor(148, 103, 189),
 ];
 
+/// How the y axis is drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scale {
+    Linear,
+    /// Logarithmic: latencies span milliseconds to seconds, and both ends matter.
+    Log,
+}
+
+/// Smallest value a logarithmic axis shows (a thousandth of its unit).
+const LOG_FLOOR: f64 = 1e-3;
+
 /// One line chart as an SVG document; a chart with no points says so in words.
-fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series<'_>]) -> String {
+fn chart(title: &str, x_desc: &str, y_desc: &str, scale: Scale, series: &[Series<'_>]) -> String {
+    // A logarithmic axis is drawn as a linear one over log10 of the values.
+    let series: Vec<Series<'_>> = series
+        .iter()
+        .map(|(name, points)| {
+            let points = points
+                .iter()
+                .map(|&(x, y)| match scale {
+                    Scale::Linear => (x, y),
+                    Scale::Log => (x, y.max(LOG_FLOOR).log10()),
+                })
+                .collect();
+            (*name, points)
+        })
+        .collect();
     let points = series.iter().flat_map(|s| s.1.iter());
-    let (mut x_max, mut y_max) = (0.0_f64, 0.0_f64);
+    let (mut x_max, mut y_min, mut y_max) = (0.0_f64, f64::INFINITY, f64::NEG_INFINITY);
     let mut any = false;
     for &(x, y) in points {
         any = true;
         x_max = x_max.max(x);
+        y_min = y_min.min(y);
         y_max = y_max.max(y);
     }
+    let (y_from, y_to) = match scale {
+        Scale::Linear => (0.0, (y_max * 1.1).max(1e-3)),
+        Scale::Log => (y_min.floor(), y_max.ceil().max(y_min.floor() + 1.0)),
+    };
     if !any {
         return format!(
             "<p class=\"empty\">{}: no data in this run.</p>",
@@ -44,10 +74,25 @@ fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series<'_>]) -> Stri
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(64)
-            .build_cartesian_2d(0.0..(x_max * 1.02).max(1.0), 0.0..(y_max * 1.1).max(1e-3))?;
+            .build_cartesian_2d(0.0..(x_max * 1.02).max(1.0), y_from..y_to)?;
+        let label = |v: &f64| match scale {
+            Scale::Linear => format!("{v}"),
+            Scale::Log => {
+                let value = 10f64.powf(*v);
+                match value {
+                    v if v >= 100.0 => format!("{v:.0}"),
+                    v if v >= 1.0 => format!("{v:.1}"),
+                    v => format!("{v:.3}"),
+                }
+            }
+        };
         c.configure_mesh()
             .x_desc(x_desc)
-            .y_desc(y_desc)
+            .y_desc(match scale {
+                Scale::Linear => y_desc.to_owned(),
+                Scale::Log => format!("{y_desc} (log scale)"),
+            })
+            .y_label_formatter(&label)
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         for (i, (name, points)) in series.iter().enumerate() {
@@ -195,6 +240,7 @@ pub fn render(report: &Report) -> String {
         "execute → terminal, by intended start",
         "seconds into the run",
         "ms",
+        Scale::Log,
         &[
             ("p50", pick(|p| p.terminal_p50_ms)),
             ("p99", pick(|p| p.terminal_p99_ms)),
@@ -204,6 +250,7 @@ pub fn render(report: &Report) -> String {
         "delivery lag, by time printed",
         "seconds into the run",
         "ms",
+        Scale::Log,
         &[
             ("p50", pick(|p| p.lag_p50_ms)),
             ("p99", pick(|p| p.lag_p99_ms)),
@@ -219,6 +266,7 @@ pub fn render(report: &Report) -> String {
         "latency by percentile",
         "nines",
         "ms",
+        Scale::Log,
         &[
             (
                 "execute → started",
@@ -243,12 +291,14 @@ pub fn render(report: &Report) -> String {
         "executions ended per second",
         "seconds into the run",
         "executions/s",
+        Scale::Linear,
         &[("executions", per_second(|p| p.executions))],
     ));
     out.push_str(&chart(
         "events received per second",
         "seconds into the run",
         "events/s",
+        Scale::Linear,
         &[("events", per_second(|p| p.events))],
     ));
     out.push_str("<h2>Scenario</h2>\n<pre>");

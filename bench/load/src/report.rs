@@ -131,20 +131,21 @@ impl Report {
             .fold(0.0_f64, f64::max);
         let (from, to, window) = match run.scenario.mode {
             Mode::Live { programs } => match (state.all_started, state.first_end) {
-                (Some(from), to) => {
+                (Some(from), to) if to.is_none_or(|to| to > from) => {
                     let to = to.unwrap_or(elapsed);
                     (
                         from,
                         to,
                         format!(
-                            "clock lines printed after all {programs} programs had started ({from:.1} s into the run) and before the first one ended ({to:.1} s)"
+                            "clock lines printed once all {} programs were running (each had printed its first line, {from:.1} s into the run) and before the first one ended ({to:.1} s)",
+                            programs as u64 - refused
                         ),
                     )
                 }
-                (None, _) => (
+                _ => (
                     f64::INFINITY,
                     f64::INFINITY,
-                    format!("none: the {programs} programs were never all running at once"),
+                    format!("none: the {programs} programs were never all running at once (the first ended before the last printed: a longer --duration gives a steady window)"),
                 ),
             },
             _ => (
