@@ -335,6 +335,48 @@ async fn a_refused_load_says_which_flags_make_room() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_presented_and_a_missing_one_is_refused() -> Result<()> {
+    let dir = std::env::temp_dir().join(unique_marker("load-keys"));
+    std::fs::create_dir_all(&dir)?;
+    let keys = dir.join("keys");
+    let key = sluice_gateway::auth::keys::add_key(&keys, "loadtest")?;
+    let mut config = Config::default();
+    config.auth.api_keys_file = Some(keys);
+    let gateway = TestGateway::spawn_with(config).await;
+    let with = load(&gateway.url(), &["--executions", "2", "--token", &key]).await;
+    let without = load(&gateway.url(), &["--executions", "2"]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    with?.assert_clean(2)?;
+    let without = without?;
+    ensure!(without.code == Some(2), "exit {:?}", without.code);
+    ensure!(
+        without.stderr.contains("cannot connect") && without.stderr.contains("401"),
+        "the refusal is not explained: {}",
+        without.stderr
+    );
+    Ok(())
+}
+
+/// The gateway closes sockets that hold nothing for its idle timeout: between two
+/// executions of a slow open loop, the program socket and its watcher are closed under
+/// the harness, which reconnects and carries on without losing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_the_gateway_closes_are_reconnected() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        idle_timeout: Duration::from_millis(200),
+        ..Config::default()
+    })
+    .await;
+    let run = load(
+        &gateway.url(),
+        &["--rate", "2/s", "--executions", "4", "--watchers", "1"],
+    )
+    .await?;
+    run.assert_clean(4)?;
+    Ok(())
+}
+
 #[test]
 fn an_unreachable_gateway_is_an_error() -> Result<()> {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))

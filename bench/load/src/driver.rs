@@ -5,7 +5,7 @@
 //! ([`crate::verify`]), then the figures ([`crate::figures`]).
 
 use crate::figures::Figures;
-use crate::program::{ProgramKind, ProgramSpec};
+use crate::program::ProgramKind;
 use crate::scenario::{Mode, Scenario};
 use crate::verify::{self, Accept, Fingerprints, Kind, OutputCheck, StreamCheck, Violations};
 use futures::{SinkExt as _, StreamExt as _};
@@ -441,7 +441,10 @@ impl Run {
         }
         let exec = &mut state.execs[n];
         match event.kind {
-            EventKind::Attached => return Vec::new(),
+            EventKind::Attached => {
+                resuming.remove(&session);
+                return Vec::new();
+            }
             EventKind::Gap => {
                 let (from, to) = (
                     event.missed_from.unwrap_or(0),
@@ -838,9 +841,11 @@ pub async fn drive(run: Arc<Run>) -> Result<(), DriveError> {
     for (index, conn) in watcher_conns.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE);
         watcher_tx.push(tx);
+        let watchers = scenario.watchers.max(1);
         tasks.spawn(watcher_socket(
             Arc::clone(&run),
-            index % scenario.watchers.max(1),
+            index / watchers,
+            index % watchers,
             conn,
             rx,
         ));
@@ -1011,18 +1016,10 @@ async fn program_socket(
             // Reconnect and resume every session this socket still runs, from the last
             // sequence it saw; then resend each execute (a resend starts nothing, and
             // starts the one that never reached the gateway).
-            conn = loop {
-                match connect(scenario).await {
-                    Ok(conn) => break conn,
-                    Err(_) if !run.over.is_cancelled() => {
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            () = run.over.cancelled() => return,
-                        }
-                    }
-                    Err(_) => return,
-                }
+            let Some(new) = reconnect(&run).await else {
+                return;
             };
+            conn = new;
             socket_stream = StreamCheck::default();
             let pending: Vec<(usize, usize, Option<String>, u64)> = run
                 .lock()
@@ -1050,13 +1047,21 @@ async fn program_socket(
 }
 
 /// A watcher: attaches to the sessions its program socket runs, from their start.
-async fn watcher_socket(run: Arc<Run>, w: usize, conn: Conn, mut cmds: mpsc::Receiver<WatchCmd>) {
-    let mut conn = conn;
+async fn watcher_socket(
+    run: Arc<Run>,
+    socket: usize,
+    w: usize,
+    mut conn: Conn,
+    mut cmds: mpsc::Receiver<WatchCmd>,
+) {
     loop {
-        tokio::select! {
+        let lost = tokio::select! {
             () = run.over.cancelled() => break,
             cmd = cmds.recv() => match cmd {
-                Some(WatchCmd::Attach(session)) => conn.send(&ClientFrame::Attach(AttachFrame { session, since: Some(0) })).await,
+                Some(WatchCmd::Attach(session)) => {
+                    conn.send(&ClientFrame::Attach(AttachFrame { session, since: Some(0) })).await;
+                    false
+                }
                 None => break,
             },
             frame = conn.incoming.next() => match frame {
@@ -1064,30 +1069,54 @@ async fn watcher_socket(run: Arc<Run>, w: usize, conn: Conn, mut cmds: mpsc::Rec
                     if let Some(session) = run.on_watcher_frame(w, text.as_str()) {
                         conn.send(&ClientFrame::Detach(DetachFrame { session })).await;
                     }
+                    false
                 }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
-                    run.lock().connections_lost += 1;
-                    break;
-                }
+                Some(Ok(_)) => false,
+                Some(Err(_)) | None => true,
+            }
+        };
+        if lost {
+            // Closed under it (an idle socket, a network): reattach where it stopped.
+            run.lock().connections_lost += 1;
+            conn.close(true);
+            let Some(new) = reconnect(&run).await else {
+                return;
+            };
+            conn = new;
+            let sessions: Vec<(String, u64)> = run
+                .lock()
+                .execs
+                .iter()
+                .filter(|e| e.socket == socket && !e.refused && e.started.is_some())
+                .filter_map(|e| {
+                    let watcher = e.watchers.get(w).filter(|v| !v.done)?;
+                    Some((e.session.clone()?, watcher.stream.last()))
+                })
+                .collect();
+            for (session, since) in sessions {
+                conn.send(&ClientFrame::Attach(AttachFrame {
+                    session,
+                    since: Some(since),
+                }))
+                .await;
             }
         }
     }
     conn.close(false);
 }
 
-impl ProgramSpec {
-    /// A short description for the summary.
-    pub fn describe(&self) -> String {
-        match self.kind {
-            ProgramKind::Pattern => format!(
-                "pattern ({} B out over {:?}, {} B stdin echoed, {}, weight {})",
-                self.output_bytes, self.duration, self.stdin_bytes, self.language, self.weight
-            ),
-            ProgramKind::Clock => format!(
-                "clock (every {:?} for {:?}, {}, weight {})",
-                self.interval, self.duration, self.language, self.weight
-            ),
+/// Connects again, retrying every 100 ms until the run is over.
+async fn reconnect(run: &Run) -> Option<Conn> {
+    loop {
+        match connect(&run.scenario).await {
+            Ok(conn) => return Some(conn),
+            Err(_) if !run.over.is_cancelled() => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = run.over.cancelled() => return None,
+                }
+            }
+            Err(_) => return None,
         }
     }
 }

@@ -201,6 +201,22 @@ impl ProgramSpec {
     }
 }
 
+impl ProgramSpec {
+    /// A short description for the summary.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            ProgramKind::Pattern => format!(
+                "pattern ({} B out over {:?}, {} B stdin echoed, {}, weight {})",
+                self.output_bytes, self.duration, self.stdin_bytes, self.language, self.weight
+            ),
+            ProgramKind::Clock => format!(
+                "clock (every {:?} for {:?}, {}, weight {})",
+                self.interval, self.duration, self.language, self.weight
+            ),
+        }
+    }
+}
+
 /// One line a clock program printed: its number and the wall clock (Unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClockLine {

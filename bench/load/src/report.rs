@@ -39,6 +39,9 @@ pub struct Report {
     /// A live run (with a steady window).
     #[serde(skip)]
     pub live: bool,
+    /// The program mix, described.
+    #[serde(skip)]
+    pub programs: Vec<String>,
 }
 
 /// Executions by fate.
@@ -207,6 +210,7 @@ impl Report {
             violations,
             timeline: timeline(f),
             live: matches!(run.scenario.mode, Mode::Live { .. }),
+            programs: run.scenario.mix.iter().map(|p| p.describe()).collect(),
         }
     }
 
@@ -228,6 +232,9 @@ impl Report {
             "sluice load: {} executions in {:.1} s: {} finished, {} refused, {} unfinished ({} resumes, {} connections lost)",
             c.issued, self.elapsed_s, c.finished, c.refused, c.unfinished, c.resumes, c.connections_lost
         );
+        for program in &self.programs {
+            let _ = writeln!(out, "program: {program}");
+        }
         let t = &self.throughput;
         let _ = writeln!(
             out,

@@ -62,7 +62,7 @@ pub struct LoadArgs {
 
     /// Executions to run in all. Without it (and without --live) the run lasts --duration,
     /// or 100 executions when neither is given.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "live")]
     pub executions: Option<u64>,
 
     /// How long to keep starting executions (e.g. 30s, 500ms, 2m). With --live: how long
