@@ -201,6 +201,32 @@ async fn a_closed_loop_with_stdin_passes_and_reports() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mix_from_a_scenario_file_passes() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let dir = std::env::temp_dir().join(unique_marker("load-scenario"));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("mix.toml");
+    std::fs::write(
+        &file,
+        "sockets = 2\nexecutions = 6\nconcurrency = 3\nseed = 3\n\n\
+         [[program]]\nkind = \"pattern\"\noutput_bytes = 5000\nstdin_bytes = 50\nweight = 2\n\n\
+         [[program]]\nkind = \"clock\"\nduration = \"300ms\"\ninterval = \"100ms\"\n",
+    )?;
+    let path = file.to_string_lossy().into_owned();
+    let run = load(&gateway.url(), &["--scenario", &path]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = run?;
+    let json = run.assert_clean(6)?;
+    ensure!(
+        json["scenario"]["programs"].as_array().map(Vec::len) == Some(2),
+        "{}",
+        json["scenario"]
+    );
+    ensure!(json["scenario"]["sockets"] == 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_loop_passes() -> Result<()> {
     let gateway = TestGateway::spawn().await;
     let run = load(
