@@ -349,7 +349,7 @@ impl Run {
         let mut state = self.lock();
         let state = &mut *state;
         state.figures.event(at, raw.len());
-        let event = match Event::decode(raw) {
+        let event = match Event::decode(raw).and_then(|e| e.validate().map(|()| e)) {
             Ok(event) => event,
             Err(err) => {
                 state.violations.add(Kind::InvalidEvent, || {
@@ -361,7 +361,13 @@ impl Run {
         let Some(session) = event.session.clone() else {
             // The socket stream: refusals of frames that admitted nothing.
             let what = format!("socket {socket}'s own stream");
-            if socket_stream.event(event.sequence, &mut state.violations, &what) == Accept::Ignore {
+            if socket_stream.event(
+                event.sequence,
+                event.timestamp,
+                &mut state.violations,
+                &what,
+            ) == Accept::Ignore
+            {
                 return Vec::new();
             }
             let code = event.code.unwrap_or(ErrorCode::Internal);
@@ -455,10 +461,12 @@ impl Run {
             }
             _ => {}
         }
-        if exec
-            .stream
-            .event(event.sequence, &mut state.violations, &what)
-            == Accept::Ignore
+        if exec.stream.event(
+            event.sequence,
+            event.timestamp,
+            &mut state.violations,
+            &what,
+        ) == Accept::Ignore
         {
             return Vec::new();
         }
@@ -608,7 +616,7 @@ impl Run {
         let mut state = self.lock();
         let state = &mut *state;
         state.figures.event(at, raw.len());
-        let event = match Event::decode(raw) {
+        let event = match Event::decode(raw).and_then(|e| e.validate().map(|()| e)) {
             Ok(event) => event,
             Err(err) => {
                 state.violations.add(Kind::InvalidEvent, || {
@@ -645,10 +653,12 @@ impl Run {
                 None
             }
             kind => {
-                if watcher
-                    .stream
-                    .event(event.sequence, &mut state.violations, &what)
-                    == Accept::Ignore
+                if watcher.stream.event(
+                    event.sequence,
+                    event.timestamp,
+                    &mut state.violations,
+                    &what,
+                ) == Accept::Ignore
                 {
                     return None;
                 }

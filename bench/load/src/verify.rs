@@ -36,6 +36,8 @@ pub enum Kind {
     WatcherMismatch,
     /// A watcher did not see its session to the end.
     WatcherIncomplete,
+    /// An event's timestamp is earlier than that of the event before it in its stream.
+    TimestampBackwards,
     /// A frame that is not a valid event (or an event for nothing the harness sent).
     InvalidEvent,
 }
@@ -56,6 +58,7 @@ impl Kind {
             Self::UnexpectedOutcome => "unexpected_outcome",
             Self::WatcherMismatch => "watcher_mismatch",
             Self::WatcherIncomplete => "watcher_incomplete",
+            Self::TimestampBackwards => "timestamp_backwards",
             Self::InvalidEvent => "invalid_event",
         }
     }
@@ -130,6 +133,8 @@ pub enum Accept {
 pub struct StreamCheck {
     last: u64,
     holes: BTreeSet<u64>,
+    /// The timestamp of the latest event in sequence order.
+    timestamp: f64,
 }
 
 impl StreamCheck {
@@ -138,8 +143,26 @@ impl StreamCheck {
         self.last
     }
 
-    /// Checks a numbered event's `sequence`; `what` names the stream for examples.
-    pub fn event(&mut self, sequence: u64, violations: &mut Violations, what: &str) -> Accept {
+    /// Checks a numbered event's `sequence` and `timestamp`; `what` names the stream
+    /// for examples.
+    pub fn event(
+        &mut self,
+        sequence: u64,
+        timestamp: f64,
+        violations: &mut Violations,
+        what: &str,
+    ) -> Accept {
+        if sequence > self.last {
+            if timestamp < self.timestamp {
+                violations.add(Kind::TimestampBackwards, || {
+                    format!(
+                        "{what}: event {sequence} has timestamp {timestamp:.6}, before {:.6} of the event before it",
+                        self.timestamp
+                    )
+                });
+            }
+            self.timestamp = timestamp;
+        }
         if sequence == self.last + 1 {
             self.last = sequence;
             return Accept::Process;
@@ -194,7 +217,8 @@ impl StreamCheck {
             )
         });
         if missed_from > self.last + 1 {
-            self.event(missed_from - 1, violations, what);
+            let timestamp = self.timestamp;
+            self.event(missed_from - 1, timestamp, violations, what);
         }
         self.last = self.last.max(resume_from.saturating_sub(1));
     }
@@ -382,7 +406,7 @@ mod tests {
         let mut v = Violations::default();
         let mut s = StreamCheck::default();
         for seq in 1..=5 {
-            assert_eq!(s.event(seq, &mut v, "s"), Accept::Process);
+            assert_eq!(s.event(seq, seq as f64, &mut v, "s"), Accept::Process);
         }
         s.finish(&mut v, "s");
         assert_eq!(v.total(), 0);
@@ -393,11 +417,11 @@ mod tests {
     fn drops_duplicates_and_reorders_are_told_apart() {
         let mut v = Violations::default();
         let mut s = StreamCheck::default();
-        s.event(1, &mut v, "s");
-        s.event(3, &mut v, "s"); // 2 dropped
-        assert_eq!(s.event(3, &mut v, "s"), Accept::Ignore); // 3 duplicated
-        s.event(5, &mut v, "s");
-        assert_eq!(s.event(4, &mut v, "s"), Accept::Process); // 4 late
+        s.event(1, 1.0, &mut v, "s");
+        s.event(3, 1.0, &mut v, "s"); // 2 dropped
+        assert_eq!(s.event(3, 1.0, &mut v, "s"), Accept::Ignore); // 3 duplicated
+        s.event(5, 1.0, &mut v, "s");
+        assert_eq!(s.event(4, 1.0, &mut v, "s"), Accept::Process); // 4 late
         s.finish(&mut v, "s");
         assert_eq!(v.count(Kind::Gap), 1);
         assert_eq!(v.count(Kind::Duplicate), 1);
@@ -406,12 +430,22 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_must_not_go_back() {
+        let mut v = Violations::default();
+        let mut s = StreamCheck::default();
+        s.event(1, 5.0, &mut v, "s");
+        s.event(2, 5.0, &mut v, "s");
+        s.event(3, 4.0, &mut v, "s");
+        assert_eq!(v.count(Kind::TimestampBackwards), 1);
+    }
+
+    #[test]
     fn an_announced_gap_is_loss_but_no_hole() {
         let mut v = Violations::default();
         let mut s = StreamCheck::default();
-        s.event(1, &mut v, "s");
+        s.event(1, 1.0, &mut v, "s");
         s.gap(2, 10, &mut v, "s");
-        s.event(10, &mut v, "s");
+        s.event(10, 1.0, &mut v, "s");
         s.finish(&mut v, "s");
         assert_eq!(v.count(Kind::AnnouncedLoss), 8);
         assert_eq!(v.count(Kind::Gap), 0);
