@@ -289,15 +289,47 @@ async fn watchers_see_identical_streams() -> Result<()> {
             "2",
             "--watchers",
             "2",
+            // More than an idle session keeps (256 KiB): the programs wait for their
+            // watchers to attach before printing, so nothing is gone when they do.
             "--output-bytes",
-            "3000",
-            "--program-duration",
-            "100ms",
+            "300000",
+            "--stdin-bytes",
+            "1000",
         ],
     )
     .await?;
     let json = run.assert_clean(4)?;
     ensure!(json["scenario"]["watchers"] == 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_clocks_survive_dropped_sockets() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let run = load(
+        &gateway.url(),
+        &[
+            "--executions",
+            "4",
+            "--concurrency",
+            "2",
+            "--watchers",
+            "1",
+            "--disconnect-every",
+            "4",
+            "--program",
+            "clock",
+            "--program-duration",
+            "500ms",
+        ],
+    )
+    .await?;
+    let json = run.assert_clean(4)?;
+    ensure!(
+        json["executions"]["resumes"].as_u64().unwrap_or(0) >= 1,
+        "no socket was dropped: {}",
+        json["executions"]
+    );
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! ([`crate::verify`]), then the figures ([`crate::figures`]).
 
 use crate::figures::Figures;
-use crate::program::ProgramKind;
+use crate::program::{ProgramKind, GO};
 use crate::scenario::{Mode, Scenario};
 use crate::verify::{self, Accept, Fingerprints, Kind, OutputCheck, StreamCheck, Violations};
 use futures::{SinkExt as _, StreamExt as _};
@@ -65,6 +65,8 @@ struct Exec {
     ended: Option<Duration>,
     terminals: u32,
     refused: bool,
+    /// Its stdin (with the go line) has been sent.
+    released: bool,
     output: OutputCheck,
     stream: StreamCheck,
     prints: Fingerprints,
@@ -75,6 +77,8 @@ struct Exec {
 #[derive(Debug, Default)]
 struct Watcher {
     attached: bool,
+    /// Its attach was refused: it saw nothing, and nothing is compared.
+    refused: bool,
     stream: StreamCheck,
     prints: Fingerprints,
     done: bool,
@@ -124,6 +128,8 @@ pub struct State {
     printing: u64,
     /// Watcher views still waiting for their execution's terminal event.
     watching: u64,
+    /// Per program socket: released executions whose stdin it must send.
+    ready: Vec<Vec<usize>>,
 }
 
 impl State {
@@ -165,6 +171,8 @@ pub struct Run {
     permits: Semaphore,
     /// Woken when an execution ends.
     changed: tokio::sync::Notify,
+    /// Per program socket: woken when executions of its are released ([`State::ready`]).
+    ready: Vec<tokio::sync::Notify>,
 }
 
 impl Run {
@@ -175,7 +183,6 @@ impl Run {
             _ => 0,
         };
         Self {
-            scenario,
             t0: Instant::now(),
             wall0: unix_now(),
             state: Mutex::new(State {
@@ -196,10 +203,15 @@ impl Run {
                 refused: 0,
                 printing: 0,
                 watching: 0,
+                ready: vec![Vec::new(); scenario.sockets],
             }),
             over: CancellationToken::new(),
             permits: Semaphore::new(permits),
             changed: tokio::sync::Notify::new(),
+            ready: (0..scenario.sockets)
+                .map(|_| tokio::sync::Notify::new())
+                .collect(),
+            scenario,
         }
     }
 
@@ -218,18 +230,35 @@ impl Run {
             .then(|| format!("load-{:x}-{}-{n}", self.scenario.seed, self.wall0 as u64))
     }
 
+    /// Whether programs wait for [`GO`] before printing: with watchers, which attach
+    /// once the program has started and must not find its output already gone.
+    fn gated(&self) -> bool {
+        self.scenario.watchers > 0
+    }
+
+    /// Whether program `program`'s input goes in the `execute` itself: when sockets are
+    /// dropped on purpose and it echoes input, so that a resent `execute` carries it
+    /// (a `stdin` frame lost in a drop cannot be told from one delivered). Such a
+    /// program gets its go line at once: it is not held for its watchers.
+    fn stdin_in_execute(&self, program: usize) -> bool {
+        let spec = &self.scenario.mix[program];
+        self.scenario.disconnect_every.is_some()
+            && spec.kind == ProgramKind::Pattern
+            && spec.stdin_bytes > 0
+    }
+
     /// The `execute` frame of execution `n` (the same each time, so a resend is one).
     fn request(&self, n: usize, program: usize) -> ClientFrame {
         let spec = &self.scenario.mix[program];
         let tag = Self::tag(n);
-        let stdin = (spec.kind == ProgramKind::Pattern
-            && spec.stdin_bytes > 0
-            && self.scenario.disconnect_every.is_some())
-        .then(|| spec.stdin(&tag));
+        let stdin = self.stdin_in_execute(program).then(|| {
+            let go = if self.gated() { GO } else { "" };
+            format!("{go}{}", spec.stdin(&tag))
+        });
         ClientFrame::Execute(ExecuteRequest {
             id: tag.clone(),
             language: spec.language.clone(),
-            code: spec.code(&tag),
+            code: spec.code(&tag, self.gated()),
             session: self.session_name(n),
             stdin,
             limits: spec.limits(),
@@ -238,30 +267,51 @@ impl Run {
         })
     }
 
-    /// The stdin frames of execution `n`, sent once it started (unless its stdin went
-    /// with the `execute`, as it does when sockets are dropped on purpose).
-    fn stdin_frames(&self, n: usize, program: usize) -> Vec<ClientFrame> {
+    /// The stdin frames of execution `n`: its go line when gated, then its input, the
+    /// last frame closing stdin; nothing when its input went with the `execute`. Sent
+    /// once it started (gated: once every watcher is attached). `go_only`: the go line
+    /// alone, again, after a resume (it may have been lost; the program reads one line).
+    fn stdin_frames(&self, n: usize, program: usize, go_only: bool) -> Vec<ClientFrame> {
         let spec = &self.scenario.mix[program];
-        if spec.kind != ProgramKind::Pattern
-            || spec.stdin_bytes == 0
-            || self.scenario.disconnect_every.is_some()
-        {
+        if self.stdin_in_execute(program) {
             return Vec::new();
         }
-        let data = spec.stdin(&Self::tag(n));
+        let tag = Self::tag(n);
+        let go = if self.gated() { GO } else { "" };
+        let input = if spec.kind == ProgramKind::Pattern && !go_only {
+            spec.stdin(&tag)
+        } else {
+            String::new()
+        };
+        let data = format!("{go}{input}");
         let mut frames = Vec::new();
         let mut rest = data.as_str();
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(STDIN_CHUNK.min(rest.len()));
             rest = tail;
             frames.push(ClientFrame::Stdin(StdinFrame {
-                id: Self::tag(n),
-                session: None,
+                id: tag.clone(),
+                // With a session, a socket that reconnected still finds the execution.
+                session: self.session_name(n),
                 data: Some(chunk.to_owned()),
-                eof: rest.is_empty(),
+                // A program that echoes reads to the end of its input; a go line alone
+                // leaves stdin open, so that sending it again cannot be refused.
+                eof: rest.is_empty() && !input.is_empty(),
             }));
         }
         frames
+    }
+
+    /// Every watcher of execution `n` is attached: its program may print.
+    fn release(&self, state: &mut State, n: usize) {
+        let exec = &mut state.execs[n];
+        if exec.released || !exec.watchers.iter().all(|w| w.attached || w.done) {
+            return;
+        }
+        exec.released = true;
+        let socket = exec.socket;
+        state.ready[socket].push(n);
+        self.ready[socket].notify_one();
     }
 
     fn now(&self) -> Duration {
@@ -284,6 +334,7 @@ impl Run {
             ended: None,
             terminals: 0,
             refused: false,
+            released: false,
             output: OutputCheck::new(spec, &Self::tag(n)),
             stream: StreamCheck::default(),
             prints: Vec::new(),
@@ -517,7 +568,9 @@ impl Run {
                 }
                 exec.started = Some(at);
                 state.started += 1;
-                actions.push(Action::Stdin(n));
+                if !self.gated() {
+                    actions.push(Action::Stdin(n));
+                }
                 if watched {
                     actions.push(Action::WatchersAttach(session.clone()));
                 }
@@ -628,6 +681,25 @@ impl Run {
         let Some(session) = event.session.clone() else {
             let code = event.code.unwrap_or(ErrorCode::Internal);
             self.refusal(state, code, &event.data);
+            // An attach refused (too many sessions on this socket, say): this watcher
+            // gives that session up, and its program is not held for it.
+            let refused = event
+                .for_session
+                .as_ref()
+                .and_then(|s| state.sessions.get(s).copied());
+            if let Some(n) = refused {
+                if let Some(watcher) = state.execs[n].watchers.get_mut(w) {
+                    if !watcher.done {
+                        watcher.done = true;
+                        watcher.refused = true;
+                        state.watching = state.watching.saturating_sub(1);
+                    }
+                }
+                self.release(state, n);
+                if Self::finished(state) {
+                    self.over.cancel();
+                }
+            }
             return None;
         };
         let Some(&n) = state.sessions.get(&session) else {
@@ -642,6 +714,7 @@ impl Run {
         match event.kind {
             EventKind::Attached => {
                 watcher.attached = true;
+                self.release(state, n);
                 None
             }
             EventKind::Gap => {
@@ -698,6 +771,9 @@ impl Run {
                 continue;
             }
             for (w, watcher) in exec.watchers.iter_mut().enumerate() {
+                if watcher.refused {
+                    continue;
+                }
                 let what = format!("watcher {w} of e{n}");
                 watcher.stream.finish(&mut state.violations, &what);
                 if !watcher.done {
@@ -969,6 +1045,19 @@ async fn program_socket(
     loop {
         let lost = tokio::select! {
             () = run.over.cancelled() => break,
+            () = run.ready[socket].notified() => {
+                let released: Vec<(usize, usize)> = {
+                    let mut state = run.lock();
+                    let ready = std::mem::take(&mut state.ready[socket]);
+                    ready.into_iter().map(|n| (n, state.execs[n].program)).collect()
+                };
+                for (n, program) in released {
+                    for frame in run.stdin_frames(n, program, false) {
+                        conn.send(&frame).await;
+                    }
+                }
+                false
+            }
             cmd = cmds.recv() => {
                 match cmd {
                     Some(Cmd::Execute(n, program)) => conn.send(&run.request(n, program)).await,
@@ -984,7 +1073,7 @@ async fn program_socket(
                         match action {
                             Action::Stdin(n) => {
                                 let program = run.lock().execs[n].program;
-                                for frame in run.stdin_frames(n, program) {
+                                for frame in run.stdin_frames(n, program, false) {
                                     conn.send(&frame).await;
                                 }
                             }
@@ -1031,15 +1120,19 @@ async fn program_socket(
             };
             conn = new;
             socket_stream = StreamCheck::default();
-            let pending: Vec<(usize, usize, Option<String>, u64)> = run
+            let pending: Vec<(usize, usize, Option<String>, u64, bool)> = run
                 .lock()
                 .execs
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| e.socket == socket && e.ended.is_none())
-                .map(|(n, e)| (n, e.program, e.session.clone(), e.stream.last()))
+                .map(|(n, e)| {
+                    // Released but silent: its go line may have been lost with the socket.
+                    let go_again = e.released && e.first_output.is_none();
+                    (n, e.program, e.session.clone(), e.stream.last(), go_again)
+                })
                 .collect();
-            for (n, program, session, since) in pending {
+            for (n, program, session, since, go_again) in pending {
                 let Some(session) = session else { continue };
                 resuming.insert(session.clone());
                 conn.send(&ClientFrame::Attach(AttachFrame {
@@ -1049,6 +1142,11 @@ async fn program_socket(
                 .await;
                 if scenario.named_sessions() {
                     conn.send(&run.request(n, program)).await;
+                }
+                if go_again {
+                    for frame in run.stdin_frames(n, program, true) {
+                        conn.send(&frame).await;
+                    }
                 }
             }
         }

@@ -46,6 +46,9 @@ pub struct ProgramSpec {
     pub weight: u32,
 }
 
+/// The line a gated program waits for on stdin before it prints.
+pub const GO: &str = "go\n";
+
 /// Length of one pattern line, newline included.
 const LINE: u64 = 64;
 
@@ -108,12 +111,21 @@ impl ProgramSpec {
         (self.duration.as_nanos() / self.interval.as_nanos().max(1)).max(1) as u64
     }
 
-    /// The program's code for execution `tag` (a short string unique in the run).
-    pub fn code(&self, tag: &str) -> String {
+    /// The program's code for execution `tag` (a short string unique in the run). A
+    /// `gated` program first waits for a line on stdin ([`GO`]) before it prints
+    /// anything, so that watchers can attach before there is output to miss.
+    pub fn code(&self, tag: &str, gated: bool) -> String {
         let duration = self.duration.as_secs_f64();
+        // Through the binary buffer, which the echo below reads from too.
+        let wait = if gated {
+            "sys.stdin.buffer.readline()\n"
+        } else {
+            ""
+        };
         match self.kind {
             ProgramKind::Pattern => format!(
                 "import sys, time\n\
+                 {wait}\
                  n, d, tag, echo = {n}, {duration}, {tag:?}, {echo}\n\
                  lines = (n + {LINE} - 1) // {LINE}\n\
                  data = ''.join('%s %010d %s\\n' % (tag, j, 'x' * {filler}) for j in range(lines))[:n]\n\
@@ -135,6 +147,7 @@ impl ProgramSpec {
             ),
             ProgramKind::Clock => format!(
                 "import sys, time\n\
+                 {wait}\
                  iv, count, tag = {iv}, {count}, {tag:?}\n\
                  t0 = time.time()\n\
                  for j in range(count):\n\
@@ -192,7 +205,7 @@ impl ProgramSpec {
                 0
             };
         sluice_protocol::Limits {
-            timeout_ms: Some((self.duration + Duration::from_secs(30)).as_millis() as u64),
+            timeout_ms: Some((self.duration + TIMEOUT_MARGIN).as_millis() as u64),
             output_bytes: Some(output.max(1 << 20)),
             memory_bytes: Some(128 << 20),
             processes: Some(16),
@@ -216,6 +229,10 @@ impl ProgramSpec {
         }
     }
 }
+
+/// The wall-clock limit asked for beyond a program's duration: room for interpreters that
+/// take long to load on a busy host.
+pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(120);
 
 /// One line a clock program printed: its number and the wall clock (Unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -297,7 +314,11 @@ mod tests {
             1,
         )?;
         assert_eq!(spec.clock_lines(), 300);
-        assert!(spec.code("t").contains("count, tag = 0.1, 300, \"t\""));
+        assert!(spec
+            .code("t", false)
+            .contains("count, tag = 0.1, 300, \"t\""));
+        assert!(!spec.code("t", false).contains("readline"));
+        assert!(spec.code("t", true).contains("readline"));
         Ok(())
     }
 }
