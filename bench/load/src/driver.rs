@@ -1,25 +1,20 @@
-//! The run itself: the sockets (each a task owning one WebSocket, speaking the wire
-//! protocol directly with `sluice-protocol` types), the scheduler that issues
-//! executions (open loop, closed loop or live), watchers, drops and resumes, and the
-//! shared [`State`] that every received frame goes through: verification first
-//! ([`crate::verify`]), then the figures ([`crate::figures`]).
+//! A run's shared state ([`Run`], [`State`]): the executions issued, the frames the
+//! harness sends for them, and what happens to every frame received, on a program
+//! socket or a watcher's: verification first ([`crate::verify`]), then the figures
+//! ([`crate::figures`]); what the socket must do next comes back as `Action`s. The
+//! sockets themselves are in [`crate::socket`], the scheduler in [`crate::schedule`].
 
 use crate::figures::Figures;
 use crate::program::{ProgramKind, GO};
 use crate::scenario::{Mode, Scenario};
 use crate::verify::{self, Accept, Fingerprints, Kind, OutputCheck, StreamCheck, Violations};
-use futures::{SinkExt as _, StreamExt as _};
 use sluice_protocol::{
-    AckFrame, AttachFrame, ClientFrame, DetachFrame, Encoding, ErrorCode, Event, EventKind,
-    ExecuteRequest, StdinFrame,
+    ClientFrame, Encoding, ErrorCode, Event, EventKind, ExecuteRequest, StdinFrame,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, Semaphore};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Why a run could not be carried out at all (as opposed to violations it found).
@@ -34,9 +29,6 @@ pub enum DriveError {
         reason: String,
     },
 }
-
-/// Frames queued for one socket's writer, and commands for one socket, at most.
-const QUEUE: usize = 1024;
 
 /// Stdin sent in frames of at most this many bytes.
 const STDIN_CHUNK: usize = 16 * 1024;
@@ -54,39 +46,39 @@ pub fn unix_now() -> f64 {
 
 /// One execution the harness issued.
 #[derive(Debug)]
-struct Exec {
-    program: usize,
-    socket: usize,
+pub(crate) struct Exec {
+    pub(crate) program: usize,
+    pub(crate) socket: usize,
     /// Named, or learnt from the first event of a gateway-made one.
-    session: Option<String>,
-    intended: Duration,
-    started: Option<Duration>,
-    first_output: Option<Duration>,
-    ended: Option<Duration>,
-    terminals: u32,
-    refused: bool,
+    pub(crate) session: Option<String>,
+    pub(crate) intended: Duration,
+    pub(crate) started: Option<Duration>,
+    pub(crate) first_output: Option<Duration>,
+    pub(crate) ended: Option<Duration>,
+    pub(crate) terminals: u32,
+    pub(crate) refused: bool,
     /// Its stdin (with the go line) has been sent.
-    released: bool,
-    output: OutputCheck,
-    stream: StreamCheck,
-    prints: Fingerprints,
-    watchers: Vec<Watcher>,
+    pub(crate) released: bool,
+    pub(crate) output: OutputCheck,
+    pub(crate) stream: StreamCheck,
+    pub(crate) prints: Fingerprints,
+    pub(crate) watchers: Vec<Watcher>,
 }
 
 /// One watcher's view of an execution's session.
 #[derive(Debug, Default)]
-struct Watcher {
-    attached: bool,
+pub(crate) struct Watcher {
+    pub(crate) attached: bool,
     /// Its attach was refused: it saw nothing, and nothing is compared.
-    refused: bool,
-    stream: StreamCheck,
-    prints: Fingerprints,
-    done: bool,
+    pub(crate) refused: bool,
+    pub(crate) stream: StreamCheck,
+    pub(crate) prints: Fingerprints,
+    pub(crate) done: bool,
 }
 
 /// What a received frame asks the socket (or its watchers) to do next.
 #[derive(Debug)]
-enum Action {
+pub(crate) enum Action {
     Stdin(usize),
     Ack(String, u64),
     Detach(String),
@@ -96,7 +88,7 @@ enum Action {
 /// Everything the sockets share.
 #[derive(Debug)]
 pub struct State {
-    execs: Vec<Exec>,
+    pub(crate) execs: Vec<Exec>,
     sessions: HashMap<String, usize>,
     /// Every violation found.
     pub violations: Violations,
@@ -129,7 +121,7 @@ pub struct State {
     /// Watcher views still waiting for their execution's terminal event.
     watching: u64,
     /// Per program socket: released executions whose stdin it must send.
-    ready: Vec<Vec<usize>>,
+    pub(crate) ready: Vec<Vec<usize>>,
 }
 
 impl State {
@@ -168,11 +160,9 @@ pub struct Run {
     /// Cancelled when the run is over.
     pub over: CancellationToken,
     /// Closed-loop permits, returned when an execution ends.
-    permits: Semaphore,
-    /// Woken when an execution ends.
-    changed: tokio::sync::Notify,
+    pub(crate) permits: Semaphore,
     /// Per program socket: woken when executions of its are released ([`State::ready`]).
-    ready: Vec<tokio::sync::Notify>,
+    pub(crate) ready: Vec<tokio::sync::Notify>,
 }
 
 impl Run {
@@ -207,7 +197,6 @@ impl Run {
             }),
             over: CancellationToken::new(),
             permits: Semaphore::new(permits),
-            changed: tokio::sync::Notify::new(),
             ready: (0..scenario.sockets)
                 .map(|_| tokio::sync::Notify::new())
                 .collect(),
@@ -248,7 +237,7 @@ impl Run {
     }
 
     /// The `execute` frame of execution `n` (the same each time, so a resend is one).
-    fn request(&self, n: usize, program: usize) -> ClientFrame {
+    pub(crate) fn request(&self, n: usize, program: usize) -> ClientFrame {
         let spec = &self.scenario.mix[program];
         let tag = Self::tag(n);
         let stdin = self.stdin_in_execute(program).then(|| {
@@ -271,7 +260,7 @@ impl Run {
     /// last frame closing stdin; nothing when its input went with the `execute`. Sent
     /// once it started (gated: once every watcher is attached). `go_only`: the go line
     /// alone, again, after a resume (it may have been lost; the program reads one line).
-    fn stdin_frames(&self, n: usize, program: usize, go_only: bool) -> Vec<ClientFrame> {
+    pub(crate) fn stdin_frames(&self, n: usize, program: usize, go_only: bool) -> Vec<ClientFrame> {
         let spec = &self.scenario.mix[program];
         if self.stdin_in_execute(program) {
             return Vec::new();
@@ -314,12 +303,12 @@ impl Run {
         self.ready[socket].notify_one();
     }
 
-    fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         self.t0.elapsed()
     }
 
     /// Issues execution number `n` of program `program` on its socket.
-    fn issue(&self, program: usize, intended: Duration) -> usize {
+    pub(crate) fn issue(&self, program: usize, intended: Duration) -> usize {
         let mut state = self.lock();
         let n = state.execs.len();
         let socket = n % self.scenario.sockets;
@@ -351,7 +340,7 @@ impl Run {
     }
 
     /// Whether everything issued has ended and been watched.
-    fn finished(state: &State) -> bool {
+    pub(crate) fn finished(state: &State) -> bool {
         state.issuing_done && state.ended == state.issued && state.watching == 0
     }
 
@@ -372,7 +361,6 @@ impl Run {
     fn note_end(&self, state: &mut State) {
         state.ended += 1;
         self.permits.add_permits(1);
-        self.changed.notify_waiters();
         if Self::finished(state) {
             self.over.cancel();
         }
@@ -388,7 +376,7 @@ impl Run {
     }
 
     /// A frame on a program socket.
-    fn on_program_frame(
+    pub(crate) fn on_program_frame(
         &self,
         socket: usize,
         raw: &str,
@@ -664,7 +652,7 @@ impl Run {
     }
 
     /// A frame on watcher `w`'s socket; returns a session it is done with.
-    fn on_watcher_frame(&self, w: usize, raw: &str) -> Option<String> {
+    pub(crate) fn on_watcher_frame(&self, w: usize, raw: &str) -> Option<String> {
         let at = self.now();
         let mut state = self.lock();
         let state = &mut *state;
@@ -786,445 +774,6 @@ impl Run {
                         .add(Kind::WatcherMismatch, || format!("{what}: {diff}"));
                 }
             }
-        }
-    }
-}
-
-/// One open WebSocket: frames out through a writer task, frames in here.
-struct Conn {
-    out: mpsc::Sender<Message>,
-    incoming: futures::stream::SplitStream<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    >,
-    writer: tokio::task::JoinHandle<()>,
-}
-
-impl Conn {
-    /// Queues a frame for the writer (waiting while the queue is full: the gateway
-    /// reads slower than this socket writes).
-    async fn send(&self, frame: &ClientFrame) {
-        let _ = self.out.send(Message::text(frame.to_json())).await;
-    }
-
-    /// Ends the connection: politely (a close frame) or as a network would (`abrupt`).
-    fn close(self, abrupt: bool) {
-        if abrupt {
-            self.writer.abort();
-        } else {
-            // A full queue means the gateway is not reading: then end as a network would.
-            if self.out.try_send(Message::Close(None)).is_err() {
-                self.writer.abort();
-            }
-        }
-    }
-}
-
-/// Opens a socket to the scenario's gateway, with its credential.
-async fn connect(scenario: &Scenario) -> Result<Conn, DriveError> {
-    let fail = |reason: String| DriveError::Connect {
-        url: scenario.url.clone(),
-        reason,
-    };
-    let mut request = scenario
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|err| fail(err.to_string()))?;
-    if let Some(token) = &scenario.token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| fail("the token is not a valid header value".into()))?;
-        request.headers_mut().insert("authorization", value);
-    }
-    let (ws, _) = match tokio_tungstenite::connect_async(request).await {
-        Ok(done) => done,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
-                .unwrap_or_default();
-            return Err(fail(format!("HTTP {}: {body}", response.status())));
-        }
-        Err(err) => return Err(fail(err.to_string())),
-    };
-    let (mut sink, incoming) = ws.split();
-    let (out, mut queue) = mpsc::channel::<Message>(QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(first) = queue.recv().await {
-            let closing = matches!(first, Message::Close(_));
-            if sink.feed(first).await.is_err() {
-                return;
-            }
-            while let Ok(next) = queue.try_recv() {
-                if sink.feed(next).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() || closing {
-                return;
-            }
-        }
-    });
-    Ok(Conn {
-        out,
-        incoming,
-        writer,
-    })
-}
-
-/// A tiny deterministic generator (xorshift64*) for the mix and the drop points.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded; any seed works.
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// The next number.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
-/// Commands to a program socket.
-#[derive(Debug)]
-enum Cmd {
-    Execute(usize, usize),
-}
-
-/// Commands to a watcher socket.
-#[derive(Debug)]
-enum WatchCmd {
-    Attach(String),
-}
-
-/// Runs the scenario to its end; the result is in `run.state`.
-pub async fn drive(run: Arc<Run>) -> Result<(), DriveError> {
-    let scenario = &run.scenario;
-    // Connect everything first: a gateway that refuses is reported before any load.
-    let mut programs = Vec::new();
-    for _ in 0..scenario.sockets {
-        programs.push(connect(scenario).await?);
-    }
-    let mut watcher_conns = Vec::new();
-    for _ in 0..scenario.sockets * scenario.watchers {
-        watcher_conns.push(connect(scenario).await?);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut watcher_tx = Vec::new();
-    for (index, conn) in watcher_conns.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        watcher_tx.push(tx);
-        let watchers = scenario.watchers.max(1);
-        tasks.spawn(watcher_socket(
-            Arc::clone(&run),
-            index / watchers,
-            index % watchers,
-            conn,
-            rx,
-        ));
-    }
-    let mut program_tx = Vec::new();
-    for (socket, conn) in programs.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        program_tx.push(tx);
-        let watchers = watcher_tx
-            .iter()
-            .skip(socket * scenario.watchers)
-            .take(scenario.watchers)
-            .cloned()
-            .collect();
-        tasks.spawn(program_socket(Arc::clone(&run), socket, conn, rx, watchers));
-    }
-    schedule(&run, &program_tx).await;
-    {
-        let mut state = run.lock();
-        state.issuing_done = true;
-        if Run::finished(&state) {
-            run.over.cancel();
-        }
-    }
-    let _ = tokio::time::timeout(scenario.drain_timeout, run.over.cancelled()).await;
-    run.over.cancel();
-    while tasks.join_next().await.is_some() {}
-    run.finish();
-    Ok(())
-}
-
-/// Issues executions as the mode says, until the count or the duration is reached.
-async fn schedule(run: &Run, sockets: &[mpsc::Sender<Cmd>]) {
-    let scenario = &run.scenario;
-    let mut rng = Rng::new(scenario.seed);
-    let total_weight: u64 = scenario.mix.iter().map(|p| u64::from(p.weight)).sum();
-    let mut pick = move || {
-        let mut at = rng.below(total_weight);
-        for (i, p) in scenario.mix.iter().enumerate() {
-            if at < u64::from(p.weight) {
-                return i;
-            }
-            at -= u64::from(p.weight);
-        }
-        0
-    };
-    let limit = scenario.executions.unwrap_or(u64::MAX);
-    let mut issued = 0u64;
-    while issued < limit && !run.over.is_cancelled() {
-        let intended = match scenario.mode {
-            Mode::Open { rate } => {
-                let intended = Duration::from_secs_f64(issued as f64 / rate);
-                if scenario.duration.is_some_and(|d| intended >= d) {
-                    break;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep_until((run.t0 + intended).into()) => {}
-                    () = run.over.cancelled() => break,
-                }
-                intended
-            }
-            Mode::Closed { .. } => {
-                let remaining = scenario.duration.map(|d| d.saturating_sub(run.now()));
-                if remaining == Some(Duration::ZERO) {
-                    break;
-                }
-                // A gateway that ends nothing for the drain timeout (a lost terminal
-                // event) stops the run instead of hanging it.
-                let wait = remaining.map_or(scenario.drain_timeout, |left| {
-                    left.min(scenario.drain_timeout)
-                });
-                let acquired = tokio::time::timeout(wait, run.permits.acquire()).await.ok();
-                match acquired {
-                    Some(Ok(permit)) => permit.forget(),
-                    _ => break,
-                }
-                run.now()
-            }
-            Mode::Live { .. } => run.now(),
-        };
-        let program = pick();
-        let n = run.issue(program, intended);
-        // Waits while the socket's queue is full; latencies still count from `intended`.
-        let _ = sockets[n % sockets.len()]
-            .send(Cmd::Execute(n, program))
-            .await;
-        issued += 1;
-    }
-}
-
-/// A socket that runs programs: sends their frames, checks what comes back, drops and
-/// resumes when asked to.
-async fn program_socket(
-    run: Arc<Run>,
-    socket: usize,
-    mut conn: Conn,
-    mut cmds: mpsc::Receiver<Cmd>,
-    watchers: Vec<mpsc::Sender<WatchCmd>>,
-) {
-    let scenario = &run.scenario;
-    let mut rng = Rng::new(scenario.seed ^ (socket as u64 + 1).wrapping_mul(0x1234_5678_9ABC));
-    let next_drop = |rng: &mut Rng| {
-        scenario
-            .disconnect_every
-            .map(|every| every / 2 + rng.below(every.max(1)) + 1)
-    };
-    let mut drop_after = next_drop(&mut rng);
-    let mut received = 0u64;
-    let mut socket_stream = StreamCheck::default();
-    let mut resuming = std::collections::HashSet::new();
-    loop {
-        let lost = tokio::select! {
-            () = run.over.cancelled() => break,
-            () = run.ready[socket].notified() => {
-                let released: Vec<(usize, usize)> = {
-                    let mut state = run.lock();
-                    let ready = std::mem::take(&mut state.ready[socket]);
-                    ready.into_iter().map(|n| (n, state.execs[n].program)).collect()
-                };
-                for (n, program) in released {
-                    for frame in run.stdin_frames(n, program, false) {
-                        conn.send(&frame).await;
-                    }
-                }
-                false
-            }
-            cmd = cmds.recv() => {
-                match cmd {
-                    Some(Cmd::Execute(n, program)) => conn.send(&run.request(n, program)).await,
-                    None => break,
-                }
-                false
-            }
-            frame = conn.incoming.next() => match frame {
-                Some(Ok(Message::Text(text))) => {
-                    received += 1;
-                    let actions = run.on_program_frame(socket, text.as_str(), &mut socket_stream, &mut resuming);
-                    for action in actions {
-                        match action {
-                            Action::Stdin(n) => {
-                                let program = run.lock().execs[n].program;
-                                for frame in run.stdin_frames(n, program, false) {
-                                    conn.send(&frame).await;
-                                }
-                            }
-                            Action::Ack(session, sequence) => {
-                                conn.send(&ClientFrame::Ack(AckFrame { session, sequence })).await;
-                            }
-                            Action::Detach(session) => {
-                                conn.send(&ClientFrame::Detach(DetachFrame { session })).await;
-                            }
-                            Action::WatchersAttach(session) => {
-                                for w in &watchers {
-                                    let _ = w.send(WatchCmd::Attach(session.clone())).await;
-                                }
-                            }
-                        }
-                    }
-                    if drop_after.is_some_and(|after| received >= after) {
-                        drop_after = next_drop(&mut rng);
-                        received = 0;
-                        run.lock().resumes += 1;
-                        true
-                    } else {
-                        false
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    run.lock().violations.add(Kind::InvalidEvent, || format!("socket {socket}: a binary frame"));
-                    false
-                }
-                Some(Ok(_)) => false,
-                Some(Err(_)) | None => {
-                    run.lock().connections_lost += 1;
-                    true
-                }
-            }
-        };
-        if lost {
-            conn.close(true);
-            // Reconnect and resume every session this socket still runs, from the last
-            // sequence it saw; then resend each execute (a resend starts nothing, and
-            // starts the one that never reached the gateway).
-            let Some(new) = reconnect(&run).await else {
-                return;
-            };
-            conn = new;
-            socket_stream = StreamCheck::default();
-            let pending: Vec<(usize, usize, Option<String>, u64, bool)> = run
-                .lock()
-                .execs
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.socket == socket && e.ended.is_none())
-                .map(|(n, e)| {
-                    // Released but silent: its go line may have been lost with the socket.
-                    let go_again = e.released && e.first_output.is_none();
-                    (n, e.program, e.session.clone(), e.stream.last(), go_again)
-                })
-                .collect();
-            for (n, program, session, since, go_again) in pending {
-                let Some(session) = session else { continue };
-                resuming.insert(session.clone());
-                conn.send(&ClientFrame::Attach(AttachFrame {
-                    session,
-                    since: Some(since),
-                }))
-                .await;
-                if scenario.named_sessions() {
-                    conn.send(&run.request(n, program)).await;
-                }
-                if go_again {
-                    for frame in run.stdin_frames(n, program, true) {
-                        conn.send(&frame).await;
-                    }
-                }
-            }
-        }
-    }
-    conn.close(false);
-}
-
-/// A watcher: attaches to the sessions its program socket runs, from their start.
-async fn watcher_socket(
-    run: Arc<Run>,
-    socket: usize,
-    w: usize,
-    mut conn: Conn,
-    mut cmds: mpsc::Receiver<WatchCmd>,
-) {
-    loop {
-        let lost = tokio::select! {
-            () = run.over.cancelled() => break,
-            cmd = cmds.recv() => match cmd {
-                Some(WatchCmd::Attach(session)) => {
-                    conn.send(&ClientFrame::Attach(AttachFrame { session, since: Some(0) })).await;
-                    false
-                }
-                None => break,
-            },
-            frame = conn.incoming.next() => match frame {
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(session) = run.on_watcher_frame(w, text.as_str()) {
-                        conn.send(&ClientFrame::Detach(DetachFrame { session })).await;
-                    }
-                    false
-                }
-                Some(Ok(_)) => false,
-                Some(Err(_)) | None => true,
-            }
-        };
-        if lost {
-            // Closed under it (an idle socket, a network): reattach where it stopped.
-            run.lock().connections_lost += 1;
-            conn.close(true);
-            let Some(new) = reconnect(&run).await else {
-                return;
-            };
-            conn = new;
-            let sessions: Vec<(String, u64)> = run
-                .lock()
-                .execs
-                .iter()
-                .filter(|e| e.socket == socket && !e.refused && e.started.is_some())
-                .filter_map(|e| {
-                    let watcher = e.watchers.get(w).filter(|v| !v.done)?;
-                    Some((e.session.clone()?, watcher.stream.last()))
-                })
-                .collect();
-            for (session, since) in sessions {
-                conn.send(&ClientFrame::Attach(AttachFrame {
-                    session,
-                    since: Some(since),
-                }))
-                .await;
-            }
-        }
-    }
-    conn.close(false);
-}
-
-/// Connects again, retrying every 100 ms until the run is over.
-async fn reconnect(run: &Run) -> Option<Conn> {
-    loop {
-        match connect(&run.scenario).await {
-            Ok(conn) => return Some(conn),
-            Err(_) if !run.over.is_cancelled() => {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    () = run.over.cancelled() => return None,
-                }
-            }
-            Err(_) => return None,
         }
     }
 }

@@ -9,7 +9,9 @@
 //! |---|---|
 //! | [`scenario`] | the flags ([`LoadArgs`]), the TOML scenario file, the resolved [`Scenario`] |
 //! | [`program`] | the programs (`pattern`, `clock`): their code and their expected output |
-//! | [`driver`] | sockets, scheduler (open loop, closed loop, live), watchers, drops and resumes |
+//! | [`schedule`] | the run's shape: connect, issue executions (open loop, closed loop, live), drain |
+//! | [`socket`] | program and watcher sockets: frames out, frames in, drops, resumes, reconnects |
+//! | [`driver`] | the run's shared state: executions, the frames sent for them, every frame received |
 //! | [`verify`] | sequences, terminals, output, watcher streams; violations by kind |
 //! | [`figures`] | HdrHistograms, lag samples, per-second counts |
 //! | [`report`] | the result: human summary, JSON |
@@ -25,6 +27,8 @@ pub mod program;
 pub mod progress;
 pub mod report;
 pub mod scenario;
+pub mod schedule;
+pub mod socket;
 pub mod verify;
 
 pub use report::Report;
@@ -52,7 +56,7 @@ programs from one machine, `sluice serve --max-executions 1100 --max-executions-
 pub async fn run(scenario: Scenario, progress: bool) -> Result<Report, driver::DriveError> {
     let run = Arc::new(driver::Run::new(scenario));
     let bar = progress::spawn(Arc::clone(&run), progress);
-    let result = driver::drive(Arc::clone(&run)).await;
+    let result = schedule::drive(Arc::clone(&run)).await;
     run.over.cancel();
     if let Some(bar) = bar {
         let _ = bar.await;
