@@ -435,6 +435,33 @@ async fn sockets_the_gateway_closes_are_reconnected() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_refuses_everything_is_not_flooded() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let run = load(
+        &gateway.url(),
+        &[
+            "--language",
+            "no-such-language",
+            "--duration",
+            "1h",
+            "--concurrency",
+            "4",
+        ],
+    )
+    .await?;
+    ensure!(run.code == Some(2), "exit {:?}\n{}", run.code, run.stdout);
+    let json = run.json()?;
+    let refused = json["refusals"]["unknown_language"].as_u64().unwrap_or(0);
+    let issued = json["executions"]["issued"].as_u64().unwrap_or(0);
+    ensure!(
+        (100..=104).contains(&refused) && issued == refused,
+        "refused {refused} of {issued}: {}",
+        json["executions"]
+    );
+    Ok(())
+}
+
 #[test]
 fn an_unreachable_gateway_is_an_error() -> Result<()> {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))

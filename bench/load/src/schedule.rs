@@ -87,6 +87,9 @@ async fn schedule(run: &Run, sockets: &[mpsc::Sender<Cmd>]) {
     let limit = scenario.executions.unwrap_or(u64::MAX);
     let mut issued = 0u64;
     while issued < limit && !run.over.is_cancelled() {
+        if refused_everything(run) {
+            break;
+        }
         let intended = match scenario.mode {
             Mode::Open { rate } => {
                 let intended = Duration::from_secs_f64(issued as f64 / rate);
@@ -126,6 +129,16 @@ async fn schedule(run: &Run, sockets: &[mpsc::Sender<Cmd>]) {
             .await;
         issued += 1;
     }
+}
+
+/// Executions refused, none started, after which no more are issued.
+const HOPELESS: u64 = 100;
+
+/// Whether the gateway refused the first [`HOPELESS`] executions and started none (an
+/// unknown language, a cap of zero): issuing more would only flood it with refusals.
+fn refused_everything(run: &Run) -> bool {
+    let state = run.lock();
+    state.started == 0 && state.refused_count() >= HOPELESS
 }
 
 /// A tiny deterministic generator (xorshift64*) for the mix and the drop points.
