@@ -1,7 +1,8 @@
 //! The `sluice` command: `sluice serve` runs the gateway, `sluice config` prints the
 //! configuration it would run with, and `sluice doctor` reports what the host lets it
 //! enforce (all from `sluice-gateway`); `sluice run` and `sluice attach` are its terminal
-//! client (in [`terminal`], built on `sluice-client`).
+//! client (in [`terminal`], built on `sluice-client`); `sluice load` is the load harness
+//! (`sluice-load`, in bench/load).
 //!
 //! This crate is the only one that depends on both the gateway and the client, so the
 //! gateway library stays free of the client. Kept thin: parse flags (with the environment
@@ -64,6 +65,15 @@ enum Command {
     /// session until Ctrl-C; a dropped connection is resumed where it stopped.
     #[command(after_help = terminal::attach::AFTER_HELP)]
     Attach(terminal::attach::AttachArgs),
+    /// Load-test a gateway: run many programs at once over many sockets, verify every
+    /// event it sends back, and report latencies, delivery lag and throughput.
+    ///
+    /// Speaks the wire protocol directly, so it sees exactly what the gateway sent. The
+    /// summary goes to stdout, a progress bar to stderr (on a terminal); --json and --html
+    /// write the full result. A scenario comes from the flags, or a --scenario TOML file
+    /// whose keys the flags override (docs/load.md).
+    #[command(after_help = sluice_load::AFTER_HELP)]
+    Load(Box<sluice_load::LoadArgs>),
     /// Manage the API keys a gateway accepts (`sluice serve --api-keys FILE`).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -697,6 +707,7 @@ fn run_command(cli: Cli, parsed: &config_file::Parsed) -> anyhow::Result<()> {
         }
         Command::Run(args) => std::process::exit(terminal::run::main(*args)),
         Command::Attach(args) => std::process::exit(terminal::attach::main(args)),
+        Command::Load(args) => std::process::exit(sluice_load::main(*args)),
         Command::Key(command) => key_command(command),
     }
 }
