@@ -497,10 +497,15 @@ pub fn resolve_with(args: &LoadArgs, file: ScenarioFile) -> Result<Scenario, Sce
         .map(|p| p.duration)
         .max()
         .unwrap_or(Duration::ZERO);
+    /// Beyond the wall-clock limit: the gateway's kill grace and a loaded machine.
+    const DRAIN_MARGIN: Duration = Duration::from_secs(30);
     let drain_timeout = match (args.drain_timeout, file.drain_timeout.as_deref()) {
         (Some(timeout), _) => timeout,
         (None, Some(text)) => parse_duration(text).map_err(invalid)?,
-        (None, None) => longest + Duration::from_secs(60),
+        // Every execution asks for a wall-clock limit of its duration plus
+        // TIMEOUT_MARGIN, so a gateway must have ended it by then (plus its kill grace):
+        // a missing terminal event after that is the gateway's fault, not the load's.
+        (None, None) => longest + crate::program::TIMEOUT_MARGIN + DRAIN_MARGIN,
     };
     Ok(Scenario {
         url,
