@@ -17,10 +17,16 @@ pub(super) const LIMITS_CHECK: Duration = Duration::from_millis(100);
 /// shrinks with what is left, down to this.
 const MIN_CPU_CHECK: Duration = Duration::from_millis(10);
 
+/// The shortest wait between two reads of CPU time of a program that is not heavy yet.
+const MIN_LIGHT_CHECK: Duration = Duration::from_millis(100);
+
 /// The longest wait between two reads of CPU time of a program that is not heavy yet
 /// (its CPU weight drops once it is): a fairness heuristic, not a limit, so it is
 /// looked at less often the longer a program has run light, up to this.
 const MAX_LIGHT_CHECK: Duration = Duration::from_secs(2);
+
+// `Duration::clamp` panics on an empty range.
+const _: () = assert!(MIN_LIGHT_CHECK.as_nanos() <= MAX_LIGHT_CHECK.as_nanos());
 
 /// The cores a program's processes could run on at once: every online CPU, not the
 /// gateway's own share (a program can reset its affinity, and a quota on the gateway's
@@ -76,7 +82,7 @@ fn next_cpu_check_on(
     let mut next = until_limit.max(MIN_CPU_CHECK);
     if !heavy {
         let until_heavy = Duration::from_micros(HEAVY_CPU_USEC.saturating_sub(used_usec) / cores);
-        let light = (elapsed / 4).clamp(LIMITS_CHECK, MAX_LIGHT_CHECK);
+        let light = (elapsed / 4).clamp(MIN_LIGHT_CHECK, MAX_LIGHT_CHECK);
         next = next.min(until_heavy.max(light));
     }
     next
