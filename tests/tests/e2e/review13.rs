@@ -4,9 +4,10 @@
 //! against the code it was written for.
 
 use anyhow::{ensure, Context as _, Result};
+use sluice_client::Outcome;
 use sluice_gateway::Config;
-use sluice_protocol::EventKind;
-use sluice_tests::{request, RawSocket, TestGateway};
+use sluice_protocol::{EventKind, ExecuteRequest, LimitKind, Limits};
+use sluice_tests::{assert_stream_ok, request, run, RawSocket, TestGateway};
 use std::time::Duration;
 
 /// A gateway whose sessions keep four events for replay, in small chunks, and that never
@@ -100,5 +101,130 @@ async fn a_caught_up_reader_that_takes_the_lead_by_acknowledging_late_does_not_s
         }
     }
     drop(owner);
+    gateway.shutdown().await
+}
+
+/// `code` in `language` with `limits`, and a wall-clock limit far past the test's
+/// patience (a limit the gateway misses shows as a test that times out).
+fn limited(id: &str, language: &str, code: &str, limits: Limits) -> ExecuteRequest {
+    ExecuteRequest {
+        limits: Limits {
+            timeout_ms: Some(300_000),
+            ..limits
+        },
+        ..request(id, language, code)
+    }
+}
+
+/// Runs `request` and checks it ended with `expected` (`None`: completed, exit 0).
+async fn ends_with(
+    client: &sluice_client::Client,
+    request: ExecuteRequest,
+    expected: Option<LimitKind>,
+) -> Result<Outcome> {
+    let outcome = run(client, request).await?;
+    assert_stream_ok(&outcome.events);
+    match expected {
+        Some(limit) => ensure!(
+            (outcome.kind(), outcome.limit()) == (EventKind::ResourceLimit, Some(limit)),
+            "expected {limit:?}: {:?}",
+            outcome.terminal
+        ),
+        None => ensure!(
+            outcome.kind() == EventKind::Completed && outcome.exit_code() == Some(0),
+            "expected a clean exit: {:?}",
+            outcome.terminal
+        ),
+    }
+    Ok(outcome)
+}
+
+/// One after another on one gateway, so each execution reuses the cgroup the one before
+/// left in the pool (its counter files opened once, read with `pread`): every limit is
+/// still caught while the program runs, and none is blamed on the next execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_cgroup_catches_each_limit_again_and_blames_none_on_the_next_run() -> Result<()> {
+    let host = sluice_tests::host_report();
+    if host.memory.is_none() || host.processes.is_none() {
+        sluice_tests::skip("no writable memory and pids cgroups on this host");
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let hog =
+        "chunks = []\nfor _ in range(64):\n    chunks.append(b'x' * (16 << 20))\nprint('survived')";
+    let memory = Limits {
+        memory_bytes: Some(64 << 20),
+        ..Limits::default()
+    };
+    // Forks fail at the limit; the program carries on (sleeps) regardless: only the
+    // gateway's check while it runs ends it.
+    let forks = "for i in $(seq 1 20); do sleep 600 & done 2>/dev/null; exec sleep 600";
+    let processes = Limits {
+        processes: Some(4),
+        ..Limits::default()
+    };
+    let spin = "while True:\n    pass";
+    let cpu = Limits {
+        cpu_ms: Some(500),
+        ..Limits::default()
+    };
+    for round in 0..2 {
+        ends_with(
+            &client,
+            limited(&format!("ok-{round}"), "sh", "echo ok", Limits::default()),
+            None,
+        )
+        .await?;
+        ends_with(
+            &client,
+            limited(&format!("hog-{round}"), "python", hog, memory.clone()),
+            Some(LimitKind::Memory),
+        )
+        .await?;
+        ends_with(
+            &client,
+            limited(
+                &format!("after-hog-{round}"),
+                "sh",
+                "echo ok",
+                Limits::default(),
+            ),
+            None,
+        )
+        .await?;
+        ends_with(
+            &client,
+            limited(&format!("forks-{round}"), "sh", forks, processes.clone()),
+            Some(LimitKind::Processes),
+        )
+        .await?;
+        ends_with(
+            &client,
+            limited(
+                &format!("after-forks-{round}"),
+                "sh",
+                "echo ok",
+                Limits::default(),
+            ),
+            None,
+        )
+        .await?;
+        ends_with(
+            &client,
+            limited(&format!("spin-{round}"), "python", spin, cpu.clone()),
+            Some(LimitKind::Cpu),
+        )
+        .await?;
+        // 300 ms of CPU of a 500 ms budget, on a cgroup that counted 500 ms before.
+        let light = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end:\n    pass\nprint('done')";
+        ends_with(
+            &client,
+            limited(&format!("after-spin-{round}"), "python", light, cpu.clone()),
+            None,
+        )
+        .await?;
+    }
+    client.close().await?;
     gateway.shutdown().await
 }
