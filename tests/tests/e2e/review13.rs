@@ -228,3 +228,64 @@ async fn a_pooled_cgroup_catches_each_limit_again_and_blames_none_on_the_next_ru
     client.close().await?;
     gateway.shutdown().await
 }
+
+/// The same root cause through the other way a lead changes: the lead's socket stops
+/// reading (its writer blocks), the buffer fills behind it and the program waits; a
+/// second reader of the session has taken everything published. When the gateway
+/// closes the lead's socket (send timeout), the reader leads, inheriting the old lead's
+/// pin; the gateway wakes it so that its `take` moves the pin up ("the new lead may
+/// already be past what pins the ring"), but a socket at the published head skips
+/// `take`. The program must still run to its end (the lead timeout is far away).
+///
+/// Can pass without the bug fixed if the reader is still behind when the lead's
+/// socket goes (it then takes, and moves the pin); it fails when the reader is caught
+/// up, which a second of send timeout with nothing published makes the usual case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: a reader that inherits the lead while at the head stalls the program until the lead timeout (link.rs fast path)"]
+async fn a_caught_up_reader_that_inherits_the_lead_does_not_stall_the_program() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        replay_events: 4,
+        replay_bytes: 64 * 1024,
+        send_timeout: Duration::from_secs(1),
+        lead_timeout: Duration::from_secs(600),
+        limits: sluice_gateway::LimitsConfig {
+            output_bytes: sluice_gateway::LimitBound {
+                default: 64 << 20,
+                max: 64 << 20,
+            },
+            ..sluice_gateway::LimitsConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let mut owner = gateway.raw().await?;
+    owner
+        .execute(ExecuteRequest {
+            session: Some("handover".into()),
+            ..request("ready", "sh", "true")
+        })
+        .await?;
+    owner.events_until_terminal("ready").await?;
+    let mut reader = gateway.raw().await?;
+    reader.attach("handover", None).await?;
+    let attached = reader.next_event().await?;
+    ensure!(attached.kind == EventKind::Attached, "{attached:?}");
+    // 30 MB: more than the owner's socket buffers hold, so its writer blocks.
+    let mut flood = ExecuteRequest {
+        session: Some("handover".into()),
+        ..request("flood", "python", &sluice_tests::numbered_lines(3_000_000))
+    };
+    flood.limits.timeout_ms = Some(600_000);
+    owner.execute(flood).await?;
+    // The owner never reads again; the gateway closes it after the send timeout.
+    reader.stop_recording();
+    let terminal = reader
+        .next_event_where(|e| e.id.as_deref() == Some("flood") && e.is_terminal())
+        .await?;
+    ensure!(
+        terminal.kind == EventKind::Completed && terminal.exit_code == Some(0),
+        "{terminal:?}"
+    );
+    drop(owner);
+    gateway.shutdown().await
+}
