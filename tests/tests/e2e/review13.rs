@@ -289,3 +289,39 @@ async fn a_caught_up_reader_that_inherits_the_lead_does_not_stall_the_program() 
     drop(owner);
     gateway.shutdown().await
 }
+
+/// Eight processes spin on every core, after a quiet start that stretches the light
+/// program's check interval: the tree is still stopped close to its CPU budget (the
+/// check comes no later than the rest could be spent with every core busy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_spinning_on_every_core_after_a_quiet_start_is_stopped_near_its_budget() -> Result<()>
+{
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let code = "import os, time\ntime.sleep(3)\nfor _ in range(7):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass";
+    let outcome = ends_with(
+        &client,
+        limited(
+            "spinners",
+            "python",
+            code,
+            Limits {
+                cpu_ms: Some(1_000),
+                processes: Some(16),
+                ..Limits::default()
+            },
+        ),
+        Some(LimitKind::Cpu),
+    )
+    .await?;
+    let usage = outcome.usage().context("no usage")?;
+    // One second of budget; the checks' floor (10 ms) times the cores, and the time
+    // to kill eight processes, are the only overshoot allowed.
+    ensure!(
+        usage.cpu_ms < 1_500.0,
+        "stopped after {} ms of CPU with a 1000 ms budget",
+        usage.cpu_ms
+    );
+    client.close().await?;
+    gateway.shutdown().await
+}
