@@ -31,6 +31,7 @@ mod observe;
 mod persistent;
 mod privilege;
 mod redteam;
+mod review13;
 mod sandbox;
 mod session_abuse;
 mod sessions;
