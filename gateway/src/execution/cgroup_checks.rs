@@ -1,6 +1,6 @@
-//! When a running program's cgroup is looked at. The limits the kernel counts as they
-//! are hit (an OOM kill, a refused fork) are two cheap `pread`s, checked every
-//! [`LIMITS_CHECK`]. CPU time is dearer (reading `cpu.stat` flushes the kernel's per-CPU
+//! When a running program's CPU time is read. The limits the kernel counts as they are
+//! hit (an OOM kill, a refused fork) are watched for every execution at once by the
+//! gateway's limit watcher (`sandbox::cgroup::watch`). CPU time is dearer (reading `cpu.stat` flushes the kernel's per-CPU
 //! statistics), so it is read no earlier than the moment the remaining budget could
 //! have been spent with every core busy ([`next_cpu_check`]): a thousand light programs
 //! then cost the gateway almost nothing, and a spinning one is still stopped close to
@@ -9,9 +9,6 @@
 use crate::sandbox::HEAVY_CPU_USEC;
 use std::sync::OnceLock;
 use std::time::Duration;
-
-/// How often a running program's cgroup is checked for a memory or process-limit hit.
-pub(super) const LIMITS_CHECK: Duration = Duration::from_millis(100);
 
 /// The shortest wait between two reads of CPU time: close to the limit, the wait
 /// shrinks with what is left, down to this.

@@ -4,7 +4,7 @@
 use crate::runtime::{Runtime, FILE_PLACEHOLDER};
 use crate::sandbox::jail::JailSpec;
 use crate::sandbox::namespaces::{rlimit_list, IdLease};
-use crate::sandbox::{CgroupReport, CpuSeen, ExecutionCgroup, Namespaces, ProgramUser};
+use crate::sandbox::{CgroupReport, CpuSeen, ExecutionCgroup, LimitWatch, Namespaces, ProgramUser};
 use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -296,6 +296,12 @@ impl ChildGroup {
     pub(crate) fn cgroup_limits_hit(&self) -> Option<CgroupReport> {
         self.report
             .or_else(|| self.cgroup.as_ref().map(ExecutionCgroup::limits_hit))
+    }
+
+    /// A watch that wakes when the cgroup's OOM or fork counter moves (`None` without
+    /// a cgroup).
+    pub(crate) fn cgroup_limit_watch(&self) -> Option<LimitWatch> {
+        self.cgroup.as_ref().and_then(ExecutionCgroup::watch_limits)
     }
 
     /// The whole tree's CPU time so far, where the cgroup counts it.

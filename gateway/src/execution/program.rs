@@ -117,6 +117,15 @@ impl Program {
         }
     }
 
+    /// A watch on the program's cgroup that wakes when an OOM kill or a refused fork is
+    /// counted (a process of its own only).
+    pub(crate) fn cgroup_limit_watch(&self) -> Option<crate::sandbox::LimitWatch> {
+        match self {
+            Self::Process(child) => child.cgroup_limit_watch(),
+            Self::Cell(_) => None,
+        }
+    }
+
     /// The program's CPU time as its cgroup counts it (a process of its own only).
     pub(crate) fn cgroup_cpu(&self) -> Option<crate::sandbox::CpuSeen> {
         match self {

@@ -3,12 +3,13 @@
 //! cancel and to its exit, and draining the pipes after it. Reading pauses while events
 //! wait for room, so a slow lead fills the pipe and the program blocks in write.
 
-use super::cgroup_checks::{next_cpu_check, LIMITS_CHECK};
+use super::cgroup_checks::next_cpu_check;
 use super::output::OutputDecoder;
 use super::program::Program;
 use super::stdin::StdinFeed;
 use super::verdict::{cgroup_stop, Stop};
 use super::Run;
+use crate::sandbox::LimitWatch;
 use bytes::BufMut as _;
 use sluice_protocol::{Encoding, Event, EventKind};
 use std::collections::VecDeque;
@@ -156,10 +157,9 @@ impl Run {
         let mut exited_at: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut first_output_at = None;
-        let mut limits_check_at = child
-            .cgroup_limits_hit()
-            .is_some()
-            .then(|| started_at + LIMITS_CHECK);
+        // Woken by the gateway's limit watcher when an OOM kill or a refused fork is
+        // counted; then the report says which.
+        let mut limit_watch = child.cgroup_limit_watch();
         let cpu_limit_usec = limits.cpu_ms.saturating_mul(1000);
         let mut cpu_check_at = child
             .cgroup_cpu()
@@ -186,7 +186,6 @@ impl Run {
             let running = exited_at.is_none();
             let next_wake = [
                 (stop.is_none() && running).then_some(deadline),
-                limits_check_at.filter(|_| stop.is_none() && running),
                 cpu_check_at.filter(|_| stop.is_none() && running),
                 kill_at.filter(|_| running),
                 drain_at.filter(|_| can_read),
@@ -220,6 +219,15 @@ impl Run {
                     }
                     continue;
                 }
+                () = watch_hit(limit_watch.as_ref()), if limit_watch.is_some() && stop.is_none() && running => {
+                    limit_watch = None;
+                    let report = child.cgroup_limits_hit();
+                    if let Some(hit) = report.and_then(|r| cgroup_stop(&r, limits.cpu_ms)) {
+                        stop = Some(hit);
+                        child.kill();
+                    }
+                    continue;
+                }
                 () = child.exited(), if running => {
                     exited_at = Some(Instant::now());
                     // Whatever the program left running in its group goes with it.
@@ -236,14 +244,6 @@ impl Run {
                     if running && stop.is_none() && deadline <= now {
                         stop = Some(Stop::Timeout);
                         stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
-                    }
-                    if running && stop.is_none() && limits_check_at.is_some_and(|at| at <= now) {
-                        limits_check_at = Some(now + LIMITS_CHECK);
-                        let report = child.cgroup_limits_hit();
-                        if let Some(hit) = report.and_then(|r| cgroup_stop(&r, limits.cpu_ms)) {
-                            stop = Some(hit);
-                            child.kill();
-                        }
                     }
                     if running && stop.is_none() && cpu_check_at.is_some_and(|at| at <= now) {
                         cpu_check_at = None;
@@ -327,6 +327,14 @@ impl Run {
             first_output_at,
             undelivered: pending,
         }
+    }
+}
+
+/// Resolves when the watch fires (never without one).
+async fn watch_hit(watch: Option<&LimitWatch>) {
+    match watch {
+        Some(watch) => watch.hit().await,
+        None => std::future::pending().await,
     }
 }
 

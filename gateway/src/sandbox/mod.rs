@@ -17,7 +17,9 @@ mod policy;
 pub(crate) mod user;
 
 pub(crate) use budget::{ExecutionBudget, Reservation};
-pub(crate) use cgroup::{CgroupReport, Cgroups, CpuSeen, ExecutionCgroup, HEAVY_CPU_USEC};
+pub(crate) use cgroup::{
+    CgroupReport, Cgroups, CpuSeen, ExecutionCgroup, LimitWatch, HEAVY_CPU_USEC,
+};
 pub(crate) use namespaces::{Namespaces, JAIL_PROCESSES};
 pub(crate) use policy::Sandbox;
 pub(crate) use user::ProgramUser;

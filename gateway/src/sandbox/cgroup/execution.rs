@@ -61,6 +61,8 @@ pub(crate) struct ExecutionCgroup {
     pub(super) removed: bool,
     /// Where it goes back when its execution is over.
     pub(super) pool: Option<Pool>,
+    /// The gateway's limit watcher.
+    pub(super) watcher: Option<LimitWatcher>,
     /// The counters when this execution got it.
     pub(super) baseline: Counters,
     /// The v2 `memory.peak`, opened and reset for this execution (see `restart_peak`).
@@ -197,9 +199,11 @@ impl ExecutionCgroup {
         };
         let forks = self.pids_dir().map(|dir| dir.join("pids.events"));
         let cpu = v2.map(|dir| dir.join("cpu.stat"));
-        self.members
-            .counters
-            .open(oom.as_deref(), forks.as_deref(), cpu.as_deref());
+        // Only a cgroup nobody watches is opened (a new one, or a reused one whose
+        // files are open already).
+        if let Some(files) = Arc::get_mut(&mut self.members.counters) {
+            files.open(oom.as_deref(), forks.as_deref(), cpu.as_deref());
+        }
     }
 
     /// The monotonic counters as the kernel has them now.
@@ -223,6 +227,16 @@ impl ExecutionCgroup {
             peak_memory_bytes: None,
             cpu_usec: None,
         }
+    }
+
+    /// Starts watching this execution's OOM and fork counters (from its baseline); the
+    /// watch wakes when either moves. `None` outside a Tokio runtime.
+    pub(crate) fn watch_limits(&self) -> Option<LimitWatch> {
+        self.watcher.as_ref()?.watch(
+            Arc::clone(&self.members.counters),
+            self.baseline.oom_kills,
+            self.baseline.failed_forks,
+        )
     }
 
     /// The whole tree's CPU time so far, where cgroup v2 counts it, and whether the

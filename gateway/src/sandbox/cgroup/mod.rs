@@ -86,6 +86,8 @@ pub(crate) struct Cgroups {
     /// Empty execution cgroups kept for reuse: creating and removing the directories
     /// is most of what a cgroup costs per execution.
     pool: Pool,
+    /// Reads running executions' OOM and fork counters, waking one when they move.
+    watcher: LimitWatcher,
 }
 
 /// Most empty execution cgroups kept for reuse.
@@ -98,8 +100,9 @@ struct Members {
     pids: Option<Member>,
     cpu: Option<Member>,
     unified: Option<Member>,
-    /// Its counter files, kept open with it.
-    counters: CounterFiles,
+    /// Its counter files, kept open with it (shared with the limit watcher while an
+    /// execution runs).
+    counters: Arc<CounterFiles>,
 }
 
 type Pool = Arc<Mutex<Vec<Members>>>;
@@ -229,6 +232,7 @@ impl Cgroups {
             heavy: Default::default(),
             removed: false,
             pool: Some(self.pool.clone()),
+            watcher: Some(self.watcher.clone()),
             baseline: Counters::default(),
             peak: None,
         }
@@ -544,8 +548,11 @@ mod counters;
 mod execution;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use counters::CounterFiles;
+pub(crate) use watch::LimitWatch;
+use watch::LimitWatcher;
 
 use execution::{leave, Counters, Member};
 pub(crate) use execution::{CgroupReport, CpuSeen, ExecutionCgroup};

@@ -45,6 +45,7 @@ fn v2_group(fake: &FakeCgroup) -> ExecutionCgroup {
         heavy: Default::default(),
         removed: true, // nothing to remove or recycle in a scratch directory
         pool: None,
+        watcher: None,
         baseline: Counters::default(),
         peak: None,
     }
@@ -218,4 +219,39 @@ fn v2_controllers_are_delegated_where_the_parent_has_them() {
     assert_eq!(delegate(&home.0, &ours), (false, false, true));
     home.write("cgroup.controllers", "io\n");
     assert_eq!(delegate(&home.0, &ours), (false, false, false));
+}
+
+/// The limit watcher wakes an execution whose fork or OOM counter moved past its
+/// baseline, and its task ends once nothing is watched.
+#[tokio::test(start_paused = true)]
+async fn the_limit_watcher_wakes_the_execution_whose_counter_moved() {
+    let fake = FakeCgroup::new("watch");
+    fake.write("memory.events", "oom_kill 1\n");
+    fake.write("pids.events", "max 2\n");
+    let watcher = LimitWatcher::default();
+    let mut quiet = v2_group(&fake);
+    quiet.watcher = Some(watcher.clone());
+    quiet.open_counters();
+    quiet.baseline = quiet.counters();
+    let quiet_watch = quiet.watch_limits().expect("inside a runtime");
+    let other = FakeCgroup::new("watch-other");
+    other.write("memory.events", "oom_kill 0\n");
+    other.write("pids.events", "max 0\n");
+    let mut busy = v2_group(&other);
+    busy.watcher = Some(watcher.clone());
+    busy.open_counters();
+    busy.baseline = busy.counters();
+    let busy_watch = busy.watch_limits().expect("inside a runtime");
+    assert!(watcher.is_running());
+    other.write("pids.events", "max 1\n");
+    busy_watch.hit().await;
+    assert!(busy.limits_hit().process_limit_hit);
+    assert!(
+        !quiet.limits_hit().process_limit_hit,
+        "the other cgroup did not move"
+    );
+    drop((quiet_watch, busy_watch));
+    while watcher.is_running() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
