@@ -468,6 +468,13 @@ impl EventStream {
             }
             inner.set_lead(socket, sequence);
             inner.lead_acked = Some(sequence);
+            // What it has taken already is past the pin only its acknowledgements hold.
+            let taken = inner
+                .readers
+                .iter()
+                .find(|r| r.socket == socket)
+                .map_or(sequence, |r| r.taken);
+            inner.lead_taken = inner.lead_taken.max(taken);
         } else {
             let acked = inner.lead_acked.unwrap_or(0).max(sequence);
             if inner.lead_acked.is_none_or(|before| acked > before) {
@@ -499,12 +506,21 @@ impl EventStream {
             }
         }
         if inner.lead == Some(socket) {
-            let next = inner.readers.iter().rev().find(|r| r.may_lead);
-            if let Some(reader) = next {
+            let next = inner
+                .readers
+                .iter()
+                .rev()
+                .find(|r| r.may_lead)
+                .map(|r| (r.socket, r.taken));
+            inner.lead = next.map(|(socket, _)| socket);
+            if let Some((_, taken)) = next {
                 // The new lead may already be past what pins the ring.
-                reader.wake.notify_one();
+                inner.lead_taken = inner.lead_taken.max(taken);
+                inner.trim_idle(self.caps.departed_grace);
+                drop(inner);
+                self.room.notify_waiters();
+                return;
             }
-            inner.lead = next.map(|r| r.socket);
         }
         inner.trim_idle(self.caps.departed_grace);
     }

@@ -59,7 +59,6 @@ async fn read_until_stdout_ends_with(socket: &mut RawSocket, suffix: &str) -> Re
 /// already at the stream's published head skips `take`, so the program waits for room
 /// until the lead timeout (30 s by default, then the client loses the lead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: a caught-up reader that takes the lead by acknowledging late stalls the program (link.rs fast path skips the lead's pin update)"]
 async fn a_caught_up_reader_that_takes_the_lead_by_acknowledging_late_does_not_stall_it(
 ) -> Result<()> {
     let gateway = TestGateway::spawn_with(four_event_rings()).await;
@@ -241,7 +240,6 @@ async fn a_pooled_cgroup_catches_each_limit_again_and_blames_none_on_the_next_ru
 /// socket goes (it then takes, and moves the pin); it fails when the reader is caught
 /// up, which a second of send timeout with nothing published makes the usual case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: a reader that inherits the lead while at the head stalls the program until the lead timeout (link.rs fast path)"]
 async fn a_caught_up_reader_that_inherits_the_lead_does_not_stall_the_program() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         replay_events: 4,
