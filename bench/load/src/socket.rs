@@ -64,6 +64,9 @@ impl Conn {
 }
 
 /// Opens a socket to the scenario's gateway, with its credential.
+/// Longest wait for a gateway to accept a connection and answer its upgrade.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(crate) async fn connect(scenario: &Scenario) -> Result<Conn, DriveError> {
     let fail = |reason: String| DriveError::Connect {
         url: scenario.url.clone(),
@@ -79,7 +82,15 @@ pub(crate) async fn connect(scenario: &Scenario) -> Result<Conn, DriveError> {
             .map_err(|_| fail("the token is not a valid header value".into()))?;
         request.headers_mut().insert("authorization", value);
     }
-    let (ws, _) = match tokio_tungstenite::connect_async(request).await {
+    let connecting =
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request));
+    let Ok(connected) = connecting.await else {
+        return Err(fail(format!(
+            "no answer to the WebSocket upgrade within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )));
+    };
+    let (ws, _) = match connected {
         Ok(done) => done,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             let body = response

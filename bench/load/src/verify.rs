@@ -100,12 +100,14 @@ impl Violations {
                 detail: detail(),
             });
         }
-        *seen += count;
+        *seen = seen.saturating_add(count);
     }
 
     /// All violations.
     pub fn total(&self) -> u64 {
-        self.counts.values().sum()
+        self.counts
+            .values()
+            .fold(0, |total, n| total.saturating_add(*n))
     }
 
     /// How many of `kind`.
@@ -152,6 +154,14 @@ impl StreamCheck {
         violations: &mut Violations,
         what: &str,
     ) -> Accept {
+        // No gateway numbers an event 0 or u64::MAX (sequences start at 1 and a
+        // session never gets near the top); such an event is itself the violation.
+        if sequence == 0 || sequence == u64::MAX {
+            violations.add(Kind::InvalidEvent, || {
+                format!("{what}: an event numbered {sequence}")
+            });
+            return Accept::Ignore;
+        }
         if sequence > self.last {
             if timestamp < self.timestamp {
                 violations.add(Kind::TimestampBackwards, || {
@@ -216,6 +226,12 @@ impl StreamCheck {
                 resume_from.saturating_sub(1)
             )
         });
+        if missed_from == u64::MAX || resume_from == u64::MAX {
+            violations.add(Kind::InvalidEvent, || {
+                format!("{what}: a gap event from {missed_from} to {resume_from}")
+            });
+            return;
+        }
         if missed_from > self.last + 1 {
             let timestamp = self.timestamp;
             self.event(missed_from - 1, timestamp, violations, what);

@@ -1,7 +1,7 @@
 //! Attacks of the issue 13 review on this session's gateway changes: the fan-out fast
 //! path (a socket skips a stream whose published head is its cursor), the cgroup limit
-//! checks, and the split upgrade path. A test marked `ignore = "finding: ..."` fails
-//! against the code it was written for.
+//! checks, and the split upgrade path. The two lead-pin tests failed against the fast
+//! path as first written (fixed in `EventStream::ack` and `remove_reader`).
 
 use anyhow::{ensure, Context as _, Result};
 use sluice_client::Outcome;
