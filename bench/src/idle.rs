@@ -77,29 +77,14 @@ pub(crate) fn serve_gateway() -> anyhow::Result<()> {
         .parse()
         .context("the socket count")?;
     sluice_gateway::raise_open_files_limit().context("raise the descriptor limit")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(sluice_gateway::default_worker_threads())
-        .thread_name("gateway")
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        println!("{}", listener.local_addr()?.port());
-        let caps = sockets + HEADROOM;
-        let config = Config {
-            max_connections: caps,
-            max_connections_per_peer: Some(caps),
-            idle_timeout: Duration::from_secs(3_600),
-            isolation: sluice_gateway::Isolation::None,
-            network: sluice_gateway::Network::On,
-            ..Config::default()
-        };
-        let stdin_closed = async {
-            let mut sink = Vec::new();
-            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
-        };
-        sluice_gateway::run(listener, config, stdin_closed).await?;
-        anyhow::Ok(())
+    let caps = sockets + HEADROOM;
+    crate::serve_on_loopback(Config {
+        max_connections: caps,
+        max_connections_per_peer: Some(caps),
+        idle_timeout: Duration::from_secs(3_600),
+        isolation: sluice_gateway::Isolation::None,
+        network: sluice_gateway::Network::On,
+        ..Config::default()
     })
 }
 

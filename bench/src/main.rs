@@ -449,6 +449,31 @@ fn serve_gateway(args: &Args) -> anyhow::Result<()> {
         args.gateway_isolation.parse().map_err(anyhow::Error::msg)?;
     let network: sluice_gateway::Network =
         args.gateway_network.parse().map_err(anyhow::Error::msg)?;
+    serve_on_loopback(Config {
+        limits: sluice_gateway::LimitsConfig {
+            output_bytes: LimitBound {
+                default: 4 << 30,
+                max: 4 << 30,
+            },
+            ..Default::default()
+        },
+        max_executions_per_connection: 1024,
+        // Room for a whole fan-out run, so no subscriber can fall behind the buffer.
+        replay_events: 100_000,
+        isolation,
+        network,
+        max_executions_per_peer: args.gateway_executions_per_peer,
+        auth: sluice_gateway::AuthConfig {
+            jwt_secret_file: args.gateway_jwt_secret_file.clone(),
+            ..Default::default()
+        },
+        ..Config::default()
+    })
+}
+
+/// Runs a gateway process with `config` on 127.0.0.1:0 as `sluice serve` runs (the same
+/// worker threads), printing the bound port on stdout; it stops when stdin closes.
+pub(crate) fn serve_on_loopback(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(sluice_gateway::default_worker_threads())
         .thread_name("gateway")
@@ -457,26 +482,6 @@ fn serve_gateway(args: &Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?.port());
-        let config = Config {
-            limits: sluice_gateway::LimitsConfig {
-                output_bytes: LimitBound {
-                    default: 4 << 30,
-                    max: 4 << 30,
-                },
-                ..Default::default()
-            },
-            max_executions_per_connection: 1024,
-            // Room for a whole fan-out run, so no subscriber can fall behind the buffer.
-            replay_events: 100_000,
-            isolation,
-            network,
-            max_executions_per_peer: args.gateway_executions_per_peer,
-            auth: sluice_gateway::AuthConfig {
-                jwt_secret_file: args.gateway_jwt_secret_file.clone(),
-                ..Default::default()
-            },
-            ..Config::default()
-        };
         let stdin_closed = async {
             let mut sink = Vec::new();
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
