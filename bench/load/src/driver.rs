@@ -387,15 +387,8 @@ impl Run {
         let wall = unix_now();
         let mut state = self.lock();
         let state = &mut *state;
-        state.figures.event(at, raw.len());
-        let event = match Event::decode(raw).and_then(|e| e.validate().map(|()| e)) {
-            Ok(event) => event,
-            Err(err) => {
-                state.violations.add(Kind::InvalidEvent, || {
-                    format!("socket {socket}: {err}: {raw:.200}")
-                });
-                return Vec::new();
-            }
+        let Some(event) = received(state, at, raw, || format!("socket {socket}")) else {
+            return Vec::new();
         };
         let Some(session) = event.session.clone() else {
             // The socket stream: refusals of frames that admitted nothing.
@@ -656,16 +649,7 @@ impl Run {
         let at = self.now();
         let mut state = self.lock();
         let state = &mut *state;
-        state.figures.event(at, raw.len());
-        let event = match Event::decode(raw).and_then(|e| e.validate().map(|()| e)) {
-            Ok(event) => event,
-            Err(err) => {
-                state.violations.add(Kind::InvalidEvent, || {
-                    format!("watcher {w}: {err}: {raw:.200}")
-                });
-                return None;
-            }
-        };
+        let event = received(state, at, raw, || format!("watcher {w}"))?;
         let Some(session) = event.session.clone() else {
             let code = event.code.unwrap_or(ErrorCode::Internal);
             self.refusal(state, code, &event.data);
@@ -774,6 +758,26 @@ impl Run {
                         .add(Kind::WatcherMismatch, || format!("{what}: {diff}"));
                 }
             }
+        }
+    }
+}
+
+/// A frame received at `at`: counted, then decoded and checked against the protocol; a
+/// frame that is not a valid event is an `invalid_event` violation of `whose` socket.
+fn received(
+    state: &mut State,
+    at: Duration,
+    raw: &str,
+    whose: impl FnOnce() -> String,
+) -> Option<Event> {
+    state.figures.event(at, raw.len());
+    match Event::decode(raw).and_then(|e| e.validate().map(|()| e)) {
+        Ok(event) => Some(event),
+        Err(err) => {
+            state.violations.add(Kind::InvalidEvent, || {
+                format!("{}: {err}: {raw:.200}", whose())
+            });
+            None
         }
     }
 }
