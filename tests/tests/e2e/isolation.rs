@@ -703,3 +703,60 @@ async fn a_cancel_at_any_point_of_a_jailed_start_does_not_wait_for_the_kill_grac
     assert_stream_ok(socket.received());
     gateway.shutdown().await
 }
+
+/// Every jail alive has a network namespace of its own, made for it alone (a root
+/// gateway makes them ahead of time, off the request path): never the gateway's, never
+/// another jail's, and empty (a loopback interface, down). More jails start at once than
+/// the gateway keeps ready, so those that make their own are checked too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_jail_alive_has_an_empty_network_namespace_of_its_own() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let gateways = std::fs::read_link("/proc/self/ns/net")?;
+    let mut socket = gateway.raw().await?;
+    let probe = r#"import os, sys
+up = []
+for name in sorted(os.listdir("/sys/class/net")):
+    with open("/sys/class/net/%s/operstate" % name) as f:
+        up.append("%s:%s" % (name, f.read().strip()))
+print("net=%s devices=%s" % (os.readlink("/proc/self/ns/net"), ",".join(up)))
+sys.stdout.flush()
+sys.stdin.read()
+"#;
+    let jails = 20;
+    let mut said = Vec::new();
+    for n in 0..jails {
+        let id = format!("n{n}");
+        socket.execute(request(&id, "python", probe)).await?;
+        // The whole line: the probe writes it at once, and waits.
+        let events = socket.wait_for_stdout(&id, "\n").await?;
+        said.push(sluice_tests::text_of(&events, EventKind::Stdout));
+    }
+    // All alive until each has spoken: a namespace's number is reused only once it is gone.
+    for n in 0..jails {
+        let id = format!("n{n}");
+        socket.stdin(&id, None, true).await?;
+        socket.events_until_terminal(&id).await?;
+    }
+    socket.close().await?;
+    let mut seen = std::collections::HashSet::new();
+    for line in &said {
+        let (net, devices) = line
+            .trim()
+            .strip_prefix("net=")
+            .and_then(|rest| rest.split_once(" devices="))
+            .with_context(|| format!("unexpected probe output {line:?}"))?;
+        ensure!(
+            std::path::Path::new(net) != gateways,
+            "a jail in the gateway's network namespace: {line:?}"
+        );
+        ensure!(seen.insert(net.to_owned()), "two jails share {net}");
+        ensure!(
+            devices == "lo:down",
+            "a jail's network namespace is not empty: {line:?}"
+        );
+    }
+    gateway.shutdown().await
+}

@@ -30,6 +30,40 @@ pub(crate) fn unshare(flags: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::unshare(flags) }.into()).map(drop)
 }
 
+/// Enters the network namespace that this process's parent (the gateway) holds open as
+/// its descriptor `fd`, copied with `pidfd_getfd`. Refused: a parent that is no longer
+/// the one that started the jail (reparented after the gateway died), a descriptor that
+/// is not a network namespace (`setns` checks), and the namespace the jail is already in
+/// (the host's).
+pub(crate) fn enter_parents_network(fd: RawFd) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: getppid takes nothing and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or fails.
+    let pidfd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, parent, 0) })?;
+    // SAFETY: the descriptor was just returned to us and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: as above.
+    if unsafe { libc::getppid() } != parent {
+        return Err(io::Error::other("the jail's parent changed"));
+    }
+    // SAFETY: pidfd_getfd takes two descriptors' numbers and flags; the copy it returns
+    // is close-on-exec.
+    let copy = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    // SAFETY: the copy was just returned to us and is owned by nobody else.
+    let namespace = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(copy as RawFd) });
+    let (given, current) = (
+        namespace.metadata()?,
+        std::fs::metadata("/proc/self/ns/net")?,
+    );
+    if (given.dev(), given.ino()) == (current.dev(), current.ino()) {
+        return Err(io::Error::other("the namespace the jail is already in"));
+    }
+    // SAFETY: setns takes a descriptor we own (open for the call) and an integer; with
+    // CLONE_NEWNET it fails unless the descriptor is a network namespace.
+    check(unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) }.into()).map(drop)
+}
+
 /// Which side of a fork this is.
 pub(crate) enum Forked {
     Parent(libc::pid_t),
