@@ -417,9 +417,15 @@ fn init(spec: &JailSpec, hand_over: File, users: Users) -> ! {
             Err(_) => break libc::SIGKILL,
         }
     };
-    // The program is gone: nothing it started outlives it.
-    os::kill_namespace();
-    while os::wait(-1).is_ok() {}
+    // The program is gone: nothing it started outlives it. Every other process in the
+    // namespace descends from init (an orphan is handed to init, or to a subreaper that
+    // itself descends from init), so an init without children is alone there, and the
+    // kill, which the kernel carries out by looking at every process of the host, is
+    // spared.
+    if !os::reap_ended_children_alone() {
+        os::kill_namespace();
+        while os::wait(-1).is_ok() {}
+    }
     let mut report = scratch_report();
     if !exec_error.is_empty() {
         report.setup_failed = Some(exec_error);

@@ -364,6 +364,27 @@ pub(crate) fn die_by(signal: libc::c_int) -> ! {
     std::process::exit(128 + signal)
 }
 
+/// Reaps every child that has already ended, without waiting; true when no child is
+/// left (alive or not).
+pub(crate) fn reap_ended_children_alone() -> bool {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer for the call.
+        let rc = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if rc > 0 {
+            continue;
+        }
+        if rc == 0 {
+            return false;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// SIGKILL to every process in this PID namespace but its init.
 pub(crate) fn kill_namespace() {
     // SAFETY: kill takes integers; pid -1 from a namespace's init means "all the others".
