@@ -11,6 +11,17 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
+/// The process's entry point, called by the C library's start in place of std's
+/// runtime start (`#![no_main]`). std needs nothing from that start here: the arguments
+/// and the environment come from the C library, and no signal disposition is assumed
+/// (the gateway starts the jail with every signal at its default, and the jail blocks
+/// the ones it holds, SIGPIPE among them, before it writes to any pipe of its own).
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    crate::run()
+}
+
 fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
     if rc < 0 {
         Err(io::Error::last_os_error())
