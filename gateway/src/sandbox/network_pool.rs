@@ -32,6 +32,8 @@ pub(crate) struct NetworkPool {
     ready: Mutex<Vec<OwnedFd>>,
     /// Wakes the filling thread when one was taken.
     taken: Condvar,
+    /// Wakes whoever waits for one to be made (the tests).
+    made: Condvar,
 }
 
 impl NetworkPool {
@@ -48,6 +50,7 @@ impl NetworkPool {
         let pool = Arc::new(Self {
             ready: Mutex::new(vec![first]),
             taken: Condvar::new(),
+            made: Condvar::new(),
         });
         let weak = Arc::downgrade(&pool);
         let started = std::thread::Builder::new()
@@ -69,6 +72,20 @@ impl NetworkPool {
         self.taken.notify_one();
         namespace
     }
+
+    /// As [`NetworkPool::take`], waiting until `deadline` for one to be made.
+    #[cfg(test)]
+    fn take_by(&self, deadline: std::time::Instant) -> Option<OwnedFd> {
+        let mut ready = self.ready.lock().ok()?;
+        loop {
+            if let Some(namespace) = ready.pop() {
+                self.taken.notify_one();
+                return Some(namespace);
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            ready = self.made.wait_timeout(ready, left).ok()?.0;
+        }
+    }
 }
 
 /// The filling thread: keeps [`READY`] namespaces waiting while the pool lives.
@@ -81,10 +98,14 @@ fn fill(pool: &Weak<NetworkPool>) {
             Ok(ready) => READY.saturating_sub(ready.len()),
             Err(_) => return,
         };
+        let mut failed = false;
         for _ in 0..wanted {
             match crate::sys::new_network_namespace() {
                 Ok(namespace) => match pool.ready.lock() {
-                    Ok(mut ready) => ready.push(namespace),
+                    Ok(mut ready) => {
+                        ready.push(namespace);
+                        pool.made.notify_all();
+                    }
                     Err(_) => return,
                 },
                 Err(err @ crate::sys::NetworkNamespaceError::Stranded(_)) => {
@@ -95,6 +116,7 @@ fn fill(pool: &Weak<NetworkPool>) {
                 }
                 Err(err) => {
                     tracing::warn!(%err, "the pool of network namespaces could not make one");
+                    failed = true;
                     break;
                 }
             }
@@ -102,13 +124,11 @@ fn fill(pool: &Weak<NetworkPool>) {
         let Ok(ready) = pool.ready.lock() else {
             return;
         };
-        if ready.len() >= READY {
-            // Woken by a take, or now and then to see whether the pool is still wanted.
+        // Full: woken by a take, or now and then to see whether the pool is still
+        // wanted. After a failure above: the same, to try again rather than spin. Taken
+        // from while it was filling: straight back to filling.
+        if failed || ready.len() >= READY {
             let _ = pool.taken.wait_timeout(ready, IDLE_CHECK);
-        } else {
-            // A failure above: try again later rather than spin.
-            drop(ready);
-            std::thread::sleep(IDLE_CHECK);
         }
     }
 }
@@ -134,12 +154,8 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while taken.len() < READY + 4 {
-            let Some(namespace) = pool.take() else {
-                // The thread makes more: wait for it, within the deadline.
-                assert!(std::time::Instant::now() < deadline, "the pool refills");
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            };
+            // Past the first READY, the thread makes more.
+            let namespace = pool.take_by(deadline).expect("the pool refills");
             let file = std::fs::File::from(namespace);
             let ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
             assert_ne!(ino, home, "a namespace of its own, not the gateway's");
