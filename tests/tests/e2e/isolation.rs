@@ -760,3 +760,59 @@ sys.stdin.read()
     }
     gateway.shutdown().await
 }
+
+/// A program the jail cannot start (its interpreter is under `/run`, which the jail
+/// covers when the program has no network) ends in `spawn_failed`, saying which program
+/// and why, and the jail goes on starting the others: the failure is told from the
+/// program's start (which shares init's memory until its exec) back to init.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_the_jail_cannot_start_ends_in_spawn_failed_saying_why() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !jail_available() {
+        return Ok(());
+    }
+    let dir = std::path::PathBuf::from(format!("/run/sluice-test-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        skip("cannot write under /run here");
+        return Ok(());
+    }
+    let program = dir.join("hidden-interpreter");
+    std::fs::write(&program, "#!/bin/sh\necho unreachable\n")?;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+    let mut runtimes = sluice_gateway::RuntimeSpec::defaults();
+    runtimes.push(sluice_gateway::RuntimeSpec {
+        name: "hidden".into(),
+        program: program.to_string_lossy().into_owned(),
+        args: vec![sluice_gateway::FILE_PLACEHOLDER.into()],
+        file_name: "main.sh".into(),
+        env: Vec::new(),
+        locate: None,
+        optional: false,
+        network: false,
+    });
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::Namespaces,
+        runtimes,
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let outcome = run(&client, request("hidden", "hidden", "true")).await;
+    let after = run(&client, request("after", "sh", "echo fine")).await;
+    client.close().await?;
+    gateway.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (outcome, after) = (outcome?, after?);
+    assert_eq!(outcome.kind(), EventKind::Error, "{:?}", outcome.terminal);
+    assert_eq!(
+        outcome.terminal.code,
+        Some(sluice_protocol::ErrorCode::SpawnFailed)
+    );
+    let message = &outcome.terminal.data;
+    ensure!(
+        message.contains("could not start") && message.contains("hidden-interpreter"),
+        "the message says which program could not start: {message:?}"
+    );
+    assert_eq!(after.stdout, "fine\n");
+    Ok(())
+}

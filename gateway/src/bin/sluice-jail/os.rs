@@ -577,10 +577,14 @@ extern "C" fn program_main(raw: *mut libc::c_void) -> libc::c_int {
         if libc::chdir(start.directory.as_ptr()) != 0 {
             return fail(1, 0, errno());
         }
-        let groups = libc::setgroups(0, std::ptr::null());
+        // The system calls themselves: the C library's wrappers for these may try to
+        // reach the other threads it believes the process has, and this child is not
+        // the thread it believes it is.
+        let groups = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+        let (uid, gid) = (start.uid, start.gid);
         if (groups != 0 && !start.in_user_namespace)
-            || libc::setresgid(start.gid, start.gid, start.gid) != 0
-            || libc::setresuid(start.uid, start.uid, start.uid) != 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
             || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
         {
             return fail(2, 0, errno());
