@@ -73,6 +73,8 @@ impl IdPool {
 /// process of its PID namespace): its sandbox ids, given back when the lease is dropped,
 /// and the gateway's descriptor of the network namespace made for it, which the jail
 /// copies while it starts and which is closed (never handed out again) with the lease.
+/// Held that long so that its number names nothing else (another jail's namespace) while
+/// the jail may still copy it: the jail reads it from the gateway by number.
 #[derive(Debug)]
 pub(crate) struct IdLease {
     ids: Option<(Arc<IdPool>, u32)>,
