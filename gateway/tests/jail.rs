@@ -433,3 +433,89 @@ fn the_program_takes_the_niceness_it_is_given() {
     let (output, report) = run_spec(&spec);
     assert_eq!(succeeded(&output, report.as_ref()), "10\n");
 }
+
+/// A helper process, killed and reaped on drop (a failed assertion included).
+struct Helper(std::process::Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The network namespace of process `pid`, as `/proc` names it (`net:[inode]`).
+fn network_of(pid: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .map(|link| link.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A network namespace given to the jail (a descriptor of its parent's, as a root
+/// gateway hands over one it made ahead of time) is the one its program runs in; one it
+/// must not take (its parent's own, which is the host's, or a descriptor that is no
+/// namespace at all) is refused, and the jail makes an empty one of its own instead.
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn the_jail_enters_the_network_namespace_it_is_given_and_only_a_fresh_one() {
+    use std::os::fd::AsRawFd as _;
+    if !running_as_root() {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    // A namespace made beforehand, held by a helper process.
+    let holder = match Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => Helper(child),
+        Err(err) => {
+            eprintln!("skipped: no unshare to make a network namespace with: {err}");
+            return;
+        }
+    };
+    let holder_pid = holder.0.id().to_string();
+    let host = network_of("self");
+    // The helper has made its namespace once it has exec'd sleep.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let made = loop {
+        let comm = std::fs::read_to_string(format!("/proc/{holder_pid}/comm")).unwrap_or_default();
+        let net = network_of(&holder_pid);
+        if comm.trim() == "sleep" && !net.is_empty() && net != host {
+            break net;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare --net did not start"
+        );
+        std::thread::yield_now();
+    };
+    let given = std::fs::File::open(format!("/proc/{holder_pid}/ns/net")).expect("open it");
+    let own_host = std::fs::File::open("/proc/self/ns/net").expect("open the host's");
+    let not_a_namespace = std::fs::File::open("/proc/self/status").expect("open a file");
+    let dir = std::env::temp_dir().join(format!("sluice-jail-netns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    std::fs::write(dir.join("main.sh"), "readlink /proc/self/ns/net").expect("the script");
+    let inside = |fd: Option<i32>| -> String {
+        let spec = JailSpec {
+            network_fd: fd,
+            ..script_spec(&dir, "/bin/sh")
+        };
+        let (output, report) = run_spec(&spec);
+        succeeded(&output, report.as_ref()).trim().to_owned()
+    };
+    assert_eq!(
+        inside(Some(given.as_raw_fd())),
+        made,
+        "the given one is entered"
+    );
+    for refused in [own_host.as_raw_fd(), not_a_namespace.as_raw_fd()] {
+        let net = inside(Some(refused));
+        assert!(
+            !net.is_empty() && net != host && net != made,
+            "a namespace of its own instead of descriptor {refused}: {net}"
+        );
+    }
+}

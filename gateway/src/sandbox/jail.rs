@@ -53,6 +53,12 @@ pub struct JailSpec {
     pub map_to: Option<(u32, u32)>,
     /// Give the program an empty network namespace.
     pub no_network: bool,
+    /// With `no_network`, in a jail without a user namespace of its own (a root
+    /// gateway): the number of a descriptor, in the jail's parent (the gateway), of an
+    /// empty network namespace made ahead of time for this jail alone. The jail copies
+    /// it from its parent (`pidfd_getfd`) and enters it instead of making its own;
+    /// should that fail, it makes its own.
+    pub network_fd: Option<i32>,
     /// Directories to make reachable for the unprivileged user although an ancestor is
     /// not (an interpreter installed under /root, say): bound read-only at the same path.
     pub expose: Vec<PathBuf>,
@@ -176,6 +182,9 @@ impl JailSpec {
         if let Some(nice) = self.nice {
             pair("--nice", nice.to_string().into());
         }
+        if let Some(fd) = self.network_fd {
+            pair("--network-fd", fd.to_string().into());
+        }
         if self.no_network {
             args.push("--no-network".into());
         }
@@ -281,6 +290,13 @@ impl JailSpec {
                     let ptys = number("--ptys")?;
                     spec.ptys = Some(
                         u32::try_from(ptys).map_err(|_| SpecError("--ptys out of range".into()))?,
+                    );
+                }
+                "--network-fd" => {
+                    let fd = number("--network-fd")?;
+                    spec.network_fd = Some(
+                        i32::try_from(fd)
+                            .map_err(|_| SpecError("--network-fd out of range".into()))?,
                     );
                 }
                 "--keep-fd" => {
@@ -494,6 +510,7 @@ mod tests {
                 (RlimitName::Processes, 16),
             ],
             keep_fd: Some(3),
+            network_fd: Some(41),
             env: vec!["PATH=/usr/bin".into(), "LD_PRELOAD=/x y".into()],
             nice: Some(10),
             command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
