@@ -527,6 +527,7 @@ pub(crate) enum NetworkNamespaceError {
     /// The thread could not go back to its own namespace: it is in the new one.
     #[error("going back to the gateway's network namespace: {0}")]
     Stranded(#[source] io::Error),
+}
 
 #[cfg(test)]
 mod tests {
