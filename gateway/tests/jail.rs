@@ -519,3 +519,35 @@ fn the_jail_enters_the_network_namespace_it_is_given_and_only_a_fresh_one() {
         );
     }
 }
+
+/// Started with its standard streams closed (as a root program may be, by anyone who can
+/// run it), the jail still ends the way its program ended and writes its report: without
+/// std's runtime start (`#![no_main]`) nothing opens `/dev/null` on descriptors 0 to 2,
+/// so the jail's own report file and hand-over pipe take those numbers, and pointing the
+/// standard streams at `/dev/null` later closes them.
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn started_without_standard_streams_the_jail_still_reports_its_program() {
+    if !running_as_root() {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-jail-nostdio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    std::fs::write(dir.join("main.sh"), "exit 3").expect("the script");
+    let spec = script_spec(&dir, "/bin/sh");
+    let output = Command::new("/bin/sh")
+        .env_clear()
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" <&- >&- 2>&-")
+        .arg(env!("CARGO_BIN_EXE_sluice-jail"))
+        .args(spec.write(&dir).expect("write the spec"))
+        .current_dir(&dir)
+        .output()
+        .expect("the jail runs");
+    let report = JailReport::read(&dir);
+    assert_eq!(output.status.code(), Some(3), "{report:?}");
+    let report = report.expect("a report");
+    assert_eq!(report.setup_failed, None);
+}

@@ -244,7 +244,11 @@ impl Namespaces {
         let failed = |why: String| JailUnavailable::Rehearsal(why);
         let dir = work_root.join("jail-rehearsal");
         std::fs::create_dir(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
-        let mut command = self
+        // The lease is kept until the rehearsal jail has been reaped: its network
+        // namespace's descriptor must name that namespace while the jail may copy it
+        // (the second review: dropped here, the number could name the next namespace the
+        // pool made, which a later jail is given too).
+        let (mut command, _lease) = self
             .command(JailSpec {
                 host_dir: dir.clone(),
                 workspace: dir.clone(),
@@ -253,8 +257,7 @@ impl Namespaces {
                 command: vec!["/bin/true".into()],
                 ..JailSpec::default()
             })
-            .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?
-            .0;
+            .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?;
         let status = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
