@@ -195,13 +195,21 @@ impl JailSpec {
 
     /// Writes the spec into `dir`'s [`SPEC_FILE`], readable and writable by this
     /// process's user alone, and returns the jail's arguments that point at it (relative
-    /// to `dir`, where the jail must be started).
+    /// to `dir`, where the jail must be started). An entry holding a NUL byte (the
+    /// separator) is refused.
     pub fn write(&self, dir: &Path) -> std::io::Result<Vec<OsString>> {
         use std::io::Write as _;
         use std::os::unix::ffi::OsStrExt as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut text = Vec::new();
         for arg in self.to_args() {
+            // NUL separates the arguments: one inside an entry would add flags.
+            if arg.as_bytes().contains(&0) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a NUL byte in the jail's spec",
+                ));
+            }
             text.extend_from_slice(arg.as_bytes());
             text.push(0);
         }
@@ -551,6 +559,29 @@ mod tests {
         assert_eq!(JailSpec::from_command_line(cwd_args, euid).unwrap(), spec);
         assert!(!dir.join(SPEC_FILE).exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The spec file separates its arguments with NULs: an entry holding one (an
+    /// environment value the protocol's check missed, an operator's `--env`) would add
+    /// flags of its own, `--network-fd` of another jail's namespace among them. Refused
+    /// when written (second review; the protocol refuses NULs in `env` and `args`).
+    #[test]
+    fn an_entry_holding_a_nul_is_refused_not_split_into_flags() {
+        let dir = std::env::temp_dir().join(format!("sluice-spec-nul-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = JailSpec {
+            host_dir: dir.clone(),
+            workspace: dir.clone(),
+            uid: 60_000,
+            gid: 60_000,
+            no_network: true,
+            env: vec!["A=1\0--network-fd\07".into()],
+            command: vec!["/bin/true".into()],
+            ..JailSpec::default()
+        };
+        let written = spec.write(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(written.is_err(), "written: {written:?}");
     }
 
     #[test]
