@@ -575,7 +575,7 @@ mod tests {
             uid: 60_000,
             gid: 60_000,
             no_network: true,
-            env: vec!["A=1\0--network-fd\07".into()],
+            env: vec!["A=1\0--network-fd\x007".into()],
             command: vec!["/bin/true".into()],
             ..JailSpec::default()
         };
