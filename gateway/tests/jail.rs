@@ -556,10 +556,9 @@ fn started_without_standard_streams_the_jail_still_reports_its_program() {
 /// is a process (the gateway holds pidfds of its children, another jail's among them),
 /// the jail must not join that process's network namespace (another execution's, or the
 /// host's) but make its own. The jail's checks (its own namespace's inode, `setns` with
-/// `CLONE_NEWNET`) let a pidfd through: a pidfd's inode never matches, and `setns` joins
-/// the process's namespaces.
+/// `CLONE_NEWNET`) let a pidfd through (second review): a pidfd's inode never matches,
+/// and `setns` joins the process's namespaces; it now asks `NS_GET_NSTYPE`.
 #[test]
-#[ignore = "finding: setns joins a pidfd's namespaces; the jail lets a pidfd through"]
 #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
 fn a_pidfd_given_as_the_network_namespace_is_refused() {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};

@@ -67,8 +67,8 @@ pub(crate) fn unshare(flags: libc::c_int) -> io::Result<()> {
 /// Enters the network namespace that this process's parent (the gateway) holds open as
 /// its descriptor `fd`, copied with `pidfd_getfd`. Refused: a parent that is no longer
 /// the one that started the jail (reparented after the gateway died), a descriptor that
-/// is not a network namespace (`setns` checks), and the namespace the jail is already in
-/// (the host's).
+/// is not a network namespace (`NS_GET_NSTYPE`; `setns` alone would join a pidfd's), and
+/// the namespace the jail is already in (the host's).
 pub(crate) fn enter_parents_network(fd: RawFd) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     // SAFETY: getppid takes nothing and cannot fail.
@@ -93,10 +93,19 @@ pub(crate) fn enter_parents_network(fd: RawFd) -> io::Result<()> {
     if (given.dev(), given.ino()) == (current.dev(), current.ino()) {
         return Err(io::Error::other("the namespace the jail is already in"));
     }
-    // SAFETY: setns takes a descriptor we own (open for the call) and an integer; with
-    // CLONE_NEWNET it fails unless the descriptor is a network namespace.
+    // setns alone would not do: it takes a pidfd too, and joins that process's network
+    // namespace (the second review). Only a namespace descriptor answers NS_GET_NSTYPE.
+    // SAFETY: an ioctl without arguments on a descriptor we own.
+    let kind = unsafe { libc::ioctl(namespace.as_raw_fd(), NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(io::Error::other("not a network namespace"));
+    }
+    // SAFETY: setns takes a descriptor we own (open for the call) and an integer.
     check(unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) }.into()).map(drop)
 }
+
+/// `NS_GET_NSTYPE` of ioctl_ns(2): the `CLONE_NEW*` type of a namespace descriptor.
+const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
 
 /// Which side of a fork this is.
 pub(crate) enum Forked {
