@@ -40,9 +40,20 @@ impl NetworkPool {
     /// Starts the filling thread; `None` when this host cannot make network namespaces
     /// (the first one failed: not root, or no kernel support).
     pub(crate) fn start() -> Option<Arc<Self>> {
-        let first = match crate::sys::new_network_namespace() {
-            Ok(namespace) => namespace,
-            Err(err) => {
+        // On a thread of its own, which ends straight after: should it be stranded in the
+        // new namespace, the caller's thread (which goes on to make sockets) is not.
+        let first = std::thread::Builder::new()
+            .name("sluice-netns".into())
+            .spawn(crate::sys::new_network_namespace)
+            .ok()
+            .and_then(|thread| thread.join().ok());
+        let first = match first {
+            None => {
+                tracing::warn!("no pool of network namespaces: each jail makes its own");
+                return None;
+            }
+            Some(Ok(namespace)) => namespace,
+            Some(Err(err)) => {
                 tracing::debug!(%err, "no pool of network namespaces: each jail makes its own");
                 return None;
             }
