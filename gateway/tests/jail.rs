@@ -433,3 +433,185 @@ fn the_program_takes_the_niceness_it_is_given() {
     let (output, report) = run_spec(&spec);
     assert_eq!(succeeded(&output, report.as_ref()), "10\n");
 }
+
+/// A helper process, killed and reaped on drop (a failed assertion included).
+struct Helper(std::process::Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The network namespace of process `pid`, as `/proc` names it (`net:[inode]`).
+fn network_of(pid: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .map(|link| link.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A network namespace given to the jail (a descriptor of its parent's, as a root
+/// gateway hands over one it made ahead of time) is the one its program runs in; one it
+/// must not take (its parent's own, which is the host's, or a descriptor that is no
+/// namespace at all) is refused, and the jail makes an empty one of its own instead.
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn the_jail_enters_the_network_namespace_it_is_given_and_only_a_fresh_one() {
+    use std::os::fd::AsRawFd as _;
+    if !running_as_root() {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    // A namespace made beforehand, held by a helper process.
+    let holder = match Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => Helper(child),
+        Err(err) => {
+            eprintln!("skipped: no unshare to make a network namespace with: {err}");
+            return;
+        }
+    };
+    let holder_pid = holder.0.id().to_string();
+    let host = network_of("self");
+    // The helper has made its namespace once it has exec'd sleep.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let made = loop {
+        let comm = std::fs::read_to_string(format!("/proc/{holder_pid}/comm")).unwrap_or_default();
+        let net = network_of(&holder_pid);
+        if comm.trim() == "sleep" && !net.is_empty() && net != host {
+            break net;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare --net did not start"
+        );
+        std::thread::yield_now();
+    };
+    let given = std::fs::File::open(format!("/proc/{holder_pid}/ns/net")).expect("open it");
+    let own_host = std::fs::File::open("/proc/self/ns/net").expect("open the host's");
+    let not_a_namespace = std::fs::File::open("/proc/self/status").expect("open a file");
+    let dir = std::env::temp_dir().join(format!("sluice-jail-netns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    std::fs::write(dir.join("main.sh"), "readlink /proc/self/ns/net").expect("the script");
+    let inside = |fd: Option<i32>| -> String {
+        let spec = JailSpec {
+            network_fd: fd,
+            ..script_spec(&dir, "/bin/sh")
+        };
+        let (output, report) = run_spec(&spec);
+        succeeded(&output, report.as_ref()).trim().to_owned()
+    };
+    assert_eq!(
+        inside(Some(given.as_raw_fd())),
+        made,
+        "the given one is entered"
+    );
+    for refused in [own_host.as_raw_fd(), not_a_namespace.as_raw_fd()] {
+        let net = inside(Some(refused));
+        assert!(
+            !net.is_empty() && net != host && net != made,
+            "a namespace of its own instead of descriptor {refused}: {net}"
+        );
+    }
+}
+
+/// Started with its standard streams closed (as a root program may be, by anyone who can
+/// run it), the jail still ends the way its program ended and writes its report: without
+/// std's runtime start (`#![no_main]`) nothing opens `/dev/null` on descriptors 0 to 2,
+/// so the jail's own report file and hand-over pipe take those numbers, and pointing the
+/// standard streams at `/dev/null` later closes them.
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn started_without_standard_streams_the_jail_still_reports_its_program() {
+    if !running_as_root() {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-jail-nostdio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    std::fs::write(dir.join("main.sh"), "exit 3").expect("the script");
+    let spec = script_spec(&dir, "/bin/sh");
+    let output = Command::new("/bin/sh")
+        .env_clear()
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" <&- >&- 2>&-")
+        .arg(env!("CARGO_BIN_EXE_sluice-jail"))
+        .args(spec.write(&dir).expect("write the spec"))
+        .current_dir(&dir)
+        .output()
+        .expect("the jail runs");
+    let report = JailReport::read(&dir);
+    assert_eq!(output.status.code(), Some(3), "{report:?}");
+    let report = report.expect("a report");
+    assert_eq!(report.setup_failed, None);
+}
+
+/// `setns` takes a pidfd as well as a namespace: given a descriptor of its parent's that
+/// is a process (the gateway holds pidfds of its children, another jail's among them),
+/// the jail must not join that process's network namespace (another execution's, or the
+/// host's) but make its own. The jail's checks (its own namespace's inode, `setns` with
+/// `CLONE_NEWNET`) let a pidfd through (second review): a pidfd's inode never matches,
+/// and `setns` joins the process's namespaces; it now asks `NS_GET_NSTYPE`.
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn a_pidfd_given_as_the_network_namespace_is_refused() {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    if !running_as_root() {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    // Another process in a network namespace of its own, as another jail would be.
+    let holder = match Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => Helper(child),
+        Err(err) => {
+            eprintln!("skipped: no unshare to make a network namespace with: {err}");
+            return;
+        }
+    };
+    let holder_pid = holder.0.id().to_string();
+    let host = network_of("self");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let theirs = loop {
+        let comm = std::fs::read_to_string(format!("/proc/{holder_pid}/comm")).unwrap_or_default();
+        let net = network_of(&holder_pid);
+        if comm.trim() == "sleep" && !net.is_empty() && net != host {
+            break net;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare --net did not start"
+        );
+        std::thread::yield_now();
+    };
+    let pid = libc::pid_t::try_from(holder.0.id()).expect("a pid");
+    #[allow(unsafe_code)] // pidfd_open has no wrapper in std; it returns a new descriptor
+    let pidfd = unsafe {
+        let raw = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        assert!(raw >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        OwnedFd::from_raw_fd(i32::try_from(raw).expect("a descriptor"))
+    };
+    let dir = std::env::temp_dir().join(format!("sluice-jail-pidfd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    std::fs::write(dir.join("main.sh"), "readlink /proc/self/ns/net").expect("the script");
+    let spec = JailSpec {
+        network_fd: Some(pidfd.as_raw_fd()),
+        ..script_spec(&dir, "/bin/sh")
+    };
+    let (output, report) = run_spec(&spec);
+    let net = succeeded(&output, report.as_ref()).trim().to_owned();
+    assert!(
+        !net.is_empty() && net != host && net != theirs,
+        "the program runs in another process's network namespace ({net})"
+    );
+}

@@ -53,6 +53,12 @@ pub struct JailSpec {
     pub map_to: Option<(u32, u32)>,
     /// Give the program an empty network namespace.
     pub no_network: bool,
+    /// With `no_network`, in a jail without a user namespace of its own (a root
+    /// gateway): the number of a descriptor, in the jail's parent (the gateway), of an
+    /// empty network namespace made ahead of time for this jail alone. The jail copies
+    /// it from its parent (`pidfd_getfd`) and enters it instead of making its own;
+    /// should that fail, it makes its own.
+    pub network_fd: Option<i32>,
     /// Directories to make reachable for the unprivileged user although an ancestor is
     /// not (an interpreter installed under /root, say): bound read-only at the same path.
     pub expose: Vec<PathBuf>,
@@ -176,6 +182,9 @@ impl JailSpec {
         if let Some(nice) = self.nice {
             pair("--nice", nice.to_string().into());
         }
+        if let Some(fd) = self.network_fd {
+            pair("--network-fd", fd.to_string().into());
+        }
         if self.no_network {
             args.push("--no-network".into());
         }
@@ -186,13 +195,21 @@ impl JailSpec {
 
     /// Writes the spec into `dir`'s [`SPEC_FILE`], readable and writable by this
     /// process's user alone, and returns the jail's arguments that point at it (relative
-    /// to `dir`, where the jail must be started).
+    /// to `dir`, where the jail must be started). An entry holding a NUL byte (the
+    /// separator) is refused.
     pub fn write(&self, dir: &Path) -> std::io::Result<Vec<OsString>> {
         use std::io::Write as _;
         use std::os::unix::ffi::OsStrExt as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut text = Vec::new();
         for arg in self.to_args() {
+            // NUL separates the arguments: one inside an entry would add flags.
+            if arg.as_bytes().contains(&0) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a NUL byte in the jail's spec",
+                ));
+            }
             text.extend_from_slice(arg.as_bytes());
             text.push(0);
         }
@@ -281,6 +298,13 @@ impl JailSpec {
                     let ptys = number("--ptys")?;
                     spec.ptys = Some(
                         u32::try_from(ptys).map_err(|_| SpecError("--ptys out of range".into()))?,
+                    );
+                }
+                "--network-fd" => {
+                    let fd = number("--network-fd")?;
+                    spec.network_fd = Some(
+                        i32::try_from(fd)
+                            .map_err(|_| SpecError("--network-fd out of range".into()))?,
                     );
                 }
                 "--keep-fd" => {
@@ -494,6 +518,7 @@ mod tests {
                 (RlimitName::Processes, 16),
             ],
             keep_fd: Some(3),
+            network_fd: Some(41),
             env: vec!["PATH=/usr/bin".into(), "LD_PRELOAD=/x y".into()],
             nice: Some(10),
             command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
@@ -534,6 +559,29 @@ mod tests {
         assert_eq!(JailSpec::from_command_line(cwd_args, euid).unwrap(), spec);
         assert!(!dir.join(SPEC_FILE).exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The spec file separates its arguments with NULs: an entry holding one (an
+    /// environment value the protocol's check missed, an operator's `--env`) would add
+    /// flags of its own, `--network-fd` of another jail's namespace among them. Refused
+    /// when written (second review; the protocol refuses NULs in `env` and `args`).
+    #[test]
+    fn an_entry_holding_a_nul_is_refused_not_split_into_flags() {
+        let dir = std::env::temp_dir().join(format!("sluice-spec-nul-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = JailSpec {
+            host_dir: dir.clone(),
+            workspace: dir.clone(),
+            uid: 60_000,
+            gid: 60_000,
+            no_network: true,
+            env: vec!["A=1\0--network-fd\x007".into()],
+            command: vec!["/bin/true".into()],
+            ..JailSpec::default()
+        };
+        let written = spec.write(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(written.is_err(), "written: {written:?}");
     }
 
     #[test]

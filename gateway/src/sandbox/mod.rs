@@ -1,8 +1,9 @@
 //! What confines an execution beyond its process group: control groups for the limits
 //! that cover a whole process tree (memory, processes, CPU time) and for killing every
 //! process an execution started (`cgroup`); the namespace jail (`jail`, the contract
-//! with `sluice-jail`, and `namespaces`, the gateway's side); taking the network away
-//! without a jail (`network`); the unprivileged user a root gateway's unjailed programs
+//! with `sluice-jail`, `namespaces`, the gateway's side, and `network_pool`, the network
+//! namespaces it makes for jails ahead of time); taking the network away without a jail
+//! (`network`); the unprivileged user a root gateway's unjailed programs
 //! drop to (`user`); the memory and processes all executions may hold together
 //! (`budget`); and the policy that decides, once at start-up, which of these every
 //! program gets (`policy`). Kernel resource limits of the process itself (CPU time,
@@ -13,6 +14,7 @@ pub(crate) mod cgroup;
 pub mod jail;
 pub(crate) mod namespaces;
 pub(crate) mod network;
+pub(crate) mod network_pool;
 mod policy;
 pub(crate) mod user;
 

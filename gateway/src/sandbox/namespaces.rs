@@ -1,11 +1,14 @@
 //! The gateway's side of namespace isolation: finding `sluice-jail`, rehearsing it once
-//! at start-up, handing every jail alive its own sandbox ids ([`IdLease`]), and turning
+//! at start-up, handing every jail alive its own sandbox ids and, from the
+//! [`NetworkPool`], a network namespace made ahead of time ([`IdLease`]), and turning
 //! an execution into the jail's command. What happens
 //! inside the jail is in `src/bin/sluice-jail`; the contract between the two is
 //! [`super::jail`].
 
 use super::jail::{JailReport, JailSpec, RlimitName};
+use super::network_pool::NetworkPool;
 use crate::sys::Rlimits;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,6 +46,10 @@ pub(crate) struct Namespaces {
     /// `uid + offset` and `gid + offset`; with subordinate ids, the outside ids are. A
     /// gateway that maps the sandbox user to its own ids has one id to give: `None`.
     ids: Option<Arc<IdPool>>,
+    /// Empty network namespaces made ahead of time, one per jail that takes the network
+    /// away, when the gateway is root (a jail in a user namespace of its own could not
+    /// enter them).
+    network_pool: Option<Arc<NetworkPool>>,
 }
 
 /// The offsets of the sandbox ids not in use by a live jail.
@@ -62,18 +69,24 @@ impl IdPool {
     }
 }
 
-/// One jail's sandbox ids, given back when the lease is dropped (after the jail, and with
-/// it every process of its PID namespace, has been reaped).
+/// What one jail holds of the gateway's until it has been reaped (and with it every
+/// process of its PID namespace): its sandbox ids, given back when the lease is dropped,
+/// and the gateway's descriptor of the network namespace made for it, which the jail
+/// copies while it starts and which is closed (never handed out again) with the lease.
+/// Held that long so that its number names nothing else (another jail's namespace) while
+/// the jail may still copy it: the jail reads it from the gateway by number.
 #[derive(Debug)]
 pub(crate) struct IdLease {
-    pool: Arc<IdPool>,
-    offset: u32,
+    ids: Option<(Arc<IdPool>, u32)>,
+    network: Option<OwnedFd>,
 }
 
 impl Drop for IdLease {
     fn drop(&mut self) {
-        if let Ok(mut free) = self.pool.free.lock() {
-            free.push(self.offset);
+        if let Some((pool, offset)) = &self.ids {
+            if let Ok(mut free) = pool.free.lock() {
+                free.push(*offset);
+            }
         }
     }
 }
@@ -147,6 +160,12 @@ impl Namespaces {
             map_to: subordinate.map(|(first, _)| first),
             map_range: subordinate.map_or(0, |(_, count)| count),
             ids: None,
+            // Only a root gateway's jails can enter a namespace it made.
+            network_pool: if no_network && crate::sys::is_root() {
+                NetworkPool::start()
+            } else {
+                None
+            },
         };
         jail.ids = jail.id_pool(wanted);
         if let Some(ids) = jail.map_to {
@@ -225,7 +244,11 @@ impl Namespaces {
         let failed = |why: String| JailUnavailable::Rehearsal(why);
         let dir = work_root.join("jail-rehearsal");
         std::fs::create_dir(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
-        let mut command = self
+        // The lease is kept until the rehearsal jail has been reaped: its network
+        // namespace's descriptor must name that namespace while the jail may copy it
+        // (the second review: dropped here, the number could name the next namespace the
+        // pool made, which a later jail is given too).
+        let (mut command, _lease) = self
             .command(JailSpec {
                 host_dir: dir.clone(),
                 workspace: dir.clone(),
@@ -234,8 +257,7 @@ impl Namespaces {
                 command: vec!["/bin/true".into()],
                 ..JailSpec::default()
             })
-            .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?
-            .0;
+            .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?;
         let status = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -275,7 +297,7 @@ impl Namespaces {
     /// command starts, with an empty environment: callers add nothing to either. The
     /// lease of the jail's own ids must be kept until the jail has been reaped.
     pub(crate) fn command(&self, spec: JailSpec) -> std::io::Result<(Command, Option<IdLease>)> {
-        let lease = match &self.ids {
+        let ids = match &self.ids {
             Some(pool) => {
                 let offset = pool.free.lock().ok().and_then(|mut free| free.pop());
                 let offset = offset.ok_or_else(|| {
@@ -284,14 +306,22 @@ impl Namespaces {
                         pool.size
                     ))
                 })?;
-                Some(IdLease {
-                    pool: pool.clone(),
-                    offset,
-                })
+                Some((pool.clone(), offset))
             }
             None => None,
         };
-        let offset = lease.as_ref().map_or(0, |lease| lease.offset);
+        let no_network = self.no_network && spec.no_network;
+        // Held from here on, so a failure below gives the ids back. The namespace is
+        // taken only for a jail that will use it, so none is wasted.
+        let lease = IdLease {
+            ids,
+            network: self
+                .network_pool
+                .as_ref()
+                .filter(|_| no_network)
+                .and_then(|pool| pool.take()),
+        };
+        let offset = lease.ids.as_ref().map_or(0, |(_, offset)| *offset);
         let (uid, gid, map_to) = match self.map_to {
             _ if crate::sys::is_root() => (self.uid + offset, self.gid + offset, None),
             Some((uid, gid)) => (self.uid, self.gid, Some((uid + offset, gid + offset))),
@@ -300,7 +330,8 @@ impl Namespaces {
         let spec = JailSpec {
             uid,
             gid,
-            no_network: self.no_network && spec.no_network,
+            no_network,
+            network_fd: lease.network.as_ref().map(|fd| fd.as_raw_fd()),
             hide: self.hide.clone(),
             ptys: Some(self.ptys),
             map_to,
@@ -311,7 +342,8 @@ impl Namespaces {
             .args(spec.write(&spec.host_dir)?)
             .env_clear()
             .current_dir(&spec.host_dir);
-        Ok((jailed, lease))
+        let holds = lease.ids.is_some() || lease.network.is_some();
+        Ok((jailed, holds.then_some(lease)))
     }
 
     /// What a runtime installed where the sandbox user cannot reach it needs exposed:

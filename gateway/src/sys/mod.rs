@@ -496,6 +496,39 @@ pub(crate) fn child_subreaper_on_exec(command: &mut std::process::Command) {
     }
 }
 
+/// Makes a new, empty network namespace (a loopback interface, down, and nothing else)
+/// and returns a descriptor of it, without leaving the calling thread in it: the thread
+/// enters it (`unshare`, which moves only the calling thread), opens it and goes back to
+/// the namespace it was in. Needs root. Meant for a thread of its own: should going back
+/// fail ([`NetworkNamespaceError::Stranded`]), the thread is left inside the new
+/// namespace and must create nothing more (no socket) and end.
+pub(crate) fn new_network_namespace() -> Result<OwnedFd, NetworkNamespaceError> {
+    const THIS_THREADS: &str = "/proc/thread-self/ns/net";
+    // std opens with O_CLOEXEC: no program the gateway starts inherits these.
+    let home = std::fs::File::open(THIS_THREADS).map_err(NetworkNamespaceError::Make)?;
+    // SAFETY: unshare takes an integer; CLONE_NEWNET moves only the calling thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(NetworkNamespaceError::Make(io::Error::last_os_error()));
+    }
+    let made = std::fs::File::open(THIS_THREADS);
+    // SAFETY: setns takes a descriptor we own (open for the call) and an integer.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(NetworkNamespaceError::Stranded(io::Error::last_os_error()));
+    }
+    made.map(OwnedFd::from).map_err(NetworkNamespaceError::Make)
+}
+
+/// Why [`new_network_namespace`] gave no namespace.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NetworkNamespaceError {
+    /// None was made (not root, or the kernel refused); the thread is where it was.
+    #[error("making a network namespace: {0}")]
+    Make(#[source] io::Error),
+    /// The thread could not go back to its own namespace: it is in the new one.
+    #[error("going back to the gateway's network namespace: {0}")]
+    Stranded(#[source] io::Error),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -703,3 +703,116 @@ async fn a_cancel_at_any_point_of_a_jailed_start_does_not_wait_for_the_kill_grac
     assert_stream_ok(socket.received());
     gateway.shutdown().await
 }
+
+/// Every jail alive has a network namespace of its own, made for it alone (a root
+/// gateway makes them ahead of time, off the request path): never the gateway's, never
+/// another jail's, and empty (a loopback interface, down). More jails start at once than
+/// the gateway keeps ready, so those that make their own are checked too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_jail_alive_has_an_empty_network_namespace_of_its_own() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = jailed_gateway().await;
+    let gateways = std::fs::read_link("/proc/self/ns/net")?;
+    let mut socket = gateway.raw().await?;
+    let probe = r#"import os, sys
+up = []
+for name in sorted(os.listdir("/sys/class/net")):
+    with open("/sys/class/net/%s/operstate" % name) as f:
+        up.append("%s:%s" % (name, f.read().strip()))
+print("net=%s devices=%s" % (os.readlink("/proc/self/ns/net"), ",".join(up)))
+sys.stdout.flush()
+sys.stdin.read()
+"#;
+    let jails = 20;
+    let mut said = Vec::new();
+    for n in 0..jails {
+        let id = format!("n{n}");
+        socket.execute(request(&id, "python", probe)).await?;
+        // The whole line: the probe writes it at once, and waits.
+        let events = socket.wait_for_stdout(&id, "\n").await?;
+        said.push(sluice_tests::text_of(&events, EventKind::Stdout));
+    }
+    // All alive until each has spoken: a namespace's number is reused only once it is gone.
+    for n in 0..jails {
+        let id = format!("n{n}");
+        socket.stdin(&id, None, true).await?;
+        socket.events_until_terminal(&id).await?;
+    }
+    socket.close().await?;
+    let mut seen = std::collections::HashSet::new();
+    for line in &said {
+        let (net, devices) = line
+            .trim()
+            .strip_prefix("net=")
+            .and_then(|rest| rest.split_once(" devices="))
+            .with_context(|| format!("unexpected probe output {line:?}"))?;
+        ensure!(
+            std::path::Path::new(net) != gateways,
+            "a jail in the gateway's network namespace: {line:?}"
+        );
+        ensure!(seen.insert(net.to_owned()), "two jails share {net}");
+        ensure!(
+            devices == "lo:down",
+            "a jail's network namespace is not empty: {line:?}"
+        );
+    }
+    gateway.shutdown().await
+}
+
+/// A program the jail cannot start (its interpreter is under `/run`, which the jail
+/// covers when the program has no network) ends in `spawn_failed`, saying which program
+/// and why, and the jail goes on starting the others: the failure is told from the
+/// program's start (which shares init's memory until its exec) back to init.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_the_jail_cannot_start_ends_in_spawn_failed_saying_why() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !jail_available() {
+        return Ok(());
+    }
+    let dir = std::path::PathBuf::from(format!("/run/sluice-test-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        skip("cannot write under /run here");
+        return Ok(());
+    }
+    let program = dir.join("hidden-interpreter");
+    std::fs::write(&program, "#!/bin/sh\necho unreachable\n")?;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+    let mut runtimes = sluice_gateway::RuntimeSpec::defaults();
+    runtimes.push(sluice_gateway::RuntimeSpec {
+        name: "hidden".into(),
+        program: program.to_string_lossy().into_owned(),
+        args: vec![sluice_gateway::FILE_PLACEHOLDER.into()],
+        file_name: "main.sh".into(),
+        env: Vec::new(),
+        locate: None,
+        optional: false,
+        network: false,
+    });
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::Namespaces,
+        runtimes,
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let outcome = run(&client, request("hidden", "hidden", "true")).await;
+    let after = run(&client, request("after", "sh", "echo fine")).await;
+    client.close().await?;
+    gateway.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (outcome, after) = (outcome?, after?);
+    assert_eq!(outcome.kind(), EventKind::Error, "{:?}", outcome.terminal);
+    assert_eq!(
+        outcome.terminal.code,
+        Some(sluice_protocol::ErrorCode::SpawnFailed)
+    );
+    let message = &outcome.terminal.data;
+    ensure!(
+        message.contains("could not start") && message.contains("hidden-interpreter"),
+        "the message says which program could not start: {message:?}"
+    );
+    assert_eq!(after.stdout, "fine\n");
+    Ok(())
+}

@@ -22,6 +22,7 @@ mod errors;
 mod fairness;
 mod hardening;
 mod isolation;
+mod jail_review;
 mod kernel_idle;
 mod lifecycle;
 mod limits;

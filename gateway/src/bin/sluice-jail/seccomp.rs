@@ -112,100 +112,286 @@ const LOCKING_FCNTL: [libc::c_int; 4] = [
     libc::F_OFD_SETLKW,
 ];
 
-fn statement(code: u32, k: u32) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+/// What the filter does with one call, before looking at its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Refused with EPERM.
+    Deny,
+    /// Succeeds without doing anything (errno 0: the call returns 0 unexecuted).
+    Pretend,
+    /// `fcntl`: a locking command pretends, the others run.
+    Fcntl,
+    /// `clone3` passes its flags in memory the filter cannot read: ENOSYS makes the C
+    /// library fall back to `clone`, whose flags it can.
+    Enosys,
+    /// `clone`: refused when it would create namespaces.
+    Clone,
 }
 
-fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
+/// Every call the filter does not simply allow, sorted by number.
+fn rules() -> Vec<(u32, Rule)> {
+    let mut rules: Vec<(u32, Rule)> = DENIED
+        .iter()
+        .map(|&call| (call as u32, Rule::Deny))
+        .chain([
+            (libc::SYS_flock as u32, Rule::Pretend),
+            (libc::SYS_fcntl as u32, Rule::Fcntl),
+            (libc::SYS_clone3 as u32, Rule::Enosys),
+            (libc::SYS_clone as u32, Rule::Clone),
+        ])
+        .collect();
+    rules.sort_unstable_by_key(|&(call, _)| call);
+    rules.dedup_by_key(|&mut (call, _)| call);
+    rules
 }
 
-/// The filter program.
+/// Where a jump goes, resolved once the program is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Label {
+    Next,
+    /// The instruction at this index.
+    At(usize),
+    Allow,
+    Rule(Rule),
+}
+
+/// An instruction whose jump targets are labels.
+struct Pending {
+    code: u32,
+    k: u32,
+    jt: Label,
+    jf: Label,
+}
+
+/// Rules looked up one after the other rather than split further: a few comparisons.
+const LEAF_RULES: usize = 4;
+
+/// The filter program: the architecture check, then a binary search over [`rules`] by
+/// call number (a handful of comparisons per call, where a list would take one per
+/// rule: the kernel runs the filter for every call number when it installs it, to know
+/// which calls it may allow without running it again), then the blocks that decide on
+/// arguments and the returns.
 pub(crate) fn filter() -> Vec<sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    let load = |offset| statement(BPF_LD | BPF_W | BPF_ABS, offset);
-    let ret = |value| statement(BPF_RET | BPF_K, value);
     let deny = libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA);
+    let enosys = libc::SECCOMP_RET_ERRNO | (libc::ENOSYS as u32 & libc::SECCOMP_RET_DATA);
+    let op = |code, k, jt, jf| Pending { code, k, jt, jf };
+    let load = |offset| op(BPF_LD | BPF_W | BPF_ABS, offset, Label::Next, Label::Next);
+    let ret = |value| op(BPF_RET | BPF_K, value, Label::Next, Label::Next);
     let mut program = vec![
         load(ARCH),
-        jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 1, 0),
+        op(
+            BPF_JMP | BPF_JEQ | BPF_K,
+            AUDIT_ARCH,
+            Label::At(3),
+            Label::Next,
+        ),
         ret(libc::SECCOMP_RET_KILL_PROCESS),
         load(NR),
         // x32 calls: refused outright.
-        jump(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1),
-        ret(deny),
+        op(
+            BPF_JMP | BPF_JGE | BPF_K,
+            X32_SYSCALL_BIT,
+            Label::Rule(Rule::Deny),
+            Label::Next,
+        ),
     ];
-    for &call in DENIED {
-        program.push(jump(BPF_JMP | BPF_JEQ | BPF_K, call as u32, 0, 1));
-        program.push(ret(deny));
-    }
-    // Locks: success without effect (errno 0 means the call returns 0 unexecuted).
-    let pretend = libc::SECCOMP_RET_ERRNO;
-    program.push(jump(
-        BPF_JMP | BPF_JEQ | BPF_K,
-        libc::SYS_flock as u32,
-        0,
-        1,
-    ));
-    program.push(ret(pretend));
-    let commands = LOCKING_FCNTL.len() as u8;
-    // Not fcntl: past the block (its load, the command tests and two returns).
-    program.push(jump(
-        BPF_JMP | BPF_JEQ | BPF_K,
-        libc::SYS_fcntl as u32,
-        0,
-        commands + 3,
-    ));
+    search(&mut program, &rules());
+    // The blocks the search jumps to, in this order.
+    let mut blocks = Vec::new();
+    let mut mark = |program: &mut Vec<Pending>, label: Label| blocks.push((label, program.len()));
+    mark(&mut program, Label::Rule(Rule::Fcntl));
     program.push(load(ARG1_LOW));
-    for (at, &command) in LOCKING_FCNTL.iter().enumerate() {
-        let to_pretend = commands - 1 - at as u8;
-        let last = at as u8 == commands - 1;
-        program.push(jump(
+    for command in LOCKING_FCNTL {
+        program.push(op(
             BPF_JMP | BPF_JEQ | BPF_K,
             command as u32,
-            to_pretend,
-            u8::from(last),
+            Label::Rule(Rule::Pretend),
+            Label::Next,
         ));
     }
-    program.push(ret(pretend));
     program.push(ret(libc::SECCOMP_RET_ALLOW));
-    // clone3 passes its flags in memory the filter cannot read: ENOSYS makes the C
-    // library fall back to clone, whose flags it can.
-    program.push(jump(
-        BPF_JMP | BPF_JEQ | BPF_K,
-        libc::SYS_clone3 as u32,
-        0,
-        1,
-    ));
-    program.push(ret(
-        libc::SECCOMP_RET_ERRNO | (libc::ENOSYS as u32 & libc::SECCOMP_RET_DATA)
-    ));
-    program.push(jump(
-        BPF_JMP | BPF_JEQ | BPF_K,
-        libc::SYS_clone as u32,
-        0,
-        3,
-    ));
+    mark(&mut program, Label::Rule(Rule::Clone));
     program.push(load(ARG0_LOW));
-    program.push(jump(BPF_JMP | BPF_JSET | BPF_K, NEW_NAMESPACES, 0, 1));
-    program.push(ret(deny));
+    program.push(op(
+        BPF_JMP | BPF_JSET | BPF_K,
+        NEW_NAMESPACES,
+        Label::Rule(Rule::Deny),
+        Label::Allow,
+    ));
+    mark(&mut program, Label::Allow);
     program.push(ret(libc::SECCOMP_RET_ALLOW));
-    program
+    mark(&mut program, Label::Rule(Rule::Deny));
+    program.push(ret(deny));
+    mark(&mut program, Label::Rule(Rule::Pretend));
+    program.push(ret(libc::SECCOMP_RET_ERRNO));
+    mark(&mut program, Label::Rule(Rule::Enosys));
+    program.push(ret(enosys));
+    let resolve = |at: usize, label: Label| -> Option<u8> {
+        let target = match label {
+            Label::Next => at + 1,
+            Label::At(index) => index,
+            other => blocks
+                .iter()
+                .find(|(known, _)| *known == other)
+                .map(|&(_, index)| index)?,
+        };
+        // Jumps go forward only, at most 255 instructions.
+        u8::try_from(target.checked_sub(at + 1)?).ok()
+    };
+    let resolved: Option<Vec<sock_filter>> = program
+        .iter()
+        .enumerate()
+        .map(|(at, pending)| {
+            Some(sock_filter {
+                code: pending.code as u16,
+                jt: resolve(at, pending.jt)?,
+                jf: resolve(at, pending.jf)?,
+                k: pending.k,
+            })
+        })
+        .collect();
+    // A jump the layout cannot express (the tests rule it out): fail closed, the
+    // program is killed at its first call.
+    resolved.unwrap_or_else(|| vec![ret_kill()])
+}
+
+fn ret_kill() -> sock_filter {
+    sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_KILL_PROCESS,
+    }
+}
+
+/// Appends the search over `rules` (sorted by number), the call number in the
+/// accumulator: each rule's call jumps to the rule's block, any other to `Allow`.
+fn search(program: &mut Vec<Pending>, rules: &[(u32, Rule)]) {
+    use libc::{BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K};
+    if rules.len() <= LEAF_RULES {
+        for (n, &(call, rule)) in rules.iter().enumerate() {
+            let otherwise = if n + 1 == rules.len() {
+                Label::Allow
+            } else {
+                Label::Next
+            };
+            program.push(Pending {
+                code: BPF_JMP | BPF_JEQ | BPF_K,
+                k: call,
+                jt: Label::Rule(rule),
+                jf: otherwise,
+            });
+        }
+        if rules.is_empty() {
+            program.push(Pending {
+                code: BPF_JMP | BPF_JEQ | BPF_K,
+                k: 0,
+                jt: Label::Allow,
+                jf: Label::Allow,
+            });
+        }
+        return;
+    }
+    let (lower, upper) = rules.split_at(rules.len() / 2);
+    let split = program.len();
+    program.push(Pending {
+        code: BPF_JMP | BPF_JGE | BPF_K,
+        k: upper[0].0,
+        // Filled in below, once the lower half's length is known.
+        jt: Label::Next,
+        jf: Label::Next,
+    });
+    search(program, lower);
+    let upper_start = program.len();
+    program[split].jt = Label::At(upper_start);
+    search(program, upper);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `program` on one call as the kernel does (the instructions it uses).
+    fn run(program: &[sock_filter], arch: u32, nr: u32, args: [u64; 2]) -> u32 {
+        let data = |offset: u32| -> u32 {
+            match offset {
+                NR => nr,
+                ARCH => arch,
+                ARG0_LOW => args[0] as u32,
+                ARG1_LOW => args[1] as u32,
+                other => panic!("the filter reads offset {other}"),
+            }
+        };
+        let (mut pc, mut accumulator) = (0_usize, 0_u32);
+        loop {
+            let insn = program.get(pc).expect("ran off the end of the program");
+            let code = u32::from(insn.code);
+            pc += 1;
+            match code {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => accumulator = data(insn.k),
+                c if c == libc::BPF_RET | libc::BPF_K => return insn.k,
+                c if c & 0x07 == libc::BPF_JMP => {
+                    let taken = match c & 0xf0 {
+                        op if op == libc::BPF_JEQ => accumulator == insn.k,
+                        op if op == libc::BPF_JGE => accumulator >= insn.k,
+                        op if op == libc::BPF_JSET => accumulator & insn.k != 0,
+                        other => panic!("unexpected jump {other:#x}"),
+                    };
+                    pc += usize::from(if taken { insn.jt } else { insn.jf });
+                }
+                other => panic!("unexpected instruction {other:#x}"),
+            }
+        }
+    }
+
+    /// What the filter must answer, written out plainly.
+    fn expected(arch: u32, nr: u32, args: [u64; 2]) -> u32 {
+        let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let locking = LOCKING_FCNTL.iter().any(|&c| c as u32 == args[1] as u32);
+        if arch != AUDIT_ARCH {
+            libc::SECCOMP_RET_KILL_PROCESS
+        } else if nr >= X32_SYSCALL_BIT || DENIED.iter().any(|&c| c as u32 == nr) {
+            deny
+        } else if nr == libc::SYS_flock as u32 || (nr == libc::SYS_fcntl as u32 && locking) {
+            libc::SECCOMP_RET_ERRNO
+        } else if nr == libc::SYS_clone3 as u32 {
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32
+        } else if nr == libc::SYS_clone as u32 && args[0] as u32 & NEW_NAMESPACES != 0 {
+            deny
+        } else {
+            libc::SECCOMP_RET_ALLOW
+        }
+    }
+
+    #[test]
+    fn every_call_gets_what_the_rules_say() {
+        let program = filter();
+        assert!(
+            program.len() > 1,
+            "the layout failed: {} instructions",
+            program.len()
+        );
+        let args_tried = [
+            [0, 0],
+            [u64::from(NEW_NAMESPACES), libc::F_SETLK as u64],
+            [libc::CLONE_NEWNET as u64, libc::F_GETLK as u64],
+            [libc::SIGCHLD as u64, libc::F_OFD_SETLKW as u64],
+            [u64::MAX, libc::F_SETFD as u64],
+        ];
+        let numbers = (0..1024).chain([X32_SYSCALL_BIT, X32_SYSCALL_BIT + 1, u32::MAX]);
+        for nr in numbers {
+            for args in args_tried {
+                for arch in [AUDIT_ARCH, 0x4000_0003] {
+                    assert_eq!(
+                        run(&program, arch, nr, args),
+                        expected(arch, nr, args),
+                        "call {nr} with {args:?} on arch {arch:#x}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_jump_lands_inside_the_program() {
@@ -221,6 +407,6 @@ mod tests {
             }
         }
         let last = program.last().expect("a program");
-        assert_eq!(last.k, libc::SECCOMP_RET_ALLOW);
+        assert_eq!(u32::from(last.code), libc::BPF_RET | libc::BPF_K);
     }
 }
