@@ -24,7 +24,7 @@
 //! `/dev/shm` and the workspace (the same path as outside), and `--expose` directories
 //! bound read-only where an unreadable ancestor (like `/root`) would hide them.
 //!
-//! The process starts at [`os::main`], not through std's runtime start (which reads
+//! The process starts at `os::main`, not through std's runtime start (which reads
 //! `/proc/self/maps` and sets up a stack-overflow handler: about 0.1 ms of every jail's
 //! start, for nothing the jail uses).
 
@@ -57,7 +57,7 @@ const MAX_HAND_OVER_BYTES: u64 = 64 << 10;
 /// Bytes of directory paths the walk may hold waiting at once.
 const MAX_PENDING_PATH_BYTES: usize = 1 << 20;
 
-/// What the process does, called from [`os::main`].
+/// What the process does, called from `os::main`.
 #[cfg_attr(test, allow(dead_code))]
 fn run() -> ! {
     // The jail runs with root's powers over the host until the program's exec: it takes
