@@ -11,7 +11,7 @@ use sluice_tests::{assert_stream_ok, request, run, skip, TestGateway};
 
 /// False (and a line on stderr saying why) when this host cannot run the jail.
 #[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
-fn jail_available() -> bool {
+pub(crate) fn jail_available() -> bool {
     match sluice_tests::host_report().namespaces {
         Ok(_) => true,
         Err(why) => {
@@ -25,7 +25,7 @@ fn jail_available() -> bool {
 
 /// A gateway that refuses to start without the jail, so these tests never pass by
 /// running unjailed.
-async fn jailed_gateway() -> TestGateway {
+pub(crate) async fn jailed_gateway() -> TestGateway {
     TestGateway::spawn_with(Config {
         isolation: Isolation::Namespaces,
         ..Config::default()

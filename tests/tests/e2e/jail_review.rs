@@ -4,29 +4,10 @@
 //! its final kill when it has no children left, and the descriptors a program gets.
 //! Each test needs the jail; where it cannot run the test says why and is skipped.
 
+use crate::isolation::{jail_available, jailed_gateway};
 use anyhow::{ensure, Context as _, Result};
-use sluice_gateway::{Config, Isolation};
 use sluice_protocol::EventKind;
-use sluice_tests::{request, run, skip, TestGateway};
-
-/// False (and a line saying why) when this host cannot run the jail.
-fn jail_available() -> bool {
-    match sluice_tests::host_report().namespaces {
-        Ok(_) => true,
-        Err(why) => {
-            skip(format!("no namespace jail on this host ({why})"));
-            false
-        }
-    }
-}
-
-async fn jailed_gateway() -> TestGateway {
-    TestGateway::spawn_with(Config {
-        isolation: Isolation::Namespaces,
-        ..Config::default()
-    })
-    .await
-}
+use sluice_tests::{request, run};
 
 /// The pids of the host's processes whose command line is exactly `argv`.
 fn processes_running(argv: &[&str]) -> Vec<String> {
