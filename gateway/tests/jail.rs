@@ -464,33 +464,11 @@ fn the_jail_enters_the_network_namespace_it_is_given_and_only_a_fresh_one() {
         return;
     }
     // A namespace made beforehand, held by a helper process.
-    let holder = match Command::new("unshare")
-        .args(["--net", "sleep", "600"])
-        .stdin(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => Helper(child),
-        Err(err) => {
-            eprintln!("skipped: no unshare to make a network namespace with: {err}");
-            return;
-        }
+    let Some((holder, made)) = namespace_holder() else {
+        return;
     };
     let holder_pid = holder.0.id().to_string();
     let host = network_of("self");
-    // The helper has made its namespace once it has exec'd sleep.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let made = loop {
-        let comm = std::fs::read_to_string(format!("/proc/{holder_pid}/comm")).unwrap_or_default();
-        let net = network_of(&holder_pid);
-        if comm.trim() == "sleep" && !net.is_empty() && net != host {
-            break net;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "unshare --net did not start"
-        );
-        std::thread::yield_now();
-    };
     let given = std::fs::File::open(format!("/proc/{holder_pid}/ns/net")).expect("open it");
     let own_host = std::fs::File::open("/proc/self/ns/net").expect("open the host's");
     let not_a_namespace = std::fs::File::open("/proc/self/status").expect("open a file");
@@ -567,32 +545,10 @@ fn a_pidfd_given_as_the_network_namespace_is_refused() {
         return;
     }
     // Another process in a network namespace of its own, as another jail would be.
-    let holder = match Command::new("unshare")
-        .args(["--net", "sleep", "600"])
-        .stdin(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => Helper(child),
-        Err(err) => {
-            eprintln!("skipped: no unshare to make a network namespace with: {err}");
-            return;
-        }
+    let Some((holder, theirs)) = namespace_holder() else {
+        return;
     };
-    let holder_pid = holder.0.id().to_string();
     let host = network_of("self");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let theirs = loop {
-        let comm = std::fs::read_to_string(format!("/proc/{holder_pid}/comm")).unwrap_or_default();
-        let net = network_of(&holder_pid);
-        if comm.trim() == "sleep" && !net.is_empty() && net != host {
-            break net;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "unshare --net did not start"
-        );
-        std::thread::yield_now();
-    };
     let pid = libc::pid_t::try_from(holder.0.id()).expect("a pid");
     #[allow(unsafe_code)] // pidfd_open has no wrapper in std; it returns a new descriptor
     let pidfd = unsafe {
@@ -614,4 +570,37 @@ fn a_pidfd_given_as_the_network_namespace_is_refused() {
         !net.is_empty() && net != host && net != theirs,
         "the program runs in another process's network namespace ({net})"
     );
+}
+
+/// A helper process (`unshare --net sleep`) holding a network namespace of its own, and
+/// that namespace, once it is made (the helper has exec'd sleep); `None`, saying why,
+/// where `unshare` cannot run.
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn namespace_holder() -> Option<(Helper, String)> {
+    let holder = match Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => Helper(child),
+        Err(err) => {
+            eprintln!("skipped: no unshare to make a network namespace with: {err}");
+            return None;
+        }
+    };
+    let holder_pid = holder.0.id().to_string();
+    let host = network_of("self");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let comm = std::fs::read_to_string(format!("/proc/{holder_pid}/comm")).unwrap_or_default();
+        let net = network_of(&holder_pid);
+        if comm.trim() == "sleep" && !net.is_empty() && net != host {
+            return Some((holder, net));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare --net did not start"
+        );
+        std::thread::yield_now();
+    }
 }
