@@ -220,11 +220,18 @@ impl Run {
                     continue;
                 }
                 () = watch_hit(limit_watch.as_ref()), if limit_watch.is_some() && stop.is_none() && running => {
-                    limit_watch = None;
                     let report = child.cgroup_limits_hit();
-                    if let Some(hit) = report.and_then(|r| cgroup_stop(&r, limits.cpu_ms)) {
-                        stop = Some(hit);
-                        child.kill();
+                    match report.and_then(|r| cgroup_stop(&r, limits.cpu_ms)) {
+                        Some(hit) => {
+                            stop = Some(hit);
+                            child.kill();
+                            limit_watch = None;
+                        }
+                        None => {
+                            if let Some(watch) = &limit_watch {
+                                watch.rearm();
+                            }
+                        }
                     }
                     continue;
                 }

@@ -31,11 +31,16 @@ impl CounterFiles {
         if self.opened {
             return;
         }
-        self.opened = true;
         let open = |path: Option<&Path>| path.and_then(|path| File::open(path).ok());
         self.oom = open(oom);
         self.forks = open(forks);
         self.cpu = open(cpu);
+        // A file that should be there and did not open (out of descriptors, say) is
+        // tried again when the cgroup is next handed out, rather than read as 0 by
+        // every execution it serves (third review).
+        self.opened = oom.is_none() == self.oom.is_none()
+            && forks.is_none() == self.forks.is_none()
+            && cpu.is_none() == self.cpu.is_none();
     }
 
     /// OOM kills so far (0 where not counted).

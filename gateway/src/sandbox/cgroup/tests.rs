@@ -246,6 +246,9 @@ async fn the_limit_watcher_wakes_the_execution_whose_counter_moved() {
     other.write("pids.events", "max 1\n");
     busy_watch.hit().await;
     assert!(busy.limits_hit().process_limit_hit);
+    // Re-armed, it wakes again while the counter stays past the baseline.
+    busy_watch.rearm();
+    busy_watch.hit().await;
     assert!(
         !quiet.limits_hit().process_limit_hit,
         "the other cgroup did not move"

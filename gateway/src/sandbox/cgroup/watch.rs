@@ -52,9 +52,16 @@ pub(crate) struct LimitWatch {
 }
 
 impl LimitWatch {
-    /// Resolves once a counted limit was hit since the watch began (at most once).
+    /// Resolves once a counted limit was hit since the watch began (once, until
+    /// [`LimitWatch::rearm`]).
     pub(crate) async fn hit(&self) {
         self.entry.hit.notified().await;
+    }
+
+    /// Watches again after a wake the report did not confirm (third review: a watch
+    /// that went quiet after one such wake would leave the rest of the run unchecked).
+    pub(crate) fn rearm(&self) {
+        self.entry.woken.store(false, Ordering::Relaxed);
     }
 }
 
@@ -102,6 +109,8 @@ impl LimitWatcher {
 /// The reading task: every interval, each live watch's counters; it ends when nothing
 /// is watched (the next watch starts it again).
 async fn read_counters(shared: Arc<Shared>) {
+    // Should the task ever panic, the next watch starts a new one (third review).
+    let _restart = RestartOnPanic(Arc::clone(&shared));
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -128,6 +137,21 @@ async fn read_counters(shared: Arc<Shared>) {
                 entry.woken.store(true, Ordering::Relaxed);
                 entry.hit.notify_one();
             }
+        }
+    }
+}
+
+/// Marks the reading task as not running if it unwinds, so the next watch starts one.
+struct RestartOnPanic(Arc<Shared>);
+
+impl Drop for RestartOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .watched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .running = false;
         }
     }
 }
