@@ -53,6 +53,11 @@ impl Config {
                 usize::from(!self.message_deadline.is_zero()),
             ),
             ("lead_timeout_ms", usize::from(!self.lead_timeout.is_zero())),
+            ("warm_pool_refill", self.warm_pool_refill as usize),
+            (
+                "warm_pool_max_age_ms",
+                usize::from(!self.warm_pool_max_age.is_zero()),
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

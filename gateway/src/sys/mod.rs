@@ -567,3 +567,49 @@ mod tests {
         assert!(now.rlim_cur <= now.rlim_max);
     }
 }
+
+/// Lowers (or sets) the rlimits of another process, `pid`, with `prlimit(2)`: how a
+/// warm interpreter, started with the pool's limits, takes its execution's before it
+/// runs the program. Needs the right to change that process's limits (the same user,
+/// or CAP_SYS_RESOURCE in its user namespace, which a gateway has in the namespace its
+/// jail made).
+pub(crate) fn set_rlimits_of(pid: u32, limits: Rlimits) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    for (resource, value) in limits.entries() {
+        let Some((soft, hard)) = value else { continue };
+        let limit = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: prlimit takes a pid, a resource id, a pointer to the live local above
+        // and a null pointer for the old limit, which it then does not write.
+        let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Bytes waiting to be read in a pipe (`FIONREAD`), without reading them.
+pub(crate) fn pending_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: ioctl(FIONREAD) takes a descriptor we hold open and a pointer to the live
+    // integer above, which it writes.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut pending) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(pending).unwrap_or(0))
+}
+
+/// The capacity of a pipe in bytes (`F_GETPIPE_SZ`).
+pub(crate) fn pipe_capacity(fd: &impl AsRawFd) -> io::Result<usize> {
+    // SAFETY: fcntl(F_GETPIPE_SZ) takes a descriptor we hold open.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(rc).unwrap_or(0))
+}
