@@ -41,8 +41,10 @@ const BOOTSTRAP: &str = include_str!("warm_bootstrap.py");
 /// What the bootstrap writes to stdout once the interpreter has started.
 const READY: &[u8] = b"sluice-warm-ready\n";
 
-/// The go header's length: `SLUICE`, the code's length right-aligned in 25 digits, `\n`.
-const HEADER_BYTES: usize = 32;
+/// The go header's length: `SLUICE`, then the code's length and the rlimits (CPU
+/// seconds, file size, open files) as decimal numbers separated by spaces, padded with
+/// spaces, then `\n`.
+const HEADER_BYTES: usize = 128;
 
 /// The stdin pipe asked for, so the header and code go in one write that never blocks.
 const STDIN_PIPE_BYTES: usize = 1 << 20;
@@ -153,15 +155,21 @@ impl Discard {
     }
 }
 
-/// The go header for `code_bytes` of code.
-pub(super) fn header(code_bytes: usize) -> [u8; HEADER_BYTES] {
-    let text = format!("SLUICE{code_bytes:>25}\n");
+/// The go header for `code_bytes` of code, to run with `rlimits` (each one set: the
+/// entry starts with all three).
+pub(super) fn header(code_bytes: usize, rlimits: sys::Rlimits) -> [u8; HEADER_BYTES] {
+    // u64::MAX has 20 digits: four numbers and the spaces take at most 90 bytes.
+    let text = format!(
+        "SLUICE {code_bytes} {} {} {}",
+        rlimits.cpu_seconds.unwrap_or(u64::MAX),
+        rlimits.file_size_bytes.unwrap_or(u64::MAX),
+        rlimits.open_files.unwrap_or(u64::MAX),
+    );
     let mut header = [b' '; HEADER_BYTES];
-    // 25 digits hold any usize; a longer text (never) would be cut, and the bootstrap
-    // would read a wrong length: the claim refuses such code first (`fallback`).
     let bytes = text.as_bytes();
-    let n = bytes.len().min(HEADER_BYTES);
+    let n = bytes.len().min(HEADER_BYTES - 1);
     header[..n].copy_from_slice(&bytes[..n]);
+    header[HEADER_BYTES - 1] = b'\n';
     header
 }
 
@@ -235,8 +243,8 @@ struct Entry {
     stdin: OwnedFd,
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
-    /// The interpreter's own pid as the gateway sees it (inside the jail: pid 2).
-    program_pid: u32,
+    /// The interpreter's pid, where it is the group's leader (no jail).
+    program_pid: Option<u32>,
     /// How much one write to its stdin can hold.
     stdin_capacity: usize,
     born: Instant,
@@ -255,12 +263,16 @@ impl Entry {
         (self.born.elapsed() > max_age).then_some(Discard::Stale)
     }
 
-    /// The memory it holds: its cgroup's count, else its interpreter's resident set.
+    /// The memory it holds: its cgroup's count, else (unjailed) its interpreter's
+    /// resident set, else 0.
     fn memory_bytes(&self) -> u64 {
         if let Some(used) = self.child.cgroup_memory() {
             return used;
         }
-        std::fs::read_to_string(format!("/proc/{}/statm", self.program_pid))
+        let Some(pid) = self.program_pid else {
+            return 0;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/statm"))
             .ok()
             .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
             .map_or(0, |pages| pages * 4096)
@@ -278,13 +290,14 @@ fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) -> io::Result
         limits.memory_bytes,
         limits.processes + launch::jail_processes(host),
     )?;
-    sys::set_rlimits_of(entry.program_pid, launch::rlimits(limits))?;
     if entry.child.has_exited() {
         return Err(io::Error::other("the interpreter exited"));
     }
     // The pipe is empty and holds `stdin_capacity` bytes: these writes do not block.
+    // The bootstrap sets the rlimits itself (the gateway may lack the right to set
+    // another user's, CAP_SYS_RESOURCE): each is at most the entry's, so it can.
     let mut stdin = std::fs::File::from(entry.stdin.try_clone()?);
-    stdin.write_all(&header(code.len()))?;
+    stdin.write_all(&header(code.len(), launch::rlimits(limits)))?;
     stdin.write_all(code)?;
     Ok(())
 }
@@ -559,11 +572,7 @@ impl WarmPool {
         tokio::time::timeout(READY_TIMEOUT, read_ready(&spawned.stdout))
             .await
             .map_err(|_| io::Error::other("the interpreter did not become ready in time"))??;
-        let program_pid = if host.jail.is_some() {
-            jailed_program(spawned.child.pid())?
-        } else {
-            spawned.child.pid()
-        };
+        let program_pid = host.jail.is_none().then(|| spawned.child.pid());
         Ok(Entry {
             workdir,
             child: spawned.child,
@@ -594,28 +603,6 @@ async fn read_ready(stdout: &pipe::Receiver) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The pid (as the gateway sees it) of the program a jail started: the jail's child is
-/// the jail's init, whose child is the program (pid 2 in the jail's namespace).
-fn jailed_program(jail_pid: u32) -> io::Result<u32> {
-    let child_of = |pid: u32| -> io::Result<u32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?
-            .split_whitespace()
-            .next()
-            .and_then(|first| first.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("process {pid} has no child")))
-    };
-    let program = child_of(child_of(jail_pid)?)?;
-    let status = std::fs::read_to_string(format!("/proc/{program}/status"))?;
-    let inner = status
-        .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))
-        .and_then(|ids| ids.split_whitespace().last());
-    if inner != Some("2") {
-        return Err(io::Error::other("the jail's program is not where it should be"));
-    }
-    Ok(program)
 }
 
 #[cfg(test)]
@@ -654,14 +641,23 @@ mod tests {
     }
 
     #[test]
-    fn header_is_fixed_length_and_carries_the_code_length() {
-        let header = header(1234);
+    fn the_header_is_fixed_length_and_carries_the_length_and_the_rlimits() {
+        let rlimits = sys::Rlimits {
+            cpu_seconds: Some(2),
+            file_size_bytes: Some(1 << 20),
+            open_files: Some(64),
+        };
+        let header = header(1234, rlimits);
         assert_eq!(header.len(), HEADER_BYTES);
-        assert!(header.starts_with(b"SLUICE"));
         assert_eq!(header[HEADER_BYTES - 1], b'\n');
-        let length = std::str::from_utf8(&header[6..31]).unwrap_or_default();
-        assert_eq!(length.trim().parse::<usize>().ok(), Some(1234));
-        assert_eq!(&super::header(0)[6..31], format!("{:>25}", 0).as_bytes());
+        let text = std::str::from_utf8(&header).unwrap_or_default();
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields, ["SLUICE", "1234", "2", "1048576", "64"]);
+        // The largest values still fit, with the newline last.
+        let most = super::header(usize::MAX, sys::Rlimits::default());
+        let text = std::str::from_utf8(&most).unwrap_or_default();
+        assert_eq!(text.split_whitespace().count(), 5);
+        assert!(text.ends_with('\n'));
     }
 
     #[test]

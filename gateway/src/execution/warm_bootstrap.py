@@ -1,17 +1,26 @@
-# A warm interpreter's bootstrap (run with `python3 -c`, see warm.rs): says it is ready,
-# waits for the go header and the program on stdin (os.read: nothing of the program's
-# own stdin is taken), writes main.py and runs it as `python3 main.py` would, in a fresh
-# __main__, with no name of its own left and no frame of its own in a traceback. It
-# imports nothing the interpreter has not imported at start.
+# A warm interpreter's bootstrap (run with `python3 -c`, see warm.rs). It loads
+# `resource` (and takes it out of sys.modules again, with sys.path[0] out of the way so
+# no cache remembers the workspace), says it is ready, waits for the go header on stdin
+# (os.read: nothing of the program's own stdin is taken), takes the execution's rlimits,
+# writes main.py and runs it as `python3 main.py` would: a fresh __main__, no name of its
+# own left, no frame of its own in a traceback, the same exit status.
 import os, sys
+z = sys.path.pop(0)
+import resource as r
+sys.path.insert(0, z)
+del sys.modules["resource"], z
 os.write(1, b"sluice-warm-ready\n")
 h = b""
-while len(h) < 32:
-    c = os.read(0, 32 - len(h))
+while len(h) < 128:
+    c = os.read(0, 128 - len(h))
     if not c:
         os._exit(0)
     h += c
-n = int(h[6:31])
+n, c, f, o = [int(x) for x in h.split()[1:5]]
+r.setrlimit(r.RLIMIT_CPU, (c, c + 1))
+r.setrlimit(r.RLIMIT_FSIZE, (f, f))
+r.setrlimit(r.RLIMIT_NOFILE, (o, o))
+del r
 s = []
 while n > 0:
     c = os.read(0, min(n, 1048576))

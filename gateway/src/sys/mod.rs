@@ -568,30 +568,6 @@ mod tests {
     }
 }
 
-/// Lowers (or sets) the rlimits of another process, `pid`, with `prlimit(2)`: how a
-/// warm interpreter, started with the pool's limits, takes its execution's before it
-/// runs the program. Needs the right to change that process's limits (the same user,
-/// or CAP_SYS_RESOURCE in its user namespace, which a gateway has in the namespace its
-/// jail made).
-pub(crate) fn set_rlimits_of(pid: u32, limits: Rlimits) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    for (resource, value) in limits.entries() {
-        let Some((soft, hard)) = value else { continue };
-        let limit = libc::rlimit {
-            rlim_cur: soft as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
-        };
-        // SAFETY: prlimit takes a pid, a resource id, a pointer to the live local above
-        // and a null pointer for the old limit, which it then does not write.
-        let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Bytes waiting to be read in a pipe (`FIONREAD`), without reading them.
 pub(crate) fn pending_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
     let mut pending: libc::c_int = 0;
