@@ -101,7 +101,12 @@ impl Launch<'_> {
         if let Some(bootstrap) = self.bootstrap {
             argv.extend(["-c".into(), bootstrap.into(), source.to_owned()]);
         }
-        for arg in self.runtime.args.iter().filter(|_| self.bootstrap.is_none()) {
+        for arg in self
+            .runtime
+            .args
+            .iter()
+            .filter(|_| self.bootstrap.is_none())
+        {
             if arg == FILE_PLACEHOLDER {
                 argv.push(source.to_owned());
             } else {
@@ -333,7 +338,9 @@ impl ChildGroup {
 
     /// The memory the group's cgroup counts now, where it counts it.
     pub(crate) fn cgroup_memory(&self) -> Option<u64> {
-        self.cgroup.as_ref().and_then(ExecutionCgroup::memory_current)
+        self.cgroup
+            .as_ref()
+            .and_then(ExecutionCgroup::memory_current)
     }
 
     /// The whole tree's CPU time so far, where the cgroup counts it.

@@ -185,9 +185,7 @@ pub(crate) fn serves(runtime: &Runtime) -> bool {
 /// file size, descriptors, memory, processes) and the default workspace size (the
 /// jail's scratch file system is sized at start).
 pub(crate) fn entry_limits(config: &crate::config::LimitsConfig) -> Option<EffectiveLimits> {
-    let base = config
-        .resolve(&sluice_protocol::Limits::default())
-        .ok()?;
+    let base = config.resolve(&sluice_protocol::Limits::default()).ok()?;
     Some(EffectiveLimits {
         cpu_ms: config.cpu_ms.max,
         file_size_bytes: config.file_size_bytes.max,
@@ -199,11 +197,12 @@ pub(crate) fn entry_limits(config: &crate::config::LimitsConfig) -> Option<Effec
 }
 
 /// Whether a request must start cold instead of claiming an entry started for
-/// `runtime` with `limits`; `lowers_processes`: the entry's cgroup limits processes.
+/// `runtime` with `limits`; `lowers_processes`: the entries' cgroups limit processes
+/// (`None`: not known yet, no entry has started).
 pub(super) fn fallback(
     runtime: &Runtime,
     limits: &EffectiveLimits,
-    lowers_processes: bool,
+    lowers_processes: Option<bool>,
     spec: &ExecutionSpec,
 ) -> Option<Miss> {
     let same_runtime = spec.runtime.name == runtime.name
@@ -218,7 +217,7 @@ pub(super) fn fallback(
         && asked.open_files <= limits.open_files
         && asked.memory_bytes <= limits.memory_bytes
         && asked.processes <= limits.processes
-        && (lowers_processes || asked.processes == limits.processes)
+        && (lowers_processes != Some(false) || asked.processes == limits.processes)
         && asked.workspace_bytes == limits.workspace_bytes;
     if !same_runtime {
         Some(Miss::Runtime)
@@ -284,7 +283,9 @@ fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) -> io::Result
     let limits = &spec.limits;
     let code = spec.code.as_bytes();
     if code.len() + HEADER_BYTES > entry.stdin_capacity {
-        return Err(io::Error::other("the code does not fit in the entry's stdin"));
+        return Err(io::Error::other(
+            "the code does not fit in the entry's stdin",
+        ));
     }
     entry.child.hand_over_cgroup(
         limits.memory_bytes,
@@ -307,6 +308,8 @@ fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) -> io::Result
 struct Ready {
     entries: VecDeque<Entry>,
     closed: bool,
+    /// Whether the entries' cgroups limit processes (the same for all), once one started.
+    lowers_processes: Option<bool>,
 }
 
 /// The warm pool of one runtime (the `python` one, with its network setting).
@@ -324,7 +327,11 @@ pub(crate) struct WarmPool {
 }
 
 impl WarmPool {
-    pub(crate) fn new(runtime: Arc<Runtime>, limits: EffectiveLimits, settings: WarmSettings) -> Self {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        limits: EffectiveLimits,
+        settings: WarmSettings,
+    ) -> Self {
         Self {
             runtime,
             limits,
@@ -370,12 +377,7 @@ impl WarmPool {
             metrics.warm_missed(why.as_str());
             None
         };
-        // Whether the cgroup limits processes is the same for every entry of a host.
-        let lowers_processes = self
-            .lock()
-            .entries
-            .front()
-            .is_some_and(|entry| entry.child.cgroup_limits_processes());
+        let lowers_processes = self.lock().lowers_processes;
         if let Some(why) = fallback(&self.runtime, &self.limits, lowers_processes, spec) {
             return miss(why);
         }
@@ -488,6 +490,7 @@ impl WarmPool {
                         if ready.closed {
                             Some(entry)
                         } else {
+                            ready.lowers_processes = Some(entry.child.cgroup_limits_processes());
                             ready.entries.push_back(entry);
                             None
                         }
@@ -499,7 +502,9 @@ impl WarmPool {
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
-                    host.observe.metrics.warm_discarded(Discard::StartFailed.as_str());
+                    host.observe
+                        .metrics
+                        .warm_discarded(Discard::StartFailed.as_str());
                     tracing::warn!(%err, failures, "could not start a warm interpreter");
                 }
             }
@@ -539,9 +544,10 @@ impl WarmPool {
         let (runtime, limits, blocking_host) = (self.runtime.clone(), self.limits, host.clone());
         let (workdir, spawned) = tokio::task::spawn_blocking(move || {
             let host = blocking_host;
-            let cgroup = host
-                .cgroups
-                .create(limits.memory_bytes, limits.processes + launch::jail_processes(&host))?;
+            let cgroup = host.cgroups.create(
+                limits.memory_bytes,
+                limits.processes + launch::jail_processes(&host),
+            )?;
             let workdir =
                 Workdir::create_empty(&host.work_root, &runtime.file_name, host.program_user)?;
             let source = workdir.source();
@@ -593,13 +599,19 @@ async fn read_ready(stdout: &pipe::Receiver) -> io::Result<()> {
     while got.len() < READY.len() {
         stdout.readable().await?;
         match stdout.try_read(&mut buf[..READY.len() - got.len()]) {
-            Ok(0) => return Err(io::Error::other("the interpreter exited before it was ready")),
+            Ok(0) => {
+                return Err(io::Error::other(
+                    "the interpreter exited before it was ready",
+                ))
+            }
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err),
         }
         if !READY.starts_with(&got) {
-            return Err(io::Error::other("the interpreter wrote something unexpected"));
+            return Err(io::Error::other(
+                "the interpreter wrote something unexpected",
+            ));
         }
     }
     Ok(())
@@ -663,19 +675,23 @@ mod tests {
     #[test]
     fn a_plain_python_request_with_default_limits_is_warm() {
         let entry = limits();
-        assert_eq!(fallback(&python(), &entry, true, &spec(python(), "print(1)")), None);
+        assert_eq!(
+            fallback(&python(), &entry, Some(true), &spec(python(), "print(1)")),
+            None
+        );
         // Lower limits are set at the claim.
         let mut lower = spec(python(), "print(1)");
         lower.limits.memory_bytes = 16 << 20;
         lower.limits.cpu_ms = 100;
         lower.limits.processes = 1;
-        assert_eq!(fallback(&python(), &entry, true, &lower), None);
+        assert_eq!(fallback(&python(), &entry, Some(true), &lower), None);
     }
 
     #[test]
     fn what_changes_the_start_falls_back_to_cold() {
         let entry = limits();
-        let check = |spec: &ExecutionSpec, lowers: bool| fallback(&python(), &entry, lowers, spec);
+        let check =
+            |spec: &ExecutionSpec, lowers: bool| fallback(&python(), &entry, Some(lowers), spec);
         let mut env = spec(python(), "");
         env.env.push(("A".into(), "1".into()));
         assert_eq!(check(&env, true), Some(Miss::Env));
@@ -703,6 +719,8 @@ mod tests {
         processes.limits.processes = entry.processes - 1;
         assert_eq!(check(&processes, false), Some(Miss::Limits));
         assert_eq!(check(&processes, true), None);
+        // Not known before the first entry started (the pool is empty then).
+        assert_eq!(fallback(&python(), &entry, None, &processes), None);
         let big = "x".repeat(STDIN_PIPE_BYTES);
         assert_eq!(check(&spec(python(), &big), true), Some(Miss::CodeSize));
     }

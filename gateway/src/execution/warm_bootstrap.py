@@ -3,7 +3,8 @@
 # no cache remembers the workspace), says it is ready, waits for the go header on stdin
 # (os.read: nothing of the program's own stdin is taken), takes the execution's rlimits,
 # writes main.py and runs it as `python3 main.py` would: a fresh __main__, no name of its
-# own left, no frame of its own in a traceback, the same exit status.
+# own left, no frame of its own in a traceback, the same exit status (and the same
+# sys.path_importer_cache entry for the script that `python3 main.py` leaves).
 import os, sys
 z = sys.path.pop(0)
 import resource as r
@@ -44,6 +45,7 @@ m.__cached__ = None
 sys.argv[:] = [p]
 sys.orig_argv[1:] = [p]
 sys.path[0] = os.path.dirname(p)
+sys.path_importer_cache[p] = None
 sys.modules["__main__"] = m
 try:
     exec(*(lambda g: (compile(g.pop("s"), g.pop("p"), "exec", dont_inherit=True), g.pop("m").__dict__, g.clear())[:2])(globals()))

@@ -8,9 +8,9 @@
 use crate::isolation::jail_available;
 use crate::observe::{scrape, value};
 use anyhow::{ensure, Context as _, Result};
+use sluice_client::Outcome;
 use sluice_gateway::{Config, Isolation};
 use sluice_protocol::{Event, EventKind, ExecuteRequest, LimitKind, Limits};
-use sluice_client::Outcome;
 use sluice_tests::{assert_stream_ok, poll_until, request, run, TestGateway};
 use std::collections::BTreeMap;
 
@@ -119,7 +119,7 @@ async fn a_warm_execution_behaves_exactly_like_python3_main_py() -> Result<()> {
         ("syntax", "x = (\n"),
         (
             "identity",
-            "import sys, __main__\nprint(__name__, __file__.endswith('/main.py'), sys.argv == [__file__])\nprint(sys.path[0] + '/main.py' == __file__, sys.orig_argv[1:] == sys.argv)\nprint(sorted(vars(__main__)))\nprint(sys._getframe().f_code.co_filename == __file__)\n",
+            "import sys, __main__\nprint(__name__, __file__.endswith('/main.py'), sys.argv == [__file__])\nprint(sys.path[0] + '/main.py' == __file__, sys.orig_argv[1:] == sys.argv)\nprint(sorted(vars(__main__)))\nprint(sys._getframe().f_code.co_filename == __file__)\nimport os, stat\nst = os.stat(__file__)\nprint(stat.filemode(st.st_mode), st.st_uid == os.getuid(), sorted(os.listdir('.')))\nprint(sorted(sys.path_importer_cache))\nimport resource\nprint([resource.getrlimit(n) for n in (resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE)])\n",
         ),
     ];
     for (id, code) in cases {

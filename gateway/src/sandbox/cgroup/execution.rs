@@ -153,8 +153,13 @@ impl ExecutionCgroup {
     /// error (the memory in use is already above the new limit, say) means the cgroup
     /// must not be used for this execution.
     pub(crate) fn hand_over(&mut self, memory_bytes: u64, processes: u64) -> io::Result<()> {
-        if self.memory_current().is_some_and(|used| used > memory_bytes) {
-            return Err(io::Error::other("memory in use is above the execution's limit"));
+        if self
+            .memory_current()
+            .is_some_and(|used| used > memory_bytes)
+        {
+            return Err(io::Error::other(
+                "memory in use is above the execution's limit",
+            ));
         }
         self.set_limits(memory_bytes, processes)?;
         self.processes = processes;
@@ -170,9 +175,8 @@ impl ExecutionCgroup {
 
     /// The memory its processes use now, where a memory controller counts it.
     pub(crate) fn memory_current(&self) -> Option<u64> {
-        let read = |path: PathBuf| -> Option<u64> {
-            fs::read_to_string(path).ok()?.trim().parse().ok()
-        };
+        let read =
+            |path: PathBuf| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
         match (&self.members.memory, &self.members.unified) {
             (Some(v1), _) => read(v1.dir.join("memory.usage_in_bytes")),
             (None, Some(v2)) if self.limits_v2.0 => read(v2.dir.join("memory.current")),
