@@ -373,6 +373,7 @@ impl WarmPool {
     /// execution then starts cold. Never waits.
     pub(super) fn claim(&self, spec: &ExecutionSpec, host: &Host) -> Option<Launched> {
         let metrics = &host.observe.metrics;
+        let claimed_at = Instant::now();
         let miss = |why: Miss| {
             metrics.warm_missed(why.as_str());
             None
@@ -404,6 +405,8 @@ impl WarmPool {
             return miss(Miss::ClaimFailed);
         }
         metrics.warm_hit();
+        // A warm start's spawn is its claim.
+        metrics.spawned(claimed_at.elapsed());
         let Entry {
             workdir,
             child,

@@ -340,7 +340,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "spawn",
-            "Time to start a program (the spawn, through the jail when there is one)",
+            "Time to start a program (the spawn, through the jail when there is one; a warm start's claim)",
             prometheus_client::registry::Unit::Seconds,
             m.spawn_seconds.clone(),
         );
