@@ -41,6 +41,10 @@ const BOOTSTRAP: &str = include_str!("warm_bootstrap.py");
 /// What the bootstrap writes to stdout once the interpreter has started.
 const READY: &[u8] = b"sluice-warm-ready\n";
 
+/// What it writes instead when the interpreter is older than it supports (3.11); as
+/// long as [`READY`].
+const TOO_OLD: &[u8] = b"sluice-warm-older\n";
+
 /// The go header's length: `SLUICE`, then the code's length and the rlimits (CPU
 /// seconds, file size, open files) as decimal numbers separated by spaces, padded with
 /// spaces, then `\n`.
@@ -197,8 +201,9 @@ pub(crate) fn entry_limits(config: &crate::config::LimitsConfig) -> Option<Effec
 }
 
 /// Whether a request must start cold instead of claiming an entry started for
-/// `runtime` with `limits`; `lowers_processes`: the entries' cgroups limit processes
-/// (`None`: not known yet, no entry has started).
+/// `runtime` with `limits`; `lowers_processes`: a claim can give an entry any lower
+/// process limit (its cgroup limits processes, or, without the jail, nothing does, as
+/// for a cold start); `None`: not known yet, no entry has started.
 pub(super) fn fallback(
     runtime: &Runtime,
     limits: &EffectiveLimits,
@@ -308,7 +313,8 @@ fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) -> io::Result
 struct Ready {
     entries: VecDeque<Entry>,
     closed: bool,
-    /// Whether the entries' cgroups limit processes (the same for all), once one started.
+    /// Whether a claim can lower an entry's process limit (the same for all entries),
+    /// once one started: see [`fallback`].
     lowers_processes: Option<bool>,
 }
 
@@ -493,7 +499,10 @@ impl WarmPool {
                         if ready.closed {
                             Some(entry)
                         } else {
-                            ready.lowers_processes = Some(entry.child.cgroup_limits_processes());
+                            // Without the jail nothing but a cgroup limits
+                            // processes, so a cold start is no stricter.
+                            ready.lowers_processes =
+                                Some(entry.child.cgroup_limits_processes() || host.jail.is_none());
                             ready.entries.push_back(entry);
                             None
                         }
@@ -502,6 +511,13 @@ impl WarmPool {
                         self.discard(entry, Discard::Shutdown, &host);
                         return;
                     }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Unsupported => {
+                    host.observe
+                        .metrics
+                        .warm_discarded(Discard::StartFailed.as_str());
+                    tracing::warn!(%err, "no warm pool: every execution starts cold");
+                    return;
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
@@ -611,7 +627,13 @@ async fn read_ready(stdout: &pipe::Receiver) -> io::Result<()> {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err),
         }
-        if !READY.starts_with(&got) {
+        if got == TOO_OLD {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "warm starts need Python 3.11 or later",
+            ));
+        }
+        if !READY.starts_with(&got) && !TOO_OLD.starts_with(&got) {
             return Err(io::Error::other(
                 "the interpreter wrote something unexpected",
             ));
@@ -726,6 +748,15 @@ mod tests {
         assert_eq!(fallback(&python(), &entry, None, &processes), None);
         let big = "x".repeat(STDIN_PIPE_BYTES);
         assert_eq!(check(&spec(python(), &big), true), Some(Miss::CodeSize));
+    }
+
+    #[test]
+    fn the_markers_have_the_same_length() {
+        assert_eq!(READY.len(), TOO_OLD.len());
+        assert!(BOOTSTRAP.contains(std::str::from_utf8(&READY[..READY.len() - 1]).unwrap_or("?")));
+        assert!(
+            BOOTSTRAP.contains(std::str::from_utf8(&TOO_OLD[..TOO_OLD.len() - 1]).unwrap_or("?"))
+        );
     }
 
     #[test]
