@@ -3,7 +3,7 @@
 //! used for one execution and then gone.
 //!
 //! A background task keeps up to `--warm-pool` entries ready, starting at most
-//! `--warm-pool-refill` a second. An entry runs `warm_bootstrap.py` (`python3 -c`), which
+//! `--warm-pool-refill` a second, each weighed down in its cgroup until its claim. An entry runs `warm_bootstrap.py` (`python3 -c`), which
 //! writes [`READY`] to its stdout and blocks reading stdin. A claim (`launch::launch`,
 //! when the request fits: [`fallback`]) sets the entry's cgroup and rlimits to the
 //! request's limits, writes the go [`header`] and the program's code to its stdin, and
@@ -567,6 +567,11 @@ impl WarmPool {
                 limits.memory_bytes,
                 limits.processes + launch::jail_processes(&host),
             )?;
+            // Until its claim it weighs like a heavy program: warming up must not take
+            // the CPU from the programs running now.
+            if let Some(cgroup) = &cgroup {
+                cgroup.weigh_down_until_handed_over();
+            }
             let workdir =
                 Workdir::create_empty(&host.work_root, &runtime.file_name, host.program_user)?;
             let source = workdir.source();

@@ -165,7 +165,15 @@ impl ExecutionCgroup {
         self.processes = processes;
         self.restart_peak();
         self.baseline = self.counters();
+        self.weigh(false);
         Ok(())
+    }
+
+    /// Gives a cgroup made ahead of its execution the CPU weight of a heavy one until
+    /// [`ExecutionCgroup::hand_over`]: starting interpreters for later must not take
+    /// the CPU from the programs running now.
+    pub(crate) fn weigh_down_until_handed_over(&self) {
+        self.weigh(true);
     }
 
     /// True when the cgroup limits the number of processes (a `pids` controller).
