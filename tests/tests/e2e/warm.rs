@@ -11,7 +11,7 @@ use anyhow::{ensure, Context as _, Result};
 use sluice_client::Outcome;
 use sluice_gateway::{Config, Isolation};
 use sluice_protocol::{Event, EventKind, ExecuteRequest, LimitKind, Limits};
-use sluice_tests::{assert_stream_ok, poll_until, request, run, TestGateway};
+use sluice_tests::{assert_stream_ok, poll_until, processes_with, request, run, TestGateway};
 use std::collections::BTreeMap;
 
 /// A jailed gateway with a warm pool of `size`.
@@ -351,6 +351,34 @@ async fn a_burst_larger_than_the_pool_starts_the_rest_cold() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interpreter_older_than_the_maximum_age_is_replaced() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::None,
+        warm_pool: Some(1),
+        warm_pool_max_age: std::time::Duration::from_millis(200),
+        ..Config::default()
+    })
+    .await;
+    let addr = gateway.addr();
+    // Discarded once too old, and replaced: a second one started after it. (Whether a
+    // claim finds one young enough depends on timing, which a test must not.)
+    poll_until(
+        "a stale warm interpreter to be discarded and replaced",
+        async || {
+            let metrics = scrape(addr).await?;
+            let stale = value(
+                &metrics,
+                "sluice_warm_pool_discards_total{reason=\"stale\"}",
+            );
+            let starts = value(&metrics, "sluice_warm_pool_starts_total");
+            Ok((stale >= 1.0 && starts >= 2.0).then_some(()))
+        },
+    )
+    .await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_pool_off_every_start_is_cold() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         warm_pool: Some(0),
@@ -390,14 +418,14 @@ async fn shutdown_kills_every_warm_interpreter() -> Result<()> {
     pool_ready(&gateway, 2.0).await?;
     let marker = root.to_string_lossy().into_owned();
     ensure!(
-        sluice_tests::processes_with(&marker).len() >= 2,
+        processes_with(&marker).len() >= 2,
         "no warm interpreter found under {marker}"
     );
     let metrics = scrape(gateway.addr()).await?;
     ensure!(value(&metrics, "sluice_warm_pool_memory_bytes") > 0.0);
     gateway.shutdown().await?;
     // Shutdown waits until every warm interpreter is reaped.
-    let left = sluice_tests::processes_with(&marker);
+    let left = processes_with(&marker);
     ensure!(left.is_empty(), "left after shutdown: {left:?}");
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
