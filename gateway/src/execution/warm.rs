@@ -3,15 +3,18 @@
 //! used for one execution and then gone.
 //!
 //! A background task keeps up to `--warm-pool` entries ready, starting at most
-//! `--warm-pool-refill` a second, each weighed down in its cgroup until its claim. An entry runs `warm_bootstrap.py` (`python3 -c`), which
-//! writes [`READY`] to its stdout and blocks reading stdin. A claim (`launch::launch`,
-//! when the request fits: [`fallback`]) sets the entry's cgroup and rlimits to the
-//! request's limits, writes the go [`header`] and the program's code to its stdin, and
-//! hands over a [`Launched`] like a cold start's, with `started_at` = the claim. The
-//! bootstrap then writes `main.py` and runs it as `python3 main.py` would. Anything that
-//! does not fit (no entry, `env` or `args`, other limits, a failed claim step) starts
-//! cold: a claim never waits. An entry that died, printed anything or is older than
-//! `--warm-pool-max-age-ms` is discarded, killed and cleaned like a finished execution.
+//! `--warm-pool-refill` a second, each weighed down in its cgroup until its claim. An
+//! entry runs `warm_bootstrap.py` (`python3 -c`), which writes [`READY`] to its stdout
+//! and blocks reading stdin. A claim (`launch::launch`, when the request fits:
+//! [`fallback`]) gives the entry's cgroup the request's limits and starts its counters
+//! afresh, writes the go [`header`] (the code's length and the request's rlimits, which
+//! the bootstrap sets: the gateway may not set another user's) and the code to its
+//! stdin, and hands over a [`Launched`] like a cold start's, with `started_at` = the
+//! claim. The bootstrap then writes `main.py` and runs it as `python3 main.py` would.
+//! Anything that does not fit (no entry, `env` or `args`, other limits, a failed claim
+//! step) starts cold: a claim never waits. An entry that died, printed anything or is
+//! older than `--warm-pool-max-age-ms` is discarded, killed and cleaned up like a
+//! finished execution.
 
 use super::launch::{self, Launched};
 use super::process::{ChildGroup, Launch};
@@ -405,6 +408,22 @@ impl WarmPool {
                 None => break entry,
             }
         };
+        // An interpreter already using more memory than the request allows stays for
+        // another request; this one starts cold (and meets its limit there).
+        if entry
+            .child
+            .cgroup_memory()
+            .is_some_and(|used| used > spec.limits.memory_bytes)
+        {
+            let mut ready = self.lock();
+            if !ready.closed {
+                ready.entries.push_front(entry);
+                return miss(Miss::Limits);
+            }
+            drop(ready);
+            self.discard(entry, Discard::Shutdown, host);
+            return miss(Miss::Closed);
+        }
         if let Err(err) = hand_over(&mut entry, spec, host) {
             tracing::warn!(%err, "could not hand a warm interpreter over; starting cold");
             self.discard(entry, Discard::ClaimFailed, host);

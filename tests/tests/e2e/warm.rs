@@ -299,6 +299,38 @@ async fn a_warm_execution_takes_the_limits_of_its_request() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_limit_below_what_the_interpreter_holds_starts_cold_and_keeps_it() -> Result<()> {
+    if !jail_available() || sluice_tests::host_report().memory.is_none() {
+        return Ok(());
+    }
+    let gateway = warm_gateway(1).await;
+    pool_ready(&gateway, 1.0).await?;
+    let client = gateway.client().await?;
+    let tiny = ExecuteRequest {
+        limits: Limits {
+            memory_bytes: Some(1 << 20),
+            ..Limits::default()
+        },
+        ..request("tiny", "python", "print(1)")
+    };
+    let outcome = run(&client, tiny).await?;
+    assert_stream_ok(&outcome.events);
+    ensure!(!is_warm(&outcome)?, "started warm above its memory limit");
+    let metrics = scrape(gateway.addr()).await?;
+    assert_eq!(
+        value(&metrics, "sluice_warm_pool_misses_total{reason=\"limits\"}"),
+        1.0
+    );
+    // The interpreter stayed, and serves the next request.
+    assert_eq!(value(&metrics, "sluice_warm_pool_ready"), 1.0);
+    let next = run(&client, request("next", "python", "print(2)")).await?;
+    ensure!(is_warm(&next)?, "the interpreter was not kept");
+    assert_eq!(next.stdout, "2\n");
+    client.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_pool_starts_the_rest_cold() -> Result<()> {
     if !jail_available() {
         return Ok(());
