@@ -278,6 +278,21 @@ struct ServeArgs {
     #[arg(long, default_value_t = Config::default().max_kernels, value_name = "N")]
     max_kernels: usize,
 
+    /// Python interpreters kept started, each in its own cgroup, directory and jail,
+    /// ahead of the executions that will use them (one each); 0 turns the warm pool off
+    /// [default: 2 when programs run in the jail, else 0].
+    #[arg(long, value_name = "N")]
+    warm_pool: Option<usize>,
+
+    /// Most warm interpreters started per second, so refilling after a burst does not
+    /// take the CPU from running programs.
+    #[arg(long, default_value_t = Config::default().warm_pool_refill, value_name = "N")]
+    warm_pool_refill: u32,
+
+    /// A warm interpreter not used within this many milliseconds is replaced.
+    #[arg(long, default_value_t = Config::default().warm_pool_max_age.as_millis() as u64, value_name = "MS")]
+    warm_pool_max_age_ms: u64,
+
     /// Sessions open on the whole gateway, including the one each lone execution gets.
     #[arg(long, default_value_t = Config::default().max_sessions, value_name = "N")]
     max_sessions: usize,
@@ -572,6 +587,9 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             metrics_token_file: self.metrics_token_file,
             audit_log: self.audit_log,
+            warm_pool: self.warm_pool,
+            warm_pool_refill: self.warm_pool_refill,
+            warm_pool_max_age: Duration::from_millis(self.warm_pool_max_age_ms),
             ..Config::default()
         };
         config.runtimes.extend(self.runtimes);

@@ -25,7 +25,7 @@ mod sys;
 
 pub use config::{
     AuthConfig, Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network,
-    DEFAULT_SANDBOX_ID,
+    DEFAULT_SANDBOX_ID, DEFAULT_WARM_POOL,
 };
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use sandbox::{jail, HostReport};

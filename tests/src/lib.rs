@@ -112,6 +112,12 @@ impl TestGateway {
         if let Some(level) = forced_isolation() {
             config.isolation = level;
         }
+        // The warm pool starts interpreters in the background, which tests that count
+        // processes, jails or metrics do not expect: off unless a test asks for it (or
+        // `SLUICE_TEST_WARM_POOL=N` turns it on for every test gateway).
+        if config.warm_pool.is_none() {
+            config.warm_pool = Some(forced_warm_pool().unwrap_or(0));
+        }
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port for the test gateway");
@@ -227,6 +233,16 @@ pub fn forced_isolation() -> Option<sluice_gateway::Isolation> {
     match level.parse() {
         Ok(level) => Some(level),
         Err(why) => panic!("SLUICE_TEST_ISOLATION: {why}"),
+    }
+}
+
+/// The warm pool size `SLUICE_TEST_WARM_POOL` gives every test gateway that does not
+/// set one itself: how the whole suite can be run against warm starts.
+pub fn forced_warm_pool() -> Option<usize> {
+    let size = std::env::var("SLUICE_TEST_WARM_POOL").ok()?;
+    match size.parse() {
+        Ok(size) => Some(size),
+        Err(why) => panic!("SLUICE_TEST_WARM_POOL: {why}"),
     }
 }
 

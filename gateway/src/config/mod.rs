@@ -153,7 +153,20 @@ pub struct Config {
     pub metrics_token_file: Option<PathBuf>,
     /// Where to append one JSON line per finished execution (the audit log).
     pub audit_log: Option<PathBuf>,
+    // Issue 13, warm starts.
+    /// Python interpreters kept started ahead of their executions (`--warm-pool`); 0
+    /// turns the pool off. `None`: [`DEFAULT_WARM_POOL`] when programs run in the jail,
+    /// else 0.
+    pub warm_pool: Option<usize>,
+    /// Most warm interpreters started per second (`--warm-pool-refill`).
+    pub warm_pool_refill: u32,
+    /// A warm interpreter older than this is discarded rather than used
+    /// (`--warm-pool-max-age-ms`).
+    pub warm_pool_max_age: Duration,
 }
+
+/// The warm pool's size when not configured and programs run in the jail.
+pub const DEFAULT_WARM_POOL: usize = 2;
 
 /// A quarter of a gateway-wide cap, at least 1: the per-peer default, so one client
 /// leaves room for others.
@@ -238,6 +251,9 @@ impl Default for Config {
             metrics_listen: None,
             metrics_token_file: None,
             audit_log: None,
+            warm_pool: None,
+            warm_pool_refill: 20,
+            warm_pool_max_age: Duration::from_secs(300),
         }
     }
 }

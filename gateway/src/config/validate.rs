@@ -22,6 +22,9 @@ pub enum ConfigError {
     /// The sandbox user or group is root.
     #[error("programs never run as root: the sandbox uid and gid must not be 0")]
     RootSandbox,
+    /// More warm interpreters than executions may run at once.
+    #[error("warm_pool ({0}) must not be above max_executions ({1})")]
+    WarmPoolTooLarge(usize, usize),
 }
 
 impl Config {
@@ -53,6 +56,11 @@ impl Config {
                 usize::from(!self.message_deadline.is_zero()),
             ),
             ("lead_timeout_ms", usize::from(!self.lead_timeout.is_zero())),
+            ("warm_pool_refill", self.warm_pool_refill as usize),
+            (
+                "warm_pool_max_age_ms",
+                usize::from(!self.warm_pool_max_age.is_zero()),
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -63,6 +71,9 @@ impl Config {
         }
         if self.chunk_bytes < 1024 {
             return Err(ConfigError::ChunkTooSmall(self.chunk_bytes));
+        }
+        if let Some(warm) = self.warm_pool.filter(|n| *n > self.max_executions) {
+            return Err(ConfigError::WarmPoolTooLarge(warm, self.max_executions));
         }
         for (name, bound) in [
             ("timeout_ms", self.limits.timeout_ms),
@@ -129,5 +140,14 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(no_idle.validate(), Err(ConfigError::Zero("idle_timeout")));
+        let huge_pool = Config {
+            warm_pool: Some(2_000),
+            max_executions: 1_000,
+            ..Config::default()
+        };
+        assert_eq!(
+            huge_pool.validate(),
+            Err(ConfigError::WarmPoolTooLarge(2_000, 1_000))
+        );
     }
 }

@@ -101,7 +101,12 @@ pub(super) async fn run_cell(
                 return id;
             }
         };
-        let env = launch::environment(&spec, &run.ctx.host.base_env, &run.ctx.host.work_root);
+        let env = launch::environment(
+            &spec.runtime,
+            &spec.env,
+            &run.ctx.host.base_env,
+            &run.ctx.host.work_root,
+        );
         // A CPU limit would add up over every cell of the session: only the per-process
         // limits that make sense for a long-lived interpreter apply.
         let rlimits = crate::sys::Rlimits {
@@ -188,6 +193,7 @@ pub(super) async fn run_cell(
                 stdout: pipes.stdout,
                 stderr: pipes.stderr,
                 started_at,
+                warm: false,
             };
             run.supervise(launched, stdin).await;
         }

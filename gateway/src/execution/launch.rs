@@ -1,5 +1,6 @@
 //! Launching a program of its own: its cgroup, its working directory with the source
-//! file, its environment and rlimits, and the spawn (through the jail when there is one).
+//! file, its environment and rlimits, and the spawn (through the jail when there is one);
+//! or, when the warm pool (`warm.rs`) has a fitting interpreter ready, claiming it.
 
 use super::process::Launch;
 use super::program::Program;
@@ -33,6 +34,8 @@ pub(super) struct Launched {
     pub(super) stdout: pipe::Receiver,
     pub(super) stderr: pipe::Receiver,
     pub(super) started_at: Instant,
+    /// Claimed from the warm pool rather than started for this execution.
+    pub(super) warm: bool,
 }
 
 /// Processes the jail adds to a program's cgroup (the jail and its init), if any.
@@ -47,6 +50,11 @@ pub(super) fn jail_processes(host: &Host) -> u64 {
 /// Writes the source file and starts the program; a failure becomes the execution's
 /// terminal `error`.
 pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
+    if let Some(pool) = &host.warm {
+        if let Some(launched) = pool.claim(spec, host) {
+            return Ok(launched);
+        }
+    }
     let id = Some(spec.id.clone());
     let cgroup = match host.cgroups.create(
         spec.limits.memory_bytes,
@@ -79,7 +87,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         workdir: workdir.path(),
         source: &workdir.source(),
         args: &spec.args,
-        env: environment(spec, &host.base_env, workdir.path()),
+        env: environment(&spec.runtime, &spec.env, &host.base_env, workdir.path()),
         rlimits: rlimits(&spec.limits),
         cgroup,
         no_network: host.no_network,
@@ -87,6 +95,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         user: host.program_user,
         scratch_bytes: spec.limits.workspace_bytes,
         processes: spec.limits.processes,
+        bootstrap: None,
     };
     let started_at = Instant::now();
     let spawned = launch.spawn();
@@ -99,6 +108,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             stdout: spawned.stdout,
             stderr: spawned.stderr,
             started_at,
+            warm: false,
         }),
         Err(err) => {
             host.observe.metrics.sandbox_failed(SandboxStage::Spawn);
@@ -116,7 +126,8 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
 /// The program's whole environment, later entries winning: the gateway's base, the
 /// working directory as HOME and TMPDIR, the runtime's own, then the request's.
 pub(super) fn environment<'a>(
-    spec: &'a ExecutionSpec,
+    runtime: &'a crate::runtime::Runtime,
+    request_env: &'a [(String, String)],
     base_env: &'a [(String, String)],
     workdir: &'a Path,
 ) -> Vec<(&'a str, &'a str)> {
@@ -124,8 +135,8 @@ pub(super) fn environment<'a>(
     let pairs = |list: &'a [(String, String)]| list.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let mut env: Vec<(&str, &str)> = pairs(base_env).collect();
     env.extend([("HOME", dir), ("TMPDIR", dir)]);
-    env.extend(pairs(&spec.runtime.env));
-    env.extend(pairs(&spec.env));
+    env.extend(pairs(&runtime.env));
+    env.extend(pairs(request_env));
     env
 }
 

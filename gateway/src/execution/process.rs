@@ -42,6 +42,10 @@ pub(crate) struct Launch<'a> {
     pub(crate) scratch_bytes: u64,
     /// The process limit, for a jail that must enforce it without a cgroup.
     pub(crate) processes: u64,
+    /// A warm interpreter's bootstrap: the runtime's program runs `-c BOOTSTRAP SOURCE`
+    /// instead of its usual arguments, and no source file is copied into a jail (the
+    /// bootstrap writes it when it is claimed; see `warm.rs`).
+    pub(crate) bootstrap: Option<&'a str>,
 }
 
 /// A started program and the gateway's ends of its pipes.
@@ -94,7 +98,15 @@ impl Launch<'_> {
         };
         let source = self.source.as_os_str();
         let mut argv: Vec<std::ffi::OsString> = vec![self.runtime.program.clone().into()];
-        for arg in &self.runtime.args {
+        if let Some(bootstrap) = self.bootstrap {
+            argv.extend(["-c".into(), bootstrap.into(), source.to_owned()]);
+        }
+        for arg in self
+            .runtime
+            .args
+            .iter()
+            .filter(|_| self.bootstrap.is_none())
+        {
             if arg == FILE_PLACEHOLDER {
                 argv.push(source.to_owned());
             } else {
@@ -111,7 +123,11 @@ impl Launch<'_> {
                 let (mut command, lease) = jail
                     .command(JailSpec {
                         host_dir: self.workdir.to_path_buf(),
-                        source: self.source.file_name().map(Into::into),
+                        source: self
+                            .source
+                            .file_name()
+                            .filter(|_| self.bootstrap.is_none())
+                            .map(Into::into),
                         workspace: self.workdir.to_path_buf(),
                         scratch_bytes: self.scratch_bytes,
                         expose: jail.exposure_for(&self.runtime.program),
@@ -302,6 +318,29 @@ impl ChildGroup {
     /// a cgroup).
     pub(crate) fn cgroup_limit_watch(&self) -> Option<LimitWatch> {
         self.cgroup.as_ref().and_then(ExecutionCgroup::watch_limits)
+    }
+
+    /// Gives a cgroup made ahead of its execution (a warm interpreter's) the
+    /// execution's limits, and starts its counters from now; without a cgroup, nothing.
+    pub(crate) fn hand_over_cgroup(&mut self, memory_bytes: u64, processes: u64) -> io::Result<()> {
+        match &mut self.cgroup {
+            Some(cgroup) => cgroup.hand_over(memory_bytes, processes),
+            None => Ok(()),
+        }
+    }
+
+    /// True when the group's cgroup limits its processes.
+    pub(crate) fn cgroup_limits_processes(&self) -> bool {
+        self.cgroup
+            .as_ref()
+            .is_some_and(ExecutionCgroup::limits_processes)
+    }
+
+    /// The memory the group's cgroup counts now, where it counts it.
+    pub(crate) fn cgroup_memory(&self) -> Option<u64> {
+        self.cgroup
+            .as_ref()
+            .and_then(ExecutionCgroup::memory_current)
     }
 
     /// The whole tree's CPU time so far, where the cgroup counts it.

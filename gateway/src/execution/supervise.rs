@@ -21,14 +21,16 @@ impl Run {
             stdout,
             stderr,
             started_at,
+            warm,
         } = launched;
         let mut child = program;
-        tracing::debug!(pid = child.pid(), "started");
-        let started = Event::started(
-            self.spec.id.clone(),
-            child.pid(),
-            child.note().unwrap_or_default(),
-        );
+        tracing::debug!(pid = child.pid(), warm, "started");
+        let note = if warm {
+            super::warm::STARTED_NOTE
+        } else {
+            child.note().unwrap_or_default()
+        };
+        let started = Event::started(self.spec.id.clone(), child.pid(), note);
 
         let mut stdin = StdinFeed::new(stdin, queue, queued);
         if let Some(data) = self.spec.stdin.clone() {

@@ -1,5 +1,6 @@
 //! An execution's private working directory: created with the source file in it before
-//! the program starts, removed after its terminal event.
+//! the program starts (or empty, for a warm interpreter), removed after its terminal
+//! event.
 
 use crate::sandbox::ProgramUser;
 use std::io::{self, Write as _};
@@ -25,12 +26,7 @@ impl Workdir {
         code: &str,
         owner: Option<ProgramUser>,
     ) -> io::Result<Self> {
-        let path = root.join(format!("x{}", NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        let dir = Self {
-            path,
-            file_name: file_name.to_owned(),
-        };
+        let dir = Self::create_empty(root, file_name, owner)?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -39,6 +35,25 @@ impl Workdir {
         file.write_all(code.as_bytes())?;
         if let Some(owner) = owner {
             owner.give(&dir.source())?;
+        }
+        Ok(dir)
+    }
+
+    /// Creates the directory (mode 0700, belonging to `owner` when given) without the
+    /// source file: a warm interpreter's, whose bootstrap writes `file_name` itself when
+    /// it is claimed.
+    pub(super) fn create_empty(
+        root: &Path,
+        file_name: &str,
+        owner: Option<ProgramUser>,
+    ) -> io::Result<Self> {
+        let path = root.join(format!("x{}", NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        let dir = Self {
+            path,
+            file_name: file_name.to_owned(),
+        };
+        if let Some(owner) = owner {
             owner.give(&dir.path)?;
         }
         Ok(dir)

@@ -37,6 +37,30 @@ const OUTCOMES: [EventKind; 4] = [
     EventKind::Error,
 ];
 
+/// Why a Python execution started cold while the warm pool is on (the `reason` label
+/// of `sluice_warm_pool_misses_total`; `execution::warm::Miss` names them).
+pub(crate) const WARM_MISS_REASONS: [&str; 8] = [
+    "empty",
+    "runtime",
+    "env",
+    "args",
+    "limits",
+    "code_size",
+    "claim_failed",
+    "closed",
+];
+
+/// Why a warm interpreter was discarded (`sluice_warm_pool_discards_total`;
+/// `execution::warm::Discard` names them).
+pub(crate) const WARM_DISCARD_REASONS: [&str; 6] = [
+    "start_failed",
+    "dead",
+    "output",
+    "stale",
+    "claim_failed",
+    "shutdown",
+];
+
 /// Where starting a program failed, for `sluice_sandbox_failures_total{stage}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SandboxStage {
@@ -144,6 +168,10 @@ pub(crate) struct Snapshot {
     pub(crate) sessions: usize,
     pub(crate) executions: usize,
     pub(crate) interpreters: usize,
+    /// The warm pool: its configured size, the entries ready, and their memory.
+    pub(crate) warm_size: usize,
+    pub(crate) warm_ready: usize,
+    pub(crate) warm_memory_bytes: u64,
 }
 
 /// The gateway's metrics. Hooks take `&self` and cost an atomic add or two (a label
@@ -155,6 +183,13 @@ pub(crate) struct Metrics {
     sessions: Gauge,
     executions_running: Gauge,
     interpreters: Gauge,
+    warm_size: Gauge,
+    warm_ready: Gauge,
+    warm_memory: Gauge,
+    warm_hits: Counter,
+    warm_misses: Family<Reason, Counter>,
+    warm_starts: Counter,
+    warm_discards: Family<Reason, Counter>,
     ended: Family<Ended, Counter>,
     limits: Family<Limit, Counter>,
     tenant_ended: Family<TenantOutcome, Counter>,
@@ -185,6 +220,13 @@ impl Metrics {
             sessions: Gauge::default(),
             executions_running: Gauge::default(),
             interpreters: Gauge::default(),
+            warm_size: Gauge::default(),
+            warm_ready: Gauge::default(),
+            warm_memory: Gauge::default(),
+            warm_hits: Counter::default(),
+            warm_misses: Family::default(),
+            warm_starts: Counter::default(),
+            warm_discards: Family::default(),
             ended: Family::default(),
             limits: Family::default(),
             tenant_ended: Family::default(),
@@ -217,7 +259,49 @@ impl Metrics {
                 });
             }
         }
+        for reason in WARM_MISS_REASONS {
+            let _ = metrics.warm_misses.get_or_create(&Reason { reason });
+        }
+        for reason in WARM_DISCARD_REASONS {
+            let _ = metrics.warm_discards.get_or_create(&Reason { reason });
+        }
         let m = &metrics;
+        registry.register(
+            "warm_pool_size",
+            "Warm Python interpreters the pool keeps ready (--warm-pool)",
+            m.warm_size.clone(),
+        );
+        registry.register(
+            "warm_pool_ready",
+            "Warm Python interpreters ready now",
+            m.warm_ready.clone(),
+        );
+        registry.register_with_unit(
+            "warm_pool_memory",
+            "Memory the ready warm interpreters hold (their cgroups' count, else their resident sets)",
+            prometheus_client::registry::Unit::Bytes,
+            m.warm_memory.clone(),
+        );
+        registry.register(
+            "warm_pool_hits",
+            "Executions started on a warm interpreter",
+            m.warm_hits.clone(),
+        );
+        registry.register(
+            "warm_pool_misses",
+            "Python executions started cold while the pool is on, by reason",
+            m.warm_misses.clone(),
+        );
+        registry.register(
+            "warm_pool_starts",
+            "Warm interpreters started and ready",
+            m.warm_starts.clone(),
+        );
+        registry.register(
+            "warm_pool_discards",
+            "Warm interpreters discarded unused (or never ready), by reason",
+            m.warm_discards.clone(),
+        );
         registry.register(
             "connections_open",
             "WebSocket connections open",
@@ -256,7 +340,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "spawn",
-            "Time to start a program (the spawn, through the jail when there is one)",
+            "Time to start a program (the spawn, through the jail when there is one; a warm start's claim)",
             prometheus_client::registry::Unit::Seconds,
             m.spawn_seconds.clone(),
         );
@@ -362,6 +446,26 @@ impl Metrics {
         self.first_output_seconds.observe(after.as_secs_f64());
     }
 
+    /// An execution started on a warm interpreter.
+    pub(crate) fn warm_hit(&self) {
+        self.warm_hits.inc();
+    }
+
+    /// An execution started cold although the pool is on, for `reason`.
+    pub(crate) fn warm_missed(&self, reason: &'static str) {
+        self.warm_misses.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A warm interpreter became ready.
+    pub(crate) fn warm_started(&self) {
+        self.warm_starts.inc();
+    }
+
+    /// A warm interpreter was discarded unused, for `reason`.
+    pub(crate) fn warm_discarded(&self, reason: &'static str) {
+        self.warm_discards.get_or_create(&Reason { reason }).inc();
+    }
+
     /// A socket was written `events` events of `bytes` bytes in all.
     pub(crate) fn delivered(&self, events: usize, bytes: usize) {
         self.events_delivered.inc_by(events as u64);
@@ -428,6 +532,10 @@ impl Metrics {
         self.sessions.set(gauge(now.sessions));
         self.executions_running.set(gauge(now.executions));
         self.interpreters.set(gauge(now.interpreters));
+        self.warm_size.set(gauge(now.warm_size));
+        self.warm_ready.set(gauge(now.warm_ready));
+        self.warm_memory
+            .set(i64::try_from(now.warm_memory_bytes).unwrap_or(i64::MAX));
         let mut text = String::with_capacity(8 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
         Ok(text)

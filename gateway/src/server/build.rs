@@ -98,6 +98,21 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         config.sessions_per_peer(),
         shutdown_token.clone(),
     );
+    let host = crate::execution::Host {
+        work_root: Arc::from(work_root.path.as_path()),
+        base_env: config.base_env.clone().into(),
+        cgroups: sandbox.cgroups,
+        budget: sandbox.budget,
+        no_network: sandbox.no_network,
+        jail: sandbox.jail,
+        program_user: sandbox.program_user,
+        observe: observe.clone(),
+        warm: None,
+    };
+    let warm = warm_pool(&config, &runtimes, &host);
+    if let Some(pool) = &warm {
+        pool.start(host.clone());
+    }
     let state = Arc::new(GatewayState {
         runtimes,
         sessions: Arc::new(sessions),
@@ -111,16 +126,7 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         shutdown: shutdown_token,
         connections: TaskTracker::new(),
         next_connection_id: AtomicU64::new(1),
-        host: crate::execution::Host {
-            work_root: Arc::from(work_root.path.as_path()),
-            base_env: config.base_env.clone().into(),
-            cgroups: sandbox.cgroups,
-            budget: sandbox.budget,
-            no_network: sandbox.no_network,
-            jail: sandbox.jail,
-            program_user: sandbox.program_user,
-            observe: observe.clone(),
-        },
+        host: crate::execution::Host { warm, ..host },
         buffers,
         meters: crate::meter::Meters::default(),
         authenticator: std::sync::RwLock::new(authenticator.map(Arc::new)),
@@ -130,4 +136,42 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         config,
     });
     Ok(Built { state, work_root })
+}
+
+/// The warm pool (`--warm-pool`), when it is on and a runtime it serves is configured
+/// (`python`, run as `INTERPRETER FILE`). Without `--warm-pool`, it is on when programs
+/// run in the jail, whose start it hides most of.
+fn warm_pool(
+    config: &Config,
+    runtimes: &RuntimeTable,
+    host: &crate::execution::Host,
+) -> Option<Arc<crate::execution::warm::WarmPool>> {
+    use crate::execution::warm;
+    let size = config.warm_pool.unwrap_or(if host.jail.is_some() {
+        crate::config::DEFAULT_WARM_POOL
+    } else {
+        0
+    });
+    if size == 0 {
+        return None;
+    }
+    let Some(runtime) = runtimes.get("python").filter(|r| warm::serves(r)) else {
+        tracing::info!("no warm pool: no python runtime run as `INTERPRETER FILE`");
+        return None;
+    };
+    let limits = warm::entry_limits(&config.limits)?;
+    tracing::info!(
+        size,
+        refill_per_second = config.warm_pool_refill,
+        "warm pool: python interpreters started ahead of their executions"
+    );
+    Some(Arc::new(warm::WarmPool::new(
+        Arc::clone(runtime),
+        limits,
+        warm::WarmSettings {
+            size,
+            refill_per_second: config.warm_pool_refill,
+            max_age: config.warm_pool_max_age,
+        },
+    )))
 }

@@ -1,5 +1,5 @@
 //! The end of a gateway: the drain (running executions may finish while new work is
-//! refused) and the shutdown sequence after it.
+//! refused, the warm pool's interpreters are killed) and the shutdown sequence after it.
 
 use super::build::Built;
 use crate::state::GatewayState;
@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 /// up to `--drain-timeout` (or until `hurry`) to end on their own.
 pub(super) async fn let_running_executions_finish(state: &GatewayState, hurry: &CancellationToken) {
     state.draining.store(true, Ordering::Release);
+    // Nothing new starts: the warm interpreters go now.
+    close_warm_pool(state).await;
     // Closing lets `wait` resolve once the running ones are over; nothing new starts.
     state.executions.close();
     let running = state.executions.len();
@@ -51,6 +53,7 @@ pub(super) async fn drain(gateway: Built, hurry: &CancellationToken) {
             () = hurry.cancelled() => {}
         }
     };
+    close_warm_pool(&state).await;
     waited("connections still open", state.connections.wait()).await;
     waited("executions still running", state.executions.wait()).await;
     if hurry.is_cancelled() {
@@ -63,4 +66,12 @@ pub(super) async fn drain(gateway: Built, hurry: &CancellationToken) {
     state.sessions.end_all().await;
     state.host.cgroups.remove();
     drop(work_root);
+}
+
+/// Kills every warm interpreter and waits until they are reaped and cleaned up (before
+/// the cgroups they are in are removed).
+async fn close_warm_pool(state: &GatewayState) {
+    if let Some(pool) = &state.host.warm {
+        pool.close(&state.host).await;
+    }
 }

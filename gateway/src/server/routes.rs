@@ -203,6 +203,17 @@ fn metrics_response(state: &GatewayState, headers: &axum::http::HeaderMap, open:
         sessions: state.sessions.open_count(),
         executions: in_use(config.max_executions, &state.execution_slots),
         interpreters: in_use(config.max_kernels, &state.kernel_slots),
+        warm_size: state.host.warm.as_ref().map_or(0, |pool| pool.size()),
+        warm_ready: state
+            .host
+            .warm
+            .as_ref()
+            .map_or(0, |pool| pool.ready_count()),
+        warm_memory_bytes: state
+            .host
+            .warm
+            .as_ref()
+            .map_or(0, |pool| pool.memory_bytes()),
     };
     match state.observe.metrics.render(now) {
         Ok(text) => (

@@ -194,6 +194,28 @@ pub(crate) fn set_pipe_size(fd: &impl AsRawFd, bytes: usize) {
     }
 }
 
+/// Bytes waiting to be read in a pipe (`FIONREAD`), without reading them.
+pub(crate) fn pending_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: ioctl(FIONREAD) takes a descriptor we hold open and a pointer to the live
+    // integer above, which it writes.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut pending) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(pending).unwrap_or(0))
+}
+
+/// The capacity of a pipe in bytes (`F_GETPIPE_SZ`).
+pub(crate) fn pipe_capacity(fd: &impl AsRawFd) -> io::Result<usize> {
+    // SAFETY: fcntl(F_GETPIPE_SZ) takes a descriptor we hold open.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(rc).unwrap_or(0))
+}
+
 /// The descriptor number a persistent interpreter finds its control socket at.
 pub(crate) const CONTROL_FD: i32 = 3;
 

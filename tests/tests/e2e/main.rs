@@ -37,4 +37,5 @@ mod sandbox;
 mod session_abuse;
 mod sessions;
 mod stdin_cancel;
+mod warm;
 mod ws_conformance;

@@ -102,14 +102,14 @@ fn parse_metrics(text: &str) -> Result<BTreeMap<String, f64>> {
 }
 
 /// The metrics of the gateway listening on `addr`, parsed.
-async fn scrape(addr: SocketAddr) -> Result<BTreeMap<String, f64>> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Result<BTreeMap<String, f64>> {
     let (status, body) = get(addr, "/metrics", &[]).await?;
     ensure!(status == 200, "GET /metrics: {status} {body}");
     parse_metrics(&body)
 }
 
 /// A series' value; a series not (yet) present counts as 0.
-fn value(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
+pub(crate) fn value(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
     metrics.get(series).copied().unwrap_or(0.0)
 }
 

@@ -147,6 +147,51 @@ impl ExecutionCgroup {
         Ok(spawned)
     }
 
+    /// Hands a cgroup made ahead of its execution (a warm interpreter's, made with the
+    /// pool's limits) to that execution: its limits become the execution's, its peak
+    /// memory and its counters (CPU time, OOM kills, refused forks) start from now. An
+    /// error (the memory in use is already above the new limit, say) means the cgroup
+    /// must not be used for this execution.
+    pub(crate) fn hand_over(&mut self, memory_bytes: u64, processes: u64) -> io::Result<()> {
+        if self
+            .memory_current()
+            .is_some_and(|used| used > memory_bytes)
+        {
+            return Err(io::Error::other(
+                "memory in use is above the execution's limit",
+            ));
+        }
+        self.set_limits(memory_bytes, processes)?;
+        self.processes = processes;
+        self.restart_peak();
+        self.baseline = self.counters();
+        self.weigh(false);
+        Ok(())
+    }
+
+    /// Gives a cgroup made ahead of its execution the CPU weight of a heavy one until
+    /// [`ExecutionCgroup::hand_over`]: starting interpreters for later must not take
+    /// the CPU from the programs running now.
+    pub(crate) fn weigh_down_until_handed_over(&self) {
+        self.weigh(true);
+    }
+
+    /// True when the cgroup limits the number of processes (a `pids` controller).
+    pub(crate) fn limits_processes(&self) -> bool {
+        self.pids_dir().is_some()
+    }
+
+    /// The memory its processes use now, where a memory controller counts it.
+    pub(crate) fn memory_current(&self) -> Option<u64> {
+        let read =
+            |path: PathBuf| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
+        match (&self.members.memory, &self.members.unified) {
+            (Some(v1), _) => read(v1.dir.join("memory.usage_in_bytes")),
+            (None, Some(v2)) if self.limits_v2.0 => read(v2.dir.join("memory.current")),
+            _ => None,
+        }
+    }
+
     /// Writes the limits, and starts the peak-memory count afresh.
     pub(super) fn set_limits(&self, memory_bytes: u64, processes: u64) -> io::Result<()> {
         if let Some(memory) = &self.members.memory {
