@@ -1,6 +1,6 @@
 //! Launching a program of its own: its cgroup, its working directory with the source
 //! file, its environment and rlimits, and the spawn (through the jail when there is one);
-//! or, when the warm pool (`warm.rs`) has a fitting interpreter ready, claiming it.
+//! or, when the warm pool (`warm/`) has a fitting interpreter ready, claiming it.
 
 use super::process::Launch;
 use super::program::Program;

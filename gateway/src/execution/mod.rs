@@ -11,7 +11,7 @@
 //! - `supervise.rs`: from start to terminal event, gathering what the verdict needs;
 //! - `pump.rs`: the output pump (pipes to events, limits, cancel, exit, drain);
 //! - `stdin.rs`: the stdin feeder;
-//! - `warm.rs`: the warm pool of Python interpreters started ahead of their executions;
+//! - `warm/`: the warm pool of Python interpreters started ahead of their executions;
 //! - `verdict.rs`: which terminal event, as a pure function of what was observed;
 //! - `process.rs`, `program.rs`, `output.rs`, `workdir.rs`: the child process group,
 //!   what the pump drives, output decoding, the working directory.

@@ -44,7 +44,7 @@ pub(crate) struct Launch<'a> {
     pub(crate) processes: u64,
     /// A warm interpreter's bootstrap: the runtime's program runs `-c BOOTSTRAP SOURCE`
     /// instead of its usual arguments, and no source file is copied into a jail (the
-    /// bootstrap writes it when it is claimed; see `warm.rs`).
+    /// bootstrap writes it when it is claimed; see `warm/`).
     pub(crate) bootstrap: Option<&'a str>,
 }
 

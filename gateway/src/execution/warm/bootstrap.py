@@ -1,4 +1,4 @@
-# A warm interpreter's bootstrap (run with `python3 -c`, see warm.rs). It loads
+# A warm interpreter's bootstrap (run with `python3 -c`, see warm/mod.rs). It loads
 # `resource` (and takes it out of sys.modules again, with sys.path[0] out of the way so
 # no cache remembers the workspace), says it is ready, waits for the go header on stdin
 # (os.read: nothing of the program's own stdin is taken), takes the execution's rlimits,

@@ -1,0 +1,105 @@
+//! One ready interpreter: started through the same launch as a cold program, and handed
+//! over to the execution that claims it.
+
+use super::*;
+
+/// One ready interpreter.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) workdir: Workdir,
+    pub(super) child: ChildGroup,
+    pub(super) stdin: OwnedFd,
+    pub(super) stdout: pipe::Receiver,
+    pub(super) stderr: pipe::Receiver,
+    /// The interpreter's pid, where it is the group's leader (no jail).
+    pub(super) program_pid: Option<u32>,
+    /// How much one write to its stdin can hold.
+    pub(super) stdin_capacity: usize,
+    pub(super) born: Instant,
+}
+
+impl Entry {
+    /// Why the entry cannot be claimed any more, if it cannot.
+    pub(super) fn spoiled(&self, max_age: Duration) -> Option<Discard> {
+        if self.child.has_exited() {
+            return Some(Discard::Dead);
+        }
+        let wrote = |pipe: &pipe::Receiver| sys::pending_bytes(pipe).map_or(true, |n| n > 0);
+        if wrote(&self.stdout) || wrote(&self.stderr) {
+            return Some(Discard::Output);
+        }
+        (self.born.elapsed() > max_age).then_some(Discard::Stale)
+    }
+
+    /// The memory it holds: its cgroup's count, else (unjailed) its interpreter's
+    /// resident set, else 0.
+    pub(super) fn memory_bytes(&self) -> u64 {
+        if let Some(used) = self.child.cgroup_memory() {
+            return used;
+        }
+        let Some(pid) = self.program_pid else {
+            return 0;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/statm"))
+            .ok()
+            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * 4096)
+    }
+}
+
+/// What a claim does to an entry, in order; an error leaves the entry to be discarded.
+pub(super) fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) -> io::Result<()> {
+    let limits = &spec.limits;
+    let code = spec.code.as_bytes();
+    if code.len() + HEADER_BYTES > entry.stdin_capacity {
+        return Err(io::Error::other(
+            "the code does not fit in the entry's stdin",
+        ));
+    }
+    entry.child.hand_over_cgroup(
+        limits.memory_bytes,
+        limits.processes + launch::jail_processes(host),
+    )?;
+    if entry.child.has_exited() {
+        return Err(io::Error::other("the interpreter exited"));
+    }
+    // The pipe is empty and holds `stdin_capacity` bytes: these writes do not block.
+    // The bootstrap sets the rlimits itself (the gateway may lack the right to set
+    // another user's, CAP_SYS_RESOURCE): each is at most the entry's, so it can.
+    let mut stdin = std::fs::File::from(entry.stdin.try_clone()?);
+    stdin.write_all(&header(code.len(), launch::rlimits(limits)))?;
+    stdin.write_all(code)?;
+    Ok(())
+}
+
+/// The entries ready, and whether the pool still takes new ones.
+/// Reads exactly [`READY`] from a new interpreter's stdout.
+pub(super) async fn read_ready(stdout: &pipe::Receiver) -> io::Result<()> {
+    let mut got = Vec::with_capacity(READY.len());
+    let mut buf = [0_u8; READY.len()];
+    while got.len() < READY.len() {
+        stdout.readable().await?;
+        match stdout.try_read(&mut buf[..READY.len() - got.len()]) {
+            Ok(0) => {
+                return Err(io::Error::other(
+                    "the interpreter exited before it was ready",
+                ))
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
+        if got == TOO_OLD {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "warm starts need Python 3.11 or later",
+            ));
+        }
+        if !READY.starts_with(&got) && !TOO_OLD.starts_with(&got) {
+            return Err(io::Error::other(
+                "the interpreter wrote something unexpected",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Unit tests of the warm pool's pure parts: the fallback decision, the header, the labels.
+
+use super::*;
+use sluice_protocol::Encoding;
+
+fn python() -> Runtime {
+    Runtime {
+        name: "python".into(),
+        program: "/usr/bin/python3".into(),
+        args: vec![FILE_PLACEHOLDER.into()],
+        file_name: "main.py".into(),
+        env: vec![("PYTHONUNBUFFERED".into(), "1".into())],
+        network: false,
+    }
+}
+
+fn limits() -> EffectiveLimits {
+    entry_limits(&crate::config::LimitsConfig::default()).unwrap_or_else(|| panic!("limits"))
+}
+
+fn spec(runtime: Runtime, code: &str) -> ExecutionSpec {
+    ExecutionSpec {
+        id: "x".into(),
+        runtime: Arc::new(runtime),
+        code: code.into(),
+        args: Vec::new(),
+        env: Vec::new(),
+        stdin: None,
+        encoding: Encoding::Utf8,
+        limits: crate::config::LimitsConfig::default()
+            .resolve(&sluice_protocol::Limits::default())
+            .unwrap_or_else(|err| panic!("{err}")),
+    }
+}
+
+#[test]
+fn the_header_is_fixed_length_and_carries_the_length_and_the_rlimits() {
+    let rlimits = sys::Rlimits {
+        cpu_seconds: Some(2),
+        file_size_bytes: Some(1 << 20),
+        open_files: Some(64),
+    };
+    let header = header(1234, rlimits);
+    assert_eq!(header.len(), HEADER_BYTES);
+    assert_eq!(header[HEADER_BYTES - 1], b'\n');
+    let text = std::str::from_utf8(&header).unwrap_or_default();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields, ["SLUICE", "1234", "2", "1048576", "64"]);
+    // The largest values still fit, with the newline last.
+    let most = super::header(usize::MAX, sys::Rlimits::default());
+    let text = std::str::from_utf8(&most).unwrap_or_default();
+    assert_eq!(text.split_whitespace().count(), 5);
+    assert!(text.ends_with('\n'));
+}
+
+#[test]
+fn a_plain_python_request_with_default_limits_is_warm() {
+    let entry = limits();
+    assert_eq!(
+        fallback(&python(), &entry, Some(true), &spec(python(), "print(1)")),
+        None
+    );
+    // Lower limits are set at the claim.
+    let mut lower = spec(python(), "print(1)");
+    lower.limits.memory_bytes = 16 << 20;
+    lower.limits.cpu_ms = 100;
+    lower.limits.processes = 1;
+    assert_eq!(fallback(&python(), &entry, Some(true), &lower), None);
+}
+
+#[test]
+fn what_changes_the_start_falls_back_to_cold() {
+    let entry = limits();
+    let check =
+        |spec: &ExecutionSpec, lowers: bool| fallback(&python(), &entry, Some(lowers), spec);
+    let mut env = spec(python(), "");
+    env.env.push(("A".into(), "1".into()));
+    assert_eq!(check(&env, true), Some(Miss::Env));
+    let mut args = spec(python(), "");
+    args.args.push("a".into());
+    assert_eq!(check(&args, true), Some(Miss::Args));
+    let networked = Runtime {
+        network: true,
+        ..python()
+    };
+    assert_eq!(check(&spec(networked, ""), true), Some(Miss::Runtime));
+    let bash = Runtime {
+        name: "bash".into(),
+        ..python()
+    };
+    assert_eq!(check(&spec(bash, ""), true), Some(Miss::Runtime));
+    let mut workspace = spec(python(), "");
+    workspace.limits.workspace_bytes += 1;
+    assert_eq!(check(&workspace, true), Some(Miss::Limits));
+    let mut memory = spec(python(), "");
+    memory.limits.memory_bytes = entry.memory_bytes + 1;
+    assert_eq!(check(&memory, true), Some(Miss::Limits));
+    // Fewer processes need a cgroup that counts them.
+    let mut processes = spec(python(), "");
+    processes.limits.processes = entry.processes - 1;
+    assert_eq!(check(&processes, false), Some(Miss::Limits));
+    assert_eq!(check(&processes, true), None);
+    // Not known before the first entry started (the pool is empty then).
+    assert_eq!(fallback(&python(), &entry, None, &processes), None);
+    let big = "x".repeat(STDIN_PIPE_BYTES);
+    assert_eq!(check(&spec(python(), &big), true), Some(Miss::CodeSize));
+}
+
+#[test]
+fn the_markers_have_the_same_length() {
+    assert_eq!(READY.len(), TOO_OLD.len());
+    assert!(BOOTSTRAP.contains(std::str::from_utf8(&READY[..READY.len() - 1]).unwrap_or("?")));
+    assert!(BOOTSTRAP.contains(std::str::from_utf8(&TOO_OLD[..TOO_OLD.len() - 1]).unwrap_or("?")));
+}
+
+#[test]
+fn the_metric_labels_are_the_reasons() {
+    let misses: Vec<&str> = Miss::ALL.iter().map(|m| m.as_str()).collect();
+    assert_eq!(misses, crate::observe::metrics::WARM_MISS_REASONS);
+    let discards: Vec<&str> = Discard::ALL.iter().map(|d| d.as_str()).collect();
+    assert_eq!(discards, crate::observe::metrics::WARM_DISCARD_REASONS);
+}
+
+#[test]
+fn only_python_run_as_interpreter_and_file_is_served() {
+    assert!(serves(&python()));
+    let wrapped = Runtime {
+        args: vec!["-X".into(), "dev".into(), FILE_PLACEHOLDER.into()],
+        ..python()
+    };
+    assert!(!serves(&wrapped));
+    let node = Runtime {
+        name: "node".into(),
+        file_name: "main.js".into(),
+        ..python()
+    };
+    assert!(!serves(&node));
+}
