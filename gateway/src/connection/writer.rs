@@ -1,9 +1,10 @@
 //! The writer task: the only code that writes to a socket. It takes batches of shared
 //! frames from every stream the socket reads ([`SocketLink::take`]), feeds them with
-//! one flush per batch, pings the client on a clock, gives up on a client that does
-//! not read within the send timeout, and ends with the close frame the reader asked
-//! for (or 1001 on shutdown). It counts what it writes, the gaps it announces and the
-//! sockets it gives up on (`observe::Metrics`).
+//! one flush per batch (at most one per [`WRITE_INTERVAL`] while the socket is busy),
+//! pings the client on a clock, gives up on a client that does not read within the
+//! send timeout, and ends with the close frame the reader asked for (or 1001 on
+//! shutdown). It counts what it writes, the gaps it announces and the sockets it gives
+//! up on (`observe::Metrics`).
 
 use super::link::{Batch, SocketLink};
 use super::{CLOSE_GOING_AWAY, SHUTDOWN_SEND_GRACE};

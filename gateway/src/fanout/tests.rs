@@ -55,6 +55,40 @@ fn frames_the_lead_has_not_taken_are_kept_and_producers_wait() {
 }
 
 #[test]
+fn try_publish_hands_the_event_back_while_the_lead_pins_a_full_ring() {
+    let s = stream(2);
+    s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);
+    assert_eq!(
+        s.try_publish(Event::new(EventKind::Stdout, Some("e".into()), "a"))
+            .ok(),
+        Some(1)
+    );
+    assert_eq!(
+        s.try_publish(Event::new(EventKind::Stdout, Some("e".into()), "b"))
+            .ok(),
+        Some(2)
+    );
+    let refused = s.try_publish(Event::new(EventKind::Stdout, Some("e".into()), "c"));
+    assert_eq!(refused.map_err(|event| event.data), Err("c".to_owned()));
+    assert_eq!(s.head(), 2);
+    let mut out = Vec::new();
+    s.take(1, 0, usize::MAX, &mut out);
+    assert_eq!(
+        s.try_publish(Event::new(EventKind::Stdout, Some("e".into()), "c"))
+            .ok(),
+        Some(3)
+    );
+    out.clear();
+    s.take(1, 2, usize::MAX, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0].as_str().contains(r#""data":"c""#),
+        "{}",
+        out[0].as_str()
+    );
+}
+
+#[test]
 fn an_acknowledging_lead_keeps_what_it_has_taken_but_not_acknowledged() {
     let s = stream(2);
     s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);
