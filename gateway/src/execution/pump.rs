@@ -10,10 +10,10 @@ use super::stdin::StdinFeed;
 use super::verdict::{cgroup_stop, Stop};
 use super::Run;
 use crate::sandbox::LimitWatch;
-use bytes::BufMut as _;
 use sluice_protocol::{Encoding, Event, EventKind};
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::AsFd as _;
 use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
@@ -88,7 +88,17 @@ impl OutputPipe {
         while self.buf.len() < room {
             // Never let the read grow the buffer past the chunk size.
             let want = room - self.buf.len();
-            match rx.try_read_buf(&mut (&mut self.buf).limit(want)) {
+            let buf = &mut self.buf;
+            // A pipe's read returns less than asked only when the pipe held no more, so
+            // a short read clears the pipe's readiness as a `WouldBlock` would: one read
+            // per line a program prints instead of that one and another that only says
+            // the pipe is empty. What the program writes after it is a new readiness
+            // event, which this does not clear.
+            let read = rx.try_io(|| match crate::sys::read_into(rx.as_fd(), buf, want) {
+                Ok(n) if n > 0 && n < want => Err(io::ErrorKind::WouldBlock.into()),
+                other => other,
+            });
+            match read {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -168,6 +178,10 @@ impl Run {
         // for whichever comes first instead of a new timer per loop.
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
+        // Made once: a new one per pass would register with the token and leave again
+        // each time. Polled only until it fires (then `stop` is set).
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
         let mut armed = deadline;
         loop {
             // Once the program has exited and its pipes are drained, the pump is done even
@@ -217,7 +231,7 @@ impl Run {
                     }
                     continue;
                 }
-                () = self.cancel.cancelled(), if stop.is_none() && running => {
+                () = &mut cancelled, if stop.is_none() && running => {
                     stop = Some(Stop::Cancelled);
                     child.interrupt();
                     kill_at = Some(Instant::now() + self.ctx.kill_grace);
