@@ -24,7 +24,7 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// per event when many programs print a line at a time. An event on a socket that has
 /// been quiet this long goes out at once, so it bounds the delay of none but a busy
 /// socket's events.
-const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+pub(super) const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What the writer task needs.
 pub(super) struct Writer<S> {

@@ -197,13 +197,8 @@ impl Run {
             // Events go out as soon as the ring has room: checked here, under the lock
             // that publishes, instead of in another pass through the select below (the
             // common case, one event per read, then costs one pass per read).
-            if hold_until.is_none() {
-                while let Some(event) = pending.pop_front() {
-                    if let Err(event) = stream.try_publish(event) {
-                        pending.push_front(event);
-                        break;
-                    }
-                }
+            if hold_until.is_none() && !pending.is_empty() {
+                stream.publish_with_room(&mut pending);
             }
             // Reading pauses while events wait for the socket, except the held `started`,
             // and after the exit, when what is left in the pipes is bounded (DRAIN_LIMIT).
