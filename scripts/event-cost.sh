@@ -13,9 +13,12 @@
 # Environment: LIVE (default 400), SOCKETS (10), DURATION (seconds each program runs,
 # 40), WINDOW (seconds measured, 20), SETTLE (seconds after the last program started
 # before the window opens, 3), PERF=FILE (also `perf record -g` the gateway during the
-# window into FILE) or SYSCALLS=1 (count the gateway's read, sendto, epoll_wait and futex
-# calls per event during the window, with `perf stat`). Build first, e.g. `cargo build -p sluice-cli` (compare builds of the
-# same profile only: a debug build costs several times an optimised one).
+# window into FILE) or SYSCALLS=1 (count the gateway's read, sendto, epoll_wait and
+# futex calls per event during the window, with `perf stat`).
+#
+# Build first, e.g. `CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo build -p sluice-cli --target-dir
+# target/opt` (an optimised build beside the debug one), and compare builds of the same
+# profile only: a plain debug build costs several times an optimised one.
 set -euo pipefail
 bin=${1:-target/debug/sluice}
 shift $(( $# > 1 ? 1 : $# ))
