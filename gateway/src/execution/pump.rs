@@ -80,8 +80,9 @@ impl OutputPipe {
     }
 
     /// Appends whatever the pipe holds to the buffer, up to the chunk size, without
-    /// waiting; `Data(n)` counts the new bytes.
-    fn read_available(&mut self) -> Read {
+    /// waiting; `Data(n)` counts the new bytes. `exhaustive` (once the program has
+    /// exited): read until the pipe says it is empty, never trusting a short read.
+    fn read_available(&mut self, exhaustive: bool) -> Read {
         let Some(rx) = &self.rx else { return Read::Eof };
         let room = self.buf.capacity();
         let before = self.buf.len();
@@ -93,9 +94,11 @@ impl OutputPipe {
             // a short read clears the pipe's readiness as a `WouldBlock` would: one read
             // per line a program prints instead of that one and another that only says
             // the pipe is empty. What the program writes after it is a new readiness
-            // event, which this does not clear.
+            // event, which this does not clear. (A program that puts its end in packet
+            // mode, O_DIRECT, gets one packet per read: the rest of a burst then waits
+            // for its next write or its exit, after which reads are exhaustive.)
             let read = rx.try_io(|| match crate::sys::read_into(rx.as_fd(), buf, want) {
-                Ok(n) if n > 0 && n < want => Err(io::ErrorKind::WouldBlock.into()),
+                Ok(n) if !exhaustive && n > 0 && n < want => Err(io::ErrorKind::WouldBlock.into()),
                 other => other,
             });
             match read {
@@ -309,7 +312,7 @@ impl Run {
                     continue;
                 }
                 let pipe = &mut pipes[index];
-                match pipe.read_available() {
+                match pipe.read_available(exited_at.is_some()) {
                     Read::Data(n) => {
                         first_output_at.get_or_insert_with(Instant::now);
                         let take = n.min(usize::try_from(budget).unwrap_or(usize::MAX));
