@@ -1,11 +1,12 @@
 //! The writer task: the only code that writes to a socket. It takes batches of shared
 //! frames from every stream the socket reads ([`SocketLink::take`]), feeds them with
-//! one flush per batch, pings the client on a clock, gives up on a client that does
-//! not read within the send timeout, and ends with the close frame the reader asked
-//! for (or 1001 on shutdown). It counts what it writes, the gaps it announces and the
-//! sockets it gives up on (`observe::Metrics`).
+//! one flush per batch (at most one per [`WRITE_INTERVAL`] while the socket is busy),
+//! pings the client on a clock, gives up on a client that does not read within the
+//! send timeout, and ends with the close frame the reader asked for (or 1001 on
+//! shutdown). It counts what it writes, the gaps it announces and the sockets it gives
+//! up on (`observe::Metrics`).
 
-use super::link::SocketLink;
+use super::link::{Batch, SocketLink};
 use super::{CLOSE_GOING_AWAY, SHUTDOWN_SEND_GRACE};
 use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message};
@@ -16,6 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Most bytes of frames the writer takes from its streams before writing them out.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Shortest time between two writes to a busy socket. Events that come within it of
+/// the last write wait for its end and go out together: one `send` and one wakeup of
+/// the client for all of them instead of one each, which is most of the gateway's CPU
+/// per event when many programs print a line at a time. An event on a socket that has
+/// been quiet this long goes out at once, so it bounds the delay of none but a busy
+/// socket's events.
+pub(super) const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What the writer task needs.
 pub(super) struct Writer<S> {
@@ -54,6 +63,10 @@ where
     let send_timeout = state.config.send_timeout;
     let ping_interval = state.config.ping_interval;
     let mut next_ping = tokio::time::Instant::now() + ping_interval;
+    // When the last write went out: news within WRITE_INTERVAL of it waits for the
+    // interval's end. `just_wrote`: the next pass waits for news instead of taking.
+    let mut last_write: Option<tokio::time::Instant> = None;
+    let mut just_wrote = false;
     loop {
         let wake = link.wake.notified();
         tokio::pin!(wake);
@@ -62,7 +75,14 @@ where
             // The client said goodbye: the close reply is all it may still get.
             break;
         }
-        let batch = link.take(WRITE_BATCH_BYTES, &state.sessions);
+        // Right after a write, whatever was published during it has notified `wake`
+        // (a notification the last pass did not consume carries over), so this pass
+        // waits for it below rather than taking it at once.
+        let batch = if std::mem::take(&mut just_wrote) && !finish.is_cancelled() {
+            Batch::default()
+        } else {
+            link.take(WRITE_BATCH_BYTES, &state.sessions)
+        };
         // Pinged on a clock, busy or not: a client that only reads answers pings only.
         let now = tokio::time::Instant::now();
         let ping = now >= next_ping && !finish.is_cancelled();
@@ -70,10 +90,21 @@ where
             if finish.is_cancelled() {
                 break;
             }
-            tokio::select! {
-                () = wake => {}
-                () = finish.cancelled() => {}
-                () = tokio::time::sleep_until(next_ping) => {}
+            let woken = tokio::select! {
+                () = wake => true,
+                () = finish.cancelled() => false,
+                () = tokio::time::sleep_until(next_ping) => false,
+            };
+            let hold = last_write
+                .map(|at| at + WRITE_INTERVAL)
+                .filter(|until| woken && tokio::time::Instant::now() < *until);
+            if let Some(until) = hold {
+                // A busy socket: gather what comes until the interval is over, then
+                // send it with one write.
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    () = finish.cancelled() => {}
+                }
             }
             continue;
         }
@@ -118,6 +149,8 @@ where
             failed.cancel();
             return;
         }
+        last_write = Some(tokio::time::Instant::now());
+        just_wrote = true;
         let metrics = &state.observe.metrics;
         metrics.delivered(events, bytes);
         if gaps > 0 {

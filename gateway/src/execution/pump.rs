@@ -10,10 +10,10 @@ use super::stdin::StdinFeed;
 use super::verdict::{cgroup_stop, Stop};
 use super::Run;
 use crate::sandbox::LimitWatch;
-use bytes::BufMut as _;
 use sluice_protocol::{Encoding, Event, EventKind};
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::AsFd as _;
 use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
@@ -80,15 +80,28 @@ impl OutputPipe {
     }
 
     /// Appends whatever the pipe holds to the buffer, up to the chunk size, without
-    /// waiting; `Data(n)` counts the new bytes.
-    fn read_available(&mut self) -> Read {
+    /// waiting; `Data(n)` counts the new bytes. `exhaustive` (once the program has
+    /// exited): read until the pipe says it is empty, never trusting a short read.
+    fn read_available(&mut self, exhaustive: bool) -> Read {
         let Some(rx) = &self.rx else { return Read::Eof };
         let room = self.buf.capacity();
         let before = self.buf.len();
         while self.buf.len() < room {
             // Never let the read grow the buffer past the chunk size.
             let want = room - self.buf.len();
-            match rx.try_read_buf(&mut (&mut self.buf).limit(want)) {
+            let buf = &mut self.buf;
+            // A pipe's read returns less than asked only when the pipe held no more, so
+            // a short read clears the pipe's readiness as a `WouldBlock` would: one read
+            // per line a program prints instead of that one and another that only says
+            // the pipe is empty. What the program writes after it is a new readiness
+            // event, which this does not clear. (A program that puts its end in packet
+            // mode, O_DIRECT, gets one packet per read: the rest of a burst then waits
+            // for its next write or its exit, after which reads are exhaustive.)
+            let read = rx.try_io(|| match crate::sys::read_into(rx.as_fd(), buf, want) {
+                Ok(n) if !exhaustive && n > 0 && n < want => Err(io::ErrorKind::WouldBlock.into()),
+                other => other,
+            });
+            match read {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -168,6 +181,10 @@ impl Run {
         // for whichever comes first instead of a new timer per loop.
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
+        // Made once: a new one per pass would register with the token and leave again
+        // each time. Polled only until it fires (then `stop` is set).
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
         let mut armed = deadline;
         loop {
             // Once the program has exited and its pipes are drained, the pump is done even
@@ -179,6 +196,12 @@ impl Run {
             }
             if pending.len() > 1 || exited_at.is_some() {
                 hold_until = None;
+            }
+            // Events go out as soon as the ring has room: checked here, under the lock
+            // that publishes, instead of in another pass through the select below (the
+            // common case, one event per read, then costs one pass per read).
+            if hold_until.is_none() && !pending.is_empty() {
+                stream.publish_with_room(&mut pending);
             }
             // Reading pauses while events wait for the socket, except the held `started`,
             // and after the exit, when what is left in the pipes is bounded (DRAIN_LIMIT).
@@ -206,7 +229,7 @@ impl Run {
                     }
                     continue;
                 }
-                () = self.cancel.cancelled(), if stop.is_none() && running => {
+                () = &mut cancelled, if stop.is_none() && running => {
                     stop = Some(Stop::Cancelled);
                     child.interrupt();
                     kill_at = Some(Instant::now() + self.ctx.kill_grace);
@@ -289,7 +312,7 @@ impl Run {
                     continue;
                 }
                 let pipe = &mut pipes[index];
-                match pipe.read_available() {
+                match pipe.read_available(exited_at.is_some()) {
                     Read::Data(n) => {
                         first_output_at.get_or_insert_with(Instant::now);
                         let take = n.min(usize::try_from(budget).unwrap_or(usize::MAX));

@@ -325,9 +325,30 @@ impl EventStream {
 
     /// Stamps, encodes and appends `event`, evicts what the caps allow, and wakes every
     /// reader. Returns the event's sequence.
-    pub(crate) fn publish(&self, mut event: Event) -> u64 {
-        event.session = self.session.as_deref().map(str::to_owned);
+    pub(crate) fn publish(&self, event: Event) -> u64 {
         let mut inner = self.lock();
+        self.publish_locked(&mut inner, event)
+    }
+
+    /// Publishes events from the front of `pending` for as long as the ring has room
+    /// (as [`EventStream::room`] would return at once), under one lock, so a producer
+    /// with room skips waiting for it. Returns how many it published.
+    pub(crate) fn publish_with_room(&self, pending: &mut VecDeque<Event>) -> usize {
+        let mut inner = self.lock();
+        let mut published = 0;
+        while inner.has_room(self.caps) {
+            let Some(event) = pending.pop_front() else {
+                break;
+            };
+            inner.stuck_since = None;
+            self.publish_locked(&mut inner, event);
+            published += 1;
+        }
+        published
+    }
+
+    fn publish_locked(&self, inner: &mut Inner, mut event: Event) -> u64 {
+        event.session = self.session.as_deref().map(str::to_owned);
         let sequence = inner.next_sequence;
         inner.next_sequence += 1;
         self.published.store(sequence, Ordering::Release);

@@ -55,6 +55,31 @@ fn frames_the_lead_has_not_taken_are_kept_and_producers_wait() {
 }
 
 #[test]
+fn publishing_with_room_stops_where_the_lead_pins_a_full_ring() {
+    let s = stream(2);
+    s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);
+    let mut pending: std::collections::VecDeque<Event> = ["a", "b", "c"]
+        .into_iter()
+        .map(|data| Event::new(EventKind::Stdout, Some("e".into()), data))
+        .collect();
+    assert_eq!(s.publish_with_room(&mut pending), 2);
+    assert_eq!(s.head(), 2);
+    assert_eq!(pending.front().map(|e| e.data.as_str()), Some("c"));
+    let mut out = Vec::new();
+    s.take(1, 0, usize::MAX, &mut out);
+    assert_eq!(s.publish_with_room(&mut pending), 1);
+    assert!(pending.is_empty());
+    out.clear();
+    s.take(1, 2, usize::MAX, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0].as_str().contains(r#""data":"c""#),
+        "{}",
+        out[0].as_str()
+    );
+}
+
+#[test]
 fn an_acknowledging_lead_keeps_what_it_has_taken_but_not_acknowledged() {
     let s = stream(2);
     s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);

@@ -101,6 +101,9 @@ pub(crate) struct Session {
     /// The opener's unit of `--max-sessions-per-peer`, given back when the session ends.
     quota: Mutex<Option<QuotaGuard>>,
     state: Mutex<SessionState>,
+    /// [`Session::is_complete`], kept in step with `state` under its lock, so that
+    /// every socket's writer can check it on every pass without taking the lock.
+    complete: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -170,6 +173,8 @@ impl Session {
             .insert(id, Remembered { known, fingerprint });
         state.running += 1;
         state.ran = true;
+        self.complete
+            .store(false, std::sync::atomic::Ordering::Release);
         self.stream.set_idle(false);
         true
     }
@@ -192,6 +197,8 @@ impl Session {
                     // Under the session's lock, so a new execution's `set_idle(false)`
                     // cannot come between.
                     self.stream.set_idle(true);
+                    self.complete
+                        .store(self.ephemeral, std::sync::atomic::Ordering::Release);
                 }
             }
         }
@@ -201,8 +208,7 @@ impl Session {
 
     /// A gateway-made session whose execution has ended: nothing more will happen in it.
     pub(crate) fn is_complete(&self) -> bool {
-        let state = self.lock();
-        self.ephemeral && state.ran && state.running == 0
+        self.complete.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn attach(&self) -> bool {
@@ -303,6 +309,7 @@ impl SessionRegistry {
             last_cell: Mutex::new(None),
             quota: Mutex::new(Some(quota)),
             state: Mutex::new(SessionState::default()),
+            complete: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

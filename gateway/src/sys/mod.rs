@@ -1,16 +1,17 @@
 //! The few Linux calls std and tokio do not offer: process-group signals, pidfds,
-//! reaping with resource usage, pipe sizing, descriptor and allocator settings, and
-//! starting an unjailed program (`spawn`).
+//! reaping with resource usage, pipe sizing, a read into a buffer's spare room,
+//! descriptor and allocator settings, and starting an unjailed program (`spawn`).
 //!
 //! This is the only module allowed `unsafe`: each block is a single FFI call whose
-//! arguments are plain integers or pointers to locals that outlive the call.
+//! arguments are plain integers or pointers to locals that outlive the call (and, after
+//! a read, the `Vec::set_len` that counts the bytes the kernel wrote).
 #![allow(unsafe_code)]
 
 mod spawn;
 
 pub(crate) use spawn::{can_take_network, spawn_program, ProgramPlan, StartedProgram};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// A signal the gateway sends to an execution's process group.
@@ -214,6 +215,22 @@ pub(crate) fn pipe_capacity(fd: &impl AsRawFd) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(rc).unwrap_or(0))
+}
+
+/// Reads from `fd` into `buf`'s spare capacity, at most `max` bytes, and returns how
+/// many it appended (0 at end of file). Unlike std's `Read`, the room need not be
+/// initialised first, so a pipe is read into a fresh 64 KiB buffer without zeroing it.
+pub(crate) fn read_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(max);
+    // SAFETY: read(2) writes at most `want` bytes to the start of the spare capacity,
+    // which `buf` owns and which is at least that long.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the kernel initialised the first `n` (at most `want`) bytes of the spare
+    // capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// The descriptor number a persistent interpreter finds its control socket at.
@@ -554,6 +571,27 @@ pub(crate) enum NetworkNamespaceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_into_appends_at_most_max_and_reports_the_end() {
+        use std::io::Write as _;
+        use std::os::fd::AsFd as _;
+        let (reader, mut writer) = std::io::pipe().expect("pipe");
+        writer.write_all(b"hello world").expect("write");
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(b">");
+        assert_eq!(read_into(reader.as_fd(), &mut buf, 5).expect("read"), 5);
+        assert_eq!(read_into(reader.as_fd(), &mut buf, 64).expect("read"), 6);
+        assert_eq!(buf, b">hello world");
+        drop(writer);
+        assert_eq!(read_into(reader.as_fd(), &mut buf, 64).expect("read"), 0);
+        let mut full = Vec::with_capacity(1);
+        full.push(0);
+        assert_eq!(
+            read_into(reader.as_fd(), &mut full, 64).expect("no room"),
+            0
+        );
+    }
 
     fn open_files_limit() -> libc::rlimit {
         // SAFETY: all-zero is a valid rlimit; getrlimit writes into the live local.

@@ -1,8 +1,8 @@
 //! How a socket ends, and the writer's order: pings on a clock and the close after two
 //! silent intervals, the idle timeout (never while the socket holds an execution),
 //! close codes for read errors, the client's close and shutdown, a client that stops
-//! reading, and every stream's order kept when the writer interleaves streams. Timers
-//! run on a paused clock.
+//! reading, every stream's order kept when the writer interleaves streams, and the
+//! writer's interval between writes to a busy socket. Timers run on a paused clock.
 
 use super::*;
 use tungstenite::error::CapacityError;
@@ -185,4 +185,129 @@ async fn the_writer_keeps_every_streams_order_while_it_interleaves_them() {
             assert_eq!(stdout(events), "1\n2\n3\n4\n5\n6\n7\n8\n");
         }
     }
+}
+
+/// A sink that records what each flush wrote, and when (on the test's clock).
+#[derive(Default)]
+struct FlushLog {
+    feeding: Vec<String>,
+    flushed: Vec<(tokio::time::Instant, Vec<String>)>,
+}
+
+#[derive(Clone, Default)]
+struct RecordingSink {
+    log: Arc<std::sync::Mutex<FlushLog>>,
+    flushed: Arc<tokio::sync::Notify>,
+}
+
+impl futures::Sink<Message> for RecordingSink {
+    type Error = std::convert::Infallible;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+        if let Message::Text(text) = message {
+            let event: Event =
+                serde_json::from_str(text.as_str()).expect("the writer sends events");
+            let mut log = self.log.lock().expect("log");
+            log.feeding.push(event.data);
+        }
+        Ok(())
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let mut log = self.log.lock().expect("log");
+        if !log.feeding.is_empty() {
+            let frames = std::mem::take(&mut log.feeding);
+            log.flushed.push((tokio::time::Instant::now(), frames));
+            self.flushed.notify_one();
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.poll_flush(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_socket_gets_one_write_per_interval_and_a_quiet_one_at_once() {
+    use crate::connection::writer::{write_loop, Writer};
+    let gateway = Gateway::start().await;
+    let state = gateway.state.clone();
+    let own = Arc::new(crate::fanout::EventStream::new(
+        None,
+        crate::fanout::ReplayCaps::from_config(&state.config),
+        &state.buffers,
+    ));
+    let link = Arc::new(crate::connection::link::SocketLink::new(9_999, own.clone()));
+    let sink = RecordingSink::default();
+    let finish = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(write_loop(Writer {
+        sink: sink.clone(),
+        link,
+        state: state.clone(),
+        failed: tokio_util::sync::CancellationToken::new(),
+        shutdown: state.shutdown.child_token(),
+        finish: finish.clone(),
+        close_reason: Arc::default(),
+        peer_closed: Arc::default(),
+    }));
+    let publish = |data: &str| {
+        own.publish(Event::new(EventKind::Error, None, data));
+    };
+    let flushes = |n: usize| {
+        let sink = sink.clone();
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                loop {
+                    let flushed = sink.flushed.notified();
+                    if sink.log.lock().expect("log").flushed.len() >= n {
+                        break;
+                    }
+                    flushed.await;
+                }
+            })
+            .await
+            .expect("the writer flushes");
+        }
+    };
+
+    let start = tokio::time::Instant::now();
+    publish("a");
+    flushes(1).await;
+    // Within the interval of that write: b and c wait for its end and share a write.
+    publish("b");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    publish("c");
+    flushes(2).await;
+    // A socket quiet for longer than the interval sends at once.
+    tokio::time::advance(Duration::from_millis(50)).await;
+    let quiet = tokio::time::Instant::now();
+    publish("d");
+    flushes(3).await;
+    finish.cancel();
+    writer.await.expect("the writer ends");
+
+    let log = sink.log.lock().expect("log");
+    let groups: Vec<&Vec<String>> = log.flushed.iter().map(|(_, frames)| frames).collect();
+    assert_eq!(groups, [&vec!["a"], &vec!["b", "c"], &vec!["d"]]);
+    let at: Vec<Duration> = log.flushed.iter().map(|(at, _)| *at - start).collect();
+    assert_eq!(at[0], Duration::ZERO, "a lone event waits for nothing");
+    assert_eq!(at[1], super::super::writer::WRITE_INTERVAL);
+    assert_eq!(
+        log.flushed[2].0, quiet,
+        "nor does one on a socket that was quiet"
+    );
 }
