@@ -1,6 +1,6 @@
 //! The writer task: the only code that writes to a socket. It takes batches of shared
 //! frames from every stream the socket reads ([`SocketLink::take`]), feeds them with
-//! one flush per batch (at most one per [`WRITE_INTERVAL`] while the socket is busy),
+//! one flush per batch (at most one per [`WRITE_INTERVAL`] once the socket is busy),
 //! pings the client on a clock, gives up on a client that does not read within the
 //! send timeout, and ends with the close frame the reader asked for (or 1001 on
 //! shutdown). It counts what it writes, the gaps it announces and the sockets it gives
@@ -21,10 +21,18 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Shortest time between two writes to a busy socket. Events that come within it of
 /// the last write wait for its end and go out together: one `send` and one wakeup of
 /// the client for all of them instead of one each, which is most of the gateway's CPU
-/// per event when many programs print a line at a time. An event on a socket that has
-/// been quiet this long goes out at once, so it bounds the delay of none but a busy
-/// socket's events.
+/// per event when many programs print a line at a time. A socket is busy once it had
+/// [`QUICK_WRITES`] writes in a row, each within [`BUSY_GAP`] of the one before: an
+/// exchange (`started`, a line, `completed` of a short program or a cell) and any event
+/// on a socket that was quiet go out at once, so only a busy socket's events wait.
 pub(super) const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Writes in a row that go out at once before a socket counts as busy.
+pub(super) const QUICK_WRITES: u32 = 4;
+
+/// Two writes at most this far apart are in the same run (twice the interval, so a
+/// busy socket written once per interval stays busy).
+const BUSY_GAP: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// What the writer task needs.
 pub(super) struct Writer<S> {
@@ -66,6 +74,8 @@ where
     // When the last write went out: news within WRITE_INTERVAL of it waits for the
     // interval's end. `just_wrote`: the next pass waits for news instead of taking.
     let mut last_write: Option<tokio::time::Instant> = None;
+    // Writes in the current run (each within BUSY_GAP of the one before).
+    let mut run_of_writes: u32 = 0;
     let mut just_wrote = false;
     loop {
         let wake = link.wake.notified();
@@ -95,9 +105,9 @@ where
                 () = finish.cancelled() => false,
                 () = tokio::time::sleep_until(next_ping) => false,
             };
-            let hold = last_write
-                .map(|at| at + WRITE_INTERVAL)
-                .filter(|until| woken && tokio::time::Instant::now() < *until);
+            let hold = last_write.map(|at| at + WRITE_INTERVAL).filter(|until| {
+                woken && run_of_writes >= QUICK_WRITES && tokio::time::Instant::now() < *until
+            });
             if let Some(until) = hold {
                 // A busy socket: gather what comes until the interval is over, then
                 // send it with one write.
@@ -149,7 +159,12 @@ where
             failed.cancel();
             return;
         }
-        last_write = Some(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        run_of_writes = match last_write {
+            Some(at) if now.duration_since(at) <= BUSY_GAP => run_of_writes.saturating_add(1),
+            _ => 1,
+        };
+        last_write = Some(now);
         just_wrote = true;
         let metrics = &state.observe.metrics;
         metrics.delivered(events, bytes);

@@ -242,7 +242,7 @@ impl futures::Sink<Message> for RecordingSink {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_busy_socket_gets_one_write_per_interval_and_a_quiet_one_at_once() {
+async fn a_busy_socket_gets_one_write_per_interval_and_an_exchange_goes_at_once() {
     use crate::connection::writer::{write_loop, Writer};
     let gateway = Gateway::start().await;
     let state = gateway.state.clone();
@@ -284,30 +284,44 @@ async fn a_busy_socket_gets_one_write_per_interval_and_a_quiet_one_at_once() {
         }
     };
 
+    use crate::connection::writer::{QUICK_WRITES, WRITE_INTERVAL};
+    let quick = QUICK_WRITES as usize;
     let start = tokio::time::Instant::now();
-    publish("a");
-    flushes(1).await;
-    // Within the interval of that write: b and c wait for its end and share a write.
+    // An exchange on a quiet socket (started, a line, completed...) goes out at once,
+    // one write per event, however close together.
+    for n in 0..quick {
+        publish(&format!("q{n}"));
+        flushes(n + 1).await;
+    }
+    // Now busy: b and c, within the interval of the last write, wait for its end and
+    // share a write.
     publish("b");
     tokio::time::advance(Duration::from_millis(1)).await;
     publish("c");
-    flushes(2).await;
+    flushes(quick + 1).await;
     // A socket quiet for longer than the interval sends at once.
     tokio::time::advance(Duration::from_millis(50)).await;
     let quiet = tokio::time::Instant::now();
     publish("d");
-    flushes(3).await;
+    flushes(quick + 2).await;
     finish.cancel();
     writer.await.expect("the writer ends");
 
     let log = sink.log.lock().expect("log");
-    let groups: Vec<&Vec<String>> = log.flushed.iter().map(|(_, frames)| frames).collect();
-    assert_eq!(groups, [&vec!["a"], &vec!["b", "c"], &vec!["d"]]);
+    let groups: Vec<Vec<String>> = log.flushed.iter().map(|(_, f)| f.clone()).collect();
+    let mut expected: Vec<Vec<String>> = (0..quick).map(|n| vec![format!("q{n}")]).collect();
+    expected.push(vec!["b".into(), "c".into()]);
+    expected.push(vec!["d".into()]);
+    assert_eq!(groups, expected);
     let at: Vec<Duration> = log.flushed.iter().map(|(at, _)| *at - start).collect();
-    assert_eq!(at[0], Duration::ZERO, "a lone event waits for nothing");
-    assert_eq!(at[1], super::super::writer::WRITE_INTERVAL);
+    assert!(
+        at[..quick].iter().all(|at| at.is_zero()),
+        "the first events of a run wait for nothing: {at:?}"
+    );
+    assert_eq!(at[quick], WRITE_INTERVAL);
     assert_eq!(
-        log.flushed[2].0, quiet,
+        log.flushed[quick + 1].0,
+        quiet,
         "nor does one on a socket that was quiet"
     );
 }
