@@ -296,3 +296,51 @@ async fn an_execution_cannot_wedge_a_waiting_entry() -> Result<()> {
     );
     gateway.shutdown().await
 }
+
+/// A shutdown with entries ready kills every waiting interpreter and removes its
+/// workspace (found through the work root a program sees in its own path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_entries_ready_leaves_no_interpreter_or_workspace() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    let code = "import os\nprint(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n";
+    let probe = run(&client, request("root", "python", code)).await?;
+    client.close().await?;
+    let root = probe.stdout.trim().to_owned();
+    ensure!(root.starts_with('/'), "no work root: {}", probe.stderr);
+    pool_ready(&gateway, 2.0).await?;
+    ensure!(
+        !sluice_tests::processes_with(&root).is_empty(),
+        "no waiting interpreter under {root}"
+    );
+    gateway.shutdown().await?;
+    assert_eq!(sluice_tests::processes_with(&root), Vec::new());
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {root}: {left:?}");
+    Ok(())
+}
+
+/// What a program sees of its own start: its command line, the stdin pipe, the signal mask and dispositions, and `sys.flags`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: warm /proc/self/cmdline is the bootstrap (python3 -c ...), stdin pipe 1 MiB"]
+async fn a_warm_program_sees_the_start_a_cold_one_sees() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let code = "import os, sys, signal, fcntl\n\
+        print(open('/proc/self/cmdline', 'rb').read().count(b'\\0'))\n\
+        print(sys.orig_argv[0], sys.flags)\n\
+        print(signal.pthread_sigmask(signal.SIG_BLOCK, []))\n\
+        print([signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)])\n\
+        print(fcntl.fcntl(0, 1032), sys.stdin.isatty())\n";
+    let (warm, cold) = warm_and_cold(&gateway, request("start", "python", code)).await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
+    gateway.shutdown().await
+}
