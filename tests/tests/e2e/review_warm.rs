@@ -344,3 +344,79 @@ async fn a_warm_program_sees_the_start_a_cold_one_sees() -> Result<()> {
     assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
     gateway.shutdown().await
 }
+
+/// `__main__` as libraries use it: pickling a class defined there, `inspect.getsource`,
+/// `doctest`, dataclasses and type hints, and a `multiprocessing` child started with
+/// `spawn` (which imports the main module again from its path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libraries_that_use_main_work_as_cold() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let code = "import pickle, inspect, doctest, dataclasses, typing, multiprocessing as mp\n\
+        @dataclasses.dataclass\n\
+        class P:\n\
+        \x20   x: int = 1\n\
+        def sq(n: int) -> int:\n\
+        \x20   '''\n\
+        \x20   >>> sq(3)\n\
+        \x20   9\n\
+        \x20   '''\n\
+        \x20   return n * n\n\
+        print(pickle.loads(pickle.dumps(P(2))))\n\
+        print(inspect.getsource(sq).splitlines()[0])\n\
+        print(doctest.testmod())\n\
+        print(typing.get_type_hints(sq))\n\
+        if __name__ == '__main__':\n\
+        \x20   with mp.get_context('spawn').Pool(1) as pool:\n\
+        \x20       print(pool.map(sq, [2, 3]))\n";
+    let (warm, cold) = warm_and_cold(&gateway, request("main", "python", code)).await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
+    ensure!(warm.stdout.contains("[4, 9]"), "{}", warm.stderr);
+    gateway.shutdown().await
+}
+
+/// A credential without the network, on a gateway whose `python` runtime has it (so the
+/// pool's interpreters have it): its program must not get one of them, nor the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_without_network_gets_no_networked_interpreter() -> Result<()> {
+    use crate::credentials::{connect_as, run_on, token, KeyDir, SECRET};
+    use serde_json::json;
+    if !jail_available() || sluice_tests::host_report().network.is_none() {
+        return Ok(());
+    }
+    let dir = KeyDir::new()?;
+    let mut config = Config {
+        isolation: Isolation::Namespaces,
+        warm_pool: Some(1),
+        auth: sluice_gateway::AuthConfig {
+            jwt_secret_file: Some(dir.write("secret", &format!("{SECRET}\n"))?),
+            ..sluice_gateway::AuthConfig::default()
+        },
+        ..Config::default()
+    };
+    for spec in config.runtimes.iter_mut().filter(|s| s.name == "python") {
+        spec.network = true;
+    }
+    let gateway = TestGateway::spawn_with(config).await;
+    let port = gateway.addr().port();
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), 5).close()\n    print('connected')\nexcept OSError:\n    print('refused')\n"
+    );
+    let outcome = |events: &[sluice_protocol::Event]| -> (bool, String) {
+        let warm = events
+            .iter()
+            .any(|e| e.kind == EventKind::Started && e.data == "warm");
+        (warm, sluice_tests::text_of(events, EventKind::Stdout))
+    };
+    pool_ready(&gateway, 1.0).await?;
+    let mut without = connect_as(&gateway, &token(json!({"sub": "a", "network": false}))?).await?;
+    let denied = outcome(&run_on(&mut without, request("n", "python", &probe)).await?);
+    assert_eq!(denied, (false, "refused\n".to_owned()));
+    pool_ready(&gateway, 1.0).await?;
+    let mut with = connect_as(&gateway, &token(json!({"sub": "b"}))?).await?;
+    let allowed = outcome(&run_on(&mut with, request("y", "python", &probe)).await?);
+    assert_eq!(allowed, (true, "connected\n".to_owned()));
+    gateway.shutdown().await
+}
