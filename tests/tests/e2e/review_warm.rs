@@ -459,3 +459,58 @@ async fn a_huge_configured_file_size_limit_runs_as_cold() -> Result<()> {
     assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
     gateway.shutdown().await
 }
+
+/// Executions cancelled as soon as they are sent (while the claimed interpreter may
+/// still be reading its code) end, and leave no workspace: in the end the work root
+/// holds only the waiting interpreters' directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_cancelled_in_their_claim_leave_nothing() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    let code = "import os\nprint(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n";
+    let probe = run(&client, request("root", "python", code)).await?;
+    client.close().await?;
+    let root = probe.stdout.trim().to_owned();
+    ensure!(root.starts_with('/'), "no work root: {}", probe.stderr);
+    let mut socket = gateway.raw().await?;
+    // Large code, so the bootstrap is still reading it when the cancel lands.
+    let big = format!(
+        "x = '{}'\nimport time\ntime.sleep(60)\n",
+        "y".repeat(900_000)
+    );
+    let mut warm = 0;
+    for n in 0..4 {
+        pool_ready(&gateway, 1.0).await?;
+        let id = format!("c{n}");
+        socket.execute(request(&id, "python", &big)).await?;
+        socket.cancel(&id).await?;
+        let events = socket.events_until_terminal(&id).await?;
+        let terminal = events.last().context("no terminal")?;
+        ensure!(terminal.kind != EventKind::Completed, "{terminal:?}");
+        warm += usize::from(
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::Started && e.data == "warm"),
+        );
+    }
+    socket.close().await?;
+    ensure!(warm > 0, "no cancelled execution started warm");
+    pool_ready(&gateway, 2.0).await?;
+    let dirs = || {
+        std::fs::read_dir(&root)
+            .map(|dir| dir.flatten().count())
+            .unwrap_or(usize::MAX)
+    };
+    sluice_tests::eventually(
+        sluice_tests::patience(),
+        "only the pool's directories",
+        || dirs() == 2,
+    )
+    .await
+    .with_context(|| format!("{} entries in {root}", dirs()))?;
+    gateway.shutdown().await
+}
