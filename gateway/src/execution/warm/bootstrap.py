@@ -22,9 +22,12 @@ while len(h) < 128:
         os._exit(0)
     h += c
 n, c, f, o = [int(x) for x in h.split()[1:5]]
-r.setrlimit(r.RLIMIT_CPU, (c, c + 1))
-r.setrlimit(r.RLIMIT_FSIZE, (f, f))
-r.setrlimit(r.RLIMIT_NOFILE, (o, o))
+# setrlimit takes a C long: u64::MAX is RLIM_INFINITY, other values past it the largest.
+l = lambda x: r.RLIM_INFINITY if x == (1 << 64) - 1 else min(x, (1 << 63) - 1)
+r.setrlimit(r.RLIMIT_CPU, (l(c), l(c + 1)))
+r.setrlimit(r.RLIMIT_FSIZE, (l(f), l(f)))
+r.setrlimit(r.RLIMIT_NOFILE, (l(o), l(o)))
+del l
 del r
 s = []
 while n > 0:

@@ -1,0 +1,516 @@
+//! An outside attack review of the warm pool (issue 13): what an execution that claims a
+//! pre-started interpreter can see, keep or change that a cold `python3 main.py` could
+//! not, and what it can do to the entries still waiting. Each test compares a warm run
+//! with a cold one on the same gateway (a request with `env` always starts cold), or
+//! attacks the pool directly. Findings are marked `#[ignore = "finding: ..."]`.
+
+use crate::isolation::jail_available;
+use crate::observe::{scrape, value};
+use anyhow::{ensure, Context as _, Result};
+use sluice_client::Outcome;
+use sluice_gateway::{Config, Isolation};
+use sluice_protocol::{EventKind, ExecuteRequest, Limits};
+use sluice_tests::{assert_stream_ok, poll_until, request, run, TestGateway};
+use std::collections::BTreeMap;
+
+async fn gateway_with(isolation: Isolation, size: usize) -> TestGateway {
+    TestGateway::spawn_with(Config {
+        isolation,
+        warm_pool: Some(size),
+        ..Config::default()
+    })
+    .await
+}
+
+async fn pool_ready(gateway: &TestGateway, ready: f64) -> Result<()> {
+    let addr = gateway.addr();
+    poll_until("the warm pool to fill", async || {
+        let metrics = scrape(addr).await?;
+        Ok((value(&metrics, "sluice_warm_pool_ready") >= ready).then_some(()))
+    })
+    .await
+}
+
+fn cold(request: ExecuteRequest) -> ExecuteRequest {
+    let mut env = BTreeMap::new();
+    env.insert("SLUICE_TEST_COLD".to_owned(), "1".to_owned());
+    ExecuteRequest { env, ..request }
+}
+
+fn is_warm(outcome: &Outcome) -> Result<bool> {
+    let started = outcome
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::Started)
+        .context("no started event")?;
+    Ok(started.data == "warm")
+}
+
+/// Runs `request` warm (once an interpreter is ready) and then cold.
+async fn warm_and_cold(
+    gateway: &TestGateway,
+    request: ExecuteRequest,
+) -> Result<(Outcome, Outcome)> {
+    let client = gateway.client().await?;
+    pool_ready(gateway, 1.0).await?;
+    let warm = run(&client, request.clone()).await?;
+    let cold = run(&client, cold(request)).await?;
+    assert_stream_ok(&warm.events);
+    assert_stream_ok(&cold.events);
+    ensure!(is_warm(&warm)?, "not a warm start");
+    ensure!(!is_warm(&cold)?, "a request with env started warm");
+    client.close().await?;
+    Ok((warm, cold))
+}
+
+fn seen(outcome: &Outcome) -> (EventKind, Option<i32>, Option<i32>, String, String) {
+    (
+        outcome.kind(),
+        outcome.terminal.exit_code,
+        outcome.terminal.signal,
+        outcome.stdout.clone(),
+        outcome.stderr.clone(),
+    )
+}
+
+/// The entry is started with the maximum process count (the jail's RLIMIT_NPROC comes
+/// from it), and a claim lowers only the cgroup's `pids.max`: what the program sees is
+/// still the same as cold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_rlimit_is_the_requests() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let code = "import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC))\n";
+    let (warm, cold) = warm_and_cold(
+        &gateway,
+        ExecuteRequest {
+            limits: Limits {
+                processes: Some(3),
+                ..Limits::default()
+            },
+            ..request("nproc", "python", code)
+        },
+    )
+    .await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
+    gateway.shutdown().await
+}
+
+/// How many processes a program can really start with `processes: 3`: the same warm
+/// and cold (each fork that fails ends the count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_program_starts_no_more_processes_than_a_cold_one() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let code = "import os, time\n\
+        n = 0\n\
+        kids = []\n\
+        for _ in range(20):\n\
+        \x20   try:\n\
+        \x20       pid = os.fork()\n\
+        \x20   except OSError:\n\
+        \x20       break\n\
+        \x20   if pid == 0:\n\
+        \x20       time.sleep(30)\n\
+        \x20       os._exit(0)\n\
+        \x20   kids.append(pid)\n\
+        print('forked', len(kids))\n\
+        for pid in kids:\n\
+        \x20   os.kill(pid, 9)\n\
+        \x20   os.waitpid(pid, 0)\n";
+    let (warm, cold) = warm_and_cold(
+        &gateway,
+        ExecuteRequest {
+            limits: Limits {
+                processes: Some(3),
+                ..Limits::default()
+            },
+            ..request("forks", "python", code)
+        },
+    )
+    .await?;
+    assert_eq!(
+        warm.stdout, cold.stdout,
+        "{} / {}",
+        warm.stderr, cold.stderr
+    );
+    gateway.shutdown().await
+}
+
+/// The bootstrap's frame sits above the program's module frame: `sys._getframe(1)`, a
+/// module-level `warnings.warn(..., stacklevel=2)`, `inspect.stack()` and
+/// `traceback.print_stack()` see it, where `python3 main.py` has nothing above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding (documented in PROTOCOL 11.5): a bootstrap frame above __main__ (warnings)"]
+async fn nothing_sits_above_the_programs_module_frame() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let code = "import sys, inspect, warnings\n\
+        print(sys._getframe().f_back is None, len(inspect.stack()))\n\
+        warnings.warn('up', stacklevel=2)\n";
+    let (warm, cold) = warm_and_cold(&gateway, request("frames", "python", code)).await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
+    gateway.shutdown().await
+}
+
+/// What the program can find of the bootstrap through the garbage collector and the
+/// frame above it: no name of the bootstrap's left, no header, no pipe but stdio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_leaves_no_state_and_no_descriptors() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let code = "import gc, os, sys\n\
+        f = sys._getframe().f_back\n\
+        print('above', None if f is None else sorted(f.f_globals))\n\
+        hits = [o for o in gc.get_objects() if isinstance(o, (list, dict)) and \
+        any(isinstance(v, bytes) and v.startswith(b'SLUICE') for v in (o.values() if isinstance(o, dict) else o))]\n\
+        print('header', len(hits))\n\
+        print('fds', sorted(os.listdir('/proc/self/fd')))\n\
+        print('environ', sorted(os.environ))\n";
+    let (warm, cold) = warm_and_cold(&gateway, request("state", "python", code)).await?;
+    let line = |o: &Outcome, key: &str| {
+        o.stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(line(&warm, "above"), "above []", "{}", warm.stderr);
+    assert_eq!(line(&warm, "header"), "header 0");
+    assert_eq!(line(&warm, "fds"), line(&cold, "fds"));
+    // The cold run has the marker variable of `cold()` as well.
+    let environ = line(&cold, "environ").replace("'SLUICE_TEST_COLD', ", "");
+    assert_eq!(line(&warm, "environ"), environ);
+    gateway.shutdown().await
+}
+
+/// Code that carries the header's bytes and no trailing newline, and stdin that looks
+/// like a header, behave as cold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_and_stdin_that_look_like_the_header_run_as_cold() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let header_like = format!("{:<127}\n", "SLUICE 5 1 1 1");
+    let cases = [(
+        "header-code",
+        format!("# {header_like}import sys\nprint(repr(sys.stdin.read()))"),
+    )];
+    for (id, code) in cases {
+        let (warm, cold) = warm_and_cold(
+            &gateway,
+            ExecuteRequest {
+                stdin: Some(header_like.clone()),
+                ..request(id, "python", &code)
+            },
+        )
+        .await?;
+        assert_eq!(seen(&warm), seen(&cold), "{id}: warm and cold differ");
+    }
+    gateway.shutdown().await
+}
+
+/// Code with a NUL byte: `compile()` in the bootstrap words the error differently
+/// (`source code string cannot ...`) and shows no location, where `python3 main.py`
+/// names the file and line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: a NUL byte in the code gives another SyntaxError text warm than cold"]
+async fn code_with_a_nul_byte_fails_as_cold() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let (warm, cold) = warm_and_cold(&gateway, request("nul", "python", "print(1)\0\n")).await?;
+    // Only the directory differs between two runs.
+    let strip = |text: &str| {
+        text.lines()
+            .filter(|l| !l.contains("main.py"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        (warm.terminal.exit_code, strip(&warm.stderr)),
+        (cold.terminal.exit_code, strip(&cold.stderr))
+    );
+    assert_eq!(
+        warm.stderr.contains("main.py"),
+        cold.stderr.contains("main.py")
+    );
+    gateway.shutdown().await
+}
+
+/// Without the jail every program runs as the one sandbox user. Writing to a waiting
+/// entry's stdin through `/proc` is refused (tried: EACCES), but a signal is not: an
+/// execution can stop (SIGSTOP) every waiting entry. A stopped entry has not exited and
+/// wrote nothing, so it is still claimed, and the next client's execution then hangs
+/// until its timeout. A cold start only shares the host with the executions running at
+/// the same time; the pool hands the attacker later executions too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: unjailed, an execution can stop waiting warm entries; later claims hang"]
+async fn an_execution_cannot_wedge_a_waiting_entry() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    // Runs warm (one entry left waiting) and stops every other waiting bootstrap.
+    let attack = "import os, signal\n\
+        hit = 0\n\
+        for pid in os.listdir('/proc'):\n\
+        \x20   if not pid.isdigit() or int(pid) == os.getpid():\n\
+        \x20       continue\n\
+        \x20   try:\n\
+        \x20       if b'sluice-warm-ready' in open(f'/proc/{pid}/cmdline', 'rb').read():\n\
+        \x20           os.kill(int(pid), signal.SIGSTOP)\n\
+        \x20           hit += 1\n\
+        \x20   except OSError:\n\
+        \x20       pass\n\
+        print('stopped', hit)\n";
+    let attacker = run(&client, request("attacker", "python", attack)).await?;
+    ensure!(is_warm(&attacker)?, "the attacker did not start warm");
+    let victim = run(
+        &client,
+        ExecuteRequest {
+            limits: Limits {
+                timeout_ms: Some(5_000),
+                ..Limits::default()
+            },
+            ..request("victim", "python", "print('mine')\n")
+        },
+    )
+    .await?;
+    client.close().await?;
+    assert_eq!(
+        (victim.kind(), victim.stdout.as_str()),
+        (EventKind::Completed, "mine\n"),
+        "after the attacker ({}), warm: {}",
+        attacker.stdout,
+        is_warm(&victim)?
+    );
+    gateway.shutdown().await
+}
+
+/// A shutdown with entries ready kills every waiting interpreter and removes its
+/// workspace (found through the work root a program sees in its own path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_entries_ready_leaves_no_interpreter_or_workspace() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    let code = "import os\nprint(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n";
+    let probe = run(&client, request("root", "python", code)).await?;
+    client.close().await?;
+    let root = probe.stdout.trim().to_owned();
+    ensure!(root.starts_with('/'), "no work root: {}", probe.stderr);
+    pool_ready(&gateway, 2.0).await?;
+    ensure!(
+        !sluice_tests::processes_with(&root).is_empty(),
+        "no waiting interpreter under {root}"
+    );
+    gateway.shutdown().await?;
+    assert_eq!(sluice_tests::processes_with(&root), Vec::new());
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {root}: {left:?}");
+    Ok(())
+}
+
+/// What a program sees of its own start (besides its command line, which PROTOCOL.md
+/// 11.5 says is the bootstrap's): `sys.orig_argv[0]` and `sys.flags`, the signal mask
+/// and dispositions, and its stdin. The pool enlarges each entry's stdin pipe to 1 MiB
+/// so the header and code go in one write; the program keeps that pipe, so a client
+/// can park 1 MiB of stdin in the kernel per warm execution (64 KiB cold), outside the
+/// gateway's buffer budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: a warm program's stdin pipe holds 1 MiB, a cold one's 64 KiB"]
+async fn a_warm_program_sees_the_start_a_cold_one_sees() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let code = "import os, sys, signal, fcntl\n\
+        print(sys.orig_argv[0], sys.flags)\n\
+        print(signal.pthread_sigmask(signal.SIG_BLOCK, []))\n\
+        print([signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)])\n\
+        print(fcntl.fcntl(0, 1032), sys.stdin.isatty())\n";
+    let (warm, cold) = warm_and_cold(&gateway, request("start", "python", code)).await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
+    gateway.shutdown().await
+}
+
+/// `__main__` as libraries use it: pickling a class defined there, `inspect.getsource`,
+/// `doctest`, dataclasses and type hints, and a `multiprocessing` child started with
+/// `spawn` (which imports the main module again from its path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libraries_that_use_main_work_as_cold() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    let code = "import pickle, inspect, doctest, dataclasses, typing, multiprocessing as mp\n\
+        @dataclasses.dataclass\n\
+        class P:\n\
+        \x20   x: int = 1\n\
+        def sq(n: int) -> int:\n\
+        \x20   '''\n\
+        \x20   >>> sq(3)\n\
+        \x20   9\n\
+        \x20   '''\n\
+        \x20   return n * n\n\
+        print(pickle.loads(pickle.dumps(P(2))))\n\
+        print(inspect.getsource(sq).splitlines()[0])\n\
+        print(doctest.testmod())\n\
+        print(typing.get_type_hints(sq))\n\
+        if __name__ == '__main__':\n\
+        \x20   with mp.get_context('spawn').Pool(1) as pool:\n\
+        \x20       print(pool.map(sq, [2, 3]))\n";
+    let (warm, cold) = warm_and_cold(&gateway, request("main", "python", code)).await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
+    ensure!(warm.stdout.contains("[4, 9]"), "{}", warm.stderr);
+    gateway.shutdown().await
+}
+
+/// A credential without the network, on a gateway whose `python` runtime has it (so the
+/// pool's interpreters have it): its program must not get one of them, nor the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_without_network_gets_no_networked_interpreter() -> Result<()> {
+    use crate::credentials::{connect_as, run_on, token, KeyDir, SECRET};
+    use serde_json::json;
+    if !jail_available() || sluice_tests::host_report().network.is_none() {
+        return Ok(());
+    }
+    let dir = KeyDir::new()?;
+    let mut config = Config {
+        isolation: Isolation::Namespaces,
+        warm_pool: Some(1),
+        auth: sluice_gateway::AuthConfig {
+            jwt_secret_file: Some(dir.write("secret", &format!("{SECRET}\n"))?),
+            ..sluice_gateway::AuthConfig::default()
+        },
+        ..Config::default()
+    };
+    for spec in config.runtimes.iter_mut().filter(|s| s.name == "python") {
+        spec.network = true;
+    }
+    let gateway = TestGateway::spawn_with(config).await;
+    let port = gateway.addr().port();
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), 5).close()\n    print('connected')\nexcept OSError:\n    print('refused')\n"
+    );
+    let outcome = |events: &[sluice_protocol::Event]| -> (bool, String) {
+        let warm = events
+            .iter()
+            .any(|e| e.kind == EventKind::Started && e.data == "warm");
+        (warm, sluice_tests::text_of(events, EventKind::Stdout))
+    };
+    pool_ready(&gateway, 1.0).await?;
+    let mut without = connect_as(&gateway, &token(json!({"sub": "a", "network": false}))?).await?;
+    let denied = outcome(&run_on(&mut without, request("n", "python", &probe)).await?);
+    assert_eq!(denied, (false, "refused\n".to_owned()));
+    pool_ready(&gateway, 1.0).await?;
+    let mut with = connect_as(&gateway, &token(json!({"sub": "b"}))?).await?;
+    let allowed = outcome(&run_on(&mut with, request("y", "python", &probe)).await?);
+    assert_eq!(allowed, (true, "connected\n".to_owned()));
+    gateway.shutdown().await
+}
+
+/// A gateway configured with a file-size maximum of 2^63 or more (a way to say
+/// "unlimited"): the bootstrap's `resource.setrlimit` takes a C `long`, so a request
+/// for that much fails in the bootstrap (`OverflowError`, its own traceback, exit 1)
+/// where a cold start runs the program. Fixed in the review: the bootstrap passes
+/// `u64::MAX` as `RLIM_INFINITY` and clamps other values to the largest C `long`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_configured_file_size_limit_runs_as_cold() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let mut config = Config {
+        isolation: Isolation::Namespaces,
+        warm_pool: Some(1),
+        ..Config::default()
+    };
+    config.limits.file_size_bytes = sluice_gateway::LimitBound {
+        default: 64 << 20,
+        max: u64::MAX,
+    };
+    let gateway = TestGateway::spawn_with(config).await;
+    let (warm, cold) = warm_and_cold(
+        &gateway,
+        ExecuteRequest {
+            limits: Limits {
+                file_size_bytes: Some(u64::MAX),
+                ..Limits::default()
+            },
+            ..request("fsize", "python", "print('ran')\n")
+        },
+    )
+    .await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold differ");
+    gateway.shutdown().await
+}
+
+/// Executions cancelled as soon as they are sent (while the claimed interpreter may
+/// still be reading its code) end, and leave no workspace: in the end the work root
+/// holds only the waiting interpreters' directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_cancelled_in_their_claim_leave_nothing() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let gateway = gateway_with(Isolation::Namespaces, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    let code = "import os\nprint(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n";
+    let probe = run(&client, request("root", "python", code)).await?;
+    client.close().await?;
+    let root = probe.stdout.trim().to_owned();
+    ensure!(root.starts_with('/'), "no work root: {}", probe.stderr);
+    let mut socket = gateway.raw().await?;
+    // Large code, so the bootstrap is still reading it when the cancel lands.
+    let big = format!(
+        "x = '{}'\nimport time\ntime.sleep(60)\n",
+        "y".repeat(900_000)
+    );
+    let mut warm = 0;
+    for n in 0..4 {
+        pool_ready(&gateway, 1.0).await?;
+        let id = format!("c{n}");
+        socket.execute(request(&id, "python", &big)).await?;
+        socket.cancel(&id).await?;
+        let events = socket.events_until_terminal(&id).await?;
+        let terminal = events.last().context("no terminal")?;
+        ensure!(terminal.kind != EventKind::Completed, "{terminal:?}");
+        warm += usize::from(
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::Started && e.data == "warm"),
+        );
+    }
+    socket.close().await?;
+    ensure!(warm > 0, "no cancelled execution started warm");
+    pool_ready(&gateway, 2.0).await?;
+    let dirs = || {
+        std::fs::read_dir(&root)
+            .map(|dir| dir.flatten().count())
+            .unwrap_or(usize::MAX)
+    };
+    sluice_tests::eventually(
+        sluice_tests::patience(),
+        "only the pool's directories",
+        || dirs() == 2,
+    )
+    .await
+    .with_context(|| format!("{} entries in {root}", dirs()))?;
+    gateway.shutdown().await
+}
