@@ -323,7 +323,7 @@ async fn hold(mut socket: Socket, closed: Arc<AtomicUsize>) {
 }
 
 /// A gauge's value from the gateway's `/metrics` (served to loopback peers).
-async fn gauge(addr: SocketAddr, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn gauge(addr: SocketAddr, name: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");

@@ -158,6 +158,12 @@ fn main() -> anyhow::Result<()> {
         for (label, _, port) in &isolated {
             isolation_rows(label, addr, local(*port), &args).await?;
         }
+        if let Some((_, _, port)) = isolated
+            .iter()
+            .find(|(label, ..)| label.starts_with("full"))
+        {
+            warm_rows(local(*port), &args).await?;
+        }
         println!("fairness: a side execution while 16 executions spin (4 processes each):");
         if let Some((_, _, port)) = isolated.first() {
             fairness_rows("cgroups", local(*port), &args).await?;
@@ -439,6 +445,122 @@ async fn isolation_rows(
         true,
     );
     Ok(())
+}
+
+/// Section 6b: a jailed Python program's start from the warm pool (the full-isolation
+/// gateway keeps its default pool) against the same request started cold (it carries an
+/// environment variable, which always starts cold) and against spawning `python3`
+/// directly. Before each warm run the bench waits until `/metrics` shows an interpreter
+/// ready, so every warm run is one (a miss would be counted and reported).
+async fn warm_rows(isolated: SocketAddr, args: &Args) -> anyhow::Result<()> {
+    let url = format!("ws://{isolated}{}", sluice_protocol::WS_PATH);
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await?;
+    let runs = (args.latency_runs / 3).max(20);
+    // The interpreter itself, as the gateway resolves it: a wrapper on PATH (a pyenv
+    // shim) would add tens of milliseconds to the direct side.
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("run python3")?;
+    let python = String::from_utf8(python.stdout)?.trim().to_owned();
+    let (mut warm, mut cold, mut direct, mut misses) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for _ in 0..runs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while idle::gauge(isolated, "sluice_warm_pool_ready").await? == "0" {
+            if Instant::now() > deadline {
+                println!("  [warm starts: not measured: no interpreter became ready in 30 s]");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (first, was_warm) = python_first_stdout(&mut socket, false).await?;
+        if was_warm {
+            warm.push(first);
+        } else {
+            misses += 1;
+        }
+        cold.push(python_first_stdout(&mut socket, true).await?.0);
+        direct.push(direct_python_first_stdout(&python).await?);
+    }
+    if warm.is_empty() {
+        println!("  [warm starts: not measured: every run started cold]");
+        return Ok(());
+    }
+    for list in [&mut warm, &mut cold, &mut direct] {
+        list.sort();
+    }
+    let (w, c, d) = (
+        ms(percentile(&warm, 50)),
+        ms(percentile(&cold, 50)),
+        ms(percentile(&direct, 50)),
+    );
+    let label = format!(
+        "python print(1), full jail ({} runs, {misses} missed the pool)",
+        runs
+    );
+    row(
+        &format!("{label}: warm -> stdout p50"),
+        w,
+        d,
+        w / d,
+        "<= 5 ms",
+        w <= 5.0,
+    );
+    row(
+        &format!("{label}: cold -> stdout p50"),
+        c,
+        d,
+        c / d,
+        "-",
+        true,
+    );
+    Ok(())
+}
+
+/// Runs `print(1)` in Python; returns the time to its first stdout and whether
+/// `started` said it came from the warm pool. `cold`: with an environment variable,
+/// which the pool never serves.
+async fn python_first_stdout(socket: &mut Socket, cold: bool) -> anyhow::Result<(Duration, bool)> {
+    let mut request = execute_request("py", "python", "print(1)");
+    request.limits.timeout_ms = None;
+    if cold {
+        request.env.insert("SLUICE_BENCH_COLD".into(), "1".into());
+    }
+    let start = Instant::now();
+    socket
+        .send(Message::text(ClientFrame::Execute(request).to_json()))
+        .await?;
+    let (mut warm, mut first) = (false, None);
+    loop {
+        let event = next_event(socket).await?;
+        if event.kind == EventKind::Started {
+            warm = event.data == "warm";
+        }
+        if event.kind == EventKind::Stdout && first.is_none() {
+            first = Some(start.elapsed());
+        }
+        if event.is_terminal() {
+            check_terminal(&event)?;
+            return Ok((first.context("no stdout event")?, warm));
+        }
+    }
+}
+
+async fn direct_python_first_stdout(python: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", "print(1)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut byte = [0u8; 1];
+    stdout.read_exact(&mut byte).await?;
+    let elapsed = start.elapsed();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).await?;
+    child.wait().await?;
+    Ok(elapsed)
 }
 
 /// The gateway side, set up as `sluice serve` sets itself up (same worker threads, default

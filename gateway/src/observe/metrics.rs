@@ -52,10 +52,11 @@ pub(crate) const WARM_MISS_REASONS: [&str; 8] = [
 
 /// Why a warm interpreter was discarded (`sluice_warm_pool_discards_total`;
 /// `execution::warm::Discard` names them).
-pub(crate) const WARM_DISCARD_REASONS: [&str; 6] = [
+pub(crate) const WARM_DISCARD_REASONS: [&str; 7] = [
     "start_failed",
     "dead",
     "output",
+    "stopped",
     "stale",
     "claim_failed",
     "shutdown",

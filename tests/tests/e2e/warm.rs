@@ -25,7 +25,7 @@ async fn warm_gateway(size: usize) -> TestGateway {
 }
 
 /// Waits until the pool has at least `ready` interpreters ready (`/metrics`).
-async fn pool_ready(gateway: &TestGateway, ready: f64) -> Result<()> {
+pub(crate) async fn pool_ready(gateway: &TestGateway, ready: f64) -> Result<()> {
     let addr = gateway.addr();
     poll_until("the warm pool to fill", async || {
         let metrics = scrape(addr).await?;
@@ -35,7 +35,7 @@ async fn pool_ready(gateway: &TestGateway, ready: f64) -> Result<()> {
 }
 
 /// The same request, made to start cold (the pool never serves a request with `env`).
-fn cold(request: ExecuteRequest) -> ExecuteRequest {
+pub(crate) fn cold(request: ExecuteRequest) -> ExecuteRequest {
     let mut env = BTreeMap::new();
     env.insert("SLUICE_TEST_COLD".to_owned(), "1".to_owned());
     ExecuteRequest { env, ..request }
@@ -49,7 +49,7 @@ fn started(outcome: &Outcome) -> Result<&Event> {
         .context("no started event")
 }
 
-fn is_warm(outcome: &Outcome) -> Result<bool> {
+pub(crate) fn is_warm(outcome: &Outcome) -> Result<bool> {
     Ok(started(outcome)?.data == "warm")
 }
 

@@ -28,6 +28,9 @@ impl Entry {
         if wrote(&self.stdout) || wrote(&self.stderr) {
             return Some(Discard::Output);
         }
+        if self.program_pid.is_some_and(stopped) {
+            return Some(Discard::Stopped);
+        }
         (self.born.elapsed() > max_age).then_some(Discard::Stale)
     }
 
@@ -51,10 +54,17 @@ impl Entry {
 pub(super) fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) -> io::Result<()> {
     let limits = &spec.limits;
     let code = spec.code.as_bytes();
-    if code.len() + HEADER_BYTES > entry.stdin_capacity {
-        return Err(io::Error::other(
-            "the code does not fit in the entry's stdin",
-        ));
+    let needed = code.len() + HEADER_BYTES;
+    if needed > entry.stdin_capacity {
+        // Grown only for code that needs it (up to STDIN_PIPE_BYTES, which `fallback`
+        // checked): the program keeps this pipe as its stdin.
+        sys::set_pipe_size(&entry.stdin, needed);
+        entry.stdin_capacity = sys::pipe_capacity(&entry.stdin)?;
+        if needed > entry.stdin_capacity {
+            return Err(io::Error::other(
+                "the code does not fit in the entry's stdin",
+            ));
+        }
     }
     entry.child.hand_over_cgroup(
         limits.memory_bytes,
@@ -102,4 +112,20 @@ pub(super) async fn read_ready(stdout: &pipe::Receiver) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the process `pid` is stopped (state `T` or `t` in `/proc/PID/stat`). Without
+/// the jail, every program runs as the same user and could stop a waiting interpreter.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which ends at the last ')'.
+            let after = &stat[stat.rfind(')')? + 1..];
+            after
+                .split_whitespace()
+                .next()
+                .map(|s| s == "T" || s == "t")
+        })
+        .unwrap_or(false)
 }

@@ -63,7 +63,10 @@ const TOO_OLD: &[u8] = b"sluice-warm-older\n";
 /// spaces, then `\n`.
 const HEADER_BYTES: usize = 128;
 
-/// The stdin pipe asked for, so the header and code go in one write that never blocks.
+/// The largest stdin pipe a claim asks for, so that the header and code go in one write
+/// that never blocks (the kernel's default `pipe-max-size`). An entry's pipe keeps the
+/// default size until code that needs more claims it: the program keeps that pipe as
+/// its stdin, and input parked in it is outside the gateway's buffer budget.
 const STDIN_PIPE_BYTES: usize = 1 << 20;
 
 /// How long an interpreter may take to become ready before it is given up.
@@ -141,6 +144,9 @@ pub(crate) enum Discard {
     Dead,
     /// It wrote something before its claim.
     Output,
+    /// It was stopped (by a signal from another program of the same user, without the
+    /// jail): claimed, it would hang its execution.
+    Stopped,
     /// It was older than the maximum age.
     Stale,
     /// Its claim failed.
@@ -151,10 +157,11 @@ pub(crate) enum Discard {
 
 impl Discard {
     #[cfg(test)]
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::StartFailed,
         Self::Dead,
         Self::Output,
+        Self::Stopped,
         Self::Stale,
         Self::ClaimFailed,
         Self::Shutdown,
@@ -165,6 +172,7 @@ impl Discard {
             Self::StartFailed => "start_failed",
             Self::Dead => "dead",
             Self::Output => "output",
+            Self::Stopped => "stopped",
             Self::Stale => "stale",
             Self::ClaimFailed => "claim_failed",
             Self::Shutdown => "shutdown",
@@ -245,7 +253,9 @@ pub(super) fn fallback(
         Some(Miss::Args)
     } else if !limits_fit {
         Some(Miss::Limits)
-    } else if spec.code.len() > STDIN_PIPE_BYTES - HEADER_BYTES {
+    } else if spec.code.len() > STDIN_PIPE_BYTES - HEADER_BYTES || spec.code.contains('\0') {
+        // A NUL byte: `compile` refuses such source with another message than the
+        // interpreter's own reading of main.py, so it starts cold.
         Some(Miss::CodeSize)
     } else {
         None

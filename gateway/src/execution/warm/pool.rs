@@ -312,7 +312,6 @@ impl WarmPool {
         .await
         .map_err(io::Error::other)??;
         let stdin = OwnedFd::from(spawned.stdin);
-        sys::set_pipe_size(&stdin, STDIN_PIPE_BYTES);
         let stdin_capacity = sys::pipe_capacity(&stdin)?;
         tokio::time::timeout(READY_TIMEOUT, read_ready(&spawned.stdout))
             .await
