@@ -2,7 +2,8 @@
 //! pre-started interpreter can see, keep or change that a cold `python3 main.py` could
 //! not, and what it can do to the entries still waiting. Each test compares a warm run
 //! with a cold one on the same gateway (a request with `env` always starts cold), or
-//! attacks the pool directly. Findings are marked `#[ignore = "finding: ..."]`.
+//! attacks the pool directly. The findings (tests that failed) were fixed; their doc
+//! comments say how.
 
 use crate::isolation::jail_available;
 use anyhow::{ensure, Context as _, Result};
