@@ -76,6 +76,9 @@ pub(crate) struct Batch {
     /// `gap` frames among `frames`, and the events they say were missed (for metrics).
     pub(crate) gaps: u64,
     pub(crate) missed: u64,
+    /// The byte cap stopped the take with events still untaken: nothing will announce
+    /// them again, so the writer must take again without waiting for news.
+    pub(crate) more: bool,
 }
 
 impl SocketLink {
@@ -236,6 +239,7 @@ impl SocketLink {
                 if batch.bytes >= max_bytes {
                     // Start the next pass where this one ran out of room.
                     *start = (*start + step) % count;
+                    batch.more = true;
                     break;
                 }
                 let index = (*start + step) % count;
@@ -287,6 +291,7 @@ impl SocketLink {
                     .map(|frame| frame.as_str().len())
                     .sum::<usize>();
                 subscription.cursor = taken.cursor;
+                batch.more |= taken.cursor < taken.head;
                 let complete = complete_before && taken.cursor >= taken.head;
                 if complete {
                     subscription.finished = Some(

@@ -122,6 +122,7 @@ where
             next_ping = now + ping_interval;
         }
         let (events, bytes) = (batch.frames.len(), batch.bytes);
+        let more = batch.more;
         let (gaps, missed) = (batch.gaps, batch.missed);
         let write = async {
             if ping {
@@ -165,7 +166,9 @@ where
             _ => 1,
         };
         last_write = Some(now);
-        just_wrote = true;
+        // What was published during the write notified `wake`; what the byte cap left
+        // behind did not, and is taken at once.
+        just_wrote = !more;
         let metrics = &state.observe.metrics;
         metrics.delivered(events, bytes);
         if gaps > 0 {

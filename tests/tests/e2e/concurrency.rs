@@ -141,3 +141,38 @@ async fn executions_in_one_session_share_one_gap_free_sequence() -> Result<()> {
     }
     gateway.shutdown().await
 }
+
+/// A program that prints four times what its session's event buffer holds, as fast
+/// as it can, and exits: every byte arrives, in order, before `completed` (the pump
+/// pauses while the buffer is full; what is left at the exit goes out batch after
+/// batch: the writer's unit test `what_a_batch_leaves_behind_is_taken_without_news`
+/// pins the case where nothing is published after a batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_left_in_a_full_buffer_after_the_exit_is_all_delivered() -> Result<()> {
+    const BYTES: usize = 8 << 20;
+    let gateway = TestGateway::spawn_with(sluice_gateway::Config {
+        replay_bytes: 2 << 20,
+        ..sluice_gateway::Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let code = format!(
+        "import sys\nblock = b'y' * 65536\nfor _ in range({}):\n    sys.stdout.buffer.write(block)\n",
+        BYTES / 65536
+    );
+    let outcome = run(&client, request("full", "python", &code)).await?;
+    assert_stream_ok(&outcome.events);
+    ensure!(
+        outcome.kind() == EventKind::Completed,
+        "{:?}: {}",
+        outcome.kind(),
+        outcome.stderr
+    );
+    ensure!(
+        outcome.stdout.len() == BYTES && outcome.stdout.bytes().all(|b| b == b'y'),
+        "received {} of {BYTES} bytes",
+        outcome.stdout.len()
+    );
+    client.close().await?;
+    gateway.shutdown().await
+}

@@ -241,47 +241,71 @@ impl futures::Sink<Message> for RecordingSink {
     }
 }
 
+/// A writer task over a [`RecordingSink`], reading its socket's own stream: the stream
+/// (to publish on), the sink (to read the writes from), the token that finishes the
+/// writer, and the task.
+struct WriterUnderTest {
+    _gateway: Gateway,
+    own: Arc<crate::fanout::EventStream>,
+    sink: RecordingSink,
+    finish: tokio_util::sync::CancellationToken,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl WriterUnderTest {
+    async fn start() -> Self {
+        use crate::connection::writer::{write_loop, Writer};
+        let gateway = Gateway::start().await;
+        let state = gateway.state.clone();
+        let own = Arc::new(crate::fanout::EventStream::new(
+            None,
+            crate::fanout::ReplayCaps::from_config(&state.config),
+            &state.buffers,
+        ));
+        let link = Arc::new(crate::connection::link::SocketLink::new(9_999, own.clone()));
+        let sink = RecordingSink::default();
+        let finish = tokio_util::sync::CancellationToken::new();
+        let writer = tokio::spawn(write_loop(Writer {
+            sink: sink.clone(),
+            link,
+            state: state.clone(),
+            failed: tokio_util::sync::CancellationToken::new(),
+            shutdown: state.shutdown.child_token(),
+            finish: finish.clone(),
+            close_reason: Arc::default(),
+            peer_closed: Arc::default(),
+        }));
+        Self {
+            _gateway: gateway,
+            own,
+            sink,
+            finish,
+            writer,
+        }
+    }
+
+    /// Waits until the sink has seen `n` flushes.
+    async fn flushes(&self, n: usize) {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let flushed = self.sink.flushed.notified();
+                if self.sink.log.lock().expect("log").flushed.len() >= n {
+                    break;
+                }
+                flushed.await;
+            }
+        })
+        .await
+        .expect("the writer flushes");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_busy_socket_gets_one_write_per_interval_and_an_exchange_goes_at_once() {
-    use crate::connection::writer::{write_loop, Writer};
-    let gateway = Gateway::start().await;
-    let state = gateway.state.clone();
-    let own = Arc::new(crate::fanout::EventStream::new(
-        None,
-        crate::fanout::ReplayCaps::from_config(&state.config),
-        &state.buffers,
-    ));
-    let link = Arc::new(crate::connection::link::SocketLink::new(9_999, own.clone()));
-    let sink = RecordingSink::default();
-    let finish = tokio_util::sync::CancellationToken::new();
-    let writer = tokio::spawn(write_loop(Writer {
-        sink: sink.clone(),
-        link,
-        state: state.clone(),
-        failed: tokio_util::sync::CancellationToken::new(),
-        shutdown: state.shutdown.child_token(),
-        finish: finish.clone(),
-        close_reason: Arc::default(),
-        peer_closed: Arc::default(),
-    }));
+    let mut test = WriterUnderTest::start().await;
+    let own = test.own.clone();
     let publish = |data: &str| {
         own.publish(Event::new(EventKind::Error, None, data));
-    };
-    let flushes = |n: usize| {
-        let sink = sink.clone();
-        async move {
-            tokio::time::timeout(PATIENCE, async {
-                loop {
-                    let flushed = sink.flushed.notified();
-                    if sink.log.lock().expect("log").flushed.len() >= n {
-                        break;
-                    }
-                    flushed.await;
-                }
-            })
-            .await
-            .expect("the writer flushes");
-        }
     };
 
     use crate::connection::writer::{QUICK_WRITES, WRITE_INTERVAL};
@@ -291,23 +315,23 @@ async fn a_busy_socket_gets_one_write_per_interval_and_an_exchange_goes_at_once(
     // one write per event, however close together.
     for n in 0..quick {
         publish(&format!("q{n}"));
-        flushes(n + 1).await;
+        test.flushes(n + 1).await;
     }
     // Now busy: b and c, within the interval of the last write, wait for its end and
     // share a write.
     publish("b");
     tokio::time::advance(Duration::from_millis(1)).await;
     publish("c");
-    flushes(quick + 1).await;
+    test.flushes(quick + 1).await;
     // A socket quiet for longer than the interval sends at once.
     tokio::time::advance(Duration::from_millis(50)).await;
     let quiet = tokio::time::Instant::now();
     publish("d");
-    flushes(quick + 2).await;
-    finish.cancel();
-    writer.await.expect("the writer ends");
+    test.flushes(quick + 2).await;
+    test.finish.cancel();
+    (&mut test.writer).await.expect("the writer ends");
 
-    let log = sink.log.lock().expect("log");
+    let log = test.sink.log.lock().expect("log");
     let groups: Vec<Vec<String>> = log.flushed.iter().map(|(_, f)| f.clone()).collect();
     let mut expected: Vec<Vec<String>> = (0..quick).map(|n| vec![format!("q{n}")]).collect();
     expected.push(vec!["b".into(), "c".into()]);
@@ -324,4 +348,46 @@ async fn a_busy_socket_gets_one_write_per_interval_and_an_exchange_goes_at_once(
         quiet,
         "nor does one on a socket that was quiet"
     );
+}
+
+/// More than a batch waits in the stream and nothing more is published (a program
+/// that printed its buffer full and exited): the writer takes the rest at once, batch
+/// after batch, instead of waiting for news after each write (which stalled such a
+/// socket until the next ping, half a minute a batch).
+#[tokio::test(start_paused = true)]
+async fn what_a_batch_leaves_behind_is_taken_without_news() {
+    let mut test = WriterUnderTest::start().await;
+    let big = "z".repeat(64 << 10);
+    let count = 16; // 1 MiB: four batches at least
+    for _ in 0..count {
+        test.own
+            .publish(Event::new(EventKind::Error, None, big.as_str()));
+    }
+    let start = tokio::time::Instant::now();
+    let all_written = async {
+        loop {
+            let flushed = test.sink.flushed.notified();
+            let (events, writes) = {
+                let log = test.sink.log.lock().expect("log");
+                let events: usize = log.flushed.iter().map(|(_, frames)| frames.len()).sum();
+                (events, log.flushed.len())
+            };
+            if events >= count {
+                return writes;
+            }
+            flushed.await;
+        }
+    };
+    let writes = tokio::time::timeout(PATIENCE, all_written)
+        .await
+        .expect("the writer writes every event");
+    assert!(writes > 1, "more than one batch: {writes}");
+    // Virtual time (the clock is paused): only the write interval may pass, no ping.
+    let took = tokio::time::Instant::now() - start;
+    assert!(
+        took < Duration::from_millis(100),
+        "the writer waited {took:?} between batches"
+    );
+    test.finish.cancel();
+    (&mut test.writer).await.expect("the writer ends");
 }
