@@ -456,13 +456,7 @@ async fn warm_rows(isolated: SocketAddr, args: &Args) -> anyhow::Result<()> {
     let url = format!("ws://{isolated}{}", sluice_protocol::WS_PATH);
     let (mut socket, _) = tokio_tungstenite::connect_async(&url).await?;
     let runs = (args.latency_runs / 3).max(20);
-    // The interpreter itself, as the gateway resolves it: a wrapper on PATH (a pyenv
-    // shim) would add tens of milliseconds to the direct side.
-    let python = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .context("run python3")?;
-    let python = String::from_utf8(python.stdout)?.trim().to_owned();
+    let python = real_python()?;
     let (mut warm, mut cold, mut direct, mut misses) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for _ in 0..runs {
         let deadline = Instant::now() + Duration::from_secs(30);
