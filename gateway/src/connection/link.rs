@@ -79,6 +79,9 @@ pub(crate) struct Batch {
     /// The byte cap stopped the take with events still untaken: nothing will announce
     /// them again, so the writer must take again without waiting for news.
     pub(crate) more: bool,
+    /// Sessions this socket reads that had not finished as of this take: with two or
+    /// more, events come from producers that do not wait for each other.
+    pub(crate) live_sessions: usize,
 }
 
 impl SocketLink {
@@ -301,6 +304,10 @@ impl SocketLink {
                     done = true;
                 }
             }
+            batch.live_sessions = subscriptions
+                .iter()
+                .filter(|s| s.finished.is_none() && matches!(s.source, Source::Session(_)))
+                .count();
             if done {
                 // Keep the newest finished sessions; the older ones (and those the client
                 // acknowledged, marked 0) end now.

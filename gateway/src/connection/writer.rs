@@ -21,10 +21,11 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Shortest time between two writes to a busy socket. Events that come within it of
 /// the last write wait for its end and go out together: one `send` and one wakeup of
 /// the client for all of them instead of one each, which is most of the gateway's CPU
-/// per event when many programs print a line at a time. A socket is busy once it had
-/// [`QUICK_WRITES`] writes in a row, each within [`BUSY_GAP`] of the one before: an
-/// exchange (`started`, a line, `completed` of a short program or a cell) and any event
-/// on a socket that was quiet go out at once, so only a busy socket's events wait.
+/// per event when many programs print a line at a time. A socket is busy when it reads
+/// two or more sessions still running and had [`QUICK_WRITES`] writes in a row, each
+/// within [`BUSY_GAP`] of the one before. A socket that follows one execution or cell
+/// at a time (a request, its events, the next request) never waits: its next event may
+/// be what its client waits for before it sends anything else.
 pub(super) const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Writes in a row that go out at once before a socket counts as busy.
@@ -76,6 +77,8 @@ where
     let mut last_write: Option<tokio::time::Instant> = None;
     // Writes in the current run (each within BUSY_GAP of the one before).
     let mut run_of_writes: u32 = 0;
+    // The last take saw two or more sessions still running on this socket.
+    let mut concurrent = false;
     let mut just_wrote = false;
     loop {
         let wake = link.wake.notified();
@@ -106,7 +109,10 @@ where
                 () = tokio::time::sleep_until(next_ping) => false,
             };
             let hold = last_write.map(|at| at + WRITE_INTERVAL).filter(|until| {
-                woken && run_of_writes >= QUICK_WRITES && tokio::time::Instant::now() < *until
+                woken
+                    && concurrent
+                    && run_of_writes >= QUICK_WRITES
+                    && tokio::time::Instant::now() < *until
             });
             if let Some(until) = hold {
                 // A busy socket: gather what comes until the interval is over, then
@@ -123,6 +129,7 @@ where
         }
         let (events, bytes) = (batch.frames.len(), batch.bytes);
         let more = batch.more;
+        concurrent = batch.live_sessions >= 2;
         let (gaps, missed) = (batch.gaps, batch.missed);
         let write = async {
             if ping {

@@ -246,7 +246,10 @@ impl futures::Sink<Message> for RecordingSink {
 /// writer, and the task.
 struct WriterUnderTest {
     _gateway: Gateway,
+    /// The socket's own stream.
     own: Arc<crate::fanout::EventStream>,
+    /// The sessions it reads; the test publishes on the first, else on `own`.
+    sessions: Vec<Arc<crate::session::Session>>,
     sink: RecordingSink,
     finish: tokio_util::sync::CancellationToken,
     writer: tokio::task::JoinHandle<()>,
@@ -254,6 +257,12 @@ struct WriterUnderTest {
 
 impl WriterUnderTest {
     async fn start() -> Self {
+        Self::reading_sessions(0).await
+    }
+
+    /// The same, its socket reading `sessions` gateway-made sessions as well (still
+    /// running), the first of which the test publishes on.
+    async fn reading_sessions(sessions: usize) -> Self {
         use crate::connection::writer::{write_loop, Writer};
         let gateway = Gateway::start().await;
         let state = gateway.state.clone();
@@ -263,6 +272,16 @@ impl WriterUnderTest {
             &state.buffers,
         ));
         let link = Arc::new(crate::connection::link::SocketLink::new(9_999, own.clone()));
+        let opener = Principal::of_peer(std::net::SocketAddr::from(([127, 0, 0, 1], 1)));
+        let mut opened = Vec::new();
+        for _ in 0..sessions {
+            let session = state
+                .sessions
+                .open_ephemeral(&opener, None)
+                .expect("a session");
+            link.subscribe(&session, 0, crate::fanout::Lead::Take, false);
+            opened.push(session);
+        }
         let sink = RecordingSink::default();
         let finish = tokio_util::sync::CancellationToken::new();
         let writer = tokio::spawn(write_loop(Writer {
@@ -278,10 +297,20 @@ impl WriterUnderTest {
         Self {
             _gateway: gateway,
             own,
+            sessions: opened,
             sink,
             finish,
             writer,
         }
+    }
+
+    /// Publishes `data` (as an event) where the test publishes.
+    fn publish(&self, data: &str) {
+        let event = Event::new(EventKind::Error, None, data);
+        match self.sessions.first() {
+            Some(session) => session.stream.publish(event),
+            None => self.own.publish(event),
+        };
     }
 
     /// Waits until the sink has seen `n` flushes.
@@ -302,11 +331,8 @@ impl WriterUnderTest {
 
 #[tokio::test(start_paused = true)]
 async fn a_busy_socket_gets_one_write_per_interval_and_an_exchange_goes_at_once() {
-    let mut test = WriterUnderTest::start().await;
-    let own = test.own.clone();
-    let publish = |data: &str| {
-        own.publish(Event::new(EventKind::Error, None, data));
-    };
+    // Two sessions running on the socket: producers that do not wait for each other.
+    let mut test = WriterUnderTest::reading_sessions(2).await;
 
     use crate::connection::writer::{QUICK_WRITES, WRITE_INTERVAL};
     let quick = QUICK_WRITES as usize;
@@ -314,19 +340,19 @@ async fn a_busy_socket_gets_one_write_per_interval_and_an_exchange_goes_at_once(
     // An exchange on a quiet socket (started, a line, completed...) goes out at once,
     // one write per event, however close together.
     for n in 0..quick {
-        publish(&format!("q{n}"));
+        test.publish(&format!("q{n}"));
         test.flushes(n + 1).await;
     }
     // Now busy: b and c, within the interval of the last write, wait for its end and
     // share a write.
-    publish("b");
+    test.publish("b");
     tokio::time::advance(Duration::from_millis(1)).await;
-    publish("c");
+    test.publish("c");
     test.flushes(quick + 1).await;
     // A socket quiet for longer than the interval sends at once.
     tokio::time::advance(Duration::from_millis(50)).await;
     let quiet = tokio::time::Instant::now();
-    publish("d");
+    test.publish("d");
     test.flushes(quick + 2).await;
     test.finish.cancel();
     (&mut test.writer).await.expect("the writer ends");
@@ -360,8 +386,7 @@ async fn what_a_batch_leaves_behind_is_taken_without_news() {
     let big = "z".repeat(64 << 10);
     let count = 16; // 1 MiB: four batches at least
     for _ in 0..count {
-        test.own
-            .publish(Event::new(EventKind::Error, None, big.as_str()));
+        test.publish(&big);
     }
     let start = tokio::time::Instant::now();
     let all_written = async {
@@ -390,4 +415,31 @@ async fn what_a_batch_leaves_behind_is_taken_without_news() {
     );
     test.finish.cancel();
     (&mut test.writer).await.expect("the writer ends");
+}
+
+/// A socket that follows one execution at a time (a request, its events, the next
+/// request: the bench's latency loop, a notebook's cells) never waits for the write
+/// interval, however quickly its writes follow each other: its next event may be what
+/// its client waits for before it sends anything else.
+#[tokio::test(start_paused = true)]
+async fn a_socket_following_one_session_never_waits_for_the_interval() {
+    let mut test = WriterUnderTest::reading_sessions(1).await;
+    let start = tokio::time::Instant::now();
+    let count = 4 * crate::connection::writer::QUICK_WRITES as usize;
+    for n in 0..count {
+        test.publish(&format!("e{n}"));
+        test.flushes(n + 1).await;
+    }
+    test.finish.cancel();
+    (&mut test.writer).await.expect("the writer ends");
+    let log = test.sink.log.lock().expect("log");
+    assert_eq!(log.flushed.len(), count, "one write per event");
+    assert!(
+        log.flushed.iter().all(|(at, _)| *at == start),
+        "no write waited: {:?}",
+        log.flushed
+            .iter()
+            .map(|(at, _)| *at - start)
+            .collect::<Vec<_>>()
+    );
 }
