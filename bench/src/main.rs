@@ -541,20 +541,7 @@ async fn python_first_stdout(socket: &mut Socket, cold: bool) -> anyhow::Result<
 }
 
 async fn direct_python_first_stdout(python: &str) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let mut child = tokio::process::Command::new(python)
-        .args(["-c", "print(1)"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let mut byte = [0u8; 1];
-    stdout.read_exact(&mut byte).await?;
-    let elapsed = start.elapsed();
-    let mut rest = Vec::new();
-    stdout.read_to_end(&mut rest).await?;
-    child.wait().await?;
-    Ok(elapsed)
+    direct_first_stdout_of(python, &["-c", "print(1)"]).await
 }
 
 /// The gateway side, set up as `sluice serve` sets itself up (same worker threads, default
@@ -1049,9 +1036,15 @@ async fn gateway_first_stdout(socket: &mut Socket) -> anyhow::Result<(Duration, 
 }
 
 async fn direct_first_stdout() -> anyhow::Result<Duration> {
+    direct_first_stdout_of("sh", &["-c", "echo x"]).await
+}
+
+/// Spawns `program` with `args` directly and times its first byte of stdout (then
+/// reads the rest and reaps it).
+async fn direct_first_stdout_of(program: &str, args: &[&str]) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let mut child = tokio::process::Command::new("sh")
-        .args(["-c", "echo x"])
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()?;

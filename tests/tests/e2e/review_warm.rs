@@ -256,6 +256,15 @@ async fn an_execution_cannot_wedge_a_waiting_entry() -> Result<()> {
     gateway.shutdown().await
 }
 
+/// The work root as a program sees it: the parent of its own directory.
+async fn work_root(client: &sluice_client::Client) -> Result<String> {
+    let code = "import os\nprint(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n";
+    let probe = run(client, request("root", "python", code)).await?;
+    let root = probe.stdout.trim().to_owned();
+    ensure!(root.starts_with('/'), "no work root: {}", probe.stderr);
+    Ok(root)
+}
+
 /// A shutdown with entries ready kills every waiting interpreter and removes its
 /// workspace (found through the work root a program sees in its own path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,11 +275,8 @@ async fn shutdown_with_entries_ready_leaves_no_interpreter_or_workspace() -> Res
     let gateway = gateway_with(Isolation::Namespaces, 2).await;
     let client = gateway.client().await?;
     pool_ready(&gateway, 2.0).await?;
-    let code = "import os\nprint(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n";
-    let probe = run(&client, request("root", "python", code)).await?;
+    let root = work_root(&client).await?;
     client.close().await?;
-    let root = probe.stdout.trim().to_owned();
-    ensure!(root.starts_with('/'), "no work root: {}", probe.stderr);
     pool_ready(&gateway, 2.0).await?;
     ensure!(
         !sluice_tests::processes_with(&root).is_empty(),
@@ -429,11 +435,8 @@ async fn executions_cancelled_in_their_claim_leave_nothing() -> Result<()> {
     let gateway = gateway_with(Isolation::Namespaces, 2).await;
     let client = gateway.client().await?;
     pool_ready(&gateway, 2.0).await?;
-    let code = "import os\nprint(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))\n";
-    let probe = run(&client, request("root", "python", code)).await?;
+    let root = work_root(&client).await?;
     client.close().await?;
-    let root = probe.stdout.trim().to_owned();
-    ensure!(root.starts_with('/'), "no work root: {}", probe.stderr);
     let mut socket = gateway.raw().await?;
     // Large code, so the bootstrap is still reading it when the cancel lands.
     let big = format!(
