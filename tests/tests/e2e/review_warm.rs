@@ -21,34 +21,7 @@ async fn gateway_with(isolation: Isolation, size: usize) -> TestGateway {
     .await
 }
 
-use crate::warm::{cold, is_warm, pool_ready};
-
-/// Runs `request` warm (once an interpreter is ready) and then cold.
-async fn warm_and_cold(
-    gateway: &TestGateway,
-    request: ExecuteRequest,
-) -> Result<(Outcome, Outcome)> {
-    let client = gateway.client().await?;
-    pool_ready(gateway, 1.0).await?;
-    let warm = run(&client, request.clone()).await?;
-    let cold = run(&client, cold(request)).await?;
-    assert_stream_ok(&warm.events);
-    assert_stream_ok(&cold.events);
-    ensure!(is_warm(&warm)?, "not a warm start");
-    ensure!(!is_warm(&cold)?, "a request with env started warm");
-    client.close().await?;
-    Ok((warm, cold))
-}
-
-fn seen(outcome: &Outcome) -> (EventKind, Option<i32>, Option<i32>, String, String) {
-    (
-        outcome.kind(),
-        outcome.terminal.exit_code,
-        outcome.terminal.signal,
-        outcome.stdout.clone(),
-        outcome.stderr.clone(),
-    )
-}
+use crate::warm::{is_warm, pool_ready, seen, warm_and_cold};
 
 /// The entry is started with the maximum process count (the jail's RLIMIT_NPROC comes
 /// from it), and a claim lowers only the cgroup's `pids.max`: what the program sees is

@@ -74,7 +74,7 @@ fn normalised(text: &str) -> String {
 }
 
 /// What a test compares between a warm and a cold run.
-fn seen(outcome: &Outcome) -> (EventKind, Option<i32>, Option<i32>, String, String) {
+pub(crate) fn seen(outcome: &Outcome) -> (EventKind, Option<i32>, Option<i32>, String, String) {
     (
         outcome.kind(),
         outcome.terminal.exit_code,
@@ -85,7 +85,7 @@ fn seen(outcome: &Outcome) -> (EventKind, Option<i32>, Option<i32>, String, Stri
 }
 
 /// Runs `request` warm (once the pool has an interpreter ready) and cold.
-async fn warm_and_cold(
+pub(crate) async fn warm_and_cold(
     gateway: &TestGateway,
     request: ExecuteRequest,
 ) -> Result<(Outcome, Outcome)> {
