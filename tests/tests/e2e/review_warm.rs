@@ -192,14 +192,18 @@ async fn an_execution_cannot_wedge_a_waiting_entry() -> Result<()> {
     let gateway = gateway_with(Isolation::None, 2).await;
     let client = gateway.client().await?;
     pool_ready(&gateway, 2.0).await?;
-    // Runs warm (one entry left waiting) and stops every other waiting bootstrap.
+    // Runs warm (one entry left waiting) and stops every other waiting bootstrap of
+    // this gateway (those whose directory is in its work root: other gateways' entries,
+    // other tests' among them, are not this test's to stop).
     let attack = "import os, signal\n\
         hit = 0\n\
+        root = os.path.dirname(os.getcwd())\n\
         for pid in os.listdir('/proc'):\n\
         \x20   if not pid.isdigit() or int(pid) == os.getpid():\n\
         \x20       continue\n\
         \x20   try:\n\
-        \x20       if b'sluice-warm-ready' in open(f'/proc/{pid}/cmdline', 'rb').read():\n\
+        \x20       if b'sluice-warm-ready' in open(f'/proc/{pid}/cmdline', 'rb').read() \\\n\
+        \x20               and os.path.dirname(os.readlink(f'/proc/{pid}/cwd')) == root:\n\
         \x20           os.kill(int(pid), signal.SIGSTOP)\n\
         \x20           hit += 1\n\
         \x20   except OSError:\n\
@@ -207,6 +211,12 @@ async fn an_execution_cannot_wedge_a_waiting_entry() -> Result<()> {
         print('stopped', hit)\n";
     let attacker = run(&client, request("attacker", "python", attack)).await?;
     ensure!(is_warm(&attacker)?, "the attacker did not start warm");
+    ensure!(
+        attacker.stdout == "stopped 1\n",
+        "the attack must stop the other entry: {} {}",
+        attacker.stdout,
+        attacker.stderr
+    );
     let victim = run(
         &client,
         ExecuteRequest {
