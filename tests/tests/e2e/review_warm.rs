@@ -458,3 +458,72 @@ async fn executions_cancelled_in_their_claim_leave_nothing() -> Result<()> {
     .with_context(|| format!("{} entries in {root}", dirs()))?;
     gateway.shutdown().await
 }
+
+/// Second review (of f712fbd). Code over 64 KiB grows the entry's stdin pipe at the
+/// claim, and the program keeps that pipe: code of ~600 KiB (a comment) gets a 1 MiB
+/// stdin (the kernel rounds to a power of two pages), where a cold start of the same
+/// code gets 64 KiB. So a client can still park up to 1 MiB of stdin in the kernel per
+/// warm execution, outside the buffer budget, by sending large code once. A fix: the
+/// bootstrap shrinks fd 0 back (`F_SETPIPE_SZ` to the default) once it has read the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: code over 64 KiB still gives the warm program a stdin pipe up to 1 MiB"]
+async fn large_code_leaves_the_program_no_larger_stdin_than_cold() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 1).await;
+    let mut code = String::from("import fcntl\nprint(fcntl.fcntl(0, 1032))\n");
+    code.push('#');
+    code.push_str(&"x".repeat(600_000));
+    code.push('\n');
+    let (warm, cold) = warm_and_cold(&gateway, request("big", "python", &code)).await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold stdin pipes differ");
+    gateway.shutdown().await
+}
+
+/// Second review (of f712fbd). The wedge fix looks only at the stopped state; without
+/// the jail an execution can still change a waiting entry for later clients through
+/// `prlimit` (same user: no ptrace check, so it works where opening `/proc/PID/fd/0`
+/// is refused). The bootstrap resets only RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_NOFILE at
+/// the claim; the attacker lowers RLIMIT_AS and RLIMIT_STACK of the other waiting entry,
+/// and the next client's program runs with them (a cold start would not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: unjailed, an execution can lower a waiting entry's RLIMIT_AS/STACK"]
+async fn an_execution_cannot_change_a_waiting_entrys_limits() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    // As the wedge attack: only this gateway's waiting bootstraps.
+    let attack = "import os, resource as r\n\
+        hit = 0\n\
+        root = os.path.dirname(os.getcwd())\n\
+        for pid in os.listdir('/proc'):\n\
+        \x20   if not pid.isdigit() or int(pid) == os.getpid():\n\
+        \x20       continue\n\
+        \x20   try:\n\
+        \x20       if b'sluice-warm-ready' in open(f'/proc/{pid}/cmdline', 'rb').read() \\\n\
+        \x20               and os.path.dirname(os.readlink(f'/proc/{pid}/cwd')) == root:\n\
+        \x20           r.prlimit(int(pid), r.RLIMIT_AS, (1 << 30, 1 << 30))\n\
+        \x20           r.prlimit(int(pid), r.RLIMIT_STACK, (1 << 20, 1 << 20))\n\
+        \x20           hit += 1\n\
+        \x20   except OSError:\n\
+        \x20       pass\n\
+        print('changed', hit)\n";
+    let attacker = run(&client, request("attacker", "python", attack)).await?;
+    ensure!(is_warm(&attacker)?, "the attacker did not start warm");
+    ensure!(
+        attacker.stdout == "changed 1\n",
+        "the attack must reach the other entry: {} {}",
+        attacker.stdout,
+        attacker.stderr
+    );
+    let probe =
+        "import resource as r\nprint(r.getrlimit(r.RLIMIT_AS), r.getrlimit(r.RLIMIT_STACK))\n";
+    let victim = run(&client, request("victim", "python", probe)).await?;
+    let cold = run(&client, crate::warm::cold(request("cold", "python", probe))).await?;
+    client.close().await?;
+    ensure!(is_warm(&victim)?, "the victim did not start warm");
+    assert_eq!(
+        seen(&victim),
+        seen(&cold),
+        "the attacker changed the victim's limits"
+    );
+    gateway.shutdown().await
+}
