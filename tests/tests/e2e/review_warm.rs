@@ -490,30 +490,11 @@ async fn an_execution_cannot_change_a_waiting_entrys_limits() -> Result<()> {
     let gateway = gateway_with(Isolation::None, 2).await;
     let client = gateway.client().await?;
     pool_ready(&gateway, 2.0).await?;
-    // As the wedge attack: only this gateway's waiting bootstraps.
-    let attack = "import os, resource as r\n\
-        hit = 0\n\
-        root = os.path.dirname(os.getcwd())\n\
-        for pid in os.listdir('/proc'):\n\
-        \x20   if not pid.isdigit() or int(pid) == os.getpid():\n\
-        \x20       continue\n\
-        \x20   try:\n\
-        \x20       if b'sluice-warm-ready' in open(f'/proc/{pid}/cmdline', 'rb').read() \\\n\
-        \x20               and os.path.dirname(os.readlink(f'/proc/{pid}/cwd')) == root:\n\
-        \x20           r.prlimit(int(pid), r.RLIMIT_AS, (1 << 30, 1 << 30))\n\
-        \x20           r.prlimit(int(pid), r.RLIMIT_STACK, (1 << 20, 1 << 20))\n\
-        \x20           hit += 1\n\
-        \x20   except OSError:\n\
-        \x20       pass\n\
-        print('changed', hit)\n";
-    let attacker = run(&client, request("attacker", "python", attack)).await?;
-    ensure!(is_warm(&attacker)?, "the attacker did not start warm");
-    ensure!(
-        attacker.stdout == "changed 1\n",
-        "the attack must reach the other entry: {} {}",
-        attacker.stdout,
-        attacker.stderr
-    );
+    prlimit_waiting_entries(
+        &client,
+        "(r.RLIMIT_AS, (1 << 30, 1 << 30)), (r.RLIMIT_STACK, (1 << 20, 1 << 20))",
+    )
+    .await?;
     let probe =
         "import resource as r\nprint(r.getrlimit(r.RLIMIT_AS), r.getrlimit(r.RLIMIT_STACK))\n";
     let victim = run(&client, request("victim", "python", probe)).await?;
@@ -526,4 +507,60 @@ async fn an_execution_cannot_change_a_waiting_entrys_limits() -> Result<()> {
         "the attacker changed the victim's limits"
     );
     gateway.shutdown().await
+}
+
+/// Second review (of f712fbd), the same channel as a denial of service: the attacker
+/// lowers a waiting entry's hard RLIMIT_NOFILE; at the claim the bootstrap cannot raise
+/// it back to the request's (the sandbox user lacks CAP_SYS_RESOURCE), so the next
+/// client's `print('mine')` fails in the bootstrap instead of running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: unjailed, an execution can make a later client's warm start fail"]
+async fn an_execution_cannot_make_a_waiting_entrys_claim_fail() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    prlimit_waiting_entries(&client, "(r.RLIMIT_NOFILE, (16, 16)),").await?;
+    let probe = "print('mine')\n";
+    let victim = run(&client, request("victim", "python", probe)).await?;
+    let cold = run(&client, crate::warm::cold(request("cold", "python", probe))).await?;
+    client.close().await?;
+    ensure!(is_warm(&victim)?, "the victim did not start warm");
+    assert_eq!(
+        seen(&victim),
+        seen(&cold),
+        "the attacker broke the victim's start"
+    );
+    gateway.shutdown().await
+}
+
+/// Runs warm (the other entry left waiting) and sets `limits` (a Python tuple body of
+/// `(resource, (soft, hard))` pairs) on every other waiting bootstrap of this gateway
+/// with `prlimit`, as the wedge attack finds them; fails unless it reached exactly one.
+async fn prlimit_waiting_entries(client: &sluice_client::Client, limits: &str) -> Result<()> {
+    let attack = format!(
+        "import os, resource as r\n\
+        hit = 0\n\
+        root = os.path.dirname(os.getcwd())\n\
+        for pid in os.listdir('/proc'):\n\
+        \x20   if not pid.isdigit() or int(pid) == os.getpid():\n\
+        \x20       continue\n\
+        \x20   try:\n\
+        \x20       if b'sluice-warm-ready' in open(f'/proc/{{pid}}/cmdline', 'rb').read() \\\n\
+        \x20               and os.path.dirname(os.readlink(f'/proc/{{pid}}/cwd')) == root:\n\
+        \x20           for which, pair in ({limits}):\n\
+        \x20               r.prlimit(int(pid), which, pair)\n\
+        \x20           hit += 1\n\
+        \x20   except OSError:\n\
+        \x20       pass\n\
+        print('changed', hit)\n"
+    );
+    let attacker = run(client, request("attacker", "python", &attack)).await?;
+    ensure!(is_warm(&attacker)?, "the attacker did not start warm");
+    ensure!(
+        attacker.stdout == "changed 1\n",
+        "the attack must reach the other entry: {} {}",
+        attacker.stdout,
+        attacker.stderr
+    );
+    Ok(())
 }
