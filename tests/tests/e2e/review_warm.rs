@@ -564,3 +564,45 @@ async fn prlimit_waiting_entries(client: &sluice_client::Client, limits: &str) -
     );
     Ok(())
 }
+
+/// Second review (of f712fbd): code that needs the largest pipe a claim grows (the
+/// header and code are exactly 1 MiB), and one byte more, run as cold: the first warm
+/// (the pipe grows to exactly 1 MiB and the two writes fit: the kernel merges the
+/// code's first part into the header's page), the second cold (`code_size`). The
+/// frame cap is raised so that such requests arrive at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_at_the_largest_pipe_runs_warm_and_one_byte_more_cold() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::None,
+        warm_pool: Some(1),
+        max_frame_bytes: 4 << 20,
+        ..Config::default()
+    })
+    .await;
+    let head = "import fcntl\nprint(fcntl.fcntl(0, 1032) <= 1 << 20)\n#";
+    for (extra, warm_expected) in [(0, true), (1, false)] {
+        let mut code = String::from(head);
+        code.push_str(&"x".repeat((1 << 20) - 128 - head.len() - 1 + extra));
+        code.push('\n');
+        let client = gateway.client().await?;
+        pool_ready(&gateway, 1.0).await?;
+        let outcome = run(&client, request("edge", "python", &code)).await?;
+        client.close().await?;
+        assert_eq!(
+            (is_warm(&outcome)?, seen(&outcome)),
+            (
+                warm_expected,
+                (
+                    EventKind::Completed,
+                    Some(0),
+                    None,
+                    "True\n".to_owned(),
+                    String::new()
+                )
+            ),
+            "{} bytes of code",
+            code.len()
+        );
+    }
+    gateway.shutdown().await
+}
