@@ -606,3 +606,41 @@ async fn code_at_the_largest_pipe_runs_warm_and_one_byte_more_cold() -> Result<(
     }
     gateway.shutdown().await
 }
+
+/// Second review (of f712fbd): after the NUL byte, other source that `compile()` could
+/// read otherwise than `python3 main.py`: an unknown or a wrong coding cookie, a BOM,
+/// a lone carriage return and a form feed, each warm as cold. Found: a coding cookie
+/// that Python refuses reads differently through `compile()` (bytes) than through the
+/// file: `unknown encoding` with a `line 0` location against `encoding problem`, and a
+/// `utf-16` cookie is even applied warm (an `invalid character` error) where cold
+/// refuses it. A fix: code with a coding cookie (PEP 263, first two lines) starts cold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: a bad coding cookie fails with another message warm than cold"]
+async fn odd_source_encodings_fail_and_run_as_cold() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 1).await;
+    let mut differ: Vec<String> = Vec::new();
+    for code in [
+        "# coding: bogus\nprint(1)\n",
+        "# -*- coding: utf-16 -*-\nprint(1)\n",
+        "\u{feff}print('bom')\n",
+        "\u{feff}# coding: latin-1\nprint(1)\n",
+        "print(1)\rprint(2)\r",
+        "\x0cprint('ff')\n",
+    ] {
+        let (warm, cold) = warm_and_cold(&gateway, request("enc", "python", code)).await?;
+        if seen(&warm) != seen(&cold) {
+            differ.push(format!(
+                "{code:?}: warm {:?}, cold {:?}",
+                seen(&warm),
+                seen(&cold)
+            ));
+        }
+    }
+    gateway.shutdown().await?;
+    assert!(
+        differ.is_empty(),
+        "warm and cold differ:\n{}",
+        differ.join("\n")
+    );
+    Ok(())
+}
