@@ -458,3 +458,189 @@ async fn executions_cancelled_in_their_claim_leave_nothing() -> Result<()> {
     .with_context(|| format!("{} entries in {root}", dirs()))?;
     gateway.shutdown().await
 }
+
+/// Second review (of f712fbd). Code over 64 KiB grows the entry's stdin pipe at the
+/// claim, and the program keeps that pipe: code of ~600 KiB (a comment) gets a 1 MiB
+/// stdin (the kernel rounds to a power of two pages), where a cold start of the same
+/// code gets 64 KiB. So a client can still park up to 1 MiB of stdin in the kernel per
+/// warm execution, outside the buffer budget, by sending large code once. A fix: the
+/// bootstrap shrinks fd 0 back (`F_SETPIPE_SZ` to the default) once it has read the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: code over 64 KiB still gives the warm program a stdin pipe up to 1 MiB"]
+async fn large_code_leaves_the_program_no_larger_stdin_than_cold() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 1).await;
+    let mut code = String::from("import fcntl\nprint(fcntl.fcntl(0, 1032))\n");
+    code.push('#');
+    code.push_str(&"x".repeat(600_000));
+    code.push('\n');
+    let (warm, cold) = warm_and_cold(&gateway, request("big", "python", &code)).await?;
+    assert_eq!(seen(&warm), seen(&cold), "warm and cold stdin pipes differ");
+    gateway.shutdown().await
+}
+
+/// Second review (of f712fbd). The wedge fix looks only at the stopped state; without
+/// the jail an execution can still change a waiting entry for later clients through
+/// `prlimit` (same user: no ptrace check, so it works where opening `/proc/PID/fd/0`
+/// is refused). The bootstrap resets only RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_NOFILE at
+/// the claim; the attacker lowers RLIMIT_AS and RLIMIT_STACK of the other waiting entry,
+/// and the next client's program runs with them (a cold start would not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: unjailed, an execution can lower a waiting entry's RLIMIT_AS/STACK"]
+async fn an_execution_cannot_change_a_waiting_entrys_limits() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    prlimit_waiting_entries(
+        &client,
+        "(r.RLIMIT_AS, (1 << 30, 1 << 30)), (r.RLIMIT_STACK, (1 << 20, 1 << 20))",
+    )
+    .await?;
+    let probe =
+        "import resource as r\nprint(r.getrlimit(r.RLIMIT_AS), r.getrlimit(r.RLIMIT_STACK))\n";
+    let victim = run(&client, request("victim", "python", probe)).await?;
+    let cold = run(&client, crate::warm::cold(request("cold", "python", probe))).await?;
+    client.close().await?;
+    ensure!(is_warm(&victim)?, "the victim did not start warm");
+    assert_eq!(
+        seen(&victim),
+        seen(&cold),
+        "the attacker changed the victim's limits"
+    );
+    gateway.shutdown().await
+}
+
+/// Second review (of f712fbd), the same channel as a denial of service: the attacker
+/// lowers a waiting entry's hard RLIMIT_NOFILE; at the claim the bootstrap cannot raise
+/// it back to the request's (the sandbox user lacks CAP_SYS_RESOURCE), so the next
+/// client's `print('mine')` fails in the bootstrap instead of running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: unjailed, an execution can make a later client's warm start fail"]
+async fn an_execution_cannot_make_a_waiting_entrys_claim_fail() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 2).await;
+    let client = gateway.client().await?;
+    pool_ready(&gateway, 2.0).await?;
+    prlimit_waiting_entries(&client, "(r.RLIMIT_NOFILE, (16, 16)),").await?;
+    let probe = "print('mine')\n";
+    let victim = run(&client, request("victim", "python", probe)).await?;
+    let cold = run(&client, crate::warm::cold(request("cold", "python", probe))).await?;
+    client.close().await?;
+    ensure!(is_warm(&victim)?, "the victim did not start warm");
+    assert_eq!(
+        seen(&victim),
+        seen(&cold),
+        "the attacker broke the victim's start"
+    );
+    gateway.shutdown().await
+}
+
+/// Runs warm (the other entry left waiting) and sets `limits` (a Python tuple body of
+/// `(resource, (soft, hard))` pairs) on every other waiting bootstrap of this gateway
+/// with `prlimit`, as the wedge attack finds them; fails unless it reached exactly one.
+async fn prlimit_waiting_entries(client: &sluice_client::Client, limits: &str) -> Result<()> {
+    let attack = format!(
+        "import os, resource as r\n\
+        hit = 0\n\
+        root = os.path.dirname(os.getcwd())\n\
+        for pid in os.listdir('/proc'):\n\
+        \x20   if not pid.isdigit() or int(pid) == os.getpid():\n\
+        \x20       continue\n\
+        \x20   try:\n\
+        \x20       if b'sluice-warm-ready' in open(f'/proc/{{pid}}/cmdline', 'rb').read() \\\n\
+        \x20               and os.path.dirname(os.readlink(f'/proc/{{pid}}/cwd')) == root:\n\
+        \x20           for which, pair in ({limits}):\n\
+        \x20               r.prlimit(int(pid), which, pair)\n\
+        \x20           hit += 1\n\
+        \x20   except OSError:\n\
+        \x20       pass\n\
+        print('changed', hit)\n"
+    );
+    let attacker = run(client, request("attacker", "python", &attack)).await?;
+    ensure!(is_warm(&attacker)?, "the attacker did not start warm");
+    ensure!(
+        attacker.stdout == "changed 1\n",
+        "the attack must reach the other entry: {} {}",
+        attacker.stdout,
+        attacker.stderr
+    );
+    Ok(())
+}
+
+/// Second review (of f712fbd): code that needs the largest pipe a claim grows (the
+/// header and code are exactly 1 MiB), and one byte more, run as cold: the first warm
+/// (the pipe grows to exactly 1 MiB and the two writes fit: the kernel merges the
+/// code's first part into the header's page), the second cold (`code_size`). The
+/// frame cap is raised so that such requests arrive at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_at_the_largest_pipe_runs_warm_and_one_byte_more_cold() -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::None,
+        warm_pool: Some(1),
+        max_frame_bytes: 4 << 20,
+        ..Config::default()
+    })
+    .await;
+    let head = "import fcntl\nprint(fcntl.fcntl(0, 1032) <= 1 << 20)\n#";
+    for (extra, warm_expected) in [(0, true), (1, false)] {
+        let mut code = String::from(head);
+        code.push_str(&"x".repeat((1 << 20) - 128 - head.len() - 1 + extra));
+        code.push('\n');
+        let client = gateway.client().await?;
+        pool_ready(&gateway, 1.0).await?;
+        let outcome = run(&client, request("edge", "python", &code)).await?;
+        client.close().await?;
+        assert_eq!(
+            (is_warm(&outcome)?, seen(&outcome)),
+            (
+                warm_expected,
+                (
+                    EventKind::Completed,
+                    Some(0),
+                    None,
+                    "True\n".to_owned(),
+                    String::new()
+                )
+            ),
+            "{} bytes of code",
+            code.len()
+        );
+    }
+    gateway.shutdown().await
+}
+
+/// Second review (of f712fbd): after the NUL byte, other source that `compile()` could
+/// read otherwise than `python3 main.py`: an unknown or a wrong coding cookie, a BOM,
+/// a lone carriage return and a form feed, each warm as cold. Found: a coding cookie
+/// that Python refuses reads differently through `compile()` (bytes) than through the
+/// file: `unknown encoding` with a `line 0` location against `encoding problem`, and a
+/// `utf-16` cookie is even applied warm (an `invalid character` error) where cold
+/// refuses it. A fix: code with a coding cookie (PEP 263, first two lines) starts cold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: a bad coding cookie fails with another message warm than cold"]
+async fn odd_source_encodings_fail_and_run_as_cold() -> Result<()> {
+    let gateway = gateway_with(Isolation::None, 1).await;
+    let mut differ: Vec<String> = Vec::new();
+    for code in [
+        "# coding: bogus\nprint(1)\n",
+        "# -*- coding: utf-16 -*-\nprint(1)\n",
+        "\u{feff}print('bom')\n",
+        "\u{feff}# coding: latin-1\nprint(1)\n",
+        "print(1)\rprint(2)\r",
+        "\x0cprint('ff')\n",
+    ] {
+        let (warm, cold) = warm_and_cold(&gateway, request("enc", "python", code)).await?;
+        if seen(&warm) != seen(&cold) {
+            differ.push(format!(
+                "{code:?}: warm {:?}, cold {:?}",
+                seen(&warm),
+                seen(&cold)
+            ));
+        }
+    }
+    gateway.shutdown().await?;
+    assert!(
+        differ.is_empty(),
+        "warm and cold differ:\n{}",
+        differ.join("\n")
+    );
+    Ok(())
+}

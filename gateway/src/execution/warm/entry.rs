@@ -129,3 +129,60 @@ fn stopped(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::stopped;
+    use std::process::{Command, Stdio};
+
+    /// Review of f712fbd: a process whose command name looks like the rest of a stat
+    /// line (`x) T (y`, taken from the name it was run by) is read right, running and
+    /// stopped.
+    #[test]
+    fn a_command_name_that_looks_like_a_stopped_state_does_not_fool_stopped() {
+        let dir = std::env::temp_dir().join(format!("sluice-stat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let link = dir.join("x) T (y");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap_or_else(|e| panic!("{e}"));
+        let mut child = Command::new(&link)
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pid = child.id();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let running = stopped(pid);
+        let sent = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        // Waits (with a deadline, no sleep) until /proc/PID/status, which names the
+        // state on a line of its own, says it stopped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let was_stopped = loop {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if status.lines().any(|l| l.starts_with("State:\tT")) {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::yield_now();
+        };
+        let stopped_seen = stopped(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(comm.trim_end(), "x) T (y");
+        assert!(sent && was_stopped, "the process did not stop");
+        assert!(
+            !running,
+            "a running process with a tricky name read as stopped"
+        );
+        assert!(
+            stopped_seen,
+            "a stopped process with a tricky name read as running"
+        );
+    }
+}
