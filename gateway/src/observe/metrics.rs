@@ -45,7 +45,7 @@ pub(crate) const WARM_MISS_REASONS: [&str; 8] = [
     "env",
     "args",
     "limits",
-    "code_size",
+    "code",
     "claim_failed",
     "closed",
 ];

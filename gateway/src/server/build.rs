@@ -139,8 +139,10 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
 }
 
 /// The warm pool (`--warm-pool`), when it is on and a runtime it serves is configured
-/// (`python`, run as `INTERPRETER FILE`). Without `--warm-pool`, it is on when programs
-/// run in the jail, whose start it hides most of.
+/// (`python`, run as `INTERPRETER FILE`) and programs run in the jail. Without the jail
+/// every program runs as the one sandbox user and could tamper with the interpreters
+/// waiting for later executions (stop them, lower their limits with `prlimit`, trace
+/// them): the pool is off there, whatever `--warm-pool` says.
 fn warm_pool(
     config: &Config,
     runtimes: &RuntimeTable,
@@ -153,6 +155,14 @@ fn warm_pool(
         0
     });
     if size == 0 {
+        return None;
+    }
+    if host.jail.is_none() {
+        tracing::warn!(
+            size,
+            "no warm pool: it needs the namespace jail (without it every program shares one \
+             user and could tamper with the interpreters waiting for later executions)"
+        );
         return None;
     }
     let Some(runtime) = runtimes.get("python").filter(|r| warm::serves(r)) else {

@@ -1,8 +1,9 @@
 # A warm interpreter's bootstrap (run with `python3 -c`, see warm/mod.rs). It loads
-# `resource` (and takes it out of sys.modules again, with sys.path[0] out of the way so
+# `resource` and `fcntl` (and takes them out of sys.modules again, with sys.path[0] out of the way so
 # no cache remembers the workspace), says it is ready, waits for the go header on stdin
 # (os.read: nothing of the program's own stdin is taken), takes the execution's rlimits,
-# writes main.py and runs it as `python3 main.py` would: a fresh __main__, no name of its
+# shrinks its stdin pipe back to a cold start's 64 KiB once the code is read (the
+# gateway grows it for large code), writes main.py and runs it as `python3 main.py` would: a fresh __main__, no name of its
 # own left, no frame of its own in a traceback, the same exit status (and the same
 # sys.path_importer_cache entry for the script that `python3 main.py` leaves). Before
 # Python 3.11 (where a bare `raise` would show its frame) it says so and exits.
@@ -11,9 +12,9 @@ if sys.version_info < (3, 11):
     os.write(1, b"sluice-warm-older\n")
     os._exit(0)
 z = sys.path.pop(0)
-import resource as r
+import resource as r, fcntl as q
 sys.path.insert(0, z)
-del sys.modules["resource"], z
+del sys.modules["resource"], sys.modules["fcntl"], z
 os.write(1, b"sluice-warm-ready\n")
 h = b""
 while len(h) < 128:
@@ -37,6 +38,11 @@ while n > 0:
     n -= len(c)
     s.append(c)
 s = b"".join(s)
+try:
+    q.fcntl(0, 1031, 65536)  # F_SETPIPE_SZ; refused (EBUSY) if input already fills more
+except OSError:
+    pass
+del q
 p = sys.argv[1]
 f = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 v = memoryview(s)

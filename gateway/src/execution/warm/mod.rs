@@ -100,8 +100,9 @@ pub(crate) enum Miss {
     /// A limit the entry cannot take (a workspace size of its own; processes where no
     /// cgroup counts them).
     Limits,
-    /// The code does not fit in one write to the entry's stdin.
-    CodeSize,
+    /// Code the bootstrap does not take as it is: over 1 MiB (one write to the entry's
+    /// stdin), with a NUL byte, or declaring its encoding.
+    Code,
     /// A claim step failed (the entry is discarded).
     ClaimFailed,
     /// The gateway is shutting down.
@@ -116,7 +117,7 @@ impl Miss {
         Self::Env,
         Self::Args,
         Self::Limits,
-        Self::CodeSize,
+        Self::Code,
         Self::ClaimFailed,
         Self::Closed,
     ];
@@ -128,7 +129,7 @@ impl Miss {
             Self::Env => "env",
             Self::Args => "args",
             Self::Limits => "limits",
-            Self::CodeSize => "code_size",
+            Self::Code => "code",
             Self::ClaimFailed => "claim_failed",
             Self::Closed => "closed",
         }
@@ -253,11 +254,23 @@ pub(super) fn fallback(
         Some(Miss::Args)
     } else if !limits_fit {
         Some(Miss::Limits)
-    } else if spec.code.len() > STDIN_PIPE_BYTES - HEADER_BYTES || spec.code.contains('\0') {
-        // A NUL byte: `compile` refuses such source with another message than the
-        // interpreter's own reading of main.py, so it starts cold.
-        Some(Miss::CodeSize)
+    } else if spec.code.len() > STDIN_PIPE_BYTES - HEADER_BYTES
+        || spec.code.contains('\0')
+        || declares_an_encoding(&spec.code)
+    {
+        // A NUL byte or an encoding declaration: `compile` of the code as a string
+        // would treat them otherwise than the interpreter reading main.py does.
+        Some(Miss::Code)
     } else {
         None
     }
+}
+
+/// Whether `code` declares its source encoding (PEP 263: a comment naming `coding:` or
+/// `coding=` on one of its first two lines).
+fn declares_an_encoding(code: &str) -> bool {
+    code.lines().take(2).any(|line| {
+        let line = line.trim_start_matches(['\u{feff}', ' ', '\t', '\x0c']);
+        line.starts_with('#') && (line.contains("coding:") || line.contains("coding="))
+    })
 }

@@ -103,7 +103,7 @@ fn what_changes_the_start_falls_back_to_cold() {
     // Not known before the first entry started (the pool is empty then).
     assert_eq!(fallback(&python(), &entry, None, &processes), None);
     let big = "x".repeat(STDIN_PIPE_BYTES);
-    assert_eq!(check(&spec(python(), &big), true), Some(Miss::CodeSize));
+    assert_eq!(check(&spec(python(), &big), true), Some(Miss::Code));
 }
 
 #[test]
@@ -135,4 +135,29 @@ fn only_python_run_as_interpreter_and_file_is_served() {
         ..python()
     };
     assert!(!serves(&node));
+}
+
+#[test]
+fn code_declaring_its_encoding_starts_cold() {
+    let entry = limits();
+    let check =
+        |spec: &ExecutionSpec, lowers: bool| fallback(&python(), &entry, Some(lowers), spec);
+    for code in [
+        "# coding: latin-1\nprint(1)\n",
+        "#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n",
+        "\u{feff}# coding: latin-1\nprint(1)\n",
+        "\x0c# vim: set fileencoding=utf-8 :\n",
+    ] {
+        assert_eq!(
+            check(&spec(python(), code), true),
+            Some(Miss::Code),
+            "{code:?}"
+        );
+    }
+    for code in [
+        "print(1)\n",
+        "x = 1\n\n# coding: latin-1 (third line: not a declaration)\n",
+    ] {
+        assert_eq!(check(&spec(python(), code), true), None, "{code:?}");
+    }
 }
