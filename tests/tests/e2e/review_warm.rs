@@ -21,6 +21,15 @@ async fn gateway_with(isolation: Isolation, size: usize) -> TestGateway {
     .await
 }
 
+/// A jailed gateway with a pool of `size`, or `None` (the test passes, skipped) where
+/// this host has no jail.
+async fn jailed_pool(size: usize) -> Option<TestGateway> {
+    if !jail_available() {
+        return None;
+    }
+    Some(gateway_with(Isolation::Namespaces, size).await)
+}
+
 use crate::warm::{is_warm, pool_ready, seen, warm_and_cold};
 
 /// The entry is started with the maximum process count (the jail's RLIMIT_NPROC comes
@@ -28,10 +37,9 @@ use crate::warm::{is_warm, pool_ready, seen, warm_and_cold};
 /// still the same as cold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_rlimit_is_the_requests() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let code = "import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC))\n";
     let (warm, cold) = warm_and_cold(
         &gateway,
@@ -54,10 +62,9 @@ async fn the_process_rlimit_is_the_requests() -> Result<()> {
 /// `resource_limit`, racing the program's last print; so the test bounds it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_program_starts_no_more_processes_than_a_cold_one() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let code = "import os, time\n\
         n = 0\n\
         kids = []\n\
@@ -104,10 +111,9 @@ async fn a_warm_program_starts_no_more_processes_than_a_cold_one() -> Result<()>
 /// frame above it: no name of the bootstrap's left, no header, no pipe but stdio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bootstrap_leaves_no_state_and_no_descriptors() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let code = "import gc, os, sys\n\
         f = sys._getframe().f_back\n\
         print('above', None if f is None else sorted(f.f_globals))\n\
@@ -137,10 +143,9 @@ async fn the_bootstrap_leaves_no_state_and_no_descriptors() -> Result<()> {
 /// like a header, behave as cold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn code_and_stdin_that_look_like_the_header_run_as_cold() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let header_like = format!("{:<127}\n", "SLUICE 5 1 1 1");
     let cases = [(
         "header-code",
@@ -165,10 +170,9 @@ async fn code_and_stdin_that_look_like_the_header_run_as_cold() -> Result<()> {
 /// names the file and line. Such code starts cold (finding, fixed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn code_with_a_nul_byte_fails_as_cold() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let client = gateway.client().await?;
     pool_ready(&gateway, 1.0).await?;
     let outcome = run(&client, request("nul", "python", "print(1)\0\n")).await?;
@@ -224,10 +228,9 @@ async fn work_root(client: &sluice_client::Client) -> Result<String> {
 /// workspace (found through the work root a program sees in its own path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_entries_ready_leaves_no_interpreter_or_workspace() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(2).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 2).await;
+    };
     let client = gateway.client().await?;
     pool_ready(&gateway, 2.0).await?;
     let root = work_root(&client).await?;
@@ -254,10 +257,9 @@ async fn shutdown_with_entries_ready_leaves_no_interpreter_or_workspace() -> Res
 /// the gateway's buffer budget (finding, fixed: grown only for code that needs it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_program_sees_the_start_a_cold_one_sees() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let code = "import os, sys, signal, fcntl\n\
         print(sys.orig_argv[0], sys.flags)\n\
         print(signal.pthread_sigmask(signal.SIG_BLOCK, []))\n\
@@ -273,10 +275,9 @@ async fn a_warm_program_sees_the_start_a_cold_one_sees() -> Result<()> {
 /// `spawn` (which imports the main module again from its path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libraries_that_use_main_work_as_cold() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let code = "import pickle, inspect, doctest, dataclasses, typing, multiprocessing as mp\n\
         @dataclasses.dataclass\n\
         class P:\n\
@@ -384,10 +385,9 @@ async fn a_huge_configured_file_size_limit_runs_as_cold() -> Result<()> {
 /// holds only the waiting interpreters' directories.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_cancelled_in_their_claim_leave_nothing() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(2).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 2).await;
+    };
     let client = gateway.client().await?;
     pool_ready(&gateway, 2.0).await?;
     let root = work_root(&client).await?;
@@ -440,10 +440,9 @@ async fn executions_cancelled_in_their_claim_leave_nothing() -> Result<()> {
 /// (finding, fixed so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_code_leaves_the_program_no_larger_stdin_than_cold() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let mut code = String::from("import fcntl\nprint(fcntl.fcntl(0, 1032))\n");
     code.push('#');
     code.push_str(&"x".repeat(600_000));
@@ -507,10 +506,9 @@ async fn code_at_the_largest_pipe_runs_warm_and_one_byte_more_cold() -> Result<(
 /// refuses it. Fixed: code with a coding cookie (PEP 263, first two lines) starts cold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_source_encodings_fail_and_run_as_cold() -> Result<()> {
-    if !jail_available() {
+    let Some(gateway) = jailed_pool(1).await else {
         return Ok(());
-    }
-    let gateway = gateway_with(Isolation::Namespaces, 1).await;
+    };
     let mut differ: Vec<String> = Vec::new();
     for code in [
         "# coding: bogus\nprint(1)\n",
