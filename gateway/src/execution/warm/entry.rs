@@ -151,7 +151,16 @@ mod tests {
             .spawn()
             .unwrap_or_else(|e| panic!("{e}"));
         let pid = child.id();
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        // The kernel may name the new program (comm) just after the spawn returned (it
+        // closes the exec-reporting pipe first): wait for the name, with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let comm = loop {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim_end() == "x) T (y" || std::time::Instant::now() > deadline {
+                break comm;
+            }
+            std::thread::yield_now();
+        };
         let running = stopped(pid);
         let sent = Command::new("kill")
             .args(["-STOP", &pid.to_string()])
