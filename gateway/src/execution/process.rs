@@ -336,6 +336,11 @@ impl ChildGroup {
             .is_some_and(ExecutionCgroup::limits_processes)
     }
 
+    /// The file listing every process in the group's cgroup, where it has one.
+    pub(crate) fn cgroup_procs_file(&self) -> Option<std::path::PathBuf> {
+        self.cgroup.as_ref().and_then(ExecutionCgroup::procs_file)
+    }
+
     /// The memory the group's cgroup counts now, where it counts it.
     pub(crate) fn cgroup_memory(&self) -> Option<u64> {
         self.cgroup

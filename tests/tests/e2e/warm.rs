@@ -440,3 +440,72 @@ async fn shutdown_kills_every_warm_interpreter() -> Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
+
+/// An interpreter stopped while it waits (only a process of the same user can: with
+/// the jail, a program of another gateway given the same sandbox ids, which
+/// docs/operating.md advises against) is discarded at its claim, not handed to an
+/// execution that would hang until its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_interpreter_is_discarded_not_claimed() -> Result<()> {
+    if !jail_available() {
+        return Ok(());
+    }
+    let root = std::env::temp_dir().join(sluice_tests::unique_marker("warm-stopped"));
+    std::fs::create_dir_all(&root)?;
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::Namespaces,
+        warm_pool: Some(1),
+        work_root: Some(root.clone()),
+        ..Config::default()
+    })
+    .await;
+    pool_ready(&gateway, 1.0).await?;
+    // The interpreter's command line names its main.py under this gateway's work root.
+    let marker = root.to_string_lossy().into_owned();
+    let waiting = processes_with(&marker);
+    ensure!(!waiting.is_empty(), "no waiting interpreter under {marker}");
+    for (pid, _) in &waiting {
+        let sent = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()?;
+        ensure!(sent.success(), "kill -STOP {pid}");
+    }
+    let is_stopped = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|status| status.lines().any(|l| l.starts_with("State:\tT")))
+    };
+    sluice_tests::eventually(sluice_tests::patience(), "the interpreter to stop", || {
+        waiting.iter().all(|(pid, _)| is_stopped(*pid))
+    })
+    .await?;
+    let client = gateway.client().await?;
+    let outcome = run(
+        &client,
+        ExecuteRequest {
+            limits: Limits {
+                timeout_ms: Some(20_000),
+                ..Limits::default()
+            },
+            ..request("after", "python", "print('mine')\n")
+        },
+    )
+    .await?;
+    client.close().await?;
+    assert_eq!(
+        (outcome.kind(), outcome.stdout.as_str()),
+        (EventKind::Completed, "mine\n"),
+        "{}",
+        outcome.stderr
+    );
+    ensure!(!is_warm(&outcome)?, "the stopped interpreter was claimed");
+    let metrics = scrape(gateway.addr()).await?;
+    ensure!(
+        value(
+            &metrics,
+            "sluice_warm_pool_discards_total{reason=\"stopped\"}"
+        ) >= 1.0
+    );
+    gateway.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}

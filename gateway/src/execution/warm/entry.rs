@@ -28,10 +28,29 @@ impl Entry {
         if wrote(&self.stdout) || wrote(&self.stderr) {
             return Some(Discard::Output);
         }
-        if self.program_pid.is_some_and(stopped) {
+        if self.any_process_stopped() {
             return Some(Discard::Stopped);
         }
         (self.born.elapsed() > max_age).then_some(Discard::Stale)
+    }
+
+    /// Whether any of its processes is stopped: the interpreter (without the jail), or
+    /// any process in its cgroup (the jail, its init and the interpreter). Only a
+    /// process of the same user can stop one: without the jail, another program; with
+    /// it, a program of another gateway given the same sandbox ids (docs/operating.md
+    /// asks for one range per gateway). Claimed, it would hang its execution.
+    fn any_process_stopped(&self) -> bool {
+        if let Some(pid) = self.program_pid {
+            return stopped(pid);
+        }
+        let Some(procs) = self.child.cgroup_procs_file() else {
+            return false;
+        };
+        std::fs::read_to_string(procs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().parse::<u32>().ok())
+            .any(stopped)
     }
 
     /// The memory it holds: its cgroup's count, else (unjailed) its interpreter's
