@@ -411,21 +411,28 @@ async fn with_the_pool_off_every_start_is_cold() -> Result<()> {
     gateway.shutdown().await
 }
 
+/// A jailed gateway with a pool of `size`, in a work root of its own (whose path its
+/// interpreters' command lines name), once the pool is full.
+async fn jailed_in_own_root(name: &str, size: usize) -> Result<(TestGateway, std::path::PathBuf)> {
+    let root = std::env::temp_dir().join(sluice_tests::unique_marker(name));
+    std::fs::create_dir_all(&root)?;
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::Namespaces,
+        warm_pool: Some(size),
+        work_root: Some(root.clone()),
+        ..Config::default()
+    })
+    .await;
+    pool_ready(&gateway, size as f64).await?;
+    Ok((gateway, root))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_kills_every_warm_interpreter() -> Result<()> {
     if !jail_available() {
         return Ok(());
     }
-    let root = std::env::temp_dir().join(sluice_tests::unique_marker("warm-root"));
-    std::fs::create_dir_all(&root)?;
-    let gateway = TestGateway::spawn_with(Config {
-        isolation: Isolation::Namespaces,
-        warm_pool: Some(2),
-        work_root: Some(root.clone()),
-        ..Config::default()
-    })
-    .await;
-    pool_ready(&gateway, 2.0).await?;
+    let (gateway, root) = jailed_in_own_root("warm-root", 2).await?;
     let marker = root.to_string_lossy().into_owned();
     ensure!(
         processes_with(&marker).len() >= 2,
@@ -450,16 +457,7 @@ async fn a_stopped_interpreter_is_discarded_not_claimed() -> Result<()> {
     if !jail_available() {
         return Ok(());
     }
-    let root = std::env::temp_dir().join(sluice_tests::unique_marker("warm-stopped"));
-    std::fs::create_dir_all(&root)?;
-    let gateway = TestGateway::spawn_with(Config {
-        isolation: Isolation::Namespaces,
-        warm_pool: Some(1),
-        work_root: Some(root.clone()),
-        ..Config::default()
-    })
-    .await;
-    pool_ready(&gateway, 1.0).await?;
+    let (gateway, root) = jailed_in_own_root("warm-stopped", 1).await?;
     // The interpreter's command line names its main.py under this gateway's work root.
     let marker = root.to_string_lossy().into_owned();
     let waiting = processes_with(&marker);

@@ -37,18 +37,25 @@ fn a_later_variable_replaces_an_earlier_one() {
     assert_eq!(env, ["PATH=/b", "HOME=/h"].map(OsString::from));
 }
 
+/// A spec whose host directory and workspace are `dir`, for the sandbox user.
+fn spec_in(dir: &std::path::Path) -> JailSpec {
+    JailSpec {
+        host_dir: dir.to_path_buf(),
+        workspace: dir.to_path_buf(),
+        uid: 60_000,
+        gid: 60_000,
+        ..JailSpec::default()
+    }
+}
+
 #[test]
 fn a_spec_survives_its_file_and_the_file_is_gone() {
     let dir = std::env::temp_dir().join(format!("sluice-spec-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let spec = JailSpec {
-        host_dir: dir.clone(),
-        workspace: dir.clone(),
-        uid: 60_000,
-        gid: 60_000,
         env: vec!["A=1".into(), "EMPTY=".into()],
         command: vec!["/bin/true".into(), "".into(), "x y".into()],
-        ..JailSpec::default()
+        ..spec_in(&dir)
     };
     let args = spec.write(&dir).unwrap();
     assert_eq!(args, [SPEC_FLAG, SPEC_FILE].map(OsString::from));
@@ -75,14 +82,10 @@ fn an_entry_holding_a_nul_is_refused_not_split_into_flags() {
     let dir = std::env::temp_dir().join(format!("sluice-spec-nul-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let spec = JailSpec {
-        host_dir: dir.clone(),
-        workspace: dir.clone(),
-        uid: 60_000,
-        gid: 60_000,
         no_network: true,
         env: vec!["A=1\0--network-fd\x007".into()],
         command: vec!["/bin/true".into()],
-        ..JailSpec::default()
+        ..spec_in(&dir)
     };
     let written = spec.write(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
