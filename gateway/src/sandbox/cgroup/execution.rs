@@ -56,6 +56,10 @@ pub(crate) struct ExecutionCgroup {
     pub(super) processes: u64,
     /// It has a CPU share of its own (v1 `cpu` or v2 `cpu.weight`).
     pub(super) cpu_share: bool,
+    /// The CPU group it shares while light, where light executions share one.
+    pub(super) shared_cpu: Option<Arc<SharedCpu>>,
+    /// Its own CPU group once heavy, where light executions share one.
+    pub(super) own_cpu: Mutex<Option<Member>>,
     /// Its weight has dropped: it used more than [`HEAVY_CPU_USEC`] of CPU.
     pub(super) heavy: std::sync::atomic::AtomicBool,
     pub(super) removed: bool,
@@ -86,10 +90,14 @@ impl ExecutionCgroup {
             .flatten()
     }
 
-    /// The v1 directories, which the spawning thread moves through.
+    /// The v1 directories, which the spawning thread moves through: the shared CPU
+    /// group's too, where light executions share one.
     pub(super) fn v1_members(&self) -> impl Iterator<Item = &Member> {
         let m = &self.members;
-        [&m.memory, &m.pids, &m.cpu].into_iter().flatten()
+        let shared = self.shared_cpu.as_deref().map(SharedCpu::light);
+        [m.memory.as_ref(), m.pids.as_ref(), m.cpu.as_ref(), shared]
+            .into_iter()
+            .flatten()
     }
 
     /// One directory that lists every process of the execution, for killing them one
@@ -345,6 +353,16 @@ impl ExecutionCgroup {
     pub(super) fn weigh(&self, heavy: bool) {
         use std::sync::atomic::Ordering;
         if !self.cpu_share || self.heavy.swap(heavy, Ordering::Relaxed) == heavy {
+            return;
+        }
+        if let (Some(shared), Some(listing)) = (&self.shared_cpu, self.listing()) {
+            let mut own = self.own_cpu.lock().unwrap_or_else(PoisonError::into_inner);
+            let heavy_shares = EXECUTION_CPU_SHARES / HEAVY_CPU_DIVISOR;
+            match (heavy, own.take()) {
+                (true, None) => *own = shared.own_group(listing, heavy_shares),
+                (false, Some(group)) => shared.back_to_shared(listing, group),
+                (_, kept) => *own = kept,
+            }
             return;
         }
         let (file, default) = match (&self.members.cpu, &self.members.unified) {

@@ -19,7 +19,9 @@
 //! `sluice-<pid>-<n>`. In the CPU controller (v1 `cpu.shares`, v2 `cpu.weight`) that
 //! parent weighs half as much as one of the gateway's own threads and each execution
 //! has an equal share inside it, so an execution forking 63 spinners gets one share, not
-//! 63, and the gateway and light executions stay responsive. The parent also carries the
+//! 63, and the gateway and light executions stay responsive. Where v1 `cpu` and v2's CPU
+//! time are both there, light executions share one group and only heavy ones get their
+//! own (`shared_cpu`): a group per execution costs the scheduler at 1000 programs. The parent also carries the
 //! memory and process totals of `ExecutionBudget` (`set_totals`), so the kernel holds
 //! the sum even if admission were wrong.
 
@@ -82,6 +84,8 @@ pub(crate) struct Cgroups {
     pids: Option<Hierarchy>,
     /// The v1 `cpu` hierarchy: each execution's share of the CPU.
     cpu: Option<Hierarchy>,
+    /// The v1 CPU group light executions share (where v2 counts their CPU time).
+    shared_cpu: Option<Arc<SharedCpu>>,
     unified: Option<Unified>,
     /// Empty execution cgroups kept for reuse: creating and removing the directories
     /// is most of what a cgroup costs per execution.
@@ -154,6 +158,12 @@ impl Cgroups {
                     });
             }
         }
+        // Light executions share one CPU group only where their CPU time is known, so
+        // that one turning heavy is seen and given its own.
+        if let (Some(cpu), Some(_)) = (&found.cpu, &found.unified) {
+            found.shared_cpu =
+                SharedCpu::make(&cpu.ours, &cpu.home, EXECUTION_CPU_SHARES).map(Arc::new);
+        }
         found
     }
 
@@ -185,6 +195,7 @@ impl Cgroups {
             },
             cpu_tree: unified.map(|_| "cgroup v2 cpu.stat (the whole tree's CPU time)"),
             cpu_share: match (&self.cpu, unified) {
+                (Some(_), _) if self.shared_cpu.is_some() => Some("cgroup v1 cpu.shares (light executions share one group; one that has used 200 ms of CPU gets its own at a sixteenth of the weight; all of them half a gateway thread's weight)"),
                 (Some(_), _) => Some("cgroup v1 cpu.shares (one equal share per execution, all of them half a gateway thread's weight)"),
                 (None, Some(u)) if u.cpu => Some("cgroup v2 cpu.weight (one equal share per execution, all of them half the gateway's weight)"),
                 _ => None,
@@ -229,6 +240,8 @@ impl Cgroups {
             limits_v2,
             processes,
             cpu_share: self.shares_cpu(),
+            shared_cpu: self.shared_cpu.clone(),
+            own_cpu: Default::default(),
             heavy: Default::default(),
             removed: false,
             pool: Some(self.pool.clone()),
@@ -294,7 +307,8 @@ impl Cgroups {
         group.members.memory = make(memory.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
         let pids = v1(&self.pids);
         group.members.pids = make(pids.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
-        let cpu = v1(&self.cpu);
+        // A light execution shares one CPU group (`shared_cpu`) rather than having its own.
+        let cpu = v1(&self.cpu).filter(|_| self.shared_cpu.is_none());
         group.members.cpu = make(cpu.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
         group.members.unified = make(
             self.unified
@@ -351,6 +365,9 @@ impl Cgroups {
             {
                 let _ = fs::remove_dir(&member.dir);
             }
+        }
+        if let Some(shared) = &self.shared_cpu {
+            shared.remove();
         }
         for hierarchy in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
             let _ = fs::remove_dir(&hierarchy.ours);
@@ -546,6 +563,7 @@ fn rehearse(hierarchy: &Hierarchy, limit: &str) -> io::Result<()> {
 
 mod counters;
 mod execution;
+mod shared_cpu;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -556,3 +574,4 @@ use watch::LimitWatcher;
 
 use execution::{leave, Counters, Member};
 pub(crate) use execution::{CgroupReport, CpuSeen, ExecutionCgroup};
+use shared_cpu::SharedCpu;

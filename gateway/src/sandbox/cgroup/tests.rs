@@ -42,6 +42,8 @@ fn v2_group(fake: &FakeCgroup) -> ExecutionCgroup {
         limits_v2: (true, true),
         processes: 16,
         cpu_share: false,
+        shared_cpu: None,
+        own_cpu: Default::default(),
         heavy: Default::default(),
         removed: true, // nothing to remove or recycle in a scratch directory
         pool: None,

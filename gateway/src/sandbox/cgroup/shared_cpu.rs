@@ -1,0 +1,125 @@
+//! The v1 CPU group that light executions share ([`SharedCpu`]), and the move of an
+//! execution's processes into a CPU group of its own once it turns heavy.
+//!
+//! A CPU cgroup per execution costs the scheduler at every wake-up and tick (a run queue
+//! per group and CPU, a weight to update up the tree) and costs a directory to make and
+//! remove: at 1000 live programs that doubled the time to start them and took a third of
+//! the 50 ms p99 event-latency target (`sluice load --live 1000`). Most executions never
+//! use much CPU, so they share one group; the fairness that per-execution groups gave is
+//! kept where it matters, for the few that spin: at [`super::HEAVY_CPU_USEC`] of CPU an
+//! execution gets a group of its own, at a sixteenth of the weight, for the rest of its
+//! run. That needs the whole tree's CPU time, which only the v2 hierarchy counts, so
+//! without it every execution keeps a group of its own from the start.
+//!
+//! Only v1 can do this: v2 moves a process between cgroups in every controller at once,
+//! so an execution's CPU group is its memory and process group too.
+
+use super::execution::{members, Member};
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The name of the shared group's directory, under the gateway's own CPU cgroup.
+const LIGHT: &str = "light";
+
+/// Most passes over an execution's processes when moving them: a pass moves what the
+/// previous ones had not seen (what was forked meanwhile), so a tree that forks faster
+/// than it is moved keeps what is left where it was (logged), within its process limit.
+const MOVE_PASSES: usize = 16;
+
+static NEXT_OWN_GROUP: AtomicU64 = AtomicU64::new(0);
+
+/// The group light executions share, and where heavy ones get their own.
+#[derive(Debug)]
+pub(crate) struct SharedCpu {
+    /// `<gateway's cpu cgroup>/sluice-<pid>-<n>/light`.
+    light: Member,
+    /// `<gateway's cpu cgroup>/sluice-<pid>-<n>`: the parent of both.
+    ours: PathBuf,
+}
+
+impl SharedCpu {
+    /// Makes the shared group under `ours`, weighing `shares` (`cpu.shares`).
+    pub(super) fn make(ours: &Path, home: &Path, shares: u64) -> Option<Self> {
+        let dir = ours.join(LIGHT);
+        let made = fs::create_dir(&dir)
+            .and_then(|()| fs::write(dir.join("cpu.shares"), shares.to_string()));
+        match made {
+            Ok(()) => Some(Self {
+                light: Member {
+                    dir,
+                    home: home.to_path_buf(),
+                },
+                ours: ours.to_path_buf(),
+            }),
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), %err, "no shared CPU group for light executions; each gets its own");
+                let _ = fs::remove_dir(&dir);
+                None
+            }
+        }
+    }
+
+    /// The shared group's directory, which the spawning thread enters.
+    pub(super) fn light(&self) -> &Member {
+        &self.light
+    }
+
+    /// Gives the execution whose processes `listing` lists a group of its own weighing
+    /// `shares`, and moves them there. `None` when the group cannot be made (logged; the
+    /// execution stays in the shared one).
+    pub(super) fn own_group(&self, listing: &Path, shares: u64) -> Option<Member> {
+        let name = format!("h{}", NEXT_OWN_GROUP.fetch_add(1, Ordering::Relaxed));
+        let dir = self.ours.join(name);
+        let made = fs::create_dir(&dir)
+            .and_then(|()| fs::write(dir.join("cpu.shares"), shares.to_string()));
+        if let Err(err) = made {
+            tracing::warn!(dir = %dir.display(), %err, "could not give a heavy execution a CPU group of its own");
+            let _ = fs::remove_dir(&dir);
+            return None;
+        }
+        move_processes(listing, &dir);
+        Some(Member {
+            dir,
+            home: self.light.home.clone(),
+        })
+    }
+
+    /// Moves what `listing` lists back into the shared group and removes `own`.
+    pub(super) fn back_to_shared(&self, listing: &Path, own: Member) {
+        move_processes(listing, &self.light.dir);
+        if let Err(err) = fs::remove_dir(&own.dir) {
+            tracing::warn!(dir = %own.dir.display(), %err, "could not remove a heavy execution's CPU group");
+        }
+    }
+
+    /// Removes the shared group (at shutdown, once every execution is gone).
+    pub(super) fn remove(&self) {
+        let _ = fs::remove_dir(&self.light.dir);
+    }
+}
+
+/// Moves every process `listing` (another hierarchy's directory of the same execution)
+/// lists into the v1 CPU cgroup `to`. A process forked before its parent moved shows up
+/// in the next pass; one forked after is born in `to`. Done when a pass finds nothing
+/// new. The pids come from the kernel's own listing, never from the program.
+fn move_processes(listing: &Path, to: &Path) {
+    let procs = to.join("cgroup.procs");
+    let mut moved = HashSet::new();
+    for _ in 0..MOVE_PASSES {
+        let found: Vec<u32> = members(listing)
+            .into_iter()
+            .filter(|pid| !moved.contains(pid))
+            .collect();
+        if found.is_empty() {
+            return;
+        }
+        for pid in found {
+            // A process that has exited meanwhile is not an error.
+            let _ = fs::write(&procs, pid.to_string());
+            moved.insert(pid);
+        }
+    }
+    tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; some of its processes stay where they were");
+}
