@@ -278,18 +278,23 @@ struct ServeArgs {
     #[arg(long, default_value_t = Config::default().max_kernels, value_name = "N")]
     max_kernels: usize,
 
-    /// Python interpreters kept started, each in its own cgroup, directory and jail,
-    /// ahead of the executions that will use them (one each); 0 turns the warm pool off
-    /// [default: 2 when programs run in the jail, else 0].
+    /// Entries kept started per runtime, each in its own cgroup, directory and jail,
+    /// ahead of the executions that will use them (one each): Python interpreters
+    /// already running, and for the other runtimes jails waiting before their exec. 0
+    /// turns the warm pools off [default: 2 when programs run in the jail, else 0].
     #[arg(long, value_name = "N")]
     warm_pool: Option<usize>,
 
-    /// Most warm interpreters started per second, so refilling after a burst does not
-    /// take the CPU from running programs.
+    /// The runtimes that get a warm pool, comma-separated [default: all of them].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    warm_runtimes: Option<Vec<String>>,
+
+    /// Most warm entries started per second and runtime, so refilling after a burst
+    /// does not take the CPU from running programs.
     #[arg(long, default_value_t = Config::default().warm_pool_refill, value_name = "N")]
     warm_pool_refill: u32,
 
-    /// A warm interpreter not used within this many milliseconds is replaced.
+    /// A warm entry not used within this many milliseconds is replaced.
     #[arg(long, default_value_t = Config::default().warm_pool_max_age.as_millis() as u64, value_name = "MS")]
     warm_pool_max_age_ms: u64,
 
@@ -588,6 +593,7 @@ impl ServeArgs {
             metrics_token_file: self.metrics_token_file,
             audit_log: self.audit_log,
             warm_pool: self.warm_pool,
+            warm_runtimes: self.warm_runtimes.clone(),
             warm_pool_refill: self.warm_pool_refill,
             warm_pool_max_age: Duration::from_millis(self.warm_pool_max_age_ms),
             ..Config::default()

@@ -106,12 +106,12 @@ impl RuntimeTable {
         self.by_name.get(name)
     }
 
-    /// Language names, sorted, for messages.
     /// Every runtime, in no particular order.
     pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Runtime>> {
         self.by_name.values()
     }
 
+    /// Language names, sorted, for messages.
     pub(crate) fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         names.sort_unstable();

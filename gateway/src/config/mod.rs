@@ -154,13 +154,16 @@ pub struct Config {
     /// Where to append one JSON line per finished execution (the audit log).
     pub audit_log: Option<PathBuf>,
     // Issue 13, warm starts.
-    /// Python interpreters kept started ahead of their executions (`--warm-pool`); 0
-    /// turns the pool off. `None`: [`DEFAULT_WARM_POOL`] when programs run in the jail,
+    /// Entries kept started ahead of their executions, per runtime (`--warm-pool`):
+    /// Python interpreters, jails waiting before their exec for the other runtimes; 0
+    /// turns the pools off. `None`: [`DEFAULT_WARM_POOL`] when programs run in the jail,
     /// else 0.
     pub warm_pool: Option<usize>,
-    /// Most warm interpreters started per second (`--warm-pool-refill`).
+    /// The runtimes that get a warm pool (`--warm-runtimes`); `None`: all of them.
+    pub warm_runtimes: Option<Vec<String>>,
+    /// Most warm entries started per second, per runtime (`--warm-pool-refill`).
     pub warm_pool_refill: u32,
-    /// A warm interpreter older than this is discarded rather than used
+    /// A warm entry older than this is discarded rather than used
     /// (`--warm-pool-max-age-ms`).
     pub warm_pool_max_age: Duration,
 }
@@ -252,6 +255,7 @@ impl Default for Config {
             metrics_token_file: None,
             audit_log: None,
             warm_pool: None,
+            warm_runtimes: None,
             warm_pool_refill: 20,
             warm_pool_max_age: Duration::from_secs(300),
         }

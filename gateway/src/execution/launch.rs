@@ -95,7 +95,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         user: host.program_user,
         scratch_bytes: spec.limits.workspace_bytes,
         processes: spec.limits.processes,
-        bootstrap: None,
+        warm: None,
     };
     let started_at = Instant::now();
     let spawned = launch.spawn();

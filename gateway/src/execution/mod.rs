@@ -11,7 +11,7 @@
 //! - `supervise.rs`: from start to terminal event, gathering what the verdict needs;
 //! - `pump.rs`: the output pump (pipes to events, limits, cancel, exit, drain);
 //! - `stdin.rs`: the stdin feeder;
-//! - `warm/`: the warm pool of Python interpreters started ahead of their executions;
+//! - `warm/`: the warm pools: jails (and Python interpreters) started ahead of their executions;
 //! - `verdict.rs`: which terminal event, as a pure function of what was observed;
 //! - `process.rs`, `program.rs`, `output.rs`, `workdir.rs`: the child process group,
 //!   what the pump drives, output decoding, the working directory.
@@ -162,8 +162,8 @@ pub(crate) struct Host {
     pub(crate) program_user: Option<crate::sandbox::ProgramUser>,
     /// Where executions are counted (metrics) and recorded (the audit log).
     pub(crate) observe: crate::observe::Observer,
-    /// Interpreters started ahead of their executions (`--warm-pool`), if any.
-    pub(crate) warm: Option<Arc<warm::WarmPool>>,
+    /// Programs started ahead of their executions (`--warm-pool`), if any.
+    pub(crate) warm: Option<Arc<warm::WarmPools>>,
 }
 
 /// What an admitted execution holds until its program is gone: its gateway-wide slot

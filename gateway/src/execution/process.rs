@@ -42,10 +42,19 @@ pub(crate) struct Launch<'a> {
     pub(crate) scratch_bytes: u64,
     /// The process limit, for a jail that must enforce it without a cgroup.
     pub(crate) processes: u64,
-    /// A warm interpreter's bootstrap: the runtime's program runs `-c BOOTSTRAP SOURCE`
-    /// instead of its usual arguments, and no source file is copied into a jail (the
-    /// bootstrap writes it when it is claimed; see `warm/`).
-    pub(crate) bootstrap: Option<&'a str>,
+    /// A warm-pool entry: no source file is copied into the jail, the entry writes it
+    /// when it is claimed (see `warm/`).
+    pub(crate) warm: Option<WarmWait<'a>>,
+}
+
+/// How a warm-pool entry waits for its execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WarmWait<'a> {
+    /// The runtime's program runs `-c BOOTSTRAP SOURCE` instead of its usual arguments.
+    Interpreter(&'a str),
+    /// The jail's program process waits before its exec (`JailSpec::wait_for_go`);
+    /// only with the jail.
+    Jail,
 }
 
 /// A started program and the gateway's ends of its pipes.
@@ -98,15 +107,14 @@ impl Launch<'_> {
         };
         let source = self.source.as_os_str();
         let mut argv: Vec<std::ffi::OsString> = vec![self.runtime.program.clone().into()];
-        if let Some(bootstrap) = self.bootstrap {
+        let bootstrap = match self.warm {
+            Some(WarmWait::Interpreter(bootstrap)) => Some(bootstrap),
+            _ => None,
+        };
+        if let Some(bootstrap) = bootstrap {
             argv.extend(["-c".into(), bootstrap.into(), source.to_owned()]);
         }
-        for arg in self
-            .runtime
-            .args
-            .iter()
-            .filter(|_| self.bootstrap.is_none())
-        {
+        for arg in self.runtime.args.iter().filter(|_| bootstrap.is_none()) {
             if arg == FILE_PLACEHOLDER {
                 argv.push(source.to_owned());
             } else {
@@ -126,7 +134,12 @@ impl Launch<'_> {
                         source: self
                             .source
                             .file_name()
-                            .filter(|_| self.bootstrap.is_none())
+                            .filter(|_| self.warm.is_none())
+                            .map(Into::into),
+                        wait_for_go: self
+                            .source
+                            .file_name()
+                            .filter(|_| self.warm == Some(WarmWait::Jail))
                             .map(Into::into),
                         workspace: self.workdir.to_path_buf(),
                         scratch_bytes: self.scratch_bytes,
@@ -158,6 +171,10 @@ impl Launch<'_> {
                     .process_group(0);
                 self.start_inside_cgroup(|| command.spawn().and_then(into_started))
             }
+            None if self.warm == Some(WarmWait::Jail) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a waiting warm entry needs the namespace jail",
+            )),
             None => {
                 let cgroup_procs = self
                     .cgroup

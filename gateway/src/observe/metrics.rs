@@ -37,7 +37,7 @@ const OUTCOMES: [EventKind; 4] = [
     EventKind::Error,
 ];
 
-/// Why a Python execution started cold while the warm pool is on (the `reason` label
+/// Why an execution started cold while the warm pools are on (the `reason` label
 /// of `sluice_warm_pool_misses_total`; `execution::warm::Miss` names them).
 pub(crate) const WARM_MISS_REASONS: [&str; 8] = [
     "empty",
@@ -50,7 +50,7 @@ pub(crate) const WARM_MISS_REASONS: [&str; 8] = [
     "closed",
 ];
 
-/// Why a warm interpreter was discarded (`sluice_warm_pool_discards_total`;
+/// Why a warm entry was discarded (`sluice_warm_pool_discards_total`;
 /// `execution::warm::Discard` names them).
 pub(crate) const WARM_DISCARD_REASONS: [&str; 7] = [
     "start_failed",
@@ -169,7 +169,7 @@ pub(crate) struct Snapshot {
     pub(crate) sessions: usize,
     pub(crate) executions: usize,
     pub(crate) interpreters: usize,
-    /// The warm pool: its configured size, the entries ready, and their memory.
+    /// The warm pools together: their configured size, the entries ready, and their memory.
     pub(crate) warm_size: usize,
     pub(crate) warm_ready: usize,
     pub(crate) warm_memory_bytes: u64,
@@ -269,38 +269,38 @@ impl Metrics {
         let m = &metrics;
         registry.register(
             "warm_pool_size",
-            "Warm Python interpreters the pool keeps ready (--warm-pool)",
+            "Warm entries (Python interpreters, jails waiting before their exec) the pools keep ready, all runtimes together (--warm-pool per runtime)",
             m.warm_size.clone(),
         );
         registry.register(
             "warm_pool_ready",
-            "Warm Python interpreters ready now",
+            "Warm entries ready now, all runtimes together",
             m.warm_ready.clone(),
         );
         registry.register_with_unit(
             "warm_pool_memory",
-            "Memory the ready warm interpreters hold (their cgroups' count, else their resident sets)",
+            "Memory the ready warm entries hold (their cgroups' count, else their resident sets)",
             prometheus_client::registry::Unit::Bytes,
             m.warm_memory.clone(),
         );
         registry.register(
             "warm_pool_hits",
-            "Executions started on a warm interpreter",
+            "Executions started on a warm entry",
             m.warm_hits.clone(),
         );
         registry.register(
             "warm_pool_misses",
-            "Python executions started cold while the pool is on, by reason",
+            "Executions started cold while the pools are on, by reason",
             m.warm_misses.clone(),
         );
         registry.register(
             "warm_pool_starts",
-            "Warm interpreters started and ready",
+            "Warm entries started and ready",
             m.warm_starts.clone(),
         );
         registry.register(
             "warm_pool_discards",
-            "Warm interpreters discarded unused (or never ready), by reason",
+            "Warm entries discarded unused (or never ready), by reason",
             m.warm_discards.clone(),
         );
         registry.register(

@@ -81,8 +81,52 @@ pub struct JailSpec {
     /// A niceness the program takes before it execs (where no cpu cgroup gives it a
     /// share below the gateway's).
     pub nice: Option<i32>,
+    /// A warm start's source file name: the program's process, once it is the sandbox
+    /// user under its filter, says it is ready on stdout ([`WARM_READY`]) and waits for a
+    /// go header on stdin ([`WARM_HEADER_BYTES`]: the code's length and the rlimits to
+    /// lower to), writes the code that follows to this file in the workspace, and execs.
+    pub wait_for_go: Option<OsString>,
     /// The program and its arguments.
     pub command: Vec<OsString>,
+}
+
+/// What a waiting program (see [`JailSpec::wait_for_go`]) writes to its stdout once it
+/// waits for its go.
+pub const WARM_READY: &[u8] = b"sluice-warm-ready\n";
+
+/// The length of a warm start's go header: `SLUICE`, then the code's length and the
+/// rlimits (CPU seconds, file size, open files; `u64::MAX`: unchanged) as decimal
+/// numbers separated by single spaces, padded with spaces, then `\n`.
+pub const WARM_HEADER_BYTES: usize = 128;
+
+/// The numbers of a go header: the code's length, then the three rlimits. `None` for
+/// anything else. Allocates nothing (the jail reads it before its exec, in a child that
+/// shares its parent's memory).
+pub fn parse_go_header(header: &[u8; WARM_HEADER_BYTES]) -> Option<[u64; 4]> {
+    let rest = header.strip_prefix(b"SLUICE ")?;
+    let (last, body) = rest.split_last()?;
+    if *last != b'\n' {
+        return None;
+    }
+    let mut numbers = [0_u64; 4];
+    let mut fields = body.split(|&b| b == b' ').filter(|field| !field.is_empty());
+    for number in &mut numbers {
+        let field = fields.next()?;
+        if field.len() > 20 {
+            return None;
+        }
+        let mut value: u64 = 0;
+        for &digit in field {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            value = value
+                .checked_mul(10)?
+                .checked_add(u64::from(digit - b'0'))?;
+        }
+        *number = value;
+    }
+    fields.next().is_none().then_some(numbers)
 }
 
 /// A program's environment as the jail takes it (`NAME=value` entries), from pairs in
@@ -185,6 +229,9 @@ impl JailSpec {
         if let Some(fd) = self.network_fd {
             pair("--network-fd", fd.to_string().into());
         }
+        if let Some(name) = &self.wait_for_go {
+            pair("--wait-for-go", name.clone());
+        }
         if self.no_network {
             args.push("--no-network".into());
         }
@@ -268,6 +315,21 @@ impl JailSpec {
             match flag.as_str() {
                 "--host-dir" => spec.host_dir = PathBuf::from(&value),
                 "--source" => spec.source = Some(value.clone()),
+                "--wait-for-go" => {
+                    let name = Path::new(&value);
+                    if name.components().count() != 1
+                        || !matches!(
+                            name.components().next(),
+                            Some(std::path::Component::Normal(_))
+                        )
+                    {
+                        return Err(SpecError(format!(
+                            "--wait-for-go takes a file name, not {:?}",
+                            text()
+                        )));
+                    }
+                    spec.wait_for_go = Some(value.clone());
+                }
                 "--workspace" => workspace = Some(PathBuf::from(&value)),
                 "--scratch-bytes" => spec.scratch_bytes = number("--scratch-bytes")?,
                 "--uid" => spec.uid = id(number("--uid")?)?,

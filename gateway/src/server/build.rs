@@ -109,9 +109,9 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         observe: observe.clone(),
         warm: None,
     };
-    let warm = warm_pool(&config, &runtimes, &host);
-    if let Some(pool) = &warm {
-        pool.start(host.clone());
+    let warm = warm_pools(&config, &runtimes, &host);
+    if let Some(pools) = &warm {
+        pools.start(&host);
     }
     let state = Arc::new(GatewayState {
         runtimes,
@@ -138,16 +138,17 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
     Ok(Built { state, work_root })
 }
 
-/// The warm pool (`--warm-pool`), when it is on and a runtime it serves is configured
-/// (`python`, run as `INTERPRETER FILE`) and programs run in the jail. Without the jail
-/// every program runs as the one sandbox user and could tamper with the interpreters
-/// waiting for later executions (stop them, lower their limits with `prlimit`, trace
-/// them): the pool is off there, whatever `--warm-pool` says.
-fn warm_pool(
+/// The warm pools (`--warm-pool`), one per runtime, when they are on and programs run in
+/// the jail: Python gets interpreters started ahead (when run as `INTERPRETER FILE`),
+/// every other runtime jails waiting before their exec. Without the jail every program
+/// runs as the one sandbox user and could tamper with the entries waiting for later
+/// executions (stop them, lower their limits with `prlimit`, trace them), and there is
+/// no jail to wait in: the pools are off there, whatever `--warm-pool` says.
+fn warm_pools(
     config: &Config,
     runtimes: &RuntimeTable,
     host: &crate::execution::Host,
-) -> Option<Arc<crate::execution::warm::WarmPool>> {
+) -> Option<Arc<crate::execution::warm::WarmPools>> {
     use crate::execution::warm;
     let size = config.warm_pool.unwrap_or(if host.jail.is_some() {
         crate::config::DEFAULT_WARM_POOL
@@ -161,27 +162,51 @@ fn warm_pool(
         tracing::warn!(
             size,
             "no warm pool: it needs the namespace jail (without it every program shares one \
-             user and could tamper with the interpreters waiting for later executions)"
+             user and could tamper with the programs waiting for later executions)"
         );
         return None;
     }
-    let Some(runtime) = runtimes.get("python").filter(|r| warm::serves(r)) else {
-        tracing::info!("no warm pool: no python runtime run as `INTERPRETER FILE`");
-        return None;
-    };
     let limits = warm::entry_limits(&config.limits)?;
-    tracing::info!(
+    let settings = warm::WarmSettings {
         size,
-        refill_per_second = config.warm_pool_refill,
-        "warm pool: python interpreters started ahead of their executions"
-    );
-    Some(Arc::new(warm::WarmPool::new(
-        Arc::clone(runtime),
-        limits,
-        warm::WarmSettings {
+        refill_per_second: config.warm_pool_refill,
+        max_age: config.warm_pool_max_age,
+    };
+    if let Some(unknown) = config
+        .warm_runtimes
+        .iter()
+        .flatten()
+        .find(|name| runtimes.get(name).is_none())
+    {
+        tracing::warn!(language = %unknown, "--warm-runtimes names a runtime that is not configured");
+    }
+    let wanted = |name: &str| {
+        config
+            .warm_runtimes
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|w| w == name))
+    };
+    let pools: Vec<Arc<warm::WarmPool>> = runtimes
+        .names()
+        .into_iter()
+        .filter(|name| wanted(name))
+        .filter_map(|name| runtimes.get(name))
+        .map(|runtime| Arc::new(warm::WarmPool::new(Arc::clone(runtime), limits, settings)))
+        .collect();
+    for pool in &pools {
+        tracing::info!(
+            language = %pool.runtime_name(),
             size,
-            refill_per_second: config.warm_pool_refill,
-            max_age: config.warm_pool_max_age,
-        },
-    )))
+            refill_per_second = config.warm_pool_refill,
+            kind = match pool.kind() {
+                warm::WarmKind::Interpreter => "interpreters",
+                warm::WarmKind::Jail => "jails waiting before their exec",
+            },
+            "warm pool: started ahead of their executions"
+        );
+    }
+    if pools.is_empty() {
+        return None;
+    }
+    Some(Arc::new(warm::WarmPools::new(pools)))
 }

@@ -39,4 +39,5 @@ mod session_abuse;
 mod sessions;
 mod stdin_cancel;
 mod warm;
+mod warm_jail;
 mod ws_conformance;

@@ -16,6 +16,7 @@ async fn gateway_with(isolation: Isolation, size: usize) -> TestGateway {
     TestGateway::spawn_with(Config {
         isolation,
         warm_pool: Some(size),
+        warm_runtimes: Some(vec!["python".into()]),
         ..Config::default()
     })
     .await
@@ -314,6 +315,7 @@ async fn a_credential_without_network_gets_no_networked_interpreter() -> Result<
     let mut config = Config {
         isolation: Isolation::Namespaces,
         warm_pool: Some(1),
+        warm_runtimes: Some(vec!["python".into()]),
         auth: sluice_gateway::AuthConfig {
             jwt_secret_file: Some(dir.write("secret", &format!("{SECRET}\n"))?),
             ..sluice_gateway::AuthConfig::default()
@@ -358,6 +360,7 @@ async fn a_huge_configured_file_size_limit_runs_as_cold() -> Result<()> {
     let mut config = Config {
         isolation: Isolation::Namespaces,
         warm_pool: Some(1),
+        warm_runtimes: Some(vec!["python".into()]),
         ..Config::default()
     };
     config.limits.file_size_bytes = sluice_gateway::LimitBound {
@@ -465,6 +468,7 @@ async fn code_at_the_largest_pipe_runs_warm_and_one_byte_more_cold() -> Result<(
     let gateway = TestGateway::spawn_with(Config {
         isolation: Isolation::Namespaces,
         warm_pool: Some(1),
+        warm_runtimes: Some(vec!["python".into()]),
         max_frame_bytes: 4 << 20,
         ..Config::default()
     })

@@ -19,6 +19,7 @@ async fn warm_gateway(size: usize) -> TestGateway {
     TestGateway::spawn_with(Config {
         isolation: Isolation::Namespaces,
         warm_pool: Some(size),
+        warm_runtimes: Some(vec!["python".into()]),
         ..Config::default()
     })
     .await
@@ -313,6 +314,7 @@ async fn a_burst_larger_than_the_pool_starts_the_rest_cold() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         isolation: Isolation::Namespaces,
         warm_pool: Some(1),
+        warm_runtimes: Some(vec!["python".into()]),
         warm_pool_refill: 1,
         ..Config::default()
     })
@@ -365,6 +367,7 @@ async fn an_interpreter_older_than_the_maximum_age_is_replaced() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         isolation: Isolation::Namespaces,
         warm_pool: Some(1),
+        warm_runtimes: Some(vec!["python".into()]),
         warm_pool_max_age: std::time::Duration::from_millis(200),
         ..Config::default()
     })
@@ -419,6 +422,7 @@ async fn jailed_in_own_root(name: &str, size: usize) -> Result<(TestGateway, std
     let gateway = TestGateway::spawn_with(Config {
         isolation: Isolation::Namespaces,
         warm_pool: Some(size),
+        warm_runtimes: Some(vec!["python".into()]),
         work_root: Some(root.clone()),
         ..Config::default()
     })

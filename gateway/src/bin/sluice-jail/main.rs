@@ -505,6 +505,10 @@ fn program_start(
         spec.nice,
         seccomp::filter(),
         command,
+        spec.wait_for_go
+            .as_ref()
+            .map(|name| spec.workspace.join(name))
+            .as_deref(),
     )
     .map(|start| (start, names))
     .map_err(|err| format!("entering {}: {err}", spec.workspace.display()))
@@ -534,6 +538,7 @@ fn start_failure(
         os::StartStep::Priority => format!("lowering the priority: {err}"),
         os::StartStep::Signals => format!("resetting signals: {err}"),
         os::StartStep::Filter => format!("installing the system-call filter: {err}"),
+        os::StartStep::Go => format!("waiting for the warm start's go: {err}"),
         os::StartStep::Exec => format!("could not start {}: {err}", program_name(spec)),
     }
 }

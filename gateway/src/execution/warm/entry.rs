@@ -102,13 +102,13 @@ pub(super) fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) ->
 }
 
 /// The entries ready, and whether the pool still takes new ones.
-/// Reads exactly [`READY`] from a new interpreter's stdout.
+/// Reads exactly [`WARM_READY`] from a new interpreter's stdout.
 pub(super) async fn read_ready(stdout: &pipe::Receiver) -> io::Result<()> {
-    let mut got = Vec::with_capacity(READY.len());
-    let mut buf = [0_u8; READY.len()];
-    while got.len() < READY.len() {
+    let mut got = Vec::with_capacity(WARM_READY.len());
+    let mut buf = [0_u8; WARM_READY.len()];
+    while got.len() < WARM_READY.len() {
         stdout.readable().await?;
-        match stdout.try_read(&mut buf[..READY.len() - got.len()]) {
+        match stdout.try_read(&mut buf[..WARM_READY.len() - got.len()]) {
             Ok(0) => {
                 return Err(io::Error::other(
                     "the interpreter exited before it was ready",
@@ -124,7 +124,7 @@ pub(super) async fn read_ready(stdout: &pipe::Receiver) -> io::Result<()> {
                 "warm starts need Python 3.11 or later",
             ));
         }
-        if !READY.starts_with(&got) && !TOO_OLD.starts_with(&got) {
+        if !WARM_READY.starts_with(&got) && !TOO_OLD.starts_with(&got) {
             return Err(io::Error::other(
                 "the interpreter wrote something unexpected",
             ));

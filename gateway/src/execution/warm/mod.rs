@@ -1,38 +1,46 @@
-//! The warm pool: Python interpreters started ahead of their executions, each confined
-//! exactly as a cold start would be (own cgroup, own working directory, the jail), each
-//! used for one execution and then gone.
+//! The warm pools: programs started ahead of their executions, one pool per runtime,
+//! each entry confined exactly as a cold start would be (own cgroup, own working
+//! directory, the jail), used for one execution and then gone.
 //!
-//! A background task keeps up to `--warm-pool` entries ready, starting at most
+//! Two kinds of entry ([`WarmKind`]): for Python, an interpreter running `bootstrap.py`
+//! (`python3 -c`), so the interpreter's own start is done too; for every other runtime,
+//! a jail whose program process, already the sandbox user under its filter, waits before
+//! its exec (`JailSpec::wait_for_go`), so the namespaces, mounts and processes are done.
+//!
+//! A background task per pool keeps up to `--warm-pool` entries ready, starting at most
 //! `--warm-pool-refill` a second, each weighed down in its cgroup until its claim. An
-//! entry runs `bootstrap.py` (`python3 -c`), which writes [`READY`] to its stdout
-//! and blocks reading stdin. A claim (`launch::launch`, when the request fits:
-//! [`fallback`]) gives the entry's cgroup the request's limits and starts its counters
-//! afresh, writes the go [`header`] (the code's length and the request's rlimits, which
-//! the bootstrap sets: the gateway may not set another user's) and the code to its
-//! stdin, and hands over a [`Launched`] like a cold start's, with `started_at` = the
-//! claim. The bootstrap then writes `main.py` and runs it as `python3 main.py` would.
-//! Anything that does not fit (no entry, `env` or `args`, other limits, a failed claim
-//! step) starts cold: a claim never waits. An entry that died, printed anything or is
-//! older than `--warm-pool-max-age-ms` is discarded, killed and cleaned up like a
-//! finished execution.
+//! entry writes [`WARM_READY`] to its stdout and blocks reading stdin. A claim
+//! (`launch::launch`, when the request fits: [`fallback`]) gives the entry's cgroup the
+//! request's limits and starts its counters afresh, writes the go [`header`] (the code's
+//! length and the request's rlimits, which the entry sets: the gateway may not set
+//! another user's) and the code to its stdin, and hands over a [`Launched`] like a cold
+//! start's, with `started_at` = the claim. The entry then writes the source file and
+//! runs it as a cold start would. Anything that does not fit (no entry, `env` or `args`,
+//! other limits, a failed claim step) starts cold: a claim never waits. An entry that
+//! died, printed anything or is older than `--warm-pool-max-age-ms` is discarded, killed
+//! and cleaned up like a finished execution.
 //!
-//! Files: `entry.rs` (one ready interpreter: its start and its claim), `pool.rs` (the
-//! pool and its filler task), `bootstrap.py` (what each interpreter runs).
+//! Files: `entry.rs` (one ready entry: its start and its claim), `pool.rs` (one
+//! runtime's pool and its filler task), `pools.rs` (all of them), `bootstrap.py` (what
+//! each Python entry runs).
 
 mod entry;
 mod pool;
+mod pools;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use pool::WarmPool;
+pub(crate) use pools::WarmPools;
 
 use super::launch::{self, Launched};
-use super::process::{ChildGroup, Launch};
+use super::process::{ChildGroup, Launch, WarmWait};
 use super::program::Program;
 use super::workdir::Workdir;
 use super::{ExecutionSpec, Host};
 use crate::config::EffectiveLimits;
 use crate::runtime::{Runtime, FILE_PLACEHOLDER};
+use crate::sandbox::jail::{WARM_HEADER_BYTES as HEADER_BYTES, WARM_READY};
 use crate::sys::{self, Signal};
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
@@ -51,17 +59,18 @@ pub(super) const STARTED_NOTE: &str = "warm";
 /// The bootstrap every warm interpreter runs.
 const BOOTSTRAP: &str = include_str!("bootstrap.py");
 
-/// What the bootstrap writes to stdout once the interpreter has started.
-const READY: &[u8] = b"sluice-warm-ready\n";
-
-/// What it writes instead when the interpreter is older than it supports (3.11); as
-/// long as [`READY`].
+/// What the Python bootstrap writes instead of [`WARM_READY`] when the interpreter is
+/// older than it supports (3.11); as long.
 const TOO_OLD: &[u8] = b"sluice-warm-older\n";
 
-/// The go header's length: `SLUICE`, then the code's length and the rlimits (CPU
-/// seconds, file size, open files) as decimal numbers separated by spaces, padded with
-/// spaces, then `\n`.
-const HEADER_BYTES: usize = 128;
+/// How a runtime's entries wait for their execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WarmKind {
+    /// A Python interpreter running the bootstrap: its own start is done ahead too.
+    Interpreter,
+    /// The jail's program process, waiting before its exec.
+    Jail,
+}
 
 /// The largest stdin pipe a claim asks for, so that the header and code go in one write
 /// that never blocks (the kernel's default `pipe-max-size`). An entry's pipe keeps the
@@ -199,12 +208,17 @@ pub(super) fn header(code_bytes: usize, rlimits: sys::Rlimits) -> [u8; HEADER_BY
     header
 }
 
-/// The runtimes a pool can serve: the program is run as `INTERPRETER FILE` (the
-/// bootstrap replaces exactly that), and it is Python.
-pub(crate) fn serves(runtime: &Runtime) -> bool {
-    runtime.name == "python"
+/// How a pool serves `runtime`: Python run as `INTERPRETER FILE` (the bootstrap
+/// replaces exactly that) with a warm interpreter, any other runtime with a waiting jail.
+pub(crate) fn kind_for(runtime: &Runtime) -> WarmKind {
+    if runtime.name == "python"
         && runtime.args == [FILE_PLACEHOLDER]
         && runtime.file_name.ends_with(".py")
+    {
+        WarmKind::Interpreter
+    } else {
+        WarmKind::Jail
+    }
 }
 
 /// The limits an entry starts with: the maxima for what a claim can lower (CPU time,
@@ -222,11 +236,12 @@ pub(crate) fn entry_limits(config: &crate::config::LimitsConfig) -> Option<Effec
     })
 }
 
-/// Whether a request must start cold instead of claiming an entry started for
+/// Whether a request must start cold instead of claiming an entry of `kind` started for
 /// `runtime` with `limits`; `lowers_processes`: a claim can give an entry any lower
 /// process limit (its cgroup limits processes, or, without the jail, nothing does, as
 /// for a cold start); `None`: not known yet, no entry has started.
 pub(super) fn fallback(
+    kind: WarmKind,
     runtime: &Runtime,
     limits: &EffectiveLimits,
     lowers_processes: Option<bool>,
@@ -255,8 +270,11 @@ pub(super) fn fallback(
     } else if !limits_fit {
         Some(Miss::Limits)
     } else if spec.code.len() > STDIN_PIPE_BYTES - HEADER_BYTES
-        || spec.code.contains('\0')
-        || declares_an_encoding(&spec.code)
+        // Written under the entry's file-size rlimit (a cold start's is written by the
+        // jail before the program takes its limits).
+        || spec.code.len() as u64 > limits.file_size_bytes
+        || (kind == WarmKind::Interpreter
+            && (spec.code.contains('\0') || declares_an_encoding(&spec.code)))
     {
         // A NUL byte or an encoding declaration: `compile` of the code as a string
         // would treat them otherwise than the interpreter reading main.py does.

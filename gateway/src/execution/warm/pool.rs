@@ -13,10 +13,11 @@ struct Ready {
     lowers_processes: Option<bool>,
 }
 
-/// The warm pool of one runtime (the `python` one, with its network setting).
+/// The warm pool of one runtime (with its network setting).
 #[derive(Debug)]
 pub(crate) struct WarmPool {
     runtime: Arc<Runtime>,
+    kind: WarmKind,
     limits: EffectiveLimits,
     settings: WarmSettings,
     ready: Mutex<Ready>,
@@ -34,6 +35,7 @@ impl WarmPool {
         settings: WarmSettings,
     ) -> Self {
         Self {
+            kind: kind_for(&runtime),
             runtime,
             limits,
             settings,
@@ -42,6 +44,22 @@ impl WarmPool {
             closing: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
+    }
+
+    /// Whether this is the pool of `runtime` (by name: a request for it may still
+    /// differ in settings, see [`fallback`]).
+    pub(super) fn serves(&self, runtime: &Runtime) -> bool {
+        self.runtime.name == runtime.name
+    }
+
+    /// The runtime's name.
+    pub(crate) fn runtime_name(&self) -> &str {
+        &self.runtime.name
+    }
+
+    /// How its entries wait.
+    pub(crate) fn kind(&self) -> WarmKind {
+        self.kind
     }
 
     /// The configured size.
@@ -84,7 +102,13 @@ impl WarmPool {
             None
         };
         let lowers_processes = self.lock().lowers_processes;
-        if let Some(why) = fallback(&self.runtime, &self.limits, lowers_processes, spec) {
+        if let Some(why) = fallback(
+            self.kind,
+            &self.runtime,
+            &self.limits,
+            lowers_processes,
+            spec,
+        ) {
             return miss(why);
         }
         let mut entry = loop {
@@ -273,9 +297,13 @@ impl WarmPool {
         }
     }
 
-    /// Starts one interpreter with the bootstrap and waits until it says it is ready.
+    /// Starts one entry and waits until it says it is ready.
     async fn start_entry(&self, host: &Host) -> io::Result<Entry> {
         let (runtime, limits, blocking_host) = (self.runtime.clone(), self.limits, host.clone());
+        let wait = match self.kind {
+            WarmKind::Interpreter => WarmWait::Interpreter(BOOTSTRAP),
+            WarmKind::Jail => WarmWait::Jail,
+        };
         let (workdir, spawned) = tokio::task::spawn_blocking(move || {
             let host = blocking_host;
             let cgroup = host.cgroups.create(
@@ -303,7 +331,7 @@ impl WarmPool {
                 user: host.program_user,
                 scratch_bytes: limits.workspace_bytes,
                 processes: limits.processes,
-                bootstrap: Some(BOOTSTRAP),
+                warm: Some(wait),
             }
             .spawn()
             .map_err(io::Error::other)?;

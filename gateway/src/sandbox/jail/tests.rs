@@ -26,9 +26,28 @@ fn a_spec_survives_its_arguments() {
         network_fd: Some(41),
         env: vec!["PATH=/usr/bin".into(), "LD_PRELOAD=/x y".into()],
         nice: Some(10),
+        wait_for_go: Some("main.py".into()),
         command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
     };
     assert_eq!(JailSpec::parse(spec.to_args()).unwrap(), spec);
+}
+
+#[test]
+fn a_warm_start_writes_only_a_file_name_in_the_workspace() {
+    let spec = |name: &str| JailSpec {
+        host_dir: "/dev/shm/x".into(),
+        workspace: "/dev/shm/x".into(),
+        uid: 60_000,
+        gid: 60_000,
+        wait_for_go: Some(name.into()),
+        command: vec!["/bin/sh".into()],
+        ..JailSpec::default()
+    };
+    assert!(JailSpec::parse(spec("main.sh").to_args()).is_ok());
+    for name in ["../main.sh", "a/main.sh", "/etc/passwd", ".", "..", ""] {
+        let refused = JailSpec::parse(spec(name).to_args());
+        assert!(refused.is_err(), "{name:?}: {refused:?}");
+    }
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub(crate) enum StartStep {
     Priority,
     Signals,
     Filter,
+    /// Waiting for a warm start's go, and writing its code.
+    Go,
     Exec,
 }
 
@@ -40,6 +42,9 @@ pub(crate) struct ProgramStart {
     _strings: (Vec<CString>, Vec<CString>),
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
+    /// A warm start: the source file the code given at the go is written to (see
+    /// `JailSpec::wait_for_go`).
+    go: Option<CString>,
 }
 
 /// What the child reads and where it says what failed.
@@ -109,6 +114,7 @@ impl ProgramStart {
         nice: Option<i32>,
         filter: Vec<libc::sock_filter>,
         (args, env, candidates): (Vec<CString>, Vec<CString>, Vec<CString>),
+        go: Option<&Path>,
     ) -> io::Result<Self> {
         let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
             strings
@@ -129,6 +135,7 @@ impl ProgramStart {
             argv: pointers(&args),
             envp: pointers(&env),
             _strings: (args, env),
+            go: go.map(c_path).transpose()?,
         })
     }
 
@@ -193,6 +200,7 @@ impl ProgramStart {
             4 => Some(StartStep::Priority),
             5 => Some(StartStep::Signals),
             6 => Some(StartStep::Filter),
+            7 => Some(StartStep::Go),
             _ => Some(StartStep::Exec),
         };
         Ok((
@@ -275,6 +283,11 @@ extern "C" fn program_main(raw: *mut libc::c_void) -> libc::c_int {
         {
             return fail(6, 0, errno());
         }
+        if let Some(go) = &start.go {
+            if let Err(errno) = wait_for_go(go) {
+                return fail(7, 0, errno);
+            }
+        }
         let mut error = libc::ENOENT;
         for candidate in &start.candidates {
             libc::execve(candidate.as_ptr(), start.argv.as_ptr(), start.envp.as_ptr());
@@ -288,6 +301,98 @@ extern "C" fn program_main(raw: *mut libc::c_void) -> libc::c_int {
                 }
             }
         }
-        fail(7, 0, error)
+        fail(8, 0, error)
     }
+}
+
+/// Bytes copied at a time from stdin into a warm start's source file (on the child's
+/// stack, which has [`PROGRAM_STACK_BYTES`]).
+const GO_COPY_BYTES: usize = 16 << 10;
+
+/// A warm start's wait, in the program's child as the sandbox user under its filter:
+/// says it is ready, reads the go header and the code from stdin, writes the code to
+/// `source` (a new file), lowers the three rlimits the header names. Allocates nothing
+/// (this runs in a child sharing init's memory); an error is an errno.
+///
+/// # Safety
+/// Plain system calls on `source` and on buffers of this frame.
+unsafe fn wait_for_go(source: &CString) -> Result<(), i32> {
+    use sluice_gateway::jail::{parse_go_header, WARM_HEADER_BYTES, WARM_READY};
+    write_all(1, WARM_READY)?;
+    let mut header = [0_u8; WARM_HEADER_BYTES];
+    read_exact(0, &mut header)?;
+    let [code_bytes, cpu_seconds, file_size, open_files] =
+        parse_go_header(&header).ok_or(libc::EINVAL)?;
+    let file = libc::open(
+        source.as_ptr(),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0o600,
+    );
+    if file < 0 {
+        return Err(errno());
+    }
+    let mut buffer = [0_u8; GO_COPY_BYTES];
+    let mut left = code_bytes;
+    while left > 0 {
+        let want = usize::try_from(left).map_or(GO_COPY_BYTES, |n| n.min(GO_COPY_BYTES));
+        let chunk = &mut buffer[..want];
+        read_exact(0, chunk)?;
+        write_all(file, chunk)?;
+        left -= want as u64;
+    }
+    if libc::close(file) != 0 {
+        return Err(errno());
+    }
+    // As the jail sets them at a cold start: CPU with a second's grace before SIGKILL.
+    for (resource, value, hard) in [
+        (libc::RLIMIT_CPU, cpu_seconds, cpu_seconds.saturating_add(1)),
+        (libc::RLIMIT_FSIZE, file_size, file_size),
+        (libc::RLIMIT_NOFILE, open_files, open_files),
+    ] {
+        if value == u64::MAX {
+            continue;
+        }
+        let limit = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: hard,
+        };
+        if libc::setrlimit(resource, &limit) != 0 {
+            return Err(errno());
+        }
+    }
+    Ok(())
+}
+
+/// Reads exactly `buffer.len()` bytes from `fd`; end of input is `EPIPE`.
+unsafe fn read_exact(fd: libc::c_int, buffer: &mut [u8]) -> Result<(), i32> {
+    let mut at = 0;
+    while at < buffer.len() {
+        let n = libc::read(fd, buffer[at..].as_mut_ptr().cast(), buffer.len() - at);
+        match n {
+            0 => return Err(libc::EPIPE),
+            n if n < 0 => match errno() {
+                libc::EINTR => continue,
+                other => return Err(other),
+            },
+            n => at += n as usize,
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` to `fd`.
+unsafe fn write_all(fd: libc::c_int, bytes: &[u8]) -> Result<(), i32> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = libc::write(fd, bytes[at..].as_ptr().cast(), bytes.len() - at);
+        match n {
+            0 => return Err(libc::EIO),
+            n if n < 0 => match errno() {
+                libc::EINTR => continue,
+                other => return Err(other),
+            },
+            n => at += n as usize,
+        }
+    }
+    Ok(())
 }
