@@ -387,11 +387,14 @@ fn start_gateway_with(
 }
 
 /// Section 6: what isolation costs at the start of an execution, against the same
-/// gateway with isolation off and against direct spawning.
+/// gateway with isolation off and against direct spawning. A cold start (a request with
+/// an environment variable, which the warm pools never serve) pays for the whole jail;
+/// where the gateway keeps warm pools, a warm start (the bench waits until every pool is
+/// full before each) claims a jail that waits before its exec.
 async fn isolation_rows(
     label: &str,
     plain: SocketAddr,
-    isolated: SocketAddr,
+    isolated_addr: SocketAddr,
     args: &Args,
 ) -> anyhow::Result<()> {
     let connect = |addr: SocketAddr| async move {
@@ -399,18 +402,29 @@ async fn isolation_rows(
         let (socket, _) = tokio_tungstenite::connect_async(&url).await?;
         anyhow::Ok(socket)
     };
-    let (mut plain, mut isolated) = (connect(plain).await?, connect(isolated).await?);
+    let (mut plain, mut isolated) = (connect(plain).await?, connect(isolated_addr).await?);
     for _ in 0..10 {
-        gateway_first_stdout(&mut isolated).await?;
-        gateway_first_stdout(&mut plain).await?;
+        gateway_first_stdout(&mut isolated, true).await?;
+        gateway_first_stdout(&mut plain, false).await?;
     }
-    let (mut full, mut none, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+    let pools = idle::gauge(isolated_addr, "sluice_warm_pool_size").await? != "0";
+    let (mut full, mut warm, mut none, mut direct) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut misses = 0;
     for _ in 0..args.latency_runs {
-        full.push(gateway_first_stdout(&mut isolated).await?.1);
-        none.push(gateway_first_stdout(&mut plain).await?.1);
+        full.push(gateway_first_stdout(&mut isolated, true).await?.1);
+        none.push(gateway_first_stdout(&mut plain, false).await?.1);
         direct.push(direct_first_stdout().await?);
+        if pools && pools_full(isolated_addr).await? {
+            let (_, first, was_warm) = gateway_first_stdout(&mut isolated, false).await?;
+            if was_warm {
+                warm.push(first);
+            } else {
+                misses += 1;
+            }
+        }
     }
-    for list in [&mut full, &mut none, &mut direct] {
+    for list in [&mut full, &mut warm, &mut none, &mut direct] {
         list.sort();
     }
     let (f, n, d) = (
@@ -434,24 +448,61 @@ async fn isolation_rows(
         "<= 5 ms",
         f - n <= 5.0,
     );
+    if !warm.is_empty() {
+        let w = ms(percentile(&warm, 50));
+        let runs = warm.len() + misses;
+        row(
+            &format!("{label}, warm ({runs} runs, {misses} missed): execute -> stdout p50"),
+            w,
+            d,
+            w / d,
+            "-",
+            true,
+        );
+        row(
+            &format!("{label}, warm: added start p50 (ms)"),
+            w - n,
+            f64::NAN,
+            f64::NAN,
+            "<= 1 ms",
+            w - n <= 1.0,
+        );
+    }
     let rate = gateway_exec_rate(&mut isolated, args.executions, args.concurrency).await?;
     let direct_rate = direct_exec_rate(args.executions, args.concurrency).await?;
+    let full_jail = label.starts_with("full");
     row(
         &format!("{label}: executions/s at {}", args.concurrency),
         rate,
         direct_rate,
         rate / direct_rate,
-        "-",
-        true,
+        if full_jail { ">= 0.5x" } else { "-" },
+        !full_jail || rate / direct_rate >= 0.5,
     );
     Ok(())
+}
+
+/// Waits (up to 30 s) until every warm pool of the gateway at `addr` is full; false if
+/// they never were.
+async fn pools_full(addr: SocketAddr) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let size = idle::gauge(addr, "sluice_warm_pool_size").await?;
+        if idle::gauge(addr, "sluice_warm_pool_ready").await? == size {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Section 6b: a jailed Python program's start from the warm pool (the full-isolation
 /// gateway keeps its default pool) against the same request started cold (it carries an
 /// environment variable, which always starts cold) and against spawning `python3`
-/// directly. Before each warm run the bench waits until `/metrics` shows an interpreter
-/// ready, so every warm run is one (a miss would be counted and reported).
+/// directly. Before each warm run the bench waits until `/metrics` shows every pool
+/// full, so every warm run is one (a miss would be counted and reported).
 async fn warm_rows(isolated: SocketAddr, args: &Args) -> anyhow::Result<()> {
     let url = format!("ws://{isolated}{}", sluice_protocol::WS_PATH);
     let (mut socket, _) = tokio_tungstenite::connect_async(&url).await?;
@@ -459,13 +510,9 @@ async fn warm_rows(isolated: SocketAddr, args: &Args) -> anyhow::Result<()> {
     let python = real_python()?;
     let (mut warm, mut cold, mut direct, mut misses) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for _ in 0..runs {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while idle::gauge(isolated, "sluice_warm_pool_ready").await? == "0" {
-            if Instant::now() > deadline {
-                println!("  [warm starts: not measured: no interpreter became ready in 30 s]");
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if !pools_full(isolated).await? {
+            println!("  [warm starts: not measured: the pools were not full within 30 s]");
+            return Ok(());
         }
         let (first, was_warm) = python_first_stdout(&mut socket, false).await?;
         if was_warm {
@@ -610,12 +657,12 @@ async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Res
 
     // 1. Latency, interleaved so both sides see the same machine state.
     for _ in 0..10 {
-        gateway_first_stdout(&mut socket).await?;
+        gateway_first_stdout(&mut socket, false).await?;
         direct_first_stdout().await?;
     }
     let (mut via, mut direct, mut started) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.latency_runs {
-        let (to_started, to_stdout) = gateway_first_stdout(&mut socket).await?;
+        let (to_started, to_stdout, _) = gateway_first_stdout(&mut socket, false).await?;
         started.push(to_started);
         via.push(to_stdout);
         direct.push(direct_first_stdout().await?);
@@ -1013,14 +1060,27 @@ fn check_terminal(event: &Event) -> anyhow::Result<()> {
 }
 
 /// Time from sending `execute` to the `started` event and to the first `stdout` event.
-async fn gateway_first_stdout(socket: &mut Socket) -> anyhow::Result<(Duration, Duration)> {
+/// Runs `echo x` in `sh`; returns the time to `started`, to the first stdout, and
+/// whether it came from a warm pool. `cold`: with an environment variable, which the
+/// warm pools never serve.
+async fn gateway_first_stdout(
+    socket: &mut Socket,
+    cold: bool,
+) -> anyhow::Result<(Duration, Duration, bool)> {
+    let mut request = execute_request("lat", "sh", "echo x");
+    if cold {
+        request.env.insert("SLUICE_BENCH_COLD".into(), "1".into());
+    }
     let start = Instant::now();
-    socket.send(execute_frame("lat", "sh", "echo x")).await?;
-    let (mut started, mut first) = (None, None);
+    socket
+        .send(Message::text(ClientFrame::Execute(request).to_json()))
+        .await?;
+    let (mut started, mut first, mut warm) = (None, None, false);
     loop {
         let event = next_event(socket).await?;
         if event.kind == EventKind::Started {
             started = Some(start.elapsed());
+            warm = event.data == "warm";
         }
         if event.kind == EventKind::Stdout && first.is_none() {
             first = Some(start.elapsed());
@@ -1030,6 +1090,7 @@ async fn gateway_first_stdout(socket: &mut Socket) -> anyhow::Result<(Duration, 
             return Ok((
                 started.context("no started event")?,
                 first.context("no stdout event")?,
+                warm,
             ));
         }
     }

@@ -193,7 +193,7 @@ async fn auth_rows(
 async fn first_stdout_p50(socket: &mut Socket, runs: usize) -> anyhow::Result<f64> {
     let mut times = Vec::new();
     for _ in 0..runs {
-        times.push(ms(gateway_first_stdout(socket).await?.1));
+        times.push(ms(gateway_first_stdout(socket, false).await?.1));
     }
     Ok(median(&mut times))
 }

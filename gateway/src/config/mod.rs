@@ -168,6 +168,26 @@ pub struct Config {
     pub warm_pool_max_age: Duration,
 }
 
+impl Config {
+    /// The most warm entries that can wait at once: `--warm-pool` (or its default) for
+    /// each runtime that may get a pool. An upper bound, known before the runtimes are
+    /// resolved (each may still turn out not installed).
+    pub(crate) fn warm_entries_at_most(&self) -> usize {
+        let per_runtime = self.warm_pool.unwrap_or(DEFAULT_WARM_POOL);
+        let mut names: Vec<&str> = self.runtimes.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let runtimes = match &self.warm_runtimes {
+            Some(wanted) => names
+                .iter()
+                .filter(|n| wanted.iter().any(|w| w == *n))
+                .count(),
+            None => names.len(),
+        };
+        per_runtime.saturating_mul(runtimes)
+    }
+}
+
 /// The warm pool's size when not configured and programs run in the jail.
 pub const DEFAULT_WARM_POOL: usize = 2;
 
