@@ -126,7 +126,7 @@ pub(super) async fn run_cell(
         };
         let started = host
             .cgroups
-            .create(spec.limits.memory_bytes, processes)
+            .create_persistent(spec.limits.memory_bytes, processes)
             .and_then(|cgroup| {
                 let limits = kernel::KernelLimits {
                     rlimits,

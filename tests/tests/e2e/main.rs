@@ -33,6 +33,7 @@ mod persistent;
 mod privilege;
 mod redteam;
 mod review13;
+mod review_shared_cpu;
 mod review_warm;
 mod sandbox;
 mod session_abuse;

@@ -21,7 +21,9 @@
 //! has an equal share inside it, so an execution forking 63 spinners gets one share, not
 //! 63, and the gateway and light executions stay responsive. Where v1 `cpu` and v2's CPU
 //! time are both there, light executions share one group and only heavy ones get their
-//! own (`shared_cpu`): a group per execution costs the scheduler at 1000 programs. The parent also carries the
+//! own (`shared_cpu`): a group per execution costs the scheduler at 1000 programs. A
+//! persistent interpreter, whose CPU time is counted per cell rather than weighed, has
+//! a group of its own from the start (`Cgroups::create_persistent`). The parent also carries the
 //! memory and process totals of `ExecutionBudget` (`set_totals`), so the kernel holds
 //! the sum even if admission were wrong.
 
@@ -258,6 +260,29 @@ impl Cgroups {
         memory_bytes: u64,
         processes: u64,
     ) -> io::Result<Option<ExecutionCgroup>> {
+        self.create_with(memory_bytes, processes, false)
+    }
+
+    /// [`Cgroups::create`] for a persistent interpreter: a CPU group of its own from the
+    /// start, even where light executions share one. Its CPU time is counted per cell
+    /// (`kernel::Replies::cpu`), never by [`ExecutionCgroup::cpu_seen`], so it would
+    /// never be found heavy and moved out: a cell forking spinners would keep them in
+    /// the shared group, a full task weight each. Not pooled (a pooled cgroup of a light
+    /// execution has no CPU group), which costs little: interpreters live long.
+    pub(crate) fn create_persistent(
+        &self,
+        memory_bytes: u64,
+        processes: u64,
+    ) -> io::Result<Option<ExecutionCgroup>> {
+        self.create_with(memory_bytes, processes, true)
+    }
+
+    fn create_with(
+        &self,
+        memory_bytes: u64,
+        processes: u64,
+        own_cpu: bool,
+    ) -> io::Result<Option<ExecutionCgroup>> {
         if self.memory.is_none()
             && self.pids.is_none()
             && self.cpu.is_none()
@@ -271,11 +296,14 @@ impl Cgroups {
                 u.pids && self.pids.is_none(),
             )
         });
-        let reused = self
-            .pool
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let reused = if own_cpu {
+            None
+        } else {
+            self.pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()
+        };
         if let Some(members) = reused {
             let mut group = self.group(members, limits_v2, processes);
             // A reused cgroup may refuse a limit below what it still has charged (page
@@ -302,13 +330,17 @@ impl Cgroups {
         };
         let v1 = |h: &Option<Hierarchy>| h.as_ref().map(|h| (h.ours.clone(), h.home.clone()));
         let mut group = self.group(Members::default(), limits_v2, processes);
+        if own_cpu {
+            group.shared_cpu = None;
+            group.pool = None;
+        }
         // Assigned one by one, so a failure halfway still removes what was made.
         let memory = v1(&self.memory);
         group.members.memory = make(memory.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
         let pids = v1(&self.pids);
         group.members.pids = make(pids.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
         // A light execution shares one CPU group (`shared_cpu`) rather than having its own.
-        let cpu = v1(&self.cpu).filter(|_| self.shared_cpu.is_none());
+        let cpu = v1(&self.cpu).filter(|_| group.shared_cpu.is_none());
         group.members.cpu = make(cpu.as_ref().map(|(o, h)| (o.as_path(), h.as_path())))?;
         group.members.unified = make(
             self.unified

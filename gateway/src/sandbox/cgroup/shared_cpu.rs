@@ -15,7 +15,6 @@
 //! so an execution's CPU group is its memory and process group too.
 
 use super::execution::{members, Member};
-use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,24 +101,89 @@ impl SharedCpu {
 
 /// Moves every process `listing` (another hierarchy's directory of the same execution)
 /// lists into the v1 CPU cgroup `to`. A process forked before its parent moved shows up
-/// in the next pass; one forked after is born in `to`. Done when a pass finds nothing
-/// new. The pids come from the kernel's own listing, never from the program.
+/// in the next pass; one forked after is born in `to`. Done when a pass moves nothing.
+///
+/// The pids come from the kernel's own listing, never from the program, but a listed
+/// process may exit and its pid be reused before it is written (a program can churn
+/// through the 32768 pids in seconds, and a pass over 1000 processes takes a while): so
+/// each pid is checked against `/proc/<pid>/cgroup` just before its write, still in the
+/// execution's (`listing`) and not yet in `to`, so that another execution's process or
+/// the gateway's own (a v1 `cgroup.procs` write moves a thread's whole process) is never
+/// moved, and a pid reused inside the execution is not taken for one already moved.
 fn move_processes(listing: &Path, to: &Path) {
     let procs = to.join("cgroup.procs");
-    let mut moved = HashSet::new();
     for _ in 0..MOVE_PASSES {
-        let found: Vec<u32> = members(listing)
-            .into_iter()
-            .filter(|pid| !moved.contains(pid))
-            .collect();
-        if found.is_empty() {
-            return;
-        }
-        for pid in found {
+        let mut moved_any = false;
+        for pid in members(listing) {
+            // Gone meanwhile: not an error.
+            let Ok(table) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+                continue;
+            };
+            let (v2, cpu) = whereabouts(&table);
+            if !v2.is_some_and(|v2| names(listing, v2)) || cpu.is_some_and(|cpu| names(to, cpu)) {
+                continue;
+            }
             // A process that has exited meanwhile is not an error.
             let _ = fs::write(&procs, pid.to_string());
-            moved.insert(pid);
+            moved_any = true;
+        }
+        if !moved_any {
+            return;
         }
     }
     tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; some of its processes stay where they were");
+}
+
+/// A process's v2 cgroup and its v1 `cpu` cgroup, from its `/proc/<pid>/cgroup`, as the
+/// kernel names them (from the hierarchy's root).
+fn whereabouts(table: &str) -> (Option<&str>, Option<&str>) {
+    let (mut v2, mut cpu) = (None, None);
+    for line in table.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if id == "0" && controllers.is_empty() {
+            v2 = Some(path);
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            cpu = Some(path);
+        }
+    }
+    (v2, cpu)
+}
+
+/// True when `dir` (a directory under a hierarchy's mount) is the cgroup the kernel names
+/// `path`: the root (`/`) never matches, an execution's cgroup is never the root.
+fn names(dir: &Path, path: &str) -> bool {
+    let relative = path.trim_start_matches('/');
+    !relative.is_empty() && dir.ends_with(relative)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str =
+        "9:name=systemd:/\n8:pids:/\n2:cpuacct:/\n1:cpu:/sluice-7-1/h3\n0::/sluice-7-2/x5\n";
+
+    #[test]
+    fn a_process_is_found_in_its_v2_and_v1_cpu_cgroups() {
+        assert_eq!(
+            whereabouts(TABLE),
+            (Some("/sluice-7-2/x5"), Some("/sluice-7-1/h3"))
+        );
+        assert_eq!(whereabouts("garbage"), (None, None));
+        let listing = Path::new("/sys/fs/cgroup/unified/sluice-7-2/x5");
+        assert!(names(listing, "/sluice-7-2/x5"));
+        // Another execution's, the gateway's (the root) and a longer name do not match.
+        assert!(!names(listing, "/sluice-7-2/x6"));
+        assert!(!names(listing, "/"));
+        assert!(!names(listing, "/sluice-7-2/x55"));
+        assert!(names(
+            Path::new("/sys/fs/cgroup/cpu/sluice-7-1/h3"),
+            "/sluice-7-1/h3"
+        ));
+    }
 }
