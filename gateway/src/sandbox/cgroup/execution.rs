@@ -58,8 +58,9 @@ pub(crate) struct ExecutionCgroup {
     pub(super) cpu_share: bool,
     /// The CPU group it shares while light, where light executions share one.
     pub(super) shared_cpu: Option<Arc<SharedCpu>>,
-    /// Its own CPU group once heavy, where light executions share one.
-    pub(super) own_cpu: Mutex<Option<Member>>,
+    /// Its own CPU group once heavy, where light executions share one, and whether all
+    /// of its processes were moved there.
+    pub(super) own_cpu: Mutex<Option<(Member, bool)>>,
     /// Its weight has dropped: it used more than [`HEAVY_CPU_USEC`] of CPU.
     pub(super) heavy: std::sync::atomic::AtomicBool,
     pub(super) removed: bool,
@@ -352,17 +353,28 @@ impl ExecutionCgroup {
     /// execution keeps an equal share.
     pub(super) fn weigh(&self, heavy: bool) {
         use std::sync::atomic::Ordering;
-        if !self.cpu_share || self.heavy.swap(heavy, Ordering::Relaxed) == heavy {
+        if !self.cpu_share {
             return;
         }
         if let (Some(shared), Some(listing)) = (&self.shared_cpu, self.listing()) {
+            // Under the lock, so two calls cannot leave the flag and the group apart.
             let mut own = self.own_cpu.lock().unwrap_or_else(PoisonError::into_inner);
+            self.heavy.store(heavy, Ordering::Relaxed);
             let heavy_shares = EXECUTION_CPU_SHARES / HEAVY_CPU_DIVISOR;
             match (heavy, own.take()) {
                 (true, None) => *own = shared.own_group(listing, heavy_shares),
-                (false, Some(group)) => shared.back_to_shared(listing, group),
-                (_, kept) => *own = kept,
+                // Already heavy: what a move that gave up left behind (a tree forking
+                // faster than it was moved) is swept again at each CPU check until none is.
+                (true, Some((group, complete))) => {
+                    let complete = complete || shared.sweep(listing, &group);
+                    *own = Some((group, complete));
+                }
+                (false, Some((group, _))) => shared.back_to_shared(listing, group),
+                (false, None) => {}
             }
+            return;
+        }
+        if self.heavy.swap(heavy, Ordering::Relaxed) == heavy {
             return;
         }
         let (file, default) = match (&self.members.cpu, &self.members.unified) {

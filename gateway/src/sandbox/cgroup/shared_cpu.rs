@@ -66,9 +66,10 @@ impl SharedCpu {
     }
 
     /// Gives the execution whose processes `listing` lists a group of its own weighing
-    /// `shares`, and moves them there. `None` when the group cannot be made (logged; the
-    /// execution stays in the shared one).
-    pub(super) fn own_group(&self, listing: &Path, shares: u64) -> Option<Member> {
+    /// `shares`, and moves them there; with it, whether every one moved (see
+    /// [`SharedCpu::sweep`]). `None` when the group cannot be made (logged; the execution
+    /// stays in the shared one).
+    pub(super) fn own_group(&self, listing: &Path, shares: u64) -> Option<(Member, bool)> {
         let name = format!("h{}", NEXT_OWN_GROUP.fetch_add(1, Ordering::Relaxed));
         let dir = self.ours.join(name);
         let made = fs::create_dir(&dir)
@@ -78,11 +79,18 @@ impl SharedCpu {
             let _ = fs::remove_dir(&dir);
             return None;
         }
-        move_processes(listing, &dir);
-        Some(Member {
+        let complete = move_processes(listing, &dir);
+        let member = Member {
             dir,
             home: self.light.home.clone(),
-        })
+        };
+        Some((member, complete))
+    }
+
+    /// Moves into `own` what `listing` still lists outside it; true when nothing is
+    /// left outside.
+    pub(super) fn sweep(&self, listing: &Path, own: &Member) -> bool {
+        move_processes(listing, &own.dir)
     }
 
     /// Moves what `listing` lists back into the shared group and removes `own`.
@@ -110,7 +118,8 @@ impl SharedCpu {
 /// execution's (`listing`) and not yet in `to`, so that another execution's process or
 /// the gateway's own (a v1 `cgroup.procs` write moves a thread's whole process) is never
 /// moved, and a pid reused inside the execution is not taken for one already moved.
-fn move_processes(listing: &Path, to: &Path) {
+/// False when it gave up with processes left behind.
+fn move_processes(listing: &Path, to: &Path) -> bool {
     let procs = to.join("cgroup.procs");
     for _ in 0..MOVE_PASSES {
         let mut moved_any = false;
@@ -128,10 +137,11 @@ fn move_processes(listing: &Path, to: &Path) {
             moved_any = true;
         }
         if !moved_any {
-            return;
+            return true;
         }
     }
-    tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; some of its processes stay where they were");
+    tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
+    false
 }
 
 /// A process's v2 cgroup and its v1 `cpu` cgroup, from its `/proc/<pid>/cgroup`, as the
