@@ -34,6 +34,7 @@ mod privilege;
 mod redteam;
 mod review13;
 mod review_warm;
+mod review_warm_jail;
 mod sandbox;
 mod session_abuse;
 mod sessions;
