@@ -114,7 +114,10 @@ pub(super) async fn run_cell(
             ..launch::rlimits(&spec.limits)
         };
         let host = &run.ctx.host;
-        let processes = spec.limits.processes + launch::jail_processes(host);
+        let processes = spec
+            .limits
+            .processes
+            .saturating_add(launch::jail_processes(host));
         // The interpreter holds the limits it starts with for the session's life.
         let reserved = match reserve(host, principal, &spec.limits, false) {
             Ok(reserved) => reserved,

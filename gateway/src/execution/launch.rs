@@ -58,7 +58,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
     let id = Some(spec.id.clone());
     let cgroup = match host.cgroups.create(
         spec.limits.memory_bytes,
-        spec.limits.processes + jail_processes(host),
+        spec.limits.processes.saturating_add(jail_processes(host)),
     ) {
         Ok(cgroup) => cgroup,
         Err(err) => {

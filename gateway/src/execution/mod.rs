@@ -204,7 +204,9 @@ pub(crate) fn reserve(
         .reserve(
             principal,
             limits.memory_bytes,
-            limits.processes + launch::jail_processes(host),
+            limits
+                .processes
+                .saturating_add(launch::jail_processes(host)),
         )
         .map_err(|Refusal { kind, message }| match kind {
             RefusalKind::Exceeds => (ErrorCode::InvalidLimit, message),

@@ -35,6 +35,7 @@ mod redteam;
 mod review13;
 mod review_shared_cpu;
 mod review_warm;
+mod review_warm_jail;
 mod sandbox;
 mod session_abuse;
 mod sessions;

@@ -539,6 +539,11 @@ fn start_failure(
         os::StartStep::Signals => format!("resetting signals: {err}"),
         os::StartStep::Filter => format!("installing the system-call filter: {err}"),
         os::StartStep::Go => format!("waiting for the warm start's go: {err}"),
+        // Worded as a cold start's copy of the source (`mounts::workspace`).
+        os::StartStep::Source => match &spec.wait_for_go {
+            Some(name) => format!("writing {}: {err}", spec.workspace.join(name).display()),
+            None => format!("writing the source: {err}"),
+        },
         os::StartStep::Exec => format!("could not start {}: {err}", program_name(spec)),
     }
 }

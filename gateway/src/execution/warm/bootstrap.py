@@ -1,9 +1,10 @@
 # A warm interpreter's bootstrap (run with `python3 -c`, see warm/mod.rs). It loads
 # `resource` and `fcntl` (and takes them out of sys.modules again, with sys.path[0] out of the way so
 # no cache remembers the workspace), says it is ready, waits for the go header on stdin
-# (os.read: nothing of the program's own stdin is taken), takes the execution's rlimits,
-# shrinks its stdin pipe back to a cold start's 64 KiB once the code is read (the
-# gateway grows it for large code), writes main.py and runs it as `python3 main.py` would: a fresh __main__, no name of its
+# (os.read: nothing of the program's own stdin is taken), shrinks its stdin pipe back to a
+# cold start's 64 KiB once the code is read (the gateway grows it for large code), writes
+# main.py, then takes the execution's rlimits (as a cold start's main.py is written
+# before any limit), and runs it as `python3 main.py` would: a fresh __main__, no name of its
 # own left, no frame of its own in a traceback, the same exit status (and the same
 # sys.path_importer_cache entry for the script that `python3 main.py` leaves). Before
 # Python 3.11 (where a bare `raise` would show its frame) it says so and exits.
@@ -22,14 +23,7 @@ while len(h) < 128:
     if not c:
         os._exit(0)
     h += c
-n, c, f, o = [int(x) for x in h.split()[1:5]]
-# setrlimit takes a C long: u64::MAX is RLIM_INFINITY, other values past it the largest.
-l = lambda x: r.RLIM_INFINITY if x == (1 << 64) - 1 else min(x, (1 << 63) - 1)
-r.setrlimit(r.RLIMIT_CPU, (l(c), l(c + 1)))
-r.setrlimit(r.RLIMIT_FSIZE, (l(f), l(f)))
-r.setrlimit(r.RLIMIT_NOFILE, (l(o), l(o)))
-del l
-del r
+n, u, b, o = [int(x) for x in h.split()[1:5]]
 s = []
 while n > 0:
     c = os.read(0, min(n, 1048576))
@@ -49,6 +43,14 @@ v = memoryview(s)
 while v:
     v = v[os.write(f, v):]
 os.close(f)
+# The limits only now: a cold start's main.py is written by the jail before any limit.
+# setrlimit takes a C long: u64::MAX is RLIM_INFINITY, other values past it the largest.
+l = lambda x: r.RLIM_INFINITY if x == (1 << 64) - 1 else min(x, (1 << 63) - 1)
+r.setrlimit(r.RLIMIT_CPU, (l(u), l(u + 1)))
+r.setrlimit(r.RLIMIT_FSIZE, (l(b), l(b)))
+r.setrlimit(r.RLIMIT_NOFILE, (l(o), l(o)))
+del l, u, b, o
+del r
 m = type(sys)("__main__")
 m.__annotations__ = {}
 m.__builtins__ = sys.modules["builtins"]

@@ -87,7 +87,9 @@ pub(super) fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) ->
     }
     entry.child.hand_over_cgroup(
         limits.memory_bytes,
-        limits.processes + launch::jail_processes(host),
+        limits
+            .processes
+            .saturating_add(launch::jail_processes(host)),
     )?;
     if entry.child.has_exited() {
         return Err(io::Error::other("the interpreter exited"));

@@ -308,7 +308,9 @@ impl WarmPool {
             let host = blocking_host;
             let cgroup = host.cgroups.create(
                 limits.memory_bytes,
-                limits.processes + launch::jail_processes(&host),
+                limits
+                    .processes
+                    .saturating_add(launch::jail_processes(&host)),
             )?;
             // Until its claim it weighs like a heavy program: warming up must not take
             // the CPU from the programs running now.

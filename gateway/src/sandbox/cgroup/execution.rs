@@ -138,7 +138,7 @@ impl ExecutionCgroup {
         let tid = crate::sys::thread_id().to_string();
         // The spawning thread counts while it is inside: room for it, then the limit.
         let pids_max = |n: u64| match &self.members.pids {
-            Some(pids) => fs::write(pids.dir.join("pids.max"), n.to_string()),
+            Some(pids) => fs::write(pids.dir.join("pids.max"), pids_max_value(n)),
             None => Ok(()),
         };
         pids_max(self.processes.saturating_add(1))?;
@@ -220,7 +220,7 @@ impl ExecutionCgroup {
             let _ = fs::write(v2.dir.join("memory.swap.max"), "0");
         }
         if let Some(dir) = self.pids_dir() {
-            fs::write(dir.join("pids.max"), processes.to_string())?;
+            fs::write(dir.join("pids.max"), pids_max_value(processes))?;
         }
         Ok(())
     }

@@ -225,7 +225,7 @@ impl Cgroups {
             let _ = write_or_log(&v2.ours.join("memory.max"), max);
         }
         let pids = processes.map_or("max".to_owned(), |n| {
-            n.saturating_add(SPAWNING_THREADS).to_string()
+            pids_max_value(n.saturating_add(SPAWNING_THREADS))
         });
         if let Some(v1) = &self.pids {
             let _ = write_or_log(&v1.ours.join("pids.max"), &pids);
@@ -441,6 +441,21 @@ fn hierarchy(mount: &Path, relative: &str, limit: &str) -> Option<Hierarchy> {
 /// counts in an execution's cgroup while it spawns a program there (at most the
 /// blocking pool's 512 at once).
 const SPAWNING_THREADS: u64 = 512;
+
+/// Most processes `pids.max` takes as a number (the kernel's `PID_MAX_LIMIT`): above it
+/// a write fails (`EINVAL`, or `ERANGE` past `i64::MAX`), and no host can run that many
+/// anyway.
+const PIDS_MAX_LIMIT: u64 = 4 << 20;
+
+/// What `pids.max` is written for a limit of `processes`: `max` from
+/// [`PIDS_MAX_LIMIT`] on (an operator's "unlimited" is u64::MAX).
+pub(super) fn pids_max_value(processes: u64) -> String {
+    if processes >= PIDS_MAX_LIMIT {
+        "max".to_owned()
+    } else {
+        processes.to_string()
+    }
+}
 
 /// Writes `value` to a cgroup file; a failure is logged and returned.
 fn write_or_log(file: &Path, value: impl ToString) -> io::Result<()> {

@@ -260,3 +260,14 @@ async fn the_limit_watcher_wakes_the_execution_whose_counter_moved() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Review of the waiting jails: an operator's "unlimited" process count (u64::MAX), or
+/// any count past the kernel's `PID_MAX_LIMIT`, is written as `max` (a number there
+/// fails the write, and with it every warm entry's cgroup).
+#[test]
+fn a_process_count_past_the_kernels_limit_is_written_as_max() {
+    assert_eq!(super::pids_max_value(64), "64");
+    assert_eq!(super::pids_max_value((4 << 20) - 1), "4194303");
+    assert_eq!(super::pids_max_value(4 << 20), "max");
+    assert_eq!(super::pids_max_value(u64::MAX), "max");
+}

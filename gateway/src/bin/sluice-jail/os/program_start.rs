@@ -21,8 +21,10 @@ pub(crate) enum StartStep {
     Priority,
     Signals,
     Filter,
-    /// Waiting for a warm start's go, and writing its code.
+    /// Waiting for a warm start's go and reading its code.
     Go,
+    /// Writing a warm start's code to its source file.
+    Source,
     Exec,
 }
 
@@ -201,6 +203,7 @@ impl ProgramStart {
             5 => Some(StartStep::Signals),
             6 => Some(StartStep::Filter),
             7 => Some(StartStep::Go),
+            8 => Some(StartStep::Source),
             _ => Some(StartStep::Exec),
         };
         Ok((
@@ -284,8 +287,8 @@ extern "C" fn program_main(raw: *mut libc::c_void) -> libc::c_int {
             return fail(6, 0, errno());
         }
         if let Some(go) = &start.go {
-            if let Err(errno) = wait_for_go(go) {
-                return fail(7, 0, errno);
+            if let Err((step, errno)) = wait_for_go(go) {
+                return fail(step, 0, errno);
             }
         }
         let mut error = libc::ENOENT;
@@ -301,7 +304,7 @@ extern "C" fn program_main(raw: *mut libc::c_void) -> libc::c_int {
                 }
             }
         }
-        fail(8, 0, error)
+        fail(9, 0, error)
     }
 }
 
@@ -309,39 +312,54 @@ extern "C" fn program_main(raw: *mut libc::c_void) -> libc::c_int {
 /// stack, which has [`PROGRAM_STACK_BYTES`]).
 const GO_COPY_BYTES: usize = 16 << 10;
 
+/// The size a warm start's stdin pipe is shrunk back to once the code is copied: the
+/// kernel's default, which a cold start's stdin has (the gateway grows an entry's pipe
+/// at its claim for large code, and the program keeps this pipe).
+const STDIN_PIPE_BYTES: libc::c_int = 64 << 10;
+
 /// A warm start's wait, in the program's child as the sandbox user under its filter:
 /// says it is ready, reads the go header and the code from stdin, writes the code to
-/// `source` (a new file), lowers the three rlimits the header names. Allocates nothing
-/// (this runs in a child sharing init's memory); an error is an errno.
+/// `source` (a new file), shrinks its stdin pipe back to a cold start's, lowers the
+/// three rlimits the header names. Allocates nothing (this runs in a child sharing
+/// init's memory); an error is the failed step ([`StartStep::Go`] or
+/// [`StartStep::Source`], in `program_main`'s numbering) and an errno.
 ///
 /// # Safety
 /// Plain system calls on `source` and on buffers of this frame.
-unsafe fn wait_for_go(source: &CString) -> Result<(), i32> {
+unsafe fn wait_for_go(source: &CString) -> Result<(), (i32, i32)> {
     use sluice_gateway::jail::{parse_go_header, WARM_HEADER_BYTES, WARM_READY};
-    write_all(1, WARM_READY)?;
+    const GO: i32 = 7;
+    const SOURCE: i32 = 8;
+    let go = |errno: i32| (GO, errno);
+    write_all(1, WARM_READY).map_err(go)?;
     let mut header = [0_u8; WARM_HEADER_BYTES];
-    read_exact(0, &mut header)?;
+    read_exact(0, &mut header).map_err(go)?;
     let [code_bytes, cpu_seconds, file_size, open_files] =
-        parse_go_header(&header).ok_or(libc::EINVAL)?;
+        parse_go_header(&header).ok_or(go(libc::EINVAL))?;
+    // Writing the source: a failure here is reported as a cold start's copy would be.
     let file = libc::open(
         source.as_ptr(),
         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         0o600,
     );
     if file < 0 {
-        return Err(errno());
+        return Err((SOURCE, errno()));
     }
     let mut buffer = [0_u8; GO_COPY_BYTES];
     let mut left = code_bytes;
     while left > 0 {
         let want = usize::try_from(left).map_or(GO_COPY_BYTES, |n| n.min(GO_COPY_BYTES));
         let chunk = &mut buffer[..want];
-        read_exact(0, chunk)?;
-        write_all(file, chunk)?;
+        read_exact(0, chunk).map_err(go)?;
+        write_all(file, chunk).map_err(|errno| (SOURCE, errno))?;
         left -= want as u64;
     }
     if libc::close(file) != 0 {
-        return Err(errno());
+        return Err((SOURCE, errno()));
+    }
+    // Refused (EBUSY) when the input already queued holds more; the pipe then stays.
+    if libc::fcntl(0, libc::F_GETPIPE_SZ) > STDIN_PIPE_BYTES {
+        libc::fcntl(0, libc::F_SETPIPE_SZ, STDIN_PIPE_BYTES);
     }
     // As the jail sets them at a cold start: CPU with a second's grace before SIGKILL.
     for (resource, value, hard) in [
@@ -357,7 +375,7 @@ unsafe fn wait_for_go(source: &CString) -> Result<(), i32> {
             rlim_max: hard,
         };
         if libc::setrlimit(resource, &limit) != 0 {
-            return Err(errno());
+            return Err(go(errno()));
         }
     }
     Ok(())
