@@ -210,11 +210,15 @@ impl Launch<'_> {
                 return Err(fail(err));
             }
         };
+        let mut cgroup = self.cgroup;
+        if let (Some(cgroup), Some(_)) = (&mut cgroup, self.jail) {
+            cgroup.set_helpers(crate::sandbox::JAIL_PROCESSES);
+        }
         let group = ChildGroup {
             pid,
             exit,
             reaped: false,
-            cgroup: self.cgroup,
+            cgroup,
             report: None,
             _sandbox_ids: sandbox_ids,
         };

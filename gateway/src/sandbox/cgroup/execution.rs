@@ -36,6 +36,16 @@ pub(super) struct Counters {
     pub(super) cpu_usec: u64,
 }
 
+/// An execution's own CPU group, where light executions share one.
+#[derive(Debug)]
+pub(super) struct OwnCpu {
+    pub(super) member: Member,
+    /// Every one of its processes was moved there (see `SharedCpu::sweep`).
+    pub(super) complete: bool,
+    /// It has a heavy execution's weight.
+    pub(super) heavy: bool,
+}
+
 /// An execution cgroup's directory in one hierarchy.
 #[derive(Debug)]
 pub(super) struct Member {
@@ -58,9 +68,12 @@ pub(crate) struct ExecutionCgroup {
     pub(super) cpu_share: bool,
     /// The CPU group it shares while light, where light executions share one.
     pub(super) shared_cpu: Option<Arc<SharedCpu>>,
-    /// Its own CPU group once heavy, where light executions share one, and whether all
-    /// of its processes were moved there.
-    pub(super) own_cpu: Mutex<Option<(Member, bool)>>,
+    /// Its own CPU group once it forked or turned heavy, where light executions share
+    /// one.
+    pub(super) own_cpu: Mutex<Option<OwnCpu>>,
+    /// Processes of its own the gateway starts in it besides the program (the jail and
+    /// its init): more than these and the program means the program forked.
+    pub(super) helpers: u64,
     /// Its weight has dropped: it used more than [`HEAVY_CPU_USEC`] of CPU.
     pub(super) heavy: std::sync::atomic::AtomicBool,
     pub(super) removed: bool,
@@ -304,6 +317,8 @@ impl ExecutionCgroup {
         let heavy = used_usec >= HEAVY_CPU_USEC;
         if heavy {
             self.weigh(true);
+        } else {
+            self.leave_shared_if_forked();
         }
         Some(CpuSeen { used_usec, heavy })
     }
@@ -347,6 +362,46 @@ impl ExecutionCgroup {
         }
     }
 
+    /// Says how many processes the gateway starts in it besides the program (a jail and
+    /// its init).
+    pub(crate) fn set_helpers(&mut self, helpers: u64) {
+        self.helpers = helpers;
+    }
+
+    /// Where light executions share one CPU group, gives one whose program has forked
+    /// (more processes than the program and the gateway's helpers) a group of its own at
+    /// the full weight: in the shared group each of its processes would weigh as much as
+    /// a whole light execution until it turned heavy.
+    fn leave_shared_if_forked(&self) {
+        let (Some(shared), Some(listing)) = (&self.shared_cpu, self.listing()) else {
+            return;
+        };
+        let mut own = self.own_cpu.lock().unwrap_or_else(PoisonError::into_inner);
+        if own.is_some() || self.process_count(listing) <= self.helpers.saturating_add(1) {
+            return;
+        }
+        *own = shared
+            .own_group(listing, EXECUTION_CPU_SHARES)
+            .map(|(member, complete)| OwnCpu {
+                member,
+                complete,
+                heavy: false,
+            });
+    }
+
+    /// How many processes it has: the v1 `pids.current` where there is one, else the
+    /// listing's length.
+    fn process_count(&self, listing: &Path) -> u64 {
+        let current = self.members.pids.as_ref().and_then(|pids| {
+            fs::read_to_string(pids.dir.join("pids.current"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        });
+        current.unwrap_or_else(|| members(listing).len() as u64)
+    }
+
     /// Sets this execution's CPU weight: a sixteenth of the default once it is `heavy`,
     /// the default again when not (a reused cgroup starts light). Written only on a
     /// change; CPU time is known where cgroup v2 counts it, so on v1 alone every
@@ -362,14 +417,26 @@ impl ExecutionCgroup {
             self.heavy.store(heavy, Ordering::Relaxed);
             let heavy_shares = EXECUTION_CPU_SHARES / HEAVY_CPU_DIVISOR;
             match (heavy, own.take()) {
-                (true, None) => *own = shared.own_group(listing, heavy_shares),
-                // Already heavy: what a move that gave up left behind (a tree forking
-                // faster than it was moved) is swept again at each CPU check until none is.
-                (true, Some((group, complete))) => {
-                    let complete = complete || shared.sweep(listing, &group);
-                    *own = Some((group, complete));
+                (true, None) => {
+                    *own = shared
+                        .own_group(listing, heavy_shares)
+                        .map(|(member, complete)| OwnCpu {
+                            member,
+                            complete,
+                            heavy: true,
+                        });
                 }
-                (false, Some((group, _))) => shared.back_to_shared(listing, group),
+                // Already in a group of its own: its weight drops once, and what a move
+                // that gave up left behind (a tree forking faster than it was moved) is
+                // swept again at each CPU check until none is.
+                (true, Some(mut group)) => {
+                    if !group.heavy {
+                        group.heavy = shared.reweigh(&group.member, heavy_shares);
+                    }
+                    group.complete = group.complete || shared.sweep(listing, &group.member);
+                    *own = Some(group);
+                }
+                (false, Some(group)) => shared.back_to_shared(listing, group.member),
                 (false, None) => {}
             }
             return;

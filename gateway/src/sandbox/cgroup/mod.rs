@@ -20,8 +20,9 @@
 //! parent weighs half as much as one of the gateway's own threads and each execution
 //! has an equal share inside it, so an execution forking 63 spinners gets one share, not
 //! 63, and the gateway and light executions stay responsive. Where v1 `cpu` and v2's CPU
-//! time are both there, light executions share one group and only heavy ones get their
-//! own (`shared_cpu`): a group per execution costs the scheduler at 1000 programs. A
+//! time are both there, light executions share one group and only ones that fork or
+//! turn heavy get their own (`shared_cpu`): a group per execution costs the scheduler at
+//! 1000 programs. A
 //! persistent interpreter, whose CPU time is counted per cell rather than weighed, has
 //! a group of its own from the start (`Cgroups::create_persistent`). The parent also carries the
 //! memory and process totals of `ExecutionBudget` (`set_totals`), so the kernel holds
@@ -197,7 +198,7 @@ impl Cgroups {
             },
             cpu_tree: unified.map(|_| "cgroup v2 cpu.stat (the whole tree's CPU time)"),
             cpu_share: match (&self.cpu, unified) {
-                (Some(_), _) if self.shared_cpu.is_some() => Some("cgroup v1 cpu.shares (light executions share one group; one that has used 200 ms of CPU gets its own at a sixteenth of the weight; all of them half a gateway thread's weight)"),
+                (Some(_), _) if self.shared_cpu.is_some() => Some("cgroup v1 cpu.shares (light executions share one group; one that forks gets its own, at a sixteenth of the weight once it has used 200 ms of CPU; all of them half a gateway thread's weight)"),
                 (Some(_), _) => Some("cgroup v1 cpu.shares (one equal share per execution, all of them half a gateway thread's weight)"),
                 (None, Some(u)) if u.cpu => Some("cgroup v2 cpu.weight (one equal share per execution, all of them half the gateway's weight)"),
                 _ => None,
@@ -244,6 +245,7 @@ impl Cgroups {
             cpu_share: self.shares_cpu(),
             shared_cpu: self.shared_cpu.clone(),
             own_cpu: Default::default(),
+            helpers: 0,
             heavy: Default::default(),
             removed: false,
             pool: Some(self.pool.clone()),

@@ -1,15 +1,19 @@
 //! The v1 CPU group that light executions share ([`SharedCpu`]), and the move of an
-//! execution's processes into a CPU group of its own once it turns heavy.
+//! execution's processes into a CPU group of its own once it forks or turns heavy.
 //!
 //! A CPU cgroup per execution costs the scheduler at every wake-up and tick (a run queue
 //! per group and CPU, a weight to update up the tree) and costs a directory to make and
 //! remove: at 1000 live programs that doubled the time to start them and took a third of
 //! the 50 ms p99 event-latency target (`sluice load --live 1000`). Most executions never
-//! use much CPU, so they share one group; the fairness that per-execution groups gave is
-//! kept where it matters, for the few that spin: at [`super::HEAVY_CPU_USEC`] of CPU an
-//! execution gets a group of its own, at a sixteenth of the weight, for the rest of its
-//! run. That needs the whole tree's CPU time, which only the v2 hierarchy counts, so
-//! without it every execution keeps a group of its own from the start.
+//! use much CPU or fork, so they share one group (where each task weighs the same, and a
+//! single-process execution is one task). The fairness that per-execution groups gave is
+//! kept where it matters: an execution found, at one of its CPU checks, with more
+//! processes than its program (and the jail's two) gets a group of its own at the full
+//! weight, so its processes count once between them; and at [`super::HEAVY_CPU_USEC`]
+//! of CPU an execution gets (or keeps) a group of its own at a sixteenth of the weight,
+//! for the rest of its run. That needs the whole tree's CPU time, which only the v2
+//! hierarchy counts, so without it every execution keeps a group of its own from the
+//! start.
 //!
 //! Only v1 can do this: v2 moves a process between cgroups in every controller at once,
 //! so an execution's CPU group is its memory and process group too.
@@ -85,6 +89,18 @@ impl SharedCpu {
             home: self.light.home.clone(),
         };
         Some((member, complete))
+    }
+
+    /// Gives `own` the weight `shares`; false when that fails (logged).
+    pub(super) fn reweigh(&self, own: &Member, shares: u64) -> bool {
+        let file = own.dir.join("cpu.shares");
+        match fs::write(&file, shares.to_string()) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(file = %file.display(), %err, "could not lower a heavy execution's CPU weight");
+                false
+            }
+        }
     }
 
     /// Moves into `own` what `listing` still lists outside it; true when nothing is

@@ -44,6 +44,7 @@ fn v2_group(fake: &FakeCgroup) -> ExecutionCgroup {
         cpu_share: false,
         shared_cpu: None,
         own_cpu: Default::default(),
+        helpers: 0,
         heavy: Default::default(),
         removed: true, // nothing to remove or recycle in a scratch directory
         pool: None,
