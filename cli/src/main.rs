@@ -724,7 +724,9 @@ fn run_command(cli: Cli, parsed: &config_file::Parsed) -> anyhow::Result<()> {
         }
         Command::Doctor => {
             use std::io::Write as _;
-            let report = sluice_gateway::HostReport::probe().render();
+            let mut report = sluice_gateway::HostReport::probe().render();
+            report.push('\n');
+            report.push_str(&sluice_gateway::runtimes_report(&Config::default()));
             std::io::stdout()
                 .write_all(report.as_bytes())
                 .context("cannot write the report")

@@ -8,6 +8,7 @@
 mod admission;
 pub mod auth;
 mod buffer_budget;
+mod catalog;
 mod config;
 mod connection;
 mod execution;
@@ -23,6 +24,7 @@ mod session;
 mod state;
 mod sys;
 
+pub use catalog::runtimes_report;
 pub use config::{
     AuthConfig, Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network,
     DEFAULT_SANDBOX_ID, DEFAULT_WARM_POOL,

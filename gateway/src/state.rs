@@ -54,4 +54,25 @@ pub(crate) struct GatewayState {
     pub(crate) observe: crate::observe::Observer,
     /// The bearer token `/metrics` requires (`--metrics-token-file`), if any.
     pub(crate) metrics_token: Option<crate::observe::MetricsToken>,
+    /// The interpreters' versions, asked once each (`runtimes`).
+    pub(crate) versions: crate::catalog::Versions,
+}
+
+impl GatewayState {
+    /// What the caller holding `grant` may run, and with which limits (the `runtimes`
+    /// frame, `GET /v1/runtimes`). Blocks the first time, while each interpreter says
+    /// its version: call it from a blocking thread. A root gateway asks them as the
+    /// program user (or the sandbox ids), never as root.
+    pub(crate) fn catalog(&self, grant: &crate::auth::Grant) -> sluice_protocol::Catalog {
+        let user = self.host.program_user.map(|u| (u.uid, u.gid)).or_else(|| {
+            crate::sys::is_root().then_some((self.config.sandbox_uid, self.config.sandbox_gid))
+        });
+        crate::catalog::catalog(
+            &self.runtimes,
+            &self.config.limits,
+            grant,
+            &self.versions,
+            user,
+        )
+    }
 }

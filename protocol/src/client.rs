@@ -25,6 +25,9 @@ pub enum ClientFrame {
     Detach(DetachFrame),
     /// Tell the gateway which of a session's events the client has received.
     Ack(AckFrame),
+    /// Ask which languages the gateway runs and which limits a request may ask for; the
+    /// answer is a `runtimes` event on the socket's own stream.
+    Runtimes(RuntimesFrame),
 }
 
 /// How program output is carried in `stdout`/`stderr` events.
@@ -149,6 +152,12 @@ pub struct AckFrame {
     pub sequence: u64,
 }
 
+/// The `runtimes` frame: which languages may this caller run, with which limits. It
+/// has no fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RuntimesFrame {}
+
 /// The `detach` frame: stop delivering `session`'s events to this socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -187,7 +196,7 @@ struct FrameProbe {
     id: Option<serde_json::Value>,
 }
 
-const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach, ack";
+const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach, ack, runtimes";
 
 impl ClientFrame {
     /// Decodes one text frame and checks the constraints serde cannot express (id length,
@@ -211,7 +220,7 @@ impl ClientFrame {
             Self::Execute(e) => Some(&e.id),
             Self::Stdin(s) => Some(&s.id),
             Self::Cancel(c) => Some(&c.id),
-            Self::Attach(_) | Self::Detach(_) | Self::Ack(_) => None,
+            Self::Attach(_) | Self::Detach(_) | Self::Ack(_) | Self::Runtimes(_) => None,
         }
     }
 
@@ -224,6 +233,7 @@ impl ClientFrame {
             Self::Attach(a) => Some(&a.session),
             Self::Detach(d) => Some(&d.session),
             Self::Ack(a) => Some(&a.session),
+            Self::Runtimes(_) => None,
         }
     }
 
@@ -235,6 +245,7 @@ impl ClientFrame {
             Self::Attach(_) => "attach",
             Self::Detach(_) => "detach",
             Self::Ack(_) => "ack",
+            Self::Runtimes(_) => "runtimes",
         }
     }
 
@@ -282,8 +293,12 @@ impl ClientFrame {
                     "stdin frame needs \"data\", \"eof\": true, or both".to_owned()
                 ));
             }
-            Self::Stdin(_) | Self::Cancel(_) | Self::Attach(_) | Self::Detach(_) | Self::Ack(_) => {
-            }
+            Self::Stdin(_)
+            | Self::Cancel(_)
+            | Self::Attach(_)
+            | Self::Detach(_)
+            | Self::Ack(_)
+            | Self::Runtimes(_) => {}
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! Events the gateway sends: one flat envelope for every type.
 
-use crate::{Encoding, ErrorCode};
+use crate::{Catalog, Encoding, ErrorCode, LimitRange, RuntimeInfo};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// The `type` of an [`Event`].
@@ -36,6 +37,10 @@ pub enum EventKind {
     /// `resume_from - 1` of `session` (they left the replay buffer before it took them);
     /// the session's stream continues at `resume_from`. `sequence` is `resume_from - 1`.
     Gap,
+    /// Not an execution's event: the answer to a `runtimes` frame, on the socket's own
+    /// stream: the languages the caller may run (`runtimes`) and each limit's range
+    /// (`limits`).
+    Runtimes,
     /// A type this version of the protocol crate does not know (sent by a newer gateway).
     #[serde(other)]
     Unknown,
@@ -62,6 +67,7 @@ impl EventKind {
             Self::Error => "error",
             Self::Attached => "attached",
             Self::Gap => "gap",
+            Self::Runtimes => "runtimes",
             Self::Unknown => "unknown",
         }
     }
@@ -202,6 +208,13 @@ pub struct Event {
     /// socket's own stream, so `session` is null; this says which request they answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_session: Option<String>,
+    /// `runtimes`: the languages the caller may run, sorted by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtimes: Option<Vec<RuntimeInfo>>,
+    /// `runtimes`: each limit's default and maximum for the caller, by the name a
+    /// request's `limits` uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<BTreeMap<String, LimitRange>>,
 }
 
 /// An event that decodes as JSON but breaks a rule of the protocol.
@@ -239,6 +252,17 @@ impl Event {
             missed_from: None,
             resume_from: None,
             for_session: None,
+            runtimes: None,
+            limits: None,
+        }
+    }
+
+    /// `runtimes`: the answer to a `runtimes` frame.
+    pub fn runtimes(catalog: Catalog) -> Self {
+        Self {
+            runtimes: Some(catalog.runtimes),
+            limits: Some(catalog.limits),
+            ..Self::new(EventKind::Runtimes, None, "")
         }
     }
 
@@ -303,6 +327,17 @@ impl Event {
         }
     }
 
+    /// What a `runtimes` event says, if this is one.
+    pub fn catalog(&self) -> Option<Catalog> {
+        match (self.kind, &self.runtimes, &self.limits) {
+            (EventKind::Runtimes, Some(runtimes), Some(limits)) => Some(Catalog {
+                runtimes: runtimes.clone(),
+                limits: limits.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// True for the event that ends an execution.
     pub fn is_terminal(&self) -> bool {
         self.kind.is_terminal() && self.id.is_some()
@@ -362,6 +397,11 @@ impl Event {
                 if self.session.is_none() || self.resume_from != Some(self.sequence + 1) =>
             {
                 fail("needs a session and resume_from = sequence + 1")
+            }
+            EventKind::Runtimes
+                if self.runtimes.is_none() || self.limits.is_none() || self.session.is_some() =>
+            {
+                fail("needs runtimes and limits, and no session")
             }
             EventKind::Gap => match (self.session.is_some(), self.missed_from, self.resume_from) {
                 (true, Some(from), Some(to)) if from < to && self.sequence + 1 == to => Ok(()),

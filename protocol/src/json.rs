@@ -88,7 +88,8 @@ fn escape_mask(word: u64) -> u64 {
 }
 
 fn write_value(out: &mut String, value: &impl Serialize) {
-    // Serializing these field types (numbers, enums, a struct of numbers) cannot fail.
+    // Serializing these field types (numbers, enums, structs of numbers and strings, maps
+    // with string keys) cannot fail.
     if let Ok(text) = serde_json::to_string(value) {
         out.push_str(&text);
     }
@@ -143,6 +144,8 @@ pub(crate) fn write_event(out: &mut String, event: &Event) {
         write_key(out, "for_session");
         write_str(out, session);
     }
+    write_optional(out, "runtimes", event.runtimes.as_ref());
+    write_optional(out, "limits", event.limits.as_ref());
     out.push('}');
 }
 
@@ -206,7 +209,31 @@ mod tests {
             sequence: 1,
             ..Event::error(None, ErrorCode::BadRequest, "")
         };
-        for event in [full, bare] {
+        let mut limits = std::collections::BTreeMap::new();
+        limits.insert(
+            "timeout_ms".to_owned(),
+            crate::LimitRange {
+                default: 30_000,
+                max: 600_000,
+            },
+        );
+        let runtimes = Event {
+            timestamp: 0.75,
+            sequence: 2,
+            ..Event::runtimes(crate::Catalog {
+                runtimes: vec![crate::RuntimeInfo {
+                    language: "py\"thon".into(),
+                    version: Some("Python 3.11.7".into()),
+                    file_name: "main.py".into(),
+                    extension: "py".into(),
+                    persistent: true,
+                    tty: false,
+                    network: false,
+                }],
+                limits,
+            })
+        };
+        for event in [full, bare, runtimes] {
             let mut out = String::new();
             write_event(&mut out, &event);
             assert_eq!(out, serde_json::to_string(&event).unwrap());

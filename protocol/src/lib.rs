@@ -22,16 +22,18 @@ mod error;
 mod event;
 mod json;
 mod limits;
+mod runtimes;
 #[cfg(feature = "schema")]
 pub mod schema;
 
 pub use client::{
     AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ExecuteRequest,
-    FrameError, StdinFrame,
+    FrameError, RuntimesFrame, StdinFrame,
 };
 pub use error::ErrorCode;
 pub use event::{Event, EventKind, InvalidEvent, LimitKind, Usage};
 pub use limits::Limits;
+pub use runtimes::{Catalog, LimitRange, RuntimeInfo};
 
 /// The protocol version this crate describes.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -41,6 +43,9 @@ pub const SUBPROTOCOL: &str = "sluice.v1";
 
 /// The HTTP path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/v1/ws";
+
+/// The HTTP path that answers what a `runtimes` frame does, as JSON ([`Catalog`]).
+pub const RUNTIMES_PATH: &str = "/v1/runtimes";
 
 /// Default upper bound on the output bytes carried by one `stdout`/`stderr` event.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;

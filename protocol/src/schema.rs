@@ -173,6 +173,17 @@ pub(crate) fn event_rules(schema: &mut Schema) {
             &["gap"],
             json!({"allOf": [string("session"), integer("missed_from"), integer("resume_from")]}),
         ),
+        when(
+            &["runtimes"],
+            json!({
+                "properties": {
+                    "runtimes": {"type": "array"},
+                    "limits": {"type": "object"},
+                    "session": {"type": "null"}
+                },
+                "required": ["runtimes", "limits"]
+            }),
+        ),
     ]);
     schema.insert("allOf".to_owned(), rules);
 }

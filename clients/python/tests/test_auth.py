@@ -139,3 +139,12 @@ async def test_a_credential_in_the_url_stays_out_of_connection_errors() -> None:
         await client.cleanup()
     assert "sluice_secret-in-url" not in str(caught.value)
     assert "token=REDACTED" in str(caught.value)
+
+
+async def test_runtimes_lists_only_what_the_credential_allows(auth_gateway: AuthGateway) -> None:
+    claims = {"sub": "acme", "exp": int(time.time()) + 600, "languages": ["sh"], "limits": {"timeout_ms": 5000}}
+    token = mint(auth_gateway.secret, claims)
+    async with SandboxClient(auth_gateway.url, token) as client:
+        catalog = await asyncio.wait_for(client.runtimes(), WAIT)
+    assert [r.language for r in catalog.runtimes] == ["sh"]
+    assert (catalog.limits["timeout_ms"].default, catalog.limits["timeout_ms"].max) == (5000, 5000)

@@ -263,3 +263,23 @@ async def test_cleanup_ends_running_streams(gateway_url: str) -> None:
     with pytest.raises(ExecutionError) as caught:
         await within(execution.wait())
     assert caught.value.code == "client_closed"
+
+
+async def test_runtimes_lists_the_languages_and_limits(gateway_url: str) -> None:
+    from sluice import Catalog
+
+    async with SandboxClient(gateway_url) as client:
+        catalog = await within(client.runtimes())
+        assert isinstance(catalog, Catalog)
+        names = [r.language for r in catalog.runtimes]
+        assert names == sorted(names) and {"python", "sh"} <= set(names)
+        python = catalog.runtime("python")
+        assert python is not None and (python.file_name, python.extension) == ("main.py", "py")
+        assert python.persistent and not python.tty
+        assert python.version is not None and python.version.startswith("Python 3.")
+        timeout = catalog.limits["timeout_ms"]
+        assert 0 < timeout.default <= timeout.max
+        # The answer arrives on a socket that is running programs meanwhile.
+        execution = await client.execute("sleep 0.2; echo done", "sh")
+        assert await within(client.runtimes()) == catalog
+        assert (await within(execution.wait())).stdout == "done\n"

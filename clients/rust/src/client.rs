@@ -8,7 +8,7 @@ use crate::queue::{event_queue, session_queue};
 use crate::shared::Shared;
 use crate::{ClientError, ClientOptions, Execution, SessionEvents};
 use futures::Stream;
-use sluice_protocol::{ClientFrame, Event, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL};
+use sluice_protocol::{Catalog, ClientFrame, Event, ExecuteRequest, MAX_ID_BYTES, SUBPROTOCOL};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -230,6 +230,18 @@ impl Client {
             self.commands.clone(),
             Arc::clone(&self.shared),
         ))
+    }
+
+    /// Asks the gateway which languages this client may run (with each interpreter's
+    /// version, and whether it runs persistently or on a terminal) and each limit's
+    /// default and maximum, as its credential narrows them: the answer to a `runtimes`
+    /// frame. Asked again on the new socket if the connection drops before the answer.
+    /// A gateway older than the frame refuses it: [`ClientError::RuntimesRefused`].
+    pub async fn runtimes(&self) -> Result<Catalog, ClientError> {
+        call(&self.commands, &self.shared, |reply| Command::Runtimes {
+            reply,
+        })
+        .await
     }
 
     /// Takes the receiver of socket-stream events: events that belong to no running

@@ -10,6 +10,7 @@
 use crate::queue::EventSender;
 use crate::shared::Shared;
 use crate::ClientError;
+use sluice_protocol::Catalog;
 use tokio::sync::{mpsc, oneshot};
 
 /// The reply channel of a command; dropped unanswered only when the connection ends.
@@ -57,6 +58,8 @@ pub(crate) enum Command {
     /// Stop delivering to subscriber `key` (and stop reading its session if nothing else
     /// here needs it).
     Detach { key: u64, reply: Option<Reply<()>> },
+    /// Send a `runtimes` frame; answered by the `runtimes` event that answers it.
+    Runtimes { reply: Reply<Catalog> },
     /// Close the connection.
     Close,
 }

@@ -108,6 +108,15 @@ pub enum ClientError {
         /// The gateway's message.
         message: String,
     },
+    /// The gateway refused a `runtimes` frame (one older than the frame answers
+    /// `bad_request`). Returned by [`Client::runtimes`](crate::Client::runtimes).
+    #[error("the gateway refused to list its runtimes: {code}: {message}")]
+    RuntimesRefused {
+        /// The gateway's error code.
+        code: ErrorCode,
+        /// The gateway's message.
+        message: String,
+    },
     /// Events of execution `id`'s session were lost (the gateway no longer had them when
     /// the client resumed), so its output may be incomplete: the stream carried a `gap`
     /// event saying which sequences. Returned by [`Execution::wait`](crate::Execution::wait)

@@ -13,7 +13,7 @@
 
 import { Connection, type ReconnectOptions, tokenFitsSubprotocol, type WebSocketConstructor } from './connection.js';
 import { ConnectionError, GatewayError, InvalidEventError, SluiceError } from './errors.js';
-import { decodeEvent, type ErrorEvent, isTerminal, type SluiceEvent } from './events.js';
+import { type Catalog, decodeEvent, type ErrorEvent, isTerminal, type SluiceEvent } from './events.js';
 import { type ExecuteOptions, Execution, type ExecutionHost } from './execution.js';
 import { type ExecuteFrame, encodeFrame } from './frames.js';
 import { type AttachOptions, SessionEvents, type SessionHost } from './session.js';
@@ -111,6 +111,8 @@ export class SluiceClient {
   private readonly sessions = new Map<string, SessionState>();
   /** Executions without `session`, by id, until they end. */
   private readonly unnamed = new Map<string, Execution>();
+  /** `runtimes` questions sent and not answered yet, oldest first (answers come in order). */
+  private runtimesAsked: { resolve: (catalog: Catalog) => void; reject: (error: Error) => void }[] = [];
   /** Frames waiting for a socket. */
   private outbox: { text: string; execution?: Execution; kind: 'execute' | 'cancel' | 'other' }[] = [];
   private closed = false;
@@ -272,6 +274,27 @@ export class SluiceClient {
       resume: false,
     });
     return reader;
+  }
+
+  /**
+   * Asks which languages this client may run (each with its interpreter's version, and
+   * whether it runs persistently or on a terminal) and each limit's default and maximum,
+   * as the client's credential narrows them. Asked again on the new socket if the
+   * connection drops before the answer. A gateway older than the `runtimes` frame refuses
+   * it: the promise rejects with a {@link GatewayError} (code `bad_request`).
+   */
+  runtimes(): Promise<Catalog> {
+    this.checkOpen();
+    const text = encodeFrame({ type: 'runtimes' });
+    return new Promise<Catalog>((resolve, reject) => {
+      this.runtimesAsked.push({ resolve, reject });
+      try {
+        this.write(text, undefined, 'other');
+      } catch (err) {
+        this.runtimesAsked.pop();
+        reject(err);
+      }
+    });
   }
 
   /**
@@ -484,7 +507,22 @@ export class SluiceClient {
 
   /** Refusals on the socket stream: of an execute, of an attach, or of something else. */
   private onSocketStream(event: SluiceEvent): void {
+    if (event.type === 'runtimes') {
+      this.runtimesAsked.shift()?.resolve({ runtimes: event.runtimes, limits: event.limits });
+      return;
+    }
     if (event.type !== 'error') return;
+    if (
+      event.id === null &&
+      event.for_session === undefined &&
+      event.code === 'bad_request' &&
+      event.data.includes('"runtimes"') &&
+      this.runtimesAsked.length > 0
+    ) {
+      // A gateway older than the frame does not know its type.
+      this.runtimesAsked.shift()?.reject(new GatewayError(event, 'listing the runtimes'));
+      return;
+    }
     if (event.id !== null) {
       const execution =
         event.for_session !== undefined ? this.sessions.get(event.for_session)?.executions.get(event.id) : this.unnamed.get(event.id);
@@ -651,6 +689,10 @@ export class SluiceClient {
       }
     }
     for (const entry of queued) this.outbox.push(entry);
+    // `runtimes` questions the old socket did not answer are asked again (any still in
+    // the outbox are dropped first: they were queued for it).
+    this.outbox = this.outbox.filter((entry) => !entry.text.startsWith('{"type":"runtimes"'));
+    for (let i = 0; i < this.runtimesAsked.length; i++) this.outbox.push({ text: encodeFrame({ type: 'runtimes' }), kind: 'other' });
     this.flushOutbox();
     // A cancel written to the dropped socket may not have arrived: ask again.
     for (const execution of this.allExecutions()) {
@@ -665,6 +707,7 @@ export class SluiceClient {
     this.closedError = reason;
     clearTimeout(this.flushTimer);
     for (const execution of this.allExecutions()) execution.fail(reason);
+    for (const asked of this.runtimesAsked.splice(0)) asked.reject(reason);
     for (const state of this.sessions.values()) for (const reader of [...state.readers]) reader.end(reason);
     this.sessions.clear();
     this.unnamed.clear();

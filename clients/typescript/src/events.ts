@@ -137,6 +137,42 @@ export interface GapEvent extends Envelope {
   resume_from: number;
 }
 
+/** One language the gateway runs for this client (the `runtimes` event, `GET /v1/runtimes`). */
+export interface RuntimeInfo {
+  /** The name an execute gives as its `language`. */
+  language: string;
+  /** The interpreter's own account of its version, when it gives one. */
+  version?: string;
+  /** The file the code is written to (`main.py`) and its extension (`py`). */
+  file_name: string;
+  extension: string;
+  /** `persistent: true` works (a session's interpreter keeps its state). */
+  persistent: boolean;
+  /** A program can run on a terminal (false until the gateway has terminal mode). */
+  tty: boolean;
+  /** Its programs may reach the network. */
+  network: boolean;
+}
+
+/** A limit's default (when a request names none) and the largest value a request may ask for. */
+export interface LimitRange {
+  default: number;
+  max: number;
+}
+
+/** What this client may run: languages sorted by name, and each limit's range by its name in `limits`. */
+export interface Catalog {
+  runtimes: RuntimeInfo[];
+  limits: Record<string, LimitRange>;
+}
+
+/** `runtimes`: the answer to a `runtimes` frame, on the socket stream. */
+export interface RuntimesEvent extends Envelope, Catalog {
+  type: 'runtimes';
+  id: null;
+  session: null;
+}
+
 /** An event type this client does not know (sent by a newer gateway); never terminal. */
 export interface UnknownEvent extends Envelope {
   type: 'unknown';
@@ -154,6 +190,7 @@ export type SluiceEvent =
   | ErrorEvent
   | AttachedEvent
   | GapEvent
+  | RuntimesEvent
   | UnknownEvent;
 
 /** The events that end an execution: exactly one per execution (§5.3). */
@@ -318,9 +355,55 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
         resume_from: resume as number,
       };
     }
+    case 'runtimes': {
+      if (session !== null || id !== null) fail(`${what} names a session or an execution`);
+      const catalog = checkCatalog(obj, what, fail);
+      return { type: 'runtimes', ...envelope, id: null, session: null, ...catalog };
+    }
     default:
       return { type: 'unknown', wire_type: kind, ...envelope };
   }
+}
+
+/** The `runtimes` and `limits` of a `runtimes` event (or of `GET /v1/runtimes`'s body). */
+export function checkCatalog(obj: Json, what: string, fail: (why: string) => never): Catalog {
+  const runtimes = obj['runtimes'];
+  const limits = obj['limits'];
+  if (!Array.isArray(runtimes) || typeof limits !== 'object' || limits === null || Array.isArray(limits)) {
+    fail(`${what} needs a "runtimes" array and a "limits" object`);
+  }
+  const entries = (runtimes as unknown[]).map((entry): RuntimeInfo => {
+    if (typeof entry !== 'object' || entry === null) fail(`${what}: a runtime is not an object`);
+    const r = entry as Json;
+    for (const field of ['language', 'file_name', 'extension']) {
+      if (typeof r[field] !== 'string') fail(`${what}: a runtime's ${field} is not a string`);
+    }
+    for (const field of ['persistent', 'tty', 'network']) {
+      if (typeof r[field] !== 'boolean') fail(`${what}: a runtime's ${field} is not a boolean`);
+    }
+    const info: RuntimeInfo = {
+      language: r['language'] as string,
+      file_name: r['file_name'] as string,
+      extension: r['extension'] as string,
+      persistent: r['persistent'] as boolean,
+      tty: r['tty'] as boolean,
+      network: r['network'] as boolean,
+    };
+    if (r['version'] !== undefined && r['version'] !== null) {
+      if (typeof r['version'] !== 'string') fail(`${what}: a runtime's version is not a string`);
+      info.version = r['version'] as string;
+    }
+    return info;
+  });
+  const ranges: Record<string, LimitRange> = {};
+  for (const [name, value] of Object.entries(limits as Json)) {
+    const range = value as Json;
+    if (typeof value !== 'object' || value === null || !isCount(range['default']) || !isCount(range['max'])) {
+      fail(`${what}: limit ${name} needs a default and a max`);
+    }
+    ranges[name] = { default: range['default'] as number, max: range['max'] as number };
+  }
+  return { runtimes: entries, limits: ranges };
 }
 
 function isCount(value: unknown): value is number {

@@ -74,8 +74,13 @@ export interface AckFrame {
   sequence: number;
 }
 
+/** `runtimes`: which languages may this client run, with which limits. */
+export interface RuntimesFrame {
+  type: 'runtimes';
+}
+
 /** Any frame a client sends. */
-export type ClientFrame = ExecuteFrame | StdinFrame | CancelFrame | AttachFrame | DetachFrame | AckFrame;
+export type ClientFrame = ExecuteFrame | StdinFrame | CancelFrame | AttachFrame | DetachFrame | AckFrame | RuntimesFrame;
 
 const MAX_NAME_BYTES = 128;
 const LIMIT_NAMES: readonly (keyof Limits)[] = [
@@ -177,9 +182,11 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
       return { type, session: name(obj, 'session', type) };
     case 'ack':
       return { type, session: name(obj, 'session', type), sequence: count(obj['sequence'], 'sequence', type) };
+    case 'runtimes':
+      return { type };
     default:
       throw new InvalidFrameError(
-        `unknown frame type ${JSON.stringify(type)}; expected one of execute, stdin, cancel, attach, detach, ack`,
+        `unknown frame type ${JSON.stringify(type)}; expected one of execute, stdin, cancel, attach, detach, ack, runtimes`,
       );
   }
 }

@@ -448,3 +448,27 @@ describe('reconnect and resume', () => {
     assert.throws(() => fragile.execute('true', { language: 'sh' }), { code: 'connection_lost' });
   });
 });
+
+describe('runtimes', () => {
+  test('lists the languages with their versions and the limits, while programs run', async () => {
+    const execution = client.execute('sleep 0.2; echo done', { language: 'sh' });
+    const catalog = await within(client.runtimes(), 10_000, 'runtimes');
+    const names = catalog.runtimes.map((r) => r.language);
+    assert.deepEqual(names, [...names].sort(), 'sorted by name');
+    assert.ok(names.includes('python') && names.includes('sh'), names.join(', '));
+    const python = catalog.runtimes.find((r) => r.language === 'python');
+    assert.equal(python?.file_name, 'main.py');
+    assert.equal(python?.extension, 'py');
+    assert.equal(python?.persistent, true);
+    assert.equal(python?.tty, false);
+    assert.match(python?.version ?? '', /^Python 3\./);
+    const timeout = catalog.limits['timeout_ms'];
+    assert.ok(timeout && timeout.default > 0 && timeout.default <= timeout.max);
+    assert.equal((await within(execution.done, 10_000, 'done')).stdout, 'done\n');
+    // Over HTTP, the same answer.
+    const url = gateway.url.replace(/^ws/, 'http').replace(/\/v1\/ws$/, '/v1/runtimes');
+    const response = await fetch(url);
+    assert.equal(response.status, 200);
+    assert.deepEqual(await response.json(), catalog);
+  });
+});

@@ -103,6 +103,7 @@ impl Connection {
             Ok(ClientFrame::Attach(frame)) => self.attach(frame).await,
             Ok(ClientFrame::Detach(frame)) => self.detach(frame),
             Ok(ClientFrame::Ack(frame)) => self.ack(frame),
+            Ok(ClientFrame::Runtimes(_)) => self.runtimes().await,
             Err(err) => self.refuse_frame(err).await,
         }
     }
@@ -151,6 +152,22 @@ impl Connection {
                 stream.publish(event);
             }
             () = self.closing.cancelled() => {}
+        }
+    }
+
+    /// Answers a `runtimes` frame on the socket's own stream: what this caller may run.
+    async fn runtimes(&mut self) {
+        let (state, grant) = (Arc::clone(&self.state), Arc::clone(&self.grant));
+        match tokio::task::spawn_blocking(move || state.catalog(&grant)).await {
+            Ok(catalog) => {
+                self.publish_or_close(&self.own, Event::runtimes(catalog))
+                    .await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "listing the runtimes failed");
+                let message = "could not list the runtimes";
+                self.refuse(None, ErrorCode::Internal, message).await;
+            }
         }
     }
 

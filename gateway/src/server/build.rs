@@ -133,6 +133,7 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         draining: AtomicBool::new(false),
         observe,
         metrics_token,
+        versions: crate::catalog::Versions::default(),
         config,
     });
     Ok(Built { state, work_root })

@@ -1,5 +1,5 @@
-//! The HTTP routes: the main listener (`/v1/ws`, `/healthz`, `/readyz`, and `/metrics`
-//! unless it has a listener of its own), how its connections are admitted and metered
+//! The HTTP routes: the main listener (`/v1/ws`, `/v1/runtimes`, `/healthz`, `/readyz`,
+//! and `/metrics` unless it has a listener of its own), how its connections are admitted and metered
 //! before HTTP, and the metrics listener (`--metrics-listen`).
 
 use super::build::Built;
@@ -41,6 +41,7 @@ pub(super) async fn serve(
     let state = &gateway.state;
     let mut app = Router::new()
         .route(sluice_protocol::WS_PATH, get(upgrade))
+        .route(sluice_protocol::RUNTIMES_PATH, get(runtimes))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
     if !separate_metrics {
@@ -50,7 +51,7 @@ pub(super) async fn serve(
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found; the Sluice WebSocket endpoint is /v1/ws\n",
+                "not found; the Sluice WebSocket endpoint is /v1/ws (GET /v1/runtimes lists its languages)\n",
             )
         })
         .with_state(state.clone());
@@ -227,6 +228,35 @@ fn metrics_response(state: &GatewayState, headers: &axum::http::HeaderMap, open:
         Err(err) => {
             tracing::error!(%err, "could not encode the metrics");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// `GET /v1/runtimes`: what the caller may run and with which limits, as JSON (the
+/// answer a `runtimes` frame gets), with the same credential an upgrade needs.
+async fn runtimes(
+    State(state): State<Arc<GatewayState>>,
+    ConnectInfo(Peer { addr: peer, .. }): ConnectInfo<Peer>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let grant = match super::upgrade::authenticate(&state, &headers, &uri, peer, "runtimes") {
+        Ok(grant) => grant,
+        Err(unauthorized) => return unauthorized.into_response(),
+    };
+    match tokio::task::spawn_blocking(move || state.catalog(&grant)).await {
+        Ok(catalog) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&catalog).unwrap_or_default(),
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(%err, "listing the runtimes failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not list the runtimes\n",
+            )
+                .into_response()
         }
     }
 }

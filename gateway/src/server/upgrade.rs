@@ -63,30 +63,12 @@ pub(super) async fn upgrade(
                 .into_response();
         }
     }
-    let authenticator = state
-        .authenticator
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let grant = match authenticator {
-        None => crate::auth::Grant::default(),
-        Some(authenticator) => match authenticator.authenticate(&headers, &uri) {
-            Ok(grant) => grant,
-            Err(denied) => {
-                // The reason, never the credential.
-                tracing::warn!(%peer, reason = %denied, detail = denied.detail(), "upgrade refused: not authenticated");
-                refused(UpgradeRefusal::Unauthenticated);
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [(
-                        axum::http::header::WWW_AUTHENTICATE,
-                        "Bearer realm=\"sluice\"",
-                    )],
-                    format!("{denied}\n"),
-                )
-                    .into_response();
-            }
-        },
+    let grant = match authenticate(&state, &headers, &uri, peer, "upgrade") {
+        Ok(grant) => grant,
+        Err(unauthorized) => {
+            refused(UpgradeRefusal::Unauthenticated);
+            return unauthorized.into_response();
+        }
     };
     if state.shutdown.is_cancelled() || state.draining.load(Ordering::Acquire) {
         refused(UpgradeRefusal::ShuttingDown);
@@ -160,4 +142,45 @@ pub(super) async fn upgrade(
                     .instrument(span),
             )
         })
+}
+
+/// A refused credential: the gateway's one-line reason, answered as HTTP 401.
+pub(super) struct Unauthorized(String);
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                axum::http::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"sluice\"",
+            )],
+            format!("{}\n", self.0),
+        )
+            .into_response()
+    }
+}
+
+/// The caller's grant: where clients authenticate, its credential checked (`auth`);
+/// otherwise everything the gateway allows. A refusal carries a short reason, never the
+/// credential, and is logged for `what` (the route).
+pub(super) fn authenticate(
+    state: &GatewayState,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+    peer: std::net::SocketAddr,
+    what: &str,
+) -> Result<crate::auth::Grant, Unauthorized> {
+    let authenticator = state
+        .authenticator
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let Some(authenticator) = authenticator else {
+        return Ok(crate::auth::Grant::default());
+    };
+    authenticator.authenticate(headers, uri).map_err(|denied| {
+        tracing::warn!(%peer, reason = %denied, detail = denied.detail(), "{} refused: not authenticated", what);
+        Unauthorized(denied.to_string())
+    })
 }

@@ -16,6 +16,7 @@ mod client;
 mod client_sessions;
 mod concurrency;
 mod credentials;
+mod discovery;
 mod drain;
 mod encoding;
 mod errors;

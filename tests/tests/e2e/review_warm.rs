@@ -31,7 +31,7 @@ async fn jailed_pool(size: usize) -> Option<TestGateway> {
     Some(gateway_with(Isolation::Namespaces, size).await)
 }
 
-use crate::warm::{is_warm, pool_ready, seen, warm_and_cold};
+use crate::warm::{is_warm, pool_ready, seen, started_warm, warm_and_cold};
 
 /// The entry is started with the maximum process count (the jail's RLIMIT_NPROC comes
 /// from it), and a claim lowers only the cgroup's `pids.max`: what the program sees is
@@ -410,11 +410,7 @@ async fn executions_cancelled_in_their_claim_leave_nothing() -> Result<()> {
         let events = socket.events_until_terminal(&id).await?;
         let terminal = events.last().context("no terminal")?;
         ensure!(terminal.kind != EventKind::Completed, "{terminal:?}");
-        warm += usize::from(
-            events
-                .iter()
-                .any(|e| e.kind == EventKind::Started && e.data == "warm"),
-        );
+        warm += usize::from(started_warm(&events));
     }
     socket.close().await?;
     ensure!(warm > 0, "no cancelled execution started warm");

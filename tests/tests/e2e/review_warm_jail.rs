@@ -6,30 +6,12 @@
 //! (tests that failed) were fixed; their doc comments say how. What held is in
 //! SECURITY.md.
 
-use crate::isolation::jail_available;
-use crate::warm::{cold, is_warm, pool_ready, seen, warm_and_cold};
+use crate::warm::{cold, is_warm, pool_ready, seen, started_warm, warm_and_cold};
+use crate::warm_jail::pools;
 use anyhow::{ensure, Context as _, Result};
-use sluice_gateway::{Config, Isolation, LimitBound, LimitsConfig};
+use sluice_gateway::{LimitBound, LimitsConfig};
 use sluice_protocol::{EventKind, ExecuteRequest, Limits};
-use sluice_tests::{assert_stream_ok, request, run, TestGateway};
-
-/// A jailed gateway keeping `size` entries for each of `runtimes`, or `None` (the test
-/// passes, skipped) where this host has no jail.
-async fn pools(runtimes: &[&str], size: usize, limits: LimitsConfig) -> Option<TestGateway> {
-    if !jail_available() {
-        return None;
-    }
-    Some(
-        TestGateway::spawn_with(Config {
-            isolation: Isolation::Namespaces,
-            warm_pool: Some(size),
-            warm_runtimes: Some(runtimes.iter().map(|r| (*r).to_owned()).collect()),
-            limits,
-            ..Config::default()
-        })
-        .await,
-    )
-}
+use sluice_tests::{assert_stream_ok, request, run};
 
 /// A shell line that prints the size of the program's stdin pipe (`F_GETPIPE_SZ`).
 const STDIN_PIPE_SIZE: &str =
@@ -238,11 +220,7 @@ async fn waiting_jails_cancelled_in_their_claim_leave_nothing() -> Result<()> {
         let events = socket.events_until_terminal(&id).await?;
         let terminal = events.last().context("no terminal event")?;
         assert_eq!(terminal.kind, EventKind::Cancelled, "{terminal:?}");
-        warm += usize::from(
-            events
-                .iter()
-                .any(|e| e.kind == EventKind::Started && e.data == "warm"),
-        );
+        warm += usize::from(started_warm(&events));
     }
     socket.close().await?;
     ensure!(warm > 10, "only {warm} cancelled executions started warm");

@@ -50,6 +50,13 @@ fn started(outcome: &Outcome) -> Result<&Event> {
         .context("no started event")
 }
 
+/// Whether these events of one execution say it started warm.
+pub(crate) fn started_warm(events: &[Event]) -> bool {
+    events
+        .iter()
+        .any(|e| e.kind == EventKind::Started && e.data == "warm")
+}
+
 pub(crate) fn is_warm(outcome: &Outcome) -> Result<bool> {
     Ok(started(outcome)?.data == "warm")
 }

@@ -18,12 +18,14 @@ from .errors import (
     LimitExceeded,
     NonZeroExit,
     ProtocolError,
+    RuntimesRefused,
     SluiceConnectionError,
     SluiceError,
 )
 from .events import TERMINAL_TYPES, StreamEvent, Usage, decode_event
 from .execution import Execution, ExecutionResult, ExecutionStream
 from .frames import ExecuteOptions, Limits, decode_frame, validate_frame
+from .runtimes import Catalog, LimitRange, RuntimeInfo
 from .session import SessionStream
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "TERMINAL_TYPES",
     "AttachRefused",
     "AuthenticationError",
+    "Catalog",
     "ClientClosed",
     "ExecuteOptions",
     "Execution",
@@ -41,10 +44,13 @@ __all__ = [
     "ExecutionStream",
     "FrameError",
     "LimitExceeded",
+    "LimitRange",
     "Limits",
     "NonZeroExit",
     "ProtocolError",
     "ReconnectPolicy",
+    "RuntimeInfo",
+    "RuntimesRefused",
     "SandboxClient",
     "SessionStream",
     "SluiceConnectionError",

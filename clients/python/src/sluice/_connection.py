@@ -43,6 +43,7 @@ from .errors import (
     ClientClosed,
     FrameError,
     ProtocolError,
+    RuntimesRefused,
     SluiceConnectionError,
     SluiceError,
 )
@@ -50,12 +51,14 @@ from .events import (
     ATTACHED,
     ERROR,
     GAP,
+    RUNTIMES,
     STARTED,
     TERMINAL_TYPES,
     StreamEvent,
     decode_event,
     synthetic_event,
 )
+from .runtimes import Catalog, catalog_from_fields
 
 log = logging.getLogger("sluice")
 
@@ -277,6 +280,8 @@ class Connection:
         self._routes: dict[str, Route] = {}
         self._sessions: dict[str, _SessionState] = {}
         self._attaches: dict[str, _PendingAttach] = {}
+        #: ``runtimes`` frames sent and not answered yet, oldest first.
+        self._runtimes_asked: deque[asyncio.Future[Catalog]] = deque()
         self._detaching: deque[str] = deque(maxlen=DETACHES_REMEMBERED)
         self._unacked: set[str] = set()
         self._acks = options.reconnect is not None
@@ -382,6 +387,20 @@ class Connection:
         except BaseException:
             self.remove_subscriber(subscriber)
             raise
+
+    async def runtimes(self) -> Catalog:
+        """Sends a ``runtimes`` frame and returns its answer (answers come in the
+        order of the frames); asked again on a new socket after a reconnect."""
+        await self._wait_for_room()
+        self.check_open()
+        future: asyncio.Future[Catalog] = asyncio.get_running_loop().create_future()
+        self._runtimes_asked.append(future)
+        self._enqueue(_Outgoing(self._encode(frames.runtimes_frame())))
+        try:
+            return await future
+        finally:
+            if future in self._runtimes_asked and not future.done():
+                self._runtimes_asked.remove(future)
 
     def remove_subscriber(self, subscriber: Subscriber) -> None:
         """Stops delivering to ``subscriber``; detaches its session if nothing
@@ -568,6 +587,9 @@ class Connection:
             if waiting.future is not None and not waiting.future.done():
                 waiting.future.set_exception(ClientClosed("the session stream was closed"))
             waiting.answered.set()
+        # ``runtimes`` questions the old socket did not answer are asked again.
+        for _ in self._runtimes_asked:
+            self._enqueue(_Outgoing(self._encode(frames.runtimes_frame())))
         unsent = {id(item.route) for item in old if item.kind == "execute"}
         for route in sorted(self._routes.values(), key=lambda r: r.serial):
             if route.confirmed or id(route) in unsent:
@@ -616,6 +638,10 @@ class Connection:
                 waiting.future.set_exception(self._end)
             waiting.answered.set()
         self._attaches.clear()
+        while self._runtimes_asked:
+            asked = self._runtimes_asked.popleft()
+            if not asked.done():
+                asked.set_exception(self._end)
         failure = None if self._closing else self._end
         for state in self._sessions.values():
             for subscriber in state.subscribers:
@@ -651,6 +677,22 @@ class Connection:
                 self._end_route(route, ended)
 
     def _on_socket_event(self, event: StreamEvent) -> None:
+        if event.type == RUNTIMES:
+            self._answer_runtimes(event)
+            return
+        if (
+            event.type == ERROR
+            and event.id is None
+            and event.for_session is None
+            and event.code == "bad_request"
+            and '"runtimes"' in event.data
+            and self._runtimes_asked
+        ):
+            # A gateway older than the frame does not know its type.
+            asked = self._runtimes_asked.popleft()
+            if not asked.done():
+                asked.set_exception(RuntimesRefused(event.code, event.data))
+            return
         if (
             event.type == ERROR
             and event.id is None
@@ -665,6 +707,17 @@ class Connection:
                 self._deliver_to_route(route, event)
                 return
         log.warning("gateway refused a frame (%s): %s", event.code, event.data)
+
+    def _answer_runtimes(self, event: StreamEvent) -> None:
+        if not self._runtimes_asked:
+            return
+        asked = self._runtimes_asked.popleft()
+        if asked.done():
+            return
+        try:
+            asked.set_result(catalog_from_fields(event.extra))
+        except ProtocolError as err:
+            asked.set_exception(err)
 
     def _on_session_refusal(self, name: str, event: StreamEvent) -> bool:
         code = event.code

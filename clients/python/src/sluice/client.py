@@ -19,6 +19,7 @@ from ._connection import Connection, Options, ReconnectPolicy, open_socket
 from .errors import ClientClosed
 from .execution import Execution, ExecutionResult, ExecutionStream
 from .frames import ExecuteOptions
+from .runtimes import Catalog
 from .session import SessionStream
 
 if sys.version_info >= (3, 11):
@@ -170,6 +171,15 @@ class SandboxClient:
         """Runs ``code`` to its end and returns the result (see :meth:`Execution.wait`)."""
         execution = await self.execute(code, language, **options)
         return await execution.wait(check=check)
+
+    async def runtimes(self) -> Catalog:
+        """The languages this client may run (each with its interpreter's version
+        and whether it runs persistently or on a terminal) and each limit's
+        default and maximum, as the client's credential narrows them. Raises
+        :class:`~sluice.RuntimesRefused` against a gateway older than the
+        ``runtimes`` frame."""
+        connection = await self._connect()
+        return await connection.runtimes()
 
     # ------------------------------------------------------------- sessions
 

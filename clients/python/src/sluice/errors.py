@@ -85,6 +85,16 @@ class AttachRefused(SluiceError):
         self.message = message
 
 
+class RuntimesRefused(SluiceError):
+    """The gateway refused a ``runtimes`` frame (one older than the frame
+    answers ``bad_request``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"listing the runtimes refused ({code}): {message}")
+        self.code = code
+        self.message = message
+
+
 class ExecutionFailed(SluiceError):
     """An execution did not end with exit status 0. ``result`` holds what it
     produced and how it ended."""

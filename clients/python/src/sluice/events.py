@@ -27,6 +27,7 @@ RESOURCE_LIMIT = "resource_limit"
 ERROR = "error"
 ATTACHED = "attached"
 GAP = "gap"
+RUNTIMES = "runtimes"
 
 #: The types that end an execution (an ``error`` only when it has an ``id``).
 TERMINAL_TYPES = frozenset({COMPLETED, CANCELLED, RESOURCE_LIMIT, ERROR})
@@ -232,6 +233,8 @@ def _validate(event: StreamEvent) -> None:
         raise fail("has no code")
     if kind == ATTACHED and (event.session is None or event.resume_from != event.sequence + 1):
         raise fail("needs a session and resume_from = sequence + 1")
+    if kind == RUNTIMES and (event.session is not None or "runtimes" not in event.extra or "limits" not in event.extra):
+        raise fail("needs runtimes and limits, and no session")
     if kind == GAP:
         start, resume = event.missed_from, event.resume_from
         if event.session is None or start is None or resume is None:

@@ -17,7 +17,7 @@ from .errors import FrameError
 #: Most bytes (of UTF-8) in an execution id, a session name or a language.
 MAX_NAME_BYTES = 128
 
-FRAME_TYPES = ("execute", "stdin", "cancel", "attach", "detach", "ack")
+FRAME_TYPES = ("execute", "stdin", "cancel", "attach", "detach", "ack", "runtimes")
 
 LIMIT_NAMES = (
     "timeout_ms",
@@ -169,6 +169,8 @@ def validate_frame(frame: object) -> None:
             _typed(frame, "eof", bool, "a boolean")
             if frame.get("data") is None and frame.get("eof") is not True:
                 raise _bad('stdin frame needs "data", "eof": true, or both')
+    elif kind == "runtimes":
+        pass
     else:
         _name(frame, "session", required=True)
         if kind == "attach":
@@ -263,3 +265,8 @@ def detach_frame(session: str) -> dict[str, Any]:
 def ack_frame(session: str, sequence: int) -> dict[str, Any]:
     """An ``ack`` frame."""
     return {"type": "ack", "session": session, "sequence": sequence}
+
+
+def runtimes_frame() -> dict[str, Any]:
+    """A ``runtimes`` frame: which languages may this client run, with which limits."""
+    return {"type": "runtimes"}

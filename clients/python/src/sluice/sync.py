@@ -24,6 +24,7 @@ from . import client as _async
 from .events import StreamEvent
 from .execution import ExecutionResult
 from .frames import ExecuteOptions
+from .runtimes import Catalog
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -56,6 +57,10 @@ class SandboxClient:
     ) -> ExecutionResult:
         """Runs ``code`` to its end; see :meth:`sluice.SandboxClient.run`."""
         return self._call(self._client.run(code, language, check=check, **options))
+
+    def runtimes(self) -> Catalog:
+        """What this client may run; see :meth:`sluice.SandboxClient.runtimes`."""
+        return self._call(self._client.runtimes())
 
     def execute_code_stream(
         self, code: str, language: str = "python", **options: Unpack[ExecuteOptions]

@@ -8,7 +8,7 @@ use super::{Connection, Purpose};
 use crate::command::{Command, Reply};
 use crate::queue::EventSender;
 use crate::ClientError;
-use sluice_protocol::{CancelFrame, ClientFrame, StdinFrame};
+use sluice_protocol::{CancelFrame, Catalog, ClientFrame, RuntimesFrame, StdinFrame};
 use std::collections::hash_map::Entry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
@@ -71,8 +71,20 @@ where
                     let _ = reply.send(Ok(()));
                 }
             }
+            Command::Runtimes { reply } => self.on_runtimes(reply),
             Command::Close => self.start_close(),
         }
+    }
+
+    /// Sends a `runtimes` frame; the reply waits for its answer (in order: the gateway
+    /// answers a socket's frames in the order they came).
+    fn on_runtimes(&mut self, reply: Reply<Catalog>) {
+        if self.closing {
+            let _ = reply.send(Err(self.shared.closed_error()));
+            return;
+        }
+        self.runtimes_asked.push_back(reply);
+        self.enqueue_frame(&ClientFrame::Runtimes(RuntimesFrame {}), Purpose::Other);
     }
 
     /// Registers the route of a new execution and queues its `execute` frame, unless its

@@ -33,7 +33,7 @@ mod routing;
 
 pub(crate) use reconnect::{AttemptError, Connector};
 
-use crate::command::Command;
+use crate::command::{Command, Reply};
 use crate::shared::{Ended, Shared};
 use crate::synthetic::synthetic_error;
 use crate::ClientError;
@@ -42,7 +42,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use reconnect::Outage;
 use routing::{Route, SessionState};
-use sluice_protocol::{ClientFrame, Event};
+use sluice_protocol::{Catalog, ClientFrame, Event};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::RandomState;
@@ -107,6 +107,8 @@ pub(crate) struct Connection<S> {
     subscribers: HashMap<u64, Subscriber>,
     /// `attach` frames sent on this socket and not yet answered, by session.
     attaches: HashMap<String, PendingAttach>,
+    /// `runtimes` frames sent and not yet answered, oldest first (answers come in order).
+    runtimes_asked: VecDeque<Reply<Catalog>>,
     /// Sessions detached on this socket, most recent last (at most
     /// [`DETACHES_REMEMBERED`](attach::DETACHES_REMEMBERED)): their late events are
     /// dropped, and a refusal of the `detach` (the gateway had let go of the session
@@ -164,6 +166,7 @@ where
             sessions: HashMap::new(),
             subscribers: HashMap::new(),
             attaches: HashMap::new(),
+            runtimes_asked: VecDeque::new(),
             detaching: VecDeque::new(),
             unacked: HashSet::new(),
             acks,

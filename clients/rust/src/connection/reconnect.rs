@@ -264,6 +264,13 @@ where
         for attach in plan {
             self.send_attach(attach);
         }
+        // `runtimes` questions the old socket did not answer are asked again.
+        for _ in 0..self.runtimes_asked.len() {
+            self.enqueue_frame(
+                &sluice_protocol::ClientFrame::Runtimes(sluice_protocol::RuntimesFrame {}),
+                Purpose::Other,
+            );
+        }
 
         // Executions no event has answered: did the gateway get them?
         let unsent: HashSet<(String, u64)> = old

@@ -13,7 +13,8 @@
 use super::Connection;
 use crate::queue::{EventSender, Push};
 use crate::synthetic::{gap_event, synthetic_error};
-use sluice_protocol::{Event, EventKind};
+use crate::ClientError;
+use sluice_protocol::{ErrorCode, Event, EventKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::tungstenite::Message;
@@ -131,6 +132,21 @@ where
     /// `execute` before it joined a session, or something for
     /// [`Client::socket_events`](crate::Client::socket_events).
     fn on_socket_stream(&mut self, event: Event) {
+        if let Some(catalog) = event.catalog() {
+            if let Some(reply) = self.runtimes_asked.pop_front() {
+                let _ = reply.send(Ok(catalog));
+            }
+            return;
+        }
+        if event.kind == EventKind::Error && event.id.is_none() && refuses_runtimes(&event) {
+            if let Some(reply) = self.runtimes_asked.pop_front() {
+                let _ = reply.send(Err(ClientError::RuntimesRefused {
+                    code: event.code.unwrap_or(ErrorCode::Internal),
+                    message: event.data,
+                }));
+                return;
+            }
+        }
         if event.kind == EventKind::Error && event.id.is_none() {
             if let Some(name) = event.for_session.clone() {
                 if self.on_session_refusal(&name, &event) {
@@ -514,6 +530,14 @@ where
             ),
         }
     }
+}
+
+/// Whether a socket-stream `error` refuses a `runtimes` frame (a gateway older than the
+/// frame does not know its type).
+fn refuses_runtimes(event: &Event) -> bool {
+    event.for_session.is_none()
+        && event.code == Some(ErrorCode::BadRequest)
+        && event.data.contains("\"runtimes\"")
 }
 
 #[cfg(test)]

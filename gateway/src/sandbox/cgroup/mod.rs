@@ -134,13 +134,7 @@ impl Cgroups {
             return Self::default();
         };
         let mut found = Self::default();
-        for line in table.lines() {
-            let mut fields = line.splitn(3, ':');
-            let (Some(id), Some(controllers), Some(path)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
+        for (id, controllers, path) in membership(&table) {
             let relative = path.trim_start_matches('/');
             let controllers: Vec<&str> = controllers.split(',').collect();
             if id == "0" && controllers == [""] {
@@ -491,6 +485,15 @@ fn without_own_leaf(relative: &str) -> &str {
         None if relative == leaf => "",
         _ => relative,
     }
+}
+
+/// The lines of a `/proc/<pid>/cgroup` table: each hierarchy's id, its controllers
+/// (comma-separated; empty for v2) and the process's cgroup there, from the root.
+fn membership(table: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    table.lines().filter_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        Some((fields.next()?, fields.next()?, fields.next()?))
+    })
 }
 
 /// Removes the (empty) directories of gateways that are no longer running.

@@ -164,13 +164,7 @@ fn move_processes(listing: &Path, to: &Path) -> bool {
 /// kernel names them (from the hierarchy's root).
 fn whereabouts(table: &str) -> (Option<&str>, Option<&str>) {
     let (mut v2, mut cpu) = (None, None);
-    for line in table.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
+    for (id, controllers, path) in super::membership(table) {
         if id == "0" && controllers.is_empty() {
             v2 = Some(path);
         } else if controllers.split(',').any(|c| c == "cpu") {
