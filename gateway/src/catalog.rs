@@ -108,13 +108,12 @@ pub fn runtimes_report(config: &crate::config::Config) -> String {
             return out;
         }
     };
-    let user = crate::sys::is_root().then_some((config.sandbox_uid, config.sandbox_gid));
     let listed = catalog(
         &table,
         &config.limits,
         &Grant::default(),
         &Versions::default(),
-        user,
+        None,
     );
     for runtime in &listed.runtimes {
         let _ = writeln!(
@@ -155,8 +154,9 @@ fn ranges(limits: &LimitsConfig) -> BTreeMap<String, LimitRange> {
 }
 
 /// `program --version`'s first line (stdout's, else stderr's), when it exits with 0
-/// within [`VERSION_TIMEOUT`]. Run with an empty environment (a `PATH` only), no input,
-/// and as `user` where given: a root gateway never runs an interpreter as root.
+/// within [`VERSION_TIMEOUT`]. Run with fixed arguments, an empty environment (a `PATH`
+/// only), no input, in `/`, in a process group of its own (killed whole at the
+/// deadline), and as `user` where given. Nothing of a request reaches it.
 fn ask_version(program: &Path, user: Option<(u32, u32)>) -> Option<String> {
     use std::os::unix::process::CommandExt as _;
     let mut command = Command::new(program);

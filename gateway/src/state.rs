@@ -61,12 +61,14 @@ pub(crate) struct GatewayState {
 impl GatewayState {
     /// What the caller holding `grant` may run, and with which limits (the `runtimes`
     /// frame, `GET /v1/runtimes`). Blocks the first time, while each interpreter says
-    /// its version: call it from a blocking thread. A root gateway asks them as the
-    /// program user (or the sandbox ids), never as root.
+    /// its version: call it from a blocking thread. Asked as the user unjailed programs
+    /// run as, where there is one (it was checked to be able to start them); otherwise
+    /// as the gateway's own user, as the start-up step that finds each interpreter
+    /// (`runtime::unwrap_shim`) asks it for its path: an interpreter under a directory
+    /// only the jail exposes (`/root/.pyenv`) cannot be started by the sandbox user
+    /// outside the jail.
     pub(crate) fn catalog(&self, grant: &crate::auth::Grant) -> sluice_protocol::Catalog {
-        let user = self.host.program_user.map(|u| (u.uid, u.gid)).or_else(|| {
-            crate::sys::is_root().then_some((self.config.sandbox_uid, self.config.sandbox_gid))
-        });
+        let user = self.host.program_user.map(|u| (u.uid, u.gid));
         crate::catalog::catalog(
             &self.runtimes,
             &self.config.limits,

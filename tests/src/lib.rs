@@ -905,7 +905,7 @@ fn check_lifecycles(name: &str, stream: &[&Event], joined_late: bool) {
             assert!(
                 matches!(
                     event.kind,
-                    EventKind::Error | EventKind::Attached | EventKind::Gap
+                    EventKind::Error | EventKind::Attached | EventKind::Gap | EventKind::Runtimes
                 ),
                 "stream {name}: only refusals and markers may have no id: {event:?}"
             );

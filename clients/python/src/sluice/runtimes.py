@@ -72,8 +72,7 @@ def catalog_from_fields(fields: Mapping[str, Any]) -> Catalog:
             for r in runtimes
         )
         ranges = {
-            name: LimitRange(default=_typed(v, "default", int), max=_typed(v, "max", int))
-            for name, v in limits.items()
+            name: LimitRange(default=_typed(v, "default", int), max=_typed(v, "max", int)) for name, v in limits.items()
         }
     except (TypeError, AttributeError) as err:
         raise ProtocolError(f"runtimes event is malformed: {err}") from None
