@@ -67,6 +67,20 @@ fn host_offers_cpu_cgroup() -> bool {
     }
 }
 
+/// How the gateway shares the CPU here (the host report's words), or `None` (skipped,
+/// said why) where the host has no cpu cgroup for it; an error where the host has one
+/// and the gateway does not use it.
+fn cpu_share_here() -> Result<Option<String>> {
+    if !host_offers_cpu_cgroup() {
+        skip("no writable cpu cgroup here (or the test gateways run without cgroups)");
+        return Ok(None);
+    }
+    sluice_tests::host_report()
+        .cpu_share
+        .context("the host has a writable cpu cgroup but the gateway gives no CPU share")
+        .map(Some)
+}
+
 fn weight(dir: &std::path::Path, file: &str) -> Result<u64> {
     let text = std::fs::read_to_string(dir.join(file))
         .with_context(|| format!("{}/{file}", dir.display()))?;
@@ -82,14 +96,9 @@ fn spinners(marker: &str, spinners: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_forking_spinners_gets_one_cpu_share_and_others_still_run() -> Result<()> {
-    if !host_offers_cpu_cgroup() {
-        skip("no writable cpu cgroup here (or the test gateways run without cgroups)");
+    let Some(how) = cpu_share_here()? else {
         return Ok(());
-    }
-    // The host has one, so the gateway must use it.
-    let how = sluice_tests::host_report()
-        .cpu_share
-        .context("the host has a writable cpu cgroup but the gateway gives no CPU share")?;
+    };
     let gateway = TestGateway::spawn().await;
     let mut hog = gateway.raw().await?;
     let mut other = gateway.raw().await?;
@@ -418,13 +427,9 @@ async fn a_cells_background_processes_end_with_the_cell_and_the_interpreter_stay
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_programs_share_a_cpu_group_and_one_that_forks_gets_its_own() -> Result<()> {
-    if !host_offers_cpu_cgroup() {
-        skip("no writable cpu cgroup here (or the test gateways run without cgroups)");
+    let Some(how) = cpu_share_here()? else {
         return Ok(());
-    }
-    let how = sluice_tests::host_report()
-        .cpu_share
-        .context("the host has a writable cpu cgroup but the gateway gives no CPU share")?;
+    };
     if !how.contains("share one group") {
         skip("light executions get a CPU group each here (no v1 cpu with v2 CPU time)");
         return Ok(());
