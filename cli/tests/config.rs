@@ -417,3 +417,35 @@ async fn sluice_serve_runs_with_what_the_file_says() -> Result<()> {
     drop(serving);
     Ok(())
 }
+
+/// `sluice doctor` reports the host's layers and then the configured runtimes, each
+/// with the version its interpreter gives (`python3 --version` run here directly is the
+/// reference) and its source file.
+#[test]
+fn doctor_lists_the_runtimes_with_their_versions() -> Result<()> {
+    let out = run(&["doctor"], &[])?;
+    ensure!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, runtimes) = text
+        .split_once("runtimes (")
+        .with_context(|| format!("no runtimes section in:\n{text}"))?;
+    let python = runtimes
+        .lines()
+        .find(|line| line.trim_start().starts_with("python "))
+        .with_context(|| format!("no python line in:\n{runtimes}"))?;
+    let reference = Command::new("python3").arg("--version").output()?;
+    let version = String::from_utf8_lossy(&reference.stdout).trim().to_owned();
+    ensure!(
+        python.contains(&version) && python.contains("main.py") && python.contains("persistent"),
+        "{python:?} against {version:?}"
+    );
+    let sh = runtimes
+        .lines()
+        .find(|line| line.trim_start().starts_with("sh "))
+        .with_context(|| format!("no sh line in:\n{runtimes}"))?;
+    ensure!(
+        sh.contains("main.sh") && !sh.contains("persistent"),
+        "{sh:?}"
+    );
+    Ok(())
+}
