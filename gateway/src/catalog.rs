@@ -50,13 +50,15 @@ impl Versions {
 }
 
 /// What the caller holding `grant` may run, and with which limits. Blocks the first
-/// time (see [`Versions::of`]).
+/// time (see [`Versions::of`]). `host_network`: every program keeps the host's network
+/// (`--network on`, or a host that cannot take it away).
 pub(crate) fn catalog(
     runtimes: &RuntimeTable,
     limits: &LimitsConfig,
     grant: &Grant,
     versions: &Versions,
     user: Option<(u32, u32)>,
+    host_network: bool,
 ) -> Catalog {
     let ceilings = &grant.narrowing.limits;
     let limits = if *ceilings == sluice_protocol::Limits::default() {
@@ -85,7 +87,8 @@ pub(crate) fn catalog(
                 .unwrap_or_default(),
             persistent: KernelKind::for_runtime(runtime).is_some(),
             tty: false,
-            network: runtime.network && !grant.denies_network(),
+            // As an execution decides it (`connection::execute`, the launch).
+            network: (runtime.network && !grant.denies_network()) || host_network,
         })
         .collect();
     Catalog {
@@ -114,6 +117,7 @@ pub fn runtimes_report(config: &crate::config::Config) -> String {
         &Grant::default(),
         &Versions::default(),
         None,
+        false,
     );
     for runtime in &listed.runtimes {
         let _ = writeln!(
@@ -155,10 +159,16 @@ fn ranges(limits: &LimitsConfig) -> BTreeMap<String, LimitRange> {
 
 /// `program --version`'s first line (stdout's, else stderr's), when it exits with 0
 /// within [`VERSION_TIMEOUT`]. Run with fixed arguments, an empty environment (a `PATH`
-/// only), no input, in `/`, in a process group of its own (killed whole at the
-/// deadline), and as `user` where given. Nothing of a request reaches it.
+/// only), no input, in `/`, in a process group of its own, and as `user` where given.
+/// Nothing of a request reaches it. The deadline covers the output too: whatever the
+/// group still holds once the program has exited (or at the deadline) is killed, and a
+/// child that left the group and keeps a pipe open holds only that pipe's reader thread,
+/// not the answer.
 fn ask_version(program: &Path, user: Option<(u32, u32)>) -> Option<String> {
     use std::os::unix::process::CommandExt as _;
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    let deadline = std::time::Instant::now() + VERSION_TIMEOUT;
     let mut command = Command::new(program);
     command
         .arg("--version")
@@ -175,39 +185,111 @@ fn ask_version(program: &Path, user: Option<(u32, u32)>) -> Option<String> {
     let mut child = command.spawn().ok()?;
     let pid = child.id();
     let (stdout, stderr) = (child.stdout.take()?, child.stderr.take()?);
-    // The outputs are read on threads of their own, so a program that never ends (or
-    // fills a pipe) is killed at the deadline rather than holding this one.
-    let read = |pipe: Box<dyn std::io::Read + Send>| {
+    // Each output is read on a thread of its own into a buffer this one takes at the
+    // end, read to its end or not: a program that never ends, fills a pipe, or leaves a
+    // child holding one cannot hold this thread past the deadline.
+    let (read_all, outputs_read) = mpsc::channel::<()>();
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let (into, done) = (Arc::clone(&text), read_all.clone());
         std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.take(MAX_VERSION_OUTPUT).read_to_string(&mut text);
-            text
-        })
+            let mut chunk = [0; 1024];
+            loop {
+                let mut text = into.lock().unwrap_or_else(PoisonError::into_inner);
+                let room = usize::try_from(MAX_VERSION_OUTPUT)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(text.len())
+                    .min(chunk.len());
+                drop(text);
+                match pipe.read(&mut chunk[..room]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        text = into.lock().unwrap_or_else(PoisonError::into_inner);
+                        text.extend_from_slice(&chunk[..n]);
+                    }
+                }
+            }
+            let _ = done.send(());
+        });
+        text
     };
     let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
-    let (done, waited) = std::sync::mpsc::channel();
+    drop(read_all);
+    let (exited, waited) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = done.send(child.wait());
+        let _ = exited.send(child.wait());
     });
-    let status = match waited.recv_timeout(VERSION_TIMEOUT) {
-        Ok(status) => status.ok()?,
-        Err(_) => {
-            crate::sys::signal_group(pid, crate::sys::Signal::Kill).ok();
-            tracing::warn!(program = %program.display(), "no answer to --version within 2 s");
-            return None;
-        }
+    let status = waited.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+    // Whatever is left in the group (the program at the deadline, or what it left
+    // behind) is killed, which ends the pipes unless a child left the group.
+    crate::sys::signal_group(pid, crate::sys::Signal::Kill).ok();
+    let Ok(status) = status else {
+        tracing::warn!(program = %program.display(), "no answer to --version within 2 s");
+        return None;
     };
-    let (out, err) = (out.join().ok()?, err.join().ok()?);
-    if !status.success() {
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if outputs_read.recv_timeout(left).is_err() {
+            tracing::warn!(program = %program.display(), "--version left its output open");
+            break;
+        }
+    }
+    if !status.ok()?.success() {
         return None;
     }
-    first_line(&out).or_else(|| first_line(&err))
+    let text = |buffer: &Mutex<Vec<u8>>| {
+        let bytes = buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    first_line(&text(&out)).or_else(|| first_line(&text(&err)))
 }
 
-/// The first line with text, trimmed and cut to [`MAX_VERSION_CHARS`].
+/// The first line with text, without terminal escapes or control characters, trimmed
+/// and cut to [`MAX_VERSION_CHARS`].
 fn first_line(text: &str) -> Option<String> {
-    let line = text.lines().map(str::trim).find(|line| !line.is_empty())?;
-    Some(line.chars().take(MAX_VERSION_CHARS).collect())
+    text.lines()
+        .map(|line| printable(line).trim().to_owned())
+        .find(|line| !line.is_empty())
+        .map(|line| line.chars().take(MAX_VERSION_CHARS).collect())
+}
+
+/// `line` without terminal escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL`
+/// or `ESC \\`, and two-character ones) and with every other control character but a
+/// tab (which becomes a space), and the bidirectional marks, left out: the version goes
+/// to web pages and terminals.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates, up to the final byte (@ to ~).
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\t' => out.push(' '),
+            // Controls, and the marks that reorder text (they can make a version read
+            // as something else on a page).
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+                {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -224,6 +306,28 @@ mod tests {
         assert_eq!(
             first_line(&"v".repeat(500)).map(|v| v.len()),
             Some(MAX_VERSION_CHARS)
+        );
+    }
+
+    #[test]
+    fn a_version_loses_terminal_escapes_and_control_characters() {
+        let line = "\u{1b}]0;title\u{7}\u{1b}[1;31mTool\u{1b}[0m 1.2\r\u{1b}[2K\tbeta\u{1}\u{1b}7";
+        assert_eq!(first_line(line).as_deref(), Some("Tool 1.2 beta"));
+        assert_eq!(
+            first_line("\u{1b}]8;;https://x\u{1b}\\Link\u{1b}]8;;\u{1b}\\ 2").as_deref(),
+            Some("Link 2")
+        );
+        assert_eq!(
+            first_line("\u{202e}3.1 nohtyP").as_deref(),
+            Some("3.1 nohtyP")
+        );
+        assert_eq!(
+            first_line("\u{1b}[31m\u{7}\nReal 1").as_deref(),
+            Some("Real 1")
+        );
+        assert_eq!(
+            first_line("Ünïcode 1.0 ✓").as_deref(),
+            Some("Ünïcode 1.0 ✓")
         );
     }
 
@@ -258,7 +362,20 @@ mod tests {
         // One that never answers is killed at the deadline, with its children.
         let hanging = script("hanging", "sleep 600 & sleep 600");
         assert_eq!(ask_version(&hanging, None), None);
-        for path in [tool, on_stderr, failing, hanging] {
+        // One that answers and leaves a child holding its output: the answer counts,
+        // and the child (in its group) is killed.
+        let lingering = script("lingering", "echo 'Lingering 1'; sleep 600 & exit 0");
+        assert_eq!(
+            ask_version(&lingering, None).as_deref(),
+            Some("Lingering 1")
+        );
+        // Output that is not UTF-8 keeps its version.
+        let latin1 = script("latin1", "printf 'Latin \\251 1\\n'");
+        assert_eq!(
+            ask_version(&latin1, None).as_deref(),
+            Some("Latin \u{fffd} 1")
+        );
+        for path in [tool, on_stderr, failing, hanging, lingering, latin1] {
             let _ = std::fs::remove_dir_all(path.parent().unwrap_or(Path::new("/nonexistent")));
         }
     }
@@ -282,6 +399,7 @@ mod tests {
             &grant,
             &Versions::default(),
             None,
+            false,
         );
         assert_eq!(
             catalog.limits["timeout_ms"],

@@ -69,12 +69,19 @@ impl GatewayState {
     /// outside the jail.
     pub(crate) fn catalog(&self, grant: &crate::auth::Grant) -> sluice_protocol::Catalog {
         let user = self.host.program_user.map(|u| (u.uid, u.gid));
+        // Programs keep the host's network where neither the jail nor their own start
+        // takes it away (`--network on`, `--isolation none`, a host that cannot).
+        let host_network = match &self.host.jail {
+            Some(jail) => !jail.no_network(),
+            None => !self.host.no_network,
+        };
         crate::catalog::catalog(
             &self.runtimes,
             &self.config.limits,
             grant,
             &self.versions,
             user,
+            host_network,
         )
     }
 }

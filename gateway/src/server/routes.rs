@@ -233,13 +233,17 @@ fn metrics_response(state: &GatewayState, headers: &axum::http::HeaderMap, open:
 }
 
 /// `GET /v1/runtimes`: what the caller may run and with which limits, as JSON (the
-/// answer a `runtimes` frame gets), with the same credential an upgrade needs.
+/// answer a `runtimes` frame gets), with the same origin check and credential an
+/// upgrade needs.
 async fn runtimes(
     State(state): State<Arc<GatewayState>>,
     ConnectInfo(Peer { addr: peer, .. }): ConnectInfo<Peer>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
+    if let Err(refusal) = super::upgrade::check_origin(&state, &headers, peer, "runtimes") {
+        return refusal.into_response();
+    }
     let grant = match super::upgrade::authenticate(&state, &headers, &uri, peer, "runtimes") {
         Ok(grant) => grant,
         Err(unauthorized) => return unauthorized.into_response(),

@@ -36,32 +36,9 @@ pub(super) async fn upgrade(
     uri: axum::http::Uri,
 ) -> Response {
     let refused = |why| state.observe.metrics.upgrade_refused(why);
-    let mut origins = headers.get_all(axum::http::header::ORIGIN).iter();
-    if let (Some(_), Some(_)) = (origins.next(), origins.next()) {
-        tracing::warn!(%peer, "upgrade refused: more than one Origin header");
-        refused(UpgradeRefusal::TwoOrigins);
-        return (
-            StatusCode::BAD_REQUEST,
-            "a request may carry at most one Origin header\n",
-        )
-            .into_response();
-    }
-    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
-        let allowed = &state.config.allowed_origins;
-        let ok = origin.to_str().is_ok_and(|o| {
-            allowed
-                .iter()
-                .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
-        });
-        if !ok {
-            tracing::warn!(%peer, ?origin, "upgrade refused: origin not allowed (see --allow-origin)");
-            refused(UpgradeRefusal::Origin);
-            return (
-                StatusCode::FORBIDDEN,
-                "this origin may not open a Sluice socket; start the gateway with --allow-origin ORIGIN\n",
-            )
-                .into_response();
-        }
+    if let Err(refusal) = check_origin(&state, &headers, peer, "upgrade") {
+        refused(refusal.metric());
+        return refusal.into_response();
     }
     let grant = match authenticate(&state, &headers, &uri, peer, "upgrade") {
         Ok(grant) => grant,
@@ -142,6 +119,71 @@ pub(super) async fn upgrade(
                     .instrument(span),
             )
         })
+}
+
+/// Browsers let any page send requests to localhost, so a request that carries an
+/// `Origin` header (every browser WebSocket upgrade does, and every cross-origin
+/// request) is refused with HTTP 403 unless that origin is allowed; one with two
+/// `Origin` headers with HTTP 400 (which would count?). The refusal is logged for
+/// `what` (the route).
+pub(super) fn check_origin(
+    state: &GatewayState,
+    headers: &axum::http::HeaderMap,
+    peer: std::net::SocketAddr,
+    what: &str,
+) -> Result<(), OriginRefused> {
+    let mut origins = headers.get_all(axum::http::header::ORIGIN).iter();
+    if let (Some(_), Some(_)) = (origins.next(), origins.next()) {
+        tracing::warn!(%peer, "{} refused: more than one Origin header", what);
+        return Err(OriginRefused::TwoOrigins);
+    }
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let allowed = &state.config.allowed_origins;
+        let ok = origin.to_str().is_ok_and(|o| {
+            allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+        });
+        if !ok {
+            tracing::warn!(%peer, ?origin, "{} refused: origin not allowed (see --allow-origin)", what);
+            return Err(OriginRefused::NotAllowed);
+        }
+    }
+    Ok(())
+}
+
+/// Why [`check_origin`] refused a request.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum OriginRefused {
+    TwoOrigins,
+    NotAllowed,
+}
+
+impl OriginRefused {
+    /// The refusal, as the upgrade metrics count it.
+    fn metric(self) -> UpgradeRefusal {
+        match self {
+            Self::TwoOrigins => UpgradeRefusal::TwoOrigins,
+            Self::NotAllowed => UpgradeRefusal::Origin,
+        }
+    }
+}
+
+impl IntoResponse for OriginRefused {
+    fn into_response(self) -> Response {
+        match self {
+            Self::TwoOrigins => (
+                StatusCode::BAD_REQUEST,
+                "a request may carry at most one Origin header\n",
+            )
+                .into_response(),
+            Self::NotAllowed => (
+                StatusCode::FORBIDDEN,
+                "this origin may not use this Sluice gateway; start the gateway with --allow-origin ORIGIN\n",
+            )
+                .into_response(),
+        }
+    }
 }
 
 /// A refused credential: the gateway's one-line reason, answered as HTTP 401.

@@ -34,6 +34,7 @@ mod persistent;
 mod privilege;
 mod redteam;
 mod review13;
+mod review_discovery;
 mod review_shared_cpu;
 mod review_warm;
 mod review_warm_jail;
