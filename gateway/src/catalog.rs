@@ -87,8 +87,10 @@ pub(crate) fn catalog(
                 .unwrap_or_default(),
             persistent: KernelKind::for_runtime(runtime).is_some(),
             tty: false,
-            // As an execution decides it (`connection::execute`, the launch).
-            network: (runtime.network && !grant.denies_network()) || host_network,
+            // As an execution decides it (`connection::execute`, the launch): a
+            // credential without the network takes it everywhere (or, where the gateway
+            // cannot take it, runs nothing).
+            network: !grant.denies_network() && (runtime.network || host_network),
         })
         .collect();
     Catalog {

@@ -20,13 +20,18 @@ pub(crate) struct Runtime {
     pub(crate) env: Vec<(String, String)>,
     /// Keeps the host's network where other runtimes get none.
     pub(crate) network: bool,
+    /// Its programs get no network even where every program keeps the host's
+    /// (`--network on`): a credential without it ([`Runtime::without_network`]).
+    pub(crate) offline: bool,
 }
 
 impl Runtime {
-    /// The same runtime, with no network for its programs (a credential without it).
+    /// The same runtime, with no network for its programs (a credential without it),
+    /// whatever the gateway's `--network`.
     pub(crate) fn without_network(&self) -> Self {
         Self {
             network: false,
+            offline: true,
             ..self.clone()
         }
     }
@@ -79,6 +84,7 @@ impl RuntimeTable {
                             file_name: spec.file_name.clone(),
                             env: spec.env.clone(),
                             network: spec.network,
+                            offline: false,
                         }),
                     );
                 }

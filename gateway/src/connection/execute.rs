@@ -208,8 +208,16 @@ impl Connection {
                 ),
             ));
         }
-        // A credential without the network takes it from every runtime.
-        let runtime = if self.grant.denies_network() && runtime.network {
+        // A credential without the network takes it from every runtime, also where the
+        // gateway gives every program the host's (`--network on`); where it cannot take
+        // it away (no jail, not root), such a credential runs nothing.
+        let runtime = if self.grant.denies_network() && state.host.gives_network(runtime) {
+            if !state.host.can_take_network() {
+                return Err((
+                    ErrorCode::NotPermitted,
+                    "your credential allows no network, and this gateway cannot take the network from a program (it runs programs without the namespace jail, and not as root)".into(),
+                ));
+            }
             Arc::new(runtime.without_network())
         } else {
             runtime.clone()

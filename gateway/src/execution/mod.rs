@@ -166,6 +166,28 @@ pub(crate) struct Host {
     pub(crate) warm: Option<Arc<warm::WarmPools>>,
 }
 
+impl Host {
+    /// Whether `runtime`'s programs keep the host's network: allowed it
+    /// (`--allow-network`), or where neither the jail nor their own start takes it away
+    /// (`--network on`, `--isolation none`, a host that cannot).
+    pub(crate) fn gives_network(&self, runtime: &crate::runtime::Runtime) -> bool {
+        if runtime.offline {
+            return false;
+        }
+        runtime.network
+            || match &self.jail {
+                Some(jail) => !jail.no_network(),
+                None => !self.no_network,
+            }
+    }
+
+    /// Whether a program can be started without the network: the jail makes a network
+    /// namespace of its own; without it, only root can (`unshare` before the exec).
+    pub(crate) fn can_take_network(&self) -> bool {
+        self.jail.is_some() || crate::sys::can_take_network()
+    }
+}
+
 /// What an admitted execution holds until its program is gone: its gateway-wide slot
 /// and its peer's share of the executions (`admission::ExecutionSlot`), and its share
 /// of the executions' memory and process budget.

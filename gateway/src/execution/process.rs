@@ -129,39 +129,42 @@ impl Launch<'_> {
         let started = match self.jail {
             Some(jail) => {
                 let (mut command, lease) = jail
-                    .command(JailSpec {
-                        host_dir: self.workdir.to_path_buf(),
-                        source: self
-                            .source
-                            .file_name()
-                            .filter(|_| self.warm.is_none())
-                            .map(Into::into),
-                        wait_for_go: self
-                            .source
-                            .file_name()
-                            .filter(|_| self.warm == Some(WarmWait::Jail))
-                            .map(Into::into),
-                        workspace: self.workdir.to_path_buf(),
-                        scratch_bytes: self.scratch_bytes,
-                        expose: jail.exposure_for(&self.runtime.program),
-                        cgroups: self
-                            .cgroup
-                            .as_ref()
-                            .and_then(ExecutionCgroup::unified_dir)
-                            .map(Path::to_path_buf)
-                            .into_iter()
-                            .collect(),
-                        rlimits: rlimit_list(&self.rlimits, self.processes),
-                        no_network: !self.runtime.network,
-                        env: crate::sandbox::jail::environment(self.env.iter().copied()),
-                        nice: (!self
-                            .cgroup
-                            .as_ref()
-                            .is_some_and(ExecutionCgroup::shares_cpu))
-                        .then_some(sys::PROGRAM_NICE),
-                        command: argv,
-                        ..JailSpec::default()
-                    })
+                    .command(
+                        JailSpec {
+                            host_dir: self.workdir.to_path_buf(),
+                            source: self
+                                .source
+                                .file_name()
+                                .filter(|_| self.warm.is_none())
+                                .map(Into::into),
+                            wait_for_go: self
+                                .source
+                                .file_name()
+                                .filter(|_| self.warm == Some(WarmWait::Jail))
+                                .map(Into::into),
+                            workspace: self.workdir.to_path_buf(),
+                            scratch_bytes: self.scratch_bytes,
+                            expose: jail.exposure_for(&self.runtime.program),
+                            cgroups: self
+                                .cgroup
+                                .as_ref()
+                                .and_then(ExecutionCgroup::unified_dir)
+                                .map(Path::to_path_buf)
+                                .into_iter()
+                                .collect(),
+                            rlimits: rlimit_list(&self.rlimits, self.processes),
+                            no_network: !self.runtime.network,
+                            env: crate::sandbox::jail::environment(self.env.iter().copied()),
+                            nice: (!self
+                                .cgroup
+                                .as_ref()
+                                .is_some_and(ExecutionCgroup::shares_cpu))
+                            .then_some(sys::PROGRAM_NICE),
+                            command: argv,
+                            ..JailSpec::default()
+                        },
+                        self.runtime.offline,
+                    )
                     .map_err(fail)?;
                 sandbox_ids = lease;
                 command
@@ -188,7 +191,7 @@ impl Launch<'_> {
                     cwd: self.workdir,
                     rlimits: self.rlimits,
                     // A runtime allowed the network keeps the host's.
-                    no_network: self.no_network && !self.runtime.network,
+                    no_network: (self.no_network || self.runtime.offline) && !self.runtime.network,
                     user: self.user.map(|user| (user.uid, user.gid)),
                     cgroup_procs: cgroup_procs.as_deref(),
                     lower_priority: !self

@@ -249,14 +249,17 @@ impl Namespaces {
         // (the second review: dropped here, the number could name the next namespace the
         // pool made, which a later jail is given too).
         let (mut command, _lease) = self
-            .command(JailSpec {
-                host_dir: dir.clone(),
-                workspace: dir.clone(),
-                scratch_bytes: 1 << 20,
-                no_network: true,
-                command: vec!["/bin/true".into()],
-                ..JailSpec::default()
-            })
+            .command(
+                JailSpec {
+                    host_dir: dir.clone(),
+                    workspace: dir.clone(),
+                    scratch_bytes: 1 << 20,
+                    no_network: true,
+                    command: vec!["/bin/true".into()],
+                    ..JailSpec::default()
+                },
+                false,
+            )
             .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?;
         let status = command
             .stdin(Stdio::null())
@@ -296,7 +299,11 @@ impl Namespaces {
     /// environment and arguments with it) is written into `spec.host_dir`, where the
     /// command starts, with an empty environment: callers add nothing to either. The
     /// lease of the jail's own ids must be kept until the jail has been reaped.
-    pub(crate) fn command(&self, spec: JailSpec) -> std::io::Result<(Command, Option<IdLease>)> {
+    pub(crate) fn command(
+        &self,
+        spec: JailSpec,
+        offline: bool,
+    ) -> std::io::Result<(Command, Option<IdLease>)> {
         let ids = match &self.ids {
             Some(pool) => {
                 let offset = pool.free.lock().ok().and_then(|mut free| free.pop());
@@ -310,7 +317,9 @@ impl Namespaces {
             }
             None => None,
         };
-        let no_network = self.no_network && spec.no_network;
+        // The gateway's `--network` decides, unless the program must be offline anyway
+        // (a credential without the network: `offline`).
+        let no_network = spec.no_network && (self.no_network || offline);
         // Held from here on, so a failure below gives the ids back. The namespace is
         // taken only for a jail that will use it, so none is wasted.
         let lease = IdLease {

@@ -4,7 +4,7 @@
 //! route.
 
 use anyhow::{ensure, Context as _, Result};
-use sluice_gateway::{Config, Network, RuntimeSpec};
+use sluice_gateway::{Config, Isolation, Network, RuntimeSpec};
 use sluice_protocol::{Catalog, ClientFrame, EventKind, RuntimeInfo, RuntimesFrame};
 use sluice_tests::{http_get_with, request, unique_marker, RawSocket, TestGateway};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -291,18 +291,34 @@ async fn a_foreign_origin_is_refused_on_the_http_route_as_on_the_socket() -> Res
     Ok(())
 }
 
-/// Found (not fixed; outside discovery, which now reports it truthfully): a credential's
-/// `network: false` does not take the network away on a gateway started with
-/// `--network on`: the launch only drops a runtime's own `--allow-network`, and the jail
-/// (or the unjailed start) keeps the host's network for every program. SECURITY.md says
-/// such a tenant gets "no network".
+/// Found (Medium, older than discovery, fixed): a credential's `network: false` did not
+/// take the network away on a gateway started with `--network on`: the launch only
+/// dropped a runtime's own `--allow-network`, and the jail (or the unjailed start) kept
+/// the host's network for every program. SECURITY.md says such a tenant gets "no
+/// network". Now the program gets a network namespace of its own, jailed or (as root)
+/// not, in a plain execution and in a persistent cell; discovery says `network: false`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a credential's network: false is not enforced under --network on (open finding)"]
 async fn a_credential_without_network_gets_none_under_network_on() -> Result<()> {
+    for isolation in [Isolation::Namespaces, Isolation::None] {
+        if isolation == Isolation::Namespaces && !crate::isolation::jail_available() {
+            continue;
+        }
+        if isolation == Isolation::None && !sluice_tests::host_report().root {
+            // Without root and the jail a program's network cannot be taken away: such
+            // a credential runs nothing there (the next test's case).
+            continue;
+        }
+        offline_under_network_on(isolation).await?;
+    }
+    Ok(())
+}
+
+async fn offline_under_network_on(isolation: Isolation) -> Result<()> {
     use crate::credentials::{connect_as, token, KeyDir, SECRET};
     let dir = KeyDir::new()?;
     let gateway = TestGateway::spawn_with(Config {
         network: Network::On,
+        isolation,
         auth: sluice_gateway::AuthConfig {
             jwt_secret_file: Some(dir.write("secret", &format!("{SECRET}\n"))?),
             ..sluice_gateway::AuthConfig::default()
@@ -321,12 +337,33 @@ async fn a_credential_without_network_gets_none_under_network_on() -> Result<()>
         let interfaces: u32 = sluice_tests::text_of(&events, EventKind::Stdout)
             .trim()
             .parse()?;
-        anyhow::Ok((catalog, interfaces))
+        // A persistent cell's interpreter too.
+        socket
+            .execute(sluice_protocol::ExecuteRequest {
+                session: Some("offline-cell".into()),
+                persistent: true,
+                ..request(
+                    "cell",
+                    "python",
+                    "print(len(open('/proc/net/dev').read().splitlines()) - 2)",
+                )
+            })
+            .await?;
+        let events = socket.events_until_terminal("cell").await?;
+        let cell: u32 = sluice_tests::text_of(&events, EventKind::Stdout)
+            .trim()
+            .parse()
+            .with_context(|| format!("{events:?}"))?;
+        anyhow::Ok((catalog, interfaces, cell))
     }
     .await;
     gateway.shutdown().await?;
-    let (catalog, interfaces) = result?;
-    assert_eq!(interfaces, 1, "only the loopback interface");
+    let (catalog, interfaces, cell) = result?;
+    assert_eq!(interfaces, 1, "{isolation:?}: only the loopback interface");
+    assert_eq!(
+        cell, 1,
+        "{isolation:?}: a cell has only the loopback interface"
+    );
     ensure!(!find(&catalog, "sh")?.network, "{:?}", catalog.runtimes);
     Ok(())
 }

@@ -161,32 +161,35 @@ impl Kernel {
             .copied()
             .chain([("HOME", home.as_str()), ("TMPDIR", home.as_str())]);
         let (mut command, sandbox_ids) = match &host.jail {
-            Some(jail) => jail.command(JailSpec {
-                host_dir: workdir.path().to_path_buf(),
-                source: Some(file_name.into()),
-                workspace: workdir.path().to_path_buf(),
-                scratch_bytes: limits.scratch_bytes,
-                expose: jail.exposure_for(&runtime.program),
-                cgroups: cgroup
-                    .as_ref()
-                    .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
-                    .map(Path::to_path_buf)
-                    .into_iter()
-                    .collect(),
-                rlimits: rlimit_list(&limits.rlimits, limits.processes),
-                keep_fd: Some(sys::CONTROL_FD),
-                no_network: !runtime.network,
-                env: crate::sandbox::jail::environment(env),
-                nice: (!cgroup
-                    .as_ref()
-                    .is_some_and(crate::sandbox::ExecutionCgroup::shares_cpu))
-                .then_some(sys::PROGRAM_NICE),
-                command: vec![
-                    runtime.program.clone().into(),
-                    workdir.source().into_os_string(),
-                ],
-                ..JailSpec::default()
-            })?,
+            Some(jail) => jail.command(
+                JailSpec {
+                    host_dir: workdir.path().to_path_buf(),
+                    source: Some(file_name.into()),
+                    workspace: workdir.path().to_path_buf(),
+                    scratch_bytes: limits.scratch_bytes,
+                    expose: jail.exposure_for(&runtime.program),
+                    cgroups: cgroup
+                        .as_ref()
+                        .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
+                        .map(Path::to_path_buf)
+                        .into_iter()
+                        .collect(),
+                    rlimits: rlimit_list(&limits.rlimits, limits.processes),
+                    keep_fd: Some(sys::CONTROL_FD),
+                    no_network: !runtime.network,
+                    env: crate::sandbox::jail::environment(env),
+                    nice: (!cgroup
+                        .as_ref()
+                        .is_some_and(crate::sandbox::ExecutionCgroup::shares_cpu))
+                    .then_some(sys::PROGRAM_NICE),
+                    command: vec![
+                        runtime.program.clone().into(),
+                        workdir.source().into_os_string(),
+                    ],
+                    ..JailSpec::default()
+                },
+                runtime.offline,
+            )?,
             None => (
                 {
                     let mut command = Command::new(&runtime.program);
@@ -201,7 +204,7 @@ impl Kernel {
                     // Orphans of its cells stay in its tree (for `end_cell_processes`).
                     sys::child_subreaper_on_exec(&mut command);
                     limits.rlimits.apply_on_exec(&mut command);
-                    if host.no_network && !runtime.network {
+                    if (host.no_network || runtime.offline) && !runtime.network {
                         sys::no_network_on_exec(&mut command);
                     }
                     if !cgroup
