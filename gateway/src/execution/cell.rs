@@ -63,9 +63,9 @@ pub(super) async fn run_cell(
     }
     // The interpreter holds its network and limits for the session's life: a cell
     // whose credential allows less (another grant of the tenant started it) is refused.
-    let beyond = guard
-        .as_ref()
-        .and_then(|kernel| kernel.beyond(spec.runtime.network, &run.ctx.grant));
+    let beyond = guard.as_ref().and_then(|kernel| {
+        kernel.beyond(run.ctx.host.gives_network(&spec.runtime), &run.ctx.grant)
+    });
     if let Some(why) = beyond {
         let message = format!(
             "session {:?}'s interpreter was started with {why}; run this cell in a session of your own",

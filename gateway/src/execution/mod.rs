@@ -182,9 +182,12 @@ impl Host {
     }
 
     /// Whether a program can be started without the network: the jail makes a network
-    /// namespace of its own; without it, only root can (`unshare` before the exec).
+    /// namespace of its own; without it, only root can (`unshare` before the exec),
+    /// probed once per process (the probe starts a program and waits for it: not once
+    /// per `execute`, on the socket's reader).
     pub(crate) fn can_take_network(&self) -> bool {
-        self.jail.is_some() || crate::sys::can_take_network()
+        static UNJAILED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        self.jail.is_some() || *UNJAILED.get_or_init(crate::sys::can_take_network)
     }
 }
 

@@ -106,7 +106,8 @@ pub(crate) struct Kernel {
     procs: Option<PathBuf>,
     /// The interpreter runs in the jail (its leader is the jail, with init below it).
     jailed: bool,
-    /// It was started with the network (its runtime's, not taken by a credential).
+    /// It has a network: the host's, which its runtime or the gateway's `--network`
+    /// gave it and no credential took away (`Host::gives_network`).
     network: bool,
     /// The runtime (language) it was started for: a cell of another language of the
     /// same kind runs in it too.
@@ -272,7 +273,7 @@ impl Kernel {
             workdir: Some(workdir),
             procs,
             jailed: host.jail.is_some(),
-            network: runtime.network,
+            network: host.gives_network(runtime),
             language: runtime.name.clone(),
             limits,
             _slot: slot,
@@ -284,8 +285,9 @@ impl Kernel {
     }
 
     /// What this interpreter holds beyond what a cell's sender may have: a language its
-    /// credential does not allow, the network where the sender's runtime has none
-    /// (`network`: the cell's runtime, after its credential), or a session-long limit
+    /// credential does not allow, the network where the sender's program would have none
+    /// (`network`: `Host::gives_network` of the cell's runtime, after its credential),
+    /// or a session-long limit
     /// above one of its credential's ceilings. Every cell runs with what the
     /// interpreter holds, so such a cell must not run in it (another grant of the
     /// tenant may have started it).

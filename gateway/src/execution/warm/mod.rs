@@ -252,7 +252,10 @@ pub(super) fn fallback(
         && spec.runtime.args == runtime.args
         && spec.runtime.file_name == runtime.file_name
         && spec.runtime.env == runtime.env
-        && spec.runtime.network == runtime.network;
+        && spec.runtime.network == runtime.network
+        // Entries start with the gateway's network: an offline request (a credential
+        // without the network, under `--network on`) must not get one that has it.
+        && spec.runtime.offline == runtime.offline;
     let asked = &spec.limits;
     let limits_fit = asked.cpu_ms <= limits.cpu_ms
         && asked.file_size_bytes <= limits.file_size_bytes

@@ -139,6 +139,8 @@ fn what_changes_the_start_falls_back_to_cold() {
         ..python()
     };
     assert_eq!(check(&spec(networked, ""), true), Some(Miss::Runtime));
+    let offline = python().without_network();
+    assert_eq!(check(&spec(offline, ""), true), Some(Miss::Runtime));
     let bash = Runtime {
         name: "bash".into(),
         ..python()
