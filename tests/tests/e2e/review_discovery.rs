@@ -225,6 +225,17 @@ async fn a_version_carries_no_terminal_escapes_or_control_characters() -> Result
 /// Found: `network` said `false` for every runtime of a gateway whose programs all keep
 /// the host's network (`--network on`), where PROTOCOL.md says it tells whether "its
 /// programs may reach the network".
+/// The network interfaces a `sh` program sees (`/proc/net/dev`).
+async fn interfaces_seen(socket: &mut RawSocket) -> Result<u32> {
+    socket
+        .execute(request("net", "sh", "tail -n +3 /proc/net/dev | wc -l"))
+        .await?;
+    let events = socket.events_until_terminal("net").await?;
+    Ok(sluice_tests::text_of(&events, EventKind::Stdout)
+        .trim()
+        .parse()?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_says_what_the_programs_get() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
@@ -236,13 +247,7 @@ async fn network_says_what_the_programs_get() -> Result<()> {
         let mut socket = gateway.raw().await?;
         let catalog = ask(&mut socket).await?;
         // What a program sees: more interfaces than the loopback one.
-        socket
-            .execute(request("net", "sh", "tail -n +3 /proc/net/dev | wc -l"))
-            .await?;
-        let events = socket.events_until_terminal("net").await?;
-        let interfaces: u32 = sluice_tests::text_of(&events, EventKind::Stdout)
-            .trim()
-            .parse()?;
+        let interfaces = interfaces_seen(&mut socket).await?;
         anyhow::Ok((catalog, interfaces))
     }
     .await;
@@ -330,13 +335,7 @@ async fn offline_under_network_on(isolation: Isolation) -> Result<()> {
         let offline = token(serde_json::json!({"sub": "offline", "network": false}))?;
         let mut socket = connect_as(&gateway, &offline).await?;
         let catalog = ask(&mut socket).await?;
-        socket
-            .execute(request("net", "sh", "tail -n +3 /proc/net/dev | wc -l"))
-            .await?;
-        let events = socket.events_until_terminal("net").await?;
-        let interfaces: u32 = sluice_tests::text_of(&events, EventKind::Stdout)
-            .trim()
-            .parse()?;
+        let interfaces = interfaces_seen(&mut socket).await?;
         // A persistent cell's interpreter too.
         socket
             .execute(sluice_protocol::ExecuteRequest {
