@@ -564,27 +564,8 @@ async fn warm_rows(isolated: SocketAddr, args: &Args) -> anyhow::Result<()> {
 async fn python_first_stdout(socket: &mut Socket, cold: bool) -> anyhow::Result<(Duration, bool)> {
     let mut request = execute_request("py", "python", "print(1)");
     request.limits.timeout_ms = None;
-    if cold {
-        request.env.insert("SLUICE_BENCH_COLD".into(), "1".into());
-    }
-    let start = Instant::now();
-    socket
-        .send(Message::text(ClientFrame::Execute(request).to_json()))
-        .await?;
-    let (mut warm, mut first) = (false, None);
-    loop {
-        let event = next_event(socket).await?;
-        if event.kind == EventKind::Started {
-            warm = event.data == "warm";
-        }
-        if event.kind == EventKind::Stdout && first.is_none() {
-            first = Some(start.elapsed());
-        }
-        if event.is_terminal() {
-            check_terminal(&event)?;
-            return Ok((first.context("no stdout event")?, warm));
-        }
-    }
+    let (_, first, warm) = timed_start(socket, request, cold).await?;
+    Ok((first, warm))
 }
 
 async fn direct_python_first_stdout(python: &str) -> anyhow::Result<Duration> {
@@ -1059,15 +1040,22 @@ fn check_terminal(event: &Event) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Time from sending `execute` to the `started` event and to the first `stdout` event.
-/// Runs `echo x` in `sh`; returns the time to `started`, to the first stdout, and
-/// whether it came from a warm pool. `cold`: with an environment variable, which the
-/// warm pools never serve.
+/// Runs `echo x` in `sh`; see [`timed_start`].
 async fn gateway_first_stdout(
     socket: &mut Socket,
     cold: bool,
 ) -> anyhow::Result<(Duration, Duration, bool)> {
-    let mut request = execute_request("lat", "sh", "echo x");
+    timed_start(socket, execute_request("lat", "sh", "echo x"), cold).await
+}
+
+/// Sends `request` and returns the time from sending it to its `started` event and to
+/// its first `stdout` event, and whether it came from a warm pool. `cold`: with an
+/// environment variable, which the warm pools never serve.
+async fn timed_start(
+    socket: &mut Socket,
+    mut request: ExecuteRequest,
+    cold: bool,
+) -> anyhow::Result<(Duration, Duration, bool)> {
     if cold {
         request.env.insert("SLUICE_BENCH_COLD".into(), "1".into());
     }

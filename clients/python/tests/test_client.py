@@ -279,7 +279,9 @@ async def test_runtimes_lists_the_languages_and_limits(gateway_url: str) -> None
         assert python.version is not None and python.version.startswith("Python 3.")
         timeout = catalog.limits["timeout_ms"]
         assert 0 < timeout.default <= timeout.max
-        # The answer arrives on a socket that is running programs meanwhile.
-        execution = await client.execute("sleep 0.2; echo done", "sh")
+        # The answer arrives on a socket with a program running meanwhile (it waits for
+        # its input, sent only after the answer).
+        execution = await client.execute('read line; echo "got $line"', "sh")
         assert await within(client.runtimes()) == catalog
-        assert (await within(execution.wait())).stdout == "done\n"
+        await execution.send_stdin("x\n", eof=True)
+        assert (await within(execution.wait())).stdout == "got x\n"

@@ -451,8 +451,11 @@ describe('reconnect and resume', () => {
 
 describe('runtimes', () => {
   test('lists the languages with their versions and the limits, while programs run', async () => {
-    const execution = client.execute('sleep 0.2; echo done', { language: 'sh' });
+    // A program runs meanwhile: it waits for its input, sent only after the answer.
+    const execution = client.execute('read line; echo "got $line"', { language: 'sh' });
     const catalog = await within(client.runtimes(), 10_000, 'runtimes');
+    execution.sendStdin('x\n');
+    execution.closeStdin();
     const names = catalog.runtimes.map((r) => r.language);
     assert.deepEqual(names, [...names].sort(), 'sorted by name');
     assert.ok(names.includes('python') && names.includes('sh'), names.join(', '));
@@ -464,7 +467,7 @@ describe('runtimes', () => {
     assert.match(python?.version ?? '', /^Python 3\./);
     const timeout = catalog.limits['timeout_ms'];
     assert.ok(timeout && timeout.default > 0 && timeout.default <= timeout.max);
-    assert.equal((await within(execution.done, 10_000, 'done')).stdout, 'done\n');
+    assert.equal((await within(execution.done, 10_000, 'done')).stdout, 'got x\n');
     // Over HTTP, the same answer.
     const url = gateway.url.replace(/^ws/, 'http').replace(/\/v1\/ws$/, '/v1/runtimes');
     const response = await fetch(url);
