@@ -35,6 +35,7 @@ mod privilege;
 mod redteam;
 mod review13;
 mod review_discovery;
+mod review_fork;
 mod review_offline;
 mod review_shared_cpu;
 mod review_warm;

@@ -377,7 +377,13 @@ impl ExecutionCgroup {
             return;
         };
         let mut own = self.own_cpu.lock().unwrap_or_else(PoisonError::into_inner);
-        if own.is_some() || self.process_count(listing) <= self.helpers.saturating_add(1) {
+        if let Some(group) = own.as_mut() {
+            // A move that gave up (a tree forking faster than it was moved) left the rest
+            // in the shared group: swept again at each check, as a heavy one's is.
+            group.complete = group.complete || shared.sweep(listing, &group.member);
+            return;
+        }
+        if self.task_count(listing) <= self.helpers.saturating_add(1) {
             return;
         }
         *own = shared
@@ -389,17 +395,21 @@ impl ExecutionCgroup {
             });
     }
 
-    /// How many processes it has: the v1 `pids.current` where there is one, else the
-    /// listing's length.
-    fn process_count(&self, listing: &Path) -> u64 {
-        let current = self.members.pids.as_ref().and_then(|pids| {
-            fs::read_to_string(pids.dir.join("pids.current"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        });
-        current.unwrap_or_else(|| members(listing).len() as u64)
+    /// How many tasks (threads, each a full weight in the shared group) it has:
+    /// `pids.current` where a `pids` controller counts them (v1 or v2), else the
+    /// listing's threads (v2 `cgroup.threads`, v1 `tasks`). Not its processes: a single
+    /// process spinning 64 threads weighs 64 light executions there.
+    fn task_count(&self, listing: &Path) -> u64 {
+        let read = |file: PathBuf| fs::read_to_string(file).ok();
+        let current = self
+            .pids_dir()
+            .and_then(|dir| read(dir.join("pids.current"))?.trim().parse().ok());
+        current.unwrap_or_else(|| {
+            let threads = read(listing.join("cgroup.threads"))
+                .or_else(|| read(listing.join("tasks")))
+                .unwrap_or_default();
+            threads.lines().filter(|l| !l.trim().is_empty()).count() as u64
+        })
     }
 
     /// Sets this execution's CPU weight: a sixteenth of the default once it is `heavy`,
