@@ -24,6 +24,9 @@ use serde_json::{json, Value};
 /// A string without a NUL character (`args` and `env` values).
 pub(crate) const NO_NUL: &str = "^[^\\u0000]*$";
 
+/// A terminal type name (`term`): letters, digits and `.+-_`.
+pub(crate) const TERM_NAME: &str = "^[A-Za-z0-9.+_-]+$";
+
 /// The schema of a frame a client sends (`execute`, `stdin`, `cancel`, `attach`,
 /// `detach`, `ack`), as a JSON value (draft 2020-12).
 pub fn client_frame() -> Value {
