@@ -193,7 +193,8 @@ fn offer_stdin(
     }
     match sent {
         Ok(()) => {
-            handle.stdin_closed = eof;
+            // A terminal's end of input is a typed Ctrl-D: more may follow.
+            handle.stdin_closed = eof && handle.terminal.is_none();
             Ok(())
         }
         Err(TrySendError::Full(_)) => Err((
