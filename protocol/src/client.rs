@@ -55,6 +55,7 @@ impl Encoding {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "schema", schemars(transform = crate::schema::persistent_needs_session))]
+#[cfg_attr(feature = "schema", schemars(transform = crate::schema::terminal_only_with_tty))]
 pub struct ExecuteRequest {
     /// Client-chosen id, unique among this socket's running executions; every event of
     /// the execution carries it.

@@ -110,6 +110,28 @@ pub(crate) fn persistent_needs_session(schema: &mut Schema) {
     );
 }
 
+/// `cols`, `rows` and `term` only with `"tty": true`, and `tty` never with `persistent`.
+pub(crate) fn terminal_only_with_tty(schema: &mut Schema) {
+    let tty = json!({"properties": {"tty": {"const": true}}, "required": ["tty"]});
+    schema.insert(
+        "allOf".to_owned(),
+        json!([
+            {
+                "if": {"not": tty},
+                "then": {"not": {"anyOf": [
+                    {"required": ["cols"]}, {"required": ["rows"]}, {"required": ["term"]}
+                ]}}
+            },
+            {
+                "if": tty,
+                "then": {"not": {
+                    "properties": {"persistent": {"const": true}}, "required": ["persistent"]
+                }}
+            }
+        ]),
+    );
+}
+
 /// A `stdin` frame carries `data`, `"eof": true`, or both.
 pub(crate) fn data_or_eof(schema: &mut Schema) {
     schema.insert(
