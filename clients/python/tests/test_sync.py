@@ -43,7 +43,7 @@ def test_sync_execution_on_a_terminal(gateway_url: str) -> None:
         result = execution.wait(check=True)
         # The terminal echoes what is typed as it arrives, maybe before `stty` prints.
         assert "20 70\r\n" in result.stdout and result.stdout.endswith("typed\r\n"), result.stdout
-        plain = client.execute("read x", "sh")
+        plain = client.execute("cat", "sh")
         with pytest.raises(FrameError) as caught:
             plain.resize(80, 24)
         assert caught.value.code == "not_a_terminal"

@@ -201,7 +201,8 @@ def _check_terminal(frame: Mapping[str, Any]) -> None:
         return
     if frame.get("persistent"):
         raise _bad(
-            '"tty" and "persistent" do not go together: a cell runs in the session\'s interpreter, which has no terminal'
+            '"tty" and "persistent" do not go together: '
+            "a cell runs in the session's interpreter, which has no terminal"
         )
     _side(frame, "cols", required=False)
     _side(frame, "rows", required=False)
@@ -210,7 +211,7 @@ def _check_terminal(frame: Mapping[str, Any]) -> None:
         not isinstance(term, str) or len(term.encode("utf-8")) > MAX_TERM_BYTES or not _TERM_NAME.fullmatch(term)
     ):
         raise _bad(
-            f"'term' must be 1 to {MAX_TERM_BYTES} letters, digits or .+-_ (like {DEFAULT_TERM!r}), not {term!r}"[:300]
+            f"'term' must be 1 to {MAX_TERM_BYTES} letters, digits or .+-_ (like {DEFAULT_TERM!r}), not {term!r:.80}"
         )
 
 
