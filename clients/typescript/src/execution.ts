@@ -213,19 +213,21 @@ export class Execution implements AsyncIterable<SluiceEvent> {
 
   /**
    * Gives its terminal `cols` columns and `rows` rows (1 to 1000 each); the program gets
-   * SIGWINCH. Throws a {@link SluiceError} with code `not_a_terminal` if it was not started
-   * with `tty: true` (the gateway would refuse it so), an {@link InvalidFrameError} (code
-   * `bad_request`) for a size out of range, and code `unknown_execution` once it has ended.
+   * SIGWINCH. Returns false, and sends nothing, once it has ended: a terminal widget resized
+   * as its program ends is no error. Throws a {@link SluiceError} with code `not_a_terminal`
+   * if it was not started with `tty: true` (the gateway would refuse it so), and an
+   * {@link InvalidFrameError} (code `bad_request`) for a size out of range.
    */
-  resize(cols: number, rows: number): void {
-    if (this.finished) throw new SluiceError('unknown_execution', `execution ${JSON.stringify(this.id)} has ended`);
+  resize(cols: number, rows: number): boolean {
     if (!this.tty) {
       throw new SluiceError(
         'not_a_terminal',
         `execution ${JSON.stringify(this.id)} does not run on a terminal: only an execution started with tty: true can be resized`,
       );
     }
+    if (this.finished) return false;
     this.host.resize(this, cols, rows);
+    return true;
   }
 
   private checkStdin(): void {

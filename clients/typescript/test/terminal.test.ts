@@ -114,15 +114,12 @@ describe('terminal mode', () => {
     const execution = client.execute(SIGWINCH_PROGRAM, { language: 'python', tty: true, cols: 100, rows: 30 });
     const screen = new Screen(execution);
     assert.equal(await screen.waitFor('ready'), '30 100\r\nready');
-    execution.resize(50, 10);
+    assert.equal(execution.resize(50, 10), true);
     assert.equal(await screen.waitFor('winch\r\n10 50\r\n'), '\r\nwinch\r\n10 50\r\n');
     await screen.drain();
     assert.equal((await within(execution.done, WAIT, 'done')).exitCode, 0);
-    // Ended: nothing left to resize.
-    assert.throws(
-      () => execution.resize(80, 24),
-      (err: unknown) => err instanceof SluiceError && err.code === 'unknown_execution',
-    );
+    // Ended: nothing left to resize, and no error either.
+    assert.equal(execution.resize(80, 24), false);
   });
 
   test('resize in a named session', async () => {

@@ -352,15 +352,19 @@ class Connection:
             frame = frames.stdin_frame(route.id, route.session, piece, eof and last)
             self._enqueue(_Outgoing(self._encode(frame), route, "stdin", (piece, eof and last)))
 
-    async def resize(self, route: Route, cols: int, rows: int) -> None:
-        """Queues a ``resize`` of a running terminal execution."""
+    async def resize(self, route: Route, cols: int, rows: int) -> bool:
+        """Queues a ``resize`` of a running terminal execution; False if it has
+        already ended."""
         # Checked first, so a bad size is a FrameError even while the outbox is full.
         frames.validate_frame(frames.resize_frame(route.id, route.session, cols, rows))
+        if route.finished or self._routes.get(route.id) is not route:
+            return False
         await self._wait_for_room()
         if route.finished or self._routes.get(route.id) is not route:
-            raise SluiceError(f"execution {route.id!r} has already ended")
+            return False
         frame = frames.resize_frame(route.id, route.session, cols, rows)
         self._enqueue(_Outgoing(self._encode(frame), route, "resize", resize=(cols, rows)))
+        return True
 
     def cancel(self, route: Route) -> bool:
         """Queues a ``cancel`` once; False if the execution has already ended."""

@@ -165,21 +165,21 @@ class Execution:
         instead (the program's read ends) and input stays open."""
         await self._connection.send_stdin(self._route, None, True)
 
-    async def resize(self, cols: int, rows: int) -> None:
+    async def resize(self, cols: int, rows: int) -> bool:
         """Gives the execution's terminal ``cols`` columns and ``rows`` rows (1 to
-        1000 each); its program gets SIGWINCH.
+        1000 each); its program gets SIGWINCH. False (and nothing sent) if it
+        has already ended: a window resized as the program ends is no error.
 
         Raises :class:`~sluice.FrameError` with code ``not_a_terminal`` if it was
-        not started with ``tty=True`` (the gateway would refuse it so), code
-        ``bad_request`` for a size out of range, and
-        :class:`~sluice.SluiceError` once the execution has ended."""
+        not started with ``tty=True`` (the gateway would refuse it so), and code
+        ``bad_request`` for a size out of range."""
         if not self._route.tty:
             raise FrameError(
                 "not_a_terminal",
                 f"execution {self.id!r} does not run on a terminal: only an execution started with tty=True "
                 "can be resized",
             )
-        await self._connection.resize(self._route, cols, rows)
+        return await self._connection.resize(self._route, cols, rows)
 
     async def cancel(self) -> bool:
         """Asks the gateway to stop the execution; its terminal event (usually

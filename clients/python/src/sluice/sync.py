@@ -93,10 +93,11 @@ class Execution:
         """See :meth:`sluice.Execution.close_stdin`."""
         self._client._call(self._execution.close_stdin())
 
-    def resize(self, cols: int, rows: int) -> None:
-        """Gives its terminal a new size; see :meth:`sluice.Execution.resize`
-        (``FrameError`` with code ``not_a_terminal`` without ``tty=True``)."""
-        self._client._call(self._execution.resize(cols, rows))
+    def resize(self, cols: int, rows: int) -> bool:
+        """Gives its terminal a new size; False if it has already ended. See
+        :meth:`sluice.Execution.resize` (``FrameError`` with code
+        ``not_a_terminal`` without ``tty=True``)."""
+        return self._client._call(self._execution.resize(cols, rows))
 
     def cancel(self) -> bool:
         """See :meth:`sluice.Execution.cancel`."""
