@@ -604,3 +604,120 @@ fn namespace_holder() -> Option<(Helper, String)> {
         std::thread::yield_now();
     }
 }
+
+/// A new pseudo-terminal: (control side, program side).
+#[allow(unsafe_code)] // openpty has no wrapper in std; it fills two descriptors
+fn terminal_pair() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd as _;
+    let (mut control, mut side) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the locals; the name, termios and
+    // window-size arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut control,
+            &mut side,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty just returned these descriptors, owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(control),
+            std::fs::File::from_raw_fd(side),
+        )
+    }
+}
+
+/// Runs `script` with `/bin/sh` on a terminal in a jail (`--terminal`), as root or, with
+/// `user`, as uid 1000 (a user namespace; `map_to`: subordinate ids); its exit code and
+/// what the terminal showed. `None` (and a skip line) where that cannot be done here.
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn run_on_terminal(
+    name: &str,
+    script: &str,
+    user: bool,
+    map_to: Option<(u32, u32)>,
+) -> Option<(Option<i32>, String)> {
+    use std::io::Read as _;
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !running_as_root() || (user && !setpriv.exists()) {
+        eprintln!("skipped: needs root (and setpriv to become an ordinary user)");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-jail-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    if user {
+        std::os::unix::fs::chown(&dir, Some(1000), Some(1000)).expect("chown");
+    }
+    std::fs::write(dir.join("main.sh"), script).expect("script");
+    let spec = JailSpec {
+        terminal: true,
+        map_to,
+        ..script_spec(&dir, "/bin/sh")
+    };
+    let mut command = if user {
+        let mut command = Command::new(setpriv);
+        command
+            .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_sluice-jail"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        command
+    } else {
+        jail()
+    };
+    let (mut control, side) = terminal_pair();
+    let clone = || side.try_clone().expect("dup the terminal");
+    let mut child = command
+        .args(spec.to_args())
+        .stdin(clone())
+        .stdout(clone())
+        .stderr(clone())
+        .spawn()
+        .expect("the jail runs");
+    // The command keeps its copies of the program side until it is dropped.
+    drop(command);
+    drop(side);
+    let mut shown = Vec::new();
+    // Until every program-side descriptor is closed: EIO, the terminal's end of file.
+    let _ = control.read_to_end(&mut shown);
+    let status = child.wait().expect("wait for the jail");
+    Some((status.code(), String::from_utf8_lossy(&shown).into_owned()))
+}
+
+/// The script of the terminal tests: a terminal on stdio, named `/dev/console`, the
+/// shell leading a session of its own (field 6 of its stat is its session id), and its
+/// own exit status.
+const ON_A_TERMINAL: &str = "test -t 0 && test -t 1 && echo isatty\ntty\n\
+                             [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = \"$$\" ] && echo leader\n\
+                             exit 7\n";
+
+fn assert_on_a_terminal(outcome: Option<(Option<i32>, String)>) {
+    let Some((code, shown)) = outcome else {
+        return;
+    };
+    assert_eq!(code, Some(7), "{shown:?}");
+    assert_eq!(shown, "isatty\r\n/dev/console\r\nleader\r\n", "{shown:?}");
+}
+
+#[test]
+fn a_terminal_program_leads_a_session_on_its_terminal_as_root() {
+    assert_on_a_terminal(run_on_terminal("tty-root", ON_A_TERMINAL, false, None));
+}
+
+#[test]
+fn a_terminal_program_leads_a_session_on_its_terminal_without_root() {
+    assert_on_a_terminal(run_on_terminal("tty-rootless", ON_A_TERMINAL, true, None));
+}
+
+#[test]
+fn a_terminal_program_leads_a_session_on_its_terminal_as_a_subordinate_id() {
+    let Some(ids) = subordinate_ids_of_1000() else {
+        return;
+    };
+    assert_on_a_terminal(run_on_terminal("tty-mapped", ON_A_TERMINAL, true, Some(ids)));
+}
