@@ -388,7 +388,10 @@ const MAX_PTYS_PER_JAIL: u32 = 8;
 
 /// The host's ptys that namespaces other than the initial one may use
 /// (`kernel.pty.max` less `kernel.pty.reserve`), shared out between `jails` jails, one
-/// to [`MAX_PTYS_PER_JAIL`] each, so jails together cannot use up the pool.
+/// to [`MAX_PTYS_PER_JAIL`] each, so jails together cannot use up the pool. A terminal
+/// execution's own terminal comes from the same pool (the gateway's, which stops at the
+/// same mark: `sys::open_terminal`), so each jail's share keeps one for it: the jails'
+/// ptys cannot leave the terminal executions none.
 fn ptys_per_jail(jails: usize) -> u32 {
     let read = |name: &str| -> Option<u64> {
         std::fs::read_to_string(format!("/proc/sys/kernel/pty/{name}"))
@@ -401,7 +404,12 @@ fn ptys_per_jail(jails: usize) -> u32 {
         (Some(max), Some(reserve)) => max.saturating_sub(reserve),
         _ => return 1,
     };
-    let share = pool / u64::try_from(jails.max(1)).unwrap_or(u64::MAX);
+    share_of(pool, jails)
+}
+
+/// One jail's ptys out of `pool` shared by `jails`, less the one kept for a terminal.
+fn share_of(pool: u64, jails: usize) -> u32 {
+    let share = (pool / u64::try_from(jails.max(1)).unwrap_or(u64::MAX)).saturating_sub(1);
     u32::try_from(share)
         .unwrap_or(u32::MAX)
         .clamp(1, MAX_PTYS_PER_JAIL)
@@ -433,5 +441,25 @@ fn default_location() -> PathBuf {
     match dir.parent() {
         Some(up) if dir.file_name().is_some_and(|name| name == "deps") => up.join("sluice-jail"),
         _ => beside,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_of;
+
+    #[test]
+    fn each_jails_ptys_keep_one_for_its_terminal() {
+        // 4096 less the 1024 reserve, 1024 executions: three each, one kept back.
+        assert_eq!(share_of(3072, 1024), 2);
+        // Jails and their terminals together stay within the pool.
+        for jails in [1_usize, 100, 383, 384, 1000, 1024, 1535, 1536] {
+            let share = u64::from(share_of(3072, jails));
+            if share > 1 {
+                assert!((share + 1) * jails as u64 <= 3072, "{jails}");
+            }
+        }
+        assert_eq!(share_of(3072, 1), super::MAX_PTYS_PER_JAIL);
+        assert_eq!(share_of(0, 10), 1);
     }
 }

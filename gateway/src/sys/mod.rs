@@ -485,6 +485,40 @@ pub(crate) fn drop_to_user_on_exec(command: &mut std::process::Command, uid: u32
     }
 }
 
+/// Detaches `command`'s child from the controlling terminal it inherits from the gateway
+/// (its operator's terminal, when the gateway runs in one) between fork and exec, so it
+/// cannot open `/dev/tty` and write or type there. The child leads its own process group
+/// (`process_group(0)` comes first), not a session: `TIOCNOTTY` only detaches it. Nothing
+/// to do without a terminal (`ENXIO`), without `/dev/tty` or on one hung up.
+pub(crate) fn leave_controlling_terminal_on_exec(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook runs in the child between fork and exec and only calls open, ioctl
+    // and close, plain system calls, on a path literal.
+    #[allow(clippy::disallowed_methods)] // the detach must happen in the child
+    unsafe {
+        command.pre_exec(|| {
+            let fd = libc::open(
+                c"/dev/tty".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            );
+            if fd < 0 {
+                let err = io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(libc::ENXIO | libc::ENOENT | libc::EIO) => Ok(()),
+                    _ => Err(err),
+                };
+            }
+            let rc = libc::ioctl(fd, libc::TIOCNOTTY);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Puts `command`'s child in a new, empty network namespace between fork and exec (for
 /// the rare interpreter start, which takes the fork path anyway).
 pub(crate) fn no_network_on_exec(command: &mut std::process::Command) {

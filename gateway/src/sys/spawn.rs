@@ -320,7 +320,10 @@ extern "C" fn child_main(raw: *mut libc::c_void) -> libc::c_int {
             if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
                 return fail(Step::Terminal);
             }
-        } else if libc::setpgid(0, 0) != 0 {
+        } else if libc::setsid() < 0 {
+            // A session of its own too (and so a group of its own, which the gateway
+            // signals), without a controlling terminal: in the gateway's session it
+            // could open `/dev/tty`, the terminal the gateway runs in, and type there.
             return fail(Step::ProcessGroup);
         }
         if libc::chdir((*args).cwd) != 0 {

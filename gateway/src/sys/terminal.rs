@@ -18,6 +18,7 @@ pub(crate) struct Terminal {
 /// Opens a terminal of `cols` x `rows`, with UTF-8 input processing on (so erasing a
 /// typed character erases all of its bytes).
 pub(crate) fn open_terminal(cols: u16, rows: u16) -> io::Result<Terminal> {
+    host_has_room()?;
     // SAFETY: open takes a NUL-terminated path literal and integer flags.
     let control = unsafe {
         libc::open(
@@ -68,6 +69,39 @@ pub(crate) fn open_terminal(cols: u16, rows: u16) -> io::Result<Terminal> {
     })
 }
 
+/// Refuses a new terminal once the host's ptys in use reach `kernel.pty.max` less
+/// `kernel.pty.reserve`. The gateway's terminals come from the host's own devpts, which
+/// the kernel lets use the reserve too (for the host's logins): without this bound the
+/// terminal executions could take the ptys the reserve keeps for the host, on top of
+/// what the jails' own devpts may take (they stop at the same mark). Not exact (two
+/// opens may race past the mark together), which only the reserve absorbs.
+fn host_has_room() -> io::Result<()> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/kernel/pty/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    match (read("nr"), read("max"), read("reserve")) {
+        (Some(in_use), Some(max), Some(reserve)) if !room_for_one(in_use, max, reserve) => {
+            Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "the host's pseudo-terminals are in use ({in_use} of {max}, the last \
+                     {reserve} kept for the host)"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether one more pty fits below `max` less `reserve` with `in_use` taken.
+fn room_for_one(in_use: u64, max: u64, reserve: u64) -> bool {
+    in_use < max.saturating_sub(reserve)
+}
+
 /// Gives the terminal behind `control` a new size; the kernel sends SIGWINCH to its
 /// foreground process group when the size changes.
 pub(crate) fn resize_terminal(control: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
@@ -87,6 +121,15 @@ pub(crate) fn resize_terminal(control: BorrowedFd<'_>, cols: u16, rows: u16) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminals_stop_where_the_hosts_reserve_begins() {
+        assert!(room_for_one(0, 4096, 1024));
+        assert!(room_for_one(3071, 4096, 1024));
+        assert!(!room_for_one(3072, 4096, 1024));
+        assert!(!room_for_one(4000, 4096, 1024));
+        assert!(!room_for_one(0, 100, 200));
+    }
 
     #[test]
     fn a_new_terminal_has_its_size_and_utf8_input() {

@@ -38,6 +38,7 @@ mod review_discovery;
 mod review_fork;
 mod review_offline;
 mod review_shared_cpu;
+mod review_tty;
 mod review_warm;
 mod review_warm_jail;
 mod sandbox;

@@ -121,6 +121,10 @@ fn jail(spec: &JailSpec) -> ! {
     if let Err(err) = os::hold_signals() {
         fail("blocking signals", err);
     }
+    // Nothing inside may reach the terminal the gateway runs in.
+    if let Err(err) = os::leave_controlling_terminal() {
+        fail("leaving the gateway's controlling terminal", err);
+    }
     let (status_read, status_write) = os::pipe().unwrap_or_else(|err| fail("pipe", err));
     // The cgroup namespace last joined above: /proc/self/cgroup shows "/" inside.
     let mut namespaces = libc::CLONE_NEWNS

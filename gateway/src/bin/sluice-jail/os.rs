@@ -329,6 +329,39 @@ fn mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
     }
 }
 
+/// Gives up the controlling terminal this process inherited from the gateway (its
+/// operator's terminal, when the gateway runs in one), so that nothing started from here
+/// can open `/dev/tty` and write to that terminal or type into it (`TIOCSTI`): `/dev/tty`
+/// opens the caller's controlling terminal whatever the terminal node's owner and mode.
+/// The jail leads its own process group but not a session, so `setsid` is not open to it;
+/// `TIOCNOTTY` from a process that does not lead its session only detaches that process
+/// (no signal to anyone), and its children inherit having no terminal. Nothing to do
+/// without one (`ENXIO`), without `/dev/tty` (`ENOENT`) or on one hung up (`EIO`).
+pub(crate) fn leave_controlling_terminal() -> io::Result<()> {
+    // SAFETY: open takes a NUL-terminated path literal and integer flags.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return match errno() {
+            libc::ENXIO | libc::ENOENT | libc::EIO => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        };
+    }
+    // SAFETY: an ioctl without arguments on the descriptor just opened, then its close.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCNOTTY) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closes the descriptor opened above, owned by nobody else.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(err);
+    }
+    Ok(())
+}
+
 pub(crate) fn hold_signals() -> io::Result<()> {
     mask(libc::SIG_BLOCK, &HELD)
 }

@@ -204,6 +204,8 @@ impl Kernel {
                     }
                     // Orphans of its cells stay in its tree (for `end_cell_processes`).
                     sys::child_subreaper_on_exec(&mut command);
+                    // Not on the terminal the gateway may run in.
+                    sys::leave_controlling_terminal_on_exec(&mut command);
                     limits.rlimits.apply_on_exec(&mut command);
                     if (host.no_network || runtime.offline) && !runtime.network {
                         sys::no_network_on_exec(&mut command);
