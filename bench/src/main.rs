@@ -462,7 +462,10 @@ async fn isolation_rows(
         "<= 5 ms",
         f - n <= 5.0,
     );
-    for (what, tty, pipe) in [(label, &tty_full, &full), ("isolation none", &tty_none, &none)] {
+    for (what, tty, pipe) in [
+        (label, &tty_full, &full),
+        ("isolation none", &tty_none, &none),
+    ] {
         let (t, p) = (ms(percentile(tty, 50)), ms(percentile(pipe, 50)));
         row(
             &format!("{what}, tty: execute -> stdout p50 (vs pipe)"),

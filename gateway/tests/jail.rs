@@ -719,5 +719,10 @@ fn a_terminal_program_leads_a_session_on_its_terminal_as_a_subordinate_id() {
     let Some(ids) = subordinate_ids_of_1000() else {
         return;
     };
-    assert_on_a_terminal(run_on_terminal("tty-mapped", ON_A_TERMINAL, true, Some(ids)));
+    assert_on_a_terminal(run_on_terminal(
+        "tty-mapped",
+        ON_A_TERMINAL,
+        true,
+        Some(ids),
+    ));
 }

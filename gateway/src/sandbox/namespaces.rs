@@ -393,13 +393,7 @@ const MAX_PTYS_PER_JAIL: u32 = 8;
 /// same mark: `sys::open_terminal`), so each jail's share keeps one for it: the jails'
 /// ptys cannot leave the terminal executions none.
 fn ptys_per_jail(jails: usize) -> u32 {
-    let read = |name: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/proc/sys/kernel/pty/{name}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
+    let read = crate::sys::pty_setting;
     let pool = match (read("max"), read("reserve")) {
         (Some(max), Some(reserve)) => max.saturating_sub(reserve),
         _ => return 1,

@@ -15,7 +15,7 @@ pub(crate) use spawn::{can_take_network, spawn_program, ProgramPlan, StartedProg
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
-pub(crate) use terminal::{open_terminal, resize_terminal, Terminal};
+pub(crate) use terminal::{open_terminal, pty_setting, resize_terminal, Terminal};
 
 /// A signal the gateway sends to an execution's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

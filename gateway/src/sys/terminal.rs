@@ -76,13 +76,7 @@ pub(crate) fn open_terminal(cols: u16, rows: u16) -> io::Result<Terminal> {
 /// what the jails' own devpts may take (they stop at the same mark). Not exact (two
 /// opens may race past the mark together), which only the reserve absorbs.
 fn host_has_room() -> io::Result<()> {
-    let read = |name: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/proc/sys/kernel/pty/{name}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
+    let read = pty_setting;
     match (read("nr"), read("max"), read("reserve")) {
         (Some(in_use), Some(max), Some(reserve)) if !room_for_one(in_use, max, reserve) => {
             Err(io::Error::new(
@@ -100,6 +94,16 @@ fn host_has_room() -> io::Result<()> {
 /// Whether one more pty fits below `max` less `reserve` with `in_use` taken.
 fn room_for_one(in_use: u64, max: u64, reserve: u64) -> bool {
     in_use < max.saturating_sub(reserve)
+}
+
+/// One of the host's pty figures, `/proc/sys/kernel/pty/NAME` (`nr`: in use, `max`,
+/// `reserve`: kept for the host's own devpts); `None` if it cannot be read.
+pub(crate) fn pty_setting(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/sys/kernel/pty/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Gives the terminal behind `control` a new size; the kernel sends SIGWINCH to its
@@ -131,9 +135,8 @@ mod tests {
         assert!(!room_for_one(0, 100, 200));
     }
 
-    #[test]
-    fn a_new_terminal_has_its_size_and_utf8_input() {
-        let terminal = open_terminal(100, 30).unwrap_or_else(|err| panic!("{err}"));
+    /// The size the program side reports, `(cols, rows)`.
+    fn size_of(terminal: &Terminal) -> (u16, u16) {
         let mut size = libc::winsize {
             ws_row: 0,
             ws_col: 0,
@@ -149,18 +152,15 @@ mod tests {
             )
         };
         assert_eq!(rc, 0);
-        assert_eq!((size.ws_col, size.ws_row), (100, 30));
+        (size.ws_col, size.ws_row)
+    }
+
+    #[test]
+    fn a_new_terminal_has_its_size_and_utf8_input() {
+        let terminal = open_terminal(100, 30).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(size_of(&terminal), (100, 30));
         resize_terminal(terminal.control.as_fd(), 7, 5).unwrap_or_else(|err| panic!("{err}"));
-        // SAFETY: as above.
-        let rc = unsafe {
-            libc::ioctl(
-                terminal.program_side.as_raw_fd(),
-                libc::TIOCGWINSZ,
-                &mut size,
-            )
-        };
-        assert_eq!(rc, 0);
-        assert_eq!((size.ws_col, size.ws_row), (7, 5));
+        assert_eq!(size_of(&terminal), (7, 5));
         // SAFETY: termios is plain data, filled by tcgetattr.
         let mut termios = unsafe { std::mem::zeroed::<libc::termios>() };
         // SAFETY: a descriptor we hold and a pointer to the live local.
