@@ -51,7 +51,7 @@ cargo test --workspace --locked
 # they were (tests/tests/e2e/): the name filters `sandbox::` etc. pick those modules.
 step "isolation forced off: tests needing a layer skip with the reason, rlimits still hold"
 SLUICE_TEST_ISOLATION=none cargo test --locked -p sluice-tests --test e2e -- \
-  --nocapture sandbox:: isolation:: limits:: 2>&1 \
+  --nocapture sandbox:: isolation:: limits:: files:: terminal:: 2>&1 \
   | grep -E '^(test |skipped|test result)'
 
 step "cgroups without the jail: the tree limits hold with unjailed programs"

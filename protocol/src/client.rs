@@ -106,12 +106,26 @@ pub struct ExecuteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
     pub rows: Option<u16>,
+    /// More files of the program (a project of several files: `main.py` importing
+    /// `util.py`), by path relative to its working directory, written there (parent
+    /// directories made) before it starts; text. Not with `persistent`. Paths: at most
+    /// 1024 bytes, no empty, `.` or `..` component, not absolute, no NUL; at most 256
+    /// files. Their bytes count against `limits.workspace_bytes`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(transform = crate::schema::file_paths))]
+    pub files: BTreeMap<String, String>,
     /// The program's `TERM` (default `xterm-256color`): letters, digits and `.+-_`, at
     /// most 64 bytes. Only with `tty`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 64), regex(pattern = crate::schema::TERM_NAME)))]
     pub term: Option<String>,
 }
+
+/// Files an `execute` may carry, at most.
+pub const MAX_FILES: usize = 256;
+
+/// The longest path of a file an `execute` carries, in bytes.
+pub const MAX_FILE_PATH_BYTES: usize = 1024;
 
 /// Columns and rows a terminal may have, at most.
 pub const MAX_TERMINAL_SIDE: u16 = 1000;
@@ -354,6 +368,7 @@ impl ClientFrame {
                     return Err(bad("args and env values may not contain NUL".to_owned()));
                 }
                 check_terminal(e).map_err(bad)?;
+                check_files(e).map_err(bad)?;
             }
             Self::Resize(r) => check_side("cols", Some(r.cols))
                 .and_then(|()| check_side("rows", Some(r.rows)))
@@ -408,6 +423,71 @@ fn check_terminal(e: &ExecuteRequest) -> Result<(), String> {
                 "\"term\" must be 1 to {MAX_TERM_BYTES} letters, digits or .+-_ (like \"{DEFAULT_TERM}\"), not {:?}",
                 clip(term)
             ));
+        }
+    }
+    Ok(())
+}
+
+/// The `files` of an `execute`: not with `persistent`, at most [`MAX_FILES`], each path
+/// relative and plain (see [`check_file_path`]).
+fn check_files(e: &ExecuteRequest) -> Result<(), String> {
+    if e.files.is_empty() {
+        return Ok(());
+    }
+    if e.persistent {
+        return Err(
+            "\"files\" are for a program of its own: a persistent cell runs in the session's \
+             interpreter"
+                .to_owned(),
+        );
+    }
+    if e.files.len() > MAX_FILES {
+        return Err(format!(
+            "{} files, more than the {MAX_FILES} an execute may carry",
+            e.files.len()
+        ));
+    }
+    for (path, content) in &e.files {
+        check_file_path(path).map_err(|why| format!("file {:?}: {why}", clip(path)))?;
+        if content.contains('\0') {
+            return Err(format!("file {:?}: text may not contain NUL", clip(path)));
+        }
+        // A file cannot also be a directory of another.
+        let mut parent = path.as_str();
+        while let Some((up, _)) = parent.rsplit_once('/') {
+            if e.files.contains_key(up) {
+                return Err(format!(
+                    "{:?} is a file, so it cannot hold {:?}",
+                    clip(up),
+                    clip(path)
+                ));
+            }
+            parent = up;
+        }
+    }
+    Ok(())
+}
+
+/// A path of `files`: relative, its components plain names (not empty, `.` or `..`), no
+/// NUL, at most [`MAX_FILE_PATH_BYTES`]. Why not, if it is not.
+pub fn check_file_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("the path is empty");
+    }
+    if path.len() > MAX_FILE_PATH_BYTES {
+        return Err("the path is longer than 1024 bytes");
+    }
+    if path.starts_with('/') {
+        return Err("the path is absolute; paths are relative to the working directory");
+    }
+    if path.contains('\0') {
+        return Err("the path contains NUL");
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return Err("the path has an empty component (\"//\" or a trailing \"/\")"),
+            "." | ".." => return Err("the path has a \".\" or \"..\" component"),
+            _ => {}
         }
     }
     Ok(())

@@ -27,9 +27,9 @@ mod runtimes;
 pub mod schema;
 
 pub use client::{
-    AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ExecuteRequest,
-    FrameError, ResizeFrame, RuntimesFrame, StdinFrame, DEFAULT_TERM, DEFAULT_TERMINAL_SIZE,
-    MAX_TERMINAL_SIDE, MAX_TERM_BYTES,
+    check_file_path, AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding,
+    ExecuteRequest, FrameError, ResizeFrame, RuntimesFrame, StdinFrame, DEFAULT_TERM,
+    DEFAULT_TERMINAL_SIZE, MAX_FILES, MAX_FILE_PATH_BYTES, MAX_TERMINAL_SIDE, MAX_TERM_BYTES,
 };
 pub use error::ErrorCode;
 pub use event::{Event, EventKind, InvalidEvent, LimitKind, Usage};

@@ -110,7 +110,8 @@ pub(crate) fn persistent_needs_session(schema: &mut Schema) {
     );
 }
 
-/// `cols`, `rows` and `term` only with `"tty": true`, and `tty` never with `persistent`.
+/// `cols`, `rows` and `term` only with `"tty": true`; neither `tty` nor `files` with
+/// `persistent`.
 pub(crate) fn terminal_only_with_tty(schema: &mut Schema) {
     let tty = json!({"properties": {"tty": {"const": true}}, "required": ["tty"]});
     schema.insert(
@@ -127,8 +128,33 @@ pub(crate) fn terminal_only_with_tty(schema: &mut Schema) {
                 "then": {"not": {
                     "properties": {"persistent": {"const": true}}, "required": ["persistent"]
                 }}
+            },
+            {
+                "if": {"properties": {"persistent": {"const": true}}, "required": ["persistent"]},
+                "then": {"not": {
+                    "properties": {"files": {"minProperties": 1}}, "required": ["files"]
+                }}
             }
         ]),
+    );
+}
+
+/// `files`: at most 256, each path relative with plain components (no empty, `.` or
+/// `..` one), no NUL, at most 1024 bytes; each text without NUL.
+pub(crate) fn file_paths(schema: &mut Schema) {
+    schema.insert("maxProperties".to_owned(), json!(256));
+    schema.insert(
+        "propertyNames".to_owned(),
+        json!({
+            "minLength": 1,
+            "maxLength": 1024,
+            "pattern": "^[^/\\u0000]+(/[^/\\u0000]+)*$",
+            "not": {"pattern": "(^|/)\\.\\.?(/|$)"}
+        }),
+    );
+    schema.insert(
+        "additionalProperties".to_owned(),
+        json!({"type": "string", "pattern": NO_NUL}),
     );
 }
 

@@ -218,6 +218,7 @@ export class SluiceClient {
     if (options.cols !== undefined) frame.cols = options.cols;
     if (options.rows !== undefined) frame.rows = options.rows;
     if (options.term !== undefined) frame.term = options.term;
+    if (options.files !== undefined && Object.keys(options.files).length > 0) frame.files = options.files;
     const text = encodeFrame(frame);
     const execution = new Execution(this.host, {
       id,

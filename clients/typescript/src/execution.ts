@@ -50,6 +50,11 @@ export interface ExecuteOptions {
   cols?: number;
   /** The terminal's height in rows, 1 to 1000 (default 24). Only with `tty`. */
   rows?: number;
+  /**
+   * More files of the program, path (relative to its working directory) to text, written
+   * there before it starts (`{ 'util.py': ... }` for a `main.py` that imports it). Not with `persistent`.
+   */
+  files?: Record<string, string>;
   /** The program's `TERM` (default `xterm-256color`): 1 to 64 letters, digits or `.+-_`. Only with `tty`. */
   term?: string;
   /** Aborting it cancels the execution (or, before it was sent, never sends it). */

@@ -47,6 +47,11 @@ export interface ExecuteFrame {
   rows?: number;
   /** The program's `TERM` (default `xterm-256color`): 1 to 64 letters, digits or `.+-_`. Only with `tty: true`. */
   term?: string;
+  /**
+   * More files of the program, path (relative to its working directory) to text, written
+   * there before it starts. Not with `persistent`.
+   */
+  files?: Record<string, string>;
 }
 
 /** `resize`: a terminal execution's terminal gets a new size; its program gets SIGWINCH. */
@@ -185,6 +190,7 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
         frame.encoding = encoding as Encoding;
       }
       terminal(obj, frame);
+      if (obj['files'] !== undefined) frame.files = files(obj['files'], frame);
       return frame;
     }
     case 'stdin': {
@@ -262,6 +268,47 @@ function terminal(obj: Record<string, unknown>, frame: ExecuteFrame): void {
     }
     frame.term = term as string;
   }
+}
+
+/** Files an `execute` may carry, at most. */
+export const MAX_FILES = 256;
+/** The longest path of such a file, in bytes. */
+export const MAX_FILE_PATH_BYTES = 1024;
+
+/** Why `path` cannot be a path of `files` (relative, plain components, no NUL, at most 1024 bytes), or `undefined`. */
+function filePathProblem(path: string): string | undefined {
+  if (path === '') return 'the path is empty';
+  if (new TextEncoder().encode(path).length > MAX_FILE_PATH_BYTES) return 'the path is longer than 1024 bytes';
+  if (path.startsWith('/')) return 'the path is absolute; paths are relative to the working directory';
+  if (path.includes('\0')) return 'the path contains NUL';
+  for (const component of path.split('/')) {
+    if (component === '') return 'the path has an empty component ("//" or a trailing "/")';
+    if (component === '.' || component === '..') return 'the path has a "." or ".." component';
+  }
+  return undefined;
+}
+
+/** An `execute`'s `files`: path to text, not with `persistent`, no path both a file and a directory. */
+function files(value: unknown, frame: ExecuteFrame): Record<string, string> {
+  const type = 'execute';
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) bad(type, '"files" must be an object of path to text');
+  const entries = Object.entries(value as Record<string, unknown>);
+  if (entries.length === 0) return {};
+  if (frame.persistent === true) bad(type, '"files" are for a program of its own: a persistent cell runs in the session\'s interpreter');
+  if (entries.length > MAX_FILES) bad(type, `${entries.length} files, more than the ${MAX_FILES} an execute may carry`);
+  const paths = new Set(entries.map(([path]) => path));
+  for (const [path, text] of entries) {
+    if (typeof text !== 'string') bad(type, `file ${JSON.stringify(path.slice(0, 80))}: its text must be a string`);
+    const problem = filePathProblem(path);
+    if (problem !== undefined) bad(type, `file ${JSON.stringify(path.slice(0, 80))}: ${problem}`);
+    if ((text as string).includes('\0')) bad(type, `file ${JSON.stringify(path.slice(0, 80))}: text may not contain NUL`);
+    let parent = path;
+    while (parent.includes('/')) {
+      parent = parent.slice(0, parent.lastIndexOf('/'));
+      if (paths.has(parent)) bad(type, `${JSON.stringify(parent)} is a file, so it cannot hold ${JSON.stringify(path)}`);
+    }
+  }
+  return value as Record<string, string>;
 }
 
 /** A terminal's columns or rows: an integer from 1 to {@link MAX_TERMINAL_SIDE}. */

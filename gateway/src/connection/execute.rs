@@ -260,6 +260,7 @@ impl Connection {
                 .map_err(|message| format!("{message}, the most your credential allows"))
         }
         .map_err(|message| (ErrorCode::InvalidLimit, message))?;
+        check_files(request, &runtime.file_name, limits.workspace_bytes)?;
         let max_here = state.config.max_executions_per_connection;
         if self.started.running() >= max_here {
             return Err((
@@ -327,6 +328,7 @@ impl Connection {
             env,
             args,
             encoding,
+            files,
             ..
         } = request;
         let Admitted {
@@ -346,6 +348,7 @@ impl Connection {
             encoding,
             limits,
             terminal,
+            files: files.into_iter().collect(),
         };
         let ctx = ExecutionContext {
             session: session.clone(),
@@ -409,6 +412,43 @@ impl Connection {
         });
         self.busy_at = tokio::time::Instant::now();
     }
+}
+
+/// An execute's `files` (their paths are checked by the decoder): none may be, or be
+/// under, the program's own source file, and with the source they must fit in the
+/// workspace.
+fn check_files(
+    request: &ExecuteRequest,
+    source: &str,
+    workspace_bytes: u64,
+) -> Result<(), Refusal> {
+    if request.files.is_empty() {
+        return Ok(());
+    }
+    let first = |path: &str| path.split('/').next().unwrap_or_default().to_owned();
+    if let Some(path) = request.files.keys().find(|path| first(path) == source) {
+        return Err((
+            ErrorCode::BadRequest,
+            format!(
+                "file {path:?} would take the place of the program's own {source:?} (its \"code\")"
+            ),
+        ));
+    }
+    let bytes: u64 = request
+        .files
+        .values()
+        .map(|text| text.len() as u64)
+        .sum::<u64>()
+        + request.code.len() as u64;
+    if bytes > workspace_bytes {
+        return Err((
+            ErrorCode::InvalidLimit,
+            format!(
+                "the code and files take {bytes} bytes, more than limits.workspace_bytes ({workspace_bytes}); ask for more, within the maximum"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn open_error_code(err: &OpenError) -> ErrorCode {

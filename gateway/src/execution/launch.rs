@@ -51,8 +51,9 @@ pub(super) fn jail_processes(host: &Host) -> u64 {
 /// Writes the source file and starts the program; a failure becomes the execution's
 /// terminal `error`.
 pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
-    // A warm entry's stdio are pipes: a terminal program always starts cold.
-    if let (Some(pool), None) = (&host.warm, &spec.terminal) {
+    // A warm entry's stdio are pipes, and it writes only its source file: a terminal
+    // program, or one with more files, always starts cold.
+    if let (Some(pool), None, true) = (&host.warm, &spec.terminal, spec.files.is_empty()) {
         if let Some(launched) = pool.claim(spec, host) {
             return Ok(launched);
         }
@@ -94,6 +95,13 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
         }
     };
+    let bundle = match write_files(spec, host, &workdir) {
+        Ok(bundle) => bundle,
+        Err(refusal) => {
+            workdir.remove();
+            return Err(refusal);
+        }
+    };
     let mut env = environment(&spec.runtime, &spec.env, &host.base_env, workdir.path());
     if let Some(control) = &spec.terminal {
         // Before the request's own variables, which may name another.
@@ -115,6 +123,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         processes: spec.limits.processes,
         warm: None,
         terminal: terminal.as_ref(),
+        files: bundle,
     };
     let started_at = Instant::now();
     let spawned = launch.spawn();
@@ -143,6 +152,36 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             )))
         }
     }
+}
+
+/// Writes the execute's `files`: into the working directory for an unjailed program;
+/// as a bundle there for a jail's init to write into its workspace (whose name it
+/// returns). A refusal becomes the execution's terminal `error`.
+fn write_files(
+    spec: &ExecutionSpec,
+    host: &Host,
+    workdir: &Workdir,
+) -> Result<Option<&'static str>, Box<Event>> {
+    if spec.files.is_empty() {
+        return Ok(None);
+    }
+    let written = match host.jail {
+        Some(_) => workdir.write_bundle(&spec.files).map(Some),
+        None => workdir
+            .write_files(&spec.files, host.program_user)
+            .map(|()| None),
+    };
+    written.map_err(|err| {
+        let id = Some(spec.id.clone());
+        if err.kind() == std::io::ErrorKind::InvalidInput {
+            let message = format!("could not write the files: {err}");
+            return Box::new(Event::error(id, ErrorCode::BadRequest, message));
+        }
+        host.observe.metrics.sandbox_failed(SandboxStage::Workdir);
+        tracing::error!(%err, "could not write the execution's files");
+        let message = "could not write the program's files";
+        Box::new(Event::error(id, ErrorCode::Internal, message))
+    })
 }
 
 /// The program's whole environment, later entries winning: the gateway's base, the

@@ -110,6 +110,9 @@ pub(crate) struct ExecutionSpec {
     pub(crate) limits: EffectiveLimits,
     /// Run on a terminal (`tty`); shared with the handle, which resizes it.
     pub(crate) terminal: Option<Arc<TerminalControl>>,
+    /// More files written in the working directory before the program starts (path,
+    /// text), their paths checked by the protocol's decoder.
+    pub(crate) files: Vec<(String, String)>,
 }
 
 /// Where it runs and where its events go.

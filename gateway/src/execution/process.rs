@@ -47,6 +47,9 @@ pub(crate) struct Launch<'a> {
     pub(crate) warm: Option<WarmWait<'a>>,
     /// Run on this terminal instead of pipes (see `execution::terminal`).
     pub(crate) terminal: Option<&'a sys::Terminal>,
+    /// A jailed program's bundle of more files in `workdir` (`JailSpec::files`); an
+    /// unjailed program's are written in `workdir` already.
+    pub(crate) files: Option<&'a str>,
 }
 
 /// How a warm-pool entry waits for its execution.
@@ -168,6 +171,7 @@ impl Launch<'_> {
                             .then_some(sys::PROGRAM_NICE),
                             command: argv,
                             terminal: self.terminal.is_some(),
+                            files: self.files.map(Into::into),
                             ..JailSpec::default()
                         },
                         self.runtime.offline,

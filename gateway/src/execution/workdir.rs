@@ -59,6 +59,30 @@ impl Workdir {
         Ok(dir)
     }
 
+    /// Writes an execute's `files` into the directory (an unjailed program's; a jail's
+    /// init writes them into its own workspace from a bundle, [`Workdir::write_bundle`]),
+    /// belonging to `owner` when the program will run as that user.
+    pub(super) fn write_files(
+        &self,
+        files: &[(String, String)],
+        owner: Option<ProgramUser>,
+    ) -> io::Result<()> {
+        crate::sandbox::jail::write_files(
+            &self.path,
+            files
+                .iter()
+                .map(|(name, text)| (name.as_str(), text.as_bytes())),
+            owner.map(|user| (user.uid, user.gid)),
+        )
+    }
+
+    /// Writes an execute's `files` as the bundle a jail's init unpacks into its
+    /// workspace; its name, for the jail's spec.
+    pub(super) fn write_bundle(&self, files: &[(String, String)]) -> io::Result<&'static str> {
+        use crate::sandbox::jail::{write_bundle, FILES_BUNDLE};
+        write_bundle(&self.path.join(FILES_BUNDLE), files).map(|()| FILES_BUNDLE)
+    }
+
     pub(super) fn path(&self) -> &Path {
         &self.path
     }

@@ -90,8 +90,121 @@ pub struct JailSpec {
     /// own with that terminal as its controlling one (so Ctrl-C typed there interrupts
     /// it), and init passes on a cancel's SIGHUP and SIGTERM to every process inside.
     pub terminal: bool,
+    /// A bundle of more files ([`FILES_BUNDLE`], written by [`write_bundle`]) in
+    /// `host_dir`, written into the workspace before the program starts.
+    pub files: Option<OsString>,
     /// The program and its arguments.
     pub command: Vec<OsString>,
+}
+
+/// The file in an execution's host directory that carries its `files` (see
+/// [`JailSpec::files`]): written by the gateway, read by the jail's init.
+pub const FILES_BUNDLE: &str = "files.bundle";
+
+/// Writes `files` (path, text) as a bundle at `path` (mode 0600, a new file): for each,
+/// the path's length (4 bytes, little-endian), the path, the text's length (8 bytes),
+/// the text.
+pub fn write_bundle(path: &Path, files: &[(String, String)]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bundle = Vec::new();
+    for (name, text) in files {
+        let length = u32::try_from(name.len())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path too long"))?;
+        bundle.extend_from_slice(&length.to_le_bytes());
+        bundle.extend_from_slice(name.as_bytes());
+        bundle.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        bundle.extend_from_slice(text.as_bytes());
+    }
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(&bundle)
+}
+
+/// The files of a bundle [`write_bundle`] made, each path checked again
+/// (`sluice_protocol::check_file_path`); why not, if it is not one.
+pub fn read_bundle(mut bundle: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
+    fn take<'a>(bundle: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if bundle.len() < n {
+            return Err("the files bundle is cut short".to_owned());
+        }
+        let (head, rest) = bundle.split_at(n);
+        *bundle = rest;
+        Ok(head)
+    }
+    let mut files = Vec::new();
+    while !bundle.is_empty() {
+        let length = take(&mut bundle, 4)?;
+        let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]);
+        let name = take(&mut bundle, length as usize)?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| "a path in the files bundle is not UTF-8".to_owned())?;
+        sluice_protocol::check_file_path(name).map_err(|why| format!("file {name:?}: {why}"))?;
+        let mut size = [0_u8; 8];
+        size.copy_from_slice(take(&mut bundle, 8)?);
+        let size = usize::try_from(u64::from_le_bytes(size))
+            .map_err(|_| "a file in the bundle is too large".to_owned())?;
+        files.push((name, take(&mut bundle, size)?));
+    }
+    Ok(files)
+}
+
+/// Writes `files` (path relative to `dir`, bytes) into `dir`, a directory nobody else
+/// writes in yet (a new working directory, before its program starts): parent
+/// directories made as needed (mode 0700), each file new (mode 0600, never through a
+/// link); all of it handed to `owner` (uid, gid) when given. Each path must pass
+/// `sluice_protocol::check_file_path`.
+pub fn write_files<'a>(
+    dir: &Path,
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let give = |path: &Path| match owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        None => Ok(()),
+    };
+    for (name, bytes) in files {
+        sluice_protocol::check_file_path(name)
+            .map_err(|why| invalid(format!("{name:?}: {why}")))?;
+        let mut at = dir.to_path_buf();
+        let components: Vec<&str> = name.split('/').collect();
+        let (file_name, parents) = components
+            .split_last()
+            .ok_or_else(|| invalid(format!("{name:?}: no file name")))?;
+        for parent in parents {
+            at.push(parent);
+            match std::fs::symlink_metadata(&at) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(invalid(format!(
+                        "{name:?}: {parent:?} is a file, not a directory"
+                    )))
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::DirBuilder::new().mode(0o700).create(&at)?;
+                    give(&at)?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        at.push(file_name);
+        let mut file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&at)
+            .map_err(|err| std::io::Error::new(err.kind(), format!("{name:?}: {err}")))?;
+        file.write_all(bytes)?;
+        give(&at)?;
+    }
+    Ok(())
 }
 
 /// What a waiting program (see [`JailSpec::wait_for_go`]) writes to its stdout once it
@@ -236,6 +349,9 @@ impl JailSpec {
         if let Some(name) = &self.wait_for_go {
             pair("--wait-for-go", name.clone());
         }
+        if let Some(name) = &self.files {
+            pair("--files", name.clone());
+        }
         if self.no_network {
             args.push("--no-network".into());
         }
@@ -326,7 +442,7 @@ impl JailSpec {
             match flag.as_str() {
                 "--host-dir" => spec.host_dir = PathBuf::from(&value),
                 "--source" => spec.source = Some(value.clone()),
-                "--wait-for-go" => {
+                "--wait-for-go" | "--files" => {
                     let name = Path::new(&value);
                     if name.components().count() != 1
                         || !matches!(
@@ -335,11 +451,14 @@ impl JailSpec {
                         )
                     {
                         return Err(SpecError(format!(
-                            "--wait-for-go takes a file name, not {:?}",
+                            "{flag} takes a file name, not {:?}",
                             text()
                         )));
                     }
-                    spec.wait_for_go = Some(value.clone());
+                    match flag.as_str() {
+                        "--files" => spec.files = Some(value.clone()),
+                        _ => spec.wait_for_go = Some(value.clone()),
+                    }
                 }
                 "--workspace" => workspace = Some(PathBuf::from(&value)),
                 "--scratch-bytes" => spec.scratch_bytes = number("--scratch-bytes")?,

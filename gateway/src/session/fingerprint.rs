@@ -8,7 +8,7 @@ use std::hash::{BuildHasher as _, Hasher};
 use std::sync::LazyLock;
 
 /// A keyed 64-bit hash of a request's language, code, stdin, env, args, limits,
-/// encoding, `persistent`, `tty` and `term` (not the terminal's size). The key is random per gateway process, so a client cannot
+/// encoding, `persistent`, `files`, `tty` and `term` (not the terminal's size). The key is random per gateway process, so a client cannot
 /// search offline for another request with the same fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fingerprint(u64);
@@ -30,6 +30,7 @@ impl Fingerprint {
             limits,
             encoding,
             persistent,
+            files,
             tty,
             term,
             // A terminal's size changes with its window; the same program resent after a
@@ -41,7 +42,7 @@ impl Fingerprint {
         // Serialized as JSON so that every field is framed (lengths and quotes): two
         // different requests never feed the hasher the same bytes.
         let fields = (
-            language, code, stdin, env, args, limits, encoding, persistent, tty, term,
+            language, code, stdin, env, args, limits, encoding, persistent, files, tty, term,
         );
         let mut writer = HashWriter(&mut hasher);
         if serde_json::to_writer(&mut writer, &fields).is_err() {

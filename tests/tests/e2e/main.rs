@@ -21,6 +21,7 @@ mod drain;
 mod encoding;
 mod errors;
 mod fairness;
+mod files;
 mod hardening;
 mod isolation;
 mod jail_review;

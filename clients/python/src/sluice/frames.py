@@ -83,6 +83,9 @@ class ExecuteOptions(TypedDict, total=False):
       with ``tty``.
     - ``term``: the program's ``TERM`` (default ``xterm-256color``; 1 to 64
       letters, digits or ``.+-_``). Only with ``tty``.
+    - ``files``: more files of the program, path (relative to its working
+      directory) to text, written there before it starts (``{"util.py": ...}``
+      for a ``main.py`` that imports it). Not with ``persistent``.
     """
 
     id: str | None
@@ -97,6 +100,7 @@ class ExecuteOptions(TypedDict, total=False):
     cols: int | None
     rows: int | None
     term: str | None
+    files: Mapping[str, str] | None
 
 
 def _bad(message: str) -> FrameError:
@@ -169,6 +173,7 @@ def _check_execute(frame: Mapping[str, Any]) -> None:
         if any("\0" in a for a in args):
             raise _bad("args may not contain NUL")
     _check_terminal(frame)
+    _check_files(frame)
     limits = frame.get("limits")
     if limits is not None:
         if not isinstance(limits, dict):
@@ -188,6 +193,58 @@ def _side(frame: Mapping[str, Any], field: str, *, required: bool) -> None:
         return
     if not _is_int(value) or not 1 <= value <= MAX_TERMINAL_SIDE:
         raise _bad(f"{field!r} must be 1 to {MAX_TERMINAL_SIDE}, not {value!r}")
+
+
+#: Files an ``execute`` may carry, at most.
+MAX_FILES = 256
+#: The longest path of such a file, in bytes.
+MAX_FILE_PATH_BYTES = 1024
+
+
+def _check_file_path(path: str) -> str | None:
+    """Why ``path`` cannot be a path of ``files`` (relative, plain components, no
+    NUL, at most 1024 bytes), or ``None``."""
+    if not path:
+        return "the path is empty"
+    if len(path.encode("utf-8")) > MAX_FILE_PATH_BYTES:
+        return "the path is longer than 1024 bytes"
+    if path.startswith("/"):
+        return "the path is absolute; paths are relative to the working directory"
+    if "\0" in path:
+        return "the path contains NUL"
+    for component in path.split("/"):
+        if component == "":
+            return 'the path has an empty component ("//" or a trailing "/")'
+        if component in (".", ".."):
+            return 'the path has a "." or ".." component'
+    return None
+
+
+def _check_files(frame: Mapping[str, Any]) -> None:
+    """The ``files`` of an ``execute``: an object of path to text, not with
+    ``persistent``, at most :data:`MAX_FILES`, no path both a file and a directory."""
+    files = frame.get("files")
+    if files is None:
+        return
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise _bad("'files' must be an object of path to text")
+    if not files:
+        return
+    if frame.get("persistent"):
+        raise _bad("'files' are for a program of its own: a persistent cell runs in the session's interpreter")
+    if len(files) > MAX_FILES:
+        raise _bad(f"{len(files)} files, more than the {MAX_FILES} an execute may carry")
+    for path, text in files.items():
+        why = _check_file_path(path)
+        if why is not None:
+            raise _bad(f"file {path!r:.80}: {why}")
+        if "\0" in text:
+            raise _bad(f"file {path!r:.80}: text may not contain NUL")
+        parent = path
+        while "/" in parent:
+            parent = parent.rsplit("/", 1)[0]
+            if parent in files:
+                raise _bad(f"{parent!r:.80} is a file, so it cannot hold {path!r:.80}")
 
 
 def _check_terminal(frame: Mapping[str, Any]) -> None:
@@ -305,6 +362,9 @@ def execute_frame(id: str, language: str, code: str, options: ExecuteOptions) ->
         value = options.get(field)
         if value is not None:
             frame[field] = value
+    files = options.get("files")
+    if files:
+        frame["files"] = dict(files)
     validate_frame(frame)
     return frame
 

@@ -54,6 +54,14 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
         ),
         None => None,
     };
+    // Read now too, from the host's directory; written once the workspace exists.
+    let bundle = match &spec.files {
+        Some(name) => Some(
+            read_source(&spec.host_dir.join(name))
+                .map_err(failed(format!("reading {}", name.to_string_lossy())))?,
+        ),
+        None => None,
+    };
     // Nothing done here reaches the host's mount table.
     os::mount(
         "none",
@@ -125,6 +133,12 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
         covered.insert(dir.clone());
     }
     workspace(spec, source)?;
+    if let Some(bundle) = bundle {
+        // Into the new workspace, which nothing inside has touched yet.
+        let files = sluice_gateway::jail::read_bundle(&bundle)?;
+        sluice_gateway::jail::write_files(&spec.workspace, files, Some((spec.uid, spec.gid)))
+            .map_err(failed("writing the files"))?;
+    }
     expose(exposed, &mut covered)?;
     // The covers stay writable only until the exposed trees are in place.
     for dir in &covered {

@@ -335,6 +335,7 @@ impl WarmPool {
                 processes: limits.processes,
                 warm: Some(wait),
                 terminal: None,
+                files: None,
             }
             .spawn()
             .map_err(io::Error::other)?;

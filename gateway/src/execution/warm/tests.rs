@@ -32,6 +32,7 @@ fn spec(runtime: Runtime, code: &str) -> ExecutionSpec {
             .resolve(&sluice_protocol::Limits::default())
             .unwrap_or_else(|err| panic!("{err}")),
         terminal: None,
+        files: Vec::new(),
     }
 }
 

@@ -28,6 +28,7 @@ fn a_spec_survives_its_arguments() {
         nice: Some(10),
         wait_for_go: Some("main.py".into()),
         terminal: true,
+        files: Some("files.bundle".into()),
         command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
     };
     assert_eq!(JailSpec::parse(spec.to_args()).unwrap(), spec);
@@ -162,4 +163,41 @@ fn a_subordinate_range_is_found_by_name_or_number() {
         "no ids in it"
     );
     assert_eq!(first_subordinate(table, "carol", "1003"), None);
+}
+
+#[test]
+fn a_bundle_gives_back_its_files_and_refuses_what_is_not_one() {
+    let dir = std::env::temp_dir().join(format!("sluice-bundle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(FILES_BUNDLE);
+    let files = vec![
+        ("pkg/util.py".to_owned(), "X = 1\n".to_owned()),
+        ("é/empty".to_owned(), String::new()),
+    ];
+    write_bundle(&path, &files).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let read = read_bundle(&bytes).unwrap();
+    assert_eq!(
+        read,
+        vec![("pkg/util.py", &b"X = 1\n"[..]), ("é/empty", &b""[..])]
+    );
+    // Cut short, or a path that climbs out: refused, whatever wrote it.
+    assert!(read_bundle(&bytes[..bytes.len() - 1]).is_err());
+    let mut climbing = Vec::new();
+    climbing.extend_from_slice(&5_u32.to_le_bytes());
+    climbing.extend_from_slice(b"../x1");
+    climbing.extend_from_slice(&0_u64.to_le_bytes());
+    assert!(read_bundle(&climbing).unwrap_err().contains(".."));
+    // Written into a directory: parents made, nothing through a link.
+    let target = dir.join("work");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink("/etc", target.join("up")).unwrap();
+    write_files(&target, read.iter().copied(), None).unwrap();
+    assert_eq!(
+        std::fs::read(target.join("pkg/util.py")).unwrap(),
+        b"X = 1\n"
+    );
+    assert!(write_files(&target, [("up/passwd", &b"x"[..])], None).is_err());
+    assert!(write_files(&target, [("up", &b"x"[..])], None).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
