@@ -272,8 +272,9 @@ export class RunPane extends Pane {
   constructor(host: PaneHost, id: string, title: string, request: SavedRequest) {
     super(host, id, 'run', title, request);
     const notice = element('p', 'trimmed', 'earlier output trimmed (a pane keeps the last 1 MiB)');
-    const pre = element('pre', 'output');
-    this.view = new OutputView(pre, notice, KEPT_OUTPUT);
+    const box = element('div', 'output');
+    box.setAttribute('role', 'log');
+    this.view = new OutputView(box, notice, KEPT_OUTPUT);
     this.stdinRow = element('form', 'stdin');
     this.stdinBox = element('input');
     this.stdinBox.placeholder = 'input: Enter sends the line';
@@ -289,7 +290,7 @@ export class RunPane extends Pane {
       this.sendLine();
     });
     this.eofButton.addEventListener('click', () => this.endInput());
-    this.root.append(notice, pre, this.usageLine, this.stdinRow);
+    this.root.append(notice, box, this.usageLine, this.stdinRow);
   }
 
   private sendLine(): void {
@@ -389,6 +390,7 @@ export class TerminalPane extends Pane {
   size(): { cols: number; rows: number } {
     const proposed = this.fit.proposeDimensions();
     if (proposed && proposed.cols > 0 && proposed.rows > 0) this.terminal.resize(proposed.cols, proposed.rows);
+    this.root.dataset['size'] = `${this.terminal.rows} ${this.terminal.cols}`;
     return { cols: this.terminal.cols, rows: this.terminal.rows };
   }
 
