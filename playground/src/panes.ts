@@ -85,7 +85,11 @@ export abstract class Pane {
   running: boolean;
   status: string;
   summary = '';
+  /** When Stop was clicked: by the page's clock, and as Unix time in ms. */
   private stopAskedAt: number | undefined;
+  private stopAskedAtUnixMs: number | undefined;
+  /** The gateway's time of the `started` event, in Unix seconds. */
+  private startedAt: number | undefined;
 
   constructor(
     protected readonly host: PaneHost,
@@ -169,6 +173,7 @@ export abstract class Pane {
     if (!this.running && event.type !== 'gap') return;
     switch (event.type) {
       case 'started':
+        this.startedAt = event.timestamp;
         this.setStatus('running', 'running');
         this.host.changed();
         return;
@@ -189,7 +194,13 @@ export abstract class Pane {
     this.running = false;
     const { status, words } = describeEnd(event);
     if (this.stopAskedAt !== undefined && event.type === 'cancelled') {
+      // How long Stop took to show, and (from the gateway's times: the program's start
+      // plus how long it ran) how long the program outlived the click.
       this.root.dataset['stoppedInMs'] = String(Math.round(performance.now() - this.stopAskedAt));
+      if (this.startedAt !== undefined && this.stopAskedAtUnixMs !== undefined && event.usage) {
+        const ended = this.startedAt * 1000 + event.usage.duration_ms;
+        this.root.dataset['ranAfterStopMs'] = String(Math.round(ended - this.stopAskedAtUnixMs));
+      }
     }
     this.summary = [words, describeUsage(event.usage)].filter(Boolean).join(' · ');
     this.usageLine.textContent = this.summary;
@@ -212,6 +223,7 @@ export abstract class Pane {
   stop(): void {
     if (!this.running) return;
     this.stopAskedAt = performance.now();
+    this.stopAskedAtUnixMs = Date.now();
     this.setStatus('stopping', 'stopping…');
     this.stopButton.disabled = true;
     this.control()?.cancel();
