@@ -370,12 +370,17 @@ async function main(): Promise<void> {
   }
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   let client: SluiceClient;
+  let reconnects = 0;
   try {
     client = await SluiceClient.connect(`${scheme}//${location.host}/v1/ws`, {
       ...(auth.token === undefined ? {} : { token: auth.token }),
       onConnectionChange: (state, reason) => {
-        if (state === 'connected') setStatus('connected', 'connected');
-        else if (state === 'reconnecting') setStatus('reconnecting', 'reconnecting…');
+        if (state === 'connected') {
+          reconnects += 1;
+          ui.status.dataset['reconnects'] = String(reconnects);
+          ui.status.title = `reconnected ${reconnects} time${reconnects === 1 ? '' : 's'}; the runs resumed where they were`;
+          setStatus('connected', 'connected');
+        } else if (state === 'reconnecting') setStatus('reconnecting', 'reconnecting…');
         else setStatus('closed', `disconnected${reason ? `: ${reason}` : ''} (reload the page to connect again)`);
       },
     });

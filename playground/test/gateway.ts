@@ -4,11 +4,13 @@
  */
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import net from 'node:net';
 import { createInterface } from 'node:readline';
 
 export interface Gateway {
   /** `http://127.0.0.1:PORT`: where the playground page is. */
   base: string;
+  port: number;
   stop(): Promise<void>;
 }
 
@@ -54,7 +56,7 @@ export async function startGateway(extraArgs: string[] = []): Promise<Gateway> {
   });
   child.removeAllListeners('exit');
   const port = new URL(url).port;
-  return { base: `http://127.0.0.1:${port}`, stop: () => stop(child) };
+  return { base: `http://127.0.0.1:${port}`, port: Number(port), stop: () => stop(child) };
 }
 
 function stop(child: ChildProcess): Promise<void> {
@@ -72,4 +74,41 @@ function stop(child: ChildProcess): Promise<void> {
 /** Makes an API key for `tenant` with `$SLUICE_BIN key add`, its hash appended to `file`. */
 export function addKey(tenant: string, file: string): string {
   return execFileSync(bin(), ['key', 'add', tenant, '--file', file], { encoding: 'utf8', timeout: 20_000 }).trim();
+}
+
+/** A TCP proxy in front of a port; `cut()` resets every connection it carries. */
+export interface Proxy {
+  port: number;
+  cut(): void;
+  close(): Promise<void>;
+}
+
+export async function startProxy(target: number): Promise<Proxy> {
+  const open = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(target, '127.0.0.1');
+    for (const socket of [client, upstream]) {
+      open.add(socket);
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        open.delete(socket);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    cut() {
+      for (const socket of open) socket.resetAndDestroy();
+      open.clear();
+    },
+    close() {
+      for (const socket of open) socket.destroy();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
 }

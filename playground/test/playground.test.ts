@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type Browser, chromium, type Page } from 'playwright-core';
-import { addKey, type Gateway, startGateway } from './gateway.js';
+import { addKey, type Gateway, startGateway, startProxy } from './gateway.js';
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
 /** playground/artifacts (the tests run from playground/build/test/). */
@@ -235,6 +235,37 @@ test("reloading the page attaches to the session again and the run's output goes
     assert.deepEqual(problems, []);
   } finally {
     await page.close();
+  }
+});
+
+test('a network blip: the indicator says so, and the run goes on over the new connection', async () => {
+  const proxy = await startProxy(gateway.port);
+  const { page, problems } = await openPage();
+  try {
+    // The page comes through the proxy, so its socket does too.
+    await load(page, `http://127.0.0.1:${proxy.port}`);
+    await page.selectOption('#language', 'python');
+    await typeCode(page, 'import sys\nprint("ready", flush=True)\nfor line in sys.stdin:\n    print("got", line.strip(), flush=True)\n');
+    await page.click('#run');
+    const run = await newest(page);
+    await waitForText(page, run, 'ready');
+    proxy.cut();
+    // The client reconnects through the proxy and resumes the session.
+    await page.waitForSelector('#status[data-reconnects="1"][data-state="connected"]', { state: 'attached', ...WAIT });
+    await run.locator('.stdin input').fill('after the blip');
+    await run.locator('.stdin input').press('Enter');
+    await waitForText(page, run, 'got after the blip');
+    await run.locator('button.eof').click();
+    await paneStatus(page, run, 'completed');
+    assert.equal(await run.locator('.output').textContent(), 'ready\ngot after the blip\n');
+    // The browser logs the dropped socket; nothing else went wrong.
+    assert.deepEqual(
+      problems.filter((p) => !p.includes('WebSocket')),
+      [],
+    );
+  } finally {
+    await page.close();
+    await proxy.close();
   }
 });
 

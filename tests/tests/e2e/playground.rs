@@ -128,12 +128,13 @@ async fn a_page_of_the_gateways_own_address_may_open_a_socket() -> Result<()> {
     )
     .await?;
     assert_eq!(runtimes.status, 200);
-    // Another port on the same address, or the same port under a name, is another origin.
+    // Another port on the same address, another address, or the same port under a
+    // name, is another origin.
     let port = gateway.addr().port();
     for foreign in [
         format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        format!("http://127.0.0.2:{port}"),
         format!("http://localhost:{port}"),
-        format!("https://{}", gateway.addr()),
     ] {
         let (status, _) = refused_upgrade(&gateway.url(), &[("Origin", &foreign)]).await?;
         assert_eq!(status, 403, "{foreign}");
