@@ -33,9 +33,11 @@ pub(super) const STYLE_PATH: &str = "/playground.css";
 
 /// What the page may load and connect to: its own script and style sheet, and the
 /// gateway (`'self'` covers `ws:` and `wss:` to the same host and port).
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
-     font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const CONTENT_SECURITY_POLICY: &str = concat!(
+    "default-src 'none'; script-src 'self'; connect-src 'self'; ",
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self'; ",
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+);
 
 /// One embedded file and its entity tag (computed once, on first use).
 struct Asset {
