@@ -35,6 +35,7 @@ const ui = {
   timeout: byId<HTMLInputElement>('timeout'),
   output: byId<HTMLInputElement>('output-limit'),
   status: byId<HTMLElement>('status'),
+  notice: byId<HTMLElement>('notice'),
   editor: byId<HTMLElement>('editor'),
   runs: byId<HTMLElement>('runs'),
   empty: byId<HTMLElement>('runs-empty'),
@@ -146,6 +147,14 @@ class Playground implements PaneHost {
     ui.language.addEventListener('change', () => this.languageChanged());
     ui.run.addEventListener('click', () => this.runEditor());
     ui.shell.addEventListener('click', () => this.openShell());
+    // Ctrl-Enter runs from anywhere but an input line or a terminal (the editor has its own key).
+    document.addEventListener('keydown', (event) => {
+      if (event.key !== 'Enter' || !(event.ctrlKey || event.metaKey) || event.defaultPrevented) return;
+      const target = event.target as HTMLElement | null;
+      if (target?.closest('input, textarea, .term, .cm-editor, dialog')) return;
+      event.preventDefault();
+      this.runEditor();
+    });
     this.languageChanged();
     addEventListener('pagehide', () => this.save());
     document.addEventListener('visibilitychange', () => {
@@ -258,6 +267,7 @@ class Playground implements PaneHost {
     this.panes.set(pane.id, pane);
     ui.empty.hidden = true;
     ui.runs.append(pane.root);
+    pane.mounted();
     pane.root.scrollIntoView({ block: 'nearest', inline: 'end' });
   }
 
@@ -374,6 +384,11 @@ async function main(): Promise<void> {
   try {
     client = await SluiceClient.connect(`${scheme}//${location.host}/v1/ws`, {
       ...(auth.token === undefined ? {} : { token: auth.token }),
+      // Refusals that belong to no run's stream (`stdin_full`, say): shown in the bar.
+      onSocketError: (error) => {
+        ui.notice.textContent = error.message;
+        ui.notice.title = error.message;
+      },
       onConnectionChange: (state, reason) => {
         if (state === 'connected') {
           reconnects += 1;

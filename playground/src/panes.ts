@@ -146,7 +146,8 @@ export abstract class Pane {
 
   /** Takes control of a run started before a reload by sending its request again. */
   protected control(): Execution | undefined {
-    if (this.execution || !this.running) return this.execution;
+    // Only a run from before a reload has no handle yet; a new one gets it from `follow`.
+    if (this.execution || !this.running || this.source !== 'reader') return this.execution;
     const options: TerminalOptions = { ...this.request, id: this.id, session: this.host.session };
     try {
       const execution = this.host.client.execute(this.request.code, options);
@@ -266,6 +267,9 @@ export abstract class Pane {
     };
   }
 
+  /** The pane is on the page. */
+  mounted(): void {}
+
   protected abstract output(stream: 'stdout' | 'stderr', text: string): void;
   protected abstract note(text: string): void;
   protected abstract saveOutput(): { output: Piece[]; trimmed: boolean };
@@ -353,6 +357,7 @@ export class TerminalPane extends Pane {
   readonly terminal: Terminal;
   private readonly fit = new FitAddon();
   private readonly resizeWatch: ResizeObserver;
+  private readonly box: HTMLElement;
   /** The tail of what was written to the terminal, saved across reloads. */
   private tail = '';
   private fitAsked = false;
@@ -371,7 +376,7 @@ export class TerminalPane extends Pane {
       scrollback: 5000,
     });
     this.terminal.loadAddon(this.fit);
-    this.terminal.open(box);
+    this.box = box;
     this.terminal.onData((data) => {
       if (!this.running) return;
       try {
@@ -385,7 +390,13 @@ export class TerminalPane extends Pane {
       if (this.running) (this.control() as Resizable | undefined)?.resize?.(cols, rows);
     });
     this.resizeWatch = new ResizeObserver(() => this.refit());
-    this.resizeWatch.observe(box);
+  }
+
+  /** xterm.js measures its cells when it opens: only once the pane is on the page. */
+  override mounted(): void {
+    if (this.terminal.element) return;
+    this.terminal.open(this.box);
+    this.resizeWatch.observe(this.box);
   }
 
   /** Fits the terminal to its box, once per animation frame at most. */
