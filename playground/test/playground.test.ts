@@ -324,7 +324,7 @@ async function waitForScreen(page: Page, id: string, pattern: RegExp): Promise<s
   await page.waitForFunction(
     ([id, source]) => {
       const rows = document.querySelector(`.pane[data-id="${id}"] .xterm-rows`);
-      const text = [...(rows?.children ?? [])].map((row) => (row.textContent ?? '').replace(/\u00a0/g, ' ')).join('\n');
+      const text = [...(rows?.children ?? [])].map((row) => (row.textContent ?? '').replace(/\u00a0/g, ' ').trimEnd()).join('\n');
       return new RegExp(source, 'm').test(text);
     },
     [id, pattern.source] as const,
@@ -348,7 +348,7 @@ test('a terminal: an interactive python3, and stty size follows the window', asy
     await paneStatus(page, pane, 'running');
     await pane.locator('.xterm').click();
     await page.keyboard.type('python3 -i\n');
-    await waitForScreen(page, id, />>> $/);
+    await waitForScreen(page, id, /^>>>$/);
     await page.keyboard.type('6 * 7\n');
     await waitForScreen(page, id, /^42$/);
     await page.keyboard.press('Control+D');
