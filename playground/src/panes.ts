@@ -61,7 +61,7 @@ export function describeUsage(usage: Usage | undefined): string {
 export function describeEnd(event: TerminalEvent): { status: string; words: string } {
   switch (event.type) {
     case 'completed':
-      if (event.signal !== undefined) return { status: 'completed', words: `killed by signal ${event.signal}` };
+      if (event.signal !== undefined) return { status: 'failed', words: `killed by signal ${event.signal}` };
       return { status: event.exit_code === 0 ? 'completed' : 'failed', words: `exit ${event.exit_code ?? '?'}` };
     case 'cancelled':
       return { status: 'cancelled', words: 'stopped' };
