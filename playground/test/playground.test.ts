@@ -191,8 +191,11 @@ test('a program printing without end does not freeze the page, and Stop ends it 
     // The program ended within a second of the click, by the gateway's account (its
     // start plus how long it ran; one clock, one machine). The page shows it once the
     // output already on its way (socket buffers: a few MiB on loopback) has been read.
-    const ranAfter = Number(await run.getAttribute('data-ran-after-stop-ms'));
-    const shownAfter = Number(await run.getAttribute('data-stopped-in-ms'));
+    const ranAfterText = await run.getAttribute('data-ran-after-stop-ms');
+    const shownAfterText = await run.getAttribute('data-stopped-in-ms');
+    assert.ok(ranAfterText !== null && shownAfterText !== null, 'the pane measured its Stop');
+    const ranAfter = Number(ranAfterText);
+    const shownAfter = Number(shownAfterText);
     console.log(`yes: ended ${ranAfter} ms after Stop; the page showed it after ${shownAfter} ms`);
     assert.ok(ranAfter < 1000, `the program ran ${ranAfter} ms after Stop`);
     assert.ok(shownAfter < 5000, `the page showed the end ${shownAfter} ms after Stop`);
