@@ -350,14 +350,14 @@ test('a terminal: an interactive python3, and stty size follows the window', asy
     const id = (await pane.getAttribute('data-id'))!;
     await paneStatus(page, pane, 'running');
     await pane.locator('.xterm').click();
-    await waitForScreen(page, id, /\$$/);
+    await waitForScreen(page, id, /[$#]$/);
     await page.keyboard.type('python3 -i\n');
     await waitForScreen(page, id, /^>>>$/);
     await page.keyboard.type('6 * 7\n');
     await waitForScreen(page, id, /^42$/);
     await page.keyboard.press('Control+D');
     // Back at the shell's prompt (the line that ran python3 no longer ends with it).
-    await waitForScreen(page, id, /\$$/);
+    await waitForScreen(page, id, /[$#]$/);
     await page.keyboard.type('stty size\n');
     const before = await pane.getAttribute('data-size');
     await waitForScreen(page, id, new RegExp(`^${before}$`));
