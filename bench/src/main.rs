@@ -11,6 +11,9 @@
 //!    (against the 1-subscriber run) and p99 delivery latency.
 //! 5. A persistent Python cell `print(1)`, execute to terminal event, against a fresh
 //!    Python process per execution through the same gateway.
+//! 6. Isolation: execute -> first stdout with cgroups and with the full jail (cold and
+//!    warm) against `--isolation none` and direct spawning; the same program on a
+//!    terminal (`tty`, always a cold start) against it on pipes; executions per second.
 //! 7. Fairness: a side execution's `print(1)` (execute to terminal event) while 16
 //!    executions spin, 4 processes each, against the same on an idle gateway; with
 //!    cgroups (a CPU share per execution) and without (`--isolation none`: a lower
@@ -410,11 +413,15 @@ async fn isolation_rows(
     let pools = idle::gauge(isolated_addr, "sluice_warm_pool_size").await? != "0";
     let (mut full, mut warm, mut none, mut direct) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tty_full, mut tty_none) = (Vec::new(), Vec::new());
     let mut misses = 0;
     for _ in 0..args.latency_runs {
         full.push(gateway_first_stdout(&mut isolated, true).await?.1);
         none.push(gateway_first_stdout(&mut plain, false).await?.1);
         direct.push(direct_first_stdout().await?);
+        // A terminal execution always starts cold: against the cold pipe start above.
+        tty_full.push(timed_start(&mut isolated, tty_request(), false).await?.1);
+        tty_none.push(timed_start(&mut plain, tty_request(), false).await?.1);
         if pools && pools_full(isolated_addr).await? {
             let (_, first, was_warm) = gateway_first_stdout(&mut isolated, false).await?;
             if was_warm {
@@ -424,7 +431,14 @@ async fn isolation_rows(
             }
         }
     }
-    for list in [&mut full, &mut warm, &mut none, &mut direct] {
+    for list in [
+        &mut full,
+        &mut warm,
+        &mut none,
+        &mut direct,
+        &mut tty_full,
+        &mut tty_none,
+    ] {
         list.sort();
     }
     let (f, n, d) = (
@@ -448,6 +462,17 @@ async fn isolation_rows(
         "<= 5 ms",
         f - n <= 5.0,
     );
+    for (what, tty, pipe) in [(label, &tty_full, &full), ("isolation none", &tty_none, &none)] {
+        let (t, p) = (ms(percentile(tty, 50)), ms(percentile(pipe, 50)));
+        row(
+            &format!("{what}, tty: execute -> stdout p50 (vs pipe)"),
+            t,
+            p,
+            t / p,
+            "<= pipe + 0.5 ms",
+            t - p <= 0.5,
+        );
+    }
     if !warm.is_empty() {
         let w = ms(percentile(&warm, 50));
         let runs = warm.len() + misses;
@@ -1041,6 +1066,14 @@ fn check_terminal(event: &Event) -> anyhow::Result<()> {
 }
 
 /// Runs `echo x` in `sh`; see [`timed_start`].
+/// `echo x` in `sh` on a terminal (`tty`), as section 6 times it.
+fn tty_request() -> ExecuteRequest {
+    ExecuteRequest {
+        tty: true,
+        ..execute_request("lat", "sh", "echo x")
+    }
+}
+
 async fn gateway_first_stdout(
     socket: &mut Socket,
     cold: bool,

@@ -59,6 +59,14 @@ enum Command {
     /// the program, a second Ctrl-C exits at once. The gateway is --url, or $SLUICE_URL.
     #[command(after_help = terminal::run::AFTER_HELP)]
     Run(Box<terminal::run::RunArgs>),
+    /// Start an interactive shell (or a Python or Node REPL) on a gateway, on a remote
+    /// terminal driven from this one, as `ssh` does.
+    ///
+    /// This terminal goes raw until the shell ends (every key, Ctrl-C and Ctrl-D
+    /// included, goes to the shell) and its window size is followed. The gateway is
+    /// --url, or $SLUICE_URL.
+    #[command(after_help = terminal::interactive::SHELL_AFTER_HELP)]
+    Shell(Box<terminal::interactive::ShellArgs>),
     /// Print a session's events live, one per line, whoever runs programs in it.
     ///
     /// Replays the events the gateway still buffers (after --since), then follows the
@@ -740,6 +748,7 @@ fn run_command(cli: Cli, parsed: &config_file::Parsed) -> anyhow::Result<()> {
                 .context("cannot write the report")
         }
         Command::Run(args) => std::process::exit(terminal::run::main(*args)),
+        Command::Shell(args) => std::process::exit(terminal::interactive::shell_main(*args)),
         Command::Attach(args) => std::process::exit(terminal::attach::main(args)),
         Command::Load(args) => std::process::exit(sluice_load::main(*args)),
         Command::Key(command) => key_command(command),

@@ -617,3 +617,57 @@ async fn a_gateway_that_fails_to_start_leaves_no_cgroup_behind() -> Result<()> {
     ensure!(left.is_empty(), "cgroup directories left behind: {left:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_t_runs_the_program_on_a_terminal() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    // Not started from a terminal: the remote one is 80x24, and this TERM is passed on.
+    let mut command = sluice(
+        &gateway,
+        &[
+            "run",
+            "-t",
+            "-l",
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo on a terminal; stty size; echo $TERM; echo err >&2",
+        ],
+    )?;
+    command.env("TERM", "vt220");
+    let output = within(
+        "sluice run -t to exit",
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await?
+    .context("the waiting thread panicked")?
+    .context("cannot run sluice")?;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "on a terminal\r\n24 80\r\nvt220\r\nerr\r\n",
+        "the terminal's one stream, stderr merged"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_types_its_input_and_exits_with_the_shells_status() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let done = finish(
+        &gateway,
+        &["shell", "-l", "sh"],
+        Some(b"echo answer $((6 * 7))\nexit 3\n".to_vec()),
+    )
+    .await?;
+    assert_eq!(done.code(), Some(3), "{}", done.stderr);
+    ensure!(
+        done.stdout_text().contains("answer 42\r\n"),
+        "{:?}",
+        done.stdout_text()
+    );
+    // An unknown language is one clear line.
+    let done = finish(&gateway, &["shell", "-l", "cobol"], None).await?;
+    assert_eq!(done.code(), Some(2));
+    done.assert_one_error_line("bash, sh, python or node")?;
+    Ok(())
+}

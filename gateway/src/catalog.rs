@@ -86,7 +86,9 @@ pub(crate) fn catalog(
                 .map(|e| e.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             persistent: KernelKind::for_runtime(runtime).is_some(),
-            tty: false,
+            // Every program of its own can run on a terminal; a cell cannot, but a
+            // runtime's programs can.
+            tty: true,
             // As an execution decides it (`connection::execute`, the launch): a
             // credential without the network takes it everywhere (or, where the gateway
             // cannot take it, runs nothing).

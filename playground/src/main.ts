@@ -9,7 +9,7 @@
 
 import { type Catalog, type ExecuteOptions, type RuntimeInfo, SluiceClient, type SluiceEvent } from '../../clients/typescript/src/index.js';
 import { type Editor, makeEditor } from './editor.js';
-import { type Pane, type PaneHost, RunPane, type TerminalOptions, TerminalPane } from './panes.js';
+import { type Pane, type PaneHost, RunPane, TerminalPane } from './panes.js';
 import { loadPage, loadToken, SAVED_IN_ALL, type SavedPage, type SavedRequest, savePage, saveToken } from './store.js';
 
 const MiB = 1 << 20;
@@ -228,7 +228,7 @@ class Playground implements PaneHost {
     const title = `${runtime.language} #${++this.counter} ${firstLine.trim().slice(0, 40)}`;
     let execution: ReturnType<SluiceClient['execute']>;
     try {
-      execution = this.client.execute(code, { ...request, session: this.session } as ExecuteOptions);
+      execution = this.client.execute(code, { ...request, session: this.session });
     } catch (err) {
       setStatus(ui.status.dataset['state'] ?? 'connected', `not run: ${(err as Error).message}`);
       return;
@@ -253,7 +253,7 @@ class Playground implements PaneHost {
     const { cols, rows } = pane.size();
     request.cols = cols;
     request.rows = rows;
-    const options: TerminalOptions = { ...request, id, session: this.session };
+    const options: ExecuteOptions = { ...request, id, session: this.session };
     try {
       pane.follow(this.client.execute(code, options));
     } catch (err) {

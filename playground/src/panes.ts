@@ -16,13 +16,6 @@ import { SAVED_PER_PANE, type SavedPane, type SavedRequest } from './store.js';
 /** What a run pane keeps of its output (the page says when it dropped older output). */
 export const KEPT_OUTPUT = 1 << 20;
 
-/**
- * Terminal mode (PROTOCOL.md, `execute` with `tty`): the options and the handle's
- * `resize`, as the client exposes them once the gateway has terminal mode.
- */
-export type TerminalOptions = ExecuteOptions & { tty?: boolean; cols?: number; rows?: number; term?: string };
-type Resizable = Execution & { resize?: (cols: number, rows: number) => void };
-
 /** What panes ask of the page. */
 export interface PaneHost {
   readonly client: SluiceClient;
@@ -148,7 +141,7 @@ export abstract class Pane {
   protected control(): Execution | undefined {
     // Only a run from before a reload has no handle yet; a new one gets it from `follow`.
     if (this.execution || !this.running || this.source !== 'reader') return this.execution;
-    const options: TerminalOptions = { ...this.request, id: this.id, session: this.host.session };
+    const options: ExecuteOptions = { ...this.request, id: this.id, session: this.host.session };
     try {
       const execution = this.host.client.execute(this.request.code, options);
       this.execution = execution;
@@ -387,7 +380,12 @@ export class TerminalPane extends Pane {
     });
     this.terminal.onResize(({ cols, rows }) => {
       this.root.dataset['size'] = `${rows} ${cols}`;
-      if (this.running) (this.control() as Resizable | undefined)?.resize?.(cols, rows);
+      if (!this.running) return;
+      try {
+        this.control()?.resize(cols, rows);
+      } catch (err) {
+        this.note(`not resized: ${(err as Error).message}`);
+      }
     });
     this.resizeWatch = new ResizeObserver(() => this.refit());
   }

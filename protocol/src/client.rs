@@ -28,6 +28,8 @@ pub enum ClientFrame {
     /// Ask which languages the gateway runs and which limits a request may ask for; the
     /// answer is a `runtimes` event on the socket's own stream.
     Runtimes(RuntimesFrame),
+    /// Change the size of a terminal execution's terminal (its program gets SIGWINCH).
+    Resize(ResizeFrame),
 }
 
 /// How program output is carried in `stdout`/`stderr` events.
@@ -53,6 +55,7 @@ impl Encoding {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "schema", schemars(transform = crate::schema::persistent_needs_session))]
+#[cfg_attr(feature = "schema", schemars(transform = crate::schema::terminal_only_with_tty))]
 pub struct ExecuteRequest {
     /// Client-chosen id, unique among this socket's running executions; every event of
     /// the execution carries it.
@@ -90,6 +93,46 @@ pub struct ExecuteRequest {
     /// executions, which run one at a time in the order they were sent. Needs `session`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub persistent: bool,
+    /// Run the program on a pseudo-terminal (inside its jail): its stdout, stderr and
+    /// stdin are the terminal, output comes as one `stdout` stream of the terminal's
+    /// bytes, and `stdin` data is typed into it. Not with `persistent`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// The terminal's width in columns (1 to 1000; default 80). Only with `tty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
+    pub cols: Option<u16>,
+    /// The terminal's height in rows (1 to 1000; default 24). Only with `tty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
+    pub rows: Option<u16>,
+    /// The program's `TERM` (default `xterm-256color`): letters, digits and `.+-_`, at
+    /// most 64 bytes. Only with `tty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 64), regex(pattern = crate::schema::TERM_NAME)))]
+    pub term: Option<String>,
+}
+
+/// Columns and rows a terminal may have, at most.
+pub const MAX_TERMINAL_SIDE: u16 = 1000;
+
+/// The terminal size a `tty` execution gets when it names none: 80 columns, 24 rows.
+pub const DEFAULT_TERMINAL_SIZE: (u16, u16) = (80, 24);
+
+/// The `TERM` a `tty` execution gets when it names none.
+pub const DEFAULT_TERM: &str = "xterm-256color";
+
+/// The longest `term` an execute may name.
+pub const MAX_TERM_BYTES: usize = 64;
+
+impl ExecuteRequest {
+    /// The terminal's size, `(cols, rows)`, with the defaults filled in.
+    pub fn terminal_size(&self) -> (u16, u16) {
+        (
+            self.cols.unwrap_or(DEFAULT_TERMINAL_SIZE.0),
+            self.rows.unwrap_or(DEFAULT_TERMINAL_SIZE.1),
+        )
+    }
 }
 
 /// The `stdin` frame: `data` is written to the program, then stdin is closed if `eof`.
@@ -158,6 +201,26 @@ pub struct AckFrame {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RuntimesFrame {}
 
+/// The `resize` frame: give a terminal execution's terminal a new size; its program gets
+/// SIGWINCH. Refused with `not_a_terminal` for an execution without `tty`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ResizeFrame {
+    /// The execution whose terminal changes size.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
+    pub id: String,
+    /// The session the execution runs in. Absent: an execution this socket started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
+    pub session: Option<String>,
+    /// Columns, 1 to 1000.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
+    pub cols: u16,
+    /// Rows, 1 to 1000.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
+    pub rows: u16,
+}
+
 /// The `detach` frame: stop delivering `session`'s events to this socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -196,7 +259,7 @@ struct FrameProbe {
     id: Option<serde_json::Value>,
 }
 
-const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach, ack, runtimes";
+const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach, ack, runtimes, resize";
 
 impl ClientFrame {
     /// Decodes one text frame and checks the constraints serde cannot express (id length,
@@ -220,6 +283,7 @@ impl ClientFrame {
             Self::Execute(e) => Some(&e.id),
             Self::Stdin(s) => Some(&s.id),
             Self::Cancel(c) => Some(&c.id),
+            Self::Resize(r) => Some(&r.id),
             Self::Attach(_) | Self::Detach(_) | Self::Ack(_) | Self::Runtimes(_) => None,
         }
     }
@@ -230,6 +294,7 @@ impl ClientFrame {
             Self::Execute(e) => e.session.as_deref(),
             Self::Stdin(s) => s.session.as_deref(),
             Self::Cancel(c) => c.session.as_deref(),
+            Self::Resize(r) => r.session.as_deref(),
             Self::Attach(a) => Some(&a.session),
             Self::Detach(d) => Some(&d.session),
             Self::Ack(a) => Some(&a.session),
@@ -246,6 +311,7 @@ impl ClientFrame {
             Self::Detach(_) => "detach",
             Self::Ack(_) => "ack",
             Self::Runtimes(_) => "runtimes",
+            Self::Resize(_) => "resize",
         }
     }
 
@@ -287,7 +353,11 @@ impl ClientFrame {
                 {
                     return Err(bad("args and env values may not contain NUL".to_owned()));
                 }
+                check_terminal(e).map_err(bad)?;
             }
+            Self::Resize(r) => check_side("cols", Some(r.cols))
+                .and_then(|()| check_side("rows", Some(r.rows)))
+                .map_err(bad)?,
             Self::Stdin(s) if s.data.is_none() && !s.eof => {
                 return Err(bad(
                     "stdin frame needs \"data\", \"eof\": true, or both".to_owned()
@@ -301,6 +371,55 @@ impl ClientFrame {
             | Self::Runtimes(_) => {}
         }
         Ok(())
+    }
+}
+
+/// The terminal fields of an `execute`: only with `tty`, never with `persistent`, sizes
+/// and `term` in range.
+fn check_terminal(e: &ExecuteRequest) -> Result<(), String> {
+    if !e.tty {
+        if let Some(field) = [
+            ("cols", e.cols.is_some()),
+            ("rows", e.rows.is_some()),
+            ("term", e.term.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(field, given)| given.then_some(field))
+        {
+            return Err(format!(
+                "\"{field}\" is only for a terminal: add \"tty\": true"
+            ));
+        }
+        return Ok(());
+    }
+    if e.persistent {
+        return Err(
+            "\"tty\" and \"persistent\" do not go together: a cell runs in the session's \
+             interpreter, which has no terminal"
+                .to_owned(),
+        );
+    }
+    check_side("cols", e.cols)?;
+    check_side("rows", e.rows)?;
+    if let Some(term) = &e.term {
+        let fine = |b: u8| b.is_ascii_alphanumeric() || b".+-_".contains(&b);
+        if term.is_empty() || term.len() > MAX_TERM_BYTES || !term.bytes().all(fine) {
+            return Err(format!(
+                "\"term\" must be 1 to {MAX_TERM_BYTES} letters, digits or .+-_ (like \"{DEFAULT_TERM}\"), not {:?}",
+                clip(term)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A terminal's columns or rows: 1 to [`MAX_TERMINAL_SIDE`].
+fn check_side(field: &str, value: Option<u16>) -> Result<(), String> {
+    match value {
+        Some(side) if side == 0 || side > MAX_TERMINAL_SIDE => Err(format!(
+            "\"{field}\" must be 1 to {MAX_TERMINAL_SIDE}, not {side}"
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -55,6 +55,9 @@ pub enum ErrorCode {
     /// its claims. Follows from the credential alone, so retrying does not help (a quota
     /// reached is `too_many_executions` or `too_many_sessions` instead).
     NotPermitted,
+    /// A `resize` named an execution that does not run on a terminal (it was started
+    /// without `tty`).
+    NotATerminal,
     /// Never sent by the gateway: the code of the synthetic terminal `error` a client
     /// gives an execution (or a session subscription) whose consumer fell behind, after
     /// cancelling it (see `clients/CONTRACT.md`). The same code in every client.
@@ -85,6 +88,7 @@ impl ErrorCode {
             Self::GatewayBusy => "gateway_busy",
             Self::Internal => "internal",
             Self::NotPermitted => "not_permitted",
+            Self::NotATerminal => "not_a_terminal",
             Self::SlowConsumer => "slow_consumer",
             Self::Other => "other",
         }

@@ -28,7 +28,8 @@ pub mod schema;
 
 pub use client::{
     AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding, ExecuteRequest,
-    FrameError, RuntimesFrame, StdinFrame,
+    FrameError, ResizeFrame, RuntimesFrame, StdinFrame, DEFAULT_TERM, DEFAULT_TERMINAL_SIZE,
+    MAX_TERMINAL_SIDE, MAX_TERM_BYTES,
 };
 pub use error::ErrorCode;
 pub use event::{Event, EventKind, InvalidEvent, LimitKind, Usage};

@@ -22,8 +22,8 @@ pub struct RuntimeInfo {
     /// `persistent: true` works: a session keeps one interpreter whose state lives
     /// from cell to cell.
     pub persistent: bool,
-    /// A program can run on a terminal. False for every language until the gateway has
-    /// terminal mode.
+    /// A program can run on a terminal (`tty: true`). True for every language whose
+    /// programs run as processes of their own.
     pub tty: bool,
     /// Its programs may reach the network (the caller's credential may still take it
     /// away; this says what the caller gets).

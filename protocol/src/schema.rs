@@ -24,6 +24,9 @@ use serde_json::{json, Value};
 /// A string without a NUL character (`args` and `env` values).
 pub(crate) const NO_NUL: &str = "^[^\\u0000]*$";
 
+/// A terminal type name (`term`): letters, digits and `.+-_`.
+pub(crate) const TERM_NAME: &str = "^[A-Za-z0-9.+_-]+$";
+
 /// The schema of a frame a client sends (`execute`, `stdin`, `cancel`, `attach`,
 /// `detach`, `ack`), as a JSON value (draft 2020-12).
 pub fn client_frame() -> Value {
@@ -104,6 +107,28 @@ pub(crate) fn persistent_needs_session(schema: &mut Schema) {
     schema.insert(
         "then".to_owned(),
         json!({"properties": {"session": {"type": "string"}}, "required": ["session"]}),
+    );
+}
+
+/// `cols`, `rows` and `term` only with `"tty": true`, and `tty` never with `persistent`.
+pub(crate) fn terminal_only_with_tty(schema: &mut Schema) {
+    let tty = json!({"properties": {"tty": {"const": true}}, "required": ["tty"]});
+    schema.insert(
+        "allOf".to_owned(),
+        json!([
+            {
+                "if": {"not": tty},
+                "then": {"not": {"anyOf": [
+                    {"required": ["cols"]}, {"required": ["rows"]}, {"required": ["term"]}
+                ]}}
+            },
+            {
+                "if": tty,
+                "then": {"not": {
+                    "properties": {"persistent": {"const": true}}, "required": ["persistent"]
+                }}
+            }
+        ]),
     );
 }
 

@@ -1,4 +1,5 @@
-//! The terminal client: `sluice run` and `sluice attach`, built on the Rust client
+//! The terminal client: `sluice run` (and `run -t`, `shell`, on a remote terminal) and
+//! `sluice attach`, built on the Rust client
 //! (`sluice-client`), which speaks the protocol, reconnects and resumes.
 //!
 //! This module holds what both commands share: the exit codes, the one-line `sluice:`
@@ -7,6 +8,8 @@
 //! handles rather than `print!`).
 
 pub(crate) mod attach;
+pub(crate) mod interactive;
+mod raw;
 pub(crate) mod run;
 
 use clap::Args;

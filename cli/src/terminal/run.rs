@@ -49,8 +49,13 @@ Input: stdin is forwarded as it is read (line by line from a terminal), then clo
 at its end (Ctrl-D at a terminal). It travels as UTF-8 text: bytes that are not
 valid UTF-8 reach the program as U+FFFD. Output is passed on byte for byte.
 
+With -t the program runs on a terminal instead: keys are typed into it as they are
+pressed (Ctrl-C there interrupts the program, not sluice), and its output is the
+terminal's one stream. `sluice shell` starts an interactive shell that way.
+
 Examples:
   sluice run hello.py
+  sluice run -t top.py
   sluice run -l python -c 'print(input().upper())' <<< hi
   sluice run --timeout-ms 5000 --env DEBUG=1 build.sh -- --fast
   SLUICE_URL=ws://host:7878/v1/ws sluice run job.js
@@ -79,6 +84,13 @@ pub(crate) struct RunArgs {
 
     #[command(flatten)]
     gateway: GatewayArgs,
+
+    /// Run the program on a terminal, driven from this one as `ssh -t` does: this
+    /// terminal goes raw (every key, Ctrl-C included, is typed into the program's
+    /// terminal), its window size is followed, and it is restored on exit. Output is
+    /// the terminal's one stream (stderr merged).
+    #[arg(short = 't', long)]
+    tty: bool,
 
     /// Run in this named session (created if it is not open), so that others can follow
     /// it with `sluice attach NAME`. Default: a session of its own.
@@ -137,6 +149,9 @@ pub(crate) fn main(args: RunArgs) -> i32 {
 }
 
 async fn run(args: RunArgs) -> Result<i32, Failure> {
+    if args.tty {
+        return super::interactive::run(args.request()?, &args.gateway).await;
+    }
     let mut interrupts = Interrupts::install()?;
     let request = args.request()?;
     let client = tokio::select! {
@@ -375,7 +390,7 @@ impl Runner {
 }
 
 /// The status and message for the execution's terminal event.
-fn ending(event: &Event, cancelled_by_us: bool) -> Result<i32, Failure> {
+pub(crate) fn ending(event: &Event, cancelled_by_us: bool) -> Result<i32, Failure> {
     match event.kind {
         EventKind::Completed => match (event.exit_code, event.signal) {
             (Some(code), _) if (0..=255).contains(&code) => Ok(code),

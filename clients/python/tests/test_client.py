@@ -275,7 +275,7 @@ async def test_runtimes_lists_the_languages_and_limits(gateway_url: str) -> None
         assert names == sorted(names) and {"python", "sh"} <= set(names)
         python = catalog.runtime("python")
         assert python is not None and (python.file_name, python.extension) == ("main.py", "py")
-        assert python.persistent and not python.tty
+        assert python.persistent and python.tty
         assert python.version is not None and python.version.startswith("Python 3.")
         timeout = catalog.limits["timeout_ms"]
         assert 0 < timeout.default <= timeout.max

@@ -46,7 +46,7 @@ def test_invalid_event_is_refused(path: Path) -> None:
 @pytest.mark.parametrize("path", VALID_FRAMES, ids=ids(VALID_FRAMES))
 def test_valid_client_frame_decodes(path: Path) -> None:
     frame = decode_frame(path.read_text(encoding="utf-8"))
-    assert frame["type"] in ("execute", "stdin", "cancel", "attach", "detach", "ack", "runtimes")
+    assert frame["type"] in ("execute", "stdin", "cancel", "attach", "detach", "ack", "runtimes", "resize")
 
 
 @pytest.mark.parametrize("path", INVALID_FRAMES, ids=ids(INVALID_FRAMES))

@@ -89,6 +89,10 @@ REFUSED = [
     '{"type":"stdin","id":"a","data":null}',
     '{"type":"stdin","id":"a","eof":false}',
     '{"type":"attach","session":""}',
+    '{"type":"execute","id":"a","language":"sh","code":"","rows":24}',
+    '{"type":"execute","id":"a","language":"sh","code":"","tty":false,"term":"vt100"}',
+    '{"type":"execute","id":"a","language":"python","code":"","tty":true,"persistent":true,"session":"s"}',
+    '{"type":"resize","id":"a","cols":80,"rows":0}',
 ]
 
 

@@ -37,6 +37,14 @@ pub(crate) enum Command {
         eof: bool,
         reply: Reply<()>,
     },
+    /// Send a `resize` frame, if the execution is still running.
+    Resize {
+        id: String,
+        serial: u64,
+        cols: u16,
+        rows: u16,
+        reply: Reply<()>,
+    },
     /// Send a `cancel` frame once, if the execution is still running.
     Cancel {
         id: String,

@@ -143,9 +143,27 @@ impl Execution {
         self.stdin(Some(data.into()), false).await
     }
 
-    /// Closes the program's standard input (end of file).
+    /// Closes the program's standard input (end of file). On a terminal (`tty`) it types
+    /// the terminal's end-of-file character (Ctrl-D) instead, and input may go on.
     pub async fn close_stdin(&self) -> Result<(), ClientError> {
         self.stdin(None, true).await
+    }
+
+    /// Gives a terminal execution's (`tty`) terminal a new size; its program gets
+    /// SIGWINCH. The gateway refuses it for an execution without a terminal
+    /// (`not_a_terminal`, on [`Client::socket_events`](crate::Client::socket_events)).
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), ClientError> {
+        if self.finished {
+            return Err(ClientError::ExecutionFinished(self.id.clone()));
+        }
+        call(&self.commands, &self.shared, |reply| Command::Resize {
+            id: self.id.clone(),
+            serial: self.serial,
+            cols,
+            rows,
+            reply,
+        })
+        .await
     }
 
     async fn stdin(&self, data: Option<String>, eof: bool) -> Result<(), ClientError> {

@@ -15,7 +15,7 @@ import { Connection, type ReconnectOptions, tokenFitsSubprotocol, type WebSocket
 import { ConnectionError, GatewayError, InvalidEventError, SluiceError } from './errors.js';
 import { type Catalog, decodeEvent, type ErrorEvent, isTerminal, type SluiceEvent } from './events.js';
 import { type ExecuteOptions, Execution, type ExecutionHost } from './execution.js';
-import { type ExecuteFrame, encodeFrame } from './frames.js';
+import { type ExecuteFrame, encodeFrame, type ResizeFrame } from './frames.js';
 import { type AttachOptions, SessionEvents, type SessionHost } from './session.js';
 
 /** Options of {@link SluiceClient.connect}. */
@@ -127,6 +127,7 @@ export class SluiceClient {
   /** What executions and session readers call back into. */
   private readonly host: ExecutionHost & SessionHost = {
     sendStdin: (execution, data, eof) => this.sendStdinFor(execution, data, eof),
+    resize: (execution, cols, rows) => this.resizeFor(execution, cols, rows),
     cancel: (execution) => this.cancelFor(execution),
     detach: (reader) => this.detachReader(reader),
   };
@@ -197,7 +198,8 @@ export class SluiceClient {
 
   /**
    * Starts running `code` and returns its handle at once: iterate it for events, use
-   * `sendStdin`/`closeStdin`/`cancel`, or await `done` for the outcome. Throws an
+   * `sendStdin`/`closeStdin`/`cancel` (and `resize` for `tty: true`, on a terminal), or
+   * await `done` for the outcome. Throws an
    * {@link SluiceError} (code `bad_request`) for an invalid request, and a
    * {@link ConnectionError} once the client is closed.
    */
@@ -212,12 +214,17 @@ export class SluiceClient {
     if (options.args !== undefined) frame.args = options.args;
     if (options.limits !== undefined) frame.limits = options.limits;
     if (options.encoding !== undefined) frame.encoding = options.encoding;
+    if (options.tty !== undefined) frame.tty = options.tty;
+    if (options.cols !== undefined) frame.cols = options.cols;
+    if (options.rows !== undefined) frame.rows = options.rows;
+    if (options.term !== undefined) frame.term = options.term;
     const text = encodeFrame(frame);
     const execution = new Execution(this.host, {
       id,
       session: options.session,
       frame: text,
       stdinGiven: options.stdin !== undefined,
+      tty: options.tty === true,
       maxBufferedBytes: this.maxBufferedBytes,
       signal: options.signal,
     });
@@ -326,6 +333,14 @@ export class SluiceClient {
     if (execution.session !== undefined && (execution.named || execution.answered)) frame.session = execution.session;
     if (data !== undefined) frame.data = data;
     if (eof) frame.eof = true;
+    this.write(encodeFrame(frame), execution, 'other');
+  }
+
+  private resizeFor(execution: Execution, cols: number, rows: number): void {
+    this.checkOpen();
+    const frame: ResizeFrame = { type: 'resize', id: execution.id, cols, rows };
+    // With its session, the frame reaches the execution from a reconnected socket too.
+    if (execution.session !== undefined && (execution.named || execution.answered)) frame.session = execution.session;
     this.write(encodeFrame(frame), execution, 'other');
   }
 

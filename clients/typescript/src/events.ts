@@ -27,6 +27,7 @@ export type KnownErrorCode =
   | 'kernel_lost'
   | 'gateway_busy'
   | 'not_permitted'
+  | 'not_a_terminal'
   | 'internal';
 
 /**

@@ -28,7 +28,7 @@ export interface ExecuteOptions {
   session?: string;
   /** Run `code` as a cell of the session's persistent interpreter (needs `session`). */
   persistent?: boolean;
-  /** The program's whole standard input; stdin is closed after it. */
+  /** The program's whole standard input; stdin is closed after it (with `tty`, it is typed and input stays open). */
   stdin?: string;
   /** Environment variables added to the runtime's. */
   env?: Record<string, string>;
@@ -38,6 +38,20 @@ export interface ExecuteOptions {
   limits?: Limits;
   /** How output travels: `utf8` (default) or `base64` (exact bytes). */
   encoding?: Encoding;
+  /**
+   * Run the program on a pseudo-terminal (not with `persistent`): it sees a terminal on its
+   * stdin, stdout and stderr; output is one `stdout` stream of the terminal's bytes (stderr
+   * merged, `"\n"` sent as `"\r\n"`); {@link Execution.sendStdin} types (`"\x03"` is Ctrl-C),
+   * {@link Execution.closeStdin} types Ctrl-D and input stays open; {@link Execution.resize}
+   * changes its size.
+   */
+  tty?: boolean;
+  /** The terminal's width in columns, 1 to 1000 (default 80). Only with `tty`. */
+  cols?: number;
+  /** The terminal's height in rows, 1 to 1000 (default 24). Only with `tty`. */
+  rows?: number;
+  /** The program's `TERM` (default `xterm-256color`): 1 to 64 letters, digits or `.+-_`. Only with `tty`. */
+  term?: string;
   /** Aborting it cancels the execution (or, before it was sent, never sends it). */
   signal?: AbortSignal;
 }
@@ -69,6 +83,7 @@ export interface Outcome {
 /** What an {@link Execution} asks of the client that runs it. */
 export interface ExecutionHost {
   sendStdin(execution: Execution, data: string | undefined, eof: boolean): void;
+  resize(execution: Execution, cols: number, rows: number): void;
   cancel(execution: Execution): void;
 }
 
@@ -91,6 +106,8 @@ class TextSink {
 export class Execution implements AsyncIterable<SluiceEvent> {
   /** The execution id. */
   readonly id: string;
+  /** True when it was started with `tty: true`: it runs on a terminal, which {@link resize} changes. */
+  readonly tty: boolean;
   /** Resolves with how it ended; rejects with a {@link GatewayError} (code from the gateway) or a {@link SluiceError}. */
   readonly done: Promise<Outcome>;
 
@@ -126,6 +143,7 @@ export class Execution implements AsyncIterable<SluiceEvent> {
       session: string | undefined;
       frame: string;
       stdinGiven: boolean;
+      tty?: boolean;
       maxBufferedBytes: number;
       signal?: AbortSignal | undefined;
     },
@@ -134,7 +152,9 @@ export class Execution implements AsyncIterable<SluiceEvent> {
     this.sessionName = options.session;
     this.named = options.session !== undefined;
     this.frame = options.frame;
-    this.stdinClosed = options.stdinGiven;
+    this.tty = options.tty === true;
+    // A terminal's input never closes: its `stdin` and `eof` are typed (Ctrl-D ends one read).
+    this.stdinClosed = options.stdinGiven && !this.tty;
     this.queue = new BoundedQueue<SluiceEvent>(
       options.maxBufferedBytes,
       (event) => event.data.length + 256,
@@ -175,17 +195,39 @@ export class Execution implements AsyncIterable<SluiceEvent> {
     return this.finished;
   }
 
-  /** Writes `data` to the program's standard input. */
+  /** Writes `data` to the program's standard input; on a terminal (`tty`) it is typed (`"\r"` is Enter, `"\x03"` Ctrl-C). */
   sendStdin(data: string): void {
     this.checkStdin();
     this.host.sendStdin(this, data, false);
   }
 
-  /** Closes the program's standard input (after any data sent before). */
+  /**
+   * Closes the program's standard input (after any data sent before). On a terminal (`tty`)
+   * it types Ctrl-D instead, which ends the program's current read, and input stays open.
+   */
   closeStdin(): void {
     this.checkStdin();
-    this.stdinClosed = true;
+    this.stdinClosed = !this.tty;
     this.host.sendStdin(this, undefined, true);
+  }
+
+  /**
+   * Gives its terminal `cols` columns and `rows` rows (1 to 1000 each); the program gets
+   * SIGWINCH. Returns false, and sends nothing, once it has ended: a terminal widget resized
+   * as its program ends is no error. Throws a {@link SluiceError} with code `not_a_terminal`
+   * if it was not started with `tty: true` (the gateway would refuse it so), and an
+   * {@link InvalidFrameError} (code `bad_request`) for a size out of range.
+   */
+  resize(cols: number, rows: number): boolean {
+    if (!this.tty) {
+      throw new SluiceError(
+        'not_a_terminal',
+        `execution ${JSON.stringify(this.id)} does not run on a terminal: only an execution started with tty: true can be resized`,
+      );
+    }
+    if (this.finished) return false;
+    this.host.resize(this, cols, rows);
+    return true;
   }
 
   private checkStdin(): void {

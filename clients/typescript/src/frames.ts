@@ -36,6 +36,28 @@ export interface ExecuteFrame {
   args?: string[];
   limits?: Limits;
   encoding?: Encoding;
+  /**
+   * Run the program on a pseudo-terminal: output is one `stdout` stream of the terminal's
+   * bytes (stderr merged, `"\n"` sent as `"\r\n"`), `stdin` data is typed. Not with `persistent`.
+   */
+  tty?: boolean;
+  /** The terminal's width, 1 to 1000 (default 80). Only with `tty: true`. */
+  cols?: number;
+  /** The terminal's height, 1 to 1000 (default 24). Only with `tty: true`. */
+  rows?: number;
+  /** The program's `TERM` (default `xterm-256color`): 1 to 64 letters, digits or `.+-_`. Only with `tty: true`. */
+  term?: string;
+}
+
+/** `resize`: a terminal execution's terminal gets a new size; its program gets SIGWINCH. */
+export interface ResizeFrame {
+  type: 'resize';
+  id: string;
+  session?: string;
+  /** Columns, 1 to 1000. */
+  cols: number;
+  /** Rows, 1 to 1000. */
+  rows: number;
 }
 
 /** `stdin` (§4.2): at least one of `data` and `eof: true`. */
@@ -80,7 +102,17 @@ export interface RuntimesFrame {
 }
 
 /** Any frame a client sends. */
-export type ClientFrame = ExecuteFrame | StdinFrame | CancelFrame | AttachFrame | DetachFrame | AckFrame | RuntimesFrame;
+export type ClientFrame = ExecuteFrame | StdinFrame | CancelFrame | AttachFrame | DetachFrame | AckFrame | RuntimesFrame | ResizeFrame;
+
+/** Most columns or rows a terminal may have (the least is 1). */
+export const MAX_TERMINAL_SIDE = 1000;
+/** The size, `[cols, rows]`, of a `tty` execution's terminal when it names none. */
+export const DEFAULT_TERMINAL_SIZE: readonly [number, number] = [80, 24];
+/** The `TERM` of a `tty` execution that names none. */
+export const DEFAULT_TERM = 'xterm-256color';
+/** Most bytes in a `term`. */
+export const MAX_TERM_BYTES = 64;
+const TERM_NAME = /^[A-Za-z0-9.+\-_]+$/;
 
 const MAX_NAME_BYTES = 128;
 const LIMIT_NAMES: readonly (keyof Limits)[] = [
@@ -152,6 +184,7 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
         if (encoding !== 'utf8' && encoding !== 'base64') bad(type, '"encoding" must be "utf8" or "base64"');
         frame.encoding = encoding as Encoding;
       }
+      terminal(obj, frame);
       return frame;
     }
     case 'stdin': {
@@ -184,11 +217,59 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
       return { type, session: name(obj, 'session', type), sequence: count(obj['sequence'], 'sequence', type) };
     case 'runtimes':
       return { type };
+    case 'resize': {
+      const frame: ResizeFrame = { type, id: name(obj, 'id', type), cols: 0, rows: 0 };
+      const session = optionalName(obj, 'session', type);
+      if (session !== undefined) frame.session = session;
+      frame.cols = side(obj['cols'], 'cols', type);
+      frame.rows = side(obj['rows'], 'rows', type);
+      return frame;
+    }
     default:
       throw new InvalidFrameError(
-        `unknown frame type ${JSON.stringify(type)}; expected one of execute, stdin, cancel, attach, detach, ack, runtimes`,
+        `unknown frame type ${JSON.stringify(type)}; expected one of execute, stdin, cancel, attach, detach, ack, runtimes, resize`,
       );
   }
+}
+
+/**
+ * The terminal fields of an `execute`, checked and copied into `frame`: `cols`, `rows` and
+ * `term` only with `tty: true`, `tty` never with `persistent`, sizes and `term` in range.
+ */
+function terminal(obj: Record<string, unknown>, frame: ExecuteFrame): void {
+  const type = 'execute';
+  const tty = obj['tty'];
+  if (tty !== undefined) {
+    if (typeof tty !== 'boolean') bad(type, '"tty" must be a boolean');
+    frame.tty = tty as boolean;
+  }
+  if (tty !== true) {
+    for (const field of ['cols', 'rows', 'term']) {
+      if (obj[field] !== undefined) bad(type, `"${field}" is only for a terminal: add "tty": true`);
+    }
+    return;
+  }
+  if (frame.persistent === true) {
+    bad(type, '"tty" and "persistent" do not go together: a cell runs in the session\'s interpreter, which has no terminal');
+  }
+  if (obj['cols'] !== undefined) frame.cols = side(obj['cols'], 'cols', type);
+  if (obj['rows'] !== undefined) frame.rows = side(obj['rows'], 'rows', type);
+  const term = obj['term'];
+  if (term !== undefined) {
+    if (typeof term !== 'string' || term.length > MAX_TERM_BYTES || !TERM_NAME.test(term)) {
+      const shown = typeof term === 'string' ? JSON.stringify(term.slice(0, 80)) : typeof term;
+      bad(type, `"term" must be 1 to ${MAX_TERM_BYTES} letters, digits or .+-_ (like "${DEFAULT_TERM}"), not ${shown}`);
+    }
+    frame.term = term as string;
+  }
+}
+
+/** A terminal's columns or rows: an integer from 1 to {@link MAX_TERMINAL_SIDE}. */
+function side(value: unknown, field: string, type: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_TERMINAL_SIDE) {
+    bad(type, `"${field}" must be an integer from 1 to ${MAX_TERMINAL_SIDE}`);
+  }
+  return value as number;
 }
 
 function bad(type: string, why: string): never {

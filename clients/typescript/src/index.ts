@@ -48,12 +48,17 @@ export {
   type AttachFrame,
   type CancelFrame,
   type ClientFrame,
+  DEFAULT_TERM,
+  DEFAULT_TERMINAL_SIZE,
   type DetachFrame,
   type Encoding,
   type ExecuteFrame,
   encodeFrame,
   type Limits,
+  MAX_TERM_BYTES,
+  MAX_TERMINAL_SIDE,
   parseClientFrame,
+  type ResizeFrame,
   type StdinFrame,
 } from './frames.js';
 export { type AttachOptions, SessionEvents } from './session.js';

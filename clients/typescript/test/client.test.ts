@@ -463,7 +463,7 @@ describe('runtimes', () => {
     assert.equal(python?.file_name, 'main.py');
     assert.equal(python?.extension, 'py');
     assert.equal(python?.persistent, true);
-    assert.equal(python?.tty, false);
+    assert.equal(python?.tty, true);
     assert.match(python?.version ?? '', /^Python 3\./);
     const timeout = catalog.limits['timeout_ms'];
     assert.ok(timeout && timeout.default > 0 && timeout.default <= timeout.max);

@@ -312,6 +312,14 @@ impl Connection {
     fn start(&mut self, request: ExecuteRequest, session: Arc<Session>, admitted: Admitted) {
         let state = self.state.clone();
         let fingerprint = Fingerprint::of(&request);
+        let terminal = request.tty.then(|| {
+            let term = request.term.clone();
+            let term = term.unwrap_or_else(|| sluice_protocol::DEFAULT_TERM.to_owned());
+            Arc::new(execution::TerminalControl::new(
+                term,
+                request.terminal_size(),
+            ))
+        });
         let ExecuteRequest {
             id,
             code,
@@ -337,6 +345,7 @@ impl Connection {
             stdin,
             encoding,
             limits,
+            terminal,
         };
         let ctx = ExecutionContext {
             session: session.clone(),

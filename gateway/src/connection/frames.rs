@@ -104,6 +104,7 @@ impl Connection {
             Ok(ClientFrame::Detach(frame)) => self.detach(frame),
             Ok(ClientFrame::Ack(frame)) => self.ack(frame),
             Ok(ClientFrame::Runtimes(_)) => self.runtimes().await,
+            Ok(ClientFrame::Resize(frame)) => self.resize(frame).await,
             Err(err) => self.refuse_frame(err).await,
         }
     }

@@ -1,6 +1,6 @@
 //! The executions this socket started ([`OwnExecutions`]), and the frames routed to a
 //! running execution by id: `stdin` (queued within the execution's frame and byte
-//! budgets and the gateway's buffer budget) and `cancel`. With `session`, the id is
+//! budgets and the gateway's buffer budget), `cancel` and `resize`. With `session`, the id is
 //! looked up in that session (which this socket must read); without, among the
 //! executions this socket started. Executions belong to their sessions: this is only
 //! where they are found from here.
@@ -9,7 +9,7 @@ use super::frames::{unknown_session, Connection, Refusal};
 use crate::buffer_budget::BufferBudget;
 use crate::execution::{self, StdinChunk};
 use crate::session::{Known, Session};
-use sluice_protocol::{CancelFrame, ErrorCode, StdinFrame};
+use sluice_protocol::{CancelFrame, ErrorCode, ResizeFrame, StdinFrame};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -125,6 +125,33 @@ impl Connection {
     }
 }
 
+impl Connection {
+    pub(super) async fn resize(&mut self, frame: ResizeFrame) {
+        let ResizeFrame {
+            id,
+            session,
+            cols,
+            rows,
+        } = frame;
+        let resized = self.with_running(session.as_deref(), &id, |handle| {
+            let Some(terminal) = &handle.terminal else {
+                let message = format!(
+                    "execution {id:?} does not run on a terminal: only an execute with \"tty\": true can be resized"
+                );
+                return Err((ErrorCode::NotATerminal, message));
+            };
+            terminal.resize(cols, rows).or_else(|err| {
+                // The program ended a moment ago and took the terminal with it.
+                tracing::debug!(%err, "resizing a terminal failed");
+                Ok(())
+            })
+        });
+        if let Err((code, message)) = resized {
+            self.refuse(None, code, message).await;
+        }
+    }
+}
+
 /// Queues client input for a running program, within its byte and frame budgets and
 /// the gateway's buffer budget (the queued bytes are held against it until written).
 fn offer_stdin(
@@ -166,7 +193,8 @@ fn offer_stdin(
     }
     match sent {
         Ok(()) => {
-            handle.stdin_closed = eof;
+            // A terminal's end of input is a typed Ctrl-D: more may follow.
+            handle.stdin_closed = eof && handle.terminal.is_none();
             Ok(())
         }
         Err(TrySendError::Full(_)) => Err((

@@ -194,7 +194,7 @@ pub(super) async fn run_cell(
                 }),
                 stdin: pipes.stdin,
                 stdout: pipes.stdout,
-                stderr: pipes.stderr,
+                stderr: Some(pipes.stderr),
                 started_at,
                 warm: false,
             };

@@ -32,7 +32,8 @@ pub(super) struct Launched {
     /// Registered with the reactor only when the client first sends input.
     pub(super) stdin: std::os::fd::OwnedFd,
     pub(super) stdout: pipe::Receiver,
-    pub(super) stderr: pipe::Receiver,
+    /// None on a terminal, which merges it into stdout.
+    pub(super) stderr: Option<pipe::Receiver>,
     pub(super) started_at: Instant,
     /// Claimed from the warm pool rather than started for this execution.
     pub(super) warm: bool,
@@ -50,12 +51,23 @@ pub(super) fn jail_processes(host: &Host) -> u64 {
 /// Writes the source file and starts the program; a failure becomes the execution's
 /// terminal `error`.
 pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
-    if let Some(pool) = &host.warm {
+    // A warm entry's stdio are pipes: a terminal program always starts cold.
+    if let (Some(pool), None) = (&host.warm, &spec.terminal) {
         if let Some(launched) = pool.claim(spec, host) {
             return Ok(launched);
         }
     }
     let id = Some(spec.id.clone());
+    let terminal = match spec.terminal.as_deref().map(super::TerminalControl::open) {
+        None => None,
+        Some(Ok(terminal)) => Some(terminal),
+        Some(Err(err)) => {
+            host.observe.metrics.sandbox_failed(SandboxStage::Spawn);
+            tracing::warn!(%err, "could not open a terminal");
+            let message = format!("could not open a terminal for the program: {err}");
+            return Err(Box::new(Event::error(id, ErrorCode::SpawnFailed, message)));
+        }
+    };
     let cgroup = match host.cgroups.create(
         spec.limits.memory_bytes,
         spec.limits.processes.saturating_add(jail_processes(host)),
@@ -82,12 +94,18 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
         }
     };
+    let mut env = environment(&spec.runtime, &spec.env, &host.base_env, workdir.path());
+    if let Some(control) = &spec.terminal {
+        // Before the request's own variables, which may name another.
+        let at = env.len() - spec.env.len();
+        env.insert(at, ("TERM", control.term()));
+    }
     let launch = Launch {
         runtime: &spec.runtime,
         workdir: workdir.path(),
         source: &workdir.source(),
         args: &spec.args,
-        env: environment(&spec.runtime, &spec.env, &host.base_env, workdir.path()),
+        env,
         rlimits: rlimits(&spec.limits),
         cgroup,
         no_network: host.no_network,
@@ -96,15 +114,19 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         scratch_bytes: spec.limits.workspace_bytes,
         processes: spec.limits.processes,
         warm: None,
+        terminal: terminal.as_ref(),
     };
     let started_at = Instant::now();
     let spawned = launch.spawn();
+    // The program has its copies of the terminal's program side (and the jail's init
+    // gives its own up): once they are all closed, reading the terminal ends.
+    drop(terminal);
     host.observe.metrics.spawned(started_at.elapsed());
     match spawned {
         Ok(spawned) => Ok(Launched {
             workdir: Some(workdir),
             program: Program::Process(Box::new(spawned.child)),
-            stdin: std::os::fd::OwnedFd::from(spawned.stdin),
+            stdin: spawned.stdin,
             stdout: spawned.stdout,
             stderr: spawned.stderr,
             started_at,

@@ -1,7 +1,7 @@
 //! One execution from `execute` to its terminal event.
 //!
 //! The connection keeps an [`ExecutionHandle`] per running id and drives the execution
-//! only through it (stdin queue, cancel token). The execution task owns everything else
+//! only through it (stdin queue, cancel token, terminal size). The execution task owns everything else
 //! and always ends with exactly one terminal event, after the process group is gone. It
 //! sees the session it runs in only through [`Owner`]. One file per concept:
 //!
@@ -11,6 +11,8 @@
 //! - `supervise.rs`: from start to terminal event, gathering what the verdict needs;
 //! - `pump.rs`: the output pump (pipes to events, limits, cancel, exit, drain);
 //! - `stdin.rs`: the stdin feeder;
+//! - `terminal.rs`: a terminal execution's pseudo-terminal (opened at launch, resized
+//!   through the handle);
 //! - `warm/`: the warm pools: jails (and Python interpreters) started ahead of their executions;
 //! - `verdict.rs`: which terminal event, as a pure function of what was observed;
 //! - `process.rs`, `program.rs`, `output.rs`, `workdir.rs`: the child process group,
@@ -26,12 +28,14 @@ mod program;
 mod pump;
 mod stdin;
 mod supervise;
+mod terminal;
 mod verdict;
 pub(crate) mod warm;
 mod workdir;
 
 pub(crate) use kernel::{InterpreterSeat, KernelKind};
 pub(crate) use stdin::StdinChunk;
+pub(crate) use terminal::TerminalControl;
 
 use crate::config::EffectiveLimits;
 use crate::fanout::EventStream;
@@ -78,6 +82,8 @@ pub(crate) struct ExecutionHandle {
     /// Set by the execution just before it sends its terminal event, so an id is free for
     /// reuse as soon as a client can have seen that event.
     finished: Arc<AtomicBool>,
+    /// A terminal execution's terminal, for `resize`.
+    pub(crate) terminal: Option<Arc<TerminalControl>>,
 }
 
 impl ExecutionHandle {
@@ -102,6 +108,8 @@ pub(crate) struct ExecutionSpec {
     pub(crate) stdin: Option<String>,
     pub(crate) encoding: Encoding,
     pub(crate) limits: EffectiveLimits,
+    /// Run on a terminal (`tty`); shared with the handle, which resizes it.
+    pub(crate) terminal: Option<Arc<TerminalControl>>,
 }
 
 /// Where it runs and where its events go.
@@ -256,9 +264,11 @@ pub(crate) fn prepare(
     let handle = ExecutionHandle {
         stdin: stdin_tx,
         stdin_queued_bytes: stdin_queued_bytes.clone(),
-        stdin_closed: spec.stdin.is_some(),
+        // A terminal's input never closes: its end is a typed Ctrl-D.
+        stdin_closed: spec.stdin.is_some() && spec.terminal.is_none(),
         cancel: cancel.clone(),
         finished: finished.clone(),
+        terminal: spec.terminal.clone(),
     };
     let span = tracing::info_span!(
         "execution",

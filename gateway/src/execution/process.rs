@@ -7,7 +7,7 @@ use crate::sandbox::namespaces::{rlimit_list, IdLease};
 use crate::sandbox::{CgroupReport, CpuSeen, ExecutionCgroup, LimitWatch, Namespaces, ProgramUser};
 use crate::sys::{self, Reaped, Signal};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Stdio;
@@ -45,6 +45,8 @@ pub(crate) struct Launch<'a> {
     /// A warm-pool entry: no source file is copied into the jail, the entry writes it
     /// when it is claimed (see `warm/`).
     pub(crate) warm: Option<WarmWait<'a>>,
+    /// Run on this terminal instead of pipes (see `execution::terminal`).
+    pub(crate) terminal: Option<&'a sys::Terminal>,
 }
 
 /// How a warm-pool entry waits for its execution.
@@ -57,14 +59,16 @@ pub(crate) enum WarmWait<'a> {
     Jail,
 }
 
-/// A started program and the gateway's ends of its pipes.
+/// A started program and the gateway's ends of its pipes; or, on a terminal, two
+/// handles on the terminal's control side (stdin writes to it, stdout reads from it) and
+/// no stderr (the terminal merges it).
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) child: ChildGroup,
     /// Registered with the reactor only when the client first sends input.
-    pub(crate) stdin: std::process::ChildStdin,
+    pub(crate) stdin: OwnedFd,
     pub(crate) stdout: pipe::Receiver,
-    pub(crate) stderr: pipe::Receiver,
+    pub(crate) stderr: Option<pipe::Receiver>,
 }
 
 /// Why a program did not start; the message names the command.
@@ -89,6 +93,8 @@ pub(crate) struct ChildGroup {
     cgroup: Option<ExecutionCgroup>,
     /// What the cgroup saw, collected when the leader is reaped.
     report: Option<CgroupReport>,
+    /// A terminal's program: a cancel hangs its terminal up (SIGHUP, then SIGTERM).
+    hangs_up: bool,
     /// A jailed program's own sandbox ids, given back after the group (its drop kills
     /// and reaps it) is gone: declared last, it is dropped last.
     _sandbox_ids: Option<IdLease>,
@@ -161,17 +167,29 @@ impl Launch<'_> {
                                 .is_some_and(ExecutionCgroup::shares_cpu))
                             .then_some(sys::PROGRAM_NICE),
                             command: argv,
+                            terminal: self.terminal.is_some(),
                             ..JailSpec::default()
                         },
                         self.runtime.offline,
                     )
                     .map_err(fail)?;
                 sandbox_ids = lease;
-                command
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .process_group(0);
+                match self.terminal {
+                    Some(terminal) => {
+                        let side = || terminal.program_side.try_clone().map(Stdio::from);
+                        command
+                            .stdin(side().map_err(fail)?)
+                            .stdout(side().map_err(fail)?)
+                            .stderr(side().map_err(fail)?);
+                    }
+                    None => {
+                        command
+                            .stdin(Stdio::piped())
+                            .stdout(Stdio::piped())
+                            .stderr(Stdio::piped());
+                    }
+                }
+                command.process_group(0);
                 self.start_inside_cgroup(|| command.spawn().and_then(into_started))
             }
             None if self.warm == Some(WarmWait::Jail) => Err(io::Error::new(
@@ -198,6 +216,7 @@ impl Launch<'_> {
                         .cgroup
                         .as_ref()
                         .is_some_and(ExecutionCgroup::shares_cpu),
+                    terminal: self.terminal.map(|terminal| terminal.program_side.as_fd()),
                 };
                 self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }
@@ -223,18 +242,39 @@ impl Launch<'_> {
             reaped: false,
             cgroup,
             report: None,
+            hangs_up: self.terminal.is_some(),
             _sandbox_ids: sandbox_ids,
         };
-        // A 1 MiB pipe lets a fast writer hand over more per wakeup: measured with
-        // sluice-bench, about 15% less gateway CPU per MiB and ~1.4x the throughput.
-        sys::set_pipe_size(&started.stdout, PIPE_BYTES);
-        sys::set_pipe_size(&started.stderr, PIPE_BYTES);
-        Ok(Spawned {
-            stdin: std::process::ChildStdin::from(started.stdin),
-            stdout: pipe::Receiver::from_owned_fd(started.stdout).map_err(fail)?,
-            stderr: pipe::Receiver::from_owned_fd(started.stderr).map_err(fail)?,
-            child: group,
-        })
+        match (started.pipes, self.terminal) {
+            (Some(pipes), _) => {
+                // A 1 MiB pipe lets a fast writer hand over more per wakeup: measured with
+                // sluice-bench, about 15% less gateway CPU per MiB and ~1.4x the
+                // throughput.
+                sys::set_pipe_size(&pipes.stdout, PIPE_BYTES);
+                sys::set_pipe_size(&pipes.stderr, PIPE_BYTES);
+                Ok(Spawned {
+                    stdin: pipes.stdin,
+                    stdout: pipe::Receiver::from_owned_fd(pipes.stdout).map_err(fail)?,
+                    stderr: Some(pipe::Receiver::from_owned_fd(pipes.stderr).map_err(fail)?),
+                    child: group,
+                })
+            }
+            (None, Some(terminal)) => {
+                let control = || terminal.control.try_clone();
+                // The control side is not a pipe, but reads and waits the same way (its
+                // end of file is EIO, once every program-side descriptor is closed).
+                let stdout = control()
+                    .and_then(pipe::Receiver::from_owned_fd_unchecked)
+                    .map_err(fail)?;
+                Ok(Spawned {
+                    stdin: control().map_err(fail)?,
+                    stdout,
+                    stderr: None,
+                    child: group,
+                })
+            }
+            (None, None) => Err(fail(io::Error::other("stdio pipes missing"))),
+        }
     }
 
     /// Runs `start` with the calling thread inside the execution's cgroup, if there is
@@ -250,16 +290,20 @@ impl Launch<'_> {
     }
 }
 
-/// A std child started with piped stdio, as a [`sys::StartedProgram`].
+/// A std child started with piped stdio (or none, on a terminal), as a
+/// [`sys::StartedProgram`].
 fn into_started(mut child: std::process::Child) -> io::Result<sys::StartedProgram> {
     let pid = child.id();
     match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
         (Some(stdin), Some(stdout), Some(stderr)) => Ok(sys::StartedProgram {
             pid,
-            stdin: stdin.into(),
-            stdout: stdout.into(),
-            stderr: stderr.into(),
+            pipes: Some(sys::StdioPipes {
+                stdin: stdin.into(),
+                stdout: stdout.into(),
+                stderr: stderr.into(),
+            }),
         }),
+        (None, None, None) => Ok(sys::StartedProgram { pid, pipes: None }),
         _ => {
             let _ = sys::signal_group(pid, Signal::Kill);
             let _ = child.wait();
@@ -284,6 +328,7 @@ impl ChildGroup {
                 reaped: false,
                 cgroup,
                 report: None,
+                hangs_up: false,
                 _sandbox_ids: sandbox_ids,
             }),
             Err(err) => {
@@ -303,6 +348,13 @@ impl ChildGroup {
     pub(crate) fn signal(&self, signal: Signal) {
         if self.reaped {
             return;
+        }
+        // Closing a terminal hangs it up: an interactive shell ignores SIGTERM but not
+        // SIGHUP.
+        if self.hangs_up && signal == Signal::Terminate {
+            if let Err(err) = sys::signal_group(self.pid, Signal::HangUp) {
+                tracing::warn!(pid = self.pid, %err, "could not hang up a terminal's group");
+            }
         }
         if let Err(err) = sys::signal_group(self.pid, signal) {
             tracing::warn!(pid = self.pid, ?signal, %err, "could not signal process group");

@@ -41,6 +41,9 @@ pub(super) struct OutputPipe {
     pub(super) delivered: u64,
     /// Bytes read after the program exited (bounded by DRAIN_LIMIT).
     after_exit: u64,
+    /// A terminal's control side rather than a pipe: a short read does not mean it is
+    /// empty, and its end of file is EIO.
+    terminal: bool,
 }
 
 /// What one non-blocking read produced.
@@ -51,20 +54,23 @@ enum Read {
 }
 
 impl OutputPipe {
+    /// `rx`: `None` for a stream that does not exist (a terminal's stderr).
     pub(super) fn new(
         kind: EventKind,
-        rx: pipe::Receiver,
+        rx: Option<pipe::Receiver>,
         encoding: Encoding,
         chunk: usize,
+        terminal: bool,
     ) -> Self {
         let decoder = OutputDecoder::new(encoding, chunk);
         Self {
             kind,
-            rx: Some(rx),
+            rx,
             buf: decoder.buffer(),
             decoder,
             delivered: 0,
             after_exit: 0,
+            terminal,
         }
     }
 
@@ -84,6 +90,7 @@ impl OutputPipe {
     /// exited): read until the pipe says it is empty, never trusting a short read.
     fn read_available(&mut self, exhaustive: bool) -> Read {
         let Some(rx) = &self.rx else { return Read::Eof };
+        let exhaustive = exhaustive || self.terminal;
         let room = self.buf.capacity();
         let before = self.buf.len();
         while self.buf.len() < room {
@@ -111,6 +118,8 @@ impl OutputPipe {
                     };
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                // Every program-side descriptor of the terminal is closed: its end.
+                Err(err) if self.terminal && err.raw_os_error() == Some(libc::EIO) => break,
                 Err(err) => {
                     tracing::warn!(%err, "reading program output failed; closing the pipe");
                     break;

@@ -29,6 +29,9 @@ pub(super) struct StdinFeed {
     queued_bytes: Arc<AtomicUsize>,
     /// The writer task, aborted when the execution ends.
     writer: Option<tokio::task::JoinHandle<()>>,
+    /// `pipe` is a terminal's control side: the end of input is typed (Ctrl-D), and it
+    /// stays open.
+    terminal: bool,
 }
 
 impl StdinFeed {
@@ -36,12 +39,14 @@ impl StdinFeed {
         pipe: std::os::fd::OwnedFd,
         queue: mpsc::Receiver<StdinChunk>,
         queued_bytes: Arc<AtomicUsize>,
+        terminal: bool,
     ) -> Self {
         Self {
             pipe: Some(pipe),
             queue: Some(queue),
             queued_bytes,
             writer: None,
+            terminal,
         }
     }
 
@@ -61,10 +66,18 @@ impl StdinFeed {
     pub(super) fn start(&mut self, first: StdinChunk) {
         let Some(pipe) = self.pipe.take() else { return };
         let queue = self.queue.take();
-        match pipe::Sender::from_owned_fd(pipe) {
+        // A terminal's control side is not a pipe, but writes and waits the same way.
+        let sender = if self.terminal {
+            pipe::Sender::from_owned_fd_unchecked(pipe)
+        } else {
+            pipe::Sender::from_owned_fd(pipe)
+        };
+        let terminal = self.terminal;
+        match sender {
             Ok(pipe) => {
                 let queued = self.queued_bytes.clone();
-                self.writer = Some(tokio::spawn(write_stdin(pipe, first, queue, queued)));
+                let writer = write_stdin(pipe, first, queue, queued, terminal);
+                self.writer = Some(tokio::spawn(writer));
             }
             Err(err) => tracing::warn!(%err, "could not set up the program's stdin; closing it"),
         }
@@ -85,12 +98,14 @@ impl StdinFeed {
 }
 
 /// Writes client input to the program. Ends, closing the program's stdin, after `eof`,
-/// when the handle is dropped, or when the program stops reading.
+/// when the handle is dropped, or when the program stops reading. On a `terminal`, `eof`
+/// types the end-of-file character instead, and input goes on.
 async fn write_stdin(
     mut pipe: pipe::Sender,
     first: StdinChunk,
     mut queue: Option<mpsc::Receiver<StdinChunk>>,
     queued_bytes: Arc<AtomicUsize>,
+    terminal: bool,
 ) {
     let mut chunk = Some(first);
     while let Some(StdinChunk { data, eof, memory }) = chunk {
@@ -102,7 +117,11 @@ async fn write_stdin(
                 return;
             }
         }
-        if eof {
+        if eof && terminal {
+            if pipe.write_all(super::terminal::END_OF_INPUT).await.is_err() {
+                return;
+            }
+        } else if eof {
             return;
         }
         chunk = match &mut queue {

@@ -32,23 +32,29 @@ impl Run {
         };
         let started = Event::started(self.spec.id.clone(), child.pid(), note);
 
-        let mut stdin = StdinFeed::new(stdin, queue, queued);
+        let terminal = self.spec.terminal.is_some();
+        let mut stdin = StdinFeed::new(stdin, queue, queued, terminal);
         if let Some(data) = self.spec.stdin.clone() {
+            // On a terminal, typed: its input goes on.
             stdin.start(StdinChunk {
                 data: Some(data),
-                eof: true,
+                eof: !terminal,
                 memory: None,
             });
         }
         let encoding = self.spec.encoding;
+        let chunk = self.ctx.chunk_bytes;
         let mut pipes = [
-            OutputPipe::new(EventKind::Stdout, stdout, encoding, self.ctx.chunk_bytes),
-            OutputPipe::new(EventKind::Stderr, stderr, encoding, self.ctx.chunk_bytes),
+            OutputPipe::new(EventKind::Stdout, Some(stdout), encoding, chunk, terminal),
+            OutputPipe::new(EventKind::Stderr, stderr, encoding, chunk, terminal),
         ];
         let pump = self
             .pump(&mut child, &mut pipes, &mut stdin, started, started_at)
             .await;
         stdin.stop();
+        if let Some(control) = &self.spec.terminal {
+            control.close();
+        }
 
         // The program is gone: reap it, free its slot and its directory now, whether or
         // not the client has taken the last events yet.

@@ -86,6 +86,10 @@ pub struct JailSpec {
     /// go header on stdin ([`WARM_HEADER_BYTES`]: the code's length and the rlimits to
     /// lower to), writes the code that follows to this file in the workspace, and execs.
     pub wait_for_go: Option<OsString>,
+    /// The program's stdin, stdout and stderr are a terminal: it starts a session of its
+    /// own with that terminal as its controlling one (so Ctrl-C typed there interrupts
+    /// it), and init passes on a cancel's SIGHUP and SIGTERM to every process inside.
+    pub terminal: bool,
     /// The program and its arguments.
     pub command: Vec<OsString>,
 }
@@ -235,6 +239,9 @@ impl JailSpec {
         if self.no_network {
             args.push("--no-network".into());
         }
+        if self.terminal {
+            args.push("--terminal".into());
+        }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
         args
@@ -301,6 +308,10 @@ impl JailSpec {
             }
             if flag == "--no-network" {
                 spec.no_network = true;
+                continue;
+            }
+            if flag == "--terminal" {
+                spec.terminal = true;
                 continue;
             }
             let value = args

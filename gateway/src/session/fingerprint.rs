@@ -8,7 +8,7 @@ use std::hash::{BuildHasher as _, Hasher};
 use std::sync::LazyLock;
 
 /// A keyed 64-bit hash of a request's language, code, stdin, env, args, limits,
-/// encoding and `persistent`. The key is random per gateway process, so a client cannot
+/// encoding, `persistent`, `tty` and `term` (not the terminal's size). The key is random per gateway process, so a client cannot
 /// search offline for another request with the same fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fingerprint(u64);
@@ -30,12 +30,18 @@ impl Fingerprint {
             limits,
             encoding,
             persistent,
+            tty,
+            term,
+            // A terminal's size changes with its window; the same program resent after a
+            // reconnect may carry the new one.
+            cols: _,
+            rows: _,
         } = request;
         let mut hasher = KEY.build_hasher();
         // Serialized as JSON so that every field is framed (lengths and quotes): two
         // different requests never feed the hasher the same bytes.
         let fields = (
-            language, code, stdin, env, args, limits, encoding, persistent,
+            language, code, stdin, env, args, limits, encoding, persistent, tty, term,
         );
         let mut writer = HashWriter(&mut hasher);
         if serde_json::to_writer(&mut writer, &fields).is_err() {

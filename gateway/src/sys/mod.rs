@@ -1,6 +1,7 @@
 //! The few Linux calls std and tokio do not offer: process-group signals, pidfds,
 //! reaping with resource usage, pipe sizing, a read into a buffer's spare room,
-//! descriptor and allocator settings, and starting an unjailed program (`spawn`).
+//! descriptor and allocator settings, starting an unjailed program (`spawn`), and
+//! pseudo-terminals (`terminal`).
 //!
 //! This is the only module allowed `unsafe`: each block is a single FFI call whose
 //! arguments are plain integers or pointers to locals that outlive the call (and, after
@@ -8,17 +9,21 @@
 #![allow(unsafe_code)]
 
 mod spawn;
+mod terminal;
 
-pub(crate) use spawn::{can_take_network, spawn_program, ProgramPlan, StartedProgram};
+pub(crate) use spawn::{can_take_network, spawn_program, ProgramPlan, StartedProgram, StdioPipes};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
+pub(crate) use terminal::{open_terminal, resize_terminal, Terminal};
 
 /// A signal the gateway sends to an execution's process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
     /// SIGINT: interrupts a persistent interpreter's running cell.
     Interrupt,
+    /// SIGHUP: a terminal execution's terminal hung up (with a cancel's SIGTERM).
+    HangUp,
     Terminate,
     Kill,
 }
@@ -28,6 +33,7 @@ pub(crate) enum Signal {
 pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
     let signo = match signal {
         Signal::Interrupt => libc::SIGINT,
+        Signal::HangUp => libc::SIGHUP,
         Signal::Terminate => libc::SIGTERM,
         Signal::Kill => libc::SIGKILL,
     };

@@ -14,7 +14,7 @@
 use super::Rlimits;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
@@ -41,13 +41,23 @@ pub(crate) struct ProgramPlan<'a> {
     /// Lower the program's priority to `PROGRAM_NICE` (where no cpu cgroup gives it a
     /// share below the gateway's).
     pub(crate) lower_priority: bool,
+    /// A terminal's program side: the program's stdin, stdout and stderr instead of
+    /// pipes, and its controlling terminal in a session of its own.
+    pub(crate) terminal: Option<BorrowedFd<'a>>,
 }
 
 /// A started program: its pid (it leads its own process group) and the gateway's ends
-/// of its stdin, stdout and stderr.
+/// of its stdin, stdout and stderr (none for a program on a terminal: the gateway holds
+/// the terminal's other side).
 #[derive(Debug)]
 pub(crate) struct StartedProgram {
     pub(crate) pid: u32,
+    pub(crate) pipes: Option<StdioPipes>,
+}
+
+/// The gateway's ends of a program's stdio pipes.
+#[derive(Debug)]
+pub(crate) struct StdioPipes {
     pub(crate) stdin: OwnedFd,
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
@@ -61,6 +71,7 @@ enum Step {
     Cgroup,
     Stdio,
     ProcessGroup,
+    Terminal,
     WorkingDirectory,
     Rlimit,
     Network,
@@ -76,6 +87,7 @@ impl Step {
             Self::Cgroup,
             Self::Stdio,
             Self::ProcessGroup,
+            Self::Terminal,
             Self::WorkingDirectory,
             Self::Rlimit,
             Self::Network,
@@ -95,6 +107,7 @@ impl Step {
             Self::Cgroup => "joining its cgroup",
             Self::Stdio => "connecting its stdio",
             Self::ProcessGroup => "making its process group",
+            Self::Terminal => "taking its terminal as the controlling one",
             Self::WorkingDirectory => "entering its working directory",
             Self::Rlimit => "setting its limits",
             Self::Network => "taking its network away",
@@ -118,6 +131,8 @@ struct ChildArgs {
     cgroup_procs: *const libc::c_char,
     /// The child's ends, all above 2, for its fds 0, 1 and 2.
     stdio: [RawFd; 3],
+    /// The stdio is a terminal: lead a new session with it as the controlling terminal.
+    terminal: bool,
     rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 3],
     rlimit_count: usize,
     no_network: bool,
@@ -156,9 +171,29 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
     let argv_ptrs = null_terminated(&argv);
     let envp_ptrs = null_terminated(&envp);
 
-    let (stdin_child, stdin_ours) = pipe_above_stdio()?;
-    let (stdout_ours, stdout_child) = pipe_above_stdio()?;
-    let (stderr_ours, stderr_child) = pipe_above_stdio()?;
+    // The child's ends (dropped, in this process, once it has its copies) and ours.
+    let (child_ends, pipes) = match plan.terminal {
+        Some(terminal) => {
+            let side = above_stdio(terminal.try_clone_to_owned()?)?;
+            (vec![side], None)
+        }
+        None => {
+            let (stdin_child, stdin_ours) = pipe_above_stdio()?;
+            let (stdout_ours, stdout_child) = pipe_above_stdio()?;
+            let (stderr_ours, stderr_child) = pipe_above_stdio()?;
+            let ours = StdioPipes {
+                stdin: stdin_ours,
+                stdout: stdout_ours,
+                stderr: stderr_ours,
+            };
+            (vec![stdin_child, stdout_child, stderr_child], Some(ours))
+        }
+    };
+    let stdio: [RawFd; 3] = match child_ends.as_slice() {
+        [all] => [all.as_raw_fd(); 3],
+        [stdin, stdout, stderr] => [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+        _ => return Err(io::Error::other("stdio descriptors missing")),
+    };
 
     let mut rlimits = [(
         0,
@@ -188,11 +223,8 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         cgroup_procs: cgroup_procs
             .as_ref()
             .map_or(std::ptr::null(), |path| path.as_ptr()),
-        stdio: [
-            stdin_child.as_raw_fd(),
-            stdout_child.as_raw_fd(),
-            stderr_child.as_raw_fd(),
-        ],
+        stdio,
+        terminal: plan.terminal.is_some(),
         rlimits,
         rlimit_count,
         no_network: plan.no_network,
@@ -247,15 +279,11 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
             format!("{}: {source}", Step::from_raw(step).describe()),
         ));
     }
-    Ok(StartedProgram {
-        pid,
-        stdin: stdin_ours,
-        stdout: stdout_ours,
-        stderr: stderr_ours,
-    })
+    drop(child_ends);
+    Ok(StartedProgram { pid, pipes })
 }
 
-/// The child: cgroup, stdio, process group, directory, limits, network, user, signals,
+/// The child: cgroup, stdio, process group (or session and terminal), directory, limits, network, user, signals,
 /// exec.
 /// Only system calls on prepared values; on failure it records the step and errno in
 /// the shared [`ChildArgs`] and exits with 127.
@@ -283,7 +311,16 @@ extern "C" fn child_main(raw: *mut libc::c_void) -> libc::c_int {
                 return fail(Step::Stdio);
             }
         }
-        if libc::setpgid(0, 0) != 0 {
+        if (*args).terminal {
+            // A session of its own (its group too: the gateway signals the group), whose
+            // controlling terminal is its stdin, so Ctrl-C typed there interrupts it.
+            if libc::setsid() < 0 {
+                return fail(Step::ProcessGroup);
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return fail(Step::Terminal);
+            }
+        } else if libc::setpgid(0, 0) != 0 {
             return fail(Step::ProcessGroup);
         }
         if libc::chdir((*args).cwd) != 0 {
@@ -412,6 +449,7 @@ pub(crate) fn can_take_network() -> bool {
         user: None,
         cgroup_procs: None,
         lower_priority: false,
+        terminal: None,
     });
     match started {
         Ok(started) => {
@@ -428,9 +466,10 @@ mod tests {
 
     fn run(plan: &ProgramPlan<'_>) -> (String, Option<i32>) {
         let started = spawn_program(plan).expect("spawned");
-        drop(started.stdin);
+        let pipes = started.pipes.expect("pipes");
+        drop(pipes.stdin);
         let mut out = String::new();
-        std::fs::File::from(started.stdout)
+        std::fs::File::from(pipes.stdout)
             .read_to_string(&mut out)
             .expect("read stdout");
         let reaped = super::super::reap_blocking(started.pid).expect("reaped");
@@ -462,6 +501,7 @@ mod tests {
             user: None,
             cgroup_procs: None,
             lower_priority: true,
+            terminal: None,
         });
         let canonical = dir.canonicalize().expect("temp dir");
         assert_eq!(
@@ -487,6 +527,7 @@ mod tests {
             user: None,
             cgroup_procs: None,
             lower_priority: false,
+            terminal: None,
         })
         .expect_err("nothing to run");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -501,6 +542,7 @@ mod tests {
             user: None,
             cgroup_procs: None,
             lower_priority: false,
+            terminal: None,
         })
         .expect_err("no such directory");
         assert!(

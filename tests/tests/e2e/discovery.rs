@@ -68,7 +68,7 @@ async fn every_language_is_listed_with_its_version_file_and_limits() -> Result<(
         ("main.py", "py")
     );
     ensure!(
-        python.persistent && !python.tty && !python.network,
+        python.persistent && python.tty && !python.network,
         "{python:?}"
     );
     let version = python.version.as_deref().unwrap_or_default();

@@ -45,6 +45,7 @@ mod sandbox;
 mod session_abuse;
 mod sessions;
 mod stdin_cancel;
+mod terminal;
 mod warm;
 mod warm_jail;
 mod ws_conformance;

@@ -22,7 +22,7 @@ from .errors import (
     SluiceConnectionError,
     SluiceError,
 )
-from .events import TERMINAL_TYPES, StreamEvent, Usage, decode_event
+from .events import KNOWN_ERROR_CODES, TERMINAL_TYPES, StreamEvent, Usage, decode_event
 from .execution import Execution, ExecutionResult, ExecutionStream
 from .frames import ExecuteOptions, Limits, decode_frame, validate_frame
 from .runtimes import Catalog, LimitRange, RuntimeInfo
@@ -30,6 +30,7 @@ from .session import SessionStream
 
 __all__ = [
     "DEFAULT_URL",
+    "KNOWN_ERROR_CODES",
     "TERMINAL_TYPES",
     "AttachRefused",
     "AuthenticationError",

@@ -143,6 +143,8 @@ class Route:
     resent: bool = False
     cancel_sent: bool = False
     finished: bool = False
+    #: Started with ``"tty": true``: it runs on a terminal, which ``resize`` may change.
+    tty: bool = False
 
 
 @dataclass(eq=False)
@@ -191,6 +193,8 @@ class _Outgoing:
     kind: str = "other"
     #: For a stdin frame: (data, eof), to rebuild it with the session after a reconnect.
     stdin: tuple[str | None, bool] | None = None
+    #: For a resize frame: (cols, rows), to rebuild it with the session after a reconnect.
+    resize: tuple[int, int] | None = None
 
 
 def _connect_kwargs(options: Options, timeout: float) -> dict[str, Any]:
@@ -326,6 +330,7 @@ class Connection:
             session=session,
             named=session is not None,
             buffer=EventBuffer(self._options.execution_buffer_bytes),
+            tty=frame.get("tty") is True,
         )
         self._routes[id] = route
         if session is not None:
@@ -346,6 +351,20 @@ class Connection:
                 raise SluiceError(f"execution {route.id!r} has already ended")
             frame = frames.stdin_frame(route.id, route.session, piece, eof and last)
             self._enqueue(_Outgoing(self._encode(frame), route, "stdin", (piece, eof and last)))
+
+    async def resize(self, route: Route, cols: int, rows: int) -> bool:
+        """Queues a ``resize`` of a running terminal execution; False if it has
+        already ended."""
+        # Checked first, so a bad size is a FrameError even while the outbox is full.
+        frames.validate_frame(frames.resize_frame(route.id, route.session, cols, rows))
+        if route.finished or self._routes.get(route.id) is not route:
+            return False
+        await self._wait_for_room()
+        if route.finished or self._routes.get(route.id) is not route:
+            return False
+        frame = frames.resize_frame(route.id, route.session, cols, rows)
+        self._enqueue(_Outgoing(self._encode(frame), route, "resize", resize=(cols, rows)))
+        return True
 
     def cancel(self, route: Route) -> bool:
         """Queues a ``cancel`` once; False if the execution has already ended."""
@@ -614,6 +633,10 @@ class Connection:
                 data, eof = item.stdin
                 frame = frames.stdin_frame(owner.id, owner.session, data, eof)
                 item = _Outgoing(self._encode(frame), owner, "stdin", item.stdin)
+            elif item.resize is not None:
+                cols, rows = item.resize
+                frame = frames.resize_frame(owner.id, owner.session, cols, rows)
+                item = _Outgoing(self._encode(frame), owner, "resize", resize=item.resize)
             self._enqueue(item)
         for route in self._routes.values():
             if route.cancel_sent and (route.confirmed or route.named):

@@ -143,7 +143,9 @@ class SandboxClient:
         cell of the session's Python interpreter), ``stdin`` (the whole
         standard input, or use :meth:`Execution.send_stdin`), ``env``,
         ``args``, ``limits`` (the names of PROTOCOL.md §9.1: ``timeout_ms``,
-        ``output_bytes``, ...) and ``encoding``. Raises
+        ``output_bytes``, ...), ``encoding``, and ``tty`` with ``cols``,
+        ``rows`` and ``term`` (run on a terminal; see
+        :meth:`Execution.resize`). Raises
         :class:`~sluice.FrameError` for a request the gateway would refuse.
         Leaving the handle does not cancel the execution: call
         :meth:`Execution.cancel` or :meth:`Execution.abandon`.

@@ -32,6 +32,31 @@ RUNTIMES = "runtimes"
 #: The types that end an execution (an ``error`` only when it has an ``id``).
 TERMINAL_TYPES = frozenset({COMPLETED, CANCELLED, RESOURCE_LIMIT, ERROR})
 
+#: The error codes the gateway sends (PROTOCOL.md §8.2). A newer gateway may send
+#: others: an ``error`` event with an unknown code is passed through as it is.
+KNOWN_ERROR_CODES = frozenset(
+    {
+        "bad_request",
+        "too_large",
+        "duplicate_id",
+        "unknown_execution",
+        "unknown_session",
+        "stdin_closed",
+        "stdin_full",
+        "too_many_sessions",
+        "unknown_language",
+        "invalid_limit",
+        "too_many_executions",
+        "spawn_failed",
+        "shutting_down",
+        "kernel_lost",
+        "gateway_busy",
+        "not_permitted",
+        "not_a_terminal",
+        "internal",
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

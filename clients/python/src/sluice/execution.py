@@ -18,7 +18,7 @@ from typing import Any
 
 from ._buffer import EventBuffer
 from ._connection import Connection, Route
-from .errors import ExecutionCancelled, ExecutionError, LimitExceeded, NonZeroExit
+from .errors import ExecutionCancelled, ExecutionError, FrameError, LimitExceeded, NonZeroExit
 from .events import (
     CANCELLED,
     COMPLETED,
@@ -120,6 +120,11 @@ class Execution:
         return self._pid
 
     @property
+    def tty(self) -> bool:
+        """It was started with ``tty=True``: it runs on a terminal (see :meth:`resize`)."""
+        return self._route.tty
+
+    @property
     def done(self) -> bool:
         """The terminal event has been read."""
         return self._terminal is not None
@@ -148,12 +153,33 @@ class Execution:
 
     async def send_stdin(self, data: str, *, eof: bool = False) -> None:
         """Writes ``data`` to the program's standard input (then closes it if
-        ``eof``). Raises :class:`~sluice.SluiceError` once the execution has ended."""
+        ``eof``). Raises :class:`~sluice.SluiceError` once the execution has ended.
+
+        On a terminal (``tty=True``) ``data`` is typed: ``"\\r"`` is Enter,
+        ``"\\x03"`` Ctrl-C; ``eof`` types Ctrl-D (the end of one read), and input
+        stays open: more may be sent after it."""
         await self._connection.send_stdin(self._route, data, eof)
 
     async def close_stdin(self) -> None:
-        """Closes the program's standard input."""
+        """Closes the program's standard input. On a terminal it types Ctrl-D
+        instead (the program's read ends) and input stays open."""
         await self._connection.send_stdin(self._route, None, True)
+
+    async def resize(self, cols: int, rows: int) -> bool:
+        """Gives the execution's terminal ``cols`` columns and ``rows`` rows (1 to
+        1000 each); its program gets SIGWINCH. False (and nothing sent) if it
+        has already ended: a window resized as the program ends is no error.
+
+        Raises :class:`~sluice.FrameError` with code ``not_a_terminal`` if it was
+        not started with ``tty=True`` (the gateway would refuse it so), and code
+        ``bad_request`` for a size out of range."""
+        if not self._route.tty:
+            raise FrameError(
+                "not_a_terminal",
+                f"execution {self.id!r} does not run on a terminal: only an execution started with tty=True "
+                "can be resized",
+            )
+        return await self._connection.resize(self._route, cols, rows)
 
     async def cancel(self) -> bool:
         """Asks the gateway to stop the execution; its terminal event (usually

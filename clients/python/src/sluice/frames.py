@@ -9,6 +9,7 @@ request the gateway would refuse as ``bad_request`` fails at once with a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -17,7 +18,21 @@ from .errors import FrameError
 #: Most bytes (of UTF-8) in an execution id, a session name or a language.
 MAX_NAME_BYTES = 128
 
-FRAME_TYPES = ("execute", "stdin", "cancel", "attach", "detach", "ack", "runtimes")
+FRAME_TYPES = ("execute", "stdin", "cancel", "attach", "detach", "ack", "runtimes", "resize")
+
+#: Most columns or rows a terminal (``tty``) may have; the least is 1.
+MAX_TERMINAL_SIDE = 1000
+
+#: The terminal size, ``(cols, rows)``, of a ``tty`` execution that names none.
+DEFAULT_TERMINAL_SIZE = (80, 24)
+
+#: The ``TERM`` of a ``tty`` execution that names none.
+DEFAULT_TERM = "xterm-256color"
+
+#: Most bytes in a ``term``: letters, digits and ``.+-_`` (ASCII), at least one.
+MAX_TERM_BYTES = 64
+
+_TERM_NAME = re.compile(r"[A-Za-z0-9.+\-_]+")
 
 LIMIT_NAMES = (
     "timeout_ms",
@@ -58,6 +73,16 @@ class ExecuteOptions(TypedDict, total=False):
     - ``env``, ``args``: environment variables added, program arguments.
     - ``limits``: the names of PROTOCOL.md §9.1 (``timeout_ms``, ...).
     - ``encoding``: ``"utf8"`` (the default) or ``"base64"`` (exact bytes).
+    - ``tty``: run the program on a pseudo-terminal: it sees a terminal on its
+      stdin, stdout and stderr; its output is one ``stdout`` stream of the
+      terminal's bytes (stderr merged, ``"\\n"`` sent as ``"\\r\\n"``); input is
+      typed (``"\\x03"`` is Ctrl-C, ``eof`` types Ctrl-D and input stays open).
+      Resize it with :meth:`Execution.resize <sluice.Execution.resize>`. Not with
+      ``persistent``.
+    - ``cols``, ``rows``: the terminal's size (1 to 1000; default 80 x 24). Only
+      with ``tty``.
+    - ``term``: the program's ``TERM`` (default ``xterm-256color``; 1 to 64
+      letters, digits or ``.+-_``). Only with ``tty``.
     """
 
     id: str | None
@@ -68,6 +93,10 @@ class ExecuteOptions(TypedDict, total=False):
     args: Sequence[str] | None
     limits: Limits | Mapping[str, int] | None
     encoding: str
+    tty: bool
+    cols: int | None
+    rows: int | None
+    term: str | None
 
 
 def _bad(message: str) -> FrameError:
@@ -139,6 +168,7 @@ def _check_execute(frame: Mapping[str, Any]) -> None:
             raise _bad("'args' must be an array of strings")
         if any("\0" in a for a in args):
             raise _bad("args may not contain NUL")
+    _check_terminal(frame)
     limits = frame.get("limits")
     if limits is not None:
         if not isinstance(limits, dict):
@@ -147,6 +177,42 @@ def _check_execute(frame: Mapping[str, Any]) -> None:
             value = limits.get(name)
             if value is not None and (not _is_int(value) or value < 0):
                 raise _bad(f"limit {name!r} must be a non-negative integer, not {value!r}")
+
+
+def _side(frame: Mapping[str, Any], field: str, *, required: bool) -> None:
+    """A terminal's columns or rows: an integer from 1 to :data:`MAX_TERMINAL_SIDE`."""
+    value = frame.get(field)
+    if value is None:
+        if required:
+            raise _bad(f"{frame['type']} frame needs an integer {field!r}")
+        return
+    if not _is_int(value) or not 1 <= value <= MAX_TERMINAL_SIDE:
+        raise _bad(f"{field!r} must be 1 to {MAX_TERMINAL_SIDE}, not {value!r}")
+
+
+def _check_terminal(frame: Mapping[str, Any]) -> None:
+    """The terminal fields of an ``execute``: ``cols``, ``rows`` and ``term`` only
+    with ``"tty": true``, ``tty`` never with ``persistent``, all in range."""
+    _typed(frame, "tty", bool, "a boolean")
+    if not frame.get("tty"):
+        for field in ("cols", "rows", "term"):
+            if frame.get(field) is not None:
+                raise _bad(f'{field!r} is only for a terminal: add "tty": true')
+        return
+    if frame.get("persistent"):
+        raise _bad(
+            '"tty" and "persistent" do not go together: '
+            "a cell runs in the session's interpreter, which has no terminal"
+        )
+    _side(frame, "cols", required=False)
+    _side(frame, "rows", required=False)
+    term = frame.get("term")
+    if term is not None and (
+        not isinstance(term, str) or len(term.encode("utf-8")) > MAX_TERM_BYTES or not _TERM_NAME.fullmatch(term)
+    ):
+        raise _bad(
+            f"'term' must be 1 to {MAX_TERM_BYTES} letters, digits or .+-_ (like {DEFAULT_TERM!r}), not {term!r:.80}"
+        )
 
 
 def validate_frame(frame: object) -> None:
@@ -169,6 +235,11 @@ def validate_frame(frame: object) -> None:
             _typed(frame, "eof", bool, "a boolean")
             if frame.get("data") is None and frame.get("eof") is not True:
                 raise _bad('stdin frame needs "data", "eof": true, or both')
+    elif kind == "resize":
+        _name(frame, "id", required=True)
+        _name(frame, "session", required=False)
+        _side(frame, "cols", required=True)
+        _side(frame, "rows", required=True)
     elif kind == "runtimes":
         pass
     else:
@@ -228,6 +299,12 @@ def execute_frame(id: str, language: str, code: str, options: ExecuteOptions) ->
         frame["limits"] = dict(limits)
     if encoding != "utf8":
         frame["encoding"] = encoding
+    if options.get("tty", False):
+        frame["tty"] = True
+    for field in ("cols", "rows", "term"):
+        value = options.get(field)
+        if value is not None:
+            frame[field] = value
     validate_frame(frame)
     return frame
 
@@ -265,6 +342,16 @@ def detach_frame(session: str) -> dict[str, Any]:
 def ack_frame(session: str, sequence: int) -> dict[str, Any]:
     """An ``ack`` frame."""
     return {"type": "ack", "session": session, "sequence": sequence}
+
+
+def resize_frame(id: str, session: str | None, cols: int, rows: int) -> dict[str, Any]:
+    """A ``resize`` frame: the terminal of execution ``id`` becomes ``cols`` x ``rows``."""
+    frame: dict[str, Any] = {"type": "resize", "id": id}
+    if session is not None:
+        frame["session"] = session
+    frame["cols"] = cols
+    frame["rows"] = rows
+    return frame
 
 
 def runtimes_frame() -> dict[str, Any]:

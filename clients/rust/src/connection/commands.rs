@@ -8,7 +8,7 @@ use super::{Connection, Purpose};
 use crate::command::{Command, Reply};
 use crate::queue::EventSender;
 use crate::ClientError;
-use sluice_protocol::{CancelFrame, Catalog, ClientFrame, RuntimesFrame, StdinFrame};
+use sluice_protocol::{CancelFrame, Catalog, ClientFrame, ResizeFrame, RuntimesFrame, StdinFrame};
 use std::collections::hash_map::Entry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
@@ -48,6 +48,16 @@ where
                 reply,
             } => {
                 let result = self.on_stdin(id, serial, data, eof);
+                let _ = reply.send(result);
+            }
+            Command::Resize {
+                id,
+                serial,
+                cols,
+                rows,
+                reply,
+            } => {
+                let result = self.on_resize(id, serial, cols, rows);
                 let _ = reply.send(result);
             }
             Command::Cancel { id, serial, reply } => {
@@ -168,6 +178,32 @@ where
         })
         .to_json();
         self.shared.check_frame_size(frame.len())?;
+        self.enqueue(Message::text(frame), Purpose::Stdin { id, serial });
+        Ok(())
+    }
+
+    /// Sends a `resize` frame for a running execution (naming its session, as `stdin`).
+    fn on_resize(
+        &mut self,
+        id: String,
+        serial: u64,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(), ClientError> {
+        if self.closing {
+            return Err(self.closing_error());
+        }
+        let session = match self.route(&id, serial) {
+            Some(route) => route.session.clone(),
+            None => return Err(ClientError::ExecutionFinished(id)),
+        };
+        let frame = ClientFrame::Resize(ResizeFrame {
+            id: id.clone(),
+            session,
+            cols,
+            rows,
+        })
+        .to_json();
         self.enqueue(Message::text(frame), Purpose::Stdin { id, serial });
         Ok(())
     }

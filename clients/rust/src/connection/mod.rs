@@ -68,6 +68,8 @@ enum Purpose {
         id: String,
         serial: u64,
     },
+    /// Input for a running execution (`stdin`, `resize`): kept across a reconnect while
+    /// the execution runs.
     Stdin {
         id: String,
         serial: u64,

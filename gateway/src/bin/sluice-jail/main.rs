@@ -404,9 +404,12 @@ fn init(spec: &JailSpec, hand_over: File, users: Users) -> ! {
     };
     // What reached the group before the program existed waits, held, on init (the
     // program did not inherit it): pass it on. Anything later reaches the program in its
-    // group directly (or, before its exec, waits blocked on it until it unblocks).
-    for signal in os::pending_held() {
-        os::send(program_pid, signal);
+    // group directly (or, before its exec, waits blocked on it until it unblocks). A
+    // terminal program is in a session of its own: init passes on everything, below.
+    if !spec.terminal {
+        for signal in os::pending_held() {
+            os::send(program_pid, signal);
+        }
     }
     if let Some(fd) = spec.keep_fd {
         os::close(fd);
@@ -416,11 +419,15 @@ fn init(spec: &JailSpec, hand_over: File, users: Users) -> ! {
     let exec_error = failed
         .map(|(step, err)| start_failure(spec, &limit_names, step, &err))
         .unwrap_or_default();
-    let status = loop {
-        match os::wait(-1) {
-            Ok((pid, status)) if pid == program_pid => break status,
-            Ok(_) => continue, // an orphan, reaped
-            Err(_) => break libc::SIGKILL,
+    let status = if spec.terminal {
+        os::wait_passing_hangups(program_pid)
+    } else {
+        loop {
+            match os::wait(-1) {
+                Ok((pid, status)) if pid == program_pid => break status,
+                Ok(_) => continue, // an orphan, reaped
+                Err(_) => break libc::SIGKILL,
+            }
         }
     };
     // The program is gone: nothing it started outlives it. Every other process in the
@@ -509,6 +516,7 @@ fn program_start(
             .as_ref()
             .map(|name| spec.workspace.join(name))
             .as_deref(),
+        spec.terminal,
     )
     .map(|start| (start, names))
     .map_err(|err| format!("entering {}: {err}", spec.workspace.display()))
@@ -545,6 +553,7 @@ fn start_failure(
             None => format!("writing the source: {err}"),
         },
         os::StartStep::Exec => format!("could not start {}: {err}", program_name(spec)),
+        os::StartStep::Terminal => format!("taking the terminal as the controlling one: {err}"),
     }
 }
 

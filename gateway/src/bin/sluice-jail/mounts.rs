@@ -5,8 +5,9 @@
 //! * one scratch tmpfs of `--scratch-bytes` (and a matching inode budget) serving `/tmp`,
 //!   `/dev/shm` and the workspace, which keeps its outside path;
 //! * a private, read-only `/dev` with only `null`, `zero`, `full`, `random`, `urandom`
-//!   and `tty` from the host, the usual `fd`/`stdin`/`stdout`/`stderr` links and a devpts
-//!   of its own with a few ptys (`--ptys`), so a program cannot use up the host's;
+//!   and `tty` from the host (and a terminal program's terminal as `console`), the
+//!   usual `fd`/`stdin`/`stdout`/`stderr` links and a devpts of its own with a few ptys
+//!   (`--ptys`), so a program cannot use up the host's;
 //! * without network, a sysfs of the jail's own network namespace (its interfaces only,
 //!   no cgroups); with it, the host's sysfs with `/sys/fs/cgroup` covered;
 //! * empty, read-only tmpfs over what would leak or reach the host: `/run` when the
@@ -68,7 +69,7 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
         .iter()
         .map(|dir| Ok((dir.clone(), read_only_clone(dir)?)))
         .collect::<Result<Vec<_>, String>>()?;
-    let devices = DEVICES
+    let mut devices = DEVICES
         .iter()
         .filter(|name| Path::new("/dev").join(name).exists())
         .map(|name| {
@@ -78,6 +79,9 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
             Ok((path, tree))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    if spec.terminal {
+        devices.extend(terminal_node().map(|tree| (PathBuf::from("/dev/console"), tree)));
+    }
     let all = os::MOUNT_ATTR_RDONLY | os::MOUNT_ATTR_NOSUID | os::MOUNT_ATTR_NODEV;
     os::set_tree_attributes(Path::new("/"), all).map_err(failed("making the system read-only"))?;
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
@@ -158,6 +162,26 @@ fn cover(dir: &Path) -> Result<(), String> {
         Some("size=65536,nr_inodes=1024,mode=0755"),
     )
     .map_err(failed(format!("covering {}", dir.display())))
+}
+
+/// The program's terminal (init's stdin, from the gateway's devpts), to be bound as
+/// `/dev/console`, as containers have it: `ttyname` finds it there, so `tty` names it
+/// instead of saying "not a tty". Cloned by the name the kernel gives the descriptor,
+/// in this mount namespace's copy of the host's devpts (the descriptor's own mount is
+/// the gateway's namespace's), and only if that name is the very same node. Nothing
+/// when it is not (a terminal without a name works all the same).
+fn terminal_node() -> Option<OwnedFd> {
+    use std::os::unix::fs::MetadataExt as _;
+    let name = std::fs::read_link("/proc/self/fd/0").ok()?;
+    if !name.starts_with("/dev/pts/") {
+        return None;
+    }
+    let (ours, named) = (
+        std::fs::metadata("/proc/self/fd/0").ok()?,
+        std::fs::metadata(&name).ok()?,
+    );
+    let same = (ours.dev(), ours.ino(), ours.rdev()) == (named.dev(), named.ino(), named.rdev());
+    same.then(|| os::clone_tree(&name).ok()).flatten()
 }
 
 /// `/dev` of the jail: a few host devices bound in, links, its own ptys and shared

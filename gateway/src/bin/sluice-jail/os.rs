@@ -391,6 +391,53 @@ pub(crate) fn reap_ended_children_alone() -> bool {
     }
 }
 
+/// Waits for `program` to end, reaping orphans on the way, and passes each SIGHUP and
+/// SIGTERM sent to this process (held) on to every other process in its PID namespace:
+/// a terminal program leads a session of its own, out of the group the gateway signals,
+/// and a shell there puts each job in a group of its own. The program's wait status;
+/// SIGKILL's if the program cannot be waited for.
+pub(crate) fn wait_passing_hangups(program: libc::pid_t) -> libc::c_int {
+    // SIGCHLD blocked too, so that one wait takes whichever comes first; one that came
+    // before is seen by the reaping below.
+    if mask(libc::SIG_BLOCK, &[libc::SIGCHLD]).is_err() {
+        return wait(program).map_or(libc::SIGKILL, |(_, status)| status);
+    }
+    let mut status = 0;
+    loop {
+        loop {
+            // SAFETY: status is a valid out-pointer for the call.
+            let rc = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if rc == program {
+                return status;
+            }
+            if rc > 0 {
+                continue;
+            }
+            if rc == 0 {
+                break;
+            }
+            match errno() {
+                libc::EINTR => continue,
+                _ => return libc::SIGKILL,
+            }
+        }
+        // SAFETY: set is initialised by sigemptyset before use; info may be null.
+        let signal = unsafe {
+            let mut set = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGCHLD, libc::SIGHUP, libc::SIGTERM] {
+                libc::sigaddset(&mut set, signal);
+            }
+            libc::sigwaitinfo(&set, std::ptr::null_mut())
+        };
+        if signal == libc::SIGHUP || signal == libc::SIGTERM {
+            // SAFETY: kill takes integers; -1 from a namespace's init means "all the
+            // others".
+            unsafe { libc::kill(-1, signal) };
+        }
+    }
+}
+
 /// SIGKILL to every process in this PID namespace but its init.
 pub(crate) fn kill_namespace() {
     // SAFETY: kill takes integers; pid -1 from a namespace's init means "all the others".

@@ -165,7 +165,7 @@ impl WarmPool {
             program: Program::Process(Box::new(child)),
             stdin,
             stdout,
-            stderr,
+            stderr: Some(stderr),
             started_at: Instant::now(),
             warm: true,
         })
@@ -334,6 +334,7 @@ impl WarmPool {
                 scratch_bytes: limits.workspace_bytes,
                 processes: limits.processes,
                 warm: Some(wait),
+                terminal: None,
             }
             .spawn()
             .map_err(io::Error::other)?;
@@ -341,7 +342,10 @@ impl WarmPool {
         })
         .await
         .map_err(io::Error::other)??;
-        let stdin = OwnedFd::from(spawned.stdin);
+        let stdin = spawned.stdin;
+        let stderr = spawned
+            .stderr
+            .ok_or_else(|| io::Error::other("a warm entry started without a stderr pipe"))?;
         let stdin_capacity = sys::pipe_capacity(&stdin)?;
         tokio::time::timeout(READY_TIMEOUT, read_ready(&spawned.stdout))
             .await
@@ -352,7 +356,7 @@ impl WarmPool {
             child: spawned.child,
             stdin,
             stdout: spawned.stdout,
-            stderr: spawned.stderr,
+            stderr,
             program_pid,
             stdin_capacity,
             born: Instant::now(),

@@ -31,6 +31,7 @@ fn spec(runtime: Runtime, code: &str) -> ExecutionSpec {
         limits: crate::config::LimitsConfig::default()
             .resolve(&sluice_protocol::Limits::default())
             .unwrap_or_else(|err| panic!("{err}")),
+        terminal: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn a_spec_survives_its_arguments() {
         env: vec!["PATH=/usr/bin".into(), "LD_PRELOAD=/x y".into()],
         nice: Some(10),
         wait_for_go: Some("main.py".into()),
+        terminal: true,
         command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
     };
     assert_eq!(JailSpec::parse(spec.to_args()).unwrap(), spec);

@@ -26,6 +26,8 @@ pub(crate) enum StartStep {
     /// Writing a warm start's code to its source file.
     Source,
     Exec,
+    /// Starting a session of its own with its terminal as the controlling one.
+    Terminal,
 }
 
 /// Everything a program's start needs, made before it: the child shares init's memory
@@ -47,6 +49,8 @@ pub(crate) struct ProgramStart {
     /// A warm start: the source file the code given at the go is written to (see
     /// `JailSpec::wait_for_go`).
     go: Option<CString>,
+    /// Its stdio is a terminal: start a session with it as the controlling terminal.
+    terminal: bool,
 }
 
 /// What the child reads and where it says what failed.
@@ -117,6 +121,7 @@ impl ProgramStart {
         filter: Vec<libc::sock_filter>,
         (args, env, candidates): (Vec<CString>, Vec<CString>, Vec<CString>),
         go: Option<&Path>,
+        terminal: bool,
     ) -> io::Result<Self> {
         let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
             strings
@@ -138,6 +143,7 @@ impl ProgramStart {
             envp: pointers(&env),
             _strings: (args, env),
             go: go.map(c_path).transpose()?,
+            terminal,
         })
     }
 
@@ -204,6 +210,7 @@ impl ProgramStart {
             6 => Some(StartStep::Filter),
             7 => Some(StartStep::Go),
             8 => Some(StartStep::Source),
+            10 => Some(StartStep::Terminal),
             _ => Some(StartStep::Exec),
         };
         Ok((
@@ -229,6 +236,13 @@ extern "C" fn program_main(raw: *mut libc::c_void) -> libc::c_int {
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*shared).failed_step), step);
             libc::_exit(125)
         };
+        // A terminal program leads a session of its own whose controlling terminal is
+        // its stdin (still init's privileges: the terminal belongs to no session yet), so
+        // Ctrl-C typed there signals its foreground process group, and its end hangs the
+        // terminal up.
+        if start.terminal && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0) {
+            return fail(10, 0, errno());
+        }
         if libc::chdir(start.directory.as_ptr()) != 0 {
             return fail(1, 0, errno());
         }
