@@ -336,7 +336,7 @@ async function waitForScreen(page: Page, id: string, pattern: RegExp): Promise<s
   return screen(page, id);
 }
 
-test('a terminal: an interactive python3, and stty size follows the window', async (t) => {
+test('a terminal: an interactive python3 (Ctrl-C included), and stty size follows the window', async (t) => {
   const catalog = (await (await fetch(`${gateway.base}/v1/runtimes`)).json()) as { runtimes: { language: string; tty: boolean }[] };
   if (!catalog.runtimes.some((r) => (r.language === 'bash' || r.language === 'sh') && r.tty)) {
     t.skip('this gateway has no terminal mode (no runtime reports tty: true)');
@@ -353,6 +353,10 @@ test('a terminal: an interactive python3, and stty size follows the window', asy
     await waitForScreen(page, id, /[$#]$/);
     await page.keyboard.type('python3 -i\n');
     await waitForScreen(page, id, /^>>>$/);
+    await page.keyboard.type('import time; time.sleep(60)\n');
+    // Ctrl-C in the terminal interrupts the program, and the REPL goes on.
+    await page.keyboard.press('Control+C');
+    await waitForScreen(page, id, /^KeyboardInterrupt$/);
     await page.keyboard.type('6 * 7\n');
     await waitForScreen(page, id, /^42$/);
     await page.keyboard.press('Control+D');
@@ -374,6 +378,18 @@ test('a terminal: an interactive python3, and stty size follows the window', asy
     await shot(page, 'terminal-resized');
     await pane.locator('button.stop').click();
     await paneStatus(page, pane, 'cancelled');
+
+    // The editor's code on a terminal.
+    await page.selectOption('#language', 'python');
+    await page.check('#tty');
+    await typeCode(page, 'import os, sys\nprint("tty:", sys.stdout.isatty(), os.environ.get("TERM"))\n');
+    await page.click('#run');
+    const run = await newest(page);
+    const runId = (await run.getAttribute('data-id'))!;
+    assert.equal(await run.getAttribute('class'), 'pane pane-terminal');
+    await paneStatus(page, run, 'completed');
+    await waitForScreen(page, runId, /^tty: True xterm-256color$/);
+    await shot(page, 'terminal-run');
     assert.deepEqual(problems, []);
   } finally {
     await page.close();
