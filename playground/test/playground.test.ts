@@ -376,6 +376,14 @@ test('a terminal: an interactive python3 (Ctrl-C included), and stty size follow
     await page.keyboard.type('clear; stty size\n');
     await waitForScreen(page, id, new RegExp(`^${after}$`));
     await shot(page, 'terminal-resized');
+
+    // After a reload the shell is still there, with what it showed, and takes keys.
+    await page.reload();
+    await page.waitForSelector('body[data-ready="true"]', WAIT);
+    await waitForScreen(page, id, new RegExp(`^${after}$`));
+    await pane.locator('.xterm').click();
+    await page.keyboard.type('echo "after the $((1 + 1))nd load"\n');
+    await waitForScreen(page, id, /^after the 2nd load$/);
     await pane.locator('button.stop').click();
     await paneStatus(page, pane, 'cancelled');
 
