@@ -230,7 +230,7 @@ class Playground implements PaneHost {
     try {
       execution = this.client.execute(code, { ...request, session: this.session });
     } catch (err) {
-      setStatus(ui.status.dataset['state'] ?? 'connected', `not run: ${(err as Error).message}`);
+      ui.notice.textContent = `not run: ${(err as Error).message}`;
       return;
     }
     const pane = new RunPane(this, execution.id, title, request);
