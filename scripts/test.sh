@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every suite: formatting, lints and the API
 # docs, the Rust workspace (protocol fixtures, gateway units, Rust client, end-to-end tests), the
-# suite again with isolation forced off, the Python and TypeScript clients against a
-# real gateway, and the black-box protocol conformance checks when
+# suite again with isolation forced off, the Python and TypeScript clients and the
+# playground page against a real gateway, and the black-box protocol conformance checks when
 # ../shared/conformance is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +68,9 @@ bash clients/python/test.sh
 
 step "TypeScript client (clients/typescript: Node and headless Chromium)"
 bash clients/typescript/test.sh
+
+step "playground page (playground: the committed assets, and the page in headless Chromium)"
+bash playground/test.sh
 
 if [ -d ../shared/conformance ]; then
   step "protocol conformance (../shared/conformance)"

@@ -507,6 +507,13 @@ struct ServeArgs {
     /// once.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     drain_timeout_ms: u64,
+
+    /// Do not serve the playground page (`GET /`: an editor and runs side by side in
+    /// the browser, built into the binary); `/` then answers 404. While it is served, a
+    /// page of the gateway's own origin may open sockets when that origin is an IP
+    /// address or `localhost` (other origins still need --allow-origin).
+    #[arg(long)]
+    no_playground: bool,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -604,6 +611,7 @@ impl ServeArgs {
             warm_runtimes: self.warm_runtimes.clone(),
             warm_pool_refill: self.warm_pool_refill,
             warm_pool_max_age: Duration::from_millis(self.warm_pool_max_age_ms),
+            playground: !self.no_playground,
             ..Config::default()
         };
         config.runtimes.extend(self.runtimes);

@@ -449,3 +449,22 @@ fn doctor_lists_the_runtimes_with_their_versions() -> Result<()> {
     );
     Ok(())
 }
+
+/// `--no-playground` is a switch like the others: a flag, `SLUICE_NO_PLAYGROUND`, or the
+/// file's `no_playground` (what it does to `/` is tested end to end in `tests/`).
+#[test]
+fn the_playground_is_turned_off_by_flag_variable_or_file() -> Result<()> {
+    assert_eq!(
+        value(&effective(&[], &[])?, "no_playground")?.as_bool(),
+        Some(false)
+    );
+    let file = ConfigFile::new("playground", "no_playground = true\n")?;
+    for table in [
+        effective(&["--no-playground"], &[])?,
+        effective(&[], &[("SLUICE_NO_PLAYGROUND", "true")])?,
+        effective(&["--config", file.path()], &[])?,
+    ] {
+        assert_eq!(value(&table, "no_playground")?.as_bool(), Some(true));
+    }
+    Ok(())
+}

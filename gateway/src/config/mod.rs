@@ -166,6 +166,11 @@ pub struct Config {
     /// A warm entry older than this is discarded rather than used
     /// (`--warm-pool-max-age-ms`).
     pub warm_pool_max_age: Duration,
+    // Issue 14, the playground page.
+    /// Serve the playground page on the main listener (`GET /` and its two assets), and
+    /// let a page of the gateway's own origin open sockets when that origin is an IP
+    /// address or `localhost` (`--no-playground` turns both off).
+    pub playground: bool,
 }
 
 impl Config {
@@ -278,6 +283,7 @@ impl Default for Config {
             warm_runtimes: None,
             warm_pool_refill: 20,
             warm_pool_max_age: Duration::from_secs(300),
+            playground: true,
         }
     }
 }

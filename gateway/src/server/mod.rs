@@ -2,13 +2,14 @@
 //! `build` (check the configuration, decide the isolation, make the shared state),
 //! `work_root` (the directory under which executions work), `routes` (the HTTP routes
 //! on the main listener and on the metrics listener), `upgrade` (admitting a WebSocket
-//! upgrade), `exposure` (refusing to serve anonymously beyond loopback), `signals`
-//! (stop and reload) and `drain` (the shutdown sequence). This file owns the entry
-//! points and [`GatewayError`].
+//! upgrade), `exposure` (refusing to serve anonymously beyond loopback), `playground`
+//! (the page at `GET /`), `signals` (stop and reload) and `drain` (the shutdown
+//! sequence). This file owns the entry points and [`GatewayError`].
 
 mod build;
 mod drain;
 mod exposure;
+mod playground;
 mod routes;
 mod signals;
 mod upgrade;

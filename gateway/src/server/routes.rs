@@ -1,5 +1,6 @@
 //! The HTTP routes: the main listener (`/v1/ws`, `/v1/runtimes`, `/healthz`, `/readyz`,
-//! and `/metrics` unless it has a listener of its own), how its connections are admitted and metered
+//! the playground page at `/` unless `--no-playground`, and `/metrics` unless it has a
+//! listener of its own), how its connections are admitted and metered
 //! before HTTP, and the metrics listener (`--metrics-listen`).
 
 use super::build::Built;
@@ -46,6 +47,9 @@ pub(super) async fn serve(
         .route("/readyz", get(readyz));
     if !separate_metrics {
         app = app.route("/metrics", get(metrics_on_main));
+    }
+    if state.config.playground {
+        app = app.merge(super::playground::routes());
     }
     let app = app
         .fallback(|| async {

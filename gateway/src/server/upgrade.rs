@@ -123,7 +123,8 @@ pub(super) async fn upgrade(
 
 /// Browsers let any page send requests to localhost, so a request that carries an
 /// `Origin` header (every browser WebSocket upgrade does, and every cross-origin
-/// request) is refused with HTTP 403 unless that origin is allowed; one with two
+/// request) is refused with HTTP 403 unless that origin is allowed (or, while the
+/// playground is served, is the gateway's own address: `playground::is_own_origin`); one with two
 /// `Origin` headers with HTTP 400 (which would count?). The refusal is logged for
 /// `what` (the route).
 pub(super) fn check_origin(
@@ -139,10 +140,15 @@ pub(super) fn check_origin(
     }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
         let allowed = &state.config.allowed_origins;
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok());
         let ok = origin.to_str().is_ok_and(|o| {
             allowed
                 .iter()
                 .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+                // The playground page the gateway served itself.
+                || (state.config.playground && super::playground::is_own_origin(o, host))
         });
         if !ok {
             tracing::warn!(%peer, ?origin, "{} refused: origin not allowed (see --allow-origin)", what);

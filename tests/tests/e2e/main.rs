@@ -32,6 +32,7 @@ mod lockout;
 mod memory;
 mod observe;
 mod persistent;
+mod playground;
 mod privilege;
 mod redteam;
 mod review13;
