@@ -6,10 +6,16 @@
 //! same user already running could then swap a parent directory for a link between the
 //! gateway's check and its write (or its chown), and root would create, or chown, a file
 //! anywhere on the host. The directory must stay the gateway's until all is written.
+//!
+//! A name longer than the file system's 255 bytes passed the path rules and failed when
+//! written: `internal` unjailed (the gateway's error log and sandbox-failure metric),
+//! `spawn_failed` jailed. And 256 paths nested 400 deep made 102,400 directories (on the
+//! host's disk, unjailed; against the jail's inode budget) that `workspace_bytes` did not
+//! count: each directory now counts 4096 bytes.
 
 use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::{Config, Isolation};
-use sluice_protocol::{EventKind, ExecuteRequest};
+use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
 use sluice_tests::{request, skip, text_of, TestGateway};
 
 /// Files under one parent, as many as the watcher must see at once.
@@ -86,6 +92,54 @@ async fn an_unjailed_workdir_is_handed_over_only_once_its_files_are_written() ->
         text_of(&victim, EventKind::Stdout) == "victim\n",
         "{victim:?}"
     );
+    socket.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_too_long_for_the_file_system_is_the_requests_fault() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let name = format!("pkg/{}.py", "n".repeat(300));
+    let frame = ExecuteRequest {
+        files: [(name, String::new())].into_iter().collect(),
+        ..request("long", "python", "print(1)")
+    };
+    socket.execute(frame).await?;
+    let refusal = socket.next_socket_error().await?;
+    assert_eq!(refusal.code, Some(ErrorCode::BadRequest), "{refusal:?}");
+    ensure!(refusal.data.contains("255 bytes"), "{refusal:?}");
+    socket.assert_still_works().await?;
+    socket.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directories_files_make_count_against_the_workspace() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    // 256 empty files, each 400 directories deep: no bytes, 102,400 directories.
+    let deep = vec!["d"; 400].join("/");
+    let frame = ExecuteRequest {
+        files: (0..256)
+            .map(|i| (format!("{i}/{deep}/f"), String::new()))
+            .collect(),
+        ..request("deep", "python", "print(1)")
+    };
+    socket.execute(frame).await?;
+    let refusal = socket.next_socket_error().await?;
+    assert_eq!(refusal.code, Some(ErrorCode::InvalidLimit), "{refusal:?}");
+    ensure!(refusal.data.contains("workspace_bytes"), "{refusal:?}");
+    // A few directories still fit.
+    let frame = ExecuteRequest {
+        files: [("a/b/c/d.txt".to_owned(), "x".to_owned())]
+            .into_iter()
+            .collect(),
+        ..request("shallow", "python", "print(open('a/b/c/d.txt').read())")
+    };
+    socket.execute(frame).await?;
+    let events = socket.events_until_terminal("shallow").await?;
+    ensure!(text_of(&events, EventKind::Stdout) == "x\n", "{events:?}");
     socket.close().await?;
     gateway.shutdown().await
 }
