@@ -109,8 +109,9 @@ pub struct ExecuteRequest {
     /// More files of the program (a project of several files: `main.py` importing
     /// `util.py`), by path relative to its working directory, written there (parent
     /// directories made) before it starts; text. Not with `persistent`. Paths: at most
-    /// 1024 bytes, no empty, `.` or `..` component, not absolute, no NUL; at most 256
-    /// files. Their bytes count against `limits.workspace_bytes`.
+    /// 1024 bytes, no empty, `.` or `..` component, none longer than 255 bytes, not
+    /// absolute, no NUL; at most 256 files. Their bytes, and 4096 for each directory
+    /// they make, count against `limits.workspace_bytes`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(feature = "schema", schemars(transform = crate::schema::file_paths))]
     pub files: BTreeMap<String, String>,
@@ -126,6 +127,9 @@ pub const MAX_FILES: usize = 256;
 
 /// The longest path of a file an `execute` carries, in bytes.
 pub const MAX_FILE_PATH_BYTES: usize = 1024;
+
+/// The longest component of such a path (a file or directory name), in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
 
 /// Columns and rows a terminal may have, at most.
 pub const MAX_TERMINAL_SIDE: u16 = 1000;
@@ -468,8 +472,8 @@ fn check_files(e: &ExecuteRequest) -> Result<(), String> {
     Ok(())
 }
 
-/// A path of `files`: relative, its components plain names (not empty, `.` or `..`), no
-/// NUL, at most [`MAX_FILE_PATH_BYTES`]. Why not, if it is not.
+/// A path of `files`: relative, its components plain names (not empty, `.` or `..`, at
+/// most [`MAX_FILE_NAME_BYTES`]), no NUL, at most [`MAX_FILE_PATH_BYTES`]. Why not, if it is not.
 pub fn check_file_path(path: &str) -> Result<(), &'static str> {
     if path.is_empty() {
         return Err("the path is empty");
@@ -487,6 +491,11 @@ pub fn check_file_path(path: &str) -> Result<(), &'static str> {
         match component {
             "" => return Err("the path has an empty component (\"//\" or a trailing \"/\")"),
             "." | ".." => return Err("the path has a \".\" or \"..\" component"),
+            // The file system's NAME_MAX: a longer name fails when written, which is the
+            // request's fault, not the gateway's (or the jail's).
+            name if name.len() > MAX_FILE_NAME_BYTES => {
+                return Err("a component of the path is longer than 255 bytes")
+            }
             _ => {}
         }
     }

@@ -29,7 +29,8 @@ pub mod schema;
 pub use client::{
     check_file_path, AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding,
     ExecuteRequest, FrameError, ResizeFrame, RuntimesFrame, StdinFrame, DEFAULT_TERM,
-    DEFAULT_TERMINAL_SIZE, MAX_FILES, MAX_FILE_PATH_BYTES, MAX_TERMINAL_SIDE, MAX_TERM_BYTES,
+    DEFAULT_TERMINAL_SIZE, MAX_FILES, MAX_FILE_NAME_BYTES, MAX_FILE_PATH_BYTES, MAX_TERMINAL_SIDE,
+    MAX_TERM_BYTES,
 };
 pub use error::ErrorCode;
 pub use event::{Event, EventKind, InvalidEvent, LimitKind, Usage};

@@ -140,7 +140,8 @@ pub(crate) fn terminal_only_with_tty(schema: &mut Schema) {
 }
 
 /// `files`: at most 256, each path relative with plain components (no empty, `.` or
-/// `..` one), no NUL, at most 1024 bytes; each text without NUL.
+/// `..` one, none of 256 characters or more), no NUL, at most 1024 bytes; each text
+/// without NUL.
 pub(crate) fn file_paths(schema: &mut Schema) {
     schema.insert("maxProperties".to_owned(), json!(256));
     schema.insert(
@@ -149,7 +150,11 @@ pub(crate) fn file_paths(schema: &mut Schema) {
             "minLength": 1,
             "maxLength": 1024,
             "pattern": "^[^/\\u0000]+(/[^/\\u0000]+)*$",
-            "not": {"pattern": "(^|/)\\.\\.?(/|$)"}
+            // A name of 256 characters is more than 255 bytes (the decoder counts bytes).
+            "not": {"anyOf": [
+                {"pattern": "(^|/)\\.\\.?(/|$)"},
+                {"pattern": "[^/]{256}"}
+            ]}
         }),
     );
     schema.insert(

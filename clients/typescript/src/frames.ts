@@ -274,6 +274,8 @@ function terminal(obj: Record<string, unknown>, frame: ExecuteFrame): void {
 export const MAX_FILES = 256;
 /** The longest path of such a file, in bytes. */
 export const MAX_FILE_PATH_BYTES = 1024;
+/** The longest component of such a path (the file system's NAME_MAX), in bytes. */
+export const MAX_FILE_NAME_BYTES = 255;
 
 /** Why `path` cannot be a path of `files` (relative, plain components, no NUL, at most 1024 bytes), or `undefined`. */
 function filePathProblem(path: string): string | undefined {
@@ -284,6 +286,9 @@ function filePathProblem(path: string): string | undefined {
   for (const component of path.split('/')) {
     if (component === '') return 'the path has an empty component ("//" or a trailing "/")';
     if (component === '.' || component === '..') return 'the path has a "." or ".." component';
+    if (new TextEncoder().encode(component).length > MAX_FILE_NAME_BYTES) {
+      return 'a component of the path is longer than 255 bytes';
+    }
   }
   return undefined;
 }

@@ -414,9 +414,12 @@ impl Connection {
     }
 }
 
+/// What a directory made for an execute's `files` counts against its workspace.
+const DIRECTORY_BYTES: u64 = 4096;
+
 /// An execute's `files` (their paths are checked by the decoder): none may be, or be
-/// under, the program's own source file, and with the source they must fit in the
-/// workspace.
+/// under, the program's own source file, and with the source and the directories they
+/// make they must fit in the workspace.
 fn check_files(
     request: &ExecuteRequest,
     source: &str,
@@ -434,17 +437,26 @@ fn check_files(
             ),
         ));
     }
+    // Each directory the paths make costs a block (and an inode: the jail's scratch file
+    // system has one per 4096 bytes), or 256 paths nested 500 deep would make 128,000
+    // directories that no byte counts.
+    let directories: std::collections::BTreeSet<&str> = request
+        .files
+        .keys()
+        .flat_map(|path| path.match_indices('/').map(|(at, _)| &path[..at]))
+        .collect();
     let bytes: u64 = request
         .files
         .values()
         .map(|text| text.len() as u64)
         .sum::<u64>()
-        + request.code.len() as u64;
+        + request.code.len() as u64
+        + DIRECTORY_BYTES * directories.len() as u64;
     if bytes > workspace_bytes {
         return Err((
             ErrorCode::InvalidLimit,
             format!(
-                "the code and files take {bytes} bytes, more than limits.workspace_bytes ({workspace_bytes}); ask for more, within the maximum"
+                "the code and files (4096 bytes a directory) take {bytes} bytes, more than limits.workspace_bytes ({workspace_bytes}); ask for more, within the maximum"
             ),
         ));
     }

@@ -81,13 +81,24 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
         }
     };
+    // An unjailed program's files are written with its source, before its directory is
+    // its user's; a jail's init writes them from a bundle.
+    let files: &[(String, String)] = match host.jail {
+        Some(_) => &[],
+        None => &spec.files,
+    };
     let workdir = match Workdir::create(
         &host.work_root,
         &spec.runtime.file_name,
         &spec.code,
+        files,
         host.program_user,
     ) {
         Ok(dir) => dir,
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+            let message = format!("could not write the files: {err}");
+            return Err(Box::new(Event::error(id, ErrorCode::BadRequest, message)));
+        }
         Err(err) => {
             host.observe.metrics.sandbox_failed(SandboxStage::Workdir);
             tracing::error!(%err, "could not prepare the working directory");
@@ -154,24 +165,19 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
     }
 }
 
-/// Writes the execute's `files`: into the working directory for an unjailed program;
-/// as a bundle there for a jail's init to write into its workspace (whose name it
-/// returns). A refusal becomes the execution's terminal `error`.
+/// Writes a jailed program's `files` as a bundle in its working directory for the
+/// jail's init to write into its workspace (whose name it returns; an unjailed
+/// program's are written by [`Workdir::create`]). A failure becomes the execution's
+/// terminal `error`.
 fn write_files(
     spec: &ExecutionSpec,
     host: &Host,
     workdir: &Workdir,
 ) -> Result<Option<&'static str>, Box<Event>> {
-    if spec.files.is_empty() {
+    if spec.files.is_empty() || host.jail.is_none() {
         return Ok(None);
     }
-    let written = match host.jail {
-        Some(_) => workdir.write_bundle(&spec.files).map(Some),
-        None => workdir
-            .write_files(&spec.files, host.program_user)
-            .map(|()| None),
-    };
-    written.map_err(|err| {
+    workdir.write_bundle(&spec.files).map(Some).map_err(|err| {
         let id = Some(spec.id.clone());
         if err.kind() == std::io::ErrorKind::InvalidInput {
             let message = format!("could not write the files: {err}");

@@ -18,15 +18,23 @@ pub(super) struct Workdir {
 }
 
 impl Workdir {
-    /// Creates the directory (mode 0700) and writes `code` to `file_name` in it; both
-    /// belong to `owner` when the program will run as that user.
+    /// Creates the directory (mode 0700) and writes `code` to `file_name` in it, and an
+    /// unjailed program's more `files` (see [`crate::sandbox::jail::write_files`]); all
+    /// of it belongs to `owner` when the program will run as that user.
+    ///
+    /// The directory is handed to `owner` only once everything is written in it: before,
+    /// a program of the same sandbox user already running (its name is predictable)
+    /// could swap a link in for a file or parent directory between the gateway's checks
+    /// and its writes, and the gateway (root) would follow it to create or chown a file
+    /// anywhere on the host.
     pub(super) fn create(
         root: &Path,
         file_name: &str,
         code: &str,
+        files: &[(String, String)],
         owner: Option<ProgramUser>,
     ) -> io::Result<Self> {
-        let dir = Self::create_empty(root, file_name, owner)?;
+        let dir = Self::create_empty(root, file_name, None)?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -34,7 +42,13 @@ impl Workdir {
             .open(dir.source())?;
         file.write_all(code.as_bytes())?;
         if let Some(owner) = owner {
-            owner.give(&dir.source())?;
+            std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid))?;
+        }
+        if !files.is_empty() {
+            dir.write_files(files, owner)?;
+        }
+        if let Some(owner) = owner {
+            owner.give(&dir.path)?;
         }
         Ok(dir)
     }
@@ -61,8 +75,9 @@ impl Workdir {
 
     /// Writes an execute's `files` into the directory (an unjailed program's; a jail's
     /// init writes them into its own workspace from a bundle, [`Workdir::write_bundle`]),
-    /// belonging to `owner` when the program will run as that user.
-    pub(super) fn write_files(
+    /// belonging to `owner` when the program will run as that user. Only from
+    /// [`Workdir::create`], while the directory is still the gateway's alone.
+    fn write_files(
         &self,
         files: &[(String, String)],
         owner: Option<ProgramUser>,

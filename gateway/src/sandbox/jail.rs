@@ -166,7 +166,9 @@ pub fn is_plain_relative(path: &str) -> bool {
 }
 
 /// Writes `files` (path relative to `dir`, bytes) into `dir`, a directory nobody else
-/// writes in yet (a new working directory, before its program starts): parent
+/// can write in yet (a new working directory the gateway has not handed to the program
+/// user, or a jail's workspace before its program starts; a writer of the same user
+/// could swap a parent for a link between the checks and the writes): parent
 /// directories made as needed (mode 0700), each file new (mode 0600, never through a
 /// link); all of it handed to `owner` (uid, gid) when given. Each path must pass
 /// `sluice_protocol::check_file_path`.
@@ -216,7 +218,10 @@ pub fn write_files<'a>(
             .open(&at)
             .map_err(|err| std::io::Error::new(err.kind(), format!("{name:?}: {err}")))?;
         file.write_all(bytes)?;
-        give(&at)?;
+        if let Some((uid, gid)) = owner {
+            // On the open file, not by its path again.
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
     }
     Ok(())
 }

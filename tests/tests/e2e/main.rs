@@ -37,6 +37,7 @@ mod privilege;
 mod redteam;
 mod review13;
 mod review_discovery;
+mod review_files;
 mod review_fork;
 mod review_offline;
 mod review_shared_cpu;

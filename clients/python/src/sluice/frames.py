@@ -199,6 +199,8 @@ def _side(frame: Mapping[str, Any], field: str, *, required: bool) -> None:
 MAX_FILES = 256
 #: The longest path of such a file, in bytes.
 MAX_FILE_PATH_BYTES = 1024
+#: The longest component of such a path (the file system's NAME_MAX), in bytes.
+MAX_FILE_NAME_BYTES = 255
 
 
 def _check_file_path(path: str) -> str | None:
@@ -217,6 +219,8 @@ def _check_file_path(path: str) -> str | None:
             return 'the path has an empty component ("//" or a trailing "/")'
         if component in (".", ".."):
             return 'the path has a "." or ".." component'
+        if len(component.encode("utf-8")) > MAX_FILE_NAME_BYTES:
+            return "a component of the path is longer than 255 bytes"
     return None
 
 

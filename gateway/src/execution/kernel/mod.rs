@@ -153,7 +153,7 @@ impl Kernel {
     ) -> io::Result<Self> {
         let work_root: &Path = &host.work_root;
         let (file_name, driver) = kind.driver();
-        let workdir = Workdir::create(work_root, file_name, driver, host.program_user)?;
+        let workdir = Workdir::create(work_root, file_name, driver, &[], host.program_user)?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs = OwnedFd::from(theirs);
         let home = workdir.path().to_string_lossy().into_owned();
