@@ -171,7 +171,7 @@ pub fn is_plain_relative(path: &str) -> bool {
 /// could swap a parent for a link between the checks and the writes): parent
 /// directories made as needed (mode 0700), each file new (mode 0600, never through a
 /// link); all of it handed to `owner` (uid, gid) when given. Each path must pass
-/// `sluice_protocol::check_file_path`.
+/// [`is_plain_relative`] (the decoder checked more).
 pub fn write_files<'a>(
     dir: &Path,
     files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
