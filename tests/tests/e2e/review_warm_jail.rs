@@ -164,7 +164,10 @@ fn normalised_error(outcome: &sluice_client::Outcome) -> String {
 /// (the first review's `identity` case, wider): its status (signals, capabilities,
 /// `NoNewPrivs`, seccomp), all its limits, its descriptors, cgroup, the oom score,
 /// timer slack, personality and niceness, its session and group, the file system it
-/// sees and the process tree. Two things differ and are documented: the start time of
+/// sees and the process tree. Left out as well, being a matter of timing rather than
+/// of the start: the shell's own run state (running or sleeping as `cut` reads it) and
+/// init's `SigQ` (signals queued for its whole user, on the host). Two things differ
+/// and are documented: the start time of
 /// its process and `/proc/self/io` (the entry read its code: its `rchar`/`wchar`). Its
 /// v1 CPU group is left out: a program that forks moves to a group of its own at a CPU
 /// check (`sandbox/cgroup/shared_cpu.rs`), warm or cold, whenever that check comes.
@@ -179,9 +182,9 @@ async fn a_waiting_jails_program_sees_its_process_as_a_cold_one() -> Result<()> 
         grep -v ':cpu:' /proc/self/cgroup\n\
         cat /proc/self/timerslack_ns /proc/self/personality /proc/self/setgroups\n\
         ls -l /proc/self/fd | awk '{print $1, $9, $10}'\n\
-        cut -d' ' -f3,5,6,7,8,9,18,19,20,41 /proc/$$/stat\n\
+        cut -d' ' -f5,6,7,8,9,18,19,20,41 /proc/$$/stat\n\
         ps -e -o pid=,ppid=,pgid=,sid=,stat=,ni=,comm=\n\
-        grep -E 'State|Sig' /proc/1/status\n\
+        grep -E 'State|Sig(Pnd|Blk|Ign|Cgt)' /proc/1/status\n\
         stat -c '%a %h %s %F' main.sh; ls -la | awk '{print $1, $9}'; umask\n\
         sed 's/^[0-9]* [0-9]* [0-9:]* //' /proc/self/mountinfo; df -k . /tmp | tail -n +2\n"
         .to_owned();
