@@ -110,7 +110,17 @@ impl Connection {
                 }
             },
         };
-        self.start(request, session, admitted);
+        let (id, name) = (request.id.clone(), session.id().to_owned());
+        if let Err(same) = self.start(request, session, admitted) {
+            // Another socket's `execute` took the id between the look-up above and now:
+            // answered as a repeat (this socket reads the session already), or refused.
+            if !same {
+                let message = format!(
+                    "execution id {id:?} is already used in session {name:?} by a different request; choose another id"
+                );
+                self.refuse(None, ErrorCode::DuplicateId, message).await;
+            }
+        }
     }
 
     /// Refuses an `execute` before it joined a session: terminal for its id, unless that
@@ -310,7 +320,14 @@ impl Connection {
     }
 
     /// Starts the execution task of an admitted `execute` in `session`.
-    fn start(&mut self, request: ExecuteRequest, session: Arc<Session>, admitted: Admitted) {
+    /// `Err(same request)` when the session learned the id from another `execute` in the
+    /// meantime: then nothing was started.
+    fn start(
+        &mut self,
+        request: ExecuteRequest,
+        session: Arc<Session>,
+        admitted: Admitted,
+    ) -> Result<(), bool> {
         let state = self.state.clone();
         let fingerprint = Fingerprint::of(&request);
         let terminal = request.tty.then(|| {
@@ -388,10 +405,15 @@ impl Connection {
             self.principal.clone(),
             runtime.name.clone(),
         );
+        if let Err(theirs) = session.add_execution(id.clone(), fingerprint, handle) {
+            // Dropped unstarted (a program started inline is killed and reaped by its
+            // drop), its slot given back.
+            drop(task);
+            return Err(theirs == fingerprint);
+        }
         let running_here =
             self.started
                 .record(id.clone(), session.clone(), finished.clone(), max_here);
-        session.add_execution(id.clone(), fingerprint, handle);
         state.executions.spawn(async move {
             // Every execution ends with exactly one terminal event, even if its task fails.
             if std::panic::AssertUnwindSafe(task)
@@ -411,6 +433,7 @@ impl Connection {
             session.execution_finished(&id);
         });
         self.busy_at = tokio::time::Instant::now();
+        Ok(())
     }
 }
 

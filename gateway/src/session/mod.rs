@@ -156,16 +156,22 @@ impl Session {
         self.lock().executions.get(id).map(|r| r.fingerprint)
     }
 
-    /// Records a new execution; false if the session has ended.
+    /// Records a new execution; false if the session has ended. `Err` with the
+    /// fingerprint of the request that has the id, if another `execute` took it since the
+    /// caller looked (two sockets resending the same request at once): nothing is
+    /// recorded then, and the caller must not start its execution.
     pub(crate) fn add_execution(
         &self,
         id: String,
         fingerprint: Fingerprint,
         handle: ExecutionHandle,
-    ) -> bool {
+    ) -> Result<bool, Fingerprint> {
         let mut state = self.lock();
+        if let Some(taken) = state.executions.get(&id) {
+            return Err(taken.fingerprint);
+        }
         if state.ended {
-            return false;
+            return Ok(false);
         }
         let known = Known::Running(handle);
         state
@@ -176,7 +182,7 @@ impl Session {
         self.complete
             .store(false, std::sync::atomic::Ordering::Release);
         self.stream.set_idle(false);
-        true
+        Ok(true)
     }
 
     /// Records that `id` has sent its terminal event. Wakes the readers: a gateway-made

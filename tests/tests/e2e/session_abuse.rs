@@ -176,3 +176,61 @@ async fn an_intruder_that_executes_once_cannot_take_the_lead_by_acknowledging() 
     drop(intruder);
     gateway.shutdown().await
 }
+
+/// Two sockets sending the same `execute` in one named session at the same moment (a
+/// client's resend on its new socket while its old socket's frame is still being
+/// handled): it runs once, however the two interleave. A third socket that replays the
+/// session sees one `started`. Many rounds, to meet the interleavings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_execute_from_two_sockets_at_once_runs_once() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut first = gateway.raw().await?;
+    let mut second = gateway.raw().await?;
+    let mut witness = gateway.raw().await?;
+    for round in 0..25 {
+        let session = format!("twice-{round}");
+        let request = ExecuteRequest {
+            session: Some(session.clone()),
+            ..request("once", "sh", "echo ran")
+        };
+        let frame = sluice_protocol::ClientFrame::Execute(request);
+        let (a, b) = tokio::join!(first.send_frame(&frame), second.send_frame(&frame));
+        a?;
+        b?;
+        // Whichever socket's execute started it, the first reads the session.
+        let events = first.events_until_terminal("once").await?;
+        let ended = events.last().map(|e| e.kind);
+        assert_eq!(
+            ended,
+            Some(EventKind::Completed),
+            "round {round}: {events:?}"
+        );
+        witness.attach(&session, Some(0)).await?;
+        let replayed = witness.events_until_terminal("once").await?;
+        let started = replayed
+            .iter()
+            .filter(|e| e.kind == EventKind::Started)
+            .count();
+        assert_eq!(
+            started, 1,
+            "round {round}: ran {started} times: {replayed:?}"
+        );
+        for socket in [&mut first, &mut second, &mut witness] {
+            socket.detach(&session).await?;
+        }
+    }
+    ensure!(
+        !first
+            .received()
+            .iter()
+            .chain(second.received())
+            .any(|e| e.kind == EventKind::Error),
+        "a refusal: {:?} {:?}",
+        first.received(),
+        second.received()
+    );
+    first.close().await?;
+    second.close().await?;
+    witness.close().await?;
+    gateway.shutdown().await
+}
