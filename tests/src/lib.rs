@@ -1121,19 +1121,8 @@ pub async fn http_get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = within(&format!("GET {path}"), exchange).await??;
+    let response = http_get_raw(addr, path, headers).await?;
+    let response = String::from_utf8_lossy(&response).into_owned();
     let status = response
         .split(' ')
         .nth(1)
@@ -1144,6 +1133,28 @@ pub async fn http_get_with(
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The whole response to `GET path` with `headers`, head and body, as bytes (the
+/// connection is closed after it), within [`patience`].
+pub async fn http_get_raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Vec<u8>> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    within(&format!("GET {path}"), exchange).await?
 }
 
 #[cfg(test)]

@@ -7,11 +7,9 @@
 
 use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::Config;
-use sluice_tests::{http_get, refused_upgrade, within, RawSocket, TestGateway};
+use sluice_tests::{http_get, refused_upgrade, RawSocket, TestGateway};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 const INDEX: &[u8] = include_bytes!("../../../gateway/assets/playground/index.html");
 const SCRIPT: &[u8] = include_bytes!("../../../gateway/assets/playground/playground.js");
@@ -35,19 +33,7 @@ impl Answer {
 
 /// `GET path` with `headers`, read to the end (the gateway sends a length, no chunks).
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Answer> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        anyhow::Ok(response)
-    };
-    let response = within(&format!("GET {path}"), exchange).await??;
+    let response = sluice_tests::http_get_raw(addr, path, headers).await?;
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
