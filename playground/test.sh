@@ -10,6 +10,11 @@
 # was not rebuilt and committed fails), then drives the page in headless Chromium with
 # Node's test runner. Screenshots are kept in playground/artifacts/. Exits non-zero on any
 # failure.
+#
+# The page is the one the gateway embeds, from the tree $SLUICE_BIN was built from. To
+# test the committed assets against a gateway built before them, set PLAYGROUND_FROM_DISK=1:
+# a front server then answers the page's three files from gateway/assets/playground/ and
+# passes the rest to the gateway (test/gateway.ts).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -13,6 +13,11 @@ step "dependencies"
 if ! python3 -c 'import websockets' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'websockets>=12'
 fi
+# The notebook tests draw a matplotlib figure in a cell when matplotlib is there.
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check matplotlib \
+    || echo "test.sh: could not install matplotlib; its notebook test will say it is skipped"
+fi
 
 # A rootless jail maps its sandbox user to a subordinate id where the host grants one
 # (newuidmap/newgidmap from uidmap, a range in /etc/subuid and /etc/subgid), as rootless
@@ -51,7 +56,7 @@ cargo test --workspace --locked
 # they were (tests/tests/e2e/): the name filters `sandbox::` etc. pick those modules.
 step "isolation forced off: tests needing a layer skip with the reason, rlimits still hold"
 SLUICE_TEST_ISOLATION=none cargo test --locked -p sluice-tests --test e2e -- \
-  --nocapture sandbox:: isolation:: limits:: files:: terminal:: 2>&1 \
+  --nocapture sandbox:: isolation:: limits:: files:: terminal:: workspace:: 2>&1 \
   | grep -E '^(test |skipped|test result)'
 
 step "cgroups without the jail: the tree limits hold with unjailed programs"

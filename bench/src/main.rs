@@ -13,7 +13,9 @@
 //!    Python process per execution through the same gateway.
 //! 6. Isolation: execute -> first stdout with cgroups and with the full jail (cold and
 //!    warm) against `--isolation none` and direct spawning; the same program on a
-//!    terminal (`tty`, always a cold start) against it on pipes; executions per second.
+//!    terminal (`tty`, always a cold start) against it on pipes; executions per second;
+//!    and ([`files`]) 1 MiB written to a session's workspace and read back with the file
+//!    frames, against writing and reading the same bytes in a local tmpfs file.
 //! 7. Fairness: a side execution's `print(1)` (execute to terminal event) while 16
 //!    executions spin, 4 processes each, against the same on an idle gateway; with
 //!    cgroups (a CPU share per execution) and without (`--isolation none`: a lower
@@ -31,6 +33,7 @@
 // A report printer: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+mod files;
 mod idle;
 mod tenants;
 
@@ -507,6 +510,9 @@ async fn isolation_rows(
         if full_jail { ">= 0.5x" } else { "-" },
         !full_jail || rate / direct_rate >= 0.5,
     );
+    if full_jail {
+        files::round_trip_rows(&mut isolated, args.latency_runs.min(50)).await?;
+    }
     Ok(())
 }
 
@@ -847,6 +853,8 @@ async fn fan_out(
         let attach = ClientFrame::Attach(sluice_protocol::AttachFrame {
             session: session.clone(),
             since: None,
+            workspace: false,
+            ack: false,
         });
         socket.send(Message::text(attach.to_json())).await?;
         // The replay of `ready` shows the attachment is in place.

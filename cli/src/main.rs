@@ -286,6 +286,24 @@ struct ServeArgs {
     #[arg(long, default_value_t = Config::default().max_kernels, value_name = "N")]
     max_kernels: usize,
 
+    /// Session workspaces kept at once (`"workspace": true` on attach or execute), each
+    /// a tmpfs of up to its workspace_bytes, so at most this many times the largest
+    /// workspace_bytes of memory; one more is refused with `too_many_sessions`.
+    #[arg(long, default_value_t = Config::default().max_workspaces, value_name = "N")]
+    max_workspaces: usize,
+
+    /// Session workspaces one peer's sessions may keep at once [default: a quarter of
+    /// --max-workspaces].
+    #[arg(long, value_name = "N")]
+    max_workspaces_per_peer: Option<usize>,
+
+    /// Bytes all session workspaces may hold together, adding up their sizes (their
+    /// files are memory: never overcommitted); each peer may hold --budget-share-per-peer
+    /// of it, and one that does not fit is refused with `too_many_sessions`. 0: not added
+    /// up [default: a third of --memory-budget-bytes, about a quarter of the host's memory].
+    #[arg(long, value_name = "BYTES")]
+    workspace_budget_bytes: Option<u64>,
+
     /// Entries kept started per runtime, each in its own cgroup, directory and jail,
     /// ahead of the executions that will use them (one each): Python interpreters
     /// already running, and for the other runtimes jails waiting before their exec. 0
@@ -572,6 +590,9 @@ impl ServeArgs {
             session_grace: Duration::from_millis(self.session_grace_ms),
             max_sessions: self.max_sessions,
             max_kernels: self.max_kernels,
+            max_workspaces: self.max_workspaces,
+            max_workspaces_per_peer: self.max_workspaces_per_peer,
+            workspace_budget_bytes: self.workspace_budget_bytes,
             isolation: self.isolation,
             network: self.network,
             sandbox_uid: self.sandbox_uid,

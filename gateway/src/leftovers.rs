@@ -26,6 +26,24 @@ pub(crate) fn left_by_dead_gateways(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The mount points under `dir` (this process's view, deepest first), such as the
+/// workspaces of a gateway that died.
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        // Octal escapes (a space is \040) never occur in the names the gateway makes.
+        .filter(|point| !point.contains('\\'))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect();
+    found.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

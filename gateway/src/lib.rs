@@ -23,6 +23,7 @@ mod server;
 mod session;
 mod state;
 mod sys;
+mod workspace;
 
 pub use catalog::runtimes_report;
 pub use config::{

@@ -32,6 +32,13 @@ pub(crate) struct GatewayState {
     /// `ExecutionSlot` holds its unit.
     pub(crate) executions_per_peer: Quota,
     pub(crate) kernels_per_peer: Quota,
+    /// Session workspaces, gateway-wide (`--max-workspaces`).
+    pub(crate) workspace_slots: Arc<Semaphore>,
+    /// Session workspaces per peer.
+    pub(crate) workspaces_per_peer: Quota,
+    /// The bytes all workspaces may hold together (`--workspace-budget-bytes`), and
+    /// each peer's share of them.
+    pub(crate) workspace_budget: Arc<crate::sandbox::ExecutionBudget>,
     /// The root of the cancellation tree: cancelled once on shutdown.
     pub(crate) shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.

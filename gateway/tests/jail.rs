@@ -726,3 +726,52 @@ fn a_terminal_program_leads_a_session_on_its_terminal_as_a_subordinate_id() {
         Some(ids),
     ));
 }
+
+/// What the jail's user database says, seen from its program: the sandbox user's name
+/// and home, the names the file lists, whether the program can write it.
+const WHO_AM_I: &str =
+    "whoami; getent passwd $(id -u) | cut -d: -f6; cut -d: -f1 /etc/passwd | tr '\\n' ' '; echo; \
+                        cut -d: -f1 /etc/group | tr '\\n' ' '; echo; \
+                        (echo x >> /etc/passwd) 2>/dev/null && echo writable || echo read-only";
+
+fn check_user_database(output: &std::process::Output, home: &Path) {
+    let out = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "sluice",
+            home.to_str().unwrap_or_default(),
+            "root sluice nobody ",
+            "root sluice nogroup ",
+            "read-only"
+        ],
+        "{out:?} {:?}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the skip reason is for the person reading the test run
+fn the_program_has_a_name_and_sees_none_of_the_hosts_users() {
+    if !running_as_root() {
+        eprintln!("skipped: the jail needs root");
+        return;
+    }
+    let dir =
+        std::env::temp_dir().join(format!("sluice-jail-user-database-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _scratch = Scratch(dir.clone());
+    let (output, _) = run_jailed(&dir, WHO_AM_I, "/bin/sh");
+    check_user_database(&output, &dir);
+    // Without root, in the jail's own user namespace, the same.
+    if let Some((output, _)) = run_rootless("users", WHO_AM_I, Vec::new()) {
+        let home = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .nth(1)
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default();
+        assert!(home.is_absolute(), "{output:?}");
+        check_user_database(&output, &home);
+    }
+}

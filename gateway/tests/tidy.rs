@@ -56,6 +56,21 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
         "connection",
         "the sandbox knows nothing of sockets",
     ),
+    (
+        "workspace",
+        "execution",
+        "a workspace is a session's directory; executions use it, not the other way",
+    ),
+    (
+        "workspace",
+        "session",
+        "a workspace knows nothing of sessions",
+    ),
+    (
+        "workspace",
+        "connection",
+        "a workspace knows nothing of sockets",
+    ),
 ];
 
 /// Modules that name no other module of the gateway.

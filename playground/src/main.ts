@@ -2,14 +2,28 @@
  * The playground page the gateway serves at `GET /`: asks for a credential when the
  * gateway requires one, fills the language picker from `GET /v1/runtimes`, connects
  * with the TypeScript client, and runs the editor's code in one named session per tab,
- * each run in a pane of its own. The session's name, the last sequence shown and the
- * panes are kept in session storage (store.ts), so a reload attaches to the session
- * again from that sequence and the runs' output goes on where it was.
+ * each run in a pane of its own (its rich output too: an `update_display` replaces what
+ * its `display_id` shows in any pane of the tab). The session is opened with a workspace (its files show
+ * in the tree beside the editor, files.ts) and every run starts in it; a gateway that
+ * keeps no workspaces gets the page without the tree. The session's name, the last
+ * sequence shown and the panes are kept in session storage (store.ts), so a reload
+ * attaches to the session again from that sequence and the runs' output goes on where it
+ * was.
  */
 
-import { type Catalog, type ExecuteOptions, type RuntimeInfo, SluiceClient, type SluiceEvent } from '../../clients/typescript/src/index.js';
+import {
+  type Catalog,
+  type ExecuteOptions,
+  type RuntimeInfo,
+  SluiceClient,
+  type SluiceError,
+  type SluiceEvent,
+} from '../../clients/typescript/src/index.js';
 import { type Editor, makeEditor } from './editor.js';
+import { FileTree } from './files.js';
+import { pieceSize } from './output.js';
 import { type Pane, type PaneHost, RunPane, TerminalPane } from './panes.js';
+import type { Rich } from './rich.js';
 import { loadPage, loadToken, SAVED_IN_ALL, type SavedPage, type SavedRequest, savePage, saveToken } from './store.js';
 
 const MiB = 1 << 20;
@@ -39,6 +53,7 @@ const ui = {
   editor: byId<HTMLElement>('editor'),
   runs: byId<HTMLElement>('runs'),
   empty: byId<HTMLElement>('runs-empty'),
+  files: byId<HTMLElement>('files'),
   dialog: byId<HTMLDialogElement>('token-dialog'),
   tokenForm: byId<HTMLFormElement>('token-form'),
   token: byId<HTMLInputElement>('token'),
@@ -98,9 +113,14 @@ async function authenticate(): Promise<{ catalog: Catalog; token: string | undef
 class Playground implements PaneHost {
   readonly panes = new Map<string, Pane>();
   private readonly editor: Editor;
+  private readonly files: FileTree;
   private runtimes: RuntimeInfo[] = [];
   private counter = 0;
   private saveAsked = false;
+  /** The session is open (runs wait for it, to know whether they go in its workspace). */
+  private opened = false;
+  /** The session has a workspace: runs start in it. */
+  private workspace = false;
 
   constructor(
     readonly client: SluiceClient,
@@ -112,6 +132,7 @@ class Playground implements PaneHost {
       () => this.runEditor(),
       () => this.editorChanged(),
     );
+    this.files = new FileTree(ui.files, this);
   }
 
   get session(): string {
@@ -122,7 +143,7 @@ class Playground implements PaneHost {
   // Start-up
   // -------------------------------------------------------------------------------------
 
-  start(): void {
+  async start(): Promise<void> {
     this.runtimes = this.catalog.runtimes;
     for (const runtime of this.runtimes) {
       const option = document.createElement('option');
@@ -161,6 +182,7 @@ class Playground implements PaneHost {
       if (document.visibilityState === 'hidden') this.save();
     });
     this.restore();
+    await this.openSession();
     this.editor.view.focus();
   }
 
@@ -217,13 +239,14 @@ class Playground implements PaneHost {
 
   private runEditor(): void {
     const runtime = this.runtime();
-    if (!runtime) return;
+    if (!runtime || !this.opened) return;
     const code = this.editor.text();
     if (ui.tty.checked && runtime.tty) {
       this.openTerminal(runtime.language, code, `${runtime.language} #${++this.counter} (terminal)`);
       return;
     }
     const request: SavedRequest = { code, language: runtime.language, limits: this.limits(false) };
+    if (this.workspace) request.workspace = true;
     const firstLine = code.split('\n').find((l) => l.trim() !== '') ?? '';
     const title = `${runtime.language} #${++this.counter} ${firstLine.trim().slice(0, 40)}`;
     let execution: ReturnType<SluiceClient['execute']>;
@@ -241,13 +264,14 @@ class Playground implements PaneHost {
 
   private openShell(): void {
     const shell = this.shellRuntime();
-    if (!shell) return;
+    if (!shell || !this.opened) return;
     this.openTerminal(shell.language, `exec ${shell.language} -i\n`, `${shell.language} shell #${++this.counter}`);
   }
 
   private openTerminal(language: string, code: string, title: string): void {
     const id = `term-${crypto.randomUUID()}`;
     const request: SavedRequest = { code, language, limits: this.limits(true), tty: true };
+    if (this.workspace) request.workspace = true;
     const pane = new TerminalPane(this, id, title, request);
     this.add(pane);
     const { cols, rows } = pane.size();
@@ -291,6 +315,12 @@ class Playground implements PaneHost {
     this.changed();
   }
 
+  updateDisplay(displayId: string, bundle: Rich['bundle'], metadata: Rich['metadata']): void {
+    let found = 0;
+    for (const pane of this.panes.values()) found += pane.updateDisplay(displayId, bundle, metadata);
+    if (found > 0) this.changed();
+  }
+
   // -------------------------------------------------------------------------------------
   // Saving and reloading
   // -------------------------------------------------------------------------------------
@@ -309,9 +339,9 @@ class Playground implements PaneHost {
     // The newest panes keep their output first.
     const panes = [...this.panes.values()].reverse().map((pane) => {
       const saved = pane.save();
-      let size = saved.output.reduce((n, p) => n + p.text.length, 0);
+      let size = saved.output.reduce((n, p) => n + pieceSize(p), 0);
       while (size > room && saved.output.length > 0) {
-        size -= saved.output.shift()!.text.length;
+        size -= pieceSize(saved.output.shift()!);
         saved.trimmed = true;
       }
       room -= size;
@@ -321,10 +351,9 @@ class Playground implements PaneHost {
     savePage(this.page);
   }
 
-  /** Puts the saved panes back and attaches to the session from the last sequence shown. */
+  /** Puts the saved panes back (their runs' events come through the session's reader). */
   private restore(): void {
-    const saved = this.page.panes;
-    for (const entry of saved) {
+    for (const entry of this.page.panes) {
       const pane =
         entry.kind === 'terminal'
           ? new TerminalPane(this, entry.id, entry.title, entry.request)
@@ -333,21 +362,80 @@ class Playground implements PaneHost {
       pane.restore(entry);
       this.counter += 1;
     }
-    if (this.page.lastSequence === 0 && !saved.some((p) => p.running)) return;
-    const reader = this.client.attach(this.session, { since: this.page.lastSequence });
-    void (async () => {
+  }
+
+  /**
+   * Attaches to the session with a workspace (creating both if need be), from the last
+   * sequence shown, and reads it: runs from before a reload go on in their panes, and the
+   * tree follows `files_changed`. A gateway that keeps no workspaces refuses that: the
+   * tree goes, and the page attaches as it did before workspaces (only to resume). A
+   * session that could not be resumed (it ended while the page was away) takes its runs'
+   * panes with it, and the page starts it again.
+   */
+  private async openSession(): Promise<void> {
+    let workspace = true;
+    let resuming = this.page.lastSequence > 0 || this.page.panes.some((p) => p.running);
+    for (;;) {
+      if (!workspace && !resuming) break;
+      const since = resuming ? this.page.lastSequence : 0;
+      const reader = this.client.attach(this.session, workspace ? { since, workspace } : { since });
       try {
-        for await (const event of reader) this.fromReader(event);
+        await reader.ready;
       } catch (err) {
-        // The session ended while the page was away (or the attach was refused): what
-        // its runs printed since is gone; the next run starts the session again.
-        for (const pane of this.panes.values()) {
-          if (pane.source === 'reader') pane.lost(`the session could not be resumed: ${(err as Error).message}`);
+        const code = (err as SluiceError).code;
+        if (workspace && (code === 'no_workspace' || code === 'too_many_sessions')) {
+          // The workspace is what was refused (the gateway keeps none, or no more): the
+          // session goes on without one.
+          workspace = false;
+          this.files.unavailable(`this gateway keeps no workspace for the session (${(err as Error).message})`);
+          continue;
         }
-        this.page.lastSequence = 0;
-        this.changed();
+        if (resuming) {
+          this.sessionLost(err);
+          resuming = false;
+          continue;
+        }
+        // A gateway older than workspaces does not open a session on `attach`: the page
+        // goes on without the tree, and its first run opens the session.
+        workspace = false;
+        this.files.unavailable(`the session's workspace could not be opened (${(err as Error).message})`);
+        continue;
       }
-    })();
+      this.workspace = workspace;
+      if (workspace) this.files.open();
+      void this.read(reader);
+      break;
+    }
+    this.opened = true;
+  }
+
+  private async read(reader: AsyncIterable<SluiceEvent>): Promise<void> {
+    let fellBehind = false;
+    try {
+      for await (const event of reader) {
+        if (event.type === 'files_changed') this.files.changed(event);
+        else if (event.type === 'error' && event.code === 'slow_consumer') fellBehind = true;
+        this.fromReader(event);
+      }
+    } catch (err) {
+      this.sessionLost(err);
+      return;
+    }
+    // A burst of output outran the page: it reads on from the last event it showed (the
+    // client sends what is still buffered; the rest comes as a gap), and lists the files again.
+    if (fellBehind) {
+      void this.read(this.client.attach(this.session, { since: this.page.lastSequence }));
+      this.files.refresh();
+    }
+  }
+
+  /** The session ended while the page was away (or the attach was refused): what its runs printed since is gone. */
+  private sessionLost(err: unknown): void {
+    for (const pane of this.panes.values()) {
+      if (pane.source === 'reader') pane.lost(`the session could not be resumed: ${(err as Error).message}`);
+    }
+    this.page.lastSequence = 0;
+    this.changed();
   }
 
   /** An event of the session after a reload: to the pane of a run from before it. */
@@ -405,7 +493,7 @@ async function main(): Promise<void> {
   }
   setStatus('connected', 'connected');
   const playground = new Playground(client, auth.catalog, page);
-  playground.start();
+  await playground.start();
   document.body.dataset['ready'] = 'true';
 }
 

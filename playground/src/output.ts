@@ -1,5 +1,6 @@
 /**
  * A run's output in a pane, kept and drawn so that no amount of it freezes the page.
+ * Output is text of a stream, or rich output (rich.ts) at its place among the text.
  *
  * - Output is added to a model at once and drawn once per animation frame: all that
  *   arrived since the last frame is drawn together.
@@ -10,15 +11,34 @@
  *   for the unfinished last line. A frame adds blocks at the end and removes blocks from
  *   the start; no block's text is touched again, so the browser lays out only what
  *   changed, and `content-visibility: auto` (style.css) skips the blocks out of view.
+ * - A rich output is a block of its own (the unfinished line before it ends there) and
+ *   counts for the length of its bundle's data; an `update_display` of its `display_id`
+ *   redraws that block alone.
  */
+
+import { type Rich, renderRich, richSize } from './rich.js';
 
 /** Which stream a piece of output came from; `note` is the page's own words. */
 export type Stream = 'stdout' | 'stderr' | 'note';
 
-/** A piece of output as kept (and saved across reloads). */
-export interface Piece {
+/** Text of a stream. */
+export interface TextPiece {
   stream: Stream;
   text: string;
+}
+
+/** One rich output (never merged, never cut: it is kept or dropped whole). */
+export interface RichPiece {
+  stream: 'rich';
+  rich: Rich;
+}
+
+/** A piece of output as kept (and saved across reloads). */
+export type Piece = TextPiece | RichPiece;
+
+/** The characters a piece counts for. */
+export function pieceSize(piece: Piece): number {
+  return piece.stream === 'rich' ? richSize(piece.rich) : piece.text.length;
 }
 
 /** The most characters one drawn block holds. */
@@ -52,9 +72,10 @@ function trimFront(pieces: Piece[], size: number, cap: number): number {
   while (size > cap) {
     const first = pieces[0]!;
     const excess = size - cap;
-    if (first.text.length <= excess) {
+    const firstSize = pieceSize(first);
+    if (firstSize <= excess || first.stream === 'rich') {
       pieces.shift();
-      size -= first.text.length;
+      size -= firstSize;
     } else {
       first.text = first.text.slice(excess);
       size -= excess;
@@ -63,14 +84,14 @@ function trimFront(pieces: Piece[], size: number, cap: number): number {
   return size;
 }
 
-function length(pieces: Piece[]): number {
+function length(pieces: TextPiece[]): number {
   return pieces.reduce((n, p) => n + p.text.length, 0);
 }
 
 /** Splits `pieces` after the character at `at` (exclusive): [before, after]. */
-function splitAt(pieces: Piece[], at: number): [Piece[], Piece[]] {
-  const before: Piece[] = [];
-  const after: Piece[] = [];
+function splitAt(pieces: TextPiece[], at: number): [TextPiece[], TextPiece[]] {
+  const before: TextPiece[] = [];
+  const after: TextPiece[] = [];
   let seen = 0;
   for (const piece of pieces) {
     const end = seen + piece.text.length;
@@ -86,7 +107,7 @@ function splitAt(pieces: Piece[], at: number): [Piece[], Piece[]] {
 }
 
 /** The offset just after the last newline of `pieces` within its first `limit` characters, or -1. */
-function lastLineEnd(pieces: Piece[], limit: number): number {
+function lastLineEnd(pieces: TextPiece[], limit: number): number {
   let seen = 0;
   let found = -1;
   for (const piece of pieces) {
@@ -99,7 +120,7 @@ function lastLineEnd(pieces: Piece[], limit: number): number {
   return found;
 }
 
-function render(pieces: Piece[]): HTMLElement {
+function render(pieces: TextPiece[]): HTMLElement {
   const block = document.createElement('div');
   for (const piece of pieces) {
     const span = document.createElement('span');
@@ -121,9 +142,10 @@ export class OutputView {
   /** More than `cap` arrived between two frames: the drawing starts over. */
   private overrun = false;
   /** The unfinished last line, drawn in `tailNode`. */
-  private tail: Piece[] = [];
+  private tail: TextPiece[] = [];
   private readonly tailNode: HTMLElement;
-  private readonly blocks: { node: HTMLElement; size: number }[] = [];
+  /** The drawn blocks, oldest first; a rich output's block holds its piece. */
+  private readonly blocks: { node: HTMLElement; size: number; piece?: RichPiece }[] = [];
   private drawnSize = 0;
   private trimmedFlag = false;
 
@@ -156,11 +178,61 @@ export class OutputView {
   append(stream: Stream, text: string): void {
     if (text.length === 0) return;
     this.keptSize += push(this.kept, stream, text);
+    this.freshSize += push(this.fresh, stream, text);
+    this.added();
+  }
+
+  /** Appends rich output after what is there; it is drawn with the next animation frame. */
+  appendRich(rich: Rich): void {
+    // One object in both lists: an update before the next frame reaches what it draws.
+    const piece: RichPiece = { stream: 'rich', rich };
+    const size = pieceSize(piece);
+    this.kept.push(piece);
+    this.keptSize += size;
+    this.fresh.push(piece);
+    this.freshSize += size;
+    this.added();
+  }
+
+  /**
+   * Replaces what each rich output of `displayId` here shows with `bundle` and `metadata`
+   * (an `update_display`); returns how many there were.
+   */
+  update(displayId: string, bundle: Rich['bundle'], metadata: Rich['metadata']): number {
+    let found = 0;
+    for (const piece of this.kept) {
+      if (piece.stream !== 'rich' || piece.rich.displayId !== displayId) continue;
+      found += 1;
+      const before = pieceSize(piece);
+      piece.rich = { ...piece.rich, bundle, metadata };
+      this.keptSize += pieceSize(piece) - before;
+    }
+    for (const block of this.blocks) {
+      if (block.piece?.rich.displayId !== displayId) continue;
+      // (Drawn, and no longer kept: trimmed since.)
+      if (!this.kept.includes(block.piece)) {
+        found += 1;
+        block.piece.rich = { ...block.piece.rich, bundle, metadata };
+      }
+      const node = renderRich(block.piece.rich);
+      block.node.replaceWith(node);
+      block.node = node;
+      const size = pieceSize(block.piece);
+      this.drawnSize += size - block.size;
+      block.size = size;
+    }
+    if (found === 0) return 0;
+    this.freshSize = this.fresh.reduce((n, p) => n + pieceSize(p), 0);
+    this.added();
+    return found;
+  }
+
+  /** Output was added (or grew): the bounds are kept, and the next frame draws it. */
+  private added(): void {
     if (this.keptSize > this.cap) {
       this.keptSize = trimFront(this.kept, this.keptSize, this.cap);
       this.markTrimmed();
     }
-    this.freshSize += push(this.fresh, stream, text);
     if (this.freshSize > this.cap) {
       this.freshSize = trimFront(this.fresh, this.freshSize, this.cap);
       this.overrun = true;
@@ -171,7 +243,7 @@ export class OutputView {
 
   /** What is kept, oldest first, at most the last `max` characters of it. */
   pieces(max = this.cap): Piece[] {
-    const copy = this.kept.map((p) => ({ ...p }));
+    const copy = this.kept.map((p): Piece => ({ ...p }));
     trimFront(copy, this.keptSize, max);
     return copy;
   }
@@ -193,23 +265,38 @@ export class OutputView {
       this.tail = [];
       this.overrun = false;
     }
-    let rest = [...this.tail, ...this.fresh];
+    let queue: Piece[] = [...this.tail, ...this.fresh];
     this.fresh = [];
     this.freshSize = 0;
     const added = document.createDocumentFragment();
-    // Whole lines go into blocks of at most BLOCK characters; a line longer than that
-    // is cut where the block ends.
+    let rest: TextPiece[];
     for (;;) {
-      const size = length(rest);
-      let end = lastLineEnd(rest, BLOCK);
-      if (end < 0 && size > BLOCK) end = BLOCK;
-      if (end < 0) break;
-      const [block, after] = splitAt(rest, end);
-      const node = render(block);
+      // The text up to the next rich output (or the end).
+      const at = queue.findIndex((p) => p.stream === 'rich');
+      rest = (at < 0 ? queue : queue.slice(0, at)) as TextPiece[];
+      // Whole lines go into blocks of at most BLOCK characters; a line longer than that
+      // is cut where the block ends. Before a rich output the unfinished line ends too.
+      for (;;) {
+        const size = length(rest);
+        let end = lastLineEnd(rest, BLOCK);
+        if (end < 0 && size > BLOCK) end = BLOCK;
+        if (end < 0 && at >= 0 && size > 0) end = size;
+        if (end < 0) break;
+        const [block, after] = splitAt(rest, end);
+        const node = render(block);
+        added.append(node);
+        this.blocks.push({ node, size: end });
+        this.drawnSize += end;
+        rest = after;
+      }
+      if (at < 0) break;
+      const piece = queue[at] as RichPiece;
+      const node = renderRich(piece.rich);
+      const size = pieceSize(piece);
       added.append(node);
-      this.blocks.push({ node, size: end });
-      this.drawnSize += end;
-      rest = after;
+      this.blocks.push({ node, size, piece });
+      this.drawnSize += size;
+      queue = queue.slice(at + 1);
     }
     this.tailNode.before(added);
     this.tail = rest;

@@ -1,16 +1,26 @@
 /**
  * The panes of the runs area: a {@link RunPane} shows one run's output (stdout and stderr
- * told apart), its state, its usage, an input line and Stop; a {@link TerminalPane} shows
- * a terminal run in xterm.js, whose keys go to the program's input and whose size follows
- * the pane. A pane is fed events either by the run's own handle (runs this page started)
+ * told apart, rich output in its place among them), its state, its usage, an input line
+ * and Stop; a {@link TerminalPane} shows a terminal run in xterm.js, whose keys go to the
+ * program's input and whose size follows the pane. A pane is fed events either by the run's own handle (runs this page started)
  * or by the session reader (runs from before a reload), never by both.
  */
 
 import { FitAddon } from '@xterm/addon-fit';
 import { Terminal } from '@xterm/xterm';
-import type { ExecuteOptions, Execution, SluiceClient, SluiceEvent, TerminalEvent, Usage } from '../../clients/typescript/src/index.js';
+import type {
+  DisplayEvent,
+  ExecuteOptions,
+  Execution,
+  ResultEvent,
+  SluiceClient,
+  SluiceEvent,
+  TerminalEvent,
+  Usage,
+} from '../../clients/typescript/src/index.js';
 import { isTerminal } from '../../clients/typescript/src/index.js';
 import { OutputView, type Piece } from './output.js';
+import type { Rich } from './rich.js';
 import { SAVED_PER_PANE, type SavedPane, type SavedRequest } from './store.js';
 
 /** What a run pane keeps of its output (the page says when it dropped older output). */
@@ -26,6 +36,16 @@ export interface PaneHost {
   changed(): void;
   /** The pane was closed. */
   removed(pane: Pane): void;
+  /** An `update_display` reached a pane: what shows `displayId` in any pane of the tab is replaced. */
+  updateDisplay(displayId: string, bundle: Rich['bundle'], metadata: Rich['metadata']): void;
+}
+
+/** A `display` or `result` event as a pane keeps it. */
+export function richOf(event: DisplayEvent | ResultEvent): Rich {
+  const rich: Rich = { kind: event.type, bundle: event.bundle, metadata: event.metadata };
+  if (event.display_id !== undefined) rich.displayId = event.display_id;
+  if (event.type === 'result' && event.execution_count !== undefined) rich.count = event.execution_count;
+  return rich;
 }
 
 function element<K extends keyof HTMLElementTagNameMap>(tag: K, className?: string, text?: string): HTMLElementTagNameMap[K] {
@@ -35,7 +55,8 @@ function element<K extends keyof HTMLElementTagNameMap>(tag: K, className?: stri
   return node;
 }
 
-function bytes(n: number): string {
+/** A size for people: B, KiB or MiB. */
+export function bytes(n: number): string {
   if (n < 1024) return `${n} B`;
   if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
   return `${(n / (1 << 20)).toFixed(1)} MiB`;
@@ -55,6 +76,8 @@ export function describeEnd(event: TerminalEvent): { status: string; words: stri
   switch (event.type) {
     case 'completed':
       if (event.signal !== undefined) return { status: 'failed', words: `killed by signal ${event.signal}` };
+      // A persistent cell that raised: its exception says more than its exit status (the traceback is on stderr).
+      if (event.exception) return { status: 'failed', words: `${event.exception.ename}: ${event.exception.evalue}` };
       return { status: event.exit_code === 0 ? 'completed' : 'failed', words: `exit ${event.exit_code ?? '?'}` };
     case 'cancelled':
       return { status: 'cancelled', words: 'stopped' };
@@ -176,6 +199,18 @@ export abstract class Pane {
         if (this.status === 'starting' || this.status === 'reattaching') this.setStatus('running', 'running');
         this.output(event.type, event.data);
         return;
+      case 'display':
+      case 'result':
+        if (this.status === 'starting' || this.status === 'reattaching') this.setStatus('running', 'running');
+        this.rich(richOf(event));
+        return;
+      case 'update_display':
+        this.host.updateDisplay(event.display_id, event.bundle, event.metadata);
+        return;
+      case 'input_request':
+        if (this.status === 'starting' || this.status === 'reattaching') this.setStatus('running', 'running');
+        this.inputRequest(event.data, event.password);
+        return;
       case 'gap':
         this.note(`${event.resume_from - event.missed_from} events of the session were lost here (the gateway no longer had them)`);
         return;
@@ -187,6 +222,7 @@ export abstract class Pane {
   private end(event: TerminalEvent): void {
     this.running = false;
     const { status, words } = describeEnd(event);
+    if (event.type !== 'error' && event.exception) this.exception(`${event.exception.ename}: ${event.exception.evalue}`);
     if (this.stopAskedAt !== undefined && event.type === 'cancelled') {
       // How long Stop took to show, and (from the gateway's times: the program's start
       // plus how long it ran) how long the program outlived the click.
@@ -263,8 +299,24 @@ export abstract class Pane {
   /** The pane is on the page. */
   mounted(): void {}
 
+  /**
+   * Replaces what each rich output of `displayId` in this pane shows (an `update_display`
+   * from any run of the tab); returns how many there were.
+   */
+  updateDisplay(_displayId: string, _bundle: Rich['bundle'], _metadata: Rich['metadata']): number {
+    return 0;
+  }
+
   protected abstract output(stream: 'stdout' | 'stderr', text: string): void;
+  /** Rich output of the run, after its output so far. */
+  protected abstract rich(rich: Rich): void;
   protected abstract note(text: string): void;
+  /** The run asks for a line of input (`input_request`): show `prompt` by the input, hidden for a password. */
+  protected inputRequest(_prompt: string, _password: boolean): void {}
+  /** A cell raised: `ename: evalue`, shown after its output. */
+  protected exception(text: string): void {
+    this.note(text);
+  }
   protected abstract saveOutput(): { output: Piece[]; trimmed: boolean };
   /** The run is over: input controls go. */
   protected abstract ended(): void;
@@ -276,6 +328,7 @@ export class RunPane extends Pane {
   private readonly view: OutputView;
   private readonly stdinRow: HTMLFormElement;
   private readonly stdinBox: HTMLInputElement;
+  private readonly promptLabel: HTMLLabelElement;
   private readonly eofButton: HTMLButtonElement;
 
   constructor(host: PaneHost, id: string, title: string, request: SavedRequest) {
@@ -286,14 +339,20 @@ export class RunPane extends Pane {
     this.view = new OutputView(box, notice, KEPT_OUTPUT);
     this.stdinRow = element('form', 'stdin');
     this.stdinBox = element('input');
+    this.stdinBox.type = 'text';
+    this.stdinBox.id = `stdin-${id}`;
     this.stdinBox.placeholder = 'input: Enter sends the line';
     this.stdinBox.setAttribute('aria-label', 'Standard input');
+    // The prompt of the program's input request, shown by the box while it waits for the answer.
+    this.promptLabel = element('label', 'prompt');
+    this.promptLabel.htmlFor = this.stdinBox.id;
+    this.promptLabel.hidden = true;
     const send = element('button', 'send', 'Send');
     send.type = 'submit';
     this.eofButton = element('button', 'eof', 'End input');
     this.eofButton.type = 'button';
     this.eofButton.title = 'Close the program’s standard input (end of file)';
-    this.stdinRow.append(this.stdinBox, send, this.eofButton);
+    this.stdinRow.append(this.promptLabel, this.stdinBox, send, this.eofButton);
     this.stdinRow.addEventListener('submit', (e) => {
       e.preventDefault();
       this.sendLine();
@@ -307,6 +366,7 @@ export class RunPane extends Pane {
     try {
       this.control()?.sendStdin(line);
       this.stdinBox.value = '';
+      this.answered();
     } catch (err) {
       this.note(`input not sent: ${(err as Error).message}`);
     }
@@ -326,6 +386,45 @@ export class RunPane extends Pane {
     this.view.append(stream, text);
   }
 
+  protected rich(rich: Rich): void {
+    this.view.appendRich(rich);
+  }
+
+  /** Shows the prompt by the input box and focuses it; a password is typed into a hidden field. */
+  protected override inputRequest(prompt: string, password: boolean): void {
+    this.promptLabel.textContent = prompt;
+    this.promptLabel.hidden = prompt === '';
+    this.stdinBox.type = password ? 'password' : 'text';
+    this.stdinBox.autocomplete = password ? 'off' : 'on';
+    this.stdinBox.setAttribute('aria-label', prompt === '' ? 'Standard input' : prompt);
+    this.stdinRow.classList.add('asked');
+    this.root.dataset['inputRequest'] = password ? 'password' : 'text';
+    this.stdinBox.focus();
+  }
+
+  /** The request was answered: the box is an ordinary input line again. */
+  private answered(): void {
+    if (!this.stdinRow.classList.contains('asked')) return;
+    this.stdinRow.classList.remove('asked');
+    this.promptLabel.hidden = true;
+    this.promptLabel.textContent = '';
+    this.stdinBox.type = 'text';
+    this.stdinBox.setAttribute('aria-label', 'Standard input');
+    delete this.root.dataset['inputRequest'];
+  }
+
+  /** The exception's `ename: evalue` in a line of its own above the usage line (its traceback is on stderr). */
+  protected override exception(text: string): void {
+    const line = element('p', 'exception', text);
+    line.setAttribute('role', 'alert');
+    this.usageLine.before(line);
+    this.root.dataset['exception'] = text;
+  }
+
+  override updateDisplay(displayId: string, bundle: Rich['bundle'], metadata: Rich['metadata']): number {
+    return this.view.update(displayId, bundle, metadata);
+  }
+
   protected note(text: string): void {
     this.view.append('note', `[${text}]\n`);
   }
@@ -335,12 +434,16 @@ export class RunPane extends Pane {
   }
 
   protected ended(): void {
+    this.answered();
     this.stdinRow.hidden = true;
   }
 
   override restore(saved: SavedPane): void {
     if (saved.trimmed) this.view.markTrimmed();
-    for (const piece of saved.output) this.view.append(piece.stream, piece.text);
+    for (const piece of saved.output) {
+      if (piece.stream === 'rich') this.view.appendRich(piece.rich);
+      else this.view.append(piece.stream, piece.text);
+    }
     super.restore(saved);
   }
 }
@@ -425,6 +528,12 @@ export class TerminalPane extends Pane {
     if (this.tail.length > 2 * SAVED_PER_PANE) this.tail = this.tail.slice(this.tail.length - SAVED_PER_PANE);
   }
 
+  /** The gateway finds display records only in piped output, never on a terminal: should one come, its text is written. */
+  protected rich(rich: Rich): void {
+    const plain = rich.bundle['text/plain'];
+    if (typeof plain === 'string') this.output('stdout', `${plain.replace(/\n/g, '\r\n')}\r\n`);
+  }
+
   protected note(text: string): void {
     this.terminal.write(`\r\n\x1b[2m[${text}]\x1b[0m\r\n`);
   }
@@ -444,7 +553,7 @@ export class TerminalPane extends Pane {
   }
 
   override restore(saved: SavedPane): void {
-    for (const piece of saved.output) this.output('stdout', piece.text);
+    for (const piece of saved.output) if (piece.stream !== 'rich') this.output('stdout', piece.text);
     super.restore(saved);
   }
 }

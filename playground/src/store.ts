@@ -17,6 +17,8 @@ export interface SavedRequest {
   tty?: boolean;
   cols?: number;
   rows?: number;
+  /** Run in the session's workspace (sent as it was: the gateway recognises a repeat by its fields). */
+  workspace?: boolean;
 }
 
 /** One pane. */

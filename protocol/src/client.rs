@@ -1,5 +1,8 @@
 //! Frames a client sends to the gateway, and their decoding.
 
+use crate::files::{
+    DeleteFileFrame, ListFilesFrame, ReadFileFrame, WriteFileFrame, MAX_FILE_MODE, RESERVED_PREFIX,
+};
 use crate::{ErrorCode, Limits, MAX_ID_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +33,17 @@ pub enum ClientFrame {
     Runtimes(RuntimesFrame),
     /// Change the size of a terminal execution's terminal (its program gets SIGWINCH).
     Resize(ResizeFrame),
+    /// Create, replace or append to a file of a session's workspace.
+    WriteFile(WriteFileFrame),
+    /// Read a file of a session's workspace (or a range of it), in chunks.
+    ReadFile(ReadFileFrame),
+    /// List a directory of a session's workspace.
+    ListFiles(ListFilesFrame),
+    /// Remove a file or directory of a session's workspace.
+    DeleteFile(DeleteFileFrame),
+    /// Restart a session's persistent interpreter: its cells are cancelled and the next
+    /// one starts a fresh interpreter (the workspace stays).
+    Restart(RestartFrame),
 }
 
 /// How program output is carried in `stdout`/`stderr` events.
@@ -46,7 +60,7 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    fn is_utf8(&self) -> bool {
+    pub(crate) fn is_utf8(&self) -> bool {
         *self == Self::Utf8
     }
 }
@@ -120,6 +134,19 @@ pub struct ExecuteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 64), regex(pattern = crate::schema::TERM_NAME)))]
     pub term: Option<String>,
+    /// Give the session a workspace (if it has none yet) that outlives this execution:
+    /// this execution and every later one of the session start in it and see what
+    /// earlier ones left there, and the file frames reach it. Needs a named `session`;
+    /// the workspace ends with the session. See `attach`'s `workspace`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub workspace: bool,
+    /// The client will acknowledge this session's events with `ack` frames: the gateway
+    /// keeps every event of the session after the last one this socket acknowledged
+    /// from the very first on, as if an `ack` of the session's last event before this
+    /// execution came with the frame. Without it, the events written before the
+    /// client's first `ack` arrives can be lost to a dropped connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
 }
 
 /// Files an `execute` may carry, at most.
@@ -197,6 +224,14 @@ pub struct AttachFrame {
     /// replayed, then events continue live. Absent: 0, everything still buffered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
+    /// Open the session (creating it when it does not exist) with a workspace (made
+    /// when it has none): how a client uploads files before anything runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub workspace: bool,
+    /// The client will acknowledge the session's events with `ack` frames: as if an
+    /// `ack` of `since` came with the frame, before any event is replayed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
 }
 
 /// The `ack` frame: the client has received `session`'s events up to `sequence`. A
@@ -248,6 +283,17 @@ pub struct DetachFrame {
     pub session: String,
 }
 
+/// The `restart` frame: end `session`'s persistent interpreter, cancelling its running
+/// and waiting cells; the next cell starts a fresh one. Answered by a `restarted` event
+/// on the session's stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RestartFrame {
+    /// The session whose interpreter restarts.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
+    pub session: String,
+}
+
 /// A frame the gateway could not accept, classified for the `error` event it becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
@@ -259,6 +305,8 @@ pub struct FrameError {
     pub frame_type: Option<String>,
     /// The frame's `id`, when it had a string one.
     pub id: Option<String>,
+    /// A file frame's `request`, when it had a string one.
+    pub request: Option<String>,
 }
 
 impl fmt::Display for FrameError {
@@ -275,9 +323,11 @@ struct FrameProbe {
     #[serde(rename = "type")]
     frame_type: Option<serde_json::Value>,
     id: Option<serde_json::Value>,
+    request: Option<serde_json::Value>,
 }
 
-const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach, ack, runtimes, resize";
+const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach, ack, runtimes, resize, \
+                           write_file, read_file, list_files, delete_file, restart";
 
 impl ClientFrame {
     /// Decodes one text frame and checks the constraints serde cannot express (id length,
@@ -302,7 +352,37 @@ impl ClientFrame {
             Self::Stdin(s) => Some(&s.id),
             Self::Cancel(c) => Some(&c.id),
             Self::Resize(r) => Some(&r.id),
-            Self::Attach(_) | Self::Detach(_) | Self::Ack(_) | Self::Runtimes(_) => None,
+            Self::Attach(_)
+            | Self::Detach(_)
+            | Self::Ack(_)
+            | Self::Runtimes(_)
+            | Self::WriteFile(_)
+            | Self::ReadFile(_)
+            | Self::ListFiles(_)
+            | Self::DeleteFile(_)
+            | Self::Restart(_) => None,
+        }
+    }
+
+    /// A file frame's `request` id.
+    pub fn request(&self) -> Option<&str> {
+        match self {
+            Self::WriteFile(f) => Some(&f.request),
+            Self::ReadFile(f) => Some(&f.request),
+            Self::ListFiles(f) => Some(&f.request),
+            Self::DeleteFile(f) => Some(&f.request),
+            _ => None,
+        }
+    }
+
+    /// A file frame's path (`list_files` may name none: the workspace itself).
+    fn file_path(&self) -> Option<&str> {
+        match self {
+            Self::WriteFile(f) => Some(&f.path),
+            Self::ReadFile(f) => Some(&f.path),
+            Self::ListFiles(f) => f.path.as_deref(),
+            Self::DeleteFile(f) => Some(&f.path),
+            _ => None,
         }
     }
 
@@ -316,6 +396,11 @@ impl ClientFrame {
             Self::Attach(a) => Some(&a.session),
             Self::Detach(d) => Some(&d.session),
             Self::Ack(a) => Some(&a.session),
+            Self::WriteFile(f) => Some(&f.session),
+            Self::ReadFile(f) => Some(&f.session),
+            Self::ListFiles(f) => Some(&f.session),
+            Self::DeleteFile(f) => Some(&f.session),
+            Self::Restart(r) => Some(&r.session),
             Self::Runtimes(_) => None,
         }
     }
@@ -330,6 +415,11 @@ impl ClientFrame {
             Self::Ack(_) => "ack",
             Self::Runtimes(_) => "runtimes",
             Self::Resize(_) => "resize",
+            Self::WriteFile(_) => "write_file",
+            Self::ReadFile(_) => "read_file",
+            Self::ListFiles(_) => "list_files",
+            Self::DeleteFile(_) => "delete_file",
+            Self::Restart(_) => "restart",
         }
     }
 
@@ -339,9 +429,19 @@ impl ClientFrame {
             message,
             frame_type: Some(self.type_name().to_owned()),
             id: self.id().map(str::to_owned),
+            request: self.request().map(str::to_owned),
         };
         if let Some(id) = self.id() {
             check_name("id", id).map_err(bad)?;
+        }
+        if let Some(request) = self.request() {
+            check_name("request", request).map_err(bad)?;
+        }
+        if let Some(path) = self.file_path() {
+            check_workspace_path(path).map_err(|why| FrameError {
+                code: ErrorCode::InvalidPath,
+                ..bad(format!("path {:?}: {why}", clip(path)))
+            })?;
         }
         if let Some(session) = self.session() {
             check_name("session", session).map_err(bad)?;
@@ -373,6 +473,22 @@ impl ClientFrame {
                 }
                 check_terminal(e).map_err(bad)?;
                 check_files(e).map_err(bad)?;
+                if e.workspace && e.session.is_none() {
+                    return Err(bad(
+                        "\"workspace\": true needs a \"session\" for the workspace to live in"
+                            .to_owned(),
+                    ));
+                }
+            }
+            Self::WriteFile(f) => {
+                if let Some(mode) = f.mode.filter(|&mode| mode > MAX_FILE_MODE) {
+                    return Err(bad(format!(
+                        "\"mode\" {mode:#o} has bits beyond 0o777 (no set-id or sticky bits)"
+                    )));
+                }
+                if f.encoding.is_utf8() && f.data.contains('\0') {
+                    return Err(bad("text may not contain NUL; send it as base64".to_owned()));
+                }
             }
             Self::Resize(r) => check_side("cols", Some(r.cols))
                 .and_then(|()| check_side("rows", Some(r.rows)))
@@ -387,7 +503,11 @@ impl ClientFrame {
             | Self::Attach(_)
             | Self::Detach(_)
             | Self::Ack(_)
-            | Self::Runtimes(_) => {}
+            | Self::Runtimes(_)
+            | Self::ReadFile(_)
+            | Self::ListFiles(_)
+            | Self::DeleteFile(_)
+            | Self::Restart(_) => {}
         }
         Ok(())
     }
@@ -452,7 +572,7 @@ fn check_files(e: &ExecuteRequest) -> Result<(), String> {
         ));
     }
     for (path, content) in &e.files {
-        check_file_path(path).map_err(|why| format!("file {:?}: {why}", clip(path)))?;
+        check_workspace_path(path).map_err(|why| format!("file {:?}: {why}", clip(path)))?;
         if content.contains('\0') {
             return Err(format!("file {:?}: text may not contain NUL", clip(path)));
         }
@@ -502,6 +622,18 @@ pub fn check_file_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A path a file frame names: plain ([`check_file_path`]), and not one of the gateway's
+/// own names at the top of the workspace ([`RESERVED_PREFIX`]).
+pub fn check_workspace_path(path: &str) -> Result<(), &'static str> {
+    check_file_path(path)?;
+    if path.starts_with(RESERVED_PREFIX) {
+        return Err(
+            "names starting with \".sluice-\" at the top of the workspace are the gateway's own",
+        );
+    }
+    Ok(())
+}
+
 /// A terminal's columns or rows: 1 to [`MAX_TERMINAL_SIDE`].
 fn check_side(field: &str, value: Option<u16>) -> Result<(), String> {
     match value {
@@ -528,6 +660,7 @@ fn classify(text: &str, err: &serde_json::Error) -> FrameError {
         message,
         frame_type,
         id,
+        request: None,
     };
     if err.is_syntax() || err.is_eof() {
         return bad(format!("frame is not valid JSON: {err}"), None, None);
@@ -542,7 +675,12 @@ fn classify(text: &str, err: &serde_json::Error) -> FrameError {
         Err(_) => return not_object(),
     };
     let id = probe.id.and_then(|v| v.as_str().map(str::to_owned));
-    match probe.frame_type {
+    let request = probe.request.and_then(|v| v.as_str().map(str::to_owned));
+    let with_request = |mut err: FrameError| {
+        err.request.clone_from(&request);
+        err
+    };
+    with_request(match probe.frame_type {
         None => bad("frame has no \"type\" field".to_owned(), None, id),
         Some(serde_json::Value::String(t)) if !FRAME_TYPES.split(", ").any(|k| k == t) => bad(
             format!(
@@ -558,7 +696,7 @@ fn classify(text: &str, err: &serde_json::Error) -> FrameError {
             id,
         ),
         Some(_) => bad("\"type\" must be a string".to_owned(), None, id),
-    }
+    })
 }
 
 /// Client text quoted back in a message, cut to a readable length.
@@ -619,7 +757,7 @@ mod tests {
     fn a_long_unknown_type_is_clipped_in_the_message() {
         let long = "x".repeat(10_000);
         let err = ClientFrame::decode(&format!(r#"{{"type":"{long}"}}"#)).unwrap_err();
-        assert!(err.message.len() < 200, "{}", err.message);
+        assert!(err.message.len() < 300, "{}", err.message);
     }
 
     #[test]

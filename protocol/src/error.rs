@@ -58,6 +58,18 @@ pub enum ErrorCode {
     /// A `resize` named an execution that does not run on a terminal (it was started
     /// without `tty`).
     NotATerminal,
+    /// A file frame named a session that keeps no workspace (a gateway-made session, or
+    /// a named one that never asked for one), or this gateway cannot keep workspaces.
+    NoWorkspace,
+    /// A file frame's path is not allowed: absolute, with an empty, `.` or `..`
+    /// component, through a symbolic link, one of the gateway's own names, or not what
+    /// the frame needs (a directory to read, a file to list, a device).
+    InvalidPath,
+    /// A file frame named a path that does not exist in the workspace.
+    NotFound,
+    /// The workspace has no room left for what a `write_file` (or an execute's `files`)
+    /// would add: delete something, or ask for a larger workspace.
+    WorkspaceFull,
     /// Never sent by the gateway: the code of the synthetic terminal `error` a client
     /// gives an execution (or a session subscription) whose consumer fell behind, after
     /// cancelling it (see `clients/CONTRACT.md`). The same code in every client.
@@ -89,6 +101,10 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::NotPermitted => "not_permitted",
             Self::NotATerminal => "not_a_terminal",
+            Self::NoWorkspace => "no_workspace",
+            Self::InvalidPath => "invalid_path",
+            Self::NotFound => "not_found",
+            Self::WorkspaceFull => "workspace_full",
             Self::SlowConsumer => "slow_consumer",
             Self::Other => "other",
         }

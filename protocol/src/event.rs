@@ -1,5 +1,6 @@
 //! Events the gateway sends: one flat envelope for every type.
 
+use crate::files::{FileChanges, FileEntry};
 use crate::{Catalog, Encoding, ErrorCode, LimitRange, RuntimeInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,6 +42,39 @@ pub enum EventKind {
     /// stream: the languages the caller may run (`runtimes`) and each limit's range
     /// (`limits`).
     Runtimes,
+    /// The answer to a `write_file`, on the socket's own stream: `path` now holds
+    /// `size` bytes.
+    FileWritten,
+    /// Part of the answer to a `read_file`, on the socket's own stream: the bytes of
+    /// `path` from `offset` (`data`, base64 when `encoding` says so), `size` the file's
+    /// whole size; the last has `last: true`.
+    FileData,
+    /// The answer to a `list_files`, on the socket's own stream: the directory `path`'s
+    /// `entries` (`truncated` when there were more).
+    FileList,
+    /// The answer to a `delete_file`, on the socket's own stream: `path` is gone.
+    FileDeleted,
+    /// On a session's stream: paths of its workspace that changed since the previous
+    /// `files_changed` (`changes`), seen when the execution `id` ended, or after a file
+    /// frame (no `id`). Before that execution's terminal event.
+    FilesChanged,
+    /// Rich output of an execution: a MIME bundle (`bundle`, MIME type to data) with
+    /// `metadata`, and `data` its `text/plain` form. With a `display_id`, a later
+    /// `update_display` of that id replaces it.
+    Display,
+    /// Replaces what the `display` (and earlier updates) of the same `display_id` in the
+    /// session showed; the same fields as `display`.
+    UpdateDisplay,
+    /// The value of a persistent cell's last expression, as a MIME bundle like
+    /// `display`'s, with the cell's `execution_count`.
+    Result,
+    /// The execution waits for a line of input: `data` is the prompt to show, and
+    /// `password` says whether to hide what is typed. The answer goes in a `stdin` frame.
+    InputRequest,
+    /// On a session's stream, no execution's: the answer to a `restart`. The session's
+    /// persistent interpreter is gone (its cells were cancelled); the next cell starts a
+    /// fresh one.
+    Restarted,
     /// A type this version of the protocol crate does not know (sent by a newer gateway).
     #[serde(other)]
     Unknown,
@@ -68,6 +102,16 @@ impl EventKind {
             Self::Attached => "attached",
             Self::Gap => "gap",
             Self::Runtimes => "runtimes",
+            Self::FileWritten => "file_written",
+            Self::FileData => "file_data",
+            Self::FileList => "file_list",
+            Self::FileDeleted => "file_deleted",
+            Self::FilesChanged => "files_changed",
+            Self::Display => "display",
+            Self::UpdateDisplay => "update_display",
+            Self::Result => "result",
+            Self::InputRequest => "input_request",
+            Self::Restarted => "restarted",
             Self::Unknown => "unknown",
         }
     }
@@ -215,7 +259,72 @@ pub struct Event {
     /// request's `limits` uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<BTreeMap<String, LimitRange>>,
+    /// The answers to a file frame, and its `error`: the frame's `request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// `file_written`, `file_data`, `file_list`, `file_deleted`: the path, relative to
+    /// the workspace (`""` for the workspace itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `file_data`: where in the file `data` starts, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// `file_written`, `file_data`: the file's whole size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// `file_data`: true on the last chunk of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<bool>,
+    /// `file_list`: the directory's entries, sorted by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<FileEntry>>,
+    /// `files_changed`: what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<FileChanges>,
+    /// `file_list`, `files_changed`: true when the list was cut short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+    /// `display`, `update_display`, `result`: MIME type to data: text (`image/png` and
+    /// other binary types base64), or any JSON value for `application/json` and the
+    /// `+json` types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BTreeMap<String, serde_json::Value>>,
+    /// `display`, `update_display`, `result`: the bundle's metadata (a JSON object, e.g.
+    /// an image's `width`), as the program gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// `display` (optional), `update_display`: the id that ties an update to what it
+    /// replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_id: Option<String>,
+    /// `result`, and the terminal event of a persistent cell that its interpreter
+    /// answered: the cell's number in its interpreter, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_count: Option<u64>,
+    /// `input_request`: the input is a password (not to be shown as it is typed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<bool>,
+    /// `completed` of a persistent cell that raised: the exception.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception: Option<CellException>,
 }
+
+/// The exception a persistent cell ended with (Jupyter's `error` content).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CellException {
+    /// The exception's type, e.g. `ZeroDivisionError`.
+    pub ename: String,
+    /// Its message, e.g. `division by zero`.
+    pub evalue: String,
+    /// The traceback as the interpreter prints it, one line per entry, without the
+    /// kernel's own frames.
+    pub traceback: Vec<String>,
+}
+
+/// The most bytes of one display record a program writes (its JSON, PROTOCOL.md §10.1):
+/// a larger one is dropped, and the program is told on its stderr.
+pub const MAX_DISPLAY_BYTES: usize = 8 << 20;
 
 /// An event that decodes as JSON but breaks a rule of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +363,43 @@ impl Event {
             for_session: None,
             runtimes: None,
             limits: None,
+            request: None,
+            path: None,
+            offset: None,
+            size: None,
+            last: None,
+            entries: None,
+            changes: None,
+            truncated: None,
+            bundle: None,
+            metadata: None,
+            display_id: None,
+            execution_count: None,
+            password: None,
+            exception: None,
+        }
+    }
+
+    /// The answer to a file frame: `kind` for `request`, about `path`.
+    pub fn file_reply(
+        kind: EventKind,
+        request: impl Into<String>,
+        path: impl Into<String>,
+    ) -> Self {
+        Self {
+            request: Some(request.into()),
+            path: Some(path.into()),
+            ..Self::new(kind, None, "")
+        }
+    }
+
+    /// `files_changed`: what changed in a session's workspace, seen at the end of the
+    /// execution `id` (or after a file frame, `None`).
+    pub fn files_changed(id: Option<String>, changes: FileChanges, truncated: bool) -> Self {
+        Self {
+            changes: Some(changes),
+            truncated: truncated.then_some(true),
+            ..Self::new(EventKind::FilesChanged, id, "")
         }
     }
 
@@ -402,6 +548,36 @@ impl Event {
                 if self.runtimes.is_none() || self.limits.is_none() || self.session.is_some() =>
             {
                 fail("needs runtimes and limits, and no session")
+            }
+            EventKind::FileWritten
+            | EventKind::FileData
+            | EventKind::FileList
+            | EventKind::FileDeleted
+                if self.request.is_none() || self.path.is_none() || self.session.is_some() =>
+            {
+                fail("needs a request and a path, and no session")
+            }
+            EventKind::FileData
+                if self.offset.is_none() || self.size.is_none() || self.last.is_none() =>
+            {
+                fail("needs offset, size and last")
+            }
+            EventKind::FileWritten if self.size.is_none() => fail("needs size"),
+            EventKind::FileList if self.entries.is_none() => fail("needs entries"),
+            EventKind::FilesChanged if self.session.is_none() || self.changes.is_none() => {
+                fail("needs a session and changes")
+            }
+            EventKind::Display | EventKind::UpdateDisplay | EventKind::Result
+                if self.id.is_none() || self.bundle.is_none() =>
+            {
+                fail("needs an execution id and a bundle")
+            }
+            EventKind::UpdateDisplay if self.display_id.is_none() => fail("needs a display_id"),
+            EventKind::InputRequest if self.id.is_none() || self.password.is_none() => {
+                fail("needs an execution id and password")
+            }
+            EventKind::Restarted if self.session.is_none() || self.id.is_some() => {
+                fail("needs a session and no execution id")
             }
             EventKind::Gap => match (self.session.is_some(), self.missed_from, self.resume_from) {
                 (true, Some(from), Some(to)) if from < to && self.sequence + 1 == to => Ok(()),

@@ -108,6 +108,15 @@ fn write_optional(out: &mut String, key: &str, value: Option<&impl Serialize>) {
     }
 }
 
+/// A string field serde skips when absent (`skip_serializing_if = "Option::is_none"`),
+/// escaped by [`write_str`].
+fn write_optional_str(out: &mut String, key: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        write_key(out, key);
+        write_str(out, value);
+    }
+}
+
 /// Appends `event` as a JSON object, field for field what serde's derive writes.
 pub(crate) fn write_event(out: &mut String, event: &Event) {
     out.reserve(event.data.len() + 160);
@@ -140,12 +149,23 @@ pub(crate) fn write_event(out: &mut String, event: &Event) {
     write_optional(out, "usage", event.usage.as_ref());
     write_optional(out, "missed_from", event.missed_from.as_ref());
     write_optional(out, "resume_from", event.resume_from.as_ref());
-    if let Some(session) = &event.for_session {
-        write_key(out, "for_session");
-        write_str(out, session);
-    }
+    write_optional_str(out, "for_session", event.for_session.as_deref());
     write_optional(out, "runtimes", event.runtimes.as_ref());
     write_optional(out, "limits", event.limits.as_ref());
+    write_optional_str(out, "request", event.request.as_deref());
+    write_optional_str(out, "path", event.path.as_deref());
+    write_optional(out, "offset", event.offset.as_ref());
+    write_optional(out, "size", event.size.as_ref());
+    write_optional(out, "last", event.last.as_ref());
+    write_optional(out, "entries", event.entries.as_ref());
+    write_optional(out, "changes", event.changes.as_ref());
+    write_optional(out, "truncated", event.truncated.as_ref());
+    write_optional(out, "bundle", event.bundle.as_ref());
+    write_optional(out, "metadata", event.metadata.as_ref());
+    write_optional(out, "display_id", event.display_id.as_ref());
+    write_optional(out, "execution_count", event.execution_count.as_ref());
+    write_optional(out, "password", event.password.as_ref());
+    write_optional(out, "exception", event.exception.as_ref());
     out.push('}');
 }
 
@@ -200,6 +220,39 @@ mod tests {
             missed_from: Some(3),
             resume_from: Some(9),
             for_session: Some("n\\b".into()),
+            request: Some("r\"1".into()),
+            path: Some("a/b\n".into()),
+            offset: Some(7),
+            size: Some(9),
+            last: Some(true),
+            entries: Some(vec![crate::FileEntry {
+                name: "x\"y".into(),
+                kind: crate::FileKind::Dir,
+                size: 4096,
+                mode: 0o755,
+                mtime: 1.5,
+            }]),
+            changes: Some(crate::FileChanges {
+                created: vec!["a".into()],
+                ..crate::FileChanges::default()
+            }),
+            truncated: Some(true),
+            bundle: Some(std::collections::BTreeMap::from([
+                ("text/plain".to_owned(), serde_json::json!("x\"")),
+                (
+                    "application/json".to_owned(),
+                    serde_json::json!({"a": [1, 2.5]}),
+                ),
+            ])),
+            metadata: Some(serde_json::json!({"image/png": {"width": 3}})),
+            display_id: Some("d\n".into()),
+            execution_count: Some(4),
+            password: Some(false),
+            exception: Some(crate::CellException {
+                ename: "E\"".into(),
+                evalue: "v\n".into(),
+                traceback: vec!["Traceback".into(), "E: v".into()],
+            }),
             timestamp: 1_763_900_000.123_456,
             sequence: u64::MAX,
             ..Event::new(EventKind::Completed, Some("id\n".into()), "da\u{1}ta")

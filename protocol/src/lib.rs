@@ -20,6 +20,7 @@
 mod client;
 mod error;
 mod event;
+mod files;
 mod json;
 mod limits;
 mod runtimes;
@@ -27,13 +28,20 @@ mod runtimes;
 pub mod schema;
 
 pub use client::{
-    check_file_path, AckFrame, AttachFrame, CancelFrame, ClientFrame, DetachFrame, Encoding,
-    ExecuteRequest, FrameError, ResizeFrame, RuntimesFrame, StdinFrame, DEFAULT_TERM,
-    DEFAULT_TERMINAL_SIZE, MAX_FILES, MAX_FILE_NAME_BYTES, MAX_FILE_PATH_BYTES, MAX_TERMINAL_SIDE,
-    MAX_TERM_BYTES,
+    check_file_path, check_workspace_path, AckFrame, AttachFrame, CancelFrame, ClientFrame,
+    DetachFrame, Encoding, ExecuteRequest, FrameError, ResizeFrame, RestartFrame, RuntimesFrame,
+    StdinFrame, DEFAULT_TERM, DEFAULT_TERMINAL_SIZE, MAX_FILES, MAX_FILE_NAME_BYTES,
+    MAX_FILE_PATH_BYTES, MAX_TERMINAL_SIDE, MAX_TERM_BYTES,
 };
 pub use error::ErrorCode;
-pub use event::{Event, EventKind, InvalidEvent, LimitKind, Usage};
+pub use event::{
+    CellException, Event, EventKind, InvalidEvent, LimitKind, Usage, MAX_DISPLAY_BYTES,
+};
+pub use files::{
+    DeleteFileFrame, FileChanges, FileEntry, FileKind, ListFilesFrame, ReadFileFrame,
+    WriteFileFrame, DEFAULT_FILE_MODE, FILE_CHUNK_BYTES, MAX_CHANGED_PATHS, MAX_FILE_MODE,
+    MAX_LIST_ENTRIES, RESERVED_PREFIX,
+};
 pub use limits::Limits;
 pub use runtimes::{Catalog, LimitRange, RuntimeInfo};
 

@@ -98,15 +98,40 @@ fn any_other_string() -> Value {
     })
 }
 
-/// `persistent: true` needs a `session` (as `ClientFrame::decode` checks).
+/// `persistent: true` and `workspace: true` need a `session` (as
+/// `ClientFrame::decode` checks).
 pub(crate) fn persistent_needs_session(schema: &mut Schema) {
+    let needs_session = |field: &str| {
+        json!({
+            "if": {"properties": {field: {"const": true}}, "required": [field]},
+            "then": {"properties": {"session": {"type": "string"}}, "required": ["session"]}
+        })
+    };
+    push_all_of(
+        schema,
+        [needs_session("persistent"), needs_session("workspace")],
+    );
+}
+
+/// Adds `rules` to the schema's `allOf` (two transforms of one type may each add some).
+fn push_all_of(schema: &mut Schema, rules: impl IntoIterator<Item = Value>) {
+    let mut all = match schema.remove("allOf") {
+        Some(Value::Array(existing)) => existing,
+        _ => Vec::new(),
+    };
+    all.extend(rules);
+    schema.insert("allOf".to_owned(), Value::Array(all));
+}
+
+/// A `write_file`'s text (not base64) has no NUL (as `ClientFrame::decode` checks).
+pub(crate) fn text_without_nul(schema: &mut Schema) {
     schema.insert(
         "if".to_owned(),
-        json!({"properties": {"persistent": {"const": true}}, "required": ["persistent"]}),
+        json!({"not": {"properties": {"encoding": {"const": "base64"}}, "required": ["encoding"]}}),
     );
     schema.insert(
         "then".to_owned(),
-        json!({"properties": {"session": {"type": "string"}}, "required": ["session"]}),
+        json!({"properties": {"data": {"pattern": NO_NUL}}}),
     );
 }
 
@@ -114,9 +139,7 @@ pub(crate) fn persistent_needs_session(schema: &mut Schema) {
 /// `persistent`.
 pub(crate) fn terminal_only_with_tty(schema: &mut Schema) {
     let tty = json!({"properties": {"tty": {"const": true}}, "required": ["tty"]});
-    schema.insert(
-        "allOf".to_owned(),
-        json!([
+    let rules = json!([
             {
                 "if": {"not": tty},
                 "then": {"not": {"anyOf": [
@@ -135,8 +158,10 @@ pub(crate) fn terminal_only_with_tty(schema: &mut Schema) {
                     "properties": {"files": {"minProperties": 1}}, "required": ["files"]
                 }}
             }
-        ]),
-    );
+    ]);
+    if let Value::Array(rules) = rules {
+        push_all_of(schema, rules);
+    }
 }
 
 /// `files`: at most 256, each path relative with plain components (no empty, `.` or
@@ -153,13 +178,33 @@ pub(crate) fn file_paths(schema: &mut Schema) {
             // A name of 256 characters is more than 255 bytes (the decoder counts bytes).
             "not": {"anyOf": [
                 {"pattern": "(^|/)\\.\\.?(/|$)"},
-                {"pattern": "[^/]{256}"}
+                {"pattern": "[^/]{256}"},
+                {"pattern": "^\\.sluice-"}
             ]}
         }),
     );
     schema.insert(
         "additionalProperties".to_owned(),
         json!({"type": "string", "pattern": NO_NUL}),
+    );
+}
+
+/// One path of a session's workspace: as a key of `files`, and not a name the gateway
+/// keeps for itself.
+pub(crate) fn file_path(schema: &mut Schema) {
+    schema.insert("minLength".to_owned(), json!(1));
+    schema.insert("maxLength".to_owned(), json!(1024));
+    schema.insert(
+        "pattern".to_owned(),
+        json!("^[^/\\u0000]+(/[^/\\u0000]+)*$"),
+    );
+    schema.insert(
+        "not".to_owned(),
+        json!({"anyOf": [
+            {"pattern": "(^|/)\\.\\.?(/|$)"},
+            {"pattern": "[^/]{256}"},
+            {"pattern": "^\\.sluice-"}
+        ]}),
     );
 }
 
@@ -238,6 +283,55 @@ pub(crate) fn event_rules(schema: &mut Schema) {
                     "session": {"type": "null"}
                 },
                 "required": ["runtimes", "limits"]
+            }),
+        ),
+        when(
+            &["file_written", "file_data", "file_list", "file_deleted"],
+            json!({
+                "allOf": [string("request"), string("path")],
+                "properties": {"session": {"type": "null"}}
+            }),
+        ),
+        when(&["file_written"], integer("size")),
+        when(
+            &["file_data"],
+            json!({
+                "allOf": [integer("offset"), integer("size")],
+                "properties": {"last": {"type": "boolean"}},
+                "required": ["last"]
+            }),
+        ),
+        when(
+            &["file_list"],
+            json!({"properties": {"entries": {"type": "array"}}, "required": ["entries"]}),
+        ),
+        when(
+            &["files_changed"],
+            json!({
+                "allOf": [string("session")],
+                "properties": {"changes": {"type": "object"}},
+                "required": ["changes"]
+            }),
+        ),
+        when(
+            &["display", "update_display", "result"],
+            json!({
+                "allOf": [string("id")],
+                "properties": {"bundle": {"type": "object"}},
+                "required": ["bundle"]
+            }),
+        ),
+        when(&["update_display"], string("display_id")),
+        when(
+            &["restarted"],
+            json!({"allOf": [string("session")], "properties": {"id": {"type": "null"}}}),
+        ),
+        when(
+            &["input_request"],
+            json!({
+                "allOf": [string("id")],
+                "properties": {"password": {"type": "boolean"}},
+                "required": ["password"]
             }),
         ),
     ]);

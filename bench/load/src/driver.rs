@@ -252,8 +252,15 @@ impl Run {
             stdin,
             limits: spec.limits(),
             encoding: Encoding::Utf8,
+            ack: self.acknowledges(),
             ..ExecuteRequest::default()
         })
+    }
+
+    /// Sessions are acknowledged (and kept from their first event on) when sockets are
+    /// dropped on purpose.
+    pub(crate) fn acknowledges(&self) -> bool {
+        self.scenario.named_sessions() && self.scenario.disconnect_every.is_some()
     }
 
     /// The stdin frames of execution `n`: its go line when gated, then its input, the
@@ -506,7 +513,7 @@ impl Run {
             exec.prints.push((event.sequence, verify::fingerprint(raw)));
         }
         let mut actions = Vec::new();
-        if named && self.scenario.disconnect_every.is_some() && event.sequence % ACK_EVERY == 0 {
+        if self.acknowledges() && event.sequence % ACK_EVERY == 0 {
             actions.push(Action::Ack(session.clone(), event.sequence));
         }
         if exec.ended.is_some() && event.kind.is_terminal() {

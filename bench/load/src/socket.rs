@@ -243,6 +243,8 @@ pub(crate) async fn program_socket(
                 conn.send(&ClientFrame::Attach(AttachFrame {
                     session,
                     since: Some(since),
+                    workspace: false,
+                    ack: run.acknowledges(),
                 }))
                 .await;
                 if scenario.named_sessions() {
@@ -272,7 +274,7 @@ pub(crate) async fn watcher_socket(
             () = run.over.cancelled() => break,
             cmd = cmds.recv() => match cmd {
                 Some(WatchCmd::Attach(session)) => {
-                    conn.send(&ClientFrame::Attach(AttachFrame { session, since: Some(0) })).await;
+                    conn.send(&ClientFrame::Attach(AttachFrame { session, since: Some(0), workspace: false, ack: false })).await;
                     false
                 }
                 None => break,
@@ -310,6 +312,8 @@ pub(crate) async fn watcher_socket(
                 conn.send(&ClientFrame::Attach(AttachFrame {
                     session,
                     since: Some(since),
+                    workspace: false,
+                    ack: false,
                 }))
                 .await;
             }

@@ -205,7 +205,10 @@ async def test_persistent_session_keeps_state(gateway_url: str) -> None:
     async with SandboxClient(gateway_url) as client:
         first = await within(client.run("x = 41", session=session, persistent=True))
         second = await within(client.run("x + 1", session=session, persistent=True))
-    assert first.ok and second.stdout == "42\n"
+    # The cell's last expression is its value (a ``result`` event), not output.
+    assert first.ok and first.value is None
+    assert second.ok and second.stdout == "" and second.value is not None
+    assert (second.value.data, second.value.execution_count) == ("42", 2)
 
 
 async def test_attach_from_a_second_client_sees_the_same_events(gateway_url: str) -> None:

@@ -4,11 +4,13 @@ client frame decodes, every invalid one is refused as its name says."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
 
 from sluice import FrameError, ProtocolError, StreamEvent, decode_event, decode_frame
+from sluice.frames import FRAME_TYPES
 
 FIXTURES = Path(__file__).resolve().parents[3] / "protocol" / "fixtures"
 
@@ -46,7 +48,7 @@ def test_invalid_event_is_refused(path: Path) -> None:
 @pytest.mark.parametrize("path", VALID_FRAMES, ids=ids(VALID_FRAMES))
 def test_valid_client_frame_decodes(path: Path) -> None:
     frame = decode_frame(path.read_text(encoding="utf-8"))
-    assert frame["type"] in ("execute", "stdin", "cancel", "attach", "detach", "ack", "runtimes", "resize")
+    assert frame["type"] in FRAME_TYPES
 
 
 @pytest.mark.parametrize("path", INVALID_FRAMES, ids=ids(INVALID_FRAMES))
@@ -89,9 +91,71 @@ def test_fields_of_the_fixtures_are_read() -> None:
     assert binary.raw_bytes() == base64.b64decode("AP/+3q2+7w==")
 
 
+def test_rich_output_fixtures() -> None:
+    display = read_event("display.json")
+    assert (display.type, display.id, display.data, display.display_id) == ("display", "cell-2", "<Table 2x2>", "t1")
+    assert display.bundle is not None and set(display.bundle) == {"text/plain", "text/html", "application/json"}
+    assert display.mime("text/html") == "<table><tr><td>1</td></tr></table>"
+    assert display.mime("application/json") == {"rows": 2}, "a JSON type keeps its JSON value"
+    assert display.mime("image/png") is None and display.mime_bytes("image/png") is None
+    assert display.metadata == {} and display.execution_count is None and not display.is_terminal
+    assert display.extra == {}, "the new fields are fields, not extras"
+    update = read_event("update-display.json")
+    assert (update.type, update.display_id, update.mime("text/plain")) == ("update_display", "t1", "50%")
+    result = read_event("result.json")
+    assert (result.type, result.data, result.execution_count, result.display_id) == ("result", "42", 2, None)
+    # Events stay hashable: the bundle and metadata (dicts) are left out of the hash.
+    assert len({display, update, result, display}) == 3
+    # Other events have none of these fields.
+    stdout = read_event("stdout.json")
+    assert (stdout.bundle, stdout.metadata, stdout.display_id, stdout.execution_count) == (None, None, None, None)
+    assert stdout.mime("text/plain") is None
+
+
+def rich_event(**fields: object) -> str:
+    event = {"type": "display", "data": "", "timestamp": 1.5, "sequence": 3, "id": "c", "session": "s"}
+    return json.dumps({**event, **fields})
+
+
+def test_mime_bytes_decodes_base64_data() -> None:
+    png = b"\x89PNG\r\n\x1a\n\x00\xff"
+    event = decode_event(rich_event(bundle={"image/png": base64.b64encode(png).decode(), "text/plain": "é"}))
+    assert event.mime_bytes("image/png") == png
+    with pytest.raises(ValueError):
+        event.mime_bytes("text/plain")  # text, not base64
+    json_event = decode_event(rich_event(bundle={"application/json": {"a": 1}}))
+    with pytest.raises(ValueError):
+        json_event.mime_bytes("application/json")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"bundle": "<b>x</b>"},
+        {"bundle": {"text/plain": "x"}, "metadata": [1]},
+        {"bundle": {"text/plain": "x"}, "display_id": 7},
+        {"type": "result", "bundle": {"text/plain": "x"}, "execution_count": -1},
+        {"type": "result", "bundle": {"text/plain": "x"}, "id": None},
+        {"type": "update_display", "bundle": {"text/plain": "x"}, "display_id": None},
+    ],
+)
+def test_malformed_rich_output_is_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError):
+        decode_event(rich_event(**fields))
+
+
 def test_forward_compatible_fixtures() -> None:
     unknown_type = read_event("unknown-type.json")
     assert unknown_type.type == "progress" and not unknown_type.is_terminal
     assert unknown_type.extra == {"percent": 50}
     assert read_event("unknown-field.json").extra["host"] == "worker-3"
     assert read_event("error-unknown-code.json").code == "quota_exceeded"
+
+
+def test_input_requests_and_cell_exceptions_decode() -> None:
+    asked = decode_event((FIXTURES / "events" / "valid" / "input-request.json").read_text())
+    assert (asked.type, asked.data, asked.password) == ("input_request", "Name: ", False)
+    ended = decode_event((FIXTURES / "events" / "valid" / "completed-cell-exception.json").read_text())
+    assert ended.execution_count == 3 and ended.exception is not None
+    assert (ended.exception.ename, ended.exception.evalue) == ("ZeroDivisionError", "division by zero")
+    assert ended.exception.traceback[-1] == "ZeroDivisionError: division by zero"

@@ -93,6 +93,14 @@ REFUSED = [
     '{"type":"execute","id":"a","language":"sh","code":"","tty":false,"term":"vt100"}',
     '{"type":"execute","id":"a","language":"python","code":"","tty":true,"persistent":true,"session":"s"}',
     '{"type":"resize","id":"a","cols":80,"rows":0}',
+    '{"type":"read_file","request":"r","session":"s","path":"../x"}',
+    '{"type":"read_file","request":"r","session":"s","path":"/x"}',
+    '{"type":"read_file","request":"r","session":"s","path":"x","offset":-1}',
+    '{"type":"list_files","request":"r","session":"s","path":".sluice-x"}',
+    '{"type":"write_file","request":"r","session":"s","path":"x","data":"","mode":512}',
+    '{"type":"write_file","request":"","session":"s","path":"x","data":""}',
+    '{"type":"write_file","request":"r","session":"s","path":"x"}',
+    '{"type":"delete_file","request":"r","session":"s"}',
 ]
 
 

@@ -57,6 +57,21 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
+    /// The command queue, for the handles' methods in other modules (`files`).
+    pub(crate) fn commands(&self) -> &mpsc::Sender<Command> {
+        &self.commands
+    }
+
+    /// The state shared with the connection task.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The options this client was made with.
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.shared.options
+    }
+
     /// Connects to the gateway's WebSocket endpoint at `url` (for example
     /// `ws://127.0.0.1:8080/v1/ws`) with default [`ClientOptions`].
     ///
@@ -98,7 +113,8 @@ impl Client {
     {
         let (commands, command_rx) = mpsc::channel(options.command_buffer.max(1));
         let (socket_tx, socket_rx) = mpsc::channel(options.socket_event_buffer.max(1));
-        let shared = Arc::new(Shared::new(options, socket_rx));
+        let acknowledges = connector.is_some() && options.reconnect.is_some();
+        let shared = Arc::new(Shared::new(options, socket_rx, acknowledges));
         let connection = Connection::new(
             socket,
             connector,
@@ -134,6 +150,8 @@ impl Client {
             check_session(session)?;
         }
         let generated = request.id.is_empty();
+        let mut request = request;
+        request.ack = self.shared.acknowledges;
         let mut frame = ClientFrame::Execute(request);
         loop {
             if generated {
@@ -239,6 +257,25 @@ impl Client {
     /// A gateway older than the frame refuses it: [`ClientError::RuntimesRefused`].
     pub async fn runtimes(&self) -> Result<Catalog, ClientError> {
         call(&self.commands, &self.shared, |reply| Command::Runtimes {
+            reply,
+        })
+        .await
+    }
+
+    /// Restarts `session`'s persistent interpreter, as a notebook's "restart kernel": its
+    /// running and waiting cells end `cancelled`, and the next cell starts a fresh
+    /// interpreter (no state, `execution_count` from 1); the workspace stays. Returns
+    /// once the gateway's `restarted` event arrived (PROTOCOL.md 4.10).
+    ///
+    /// This client must read the session (an execution of it ran here, or
+    /// [`Client::attach`]): otherwise [`ClientError::RestartRefused`] with
+    /// `bad_request` before anything is sent. The gateway's refusals come as
+    /// [`ClientError::RestartRefused`] too; a connection that drops before the answer
+    /// gives [`ClientError::ConnectionClosed`] (it may or may not have happened).
+    pub async fn restart(&self, session: &str) -> Result<(), ClientError> {
+        check_session(session)?;
+        call(&self.commands, &self.shared, |reply| Command::Restart {
+            session: session.to_owned(),
             reply,
         })
         .await

@@ -68,6 +68,18 @@ pub(crate) enum Command {
     Detach { key: u64, reply: Option<Reply<()>> },
     /// Send a `runtimes` frame; answered by the `runtimes` event that answers it.
     Runtimes { reply: Reply<Catalog> },
+    /// Send a `restart` of a session's interpreter; the reply waits for `restarted`.
+    Restart { session: String, reply: Reply<()> },
+    /// Send a file frame (already encoded) whose answers carry `request`; answered with
+    /// them all once the last has come (or with the refusal). `retry`: sent again on a
+    /// new socket if the connection drops before the answer (a read or a list), else
+    /// failed then (a write or a delete may or may not have happened).
+    File {
+        request: String,
+        frame: String,
+        retry: bool,
+        reply: Reply<Vec<sluice_protocol::Event>>,
+    },
     /// Close the connection.
     Close,
 }

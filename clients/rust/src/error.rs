@@ -117,6 +117,35 @@ pub enum ClientError {
         /// The gateway's message.
         message: String,
     },
+    /// The gateway refused a `restart` (`unknown_session`, `not_permitted`, or
+    /// `bad_request` for a session the gateway made), or the client did before sending
+    /// it (`bad_request`: it does not read the session, so the answer would not reach
+    /// it). Returned by [`Client::restart`](crate::Client::restart).
+    #[error("restarting the interpreter of session {session:?} was refused: {code}: {message}")]
+    RestartRefused {
+        /// The session named in the `restart`.
+        session: String,
+        /// The gateway's error code.
+        code: ErrorCode,
+        /// The gateway's message.
+        message: String,
+    },
+    /// The gateway refused a file frame (`write_file`, `read_file`, `list_files`,
+    /// `delete_file`): code `no_workspace`, `invalid_path`, `not_found`,
+    /// `workspace_full`, `unknown_session` (this client does not read the session) or
+    /// `bad_request`. Also a path the client refuses itself before sending
+    /// (`invalid_path`).
+    #[error("file {path:?} in session {session:?}: {code}: {message}")]
+    FileRefused {
+        /// The session named.
+        session: String,
+        /// The path named (`""`: the workspace).
+        path: String,
+        /// The gateway's error code.
+        code: ErrorCode,
+        /// The gateway's message.
+        message: String,
+    },
     /// Events of execution `id`'s session were lost (the gateway no longer had them when
     /// the client resumed), so its output may be incomplete: the stream carried a `gap`
     /// event saying which sequences. Returned by [`Execution::wait`](crate::Execution::wait)

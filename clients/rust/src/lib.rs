@@ -139,15 +139,24 @@
 //! nothing more to read (so that a small gateway buffer never waits for an
 //! acknowledgement that waits for more events), and right after each `attach`. The
 //! gateway then keeps every event the client has not acknowledged (its programs wait when
-//! that buffer is full), and a resume loses nothing. A gateway-made session is
-//! acknowledged to its end once its execution has ended, which lets the gateway free it
-//! at once.
+//! that buffer is full), and a resume loses nothing. Every `execute` and `attach` says so
+//! (`"ack": true`), so the events written before the first `ack` arrives are kept too. A
+//! gateway-made session is acknowledged to its end once its execution has ended, which
+//! lets the gateway free it at once.
 //!
 //! Refusals that answer the client's own frames are recognised by the session they name
 //! (`for_session`) and never show on [`Client::socket_events`]: a refused `attach`
 //! ([`ClientError::AttachRefused`], or the end of the streams of a session that could
 //! not be resumed), a `detach` of a session the gateway had already let go of, and an
 //! `execute` sent again after a reconnect that could not rejoin its session.
+//!
+//! # Notebooks
+//!
+//! A persistent Python cell's rich output arrives as `display`, `update_display` and
+//! `result` events ([`Outcome::displays`], [`Outcome::value`]); `input()` in a cell sends
+//! an `input_request` (answer with [`Execution::send_stdin`]); a cell that raised ends with
+//! its exception ([`Outcome::exception`]); [`Client::restart`] gives a session a fresh
+//! interpreter. See PROTOCOL.md §10.1 and §12.
 
 #![warn(missing_docs)]
 
@@ -156,6 +165,7 @@ mod command;
 mod connection;
 mod error;
 mod execution;
+mod files;
 mod options;
 mod outcome;
 mod queue;
@@ -166,6 +176,7 @@ mod synthetic;
 pub use client::{Client, SocketEvents};
 pub use error::{redact_url, ClientError};
 pub use execution::Execution;
+pub use files::{FileList, WriteFileOptions};
 pub use options::{ClientOptions, Reconnect, Token};
 pub use outcome::Outcome;
 pub use session::SessionEvents;

@@ -103,6 +103,32 @@ impl Outcome {
         self.terminal.session.as_deref()
     }
 
+    /// The rich output of the execution, in order: its `display` and `update_display`
+    /// events (PROTOCOL.md 10.1). An update replaces the earlier display with its
+    /// `display_id`.
+    pub fn displays(&self) -> impl Iterator<Item = &Event> {
+        self.events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Display | EventKind::UpdateDisplay))
+    }
+
+    /// A persistent cell's result: the `result` event with the value of its last
+    /// expression as a MIME bundle, when it had one.
+    pub fn value(&self) -> Option<&Event> {
+        self.events.iter().find(|e| e.kind == EventKind::Result)
+    }
+
+    /// The exception a persistent cell raised (`ename`, `evalue`, `traceback`), from its
+    /// terminal event.
+    pub fn exception(&self) -> Option<&sluice_protocol::CellException> {
+        self.terminal.exception.as_ref()
+    }
+
+    /// A persistent cell's number in its interpreter (from 1), from its terminal event.
+    pub fn execution_count(&self) -> Option<u64> {
+        self.terminal.execution_count
+    }
+
     /// The program's process id, from the `started` event.
     pub fn pid(&self) -> Option<u32> {
         self.events

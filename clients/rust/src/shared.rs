@@ -26,13 +26,21 @@ pub(crate) struct Shared {
     /// it; the connection task holds the sender. While it sits here unread, the queue
     /// fills up and further socket events are dropped with a warning.
     socket_events: Mutex<Option<mpsc::Receiver<Event>>>,
+    /// The client acknowledges what it receives (it reconnects), and says so in every
+    /// `execute` and `attach` so that the gateway keeps events from the first on.
+    pub(crate) acknowledges: bool,
 }
 
 impl Shared {
     /// The state of a new connection: `socket_events` is the receiver of its
-    /// socket-event queue.
-    pub(crate) fn new(options: ClientOptions, socket_events: mpsc::Receiver<Event>) -> Self {
+    /// socket-event queue; `acknowledges`: it can reconnect, so it acknowledges.
+    pub(crate) fn new(
+        options: ClientOptions,
+        socket_events: mpsc::Receiver<Event>,
+        acknowledges: bool,
+    ) -> Self {
         Self {
+            acknowledges,
             options,
             ids: IdGenerator::default(),
             serials: AtomicU64::new(0),

@@ -15,7 +15,27 @@ import { Connection, type ReconnectOptions, tokenFitsSubprotocol, type WebSocket
 import { ConnectionError, GatewayError, InvalidEventError, SluiceError } from './errors.js';
 import { type Catalog, decodeEvent, type ErrorEvent, isTerminal, type SluiceEvent } from './events.js';
 import { type ExecuteOptions, Execution, type ExecutionHost } from './execution.js';
-import { type ExecuteFrame, encodeFrame, type ResizeFrame } from './frames.js';
+import {
+  type DeleteFileOptions,
+  encodeBase64,
+  type FileAnswer,
+  type FileListing,
+  FileRequest,
+  type ReadFileOptions,
+  UPLOAD_PIECE_BYTES,
+  type WriteFileOptions,
+} from './files.js';
+import {
+  type AttachFrame,
+  type DeleteFileFrame,
+  type ExecuteFrame,
+  encodeFrame,
+  type FileFrame,
+  type ListFilesFrame,
+  type ReadFileFrame,
+  type ResizeFrame,
+  type WriteFileFrame,
+} from './frames.js';
 import { type AttachOptions, SessionEvents, type SessionHost } from './session.js';
 
 /** Options of {@link SluiceClient.connect}. */
@@ -61,6 +81,27 @@ interface PendingAttach {
   readers: SessionEvents[];
   /** Sent by a reconnect to resume the session. */
   resume: boolean;
+  /** Opens the session with a workspace (`attach` with `workspace: true`). */
+  workspace?: boolean;
+  /** Made by `restart()` for a session the client did not read. */
+  forRestart?: boolean;
+  /** Its place among the frames written to the current socket (set once written). */
+  ordinal?: number;
+}
+
+/** A `restart()` waiting for its `restarted` event (or its refusal). */
+interface PendingRestart {
+  text: string;
+  resolve: () => void;
+  reject: (error: Error) => void;
+  /** Its frame was handed to `write` (to the socket, or to the outbox while the link is down). */
+  written: boolean;
+  /** Its place among the frames written to the current socket; undefined until it went out. */
+  ordinal: number | undefined;
+  /** A refusal may still be its answer: no answer to a frame written after it has come yet. */
+  refusable: boolean;
+  /** Only a `restarted` numbered at or after this time answers it (what an attach replays is older). */
+  notBefore: number;
 }
 
 /** What the client knows of one session it reads. */
@@ -68,7 +109,7 @@ interface SessionState {
   name: string;
   /** Made by the gateway for one execution without `session`. */
   gatewayMade: boolean;
-  /** The client executed in it: it reads it (and resumes it) until it closes. */
+  /** The client executed in it, or opened its workspace: it reads it (and resumes it) until it closes. */
   keep: boolean;
   /** The last sequence received on the current socket. */
   position: number | undefined;
@@ -78,6 +119,8 @@ interface SessionState {
   readers: Set<SessionEvents>;
   /** The head is on its way; the others wait for its answer. */
   attaches: PendingAttach[];
+  /** `restart()` calls not answered yet, oldest first; written only once no attach is on its way. */
+  restarts: PendingRestart[];
   acked: number;
   unackedEvents: number;
   unackedBytes: number;
@@ -89,7 +132,11 @@ const ACK_EVERY_BYTES = 1 << 20;
 
 const utf8 = new TextEncoder();
 
-const ATTACH_REFUSALS = new Set(['unknown_session', 'bad_request', 'too_many_sessions']);
+const ATTACH_REFUSALS = new Set(['unknown_session', 'bad_request', 'too_many_sessions', 'not_permitted', 'no_workspace']);
+const RESTART_REFUSALS = new Set(['unknown_session', 'bad_request', 'not_permitted']);
+
+/** How a gateway older than the file frames refuses one: it does not know its type. */
+const UNKNOWN_FILE_FRAME = /^unknown frame type "(write_file|read_file|list_files|delete_file)"/;
 
 let defaultWebSocket: WebSocketConstructor | undefined;
 
@@ -113,8 +160,18 @@ export class SluiceClient {
   private readonly unnamed = new Map<string, Execution>();
   /** `runtimes` questions sent and not answered yet, oldest first (answers come in order). */
   private runtimesAsked: { resolve: (catalog: Catalog) => void; reject: (error: Error) => void }[] = [];
+  /** File frames sent (or waiting for a socket) and not answered yet, by `request`. */
+  private readonly fileRequests = new Map<string, FileRequest<unknown>>();
   /** Frames waiting for a socket. */
-  private outbox: { text: string; execution?: Execution; kind: 'execute' | 'cancel' | 'other' }[] = [];
+  private outbox: {
+    text: string;
+    execution?: Execution;
+    file?: FileRequest<unknown>;
+    kind: 'execute' | 'cancel' | 'other';
+    onSent?: () => void;
+  }[] = [];
+  /** How many frames that wait for an answer went out on the current socket (their order, to match refusals). */
+  private frameOrdinal = 0;
   private closed = false;
   private flushTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly idPrefix = randomHex(6);
@@ -219,6 +276,10 @@ export class SluiceClient {
     if (options.rows !== undefined) frame.rows = options.rows;
     if (options.term !== undefined) frame.term = options.term;
     if (options.files !== undefined && Object.keys(options.files).length > 0) frame.files = options.files;
+    if (options.workspace) frame.workspace = true;
+    // Acknowledging from the first event on: what the gateway writes before the first
+    // `ack` arrives survives a cut too.
+    if (this.acking) frame.ack = true;
     const text = encodeFrame(frame);
     const execution = new Execution(this.host, {
       id,
@@ -262,11 +323,18 @@ export class SluiceClient {
    * Reads `session`'s events after `options.since` (default 0: all the gateway still
    * buffers), live ones included, across reconnects. Await `ready` to know the gateway
    * accepted it; a refusal (e.g. `unknown_session`) also ends the loop with a {@link GatewayError}.
+   *
+   * With `workspace: true` it opens the session (creating it when it does not exist) with
+   * a workspace, so that files can be written before anything runs; the client then stays
+   * attached to the session until it closes, even once this reader is detached, so that
+   * file frames and executions keep reaching it. A gateway that keeps no workspaces
+   * refuses it with `no_workspace`.
    */
   attach(session: string, options: AttachOptions = {}): SessionEvents {
     this.checkOpen();
     const since = options.since ?? 0;
-    encodeFrame({ type: 'attach', session, since });
+    const workspace = options.workspace === true;
+    encodeFrame(workspace ? { type: 'attach', session, since, workspace } : { type: 'attach', session, since });
     const reader = new SessionEvents(this.host, session, since, this.maxBufferedBytes, options.signal);
     if (options.signal?.aborted) {
       reader.end(new SluiceError('aborted', `reading session ${JSON.stringify(session)} was aborted`));
@@ -276,12 +344,97 @@ export class SluiceClient {
     // Never move the socket past what the session's other consumers still need.
     const current = this.resumePoint(state);
     state.readers.add(reader);
+    if (workspace) state.keep = true;
     this.enqueueAttach(state, {
       since: current === undefined ? since : Math.min(since, current),
       readers: [reader],
       resume: false,
+      workspace,
     });
     return reader;
+  }
+
+  /**
+   * Writes `data` (text as UTF-8, or bytes) to `path` in `session`'s workspace, making its
+   * parent directories, and resolves with the file's size. The socket must read the session
+   * (it executed in it, or {@link attach}ed it) and the session must have a workspace
+   * (`attach` or `execute` with `workspace: true`). Data larger than one frame goes in
+   * pieces of 256 KiB, one after the other (the first replaces the file, the rest append);
+   * if one fails, the file holds the pieces before it. Rejects with a {@link GatewayError}
+   * carrying the gateway's code (`no_workspace`, `invalid_path`, `workspace_full`, ...), an
+   * {@link InvalidFrameError} for a path or mode the gateway would refuse (nothing is
+   * sent), or a {@link ConnectionError} (`connection_lost`) when the connection dropped
+   * before the answer: the piece may or may not have been written.
+   */
+  async writeFile(session: string, path: string, data: string | Uint8Array, options: WriteFileOptions = {}): Promise<number> {
+    this.checkOpen();
+    const bytes = typeof data === 'string' ? utf8.encode(data) : data;
+    const piece = this.uploadPiece(session, path);
+    let offset = 0;
+    let size = 0;
+    do {
+      const chunk = bytes.subarray(offset, offset + piece);
+      const frame: WriteFileFrame = {
+        type: 'write_file',
+        request: this.requestId(),
+        session,
+        path,
+        data: encodeBase64(chunk),
+        encoding: 'base64',
+      };
+      if (offset > 0 || options.append) frame.append = true;
+      if (offset === 0 && options.mode !== undefined) frame.mode = options.mode;
+      size = await this.fileRequest(frame, 0, (event) => (event.type === 'file_written' ? event.size : 0));
+      offset += chunk.length;
+    } while (offset < bytes.length);
+    return size;
+  }
+
+  /**
+   * The bytes of `path` in `session`'s workspace (or `length` bytes of it from `offset`),
+   * read exactly (they travel as base64, in parts of 64 KiB). Asked again from the start
+   * if the connection drops before the last part. Rejects as {@link writeFile} does
+   * (`not_found` for a missing file, `invalid_path` for a directory).
+   */
+  async readFile(session: string, path: string, options: ReadFileOptions = {}): Promise<Uint8Array> {
+    this.checkOpen();
+    const frame: ReadFileFrame = { type: 'read_file', request: this.requestId(), session, path, encoding: 'base64' };
+    if (options.offset !== undefined && options.offset > 0) frame.offset = options.offset;
+    if (options.length !== undefined) frame.length = options.length;
+    return this.fileRequest(frame, options.offset ?? 0, (_event, bytes) => bytes ?? new Uint8Array(0));
+  }
+
+  /** The text of `path` in `session`'s workspace: {@link readFile}, decoded as UTF-8 (a byte that is not becomes U+FFFD). */
+  async readText(session: string, path: string, options: ReadFileOptions = {}): Promise<string> {
+    return new TextDecoder().decode(await this.readFile(session, path, options));
+  }
+
+  /**
+   * The entries of the directory `path` (default: the workspace itself) of `session`'s
+   * workspace, sorted by name, each with its kind, size, mode and modification time; the
+   * array's `truncated` says when there were more than one answer carries. Asked again if
+   * the connection drops before the answer.
+   */
+  async listFiles(session: string, path = ''): Promise<FileListing> {
+    this.checkOpen();
+    const frame: ListFilesFrame = { type: 'list_files', request: this.requestId(), session };
+    if (path !== '') frame.path = path;
+    return this.fileRequest(frame, 0, (event) => {
+      const listing = (event.type === 'file_list' ? [...event.entries] : []) as FileListing;
+      listing.truncated = event.type === 'file_list' && event.truncated === true;
+      return listing;
+    });
+  }
+
+  /**
+   * Removes the file `path` of `session`'s workspace, or a directory (one that is not empty
+   * only with `recursive`). Rejects with `not_found` when it does not exist.
+   */
+  async deleteFile(session: string, path: string, options: DeleteFileOptions = {}): Promise<void> {
+    this.checkOpen();
+    const frame: DeleteFileFrame = { type: 'delete_file', request: this.requestId(), session, path };
+    if (options.recursive) frame.recursive = true;
+    await this.fileRequest(frame, 0, () => undefined);
   }
 
   /**
@@ -306,6 +459,44 @@ export class SluiceClient {
   }
 
   /**
+   * Restarts `session`'s persistent interpreter, like a notebook's "restart kernel"
+   * (PROTOCOL.md §4.10): every cell of the session that runs or waits is cancelled (each
+   * ends with `cancelled`), and the next cell starts a fresh interpreter, with none of the
+   * old state and `execution_count` from 1. Resolves when the session's `restarted` event
+   * arrives (after those cells' terminal events); that event also reaches the session's
+   * {@link SessionEvents} readers.
+   *
+   * The answer comes on the session's stream, so the client reads the session: one it
+   * executed in or attached is used as it is; for any other, the client attaches it for
+   * the restart (and detaches once it is answered, unless something else needs it).
+   * Rejects with a {@link GatewayError} when the gateway refuses it (`for_session` names the
+   * session): `unknown_session`, `not_permitted`, or `bad_request` for a session the gateway
+   * made for one execution. Across a reconnect: a restart not yet sent waits for the new
+   * socket and goes out after the session is resumed; one sent on the socket that dropped
+   * rejects with a {@link ConnectionError} (`connection_lost`), as the interpreter may or
+   * may not have been restarted (a `restarted` event in the session's stream says it was).
+   * It is never sent twice.
+   */
+  restart(session: string): Promise<void> {
+    this.checkOpen();
+    const text = encodeFrame({ type: 'restart', session });
+    const state = this.sessionState(session, false);
+    const reads =
+      state.executions.size > 0 || state.readers.size > 0 || state.keep || state.restarts.length > 0 || state.attaches.length > 0;
+    return new Promise<void>((resolve, reject) => {
+      state.restarts.push({ text, resolve, reject, written: false, ordinal: undefined, refusable: false, notBefore: 0 });
+      if (!reads) this.enqueueAttach(state, { since: 0, readers: [], resume: false, forRestart: true });
+      try {
+        this.flushRestarts(state);
+      } catch (err) {
+        state.restarts = state.restarts.filter((r) => r.written);
+        this.releaseIfIdle(state);
+        reject(err);
+      }
+    });
+  }
+
+  /**
    * Closes the connection. Executions this client started that are still running are
    * cancelled first (the gateway would otherwise keep them for its grace period); every
    * open stream ends with a {@link ConnectionError} (code `closed`).
@@ -318,6 +509,60 @@ export class SluiceClient {
     this.closed = true;
     clearTimeout(this.flushTimer);
     this.connection.close();
+  }
+
+  // ---------------------------------------------------------------------------------
+  // File requests
+  // ---------------------------------------------------------------------------------
+
+  private requestId(): string {
+    return `ts-${this.idPrefix}-f${this.nextId++}`;
+  }
+
+  /** Sends a file frame (checked first: a bad path rejects with `invalid_path`) and resolves with what `finish` makes of its answer. */
+  private fileRequest<T>(frame: FileFrame, start: number, finish: (event: FileAnswer, bytes: Uint8Array | undefined) => T): Promise<T> {
+    const text = encodeFrame(frame);
+    const what = `${frame.type} ${JSON.stringify(frame.path ?? '')} of session ${JSON.stringify(frame.session)}`;
+    const repeatable = frame.type === 'read_file' || frame.type === 'list_files';
+    const request = new FileRequest<T>(frame.request, text, repeatable, what, start, finish);
+    this.fileRequests.set(frame.request, request as FileRequest<unknown>);
+    try {
+      this.write(text, undefined, 'other', request as FileRequest<unknown>);
+    } catch (err) {
+      this.fileRequests.delete(frame.request);
+      throw err;
+    }
+    return request.promise;
+  }
+
+  /** The most raw bytes a `write_file` to `path` may carry so that its frame stays within `maxFrameBytes`. */
+  private uploadPiece(session: string, path: string): number {
+    const envelope: WriteFileFrame = {
+      type: 'write_file',
+      // Longer than any request id this client makes.
+      request: 'r'.repeat(40),
+      session,
+      path,
+      data: '',
+      encoding: 'base64',
+      append: true,
+      mode: 0o777,
+    };
+    // Checked here, so that a bad path or mode is refused before anything is sent.
+    const room = this.maxFrameBytes - utf8.encode(encodeFrame(envelope)).length;
+    const piece = Math.min(UPLOAD_PIECE_BYTES, Math.floor(room / 4) * 3);
+    if (piece <= 0) {
+      throw new SluiceError('too_large', `a write_file frame to this path cannot fit in ${this.maxFrameBytes} bytes (maxFrameBytes)`);
+    }
+    return piece;
+  }
+
+  /** An answer (or refusal) that repeats a file frame's `request`; false when no such request waits. */
+  private onFileAnswer(event: FileAnswer, request: string): boolean {
+    const pending = this.fileRequests.get(request);
+    if (!pending) return false;
+    if (pending.take(event)) this.fileRequests.delete(request);
+    return true;
   }
 
   // ---------------------------------------------------------------------------------
@@ -355,7 +600,7 @@ export class SluiceClient {
     const state = this.sessions.get(reader.session);
     if (!state?.readers.delete(reader)) return;
     for (const attach of state.attaches) attach.readers = attach.readers.filter((r) => r !== reader);
-    if (state.readers.size === 0 && state.executions.size === 0 && !state.keep && !this.closed) {
+    if (state.readers.size === 0 && state.executions.size === 0 && state.restarts.length === 0 && !state.keep && !this.closed) {
       this.sessions.delete(state.name);
       this.write(encodeFrame({ type: 'detach', session: state.name }), undefined, 'other');
     }
@@ -375,7 +620,13 @@ export class SluiceClient {
   }
 
   /** Writes a frame now, or keeps it for the next socket. */
-  private write(text: string, execution: Execution | undefined, kind: 'execute' | 'cancel' | 'other'): void {
+  private write(
+    text: string,
+    execution: Execution | undefined,
+    kind: 'execute' | 'cancel' | 'other',
+    file?: FileRequest<unknown>,
+    onSent?: () => void,
+  ): void {
     // UTF-8 takes at most 3 bytes per UTF-16 unit: count bytes only when it could matter.
     if (text.length * 3 > this.maxFrameBytes) {
       const bytes = utf8.encode(text).length;
@@ -387,16 +638,23 @@ export class SluiceClient {
       }
     }
     if (this.connection.connected && this.outbox.length === 0 && this.connection.send(text)) {
-      this.markSent(execution, kind);
+      this.markSent(execution, kind, file, onSent);
       return;
     }
     if (this.outbox.length >= this.maxQueuedFrames) {
       throw new SluiceError('connection_lost', `the connection is down and ${this.maxQueuedFrames} frames already wait for it`);
     }
-    this.outbox.push(execution ? { text, execution, kind } : { text, kind });
+    this.outbox.push({ text, kind, ...(execution ? { execution } : {}), ...(file ? { file } : {}), ...(onSent ? { onSent } : {}) });
   }
 
-  private markSent(execution: Execution | undefined, kind: 'execute' | 'cancel' | 'other'): void {
+  private markSent(
+    execution: Execution | undefined,
+    kind: 'execute' | 'cancel' | 'other',
+    file?: FileRequest<unknown>,
+    onSent?: () => void,
+  ): void {
+    onSent?.();
+    if (file) file.sent = true;
     if (!execution) return;
     if (kind === 'execute') execution.sent = true;
     if (kind === 'cancel') execution.cancelSent = true;
@@ -407,7 +665,7 @@ export class SluiceClient {
       const entry = this.outbox[0]!;
       if (!this.connection.send(entry.text)) return;
       this.outbox.shift();
-      this.markSent(entry.execution, entry.kind);
+      this.markSent(entry.execution, entry.kind, entry.file, entry.onSent);
     }
   }
 
@@ -427,6 +685,7 @@ export class SluiceClient {
         executions: new Map(),
         readers: new Set(),
         attaches: [],
+        restarts: [],
         acked: 0,
         unackedEvents: 0,
         unackedBytes: 0,
@@ -451,8 +710,14 @@ export class SluiceClient {
   }
 
   private sendAttach(state: SessionState, attach: PendingAttach): void {
-    this.write(encodeFrame({ type: 'attach', session: state.name, since: attach.since }), undefined, 'other');
-    // An acknowledging client that comes back takes the lead again (PROTOCOL.md §9.3).
+    const frame: AttachFrame = { type: 'attach', session: state.name, since: attach.since };
+    if (attach.workspace) frame.workspace = true;
+    // An acknowledging client that comes back takes the lead again (PROTOCOL.md §9.3);
+    // the `ack` frame after it says the same to a gateway older than `attach`'s `ack`.
+    if (this.acking) frame.ack = true;
+    this.write(encodeFrame(frame), undefined, 'other', undefined, () => {
+      attach.ordinal = ++this.frameOrdinal;
+    });
     if (this.acking && attach.since > 0) {
       this.write(encodeFrame({ type: 'ack', session: state.name, sequence: attach.since }), undefined, 'other');
       state.acked = Math.max(state.acked, attach.since);
@@ -463,14 +728,25 @@ export class SluiceClient {
     const attach = state.attaches.shift();
     if (!attach) return;
     state.position = event.sequence;
+    this.answeredUpTo(state, attach.ordinal);
     for (const reader of attach.readers) if (!reader.isDetached) reader.confirm();
+    // What this attach replays is older than it: no `restarted` in it answers a restart waiting now.
+    for (const restart of state.restarts) if (!restart.written) restart.notBefore = Math.max(restart.notBefore, event.timestamp);
     const next = state.attaches[0];
     if (next) this.sendAttach(state, next);
+    else this.flushRestarts(state);
   }
 
   private onAttachRefused(state: SessionState, attach: PendingAttach, event: ErrorEvent): void {
     state.attaches.shift();
+    this.answeredUpTo(state, attach.ordinal);
     for (const reader of attach.readers) reader.end(new GatewayError(event, `attach to session ${JSON.stringify(state.name)}`));
+    if (attach.forRestart || attach.resume) {
+      // The session cannot be read: the restarts waiting for it get the same answer.
+      const waiting = state.restarts.filter((r) => !r.written);
+      state.restarts = state.restarts.filter((r) => r.written);
+      for (const restart of waiting) restart.reject(new GatewayError(event, `restart of session ${JSON.stringify(state.name)}`));
+    }
     if (attach.resume) {
       // The session could not be resumed: its events are gone. An execute that no event
       // answered may not have reached the gateway (the session did not exist): it is sent
@@ -484,9 +760,55 @@ export class SluiceClient {
     }
     const next = state.attaches[0];
     if (next) this.sendAttach(state, next);
-    else if (state.executions.size === 0 && state.readers.size === 0 && (attach.resume || !state.keep)) {
+    else if (state.executions.size === 0 && state.readers.size === 0 && state.restarts.length === 0 && (attach.resume || !state.keep)) {
       this.sessions.delete(state.name);
+    } else this.flushRestarts(state);
+  }
+
+  /** Writes the session's restarts not written yet, once no attach of it is on its way (answers come in frame order). */
+  private flushRestarts(state: SessionState): void {
+    if (state.attaches.length > 0) return;
+    for (const restart of state.restarts) {
+      if (restart.written) continue;
+      this.write(restart.text, undefined, 'other', undefined, () => {
+        restart.ordinal = ++this.frameOrdinal;
+        restart.refusable = true;
+      });
+      restart.written = true;
     }
+  }
+
+  /** A `restarted` event of the session: it answers the oldest restart sent. */
+  /** Answers every restart written before it: restarts asked while one is under way share its `restarted` (PROTOCOL.md §4.10). */
+  private onRestarted(state: SessionState, event: SluiceEvent): void {
+    const answered = state.restarts.filter((r) => r.ordinal !== undefined && event.timestamp >= r.notBefore);
+    if (answered.length === 0) return;
+    state.restarts = state.restarts.filter((r) => !answered.includes(r));
+    for (const restart of answered) restart.resolve();
+    this.releaseIfIdle(state);
+  }
+
+  /** An attach (of ordinal `ordinal`) was answered: every restart written before it was not refused. */
+  private answeredUpTo(state: SessionState, ordinal: number | undefined): void {
+    if (ordinal === undefined) return;
+    for (const restart of state.restarts) if (restart.ordinal !== undefined && restart.ordinal < ordinal) restart.refusable = false;
+  }
+
+  /** A session the client attached only for a restart is let go once nothing needs it. */
+  private releaseIfIdle(state: SessionState): void {
+    if (
+      state.gatewayMade ||
+      state.keep ||
+      state.executions.size > 0 ||
+      state.readers.size > 0 ||
+      state.restarts.length > 0 ||
+      state.attaches.length > 0 ||
+      this.sessions.get(state.name) !== state
+    ) {
+      return;
+    }
+    this.sessions.delete(state.name);
+    if (!this.closed) this.write(encodeFrame({ type: 'detach', session: state.name }), undefined, 'other');
   }
 
   private forget(state: SessionState, execution: Execution): void {
@@ -521,13 +843,34 @@ export class SluiceClient {
     else console.warn(`sluice-client: ${error.message}`);
   }
 
-  /** Refusals on the socket stream: of an execute, of an attach, or of something else. */
+  /** Answers on the socket stream, and refusals: of a file frame, of an execute, of an attach, or of something else. */
   private onSocketStream(event: SluiceEvent): void {
     if (event.type === 'runtimes') {
       this.runtimesAsked.shift()?.resolve({ runtimes: event.runtimes, limits: event.limits });
       return;
     }
+    if (event.type === 'file_written' || event.type === 'file_data' || event.type === 'file_list' || event.type === 'file_deleted') {
+      this.onFileAnswer(event, event.request);
+      return;
+    }
     if (event.type !== 'error') return;
+    if (event.request !== undefined) {
+      // The refusal of a file frame: never an attach's or an execution's.
+      if (!this.onFileAnswer(event, event.request)) this.options.onSocketError?.(new GatewayError(event));
+      return;
+    }
+    const unknownType = event.id === null && event.code === 'bad_request' ? UNKNOWN_FILE_FRAME.exec(event.data) : null;
+    if (unknownType) {
+      // A gateway older than the file frames does not know their type: the oldest such
+      // request sent is refused (answers come in order).
+      const type = unknownType[1]!;
+      const oldest = [...this.fileRequests.entries()].find(([, r]) => r.sent && r.text.startsWith(`{"type":"${type}"`));
+      if (oldest) {
+        this.fileRequests.delete(oldest[0]);
+        oldest[1].fail(new GatewayError(event, oldest[1].what));
+        return;
+      }
+    }
     if (
       event.id === null &&
       event.for_session === undefined &&
@@ -547,6 +890,19 @@ export class SluiceClient {
         if (state) this.forget(state, execution);
         else this.unnamed.delete(execution.id);
         execution.receive(event);
+        return;
+      }
+    }
+    if (event.for_session !== undefined && RESTART_REFUSALS.has(event.code)) {
+      // A refusal answers the oldest frame of the session that may still be refused:
+      // the attach on its way, or a restart written before it.
+      const state = this.sessions.get(event.for_session);
+      const restart = state?.restarts.find((r) => r.refusable);
+      const head = state?.attaches[0];
+      if (state && restart && (head?.ordinal === undefined || (restart.ordinal ?? 0) < head.ordinal)) {
+        state.restarts.splice(state.restarts.indexOf(restart), 1);
+        restart.reject(new GatewayError(event, `restart of session ${JSON.stringify(state.name)}`));
+        this.releaseIfIdle(state);
         return;
       }
     }
@@ -602,6 +958,7 @@ export class SluiceClient {
         execution.receive(event);
         if (isTerminal(event)) this.forget(state, execution);
       }
+      if (event.type === 'restarted') this.onRestarted(state, event);
     }
     for (const reader of state.readers) {
       if (reader.confirmed && event.sequence > reader.last) reader.push(event);
@@ -646,7 +1003,13 @@ export class SluiceClient {
 
   /** A gateway-made session whose execution ended and that nobody reads is no longer tracked. */
   private dropIfDone(state: SessionState): void {
-    if (state.gatewayMade && state.executions.size === 0 && state.readers.size === 0 && state.attaches.length === 0) {
+    if (
+      state.gatewayMade &&
+      state.executions.size === 0 &&
+      state.readers.size === 0 &&
+      state.attaches.length === 0 &&
+      state.restarts.length === 0
+    ) {
       this.sessions.delete(state.name);
     }
   }
@@ -670,7 +1033,31 @@ export class SluiceClient {
         );
       }
     }
+    // A read or a list is asked again on the new socket; a write or a delete may have been
+    // done: it fails (`connection_lost`). Requests still in the outbox wait for the new socket.
+    for (const [id, request] of [...this.fileRequests]) {
+      if (!request.sent) continue;
+      if (request.repeatable) {
+        request.restart();
+      } else {
+        this.fileRequests.delete(id);
+        request.fail(request.lost());
+      }
+    }
+    this.frameOrdinal = 0;
     for (const state of this.sessions.values()) {
+      // A restart that went out on the dropped socket may or may not have been done: it is
+      // never sent again. One still waiting (or in the outbox) goes out on the new socket.
+      for (const restart of state.restarts.filter((r) => r.ordinal !== undefined)) {
+        restart.reject(
+          new ConnectionError(
+            'connection_lost',
+            `the connection dropped before the gateway answered the restart of session ${JSON.stringify(state.name)}; ` +
+              'its interpreter may or may not have been restarted',
+          ),
+        );
+      }
+      state.restarts = state.restarts.filter((r) => r.ordinal === undefined);
       state.attaches = [];
       state.acked = 0;
       state.unackedEvents = 0;
@@ -685,7 +1072,7 @@ export class SluiceClient {
     this.outbox = [];
     const queuedExecutions = new Set(queued.filter((e) => e.kind === 'execute').map((e) => e.execution));
     for (const state of [...this.sessions.values()]) {
-      const needed = state.executions.size > 0 || state.readers.size > 0 || state.keep;
+      const needed = state.executions.size > 0 || state.readers.size > 0 || state.keep || state.restarts.length > 0;
       if (!needed) {
         this.sessions.delete(state.name);
         continue;
@@ -703,6 +1090,12 @@ export class SluiceClient {
           this.write(execution.frame, execution, 'execute');
         }
       }
+    }
+    // Reads and lists the old socket did not answer, after the attaches that let them through.
+    const queuedFiles = new Set(queued.map((entry) => entry.file));
+    for (const request of this.fileRequests.values()) {
+      if (!request.sent && request.repeatable && !queuedFiles.has(request))
+        this.outbox.push({ text: request.text, kind: 'other', file: request });
     }
     for (const entry of queued) this.outbox.push(entry);
     // `runtimes` questions the old socket did not answer are asked again (any still in
@@ -724,7 +1117,12 @@ export class SluiceClient {
     clearTimeout(this.flushTimer);
     for (const execution of this.allExecutions()) execution.fail(reason);
     for (const asked of this.runtimesAsked.splice(0)) asked.reject(reason);
-    for (const state of this.sessions.values()) for (const reader of [...state.readers]) reader.end(reason);
+    for (const request of this.fileRequests.values()) request.fail(reason);
+    this.fileRequests.clear();
+    for (const state of this.sessions.values()) {
+      for (const reader of [...state.readers]) reader.end(reason);
+      for (const restart of state.restarts.splice(0)) restart.reject(reason);
+    }
     this.sessions.clear();
     this.unnamed.clear();
     this.outbox = [];

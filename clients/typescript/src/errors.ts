@@ -103,11 +103,12 @@ export class InvalidEventError extends SluiceError {
 
 /**
  * A frame the client was asked to send breaks the protocol's rules; `code` is the code the
- * gateway would refuse it with (`bad_request`), so it is refused locally instead.
+ * gateway would refuse it with (`bad_request`, or `invalid_path` for a file frame's path),
+ * so it is refused locally instead.
  */
 export class InvalidFrameError extends SluiceError {
-  constructor(message: string) {
-    super('bad_request', message);
+  constructor(message: string, code: 'bad_request' | 'invalid_path' = 'bad_request') {
+    super(code, message);
     this.name = 'InvalidFrameError';
   }
 }

@@ -28,6 +28,10 @@ export type KnownErrorCode =
   | 'gateway_busy'
   | 'not_permitted'
   | 'not_a_terminal'
+  | 'no_workspace'
+  | 'invalid_path'
+  | 'not_found'
+  | 'workspace_full'
   | 'internal';
 
 /**
@@ -86,8 +90,26 @@ export interface OutputEvent extends ExecutionEnvelope {
   encoding?: 'base64';
 }
 
+/** The exception a persistent cell raised (PROTOCOL.md §12.2), with Jupyter's names. */
+export interface CellException {
+  /** The exception's class name, such as `ZeroDivisionError`. */
+  ename: string;
+  /** Its message (`str()` of the exception), such as `division by zero`. */
+  evalue: string;
+  /** The traceback as Python prints it, one line per entry (the same text is on stderr). */
+  traceback: string[];
+}
+
+/** What the terminal event of a persistent cell adds (PROTOCOL.md §12.2). */
+export interface CellFields {
+  /** The cell's number in its interpreter, from 1 (a fresh interpreter counts from 1 again). */
+  execution_count?: number;
+  /** The exception the cell raised (on a `completed` with `exit_code` 1). */
+  exception?: CellException;
+}
+
 /** `completed` (terminal): the program ended by itself; exactly one of `exit_code` and `signal`. */
-export interface CompletedEvent extends ExecutionEnvelope {
+export interface CompletedEvent extends ExecutionEnvelope, CellFields {
   type: 'completed';
   exit_code?: number;
   signal?: number;
@@ -95,13 +117,13 @@ export interface CompletedEvent extends ExecutionEnvelope {
 }
 
 /** `cancelled` (terminal): stopped by `cancel`, by its session ending, or by shutdown. */
-export interface CancelledEvent extends ExecutionEnvelope {
+export interface CancelledEvent extends ExecutionEnvelope, CellFields {
   type: 'cancelled';
   usage?: Usage;
 }
 
 /** `resource_limit` (terminal): the program hit `limit`, whose value was `limit_value`. */
-export interface ResourceLimitEvent extends ExecutionEnvelope {
+export interface ResourceLimitEvent extends ExecutionEnvelope, CellFields {
   type: 'resource_limit';
   limit: LimitKind;
   limit_value: number;
@@ -114,10 +136,12 @@ export interface ResourceLimitEvent extends ExecutionEnvelope {
  * `error`: terminal for the execution named by a non-null `id`; with `id: null` it is a
  * refusal on the socket stream (`for_session` names the session the refused frame named).
  */
-export interface ErrorEvent extends Envelope {
+export interface ErrorEvent extends Envelope, CellFields {
   type: 'error';
   code: ErrorCode;
   for_session?: string;
+  /** The refusal of a file frame: its `request`. */
+  request?: string;
   usage?: Usage;
 }
 
@@ -174,6 +198,155 @@ export interface RuntimesEvent extends Envelope, Catalog {
   session: null;
 }
 
+/** What an entry of a workspace is; a kind this client does not know reads as `other`. */
+export type FileKind = 'file' | 'dir' | 'symlink' | 'other';
+
+/** One entry of a workspace directory (`file_list`). */
+export interface FileEntry {
+  /** Its name in the directory listed. */
+  name: string;
+  kind: FileKind;
+  /** Its size in bytes (a directory's as the file system reports it). */
+  size: number;
+  /** Its permission bits (`0o644` is 420). */
+  mode: number;
+  /** When its content last changed: Unix time in seconds. */
+  mtime: number;
+}
+
+/** Paths of a workspace that changed, relative to it, each list sorted. */
+export interface FileChanges {
+  /** Paths that did not exist before (a new directory is named, and each file in it). */
+  created: string[];
+  /** Paths whose size, modification time or kind changed. */
+  modified: string[];
+  /** Paths that no longer exist. */
+  deleted: string[];
+}
+
+/** The answers to file frames travel on the socket stream and repeat the frame's `request`. */
+interface FileAnswerEnvelope extends Envelope {
+  id: null;
+  session: null;
+  /** The `request` of the frame answered. */
+  request: string;
+  /** The path, relative to the workspace (`""` for the workspace itself). */
+  path: string;
+}
+
+/** `file_written`: the answer to a `write_file`; `path` now holds `size` bytes. */
+export interface FileWrittenEvent extends FileAnswerEnvelope {
+  type: 'file_written';
+  size: number;
+}
+
+/**
+ * `file_data`: part of the answer to a `read_file`: the bytes of `path` from `offset`
+ * (`data`, base64 when `encoding` says so), `size` the file's whole size; the last part
+ * has `last: true`.
+ */
+export interface FileDataEvent extends FileAnswerEnvelope {
+  type: 'file_data';
+  offset: number;
+  size: number;
+  last: boolean;
+  encoding?: 'base64';
+}
+
+/** `file_list`: the answer to a `list_files`: the directory's entries, sorted by name; `truncated` when there were more. */
+export interface FileListEvent extends FileAnswerEnvelope {
+  type: 'file_list';
+  entries: FileEntry[];
+  truncated?: boolean;
+}
+
+/** `file_deleted`: the answer to a `delete_file`: `path` is gone. */
+export interface FileDeletedEvent extends FileAnswerEnvelope {
+  type: 'file_deleted';
+}
+
+/**
+ * `files_changed`, on a session's stream: paths of its workspace that changed, seen when
+ * the execution `id` ended (before its terminal event) or after a file frame (`id` null).
+ */
+export interface FilesChangedEvent extends Envelope {
+  type: 'files_changed';
+  session: string;
+  changes: FileChanges;
+  /** True when more paths changed than the event names. */
+  truncated?: boolean;
+}
+
+/**
+ * A MIME bundle: MIME type to data. The data is text for text types (`text/html`,
+ * `image/svg+xml`, ...), base64 text for binary ones (`image/png`, `image/jpeg`,
+ * `application/pdf`), and any JSON value for `application/json` and the types ending in
+ * `+json` (the decoder checks this, so `typeof bundle['text/html']` is `'string'` when present).
+ */
+export type MimeBundle = Record<string, unknown>;
+
+/** True for the MIME types whose data in a bundle is a JSON value rather than text. */
+export function isJsonMime(mime: string): boolean {
+  return mime === 'application/json' || mime.endsWith('+json');
+}
+
+/** The fields of rich output: `display`, `update_display` and `result` events. */
+interface RichOutput extends ExecutionEnvelope {
+  /** The bundle's `text/plain`, or `""` when it has none. */
+  data: string;
+  /** The representations of what is shown, by MIME type. */
+  bundle: MimeBundle;
+  /** What the program said about them (an image's `width`, say); `{}` when nothing. */
+  metadata: Record<string, unknown>;
+  /** Ties a display to the updates that later replace it (in the same session). */
+  display_id?: string;
+}
+
+/**
+ * `display`: rich output of an execution, at its place among the `stdout`/`stderr`
+ * events. With a `display_id`, a later `update_display` of that id replaces what it shows.
+ */
+export interface DisplayEvent extends RichOutput {
+  type: 'display';
+}
+
+/**
+ * `update_display`: replaces what the `display` (or the latest update) of `display_id`
+ * in the same session shows, whichever execution showed it.
+ */
+export interface UpdateDisplayEvent extends RichOutput {
+  type: 'update_display';
+  display_id: string;
+}
+
+/** `result`: the value of a persistent cell's last expression (before, it was printed on stdout). */
+export interface ResultEvent extends RichOutput {
+  type: 'result';
+  /** The cell's number in its interpreter, from 1 (the `n` of `Out[n]`). */
+  execution_count?: number;
+}
+
+/**
+ * `input_request`: a persistent cell's `input(prompt)` or `getpass.getpass(prompt)` is
+ * about to read one line of its standard input (PROTOCOL.md §12.3): show `data`, the
+ * prompt, and send the answer with `sendStdin`. Never terminal.
+ */
+export interface InputRequestEvent extends ExecutionEnvelope {
+  type: 'input_request';
+  /** Hide what is typed (`getpass`). */
+  password: boolean;
+}
+
+/**
+ * `restarted`: the answer to a `restart` (PROTOCOL.md §4.10), on the session's stream
+ * after the cancelled cells' terminal events: the next cell starts a fresh interpreter.
+ */
+export interface RestartedEvent extends Envelope {
+  type: 'restarted';
+  id: null;
+  session: string;
+}
+
 /** An event type this client does not know (sent by a newer gateway); never terminal. */
 export interface UnknownEvent extends Envelope {
   type: 'unknown';
@@ -192,6 +365,16 @@ export type SluiceEvent =
   | AttachedEvent
   | GapEvent
   | RuntimesEvent
+  | FileWrittenEvent
+  | FileDataEvent
+  | FileListEvent
+  | FileDeletedEvent
+  | FilesChangedEvent
+  | DisplayEvent
+  | UpdateDisplayEvent
+  | ResultEvent
+  | InputRequestEvent
+  | RestartedEvent
   | UnknownEvent;
 
 /** The events that end an execution: exactly one per execution (§5.3). */
@@ -259,6 +442,17 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
   };
   const usage = obj['usage'] === undefined ? undefined : checkUsage(obj['usage'], what, text);
   const withUsage = <T extends object>(event: T): T => (usage ? { ...event, usage } : event);
+  // A terminal event of a persistent cell also carries its number and, when it raised, the exception.
+  const withCell = <T extends CellFields>(event: T): T => {
+    const count = obj['execution_count'];
+    if (count !== undefined && count !== null) {
+      if (!isCount(count)) fail(`${what}: execution_count is not a non-negative integer`);
+      event.execution_count = count as number;
+    }
+    const exception = obj['exception'];
+    if (exception !== undefined && exception !== null) event.exception = checkException(exception, what, fail);
+    return withUsage(event);
+  };
 
   const needsExecution = (): ExecutionEnvelope => {
     if (id === null || session === null) fail(`${what} has no execution id`);
@@ -291,13 +485,13 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
       if (hasExit === hasSignal) fail(`${what} needs exactly one of exit_code and signal`);
       if (hasExit) {
         if (!Number.isSafeInteger(exit)) fail(`${what}: exit_code is not an integer`);
-        return withUsage({ type: 'completed' as const, ...base, exit_code: exit as number });
+        return withCell<CompletedEvent>({ type: 'completed', ...base, exit_code: exit as number });
       }
       if (!Number.isSafeInteger(signal)) fail(`${what}: signal is not an integer`);
-      return withUsage({ type: 'completed' as const, ...base, signal: signal as number });
+      return withCell<CompletedEvent>({ type: 'completed', ...base, signal: signal as number });
     }
     case 'cancelled':
-      return withUsage({ type: 'cancelled' as const, ...needsExecution() });
+      return withCell<CancelledEvent>({ type: 'cancelled', ...needsExecution() });
     case 'resource_limit': {
       const base = needsExecution();
       const limit = obj['limit'];
@@ -315,7 +509,7 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
         if (!isCount(observed)) fail(`${what}: limit_observed is not a non-negative integer`);
         event.limit_observed = observed as number;
       }
-      return withUsage(event);
+      return withCell(event);
     }
     case 'error': {
       const code = obj['code'];
@@ -326,7 +520,12 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
       }
       const event: ErrorEvent = { type: 'error', ...envelope, code: code as string };
       if (typeof forSession === 'string') event.for_session = forSession;
-      return withUsage(event);
+      const request = obj['request'];
+      if (request !== undefined && request !== null) {
+        if (typeof request !== 'string') fail(`${what}: request is not a string`);
+        event.request = request as string;
+      }
+      return withCell(event);
     }
     case 'attached': {
       const resume = obj['resume_from'];
@@ -361,9 +560,156 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
       const catalog = checkCatalog(obj, what, fail);
       return { type: 'runtimes', ...envelope, id: null, session: null, ...catalog };
     }
+    case 'file_written':
+    case 'file_data':
+    case 'file_list':
+    case 'file_deleted': {
+      const request = obj['request'];
+      const path = obj['path'];
+      if (session !== null || id !== null || typeof request !== 'string' || typeof path !== 'string') {
+        fail(`${what} needs a request and a path, and no session or execution`);
+      }
+      const answer = { ...envelope, id: null, session: null, request: request as string, path: path as string };
+      if (kind === 'file_deleted') return { type: 'file_deleted', ...answer };
+      if (kind === 'file_written') {
+        if (!isCount(obj['size'])) fail(`${what} has no size`);
+        return { type: 'file_written', ...answer, size: obj['size'] as number };
+      }
+      if (kind === 'file_list') {
+        const entries = obj['entries'];
+        if (!Array.isArray(entries)) fail(`${what} has no "entries" array`);
+        const event: FileListEvent = {
+          type: 'file_list',
+          ...answer,
+          entries: (entries as unknown[]).map((e) => checkEntry(e, what, fail)),
+        };
+        if (optionalFlag(obj, 'truncated', what, fail)) event.truncated = true;
+        return event;
+      }
+      const offset = obj['offset'];
+      const size = obj['size'];
+      const last = obj['last'];
+      if (!isCount(offset) || !isCount(size) || typeof last !== 'boolean') fail(`${what} needs offset, size and last`);
+      const event: FileDataEvent = { type: 'file_data', ...answer, offset: offset as number, size: size as number, last: last as boolean };
+      const encoding = obj['encoding'];
+      if (encoding === 'base64') event.encoding = 'base64';
+      else if (encoding !== undefined && encoding !== null && encoding !== 'utf8') fail(`${what} has an unknown encoding`);
+      return event;
+    }
+    case 'files_changed': {
+      if (session === null) fail(`${what} has no session`);
+      const changes = obj['changes'];
+      if (typeof changes !== 'object' || changes === null || Array.isArray(changes)) fail(`${what} has no "changes" object`);
+      const lists = changes as Json;
+      const paths = (field: string): string[] => {
+        const value = lists[field] ?? [];
+        if (!Array.isArray(value) || !value.every((p) => typeof p === 'string')) fail(`${what}: changes.${field} is not a list of paths`);
+        return value as string[];
+      };
+      const event: FilesChangedEvent = {
+        type: 'files_changed',
+        ...envelope,
+        session: session as string,
+        changes: { created: paths('created'), modified: paths('modified'), deleted: paths('deleted') },
+      };
+      if (optionalFlag(obj, 'truncated', what, fail)) event.truncated = true;
+      return event;
+    }
+    case 'display':
+    case 'update_display':
+    case 'result': {
+      const base = needsExecution();
+      const bundle = obj['bundle'];
+      if (typeof bundle !== 'object' || bundle === null || Array.isArray(bundle)) fail(`${what} has no "bundle" object`);
+      for (const [mime, value] of Object.entries(bundle as Json)) {
+        if (!isJsonMime(mime) && typeof value !== 'string') fail(`${what}: the data of ${mime} in its bundle is not text`);
+      }
+      const metadata = obj['metadata'] ?? {};
+      if (typeof metadata !== 'object' || Array.isArray(metadata)) fail(`${what}: metadata is not an object`);
+      const displayId = obj['display_id'];
+      if (displayId !== undefined && displayId !== null && typeof displayId !== 'string') fail(`${what}: display_id is not a string`);
+      const rich = { ...base, bundle: bundle as MimeBundle, metadata: metadata as Record<string, unknown> };
+      if (kind === 'update_display') {
+        if (typeof displayId !== 'string') fail(`${what} has no display_id`);
+        return { type: 'update_display', ...rich, display_id: displayId as string };
+      }
+      if (kind === 'display') {
+        const event: DisplayEvent = { type: 'display', ...rich };
+        if (typeof displayId === 'string') event.display_id = displayId;
+        return event;
+      }
+      const event: ResultEvent = { type: 'result', ...rich };
+      if (typeof displayId === 'string') event.display_id = displayId;
+      const count = obj['execution_count'];
+      if (count !== undefined && count !== null) {
+        if (!isCount(count)) fail(`${what}: execution_count is not a non-negative integer`);
+        event.execution_count = count as number;
+      }
+      return event;
+    }
+    case 'input_request': {
+      const base = needsExecution();
+      const password = obj['password'];
+      if (typeof password !== 'boolean') fail(`${what} has no boolean "password"`);
+      return { type: 'input_request', ...base, password: password as boolean };
+    }
+    case 'restarted':
+      if (session === null || id !== null) fail(`${what} needs a session and no execution id`);
+      return { type: 'restarted', ...envelope, id: null, session: session as string };
     default:
       return { type: 'unknown', wire_type: kind, ...envelope };
   }
+}
+
+/** The `exception` of a cell's terminal event: `ename`, `evalue` and the `traceback` lines. */
+function checkException(value: unknown, what: string, fail: (why: string) => never): CellException {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(`${what}: exception is not an object`);
+  const e = value as Json;
+  const traceback = e['traceback'] ?? [];
+  if (
+    typeof e['ename'] !== 'string' ||
+    typeof e['evalue'] !== 'string' ||
+    !Array.isArray(traceback) ||
+    !traceback.every((line) => typeof line === 'string')
+  ) {
+    fail(`${what}: exception needs a string ename and evalue and a traceback of strings`);
+  }
+  return { ename: e['ename'] as string, evalue: e['evalue'] as string, traceback: traceback as string[] };
+}
+
+const FILE_KINDS: readonly string[] = ['file', 'dir', 'symlink', 'other'];
+
+/** One entry of a `file_list`. */
+function checkEntry(value: unknown, what: string, fail: (why: string) => never): FileEntry {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(`${what}: an entry is not an object`);
+  const e = value as Json;
+  const mtime = e['mtime'];
+  if (
+    typeof e['name'] !== 'string' ||
+    typeof e['kind'] !== 'string' ||
+    !isCount(e['size']) ||
+    !isCount(e['mode']) ||
+    typeof mtime !== 'number' ||
+    !Number.isFinite(mtime)
+  ) {
+    fail(`${what}: an entry needs a name, kind, size, mode and mtime`);
+  }
+  const kind = e['kind'] as string;
+  return {
+    name: e['name'] as string,
+    kind: (FILE_KINDS.includes(kind) ? kind : 'other') as FileKind,
+    size: e['size'] as number,
+    mode: e['mode'] as number,
+    mtime: mtime as number,
+  };
+}
+
+/** A boolean field that may be absent or null (false). */
+function optionalFlag(obj: Json, field: string, what: string, fail: (why: string) => never): boolean {
+  const value = obj[field];
+  if (value === undefined || value === null) return false;
+  if (typeof value !== 'boolean') fail(`${what}: ${field} is not a boolean`);
+  return value as boolean;
 }
 
 /** The `runtimes` and `limits` of a `runtimes` event (or of `GET /v1/runtimes`'s body). */
@@ -443,6 +789,25 @@ function checkUsage(value: unknown, what: string, text: string): Usage {
     usage.first_output_ms = num('first_output_ms');
   }
   return usage;
+}
+
+/**
+ * What an event counts for in a buffer of unread events (`maxBufferedBytes`): the length
+ * of its `data` plus 256, and for rich output also the length of its bundle's data (a
+ * JSON value: of its JSON text).
+ */
+export function bufferedSize(event: SluiceEvent): number {
+  let size = event.data.length + 256;
+  if (event.type === 'display' || event.type === 'update_display' || event.type === 'result') {
+    for (const [mime, value] of Object.entries(event.bundle)) {
+      size += mime.length + (typeof value === 'string' ? value.length : (JSON.stringify(value)?.length ?? 0));
+    }
+  }
+  if ('exception' in event && event.exception) {
+    size += event.exception.ename.length + event.exception.evalue.length;
+    for (const line of event.exception.traceback) size += line.length;
+  }
+  return size;
 }
 
 /** The bytes of a base64 `stdout`/`stderr` event's data (standard alphabet, padded). */

@@ -1,18 +1,24 @@
 /**
  * One execution: the handle `execute()` returns. It is an async iterable of the
- * execution's events (started, output, exactly one terminal event), a way to feed its
+ * execution's events (started, output and rich output, exactly one terminal event), a way to feed its
  * standard input and cancel it, and `done`, a promise of its {@link Outcome}.
  */
 
 import { AbortedError, GatewayError, SlowConsumerError, SluiceError } from './errors.js';
 import {
+  bufferedSize,
+  type CellException,
+  type DisplayEvent,
   decodeBase64,
   type ErrorEvent,
+  type FileChanges,
   isTerminal,
   type LimitKind,
+  type ResultEvent,
   type SluiceEvent,
   syntheticError,
   type TerminalEvent,
+  type UpdateDisplayEvent,
   type Usage,
 } from './events.js';
 import type { Encoding, Limits } from './frames.js';
@@ -57,6 +63,13 @@ export interface ExecuteOptions {
   files?: Record<string, string>;
   /** The program's `TERM` (default `xterm-256color`): 1 to 64 letters, digits or `.+-_`. Only with `tty`. */
   term?: string;
+  /**
+   * Give the session a workspace (needs `session`): a directory that outlives the
+   * execution, where it and every later execution of the session start, and which the
+   * client's file methods reach. The execution's stream then holds a `files_changed` event
+   * before its terminal event, naming what it created, modified and deleted there.
+   */
+  workspace?: boolean;
   /** Aborting it cancels the execution (or, before it was sent, never sends it). */
   signal?: AbortSignal;
 }
@@ -81,6 +94,30 @@ export interface Outcome {
   stderr: string;
   /** What it used, as the gateway measured it. */
   usage?: Usage;
+  /**
+   * What it created, modified and deleted in its session's workspace (its `files_changed`
+   * event), when it ran in one and changed something.
+   */
+  filesChanged?: FileChanges;
+  /**
+   * Its rich output: its `display` and `update_display` events, in order (an update may
+   * replace a display of an earlier execution of the session: match them by `display_id`).
+   * Empty when it showed none.
+   */
+  displays: (DisplayEvent | UpdateDisplayEvent)[];
+  /**
+   * The value of a persistent cell's last expression: its `result` event (the last one,
+   * should a program write several), or undefined when there was none (the cell ended
+   * with a statement, or with an expression whose value is `None`).
+   */
+  value?: ResultEvent;
+  /**
+   * The exception a persistent cell raised (`ename`, `evalue`, `traceback`; the traceback
+   * is on `stderr` too); the cell then ended with `completed` and exit code 1.
+   */
+  exception?: CellException;
+  /** A persistent cell's number in its interpreter, from 1 (again from 1 after a restart). */
+  executionCount?: number;
   /** The terminal event itself. */
   terminal: TerminalEvent;
 }
@@ -120,6 +157,9 @@ export class Execution implements AsyncIterable<SluiceEvent> {
   private readonly queue: BoundedQueue<SluiceEvent>;
   private readonly stdout = new TextSink();
   private readonly stderr = new TextSink();
+  private filesChanged: FileChanges | undefined;
+  private readonly displays: (DisplayEvent | UpdateDisplayEvent)[] = [];
+  private value: ResultEvent | undefined;
   private resolveDone!: (outcome: Outcome) => void;
   private rejectDone!: (error: Error) => void;
   private finished = false;
@@ -162,7 +202,7 @@ export class Execution implements AsyncIterable<SluiceEvent> {
     this.stdinClosed = options.stdinGiven && !this.tty;
     this.queue = new BoundedQueue<SluiceEvent>(
       options.maxBufferedBytes,
-      (event) => event.data.length + 256,
+      bufferedSize,
       `execution ${JSON.stringify(this.id)}`,
       (buffered, max) =>
         syntheticError(
@@ -263,6 +303,9 @@ export class Execution implements AsyncIterable<SluiceEvent> {
     if (this.sessionName === undefined && event.session !== null) this.sessionName = event.session;
     if (event.type === 'stdout') this.stdout.add(event.data, event.encoding === 'base64');
     else if (event.type === 'stderr') this.stderr.add(event.data, event.encoding === 'base64');
+    else if (event.type === 'files_changed') this.filesChanged = event.changes;
+    else if (event.type === 'display' || event.type === 'update_display') this.displays.push(event);
+    else if (event.type === 'result') this.value = event;
     const terminal = isTerminal(event);
     // A terminal event is always taken: memory stays bounded by the budget plus one event.
     if (!this.queue.push(event, terminal) && this.queue.overflowed && this.queue.consumed) {
@@ -298,9 +341,14 @@ export class Execution implements AsyncIterable<SluiceEvent> {
       status: event.type,
       stdout: this.stdout.text(),
       stderr: this.stderr.text(),
+      displays: this.displays,
       terminal: event,
     };
+    if (this.value) outcome.value = this.value;
     if (event.usage) outcome.usage = event.usage;
+    if (event.exception) outcome.exception = event.exception;
+    if (event.execution_count !== undefined) outcome.executionCount = event.execution_count;
+    if (this.filesChanged) outcome.filesChanged = this.filesChanged;
     if (event.type === 'completed') {
       if (event.exit_code !== undefined) outcome.exitCode = event.exit_code;
       if (event.signal !== undefined) outcome.signal = event.signal;

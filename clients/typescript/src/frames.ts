@@ -52,6 +52,17 @@ export interface ExecuteFrame {
    * there before it starts. Not with `persistent`.
    */
   files?: Record<string, string>;
+  /**
+   * Give the session a workspace (if it has none yet) that outlives this execution: this
+   * execution and every later one of the session start in it, and the file frames reach
+   * it. Needs `session`.
+   */
+  workspace?: boolean;
+  /**
+   * The client acknowledges the session's events (`ack`): the gateway keeps every one it
+   * has not acknowledged from the first on. The client sets it while reconnecting is on.
+   */
+  ack?: boolean;
 }
 
 /** `resize`: a terminal execution's terminal gets a new size; its program gets SIGWINCH. */
@@ -86,6 +97,10 @@ export interface AttachFrame {
   type: 'attach';
   session: string;
   since?: number;
+  /** Open the session (creating it when it does not exist) with a workspace (made when it has none). */
+  workspace?: boolean;
+  /** The client acknowledges the session's events: as if an `ack` of `since` came with the frame. */
+  ack?: boolean;
 }
 
 /** `detach` (§4.5). */
@@ -101,13 +116,83 @@ export interface AckFrame {
   sequence: number;
 }
 
+/**
+ * `restart` (§4.10): restart a named session's persistent interpreter. Its cells that run
+ * or wait are cancelled; the next cell starts a fresh interpreter. Answered by a
+ * `restarted` event on the session's stream.
+ */
+export interface RestartFrame {
+  type: 'restart';
+  session: string;
+}
+
 /** `runtimes`: which languages may this client run, with which limits. */
 export interface RuntimesFrame {
   type: 'runtimes';
 }
 
+/**
+ * `write_file`: create or replace (or, with `append`, add to) a file of a session's
+ * workspace, its parent directories made as needed. Answered by `file_written`.
+ */
+export interface WriteFileFrame {
+  type: 'write_file';
+  /** Client-chosen, 1 to 128 bytes; the answer repeats it. */
+  request: string;
+  session: string;
+  /** Relative to the workspace. */
+  path: string;
+  /** The content: text, or base64 when `encoding` is `base64`. */
+  data: string;
+  encoding?: Encoding;
+  append?: boolean;
+  /** Permission bits (0 to 0o777) of a file this write creates; 0o644 by default. */
+  mode?: number;
+}
+
+/** `read_file`: a file of a session's workspace (or `length` bytes from `offset`), answered by `file_data` events in order. */
+export interface ReadFileFrame {
+  type: 'read_file';
+  request: string;
+  session: string;
+  path: string;
+  offset?: number;
+  length?: number;
+  encoding?: Encoding;
+}
+
+/** `list_files`: the entries of a directory of a session's workspace (absent `path`: the workspace itself). */
+export interface ListFilesFrame {
+  type: 'list_files';
+  request: string;
+  session: string;
+  path?: string;
+}
+
+/** `delete_file`: remove a file, or a directory (not empty only with `recursive`). */
+export interface DeleteFileFrame {
+  type: 'delete_file';
+  request: string;
+  session: string;
+  path: string;
+  recursive?: boolean;
+}
+
+/** A frame about a session's workspace: it names a `request` its answer repeats. */
+export type FileFrame = WriteFileFrame | ReadFileFrame | ListFilesFrame | DeleteFileFrame;
+
 /** Any frame a client sends. */
-export type ClientFrame = ExecuteFrame | StdinFrame | CancelFrame | AttachFrame | DetachFrame | AckFrame | RuntimesFrame | ResizeFrame;
+export type ClientFrame =
+  | ExecuteFrame
+  | StdinFrame
+  | CancelFrame
+  | AttachFrame
+  | DetachFrame
+  | AckFrame
+  | RuntimesFrame
+  | ResizeFrame
+  | RestartFrame
+  | FileFrame;
 
 /** Most columns or rows a terminal may have (the least is 1). */
 export const MAX_TERMINAL_SIDE = 1000;
@@ -191,6 +276,13 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
       }
       terminal(obj, frame);
       if (obj['files'] !== undefined) frame.files = files(obj['files'], frame);
+      const workspace = flag(obj, 'workspace', type);
+      if (workspace !== undefined) {
+        if (workspace && session === undefined) bad(type, '"workspace": true needs a "session" for the workspace to live in');
+        frame.workspace = workspace;
+      }
+      const ack = flag(obj, 'ack', type);
+      if (ack !== undefined) frame.ack = ack;
       return frame;
     }
     case 'stdin': {
@@ -215,6 +307,10 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
     case 'attach': {
       const frame: AttachFrame = { type, session: name(obj, 'session', type) };
       if (obj['since'] !== undefined) frame.since = count(obj['since'], 'since', type);
+      const workspace = flag(obj, 'workspace', type);
+      if (workspace !== undefined) frame.workspace = workspace;
+      const ack = flag(obj, 'ack', type);
+      if (ack !== undefined) frame.ack = ack;
       return frame;
     }
     case 'detach':
@@ -223,6 +319,8 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
       return { type, session: name(obj, 'session', type), sequence: count(obj['sequence'], 'sequence', type) };
     case 'runtimes':
       return { type };
+    case 'restart':
+      return { type, session: name(obj, 'session', type) };
     case 'resize': {
       const frame: ResizeFrame = { type, id: name(obj, 'id', type), cols: 0, rows: 0 };
       const session = optionalName(obj, 'session', type);
@@ -231,11 +329,111 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
       frame.rows = side(obj['rows'], 'rows', type);
       return frame;
     }
+    // As the gateway decodes them: every field's type first, then `request`, `path`
+    // (`invalid_path`) and `session`, then what is particular to the frame.
+    case 'write_file': {
+      const frame: WriteFileFrame = { type, ...fileNames(obj, type, true), data: text(obj, 'data', type) };
+      const encoding = optionalEncoding(obj, type);
+      const append = flag(obj, 'append', type);
+      const mode = obj['mode'] === undefined ? undefined : count(obj['mode'], 'mode', type);
+      checkFileNames(frame, type);
+      if (encoding !== undefined) frame.encoding = encoding;
+      if (append !== undefined) frame.append = append;
+      if (mode !== undefined) {
+        if (mode > MAX_FILE_MODE) bad(type, `"mode" 0o${mode.toString(8)} has bits beyond 0o777 (no set-id or sticky bits)`);
+        frame.mode = mode;
+      }
+      if (encoding !== 'base64' && frame.data.includes('\0')) bad(type, 'text may not contain NUL; send it as base64');
+      return frame;
+    }
+    case 'read_file': {
+      const frame: ReadFileFrame = { type, ...fileNames(obj, type, true) };
+      const offset = obj['offset'] === undefined ? undefined : count(obj['offset'], 'offset', type);
+      const length = obj['length'] === undefined ? undefined : count(obj['length'], 'length', type);
+      const encoding = optionalEncoding(obj, type);
+      checkFileNames(frame, type);
+      if (offset !== undefined) frame.offset = offset;
+      if (length !== undefined) frame.length = length;
+      if (encoding !== undefined) frame.encoding = encoding;
+      return frame;
+    }
+    case 'list_files': {
+      const { path, ...rest } = fileNames(obj, type, false);
+      const frame: ListFilesFrame = { type, ...rest };
+      if (path !== undefined) frame.path = path;
+      checkFileNames(frame, type);
+      return frame;
+    }
+    case 'delete_file': {
+      const frame: DeleteFileFrame = { type, ...fileNames(obj, type, true) };
+      const recursive = flag(obj, 'recursive', type);
+      checkFileNames(frame, type);
+      if (recursive !== undefined) frame.recursive = recursive;
+      return frame;
+    }
     default:
       throw new InvalidFrameError(
-        `unknown frame type ${JSON.stringify(type)}; expected one of execute, stdin, cancel, attach, detach, ack, runtimes, resize`,
+        `unknown frame type ${JSON.stringify(type)}; expected one of execute, stdin, cancel, attach, detach, ack, runtimes, resize, restart, ` +
+          'write_file, read_file, list_files, delete_file',
       );
   }
+}
+
+/** The permission bits a written file may ask for, at most (no set-id or sticky bits). */
+export const MAX_FILE_MODE = 0o777;
+/** The most bytes of a file one `file_data` event carries (before encoding). */
+export const FILE_CHUNK_BYTES = 64 * 1024;
+/** File names starting with this, at the top of a workspace, are the gateway's own: file frames may not name them. */
+export const RESERVED_PREFIX = '.sluice-';
+
+/**
+ * Why `path` cannot name a file of a workspace (see {@link filePathProblem}, and not a name
+ * starting with `.sluice-` at its top), or `undefined`.
+ */
+export function workspacePathProblem(path: string): string | undefined {
+  const problem = filePathProblem(path);
+  if (problem !== undefined) return problem;
+  if (path.startsWith(RESERVED_PREFIX)) return 'names starting with ".sluice-" at the top of the workspace are the gateway\'s own';
+  return undefined;
+}
+
+/** A file frame's `request`, `session` and `path` (optional for `list_files`), as strings. */
+function fileNames<P extends boolean>(
+  obj: Record<string, unknown>,
+  type: string,
+  pathRequired: P,
+): { request: string; session: string; path: P extends true ? string : string | undefined } {
+  const request = text(obj, 'request', type);
+  const session = text(obj, 'session', type);
+  const path = pathRequired || obj['path'] !== undefined ? text(obj, 'path', type) : undefined;
+  return { request, session, path: path as P extends true ? string : string | undefined };
+}
+
+/** The checks of a file frame's names, in the gateway's order: `request`, `path` (refused with `invalid_path`), `session`. */
+function checkFileNames(frame: { request: string; session: string; path?: string }, type: string): void {
+  nameLength(frame.request, 'request', type);
+  if (frame.path !== undefined) {
+    const problem = workspacePathProblem(frame.path);
+    if (problem !== undefined) {
+      throw new InvalidFrameError(`invalid ${type} frame: path ${JSON.stringify(frame.path.slice(0, 80))}: ${problem}`, 'invalid_path');
+    }
+  }
+  nameLength(frame.session, 'session', type);
+}
+
+function optionalEncoding(obj: Record<string, unknown>, type: string): Encoding | undefined {
+  const encoding = obj['encoding'];
+  if (encoding === undefined) return undefined;
+  if (encoding !== 'utf8' && encoding !== 'base64') bad(type, '"encoding" must be "utf8" or "base64"');
+  return encoding as Encoding;
+}
+
+/** An optional boolean field. */
+function flag(obj: Record<string, unknown>, field: string, type: string): boolean | undefined {
+  const value = obj[field];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'boolean') bad(type, `"${field}" must be a boolean`);
+  return value as boolean;
 }
 
 /**
@@ -304,7 +502,7 @@ function files(value: unknown, frame: ExecuteFrame): Record<string, string> {
   const paths = new Set(entries.map(([path]) => path));
   for (const [path, text] of entries) {
     if (typeof text !== 'string') bad(type, `file ${JSON.stringify(path.slice(0, 80))}: its text must be a string`);
-    const problem = filePathProblem(path);
+    const problem = workspacePathProblem(path);
     if (problem !== undefined) bad(type, `file ${JSON.stringify(path.slice(0, 80))}: ${problem}`);
     if ((text as string).includes('\0')) bad(type, `file ${JSON.stringify(path.slice(0, 80))}: text may not contain NUL`);
     let parent = path;
@@ -337,11 +535,15 @@ function text(obj: Record<string, unknown>, field: string, type: string): string
 /** An id, session or language: 1 to 128 bytes of UTF-8. */
 function name(obj: Record<string, unknown>, field: string, type: string): string {
   const value = text(obj, field, type);
+  nameLength(value, field, type);
+  return value;
+}
+
+function nameLength(value: string, field: string, type: string): void {
   const bytes = utf8.encode(value).length;
   if (bytes === 0 || bytes > MAX_NAME_BYTES) {
     bad(type, `"${field}" must be 1 to ${MAX_NAME_BYTES} bytes of UTF-8 (it has ${bytes})`);
   }
-  return value;
 }
 
 function optionalName(obj: Record<string, unknown>, field: string, type: string): string | undefined {

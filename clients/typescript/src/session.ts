@@ -5,7 +5,7 @@
  */
 
 import { AbortedError, type SluiceError } from './errors.js';
-import { type SluiceEvent, syntheticError } from './events.js';
+import { bufferedSize, type SluiceEvent, syntheticError } from './events.js';
 import { BoundedQueue } from './queue.js';
 
 /** Options of `attach()`. */
@@ -14,6 +14,11 @@ export interface AttachOptions {
   since?: number;
   /** Aborting it detaches; the loop then throws an {@link AbortedError}. */
   signal?: AbortSignal;
+  /**
+   * Open the session with a workspace: create the session when it does not exist, and give
+   * it a workspace when it has none, so that files can be written before anything runs.
+   */
+  workspace?: boolean;
 }
 
 /** What a {@link SessionEvents} asks of the client. */
@@ -54,7 +59,7 @@ export class SessionEvents implements AsyncIterable<SluiceEvent> {
     this.last = since;
     this.queue = new BoundedQueue<SluiceEvent>(
       maxBufferedBytes,
-      (event) => event.data.length + 256,
+      bufferedSize,
       `session ${JSON.stringify(session)}`,
       (buffered, max) =>
         syntheticError(

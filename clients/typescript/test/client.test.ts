@@ -188,7 +188,120 @@ describe('executions', () => {
     const first = client.execute('x = 41', { language: 'python', session, persistent: true });
     assert.equal((await within(first.done, 20_000, 'cell 1')).exitCode, 0);
     const second = client.execute('x + 1', { language: 'python', session, persistent: true });
-    assert.equal((await within(second.done, 20_000, 'cell 2')).stdout, '42\n');
+    const outcome = await within(second.done, 20_000, 'cell 2');
+    // The value of the last expression is the cell's result, no longer printed on stdout.
+    assert.equal(outcome.stdout, '');
+    assert.equal(outcome.value?.data, '42');
+  });
+});
+
+/** An execution's events between `started` and its terminal event, as `type:data`, adjacent stdout joined. */
+function between(events: SluiceEvent[]): string[] {
+  const out: string[] = [];
+  for (const event of events.slice(1, -1)) {
+    const last = out[out.length - 1];
+    if (event.type === 'stdout' && last?.startsWith('stdout:')) out[out.length - 1] = last + event.data;
+    else out.push(`${event.type}:${event.data}`);
+  }
+  return out;
+}
+
+describe('rich output', () => {
+  test('a persistent python cell: a display, its update through the handle, and the value of the cell', async () => {
+    const session = `ts-rich-${process.pid}`;
+    const code = [
+      'class Table:',
+      '    def _repr_html_(self):',
+      '        return "<table><tr><td>1</td><td>2</td></tr></table>"',
+      '    def __repr__(self):',
+      '        return "Table(1 row)"',
+      'print("before")',
+      'handle = display(Table(), display_id=True)',
+      'print("between")',
+      'handle.update("updated")',
+      '6 * 7',
+    ].join('\n');
+    const execution = client.execute(code, { language: 'python', session, persistent: true });
+    const events = await collect(execution, () => false);
+    assertWellFormed(events);
+    // In order with the text, and nothing of the records in it.
+    assert.deepEqual(between(events), [
+      'stdout:before\n',
+      'display:Table(1 row)',
+      'stdout:between\n',
+      "update_display:'updated'",
+      'result:42',
+    ]);
+    const outcome = await within(execution.done, 20_000, 'cell 1');
+    assert.equal(outcome.exitCode, 0);
+    assert.equal(outcome.stdout, 'before\nbetween\n');
+
+    const [shown, update] = outcome.displays;
+    assert.equal(outcome.displays.length, 2);
+    assert.ok(shown?.type === 'display' && update?.type === 'update_display');
+    assert.deepEqual(shown.bundle, { 'text/html': '<table><tr><td>1</td><td>2</td></tr></table>', 'text/plain': 'Table(1 row)' });
+    assert.deepEqual(shown.metadata, {});
+    assert.match(shown.display_id ?? '', /^[0-9a-f]{32}$/, 'display_id=True makes an id');
+    assert.equal(update.display_id, shown.display_id, 'the update names what it replaces');
+    assert.deepEqual(update.bundle, { 'text/plain': "'updated'" });
+    // The very events the loop read.
+    assert.deepEqual(
+      outcome.displays,
+      events.filter((e) => e.type === 'display' || e.type === 'update_display'),
+    );
+
+    const value = outcome.value;
+    assert.ok(value, 'the last expression gives a result');
+    assert.equal(value.type, 'result');
+    assert.equal(value.execution_count, 1, 'the first cell of the session');
+    assert.deepEqual(value.bundle, { 'text/plain': '42' });
+    assert.equal(value.id, execution.id);
+    assert.equal(value, events[events.length - 2]);
+
+    // The next cell updates that display by its id; ending with a statement, it has no value.
+    const next = client.execute(
+      `update_display({"text/markdown": "**done**", "text/plain": "done"}, display_id=${JSON.stringify(shown.display_id)}, raw=True)\nx = 1`,
+      {
+        language: 'python',
+        session,
+        persistent: true,
+      },
+    );
+    const second = await within(next.done, 20_000, 'cell 2');
+    assert.equal(second.exitCode, 0);
+    assert.equal(second.value, undefined);
+    assert.equal(second.displays.length, 1);
+    const [again] = second.displays;
+    assert.ok(again?.type === 'update_display');
+    assert.equal(again.display_id, shown.display_id);
+    assert.deepEqual(again.bundle, { 'text/markdown': '**done**', 'text/plain': 'done' });
+    assert.equal(again.data, 'done');
+
+    // Cells are numbered in their interpreter.
+    const third = await within(client.execute('"three"', { language: 'python', session, persistent: true }).done, 20_000, 'cell 3');
+    assert.equal(third.value?.execution_count, 3);
+    assert.equal(third.value?.data, "'three'");
+    assert.deepEqual(third.displays, []);
+  });
+
+  test("any program's display record: binary data as base64 text, JSON values and metadata as sent", async () => {
+    const record = JSON.stringify({
+      data: { 'image/png': 'iVBORw0KGgo=', 'application/json': { rows: [1, 2.5, null] }, 'text/plain': 'a chart' },
+      metadata: { 'image/png': { width: 3 } },
+      display_id: 'chart',
+    });
+    const execution = client.execute(`printf 'text\\n\\033]sluice;display;%s\\007more\\n' '${record}'`, { language: 'sh' });
+    const outcome = await within(execution.done, 20_000, 'done');
+    assert.equal(outcome.exitCode, 0);
+    assert.equal(outcome.stdout, 'text\nmore\n');
+    assert.equal(outcome.value, undefined);
+    assert.equal(outcome.displays.length, 1);
+    const [shown] = outcome.displays;
+    assert.ok(shown?.type === 'display');
+    assert.equal(shown.data, 'a chart');
+    assert.equal(shown.display_id, 'chart');
+    assert.deepEqual(shown.bundle, { 'image/png': 'iVBORw0KGgo=', 'application/json': { rows: [1, 2.5, null] }, 'text/plain': 'a chart' });
+    assert.deepEqual(shown.metadata, { 'image/png': { width: 3 } });
   });
 });
 

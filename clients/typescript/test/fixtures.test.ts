@@ -74,6 +74,45 @@ describe('event fixtures', () => {
     assert.ok(workspace.type === 'resource_limit' && workspace.limit === 'workspace' && workspace.limit_observed === 8388608);
     const attached = read('attached.json');
     assert.ok(attached.type === 'attached' && attached.resume_from === attached.sequence + 1 && !isTerminal(attached));
+    const display = read('display.json');
+    assert.ok(display.type === 'display' && display.display_id === 't1' && !isTerminal(display));
+    assert.deepEqual(display.bundle['application/json'], { rows: 2 }, 'a JSON type keeps its JSON value');
+    const update = read('update-display.json');
+    assert.ok(update.type === 'update_display' && update.display_id === 't1' && update.bundle['text/plain'] === '50%');
+    const result = read('result.json');
+    assert.ok(result.type === 'result' && result.execution_count === 2 && result.data === '42' && !isTerminal(result));
+    assert.deepEqual(result.metadata, {});
+  });
+});
+
+describe('rich output events beyond the fixtures', () => {
+  const rich = (fields: Record<string, unknown>) =>
+    JSON.stringify({ type: 'display', data: '', timestamp: 1763900001.5, sequence: 3, id: 'c', session: 's', ...fields });
+
+  test('a display without metadata has {}', () => {
+    const event = decodeEvent(rich({ bundle: { 'text/plain': 'x' } }));
+    assert.ok(event.type === 'display');
+    assert.deepEqual(event.metadata, {});
+    assert.equal(event.display_id, undefined);
+  });
+
+  test('refuses text types whose data is not text, a bundle that is not an object, and a result with a bad count', () => {
+    for (const fields of [
+      { bundle: { 'image/png': 5 } },
+      { bundle: { 'text/html': { a: 1 } } },
+      { bundle: ['text/plain'] },
+      { bundle: null },
+      { bundle: { 'text/plain': 'x' }, metadata: 'wide' },
+      { bundle: { 'text/plain': 'x' }, display_id: 7 },
+      { bundle: { 'text/plain': 'x' }, id: null, session: null },
+      { type: 'result', bundle: { 'text/plain': 'x' }, execution_count: -1 },
+    ]) {
+      assert.throws(() => decodeEvent(rich(fields)), InvalidEventError, JSON.stringify(fields));
+    }
+    // Any JSON value for a JSON type.
+    const event = decodeEvent(rich({ bundle: { 'application/vnd.example+json': [1, 'a'], 'application/json': 'text' } }));
+    assert.ok(event.type === 'display');
+    assert.deepEqual(event.bundle, { 'application/vnd.example+json': [1, 'a'], 'application/json': 'text' });
   });
 });
 

@@ -291,3 +291,55 @@ test('an execution awaited only through done is never cut off', async () => {
     await peer.close();
   }
 });
+
+test("rich output counts for its bundle in an execution's buffer: unread images are a slow consumer", async () => {
+  const peer = new Peer();
+  const client = await SluiceClient.connect(await peer.listening(), { maxBufferedBytes: 4096 });
+  // Small `data`, large bundles: counted by `data` alone, both would fit in 4 KiB.
+  const image = 'iVBO'.repeat(1000);
+  const display = (sequence: number): Step => ({
+    send: {
+      type: 'display',
+      data: 'a picture',
+      timestamp: 1767225600 + sequence,
+      sequence,
+      id: 'x1',
+      session: 's1',
+      bundle: { 'image/png': image, 'text/plain': 'a picture' },
+      metadata: {},
+    },
+  });
+  const steps: Step[] = [
+    { expect: { type: 'execute', id: 'x1' } },
+    { send: { type: 'started', data: '', timestamp: 1767225600, sequence: 1, id: 'x1', session: 's1', pid: 4242 } },
+    display(2),
+    display(3),
+    { expect: { type: 'cancel', id: 'x1', session: 's1' } },
+    { send: { type: 'cancelled', data: '', timestamp: 1767225604, sequence: 4, id: 'x1', session: 's1' } },
+  ];
+  try {
+    const run = client.execute('show()', { language: 'python', id: 'x1' });
+    const events = run[Symbol.asyncIterator]();
+    const peerDone = peer.run(steps);
+    const read = async (): Promise<SluiceEvent[]> => {
+      const seen: SluiceEvent[] = [];
+      // The first event is read at once; the rest only once the client has cancelled.
+      const first = await events.next();
+      if (!first.done) seen.push(first.value);
+      await peerDone;
+      for (let next = await events.next(); !next.done; next = await events.next()) seen.push(next.value);
+      return seen;
+    };
+    const [, seen] = await withDeadline(Promise.all([peerDone, read()]), 'rich slow consumer');
+    assert.deepEqual(
+      seen.map((e) => e.type),
+      ['started', 'display', 'error'],
+    );
+    const last = seen[2]!;
+    assert.ok(last.type === 'error' && last.code === 'slow_consumer');
+    await assert.rejects(run.done, { code: 'slow_consumer' });
+  } finally {
+    client.close();
+    await peer.close();
+  }
+});

@@ -81,6 +81,17 @@ pub struct Config {
     pub max_sessions: usize,
     /// Persistent interpreters (one per persistent session) alive at once.
     pub max_kernels: usize,
+    /// Session workspaces kept at once, each a tmpfs of up to its `workspace_bytes`
+    /// (so at most this many times the largest `workspace_bytes` of memory).
+    pub max_workspaces: usize,
+    /// Session workspaces one peer's sessions may keep at once. `None`: a quarter of
+    /// `max_workspaces`.
+    pub max_workspaces_per_peer: Option<usize>,
+    /// Bytes all session workspaces may hold together, adding up their sizes (their
+    /// files are memory, not overcommitted); each peer may hold
+    /// `budget_share_per_peer` percent of it. `None`: a third of the executions'
+    /// memory budget (a quarter of the host's memory); `Some(0)`: not added up.
+    pub workspace_budget_bytes: Option<u64>,
     /// How strongly executions are confined (see [`Isolation`]).
     pub isolation: Isolation,
     /// Whether programs may use the network (see [`Network`]).
@@ -209,6 +220,12 @@ impl Config {
             .unwrap_or_else(|| quarter(self.max_kernels))
     }
 
+    /// The per-peer workspace cap in force.
+    pub(crate) fn workspaces_per_peer(&self) -> usize {
+        self.max_workspaces_per_peer
+            .unwrap_or_else(|| quarter(self.max_workspaces))
+    }
+
     /// The per-peer connection cap in force.
     pub(crate) fn connections_per_peer(&self) -> usize {
         self.max_connections_per_peer
@@ -257,6 +274,9 @@ impl Default for Config {
             session_grace: Duration::from_secs(60),
             max_sessions: 8_192,
             max_kernels: 64,
+            max_workspaces: 64,
+            max_workspaces_per_peer: None,
+            workspace_budget_bytes: None,
             isolation: Isolation::Auto,
             network: Network::Auto,
             sandbox_uid: DEFAULT_SANDBOX_ID,

@@ -86,7 +86,25 @@ impl Connection {
             Ok(admitted) => admitted,
             Err((code, message)) => return self.refuse_execute(&request.id, code, message).await,
         };
-        let session = match named {
+        // A workspace asked for and not there yet is made before the session is opened
+        // (a refusal leaves nothing behind), of the size this execute may use.
+        let has_workspace = || {
+            named
+                .as_deref()
+                .and_then(|name| self.state.sessions.get(&self.principal, name))
+                .is_some_and(|session| session.workspace().is_some())
+        };
+        let made = if request.workspace && !has_workspace() {
+            match self.make_workspace(admitted.limits.workspace_bytes) {
+                Ok(made) => Some(made),
+                Err((code, message)) => {
+                    return self.refuse_execute(&request.id, code, message).await
+                }
+            }
+        } else {
+            None
+        };
+        let (session, first_unread) = match named {
             None => match self
                 .state
                 .sessions
@@ -94,7 +112,7 @@ impl Connection {
             {
                 Ok(session) => {
                     self.link.subscribe(&session, 0, Lead::Take, false);
-                    session
+                    (session, 0)
                 }
                 Err(err) => {
                     let code = open_error_code(&err);
@@ -110,6 +128,14 @@ impl Connection {
                 }
             },
         };
+        if request.ack {
+            // The client acknowledges: nothing this socket has not acknowledged is
+            // dropped, from the first event it is sent on.
+            session.stream.ack(self.link.socket, first_unread);
+        }
+        if let Some(made) = made {
+            session.keep_workspace(made);
+        }
         let (id, name) = (request.id.clone(), session.id().to_owned());
         if let Err(same) = self.start(request, session, admitted) {
             // Another socket's `execute` took the id between the look-up above and now:
@@ -131,8 +157,10 @@ impl Connection {
     }
 
     /// The named session an `execute` runs in, opened and read by this socket if it was
-    /// not (from its next event on: what came before is for `attach` to replay).
-    fn named_session(&mut self, name: &str) -> Result<Arc<Session>, Refusal> {
+    /// not (from its next event on: what came before is for `attach` to replay), and
+    /// the last sequence before what this socket has yet to be sent of it (0 when it
+    /// read the session already: its own acknowledgements say where it is).
+    fn named_session(&mut self, name: &str) -> Result<(Arc<Session>, u64), Refusal> {
         self.check_session_allowed(name)?;
         if let Some(session) = self.link.session(name) {
             if session.ephemeral {
@@ -141,7 +169,7 @@ impl Connection {
             }
             // It executes in the session: it may lead it now.
             session.stream.allow_lead(self.link.socket);
-            return Ok(session);
+            return Ok((session, 0));
         }
         self.check_session_room()?;
         let (session, _) = self
@@ -151,7 +179,7 @@ impl Connection {
             .map_err(|err| (open_error_code(&err), err.to_string()))?;
         let cursor = session.stream.head();
         self.link.subscribe(&session, cursor, Lead::IfVacant, false);
-        Ok(session)
+        Ok((session, cursor))
     }
 
     /// New work is refused while the gateway's buffer budget, or this peer's share of
@@ -251,12 +279,13 @@ impl Connection {
             })?),
         };
         let ceilings = &self.grant.narrowing.limits;
-        // A cell's CPU time is not limited yet (only its wall clock is): a credential
-        // that caps CPU time gets no cell rather than one that ignores the cap.
+        // A cell's `cpu_ms` is checked by the gateway, but a credential's CPU ceiling is
+        // not trusted to that check until it has been reviewed from outside: such a
+        // credential gets no cell rather than one that might overrun the cap.
         if kernel.is_some() && ceilings.cpu_ms.is_some() {
             return Err((
                 ErrorCode::NotPermitted,
-                "your credential caps limits.cpu_ms, which persistent cells do not enforce yet; run it as a program (without persistent) instead".into(),
+                "your credential caps limits.cpu_ms, which this gateway does not yet trust persistent cells to hold; run it as a program (without persistent) instead".into(),
             ));
         }
         let limits = if *ceilings == sluice_protocol::Limits::default() {
@@ -366,6 +395,7 @@ impl Connection {
             limits,
             terminal,
             files: files.into_iter().collect(),
+            workspace: session.workspace(),
         };
         let ctx = ExecutionContext {
             session: session.clone(),
@@ -377,6 +407,7 @@ impl Connection {
             principal: self.principal.clone(),
             peer: self.peer,
             grant: self.grant.clone(),
+            buffers: self.buffers.clone(),
         };
         // Alone on the gateway (every other slot free), start the program inline.
         let spawn_inline =
@@ -486,7 +517,7 @@ fn check_files(
     Ok(())
 }
 
-fn open_error_code(err: &OpenError) -> ErrorCode {
+pub(super) fn open_error_code(err: &OpenError) -> ErrorCode {
     match err {
         OpenError::TooMany(_) | OpenError::TooManyForPeer(..) => ErrorCode::TooManySessions,
         OpenError::GatewayMade(_) => ErrorCode::BadRequest,

@@ -13,7 +13,7 @@ use crate::session::Session;
 use crate::state::GatewayState;
 use axum::extract::ws::CloseFrame;
 use sluice_protocol::{
-    AckFrame, AttachFrame, ClientFrame, DetachFrame, ErrorCode, Event, FrameError,
+    AckFrame, AttachFrame, ClientFrame, DetachFrame, ErrorCode, Event, FrameError, RestartFrame,
 };
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ pub(super) struct Connection {
     pub(super) state: Arc<GatewayState>,
     pub(super) link: Arc<SocketLink>,
     /// Refusals that belong to no session are numbered on this stream.
-    own: Arc<EventStream>,
+    pub(super) own: Arc<EventStream>,
     /// Executions this socket started; stdin and cancel without a `session` look here.
     pub(super) started: OwnExecutions,
     /// Cancelled on gateway shutdown or when the writer gives up; every wait for room in
@@ -105,6 +105,11 @@ impl Connection {
             Ok(ClientFrame::Ack(frame)) => self.ack(frame),
             Ok(ClientFrame::Runtimes(_)) => self.runtimes().await,
             Ok(ClientFrame::Resize(frame)) => self.resize(frame).await,
+            Ok(ClientFrame::WriteFile(frame)) => self.write_file(frame).await,
+            Ok(ClientFrame::ReadFile(frame)) => self.read_file(frame).await,
+            Ok(ClientFrame::ListFiles(frame)) => self.list_files(frame).await,
+            Ok(ClientFrame::DeleteFile(frame)) => self.delete_file(frame).await,
+            Ok(ClientFrame::Restart(frame)) => self.restart(frame).await,
             Err(err) => self.refuse_frame(err).await,
         }
     }
@@ -120,7 +125,10 @@ impl Connection {
             }
             _ => None,
         };
-        self.refuse(id, err.code, err.message).await;
+        match err.request.filter(|request| is_usable_id(request)) {
+            Some(request) => self.refuse_file(&request, (err.code, err.message)).await,
+            None => self.refuse(id, err.code, err.message).await,
+        }
     }
 
     /// Sends an `error` on the socket's own stream, naming the session the refused
@@ -173,7 +181,15 @@ impl Connection {
     }
 
     async fn attach(&mut self, frame: AttachFrame) {
-        let AttachFrame { session, since } = frame;
+        let AttachFrame {
+            session,
+            since,
+            workspace,
+            ack,
+        } = frame;
+        if workspace {
+            return self.attach_with_workspace(session, since, ack).await;
+        }
         let found = self.state.sessions.get(&self.principal, &session);
         // A `sessions` claim names the sessions a client may open; a gateway-made one it
         // opened (its own tenant's, found by its random id) it may come back to.
@@ -205,9 +221,84 @@ impl Connection {
         } else {
             Lead::IfVacant
         };
-        if let Err((code, message)) = self.join(&found, since, lead, true) {
-            self.refuse(None, code, message).await;
+        match self.join(&found, since, lead, true) {
+            Ok(()) if ack => found.stream.ack(self.link.socket, since),
+            Ok(()) => {}
+            Err((code, message)) => self.refuse(None, code, message).await,
         }
+    }
+
+    /// An `attach` with `workspace`: the named session, opened if it does not exist,
+    /// given a workspace if it has none (of the caller's default `workspace_bytes`).
+    /// Every check, and the workspace, come before a session is opened.
+    async fn attach_with_workspace(&mut self, name: String, since: Option<u64>, ack: bool) {
+        if let Err((code, message)) = self.check_session_allowed(&name) {
+            return self.refuse(None, code, message).await;
+        }
+        let found = self.state.sessions.get(&self.principal, &name);
+        if found.as_ref().is_some_and(|s| s.ephemeral) {
+            let message = format!("session {name:?} was made by the gateway for one execution and keeps no workspace; name a session of your own");
+            return self.refuse(None, ErrorCode::NoWorkspace, message).await;
+        }
+        let since = since.unwrap_or(0);
+        let head = found.as_ref().map_or(0, |s| s.stream.head());
+        if since > head {
+            let message = format!(
+                "since {since} is past the last event of session {name:?}, which is {head}"
+            );
+            return self.refuse(None, ErrorCode::BadRequest, message).await;
+        }
+        let made = match found.as_ref().and_then(|s| s.workspace()) {
+            Some(_) => None,
+            None => {
+                let bytes = self.default_workspace_bytes();
+                match self.make_workspace(bytes) {
+                    Ok(made) => Some(made),
+                    Err((code, message)) => return self.refuse(None, code, message).await,
+                }
+            }
+        };
+        let joined = match found {
+            Some(session) => self
+                .join(&session, since, Lead::IfVacant, true)
+                .map(|()| session),
+            None => self.check_session_room().and_then(|()| {
+                let (session, _) = self
+                    .state
+                    .sessions
+                    .open_named(&name, &self.principal, self.grant.narrowing.max_sessions)
+                    .map_err(|err| (super::execute::open_error_code(&err), err.to_string()))?;
+                self.link.subscribe(&session, since, Lead::IfVacant, true);
+                self.busy_at = tokio::time::Instant::now();
+                Ok(session)
+            }),
+        };
+        match joined {
+            Ok(session) => {
+                if ack {
+                    session.stream.ack(self.link.socket, since);
+                }
+                if let Some(made) = made {
+                    session.keep_workspace(made);
+                }
+            }
+            Err((code, message)) => self.refuse(None, code, message).await,
+        }
+    }
+
+    /// The `workspace_bytes` a workspace gets when nothing asks for a size: the
+    /// gateway's default, within the caller's credential.
+    pub(super) fn default_workspace_bytes(&self) -> u64 {
+        let limits = &self.state.config.limits;
+        let ceilings = &self.grant.narrowing.limits;
+        let resolved = if *ceilings == sluice_protocol::Limits::default() {
+            limits.resolve(&sluice_protocol::Limits::default())
+        } else {
+            limits
+                .narrowed(ceilings)
+                .resolve(&sluice_protocol::Limits::default())
+        };
+        resolved.map_or(limits.workspace_bytes.default, |l| l.workspace_bytes)
     }
 
     /// Detaching is idempotent: a session this socket does not read (it may have been
@@ -216,6 +307,25 @@ impl Connection {
         if let Some(session) = self.link.session(&frame.session) {
             self.link.unsubscribe(&session, &self.state.sessions);
         }
+    }
+
+    /// `restart`: a fresh interpreter for a named session the caller may use; answered
+    /// by `restarted` on the session's stream (the caller reads it, or attaches to).
+    async fn restart(&mut self, frame: RestartFrame) {
+        let name = frame.session;
+        if let Err((code, message)) = self.check_session_allowed(&name) {
+            return self.refuse(None, code, message).await;
+        }
+        let Some(session) = self.state.sessions.get(&self.principal, &name) else {
+            let (code, message) = unknown_session(&name);
+            return self.refuse(None, code, message).await;
+        };
+        if session.ephemeral {
+            let message = format!("session {name:?} was made by the gateway for one execution and has no persistent interpreter; name a session of your own");
+            return self.refuse(None, ErrorCode::BadRequest, message).await;
+        }
+        tracing::info!(session = %name, "restarting the session's interpreter");
+        session.restart_interpreter();
     }
 
     /// Acknowledgements are advisory: one for a session this socket does not read (it

@@ -23,6 +23,7 @@
 //! - [`own`]: the executions this socket started, and `stdin`/`cancel` routed to them.
 
 mod execute;
+mod files;
 mod frames;
 mod link;
 mod own;

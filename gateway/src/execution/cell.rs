@@ -49,6 +49,7 @@ pub(super) async fn run_cell(
     }
     let seat = session.interpreter();
     let mut guard = seat.take_turn().await;
+    seat.restart_if_asked(&mut guard, session.stream()).await;
     if guard.as_ref().is_some_and(|kernel| kernel.kind() != kind) {
         seat.retire(guard.take());
     }
@@ -138,6 +139,7 @@ pub(super) async fn run_cell(
                     memory_bytes: spec.limits.memory_bytes,
                 };
                 Kernel::start(
+                    spec.workspace.as_deref(),
                     kind,
                     &spec.runtime,
                     host,
@@ -172,10 +174,10 @@ pub(super) async fn run_cell(
     let limits = spec.limits;
     let sent = match guard.as_mut() {
         Some(kernel) => {
-            let cpu_before = kernel.usage().0;
+            let tree_cpu_before = kernel.tree_cpu();
             let started_at = Instant::now();
             tokio::select! {
-                sent = kernel.send(&spec.code) => sent.map(|pipes| (pipes, cpu_before, started_at)),
+                sent = kernel.send(&spec.code) => sent.map(|pipes| (pipes, tree_cpu_before, started_at)),
                 () = run.cancel.cancelled() => Err(io::Error::other("cancelled")),
                 () = tokio::time::sleep(limits.timeout) => Err(io::Error::from(io::ErrorKind::TimedOut)),
             }
@@ -183,12 +185,12 @@ pub(super) async fn run_cell(
         None => Err(io::Error::other("no interpreter")),
     };
     match sent {
-        Ok((pipes, cpu_before, started_at)) => {
+        Ok((pipes, tree_cpu_before, started_at)) => {
             let launched = Launched {
                 workdir: None,
                 program: Program::Cell(Cell {
                     kernel: guard,
-                    cpu_before,
+                    tree_cpu_before,
                     _turn: turn,
                     note,
                 }),
@@ -197,6 +199,7 @@ pub(super) async fn run_cell(
                 stderr: Some(pipes.stderr),
                 started_at,
                 warm: false,
+                workspace_source: None,
             };
             run.supervise(launched, stdin).await;
         }

@@ -37,6 +37,8 @@ pub(super) struct Launched {
     pub(super) started_at: Instant,
     /// Claimed from the warm pool rather than started for this execution.
     pub(super) warm: bool,
+    /// The name of its source file in the session's workspace, removed after it.
+    pub(super) workspace_source: Option<String>,
 }
 
 /// Processes the jail adds to a program's cgroup (the jail and its init), if any.
@@ -51,9 +53,11 @@ pub(super) fn jail_processes(host: &Host) -> u64 {
 /// Writes the source file and starts the program; a failure becomes the execution's
 /// terminal `error`.
 pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<Event>> {
-    // A warm entry's stdio are pipes, and it writes only its source file: a terminal
-    // program, or one with more files, always starts cold.
-    if let (Some(pool), None, true) = (&host.warm, &spec.terminal, spec.files.is_empty()) {
+    // A warm entry's stdio are pipes, and it writes only its source file in a workspace
+    // of its own: a terminal program, one with more files, or one in a session's
+    // workspace always starts cold.
+    let cold = spec.terminal.is_some() || !spec.files.is_empty() || spec.workspace.is_some();
+    if let (Some(pool), false) = (&host.warm, cold) {
         if let Some(launched) = pool.claim(spec, host) {
             return Ok(launched);
         }
@@ -81,15 +85,25 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             return Err(Box::new(Event::error(id, ErrorCode::Internal, message)));
         }
     };
+    // In a session's workspace the source goes under a name of its own, so programs
+    // of the session running at once do not overwrite each other's.
+    let workspace = spec.workspace.as_deref();
+    let source_name = match workspace {
+        Some(ws) => ws.source_name(&spec.runtime.file_name),
+        None => spec.runtime.file_name.clone(),
+    };
+    if let (Some(ws), None) = (workspace, &host.jail) {
+        write_into_workspace(spec, host, ws, &source_name)?;
+    }
     // An unjailed program's files are written with its source, before its directory is
     // its user's; a jail's init writes them from a bundle.
-    let files: &[(String, String)] = match host.jail {
-        Some(_) => &[],
-        None => &spec.files,
+    let files: &[(String, String)] = match (&host.jail, workspace) {
+        (Some(_), _) | (None, Some(_)) => &[],
+        (None, None) => &spec.files,
     };
     let workdir = match Workdir::create(
         &host.work_root,
-        &spec.runtime.file_name,
+        &source_name,
         &spec.code,
         files,
         host.program_user,
@@ -113,7 +127,9 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             return Err(refusal);
         }
     };
-    let mut env = environment(&spec.runtime, &spec.env, &host.base_env, workdir.path());
+    let home = workspace.map_or(workdir.path(), |ws| ws.path());
+    let source = home.join(&source_name);
+    let mut env = environment(&spec.runtime, &spec.env, &host.base_env, home);
     if let Some(control) = &spec.terminal {
         // Before the request's own variables, which may name another.
         let at = env.len() - spec.env.len();
@@ -122,7 +138,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
     let launch = Launch {
         runtime: &spec.runtime,
         workdir: workdir.path(),
-        source: &workdir.source(),
+        source: &source,
         args: &spec.args,
         env,
         rlimits: rlimits(&spec.limits),
@@ -135,6 +151,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         warm: None,
         terminal: terminal.as_ref(),
         files: bundle,
+        workspace,
     };
     let started_at = Instant::now();
     let spawned = launch.spawn();
@@ -151,8 +168,12 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
             stderr: spawned.stderr,
             started_at,
             warm: false,
+            workspace_source: workspace.map(|_| source_name),
         }),
         Err(err) => {
+            if let Some(ws) = workspace {
+                ws.remove_source(&source_name);
+            }
             host.observe.metrics.sandbox_failed(SandboxStage::Spawn);
             tracing::warn!(%err, "spawn failed");
             workdir.remove();
@@ -187,6 +208,41 @@ fn write_files(
         tracing::error!(%err, "could not write the execution's files");
         let message = "could not write the program's files";
         Box::new(Event::error(id, ErrorCode::Internal, message))
+    })
+}
+
+/// Writes an unjailed program's source and `files` into its session's workspace (where
+/// programs of the session may be running: every path resolved beneath it). A failure
+/// becomes the execution's terminal `error`.
+fn write_into_workspace(
+    spec: &ExecutionSpec,
+    host: &Host,
+    ws: &crate::workspace::Workspace,
+    source_name: &str,
+) -> Result<(), Box<Event>> {
+    let written = ws
+        .write_source(source_name, &spec.code)
+        .and_then(|()| ws.write_files(&spec.files));
+    written.map_err(|err| {
+        ws.remove_source(source_name);
+        let id = Some(spec.id.clone());
+        match err.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => Box::new(Event::error(
+                id,
+                ErrorCode::WorkspaceFull,
+                "the session's workspace has no room for the program's files",
+            )),
+            _ if err.kind() == std::io::ErrorKind::InvalidInput => {
+                let message = format!("could not write the files: {err}");
+                Box::new(Event::error(id, ErrorCode::InvalidPath, message))
+            }
+            _ => {
+                host.observe.metrics.sandbox_failed(SandboxStage::Workdir);
+                tracing::error!(%err, "could not write into a session's workspace");
+                let message = "could not write the program's files into the workspace";
+                Box::new(Event::error(id, ErrorCode::Internal, message))
+            }
+        }
     })
 }
 

@@ -20,6 +20,7 @@
 
 mod cell;
 mod cgroup_checks;
+mod display;
 pub(crate) mod kernel;
 mod launch;
 mod output;
@@ -34,6 +35,7 @@ pub(crate) mod warm;
 mod workdir;
 
 pub(crate) use kernel::{InterpreterSeat, KernelKind};
+pub(crate) use output::OutputDecoder;
 pub(crate) use stdin::StdinChunk;
 pub(crate) use terminal::TerminalControl;
 
@@ -64,6 +66,8 @@ pub(crate) trait Owner: Send + Sync + std::fmt::Debug {
     fn is_ended(&self) -> bool;
     /// The session's persistent interpreter, for cells.
     fn interpreter(&self) -> &InterpreterSeat;
+    /// The session's workspace, where its executions start, if it keeps one.
+    fn workspace(&self) -> Option<Arc<crate::workspace::Workspace>>;
 }
 
 /// The connection's side of a running execution.
@@ -84,6 +88,8 @@ pub(crate) struct ExecutionHandle {
     finished: Arc<AtomicBool>,
     /// A terminal execution's terminal, for `resize`.
     pub(crate) terminal: Option<Arc<TerminalControl>>,
+    /// A cell of the session's persistent interpreter (a `restart` cancels it).
+    pub(crate) cell: bool,
 }
 
 impl ExecutionHandle {
@@ -113,6 +119,10 @@ pub(crate) struct ExecutionSpec {
     /// More files written in the working directory before the program starts (path,
     /// text), their paths checked by the protocol's decoder.
     pub(crate) files: Vec<(String, String)>,
+    /// The session's workspace, when it keeps one: the program starts in it (its
+    /// source file under a name of the gateway's, removed after it), and its end says
+    /// what changed there (`files_changed`).
+    pub(crate) workspace: Option<Arc<crate::workspace::Workspace>>,
 }
 
 /// Where it runs and where its events go.
@@ -137,6 +147,9 @@ pub(crate) struct ExecutionContext {
     /// cell's interpreter must stay within (another grant of the tenant may have
     /// started it).
     pub(crate) grant: Arc<crate::auth::Grant>,
+    /// The caller's share of the gateway's buffer budget: unfinished display records
+    /// are held against it.
+    pub(crate) buffers: crate::buffer_budget::BufferBudget,
 }
 
 /// How an execution starts.
@@ -272,6 +285,7 @@ pub(crate) fn prepare(
         cancel: cancel.clone(),
         finished: finished.clone(),
         terminal: spec.terminal.clone(),
+        cell: matches!(start, Start::Cell { .. }),
     };
     let span = tracing::info_span!(
         "execution",

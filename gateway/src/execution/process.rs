@@ -50,6 +50,10 @@ pub(crate) struct Launch<'a> {
     /// A jailed program's bundle of more files in `workdir` (`JailSpec::files`); an
     /// unjailed program's are written in `workdir` already.
     pub(crate) files: Option<&'a str>,
+    /// A session's workspace to start in (bound into the jail at its own path, or the
+    /// unjailed program's working directory): `workdir` is then only the host
+    /// directory the jail's spec and source copy travel through.
+    pub(crate) workspace: Option<&'a crate::workspace::Workspace>,
 }
 
 /// How a warm-pool entry waits for its execution.
@@ -151,7 +155,11 @@ impl Launch<'_> {
                                 .file_name()
                                 .filter(|_| self.warm == Some(WarmWait::Jail))
                                 .map(Into::into),
-                            workspace: self.workdir.to_path_buf(),
+                            workspace: self
+                                .workspace
+                                .map_or(self.workdir, |ws| ws.path())
+                                .to_path_buf(),
+                            shared_workspace: self.workspace.is_some(),
                             scratch_bytes: self.scratch_bytes,
                             expose: jail.exposure_for(&self.runtime.program),
                             cgroups: self
@@ -175,6 +183,7 @@ impl Launch<'_> {
                             ..JailSpec::default()
                         },
                         self.runtime.offline,
+                        self.workspace.and_then(|ws| ws.ids()),
                     )
                     .map_err(fail)?;
                 sandbox_ids = lease;
@@ -210,7 +219,7 @@ impl Launch<'_> {
                     program: &self.runtime.program,
                     argv: &argv,
                     env: &self.env,
-                    cwd: self.workdir,
+                    cwd: self.workspace.map_or(self.workdir, |ws| ws.path()),
                     rlimits: self.rlimits,
                     // A runtime allowed the network keeps the host's.
                     no_network: (self.no_network || self.runtime.offline) && !self.runtime.network,

@@ -20,8 +20,9 @@ pub(crate) type KernelGuard = OwnedMutexGuard<Option<Kernel>>;
 #[derive(Debug)]
 pub(crate) struct Cell {
     pub(crate) kernel: KernelGuard,
-    /// The interpreter's CPU time and peak memory before the cell.
-    pub(crate) cpu_before: Duration,
+    /// The interpreter's tree's CPU time before the cell ([`Kernel::tree_cpu`]): the
+    /// cell's `cpu_ms` (limit and usage) counts from here.
+    pub(crate) tree_cpu_before: Duration,
     /// Dropped when the cell is over: the session's next cell may start.
     pub(crate) _turn: oneshot::Sender<()>,
     /// Why the cell runs in a fresh interpreter although its session had one (said in
@@ -52,6 +53,8 @@ pub(crate) struct Ended {
     pub(crate) lost_because: Option<String>,
     /// What the program's cgroup saw (for a cell: its interpreter's, once it died).
     pub(crate) cgroup: Option<crate::sandbox::CgroupReport>,
+    /// A cell its interpreter answered: the cell's number and the exception it raised.
+    pub(crate) cell: Option<(u64, Option<sluice_protocol::CellException>)>,
 }
 
 impl Program {
@@ -130,7 +133,18 @@ impl Program {
     pub(crate) fn cgroup_cpu(&self) -> Option<crate::sandbox::CpuSeen> {
         match self {
             Self::Process(child) => child.cgroup_cpu(),
-            Self::Cell(_) => None,
+            // A cell's: what its interpreter's tree used since the cell was handed over
+            // (checked no earlier than it could reach the limit, as for a heavy program).
+            Self::Cell(cell) => cell.kernel().map(|kernel| crate::sandbox::CpuSeen {
+                used_usec: u64::try_from(
+                    kernel
+                        .tree_cpu()
+                        .saturating_sub(cell.tree_cpu_before)
+                        .as_micros(),
+                )
+                .unwrap_or(u64::MAX),
+                heavy: true,
+            }),
         }
     }
 
@@ -162,27 +176,31 @@ impl Program {
                     kernel_lost: false,
                     lost_because: None,
                     cgroup: child.cgroup_report(),
+                    cell: None,
                 })
             }
             Self::Cell(cell) => {
                 let Some(kernel) = cell.kernel.as_ref() else {
                     return Err(io::Error::other("the interpreter is gone"));
                 };
-                let (cpu, peak) = kernel.usage();
+                let peak = kernel.peak_memory();
+                let tree_cpu = kernel.tree_cpu();
+                let cpu = tree_cpu.saturating_sub(cell.tree_cpu_before);
                 if let Some(reply) = kernel.reply() {
                     // The cell is over (what it started was killed in `after_exit`):
                     // the interpreter must be idle until the next one.
-                    kernel.idle();
+                    kernel.idle(tree_cpu);
                     return Ok(Ended {
                         reaped: Reaped {
                             exit_code: Some(reply.exit_code),
                             signal: None,
-                            cpu: cpu.saturating_sub(cell.cpu_before),
+                            cpu,
                             peak_memory_bytes: peak,
                         },
                         kernel_lost: false,
                         lost_because: None,
                         cgroup: None,
+                        cell: Some((reply.number, reply.exception)),
                     });
                 }
                 // The interpreter died during the cell: the session starts afresh.
@@ -200,6 +218,7 @@ impl Program {
                     kernel_lost: true,
                     lost_because,
                     cgroup,
+                    cell: None,
                 })
             }
         }

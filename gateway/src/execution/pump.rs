@@ -4,6 +4,7 @@
 //! wait for room, so a slow lead fills the pipe and the program blocks in write.
 
 use super::cgroup_checks::next_cpu_check;
+use super::display::{DisplayScanner, Piece};
 use super::output::OutputDecoder;
 use super::program::Program;
 use super::stdin::StdinFeed;
@@ -44,6 +45,8 @@ pub(super) struct OutputPipe {
     /// A terminal's control side rather than a pipe: a short read does not mean it is
     /// empty, and its end of file is EIO.
     terminal: bool,
+    /// Finds display records: standard output, as text, not on a terminal.
+    display: Option<DisplayScanner>,
 }
 
 /// What one non-blocking read produced.
@@ -55,14 +58,18 @@ enum Read {
 
 impl OutputPipe {
     /// `rx`: `None` for a stream that does not exist (a terminal's stderr).
+    /// `buffers`: where the display records of text stdout are held until they end.
     pub(super) fn new(
         kind: EventKind,
         rx: Option<pipe::Receiver>,
         encoding: Encoding,
         chunk: usize,
         terminal: bool,
+        buffers: &crate::buffer_budget::BufferBudget,
     ) -> Self {
         let decoder = OutputDecoder::new(encoding, chunk);
+        let display = (kind == EventKind::Stdout && encoding == Encoding::Utf8 && !terminal)
+            .then(|| DisplayScanner::new(buffers.empty()));
         Self {
             kind,
             rx,
@@ -71,6 +78,7 @@ impl OutputPipe {
             delivered: 0,
             after_exit: 0,
             terminal,
+            display,
         }
     }
 
@@ -138,14 +146,61 @@ impl OutputPipe {
         self.decoder.decode(&mut self.buf)
     }
 
-    /// Closes the pipe; returns the held-back tail of a character, if any.
-    fn close(&mut self) -> Option<String> {
+    /// Closes the pipe and queues what it held back: the tail of a character, text
+    /// that might have begun a display record.
+    fn close(&mut self, id: &str, encoding: Encoding, pending: &mut VecDeque<Event>) {
         self.rx = None;
-        self.decoder.finish(&mut self.buf)
+        let tail = self.decoder.finish(&mut self.buf);
+        self.queue(id, tail, encoding, pending);
+        if let Some(scanner) = &mut self.display {
+            let mut pieces = Vec::new();
+            scanner.finish(&mut pieces);
+            let kind = self.kind;
+            pending.extend(
+                pieces
+                    .into_iter()
+                    .map(|p| piece_event(kind, id, p, encoding)),
+            );
+        }
     }
 
-    fn event(&self, id: &str, text: String, encoding: Encoding) -> Event {
-        Event::output(self.kind, id, text, encoding)
+    /// Queues the events of `text`, decoded output (`None`: nothing yet): the text, and
+    /// in standard output the display records found in it, in order.
+    fn queue(
+        &mut self,
+        id: &str,
+        text: Option<String>,
+        encoding: Encoding,
+        pending: &mut VecDeque<Event>,
+    ) {
+        let Some(text) = text else { return };
+        match &mut self.display {
+            None => pending.push_back(Event::output(self.kind, id, text, encoding)),
+            Some(scanner) => {
+                let mut pieces = Vec::new();
+                scanner.scan(id, &text, &mut pieces);
+                let kind = self.kind;
+                pending.extend(
+                    pieces
+                        .into_iter()
+                        .map(|p| piece_event(kind, id, p, encoding)),
+                );
+            }
+        }
+    }
+}
+
+/// The event of one piece of output: a dropped display record is reported on stderr.
+fn piece_event(kind: EventKind, id: &str, piece: Piece, encoding: Encoding) -> Event {
+    match piece {
+        Piece::Text(text) => Event::output(kind, id, text, encoding),
+        Piece::Display(event) => *event,
+        Piece::Dropped(why) => Event::output(
+            EventKind::Stderr,
+            id,
+            format!("sluice: {why}\n"),
+            Encoding::Utf8,
+        ),
     }
 }
 
@@ -289,7 +344,8 @@ impl Run {
                         if let Some(cpu) = child.cgroup_cpu() {
                             if cpu.used_usec >= cpu_limit_usec {
                                 stop = Some(Stop::Cpu);
-                                child.kill();
+                                // A cell is interrupted first, as for its timeout.
+                                stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
                             }
                             let elapsed = now.saturating_duration_since(started_at);
                             let wait = next_cpu_check(elapsed, cpu.used_usec, cpu_limit_usec, cpu.heavy);
@@ -331,12 +387,12 @@ impl Run {
                         let keep = pipe.buf.len() - (n - take);
                         pipe.buf.truncate(keep);
                         let text = pipe.take_text();
-                        pending.extend(text.map(|t| pipe.event(id, t, encoding)));
+                        pipe.queue(id, text, encoding, &mut pending);
                         if exited_at.is_some() {
                             pipe.after_exit += take as u64;
                             if pipe.after_exit > DRAIN_LIMIT {
                                 // Something outside the group still writes: stop listening.
-                                pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding)));
+                                pipe.close(id, encoding, &mut pending);
                             }
                         }
                         if take < n {
@@ -344,15 +400,12 @@ impl Run {
                             stop.get_or_insert(Stop::Output);
                             stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
                             for pipe in pipes.iter_mut() {
-                                let tail = pipe.close();
-                                pending.extend(tail.map(|t| pipe.event(id, t, encoding)));
+                                pipe.close(id, encoding, &mut pending);
                             }
                         }
                     }
-                    Read::Eof => pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding))),
-                    Read::Empty if draining => {
-                        pending.extend(pipe.close().map(|t| pipe.event(id, t, encoding)))
-                    }
+                    Read::Eof => pipe.close(id, encoding, &mut pending),
+                    Read::Empty if draining => pipe.close(id, encoding, &mut pending),
                     Read::Empty => {}
                 }
             }

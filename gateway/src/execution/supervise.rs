@@ -12,6 +12,21 @@ use super::{Run, StdinQueue};
 use sluice_protocol::{Event, EventKind, Usage};
 
 impl Run {
+    /// Publishes what changed in the session's workspace since it was last told
+    /// (`files_changed` with this execution's id), before the terminal event.
+    async fn tell_changes(&self, workspace: std::sync::Arc<crate::workspace::Workspace>) {
+        let Ok(Some((changes, truncated))) =
+            tokio::task::spawn_blocking(move || workspace.changes(true)).await
+        else {
+            return;
+        };
+        if !changes.is_empty() {
+            let id = Some(self.spec.id.clone());
+            self.deliver(Event::files_changed(id, changes, truncated))
+                .await;
+        }
+    }
+
     /// Runs a started program to its terminal event.
     pub(super) async fn supervise(mut self, launched: Launched, (queue, queued): StdinQueue) {
         let Launched {
@@ -22,6 +37,7 @@ impl Run {
             stderr,
             started_at,
             warm,
+            workspace_source,
         } = launched;
         let mut child = program;
         tracing::debug!(pid = child.pid(), warm, "started");
@@ -45,8 +61,22 @@ impl Run {
         let encoding = self.spec.encoding;
         let chunk = self.ctx.chunk_bytes;
         let mut pipes = [
-            OutputPipe::new(EventKind::Stdout, Some(stdout), encoding, chunk, terminal),
-            OutputPipe::new(EventKind::Stderr, stderr, encoding, chunk, terminal),
+            OutputPipe::new(
+                EventKind::Stdout,
+                Some(stdout),
+                encoding,
+                chunk,
+                terminal,
+                &self.ctx.buffers,
+            ),
+            OutputPipe::new(
+                EventKind::Stderr,
+                stderr,
+                encoding,
+                chunk,
+                terminal,
+                &self.ctx.buffers,
+            ),
         ];
         let pump = self
             .pump(&mut child, &mut pipes, &mut stdin, started, started_at)
@@ -58,7 +88,7 @@ impl Run {
 
         // The program is gone: reap it, free its slot and its directory now, whether or
         // not the client has taken the last events yet.
-        let ended = child.reap().await;
+        let mut ended = child.reap().await;
         self.slot = None;
         // A jailed program's files are on the jail's own file system: its init looked.
         // Read only with a jail: an unjailed program owns its directory and could leave
@@ -74,6 +104,8 @@ impl Run {
         if let Some(workdir) = workdir {
             workdir.remove();
         }
+        // A cell its interpreter answered: its number, and the exception it raised.
+        let cell = ended.as_mut().ok().and_then(|ended| ended.cell.take());
         let (ending, cgroup) = match ended {
             Ok(ended) if ended.kernel_lost => (
                 Ending::InterpreterLost {
@@ -140,9 +172,21 @@ impl Run {
         }
         let mut terminal = verdict::verdict(&self.spec.id, &observed, &self.spec.limits);
         terminal.usage = Some(usage);
+        if let Some((number, exception)) = cell {
+            terminal.execution_count = Some(number);
+            if terminal.kind == EventKind::Completed {
+                terminal.exception = exception;
+            }
+        }
         tracing::debug!(kind = %terminal.kind, "finished");
         for event in pump.undelivered {
             self.deliver(event).await;
+        }
+        if let Some(workspace) = self.ctx.session.workspace() {
+            if let Some(name) = &workspace_source {
+                workspace.remove_source(name);
+            }
+            self.tell_changes(workspace).await;
         }
         self.finish(terminal).await;
         // A cell's turn (and its kernel) pass to the session's next cell only now, so

@@ -88,6 +88,7 @@ impl Workdir {
                 .iter()
                 .map(|(name, text)| (name.as_str(), text.as_bytes())),
             owner.map(|user| (user.uid, user.gid)),
+            false,
         )
     }
 

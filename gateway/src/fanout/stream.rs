@@ -532,11 +532,15 @@ impl EventStream {
                 .iter()
                 .rev()
                 .find(|r| r.may_lead)
-                .map(|r| (r.socket, r.taken));
-            inner.lead = next.map(|(socket, _)| socket);
-            if let Some((_, taken)) = next {
-                // The new lead may already be past what pins the ring.
+                .map(|r| (r.socket, r.taken, r.acknowledges.then_some(r.acked)));
+            inner.lead = next.map(|(socket, ..)| socket);
+            if let Some((_, taken, acked)) = next {
+                // The new lead may already be past what pins the ring: what it took, and
+                // what it acknowledged while the old lead's acknowledgements counted.
                 inner.lead_taken = inner.lead_taken.max(taken);
+                if let (Some(lead_acked), Some(acked)) = (inner.lead_acked, acked) {
+                    inner.lead_acked = Some(lead_acked.max(acked));
+                }
                 inner.trim_idle(self.caps.departed_grace);
                 drop(inner);
                 self.room.notify_waiters();

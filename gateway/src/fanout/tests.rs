@@ -118,6 +118,25 @@ fn an_acknowledging_reader_takes_the_lead_from_one_that_does_not() {
 }
 
 #[test]
+fn a_reconnected_client_that_acknowledged_before_the_old_socket_left_is_not_kept_waiting() {
+    let s = stream(2);
+    s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);
+    s.ack(1, 0);
+    publish(&s, 2);
+    // The client is back on socket 2 before the gateway noticed socket 1 is gone: it
+    // reads and acknowledges everything, which does not count while 1 leads.
+    s.add_reader(2, Arc::new(Notify::new()), Lead::May, 0);
+    let mut out = Vec::new();
+    s.take(2, 0, usize::MAX, &mut out);
+    s.ack(2, 2);
+    assert!(!s.has_room());
+    // Socket 1 goes: the new lead's acknowledgements free the ring at once, with no
+    // further `ack` (the client has nothing more to acknowledge until it gets more).
+    s.remove_reader(1);
+    assert!(s.has_room());
+}
+
+#[test]
 fn when_the_lead_leaves_another_reader_leads() {
     let s = stream(2);
     s.add_reader(1, Arc::new(Notify::new()), Lead::Take, 0);

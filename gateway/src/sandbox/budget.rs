@@ -186,6 +186,22 @@ impl ExecutionBudget {
         Arc::new(budget)
     }
 
+    /// The budget of session workspaces: their sizes added up, never overcommitted (a
+    /// workspace's files are memory), `--workspace-budget-bytes` or a third of the
+    /// executions' memory total; shared per peer as the executions' is.
+    pub(crate) fn for_workspaces(config: &crate::Config, executions: &Self) -> Arc<Self> {
+        let total = match config.workspace_budget_bytes {
+            Some(bytes) => Some(bytes),
+            None => Some(executions.memory_total().map_or(0, |total| total / 3)),
+        };
+        let budget = Self::new(total, 1, Some(0), config.budget_share_per_peer);
+        tracing::info!(
+            bytes = %budget.memory_total().map_or("not added up".to_owned(), |t| t.to_string()),
+            "session workspaces' budget: their sizes added up must fit"
+        );
+        Arc::new(budget)
+    }
+
     /// The memory total, if memory is added up.
     pub(crate) fn memory_total(&self) -> Option<u64> {
         self.memory.as_ref().map(|p| p.total)

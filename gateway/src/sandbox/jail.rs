@@ -90,6 +90,11 @@ pub struct JailSpec {
     /// own with that terminal as its controlling one (so Ctrl-C typed there interrupts
     /// it), and init passes on a cancel's SIGHUP and SIGTERM to every process inside.
     pub terminal: bool,
+    /// `workspace` is a session's workspace on the host (a directory, or a tmpfs of its
+    /// own, that outlives this jail and belongs to the sandbox user already): bound at
+    /// its own path instead of made anew on the scratch file system, and the source
+    /// file and `files` written into it (replacing what an earlier execution left).
+    pub shared_workspace: bool,
     /// A bundle of more files ([`FILES_BUNDLE`], written by [`write_bundle`]) in
     /// `host_dir`, written into the workspace before the program starts.
     pub files: Option<OsString>,
@@ -165,63 +170,47 @@ pub fn is_plain_relative(path: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
-/// Writes `files` (path relative to `dir`, bytes) into `dir`, a directory nobody else
-/// can write in yet (a new working directory the gateway has not handed to the program
-/// user, or a jail's workspace before its program starts; a writer of the same user
-/// could swap a parent for a link between the checks and the writes): parent
-/// directories made as needed (mode 0700), each file new (mode 0600, never through a
-/// link); all of it handed to `owner` (uid, gid) when given. Each path must pass
-/// [`is_plain_relative`] (the decoder checked more).
+/// Writes `files` (path relative to `dir`, bytes) into `dir`: a new working directory,
+/// a jail's workspace before its program starts, or a session's workspace, where
+/// programs of the session may be running and swapping links in at any moment. So every
+/// path is resolved beneath `dir` and through no link (`sys::beneath`): parent
+/// directories made as needed (mode 0700), each file new (mode 0600), or replaced when
+/// `replace` (a session's workspace keeps files from earlier executions); all of it
+/// handed to `owner` (uid, gid) when given. Each path must pass [`is_plain_relative`]
+/// (the decoder checked more). A path through a file or link, or onto something that
+/// is not a regular file, is `InvalidInput`.
 pub fn write_files<'a>(
     dir: &Path,
     files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     owner: Option<(u32, u32)>,
+    replace: bool,
 ) -> std::io::Result<()> {
+    use crate::sys::beneath;
     use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    use std::os::fd::AsFd as _;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-    let give = |path: &Path| match owner {
-        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
-        None => Ok(()),
+    let root = std::fs::File::open(dir)?;
+    let existing = if replace {
+        beneath::Existing::Replace
+    } else {
+        beneath::Existing::Refuse
     };
     for (name, bytes) in files {
         if !is_plain_relative(name) {
             return Err(invalid(format!("{name:?}: not a plain relative path")));
         }
-        let mut at = dir.to_path_buf();
-        let components: Vec<&str> = name.split('/').collect();
-        let (file_name, parents) = components
-            .split_last()
-            .ok_or_else(|| invalid(format!("{name:?}: no file name")))?;
-        for parent in parents {
-            at.push(parent);
-            match std::fs::symlink_metadata(&at) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(invalid(format!(
-                        "{name:?}: {parent:?} is a file, not a directory"
-                    )))
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::DirBuilder::new().mode(0o700).create(&at)?;
-                    give(&at)?;
-                }
-                Err(err) => return Err(err),
+        let opened = beneath::make_parents(root.as_fd(), name, 0o700, owner).and_then(|()| {
+            beneath::open_file_for_writing(root.as_fd(), name, existing, 0o600, owner)
+        });
+        let mut file = opened.map_err(|err| match err.raw_os_error() {
+            Some(libc::ENOTDIR | libc::ELOOP | libc::EXDEV | libc::EINVAL | libc::EISDIR) => {
+                invalid(format!(
+                    "{name:?}: a directory on its way is a file or a link, or it is not a regular file"
+                ))
             }
-        }
-        at.push(file_name);
-        let mut file = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&at)
-            .map_err(|err| std::io::Error::new(err.kind(), format!("{name:?}: {err}")))?;
+            _ => std::io::Error::new(err.kind(), format!("{name:?}: {err}")),
+        })?;
         file.write_all(bytes)?;
-        if let Some((uid, gid)) = owner {
-            // On the open file, not by its path again.
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
-        }
     }
     Ok(())
 }
@@ -377,6 +366,9 @@ impl JailSpec {
         if self.terminal {
             args.push("--terminal".into());
         }
+        if self.shared_workspace {
+            args.push("--shared-workspace".into());
+        }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
         args
@@ -447,6 +439,10 @@ impl JailSpec {
             }
             if flag == "--terminal" {
                 spec.terminal = true;
+                continue;
+            }
+            if flag == "--shared-workspace" {
+                spec.shared_workspace = true;
                 continue;
             }
             let value = args

@@ -259,6 +259,7 @@ impl Namespaces {
                     ..JailSpec::default()
                 },
                 false,
+                None,
             )
             .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?;
         let status = command
@@ -299,23 +300,20 @@ impl Namespaces {
     /// environment and arguments with it) is written into `spec.host_dir`, where the
     /// command starts, with an empty environment: callers add nothing to either. The
     /// lease of the jail's own ids must be kept until the jail has been reaped.
+    ///
+    /// `shared_ids`: the ids of a session's workspace ([`Namespaces::lease_ids`]), which
+    /// every jail of the session runs as, so that each can use what the others left;
+    /// without, the jail gets ids of its own.
     pub(crate) fn command(
         &self,
         spec: JailSpec,
         offline: bool,
+        shared_ids: Option<&IdLease>,
     ) -> std::io::Result<(Command, Option<IdLease>)> {
-        let ids = match &self.ids {
-            Some(pool) => {
-                let offset = pool.free.lock().ok().and_then(|mut free| free.pop());
-                let offset = offset.ok_or_else(|| {
-                    std::io::Error::other(format!(
-                        "all {} sandbox ids are in use by running jails",
-                        pool.size
-                    ))
-                })?;
-                Some((pool.clone(), offset))
-            }
-            None => None,
+        let shared_offset = shared_ids.and_then(|lease| lease.ids.as_ref().map(|(_, o)| *o));
+        let ids = match (&self.ids, shared_offset) {
+            (Some(_), Some(_)) | (None, _) => None,
+            (Some(_), None) => self.take_ids()?.ids.take(),
         };
         // The gateway's `--network` decides, unless the program must be offline anyway
         // (a credential without the network: `offline`).
@@ -330,7 +328,12 @@ impl Namespaces {
                 .filter(|_| no_network)
                 .and_then(|pool| pool.take()),
         };
-        let offset = lease.ids.as_ref().map_or(0, |(_, offset)| *offset);
+        let offset = lease
+            .ids
+            .as_ref()
+            .map(|(_, offset)| *offset)
+            .or(shared_offset)
+            .unwrap_or(0);
         let (uid, gid, map_to) = match self.map_to {
             _ if crate::sys::is_root() => (self.uid + offset, self.gid + offset, None),
             Some((uid, gid)) => (self.uid, self.gid, Some((uid + offset, gid + offset))),
@@ -353,6 +356,48 @@ impl Namespaces {
             .current_dir(&spec.host_dir);
         let holds = lease.ids.is_some() || lease.network.is_some();
         Ok((jailed, holds.then_some(lease)))
+    }
+
+    /// Sandbox ids of their own for a session's workspace, held while it lives: every
+    /// jail of the session runs as them ([`Namespaces::command`]'s `shared_ids`), and
+    /// they own its files. `None` when the gateway has one id to give (not root, no
+    /// subordinate ids).
+    pub(crate) fn lease_ids(&self) -> std::io::Result<Option<IdLease>> {
+        if self.ids.is_none() {
+            return Ok(None);
+        }
+        self.take_ids().map(Some)
+    }
+
+    /// The uid and gid programs run as outside the jail with `lease` (as
+    /// [`Namespaces::command`] picks them): who owns what they write.
+    pub(crate) fn host_ids(&self, lease: Option<&IdLease>) -> (u32, u32) {
+        let offset = lease
+            .and_then(|lease| lease.ids.as_ref())
+            .map_or(0, |(_, offset)| *offset);
+        match self.map_to {
+            _ if crate::sys::is_root() => (self.uid + offset, self.gid + offset),
+            Some((uid, gid)) => (uid + offset, gid + offset),
+            None => (crate::sys::effective_uid(), crate::sys::effective_gid()),
+        }
+    }
+
+    /// A lease of one offset from the pool (none without a pool).
+    fn take_ids(&self) -> std::io::Result<IdLease> {
+        let ids = match &self.ids {
+            Some(pool) => {
+                let offset = pool.free.lock().ok().and_then(|mut free| free.pop());
+                let offset = offset.ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "all {} sandbox ids are in use by running jails",
+                        pool.size
+                    ))
+                })?;
+                Some((pool.clone(), offset))
+            }
+            None => None,
+        };
+        Ok(IdLease { ids, network: None })
     }
 
     /// What a runtime installed where the sandbox user cannot reach it needs exposed:

@@ -140,7 +140,9 @@ async fn probe_jail(
     let jails = config
         .max_executions
         .saturating_add(config.max_kernels)
-        .saturating_add(config.warm_entries_at_most());
+        .saturating_add(config.warm_entries_at_most())
+        // Each workspace holds the ids its session's jails share.
+        .saturating_add(config.max_workspaces);
     let probed = tokio::task::spawn_blocking(move || {
         Namespaces::probe(program.as_deref(), &root, uid, gid, no_network, jails)
     })

@@ -98,6 +98,8 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         config.sessions_per_peer(),
         shutdown_token.clone(),
     );
+    let workspace_budget =
+        crate::sandbox::ExecutionBudget::for_workspaces(&config, &sandbox.budget);
     let host = crate::execution::Host {
         work_root: Arc::from(work_root.path.as_path()),
         base_env: config.base_env.clone().into(),
@@ -123,6 +125,9 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         connections_per_peer: Quota::new(config.connections_per_peer()),
         executions_per_peer: Quota::new(config.executions_per_peer()),
         kernels_per_peer: Quota::new(config.kernels_per_peer()),
+        workspace_slots: Arc::new(Semaphore::new(config.max_workspaces)),
+        workspaces_per_peer: Quota::new(config.workspaces_per_peer()),
+        workspace_budget,
         shutdown: shutdown_token,
         connections: TaskTracker::new(),
         next_connection_id: AtomicU64::new(1),

@@ -69,6 +69,12 @@ impl WorkRoot {
 /// whose PID no longer runs).
 fn remove_stale_roots(base: &Path) {
     for root in crate::leftovers::left_by_dead_gateways(base) {
+        // Session workspaces (a tmpfs each) a dead gateway left mounted go first.
+        for mount in crate::leftovers::mounts_under(&root) {
+            if let Err(err) = crate::sys::beneath::unmount(&mount) {
+                tracing::debug!(path = %mount.display(), %err, "could not unmount a stale workspace");
+            }
+        }
         match std::fs::remove_dir_all(&root) {
             Ok(()) => tracing::info!(path = %root.display(), "removed a stale work root"),
             Err(err) => {
@@ -101,6 +107,11 @@ fn default_work_base() -> PathBuf {
 
 impl Drop for WorkRoot {
     fn drop(&mut self) {
+        // A workspace still held somewhere (it is unmounted when let go) must not keep
+        // the root: detached now, it goes once the last holder closes it.
+        for mount in crate::leftovers::mounts_under(&self.path) {
+            let _ = crate::sys::beneath::unmount(&mount);
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }

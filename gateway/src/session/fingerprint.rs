@@ -33,16 +33,20 @@ impl Fingerprint {
             files,
             tty,
             term,
+            workspace,
             // A terminal's size changes with its window; the same program resent after a
             // reconnect may carry the new one.
             cols: _,
             rows: _,
+            // How the client reads the events, not what runs.
+            ack: _,
         } = request;
         let mut hasher = KEY.build_hasher();
         // Serialized as JSON so that every field is framed (lengths and quotes): two
         // different requests never feed the hasher the same bytes.
         let fields = (
             language, code, stdin, env, args, limits, encoding, persistent, files, tty, term,
+            workspace,
         );
         let mut writer = HashWriter(&mut hasher);
         if serde_json::to_writer(&mut writer, &fields).is_err() {

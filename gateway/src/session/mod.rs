@@ -21,6 +21,7 @@ use crate::admission::{Principal, Quota, QuotaGuard};
 use crate::buffer_budget::BufferBudget;
 use crate::execution::{ExecutionHandle, InterpreterSeat, Owner};
 use crate::fanout::{EventStream, ReplayCaps};
+use crate::workspace::Workspace;
 use dashmap::DashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -100,6 +101,9 @@ pub(crate) struct Session {
     last_cell: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     /// The opener's unit of `--max-sessions-per-peer`, given back when the session ends.
     quota: Mutex<Option<QuotaGuard>>,
+    /// The session's workspace, once an `execute` or `attach` asked for one; let go
+    /// when the session ends (and gone once its last execution has let go too).
+    workspace: Mutex<Option<Arc<Workspace>>>,
     state: Mutex<SessionState>,
     /// [`Session::is_complete`], kept in step with `state` under its lock, so that
     /// every socket's writer can check it on every pass without taking the lock.
@@ -135,6 +139,59 @@ impl Session {
             over
         });
         (previous, mine)
+    }
+
+    /// The session's workspace, if it keeps one.
+    pub(crate) fn workspace(&self) -> Option<Arc<Workspace>> {
+        self.workspace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Gives the session `made` as its workspace, unless it got one meanwhile (then
+    /// `made` is dropped) or has ended (`None`). The workspace it keeps.
+    pub(crate) fn keep_workspace(&self, made: Workspace) -> Option<Arc<Workspace>> {
+        let mut state = self.lock();
+        if state.ended {
+            return None;
+        }
+        // Something to come back to after a disconnect, even before anything ran.
+        state.ran = true;
+        let mut slot = self
+            .workspace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(slot.get_or_insert_with(|| Arc::new(made)).clone())
+    }
+
+    /// Restarts the persistent interpreter (`restart`): cancels every cell that runs or
+    /// waits, and asks for a fresh interpreter: whoever holds the seat next (a task made
+    /// here, or a cell sent after this that takes its turn first) retires the old one
+    /// and says so on the session's stream with a `restarted` event.
+    pub(crate) fn restart_interpreter(self: &Arc<Self>) {
+        {
+            let state = self.lock();
+            for remembered in state.executions.values() {
+                if let Known::Running(handle) = &remembered.known {
+                    if handle.cell {
+                        handle.cancel.cancel();
+                    }
+                }
+            }
+        }
+        if !self.interpreter.ask_restart() {
+            // One is under way: its `restarted` answers this one too.
+            return;
+        }
+        let session = Arc::clone(self);
+        self.interpreter.track(async move {
+            let mut seat = session.interpreter.take_turn().await;
+            session
+                .interpreter
+                .restart_if_asked(&mut seat, &session.stream)
+                .await;
+        });
     }
 
     /// True once the session has ended (no socket came back in time, or shutdown).
@@ -249,6 +306,10 @@ impl Owner for Session {
     fn interpreter(&self) -> &InterpreterSeat {
         &self.interpreter
     }
+
+    fn workspace(&self) -> Option<Arc<Workspace>> {
+        Session::workspace(self)
+    }
 }
 
 /// Every live session by id, shared by all connections.
@@ -314,6 +375,7 @@ impl SessionRegistry {
             interpreter: InterpreterSeat::new(self.reaping.clone()),
             last_cell: Mutex::new(None),
             quota: Mutex::new(Some(quota)),
+            workspace: Mutex::new(None),
             state: Mutex::new(SessionState::default()),
             complete: std::sync::atomic::AtomicBool::new(false),
         })
@@ -475,6 +537,14 @@ impl SessionRegistry {
         );
         // An idle interpreter goes now; a running cell's takes it when it is over.
         session.interpreter.retire_if_idle();
+        // Unmounted once the executions still running (cancelled now) let go of it.
+        drop(
+            session
+                .workspace
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 
     /// Ends every session (gateway shutdown) and waits until their interpreters are

@@ -8,6 +8,7 @@
 //! a read, the `Vec::set_len` that counts the bytes the kernel wrote).
 #![allow(unsafe_code)]
 
+pub(crate) mod beneath;
 mod spawn;
 mod terminal;
 
@@ -424,6 +425,12 @@ pub(crate) fn is_root() -> bool {
 pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid takes nothing and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// The gateway's effective gid.
+pub(crate) fn effective_gid() -> u32 {
+    // SAFETY: getegid takes nothing and cannot fail.
+    unsafe { libc::getegid() }
 }
 
 /// The calling thread's id (for moving it between cgroups).

@@ -8,8 +8,8 @@ use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::{Config, LimitBound, LimitsConfig};
 use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest, Limits};
 use sluice_tests::{
-    assert_stream_ok, eventually, patience, processes_with, request, skip, text_of, unique_marker,
-    wait_until_gone, wait_until_running, TestGateway,
+    assert_stream_ok, cell, eventually, patience, processes_with, request, skip, text_of,
+    unique_marker, wait_until_gone, wait_until_running, TestGateway,
 };
 use std::path::PathBuf;
 
@@ -350,15 +350,6 @@ async fn admission_adds_up_process_limits_against_the_budget() -> Result<()> {
     wait_until_gone(&marker).await?;
     assert_stream_ok(socket.received());
     gateway.shutdown().await
-}
-
-/// A python cell in the persistent session `session`.
-fn cell(session: &str, id: &str, code: &str) -> ExecuteRequest {
-    ExecuteRequest {
-        session: Some(session.into()),
-        persistent: true,
-        ..request(id, "python", code)
-    }
 }
 
 /// Python that starts `bash -c 'exec -a MARKER COMMAND'` in the background, in a new

@@ -5,19 +5,8 @@
 use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::Config;
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
-use sluice_tests::{
-    assert_stream_ok, eventually, patience, request, text_of, RawSocket, TestGateway,
-};
+use sluice_tests::{assert_stream_ok, cell, eventually, patience, text_of, RawSocket, TestGateway};
 use std::time::Duration;
-
-/// A python cell in the persistent session `session`.
-fn cell(session: &str, id: &str, code: &str) -> ExecuteRequest {
-    ExecuteRequest {
-        session: Some(session.into()),
-        persistent: true,
-        ..request(id, "python", code)
-    }
-}
 
 /// Runs one cell and returns its events.
 async fn run(socket: &mut RawSocket, session: &str, id: &str, code: &str) -> Result<Vec<Event>> {
@@ -37,9 +26,11 @@ async fn variables_persist_and_an_exception_leaves_the_session_working() -> Resu
     assert_eq!(first.last().and_then(|e| e.exit_code), Some(0), "{first:?}");
     let second = run(&mut socket, "nb", "b", "print(x + 1)").await?;
     assert_eq!(stdout(&second), "42\n");
-    // The last expression of a cell is shown, as in a notebook.
+    // The last expression of a cell is its result, as in a notebook.
     let shown = run(&mut socket, "nb", "c", "x * 2").await?;
-    assert_eq!(stdout(&shown), "82\n");
+    let result = shown.iter().find(|e| e.kind == EventKind::Result);
+    assert_eq!(result.map(|e| e.data.as_str()), Some("82"), "{shown:?}");
+    assert_eq!(stdout(&shown), "");
 
     let failed = run(&mut socket, "nb", "d", "y = 1\n1 / 0").await?;
     let last = failed.last().context("no terminal")?;
@@ -178,10 +169,17 @@ async fn input_inside_a_cell_reads_stdin_frames() -> Result<()> {
             "name = input('name? ')\nprint('hello', name)",
         ))
         .await?;
-    socket.wait_for_stdout("q", "name? ").await?;
+    // input() asks with an `input_request` event (its prompt is not printed).
+    let asked = socket
+        .next_event_where(|e| e.kind == EventKind::InputRequest)
+        .await?;
+    assert_eq!(
+        (asked.data.as_str(), asked.password),
+        ("name? ", Some(false))
+    );
     socket.stdin("q", Some("ada\n"), false).await?;
     let events = socket.events_until_terminal("q").await?;
-    assert_eq!(stdout(socket.received()), "name? hello ada\n");
+    assert_eq!(stdout(socket.received()), "hello ada\n");
     assert_eq!(events.last().and_then(|e| e.exit_code), Some(0));
     // The next cell's stdin is its own: what the request carries, then end of input.
     socket
@@ -192,6 +190,26 @@ async fn input_inside_a_cell_reads_stdin_frames() -> Result<()> {
         .await?;
     let next = socket.events_until_terminal("r").await?;
     assert_eq!(stdout(&next), "'fresh'\n");
+    // getpass() asks for a hidden line; an input() at the end of input is an EOFError.
+    let code = "import getpass\nsecret = getpass.getpass()\nprint(len(secret))\ninput('more? ')";
+    socket.execute(cell("ask", "s", code)).await?;
+    let asked = socket
+        .next_event_where(|e| e.kind == EventKind::InputRequest)
+        .await?;
+    assert_eq!(
+        (asked.data.as_str(), asked.password),
+        ("Password: ", Some(true))
+    );
+    socket.stdin("s", Some("hunter2\n"), true).await?;
+    let events = socket.events_until_terminal("s").await?;
+    assert_eq!(stdout(&events), "7\n");
+    let ended = events.last().context("no terminal")?;
+    assert_eq!(
+        ended.exception.as_ref().map(|e| e.ename.as_str()),
+        Some("EOFError"),
+        "{events:?}"
+    );
+    assert_stream_ok(socket.received());
     gateway.shutdown().await
 }
 
@@ -269,5 +287,40 @@ async fn an_interpreter_that_stops_taking_cells_cannot_hold_the_session() -> Res
     ensure!(last.data.contains("fresh interpreter"), "{}", last.data);
     let after = run(&mut socket, "wedged", "after", "print('fresh')").await?;
     assert_eq!(stdout(&after), "fresh\n");
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_that_burns_its_cpu_ms_is_interrupted_and_the_state_survives() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    socket.execute(cell("cpu", "setup", "kept = 'yes'")).await?;
+    socket.events_until_terminal("setup").await?;
+    let burn = ExecuteRequest {
+        limits: sluice_protocol::Limits {
+            cpu_ms: Some(300),
+            ..sluice_protocol::Limits::default()
+        },
+        ..cell("cpu", "burn", "while True: pass")
+    };
+    socket.execute(burn).await?;
+    let events = socket.events_until_terminal("burn").await?;
+    let last = events.last().context("no terminal")?;
+    assert_eq!(
+        (last.kind, last.limit, last.limit_value),
+        (
+            EventKind::ResourceLimit,
+            Some(sluice_protocol::LimitKind::Cpu),
+            Some(300)
+        ),
+        "{events:?}"
+    );
+    let used = last.usage.as_ref().context("no usage")?.cpu_ms;
+    ensure!(used >= 300.0, "stopped before its limit: {used} ms");
+    // Interrupted, not killed: the session's state is still there.
+    socket.execute(cell("cpu", "after", "print(kept)")).await?;
+    let after = socket.events_until_terminal("after").await?;
+    assert_eq!(stdout(&after), "yes\n");
+    assert_stream_ok(socket.received());
     gateway.shutdown().await
 }

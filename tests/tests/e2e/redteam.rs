@@ -391,9 +391,9 @@ async fn a_configured_issuer_and_audience_must_be_in_the_token() -> Result<()> {
     gateway.shutdown().await
 }
 
-/// A credential's `cpu_ms` ceiling holds for programs; persistent cells do not enforce
-/// `cpu_ms` yet (only their wall clock), so such a credential gets no cell at all
-/// (`not_permitted`) rather than one that would burn past its ceiling.
+/// A credential's `cpu_ms` ceiling holds for programs; persistent cells check `cpu_ms`,
+/// but a credential's ceiling is not trusted to that check yet, so such a credential gets
+/// no cell at all (`not_permitted`) rather than one that might burn past its ceiling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cell_stays_within_its_credentials_cpu_ceiling() -> Result<()> {
     let dir = KeyDir::new()?;

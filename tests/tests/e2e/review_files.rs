@@ -23,7 +23,7 @@ const FILES: usize = 64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unjailed_workdir_is_handed_over_only_once_its_files_are_written() -> Result<()> {
-    if !nix_is_root() {
+    if !sluice_tests::running_as_root() {
         skip("needs a root gateway: unjailed programs run as a sandbox user only then");
         return Ok(());
     }
@@ -142,10 +142,4 @@ async fn the_directories_files_make_count_against_the_workspace() -> Result<()> 
     ensure!(text_of(&events, EventKind::Stdout) == "x\n", "{events:?}");
     socket.close().await?;
     gateway.shutdown().await
-}
-
-/// Owner of `/proc/self`: the test process's effective uid, without unsafe code.
-fn nix_is_root() -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
 }

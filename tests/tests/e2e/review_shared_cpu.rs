@@ -7,7 +7,7 @@
 use anyhow::{ensure, Context as _, Result};
 use sluice_protocol::{EventKind, ExecuteRequest, Limits};
 use sluice_tests::{
-    assert_stream_ok, eventually, patience, processes_with, request, skip, unique_marker,
+    assert_stream_ok, cell, eventually, patience, processes_with, request, skip, unique_marker,
     wait_until_gone, wait_until_running, TestGateway,
 };
 use std::path::PathBuf;
@@ -74,15 +74,6 @@ async fn light_group(socket: &mut sluice_tests::RawSocket, marker: &str) -> Resu
         light.display()
     );
     Ok(light)
-}
-
-/// A python cell in the persistent session `session`.
-fn cell(session: &str, id: &str, code: &str) -> ExecuteRequest {
-    ExecuteRequest {
-        session: Some(session.into()),
-        persistent: true,
-        ..request(id, "python", code)
-    }
 }
 
 /// Before the shared group, a persistent interpreter had a v1 CPU group of its own, so a

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, ensure, Context as _, Result};
 use sluice_gateway::Config;
-use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
+use sluice_protocol::{AttachFrame, ClientFrame, ErrorCode, Event, EventKind, ExecuteRequest};
 use sluice_tests::{
     assert_stream_ok, events_of, numbered_lines, processes_with, request, text_of, unique_marker,
     wait_until_gone, LineChecker, RawSocket, TestGateway,
@@ -177,6 +177,79 @@ async fn a_client_cut_off_mid_stream_resumes_with_every_byte_once() -> Result<()
         "{} lines",
         lines.next
     );
+    gateway.shutdown().await
+}
+
+/// An `execute` (or `attach`) with `ack` keeps every event the client has not
+/// acknowledged from the very first on: a connection cut before the client's first
+/// `ack` could reach the gateway resumes without a gap, in a gateway-made session and
+/// in a named one. Without it, what the gateway had written to the dead socket by then
+/// was no longer kept once the buffer filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_before_the_first_ack_loses_nothing_when_the_execute_says_it_acknowledges(
+) -> Result<()> {
+    const LINES: u32 = 1_000_000; // 10 MB: far more events than the buffer holds
+    let gateway = TestGateway::spawn_with(Config {
+        replay_events: 64,
+        ..Config::default()
+    })
+    .await;
+    for named in [false, true] {
+        let mut socket = gateway.raw().await?;
+        socket.stop_recording();
+        let mut execute = request("kept", "python", &numbered_lines(LINES));
+        if named {
+            execute.session = Some(unique_marker("acknowledged"));
+        }
+        execute.ack = true;
+        socket.execute(execute).await?;
+        let started = socket.next_event().await?;
+        ensure!(started.kind == EventKind::Started, "{started:?}");
+        let session = started.session.clone().context("no session")?;
+        // The client reads some output, never acknowledges it, and loses the socket.
+        let output = next_of(&mut socket, &session).await?;
+        ensure!(output.kind == EventKind::Stdout, "{output:?}");
+        drop(socket);
+
+        let mut socket = gateway.raw().await?;
+        socket.stop_recording();
+        socket
+            .send_frame(&ClientFrame::Attach(AttachFrame {
+                session: session.clone(),
+                since: Some(started.sequence),
+                workspace: false,
+                ack: true,
+            }))
+            .await?;
+        let mut follower = Follower {
+            last: started.sequence,
+            gaps: Vec::new(),
+        };
+        let mut lines = LineChecker::default();
+        loop {
+            let event = next_of(&mut socket, &session).await?;
+            follower.accept(&event)?;
+            match event.kind {
+                EventKind::Attached | EventKind::Gap => {}
+                EventKind::Stdout => {
+                    lines.feed(&event.data)?;
+                    socket.ack(&session, event.sequence).await?;
+                }
+                EventKind::Completed => break,
+                other => bail!("unexpected {other} event: {event:?}"),
+            }
+        }
+        ensure!(
+            follower.gaps.is_empty(),
+            "named {named}: gaps {:?}",
+            follower.gaps
+        );
+        ensure!(
+            lines.next == LINES && lines.partial.is_empty(),
+            "named {named}: {} lines",
+            lines.next
+        );
+    }
     gateway.shutdown().await
 }
 

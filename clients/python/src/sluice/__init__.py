@@ -6,7 +6,7 @@
 """
 
 from ._connection import ReconnectPolicy
-from .client import DEFAULT_URL, SandboxClient
+from .client import DEFAULT_URL, FileList, SandboxClient
 from .errors import (
     AttachRefused,
     AuthenticationError,
@@ -14,15 +14,27 @@ from .errors import (
     ExecutionCancelled,
     ExecutionError,
     ExecutionFailed,
+    FileRefused,
     FrameError,
     LimitExceeded,
     NonZeroExit,
     ProtocolError,
+    RestartRefused,
     RuntimesRefused,
     SluiceConnectionError,
     SluiceError,
 )
-from .events import KNOWN_ERROR_CODES, TERMINAL_TYPES, StreamEvent, Usage, decode_event
+from .events import (
+    DISPLAY_TYPES,
+    KNOWN_ERROR_CODES,
+    TERMINAL_TYPES,
+    CellException,
+    FileChanges,
+    FileEntry,
+    StreamEvent,
+    Usage,
+    decode_event,
+)
 from .execution import Execution, ExecutionResult, ExecutionStream
 from .frames import ExecuteOptions, Limits, decode_frame, validate_frame
 from .runtimes import Catalog, LimitRange, RuntimeInfo
@@ -30,11 +42,13 @@ from .session import SessionStream
 
 __all__ = [
     "DEFAULT_URL",
+    "DISPLAY_TYPES",
     "KNOWN_ERROR_CODES",
     "TERMINAL_TYPES",
     "AttachRefused",
     "AuthenticationError",
     "Catalog",
+    "CellException",
     "ClientClosed",
     "ExecuteOptions",
     "Execution",
@@ -43,6 +57,10 @@ __all__ = [
     "ExecutionFailed",
     "ExecutionResult",
     "ExecutionStream",
+    "FileChanges",
+    "FileEntry",
+    "FileList",
+    "FileRefused",
     "FrameError",
     "LimitExceeded",
     "LimitRange",
@@ -50,6 +68,7 @@ __all__ = [
     "NonZeroExit",
     "ProtocolError",
     "ReconnectPolicy",
+    "RestartRefused",
     "RuntimeInfo",
     "RuntimesRefused",
     "SandboxClient",

@@ -16,11 +16,16 @@ reconnecting on, the connection acknowledges (``ack``) what it has processed,
 whenever the socket has nothing more to read and at least every
 :data:`ACK_EVERY_EVENTS` events, so the gateway keeps every event until it has
 arrived here (PROTOCOL.md §7.5 and §9.3).
+
+File requests (``write_file``, ``read_file``, ``list_files``, ``delete_file``)
+carry a ``request`` id of this connection's making; their answers and refusals,
+on the socket's own stream, repeat it and are routed by it (:class:`FileRequest`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import itertools
@@ -41,8 +46,10 @@ from .errors import (
     AttachRefused,
     AuthenticationError,
     ClientClosed,
+    FileRefused,
     FrameError,
     ProtocolError,
+    RestartRefused,
     RuntimesRefused,
     SluiceConnectionError,
     SluiceError,
@@ -50,7 +57,13 @@ from .errors import (
 from .events import (
     ATTACHED,
     ERROR,
+    FILE_ANSWER_TYPES,
+    FILE_DATA,
+    FILE_DELETED,
+    FILE_LIST,
+    FILE_WRITTEN,
     GAP,
+    RESTARTED,
     RUNTIMES,
     STARTED,
     TERMINAL_TYPES,
@@ -72,8 +85,17 @@ STDIN_CHUNK_CHARS = 128 * 1024
 #: How many detached sessions are remembered, to drop their late events.
 DETACHES_REMEMBERED = 256
 
-#: Codes with which the gateway refuses an ``attach``.
-_ATTACH_REFUSALS = ("unknown_session", "bad_request", "too_many_sessions")
+#: Codes with which the gateway refuses an ``attach`` (``no_workspace``: one with
+#: ``workspace`` on a gateway that keeps none).
+_ATTACH_REFUSALS = ("unknown_session", "bad_request", "too_many_sessions", "not_permitted", "no_workspace")
+
+#: The answer each file frame expects.
+_FILE_ANSWERS = {
+    "write_file": FILE_WRITTEN,
+    "read_file": FILE_DATA,
+    "list_files": FILE_LIST,
+    "delete_file": FILE_DELETED,
+}
 
 
 class _Socket(Protocol):
@@ -159,6 +181,46 @@ class Subscriber:
     confirmed: bool = False
 
 
+@dataclass(eq=False)
+class FileRequest:
+    """One file frame on its way: sent (or queued) and not fully answered yet."""
+
+    request: str
+    operation: str
+    session: str
+    path: str
+    #: The frame, with ``request``; a ``read_file`` is rebuilt from where it got to.
+    frame: dict[str, Any]
+    #: Set to the last answer (a ``read_file``'s last chunk), or to the refusal.
+    future: asyncio.Future[StreamEvent]
+    #: Written to a socket (else still in the outbox).
+    sent: bool = False
+    #: ``read_file``: the bytes so far, where the next chunk starts, what is left to read.
+    chunks: list[bytes] = field(default_factory=list)
+    next_offset: int = 0
+    remaining: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def resumable(self) -> bool:
+        """Asking again on a new socket cannot do twice what the first did: a
+        read or a list (not a write, nor a delete: clients/CONTRACT.md)."""
+        return self.operation in ("read_file", "list_files")
+
+    def again(self) -> dict[str, Any]:
+        """The frame to send on a new socket: a read asks only for what is left."""
+        frame = dict(self.frame)
+        if self.operation == "read_file":
+            frame.pop("offset", None)
+            if self.next_offset:
+                frame["offset"] = self.next_offset
+            if self.remaining is not None:
+                frame["length"] = self.remaining
+        return frame
+
+
 @dataclass
 class _SessionState:
     position: int | None = None
@@ -184,6 +246,8 @@ class _PendingAttach:
     future: asyncio.Future[None] | None
     resume: bool
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Sent with ``"workspace": true``: once answered, the session is kept attached.
+    workspace: bool = False
 
 
 @dataclass
@@ -195,6 +259,8 @@ class _Outgoing:
     stdin: tuple[str | None, bool] | None = None
     #: For a resize frame: (cols, rows), to rebuild it with the session after a reconnect.
     resize: tuple[int, int] | None = None
+    #: For a file frame: its request, marked sent once written.
+    file: FileRequest | None = None
 
 
 def _connect_kwargs(options: Options, timeout: float) -> dict[str, Any]:
@@ -286,6 +352,11 @@ class Connection:
         self._attaches: dict[str, _PendingAttach] = {}
         #: ``runtimes`` frames sent and not answered yet, oldest first.
         self._runtimes_asked: deque[asyncio.Future[Catalog]] = deque()
+        # ``restart`` frames sent and not answered, by session, oldest first.
+        self._restarts: dict[str, deque[asyncio.Future[None]]] = {}
+        #: File requests not fully answered, by request id, oldest first.
+        self._files: dict[str, FileRequest] = {}
+        self._requests = itertools.count(1)
         self._detaching: deque[str] = deque(maxlen=DETACHES_REMEMBERED)
         self._unacked: set[str] = set()
         self._acks = options.reconnect is not None
@@ -317,7 +388,13 @@ class Connection:
     # ------------------------------------------------------------- requests
 
     async def execute(self, id: str, frame: dict[str, Any], persistent: bool) -> Route:
-        """Registers an execution and queues its ``execute`` frame."""
+        """Registers an execution and queues its ``execute`` frame. A session
+        with a persistent interpreter or a workspace is kept attached until the
+        client closes."""
+        if self._acks:
+            # Acknowledging from the first event on: what the gateway writes before
+            # the first ``ack`` arrives survives a cut too.
+            frame = {**frame, "ack": True}
         text = self._encode(frame)
         await self._wait_for_room()
         if id in self._routes:
@@ -335,7 +412,7 @@ class Connection:
         self._routes[id] = route
         if session is not None:
             state = self._sessions.setdefault(session, _SessionState())
-            state.keep = state.keep or persistent
+            state.keep = state.keep or persistent or frame.get("workspace") is True
         self._enqueue(_Outgoing(text, route, "execute"))
         return route
 
@@ -383,9 +460,11 @@ class Connection:
         if self._end is None:
             self.cancel(route)
 
-    async def attach(self, subscriber: Subscriber) -> None:
+    async def attach(self, subscriber: Subscriber, workspace: bool = False) -> None:
         """Starts delivering ``subscriber.session``'s events after
-        ``subscriber.last``; returns once the gateway has answered."""
+        ``subscriber.last``; returns once the gateway has answered. With
+        ``workspace``, the attach opens the session with a workspace (creating
+        either as needed), and the session is kept attached until the client closes."""
         name = subscriber.session
         while name in self._attaches:
             # One attach of a session on its way at a time: its answer is the
@@ -399,8 +478,8 @@ class Connection:
         state.subscribers.append(subscriber)
         since = self._resume_point(name)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._attaches[name] = _PendingAttach(since, [subscriber], future, resume=False)
-        self._send_attach(name, since)
+        self._attaches[name] = _PendingAttach(since, [subscriber], future, resume=False, workspace=workspace)
+        self._send_attach(name, since, workspace)
         try:
             await future
         except BaseException:
@@ -420,6 +499,83 @@ class Connection:
         finally:
             if future in self._runtimes_asked and not future.done():
                 self._runtimes_asked.remove(future)
+
+    async def restart(self, session: str) -> None:
+        """Sends a ``restart`` frame and waits for the session's ``restarted``
+        event (this client must read the session). Raises :class:`RestartRefused`
+        when the gateway refuses it, and :class:`SluiceConnectionError` when the
+        connection drops first (the restart may or may not have happened)."""
+        text = self._encode(frames.restart_frame(session))
+        if session not in self._sessions:
+            raise FrameError(
+                "bad_request",
+                f"this client does not read session {session!r}: run a cell there or attach to it, "
+                "so that the answer to the restart reaches it",
+            )
+        await self._wait_for_room()
+        self.check_open()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._restarts.setdefault(session, deque()).append(future)
+        self._enqueue(_Outgoing(text))
+        try:
+            await future
+        finally:
+            waiting = self._restarts.get(session)
+            if waiting is not None and future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    del self._restarts[session]
+
+    def _answer_restarts(self, name: str, outcome: BaseException | None) -> bool:
+        """Answers the oldest ``restart`` of ``name`` still waiting."""
+        waiting = self._restarts.get(name)
+        while waiting:
+            future = waiting.popleft()
+            if future.done():
+                continue
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
+            return True
+        return False
+
+    def _fail_restarts(self, error: BaseException) -> None:
+        for waiting in self._restarts.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(error)
+        self._restarts.clear()
+
+    async def file_request(self, frame: dict[str, Any]) -> FileRequest:
+        """Sends a file frame (``frame`` without its ``request``, which this
+        connection gives it) and returns the request once fully answered: its
+        ``future`` holds the last answer, a read's ``chunks`` the bytes. Raises
+        :class:`FileRefused` when the gateway refuses it, :class:`FrameError`
+        before sending when it would."""
+        rid = f"f{next(self._requests)}"
+        frame = {**frame, "request": rid}
+        text = self._encode(frame)
+        await self._wait_for_room()
+        self.check_open()
+        request = FileRequest(
+            request=rid,
+            operation=frame["type"],
+            session=frame["session"],
+            path=frame.get("path", ""),
+            frame=frame,
+            future=asyncio.get_running_loop().create_future(),
+            next_offset=frame.get("offset", 0),
+            remaining=frame.get("length"),
+        )
+        self._files[rid] = request
+        self._enqueue(_Outgoing(text, kind="file", file=request))
+        try:
+            await request.future
+        finally:
+            # Answered, refused, or the caller stopped waiting: later answers are dropped.
+            self._files.pop(rid, None)
+        return request
 
     def remove_subscriber(self, subscriber: Subscriber) -> None:
         """Stops delivering to ``subscriber``; detaches its session if nothing
@@ -487,6 +643,8 @@ class Connection:
                     self._outbox.popleft()
                     if item.kind == "execute" and item.route is not None:
                         item.route.sent = True
+                    elif item.file is not None:
+                        item.file.sent = True
                     if len(self._outbox) < self._options.outbox_frames:
                         self._room.set()
                 self._drained.set()
@@ -595,20 +753,29 @@ class Connection:
                     del self._sessions[name]
                 continue
             since = self._resume_point(name)
+            workspace = waiting is not None and waiting.workspace
             self._attaches[name] = _PendingAttach(
                 since,
                 waiting.waiters if waiting else [],
                 waiting.future if waiting else None,
                 resume=needed,
+                workspace=workspace,
             )
-            self._send_attach(name, since)
+            self._send_attach(name, since, workspace)
         for waiting in pending.values():
             if waiting.future is not None and not waiting.future.done():
                 waiting.future.set_exception(ClientClosed("the session stream was closed"))
             waiting.answered.set()
+        # A restart the old socket did not answer may or may not have been done.
+        self._fail_restarts(
+            SluiceConnectionError(
+                "the connection was lost before the restart was answered; it may or may not have happened"
+            )
+        )
         # ``runtimes`` questions the old socket did not answer are asked again.
         for _ in self._runtimes_asked:
             self._enqueue(_Outgoing(self._encode(frames.runtimes_frame())))
+        self._resume_files()
         unsent = {id(item.route) for item in old if item.kind == "execute"}
         for route in sorted(self._routes.values(), key=lambda r: r.serial):
             if route.confirmed or id(route) in unsent:
@@ -644,6 +811,26 @@ class Connection:
         if len(self._outbox) < self._options.outbox_frames:
             self._room.set()
 
+    def _resume_files(self) -> None:
+        """File requests on a new socket: those never written are sent; a read or
+        list written and not (fully) answered is asked again (a read from where it
+        got to); a write or delete fails, as it may or may not have been done."""
+        for request in list(self._files.values()):
+            if request.done:
+                continue
+            if request.sent and not request.resumable():
+                self._files.pop(request.request, None)
+                request.future.set_exception(
+                    SluiceConnectionError(
+                        f"the connection to the gateway was lost before it answered {request.operation} of "
+                        f"{request.path!r:.80} in session {request.session!r}: it may or may not have been done"
+                    )
+                )
+                continue
+            frame = request.again() if request.sent else request.frame
+            request.sent = False
+            self._enqueue(_Outgoing(self._encode(frame), kind="file", file=request))
+
     def _finish(self, reason: str) -> None:
         """The connection is over: ends every consumer."""
         if self._closing:
@@ -665,6 +852,11 @@ class Connection:
             asked = self._runtimes_asked.popleft()
             if not asked.done():
                 asked.set_exception(self._end)
+        self._fail_restarts(self._end)
+        for request in self._files.values():
+            if not request.done:
+                request.future.set_exception(self._end)
+        self._files.clear()
         failure = None if self._closing else self._end
         for state in self._sessions.values():
             for subscriber in state.subscribers:
@@ -702,6 +894,9 @@ class Connection:
     def _on_socket_event(self, event: StreamEvent) -> None:
         if event.type == RUNTIMES:
             self._answer_runtimes(event)
+            return
+        if event.request is not None and (event.type in FILE_ANSWER_TYPES or event.type == ERROR):
+            self._on_file_answer(event)
             return
         if (
             event.type == ERROR
@@ -742,8 +937,60 @@ class Connection:
         except ProtocolError as err:
             asked.set_exception(err)
 
+    def _on_file_answer(self, event: StreamEvent) -> None:
+        assert event.request is not None
+        request = self._files.get(event.request)
+        if request is None or request.done:
+            if event.type == ERROR:
+                log.warning("gateway refused a file request (%s): %s", event.code, event.data)
+            else:
+                log.debug("%s answer to request %r that nothing here waits for; dropped", event.type, event.request)
+            return
+        if event.type == ERROR:
+            code = event.code or "unknown"
+            self._file_done(request, FileRefused(request.operation, request.session, request.path, code, event.data))
+            return
+        expected = _FILE_ANSWERS[request.operation]
+        if event.type != expected:
+            problem = f"the gateway answered {request.operation} with {event.type}, not {expected}"
+            self._file_done(request, ProtocolError(problem))
+            return
+        if event.type == FILE_DATA:
+            if event.offset != request.next_offset:
+                problem = f"file_data of {request.path!r:.80} starts at {event.offset}, not {request.next_offset}"
+                self._file_done(request, ProtocolError(problem))
+                return
+            # Asked for in base64: exact bytes, or an error, never text taken for them.
+            try:
+                if event.encoding != "base64":
+                    raise ValueError(f"its encoding is {event.encoding or 'utf8'}, not the base64 asked for")
+                chunk = base64.b64decode(event.data, validate=True)
+            except ValueError as err:
+                self._file_done(request, ProtocolError(f"file_data of {request.path!r:.80} is not valid base64: {err}"))
+                return
+            request.chunks.append(chunk)
+            request.next_offset += len(chunk)
+            if request.remaining is not None:
+                request.remaining = max(0, request.remaining - len(chunk))
+            if not event.last:
+                return
+        self._file_done(request, event)
+
+    def _file_done(self, request: FileRequest, outcome: StreamEvent | BaseException) -> None:
+        self._files.pop(request.request, None)
+        if request.done:
+            return
+        if isinstance(outcome, BaseException):
+            request.future.set_exception(outcome)
+        else:
+            request.future.set_result(outcome)
+
     def _on_session_refusal(self, name: str, event: StreamEvent) -> bool:
         code = event.code
+        if name in self._restarts and code in ("unknown_session", "not_permitted", "bad_request"):
+            refused = RestartRefused(name, code or "unknown", event.data)
+            if self._answer_restarts(name, refused):
+                return True
         if code in _ATTACH_REFUSALS and name in self._attaches:
             # Refusals come in the order of the frames, and one attach of a
             # session is on its way at a time: this one answers it.
@@ -805,6 +1052,10 @@ class Connection:
         self._deliver_to_subscribers(state, event)
         if event.sequence <= state.position:
             return  # a replay after a resume, or for a new session stream
+        if event.type == RESTARTED:
+            # Restarts asked while one is under way share its answer (PROTOCOL.md 4.10).
+            while self._answer_restarts(name, None):
+                pass
         state.position = event.sequence
         self._note_unacked(name, state)
         if route is not None:
@@ -837,6 +1088,10 @@ class Connection:
             return
         if event.sequence != waiting.since:
             log.warning("attached to %r after %d, not %d as asked", name, event.sequence, waiting.since)
+        state = self._sessions.get(name)
+        if waiting.workspace and state is not None:
+            # A workspace lives as long as its session: read it until the client closes.
+            state.keep = True
         for subscriber in waiting.waiters:
             subscriber.confirmed = True
         if waiting.future is not None and not waiting.future.done():
@@ -1003,10 +1258,11 @@ class Connection:
         self._detaching.append(name)
         self._enqueue(_Outgoing(self._encode(frames.detach_frame(name))))
 
-    def _send_attach(self, name: str, since: int) -> None:
-        self._enqueue(_Outgoing(self._encode(frames.attach_frame(name, since))))
+    def _send_attach(self, name: str, since: int, workspace: bool = False) -> None:
+        self._enqueue(_Outgoing(self._encode(frames.attach_frame(name, since, workspace, ack=self._acks))))
         if self._acks:
-            # A socket that becomes the session's lead acknowledges from here on.
+            # A socket that becomes the session's lead acknowledges from here on (said
+            # again as a frame for a gateway older than ``attach``'s ``ack``).
             self._enqueue(_Outgoing(self._encode(frames.ack_frame(name, since))))
             state = self._sessions.get(name)
             if state is not None:

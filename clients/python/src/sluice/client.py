@@ -1,12 +1,14 @@
 """The asyncio client: :class:`SandboxClient`.
 
 One client holds one WebSocket to a gateway (reconnecting when it drops) and
-runs any number of executions on it at once.
+runs any number of executions on it at once, and reaches the workspaces of its
+sessions (``write_file``, ``read_file``, ``list_files``, ``delete_file``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import os
 import secrets
@@ -16,7 +18,8 @@ from types import TracebackType
 
 from . import frames
 from ._connection import Connection, Options, ReconnectPolicy, open_socket
-from .errors import ClientClosed
+from .errors import ClientClosed, FrameError
+from .events import FileEntry
 from .execution import Execution, ExecutionResult, ExecutionStream
 from .frames import ExecuteOptions
 from .runtimes import Catalog
@@ -29,6 +32,18 @@ else:  # pragma: no cover - Python 3.10
 
 #: The gateway's address when neither ``url`` nor ``$SLUICE_URL`` gives one.
 DEFAULT_URL = "ws://127.0.0.1:7878/v1/ws"
+
+#: Most bytes of a file one ``write_file`` frame carries (base64 makes them a third
+#: larger): a larger upload is sent in pieces, each appended to the one before.
+WRITE_PIECE_BYTES = 256 * 1024
+
+
+class FileList(list[FileEntry]):
+    """The entries of a workspace directory (a list of :class:`FileEntry`, sorted
+    by name); ``truncated`` is True when the directory had more than the gateway
+    lists at once (10,000)."""
+
+    truncated: bool = False
 
 
 class SandboxClient:
@@ -145,7 +160,9 @@ class SandboxClient:
         ``args``, ``limits`` (the names of PROTOCOL.md §9.1: ``timeout_ms``,
         ``output_bytes``, ...), ``encoding``, and ``tty`` with ``cols``,
         ``rows`` and ``term`` (run on a terminal; see
-        :meth:`Execution.resize`). Raises
+        :meth:`Execution.resize`), ``files`` and ``workspace`` (give the
+        ``session`` a workspace that later executions and the file methods
+        share; the client then stays attached to the session). Raises
         :class:`~sluice.FrameError` for a request the gateway would refuse.
         Leaving the handle does not cancel the execution: call
         :meth:`Execution.cancel` or :meth:`Execution.abandon`.
@@ -183,11 +200,140 @@ class SandboxClient:
         connection = await self._connect()
         return await connection.runtimes()
 
+    async def restart(self, session: str) -> None:
+        """Restarts ``session``'s persistent interpreter, as a notebook's
+        "restart kernel": its running and waiting cells are cancelled, and the next
+        cell starts a fresh interpreter (no state, ``execution_count`` from 1); the
+        workspace stays. Returns once the gateway's ``restarted`` event arrived.
+        This client must read the session (it ran a cell there, or attached).
+        Raises :class:`~sluice.RestartRefused` when the gateway refuses it."""
+        connection = await self._connect()
+        await connection.restart(session)
+
     # ------------------------------------------------------------- sessions
 
-    def attach(self, session: str, since: int | None = None) -> SessionStream:
+    def attach(self, session: str, since: int | None = None, *, workspace: bool = False) -> SessionStream:
         """The events of ``session`` after sequence ``since`` (default: all the
-        gateway still buffers), as an async iterator; see :class:`SessionStream`."""
+        gateway still buffers), as an async iterator; see :class:`SessionStream`.
+
+        With ``workspace=True`` the ``attach`` opens the session, creating it if
+        it does not exist, with a workspace (made if it has none): how files are
+        uploaded before anything runs. The client then stays attached to the
+        session until :meth:`cleanup`, so the workspace lasts as long as the
+        client (the stream may be closed). The attach is sent when the stream
+        is started (:meth:`SessionStream.start`, ``async with`` or the first
+        iteration); a gateway that keeps no workspaces refuses it with
+        :class:`~sluice.AttachRefused` code ``no_workspace``."""
         if since is not None and since < 0:
             raise ValueError("since must be a non-negative sequence number")
-        return SessionStream(self._connect, session, since, self._options.session_buffer_bytes)
+        return SessionStream(self._connect, session, since, self._options.session_buffer_bytes, workspace=workspace)
+
+    # ----------------------------------------------------------- workspaces
+
+    async def write_file(
+        self,
+        session: str,
+        path: str,
+        data: str | bytes,
+        *,
+        mode: int | None = None,
+        append: bool = False,
+    ) -> int:
+        """Writes ``data`` (text as UTF-8, or bytes) to ``path`` in the workspace
+        of ``session``, replacing the file (or adding to its end with
+        ``append``); its parent directories are made as needed. ``mode`` (0 to
+        ``0o777``) is the permission bits of a file this creates (default
+        ``0o644``). Returns the file's size afterwards.
+
+        Data larger than one frame is sent in pieces of :data:`WRITE_PIECE_BYTES`,
+        each appended to the one before, one at a time; a piece refused stops
+        the upload, and the file holds the pieces written before it.
+
+        The client must read the session (an ``attach(session, workspace=True)``
+        or an execute with ``workspace=True`` in it). Raises
+        :class:`~sluice.FileRefused` when the gateway refuses it
+        (``no_workspace``, ``workspace_full``, ``invalid_path``, ...), and
+        :class:`~sluice.FrameError` (code ``invalid_path`` or ``bad_request``)
+        before sending for a path or mode it would refuse.
+        """
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        connection = await self._connect()
+        piece = self._write_piece_bytes(session, path, mode)
+        offset = 0
+        size = 0
+        while True:
+            chunk = raw[offset : offset + piece]
+            frame = frames.write_file_frame(
+                "-",
+                session,
+                path,
+                base64.b64encode(chunk).decode("ascii"),
+                encoding="base64",
+                append=append or offset > 0,
+                mode=mode if offset == 0 else None,
+            )
+            answer = (await connection.file_request(frame)).future.result()
+            size = answer.size or 0
+            offset += len(chunk)
+            if offset >= len(raw):
+                return size
+
+    def _write_piece_bytes(self, session: str, path: str, mode: int | None) -> int:
+        """The most raw bytes one ``write_file`` frame may carry under
+        ``max_frame_bytes``: the frame around the data is measured, the data
+        grows by a third in base64."""
+        empty = frames.write_file_frame("f" * 20, session, path, "", encoding="base64", append=True, mode=mode)
+        room = self._options.max_frame_bytes - len(frames.encode(empty).encode("utf-8"))
+        piece = min(WRITE_PIECE_BYTES, room // 4 * 3)
+        if piece <= 0:
+            raise FrameError(
+                "too_large",
+                f"a write_file frame of {path!r:.80} does not fit in {self._options.max_frame_bytes} bytes",
+            )
+        return piece
+
+    async def read_file(self, session: str, path: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        """The bytes of ``path`` in the workspace of ``session``: all of it, or
+        ``length`` bytes at most from ``offset``. The gateway sends the file in
+        chunks (base64, exact); a read cut by a reconnect goes on from where it
+        got to. Raises :class:`~sluice.FileRefused` (``not_found``,
+        ``invalid_path`` for a directory, ``no_workspace``, ...)."""
+        if offset < 0 or (length is not None and length < 0):
+            raise FrameError("bad_request", "offset and length must be non-negative")
+        connection = await self._connect()
+        frame = frames.read_file_frame("-", session, path, offset=offset, length=length)
+        request = await connection.file_request(frame)
+        return b"".join(request.chunks)
+
+    async def read_text(
+        self,
+        session: str,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        errors: str = "replace",
+    ) -> str:
+        """:meth:`read_file` decoded as UTF-8 (bytes that are not valid UTF-8
+        become U+FFFD unless ``errors`` says otherwise, as in :meth:`bytes.decode`)."""
+        data = await self.read_file(session, path, offset=offset, length=length)
+        return data.decode("utf-8", errors=errors)
+
+    async def list_files(self, session: str, path: str = "") -> FileList:
+        """The entries of the directory ``path`` (default: the workspace
+        itself) of ``session``'s workspace, not recursive, sorted by name (the
+        gateway's own files left out). Raises :class:`~sluice.FileRefused`
+        (``not_found``, ``invalid_path`` for a file, ...)."""
+        connection = await self._connect()
+        request = await connection.file_request(frames.list_files_frame("-", session, path))
+        answer = request.future.result()
+        listing = FileList(answer.entries or ())
+        listing.truncated = answer.truncated is True
+        return listing
+
+    async def delete_file(self, session: str, path: str, *, recursive: bool = False) -> None:
+        """Removes ``path`` from the workspace of ``session``: a file, or a
+        directory (one that is not empty only with ``recursive``, else
+        ``bad_request``). Raises :class:`~sluice.FileRefused` (``not_found``, ...)."""
+        connection = await self._connect()
+        await connection.file_request(frames.delete_file_frame("-", session, path, recursive=recursive))

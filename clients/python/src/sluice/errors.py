@@ -9,6 +9,7 @@ Every exception the library raises on purpose derives from :class:`SluiceError`:
     ├── ProtocolError           the gateway sent something this client cannot read
     ├── FrameError              (also a ValueError) a frame the gateway would refuse
     ├── AttachRefused           the gateway refused an ``attach``
+    ├── FileRefused             the gateway refused a file request (has ``code``)
     └── ExecutionFailed         an execution did not end with exit status 0
         ├── ExecutionError      its terminal event was an ``error`` (has ``code``)
         ├── LimitExceeded       it hit a resource limit (has ``limit``)
@@ -59,9 +60,10 @@ class ProtocolError(SluiceError):
 class FrameError(SluiceError, ValueError):
     """A client frame that the gateway would refuse, caught before sending.
 
-    ``code`` is the protocol error code the gateway would answer with (always
-    ``bad_request`` for the shape of a frame), or ``duplicate_id`` for an
-    execution id that is still running on this client.
+    ``code`` is the protocol error code the gateway would answer with
+    (``bad_request`` for the shape of a frame, ``invalid_path`` for the path of
+    a file request), or ``duplicate_id`` for an execution id that is still
+    running on this client.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -85,12 +87,50 @@ class AttachRefused(SluiceError):
         self.message = message
 
 
+class FileRefused(SluiceError):
+    """The gateway refused a file request (``write_file``, ``read_file``,
+    ``list_files`` or ``delete_file``) on a session's workspace.
+
+    ``code`` is the protocol code: ``not_found`` (no such path),
+    ``invalid_path`` (a path through a symbolic link, a directory where a file
+    is needed or the reverse, ...), ``no_workspace`` (the session keeps no
+    workspace), ``workspace_full``, ``unknown_session`` (this client does not
+    read the session), ``bad_request`` or a newer code. ``session`` and
+    ``path`` are those of the request, ``operation`` its frame type.
+
+    A path the gateway would refuse for its shape alone (``../x``, absolute,
+    empty) is a :class:`FrameError` with code ``invalid_path``, raised before
+    anything is sent.
+    """
+
+    def __init__(self, operation: str, session: str, path: str, code: str, message: str) -> None:
+        where = f"{path!r:.80} in session {session!r}" if path else f"the workspace of session {session!r}"
+        super().__init__(f"{operation} of {where} refused ({code}): {message}")
+        self.operation = operation
+        self.session = session
+        self.path = path
+        self.code = code
+        self.message = message
+
+
 class RuntimesRefused(SluiceError):
     """The gateway refused a ``runtimes`` frame (one older than the frame
     answers ``bad_request``)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"listing the runtimes refused ({code}): {message}")
+        self.code = code
+        self.message = message
+
+
+class RestartRefused(SluiceError):
+    """The gateway refused a ``restart`` of a session's interpreter
+    (``unknown_session``, ``not_permitted``, or ``bad_request`` for a session the
+    gateway made)."""
+
+    def __init__(self, session: str, code: str, message: str) -> None:
+        super().__init__(f"restarting session {session!r} refused ({code}): {message}")
+        self.session = session
         self.code = code
         self.message = message
 

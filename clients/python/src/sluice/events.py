@@ -28,6 +28,25 @@ ERROR = "error"
 ATTACHED = "attached"
 GAP = "gap"
 RUNTIMES = "runtimes"
+FILE_WRITTEN = "file_written"
+FILE_DATA = "file_data"
+FILE_LIST = "file_list"
+FILE_DELETED = "file_deleted"
+FILES_CHANGED = "files_changed"
+DISPLAY = "display"
+UPDATE_DISPLAY = "update_display"
+RESULT = "result"
+INPUT_REQUEST = "input_request"
+RESTARTED = "restarted"
+
+#: The answers to a file frame (``write_file``, ``read_file``, ``list_files``,
+#: ``delete_file``), on the socket's own stream.
+FILE_ANSWER_TYPES = frozenset({FILE_WRITTEN, FILE_DATA, FILE_LIST, FILE_DELETED})
+
+#: The types of rich output, each with a MIME ``bundle``: a ``display``, an
+#: ``update_display`` that replaces the earlier one of its ``display_id``, and a
+#: persistent cell's ``result`` (the value of its last expression).
+DISPLAY_TYPES = frozenset({DISPLAY, UPDATE_DISPLAY, RESULT})
 
 #: The types that end an execution (an ``error`` only when it has an ``id``).
 TERMINAL_TYPES = frozenset({COMPLETED, CANCELLED, RESOURCE_LIMIT, ERROR})
@@ -53,6 +72,10 @@ KNOWN_ERROR_CODES = frozenset(
         "gateway_busy",
         "not_permitted",
         "not_a_terminal",
+        "no_workspace",
+        "invalid_path",
+        "not_found",
+        "workspace_full",
         "internal",
     }
 )
@@ -71,6 +94,42 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One entry of a workspace directory, as ``list_files`` gives it.
+
+    ``kind`` is ``file``, ``dir``, ``symlink`` or ``other`` (or a newer name);
+    ``size`` in bytes; ``mode`` the permission bits (``0o644``); ``mtime`` when
+    its content last changed, in Unix seconds.
+    """
+
+    name: str
+    kind: str
+    size: int
+    mode: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileChanges:
+    """What changed in a session's workspace (a ``files_changed`` event): paths
+    relative to the workspace, each list sorted."""
+
+    created: tuple[str, ...] = ()
+    modified: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CellException:
+    """The exception a persistent cell raised (Jupyter's names): its type's name,
+    its message, and the traceback as Python prints it, one line per entry."""
+
+    ename: str
+    evalue: str
+    traceback: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StreamEvent:
     """One event from the gateway.
 
@@ -78,6 +137,23 @@ class StreamEvent:
     it; the rest are present only on the types that carry them (``None``
     otherwise). Events made by the client itself (the end of an execution when
     the connection is lost for good, for example) have ``sequence`` 0.
+
+    Rich output (``display``, ``update_display``, ``result``; see
+    :data:`DISPLAY_TYPES`) carries ``bundle``: MIME type to data, text for the
+    text types, base64 text for binary ones (``image/png``, ``image/jpeg``,
+    ``application/pdf``), any JSON value for ``application/json`` and the
+    ``+json`` types; read it with :meth:`mime` and :meth:`mime_bytes`.
+    ``data`` is then the bundle's ``text/plain`` ("" when it has none).
+    ``metadata`` is the bundle's metadata (an image's ``width``, for example;
+    often ``{}``), ``display_id`` ties a ``display`` to the
+    ``update_display`` events that replace it, and ``execution_count`` is a
+    ``result``'s cell number in its interpreter (from 1). ``bundle`` and
+    ``metadata`` are left out of the event's hash (they are dicts).
+
+    An ``input_request`` says the execution waits for a line of stdin: ``data``
+    is the prompt, ``password`` whether to hide what is typed; answer with
+    ``Execution.send_stdin``. The terminal event of a persistent cell carries
+    its ``execution_count``, and ``exception`` when it raised.
     """
 
     type: str
@@ -98,6 +174,20 @@ class StreamEvent:
     missed_from: int | None = None
     resume_from: int | None = None
     for_session: str | None = None
+    request: str | None = None
+    path: str | None = None
+    offset: int | None = None
+    size: int | None = None
+    last: bool | None = None
+    entries: tuple[FileEntry, ...] | None = None
+    changes: FileChanges | None = None
+    truncated: bool | None = None
+    bundle: Mapping[str, Any] | None = field(default=None, hash=False)
+    metadata: Mapping[str, Any] | None = field(default=None, hash=False)
+    display_id: str | None = None
+    execution_count: int | None = None
+    password: bool | None = None
+    exception: CellException | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -121,6 +211,27 @@ class StreamEvent:
             return base64.b64decode(self.data)
         return self.data.encode("utf-8")
 
+    def mime(self, mime_type: str) -> Any:
+        """The data of ``mime_type`` in the event's bundle, as sent, or None when
+        the bundle (or the event) has none: a ``str`` for text types, base64
+        text for binary types (see :meth:`mime_bytes`), any JSON value (a dict,
+        a list, ...) for ``application/json`` and the ``+json`` types."""
+        if self.bundle is None:
+            return None
+        return self.bundle.get(mime_type)
+
+    def mime_bytes(self, mime_type: str) -> bytes | None:
+        """The data of a binary ``mime_type`` (``image/png``, ``image/jpeg``,
+        ``application/pdf``, ...) decoded from its base64, or None when the
+        bundle has none. Raises ``ValueError`` when the data is not base64
+        text (a text or JSON type: read those with :meth:`mime`)."""
+        value = self.mime(mime_type)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"the {mime_type} data of this {self.type} event is not base64 text")
+        return base64.b64decode(value, validate=True)
+
 
 _KNOWN_FIELDS = frozenset(
     {
@@ -142,6 +253,20 @@ _KNOWN_FIELDS = frozenset(
         "missed_from",
         "resume_from",
         "for_session",
+        "request",
+        "path",
+        "offset",
+        "size",
+        "last",
+        "entries",
+        "changes",
+        "truncated",
+        "bundle",
+        "metadata",
+        "display_id",
+        "execution_count",
+        "password",
+        "exception",
     }
 )
 
@@ -164,6 +289,7 @@ def _optional(obj: Mapping[str, Any], name: str, kind: str) -> Any:
         "int": _is_int(value),
         "uint": _is_int(value) and value >= 0,
         "number": _is_number(value),
+        "bool": isinstance(value, bool),
     }[kind]
     if not ok:
         raise ProtocolError(f"event field {name!r} has the wrong type: {value!r}")
@@ -187,6 +313,67 @@ def _decode_usage(value: object) -> Usage | None:
         stderr_bytes=_optional(value, "stderr_bytes", "uint"),
         first_output_ms=None if first_output is None else float(first_output),
     )
+
+
+def _decode_entries(value: object) -> tuple[FileEntry, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ProtocolError(f"event field 'entries' is not an array: {value!r:.80}")
+    entries = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise ProtocolError(f"an entry of 'entries' is not an object: {item!r:.80}")
+        for name in ("name", "kind", "size", "mode", "mtime"):
+            if item.get(name) is None:
+                raise ProtocolError(f"an entry of 'entries' has no {name!r}")
+        entries.append(
+            FileEntry(
+                name=_optional(item, "name", "str"),
+                kind=_optional(item, "kind", "str"),
+                size=_optional(item, "size", "uint"),
+                mode=_optional(item, "mode", "uint"),
+                mtime=float(_optional(item, "mtime", "number")),
+            )
+        )
+    return tuple(entries)
+
+
+def _decode_changes(value: object) -> FileChanges | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"event field 'changes' is not an object: {value!r:.80}")
+    lists: dict[str, tuple[str, ...]] = {}
+    for name in ("created", "modified", "deleted"):
+        paths = value.get(name)
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ProtocolError(f"changes field {name!r} is not an array of strings")
+        lists[name] = tuple(paths)
+    return FileChanges(**lists)
+
+
+def _decode_exception(value: object) -> CellException | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"event field 'exception' is not an object: {value!r:.80}")
+    ename, evalue, lines = value.get("ename"), value.get("evalue"), value.get("traceback")
+    if not isinstance(ename, str) or not isinstance(evalue, str):
+        raise ProtocolError("exception needs string 'ename' and 'evalue'")
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise ProtocolError("exception field 'traceback' is not an array of strings")
+    return CellException(ename=ename, evalue=evalue, traceback=tuple(lines))
+
+
+def _decode_object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """The field ``name`` of ``obj`` if present and not null; it must be a JSON object."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"event field {name!r} is not an object: {value!r:.80}")
+    return value
 
 
 def event_from_dict(obj: object) -> StreamEvent:
@@ -227,6 +414,20 @@ def event_from_dict(obj: object) -> StreamEvent:
         missed_from=_optional(obj, "missed_from", "uint"),
         resume_from=_optional(obj, "resume_from", "uint"),
         for_session=_optional(obj, "for_session", "str"),
+        request=_optional(obj, "request", "str"),
+        path=_optional(obj, "path", "str"),
+        offset=_optional(obj, "offset", "uint"),
+        size=_optional(obj, "size", "uint"),
+        last=_optional(obj, "last", "bool"),
+        entries=_decode_entries(obj.get("entries")),
+        changes=_decode_changes(obj.get("changes")),
+        truncated=_optional(obj, "truncated", "bool"),
+        bundle=_decode_object(obj, "bundle"),
+        metadata=_decode_object(obj, "metadata"),
+        display_id=_optional(obj, "display_id", "str"),
+        execution_count=_optional(obj, "execution_count", "uint"),
+        password=_optional(obj, "password", "bool"),
+        exception=_decode_exception(obj.get("exception")),
         extra={k: v for k, v in obj.items() if k not in _KNOWN_FIELDS},
     )
     if event.encoding not in (None, "utf8", "base64"):
@@ -260,6 +461,24 @@ def _validate(event: StreamEvent) -> None:
         raise fail("needs a session and resume_from = sequence + 1")
     if kind == RUNTIMES and (event.session is not None or "runtimes" not in event.extra or "limits" not in event.extra):
         raise fail("needs runtimes and limits, and no session")
+    if kind in FILE_ANSWER_TYPES and (event.request is None or event.path is None or event.session is not None):
+        raise fail("needs a request and a path, and no session")
+    if kind == FILE_DATA and (event.offset is None or event.size is None or event.last is None):
+        raise fail("needs offset, size and last")
+    if kind == FILE_WRITTEN and event.size is None:
+        raise fail("needs size")
+    if kind == FILE_LIST and event.entries is None:
+        raise fail("needs entries")
+    if kind == FILES_CHANGED and (event.session is None or event.changes is None):
+        raise fail("needs a session and changes")
+    if kind in DISPLAY_TYPES and (event.id is None or event.bundle is None):
+        raise fail("needs an execution id and a bundle")
+    if kind == UPDATE_DISPLAY and event.display_id is None:
+        raise fail("needs a display_id")
+    if kind == INPUT_REQUEST and (event.id is None or event.password is None):
+        raise fail("needs an execution id and password")
+    if kind == RESTARTED and (event.session is None or event.id is not None):
+        raise fail("needs a session and no execution id")
     if kind == GAP:
         start, resume = event.missed_from, event.resume_from
         if event.session is None or start is None or resume is None:

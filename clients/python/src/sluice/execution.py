@@ -22,11 +22,17 @@ from .errors import ExecutionCancelled, ExecutionError, FrameError, LimitExceede
 from .events import (
     CANCELLED,
     COMPLETED,
+    DISPLAY,
     ERROR,
+    FILES_CHANGED,
     RESOURCE_LIMIT,
+    RESULT,
     STARTED,
     STDERR,
     STDOUT,
+    UPDATE_DISPLAY,
+    CellException,
+    FileChanges,
     StreamEvent,
     Usage,
     synthetic_event,
@@ -38,7 +44,20 @@ class ExecutionResult:
     """How an execution ended, with everything it wrote.
 
     ``status`` is the type of its terminal event: ``completed``,
-    ``cancelled``, ``resource_limit`` or ``error``.
+    ``cancelled``, ``resource_limit`` or ``error``. ``files_changed`` is what
+    it changed in its session's workspace, from the ``files_changed`` event
+    before its terminal one (None when it changed nothing, or has no workspace).
+
+    Rich output: ``displays`` holds the execution's ``display`` and
+    ``update_display`` events, in the order they came. An update replaces what
+    the session showed under its ``display_id``: a display of this execution,
+    or of an earlier one in the same session (a handle kept from one cell and
+    updated in the next). ``value`` is its ``result`` event, the value of a
+    persistent cell's last expression (``value.data`` its text,
+    ``value.mime("text/html")`` a richer form, ``value.execution_count`` the
+    cell's number); None when that value was None or there was no last
+    expression, and for a program that wrote no result record (it has the
+    last one it wrote otherwise).
     """
 
     id: str
@@ -55,6 +74,9 @@ class ExecutionResult:
     error_code: str | None
     message: str
     terminal: StreamEvent
+    files_changed: FileChanges | None = None
+    displays: tuple[StreamEvent, ...] = ()
+    value: StreamEvent | None = None
 
     @property
     def stdout(self) -> str:
@@ -65,6 +87,18 @@ class ExecutionResult:
     def stderr(self) -> str:
         """Standard error as text (invalid UTF-8 replaced)."""
         return self.stderr_bytes.decode("utf-8", errors="replace")
+
+    @property
+    def exception(self) -> CellException | None:
+        """The exception a persistent cell raised (``ename``, ``evalue``,
+        ``traceback``), from its terminal event; None otherwise."""
+        return self.terminal.exception
+
+    @property
+    def execution_count(self) -> int | None:
+        """A persistent cell's number in its interpreter (from 1), from its
+        terminal event; None for a program."""
+        return self.terminal.execution_count
 
     @property
     def ok(self) -> bool:
@@ -90,7 +124,11 @@ class Execution:
 
     The iteration ends after the terminal event (``completed``,
     ``cancelled``, ``resource_limit`` or ``error``). A ``gap`` event (with
-    ``id`` None) may come before it when events were lost.
+    ``id`` None) may come before it when events were lost. In a session with a
+    workspace, a ``files_changed`` event (with this execution's ``id``) comes
+    just before it when the execution changed anything there. Rich output
+    (``display``, ``update_display``, ``result`` events, with a ``bundle``)
+    comes in its place among ``stdout`` and ``stderr``.
     """
 
     def __init__(self, connection: Connection, route: Route) -> None:
@@ -102,6 +140,9 @@ class Execution:
         self._stderr = bytearray()
         self._terminal: StreamEvent | None = None
         self._pid: int | None = None
+        self._changes: FileChanges | None = None
+        self._displays: list[StreamEvent] = []
+        self._value: StreamEvent | None = None
 
     @property
     def id(self) -> str:
@@ -148,6 +189,12 @@ class Execution:
             self._stdout += event.raw_bytes()
         elif event.type == STDERR:
             self._stderr += event.raw_bytes()
+        elif event.type == FILES_CHANGED:
+            self._changes = event.changes
+        elif event.type in (DISPLAY, UPDATE_DISPLAY):
+            self._displays.append(event)
+        elif event.type == RESULT:
+            self._value = event
         elif event.is_terminal:
             self._terminal = event
 
@@ -227,6 +274,9 @@ class Execution:
             error_code=event.code,
             message=event.data,
             terminal=event,
+            files_changed=self._changes,
+            displays=tuple(self._displays),
+            value=self._value,
         )
 
 

@@ -18,7 +18,24 @@ from .errors import FrameError
 #: Most bytes (of UTF-8) in an execution id, a session name or a language.
 MAX_NAME_BYTES = 128
 
-FRAME_TYPES = ("execute", "stdin", "cancel", "attach", "detach", "ack", "runtimes", "resize")
+FRAME_TYPES = (
+    "execute",
+    "stdin",
+    "cancel",
+    "attach",
+    "detach",
+    "ack",
+    "runtimes",
+    "resize",
+    "write_file",
+    "read_file",
+    "list_files",
+    "delete_file",
+    "restart",
+)
+
+#: The frames that work on a session's workspace; each carries a ``request`` id.
+FILE_FRAME_TYPES = ("write_file", "read_file", "list_files", "delete_file")
 
 #: Most columns or rows a terminal (``tty``) may have; the least is 1.
 MAX_TERMINAL_SIDE = 1000
@@ -86,6 +103,10 @@ class ExecuteOptions(TypedDict, total=False):
     - ``files``: more files of the program, path (relative to its working
       directory) to text, written there before it starts (``{"util.py": ...}``
       for a ``main.py`` that imports it). Not with ``persistent``.
+    - ``workspace``: give the ``session`` (needed) a workspace, a directory that
+      outlives the execution: this execution and every later one of the session
+      start in it, and the file methods (``write_file``, ``read_file``, ...)
+      reach it. The client stays attached to the session until it is closed.
     """
 
     id: str | None
@@ -101,6 +122,7 @@ class ExecuteOptions(TypedDict, total=False):
     rows: int | None
     term: str | None
     files: Mapping[str, str] | None
+    workspace: bool
 
 
 def _bad(message: str) -> FrameError:
@@ -174,6 +196,10 @@ def _check_execute(frame: Mapping[str, Any]) -> None:
             raise _bad("args may not contain NUL")
     _check_terminal(frame)
     _check_files(frame)
+    _typed(frame, "workspace", bool, "a boolean")
+    _typed(frame, "ack", bool, "a boolean")
+    if frame.get("workspace") and frame.get("session") is None:
+        raise _bad('"workspace": true needs a "session" for the workspace to live in')
     limits = frame.get("limits")
     if limits is not None:
         if not isinstance(limits, dict):
@@ -224,6 +250,62 @@ def _check_file_path(path: str) -> str | None:
     return None
 
 
+#: Names starting with this, at the top of a workspace, are the gateway's own.
+RESERVED_PREFIX = ".sluice-"
+
+#: The most permission bits a written file may ask for (no set-id or sticky bits).
+MAX_FILE_MODE = 0o777
+
+
+def _workspace_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file of a workspace (nor be a path of an execute's
+    ``files``): not plain, or one of the gateway's own names; or ``None``."""
+    why = _check_file_path(path)
+    if why is None and path.startswith(RESERVED_PREFIX):
+        why = f'names starting with "{RESERVED_PREFIX}" at the top of the workspace are the gateway\'s own'
+    return why
+
+
+def _check_workspace_path(frame: Mapping[str, Any], *, required: bool) -> None:
+    """The ``path`` of a file frame: a plain relative path (as a path of
+    ``files``) that is not one of the gateway's own names; code ``invalid_path``."""
+    path = frame.get("path")
+    if path is None:
+        if required:
+            raise _bad(f"{frame['type']} frame needs a string 'path'")
+        return
+    if not isinstance(path, str):
+        raise _bad(f"'path' must be a string, not {type(path).__name__}")
+    why = _workspace_path_problem(path)
+    if why is not None:
+        raise FrameError("invalid_path", f"path {path!r:.80}: {why}")
+
+
+def _check_file_frame(frame: Mapping[str, Any]) -> None:
+    kind = frame["type"]
+    _name(frame, "request", required=True)
+    _check_workspace_path(frame, required=kind != "list_files")
+    _name(frame, "session", required=True)
+    encoding = frame.get("encoding")
+    if encoding is not None and encoding not in ("utf8", "base64"):
+        raise _bad(f"unknown encoding {encoding!r}; expected utf8 or base64")
+    if kind == "write_file":
+        data = frame.get("data")
+        if not isinstance(data, str):
+            raise _bad("write_file frame needs a string 'data'")
+        _typed(frame, "append", bool, "a boolean")
+        mode = frame.get("mode")
+        if mode is not None and (not _is_int(mode) or not 0 <= mode <= MAX_FILE_MODE):
+            raise _bad(f"'mode' must be 0 to 0o777 (no set-id or sticky bits), not {mode!r}")
+        if encoding != "base64" and "\0" in data:
+            raise _bad("text may not contain NUL; send it as base64")
+    elif kind == "read_file":
+        _sequence_number(frame, "offset", required=False)
+        _sequence_number(frame, "length", required=False)
+    elif kind == "delete_file":
+        _typed(frame, "recursive", bool, "a boolean")
+
+
 def _check_files(frame: Mapping[str, Any]) -> None:
     """The ``files`` of an ``execute``: an object of path to text, not with
     ``persistent``, at most :data:`MAX_FILES`, no path both a file and a directory."""
@@ -239,7 +321,7 @@ def _check_files(frame: Mapping[str, Any]) -> None:
     if len(files) > MAX_FILES:
         raise _bad(f"{len(files)} files, more than the {MAX_FILES} an execute may carry")
     for path, text in files.items():
-        why = _check_file_path(path)
+        why = _workspace_path_problem(path)
         if why is not None:
             raise _bad(f"file {path!r:.80}: {why}")
         if "\0" in text:
@@ -303,10 +385,14 @@ def validate_frame(frame: object) -> None:
         _side(frame, "rows", required=True)
     elif kind == "runtimes":
         pass
+    elif kind in FILE_FRAME_TYPES:
+        _check_file_frame(frame)
     else:
         _name(frame, "session", required=True)
         if kind == "attach":
             _sequence_number(frame, "since", required=False)
+            _typed(frame, "workspace", bool, "a boolean")
+            _typed(frame, "ack", bool, "a boolean")
         elif kind == "ack":
             _sequence_number(frame, "sequence", required=True)
 
@@ -369,6 +455,8 @@ def execute_frame(id: str, language: str, code: str, options: ExecuteOptions) ->
     files = options.get("files")
     if files:
         frame["files"] = dict(files)
+    if options.get("workspace", False):
+        frame["workspace"] = True
     validate_frame(frame)
     return frame
 
@@ -393,9 +481,16 @@ def cancel_frame(id: str, session: str | None) -> dict[str, Any]:
     return frame
 
 
-def attach_frame(session: str, since: int) -> dict[str, Any]:
-    """An ``attach`` frame."""
-    return {"type": "attach", "session": session, "since": since}
+def attach_frame(session: str, since: int, workspace: bool = False, ack: bool = False) -> dict[str, Any]:
+    """An ``attach`` frame; with ``workspace``, one that opens the session (created
+    if needed) with a workspace; with ``ack``, one that says the client acknowledges
+    the session's events."""
+    frame: dict[str, Any] = {"type": "attach", "session": session, "since": since}
+    if workspace:
+        frame["workspace"] = True
+    if ack:
+        frame["ack"] = True
+    return frame
 
 
 def detach_frame(session: str) -> dict[str, Any]:
@@ -418,6 +513,69 @@ def resize_frame(id: str, session: str | None, cols: int, rows: int) -> dict[str
     return frame
 
 
+def restart_frame(session: str) -> dict[str, Any]:
+    """A ``restart`` frame: a fresh interpreter for ``session``."""
+    return {"type": "restart", "session": session}
+
+
 def runtimes_frame() -> dict[str, Any]:
     """A ``runtimes`` frame: which languages may this client run, with which limits."""
     return {"type": "runtimes"}
+
+
+def write_file_frame(
+    request: str,
+    session: str,
+    path: str,
+    data: str,
+    *,
+    encoding: str = "utf8",
+    append: bool = False,
+    mode: int | None = None,
+) -> dict[str, Any]:
+    """A ``write_file`` frame: ``data`` (text, or base64 with ``encoding="base64"``)
+    becomes ``path`` (or is added to its end with ``append``)."""
+    frame: dict[str, Any] = {"type": "write_file", "request": request, "session": session, "path": path, "data": data}
+    if encoding != "utf8":
+        frame["encoding"] = encoding
+    if append:
+        frame["append"] = True
+    if mode is not None:
+        frame["mode"] = mode
+    return frame
+
+
+def read_file_frame(
+    request: str,
+    session: str,
+    path: str,
+    *,
+    offset: int = 0,
+    length: int | None = None,
+    encoding: str = "base64",
+) -> dict[str, Any]:
+    """A ``read_file`` frame (base64 by default: the bytes come back exact)."""
+    frame: dict[str, Any] = {"type": "read_file", "request": request, "session": session, "path": path}
+    if offset:
+        frame["offset"] = offset
+    if length is not None:
+        frame["length"] = length
+    if encoding != "utf8":
+        frame["encoding"] = encoding
+    return frame
+
+
+def list_files_frame(request: str, session: str, path: str = "") -> dict[str, Any]:
+    """A ``list_files`` frame: the directory ``path`` (``""``: the workspace itself)."""
+    frame: dict[str, Any] = {"type": "list_files", "request": request, "session": session}
+    if path:
+        frame["path"] = path
+    return frame
+
+
+def delete_file_frame(request: str, session: str, path: str, *, recursive: bool = False) -> dict[str, Any]:
+    """A ``delete_file`` frame (a directory with its content only with ``recursive``)."""
+    frame: dict[str, Any] = {"type": "delete_file", "request": request, "session": session, "path": path}
+    if recursive:
+        frame["recursive"] = True
+    return frame

@@ -21,7 +21,13 @@ class SessionStream:
 
     The ``attach`` is sent when the stream is entered or first iterated;
     :class:`~sluice.AttachRefused` is raised then if the gateway refuses it. A
-    ``gap`` event says which events this client will never receive.
+    ``gap`` event says which events this client will never receive. A
+    ``files_changed`` event (``changes``) says what changed in the session's
+    workspace: after an execution (with its ``id``, before its terminal event)
+    or after a file request (``id`` None). Rich output (``display``,
+    ``update_display``, ``result``) comes with its execution's ``id``; an
+    ``update_display`` replaces what the session showed under its
+    ``display_id``, which an earlier execution of the session may have shown.
     """
 
     def __init__(
@@ -30,11 +36,14 @@ class SessionStream:
         session: str,
         since: int | None,
         buffer_bytes: int,
+        *,
+        workspace: bool = False,
     ) -> None:
         self._connect = connect
         self._session = session
         self._since = since or 0
         self._buffer_bytes = buffer_bytes
+        self._workspace = workspace
         self._subscriber: Subscriber | None = None
         self._connection: Connection | None = None
 
@@ -55,7 +64,7 @@ class SessionStream:
         connection = await self._connect()
         subscriber = Subscriber(self._session, EventBuffer(self._buffer_bytes), self._since)
         self._connection, self._subscriber = connection, subscriber
-        await connection.attach(subscriber)
+        await connection.attach(subscriber, self._workspace)
 
     async def close(self) -> None:
         """Stops reading the session (the session and its executions go on)."""

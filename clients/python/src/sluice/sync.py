@@ -16,6 +16,14 @@ input, ``resize`` of a terminal and cancelling while the program runs::
         shell = client.execute("exec bash -i", "bash", tty=True, cols=100, rows=30)
         shell.send_stdin("ls\\r")
         shell.resize(120, 40)
+
+and the workspace of a session, with :meth:`SandboxClient.attach` and the file
+methods::
+
+        with client.attach("project", workspace=True):
+            client.write_file("project", "data.csv", b"a,b\\n1,2\\n")
+            client.run("import csv; print(list(csv.reader(open('data.csv'))))", session="project", workspace=True)
+            print(client.read_text("project", "data.csv"))
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any, TypeVar
 
 from . import client as _async
 from . import execution as _execution
+from . import session as _session
 from .events import StreamEvent
 from .execution import ExecutionResult
 from .frames import ExecuteOptions
@@ -113,6 +122,56 @@ class Execution:
         return self._client._call(self._execution.wait(check=check))
 
 
+class SessionStream:
+    """Blocking version of :class:`sluice.SessionStream`, from
+    :meth:`SandboxClient.attach`: a plain iterator of the session's events and a
+    context manager; the ``attach`` is sent by :meth:`start`, ``with`` or the
+    first ``next``."""
+
+    def __init__(self, client: SandboxClient, stream: _session.SessionStream) -> None:
+        self._client = client
+        self._stream = stream
+
+    @property
+    def session(self) -> str:
+        """The session's name or id."""
+        return self._stream.session
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence of the last event delivered (or ``since``)."""
+        return self._stream.last_sequence
+
+    def start(self) -> None:
+        """Sends the ``attach`` and waits for the answer; see :meth:`sluice.SessionStream.start`."""
+        self._client._call(self._stream.start())
+
+    def close(self) -> None:
+        """Stops reading the session."""
+        self._client._call(self._stream.close())
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        try:
+            return self._client._call(self._stream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def __enter__(self) -> SessionStream:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class SandboxClient:
     """Blocking version of :class:`sluice.SandboxClient` (same constructor
     arguments). Not for use from inside a running event loop."""
@@ -145,6 +204,42 @@ class SandboxClient:
     def runtimes(self) -> Catalog:
         """What this client may run; see :meth:`sluice.SandboxClient.runtimes`."""
         return self._call(self._client.runtimes())
+
+    def restart(self, session: str) -> None:
+        """Restarts a session's interpreter; see :meth:`sluice.SandboxClient.restart`."""
+        self._call(self._client.restart(session))
+
+    def attach(self, session: str, since: int | None = None, *, workspace: bool = False) -> SessionStream:
+        """The events of ``session``, as a blocking :class:`SessionStream`; with
+        ``workspace=True`` it opens the session with a workspace. See
+        :meth:`sluice.SandboxClient.attach`."""
+        return SessionStream(self, self._client.attach(session, since, workspace=workspace))
+
+    def write_file(
+        self, session: str, path: str, data: str | bytes, *, mode: int | None = None, append: bool = False
+    ) -> int:
+        """Writes a file of the session's workspace; returns its size. See
+        :meth:`sluice.SandboxClient.write_file`."""
+        return self._call(self._client.write_file(session, path, data, mode=mode, append=append))
+
+    def read_file(self, session: str, path: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        """The bytes of a file of the session's workspace; see :meth:`sluice.SandboxClient.read_file`."""
+        return self._call(self._client.read_file(session, path, offset=offset, length=length))
+
+    def read_text(
+        self, session: str, path: str, *, offset: int = 0, length: int | None = None, errors: str = "replace"
+    ) -> str:
+        """A file of the session's workspace as text; see :meth:`sluice.SandboxClient.read_text`."""
+        return self._call(self._client.read_text(session, path, offset=offset, length=length, errors=errors))
+
+    def list_files(self, session: str, path: str = "") -> _async.FileList:
+        """A directory of the session's workspace; see :meth:`sluice.SandboxClient.list_files`."""
+        return self._call(self._client.list_files(session, path))
+
+    def delete_file(self, session: str, path: str, *, recursive: bool = False) -> None:
+        """Removes a file or directory of the session's workspace; see
+        :meth:`sluice.SandboxClient.delete_file`."""
+        self._call(self._client.delete_file(session, path, recursive=recursive))
 
     def execute_code_stream(
         self, code: str, language: str = "python", **options: Unpack[ExecuteOptions]

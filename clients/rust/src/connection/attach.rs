@@ -181,9 +181,12 @@ where
             &ClientFrame::Attach(AttachFrame {
                 session: session.clone(),
                 since: Some(since),
+                workspace: false,
+                ack: self.acks,
             }),
             Purpose::Other,
         );
+        // The same again as a frame, for a gateway older than `attach`'s `ack`.
         if self.acks {
             self.enqueue_frame(
                 &ClientFrame::Ack(AckFrame {
@@ -314,6 +317,20 @@ where
     /// answers something of the client's own, which handles it.
     pub(super) fn on_session_refusal(&mut self, name: &str, refusal: &Event) -> bool {
         let code = refusal.code;
+        let refuses_restart = matches!(
+            code,
+            Some(ErrorCode::UnknownSession | ErrorCode::NotPermitted | ErrorCode::BadRequest)
+        );
+        if refuses_restart && self.restarts.contains_key(name) {
+            let refused = ClientError::RestartRefused {
+                session: name.to_owned(),
+                code: code.unwrap_or(ErrorCode::Internal),
+                message: refusal.data.clone(),
+            };
+            if self.answer_restart(name, Err(refused)) {
+                return true;
+            }
+        }
         // Refusals come in the order of the frames: with one `attach` of a session on
         // its way at a time, the first such refusal naming it is that attach's. (A
         // refused `detach` sent just before it would be taken for it: the attach fails

@@ -8,7 +8,10 @@ use super::{Connection, Purpose};
 use crate::command::{Command, Reply};
 use crate::queue::EventSender;
 use crate::ClientError;
-use sluice_protocol::{CancelFrame, Catalog, ClientFrame, ResizeFrame, RuntimesFrame, StdinFrame};
+use sluice_protocol::{
+    CancelFrame, Catalog, ClientFrame, ErrorCode, Event, EventKind, ResizeFrame, RestartFrame,
+    RuntimesFrame, StdinFrame,
+};
 use std::collections::hash_map::Entry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
@@ -82,6 +85,13 @@ where
                 }
             }
             Command::Runtimes { reply } => self.on_runtimes(reply),
+            Command::Restart { session, reply } => self.on_restart(session, reply),
+            Command::File {
+                request,
+                frame,
+                retry,
+                reply,
+            } => self.on_file(request, frame, retry, reply),
             Command::Close => self.start_close(),
         }
     }
@@ -95,6 +105,124 @@ where
         }
         self.runtimes_asked.push_back(reply);
         self.enqueue_frame(&ClientFrame::Runtimes(RuntimesFrame {}), Purpose::Other);
+    }
+
+    /// Sends a `restart`; the reply waits for the session's `restarted` event, which
+    /// reaches this client only if it reads the session.
+    fn on_restart(&mut self, session: String, reply: Reply<()>) {
+        if self.closing {
+            let _ = reply.send(Err(self.closing_error()));
+            return;
+        }
+        if !self.sessions.contains_key(&session) {
+            let _ = reply.send(Err(ClientError::RestartRefused {
+                message: format!("this client does not read session {session:?}: run a cell there or attach to it, so that the answer reaches it"),
+                session,
+                code: ErrorCode::BadRequest,
+            }));
+            return;
+        }
+        let frame = ClientFrame::Restart(RestartFrame {
+            session: session.clone(),
+        });
+        self.restarts.entry(session).or_default().push_back(reply);
+        self.enqueue_frame(&frame, Purpose::Other);
+    }
+
+    /// Answers the oldest `restart` of `session` still waiting; false if none waits.
+    pub(super) fn answer_restart(
+        &mut self,
+        session: &str,
+        outcome: Result<(), ClientError>,
+    ) -> bool {
+        let Some(waiting) = self.restarts.get_mut(session) else {
+            return false;
+        };
+        let reply = waiting.pop_front();
+        if waiting.is_empty() {
+            self.restarts.remove(session);
+        }
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(outcome);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// On a new socket: a `restart` the old one did not answer may or may not have been
+    /// done; it fails.
+    pub(super) fn fail_restarts(&mut self) {
+        for (session, waiting) in std::mem::take(&mut self.restarts) {
+            for reply in waiting {
+                let _ = reply.send(Err(ClientError::ConnectionClosed {
+                    reason: format!("the connection dropped before the gateway answered the restart of session {session:?}: it may or may not have been done"),
+                }));
+            }
+        }
+    }
+
+    /// Sends a file frame; the reply waits for all its answers.
+    fn on_file(&mut self, request: String, frame: String, retry: bool, reply: Reply<Vec<Event>>) {
+        if self.closing {
+            let _ = reply.send(Err(self.closing_error()));
+            return;
+        }
+        if self.files_asked.contains_key(&request) {
+            let _ = reply.send(Err(ClientError::DuplicateId(request)));
+            return;
+        }
+        self.enqueue(Message::text(frame.clone()), Purpose::Other);
+        self.files_asked.insert(
+            request,
+            super::FileAsk {
+                answers: Vec::new(),
+                frame,
+                retry,
+                reply,
+            },
+        );
+    }
+
+    /// An answer to a file frame (or its refusal): kept until the last one, then all
+    /// are handed over. The event back when no file frame here asked it.
+    pub(super) fn on_file_answer(&mut self, event: Event) -> Option<Event> {
+        let Some(ask) = event
+            .request
+            .as_ref()
+            .and_then(|request| self.files_asked.get_mut(request))
+        else {
+            return Some(event);
+        };
+        let request = event.request.clone().unwrap_or_default();
+        let done = event.kind != EventKind::FileData || event.last == Some(true);
+        ask.answers.push(event);
+        if done {
+            if let Some(ask) = self.files_asked.remove(&request) {
+                let _ = ask.reply.send(Ok(ask.answers));
+            }
+        }
+        None
+    }
+
+    /// On a new socket: reads and lists are asked again from the start; writes and
+    /// deletes, which may or may not have happened, fail.
+    pub(super) fn resend_files(&mut self) {
+        let asked = std::mem::take(&mut self.files_asked);
+        for (request, mut ask) in asked {
+            if ask.retry {
+                ask.answers.clear();
+                self.enqueue(Message::text(ask.frame.clone()), Purpose::Other);
+                self.files_asked.insert(request, ask);
+            } else {
+                let _ = ask.reply.send(Err(ClientError::ConnectionClosed {
+                    reason: format!(
+                        "the connection dropped before the gateway answered file request {request:?}: it may or may not have been done"
+                    ),
+                }));
+            }
+        }
     }
 
     /// Registers the route of a new execution and queues its `execute` frame, unless its

@@ -111,6 +111,10 @@ pub(crate) struct Connection<S> {
     attaches: HashMap<String, PendingAttach>,
     /// `runtimes` frames sent and not yet answered, oldest first (answers come in order).
     runtimes_asked: VecDeque<Reply<Catalog>>,
+    /// `restart` frames sent and not yet answered, by session, oldest first.
+    restarts: HashMap<String, VecDeque<Reply<()>>>,
+    /// File frames sent and not yet answered in full, by `request`.
+    files_asked: HashMap<String, FileAsk>,
     /// Sessions detached on this socket, most recent last (at most
     /// [`DETACHES_REMEMBERED`](attach::DETACHES_REMEMBERED)): their late events are
     /// dropped, and a refusal of the `detach` (the gateway had let go of the session
@@ -156,7 +160,7 @@ where
         shared: Arc<Shared>,
     ) -> Self {
         let (sink, stream) = socket.split();
-        let acks = connector.is_some() && shared.options.reconnect.is_some();
+        let acks = shared.acknowledges;
         Self {
             sink: Some(sink),
             stream: Some(stream),
@@ -169,6 +173,8 @@ where
             subscribers: HashMap::new(),
             attaches: HashMap::new(),
             runtimes_asked: VecDeque::new(),
+            restarts: HashMap::new(),
+            files_asked: HashMap::new(),
             detaching: VecDeque::new(),
             unacked: HashSet::new(),
             acks,
@@ -406,4 +412,12 @@ where
         sink.poll_flush_unpin(cx)
     })
     .await
+}
+
+/// A file frame on its way: its answers so far, and what to do if the socket drops.
+pub(crate) struct FileAsk {
+    answers: Vec<Event>,
+    frame: String,
+    retry: bool,
+    reply: Reply<Vec<Event>>,
 }

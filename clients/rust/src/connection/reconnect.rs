@@ -264,6 +264,8 @@ where
         for attach in plan {
             self.send_attach(attach);
         }
+        self.resend_files();
+        self.fail_restarts();
         // `runtimes` questions the old socket did not answer are asked again.
         for _ in 0..self.runtimes_asked.len() {
             self.enqueue_frame(

@@ -132,6 +132,9 @@ where
     /// `execute` before it joined a session, or something for
     /// [`Client::socket_events`](crate::Client::socket_events).
     fn on_socket_stream(&mut self, event: Event) {
+        let Some(event) = self.on_file_answer(event) else {
+            return;
+        };
         if let Some(catalog) = event.catalog() {
             if let Some(reply) = self.runtimes_asked.pop_front() {
                 let _ = reply.send(Ok(catalog));
@@ -242,6 +245,10 @@ where
         }
         state.position = Some(sequence);
         self.note_unacked(&name, bytes);
+        if event.kind == EventKind::Restarted {
+            // Restarts asked while one is under way share its answer (PROTOCOL.md 4.10).
+            while self.answer_restart(&name, Ok(())) {}
+        }
         match route {
             Some(id) => self.deliver_to_route(&id, event),
             None if delivered => {}

@@ -80,7 +80,9 @@ async fn one_attach_of_a_session_at_a_time_and_each_subscriber_from_its_own_sinc
             let client = client.clone();
             async move { client.attach("s", Some(5)).await }
         });
-        assert_eq!(peer.attach().await.since, Some(5));
+        let attach = peer.attach().await;
+        // A reconnecting client acknowledges, and says so in the frame.
+        assert_eq!((attach.since, attach.ack), (Some(5), true));
         // Two more while the first is on its way: one that it covers, one that needs
         // earlier events. Polled once, their commands are queued.
         let mut covered = Box::pin(client.attach("s", Some(7)));
@@ -91,7 +93,7 @@ async fn one_attach_of_a_session_at_a_time_and_each_subscriber_from_its_own_sinc
         let _marker = client.execute_code_stream("sh", "true").await.unwrap();
         assert!(matches!(
             peer.frame_skipping_acks().await,
-            ClientFrame::Execute(_)
+            ClientFrame::Execute(request) if request.ack
         ));
 
         peer.attached("s", 5).await;

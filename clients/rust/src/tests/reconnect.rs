@@ -258,3 +258,64 @@ async fn a_reconnect_refused_for_its_credential_is_not_tried_again() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_read_is_asked_again_after_a_drop_and_a_write_fails() {
+    use base64::Engine as _;
+    within(async {
+        let (client, mut peer, mut peers, _) = reconnecting_pair(reconnecting(3)).await;
+        let reading = tokio::spawn({
+            let client = client.clone();
+            async move { client.read_file("s", "a.txt").await }
+        });
+        let ClientFrame::ReadFile(first) = peer.frame_skipping_acks().await else {
+            panic!("not a read_file");
+        };
+        let writing = tokio::spawn({
+            let client = client.clone();
+            async move {
+                client
+                    .write_file("s", "b.txt", b"x", crate::WriteFileOptions::default())
+                    .await
+            }
+        });
+        assert!(matches!(
+            peer.frame_skipping_acks().await,
+            ClientFrame::WriteFile(_)
+        ));
+        // A part of the answer, then the connection drops.
+        let mut part = Event::file_reply(EventKind::FileData, &*first.request, "a.txt");
+        part.data = base64::engine::general_purpose::STANDARD.encode(b"half");
+        part.encoding = Some(sluice_protocol::Encoding::Base64);
+        part.offset = Some(0);
+        part.size = Some(8);
+        part.last = Some(false);
+        part.sequence = 1;
+        part.timestamp = 1.0;
+        peer.send(&part).await;
+        drop(peer);
+        // The write may or may not have happened: it fails.
+        let written = writing.await.unwrap();
+        assert!(
+            matches!(written, Err(ClientError::ConnectionClosed { .. })),
+            "{written:?}"
+        );
+        // The read is asked again, whole, on the new socket, and answered there.
+        let mut peer = peers.recv().await.unwrap();
+        let again = loop {
+            if let ClientFrame::ReadFile(again) = peer.frame_skipping_acks().await {
+                break again;
+            }
+        };
+        assert_eq!(
+            (again.request.as_str(), again.offset),
+            (first.request.as_str(), Some(0))
+        );
+        let mut whole = part.clone();
+        whole.data = base64::engine::general_purpose::STANDARD.encode(b"the file");
+        whole.last = Some(true);
+        peer.send(&whole).await;
+        assert_eq!(reading.await.unwrap().unwrap(), b"the file");
+    })
+    .await;
+}

@@ -13,6 +13,8 @@
 //! * empty, read-only tmpfs over what would leak or reach the host: `/run` when the
 //!   program has no network (its sockets: D-Bus, journald, nscd), and any `--hide`
 //!   directory (a rootless gateway's home);
+//! * `/etc/passwd` and `/etc/group` of its own, read-only: root, the sandbox user
+//!   (`sluice`, its home the workspace) and nobody, none of the host's accounts;
 //! * `--expose` directories bound back read-only where a closed or hidden ancestor would
 //!   keep them out of reach.
 
@@ -61,6 +63,14 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
                 .map_err(failed(format!("reading {}", name.to_string_lossy())))?,
         ),
         None => None,
+    };
+    // A session's workspace, cloned before the scratch file system covers its path.
+    let shared = match spec.shared_workspace {
+        true => Some(
+            os::clone_tree(&spec.workspace)
+                .map_err(failed(format!("cloning {}", spec.workspace.display())))?,
+        ),
+        false => None,
     };
     // Nothing done here reaches the host's mount table.
     os::mount(
@@ -114,7 +124,11 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
         Some(&scratch),
     )
     .map_err(failed("mounting /tmp"))?;
-    private_dev(devices, spec.ptys.unwrap_or(DEFAULT_PTYS))?;
+    private_dev(
+        devices,
+        spec.ptys.unwrap_or(DEFAULT_PTYS),
+        &user_database(spec),
+    )?;
     let mut covers = Vec::new();
     if spec.no_network {
         // A sysfs of the jail's own network namespace: its interfaces only, and no
@@ -132,11 +146,13 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
         cover(dir)?;
         covered.insert(dir.clone());
     }
-    workspace(spec, source)?;
+    workspace(spec, source, shared)?;
     if let Some(bundle) = bundle {
-        // Into the new workspace, which nothing inside has touched yet.
+        // Into the new workspace, which nothing inside has touched yet; or into the
+        // session's, resolving every path beneath it (its other programs may be running).
         let files = sluice_gateway::jail::read_bundle(&bundle)?;
-        sluice_gateway::jail::write_files(&spec.workspace, files, Some((spec.uid, spec.gid)))
+        let owner = Some((spec.uid, spec.gid));
+        sluice_gateway::jail::write_files(&spec.workspace, files, owner, spec.shared_workspace)
             .map_err(failed("writing the files"))?;
     }
     expose(exposed, &mut covered)?;
@@ -200,7 +216,11 @@ fn terminal_node() -> Option<OwnedFd> {
 
 /// `/dev` of the jail: a few host devices bound in, links, its own ptys and shared
 /// memory on the scratch file system; read-only itself.
-fn private_dev(devices: Vec<(PathBuf, OwnedFd)>, ptys: u32) -> Result<(), String> {
+fn private_dev(
+    devices: Vec<(PathBuf, OwnedFd)>,
+    ptys: u32,
+    users: &[UserFile],
+) -> Result<(), String> {
     let dev = Path::new("/dev");
     os::mount(
         "tmpfs",
@@ -249,6 +269,18 @@ fn private_dev(devices: Vec<(PathBuf, OwnedFd)>, ptys: u32) -> Result<(), String
     .map_err(failed("mounting /dev/pts"))?;
     os::mount("/tmp", &dev.join("shm"), None, libc::MS_BIND, None)
         .map_err(failed("mounting /dev/shm"))?;
+    for file in users {
+        let path = dev.join(file.staged);
+        let mut out = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(failed(format!("writing {}", path.display())))?;
+        out.write_all(file.content.as_bytes())
+            .map_err(failed(format!("writing {}", path.display())))?;
+    }
+    bind_user_database(users)?;
     os::mount(
         "none",
         dev,
@@ -259,11 +291,96 @@ fn private_dev(devices: Vec<(PathBuf, OwnedFd)>, ptys: u32) -> Result<(), String
     .map_err(failed("making /dev read-only"))
 }
 
+/// A file of the jail's user database: written in `/dev` as `staged`, then bound
+/// read-only over `target`.
+struct UserFile {
+    staged: &'static str,
+    target: &'static str,
+    content: String,
+}
+
+/// `/etc/passwd` and `/etc/group` of the jail (and their `-` backups, and empty
+/// `/etc/subuid` and `/etc/subgid`): root, the sandbox user (`sluice`, its home the
+/// workspace) and nobody; none of the host's users. So the program's user has
+/// a name (`whoami`, a shell's prompt, `getpass.getuser()`, tools that look their user
+/// up) and the host's accounts are not for it to read.
+fn user_database(spec: &JailSpec) -> Vec<UserFile> {
+    let home = spec
+        .workspace
+        .to_str()
+        .filter(|path| !path.contains([':', '\n']))
+        .unwrap_or("/tmp");
+    let (uid, gid) = (spec.uid, spec.gid);
+    let mut passwd = format!(
+        "root:x:0:0:root:/root:/bin/sh\nsluice:x:{uid}:{gid}:Sluice sandbox:{home}:/bin/sh\n"
+    );
+    let mut group = format!("root:x:0:\nsluice:x:{gid}:\n");
+    if uid != NOBODY {
+        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    }
+    if gid != NOBODY {
+        group.push_str("nogroup:x:65534:\n");
+    }
+    [
+        ("/etc/passwd", ".sluice-passwd", passwd.clone()),
+        ("/etc/group", ".sluice-group", group.clone()),
+        // The backups the shadow tools keep, and the subordinate id ranges, name the
+        // host's accounts too.
+        ("/etc/passwd-", ".sluice-passwd-", passwd),
+        ("/etc/group-", ".sluice-group-", group),
+        ("/etc/subuid", ".sluice-subuid", String::new()),
+        ("/etc/subgid", ".sluice-subgid", String::new()),
+    ]
+    .into_iter()
+    // Only where the host has one to cover (the root is read-only: none can be made).
+    .filter(|(target, _, _)| Path::new(target).is_file())
+    .map(|(target, staged, content)| UserFile {
+        staged,
+        target,
+        content,
+    })
+    .collect()
+}
+
+/// The id of `nobody` and `nogroup`.
+const NOBODY: u32 = 65_534;
+
+/// Binds the jail's user database (staged in `/dev`) over the host's, read-only, and
+/// removes the staged names (the binds keep the files).
+fn bind_user_database(users: &[UserFile]) -> Result<(), String> {
+    for file in users {
+        let (staged, target) = (Path::new("/dev").join(file.staged), Path::new(file.target));
+        os::mount(&staged.to_string_lossy(), target, None, libc::MS_BIND, None)
+            .map_err(failed(format!("binding {}", target.display())))?;
+        std::fs::remove_file(&staged).map_err(failed(format!("removing {}", staged.display())))?;
+        os::mount(
+            "none",
+            target,
+            None,
+            libc::MS_REMOUNT
+                | libc::MS_BIND
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            None,
+        )
+        .map_err(failed(format!("making {} read-only", target.display())))?;
+    }
+    Ok(())
+}
+
 /// The workspace at its outside path, on the scratch file system, owned by the sandbox
 /// user, with the source copied in. Outside /tmp and /dev/shm, the scratch file system
 /// itself is bound over the workspace's parent (one budget for everything the program
-/// writes), which also hides the other executions' directories.
-fn workspace(spec: &JailSpec, source: Option<Vec<u8>>) -> Result<(), String> {
+/// writes), which also hides the other executions' directories. A session's workspace
+/// (`shared`, cloned from the host) is bound over the directory made there, and keeps
+/// its owner and mode.
+fn workspace(
+    spec: &JailSpec,
+    source: Option<Vec<u8>>,
+    shared: Option<OwnedFd>,
+) -> Result<(), String> {
     let on_scratch = spec.workspace.starts_with("/tmp") || spec.workspace.starts_with("/dev/shm");
     if !on_scratch {
         let parent = spec.workspace.parent().unwrap_or(Path::new("/"));
@@ -285,22 +402,37 @@ fn workspace(spec: &JailSpec, source: Option<Vec<u8>>) -> Result<(), String> {
         .mode(0o755)
         .create(&spec.workspace)
         .map_err(failed(format!("creating {}", spec.workspace.display())))?;
-    std::os::unix::fs::chown(&spec.workspace, Some(spec.uid), Some(spec.gid))
-        .map_err(failed("handing the workspace to the sandbox user"))?;
-    std::fs::set_permissions(&spec.workspace, std::fs::Permissions::from_mode(0o700))
-        .map_err(failed("protecting the workspace"))?;
+    match shared {
+        Some(tree) => {
+            os::set_clone_attributes(&tree, os::MOUNT_ATTR_NOSUID | os::MOUNT_ATTR_NODEV)
+                .map_err(failed("preparing the session's workspace"))?;
+            os::attach_tree(&tree, &spec.workspace)
+                .map_err(failed("binding the session's workspace"))?;
+        }
+        None => {
+            std::os::unix::fs::chown(&spec.workspace, Some(spec.uid), Some(spec.gid))
+                .map_err(failed("handing the workspace to the sandbox user"))?;
+            std::fs::set_permissions(&spec.workspace, std::fs::Permissions::from_mode(0o700))
+                .map_err(failed("protecting the workspace"))?;
+        }
+    }
     if let (Some(name), Some(code)) = (&spec.source, source) {
         let path = spec.workspace.join(name);
+        // New, at the top of the workspace: never through a link a program of the
+        // session put there.
         let mut file = File::options()
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(failed(format!("writing {}", path.display())))?;
+        // Handed over through the open file, never by its name again: a program of the
+        // session may have put a link in its place meanwhile (the outside review).
+        std::os::unix::fs::fchown(&file, Some(spec.uid), Some(spec.gid))
+            .map_err(failed("handing the source to the sandbox user"))?;
         file.write_all(&code)
             .map_err(failed(format!("writing {}", path.display())))?;
-        std::os::unix::fs::chown(&path, Some(spec.uid), Some(spec.gid))
-            .map_err(failed("handing the source to the sandbox user"))?;
     }
     Ok(())
 }

@@ -87,9 +87,13 @@ impl KernelKind {
 }
 
 /// How a cell ended, as the interpreter reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CellReply {
     pub(crate) exit_code: i32,
+    /// The cell's number in its interpreter.
+    pub(crate) number: u64,
+    /// The exception it raised, if it did.
+    pub(crate) exception: Option<sluice_protocol::CellException>,
 }
 
 /// A running interpreter for one session.
@@ -141,8 +145,12 @@ pub(crate) struct CellPipes {
 }
 
 impl Kernel {
-    /// Starts an interpreter in its own process group and working directory.
+    /// Starts an interpreter in its own process group and working directory: the
+    /// session's `workspace` when it keeps one (its driver there under a name of the
+    /// gateway's, left until the workspace goes).
+    #[allow(clippy::too_many_arguments)] // each is one part of what the interpreter gets
     pub(crate) fn start(
+        workspace: Option<&crate::workspace::Workspace>,
         kind: KernelKind,
         runtime: &Runtime,
         host: &super::Host,
@@ -153,10 +161,21 @@ impl Kernel {
     ) -> io::Result<Self> {
         let work_root: &Path = &host.work_root;
         let (file_name, driver) = kind.driver();
-        let workdir = Workdir::create(work_root, file_name, driver, &[], host.program_user)?;
+        let file_name = match workspace {
+            Some(ws) => ws.source_name(file_name),
+            None => file_name.to_owned(),
+        };
+        let workdir = Workdir::create(work_root, &file_name, driver, &[], host.program_user)?;
+        if let (Some(ws), None) = (workspace, &host.jail) {
+            ws.write_source(&file_name, driver)?;
+        }
+        let start_dir = workspace
+            .map_or(workdir.path(), |ws| ws.path())
+            .to_path_buf();
+        let driver_path = start_dir.join(&file_name);
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs = OwnedFd::from(theirs);
-        let home = workdir.path().to_string_lossy().into_owned();
+        let home = start_dir.to_string_lossy().into_owned();
         let env = env
             .iter()
             .copied()
@@ -165,8 +184,9 @@ impl Kernel {
             Some(jail) => jail.command(
                 JailSpec {
                     host_dir: workdir.path().to_path_buf(),
-                    source: Some(file_name.into()),
-                    workspace: workdir.path().to_path_buf(),
+                    source: Some(file_name.clone().into()),
+                    workspace: start_dir.clone(),
+                    shared_workspace: workspace.is_some(),
                     scratch_bytes: limits.scratch_bytes,
                     expose: jail.exposure_for(&runtime.program),
                     cgroups: cgroup
@@ -185,16 +205,17 @@ impl Kernel {
                     .then_some(sys::PROGRAM_NICE),
                     command: vec![
                         runtime.program.clone().into(),
-                        workdir.source().into_os_string(),
+                        driver_path.clone().into_os_string(),
                     ],
                     ..JailSpec::default()
                 },
                 runtime.offline,
+                workspace.and_then(|ws| ws.ids()),
             )?,
             None => (
                 {
                     let mut command = Command::new(&runtime.program);
-                    command.arg(workdir.source());
+                    command.arg(&driver_path);
                     // First: v2 moves whole processes, so the child joins before it execs.
                     if let Some(dir) = cgroup
                         .as_ref()
@@ -226,8 +247,14 @@ impl Kernel {
                 None,
             ),
         };
+        // A jail starts where its spec is (the host directory) and enters the
+        // workspace itself.
+        let current_dir = match &host.jail {
+            Some(_) => workdir.path(),
+            None => &start_dir,
+        };
         command
-            .current_dir(workdir.path())
+            .current_dir(current_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -355,9 +382,9 @@ impl Kernel {
     }
 
     /// Marks the current cell over: from now on the interpreter must stay idle. Call
-    /// once what the cell started was ended.
-    pub(crate) fn idle(&self) {
-        let cpu = self.replies.cpu();
+    /// once what the cell started was ended, with the tree's CPU time then
+    /// ([`Kernel::tree_cpu`]), from which the idle watchdog counts.
+    pub(crate) fn idle(&self, cpu: Duration) {
         let mut cell = lock(&self.replies.current);
         cell.awaited = false;
         cell.idle_from = Some((cpu, std::time::Instant::now()));
@@ -446,7 +473,10 @@ impl Kernel {
         if self.child.has_exited() {
             return None;
         }
-        lock(&self.replies.current).reply.and_then(Result::ok)
+        lock(&self.replies.current)
+            .reply
+            .clone()
+            .and_then(Result::ok)
     }
 
     /// Interrupts the running cell: SIGINT to the interpreter's group once the cell has
@@ -473,13 +503,16 @@ impl Kernel {
         self.child.signal(Signal::Kill);
     }
 
-    /// CPU time the interpreter has used so far and its peak resident memory.
-    pub(crate) fn usage(&self) -> (Duration, u64) {
+    /// CPU time the interpreter and everything it started have used so far: its
+    /// cgroup's count where cgroup v2 keeps one, else every thread of it and its
+    /// descendants. What a cell's `cpu_ms` is checked against.
+    pub(crate) fn tree_cpu(&self) -> Duration {
+        self.replies.cpu()
+    }
+
+    /// The interpreter's peak resident memory.
+    pub(crate) fn peak_memory(&self) -> u64 {
         let pid = self.pid();
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(Duration::ZERO, Duration::from_nanos);
         let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|status| {
@@ -487,7 +520,7 @@ impl Kernel {
                 line.split_whitespace().nth(1)?.parse::<u64>().ok()
             })
             .map_or(0, |kib| kib * 1024);
-        (cpu, peak)
+        peak
     }
 
     /// Kills the interpreter and reaps it; returns how it ended and what its cgroup

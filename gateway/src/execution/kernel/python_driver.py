@@ -6,7 +6,9 @@
 # little-endian; then the cell's source as UTF-8. The kernel runs the cell with those
 # pipes as descriptors 0, 1 and 2, puts /dev/null back (so the pipes reach end-of-file
 # once the cell's own child processes are gone), and answers with one JSON line:
-# {"cell": n, "status": "ok" | "error" | "exit" | "interrupted", "exit_code": N}.
+# {"cell": n, "status": "ok" | "error" | "exit" | "interrupted", "exit_code": N}, with
+# "error": {"ename", "evalue", "traceback": [lines]} when the cell raised (the line stays
+# under 200 KB; the gateway reads at most 256 KiB).
 # Each line names the cell; a line the gateway does not expect (while no cell runs, or
 # a second reply for one cell) ends the interpreter, and so does CPU time used while no
 # cell runs.
@@ -17,17 +19,254 @@
 # SIGINT interrupts the running cell (KeyboardInterrupt). Between cells it is blocked;
 # on receiving a cell the kernel discards one left over from the previous cell, then
 # says {"cell": n, "started": true}: the gateway sends interrupts for a cell only after that.
+#
+# Rich output: `display()` and `update_display()` are defined in the cells' namespace,
+# and the value of a cell's last expression becomes its result. Each is written to the
+# cell's stdout as a display record, ESC ] sluice;<kind>;<JSON> BEL, which the gateway
+# turns into a `display`, `update_display` or `result` event at its place in the output
+# (PROTOCOL.md 10.1). The MIME bundle comes from the `_repr_*_` methods libraries write
+# for Jupyter; matplotlib figures become PNG images when the cell ends or calls show().
 
 import ast
+import base64
+import importlib.util
 import json
 import os
 import signal
 import socket
 import sys
 import traceback
+import uuid
 
 HEADER = 16
 DRIVER = os.path.abspath(__file__)
+
+RECORD_START = "\x1b]sluice;"
+RECORD_END = "\x07"
+# The most bytes of one record's JSON the gateway takes (sluice_protocol::MAX_DISPLAY_BYTES).
+MAX_DISPLAY_BYTES = 8 << 20
+# The `_repr_*_` methods, in the order IPython asks them.
+REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+    ("application/javascript", "_repr_javascript_"),
+    ("application/pdf", "_repr_pdf_"),
+)
+INLINE_BACKEND = "sluice_inline"
+
+
+def is_json_type(mime):
+    return mime == "application/json" or mime.endswith("+json")
+
+
+def repr_method(obj, name):
+    # A class's own `_repr_html_` is a function of its instances, not of the class.
+    if isinstance(obj, type):
+        return None
+    try:
+        method = getattr(obj, name, None)
+    except Exception:
+        return None
+    return method if callable(method) else None
+
+
+def warn(text):
+    try:
+        sys.stderr.write(text + "\n")
+    except Exception:
+        pass
+
+
+def figure_png(figure):
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def mime_bundle(obj):
+    """The MIME bundle and metadata of `obj`, from its `_repr_*_` methods."""
+    data, metadata = {}, {}
+    method = repr_method(obj, "_repr_mimebundle_")
+    if method is not None:
+        try:
+            try:
+                produced = method(include=None, exclude=None)
+            except TypeError:
+                produced = method()
+            if isinstance(produced, tuple):
+                produced, extra = produced
+                metadata.update(extra or {})
+            data.update(produced or {})
+        except Exception as error:
+            warn(f"_repr_mimebundle_ of {type(obj).__name__} failed: {error!r}")
+    for mime, name in REPR_METHODS:
+        if mime in data:
+            continue
+        method = repr_method(obj, name)
+        if method is None:
+            continue
+        try:
+            value = method()
+        except Exception as error:
+            warn(f"{name} of {type(obj).__name__} failed: {error!r}")
+            continue
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value, extra = value
+            metadata[mime] = extra
+        data[mime] = value
+    if "image/png" not in data and type(obj).__module__ == "matplotlib.figure":
+        try:
+            data["image/png"] = figure_png(obj)
+        except Exception as error:
+            warn(f"drawing the figure failed: {error!r}")
+    if "text/plain" not in data:
+        data["text/plain"] = repr(obj)
+    return data, metadata
+
+
+def encode_bundle(data):
+    encoded = {}
+    for mime, value in data.items():
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value = base64.b64encode(bytes(value)).decode("ascii")
+        elif not is_json_type(mime) and not isinstance(value, str):
+            value = str(value)
+        encoded[str(mime)] = value
+    return encoded
+
+
+def emit(kind, data, metadata=None, display_id=None, execution_count=None):
+    record = {"data": encode_bundle(data), "metadata": dict(metadata or {})}
+    if display_id is not None:
+        record["display_id"] = str(display_id)
+    if execution_count is not None:
+        record["execution_count"] = execution_count
+    write_record(kind, record)
+
+
+def write_record(kind, record):
+    text = json.dumps(record, separators=(",", ":"), default=str)
+    size = len(text.encode("utf-8"))
+    if size > MAX_DISPLAY_BYTES:
+        raise ValueError(f"this display is {size} bytes, over the {MAX_DISPLAY_BYTES} bytes one display may have")
+    stream = sys.stdout
+    stream.flush()
+    stream.write(RECORD_START + kind + ";" + text + RECORD_END)
+    stream.flush()
+
+
+def ask(prompt, password):
+    # The front end shows the prompt (hiding what is typed for a password) and sends
+    # the answer as stdin: an `input_request` event instead of the prompt on stdout.
+    write_record("input_request", {"prompt": str(prompt), "password": password})
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError("EOF when reading a line")
+    return line[:-1] if line.endswith("\n") else line
+
+
+def cell_input(prompt=""):
+    """input() in a cell: asks the front end for a line (an `input_request` event)."""
+    return ask(prompt, False)
+
+
+def cell_getpass(prompt="Password: ", stream=None):
+    """getpass() in a cell: asks the front end for a hidden line."""
+    return ask(prompt, True)
+
+
+class DisplayHandle:
+    """What `display(..., display_id=True)` returns: updates what it showed."""
+
+    def __init__(self, display_id=None):
+        self.display_id = display_id or uuid.uuid4().hex
+
+    def display(self, obj, **kwargs):
+        display(obj, display_id=self.display_id, **kwargs)
+
+    def update(self, obj, **kwargs):
+        update_display(obj, display_id=self.display_id, **kwargs)
+
+    def __repr__(self):
+        return f"<DisplayHandle display_id={self.display_id}>"
+
+
+def display(*objs, display_id=None, metadata=None, raw=False, update=False, **_ignored):
+    """Shows each object as rich output (its richest forms: HTML, images, ...). With
+    `display_id` (True makes one), returns a handle whose `update()` replaces it;
+    `raw=True` takes each object as a MIME bundle (a dict of MIME type to data)."""
+    handle = None
+    if display_id is True:
+        handle = DisplayHandle()
+        display_id = handle.display_id
+    elif display_id is not None:
+        handle = DisplayHandle(display_id)
+    for obj in objs:
+        if raw:
+            data, extra = dict(obj), {}
+        else:
+            data, extra = mime_bundle(obj)
+        extra.update(metadata or {})
+        emit("update_display" if update else "display", data, extra, display_id)
+    return handle
+
+
+def update_display(obj, *, display_id, **kwargs):
+    """Replaces what the display of `display_id` shows with `obj`."""
+    display(obj, display_id=display_id, update=True, **kwargs)
+
+
+def flush_figures():
+    # Figures drawn and not yet shown appear when the cell ends, as in Jupyter's inline backend.
+    if "matplotlib.pyplot" not in sys.modules:
+        return
+    try:
+        from matplotlib import _pylab_helpers
+
+        managers = _pylab_helpers.Gcf.get_all_fig_managers()
+        for manager in managers:
+            display(manager.canvas.figure)
+        if managers:
+            sys.modules["matplotlib.pyplot"].close("all")
+    except Exception as error:
+        warn(f"showing the figures failed: {error!r}")
+
+
+class InlineBackend:
+    """Finds and makes the `module://sluice_inline` matplotlib backend: figures drawn
+    with Agg, shown as PNG images."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != INLINE_BACKEND:
+            return None
+        return importlib.util.spec_from_loader(name, cls)
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @staticmethod
+    def exec_module(module):
+        from matplotlib.backend_bases import FigureManagerBase
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        module.FigureCanvas = FigureCanvasAgg
+        module.FigureManager = FigureManagerBase
+
+        def show(*args, **kwargs):
+            flush_figures()
+
+        module.show = show
 
 
 def receive(control):
@@ -57,18 +296,60 @@ def execute(source, namespace):
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)
     exec(compile(tree, "<cell>", "exec"), namespace)
+    value = None
     if last is not None:
         value = eval(compile(last, "<cell>", "eval"), namespace)
-        if value is not None:
-            print(repr(value))
+    flush_figures()
+    return value
+
+
+def show_result(value, number):
+    data, metadata = mime_bundle(value)
+    emit("result", data, metadata, execution_count=number)
 
 
 def report(error):
-    # The cell's frames only: the kernel's own are noise to the user.
+    """Prints the cell's traceback on its stderr and returns it structured (Jupyter's
+    ename, evalue, traceback). The cell's frames only: the kernel's own, and the
+    parser's for a syntax error in the cell, are noise to the user."""
     tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == DRIVER:
+    while tb is not None and tb.tb_frame.f_code.co_filename in (DRIVER, ast.__file__):
         tb = tb.tb_next
-    traceback.print_exception(type(error), error, tb)
+    lines = traceback.format_exception(type(error), error, tb)
+    sys.stderr.write("".join(lines))
+    text = "".join(lines).rstrip("\n").split("\n")
+    try:
+        message = str(error)
+    except BaseException:
+        message = "<the exception's str() failed>"
+    return bounded({"ename": type(error).__name__, "evalue": message, "traceback": text})
+
+
+# The reply line's budget for an exception, as JSON (the gateway reads lines of at most
+# 256 KiB); each tier cuts harder: (characters of ename and evalue, of a line, lines).
+REPORT_BYTES = 150_000
+REPORT_TIERS = ((1000, 10000, 2000, 60), (200, 2000, 500, 20), (100, 200, 200, 6))
+
+
+def bounded(exception):
+    # Long parts are cut, a long traceback keeps its first and last lines, until the
+    # JSON fits (non-ASCII text takes up to 12 bytes a character there).
+    def cut(text, most):
+        return text if len(text) <= most else text[:most] + "..."
+
+    for name_most, value_most, line_most, lines_most in REPORT_TIERS:
+        lines = [cut(line, line_most) for line in exception["traceback"]]
+        if len(lines) > lines_most:
+            half = lines_most // 2
+            lines = lines[:half] + [f"... {len(lines) - 2 * half} lines left out ..."] + lines[-half:]
+        candidate = {
+            "ename": cut(exception["ename"], name_most),
+            "evalue": cut(exception["evalue"], value_most),
+            "traceback": lines,
+        }
+        if len(json.dumps(candidate)) <= REPORT_BYTES:
+            break
+    return candidate
 
 
 def exit_status(code):
@@ -105,7 +386,9 @@ def run(control, number, fds, source, namespace, devnull):
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
         try:
-            execute(source, namespace)
+            value = execute(source, namespace)
+            if value is not None:
+                show_result(value, number)
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
     except KeyboardInterrupt as error:
@@ -114,8 +397,12 @@ def run(control, number, fds, source, namespace, devnull):
     except SystemExit as error:
         reply = {"cell": number, "status": "exit", "exit_code": exit_status(error.code)}
     except BaseException as error:
-        report(error)
         reply = {"cell": number, "status": "error", "exit_code": 1}
+        try:
+            reply["error"] = report(error)
+        except BaseException:
+            # Reporting failed (an interrupt meanwhile, say): the cell still ends.
+            pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -132,8 +419,22 @@ def main():
     os.set_inheritable(3, False)
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=3)
     devnull = os.open(os.devnull, os.O_RDWR)
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    namespace = {
+        "__name__": "__main__",
+        "__builtins__": __builtins__,
+        "display": display,
+        "update_display": update_display,
+    }
     sys.argv = [""]
+    # input() and getpass() ask the front end.
+    import builtins
+    import getpass
+
+    builtins.input = cell_input
+    getpass.getpass = cell_getpass
+    # matplotlib, if a cell imports it, draws off screen and shows figures as images.
+    sys.meta_path.append(InlineBackend)
+    os.environ.setdefault("MPLBACKEND", "module://" + INLINE_BACKEND)
     while True:
         cell = receive(control)
         if cell is None:

@@ -19,6 +19,45 @@ struct Line {
     #[serde(default)]
     started: bool,
     exit_code: Option<i32>,
+    /// The exception the cell raised (`ename`, `evalue`, `traceback`).
+    #[serde(default)]
+    error: Option<sluice_protocol::CellException>,
+}
+
+/// Most lines of a traceback kept, and most bytes of each part of an exception: the
+/// terminal event stays small whatever the interpreter says.
+const MAX_TRACEBACK_LINES: usize = 200;
+/// The longest line the driver writes (it keeps an exception's report below this).
+const MAX_REPLY_BYTES: u64 = 256 * 1024;
+const MAX_EXCEPTION_TEXT: usize = 16 * 1024;
+
+/// The exception as the event carries it: long texts and tracebacks cut short (a
+/// traceback keeps its first and last lines).
+fn bounded_exception(
+    mut exception: sluice_protocol::CellException,
+) -> sluice_protocol::CellException {
+    let cut = |text: &mut String| {
+        if text.len() > MAX_EXCEPTION_TEXT {
+            let mut end = MAX_EXCEPTION_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("...");
+        }
+    };
+    cut(&mut exception.ename);
+    cut(&mut exception.evalue);
+    let lines = &mut exception.traceback;
+    if lines.len() > MAX_TRACEBACK_LINES {
+        let dropped = lines.len() - MAX_TRACEBACK_LINES;
+        let tail = lines.split_off(lines.len() - MAX_TRACEBACK_LINES / 2);
+        lines.truncate(MAX_TRACEBACK_LINES / 2);
+        lines.push(format!("... {dropped} lines left out ..."));
+        lines.extend(tail);
+    }
+    lines.iter_mut().for_each(cut);
+    exception
 }
 
 /// The current cell as the control socket's reader and the cell's pump see it.
@@ -156,8 +195,12 @@ pub(super) async fn read_replies(
     let mut line = String::new();
     loop {
         line.clear();
-        // One reply is a short JSON line; anything longer is not the driver talking.
-        let read = (&mut control).take(4096).read_line(&mut line).await;
+        // One reply is a JSON line (with an exception, of a bounded size); anything
+        // longer is not the driver talking.
+        let read = (&mut control)
+            .take(MAX_REPLY_BYTES)
+            .read_line(&mut line)
+            .await;
         let parsed = match read {
             Ok(0) | Err(_) => Err(()),
             Ok(_) if !line.ends_with('\n') => {
@@ -195,10 +238,14 @@ pub(super) async fn read_replies(
                 }
                 continue;
             }
-            Ok(Line { exit_code, .. }) => {
+            Ok(Line {
+                exit_code, error, ..
+            }) => {
                 cell.awaited = false;
                 cell.reply = Some(Ok(CellReply {
                     exit_code: exit_code.unwrap_or(1),
+                    number: cell.number,
+                    exception: error.map(bounded_exception),
                 }));
             }
             Err(()) => {

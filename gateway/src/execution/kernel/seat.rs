@@ -3,6 +3,9 @@
 //! longer uses are killed and reaped (a task tracker that shutdown waits on).
 
 use super::Kernel;
+use crate::fanout::EventStream;
+use sluice_protocol::{Event, EventKind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_util::task::TaskTracker;
@@ -14,6 +17,9 @@ pub(crate) struct InterpreterSeat {
     kernel: Arc<Mutex<Option<Kernel>>>,
     /// Where retired interpreters are killed and reaped (the session registry's).
     reaping: TaskTracker,
+    /// A `restart` asked for a fresh interpreter: whoever next holds the seat retires
+    /// the one there first.
+    restart: AtomicBool,
 }
 
 impl InterpreterSeat {
@@ -21,7 +27,37 @@ impl InterpreterSeat {
         Self {
             kernel: Arc::default(),
             reaping,
+            restart: AtomicBool::new(false),
         }
+    }
+
+    /// Asks for a fresh interpreter: the next holder of the seat retires this one. False
+    /// when a restart was asked for already and is not done yet (this one joins it).
+    pub(crate) fn ask_restart(&self) -> bool {
+        !self.restart.swap(true, Ordering::AcqRel)
+    }
+
+    /// True once for each [`InterpreterSeat::ask_restart`]: the caller holds the seat and
+    /// retires the interpreter.
+    pub(crate) fn take_restart(&self) -> bool {
+        self.restart.swap(false, Ordering::AcqRel)
+    }
+
+    /// For the holder of the seat: retires the interpreter if a `restart` asked for it
+    /// and nobody did yet, and tells the session's readers on its `stream` once it has
+    /// room (a cell that takes its turn first does it before its own `started`).
+    pub(crate) async fn restart_if_asked(&self, seat: &mut Option<Kernel>, stream: &EventStream) {
+        if self.take_restart() {
+            self.retire(seat.take());
+            let message = "the session's interpreter was restarted: its state is gone, and the next cell starts a fresh one";
+            stream.room().await;
+            stream.publish(Event::new(EventKind::Restarted, None, message));
+        }
+    }
+
+    /// Runs `task` where shutdown waits for it (the registry's tracker).
+    pub(crate) fn track(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.reaping.spawn(task);
     }
 
     /// The interpreter, for a cell that runs: held until the cell is over.

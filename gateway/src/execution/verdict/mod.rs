@@ -176,6 +176,13 @@ fn stopped(id: &str, stop: Stop, seen: &Observed, limits: &EffectiveLimits) -> E
 /// The event for a program the gateway did not stop.
 fn ended(id: &str, seen: &Observed, limits: &EffectiveLimits) -> Event {
     if let Some(why) = &seen.jail.setup_failed {
+        // The one file system a jail's setup can find full is a session's workspace:
+        // its own scratch file system is new, and the request was checked to fit in it.
+        if why.ends_with("(os error 28)") {
+            let message =
+                format!("the session's workspace has no room for the program's files: {why}");
+            return Event::error(Some(id.to_owned()), ErrorCode::WorkspaceFull, message);
+        }
         return Event::error(Some(id.to_owned()), ErrorCode::SpawnFailed, why.clone());
     }
     let reaped = match &seen.ending {

@@ -168,6 +168,7 @@ impl WarmPool {
             stderr: Some(stderr),
             started_at: Instant::now(),
             warm: true,
+            workspace_source: None,
         })
     }
 
@@ -321,6 +322,7 @@ impl WarmPool {
                 Workdir::create_empty(&host.work_root, &runtime.file_name, host.program_user)?;
             let source = workdir.source();
             let spawned = Launch {
+                workspace: None,
                 runtime: &runtime,
                 workdir: workdir.path(),
                 source: &source,

@@ -33,6 +33,7 @@ fn spec(runtime: Runtime, code: &str) -> ExecutionSpec {
             .unwrap_or_else(|err| panic!("{err}")),
         terminal: None,
         files: Vec::new(),
+        workspace: None,
     }
 }
 

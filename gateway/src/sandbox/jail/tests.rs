@@ -28,6 +28,7 @@ fn a_spec_survives_its_arguments() {
         nice: Some(10),
         wait_for_go: Some("main.py".into()),
         terminal: true,
+        shared_workspace: true,
         files: Some("files.bundle".into()),
         command: vec!["/usr/bin/python3".into(), "--".into(), "main.py".into()],
     };
@@ -192,12 +193,12 @@ fn a_bundle_gives_back_its_files_and_refuses_what_is_not_one() {
     let target = dir.join("work");
     std::fs::create_dir(&target).unwrap();
     std::os::unix::fs::symlink("/etc", target.join("up")).unwrap();
-    write_files(&target, read.iter().copied(), None).unwrap();
+    write_files(&target, read.iter().copied(), None, false).unwrap();
     assert_eq!(
         std::fs::read(target.join("pkg/util.py")).unwrap(),
         b"X = 1\n"
     );
-    assert!(write_files(&target, [("up/passwd", &b"x"[..])], None).is_err());
-    assert!(write_files(&target, [("up", &b"x"[..])], None).is_err());
+    assert!(write_files(&target, [("up/passwd", &b"x"[..])], None, false).is_err());
+    assert!(write_files(&target, [("up", &b"x"[..])], None, false).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,87 @@
+//! The Rust client's file methods against a real gateway: a session's workspace written,
+//! read (whole, in pieces, ranged), listed and deleted through `sluice-client`, what a
+//! program wrote read back, and refusals as `ClientError::FileRefused`.
+
+use anyhow::{ensure, Result};
+use sluice_client::{ClientError, WriteFileOptions};
+use sluice_protocol::{ErrorCode, ExecuteRequest, FileKind};
+use sluice_tests::{request, run, skip, TestGateway};
+
+fn refused_with(result: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) -> Result<()> {
+    match result {
+        Err(ClientError::FileRefused { code: got, .. }) if got == code => Ok(()),
+        other => anyhow::bail!("expected a {code} refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_reaches_a_sessions_workspace() -> Result<()> {
+    if !sluice_tests::running_as_root() {
+        skip("session workspaces need a gateway running as root");
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let made = ExecuteRequest {
+        session: Some("rs".to_owned()),
+        workspace: true,
+        ..request("make", "sh", "printf 'from the program' > made.txt")
+    };
+    let outcome = run(&client, made).await?;
+    ensure!(
+        outcome.terminal.exit_code == Some(0),
+        "{:?}",
+        outcome.terminal
+    );
+    // Held while the file methods run: the client reads the session.
+    let _reading = client.attach("rs", None).await?;
+    ensure!(client.read_file("rs", "made.txt").await? == b"from the program");
+    // 600 KiB: three pieces of at most 256 KiB.
+    let big: Vec<u8> = (0..600 * 1024).map(|n| (n % 253) as u8).collect();
+    let size = client
+        .write_file("rs", "data/big.bin", &big, WriteFileOptions::default())
+        .await?;
+    ensure!(size == big.len() as u64, "{size}");
+    ensure!(client.read_file("rs", "data/big.bin").await? == big);
+    let range = client
+        .read_file_range("rs", "data/big.bin", 70_000, Some(5))
+        .await?;
+    ensure!(range == big[70_000..70_005], "{range:?}");
+    let appended = client
+        .write_file(
+            "rs",
+            "made.txt",
+            b", and more",
+            WriteFileOptions {
+                append: true,
+                mode: None,
+            },
+        )
+        .await?;
+    ensure!(appended == 26, "{appended}");
+    let listed = client.list_files("rs", "").await?;
+    let names: Vec<(&str, FileKind)> = listed
+        .entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.kind))
+        .collect();
+    ensure!(
+        names == [("data", FileKind::Dir), ("made.txt", FileKind::File)] && !listed.truncated,
+        "{listed:?}"
+    );
+    client.delete_file("rs", "data", true).await?;
+    refused_with(
+        client.read_file("rs", "data/big.bin").await,
+        ErrorCode::NotFound,
+    )?;
+    refused_with(
+        client.read_file("rs", "../etc/passwd").await,
+        ErrorCode::InvalidPath,
+    )?;
+    refused_with(
+        client.list_files("nobody-reads-this", "").await,
+        ErrorCode::UnknownSession,
+    )?;
+    client.close().await?;
+    gateway.shutdown().await
+}
