@@ -265,6 +265,76 @@ async fn a_child_forked_after_the_move_is_born_in_the_own_group() -> Result<()> 
     gateway.shutdown().await
 }
 
+/// The v1 `cpu` cgroups of the live threads of `pid`, leader left out.
+fn thread_groups(pid: u32) -> Vec<PathBuf> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut groups: Vec<PathBuf> = threads
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|tid| *tid != pid)
+        .filter_map(|tid| {
+            let table = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")).ok()?;
+            table.lines().find_map(|line| {
+                let mut fields = line.splitn(3, ':');
+                let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+                controllers
+                    .split(',')
+                    .any(|c| c == "cpu")
+                    .then(|| PathBuf::from("/sys/fs/cgroup/cpu").join(path.trim_start_matches('/')))
+            })
+        })
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+/// A process whose leader thread has exited while its other threads run on (the leader
+/// a zombie, whose own `/proc/<pid>/cgroup` shows the root) is moved like any other:
+/// its threads reach the execution's own group, and the execution ends as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_outliving_their_leader_reach_the_own_group() -> Result<()> {
+    if !shared_cpu_group_here() {
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let marker = unique_marker("leaderless");
+    // Eight sleeping threads (more tasks than a single program), then the main thread
+    // ends itself alone with the raw exit system call.
+    let code = format!(
+        "exec -a {marker} python3 -c 'import ctypes, threading, time\n\
+         for _ in range(8): threading.Thread(target=time.sleep, args=(1000,)).start()\n\
+         ctypes.CDLL(None).syscall(60, 0)'"
+    );
+    socket.execute(request("leaderless", "bash", &code)).await?;
+    wait_until_running(&marker).await?;
+    let pid = processes_with(&marker)
+        .first()
+        .map(|(pid, _)| *pid)
+        .context("the program")?;
+    let moved = eventually(patience(), "the threads leave `light`", || {
+        let groups = thread_groups(pid);
+        groups.len() == 1 && is_own(&groups[0])
+    })
+    .await;
+    let seen = thread_groups(pid);
+    socket.cancel("leaderless").await?;
+    let events = socket.events_until_terminal("leaderless").await?;
+    moved.with_context(|| format!("the threads are in {seen:?}"))?;
+    ensure!(
+        events
+            .last()
+            .is_some_and(|e| e.kind == EventKind::Cancelled),
+        "it ended with {:?}",
+        events.last()
+    );
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
 /// However a forked (light) execution ends, its own group goes with it; one still
 /// running at shutdown too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,10 +346,12 @@ async fn a_forked_executions_group_goes_however_it_ends() -> Result<()> {
     let mut socket = gateway.raw().await?;
     let marker = unique_marker("fork-end");
     let kids = format!("{marker}-kid");
-    let wait_moved = || {
+    let wait_moved = || async {
         eventually(patience(), "the execution leaves the shared group", || {
             group_of(&marker).is_some_and(|g| is_own(&g))
         })
+        .await
+        .with_context(|| format!("its processes are in {:?}", groups_of(&marker)))
     };
     let mut ours = None;
     let cases: [(&str, String, Limits); 5] = [

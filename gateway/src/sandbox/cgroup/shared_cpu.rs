@@ -109,6 +109,14 @@ impl SharedCpu {
         move_processes(listing, &own.dir)
     }
 
+    /// True when the execution `listing` lists has more live threads than `own` holds:
+    /// some are still outside it. Threads on both sides (v2 `cgroup.threads` or v1
+    /// `tasks`, against v1 `tasks`), never `pids.current`, which counts zombies that no
+    /// listing shows (an unreaped child would make every check sweep).
+    pub(super) fn left_behind(&self, listing: &Path, own: &Member) -> bool {
+        live_threads(listing) > live_threads(&own.dir)
+    }
+
     /// Moves what `listing` lists back into the shared group and removes `own`.
     pub(super) fn back_to_shared(&self, listing: &Path, own: Member) {
         move_processes(listing, &self.light.dir);
@@ -141,7 +149,7 @@ fn move_processes(listing: &Path, to: &Path) -> bool {
         let mut moved_any = false;
         for pid in members(listing) {
             // Gone meanwhile: not an error.
-            let Ok(table) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            let Some(table) = cgroup_table(pid) else {
                 continue;
             };
             let (v2, cpu) = whereabouts(&table);
@@ -158,6 +166,44 @@ fn move_processes(listing: &Path, to: &Path) -> bool {
     }
     tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
     false
+}
+
+/// How many threads a cgroup directory lists (v2 `cgroup.threads`, v1 `tasks`). A
+/// gateway thread spawning into the execution counts while it passes through: at worst
+/// one sweep that finds nothing to move.
+fn live_threads(dir: &Path) -> usize {
+    fs::read_to_string(dir.join("cgroup.threads"))
+        .or_else(|_| fs::read_to_string(dir.join("tasks")))
+        .map(|listed| {
+            listed
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `/proc/<pid>/cgroup` of a process, as one of its live threads sees it: a leader
+/// that has exited while its threads run on (a zombie until the last one ends) shows
+/// the root there, which would have it moved again at every pass.
+fn cgroup_table(pid: u32) -> Option<String> {
+    let table = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    if !shows_the_root(&table) {
+        return Some(table);
+    }
+    let threads = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    threads
+        .flatten()
+        .filter(|entry| entry.file_name().to_str() != Some(pid.to_string().as_str()))
+        .find_map(|entry| fs::read_to_string(entry.path().join("cgroup")).ok())
+        .filter(|table| !shows_the_root(table))
+        .or(Some(table))
+}
+
+/// True when a `/proc/<pid>/cgroup` table puts the process at the root of its v1 `cpu`
+/// hierarchy (no execution's process is ever there).
+fn shows_the_root(table: &str) -> bool {
+    whereabouts(table).1 == Some("/")
 }
 
 /// A process's v2 cgroup and its v1 `cpu` cgroup, from its `/proc/<pid>/cgroup`, as the
