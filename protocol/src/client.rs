@@ -44,6 +44,13 @@ pub enum ClientFrame {
     /// Restart a session's persistent interpreter: its cells are cancelled and the next
     /// one starts a fresh interpreter (the workspace stays).
     Restart(RestartFrame),
+    /// Ask a session's persistent interpreter for completions at a cursor position; the
+    /// answer is a `complete_reply` on the socket's own stream.
+    Complete(CompleteFrame),
+    /// Ask a session's persistent interpreter about the name at a cursor position
+    /// (signature, type, documentation); the answer is an `inspect_reply` on the socket's
+    /// own stream.
+    Inspect(InspectFrame),
 }
 
 /// How program output is carried in `stdout`/`stderr` events.
@@ -294,6 +301,48 @@ pub struct RestartFrame {
     pub session: String,
 }
 
+/// The `complete` frame: the completions of the name that ends at `cursor_pos` in
+/// `code`, from `session`'s persistent interpreter (its variables, imports and
+/// attributes). Answered on the socket's own stream by a `complete_reply` naming
+/// `request`, or an `error` naming it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CompleteFrame {
+    /// Client-chosen id of the query, echoed in its answer.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
+    pub request: String,
+    /// The session whose interpreter answers; this socket must be attached to it.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
+    pub session: String,
+    /// The text being edited (a cell).
+    pub code: String,
+    /// The cursor's position in `code`, in Unicode code points (as Jupyter counts).
+    pub cursor_pos: u64,
+}
+
+/// The `inspect` frame: what the interpreter knows about the name at `cursor_pos` in
+/// `code` (the name under the cursor, or the callee of the call the cursor is in).
+/// Answered on the socket's own stream by an `inspect_reply` naming `request`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct InspectFrame {
+    /// Client-chosen id of the query, echoed in its answer.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
+    pub request: String,
+    /// The session whose interpreter answers; this socket must be attached to it.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
+    pub session: String,
+    /// The text being edited (a cell).
+    pub code: String,
+    /// The cursor's position in `code`, in Unicode code points (as Jupyter counts).
+    pub cursor_pos: u64,
+    /// 0 (the default): signature, type, value and documentation; 1: the source too,
+    /// where the interpreter has it.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(max = 1)))]
+    pub detail_level: u8,
+}
+
 /// A frame the gateway could not accept, classified for the `error` event it becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
@@ -327,7 +376,8 @@ struct FrameProbe {
 }
 
 const FRAME_TYPES: &str = "execute, stdin, cancel, attach, detach, ack, runtimes, resize, \
-                           write_file, read_file, list_files, delete_file, restart";
+                           write_file, read_file, list_files, delete_file, restart, complete, \
+                           inspect";
 
 impl ClientFrame {
     /// Decodes one text frame and checks the constraints serde cannot express (id length,
@@ -360,13 +410,17 @@ impl ClientFrame {
             | Self::ReadFile(_)
             | Self::ListFiles(_)
             | Self::DeleteFile(_)
-            | Self::Restart(_) => None,
+            | Self::Restart(_)
+            | Self::Complete(_)
+            | Self::Inspect(_) => None,
         }
     }
 
-    /// A file frame's `request` id.
+    /// A file frame's or a query's `request` id.
     pub fn request(&self) -> Option<&str> {
         match self {
+            Self::Complete(q) => Some(&q.request),
+            Self::Inspect(q) => Some(&q.request),
             Self::WriteFile(f) => Some(&f.request),
             Self::ReadFile(f) => Some(&f.request),
             Self::ListFiles(f) => Some(&f.request),
@@ -401,6 +455,8 @@ impl ClientFrame {
             Self::ListFiles(f) => Some(&f.session),
             Self::DeleteFile(f) => Some(&f.session),
             Self::Restart(r) => Some(&r.session),
+            Self::Complete(q) => Some(&q.session),
+            Self::Inspect(q) => Some(&q.session),
             Self::Runtimes(_) => None,
         }
     }
@@ -420,6 +476,8 @@ impl ClientFrame {
             Self::ListFiles(_) => "list_files",
             Self::DeleteFile(_) => "delete_file",
             Self::Restart(_) => "restart",
+            Self::Complete(_) => "complete",
+            Self::Inspect(_) => "inspect",
         }
     }
 
@@ -493,6 +551,16 @@ impl ClientFrame {
             Self::Resize(r) => check_side("cols", Some(r.cols))
                 .and_then(|()| check_side("rows", Some(r.rows)))
                 .map_err(bad)?,
+            Self::Complete(q) => check_cursor(&q.code, q.cursor_pos).map_err(bad)?,
+            Self::Inspect(q) => {
+                check_cursor(&q.code, q.cursor_pos).map_err(bad)?;
+                if q.detail_level > 1 {
+                    return Err(bad(format!(
+                        "\"detail_level\" is 0 or 1, not {}",
+                        q.detail_level
+                    )));
+                }
+            }
             Self::Stdin(s) if s.data.is_none() && !s.eof => {
                 return Err(bad(
                     "stdin frame needs \"data\", \"eof\": true, or both".to_owned()
@@ -511,6 +579,17 @@ impl ClientFrame {
         }
         Ok(())
     }
+}
+
+/// A query's cursor: within its code, counted in code points.
+fn check_cursor(code: &str, cursor_pos: u64) -> Result<(), String> {
+    let length = code.chars().count() as u64;
+    if cursor_pos > length {
+        return Err(format!(
+            "\"cursor_pos\" {cursor_pos} is past the end of \"code\", which has {length} code points"
+        ));
+    }
+    Ok(())
 }
 
 /// The terminal fields of an `execute`: only with `tty`, never with `persistent`, sizes

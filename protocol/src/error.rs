@@ -70,6 +70,15 @@ pub enum ErrorCode {
     /// The workspace has no room left for what a `write_file` (or an execute's `files`)
     /// would add: delete something, or ask for a larger workspace.
     WorkspaceFull,
+    /// A `complete` or `inspect` arrived while the session's interpreter runs a cell (or
+    /// answers another query): it answers one thing at a time. Retry once the cell is over.
+    KernelBusy,
+    /// A `complete` or `inspect` named a session that has no persistent interpreter (no
+    /// persistent cell ran in it yet, or it was restarted or ended since).
+    NoKernel,
+    /// The interpreter did not answer a `complete` or `inspect` in time (a slow property
+    /// or `__getattr__`, say): it was interrupted, and ended if that did not help.
+    QueryTimeout,
     /// Never sent by the gateway: the code of the synthetic terminal `error` a client
     /// gives an execution (or a session subscription) whose consumer fell behind, after
     /// cancelling it (see `clients/CONTRACT.md`). The same code in every client.
@@ -105,6 +114,9 @@ impl ErrorCode {
             Self::InvalidPath => "invalid_path",
             Self::NotFound => "not_found",
             Self::WorkspaceFull => "workspace_full",
+            Self::KernelBusy => "kernel_busy",
+            Self::NoKernel => "no_kernel",
+            Self::QueryTimeout => "query_timeout",
             Self::SlowConsumer => "slow_consumer",
             Self::Other => "other",
         }

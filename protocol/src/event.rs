@@ -75,6 +75,13 @@ pub enum EventKind {
     /// persistent interpreter is gone (its cells were cancelled); the next cell starts a
     /// fresh one.
     Restarted,
+    /// The answer to a `complete`, on the socket's own stream: the `matches` that may
+    /// replace the code points `cursor_start` to `cursor_end` of the query's code
+    /// (`truncated` when there were more).
+    CompleteReply,
+    /// The answer to an `inspect`, on the socket's own stream: `found`, and when found a
+    /// `bundle` whose `text/plain` describes the name (signature, type, documentation).
+    InspectReply,
     /// A type this version of the protocol crate does not know (sent by a newer gateway).
     #[serde(other)]
     Unknown,
@@ -112,6 +119,8 @@ impl EventKind {
             Self::Result => "result",
             Self::InputRequest => "input_request",
             Self::Restarted => "restarted",
+            Self::CompleteReply => "complete_reply",
+            Self::InspectReply => "inspect_reply",
             Self::Unknown => "unknown",
         }
     }
@@ -259,7 +268,8 @@ pub struct Event {
     /// request's `limits` uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<BTreeMap<String, LimitRange>>,
-    /// The answers to a file frame, and its `error`: the frame's `request`.
+    /// The answers to a file frame or a query (`complete`, `inspect`), and their `error`:
+    /// the frame's `request`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
     /// `file_written`, `file_data`, `file_list`, `file_deleted`: the path, relative to
@@ -281,7 +291,7 @@ pub struct Event {
     /// `files_changed`: what changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<FileChanges>,
-    /// `file_list`, `files_changed`: true when the list was cut short.
+    /// `file_list`, `files_changed`, `complete_reply`: true when the list was cut short.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
     /// `display`, `update_display`, `result`: MIME type to data: text (`image/png` and
@@ -307,6 +317,19 @@ pub struct Event {
     /// `completed` of a persistent cell that raised: the exception.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<CellException>,
+    /// `complete_reply`: the completions, each to replace the code points from
+    /// `cursor_start` to `cursor_end` of the query's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<Vec<String>>,
+    /// `complete_reply`: where the text the matches replace starts, in code points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_start: Option<u64>,
+    /// `complete_reply`: where it ends, in code points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_end: Option<u64>,
+    /// `inspect_reply`: whether the interpreter knew the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<bool>,
 }
 
 /// The exception a persistent cell ended with (Jupyter's `error` content).
@@ -377,6 +400,10 @@ impl Event {
             execution_count: None,
             password: None,
             exception: None,
+            matches: None,
+            cursor_start: None,
+            cursor_end: None,
+            found: None,
         }
     }
 
@@ -575,6 +602,22 @@ impl Event {
             EventKind::UpdateDisplay if self.display_id.is_none() => fail("needs a display_id"),
             EventKind::InputRequest if self.id.is_none() || self.password.is_none() => {
                 fail("needs an execution id and password")
+            }
+            EventKind::CompleteReply | EventKind::InspectReply
+                if self.request.is_none() || self.session.is_some() || self.id.is_some() =>
+            {
+                fail("needs a request, and no session or execution id")
+            }
+            EventKind::CompleteReply
+                if self.matches.is_none()
+                    || !matches!((self.cursor_start, self.cursor_end), (Some(a), Some(b)) if a <= b) =>
+            {
+                fail("needs matches and cursor_start <= cursor_end")
+            }
+            EventKind::InspectReply
+                if self.found.is_none() || (self.found == Some(true) && self.bundle.is_none()) =>
+            {
+                fail("needs found, and a bundle when found")
             }
             EventKind::Restarted if self.session.is_none() || self.id.is_some() => {
                 fail("needs a session and no execution id")

@@ -166,6 +166,10 @@ pub(crate) fn write_event(out: &mut String, event: &Event) {
     write_optional(out, "execution_count", event.execution_count.as_ref());
     write_optional(out, "password", event.password.as_ref());
     write_optional(out, "exception", event.exception.as_ref());
+    write_optional(out, "matches", event.matches.as_ref());
+    write_optional(out, "cursor_start", event.cursor_start.as_ref());
+    write_optional(out, "cursor_end", event.cursor_end.as_ref());
+    write_optional(out, "found", event.found.as_ref());
     out.push('}');
 }
 
@@ -253,6 +257,10 @@ mod tests {
                 evalue: "v\n".into(),
                 traceback: vec!["Traceback".into(), "E: v".into()],
             }),
+            matches: Some(vec!["sqrt".into(), "s\"q".into()]),
+            cursor_start: Some(5),
+            cursor_end: Some(7),
+            found: Some(true),
             timestamp: 1_763_900_000.123_456,
             sequence: u64::MAX,
             ..Event::new(EventKind::Completed, Some("id\n".into()), "da\u{1}ta")

@@ -29,9 +29,9 @@ pub mod schema;
 
 pub use client::{
     check_file_path, check_workspace_path, AckFrame, AttachFrame, CancelFrame, ClientFrame,
-    DetachFrame, Encoding, ExecuteRequest, FrameError, ResizeFrame, RestartFrame, RuntimesFrame,
-    StdinFrame, DEFAULT_TERM, DEFAULT_TERMINAL_SIZE, MAX_FILES, MAX_FILE_NAME_BYTES,
-    MAX_FILE_PATH_BYTES, MAX_TERMINAL_SIDE, MAX_TERM_BYTES,
+    CompleteFrame, DetachFrame, Encoding, ExecuteRequest, FrameError, InspectFrame, ResizeFrame,
+    RestartFrame, RuntimesFrame, StdinFrame, DEFAULT_TERM, DEFAULT_TERMINAL_SIZE, MAX_FILES,
+    MAX_FILE_NAME_BYTES, MAX_FILE_PATH_BYTES, MAX_TERMINAL_SIDE, MAX_TERM_BYTES,
 };
 pub use error::ErrorCode;
 pub use event::{

@@ -323,6 +323,30 @@ pub(crate) fn event_rules(schema: &mut Schema) {
         ),
         when(&["update_display"], string("display_id")),
         when(
+            &["complete_reply", "inspect_reply"],
+            json!({
+                "allOf": [string("request")],
+                "properties": {"session": {"type": "null"}, "id": {"type": "null"}}
+            }),
+        ),
+        when(
+            &["complete_reply"],
+            json!({
+                "allOf": [integer("cursor_start"), integer("cursor_end")],
+                "properties": {"matches": {"type": "array", "items": {"type": "string"}}},
+                "required": ["matches"]
+            }),
+        ),
+        when(
+            &["inspect_reply"],
+            json!({
+                "properties": {"found": {"type": "boolean"}},
+                "required": ["found"],
+                "if": {"properties": {"found": {"const": true}}},
+                "then": {"properties": {"bundle": {"type": "object"}}, "required": ["bundle"]}
+            }),
+        ),
+        when(
             &["restarted"],
             json!({"allOf": [string("session")], "properties": {"id": {"type": "null"}}}),
         ),
