@@ -928,6 +928,8 @@ fn check_lifecycles(name: &str, stream: &[&Event], joined_late: bool) {
                         | EventKind::Gap
                         | EventKind::Runtimes
                         | EventKind::Restarted
+                        | EventKind::CompleteReply
+                        | EventKind::InspectReply
                         | EventKind::FilesChanged
                 ),
                 "stream {name}: only refusals and markers may have no id: {event:?}"

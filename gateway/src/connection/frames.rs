@@ -110,6 +110,8 @@ impl Connection {
             Ok(ClientFrame::ListFiles(frame)) => self.list_files(frame).await,
             Ok(ClientFrame::DeleteFile(frame)) => self.delete_file(frame).await,
             Ok(ClientFrame::Restart(frame)) => self.restart(frame).await,
+            Ok(ClientFrame::Complete(frame)) => self.query(frame.into()).await,
+            Ok(ClientFrame::Inspect(frame)) => self.query(frame.into()).await,
             Err(err) => self.refuse_frame(err).await,
         }
     }

@@ -27,6 +27,7 @@ mod files;
 mod frames;
 mod link;
 mod own;
+mod query;
 mod reader;
 #[cfg(test)]
 mod tests;

@@ -36,6 +36,7 @@ mod observe;
 mod persistent;
 mod playground;
 mod privilege;
+mod queries;
 mod redteam;
 mod review13;
 mod review_discovery;

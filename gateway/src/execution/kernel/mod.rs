@@ -27,7 +27,7 @@ mod cell_processes;
 mod replies;
 mod seat;
 
-pub(crate) use seat::InterpreterSeat;
+pub(crate) use seat::{InterpreterSeat, Turn};
 
 use super::process::ChildGroup;
 use super::workdir::Workdir;
@@ -65,6 +65,29 @@ pub(crate) const IDLE_CPU_PERCENT: u32 = 10;
 
 /// How often an idle interpreter's CPU time is checked.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
+
+/// How long the interpreter has to answer a query (`complete`, `inspect`) before it is
+/// interrupted: looking a name up may run the program's own code (a property).
+pub(crate) const QUERY_TIME: Duration = Duration::from_secs(5);
+
+/// How long after that interrupt it has to answer before it is ended.
+pub(crate) const QUERY_GRACE: Duration = Duration::from_secs(1);
+
+/// What a `restarted` event says.
+pub(crate) const RESTARTED_MESSAGE: &str =
+    "the session's interpreter was restarted: its state is gone, and the next cell starts a fresh one";
+
+/// Why a query got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum QueryFailure {
+    /// It did not answer within [`QUERY_TIME`]; `ended` when it did not answer the
+    /// interrupt either and was ended.
+    TimedOut { ended: bool },
+    /// The interpreter is gone (it exited, or answered out of step).
+    Lost,
+    /// It answered that it could not (the message is the interpreter's).
+    Failed(String),
+}
 
 /// Languages that can run persistent sessions, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +336,11 @@ impl Kernel {
         self.kind
     }
 
+    /// The runtime (language) it was started for.
+    pub(crate) fn language(&self) -> &str {
+        &self.language
+    }
+
     /// What this interpreter holds beyond what a cell's sender may have: a language its
     /// credential does not allow, the network where the sender's program would have none
     /// (`network`: `Host::gives_network` of the cell's runtime, after its credential),
@@ -477,6 +505,98 @@ impl Kernel {
             .reply
             .clone()
             .and_then(Result::ok)
+    }
+
+    /// Asks the interpreter a query (`complete` or `inspect`: the JSON object the driver
+    /// reads) between cells, and returns its answer. What the query started is ended
+    /// with it, and its CPU time is not counted as the idle interpreter's.
+    pub(crate) async fn query(
+        &mut self,
+        query: &serde_json::Value,
+    ) -> Result<serde_json::Value, QueryFailure> {
+        let cpu_before = self.tree_cpu();
+        let idle = {
+            let mut cell = lock(&self.replies.current);
+            cell.query = true;
+            cell.awaited = true;
+            cell.answer = None;
+            cell.idle_from.take()
+        };
+        let answer = self.ask(query.to_string().as_bytes()).await;
+        self.end_cell_processes();
+        let used = self.tree_cpu().saturating_sub(cpu_before);
+        let mut cell = lock(&self.replies.current);
+        cell.query = false;
+        cell.awaited = false;
+        cell.idle_from = idle.map(|(from, since)| (from + used, since));
+        drop(cell);
+        match answer? {
+            serde_json::Value::Object(mut fields) => match fields.remove("error") {
+                Some(why) => Err(QueryFailure::Failed(why.as_str().unwrap_or("").to_owned())),
+                None => Ok(serde_json::Value::Object(fields)),
+            },
+            _ => Err(QueryFailure::Failed(
+                "an answer that is not an object".to_owned(),
+            )),
+        }
+    }
+
+    /// Sends a query (cell number 0, no descriptors) and waits for its answer: an
+    /// interrupt after [`QUERY_TIME`], the end of the interpreter after [`QUERY_GRACE`]
+    /// more.
+    async fn ask(&mut self, body: &[u8]) -> Result<serde_json::Value, QueryFailure> {
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&u64::try_from(body.len()).unwrap_or(u64::MAX).to_le_bytes());
+        let sent = tokio::time::timeout(QUERY_TIME, async {
+            self.control.write_all(&header).await?;
+            self.control.write_all(body).await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(QueryFailure::Lost),
+            Err(_) => {
+                self.end_for("it did not read a query within its time");
+                return Err(QueryFailure::TimedOut { ended: true });
+            }
+        }
+        if let Ok(answer) = tokio::time::timeout(QUERY_TIME, self.answered()).await {
+            return answer;
+        }
+        self.child.signal(Signal::Interrupt);
+        match tokio::time::timeout(QUERY_GRACE, self.answered()).await {
+            Ok(Ok(_)) => Err(QueryFailure::TimedOut { ended: false }),
+            Ok(Err(lost)) => Err(lost),
+            Err(_) => {
+                self.end_for("it did not answer a query, nor the interrupt that followed");
+                Err(QueryFailure::TimedOut { ended: true })
+            }
+        }
+    }
+
+    /// Resolves with the query's answer, or once the interpreter is gone.
+    async fn answered(&self) -> Result<serde_json::Value, QueryFailure> {
+        loop {
+            let arrived = self.replies.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            match lock(&self.replies.current).answer.clone() {
+                Some(Ok(answer)) => return Ok(answer),
+                Some(Err(())) => return Err(QueryFailure::Lost),
+                None => {}
+            }
+            tokio::select! {
+                () = arrived => {}
+                () = self.child.exited() => return Err(QueryFailure::Lost),
+            }
+        }
+    }
+
+    /// Ends the interpreter for `why`: the session's next cell starts a fresh one and
+    /// is told.
+    fn end_for(&self, why: &str) {
+        let mut cell = lock(&self.replies.current);
+        self.replies.end(&mut cell, why.to_owned());
     }
 
     /// Interrupts the running cell: SIGINT to the interpreter's group once the cell has

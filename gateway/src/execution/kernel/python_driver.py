@@ -13,6 +13,11 @@
 # a second reply for one cell) ends the interpreter, and so does CPU time used while no
 # cell runs.
 #
+# A query (`complete` or `inspect`, PROTOCOL.md 4.11) comes the same way with cell number
+# 0 and no descriptors: its source is a JSON object {"kind", "code", "cursor_pos",
+# "detail_level"}. The kernel answers with one line {"cell": 0, "answer": {...}} (under
+# 200 KB), leaving the cell count alone; an interrupt ends the query with an error.
+#
 # When a cell is over, the gateway kills every process it started (the interpreter
 # stays); the kernel reaps them before the next cell.
 #
@@ -29,9 +34,13 @@
 
 import ast
 import base64
+import builtins
 import importlib.util
+import inspect
 import json
 import os
+import re
+import rlcompleter
 import signal
 import socket
 import sys
@@ -352,6 +361,170 @@ def bounded(exception):
     return candidate
 
 
+# A query's answer: at most this many matches, this many characters of description.
+MAX_MATCHES = 1000
+MAX_INSPECT_CHARS = 64 * 1024
+ANSWER_BYTES = 200_000
+NAME_BEFORE = re.compile(r"[A-Za-z_][\w.]*$|(?<![\w.])$", re.UNICODE)
+IDENTIFIER_AFTER = re.compile(r"\w*", re.UNICODE)
+
+
+def name_before(code, cursor):
+    # The dotted name that ends at the cursor ("math.sq" in "x = math.sq|").
+    match = NAME_BEFORE.search(code[:cursor])
+    return match.group(0) if match else ""
+
+
+def rlcompleter_completions(code, cursor, namespace):
+    token = name_before(code, cursor)
+    head, dot, last = token.rpartition(".")
+    completer = rlcompleter.Completer(namespace)
+    try:
+        if dot:
+            found = completer.attr_matches(token)
+        else:
+            found = completer.global_matches(last)
+    except Exception:
+        found = []
+    names = []
+    for match in found:
+        name = match.rstrip("( :")
+        if dot:
+            name = name.rpartition(".")[2]
+        names.append(name)
+    return names, cursor - len(last)
+
+
+def complete(code, cursor, namespace):
+    # rlcompleter, not jedi: jedi's first answer loads its stubs, over 5 s here.
+    names, start = rlcompleter_completions(code, cursor, namespace)
+    end = cursor + len(IDENTIFIER_AFTER.match(code[cursor:]).group(0))
+    # Private names only when asked for.
+    typed = code[start:cursor]
+    if not typed.startswith("_"):
+        names = [n for n in names if not n.startswith("_")]
+    names = sorted(set(names))
+    truncated = len(names) > MAX_MATCHES
+    answer = {"matches": names[:MAX_MATCHES], "cursor_start": start, "cursor_end": end}
+    if truncated:
+        answer["truncated"] = True
+    while len(json.dumps(answer)) > ANSWER_BYTES and answer["matches"]:
+        answer["matches"] = answer["matches"][: len(answer["matches"]) // 2]
+        answer["truncated"] = True
+    return answer
+
+
+def name_at(code, cursor):
+    # The dotted name under the cursor, else the callee of the call the cursor is in
+    # ("print" in "print(x, |").
+    end = cursor + len(IDENTIFIER_AFTER.match(code[cursor:]).group(0))
+    name = name_before(code, end)
+    if name:
+        return name
+    depth = 0
+    for index in range(cursor - 1, -1, -1):
+        char = code[index]
+        if char == ")":
+            depth += 1
+        elif char == "(":
+            if depth == 0:
+                return name_before(code, index)
+            depth -= 1
+    return ""
+
+
+def resolve(name, namespace):
+    # Names and attributes only: nothing in the code is evaluated.
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise LookupError(name)
+    if parts[0] in namespace:
+        obj = namespace[parts[0]]
+    elif hasattr(builtins, parts[0]):
+        obj = getattr(builtins, parts[0])
+    else:
+        raise LookupError(name)
+    for part in parts[1:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def describe(name, obj, detail_level):
+    lines = []
+    if callable(obj):
+        try:
+            lines.append(f"Signature: {name}{inspect.signature(obj)}")
+        except (TypeError, ValueError):
+            pass
+    lines.append(f"Type: {type(obj).__name__}")
+    if not (inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj)):
+        try:
+            value = repr(obj)
+        except Exception:
+            value = "<repr failed>"
+        if len(value) > 200:
+            value = value[:200] + "..."
+        lines.append(f"String form: {value}")
+    try:
+        where = inspect.getsourcefile(obj) or inspect.getfile(obj)
+        lines.append(f"File: {where}")
+    except Exception:
+        pass
+    doc = inspect.getdoc(obj)
+    lines.append("Docstring:" + ("\n" + doc if doc else " <no docstring>"))
+    if detail_level >= 1:
+        try:
+            lines.append("Source:\n" + inspect.getsource(obj).rstrip("\n"))
+        except Exception:
+            pass
+    text = "\n".join(lines)
+    if len(text) > MAX_INSPECT_CHARS:
+        text = text[:MAX_INSPECT_CHARS] + "..."
+    return text
+
+
+def inspect_at(code, cursor, detail_level, namespace):
+    name = name_at(code, cursor)
+    if not name:
+        return {"found": False}
+    try:
+        obj = resolve(name, namespace)
+    except Exception:
+        return {"found": False}
+    answer = {"found": True, "bundle": {"text/plain": describe(name, obj, detail_level)}}
+    while len(json.dumps(answer)) > ANSWER_BYTES:
+        text = answer["bundle"]["text/plain"]
+        answer["bundle"]["text/plain"] = text[: len(text) // 2] + "..."
+    return answer
+
+
+def answer_query(source, namespace):
+    # Output of the code a lookup runs goes nowhere: descriptors 0 to 2 are /dev/null.
+    try:
+        query = json.loads(source)
+        code, cursor = str(query["code"]), int(query["cursor_pos"])
+        cursor = max(0, min(cursor, len(code)))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        try:
+            if query.get("kind") == "inspect":
+                return inspect_at(code, cursor, int(query.get("detail_level", 0)), namespace)
+            return complete(code, cursor, namespace)
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    except KeyboardInterrupt:
+        return {"error": "interrupted"}
+    except BaseException as error:
+        return {"error": f"{type(error).__name__}: {error}"[:1000]}
+
+
+def query(control, source, namespace):
+    # A SIGINT meant for an earlier cell or query must not interrupt this one.
+    while signal.sigtimedwait([signal.SIGINT], 0) is not None:
+        pass
+    answer = answer_query(source, namespace)
+    control.sendall((json.dumps({"cell": 0, "answer": answer}) + "\n").encode())
+
+
 def exit_status(code):
     if code is None:
         return 0
@@ -427,7 +600,6 @@ def main():
     }
     sys.argv = [""]
     # input() and getpass() ask the front end.
-    import builtins
     import getpass
 
     builtins.input = cell_input
@@ -440,6 +612,11 @@ def main():
         if cell is None:
             return
         number, fds, source = cell
+        if number == 0:
+            for fd in fds:
+                os.close(fd)
+            query(control, source, namespace)
+            continue
         reply = run(control, number, fds, source, namespace, devnull)
         control.sendall((json.dumps(reply) + "\n").encode())
 

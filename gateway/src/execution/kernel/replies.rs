@@ -22,6 +22,9 @@ struct Line {
     /// The exception the cell raised (`ename`, `evalue`, `traceback`).
     #[serde(default)]
     error: Option<sluice_protocol::CellException>,
+    /// A query's answer (its cell is 0).
+    #[serde(default)]
+    answer: Option<serde_json::Value>,
 }
 
 /// Most lines of a traceback kept, and most bytes of each part of an exception: the
@@ -81,6 +84,10 @@ pub(super) struct CellState {
     pub(super) ended: Option<String>,
     /// The interpreter is being reaped: its pid must not be signalled any more.
     pub(super) closed: bool,
+    /// What is awaited is a query's answer (its lines name cell 0), not a cell's.
+    pub(super) query: bool,
+    /// A query's answer; `Err` once the interpreter is gone.
+    pub(super) answer: Option<Result<serde_json::Value, ()>>,
 }
 
 /// What the control socket's reader and the idle watchdog share with the kernel.
@@ -215,7 +222,11 @@ pub(super) async fn read_replies(
         // Only the cell being waited for may be answered, once: anything else is not
         // the driver talking in step (a cell faking its end, or the real end after it).
         let in_step = parsed.as_ref().map_or(true, |line| {
-            cell.awaited && line.cell == Some(cell.number) && !(line.started && cell.started)
+            if cell.query {
+                cell.awaited && line.cell == Some(0) && !line.started && line.answer.is_some()
+            } else {
+                cell.awaited && line.cell == Some(cell.number) && !(line.started && cell.started)
+            }
         });
         if !in_step {
             replies.end(
@@ -223,11 +234,19 @@ pub(super) async fn read_replies(
                 "it wrote to the gateway out of step (a reply while no cell ran, or a second reply for one cell)".to_owned(),
             );
             cell.reply = Some(Err(()));
+            cell.answer = Some(Err(()));
             drop(cell);
             replies.arrived.notify_waiters();
             return;
         }
         match parsed {
+            Ok(Line {
+                answer: Some(answer),
+                ..
+            }) if cell.query => {
+                cell.awaited = false;
+                cell.answer = Some(Ok(answer));
+            }
             Ok(Line { started: true, .. }) => {
                 cell.started = true;
                 if std::mem::take(&mut cell.interrupt_wanted) {
@@ -250,6 +269,7 @@ pub(super) async fn read_replies(
             }
             Err(()) => {
                 cell.reply = Some(Err(()));
+                cell.answer = Some(Err(()));
                 drop(cell);
                 replies.arrived.notify_waiters();
                 return;

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_util::task::TaskTracker;
 
+/// The seat held: the interpreter (if any) for whoever holds it.
+pub(crate) type Turn = OwnedMutexGuard<Option<Kernel>>;
+
 /// A session's persistent interpreter, if it has one.
 #[derive(Debug)]
 pub(crate) struct InterpreterSeat {
@@ -37,6 +40,11 @@ impl InterpreterSeat {
         !self.restart.swap(true, Ordering::AcqRel)
     }
 
+    /// True while a `restart` waits to be carried out.
+    pub(crate) fn restart_asked(&self) -> bool {
+        self.restart.load(Ordering::Acquire)
+    }
+
     /// True once for each [`InterpreterSeat::ask_restart`]: the caller holds the seat and
     /// retires the interpreter.
     pub(crate) fn take_restart(&self) -> bool {
@@ -49,9 +57,12 @@ impl InterpreterSeat {
     pub(crate) async fn restart_if_asked(&self, seat: &mut Option<Kernel>, stream: &EventStream) {
         if self.take_restart() {
             self.retire(seat.take());
-            let message = "the session's interpreter was restarted: its state is gone, and the next cell starts a fresh one";
             stream.room().await;
-            stream.publish(Event::new(EventKind::Restarted, None, message));
+            stream.publish(Event::new(
+                EventKind::Restarted,
+                None,
+                super::RESTARTED_MESSAGE,
+            ));
         }
     }
 
@@ -61,8 +72,13 @@ impl InterpreterSeat {
     }
 
     /// The interpreter, for a cell that runs: held until the cell is over.
-    pub(crate) async fn take_turn(&self) -> OwnedMutexGuard<Option<Kernel>> {
+    pub(crate) async fn take_turn(&self) -> Turn {
         self.kernel.clone().lock_owned().await
+    }
+
+    /// The interpreter, if no cell (or query) holds it now.
+    pub(crate) fn try_take_turn(&self) -> Option<Turn> {
+        self.kernel.clone().try_lock_owned().ok()
     }
 
     /// Retires the interpreter now if no cell runs (a running cell's retires it when the
