@@ -481,7 +481,9 @@ impl ClientFrame {
         }
     }
 
-    fn validate(&self) -> Result<(), FrameError> {
+    /// Checks the constraints serde cannot express (what [`ClientFrame::decode`] checks
+    /// after decoding): a client can refuse a frame before sending it.
+    pub fn validate(&self) -> Result<(), FrameError> {
         let bad = |message: String| FrameError {
             code: ErrorCode::BadRequest,
             message,

@@ -130,6 +130,20 @@ pub enum ClientError {
         /// The gateway's message.
         message: String,
     },
+    /// The gateway refused a `complete` or `inspect`: `kernel_busy` (a cell holds the
+    /// interpreter: ask again after it), `no_kernel`, `query_timeout`, `unknown_session`
+    /// (this client does not read the session), `not_permitted` or `bad_request`.
+    /// Returned by [`Client::complete`](crate::Client::complete) and
+    /// [`Client::inspect`](crate::Client::inspect).
+    #[error("a query to the interpreter of session {session:?} was refused: {code}: {message}")]
+    QueryRefused {
+        /// The session named.
+        session: String,
+        /// The gateway's error code.
+        code: ErrorCode,
+        /// The gateway's message.
+        message: String,
+    },
     /// The gateway refused a file frame (`write_file`, `read_file`, `list_files`,
     /// `delete_file`): code `no_workspace`, `invalid_path`, `not_found`,
     /// `workspace_full`, `unknown_session` (this client does not read the session) or

@@ -155,8 +155,13 @@ impl Client {
         answered(session, path, answer, EventKind::FileDeleted).map(drop)
     }
 
-    /// Sends a file frame and waits for all its answers.
-    async fn ask(&self, frame: ClientFrame, retry: bool) -> Result<Vec<Event>, ClientError> {
+    /// Sends a frame answered by `request` on the socket's own stream (a file frame, a
+    /// query) and waits for all its answers; `retry`: ask again on a new socket.
+    pub(crate) async fn ask(
+        &self,
+        frame: ClientFrame,
+        retry: bool,
+    ) -> Result<Vec<Event>, ClientError> {
         let request = frame.request().unwrap_or_default().to_owned();
         let frame = frame.to_json();
         let max = self.options().max_frame_bytes;
@@ -175,8 +180,8 @@ impl Client {
         .await
     }
 
-    /// A request id no other file frame of this client has.
-    fn next_request(&self) -> String {
+    /// A request id no other file frame or query of this client has.
+    pub(crate) fn next_request(&self) -> String {
         format!("file-{}", self.shared().next_serial())
     }
 }

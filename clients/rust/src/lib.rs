@@ -168,6 +168,7 @@ mod execution;
 mod files;
 mod options;
 mod outcome;
+mod queries;
 mod queue;
 mod session;
 mod shared;
@@ -179,6 +180,7 @@ pub use execution::Execution;
 pub use files::{FileList, WriteFileOptions};
 pub use options::{ClientOptions, Reconnect, Token};
 pub use outcome::Outcome;
+pub use queries::{Completions, Inspection};
 pub use session::SessionEvents;
 pub use synthetic::is_synthetic;
 

@@ -279,3 +279,49 @@ async fn a_lookup_that_never_returns_times_out_and_the_session_survives() -> Res
     assert_stream_ok(socket.received());
     gateway.shutdown().await
 }
+
+/// The Rust client's `complete` and `inspect`, and its typed refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_completes_and_inspects() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let refused = client.complete("nb", "x", 1).await;
+    ensure!(
+        matches!(
+            &refused,
+            Err(sluice_client::ClientError::QueryRefused {
+                code: ErrorCode::UnknownSession,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let outcome = sluice_tests::run(&client, cell("nb", "setup", "import os\nanswer = 42")).await?;
+    ensure!(outcome.exit_code() == Some(0), "{outcome:?}");
+    let code = "os.pa";
+    let completions = client.complete("nb", code, chars(code)).await?;
+    ensure!(
+        completions.matches.contains(&"path".to_owned())
+            && completions.cursor_start == 3
+            && completions.cursor_end == 5,
+        "{completions:?}"
+    );
+    let inspection = client.inspect("nb", "answer", 6, 0).await?;
+    ensure!(
+        inspection.found && inspection.text().contains("String form: 42"),
+        "{inspection:?}"
+    );
+    let past_end = client.inspect("nb", "answer", 7, 0).await;
+    ensure!(
+        matches!(
+            &past_end,
+            Err(sluice_client::ClientError::QueryRefused {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ),
+        "{past_end:?}"
+    );
+    client.close().await?;
+    gateway.shutdown().await
+}
