@@ -170,7 +170,7 @@ def test_the_blocking_client_queries_too(gateway_url: str) -> None:
         inspection = client.inspect(session, "len(", 4)
         assert inspection.found and "len" in inspection.text
         assert not client.inspect(session, "no_such_name_here", 17).found
+        client.restart(session)
         with pytest.raises(QueryRefused) as refused:
-            client.restart(session)
             client.complete(session, "val", 3)
         assert refused.value.code == "no_kernel"
