@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice import FrameError, ProtocolError, StreamEvent, decode_event, decode_frame
+from sluice import KNOWN_ERROR_CODES, FrameError, ProtocolError, StreamEvent, decode_event, decode_frame
 from sluice.frames import FRAME_TYPES
 
 FIXTURES = Path(__file__).resolve().parents[3] / "protocol" / "fixtures"
@@ -159,3 +159,43 @@ def test_input_requests_and_cell_exceptions_decode() -> None:
     assert ended.execution_count == 3 and ended.exception is not None
     assert (ended.exception.ename, ended.exception.evalue) == ("ZeroDivisionError", "division by zero")
     assert ended.exception.traceback[-1] == "ZeroDivisionError: division by zero"
+
+
+def test_query_fixtures() -> None:
+    completed = read_event("complete-reply.json")
+    assert (completed.type, completed.request, completed.session, completed.id) == ("complete_reply", "q1", None, None)
+    assert (completed.matches, completed.cursor_start, completed.cursor_end) == (("sqrt",), 17, 19)
+    assert completed.truncated is None and completed.extra == {}, "the new fields are fields, not extras"
+    found = read_event("inspect-reply.json")
+    assert (found.type, found.request, found.found) == ("inspect_reply", "q2", True)
+    assert str(found.mime("text/plain")).startswith("Signature: len(obj, /)")
+    missing = read_event("inspect-reply-not-found.json")
+    assert (missing.found, missing.bundle) == (False, None)
+    busy = read_event("error-kernel-busy.json")
+    assert (busy.code, busy.for_session, busy.request, busy.is_terminal) == ("kernel_busy", "nb", "q4", False)
+    assert {"kernel_busy", "no_kernel", "query_timeout"} <= KNOWN_ERROR_CODES
+    frame = decode_frame((FIXTURES / "client" / "valid" / "complete.json").read_text())
+    code = frame["code"]
+    assert code[: frame["cursor_pos"]].endswith("math.sq") and frame["cursor_pos"] == len(code)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"matches": "sqrt", "cursor_start": 0, "cursor_end": 0},
+        {"matches": ["a", 1], "cursor_start": 0, "cursor_end": 0},
+        {"matches": [], "cursor_start": 2, "cursor_end": 1},
+        {"matches": [], "cursor_start": -1, "cursor_end": 1},
+        {"matches": [], "cursor_start": 0},
+        {"matches": [], "cursor_start": 0, "cursor_end": 0, "request": None},
+        {"matches": [], "cursor_start": 0, "cursor_end": 0, "session": "nb"},
+        {"type": "inspect_reply", "found": "yes"},
+        {"type": "inspect_reply"},
+        {"type": "inspect_reply", "found": True, "bundle": None},
+        {"type": "inspect_reply", "found": False, "id": "x", "session": "nb"},
+    ],
+)
+def test_malformed_query_answers_are_refused(fields: dict[str, object]) -> None:
+    event = {"type": "complete_reply", "data": "", "timestamp": 1.5, "sequence": 3, "id": None, "session": None}
+    with pytest.raises(ProtocolError):
+        decode_event(json.dumps({"request": "q1", **event, **fields}))

@@ -23,6 +23,9 @@ BEYOND_THE_SCHEMA = {
     "client/invalid/bad_request--id-too-long-multibyte.json": (
         "130 bytes in 65 characters: maxLength counts characters, the protocol bytes"
     ),
+    "client/invalid/bad_request--complete-cursor-past-end.json": (
+        "cursor_pos must be at most the code's length in code points: a relation between two fields"
+    ),
     "events/invalid/gap-sequence-not-before-resume.json": (
         "sequence must be resume_from - 1: a relation between two fields"
     ),
@@ -101,6 +104,12 @@ REFUSED = [
     '{"type":"write_file","request":"","session":"s","path":"x","data":""}',
     '{"type":"write_file","request":"r","session":"s","path":"x"}',
     '{"type":"delete_file","request":"r","session":"s"}',
+    '{"type":"complete","request":"q","session":"s","code":"x"}',
+    '{"type":"complete","request":"q","session":"s","code":"x","cursor_pos":-1}',
+    '{"type":"complete","request":"q","session":"","code":"x","cursor_pos":0}',
+    '{"type":"complete","request":"q","session":"s","cursor_pos":0}',
+    '{"type":"inspect","request":"","session":"s","code":"x","cursor_pos":0}',
+    '{"type":"inspect","request":"q","session":"s","code":"x","cursor_pos":1,"detail_level":2}',
 ]
 
 

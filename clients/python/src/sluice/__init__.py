@@ -19,6 +19,7 @@ from .errors import (
     LimitExceeded,
     NonZeroExit,
     ProtocolError,
+    QueryRefused,
     RestartRefused,
     RuntimesRefused,
     SluiceConnectionError,
@@ -37,6 +38,7 @@ from .events import (
 )
 from .execution import Execution, ExecutionResult, ExecutionStream
 from .frames import ExecuteOptions, Limits, decode_frame, validate_frame
+from .queries import Completions, Inspection
 from .runtimes import Catalog, LimitRange, RuntimeInfo
 from .session import SessionStream
 
@@ -50,6 +52,7 @@ __all__ = [
     "Catalog",
     "CellException",
     "ClientClosed",
+    "Completions",
     "ExecuteOptions",
     "Execution",
     "ExecutionCancelled",
@@ -62,11 +65,13 @@ __all__ = [
     "FileList",
     "FileRefused",
     "FrameError",
+    "Inspection",
     "LimitExceeded",
     "LimitRange",
     "Limits",
     "NonZeroExit",
     "ProtocolError",
+    "QueryRefused",
     "ReconnectPolicy",
     "RestartRefused",
     "RuntimeInfo",

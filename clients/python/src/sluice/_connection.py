@@ -20,6 +20,9 @@ arrived here (PROTOCOL.md §7.5 and §9.3).
 File requests (``write_file``, ``read_file``, ``list_files``, ``delete_file``)
 carry a ``request`` id of this connection's making; their answers and refusals,
 on the socket's own stream, repeat it and are routed by it (:class:`FileRequest`).
+Queries of a session's interpreter (``complete``, ``inspect``) go the same way:
+one answer each, by ``request``; like a read, a query the old socket did not
+answer is asked again on the new one (asking twice changes nothing).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from .errors import (
     FileRefused,
     FrameError,
     ProtocolError,
+    QueryRefused,
     RestartRefused,
     RuntimesRefused,
     SluiceConnectionError,
@@ -56,6 +60,7 @@ from .errors import (
 )
 from .events import (
     ATTACHED,
+    COMPLETE_REPLY,
     ERROR,
     FILE_ANSWER_TYPES,
     FILE_DATA,
@@ -63,6 +68,8 @@ from .events import (
     FILE_LIST,
     FILE_WRITTEN,
     GAP,
+    INSPECT_REPLY,
+    QUERY_ANSWER_TYPES,
     RESTARTED,
     RUNTIMES,
     STARTED,
@@ -89,12 +96,14 @@ DETACHES_REMEMBERED = 256
 #: ``workspace`` on a gateway that keeps none).
 _ATTACH_REFUSALS = ("unknown_session", "bad_request", "too_many_sessions", "not_permitted", "no_workspace")
 
-#: The answer each file frame expects.
+#: The answer each file frame or query expects.
 _FILE_ANSWERS = {
     "write_file": FILE_WRITTEN,
     "read_file": FILE_DATA,
     "list_files": FILE_LIST,
     "delete_file": FILE_DELETED,
+    "complete": COMPLETE_REPLY,
+    "inspect": INSPECT_REPLY,
 }
 
 
@@ -183,7 +192,8 @@ class Subscriber:
 
 @dataclass(eq=False)
 class FileRequest:
-    """One file frame on its way: sent (or queued) and not fully answered yet."""
+    """One file frame or query (``complete``, ``inspect``) on its way: sent (or
+    queued) and not fully answered yet."""
 
     request: str
     operation: str
@@ -206,8 +216,8 @@ class FileRequest:
 
     def resumable(self) -> bool:
         """Asking again on a new socket cannot do twice what the first did: a
-        read or a list (not a write, nor a delete: clients/CONTRACT.md)."""
-        return self.operation in ("read_file", "list_files")
+        read, a list or a query (not a write, nor a delete: clients/CONTRACT.md)."""
+        return self.operation in ("read_file", "list_files", *frames.QUERY_FRAME_TYPES)
 
     def again(self) -> dict[str, Any]:
         """The frame to send on a new socket: a read asks only for what is left."""
@@ -547,13 +557,13 @@ class Connection:
                     future.set_exception(error)
         self._restarts.clear()
 
-    async def file_request(self, frame: dict[str, Any]) -> FileRequest:
+    async def file_request(self, frame: dict[str, Any], prefix: str = "f") -> FileRequest:
         """Sends a file frame (``frame`` without its ``request``, which this
         connection gives it) and returns the request once fully answered: its
         ``future`` holds the last answer, a read's ``chunks`` the bytes. Raises
         :class:`FileRefused` when the gateway refuses it, :class:`FrameError`
         before sending when it would."""
-        rid = f"f{next(self._requests)}"
+        rid = f"{prefix}{next(self._requests)}"
         frame = {**frame, "request": rid}
         text = self._encode(frame)
         await self._wait_for_room()
@@ -576,6 +586,26 @@ class Connection:
             # Answered, refused, or the caller stopped waiting: later answers are dropped.
             self._files.pop(rid, None)
         return request
+
+    async def query(self, frame: dict[str, Any]) -> StreamEvent:
+        """Sends a ``complete`` or ``inspect`` (``frame`` without its ``request``,
+        which this connection gives it) and returns its answer, a
+        ``complete_reply`` or ``inspect_reply``. This client must read the
+        session (:class:`FrameError` before sending otherwise, as for a
+        ``restart``). Raises :class:`QueryRefused` when the gateway refuses it;
+        asked again on a new socket after a reconnect, and
+        :class:`SluiceConnectionError` when the connection ends for good first."""
+        session = frame["session"]
+        self._encode({**frame, "request": "q"})
+        self.check_open()
+        if session not in self._sessions:
+            raise FrameError(
+                "unknown_session",
+                f"this client does not read session {session!r}: run a persistent cell there or attach to it "
+                f"before a {frame['type']}",
+            )
+        request = await self.file_request(frame, prefix="q")
+        return request.future.result()
 
     def remove_subscriber(self, subscriber: Subscriber) -> None:
         """Stops delivering to ``subscriber``; detaches its session if nothing
@@ -895,7 +925,9 @@ class Connection:
         if event.type == RUNTIMES:
             self._answer_runtimes(event)
             return
-        if event.request is not None and (event.type in FILE_ANSWER_TYPES or event.type == ERROR):
+        if event.request is not None and (
+            event.type in FILE_ANSWER_TYPES or event.type in QUERY_ANSWER_TYPES or event.type == ERROR
+        ):
             self._on_file_answer(event)
             return
         if (
@@ -948,7 +980,12 @@ class Connection:
             return
         if event.type == ERROR:
             code = event.code or "unknown"
-            self._file_done(request, FileRefused(request.operation, request.session, request.path, code, event.data))
+            refused: SluiceError
+            if request.operation in frames.QUERY_FRAME_TYPES:
+                refused = QueryRefused(request.operation, request.session, code, event.data)
+            else:
+                refused = FileRefused(request.operation, request.session, request.path, code, event.data)
+            self._file_done(request, refused)
             return
         expected = _FILE_ANSWERS[request.operation]
         if event.type != expected:

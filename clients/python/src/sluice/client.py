@@ -1,8 +1,10 @@
 """The asyncio client: :class:`SandboxClient`.
 
 One client holds one WebSocket to a gateway (reconnecting when it drops) and
-runs any number of executions on it at once, and reaches the workspaces of its
-sessions (``write_file``, ``read_file``, ``list_files``, ``delete_file``).
+runs any number of executions on it at once, reaches the workspaces of its
+sessions (``write_file``, ``read_file``, ``list_files``, ``delete_file``), and
+asks their persistent interpreters for completions (``complete``) and what they
+know of a name (``inspect``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .errors import ClientClosed, FrameError
 from .events import FileEntry
 from .execution import Execution, ExecutionResult, ExecutionStream
 from .frames import ExecuteOptions
+from .queries import Completions, Inspection
 from .runtimes import Catalog
 from .session import SessionStream
 
@@ -209,6 +212,47 @@ class SandboxClient:
         Raises :class:`~sluice.RestartRefused` when the gateway refuses it."""
         connection = await self._connect()
         await connection.restart(session)
+
+    # -------------------------------------------------------------- queries
+
+    async def complete(self, session: str, code: str, cursor_pos: int) -> Completions:
+        """The completions, from ``session``'s persistent interpreter (its
+        variables, imports and attributes), of the name that ends at
+        ``cursor_pos`` in ``code``: a notebook's Tab. ``cursor_pos`` counts
+        Unicode code points, as a Python ``str`` index does (``len(code)`` is
+        the end); each match replaces ``code[result.cursor_start:result.cursor_end]``.
+
+        The interpreter answers between cells: while a cell runs the gateway
+        refuses with :class:`~sluice.QueryRefused` code ``kernel_busy``; a session
+        without an interpreter (no persistent cell yet, or restarted since) with
+        ``no_kernel``; an interpreter too slow to answer with ``query_timeout``;
+        also ``unknown_session``, ``not_permitted``, ``bad_request``.
+
+        This client must read the session (it ran a persistent cell there, or
+        attached): otherwise :class:`~sluice.FrameError` code
+        ``unknown_session``, before anything is sent, as for :meth:`restart`;
+        so is a ``cursor_pos`` outside ``code`` (code ``bad_request``). A query
+        the connection dropped before its answer is asked again after the
+        reconnect (it changes nothing); when the connection ends for good it
+        raises :class:`~sluice.SluiceConnectionError`.
+        """
+        connection = await self._connect()
+        answer = await connection.query(frames.complete_frame("-", session, code, cursor_pos))
+        return Completions.from_event(answer)
+
+    async def inspect(self, session: str, code: str, cursor_pos: int, detail_level: int = 0) -> Inspection:
+        """What ``session``'s persistent interpreter knows of the name at
+        ``cursor_pos`` in ``code`` (the name under the cursor, or the callee of
+        the call the cursor is in): a notebook's Shift-Tab. ``detail_level`` 0:
+        signature, type, value and documentation; 1: the source too, where the
+        interpreter has it. The :class:`~sluice.Inspection` says whether the name
+        was ``found``; its ``text`` is the bundle's ``text/plain``.
+
+        Cursor, refusals and reconnects as for :meth:`complete`.
+        """
+        connection = await self._connect()
+        answer = await connection.query(frames.inspect_frame("-", session, code, cursor_pos, detail_level))
+        return Inspection.from_event(answer)
 
     # ------------------------------------------------------------- sessions
 

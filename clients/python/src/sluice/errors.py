@@ -10,6 +10,7 @@ Every exception the library raises on purpose derives from :class:`SluiceError`:
     ├── FrameError              (also a ValueError) a frame the gateway would refuse
     ├── AttachRefused           the gateway refused an ``attach``
     ├── FileRefused             the gateway refused a file request (has ``code``)
+    ├── QueryRefused            the gateway refused a ``complete`` / ``inspect`` (has ``code``)
     └── ExecutionFailed         an execution did not end with exit status 0
         ├── ExecutionError      its terminal event was an ``error`` (has ``code``)
         ├── LimitExceeded       it hit a resource limit (has ``limit``)
@@ -109,6 +110,27 @@ class FileRefused(SluiceError):
         self.operation = operation
         self.session = session
         self.path = path
+        self.code = code
+        self.message = message
+
+
+class QueryRefused(SluiceError):
+    """The gateway refused a query of a session's persistent interpreter
+    (``complete`` or ``inspect``; ``operation`` says which).
+
+    ``code`` is the protocol code: ``kernel_busy`` (the interpreter runs a cell,
+    or answers another query: ask again once it is over), ``no_kernel`` (the
+    session has no interpreter: no persistent cell ran there yet, or it was
+    restarted since), ``query_timeout`` (the interpreter did not answer in
+    time), ``unknown_session`` (no such session, or this client does not read
+    it), ``not_permitted`` (the credential does not allow the session),
+    ``bad_request``, or a newer code. ``session`` is the query's session.
+    """
+
+    def __init__(self, operation: str, session: str, code: str, message: str) -> None:
+        super().__init__(f"{operation} in session {session!r} refused ({code}): {message}")
+        self.operation = operation
+        self.session = session
         self.code = code
         self.message = message
 

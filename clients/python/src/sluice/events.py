@@ -38,10 +38,15 @@ UPDATE_DISPLAY = "update_display"
 RESULT = "result"
 INPUT_REQUEST = "input_request"
 RESTARTED = "restarted"
+COMPLETE_REPLY = "complete_reply"
+INSPECT_REPLY = "inspect_reply"
 
 #: The answers to a file frame (``write_file``, ``read_file``, ``list_files``,
 #: ``delete_file``), on the socket's own stream.
 FILE_ANSWER_TYPES = frozenset({FILE_WRITTEN, FILE_DATA, FILE_LIST, FILE_DELETED})
+
+#: The answers to a query (``complete``, ``inspect``), on the socket's own stream.
+QUERY_ANSWER_TYPES = frozenset({COMPLETE_REPLY, INSPECT_REPLY})
 
 #: The types of rich output, each with a MIME ``bundle``: a ``display``, an
 #: ``update_display`` that replaces the earlier one of its ``display_id``, and a
@@ -76,6 +81,9 @@ KNOWN_ERROR_CODES = frozenset(
         "invalid_path",
         "not_found",
         "workspace_full",
+        "kernel_busy",
+        "no_kernel",
+        "query_timeout",
         "internal",
     }
 )
@@ -154,6 +162,13 @@ class StreamEvent:
     is the prompt, ``password`` whether to hide what is typed; answer with
     ``Execution.send_stdin``. The terminal event of a persistent cell carries
     its ``execution_count``, and ``exception`` when it raised.
+
+    The answers to a query of a session's interpreter, on the socket's stream
+    with the query's ``request``: a ``complete_reply`` carries ``matches`` (a
+    tuple of strings), each to replace the code points ``cursor_start`` to
+    ``cursor_end`` of the query's code, and ``truncated`` when there were more;
+    an ``inspect_reply`` carries ``found`` and, when found, a ``bundle`` whose
+    ``text/plain`` describes the name.
     """
 
     type: str
@@ -188,6 +203,10 @@ class StreamEvent:
     execution_count: int | None = None
     password: bool | None = None
     exception: CellException | None = None
+    matches: tuple[str, ...] | None = None
+    cursor_start: int | None = None
+    cursor_end: int | None = None
+    found: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -267,6 +286,10 @@ _KNOWN_FIELDS = frozenset(
         "execution_count",
         "password",
         "exception",
+        "matches",
+        "cursor_start",
+        "cursor_end",
+        "found",
     }
 )
 
@@ -366,6 +389,16 @@ def _decode_exception(value: object) -> CellException | None:
     return CellException(ename=ename, evalue=evalue, traceback=tuple(lines))
 
 
+def _decode_strings(obj: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
+    """The field ``name`` of ``obj`` if present and not null; it must be an array of strings."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ProtocolError(f"event field {name!r} is not an array of strings: {value!r:.80}")
+    return tuple(value)
+
+
 def _decode_object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     """The field ``name`` of ``obj`` if present and not null; it must be a JSON object."""
     value = obj.get(name)
@@ -428,6 +461,10 @@ def event_from_dict(obj: object) -> StreamEvent:
         execution_count=_optional(obj, "execution_count", "uint"),
         password=_optional(obj, "password", "bool"),
         exception=_decode_exception(obj.get("exception")),
+        matches=_decode_strings(obj, "matches"),
+        cursor_start=_optional(obj, "cursor_start", "uint"),
+        cursor_end=_optional(obj, "cursor_end", "uint"),
+        found=_optional(obj, "found", "bool"),
         extra={k: v for k, v in obj.items() if k not in _KNOWN_FIELDS},
     )
     if event.encoding not in (None, "utf8", "base64"):
@@ -477,6 +514,14 @@ def _validate(event: StreamEvent) -> None:
         raise fail("needs a display_id")
     if kind == INPUT_REQUEST and (event.id is None or event.password is None):
         raise fail("needs an execution id and password")
+    if kind in QUERY_ANSWER_TYPES and (event.request is None or event.session is not None or event.id is not None):
+        raise fail("needs a request, and no session or execution id")
+    if kind == COMPLETE_REPLY:
+        start, end = event.cursor_start, event.cursor_end
+        if event.matches is None or start is None or end is None or start > end:
+            raise fail("needs matches and cursor_start <= cursor_end")
+    if kind == INSPECT_REPLY and (event.found is None or (event.found and event.bundle is None)):
+        raise fail("needs found, and a bundle when found")
     if kind == RESTARTED and (event.session is None or event.id is not None):
         raise fail("needs a session and no execution id")
     if kind == GAP:

@@ -32,10 +32,19 @@ FRAME_TYPES = (
     "list_files",
     "delete_file",
     "restart",
+    "complete",
+    "inspect",
 )
 
 #: The frames that work on a session's workspace; each carries a ``request`` id.
 FILE_FRAME_TYPES = ("write_file", "read_file", "list_files", "delete_file")
+
+#: The frames that ask a session's persistent interpreter something (PROTOCOL.md
+#: 4.11); each carries a ``request`` id, and its answer comes on the socket's stream.
+QUERY_FRAME_TYPES = ("complete", "inspect")
+
+#: The largest ``detail_level`` of an ``inspect`` (1: the source too).
+MAX_DETAIL_LEVEL = 1
 
 #: Most columns or rows a terminal (``tty``) may have; the least is 1.
 MAX_TERMINAL_SIDE = 1000
@@ -306,6 +315,24 @@ def _check_file_frame(frame: Mapping[str, Any]) -> None:
         _typed(frame, "recursive", bool, "a boolean")
 
 
+def _check_query_frame(frame: Mapping[str, Any]) -> None:
+    """A ``complete`` or ``inspect``: ``request``, ``session``, ``code``, and a
+    ``cursor_pos`` within the code, counted in code points (a Python ``str`` index)."""
+    kind = frame["type"]
+    _name(frame, "request", required=True)
+    _name(frame, "session", required=True)
+    code = frame.get("code")
+    if not isinstance(code, str):
+        raise _bad(f"{kind} frame needs a string 'code'")
+    _sequence_number(frame, "cursor_pos", required=True)
+    if frame["cursor_pos"] > len(code):
+        raise _bad(f"'cursor_pos' {frame['cursor_pos']} is past the end of 'code', which has {len(code)} code points")
+    if kind == "inspect":
+        level = frame.get("detail_level")
+        if level is not None and (not _is_int(level) or not 0 <= level <= MAX_DETAIL_LEVEL):
+            raise _bad(f"'detail_level' is 0 or 1, not {level!r}")
+
+
 def _check_files(frame: Mapping[str, Any]) -> None:
     """The ``files`` of an ``execute``: an object of path to text, not with
     ``persistent``, at most :data:`MAX_FILES`, no path both a file and a directory."""
@@ -387,6 +414,8 @@ def validate_frame(frame: object) -> None:
         pass
     elif kind in FILE_FRAME_TYPES:
         _check_file_frame(frame)
+    elif kind in QUERY_FRAME_TYPES:
+        _check_query_frame(frame)
     else:
         _name(frame, "session", required=True)
         if kind == "attach":
@@ -516,6 +545,28 @@ def resize_frame(id: str, session: str | None, cols: int, rows: int) -> dict[str
 def restart_frame(session: str) -> dict[str, Any]:
     """A ``restart`` frame: a fresh interpreter for ``session``."""
     return {"type": "restart", "session": session}
+
+
+def complete_frame(request: str, session: str, code: str, cursor_pos: int) -> dict[str, Any]:
+    """A ``complete`` frame: the completions of the name that ends at ``cursor_pos``
+    (code points, a Python ``str`` index) in ``code``, from ``session``'s interpreter."""
+    return {"type": "complete", "request": request, "session": session, "code": code, "cursor_pos": cursor_pos}
+
+
+def inspect_frame(request: str, session: str, code: str, cursor_pos: int, detail_level: int = 0) -> dict[str, Any]:
+    """An ``inspect`` frame: what ``session``'s interpreter knows of the name at
+    ``cursor_pos`` in ``code`` (``detail_level`` 1: its source too). ``detail_level``
+    0, the default, is left out."""
+    frame: dict[str, Any] = {
+        "type": "inspect",
+        "request": request,
+        "session": session,
+        "code": code,
+        "cursor_pos": cursor_pos,
+    }
+    if detail_level != 0:
+        frame["detail_level"] = detail_level
+    return frame
 
 
 def runtimes_frame() -> dict[str, Any]:

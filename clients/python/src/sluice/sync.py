@@ -41,6 +41,7 @@ from . import session as _session
 from .events import StreamEvent
 from .execution import ExecutionResult
 from .frames import ExecuteOptions
+from .queries import Completions, Inspection
 from .runtimes import Catalog
 
 if sys.version_info >= (3, 11):
@@ -208,6 +209,16 @@ class SandboxClient:
     def restart(self, session: str) -> None:
         """Restarts a session's interpreter; see :meth:`sluice.SandboxClient.restart`."""
         self._call(self._client.restart(session))
+
+    def complete(self, session: str, code: str, cursor_pos: int) -> Completions:
+        """Completions from a session's interpreter at ``cursor_pos`` (code points);
+        see :meth:`sluice.SandboxClient.complete`."""
+        return self._call(self._client.complete(session, code, cursor_pos))
+
+    def inspect(self, session: str, code: str, cursor_pos: int, detail_level: int = 0) -> Inspection:
+        """What a session's interpreter knows of the name at ``cursor_pos`` (code
+        points); see :meth:`sluice.SandboxClient.inspect`."""
+        return self._call(self._client.inspect(session, code, cursor_pos, detail_level))
 
     def attach(self, session: str, since: int | None = None, *, workspace: bool = False) -> SessionStream:
         """The events of ``session``, as a blocking :class:`SessionStream`; with
