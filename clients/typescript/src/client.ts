@@ -612,7 +612,7 @@ export class SluiceClient {
   private query(frame: QueryFrame, code: string): Promise<Completions | Inspection> {
     const text = encodeFrame(frame);
     const state = this.sessions.get(frame.session);
-    if (!state || state.gatewayMade || !(state.executions.size > 0 || state.readers.size > 0 || state.keep)) {
+    if (!state || !(state.executions.size > 0 || state.readers.size > 0 || state.keep)) {
       throw new SluiceError(
         'unknown_session',
         `${frame.type}: this client does not read session ${JSON.stringify(frame.session)}; ` +

@@ -92,14 +92,16 @@ describe('inspect', () => {
     assert.deepEqual(unknown, { found: false, bundle: {}, text: '' });
   });
 
-  test('detailLevel 1 adds the source of a function defined in a cell', async () => {
+  test('detailLevel 1 adds the source of a function the interpreter has the source of', async () => {
     const session = await notebook('detail');
-    await within(cell(session, 'def twice(x):\n    return x * 2  # doubled\n').done, 20_000, 'def');
-    const plain = await within(client.inspect(session, 'twice', 5), 10_000, 'inspect');
-    const detailed = await within(client.inspect(session, 'twice', 5, { detailLevel: 1 }), 10_000, 'inspect detail');
+    await within(cell(session, 'import textwrap').done, 20_000, 'import');
+    const code = 'textwrap.dedent';
+    const plain = await within(client.inspect(session, code, code.length), 10_000, 'inspect');
+    const detailed = await within(client.inspect(session, code, code.length, { detailLevel: 1 }), 10_000, 'inspect detail');
     assert.equal(plain.found && detailed.found, true);
-    assert.match(detailed.text, /twice/);
-    assert.ok(detailed.text.length >= plain.text.length, 'detail level 1 says at least as much');
+    assert.match(plain.text, /dedent/);
+    assert.doesNotMatch(plain.text, /def dedent\(/, 'no source at level 0');
+    assert.match(detailed.text, /def dedent\(/, 'the source at level 1');
   });
 });
 
@@ -115,6 +117,31 @@ describe('refusals', () => {
       within(client.inspect(session, 'len(', 4), 10_000, 'inspect'),
       (err: unknown) => err instanceof GatewayError && err.code === 'no_kernel',
     );
+    // Restarted: the interpreter is gone until the next cell.
+    const restarted = await notebook('no-kernel-restarted');
+    await within(client.restart(restarted), 20_000, 'restart');
+    await assert.rejects(
+      within(client.complete(restarted, 'val', 3), 10_000, 'complete after restart'),
+      (err: unknown) => err instanceof GatewayError && err.code === 'no_kernel',
+    );
+  });
+
+  test('a session the gateway made for one execution: no_kernel', async () => {
+    const execution = client.execute("import time\nprint('go', flush=True)\ntime.sleep(60)", { language: 'python' });
+    const iterator = execution[Symbol.asyncIterator]();
+    for (;;) {
+      const next = await within(iterator.next(), 20_000, 'an event');
+      assert.equal(next.done, false);
+      if (next.value.type === 'stdout') break;
+    }
+    const session = execution.session;
+    assert.ok(session);
+    await assert.rejects(
+      within(client.complete(session, 'x', 1), 10_000, 'complete'),
+      (err: unknown) => err instanceof GatewayError && err.code === 'no_kernel' && err.event.for_session === session,
+    );
+    execution.cancel();
+    assert.equal((await within(execution.done, 20_000, 'done')).status, 'cancelled');
   });
 
   test('a query while a cell runs: kernel_busy; after the cell it is answered', async () => {
