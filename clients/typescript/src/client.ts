@@ -31,11 +31,14 @@ import {
   type ExecuteFrame,
   encodeFrame,
   type FileFrame,
+  type InspectFrame,
   type ListFilesFrame,
+  type QueryFrame,
   type ReadFileFrame,
   type ResizeFrame,
   type WriteFileFrame,
 } from './frames.js';
+import { type Completions, codePointOffset, type Inspection, type InspectOptions, PendingQuery, type QueryAnswer } from './queries.js';
 import { type AttachOptions, SessionEvents, type SessionHost } from './session.js';
 
 /** Options of {@link SluiceClient.connect}. */
@@ -135,8 +138,8 @@ const utf8 = new TextEncoder();
 const ATTACH_REFUSALS = new Set(['unknown_session', 'bad_request', 'too_many_sessions', 'not_permitted', 'no_workspace']);
 const RESTART_REFUSALS = new Set(['unknown_session', 'bad_request', 'not_permitted']);
 
-/** How a gateway older than the file frames refuses one: it does not know its type. */
-const UNKNOWN_FILE_FRAME = /^unknown frame type "(write_file|read_file|list_files|delete_file)"/;
+/** How a gateway older than the file frames (or the queries) refuses one: it does not know its type. */
+const UNKNOWN_FILE_FRAME = /^unknown frame type "(write_file|read_file|list_files|delete_file|complete|inspect)"/;
 
 let defaultWebSocket: WebSocketConstructor | undefined;
 
@@ -162,11 +165,14 @@ export class SluiceClient {
   private runtimesAsked: { resolve: (catalog: Catalog) => void; reject: (error: Error) => void }[] = [];
   /** File frames sent (or waiting for a socket) and not answered yet, by `request`. */
   private readonly fileRequests = new Map<string, FileRequest<unknown>>();
+  /** `complete` and `inspect` frames sent (or waiting for a socket) and not answered yet, by `request`. */
+  private readonly queries = new Map<string, PendingQuery>();
   /** Frames waiting for a socket. */
   private outbox: {
     text: string;
     execution?: Execution;
     file?: FileRequest<unknown>;
+    query?: PendingQuery;
     kind: 'execute' | 'cancel' | 'other';
     onSent?: () => void;
   }[] = [];
@@ -497,6 +503,47 @@ export class SluiceClient {
   }
 
   /**
+   * The completions of the name that ends at `cursorPos` in `code`, from `session`'s
+   * persistent interpreter (PROTOCOL.md §4.11), as a notebook's Tab asks: its variables,
+   * imports and their attributes. Each of `matches` replaces `code.slice(cursorStart, cursorEnd)`.
+   *
+   * Offsets are JavaScript string indices (UTF-16 units), as editors give them; the client
+   * sends the protocol's code points and converts the answer back. A `cursorPos` that is not
+   * an index of `code` (or splits a surrogate pair) rejects with an {@link InvalidFrameError}
+   * (`bad_request`), nothing sent.
+   *
+   * The client must read the session (it executed in it, or {@link attach}ed it): otherwise
+   * it rejects with a {@link SluiceError} `unknown_session` before sending anything. A refusal
+   * rejects with a {@link GatewayError} whose `code` is the gateway's: `kernel_busy` (a cell
+   * runs or waits, or another query is answered: ask again after the cell), `no_kernel` (no
+   * persistent cell ran in the session yet, or it was restarted since), `query_timeout`,
+   * `unknown_session`, `not_permitted`, `bad_request`. Asked while the connection is down,
+   * it waits for the new socket; sent on a socket that drops before the answer, it rejects
+   * with a {@link ConnectionError} (`connection_lost`) and is not sent again (it changed
+   * nothing: ask again if it still matters).
+   */
+  async complete(session: string, code: string, cursorPos: number): Promise<Completions> {
+    this.checkOpen();
+    const frame = { type: 'complete', request: this.queryId(), session, code, cursor_pos: codePointOffset(code, cursorPos) } as const;
+    return (await this.query(frame, code)) as Completions;
+  }
+
+  /**
+   * What `session`'s persistent interpreter knows about the name at `cursorPos` in `code`
+   * (the name under the cursor, or the callee when the cursor is in a call's parentheses),
+   * as a notebook's Shift-Tab asks: `found`, and a `bundle` whose `text/plain` (also as
+   * `text`) gives its signature, type, value, where it is defined and its documentation
+   * (with `detailLevel: 1`, its source too). `cursorPos` is a JavaScript string index, and
+   * everything else is as for {@link complete}.
+   */
+  async inspect(session: string, code: string, cursorPos: number, options: InspectOptions = {}): Promise<Inspection> {
+    this.checkOpen();
+    const frame: InspectFrame = { type: 'inspect', request: this.queryId(), session, code, cursor_pos: codePointOffset(code, cursorPos) };
+    if (options.detailLevel !== undefined) frame.detail_level = options.detailLevel;
+    return (await this.query(frame, code)) as Inspection;
+  }
+
+  /**
    * Closes the connection. Executions this client started that are still running are
    * cancelled first (the gateway would otherwise keep them for its grace period); every
    * open stream ends with a {@link ConnectionError} (code `closed`).
@@ -555,6 +602,41 @@ export class SluiceClient {
       throw new SluiceError('too_large', `a write_file frame to this path cannot fit in ${this.maxFrameBytes} bytes (maxFrameBytes)`);
     }
     return piece;
+  }
+
+  private queryId(): string {
+    return `ts-${this.idPrefix}-q${this.nextId++}`;
+  }
+
+  /** Sends a query (checked first) once the client reads its session, and resolves with its converted answer. */
+  private query(frame: QueryFrame, code: string): Promise<Completions | Inspection> {
+    const text = encodeFrame(frame);
+    const state = this.sessions.get(frame.session);
+    if (!state || !(state.executions.size > 0 || state.readers.size > 0 || state.keep)) {
+      throw new SluiceError(
+        'unknown_session',
+        `${frame.type}: this client does not read session ${JSON.stringify(frame.session)}; ` +
+          'execute in it or attach it first (nothing was sent)',
+      );
+    }
+    const pending = new PendingQuery(frame.request, frame.type, code, `${frame.type} in session ${JSON.stringify(frame.session)}`);
+    this.queries.set(frame.request, pending);
+    try {
+      this.write(text, undefined, 'other', undefined, undefined, pending);
+    } catch (err) {
+      this.queries.delete(frame.request);
+      throw err;
+    }
+    return pending.promise;
+  }
+
+  /** An answer (or refusal) that repeats a query's `request`; false when no such query waits. */
+  private onQueryAnswer(event: QueryAnswer, request: string): boolean {
+    const pending = this.queries.get(request);
+    if (!pending) return false;
+    this.queries.delete(request);
+    pending.take(event);
+    return true;
   }
 
   /** An answer (or refusal) that repeats a file frame's `request`; false when no such request waits. */
@@ -626,6 +708,7 @@ export class SluiceClient {
     kind: 'execute' | 'cancel' | 'other',
     file?: FileRequest<unknown>,
     onSent?: () => void,
+    query?: PendingQuery,
   ): void {
     // UTF-8 takes at most 3 bytes per UTF-16 unit: count bytes only when it could matter.
     if (text.length * 3 > this.maxFrameBytes) {
@@ -638,13 +721,20 @@ export class SluiceClient {
       }
     }
     if (this.connection.connected && this.outbox.length === 0 && this.connection.send(text)) {
-      this.markSent(execution, kind, file, onSent);
+      this.markSent(execution, kind, file, onSent, query);
       return;
     }
     if (this.outbox.length >= this.maxQueuedFrames) {
       throw new SluiceError('connection_lost', `the connection is down and ${this.maxQueuedFrames} frames already wait for it`);
     }
-    this.outbox.push({ text, kind, ...(execution ? { execution } : {}), ...(file ? { file } : {}), ...(onSent ? { onSent } : {}) });
+    this.outbox.push({
+      text,
+      kind,
+      ...(execution ? { execution } : {}),
+      ...(file ? { file } : {}),
+      ...(query ? { query } : {}),
+      ...(onSent ? { onSent } : {}),
+    });
   }
 
   private markSent(
@@ -652,9 +742,11 @@ export class SluiceClient {
     kind: 'execute' | 'cancel' | 'other',
     file?: FileRequest<unknown>,
     onSent?: () => void,
+    query?: PendingQuery,
   ): void {
     onSent?.();
     if (file) file.sent = true;
+    if (query) query.sent = true;
     if (!execution) return;
     if (kind === 'execute') execution.sent = true;
     if (kind === 'cancel') execution.cancelSent = true;
@@ -665,7 +757,7 @@ export class SluiceClient {
       const entry = this.outbox[0]!;
       if (!this.connection.send(entry.text)) return;
       this.outbox.shift();
-      this.markSent(entry.execution, entry.kind, entry.file, entry.onSent);
+      this.markSent(entry.execution, entry.kind, entry.file, entry.onSent, entry.query);
     }
   }
 
@@ -853,10 +945,16 @@ export class SluiceClient {
       this.onFileAnswer(event, event.request);
       return;
     }
+    if (event.type === 'complete_reply' || event.type === 'inspect_reply') {
+      this.onQueryAnswer(event, event.request);
+      return;
+    }
     if (event.type !== 'error') return;
     if (event.request !== undefined) {
-      // The refusal of a file frame: never an attach's or an execution's.
-      if (!this.onFileAnswer(event, event.request)) this.options.onSocketError?.(new GatewayError(event));
+      // The refusal of a file frame or a query: never an attach's or an execution's.
+      if (!this.onQueryAnswer(event, event.request) && !this.onFileAnswer(event, event.request)) {
+        this.options.onSocketError?.(new GatewayError(event));
+      }
       return;
     }
     const unknownType = event.id === null && event.code === 'bad_request' ? UNKNOWN_FILE_FRAME.exec(event.data) : null;
@@ -864,6 +962,12 @@ export class SluiceClient {
       // A gateway older than the file frames does not know their type: the oldest such
       // request sent is refused (answers come in order).
       const type = unknownType[1]!;
+      const query = [...this.queries.values()].find((q) => q.sent && q.type === type);
+      if (query) {
+        this.queries.delete(query.request);
+        query.fail(new GatewayError(event, query.what));
+        return;
+      }
       const oldest = [...this.fileRequests.entries()].find(([, r]) => r.sent && r.text.startsWith(`{"type":"${type}"`));
       if (oldest) {
         this.fileRequests.delete(oldest[0]);
@@ -1044,6 +1148,14 @@ export class SluiceClient {
         request.fail(request.lost());
       }
     }
+    // A query sent is not asked again: its answer would be stale, and the interpreter may
+    // still be answering it (a resend could be refused with kernel_busy). It changed
+    // nothing, so its caller may ask again. Queries still in the outbox wait for the new socket.
+    for (const [request, query] of [...this.queries]) {
+      if (!query.sent) continue;
+      this.queries.delete(request);
+      query.fail(query.lost());
+    }
     this.frameOrdinal = 0;
     for (const state of this.sessions.values()) {
       // A restart that went out on the dropped socket may or may not have been done: it is
@@ -1119,6 +1231,8 @@ export class SluiceClient {
     for (const asked of this.runtimesAsked.splice(0)) asked.reject(reason);
     for (const request of this.fileRequests.values()) request.fail(reason);
     this.fileRequests.clear();
+    for (const query of this.queries.values()) query.fail(reason);
+    this.queries.clear();
     for (const state of this.sessions.values()) {
       for (const reader of [...state.readers]) reader.end(reason);
       for (const restart of state.restarts.splice(0)) restart.reject(reason);

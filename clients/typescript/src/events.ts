@@ -32,6 +32,9 @@ export type KnownErrorCode =
   | 'invalid_path'
   | 'not_found'
   | 'workspace_full'
+  | 'kernel_busy'
+  | 'no_kernel'
+  | 'query_timeout'
   | 'internal';
 
 /**
@@ -140,7 +143,7 @@ export interface ErrorEvent extends Envelope, CellFields {
   type: 'error';
   code: ErrorCode;
   for_session?: string;
-  /** The refusal of a file frame: its `request`. */
+  /** The refusal of a file frame or a query (`complete`, `inspect`): its `request`. */
   request?: string;
   usage?: Usage;
 }
@@ -347,6 +350,40 @@ export interface RestartedEvent extends Envelope {
   session: string;
 }
 
+/**
+ * `complete_reply`: the answer to a `complete` (PROTOCOL.md §4.11), on the socket's own
+ * stream: `matches` may each replace the code points `cursor_start` to `cursor_end` of the
+ * query's code (code points, not UTF-16 units: `client.complete` converts them).
+ */
+export interface CompleteReplyEvent extends Envelope {
+  type: 'complete_reply';
+  id: null;
+  session: null;
+  /** The `request` of the `complete` answered. */
+  request: string;
+  /** Sorted, without duplicates, at most 1000; empty when nothing matches. */
+  matches: string[];
+  cursor_start: number;
+  cursor_end: number;
+  /** True when there were more matches than `matches` holds. */
+  truncated?: boolean;
+}
+
+/**
+ * `inspect_reply`: the answer to an `inspect` (PROTOCOL.md §4.11), on the socket's own
+ * stream: `found`, and when found a `bundle` whose `text/plain` describes the name.
+ */
+export interface InspectReplyEvent extends Envelope {
+  type: 'inspect_reply';
+  id: null;
+  session: null;
+  /** The `request` of the `inspect` answered. */
+  request: string;
+  found: boolean;
+  /** Present when `found`. */
+  bundle?: MimeBundle;
+}
+
 /** An event type this client does not know (sent by a newer gateway); never terminal. */
 export interface UnknownEvent extends Envelope {
   type: 'unknown';
@@ -375,6 +412,8 @@ export type SluiceEvent =
   | ResultEvent
   | InputRequestEvent
   | RestartedEvent
+  | CompleteReplyEvent
+  | InspectReplyEvent
   | UnknownEvent;
 
 /** The events that end an execution: exactly one per execution (§5.3). */
@@ -656,6 +695,44 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
     case 'restarted':
       if (session === null || id !== null) fail(`${what} needs a session and no execution id`);
       return { type: 'restarted', ...envelope, id: null, session: session as string };
+    case 'complete_reply':
+    case 'inspect_reply': {
+      const request = obj['request'];
+      if (session !== null || id !== null || typeof request !== 'string') fail(`${what} needs a request, and no session or execution`);
+      const answer = { ...envelope, id: null, session: null, request: request as string };
+      if (kind === 'complete_reply') {
+        const matches = obj['matches'];
+        if (!Array.isArray(matches) || !matches.every((m) => typeof m === 'string')) fail(`${what} has no "matches" list of strings`);
+        const start = obj['cursor_start'];
+        const end = obj['cursor_end'];
+        if (!isCount(start) || !isCount(end) || (start as number) > (end as number)) {
+          fail(`${what} needs cursor_start <= cursor_end, both non-negative integers`);
+        }
+        const event: CompleteReplyEvent = {
+          type: 'complete_reply',
+          ...answer,
+          matches: matches as string[],
+          cursor_start: start as number,
+          cursor_end: end as number,
+        };
+        if (optionalFlag(obj, 'truncated', what, fail)) event.truncated = true;
+        return event;
+      }
+      const found = obj['found'];
+      if (typeof found !== 'boolean') fail(`${what} has no boolean "found"`);
+      const event: InspectReplyEvent = { type: 'inspect_reply', ...answer, found: found as boolean };
+      const bundle = obj['bundle'];
+      if (bundle !== undefined && bundle !== null) {
+        if (typeof bundle !== 'object' || Array.isArray(bundle)) fail(`${what}: bundle is not an object`);
+        for (const [mime, value] of Object.entries(bundle as Json)) {
+          if (!isJsonMime(mime) && typeof value !== 'string') fail(`${what}: the data of ${mime} in its bundle is not text`);
+        }
+        event.bundle = bundle as MimeBundle;
+      } else if (found) {
+        fail(`${what} is found but has no "bundle"`);
+      }
+      return event;
+    }
     default:
       return { type: 'unknown', wire_type: kind, ...envelope };
   }

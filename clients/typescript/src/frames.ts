@@ -126,6 +126,41 @@ export interface RestartFrame {
   session: string;
 }
 
+/**
+ * `complete` (§4.11): the completions of the name that ends at `cursor_pos` in `code`,
+ * from a named session's persistent interpreter. Answered on the socket's own stream by a
+ * `complete_reply` that repeats `request`.
+ */
+export interface CompleteFrame {
+  type: 'complete';
+  /** Client-chosen, 1 to 128 bytes; the answer repeats it. */
+  request: string;
+  /** A named session this socket reads. */
+  session: string;
+  /** The text being edited (a cell). */
+  code: string;
+  /** The cursor's position in `code`, in Unicode code points (not UTF-16 units): at most its length in code points. */
+  cursor_pos: number;
+}
+
+/**
+ * `inspect` (§4.11): what the interpreter knows about the name at `cursor_pos` in `code`
+ * (or the callee of the call the cursor is in). Answered by an `inspect_reply`.
+ */
+export interface InspectFrame {
+  type: 'inspect';
+  request: string;
+  session: string;
+  code: string;
+  /** In Unicode code points, as in `complete`. */
+  cursor_pos: number;
+  /** 0 (the default): signature, type, value and documentation; 1: the source too. */
+  detail_level?: 0 | 1;
+}
+
+/** A question to a session's interpreter: it names a `request` its answer repeats. */
+export type QueryFrame = CompleteFrame | InspectFrame;
+
 /** `runtimes`: which languages may this client run, with which limits. */
 export interface RuntimesFrame {
   type: 'runtimes';
@@ -192,6 +227,7 @@ export type ClientFrame =
   | RuntimesFrame
   | ResizeFrame
   | RestartFrame
+  | QueryFrame
   | FileFrame;
 
 /** Most columns or rows a terminal may have (the least is 1). */
@@ -371,12 +407,44 @@ function parseObject(obj: Record<string, unknown>): ClientFrame {
       if (recursive !== undefined) frame.recursive = recursive;
       return frame;
     }
+    // As the gateway decodes them: every field's type, then `request` and `session`, then the cursor.
+    case 'complete':
+    case 'inspect': {
+      const request = text(obj, 'request', type);
+      const session = text(obj, 'session', type);
+      const code = text(obj, 'code', type);
+      const cursor = count(obj['cursor_pos'], 'cursor_pos', type);
+      const level = obj['detail_level'];
+      if (type === 'inspect' && level !== undefined && level !== 0 && level !== 1) bad(type, '"detail_level" must be 0 or 1');
+      nameLength(request, 'request', type);
+      nameLength(session, 'session', type);
+      const length = codePointLength(code);
+      if (cursor > length) bad(type, `"cursor_pos" ${cursor} is past the end of "code" (${length} code points)`);
+      if (type === 'complete') return { type, request, session, code, cursor_pos: cursor };
+      const frame: InspectFrame = { type, request, session, code, cursor_pos: cursor };
+      if (level !== undefined) frame.detail_level = level as 0 | 1;
+      return frame;
+    }
     default:
       throw new InvalidFrameError(
         `unknown frame type ${JSON.stringify(type)}; expected one of execute, stdin, cancel, attach, detach, ack, runtimes, resize, restart, ` +
-          'write_file, read_file, list_files, delete_file',
+          'write_file, read_file, list_files, delete_file, complete, inspect',
       );
   }
+}
+
+/** How many Unicode code points `text` holds (a surrogate pair is one; a lone surrogate counts as one too). */
+export function codePointLength(text: string): number {
+  let n = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) i++;
+    }
+    n++;
+  }
+  return n;
 }
 
 /** The permission bits a written file may ask for, at most (no set-id or sticky bits). */

@@ -8,7 +8,17 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { decodeEvent, encodeFrame, InvalidEventError, isTerminal, parseClientFrame, SluiceError } from '../src/index.js';
+import {
+  codePointLength,
+  codePointOffset,
+  decodeEvent,
+  encodeFrame,
+  InvalidEventError,
+  isTerminal,
+  parseClientFrame,
+  SluiceError,
+  utf16Offset,
+} from '../src/index.js';
 import { repoRoot } from './helpers.js';
 
 const root = join(repoRoot, 'protocol', 'fixtures');
@@ -82,6 +92,87 @@ describe('event fixtures', () => {
     const result = read('result.json');
     assert.ok(result.type === 'result' && result.execution_count === 2 && result.data === '42' && !isTerminal(result));
     assert.deepEqual(result.metadata, {});
+    const completions = read('complete-reply.json');
+    assert.ok(completions.type === 'complete_reply' && completions.request === 'q1' && !isTerminal(completions));
+    assert.deepEqual([completions.matches, completions.cursor_start, completions.cursor_end], [['sqrt'], 17, 19]);
+    assert.equal(completions.truncated, undefined, 'absent truncated stays absent');
+    const inspection = read('inspect-reply.json');
+    assert.ok(inspection.type === 'inspect_reply' && inspection.found && inspection.request === 'q2');
+    assert.match(String(inspection.bundle?.['text/plain']), /^Signature: len\(obj, \/\)/);
+    const notFound = read('inspect-reply-not-found.json');
+    assert.ok(notFound.type === 'inspect_reply' && !notFound.found && notFound.bundle === undefined);
+    const busy = read('error-kernel-busy.json');
+    assert.ok(busy.type === 'error' && busy.code === 'kernel_busy' && busy.request === 'q4' && busy.for_session === 'nb');
+    assert.equal(isTerminal(busy), false);
+  });
+});
+
+describe('query events and frames beyond the fixtures', () => {
+  const reply = (fields: Record<string, unknown>) =>
+    JSON.stringify({ data: '', timestamp: 1763900004.5, sequence: 3, id: null, session: null, request: 'q1', ...fields });
+
+  test('refuses malformed complete_reply and inspect_reply events', () => {
+    for (const fields of [
+      { type: 'complete_reply', matches: ['a'], cursor_start: 2, cursor_end: 1 },
+      { type: 'complete_reply', matches: [1], cursor_start: 0, cursor_end: 0 },
+      { type: 'complete_reply', matches: [], cursor_start: -1, cursor_end: 0 },
+      { type: 'complete_reply', matches: [], cursor_end: 0 },
+      { type: 'complete_reply', matches: [], cursor_start: 0, cursor_end: 0, truncated: 'yes' },
+      { type: 'complete_reply', matches: [], cursor_start: 0, cursor_end: 0, session: 'nb' },
+      { type: 'complete_reply', matches: [], cursor_start: 0, cursor_end: 0, request: null },
+      { type: 'inspect_reply', found: 'yes' },
+      { type: 'inspect_reply', found: true, bundle: ['text/plain'] },
+      { type: 'inspect_reply', found: true, bundle: { 'text/plain': 5 } },
+      { type: 'inspect_reply', found: false, id: 'x', session: 's' },
+    ]) {
+      assert.throws(() => decodeEvent(reply(fields)), InvalidEventError, JSON.stringify(fields));
+    }
+    const truncated = decodeEvent(reply({ type: 'complete_reply', matches: [], cursor_start: 0, cursor_end: 0, truncated: true }));
+    assert.ok(truncated.type === 'complete_reply' && truncated.truncated === true);
+  });
+
+  test('complete and inspect frames: cursor_pos counts code points, detail_level is 0 or 1', () => {
+    const frame = (fields: Record<string, unknown>) => JSON.stringify({ type: 'complete', request: 'q', session: 'nb', ...fields });
+    // "😀" is two UTF-16 units but one code point.
+    assert.deepEqual(parseClientFrame(frame({ code: '😀x', cursor_pos: 2 })), {
+      type: 'complete',
+      request: 'q',
+      session: 'nb',
+      code: '😀x',
+      cursor_pos: 2,
+    });
+    for (const fields of [
+      { code: '😀x', cursor_pos: 3 },
+      { code: 'x', cursor_pos: -1 },
+      { code: 'x', cursor_pos: 0.5 },
+      { code: 'x' },
+      { code: 5, cursor_pos: 0 },
+      { code: 'x', cursor_pos: 0, request: '' },
+      { code: 'x', cursor_pos: 0, session: 's'.repeat(129) },
+      { type: 'inspect', code: 'x', cursor_pos: 0, detail_level: 1.5 },
+      { type: 'inspect', code: 'x', cursor_pos: 0, detail_level: true },
+    ]) {
+      assert.throws(() => parseClientFrame(frame(fields)), { code: 'bad_request' }, JSON.stringify(fields));
+    }
+    const inspect = parseClientFrame(frame({ type: 'inspect', code: 'len(', cursor_pos: 4, detail_level: 0 }));
+    assert.ok(inspect.type === 'inspect' && inspect.detail_level === 0);
+  });
+
+  test('code points and UTF-16 offsets convert both ways', () => {
+    const code = 'a😀b';
+    assert.deepEqual(
+      [0, 1, 3, 4].map((i) => codePointOffset(code, i)),
+      [0, 1, 2, 3],
+    );
+    assert.deepEqual(
+      [0, 1, 2, 3].map((p) => utf16Offset(code, p)),
+      [0, 1, 3, 4],
+    );
+    assert.equal(utf16Offset(code, 4), undefined, 'past the end');
+    assert.throws(() => codePointOffset(code, 2), { code: 'bad_request' }, 'inside the surrogate pair');
+    assert.throws(() => codePointOffset(code, 5), { code: 'bad_request' });
+    assert.throws(() => codePointOffset(code, -1), { code: 'bad_request' });
+    assert.equal(codePointLength(code), 3);
   });
 });
 
