@@ -135,6 +135,14 @@ impl Connection {
                 "the gateway ended it ({why}); the next persistent cell starts a fresh one"
             ));
         }
+        // As for cells (`connection::execute`): a credential's CPU ceiling is not yet
+        // trusted to what a lookup may run in the interpreter.
+        if self.grant.narrowing.limits.cpu_ms.is_some() {
+            return Err((
+                ErrorCode::NotPermitted,
+                "your credential caps limits.cpu_ms, which this gateway does not yet trust a persistent interpreter to hold".to_owned(),
+            ));
+        }
         let state = &self.state;
         let network = !self.grant.denies_network()
             && state

@@ -410,6 +410,25 @@ async fn a_cell_stays_within_its_credentials_cpu_ceiling() -> Result<()> {
         last.code == Some(ErrorCode::NotPermitted),
         "a cell ran under a cpu_ms ceiling cells cannot enforce: {last:?}"
     );
+    // Nor a query to an interpreter another grant of the tenant started.
+    let mut other = connect_with(&gateway, json!({"sub": "acme"})).await?;
+    let events = run_on(&mut other, cell("shared", "c", "x = 1")).await?;
+    let last = events.last().context("no events")?;
+    ensure!(last.kind == EventKind::Completed, "{last:?}");
+    socket.attach("shared", None).await?;
+    socket
+        .next_event_where(|e| e.kind == EventKind::Attached)
+        .await?;
+    socket
+        .send_json(&json!({"type": "complete", "request": "q", "session": "shared", "code": "x", "cursor_pos": 1}))
+        .await?;
+    let answer = socket
+        .next_event_where(|e| e.request.as_deref() == Some("q"))
+        .await?;
+    ensure!(
+        answer.code == Some(ErrorCode::NotPermitted),
+        "a query ran under a cpu_ms ceiling: {answer:?}"
+    );
     gateway.shutdown().await
 }
 
