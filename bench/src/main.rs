@@ -818,6 +818,18 @@ async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Res
         cell <= 2.0,
     );
     println!("  (gateway column: a persistent session's cell; direct column: a fresh python3 per execution through the gateway)");
+
+    // 6. A 1 MB PNG as a display event, against the same base64 text on stdout.
+    let (display, stdout) = display_round_trips(&mut socket, args.cell_runs.min(20)).await?;
+    row(
+        "1 MB PNG display, execute -> event p50 (ms)",
+        display,
+        stdout,
+        display / stdout,
+        "-",
+        true,
+    );
+    println!("  (gateway column: a cell's display() of a 1 MiB image/png; direct column: the same cell writing its 1.33 MB of base64 to stdout)");
     let _ = socket.close(None).await;
     Ok(())
 }
@@ -972,6 +984,60 @@ async fn cell_round_trips(socket: &mut Socket, runs: usize) -> anyhow::Result<(f
         fresh.push(ms(start.elapsed()));
     }
     Ok((median(&mut cells), median(&mut fresh)))
+}
+
+/// p50 milliseconds from `execute` to the arrival of a 1 MiB PNG: as a `display` event of
+/// a persistent cell, and as the same base64 text written to stdout by a cell (to its
+/// terminal event), both in the session `bench-kernel`.
+async fn display_round_trips(socket: &mut Socket, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let cell = |id: &str, code: &str| {
+        let request = ExecuteRequest {
+            session: Some("bench-kernel".into()),
+            persistent: true,
+            ..execute_request(id, "python", code)
+        };
+        Message::text(ClientFrame::Execute(request).to_json())
+    };
+    let setup = "import base64, os, sys\npng = base64.b64encode(os.urandom(1 << 20)).decode()";
+    socket.send(cell("display-setup", setup)).await?;
+    wait_terminal(socket, "display-setup").await?;
+    let (mut displays, mut stdouts) = (Vec::new(), Vec::new());
+    for n in 0..runs.max(1) {
+        let id = format!("display{n}");
+        let start = Instant::now();
+        socket
+            .send(cell(&id, "display({'image/png': png}, raw=True)"))
+            .await?;
+        loop {
+            let event = next_event(socket).await?;
+            if event.id.as_deref() != Some(id.as_str()) {
+                continue;
+            }
+            if event.kind == EventKind::Display {
+                let size = event
+                    .bundle
+                    .as_ref()
+                    .and_then(|b| b.get("image/png"))
+                    .and_then(|v| v.as_str())
+                    .map_or(0, str::len);
+                anyhow::ensure!(size > 1 << 20, "the display carried {size} bytes of image");
+                displays.push(ms(start.elapsed()));
+                wait_terminal(socket, &id).await?;
+                break;
+            }
+            if event.is_terminal() {
+                bail!("{id} ended without its display: {event:?}");
+            }
+        }
+        let id = format!("display-stdout{n}");
+        let start = Instant::now();
+        socket
+            .send(cell(&id, "sys.stdout.write(png)\nsys.stdout.flush()"))
+            .await?;
+        wait_terminal(socket, &id).await?;
+        stdouts.push(ms(start.elapsed()));
+    }
+    Ok((median(&mut displays), median(&mut stdouts)))
 }
 
 /// User plus system CPU time a process has used so far (its own threads, not children).

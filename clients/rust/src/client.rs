@@ -56,6 +56,15 @@ impl fmt::Debug for Client {
     }
 }
 
+/// How [`Client::attach_with`] attaches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// Replay the events after this sequence (`None`: all the gateway still buffers).
+    pub since: Option<u64>,
+    /// Open the session with a workspace if it has none.
+    pub workspace: bool,
+}
+
 impl Client {
     /// The command queue, for the handles' methods in other modules (`files`).
     pub(crate) fn commands(&self) -> &mpsc::Sender<Command> {
@@ -228,6 +237,29 @@ impl Client {
         session: &str,
         since: Option<u64>,
     ) -> Result<SessionEvents, ClientError> {
+        self.attach_with(
+            session,
+            AttachOptions {
+                since,
+                workspace: false,
+            },
+        )
+        .await
+    }
+
+    /// [`Client::attach`] with options: with `workspace`, the named session is opened
+    /// if it is not open, and given a workspace if it keeps none (of the caller's
+    /// default `workspace_bytes`), so the file methods work before any execution
+    /// (PROTOCOL.md §4.4, §7.7). Refused with [`ClientError::AttachRefused`]: code
+    /// `no_workspace` for a gateway-made session or a gateway that cannot keep
+    /// workspaces, `too_many_sessions` past the workspace caps, and `bad_request` when an
+    /// attach of the session is already on its way from this client.
+    pub async fn attach_with(
+        &self,
+        session: &str,
+        options: AttachOptions,
+    ) -> Result<SessionEvents, ClientError> {
+        let AttachOptions { since, workspace } = options;
         check_session(session)?;
         let key = self.shared.next_serial();
         let (events, events_rx) = session_queue(self.shared.options.execution_buffer_bytes);
@@ -236,6 +268,7 @@ impl Client {
             key,
             session: session.to_owned(),
             since,
+            workspace,
             events,
             reply,
         })

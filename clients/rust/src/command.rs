@@ -60,6 +60,8 @@ pub(crate) enum Command {
         key: u64,
         session: String,
         since: u64,
+        /// Open the session with a workspace if it has none (`attach`'s `workspace`).
+        workspace: bool,
         events: EventSender,
         reply: Reply<()>,
     },

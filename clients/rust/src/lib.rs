@@ -174,7 +174,7 @@ mod session;
 mod shared;
 mod synthetic;
 
-pub use client::{Client, SocketEvents};
+pub use client::{AttachOptions, Client, SocketEvents};
 pub use error::{redact_url, ClientError};
 pub use execution::Execution;
 pub use files::{FileList, WriteFileOptions};

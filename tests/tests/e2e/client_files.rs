@@ -85,3 +85,51 @@ async fn the_rust_client_reaches_a_sessions_workspace() -> Result<()> {
     client.close().await?;
     gateway.shutdown().await
 }
+
+/// `attach_with` a workspace opens the session with one before any execution: a file
+/// written then is there for the first program; a gateway-made session is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_opens_a_workspace_by_attaching() -> Result<()> {
+    if !sluice_tests::running_as_root() {
+        skip("session workspaces need a gateway running as root");
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let options = sluice_client::AttachOptions {
+        since: None,
+        workspace: true,
+    };
+    let _reading = client.attach_with("ide", options).await?;
+    client
+        .write_file(
+            "ide",
+            "util.py",
+            b"def twice(x):\n    return 2 * x\n",
+            WriteFileOptions::default(),
+        )
+        .await?;
+    let uses = ExecuteRequest {
+        session: Some("ide".to_owned()),
+        ..request("use", "python", "from util import twice\nprint(twice(21))")
+    };
+    let outcome = run(&client, uses).await?;
+    ensure!(outcome.stdout_bytes()? == b"42\n", "{:?}", outcome.terminal);
+    // A gateway-made session keeps no workspace.
+    let made = run(&client, request("plain", "sh", "true")).await?;
+    let refused = client
+        .attach_with(&made.terminal.session.clone().unwrap_or_default(), options)
+        .await;
+    ensure!(
+        matches!(
+            &refused,
+            Err(ClientError::AttachRefused {
+                code: ErrorCode::NoWorkspace,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    client.close().await?;
+    gateway.shutdown().await
+}

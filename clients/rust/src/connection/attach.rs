@@ -63,6 +63,8 @@ pub(super) struct AttachPlan {
     pub(super) since: u64,
     pub(super) waiters: Vec<(u64, Reply<()>)>,
     pub(super) resume: bool,
+    /// Ask for a workspace (only a client's own `attach_with`, never a re-attach).
+    pub(super) workspace: bool,
 }
 
 impl<S> Connection<S>
@@ -76,6 +78,7 @@ where
         key: u64,
         session: String,
         since: u64,
+        workspace: bool,
         events: EventSender,
         reply: Reply<()>,
     ) {
@@ -84,6 +87,16 @@ where
             return;
         }
         if reply.is_closed() {
+            return;
+        }
+        if workspace && self.attaches.contains_key(&session) {
+            // The `attach` on its way asks for no workspace, and one session has one
+            // `attach` on its way at a time.
+            let _ = reply.send(Err(ClientError::AttachRefused {
+                session,
+                code: ErrorCode::BadRequest,
+                message: "an attach of this session is on its way; ask for its workspace once it is answered".to_owned(),
+            }));
             return;
         }
         // Unless something here follows the session already (its position then stays:
@@ -120,6 +133,7 @@ where
             since,
             waiters: vec![(key, reply)],
             resume: false,
+            workspace,
         });
     }
 
@@ -176,12 +190,13 @@ where
             since,
             waiters,
             resume,
+            workspace,
         } = plan;
         self.enqueue_frame(
             &ClientFrame::Attach(AttachFrame {
                 session: session.clone(),
                 since: Some(since),
-                workspace: false,
+                workspace,
                 ack: self.acks,
             }),
             Purpose::Other,
@@ -246,6 +261,7 @@ where
             since,
             waiters,
             resume: false,
+            workspace: false,
         });
     }
 

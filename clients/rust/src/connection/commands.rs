@@ -75,9 +75,10 @@ where
                 key,
                 session,
                 since,
+                workspace,
                 events,
                 reply,
-            } => self.on_attach(key, session, since, events, reply),
+            } => self.on_attach(key, session, since, workspace, events, reply),
             Command::Detach { key, reply } => {
                 self.remove_subscriber(key);
                 if let Some(reply) = reply {

@@ -250,6 +250,7 @@ where
                 since,
                 waiters,
                 resume: needed,
+                workspace: false,
             });
         }
         for (session, waiters) in waiting {

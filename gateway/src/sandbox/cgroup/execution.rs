@@ -61,7 +61,7 @@ impl OwnCpu {
 }
 
 /// An execution cgroup's directory in one hierarchy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Member {
     pub(super) dir: PathBuf,
     /// The gateway's own cgroup in that hierarchy.
@@ -118,16 +118,6 @@ impl ExecutionCgroup {
             .flatten()
     }
 
-    /// The v1 directories, which the spawning thread moves through: the shared CPU
-    /// group's too, where light executions share one.
-    pub(super) fn v1_members(&self) -> impl Iterator<Item = &Member> {
-        let m = &self.members;
-        let shared = self.shared_cpu.as_deref().map(SharedCpu::light);
-        [m.memory.as_ref(), m.pids.as_ref(), m.cpu.as_ref(), shared]
-            .into_iter()
-            .flatten()
-    }
-
     /// One directory that lists every process of the execution, for killing them one
     /// by one (v1 or v2: each holds the whole tree).
     pub(super) fn listing(&self) -> Option<&Path> {
@@ -169,8 +159,23 @@ impl ExecutionCgroup {
             None => Ok(()),
         };
         pids_max(self.processes.saturating_add(1))?;
+        // An execution given a CPU group of its own before its processes exist (a warm
+        // entry, weighed down until it is claimed) has them born there, not in the
+        // shared group, which no check would move them out of.
+        let own = self
+            .own_cpu
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|group| group.member.clone());
+        let shared = self.shared_cpu.as_deref().map(SharedCpu::light);
+        let m = &self.members;
+        let cpu_group = own.as_ref().or(shared);
         let mut entered = Vec::new();
-        for member in self.v1_members() {
+        for member in [m.memory.as_ref(), m.pids.as_ref(), m.cpu.as_ref(), cpu_group]
+            .into_iter()
+            .flatten()
+        {
             if let Err(err) = fs::write(member.dir.join("tasks"), &tid) {
                 leave(&entered, &tid);
                 return Err(err);

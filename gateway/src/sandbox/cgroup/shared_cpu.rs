@@ -185,19 +185,21 @@ fn live_threads(dir: &Path) -> usize {
 
 /// `/proc/<pid>/cgroup` of a process, as one of its live threads sees it: a leader
 /// that has exited while its threads run on (a zombie until the last one ends) shows
-/// the root there, which would have it moved again at every pass.
+/// the root there, which would have it moved again at every pass. `None` for a process
+/// on its way out (every thread shows the root): no execution's live process is there.
 fn cgroup_table(pid: u32) -> Option<String> {
     let table = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     if !shows_the_root(&table) {
         return Some(table);
     }
+    // A process that is exiting shows the root too: with no live thread elsewhere, it
+    // is not moved (and not counted as moved).
     let threads = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     threads
         .flatten()
         .filter(|entry| entry.file_name().to_str() != Some(pid.to_string().as_str()))
-        .find_map(|entry| fs::read_to_string(entry.path().join("cgroup")).ok())
-        .filter(|table| !shows_the_root(table))
-        .or(Some(table))
+        .filter_map(|entry| fs::read_to_string(entry.path().join("cgroup")).ok())
+        .find(|table| !shows_the_root(table))
 }
 
 /// True when a `/proc/<pid>/cgroup` table puts the process at the root of its v1 `cpu`
