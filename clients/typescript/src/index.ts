@@ -95,4 +95,5 @@ export {
   type WriteFileFrame,
 } from './frames.js';
 export { type Completions, codePointOffset, type Inspection, type InspectOptions, utf16Offset } from './queries.js';
+export { type RenderOptions, renderBundle } from './render.js';
 export { type AttachOptions, SessionEvents } from './session.js';
