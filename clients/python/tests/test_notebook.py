@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from sluice import FrameError, SandboxClient
+from sluice import FrameError, QueryRefused, SandboxClient
 from sluice import sync as sluice_sync
 from sluice.notebook import NotebookError, dumps_notebook, run_notebook, run_notebook_sync, write_notebook
 
@@ -239,6 +239,12 @@ async def test_a_notebook_runs_to_its_error_with_outputs_as_jupyter_stores_them(
         with pytest.raises(FrameError) as refused:
             await client.complete(session, "pro", 3)
         assert refused.value.code == "unknown_session"
+    # And its interpreter is gone (restarted, no cell after): the session, kept
+    # for its grace period, has none to ask.
+    async with SandboxClient(gateway_url) as other, other.attach(session):
+        with pytest.raises(QueryRefused) as no_kernel:
+            await other.complete(session, "pro", 3)
+        assert no_kernel.value.code == "no_kernel"
 
 
 async def test_stop_on_error_false_runs_the_cells_after_the_error(gateway_url: str) -> None:

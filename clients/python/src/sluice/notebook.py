@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -257,8 +258,10 @@ async def run_notebook(
 
     ``notebook`` is an nbformat 4 notebook as ``json.load`` gives it (not
     changed), or the path of an ``.ipynb`` file. ``session`` names the session
-    (default: a fresh ``notebook-...`` one); the client lets go of it at the end
-    (:meth:`SandboxClient.detach`), and the gateway ends it after its grace
+    (default: a fresh ``notebook-...`` one); at the end, however the run ended,
+    its interpreter is ended (:meth:`SandboxClient.restart`: it stops holding
+    one of the gateway's interpreters at once) and the client lets go of it
+    (:meth:`SandboxClient.detach`), so that the gateway ends it after its grace
     period. ``timeout`` bounds each cell's wall-clock time in seconds (the
     ``timeout_ms`` limit; default: the gateway's). Each cell's standard input is
     empty, so ``input()`` raises ``EOFError``.
@@ -293,9 +296,14 @@ async def run_notebook(
             cell["execution_count"] = None
             executed.add(index)
             execution = await client.execute(code, language, **options)
-            async for event in execution:
-                run.add(outputs, event)
-            result = await execution.wait()
+            try:
+                async for event in execution:
+                    run.add(outputs, event)
+                result = await execution.wait()
+            except BaseException:
+                # Cancelled or failed while the cell runs: it must not run on.
+                execution.abandon()
+                raise
             cell["execution_count"] = result.execution_count
             if result.status != "completed":
                 _clear_from(result_nb, index + 1)
@@ -313,8 +321,18 @@ async def run_notebook(
                     _clear_from(result_nb, index + 1)
                     break
     finally:
-        await client.detach(name)
+        await _end_session(client, name, started=bool(executed))
     return _finish(result_nb, executed)
+
+
+async def _end_session(client: SandboxClient, session: str, *, started: bool) -> None:
+    """Ends the run's interpreter at once (a ``restart`` ends it, and no cell
+    starts another) and lets go of the session, which the gateway then ends
+    after its grace period. Its failures do not hide the run's outcome."""
+    if started:
+        with contextlib.suppress(SluiceError):
+            await client.restart(session)
+    await client.detach(session)
 
 
 def run_notebook_sync(
