@@ -302,15 +302,21 @@ async def test_a_cell_over_its_timeout_raises_with_the_notebook_so_far(gateway_u
             code_cell("never", ['print("never")'], execution_count=3),
         ],
     }
+    session = unique("nb")
     async with SandboxClient(gateway_url) as client:
+        # The interpreter started beforehand (a cell of the session, outside the
+        # notebook), so that its start does not count against the first cell's time.
+        await within(client.run("warm = True", session=session, persistent=True, check=True))
         with pytest.raises(NotebookError) as raised:
-            await within(run_notebook(client, notebook, timeout=0.5))
+            await within(run_notebook(client, notebook, session=session, timeout=1.0))
     error = raised.value
     assert error.cell_index == 1
     assert error.result.status == "resource_limit"
+    assert (error.result.limit, error.result.limit_value) == ("timeout", 1000)
     cells = error.notebook["cells"]
+    assert cells[0]["execution_count"] == 2
     assert cells[0]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": ["first\n"]}]
-    assert cells[1]["execution_count"] == 2
+    assert cells[1]["execution_count"] == 3
     assert cells[1]["outputs"][0] == {"output_type": "stream", "name": "stdout", "text": ["spinning\n"]}
     assert cells[2]["execution_count"] is None
     assert cells[2]["outputs"] == []
