@@ -607,6 +607,16 @@ class Connection:
         request = await self.file_request(frame, prefix="q")
         return request.future.result()
 
+    def release(self, session: str) -> None:
+        """Stops keeping ``session`` attached (a persistent interpreter or a
+        workspace kept it): it is detached now if nothing here uses it, else
+        once its last execution and stream are over."""
+        state = self._sessions.get(session)
+        if state is None:
+            return
+        state.keep = False
+        self._release_if_unused(session)
+
     def remove_subscriber(self, subscriber: Subscriber) -> None:
         """Stops delivering to ``subscriber``; detaches its session if nothing
         else here reads it."""

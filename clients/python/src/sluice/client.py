@@ -213,6 +213,17 @@ class SandboxClient:
         connection = await self._connect()
         await connection.restart(session)
 
+    async def detach(self, session: str) -> None:
+        """Lets go of ``session``: the client stops keeping it attached (as it
+        does a session it ran a persistent cell in, or opened a workspace in)
+        and sends ``detach`` once nothing here uses it any more (at once when
+        none of its executions runs and no :meth:`attach` stream of it is
+        open). With no other reader, the gateway ends the session after its
+        grace period (``--session-grace-ms``), interpreter and workspace with
+        it. A session the client does not read is ignored."""
+        if self._connection is not None:
+            self._connection.release(session)
+
     # -------------------------------------------------------------- queries
 
     async def complete(self, session: str, code: str, cursor_pos: int) -> Completions:

@@ -210,6 +210,10 @@ class SandboxClient:
         """Restarts a session's interpreter; see :meth:`sluice.SandboxClient.restart`."""
         self._call(self._client.restart(session))
 
+    def detach(self, session: str) -> None:
+        """Lets go of a session the client kept attached; see :meth:`sluice.SandboxClient.detach`."""
+        self._call(self._client.detach(session))
+
     def complete(self, session: str, code: str, cursor_pos: int) -> Completions:
         """Completions from a session's interpreter at ``cursor_pos`` (code points);
         see :meth:`sluice.SandboxClient.complete`."""
