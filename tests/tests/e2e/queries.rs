@@ -251,20 +251,22 @@ async fn queries_are_refused_without_an_interpreter_while_a_cell_runs_and_off_th
     gateway.shutdown().await
 }
 
-/// A lookup that never returns (a property that loops) is interrupted after the query's
-/// time: `query_timeout`, and the session's state survives when the interrupt helps.
+/// A lookup that never returns is interrupted after the query's time: `query_timeout`.
+/// One that sleeps costs nothing and the session's state survives; one that spins spends
+/// the idle budget past what a query is excused (1 s), and the interpreter is ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lookup_that_never_returns_times_out_and_the_session_survives() -> Result<()> {
+async fn a_lookup_that_never_returns_times_out_and_a_spinning_one_costs_the_interpreter(
+) -> Result<()> {
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
     run_cell(
         &mut socket,
         "nb",
         "setup",
-        "class Slow:\n    @property\n    def forever(self):\n        while True:\n            pass\nslow = Slow()\nkept = 'still here'",
+        "import time\nclass Slow:\n    @property\n    def sleeps(self):\n        time.sleep(1000)\n    @property\n    def spins(self):\n        while True:\n            pass\nslow = Slow()\nkept = 'still here'",
     )
     .await?;
-    let code = "slow.forever";
+    let code = "slow.sleeps";
     let event = ask(&mut socket, inspect("a", "nb", code, chars(code), 0)).await?;
     ensure!(
         event.kind == EventKind::Error && event.code == Some(ErrorCode::QueryTimeout),
@@ -275,6 +277,25 @@ async fn a_lookup_that_never_returns_times_out_and_the_session_survives() -> Res
     ensure!(
         sluice_tests::text_of(&events, EventKind::Stdout) == "still here\n",
         "the session's state was lost: {events:#?}"
+    );
+    let code = "slow.spins";
+    let event = ask(&mut socket, inspect("b", "nb", code, chars(code), 0)).await?;
+    ensure!(
+        event.kind == EventKind::Error && event.code == Some(ErrorCode::QueryTimeout),
+        "{event:?}"
+    );
+    socket
+        .execute(cell("nb", "fresh", "print('kept' in dir())"))
+        .await?;
+    let events = socket.events_until_terminal("fresh").await?;
+    let started = events
+        .iter()
+        .find(|e| e.kind == EventKind::Started)
+        .context("started")?;
+    ensure!(
+        started.data.contains("while no cell ran")
+            && sluice_tests::text_of(&events, EventKind::Stdout) == "False\n",
+        "the spinning lookup was excused: {events:#?}"
     );
     assert_stream_ok(socket.received());
     gateway.shutdown().await

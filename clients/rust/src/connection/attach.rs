@@ -353,7 +353,13 @@ where
         // with `unknown_session`, and an `attached` that then arrives is let go.)
         let refuses_attach = matches!(
             code,
-            Some(ErrorCode::UnknownSession | ErrorCode::BadRequest | ErrorCode::TooManySessions)
+            Some(
+                ErrorCode::UnknownSession
+                    | ErrorCode::BadRequest
+                    | ErrorCode::TooManySessions
+                    | ErrorCode::NotPermitted
+                    | ErrorCode::NoWorkspace
+            )
         );
         if refuses_attach && self.attaches.contains_key(name) {
             self.attach_refused(name, refusal);

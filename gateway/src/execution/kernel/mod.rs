@@ -55,13 +55,22 @@ const PYTHON_DRIVER: &str = include_str!("python_driver.py");
 /// Pipe buffer requested for a cell's stdout and stderr (as for programs).
 const PIPE_BYTES: usize = 1 << 20;
 
-/// CPU time an interpreter may use while no cell of its session runs, on top of
-/// [`IDLE_CPU_PERCENT`] of the time since the last cell ended.
+/// CPU time an interpreter has in hand, when it starts, to use while no cell of its
+/// session runs (see [`IDLE_CPU_PERCENT`]).
 pub(crate) const IDLE_CPU_ALLOWANCE: Duration = Duration::from_millis(200);
 
-/// Percent of one CPU an idle interpreter may use over time (a thread that polls or
-/// sends heartbeats uses a few percent; a spinner, a hundred).
+/// Percent of the wall time while no cell runs that an interpreter earns as CPU time in
+/// hand (a thread that polls or sends heartbeats uses a few percent; a spinner, a
+/// hundred). The balance is kept across cells, so trivial cells do not refill it.
 pub(crate) const IDLE_CPU_PERCENT: u32 = 10;
+
+/// The most CPU time an interpreter holds in hand: a long idle time does not bank a
+/// long burst.
+pub(crate) const IDLE_CPU_BANK: Duration = Duration::from_secs(2);
+
+/// The most of a query's CPU time excused from the idle budget: a lookup's own work
+/// (one core for the query's time, at most this); the rest counts as idle CPU.
+const QUERY_CPU_EXCUSED: Duration = Duration::from_secs(1);
 
 /// How often an idle interpreter's CPU time is checked.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
@@ -308,7 +317,10 @@ impl Kernel {
         let (read, control) = UnixStream::from_std(ours)?.into_split();
         let replies = Arc::new(Replies {
             pid: child.pid(),
-            current: Mutex::default(),
+            current: Mutex::new(CellState {
+                in_hand_usec: i64::try_from(IDLE_CPU_ALLOWANCE.as_micros()).unwrap_or(0),
+                ..CellState::default()
+            }),
             arrived: Notify::new(),
             cgroup_dir,
             procs: procs.clone(),
@@ -427,6 +439,7 @@ impl Kernel {
                 number,
                 awaited: true,
                 ended: cell.ended.take(),
+                in_hand_usec: cell.in_hand_usec,
                 ..CellState::default()
             };
             number
@@ -514,22 +527,35 @@ impl Kernel {
         &mut self,
         query: &serde_json::Value,
     ) -> Result<serde_json::Value, QueryFailure> {
+        // The idle budget is brought up to now, then paused for the query.
+        self.replies.check_idle();
         let cpu_before = self.tree_cpu();
-        let idle = {
+        let started = std::time::Instant::now();
+        let was_idle = {
             let mut cell = lock(&self.replies.current);
             cell.query = true;
             cell.awaited = true;
             cell.answer = None;
-            cell.idle_from.take()
+            cell.idle_from.take().is_some()
         };
         let answer = self.ask(query.to_string().as_bytes()).await;
         self.end_cell_processes();
-        let used = self.tree_cpu().saturating_sub(cpu_before);
+        let cpu_after = self.tree_cpu();
+        let used = cpu_after.saturating_sub(cpu_before);
+        // The lookup's own work is excused (one core for the query's time, at most
+        // QUERY_CPU_EXCUSED); what ran beside it spends the idle budget.
+        let excused = used.min(started.elapsed()).min(QUERY_CPU_EXCUSED);
         let mut cell = lock(&self.replies.current);
         cell.query = false;
         cell.awaited = false;
-        cell.idle_from = idle.map(|(from, since)| (from + used, since));
+        if was_idle {
+            cell.idle_from = Some((
+                cpu_after.saturating_sub(used - excused),
+                std::time::Instant::now(),
+            ));
+        }
         drop(cell);
+        self.replies.check_idle();
         match answer? {
             serde_json::Value::Object(mut fields) => match fields.remove("error") {
                 Some(why) => Err(QueryFailure::Failed(why.as_str().unwrap_or("").to_owned())),

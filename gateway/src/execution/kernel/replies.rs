@@ -3,7 +3,7 @@
 //! an interpreter using the CPU while no cell runs.
 
 use super::cell_processes::{descendants, listed};
-use super::{CellReply, IDLE_CHECK, IDLE_CPU_ALLOWANCE, IDLE_CPU_PERCENT};
+use super::{CellReply, IDLE_CHECK, IDLE_CPU_ALLOWANCE, IDLE_CPU_BANK, IDLE_CPU_PERCENT};
 use crate::sys::{self, Signal};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -78,8 +78,13 @@ pub(super) struct CellState {
     /// The cell was sent and has not been answered: a line from the interpreter is
     /// expected only now.
     pub(super) awaited: bool,
-    /// No cell runs: the interpreter's CPU time when the last one was over.
+    /// No cell (nor query) runs: the interpreter's CPU time, and the time, when the
+    /// idle budget was last brought up to date.
     pub(super) idle_from: Option<(Duration, std::time::Instant)>,
+    /// The idle budget: CPU time, in microseconds, the interpreter has in hand to use
+    /// while no cell runs ([`super::IDLE_CPU_ALLOWANCE`] at the start; kept across
+    /// cells). Below zero, it is ended.
+    pub(super) in_hand_usec: i64,
     /// Why the gateway ended the interpreter, once it did.
     pub(super) ended: Option<String>,
     /// The interpreter is being reaped: its pid must not be signalled any more.
@@ -141,26 +146,48 @@ impl Replies {
         }
     }
 
-    /// Checks an idle interpreter's CPU time, ending it past the allowance; returns why
-    /// the gateway ended it, if it did.
+    /// Brings an idle interpreter's budget up to now (it earns
+    /// [`IDLE_CPU_PERCENT`] of the time since the last look, up to [`IDLE_CPU_BANK`] in
+    /// hand, and spends the CPU time it used meanwhile), ending it once the budget is
+    /// overspent; returns why the gateway ended it, if it did.
     pub(super) fn check_idle(&self) -> Option<String> {
         let mut cell = lock(&self.current);
         if let (Some((from, since)), None) = (cell.idle_from, &cell.ended) {
-            let used = self.cpu().saturating_sub(from);
-            let idle_for = since.elapsed();
-            let allowed = IDLE_CPU_ALLOWANCE + idle_for * IDLE_CPU_PERCENT / 100;
-            if used > allowed {
+            let cpu = self.cpu();
+            let now = std::time::Instant::now();
+            let used = cpu.saturating_sub(from);
+            let earned = now.saturating_duration_since(since) * IDLE_CPU_PERCENT / 100;
+            let in_hand = cell.in_hand_usec;
+            cell.in_hand_usec = idle_balance(in_hand, earned, used);
+            cell.idle_from = Some((cpu, now));
+            if cell.in_hand_usec < 0 {
                 let why = format!(
-                    "it used {} ms of CPU time while no cell ran, in the {} ms since its last cell ended (at most {} ms plus {IDLE_CPU_PERCENT} % of that time are allowed)",
+                    "it used {} ms of CPU time while no cell ran, in the {} ms since the gateway last looked, with {} ms in hand (an interpreter starts with {} ms, earns {IDLE_CPU_PERCENT} % of the time no cell runs and holds at most {} ms)",
                     used.as_millis(),
-                    idle_for.as_millis(),
-                    IDLE_CPU_ALLOWANCE.as_millis()
+                    now.saturating_duration_since(since).as_millis(),
+                    in_hand.max(0) / 1000,
+                    IDLE_CPU_ALLOWANCE.as_millis(),
+                    IDLE_CPU_BANK.as_millis()
                 );
                 self.end(&mut cell, why);
             }
         }
         cell.ended.clone()
     }
+}
+
+/// The idle budget after a look: what was in hand, plus what was `earned` since (at
+/// most [`IDLE_CPU_BANK`] in hand), less the CPU time `used` since.
+fn idle_balance(in_hand_usec: i64, earned: Duration, used: Duration) -> i64 {
+    in_hand_usec
+        .saturating_add(usec(earned))
+        .min(usec(IDLE_CPU_BANK))
+        .saturating_sub(usec(used))
+}
+
+/// A duration in whole microseconds, as the idle budget counts.
+fn usec(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// CPU time of every thread of process `pid` (`/proc/<pid>/task/*/schedstat`).
@@ -277,5 +304,38 @@ pub(super) async fn read_replies(
         }
         drop(cell);
         replies.arrived.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The balance carries over: a burner that spends 80 ms in each 100 ms gap between
+    /// trivial cells (earning 10 ms) runs out after a few gaps, however many cells.
+    #[test]
+    fn the_idle_budget_is_spent_across_gaps_and_banks_at_most_its_cap() {
+        let mut in_hand = usec(IDLE_CPU_ALLOWANCE);
+        let mut gaps = 0;
+        while in_hand >= 0 {
+            in_hand = idle_balance(in_hand, ms(100) * IDLE_CPU_PERCENT / 100, ms(80));
+            gaps += 1;
+            assert!(gaps < 10, "never ran out: {in_hand}");
+        }
+        assert_eq!(gaps, 3);
+        // A heartbeat under 10 % never runs out.
+        let mut in_hand = usec(IDLE_CPU_ALLOWANCE);
+        for _ in 0..10_000 {
+            in_hand = idle_balance(in_hand, ms(500) * IDLE_CPU_PERCENT / 100, ms(20));
+        }
+        assert_eq!(in_hand, usec(IDLE_CPU_BANK) - usec(ms(20)));
+        // An hour idle banks the cap, not 360 s: a 3 s burst overspends it.
+        let banked = idle_balance(usec(IDLE_CPU_ALLOWANCE), Duration::from_secs(360), ms(0));
+        assert_eq!(banked, usec(IDLE_CPU_BANK));
+        assert!(idle_balance(banked, ms(50), Duration::from_secs(3)) < 0);
     }
 }

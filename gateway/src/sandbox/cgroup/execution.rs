@@ -172,9 +172,14 @@ impl ExecutionCgroup {
         let m = &self.members;
         let cpu_group = own.as_ref().or(shared);
         let mut entered = Vec::new();
-        for member in [m.memory.as_ref(), m.pids.as_ref(), m.cpu.as_ref(), cpu_group]
-            .into_iter()
-            .flatten()
+        for member in [
+            m.memory.as_ref(),
+            m.pids.as_ref(),
+            m.cpu.as_ref(),
+            cpu_group,
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Err(err) = fs::write(member.dir.join("tasks"), &tid) {
                 leave(&entered, &tid);
