@@ -273,7 +273,7 @@ impl Run {
             let running = exited_at.is_none();
             let next_wake = [
                 (stop.is_none() && running).then_some(deadline),
-                cpu_check_at.filter(|_| stop.is_none() && running),
+                cpu_check_at.filter(|_| running && (stop.is_none() || cpu_in_grace(stop, kill_at))),
                 kill_at.filter(|_| running),
                 drain_at.filter(|_| can_read),
                 hold_until,
@@ -339,16 +339,28 @@ impl Run {
                         stop = Some(Stop::Timeout);
                         stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
                     }
-                    if running && stop.is_none() && cpu_check_at.is_some_and(|at| at <= now) {
+                    let checks_cpu = stop.is_none() || cpu_in_grace(stop, kill_at);
+                    if running && checks_cpu && cpu_check_at.is_some_and(|at| at <= now) {
                         cpu_check_at = None;
                         if let Some(cpu) = child.cgroup_cpu() {
-                            if cpu.used_usec >= cpu_limit_usec {
+                            // During a cell's grace after its CPU stop, it may use at most
+                            // a margin more before it is killed: the grace is for the
+                            // interrupt to land, not for CPU time.
+                            let over_margin = cpu_limit_usec.saturating_add(cpu_grace_margin_usec(cpu_limit_usec));
+                            if stop.is_none() && cpu.used_usec >= cpu_limit_usec {
                                 stop = Some(Stop::Cpu);
                                 // A cell is interrupted first, as for its timeout.
                                 stop_for_limit(child, &mut kill_at, self.ctx.kill_grace);
+                            } else if stop.is_some() && cpu.used_usec >= over_margin {
+                                child.kill();
+                                kill_at = None;
                             }
                             let elapsed = now.saturating_duration_since(started_at);
-                            let wait = next_cpu_check(elapsed, cpu.used_usec, cpu_limit_usec, cpu.heavy);
+                            let wait = if stop.is_some() {
+                                next_cpu_check(elapsed, cpu.used_usec, over_margin, true)
+                            } else {
+                                next_cpu_check(elapsed, cpu.used_usec, cpu_limit_usec, cpu.heavy)
+                            };
                             cpu_check_at = Some(now + wait);
                         }
                     }
@@ -432,6 +444,18 @@ async fn watch_hit(watch: Option<&LimitWatch>) {
 
 /// Stops a program that hit a limit: a process is killed at once; a cell is
 /// interrupted, and its interpreter killed if it has not stopped after `grace`.
+/// True while a cell stopped for its CPU time waits out its kill grace: its CPU time is
+/// still read, and it is killed past [`cpu_grace_margin_usec`] more.
+fn cpu_in_grace(stop: Option<Stop>, kill_at: Option<Instant>) -> bool {
+    matches!(stop, Some(Stop::Cpu)) && kill_at.is_some()
+}
+
+/// What a cell interrupted for its CPU time may use on top of its limit before the
+/// interrupt lands: a tenth of the limit, at least 100 ms.
+fn cpu_grace_margin_usec(limit_usec: u64) -> u64 {
+    (limit_usec / 10).max(100_000)
+}
+
 fn stop_for_limit(child: &Program, kill_at: &mut Option<Instant>, grace: std::time::Duration) {
     if child.stops_gently() {
         child.interrupt();

@@ -290,6 +290,47 @@ async fn an_interpreter_that_stops_taking_cells_cannot_hold_the_session() -> Res
     gateway.shutdown().await
 }
 
+/// A cell that ignores the interrupt of its CPU stop is killed once it uses a margin
+/// more (a tenth of its limit, at least 100 ms), not after the whole kill grace: with a
+/// 10 s grace, a spinner would otherwise use ten times its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_that_ignores_its_cpu_stop_gets_no_more_cpu_in_the_grace() -> Result<()> {
+    let gateway = TestGateway::spawn_with(sluice_gateway::Config {
+        kill_grace: std::time::Duration::from_secs(10),
+        ..sluice_gateway::Config::default()
+    })
+    .await;
+    let mut socket = gateway.raw().await?;
+    let burn = ExecuteRequest {
+        limits: sluice_protocol::Limits {
+            cpu_ms: Some(1000),
+            ..sluice_protocol::Limits::default()
+        },
+        ..cell(
+            "grace",
+            "burn",
+            "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+        )
+    };
+    socket.execute(burn).await?;
+    let events = socket.events_until_terminal("burn").await?;
+    let last = events.last().context("no terminal")?;
+    ensure!(
+        last.kind == EventKind::ResourceLimit
+            && last.limit == Some(sluice_protocol::LimitKind::Cpu),
+        "{events:?}"
+    );
+    let used = last.usage.as_ref().context("no usage")?.cpu_ms;
+    // 1000 ms, the 100 ms margin, and a check's lateness: far below the 11 s a spinner
+    // would reach by the end of the grace.
+    ensure!(
+        (1000.0..3000.0).contains(&used),
+        "used {used} ms of a 1000 ms limit"
+    );
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cell_that_burns_its_cpu_ms_is_interrupted_and_the_state_survives() -> Result<()> {
     let gateway = TestGateway::spawn().await;
