@@ -48,6 +48,16 @@ fn inspect(request: &str, session: &str, code: &str, cursor_pos: u64, detail: u8
     })
 }
 
+/// An answer's `text/plain`, or `""`.
+fn plain_text(event: &Event) -> &str {
+    event
+        .bundle
+        .as_ref()
+        .and_then(|b| b.get("text/plain"))
+        .and_then(|t| t.as_str())
+        .unwrap_or_default()
+}
+
 fn chars(text: &str) -> u64 {
     text.chars().count() as u64
 }
@@ -131,13 +141,7 @@ async fn inspect_describes_the_name_under_the_cursor_or_the_callee() -> Result<(
         reply.kind == EventKind::InspectReply && reply.found == Some(true),
         "{reply:?}"
     );
-    let text = reply
-        .bundle
-        .as_ref()
-        .and_then(|b| b.get("text/plain"))
-        .and_then(|t| t.as_str())
-        .context("text/plain")?
-        .to_owned();
+    let text = plain_text(&reply).to_owned();
     ensure!(text.contains("greet(name, punctuation='!')"), "{text}");
     ensure!(text.contains("Says hello to someone."), "{text}");
     ensure!(
@@ -147,12 +151,7 @@ async fn inspect_describes_the_name_under_the_cursor_or_the_callee() -> Result<(
     // Level 1 adds the source, where the interpreter keeps it (a module's); the cursor
     // on the name works too.
     let reply = ask(&mut socket, inspect("b", "nb", "json.dumps", 7, 1)).await?;
-    let text = reply
-        .bundle
-        .as_ref()
-        .and_then(|b| b.get("text/plain"))
-        .and_then(|t| t.as_str())
-        .unwrap_or_default();
+    let text = plain_text(&reply);
     ensure!(
         text.contains("Signature: json.dumps(") && text.contains("Source:\ndef dumps("),
         "{reply:?}"

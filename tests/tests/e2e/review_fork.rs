@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 
 /// The v1 `cpu` cgroup of `pid`, if it is alive.
 fn v1_cpu_cgroup(pid: u32) -> Option<PathBuf> {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    v1_cpu_in(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The v1 `cpu` cgroup a `/proc/<pid>/cgroup` table names.
+fn v1_cpu_in(table: &str) -> Option<PathBuf> {
     table.lines().find_map(|line| {
         let mut fields = line.splitn(3, ':');
         let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
@@ -275,15 +279,7 @@ fn thread_groups(pid: u32) -> Vec<PathBuf> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|tid| *tid != pid)
         .filter_map(|tid| {
-            let table = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")).ok()?;
-            table.lines().find_map(|line| {
-                let mut fields = line.splitn(3, ':');
-                let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-                controllers
-                    .split(',')
-                    .any(|c| c == "cpu")
-                    .then(|| PathBuf::from("/sys/fs/cgroup/cpu").join(path.trim_start_matches('/')))
-            })
+            v1_cpu_in(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")).ok()?)
         })
         .collect();
     groups.sort();
