@@ -2,6 +2,9 @@
 //!
 //! Each interpreter is resolved once at start-up to the real executable, so that an
 //! execution does not pay for wrapper scripts (a pyenv `python3` shim costs ~40 ms a start).
+//! A virtual environment's interpreter is the exception: it is used as given (its
+//! `bin/python` is a link to the base interpreter, and resolving the link would lose the
+//! environment, which Python finds from the path it was started by).
 
 pub use crate::config::{RuntimeSpec, FILE_PLACEHOLDER};
 use crate::sandbox::ProgramUser;
@@ -158,10 +161,28 @@ fn unwrap_shim(spec: &RuntimeSpec, found: PathBuf) -> PathBuf {
     let reported = String::from_utf8_lossy(&output.stdout);
     let real = PathBuf::from(reported.trim());
     if output.status.success() && is_executable(&real) {
-        real.canonicalize().unwrap_or(real)
+        resolved(real)
     } else {
         found
     }
+}
+
+/// `path` with its links resolved, unless it is a virtual environment's interpreter
+/// (`<env>/bin/python` beside `<env>/pyvenv.cfg`), which is kept as it is (made
+/// absolute): the link leads to the base interpreter, without the environment.
+fn resolved(path: PathBuf) -> PathBuf {
+    if in_virtual_environment(&path) {
+        return std::path::absolute(&path).unwrap_or(path);
+    }
+    path.canonicalize().unwrap_or(path)
+}
+
+/// True for an interpreter in a Python virtual environment's `bin`.
+pub(crate) fn in_virtual_environment(path: &Path) -> bool {
+    path.parent()
+        .filter(|bin| bin.file_name().is_some_and(|name| name == "bin"))
+        .and_then(Path::parent)
+        .is_some_and(|env| env.join("pyvenv.cfg").is_file())
 }
 
 /// Executables that `program` may name, best first: the path itself, or each match on
@@ -177,7 +198,7 @@ fn candidates(program: &str) -> Vec<PathBuf> {
     };
     let mut seen = Vec::new();
     for path in found.into_iter().filter(|path| is_executable(path)) {
-        let path = path.canonicalize().unwrap_or(path);
+        let path = resolved(path);
         if !seen.contains(&path) {
             seen.push(path);
         }
@@ -195,6 +216,21 @@ fn is_executable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_virtual_environments_interpreter_is_kept_as_given() {
+        let dir = std::env::temp_dir().join(format!("sluice-venv-test-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let base = dir.join("base-python");
+        std::fs::write(&base, "").unwrap();
+        std::os::unix::fs::symlink(&base, bin.join("python")).unwrap();
+        // Without pyvenv.cfg, the link is resolved; with it, kept.
+        assert_eq!(resolved(bin.join("python")), base.canonicalize().unwrap());
+        std::fs::write(dir.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        assert_eq!(resolved(bin.join("python")), bin.join("python"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parses_runtime_with_extension_and_placeholder() {

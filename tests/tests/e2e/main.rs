@@ -20,6 +20,7 @@ mod credentials;
 mod discovery;
 mod drain;
 mod encoding;
+mod environments;
 mod errors;
 mod fairness;
 mod files;

@@ -1,0 +1,147 @@
+//! A runtime whose interpreter is a virtual environment's (issue 15): used as given, not
+//! resolved to the base interpreter, and visible in the jail even where the environment
+//! lives under a directory the jail hides (`/tmp`), for programs and persistent cells.
+
+use crate::isolation::jail_available;
+use anyhow::{ensure, Context as _, Result};
+use sluice_gateway::{Config, Isolation, RuntimeSpec};
+use sluice_tests::{cell, forced_isolation, request, run, TestGateway};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+/// A fresh virtual environment under `/tmp` with a module of its own in its
+/// site-packages; removed on drop.
+struct Environment(PathBuf);
+
+impl Environment {
+    fn create() -> Result<Self> {
+        let dir = PathBuf::from(format!("/tmp/sluice-venv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The system's interpreter, which every user can start (a pyenv one under
+        // /root is not, for unjailed programs).
+        let base = ["/usr/bin/python3", "python3"]
+            .into_iter()
+            .find(|p| !p.starts_with('/') || Path::new(p).exists())
+            .unwrap_or("python3");
+        let made = std::process::Command::new(base)
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&dir)
+            .status()
+            .context("python3 -m venv")?;
+        ensure!(made.success(), "python3 -m venv failed");
+        let env = Self(dir);
+        let lib = env.0.join("lib");
+        let version = std::fs::read_dir(&lib)?
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.join("site-packages").is_dir())
+            .context("the environment's site-packages")?;
+        std::fs::write(
+            version.join("site-packages").join("sluice_env_probe.py"),
+            "VALUE = 42\n",
+        )?;
+        // Readable by the user unjailed programs run as.
+        open_up(&env.0)?;
+        Ok(env)
+    }
+
+    fn spec(&self) -> RuntimeSpec {
+        let python = RuntimeSpec::defaults()
+            .into_iter()
+            .find(|spec| spec.name == "python")
+            .expect("the built-in python runtime");
+        RuntimeSpec {
+            name: "envpy".into(),
+            program: self
+                .0
+                .join("bin")
+                .join("python")
+                .to_string_lossy()
+                .into_owned(),
+            optional: false,
+            ..python
+        }
+    }
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open_up(dir: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.is_dir() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            open_up(&entry.path())?;
+        }
+    } else if meta.is_file() {
+        let mode = meta.permissions().mode() | 0o444;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_environment_runtime_runs_in_its_environment_jailed_and_unjailed() -> Result<()> {
+    if forced_isolation().is_some() {
+        return Ok(());
+    }
+    let env = Environment::create()?;
+    let mut levels = vec![Isolation::Cgroups];
+    if jail_available() {
+        levels.push(Isolation::Namespaces);
+    }
+    let probe = "import sys, sluice_env_probe\nprint(sys.prefix != sys.base_prefix, sluice_env_probe.VALUE)";
+    for isolation in levels {
+        let mut runtimes = RuntimeSpec::defaults();
+        runtimes.push(env.spec());
+        let gateway = TestGateway::spawn_with(Config {
+            isolation,
+            runtimes,
+            ..Config::default()
+        })
+        .await;
+        let client = gateway.client().await?;
+        let outcome = run(&client, request("program", "envpy", probe)).await?;
+        ensure!(
+            outcome.stdout_bytes()? == b"True 42\n",
+            "{isolation:?}: a program of the environment: {:?}",
+            outcome.terminal
+        );
+        let cell = cell("env-session", "cell", probe);
+        let outcome = run(
+            &client,
+            sluice_protocol::ExecuteRequest {
+                language: "envpy".into(),
+                ..cell
+            },
+        )
+        .await?;
+        ensure!(
+            outcome.stdout_bytes()? == b"True 42\n",
+            "{isolation:?}: a cell of the environment: {:?}",
+            outcome.terminal
+        );
+        // The built-in python is not the environment.
+        let outcome = run(
+            &client,
+            request(
+                "base",
+                "python",
+                "import sys\nprint(sys.prefix != sys.base_prefix)",
+            ),
+        )
+        .await?;
+        ensure!(
+            outcome.stdout_bytes()? == b"False\n",
+            "{:?}",
+            outcome.terminal
+        );
+        client.close().await?;
+        gateway.shutdown().await?;
+    }
+    Ok(())
+}
