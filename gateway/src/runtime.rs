@@ -2,9 +2,11 @@
 //!
 //! Each interpreter is resolved once at start-up to the real executable, so that an
 //! execution does not pay for wrapper scripts (a pyenv `python3` shim costs ~40 ms a start).
-//! A virtual environment's interpreter is the exception: it is used as given (its
-//! `bin/python` is a link to the base interpreter, and resolving the link would lose the
-//! environment, which Python finds from the path it was started by).
+//! A virtual environment's interpreter named by path in a runtime's command is the
+//! exception: it is used as given (its `bin/python` is a link to the base interpreter,
+//! and resolving the link would lose the environment, which Python finds from the path
+//! it was started by), and only where no other user could replace the environment (it is
+//! looked up by path at every start).
 
 pub use crate::config::{RuntimeSpec, FILE_PLACEHOLDER};
 use crate::sandbox::ProgramUser;
@@ -63,6 +65,9 @@ enum Missing {
     /// Installed, but not where the program user can start it.
     #[error("cannot be started by the user unjailed programs run as: {0}; install it where other users can run it, or use the jail (--isolation namespaces)")]
     Unreachable(String),
+    /// A virtual environment another user could replace.
+    #[error("is in a virtual environment others could replace: {0}; keep environments where only root (or the gateway's user) can write, such as /opt")]
+    Replaceable(String),
 }
 
 impl RuntimeTable {
@@ -131,6 +136,19 @@ impl RuntimeTable {
 /// The interpreter for `spec`: the first candidate (one path, or each match on `PATH`
 /// in order) that `user`, if any, can start.
 fn locate(spec: &RuntimeSpec, user: Option<ProgramUser>) -> Result<PathBuf, Missing> {
+    // A virtual environment's interpreter named by path is used as it is (see the
+    // module's documentation), once nobody else could swap the environment.
+    let given = Path::new(&spec.program);
+    if given.is_absolute() && in_virtual_environment(given) && is_executable(given) {
+        let env = given.parent().and_then(Path::parent).unwrap_or(given);
+        if let Some(why) = replaceable(env) {
+            return Err(Missing::Replaceable(why));
+        }
+        return match user.map_or(Ok(()), |user| user.can_run(given)) {
+            Ok(()) => Ok(given.to_path_buf()),
+            Err(why) => Err(Missing::Unreachable(format!("{}: {why}", given.display()))),
+        };
+    }
     let mut refused = None;
     for found in candidates(&spec.program) {
         let real = unwrap_shim(spec, found);
@@ -161,28 +179,49 @@ fn unwrap_shim(spec: &RuntimeSpec, found: PathBuf) -> PathBuf {
     let reported = String::from_utf8_lossy(&output.stdout);
     let real = PathBuf::from(reported.trim());
     if output.status.success() && is_executable(&real) {
-        resolved(real)
+        real.canonicalize().unwrap_or(real)
     } else {
         found
     }
 }
 
-/// `path` with its links resolved, unless it is a virtual environment's interpreter
-/// (`<env>/bin/python` beside `<env>/pyvenv.cfg`), which is kept as it is (made
-/// absolute): the link leads to the base interpreter, without the environment.
-fn resolved(path: PathBuf) -> PathBuf {
-    if in_virtual_environment(&path) {
-        return std::path::absolute(&path).unwrap_or(path);
-    }
-    path.canonicalize().unwrap_or(path)
-}
-
-/// True for an interpreter in a Python virtual environment's `bin`.
-pub(crate) fn in_virtual_environment(path: &Path) -> bool {
+/// True for an interpreter in a Python virtual environment's `bin` (beside
+/// `<env>/pyvenv.cfg`).
+fn in_virtual_environment(path: &Path) -> bool {
     path.parent()
         .filter(|bin| bin.file_name().is_some_and(|name| name == "bin"))
         .and_then(Path::parent)
         .is_some_and(|env| env.join("pyvenv.cfg").is_file())
+}
+
+/// Why another user could replace the environment `env` (or what it runs), if one
+/// could: a link on the way, or a directory from the root down to its `bin`, or its
+/// `pyvenv.cfg`, that is not owned by root or this process's user or that others (or
+/// its group) may write.
+fn replaceable(env: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = crate::sys::effective_uid();
+    let mut checked: Vec<PathBuf> = env.ancestors().map(Path::to_path_buf).collect();
+    checked.extend([env.join("bin"), env.join("pyvenv.cfg")]);
+    for path in checked {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Some(format!("{} cannot be read", path.display()));
+        };
+        if meta.file_type().is_symlink() {
+            return Some(format!("{} is a symbolic link", path.display()));
+        }
+        if meta.uid() != 0 && meta.uid() != me {
+            return Some(format!("{} is owned by uid {}", path.display(), meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Some(format!(
+                "{} may be written by others (mode {:o})",
+                path.display(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    None
 }
 
 /// Executables that `program` may name, best first: the path itself, or each match on
@@ -198,7 +237,7 @@ fn candidates(program: &str) -> Vec<PathBuf> {
     };
     let mut seen = Vec::new();
     for path in found.into_iter().filter(|path| is_executable(path)) {
-        let path = resolved(path);
+        let path = path.canonicalize().unwrap_or(path);
         if !seen.contains(&path) {
             seen.push(path);
         }
@@ -218,18 +257,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_virtual_environments_interpreter_is_kept_as_given() {
-        let dir = std::env::temp_dir().join(format!("sluice-venv-test-{}", std::process::id()));
+    fn a_virtual_environment_others_could_replace_is_refused() {
+        let dir = Path::new("/tmp").join(format!("sluice-venv-test-{}", std::process::id()));
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        let base = dir.join("base-python");
-        std::fs::write(&base, "").unwrap();
-        std::os::unix::fs::symlink(&base, bin.join("python")).unwrap();
-        // Without pyvenv.cfg, the link is resolved; with it, kept.
-        assert_eq!(resolved(bin.join("python")), base.canonicalize().unwrap());
         std::fs::write(dir.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
-        assert_eq!(resolved(bin.join("python")), bin.join("python"));
+        std::os::unix::fs::symlink("/bin/sh", bin.join("python")).unwrap();
+        let spec = RuntimeSpec {
+            program: bin.join("python").to_string_lossy().into_owned(),
+            ..RuntimeSpec::parse("envpy=python {file}").unwrap()
+        };
+        // Under the world-writable temporary directory: anyone could swap it.
+        let refused = locate(&spec, None);
         std::fs::remove_dir_all(&dir).unwrap();
+        match refused {
+            Err(Missing::Replaceable(why)) => assert!(why.contains("written by others"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

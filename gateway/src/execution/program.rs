@@ -212,7 +212,13 @@ impl Program {
                 // at once would report the kill instead of how it ended.
                 let _ = tokio::time::timeout(LOST_INTERPRETER_GRACE, kernel.exited()).await;
                 let lost_because = kernel.ended_because();
-                let (reaped, cgroup) = kernel.shut_down().await;
+                let (reaped, mut cgroup) = kernel.shut_down().await;
+                // The cgroup counts the interpreter's whole life: the cell's share is what
+                // came after its start.
+                let before = u64::try_from(cell.tree_cpu_before.as_micros()).unwrap_or(u64::MAX);
+                if let Some(report) = cgroup.as_mut() {
+                    report.cpu_usec = report.cpu_usec.map(|usec| usec.saturating_sub(before));
+                }
                 Ok(Ended {
                     reaped: reaped?,
                     kernel_lost: true,

@@ -442,8 +442,6 @@ async fn watch_hit(watch: Option<&LimitWatch>) {
     }
 }
 
-/// Stops a program that hit a limit: a process is killed at once; a cell is
-/// interrupted, and its interpreter killed if it has not stopped after `grace`.
 /// True while a cell stopped for its CPU time waits out its kill grace: its CPU time is
 /// still read, and it is killed past [`cpu_grace_margin_usec`] more.
 fn cpu_in_grace(stop: Option<Stop>, kill_at: Option<Instant>) -> bool {
@@ -451,11 +449,16 @@ fn cpu_in_grace(stop: Option<Stop>, kill_at: Option<Instant>) -> bool {
 }
 
 /// What a cell interrupted for its CPU time may use on top of its limit before the
-/// interrupt lands: a tenth of the limit, at least 100 ms.
+/// interrupt lands: half the limit, at least 1 s. Python raises the interrupt only once
+/// a C call returns, so a tighter margin would kill (and lose the state of) ordinary
+/// cells in the middle of a long call; a looser one would let threads that ignore the
+/// interrupt run on for the whole grace.
 fn cpu_grace_margin_usec(limit_usec: u64) -> u64 {
-    (limit_usec / 10).max(100_000)
+    (limit_usec / 2).max(1_000_000)
 }
 
+/// Stops a program that hit a limit: a process is killed at once; a cell is
+/// interrupted, and its interpreter killed if it has not stopped after `grace`.
 fn stop_for_limit(child: &Program, kill_at: &mut Option<Instant>, grace: std::time::Duration) {
     if child.stops_gently() {
         child.interrupt();

@@ -405,14 +405,7 @@ impl Namespaces {
     /// executable is closed to others (a pyenv under /root, say) or hidden in the jail
     /// (a pyenv in a rootless gateway's home).
     pub(crate) fn exposure_for(&self, executable: &Path) -> Vec<PathBuf> {
-        // The jail's /tmp and /dev/shm are its own: an interpreter under the host's (a
-        // virtual environment in /tmp, say) is hidden there too.
-        let hidden = self
-            .hide
-            .iter()
-            .map(PathBuf::as_path)
-            .chain(JAIL_SCRATCH.iter().map(Path::new))
-            .any(|dir| executable.starts_with(dir));
+        let hidden = self.hide.iter().any(|dir| executable.starts_with(dir));
         let closed = executable.ancestors().skip(1).any(|dir| {
             std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 == 0)
         });
@@ -429,16 +422,11 @@ impl Namespaces {
         // jail instead, with a message naming its interpreter.
         prefix
             .filter(|prefix| !self.hide.iter().any(|hidden| hidden.starts_with(prefix)))
-            // Nor a scratch directory itself (its other contents), or what holds one.
-            .filter(|prefix| !JAIL_SCRATCH.iter().any(|scratch| Path::new(scratch).starts_with(prefix)))
             .map(Path::to_path_buf)
             .into_iter()
             .collect()
     }
 }
-
-/// Directories the jail replaces with its own scratch file system.
-const JAIL_SCRATCH: [&str; 2] = ["/tmp", "/dev/shm"];
 
 /// Most ptys one jail gets.
 const MAX_PTYS_PER_JAIL: u32 = 8;

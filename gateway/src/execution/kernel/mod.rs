@@ -68,9 +68,11 @@ pub(crate) const IDLE_CPU_PERCENT: u32 = 10;
 /// long burst.
 pub(crate) const IDLE_CPU_BANK: Duration = Duration::from_secs(2);
 
-/// The most of a query's CPU time excused from the idle budget: a lookup's own work
-/// (one core for the query's time, at most this); the rest counts as idle CPU.
-const QUERY_CPU_EXCUSED: Duration = Duration::from_secs(1);
+/// The most of a query's CPU time excused from the idle budget: a completion or a
+/// docstring takes a few milliseconds; the rest (a lookup that spins, threads running
+/// beside a lookup that sleeps) counts as idle CPU, so chained queries keep nothing
+/// running.
+const QUERY_CPU_EXCUSED: Duration = Duration::from_millis(100);
 
 /// How often an idle interpreter's CPU time is checked.
 const IDLE_CHECK: Duration = Duration::from_millis(500);

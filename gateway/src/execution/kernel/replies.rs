@@ -162,7 +162,7 @@ impl Replies {
             cell.idle_from = Some((cpu, now));
             if cell.in_hand_usec < 0 {
                 let why = format!(
-                    "it used {} ms of CPU time while no cell ran, in the {} ms since the gateway last looked, with {} ms in hand (an interpreter starts with {} ms, earns {IDLE_CPU_PERCENT} % of the time no cell runs and holds at most {} ms)",
+                    "it used {} ms of CPU time while no cell ran, in the {} ms since the gateway last looked (a query's lookup counts past its first 100 ms), with {} ms in hand (an interpreter starts with {} ms, earns {IDLE_CPU_PERCENT} % of the time no cell runs and holds at most {} ms)",
                     used.as_millis(),
                     now.saturating_duration_since(since).as_millis(),
                     in_hand.max(0) / 1000,
