@@ -141,7 +141,7 @@ fn locate(spec: &RuntimeSpec, user: Option<ProgramUser>) -> Result<PathBuf, Miss
     let given = Path::new(&spec.program);
     if given.is_absolute() && in_virtual_environment(given) && is_executable(given) {
         let env = given.parent().and_then(Path::parent).unwrap_or(given);
-        if let Some(why) = replaceable(env) {
+        if let Some(why) = environment_replaceable(env, given) {
             return Err(Missing::Replaceable(why));
         }
         return match user.map_or(Ok(()), |user| user.can_run(given)) {
@@ -194,17 +194,46 @@ fn in_virtual_environment(path: &Path) -> bool {
         .is_some_and(|env| env.join("pyvenv.cfg").is_file())
 }
 
-/// Why another user could replace the environment `env` (or what it runs), if one
-/// could: a link on the way, or a directory from the root down to its `bin`, or its
-/// `pyvenv.cfg`, that is not owned by root or this process's user or that others (or
-/// its group) may write.
-fn replaceable(env: &Path) -> Option<String> {
+/// Why another user could change what the environment `env` runs, if one could: the
+/// environment (every directory from the root down, its `bin`, its `pyvenv.cfg`, its
+/// `lib` and the directories in it with their `site-packages`), and the interpreter its
+/// `python` leads to with the directories above it (its standard library beside it),
+/// must pass [`replaceable`]. The environment is looked up by path at every start.
+fn environment_replaceable(env: &Path, python: &Path) -> Option<String> {
+    let mut checked: Vec<PathBuf> = env.ancestors().map(Path::to_path_buf).collect();
+    checked.extend([env.join("bin"), env.join("pyvenv.cfg"), env.join("lib")]);
+    if let Ok(versions) = std::fs::read_dir(env.join("lib")) {
+        for version in versions.flatten() {
+            checked.push(version.path());
+            let packages = version.path().join("site-packages");
+            if packages.exists() {
+                checked.push(packages);
+            }
+        }
+    }
+    let Ok(base) = python.canonicalize() else {
+        return Some(format!("{} leads nowhere", python.display()));
+    };
+    checked.extend(base.ancestors().map(Path::to_path_buf));
+    // The base installation's standard library (`<prefix>/lib/pythonX.Y`).
+    if let Some(prefix) = base.parent().and_then(Path::parent) {
+        if let Ok(versions) = std::fs::read_dir(prefix.join("lib")) {
+            checked.extend(versions.flatten().map(|entry| entry.path()).filter(|path| {
+                path.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("python"))
+            }));
+        }
+    }
+    checked.into_iter().find_map(|path| replaceable(&path))
+}
+
+/// Why another user could replace `path`, if one could: it is a link, or it is not
+/// owned by root or this process's user, or others (or its group) may write it.
+fn replaceable(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let me = crate::sys::effective_uid();
-    let mut checked: Vec<PathBuf> = env.ancestors().map(Path::to_path_buf).collect();
-    checked.extend([env.join("bin"), env.join("pyvenv.cfg")]);
-    for path in checked {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
             return Some(format!("{} cannot be read", path.display()));
         };
         if meta.file_type().is_symlink() {
