@@ -2,7 +2,7 @@
 //! read (whole, in pieces, ranged), listed and deleted through `sluice-client`, what a
 //! program wrote read back, and refusals as `ClientError::FileRefused`.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use sluice_client::{ClientError, WriteFileOptions};
 use sluice_protocol::{ErrorCode, ExecuteRequest, FileKind};
 use sluice_tests::{request, run, skip, TestGateway};
@@ -115,11 +115,16 @@ async fn the_rust_client_opens_a_workspace_by_attaching() -> Result<()> {
     };
     let outcome = run(&client, uses).await?;
     ensure!(outcome.stdout_bytes()? == b"42\n", "{:?}", outcome.terminal);
-    // A gateway-made session keeps no workspace.
-    let made = run(&client, request("plain", "sh", "true")).await?;
-    let refused = client
-        .attach_with(&made.terminal.session.clone().unwrap_or_default(), options)
-        .await;
+    // A gateway-made session keeps no workspace (asked while its program runs: once it
+    // has ended and been let go, its name is free for a named session).
+    let mut running = client.execute(request("plain", "sh", "read line")).await?;
+    let made = sluice_tests::next_within(&mut running)
+        .await?
+        .session
+        .context("the gateway-made session")?;
+    let refused = client.attach_with(&made, options).await;
+    running.cancel().await?;
+    running.wait().await?;
     ensure!(
         matches!(
             &refused,
