@@ -101,15 +101,16 @@ impl Connection {
         }
     }
 
-    /// Refuses a file frame: an `error` on the socket's own stream naming its request.
-    pub(super) async fn refuse_file(&self, request: &str, (code, message): Refusal) {
+    /// Refuses a frame answered by its `request` (a file frame, a query): an `error` on
+    /// the socket's own stream naming that request.
+    pub(super) async fn refuse_request(&self, request: &str, (code, message): Refusal) {
         self.state.observe.metrics.refused(&self.principal, code);
         tracing::info!(
             code = code.as_str(),
             request,
             session = self.frame_session.as_deref(),
             detail = %message,
-            "file frame refused"
+            "request refused"
         );
         let mut event = Event::error(None, code, message);
         event.request = Some(request.to_owned());
@@ -131,7 +132,7 @@ impl Connection {
     pub(super) async fn write_file(&mut self, frame: WriteFileFrame) {
         let (session, workspace) = match self.workspace_of(&frame.session) {
             Ok(found) => found,
-            Err(refusal) => return self.refuse_file(&frame.request, refusal).await,
+            Err(refusal) => return self.refuse_request(&frame.request, refusal).await,
         };
         let decoded;
         let data = match frame.encoding {
@@ -145,7 +146,7 @@ impl Connection {
                     Err(err) => {
                         let message = format!("\"data\" is not valid base64: {err}");
                         return self
-                            .refuse_file(&frame.request, (ErrorCode::BadRequest, message))
+                            .refuse_request(&frame.request, (ErrorCode::BadRequest, message))
                             .await;
                     }
                 }
@@ -161,7 +162,7 @@ impl Connection {
                 self.tell_changes(&session, workspace).await;
             }
             Err(FileError { code, message }) => {
-                self.refuse_file(&frame.request, (code, message)).await;
+                self.refuse_request(&frame.request, (code, message)).await;
             }
         }
     }
@@ -169,14 +170,14 @@ impl Connection {
     pub(super) async fn read_file(&mut self, frame: ReadFileFrame) {
         let workspace = match self.workspace_of(&frame.session) {
             Ok((_, workspace)) => workspace,
-            Err(refusal) => return self.refuse_file(&frame.request, refusal).await,
+            Err(refusal) => return self.refuse_request(&frame.request, refusal).await,
         };
         let opened =
             workspace.open_for_reading(&frame.path, frame.offset.unwrap_or(0), frame.length);
         let mut reader = match opened {
             Ok(reader) => reader,
             Err(FileError { code, message }) => {
-                return self.refuse_file(&frame.request, (code, message)).await;
+                return self.refuse_request(&frame.request, (code, message)).await;
             }
         };
         let mut decoder = crate::execution::OutputDecoder::new(frame.encoding, FILE_CHUNK_BYTES);
@@ -187,7 +188,7 @@ impl Connection {
             let chunk = match reader.next_chunk(FILE_CHUNK_BYTES - held.len()) {
                 Ok(chunk) => chunk,
                 Err(FileError { code, message }) => {
-                    return self.refuse_file(&frame.request, (code, message)).await;
+                    return self.refuse_request(&frame.request, (code, message)).await;
                 }
             };
             held.extend_from_slice(&chunk);
@@ -218,7 +219,7 @@ impl Connection {
     pub(super) async fn list_files(&mut self, frame: ListFilesFrame) {
         let workspace = match self.workspace_of(&frame.session) {
             Ok((_, workspace)) => workspace,
-            Err(refusal) => return self.refuse_file(&frame.request, refusal).await,
+            Err(refusal) => return self.refuse_request(&frame.request, refusal).await,
         };
         let path = frame.path.unwrap_or_default();
         let listed = {
@@ -233,7 +234,7 @@ impl Connection {
                 self.answer(event).await;
             }
             Ok(Err(FileError { code, message })) => {
-                self.refuse_file(&frame.request, (code, message)).await;
+                self.refuse_request(&frame.request, (code, message)).await;
             }
             Err(err) => {
                 tracing::error!(%err, "listing a workspace failed");
@@ -241,7 +242,7 @@ impl Connection {
                     ErrorCode::Internal,
                     "could not list the directory".to_owned(),
                 );
-                self.refuse_file(&frame.request, refusal).await;
+                self.refuse_request(&frame.request, refusal).await;
             }
         }
     }
@@ -249,7 +250,7 @@ impl Connection {
     pub(super) async fn delete_file(&mut self, frame: DeleteFileFrame) {
         let (session, workspace) = match self.workspace_of(&frame.session) {
             Ok(found) => found,
-            Err(refusal) => return self.refuse_file(&frame.request, refusal).await,
+            Err(refusal) => return self.refuse_request(&frame.request, refusal).await,
         };
         let deleted = {
             let (workspace, path) = (workspace.clone(), frame.path.clone());
@@ -262,12 +263,12 @@ impl Connection {
                 self.tell_changes(&session, workspace).await;
             }
             Ok(Err(FileError { code, message })) => {
-                self.refuse_file(&frame.request, (code, message)).await;
+                self.refuse_request(&frame.request, (code, message)).await;
             }
             Err(err) => {
                 tracing::error!(%err, "deleting in a workspace failed");
                 let refusal = (ErrorCode::Internal, "could not delete the path".to_owned());
-                self.refuse_file(&frame.request, refusal).await;
+                self.refuse_request(&frame.request, refusal).await;
             }
         }
     }

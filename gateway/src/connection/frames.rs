@@ -128,7 +128,7 @@ impl Connection {
             _ => None,
         };
         match err.request.filter(|request| is_usable_id(request)) {
-            Some(request) => self.refuse_file(&request, (err.code, err.message)).await,
+            Some(request) => self.refuse_request(&request, (err.code, err.message)).await,
             None => self.refuse(id, err.code, err.message).await,
         }
     }

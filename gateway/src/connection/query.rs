@@ -76,7 +76,7 @@ impl Connection {
     pub(super) async fn query(&mut self, query: Query) {
         let turn = match self.query_turn(&query.session) {
             Ok(turn) => turn,
-            Err(refusal) => return self.refuse_file(&query.request, refusal).await,
+            Err(refusal) => return self.refuse_request(&query.request, refusal).await,
         };
         let answerer = Answerer {
             own: Arc::clone(&self.own),
