@@ -32,6 +32,7 @@ mod lifecycle;
 mod limits;
 mod lockout;
 mod memory;
+mod node_cells;
 mod notebook;
 mod observe;
 mod persistent;

@@ -5,8 +5,9 @@
 //! for stdin, stdout and stderr, handed to the interpreter over a Unix socket
 //! (`SCM_RIGHTS`), so a cell's output reaches end-of-file like a program's and the
 //! execution pump treats it the same way. The interpreter answers each cell with one JSON
-//! line saying how it ended. Only Python has a kernel today; [`KernelKind`] is where
-//! another language's driver would go.
+//! line saying how it ended. Python and Node have kernels ([`KernelKind`]); Node cannot
+//! take descriptors, so its interpreter's own stdout and stderr are carried to each
+//! cell's pipes instead (`forward.rs`), and its cells have no stdin.
 //!
 //! A cell's processes end with it: when the interpreter has answered (the cell ended,
 //! was interrupted by a limit or a cancel), [`Kernel::end_cell_processes`] kills every
@@ -24,6 +25,7 @@
 //! cell starts a fresh interpreter and is told why.
 
 mod cell_processes;
+mod forward;
 mod replies;
 mod seat;
 
@@ -51,6 +53,9 @@ use tokio::sync::Notify;
 /// The Python driver, written into the kernel's working directory and run by the
 /// session's interpreter.
 const PYTHON_DRIVER: &str = include_str!("python_driver.py");
+
+/// The Node driver, likewise.
+const NODE_DRIVER: &str = include_str!("node_driver.js");
 
 /// Pipe buffer requested for a cell's stdout and stderr (as for programs).
 const PIPE_BYTES: usize = 1 << 20;
@@ -104,19 +109,43 @@ pub(crate) enum QueryFailure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KernelKind {
     Python,
+    Node,
 }
 
 impl KernelKind {
     /// The kernel for `runtime`, if its interpreter has one.
     pub(crate) fn for_runtime(runtime: &Runtime) -> Option<Self> {
         let program = runtime.program.file_name()?.to_str()?;
-        program.starts_with("python").then_some(Self::Python)
+        if program.starts_with("python") {
+            Some(Self::Python)
+        } else if program == "node" || program.starts_with("nodejs") {
+            Some(Self::Node)
+        } else {
+            None
+        }
     }
 
+    /// The driver's file name and text.
     fn driver(self) -> (&'static str, &'static str) {
         match self {
             Self::Python => ("sluice_kernel.py", PYTHON_DRIVER),
+            Self::Node => ("sluice_kernel.js", NODE_DRIVER),
         }
+    }
+
+    /// The interpreter's options before the driver: Node's driver takes the REPL's
+    /// top-level `await` rewrite from Node's internals.
+    fn options(self) -> &'static [&'static str] {
+        match self {
+            Self::Python => &[],
+            Self::Node => &["--expose-internals"],
+        }
+    }
+
+    /// The interpreter takes each cell's pipes over the control socket; otherwise its
+    /// own stdout and stderr are carried to them.
+    fn takes_descriptors(self) -> bool {
+        matches!(self, Self::Python)
     }
 }
 
@@ -137,6 +166,9 @@ pub(crate) struct Kernel {
     child: ChildGroup,
     control: tokio::net::unix::OwnedWriteHalf,
     replies: Arc<Replies>,
+    /// The carriers of its stdout and stderr to the cell's pipes, for a kind that does
+    /// not take descriptors.
+    forwarders: Option<[forward::Forwarder; 2]>,
     reader: tokio::task::JoinHandle<()>,
     watchdog: tokio::task::JoinHandle<()>,
     workdir: Option<Workdir>,
@@ -237,10 +269,10 @@ impl Kernel {
                         .as_ref()
                         .is_some_and(crate::sandbox::ExecutionCgroup::shares_cpu))
                     .then_some(sys::PROGRAM_NICE),
-                    command: vec![
-                        runtime.program.clone().into(),
-                        driver_path.clone().into_os_string(),
-                    ],
+                    command: std::iter::once(runtime.program.clone().into_os_string())
+                        .chain(kind.options().iter().map(Into::into))
+                        .chain([driver_path.clone().into_os_string()])
+                        .collect(),
                     ..JailSpec::default()
                 },
                 runtime.offline,
@@ -249,7 +281,7 @@ impl Kernel {
             None => (
                 {
                     let mut command = Command::new(&runtime.program);
-                    command.arg(&driver_path);
+                    command.args(kind.options()).arg(&driver_path);
                     // First: v2 moves whole processes, so the child joins before it execs.
                     if let Some(dir) = cgroup
                         .as_ref()
@@ -287,11 +319,22 @@ impl Kernel {
             Some(_) => workdir.path(),
             None => &start_dir,
         };
+        let mut outputs = None;
+        let (stdout, stderr) = if kind.takes_descriptors() {
+            (Stdio::null(), Stdio::null())
+        } else {
+            let (stdout_read, stdout_write) = std::io::pipe()?;
+            let (stderr_read, stderr_write) = std::io::pipe()?;
+            sys::set_pipe_size(&stdout_read, PIPE_BYTES);
+            sys::set_pipe_size(&stderr_read, PIPE_BYTES);
+            outputs = Some((stdout_read, stderr_read));
+            (Stdio::from(stdout_write), Stdio::from(stderr_write))
+        };
         command
             .current_dir(current_dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0);
         let child = match &cgroup {
             Some(cgroup) => cgroup
@@ -300,6 +343,9 @@ impl Kernel {
             None => sys::spawn_with_fd3(&mut command, &theirs),
         };
         drop(theirs);
+        // The interpreter holds the write ends now (the command keeps the gateway's
+        // copies until it goes).
+        drop(command);
         let child = match child {
             Ok(child) => child,
             Err(err) => {
@@ -327,6 +373,13 @@ impl Kernel {
             cgroup_dir,
             procs: procs.clone(),
         });
+        let forwarders = match outputs {
+            Some((stdout, stderr)) => Some([
+                forward::Forwarder::start(pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))?),
+                forward::Forwarder::start(pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))?),
+            ]),
+            None => None,
+        };
         let reader = tokio::spawn(read_replies(BufReader::new(read), replies.clone()));
         let watchdog = tokio::spawn(watch_idle(replies.clone()));
         Ok(Self {
@@ -334,6 +387,7 @@ impl Kernel {
             child,
             control,
             replies,
+            forwarders,
             reader,
             watchdog,
             workdir: Some(workdir),
@@ -454,11 +508,28 @@ impl Kernel {
         let mut header = [0u8; 16];
         header[..8].copy_from_slice(&u64::try_from(code.len()).unwrap_or(u64::MAX).to_le_bytes());
         header[8..].copy_from_slice(&number.to_le_bytes());
-        let fds = [
-            stdin_read.as_raw_fd(),
-            stdout_write.as_raw_fd(),
-            stderr_write.as_raw_fd(),
-        ];
+        let fds = match &self.forwarders {
+            None => vec![
+                stdin_read.as_raw_fd(),
+                stdout_write.as_raw_fd(),
+                stderr_write.as_raw_fd(),
+            ],
+            // The cell's output comes through the interpreter's own streams; it has
+            // no stdin (the read end closes below, so input is refused).
+            Some([stdout, stderr]) => {
+                stdout
+                    .hand(pipe::Sender::from_owned_fd(OwnedFd::from(
+                        stdout_write.try_clone()?,
+                    ))?)
+                    .await?;
+                stderr
+                    .hand(pipe::Sender::from_owned_fd(OwnedFd::from(
+                        stderr_write.try_clone()?,
+                    ))?)
+                    .await?;
+                Vec::new()
+            }
+        };
         // The header and the descriptors travel in one message; the socket is empty
         // between cells, so it only waits if the interpreter stopped reading.
         let mut sent = 0;
@@ -489,18 +560,25 @@ impl Kernel {
         })
     }
 
-    /// Resolves once the current cell has ended or the interpreter is gone.
+    /// Resolves once the current cell has ended or the interpreter is gone (where the
+    /// output is carried: once its end has passed too, so none is cut short).
     pub(crate) async fn cell_done(&self) {
-        loop {
+        let number = loop {
             let arrived = self.replies.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            if lock(&self.replies.current).reply.is_some() {
-                return;
+            if let Some(reply) = &lock(&self.replies.current).reply {
+                break reply.as_ref().map_or(u64::MAX, |reply| reply.number);
             }
             tokio::select! {
                 () = arrived => {}
                 () = self.child.exited() => return,
+            }
+        };
+        if let Some([stdout, stderr]) = &self.forwarders {
+            tokio::select! {
+                ((), ()) = async { tokio::join!(stdout.ended(number), stderr.ended(number)) } => {}
+                () = self.child.exited() => {}
             }
         }
     }
