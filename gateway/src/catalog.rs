@@ -7,7 +7,7 @@ use crate::auth::Grant;
 use crate::config::{LimitBound, LimitsConfig};
 use crate::execution::kernel::KernelKind;
 use crate::runtime::RuntimeTable;
-use sluice_protocol::{Catalog, LimitRange, RuntimeInfo};
+use sluice_protocol::{Catalog, LimitRange, PackageInfo, RuntimeInfo};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -24,25 +24,46 @@ const MAX_VERSION_CHARS: usize = 120;
 /// The most bytes of an interpreter's `--version` output read.
 const MAX_VERSION_OUTPUT: u64 = 4096;
 
-/// The interpreters' versions, each asked once, the first time a caller asks.
+/// How long a Python interpreter may take to list its packages.
+const PACKAGES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most packages listed for one runtime, and the most bytes of the list read.
+const MAX_PACKAGES: usize = 5000;
+const MAX_PACKAGES_OUTPUT: u64 = 1 << 20;
+
+/// What the catalog says of one interpreter, asked once.
+#[derive(Debug, Clone, Default)]
+struct Facts {
+    version: Option<String>,
+    packages: Option<Vec<PackageInfo>>,
+}
+
+/// The interpreters' versions (and a Python interpreter's packages), each asked once,
+/// the first time a caller asks.
 #[derive(Debug, Default)]
 pub(crate) struct Versions {
-    known: Mutex<HashMap<PathBuf, Option<String>>>,
+    known: Mutex<HashMap<PathBuf, Facts>>,
 }
 
 impl Versions {
-    /// The versions of `programs`, in order, asking those not asked before (as
+    /// What is known of `programs`, in order, asking those not asked before (as
     /// `user`'s ids). Blocks for as long as those take (at most [`VERSION_TIMEOUT`]
-    /// each): call it from a blocking thread. Held locked meanwhile, so a burst of first
-    /// questions starts each interpreter once.
-    fn of(&self, programs: &[&Path], user: Option<(u32, u32)>) -> Vec<Option<String>> {
+    /// each, and [`PACKAGES_TIMEOUT`] for a Python interpreter's packages): call it from
+    /// a blocking thread. Held locked meanwhile, so a burst of first questions starts
+    /// each interpreter once.
+    fn of(&self, programs: &[&Path], user: Option<(u32, u32)>) -> Vec<Facts> {
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         programs
             .iter()
             .map(|program| {
                 known
                     .entry(program.to_path_buf())
-                    .or_insert_with(|| ask_version(program, user))
+                    .or_insert_with(|| Facts {
+                        version: ask_version(program, user),
+                        packages: lists_packages(program)
+                            .then(|| ask_packages(program, user))
+                            .flatten(),
+                    })
                     .clone()
             })
             .collect()
@@ -73,13 +94,14 @@ pub(crate) fn catalog(
         .filter_map(|name| runtimes.get(name))
         .collect();
     let programs: Vec<&Path> = allowed.iter().map(|r| r.program.as_path()).collect();
-    let versions = versions.of(&programs, user);
+    let facts = versions.of(&programs, user);
     let runtimes = allowed
         .into_iter()
-        .zip(versions)
-        .map(|(runtime, version)| RuntimeInfo {
+        .zip(facts)
+        .map(|(runtime, facts)| RuntimeInfo {
             language: runtime.name.clone(),
-            version,
+            version: facts.version,
+            packages: facts.packages,
             file_name: runtime.file_name.clone(),
             extension: Path::new(&runtime.file_name)
                 .extension()
@@ -126,7 +148,7 @@ pub fn runtimes_report(config: &crate::config::Config) -> String {
     for runtime in &listed.runtimes {
         let _ = writeln!(
             out,
-            "  {:<10} {:<40} {}{}",
+            "  {:<10} {:<40} {}{}{}",
             runtime.language,
             runtime.version.as_deref().unwrap_or("(no --version)"),
             runtime.file_name,
@@ -135,6 +157,11 @@ pub fn runtimes_report(config: &crate::config::Config) -> String {
             } else {
                 ""
             },
+            runtime
+                .packages
+                .as_ref()
+                .map(|packages| format!(", {} packages", packages.len()))
+                .unwrap_or_default(),
         );
     }
     out
@@ -162,20 +189,82 @@ fn ranges(limits: &LimitsConfig) -> BTreeMap<String, LimitRange> {
 }
 
 /// `program --version`'s first line (stdout's, else stderr's), when it exits with 0
-/// within [`VERSION_TIMEOUT`]. Run with fixed arguments, an empty environment (a `PATH`
-/// only), no input, in `/`, in a process group of its own, and as `user` where given.
-/// Nothing of a request reaches it. The deadline covers the output too: whatever the
-/// group still holds once the program has exited (or at the deadline) is killed, and a
-/// child that left the group and keeps a pipe open holds only that pipe's reader thread,
-/// not the answer.
+/// within [`VERSION_TIMEOUT`].
 fn ask_version(program: &Path, user: Option<(u32, u32)>) -> Option<String> {
+    let (out, err) = ask(
+        program,
+        &["--version"],
+        user,
+        VERSION_TIMEOUT,
+        MAX_VERSION_OUTPUT,
+    )?;
+    first_line(&out).or_else(|| first_line(&err))
+}
+
+/// The distributions a Python interpreter imports from (`importlib.metadata`, in
+/// isolated mode: its own `sys.path`, a virtual environment's included), as a JSON
+/// list of `[name, version]`.
+const LIST_PACKAGES: &str = "import importlib.metadata as m, json\n\
+seen = {}\n\
+for d in m.distributions():\n    \
+name = d.metadata['Name']\n    \
+if name and name not in seen: seen[name] = d.version or ''\n\
+print(json.dumps(sorted(seen.items(), key=lambda p: p[0].lower())))";
+
+/// Whether `program` is a Python interpreter, whose packages are listed.
+fn lists_packages(program: &Path) -> bool {
+    program
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with("python"))
+}
+
+/// A Python interpreter's packages, sorted by name (at most [`MAX_PACKAGES`], each name
+/// and version printable and cut short), when it lists them within [`PACKAGES_TIMEOUT`].
+fn ask_packages(program: &Path, user: Option<(u32, u32)>) -> Option<Vec<PackageInfo>> {
+    let (out, _) = ask(
+        program,
+        &["-I", "-c", LIST_PACKAGES],
+        user,
+        PACKAGES_TIMEOUT,
+        MAX_PACKAGES_OUTPUT,
+    )?;
+    let listed: Vec<(String, String)> = serde_json::from_str(out.trim()).ok()?;
+    let short = |text: &str, most: usize| printable(text).trim().chars().take(most).collect();
+    Some(
+        listed
+            .iter()
+            .take(MAX_PACKAGES)
+            .map(|(name, version)| PackageInfo {
+                name: short(name, MAX_VERSION_CHARS),
+                version: short(version, MAX_VERSION_CHARS),
+            })
+            .filter(|package| !package.name.is_empty())
+            .collect(),
+    )
+}
+
+/// Runs `program` with fixed `args` and returns its stdout and stderr (at most
+/// `max_output` bytes of each), when it exits with 0 within `timeout`. Run with an
+/// empty environment (a `PATH` only), no input, in `/`, in a process group of its own,
+/// and as `user` where given. Nothing of a request reaches it. The deadline covers the
+/// output too: whatever the group still holds once the program has exited (or at the
+/// deadline) is killed, and a child that left the group and keeps a pipe open holds
+/// only that pipe's reader thread, not the answer.
+fn ask(
+    program: &Path,
+    args: &[&str],
+    user: Option<(u32, u32)>,
+    timeout: Duration,
+    max_output: u64,
+) -> Option<(String, String)> {
     use std::os::unix::process::CommandExt as _;
     use std::sync::mpsc;
     use std::sync::Arc;
-    let deadline = std::time::Instant::now() + VERSION_TIMEOUT;
+    let deadline = std::time::Instant::now() + timeout;
     let mut command = Command::new(program);
     command
-        .arg("--version")
+        .args(args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .current_dir("/")
@@ -197,10 +286,10 @@ fn ask_version(program: &Path, user: Option<(u32, u32)>) -> Option<String> {
         let text = Arc::new(Mutex::new(Vec::new()));
         let (into, done) = (Arc::clone(&text), read_all.clone());
         std::thread::spawn(move || {
-            let mut chunk = [0; 1024];
+            let mut chunk = [0; 4096];
             loop {
                 let mut text = into.lock().unwrap_or_else(PoisonError::into_inner);
-                let room = usize::try_from(MAX_VERSION_OUTPUT)
+                let room = usize::try_from(max_output)
                     .unwrap_or(usize::MAX)
                     .saturating_sub(text.len())
                     .min(chunk.len());
@@ -228,13 +317,13 @@ fn ask_version(program: &Path, user: Option<(u32, u32)>) -> Option<String> {
     // behind) is killed, which ends the pipes unless a child left the group.
     crate::sys::signal_group(pid, crate::sys::Signal::Kill).ok();
     let Ok(status) = status else {
-        tracing::warn!(program = %program.display(), "no answer to --version within 2 s");
+        tracing::warn!(program = %program.display(), ?args, "no answer within {timeout:?}");
         return None;
     };
     for _ in 0..2 {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if outputs_read.recv_timeout(left).is_err() {
-            tracing::warn!(program = %program.display(), "--version left its output open");
+            tracing::warn!(program = %program.display(), ?args, "it left its output open");
             break;
         }
     }
@@ -245,7 +334,7 @@ fn ask_version(program: &Path, user: Option<(u32, u32)>) -> Option<String> {
         let bytes = buffer.lock().unwrap_or_else(PoisonError::into_inner);
         String::from_utf8_lossy(&bytes).into_owned()
     };
-    first_line(&text(&out)).or_else(|| first_line(&text(&err)))
+    Some((text(&out), text(&err)))
 }
 
 /// The first line with text, without terminal escapes or control characters, trimmed

@@ -285,6 +285,10 @@ mod tests {
                 runtimes: vec![crate::RuntimeInfo {
                     language: "py\"thon".into(),
                     version: Some("Python 3.11.7".into()),
+                    packages: Some(vec![crate::PackageInfo {
+                        name: "n\u{e9}mo".into(),
+                        version: "1.0".into(),
+                    }]),
                     file_name: "main.py".into(),
                     extension: "py".into(),
                     persistent: true,

@@ -43,7 +43,7 @@ pub use files::{
     MAX_LIST_ENTRIES, RESERVED_PREFIX,
 };
 pub use limits::Limits;
-pub use runtimes::{Catalog, LimitRange, RuntimeInfo};
+pub use runtimes::{Catalog, LimitRange, PackageInfo, RuntimeInfo};
 
 /// The protocol version this crate describes.
 pub const PROTOCOL_VERSION: u32 = 1;

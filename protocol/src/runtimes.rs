@@ -15,6 +15,11 @@ pub struct RuntimeInfo {
     /// `--version`), when it gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// A Python interpreter's packages (every distribution it imports from, a virtual
+    /// environment's included), sorted by name; absent for other languages, or when the
+    /// interpreter did not list them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Vec<PackageInfo>>,
     /// The file the code is written to, in the program's working directory.
     pub file_name: String,
     /// That file's extension, without the dot (empty when it has none).
@@ -28,6 +33,16 @@ pub struct RuntimeInfo {
     /// Its programs may reach the network (the caller's credential may still take it
     /// away; this says what the caller gets).
     pub network: bool,
+}
+
+/// One installed package of a runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PackageInfo {
+    /// The distribution's name, as it spells it (`numpy`, `Pillow`).
+    pub name: String,
+    /// Its version (`1.26.4`).
+    pub version: String,
 }
 
 /// A limit's default (applied when a request names none) and the largest value a

@@ -269,7 +269,7 @@ async def test_cleanup_ends_running_streams(gateway_url: str) -> None:
 
 
 async def test_runtimes_lists_the_languages_and_limits(gateway_url: str) -> None:
-    from sluice import Catalog
+    from sluice import Catalog, PackageInfo
 
     async with SandboxClient(gateway_url) as client:
         catalog = await within(client.runtimes())
@@ -280,6 +280,12 @@ async def test_runtimes_lists_the_languages_and_limits(gateway_url: str) -> None
         assert python is not None and (python.file_name, python.extension) == ("main.py", "py")
         assert python.persistent and python.tty
         assert python.version is not None and python.version.startswith("Python 3.")
+        # Its packages, sorted by name; other languages list none.
+        assert python.packages is not None and all(isinstance(p, PackageInfo) for p in python.packages)
+        package_names = [p.name.lower() for p in python.packages]
+        assert package_names == sorted(package_names)
+        sh = catalog.runtime("sh")
+        assert sh is not None and sh.packages is None
         timeout = catalog.limits["timeout_ms"]
         assert 0 < timeout.default <= timeout.max
         # The answer arrives on a socket with a program running meanwhile (it waits for

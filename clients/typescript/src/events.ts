@@ -171,6 +171,8 @@ export interface RuntimeInfo {
   language: string;
   /** The interpreter's own account of its version, when it gives one. */
   version?: string;
+  /** A Python interpreter's packages (a virtual environment's included), sorted by name. */
+  packages?: PackageInfo[];
   /** The file the code is written to (`main.py`) and its extension (`py`). */
   file_name: string;
   extension: string;
@@ -180,6 +182,12 @@ export interface RuntimeInfo {
   tty: boolean;
   /** Its programs may reach the network. */
   network: boolean;
+}
+
+/** One installed package of a runtime. */
+export interface PackageInfo {
+  name: string;
+  version: string;
 }
 
 /** A limit's default (when a request names none) and the largest value a request may ask for. */
@@ -816,6 +824,17 @@ export function checkCatalog(obj: Json, what: string, fail: (why: string) => nev
     if (r['version'] !== undefined && r['version'] !== null) {
       if (typeof r['version'] !== 'string') fail(`${what}: a runtime's version is not a string`);
       info.version = r['version'] as string;
+    }
+    if (r['packages'] !== undefined && r['packages'] !== null) {
+      const packages = r['packages'];
+      if (!Array.isArray(packages)) fail(`${what}: a runtime's packages is not an array`);
+      info.packages = (packages as unknown[]).map((item): PackageInfo => {
+        const p = item as Json;
+        if (typeof item !== 'object' || item === null || typeof p['name'] !== 'string' || typeof p['version'] !== 'string') {
+          fail(`${what}: a package needs a name and a version`);
+        }
+        return { name: p['name'] as string, version: p['version'] as string };
+      });
     }
     return info;
   });

@@ -49,6 +49,7 @@ export {
   type LimitRange,
   type MimeBundle,
   type OutputEvent,
+  type PackageInfo,
   type ResourceLimitEvent,
   type RestartedEvent,
   type ResultEvent,

@@ -578,6 +578,11 @@ describe('runtimes', () => {
     assert.equal(python?.persistent, true);
     assert.equal(python?.tty, true);
     assert.match(python?.version ?? '', /^Python 3\./);
+    // Its packages, sorted by name; other languages list none.
+    const packageNames = (python?.packages ?? []).map((p) => p.name.toLowerCase());
+    assert.ok(Array.isArray(python?.packages), 'python lists its packages');
+    assert.deepEqual(packageNames, [...packageNames].sort());
+    assert.equal(catalog.runtimes.find((r) => r.language === 'sh')?.packages, undefined);
     const timeout = catalog.limits['timeout_ms'];
     assert.ok(timeout && timeout.default > 0 && timeout.default <= timeout.max);
     assert.equal((await within(execution.done, 10_000, 'done')).stdout, 'got x\n');

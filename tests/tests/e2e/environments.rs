@@ -1,5 +1,6 @@
 //! A runtime whose interpreter is a virtual environment's (issue 15): used as given, not
-//! resolved to the base interpreter, for programs and persistent cells, jailed and not.
+//! resolved to the base interpreter, for programs and persistent cells, jailed and not,
+//! and its packages listed by discovery.
 //! (One under a directory others may write is refused: `runtime.rs`'s unit test.)
 
 use crate::isolation::jail_available;
@@ -36,9 +37,14 @@ impl Environment {
             .map(|entry| entry.path())
             .find(|path| path.join("site-packages").is_dir())
             .context("the environment's site-packages")?;
+        let site = version.join("site-packages");
+        std::fs::write(site.join("sluice_env_probe.py"), "VALUE = 42\n")?;
+        // What an installed distribution leaves: the catalog lists it.
+        let dist_info = site.join("sluice_env_probe-4.2.0.dist-info");
+        std::fs::create_dir_all(&dist_info)?;
         std::fs::write(
-            version.join("site-packages").join("sluice_env_probe.py"),
-            "VALUE = 42\n",
+            dist_info.join("METADATA"),
+            "Metadata-Version: 2.1\nName: sluice-env-probe\nVersion: 4.2.0\n",
         )?;
         // Readable by the user unjailed programs run as.
         open_up(&env.0)?;
@@ -108,6 +114,33 @@ async fn a_virtual_environment_runtime_runs_in_its_environment_jailed_and_unjail
             ..Config::default()
         })
         .await;
+        // Discovery lists the environment's packages, and not under the base runtime.
+        let (status, text) =
+            sluice_tests::http_get(gateway.addr(), sluice_protocol::RUNTIMES_PATH).await?;
+        ensure!(status == 200, "{status} {text}");
+        let catalog: sluice_protocol::Catalog = serde_json::from_str(&text)?;
+        let packages = |language: &str| {
+            catalog
+                .runtimes
+                .iter()
+                .find(|r| r.language == language)
+                .and_then(|r| r.packages.clone())
+        };
+        let probe_package = sluice_protocol::PackageInfo {
+            name: "sluice-env-probe".into(),
+            version: "4.2.0".into(),
+        };
+        ensure!(
+            packages("envpy").is_some_and(|p| p.contains(&probe_package)),
+            "{isolation:?}: {:?}",
+            packages("envpy")
+        );
+        ensure!(
+            packages("python").is_some_and(|p| !p.contains(&probe_package)),
+            "{:?}",
+            packages("python")
+        );
+        ensure!(packages("sh").is_none());
         let client = gateway.client().await?;
         let outcome = run(&client, request("program", "envpy", probe)).await?;
         ensure!(

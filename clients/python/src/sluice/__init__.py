@@ -39,7 +39,7 @@ from .events import (
 from .execution import Execution, ExecutionResult, ExecutionStream
 from .frames import ExecuteOptions, Limits, decode_frame, validate_frame
 from .queries import Completions, Inspection
-from .runtimes import Catalog, LimitRange, RuntimeInfo
+from .runtimes import Catalog, LimitRange, PackageInfo, RuntimeInfo
 from .session import SessionStream
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "LimitRange",
     "Limits",
     "NonZeroExit",
+    "PackageInfo",
     "ProtocolError",
     "QueryRefused",
     "ReconnectPolicy",

@@ -27,6 +27,17 @@ class RuntimeInfo:
     network: bool
     #: The interpreter's own account of its version, when it gives one.
     version: str | None = None
+    #: A Python interpreter's packages (a virtual environment's included), sorted
+    #: by name; None for other languages.
+    packages: tuple[PackageInfo, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PackageInfo:
+    """One installed package of a runtime."""
+
+    name: str
+    version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +79,7 @@ def catalog_from_fields(fields: Mapping[str, Any]) -> Catalog:
                 tty=_typed(r, "tty", bool),
                 network=_typed(r, "network", bool),
                 version=_typed(r, "version", str, optional=True),
+                packages=_packages(r),
             )
             for r in runtimes
         )
@@ -88,3 +100,10 @@ def _typed(obj: Any, field: str, kind: type, *, optional: bool = False) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"{field!r} is not a {kind.__name__}")
     return value
+
+
+def _packages(obj: Any) -> tuple[PackageInfo, ...] | None:
+    listed = _typed(obj, "packages", list, optional=True)
+    if listed is None:
+        return None
+    return tuple(PackageInfo(name=_typed(p, "name", str), version=_typed(p, "version", str)) for p in listed)
