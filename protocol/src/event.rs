@@ -82,6 +82,11 @@ pub enum EventKind {
     /// The answer to an `inspect`, on the socket's own stream: `found`, and when found a
     /// `bundle` whose `text/plain` describes the name (signature, type, documentation).
     InspectReply,
+    /// An execution without the network tried to reach a host outside its sandbox and
+    /// was refused: `data` says so, for a front end to show beside the program's own
+    /// error (a failed name lookup, `Network is unreachable`). At most one per
+    /// execution, on its session's stream, before its terminal event.
+    NetworkBlocked,
     /// A type this version of the protocol crate does not know (sent by a newer gateway).
     #[serde(other)]
     Unknown,
@@ -121,6 +126,7 @@ impl EventKind {
             Self::Restarted => "restarted",
             Self::CompleteReply => "complete_reply",
             Self::InspectReply => "inspect_reply",
+            Self::NetworkBlocked => "network_blocked",
             Self::Unknown => "unknown",
         }
     }
@@ -420,6 +426,12 @@ impl Event {
         }
     }
 
+    /// `network_blocked`: execution `id`, which has no network, tried to reach another
+    /// host.
+    pub fn network_blocked(id: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(EventKind::NetworkBlocked, Some(id.into()), message)
+    }
+
     /// `files_changed`: what changed in a session's workspace, seen at the end of the
     /// execution `id` (or after a file frame, `None`).
     pub fn files_changed(id: Option<String>, changes: FileChanges, truncated: bool) -> Self {
@@ -600,6 +612,7 @@ impl Event {
                 fail("needs an execution id and a bundle")
             }
             EventKind::UpdateDisplay if self.display_id.is_none() => fail("needs a display_id"),
+            EventKind::NetworkBlocked if self.id.is_none() => fail("needs an execution id"),
             EventKind::InputRequest if self.id.is_none() || self.password.is_none() => {
                 fail("needs an execution id and password")
             }

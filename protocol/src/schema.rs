@@ -322,6 +322,7 @@ pub(crate) fn event_rules(schema: &mut Schema) {
             }),
         ),
         when(&["update_display"], string("display_id")),
+        when(&["network_blocked"], string("id")),
         when(
             &["complete_reply", "inspect_reply"],
             json!({

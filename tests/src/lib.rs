@@ -954,7 +954,8 @@ fn check_lifecycles(name: &str, stream: &[&Event], joined_late: bool) {
             | EventKind::Display
             | EventKind::UpdateDisplay
             | EventKind::Result
-            | EventKind::InputRequest => {
+            | EventKind::InputRequest
+            | EventKind::NetworkBlocked => {
                 assert_eq!(
                     phase,
                     Some(Phase::Running),

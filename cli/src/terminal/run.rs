@@ -346,6 +346,10 @@ impl Runner {
                 }
                 Ok(None)
             }
+            EventKind::NetworkBlocked => {
+                say(&event.data);
+                Ok(None)
+            }
             EventKind::Gap => {
                 say(&format!(
                     "warning: events {} to {} of the session were lost; output may be incomplete",

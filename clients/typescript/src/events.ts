@@ -349,6 +349,15 @@ export interface InputRequestEvent extends ExecutionEnvelope {
 }
 
 /**
+ * `network_blocked`: the execution has no network and tried to reach a host (PROTOCOL.md
+ * §11.7): `data` says so, to show beside the program's own error. At most one per
+ * execution, never terminal.
+ */
+export interface NetworkBlockedEvent extends ExecutionEnvelope {
+  type: 'network_blocked';
+}
+
+/**
  * `restarted`: the answer to a `restart` (PROTOCOL.md §4.10), on the session's stream
  * after the cancelled cells' terminal events: the next cell starts a fresh interpreter.
  */
@@ -419,6 +428,7 @@ export type SluiceEvent =
   | UpdateDisplayEvent
   | ResultEvent
   | InputRequestEvent
+  | NetworkBlockedEvent
   | RestartedEvent
   | CompleteReplyEvent
   | InspectReplyEvent
@@ -700,6 +710,8 @@ function checkEvent(obj: Json, text: string): SluiceEvent {
       if (typeof password !== 'boolean') fail(`${what} has no boolean "password"`);
       return { type: 'input_request', ...base, password: password as boolean };
     }
+    case 'network_blocked':
+      return { type: 'network_blocked', ...needsExecution() };
     case 'restarted':
       if (session === null || id !== null) fail(`${what} needs a session and no execution id`);
       return { type: 'restarted', ...envelope, id: null, session: session as string };

@@ -48,6 +48,7 @@ export {
   type LimitKind,
   type LimitRange,
   type MimeBundle,
+  type NetworkBlockedEvent,
   type OutputEvent,
   type PackageInfo,
   type ResourceLimitEvent,

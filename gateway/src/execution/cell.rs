@@ -107,6 +107,7 @@ pub(super) async fn run_cell(
             &spec.env,
             &run.ctx.host.base_env,
             &run.ctx.host.work_root,
+            run.ctx.host.gives_network(&spec.runtime),
         );
         // A CPU limit would add up over every cell of the session: only the per-process
         // limits that make sense for a long-lived interpreter apply.

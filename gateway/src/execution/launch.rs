@@ -129,7 +129,13 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
     };
     let home = workspace.map_or(workdir.path(), |ws| ws.path());
     let source = home.join(&source_name);
-    let mut env = environment(&spec.runtime, &spec.env, &host.base_env, home);
+    let mut env = environment(
+        &spec.runtime,
+        &spec.env,
+        &host.base_env,
+        home,
+        host.gives_network(&spec.runtime),
+    );
     if let Some(control) = &spec.terminal {
         // Before the request's own variables, which may name another.
         let at = env.len() - spec.env.len();
@@ -246,18 +252,30 @@ fn write_into_workspace(
     })
 }
 
+/// What a program without the network gets in its environment: package managers that
+/// would retry a host they cannot reach (pip for about 8 s, npm for minutes) give up at
+/// the first failure. Before the runtime's and the request's variables, which may set
+/// them otherwise.
+pub(crate) const OFFLINE_ENV: [(&str, &str); 2] =
+    [("PIP_RETRIES", "0"), ("NPM_CONFIG_FETCH_RETRIES", "0")];
+
 /// The program's whole environment, later entries winning: the gateway's base, the
-/// working directory as HOME and TMPDIR, the runtime's own, then the request's.
+/// working directory as HOME and TMPDIR, [`OFFLINE_ENV`] when it has no `network`, the
+/// runtime's own, then the request's.
 pub(super) fn environment<'a>(
     runtime: &'a crate::runtime::Runtime,
     request_env: &'a [(String, String)],
     base_env: &'a [(String, String)],
     workdir: &'a Path,
+    network: bool,
 ) -> Vec<(&'a str, &'a str)> {
     let dir = workdir.to_str().unwrap_or("/tmp");
     let pairs = |list: &'a [(String, String)]| list.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let mut env: Vec<(&str, &str)> = pairs(base_env).collect();
     env.extend([("HOME", dir), ("TMPDIR", dir)]);
+    if !network {
+        env.extend(OFFLINE_ENV);
+    }
     env.extend(pairs(&runtime.env));
     env.extend(pairs(request_env));
     env

@@ -10,6 +10,7 @@
 //! - `cell.rs`: a cell in the session's persistent interpreter (`kernel.rs`);
 //! - `supervise.rs`: from start to terminal event, gathering what the verdict needs;
 //! - `pump.rs`: the output pump (pipes to events, limits, cancel, exit, drain);
+//! - `network_watch.rs`: a program without the network seen trying to reach out;
 //! - `stdin.rs`: the stdin feeder;
 //! - `terminal.rs`: a terminal execution's pseudo-terminal (opened at launch, resized
 //!   through the handle);
@@ -23,6 +24,7 @@ mod cgroup_checks;
 mod display;
 pub(crate) mod kernel;
 mod launch;
+mod network_watch;
 mod output;
 mod process;
 mod program;

@@ -5,6 +5,7 @@
 
 use super::cgroup_checks::next_cpu_check;
 use super::display::{DisplayScanner, Piece};
+use super::network_watch::{NetworkWatch, NETWORK_BLOCKED_MESSAGE};
 use super::output::OutputDecoder;
 use super::program::Program;
 use super::stdin::StdinFeed;
@@ -234,6 +235,10 @@ impl Run {
         let mut exited_at: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut first_output_at = None;
+        // A program without the network is watched for attempts to reach the outside.
+        let mut network_watch = (matches!(child, Program::Process(_))
+            && !self.ctx.host.gives_network(&self.spec.runtime))
+        .then(|| NetworkWatch::new(child.pid()));
         // Woken by the gateway's limit watcher when an OOM kill or a refused fork is
         // counted; then the report says which.
         let mut limit_watch = child.cgroup_limit_watch();
@@ -400,6 +405,13 @@ impl Run {
                         pipe.buf.truncate(keep);
                         let text = pipe.take_text();
                         pipe.queue(id, text, encoding, &mut pending);
+                        if pipe.kind == EventKind::Stderr
+                            && network_watch
+                                .as_mut()
+                                .is_some_and(|watch| watch.after_stderr(Instant::now()))
+                        {
+                            pending.push_back(Event::network_blocked(id, NETWORK_BLOCKED_MESSAGE));
+                        }
                         if exited_at.is_some() {
                             pipe.after_exit += take as u64;
                             if pipe.after_exit > DRAIN_LIMIT {

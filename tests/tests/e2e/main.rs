@@ -35,6 +35,7 @@ mod memory;
 mod node_cells;
 mod notebook;
 mod observe;
+mod offline;
 mod persistent;
 mod playground;
 mod privilege;
