@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -17,52 +18,87 @@ const RECHECK: Duration = Duration::from_millis(250);
 /// What the `network_blocked` event says.
 pub(crate) const NETWORK_BLOCKED_MESSAGE: &str = "this sandbox has no network: the program tried to reach a host and was refused (programs here run without network access, loopback included; the gateway's operator can allow the network per runtime)";
 
+/// The refused-attempt counts of one network namespace: a program's, or a persistent
+/// interpreter's (shared by its cells, each told only of attempts made since the last
+/// look).
+#[derive(Debug)]
+pub(crate) struct NamespaceCounters {
+    pid: u32,
+    /// Opened at the first look (the files keep the namespace's counts readable after
+    /// its processes are gone).
+    files: Option<[File; 2]>,
+    /// Not a namespace of its own (or gone): never looked at again.
+    unavailable: bool,
+    /// The count at the last look.
+    seen: u64,
+}
+
+impl NamespaceCounters {
+    /// The counts of the namespace of process `pid` (a program, its jail, an
+    /// interpreter), which must stay unreaped while they are read.
+    pub(crate) fn of(pid: u32) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            pid,
+            files: None,
+            unavailable: false,
+            seen: 0,
+        }))
+    }
+
+    /// True when attempts were counted since the last look.
+    fn new_attempts(&mut self) -> bool {
+        if self.unavailable {
+            return false;
+        }
+        if self.files.is_none() {
+            self.files = open_counters(self.pid);
+            if self.files.is_none() {
+                self.unavailable = true;
+                return false;
+            }
+        }
+        let total = self.files.as_ref().map_or(0, |[v4, v6]| {
+            read_counter(v4, no_routes_v4) + read_counter(v6, no_routes_v6)
+        });
+        let new = total > self.seen;
+        self.seen = total;
+        new
+    }
+}
+
 /// One execution's watch.
 #[derive(Debug)]
 pub(super) struct NetworkWatch {
-    pid: u32,
-    /// The namespace's counters, opened at the first look (the files keep the namespace's
-    /// counts readable after its processes are gone).
-    counters: Option<[File; 2]>,
+    counters: Arc<Mutex<NamespaceCounters>>,
     next_look: Instant,
-    /// Told already, or the program is not in a namespace of its own: nothing more to do.
+    /// Told already: nothing more to do.
     done: bool,
 }
 
 impl NetworkWatch {
-    /// A watch on the program whose process (or jail) is `pid`.
-    pub(super) fn new(pid: u32) -> Self {
+    /// A watch over `counters` for one execution.
+    pub(super) fn new(counters: Arc<Mutex<NamespaceCounters>>) -> Self {
         Self {
-            pid,
-            counters: None,
+            counters,
             next_look: Instant::now(),
             done: false,
         }
     }
 
     /// Called when the program wrote to stderr: true the first time the counters show an
-    /// attempt to leave the sandbox.
+    /// attempt to use the network (for a cell: one made since its interpreter's last look).
     pub(super) fn after_stderr(&mut self, now: Instant) -> bool {
         if self.done || now < self.next_look {
             return false;
         }
         self.next_look = now + RECHECK;
-        if self.counters.is_none() {
-            match open_counters(self.pid) {
-                Some(counters) => self.counters = Some(counters),
-                None => {
-                    self.done = true;
-                    return false;
-                }
-            }
-        }
-        let attempts = self.counters.as_ref().map_or(0, |[v4, v6]| {
-            read_counter(v4, no_routes_v4) + read_counter(v6, no_routes_v6)
-        });
-        if attempts > 0 {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        if counters.unavailable {
             self.done = true;
+            return false;
         }
-        attempts > 0
+        self.done = counters.new_attempts();
+        self.done
     }
 }
 
@@ -129,7 +165,7 @@ mod tests {
 
     #[test]
     fn the_gateways_own_namespace_is_not_watched() {
-        let mut watch = NetworkWatch::new(std::process::id());
+        let mut watch = NetworkWatch::new(NamespaceCounters::of(std::process::id()));
         assert!(!watch.after_stderr(Instant::now()));
         assert!(watch.done);
     }

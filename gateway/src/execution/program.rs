@@ -148,6 +148,17 @@ impl Program {
         }
     }
 
+    /// A cell's interpreter's network counters, when it has no network (a process's
+    /// are made by the pump, which knows its network).
+    pub(crate) fn network_counters(
+        &self,
+    ) -> Option<std::sync::Arc<std::sync::Mutex<super::network_watch::NamespaceCounters>>> {
+        match self {
+            Self::Process(_) => None,
+            Self::Cell(cell) => cell.kernel().and_then(Kernel::network_counters),
+        }
+    }
+
     /// True when a limit should interrupt first and kill only after the grace period.
     pub(crate) fn stops_gently(&self) -> bool {
         matches!(self, Self::Cell(_))

@@ -5,7 +5,7 @@
 
 use super::cgroup_checks::next_cpu_check;
 use super::display::{DisplayScanner, Piece};
-use super::network_watch::{NetworkWatch, NETWORK_BLOCKED_MESSAGE};
+use super::network_watch::{NamespaceCounters, NetworkWatch, NETWORK_BLOCKED_MESSAGE};
 use super::output::OutputDecoder;
 use super::program::Program;
 use super::stdin::StdinFeed;
@@ -235,10 +235,14 @@ impl Run {
         let mut exited_at: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut first_output_at = None;
-        // A program without the network is watched for attempts to reach the outside.
-        let mut network_watch = (matches!(child, Program::Process(_))
-            && !self.ctx.host.gives_network(&self.spec.runtime))
-        .then(|| NetworkWatch::new(child.pid()));
+        // A program without the network is watched for attempts to use it.
+        let counters = match child {
+            Program::Process(_) if !self.ctx.host.gives_network(&self.spec.runtime) => {
+                Some(NamespaceCounters::of(child.pid()))
+            }
+            _ => child.network_counters(),
+        };
+        let mut network_watch = counters.map(NetworkWatch::new);
         // Woken by the gateway's limit watcher when an OOM kill or a refused fork is
         // counted; then the report says which.
         let mut limit_watch = child.cgroup_limit_watch();

@@ -121,6 +121,51 @@ async fn a_program_without_the_network_is_told_so_once_and_package_managers_fail
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_are_told_of_their_own_attempts_only() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    if python_has_network(&gateway).await? {
+        sluice_tests::skip("this gateway cannot take the network from its programs");
+        return gateway.shutdown().await;
+    }
+    let mut socket = gateway.raw().await?;
+    let mut run_cell = async |id: &str, language: &str, code: &str| -> Result<Vec<Event>> {
+        socket
+            .execute(sluice_protocol::ExecuteRequest {
+                language: language.into(),
+                ..sluice_tests::cell(&format!("nb-{language}"), id, code)
+            })
+            .await?;
+        socket.events_until_terminal(id).await
+    };
+    let events = run_cell("try", "python", REACH_OUT).await?;
+    ensure!(blocked(&events) == 1, "{events:#?}");
+    // The interpreter's namespace outlives the cell: the next one is told only of its own.
+    let events = run_cell(
+        "quiet",
+        "python",
+        "import sys\nprint('just a warning', file=sys.stderr)",
+    )
+    .await?;
+    ensure!(blocked(&events) == 0, "{events:#?}");
+    let events = run_cell("again", "python", REACH_OUT).await?;
+    ensure!(blocked(&events) == 1, "{events:#?}");
+    // A Node cell's lookup.
+    let events = run_cell(
+        "node",
+        "node",
+        "await require('node:dns').promises.lookup('pypi.org').catch((e) => console.error('failed:', e.code))",
+    )
+    .await?;
+    ensure!(
+        text_of(&events, EventKind::Stderr).contains("failed:") && blocked(&events) == 1,
+        "{events:#?}"
+    );
+    drop(run_cell);
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_with_the_network_gets_neither_the_notice_nor_the_settings() -> Result<()> {
     let gateway = TestGateway::spawn_with(Config {
         network: Network::On,

@@ -179,6 +179,9 @@ pub(crate) struct Kernel {
     /// It has a network: the host's, which its runtime or the gateway's `--network`
     /// gave it and no credential took away (`Host::gives_network`).
     network: bool,
+    /// Without one: its namespace's counts of refused attempts, which its cells' pumps
+    /// look at (`network_blocked`).
+    network_counters: Option<Arc<Mutex<crate::execution::network_watch::NamespaceCounters>>>,
     /// The runtime (language) it was started for: a cell of another language of the
     /// same kind runs in it too.
     language: String,
@@ -361,6 +364,7 @@ impl Kernel {
             .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
             .map(Path::to_path_buf);
         let child = ChildGroup::watch(child, cgroup, sandbox_ids)?;
+        let pid = child.pid();
         ours.set_nonblocking(true)?;
         let (read, control) = UnixStream::from_std(ours)?.into_split();
         let replies = Arc::new(Replies {
@@ -394,10 +398,19 @@ impl Kernel {
             procs,
             jailed: host.jail.is_some(),
             network: host.gives_network(runtime),
+            network_counters: (!host.gives_network(runtime))
+                .then(|| crate::execution::network_watch::NamespaceCounters::of(pid)),
             language: runtime.name.clone(),
             limits,
             _slot: slot,
         })
+    }
+
+    /// Its namespace's counts of refused attempts to use the network, when it has none.
+    pub(crate) fn network_counters(
+        &self,
+    ) -> Option<Arc<Mutex<crate::execution::network_watch::NamespaceCounters>>> {
+        self.network_counters.clone()
     }
 
     pub(crate) fn kind(&self) -> KernelKind {
