@@ -128,39 +128,40 @@ async fn cells_are_told_of_their_own_attempts_only() -> Result<()> {
         return gateway.shutdown().await;
     }
     let mut socket = gateway.raw().await?;
-    let mut run_cell = async |id: &str, language: &str, code: &str| -> Result<Vec<Event>> {
-        socket
-            .execute(sluice_protocol::ExecuteRequest {
-                language: language.into(),
-                ..sluice_tests::cell(&format!("nb-{language}"), id, code)
-            })
-            .await?;
-        socket.events_until_terminal(id).await
-    };
-    let events = run_cell("try", "python", REACH_OUT).await?;
-    ensure!(blocked(&events) == 1, "{events:#?}");
-    // The interpreter's namespace outlives the cell: the next one is told only of its own.
-    let events = run_cell(
-        "quiet",
-        "python",
-        "import sys\nprint('just a warning', file=sys.stderr)",
-    )
-    .await?;
-    ensure!(blocked(&events) == 0, "{events:#?}");
-    let events = run_cell("again", "python", REACH_OUT).await?;
-    ensure!(blocked(&events) == 1, "{events:#?}");
-    // A Node cell's lookup.
-    let events = run_cell(
-        "node",
-        "node",
-        "await require('node:dns').promises.lookup('pypi.org').catch((e) => console.error('failed:', e.code))",
-    )
-    .await?;
-    ensure!(
-        text_of(&events, EventKind::Stderr).contains("failed:") && blocked(&events) == 1,
-        "{events:#?}"
-    );
-    drop(run_cell);
+    {
+        let mut run_cell = async |id: &str, language: &str, code: &str| -> Result<Vec<Event>> {
+            socket
+                .execute(sluice_protocol::ExecuteRequest {
+                    language: language.into(),
+                    ..sluice_tests::cell(&format!("nb-{language}"), id, code)
+                })
+                .await?;
+            socket.events_until_terminal(id).await
+        };
+        let events = run_cell("try", "python", REACH_OUT).await?;
+        ensure!(blocked(&events) == 1, "{events:#?}");
+        // The interpreter's namespace outlives the cell: the next one is told only of its own.
+        let events = run_cell(
+            "quiet",
+            "python",
+            "import sys\nprint('just a warning', file=sys.stderr)",
+        )
+        .await?;
+        ensure!(blocked(&events) == 0, "{events:#?}");
+        let events = run_cell("again", "python", REACH_OUT).await?;
+        ensure!(blocked(&events) == 1, "{events:#?}");
+        // A Node cell's lookup.
+        let events = run_cell(
+            "node",
+            "node",
+            "await require('node:dns').promises.lookup('pypi.org').catch((e) => console.error('failed:', e.code))",
+        )
+        .await?;
+        ensure!(
+            text_of(&events, EventKind::Stderr).contains("failed:") && blocked(&events) == 1,
+            "{events:#?}"
+        );
+    }
     assert_stream_ok(socket.received());
     gateway.shutdown().await
 }
