@@ -73,6 +73,8 @@ pub(super) struct NetworkWatch {
     next_look: Instant,
     /// Told already: nothing more to do.
     done: bool,
+    /// Looked at least once (the program wrote to stderr).
+    looked: bool,
 }
 
 impl NetworkWatch {
@@ -82,6 +84,16 @@ impl NetworkWatch {
             counters,
             next_look: Instant::now(),
             done: false,
+            looked: false,
+        }
+    }
+
+    /// When the execution is over: a cell that was looked at leaves the count as it
+    /// ended, so attempts after its last look are not told to the next cell.
+    pub(super) fn finish(&self) {
+        if self.looked && Arc::strong_count(&self.counters) > 1 {
+            let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            counters.new_attempts();
         }
     }
 
@@ -92,6 +104,7 @@ impl NetworkWatch {
             return false;
         }
         self.next_look = now + RECHECK;
+        self.looked = true;
         let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         if counters.unavailable {
             self.done = true;

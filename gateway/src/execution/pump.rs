@@ -441,6 +441,9 @@ impl Run {
                 drain_at = None;
             }
         }
+        if let Some(watch) = &network_watch {
+            watch.finish();
+        }
         PumpResult {
             stop,
             exited_at: exited_at.unwrap_or_else(Instant::now),
