@@ -1,9 +1,11 @@
 /**
  * The code editor: CodeMirror 6 with line numbers, history, bracket matching, search
  * keys and syntax highlighting chosen by the runtime's file extension (Python,
- * JavaScript and TypeScript, shell), and Ctrl-Enter (Cmd-Enter) to run.
+ * JavaScript and TypeScript, shell), Ctrl-Enter (Cmd-Enter) to run, and completions
+ * (Ctrl-Space, or as a name is typed) from the page when it has any to offer.
  */
 
+import { autocompletion, type CompletionContext, type CompletionResult } from '@codemirror/autocomplete';
 import { defaultKeymap, history, historyKeymap, indentWithTab } from '@codemirror/commands';
 import { javascript } from '@codemirror/lang-javascript';
 import { python } from '@codemirror/lang-python';
@@ -48,7 +50,17 @@ export interface Editor {
   setExtension(extension: string): void;
 }
 
-export function makeEditor(parent: HTMLElement, run: () => void, changed: () => void): Editor {
+/** Completions of the code at a position (JavaScript string indices): what replaces `from` to `to`. */
+export type Completer = (code: string, position: number) => Promise<{ from: number; to: number; names: string[] } | null>;
+
+export function makeEditor(parent: HTMLElement, run: () => void, changed: () => void, complete: Completer): Editor {
+  const source = async (context: CompletionContext): Promise<CompletionResult | null> => {
+    // As a name is typed, or after a dot; Ctrl-Space anywhere.
+    if (!context.explicit && !context.matchBefore(/[\w$.]$/)) return null;
+    const found = await complete(context.state.doc.toString(), context.pos);
+    if (!found || found.names.length === 0 || context.aborted) return null;
+    return { from: found.from, to: found.to, options: found.names.map((label) => ({ label })), validFor: /^[\w$]*$/ };
+  };
   const syntax = new Compartment();
   const runKeys = Prec.highest(
     keymap.of([
@@ -80,6 +92,7 @@ export function makeEditor(parent: HTMLElement, run: () => void, changed: () => 
         syntaxHighlighting(darkHighlight),
         syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
         syntax.of([]),
+        autocompletion({ override: [source] }),
         EditorView.updateListener.of((update) => {
           if (update.docChanged) changed();
         }),

@@ -45,6 +45,8 @@ const ui = {
   language: byId<HTMLSelectElement>('language'),
   run: byId<HTMLButtonElement>('run'),
   tty: byId<HTMLInputElement>('tty'),
+  keep: byId<HTMLInputElement>('keep'),
+  restart: byId<HTMLButtonElement>('restart'),
   shell: byId<HTMLButtonElement>('shell'),
   timeout: byId<HTMLInputElement>('timeout'),
   output: byId<HTMLInputElement>('output-limit'),
@@ -131,6 +133,7 @@ class Playground implements PaneHost {
       ui.editor,
       () => this.runEditor(),
       () => this.editorChanged(),
+      (code, position) => this.completeAt(code, position),
     );
     this.files = new FileTree(ui.files, this);
   }
@@ -168,6 +171,14 @@ class Playground implements PaneHost {
     ui.language.addEventListener('change', () => this.languageChanged());
     ui.run.addEventListener('click', () => this.runEditor());
     ui.shell.addEventListener('click', () => this.openShell());
+    ui.restart.addEventListener('click', () => this.restartInterpreter());
+    // A cell has no terminal: the two ways of running exclude each other.
+    ui.keep.addEventListener('change', () => {
+      if (ui.keep.checked) ui.tty.checked = false;
+    });
+    ui.tty.addEventListener('change', () => {
+      if (ui.tty.checked) ui.keep.checked = false;
+    });
     // Ctrl-Enter runs from anywhere but an input line or a terminal (the editor has its own key).
     document.addEventListener('keydown', (event) => {
       if (event.key !== 'Enter' || !(event.ctrlKey || event.metaKey) || event.defaultPrevented) return;
@@ -198,6 +209,9 @@ class Playground implements PaneHost {
     ui.tty.parentElement!.title = runtime?.tty
       ? 'Run the editor’s code on a terminal'
       : 'This gateway cannot run this language on a terminal';
+    ui.keep.disabled = !runtime?.persistent;
+    if (!runtime?.persistent) ui.keep.checked = false;
+    ui.restart.disabled = !this.runtimes.some((r) => r.persistent);
     const shell = this.shellRuntime();
     ui.shell.disabled = !shell;
     ui.shell.title = shell ? `An interactive ${shell.language} on a terminal, in this tab’s session` : 'This gateway has no terminal mode';
@@ -247,6 +261,7 @@ class Playground implements PaneHost {
     }
     const request: SavedRequest = { code, language: runtime.language, limits: this.limits(false) };
     if (this.workspace) request.workspace = true;
+    if (ui.keep.checked && runtime.persistent) request.persistent = true;
     const firstLine = code.split('\n').find((l) => l.trim() !== '') ?? '';
     const title = `${runtime.language} #${++this.counter} ${firstLine.trim().slice(0, 40)}`;
     let execution: ReturnType<SluiceClient['execute']>;
@@ -260,6 +275,32 @@ class Playground implements PaneHost {
     this.add(pane);
     pane.follow(execution);
     this.changed();
+  }
+
+  /** Names the tab's interpreter offers at `position`, while "keep state" is on. */
+  private async completeAt(code: string, position: number): Promise<{ from: number; to: number; names: string[] } | null> {
+    if (!ui.keep.checked || !this.runtime()?.persistent || !this.opened) return null;
+    try {
+      const found = await this.client.complete(this.session, code, position);
+      return { from: found.cursorStart, to: found.cursorEnd, names: found.matches };
+    } catch {
+      // No interpreter yet, or a cell runs (`no_kernel`, `kernel_busy`): nothing to offer.
+      return null;
+    }
+  }
+
+  /** Restarts the tab's interpreter: its variables are gone; the workspace stays. */
+  private restartInterpreter(): void {
+    if (!this.opened) return;
+    ui.notice.textContent = '';
+    this.client.restart(this.session).then(
+      () => {
+        ui.notice.textContent = 'the interpreter was restarted: the next run that keeps state starts a fresh one';
+      },
+      (err: Error) => {
+        ui.notice.textContent = `not restarted: ${err.message}`;
+      },
+    );
   }
 
   private openShell(): void {

@@ -214,6 +214,9 @@ export abstract class Pane {
       case 'gap':
         this.note(`${event.resume_from - event.missed_from} events of the session were lost here (the gateway no longer had them)`);
         return;
+      case 'network_blocked':
+        this.note(event.data);
+        return;
       default:
         if (isTerminal(event)) this.end(event);
     }

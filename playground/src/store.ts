@@ -19,6 +19,8 @@ export interface SavedRequest {
   rows?: number;
   /** Run in the session's workspace (sent as it was: the gateway recognises a repeat by its fields). */
   workspace?: boolean;
+  /** A cell of the session's persistent interpreter ("keep state"). */
+  persistent?: boolean;
 }
 
 /** One pane. */

@@ -666,6 +666,47 @@ test('rich output: HTML in a sandboxed frame, images from data: URLs, JSON, an u
   }
 });
 
+test("keep state: runs share the tab's interpreter, Ctrl-Space completes from it, Restart clears it; a blocked network is explained", async () => {
+  const { page, problems } = await openPage();
+  try {
+    await load(page, gateway.base);
+    await page.selectOption('#language', 'python');
+    await page.check('#keep');
+    await typeCode(page, 'value_one = 41');
+    await page.click('#run');
+    await paneStatus(page, await newest(page), 'completed');
+    const sum = await runPython(page, 'value_one + 1');
+    await waitForText(page, sum, '42');
+    // Completion from the live interpreter: the name the first run made.
+    await typeCode(page, 'value_o');
+    await page.keyboard.press('Control+Space');
+    const option = page.locator('.cm-tooltip-autocomplete li', { hasText: 'value_one' });
+    // Taken by a click (Enter is ignored for the first moments after the list opens).
+    await option.first().click(WAIT);
+    await page.waitForFunction(() => document.querySelector('.cm-content')?.textContent === 'value_one', undefined, WAIT);
+    // Restart: the variable is gone.
+    await page.click('#restart');
+    await page.waitForFunction(() => document.querySelector('#notice')?.textContent?.includes('restarted') ?? false, undefined, WAIT);
+    await page.click('#run');
+    const after = await newest(page);
+    await paneStatus(page, after, 'failed');
+    await waitForText(page, after, 'NameError');
+    // Without the network (where the gateway takes it), the page says why a lookup failed.
+    const catalog = (await (await fetch(`${gateway.base}/v1/runtimes`)).json()) as { runtimes: { language: string; network: boolean }[] };
+    if (catalog.runtimes.find((r) => r.language === 'python')?.network === false) {
+      await page.uncheck('#keep');
+      await typeCode(page, "import socket\nsocket.getaddrinfo('pypi.org', 443)");
+      await page.click('#run');
+      const blocked = await newest(page);
+      await paneStatus(page, blocked, 'failed');
+      await waitForText(page, blocked, 'this sandbox has no network');
+    }
+    assert.deepEqual(problems, []);
+  } finally {
+    await page.close();
+  }
+});
+
 test('with credentials configured the page asks for a token and keeps it for the tab only', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-playground-keys-'));
   const key = addKey('playground', join(dir, 'keys'));
