@@ -332,3 +332,86 @@ async fn node_completions_come_from_the_live_state_and_languages_do_not_mix() ->
     assert_stream_ok(socket.received());
     gateway.shutdown().await
 }
+
+/// From the outside review of the Node kernel: the driver's end marker written by a cell
+/// (many at once, the attack that kept a gateway core busy) ends the interpreter at once;
+/// an error message that is long in bytes (not characters) still gives a structured
+/// error; a line on the control socket that is not an answer ends the interpreter rather
+/// than leaving the cell to its timeout, for Python as for Node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markers_garbage_and_long_errors_from_cells_end_cleanly() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    completed(&run(&mut socket, "js", "setup", "let kept = 1").await?, 0)?;
+    let events = run(
+        &mut socket,
+        "js",
+        "markers",
+        "process.stdout.write('\\x1b]sluice;cell_end\\x07'.repeat(3640)); await new Promise(() => {})",
+    )
+    .await?;
+    let last = events.last().context("no terminal event")?;
+    ensure!(
+        last.kind == EventKind::Error
+            && last.code == Some(sluice_protocol::ErrorCode::KernelLost)
+            && last.data.contains("end marker"),
+        "{events:#?}"
+    );
+    // The next cell runs in a fresh interpreter.
+    let events = run(&mut socket, "js", "fresh", "typeof kept").await?;
+    completed(&events, 0)?;
+    assert_eq!(result_text(&events), Some("'undefined'"));
+    // Long in bytes: CJK and control characters.
+    for (id, unit) in [("cjk", "漢"), ("controls", "\\x01")] {
+        let code = format!("throw new Error(('{unit}'.repeat(2000) + '\\n').repeat(70))");
+        let events = run(&mut socket, "js", id, &code).await?;
+        let last = completed(&events, 1)?;
+        ensure!(
+            last.exception.as_ref().is_some_and(|e| e.ename == "Error"),
+            "{last:?}"
+        );
+    }
+    // A line on the control socket that is not an answer, from both kinds of cells.
+    for (session, language, code) in [
+        (
+            "py-garbage",
+            "python",
+            "import os, time\nos.write(3, b'not an answer\\n')\ntime.sleep(60)",
+        ),
+        (
+            "js",
+            "node",
+            "require('node:fs').writeSync(3, 'not an answer\\n'); await new Promise(() => {})",
+        ),
+    ] {
+        let mut request = node_cell(session, &format!("{session}-garbage"), code);
+        request.language = language.into();
+        request.limits.timeout_ms = Some(120_000);
+        let id = request.id.clone();
+        socket.execute(request).await?;
+        let events = socket.events_until_terminal(&id).await?;
+        let last = events.last().context("no terminal event")?;
+        ensure!(
+            last.kind == EventKind::Error
+                && last.code == Some(sluice_protocol::ErrorCode::KernelLost),
+            "{language}: {events:#?}"
+        );
+    }
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+/// A persistent cell's `peak_memory_bytes` is the interpreter's (jailed, not the jail's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cells_peak_memory_is_the_interpreters() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let mut request = node_cell("mem", "big", "block = bytearray(120 * 1024 * 1024)");
+    request.language = "python".into();
+    socket.execute(request).await?;
+    let events = socket.events_until_terminal("big").await?;
+    let last = completed(&events, 0)?;
+    let peak = last.usage.as_ref().map_or(0, |u| u.peak_memory_bytes);
+    ensure!(peak >= 120 * 1024 * 1024, "peak {peak}: {last:?}");
+    gateway.shutdown().await
+}

@@ -3,7 +3,9 @@
 //! `SCM_RIGHTS`). The driver ends each cell's output with [`CELL_END`] on both streams
 //! before it answers; what comes before it goes to the cell's pipe, which is closed
 //! there, so the cell's output reaches end-of-file like a program's. What arrives while
-//! no cell is open (a process the last cell left, killed with it) is dropped.
+//! no cell is open (a process the last cell left, killed with it) is dropped; a marker
+//! then (one more than the cells handed over) is not the driver's, and ends the
+//! interpreter.
 
 use std::io;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,11 +35,12 @@ enum Destination {
 }
 
 impl Forwarder {
-    /// Starts carrying `from` (the read end of the interpreter's stream).
-    pub(super) fn start(from: pipe::Receiver) -> Self {
+    /// Starts carrying `from` (the read end of the interpreter's stream); a marker no
+    /// cell can own is reported to `out_of_step`, and ends the carrying.
+    pub(super) fn start(from: pipe::Receiver, out_of_step: OutOfStep) -> Self {
         let (next, cells) = mpsc::channel(1);
         let (ended_tx, ended) = watch::channel(0);
-        let task = tokio::spawn(carry(from, cells, ended_tx));
+        let task = tokio::spawn(carry(from, cells, ended_tx, out_of_step));
         Self { next, ended, task }
     }
 
@@ -72,48 +75,62 @@ fn partial_marker(bytes: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
+/// What a marker that no cell can own does: the interpreter is ended (a cell printed the
+/// marker itself, or the driver is out of step).
+pub(super) type OutOfStep = Box<dyn Fn(&str) + Send + Sync>;
+
 async fn carry(
     mut from: pipe::Receiver,
     mut cells: mpsc::Receiver<pipe::Sender>,
     ended: watch::Sender<u64>,
+    out_of_step: OutOfStep,
 ) {
     let mut into = Destination::Between;
     let mut pending: Vec<u8> = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
+    let finder = memchr::memmem::Finder::new(CELL_END);
     loop {
+        // A read's work is bounded (one pass over at most the buffer and a partial
+        // marker), and other tasks get their turn between reads.
+        tokio::task::consume_budget().await;
         let read = match from.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         pending.extend_from_slice(&buffer[..read]);
+        let mut at = 0;
         loop {
             if matches!(into, Destination::Between) {
                 if let Ok(next) = cells.try_recv() {
                     into = Destination::Cell(next);
                 }
             }
-            let marker = pending
-                .windows(CELL_END.len())
-                .position(|window| window == CELL_END);
-            let upto = marker.unwrap_or(pending.len() - partial_marker(&pending));
+            let marker = finder.find(&pending[at..]).map(|found| at + found);
+            let upto = marker.unwrap_or(pending.len() - partial_marker(&pending[at..]));
             if let Destination::Cell(to) = &mut into {
-                if to.write_all(&pending[..upto]).await.is_err() {
+                if to.write_all(&pending[at..upto]).await.is_err() {
                     into = Destination::Dropping;
                 }
             }
             match marker {
-                Some(at) => {
-                    pending.drain(..at + CELL_END.len());
+                Some(found) => {
+                    at = found + CELL_END.len();
+                    if matches!(into, Destination::Between) {
+                        // No cell was handed over for this end: not the driver's.
+                        out_of_step("it ended a cell's output while no cell ran (a cell wrote the driver's end marker itself)");
+                        return;
+                    }
                     // Dropping the pipe is the cell's end of output.
                     into = Destination::Between;
                     ended.send_modify(|count| *count += 1);
                 }
                 None => {
-                    pending.drain(..upto);
+                    at = upto;
                     break;
                 }
             }
         }
+        pending.drain(..at);
     }
     // The interpreter is gone: whatever cell was open ends here.
     drop(into);

@@ -377,10 +377,23 @@ impl Kernel {
             cgroup_dir,
             procs: procs.clone(),
         });
+        let out_of_step = |replies: &Arc<Replies>| -> forward::OutOfStep {
+            let replies = Arc::clone(replies);
+            Box::new(move |why: &str| {
+                let mut cell = lock(&replies.current);
+                replies.end(&mut cell, why.to_owned());
+            })
+        };
         let forwarders = match outputs {
             Some((stdout, stderr)) => Some([
-                forward::Forwarder::start(pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))?),
-                forward::Forwarder::start(pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))?),
+                forward::Forwarder::start(
+                    pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))?,
+                    out_of_step(&replies),
+                ),
+                forward::Forwarder::start(
+                    pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))?,
+                    out_of_step(&replies),
+                ),
             ]),
             None => None,
         };
@@ -749,17 +762,20 @@ impl Kernel {
         self.replies.cpu()
     }
 
-    /// The interpreter's peak resident memory.
+    /// The interpreter's peak resident memory: the largest of its tree's processes (the
+    /// jail and its init come first when jailed, the interpreter below them).
     pub(crate) fn peak_memory(&self) -> u64 {
         let pid = self.pid();
-        let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
+        let mut tree = cell_processes::descendants(pid);
+        tree.push(pid);
+        tree.into_iter()
+            .filter_map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
                 let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
                 line.split_whitespace().nth(1)?.parse::<u64>().ok()
             })
-            .map_or(0, |kib| kib * 1024);
-        peak
+            .max()
+            .map_or(0, |kib| kib * 1024)
     }
 
     /// Kills the interpreter and reaps it; returns how it ended and what its cgroup

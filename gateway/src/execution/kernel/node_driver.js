@@ -62,7 +62,7 @@ const RECORD_START = '\x1b]sluice;';
 const RECORD_END = '\x07';
 // The most bytes of one record's JSON the gateway takes (sluice_protocol::MAX_DISPLAY_BYTES).
 const MAX_DISPLAY_BYTES = 8 << 20;
-// A query's answer and an exception's report stay well under the gateway's 256 KiB line.
+// A query's answer stays well under the gateway's 256 KiB line (its JSON's bytes).
 const ANSWER_BYTES = 150000;
 const MAX_MATCHES = 1000;
 const MAX_INSPECT_CHARS = 50000;
@@ -289,11 +289,33 @@ function report(error) {
   }
   lines = lines.filter((line) => !/^\s+at /.test(line) || (!line.includes(DRIVER) && !/[( ]node:/.test(line)));
   writeErr(lines.join('\n') + '\n');
-  let traceback = lines.map((line) => cut(line, 2000));
-  if (traceback.length > 60) {
-    traceback = [...traceback.slice(0, 30), `... ${traceback.length - 60} lines left out ...`, ...traceback.slice(-30)];
+  return bounded(ename, evalue, lines);
+}
+
+// The reply line's budget for an exception, as JSON bytes (the gateway reads lines of at
+// most 256 KiB; a character can take 6 bytes there); each tier cuts harder:
+// [characters of ename, of evalue, of a line, lines].
+const REPORT_BYTES = 150000;
+const REPORT_TIERS = [
+  [1000, 10000, 2000, 60],
+  [200, 2000, 500, 20],
+  [100, 200, 200, 6],
+  [40, 40, 40, 2],
+];
+
+/** The exception cut down, tier by tier, until its JSON fits REPORT_BYTES. */
+function bounded(ename, evalue, lines) {
+  let candidate;
+  for (const [nameMost, valueMost, lineMost, linesMost] of REPORT_TIERS) {
+    let traceback = lines.map((line) => cut(line, lineMost));
+    if (traceback.length > linesMost) {
+      const half = linesMost >> 1;
+      traceback = [...traceback.slice(0, half), `... ${traceback.length - 2 * half} lines left out ...`, ...traceback.slice(-half)];
+    }
+    candidate = { ename: cut(ename, nameMost), evalue: cut(evalue, valueMost), traceback };
+    if (Buffer.byteLength(JSON.stringify(candidate)) <= REPORT_BYTES) break;
   }
-  return { ename: cut(ename, 1000), evalue: cut(evalue, 1000), traceback };
+  return candidate;
 }
 
 function nextTurn() {
@@ -422,7 +444,7 @@ function complete(code, cursor) {
   const after = /^[\w$]*/.exec(code.slice(cursor))[0];
   const answer = { matches: names.slice(0, MAX_MATCHES), cursor_start: cursor - typed.length, cursor_end: cursor + after.length };
   if (names.length > MAX_MATCHES) answer.truncated = true;
-  while (JSON.stringify(answer).length > ANSWER_BYTES && answer.matches.length > 0) {
+  while (Buffer.byteLength(JSON.stringify(answer)) > ANSWER_BYTES && answer.matches.length > 0) {
     answer.matches = answer.matches.slice(0, answer.matches.length >> 1);
     answer.truncated = true;
   }
@@ -469,7 +491,7 @@ function inspectAt(code, cursor, detailLevel) {
     return { found: false };
   }
   const answer = { found: true, bundle: { 'text/plain': describe(name, value, detailLevel) } };
-  while (JSON.stringify(answer).length > ANSWER_BYTES) {
+  while (Buffer.byteLength(JSON.stringify(answer)) > ANSWER_BYTES) {
     const text = answer.bundle['text/plain'];
     answer.bundle['text/plain'] = text.slice(0, text.length >> 1) + '...';
   }

@@ -236,13 +236,15 @@ pub(super) async fn read_replies(
             .read_line(&mut line)
             .await;
         let parsed = match read {
-            Ok(0) | Err(_) => Err(()),
+            // Its end (it exited, or closed the socket): how it ended is the reaper's to say.
+            Ok(0) | Err(_) => Err(None),
             Ok(_) if !line.ends_with('\n') => {
                 tracing::warn!("the interpreter sent an overlong line; treating it as gone");
-                Err(())
+                Err(Some("it wrote the gateway a line longer than any answer"))
             }
             Ok(_) => serde_json::from_str::<Line>(&line).map_err(|err| {
                 tracing::warn!(%err, "the interpreter sent an unreadable reply");
+                Some("it wrote the gateway a line that is not an answer")
             }),
         };
         let mut cell = lock(&replies.current);
@@ -294,7 +296,13 @@ pub(super) async fn read_replies(
                     exception: error.map(bounded_exception),
                 }));
             }
-            Err(()) => {
+            Err(why) => {
+                // A line that is not an answer: the conversation cannot go on, and the
+                // interpreter is ended at once, so a cell waiting for its answer ends
+                // (`kernel_lost`) rather than at its timeout.
+                if let Some(why) = why {
+                    replies.end(&mut cell, why.to_owned());
+                }
                 cell.reply = Some(Err(()));
                 cell.answer = Some(Err(()));
                 drop(cell);
