@@ -106,12 +106,9 @@ impl NetworkWatch {
         self.next_look = now + RECHECK;
         self.looked = true;
         let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        if counters.unavailable {
-            self.done = true;
-            return false;
-        }
-        self.done = counters.new_attempts();
-        self.done
+        let told = counters.new_attempts();
+        self.done = told || counters.unavailable;
+        told
     }
 }
 
