@@ -172,6 +172,8 @@ async fn stdout_and_stderr_each_keep_their_order() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_program_gets_its_args_env_and_a_clean_environment() -> Result<()> {
+    // (Without the network it also gets PIP_RETRIES and NPM_CONFIG_FETCH_RETRIES:
+    // PROTOCOL.md 11.2, tested in `offline`.)
     let gateway = TestGateway::spawn().await;
     let client = gateway.client().await?;
     let code = "import os, sys\n\
@@ -180,7 +182,7 @@ async fn the_program_gets_its_args_env_and_a_clean_environment() -> Result<()> {
                 print(os.environ['PATH'])\n\
                 print(os.environ['LANG'])\n\
                 print(os.environ['HOME'] == os.getcwd() == os.environ['TMPDIR'])\n\
-                allowed = {'PATH', 'HOME', 'LANG', 'TMPDIR', 'GREETING'}\n\
+                allowed = {'PATH', 'HOME', 'LANG', 'TMPDIR', 'GREETING', 'PIP_RETRIES', 'NPM_CONFIG_FETCH_RETRIES'}\n\
                 print(sorted(k for k in os.environ if k not in allowed and not k.startswith('PYTHON')))\n";
     let outcome = run(
         &client,
