@@ -383,3 +383,33 @@ async def test_run_notebook_refuses_what_is_not_an_nbformat_4_notebook(gateway_u
     async with SandboxClient(gateway_url) as client:
         with pytest.raises(ValueError, match="only version 4"):
             await run_notebook(client, {"nbformat": 3, "worksheets": []})
+
+
+async def test_a_javascript_notebook_runs_as_node_cells(gateway_url: str) -> None:
+    from sluice.notebook import notebook_language
+
+    notebook: dict[str, Any] = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "javascript", "display_name": "JavaScript (Node.js)", "language": "javascript"}
+        },
+        "cells": [
+            code_cell("a", ["let x = 40;\n", "console.log('hello from node')"]),
+            code_cell("b", ["x + 2"]),
+            code_cell("c", ["throw new TypeError('bad')"]),
+        ],
+    }
+    assert notebook_language(notebook) == "node"
+    assert notebook_language({"metadata": {"language_info": {"name": "python"}}}) == "python"
+    assert notebook_language({"metadata": {}}) == "python"
+    async with SandboxClient(gateway_url) as client:
+        executed = await within(run_notebook(client, notebook))
+    first, second, third = executed["cells"]
+    assert first["outputs"] == [{"output_type": "stream", "name": "stdout", "text": ["hello from node\n"]}]
+    assert second["execution_count"] == 2
+    assert second["outputs"] == [
+        {"output_type": "execute_result", "execution_count": 2, "data": {"text/plain": ["42"]}, "metadata": {}}
+    ]
+    assert [o["output_type"] for o in third["outputs"]][-1] == "error"
+    assert third["outputs"][-1]["ename"] == "TypeError" and third["outputs"][-1]["evalue"] == "bad"

@@ -243,12 +243,30 @@ def _clear_from(notebook: dict[str, Any], start: int) -> None:
             cell["execution_count"] = None
 
 
+#: The gateway's language for a notebook's kernel language (``metadata.kernelspec.language``,
+#: else ``metadata.language_info.name``): Python, and JavaScript (IJavascript's notebooks)
+#: as Node cells.
+NOTEBOOK_LANGUAGES = {"python": "python", "javascript": "node"}
+
+
+def notebook_language(notebook: dict[str, Any]) -> str:
+    """The gateway language a notebook's cells run in: from its kernel's language
+    (:data:`NOTEBOOK_LANGUAGES`), ``python`` when it names none or another."""
+    metadata = notebook.get("metadata") or {}
+    kernelspec = metadata.get("kernelspec") or {}
+    language_info = metadata.get("language_info") or {}
+    for named in (kernelspec.get("language"), language_info.get("name")):
+        if isinstance(named, str) and named.lower() in NOTEBOOK_LANGUAGES:
+            return NOTEBOOK_LANGUAGES[named.lower()]
+    return "python"
+
+
 async def run_notebook(
     client: SandboxClient,
     notebook: NotebookSource,
     *,
     session: str | None = None,
-    language: str = "python",
+    language: str | None = None,
     timeout: float | None = None,
     stop_on_error: bool = True,
 ) -> dict[str, Any]:
@@ -257,7 +275,9 @@ async def run_notebook(
     :func:`write_notebook`) with their ``outputs`` and ``execution_count``.
 
     ``notebook`` is an nbformat 4 notebook as ``json.load`` gives it (not
-    changed), or the path of an ``.ipynb`` file. ``session`` names the session
+    changed), or the path of an ``.ipynb`` file. ``language`` is the gateway's
+    language for the cells (default: from the notebook's kernel,
+    :func:`notebook_language`: ``node`` for a JavaScript notebook). ``session`` names the session
     (default: a fresh ``notebook-...`` one); at the end, however the run ended,
     its interpreter is ended (:meth:`SandboxClient.restart`: it stops holding
     one of the gateway's interpreters at once) and the client lets go of it
@@ -277,6 +297,7 @@ async def run_notebook(
     """
     result_nb = _load(notebook)
     cells: list[dict[str, Any]] = result_nb["cells"]
+    language = language or notebook_language(result_nb)
     name = session or f"notebook-{secrets.token_hex(8)}"
     options: ExecuteOptions = {"session": name, "persistent": True, "stdin": ""}
     if timeout is not None:
@@ -340,7 +361,7 @@ def run_notebook_sync(
     notebook: NotebookSource,
     *,
     session: str | None = None,
-    language: str = "python",
+    language: str | None = None,
     timeout: float | None = None,
     stop_on_error: bool = True,
 ) -> dict[str, Any]:
@@ -386,8 +407,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m sluice.notebook",
         description=(
             "Run a Jupyter notebook (.ipynb, nbformat 4) on a Sluice gateway: its code cells in order, "
-            "as persistent Python cells of one session, and write the notebook with their outputs and "
-            "execution counts as Jupyter stores them. Markdown and raw cells are kept as they are."
+            "as persistent cells of one session (Python, or Node for a JavaScript notebook), and write "
+            "the notebook with their outputs and execution counts as Jupyter stores them. Markdown and "
+            "raw cells are kept as they are."
         ),
         epilog=(
             "Exit status: 0 when every cell ran; 1 when a cell raised (the notebook is written, with the "
@@ -409,6 +431,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token", help="the credential, an API key or a signed token (default: $SLUICE_TOKEN)")
     parser.add_argument("--session", help="the session to run the cells in (default: a fresh one)")
+    parser.add_argument(
+        "--language",
+        help="the gateway language to run the cells in (default: from the notebook's kernel: python, "
+        "or node for a JavaScript notebook)",
+    )
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="each cell's wall-clock limit")
     parser.add_argument(
         "--allow-errors",
@@ -433,6 +460,7 @@ async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                 client,
                 args.input,
                 session=args.session,
+                language=args.language,
                 timeout=args.timeout,
                 stop_on_error=not args.allow_errors,
             )
