@@ -10,7 +10,8 @@
 //!    events delivered per second in total, the gateway's CPU time per delivered event
 //!    (against the 1-subscriber run) and p99 delivery latency.
 //! 5. A persistent Python cell `print(1)`, execute to terminal event, against a fresh
-//!    Python process per execution through the same gateway.
+//!    Python process per execution through the same gateway; the same for a Node cell
+//!    `console.log(1)` against a fresh `node`.
 //! 6. Isolation: execute -> first stdout with cgroups and with the full jail (cold and
 //!    warm) against `--isolation none` and direct spawning; the same program on a
 //!    terminal (`tty`, always a cold start) against it on pipes; executions per second;
@@ -808,7 +809,7 @@ async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Res
     }
 
     // 5. Persistent cell against a fresh interpreter.
-    let (cell, fresh) = cell_round_trips(&mut socket, args.cell_runs).await?;
+    let (cell, fresh) = cell_round_trips(&mut socket, args.cell_runs, "python", "print(1)").await?;
     row(
         "python print(1) round trip, p50 (ms)",
         cell,
@@ -818,6 +819,21 @@ async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Res
         cell <= 2.0,
     );
     println!("  (gateway column: a persistent session's cell; direct column: a fresh python3 per execution through the gateway)");
+    // The same for Node's kernel, where the gateway has node.
+    match cell_round_trips(&mut socket, args.cell_runs, "node", "console.log(1)").await {
+        Ok((cell, fresh)) => {
+            row(
+                "node console.log(1) round trip, p50 (ms)",
+                cell,
+                fresh,
+                cell / fresh,
+                "-",
+                true,
+            );
+            println!("  (gateway column: a persistent session's Node cell; direct column: a fresh node per execution through the gateway)");
+        }
+        Err(err) => println!("node cell round trip: skipped ({err})"),
+    }
 
     // 6. A 1 MB PNG as a display event, against the same base64 text on stdout.
     let (display, stdout) = display_round_trips(&mut socket, args.cell_runs.min(20)).await?;
@@ -951,22 +967,29 @@ async fn wait_terminal(socket: &mut Socket, id: &str) -> anyhow::Result<()> {
 
 /// p50 milliseconds from `execute` to the terminal event for `print(1)`: as a cell of a
 /// persistent session, and as a fresh python process.
-async fn cell_round_trips(socket: &mut Socket, runs: usize) -> anyhow::Result<(f64, f64)> {
+async fn cell_round_trips(
+    socket: &mut Socket,
+    runs: usize,
+    language: &str,
+    code: &str,
+) -> anyhow::Result<(f64, f64)> {
+    let session = format!("bench-kernel-{language}");
     let cell = |id: String| ExecuteRequest {
-        session: Some("bench-kernel".into()),
+        session: Some(session.clone()),
         persistent: true,
-        ..execute_request(&id, "python", "print(1)")
+        ..execute_request(&id, language, code)
     };
     // The first cell starts the interpreter.
+    let warm = format!("warm-{language}");
     socket
         .send(Message::text(
-            ClientFrame::Execute(cell("warm".into())).to_json(),
+            ClientFrame::Execute(cell(warm.clone())).to_json(),
         ))
         .await?;
-    wait_terminal(socket, "warm").await?;
+    wait_terminal(socket, &warm).await?;
     let (mut cells, mut fresh) = (Vec::new(), Vec::new());
     for n in 0..runs {
-        let id = format!("cell{n}");
+        let id = format!("cell-{language}-{n}");
         let start = Instant::now();
         socket
             .send(Message::text(
@@ -975,11 +998,9 @@ async fn cell_round_trips(socket: &mut Socket, runs: usize) -> anyhow::Result<(f
             .await?;
         wait_terminal(socket, &id).await?;
         cells.push(ms(start.elapsed()));
-        let id = format!("fresh{n}");
+        let id = format!("fresh-{language}-{n}");
         let start = Instant::now();
-        socket
-            .send(execute_frame(&id, "python", "print(1)"))
-            .await?;
+        socket.send(execute_frame(&id, language, code)).await?;
         wait_terminal(socket, &id).await?;
         fresh.push(ms(start.elapsed()));
     }

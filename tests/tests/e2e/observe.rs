@@ -318,10 +318,19 @@ async fn readyz_turns_503_while_the_gateway_drains() -> Result<()> {
     within("the gateway to finish draining", gateway)
         .await??
         .context("the gateway returned an error")?;
-    ensure!(
-        TcpStream::connect(metrics_addr).await.is_err(),
-        "the metrics listener is closed once the drain is over"
-    );
+    // Closed by then; a program the gateway was starting as it stopped (a warm entry
+    // between its fork and its exec, which closes the gateway's descriptors) may still
+    // hold the socket for a moment, so the refusal is polled for.
+    poll_until(
+        "the metrics listener is closed once the drain is over",
+        async || {
+            Ok(TcpStream::connect(metrics_addr)
+                .await
+                .is_err()
+                .then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }
 
