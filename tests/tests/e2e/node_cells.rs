@@ -371,8 +371,52 @@ async fn markers_garbage_and_long_errors_from_cells_end_cleanly() -> Result<()> 
             "{last:?}"
         );
     }
-    // A line on the control socket that is not an answer, from both kinds of cells.
+    // One marker, then a stream of output no cell can take: ended too (a second pass).
+    let events = run(
+        &mut socket,
+        "js",
+        "after-marker",
+        "process.stdout.write('\\x1b]sluice;cell_end\\x07'); for (;;) process.stdout.write('y'.repeat(1 << 20))",
+    )
+    .await?;
+    let last = events.last().context("no terminal event")?;
+    ensure!(
+        last.kind == EventKind::Error
+            && last.code == Some(sluice_protocol::ErrorCode::KernelLost)
+            && last.data.contains("while no cell ran"),
+        "{events:#?}"
+    );
+    // An error message with a lone surrogate (text cut inside an emoji), from both.
     for (session, language, code) in [
+        ("js", "node", "throw new Error('a\\ud800b')"),
+        ("py-surrogate", "python", "raise ValueError('a\\ud800b')"),
+    ] {
+        let mut request = node_cell(session, &format!("{session}-surrogate"), code);
+        request.language = language.into();
+        let id = request.id.clone();
+        socket.execute(request).await?;
+        let events = socket.events_until_terminal(&id).await?;
+        let last = completed(&events, 1)?;
+        ensure!(
+            last.exception
+                .as_ref()
+                .is_some_and(|e| e.evalue.starts_with('a') && e.evalue.ends_with('b')),
+            "{language}: {events:#?}"
+        );
+    }
+    // A line on the control socket that is not an answer (not JSON, not UTF-8), from
+    // both kinds of cells.
+    for (n, session, language, code) in [
+        (
+            "py-bytes",
+            "python",
+            "import os, time\nos.write(3, b'\\xff\\n')\ntime.sleep(60)",
+        ),
+        (
+            "js",
+            "node",
+            "require('node:fs').writeSync(3, Buffer.from([0xff, 0x0a])); await new Promise(() => {})",
+        ),
         (
             "py-garbage",
             "python",
@@ -383,8 +427,12 @@ async fn markers_garbage_and_long_errors_from_cells_end_cleanly() -> Result<()> 
             "node",
             "require('node:fs').writeSync(3, 'not an answer\\n'); await new Promise(() => {})",
         ),
-    ] {
-        let mut request = node_cell(session, &format!("{session}-garbage"), code);
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(n, (session, language, code))| (n, session, language, code))
+    {
+        let mut request = node_cell(session, &format!("{session}-garbage-{n}"), code);
         request.language = language.into();
         request.limits.timeout_ms = Some(120_000);
         let id = request.id.clone();

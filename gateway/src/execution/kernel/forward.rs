@@ -15,6 +15,12 @@ use tokio::sync::{mpsc, watch};
 /// What the driver writes after a cell's output, on stdout and on stderr.
 pub(super) const CELL_END: &[u8] = b"\x1b]sluice;cell_end\x07";
 
+/// The most output the interpreter may write while no cell is open (after a cell's end,
+/// before the next cell): what its last cell's processes left in the pipe, and a timer's
+/// few lines, fit; a stream of it is dropped unread by anyone and unbounded by any
+/// limit, so past this the interpreter is ended.
+pub(super) const MAX_UNOWNED_OUTPUT: u64 = 2 << 20;
+
 /// One stream's carrier: the task, and the way in for each cell's pipe.
 #[derive(Debug)]
 pub(super) struct Forwarder {
@@ -86,6 +92,8 @@ async fn carry(
     out_of_step: OutOfStep,
 ) {
     let mut into = Destination::Between;
+    // Bytes dropped since the last cell was taken because no cell was open.
+    let mut unowned: u64 = 0;
     let mut pending: Vec<u8> = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
     let finder = memchr::memmem::Finder::new(CELL_END);
@@ -103,14 +111,25 @@ async fn carry(
             if matches!(into, Destination::Between) {
                 if let Ok(next) = cells.try_recv() {
                     into = Destination::Cell(next);
+                    unowned = 0;
                 }
             }
             let marker = finder.find(&pending[at..]).map(|found| at + found);
             let upto = marker.unwrap_or(pending.len() - partial_marker(&pending[at..]));
-            if let Destination::Cell(to) = &mut into {
-                if to.write_all(&pending[at..upto]).await.is_err() {
-                    into = Destination::Dropping;
+            match &mut into {
+                Destination::Cell(to) => {
+                    if to.write_all(&pending[at..upto]).await.is_err() {
+                        into = Destination::Dropping;
+                    }
                 }
+                Destination::Between => {
+                    unowned += (upto - at) as u64;
+                    if unowned > MAX_UNOWNED_OUTPUT {
+                        out_of_step("it wrote more than 2 MiB of output while no cell ran (after a cell's end: a cell that wrote the driver's end marker itself, or a timer left writing)");
+                        return;
+                    }
+                }
+                Destination::Dropping => {}
             }
             match marker {
                 Some(found) => {

@@ -105,8 +105,12 @@ const writeErr = (text) => writeAll(2, text);
 const realExit = process.exit.bind(process);
 const control = new net.Socket({ fd: 3, readable: true, writable: false });
 
+// A string with a lone surrogate (text cut inside an emoji) is not valid JSON text for
+// the gateway: every string sent is made well-formed first (U+FFFD in its place).
+const wellFormed = (_key, value) => (typeof value === 'string' ? value.toWellFormed() : value);
+
 function send(line) {
-  writeAll(3, JSON.stringify(line) + '\n');
+  writeAll(3, JSON.stringify(line, wellFormed) + '\n');
 }
 
 // --- rich output -------------------------------------------------------------------
@@ -352,19 +356,21 @@ async function runCell(number, source) {
       emit('result', { 'text/plain': plain(value) }, {}, undefined, number);
     }
   } catch (error) {
-    if (isInterrupt(error)) {
-      report(error);
-      reply = { cell: number, status: 'interrupted', exit_code: 130 };
-    } else if (error instanceof CellExit) {
-      const code = Number.isInteger(error.code) ? error.code : 0;
-      reply = { cell: number, status: 'exit', exit_code: code };
-    } else {
-      reply = { cell: number, status: 'error', exit_code: 1 };
-      try {
+    // What was thrown is the cell's: looking at it (a Proxy, a getter) may throw too,
+    // and the cell must still end.
+    reply = { cell: number, status: 'error', exit_code: 1 };
+    try {
+      if (isInterrupt(error)) {
+        reply = { cell: number, status: 'interrupted', exit_code: 130 };
+        report(error);
+      } else if (error instanceof CellExit) {
+        const code = Number.isInteger(error.code) ? error.code : 0;
+        reply = { cell: number, status: 'exit', exit_code: code };
+      } else {
         reply.error = report(error);
-      } catch {
-        // Reporting failed: the cell still ends.
       }
+    } catch {
+      // Reporting failed: the cell still ends, as classified so far.
     }
   } finally {
     running = null;

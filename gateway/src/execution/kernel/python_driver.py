@@ -340,10 +340,16 @@ REPORT_BYTES = 150_000
 REPORT_TIERS = ((1000, 10000, 2000, 60), (200, 2000, 500, 20), (100, 200, 200, 6))
 
 
+def well_formed(text):
+    # A lone surrogate is not valid JSON text for the gateway: escaped instead.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def bounded(exception):
     # Long parts are cut, a long traceback keeps its first and last lines, until the
     # JSON fits (non-ASCII text takes up to 12 bytes a character there).
     def cut(text, most):
+        text = well_formed(text)
         return text if len(text) <= most else text[:most] + "..."
 
     for name_most, value_most, line_most, lines_most in REPORT_TIERS:
@@ -550,7 +556,8 @@ def run(control, number, fds, source, namespace, devnull):
         os.close(fd)
     sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
-    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
+    # A lone surrogate (text cut inside an emoji) is written escaped, not an error.
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     reply = {"cell": number, "status": "ok", "exit_code": 0}
     # A SIGINT meant for the previous cell must not interrupt this one.
     while signal.sigtimedwait([signal.SIGINT], 0) is not None:

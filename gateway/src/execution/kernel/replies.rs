@@ -226,23 +226,28 @@ pub(super) async fn read_replies(
     mut control: BufReader<tokio::net::unix::OwnedReadHalf>,
     replies: Arc<Replies>,
 ) {
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
         // One reply is a JSON line (with an exception, of a bounded size); anything
-        // longer is not the driver talking.
+        // longer is not the driver talking. Read as bytes: a line that is not UTF-8 is
+        // not an answer either.
         let read = (&mut control)
             .take(MAX_REPLY_BYTES)
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
             .await;
         let parsed = match read {
             // Its end (it exited, or closed the socket): how it ended is the reaper's to say.
-            Ok(0) | Err(_) => Err(None),
-            Ok(_) if !line.ends_with('\n') => {
+            Ok(0) => Err(None),
+            Err(err) => {
+                tracing::warn!(%err, "could not read the interpreter's socket");
+                Err(Some("its socket to the gateway failed"))
+            }
+            Ok(_) if !line.ends_with(b"\n") => {
                 tracing::warn!("the interpreter sent an overlong line; treating it as gone");
                 Err(Some("it wrote the gateway a line longer than any answer"))
             }
-            Ok(_) => serde_json::from_str::<Line>(&line).map_err(|err| {
+            Ok(_) => serde_json::from_slice::<Line>(&line).map_err(|err| {
                 tracing::warn!(%err, "the interpreter sent an unreadable reply");
                 Some("it wrote the gateway a line that is not an answer")
             }),
