@@ -386,6 +386,31 @@ async fn markers_garbage_and_long_errors_from_cells_end_cleanly() -> Result<()> 
             && last.data.contains("while no cell ran"),
         "{events:#?}"
     );
+    // A thrown value whose getters throw or never return: still a structured error,
+    // at once, and the state stays.
+    for (id, code) in [
+        (
+            "getter-loops",
+            "{ const e = new Error('x'); Object.defineProperty(e, 'message', { get() { for (;;) {} } }); throw e }",
+        ),
+        (
+            "getter-throws",
+            "{ const e = new Error('x'); Object.defineProperty(e, 'name', { get() { throw new Error('no') } }); throw e }",
+        ),
+        (
+            "proxy",
+            "throw new Proxy({}, { get() { throw new Error('trap') }, getPrototypeOf() { throw new Error('trap') } })",
+        ),
+    ] {
+        let events = run(&mut socket, "js", id, code).await?;
+        let last = completed(&events, 1)?;
+        ensure!(
+            last.exception
+                .as_ref()
+                .is_some_and(|e| e.evalue.contains("could not be read")),
+            "{id}: {events:#?}"
+        );
+    }
     // An error message with a lone surrogate (text cut inside an emoji), from both.
     for (session, language, code) in [
         ("js", "node", "throw new Error('a\\ud800b')"),

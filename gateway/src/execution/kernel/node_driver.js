@@ -248,7 +248,7 @@ process.on('uncaughtException', (error) => writeErr(`Uncaught ${describeError(er
 process.on('unhandledRejection', (error) => writeErr(`Unhandled rejection: ${describeError(error)}\n`));
 
 function describeError(error) {
-  return error instanceof Error ? String(error.stack ?? error) : plain(error);
+  return readThrown(error)[2];
 }
 
 function evaluate(source, number) {
@@ -276,22 +276,44 @@ function cut(text, most) {
   return text.length > most ? text.slice(0, most) + '...' : text;
 }
 
+// What was thrown is the cell's: its `name`, `message` and `stack` may be getters that
+// throw or never return. They are read by a script that runs with a time limit (and
+// stops on SIGINT), and anything it cannot read is said to be unreadable.
+const THROWN = Symbol.for('sluice.thrown');
+const READ_THROWN = new vm.Script(
+  `(() => {
+    const [error, inspect] = globalThis[Symbol.for('sluice.thrown')];
+    if (error instanceof Error) {
+      const name = String(error.name);
+      const message = String(error.message);
+      return [name, message, String(error.stack ?? name + ': ' + message)];
+    }
+    const shown = inspect(error);
+    return [error === null ? 'null' : typeof error, shown, 'Uncaught ' + shown];
+  })()`,
+  { filename: 'sluice-report' },
+);
+const READ_TIME_MS = 1000;
+
+function readThrown(error) {
+  globalThis[THROWN] = [error, plain];
+  try {
+    return READ_THROWN.runInThisContext({ timeout: READ_TIME_MS, breakOnSigint: true, displayErrors: false });
+  } catch (failure) {
+    const why = failure?.code === 'ERR_SCRIPT_EXECUTION_TIMEOUT' ? `reading it took over ${READ_TIME_MS} ms` : 'reading it threw';
+    return ['Error', `<the thrown value could not be read: ${why}>`, `Error: <the thrown value could not be read: ${why}>`];
+  } finally {
+    delete globalThis[THROWN];
+  }
+}
+
 /** Prints the cell's error on its stderr and returns it structured: the cell's own
  * frames, without the kernel's or Node's. */
 function report(error) {
-  let ename;
-  let evalue;
-  let lines;
-  if (error instanceof Error) {
-    ename = String(error.name);
-    evalue = String(error.message);
-    lines = String(error.stack ?? `${ename}: ${evalue}`).split('\n');
-  } else {
-    ename = error === null ? 'null' : typeof error;
-    evalue = plain(error);
-    lines = [`Uncaught ${evalue}`];
-  }
-  lines = lines.filter((line) => !/^\s+at /.test(line) || (!line.includes(DRIVER) && !/[( ]node:/.test(line)));
+  const [ename, evalue, stack] = readThrown(error);
+  const lines = stack
+    .split('\n')
+    .filter((line) => !/^\s+at /.test(line) || (!line.includes(DRIVER) && !/[( ]node:/.test(line)));
   writeErr(lines.join('\n') + '\n');
   return bounded(ename, evalue, lines);
 }
@@ -359,11 +381,18 @@ async function runCell(number, source) {
     // What was thrown is the cell's: looking at it (a Proxy, a getter) may throw too,
     // and the cell must still end.
     reply = { cell: number, status: 'error', exit_code: 1 };
+    const is = (test) => {
+      try {
+        return test();
+      } catch {
+        return false;
+      }
+    };
     try {
-      if (isInterrupt(error)) {
+      if (is(() => isInterrupt(error))) {
         reply = { cell: number, status: 'interrupted', exit_code: 130 };
         report(error);
-      } else if (error instanceof CellExit) {
+      } else if (is(() => error instanceof CellExit)) {
         const code = Number.isInteger(error.code) ? error.code : 0;
         reply = { cell: number, status: 'exit', exit_code: code };
       } else {
