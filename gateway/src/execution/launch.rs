@@ -256,8 +256,7 @@ fn write_into_workspace(
 /// would retry a host they cannot reach (pip for about 8 s, npm for minutes) give up at
 /// the first failure. Before the runtime's and the request's variables, which may set
 /// them otherwise.
-pub(crate) const OFFLINE_ENV: [(&str, &str); 2] =
-    [("PIP_RETRIES", "0"), ("NPM_CONFIG_FETCH_RETRIES", "0")];
+const OFFLINE_ENV: [(&str, &str); 2] = [("PIP_RETRIES", "0"), ("NPM_CONFIG_FETCH_RETRIES", "0")];
 
 /// The program's whole environment, later entries winning: the gateway's base, the
 /// working directory as HOME and TMPDIR, [`OFFLINE_ENV`] when it has no `network`, the

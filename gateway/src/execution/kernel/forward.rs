@@ -7,7 +7,9 @@
 //! then (one more than the cells handed over) is not the driver's, and ends the
 //! interpreter.
 
+use super::replies::{lock, Replies};
 use std::io;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
@@ -41,12 +43,12 @@ enum Destination {
 }
 
 impl Forwarder {
-    /// Starts carrying `from` (the read end of the interpreter's stream); a marker no
-    /// cell can own is reported to `out_of_step`, and ends the carrying.
-    pub(super) fn start(from: pipe::Receiver, out_of_step: OutOfStep) -> Self {
+    /// Starts carrying `from` (the read end of the interpreter's stream); output no
+    /// cell can own ends the interpreter (through its `replies`) and the carrying.
+    pub(super) fn start(from: pipe::Receiver, replies: Arc<Replies>) -> Self {
         let (next, cells) = mpsc::channel(1);
         let (ended_tx, ended) = watch::channel(0);
-        let task = tokio::spawn(carry(from, cells, ended_tx, out_of_step));
+        let task = tokio::spawn(carry(from, cells, ended_tx, replies));
         Self { next, ended, task }
     }
 
@@ -81,16 +83,15 @@ fn partial_marker(bytes: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// What a marker that no cell can own does: the interpreter is ended (a cell printed the
-/// marker itself, or the driver is out of step).
-pub(super) type OutOfStep = Box<dyn Fn(&str) + Send + Sync>;
-
 async fn carry(
     mut from: pipe::Receiver,
     mut cells: mpsc::Receiver<pipe::Sender>,
     ended: watch::Sender<u64>,
-    out_of_step: OutOfStep,
+    replies: Arc<Replies>,
 ) {
+    // Output no cell can own: the driver is not in step (a cell wrote its end marker,
+    // or a timer is left writing), and the interpreter is ended.
+    let out_of_step = |why: &str| replies.end(&mut lock(&replies.current), why.to_owned());
     let mut into = Destination::Between;
     // Bytes dropped since the last cell was taken because no cell was open.
     let mut unowned: u64 = 0;

@@ -365,6 +365,7 @@ impl Kernel {
             .map(Path::to_path_buf);
         let child = ChildGroup::watch(child, cgroup, sandbox_ids)?;
         let pid = child.pid();
+        let network = host.gives_network(runtime);
         ours.set_nonblocking(true)?;
         let (read, control) = UnixStream::from_std(ours)?.into_split();
         let replies = Arc::new(Replies {
@@ -377,22 +378,15 @@ impl Kernel {
             cgroup_dir,
             procs: procs.clone(),
         });
-        let out_of_step = |replies: &Arc<Replies>| -> forward::OutOfStep {
-            let replies = Arc::clone(replies);
-            Box::new(move |why: &str| {
-                let mut cell = lock(&replies.current);
-                replies.end(&mut cell, why.to_owned());
-            })
-        };
         let forwarders = match outputs {
             Some((stdout, stderr)) => Some([
                 forward::Forwarder::start(
                     pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))?,
-                    out_of_step(&replies),
+                    replies.clone(),
                 ),
                 forward::Forwarder::start(
                     pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))?,
-                    out_of_step(&replies),
+                    replies.clone(),
                 ),
             ]),
             None => None,
@@ -410,8 +404,8 @@ impl Kernel {
             workdir: Some(workdir),
             procs,
             jailed: host.jail.is_some(),
-            network: host.gives_network(runtime),
-            network_counters: (!host.gives_network(runtime))
+            network,
+            network_counters: (!network)
                 .then(|| crate::execution::network_watch::NamespaceCounters::of(pid)),
             language: runtime.name.clone(),
             limits,
@@ -534,28 +528,24 @@ impl Kernel {
         let mut header = [0u8; 16];
         header[..8].copy_from_slice(&u64::try_from(code.len()).unwrap_or(u64::MAX).to_le_bytes());
         header[8..].copy_from_slice(&number.to_le_bytes());
-        let fds = match &self.forwarders {
-            None => vec![
-                stdin_read.as_raw_fd(),
-                stdout_write.as_raw_fd(),
-                stderr_write.as_raw_fd(),
-            ],
+        // The interpreter's ends, sent with the header (and closed here once sent), or
+        // handed to the carriers of its own streams.
+        let theirs: Vec<OwnedFd> = match &self.forwarders {
+            None => vec![stdin_read.into(), stdout_write.into(), stderr_write.into()],
             // The cell's output comes through the interpreter's own streams; it has
-            // no stdin (the read end closes below, so input is refused).
+            // no stdin (its read end closes here, so input is refused).
             Some([stdout, stderr]) => {
+                drop(stdin_read);
                 stdout
-                    .hand(pipe::Sender::from_owned_fd(OwnedFd::from(
-                        stdout_write.try_clone()?,
-                    ))?)
+                    .hand(pipe::Sender::from_owned_fd(stdout_write.into())?)
                     .await?;
                 stderr
-                    .hand(pipe::Sender::from_owned_fd(OwnedFd::from(
-                        stderr_write.try_clone()?,
-                    ))?)
+                    .hand(pipe::Sender::from_owned_fd(stderr_write.into())?)
                     .await?;
                 Vec::new()
             }
         };
+        let fds: Vec<_> = theirs.iter().map(|fd| fd.as_raw_fd()).collect();
         // The header and the descriptors travel in one message; the socket is empty
         // between cells, so it only waits if the interpreter stopped reading.
         let mut sent = 0;
@@ -578,7 +568,7 @@ impl Kernel {
         }
         self.control.write_all(code.as_bytes()).await?;
         // The interpreter holds its own copies now.
-        drop((stdin_read, stdout_write, stderr_write));
+        drop(theirs);
         Ok(CellPipes {
             stdin: OwnedFd::from(stdin_write),
             stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout_read))?,
