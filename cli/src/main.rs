@@ -339,6 +339,24 @@ struct ServeArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
 
+    /// Offer a package index to a language's programs: pip installs from it (into the
+    /// session's workspace, when it keeps one), and a program without the network
+    /// reaches it, and no other host, through the gateway (needs a root gateway with the
+    /// jail). Repeatable. Example: --package-index python=https://pypi.org/simple
+    #[arg(long = "package-index", value_name = "LANGUAGE=URL", value_parser = parse_env)]
+    package_indexes: Vec<(String, String)>,
+
+    /// Let a language's programs reach HOST[:PORT] (443 unless given) through the
+    /// package proxy too: where its index serves its files from. Repeatable.
+    /// Example: --package-host python=files.pythonhosted.org
+    #[arg(long = "package-host", value_name = "LANGUAGE=HOST[:PORT]", value_parser = parse_env)]
+    package_hosts: Vec<(String, String)>,
+
+    /// Most bytes of package archives (fetched over plain HTTP through the package
+    /// proxy) the gateway keeps for every session to reuse; 0 keeps none.
+    #[arg(long, default_value_t = sluice_gateway::DEFAULT_PACKAGE_CACHE_BYTES, value_name = "BYTES")]
+    package_cache_bytes: u64,
+
     /// Directory for the executions' temporary working directories
     /// [default: /dev/shm when it is a tmpfs, else $TMPDIR or /tmp].
     #[arg(long, value_name = "DIR")]
@@ -633,6 +651,7 @@ impl ServeArgs {
             warm_pool_refill: self.warm_pool_refill,
             warm_pool_max_age: Duration::from_millis(self.warm_pool_max_age_ms),
             playground: !self.no_playground,
+            package_cache_bytes: self.package_cache_bytes,
             ..Config::default()
         };
         config.runtimes.extend(self.runtimes);
@@ -645,6 +664,33 @@ impl ServeArgs {
             }
             if !found {
                 anyhow::bail!("--allow-network {language}: no runtime is called {language:?}");
+            }
+        }
+        for (language, url) in &self.package_indexes {
+            let index = sluice_gateway::PackageIndex::parse(url)
+                .map_err(|why| anyhow::anyhow!("--package-index {language}={url}: {why}"))?;
+            let mut found = false;
+            for spec in config.runtimes.iter_mut().filter(|s| &s.name == language) {
+                spec.package_index = Some(index.clone());
+                found = true;
+            }
+            if !found {
+                anyhow::bail!("--package-index {language}=...: no runtime is called {language:?}");
+            }
+        }
+        for (language, host) in &self.package_hosts {
+            let mut found = false;
+            for spec in config.runtimes.iter_mut().filter(|s| &s.name == language) {
+                let index = spec.package_index.as_mut().ok_or_else(|| {
+                    anyhow::anyhow!("--package-host {language}={host}: give the language a --package-index first")
+                })?;
+                index
+                    .allow_host(host)
+                    .map_err(|why| anyhow::anyhow!("--package-host {language}={host}: {why}"))?;
+                found = true;
+            }
+            if !found {
+                anyhow::bail!("--package-host {language}=...: no runtime is called {language:?}");
             }
         }
         for (key, value) in self.env {

@@ -17,6 +17,7 @@ mod io_hook;
 mod leftovers;
 mod meter;
 mod observe;
+mod packages;
 mod runtime;
 mod sandbox;
 mod server;
@@ -27,8 +28,8 @@ mod workspace;
 
 pub use catalog::runtimes_report;
 pub use config::{
-    AuthConfig, Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network,
-    DEFAULT_SANDBOX_ID, DEFAULT_WARM_POOL,
+    AuthConfig, Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network, PackageIndex,
+    DEFAULT_PACKAGE_CACHE_BYTES, DEFAULT_SANDBOX_ID, DEFAULT_WARM_POOL,
 };
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use sandbox::{jail, HostReport};

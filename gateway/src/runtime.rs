@@ -28,6 +28,8 @@ pub(crate) struct Runtime {
     /// Its programs get no network even where every program keeps the host's
     /// (`--network on`): a credential without it ([`Runtime::without_network`]).
     pub(crate) offline: bool,
+    /// The package index its programs install from (`--package-index`).
+    pub(crate) package_index: Option<Arc<crate::config::PackageIndex>>,
 }
 
 impl Runtime {
@@ -93,6 +95,7 @@ impl RuntimeTable {
                             env: spec.env.clone(),
                             network: spec.network,
                             offline: false,
+                            package_index: spec.package_index.clone().map(Arc::new),
                         }),
                     );
                 }

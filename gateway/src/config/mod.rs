@@ -16,11 +16,14 @@ pub use auth::AuthConfig;
 pub use isolation::{Isolation, Network, DEFAULT_SANDBOX_ID};
 pub(crate) use limits::{minimum, EffectiveLimits};
 pub use limits::{LimitBound, LimitsConfig};
-pub use runtimes::{RuntimeSpec, FILE_PLACEHOLDER};
+pub use runtimes::{PackageIndex, RuntimeSpec, FILE_PLACEHOLDER};
 pub use validate::ConfigError;
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The package cache's default size: 1 GiB.
+pub const DEFAULT_PACKAGE_CACHE_BYTES: u64 = 1 << 30;
 
 /// Everything the gateway needs to run. `Config::default()` is a safe, working setup.
 #[derive(Debug, Clone)]
@@ -182,6 +185,10 @@ pub struct Config {
     /// let a page of the gateway's own origin open sockets when that origin is an IP
     /// address or `localhost` (`--no-playground` turns both off).
     pub playground: bool,
+    // Issue 15, package environments.
+    /// The most bytes of package archives the gateway keeps for every session to share
+    /// (`--package-cache-bytes`; 0 keeps none).
+    pub package_cache_bytes: u64,
 }
 
 impl Config {
@@ -304,6 +311,7 @@ impl Default for Config {
             warm_pool_refill: 20,
             warm_pool_max_age: Duration::from_secs(300),
             playground: true,
+            package_cache_bytes: DEFAULT_PACKAGE_CACHE_BYTES,
         }
     }
 }

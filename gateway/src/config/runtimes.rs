@@ -25,6 +25,9 @@ pub struct RuntimeSpec {
     /// Programs of this runtime keep the host's network even where the others get none
     /// (`--allow-network`).
     pub network: bool,
+    /// The package index its programs install from (`--package-index`), reached
+    /// through the gateway when they have no network of their own.
+    pub package_index: Option<PackageIndex>,
 }
 
 impl RuntimeSpec {
@@ -39,6 +42,7 @@ impl RuntimeSpec {
             locate: None,
             optional: true,
             network: false,
+            package_index: None,
         };
         vec![
             Self {
@@ -89,6 +93,80 @@ impl RuntimeSpec {
             locate: None,
             optional: false,
             network: false,
+            package_index: None,
         })
     }
+}
+
+/// A package index an operator offers a runtime's programs (`--package-index`), and the
+/// hosts they may reach for it (`--package-host`: where the index's files are served
+/// from, when elsewhere): the whole of the network a program without its own may use,
+/// through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageIndex {
+    /// The index's URL, as pip's `--index-url` takes it (`http://` or `https://`).
+    pub url: String,
+    /// Every `(host, port)` its programs may reach: the index's own first.
+    pub hosts: Vec<(String, u16)>,
+}
+
+impl PackageIndex {
+    /// An index at `url` (`http(s)://HOST[:PORT]/PATH`), its host the only one allowed.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, 80)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, 443)
+        } else {
+            return Err(format!(
+                "{url:?}: a package index URL starts with http:// or https://"
+            ));
+        };
+        let (rest, default_port) = rest;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(format!("{url:?}: credentials in the index URL would reach every program; use an index that needs none"));
+        }
+        let host = parse_host(authority, default_port).map_err(|why| format!("{url:?}: {why}"))?;
+        Ok(Self {
+            url: url.to_owned(),
+            hosts: vec![host],
+        })
+    }
+
+    /// Allows `HOST[:PORT]` too (port 443 when none is given: files are fetched over
+    /// HTTPS unless the port says otherwise).
+    pub fn allow_host(&mut self, text: &str) -> Result<(), String> {
+        let host = parse_host(text, 443).map_err(|why| format!("{text:?}: {why}"))?;
+        if !self.hosts.contains(&host) {
+            self.hosts.push(host);
+        }
+        Ok(())
+    }
+}
+
+/// `HOST[:PORT]` (a name, an IPv4 address, or an IPv6 one in brackets), lower-cased.
+fn parse_host(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or("the port is not a number from 1 to 65535")?;
+            (host, port)
+        }
+        _ => (text, default_port),
+    };
+    let name_like = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    let valid = bracketed
+        && host[1..host.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.'))
+        || !host.is_empty() && host.len() <= 253 && host.chars().all(name_like);
+    if !valid {
+        return Err("not a host name or address".into());
+    }
+    Ok((host.to_ascii_lowercase(), port))
 }

@@ -102,12 +102,17 @@ pub(super) async fn run_cell(
                 return id;
             }
         };
+        let packages = run
+            .ctx
+            .host
+            .package_env(&spec.runtime, spec.workspace.as_deref());
         let env = launch::environment(
             &spec.runtime,
             &spec.env,
             &run.ctx.host.base_env,
             &run.ctx.host.work_root,
             run.ctx.host.gives_network(&spec.runtime),
+            &packages,
         );
         // A CPU limit would add up over every cell of the session: only the per-process
         // limits that make sense for a long-lived interpreter apply.

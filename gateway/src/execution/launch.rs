@@ -129,12 +129,14 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
     };
     let home = workspace.map_or(workdir.path(), |ws| ws.path());
     let source = home.join(&source_name);
+    let packages = host.package_env(&spec.runtime, workspace);
     let mut env = environment(
         &spec.runtime,
         &spec.env,
         &host.base_env,
         home,
         host.gives_network(&spec.runtime),
+        &packages,
     );
     if let Some(control) = &spec.terminal {
         // Before the request's own variables, which may name another.
@@ -158,6 +160,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         terminal: terminal.as_ref(),
         files: bundle,
         workspace,
+        package_proxy: host.package_proxy(&spec.runtime),
     };
     let started_at = Instant::now();
     let spawned = launch.spawn();
@@ -259,14 +262,16 @@ fn write_into_workspace(
 const OFFLINE_ENV: [(&str, &str); 2] = [("PIP_RETRIES", "0"), ("NPM_CONFIG_FETCH_RETRIES", "0")];
 
 /// The program's whole environment, later entries winning: the gateway's base, the
-/// working directory as HOME and TMPDIR, [`OFFLINE_ENV`] when it has no `network`, the
-/// runtime's own, then the request's.
+/// working directory as HOME and TMPDIR, [`OFFLINE_ENV`] when it has no `network`, its
+/// runtime's package index (`Host::package_env`), the runtime's own variables, then the
+/// request's.
 pub(super) fn environment<'a>(
     runtime: &'a crate::runtime::Runtime,
     request_env: &'a [(String, String)],
     base_env: &'a [(String, String)],
     workdir: &'a Path,
     network: bool,
+    packages: &'a [(String, String)],
 ) -> Vec<(&'a str, &'a str)> {
     let dir = workdir.to_str().unwrap_or("/tmp");
     let pairs = |list: &'a [(String, String)]| list.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -275,6 +280,7 @@ pub(super) fn environment<'a>(
     if !network {
         env.extend(OFFLINE_ENV);
     }
+    env.extend(pairs(packages));
     env.extend(pairs(&runtime.env));
     env.extend(pairs(request_env));
     env

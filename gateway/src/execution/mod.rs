@@ -190,6 +190,8 @@ pub(crate) struct Host {
     pub(crate) observe: crate::observe::Observer,
     /// Programs started ahead of their executions (`--warm-pool`), if any.
     pub(crate) warm: Option<Arc<warm::WarmPools>>,
+    /// The package proxies' shared parts, when a runtime has a package index.
+    pub(crate) packages: Option<Arc<crate::packages::Packages>>,
 }
 
 impl Host {
@@ -205,6 +207,37 @@ impl Host {
                 Some(jail) => !jail.no_network(),
                 None => !self.no_network,
             }
+    }
+
+    /// The package proxies' shared parts when `runtime`'s programs reach its package
+    /// index through the gateway: it has one, they have no network, and they are jailed
+    /// in namespaces the gateway makes (root). Elsewhere they reach it with their own
+    /// network, or (a rootless gateway's jail) not at all.
+    pub(crate) fn package_proxy(
+        &self,
+        runtime: &crate::runtime::Runtime,
+    ) -> Option<&Arc<crate::packages::Packages>> {
+        let listens = self.jail.as_ref().is_some_and(|j| j.can_listen_inside());
+        let proxied = runtime.package_index.is_some() && listens && !self.gives_network(runtime);
+        self.packages.as_ref().filter(|_| proxied)
+    }
+
+    /// What `runtime`'s programs find in their environment about its package index
+    /// (nothing without one): with a session's `workspace`, its package layer.
+    pub(crate) fn package_env(
+        &self,
+        runtime: &crate::runtime::Runtime,
+        workspace: Option<&crate::workspace::Workspace>,
+    ) -> Vec<(String, String)> {
+        let Some(index) = &runtime.package_index else {
+            return Vec::new();
+        };
+        let layer = workspace.map(|ws| ws.path().join(crate::packages::LAYER_DIR));
+        crate::packages::environment(
+            index,
+            self.package_proxy(runtime).is_some(),
+            layer.as_deref(),
+        )
     }
 
     /// Whether a program can be started without the network: the jail makes a network

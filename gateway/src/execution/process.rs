@@ -11,6 +11,7 @@ use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
@@ -54,6 +55,9 @@ pub(crate) struct Launch<'a> {
     /// unjailed program's working directory): `workdir` is then only the host
     /// directory the jail's spec and source copy travel through.
     pub(crate) workspace: Option<&'a crate::workspace::Workspace>,
+    /// Serve the runtime's package index to the jailed program through the gateway's
+    /// proxy (`Host::package_proxy`).
+    pub(crate) package_proxy: Option<&'a Arc<crate::packages::Packages>>,
 }
 
 /// How a warm-pool entry waits for its execution.
@@ -102,9 +106,27 @@ pub(crate) struct ChildGroup {
     report: Option<CgroupReport>,
     /// A terminal's program: a cancel hangs its terminal up (SIGHUP, then SIGTERM).
     hangs_up: bool,
+    /// The package proxy serving it, ended with it.
+    _package_proxy: Option<crate::packages::ProxyHandle>,
     /// A jailed program's own sandbox ids, given back after the group (its drop kills
     /// and reaps it) is gone: declared last, it is dropped last.
     _sandbox_ids: Option<IdLease>,
+}
+
+/// Serves `runtime`'s package index to a jail whose `lease` holds the socket made
+/// inside its namespace for the proxy, when one was asked for (`packages`).
+pub(crate) fn serve_packages(
+    runtime: &Runtime,
+    packages: Option<&Arc<crate::packages::Packages>>,
+    lease: Option<&mut IdLease>,
+) -> io::Result<Option<crate::packages::ProxyHandle>> {
+    let (Some(packages), Some(index)) = (packages, &runtime.package_index) else {
+        return Ok(None);
+    };
+    let listener = lease.and_then(IdLease::take_listener).ok_or_else(|| {
+        io::Error::other("no socket was made for the package proxy in the jail's network")
+    })?;
+    crate::packages::serve(listener, index.clone(), packages.clone()).map(Some)
 }
 
 impl Launch<'_> {
@@ -139,9 +161,10 @@ impl Launch<'_> {
         }
         argv.extend(self.args.iter().map(Into::into));
         let mut sandbox_ids = None;
+        let mut package_proxy = None;
         let started = match self.jail {
             Some(jail) => {
-                let (mut command, lease) = jail
+                let (mut command, mut lease) = jail
                     .command(
                         JailSpec {
                             host_dir: self.workdir.to_path_buf(),
@@ -184,7 +207,10 @@ impl Launch<'_> {
                         },
                         self.runtime.offline,
                         self.workspace.and_then(|ws| ws.ids()),
+                        self.package_proxy.map(|_| crate::packages::PROXY_PORT),
                     )
+                    .map_err(fail)?;
+                package_proxy = serve_packages(self.runtime, self.package_proxy, lease.as_mut())
                     .map_err(fail)?;
                 sandbox_ids = lease;
                 match self.terminal {
@@ -256,6 +282,7 @@ impl Launch<'_> {
             cgroup,
             report: None,
             hangs_up: self.terminal.is_some(),
+            _package_proxy: package_proxy,
             _sandbox_ids: sandbox_ids,
         };
         match (started.pipes, self.terminal) {
@@ -332,6 +359,7 @@ impl ChildGroup {
         mut child: std::process::Child,
         cgroup: Option<ExecutionCgroup>,
         sandbox_ids: Option<IdLease>,
+        package_proxy: Option<crate::packages::ProxyHandle>,
     ) -> io::Result<Self> {
         let pid = child.id();
         match sys::exit_watcher(pid) {
@@ -342,6 +370,7 @@ impl ChildGroup {
                 cgroup,
                 report: None,
                 hangs_up: false,
+                _package_proxy: package_proxy,
                 _sandbox_ids: sandbox_ids,
             }),
             Err(err) => {

@@ -8,7 +8,7 @@
 use super::jail::{JailReport, JailSpec, RlimitName};
 use super::network_pool::NetworkPool;
 use crate::sys::Rlimits;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -79,6 +79,17 @@ impl IdPool {
 pub(crate) struct IdLease {
     ids: Option<(Arc<IdPool>, u32)>,
     network: Option<OwnedFd>,
+    /// A socket listening on the loopback interface of that namespace, for the caller
+    /// to serve (the package proxy), until taken.
+    listener: Option<std::net::TcpListener>,
+}
+
+impl IdLease {
+    /// The socket made inside the jail's network namespace (`listen_on` of
+    /// [`Namespaces::command`]), once.
+    pub(crate) fn take_listener(&mut self) -> Option<std::net::TcpListener> {
+        self.listener.take()
+    }
 }
 
 impl Drop for IdLease {
@@ -260,6 +271,7 @@ impl Namespaces {
                 },
                 false,
                 None,
+                None,
             )
             .map_err(|e| failed(format!("writing the jail's spec in {}: {e}", dir.display())))?;
         let status = command
@@ -289,6 +301,12 @@ impl Namespaces {
         &self.program
     }
 
+    /// Whether [`Namespaces::command`] can listen inside a jail's network namespace:
+    /// the gateway makes them (root).
+    pub(crate) fn can_listen_inside(&self) -> bool {
+        self.network_pool.is_some()
+    }
+
     /// Whether jailed programs get an empty network namespace.
     pub(crate) fn no_network(&self) -> bool {
         self.no_network
@@ -304,11 +322,17 @@ impl Namespaces {
     /// `shared_ids`: the ids of a session's workspace ([`Namespaces::lease_ids`]), which
     /// every jail of the session runs as, so that each can use what the others left;
     /// without, the jail gets ids of its own.
+    ///
+    /// `listen_on`: a port to listen on at `127.0.0.1` inside the jail's network
+    /// namespace, its loopback interface up (the package proxy's), when the jail has no
+    /// network and the gateway makes its namespaces (root); the socket comes back in the
+    /// lease ([`IdLease::take_listener`]).
     pub(crate) fn command(
         &self,
         spec: JailSpec,
         offline: bool,
         shared_ids: Option<&IdLease>,
+        listen_on: Option<u16>,
     ) -> std::io::Result<(Command, Option<IdLease>)> {
         let shared_offset = shared_ids.and_then(|lease| lease.ids.as_ref().map(|(_, o)| *o));
         let ids = match (&self.ids, shared_offset) {
@@ -320,14 +344,32 @@ impl Namespaces {
         let no_network = spec.no_network && (self.no_network || offline);
         // Held from here on, so a failure below gives the ids back. The namespace is
         // taken only for a jail that will use it, so none is wasted.
-        let lease = IdLease {
+        let mut lease = IdLease {
             ids,
             network: self
                 .network_pool
                 .as_ref()
                 .filter(|_| no_network)
                 .and_then(|pool| pool.take()),
+            listener: None,
         };
+        if let (Some(port), Some(_), true) = (listen_on, &self.network_pool, no_network) {
+            // None ready (a burst): one made now, on a thread of its own.
+            if lease.network.is_none() {
+                let made = std::thread::Builder::new()
+                    .name("sluice-netns".into())
+                    .spawn(crate::sys::new_network_namespace)?
+                    .join()
+                    .map_err(|_| std::io::Error::other("making a network namespace panicked"))?;
+                lease.network = Some(made.map_err(std::io::Error::other)?);
+            }
+            if let Some(namespace) = &lease.network {
+                lease.listener = Some(crate::sys::listen_in_network_namespace(
+                    namespace.as_fd(),
+                    port,
+                )?);
+            }
+        }
         let offset = lease
             .ids
             .as_ref()
@@ -397,7 +439,11 @@ impl Namespaces {
             }
             None => None,
         };
-        Ok(IdLease { ids, network: None })
+        Ok(IdLease {
+            ids,
+            network: None,
+            listener: None,
+        })
     }
 
     /// What a runtime installed where the sandbox user cannot reach it needs exposed:

@@ -110,6 +110,12 @@ pub(crate) async fn build(config: Config) -> Result<Built, GatewayError> {
         program_user: sandbox.program_user,
         observe: observe.clone(),
         warm: None,
+        packages: runtimes.all().any(|r| r.package_index.is_some()).then(|| {
+            Arc::new(crate::packages::Packages::new(
+                &work_root.path.join("package-cache"),
+                config.package_cache_bytes,
+            ))
+        }),
     };
     let warm = warm_pools(&config, &runtimes, &host);
     if let Some(pools) = &warm {

@@ -604,6 +604,71 @@ pub(crate) fn new_network_namespace() -> Result<OwnedFd, NetworkNamespaceError> 
     made.map(OwnedFd::from).map_err(NetworkNamespaceError::Make)
 }
 
+/// Listens on `127.0.0.1:port` inside the network namespace `namespace` (a descriptor
+/// from [`new_network_namespace`]), with its loopback interface brought up: the socket
+/// belongs to that namespace for good, wherever the gateway accepts on it, so programs
+/// inside reach the gateway through it and nothing else. Done on a thread of its own,
+/// which enters the namespace, makes the socket and ends; a thread that could not go
+/// back ends there too, having made nothing else. Needs root.
+pub(crate) fn listen_in_network_namespace(
+    namespace: BorrowedFd<'_>,
+    port: u16,
+) -> io::Result<std::net::TcpListener> {
+    let namespace = namespace.try_clone_to_owned()?;
+    std::thread::Builder::new()
+        .name("sluice-netns-listen".into())
+        .spawn(move || -> io::Result<std::net::TcpListener> {
+            const THIS_THREADS: &str = "/proc/thread-self/ns/net";
+            let home = std::fs::File::open(THIS_THREADS)?;
+            // SAFETY: setns takes a descriptor we own and an integer; it moves only
+            // this thread.
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let made = loopback_up()
+                .and_then(|()| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)));
+            // SAFETY: as above, back to the namespace the thread started in.
+            if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                // Stranded: the thread ends now, and the socket (made inside, as
+                // meant) is still only the namespace's.
+                let err = io::Error::last_os_error();
+                return Err(io::Error::other(format!(
+                    "going back to the gateway's network namespace: {err}"
+                )));
+            }
+            made
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the namespace listener's thread panicked"))?
+}
+
+/// Brings up the loopback interface of the calling thread's network namespace.
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket takes integers; the descriptor is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned and owned by nothing else.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data, valid zeroed.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: the ioctls read and write the ifreq we own, on a socket we own.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Why [`new_network_namespace`] gave no namespace.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NetworkNamespaceError {

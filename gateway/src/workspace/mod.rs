@@ -99,7 +99,14 @@ impl Workspace {
             let _ = std::fs::remove_dir(&path);
             return Err(err.into());
         }
-        let root = match File::open(&path) {
+        // The session's package layer (`packages`), there from the start so that every
+        // interpreter of the session has it on its path.
+        let layer = path.join(crate::packages::LAYER_DIR);
+        let made = std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&layer)
+            .and_then(|()| std::os::unix::fs::chown(&layer, Some(owner.0), Some(owner.1)));
+        let root = match made.and_then(|()| File::open(&path)) {
             Ok(root) => root,
             Err(err) => {
                 let _ = beneath::unmount(&path);

@@ -789,6 +789,7 @@ async fn a_program_the_jail_cannot_start_ends_in_spawn_failed_saying_why() -> Re
         locate: None,
         optional: false,
         network: false,
+        package_index: None,
     });
     let gateway = TestGateway::spawn_with(Config {
         isolation: Isolation::Namespaces,

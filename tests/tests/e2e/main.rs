@@ -36,6 +36,7 @@ mod node_cells;
 mod notebook;
 mod observe;
 mod offline;
+mod packages;
 mod persistent;
 mod playground;
 mod privilege;

@@ -83,6 +83,7 @@ fn runtime(name: &str, program: &Path) -> RuntimeSpec {
         locate: None,
         optional: false,
         network: false,
+        package_index: None,
     }
 }
 

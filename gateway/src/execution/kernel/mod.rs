@@ -249,7 +249,7 @@ impl Kernel {
             .iter()
             .copied()
             .chain([("HOME", home.as_str()), ("TMPDIR", home.as_str())]);
-        let (mut command, sandbox_ids) = match &host.jail {
+        let (mut command, mut sandbox_ids) = match &host.jail {
             Some(jail) => jail.command(
                 JailSpec {
                     host_dir: workdir.path().to_path_buf(),
@@ -280,6 +280,8 @@ impl Kernel {
                 },
                 runtime.offline,
                 workspace.and_then(|ws| ws.ids()),
+                host.package_proxy(runtime)
+                    .map(|_| crate::packages::PROXY_PORT),
             )?,
             None => (
                 {
@@ -316,6 +318,11 @@ impl Kernel {
                 None,
             ),
         };
+        let package_proxy = crate::execution::process::serve_packages(
+            runtime,
+            host.package_proxy(runtime),
+            sandbox_ids.as_mut(),
+        )?;
         // A jail starts where its spec is (the host directory) and enters the
         // workspace itself.
         let current_dir = match &host.jail {
@@ -363,7 +370,7 @@ impl Kernel {
             .as_ref()
             .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
             .map(Path::to_path_buf);
-        let child = ChildGroup::watch(child, cgroup, sandbox_ids)?;
+        let child = ChildGroup::watch(child, cgroup, sandbox_ids, package_proxy)?;
         let pid = child.pid();
         let network = host.gives_network(runtime);
         ours.set_nonblocking(true)?;

@@ -35,6 +35,7 @@
 import ast
 import base64
 import builtins
+import importlib
 import importlib.util
 import inspect
 import json
@@ -299,7 +300,29 @@ def receive(control):
     return number, fds, b"".join(chunks).decode("utf-8", "replace")
 
 
+# `%pip ...` (or `!pip ...`) on a line of its own runs pip as the notebook magic does.
+PIP_MAGIC = re.compile(r"^([ \t]*)[%!]pip[ \t]+(.*)$", re.MULTILINE)
+
+
+def pip_magic(arguments):
+    """Runs pip with the interpreter's own Python; its output is the cell's. Packages go
+    where the session's environment says (PIP_TARGET: the session's package layer), and
+    the next import finds them."""
+    import shlex
+    import subprocess
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    status = subprocess.call([sys.executable, "-m", "pip"] + shlex.split(arguments))
+    importlib.invalidate_caches()
+    if status != 0:
+        print(f"pip exited with status {status}", file=sys.stderr)
+
+
 def execute(source, namespace):
+    # Something installed since the last cell (by pip in a subprocess, say) is found.
+    importlib.invalidate_caches()
+    source = PIP_MAGIC.sub(lambda m: f"{m.group(1)}__sluice_pip__({m.group(2)!r})", source)
     tree = ast.parse(source, "<cell>", "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -604,6 +627,7 @@ def main():
         "__builtins__": __builtins__,
         "display": display,
         "update_display": update_display,
+        "__sluice_pip__": pip_magic,
     }
     sys.argv = [""]
     # input() and getpass() ask the front end.

@@ -321,6 +321,7 @@ impl WarmPool {
             let workdir =
                 Workdir::create_empty(&host.work_root, &runtime.file_name, host.program_user)?;
             let source = workdir.source();
+            let packages = host.package_env(&runtime, None);
             let spawned = Launch {
                 workspace: None,
                 runtime: &runtime,
@@ -333,6 +334,7 @@ impl WarmPool {
                     &host.base_env,
                     workdir.path(),
                     host.gives_network(&runtime),
+                    &packages,
                 ),
                 rlimits: launch::rlimits(&limits),
                 cgroup,
@@ -344,6 +346,7 @@ impl WarmPool {
                 warm: Some(wait),
                 terminal: None,
                 files: None,
+                package_proxy: host.package_proxy(&runtime),
             }
             .spawn()
             .map_err(io::Error::other)?;

@@ -11,6 +11,7 @@ fn python() -> Runtime {
         file_name: "main.py".into(),
         env: vec![("PYTHONUNBUFFERED".into(), "1".into())],
         network: false,
+        package_index: None,
         offline: false,
     }
 }

@@ -1,0 +1,148 @@
+//! Packages for a runtime's programs: the package index an operator offers it
+//! (`--package-index`, [`PackageIndex`]), what a program's environment says about it
+//! ([`environment`]), the session's own layer that `pip install` fills (a directory in
+//! the session's workspace, [`LAYER_DIR`], on the path of every later program and cell
+//! of the session and gone with it), and the gateway's proxy (`proxy`) through which a
+//! program without the network reaches the index's hosts and nothing else, with the
+//! download cache every session shares (`cache`, written by the gateway only).
+
+mod cache;
+mod proxy;
+
+pub(crate) use proxy::{serve, ProxyHandle};
+
+use crate::config::PackageIndex;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// The port the proxy listens on, on the loopback interface of a program's own network
+/// namespace (where nothing else can have taken it: the gateway binds it before the
+/// program starts).
+pub(crate) const PROXY_PORT: u16 = 3128;
+
+/// The session's package layer, at the top of its workspace: a name the file frames
+/// cannot reach and `files_changed` does not report (the gateway's prefix).
+pub(crate) const LAYER_DIR: &str = ".sluice-packages";
+
+/// Connections one program may have open through the proxy at once (pip opens one or
+/// two); more are refused with `503`.
+pub(crate) const CONNECTIONS_PER_PROGRAM: usize = 8;
+
+/// Connections every program together may have open through the proxy at once.
+pub(crate) const CONNECTIONS_TOTAL: usize = 256;
+
+/// What every program's proxy shares: the gateway-wide connection cap and the cache.
+#[derive(Debug)]
+pub(crate) struct Packages {
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) cache: Option<Arc<cache::Cache>>,
+}
+
+impl Packages {
+    /// The shared parts, the cache in `dir` (made now) holding at most `cache_bytes`
+    /// (0: no cache).
+    pub(crate) fn new(dir: &Path, cache_bytes: u64) -> Self {
+        let cache = match cache_bytes {
+            0 => None,
+            most => match cache::Cache::open(dir, most) {
+                Ok(cache) => Some(Arc::new(cache)),
+                Err(err) => {
+                    tracing::warn!(%err, dir = %dir.display(), "no package download cache");
+                    None
+                }
+            },
+        };
+        Self {
+            connections: Arc::new(Semaphore::new(CONNECTIONS_TOTAL)),
+            cache,
+        }
+    }
+}
+
+/// What a program of a runtime with `index` finds in its environment (before the
+/// runtime's and the request's own variables, which may say otherwise): pip's index
+/// (and, for one on plain HTTP, that it trusts it), the gateway's proxy when the
+/// program has no network of its own (`proxied`), no cache of pip's own (each program's
+/// would be its alone; the gateway's is shared), and with a session's `layer`, pip
+/// installing into it and Python finding it.
+pub(crate) fn environment(
+    index: &PackageIndex,
+    proxied: bool,
+    layer: Option<&Path>,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PIP_INDEX_URL".to_owned(), index.url.clone()),
+        ("PIP_DISABLE_PIP_VERSION_CHECK".to_owned(), "1".to_owned()),
+        ("PIP_NO_INPUT".to_owned(), "1".to_owned()),
+        ("PIP_NO_CACHE_DIR".to_owned(), "1".to_owned()),
+    ];
+    if index.url.starts_with("http://") {
+        if let Some((host, _)) = index.hosts.first() {
+            env.push(("PIP_TRUSTED_HOST".to_owned(), host.clone()));
+        }
+    }
+    if proxied {
+        env.push((
+            "PIP_PROXY".to_owned(),
+            format!("http://127.0.0.1:{PROXY_PORT}"),
+        ));
+        // Reachable after all: pip's usual retries again, not the offline default.
+        env.push(("PIP_RETRIES".to_owned(), "5".to_owned()));
+    }
+    if let Some(layer) = layer.and_then(Path::to_str) {
+        env.push(("PIP_TARGET".to_owned(), layer.to_owned()));
+        env.push(("PYTHONPATH".to_owned(), layer.to_owned()));
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_program_is_told_the_index_the_proxy_and_its_layer() {
+        let index = PackageIndex::parse("http://10.0.0.5:8080/simple/").expect("index");
+        let env = environment(&index, true, Some(Path::new("/w/.sluice-packages")));
+        assert_eq!(
+            value(&env, "PIP_INDEX_URL"),
+            Some("http://10.0.0.5:8080/simple/")
+        );
+        assert_eq!(value(&env, "PIP_TRUSTED_HOST"), Some("10.0.0.5"));
+        assert_eq!(value(&env, "PIP_PROXY"), Some("http://127.0.0.1:3128"));
+        assert_eq!(value(&env, "PIP_TARGET"), Some("/w/.sluice-packages"));
+        assert_eq!(value(&env, "PYTHONPATH"), Some("/w/.sluice-packages"));
+        let index = PackageIndex::parse("https://pypi.org/simple").expect("index");
+        let env = environment(&index, false, None);
+        assert_eq!(value(&env, "PIP_TRUSTED_HOST"), None);
+        assert_eq!(value(&env, "PIP_PROXY"), None);
+        assert_eq!(value(&env, "PIP_TARGET"), None);
+    }
+
+    #[test]
+    fn index_urls_and_hosts_are_checked() {
+        let index = PackageIndex::parse("https://Mirror.example:8443/simple").expect("index");
+        assert_eq!(index.hosts, vec![("mirror.example".to_owned(), 8443)]);
+        let index = PackageIndex::parse("http://[::1]/simple").expect("index");
+        assert_eq!(index.hosts, vec![("[::1]".to_owned(), 80)]);
+        for bad in [
+            "ftp://x/simple",
+            "http://user:pw@x/simple",
+            "http:///simple",
+            "http://x:0/",
+            "http://x:99999/",
+            "http://a b/",
+        ] {
+            assert!(PackageIndex::parse(bad).is_err(), "{bad}");
+        }
+        let mut index = PackageIndex::parse("https://pypi.org/simple").expect("index");
+        index.allow_host("files.pythonhosted.org").expect("host");
+        assert_eq!(index.hosts[1], ("files.pythonhosted.org".to_owned(), 443));
+        assert!(index.allow_host("x:y").is_err());
+    }
+}
