@@ -102,6 +102,10 @@ pub(crate) fn catalog(
             language: runtime.name.clone(),
             version: facts.version,
             packages: facts.packages,
+            package_index: runtime
+                .package_index
+                .as_ref()
+                .map(|index| index.url.clone()),
             file_name: runtime.file_name.clone(),
             extension: Path::new(&runtime.file_name)
                 .extension()
@@ -148,7 +152,7 @@ pub fn runtimes_report(config: &crate::config::Config) -> String {
     for runtime in &listed.runtimes {
         let _ = writeln!(
             out,
-            "  {:<10} {:<40} {}{}{}",
+            "  {:<10} {:<40} {}{}{}{}",
             runtime.language,
             runtime.version.as_deref().unwrap_or("(no --version)"),
             runtime.file_name,
@@ -161,6 +165,11 @@ pub fn runtimes_report(config: &crate::config::Config) -> String {
                 .packages
                 .as_ref()
                 .map(|packages| format!(", {} packages", packages.len()))
+                .unwrap_or_default(),
+            runtime
+                .package_index
+                .as_ref()
+                .map(|url| format!(", installs from {url}"))
                 .unwrap_or_default(),
         );
     }

@@ -33,6 +33,11 @@ pub struct RuntimeInfo {
     /// Its programs may reach the network (the caller's credential may still take it
     /// away; this says what the caller gets).
     pub network: bool,
+    /// The package index pip installs from, when the operator offers the runtime one
+    /// (`--package-index`); in a session that keeps a workspace, into the session's own
+    /// package layer (PROTOCOL.md 11.2, "Packages").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_index: Option<String>,
 }
 
 /// One installed package of a runtime.

@@ -182,6 +182,8 @@ export interface RuntimeInfo {
   tty: boolean;
   /** Its programs may reach the network. */
   network: boolean;
+  /** The package index pip installs from, when the operator offers one (a session that keeps a workspace installs into its own package layer). */
+  package_index?: string;
 }
 
 /** One installed package of a runtime. */
@@ -836,6 +838,10 @@ export function checkCatalog(obj: Json, what: string, fail: (why: string) => nev
     if (r['version'] !== undefined && r['version'] !== null) {
       if (typeof r['version'] !== 'string') fail(`${what}: a runtime's version is not a string`);
       info.version = r['version'] as string;
+    }
+    if (r['package_index'] !== undefined && r['package_index'] !== null) {
+      if (typeof r['package_index'] !== 'string') fail(`${what}: a runtime's package_index is not a string`);
+      info.package_index = r['package_index'] as string;
     }
     if (r['packages'] !== undefined && r['packages'] !== null) {
       const packages = r['packages'];

@@ -143,6 +143,17 @@ async fn pip_install_fills_the_sessions_layer_through_the_proxy_and_nothing_else
         ..Config::default()
     })
     .await;
+    // Discovery says where the runtime installs from.
+    let (status, text) =
+        sluice_tests::http_get(gateway.addr(), sluice_protocol::RUNTIMES_PATH).await?;
+    ensure!(status == 200, "{status} {text}");
+    let catalog: sluice_protocol::Catalog = serde_json::from_str(&text)?;
+    let python = catalog.runtimes.iter().find(|r| r.language == "python");
+    ensure!(
+        python.and_then(|r| r.package_index.as_deref())
+            == Some(format!("http://127.0.0.1:{}/simple/", index.port).as_str()),
+        "{python:?}"
+    );
     let client = gateway.client().await?;
 
     // Session a: `%pip install` in a cell; the next cell imports it.

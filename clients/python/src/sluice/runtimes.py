@@ -30,6 +30,9 @@ class RuntimeInfo:
     #: A Python interpreter's packages (a virtual environment's included), sorted
     #: by name; None for other languages.
     packages: tuple[PackageInfo, ...] | None = None
+    #: The package index pip installs from, when the operator offers one (a session
+    #: that keeps a workspace installs into its own package layer).
+    package_index: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ def catalog_from_fields(fields: Mapping[str, Any]) -> Catalog:
                 network=_typed(r, "network", bool),
                 version=_typed(r, "version", str, optional=True),
                 packages=_packages(r),
+                package_index=_typed(r, "package_index", str, optional=True),
             )
             for r in runtimes
         )
