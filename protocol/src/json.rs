@@ -294,6 +294,7 @@ mod tests {
                     persistent: true,
                     tty: false,
                     network: false,
+                    package_index: Some("http://10.0.0.5/simple/".into()),
                 }],
                 limits,
             })
