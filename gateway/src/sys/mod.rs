@@ -66,6 +66,35 @@ pub(crate) fn exit_watcher(pid: u32) -> io::Result<tokio::io::unix::AsyncFd<Owne
         .map_err(io::Error::from)
 }
 
+/// One process, held by a pidfd: whatever later takes its pid number, this names the
+/// process it was opened for.
+#[derive(Debug)]
+pub(crate) struct ProcessHandle(OwnedFd);
+
+impl ProcessHandle {
+    /// The process `pid` names now (`Err` when none does).
+    pub(crate) fn open(pid: u32) -> io::Result<Self> {
+        pidfd_open(pid).map(Self)
+    }
+
+    /// True while the process has not been reaped: until then no other process can
+    /// have its pid.
+    pub(crate) fn unreaped(&self) -> bool {
+        // SAFETY: pidfd_send_signal takes a descriptor we own, signal 0 (no signal, a
+        // check only), a null siginfo and no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc == 0
+    }
+}
+
 /// Opens a pidfd for `pid`: it becomes readable when the process exits, without reaping it.
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid =

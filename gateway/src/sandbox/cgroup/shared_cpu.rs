@@ -83,7 +83,7 @@ impl SharedCpu {
             let _ = fs::remove_dir(&dir);
             return None;
         }
-        let complete = move_processes(listing, &dir);
+        let complete = move_processes(listing, &dir, &self.light.home, &self.light.dir);
         let member = Member {
             dir,
             home: self.light.home.clone(),
@@ -106,7 +106,7 @@ impl SharedCpu {
     /// Moves into `own` what `listing` still lists outside it; true when nothing is
     /// left outside.
     pub(super) fn sweep(&self, listing: &Path, own: &Member) -> bool {
-        move_processes(listing, &own.dir)
+        move_processes(listing, &own.dir, &self.light.home, &self.light.dir)
     }
 
     /// True when the execution `listing` lists has more live threads than `own` holds:
@@ -119,7 +119,7 @@ impl SharedCpu {
 
     /// Moves what `listing` lists back into the shared group and removes `own`.
     pub(super) fn back_to_shared(&self, listing: &Path, own: Member) {
-        move_processes(listing, &self.light.dir);
+        move_processes(listing, &self.light.dir, &self.light.home, &self.light.dir);
         if let Err(err) = fs::remove_dir(&own.dir) {
             tracing::warn!(dir = %own.dir.display(), %err, "could not remove a heavy execution's CPU group");
         }
@@ -138,17 +138,24 @@ impl SharedCpu {
 /// The pids come from the kernel's own listing, never from the program, but a listed
 /// process may exit and its pid be reused before it is written (a program can churn
 /// through the 32768 pids in seconds, and a pass over 1000 processes takes a while): so
-/// each pid is checked against `/proc/<pid>/cgroup` just before its write, still in the
-/// execution's (`listing`) and not yet in `to`, so that another execution's process or
-/// the gateway's own (a v1 `cgroup.procs` write moves a thread's whole process) is never
-/// moved, and a pid reused inside the execution is not taken for one already moved.
+/// each process is held by a pidfd ([`crate::sys::ProcessHandle`]) from before its
+/// `/proc/<pid>/cgroup` is read until after its write. The table must show it still in
+/// the execution's (`listing`) and not yet in `to`, so that another execution's process
+/// or the gateway's own (a v1 `cgroup.procs` write moves a thread's whole process) is
+/// not moved, and a pid reused inside the execution is not taken for one already moved;
+/// it is written only while unreaped (its pid can name no other process), and if it was
+/// reaped by the time the write returned, whatever has the pid now is checked and, if
+/// it is not the execution's, put back ([`put_back`]).
 /// False when it gave up with processes left behind.
-fn move_processes(listing: &Path, to: &Path) -> bool {
+fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool {
     let procs = to.join("cgroup.procs");
     for _ in 0..MOVE_PASSES {
         let mut moved_any = false;
         for pid in members(listing) {
             // Gone meanwhile: not an error.
+            let Ok(process) = crate::sys::ProcessHandle::open(pid) else {
+                continue;
+            };
             let Some(table) = cgroup_table(pid) else {
                 continue;
             };
@@ -156,8 +163,14 @@ fn move_processes(listing: &Path, to: &Path) -> bool {
             if !v2.is_some_and(|v2| names(listing, v2)) || cpu.is_some_and(|cpu| names(to, cpu)) {
                 continue;
             }
+            if !process.unreaped() {
+                continue;
+            }
             // A process that has exited meanwhile is not an error.
             let _ = fs::write(&procs, pid.to_string());
+            if !process.unreaped() {
+                put_back(pid, listing, to, home, light);
+            }
             moved_any = true;
         }
         if !moved_any {
@@ -166,6 +179,42 @@ fn move_processes(listing: &Path, to: &Path) -> bool {
     }
     tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
     false
+}
+
+/// After a write of `pid` into `to` raced with the end of the process it was meant for:
+/// if whatever has the pid now is in `to` but not of the execution (`listing`), the
+/// write moved it, and it goes back where such a process belongs: another execution's
+/// into the shared group `light` (its own CPU checks move it on if it has a group of its
+/// own), any other (the gateway's, most likely: its threads share the pid space) into
+/// the gateway's own group `home`. The pid must have been reused between two system
+/// calls, so this is logged as an error.
+fn put_back(pid: u32, listing: &Path, to: &Path, home: &Path, light: &Path) {
+    let Some(table) = cgroup_table(pid) else {
+        return;
+    };
+    let (v2, cpu) = whereabouts(&table);
+    if v2.is_some_and(|v2| names(listing, v2)) || !cpu.is_some_and(|cpu| names(to, cpu)) {
+        return;
+    }
+    let back = if v2.is_some_and(|v2| a_sibling(listing, v2)) {
+        light
+    } else {
+        home
+    };
+    tracing::error!(pid, to = %to.display(), back = %back.display(), "a pid was reused while its process was being moved between CPU groups; the new process is put back");
+    let _ = fs::write(back.join("cgroup.procs"), pid.to_string());
+}
+
+/// True when the cgroup the kernel names `path` is another execution's: a sibling of
+/// `listing` (the same parent, under the gateway's directory).
+fn a_sibling(listing: &Path, path: &str) -> bool {
+    let relative = Path::new(path.trim_start_matches('/'));
+    match (listing.parent(), relative.parent()) {
+        (Some(ours), Some(theirs)) if !theirs.as_os_str().is_empty() => {
+            ours.ends_with(theirs) && !names(listing, path)
+        }
+        _ => false,
+    }
 }
 
 /// How many threads a cgroup directory lists (v2 `cgroup.threads`, v1 `tasks`). A
@@ -253,5 +302,28 @@ mod tests {
             Path::new("/sys/fs/cgroup/cpu/sluice-7-1/h3"),
             "/sluice-7-1/h3"
         ));
+    }
+
+    #[test]
+    fn another_executions_process_is_told_from_the_gateways() {
+        let listing = Path::new("/sys/fs/cgroup/unified/sluice-7-2/x5");
+        assert!(a_sibling(listing, "/sluice-7-2/x6"));
+        assert!(!a_sibling(listing, "/sluice-7-2/x5"));
+        assert!(!a_sibling(listing, "/"));
+        assert!(!a_sibling(listing, "/system.slice/sshd.service"));
+        assert!(!a_sibling(listing, "/sluice-7-2"));
+    }
+
+    #[test]
+    fn a_process_handle_tells_a_reaped_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let handle = crate::sys::ProcessHandle::open(child.id()).expect("pidfd");
+        assert!(handle.unreaped());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!handle.unreaped());
     }
 }
