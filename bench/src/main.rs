@@ -81,9 +81,9 @@ struct Args {
     /// 1000 fan-out events, 50 cells).
     #[arg(long)]
     quick: bool,
-    /// Run only this section: `fairness` (section 7), `tenants` (section 8) or `idle`
-    /// (section 9).
-    #[arg(long, value_name = "SECTION", value_parser = ["fairness", "tenants", "idle"])]
+    /// Run only this section: `cells` (sections 5 and 6), `fairness` (section 7),
+    /// `tenants` (section 8) or `idle` (section 9).
+    #[arg(long, value_name = "SECTION", value_parser = ["fairness", "tenants", "idle", "cells"])]
     only: Option<String>,
     /// Side executions per phase (idle, busy) in the fairness test.
     #[arg(long, default_value_t = 30)]
@@ -129,6 +129,9 @@ fn main() -> anyhow::Result<()> {
     sluice_gateway::keep_freed_memory();
     if args.only.as_deref() == Some("fairness") {
         return fairness_only(&args);
+    }
+    if args.only.as_deref() == Some("cells") {
+        return cells_only(&args);
     }
     if args.only.as_deref() == Some("tenants") {
         return tenants_only(&args);
@@ -188,6 +191,81 @@ fn main() -> anyhow::Result<()> {
         if !status.success() {
             bail!("a gateway process exited with {status}");
         }
+    }
+    result
+}
+
+/// Sections 5 and 6: persistent cells (Python, and Node where the gateway has it)
+/// against a fresh interpreter per execution, and a 1 MB PNG display event.
+async fn cell_rows(socket: &mut Socket, args: &Args) -> anyhow::Result<()> {
+    // 5. Persistent cell against a fresh interpreter.
+    let (cell, fresh) = cell_round_trips(socket, args.cell_runs, "python", "print(1)").await?;
+    row(
+        "python print(1) round trip, p50 (ms)",
+        cell,
+        fresh,
+        cell / fresh,
+        "<= 1 ms",
+        cell <= 1.0,
+    );
+    println!("  (gateway column: a persistent session's cell; direct column: a fresh python3 per execution through the gateway)");
+    // The same for Node's kernel, where the gateway has node.
+    match cell_round_trips(socket, args.cell_runs, "node", "console.log(1)").await {
+        Ok((cell, fresh)) => {
+            row(
+                "node console.log(1) round trip, p50 (ms)",
+                cell,
+                fresh,
+                cell / fresh,
+                "-",
+                true,
+            );
+            println!("  (gateway column: a persistent session's Node cell; direct column: a fresh node per execution through the gateway)");
+        }
+        Err(err) => println!("node cell round trip: skipped ({err})"),
+    }
+
+    // 6. A 1 MB PNG as a display event, against the same base64 text on stdout.
+    let (display, stdout) = display_round_trips(socket, args.cell_runs.min(20)).await?;
+    row(
+        "1 MB PNG display, execute -> event p50 (ms)",
+        display,
+        stdout,
+        display / stdout,
+        "-",
+        true,
+    );
+    println!("  (gateway column: a cell's display() of a 1 MiB image/png; direct column: the same cell writing its 1.33 MB of base64 to stdout)");
+    Ok(())
+}
+
+/// `--only cells`: sections 5 and 6 alone, against a gateway with `--isolation none`.
+fn cells_only(args: &Args) -> anyhow::Result<()> {
+    let (mut gateway, port) = start_gateway("none", "on")?;
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "sluice-bench --only cells; {} cores; persistent cells against a fresh interpreter:",
+        num_cpus()
+    );
+    println!(
+        "{:<38} {:>12} {:>12} {:>8} {:>9}",
+        "metric", "gateway", "direct", "ratio", "target"
+    );
+    let result = client_rt.block_on(async {
+        let url = format!("ws://127.0.0.1:{port}{}", sluice_protocol::WS_PATH);
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .context("connect to the gateway")?;
+        cell_rows(&mut socket, args).await?;
+        let _ = socket.close(None).await;
+        anyhow::Ok(())
+    });
+    drop(gateway.stdin.take());
+    let status = gateway.wait()?;
+    if !status.success() {
+        bail!("the gateway process exited with {status}");
     }
     result
 }
@@ -808,44 +886,7 @@ async fn run_all(addr: SocketAddr, gateway_pid: u32, args: &Args) -> anyhow::Res
         );
     }
 
-    // 5. Persistent cell against a fresh interpreter.
-    let (cell, fresh) = cell_round_trips(&mut socket, args.cell_runs, "python", "print(1)").await?;
-    row(
-        "python print(1) round trip, p50 (ms)",
-        cell,
-        fresh,
-        cell / fresh,
-        "<= 2 ms",
-        cell <= 2.0,
-    );
-    println!("  (gateway column: a persistent session's cell; direct column: a fresh python3 per execution through the gateway)");
-    // The same for Node's kernel, where the gateway has node.
-    match cell_round_trips(&mut socket, args.cell_runs, "node", "console.log(1)").await {
-        Ok((cell, fresh)) => {
-            row(
-                "node console.log(1) round trip, p50 (ms)",
-                cell,
-                fresh,
-                cell / fresh,
-                "-",
-                true,
-            );
-            println!("  (gateway column: a persistent session's Node cell; direct column: a fresh node per execution through the gateway)");
-        }
-        Err(err) => println!("node cell round trip: skipped ({err})"),
-    }
-
-    // 6. A 1 MB PNG as a display event, against the same base64 text on stdout.
-    let (display, stdout) = display_round_trips(&mut socket, args.cell_runs.min(20)).await?;
-    row(
-        "1 MB PNG display, execute -> event p50 (ms)",
-        display,
-        stdout,
-        display / stdout,
-        "-",
-        true,
-    );
-    println!("  (gateway column: a cell's display() of a 1 MiB image/png; direct column: the same cell writing its 1.33 MB of base64 to stdout)");
+    cell_rows(&mut socket, args).await?;
     let _ = socket.close(None).await;
     Ok(())
 }

@@ -346,14 +346,17 @@ struct ServeArgs {
     #[arg(long = "package-index", value_name = "LANGUAGE=URL", value_parser = parse_env)]
     package_indexes: Vec<(String, String)>,
 
-    /// Let a language's programs reach HOST[:PORT] (443 unless given) through the
-    /// package proxy too: where its index serves its files from. Repeatable.
+    /// Let a language's programs reach HOST[:PORT] over HTTPS (port 443 unless given),
+    /// or http://HOST[:PORT] over plain HTTP (80), through the package proxy too: where
+    /// its index serves its files from. Repeatable.
     /// Example: --package-host python=files.pythonhosted.org
     #[arg(long = "package-host", value_name = "LANGUAGE=HOST[:PORT]", value_parser = parse_env)]
     package_hosts: Vec<(String, String)>,
 
     /// Most bytes of package archives (fetched over plain HTTP through the package
-    /// proxy) the gateway keeps for every session to reuse; 0 keeps none.
+    /// proxy) the gateway keeps for every session to reuse, the least recently used
+    /// dropped to make room; 0 keeps none. They live under the work directory (memory,
+    /// where that is a tmpfs).
     #[arg(long, default_value_t = sluice_gateway::DEFAULT_PACKAGE_CACHE_BYTES, value_name = "BYTES")]
     package_cache_bytes: u64,
 

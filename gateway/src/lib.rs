@@ -28,8 +28,8 @@ mod workspace;
 
 pub use catalog::runtimes_report;
 pub use config::{
-    AuthConfig, Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network, PackageIndex,
-    DEFAULT_PACKAGE_CACHE_BYTES, DEFAULT_SANDBOX_ID, DEFAULT_WARM_POOL,
+    AllowedHost, AuthConfig, Config, ConfigError, Isolation, LimitBound, LimitsConfig, Network,
+    PackageIndex, DEFAULT_PACKAGE_CACHE_BYTES, DEFAULT_SANDBOX_ID, DEFAULT_WARM_POOL,
 };
 pub use runtime::{RuntimeError, RuntimeSpec, FILE_PLACEHOLDER};
 pub use sandbox::{jail, HostReport};

@@ -16,14 +16,14 @@ pub use auth::AuthConfig;
 pub use isolation::{Isolation, Network, DEFAULT_SANDBOX_ID};
 pub(crate) use limits::{minimum, EffectiveLimits};
 pub use limits::{LimitBound, LimitsConfig};
-pub use runtimes::{PackageIndex, RuntimeSpec, FILE_PLACEHOLDER};
+pub use runtimes::{AllowedHost, PackageIndex, RuntimeSpec, FILE_PLACEHOLDER};
 pub use validate::ConfigError;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The package cache's default size: 1 GiB.
-pub const DEFAULT_PACKAGE_CACHE_BYTES: u64 = 1 << 30;
+/// The package cache's default size: 256 MiB (memory, where the work root is a tmpfs).
+pub const DEFAULT_PACKAGE_CACHE_BYTES: u64 = 256 << 20;
 
 /// Everything the gateway needs to run. `Config::default()` is a safe, working setup.
 #[derive(Debug, Clone)]

@@ -106,45 +106,69 @@ impl RuntimeSpec {
 pub struct PackageIndex {
     /// The index's URL, as pip's `--index-url` takes it (`http://` or `https://`).
     pub url: String,
-    /// Every `(host, port)` its programs may reach: the index's own first.
-    pub hosts: Vec<(String, u16)>,
+    /// Every host its programs may reach: the index's own first.
+    pub hosts: Vec<AllowedHost>,
+}
+
+/// A host (and port) a runtime's programs may reach through the package proxy, and how:
+/// through a TLS tunnel (`CONNECT`, for HTTPS) or with plain HTTP requests, never both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    /// A name, an IPv4 address or a bracketed IPv6 one, lower-cased.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// Reached over HTTPS (a tunnel); else plain HTTP requests.
+    pub tls: bool,
 }
 
 impl PackageIndex {
     /// An index at `url` (`http(s)://HOST[:PORT]/PATH`), its host the only one allowed.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            (rest, 80)
+        let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false)
         } else if let Some(rest) = url.strip_prefix("https://") {
-            (rest, 443)
+            (rest, true)
         } else {
             return Err(format!(
                 "{url:?}: a package index URL starts with http:// or https://"
             ));
         };
-        let (rest, default_port) = rest;
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if authority.contains('@') {
             return Err(format!("{url:?}: credentials in the index URL would reach every program; use an index that needs none"));
         }
-        let host = parse_host(authority, default_port).map_err(|why| format!("{url:?}: {why}"))?;
+        let (host, port) = parse_host(authority, if tls { 443 } else { 80 })
+            .map_err(|why| format!("{url:?}: {why}"))?;
         Ok(Self {
             url: url.to_owned(),
-            hosts: vec![host],
+            hosts: vec![AllowedHost { host, port, tls }],
         })
     }
 
-    /// Allows `HOST[:PORT]` too (port 443 when none is given: files are fetched over
-    /// HTTPS unless the port says otherwise).
+    /// Allows `HOST[:PORT]` too, over HTTPS (port 443 unless given), or
+    /// `http://HOST[:PORT]` over plain HTTP (port 80 unless given).
     pub fn allow_host(&mut self, text: &str) -> Result<(), String> {
-        let host = parse_host(text, 443).map_err(|why| format!("{text:?}: {why}"))?;
-        if !self.hosts.contains(&host) {
-            self.hosts.push(host);
+        let (rest, tls) = match text.strip_prefix("http://") {
+            Some(rest) => (rest, false),
+            None => (text.strip_prefix("https://").unwrap_or(text), true),
+        };
+        let (host, port) = parse_host(rest.trim_end_matches('/'), if tls { 443 } else { 80 })
+            .map_err(|why| format!("{text:?}: {why}"))?;
+        let allowed = AllowedHost { host, port, tls };
+        if !self.hosts.contains(&allowed) {
+            self.hosts.push(allowed);
         }
         Ok(())
     }
-}
 
+    /// Whether `host:port` may be reached, through a tunnel (`tls`) or not.
+    pub fn allows(&self, host: &str, port: u16, tls: bool) -> bool {
+        self.hosts
+            .iter()
+            .any(|allowed| allowed.host == host && allowed.port == port && allowed.tls == tls)
+    }
+}
 /// `HOST[:PORT]` (a name, an IPv4 address, or an IPv6 one in brackets), lower-cased.
 fn parse_host(text: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = match text.rsplit_once(':') {

@@ -386,6 +386,7 @@ impl Connection {
         let max_here = state.config.max_executions_per_connection;
         let spec = ExecutionSpec {
             id: id.clone(),
+            principal: self.principal.clone(),
             runtime: runtime.clone(),
             code,
             args,

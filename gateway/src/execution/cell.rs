@@ -156,7 +156,10 @@ pub(super) async fn run_cell(
                 )
             });
         match started {
-            Ok(kernel) => *guard = Some(kernel),
+            Ok(kernel) => {
+                kernel.attribute_package_proxy(&run.ctx.principal);
+                *guard = Some(kernel);
+            }
             Err(err) => {
                 let metrics = &run.ctx.host.observe.metrics;
                 metrics.sandbox_failed(crate::observe::SandboxStage::Interpreter);

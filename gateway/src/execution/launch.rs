@@ -161,6 +161,7 @@ pub(super) fn launch(spec: &ExecutionSpec, host: &Host) -> Result<Launched, Box<
         files: bundle,
         workspace,
         package_proxy: host.package_proxy(&spec.runtime),
+        principal: Some(&spec.principal),
     };
     let started_at = Instant::now();
     let spawned = launch.spawn();

@@ -109,6 +109,9 @@ impl ExecutionHandle {
 #[derive(Debug)]
 pub(crate) struct ExecutionSpec {
     pub(crate) id: String,
+    /// Who runs it (its tenant, or an anonymous client's address): whose share of the
+    /// package proxy's connections its program uses.
+    pub(crate) principal: crate::admission::Principal,
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) code: String,
     pub(crate) args: Vec<String>,

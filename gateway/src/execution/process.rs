@@ -58,6 +58,9 @@ pub(crate) struct Launch<'a> {
     /// Serve the runtime's package index to the jailed program through the gateway's
     /// proxy (`Host::package_proxy`).
     pub(crate) package_proxy: Option<&'a Arc<crate::packages::Packages>>,
+    /// Who runs it: whose share of the proxy's connections it uses (`None` for a warm
+    /// entry, attributed when claimed: [`ChildGroup::attribute_package_proxy`]).
+    pub(crate) principal: Option<&'a crate::admission::Principal>,
 }
 
 /// How a warm-pool entry waits for its execution.
@@ -107,7 +110,7 @@ pub(crate) struct ChildGroup {
     /// A terminal's program: a cancel hangs its terminal up (SIGHUP, then SIGTERM).
     hangs_up: bool,
     /// The package proxy serving it, ended with it.
-    _package_proxy: Option<crate::packages::ProxyHandle>,
+    package_proxy_handle: Option<crate::packages::ProxyHandle>,
     /// A jailed program's own sandbox ids, given back after the group (its drop kills
     /// and reaps it) is gone: declared last, it is dropped last.
     _sandbox_ids: Option<IdLease>,
@@ -119,6 +122,7 @@ pub(crate) fn serve_packages(
     runtime: &Runtime,
     packages: Option<&Arc<crate::packages::Packages>>,
     lease: Option<&mut IdLease>,
+    owner: Option<&crate::admission::Principal>,
 ) -> io::Result<Option<crate::packages::ProxyHandle>> {
     let (Some(packages), Some(index)) = (packages, &runtime.package_index) else {
         return Ok(None);
@@ -126,7 +130,7 @@ pub(crate) fn serve_packages(
     let listener = lease.and_then(IdLease::take_listener).ok_or_else(|| {
         io::Error::other("no socket was made for the package proxy in the jail's network")
     })?;
-    crate::packages::serve(listener, index.clone(), packages.clone()).map(Some)
+    crate::packages::serve(listener, index.clone(), packages.clone(), owner.cloned()).map(Some)
 }
 
 impl Launch<'_> {
@@ -210,8 +214,13 @@ impl Launch<'_> {
                         self.package_proxy.map(|_| crate::packages::PROXY_PORT),
                     )
                     .map_err(fail)?;
-                package_proxy = serve_packages(self.runtime, self.package_proxy, lease.as_mut())
-                    .map_err(fail)?;
+                package_proxy = serve_packages(
+                    self.runtime,
+                    self.package_proxy,
+                    lease.as_mut(),
+                    self.principal,
+                )
+                .map_err(fail)?;
                 sandbox_ids = lease;
                 match self.terminal {
                     Some(terminal) => {
@@ -282,7 +291,7 @@ impl Launch<'_> {
             cgroup,
             report: None,
             hangs_up: self.terminal.is_some(),
-            _package_proxy: package_proxy,
+            package_proxy_handle: package_proxy,
             _sandbox_ids: sandbox_ids,
         };
         match (started.pipes, self.terminal) {
@@ -370,7 +379,7 @@ impl ChildGroup {
                 cgroup,
                 report: None,
                 hangs_up: false,
-                _package_proxy: package_proxy,
+                package_proxy_handle: package_proxy,
                 _sandbox_ids: sandbox_ids,
             }),
             Err(err) => {
@@ -378,6 +387,14 @@ impl ChildGroup {
                 let _ = child.wait();
                 Err(err)
             }
+        }
+    }
+
+    /// Says who runs the program, for its package proxy's share (a warm entry's,
+    /// started before its claim).
+    pub(crate) fn attribute_package_proxy(&self, principal: &crate::admission::Principal) {
+        if let Some(proxy) = &self.package_proxy_handle {
+            proxy.attribute(principal);
         }
     }
 

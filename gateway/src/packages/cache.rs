@@ -2,9 +2,11 @@
 //! over plain HTTP through the proxy, each stored under the SHA-256 of its URL once
 //! whole (its full announced length, written to a temporary name and renamed), and
 //! answered from there to any program that asks for the same URL. Only the gateway
-//! writes it, from what the index sent: no program can put anything in it. Bounded by
-//! `--package-cache-bytes` in all; once full it stores nothing more (it is emptied
-//! with the gateway's work root). HTTPS downloads are tunnelled, so not cached.
+//! writes it, from what the index sent for a canonical request (the proxy's job: no
+//! credentials, no query, no headers of the caller's that could change the answer): no
+//! program can put anything of its own in it. Bounded by `--package-cache-bytes` in all:
+//! to make room, the archives used least recently go first (an archive larger than the
+//! whole cache is not kept). HTTPS downloads are tunnelled, so not cached.
 
 use sha2::{Digest as _, Sha256};
 use std::io;
@@ -51,23 +53,32 @@ impl Cache {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The archive kept under `key`, opened, and its length.
+    /// The archive kept under `key`, opened, and its length; marked as used now.
     pub(crate) async fn get(&self, key: &str) -> Option<(tokio::fs::File, u64)> {
         let file = tokio::fs::File::open(self.dir.join(key)).await.ok()?;
         let len = file.metadata().await.ok()?.len();
-        Some((file, len))
+        let std_file = file.into_std().await;
+        let _ = std_file.set_modified(std::time::SystemTime::now());
+        Some((tokio::fs::File::from_std(std_file), len))
     }
 
-    /// Starts keeping an archive of `len` bytes under `key`, if there is room.
+    /// Starts keeping an archive of `len` bytes under `key`, making room if need be.
     pub(crate) fn begin(&self, key: &str, len: u64) -> Option<Pending<'_>> {
-        let reserved = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(len).filter(|total| *total <= self.most)
-            })
-            .is_ok();
-        if !reserved {
+        if len > self.most {
             return None;
+        }
+        let reserve = || {
+            self.used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    used.checked_add(len).filter(|total| *total <= self.most)
+                })
+                .is_ok()
+        };
+        if !reserve() {
+            self.make_room(len);
+            if !reserve() {
+                return None;
+            }
         }
         let salt = getrandom::u64().unwrap_or_default();
         let partial = self.dir.join(format!("partial-{key}-{salt:016x}"));
@@ -88,6 +99,33 @@ impl Cache {
                 tracing::warn!(%err, "the package cache could not store an archive");
                 self.used.fetch_sub(len, Ordering::AcqRel);
                 None
+            }
+        }
+    }
+}
+
+impl Cache {
+    /// Removes the archives used least recently until `len` more bytes fit (archives
+    /// being written are not touched: their room is reserved).
+    fn make_room(&self, len: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut kept: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|entry| !entry.file_name().to_string_lossy().starts_with("partial-"))
+            .filter_map(|entry| {
+                let meta = entry.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), entry.path()))
+            })
+            .collect();
+        kept.sort();
+        for (_, size, path) in kept {
+            if self.used.load(Ordering::Acquire).saturating_add(len) <= self.most {
+                return;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                self.used.fetch_sub(size, Ordering::AcqRel);
             }
         }
     }
@@ -168,9 +206,14 @@ mod tests {
         store.write(b"abc").await.expect("write");
         store.finish().await;
         assert!(cache.get(&other).await.is_none());
-        // Full: 4 kept + 7 > 10.
-        assert!(cache.begin(&other, 7).is_none());
-        assert!(cache.begin(&other, 6).is_some());
+        // Larger than the whole cache: not kept.
+        assert!(cache.begin(&other, 11).is_none());
+        // 4 kept + 7 > 10: the least recently used goes.
+        let mut store = cache.begin(&other, 7).expect("room made");
+        store.write(b"1234567").await.expect("write");
+        store.finish().await;
+        assert!(cache.get(&key).await.is_none(), "evicted");
+        assert!(cache.get(&other).await.is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

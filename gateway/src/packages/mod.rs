@@ -32,10 +32,15 @@ pub(crate) const CONNECTIONS_PER_PROGRAM: usize = 8;
 /// Connections every program together may have open through the proxy at once.
 pub(crate) const CONNECTIONS_TOTAL: usize = 256;
 
-/// What every program's proxy shares: the gateway-wide connection cap and the cache.
+/// Connections the programs of one tenant (or anonymous address) may have open through
+/// the proxy at once: a quarter of the gateway's, so no one takes them all.
+pub(crate) const CONNECTIONS_PER_PRINCIPAL: usize = CONNECTIONS_TOTAL / 4;
+
+/// What every program's proxy shares: the connection caps and the cache.
 #[derive(Debug)]
 pub(crate) struct Packages {
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) per_principal: crate::admission::Quota,
     pub(crate) cache: Option<Arc<cache::Cache>>,
 }
 
@@ -55,6 +60,7 @@ impl Packages {
         };
         Self {
             connections: Arc::new(Semaphore::new(CONNECTIONS_TOTAL)),
+            per_principal: crate::admission::Quota::new(CONNECTIONS_PER_PRINCIPAL),
             cache,
         }
     }
@@ -78,8 +84,8 @@ pub(crate) fn environment(
         ("PIP_NO_CACHE_DIR".to_owned(), "1".to_owned()),
     ];
     if index.url.starts_with("http://") {
-        if let Some((host, _)) = index.hosts.first() {
-            env.push(("PIP_TRUSTED_HOST".to_owned(), host.clone()));
+        if let Some(first) = index.hosts.first() {
+            env.push(("PIP_TRUSTED_HOST".to_owned(), first.host.clone()));
         }
     }
     if proxied {
@@ -127,9 +133,17 @@ mod tests {
     #[test]
     fn index_urls_and_hosts_are_checked() {
         let index = PackageIndex::parse("https://Mirror.example:8443/simple").expect("index");
-        assert_eq!(index.hosts, vec![("mirror.example".to_owned(), 8443)]);
+        assert!(index.allows("mirror.example", 8443, true));
+        assert!(
+            !index.allows("mirror.example", 8443, false),
+            "a TLS host is tunnelled only"
+        );
         let index = PackageIndex::parse("http://[::1]/simple").expect("index");
-        assert_eq!(index.hosts, vec![("[::1]".to_owned(), 80)]);
+        assert!(index.allows("[::1]", 80, false));
+        assert!(
+            !index.allows("[::1]", 80, true),
+            "a plain HTTP host gets no tunnel"
+        );
         for bad in [
             "ftp://x/simple",
             "http://user:pw@x/simple",
@@ -142,7 +156,9 @@ mod tests {
         }
         let mut index = PackageIndex::parse("https://pypi.org/simple").expect("index");
         index.allow_host("files.pythonhosted.org").expect("host");
-        assert_eq!(index.hosts[1], ("files.pythonhosted.org".to_owned(), 443));
+        assert!(index.allows("files.pythonhosted.org", 443, true));
+        index.allow_host("http://files.lan:8080/").expect("host");
+        assert!(index.allows("files.lan", 8080, false));
         assert!(index.allow_host("x:y").is_err());
     }
 }

@@ -4,29 +4,39 @@
 //! without the network reaches its runtime's package index and the hosts the operator
 //! allowed for it, and nothing else.
 //!
-//! It speaks just what pip (and any client honouring a proxy) sends: `CONNECT
-//! host:port` for HTTPS, tunnelled as it is, and absolute-form requests
-//! (`GET http://host/path`) for plain HTTP, passed on with `Connection: close`, the
-//! request's `Host` set from its target and its `Proxy-*` headers dropped; one request
-//! per connection. Plain HTTP archive downloads go through the shared cache.
+//! It speaks just what pip sends, one request per connection:
 //!
-//! Bounded: a request head of at most [`MAX_REQUEST_HEAD`] bytes in
-//! [`HEAD_TIME`], [`super::CONNECTIONS_PER_PROGRAM`] connections per program and
-//! [`super::CONNECTIONS_TOTAL`] for the gateway (more are refused at once, with `503`),
-//! an upstream connect within [`CONNECT_TIME`]; the proxy, and every connection through
-//! it, ends when its program does ([`ProxyHandle`]). A refusal opens no upstream
-//! connection. The gateway resolves only the allowed hosts' names.
+//! - `CONNECT host:port` to a host allowed over HTTPS: a tunnel of TLS bytes the gateway
+//!   cannot read (so the allow-list is by host and port; see SECURITY.md).
+//! - `GET` or `HEAD http://host/path` to a host allowed over plain HTTP, without a body:
+//!   passed on with `Connection: close`, `Host` set from the target, the `Proxy-*`
+//!   headers dropped and nothing after the head (no second request rides along). An
+//!   archive request without credentials or a query goes out in a canonical form (only
+//!   `User-Agent` and `Accept` kept, `Accept-Encoding: identity`) so that the answer is
+//!   the URL's own, and a whole, plain answer is kept in the shared cache.
+//!
+//! Bounded: a request head of at most [`MAX_REQUEST_HEAD`] bytes in [`HEAD_TIME`];
+//! [`super::CONNECTIONS_PER_PROGRAM`] connections per program, a share of
+//! [`super::CONNECTIONS_PER_PRINCIPAL`] per tenant (or anonymous address) and
+//! [`super::CONNECTIONS_TOTAL`] for the gateway (more are answered `503` at once); an
+//! upstream connect within [`CONNECT_TIME`], an answer begun within [`RESPONSE_TIME`],
+//! and no connection idle in both directions for [`IDLE_TIME`]. The proxy, and every
+//! connection through it, ends when its program does ([`ProxyHandle`]). A refusal opens
+//! no upstream connection; the gateway resolves only the allowed hosts' names.
 
 use super::cache::{Cache, Pending};
 use super::Packages;
+use crate::admission::Principal;
 use crate::config::PackageIndex;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 /// The longest request head a program may send (pip's are a few hundred bytes).
@@ -44,32 +54,58 @@ const CONNECT_TIME: Duration = Duration::from_secs(10);
 /// How long an index may take to start its answer (the head of its response).
 const RESPONSE_TIME: Duration = Duration::from_secs(60);
 
+/// How long a tunnel or an answer may pass no byte either way before it is closed.
+const IDLE_TIME: Duration = Duration::from_secs(60);
+
 /// The proxy of one program (or one persistent interpreter): dropping it stops
 /// accepting and ends every connection through it.
 #[derive(Debug)]
 pub(crate) struct ProxyHandle {
+    owner: Arc<OnceLock<Principal>>,
     _task: AbortOnDropHandle<()>,
 }
 
+impl ProxyHandle {
+    /// Says whose share its connections count against, once (a warm entry's proxy is
+    /// made before it is claimed; until then its connections are refused, and its
+    /// program runs no code of its own).
+    pub(crate) fn attribute(&self, principal: &Principal) {
+        let _ = self.owner.set(principal.clone());
+    }
+}
+
 /// Serves `listener` (made inside the program's namespace) for a program of a runtime
-/// with `index`, until the returned handle is dropped. Needs a Tokio runtime.
+/// with `index`, run by `owner` (or attributed later), until the returned handle is
+/// dropped. Needs a Tokio runtime.
 pub(crate) fn serve(
     listener: std::net::TcpListener,
     index: Arc<PackageIndex>,
     shared: Arc<Packages>,
+    owner: Option<Principal>,
 ) -> io::Result<ProxyHandle> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
-    let task = tokio::spawn(accept(listener, index, shared));
+    let attributed = Arc::new(OnceLock::new());
+    if let Some(owner) = owner {
+        let _ = attributed.set(owner);
+    }
+    let task = tokio::spawn(accept(listener, index, shared, attributed.clone()));
     Ok(ProxyHandle {
+        owner: attributed,
         _task: AbortOnDropHandle::new(task),
     })
 }
 
 /// Accepts connections while the program lives; each within the caps gets a task of
 /// its own, ended with this one.
-async fn accept(listener: TcpListener, index: Arc<PackageIndex>, shared: Arc<Packages>) {
+async fn accept(
+    listener: TcpListener,
+    index: Arc<PackageIndex>,
+    shared: Arc<Packages>,
+    owner: Arc<OnceLock<Principal>>,
+) {
     let mine = Arc::new(Semaphore::new(super::CONNECTIONS_PER_PROGRAM));
+    let refusing = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -84,22 +120,30 @@ async fn accept(listener: TcpListener, index: Arc<PackageIndex>, shared: Arc<Pac
                         continue;
                     }
                 };
+                let share = owner
+                    .get()
+                    .and_then(|owner| shared.per_principal.try_acquire_within(owner, None).ok());
                 let permits = (
                     mine.clone().try_acquire_owned(),
+                    share,
                     shared.connections.clone().try_acquire_owned(),
                 );
-                let (Ok(own), Ok(total)) = permits else {
-                    // Written without waiting: a full socket buffer just loses it.
-                    let _ = stream.try_write(&response(
-                        ProxyError::Busy.status(),
-                        &ProxyError::Busy.to_string(),
-                    ));
+                let (Ok(own), Some(share), Ok(total)) = permits else {
+                    // Answered in a task of its own (its request read first, so that
+                    // closing does not reset the connection before the answer is
+                    // read), a few at a time; beyond them, just closed.
+                    if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                        connections.spawn(async move {
+                            let _permit = permit;
+                            refuse_busy(stream).await;
+                        });
+                    }
                     continue;
                 };
                 let index = index.clone();
                 let cache = shared.cache.clone();
                 connections.spawn(async move {
-                    let _permits = (own, total);
+                    let _permits = (own, share, total);
                     relay(stream, &index, cache.as_deref()).await;
                 });
             }
@@ -108,21 +152,38 @@ async fn accept(listener: TcpListener, index: Arc<PackageIndex>, shared: Arc<Pac
     }
 }
 
+/// Refusals answered at once by one proxy (each within [`REFUSAL_TIME`]).
+const REFUSALS_AT_ONCE: usize = 4;
+
+/// How long answering a refusal may take.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Answers a connection beyond the caps with `503`, after reading its request head.
+async fn refuse_busy(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        let _ = read_head(&mut stream, MAX_REQUEST_HEAD).await;
+        let answer = response(ProxyError::Busy.status(), &ProxyError::Busy.to_string());
+        let _ = stream.write_all(&answer).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Why a request through the proxy was not served; each is answered with its status
 /// and this text, which is what the program (pip) shows its user.
 #[derive(Debug, thiserror::Error)]
 enum ProxyError {
     #[error("sluice: the request was not one this proxy understands ({0})")]
     BadRequest(&'static str),
-    #[error("sluice: {0} is not a host this sandbox may reach: its network is limited to the package index the operator configured ({1})")]
-    NotAllowed(String, String),
+    #[error("sluice: {0} is not a host this sandbox may reach {1}: its network is limited to the package index the operator configured ({2})")]
+    NotAllowed(String, &'static str, String),
     #[error("sluice: could not reach {0}: {1}")]
     Unreachable(String, String),
     #[error("sluice: the package index's answer was not understood ({0})")]
     BadResponse(&'static str),
     #[error("sluice: the package index did not answer in time")]
     Timeout,
-    #[error("sluice: too many connections through the package proxy at once")]
+    #[error("sluice: too many connections through the package proxy at once (this program's, your share of the gateway's, or the gateway's); try again when others have finished")]
     Busy,
 }
 
@@ -170,6 +231,21 @@ struct Request {
     path: String,
     /// Headers passed on (not `Host`, `Connection`, `Keep-Alive` or `Proxy-*`).
     headers: Vec<(String, Vec<u8>)>,
+    /// It carries credentials (`Authorization`, `Cookie`): its answer is the caller's
+    /// alone, never cached nor answered from the cache.
+    credentials: bool,
+}
+
+impl Request {
+    /// A request whose answer is the URL's own, for any caller: a `GET` of a package
+    /// archive, without credentials or a query.
+    fn cacheable(&self) -> bool {
+        !self.connect
+            && self.method == "GET"
+            && !self.credentials
+            && !self.path.contains(['?', '#'])
+            && is_archive(&self.path)
+    }
 }
 
 async fn serve_one(
@@ -182,26 +258,29 @@ async fn serve_one(
         .map_err(|_| ProxyError::BadRequest("no request in time"))?
         .map_err(|_| ProxyError::BadRequest("no complete request head"))?;
     let request = parse_request(&head)?;
-    let allowed = index
-        .hosts
-        .iter()
-        .any(|(host, port)| *host == request.host && *port == request.port);
-    if !allowed {
+    if !index.allows(&request.host, request.port, request.connect) {
+        let how = if request.connect {
+            "through a tunnel (HTTPS)"
+        } else {
+            "over plain HTTP"
+        };
         return Err(ProxyError::NotAllowed(
             format!("{}:{}", request.host, request.port),
+            how,
             index.url.clone(),
         ));
     }
-    // A cached archive is answered without going out.
-    let key = (!request.connect && request.method == "GET" && is_archive(&request.path))
+    let key = request
+        .cacheable()
         .then(|| Cache::key(&request.host, request.port, &request.path));
+    // A cached archive is answered without going out.
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some((mut file, len)) = cache.get(key).await {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
             );
             if client.write_all(head.as_bytes()).await.is_ok() {
-                let _ = tokio::io::copy(&mut file, client).await;
+                let _ = copy_idle(&mut file, client, &AtomicU64::new(0), Instant::now()).await;
             }
             return Ok(());
         }
@@ -218,7 +297,7 @@ async fn serve_one(
             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
             .await;
         if upstream.write_all(&rest).await.is_ok() {
-            let _ = tokio::io::copy_bidirectional(client, &mut upstream).await;
+            let _ = tunnel(client, &mut upstream).await;
         }
         return Ok(());
     }
@@ -228,14 +307,21 @@ async fn serve_one(
         port => format!("{}:{port}", request.host),
     };
     out.extend_from_slice(format!("Host: {authority}\r\nConnection: close\r\n").as_bytes());
+    let canonical = key.is_some();
+    if canonical {
+        out.extend_from_slice(b"Accept-Encoding: identity\r\n");
+    }
     for (name, value) in &request.headers {
+        let lower = name.to_ascii_lowercase();
+        if canonical && !matches!(lower.as_str(), "user-agent" | "accept") {
+            continue;
+        }
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&rest);
     upstream
         .write_all(&out)
         .await
@@ -244,25 +330,62 @@ async fn serve_one(
         (Some(cache), Some(key)) => Some((cache, key)),
         _ => None,
     };
+    relay_response(&mut upstream, client, pending).await
+}
+
+/// Passes bytes both ways until both ends are done, or neither has moved a byte for
+/// [`IDLE_TIME`].
+async fn tunnel(client: &mut TcpStream, upstream: &mut TcpStream) -> io::Result<()> {
+    let last = AtomicU64::new(0);
+    let start = Instant::now();
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
-    // The request's body (if any) goes on as it comes; the answer decides the end.
-    let upload = async {
-        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
-        let _ = upstream_write.shutdown().await;
-        std::future::pending::<()>().await
+    tokio::try_join!(
+        copy_idle(&mut client_read, &mut upstream_write, &last, start),
+        copy_idle(&mut upstream_read, &mut client_write, &last, start),
+    )?;
+    Ok(())
+}
+
+/// Copies `from` to `to` until `from` ends (then shuts `to` for writing), noting each
+/// move in `last` (milliseconds since `start`, shared with the other direction); fails
+/// once neither direction has moved for [`IDLE_TIME`].
+async fn copy_idle(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    last: &AtomicU64,
+    start: Instant,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let idle_for = || {
+        let now = start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(last.load(Ordering::Relaxed)))
     };
-    tokio::select! {
-        relayed = relay_response(&mut upstream_read, &mut client_write, pending) => relayed,
-        () = upload => Ok(()),
+    let moved = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    loop {
+        let n = match tokio::time::timeout(IDLE_TIME, from.read(&mut buf)).await {
+            Ok(read) => read?,
+            Err(_) if idle_for() >= IDLE_TIME => return Err(io::ErrorKind::TimedOut.into()),
+            Err(_) => continue,
+        };
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        moved();
+        tokio::time::timeout(IDLE_TIME, to.write_all(&buf[..n]))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        moved();
     }
 }
 
 /// Passes the index's answer on with `Connection: close`, storing an archive's body in
-/// the cache as it goes when it is whole (`200`, a length, no transfer coding).
+/// the cache as it goes when the answer is the URL's own and whole: `200`, a length, no
+/// transfer or content coding, nothing that says it is private or varies.
 async fn relay_response(
-    upstream: &mut (impl AsyncRead + Unpin),
-    client: &mut (impl AsyncWrite + Unpin),
+    upstream: &mut TcpStream,
+    client: &mut TcpStream,
     pending: Option<(&Cache, String)>,
 ) -> Result<(), ProxyError> {
     let (head, rest) = tokio::time::timeout(RESPONSE_TIME, read_head(upstream, MAX_RESPONSE_HEAD))
@@ -278,7 +401,7 @@ async fn relay_response(
     let code = parsed.code.unwrap_or(0);
     let mut out = format!("HTTP/1.1 {code} {}\r\n", parsed.reason.unwrap_or("")).into_bytes();
     let mut length = None;
-    let mut coded = false;
+    let mut storable = code == 200;
     for header in parsed.headers.iter() {
         let name = header.name.to_ascii_lowercase();
         if matches!(
@@ -287,20 +410,24 @@ async fn relay_response(
         ) {
             continue;
         }
-        if name == "content-length" {
-            length = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
+        let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
+        match name.as_str() {
+            "content-length" => length = value.trim().parse::<u64>().ok(),
+            "transfer-encoding" | "set-cookie" | "vary" => storable = false,
+            "content-encoding" => storable &= value.trim() == "identity",
+            "cache-control" => {
+                storable &= !(value.contains("private") || value.contains("no-store"))
+            }
+            _ => {}
         }
-        coded |= name == "transfer-encoding";
         out.extend_from_slice(header.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(header.value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Connection: close\r\n\r\n");
-    let mut storing: Option<Pending<'_>> = match (pending, length, code, coded) {
-        (Some((cache, key)), Some(len), 200, false) => cache.begin(&key, len),
+    let mut storing: Option<Pending<'_>> = match (pending, length, storable) {
+        (Some((cache, key)), Some(len), true) => cache.begin(&key, len),
         _ => None,
     };
     if client.write_all(&out).await.is_err() {
@@ -310,7 +437,10 @@ async fn relay_response(
     loop {
         if chunk.is_empty() {
             chunk.resize(64 * 1024, 0);
-            let n = upstream.read(&mut chunk).await.unwrap_or(0);
+            let n = match tokio::time::timeout(IDLE_TIME, upstream.read(&mut chunk)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) | Err(_) => return Ok(()),
+            };
             chunk.truncate(n);
             if n == 0 {
                 break;
@@ -321,8 +451,9 @@ async fn relay_response(
                 storing = None;
             }
         }
-        if client.write_all(&chunk).await.is_err() {
-            return Ok(());
+        match tokio::time::timeout(IDLE_TIME, client.write_all(&chunk)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Ok(()),
         }
         chunk.clear();
     }
@@ -362,7 +493,8 @@ async fn read_head(
     }
 }
 
-/// The request line and headers of a proxy request.
+/// The request line and headers of a proxy request. A plain HTTP request must be a
+/// `GET` or `HEAD` without a body.
 fn parse_request(head: &[u8]) -> Result<Request, ProxyError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -374,6 +506,11 @@ fn parse_request(head: &[u8]) -> Result<Request, ProxyError> {
     let method = parsed.method.unwrap_or_default().to_owned();
     let target = parsed.path.unwrap_or_default();
     let connect = method == "CONNECT";
+    if !connect && !matches!(method.as_str(), "GET" | "HEAD") {
+        return Err(ProxyError::BadRequest(
+            "only GET and HEAD over plain HTTP, and CONNECT for HTTPS",
+        ));
+    }
     let (authority, path) = if connect {
         (target, "")
     } else {
@@ -399,31 +536,35 @@ fn parse_request(head: &[u8]) -> Result<Request, ProxyError> {
             "no host, or credentials in the target",
         ));
     }
-    let headers = parsed
-        .headers
-        .iter()
-        .filter(|h| {
-            let name = h.name.to_ascii_lowercase();
-            !(name == "host"
-                || name == "connection"
-                || name == "keep-alive"
-                || name.starts_with("proxy-"))
-        })
-        .map(|h| (h.name.to_owned(), h.value.to_vec()))
-        .collect();
+    let mut credentials = false;
+    let mut kept = Vec::new();
+    for header in parsed.headers.iter() {
+        let name = header.name.to_ascii_lowercase();
+        let body = name == "transfer-encoding"
+            || name == "content-length" && header.value.iter().any(|b| *b != b'0' && *b != b' ');
+        if body && !connect {
+            return Err(ProxyError::BadRequest("a request with a body"));
+        }
+        credentials |= matches!(name.as_str(), "authorization" | "cookie");
+        let dropped = matches!(name.as_str(), "host" | "connection" | "keep-alive")
+            || name.starts_with("proxy-");
+        if !dropped {
+            kept.push((header.name.to_owned(), header.value.to_vec()));
+        }
+    }
     Ok(Request {
         connect,
         method,
         host: host.to_ascii_lowercase(),
         port,
         path: path.to_owned(),
-        headers,
+        headers: kept,
+        credentials,
     })
 }
 
 /// Whether a path names a package archive (what the cache keeps): not an index page.
 fn is_archive(path: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
     [".whl", ".tar.gz", ".zip", ".tar.bz2", ".tgz"]
         .iter()
         .any(|ext| path.ends_with(ext))
@@ -450,6 +591,9 @@ mod tests {
             b"GET http://u@h/ HTTP/1.1\r\n\r\n",
             b"GET http://h:x/ HTTP/1.1\r\n\r\n",
             b"GARBAGE\r\n\r\n",
+            b"POST http://h/ HTTP/1.1\r\n\r\n",
+            b"GET http://h/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            b"GET http://h/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(
                 parse_request(bad).is_err(),
@@ -460,10 +604,26 @@ mod tests {
     }
 
     #[test]
-    fn only_archives_are_cached() {
-        assert!(is_archive("/packages/x-1.0-py3-none-any.whl"));
-        assert!(is_archive("/x-1.0.tar.gz?sig=1"));
-        assert!(!is_archive("/simple/x/"));
+    fn only_plain_archive_requests_are_cached() {
+        let request = |head: &[u8]| parse_request(head).expect("parsed");
+        assert!(request(b"GET http://h/x-1.0-py3-none-any.whl HTTP/1.1\r\n\r\n").cacheable());
+        assert!(
+            request(b"GET http://h/x-1.0.tar.gz HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+                .cacheable()
+        );
+        for not in [
+            &b"GET http://h/simple/x/ HTTP/1.1\r\n\r\n"[..],
+            b"GET http://h/x.whl?v=1 HTTP/1.1\r\n\r\n",
+            b"HEAD http://h/x.whl HTTP/1.1\r\n\r\n",
+            b"GET http://h/x.whl HTTP/1.1\r\nAuthorization: Basic eA==\r\n\r\n",
+            b"GET http://h/x.whl HTTP/1.1\r\nCookie: a=b\r\n\r\n",
+        ] {
+            assert!(
+                !request(not).cacheable(),
+                "{}",
+                String::from_utf8_lossy(not)
+            );
+        }
     }
 
     #[tokio::test]

@@ -53,6 +53,8 @@ sys.stdout.buffer.write(out.getvalue())
 struct Index {
     port: u16,
     downloads: Arc<AtomicUsize>,
+    /// The heads of the wheel's downloads, as the index received them.
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -62,10 +64,12 @@ impl Index {
         let port = listener.local_addr()?.port();
         let downloads = Arc::new(AtomicUsize::new(0));
         let counted = downloads.clone();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
         let wheel = Arc::new(wheel);
         let server = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (wheel, counted) = (wheel.clone(), counted.clone());
+                let (wheel, counted, seen) = (wheel.clone(), counted.clone(), seen.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
@@ -84,6 +88,9 @@ impl Index {
                         ("200 OK", page.into_bytes())
                     } else if path == format!("/files/{WHEEL_NAME}") {
                         counted.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut seen) = seen.lock() {
+                            seen.push(head.to_string());
+                        }
                         ("200 OK", wheel.to_vec())
                     } else {
                         ("404 Not Found", b"not here".to_vec())
@@ -101,6 +108,7 @@ impl Index {
         Ok(Self {
             port,
             downloads,
+            heads,
             _server: server,
         })
     }
@@ -189,6 +197,15 @@ async fn pip_install_fills_the_sessions_layer_through_the_proxy_and_nothing_else
         program.stderr
     );
     ensure!(index.downloads.load(Ordering::SeqCst) == 1);
+    // A `%pip` line inside a string is the string's, not a magic.
+    let text = "s = '''\n%pip install x\n'''\nprint(repr(s))";
+    let kept = run(&client, in_session("pkg-a", "a4", text, true)).await?;
+    ensure!(
+        kept.stdout == "'\\n%pip install x\\n'\n",
+        "{:?} {}",
+        kept.terminal,
+        kept.stdout
+    );
 
     // Session b does not have it, until it installs it: from the gateway's cache.
     let absent = run(&client, in_session("pkg-b", "b1", probe, true)).await?;
@@ -251,6 +268,102 @@ print(proxy)
         outcome.terminal,
         outcome.stdout,
         outcome.stderr
+    );
+    client.close().await?;
+    gateway.shutdown().await?;
+    Ok(())
+}
+
+/// What the outside review found, each refused or made harmless: a request whose headers
+/// could change the answer is not cached (nor sent as it was, for a cacheable one), a
+/// tunnel to a plain-HTTP index is refused, and so are requests with a body and methods
+/// pip does not use; a program's ninth connection at once is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_keeps_the_cache_canonical_and_refuses_what_pip_never_sends() -> Result<()> {
+    if forced_isolation().is_some_and(|i| i != Isolation::Namespaces) {
+        return Ok(());
+    }
+    if !sluice_tests::running_as_root() || !jail_available() {
+        sluice_tests::skip("the package proxy listens in namespaces a root gateway makes");
+        return Ok(());
+    }
+    let index = Index::start(build_wheel()?).await?;
+    let mut runtimes = RuntimeSpec::defaults();
+    for spec in runtimes.iter_mut().filter(|s| s.name == "python") {
+        spec.package_index = Some(
+            PackageIndex::parse(&format!("http://127.0.0.1:{}/simple/", index.port))
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::Namespaces,
+        runtimes,
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let port = index.port;
+    let probe = format!(
+        r#"
+import socket
+def ask(head):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(head.encode())
+    answer = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode()
+wheel = "http://127.0.0.1:{port}/files/{WHEEL_NAME}"
+# Headers that could change the answer: sent canonically, so the cached copy is the URL's own.
+print(ask(f"GET {{wheel}} HTTP/1.1\r\nAccept-Encoding: gzip\r\nX-Injected: evil\r\n\r\n"))
+# Credentials: passed on, never cached nor answered from the cache.
+print(ask(f"GET {{wheel}} HTTP/1.1\r\nAuthorization: Basic eDp5\r\n\r\n"))
+# From the cache now.
+print(ask(f"GET {{wheel}} HTTP/1.1\r\n\r\n"))
+print(ask("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n"))
+print(ask(f"POST {{wheel}} HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"))
+print(ask(f"GET {{wheel}} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"))
+held = [socket.create_connection(("127.0.0.1", 3128), timeout=10) for _ in range(8)]
+print(ask(f"GET {{wheel}} HTTP/1.1\r\n\r\n"))
+"#
+    );
+    let outcome = run(&client, request("probe", "python", &probe)).await?;
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    ensure!(
+        lines
+            == [
+                "HTTP/1.1 200 OK",
+                "HTTP/1.1 200 OK",
+                "HTTP/1.1 200 OK",
+                "HTTP/1.1 403 Forbidden",
+                "HTTP/1.1 400 Bad Request",
+                "HTTP/1.1 400 Bad Request",
+                "HTTP/1.1 503 Service Unavailable",
+            ],
+        "{:?}\n{}\n{}",
+        outcome.terminal,
+        outcome.stdout,
+        outcome.stderr
+    );
+    // Two went out (the canonical one, then the one with credentials); the third came
+    // from the cache.
+    ensure!(index.downloads.load(Ordering::SeqCst) == 2);
+    let heads = index.heads.lock().map(|h| h.clone()).unwrap_or_default();
+    ensure!(heads.len() == 2, "{heads:?}");
+    let canonical = heads[0].to_ascii_lowercase();
+    ensure!(
+        canonical.contains("accept-encoding: identity")
+            && !canonical.contains("gzip")
+            && !canonical.contains("x-injected"),
+        "{canonical}"
+    );
+    ensure!(
+        heads[1].contains("Authorization: Basic eDp5"),
+        "{}",
+        heads[1]
     );
     client.close().await?;
     gateway.shutdown().await?;

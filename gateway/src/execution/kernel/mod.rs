@@ -322,6 +322,7 @@ impl Kernel {
             runtime,
             host.package_proxy(runtime),
             sandbox_ids.as_mut(),
+            None,
         )?;
         // A jail starts where its spec is (the host directory) and enters the
         // workspace itself.
@@ -745,6 +746,12 @@ impl Kernel {
     /// alive, so a fork that was under way in the first pass is caught in the next.
     pub(crate) fn end_cell_processes(&self) {
         cell_processes::kill_all(self.pid(), self.jailed, self.procs.as_deref());
+    }
+
+    /// Says whose share of the package proxy's connections the interpreter uses: the
+    /// principal whose cell started it (its driver runs no cell before that).
+    pub(crate) fn attribute_package_proxy(&self, principal: &crate::admission::Principal) {
+        self.child.attribute_package_proxy(principal);
     }
 
     /// Kills the interpreter with everything it started.

@@ -322,8 +322,18 @@ def pip_magic(arguments):
 def execute(source, namespace):
     # Something installed since the last cell (by pip in a subprocess, say) is found.
     importlib.invalidate_caches()
-    source = PIP_MAGIC.sub(lambda m: f"{m.group(1)}__sluice_pip__({m.group(2)!r})", source)
-    tree = ast.parse(source, "<cell>", "exec")
+    try:
+        tree = ast.parse(source, "<cell>", "exec")
+    except SyntaxError as original:
+        # Not Python as it stands: `%pip` lines become calls (only then, so a string
+        # holding such a line is left alone); an error left is reported as written.
+        magic = PIP_MAGIC.sub(lambda m: f"{m.group(1)}__sluice_pip__({m.group(2)!r})", source)
+        if magic == source:
+            raise
+        try:
+            tree = ast.parse(magic, "<cell>", "exec")
+        except SyntaxError:
+            raise original from None
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)

@@ -85,6 +85,7 @@ pub(super) fn hand_over(entry: &mut Entry, spec: &ExecutionSpec, host: &Host) ->
             ));
         }
     }
+    entry.child.attribute_package_proxy(&spec.principal);
     entry.child.hand_over_cgroup(
         limits.memory_bytes,
         limits

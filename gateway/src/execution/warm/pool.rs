@@ -347,6 +347,7 @@ impl WarmPool {
                 terminal: None,
                 files: None,
                 package_proxy: host.package_proxy(&runtime),
+                principal: None,
             }
             .spawn()
             .map_err(io::Error::other)?;

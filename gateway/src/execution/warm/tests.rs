@@ -23,6 +23,7 @@ fn limits() -> EffectiveLimits {
 fn spec(runtime: Runtime, code: &str) -> ExecutionSpec {
     ExecutionSpec {
         id: "x".into(),
+        principal: crate::admission::Principal::Address(std::net::Ipv4Addr::LOCALHOST.into()),
         runtime: Arc::new(runtime),
         code: code.into(),
         args: Vec::new(),
