@@ -194,8 +194,7 @@ impl Program {
                 let Some(kernel) = cell.kernel.as_ref() else {
                     return Err(io::Error::other("the interpreter is gone"));
                 };
-                let peak = kernel.peak_memory();
-                let tree_cpu = kernel.tree_cpu();
+                let (peak, tree_cpu) = kernel.usage_now();
                 let cpu = tree_cpu.saturating_sub(cell.tree_cpu_before);
                 if let Some(reply) = kernel.reply() {
                     // The cell is over (what it started was killed in `after_exit`):

@@ -99,7 +99,9 @@ pub(super) fn descendants(root: u32) -> Vec<u32> {
 /// it ended. Repeats while it finds processes alive, so a fork that was under way in the
 /// first pass is caught in the next.
 pub(super) fn kill_all(leader: u32, jailed: bool, procs: Option<&Path>) {
-    let own_depth = namespace_depth("self");
+    // The gateway's own depth never changes: read once.
+    static OWN_DEPTH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let own_depth = *OWN_DEPTH.get_or_init(|| namespace_depth("self"));
     let mut killed = std::collections::HashSet::new();
     for _ in 0..CELL_KILL_PASSES {
         let candidates = match procs {

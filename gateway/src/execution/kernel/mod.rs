@@ -766,11 +766,18 @@ impl Kernel {
         self.replies.cpu()
     }
 
-    /// The interpreter's peak resident memory: the largest of its tree's processes (the
-    /// jail and its init come first when jailed, the interpreter below them).
-    pub(crate) fn peak_memory(&self) -> u64 {
-        let pid = self.pid();
-        let mut tree = cell_processes::descendants(pid);
+    /// The interpreter's peak resident memory (the largest of its tree's processes: the
+    /// jail and its init come first when jailed, the interpreter below them) and the CPU
+    /// time of its tree ([`Kernel::tree_cpu`]), from one look at the tree: what a cell's
+    /// end reports.
+    pub(crate) fn usage_now(&self) -> (u64, Duration) {
+        let tree = cell_processes::descendants(self.pid());
+        let cpu = self.replies.cpu_of(Some(&tree));
+        (Self::peak_memory_of(self.pid(), tree), cpu)
+    }
+
+    /// The largest peak resident memory (`VmHWM`) of `pid` and its `tree`.
+    fn peak_memory_of(pid: u32, mut tree: Vec<u32>) -> u64 {
         tree.push(pid);
         tree.into_iter()
             .filter_map(|pid| {

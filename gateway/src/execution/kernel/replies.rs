@@ -112,6 +112,12 @@ impl Replies {
     /// CPU time the interpreter has used: its cgroup's where cgroup v2 counts it, else
     /// every thread of it and its descendants.
     pub(super) fn cpu(&self) -> Duration {
+        self.cpu_of(None)
+    }
+
+    /// As [`Replies::cpu`], with the interpreter's descendants already listed (`tree`,
+    /// the interpreter itself not included) when the caller has them.
+    pub(super) fn cpu_of(&self, tree: Option<&[u32]>) -> Duration {
         let counted = self.cgroup_dir.as_ref().and_then(|dir| {
             let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
             text.lines().find_map(|line| {
@@ -122,9 +128,19 @@ impl Replies {
         if let Some(usec) = counted {
             return Duration::from_micros(usec);
         }
-        let mut pids = descendants(self.pid);
-        pids.push(self.pid);
-        pids.into_iter().map(threads_cpu).sum()
+        let listed;
+        let tree = match tree {
+            Some(tree) => tree,
+            None => {
+                listed = descendants(self.pid);
+                &listed
+            }
+        };
+        tree.iter()
+            .copied()
+            .chain([self.pid])
+            .map(threads_cpu)
+            .sum()
     }
 
     /// Ends the interpreter for `why` (once), with everything in its group and cgroup.
