@@ -207,6 +207,16 @@ async fn pip_install_fills_the_sessions_layer_through_the_proxy_and_nothing_else
         kept.stdout
     );
 
+    // A `!command` line runs in a shell, with the cell's output.
+    let shell = "!echo from the shell\nprint('and Python')";
+    let ran = run(&client, in_session("pkg-a", "a5", shell, true)).await?;
+    ensure!(
+        ran.stdout == "from the shell\nand Python\n",
+        "{:?} {}",
+        ran.terminal,
+        ran.stdout
+    );
+
     // Session b does not have it, until it installs it: from the gateway's cache.
     let absent = run(&client, in_session("pkg-b", "b1", probe, true)).await?;
     ensure!(

@@ -300,8 +300,10 @@ def receive(control):
     return number, fds, b"".join(chunks).decode("utf-8", "replace")
 
 
-# `%pip ...` (or `!pip ...`) on a line of its own runs pip as the notebook magic does.
+# `%pip ...` (or `!pip ...`) on a line of its own runs pip as the notebook magic does;
+# any other `!command` line runs the command in a shell.
 PIP_MAGIC = re.compile(r"^([ \t]*)[%!]pip[ \t]+(.*)$", re.MULTILINE)
+SHELL_ESCAPE = re.compile(r"^([ \t]*)!(.+)$", re.MULTILINE)
 
 
 def pip_magic(arguments):
@@ -319,15 +321,34 @@ def pip_magic(arguments):
         print(f"pip exited with status {status}", file=sys.stderr)
 
 
+def shell_escape(command):
+    """Runs a `!command` line in /bin/sh with the cell's output, as a notebook does; a
+    failure is reported on stderr and does not raise."""
+    import subprocess
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    status = subprocess.call(command, shell=True)
+    if status != 0:
+        print(f"the command exited with status {status}", file=sys.stderr)
+
+
+def magics(source):
+    """The cell with its `%pip` and `!command` lines made calls."""
+    source = PIP_MAGIC.sub(lambda m: f"{m.group(1)}__sluice_pip__({m.group(2)!r})", source)
+    return SHELL_ESCAPE.sub(lambda m: f"{m.group(1)}__sluice_shell__({m.group(2)!r})", source)
+
+
 def execute(source, namespace):
     # Something installed since the last cell (by pip in a subprocess, say) is found.
     importlib.invalidate_caches()
     try:
         tree = ast.parse(source, "<cell>", "exec")
     except SyntaxError as original:
-        # Not Python as it stands: `%pip` lines become calls (only then, so a string
-        # holding such a line is left alone); an error left is reported as written.
-        magic = PIP_MAGIC.sub(lambda m: f"{m.group(1)}__sluice_pip__({m.group(2)!r})", source)
+        # Not Python as it stands: `%pip` and `!command` lines become calls (only then,
+        # so a string holding such a line is left alone); an error left is reported as
+        # written.
+        magic = magics(source)
         if magic == source:
             raise
         try:
@@ -638,6 +659,7 @@ def main():
         "display": display,
         "update_display": update_display,
         "__sluice_pip__": pip_magic,
+        "__sluice_shell__": shell_escape,
     }
     sys.argv = [""]
     # input() and getpass() ask the front end.
