@@ -114,29 +114,16 @@ impl Index {
     }
 }
 
-/// A program or cell of the session `session`, which keeps a workspace.
-fn in_session(session: &str, id: &str, code: &str, persistent: bool) -> ExecuteRequest {
-    ExecuteRequest {
-        workspace: true,
-        persistent,
-        ..cell(session, id, code)
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pip_install_fills_the_sessions_layer_through_the_proxy_and_nothing_else() -> Result<()> {
+/// A local index and a jailed gateway whose python installs from it; `None` (the test
+/// skipped) where the proxy cannot run: it listens in namespaces a root gateway makes.
+async fn jailed_gateway_with_index() -> Result<Option<(Index, TestGateway)>> {
     if forced_isolation().is_some_and(|i| i != Isolation::Namespaces) {
-        return Ok(());
+        return Ok(None);
     }
     if !sluice_tests::running_as_root() || !jail_available() {
         sluice_tests::skip("the package proxy listens in namespaces a root gateway makes");
-        return Ok(());
+        return Ok(None);
     }
-    let pip = std::process::Command::new("python3")
-        .args(["-m", "pip", "--version"])
-        .output()
-        .context("python3 -m pip")?;
-    ensure!(pip.status.success(), "the tests need pip (python3 -m pip)");
     let index = Index::start(build_wheel()?).await?;
     let mut runtimes = RuntimeSpec::defaults();
     for spec in runtimes.iter_mut().filter(|s| s.name == "python") {
@@ -151,6 +138,28 @@ async fn pip_install_fills_the_sessions_layer_through_the_proxy_and_nothing_else
         ..Config::default()
     })
     .await;
+    Ok(Some((index, gateway)))
+}
+
+/// A program or cell of the session `session`, which keeps a workspace.
+fn in_session(session: &str, id: &str, code: &str, persistent: bool) -> ExecuteRequest {
+    ExecuteRequest {
+        workspace: true,
+        persistent,
+        ..cell(session, id, code)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_install_fills_the_sessions_layer_through_the_proxy_and_nothing_else() -> Result<()> {
+    let Some((index, gateway)) = jailed_gateway_with_index().await? else {
+        return Ok(());
+    };
+    let pip = std::process::Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .context("python3 -m pip")?;
+    ensure!(pip.status.success(), "the tests need pip (python3 -m pip)");
     // Discovery says where the runtime installs from.
     let (status, text) =
         sluice_tests::http_get(gateway.addr(), sluice_protocol::RUNTIMES_PATH).await?;
@@ -290,27 +299,9 @@ print(proxy)
 /// pip does not use; a program's ninth connection at once is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_keeps_the_cache_canonical_and_refuses_what_pip_never_sends() -> Result<()> {
-    if forced_isolation().is_some_and(|i| i != Isolation::Namespaces) {
+    let Some((index, gateway)) = jailed_gateway_with_index().await? else {
         return Ok(());
-    }
-    if !sluice_tests::running_as_root() || !jail_available() {
-        sluice_tests::skip("the package proxy listens in namespaces a root gateway makes");
-        return Ok(());
-    }
-    let index = Index::start(build_wheel()?).await?;
-    let mut runtimes = RuntimeSpec::defaults();
-    for spec in runtimes.iter_mut().filter(|s| s.name == "python") {
-        spec.package_index = Some(
-            PackageIndex::parse(&format!("http://127.0.0.1:{}/simple/", index.port))
-                .map_err(anyhow::Error::msg)?,
-        );
-    }
-    let gateway = TestGateway::spawn_with(Config {
-        isolation: Isolation::Namespaces,
-        runtimes,
-        ..Config::default()
-    })
-    .await;
+    };
     let client = gateway.client().await?;
     let port = index.port;
     let probe = format!(
