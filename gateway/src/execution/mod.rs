@@ -226,7 +226,7 @@ impl Host {
     }
 
     /// What `runtime`'s programs find in their environment about its package index
-    /// (nothing without one): with a session's `workspace`, its package layer.
+    /// (nothing without one): in a session's `workspace`, where packages are kept.
     pub(crate) fn package_env(
         &self,
         runtime: &crate::runtime::Runtime,
@@ -235,11 +235,11 @@ impl Host {
         let Some(index) = &runtime.package_index else {
             return Vec::new();
         };
-        let layer = workspace.map(|ws| ws.path().join(crate::packages::LAYER_DIR));
         crate::packages::environment(
             index,
+            crate::packages::Installer::for_program(&runtime.program),
             self.package_proxy(runtime).is_some(),
-            layer.as_deref(),
+            workspace.map(|ws| ws.path()),
         )
     }
 

@@ -66,17 +66,74 @@ impl Packages {
     }
 }
 
+/// Which package manager a runtime's index is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Installer {
+    /// pip: the index is a Python package index (`/simple/`).
+    Pip,
+    /// npm: the index is an npm registry.
+    Npm,
+}
+
+impl Installer {
+    /// npm for a Node runtime (its interpreter `node` or `nodejs*`), pip otherwise.
+    pub(crate) fn for_program(program: &Path) -> Self {
+        let name = program
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        if name == "node" || name.starts_with("nodejs") {
+            Self::Npm
+        } else {
+            Self::Pip
+        }
+    }
+}
+
+/// The npm cache's directory name in a session's workspace (elsewhere npm keeps its
+/// own, in the program's home): the gateway's prefix, so the file frames and
+/// `files_changed` leave it out.
+pub(crate) const NPM_CACHE_DIR: &str = ".sluice-npm-cache";
+
 /// What a program of a runtime with `index` finds in its environment (before the
-/// runtime's and the request's own variables, which may say otherwise): pip's index
-/// (and, for one on plain HTTP, that it trusts it), the gateway's proxy when the
-/// program has no network of its own (`proxied`), no cache of pip's own (each program's
-/// would be its alone; the gateway's is shared), and with a session's `layer`, pip
-/// installing into it and Python finding it.
+/// runtime's and the request's own variables, which may say otherwise), for its
+/// `installer`: the index, the gateway's proxy when the program has no network of its
+/// own (`proxied`), and where packages go. For pip: the index (trusted when on plain
+/// HTTP), no cache of pip's own (the gateway's is shared), and in a session's
+/// `workspace`, pip installing into its layer ([`LAYER_DIR`]) and Python finding it.
+/// For npm: the registry, no calls home (update notifier, audit, funding), and in a
+/// session's workspace its cache there ([`NPM_CACHE_DIR`]); npm installs into
+/// `node_modules` in the working directory, as it always does, which in a session's
+/// workspace outlives the execution.
 pub(crate) fn environment(
     index: &PackageIndex,
+    installer: Installer,
     proxied: bool,
-    layer: Option<&Path>,
+    workspace: Option<&Path>,
 ) -> Vec<(String, String)> {
+    if installer == Installer::Npm {
+        let mut env = vec![
+            ("NPM_CONFIG_REGISTRY".to_owned(), index.url.clone()),
+            ("NPM_CONFIG_UPDATE_NOTIFIER".to_owned(), "false".to_owned()),
+            ("NPM_CONFIG_AUDIT".to_owned(), "false".to_owned()),
+            ("NPM_CONFIG_FUND".to_owned(), "false".to_owned()),
+        ];
+        if let Some(workspace) = workspace {
+            let cache = workspace.join(NPM_CACHE_DIR);
+            env.push((
+                "NPM_CONFIG_CACHE".to_owned(),
+                cache.to_string_lossy().into_owned(),
+            ));
+        }
+        if proxied {
+            let proxy = format!("http://127.0.0.1:{PROXY_PORT}");
+            env.push(("NPM_CONFIG_PROXY".to_owned(), proxy.clone()));
+            env.push(("NPM_CONFIG_HTTPS_PROXY".to_owned(), proxy));
+            // Reachable after all: npm's usual retries again, not the offline default.
+            env.push(("NPM_CONFIG_FETCH_RETRIES".to_owned(), "2".to_owned()));
+        }
+        return env;
+    }
     let mut env = vec![
         ("PIP_INDEX_URL".to_owned(), index.url.clone()),
         ("PIP_DISABLE_PIP_VERSION_CHECK".to_owned(), "1".to_owned()),
@@ -96,9 +153,10 @@ pub(crate) fn environment(
         // Reachable after all: pip's usual retries again, not the offline default.
         env.push(("PIP_RETRIES".to_owned(), "5".to_owned()));
     }
-    if let Some(layer) = layer.and_then(Path::to_str) {
-        env.push(("PIP_TARGET".to_owned(), layer.to_owned()));
-        env.push(("PYTHONPATH".to_owned(), layer.to_owned()));
+    if let Some(workspace) = workspace {
+        let layer = workspace.join(LAYER_DIR).to_string_lossy().into_owned();
+        env.push(("PIP_TARGET".to_owned(), layer.clone()));
+        env.push(("PYTHONPATH".to_owned(), layer));
     }
     env
 }
@@ -114,7 +172,8 @@ mod tests {
     #[test]
     fn a_program_is_told_the_index_the_proxy_and_its_layer() {
         let index = PackageIndex::parse("http://10.0.0.5:8080/simple/").expect("index");
-        let env = environment(&index, true, Some(Path::new("/w/.sluice-packages")));
+        let home = Path::new("/w");
+        let env = environment(&index, Installer::Pip, true, Some(home));
         assert_eq!(
             value(&env, "PIP_INDEX_URL"),
             Some("http://10.0.0.5:8080/simple/")
@@ -124,10 +183,33 @@ mod tests {
         assert_eq!(value(&env, "PIP_TARGET"), Some("/w/.sluice-packages"));
         assert_eq!(value(&env, "PYTHONPATH"), Some("/w/.sluice-packages"));
         let index = PackageIndex::parse("https://pypi.org/simple").expect("index");
-        let env = environment(&index, false, None);
+        let env = environment(&index, Installer::Pip, false, None);
         assert_eq!(value(&env, "PIP_TRUSTED_HOST"), None);
         assert_eq!(value(&env, "PIP_PROXY"), None);
         assert_eq!(value(&env, "PIP_TARGET"), None);
+        let registry = PackageIndex::parse("https://registry.npmjs.org/").expect("registry");
+        let env = environment(&registry, Installer::Npm, true, Some(home));
+        assert_eq!(
+            value(&env, "NPM_CONFIG_REGISTRY"),
+            Some("https://registry.npmjs.org/")
+        );
+        assert_eq!(
+            value(&env, "NPM_CONFIG_HTTPS_PROXY"),
+            Some("http://127.0.0.1:3128")
+        );
+        assert_eq!(
+            value(&env, "NPM_CONFIG_CACHE"),
+            Some("/w/.sluice-npm-cache")
+        );
+        assert_eq!(value(&env, "PIP_INDEX_URL"), None);
+        assert_eq!(
+            Installer::for_program(Path::new("/usr/bin/node")),
+            Installer::Npm
+        );
+        assert_eq!(
+            Installer::for_program(Path::new("/usr/bin/python3")),
+            Installer::Pip
+        );
     }
 
     #[test]

@@ -48,28 +48,48 @@ sys.stdout.buffer.write(out.getvalue())
     Ok(output.stdout)
 }
 
-/// A package index on loopback: `/simple/sluicedemo/` links the wheel, served at
-/// `/files/`; counts the wheel's downloads.
+/// A package index (or npm registry) on loopback: fixed answers by path; counts the
+/// requests for one of them, the archive, and keeps their heads.
 struct Index {
     port: u16,
     downloads: Arc<AtomicUsize>,
-    /// The heads of the wheel's downloads, as the index received them.
+    /// The heads of the archive's downloads, as the index received them.
     heads: Arc<std::sync::Mutex<Vec<String>>>,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl Index {
-    async fn start(wheel: Vec<u8>) -> Result<Self> {
+    /// pip's view: `/simple/sluicedemo/` links the wheel, served at `/files/`.
+    async fn pip(wheel: Vec<u8>) -> Result<Self> {
+        let page = format!(
+            "<!DOCTYPE html><html><body><a href=\"/files/{WHEEL_NAME}\">{WHEEL_NAME}</a></body></html>"
+        );
+        let archive = format!("/files/{WHEEL_NAME}");
+        Self::start(
+            |_| vec![("/simple/sluicedemo/".to_owned(), page.into_bytes())],
+            (archive, wheel),
+        )
+        .await
+    }
+
+    /// Serves `pages(port)` and the counted `archive` (path, bytes).
+    async fn start(
+        pages: impl FnOnce(u16) -> Vec<(String, Vec<u8>)>,
+        archive: (String, Vec<u8>),
+    ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let downloads = Arc::new(AtomicUsize::new(0));
         let counted = downloads.clone();
         let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = heads.clone();
-        let wheel = Arc::new(wheel);
+        let pages: Arc<std::collections::HashMap<String, Vec<u8>>> =
+            Arc::new(pages(port).into_iter().collect());
+        let archive = Arc::new(archive);
         let server = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (wheel, counted, seen) = (wheel.clone(), counted.clone(), seen.clone());
+                let (pages, archive) = (pages.clone(), archive.clone());
+                let (counted, seen) = (counted.clone(), seen.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
@@ -81,17 +101,14 @@ impl Index {
                     }
                     let head = String::from_utf8_lossy(&head);
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let (status, body): (&str, Vec<u8>) = if path == "/simple/sluicedemo/" {
-                        let page = format!(
-                            "<!DOCTYPE html><html><body><a href=\"/files/{WHEEL_NAME}\">{WHEEL_NAME}</a></body></html>"
-                        );
-                        ("200 OK", page.into_bytes())
-                    } else if path == format!("/files/{WHEEL_NAME}") {
+                    let (status, body): (&str, Vec<u8>) = if path == archive.0 {
                         counted.fetch_add(1, Ordering::SeqCst);
                         if let Ok(mut seen) = seen.lock() {
                             seen.push(head.to_string());
                         }
-                        ("200 OK", wheel.to_vec())
+                        ("200 OK", archive.1.clone())
+                    } else if let Some(page) = pages.get(&path) {
+                        ("200 OK", page.clone())
                     } else {
                         ("404 Not Found", b"not here".to_vec())
                     };
@@ -124,7 +141,7 @@ async fn jailed_gateway_with_index() -> Result<Option<(Index, TestGateway)>> {
         sluice_tests::skip("the package proxy listens in namespaces a root gateway makes");
         return Ok(None);
     }
-    let index = Index::start(build_wheel()?).await?;
+    let index = Index::pip(build_wheel()?).await?;
     let mut runtimes = RuntimeSpec::defaults();
     for spec in runtimes.iter_mut().filter(|s| s.name == "python") {
         spec.package_index = Some(
@@ -366,6 +383,140 @@ print(ask(f"GET {{wheel}} HTTP/1.1\r\n\r\n"))
         "{}",
         heads[1]
     );
+    client.close().await?;
+    gateway.shutdown().await?;
+    Ok(())
+}
+
+/// An npm package `sluicedemo` 1.0.0 (`module.exports = {value: 'from the registry'}`)
+/// as a registry serves it: its tarball, and the metadata document naming it at
+/// `registry` with its integrity.
+fn build_npm_package(registry: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    let script = r#"
+import base64, hashlib, io, json, sys, tarfile
+files = {
+    "package/package.json": json.dumps({"name": "sluicedemo", "version": "1.0.0", "main": "index.js"}).encode(),
+    "package/index.js": b"module.exports = { value: 'from the registry' };\n",
+}
+out = io.BytesIO()
+with tarfile.open(fileobj=out, mode="w:gz") as tar:
+    for name, data in files.items():
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+tgz = out.getvalue()
+registry = sys.argv[1]
+meta = {
+    "name": "sluicedemo",
+    "dist-tags": {"latest": "1.0.0"},
+    "versions": {"1.0.0": {
+        "name": "sluicedemo", "version": "1.0.0", "main": "index.js",
+        "dist": {
+            "tarball": registry + "sluicedemo/-/sluicedemo-1.0.0.tgz",
+            "shasum": hashlib.sha1(tgz).hexdigest(),
+            "integrity": "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode(),
+        },
+    }},
+}
+print(json.dumps({"tgz": base64.b64encode(tgz).decode(), "meta": json.dumps(meta)}))
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, registry])
+        .output()
+        .context("python3 to build the test npm package")?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let built: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    use base64::Engine as _;
+    let tgz =
+        base64::engine::general_purpose::STANDARD.decode(built["tgz"].as_str().context("tgz")?)?;
+    let meta = built["meta"].as_str().context("meta")?.as_bytes().to_vec();
+    Ok((tgz, meta))
+}
+
+/// npm's turn: a Node runtime offered an npm registry (a local one) installs through the
+/// proxy into the session's workspace (`node_modules`, as npm always does), where later
+/// programs and cells of the session find it and other sessions do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_installs_into_the_sessions_workspace_through_the_proxy() -> Result<()> {
+    if forced_isolation().is_some_and(|i| i != Isolation::Namespaces) {
+        return Ok(());
+    }
+    if !sluice_tests::running_as_root() || !jail_available() {
+        sluice_tests::skip("the package proxy listens in namespaces a root gateway makes");
+        return Ok(());
+    }
+    let npm = std::process::Command::new("npm").arg("--version").output();
+    ensure!(
+        npm.is_ok_and(|out| out.status.success()),
+        "the tests need npm (installed with node)"
+    );
+    // The metadata names the tarball by the registry's address, known once it listens.
+    let placeholder = "http://registry.invalid/";
+    let (tgz, meta) = build_npm_package(placeholder)?;
+    let meta = String::from_utf8(meta)?;
+    let index = Index::start(
+        |port| {
+            let meta = meta.replace(placeholder, &format!("http://127.0.0.1:{port}/"));
+            vec![("/sluicedemo".to_owned(), meta.into_bytes())]
+        },
+        ("/sluicedemo/-/sluicedemo-1.0.0.tgz".to_owned(), tgz),
+    )
+    .await?;
+    let mut runtimes = RuntimeSpec::defaults();
+    for spec in runtimes.iter_mut().filter(|s| s.name == "node") {
+        spec.package_index = Some(
+            PackageIndex::parse(&format!("http://127.0.0.1:{}/", index.port))
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: Isolation::Namespaces,
+        runtimes,
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let node = |session: &str, id: &str, code: &str, persistent: bool| ExecuteRequest {
+        language: "node".into(),
+        ..in_session(session, id, code, persistent)
+    };
+    let install = "const { execSync } = require('child_process');\nprocess.stdout.write(execSync('npm install sluicedemo 2>&1').toString());";
+    let installed = run(&client, node("npm-a", "n1", install, false)).await?;
+    ensure!(
+        installed.success() && installed.stdout.contains("added 1 package"),
+        "npm install: {:?}\n{}\n{}",
+        installed.terminal,
+        installed.stdout,
+        installed.stderr
+    );
+    let probe = "console.log(require('sluicedemo').value)";
+    let program = run(&client, node("npm-a", "n2", probe, false)).await?;
+    ensure!(
+        program.stdout == "from the registry\n",
+        "a later program: {:?} {}",
+        program.terminal,
+        program.stderr
+    );
+    let cell = run(&client, node("npm-a", "n3", probe, true)).await?;
+    ensure!(
+        cell.stdout == "from the registry\n",
+        "a cell: {:?} {}",
+        cell.terminal,
+        cell.stderr
+    );
+    let elsewhere = run(&client, node("npm-b", "n4", probe, false)).await?;
+    ensure!(
+        !elsewhere.success() && elsewhere.stderr.contains("Cannot find module 'sluicedemo'"),
+        "another session: {:?} {}",
+        elsewhere.terminal,
+        elsewhere.stderr
+    );
+    ensure!(index.downloads.load(Ordering::SeqCst) == 1);
     client.close().await?;
     gateway.shutdown().await?;
     Ok(())
