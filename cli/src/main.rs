@@ -339,10 +339,11 @@ struct ServeArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
 
-    /// Offer a package index to a language's programs: pip installs from it (into the
-    /// session's workspace, when it keeps one), and a program without the network
-    /// reaches it, and no other host, through the gateway (needs a root gateway with the
-    /// jail). Repeatable. Example: --package-index python=https://pypi.org/simple
+    /// Offer a package index to a language's programs (an npm registry for a Node
+    /// runtime): pip or npm installs from it (into the session's workspace, when it
+    /// keeps one), and a program without the network reaches it, and no other host,
+    /// through the gateway (needs a root gateway with the jail). Repeatable.
+    /// Example: --package-index python=https://pypi.org/simple
     #[arg(long = "package-index", value_name = "LANGUAGE=URL", value_parser = parse_env)]
     package_indexes: Vec<(String, String)>,
 
