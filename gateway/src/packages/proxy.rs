@@ -11,9 +11,10 @@
 //! - `GET` or `HEAD http://host/path` to a host allowed over plain HTTP, without a body:
 //!   passed on with `Connection: close`, `Host` set from the target, the `Proxy-*`
 //!   headers dropped and nothing after the head (no second request rides along). An
-//!   archive request without credentials or a query goes out in a canonical form (only
-//!   `User-Agent` and `Accept` kept, `Accept-Encoding: identity`) so that the answer is
-//!   the URL's own, and a whole, plain answer is kept in the shared cache.
+//!   archive request without credentials, by a clean path, goes out in a canonical form
+//!   (none of the caller's headers; fixed `User-Agent`, `Accept` and `Accept-Encoding:
+//!   identity`) so that the answer is the URL's own, and a whole, plain answer is kept
+//!   in the shared cache.
 //!
 //! Bounded: a request head of at most [`MAX_REQUEST_HEAD`] bytes in [`HEAD_TIME`];
 //! [`super::CONNECTIONS_PER_PROGRAM`] connections per program, a share of
@@ -238,12 +239,18 @@ struct Request {
 
 impl Request {
     /// A request whose answer is the URL's own, for any caller: a `GET` of a package
-    /// archive, without credentials or a query.
+    /// archive, without credentials, by a clean path (no query, no `.` or `..` or empty
+    /// segment, no percent-encoding or parameters: one spelling per file).
     fn cacheable(&self) -> bool {
+        let clean = self.path.starts_with('/')
+            && !self.path.contains(['?', '#', '%', ';', '\\'])
+            && self.path[1..]
+                .split('/')
+                .all(|segment| !matches!(segment, "" | "." | ".."));
         !self.connect
             && self.method == "GET"
             && !self.credentials
-            && !self.path.contains(['?', '#'])
+            && clean
             && is_archive(&self.path)
     }
 }
@@ -275,7 +282,7 @@ async fn serve_one(
         .then(|| Cache::key(&request.host, request.port, &request.path));
     // A cached archive is answered without going out.
     if let (Some(cache), Some(key)) = (cache, &key) {
-        if let Some((mut file, len)) = cache.get(key).await {
+        if let Some((mut file, len, _reading)) = cache.get(key).await {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
             );
@@ -309,13 +316,12 @@ async fn serve_one(
     out.extend_from_slice(format!("Host: {authority}\r\nConnection: close\r\n").as_bytes());
     let canonical = key.is_some();
     if canonical {
-        out.extend_from_slice(b"Accept-Encoding: identity\r\n");
+        // None of the caller's headers: the answer must be the URL's own.
+        out.extend_from_slice(
+            b"User-Agent: sluice-package-proxy\r\nAccept: */*\r\nAccept-Encoding: identity\r\n",
+        );
     }
-    for (name, value) in &request.headers {
-        let lower = name.to_ascii_lowercase();
-        if canonical && !matches!(lower.as_str(), "user-agent" | "accept") {
-            continue;
-        }
+    for (name, value) in request.headers.iter().filter(|_| !canonical) {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
@@ -412,7 +418,12 @@ async fn relay_response(
         }
         let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
         match name.as_str() {
-            "content-length" => length = value.trim().parse::<u64>().ok(),
+            "content-length" => {
+                // Two lengths (or one that is not a number): passed on, never kept.
+                storable &= length.is_none();
+                length = value.trim().parse::<u64>().ok();
+                storable &= length.is_some();
+            }
             "transfer-encoding" | "set-cookie" | "vary" => storable = false,
             "content-encoding" => storable &= value.trim() == "identity",
             "cache-control" => {
@@ -614,6 +625,11 @@ mod tests {
         for not in [
             &b"GET http://h/simple/x/ HTTP/1.1\r\n\r\n"[..],
             b"GET http://h/x.whl?v=1 HTTP/1.1\r\n\r\n",
+            b"GET http://h/a/../x.whl HTTP/1.1\r\n\r\n",
+            b"GET http://h//x.whl HTTP/1.1\r\n\r\n",
+            b"GET http://h/./x.whl HTTP/1.1\r\n\r\n",
+            b"GET http://h/%78.whl HTTP/1.1\r\n\r\n",
+            b"GET http://h/x;v=1.whl HTTP/1.1\r\n\r\n",
             b"HEAD http://h/x.whl HTTP/1.1\r\n\r\n",
             b"GET http://h/x.whl HTTP/1.1\r\nAuthorization: Basic eA==\r\n\r\n",
             b"GET http://h/x.whl HTTP/1.1\r\nCookie: a=b\r\n\r\n",

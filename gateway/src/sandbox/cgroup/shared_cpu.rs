@@ -151,10 +151,17 @@ fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool 
     let procs = to.join("cgroup.procs");
     for _ in 0..MOVE_PASSES {
         let mut moved_any = false;
+        let mut unseen = false;
         for pid in members(listing) {
-            // Gone meanwhile: not an error.
-            let Ok(process) = crate::sys::ProcessHandle::open(pid) else {
-                continue;
+            let process = match crate::sys::ProcessHandle::open(pid) {
+                Ok(process) => process,
+                // Gone meanwhile: not an error.
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) => continue,
+                // Not looked at (out of descriptors, say): the move is not complete.
+                Err(_) => {
+                    unseen = true;
+                    continue;
+                }
             };
             let Some(table) = cgroup_table(pid) else {
                 continue;
@@ -174,7 +181,7 @@ fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool 
             moved_any = true;
         }
         if !moved_any {
-            return true;
+            return !unseen;
         }
     }
     tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
@@ -189,6 +196,10 @@ fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool 
 /// the gateway's own group `home`. The pid must have been reused between two system
 /// calls, so this is logged as an error.
 fn put_back(pid: u32, listing: &Path, to: &Path, home: &Path, light: &Path) {
+    // The newcomer held as the moved process was: checked and written as one.
+    let Ok(newcomer) = crate::sys::ProcessHandle::open(pid) else {
+        return;
+    };
     let Some(table) = cgroup_table(pid) else {
         return;
     };
@@ -201,6 +212,11 @@ fn put_back(pid: u32, listing: &Path, to: &Path, home: &Path, light: &Path) {
     } else {
         home
     };
+    // Where it would go back to is where it is (another light execution's process,
+    // moved into the shared group): nothing was changed.
+    if back == to || !newcomer.unreaped() {
+        return;
+    }
     tracing::error!(pid, to = %to.display(), back = %back.display(), "a pid was reused while its process was being moved between CPU groups; the new process is put back");
     let _ = fs::write(back.join("cgroup.procs"), pid.to_string());
 }
