@@ -343,14 +343,14 @@ struct ServeArgs {
     /// runtime): pip or npm installs from it (into the session's workspace, when it
     /// keeps one), and a program without the network reaches it, and no other host,
     /// through the gateway (needs a root gateway with the jail). Repeatable.
-    /// Example: --package-index python=https://pypi.org/simple
+    /// Example: `--package-index python=https://pypi.org/simple`
     #[arg(long = "package-index", value_name = "LANGUAGE=URL", value_parser = parse_env)]
     package_indexes: Vec<(String, String)>,
 
-    /// Let a language's programs reach HOST[:PORT] over HTTPS (port 443 unless given),
-    /// or http://HOST[:PORT] over plain HTTP (80), through the package proxy too: where
-    /// its index serves its files from. Repeatable.
-    /// Example: --package-host python=files.pythonhosted.org
+    /// Let a language's programs reach `HOST[:PORT]` over HTTPS (port 443 unless
+    /// given), or `http://HOST[:PORT]` over plain HTTP (80), through the package proxy
+    /// too: where its index serves its files from. Repeatable.
+    /// Example: `--package-host python=files.pythonhosted.org`
     #[arg(long = "package-host", value_name = "LANGUAGE=HOST[:PORT]", value_parser = parse_env)]
     package_hosts: Vec<(String, String)>,
 

@@ -131,30 +131,42 @@ impl Index {
     }
 }
 
-/// A local index and a jailed gateway whose python installs from it; `None` (the test
-/// skipped) where the proxy cannot run: it listens in namespaces a root gateway makes.
-async fn jailed_gateway_with_index() -> Result<Option<(Index, TestGateway)>> {
+/// Whether the package proxy can run here: it listens in namespaces a root gateway
+/// makes for the jail (the test is skipped, saying so, where not).
+fn proxy_available() -> bool {
     if forced_isolation().is_some_and(|i| i != Isolation::Namespaces) {
-        return Ok(None);
+        return false;
     }
     if !sluice_tests::running_as_root() || !jail_available() {
         sluice_tests::skip("the package proxy listens in namespaces a root gateway makes");
-        return Ok(None);
+        return false;
     }
-    let index = Index::pip(build_wheel()?).await?;
+    true
+}
+
+/// A jailed gateway whose `language` installs from `index_url`.
+async fn jailed_gateway(language: &str, index_url: &str) -> Result<TestGateway> {
     let mut runtimes = RuntimeSpec::defaults();
-    for spec in runtimes.iter_mut().filter(|s| s.name == "python") {
-        spec.package_index = Some(
-            PackageIndex::parse(&format!("http://127.0.0.1:{}/simple/", index.port))
-                .map_err(anyhow::Error::msg)?,
-        );
+    for spec in runtimes.iter_mut().filter(|s| s.name == language) {
+        spec.package_index = Some(PackageIndex::parse(index_url).map_err(anyhow::Error::msg)?);
     }
-    let gateway = TestGateway::spawn_with(Config {
+    Ok(TestGateway::spawn_with(Config {
         isolation: Isolation::Namespaces,
         runtimes,
         ..Config::default()
     })
-    .await;
+    .await)
+}
+
+/// A local index and a jailed gateway whose python installs from it; `None` (the test
+/// skipped) where the proxy cannot run.
+async fn jailed_gateway_with_index() -> Result<Option<(Index, TestGateway)>> {
+    if !proxy_available() {
+        return Ok(None);
+    }
+    let index = Index::pip(build_wheel()?).await?;
+    let url = format!("http://127.0.0.1:{}/simple/", index.port);
+    let gateway = jailed_gateway("python", &url).await?;
     Ok(Some((index, gateway)))
 }
 
@@ -443,11 +455,7 @@ print(json.dumps({"tgz": base64.b64encode(tgz).decode(), "meta": json.dumps(meta
 /// programs and cells of the session find it and other sessions do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_installs_into_the_sessions_workspace_through_the_proxy() -> Result<()> {
-    if forced_isolation().is_some_and(|i| i != Isolation::Namespaces) {
-        return Ok(());
-    }
-    if !sluice_tests::running_as_root() || !jail_available() {
-        sluice_tests::skip("the package proxy listens in namespaces a root gateway makes");
+    if !proxy_available() {
         return Ok(());
     }
     let npm = std::process::Command::new("npm").arg("--version").output();
@@ -467,19 +475,7 @@ async fn npm_installs_into_the_sessions_workspace_through_the_proxy() -> Result<
         ("/sluicedemo/-/sluicedemo-1.0.0.tgz".to_owned(), tgz),
     )
     .await?;
-    let mut runtimes = RuntimeSpec::defaults();
-    for spec in runtimes.iter_mut().filter(|s| s.name == "node") {
-        spec.package_index = Some(
-            PackageIndex::parse(&format!("http://127.0.0.1:{}/", index.port))
-                .map_err(anyhow::Error::msg)?,
-        );
-    }
-    let gateway = TestGateway::spawn_with(Config {
-        isolation: Isolation::Namespaces,
-        runtimes,
-        ..Config::default()
-    })
-    .await;
+    let gateway = jailed_gateway("node", &format!("http://127.0.0.1:{}/", index.port)).await?;
     let client = gateway.client().await?;
     let node = |session: &str, id: &str, code: &str, persistent: bool| ExecuteRequest {
         language: "node".into(),
