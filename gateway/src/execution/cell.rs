@@ -102,24 +102,6 @@ pub(super) async fn run_cell(
                 return id;
             }
         };
-        let packages = run
-            .ctx
-            .host
-            .package_env(&spec.runtime, spec.workspace.as_deref());
-        let env = launch::environment(
-            &spec.runtime,
-            &spec.env,
-            &run.ctx.host.base_env,
-            &run.ctx.host.work_root,
-            run.ctx.host.gives_network(&spec.runtime),
-            &packages,
-        );
-        // A CPU limit would add up over every cell of the session: only the per-process
-        // limits that make sense for a long-lived interpreter apply.
-        let rlimits = crate::sys::Rlimits {
-            cpu_seconds: None,
-            ..launch::rlimits(&spec.limits)
-        };
         let host = &run.ctx.host;
         let processes = spec
             .limits
@@ -134,27 +116,23 @@ pub(super) async fn run_cell(
                 return id;
             }
         };
-        let started = host
-            .cgroups
-            .create_persistent(spec.limits.memory_bytes, processes)
-            .and_then(|cgroup| {
-                let limits = kernel::KernelLimits {
-                    rlimits,
-                    scratch_bytes: spec.limits.workspace_bytes,
-                    processes: spec.limits.processes,
-                    memory_bytes: spec.limits.memory_bytes,
-                };
-                Kernel::start(
-                    spec.workspace.as_deref(),
-                    kind,
-                    &spec.runtime,
-                    host,
-                    &env,
-                    limits,
-                    cgroup,
-                    Slot::new(permit, reserved),
-                )
-            });
+        // Making its cgroup, workspace and jail blocks (forks, mounts, file writes):
+        // off the async workers, as a program's launch is.
+        let (start_spec, start_host) = (spec.clone(), host.clone());
+        let started = tokio::task::spawn_blocking(move || {
+            start_interpreter(
+                &start_spec,
+                &start_host,
+                kind,
+                processes,
+                Slot::new(permit, reserved),
+            )
+        })
+        .await
+        .unwrap_or_else(|err| {
+            tracing::error!(%err, "starting the interpreter panicked");
+            Err(io::Error::other("the gateway failed to start it"))
+        });
         match started {
             Ok(kernel) => {
                 kernel.attribute_package_proxy(&run.ctx.principal);
@@ -227,4 +205,50 @@ pub(super) async fn run_cell(
         seat.retire_when_free().await;
     }
     id
+}
+
+/// Starts the session's interpreter (blocking: run off the async workers): its cgroup,
+/// then the interpreter in its jail, with the environment a program of the same
+/// request would get and the per-process limits that make sense for a long-lived one.
+fn start_interpreter(
+    spec: &super::ExecutionSpec,
+    host: &super::Host,
+    kind: KernelKind,
+    processes: u64,
+    slot: Slot,
+) -> io::Result<Kernel> {
+    let packages = host.package_env(&spec.runtime, spec.workspace.as_deref());
+    let env = launch::environment(
+        &spec.runtime,
+        &spec.env,
+        &host.base_env,
+        &host.work_root,
+        host.gives_network(&spec.runtime),
+        &packages,
+    );
+    // A CPU limit would add up over every cell of the session: only the per-process
+    // limits that make sense for a long-lived interpreter apply.
+    let rlimits = crate::sys::Rlimits {
+        cpu_seconds: None,
+        ..launch::rlimits(&spec.limits)
+    };
+    let cgroup = host
+        .cgroups
+        .create_persistent(spec.limits.memory_bytes, processes)?;
+    let limits = kernel::KernelLimits {
+        rlimits,
+        scratch_bytes: spec.limits.workspace_bytes,
+        processes: spec.limits.processes,
+        memory_bytes: spec.limits.memory_bytes,
+    };
+    Kernel::start(
+        spec.workspace.as_deref(),
+        kind,
+        &spec.runtime,
+        host,
+        &env,
+        limits,
+        cgroup,
+        slot,
+    )
 }
