@@ -123,6 +123,80 @@ async fn completions_come_from_the_sessions_live_state() -> Result<()> {
     gateway.shutdown().await
 }
 
+/// A completion's matches (and the whole answer, for messages).
+async fn matches(
+    socket: &mut RawSocket,
+    request: &str,
+    code: &str,
+) -> Result<(Vec<String>, Event)> {
+    let reply = ask(socket, complete(request, "nb", code, chars(code))).await?;
+    ensure!(
+        reply.kind == EventKind::CompleteReply,
+        "{code:?}: {reply:?}"
+    );
+    Ok((reply.matches.clone().unwrap_or_default(), reply))
+}
+
+/// What rlcompleter alone cannot give: module names after `import` and `from`, a
+/// module's names after `from M import`, a dict's keys inside `d["`, and a callee's
+/// keyword arguments (first) where an argument goes; none of it imports or runs code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_know_imports_dict_keys_and_keyword_arguments() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    run_cell(
+        &mut socket,
+        "nb",
+        "setup",
+        "import sys\nprices = {'apple': 1, 'apricot': 2, 'banana': 3, 7: 'seven'}\ndef order(item, count=1, *, express=False, **rest): pass",
+    )
+    .await?;
+    let (found, reply) = matches(&mut socket, "a", "import js").await?;
+    ensure!(found.contains(&"json".to_owned()), "{reply:?}");
+    ensure!(reply.cursor_start == Some(7), "{reply:?}");
+    let (found, reply) = matches(&mut socket, "b", "import os, xml.e").await?;
+    ensure!(
+        found == ["etree"],
+        "a package not imported lists its submodules: {reply:?}"
+    );
+    let (found, reply) = matches(&mut socket, "c", "from sys import getre").await?;
+    ensure!(found.contains(&"getrefcount".to_owned()), "{reply:?}");
+    let (found, reply) = matches(&mut socket, "d", "prices['ap").await?;
+    ensure!(found == ["apple", "apricot"], "{reply:?}");
+    ensure!(reply.cursor_start == Some(8), "{reply:?}");
+    let (found, reply) = matches(&mut socket, "e", "order('tea', ex").await?;
+    ensure!(
+        found.first().map(String::as_str) == Some("express="),
+        "{reply:?}"
+    );
+    let (found, reply) = matches(&mut socket, "f", "order(").await?;
+    ensure!(
+        found.starts_with(&[
+            "item=".to_owned(),
+            "count=".to_owned(),
+            "express=".to_owned()
+        ]),
+        "{reply:?}"
+    );
+    ensure!(
+        found.contains(&"prices".to_owned()),
+        "names follow the keywords: {reply:?}"
+    );
+    // Looking up a package found nothing was imported by it.
+    socket
+        .execute(cell("nb", "after", "print('xml.etree' in sys.modules)"))
+        .await?;
+    let events = socket.events_until_terminal("after").await?;
+    let printed: String = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Stdout)
+        .map(|e| e.data.as_str())
+        .collect();
+    ensure!(printed == "False\n", "{events:#?}");
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_describes_the_name_under_the_cursor_or_the_callee() -> Result<()> {
     let gateway = TestGateway::spawn().await;

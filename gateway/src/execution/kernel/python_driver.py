@@ -40,6 +40,7 @@ import importlib.util
 import inspect
 import json
 import os
+import pkgutil
 import re
 import rlcompleter
 import signal
@@ -455,15 +456,111 @@ def rlcompleter_completions(code, cursor, namespace):
     return names, cursor - len(last)
 
 
+# What the line before the cursor is, for the completions rlcompleter cannot give:
+# module names after `import` / `from`, a module's names after `from M import`, a
+# dict's keys inside `d["`, and a callee's keyword arguments inside its parentheses.
+IMPORT_LINE = re.compile(r"^\s*(?:import\s+(?:[\w.]+(?:\s+as\s+\w+)?\s*,\s*)*|from\s+)([\w.]*)$")
+FROM_IMPORT_LINE = re.compile(r"^\s*from\s+([\w.]+)\s+import\s+(?:\(?\s*(?:\w+(?:\s+as\s+\w+)?\s*,\s*)*)(\w*)$")
+KEY_BEFORE = re.compile(r"([A-Za-z_][\w.]*)\[\s*(['\"])((?:(?!\2)[^\\\n])*)$")
+MAX_MODULES = 5000
+
+
+def module_names(prefix):
+    # Top-level modules from a listing of sys.path, the submodules of a package from a
+    # listing of its directories (and a module's modules, os.path), importing nothing:
+    # a package is looked up in sys.modules, or found (not run) when top-level.
+    head, dot, last = prefix.rpartition(".")
+    if dot:
+        module = sys.modules.get(head)
+        names = [n for n, v in vars(module).items() if inspect.ismodule(v)] if module else []
+        paths = getattr(module, "__path__", None)
+        if module is None and "." not in head:
+            try:
+                spec = importlib.util.find_spec(head)
+            except Exception:
+                spec = None
+            paths = spec.submodule_search_locations if spec else None
+        found = pkgutil.iter_modules(list(paths)) if paths is not None else []
+    else:
+        found = pkgutil.iter_modules()
+        names = list(sys.builtin_module_names)
+    for index, module in enumerate(found):
+        if index >= MAX_MODULES:
+            break
+        names.append(module.name)
+    return [name for name in names if name.startswith(last)], last
+
+
+def line_before(code, cursor):
+    return code[:cursor].rpartition("\n")[2]
+
+
+def special_completions(code, cursor, namespace):
+    # (names, typed) for a context rlcompleter does not know, else None.
+    line = line_before(code, cursor)
+    match = FROM_IMPORT_LINE.match(line)
+    if match:
+        module = sys.modules.get(match.group(1))
+        typed = match.group(2)
+        names = [n for n in dir(module) if n.startswith(typed)] if module else []
+        submodules, _ = module_names(match.group(1) + "." + typed)
+        return names + submodules, typed
+    match = IMPORT_LINE.match(line)
+    if match:
+        return module_names(match.group(1))
+    match = KEY_BEFORE.search(line)
+    if match:
+        try:
+            mapping = resolve(match.group(1), namespace)
+        except Exception:
+            return [], match.group(3)
+        # Only a real dict: another mapping's keys() is the program's own code.
+        if type(mapping) is not dict:
+            return [], match.group(3)
+        typed = match.group(3)
+        keys = [key for key in list(mapping)[:MAX_MATCHES * 10] if isinstance(key, str)]
+        return [key for key in keys if key.startswith(typed)], typed
+    return None
+
+
+def keyword_arguments(code, cursor, typed, namespace):
+    # `name=` for the parameters of the call the cursor is in, when a name is typed
+    # where an argument goes (after `(` or `,`).
+    before = code[: cursor - len(typed)].rstrip()
+    if not before.endswith(("(", ",")):
+        return []
+    callee = call_around(code, cursor - len(typed))
+    if not callee:
+        return []
+    try:
+        parameters = inspect.signature(resolve(callee, namespace)).parameters.values()
+    except Exception:
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        parameter.name + "="
+        for parameter in parameters
+        if parameter.kind in kinds and parameter.name.startswith(typed)
+    ]
+
+
 def complete(code, cursor, namespace):
-    # rlcompleter, not jedi: jedi's first answer loads its stubs, over 5 s here.
-    names, start = rlcompleter_completions(code, cursor, namespace)
+    # rlcompleter and the special contexts above, not jedi (PROTOCOL.md 4.11).
+    special = special_completions(code, cursor, namespace)
+    if special is not None:
+        names, typed = special
+        first = []
+        start = cursor - len(typed)
+    else:
+        names, start = rlcompleter_completions(code, cursor, namespace)
+        typed = code[start:cursor]
+        first = [] if "." in name_before(code, cursor) else keyword_arguments(code, cursor, typed, namespace)
     end = cursor + len(IDENTIFIER_AFTER.match(code[cursor:]).group(0))
     # Private names only when asked for.
-    typed = code[start:cursor]
     if not typed.startswith("_"):
         names = [n for n in names if not n.startswith("_")]
-    names = sorted(set(names))
+    names = sorted(set(names) - set(first))
+    names = first + names
     truncated = len(names) > MAX_MATCHES
     answer = {"matches": names[:MAX_MATCHES], "cursor_start": start, "cursor_end": end}
     if truncated:
@@ -474,6 +571,20 @@ def complete(code, cursor, namespace):
     return answer
 
 
+def call_around(code, cursor):
+    # The callee of the call whose parentheses the cursor is in ("f" in "f(a, |").
+    depth = 0
+    for index in range(cursor - 1, -1, -1):
+        char = code[index]
+        if char in ")]}":
+            depth += 1
+        elif char in "([{":
+            if depth == 0:
+                return name_before(code, index) if char == "(" else ""
+            depth -= 1
+    return ""
+
+
 def name_at(code, cursor):
     # The dotted name under the cursor, else the callee of the call the cursor is in
     # ("print" in "print(x, |").
@@ -481,16 +592,7 @@ def name_at(code, cursor):
     name = name_before(code, end)
     if name:
         return name
-    depth = 0
-    for index in range(cursor - 1, -1, -1):
-        char = code[index]
-        if char == ")":
-            depth += 1
-        elif char == "(":
-            if depth == 0:
-                return name_before(code, index)
-            depth -= 1
-    return ""
+    return call_around(code, cursor)
 
 
 def resolve(name, namespace):
