@@ -267,7 +267,8 @@ async fn pip_install_fills_the_sessions_layer_through_the_proxy_and_nothing_else
     );
     let again = run(
         &client,
-        in_session("pkg-b", "b2", "%pip install sluicedemo", true),
+        // The bare form, as IPython's automagic takes it.
+        in_session("pkg-b", "b2", "pip install sluicedemo", true),
     )
     .await?;
     ensure!(

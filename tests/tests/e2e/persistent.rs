@@ -291,8 +291,9 @@ async fn an_interpreter_that_stops_taking_cells_cannot_hold_the_session() -> Res
 }
 
 /// A cell that ignores the interrupt of its CPU stop is killed once it uses a margin
-/// more (a tenth of its limit, at least 100 ms), not after the whole kill grace: with a
-/// 10 s grace, a spinner would otherwise use ten times its limit.
+/// more (half its limit, at least 1 s: `pump::cpu_grace_margin_usec`), not after the
+/// whole kill grace: with a 10 s grace, a spinner would otherwise use ten times its
+/// limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cell_that_ignores_its_cpu_stop_gets_no_more_cpu_in_the_grace() -> Result<()> {
     let gateway = TestGateway::spawn_with(sluice_gateway::Config {

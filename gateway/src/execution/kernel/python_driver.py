@@ -301,9 +301,13 @@ def receive(control):
     return number, fds, b"".join(chunks).decode("utf-8", "replace")
 
 
-# `%pip ...` (or `!pip ...`) on a line of its own runs pip as the notebook magic does;
-# any other `!command` line runs the command in a shell.
-PIP_MAGIC = re.compile(r"^([ \t]*)[%!]pip[ \t]+(.*)$", re.MULTILINE)
+# `%pip ...` (or `!pip ...`, or `pip install ...` as IPython's automagic takes it) on a
+# line of its own runs pip as the notebook magic does; any other `!command` line runs
+# the command in a shell.
+PIP_MAGIC = re.compile(
+    r"^([ \t]*)(?:[%!]pip|pip(?=[ \t]+(?:install|uninstall|list|show|freeze|download)\b))[ \t]+(.*)$",
+    re.MULTILINE,
+)
 SHELL_ESCAPE = re.compile(r"^([ \t]*)!(.+)$", re.MULTILINE)
 
 
@@ -335,7 +339,7 @@ def shell_escape(command):
 
 
 def magics(source):
-    """The cell with its `%pip` and `!command` lines made calls."""
+    """The cell with its `%pip` (`pip install`) and `!command` lines made calls."""
     source = PIP_MAGIC.sub(lambda m: f"{m.group(1)}__sluice_pip__({m.group(2)!r})", source)
     return SHELL_ESCAPE.sub(lambda m: f"{m.group(1)}__sluice_shell__({m.group(2)!r})", source)
 
