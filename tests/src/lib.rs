@@ -955,7 +955,8 @@ fn check_lifecycles(name: &str, stream: &[&Event], joined_late: bool) {
             | EventKind::UpdateDisplay
             | EventKind::Result
             | EventKind::InputRequest
-            | EventKind::NetworkBlocked => {
+            | EventKind::NetworkBlocked
+            | EventKind::FilesChanged => {
                 assert_eq!(
                     phase,
                     Some(Phase::Running),

@@ -226,6 +226,44 @@ display("small")
     gateway.shutdown().await
 }
 
+/// A display's bytes count against the cell's `output_bytes` as output does: the first
+/// of two 40 KB bundles fits a 64 KiB limit and arrives whole, the second crosses it
+/// and ends the cell with `resource_limit` (output) instead of arriving; the session's
+/// interpreter goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn displays_count_against_the_cells_output_limit() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let code = r#"
+display({"text/plain": "a" * 40000}, raw=True)
+display({"text/plain": "b" * 40000}, raw=True)
+print("not reached")
+"#;
+    let mut limited = cell("bounded", "c", code);
+    limited.limits.output_bytes = Some(64 << 10);
+    socket.execute(limited).await?;
+    let events = socket.events_until_terminal("c").await?;
+    let last = events.last().context("no terminal event")?;
+    ensure!(
+        last.kind == EventKind::ResourceLimit
+            && last.limit == Some(sluice_protocol::LimitKind::Output),
+        "{last:?}"
+    );
+    let displays = of_kind(&events, EventKind::Display);
+    ensure!(displays.len() == 1, "{displays:?}");
+    let first = mime(displays[0], "text/plain").and_then(|v| v.as_str());
+    ensure!(first.map(str::len) == Some(40000), "the first bundle whole");
+    ensure!(!text_of(&events, EventKind::Stdout).contains("not reached"));
+    // Each cell has its own output budget: the next one shows a bundle again.
+    let events = run(&mut socket, cell("bounded", "d", "display('again')")).await?;
+    ensure!(
+        of_kind(&events, EventKind::Display).len() == 1,
+        "{events:#?}"
+    );
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matplotlib_figures_appear_as_png_images() -> Result<()> {
     let gateway = TestGateway::spawn().await;
@@ -454,6 +492,45 @@ async fn restart_cancels_the_cells_and_the_next_one_starts_afresh() -> Result<()
     socket
         .next_event_where(|e| e.kind == EventKind::Restarted)
         .await?;
+    assert_stream_ok(socket.received());
+    gateway.shutdown().await
+}
+
+/// A restart clears the interpreter's state and keeps the session's workspace: a file a
+/// cell wrote there is read by the fresh interpreter's first cell, whose variables are
+/// gone. Workspaces need a root gateway; elsewhere the test says so and skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_sessions_workspace() -> Result<()> {
+    use sluice_protocol::{ClientFrame, RestartFrame};
+    if !sluice_tests::running_as_root() {
+        sluice_tests::skip("session workspaces need a gateway running as root");
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let kept = |id: &str, code: &str| ExecuteRequest {
+        workspace: true,
+        ..cell("ws-restart", id, code)
+    };
+    run(
+        &mut socket,
+        kept("write", "x = 41\nopen('notes.txt', 'w').write('kept')"),
+    )
+    .await?;
+    socket
+        .send_frame(&ClientFrame::Restart(RestartFrame {
+            session: "ws-restart".to_owned(),
+        }))
+        .await?;
+    socket
+        .next_event_where(|e| e.kind == EventKind::Restarted)
+        .await?;
+    let code = "print(open('notes.txt').read(), 'x' in globals())";
+    let events = run(&mut socket, kept("read", code)).await?;
+    ensure!(
+        text_of(&events, EventKind::Stdout) == "kept False\n",
+        "{events:#?}"
+    );
     assert_stream_ok(socket.received());
     gateway.shutdown().await
 }
