@@ -8,6 +8,7 @@ import asyncio
 import copy
 import importlib
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -413,3 +414,56 @@ async def test_a_javascript_notebook_runs_as_node_cells(gateway_url: str) -> Non
     ]
     assert [o["output_type"] for o in third["outputs"]][-1] == "error"
     assert third["outputs"][-1]["ename"] == "TypeError" and third["outputs"][-1]["evalue"] == "bad"
+
+
+def _joined(value: Any) -> Any:
+    """A notebook's multiline string as one string (nbformat stores either)."""
+    return "".join(value) if isinstance(value, list) else value
+
+
+def _comparable(output: dict[str, Any], count_offset: int) -> dict[str, Any]:
+    """An output with its strings joined and its execution count shifted, and an
+    error reduced to what both kernels store alike: its name, its value and the
+    traceback's last line (IPython's traceback is its own, coloured, form)."""
+    output = copy.deepcopy(output)
+    if output["output_type"] == "stream":
+        output["text"] = _joined(output["text"])
+    if "data" in output:
+        output["data"] = {mime: _joined(value) for mime, value in output["data"].items()}
+    if "execution_count" in output:
+        output["execution_count"] -= count_offset
+    if output["output_type"] == "error":
+        lines = "\n".join(output.pop("traceback")).splitlines()
+        last = [line for line in (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines) if line.strip()][-1]
+        output["last_line"] = " ".join(last.split())
+    return output
+
+
+async def test_outputs_match_what_a_real_jupyter_kernel_stores(gateway_url: str) -> None:
+    """The same notebook run by nbclient on IPython's kernel (ipykernel) and by
+    run_notebook: every cell up to the error stores the same outputs and counts;
+    tracebacks differ only in form. Needs nbclient and ipykernel (the test extra)."""
+    nbclient: Any = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nbformat: Any = importlib.import_module("nbformat")
+    # IPython has update_display in IPython.display, not as a builtin: a first cell
+    # imports it, so the kernel's counts run one ahead.
+    with_import = copy.deepcopy(NOTEBOOK)
+    with_import["cells"].insert(0, code_cell("import", ["from IPython.display import update_display"]))
+    node = nbformat.reads(json.dumps(with_import), as_version=4)
+    jupyter = nbclient.NotebookClient(node, timeout=60, kernel_name="python3")
+    with pytest.raises(nbclient.exceptions.CellExecutionError):
+        await within(jupyter.async_execute())
+    theirs = {cell["id"]: cell for cell in node.cells}
+
+    async with SandboxClient(gateway_url) as client:
+        ours = await within(run_notebook(client, NOTEBOOK))
+    compared = ["streams", "table", "image", "update", "boom"]
+    for cell in ours["cells"]:
+        if cell["id"] not in compared:
+            continue
+        other = theirs[cell["id"]]
+        assert cell["execution_count"] == other["execution_count"] - 1, cell["id"]
+        assert [_comparable(o, 0) for o in cell["outputs"]] == [_comparable(o, 1) for o in other["outputs"]], cell["id"]
+    boom = next(o for o in ours["cells"] if o["id"] == "boom")["outputs"][-1]
+    assert _comparable(boom, 0)["last_line"] == "ZeroDivisionError: division by zero"

@@ -291,9 +291,10 @@ async def run_notebook(
     notebook metadata are kept. When a cell raises, its ``error`` output is
     stored and, with ``stop_on_error`` (unless the cell is tagged
     ``raises-exception``), the later code cells are not run: their ``outputs``
-    are ``[]`` and ``execution_count`` None, as Jupyter leaves cells a run did not
-    reach. A cell that ends otherwise (cancelled, a limit, a lost interpreter)
-    raises :class:`NotebookError` with the notebook so far.
+    are ``[]`` and ``execution_count`` None, so that no output of an earlier run
+    passes for this one's (nbclient leaves such cells as they were). A cell that
+    ends otherwise (cancelled, a limit, a lost interpreter) raises
+    :class:`NotebookError` with the notebook so far.
     """
     result_nb = _load(notebook)
     cells: list[dict[str, Any]] = result_nb["cells"]
