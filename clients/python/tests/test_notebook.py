@@ -439,6 +439,25 @@ def _comparable(output: dict[str, Any], count_offset: int) -> dict[str, Any]:
     return output
 
 
+def _in_order(outputs: list[dict[str, Any]], count_offset: int) -> list[dict[str, Any]]:
+    """Comparable outputs, each run of stream outputs as one output per stream
+    name, sorted: stdout and stderr are two pipes (and two buffers in IPython's
+    kernel, flushed on a timer), read in either order (PROTOCOL.md §10)."""
+    result: list[dict[str, Any]] = []
+    streams: list[dict[str, Any]] = []
+    for output in [*(_comparable(o, count_offset) for o in outputs), {"output_type": "end"}]:
+        if output["output_type"] == "stream":
+            streams.append(output)
+            continue
+        texts: dict[str, str] = {}
+        for stream in streams:
+            texts[stream["name"]] = texts.get(stream["name"], "") + stream["text"]
+        result += [{"output_type": "stream", "name": n, "text": t} for n, t in sorted(texts.items())]
+        streams = []
+        result.append(output)
+    return result[:-1]
+
+
 async def test_outputs_match_what_a_real_jupyter_kernel_stores(gateway_url: str) -> None:
     """The same notebook run by nbclient on IPython's kernel (ipykernel) and by
     run_notebook: every cell up to the error stores the same outputs and counts;
@@ -464,6 +483,6 @@ async def test_outputs_match_what_a_real_jupyter_kernel_stores(gateway_url: str)
             continue
         other = theirs[cell["id"]]
         assert cell["execution_count"] == other["execution_count"] - 1, cell["id"]
-        assert [_comparable(o, 0) for o in cell["outputs"]] == [_comparable(o, 1) for o in other["outputs"]], cell["id"]
+        assert _in_order(cell["outputs"], 0) == _in_order(other["outputs"], 1), cell["id"]
     boom = next(o for o in ours["cells"] if o["id"] == "boom")["outputs"][-1]
     assert _comparable(boom, 0)["last_line"] == "ZeroDivisionError: division by zero"
