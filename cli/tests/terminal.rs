@@ -671,3 +671,239 @@ async fn shell_types_its_input_and_exits_with_the_shells_status() -> Result<()> 
     done.assert_one_error_line("bash, sh, python or node")?;
     Ok(())
 }
+
+/// A pseudo-terminal to run `sluice` on, as a user's window: its size set and read,
+/// its settings read, the child made its session's leader with it as the controlling
+/// terminal (so a size change sends it SIGWINCH, as a window's resize does).
+#[allow(unsafe_code)] // openpty, ioctl and tcgetattr on descriptors this test owns
+mod local_terminal {
+    use anyhow::{bail, Result};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::process::CommandExt as _;
+    use std::process::Command;
+
+    /// Opens a pseudo-terminal of `rows` x `cols`: (the window's end, the program's end).
+    pub(super) fn open(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd)> {
+        let size = winsize(rows, cols);
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two new descriptors into the two live integers; the
+        // name, settings and size pointers are null or point at a live local.
+        let opened = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        if opened != 0 {
+            bail!("openpty: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: both were just opened and are owned by nothing else.
+        Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+    }
+
+    fn winsize(rows: u16, cols: u16) -> libc::winsize {
+        libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }
+    }
+
+    /// Resizes the window: the kernel sends SIGWINCH to the terminal's foreground group.
+    pub(super) fn resize(terminal: &OwnedFd, rows: u16, cols: u16) -> Result<()> {
+        let size = winsize(rows, cols);
+        // SAFETY: TIOCSWINSZ reads the winsize behind the pointer, a live local.
+        if unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {
+            bail!("TIOCSWINSZ: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The terminal's local, input and output modes.
+    pub(super) fn modes(terminal: &OwnedFd) -> Result<(u32, u32, u32)> {
+        // SAFETY: a termios is plain data; tcgetattr fills the live local.
+        let mut settings = unsafe { std::mem::zeroed::<libc::termios>() };
+        // SAFETY: as above, on a descriptor this test owns.
+        if unsafe { libc::tcgetattr(terminal.as_raw_fd(), &mut settings) } != 0 {
+            bail!("tcgetattr: {}", std::io::Error::last_os_error());
+        }
+        Ok((settings.c_lflag, settings.c_iflag, settings.c_oflag))
+    }
+
+    /// Runs `command` on the terminal whose program end is `slave`: stdin, stdout and
+    /// stderr, a session of its own, the terminal its controlling one.
+    #[allow(clippy::disallowed_methods)] // setsid and TIOCSCTTY have no std equivalent
+    pub(super) fn attach(command: &mut Command, slave: &OwnedFd) -> Result<()> {
+        command
+            .stdin(slave.try_clone()?)
+            .stdout(slave.try_clone()?)
+            .stderr(slave.try_clone()?);
+        // SAFETY: setsid and one ioctl on descriptor 0, both async-signal-safe, in the
+        // child between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `sluice run -t` on a local terminal, as a user runs it: the remote terminal has the
+/// window's size, this terminal is raw while the program runs (no echo, no line
+/// editing here), a resize of the window reaches the program (`stty size` follows),
+/// and the terminal's settings are put back as they were when it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_t_on_a_local_terminal_goes_raw_follows_resizes_and_restores_it() -> Result<()> {
+    use std::sync::mpsc as std_mpsc;
+    let gateway = TestGateway::spawn().await;
+    let (window, slave) = local_terminal::open(30, 100)?;
+    let before = local_terminal::modes(&slave)?;
+    ensure!(
+        before.0 & libc::ICANON != 0 && before.0 & libc::ECHO != 0,
+        "a fresh terminal is in canonical mode with echo: {before:?}"
+    );
+    let program = "stty size; while read x; do [ \"$x\" = q ] && break; stty size; done; echo bye";
+    let mut command = sluice(&gateway, &["run", "-t", "-l", "sh", "-c", program])?;
+    local_terminal::attach(&mut command, &slave)?;
+    let mut child = command.spawn().context("cannot start sluice")?;
+    // What the window shows, read on a thread of its own as it comes.
+    let (sender, shown) = std_mpsc::channel::<Vec<u8>>();
+    let mut reader = std::fs::File::from(window.try_clone()?);
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(read) = reader.read(&mut buffer) {
+            if read == 0 || sender.send(buffer[..read].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut screen = String::new();
+    let patience = std::time::Duration::from_secs(30);
+    let mut wait_for = |needle: &str, screen: &mut String| -> Result<()> {
+        let deadline = std::time::Instant::now() + patience;
+        while !screen.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let chunk = shown
+                .recv_timeout(left)
+                .map_err(|_| anyhow::anyhow!("no {needle:?} on the window: {screen:?}"))?;
+            screen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        Ok(())
+    };
+    let mut typing = std::fs::File::from(window.try_clone()?);
+    wait_for("30 100\r\n", &mut screen)?;
+    let during = local_terminal::modes(&slave)?;
+    ensure!(
+        during.0 & (libc::ICANON | libc::ECHO | libc::ISIG) == 0,
+        "raw while the program runs: {during:?}"
+    );
+    // The window grows; each line typed asks the program for its size again, until
+    // the resize has reached it (a line typed before the resize was sent is answered
+    // with the old size).
+    local_terminal::resize(&window, 40, 120)?;
+    let mut answers = 0;
+    loop {
+        typing.write_all(b"again\r")?;
+        answers += 1;
+        let before_answer = screen.len();
+        wait_for_count(&mut wait_for, &mut screen, before_answer)?;
+        if screen[before_answer..].contains("40 120") {
+            break;
+        }
+        ensure!(
+            answers < 50,
+            "the resize never reached the program: {screen:?}"
+        );
+    }
+    typing.write_all(b"q\r")?;
+    wait_for("bye", &mut screen)?;
+    let status = within(
+        "sluice run -t to exit",
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await?
+    .context("the waiting thread panicked")?
+    .context("cannot wait for sluice")?;
+    ensure!(status.code() == Some(0), "{status:?}: {screen:?}");
+    let after = local_terminal::modes(&slave)?;
+    ensure!(
+        after == before,
+        "settings put back: {before:?} then {after:?}"
+    );
+    Ok(())
+}
+
+/// Waits until the window shows one more `stty size` answer after `from`.
+fn wait_for_count(
+    wait_for: &mut impl FnMut(&str, &mut String) -> Result<()>,
+    screen: &mut String,
+    from: usize,
+) -> Result<()> {
+    let mut tail = screen.split_off(from);
+    let answered = |text: &str| {
+        text.split("\r\n")
+            .any(|line| line.split(' ').filter(|p| p.parse::<u16>().is_ok()).count() == 2)
+    };
+    while !answered(&tail) {
+        let mut more = String::new();
+        wait_for("\n", &mut more)?;
+        tail.push_str(&more);
+    }
+    screen.push_str(&tail);
+    Ok(())
+}
+
+/// `--workspace` keeps a session's files between runs (`sluice run`, then `sluice shell`
+/// in the same session), and asks for `--session`. Workspaces need a root gateway:
+/// elsewhere the refusal is one clear line (status 126).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_keeps_a_sessions_files_between_runs_and_needs_a_session() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let done = finish(
+        &gateway,
+        &["run", "--workspace", "-l", "sh", "-c", "true"],
+        None,
+    )
+    .await?;
+    ensure!(done.code() == Some(2), "{done:?}");
+    ensure!(done.stderr.contains("--session"), "{}", done.stderr);
+
+    let session = unique_marker("cli-ws");
+    let first = [
+        "run",
+        "--session",
+        &session,
+        "--workspace",
+        "-l",
+        "sh",
+        "-c",
+    ];
+    let wrote = finish(
+        &gateway,
+        &[&first[..], &["echo kept > notes.txt"]].concat(),
+        None,
+    )
+    .await?;
+    if !sluice_tests::running_as_root() {
+        ensure!(wrote.code() == Some(126), "{wrote:?}");
+        return wrote.assert_one_error_line("root");
+    }
+    ensure!(wrote.code() == Some(0), "{wrote:?}");
+    let shell = ["shell", "-l", "sh", "--session", &session, "--workspace"];
+    let read = finish(&gateway, &shell, Some(b"cat notes.txt\nexit\n".to_vec())).await?;
+    ensure!(read.code() == Some(0), "{read:?}");
+    ensure!(
+        read.stdout_text().contains("kept\r\n"),
+        "{:?}",
+        read.stdout_text()
+    );
+    Ok(())
+}

@@ -30,6 +30,7 @@ Examples:
   sluice shell
   sluice shell -l python
   sluice shell --session ide-7            (others may follow: sluice attach ide-7)
+  sluice shell --session ide-7 --workspace   (in the session's workspace, kept between runs)
   SLUICE_URL=ws://host:7878/v1/ws SLUICE_TOKEN=... sluice shell";
 
 /// An interactive shell or REPL on the gateway.
@@ -46,6 +47,14 @@ pub(crate) struct ShellArgs {
     /// Run in this named session, so that others can follow it with `sluice attach`.
     #[arg(long, value_name = "NAME")]
     session: Option<String>,
+
+    /// Start in the session's workspace, a directory that outlives the shell: files the
+    /// session's earlier executions left are there, and what the shell writes stays for
+    /// its later ones, until the session ends (once no client has been attached for the
+    /// gateway's grace period, 60 s by default). Needs --session and a gateway running
+    /// as root (PROTOCOL.md 7.7).
+    #[arg(long, requires = "session")]
+    workspace: bool,
 
     /// Add a variable to the shell's environment. Repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = super::parse_env)]
@@ -99,6 +108,7 @@ fn shell_request(args: &ShellArgs) -> Result<ExecuteRequest, Failure> {
         language: args.language.clone(),
         code: code.to_owned(),
         session: args.session.clone(),
+        workspace: args.workspace,
         env: args.env.iter().cloned().collect(),
         limits: Limits {
             timeout_ms: args.timeout_ms,

@@ -97,6 +97,14 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "NAME")]
     session: Option<String>,
 
+    /// Keep the session's workspace: the program starts in a directory that outlives it,
+    /// where earlier executions of the session left their files and later ones (and
+    /// `sluice shell --workspace`) find them; it ends with the session, once no client
+    /// has been attached for the gateway's grace period (60 s by default). Needs
+    /// --session and a gateway running as root (PROTOCOL.md 7.7).
+    #[arg(long, requires = "session")]
+    workspace: bool,
+
     /// Add a variable to the program's environment. Repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -218,6 +226,7 @@ impl RunArgs {
             language,
             code,
             session: self.session.clone(),
+            workspace: self.workspace,
             env: self.env.iter().cloned().collect(),
             args: self.args.clone(),
             limits: Limits {
