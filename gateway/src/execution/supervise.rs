@@ -152,7 +152,16 @@ impl Run {
                 scratch_used_bytes: report.scratch_used_bytes,
             })
             .unwrap_or_default();
-        if let Some(why) = &jail.setup_failed {
+        // A request's files refused, or a full workspace, are the request's or the
+        // session's doing (answered `invalid_path`, `workspace_full`), not the sandbox's.
+        let requests_doing = |why: &str| {
+            why.starts_with(crate::sandbox::jail::FILES_REFUSED) || why.ends_with("(os error 28)")
+        };
+        if let Some(why) = jail
+            .setup_failed
+            .as_deref()
+            .filter(|why| !requests_doing(why))
+        {
             let metrics = &self.ctx.host.observe.metrics;
             metrics.sandbox_failed(crate::observe::SandboxStage::Jail);
             tracing::warn!(%why, "the jail could not start the program");

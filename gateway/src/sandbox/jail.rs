@@ -208,12 +208,22 @@ pub fn write_files<'a>(
                     "{name:?}: a directory on its way is a file or a link, or it is not a regular file"
                 ))
             }
+            // A device (the workspace is `nodev`), a FIFO or socket without a reader, or
+            // a directory its programs made unwritable: what is there is not for writing.
+            Some(libc::EACCES | libc::EPERM | libc::ENXIO) => invalid(format!(
+                "{name:?}: what is there (a device, FIFO or socket, or a directory on its way that the session's programs made unwritable) cannot be written"
+            )),
             _ => std::io::Error::new(err.kind(), format!("{name:?}: {err}")),
         })?;
         file.write_all(bytes)?;
     }
     Ok(())
 }
+
+/// How a jail's setup report begins when the request's `files` could not be written
+/// because of what the session's programs left on their paths ([`write_files`]'s
+/// `InvalidInput`): the gateway answers it with `invalid_path`, not as a failure.
+pub const FILES_REFUSED: &str = "the request's files were refused: ";
 
 /// What a waiting program (see [`JailSpec::wait_for_go`]) writes to its stdout once it
 /// waits for its go.

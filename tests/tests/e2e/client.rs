@@ -1,9 +1,12 @@
 //! The Rust client against a real gateway: behaviour a library user relies on that the
 //! protocol alone does not promise.
 
-use anyhow::Result;
+use anyhow::{ensure, Context as _, Result};
 use sluice_client::{ClientError, ClientOptions};
-use sluice_tests::{assert_stream_ok, within, TestGateway};
+use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
+use sluice_tests::{
+    assert_stream_ok, drain, request, text_of, wait_for_output, within, TestGateway,
+};
 
 #[tokio::test]
 async fn an_unread_execution_does_not_hold_up_another() -> Result<()> {
@@ -51,4 +54,73 @@ async fn a_consumer_past_its_budget_is_told_and_its_program_stopped() -> Result<
     let ok = within("hello world to finish", ok.wait()).await??;
     assert_eq!(ok.stdout, "ok\n");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_resize_gives_a_terminal_its_new_size() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let mut socket_events = client.socket_events().context("socket events taken")?;
+    // SIGWINCH is blocked and waited for, so `stty size` runs once the resize is in.
+    let code = "import signal, subprocess\n\
+                signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGWINCH])\n\
+                subprocess.run(['stty', 'size'])\n\
+                print('ready', flush=True)\n\
+                signal.sigwait([signal.SIGWINCH])\n\
+                print('winch', flush=True)\n\
+                subprocess.run(['stty', 'size'])\n";
+    let on_terminal = ExecuteRequest {
+        tty: true,
+        cols: Some(100),
+        rows: Some(30),
+        ..request("resized", "python", code)
+    };
+    let mut execution = client.execute(on_terminal).await?;
+    let mut events = Vec::new();
+    wait_for_output(&mut execution, &mut events, "ready").await?;
+    execution.resize(50, 10).await?;
+    drain(&mut execution, &mut events).await?;
+    assert_stream_ok(&events);
+    let terminal = events.last().context("no events")?;
+    let out = text_of(&events, EventKind::Stdout);
+    ensure!(
+        terminal.kind == EventKind::Completed && terminal.exit_code == Some(0),
+        "{terminal:?}\noutput: {out:?}"
+    );
+    ensure!(out.starts_with("30 100\r\nready\r\n"), "{out:?}");
+    ensure!(out.ends_with("winch\r\n10 50\r\n"), "{out:?}");
+    // Once its terminal event was read, the handle refuses to resize.
+    let late = execution.resize(80, 24).await;
+    ensure!(
+        matches!(&late, Err(ClientError::ExecutionFinished(id)) if id == "resized"),
+        "{late:?}"
+    );
+    // A pipe execution has no terminal: the client sends the frame, and the gateway's
+    // refusal arrives among the socket events.
+    let mut pipe = client
+        .execute(request(
+            "piped",
+            "sh",
+            "echo ready; read line; echo got $line",
+        ))
+        .await?;
+    let mut events = Vec::new();
+    wait_for_output(&mut pipe, &mut events, "ready").await?;
+    pipe.resize(80, 24).await?;
+    let refusal = within("the resize's refusal", socket_events.recv())
+        .await?
+        .context("the socket events ended")?;
+    ensure!(
+        refusal.kind == EventKind::Error && refusal.code == Some(ErrorCode::NotATerminal),
+        "{refusal:?}"
+    );
+    // The program never noticed.
+    pipe.send_stdin("on\n").await?;
+    drain(&mut pipe, &mut events).await?;
+    ensure!(
+        text_of(&events, EventKind::Stdout) == "ready\ngot on\n",
+        "{events:?}"
+    );
+    client.close().await?;
+    gateway.shutdown().await
 }

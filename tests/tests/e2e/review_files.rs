@@ -12,11 +12,15 @@
 //! `spawn_failed` jailed. And 256 paths nested 400 deep made 102,400 directories (on the
 //! host's disk, unjailed; against the jail's inode budget) that `workspace_bytes` did not
 //! count: each directory now counts 4096 bytes.
+//!
+//! In a session's workspace, a program of the session may leave links for the `files` of
+//! the executions after it: at a file's path or at a directory on its way, pointing out
+//! of the workspace. They are never followed.
 
 use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::{Config, Isolation};
-use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
-use sluice_tests::{request, skip, text_of, TestGateway};
+use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
+use sluice_tests::{request, skip, text_of, RawSocket, TestGateway};
 
 /// Files under one parent, as many as the watcher must see at once.
 const FILES: usize = 64;
@@ -65,9 +69,17 @@ async fn an_unjailed_workdir_is_handed_over_only_once_its_files_are_written() ->
         files: (0..FILES)
             .map(|i| (format!("pkg/f{i}"), String::new()))
             .collect(),
-        ..request("victim", "python", "print('victim')")
+        // It waits for its input to end, so its directory is there until the watcher
+        // has looked (on a busy host, the watcher could otherwise miss it).
+        ..request(
+            "victim",
+            "python",
+            "import sys\nsys.stdin.read()\nprint('victim')",
+        )
     };
     socket.execute(victim).await?;
+    socket.wait_for_stdout("watcher", "let in with").await?;
+    socket.stdin("victim", None, true).await?;
     socket.wait_for_terminals(&["watcher", "victim"]).await?;
     let of = |id: &str| -> Vec<sluice_protocol::Event> {
         socket
@@ -140,6 +152,149 @@ async fn the_directories_files_make_count_against_the_workspace() -> Result<()> 
     socket.execute(frame).await?;
     let events = socket.events_until_terminal("shallow").await?;
     ensure!(text_of(&events, EventKind::Stdout) == "x\n", "{events:?}");
+    socket.close().await?;
+    gateway.shutdown().await
+}
+
+/// Runs `request`, which must complete cleanly: its stdout.
+async fn completed(socket: &mut RawSocket, request: ExecuteRequest) -> Result<String> {
+    let id = request.id.clone();
+    socket.execute(request).await?;
+    let events = socket.events_until_terminal(&id).await?;
+    let end = events.last().context("no events")?;
+    ensure!(
+        end.kind == EventKind::Completed && end.exit_code == Some(0),
+        "{end:?} stderr {:?}",
+        text_of(&events, EventKind::Stderr)
+    );
+    Ok(text_of(&events, EventKind::Stdout))
+}
+
+/// The terminal `error` of an execute whose `files` must be refused; its program (which
+/// prints) must never run.
+async fn files_refused(socket: &mut RawSocket, request: ExecuteRequest) -> Result<Event> {
+    let id = request.id.clone();
+    socket.execute(request).await?;
+    let events = socket.events_until_terminal(&id).await?;
+    let end = events.last().context("no events")?;
+    ensure!(
+        end.kind == EventKind::Error,
+        "{id}'s files were not refused: {events:?}"
+    );
+    ensure!(
+        text_of(&events, EventKind::Stdout).is_empty(),
+        "{id}'s program ran: {events:?}"
+    );
+    Ok(end.clone())
+}
+
+/// A program of the session plants links out of the workspace (to a directory and to
+/// files of the host that everyone may write) where the next execute's `files` go: at a
+/// file's own path, at its parent, at a parent of parents still to be made, and deeper
+/// down. Each execute is refused before its program runs, nothing outside is written,
+/// and the links stay as they were; jailed, and unjailed where the gateway itself, as
+/// root, writes the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executes_files_never_follow_a_link_a_program_left_in_the_workspace() -> Result<()> {
+    if !sluice_tests::running_as_root() {
+        skip("session workspaces need a gateway running as root");
+        return Ok(());
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    // Under /var/tmp: the same path in a jail as on the host.
+    let outside = sluice_tests::host_shared_dir("outside")?;
+    let _removed = RemovedOnDrop(outside.clone());
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o777))?;
+    let victim = outside.join("victim.txt");
+    std::fs::write(&victim, "original")?;
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o666))?;
+    let out = outside.display();
+    let plant = format!(
+        "ln -s {out} out; ln -s {out}/victim.txt victim; ln -s {out}/fresh.txt fresh; \
+         mkdir real; ln -s {out} real/deeper"
+    );
+    let links = format!(
+        "out -> {out}\nvictim -> {out}/victim.txt\nfresh -> {out}/fresh.txt\nreal/deeper -> {out}\n"
+    );
+    let paths = [
+        "out/evil.txt",
+        "out/new/dirs/evil.txt",
+        "victim",
+        "fresh",
+        "real/deeper/evil.txt",
+    ];
+    let mut checked = Ok(());
+    for isolation in [Isolation::Auto, Isolation::None] {
+        checked = links_are_not_followed(isolation, &plant, &links, &paths).await;
+        if checked.is_err() {
+            break;
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&outside)?
+            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?;
+        left.sort();
+        let content = std::fs::read_to_string(&victim)?;
+        if left != ["victim.txt"] || content != "original" {
+            checked = Err(anyhow::anyhow!(
+                "{isolation:?}: written outside the workspace: {left:?}, victim.txt holds {content:?}"
+            ));
+            break;
+        }
+    }
+    checked
+}
+
+/// Removes a directory of the host when dropped, however the test ends.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn links_are_not_followed(
+    isolation: Isolation,
+    plant: &str,
+    links: &str,
+    paths: &[&str],
+) -> Result<()> {
+    let gateway = TestGateway::spawn_with(Config {
+        isolation,
+        ..Config::default()
+    })
+    .await;
+    let mut socket = gateway.raw().await?;
+    let in_session = |id: &str, code: &str| ExecuteRequest {
+        session: Some("links".to_owned()),
+        workspace: true,
+        ..request(id, "sh", code)
+    };
+    completed(&mut socket, in_session("plant", plant)).await?;
+    for (n, path) in paths.iter().enumerate() {
+        let request = ExecuteRequest {
+            files: [((*path).to_owned(), "planted by the gateway".to_owned())].into(),
+            ..in_session(&format!("through{n}"), "echo ran")
+        };
+        let end = files_refused(&mut socket, request)
+            .await
+            .with_context(|| format!("{isolation:?}: {path}"))?;
+        // `invalid_path` (PROTOCOL.md §8.2), jailed (the jail's init refuses them) or not.
+        ensure!(
+            end.code == Some(ErrorCode::InvalidPath) && end.data.contains(path),
+            "{isolation:?}: {path}: {end:?}"
+        );
+    }
+    // The links are as the program left them, and the session goes on.
+    let look = "for l in out victim fresh real/deeper; do echo \"$l -> $(readlink $l)\"; done";
+    let seen = completed(&mut socket, in_session("look", look)).await?;
+    ensure!(seen == links, "{isolation:?}: {seen:?}");
+    let fine = ExecuteRequest {
+        files: [("real/fine.txt".to_owned(), "fine".to_owned())].into(),
+        ..in_session("fine", "cat real/fine.txt")
+    };
+    let read = completed(&mut socket, fine).await?;
+    ensure!(read == "fine", "{isolation:?}: {read:?}");
     socket.close().await?;
     gateway.shutdown().await
 }

@@ -1,18 +1,21 @@
 //! Terminal mode (`tty: true`): the program sees a terminal of the size asked for, with
 //! its `TERM`; stderr is merged into the one `stdout` stream; typed input is a terminal's
 //! (Ctrl-C interrupts, Ctrl-D and `eof` end a read, `read -s` does not echo); `resize`
-//! delivers SIGWINCH; a cancel hangs up even a shell that ignores SIGTERM; limits, base64
-//! output and a second attached socket work as for pipes; every refusal has its code.
+//! delivers SIGWINCH; the node REPL evaluates what is typed; `bash -i` in a session with
+//! a workspace starts in it; a cancel hangs up even a shell that ignores SIGTERM; limits,
+//! base64 output and a second attached socket work as for pipes; every refusal has its
+//! code.
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
+use serde_json::json;
 use sluice_gateway::Config;
 use sluice_protocol::{
     ClientFrame, Encoding, ErrorCode, Event, EventKind, ExecuteRequest, LimitKind, Limits,
     ResizeFrame,
 };
 use sluice_tests::{
-    assert_socket_refusal, assert_stream_ok, processes_with, request, text_of, unique_marker,
-    wait_until_gone, RawSocket, TestGateway,
+    assert_socket_refusal, assert_stream_ok, events_of, processes_with, request, skip, text_of,
+    unique_marker, wait_until_gone, RawSocket, TestGateway,
 };
 use std::time::Duration;
 
@@ -54,6 +57,51 @@ async fn resize(socket: &mut RawSocket, id: &str, cols: u16, rows: u16) -> Resul
         rows,
     });
     socket.send_frame(&frame).await
+}
+
+/// `text` without its terminal control sequences (`ESC [ ... final byte`): colours,
+/// cursor moves and line clears, which a line editor such as node's scatters through
+/// what it prints.
+fn without_escapes(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, up to the final byte (@ to ~).
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// Reads until what `id` printed, control sequences left out, contains `needle`; fails if
+/// it ends first. Counts what was received before.
+async fn wait_for_plain_stdout(socket: &mut RawSocket, id: &str, needle: &str) -> Result<()> {
+    loop {
+        let seen: Vec<Event> = events_of(socket.received(), id)
+            .into_iter()
+            .cloned()
+            .collect();
+        if without_escapes(&text_of(&seen, EventKind::Stdout)).contains(needle) {
+            return Ok(());
+        }
+        if let Some(end) = seen.iter().find(|e| e.is_terminal()) {
+            bail!(
+                "{id} ended before printing {needle:?}: {end:?}\noutput: {:?}",
+                text_of(&seen, EventKind::Stdout)
+            );
+        }
+        socket
+            .next_event_where(|e| e.id.as_deref() == Some(id))
+            .await?;
+    }
 }
 
 /// Everything `id` printed, after its terminal event, which must be `completed` with
@@ -157,6 +205,112 @@ async fn ctrl_c_interrupts_the_python_repl_which_survives_and_ctrl_d_ends_it() -
     // Ctrl-D at an empty prompt: end of input, and the REPL exits.
     socket.stdin("repl", Some("\x04"), false).await?;
     completed_output(&mut socket, "repl").await?;
+    socket.close().await?;
+    gateway.shutdown().await
+}
+
+/// True when node runs on this host: the gateway offers the `node` language only then.
+fn node_is_installed() -> bool {
+    std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_repl_on_a_terminal_evaluates_typed_lines_and_prints_their_values() -> Result<()> {
+    if !node_is_installed() {
+        skip("node is not installed");
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    // As `sluice shell -l node` starts it.
+    socket
+        .execute(on_terminal(
+            "node",
+            "node",
+            "require('repl').start();\n",
+            (80, 24),
+        ))
+        .await?;
+    wait_for_plain_stdout(&mut socket, "node", "> ").await?;
+    // A binding first, then a line that uses it: its value comes from the REPL's own
+    // state, and is printed (as the REPL prints a string: quoted, before the next prompt).
+    socket
+        .stdin("node", Some("const word = 'x'.repeat(3)\r"), false)
+        .await?;
+    wait_for_plain_stdout(&mut socket, "node", "undefined\r\n> ").await?;
+    socket
+        .stdin("node", Some("[6 * 7, word].join(':')\r"), false)
+        .await?;
+    wait_for_plain_stdout(&mut socket, "node", "'42:xxx'\r\n> ").await?;
+    socket.stdin("node", Some(".exit\r"), false).await?;
+    completed_output(&mut socket, "node").await?;
+    assert_stream_ok(socket.received());
+    socket.close().await?;
+    gateway.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_bash_in_a_session_with_a_workspace_starts_in_it() -> Result<()> {
+    if !sluice_tests::running_as_root() {
+        skip("session workspaces need a gateway running as root");
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn().await;
+    let mut socket = gateway.raw().await?;
+    let session = "shell-ws";
+    socket
+        .send_json(&json!({"type": "attach", "session": session, "workspace": true}))
+        .await?;
+    let attached = socket
+        .next_event_where(|e| matches!(e.kind, EventKind::Attached | EventKind::Error))
+        .await?;
+    ensure!(attached.kind == EventKind::Attached, "{attached:?}");
+    socket
+        .send_json(
+            &json!({"type": "write_file", "request": "w", "session": session,
+                           "path": "from-frame.txt", "data": "x"}),
+        )
+        .await?;
+    let written = socket
+        .next_event_where(|e| e.request.as_deref() == Some("w"))
+        .await?;
+    ensure!(written.kind == EventKind::FileWritten, "{written:?}");
+    // Where a pipe execution of the session runs: the workspace.
+    let pwd = ExecuteRequest {
+        session: Some(session.to_owned()),
+        ..request("pwd", "sh", "pwd")
+    };
+    socket.execute(pwd).await?;
+    let events = socket.events_until_terminal("pwd").await?;
+    let out = text_of(&events, EventKind::Stdout);
+    let workspace = out.trim_end();
+    ensure!(
+        workspace.starts_with('/'),
+        "pwd printed {out:?}: {events:?}"
+    );
+    let shell = ExecuteRequest {
+        session: Some(session.to_owned()),
+        ..on_terminal("sh", "bash", "exec bash -i", (80, 24))
+    };
+    socket.execute(shell).await?;
+    socket.wait_for_stdout("sh", "$ ").await?;
+    // The echo of the typed line holds `$PWD` unexpanded and no file name: only what the
+    // shell runs prints the directory and the file the frame wrote.
+    socket
+        .stdin("sh", Some("echo \"at:$PWD\"; ls -1; exit\r"), false)
+        .await?;
+    let (out, _) = completed_output(&mut socket, "sh").await?;
+    ensure!(
+        out.contains(&format!("at:{workspace}\r\n")),
+        "the shell did not start in the workspace {workspace:?}: {out:?}"
+    );
+    ensure!(
+        out.lines().any(|line| line.trim_end() == "from-frame.txt"),
+        "ls did not list the file the frame wrote: {out:?}"
+    );
     socket.close().await?;
     gateway.shutdown().await
 }

@@ -2,13 +2,14 @@
 //! and persistent cells start in it and see what earlier ones left), the file frames
 //! that write, read (ranged, in chunks), list and delete its files, `files_changed`, the
 //! end of the workspace with its session, and every refusal: paths that climb out,
-//! through a link or onto something that is not a file, a full workspace, the caps, a
-//! session without a workspace, and a socket not attached to the session.
+//! through a link or onto something that is not a file (a FIFO, a device node, a link to
+//! a device), a full workspace, the caps, a session without a workspace, and a socket not
+//! attached to the session.
 
 use anyhow::{ensure, Context as _, Result};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use sluice_gateway::Config;
+use sluice_gateway::{Config, Isolation};
 use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest, FileKind, Limits};
 use sluice_tests::{request, skip, text_of, RawSocket, TestGateway};
 use std::time::Duration;
@@ -523,6 +524,127 @@ async fn paths_that_climb_out_or_through_links_are_refused() -> Result<()> {
     socket.assert_still_works().await?;
     socket.close().await?;
     gateway.shutdown().await
+}
+
+/// Runs an execute whose `files` must be refused: it ends with an `error`, and its
+/// program (which prints) never runs. The `error`.
+async fn files_refused(socket: &mut RawSocket, request: ExecuteRequest) -> Result<Event> {
+    let id = request.id.clone();
+    socket.execute(request).await?;
+    let events = socket.events_until_terminal(&id).await?;
+    let end = events.last().context("no events")?;
+    ensure!(
+        end.kind == EventKind::Error,
+        "{id}'s files were not refused: {events:?}"
+    );
+    ensure!(
+        text_of(&events, EventKind::Stdout).is_empty(),
+        "{id}'s program ran: {events:?}"
+    );
+    Ok(end.clone())
+}
+
+/// No program can make a real device (`mknod` needs a capability no program has), but
+/// since Linux 5.8 anyone may make the whiteout device (character, 0:0) overlayfs uses:
+/// a device node a program of the session can leave in its workspace. It, and links to
+/// the host's devices, are refused by every frame and by an execute's `files`, and stay
+/// as they were; jailed and not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_node_or_a_link_to_a_device_a_program_left_is_never_read_or_written() -> Result<()>
+{
+    if !can_keep_workspaces() {
+        return Ok(());
+    }
+    for isolation in [Isolation::Auto, Isolation::None] {
+        let gateway = TestGateway::spawn_with(Config {
+            isolation,
+            ..Config::default()
+        })
+        .await;
+        let mut socket = gateway.raw().await?;
+        attach_with_workspace(&mut socket, "devices").await?;
+        let plant = "import os, stat\n\
+                     os.symlink('/dev/null', 'null')\n\
+                     os.symlink('/dev/zero', 'zero')\n\
+                     try:\n\
+                     \x20   os.mknod('dev', 0o666 | stat.S_IFCHR, os.makedev(0, 0))\n\
+                     \x20   print('made', end='')\n\
+                     except OSError as err:\n\
+                     \x20   print(err, end='')\n";
+        let (made, _) = run(&mut socket, in_session("plant", "devices", "python", plant)).await?;
+        let mut refusals = vec![
+            json!({"type": "read_file", "path": "null"}),
+            json!({"type": "read_file", "path": "zero", "length": 10}),
+            json!({"type": "write_file", "path": "null", "data": "x"}),
+            json!({"type": "write_file", "path": "zero", "data": "x", "append": true}),
+            json!({"type": "list_files", "path": "null"}),
+        ];
+        let mut names = vec!["null", "zero"];
+        if made == "made" {
+            refusals.extend([
+                json!({"type": "read_file", "path": "dev"}),
+                json!({"type": "write_file", "path": "dev", "data": "x"}),
+                json!({"type": "write_file", "path": "dev", "data": "x", "append": true}),
+                json!({"type": "list_files", "path": "dev"}),
+            ]);
+            names.push("dev");
+        } else {
+            skip(format!(
+                "{isolation:?}: a program cannot make a device node here ({made}); links to devices only"
+            ));
+        }
+        for (n, mut frame) in refusals.into_iter().enumerate() {
+            frame["request"] = json!(format!("bad{n}"));
+            frame["session"] = json!("devices");
+            refused(&mut socket, frame, ErrorCode::InvalidPath)
+                .await
+                .with_context(|| format!("{isolation:?}"))?;
+        }
+        for name in &names {
+            let id = format!("files-{name}");
+            let request = ExecuteRequest {
+                files: [((*name).to_owned(), "x".to_owned())].into(),
+                ..in_session(&id, "devices", "sh", "echo ran")
+            };
+            let end = files_refused(&mut socket, request).await?;
+            // `invalid_path` (PROTOCOL.md §8.2), jailed or not; nothing is written and
+            // the program never runs.
+            ensure!(
+                end.code == Some(ErrorCode::InvalidPath),
+                "{isolation:?}: {name}: {end:?}"
+            );
+        }
+        // Listed for what they are, and left as they were.
+        let listed = ask_one(
+            &mut socket,
+            json!({"type": "list_files", "request": "list", "session": "devices"}),
+            EventKind::FileList,
+        )
+        .await?;
+        let entries = listed.entries.context("no entries")?;
+        let kinds: Vec<(&str, FileKind)> =
+            entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+        let mut expected = vec![("null", FileKind::Symlink), ("zero", FileKind::Symlink)];
+        if names.contains(&"dev") {
+            expected.insert(0, ("dev", FileKind::Other));
+        }
+        ensure!(kinds == expected, "{isolation:?}: {entries:?}");
+        let (out, _) = run(
+            &mut socket,
+            in_session("look", "devices", "sh", "stat -c '%n %F' *"),
+        )
+        .await?;
+        let mut want = String::new();
+        if names.contains(&"dev") {
+            want.push_str("dev character special file\n");
+        }
+        want.push_str("null symbolic link\nzero symbolic link\n");
+        ensure!(out == want, "{isolation:?}: {out:?}");
+        socket.assert_still_works().await?;
+        socket.close().await?;
+        gateway.shutdown().await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,7 +153,12 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
         let files = sluice_gateway::jail::read_bundle(&bundle)?;
         let owner = Some((spec.uid, spec.gid));
         sluice_gateway::jail::write_files(&spec.workspace, files, owner, spec.shared_workspace)
-            .map_err(failed("writing the files"))?;
+            .map_err(|err| match err.kind() {
+                io::ErrorKind::InvalidInput => {
+                    format!("{}{err}", sluice_gateway::jail::FILES_REFUSED)
+                }
+                _ => failed("writing the files")(err),
+            })?;
     }
     expose(exposed, &mut covered)?;
     // The covers stay writable only until the exposed trees are in place.

@@ -183,6 +183,12 @@ fn ended(id: &str, seen: &Observed, limits: &EffectiveLimits) -> Event {
                 format!("the session's workspace has no room for the program's files: {why}");
             return Event::error(Some(id.to_owned()), ErrorCode::WorkspaceFull, message);
         }
+        // A path of the request's `files` that the session's programs made unusable (a
+        // link, a device): the request's to change, as when the gateway writes them.
+        if let Some(refused) = why.strip_prefix(crate::sandbox::jail::FILES_REFUSED) {
+            let message = format!("cannot write the program's files into the workspace: {refused}");
+            return Event::error(Some(id.to_owned()), ErrorCode::InvalidPath, message);
+        }
         return Event::error(Some(id.to_owned()), ErrorCode::SpawnFailed, why.clone());
     }
     let reaped = match &seen.ending {
