@@ -622,6 +622,37 @@ impl RawSocket {
         Ok(event)
     }
 
+    /// Runs an execute whose `files` must be refused and returns its terminal `error`;
+    /// fails if it ends otherwise, or if its program (which should print) ran.
+    pub async fn files_refused(&mut self, request: ExecuteRequest) -> Result<Event> {
+        let id = request.id.clone();
+        self.execute(request).await?;
+        let events = self.events_until_terminal(&id).await?;
+        let end = events.last().context("no events")?;
+        ensure!(
+            end.kind == EventKind::Error,
+            "{id}'s files were not refused: {events:?}"
+        );
+        ensure!(
+            text_of(&events, EventKind::Stdout).is_empty(),
+            "{id}'s program ran: {events:?}"
+        );
+        Ok(end.clone())
+    }
+
+    /// Attaches to `session` asking for its workspace, and fails unless attached.
+    pub async fn attach_workspace(&mut self, session: &str) -> Result<()> {
+        self.send_json(
+            &serde_json::json!({"type": "attach", "session": session, "workspace": true}),
+        )
+        .await?;
+        let attached = self
+            .next_event_where(|e| matches!(e.kind, EventKind::Attached | EventKind::Error))
+            .await?;
+        ensure!(attached.kind == EventKind::Attached, "{attached:?}");
+        Ok(())
+    }
+
     /// Reads until the terminal event of execution `id` and returns that execution's
     /// events (from the first one read, up to and including the terminal). Events of
     /// other executions are recorded but not returned.
@@ -1045,6 +1076,17 @@ pub fn host_shared_dir(name: &str) -> Result<std::path::PathBuf> {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     Ok(dir)
 }
+
+/// A Python program for a terminal: it prints `stty size`, then `ready`, waits for
+/// SIGWINCH (blocked first, so a resize cannot come too early), prints `winch` and
+/// `stty size` again.
+pub const WINCH_PROBE: &str = "import signal, subprocess\n\
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGWINCH])\n\
+    subprocess.run(['stty', 'size'])\n\
+    print('ready', flush=True)\n\
+    signal.sigwait([signal.SIGWINCH])\n\
+    print('winch', flush=True)\n\
+    subprocess.run(['stty', 'size'])\n";
 
 /// A string unique to this call, to put in a program's command line (for example with
 /// `exec -a MARKER sleep 1000` in bash) and look for in `/proc` afterwards.

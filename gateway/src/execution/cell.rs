@@ -128,11 +128,20 @@ pub(super) async fn run_cell(
                 Slot::new(permit, reserved),
             )
         })
-        .await
-        .unwrap_or_else(|err| {
-            tracing::error!(%err, "starting the interpreter panicked");
-            Err(io::Error::other("the gateway failed to start it"))
-        });
+        .await;
+        let started = match started {
+            Ok(started) => started,
+            Err(err) => {
+                // The gateway's own fault (a panic), not the sandbox's: as for programs.
+                if err.is_panic() {
+                    tracing::error!(%err, "starting the interpreter panicked");
+                }
+                let message = "the gateway failed to start the interpreter";
+                run.finish(Event::error(Some(id.clone()), ErrorCode::Internal, message))
+                    .await;
+                return id;
+            }
+        };
         match started {
             Ok(kernel) => {
                 kernel.attribute_package_proxy(&run.ctx.principal);
@@ -155,6 +164,17 @@ pub(super) async fn run_cell(
                 return id;
             }
         }
+    }
+    if run.cancel.is_cancelled() {
+        // Cancelled while its interpreter started: nothing was sent, so the interpreter
+        // stays for the session's next cell, and the code never runs.
+        drop(guard);
+        let event = Event::cancelled(id.clone(), "execution cancelled before it started");
+        run.finish(event).await;
+        if session.is_ended() {
+            seat.retire_when_free().await;
+        }
+        return id;
     }
     // An interpreter that stops reading its socket must not hold the cell (and the
     // session's queue) forever: handing over the cell obeys cancel and the timeout.

@@ -62,13 +62,7 @@ async fn execution_resize_gives_a_terminal_its_new_size() -> Result<()> {
     let client = gateway.client().await?;
     let mut socket_events = client.socket_events().context("socket events taken")?;
     // SIGWINCH is blocked and waited for, so `stty size` runs once the resize is in.
-    let code = "import signal, subprocess\n\
-                signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGWINCH])\n\
-                subprocess.run(['stty', 'size'])\n\
-                print('ready', flush=True)\n\
-                signal.sigwait([signal.SIGWINCH])\n\
-                print('winch', flush=True)\n\
-                subprocess.run(['stty', 'size'])\n";
+    let code = sluice_tests::WINCH_PROBE;
     let on_terminal = ExecuteRequest {
         tty: true,
         cols: Some(100),

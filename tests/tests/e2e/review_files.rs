@@ -19,7 +19,7 @@
 
 use anyhow::{ensure, Context as _, Result};
 use sluice_gateway::{Config, Isolation};
-use sluice_protocol::{ErrorCode, Event, EventKind, ExecuteRequest};
+use sluice_protocol::{ErrorCode, EventKind, ExecuteRequest};
 use sluice_tests::{request, skip, text_of, RawSocket, TestGateway};
 
 /// Files under one parent, as many as the watcher must see at once.
@@ -39,25 +39,35 @@ async fn an_unjailed_workdir_is_handed_over_only_once_its_files_are_written() ->
     .await;
     let mut socket = gateway.raw().await?;
     // The watcher: as the sandbox user, waits for the next execution's directory to let
-    // it in and says how many of its files were there at that moment.
+    // it in and says how many of its files were there then. It cannot list the work
+    // root, and the directories' numbers are shared by every gateway of the test
+    // process (tests run in parallel), so it tries the next few thousand numbers until
+    // one exists (still the gateway's: refused), then watches that one closely.
     let watcher = format!(
         "import os, time\n\
          here = os.getcwd()\n\
          root, name = os.path.split(here)\n\
-         nxt = os.path.join(root, 'x%d' % (int(name[1:]) + 1))\n\
+         base = int(name[1:])\n\
          print('watching', flush=True)\n\
          end = time.monotonic() + 60\n\
-         while time.monotonic() < end:\n\
-         \x20   try:\n\
-         \x20       names = os.listdir(nxt)\n\
-         \x20   except OSError:\n\
-         \x20       continue\n\
+         names, target = None, None\n\
+         while names is None and time.monotonic() < end:\n\
+         \x20   for k in [target] if target else range(1, 5000):\n\
+         \x20       nxt = os.path.join(root, 'x%d' % (base + k))\n\
+         \x20       try:\n\
+         \x20           names = os.listdir(nxt)\n\
+         \x20           break\n\
+         \x20       except PermissionError:\n\
+         \x20           target = k\n\
+         \x20           break\n\
+         \x20       except OSError:\n\
+         \x20           pass\n\
+         if names is not None:\n\
          \x20   try:\n\
          \x20       n = len(os.listdir(os.path.join(nxt, 'pkg')))\n\
          \x20   except OSError:\n\
          \x20       n = -1\n\
-         \x20   print('let in with', n, 'of {FILES} files, source', 'main.py' in names, flush=True)\n\
-         \x20   break\n"
+         \x20   print('let in with', n, 'of {FILES} files, source', 'main.py' in names, flush=True)\n"
     );
     socket
         .execute(request("watcher", "python", &watcher))
@@ -170,24 +180,6 @@ async fn completed(socket: &mut RawSocket, request: ExecuteRequest) -> Result<St
     Ok(text_of(&events, EventKind::Stdout))
 }
 
-/// The terminal `error` of an execute whose `files` must be refused; its program (which
-/// prints) must never run.
-async fn files_refused(socket: &mut RawSocket, request: ExecuteRequest) -> Result<Event> {
-    let id = request.id.clone();
-    socket.execute(request).await?;
-    let events = socket.events_until_terminal(&id).await?;
-    let end = events.last().context("no events")?;
-    ensure!(
-        end.kind == EventKind::Error,
-        "{id}'s files were not refused: {events:?}"
-    );
-    ensure!(
-        text_of(&events, EventKind::Stdout).is_empty(),
-        "{id}'s program ran: {events:?}"
-    );
-    Ok(end.clone())
-}
-
 /// A program of the session plants links out of the workspace (to a directory and to
 /// files of the host that everyone may write) where the next execute's `files` go: at a
 /// file's own path, at its parent, at a parent of parents still to be made, and deeper
@@ -276,7 +268,8 @@ async fn links_are_not_followed(
             files: [((*path).to_owned(), "planted by the gateway".to_owned())].into(),
             ..in_session(&format!("through{n}"), "echo ran")
         };
-        let end = files_refused(&mut socket, request)
+        let end = socket
+            .files_refused(request)
             .await
             .with_context(|| format!("{isolation:?}: {path}"))?;
         // `invalid_path` (PROTOCOL.md §8.2), jailed (the jail's init refuses them) or not.

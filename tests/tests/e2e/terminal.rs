@@ -161,13 +161,7 @@ async fn resize_delivers_sigwinch_and_stty_size_follows() -> Result<()> {
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
     // SIGWINCH is blocked and waited for, so the resize cannot come too early.
-    let code = "import os, signal, subprocess, sys\n\
-                signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGWINCH])\n\
-                subprocess.run(['stty', 'size'])\n\
-                print('ready', flush=True)\n\
-                signal.sigwait([signal.SIGWINCH])\n\
-                print('winch', flush=True)\n\
-                subprocess.run(['stty', 'size'])\n";
+    let code = sluice_tests::WINCH_PROBE;
     socket
         .execute(on_terminal("r", "python", code, (100, 30)))
         .await?;
@@ -261,13 +255,7 @@ async fn an_interactive_bash_in_a_session_with_a_workspace_starts_in_it() -> Res
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
     let session = "shell-ws";
-    socket
-        .send_json(&json!({"type": "attach", "session": session, "workspace": true}))
-        .await?;
-    let attached = socket
-        .next_event_where(|e| matches!(e.kind, EventKind::Attached | EventKind::Error))
-        .await?;
-    ensure!(attached.kind == EventKind::Attached, "{attached:?}");
+    socket.attach_workspace(session).await?;
     socket
         .send_json(
             &json!({"type": "write_file", "request": "w", "session": session,

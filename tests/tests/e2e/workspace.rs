@@ -93,17 +93,6 @@ async fn read_bytes(socket: &mut RawSocket, session: &str, path: &str, n: u32) -
     Ok(bytes)
 }
 
-async fn attach_with_workspace(socket: &mut RawSocket, session: &str) -> Result<()> {
-    socket
-        .send_json(&json!({"type": "attach", "session": session, "workspace": true}))
-        .await?;
-    let attached = socket
-        .next_event_where(|e| matches!(e.kind, EventKind::Attached | EventKind::Error))
-        .await?;
-    ensure!(attached.kind == EventKind::Attached, "{attached:?}");
-    Ok(())
-}
-
 fn in_session(id: &str, session: &str, language: &str, code: &str) -> ExecuteRequest {
     ExecuteRequest {
         session: Some(session.to_owned()),
@@ -132,7 +121,7 @@ async fn files_written_by_frames_reach_programs_and_what_they_write_comes_back()
     }
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
-    attach_with_workspace(&mut socket, "ide").await?;
+    socket.attach_workspace("ide").await?;
     let written = ask_one(
         &mut socket,
         json!({"type": "write_file", "request": "w1", "session": "ide",
@@ -297,7 +286,7 @@ async fn executions_running_at_once_in_one_workspace_keep_their_own_code() -> Re
     }
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
-    attach_with_workspace(&mut socket, "many").await?;
+    socket.attach_workspace("many").await?;
     let ids: Vec<String> = (0..4).map(|n| format!("e{n}")).collect();
     for (n, id) in ids.iter().enumerate() {
         let code = format!("import time\ntime.sleep(0.2)\nprint('I am {n}')\n");
@@ -335,7 +324,7 @@ async fn the_workspace_ends_with_its_session() -> Result<()> {
     })
     .await;
     let mut socket = gateway.raw().await?;
-    attach_with_workspace(&mut socket, "brief").await?;
+    socket.attach_workspace("brief").await?;
     ask_one(
         &mut socket,
         json!({"type": "write_file", "request": "w", "session": "brief", "path": "keep.txt", "data": "x"}),
@@ -361,7 +350,7 @@ async fn the_workspace_ends_with_its_session() -> Result<()> {
     );
     // The same name later is a new, empty workspace.
     let mut socket = gateway.raw().await?;
-    attach_with_workspace(&mut socket, "brief").await?;
+    socket.attach_workspace("brief").await?;
     let listed = ask_one(
         &mut socket,
         json!({"type": "list_files", "request": "l", "session": "brief"}),
@@ -380,7 +369,7 @@ async fn reads_are_ranged_and_come_in_chunks_in_order() -> Result<()> {
     }
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
-    attach_with_workspace(&mut socket, "big").await?;
+    socket.attach_workspace("big").await?;
     // 200 KiB uploaded in four pieces: the first replaces, the others append.
     let content: Vec<u8> = (0..200 * 1024).map(|n| (n % 251) as u8).collect();
     for (n, piece) in content.chunks(50 * 1024).enumerate() {
@@ -460,7 +449,7 @@ async fn paths_that_climb_out_or_through_links_are_refused() -> Result<()> {
     }
     let gateway = TestGateway::spawn().await;
     let mut socket = gateway.raw().await?;
-    attach_with_workspace(&mut socket, "walls").await?;
+    socket.attach_workspace("walls").await?;
     // A program plants a link out, a link to a file, a FIFO and a directory.
     let plant = "ln -s /etc out; ln -s /etc/passwd pw; mkfifo pipe; mkdir dir; echo hi > dir/f";
     run(&mut socket, in_session("plant", "walls", "sh", plant)).await?;
@@ -526,24 +515,6 @@ async fn paths_that_climb_out_or_through_links_are_refused() -> Result<()> {
     gateway.shutdown().await
 }
 
-/// Runs an execute whose `files` must be refused: it ends with an `error`, and its
-/// program (which prints) never runs. The `error`.
-async fn files_refused(socket: &mut RawSocket, request: ExecuteRequest) -> Result<Event> {
-    let id = request.id.clone();
-    socket.execute(request).await?;
-    let events = socket.events_until_terminal(&id).await?;
-    let end = events.last().context("no events")?;
-    ensure!(
-        end.kind == EventKind::Error,
-        "{id}'s files were not refused: {events:?}"
-    );
-    ensure!(
-        text_of(&events, EventKind::Stdout).is_empty(),
-        "{id}'s program ran: {events:?}"
-    );
-    Ok(end.clone())
-}
-
 /// No program can make a real device (`mknod` needs a capability no program has), but
 /// since Linux 5.8 anyone may make the whiteout device (character, 0:0) overlayfs uses:
 /// a device node a program of the session can leave in its workspace. It, and links to
@@ -562,7 +533,7 @@ async fn a_device_node_or_a_link_to_a_device_a_program_left_is_never_read_or_wri
         })
         .await;
         let mut socket = gateway.raw().await?;
-        attach_with_workspace(&mut socket, "devices").await?;
+        socket.attach_workspace("devices").await?;
         let plant = "import os, stat\n\
                      os.symlink('/dev/null', 'null')\n\
                      os.symlink('/dev/zero', 'zero')\n\
@@ -606,7 +577,7 @@ async fn a_device_node_or_a_link_to_a_device_a_program_left_is_never_read_or_wri
                 files: [((*name).to_owned(), "x".to_owned())].into(),
                 ..in_session(&id, "devices", "sh", "echo ran")
             };
-            let end = files_refused(&mut socket, request).await?;
+            let end = socket.files_refused(request).await?;
             // `invalid_path` (PROTOCOL.md §8.2), jailed or not; nothing is written and
             // the program never runs.
             ensure!(
@@ -681,7 +652,7 @@ async fn file_frames_need_a_workspace_and_an_attached_socket() -> Result<()> {
     let refusal = socket.next_socket_error().await?;
     ensure!(refusal.code == Some(ErrorCode::BadRequest), "{refusal:?}");
     if can_keep_workspaces() {
-        attach_with_workspace(&mut socket, "theirs").await?;
+        socket.attach_workspace("theirs").await?;
         // Another socket, not attached: the session is not its to reach.
         let mut other = gateway.raw().await?;
         refused(
@@ -827,7 +798,7 @@ async fn workspaces_hold_their_size_of_the_workspace_budget() -> Result<()> {
     })
     .await;
     let mut socket = gateway.raw().await?;
-    attach_with_workspace(&mut socket, "first").await?;
+    socket.attach_workspace("first").await?;
     socket
         .send_json(&json!({"type": "attach", "session": "second", "workspace": true}))
         .await?;
@@ -840,7 +811,7 @@ async fn workspaces_hold_their_size_of_the_workspace_budget() -> Result<()> {
     // The first one's end (no grace here: its last socket detaches) gives its share
     // back at once.
     socket.detach("first").await?;
-    attach_with_workspace(&mut socket, "second").await?;
+    socket.attach_workspace("second").await?;
     socket.close().await?;
     gateway.shutdown().await
 }
