@@ -50,6 +50,28 @@ pub struct HostReport {
     pub namespaces: Result<String, String>,
     /// Whether the gateway runs as root.
     pub root: bool,
+    /// Settings of this host that slow the gateway down, each with what to do.
+    pub hints: Vec<String>,
+}
+
+/// The hint for a host whose cgroup v1 moves wait for the kernel: moving a process
+/// between v1 cgroups (each execution's start, a warm entry's claim) takes a lock that
+/// waits for an RCU grace period, 5–20 ms a move measured on a 6.18 kernel, unless the
+/// kernel expedites them.
+pub(crate) fn rcu_hint(uses_v1: bool) -> Option<String> {
+    let expedited = std::fs::read_to_string("/sys/kernel/rcu_expedited").ok();
+    rcu_hint_for(uses_v1, expedited.as_deref())
+}
+
+/// [`rcu_hint`] for what `/sys/kernel/rcu_expedited` says (`None`: unreadable).
+fn rcu_hint_for(uses_v1: bool, expedited: Option<&str>) -> Option<String> {
+    (uses_v1 && expedited?.trim() == "0").then(|| {
+        "cgroup v1 moves wait for RCU grace periods here (/sys/kernel/rcu_expedited is 0): \
+         warm starts and first output can take 10-20 ms longer; on a host that runs \
+         Sluice, `echo 1 > /sys/kernel/rcu_expedited`, or use cgroup v2 \
+         (docs/operating.md, \"cgroup v1 hosts and RCU\")"
+            .to_owned()
+    })
 }
 
 impl HostReport {
@@ -58,6 +80,7 @@ impl HostReport {
         let namespaces = probe_jail(None);
         let cgroups = Cgroups::probe();
         let caps = cgroups.capabilities();
+        let uses_v1 = cgroups.uses_v1();
         cgroups.remove();
         Self {
             memory: caps.memory.map(str::to_owned),
@@ -69,6 +92,7 @@ impl HostReport {
             cpu_share: caps.cpu_share.map(str::to_owned),
             namespaces,
             root: crate::sys::is_root(),
+            hints: rcu_hint(uses_v1).into_iter().collect(),
         }
     }
 
@@ -159,6 +183,9 @@ impl HostReport {
         for (name, how) in lines {
             out.push_str(&format!("  {name:<34} {how}\n"));
         }
+        for hint in &self.hints {
+            out.push_str(&format!("  hint: {hint}\n"));
+        }
         out
     }
 }
@@ -193,4 +220,17 @@ fn probe_jail(jail: Option<&std::path::Path>) -> Result<String, String> {
             )
         })
         .map_err(|why| why.to_string())
+}
+
+#[cfg(test)]
+mod rcu_hint_tests {
+    use super::rcu_hint_for;
+
+    #[test]
+    fn the_hint_is_for_v1_hosts_whose_grace_periods_are_not_expedited() {
+        assert!(rcu_hint_for(true, Some("0\n")).is_some_and(|h| h.contains("rcu_expedited")));
+        assert_eq!(rcu_hint_for(true, Some("1\n")), None);
+        assert_eq!(rcu_hint_for(false, Some("0\n")), None);
+        assert_eq!(rcu_hint_for(true, None), None);
+    }
 }

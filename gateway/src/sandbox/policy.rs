@@ -121,6 +121,9 @@ impl Sandbox {
             kill_tree = %or_not(caps.kill_tree),
             "resource limits beyond rlimits"
         );
+        if let Some(hint) = super::rcu_hint(self.cgroups.uses_v1()) {
+            tracing::warn!("{hint}");
+        }
     }
 }
 

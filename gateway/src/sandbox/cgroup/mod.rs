@@ -164,6 +164,12 @@ impl Cgroups {
         found
     }
 
+    /// True when a cgroup v1 hierarchy (memory, pids or cpu) is in use: moving a
+    /// process into it is a v1 migration.
+    pub(crate) fn uses_v1(&self) -> bool {
+        self.memory.is_some() || self.pids.is_some() || self.cpu.is_some()
+    }
+
     pub(crate) fn capabilities(&self) -> Capabilities {
         let unified = self.unified.as_ref();
         Capabilities {
