@@ -236,22 +236,18 @@ fn write_into_workspace(
     written.map_err(|err| {
         ws.remove_source(source_name);
         let id = Some(spec.id.clone());
-        match err.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT) => Box::new(Event::error(
-                id,
-                ErrorCode::WorkspaceFull,
-                "the session's workspace has no room for the program's files",
-            )),
-            _ if err.kind() == std::io::ErrorKind::InvalidInput => {
-                let message = format!("could not write the files: {err}");
-                Box::new(Event::error(id, ErrorCode::InvalidPath, message))
-            }
-            _ => {
-                host.observe.metrics.sandbox_failed(SandboxStage::Workdir);
-                tracing::error!(%err, "could not write into a session's workspace");
-                let message = "could not write the program's files into the workspace";
-                Box::new(Event::error(id, ErrorCode::Internal, message))
-            }
+        // Full: by the errno, or (from `jail::write_files`, which names the path) the kind.
+        if crate::sandbox::jail::is_full(&err) {
+            let message = "the session's workspace has no room for the program's files";
+            Box::new(Event::error(id, ErrorCode::WorkspaceFull, message))
+        } else if err.kind() == std::io::ErrorKind::InvalidInput {
+            let message = format!("could not write the files: {err}");
+            Box::new(Event::error(id, ErrorCode::InvalidPath, message))
+        } else {
+            host.observe.metrics.sandbox_failed(SandboxStage::Workdir);
+            tracing::error!(%err, "could not write into a session's workspace");
+            let message = "could not write the program's files into the workspace";
+            Box::new(Event::error(id, ErrorCode::Internal, message))
         }
     })
 }

@@ -155,7 +155,8 @@ impl Run {
         // A request's files refused, or a full workspace, are the request's or the
         // session's doing (answered `invalid_path`, `workspace_full`), not the sandbox's.
         let requests_doing = |why: &str| {
-            why.starts_with(crate::sandbox::jail::FILES_REFUSED) || why.ends_with("(os error 28)")
+            why.starts_with(crate::sandbox::jail::FILES_REFUSED)
+                || why.starts_with(crate::sandbox::jail::WORKSPACE_FULL)
         };
         if let Some(why) = jail
             .setup_failed

@@ -225,6 +225,21 @@ pub fn write_files<'a>(
 /// `InvalidInput`): the gateway answers it with `invalid_path`, not as a failure.
 pub const FILES_REFUSED: &str = "the request's files were refused: ";
 
+/// How a jail's setup report begins when the program's source or `files` did not fit
+/// in the session's workspace (`ENOSPC`, `EDQUOT`: out of bytes or inodes): the gateway
+/// answers it with `workspace_full`. Marked where the write fails, so that another
+/// setup step's `ENOSPC` (a namespace or mount count) stays a sandbox failure.
+pub const WORKSPACE_FULL: &str = "the session's workspace has no room for the program's files: ";
+
+/// True for an error that says a file system (or its inodes, or a quota) is full.
+pub fn is_full(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            err.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+}
+
 /// What a waiting program (see [`JailSpec::wait_for_go`]) writes to its stdout once it
 /// waits for its go.
 pub const WARM_READY: &[u8] = b"sluice-warm-ready\n";

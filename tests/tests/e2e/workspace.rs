@@ -726,6 +726,13 @@ async fn a_full_workspace_and_the_workspace_caps_are_refused_clearly() -> Result
     let events = socket.events_until_terminal("late").await?;
     let end = events.last().context("no events")?;
     ensure!(end.code == Some(ErrorCode::WorkspaceFull), "{end:?}");
+    // So is one whose `files` do not fit (the jail's init, or the gateway, writes them).
+    let late_files = ExecuteRequest {
+        files: [("big.txt".to_owned(), "y".repeat(100_000))].into(),
+        ..in_session("late-files", "tight", "sh", "echo ran")
+    };
+    let end = socket.files_refused(late_files).await?;
+    ensure!(end.code == Some(ErrorCode::WorkspaceFull), "{end:?}");
     // One workspace per peer here: a second is refused, and no session is left behind.
     socket
         .send_json(&json!({"type": "attach", "session": "second", "workspace": true}))

@@ -178,10 +178,8 @@ fn ended(id: &str, seen: &Observed, limits: &EffectiveLimits) -> Event {
     if let Some(why) = &seen.jail.setup_failed {
         // The one file system a jail's setup can find full is a session's workspace:
         // its own scratch file system is new, and the request was checked to fit in it.
-        if why.ends_with("(os error 28)") {
-            let message =
-                format!("the session's workspace has no room for the program's files: {why}");
-            return Event::error(Some(id.to_owned()), ErrorCode::WorkspaceFull, message);
+        if why.starts_with(crate::sandbox::jail::WORKSPACE_FULL) {
+            return Event::error(Some(id.to_owned()), ErrorCode::WorkspaceFull, why.clone());
         }
         // A path of the request's `files` that the session's programs made unusable (a
         // link, a device): the request's to change, as when the gateway writes them.
