@@ -226,10 +226,11 @@ pub fn write_files<'a>(
 pub const FILES_REFUSED: &str = "the request's files were refused: ";
 
 /// How a jail's setup report begins when the program's source or `files` did not fit
-/// in the session's workspace (`ENOSPC`, `EDQUOT`: out of bytes or inodes): the gateway
-/// answers it with `workspace_full`. Marked where the write fails, so that another
-/// setup step's `ENOSPC` (a namespace or mount count) stays a sandbox failure.
-pub const WORKSPACE_FULL: &str = "the session's workspace has no room for the program's files: ";
+/// in its workspace, a session's or its own (`ENOSPC`, `EDQUOT`: out of bytes or
+/// inodes), cold or warm alike: the gateway answers it with `workspace_full`. Marked
+/// where the write fails, so that another setup step's `ENOSPC` (a namespace or mount
+/// count) stays a sandbox failure.
+pub const WORKSPACE_FULL: &str = "the workspace has no room for the program's files: ";
 
 /// True for an error that says a file system (or its inodes, or a quota) is full.
 pub fn is_full(err: &std::io::Error) -> bool {

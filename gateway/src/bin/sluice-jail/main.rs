@@ -552,10 +552,16 @@ fn start_failure(
         os::StartStep::Filter => format!("installing the system-call filter: {err}"),
         os::StartStep::Go => format!("waiting for the warm start's go: {err}"),
         // Worded as a cold start's copy of the source (`mounts::workspace`).
-        os::StartStep::Source => match &spec.wait_for_go {
-            Some(name) => format!("writing {}: {err}", spec.workspace.join(name).display()),
-            None => format!("writing the source: {err}"),
-        },
+        os::StartStep::Source => {
+            let what = match &spec.wait_for_go {
+                Some(name) => format!("writing {}: {err}", spec.workspace.join(name).display()),
+                None => format!("writing the source: {err}"),
+            };
+            match sluice_gateway::jail::is_full(err) {
+                true => format!("{}{what}", sluice_gateway::jail::WORKSPACE_FULL),
+                false => what,
+            }
+        }
         os::StartStep::Exec => format!("could not start {}: {err}", program_name(spec)),
         os::StartStep::Terminal => format!("taking the terminal as the controlling one: {err}"),
     }

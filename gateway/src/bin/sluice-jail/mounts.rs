@@ -158,7 +158,10 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
                     format!("{}{err}", sluice_gateway::jail::FILES_REFUSED)
                 }
                 _ if sluice_gateway::jail::is_full(&err) => {
-                    format!("{}{err}", sluice_gateway::jail::WORKSPACE_FULL)
+                    format!(
+                        "{}writing the files: {err}",
+                        sluice_gateway::jail::WORKSPACE_FULL
+                    )
                 }
                 _ => failed("writing the files")(err),
             })?;
@@ -430,7 +433,7 @@ fn workspace(
         // session put there.
         let full_or = |what: String| {
             move |err: io::Error| match sluice_gateway::jail::is_full(&err) {
-                true => format!("{}{err}", sluice_gateway::jail::WORKSPACE_FULL),
+                true => format!("{}{what}: {err}", sluice_gateway::jail::WORKSPACE_FULL),
                 false => failed(what)(err),
             }
         };

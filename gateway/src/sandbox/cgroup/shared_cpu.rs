@@ -33,6 +33,9 @@ const MOVE_PASSES: usize = 16;
 
 static NEXT_OWN_GROUP: AtomicU64 = AtomicU64::new(0);
 
+/// Most groups of their own kept for a later removal (see [`SharedCpu::stale`]).
+const MAX_STALE: usize = 1024;
+
 /// The group light executions share, and where heavy ones get their own.
 #[derive(Debug)]
 pub(crate) struct SharedCpu {
@@ -40,6 +43,10 @@ pub(crate) struct SharedCpu {
     light: Member,
     /// `<gateway's cpu cgroup>/sluice-<pid>-<n>`: the parent of both.
     ours: PathBuf,
+    /// Groups of their own that could not be removed yet (a process of the execution
+    /// was still exiting in one: `EBUSY`), tried again at the next removal and at the
+    /// end; the gateway's next start removes what is left after a crash.
+    stale: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl SharedCpu {
@@ -55,6 +62,7 @@ impl SharedCpu {
                     home: home.to_path_buf(),
                 },
                 ours: ours.to_path_buf(),
+                stale: std::sync::Mutex::default(),
             }),
             Err(err) => {
                 tracing::warn!(dir = %dir.display(), %err, "no shared CPU group for light executions; each gets its own");
@@ -117,16 +125,38 @@ impl SharedCpu {
         live_threads(listing) > live_threads(&own.dir)
     }
 
-    /// Moves what `listing` lists back into the shared group and removes `own`.
+    /// Moves what `listing` lists back into the shared group and removes `own` (or,
+    /// while a process of the execution is still exiting in it, keeps it for later).
     pub(super) fn back_to_shared(&self, listing: &Path, own: Member) {
         move_processes(listing, &self.light.dir, &self.light.home, &self.light.dir);
-        if let Err(err) = fs::remove_dir(&own.dir) {
-            tracing::warn!(dir = %own.dir.display(), %err, "could not remove a heavy execution's CPU group");
+        let mut stale = self
+            .stale
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stale.retain(|dir| {
+            fs::remove_dir(dir).is_err_and(|err| err.kind() != std::io::ErrorKind::NotFound)
+        });
+        match fs::remove_dir(&own.dir) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) && stale.len() < MAX_STALE => {
+                stale.push(own.dir);
+            }
+            Err(err) => {
+                tracing::warn!(dir = %own.dir.display(), %err, "could not remove an execution's CPU group");
+            }
         }
     }
 
     /// Removes the shared group (at shutdown, once every execution is gone).
     pub(super) fn remove(&self) {
+        let stale = self
+            .stale
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for dir in stale.iter() {
+            let _ = fs::remove_dir(dir);
+        }
+        drop(stale);
         let _ = fs::remove_dir(&self.light.dir);
     }
 }
