@@ -441,8 +441,8 @@ impl ExecutionCgroup {
                         // Off the caller (a pump, on an async worker): the move may wait
                         // for the kernel. Meanwhile the group weighs as a light one; a
                         // check that finds the execution heavy gives it a group again.
-                        let (shared, listing) = (Arc::clone(shared), listing.to_path_buf());
-                        let back = move || shared.back_to_shared(&listing, group.member);
+                        let shared = Arc::clone(shared);
+                        let back = move || shared.leave(group.member);
                         match tokio::runtime::Handle::try_current() {
                             Ok(runtime) => drop(runtime.spawn_blocking(back)),
                             Err(_) => back(),

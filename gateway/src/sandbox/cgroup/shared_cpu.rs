@@ -127,8 +127,18 @@ impl SharedCpu {
 
     /// Moves what `listing` lists back into the shared group and removes `own` (or,
     /// while a process of the execution is still exiting in it, keeps it for later).
+    /// Nothing is moved once `own` holds no process: the execution is over, and its
+    /// `listing` (a pooled cgroup) may already be another execution's.
     pub(super) fn back_to_shared(&self, listing: &Path, own: Member) {
-        move_processes(listing, &self.light.dir, &self.light.home, &self.light.dir);
+        if !members(&own.dir).is_empty() {
+            move_processes(listing, &self.light.dir, &self.light.home, &self.light.dir);
+        }
+        self.remove_own(own);
+    }
+
+    /// Removes `own`, or keeps it in [`Self::stale`] while a process is still exiting in
+    /// it; tries the ones kept before again.
+    fn remove_own(&self, own: Member) {
         let mut stale = self
             .stale
             .lock()
@@ -145,6 +155,16 @@ impl SharedCpu {
                 tracing::warn!(dir = %own.dir.display(), %err, "could not remove an execution's CPU group");
             }
         }
+    }
+
+    /// Moves the processes still in `own` (an execution's group of its own, whose name is
+    /// never reused) into the shared group and removes `own` (or keeps it for later
+    /// while one is still exiting in it). Unlike [`Self::back_to_shared`], it looks
+    /// only at `own`, never at the execution's listing: run in the background, the
+    /// execution may have ended meanwhile and its pooled cgroup be another's.
+    pub(super) fn leave(&self, own: Member) {
+        move_out_of(&own.dir, &self.light.dir, &self.light.home);
+        self.remove_own(own);
     }
 
     /// Removes the shared group (at shutdown, once every execution is gone).
@@ -215,6 +235,39 @@ fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool 
         }
     }
     tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
+    false
+}
+
+/// Moves every process still in the group `own` into the shared group `light`, each
+/// held by a pidfd across its check and its write; one that a newer group of the same
+/// execution took meanwhile is left there. False when a tree forked faster than it
+/// was moved (what is left is seen at a later check).
+fn move_out_of(own: &Path, light: &Path, home: &Path) -> bool {
+    let procs = light.join("cgroup.procs");
+    for _ in 0..MOVE_PASSES {
+        let mut moved_any = false;
+        for pid in members(own) {
+            let Ok(process) = crate::sys::ProcessHandle::open(pid) else {
+                continue;
+            };
+            let Some(table) = cgroup_table(pid) else {
+                continue;
+            };
+            if !whereabouts(&table).1.is_some_and(|cpu| names(own, cpu)) || !process.unreaped() {
+                continue;
+            }
+            let _ = fs::write(&procs, pid.to_string());
+            if !process.unreaped() {
+                // A newcomer with the pid is not of this execution (its group's name is
+                // its own): it goes where a process of no execution goes.
+                put_back(pid, own, light, home, light);
+            }
+            moved_any = true;
+        }
+        if !moved_any {
+            return true;
+        }
+    }
     false
 }
 
