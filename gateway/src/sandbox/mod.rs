@@ -54,10 +54,10 @@ pub struct HostReport {
     pub hints: Vec<String>,
 }
 
-/// The hint for a host whose cgroup v1 moves wait for the kernel: moving a process
-/// between v1 cgroups (each execution's start, a warm entry's claim) takes a lock that
-/// waits for an RCU grace period, 5–20 ms a move measured on a 6.18 kernel, unless the
-/// kernel expedites them.
+/// The hint for a host whose cgroup moves wait for the kernel: moving a whole process
+/// between cgroups (a child joining its v2 cgroup, an execution that forks getting a v1
+/// CPU group of its own) takes a lock that waits for an RCU grace period, 15–30 ms a
+/// move measured on a 6.18 kernel, unless the kernel expedites them.
 pub(crate) fn rcu_hint(uses_v1: bool) -> Option<String> {
     let expedited = std::fs::read_to_string("/sys/kernel/rcu_expedited").ok();
     rcu_hint_for(uses_v1, expedited.as_deref())
@@ -66,10 +66,11 @@ pub(crate) fn rcu_hint(uses_v1: bool) -> Option<String> {
 /// [`rcu_hint`] for what `/sys/kernel/rcu_expedited` says (`None`: unreadable).
 fn rcu_hint_for(uses_v1: bool, expedited: Option<&str>) -> Option<String> {
     (uses_v1 && expedited?.trim() == "0").then(|| {
-        "cgroup v1 moves wait for RCU grace periods here (/sys/kernel/rcu_expedited is 0): \
-         warm starts and first output can take 10-20 ms longer; on a host that runs \
-         Sluice, `echo 1 > /sys/kernel/rcu_expedited`, or use cgroup v2 \
-         (docs/operating.md, \"cgroup v1 hosts and RCU\")"
+        "cgroup v1 moves wait for RCU grace periods here (/sys/kernel/rcu_expedited is 0), \
+         and forks and exits on the host wait with them (15-30 ms a move measured): starts \
+         under load and executions that fork are slower; on a host that runs Sluice, \
+         `echo 1 > /sys/kernel/rcu_expedited`, or use cgroup v2 (docs/operating.md, \
+         \"cgroup v1 hosts and RCU\")"
             .to_owned()
     })
 }
