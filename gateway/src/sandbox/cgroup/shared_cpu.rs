@@ -163,7 +163,7 @@ impl SharedCpu {
     /// only at `own`, never at the execution's listing: run in the background, the
     /// execution may have ended meanwhile and its pooled cgroup be another's.
     pub(super) fn leave(&self, own: Member) {
-        move_out_of(&own.dir, &self.light.dir, &self.light.home);
+        move_out_of(&own.dir, &self.light.dir);
         self.remove_own(own);
     }
 
@@ -241,8 +241,9 @@ fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool 
 /// Moves every process still in the group `own` into the shared group `light`, each
 /// held by a pidfd across its check and its write; one that a newer group of the same
 /// execution took meanwhile is left there. False when a tree forked faster than it
-/// was moved (what is left is seen at a later check).
-fn move_out_of(own: &Path, light: &Path, home: &Path) -> bool {
+/// was moved: what is left stays in `own`, and the execution's next CPU check counts
+/// it as forked and gives it a group of its own.
+fn move_out_of(own: &Path, light: &Path) -> bool {
     let procs = light.join("cgroup.procs");
     for _ in 0..MOVE_PASSES {
         let mut moved_any = false;
@@ -256,12 +257,11 @@ fn move_out_of(own: &Path, light: &Path, home: &Path) -> bool {
             if !whereabouts(&table).1.is_some_and(|cpu| names(own, cpu)) || !process.unreaped() {
                 continue;
             }
+            // Should the pid have been reused between the check and the write (the held
+            // process reaped meanwhile), the newcomer is left in the shared group: most
+            // likely another light execution's, for which the write changed nothing; one
+            // with a group of its own is moved back by its own checks.
             let _ = fs::write(&procs, pid.to_string());
-            if !process.unreaped() {
-                // A newcomer with the pid is not of this execution (its group's name is
-                // its own): it goes where a process of no execution goes.
-                put_back(pid, own, light, home, light);
-            }
             moved_any = true;
         }
         if !moved_any {
