@@ -154,14 +154,10 @@ impl Run {
             .unwrap_or_default();
         // A request's files refused, or a full workspace, are the request's or the
         // session's doing (answered `invalid_path`, `workspace_full`), not the sandbox's.
-        let requests_doing = |why: &str| {
-            why.starts_with(crate::sandbox::jail::FILES_REFUSED)
-                || why.starts_with(crate::sandbox::jail::WORKSPACE_FULL)
-        };
         if let Some(why) = jail
             .setup_failed
             .as_deref()
-            .filter(|why| !requests_doing(why))
+            .filter(|why| !crate::sandbox::jail::is_the_requests_doing(why))
         {
             let metrics = &self.ctx.host.observe.metrics;
             metrics.sandbox_failed(crate::observe::SandboxStage::Jail);

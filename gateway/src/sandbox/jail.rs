@@ -232,6 +232,21 @@ pub const FILES_REFUSED: &str = "the request's files were refused: ";
 /// count) stays a sandbox failure.
 pub const WORKSPACE_FULL: &str = "the workspace has no room for the program's files: ";
 
+/// True for a jail's setup failure that is the request's or the session's doing (its
+/// `files` refused, its workspace full), not the sandbox's.
+pub fn is_the_requests_doing(setup_failed: &str) -> bool {
+    setup_failed.starts_with(FILES_REFUSED) || setup_failed.starts_with(WORKSPACE_FULL)
+}
+
+/// The report of a failed write of the program's source or files (`what`, e.g.
+/// `writing PATH`): marked [`WORKSPACE_FULL`] when the workspace had no room.
+pub fn write_failure(what: &str, err: &std::io::Error) -> String {
+    match is_full(err) {
+        true => format!("{WORKSPACE_FULL}{what}: {err}"),
+        false => format!("{what}: {err}"),
+    }
+}
+
 /// True for an error that says a file system (or its inodes, or a quota) is full.
 pub fn is_full(err: &std::io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))

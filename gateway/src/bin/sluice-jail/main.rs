@@ -554,13 +554,10 @@ fn start_failure(
         // Worded as a cold start's copy of the source (`mounts::workspace`).
         os::StartStep::Source => {
             let what = match &spec.wait_for_go {
-                Some(name) => format!("writing {}: {err}", spec.workspace.join(name).display()),
-                None => format!("writing the source: {err}"),
+                Some(name) => format!("writing {}", spec.workspace.join(name).display()),
+                None => "writing the source".to_owned(),
             };
-            match sluice_gateway::jail::is_full(err) {
-                true => format!("{}{what}", sluice_gateway::jail::WORKSPACE_FULL),
-                false => what,
-            }
+            sluice_gateway::jail::write_failure(&what, err)
         }
         os::StartStep::Exec => format!("could not start {}: {err}", program_name(spec)),
         os::StartStep::Terminal => format!("taking the terminal as the controlling one: {err}"),

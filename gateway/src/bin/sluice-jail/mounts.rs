@@ -157,13 +157,7 @@ pub(crate) fn set_up(spec: &JailSpec) -> Result<(), String> {
                 io::ErrorKind::InvalidInput => {
                     format!("{}{err}", sluice_gateway::jail::FILES_REFUSED)
                 }
-                _ if sluice_gateway::jail::is_full(&err) => {
-                    format!(
-                        "{}writing the files: {err}",
-                        sluice_gateway::jail::WORKSPACE_FULL
-                    )
-                }
-                _ => failed("writing the files")(err),
+                _ => sluice_gateway::jail::write_failure("writing the files", &err),
             })?;
     }
     expose(exposed, &mut covered)?;
@@ -431,25 +425,20 @@ fn workspace(
         let path = spec.workspace.join(name);
         // New, at the top of the workspace: never through a link a program of the
         // session put there.
-        let full_or = |what: String| {
-            move |err: io::Error| match sluice_gateway::jail::is_full(&err) {
-                true => format!("{}{what}: {err}", sluice_gateway::jail::WORKSPACE_FULL),
-                false => failed(what)(err),
-            }
-        };
+        let what = format!("writing {}", path.display());
+        let failed_writing = |err: io::Error| sluice_gateway::jail::write_failure(&what, &err);
         let mut file = File::options()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(full_or(format!("writing {}", path.display())))?;
+            .map_err(failed_writing)?;
         // Handed over through the open file, never by its name again: a program of the
         // session may have put a link in its place meanwhile (the outside review).
         std::os::unix::fs::fchown(&file, Some(spec.uid), Some(spec.gid))
             .map_err(failed("handing the source to the sandbox user"))?;
-        file.write_all(&code)
-            .map_err(full_or(format!("writing {}", path.display())))?;
+        file.write_all(&code).map_err(failed_writing)?;
     }
     Ok(())
 }

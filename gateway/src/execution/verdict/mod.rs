@@ -176,8 +176,8 @@ fn stopped(id: &str, stop: Stop, seen: &Observed, limits: &EffectiveLimits) -> E
 /// The event for a program the gateway did not stop.
 fn ended(id: &str, seen: &Observed, limits: &EffectiveLimits) -> Event {
     if let Some(why) = &seen.jail.setup_failed {
-        // The one file system a jail's setup can find full is a session's workspace:
-        // its own scratch file system is new, and the request was checked to fit in it.
+        // The source or files did not fit in the workspace (marked where the write
+        // failed, warm or cold; another step's ENOSPC stays a sandbox failure).
         if why.starts_with(crate::sandbox::jail::WORKSPACE_FULL) {
             return Event::error(Some(id.to_owned()), ErrorCode::WorkspaceFull, why.clone());
         }

@@ -198,11 +198,52 @@ impl SharedCpu {
 /// it is not the execution's, put back ([`put_back`]).
 /// False when it gave up with processes left behind.
 fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool {
+    let moved = move_listed(
+        listing,
+        to,
+        |v2, cpu| v2.is_some_and(|v2| names(listing, v2)) && !cpu.is_some_and(|cpu| names(to, cpu)),
+        |pid| put_back(pid, listing, to, home, light),
+    );
+    if !moved {
+        tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
+    }
+    moved
+}
+
+/// Moves every process still in the group `own` into the shared group `light`, each
+/// held by a pidfd across its check and its write; one that a newer group of the same
+/// execution took meanwhile is left there. False when a tree forked faster than it
+/// was moved: what is left stays in `own`, and the execution's next CPU check counts
+/// it as forked and gives it a group of its own.
+fn move_out_of(own: &Path, light: &Path) -> bool {
+    // Should the pid have been reused between the check and the write (the held process
+    // reaped meanwhile), the newcomer is left in the shared group: most likely another
+    // light execution's, for which the write changed nothing; one with a group of its
+    // own is moved back by its own checks.
+    move_listed(
+        own,
+        light,
+        |_, cpu| cpu.is_some_and(|cpu| names(own, cpu)),
+        |_| {},
+    )
+}
+
+/// The passes both moves make: each process `listed` lists, held by a pidfd, whose
+/// `/proc/<pid>/cgroup` table (its v2 and v1 cpu paths) passes `to_move`, is written
+/// into `to` while unreaped; `raced` is told of a pid whose process was reaped by the
+/// time the write returned. False when processes were left (a tree forking faster than
+/// the passes, or one that could not be looked at).
+fn move_listed(
+    listed: &Path,
+    to: &Path,
+    to_move: impl Fn(Option<&str>, Option<&str>) -> bool,
+    raced: impl Fn(u32),
+) -> bool {
     let procs = to.join("cgroup.procs");
     for _ in 0..MOVE_PASSES {
         let mut moved_any = false;
         let mut unseen = false;
-        for pid in members(listing) {
+        for pid in members(listed) {
             let process = match crate::sys::ProcessHandle::open(pid) {
                 Ok(process) => process,
                 // Gone meanwhile: not an error.
@@ -217,55 +258,18 @@ fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool 
                 continue;
             };
             let (v2, cpu) = whereabouts(&table);
-            if !v2.is_some_and(|v2| names(listing, v2)) || cpu.is_some_and(|cpu| names(to, cpu)) {
-                continue;
-            }
-            if !process.unreaped() {
+            if !to_move(v2, cpu) || !process.unreaped() {
                 continue;
             }
             // A process that has exited meanwhile is not an error.
             let _ = fs::write(&procs, pid.to_string());
             if !process.unreaped() {
-                put_back(pid, listing, to, home, light);
+                raced(pid);
             }
             moved_any = true;
         }
         if !moved_any {
             return !unseen;
-        }
-    }
-    tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
-    false
-}
-
-/// Moves every process still in the group `own` into the shared group `light`, each
-/// held by a pidfd across its check and its write; one that a newer group of the same
-/// execution took meanwhile is left there. False when a tree forked faster than it
-/// was moved: what is left stays in `own`, and the execution's next CPU check counts
-/// it as forked and gives it a group of its own.
-fn move_out_of(own: &Path, light: &Path) -> bool {
-    let procs = light.join("cgroup.procs");
-    for _ in 0..MOVE_PASSES {
-        let mut moved_any = false;
-        for pid in members(own) {
-            let Ok(process) = crate::sys::ProcessHandle::open(pid) else {
-                continue;
-            };
-            let Some(table) = cgroup_table(pid) else {
-                continue;
-            };
-            if !whereabouts(&table).1.is_some_and(|cpu| names(own, cpu)) || !process.unreaped() {
-                continue;
-            }
-            // Should the pid have been reused between the check and the write (the held
-            // process reaped meanwhile), the newcomer is left in the shared group: most
-            // likely another light execution's, for which the write changed nothing; one
-            // with a group of its own is moved back by its own checks.
-            let _ = fs::write(&procs, pid.to_string());
-            moved_any = true;
-        }
-        if !moved_any {
-            return true;
         }
     }
     false
