@@ -163,7 +163,7 @@ impl SharedCpu {
     /// only at `own`, never at the execution's listing: run in the background, the
     /// execution may have ended meanwhile and its pooled cgroup be another's.
     pub(super) fn leave(&self, own: Member) {
-        move_out_of(&own.dir, &self.light.dir);
+        move_out_of(&own.dir, &self.light.dir, &self.light.home);
         self.remove_own(own);
     }
 
@@ -202,7 +202,10 @@ fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool 
         listing,
         to,
         |v2, cpu| v2.is_some_and(|v2| names(listing, v2)) && !cpu.is_some_and(|cpu| names(to, cpu)),
-        |pid| put_back(pid, listing, to, home, light),
+        |pid| {
+            keep_gateway_home(to, home);
+            put_back(pid, listing, to, home, light);
+        },
     );
     if !moved {
         tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
@@ -215,17 +218,32 @@ fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool 
 /// execution took meanwhile is left there. False when a tree forked faster than it
 /// was moved: what is left stays in `own`, and the execution's next CPU check counts
 /// it as forked and gives it a group of its own.
-fn move_out_of(own: &Path, light: &Path) -> bool {
+fn move_out_of(own: &Path, light: &Path, home: &Path) -> bool {
     // Should the pid have been reused between the check and the write (the held process
     // reaped meanwhile), the newcomer is left in the shared group: most likely another
     // light execution's, for which the write changed nothing; one with a group of its
-    // own is moved back by its own checks.
+    // own is moved back by its own checks; the gateway itself is put back home.
     move_listed(
         own,
         light,
         |_, cpu| cpu.is_some_and(|cpu| names(own, cpu)),
-        |_| {},
+        |_| keep_gateway_home(light, home),
     )
+}
+
+/// After a write into `to` raced with a pid's reuse: if the pid went to one of the
+/// gateway's own threads (a new blocking-pool thread, say), the v1 write moved the
+/// whole gateway into `to`; it goes back to its own group `home`. Checked on the
+/// gateway's own table, since a thread that is not its process's leader cannot be held
+/// by a pidfd, and the gateway's pid cannot be reused while it runs.
+fn keep_gateway_home(to: &Path, home: &Path) {
+    let gateway = std::process::id();
+    let moved = cgroup_table(gateway)
+        .is_some_and(|table| whereabouts(&table).1.is_some_and(|cpu| names(to, cpu)));
+    if moved {
+        tracing::error!(to = %to.display(), "a pid reused while a process was moved between CPU groups was one of the gateway's threads; the gateway is put back in its own group");
+        let _ = fs::write(home.join("cgroup.procs"), gateway.to_string());
+    }
 }
 
 /// The passes both moves make: each process `listed` lists, held by a pidfd, whose
