@@ -151,11 +151,20 @@ async fn a_hopping_process_does_not_stay_in_the_shared_cpu_group() -> Result<()>
     let light = light_group(&mut socket, &neighbour).await?;
 
     let marker = unique_marker("hop");
-    // Two spinners (the execution turns heavy) and two hoppers: `h` runs itself in the
-    // background and exits, so the hopping process changes pid continuously; each
-    // keeps the marked command line (a fork of bash).
-    let hopper =
-        format!("(exec -a {marker}-hop python3 -c 'import os\nwhile os.fork() == 0: pass\n') &\n");
+    // Two spinners (the execution turns heavy) and the hoppers: each forks its successor
+    // and exits every few milliseconds, so the hopping process changes pid many times
+    // during one pass of moves (a move takes milliseconds), keeping the marked command
+    // line. Not faster: an exited hopper counts against `processes` until the jail's init
+    // has reaped it, and a loaded machine delays that; at the limit the execution ends.
+    let hopper = format!(
+        "(exec -a {marker}-hop python3 -c '\
+import os, time
+while True:
+    time.sleep(0.005)
+    if os.fork():
+        os._exit(0)
+') &\n"
+    );
     let code = format!(
         "(exec -a {marker}-spin bash -c 'while :; do :; done') &\n\
          (exec -a {marker}-spin bash -c 'while :; do :; done') &\n\
@@ -165,7 +174,7 @@ async fn a_hopping_process_does_not_stay_in_the_shared_cpu_group() -> Result<()>
     socket
         .execute(ExecuteRequest {
             limits: Limits {
-                processes: Some(256),
+                processes: Some(1024),
                 ..Limits::default()
             },
             ..request("hop", "bash", &code)
@@ -201,13 +210,14 @@ async fn a_hopping_process_does_not_stay_in_the_shared_cpu_group() -> Result<()>
     .await;
     let seen = groups_of(&hop);
     socket.cancel("hop").await?;
-    socket.events_until_terminal("hop").await?;
+    let ending = socket.events_until_terminal("hop").await?;
+    let ending = ending.last().map(|e| format!("{:?} {}", e.kind, e.data));
     socket.cancel("neighbour").await?;
     socket.events_until_terminal("neighbour").await?;
     wait_until_gone(&marker).await?;
     moved.with_context(|| {
         format!(
-            "the hoppers are in {seen:?}, the heavy group is {}",
+            "the hoppers are in {seen:?}, the heavy group is {}, the execution ended {ending:?}",
             heavy.display()
         )
     })?;
