@@ -44,7 +44,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use sluice_gateway::{Config, LimitBound};
 use sluice_protocol::{ClientFrame, Event, EventKind, ExecuteRequest, Limits};
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt as _;
 use tokio_tungstenite::tungstenite::Message;
@@ -81,9 +81,14 @@ struct Args {
     /// 1000 fan-out events, 50 cells).
     #[arg(long)]
     quick: bool,
-    /// Run only this section: `cells` (sections 5 and 6), `fairness` (section 7),
-    /// `tenants` (section 8) or `idle` (section 9).
-    #[arg(long, value_name = "SECTION", value_parser = ["fairness", "tenants", "idle", "cells"])]
+    /// Run only this section: `cells` (sections 5 and 6), `isolation` (what isolation
+    /// costs, warm starts included), `fairness` (section 7), `tenants` (section 8) or
+    /// `idle` (section 9).
+    #[arg(
+        long,
+        value_name = "SECTION",
+        value_parser = ["fairness", "tenants", "idle", "cells", "isolation"]
+    )]
     only: Option<String>,
     /// Side executions per phase (idle, busy) in the fairness test.
     #[arg(long, default_value_t = 30)]
@@ -133,6 +138,9 @@ fn main() -> anyhow::Result<()> {
     if args.only.as_deref() == Some("cells") {
         return cells_only(&args);
     }
+    if args.only.as_deref() == Some("isolation") {
+        return isolation_only(&args);
+    }
     if args.only.as_deref() == Some("tenants") {
         return tenants_only(&args);
     }
@@ -145,16 +153,7 @@ fn main() -> anyhow::Result<()> {
     // compares it with a gateway using cgroups only and one with full isolation (the
     // namespace jail, network off), where this host offers them.
     let (mut plain, plain_port) = start_gateway("none", "on")?;
-    let mut isolated = Vec::new();
-    for (label, isolation, network) in [
-        ("cgroups, net on", "cgroups", "on"),
-        ("full jail, net off", "namespaces", "off"),
-    ] {
-        match start_gateway(isolation, network) {
-            Ok((gateway, port)) => isolated.push((label, gateway, port)),
-            Err(err) => println!("  [{label}: not measured: {err:#}]"),
-        }
-    }
+    let mut isolated = isolated_gateways();
     // One thread drives the client (and the direct baseline): no wakeups between threads
     // on the receive path, as in a typical single-threaded client program.
     let client_rt = tokio::runtime::Builder::new_current_thread()
@@ -164,16 +163,7 @@ fn main() -> anyhow::Result<()> {
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let result = client_rt.block_on(async {
         run_all(addr, plain.id(), &args).await?;
-        println!("isolation against `--isolation none` and direct, in the same run:");
-        for (label, _, port) in &isolated {
-            isolation_rows(label, addr, local(*port), &args).await?;
-        }
-        if let Some((_, _, port)) = isolated
-            .iter()
-            .find(|(label, ..)| label.starts_with("full"))
-        {
-            warm_rows(local(*port), &args).await?;
-        }
+        isolation_section(addr, &isolated, &args).await?;
         println!("fairness: a side execution while 16 executions spin (4 processes each):");
         if let Some((_, _, port)) = isolated.first() {
             fairness_rows("cgroups", local(*port), &args).await?;
@@ -237,6 +227,72 @@ async fn cell_rows(socket: &mut Socket, args: &Args) -> anyhow::Result<()> {
     );
     println!("  (gateway column: a cell's display() of a 1 MiB image/png; direct column: the same cell writing its 1.33 MB of base64 to stdout)");
     Ok(())
+}
+
+/// The gateways whose isolation section 6 measures: cgroups only, and full isolation
+/// (the namespace jail, network off), where this host offers them.
+fn isolated_gateways() -> Vec<(&'static str, Child, u16)> {
+    let mut isolated = Vec::new();
+    for (label, isolation, network) in [
+        ("cgroups, net on", "cgroups", "on"),
+        ("full jail, net off", "namespaces", "off"),
+    ] {
+        match start_gateway(isolation, network) {
+            Ok((gateway, port)) => isolated.push((label, gateway, port)),
+            Err(err) => println!("  [{label}: not measured: {err:#}]"),
+        }
+    }
+    isolated
+}
+
+/// Section 6: each isolated gateway against the one at `plain` (`--isolation none`) and
+/// direct spawning, then warm starts on the fully isolated one.
+async fn isolation_section(
+    plain: SocketAddr,
+    isolated: &[(&'static str, Child, u16)],
+    args: &Args,
+) -> anyhow::Result<()> {
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    println!("isolation against `--isolation none` and direct, in the same run:");
+    for (label, _, port) in isolated {
+        isolation_rows(label, plain, local(*port), args).await?;
+    }
+    if let Some((_, _, port)) = isolated
+        .iter()
+        .find(|(label, ..)| label.starts_with("full"))
+    {
+        warm_rows(local(*port), args).await?;
+    }
+    Ok(())
+}
+
+/// `--only isolation`: section 6 alone (what each isolation level costs, and warm
+/// starts).
+fn isolation_only(args: &Args) -> anyhow::Result<()> {
+    let (mut plain, plain_port) = start_gateway("none", "on")?;
+    let mut isolated = isolated_gateways();
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "sluice-bench --only isolation; {} cores; isolation against none and direct:",
+        num_cpus()
+    );
+    println!(
+        "{:<38} {:>12} {:>12} {:>8} {:>9}",
+        "metric", "gateway", "direct", "ratio", "target"
+    );
+    let plain_addr = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    let result = client_rt.block_on(isolation_section(plain_addr, &isolated, args));
+    let gateways = std::iter::once(&mut plain).chain(isolated.iter_mut().map(|(_, g, _)| g));
+    for gateway in gateways {
+        drop(gateway.stdin.take());
+        let status = gateway.wait()?;
+        if !status.success() {
+            bail!("a gateway process exited with {status}");
+        }
+    }
+    result
 }
 
 /// `--only cells`: sections 5 and 6 alone, against a gateway with `--isolation none`.

@@ -250,6 +250,10 @@ impl Launch<'_> {
                     .as_ref()
                     .and_then(ExecutionCgroup::unified_dir)
                     .map(|dir| dir.join("cgroup.procs"));
+                let born_inside = self
+                    .cgroup
+                    .as_ref()
+                    .is_some_and(ExecutionCgroup::can_be_born_inside);
                 let plan = sys::ProgramPlan {
                     program: &self.runtime.program,
                     argv: &argv,
@@ -260,6 +264,7 @@ impl Launch<'_> {
                     no_network: (self.no_network || self.runtime.offline) && !self.runtime.network,
                     user: self.user.map(|user| (user.uid, user.gid)),
                     cgroup_procs: cgroup_procs.as_deref(),
+                    born_inside,
                     lower_priority: !self
                         .cgroup
                         .as_ref()

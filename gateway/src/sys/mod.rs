@@ -462,13 +462,6 @@ pub(crate) fn effective_gid() -> u32 {
     unsafe { libc::getegid() }
 }
 
-/// The calling thread's id (for moving it between cgroups).
-pub(crate) fn thread_id() -> u32 {
-    // SAFETY: gettid takes nothing and cannot fail.
-    let tid = unsafe { libc::gettid() };
-    u32::try_from(tid).unwrap_or(0)
-}
-
 /// Makes `command`'s child join the cgroup v2 whose `cgroup.procs` is `procs` between
 /// fork and exec (v2 moves whole processes only: the child moves itself).
 pub(crate) fn join_cgroup_on_exec(

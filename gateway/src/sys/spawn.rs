@@ -38,6 +38,10 @@ pub(crate) struct ProgramPlan<'a> {
     /// A cgroup v2 `cgroup.procs` to join first (v2 moves whole processes only, so the
     /// child moves itself, before anything it starts could escape).
     pub(crate) cgroup_procs: Option<&'a Path>,
+    /// The child may be born in that cgroup (`clone3` with `CLONE_INTO_CGROUP`) instead
+    /// of joining it: false for one whose `cgroup.kill` was written (see
+    /// `sandbox::cgroup`'s `Members::v2_killed`).
+    pub(crate) born_inside: bool,
     /// Lower the program's priority to `PROGRAM_NICE` (where no cpu cgroup gives it a
     /// share below the gateway's).
     pub(crate) lower_priority: bool,
@@ -220,9 +224,7 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
         cwd: cwd.as_ptr(),
-        cgroup_procs: cgroup_procs
-            .as_ref()
-            .map_or(std::ptr::null(), |path| path.as_ptr()),
+        cgroup_procs: std::ptr::null(),
         stdio,
         terminal: plan.terminal.is_some(),
         rlimits,
@@ -236,6 +238,18 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
     let mut stack = vec![0_u8; CHILD_STACK_BYTES];
     // The stack grows down from its 16-byte-aligned top.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK_BYTES) & !15;
+    // Born in its v2 cgroup where the kernel can do that (`clone3` with
+    // `CLONE_INTO_CGROUP`); else the child joins it by writing `cgroup.procs`, which
+    // takes the kernel's global thread-group lock and waits for an RCU grace period
+    // when no other move came just before (about 8 ms on an idle 6.18 host).
+    let cgroup_dir = match plan
+        .cgroup_procs
+        .and_then(Path::parent)
+        .filter(|_| plan.born_inside)
+    {
+        Some(dir) => Some(open_directory(dir)?),
+        None => None,
+    };
 
     // No signal handler of the gateway may run in the child (it shares the memory):
     // everything is blocked around the clone, and the child resets the dispositions
@@ -244,23 +258,46 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
     let all = full_signal_set();
     // SAFETY: both sets are valid, initialised sigset_t values owned by this frame.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous) };
-    // SAFETY: `child_main` only reads `args` and the buffers its pointers name (all alive
-    // in this frame until clone returns: CLONE_VFORK suspends this thread until the child
-    // has exec'd or exited) and writes the two failure fields; the stack is ours alone.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            std::ptr::addr_of_mut!(args).cast(),
-        )
+    let born_inside = cgroup_dir.as_ref().and_then(|dir| {
+        // SAFETY: as for the clone below; `args` names no cgroup.procs (it is joined at
+        // birth) until a failed attempt is retried that way.
+        let pid = unsafe {
+            clone_into_cgroup(
+                dir.as_raw_fd(),
+                stack.as_mut_ptr() as usize,
+                top,
+                std::ptr::addr_of_mut!(args).cast(),
+            )
+        };
+        (pid > 0).then_some(pid)
+    });
+    let (pid, clone_error) = match born_inside {
+        Some(pid) => (pid, None),
+        None => {
+            args.cgroup_procs = cgroup_procs
+                .as_ref()
+                .map_or(std::ptr::null(), |path| path.as_ptr());
+            // SAFETY: `child_main` only reads `args` and the buffers its pointers name
+            // (all alive in this frame until clone returns: CLONE_VFORK suspends this
+            // thread until the child has exec'd or exited) and writes the two failure
+            // fields; the stack is ours alone.
+            let pid = unsafe {
+                libc::clone(
+                    child_main,
+                    top as *mut libc::c_void,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    std::ptr::addr_of_mut!(args).cast(),
+                )
+            };
+            (pid, Some(io::Error::last_os_error()))
+        }
     };
-    let clone_error = io::Error::last_os_error();
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
     drop(stack);
+    drop(cgroup_dir);
     if pid < 0 {
-        return Err(clone_error);
+        return Err(clone_error.unwrap_or_else(|| io::Error::other("clone failed")));
     }
     // SAFETY: the child has exec'd or exited; these fields are no longer written.
     let (step, errno) = unsafe {
@@ -377,6 +414,111 @@ extern "C" fn child_main(raw: *mut libc::c_void) -> libc::c_int {
     }
 }
 
+/// `clone_args` of the kernel's `clone3` (its first version with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Starts [`child_main`] with `arg` on the stack `[stack, top)` as [`spawn_program`]'s
+/// clone does (`CLONE_VM | CLONE_VFORK`, `SIGCHLD` at exit), but born in the v2 cgroup
+/// whose directory `cgroup` is open. The child's pid, or -1 when the kernel would not
+/// (no `clone3`, no `CLONE_INTO_CGROUP`, a cgroup that refuses it): then no child exists.
+///
+/// # Safety
+/// As for `libc::clone` with [`child_main`]: `arg` and everything it names stay alive
+/// and untouched until this returns, the stack is the child's alone, and every signal
+/// is blocked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone_into_cgroup(
+    cgroup: RawFd,
+    stack: usize,
+    top: usize,
+    arg: *mut libc::c_void,
+) -> i32 {
+    let Ok(cgroup) = u64::try_from(cgroup) else {
+        return -1;
+    };
+    let args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack as u64,
+        stack_size: (top - stack) as u64,
+        cgroup,
+        ..CloneArgs::default()
+    };
+    let child: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_main;
+    let mut ret: i64 = libc::SYS_clone3;
+    // The C library has no `clone3` that runs a function on a new stack, so the child's
+    // side is written out: the kernel returns 0 in the child with its stack pointer at
+    // `top` (16-byte aligned, as a call needs) and every register but rax, rcx and r11
+    // as the parent had them; it calls `child(arg)` and exits with what that returns
+    // (it never returns: it execs or `_exit`s). The parent's side returns the pid.
+    // SAFETY: the system call reads `args` (alive in this frame) and nothing else of
+    // ours; the child runs only on its own stack; the caller upholds the rest.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, 60",
+            "syscall",
+            "ud2",
+            "2:",
+            inout("rax") ret,
+            in("rdi") std::ptr::addr_of!(args),
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") child,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    i32::try_from(ret).ok().filter(|pid| *pid > 0).unwrap_or(-1)
+}
+
+/// Elsewhere the child always joins its cgroup itself.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone_into_cgroup(_: RawFd, _: usize, _: usize, _: *mut libc::c_void) -> i32 {
+    -1
+}
+
+/// A directory opened for `CLONE_INTO_CGROUP`.
+fn open_directory(dir: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))?;
+    // SAFETY: open takes a NUL-terminated path and integer flags.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The calling thread's errno.
 fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot.
@@ -451,6 +593,7 @@ pub(crate) fn can_take_network() -> bool {
         no_network: true,
         user: None,
         cgroup_procs: None,
+        born_inside: false,
         lower_priority: false,
         terminal: None,
     });
@@ -503,6 +646,7 @@ mod tests {
             no_network: false,
             user: None,
             cgroup_procs: None,
+            born_inside: false,
             lower_priority: true,
             terminal: None,
         });
@@ -529,6 +673,7 @@ mod tests {
             no_network: false,
             user: None,
             cgroup_procs: None,
+            born_inside: false,
             lower_priority: false,
             terminal: None,
         })
@@ -544,6 +689,7 @@ mod tests {
             no_network: false,
             user: None,
             cgroup_procs: None,
+            born_inside: false,
             lower_priority: false,
             terminal: None,
         })

@@ -681,3 +681,79 @@ async fn a_memory_limit_below_a_mib_is_invalid_and_the_smallest_runs() -> Result
     other.assert_still_works().await?;
     gateway.shutdown().await
 }
+
+/// Unjailed programs are born in their execution's cgroup (`clone3` with
+/// `CLONE_INTO_CGROUP`), which a kernel refuses for a cgroup whose `cgroup.kill` was
+/// written (it kills the newborn). A program that leaves a process behind has it killed
+/// that way at its end: the executions after it must run whole, in a cgroup of their own,
+/// with their process limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_after_one_whose_leftovers_were_killed_run_in_their_cgroup() -> Result<()> {
+    let host = sluice_tests::host_report();
+    if !host.root || host.kill_tree.is_none() || sluice_tests::forced_isolation().is_some() {
+        sluice_tests::skip("needs a root gateway with cgroup v2 kills");
+        return Ok(());
+    }
+    let gateway = TestGateway::spawn_with(Config {
+        isolation: sluice_gateway::Isolation::Cgroups,
+        ..Config::default()
+    })
+    .await;
+    let client = gateway.client().await?;
+    let marker = unique_marker("leftover");
+    let left = run(
+        &client,
+        request(
+            "left",
+            "bash",
+            &format!("(exec -a {marker} sleep 1000) &\necho started"),
+        ),
+    )
+    .await?;
+    assert_eq!(left.terminal.exit_code, Some(0), "{}", left.stderr);
+    assert_eq!(left.stdout, "started\n");
+    wait_until_gone(&marker).await?;
+    for round in 0..3 {
+        let next = run(
+            &client,
+            request(
+                &format!("next-{round}"),
+                "bash",
+                "echo ok; grep '^0::' /proc/self/cgroup",
+            ),
+        )
+        .await?;
+        assert_stream_ok(&next.events);
+        assert_eq!(next.terminal.exit_code, Some(0), "{}", next.stderr);
+        let mut lines = next.stdout.lines();
+        assert_eq!(lines.next(), Some("ok"), "{}", next.stdout);
+        let v2 = lines.next().unwrap_or_default();
+        assert!(
+            v2.contains("/sluice-"),
+            "not in an execution's cgroup: {v2:?}"
+        );
+        let limited = run(
+            &client,
+            ExecuteRequest {
+                limits: Limits {
+                    processes: Some(4),
+                    ..Limits::default()
+                },
+                ..request(
+                    &format!("limited-{round}"),
+                    "bash",
+                    "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait",
+                )
+            },
+        )
+        .await?;
+        assert_eq!(
+            limited.terminal.limit,
+            Some(LimitKind::Processes),
+            "{:?}",
+            limited.terminal
+        );
+    }
+    client.close().await?;
+    gateway.shutdown().await
+}

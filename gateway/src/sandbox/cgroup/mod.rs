@@ -110,6 +110,11 @@ struct Members {
     /// Its counter files, kept open with it (shared with the limit watcher while an
     /// execution runs).
     counters: Arc<CounterFiles>,
+    /// `cgroup.kill` was written to its v2 directory. A process cloned into such a
+    /// cgroup (`CLONE_INTO_CGROUP`) is killed at birth on this 6.18 kernel (the kill's
+    /// count is compared with the parent's cgroup's), so its programs then join by
+    /// writing `cgroup.procs`.
+    v2_killed: std::sync::atomic::AtomicBool,
 }
 
 type Pool = Arc<Mutex<Vec<Members>>>;
@@ -610,9 +615,8 @@ fn rehearse(hierarchy: &Hierarchy, limit: &str) -> io::Result<()> {
     let tried = fs::write(dir.join(limit), "max")
         .or_else(|_| fs::write(dir.join(limit), (1_u64 << 30).to_string()))
         .and_then(|()| {
-            let tid = crate::sys::thread_id().to_string();
-            fs::write(dir.join("tasks"), &tid)?;
-            leave(&[&member], &tid);
+            fs::write(dir.join("tasks"), execution::THIS_THREAD)?;
+            leave(&[&member]);
             Ok(())
         });
     let removed = fs::remove_dir(&dir);
