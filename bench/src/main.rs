@@ -532,6 +532,13 @@ fn start_gateway_with(
 /// an environment variable, which the warm pools never serve) pays for the whole jail;
 /// where the gateway keeps warm pools, a warm start (the bench waits until every pool is
 /// full before each) claims a jail that waits before its exec.
+/// Starts measured after an idle gap, per isolation level.
+const IDLE_START_RUNS: usize = 10;
+
+/// How long the gateway is left idle before each of those starts: several RCU grace
+/// periods.
+const IDLE_GAP: Duration = Duration::from_millis(300);
+
 async fn isolation_rows(
     label: &str,
     plain: SocketAddr,
@@ -569,6 +576,16 @@ async fn isolation_rows(
             }
         }
     }
+    // Starts after the gateway has been idle (an occasional user, not a burst): a
+    // kernel wait that back-to-back starts share (a cgroup move waiting for an RCU grace
+    // period) shows only here.
+    let (mut idle_full, mut idle_none) = (Vec::new(), Vec::new());
+    for _ in 0..args.latency_runs.min(IDLE_START_RUNS) {
+        tokio::time::sleep(IDLE_GAP).await;
+        idle_full.push(gateway_first_stdout(&mut isolated, true).await?.1);
+        tokio::time::sleep(IDLE_GAP).await;
+        idle_none.push(gateway_first_stdout(&mut plain, false).await?.1);
+    }
     for list in [
         &mut full,
         &mut warm,
@@ -576,9 +593,26 @@ async fn isolation_rows(
         &mut direct,
         &mut tty_full,
         &mut tty_none,
+        &mut idle_full,
+        &mut idle_none,
     ] {
         list.sort();
     }
+    let (i, i_none) = (
+        ms(percentile(&idle_full, 50)),
+        ms(percentile(&idle_none, 50)),
+    );
+    row(
+        &format!(
+            "{label}, cold after {} ms idle: execute -> stdout p50 (vs none)",
+            IDLE_GAP.as_millis()
+        ),
+        i,
+        i_none,
+        i / i_none,
+        "-",
+        true,
+    );
     let (f, n, d) = (
         ms(percentile(&full, 50)),
         ms(percentile(&none, 50)),
