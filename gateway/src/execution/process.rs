@@ -8,9 +8,7 @@ use crate::sandbox::{CgroupReport, CpuSeen, ExecutionCgroup, LimitWatch, Namespa
 use crate::sys::{self, Reaped, Signal};
 use std::io;
 use std::os::fd::{AsFd as _, OwnedFd};
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
@@ -168,7 +166,7 @@ impl Launch<'_> {
         let mut package_proxy = None;
         let started = match self.jail {
             Some(jail) => {
-                let (mut command, mut lease) = jail
+                let (command, mut lease) = jail
                     .command(
                         JailSpec {
                             host_dir: self.workdir.to_path_buf(),
@@ -189,13 +187,9 @@ impl Launch<'_> {
                             shared_workspace: self.workspace.is_some(),
                             scratch_bytes: self.scratch_bytes,
                             expose: jail.exposure_for(&self.runtime.program),
-                            cgroups: self
-                                .cgroup
-                                .as_ref()
-                                .and_then(ExecutionCgroup::unified_dir)
-                                .map(Path::to_path_buf)
-                                .into_iter()
-                                .collect(),
+                            // Born in it, or joined before its exec
+                            // (`sys::spawn_program`): the jail need not join.
+                            cgroups: Vec::new(),
                             rlimits: rlimit_list(&self.rlimits, self.processes),
                             no_network: !self.runtime.network,
                             env: crate::sandbox::jail::environment(self.env.iter().copied()),
@@ -222,23 +216,42 @@ impl Launch<'_> {
                 )
                 .map_err(fail)?;
                 sandbox_ids = lease;
-                match self.terminal {
-                    Some(terminal) => {
-                        let side = || terminal.program_side.try_clone().map(Stdio::from);
-                        command
-                            .stdin(side().map_err(fail)?)
-                            .stdout(side().map_err(fail)?)
-                            .stderr(side().map_err(fail)?);
-                    }
-                    None => {
-                        command
-                            .stdin(Stdio::piped())
-                            .stdout(Stdio::piped())
-                            .stderr(Stdio::piped());
-                    }
-                }
-                command.process_group(0);
-                self.start_inside_cgroup(|| command.spawn().and_then(into_started))
+                // Started as an unjailed program is (no copy of the gateway's memory,
+                // born in its v2 cgroup where the kernel can do that), as it is given:
+                // no environment, no limits or user of its own (it sets the program's),
+                // in a session of its own without a controlling terminal.
+                let program = std::path::PathBuf::from(command.get_program());
+                let argv: Vec<std::ffi::OsString> = std::iter::once(command.get_program())
+                    .chain(command.get_args())
+                    .map(Into::into)
+                    .collect();
+                let cwd = command
+                    .get_current_dir()
+                    .unwrap_or(self.workdir)
+                    .to_path_buf();
+                let cgroup_procs = self
+                    .cgroup
+                    .as_ref()
+                    .and_then(ExecutionCgroup::unified_dir)
+                    .map(|dir| dir.join("cgroup.procs"));
+                let plan = sys::ProgramPlan {
+                    program: &program,
+                    argv: &argv,
+                    env: &[],
+                    cwd: &cwd,
+                    rlimits: sys::Rlimits::default(),
+                    no_network: false,
+                    user: None,
+                    cgroup_procs: cgroup_procs.as_deref(),
+                    born_inside: self
+                        .cgroup
+                        .as_ref()
+                        .is_some_and(ExecutionCgroup::can_be_born_inside),
+                    lower_priority: false,
+                    terminal: self.terminal.map(|terminal| terminal.program_side.as_fd()),
+                    terminal_as_stdio_only: true,
+                };
+                self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }
             None if self.warm == Some(WarmWait::Jail) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -270,6 +283,7 @@ impl Launch<'_> {
                         .as_ref()
                         .is_some_and(ExecutionCgroup::shares_cpu),
                     terminal: self.terminal.map(|terminal| terminal.program_side.as_fd()),
+                    terminal_as_stdio_only: false,
                 };
                 self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }
@@ -340,28 +354,6 @@ impl Launch<'_> {
         match &self.cgroup {
             Some(cgroup) => cgroup.spawn_inside(start).and_then(|started| started),
             None => start(),
-        }
-    }
-}
-
-/// A std child started with piped stdio (or none, on a terminal), as a
-/// [`sys::StartedProgram`].
-fn into_started(mut child: std::process::Child) -> io::Result<sys::StartedProgram> {
-    let pid = child.id();
-    match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-        (Some(stdin), Some(stdout), Some(stderr)) => Ok(sys::StartedProgram {
-            pid,
-            pipes: Some(sys::StdioPipes {
-                stdin: stdin.into(),
-                stdout: stdout.into(),
-                stderr: stderr.into(),
-            }),
-        }),
-        (None, None, None) => Ok(sys::StartedProgram { pid, pipes: None }),
-        _ => {
-            let _ = sys::signal_group(pid, Signal::Kill);
-            let _ = child.wait();
-            Err(io::Error::other("stdio pipes missing"))
         }
     }
 }

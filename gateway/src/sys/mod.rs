@@ -12,7 +12,7 @@ pub(crate) mod beneath;
 mod spawn;
 mod terminal;
 
-pub(crate) use spawn::{can_take_network, spawn_program, ProgramPlan, StartedProgram, StdioPipes};
+pub(crate) use spawn::{can_take_network, spawn_program, ProgramPlan, StartedProgram};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;

@@ -17,6 +17,7 @@ use std::io;
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Bytes of the child's stack: it runs a handful of system calls.
 const CHILD_STACK_BYTES: usize = 64 << 10;
@@ -48,6 +49,9 @@ pub(crate) struct ProgramPlan<'a> {
     /// A terminal's program side: the program's stdin, stdout and stderr instead of
     /// pipes, and its controlling terminal in a session of its own.
     pub(crate) terminal: Option<BorrowedFd<'a>>,
+    /// With a terminal: it stays the stdio only, not the controlling terminal (for the
+    /// jail, whose program takes it inside).
+    pub(crate) terminal_as_stdio_only: bool,
 }
 
 /// A started program: its pid (it leads its own process group) and the gateway's ends
@@ -131,8 +135,11 @@ struct ChildArgs {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
-    /// The `cgroup.procs` to write "0" to, or null.
-    cgroup_procs: *const libc::c_char,
+    /// An open `cgroup.procs` to write "0" to, or -1.
+    cgroup_procs: RawFd,
+    /// Set first thing by the child: a child cloned into a cgroup can be killed by the
+    /// kernel before it runs at all (see [`settle_born_inside`]).
+    started: i32,
     /// The child's ends, all above 2, for its fds 0, 1 and 2.
     stdio: [RawFd; 3],
     /// The stdio is a terminal: lead a new session with it as the controlling terminal.
@@ -168,10 +175,6 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         .map(|(key, value)| c_string(format!("{key}={value}").as_bytes()))
         .collect::<io::Result<_>>()?;
     let cwd = c_string(plan.cwd.as_os_str().as_bytes())?;
-    let cgroup_procs = plan
-        .cgroup_procs
-        .map(|path| c_string(path.as_os_str().as_bytes()))
-        .transpose()?;
     let argv_ptrs = null_terminated(&argv);
     let envp_ptrs = null_terminated(&envp);
 
@@ -224,9 +227,10 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
         cwd: cwd.as_ptr(),
-        cgroup_procs: std::ptr::null(),
+        cgroup_procs: -1,
+        started: 0,
         stdio,
-        terminal: plan.terminal.is_some(),
+        terminal: plan.terminal.is_some() && !plan.terminal_as_stdio_only,
         rlimits,
         rlimit_count,
         no_network: plan.no_network,
@@ -241,13 +245,10 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
     // Born in its v2 cgroup where the kernel can do that (`clone3` with
     // `CLONE_INTO_CGROUP`); else the child joins it by writing `cgroup.procs`, which
     // takes the kernel's global thread-group lock and waits for an RCU grace period
-    // when no other move came just before (about 8 ms on an idle 6.18 host).
-    let cgroup_dir = match plan
-        .cgroup_procs
-        .and_then(Path::parent)
-        .filter(|_| plan.born_inside)
-    {
-        Some(dir) => Some(open_directory(dir)?),
+    // when no other move came just before (about 8 ms on an idle 6.18 host). Both
+    // through the one directory opened here, so both name the same cgroup.
+    let cgroup_dir = match plan.cgroup_procs.and_then(Path::parent) {
+        Some(dir) => Some(open_in(None, dir, libc::O_RDONLY | libc::O_DIRECTORY)?),
         None => None,
     };
 
@@ -258,47 +259,62 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
     let all = full_signal_set();
     // SAFETY: both sets are valid, initialised sigset_t values owned by this frame.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous) };
-    let born_inside = cgroup_dir.as_ref().and_then(|dir| {
-        // SAFETY: as for the clone below; `args` names no cgroup.procs (it is joined at
-        // birth) until a failed attempt is retried that way.
-        let pid = unsafe {
-            clone_into_cgroup(
-                dir.as_raw_fd(),
-                stack.as_mut_ptr() as usize,
-                top,
-                std::ptr::addr_of_mut!(args).cast(),
-            )
-        };
-        (pid > 0).then_some(pid)
-    });
-    let (pid, clone_error) = match born_inside {
-        Some(pid) => (pid, None),
-        None => {
-            args.cgroup_procs = cgroup_procs
-                .as_ref()
-                .map_or(std::ptr::null(), |path| path.as_ptr());
-            // SAFETY: `child_main` only reads `args` and the buffers its pointers name
-            // (all alive in this frame until clone returns: CLONE_VFORK suspends this
-            // thread until the child has exec'd or exited) and writes the two failure
-            // fields; the stack is ours alone.
+    let born = match cgroup_dir.as_ref() {
+        Some(dir) if plan.born_inside && BORN_INSIDE.load(Ordering::Relaxed) => {
+            // SAFETY: as for the clone below; `args` names no cgroup.procs (the child is
+            // born in the cgroup).
             let pid = unsafe {
-                libc::clone(
-                    child_main,
-                    top as *mut libc::c_void,
-                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                clone_into_cgroup(
+                    dir.as_raw_fd(),
+                    stack.as_mut_ptr() as usize,
+                    top,
                     std::ptr::addr_of_mut!(args).cast(),
                 )
             };
-            (pid, Some(io::Error::last_os_error()))
+            // SAFETY: the child has exec'd or exited (CLONE_VFORK); no longer written.
+            let started = unsafe { std::ptr::read_volatile(std::ptr::addr_of!(args.started)) };
+            settle_born_inside(pid, started != 0)
         }
+        _ => Born::NotTried,
+    };
+    let clone_result = match born {
+        Born::Inside(pid) => Ok(pid),
+        Born::Failed(err) => Err(err),
+        Born::NotTried => match cgroup_dir
+            .as_ref()
+            .map(|dir| open_in(Some(dir), Path::new("cgroup.procs"), libc::O_WRONLY))
+            .transpose()
+        {
+            Ok(procs) => {
+                args.cgroup_procs = procs.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+                // SAFETY: `child_main` only reads `args` and the buffers its pointers name
+                // (all alive in this frame until clone returns: CLONE_VFORK suspends this
+                // thread until the child has exec'd or exited) and writes the failure
+                // fields; the stack is ours alone.
+                let pid = unsafe {
+                    libc::clone(
+                        child_main,
+                        top as *mut libc::c_void,
+                        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                        std::ptr::addr_of_mut!(args).cast(),
+                    )
+                };
+                let clone_error = io::Error::last_os_error();
+                drop(procs);
+                if pid < 0 {
+                    Err(clone_error)
+                } else {
+                    Ok(pid)
+                }
+            }
+            Err(err) => Err(err),
+        },
     };
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
     drop(stack);
     drop(cgroup_dir);
-    if pid < 0 {
-        return Err(clone_error.unwrap_or_else(|| io::Error::other("clone failed")));
-    }
+    let pid = clone_result?;
     // SAFETY: the child has exec'd or exited; these fields are no longer written.
     let (step, errno) = unsafe {
         (
@@ -329,17 +345,15 @@ extern "C" fn child_main(raw: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `raw` is the `ChildArgs` of `spawn_program`, alive while this runs; every
     // pointer in it names a buffer alive as long; each call below is a plain system call.
     unsafe {
+        std::ptr::write_volatile(std::ptr::addr_of_mut!((*args).started), 1);
         let fail = |step: Step| -> libc::c_int {
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*args).failed_errno), errno());
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*args).failed_step), step as i32);
             libc::_exit(127)
         };
-        if !(*args).cgroup_procs.is_null() {
-            let fd = libc::open((*args).cgroup_procs, libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return fail(Step::Cgroup);
-            }
-            libc::close(fd);
+        let procs = (*args).cgroup_procs;
+        if procs >= 0 && libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+            return fail(Step::Cgroup);
         }
         let stdio = (*args).stdio;
         for (target, fd) in (0..).zip(stdio) {
@@ -434,10 +448,61 @@ struct CloneArgs {
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// Whether programs are born in their cgroup: turned off for good the first time the
+/// kernel cannot or will not (no `clone3` or `CLONE_INTO_CGROUP`, a filter refusing it,
+/// a newborn killed before it ran).
+static BORN_INSIDE: AtomicBool = AtomicBool::new(true);
+
+/// What became of an attempt to start a child in its cgroup.
+enum Born {
+    Inside(libc::pid_t),
+    /// A failure of the start itself (no memory, the cgroup's process limit, the cgroup
+    /// gone): reported, not retried another way.
+    Failed(io::Error),
+    /// Not tried, or the kernel cannot do it: the child joins by writing instead.
+    NotTried,
+}
+
+/// Reads the outcome of [`clone_into_cgroup`] (`pid`, and whether the child ran).
+///
+/// A kernel kills a child cloned into a cgroup at birth when the count of `cgroup.kill`
+/// writes seen from the parent's cgroup differs from the target's (6.18 reads the
+/// parent's before it switches to the target): a target killed before, or a gateway
+/// living in a cgroup someone killed while it was empty. The execution cgroups the
+/// gateway reuses are never killed ones (`sandbox::cgroup`), but the gateway's own
+/// cgroup is not its to choose, so a newborn that never ran is reaped and the start
+/// retried by writing `cgroup.procs`, and births inside stop for the rest of the run.
+fn settle_born_inside(pid: i64, started: bool) -> Born {
+    if pid > 0 {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return Born::Failed(io::Error::other("clone3 returned a bad pid"));
+        };
+        if started {
+            return Born::Inside(pid);
+        }
+        let _ = u32::try_from(pid).map(super::reap_blocking);
+        BORN_INSIDE.store(false, Ordering::Relaxed);
+        tracing::warn!("a program born in its cgroup was killed before it ran (the kernel's count of cgroup.kill writes differs from the gateway's own cgroup); programs now join their cgroup after birth");
+        return Born::NotTried;
+    }
+    let errno = i32::try_from(-pid).unwrap_or(libc::EINVAL);
+    match errno {
+        libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EOPNOTSUPP | libc::EPERM => {
+            BORN_INSIDE.store(false, Ordering::Relaxed);
+            tracing::info!(
+                errno,
+                "the kernel does not start programs in their cgroup here; they join it after birth"
+            );
+            Born::NotTried
+        }
+        _ => Born::Failed(io::Error::from_raw_os_error(errno)),
+    }
+}
+
 /// Starts [`child_main`] with `arg` on the stack `[stack, top)` as [`spawn_program`]'s
 /// clone does (`CLONE_VM | CLONE_VFORK`, `SIGCHLD` at exit), but born in the v2 cgroup
-/// whose directory `cgroup` is open. The child's pid, or -1 when the kernel would not
-/// (no `clone3`, no `CLONE_INTO_CGROUP`, a cgroup that refuses it): then no child exists.
+/// whose directory `cgroup` is open. The child's pid, or the negated errno (then no
+/// child exists); see [`settle_born_inside`] for a child killed at birth.
 ///
 /// # Safety
 /// As for `libc::clone` with [`child_main`]: `arg` and everything it names stay alive
@@ -449,9 +514,9 @@ unsafe fn clone_into_cgroup(
     stack: usize,
     top: usize,
     arg: *mut libc::c_void,
-) -> i32 {
+) -> i64 {
     let Ok(cgroup) = u64::try_from(cgroup) else {
-        return -1;
+        return -i64::from(libc::EBADF);
     };
     let args = CloneArgs {
         flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
@@ -492,26 +557,23 @@ unsafe fn clone_into_cgroup(
             options(nostack),
         );
     }
-    i32::try_from(ret).ok().filter(|pid| *pid > 0).unwrap_or(-1)
+    ret
 }
 
 /// Elsewhere the child always joins its cgroup itself.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone_into_cgroup(_: RawFd, _: usize, _: usize, _: *mut libc::c_void) -> i32 {
-    -1
+unsafe fn clone_into_cgroup(_: RawFd, _: usize, _: usize, _: *mut libc::c_void) -> i64 {
+    -i64::from(libc::ENOSYS)
 }
 
-/// A directory opened for `CLONE_INTO_CGROUP`.
-fn open_directory(dir: &Path) -> io::Result<OwnedFd> {
-    let path = CString::new(dir.as_os_str().as_bytes())
+/// `path` opened close-on-exec with `flags`, beneath `dir` when given.
+fn open_in(dir: Option<&OwnedFd>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))?;
-    // SAFETY: open takes a NUL-terminated path and integer flags.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
+    let dirfd = dir.map_or(libc::AT_FDCWD, |dir| dir.as_raw_fd());
+    // SAFETY: openat takes a directory descriptor (or AT_FDCWD), a NUL-terminated path
+    // and integer flags.
+    let fd = unsafe { libc::openat(dirfd, path.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -596,6 +658,7 @@ pub(crate) fn can_take_network() -> bool {
         born_inside: false,
         lower_priority: false,
         terminal: None,
+        terminal_as_stdio_only: false,
     });
     match started {
         Ok(started) => {
@@ -649,6 +712,7 @@ mod tests {
             born_inside: false,
             lower_priority: true,
             terminal: None,
+            terminal_as_stdio_only: false,
         });
         let canonical = dir.canonicalize().expect("temp dir");
         assert_eq!(
@@ -676,6 +740,7 @@ mod tests {
             born_inside: false,
             lower_priority: false,
             terminal: None,
+            terminal_as_stdio_only: false,
         })
         .expect_err("nothing to run");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -692,6 +757,7 @@ mod tests {
             born_inside: false,
             lower_priority: false,
             terminal: None,
+            terminal_as_stdio_only: false,
         })
         .expect_err("no such directory");
         assert!(

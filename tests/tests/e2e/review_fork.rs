@@ -287,6 +287,25 @@ fn thread_groups(pid: u32) -> Vec<PathBuf> {
     groups
 }
 
+/// The process one of whose threads has `marker` in its command line (a leader that
+/// has exited shows none).
+fn process_with_a_thread_marked(marker: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let tasks = std::fs::read_dir(entry.path().join("task")).ok()?;
+            tasks
+                .flatten()
+                .any(|task| {
+                    std::fs::read(task.path().join("cmdline"))
+                        .is_ok_and(|raw| String::from_utf8_lossy(&raw).contains(marker))
+                })
+                .then_some(pid)
+        })
+}
+
 /// A process whose leader thread has exited while its other threads run on (the leader
 /// a zombie, whose own `/proc/<pid>/cgroup` shows the root) is moved like any other:
 /// its threads reach the execution's own group, and the execution ends as usual.
@@ -306,11 +325,14 @@ async fn threads_outliving_their_leader_reach_the_own_group() -> Result<()> {
          ctypes.CDLL(None).syscall(60, 0)'"
     );
     socket.execute(request("leaderless", "bash", &code)).await?;
-    wait_until_running(&marker).await?;
-    let pid = processes_with(&marker)
-        .first()
-        .map(|(pid, _)| *pid)
-        .context("the program")?;
+    // Found by its threads: once the leader has exited, its own command line reads empty.
+    let mut found = None;
+    eventually(patience(), "a thread of the program runs", || {
+        found = process_with_a_thread_marked(&marker);
+        found.is_some()
+    })
+    .await?;
+    let pid = found.context("the program")?;
     let moved = eventually(patience(), "the threads leave `light`", || {
         let groups = thread_groups(pid);
         groups.len() == 1 && is_own(&groups[0])
