@@ -22,7 +22,20 @@ impl Serving {
     /// Starts `sluice serve --listen 127.0.0.1:0 --log-json` with `args`, and waits for
     /// its `listening` line.
     pub(crate) fn start(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        Self::start_command(Command::new(env!("CARGO_BIN_EXE_sluice")), args)
+    }
+
+    /// As [`Serving::start`], with the gateway started in the cgroup v2 directory
+    /// `cgroup` (a shell moves itself there, then execs it).
+    pub(crate) fn start_in_cgroup(cgroup: &std::path::Path, args: &[&str]) -> Result<Self> {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""]);
+        command.arg(cgroup).arg(env!("CARGO_BIN_EXE_sluice"));
+        Self::start_command(command, args)
+    }
+
+    fn start_command(mut command: Command, args: &[&str]) -> Result<Self> {
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
