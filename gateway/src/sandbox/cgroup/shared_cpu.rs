@@ -181,6 +181,23 @@ impl SharedCpu {
     }
 }
 
+/// [`move_processes_now`], without holding up the other tasks of the caller's async
+/// worker: a whole-process move can wait for an RCU grace period (15-30 ms measured on a
+/// v1 host), and the CPU checks that call this run on the pumps' workers. On a
+/// multi-threaded runtime the worker hands its other tasks to another thread for the
+/// duration (`block_in_place`); anywhere else (a blocking thread, a current-thread
+/// runtime, no runtime) it runs as it is.
+fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool {
+    let on_a_worker = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if on_a_worker {
+        tokio::task::block_in_place(|| move_processes_now(listing, to, home, light))
+    } else {
+        move_processes_now(listing, to, home, light)
+    }
+}
+
 /// Moves every process `listing` (another hierarchy's directory of the same execution)
 /// lists into the v1 CPU cgroup `to`. A process forked before its parent moved shows up
 /// in the next pass; one forked after is born in `to`. Done when a pass moves nothing.
@@ -197,7 +214,7 @@ impl SharedCpu {
 /// reaped by the time the write returned, whatever has the pid now is checked and, if
 /// it is not the execution's, put back ([`put_back`]).
 /// False when it gave up with processes left behind.
-fn move_processes(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool {
+fn move_processes_now(listing: &Path, to: &Path, home: &Path, light: &Path) -> bool {
     let moved = move_listed(
         listing,
         to,
