@@ -132,10 +132,11 @@ pub(crate) fn serve_packages(
 }
 
 impl Launch<'_> {
-    /// Starts the program in a new process group with piped stdio: unjailed, with
-    /// [`sys::spawn_program`] (limits, network and user set in the child before exec,
-    /// the gateway's memory never copied); jailed, `sluice-jail` through std's
-    /// posix_spawn path, which sets all of that up inside.
+    /// Starts the program in a session (and process group) of its own with piped stdio
+    /// or its terminal, with [`sys::spawn_program`] (the gateway's memory never copied,
+    /// born in its v2 cgroup where the kernel can do that): unjailed, with its limits,
+    /// network and user set in the child before exec; jailed, `sluice-jail` as it is
+    /// given, which sets all of that up inside.
     pub(crate) fn spawn(self) -> Result<Spawned, SpawnError> {
         let fail = |source: io::Error| SpawnError {
             program: self.runtime.program.display().to_string(),

@@ -1,8 +1,9 @@
-//! Starting an unjailed program the way `posix_spawn` does, plus the steps it cannot
-//! take: the child shares the gateway's memory until it execs (`CLONE_VM |
-//! CLONE_VFORK`), so the gateway's large address space is never copied, and before the
-//! exec it sets its rlimits, leaves for an empty network namespace and drops to the
-//! sandbox user. A fork-based spawn (what std's `Command` does as soon as it must change
+//! Starting a program (an unjailed one, or the jail) the way `posix_spawn` does, plus
+//! the steps it cannot take: the child shares the gateway's memory until it execs
+//! (`CLONE_VM | CLONE_VFORK`), so the gateway's large address space is never copied; it
+//! is born in its v2 cgroup (`clone3` with `CLONE_INTO_CGROUP`, where the kernel can)
+//! or joins it; and before the exec it sets its rlimits, leaves for an empty network
+//! namespace and drops to the sandbox user, as the plan asks. A fork-based spawn (what std's `Command` does as soon as it must change
 //! the user or run a hook) cost about 0.5 ms of gateway CPU per start and halved the
 //! executions per second (sluice-bench).
 //!
