@@ -175,13 +175,7 @@ fn main() -> anyhow::Result<()> {
     let result = result.and_then(|()| tenants::tenant_section(&client_rt, addr, &args));
     // Closing its stdin tells a gateway to shut down.
     let gateways = std::iter::once(&mut plain).chain(isolated.iter_mut().map(|(_, g, _)| g));
-    for gateway in gateways {
-        drop(gateway.stdin.take());
-        let status = gateway.wait()?;
-        if !status.success() {
-            bail!("a gateway process exited with {status}");
-        }
-    }
+    stop_gateways(gateways)?;
     result
 }
 
@@ -226,6 +220,21 @@ async fn cell_rows(socket: &mut Socket, args: &Args) -> anyhow::Result<()> {
         true,
     );
     println!("  (gateway column: a cell's display() of a 1 MiB image/png; direct column: the same cell writing its 1.33 MB of base64 to stdout)");
+    Ok(())
+}
+
+/// Stops the gateway processes (closing its stdin tells one to shut down) and checks
+/// each ended cleanly.
+pub(crate) fn stop_gateways<'a>(
+    gateways: impl IntoIterator<Item = &'a mut Child>,
+) -> anyhow::Result<()> {
+    for gateway in gateways {
+        drop(gateway.stdin.take());
+        let status = gateway.wait()?;
+        if !status.success() {
+            bail!("a gateway process exited with {status}");
+        }
+    }
     Ok(())
 }
 
@@ -285,13 +294,7 @@ fn isolation_only(args: &Args) -> anyhow::Result<()> {
     let plain_addr = SocketAddr::from(([127, 0, 0, 1], plain_port));
     let result = client_rt.block_on(isolation_section(plain_addr, &isolated, args));
     let gateways = std::iter::once(&mut plain).chain(isolated.iter_mut().map(|(_, g, _)| g));
-    for gateway in gateways {
-        drop(gateway.stdin.take());
-        let status = gateway.wait()?;
-        if !status.success() {
-            bail!("a gateway process exited with {status}");
-        }
-    }
+    stop_gateways(gateways)?;
     result
 }
 

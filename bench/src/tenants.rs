@@ -119,13 +119,7 @@ pub(crate) fn tenant_section(
     if let Some((gateway, _, _)) = noisy.as_mut() {
         gateways.push(gateway);
     }
-    for gateway in gateways {
-        drop(gateway.stdin.take());
-        let status = gateway.wait()?;
-        if !status.success() {
-            bail!("a gateway process exited with {status}");
-        }
-    }
+    crate::stop_gateways(gateways)?;
     result
 }
 
