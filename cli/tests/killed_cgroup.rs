@@ -52,9 +52,18 @@ async fn a_gateway_in_a_cgroup_killed_before_it_came_still_runs_its_programs() -
         std::fs::write(home.join("cgroup.kill"), "1")?;
         let mut serving = Serving::start_in_cgroup(&home, &["--isolation", "cgroups"])?;
         let mut socket = RawSocket::connect(&serving.url, None).await?;
+        // Its execution cgroups, below the killed one (seen from the host's cgroup
+        // namespace: `--isolation cgroups` gives none of its own).
+        let ours = format!(
+            "0::/{}/sluice-{}-",
+            home.strip_prefix(&root)?.display(),
+            serving.child.id()
+        );
         for round in 0..3 {
             let id = format!("echo-{round}");
-            socket.execute(request(&id, "sh", "echo ok")).await?;
+            socket
+                .execute(request(&id, "sh", "echo ok; grep '^0::' /proc/self/cgroup"))
+                .await?;
             let events = socket.events_until_terminal(&id).await?;
             let stdout: String = events
                 .iter()
@@ -62,9 +71,17 @@ async fn a_gateway_in_a_cgroup_killed_before_it_came_still_runs_its_programs() -
                 .map(|e| e.data.as_str())
                 .collect();
             let last = events.last().context("no events")?;
+            let mut lines = stdout.lines();
             ensure!(
-                last.kind == EventKind::Completed && last.exit_code == Some(0) && stdout == "ok\n",
+                last.kind == EventKind::Completed
+                    && last.exit_code == Some(0)
+                    && lines.next() == Some("ok"),
                 "round {round}: {events:?}"
+            );
+            let cgroup = lines.next().unwrap_or_default();
+            ensure!(
+                cgroup.starts_with(&ours),
+                "round {round}: the program is in {cgroup:?}, not below {ours:?}"
             );
         }
         drop(socket);

@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Bytes of the child's stack: it runs a handful of system calls.
 const CHILD_STACK_BYTES: usize = 64 << 10;
@@ -450,9 +450,17 @@ struct CloneArgs {
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Whether programs are born in their cgroup: turned off for good the first time the
-/// kernel cannot or will not (no `clone3` or `CLONE_INTO_CGROUP`, a filter refusing it,
-/// a newborn killed before it ran).
+/// kernel cannot (no `clone3` or `CLONE_INTO_CGROUP`, a filter refusing it), or after
+/// [`MAX_KILLED_AT_BIRTH`] newborns in a row were killed before they ran.
 static BORN_INSIDE: AtomicBool = AtomicBool::new(true);
+
+/// Newborns killed before they ran since the last one that ran.
+static KILLED_AT_BIRTH: AtomicU32 = AtomicU32::new(0);
+
+/// How many newborns in a row may be killed before they ran before births inside stop:
+/// one alone may have met a memory limit or a kill of its own cgroup; the kernel's
+/// count mismatch kills every one.
+const MAX_KILLED_AT_BIRTH: u32 = 3;
 
 /// What became of an attempt to start a child in its cgroup.
 enum Born {
@@ -472,18 +480,22 @@ enum Born {
 /// living in a cgroup someone killed while it was empty. The execution cgroups the
 /// gateway reuses are never killed ones (`sandbox::cgroup`), but the gateway's own
 /// cgroup is not its to choose, so a newborn that never ran is reaped and the start
-/// retried by writing `cgroup.procs`, and births inside stop for the rest of the run.
+/// retried by writing `cgroup.procs` (and births inside stop for the rest of the run
+/// once that happened [`MAX_KILLED_AT_BIRTH`] times in a row).
 fn settle_born_inside(pid: i64, started: bool) -> Born {
     if pid > 0 {
         let Ok(pid) = libc::pid_t::try_from(pid) else {
             return Born::Failed(io::Error::other("clone3 returned a bad pid"));
         };
         if started {
+            KILLED_AT_BIRTH.store(0, Ordering::Relaxed);
             return Born::Inside(pid);
         }
         let _ = u32::try_from(pid).map(super::reap_blocking);
-        BORN_INSIDE.store(false, Ordering::Relaxed);
-        tracing::warn!("a program born in its cgroup was killed before it ran (the kernel's count of cgroup.kill writes differs from the gateway's own cgroup); programs now join their cgroup after birth");
+        if KILLED_AT_BIRTH.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_KILLED_AT_BIRTH {
+            BORN_INSIDE.store(false, Ordering::Relaxed);
+            tracing::warn!("programs born in their cgroup were killed before they ran (the kernel's count of cgroup.kill writes differs from the gateway's own cgroup); programs now join their cgroup after birth");
+        }
         return Born::NotTried;
     }
     let errno = i32::try_from(-pid).unwrap_or(libc::EINVAL);

@@ -728,10 +728,10 @@ async fn executions_after_one_whose_leftovers_were_killed_run_in_their_cgroup() 
         let mut lines = next.stdout.lines();
         assert_eq!(lines.next(), Some("ok"), "{}", next.stdout);
         let v2 = lines.next().unwrap_or_default();
-        assert!(
-            v2.contains("/sluice-"),
-            "not in an execution's cgroup: {v2:?}"
-        );
+        // This gateway's execution cgroups (`sluice-<pid>-<n>/x<m>`; the gateway runs in
+        // this process).
+        let ours = format!("/sluice-{}-", std::process::id());
+        assert!(v2.contains(&ours), "not in an execution's cgroup: {v2:?}");
         let limited = run(
             &client,
             ExecuteRequest {

@@ -333,10 +333,12 @@ fn mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
 /// operator's terminal, when the gateway runs in one), so that nothing started from here
 /// can open `/dev/tty` and write to that terminal or type into it (`TIOCSTI`): `/dev/tty`
 /// opens the caller's controlling terminal whatever the terminal node's owner and mode.
-/// The jail leads its own process group but not a session, so `setsid` is not open to it;
-/// `TIOCNOTTY` from a process that does not lead its session only detaches that process
-/// (no signal to anyone), and its children inherit having no terminal. Nothing to do
-/// without one (`ENXIO`), without `/dev/tty` (`ENOENT`) or on one hung up (`EIO`).
+/// A jail the gateway starts for a program leads a session of its own without a
+/// terminal (`sys::spawn_program`), so this finds none; one started for a persistent
+/// interpreter leads its own process group but not a session, so `setsid` is not open
+/// to it: `TIOCNOTTY` from a process that does not lead its session only detaches that
+/// process (no signal to anyone), and its children inherit having no terminal. Nothing
+/// to do without one (`ENXIO`), without `/dev/tty` (`ENOENT`) or on one hung up (`EIO`).
 pub(crate) fn leave_controlling_terminal() -> io::Result<()> {
     // SAFETY: open takes a NUL-terminated path literal and integer flags.
     let fd = unsafe {
