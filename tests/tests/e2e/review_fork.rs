@@ -191,10 +191,12 @@ fn pid_by_comm(name: &str) -> Option<u32> {
         })
 }
 
-/// A warm entry waits in a group of its own and comes back to the shared one at its
-/// claim; its Python interpreter, one process, stays there at its checks.
+/// A warm entry waits in a group of its own, weighed down, and keeps it at the full
+/// weight from its claim (moving it back to the shared group would wait for an RCU grace
+/// period and hold up every fork meanwhile); a cold start of the same program, one
+/// process, is in the shared group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_program_comes_back_to_the_shared_group_and_stays() -> Result<()> {
+async fn a_claimed_warm_program_keeps_its_own_group_at_the_full_weight() -> Result<()> {
     if !shared_cpu_group_here() || forced_isolation().is_some() || !jail_available() {
         return Ok(());
     }
@@ -210,14 +212,23 @@ async fn a_warm_program_comes_back_to_the_shared_group_and_stays() -> Result<()>
     let code = format!(
         "import time\nopen('/proc/self/comm', 'w').write('{comm}')\nprint('up', flush=True)\ntime.sleep(1000)\n"
     );
-    // The first request may start cold (the entry still warming): the second is warm.
+    // Warm (the pool full first), then cold (an `env` entry always starts cold).
+    crate::warm::pool_ready(&gateway, 1.0).await?;
     let mut groups = Vec::new();
-    for id in ["first", "second"] {
-        socket.execute(request(id, "python", &code)).await?;
+    for (id, env) in [("warm", None), ("cold", Some(("A", "1")))] {
+        let mut execute = request(id, "python", &code);
+        execute.env = env
+            .map(|(k, v)| [(k.to_owned(), v.to_owned())].into())
+            .unwrap_or_default();
+        socket.execute(execute).await?;
         socket.wait_for_stdout(id, "up\n").await?;
         forked_control(&mut socket, &format!("{id}-control")).await?;
         let pid = pid_by_comm(&comm).context("the python program")?;
-        groups.push(v1_cpu_cgroup(pid));
+        let group = v1_cpu_cgroup(pid);
+        let weight = group
+            .as_deref()
+            .and_then(|dir| std::fs::read_to_string(dir.join("cpu.shares")).ok());
+        groups.push((group, weight));
         for id in [id.to_owned(), format!("{id}-control")] {
             socket.cancel(&id).await?;
             socket.events_until_terminal(&id).await?;
@@ -227,9 +238,14 @@ async fn a_warm_program_comes_back_to_the_shared_group_and_stays() -> Result<()>
         })
         .await?;
     }
+    let (warm, cold) = (&groups[0], &groups[1]);
     ensure!(
-        groups.iter().all(|g| g.as_deref().is_some_and(is_light)),
-        "the python programs were in {groups:?}"
+        warm.0.as_deref().is_some_and(is_own) && warm.1.as_deref().map(str::trim) == Some("1024"),
+        "the warm program was in {warm:?}"
+    );
+    ensure!(
+        cold.0.as_deref().is_some_and(is_light),
+        "the cold program was in {cold:?}"
     );
     assert_stream_ok(socket.received());
     gateway.shutdown().await

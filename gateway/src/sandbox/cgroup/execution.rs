@@ -44,11 +44,6 @@ pub(super) struct OwnCpu {
     pub(super) complete: bool,
     /// It has a heavy execution's weight.
     pub(super) heavy: bool,
-    /// A warm entry's group, given the full weight at its claim rather than left: its
-    /// processes go back to the shared group at the first CPU check that finds it has
-    /// not forked. Moving a whole process between v1 cgroups can wait for an RCU grace
-    /// period (5–30 ms measured on a 6.18 kernel), which a claim must not.
-    pub(super) back_later: bool,
 }
 
 impl OwnCpu {
@@ -237,9 +232,14 @@ impl ExecutionCgroup {
     }
 
     /// At a warm entry's claim: gives the group of its own it waited in the full weight
-    /// (one write), to leave it for the shared group at a later CPU check (see
-    /// [`OwnCpu::back_later`]). False when there is no such group or the write failed
-    /// (then it is left now, as [`Self::weigh`] does).
+    /// (one write), which it keeps, as an execution that forked does. Moving its
+    /// processes back to the shared group would move whole processes, which waits for an
+    /// RCU grace period when no other move came just before (5-30 ms measured on a 6.18
+    /// kernel), and while it waits every fork on the host waits: done in the background
+    /// after the claim, it still held up the next execution's start (cold jailed starts
+    /// measured 11.6-13.4 ms p50 back to back with it, 3.2 ms without). False when there
+    /// is no such group or the write failed (then it is left now, as [`Self::weigh`]
+    /// does).
     fn lighten_in_place(&self) -> bool {
         use std::sync::atomic::Ordering;
         let Some(shared) = self.shared_cpu.as_deref().filter(|_| self.cpu_share) else {
@@ -253,7 +253,6 @@ impl ExecutionCgroup {
             return false;
         }
         group.heavy = false;
-        group.back_later = true;
         self.heavy.store(false, Ordering::Relaxed);
         true
     }
@@ -444,31 +443,11 @@ impl ExecutionCgroup {
             return;
         };
         let mut own = self.own_cpu.lock().unwrap_or_else(PoisonError::into_inner);
-        let forked = |this: &Self| this.task_count(listing) > this.helpers.saturating_add(1);
         if let Some(group) = own.as_mut() {
-            if group.back_later {
-                // A claimed warm entry's: back to the shared group unless it forked (then
-                // it keeps the group at the full weight, as a forked one gets).
-                group.back_later = false;
-                if !forked(self) {
-                    if let Some(group) = own.take() {
-                        // Off the caller (a pump, on an async worker): the move may wait
-                        // for the kernel. Meanwhile the group weighs as a light one; a
-                        // check that finds the execution heavy gives it a group again.
-                        let shared = Arc::clone(shared);
-                        let back = move || shared.leave(group.member);
-                        match tokio::runtime::Handle::try_current() {
-                            Ok(runtime) => drop(runtime.spawn_blocking(back)),
-                            Err(_) => back(),
-                        }
-                    }
-                    return;
-                }
-            }
             group.settle(shared, listing);
             return;
         }
-        if !forked(self) {
+        if self.task_count(listing) <= self.helpers.saturating_add(1) {
             return;
         }
         *own = shared
@@ -477,7 +456,6 @@ impl ExecutionCgroup {
                 member,
                 complete,
                 heavy: false,
-                back_later: false,
             });
     }
 
@@ -520,14 +498,12 @@ impl ExecutionCgroup {
                             member,
                             complete,
                             heavy: true,
-                            back_later: false,
                         });
                 }
                 // Already in a group of its own: its weight drops once, and what a move
                 // that gave up left behind (a tree forking faster than it was moved) is
                 // swept again at each CPU check until none is.
                 (true, Some(mut group)) => {
-                    group.back_later = false;
                     if !group.heavy {
                         group.heavy = shared.reweigh(&group.member, heavy_shares);
                     }

@@ -157,16 +157,6 @@ impl SharedCpu {
         }
     }
 
-    /// Moves the processes still in `own` (an execution's group of its own, whose name is
-    /// never reused) into the shared group and removes `own` (or keeps it for later
-    /// while one is still exiting in it). Unlike [`Self::back_to_shared`], it looks
-    /// only at `own`, never at the execution's listing: run in the background, the
-    /// execution may have ended meanwhile and its pooled cgroup be another's.
-    pub(super) fn leave(&self, own: Member) {
-        move_out_of(&own.dir, &self.light.dir, &self.light.home);
-        self.remove_own(own);
-    }
-
     /// Removes the shared group (at shutdown, once every execution is gone).
     pub(super) fn remove(&self) {
         let stale = self
@@ -228,24 +218,6 @@ fn move_processes_now(listing: &Path, to: &Path, home: &Path, light: &Path) -> b
         tracing::warn!(to = %to.display(), "an execution forked faster than it could be moved between CPU groups; the rest is moved at its next CPU check");
     }
     moved
-}
-
-/// Moves every process still in the group `own` into the shared group `light`, each
-/// held by a pidfd across its check and its write; one that a newer group of the same
-/// execution took meanwhile is left there. False when a tree forked faster than it
-/// was moved: what is left stays in `own`, and the execution's next CPU check counts
-/// it as forked and gives it a group of its own.
-fn move_out_of(own: &Path, light: &Path, home: &Path) -> bool {
-    // Should the pid have been reused between the check and the write (the held process
-    // reaped meanwhile), the newcomer is left in the shared group: most likely another
-    // light execution's, for which the write changed nothing; one with a group of its
-    // own is moved back by its own checks; the gateway itself is put back home.
-    move_listed(
-        own,
-        light,
-        |_, cpu| cpu.is_some_and(|cpu| names(own, cpu)),
-        |_| keep_gateway_home(light, home),
-    )
 }
 
 /// After a write into `to` raced with a pid's reuse: if the pid went to one of the
