@@ -165,6 +165,9 @@ impl Launch<'_> {
         argv.extend(self.args.iter().map(Into::into));
         let mut sandbox_ids = None;
         let mut package_proxy = None;
+        let cgroup = self.cgroup.as_ref();
+        let cgroup_dir = cgroup.and_then(ExecutionCgroup::unified_dir);
+        let born_inside = cgroup.is_some_and(ExecutionCgroup::can_be_born_inside);
         let started = match self.jail {
             Some(jail) => {
                 let (command, mut lease) = jail
@@ -230,11 +233,6 @@ impl Launch<'_> {
                     .get_current_dir()
                     .unwrap_or(self.workdir)
                     .to_path_buf();
-                let cgroup_procs = self
-                    .cgroup
-                    .as_ref()
-                    .and_then(ExecutionCgroup::unified_dir)
-                    .map(|dir| dir.join("cgroup.procs"));
                 let plan = sys::ProgramPlan {
                     program: &program,
                     argv: &argv,
@@ -243,11 +241,8 @@ impl Launch<'_> {
                     rlimits: sys::Rlimits::default(),
                     no_network: false,
                     user: None,
-                    cgroup_procs: cgroup_procs.as_deref(),
-                    born_inside: self
-                        .cgroup
-                        .as_ref()
-                        .is_some_and(ExecutionCgroup::can_be_born_inside),
+                    cgroup: cgroup_dir,
+                    born_inside,
                     lower_priority: false,
                     terminal: self.terminal.map(|terminal| terminal.program_side.as_fd()),
                     terminal_as_stdio_only: true,
@@ -259,15 +254,6 @@ impl Launch<'_> {
                 "a waiting warm entry needs the namespace jail",
             )),
             None => {
-                let cgroup_procs = self
-                    .cgroup
-                    .as_ref()
-                    .and_then(ExecutionCgroup::unified_dir)
-                    .map(|dir| dir.join("cgroup.procs"));
-                let born_inside = self
-                    .cgroup
-                    .as_ref()
-                    .is_some_and(ExecutionCgroup::can_be_born_inside);
                 let plan = sys::ProgramPlan {
                     program: &self.runtime.program,
                     argv: &argv,
@@ -277,7 +263,7 @@ impl Launch<'_> {
                     // A runtime allowed the network keeps the host's.
                     no_network: (self.no_network || self.runtime.offline) && !self.runtime.network,
                     user: self.user.map(|user| (user.uid, user.gid)),
-                    cgroup_procs: cgroup_procs.as_deref(),
+                    cgroup: cgroup_dir,
                     born_inside,
                     lower_priority: !self
                         .cgroup

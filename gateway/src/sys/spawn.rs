@@ -3,9 +3,9 @@
 //! (`CLONE_VM | CLONE_VFORK`), so the gateway's large address space is never copied; it
 //! is born in its v2 cgroup (`clone3` with `CLONE_INTO_CGROUP`, where the kernel can)
 //! or joins it; and before the exec it sets its rlimits, leaves for an empty network
-//! namespace and drops to the sandbox user, as the plan asks. A fork-based spawn (what std's `Command` does as soon as it must change
-//! the user or run a hook) cost about 0.5 ms of gateway CPU per start and halved the
-//! executions per second (sluice-bench).
+//! namespace and drops to the sandbox user, as the plan asks. A fork-based spawn (what
+//! std's `Command` does as soon as it must change the user or run a hook) cost about
+//! 0.5 ms of gateway CPU per start and halved the executions per second (sluice-bench).
 //!
 //! The child runs on a stack of its own in the gateway's memory, while the gateway's
 //! other threads go on: it calls only async-signal-safe system calls on values prepared
@@ -37,9 +37,10 @@ pub(crate) struct ProgramPlan<'a> {
     pub(crate) no_network: bool,
     /// Drop to this uid and gid, with no supplementary groups (needs root).
     pub(crate) user: Option<(u32, u32)>,
-    /// A cgroup v2 `cgroup.procs` to join first (v2 moves whole processes only, so the
-    /// child moves itself, before anything it starts could escape).
-    pub(crate) cgroup_procs: Option<&'a Path>,
+    /// A cgroup v2 directory the child is in before anything it starts could escape:
+    /// born there, or joining it first (v2 moves whole processes only, so the child
+    /// moves itself).
+    pub(crate) cgroup: Option<&'a Path>,
     /// The child may be born in that cgroup (`clone3` with `CLONE_INTO_CGROUP`) instead
     /// of joining it: false for one whose `cgroup.kill` was written (see
     /// `sandbox::cgroup`'s `Members::v2_killed`).
@@ -248,7 +249,7 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
     // takes the kernel's global thread-group lock and waits for an RCU grace period
     // when no other move came just before (about 8 ms on an idle 6.18 host). Both
     // through the one directory opened here, so both name the same cgroup.
-    let cgroup_dir = match plan.cgroup_procs.and_then(Path::parent) {
+    let cgroup_dir = match plan.cgroup {
         Some(dir) => Some(open_in(None, dir, libc::O_RDONLY | libc::O_DIRECTORY)?),
         None => None,
     };
@@ -667,7 +668,7 @@ pub(crate) fn can_take_network() -> bool {
         rlimits: Rlimits::default(),
         no_network: true,
         user: None,
-        cgroup_procs: None,
+        cgroup: None,
         born_inside: false,
         lower_priority: false,
         terminal: None,
@@ -721,7 +722,7 @@ mod tests {
             },
             no_network: false,
             user: None,
-            cgroup_procs: None,
+            cgroup: None,
             born_inside: false,
             lower_priority: true,
             terminal: None,
@@ -749,7 +750,7 @@ mod tests {
             rlimits: Rlimits::default(),
             no_network: false,
             user: None,
-            cgroup_procs: None,
+            cgroup: None,
             born_inside: false,
             lower_priority: false,
             terminal: None,
@@ -766,7 +767,7 @@ mod tests {
             rlimits: Rlimits::default(),
             no_network: false,
             user: None,
-            cgroup_procs: None,
+            cgroup: None,
             born_inside: false,
             lower_priority: false,
             terminal: None,

@@ -140,19 +140,17 @@ impl ExecutionCgroup {
         self.members.unified.as_ref().map(|m| m.dir.as_path())
     }
 
-    /// True unless it is a v2 cgroup no program can be born in any more.
-    fn can_be_born_inside_or_v1(&self) -> bool {
-        self.members.unified.is_none() || self.can_be_born_inside()
+    /// True once its v2 `cgroup.kill` was written (see `Members::v2_killed`).
+    fn was_killed(&self) -> bool {
+        self.members
+            .v2_killed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True when a program may be born in its v2 cgroup (`CLONE_INTO_CGROUP`) rather
     /// than join it: see `Members::v2_killed`.
     pub(crate) fn can_be_born_inside(&self) -> bool {
-        self.members.unified.is_some()
-            && !self
-                .members
-                .v2_killed
-                .load(std::sync::atomic::Ordering::Relaxed)
+        self.members.unified.is_some() && !self.was_killed()
     }
 
     /// The directory holding `pids.max`, and whether it is v2.
@@ -581,8 +579,7 @@ impl ExecutionCgroup {
             // execution's peak: not reused.
             // Nor one whose `cgroup.kill` was written: a program could not be born in it
             // (see `Members::v2_killed`).
-            let reusable =
-                (!self.limits_v2.0 || self.peak.is_some()) && self.can_be_born_inside_or_v1();
+            let reusable = (!self.limits_v2.0 || self.peak.is_some()) && !self.was_killed();
             if pool.len() < POOL_SIZE && reusable && self.is_empty() {
                 pool.push(std::mem::take(&mut self.members));
                 self.removed = true;
