@@ -683,9 +683,44 @@ async fn isolation_rows(
         !full_jail || rate / direct_rate >= 0.5,
     );
     if full_jail {
+        namespace_floor_rows(args, direct_rate).await;
         files::round_trip_rows(&mut isolated, args.latency_runs.min(50)).await?;
     }
     Ok(())
+}
+
+/// The ceiling any jail can reach on this host: the same `sh -c 'echo x'` started
+/// through util-linux's `unshare` with the namespaces a jail needs (PID with a fresh
+/// `/proc`, mount, IPC, UTS, cgroup; and a fresh network namespace or none), and nothing
+/// else: no gateway, cgroup, read-only root, user switch or system-call filter. Beside
+/// the gateway's figure it shows how much of the gap is the kernel's own price.
+async fn namespace_floor_rows(args: &Args, direct_rate: f64) {
+    for (what, network) in [("with a new network namespace", true), ("without", false)] {
+        let mut command = vec![
+            "--fork",
+            "--pid",
+            "--mount-proc",
+            "--mount",
+            "--ipc",
+            "--uts",
+            "--cgroup",
+        ];
+        if network {
+            command.push("--net");
+        }
+        command.extend(["sh", "-c", "echo x"]);
+        match exec_rate("unshare", &command, args.executions, args.concurrency).await {
+            Ok(rate) => row(
+                &format!("namespaces alone (unshare, {what}): executions/s"),
+                rate,
+                direct_rate,
+                rate / direct_rate,
+                "-",
+                true,
+            ),
+            Err(err) => println!("  [namespaces alone, {what}: not measured: {err:#}]"),
+        }
+    }
 }
 
 /// Waits (up to 30 s) until every warm pool of the gateway at `addr` is full; false if
@@ -1467,19 +1502,35 @@ async fn gateway_exec_rate(
 }
 
 async fn direct_exec_rate(total: usize, concurrency: usize) -> anyhow::Result<f64> {
+    exec_rate("sh", &["-c", "echo x"], total, concurrency).await
+}
+
+/// Runs `program` with `args` `total` times, `concurrency` at a time, each to its end;
+/// how many ran per second.
+async fn exec_rate(
+    program: &'static str,
+    args: &[&'static str],
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let args: std::sync::Arc<[&'static str]> = args.into();
     let start = Instant::now();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let next = next.clone();
+        let (next, args) = (next.clone(), args.clone());
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                let output = tokio::process::Command::new("sh")
-                    .args(["-c", "echo x"])
+                let output = tokio::process::Command::new(program)
+                    .args(args.iter())
                     .output()
                     .await?;
                 if !output.status.success() {
-                    bail!("direct spawn failed: {:?}", output.status);
+                    bail!(
+                        "{program} failed: {:?}: {}",
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    );
                 }
             }
             anyhow::Ok(())
