@@ -165,9 +165,28 @@ pub(super) async fn run_cell(
             }
         }
     }
+    // A fresh interpreter takes cells once its start is over (its imports at start can
+    // take a while); the cell waits for that, within its own time.
+    let limits = spec.limits;
+    let booted = match guard.as_ref() {
+        Some(kernel) => tokio::select! {
+            biased;
+            () = run.cancel.cancelled() => Ok(()),
+            () = kernel.ready() => Ok(()),
+            () = tokio::time::sleep(limits.timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the interpreter did not finish starting",
+            )),
+        },
+        None => Ok(()),
+    };
     if run.cancel.is_cancelled() {
         // Cancelled while its interpreter started: nothing was sent, so the interpreter
-        // stays for the session's next cell, and the code never runs.
+        // stays for the session's next cell (still starting, maybe), and the code never
+        // runs. From now on no cell runs: its CPU time counts against its idle budget.
+        if let Some(kernel) = guard.as_ref() {
+            kernel.idle(kernel.tree_cpu());
+        }
         drop(guard);
         let event = Event::cancelled(id.clone(), "execution cancelled before it started");
         run.finish(event).await;
@@ -178,9 +197,9 @@ pub(super) async fn run_cell(
     }
     // An interpreter that stops reading its socket must not hold the cell (and the
     // session's queue) forever: handing over the cell obeys cancel and the timeout.
-    let limits = spec.limits;
-    let sent = match guard.as_mut() {
-        Some(kernel) => {
+    let sent = match (booted, guard.as_mut()) {
+        (Err(err), _) => Err(err),
+        (Ok(()), Some(kernel)) => {
             let tree_cpu_before = kernel.tree_cpu();
             let started_at = Instant::now();
             tokio::select! {
@@ -189,7 +208,7 @@ pub(super) async fn run_cell(
                 () = tokio::time::sleep(limits.timeout) => Err(io::Error::from(io::ErrorKind::TimedOut)),
             }
         }
-        None => Err(io::Error::other("no interpreter")),
+        (Ok(()), None) => Err(io::Error::other("no interpreter")),
     };
     match sent {
         Ok((pipes, tree_cpu_before, started_at)) => {

@@ -16,7 +16,16 @@ struct Environment(PathBuf);
 
 impl Environment {
     fn create() -> Result<Self> {
-        let dir = PathBuf::from(format!("/var/lib/sluice-test-venv-{}", std::process::id()));
+        Self::create_as("probe")
+    }
+
+    /// As [`Environment::create`], under a name of its own (`tag`): tests run at once in
+    /// one process.
+    fn create_as(tag: &str) -> Result<Self> {
+        let dir = PathBuf::from(format!(
+            "/var/lib/sluice-test-venv-{tag}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         // The system's interpreter, which every user can start (a pyenv one under
         // /root is not, for unjailed programs).
@@ -49,6 +58,29 @@ impl Environment {
         // Readable by the user unjailed programs run as.
         open_up(&env.0)?;
         Ok(env)
+    }
+
+    /// The environment's site-packages.
+    fn site_packages(&self) -> Result<PathBuf> {
+        Ok(std::fs::read_dir(self.0.join("lib"))?
+            .flatten()
+            .map(|entry| entry.path().join("site-packages"))
+            .find(|path| path.is_dir())
+            .context("the environment's site-packages")?)
+    }
+
+    /// Makes every start of an interpreter of the environment that runs with a `TMPDIR`
+    /// (as the gateway starts them; its package listing has none) slow: a `.pth` file
+    /// (run by `site` at start, before any code of the gateway's) adds the process's pid
+    /// to `$TMPDIR/starts`, then sleeps `seconds`.
+    fn slow_start(&self, seconds: f64) -> Result<()> {
+        let line = format!(
+            "import os, time; 'TMPDIR' in os.environ and (open(os.path.join(os.environ['TMPDIR'], 'starts'), 'a').write(str(os.getpid()) + chr(10)), time.sleep({seconds}))\n"
+        );
+        let pth = self.site_packages()?.join("sluice_slow_start.pth");
+        std::fs::write(&pth, line)?;
+        open_up(&pth)?;
+        Ok(())
     }
 
     fn spec(&self) -> RuntimeSpec {
@@ -178,6 +210,105 @@ async fn a_virtual_environment_runtime_runs_in_its_environment_jailed_and_unjail
             outcome.terminal
         );
         client.close().await?;
+        gateway.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A cell cancelled while its session's interpreter is still starting (here its start
+/// takes seconds: a `.pth` file of the environment sleeps) ends `cancelled` at once,
+/// its code never runs, and the same interpreter, once started, runs the next cell.
+/// Before the gateway waited for the interpreter to say it had started, the code was
+/// sent at once, the cancel's interrupt could not stop a start, and the interpreter was
+/// killed after the grace (a second interpreter ran the next cell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_cancelled_while_its_interpreter_starts_never_runs_and_the_interpreter_stays(
+) -> Result<()> {
+    if forced_isolation().is_some() {
+        return Ok(());
+    }
+    if !sluice_tests::running_as_root() {
+        sluice_tests::skip(
+            "the environment goes under /var/lib and the session keeps a workspace: both need root",
+        );
+        return Ok(());
+    }
+    let env = Environment::create_as("slow")?;
+    env.slow_start(2.0)?;
+    let mut levels = vec![Isolation::Cgroups];
+    if jail_available() {
+        levels.push(Isolation::Namespaces);
+    }
+    for isolation in levels {
+        let mut runtimes = RuntimeSpec::defaults();
+        runtimes.push(env.spec());
+        let gateway = TestGateway::spawn_with(Config {
+            isolation,
+            runtimes,
+            ..Config::default()
+        })
+        .await;
+        let mut socket = gateway.raw().await?;
+        // A workspace: the interpreter's TMPDIR, where its start leaves `starts`.
+        socket.attach_workspace("boot").await?;
+        let envpy = |id: &str, code: &str| sluice_protocol::ExecuteRequest {
+            language: "envpy".into(),
+            ..cell("boot", id, code)
+        };
+        socket.execute(envpy("c1", "x = 1\nprint('ran')")).await?;
+        // The interpreter is starting once its start wrote `starts` (then it sleeps).
+        let listed = |event: &sluice_protocol::Event| {
+            event
+                .entries
+                .as_ref()
+                .is_some_and(|entries| entries.iter().any(|entry| entry.name == "starts"))
+        };
+        let deadline = std::time::Instant::now() + sluice_tests::patience();
+        let mut asked = 0;
+        loop {
+            asked += 1;
+            let request = format!("list{asked}");
+            socket
+                .send_json(&serde_json::json!({"type": "list_files", "request": request, "session": "boot"}))
+                .await?;
+            let answer = socket
+                .next_event_where(|e| e.request.as_deref() == Some(request.as_str()))
+                .await?;
+            if listed(&answer) {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{isolation:?}: the interpreter never started: {answer:?}"
+            );
+        }
+        socket.cancel("c1").await?;
+        let first = socket.events_until_terminal("c1").await?;
+        let end = first.last().context("no terminal event")?;
+        ensure!(
+            end.kind == sluice_protocol::EventKind::Cancelled
+                && end.data.contains("before it started"),
+            "{isolation:?}: the cell cancelled while its interpreter started: {first:?}"
+        );
+        let c1_events = sluice_tests::events_of(socket.received(), "c1");
+        ensure!(
+            c1_events.len() == 1,
+            "{isolation:?}: the cancelled cell did more than end: {c1_events:?}"
+        );
+        // Its code never ran, and one interpreter (one pid in `starts`) runs the next.
+        socket
+            .execute(envpy(
+                "c2",
+                "import os\nstarts = set(open(os.path.join(os.environ['TMPDIR'], 'starts')).read().split())\nprint('x' in globals(), starts == {str(os.getpid())})",
+            ))
+            .await?;
+        let second = socket.events_until_terminal("c2").await?;
+        let stdout = sluice_tests::text_of(&second, sluice_protocol::EventKind::Stdout);
+        ensure!(
+            stdout == "False True\n",
+            "{isolation:?}: the next cell: {second:?}"
+        );
+        socket.close().await?;
         gateway.shutdown().await?;
     }
     Ok(())

@@ -385,6 +385,7 @@ impl Kernel {
             arrived: Notify::new(),
             cgroup_dir,
             procs: procs.clone(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         });
         let forwarders = match outputs {
             Some((stdout, stderr)) => Some([
@@ -512,6 +513,26 @@ impl Kernel {
         let mut cell = lock(&self.replies.current);
         cell.awaited = false;
         cell.idle_from = Some((cpu, std::time::Instant::now()));
+    }
+
+    /// Waits until the interpreter has started and reads cells (its driver said so),
+    /// or is gone (then [`Kernel::send`] fails). A cell is sent only after this, so one
+    /// cancelled while the interpreter starts never reaches it.
+    pub(crate) async fn ready(&self) {
+        loop {
+            let arrived = self.replies.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self
+                .replies
+                .ready
+                .load(std::sync::atomic::Ordering::Acquire)
+                || lock(&self.replies.current).reply.is_some()
+            {
+                return;
+            }
+            arrived.await;
+        }
     }
 
     /// Sends a cell; returns the gateway's ends of its pipes.

@@ -19,7 +19,8 @@
 // declarations persist, `await` works at the top level, and the value of the last
 // expression becomes the cell's result. SIGINT interrupts the running cell (a loop
 // too); between cells it is ignored, and the kernel lets one that arrived late pass
-// before it says {"cell": n, "started": true}.
+// before it says {"cell": n, "started": true}. Before the first cell, once started, it
+// says {"ready": true}, once (the gateway sends no cell before that).
 //
 // Rich output: `display(value, options)` and `updateDisplay(value, {display_id})` are
 // globals; each writes a display record, ESC ] sluice;<kind>;<JSON> BEL, on stdout,
@@ -577,6 +578,8 @@ async function main() {
     throw new CellExit(code);
   };
   process.argv = [process.argv[0]];
+  // Started: a cell sent from now on runs; one cancelled before this never reached us.
+  send({ ready: true });
   for await (const { number, source } of messages(control)) {
     if (number === 0) {
       send({ cell: 0, answer: answerQuery(source) });

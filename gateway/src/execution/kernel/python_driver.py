@@ -25,6 +25,10 @@
 # on receiving a cell the kernel discards one left over from the previous cell, then
 # says {"cell": n, "started": true}: the gateway sends interrupts for a cell only after that.
 #
+# Before the first cell, once its start is over (site imports and all), the kernel says
+# {"ready": true}, once: the gateway sends no cell before it, so a cell cancelled while
+# the interpreter starts is never sent and the interpreter stays for the next one.
+#
 # Rich output: `display()` and `update_display()` are defined in the cells' namespace,
 # and the value of a cell's last expression becomes its result. Each is written to the
 # cell's stdout as a display record, ESC ] sluice;<kind>;<JSON> BEL, which the gateway
@@ -776,6 +780,8 @@ def main():
     # matplotlib, if a cell imports it, draws off screen and shows figures as images.
     sys.meta_path.append(InlineBackend)
     os.environ.setdefault("MPLBACKEND", "module://" + INLINE_BACKEND)
+    # Started: a cell sent from now on runs; one cancelled before this never reached us.
+    control.sendall(b'{"ready": true}\n')
     while True:
         cell = receive(control)
         if cell is None:

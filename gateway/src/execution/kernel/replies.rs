@@ -6,6 +6,7 @@ use super::cell_processes::{descendants, listed};
 use super::{CellReply, IDLE_CHECK, IDLE_CPU_ALLOWANCE, IDLE_CPU_BANK, IDLE_CPU_PERCENT};
 use crate::sys::{self, Signal};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
@@ -25,6 +26,9 @@ struct Line {
     /// A query's answer (its cell is 0).
     #[serde(default)]
     answer: Option<serde_json::Value>,
+    /// The interpreter has started and reads cells (said once, before the first).
+    #[serde(default)]
+    ready: bool,
 }
 
 /// Most lines of a traceback kept, and most bytes of each part of an exception: the
@@ -106,6 +110,8 @@ pub(super) struct Replies {
     pub(super) cgroup_dir: Option<PathBuf>,
     /// The cgroup's process list (also v1).
     pub(super) procs: Option<PathBuf>,
+    /// The driver said it has started (its `{"ready": true}`): cells may be sent.
+    pub(super) ready: AtomicBool,
 }
 
 impl Replies {
@@ -271,8 +277,12 @@ pub(super) async fn read_replies(
         let mut cell = lock(&replies.current);
         // Only the cell being waited for may be answered, once: anything else is not
         // the driver talking in step (a cell faking its end, or the real end after it).
+        // The start is said once, before any cell's answer (a query may already be
+        // waiting: it was sent anyway).
         let in_step = parsed.as_ref().map_or(true, |line| {
-            if cell.query {
+            if line.ready {
+                line.cell.is_none() && !replies.ready.load(Ordering::Acquire)
+            } else if cell.query {
                 cell.awaited && line.cell == Some(0) && !line.started && line.answer.is_some()
             } else {
                 cell.awaited && line.cell == Some(cell.number) && !(line.started && cell.started)
@@ -290,6 +300,7 @@ pub(super) async fn read_replies(
             return;
         }
         match parsed {
+            Ok(Line { ready: true, .. }) => replies.ready.store(true, Ordering::Release),
             Ok(Line {
                 answer: Some(answer),
                 ..
