@@ -40,13 +40,7 @@ impl Environment {
             .context("python3 -m venv")?;
         ensure!(made.success(), "python3 -m venv failed");
         let env = Self(dir);
-        let lib = env.0.join("lib");
-        let version = std::fs::read_dir(&lib)?
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| path.join("site-packages").is_dir())
-            .context("the environment's site-packages")?;
-        let site = version.join("site-packages");
+        let site = env.site_packages()?;
         std::fs::write(site.join("sluice_env_probe.py"), "VALUE = 42\n")?;
         // What an installed distribution leaves: the catalog lists it.
         let dist_info = site.join("sluice_env_probe-4.2.0.dist-info");
@@ -62,11 +56,11 @@ impl Environment {
 
     /// The environment's site-packages.
     fn site_packages(&self) -> Result<PathBuf> {
-        Ok(std::fs::read_dir(self.0.join("lib"))?
+        std::fs::read_dir(self.0.join("lib"))?
             .flatten()
             .map(|entry| entry.path().join("site-packages"))
             .find(|path| path.is_dir())
-            .context("the environment's site-packages")?)
+            .context("the environment's site-packages")
     }
 
     /// Makes every start of an interpreter of the environment that runs with a `TMPDIR`
