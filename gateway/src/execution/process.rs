@@ -191,9 +191,6 @@ impl Launch<'_> {
                             shared_workspace: self.workspace.is_some(),
                             scratch_bytes: self.scratch_bytes,
                             expose: jail.exposure_for(&self.runtime.program),
-                            // Born in it, or joined before its exec
-                            // (`sys::spawn_program`): the jail need not join.
-                            cgroups: Vec::new(),
                             rlimits: rlimit_list(&self.rlimits, self.processes),
                             no_network: !self.runtime.network,
                             env: crate::sandbox::jail::environment(self.env.iter().copied()),
@@ -246,6 +243,9 @@ impl Launch<'_> {
                     lower_priority: false,
                     terminal: self.terminal.map(|terminal| terminal.program_side.as_fd()),
                     terminal_as_stdio_only: true,
+                    stdio: None,
+                    control: None,
+                    subreaper: false,
                 };
                 self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }
@@ -271,6 +271,9 @@ impl Launch<'_> {
                         .is_some_and(ExecutionCgroup::shares_cpu),
                     terminal: self.terminal.map(|terminal| terminal.program_side.as_fd()),
                     terminal_as_stdio_only: false,
+                    stdio: None,
+                    control: None,
+                    subreaper: false,
                 };
                 self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }
@@ -346,15 +349,14 @@ impl Launch<'_> {
 }
 
 impl ChildGroup {
-    /// Takes charge of a child started in its own process group (inside `cgroup`, if
-    /// given).
+    /// Takes charge of child `pid`, started in its own process group (inside `cgroup`,
+    /// if given).
     pub(crate) fn watch(
-        mut child: std::process::Child,
+        pid: u32,
         cgroup: Option<ExecutionCgroup>,
         sandbox_ids: Option<IdLease>,
         package_proxy: Option<crate::packages::ProxyHandle>,
     ) -> io::Result<Self> {
-        let pid = child.id();
         match sys::exit_watcher(pid) {
             Ok(exit) => Ok(Self {
                 pid,
@@ -368,7 +370,7 @@ impl ChildGroup {
             }),
             Err(err) => {
                 let _ = sys::signal_group(pid, Signal::Kill);
-                let _ = child.wait();
+                let _ = sys::reap_blocking(pid);
                 Err(err)
             }
         }

@@ -70,9 +70,6 @@ pub struct JailSpec {
     /// Ptys the jail's own devpts hands out (`None`: a small default). Every jail's
     /// come out of the host's shared pool (`kernel.pty.max` less its reserve).
     pub ptys: Option<u32>,
-    /// cgroup v2 directories the jail joins before it starts anything (v2 moves whole
-    /// processes only, so the gateway cannot put a program in one as it spawns it).
-    pub cgroups: Vec<PathBuf>,
     /// A descriptor the program inherits at the same number (a persistent interpreter's
     /// control socket); the jail's own processes close their copies.
     pub keep_fd: Option<i32>,
@@ -371,9 +368,6 @@ impl JailSpec {
         for dir in &self.expose {
             pair("--expose", dir.clone().into_os_string());
         }
-        for dir in &self.cgroups {
-            pair("--cgroup", dir.clone().into_os_string());
-        }
         for dir in &self.hide {
             pair("--hide", dir.clone().into_os_string());
         }
@@ -540,7 +534,6 @@ impl JailSpec {
                             .ok_or_else(|| SpecError("--nice takes 0 to 19".into()))?,
                     );
                 }
-                "--cgroup" => spec.cgroups.push(PathBuf::from(&value)),
                 "--hide" => spec.hide.push(PathBuf::from(&value)),
                 "--ptys" => {
                     let ptys = number("--ptys")?;

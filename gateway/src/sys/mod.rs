@@ -272,35 +272,6 @@ pub(crate) fn read_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io
 /// The descriptor number a persistent interpreter finds its control socket at.
 pub(crate) const CONTROL_FD: i32 = 3;
 
-/// Starts `command` with `fd` as its descriptor 3 (a persistent interpreter's control
-/// socket). This needs a `pre_exec` hook, so it takes std's fork path: fine for the
-/// rare interpreter start, unlike the per-execution spawn.
-pub(crate) fn spawn_with_fd3(
-    command: &mut std::process::Command,
-    fd: &OwnedFd,
-) -> io::Result<std::process::Child> {
-    use std::os::unix::process::CommandExt as _;
-    let raw = fd.as_raw_fd();
-    // SAFETY: the hook runs in the child between fork and exec and calls only dup2 and
-    // fcntl, which are async-signal-safe; it captures a plain integer.
-    #[allow(clippy::disallowed_methods)] // the one place a pre_exec hook is needed
-    unsafe {
-        command.pre_exec(move || {
-            let rc = if raw == 3 {
-                // Already in place: only the close-on-exec flag must go.
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
-}
-
 /// Sends `data` on a Unix stream socket with `fds` attached (`SCM_RIGHTS`); returns the
 /// bytes sent. Never blocks on a non-blocking socket (`WouldBlock` instead).
 pub(crate) fn send_with_fds(
@@ -372,33 +343,6 @@ impl Rlimits {
             (libc::RLIMIT_NOFILE, self.open_files.map(|n| (n, n))),
         ]
     }
-
-    /// Installs the limits in `command`'s child between fork and exec. This takes std's
-    /// fork path, which costs about 0.5-1 ms of gateway CPU per start (measured with
-    /// sluice-bench): only for the rare interpreter start; executions use
-    /// [`spawn_program`].
-    pub(crate) fn apply_on_exec(self, command: &mut std::process::Command) {
-        use std::os::unix::process::CommandExt as _;
-        let limits = self.entries();
-        // SAFETY: the hook runs in the child between fork and exec and only calls
-        // setrlimit, which is async-signal-safe, on values computed before the fork.
-        #[allow(clippy::disallowed_methods)] // setrlimit must run in the child
-        unsafe {
-            command.pre_exec(move || {
-                for (resource, value) in limits {
-                    let Some((soft, hard)) = value else { continue };
-                    let limit = libc::rlimit {
-                        rlim_cur: soft as libc::rlim_t,
-                        rlim_max: hard as libc::rlim_t,
-                    };
-                    if libc::setrlimit(resource, &limit) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
 }
 
 /// The gateway's own hard limit on open descriptors: a program cannot be given more.
@@ -462,147 +406,9 @@ pub(crate) fn effective_gid() -> u32 {
     unsafe { libc::getegid() }
 }
 
-/// Makes `command`'s child join the cgroup v2 whose `cgroup.procs` is `procs` between
-/// fork and exec (v2 moves whole processes only: the child moves itself).
-pub(crate) fn join_cgroup_on_exec(
-    command: &mut std::process::Command,
-    procs: &std::path::Path,
-) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    use std::os::unix::process::CommandExt as _;
-    let path = std::ffi::CString::new(procs.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a cgroup path"))?;
-    // SAFETY: the hook runs in the child between fork and exec and only calls open,
-    // write and close on a path prepared before the fork.
-    #[allow(clippy::disallowed_methods)] // the move must happen in the child
-    unsafe {
-        command.pre_exec(move || {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if written != 1 {
-                return Err(err);
-            }
-            Ok(())
-        });
-    }
-    Ok(())
-}
-
-/// Makes `command`'s child drop to `uid` and `gid`, with no supplementary groups, between
-/// fork and exec, after every hook registered before this one (so a hook that needs root,
-/// such as [`no_network_on_exec`], still has it).
-pub(crate) fn drop_to_user_on_exec(command: &mut std::process::Command, uid: u32, gid: u32) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: the hook runs in the child between fork and exec and only calls setgroups,
-    // setgid and setuid, plain system calls, on integers captured before the fork.
-    #[allow(clippy::disallowed_methods)] // the drop must follow the other hooks
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Detaches `command`'s child from the controlling terminal it inherits from the gateway
-/// (its operator's terminal, when the gateway runs in one) between fork and exec, so it
-/// cannot open `/dev/tty` and write or type there. The child leads its own process group
-/// (`process_group(0)` comes first), not a session: `TIOCNOTTY` only detaches it. Nothing
-/// to do without a terminal (`ENXIO`), without `/dev/tty` or on one hung up.
-pub(crate) fn leave_controlling_terminal_on_exec(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: the hook runs in the child between fork and exec and only calls open, ioctl
-    // and close, plain system calls, on a path literal.
-    #[allow(clippy::disallowed_methods)] // the detach must happen in the child
-    unsafe {
-        command.pre_exec(|| {
-            let fd = libc::open(
-                c"/dev/tty".as_ptr(),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            );
-            if fd < 0 {
-                let err = io::Error::last_os_error();
-                return match err.raw_os_error() {
-                    Some(libc::ENXIO | libc::ENOENT | libc::EIO) => Ok(()),
-                    _ => Err(err),
-                };
-            }
-            let rc = libc::ioctl(fd, libc::TIOCNOTTY);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if rc != 0 {
-                return Err(err);
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Puts `command`'s child in a new, empty network namespace between fork and exec (for
-/// the rare interpreter start, which takes the fork path anyway).
-pub(crate) fn no_network_on_exec(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: the hook runs in the child between fork and exec and only calls unshare,
-    // a plain system call taking an integer.
-    #[allow(clippy::disallowed_methods)] // unshare must run in the child
-    unsafe {
-        command.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// The niceness of a program where no cpu cgroup gives executions a share below the
 /// gateway's: a nice-10 process weighs about a tenth of the gateway's threads.
 pub(crate) const PROGRAM_NICE: i32 = 10;
-
-/// Lowers `command`'s child to [`PROGRAM_NICE`] between fork and exec (an interpreter
-/// without a cpu cgroup; raising one's own niceness needs no privilege).
-pub(crate) fn lower_priority_on_exec(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: the hook runs in the child between fork and exec and only calls
-    // setpriority, a plain system call taking integers.
-    #[allow(clippy::disallowed_methods)] // setpriority must run in the child
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setpriority(libc::PRIO_PROCESS, 0, PROGRAM_NICE) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Makes `command`'s child a child subreaper (kept across its exec): what its
-/// descendants leave orphaned (a double fork, a `setsid` daemon) is reparented to it,
-/// so its whole tree stays findable from it through `/proc/<pid>/task/*/children`.
-pub(crate) fn child_subreaper_on_exec(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: the hook runs in the child between fork and exec and only calls prctl, a
-    // plain system call taking integers.
-    #[allow(clippy::disallowed_methods)] // prctl must run in the child
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
 
 /// Makes a new, empty network namespace (a loopback interface, down, and nothing else)
 /// and returns a descriptor of it, without leaving the calling thread in it: the thread

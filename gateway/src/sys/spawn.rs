@@ -54,6 +54,14 @@ pub(crate) struct ProgramPlan<'a> {
     /// With a terminal: it stays the stdio only, not the controlling terminal (for the
     /// jail, whose program takes it inside).
     pub(crate) terminal_as_stdio_only: bool,
+    /// Without a terminal: the program's stdin, stdout and stderr as given, instead of
+    /// pipes made here (a persistent interpreter's: `/dev/null`, or pipes of its own).
+    pub(crate) stdio: Option<[BorrowedFd<'a>; 3]>,
+    /// Becomes the program's descriptor 3 (a persistent interpreter's control socket).
+    pub(crate) control: Option<BorrowedFd<'a>>,
+    /// The program adopts what its descendants orphan (`PR_SET_CHILD_SUBREAPER`), so
+    /// they stay in its tree.
+    pub(crate) subreaper: bool,
 }
 
 /// A started program: its pid (it leads its own process group) and the gateway's ends
@@ -89,6 +97,8 @@ enum Step {
     User,
     Signals,
     Exec,
+    Control,
+    Subreaper,
 }
 
 impl Step {
@@ -105,6 +115,8 @@ impl Step {
             Self::User,
             Self::Signals,
             Self::Exec,
+            Self::Control,
+            Self::Subreaper,
         ]
         .into_iter()
         .find(|step| *step as i32 == raw)
@@ -125,6 +137,8 @@ impl Step {
             Self::User => "dropping to the sandbox user",
             Self::Signals => "resetting its signals",
             Self::Exec => "executing it",
+            Self::Control => "giving it its control socket",
+            Self::Subreaper => "making it adopt its orphans",
         }
     }
 }
@@ -144,6 +158,9 @@ struct ChildArgs {
     started: i32,
     /// The child's ends, all above 2, for its fds 0, 1 and 2.
     stdio: [RawFd; 3],
+    /// Above 2, for its fd 3; or -1.
+    control: RawFd,
+    subreaper: bool,
     /// The stdio is a terminal: lead a new session with it as the controlling terminal.
     terminal: bool,
     rlimits: [(libc::__rlimit_resource_t, libc::rlimit); 3],
@@ -181,12 +198,19 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
     let envp_ptrs = null_terminated(&envp);
 
     // The child's ends (dropped, in this process, once it has its copies) and ours.
-    let (child_ends, pipes) = match plan.terminal {
-        Some(terminal) => {
+    let (child_ends, pipes) = match (plan.terminal, plan.stdio) {
+        (Some(terminal), _) => {
             let side = above_stdio(terminal.try_clone_to_owned()?)?;
             (vec![side], None)
         }
-        None => {
+        (None, Some(given)) => {
+            let ends = given
+                .iter()
+                .map(|fd| above_stdio(fd.try_clone_to_owned()?))
+                .collect::<io::Result<Vec<_>>>()?;
+            (ends, None)
+        }
+        (None, None) => {
             let (stdin_child, stdin_ours) = pipe_above_stdio()?;
             let (stdout_ours, stdout_child) = pipe_above_stdio()?;
             let (stderr_ours, stderr_child) = pipe_above_stdio()?;
@@ -203,6 +227,11 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         [stdin, stdout, stderr] => [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
         _ => return Err(io::Error::other("stdio descriptors missing")),
     };
+
+    let control = plan
+        .control
+        .map(|fd| above_stdio(fd.try_clone_to_owned()?))
+        .transpose()?;
 
     let mut rlimits = [(
         0,
@@ -232,6 +261,8 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         cgroup_procs: -1,
         started: 0,
         stdio,
+        control: control.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        subreaper: plan.subreaper,
         terminal: plan.terminal.is_some() && !plan.terminal_as_stdio_only,
         rlimits,
         rlimit_count,
@@ -335,6 +366,7 @@ pub(crate) fn spawn_program(plan: &ProgramPlan<'_>) -> io::Result<StartedProgram
         ));
     }
     drop(child_ends);
+    drop(control);
     Ok(StartedProgram { pid, pipes })
 }
 
@@ -363,6 +395,22 @@ extern "C" fn child_main(raw: *mut libc::c_void) -> libc::c_int {
             if libc::dup2(fd, target) < 0 {
                 return fail(Step::Stdio);
             }
+        }
+        let control = (*args).control;
+        if control >= 0 {
+            // Above 2, so the stdio above is in place; a dup2 onto itself would keep the
+            // close-on-exec flag.
+            let moved = if control == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(control, 3)
+            };
+            if moved < 0 {
+                return fail(Step::Control);
+            }
+        }
+        if (*args).subreaper && libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
+            return fail(Step::Subreaper);
         }
         if (*args).terminal {
             // A session of its own (its group too: the gateway signals the group), whose
@@ -673,6 +721,9 @@ pub(crate) fn can_take_network() -> bool {
         lower_priority: false,
         terminal: None,
         terminal_as_stdio_only: false,
+        stdio: None,
+        control: None,
+        subreaper: false,
     });
     match started {
         Ok(started) => {
@@ -727,6 +778,9 @@ mod tests {
             lower_priority: true,
             terminal: None,
             terminal_as_stdio_only: false,
+            stdio: None,
+            control: None,
+            subreaper: false,
         });
         let canonical = dir.canonicalize().expect("temp dir");
         assert_eq!(
@@ -755,6 +809,9 @@ mod tests {
             lower_priority: false,
             terminal: None,
             terminal_as_stdio_only: false,
+            stdio: None,
+            control: None,
+            subreaper: false,
         })
         .expect_err("nothing to run");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -772,6 +829,9 @@ mod tests {
             lower_priority: false,
             terminal: None,
             terminal_as_stdio_only: false,
+            stdio: None,
+            control: None,
+            subreaper: false,
         })
         .expect_err("no such directory");
         assert!(

@@ -109,13 +109,9 @@ fn jail(spec: &JailSpec) -> ! {
         }
     };
     let fail = |what: &str, err: io::Error| -> ! { fail_with(&report, &format!("{what}: {err}")) };
-    // Into the execution's v2 cgroup before anything else happens, so everything the
-    // jail starts is counted, limited and killed with it.
-    for dir in &spec.cgroups {
-        if let Err(err) = std::fs::write(dir.join("cgroup.procs"), "0") {
-            fail(&format!("joining the cgroup {}", dir.display()), err);
-        }
-    }
+    // Already in the execution's v2 cgroup: born there, or joined before its exec
+    // (the gateway's `sys::spawn_program`), so everything it starts is counted, limited
+    // and killed with it.
     // A mirrored SIGSEGV must not write a core file.
     let _ = os::set_rlimit(libc::RLIMIT_CORE, 0, 0);
     if let Err(err) = os::hold_signals() {
@@ -126,7 +122,8 @@ fn jail(spec: &JailSpec) -> ! {
         fail("leaving the gateway's controlling terminal", err);
     }
     let (status_read, status_write) = os::pipe().unwrap_or_else(|err| fail("pipe", err));
-    // The cgroup namespace last joined above: /proc/self/cgroup shows "/" inside.
+    // A cgroup namespace made inside the execution's cgroup: /proc/self/cgroup shows "/"
+    // inside.
     let mut namespaces = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC

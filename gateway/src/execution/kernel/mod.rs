@@ -39,10 +39,8 @@ use crate::sandbox::namespaces::rlimit_list;
 use crate::sys::{self, Reaped, Signal};
 use replies::{lock, read_replies, watch_idle, CellState, Replies};
 use std::io;
-use std::os::fd::{AsRawFd as _, OwnedFd};
-use std::os::unix::process::CommandExt as _;
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt as _, BufReader};
@@ -249,74 +247,45 @@ impl Kernel {
             .iter()
             .copied()
             .chain([("HOME", home.as_str()), ("TMPDIR", home.as_str())]);
-        let (mut command, mut sandbox_ids) = match &host.jail {
-            Some(jail) => jail.command(
-                JailSpec {
-                    host_dir: workdir.path().to_path_buf(),
-                    source: Some(file_name.clone().into()),
-                    workspace: start_dir.clone(),
-                    shared_workspace: workspace.is_some(),
-                    scratch_bytes: limits.scratch_bytes,
-                    expose: jail.exposure_for(&runtime.program),
-                    cgroups: cgroup
-                        .as_ref()
-                        .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
-                        .map(Path::to_path_buf)
-                        .into_iter()
-                        .collect(),
-                    rlimits: rlimit_list(&limits.rlimits, limits.processes),
-                    keep_fd: Some(sys::CONTROL_FD),
-                    no_network: !runtime.network,
-                    env: crate::sandbox::jail::environment(env),
-                    nice: (!cgroup
-                        .as_ref()
-                        .is_some_and(crate::sandbox::ExecutionCgroup::shares_cpu))
-                    .then_some(sys::PROGRAM_NICE),
-                    command: std::iter::once(runtime.program.clone().into_os_string())
-                        .chain(kind.options().iter().map(Into::into))
-                        .chain([driver_path.clone().into_os_string()])
-                        .collect(),
-                    ..JailSpec::default()
-                },
-                runtime.offline,
-                workspace.and_then(|ws| ws.ids()),
-                host.package_proxy(runtime)
-                    .map(|_| crate::packages::PROXY_PORT),
-            )?,
-            None => (
-                {
-                    let mut command = Command::new(&runtime.program);
-                    command.args(kind.options()).arg(&driver_path);
-                    // First: v2 moves whole processes, so the child joins before it execs.
-                    if let Some(dir) = cgroup
-                        .as_ref()
-                        .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
-                    {
-                        sys::join_cgroup_on_exec(&mut command, &dir.join("cgroup.procs"))?;
-                    }
-                    // Orphans of its cells stay in its tree (for `end_cell_processes`).
-                    sys::child_subreaper_on_exec(&mut command);
-                    // Not on the terminal the gateway may run in.
-                    sys::leave_controlling_terminal_on_exec(&mut command);
-                    limits.rlimits.apply_on_exec(&mut command);
-                    if (host.no_network || runtime.offline) && !runtime.network {
-                        sys::no_network_on_exec(&mut command);
-                    }
-                    if !cgroup
-                        .as_ref()
-                        .is_some_and(crate::sandbox::ExecutionCgroup::shares_cpu)
-                    {
-                        sys::lower_priority_on_exec(&mut command);
-                    }
-                    // Last: the hooks before it may need root.
-                    if let Some(user) = host.program_user {
-                        sys::drop_to_user_on_exec(&mut command, user.uid, user.gid);
-                    }
-                    command.env_clear().envs(env);
-                    command
-                },
-                None,
-            ),
+        let env: Vec<(&str, &str)> = env.collect();
+        let cgroup_dir = cgroup
+            .as_ref()
+            .and_then(crate::sandbox::ExecutionCgroup::unified_dir);
+        let born_inside = cgroup
+            .as_ref()
+            .is_some_and(crate::sandbox::ExecutionCgroup::can_be_born_inside);
+        let shares_cpu = cgroup
+            .as_ref()
+            .is_some_and(crate::sandbox::ExecutionCgroup::shares_cpu);
+        let (jail_command, mut sandbox_ids) = match &host.jail {
+            Some(jail) => {
+                let (command, lease) = jail.command(
+                    JailSpec {
+                        host_dir: workdir.path().to_path_buf(),
+                        source: Some(file_name.clone().into()),
+                        workspace: start_dir.clone(),
+                        shared_workspace: workspace.is_some(),
+                        scratch_bytes: limits.scratch_bytes,
+                        expose: jail.exposure_for(&runtime.program),
+                        rlimits: rlimit_list(&limits.rlimits, limits.processes),
+                        keep_fd: Some(sys::CONTROL_FD),
+                        no_network: !runtime.network,
+                        env: crate::sandbox::jail::environment(env.iter().copied()),
+                        nice: (!shares_cpu).then_some(sys::PROGRAM_NICE),
+                        command: std::iter::once(runtime.program.clone().into_os_string())
+                            .chain(kind.options().iter().map(Into::into))
+                            .chain([driver_path.clone().into_os_string()])
+                            .collect(),
+                        ..JailSpec::default()
+                    },
+                    runtime.offline,
+                    workspace.and_then(|ws| ws.ids()),
+                    host.package_proxy(runtime)
+                        .map(|_| crate::packages::PROXY_PORT),
+                )?;
+                (Some(command), lease)
+            }
+            None => (None, None),
         };
         let package_proxy = crate::execution::process::serve_packages(
             runtime,
@@ -324,41 +293,92 @@ impl Kernel {
             sandbox_ids.as_mut(),
             None,
         )?;
-        // A jail starts where its spec is (the host directory) and enters the
-        // workspace itself.
-        let current_dir = match &host.jail {
-            Some(_) => workdir.path(),
-            None => &start_dir,
-        };
+        let null = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
         let mut outputs = None;
-        let (stdout, stderr) = if kind.takes_descriptors() {
-            (Stdio::null(), Stdio::null())
-        } else {
+        let mut write_ends = None;
+        if !kind.takes_descriptors() {
             let (stdout_read, stdout_write) = std::io::pipe()?;
             let (stderr_read, stderr_write) = std::io::pipe()?;
             sys::set_pipe_size(&stdout_read, PIPE_BYTES);
             sys::set_pipe_size(&stderr_read, PIPE_BYTES);
             outputs = Some((stdout_read, stderr_read));
-            (Stdio::from(stdout_write), Stdio::from(stderr_write))
+            write_ends = Some((OwnedFd::from(stdout_write), OwnedFd::from(stderr_write)));
+        }
+        let stdio = match &write_ends {
+            Some((stdout, stderr)) => [null.as_fd(), stdout.as_fd(), stderr.as_fd()],
+            None => [null.as_fd(); 3],
         };
-        command
-            .current_dir(current_dir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
-        let child = match &cgroup {
+        // Started as programs are (`sys::spawn_program`: no copy of the gateway's memory,
+        // born in its v2 cgroup where the kernel can do that), in a session of its own
+        // without a controlling terminal, with the control socket as its descriptor 3.
+        // Jailed: `sluice-jail` as it is given (it sets up the interpreter's limits,
+        // network and user inside), starting where its spec is.
+        let jailed_argv: Vec<std::ffi::OsString>;
+        let unjailed_argv: Vec<std::ffi::OsString>;
+        let jail_program: PathBuf;
+        let plan = match &jail_command {
+            Some(command) => {
+                jail_program = PathBuf::from(command.get_program());
+                jailed_argv = std::iter::once(command.get_program())
+                    .chain(command.get_args())
+                    .map(Into::into)
+                    .collect();
+                sys::ProgramPlan {
+                    program: &jail_program,
+                    argv: &jailed_argv,
+                    env: &[],
+                    cwd: workdir.path(),
+                    rlimits: sys::Rlimits::default(),
+                    no_network: false,
+                    user: None,
+                    cgroup: cgroup_dir,
+                    born_inside,
+                    lower_priority: false,
+                    terminal: None,
+                    terminal_as_stdio_only: false,
+                    stdio: Some(stdio),
+                    control: Some(theirs.as_fd()),
+                    subreaper: false,
+                }
+            }
+            None => {
+                unjailed_argv = std::iter::once(runtime.program.clone().into_os_string())
+                    .chain(kind.options().iter().map(Into::into))
+                    .chain([driver_path.clone().into_os_string()])
+                    .collect();
+                sys::ProgramPlan {
+                    program: &runtime.program,
+                    argv: &unjailed_argv,
+                    env: &env,
+                    cwd: &start_dir,
+                    rlimits: limits.rlimits,
+                    no_network: (host.no_network || runtime.offline) && !runtime.network,
+                    user: host.program_user.map(|user| (user.uid, user.gid)),
+                    cgroup: cgroup_dir,
+                    born_inside,
+                    lower_priority: !shares_cpu,
+                    terminal: None,
+                    terminal_as_stdio_only: false,
+                    stdio: Some(stdio),
+                    control: Some(theirs.as_fd()),
+                    // Orphans of its cells stay in its tree (for `end_cell_processes`).
+                    subreaper: true,
+                }
+            }
+        };
+        let started = match &cgroup {
             Some(cgroup) => cgroup
-                .spawn_inside(|| sys::spawn_with_fd3(&mut command, &theirs))
+                .spawn_inside(|| sys::spawn_program(&plan))
                 .and_then(|spawned| spawned),
-            None => sys::spawn_with_fd3(&mut command, &theirs),
+            None => sys::spawn_program(&plan),
         };
-        drop(theirs);
-        // The interpreter holds the write ends now (the command keeps the gateway's
-        // copies until it goes).
-        drop(command);
-        let child = match child {
-            Ok(child) => child,
+        // The interpreter holds its ends now.
+        drop((theirs, write_ends, null, jail_command));
+        let pid = match started {
+            Ok(started) => started.pid,
             Err(err) => {
                 workdir.remove();
                 return Err(err);
@@ -371,7 +391,7 @@ impl Kernel {
             .as_ref()
             .and_then(crate::sandbox::ExecutionCgroup::unified_dir)
             .map(Path::to_path_buf);
-        let child = ChildGroup::watch(child, cgroup, sandbox_ids, package_proxy)?;
+        let child = ChildGroup::watch(pid, cgroup, sandbox_ids, package_proxy)?;
         let pid = child.pid();
         let network = host.gives_network(runtime);
         ours.set_nonblocking(true)?;

@@ -9,9 +9,9 @@
 //!   execution's cgroups, spawns (the child is born inside), and moves back. Only v1
 //!   moves single threads.
 //! * **cgroup v2** (the unified hierarchy) moves whole processes only, so the program's
-//!   first process joins it itself, before it starts anything: the jail (`sluice-jail
-//!   --cgroup`), or an unjailed program's child before its exec (`sys::spawn_program`,
-//!   or a persistent interpreter's pre_exec hook). It gives every execution
+//!   first process (the jail, an unjailed program, a persistent interpreter or its
+//!   jail) is born in it (`clone3` with `CLONE_INTO_CGROUP`) or joins it itself before
+//!   its exec, both in `sys::spawn_program`. It gives every execution
 //!   `cgroup.kill` and CPU time for the whole tree (`cpu.stat`), and memory and process
 //!   limits where the gateway's cgroup has those controllers to delegate.
 //!

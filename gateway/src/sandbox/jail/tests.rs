@@ -14,7 +14,6 @@ fn a_spec_survives_its_arguments() {
         map_to: Some((165_536, 165_536)),
         no_network: true,
         expose: vec!["/root/.pyenv/versions/3.11.7".into()],
-        cgroups: vec!["/sys/fs/cgroup/sluice-1-0/x4".into()],
         hide: vec!["/home/gateway".into()],
         ptys: Some(2),
         rlimits: vec![
