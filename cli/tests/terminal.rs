@@ -393,6 +393,17 @@ async fn an_unreachable_gateway_is_one_line() -> Result<()> {
     let done = finish(&gateway, &["attach", "--url", &url, "any"], None).await?;
     assert_eq!(done.code(), Some(69));
     done.assert_one_error_line("cannot reach the gateway")?;
+    // A live gateway at the wrong path (its playground page answers there): the line
+    // names the endpoint.
+    let page = format!("ws://{}/", gateway.addr());
+    let done = finish(
+        &gateway,
+        &["run", "--url", &page, "-l", "sh", "-c", "echo never"],
+        None,
+    )
+    .await?;
+    assert_eq!(done.code(), Some(69));
+    done.assert_one_error_line("endpoint is the path /v1/ws")?;
     // A credential in the URL (`?token=`) is not printed with it.
     let with_token = format!("{url}?token=sluice_not-for-the-terminal");
     let done = finish(&gateway, &["attach", "--url", &with_token, "any"], None).await?;
@@ -662,6 +673,20 @@ async fn shell_types_its_input_and_exits_with_the_shells_status() -> Result<()> 
     assert_eq!(done.code(), Some(3), "{}", done.stderr);
     ensure!(
         done.stdout_text().contains("answer 42\r\n"),
+        "{:?}",
+        done.stdout_text()
+    );
+    // Piped input that ends without `exit`: its end is typed as Ctrl-D, and the shell
+    // ends there (it waited for more until its time limit).
+    let done = finish(
+        &gateway,
+        &["shell", "-l", "sh"],
+        Some(b"echo piped $((6 * 7))\n".to_vec()),
+    )
+    .await?;
+    assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    ensure!(
+        done.stdout_text().contains("piped 42\r\n"),
         "{:?}",
         done.stdout_text()
     );

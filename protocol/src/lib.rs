@@ -54,6 +54,49 @@ pub const SUBPROTOCOL: &str = "sluice.v1";
 /// The HTTP path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/v1/ws";
 
+/// What may be wrong with `url` as a gateway's WebSocket endpoint, for the message of a
+/// connection that failed: a scheme other than `ws://` or `wss://`, or a path that does
+/// not end in [`WS_PATH`] (a proxy may mount the gateway under a prefix of its own).
+pub fn endpoint_hint(url: &str) -> Option<String> {
+    let example = format!("ws://127.0.0.1:7878{WS_PATH}");
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some(format!(
+            "a gateway's URL starts with ws:// or wss://, e.g. {example}"
+        ));
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "ws" | "wss") {
+        return Some(format!(
+            "a gateway's URL starts with ws:// or wss://, not {scheme}://, e.g. {example}"
+        ));
+    }
+    let before_query = rest.split(['?', '#']).next().unwrap_or_default();
+    let path = before_query.find('/').map_or("", |at| &before_query[at..]);
+    (!path.trim_end_matches('/').ends_with(WS_PATH))
+        .then(|| format!("the gateway's WebSocket endpoint is the path {WS_PATH}, e.g. {example}"))
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::endpoint_hint;
+
+    #[test]
+    fn a_wrong_scheme_or_path_gets_a_hint_and_the_endpoint_none() {
+        assert!(endpoint_hint("ws://127.0.0.1:7878/v1/ws").is_none());
+        assert!(endpoint_hint("wss://example.com/sluice/v1/ws/?token=x").is_none());
+        for wrong in [
+            "ws://127.0.0.1:7878/",
+            "ws://127.0.0.1:7878",
+            "ws://h/v1/runtimes",
+            "http://127.0.0.1:7878/v1/ws",
+            "127.0.0.1:7878",
+        ] {
+            let hint = endpoint_hint(wrong).unwrap_or_default();
+            assert!(hint.contains("/v1/ws"), "{wrong}: {hint}");
+        }
+        assert!(endpoint_hint("http://h/v1/ws").is_some_and(|hint| hint.contains("not http://")));
+    }
+}
+
 /// The HTTP path that answers what a `runtimes` frame does, as JSON ([`Catalog`]).
 pub const RUNTIMES_PATH: &str = "/v1/runtimes";
 

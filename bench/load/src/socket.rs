@@ -70,7 +70,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn connect(scenario: &Scenario) -> Result<Conn, DriveError> {
     let fail = |reason: String| DriveError::Connect {
         url: scenario.url.clone(),
-        reason,
+        reason: match sluice_protocol::endpoint_hint(&scenario.url) {
+            Some(hint) => format!("{reason} ({hint})"),
+            None => reason,
+        },
     };
     let mut request = scenario
         .url
@@ -93,12 +96,18 @@ pub(crate) async fn connect(scenario: &Scenario) -> Result<Conn, DriveError> {
     let (ws, _) = match connected {
         Ok(done) => done,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            // The gateway's refusals are one line; anything else (a page) is not shown.
             let body = response
                 .body()
                 .as_deref()
                 .map(|b| String::from_utf8_lossy(b).trim().to_owned())
                 .unwrap_or_default();
-            return Err(fail(format!("HTTP {}: {body}", response.status())));
+            let shown = match body.lines().next() {
+                Some(line) if !line.starts_with('<') && body.len() <= 500 => format!(": {line}"),
+                Some(_) => " (a page, not a WebSocket endpoint)".to_owned(),
+                None => String::new(),
+            };
+            return Err(fail(format!("HTTP {}{shown}", response.status())));
         }
         Err(err) => return Err(fail(err.to_string())),
     };

@@ -60,11 +60,17 @@ pub(crate) struct ShellArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = super::parse_env)]
     env: Vec<(String, String)>,
 
-    /// Wall-clock limit of the whole session, in milliseconds (the gateway's default
-    /// applies otherwise: see `sluice serve --help`).
+    /// Wall-clock limit of the whole shell, in milliseconds. By default the longest the
+    /// gateway allows this client (its `timeout_ms` maximum, as `GET /v1/runtimes`
+    /// lists it), as the playground's terminal gets: an interactive shell waits for a
+    /// person.
     #[arg(long, value_name = "MS")]
     timeout_ms: Option<u64>,
 }
+
+/// What Ctrl-D types: at the start of a line, the end of input for the program reading
+/// the terminal.
+const END_OF_INPUT: &str = "\u{4}";
 
 /// Runs `sluice shell` and returns the status to exit with.
 pub(crate) fn shell_main(args: ShellArgs) -> i32 {
@@ -73,7 +79,7 @@ pub(crate) fn shell_main(args: ShellArgs) -> i32 {
             Ok(request) => request,
             Err(failure) => return failure.report(),
         };
-        match run(request, &args.gateway).await {
+        match run(request, &args.gateway, true).await {
             Ok(code) => code,
             Err(failure) => failure.report(),
         }
@@ -141,9 +147,12 @@ fn protocol_size((cols, rows): (u16, u16)) -> (u16, u16) {
 }
 
 /// Runs `request` on a remote terminal driven from this one; the status to exit with.
+/// Without a `timeout_ms` in `request`, `longest` asks for the longest the gateway
+/// allows (a shell), else its default applies (`sluice run -t`).
 pub(crate) async fn run(
     mut request: ExecuteRequest,
     gateway: &GatewayArgs,
+    longest: bool,
 ) -> Result<i32, Failure> {
     let mut interrupts = Interrupts::install()?;
     let mut winch =
@@ -160,6 +169,15 @@ pub(crate) async fn run(
         client = gateway.connect() => client?,
         () = interrupts.recv() => return Ok(exit::CANCELLED),
     };
+    if request.limits.timeout_ms.is_none() && longest {
+        // The longest the gateway allows (the catalog's maximum for this credential);
+        // without an answer, the gateway's default applies.
+        request.limits.timeout_ms = client
+            .runtimes()
+            .await
+            .ok()
+            .and_then(|catalog| catalog.limits.get("timeout_ms").map(|range| range.max));
+    }
     let mut socket_events = client.socket_events();
     let execution = client.execute(request).await.map_err(|err| match err {
         ClientError::Unauthorized { reason } => Failure::new(
@@ -221,10 +239,12 @@ async fn drive(
                         keys = None;
                     }
                 }
-                // Input that is not a terminal ended: type its end, once.
+                // Input that is not a terminal ended: type its end (Ctrl-D), once, as a
+                // person would at the remote terminal; a closed stdin means nothing to
+                // a program reading a terminal.
                 None => {
                     keys = None;
-                    let _ = execution.close_stdin().await;
+                    let _ = execution.send_stdin(END_OF_INPUT.to_owned()).await;
                 }
             },
             Some(event) = next_refusal(socket_events) => {

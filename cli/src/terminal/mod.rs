@@ -112,11 +112,13 @@ impl GatewayArgs {
             ..ClientOptions::default()
         };
         let unreachable = |why: String| {
+            let hint = sluice_protocol::endpoint_hint(&self.url).unwrap_or_else(|| {
+                "is `sluice serve` running there? set --url or SLUICE_URL".to_owned()
+            });
             Failure::new(
                 exit::UNAVAILABLE,
                 format!(
-                    "cannot reach the gateway at {}: {why} (is `sluice serve` running there? \
-                     set --url or SLUICE_URL)",
+                    "cannot reach the gateway at {}: {why} ({hint})",
                     sluice_client::redact_url(&self.url)
                 ),
             )

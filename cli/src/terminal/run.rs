@@ -158,7 +158,7 @@ pub(crate) fn main(args: RunArgs) -> i32 {
 
 async fn run(args: RunArgs) -> Result<i32, Failure> {
     if args.tty {
-        return super::interactive::run(args.request()?, &args.gateway).await;
+        return super::interactive::run(args.request()?, &args.gateway, false).await;
     }
     let mut interrupts = Interrupts::install()?;
     let request = args.request()?;
