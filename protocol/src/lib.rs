@@ -75,6 +75,15 @@ pub fn endpoint_hint(url: &str) -> Option<String> {
         .then(|| format!("the gateway's WebSocket endpoint is the path {WS_PATH}, e.g. {example}"))
 }
 
+/// The HTTP path that answers what a `runtimes` frame does, as JSON ([`Catalog`]).
+pub const RUNTIMES_PATH: &str = "/v1/runtimes";
+
+/// Default upper bound on the output bytes carried by one `stdout`/`stderr` event.
+pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Longest accepted execution id, session id or language name, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
 #[cfg(test)]
 mod endpoint_tests {
     use super::endpoint_hint;
@@ -96,12 +105,3 @@ mod endpoint_tests {
         assert!(endpoint_hint("http://h/v1/ws").is_some_and(|hint| hint.contains("not http://")));
     }
 }
-
-/// The HTTP path that answers what a `runtimes` frame does, as JSON ([`Catalog`]).
-pub const RUNTIMES_PATH: &str = "/v1/runtimes";
-
-/// Default upper bound on the output bytes carried by one `stdout`/`stderr` event.
-pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Longest accepted execution id, session id or language name, in bytes.
-pub const MAX_ID_BYTES: usize = 128;
