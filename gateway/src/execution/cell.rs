@@ -5,10 +5,11 @@
 use super::kernel::{self, Kernel, KernelKind};
 use super::launch::{self, Launched};
 use super::program::{Cell, Program};
-use super::verdict::cell_not_taken;
+use super::verdict::{self, cell_not_taken};
 use super::{reserve, Run, Slot, StdinQueue};
 use sluice_protocol::{ErrorCode, Event};
 use std::io;
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -165,20 +166,50 @@ pub(super) async fn run_cell(
             }
         }
     }
+    // How often the CPU time of an interpreter still starting is looked at.
+    const START_CPU_LOOK: Duration = Duration::from_millis(50);
     // A fresh interpreter takes cells once its start is over (its imports at start can
-    // take a while); the cell waits for that, within its own time.
+    // take a while); the cell waits for that within its own time, and what the start
+    // uses counts as the cell's (its CPU time and its wall-clock limit count from here:
+    // code run at the start, a session's sitecustomize say, is no free CPU).
     let limits = spec.limits;
-    let booted = match guard.as_ref() {
-        Some(kernel) => tokio::select! {
-            biased;
-            () = run.cancel.cancelled() => Ok(()),
-            () = kernel.ready() => Ok(()),
-            () = tokio::time::sleep(limits.timeout) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the interpreter did not finish starting",
-            )),
-        },
-        None => Ok(()),
+    let started_at = Instant::now();
+    let deadline = started_at + limits.timeout;
+    let tree_cpu_before = guard.as_ref().map(Kernel::tree_cpu);
+    let booted = match (guard.as_ref(), tree_cpu_before) {
+        (Some(kernel), Some(before)) => {
+            let cpu_limit = Duration::from_millis(limits.cpu_ms);
+            loop {
+                // The pump checks the cell's CPU once it runs; until then, here.
+                let look = (Instant::now() + START_CPU_LOOK).min(deadline);
+                let over = tokio::select! {
+                    biased;
+                    () = run.cancel.cancelled() => break Ok(()),
+                    () = kernel.ready() => break Ok(()),
+                    () = tokio::time::sleep_until(look) => {
+                        if look >= deadline {
+                            break Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the interpreter did not finish starting",
+                            ));
+                        }
+                        let used = kernel.tree_cpu().saturating_sub(before);
+                        (used >= cpu_limit).then_some(used)
+                    }
+                };
+                if let Some(used) = over {
+                    seat.retire(guard.take());
+                    drop(guard);
+                    run.finish(verdict::cell_start_over_cpu(&id, &limits, used))
+                        .await;
+                    if session.is_ended() {
+                        seat.retire_when_free().await;
+                    }
+                    return id;
+                }
+            }
+        }
+        _ => Ok(()),
     };
     if run.cancel.is_cancelled() {
         // Cancelled while its interpreter started: nothing was sent, so the interpreter
@@ -200,12 +231,11 @@ pub(super) async fn run_cell(
     let sent = match (booted, guard.as_mut()) {
         (Err(err), _) => Err(err),
         (Ok(()), Some(kernel)) => {
-            let tree_cpu_before = kernel.tree_cpu();
-            let started_at = Instant::now();
+            let tree_cpu_before = tree_cpu_before.unwrap_or_else(|| kernel.tree_cpu());
             tokio::select! {
                 sent = kernel.send(&spec.code) => sent.map(|pipes| (pipes, tree_cpu_before, started_at)),
                 () = run.cancel.cancelled() => Err(io::Error::other("cancelled")),
-                () = tokio::time::sleep(limits.timeout) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+                () = tokio::time::sleep_until(deadline) => Err(io::Error::from(io::ErrorKind::TimedOut)),
             }
         }
         (Ok(()), None) => Err(io::Error::other("no interpreter")),

@@ -32,6 +32,18 @@ const DRAIN_LIMIT: u64 = 2 << 20;
 /// Longest time `started` waits to go out together with the program's first output.
 const STARTED_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Longest time a piece of a line waits for the rest of it. An unbuffered program
+/// writes a line in pieces (Python's `print('hi', name)` is four writes: "hi", " ",
+/// the name, "\n"); each would be an event of its own. A short piece that does not end
+/// a line waits this long for more output of the same stream, so a line usually comes
+/// as one event; a prompt or a progress bar that never ends its line still shows within
+/// this time.
+const LINE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Most bytes that wait for the end of their line: a longer run of output goes out as
+/// it comes.
+const LINE_WAIT_BYTES: usize = 4096;
+
 /// One output pipe and its decoder.
 #[derive(Debug)]
 pub(super) struct OutputPipe {
@@ -147,6 +159,25 @@ impl OutputPipe {
         self.decoder.decode(&mut self.buf)
     }
 
+    /// Whether what the buffer holds (all read from a running program) may wait for the
+    /// rest of its line: a short piece of pipe output that does not end one, with room
+    /// left in the buffer for the rest (a full one would leave the pipe readable and
+    /// unread).
+    fn may_wait_for_line(&self) -> bool {
+        !self.terminal
+            && self.buf.len() < LINE_WAIT_BYTES.min(self.buf.capacity())
+            && self.buf.last() != Some(&b'\n')
+    }
+
+    /// Queues what the buffer holds (but an incomplete character): the end of a wait
+    /// for the rest of a line.
+    fn queue_buffered(&mut self, id: &str, encoding: Encoding, pending: &mut VecDeque<Event>) {
+        if !self.buf.is_empty() {
+            let text = self.take_text();
+            self.queue(id, text, encoding, pending);
+        }
+    }
+
     /// Closes the pipe and queues what it held back: the tail of a character, text
     /// that might have begun a display record.
     fn close(&mut self, id: &str, encoding: Encoding, pending: &mut VecDeque<Event>) {
@@ -235,6 +266,8 @@ impl Run {
         let mut exited_at: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
         let mut first_output_at = None;
+        // Until when a piece of a line waits for the rest of it (LINE_WAIT).
+        let mut line_wait: Option<Instant> = None;
         // A program without the network is watched for attempts to use it.
         let counters = match child {
             Program::Process(_) if !self.ctx.host.gives_network(&self.spec.runtime) => {
@@ -286,6 +319,7 @@ impl Run {
                 kill_at.filter(|_| running),
                 drain_at.filter(|_| can_read),
                 hold_until,
+                line_wait,
             ]
             .into_iter()
             .flatten()
@@ -376,6 +410,12 @@ impl Run {
                     if hold_until.is_some_and(|at| at <= now) {
                         hold_until = None;
                     }
+                    if line_wait.is_some_and(|at| at <= now) {
+                        line_wait = None;
+                        for pipe in pipes.iter_mut() {
+                            pipe.queue_buffered(id, encoding, &mut pending);
+                        }
+                    }
                     if !(can_read && drain_at.is_some_and(|at| at <= now)) {
                         continue;
                     }
@@ -407,8 +447,14 @@ impl Run {
                         // Bytes past the budget are dropped unread by anyone.
                         let keep = pipe.buf.len() - (n - take);
                         pipe.buf.truncate(keep);
-                        let text = pipe.take_text();
-                        pipe.queue(id, text, encoding, &mut pending);
+                        if take == n && running && stop.is_none() && pipe.may_wait_for_line() {
+                            line_wait.get_or_insert_with(|| Instant::now() + LINE_WAIT);
+                        } else {
+                            // The other stream's waiting piece was written first.
+                            pipes[1 - index].queue_buffered(id, encoding, &mut pending);
+                            pipes[index].queue_buffered(id, encoding, &mut pending);
+                        }
+                        let pipe = &mut pipes[index];
                         if pipe.kind == EventKind::Stderr
                             && network_watch
                                 .as_mut()

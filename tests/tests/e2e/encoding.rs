@@ -180,3 +180,71 @@ async fn large_output_is_chunked_without_loss() -> Result<()> {
     client.close().await?;
     gateway.shutdown().await
 }
+
+/// An unbuffered program writes a line in pieces (Python's `print('hi', name)` is four
+/// writes); the gateway lets a short piece that does not end its line wait a moment for
+/// the rest, so lines come whole. Here each line is two writes 0.2 ms apart, after a
+/// pause (so the gateway waits for output and wakes at the first piece): without the
+/// wait, nearly every piece was an event of its own. (A piece can still go alone when the program is held up between
+/// writes for longer than the wait, as on a busy host: most lines, not all, are checked.)
+/// A piece that never ends its line still comes out while the program runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_written_in_pieces_comes_as_one_event() -> Result<()> {
+    let gateway = TestGateway::spawn().await;
+    let client = gateway.client().await?;
+    let lines = 40;
+    let code = format!(
+        "import os, sys, time\n\
+         for i in range({lines}):\n\
+         \x20   time.sleep(0.01)\n\
+         \x20   os.write(1, b'piece ')\n\
+         \x20   time.sleep(0.0002)\n\
+         \x20   os.write(1, f'{{i}} of {lines}\\n'.encode())\n\
+         print('waiting', end='', flush=True)\n\
+         sys.stdin.readline()\n\
+         print('done')\n"
+    );
+    let mut execution = client.execute(request("pieces", "python", &code)).await?;
+    let mut events = Vec::new();
+    // The unended piece comes while the program still waits for its input.
+    let mut text = String::new();
+    while !text.ends_with("waiting") {
+        let event = sluice_tests::next_within(&mut execution).await?;
+        if event.kind == EventKind::Stdout {
+            text.push_str(&event.data);
+        }
+        anyhow::ensure!(!event.is_terminal(), "ended early: {event:?}");
+        events.push(event);
+    }
+    execution.send_stdin("\n").await?;
+    execution.close_stdin().await?;
+    loop {
+        let event = sluice_tests::next_within(&mut execution).await?;
+        let end = event.is_terminal();
+        events.push(event);
+        if end {
+            break;
+        }
+    }
+    let stdout: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Stdout)
+        .collect();
+    let all: String = stdout.iter().map(|e| e.data.as_str()).collect();
+    let expected: String = (0..lines)
+        .map(|i| format!("piece {i} of {lines}\n"))
+        .chain(["waiting".to_owned(), "done\n".to_owned()])
+        .collect();
+    assert_eq!(all, expected);
+    let cut_lines = stdout
+        .iter()
+        .filter(|e| e.data.starts_with("piece") && !e.data.ends_with('\n'))
+        .count();
+    assert!(
+        cut_lines <= lines / 4,
+        "{cut_lines} of {lines} lines came in pieces: {:?}",
+        stdout.iter().map(|e| &e.data).collect::<Vec<_>>()
+    );
+    client.close().await?;
+    gateway.shutdown().await
+}

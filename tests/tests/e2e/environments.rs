@@ -64,14 +64,20 @@ impl Environment {
     }
 
     /// Makes every start of an interpreter of the environment that runs with a `TMPDIR`
-    /// (as the gateway starts them; its package listing has none) slow: a `.pth` file
-    /// (run by `site` at start, before any code of the gateway's) adds the process's pid
-    /// to `$TMPDIR/starts`, then sleeps `seconds`.
+    /// (as the gateway starts them; its package listing has none) slow: it adds the
+    /// process's pid to `$TMPDIR/starts`, then sleeps `seconds`.
     fn slow_start(&self, seconds: f64) -> Result<()> {
-        let line = format!(
-            "import os, time; 'TMPDIR' in os.environ and (open(os.path.join(os.environ['TMPDIR'], 'starts'), 'a').write(str(os.getpid()) + chr(10)), time.sleep({seconds}))\n"
-        );
-        let pth = self.site_packages()?.join("sluice_slow_start.pth");
+        self.start_hook(&format!(
+            "open(os.path.join(os.environ['TMPDIR'], 'starts'), 'a').write(str(os.getpid()) + chr(10)), time.sleep({seconds})"
+        ))
+    }
+
+    /// Runs `expression` (a Python expression, with `os` and `time` imported) at every
+    /// start of an interpreter of the environment that has a `TMPDIR`, from a `.pth`
+    /// file (run by `site` at start, before any code of the gateway's).
+    fn start_hook(&self, expression: &str) -> Result<()> {
+        let line = format!("import os, time; 'TMPDIR' in os.environ and ({expression})\n");
+        let pth = self.site_packages()?.join("sluice_start_hook.pth");
         std::fs::write(&pth, line)?;
         open_up(&pth)?;
         Ok(())
@@ -303,6 +309,62 @@ async fn a_cell_cancelled_while_its_interpreter_starts_never_runs_and_the_interp
             "{isolation:?}: the next cell: {second:?}"
         );
         socket.close().await?;
+        gateway.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// What an interpreter's start uses counts as its first cell's: CPU time burnt by code
+/// run at the start (here a `.pth` of the environment; a session's own sitecustomize
+/// would do the same) ends the cell at its `cpu_ms` with `resource_limit` while the
+/// start still runs (here it would burn 3 s), and the interpreter is killed (an outside
+/// review found it free: the cell's CPU was counted only from the end of the start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interpreters_start_counts_against_its_first_cells_cpu_time() -> Result<()> {
+    if forced_isolation().is_some() {
+        return Ok(());
+    }
+    if !sluice_tests::running_as_root() {
+        sluice_tests::skip("the test's environment goes under /var/lib, where only root writes");
+        return Ok(());
+    }
+    let env = Environment::create_as("busy")?;
+    // About 3 s of CPU at every start.
+    // (A lambda sees no name the .pth line imported: `site` runs it in a function.)
+    env.start_hook("[None for _ in iter(lambda: __import__('time').process_time() < 3, False)]")?;
+    let mut levels = vec![Isolation::Cgroups];
+    if jail_available() {
+        levels.push(Isolation::Namespaces);
+    }
+    for isolation in levels {
+        let mut runtimes = RuntimeSpec::defaults();
+        runtimes.push(env.spec());
+        let gateway = TestGateway::spawn_with(Config {
+            isolation,
+            runtimes,
+            ..Config::default()
+        })
+        .await;
+        let client = gateway.client().await?;
+        let mut first = cell("busy", "c1", "print('ran')");
+        first.language = "envpy".into();
+        first.limits.cpu_ms = Some(300);
+        first.limits.timeout_ms = Some(30_000);
+        let outcome = run(&client, first).await?;
+        let end = &outcome.terminal;
+        ensure!(
+            end.kind == sluice_protocol::EventKind::ResourceLimit
+                && end.limit == Some(sluice_protocol::LimitKind::Cpu)
+                && end.limit_observed.is_some_and(|used| used >= 300)
+                && end.data.contains("while the interpreter started"),
+            "{isolation:?}: the start's CPU time was not the cell's, or the start was not stopped at the limit: {end:?}"
+        );
+        ensure!(
+            outcome.stdout_bytes()?.is_empty(),
+            "{isolation:?}: {:?}",
+            outcome.stdout
+        );
+        client.close().await?;
         gateway.shutdown().await?;
     }
     Ok(())

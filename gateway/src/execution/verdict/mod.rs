@@ -306,6 +306,23 @@ pub(super) fn cell_not_taken(
     }
 }
 
+/// The end of a cell whose fresh interpreter used up the cell's CPU time before it had
+/// started (code run at its start: a session's `sitecustomize`, say); the interpreter
+/// was killed.
+pub(super) fn cell_start_over_cpu(id: &str, limits: &EffectiveLimits, used: Duration) -> Event {
+    Event::resource_limit(
+        id,
+        LimitKind::Cpu,
+        limits.cpu_ms,
+        Some(u64::try_from(used.as_millis()).unwrap_or(u64::MAX)),
+        format!(
+            "CPU-time limit of {} ms reached while the interpreter started; it was killed, \
+             and its next execution starts a fresh one",
+            limits.cpu_ms
+        ),
+    )
+}
+
 /// Milliseconds with microsecond resolution, as the usage report gives them.
 pub(super) fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
