@@ -219,8 +219,16 @@ impl ProgramSpec {
     pub fn describe(&self) -> String {
         match self.kind {
             ProgramKind::Pattern => format!(
-                "pattern ({} B out over {:?}, {} B stdin echoed, {}, weight {})",
-                self.output_bytes, self.duration, self.stdin_bytes, self.language, self.weight
+                "pattern ({} B out {}, {} B stdin echoed, {}, weight {})",
+                self.output_bytes,
+                if self.duration.is_zero() {
+                    "at once".to_owned()
+                } else {
+                    format!("over {:?}", self.duration)
+                },
+                self.stdin_bytes,
+                self.language,
+                self.weight
             ),
             ProgramKind::Clock => format!(
                 "clock (every {:?} for {:?}, {}, weight {})",

@@ -192,6 +192,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The most jails alive at once, each with a sandbox id of its own: every
+    /// execution, every persistent interpreter, every warm entry waiting for its claim,
+    /// and one per session workspace (the ids its session's jails share).
+    pub fn jails_at_most(&self) -> usize {
+        self.max_executions
+            .saturating_add(self.max_kernels)
+            .saturating_add(self.warm_entries_at_most())
+            .saturating_add(self.max_workspaces)
+    }
+
     /// The most warm entries that can wait at once: `--warm-pool` (or its default) for
     /// each runtime that may get a pool. An upper bound, known before the runtimes are
     /// resolved (each may still turn out not installed).

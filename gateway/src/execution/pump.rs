@@ -454,14 +454,17 @@ impl Run {
                             pipes[1 - index].queue_buffered(id, encoding, &mut pending);
                             pipes[index].queue_buffered(id, encoding, &mut pending);
                         }
-                        let pipe = &mut pipes[index];
-                        if pipe.kind == EventKind::Stderr
+                        if pipes[index].kind == EventKind::Stderr
                             && network_watch
                                 .as_mut()
                                 .is_some_and(|watch| watch.after_stderr(Instant::now()))
                         {
+                            // After the output read so far, waiting pieces included.
+                            pipes[1 - index].queue_buffered(id, encoding, &mut pending);
+                            pipes[index].queue_buffered(id, encoding, &mut pending);
                             pending.push_back(Event::network_blocked(id, NETWORK_BLOCKED_MESSAGE));
                         }
+                        let pipe = &mut pipes[index];
                         if exited_at.is_some() {
                             pipe.after_exit += take as u64;
                             if pipe.after_exit > DRAIN_LIMIT {

@@ -209,7 +209,7 @@ fn probe_jail(jail: Option<&std::path::Path>) -> Result<String, String> {
         defaults.sandbox_uid,
         defaults.sandbox_gid,
         true,
-        defaults.max_executions.saturating_add(defaults.max_kernels),
+        defaults.jails_at_most(),
     );
     let _ = std::fs::remove_dir_all(&scratch);
     probed

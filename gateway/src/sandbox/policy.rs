@@ -138,14 +138,7 @@ async fn probe_jail(
     let root = work_root.to_path_buf();
     let (uid, gid) = (config.sandbox_uid, config.sandbox_gid);
     let no_network = config.network != Network::On;
-    // Every execution, every persistent interpreter and every warm entry waiting for its
-    // claim may hold a jail at once.
-    let jails = config
-        .max_executions
-        .saturating_add(config.max_kernels)
-        .saturating_add(config.warm_entries_at_most())
-        // Each workspace holds the ids its session's jails share.
-        .saturating_add(config.max_workspaces);
+    let jails = config.jails_at_most();
     let probed = tokio::task::spawn_blocking(move || {
         Namespaces::probe(program.as_deref(), &root, uid, gid, no_network, jails)
     })
