@@ -182,6 +182,9 @@ impl OutputPipe {
     /// that might have begun a display record.
     fn close(&mut self, id: &str, encoding: Encoding, pending: &mut VecDeque<Event>) {
         self.rx = None;
+        // A piece still waiting for the rest of its line goes first, encoded as any
+        // output is; only an incomplete character is left for the end.
+        self.queue_buffered(id, encoding, pending);
         let tail = self.decoder.finish(&mut self.buf);
         self.queue(id, tail, encoding, pending);
         if let Some(scanner) = &mut self.display {
