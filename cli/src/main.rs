@@ -260,11 +260,11 @@ struct ServeArgs {
     network_languages: Vec<String>,
 
     /// The unprivileged user id programs run as (never 0): a root gateway's unjailed
-    /// ones run as UID; each jail alive gets its own id counting up from UID, up to UID
-    /// + --max-executions + --max-kernels + --max-workspaces + the warm entries
-    /// (--warm-pool per runtime) + 64. The gateway logs the range at start and `sluice
-    /// doctor` prints it for the defaults. Pick a range no account on the host uses, and
-    /// one per gateway on the same host.
+    /// ones run as UID; each jail alive gets its own id counting up from UID, up to
+    /// UID plus --max-executions, --max-kernels, --max-workspaces, the warm entries
+    /// (--warm-pool per runtime) and 64. The gateway logs the range at start and
+    /// `sluice doctor` prints it for the defaults. Pick a range no account on the host
+    /// uses, and one per gateway on the same host.
     #[arg(long, default_value_t = sluice_gateway::DEFAULT_SANDBOX_ID, value_name = "UID")]
     sandbox_uid: u32,
 
