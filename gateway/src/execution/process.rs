@@ -217,35 +217,11 @@ impl Launch<'_> {
                 )
                 .map_err(fail)?;
                 sandbox_ids = lease;
-                // Started as an unjailed program is (no copy of the gateway's memory,
-                // born in its v2 cgroup where the kernel can do that), as it is given:
-                // no environment, no limits or user of its own (it sets the program's),
-                // in a session of its own without a controlling terminal.
-                let program = std::path::PathBuf::from(command.get_program());
-                let argv: Vec<std::ffi::OsString> = std::iter::once(command.get_program())
-                    .chain(command.get_args())
-                    .map(Into::into)
-                    .collect();
-                let cwd = command
-                    .get_current_dir()
-                    .unwrap_or(self.workdir)
-                    .to_path_buf();
+                let jail = JailLaunch::of(&command, self.workdir);
                 let plan = sys::ProgramPlan {
-                    program: &program,
-                    argv: &argv,
-                    env: &[],
-                    cwd: &cwd,
-                    rlimits: sys::Rlimits::default(),
-                    no_network: false,
-                    user: None,
-                    cgroup: cgroup_dir,
-                    born_inside,
-                    lower_priority: false,
                     terminal: self.terminal.map(|terminal| terminal.program_side.as_fd()),
                     terminal_as_stdio_only: true,
-                    stdio: None,
-                    control: None,
-                    subreaper: false,
+                    ..jail.plan(cgroup_dir, born_inside)
                 };
                 self.start_inside_cgroup(|| sys::spawn_program(&plan))
             }
@@ -344,6 +320,45 @@ impl Launch<'_> {
         match &self.cgroup {
             Some(cgroup) => cgroup.spawn_inside(start).and_then(|started| started),
             None => start(),
+        }
+    }
+}
+
+/// The jail's command (`sluice-jail` as the sandbox gives it, a `Command` so that its
+/// rehearsal can run it as one) as the parts [`sys::spawn_program`] takes.
+#[derive(Debug)]
+pub(crate) struct JailLaunch {
+    program: std::path::PathBuf,
+    argv: Vec<std::ffi::OsString>,
+    cwd: std::path::PathBuf,
+}
+
+impl JailLaunch {
+    /// `command`'s program and arguments, and its directory (else `cwd`).
+    pub(crate) fn of(command: &std::process::Command, cwd: &Path) -> Self {
+        Self {
+            program: command.get_program().into(),
+            argv: std::iter::once(command.get_program())
+                .chain(command.get_args())
+                .map(Into::into)
+                .collect(),
+            cwd: command.get_current_dir().unwrap_or(cwd).to_path_buf(),
+        }
+    }
+
+    /// Starts it as an unjailed program is (no copy of the gateway's memory, born in
+    /// its v2 `cgroup` where the kernel can do that), as it is given: no environment, no
+    /// limits or user of its own (it sets the program's), in a session of its own
+    /// without a controlling terminal, piped stdio unless the caller says otherwise.
+    pub(crate) fn plan<'a>(
+        &'a self,
+        cgroup: Option<&'a Path>,
+        born_inside: bool,
+    ) -> sys::ProgramPlan<'a> {
+        sys::ProgramPlan {
+            cgroup,
+            born_inside,
+            ..sys::ProgramPlan::new(&self.program, &self.argv, &self.cwd)
         }
     }
 }

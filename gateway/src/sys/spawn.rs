@@ -64,6 +64,30 @@ pub(crate) struct ProgramPlan<'a> {
     pub(crate) subreaper: bool,
 }
 
+impl<'a> ProgramPlan<'a> {
+    /// `program` with `argv` in `cwd`, and nothing else: no environment, limits, user,
+    /// cgroup or network of its own, at the gateway's priority, with piped stdio.
+    pub(crate) fn new(program: &'a Path, argv: &'a [OsString], cwd: &'a Path) -> Self {
+        Self {
+            program,
+            argv,
+            env: &[],
+            cwd,
+            rlimits: Rlimits::default(),
+            no_network: false,
+            user: None,
+            cgroup: None,
+            born_inside: false,
+            lower_priority: false,
+            terminal: None,
+            terminal_as_stdio_only: false,
+            stdio: None,
+            control: None,
+            subreaper: false,
+        }
+    }
+}
+
 /// A started program: its pid (it leads its own process group) and the gateway's ends
 /// of its stdin, stdout and stderr (none for a program on a terminal: the gateway holds
 /// the terminal's other side).
@@ -708,22 +732,10 @@ pub(crate) fn can_take_network() -> bool {
     let Ok(cwd) = std::env::current_dir() else {
         return false;
     };
+    let argv = [OsStr::new("true").to_owned()];
     let started = spawn_program(&ProgramPlan {
-        program: Path::new("/bin/true"),
-        argv: &[OsStr::new("true").to_owned()],
-        env: &[],
-        cwd: &cwd,
-        rlimits: Rlimits::default(),
         no_network: true,
-        user: None,
-        cgroup: None,
-        born_inside: false,
-        lower_priority: false,
-        terminal: None,
-        terminal_as_stdio_only: false,
-        stdio: None,
-        control: None,
-        subreaper: false,
+        ..ProgramPlan::new(Path::new("/bin/true"), &argv, &cwd)
     });
     match started {
         Ok(started) => {
@@ -737,6 +749,7 @@ pub(crate) fn can_take_network() -> bool {
 mod tests {
     use super::*;
     use std::io::Read as _;
+    use std::os::fd::AsFd as _;
 
     fn run(plan: &ProgramPlan<'_>) -> (String, Option<i32>) {
         let started = spawn_program(plan).expect("spawned");
@@ -758,29 +771,18 @@ mod tests {
             .map(OsString::from)
             .collect();
         let (out, code) = run(&ProgramPlan {
-            program: Path::new("/bin/sh"),
-            argv: &argv,
             env: &[
                 ("A", "first"),
                 ("B", "b"),
                 ("A", "later"),
                 ("PATH", "/usr/bin:/bin"),
             ],
-            cwd: &dir,
             rlimits: Rlimits {
                 open_files: Some(77),
                 ..Rlimits::default()
             },
-            no_network: false,
-            user: None,
-            cgroup: None,
-            born_inside: false,
             lower_priority: true,
-            terminal: None,
-            terminal_as_stdio_only: false,
-            stdio: None,
-            control: None,
-            subreaper: false,
+            ..ProgramPlan::new(Path::new("/bin/sh"), &argv, &dir)
         });
         let canonical = dir.canonicalize().expect("temp dir");
         assert_eq!(
@@ -796,48 +798,69 @@ mod tests {
     #[test]
     fn a_program_that_cannot_start_is_an_error_naming_the_step() {
         let argv = [OsString::from("missing")];
-        let err = spawn_program(&ProgramPlan {
-            program: Path::new("/no/such/program"),
-            argv: &argv,
-            env: &[],
-            cwd: Path::new("/"),
-            rlimits: Rlimits::default(),
-            no_network: false,
-            user: None,
-            cgroup: None,
-            born_inside: false,
-            lower_priority: false,
-            terminal: None,
-            terminal_as_stdio_only: false,
-            stdio: None,
-            control: None,
-            subreaper: false,
-        })
+        let err = spawn_program(&ProgramPlan::new(
+            Path::new("/no/such/program"),
+            &argv,
+            Path::new("/"),
+        ))
         .expect_err("nothing to run");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(err.to_string().starts_with("executing it:"), "{err}");
-        let err = spawn_program(&ProgramPlan {
-            program: Path::new("/bin/true"),
-            argv: &argv,
-            env: &[],
-            cwd: Path::new("/no/such/directory"),
-            rlimits: Rlimits::default(),
-            no_network: false,
-            user: None,
-            cgroup: None,
-            born_inside: false,
-            lower_priority: false,
-            terminal: None,
-            terminal_as_stdio_only: false,
-            stdio: None,
-            control: None,
-            subreaper: false,
-        })
+        let err = spawn_program(&ProgramPlan::new(
+            Path::new("/bin/true"),
+            &argv,
+            Path::new("/no/such/directory"),
+        ))
         .expect_err("no such directory");
         assert!(
             err.to_string()
                 .starts_with("entering its working directory:"),
             "{err}"
         );
+    }
+
+    /// An interpreter's start: the stdio given (here stdout and stderr one pipe, stdin
+    /// /dev/null), the control socket as descriptor 3 (open across the exec), and what
+    /// its children orphan adopted by it.
+    #[test]
+    fn given_stdio_a_control_descriptor_and_a_subreaper() {
+        let (mut read, write) = std::io::pipe().expect("pipe");
+        let (control_ours, control_theirs) =
+            std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let script = "echo $$; readlink /proc/$$/fd/0 /proc/$$/fd/3 | tr '\\n' ' '; echo; \
+                      echo via-3 >&3; \
+                      ( sh -c 'sleep 0.2; cut -d\" \" -f4 /proc/$$/stat' & ); sleep 0.6";
+        let argv: Vec<OsString> = ["sh", "-c", script].iter().map(OsString::from).collect();
+        let stdio = [null.as_fd(), write.as_fd(), write.as_fd()];
+        let started = spawn_program(&ProgramPlan {
+            stdio: Some(stdio),
+            control: Some(control_theirs.as_fd()),
+            subreaper: true,
+            ..ProgramPlan::new(Path::new("/bin/sh"), &argv, Path::new("/"))
+        })
+        .expect("started");
+        assert!(started.pipes.is_none(), "no pipes of its own");
+        drop((write, control_theirs, null));
+        let mut out = String::new();
+        read.read_to_string(&mut out).expect("read stdout");
+        let reaped = super::super::reap_blocking(started.pid).expect("reaped");
+        assert_eq!(reaped.exit_code, Some(0), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[1].starts_with("/dev/null socket:["),
+            "stdin and descriptor 3: {out}"
+        );
+        assert_eq!(
+            lines[2], lines[0],
+            "the orphan's parent is the program: {out}"
+        );
+        let mut via = String::new();
+        control_ours
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        (&control_ours).read_to_string(&mut via).expect("read fd 3");
+        assert_eq!(via, "via-3\n");
     }
 }

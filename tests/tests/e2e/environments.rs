@@ -83,6 +83,19 @@ impl Environment {
         Ok(())
     }
 
+    /// A gateway at `isolation` with the environment's runtime (`envpy`) beside the
+    /// built-in ones.
+    async fn gateway(&self, isolation: Isolation) -> TestGateway {
+        let mut runtimes = RuntimeSpec::defaults();
+        runtimes.push(self.spec());
+        TestGateway::spawn_with(Config {
+            isolation,
+            runtimes,
+            ..Config::default()
+        })
+        .await
+    }
+
     fn spec(&self) -> RuntimeSpec {
         let python = RuntimeSpec::defaults()
             .into_iter()
@@ -106,6 +119,15 @@ impl Drop for Environment {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Unjailed with cgroups, and jailed where this host can.
+fn isolation_levels() -> Vec<Isolation> {
+    let mut levels = vec![Isolation::Cgroups];
+    if jail_available() {
+        levels.push(Isolation::Namespaces);
+    }
+    levels
 }
 
 fn open_up(dir: &Path) -> Result<()> {
@@ -132,20 +154,10 @@ async fn a_virtual_environment_runtime_runs_in_its_environment_jailed_and_unjail
         return Ok(());
     }
     let env = Environment::create()?;
-    let mut levels = vec![Isolation::Cgroups];
-    if jail_available() {
-        levels.push(Isolation::Namespaces);
-    }
+    let levels = isolation_levels();
     let probe = "import sys, sluice_env_probe\nprint(sys.prefix != sys.base_prefix, sluice_env_probe.VALUE)";
     for isolation in levels {
-        let mut runtimes = RuntimeSpec::defaults();
-        runtimes.push(env.spec());
-        let gateway = TestGateway::spawn_with(Config {
-            isolation,
-            runtimes,
-            ..Config::default()
-        })
-        .await;
+        let gateway = env.gateway(isolation).await;
         // Discovery lists the environment's packages, and not under the base runtime.
         let (status, text) =
             sluice_tests::http_get(gateway.addr(), sluice_protocol::RUNTIMES_PATH).await?;
@@ -235,19 +247,9 @@ async fn a_cell_cancelled_while_its_interpreter_starts_never_runs_and_the_interp
     }
     let env = Environment::create_as("slow")?;
     env.slow_start(2.0)?;
-    let mut levels = vec![Isolation::Cgroups];
-    if jail_available() {
-        levels.push(Isolation::Namespaces);
-    }
+    let levels = isolation_levels();
     for isolation in levels {
-        let mut runtimes = RuntimeSpec::defaults();
-        runtimes.push(env.spec());
-        let gateway = TestGateway::spawn_with(Config {
-            isolation,
-            runtimes,
-            ..Config::default()
-        })
-        .await;
+        let gateway = env.gateway(isolation).await;
         let mut socket = gateway.raw().await?;
         // A workspace: the interpreter's TMPDIR, where its start leaves `starts`.
         socket.attach_workspace("boot").await?;
@@ -332,19 +334,9 @@ async fn an_interpreters_start_counts_against_its_first_cells_cpu_time() -> Resu
     // About 3 s of CPU at every start.
     // (A lambda sees no name the .pth line imported: `site` runs it in a function.)
     env.start_hook("[None for _ in iter(lambda: __import__('time').process_time() < 3, False)]")?;
-    let mut levels = vec![Isolation::Cgroups];
-    if jail_available() {
-        levels.push(Isolation::Namespaces);
-    }
+    let levels = isolation_levels();
     for isolation in levels {
-        let mut runtimes = RuntimeSpec::defaults();
-        runtimes.push(env.spec());
-        let gateway = TestGateway::spawn_with(Config {
-            isolation,
-            runtimes,
-            ..Config::default()
-        })
-        .await;
+        let gateway = env.gateway(isolation).await;
         let client = gateway.client().await?;
         let mut first = cell("busy", "c1", "print('ran')");
         first.language = "envpy".into();

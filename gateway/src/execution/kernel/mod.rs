@@ -31,7 +31,7 @@ mod seat;
 
 pub(crate) use seat::{InterpreterSeat, Turn};
 
-use super::process::ChildGroup;
+use super::process::{ChildGroup, JailLaunch};
 use super::workdir::Workdir;
 use crate::runtime::Runtime;
 use crate::sandbox::jail::JailSpec;
@@ -316,34 +316,16 @@ impl Kernel {
         // without a controlling terminal, with the control socket as its descriptor 3.
         // Jailed: `sluice-jail` as it is given (it sets up the interpreter's limits,
         // network and user inside), starting where its spec is.
-        let jailed_argv: Vec<std::ffi::OsString>;
+        let jail = jail_command
+            .as_ref()
+            .map(|command| JailLaunch::of(command, workdir.path()));
         let unjailed_argv: Vec<std::ffi::OsString>;
-        let jail_program: PathBuf;
-        let plan = match &jail_command {
-            Some(command) => {
-                jail_program = PathBuf::from(command.get_program());
-                jailed_argv = std::iter::once(command.get_program())
-                    .chain(command.get_args())
-                    .map(Into::into)
-                    .collect();
-                sys::ProgramPlan {
-                    program: &jail_program,
-                    argv: &jailed_argv,
-                    env: &[],
-                    cwd: workdir.path(),
-                    rlimits: sys::Rlimits::default(),
-                    no_network: false,
-                    user: None,
-                    cgroup: cgroup_dir,
-                    born_inside,
-                    lower_priority: false,
-                    terminal: None,
-                    terminal_as_stdio_only: false,
-                    stdio: Some(stdio),
-                    control: Some(theirs.as_fd()),
-                    subreaper: false,
-                }
-            }
+        let plan = match &jail {
+            Some(jail) => sys::ProgramPlan {
+                stdio: Some(stdio),
+                control: Some(theirs.as_fd()),
+                ..jail.plan(cgroup_dir, born_inside)
+            },
             None => {
                 unjailed_argv = std::iter::once(runtime.program.clone().into_os_string())
                     .chain(kind.options().iter().map(Into::into))
