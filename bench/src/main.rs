@@ -796,6 +796,32 @@ async fn warm_rows(isolated: SocketAddr, args: &Args) -> anyhow::Result<()> {
         "-",
         true,
     );
+    // A notebook's first cell: a new session's interpreter started for it, after the
+    // gateway has been idle (an occasional user; a kernel wait hides in back-to-back
+    // starts).
+    let mut first_cells = Vec::new();
+    for n in 0..runs.min(IDLE_START_RUNS) {
+        tokio::time::sleep(IDLE_GAP).await;
+        let request = ExecuteRequest {
+            session: Some(format!("bench-first-cell-{n}")),
+            persistent: true,
+            ..execute_request(&format!("first-cell-{n}"), "python", "print(1)")
+        };
+        first_cells.push(timed_start(&mut socket, request, false).await?.1);
+    }
+    first_cells.sort();
+    let f = ms(percentile(&first_cells, 50));
+    row(
+        &format!(
+            "python first cell of a new session, full jail, after 300 ms idle ({} runs): execute -> stdout p50",
+            first_cells.len()
+        ),
+        f,
+        d,
+        f / d,
+        "-",
+        true,
+    );
     Ok(())
 }
 
