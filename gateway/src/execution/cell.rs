@@ -7,7 +7,7 @@ use super::launch::{self, Launched};
 use super::program::{Cell, Program};
 use super::verdict::{self, cell_not_taken};
 use super::{reserve, Run, Slot, StdinQueue};
-use sluice_protocol::{ErrorCode, Event};
+use sluice_protocol::{ErrorCode, Event, LimitKind, Usage};
 use std::io;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -176,41 +176,50 @@ pub(super) async fn run_cell(
     let started_at = Instant::now();
     let deadline = started_at + limits.timeout;
     let tree_cpu_before = guard.as_ref().map(Kernel::tree_cpu);
-    let booted = match (guard.as_ref(), tree_cpu_before) {
-        (Some(kernel), Some(before)) => {
-            let cpu_limit = Duration::from_millis(limits.cpu_ms);
-            loop {
-                // The pump checks the cell's CPU once it runs; until then, here.
-                let look = (Instant::now() + START_CPU_LOOK).min(deadline);
-                let over = tokio::select! {
-                    biased;
-                    () = run.cancel.cancelled() => break Ok(()),
-                    () = kernel.ready() => break Ok(()),
-                    () = tokio::time::sleep_until(look) => {
-                        if look >= deadline {
-                            break Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "the interpreter did not finish starting",
-                            ));
-                        }
-                        let used = kernel.tree_cpu().saturating_sub(before);
-                        (used >= cpu_limit).then_some(used)
+    if let (Some(kernel), Some(before)) = (guard.as_ref(), tree_cpu_before) {
+        let cpu_limit = Duration::from_millis(limits.cpu_ms);
+        let over = loop {
+            // The pump checks the cell's CPU once it runs; until then, here.
+            let look = (Instant::now() + START_CPU_LOOK).min(deadline);
+            tokio::select! {
+                biased;
+                () = run.cancel.cancelled() => break None,
+                () = kernel.ready() => break None,
+                () = tokio::time::sleep_until(look) => {
+                    // The cgroup's count where v2 keeps one: no walk of the tree.
+                    let used = kernel.tree_cpu().saturating_sub(before);
+                    let limit = if look >= deadline {
+                        Some(LimitKind::Timeout)
+                    } else {
+                        (used >= cpu_limit).then_some(LimitKind::Cpu)
+                    };
+                    if let Some(limit) = limit {
+                        let (peak_memory, cpu) = kernel.usage_now();
+                        let used = cpu.saturating_sub(before);
+                        let usage = Usage {
+                            duration_ms: started_at.elapsed().as_secs_f64() * 1000.0,
+                            first_output_ms: None,
+                            cpu_ms: used.as_secs_f64() * 1000.0,
+                            peak_memory_bytes: peak_memory,
+                            stdout_bytes: 0,
+                            stderr_bytes: 0,
+                        };
+                        break Some(verdict::cell_start_over(&id, &limits, limit, usage));
                     }
-                };
-                if let Some(used) = over {
-                    seat.retire(guard.take());
-                    drop(guard);
-                    run.finish(verdict::cell_start_over_cpu(&id, &limits, used))
-                        .await;
-                    if session.is_ended() {
-                        seat.retire_when_free().await;
-                    }
-                    return id;
                 }
             }
+        };
+        if let Some(event) = over {
+            // Killed: its start took what the cell may use.
+            seat.retire(guard.take());
+            drop(guard);
+            run.finish(event).await;
+            if session.is_ended() {
+                seat.retire_when_free().await;
+            }
+            return id;
         }
-        _ => Ok(()),
-    };
+    }
     if run.cancel.is_cancelled() {
         // Cancelled while its interpreter started: nothing was sent, so the interpreter
         // stays for the session's next cell (still starting, maybe), and the code never
@@ -228,9 +237,8 @@ pub(super) async fn run_cell(
     }
     // An interpreter that stops reading its socket must not hold the cell (and the
     // session's queue) forever: handing over the cell obeys cancel and the timeout.
-    let sent = match (booted, guard.as_mut()) {
-        (Err(err), _) => Err(err),
-        (Ok(()), Some(kernel)) => {
+    let sent = match guard.as_mut() {
+        Some(kernel) => {
             let tree_cpu_before = tree_cpu_before.unwrap_or_else(|| kernel.tree_cpu());
             tokio::select! {
                 sent = kernel.send(&spec.code) => sent.map(|pipes| (pipes, tree_cpu_before, started_at)),
@@ -238,7 +246,7 @@ pub(super) async fn run_cell(
                 () = tokio::time::sleep_until(deadline) => Err(io::Error::from(io::ErrorKind::TimedOut)),
             }
         }
-        (Ok(()), None) => Err(io::Error::other("no interpreter")),
+        None => Err(io::Error::other("no interpreter")),
     };
     match sent {
         Ok((pipes, tree_cpu_before, started_at)) => {

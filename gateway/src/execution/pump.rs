@@ -450,11 +450,14 @@ impl Run {
                         // Bytes past the budget are dropped unread by anyone.
                         let keep = pipe.buf.len() - (n - take);
                         pipe.buf.truncate(keep);
-                        if take == n && running && stop.is_none() && pipe.may_wait_for_line() {
+                        let waits =
+                            take == n && running && stop.is_none() && pipe.may_wait_for_line();
+                        // The other stream's waiting piece was written first: it goes now,
+                        // so at most one stream waits and the two keep their order.
+                        pipes[1 - index].queue_buffered(id, encoding, &mut pending);
+                        if waits {
                             line_wait.get_or_insert_with(|| Instant::now() + LINE_WAIT);
                         } else {
-                            // The other stream's waiting piece was written first.
-                            pipes[1 - index].queue_buffered(id, encoding, &mut pending);
                             pipes[index].queue_buffered(id, encoding, &mut pending);
                         }
                         if pipes[index].kind == EventKind::Stderr

@@ -348,7 +348,8 @@ async fn an_interpreters_start_counts_against_its_first_cells_cpu_time() -> Resu
             end.kind == sluice_protocol::EventKind::ResourceLimit
                 && end.limit == Some(sluice_protocol::LimitKind::Cpu)
                 && end.limit_observed.is_some_and(|used| used >= 300)
-                && end.data.contains("while the interpreter started"),
+                && end.data.contains("while the interpreter started")
+                && end.usage.as_ref().is_some_and(|usage| usage.cpu_ms >= 300.0),
             "{isolation:?}: the start's CPU time was not the cell's, or the start was not stopped at the limit: {end:?}"
         );
         ensure!(

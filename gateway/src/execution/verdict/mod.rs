@@ -306,21 +306,33 @@ pub(super) fn cell_not_taken(
     }
 }
 
-/// The end of a cell whose fresh interpreter used up the cell's CPU time before it had
-/// started (code run at its start: a session's `sitecustomize`, say); the interpreter
-/// was killed.
-pub(super) fn cell_start_over_cpu(id: &str, limits: &EffectiveLimits, used: Duration) -> Event {
-    Event::resource_limit(
+/// The end of a cell whose fresh interpreter reached the cell's `limit` (its CPU time
+/// or its wall-clock time) before it had started (a slow start, or code run at it: a
+/// session's `sitecustomize`, say); the interpreter was killed. `usage`: what the start
+/// used.
+pub(super) fn cell_start_over(
+    id: &str,
+    limits: &EffectiveLimits,
+    limit: LimitKind,
+    usage: sluice_protocol::Usage,
+) -> Event {
+    let (what, value, observed) = match limit {
+        LimitKind::Cpu => ("CPU-time", limits.cpu_ms, usage.cpu_ms),
+        _ => ("wall-clock", limits.timeout_ms, usage.duration_ms),
+    };
+    let mut event = Event::resource_limit(
         id,
-        LimitKind::Cpu,
-        limits.cpu_ms,
-        Some(u64::try_from(used.as_millis()).unwrap_or(u64::MAX)),
+        limit,
+        value,
+        // Whole milliseconds, as the other limit events say them.
+        Some(observed as u64),
         format!(
-            "CPU-time limit of {} ms reached while the interpreter started; it was killed, \
-             and its next execution starts a fresh one",
-            limits.cpu_ms
+            "{what} limit of {value} ms reached while the interpreter started; it was \
+             killed, and the session's next execution starts a fresh one"
         ),
-    )
+    );
+    event.usage = Some(usage);
+    event
 }
 
 /// Milliseconds with microsecond resolution, as the usage report gives them.
