@@ -1,7 +1,9 @@
 //! The output pump: moves a running program's output from its pipes to its session's
 //! stream, enforcing the timeout and output limit, checking its cgroup, reacting to
 //! cancel and to its exit, and draining the pipes after it. Reading pauses while events
-//! wait for room, so a slow lead fills the pipe and the program blocks in write.
+//! wait for room, so a slow lead fills the pipe and the program blocks in write. A short
+//! piece of a line waits a moment for the rest of it ([`LINE_WAIT`]), one stream at a
+//! time.
 
 use super::cgroup_checks::next_cpu_check;
 use super::display::{DisplayScanner, Piece};
