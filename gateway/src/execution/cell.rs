@@ -82,6 +82,9 @@ pub(super) async fn run_cell(
         return id;
     }
     if guard.is_none() {
+        // An interpreter of this session just retired (a restart, one that ended) still
+        // holds its slot until it is reaped: a fresh one waits for that, briefly.
+        let _ = tokio::time::timeout(RETIRED_WAIT, seat.retired()).await;
         let principal = run.ctx.principal.clone();
         let slot = match run.ctx.kernel_slots.clone().try_acquire_owned() {
             Err(_) => Err("the gateway runs as many persistent interpreters as it may (see --max-kernels)".to_owned()),
@@ -166,6 +169,8 @@ pub(super) async fn run_cell(
             }
         }
     }
+    // Longest a fresh interpreter waits for the session's retired one to be reaped.
+    const RETIRED_WAIT: Duration = Duration::from_secs(3);
     // How often the CPU time of an interpreter still starting is looked at.
     const START_CPU_LOOK: Duration = Duration::from_millis(50);
     // A fresh interpreter takes cells once its start is over (its imports at start can

@@ -603,3 +603,50 @@ async fn one_peer_cannot_take_every_persistent_interpreter() -> Result<()> {
     );
     gateway.shutdown().await
 }
+
+/// A session at its peer's interpreter cap restarts its interpreter: the next cell gets
+/// a fresh one. The retired interpreter holds its slot until it is reaped, in the
+/// background: the fresh one waits for that instead of being refused (an outside review
+/// saw `too_many_executions` on the first cell after a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_at_the_peers_interpreter_cap_gets_a_fresh_interpreter() -> Result<()> {
+    use sluice_protocol::{ClientFrame, RestartFrame};
+    let gateway = TestGateway::spawn_with(Config {
+        max_kernels: 4,
+        max_kernels_per_peer: Some(1),
+        ..Config::default()
+    })
+    .await;
+    let cell = |id: &str, code: &str| ExecuteRequest {
+        session: Some("capped".to_owned()),
+        persistent: true,
+        ..request(id, "python", code)
+    };
+    let mut socket = gateway.raw().await?;
+    for round in 0..3 {
+        let id = format!("c{round}");
+        socket
+            .execute(cell(&id, "print('x' in globals()); x = 1"))
+            .await?;
+        let events = socket.events_until_terminal(&id).await?;
+        let end = events.last().context("no events")?;
+        ensure!(
+            end.kind == EventKind::Completed,
+            "round {round}: {events:?}"
+        );
+        let stdout = sluice_tests::text_of(&events, EventKind::Stdout);
+        ensure!(
+            stdout == "False\n",
+            "round {round}: not a fresh interpreter: {stdout:?}"
+        );
+        socket
+            .send_frame(&ClientFrame::Restart(RestartFrame {
+                session: "capped".to_owned(),
+            }))
+            .await?;
+        socket
+            .next_event_where(|e| e.kind == EventKind::Restarted)
+            .await?;
+    }
+    gateway.shutdown().await
+}

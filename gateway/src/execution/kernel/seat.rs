@@ -5,9 +5,9 @@
 use super::Kernel;
 use crate::fanout::EventStream;
 use sluice_protocol::{Event, EventKind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tokio_util::task::TaskTracker;
 
 /// The seat held: the interpreter (if any) for whoever holds it.
@@ -23,6 +23,9 @@ pub(crate) struct InterpreterSeat {
     /// A `restart` asked for a fresh interpreter: whoever next holds the seat retires
     /// the one there first.
     restart: AtomicBool,
+    /// Interpreters of this seat retired and not yet reaped (each still holds its slot
+    /// under `--max-kernels`), and the wake-up when one has been.
+    retiring: Arc<(AtomicUsize, Notify)>,
 }
 
 impl InterpreterSeat {
@@ -31,6 +34,22 @@ impl InterpreterSeat {
             kernel: Arc::default(),
             reaping,
             restart: AtomicBool::new(false),
+            retiring: Arc::default(),
+        }
+    }
+
+    /// Waits until every interpreter this seat retired has been reaped and has given
+    /// its slot back: a fresh one for the same session then finds it free.
+    pub(crate) async fn retired(&self) {
+        let (count, reaped) = &*self.retiring;
+        loop {
+            let wake = reaped.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            wake.await;
         }
     }
 
@@ -98,10 +117,14 @@ impl InterpreterSeat {
     /// Kills and reaps an interpreter the session no longer uses; shutdown waits for it.
     pub(crate) fn retire(&self, kernel: Option<Kernel>) {
         if let Some(kernel) = kernel {
+            let retiring = self.retiring.clone();
+            retiring.0.fetch_add(1, Ordering::AcqRel);
             self.reaping.spawn(async move {
                 if let (Err(err), _) = kernel.shut_down().await {
                     tracing::warn!(%err, "could not reap an interpreter");
                 }
+                retiring.0.fetch_sub(1, Ordering::AcqRel);
+                retiring.1.notify_waiters();
             });
         }
     }
