@@ -76,6 +76,17 @@ pub fn main(args: LoadArgs) -> i32 {
         Ok(scenario) => scenario,
         Err(err) => return fail(err.to_string()),
     };
+    // The programs are Python: a runtime of another language fails every one of them.
+    for program in &scenario.mix {
+        if !program.language.to_ascii_lowercase().contains("py") {
+            let _ = writeln!(
+                std::io::stderr(),
+                "sluice load: warning: the programs are Python code, and {:?} does not look \
+                 like a Python runtime (--language names the gateway's runtime for them)",
+                program.language
+            );
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,14 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+/// Longest a fresh interpreter waits for the session's retired one to be reaped (it
+/// holds its slot under the interpreter caps until then).
+const RETIRED_WAIT: Duration = Duration::from_secs(3);
+
+/// How often the CPU time of an interpreter still starting is looked at (the pump
+/// looks once the cell runs).
+const START_CPU_LOOK: Duration = Duration::from_millis(50);
+
 /// Waits for the cell's turn, starts the session's interpreter if it has none, sends
 /// the cell and supervises it.
 pub(super) async fn run_cell(
@@ -169,10 +177,6 @@ pub(super) async fn run_cell(
             }
         }
     }
-    // Longest a fresh interpreter waits for the session's retired one to be reaped.
-    const RETIRED_WAIT: Duration = Duration::from_secs(3);
-    // How often the CPU time of an interpreter still starting is looked at.
-    const START_CPU_LOOK: Duration = Duration::from_millis(50);
     // A fresh interpreter takes cells once its start is over (its imports at start can
     // take a while); the cell waits for that within its own time, and what the start
     // uses counts as the cell's (its CPU time and its wall-clock limit count from here:
